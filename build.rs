@@ -1,0 +1,15 @@
+// The core links libpython (through pyo3) for its own unit tests; record where that libpython lives
+// so the test binaries load the same one, and tell the interpreter which python it was built for.
+fn main() {
+    pyo3_build_config::add_libpython_rpath_link_args();
+    let config = pyo3_build_config::get();
+    if let Some(executable) = config.executable() {
+        println!("cargo:rustc-env=NGX_WSGI_BUILD_PYTHON={executable}");
+    }
+    println!(
+        "cargo:rustc-env=NGX_WSGI_BUILD_PYTHON_VERSION={}.{}",
+        config.version().major,
+        config.version().minor
+    );
+    println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
+}

@@ -1,0 +1,219 @@
+//! Which WSGI callable to serve (`PATH.py[:CALLABLE]` or `pkg.module[:CALLABLE]`), importing it,
+//! and the process-wide table of imported apps.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+
+/// Where an app's module comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppSource {
+    /// A Python file, imported as a module named after the file; its directory goes first on
+    /// `sys.path`.
+    File(PathBuf),
+    /// An importable dotted module name.
+    Module(String),
+}
+
+/// A parsed `wsgi_app` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppSpec {
+    pub source: AppSource,
+    /// Attribute path of the callable inside the module (`application` by default).
+    pub callable: String,
+}
+
+fn is_dotted_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|part| {
+            let mut chars = part.chars();
+            matches!(chars.next(), Some(c) if c == '_' || c.is_alphabetic())
+                && chars.all(|c| c == '_' || c.is_alphanumeric())
+        })
+}
+
+impl AppSpec {
+    /// Parses `PATH.py[:CALLABLE]` or `pkg.module[:CALLABLE]`. A relative path is resolved
+    /// against `base` (the server's prefix).
+    pub fn parse(text: &str, base: &Path) -> Result<AppSpec, String> {
+        let (target, callable) = match text.rsplit_once(':') {
+            Some((target, callable)) if is_dotted_identifier(callable) => (target, callable),
+            Some((_, callable)) => {
+                return Err(format!(
+                    "\"{text}\": callable {callable:?} is not a Python name"
+                ));
+            }
+            None => (text, "application"),
+        };
+        let source = if target.ends_with(".py") {
+            let path = Path::new(target);
+            AppSource::File(if path.is_absolute() {
+                path.to_owned()
+            } else {
+                base.join(path)
+            })
+        } else if is_dotted_identifier(target) {
+            AppSource::Module(target.to_owned())
+        } else {
+            return Err(format!(
+                "\"{text}\" is neither PATH.py[:CALLABLE] nor module.name[:CALLABLE]"
+            ));
+        };
+        Ok(AppSpec {
+            source,
+            callable: callable.to_owned(),
+        })
+    }
+
+    /// Imports the module and returns the callable; errors carry the Python traceback.
+    pub fn load(&self, py: Python<'_>) -> Result<Py<PyAny>, String> {
+        let module = match &self.source {
+            AppSource::File(path) => import_file(py, path),
+            AppSource::Module(name) => py.import(name.as_str()).map(Bound::into_any),
+        }
+        .map_err(|e| crate::traceback::format(py, &e))?;
+        let mut obj = module;
+        for attr in self.callable.split('.') {
+            obj = obj.getattr(attr).map_err(|_| {
+                format!(
+                    "{} has no attribute {:?} (looking for the WSGI callable {:?})",
+                    self.describe(),
+                    attr,
+                    self.callable
+                )
+            })?;
+        }
+        if !obj.is_callable() {
+            return Err(format!(
+                "{}:{} is not callable",
+                self.describe(),
+                self.callable
+            ));
+        }
+        Ok(obj.unbind())
+    }
+
+    fn describe(&self) -> String {
+        match &self.source {
+            AppSource::File(p) => p.display().to_string(),
+            AppSource::Module(m) => format!("module {m}"),
+        }
+    }
+}
+
+fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyAny>> {
+    if !path.is_file() {
+        return Err(pyo3::exceptions::PyFileNotFoundError::new_err(format!(
+            "{} does not exist or is not a file",
+            path.display()
+        )));
+    }
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("wsgi_app")
+        .replace(['.', '-'], "_");
+    let sys = py.import("sys")?;
+    if let Some(dir) = path.parent() {
+        let sys_path = sys.getattr("path")?.cast_into::<PyList>()?;
+        let dir = dir.as_os_str();
+        if !sys_path.contains(dir)? {
+            sys_path.insert(0, dir)?;
+        }
+    }
+    let modules = sys.getattr("modules")?;
+    if let Ok(existing) = modules.get_item(&name) {
+        let same_file = existing
+            .getattr("__file__")
+            .and_then(|f| f.extract::<PathBuf>())
+            .is_ok_and(|f| f == path);
+        if same_file {
+            return Ok(existing);
+        }
+    }
+    let util = py.import("importlib.util")?;
+    let spec = util.call_method1("spec_from_file_location", (&name, path.as_os_str()))?;
+    if spec.is_none() {
+        return Err(pyo3::exceptions::PyImportError::new_err(format!(
+            "cannot import {}",
+            path.display()
+        )));
+    }
+    let module = util.call_method1("module_from_spec", (&spec,))?;
+    modules.set_item(&name, &module)?;
+    if let Err(e) = spec
+        .getattr("loader")?
+        .call_method1("exec_module", (&module,))
+    {
+        let _ = modules.del_item(&name);
+        return Err(e);
+    }
+    Ok(module)
+}
+
+/// The apps of this process, in the order the server configured them.
+pub struct Apps;
+
+static LOADED: OnceLock<Vec<Py<PyAny>>> = OnceLock::new();
+
+impl Apps {
+    /// Imports every app once (at process start). On failure returns the index of the app and
+    /// the error.
+    pub fn load_all(specs: &[AppSpec]) -> Result<(), (usize, String)> {
+        let apps = crate::interpreter::attach(|py| {
+            specs
+                .iter()
+                .enumerate()
+                .map(|(i, spec)| spec.load(py).map_err(|e| (i, e)))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        LOADED
+            .set(apps)
+            .map_err(|_| (0, "the apps of this process were already loaded".to_owned()))
+    }
+
+    /// The app at `index`, if loaded.
+    pub fn get(index: usize) -> Option<&'static Py<PyAny>> {
+        LOADED.get()?.get(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_paths_and_modules() {
+        let base = Path::new("/etc/nginx");
+        assert_eq!(
+            AppSpec::parse("/srv/app/wsgi.py", base).unwrap(),
+            AppSpec {
+                source: AppSource::File("/srv/app/wsgi.py".into()),
+                callable: "application".into()
+            }
+        );
+        assert_eq!(
+            AppSpec::parse("app/wsgi.py:app.wsgi_app", base).unwrap(),
+            AppSpec {
+                source: AppSource::File("/etc/nginx/app/wsgi.py".into()),
+                callable: "app.wsgi_app".into()
+            }
+        );
+        assert_eq!(
+            AppSpec::parse("mysite.wsgi", base).unwrap(),
+            AppSpec {
+                source: AppSource::Module("mysite.wsgi".into()),
+                callable: "application".into()
+            }
+        );
+        assert_eq!(
+            AppSpec::parse("pkg.mod:make", base).unwrap().callable,
+            "make"
+        );
+        assert!(AppSpec::parse("pkg.mod:", base).is_err());
+        assert!(AppSpec::parse("pkg.mod:1x", base).is_err());
+        assert!(AppSpec::parse("not a module", base).is_err());
+    }
+}

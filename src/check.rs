@@ -1,0 +1,194 @@
+//! Configuration-time check: start Python and import every app in a short-lived child process, so
+//! that a broken app or interpreter fails the server's config test (`nginx -t`, start, reload)
+//! instead of leaving a server that accepts connections with no working process behind them.
+//! The child keeps the server's own process free of Python (a fork after Python starts threads is
+//! unsafe, and the server's master must stay small).
+
+use std::io::Read;
+use std::os::fd::FromRawFd;
+
+use crate::app::AppSpec;
+use crate::interpreter::{self, PythonSettings};
+
+/// One problem found by the check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckError {
+    /// The interpreter did not start (bad home, wrong Python, ...).
+    Interpreter(String),
+    /// App number `.0` could not be imported or has no callable.
+    App(usize, String),
+    /// The check process itself failed.
+    Process(String),
+}
+
+/// Credentials the check runs with, so it sees the files as the server's workers will.
+#[derive(Debug, Clone, Copy)]
+pub struct Credentials {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+}
+
+/// Runs the check in a child process; returns every problem found.
+pub fn check_apps(
+    settings: &PythonSettings,
+    specs: &[AppSpec],
+    credentials: Option<Credentials>,
+) -> Result<(), Vec<CheckError>> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe() writes.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(vec![CheckError::Process(format!(
+            "pipe(): {}",
+            std::io::Error::last_os_error()
+        ))]);
+    }
+    let (read_fd, write_fd) = (fds[0], fds[1]);
+    // SAFETY: the server's process is single-threaded while it reads its configuration; the child
+    // only runs `child_main`, which ends in `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        let err = std::io::Error::last_os_error();
+        // SAFETY: both descriptors were just created and are owned here.
+        unsafe {
+            libc::close(read_fd);
+            libc::close(write_fd);
+        }
+        return Err(vec![CheckError::Process(format!("fork(): {err}"))]);
+    }
+    if pid == 0 {
+        // SAFETY: in the child; the read end is not ours to use.
+        unsafe { libc::close(read_fd) };
+        let report = std::panic::catch_unwind(|| child_report(settings, specs, credentials))
+            .unwrap_or_else(|_| "Pthe check panicked\0".to_owned());
+        // SAFETY: `write_fd` is the pipe's write end; _exit skips the server's atexit handlers
+        // and stdio buffers, which belong to the parent.
+        unsafe {
+            let mut buf = report.as_bytes();
+            while !buf.is_empty() {
+                let n = libc::write(write_fd, buf.as_ptr().cast(), buf.len());
+                if n <= 0 {
+                    break;
+                }
+                buf = &buf[n as usize..];
+            }
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: the write end belongs to the child now; the read end is owned by the File below.
+    unsafe { libc::close(write_fd) };
+    let mut report = String::new();
+    // SAFETY: `read_fd` is an open descriptor owned by nothing else.
+    let mut pipe = unsafe { std::fs::File::from_raw_fd(read_fd) };
+    let read = pipe.read_to_string(&mut report);
+    let status = wait_for(pid);
+    let mut errors = parse_report(&report);
+    if let Err(e) = read {
+        errors.push(CheckError::Process(format!(
+            "reading the check's report: {e}"
+        )));
+    }
+    if let Some(status) = status {
+        if libc::WIFSIGNALED(status) {
+            errors.push(CheckError::Process(format!(
+                "the check process died from signal {} while starting Python or importing the app",
+                libc::WTERMSIG(status)
+            )));
+        } else if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 && errors.is_empty() {
+            errors.push(CheckError::Process(format!(
+                "the check process exited with code {} while starting Python or importing the app",
+                libc::WEXITSTATUS(status)
+            )));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+fn wait_for(pid: libc::pid_t) -> Option<libc::c_int> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out pointer; `pid` is our child.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            return Some(status);
+        }
+        if rc < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        // Someone else reaped it (a SIGCHLD handler): the report in the pipe still stands.
+        return None;
+    }
+}
+
+/// Records separated by NUL: `I<message>`, `A<index>:<message>`, `P<message>`.
+fn child_report(
+    settings: &PythonSettings,
+    specs: &[AppSpec],
+    credentials: Option<Credentials>,
+) -> String {
+    if let Some(c) = credentials {
+        // SAFETY: plain syscalls in the single-threaded child; group first, while still root.
+        let ok = unsafe { libc::setgid(c.gid) == 0 && libc::setuid(c.uid) == 0 };
+        if !ok {
+            return format!(
+                "Pcannot switch to uid {} gid {}: {}\0",
+                c.uid,
+                c.gid,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    if let Err(e) = interpreter::initialize(settings) {
+        return format!("I{e}\0");
+    }
+    interpreter::attach(|py| {
+        let mut out = String::new();
+        for (i, spec) in specs.iter().enumerate() {
+            if let Err(e) = spec.load(py) {
+                out.push_str(&format!("A{i}:{e}\0"));
+            }
+        }
+        out
+    })
+}
+
+fn parse_report(report: &str) -> Vec<CheckError> {
+    report
+        .split('\0')
+        .filter(|r| !r.is_empty())
+        .map(|record| {
+            let (kind, rest) = record.split_at(1);
+            match kind {
+                "I" => CheckError::Interpreter(rest.to_owned()),
+                "A" => match rest
+                    .split_once(':')
+                    .and_then(|(i, m)| Some((i.parse().ok()?, m)))
+                {
+                    Some((i, msg)) => CheckError::App(i, msg.to_owned()),
+                    None => CheckError::Process(record.to_owned()),
+                },
+                _ => CheckError::Process(rest.to_owned()),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_round_trip() {
+        assert_eq!(
+            parse_report("Ibad home\0A1:Traceback: x:y\0Pboom\0"),
+            vec![
+                CheckError::Interpreter("bad home".into()),
+                CheckError::App(1, "Traceback: x:y".into()),
+                CheckError::Process("boom".into()),
+            ]
+        );
+    }
+}

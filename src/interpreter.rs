@@ -1,0 +1,243 @@
+//! Starting and stopping the one CPython interpreter of a server process, and attaching the
+//! server's threads to it.
+//!
+//! The server owns the process: Python gets no signal handlers, no `argv`, and its `sys.executable`
+//! points at a real python (the build's, or the virtualenv's) rather than at the server binary.
+
+use std::cell::Cell;
+use std::ffi::{CStr, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+
+/// The python this crate was built against (its `sys.executable` at build time).
+pub const BUILD_PYTHON: Option<&str> = option_env!("NGX_WSGI_BUILD_PYTHON");
+/// `MAJOR.MINOR` of the libpython this crate links.
+pub const BUILD_PYTHON_VERSION: &str = env!("NGX_WSGI_BUILD_PYTHON_VERSION");
+
+/// Interpreter-wide settings (the server's `http`-level directives).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PythonSettings {
+    /// A virtualenv (has `pyvenv.cfg`) or a Python prefix (`sys.prefix`).
+    pub home: Option<PathBuf>,
+    /// Extra `sys.path` entries, processed like site directories (`.pth` files honoured).
+    pub path: Vec<PathBuf>,
+}
+
+/// The initialising thread's state while the GIL is released; `finalize` takes it back.
+static MAIN_THREAD_STATE: AtomicPtr<ffi::PyThreadState> = AtomicPtr::new(ptr::null_mut());
+
+thread_local! {
+    static THREAD_STATE_KEPT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether `initialize` has run in this process and `finalize` has not.
+pub fn is_running() -> bool {
+    !MAIN_THREAD_STATE.load(Ordering::Acquire).is_null()
+}
+
+/// Starts the interpreter on the calling thread and releases the GIL before returning.
+pub fn initialize(settings: &PythonSettings) -> Result<(), String> {
+    if let Some(home) = &settings.home {
+        check_home(home)?;
+    }
+    // SAFETY: called once per process before any other Python API; the config struct is
+    // initialised by PyConfig_InitPythonConfig and cleared before it goes out of scope.
+    unsafe {
+        if ffi::Py_IsInitialized() != 0 {
+            return Err("the Python interpreter is already initialised in this process".into());
+        }
+        let mut config: ffi::PyConfig = std::mem::zeroed();
+        ffi::PyConfig_InitPythonConfig(&mut config);
+        config.install_signal_handlers = 0;
+        config.parse_argv = 0;
+        let mut result = Ok(());
+        if let Some(exe) = executable_for(settings.home.as_deref()) {
+            let exe = CString::new(exe.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+            result = status(ffi::PyConfig_SetBytesString(
+                &mut config,
+                &mut config.executable,
+                exe.as_ptr(),
+            ));
+        }
+        if let (Ok(()), Some(home)) = (&result, &settings.home) {
+            if !home.join("pyvenv.cfg").exists() {
+                let home = CString::new(home.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+                result = status(ffi::PyConfig_SetBytesString(
+                    &mut config,
+                    &mut config.home,
+                    home.as_ptr(),
+                ));
+            }
+        }
+        if result.is_ok() {
+            result = status(ffi::Py_InitializeFromConfig(&config));
+        }
+        ffi::PyConfig_Clear(&mut config);
+        result.map_err(|e| format!("cannot start Python {BUILD_PYTHON_VERSION}: {e}"))?;
+    }
+    // SAFETY: the interpreter was just initialised on this thread, which holds the GIL.
+    let py = unsafe { Python::assume_attached() };
+    let path_result =
+        add_site_dirs(py, &settings.path).map_err(|e| crate::traceback::format(py, &e));
+    // SAFETY: this thread holds the GIL; the returned state is kept for `finalize`.
+    let tstate = unsafe { ffi::PyEval_SaveThread() };
+    MAIN_THREAD_STATE.store(tstate, Ordering::Release);
+    path_result
+}
+
+/// Waits for the app's non-daemon threads and finalises the interpreter. Must run on the thread
+/// that called `initialize`, after every other thread has stopped running Python.
+pub fn finalize() -> Result<(), String> {
+    let tstate = MAIN_THREAD_STATE.swap(ptr::null_mut(), Ordering::AcqRel);
+    if tstate.is_null() {
+        return Ok(());
+    }
+    // SAFETY: `tstate` is this thread's state saved by `initialize`; restoring it takes the GIL,
+    // which Py_FinalizeEx requires. Py_FinalizeEx joins non-daemon threads (threading._shutdown).
+    let rc = unsafe {
+        ffi::PyEval_RestoreThread(tstate);
+        ffi::Py_FinalizeEx()
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err("Python finalisation reported an error (buffered data could not be flushed)".into())
+    }
+}
+
+/// Runs `f` with the GIL on the calling thread, which keeps one Python thread state for its whole
+/// life: thread-locals of the app survive between requests, and attaching costs no allocation.
+pub fn attach<F, R>(f: F) -> R
+where
+    F: for<'py> FnOnce(Python<'py>) -> R,
+{
+    THREAD_STATE_KEPT.with(|kept| {
+        if !kept.get() {
+            // SAFETY: the interpreter is running (callers run after `initialize`). Ensure creates
+            // this thread's state and takes the GIL; never releasing that first Ensure keeps the
+            // state; SaveThread then gives the GIL back.
+            unsafe {
+                ffi::PyGILState_Ensure();
+                ffi::PyEval_SaveThread();
+            }
+            kept.set(true);
+        }
+    });
+    Python::attach(f)
+}
+
+fn status(status: ffi::PyStatus) -> Result<(), String> {
+    // SAFETY: PyStatus is a plain struct returned by CPython; err_msg is NULL or a static string.
+    unsafe {
+        if ffi::PyStatus_Exception(status) == 0 {
+            return Ok(());
+        }
+        if status.err_msg.is_null() {
+            Err(format!("exit code {}", status.exitcode))
+        } else {
+            Err(CStr::from_ptr(status.err_msg)
+                .to_string_lossy()
+                .into_owned())
+        }
+    }
+}
+
+/// The python executable the interpreter should consider itself to be.
+fn executable_for(home: Option<&Path>) -> Option<PathBuf> {
+    if let Some(home) = home {
+        for name in [
+            format!("python{BUILD_PYTHON_VERSION}"),
+            "python3".into(),
+            "python".into(),
+        ] {
+            let exe = home.join("bin").join(name);
+            if exe.exists() {
+                return Some(exe);
+            }
+        }
+        return None;
+    }
+    BUILD_PYTHON.map(PathBuf::from)
+}
+
+/// Rejects a home that cannot work with the libpython this crate links, with a message that
+/// says why (the classic symptom otherwise is "No module named 'encodings'" at start).
+pub fn check_home(home: &Path) -> Result<(), String> {
+    if !home.is_dir() {
+        return Err(format!("{} is not a directory", home.display()));
+    }
+    let cfg = home.join("pyvenv.cfg");
+    if cfg.exists() {
+        let text = std::fs::read_to_string(&cfg)
+            .map_err(|e| format!("cannot read {}: {e}", cfg.display()))?;
+        let version = text.lines().find_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            matches!(key.trim(), "version" | "version_info").then(|| value.trim().to_owned())
+        });
+        if let Some(version) = version {
+            let minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
+            if minor != BUILD_PYTHON_VERSION {
+                return Err(format!(
+                    "{} is Python {minor}; this module embeds Python {BUILD_PYTHON_VERSION}",
+                    home.display()
+                ));
+            }
+        }
+        return Ok(());
+    }
+    let stdlib = home
+        .join("lib")
+        .join(format!("python{BUILD_PYTHON_VERSION}"));
+    if !stdlib.join("os.py").exists() {
+        return Err(format!(
+            "{} has no lib/python{BUILD_PYTHON_VERSION}/os.py: not a Python {BUILD_PYTHON_VERSION} prefix or virtualenv",
+            home.display()
+        ));
+    }
+    Ok(())
+}
+
+fn add_site_dirs(py: Python<'_>, dirs: &[PathBuf]) -> PyResult<()> {
+    if dirs.is_empty() {
+        return Ok(());
+    }
+    let site = py.import("site")?;
+    for dir in dirs {
+        site.call_method1("addsitedir", (dir.as_os_str(),))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn home_must_match_the_embedded_version() {
+        let dir = std::env::temp_dir().join(format!("ngx-wsgi-venv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("pyvenv.cfg"),
+            "home = /usr/bin\nversion = 2.7.18\n",
+        )
+        .unwrap();
+        let err = check_home(&dir).unwrap_err();
+        assert!(
+            err.contains("is Python 2.7; this module embeds Python"),
+            "{err}"
+        );
+        std::fs::write(
+            dir.join("pyvenv.cfg"),
+            format!("version = {BUILD_PYTHON_VERSION}.4\n"),
+        )
+        .unwrap();
+        assert_eq!(check_home(&dir), Ok(()));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(check_home(&dir).unwrap_err().contains("is not a directory"));
+    }
+}

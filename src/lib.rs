@@ -1,0 +1,28 @@
+//! The server-agnostic core of ngx-wsgi: an embedded CPython interpreter that runs PEP 3333 WSGI
+//! applications for a web server adapter (nginx, Apache).
+//!
+//! An adapter copies what a request needs into a [`RequestInfo`] and a [`Body`] on its own thread,
+//! hands both to [`run_request`] on a thread that may run Python, and sends the [`Outcome`] back
+//! out through the server. Nothing here knows a server's types.
+
+pub mod app;
+pub mod body;
+pub mod check;
+pub mod environ;
+pub mod errors;
+pub mod file_wrapper;
+pub mod input;
+pub mod interpreter;
+pub mod request;
+pub mod response;
+pub mod traceback;
+
+pub use app::{AppSpec, Apps};
+pub use body::{Body, Segment};
+pub use environ::{RequestInfo, RequestInfoBuilder};
+pub use interpreter::PythonSettings;
+pub use request::{run_request, Outcome, OutcomeKind};
+pub use response::ResponseHead;
+
+#[cfg(test)]
+pub(crate) mod testing;

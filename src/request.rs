@@ -1,0 +1,331 @@
+//! Running one request through a WSGI app: environ in, status/headers/body out, `close()` once.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+use crate::body::Body;
+use crate::environ::{Field, RequestInfo};
+use crate::input::Input;
+use crate::response::{ResponseHead, StartResponse};
+
+/// How the app's part of a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeKind {
+    /// A full response: send `head` and `body`.
+    Complete,
+    /// Failed before any body byte was produced: answer 500 (the traceback is logged).
+    Failed,
+    /// Failed after body bytes were produced: send what there is, then cut the connection so
+    /// the client sees an incomplete message.
+    Truncated,
+}
+
+/// What the server sends back.
+#[derive(Debug)]
+pub struct Outcome {
+    pub kind: OutcomeKind,
+    pub head: Option<ResponseHead>,
+    pub body: Vec<u8>,
+    /// The app returned a list or tuple: every byte was known before any was sent, so the server
+    /// may announce a `Content-Length` the app did not set.
+    pub length_known: bool,
+}
+
+impl Outcome {
+    fn failed() -> Outcome {
+        Outcome {
+            kind: OutcomeKind::Failed,
+            head: None,
+            body: Vec::new(),
+            length_known: false,
+        }
+    }
+}
+
+/// Runs `app` for one request on the calling thread (which must be allowed to run Python) and
+/// returns the response. Every failure is logged with its traceback and the request line.
+pub fn run_request(app: &Py<PyAny>, info: &RequestInfo, body: Body) -> Outcome {
+    crate::interpreter::attach(|py| run_attached(py, app.bind(py), info, body))
+}
+
+fn log_failure(py: Python<'_>, info: &RequestInfo, what: &str, err: &PyErr) {
+    let traceback = crate::traceback::format(py, err);
+    log_error(info, what, &traceback);
+}
+
+fn log_error(info: &RequestInfo, what: &str, detail: &str) {
+    tracing::error!(
+        target: "wsgi",
+        "{what} while serving \"{}\", client: {}\n{detail}",
+        info.request_line().escape_debug(),
+        String::from_utf8_lossy(info.field(Field::RemoteAddr)),
+    );
+}
+
+fn run_attached(py: Python<'_>, app: &Bound<'_, PyAny>, info: &RequestInfo, body: Body) -> Outcome {
+    let (input, start_response) = match (
+        Bound::new(py, Input::new(body)),
+        Bound::new(py, StartResponse::default()),
+    ) {
+        (Ok(i), Ok(s)) => (i, s),
+        (Err(e), _) | (_, Err(e)) => {
+            log_failure(py, info, "cannot create the request objects", &e);
+            return Outcome::failed();
+        }
+    };
+    let result = info
+        .to_environ(py, input.clone().into_any())
+        .and_then(|environ| app.call1((environ, &start_response)));
+    let mut length_known = false;
+    let iterated = match &result {
+        Ok(iterable) => {
+            length_known = iterable.is_exact_instance_of::<PyList>()
+                || iterable.is_exact_instance_of::<PyTuple>();
+            let iterated = consume(iterable, &start_response);
+            if let Err(e) = close_iterable(iterable) {
+                log_failure(py, info, "the response iterable's close() raised", &e);
+            }
+            iterated
+        }
+        Err(_) => Ok(()),
+    };
+    input.borrow_mut().detach();
+    let mut sr = start_response.borrow_mut();
+    sr.finished = true;
+    let head = sr.head.take();
+    let body = std::mem::take(&mut sr.body);
+    let committed = sr.committed;
+    drop(sr);
+
+    let error = match (result, iterated) {
+        (Err(e), _) => Some(("the application raised", e)),
+        (Ok(_), Err(e)) => Some(("iterating the response raised", e)),
+        _ => None,
+    };
+    if let Some((what, err)) = error {
+        log_failure(py, info, what, &err);
+        return Outcome {
+            kind: if committed {
+                OutcomeKind::Truncated
+            } else {
+                OutcomeKind::Failed
+            },
+            head: if committed { head } else { None },
+            body: if committed { body } else { Vec::new() },
+            length_known: false,
+        };
+    }
+    let Some(head) = head else {
+        log_error(
+            info,
+            "the application returned without calling start_response()",
+            "",
+        );
+        return Outcome::failed();
+    };
+    finish(info, head, body, length_known)
+}
+
+/// Applies the app's Content-Length to what it produced.
+fn finish(
+    info: &RequestInfo,
+    head: ResponseHead,
+    mut body: Vec<u8>,
+    length_known: bool,
+) -> Outcome {
+    let mut kind = OutcomeKind::Complete;
+    if let Some(declared) = head.content_length {
+        let produced = body.len() as u64;
+        if produced > declared {
+            log_error(
+                info,
+                &format!("the application produced {produced} bytes for a Content-Length of {declared}; the excess was dropped"),
+                "",
+            );
+            body.truncate(declared as usize);
+        } else if produced < declared
+            && !head.is_bodiless()
+            && info.field(Field::RequestMethod) != b"HEAD"
+        {
+            log_error(
+                info,
+                &format!("the application produced {produced} bytes for a Content-Length of {declared}; the connection was cut"),
+                "",
+            );
+            kind = OutcomeKind::Truncated;
+        }
+    }
+    Outcome {
+        kind,
+        head: Some(head),
+        body,
+        length_known,
+    }
+}
+
+/// Takes every body item from the iterable into the response.
+fn consume(iterable: &Bound<'_, PyAny>, start_response: &Bound<'_, StartResponse>) -> PyResult<()> {
+    let take = |item: Bound<'_, PyAny>| -> PyResult<()> {
+        let bytes = item.cast::<PyBytes>().map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err(format!(
+                "response body items must be bytes, not {}",
+                item.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
+        start_response.borrow_mut().push_body(bytes.as_bytes())
+    };
+    if let Ok(list) = iterable.cast::<PyList>() {
+        for item in list.iter() {
+            take(item)?;
+        }
+        return Ok(());
+    }
+    if let Ok(tuple) = iterable.cast::<PyTuple>() {
+        for item in tuple.iter() {
+            take(item)?;
+        }
+        return Ok(());
+    }
+    for item in iterable.try_iter()? {
+        take(item?)?;
+    }
+    Ok(())
+}
+
+fn close_iterable(iterable: &Bound<'_, PyAny>) -> PyResult<()> {
+    if iterable.is_exact_instance_of::<PyList>() || iterable.is_exact_instance_of::<PyTuple>() {
+        return Ok(());
+    }
+    let py = iterable.py();
+    match iterable.getattr(pyo3::intern!(py, "close")) {
+        Ok(close) => close.call0().map(drop),
+        Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::environ::RequestInfoBuilder;
+    use crate::testing::with_python;
+    use std::ffi::CString;
+
+    fn app(code: &str) -> Py<PyAny> {
+        with_python(|py| {
+            let code = CString::new(code).unwrap();
+            let module = PyModule::from_code(py, &code, c"test_app.py", c"test_app").unwrap();
+            module.getattr("app").unwrap().unbind()
+        })
+    }
+
+    fn request() -> RequestInfo {
+        let mut b = RequestInfoBuilder::default();
+        b.set(Field::RequestMethod, b"GET")
+            .set(Field::PathInfo, b"/x")
+            .set(Field::ServerProtocol, b"HTTP/1.1")
+            .set(Field::RequestUri, b"/x");
+        b.finish()
+    }
+
+    fn run(code: &str) -> Outcome {
+        run_request(&app(code), &request(), Body::empty())
+    }
+
+    #[test]
+    fn list_body_with_known_length() {
+        let out = run("def app(e, sr):\n sr('200 OK', [('Content-Type', 'text/plain')])\n return [b'hello ', b'world']");
+        assert_eq!(out.kind, OutcomeKind::Complete);
+        assert_eq!(out.body, b"hello world");
+        assert!(out.length_known);
+        let head = out.head.unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(
+            head.headers,
+            vec![(b"Content-Type".to_vec(), b"text/plain".to_vec())]
+        );
+    }
+
+    #[test]
+    fn generator_with_write_and_close_once() {
+        let out = run(concat!(
+            "closed = []\n",
+            "class Body:\n",
+            " def __iter__(self):\n  yield b'b'\n  yield b''\n  yield b'c'\n",
+            " def close(self): closed.append(1)\n",
+            "def app(e, sr):\n",
+            " w = sr('201 Created', [])\n w(b'a')\n",
+            " assert e['PATH_INFO'] == '/x' and e['wsgi.input'].read() == b''\n",
+            " return Body()\n",
+        ));
+        assert_eq!(out.kind, OutcomeKind::Complete);
+        assert_eq!(out.body, b"abc");
+        assert!(!out.length_known);
+        assert_eq!(out.head.unwrap().status, 201);
+    }
+
+    #[test]
+    fn failures_before_and_after_the_first_byte() {
+        assert_eq!(
+            run("def app(e, sr):\n raise RuntimeError('boom')").kind,
+            OutcomeKind::Failed
+        );
+        assert_eq!(
+            run("def app(e, sr):\n return [b'x']").kind,
+            OutcomeKind::Failed
+        );
+        assert_eq!(
+            run("def app(e, sr):\n sr('200 OK', [])\n return [b'x', 'y']").kind,
+            OutcomeKind::Truncated
+        );
+        assert_eq!(
+            run("def app(e, sr):\n sr('200 OK', [])\n return ['x']").kind,
+            OutcomeKind::Failed
+        );
+        assert_eq!(
+            run("def app(e, sr):\n sr('200 OK', [('X', 'a\\nb')])\n return [b'x']").kind,
+            OutcomeKind::Failed
+        );
+        assert_eq!(
+            run("def app(e, sr):\n sr('200 OK', [])\n sr('500 Oops', [])\n return []").kind,
+            OutcomeKind::Failed
+        );
+        assert_eq!(
+            run("import sys\ndef app(e, sr):\n sys.exit(3)").kind,
+            OutcomeKind::Failed
+        );
+    }
+
+    #[test]
+    fn exc_info_replaces_an_uncommitted_head() {
+        let out = run(concat!(
+            "import sys\n",
+            "def app(e, sr):\n",
+            " sr('200 OK', [('A', 'b')])\n",
+            " try:\n  raise ValueError('x')\n",
+            " except ValueError:\n  sr('500 Internal Server Error', [('C', 'd')], sys.exc_info())\n",
+            " return [b'err']\n",
+        ));
+        assert_eq!(out.kind, OutcomeKind::Complete);
+        let head = out.head.unwrap();
+        assert_eq!(
+            (head.status, head.headers),
+            (500, vec![(b"C".to_vec(), b"d".to_vec())])
+        );
+    }
+
+    #[test]
+    fn content_length_is_honoured() {
+        let long =
+            run("def app(e, sr):\n sr('200 OK', [('Content-Length', '3')])\n return [b'abcdef']");
+        assert_eq!(
+            (long.kind, long.body),
+            (OutcomeKind::Complete, b"abc".to_vec())
+        );
+        let short =
+            run("def app(e, sr):\n sr('200 OK', [('Content-Length', '10')])\n return [b'abc']");
+        assert_eq!(short.kind, OutcomeKind::Truncated);
+    }
+}

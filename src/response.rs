@@ -1,0 +1,315 @@
+//! `start_response` and `write()`: the response head an app declares, validated per PEP 3333 and
+//! RFC 9110 before anything reaches the wire.
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+
+/// The status and headers of a response, as the app gave them (validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    /// `NNN Reason`, exactly as the app wrote it (latin-1 bytes).
+    pub status_line: Vec<u8>,
+    /// Every header but `Content-Length`, in order, names as the app spelled them.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The app's `Content-Length`, if it set one.
+    pub content_length: Option<u64>,
+}
+
+impl ResponseHead {
+    /// Whether this status never carries a body (1xx, 204, 304).
+    pub fn is_bodiless(&self) -> bool {
+        self.status < 200 || self.status == 204 || self.status == 304
+    }
+}
+
+/// Headers an app must not send (PEP 3333: hop-by-hop features belong to the server).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A `str` as latin-1 bytes, refusing code points above U+00FF.
+fn latin1_bytes(what: &str, s: &str) -> Result<Vec<u8>, String> {
+    s.chars()
+        .map(|c| {
+            u8::try_from(u32::from(c))
+                .map_err(|_| format!("{what} {s:?} has a character outside latin-1"))
+        })
+        .collect()
+}
+
+/// Parses `NNN Reason`.
+pub fn parse_status(status: &str) -> Result<(u16, Vec<u8>), String> {
+    let bytes = latin1_bytes("status", status)?;
+    let well_formed = bytes.len() >= 5
+        && bytes[..3].iter().all(u8::is_ascii_digit)
+        && bytes[3] == b' '
+        && bytes[4] != b' '
+        && bytes.last() != Some(&b' ')
+        && !bytes[4..].iter().any(|&c| is_ctl(c));
+    if !well_formed {
+        return Err(format!("status {status:?} is not \"NNN Reason-Phrase\""));
+    }
+    let code =
+        (bytes[0] - b'0') as u16 * 100 + (bytes[1] - b'0') as u16 * 10 + (bytes[2] - b'0') as u16;
+    if code < 200 {
+        return Err(format!(
+            "status {status:?}: a WSGI response cannot be informational (1xx) or below 100"
+        ));
+    }
+    Ok((code, bytes))
+}
+
+fn is_ctl(c: u8) -> bool {
+    (c < 0x20 && c != b'\t') || c == 0x7f
+}
+
+fn is_token_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+}
+
+/// Checks one header; returns it as latin-1 bytes.
+pub fn parse_header(name: &str, value: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
+    if name.is_empty() || !name.bytes().all(is_token_char) {
+        return Err(format!("header name {name:?} is not an HTTP token"));
+    }
+    if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        return Err(format!(
+            "header {name:?} is hop-by-hop; the server manages it (PEP 3333)"
+        ));
+    }
+    let value_bytes = latin1_bytes(&format!("header {name:?} value"), value)?;
+    if value_bytes.iter().any(|&c| is_ctl(c)) {
+        return Err(format!(
+            "header {name:?} value {value:?} contains a control character (CR, LF, NUL, ...)"
+        ));
+    }
+    Ok((name.as_bytes().to_vec(), value_bytes))
+}
+
+/// Builds a head from the app's `status` and `headers` arguments.
+pub fn head_from_python(
+    status: &Bound<'_, PyAny>,
+    headers: &Bound<'_, PyAny>,
+) -> PyResult<ResponseHead> {
+    let status = status.cast::<PyString>().map_err(|_| {
+        PyTypeError::new_err(format!("status must be str, not {}", type_name(status)))
+    })?;
+    let (code, status_line) = parse_status(&status.to_cow()?).map_err(PyValueError::new_err)?;
+    let headers = headers.cast::<PyList>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "response headers must be a list, not {}",
+            type_name(headers)
+        ))
+    })?;
+    let mut head = ResponseHead {
+        status: code,
+        status_line,
+        headers: Vec::with_capacity(headers.len()),
+        content_length: None,
+    };
+    for item in headers.iter() {
+        let pair = item
+            .cast::<PyTuple>()
+            .ok()
+            .filter(|t| t.len() == 2)
+            .ok_or_else(|| {
+                PyTypeError::new_err(format!(
+                    "each header must be a (name, value) tuple, not {item:?}"
+                ))
+            })?;
+        let name = pair.get_item(0)?;
+        let value = pair.get_item(1)?;
+        let (Ok(name), Ok(value)) = (name.cast::<PyString>(), value.cast::<PyString>()) else {
+            return Err(PyTypeError::new_err(format!(
+                "header name and value must be str: {item:?}"
+            )));
+        };
+        let (name, value) =
+            parse_header(&name.to_cow()?, &value.to_cow()?).map_err(PyValueError::new_err)?;
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let text = std::str::from_utf8(&value).unwrap_or("");
+            let length = text
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|_| text.trim().bytes().all(|c| c.is_ascii_digit()))
+                .ok_or_else(|| {
+                    PyValueError::new_err(format!("Content-Length {text:?} is not a number"))
+                })?;
+            if head.content_length.is_some_and(|l| l != length) {
+                return Err(PyValueError::new_err(
+                    "two different Content-Length headers",
+                ));
+            }
+            head.content_length = Some(length);
+            continue;
+        }
+        head.headers.push((name, value));
+    }
+    Ok(head)
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The `start_response` callable of one request; also collects the response body.
+#[pyclass(module = "ngx_wsgi", name = "StartResponse")]
+#[derive(Default)]
+pub struct StartResponse {
+    pub(crate) head: Option<ResponseHead>,
+    /// Whether body bytes were produced: from then on the head is on its way to the client.
+    pub(crate) committed: bool,
+    pub(crate) body: Vec<u8>,
+    /// The request is over: calls from a stray reference must not touch it.
+    pub(crate) finished: bool,
+}
+
+impl StartResponse {
+    /// Appends body bytes produced by the app (by iteration or `write()`).
+    pub(crate) fn push_body(&mut self, data: &[u8]) -> PyResult<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if self.head.is_none() {
+            return Err(PyRuntimeError::new_err(
+                "the application produced body data before calling start_response()",
+            ));
+        }
+        if !self.committed {
+            self.committed = true;
+            if let Some(len) = self.head.as_ref().and_then(|h| h.content_length) {
+                self.body.reserve(len.min(16 << 20) as usize);
+            }
+        }
+        self.body.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn check_live(&self) -> PyResult<()> {
+        if self.finished {
+            return Err(PyRuntimeError::new_err(
+                "start_response/write used after the response ended",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl StartResponse {
+    #[pyo3(signature = (status, headers, exc_info = None))]
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
+        status: &Bound<'py, PyAny>,
+        headers: &Bound<'py, PyAny>,
+        exc_info: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        {
+            let mut this = slf.borrow_mut();
+            this.check_live()?;
+            match exc_info.filter(|e| !e.is_none()) {
+                Some(exc_info) => {
+                    if this.committed {
+                        // PEP 3333: too late to change the head; re-raise the app's exception.
+                        let value = exc_info.get_item(1)?;
+                        let err = PyErr::from_value(value);
+                        if let Ok(tb) = exc_info.get_item(2) {
+                            if let Ok(tb) = tb.cast_into::<pyo3::types::PyTraceback>() {
+                                err.set_traceback(py, Some(tb));
+                            }
+                        }
+                        return Err(err);
+                    }
+                }
+                None if this.head.is_some() => {
+                    return Err(PyRuntimeError::new_err(
+                        "start_response() called a second time without exc_info",
+                    ));
+                }
+                None => {}
+            }
+            this.head = Some(head_from_python(status, headers)?);
+        }
+        slf.getattr(pyo3::intern!(py, "write"))
+    }
+
+    /// The legacy `write()` callable that `start_response` returns.
+    fn write(&mut self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.check_live()?;
+        let bytes = data.cast::<PyBytes>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "write() argument must be bytes, not {}",
+                type_name(data)
+            ))
+        })?;
+        self.push_body(bytes.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(parse_status("200 OK").unwrap(), (200, b"200 OK".to_vec()));
+        assert_eq!(parse_status("599 Odd \u{e9}").unwrap().0, 599);
+        for bad in [
+            "200",
+            "200 ",
+            "OK 200",
+            "2000 OK",
+            " 200 OK",
+            "200 OK ",
+            "200  OK",
+            "200 O\r\nX: y",
+            "100 Continue",
+            "099 Low",
+            "200 \u{263a}",
+        ] {
+            assert!(parse_status(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn header_rules() {
+        assert_eq!(
+            parse_header("X-A", "b\tc").unwrap(),
+            (b"X-A".to_vec(), b"b\tc".to_vec())
+        );
+        assert_eq!(
+            parse_header("X-L", "caf\u{e9}").unwrap().1,
+            b"caf\xe9".to_vec()
+        );
+        for (name, value) in [
+            ("X A", "v"),
+            ("", "v"),
+            ("X:A", "v"),
+            ("X-A", "a\r\nSet-Cookie: x"),
+            ("X-A", "a\nb"),
+            ("X-A", "a\0b"),
+            ("X-A", "\u{20ac}"),
+            ("Connection", "close"),
+            ("Transfer-Encoding", "chunked"),
+        ] {
+            assert!(
+                parse_header(name, value).is_err(),
+                "{name:?}: {value:?} accepted"
+            );
+        }
+    }
+}
