@@ -13,6 +13,7 @@ pub mod errors;
 pub mod file_wrapper;
 pub mod input;
 pub mod interpreter;
+pub mod log_text;
 pub mod request;
 pub mod response;
 pub mod traceback;

@@ -1,0 +1,25 @@
+// Links the module to the libpython the core was built for (with an rpath, so the same one loads
+// at run time), exposes the nginx build's feature flags as cfgs, and records where that nginx
+// build lives for the `ngx-wsgi` helper binary.
+use std::env;
+
+fn main() {
+    pyo3_build_config::add_libpython_rpath_link_args();
+
+    let values = env::var("DEP_NGINX_FEATURES_CHECK").unwrap_or_default();
+    println!("cargo::rustc-check-cfg=cfg(ngx_feature, values({values}))");
+    for feature in env::var("DEP_NGINX_FEATURES")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if !feature.is_empty() {
+            println!("cargo::rustc-cfg=ngx_feature=\"{feature}\"");
+        }
+    }
+    if let Ok(dir) = env::var("DEP_NGINX_BUILD_DIR") {
+        println!("cargo::rustc-env=NGX_WSGI_NGINX_BUILD_DIR={dir}");
+    }
+    if let Ok(version) = env::var("DEP_NGINX_VERSION") {
+        println!("cargo::rustc-env=NGX_WSGI_NGINX_VERSION={version}");
+    }
+}

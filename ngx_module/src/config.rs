@@ -1,0 +1,341 @@
+//! The `wsgi_*` directives: parsing, merging, and the configuration-time check that imports every
+//! app before nginx accepts the configuration.
+
+use std::ffi::{c_char, c_void};
+use std::path::{Path, PathBuf};
+
+use nginx_sys::{
+    ngx_command_t, ngx_conf_t, ngx_core_conf_t, ngx_core_module, ngx_http_core_loc_conf_t,
+    ngx_http_core_module, ngx_int_t, ngx_process, ngx_str_t, ngx_thread_pool_add,
+    ngx_thread_pool_t, NGX_ERROR, NGX_LOG_EMERG, NGX_OK, NGX_PROCESS_SIGNALLER,
+};
+use ngx::core::{Pool, NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::http::HttpModuleConfExt;
+use ngx_wsgi::check::{check_apps, CheckError, Credentials};
+use ngx_wsgi::{AppSpec, PythonSettings};
+
+use crate::ffi_guard::guard;
+use crate::{module, ngx_bytes};
+
+/// One distinct `wsgi_app` value and where it was first configured.
+pub(crate) struct AppEntry {
+    pub text: String,
+    pub spec: AppSpec,
+    pub file: String,
+    pub line: usize,
+}
+
+impl AppEntry {
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "wsgi_app \"{}\" (in {}:{})",
+            self.text, self.file, self.line
+        )
+    }
+}
+
+/// `http`-level settings: the interpreter and the apps it imports.
+#[derive(Default)]
+pub(crate) struct MainConf {
+    pub python: PythonSettings,
+    pub apps: Vec<AppEntry>,
+}
+
+/// Per-location settings.
+pub(crate) struct LocConf {
+    /// Index into `MainConf::apps`, where this location serves an app.
+    pub app: Option<usize>,
+    /// `SCRIPT_NAME` for requests of this location (the mount point).
+    pub script_name: Vec<u8>,
+    /// `wsgi_thread_pool`, inherited down to locations.
+    pub thread_pool_name: ngx_str_t,
+    /// The resolved pool, for locations that serve an app.
+    pub thread_pool: *mut ngx_thread_pool_t,
+}
+
+impl Default for LocConf {
+    fn default() -> Self {
+        LocConf {
+            app: None,
+            script_name: Vec::new(),
+            thread_pool_name: ngx_str_t::empty(),
+            thread_pool: std::ptr::null_mut(),
+        }
+    }
+}
+
+pub(crate) unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    guard("create_main_conf", std::ptr::null_mut(), || {
+        // SAFETY: nginx passes a live configuration whose pool outlives the configuration; the
+        // pool's cleanup drops the value.
+        unsafe {
+            Pool::from_ngx_pool((*cf).pool)
+                .allocate(MainConf::default())
+                .cast()
+        }
+    })
+}
+
+pub(crate) unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    guard("create_loc_conf", std::ptr::null_mut(), || {
+        // SAFETY: as in `create_main_conf`.
+        unsafe {
+            Pool::from_ngx_pool((*cf).pool)
+                .allocate(LocConf::default())
+                .cast()
+        }
+    })
+}
+
+pub(crate) unsafe extern "C" fn merge_loc_conf(
+    cf: *mut ngx_conf_t,
+    parent: *mut c_void,
+    child: *mut c_void,
+) -> *mut c_char {
+    guard("merge_loc_conf", NGX_CONF_ERROR, || {
+        // SAFETY: nginx passes this module's two location configurations, created above.
+        let (parent, child) =
+            unsafe { (&*(parent as *const LocConf), &mut *(child as *mut LocConf)) };
+        if child.thread_pool_name.data.is_null() {
+            child.thread_pool_name = parent.thread_pool_name;
+        }
+        if child.app.is_some() {
+            let name: *mut ngx_str_t = if child.thread_pool_name.data.is_null() {
+                std::ptr::null_mut()
+            } else {
+                &mut child.thread_pool_name
+            };
+            // SAFETY: `cf` is live; a NULL name selects the pool named "default"; the name's
+            // bytes live in the cycle's pool as long as the pool entry does.
+            child.thread_pool = unsafe { ngx_thread_pool_add(cf, name) };
+            if child.thread_pool.is_null() {
+                return NGX_CONF_ERROR;
+            }
+        }
+        NGX_CONF_OK
+    })
+}
+
+/// The directive's arguments (the name first).
+unsafe fn args<'a>(cf: *mut ngx_conf_t) -> &'a [ngx_str_t] {
+    // SAFETY: during a directive callback `cf->args` holds `nelts` ngx_str_t values.
+    unsafe { (*(*cf).args).as_slice() }
+}
+
+fn conf_error(cf: *mut ngx_conf_t, msg: &str) -> *mut c_char {
+    ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", msg);
+    NGX_CONF_ERROR
+}
+
+fn utf8_arg(cf: *mut ngx_conf_t, arg: &ngx_str_t) -> Result<String, *mut c_char> {
+    String::from_utf8(ngx_bytes(arg).to_vec())
+        .map_err(|_| conf_error(cf, "the value is not valid UTF-8"))
+}
+
+/// A configured path, relative ones taken from nginx's prefix (like nginx's own paths).
+unsafe fn full_path(cf: *mut ngx_conf_t, value: &str) -> PathBuf {
+    // SAFETY: the cycle and its prefix are live during configuration.
+    let prefix = unsafe { String::from_utf8_lossy(ngx_bytes(&(*(*cf).cycle).prefix)).into_owned() };
+    Path::new(&prefix).join(value)
+}
+
+unsafe fn main_conf<'a>(cf: *mut ngx_conf_t) -> &'a mut MainConf {
+    // SAFETY: inside the http block this module's main configuration exists.
+    unsafe {
+        (*cf)
+            .http_main_conf_unchecked::<MainConf>(module())
+            .expect("wsgi main configuration")
+            .as_mut()
+    }
+}
+
+pub(crate) unsafe extern "C" fn set_app(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard("wsgi_app", NGX_CONF_ERROR, || {
+        // SAFETY: `conf` is this module's location configuration for the current block.
+        let lc = unsafe { &mut *(conf as *mut LocConf) };
+        if lc.app.is_some() {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        // SAFETY: wsgi_app takes exactly one argument.
+        let text = match utf8_arg(cf, unsafe { &args(cf)[1] }) {
+            Ok(t) => t,
+            Err(e) => return e,
+        };
+        // SAFETY: `cf` is live during the callback.
+        let base = unsafe { full_path(cf, "") };
+        let spec = match AppSpec::parse(&text, &base) {
+            Ok(s) => s,
+            Err(e) => return conf_error(cf, &format!("wsgi_app {e}")),
+        };
+        // SAFETY: inside an http block; see `main_conf`.
+        let mc = unsafe { main_conf(cf) };
+        let index = match mc.apps.iter().position(|a| a.spec == spec) {
+            Some(i) => i,
+            None => {
+                // SAFETY: the file being parsed is live during the callback.
+                let (file, line) = unsafe {
+                    let f = (*cf).conf_file;
+                    (
+                        String::from_utf8_lossy(ngx_bytes(&(*f).file.name)).into_owned(),
+                        (*f).line,
+                    )
+                };
+                mc.apps.push(AppEntry {
+                    text,
+                    spec,
+                    file,
+                    line,
+                });
+                mc.apps.len() - 1
+            }
+        };
+        lc.app = Some(index);
+        // SAFETY: the core module's location configuration of the same block exists.
+        let clcf = unsafe {
+            (*cf)
+                .http_location_conf_unchecked::<ngx_http_core_loc_conf_t>(&*std::ptr::addr_of!(
+                    ngx_http_core_module
+                ))
+                .expect("core location configuration")
+                .as_mut()
+        };
+        clcf.handler = Some(crate::handler::content_handler);
+        lc.script_name = mount_point(clcf);
+        NGX_CONF_OK
+    })
+}
+
+/// `SCRIPT_NAME` for a location: a prefix location's name without its trailing slash; nothing
+/// for `location /`, exact, regex and named locations.
+fn mount_point(clcf: &ngx_http_core_loc_conf_t) -> Vec<u8> {
+    if !clcf.regex.is_null() || clcf.exact_match() != 0 || clcf.named() != 0 || clcf.noname() != 0 {
+        return Vec::new();
+    }
+    let name = ngx_bytes(&clcf.name);
+    let trimmed = name.strip_suffix(b"/").unwrap_or(name);
+    trimmed.to_vec()
+}
+
+pub(crate) unsafe extern "C" fn set_python_home(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard("wsgi_python_home", NGX_CONF_ERROR, || {
+        // SAFETY: `conf` is this module's main configuration.
+        let mc = unsafe { &mut *(conf as *mut MainConf) };
+        if mc.python.home.is_some() {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        // SAFETY: one argument, live during the callback.
+        match utf8_arg(cf, unsafe { &args(cf)[1] }) {
+            Ok(v) => mc.python.home = Some(unsafe { full_path(cf, &v) }),
+            Err(e) => return e,
+        }
+        NGX_CONF_OK
+    })
+}
+
+pub(crate) unsafe extern "C" fn set_python_path(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard("wsgi_python_path", NGX_CONF_ERROR, || {
+        // SAFETY: `conf` is this module's main configuration.
+        let mc = unsafe { &mut *(conf as *mut MainConf) };
+        // SAFETY: the arguments are live during the callback.
+        for arg in unsafe { &args(cf)[1..] } {
+            match utf8_arg(cf, arg) {
+                Ok(v) => mc.python.path.push(unsafe { full_path(cf, &v) }),
+                Err(e) => return e,
+            }
+        }
+        NGX_CONF_OK
+    })
+}
+
+pub(crate) unsafe extern "C" fn set_thread_pool(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard("wsgi_thread_pool", NGX_CONF_ERROR, || {
+        // SAFETY: `conf` is this module's location configuration.
+        let lc = unsafe { &mut *(conf as *mut LocConf) };
+        if !lc.thread_pool_name.data.is_null() {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        // SAFETY: one argument; its bytes live in the cycle's pool.
+        lc.thread_pool_name = unsafe { args(cf)[1] };
+        NGX_CONF_OK
+    })
+}
+
+/// After the http block: import every app in a child process, so that a broken app fails
+/// `nginx -t`, start and reload instead of leaving workers that cannot serve.
+pub(crate) unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+    guard("postconfiguration", NGX_ERROR as ngx_int_t, || {
+        crate::log::install();
+        // SAFETY: inside the http block; see `main_conf`.
+        let mc = unsafe { main_conf(cf) };
+        // SAFETY: plain read of nginx's process role.
+        if mc.apps.is_empty() || unsafe { ngx_process } == NGX_PROCESS_SIGNALLER as usize {
+            return NGX_OK as ngx_int_t;
+        }
+        let specs: Vec<AppSpec> = mc.apps.iter().map(|a| a.spec.clone()).collect();
+        // SAFETY: `cf` is live.
+        let credentials = unsafe { worker_credentials(cf) };
+        let Err(errors) = check_apps(&mc.python, &specs, credentials) else {
+            return NGX_OK as ngx_int_t;
+        };
+        for error in errors {
+            let msg = match error {
+                CheckError::App(i, e) => format!("{} cannot be loaded: {e}", mc.apps[i].describe()),
+                CheckError::Interpreter(e) => match &mc.python.home {
+                    Some(home) => format!("wsgi_python_home \"{}\": {e}", home.display()),
+                    None => format!("wsgi: {e}"),
+                },
+                CheckError::Process(e) => format!("wsgi: checking the apps failed: {e}"),
+            };
+            // SAFETY: `cf->log` is live during configuration.
+            crate::log::write_log(NGX_LOG_EMERG as usize, unsafe { (*cf).log }, &msg);
+        }
+        NGX_ERROR as ngx_int_t
+    })
+}
+
+/// The user the workers will run as, when nginx runs as root (`user`, else nginx's default).
+unsafe fn worker_credentials(cf: *mut ngx_conf_t) -> Option<Credentials> {
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    // SAFETY: the core module's configuration is created before any block is parsed.
+    let ccf = unsafe {
+        let ctx = (*(*cf).cycle).conf_ctx;
+        &*(*ctx.add((*std::ptr::addr_of!(ngx_core_module)).index)).cast::<ngx_core_conf_t>()
+    };
+    if ccf.user != libc::uid_t::MAX {
+        return Some(Credentials {
+            uid: ccf.user,
+            gid: ccf.group,
+        });
+    }
+    // SAFETY: getpwnam/getgrnam return NULL or pointers to static records; single-threaded.
+    unsafe {
+        let pw = libc::getpwnam(nginx_sys::NGX_USER.as_ptr());
+        let gr = libc::getgrnam(nginx_sys::NGX_GROUP.as_ptr());
+        if pw.is_null() || gr.is_null() {
+            return None;
+        }
+        Some(Credentials {
+            uid: (*pw).pw_uid,
+            gid: (*gr).gr_gid,
+        })
+    }
+}

@@ -1,0 +1,157 @@
+//! The request path on nginx's side: read the body, post the request to the thread pool, and send
+//! the response when the pool thread is done.
+
+use std::ffi::c_void;
+
+use nginx_sys::{
+    ngx_event_t, ngx_http_finalize_request, ngx_http_read_client_request_body, ngx_http_request_t,
+    ngx_http_run_posted_requests, ngx_int_t, ngx_log_t, ngx_pool_cleanup_add,
+    ngx_thread_task_alloc, ngx_thread_task_post, NGX_DONE, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
+};
+use ngx::http::HttpModuleConfExt;
+use ngx_wsgi::{run_request, Apps, Body, Outcome, RequestInfo};
+use pyo3::Py;
+use pyo3::PyAny;
+
+use crate::config::LocConf;
+use crate::ffi_guard::guard;
+use crate::module;
+
+/// One request's trip through the thread pool. Owned by the request's pool (freed by its
+/// cleanup), touched by the pool thread only while the request is blocked on it.
+pub(crate) struct Job {
+    request: *mut ngx_http_request_t,
+    app: &'static Py<PyAny>,
+    info: RequestInfo,
+    body: Option<Body>,
+    pub(crate) outcome: Option<Outcome>,
+}
+
+pub(crate) unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    guard(
+        "the wsgi content handler",
+        NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+        || {
+            // SAFETY: nginx passes a live request; the body handler runs once the body is read and
+            // owns the reference this call takes.
+            let rc = unsafe { ngx_http_read_client_request_body(r, Some(body_ready)) };
+            if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+                return rc;
+            }
+            NGX_DONE as ngx_int_t
+        },
+    )
+}
+
+unsafe extern "C" fn body_ready(r: *mut ngx_http_request_t) {
+    let status = guard(
+        "reading the request body",
+        Err(NGX_HTTP_INTERNAL_SERVER_ERROR),
+        || {
+            // SAFETY: nginx calls this with the live request whose body has been read.
+            unsafe { post_job(r) }
+        },
+    );
+    if let Err(status) = status {
+        // SAFETY: the request is live and this releases the body-reading reference.
+        unsafe { ngx_http_finalize_request(r, status as ngx_int_t) };
+    }
+}
+
+unsafe fn post_job(r: *mut ngx_http_request_t) -> Result<(), u32> {
+    // SAFETY: `r` is live; this location has wsgi_app, so its configuration is ours.
+    let lc = unsafe {
+        (*r).http_location_conf_unchecked::<LocConf>(module())
+            .ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR)?
+            .as_ref()
+    };
+    let app = lc.app.and_then(Apps::get).ok_or_else(|| {
+        crate::log::cycle_log(
+            nginx_sys::NGX_LOG_ERR as usize,
+            "wsgi: the app of this location is not loaded in this worker",
+        );
+        NGX_HTTP_INTERNAL_SERVER_ERROR
+    })?;
+    // SAFETY: `r` is live on the event loop thread.
+    let (info, body) = unsafe { crate::request_info::collect(r, lc) };
+    let job = Box::into_raw(Box::new(Job {
+        request: r,
+        app,
+        info,
+        body: Some(body),
+        outcome: None,
+    }));
+    // SAFETY: the request pool is live; the cleanup frees the job when the request is destroyed,
+    // which cannot happen while the task is outstanding (`blocked`).
+    unsafe {
+        let cln = ngx_pool_cleanup_add((*r).pool, 0);
+        if cln.is_null() {
+            drop(Box::from_raw(job));
+            return Err(NGX_HTTP_INTERNAL_SERVER_ERROR);
+        }
+        (*cln).handler = Some(drop_job);
+        (*cln).data = job.cast();
+
+        let task = ngx_thread_task_alloc((*r).pool, std::mem::size_of::<*mut Job>());
+        if task.is_null() {
+            return Err(NGX_HTTP_INTERNAL_SERVER_ERROR);
+        }
+        *((*task).ctx as *mut *mut Job) = job;
+        (*task).handler = Some(run_job);
+        (*task).event.handler = Some(job_done);
+        (*task).event.data = job.cast();
+        (*(*r).main).set_blocked((*(*r).main).blocked() + 1);
+        if ngx_thread_task_post(lc.thread_pool, task) != NGX_OK as ngx_int_t {
+            // nginx has logged the overflow of the pool's queue.
+            (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
+            return Err(NGX_HTTP_SERVICE_UNAVAILABLE);
+        }
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn drop_job(data: *mut c_void) {
+    guard("freeing a request", (), || {
+        // SAFETY: `data` is the Box leaked in `post_job`, freed exactly once by this cleanup.
+        drop(unsafe { Box::from_raw(data as *mut Job) });
+    })
+}
+
+/// Runs on a pool thread: the app, and nothing of nginx's.
+unsafe extern "C" fn run_job(data: *mut c_void, _log: *mut ngx_log_t) {
+    // SAFETY: `data` is the task context holding the job pointer; the event loop does not touch
+    // the job until this task's completion event runs.
+    let job = unsafe { &mut **(data as *mut *mut Job) };
+    job.outcome = guard("running the app", None, || {
+        let body = job.body.take().unwrap_or_default();
+        Some(run_request(job.app, &job.info, body))
+    });
+}
+
+/// Back on the event loop once the pool thread is done.
+unsafe extern "C" fn job_done(ev: *mut ngx_event_t) {
+    // SAFETY: the event's data is the job, alive until the request is destroyed; the request and
+    // its connection stay valid while `blocked` was held.
+    let (job, r, c) = unsafe {
+        let job = (*ev).data as *mut Job;
+        let r = (*job).request;
+        (job, r, (*r).connection)
+    };
+    let sent = guard("sending the response", false, || {
+        // SAFETY: as above; from here on the request may be finalized and the job freed.
+        unsafe {
+            (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
+            crate::response::send(r, &*job);
+        }
+        true
+    });
+    // SAFETY: `r` and `c` are still valid if sending panicked before finalizing; the connection
+    // structure outlives the request (it is only marked destroyed).
+    unsafe {
+        if !sent {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+        }
+        ngx_http_run_posted_requests(c);
+    }
+}

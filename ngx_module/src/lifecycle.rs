@@ -1,0 +1,55 @@
+//! Worker start and exit: one interpreter per worker, the apps imported before the first request,
+//! Python finalised after nginx's thread pools have stopped.
+
+use nginx_sys::{ngx_cycle_t, ngx_int_t, NGX_ERROR, NGX_LOG_ALERT, NGX_LOG_EMERG, NGX_OK};
+use ngx::http::HttpModuleConfExt;
+use ngx_wsgi::{interpreter, AppSpec, Apps};
+
+use crate::config::MainConf;
+use crate::ffi_guard::guard;
+use crate::log::cycle_log;
+use crate::module;
+
+unsafe fn main_conf<'a>(cycle: *mut ngx_cycle_t) -> Option<&'a MainConf> {
+    // SAFETY: the cycle is live; without an http block there is no main configuration.
+    unsafe {
+        Some(
+            (*cycle)
+                .http_main_conf_unchecked::<MainConf>(module())?
+                .as_ref(),
+        )
+    }
+}
+
+pub(crate) unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    guard("init_process", NGX_ERROR as ngx_int_t, || {
+        // SAFETY: nginx passes the live cycle.
+        let Some(mc) = (unsafe { main_conf(cycle) }) else {
+            return NGX_OK as ngx_int_t;
+        };
+        if mc.apps.is_empty() {
+            return NGX_OK as ngx_int_t;
+        }
+        if let Err(e) = interpreter::initialize(&mc.python) {
+            cycle_log(NGX_LOG_EMERG as usize, &format!("wsgi: {e}"));
+            return NGX_ERROR as ngx_int_t;
+        }
+        let specs: Vec<AppSpec> = mc.apps.iter().map(|a| a.spec.clone()).collect();
+        if let Err((i, e)) = Apps::load_all(&specs) {
+            cycle_log(
+                NGX_LOG_EMERG as usize,
+                &format!("{} cannot be loaded: {e}", mc.apps[i].describe()),
+            );
+            return NGX_ERROR as ngx_int_t;
+        }
+        NGX_OK as ngx_int_t
+    })
+}
+
+pub(crate) unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+    guard("exit_process", (), || {
+        if let Err(e) = interpreter::finalize() {
+            cycle_log(NGX_LOG_ALERT as usize, &format!("wsgi: {e}"));
+        }
+    })
+}

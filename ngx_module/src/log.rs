@@ -1,0 +1,115 @@
+//! Rust-side logging into nginx's error log: `tracing` events (the core's tracebacks, `wsgi.errors`)
+//! become error-log entries of the matching level, from any thread.
+
+use std::fmt::Write as _;
+
+use nginx_sys::{
+    ngx_cycle, ngx_log_t, ngx_uint_t, NGX_LOG_DEBUG, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
+};
+use tracing_core::field::{Field, Visit};
+use tracing_core::span::{Attributes, Id, Record};
+use tracing_core::{Event, Level, Metadata, Subscriber};
+
+/// nginx cuts an entry at NGX_MAX_ERROR_STR (2048) bytes including its own prefix; longer texts
+/// (tracebacks) are split at line ends into several entries of at most this size.
+const ENTRY_MAX: usize = 1800;
+
+/// Writes `msg` to the current cycle's error log at `level`.
+pub(crate) fn cycle_log(level: usize, msg: &str) {
+    // SAFETY: `ngx_cycle` is set before any module code runs and its log lives as long as it.
+    let log = unsafe {
+        let cycle = ngx_cycle;
+        if cycle.is_null() {
+            return;
+        }
+        (*cycle).log
+    };
+    write_log(level, log, msg);
+}
+
+/// Writes `msg` to `log` at `level`, split into entries nginx will not truncate.
+pub(crate) fn write_log(level: usize, log: *mut ngx_log_t, msg: &str) {
+    // SAFETY: callers pass a live nginx log.
+    if log.is_null() || level > unsafe { (*log).log_level } {
+        return;
+    }
+    for piece in ngx_wsgi::log_text::split_entries(msg, ENTRY_MAX) {
+        // SAFETY: `log` is live; the "%*s" format reads exactly `piece.len()` bytes.
+        unsafe { ngx::log::log_error(level as ngx_uint_t, log, 0, piece.as_bytes()) };
+    }
+}
+
+fn ngx_level(level: &Level) -> usize {
+    (match *level {
+        Level::ERROR => NGX_LOG_ERR,
+        Level::WARN => NGX_LOG_WARN,
+        Level::INFO => NGX_LOG_INFO,
+        _ => NGX_LOG_DEBUG,
+    }) as usize
+}
+
+/// Routes `tracing` events to the error log of the running cycle.
+struct NginxLog;
+
+#[derive(Default)]
+struct Message(String);
+
+impl Visit for Message {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.insert_str(0, value);
+        } else {
+            let _ = write!(self.0, " {}={value}", field.name());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let text = format!("{value:?}");
+            self.0.insert_str(0, &text);
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+}
+
+impl Subscriber for NginxLog {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        // SAFETY: see `cycle_log`; only the level is read.
+        let max = unsafe {
+            if ngx_cycle.is_null() {
+                0
+            } else {
+                (*(*ngx_cycle).log).log_level
+            }
+        };
+        ngx_level(metadata.level()) <= max
+    }
+
+    fn new_span(&self, _span: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+
+    fn record(&self, _span: &Id, _values: &Record<'_>) {}
+
+    fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let mut message = Message::default();
+        event.record(&mut message);
+        let target = event.metadata().target();
+        cycle_log(
+            ngx_level(event.metadata().level()),
+            &format!("{target}: {}", message.0),
+        );
+    }
+
+    fn enter(&self, _span: &Id) {}
+
+    fn exit(&self, _span: &Id) {}
+}
+
+/// Installs the nginx log as the process's `tracing` subscriber (once; workers inherit it).
+pub(crate) fn install() {
+    let _ = tracing::subscriber::set_global_default(NginxLog);
+}

@@ -1,0 +1,192 @@
+//! Copies what the app needs out of `ngx_http_request_t` (on the event loop), so the pool thread
+//! never reads nginx's structures.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use nginx_sys::{
+    ngx_connection_local_sockaddr, ngx_http_core_module, ngx_http_core_srv_conf_t,
+    ngx_http_request_t, ngx_list_part_t, ngx_table_elt_t, NGX_HTTP_VERSION_10, NGX_HTTP_VERSION_11,
+    NGX_HTTP_VERSION_20, NGX_HTTP_VERSION_30, NGX_HTTP_VERSION_9,
+};
+use ngx::http::HttpModuleConfExt;
+use ngx_wsgi::environ::Field;
+use ngx_wsgi::{Body, RequestInfo, RequestInfoBuilder, Segment};
+
+use crate::config::LocConf;
+use crate::ngx_bytes;
+
+/// Builds the request's environ data and body description.
+///
+/// # Safety
+/// `r` is a live request on the event loop whose body has been read.
+pub(crate) unsafe fn collect(r: *mut ngx_http_request_t, lc: &LocConf) -> (RequestInfo, Body) {
+    // SAFETY: per the function contract.
+    let r = unsafe { &mut *r };
+    // SAFETY: a live request has a live connection.
+    let c = unsafe { &mut *r.connection };
+    let mut b = RequestInfoBuilder::with_capacity(1024);
+
+    let uri = ngx_bytes(&r.uri);
+    let mount = lc.script_name.as_slice();
+    let mounted = !mount.is_empty()
+        && uri.starts_with(mount)
+        && matches!(uri.get(mount.len()), None | Some(b'/'));
+    let (script_name, path_info) = if mounted {
+        uri.split_at(mount.len())
+    } else {
+        (&b""[..], uri)
+    };
+
+    b.set(Field::RequestMethod, ngx_bytes(&r.method_name))
+        .set(Field::ScriptName, script_name)
+        .set(Field::PathInfo, path_info)
+        .set(Field::QueryString, ngx_bytes(&r.args))
+        .set(Field::RequestUri, ngx_bytes(&r.unparsed_uri))
+        .set(Field::ServerProtocol, protocol(r.http_version as u32))
+        .set(Field::RemoteAddr, ngx_bytes(&c.addr_text));
+
+    // SAFETY: the connection's peer address is set for every accepted connection.
+    let remote_port = unsafe { sockaddr_port(c.sockaddr.cast()) };
+    b.set(Field::RemotePort, remote_port.to_string().as_bytes());
+    // SAFETY: fills `c->local_sockaddr` (getsockname for wildcard listeners) on the loop thread.
+    unsafe { ngx_connection_local_sockaddr(c, std::ptr::null_mut(), 0) };
+    // SAFETY: set by the call above.
+    let (local_ip, local_port) = unsafe {
+        (
+            sockaddr_ip(c.local_sockaddr.cast()),
+            sockaddr_port(c.local_sockaddr.cast()),
+        )
+    };
+    b.set(Field::ServerPort, local_port.to_string().as_bytes());
+    // SAFETY: every request has its server's core configuration.
+    let server_name = unsafe {
+        r.http_server_conf_unchecked::<ngx_http_core_srv_conf_t>(&*std::ptr::addr_of!(
+            ngx_http_core_module
+        ))
+        .map(|s| ngx_bytes(&s.as_ref().server_name))
+        .unwrap_or(&[])
+    };
+    if server_name.is_empty() {
+        b.set(Field::ServerName, local_ip.as_bytes());
+    } else {
+        b.set(Field::ServerName, server_name);
+    }
+    b.https(!c.ssl.is_null());
+
+    // SAFETY: the request's header list is live and not modified while we read it.
+    unsafe {
+        for_each_header(&r.headers_in.headers.part, |name, value| {
+            b.header(name, value);
+        })
+    };
+
+    // SAFETY: the body was read; its buffers and temp file live as long as the request.
+    let body = unsafe { body_of(r) };
+    let had_length = !r.headers_in.content_length.is_null();
+    if r.headers_in.chunked() != 0 || (!had_length && !body.is_empty()) {
+        b.body_length(body.len());
+    }
+    (b.finish(), body)
+}
+
+fn protocol(version: u32) -> &'static [u8] {
+    match version {
+        NGX_HTTP_VERSION_9 => b"HTTP/0.9",
+        NGX_HTTP_VERSION_10 => b"HTTP/1.0",
+        NGX_HTTP_VERSION_11 => b"HTTP/1.1",
+        NGX_HTTP_VERSION_20 => b"HTTP/2.0",
+        NGX_HTTP_VERSION_30 => b"HTTP/3.0",
+        _ => b"HTTP/1.1",
+    }
+}
+
+/// # Safety
+/// `part` is the first part of a live `ngx_list_t` of `ngx_table_elt_t`.
+unsafe fn for_each_header(mut part: *const ngx_list_part_t, mut f: impl FnMut(&[u8], &[u8])) {
+    while !part.is_null() {
+        // SAFETY: each part holds `nelts` elements.
+        let elts = unsafe {
+            std::slice::from_raw_parts((*part).elts as *const ngx_table_elt_t, (*part).nelts)
+        };
+        for h in elts {
+            if h.hash != 0 {
+                f(ngx_bytes(&h.key), ngx_bytes(&h.value));
+            }
+        }
+        // SAFETY: the list's parts are linked until `next` is NULL.
+        part = unsafe { (*part).next };
+    }
+}
+
+/// # Safety
+/// `r`'s body has been read and stays in place until the request is finalized.
+unsafe fn body_of(r: &ngx_http_request_t) -> Body {
+    let rb = r.request_body;
+    if rb.is_null() {
+        return Body::empty();
+    }
+    let mut segments = Vec::new();
+    // SAFETY: the chain and its buffers belong to the live request body.
+    unsafe {
+        let mut cl = (*rb).bufs;
+        while !cl.is_null() {
+            let buf = &*(*cl).buf;
+            if buf.in_file() != 0 && !buf.file.is_null() {
+                let len = (buf.file_last - buf.file_pos) as u64;
+                if len > 0 {
+                    segments.push(Segment::File {
+                        fd: (*buf.file).fd,
+                        offset: buf.file_pos as u64,
+                        len,
+                    });
+                }
+            } else if !buf.pos.is_null() && buf.last > buf.pos {
+                segments.push(Segment::Memory {
+                    ptr: buf.pos,
+                    len: buf.last.offset_from(buf.pos) as usize,
+                });
+            }
+            cl = (*cl).next;
+        }
+        // SAFETY: the regions and descriptors stay valid while the request is blocked on the
+        // task that uses the body, and the input object is detached when that task ends.
+        Body::from_segments(segments)
+    }
+}
+
+/// # Safety
+/// `sa` is NULL or a valid socket address.
+unsafe fn sockaddr_port(sa: *const libc::sockaddr) -> u16 {
+    if sa.is_null() {
+        return 0;
+    }
+    // SAFETY: the family says which structure `sa` is.
+    unsafe {
+        match (*sa).sa_family as i32 {
+            libc::AF_INET => u16::from_be((*(sa as *const libc::sockaddr_in)).sin_port),
+            libc::AF_INET6 => u16::from_be((*(sa as *const libc::sockaddr_in6)).sin6_port),
+            _ => 0,
+        }
+    }
+}
+
+/// # Safety
+/// `sa` is NULL or a valid socket address.
+unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> String {
+    if sa.is_null() {
+        return "localhost".into();
+    }
+    // SAFETY: the family says which structure `sa` is.
+    unsafe {
+        match (*sa).sa_family as i32 {
+            libc::AF_INET => Ipv4Addr::from(u32::from_be(
+                (*(sa as *const libc::sockaddr_in)).sin_addr.s_addr,
+            ))
+            .to_string(),
+            libc::AF_INET6 => {
+                Ipv6Addr::from((*(sa as *const libc::sockaddr_in6)).sin6_addr.s6_addr).to_string()
+            }
+            _ => "localhost".into(),
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Turning the app's outcome into nginx's response: status, headers, one body buffer.
+
+use nginx_sys::{
+    ngx_buf_t, ngx_chain_t, ngx_http_finalize_request, ngx_http_output_filter, ngx_http_request_t,
+    ngx_http_send_header, ngx_http_send_special, ngx_int_t, ngx_list_push, ngx_pcalloc,
+    ngx_pnalloc, ngx_str_t, ngx_table_elt_t, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST,
+    NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_LAST, NGX_OK,
+};
+use ngx_wsgi::{OutcomeKind, ResponseHead};
+
+use crate::handler::Job;
+
+/// Sends the job's outcome and finalizes the request (exactly once).
+///
+/// # Safety
+/// `r` is live on the event loop, no longer blocked on the job's task; `job` lives in `r`'s pool.
+pub(crate) unsafe fn send(r: *mut ngx_http_request_t, job: &Job) {
+    // SAFETY: per the function contract.
+    unsafe {
+        if (*(*r).connection).error() != 0 {
+            ngx_http_finalize_request(r, NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t);
+            return;
+        }
+        let Some(outcome) = job.outcome.as_ref() else {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+            return;
+        };
+        let head = match (outcome.kind, outcome.head.as_ref()) {
+            (OutcomeKind::Failed, _) | (_, None) => {
+                ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+                return;
+            }
+            (_, Some(head)) => head,
+        };
+        let truncated = outcome.kind == OutcomeKind::Truncated;
+        let is_head = (*r).method == NGX_HTTP_HEAD as usize;
+        let content_length = match head.content_length {
+            _ if head.status < 200 || head.status == 204 => None,
+            Some(n) => Some(n),
+            None if outcome.length_known && !truncated && !is_head && !head.is_bodiless() => {
+                Some(outcome.body.len() as u64)
+            }
+            None => None,
+        };
+        if set_headers(r, head, content_length).is_err() {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+            return;
+        }
+        if head.is_bodiless() {
+            (*r).set_header_only(1);
+        }
+        if truncated {
+            (*r).set_keepalive(0);
+        }
+        let rc = ngx_http_send_header(r);
+        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
+            ngx_http_finalize_request(
+                r,
+                if truncated {
+                    NGX_ERROR as ngx_int_t
+                } else {
+                    rc
+                },
+            );
+            return;
+        }
+        let body = outcome.body.as_slice();
+        let rc = if body.is_empty() {
+            if truncated {
+                NGX_ERROR as ngx_int_t
+            } else {
+                ngx_http_send_special(r, NGX_HTTP_LAST as usize)
+            }
+        } else {
+            match body_chain(r, body, !truncated) {
+                Some(out) => {
+                    let rc = ngx_http_output_filter(r, out);
+                    if truncated {
+                        NGX_ERROR as ngx_int_t
+                    } else {
+                        rc
+                    }
+                }
+                None => NGX_ERROR as ngx_int_t,
+            }
+        };
+        ngx_http_finalize_request(r, rc);
+    }
+}
+
+/// One buffer over the body bytes (owned by the job, which the request's pool frees last).
+unsafe fn body_chain(
+    r: *mut ngx_http_request_t,
+    body: &[u8],
+    last: bool,
+) -> Option<*mut ngx_chain_t> {
+    // SAFETY: the request pool is live; the buffer only points at `body`, which outlives the
+    // request's output (the job is freed by the pool's cleanup).
+    unsafe {
+        let b = ngx_pcalloc((*r).pool, std::mem::size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
+        let cl = ngx_pcalloc((*r).pool, std::mem::size_of::<ngx_chain_t>()) as *mut ngx_chain_t;
+        if b.is_null() || cl.is_null() {
+            return None;
+        }
+        let start = body.as_ptr().cast_mut();
+        (*b).start = start;
+        (*b).pos = start;
+        (*b).last = start.add(body.len());
+        (*b).end = (*b).last;
+        (*b).set_memory(1);
+        if last {
+            (*b).set_last_buf(u32::from(r == (*r).main));
+            (*b).set_last_in_chain(1);
+        } else {
+            (*b).set_flush(1);
+        }
+        (*cl).buf = b;
+        (*cl).next = std::ptr::null_mut();
+        Some(cl)
+    }
+}
+
+/// A copy of `bytes` in the request's pool.
+unsafe fn pool_str(
+    r: *mut ngx_http_request_t,
+    bytes: &[u8],
+    lowercase: bool,
+) -> Result<ngx_str_t, ()> {
+    // SAFETY: the request pool is live; the copy has exactly `bytes.len()` bytes.
+    unsafe {
+        let data = ngx_pnalloc((*r).pool, bytes.len().max(1)) as *mut u8;
+        if data.is_null() {
+            return Err(());
+        }
+        let dst = std::slice::from_raw_parts_mut(data, bytes.len());
+        dst.copy_from_slice(bytes);
+        if lowercase {
+            dst.make_ascii_lowercase();
+        }
+        Ok(ngx_str_t {
+            len: bytes.len(),
+            data,
+        })
+    }
+}
+
+unsafe fn set_headers(
+    r: *mut ngx_http_request_t,
+    head: &ResponseHead,
+    content_length: Option<u64>,
+) -> Result<(), ()> {
+    // SAFETY: `r` is live; every string is copied into its pool.
+    unsafe {
+        let out = &mut (*r).headers_out;
+        out.status = head.status as usize;
+        out.status_line = pool_str(r, &head.status_line, false)?;
+        out.content_length_n = content_length.map_or(-1, |n| n as i64);
+        let mut have_type = false;
+        for (name, value) in &head.headers {
+            if !have_type && name.eq_ignore_ascii_case(b"content-type") {
+                have_type = true;
+                out.content_type = pool_str(r, value, false)?;
+                out.content_type_len = value.len();
+                continue;
+            }
+            let h = ngx_list_push(&mut out.headers) as *mut ngx_table_elt_t;
+            if h.is_null() {
+                return Err(());
+            }
+            (*h).hash = 1;
+            (*h).next = std::ptr::null_mut();
+            (*h).key = pool_str(r, name, false)?;
+            (*h).value = pool_str(r, value, false)?;
+            (*h).lowcase_key = pool_str(r, name, true)?.data;
+            // The app's own Server and Date replace nginx's instead of doubling them.
+            if name.eq_ignore_ascii_case(b"server") {
+                out.server = h;
+            } else if name.eq_ignore_ascii_case(b"date") {
+                out.date = h;
+            }
+        }
+        Ok(())
+    }
+}

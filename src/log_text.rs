@@ -1,0 +1,43 @@
+//! Shaping log text for servers whose log entries have a size limit.
+
+/// Splits `msg` into pieces of at most `max` bytes, at line ends where possible, so that a long
+/// traceback becomes several whole-line entries instead of one truncated entry.
+pub fn split_entries(msg: &str, max: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = msg.trim_end();
+    while rest.len() > max {
+        let mut cut = rest[..max].rfind('\n').unwrap_or(0);
+        if cut == 0 {
+            cut = max;
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+        }
+        out.push(&rest[..cut]);
+        rest = rest[cut..].trim_start_matches('\n');
+    }
+    out.push(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_split_at_line_ends() {
+        let line = "x".repeat(100);
+        let text = vec![line.as_str(); 40].join("\n");
+        let parts = split_entries(&text, 1000);
+        assert_eq!(parts.len(), 5);
+        assert!(parts
+            .iter()
+            .all(|p| p.len() <= 1000 && !p.starts_with('\n')));
+        assert_eq!(parts.join("\n"), text);
+        assert_eq!(split_entries("short\n", 1000), vec!["short"]);
+        assert_eq!(
+            split_entries(&"é".repeat(10), 5),
+            vec!["éé", "éé", "éé", "éé", "éé"]
+        );
+    }
+}
