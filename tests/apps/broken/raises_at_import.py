@@ -1,0 +1,1 @@
+raise RuntimeError("the app refuses to start")

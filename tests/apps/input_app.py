@@ -1,0 +1,75 @@
+"""wsgi.input exercised in every way PEP 3333 allows; PATH_INFO picks the way."""
+import hashlib
+import json
+
+
+def _rss():
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return {"VmRSS": fields["VmRSS"], "VmHWM": fields["VmHWM"]}
+
+
+def application(environ, start_response):
+    f = environ["wsgi.input"]
+    way = environ["PATH_INFO"]
+    if way == "/read":
+        parts = [f.read()]
+    elif way == "/read_n":
+        parts = []
+        while True:
+            block = f.read(7)
+            if not block:
+                break
+            parts.append(block)
+    elif way == "/readline":
+        parts = []
+        while True:
+            line = f.readline()
+            if not line:
+                break
+            parts.append(line)
+    elif way == "/readline_size":
+        parts = []
+        while True:
+            line = f.readline(5)
+            if not line:
+                break
+            parts.append(line)
+    elif way == "/readlines":
+        parts = f.readlines()
+    elif way == "/iter":
+        parts = list(f)
+    elif way == "/past_end":
+        data = f.read()
+        parts = [data, f.read(10), f.read(), f.readline()]
+    elif way == "/sha256":
+        h = hashlib.sha256()
+        n = 0
+        while True:
+            block = f.read(65536)
+            if not block:
+                break
+            n += len(block)
+            h.update(block)
+        body = json.dumps({"sha256": h.hexdigest(), "length": n, "content_length": environ.get("CONTENT_LENGTH"),
+                           "rss": _rss()}).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
+    elif way == "/rss":
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(_rss()).encode()]
+    elif way == "/ignore":
+        parts = [b"ignored"]
+    else:
+        start_response("404 Not Found", [])
+        return [b"no such way"]
+    body = json.dumps({
+        "parts": [p.decode("latin-1") for p in parts],
+        "content_length": environ.get("CONTENT_LENGTH"),
+        "transfer_encoding": environ.get("HTTP_TRANSFER_ENCODING"),
+    }).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]

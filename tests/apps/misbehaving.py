@@ -1,0 +1,147 @@
+"""Apps that break the WSGI contract or crash: each must cost one 500 (or a cut connection), never
+the worker."""
+import sys
+
+
+def ok(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"still serving"]
+
+
+def raises(environ, start_response):
+    raise RuntimeError("boom before headers")
+
+
+def str_body(environ, start_response):
+    start_response("200 OK", [])
+    return ["a str, not bytes"]
+
+
+def str_items_generator(environ, start_response):
+    start_response("200 OK", [])
+    yield "text"
+
+
+def non_iterable(environ, start_response):
+    start_response("200 OK", [])
+    return 42
+
+
+def returns_none(environ, start_response):
+    start_response("200 OK", [])
+
+
+def start_response_twice(environ, start_response):
+    start_response("200 OK", [])
+    start_response("200 OK", [])
+    return [b"x"]
+
+
+def never_starts(environ, start_response):
+    return [b"body without a status"]
+
+
+def never_starts_empty(environ, start_response):
+    return []
+
+
+def bad_status_no_reason(environ, start_response):
+    start_response("200", [])
+    return [b"x"]
+
+
+def bad_status_text(environ, start_response):
+    start_response("OK", [])
+    return [b"x"]
+
+
+def bad_status_bytes(environ, start_response):
+    start_response(b"200 OK", [])
+    return [b"x"]
+
+
+def crlf_in_header(environ, start_response):
+    start_response("200 OK", [("X-Injected", "a\r\nSet-Cookie: evil=1")])
+    return [b"x"]
+
+
+def bad_header_name(environ, start_response):
+    start_response("200 OK", [("Bad Name", "x")])
+    return [b"x"]
+
+
+def headers_not_list(environ, start_response):
+    start_response("200 OK", (("X-A", "b"),))
+    return [b"x"]
+
+
+def header_not_str(environ, start_response):
+    start_response("200 OK", [("X-A", 5)])
+    return [b"x"]
+
+
+def hop_by_hop_header(environ, start_response):
+    start_response("200 OK", [("Connection", "close")])
+    return [b"x"]
+
+
+def non_latin1_header(environ, start_response):
+    start_response("200 OK", [("X-Euro", "\u20ac")])
+    return [b"x"]
+
+
+def generator_raises_first(environ, start_response):
+    start_response("200 OK", [])
+    raise ValueError("raised on the first next()")
+    yield b"never"
+
+
+def generator_raises_midway(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"partial "
+    raise ValueError("raised mid-body")
+
+
+def close_raises(environ, start_response):
+    class Body:
+        def __iter__(self):
+            return iter([b"body then a failing close"])
+
+        def close(self):
+            raise RuntimeError("close() failed")
+
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return Body()
+
+
+def sys_exit(environ, start_response):
+    sys.exit(3)
+
+
+def keyboard_interrupt(environ, start_response):
+    raise KeyboardInterrupt()
+
+
+def write_str(environ, start_response):
+    write = start_response("200 OK", [])
+    write("str through write()")
+    return []
+
+
+def errors_stream(environ, start_response):
+    environ["wsgi.errors"].write("a line for the error log\n")
+    environ["wsgi.errors"].writelines(["second ", "line\n"])
+    environ["wsgi.errors"].flush()
+    start_response("200 OK", [])
+    return [b"logged"]
+
+
+def recursion(environ, start_response):
+    def f():
+        return f()
+    return f()
+
+
+def informational_status(environ, start_response):
+    start_response("100 Continue", [])
+    return [b"x"]

@@ -1,0 +1,111 @@
+"""Well-behaved apps that use every response feature of PEP 3333."""
+import sys
+import threading
+
+_lock = threading.Lock()
+close_calls = {}
+
+
+def _closing(name, items):
+    class Body:
+        def __iter__(self):
+            return iter(items)
+
+        def close(self):
+            with _lock:
+                close_calls[name] = close_calls.get(name, 0) + 1
+
+    return Body()
+
+
+def list_body(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("X-Multi", "a"), ("X-Multi", "b"),
+                              ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
+    return [b"hello ", b"world"]
+
+
+def generator_body(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    for i in range(3):
+        yield b"chunk%d;" % i
+
+
+def write_then_iterable(environ, start_response):
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    write(b"written;")
+    write(b"")
+    return [b"returned"]
+
+
+def closing(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return _closing(environ["QUERY_STRING"], [b"a", b"b"])
+
+
+def close_count(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    with _lock:
+        return [str(close_calls.get(environ["QUERY_STRING"], 0)).encode()]
+
+
+def lazy_start(environ, start_response):
+    def body():
+        start_response("201 Created", [("Content-Type", "text/plain")])
+        yield b""
+        yield b"lazy"
+    return body()
+
+
+def exc_info_before_body(environ, start_response):
+    start_response("200 OK", [("X-Before", "1")])
+    try:
+        raise ValueError("handled")
+    except ValueError:
+        start_response("503 Service Unavailable", [("X-After", "1")], sys.exc_info())
+    return [b"replaced"]
+
+
+def exc_info_after_body(environ, start_response):
+    start_response("200 OK", [])
+
+    def body():
+        yield b"first"
+        try:
+            raise ValueError("too late")
+        except ValueError:
+            start_response("500 Internal Server Error", [], sys.exc_info())
+        yield b"never"
+    return body()
+
+
+def status(environ, start_response):
+    code = environ["QUERY_STRING"]
+    reasons = {"204": "No Content", "304": "Not Modified", "404": "Not Found", "299": "Custom Thing"}
+    start_response(f"{code} {reasons[code]}", [("Content-Type", "text/plain")])
+    return [b"should not be sent" if code in ("204", "304") else b"body"]
+
+
+def length_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+def length_longer_than_body(environ, start_response):
+    start_response("200 OK", [("Content-Length", "100")])
+    return [b"short"]
+
+
+def length_shorter_than_body(environ, start_response):
+    start_response("200 OK", [("Content-Length", "3")])
+    return [b"abcdef"]
+
+
+def file_wrapper(environ, start_response):
+    f = open(__file__, "rb")
+    start_response("200 OK", [("Content-Type", "text/x-python")])
+    return environ["wsgi.file_wrapper"](f, 1024)
+
+
+def big(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return [bytes(range(256)) * 4096 * 4]  # 4 MiB

@@ -1,0 +1,9 @@
+"""/slow sleeps in Python; everything else answers at once."""
+import time
+
+
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        time.sleep(2)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [environ["PATH_INFO"].encode()]

@@ -1,0 +1,185 @@
+"""environ per PEP 3333 and SPEC.md, filled from nginx's parsed request."""
+import http.client
+import json
+import subprocess
+
+import pytest
+import requests
+
+from conftest import APPS, location
+
+APP = APPS / "environ_app.py"
+
+
+@pytest.fixture(scope="module")
+def server(nginx_factory):
+    return nginx_factory(
+        location("/", APP) + location("/mount/", APP) + location("= /exact", APP) + location("~ ^/re/", APP),
+        listen_extra="",
+        server_extra="",
+    ).start()
+
+
+def environ(server, path="/", method="GET", headers=None, body=None):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    for name, value in (headers or [("Host", "client.example:1234")]):
+        conn.putheader(name, value)
+    if body is not None:
+        conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders(body)
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+    return json.loads(resp.read())
+
+
+def test_cgi_keys_and_wsgi_keys(server):
+    e = environ(server, "/some/path?a=1&b=%20x")
+    assert e["REQUEST_METHOD"] == "GET"
+    assert e["SCRIPT_NAME"] == ""
+    assert e["PATH_INFO"] == "/some/path"
+    assert e["QUERY_STRING"] == "a=1&b=%20x"
+    assert e["REQUEST_URI"] == "/some/path?a=1&b=%20x"
+    assert e["SERVER_NAME"] == "test.local"
+    assert e["SERVER_PORT"] == str(server.port)
+    assert e["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert e["REMOTE_ADDR"] == "127.0.0.1"
+    assert int(e["REMOTE_PORT"]) > 0
+    assert e["wsgi.version"] == [1, 0]
+    assert e["wsgi.url_scheme"] == "http"
+    assert e["wsgi.multithread"] is True
+    assert e["wsgi.multiprocess"] is True
+    assert e["wsgi.run_once"] is False
+    assert e["wsgi.input_terminated"] is True
+    assert e["errors_writable"] and e["file_wrapper_callable"]
+    assert "CONTENT_TYPE" not in e and "CONTENT_LENGTH" not in e
+    for key, typ in e["types"].items():
+        if key.isupper():
+            assert typ == "str", key
+
+
+def test_server_identity_never_comes_from_client_headers(server):
+    e = environ(server, "/", headers=[("Host", "evil.example:9999"), ("X-Forwarded-Proto", "https")])
+    assert e["SERVER_NAME"] == "test.local"
+    assert e["SERVER_PORT"] == str(server.port)
+    assert e["wsgi.url_scheme"] == "http"
+    assert e["HTTP_HOST"] == "evil.example:9999"
+
+
+def test_mounted_location_splits_script_name_and_path_info(server):
+    assert (environ(server, "/mount/")["SCRIPT_NAME"], environ(server, "/mount/")["PATH_INFO"]) == ("/mount", "/")
+    e = environ(server, "/mount/deeper/x%2Fy?q")
+    assert (e["SCRIPT_NAME"], e["PATH_INFO"], e["QUERY_STRING"]) == ("/mount", "/deeper/x/y", "q")
+    e = environ(server, "/mountain")
+    assert (e["SCRIPT_NAME"], e["PATH_INFO"]) == ("", "/mountain")
+
+
+def test_exact_and_regex_locations_mount_at_root(server):
+    e = environ(server, "/exact")
+    assert (e["SCRIPT_NAME"], e["PATH_INFO"]) == ("", "/exact")
+    e = environ(server, "/re/x")
+    assert (e["SCRIPT_NAME"], e["PATH_INFO"]) == ("", "/re/x")
+
+
+def test_path_is_percent_decoded_into_latin1_native_string(server):
+    e = environ(server, "/caf%C3%A9/%E9")
+    assert e["PATH_INFO"] == "/caf\u00c3\u00a9/\u00e9"
+    assert e["PATH_INFO"].encode("latin-1") == b"/caf\xc3\xa9/\xe9"
+    assert e["REQUEST_URI"] == "/caf%C3%A9/%E9"
+
+
+def test_headers_mapped_joined_and_underscores_dropped(server):
+    e = environ(server, "/", headers=[
+        ("Host", "h"), ("X-Multi", "one"), ("x-multi", "two"), ("Cookie", "a=1"), ("Cookie", "b=2"),
+        ("X_Sneaky", "underscored"), ("Accept-Language", "fr"), ("Content-Type", "text/plain"),
+    ], body=b"12345")
+    assert e["HTTP_X_MULTI"] == "one, two"
+    assert e["HTTP_COOKIE"] == "a=1; b=2"
+    assert e["HTTP_ACCEPT_LANGUAGE"] == "fr"
+    assert "HTTP_X_SNEAKY" not in e and not any("SNEAKY" in k for k in e)
+    assert e["CONTENT_TYPE"] == "text/plain"
+    assert e["CONTENT_LENGTH"] == "5"
+    assert "HTTP_CONTENT_TYPE" not in e and "HTTP_CONTENT_LENGTH" not in e
+    assert e["body"] == "12345"
+
+
+def test_latin1_header_value_is_a_native_string(server):
+    e = environ(server, "/", headers=[("Host", "h"), ("X-Latin", "caf\u00e9".encode("latin-1").decode("latin-1"))])
+    assert e["HTTP_X_LATIN"] == "caf\u00e9"
+
+
+def test_http10_request(server):
+    e = environ(server, "/old")
+    assert e["SERVER_PROTOCOL"] == "HTTP/1.1"
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn._http_vsn, conn._http_vsn_str = 10, "HTTP/1.0"
+    conn.request("GET", "/old")
+    assert json.loads(conn.getresponse().read())["SERVER_PROTOCOL"] == "HTTP/1.0"
+
+
+def test_chunked_request_gets_content_length_and_no_transfer_encoding(server):
+    def chunks():
+        yield b"abc"
+        yield b"defg"
+    r = requests.post(server.url("/"), data=chunks(), headers={"Content-Type": "text/plain"})
+    e = r.json()
+    assert r.request.headers.get("Transfer-Encoding") == "chunked"
+    assert e["CONTENT_LENGTH"] == "7"
+    assert "HTTP_TRANSFER_ENCODING" not in e
+    assert e["body"] == "abcdefg"
+
+
+@pytest.fixture(scope="module")
+def tls_server(nginx_factory, tmp_path_factory):
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=test.local",
+                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-days", "2"],
+                   check=True, capture_output=True)
+    return nginx_factory(
+        location("/", APP),
+        listen_extra=" ssl",
+        server_extra=f"http2 on; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;",
+    ).start()
+
+
+@pytest.fixture(scope="module")
+def h2c_server(nginx_factory):
+    return nginx_factory(location("/", APP), server_extra="http2 on;").start()
+
+
+def curl_json(*args):
+    out = subprocess.run(["curl", "-sS", "--fail", *args], capture_output=True, text=True, timeout=20, check=True)
+    return json.loads(out.stdout)
+
+
+def test_tls_sets_https_scheme(tls_server):
+    e = curl_json("-k", "--http1.1", f"https://127.0.0.1:{tls_server.port}/s")
+    assert e["wsgi.url_scheme"] == "https"
+    assert e["SERVER_PROTOCOL"] == "HTTP/1.1"
+
+
+def test_http2_over_tls_with_body_without_length(tls_server):
+    e = curl_json("-k", "--http2", f"https://127.0.0.1:{tls_server.port}/h2", "-H", "Cookie: a=1",
+                  "-H", "Cookie: b=2", "--data-binary", "@-", "-H", "Content-Length:")
+    assert e["SERVER_PROTOCOL"] == "HTTP/2.0"
+    assert e["wsgi.url_scheme"] == "https"
+    assert e["HTTP_COOKIE"] == "a=1; b=2"
+    assert e["CONTENT_LENGTH"] == "0" or "CONTENT_LENGTH" not in e
+
+
+def test_http2_cleartext(h2c_server):
+    e = curl_json("--http2-prior-knowledge", f"http://127.0.0.1:{h2c_server.port}/h2c?x=1")
+    assert e["SERVER_PROTOCOL"] == "HTTP/2.0"
+    assert e["QUERY_STRING"] == "x=1"
+    assert e["wsgi.url_scheme"] == "http"
+
+
+def test_http2_body_without_content_length_is_given_one(h2c_server):
+    proc = subprocess.run(
+        ["curl", "-sS", "--fail", "--http2-prior-knowledge", "-H", "Transfer-Encoding: chunked",
+         "--data-binary", "@-", h2c_server.url("/")],
+        input=b"streamed body", capture_output=True, timeout=20, check=True)
+    e = json.loads(proc.stdout)
+    assert e["body"] == "streamed body"
+    assert e["CONTENT_LENGTH"] == "13"
+    assert "HTTP_TRANSFER_ENCODING" not in e

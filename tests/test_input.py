@@ -1,0 +1,96 @@
+"""wsgi.input over the body nginx read: memory, temp file, chunked, Expect: 100-continue."""
+import hashlib
+import json
+import os
+import socket
+
+import pytest
+import requests
+
+from conftest import APPS, location
+
+APP = APPS / "input_app.py"
+BODY = b"first line\nsecond\n\nlast without newline"
+
+
+@pytest.fixture(scope="module")
+def server(nginx_factory):
+    return nginx_factory(
+        location("/", APP, "client_max_body_size 100m;")
+        + location("/file/", APP, "client_body_in_file_only clean;")
+        + location("/small/", APP, "client_body_buffer_size 1k; client_max_body_size 100m;"),
+    ).start()
+
+
+def parts(server, way, body=BODY, prefix=""):
+    r = requests.post(server.url(f"{prefix}/{way}"), data=body)
+    assert r.status_code == 200, r.text
+    return r.json()["parts"]
+
+
+@pytest.mark.parametrize("prefix", ["", "/file", "/small"])
+def test_every_read_method(server, prefix):
+    text = BODY.decode()
+    assert parts(server, "read", prefix=prefix) == [text]
+    assert "".join(parts(server, "read_n", prefix=prefix)) == text
+    assert all(len(p) == 7 for p in parts(server, "read_n", prefix=prefix)[:-1])
+    assert parts(server, "readline", prefix=prefix) == ["first line\n", "second\n", "\n", "last without newline"]
+    sized = parts(server, "readline_size", prefix=prefix)
+    assert "".join(sized) == text and max(map(len, sized)) == 5
+    assert sized[:3] == ["first", " line", "\n"]
+    assert parts(server, "readlines", prefix=prefix) == ["first line\n", "second\n", "\n", "last without newline"]
+    assert parts(server, "iter", prefix=prefix) == ["first line\n", "second\n", "\n", "last without newline"]
+
+
+def test_reads_past_the_end_return_empty_at_once(server):
+    assert parts(server, "past_end") == [BODY.decode(), "", "", ""]
+    assert parts(server, "past_end", body=b"") == ["", "", "", ""]
+    r = requests.get(server.url("/past_end"))
+    assert r.json()["parts"] == ["", "", "", ""]
+    assert r.json()["content_length"] is None
+
+
+def test_chunked_body_is_dechunked_with_a_length(server):
+    def gen():
+        yield b"abc\n"
+        yield b"def"
+    r = requests.post(server.url("/readline"), data=gen())
+    assert r.json() == {"parts": ["abc\n", "def"], "content_length": "7", "transfer_encoding": None}
+
+
+def test_expect_100_continue_is_answered_by_nginx(server):
+    body = b"x" * 5000
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"POST /read HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n"
+                  b"Connection: close\r\n\r\n")
+        interim = s.recv(100)
+        assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
+        s.sendall(body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, payload = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert json.loads(payload)["parts"] == [body.decode()]
+
+
+def test_unread_body_leaves_keepalive_working(server):
+    with requests.Session() as s:
+        for _ in range(3):
+            r = s.post(server.url("/ignore"), data=b"y" * 100_000)
+            assert r.json()["parts"] == ["ignored"]
+
+
+def test_64_mib_upload_spills_to_disk_and_keeps_worker_memory_bounded(server):
+    size = 64 * 1024 * 1024
+    block = os.urandom(1024 * 1024)
+    digest = hashlib.sha256(block * 64).hexdigest()
+    before = requests.get(server.url("/rss")).json()
+
+    r = requests.post(server.url("/sha256"), data=block * 64)
+    result = r.json()
+    assert result["length"] == size and result["sha256"] == digest
+    assert result["content_length"] == str(size)
+    kib = lambda v: int(v.split()[0])  # noqa: E731
+    growth = kib(result["rss"]["VmHWM"]) - kib(before["VmHWM"])
+    assert growth < 32 * 1024, f"worker peak RSS grew by {growth} KiB for a 64 MiB body"
