@@ -28,11 +28,21 @@ pub struct Credentials {
     pub gid: libc::gid_t,
 }
 
+/// How the server will start its workers: the check child copies it, so that it imports the apps
+/// as a worker would.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerSetup {
+    /// The user to switch to, when the server runs as root.
+    pub credentials: Option<Credentials>,
+    /// The workers' whole environment, when the server replaces it (nginx keeps only `env` ones).
+    pub environment: Option<Vec<(String, String)>>,
+}
+
 /// Runs the check in a child process; returns every problem found.
 pub fn check_apps(
     settings: &PythonSettings,
     specs: &[AppSpec],
-    credentials: Option<Credentials>,
+    setup: &WorkerSetup,
 ) -> Result<(), Vec<CheckError>> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe() writes.
@@ -58,7 +68,7 @@ pub fn check_apps(
     if pid == 0 {
         // SAFETY: in the child; the read end is not ours to use.
         unsafe { libc::close(read_fd) };
-        let report = std::panic::catch_unwind(|| child_report(settings, specs, credentials))
+        let report = std::panic::catch_unwind(|| child_report(settings, specs, setup))
             .unwrap_or_else(|_| "Pthe check panicked\0".to_owned());
         // SAFETY: `write_fd` is the pipe's write end; _exit skips the server's atexit handlers
         // and stdio buffers, which belong to the parent.
@@ -124,12 +134,16 @@ fn wait_for(pid: libc::pid_t) -> Option<libc::c_int> {
 }
 
 /// Records separated by NUL: `I<message>`, `A<index>:<message>`, `P<message>`.
-fn child_report(
-    settings: &PythonSettings,
-    specs: &[AppSpec],
-    credentials: Option<Credentials>,
-) -> String {
-    if let Some(c) = credentials {
+fn child_report(settings: &PythonSettings, specs: &[AppSpec], setup: &WorkerSetup) -> String {
+    if let Some(environment) = &setup.environment {
+        for (key, _) in std::env::vars_os() {
+            std::env::remove_var(key);
+        }
+        for (key, value) in environment {
+            std::env::set_var(key, value);
+        }
+    }
+    if let Some(c) = setup.credentials {
         // SAFETY: plain syscalls in the single-threaded child; group first, while still root.
         let ok = unsafe { libc::setgid(c.gid) == 0 && libc::setuid(c.uid) == 0 };
         if !ok {

@@ -45,6 +45,7 @@ pub fn initialize(settings: &PythonSettings) -> Result<(), String> {
     if let Some(home) = &settings.home {
         check_home(home)?;
     }
+    pin_code_in_memory();
     // SAFETY: called once per process before any other Python API; the config struct is
     // initialised by PyConfig_InitPythonConfig and cleared before it goes out of scope.
     unsafe {
@@ -129,6 +130,31 @@ where
         }
     });
     Python::attach(f)
+}
+
+/// Daemon threads (threads an app starts while serving a request are daemon threads: they inherit
+/// it from the request thread's dummy `Thread`) keep running after `Py_FinalizeEx` until the
+/// process exits. A server that unloads its modules at exit (nginx destroys the cycle, which
+/// `dlclose`s them) would unmap the code they run in, and they would crash the exiting process.
+/// Marking this code and libpython `RTLD_NODELETE` keeps them mapped until the process ends.
+fn pin_code_in_memory() {
+    let anchors: [*const libc::c_void; 2] = [
+        pin_code_in_memory as *const libc::c_void,
+        ffi::Py_IsInitialized as *const libc::c_void,
+    ];
+    for anchor in anchors {
+        // SAFETY: dladdr only reads the loader's tables; dlopen with RTLD_NOLOAD never loads
+        // anything new, it only adds a reference (never released) and the NODELETE flag.
+        unsafe {
+            let mut info: libc::Dl_info = std::mem::zeroed();
+            if libc::dladdr(anchor, &mut info) != 0 && !info.dli_fname.is_null() {
+                libc::dlopen(
+                    info.dli_fname,
+                    libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
+                );
+            }
+        }
+    }
 }
 
 fn status(status: ffi::PyStatus) -> Result<(), String> {

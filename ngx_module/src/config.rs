@@ -11,7 +11,7 @@ use nginx_sys::{
 };
 use ngx::core::{Pool, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::HttpModuleConfExt;
-use ngx_wsgi::check::{check_apps, CheckError, Credentials};
+use ngx_wsgi::check::{check_apps, CheckError, Credentials, WorkerSetup};
 use ngx_wsgi::{AppSpec, PythonSettings};
 
 use crate::ffi_guard::guard;
@@ -289,8 +289,8 @@ pub(crate) unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_in
         }
         let specs: Vec<AppSpec> = mc.apps.iter().map(|a| a.spec.clone()).collect();
         // SAFETY: `cf` is live.
-        let credentials = unsafe { worker_credentials(cf) };
-        let Err(errors) = check_apps(&mc.python, &specs, credentials) else {
+        let setup = unsafe { worker_setup(cf) };
+        let Err(errors) = check_apps(&mc.python, &specs, &setup) else {
             return NGX_OK as ngx_int_t;
         };
         for error in errors {
@@ -309,17 +309,58 @@ pub(crate) unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_in
     })
 }
 
-/// The user the workers will run as, when nginx runs as root (`user`, else nginx's default).
-unsafe fn worker_credentials(cf: *mut ngx_conf_t) -> Option<Credentials> {
-    // SAFETY: plain syscall.
-    if unsafe { libc::geteuid() } != 0 {
-        return None;
-    }
+/// How nginx will start its workers: their environment (`env` directives, as nginx builds it)
+/// and, when nginx runs as root, their user (`user`, else nginx's default).
+unsafe fn worker_setup(cf: *mut ngx_conf_t) -> WorkerSetup {
     // SAFETY: the core module's configuration is created before any block is parsed.
     let ccf = unsafe {
         let ctx = (*(*cf).cycle).conf_ctx;
         &*(*ctx.add((*std::ptr::addr_of!(ngx_core_module)).index)).cast::<ngx_core_conf_t>()
     };
+    let mut environment: Vec<(String, String)> = Vec::new();
+    if let Ok(tz) = std::env::var("TZ") {
+        environment.push(("TZ".into(), tz));
+    }
+    // SAFETY: the `env` array holds ngx_str_t values (empty until an `env` directive).
+    let vars: &[ngx_str_t] = unsafe {
+        if ccf.env.elts.is_null() {
+            &[]
+        } else {
+            ccf.env.as_slice()
+        }
+    };
+    for var in vars {
+        let name = String::from_utf8_lossy(ngx_bytes(var)).into_owned();
+        // `env NAME=value` keeps the name's length and the whole NUL-terminated token.
+        // SAFETY: configuration tokens are NUL-terminated, so `data[len]` is readable.
+        let value = unsafe {
+            if !var.data.is_null() && *var.data.add(var.len) == b'=' {
+                Some(
+                    std::ffi::CStr::from_ptr(var.data.add(var.len + 1).cast())
+                        .to_string_lossy()
+                        .into_owned(),
+                )
+            } else {
+                None
+            }
+        };
+        match value.or_else(|| std::env::var(&name).ok()) {
+            Some(v) => environment.push((name, v)),
+            None => {}
+        }
+    }
+    WorkerSetup {
+        // SAFETY: see `worker_credentials`.
+        credentials: unsafe { worker_credentials(ccf) },
+        environment: Some(environment),
+    }
+}
+
+unsafe fn worker_credentials(ccf: &ngx_core_conf_t) -> Option<Credentials> {
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
     if ccf.user != libc::uid_t::MAX {
         return Some(Credentials {
             uid: ccf.user,

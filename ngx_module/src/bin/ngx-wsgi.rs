@@ -63,15 +63,33 @@ struct ServeOptions {
 }
 
 fn parse_serve(args: &[String]) -> Result<ServeOptions, String> {
-    let mut opts = ServeOptions { app: String::new(), host: "127.0.0.1".into(), port: 8080, workers: 1, threads: 32 };
+    let mut opts = ServeOptions {
+        app: String::new(),
+        host: "127.0.0.1".into(),
+        port: 8080,
+        workers: 1,
+        threads: 32,
+    };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
             "--host" => opts.host = value("--host")?,
-            "--port" => opts.port = value("--port")?.parse().map_err(|e| format!("--port: {e}"))?,
-            "--workers" => opts.workers = value("--workers")?.parse().map_err(|e| format!("--workers: {e}"))?,
-            "--threads" => opts.threads = value("--threads")?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--port" => {
+                opts.port = value("--port")?
+                    .parse()
+                    .map_err(|e| format!("--port: {e}"))?
+            }
+            "--workers" => {
+                opts.workers = value("--workers")?
+                    .parse()
+                    .map_err(|e| format!("--workers: {e}"))?
+            }
+            "--threads" => {
+                opts.threads = value("--threads")?
+                    .parse()
+                    .map_err(|e| format!("--threads: {e}"))?
+            }
             a if a.starts_with("--") => return Err(format!("unknown option {a}")),
             a if opts.app.is_empty() => opts.app = a.to_owned(),
             a => return Err(format!("unexpected argument {a}")),
@@ -92,7 +110,10 @@ fn serve(args: &[String]) -> Result<(), String> {
         None => (opts.app.clone(), None),
     };
     let target = if target.ends_with(".py") {
-        std::fs::canonicalize(&target).map_err(|e| format!("{target}: {e}"))?.display().to_string()
+        std::fs::canonicalize(&target)
+            .map_err(|e| format!("{target}: {e}"))?
+            .display()
+            .to_string()
     } else {
         target
     };
@@ -101,21 +122,31 @@ fn serve(args: &[String]) -> Result<(), String> {
         None => target.clone(),
     };
     let prefix = std::env::temp_dir().join(format!("ngx-wsgi-serve-{}", std::process::id()));
-    std::fs::create_dir_all(prefix.join("logs")).map_err(|e| format!("{}: {e}", prefix.display()))?;
+    std::fs::create_dir_all(prefix.join("logs"))
+        .map_err(|e| format!("{}: {e}", prefix.display()))?;
     let module = module_path();
     if !module.is_file() {
-        return Err(format!("{} not found: build it with `cargo build --release`", module.display()));
+        return Err(format!(
+            "{} not found: build it with `cargo build --release`",
+            module.display()
+        ));
     }
     let mut main = String::new();
     // SAFETY: plain syscall.
     if unsafe { libc::geteuid() } == 0 {
         // Root starts nginx, but the workers run as the owner of the app file.
-        let owner = if target.ends_with(".py") { std::fs::metadata(&target).map(|m| m.uid()).unwrap_or(0) } else { 0 };
+        let owner = if target.ends_with(".py") {
+            std::fs::metadata(&target).map(|m| m.uid()).unwrap_or(0)
+        } else {
+            0
+        };
         if let Some((user, group)) = user_and_group(owner) {
             main.push_str(&format!("user {user} {group};\n"));
         }
     }
-    let home = std::env::var("VIRTUAL_ENV").map(|v| format!("    wsgi_python_home {v};\n")).unwrap_or_default();
+    let home = std::env::var("VIRTUAL_ENV")
+        .map(|v| format!("    wsgi_python_home {v};\n"))
+        .unwrap_or_default();
     let conf = format!(
         "load_module {module};\n{main}daemon off;\nworker_processes {workers};\nerror_log stderr info;\n\
          pid {prefix}/nginx.pid;\nevents {{ worker_connections 1024; }}\nthread_pool default threads={threads};\n\
@@ -130,8 +161,16 @@ fn serve(args: &[String]) -> Result<(), String> {
     );
     let conf_path = prefix.join("nginx.conf");
     std::fs::write(&conf_path, conf).map_err(|e| format!("{}: {e}", conf_path.display()))?;
-    eprintln!("ngx-wsgi: serving {app} on http://{}:{}/ (Ctrl-C stops)", opts.host, opts.port);
-    let err = Command::new(nginx_path()).arg("-p").arg(&prefix).arg("-c").arg(&conf_path).exec();
+    eprintln!(
+        "ngx-wsgi: serving {app} on http://{}:{}/ (Ctrl-C stops)",
+        opts.host, opts.port
+    );
+    let err = Command::new(nginx_path())
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf_path)
+        .exec();
     Err(format!("cannot run {}: {err}", nginx_path().display()))
 }
 
@@ -142,9 +181,17 @@ fn user_and_group(uid: u32) -> Option<(String, String)> {
         if pw.is_null() {
             return None;
         }
-        let user = std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned();
+        let user = std::ffi::CStr::from_ptr((*pw).pw_name)
+            .to_string_lossy()
+            .into_owned();
         let gr = libc::getgrgid((*pw).pw_gid);
-        let group = if gr.is_null() { user.clone() } else { std::ffi::CStr::from_ptr((*gr).gr_name).to_string_lossy().into_owned() };
+        let group = if gr.is_null() {
+            user.clone()
+        } else {
+            std::ffi::CStr::from_ptr((*gr).gr_name)
+                .to_string_lossy()
+                .into_owned()
+        };
         Some((user, group))
     }
 }

@@ -1,0 +1,109 @@
+"""Configuration: every wsgi_* mistake fails `nginx -t` (and start, and reload) naming the
+directive, the file and line, and the Python error."""
+import signal
+import time
+
+import pytest
+import requests
+
+from conftest import APPS, location
+
+BROKEN = APPS / "broken"
+
+
+def conf_test(nginx_factory, locations, **kwargs):
+    server = nginx_factory(locations, **kwargs)
+    return server, server.run("-t")
+
+
+@pytest.mark.parametrize("spec, expected", [
+    (f"{BROKEN}/syntax_error.py", "SyntaxError"),
+    (f"{BROKEN}/import_error.py", "ModuleNotFoundError: No module named 'module_that_does_not_exist_anywhere'"),
+    (f"{BROKEN}/raises_at_import.py", "RuntimeError: the app refuses to start"),
+    (f"{BROKEN}/not_callable.py", "not_callable.py:application is not callable"),
+    (f"{APPS}/sleepy.py:no_such_callable", "has no attribute \"no_such_callable\""),
+    (f"{BROKEN}/missing.py", "missing.py does not exist or is not a file"),
+    ("no_such_package.wsgi", "ModuleNotFoundError: No module named 'no_such_package'"),
+])
+def test_unloadable_app_fails_config_test(nginx_factory, spec, expected):
+    server, result = conf_test(nginx_factory, location("/", spec))
+    assert result.returncode != 0
+    assert "test failed" in result.stderr
+    assert f'[emerg] wsgi_app "{spec}" (in {server.conf}:' in result.stderr
+    assert "cannot be loaded" in result.stderr
+    assert expected in result.stderr, result.stderr
+
+
+def test_traceback_reaches_nginx_t_output(nginx_factory):
+    _, result = conf_test(nginx_factory, location("/", f"{BROKEN}/raises_at_import.py"))
+    assert "Traceback (most recent call last):" in result.stderr
+    assert "raises_at_import.py\", line 1, in <module>" in result.stderr
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("not a module", "is neither PATH.py[:CALLABLE] nor module.name[:CALLABLE]"),
+    ("app.py:1bad", "is not a Python name"),
+])
+def test_malformed_wsgi_app_value(nginx_factory, value, expected):
+    _, result = conf_test(nginx_factory, location("/", f'"{value}"'))
+    assert result.returncode != 0 and expected in result.stderr
+
+
+def test_duplicate_and_misplaced_directives(nginx_factory):
+    _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py", f"wsgi_app {APPS}/sleepy.py;"))
+    assert '"wsgi_app" directive is duplicate' in result.stderr
+    _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), http_extra=f"wsgi_app {APPS}/sleepy.py;")
+    assert '"wsgi_app" directive is not allowed here' in result.stderr
+
+
+def test_python_home_of_another_version_is_refused(nginx_factory, tmp_path):
+    (tmp_path / "pyvenv.cfg").write_text("home = /usr/bin\nversion = 3.99.1\n")
+    _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), home=False,
+                          http_extra=f"wsgi_python_home {tmp_path};")
+    assert result.returncode != 0
+    assert f"wsgi_python_home \"{tmp_path}\": {tmp_path} is Python 3.99; this module embeds Python 3." in result.stderr
+
+
+def test_python_home_that_does_not_exist(nginx_factory, tmp_path):
+    _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), home=False,
+                          http_extra=f"wsgi_python_home {tmp_path}/nope;")
+    assert result.returncode != 0 and "is not a directory" in result.stderr
+
+
+def test_good_config_passes(nginx_factory):
+    _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"))
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+def test_module_name_with_python_path_and_env_pythonpath(nginx_factory, tmp_path):
+    (tmp_path / "envapp.py").write_text(
+        "def application(e, sr):\n    sr('200 OK', [])\n    return [b'from PYTHONPATH']\n")
+    server = nginx_factory(
+        location("/a", "environ_app") + location("/b", "envapp:application"),
+        http_extra=f"wsgi_python_path {APPS};",
+        main_extra=f"env PYTHONPATH={tmp_path};",
+    ).start()
+    e = requests.get(server.url("/a")).json()
+    assert (e["SCRIPT_NAME"], e["PATH_INFO"]) == ("/a", "")
+    assert requests.get(server.url("/b")).text == "from PYTHONPATH"
+
+
+def test_broken_app_prevents_start(nginx_factory):
+    server = nginx_factory(location("/", f"{BROKEN}/import_error.py"))
+    with pytest.raises(RuntimeError, match="No module named"):
+        server.start()
+    assert server.proc.returncode != 0
+
+
+def test_reload_with_broken_app_keeps_old_workers(nginx_factory):
+    server = nginx_factory(location("/", APPS / "sleepy.py")).start()
+    workers = server.worker_pids()
+    server.conf.write_text(server.conf.read_text().replace(str(APPS / "sleepy.py"), str(BROKEN / "syntax_error.py")))
+    server.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while "SyntaxError" not in server.error_log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "SyntaxError" in server.error_log()
+    assert requests.get(server.url("/still")).text == "/still"
+    assert server.worker_pids() == workers

@@ -1,0 +1,96 @@
+"""Misbehaving and crashing apps: a 500 (or a cut connection once the body started) and a
+traceback in the error log; the worker always survives and keeps serving."""
+import re
+
+import pytest
+import requests
+
+from conftest import APPS, location, raw_request
+
+APP = APPS / "misbehaving.py"
+
+FAIL_WITH_500 = {
+    "raises": "RuntimeError: boom before headers",
+    "str_body": "response body items must be bytes, not str",
+    "str_items_generator": "response body items must be bytes, not str",
+    "non_iterable": "'int' object is not iterable",
+    "returns_none": "'NoneType' object is not iterable",
+    "start_response_twice": "start_response() called a second time without exc_info",
+    "never_starts": "produced body data before calling start_response()",
+    "never_starts_empty": "returned without calling start_response()",
+    "bad_status_no_reason": 'is not "NNN Reason-Phrase"',
+    "bad_status_text": 'is not "NNN Reason-Phrase"',
+    "bad_status_bytes": "status must be str, not bytes",
+    "crlf_in_header": "contains a control character",
+    "bad_header_name": "is not an HTTP token",
+    "headers_not_list": "response headers must be a list, not tuple",
+    "header_not_str": "header name and value must be str",
+    "hop_by_hop_header": "is hop-by-hop",
+    "non_latin1_header": "has a character outside latin-1",
+    "generator_raises_first": "ValueError: raised on the first next()",
+    "sys_exit": "SystemExit: 3",
+    "keyboard_interrupt": "KeyboardInterrupt",
+    "write_str": "write() argument must be bytes, not str",
+    "recursion": "RecursionError",
+    "informational_status": "cannot be informational",
+}
+NAMES = list(FAIL_WITH_500) + ["ok", "generator_raises_midway", "close_raises", "errors_stream"]
+
+
+@pytest.fixture(scope="module")
+def server(nginx_factory):
+    return nginx_factory("".join(location(f"= /{n}", f"{APP}:{n}") for n in NAMES)).start()
+
+
+@pytest.mark.parametrize("name", list(FAIL_WITH_500))
+def test_broken_app_gets_500_with_traceback_and_worker_survives(server, name):
+    workers = server.worker_pids()
+    r = requests.get(server.url(f"/{name}?q=1"))
+    assert r.status_code == 500
+    assert "500 Internal Server Error" in r.text
+    log = server.error_log()
+    assert f'while serving "GET /{name}?q=1 HTTP/1.1", client: 127.0.0.1' in log
+    assert FAIL_WITH_500[name] in log, log[-3000:]
+    assert requests.get(server.url("/ok")).text == "still serving"
+    assert server.worker_pids() == workers
+
+
+def test_traceback_names_the_app_frame(server):
+    requests.get(server.url("/raises"))
+    log = server.error_log()
+    assert "Traceback (most recent call last):" in log
+    assert re.search(r'File ".*misbehaving.py", line \d+, in raises', log)
+
+
+def test_exception_mid_body_cuts_the_connection(server):
+    data = raw_request(server.port, b"GET /generator_raises_midway HTTP/1.1\r\nHost: t\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"partial " in body
+    assert not body.endswith(b"0\r\n\r\n"), "a failed response must not end cleanly"
+    assert "ValueError: raised mid-body" in server.error_log()
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        requests.get(server.url("/generator_raises_midway"))
+    assert requests.get(server.url("/ok")).text == "still serving"
+
+
+def test_failing_close_is_logged_and_response_stands(server):
+    r = requests.get(server.url("/close_raises"))
+    assert r.status_code == 200 and r.content == b"body then a failing close"
+    assert "RuntimeError: close() failed" in server.error_log()
+
+
+def test_wsgi_errors_goes_to_the_error_log(server):
+    assert requests.get(server.url("/errors_stream")).text == "logged"
+    log = server.error_log()
+    assert "wsgi.errors: a line for the error log" in log
+    assert "wsgi.errors: second line" in log
+
+
+def test_worker_never_restarted_by_faults(server):
+    workers = server.worker_pids()
+    for name in FAIL_WITH_500:
+        requests.get(server.url(f"/{name}"))
+    assert server.worker_pids() == workers
+    assert "exited on signal" not in server.error_log()
+    assert requests.get(server.url("/ok")).status_code == 200

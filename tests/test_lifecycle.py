@@ -1,0 +1,35 @@
+"""One interpreter per worker: the app is imported at worker start, and worker exit finalises
+Python cleanly even when the app started threads."""
+import os
+import time
+
+import requests
+
+from conftest import APPS, location
+
+
+def marks(directory, kind):
+    return sorted(int(name.split("-")[1]) for name in os.listdir(directory) if name.startswith(kind + "-"))
+
+
+def test_app_imported_at_worker_start_and_finalized_at_exit(nginx_factory, tmp_path):
+    server = nginx_factory(location("/", APPS / "lifecycle_app.py"), workers=2,
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+    deadline = time.monotonic() + 10
+    while len(server.worker_pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = server.worker_pids()
+    while len(marks(tmp_path, "imported")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Imported by each worker before any request, and never by the master.
+    assert set(workers) <= set(marks(tmp_path, "imported"))
+    assert server.proc.pid not in marks(tmp_path, "imported")
+    served_by = {int(requests.get(server.url("/")).text) for _ in range(20)}
+    assert served_by <= set(workers)
+
+    assert server.stop() == 0
+    assert set(marks(tmp_path, "finalized")) >= set(workers), "atexit handlers ran: Python was finalised"
+    log = server.error_log()
+    assert "exited on signal" not in log and "core dumped" not in log
+    for pid in workers:
+        assert f"worker process {pid} exited with code 0" in log

@@ -1,0 +1,145 @@
+"""Responses: start_response, write(), close(), bodiless statuses, Content-Length, chunking,
+keep-alive and pipelining."""
+import http.client
+import socket
+
+import pytest
+import requests
+
+from conftest import APPS, location, raw_request
+
+APP = APPS / "responses.py"
+NAMES = ["list_body", "generator_body", "write_then_iterable", "closing", "close_count", "lazy_start",
+         "exc_info_before_body", "exc_info_after_body", "status", "length_app", "length_longer_than_body",
+         "length_shorter_than_body", "file_wrapper", "big"]
+
+
+@pytest.fixture(scope="module")
+def server(nginx_factory):
+    return nginx_factory("".join(location(f"= /{n}", f"{APP}:{n}") for n in NAMES)).start()
+
+
+def test_list_body_gets_a_content_length_and_keeps_repeated_headers(server):
+    r = requests.get(server.url("/list_body"))
+    assert r.status_code == 200 and r.content == b"hello world"
+    assert r.headers["Content-Length"] == "11"
+    assert r.headers["X-Multi"] == "a, b"
+    assert r.raw.headers.getlist("Set-Cookie") == ["a=1", "b=2"]
+    assert r.headers["Content-Type"] == "text/plain"
+
+
+def test_generator_is_chunked_on_http11(server):
+    r = requests.get(server.url("/generator_body"))
+    assert r.content == b"chunk0;chunk1;chunk2;"
+    assert r.headers["Transfer-Encoding"] == "chunked"
+    assert "Content-Length" not in r.headers
+
+
+def test_http10_never_gets_chunked(server):
+    data = raw_request(server.port, b"GET /generator_body HTTP/1.0\r\nHost: t\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"chunked" not in head.lower()
+    assert body == b"chunk0;chunk1;chunk2;"
+
+
+def test_write_and_iterable_combine(server):
+    assert requests.get(server.url("/write_then_iterable")).content == b"written;returned"
+
+
+def test_close_is_called_exactly_once(server):
+    for _ in range(3):
+        assert requests.get(server.url("/closing?c1")).content == b"ab"
+    assert requests.head(server.url("/closing?c2")).status_code == 200
+    assert requests.get(server.url("/close_count?c1")).text == "3"
+    assert requests.get(server.url("/close_count?c2")).text == "1"
+
+
+def test_start_response_may_come_from_the_iterator(server):
+    r = requests.get(server.url("/lazy_start"))
+    assert (r.status_code, r.content) == (201, b"lazy")
+
+
+def test_exc_info_replaces_headers_before_the_body(server):
+    r = requests.get(server.url("/exc_info_before_body"))
+    assert r.status_code == 503 and r.content == b"replaced"
+    assert r.headers.get("X-After") == "1" and "X-Before" not in r.headers
+
+
+def test_exc_info_after_the_body_started_cuts_the_response(server):
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        requests.get(server.url("/exc_info_after_body"))
+    assert "too late" in server.error_log()
+
+
+def test_head_has_no_body(server):
+    data = raw_request(server.port, b"HEAD /list_body HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and body == b""
+    data = raw_request(server.port, b"HEAD /length_app HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"Content-Length: 5" in head and body == b""
+
+
+@pytest.mark.parametrize("code", ["204", "304"])
+def test_bodiless_statuses(server, code):
+    data = raw_request(server.port, f"GET /status?{code} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {code} ".encode())
+    assert body == b""
+    assert b"chunked" not in head.lower()
+
+
+def test_custom_reason_phrase_is_kept(server):
+    data = raw_request(server.port, b"GET /status?299 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 299 Custom Thing\r\n")
+
+
+def test_content_length_is_honoured_both_ways(server):
+    r = requests.get(server.url("/length_app"))
+    assert r.headers["Content-Length"] == "5" and r.content == b"hello"
+    r = requests.get(server.url("/length_shorter_than_body"))
+    assert r.headers["Content-Length"] == "3" and r.content == b"abc"
+    with pytest.raises(requests.exceptions.ChunkedEncodingError, match="IncompleteRead"):
+        requests.get(server.url("/length_longer_than_body"))
+
+
+def test_file_wrapper(server):
+    r = requests.get(server.url("/file_wrapper"))
+    assert r.content == (APP).read_bytes()
+
+
+def test_large_body(server):
+    r = requests.get(server.url("/big"))
+    assert r.content == bytes(range(256)) * 4096 * 4
+
+
+def test_keepalive_reuses_one_connection(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    for path in ["/list_body", "/generator_body", "/length_app", "/status?204", "/list_body"]:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status in (200, 204)
+    sock = conn.sock
+    conn.request("GET", "/list_body")
+    assert conn.getresponse().read() == b"hello world"
+    assert conn.sock is sock
+
+
+def test_pipelined_requests_answer_in_order(server):
+    reqs = b"".join(f"GET {p} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+                    for p in ["/list_body", "/generator_body", "/status?404"])
+    data = raw_request(server.port, reqs + b"GET /length_app HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert data.count(b"HTTP/1.1 ") == 4
+    first, second, third, fourth = data.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200") and first.endswith(b"hello world")
+    assert second.startswith(b"200") and b"chunk2;" in second
+    assert third.startswith(b"404 Not Found") and b"body" in third
+    assert fourth.startswith(b"200") and fourth.endswith(b"hello")
+
+
+def test_client_gone_before_response(server):
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert requests.get(server.url("/list_body")).content == b"hello world"
