@@ -222,19 +222,17 @@ impl StartResponse {
             let mut this = slf.borrow_mut();
             this.check_live()?;
             match exc_info.filter(|e| !e.is_none()) {
-                Some(exc_info) => {
-                    if this.committed {
-                        // PEP 3333: too late to change the head; re-raise the app's exception.
-                        let value = exc_info.get_item(1)?;
-                        let err = PyErr::from_value(value);
-                        if let Ok(tb) = exc_info.get_item(2) {
-                            if let Ok(tb) = tb.cast_into::<pyo3::types::PyTraceback>() {
-                                err.set_traceback(py, Some(tb));
-                            }
+                // PEP 3333: too late to change the head; re-raise the app's exception.
+                Some(exc_info) if this.committed => {
+                    let err = PyErr::from_value(exc_info.get_item(1)?);
+                    if let Ok(tb) = exc_info.get_item(2) {
+                        if let Ok(tb) = tb.cast_into::<pyo3::types::PyTraceback>() {
+                            err.set_traceback(py, Some(tb));
                         }
-                        return Err(err);
                     }
+                    return Err(err);
                 }
+                Some(_) => {}
                 None if this.head.is_some() => {
                     return Err(PyRuntimeError::new_err(
                         "start_response() called a second time without exc_info",

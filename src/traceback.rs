@@ -11,7 +11,7 @@ pub fn format(py: Python<'_>, err: &PyErr) -> String {
             (err.get_type(py), err.value(py), err.traceback(py)),
         )?;
         let text = PyString::new(py, "").call_method1("join", (lines,))?;
-        Ok(text.extract::<String>()?)
+        text.extract::<String>()
     })();
     match formatted {
         Ok(text) => text.trim_end().to_owned(),

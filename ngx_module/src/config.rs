@@ -344,9 +344,8 @@ unsafe fn worker_setup(cf: *mut ngx_conf_t) -> WorkerSetup {
                 None
             }
         };
-        match value.or_else(|| std::env::var(&name).ok()) {
-            Some(v) => environment.push((name, v)),
-            None => {}
+        if let Some(v) = value.or_else(|| std::env::var(&name).ok()) {
+            environment.push((name, v));
         }
     }
     WorkerSetup {
