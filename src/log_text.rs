@@ -6,13 +6,14 @@ pub fn split_entries(msg: &str, max: usize) -> Vec<&str> {
     let mut out = Vec::new();
     let mut rest = msg.trim_end();
     while rest.len() > max {
-        let mut cut = rest[..max].rfind('\n').unwrap_or(0);
-        if cut == 0 {
-            cut = max;
-            while !rest.is_char_boundary(cut) {
-                cut -= 1;
-            }
+        let mut limit = max;
+        while !rest.is_char_boundary(limit) {
+            limit -= 1;
         }
+        let cut = match rest[..limit].rfind('\n') {
+            Some(i) if i > 0 => i,
+            _ => limit,
+        };
         out.push(&rest[..cut]);
         rest = rest[cut..].trim_start_matches('\n');
     }
