@@ -1,6 +1,8 @@
 """One interpreter per worker: the app is imported at worker start, and worker exit finalises
 Python cleanly even when the app started threads."""
 import os
+import signal
+import threading
 import time
 
 import requests
@@ -33,3 +35,44 @@ def test_app_imported_at_worker_start_and_finalized_at_exit(nginx_factory, tmp_p
     assert "exited on signal" not in log and "core dumped" not in log
     for pid in workers:
         assert f"worker process {pid} exited with code 0" in log
+
+
+def _slow_request(server, results):
+    try:
+        r = requests.get(server.url("/slow"), timeout=30)
+        results.append((r.status_code, r.text))
+    except requests.RequestException as e:
+        results.append(("error", str(e)))
+
+
+def test_quit_waits_for_requests_inside_python(nginx_factory):
+    server = nginx_factory(location("/", APPS / "sleepy.py")).start()
+    results = []
+    t = threading.Thread(target=_slow_request, args=(server, results))
+    t.start()
+    time.sleep(0.5)
+    assert server.stop(timeout=30) == 0
+    t.join()
+    assert results == [(200, "/slow")]
+    assert "exited on signal" not in server.error_log()
+
+
+def test_reload_finishes_requests_in_flight_and_new_workers_serve(nginx_factory):
+    server = nginx_factory(location("/", APPS / "sleepy.py")).start()
+    old = server.worker_pids()
+    results = []
+    t = threading.Thread(target=_slow_request, args=(server, results))
+    t.start()
+    time.sleep(0.5)
+    server.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (set(server.worker_pids()) - set(old)):
+        time.sleep(0.05)
+    assert requests.get(server.url("/fresh")).text == "/fresh"
+    t.join()
+    assert results == [(200, "/slow")]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and set(old) & set(server.worker_pids()):
+        time.sleep(0.05)
+    assert not set(old) & set(server.worker_pids()), "old worker exited after its request"
+    assert "exited on signal" not in server.error_log()

@@ -107,6 +107,7 @@ unsafe fn post_job(r: *mut ngx_http_request_t) -> Result<(), u32> {
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
             return Err(NGX_HTTP_SERVICE_UNAVAILABLE);
         }
+        crate::inflight::started();
     }
     Ok(())
 }
@@ -142,6 +143,7 @@ unsafe extern "C" fn job_done(ev: *mut ngx_event_t) {
         // SAFETY: as above; from here on the request may be finalized and the job freed.
         unsafe {
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
+            crate::inflight::finished();
             crate::response::send(r, &*job);
         }
         true

@@ -8,6 +8,7 @@
 mod config;
 mod ffi_guard;
 mod handler;
+mod inflight;
 mod lifecycle;
 mod log;
 mod request_info;
