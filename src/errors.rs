@@ -32,10 +32,7 @@ impl ErrorStream {
         let text = text.cast::<PyString>().map_err(|_| {
             pyo3::exceptions::PyTypeError::new_err(format!(
                 "wsgi.errors.write() argument must be str, not {}",
-                text.get_type()
-                    .name()
-                    .map(|n| n.to_string())
-                    .unwrap_or_default()
+                crate::response::type_name(text)
             ))
         })?;
         let s = text.to_cow()?;

@@ -169,10 +169,7 @@ fn consume(iterable: &Bound<'_, PyAny>, start_response: &Bound<'_, StartResponse
         let bytes = item.cast::<PyBytes>().map_err(|_| {
             pyo3::exceptions::PyTypeError::new_err(format!(
                 "response body items must be bytes, not {}",
-                item.get_type()
-                    .name()
-                    .map(|n| n.to_string())
-                    .unwrap_or_default()
+                crate::response::type_name(&item)
             ))
         })?;
         start_response.borrow_mut().push_body(bytes.as_bytes())

@@ -158,7 +158,8 @@ pub fn head_from_python(
     Ok(head)
 }
 
-fn type_name(obj: &Bound<'_, PyAny>) -> String {
+/// The name of an object's type, for error messages.
+pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
     obj.get_type()
         .name()
         .map(|n| n.to_string())
