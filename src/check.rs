@@ -91,7 +91,7 @@ pub fn check_apps(
     let mut pipe = unsafe { std::fs::File::from_raw_fd(read_fd) };
     let read = pipe.read_to_string(&mut report);
     let status = wait_for(pid);
-    let mut errors = parse_report(&report);
+    let (mut errors, finished) = parse_report(&report);
     if let Err(e) = read {
         errors.push(CheckError::Process(format!(
             "reading the check's report: {e}"
@@ -109,6 +109,14 @@ pub fn check_apps(
                 libc::WEXITSTATUS(status)
             )));
         }
+    }
+    if !finished && errors.is_empty() {
+        // The child died before its last word (a crash while importing), whether or not a
+        // SIGCHLD handler of the server reaped it before we could see its status.
+        errors.push(CheckError::Process(
+            "the check process ended before it finished starting Python and importing the apps"
+                .into(),
+        ));
     }
     if errors.is_empty() {
         Ok(())
@@ -133,7 +141,8 @@ fn wait_for(pid: libc::pid_t) -> Option<libc::c_int> {
     }
 }
 
-/// Records separated by NUL: `I<message>`, `A<index>:<message>`, `P<message>`.
+/// Records separated by NUL: `I<message>`, `A<index>:<message>`, `P<message>`, and `K` last when
+/// the child got through every app.
 fn child_report(settings: &PythonSettings, specs: &[AppSpec], setup: &WorkerSetup) -> String {
     if let Some(environment) = &setup.environment {
         for (key, _) in std::env::vars_os() {
@@ -165,17 +174,24 @@ fn child_report(settings: &PythonSettings, specs: &[AppSpec], setup: &WorkerSetu
                 out.push_str(&format!("A{i}:{e}\0"));
             }
         }
+        out.push_str("K\0");
         out
     })
 }
 
-fn parse_report(report: &str) -> Vec<CheckError> {
-    report
+/// The problems reported, and whether the child reached its end.
+fn parse_report(report: &str) -> (Vec<CheckError>, bool) {
+    let mut finished = false;
+    let errors = report
         .split('\0')
         .filter(|r| !r.is_empty())
-        .map(|record| {
+        .filter_map(|record| {
             let (kind, rest) = record.split_at(1);
-            match kind {
+            Some(match kind {
+                "K" => {
+                    finished = true;
+                    return None;
+                }
                 "I" => CheckError::Interpreter(rest.to_owned()),
                 "A" => match rest
                     .split_once(':')
@@ -185,9 +201,10 @@ fn parse_report(report: &str) -> Vec<CheckError> {
                     None => CheckError::Process(record.to_owned()),
                 },
                 _ => CheckError::Process(rest.to_owned()),
-            }
+            })
         })
-        .collect()
+        .collect();
+    (errors, finished)
 }
 
 #[cfg(test)]
@@ -198,11 +215,20 @@ mod tests {
     fn report_round_trip() {
         assert_eq!(
             parse_report("Ibad home\0A1:Traceback: x:y\0Pboom\0"),
-            vec![
-                CheckError::Interpreter("bad home".into()),
-                CheckError::App(1, "Traceback: x:y".into()),
-                CheckError::Process("boom".into()),
-            ]
+            (
+                vec![
+                    CheckError::Interpreter("bad home".into()),
+                    CheckError::App(1, "Traceback: x:y".into()),
+                    CheckError::Process("boom".into()),
+                ],
+                false
+            )
         );
+        assert_eq!(
+            parse_report("A0:x\0K\0"),
+            (vec![CheckError::App(0, "x".into())], true)
+        );
+        assert_eq!(parse_report("K\0"), (vec![], true));
+        assert_eq!(parse_report(""), (vec![], false));
     }
 }

@@ -1,21 +1,26 @@
 //! `wsgi.errors`: a text stream whose lines go to the server's error log (through `tracing`,
 //! target `wsgi.errors`), one log entry per line.
+//!
+//! One stream object serves every request; an unfinished line is kept per thread (a request runs
+//! on one thread), so concurrent requests never mix their text, and it is flushed when the
+//! request ends.
 
-use std::sync::Mutex;
+use std::cell::RefCell;
 
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
 #[pyclass(module = "ngx_wsgi", name = "ErrorStream", frozen)]
 #[derive(Default)]
-pub struct ErrorStream {
-    /// Text written since the last newline; emitted by the next newline or `flush()`.
-    pending: Mutex<String>,
+pub struct ErrorStream;
+
+thread_local! {
+    /// Text this thread wrote since its last newline.
+    static PENDING: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
-impl ErrorStream {
-    fn emit_lines(&self, text: &str) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+fn emit_lines(text: &str) {
+    PENDING.with_borrow_mut(|pending| {
         pending.push_str(text);
         if let Some(end) = pending.rfind('\n') {
             for line in pending[..end].split('\n') {
@@ -23,7 +28,17 @@ impl ErrorStream {
             }
             pending.drain(..=end);
         }
-    }
+    });
+}
+
+/// Logs what the calling thread wrote without a final newline (at the end of a request).
+pub fn flush_thread() {
+    PENDING.with_borrow_mut(|pending| {
+        if !pending.is_empty() {
+            tracing::error!(target: "wsgi.errors", "{}", pending.as_str());
+            pending.clear();
+        }
+    });
 }
 
 #[pymethods]
@@ -36,7 +51,7 @@ impl ErrorStream {
             ))
         })?;
         let s = text.to_cow()?;
-        self.emit_lines(&s);
+        emit_lines(&s);
         Ok(s.chars().count())
     }
 
@@ -48,11 +63,7 @@ impl ErrorStream {
     }
 
     fn flush(&self) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if !pending.is_empty() {
-            tracing::error!(target: "wsgi.errors", "{}", pending.as_str());
-            pending.clear();
-        }
+        flush_thread();
     }
 
     fn writable(&self) -> bool {

@@ -73,6 +73,9 @@ fn run_attached(py: Python<'_>, app: &Bound<'_, PyAny>, info: &RequestInfo, body
             return Outcome::failed();
         }
     };
+    // Cut wsgi.input off from the server's buffers however this function ends (a Rust panic
+    // re-raised by pyo3 included): the app may keep a reference to it past the request.
+    let _detach = DetachOnDrop(&input);
     let result = info
         .to_environ(py, input.clone().into_any())
         .and_then(|environ| app.call1((environ, &start_response)));
@@ -89,7 +92,8 @@ fn run_attached(py: Python<'_>, app: &Bound<'_, PyAny>, info: &RequestInfo, body
         }
         Err(_) => Ok(()),
     };
-    input.borrow_mut().detach();
+    drop(_detach);
+    crate::errors::flush_thread();
     let mut sr = start_response.borrow_mut();
     sr.finished = true;
     let head = sr.head.take();
@@ -124,6 +128,18 @@ fn run_attached(py: Python<'_>, app: &Bound<'_, PyAny>, info: &RequestInfo, body
         return Outcome::failed();
     };
     finish(info, head, body, length_known)
+}
+
+struct DetachOnDrop<'a, 'py>(&'a Bound<'py, Input>);
+
+impl Drop for DetachOnDrop<'_, '_> {
+    fn drop(&mut self) {
+        // Reads hold the GIL for their whole duration and this thread holds it now, so no borrow
+        // can be outstanding.
+        if let Ok(mut input) = self.0.try_borrow_mut() {
+            input.detach();
+        }
+    }
 }
 
 /// Applies the app's Content-Length to what it produced.

@@ -259,6 +259,32 @@ impl StartResponse {
     }
 }
 
+/// For `type/subtype; ...; charset=X`: the length of the value before the `;` that starts the
+/// charset parameter, and the charset's (start, length) without quotes. nginx's header filter
+/// writes them back as `type; charset=X`.
+pub fn split_charset(value: &[u8]) -> (usize, Option<(usize, usize)>) {
+    let mut i = 0;
+    while let Some(semi) = value[i..].iter().position(|&c| c == b';').map(|p| p + i) {
+        let mut p = semi + 1;
+        while value.get(p) == Some(&b' ') {
+            p += 1;
+        }
+        if value.len() >= p + 8 && value[p..p + 8].eq_ignore_ascii_case(b"charset=") {
+            let mut start = p + 8;
+            let mut end = value.len();
+            if value.get(start) == Some(&b'"') {
+                start += 1;
+            }
+            if end > start && value[end - 1] == b'"' {
+                end -= 1;
+            }
+            return (semi, Some((start, end.saturating_sub(start))));
+        }
+        i = p;
+    }
+    (value.len(), None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,6 +308,21 @@ mod tests {
         ] {
             assert!(parse_status(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn charset_parameter() {
+        assert_eq!(split_charset(b"text/html"), (9, None));
+        assert_eq!(
+            split_charset(b"text/html; charset=utf-8"),
+            (9, Some((19, 5)))
+        );
+        let v = b"multipart/mixed; boundary=x;charset=\"latin1\"";
+        let (len, cs) = split_charset(v);
+        assert_eq!(&v[..len], b"multipart/mixed; boundary=x");
+        let (start, n) = cs.unwrap();
+        assert_eq!(&v[start..start + n], b"latin1");
+        assert_eq!(split_charset(b"text/plain; format=flowed"), (25, None));
     }
 
     #[test]

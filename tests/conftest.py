@@ -91,6 +91,10 @@ class Nginx:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def worker_pids(self):
+        return [pid for pid, title in self.children() if "worker process" in title]
+
+    def children(self):
+        """(pid, process title) of the master's children."""
         pids = []
         for entry in pathlib.Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -101,7 +105,11 @@ class Nginx:
                 continue
             fields = stat.rsplit(")", 1)[1].split()
             if int(fields[1]) == self.proc.pid:
-                pids.append(int(entry.name))
+                try:
+                    title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                pids.append((int(entry.name), title))
         return sorted(pids)
 
     def url(self, path="/"):

@@ -34,7 +34,8 @@ FAIL_WITH_500 = {
     "recursion": "RecursionError",
     "informational_status": "cannot be informational",
 }
-NAMES = list(FAIL_WITH_500) + ["ok", "generator_raises_midway", "close_raises", "errors_stream"]
+NAMES = list(FAIL_WITH_500) + ["ok", "generator_raises_midway", "close_raises", "errors_stream",
+                               "errors_unfinished_line"]
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,11 @@ def test_wsgi_errors_goes_to_the_error_log(server):
     log = server.error_log()
     assert "wsgi.errors: a line for the error log" in log
     assert "wsgi.errors: second line" in log
+
+
+def test_unfinished_wsgi_errors_line_is_logged_when_the_request_ends(server):
+    assert requests.get(server.url("/errors_unfinished_line")).text == "logged"
+    assert "wsgi.errors: no newline at the end" in server.error_log()
 
 
 def test_worker_never_restarted_by_faults(server):

@@ -16,16 +16,24 @@ def marks(directory, kind):
 
 def test_app_imported_at_worker_start_and_finalized_at_exit(nginx_factory, tmp_path):
     server = nginx_factory(location("/", APPS / "lifecycle_app.py"), workers=2,
-                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};",
+                           http_extra=f"proxy_cache_path {tmp_path}/cache keys_zone=c:1m;").start()
     deadline = time.monotonic() + 10
     while len(server.worker_pids()) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     workers = server.worker_pids()
     while len(marks(tmp_path, "imported")) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    # Imported by each worker before any request, and never by the master.
-    assert set(workers) <= set(marks(tmp_path, "imported"))
-    assert server.proc.pid not in marks(tmp_path, "imported")
+    # Imported by each worker before any request; never by the master or the cache processes.
+    while len(server.children()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cache_processes = {pid for pid, title in server.children() if "cache" in title}
+    assert len(cache_processes) == 2, server.children()
+    time.sleep(0.3)
+    imported = set(marks(tmp_path, "imported"))
+    assert set(workers) <= imported
+    assert not cache_processes & imported
+    assert server.proc.pid not in imported
     served_by = {int(requests.get(server.url("/")).text) for _ in range(20)}
     assert served_by <= set(workers)
 

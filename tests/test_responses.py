@@ -11,12 +11,17 @@ from conftest import APPS, location, raw_request
 APP = APPS / "responses.py"
 NAMES = ["list_body", "generator_body", "write_then_iterable", "closing", "close_count", "lazy_start",
          "exc_info_before_body", "exc_info_after_body", "status", "length_app", "length_longer_than_body",
-         "length_shorter_than_body", "file_wrapper", "big"]
+         "length_shorter_than_body", "file_wrapper", "big", "plain", "pregzipped", "empty_with_length"]
 
 
 @pytest.fixture(scope="module")
 def server(nginx_factory):
-    return nginx_factory("".join(location(f"= /{n}", f"{APP}:{n}") for n in NAMES)).start()
+    return nginx_factory(
+        "".join(location(f"= /{n}", f"{APP}:{n}") for n in NAMES)
+        + location("/guarded/", f"{APP}:plain", "limit_except GET { deny all; }")
+        + location("/with_if/", f"{APP}:plain", 'if ($arg_flag) { set $x 1; }'),
+        http_extra="gzip on; gzip_types application/json text/html; gzip_min_length 1; charset_types text/html;",
+    ).start()
 
 
 def test_list_body_gets_a_content_length_and_keeps_repeated_headers(server):
@@ -143,3 +148,40 @@ def test_client_gone_before_response(server):
     with socket.create_connection(("127.0.0.1", server.port)) as s:
         s.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
     assert requests.get(server.url("/list_body")).content == b"hello world"
+
+
+def test_app_answers_conditionals_itself(server):
+    r = requests.get(server.url("/plain"), headers={"If-None-Match": "*"})
+    assert r.status_code == 200
+    r = requests.put(server.url("/plain"), headers={"If-Match": '"v1"'}, data=b"x")
+    assert (r.status_code, r.text) == (200, 'method=PUT if-match="v1"')
+    r = requests.get(server.url("/plain"), headers={"If-Unmodified-Since": "Sat, 01 Jan 2000 00:00:00 GMT"})
+    assert r.status_code == 200
+
+
+def test_content_type_charset_kept_and_filters_see_the_type(server):
+    r = requests.get(server.url("/plain"), headers={"Accept-Encoding": "gzip"})
+    assert r.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert r.headers.get("Content-Encoding") == "gzip", "gzip_types text/html matched the typed value"
+    assert r.text.startswith("method=GET")
+
+
+def test_already_encoded_body_is_not_compressed_again(server):
+    import gzip
+    r = requests.get(server.url("/pregzipped"), headers={"Accept-Encoding": "gzip"}, stream=True)
+    raw = r.raw.read(decode_content=False)
+    assert r.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(raw) == b'{"already": "compressed"}' * 100
+
+
+def test_empty_body_short_of_its_length_still_sends_the_header(server):
+    data = raw_request(server.port, b"GET /empty_with_length HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200 OK") and b"Content-Length: 10" in data
+    assert data.endswith(b"\r\n\r\n"), "no body bytes, then the connection is cut"
+
+
+def test_limit_except_and_if_blocks_serve_the_same_app(server):
+    assert requests.get(server.url("/guarded/x")).text == "method=GET if-match=None"
+    assert requests.post(server.url("/guarded/x")).status_code == 403
+    assert requests.get(server.url("/with_if/x?flag=1")).text == "method=GET if-match=None"
+    assert requests.get(server.url("/with_if/x")).text == "method=GET if-match=None"

@@ -99,6 +99,16 @@ pub(crate) unsafe extern "C" fn merge_loc_conf(
         if child.thread_pool_name.data.is_null() {
             child.thread_pool_name = parent.thread_pool_name;
         }
+        // SAFETY: during a merge, `cf->ctx` holds the configurations of the block being merged.
+        let clcf = unsafe { core_loc_conf(cf) };
+        // `if` and `limit_except` blocks inside a wsgi_app location serve the same app.
+        if clcf.noname() != 0 && child.app.is_none() && parent.app.is_some() {
+            child.app = parent.app;
+            child.script_name = parent.script_name.clone();
+        }
+        if clcf.lmt_excpt() != 0 && clcf.handler.is_none() && child.app.is_some() {
+            clcf.handler = Some(crate::handler::content_handler);
+        }
         if child.app.is_some() {
             let name: *mut ngx_str_t = if child.thread_pool_name.data.is_null() {
                 std::ptr::null_mut()
@@ -194,19 +204,25 @@ pub(crate) unsafe extern "C" fn set_app(
             }
         };
         lc.app = Some(index);
-        // SAFETY: the core module's location configuration of the same block exists.
-        let clcf = unsafe {
-            (*cf)
-                .http_location_conf_unchecked::<ngx_http_core_loc_conf_t>(&*std::ptr::addr_of!(
-                    ngx_http_core_module
-                ))
-                .expect("core location configuration")
-                .as_mut()
-        };
+        // SAFETY: inside a location block its core configuration exists.
+        let clcf = unsafe { core_loc_conf(cf) };
         clcf.handler = Some(crate::handler::content_handler);
         lc.script_name = mount_point(clcf);
         NGX_CONF_OK
     })
+}
+
+/// The core module's configuration of the location block `cf` is in.
+unsafe fn core_loc_conf<'a>(cf: *mut ngx_conf_t) -> &'a mut ngx_http_core_loc_conf_t {
+    // SAFETY: the caller is inside (or merging) a location, whose core configuration exists.
+    unsafe {
+        (*cf)
+            .http_location_conf_unchecked::<ngx_http_core_loc_conf_t>(&*std::ptr::addr_of!(
+                ngx_http_core_module
+            ))
+            .expect("core location configuration")
+            .as_mut()
+    }
 }
 
 /// `SCRIPT_NAME` for a location: a prefix location's name without its trailing slash; nothing

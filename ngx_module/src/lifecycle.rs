@@ -1,7 +1,10 @@
 //! Worker start and exit: one interpreter per worker, the apps imported before the first request,
 //! Python finalised after nginx's thread pools have stopped.
 
-use nginx_sys::{ngx_cycle_t, ngx_int_t, NGX_ERROR, NGX_LOG_ALERT, NGX_LOG_EMERG, NGX_OK};
+use nginx_sys::{
+    ngx_cycle_t, ngx_int_t, ngx_process, NGX_ERROR, NGX_LOG_ALERT, NGX_LOG_EMERG, NGX_OK,
+    NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
+};
 use ngx::http::HttpModuleConfExt;
 use ngx_wsgi::{interpreter, AppSpec, Apps};
 
@@ -21,8 +24,19 @@ unsafe fn main_conf<'a>(cycle: *mut ngx_cycle_t) -> Option<&'a MainConf> {
     }
 }
 
+/// Whether this process serves requests (a worker, or nginx without a master); cache manager and
+/// loader processes run `init_process` too, but must not start Python.
+fn serves_requests() -> bool {
+    // SAFETY: plain read of nginx's process role, set before init_process runs.
+    let role = unsafe { ngx_process } as u32;
+    role == NGX_PROCESS_WORKER || role == NGX_PROCESS_SINGLE
+}
+
 pub(crate) unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     guard("init_process", NGX_ERROR as ngx_int_t, || {
+        if !serves_requests() {
+            return NGX_OK as ngx_int_t;
+        }
         // SAFETY: nginx passes the live cycle.
         let Some(mc) = (unsafe { main_conf(cycle) }) else {
             return NGX_OK as ngx_int_t;

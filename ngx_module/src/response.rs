@@ -4,7 +4,7 @@ use nginx_sys::{
     ngx_buf_t, ngx_chain_t, ngx_http_finalize_request, ngx_http_output_filter, ngx_http_request_t,
     ngx_http_send_header, ngx_http_send_special, ngx_int_t, ngx_list_push, ngx_pcalloc,
     ngx_pnalloc, ngx_str_t, ngx_table_elt_t, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST,
-    NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_LAST, NGX_OK,
+    NGX_HTTP_FLUSH, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_LAST, NGX_OK,
 };
 use ngx_wsgi::{OutcomeKind, ResponseHead};
 
@@ -49,6 +49,8 @@ pub(crate) unsafe fn send(r: *mut ngx_http_request_t, job: &Job) {
         if head.is_bodiless() {
             (*r).set_header_only(1);
         }
+        // The app answered conditionals itself; nginx must not turn its 200 into a 304 or 412.
+        (*r).set_disable_not_modified(1);
         if truncated {
             (*r).set_keepalive(0);
         }
@@ -67,6 +69,8 @@ pub(crate) unsafe fn send(r: *mut ngx_http_request_t, job: &Job) {
         let body = outcome.body.as_slice();
         let rc = if body.is_empty() {
             if truncated {
+                // Push the header out before the connection is cut.
+                ngx_http_send_special(r, NGX_HTTP_FLUSH as usize);
                 NGX_ERROR as ngx_int_t
             } else {
                 ngx_http_send_special(r, NGX_HTTP_LAST as usize)
@@ -160,7 +164,16 @@ unsafe fn set_headers(
             if !have_type && name.eq_ignore_ascii_case(b"content-type") {
                 have_type = true;
                 out.content_type = pool_str(r, value, false)?;
-                out.content_type_len = value.len();
+                // As nginx does for proxied responses: the type without its charset parameter,
+                // so that gzip_types, charset and the other *_types match it.
+                let (type_len, charset) = ngx_wsgi::response::split_charset(value);
+                out.content_type_len = type_len;
+                if let Some((start, len)) = charset {
+                    out.charset = ngx_str_t {
+                        len,
+                        data: out.content_type.data.add(start),
+                    };
+                }
                 continue;
             }
             let h = ngx_list_push(&mut out.headers) as *mut ngx_table_elt_t;
@@ -177,6 +190,9 @@ unsafe fn set_headers(
                 out.server = h;
             } else if name.eq_ignore_ascii_case(b"date") {
                 out.date = h;
+            } else if name.eq_ignore_ascii_case(b"content-encoding") {
+                // Lets the gzip filter see that the body is already encoded.
+                out.content_encoding = h;
             }
         }
         Ok(())

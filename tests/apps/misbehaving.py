@@ -136,6 +136,12 @@ def errors_stream(environ, start_response):
     return [b"logged"]
 
 
+def errors_unfinished_line(environ, start_response):
+    environ["wsgi.errors"].write("no newline at the end")
+    start_response("200 OK", [])
+    return [b"logged"]
+
+
 def recursion(environ, start_response):
     def f():
         return f()

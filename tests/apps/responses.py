@@ -109,3 +109,21 @@ def file_wrapper(environ, start_response):
 def big(environ, start_response):
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
     return [bytes(range(256)) * 4096 * 4]  # 4 MiB
+
+
+def plain(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+    return [("method=%s if-match=%s" % (environ["REQUEST_METHOD"], environ.get("HTTP_IF_MATCH"))).encode()]
+
+
+def pregzipped(environ, start_response):
+    import gzip
+    body = gzip.compress(b'{"already": "compressed"}' * 100)
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Encoding", "gzip"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def empty_with_length(environ, start_response):
+    start_response("200 OK", [("Content-Length", "10")])
+    return []
