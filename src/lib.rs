@@ -16,6 +16,7 @@ pub mod interpreter;
 pub mod log_text;
 pub mod request;
 pub mod response;
+pub mod sink;
 pub mod traceback;
 
 pub use app::{AppSpec, Apps};
@@ -24,6 +25,7 @@ pub use environ::{RequestInfo, RequestInfoBuilder};
 pub use interpreter::PythonSettings;
 pub use request::{run_request, Outcome, OutcomeKind};
 pub use response::ResponseHead;
+pub use sink::{ChunkSink, ClientGone};
 
 #[cfg(test)]
 pub(crate) mod testing;

@@ -6,18 +6,23 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 use crate::body::Body;
 use crate::environ::{Field, RequestInfo};
 use crate::input::Input;
+use std::sync::Arc;
+
 use crate::response::{ResponseHead, StartResponse};
+use crate::sink::ChunkSink;
 
 /// How the app's part of a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutcomeKind {
-    /// A full response: send `head` and `body`.
+    /// A full response: send `head` and `body` (after what was streamed, if anything).
     Complete,
     /// Failed before any body byte was produced: answer 500 (the traceback is logged).
     Failed,
     /// Failed after body bytes were produced: send what there is, then cut the connection so
     /// the client sees an incomplete message.
     Truncated,
+    /// The client went away while the response streamed; nothing more is to be sent.
+    ClientGone,
 }
 
 /// What the server sends back.
@@ -25,7 +30,10 @@ pub enum OutcomeKind {
 pub struct Outcome {
     pub kind: OutcomeKind,
     pub head: Option<ResponseHead>,
+    /// The body, or what is left of it when the response was streamed.
     pub body: Vec<u8>,
+    /// The head and part of the body already went to the server through its sink.
+    pub streamed: bool,
     /// The app returned a list or tuple: every byte was known before any was sent, so the server
     /// may announce a `Content-Length` the app did not set.
     pub length_known: bool,
@@ -37,15 +45,23 @@ impl Outcome {
             kind: OutcomeKind::Failed,
             head: None,
             body: Vec::new(),
+            streamed: false,
             length_known: false,
         }
     }
 }
 
 /// Runs `app` for one request on the calling thread (which must be allowed to run Python) and
-/// returns the response. Every failure is logged with its traceback and the request line.
-pub fn run_request(app: &Py<PyAny>, info: &RequestInfo, body: Body) -> Outcome {
-    crate::interpreter::attach(|py| run_attached(py, app.bind(py), info, body))
+/// returns the response. With a `sink`, a response whose body is not a list or tuple (a
+/// generator, a file wrapper, `write()`) goes to the sink piece by piece as the app produces it.
+/// Every failure is logged with its traceback and the request line.
+pub fn run_request(
+    app: &Py<PyAny>,
+    info: &RequestInfo,
+    body: Body,
+    sink: Option<Arc<dyn ChunkSink>>,
+) -> Outcome {
+    crate::interpreter::attach(|py| run_attached(py, app.bind(py), info, body, sink))
 }
 
 fn log_failure(py: Python<'_>, info: &RequestInfo, what: &str, err: &PyErr) {
@@ -62,10 +78,16 @@ fn log_error(info: &RequestInfo, what: &str, detail: &str) {
     );
 }
 
-fn run_attached(py: Python<'_>, app: &Bound<'_, PyAny>, info: &RequestInfo, body: Body) -> Outcome {
+fn run_attached(
+    py: Python<'_>,
+    app: &Bound<'_, PyAny>,
+    info: &RequestInfo,
+    body: Body,
+    sink: Option<Arc<dyn ChunkSink>>,
+) -> Outcome {
     let (input, start_response) = match (
         Bound::new(py, Input::new(body)),
-        Bound::new(py, StartResponse::default()),
+        Bound::new(py, StartResponse::new(sink)),
     ) {
         (Ok(i), Ok(s)) => (i, s),
         (Err(e), _) | (_, Err(e)) => {
@@ -84,7 +106,7 @@ fn run_attached(py: Python<'_>, app: &Bound<'_, PyAny>, info: &RequestInfo, body
         Ok(iterable) => {
             length_known = iterable.is_exact_instance_of::<PyList>()
                 || iterable.is_exact_instance_of::<PyTuple>();
-            let iterated = consume(iterable, &start_response);
+            let iterated = consume(iterable, &start_response, length_known);
             if let Err(e) = close_iterable(iterable) {
                 log_failure(py, info, "the response iterable's close() raised", &e);
             }
@@ -98,9 +120,24 @@ fn run_attached(py: Python<'_>, app: &Bound<'_, PyAny>, info: &RequestInfo, body
     sr.finished = true;
     let head = sr.head.take();
     let body = std::mem::take(&mut sr.body);
-    let committed = sr.committed;
+    let (committed, streamed, client_gone) = (sr.committed, sr.streamed, sr.client_gone);
+    let (produced, excess) = (sr.produced, sr.excess);
     drop(sr);
 
+    if client_gone {
+        tracing::info!(
+            target: "wsgi",
+            "the client closed the connection while the response streamed: \"{}\"",
+            info.request_line().escape_debug()
+        );
+        return Outcome {
+            kind: OutcomeKind::ClientGone,
+            head: None,
+            body: Vec::new(),
+            streamed,
+            length_known: false,
+        };
+    }
     let error = match (result, iterated) {
         (Err(e), _) => Some(("the application raised", e)),
         (Ok(_), Err(e)) => Some(("iterating the response raised", e)),
@@ -116,6 +153,7 @@ fn run_attached(py: Python<'_>, app: &Bound<'_, PyAny>, info: &RequestInfo, body
             },
             head: if committed { head } else { None },
             body: if committed { body } else { Vec::new() },
+            streamed,
             length_known: false,
         };
     }
@@ -127,38 +165,14 @@ fn run_attached(py: Python<'_>, app: &Bound<'_, PyAny>, info: &RequestInfo, body
         );
         return Outcome::failed();
     };
-    finish(info, head, body, length_known)
-}
-
-struct DetachOnDrop<'a, 'py>(&'a Bound<'py, Input>);
-
-impl Drop for DetachOnDrop<'_, '_> {
-    fn drop(&mut self) {
-        // Reads hold the GIL for their whole duration and this thread holds it now, so no borrow
-        // can be outstanding.
-        if let Ok(mut input) = self.0.try_borrow_mut() {
-            input.detach();
-        }
-    }
-}
-
-/// Applies the app's Content-Length to what it produced.
-fn finish(
-    info: &RequestInfo,
-    head: ResponseHead,
-    mut body: Vec<u8>,
-    length_known: bool,
-) -> Outcome {
     let mut kind = OutcomeKind::Complete;
     if let Some(declared) = head.content_length {
-        let produced = body.len() as u64;
-        if produced > declared {
+        if excess > 0 {
             log_error(
                 info,
-                &format!("the application produced {produced} bytes for a Content-Length of {declared}; the excess was dropped"),
+                &format!("the application produced {} bytes for a Content-Length of {declared}; the excess was dropped", produced + excess),
                 "",
             );
-            body.truncate(declared as usize);
         } else if produced < declared
             && !head.is_bodiless()
             && info.field(Field::RequestMethod) != b"HEAD"
@@ -175,12 +189,31 @@ fn finish(
         kind,
         head: Some(head),
         body,
+        streamed,
         length_known,
     }
 }
 
-/// Takes every body item from the iterable into the response.
-fn consume(iterable: &Bound<'_, PyAny>, start_response: &Bound<'_, StartResponse>) -> PyResult<()> {
+struct DetachOnDrop<'a, 'py>(&'a Bound<'py, Input>);
+
+impl Drop for DetachOnDrop<'_, '_> {
+    fn drop(&mut self) {
+        // Reads hold the GIL for their whole duration and this thread holds it now, so no borrow
+        // can be outstanding.
+        if let Ok(mut input) = self.0.try_borrow_mut() {
+            input.detach();
+        }
+    }
+}
+
+/// Takes every body item from the iterable into the response: held back for a list or tuple
+/// (sent in one piece), streamed for anything else.
+fn consume(
+    iterable: &Bound<'_, PyAny>,
+    start_response: &Bound<'_, StartResponse>,
+    sequence: bool,
+) -> PyResult<()> {
+    let py = iterable.py();
     let take = |item: Bound<'_, PyAny>| -> PyResult<()> {
         let bytes = item.cast::<PyBytes>().map_err(|_| {
             pyo3::exceptions::PyTypeError::new_err(format!(
@@ -188,21 +221,23 @@ fn consume(iterable: &Bound<'_, PyAny>, start_response: &Bound<'_, StartResponse
                 crate::response::type_name(&item)
             ))
         })?;
-        start_response.borrow_mut().push_body(bytes.as_bytes())
+        start_response.borrow_mut().push_body(py, bytes.as_bytes())
     };
-    if let Ok(list) = iterable.cast::<PyList>() {
-        for item in list.iter() {
-            take(item)?;
+    if sequence {
+        if let Ok(list) = iterable.cast::<PyList>() {
+            for item in list.iter() {
+                take(item)?;
+            }
+        } else if let Ok(tuple) = iterable.cast::<PyTuple>() {
+            for item in tuple.iter() {
+                take(item)?;
+            }
         }
         return Ok(());
     }
-    if let Ok(tuple) = iterable.cast::<PyTuple>() {
-        for item in tuple.iter() {
-            take(item)?;
-        }
-        return Ok(());
-    }
-    for item in iterable.try_iter()? {
+    let iterator = iterable.try_iter()?;
+    start_response.borrow_mut().start_streaming(py)?;
+    for item in iterator {
         take(item?)?;
     }
     Ok(())
@@ -244,7 +279,7 @@ mod tests {
     }
 
     fn run(code: &str) -> Outcome {
-        run_request(&app(code), &request(), Body::empty())
+        run_request(&app(code), &request(), Body::empty(), None)
     }
 
     #[test]
@@ -340,5 +375,95 @@ mod tests {
         let short =
             run("def app(e, sr):\n sr('200 OK', [('Content-Length', '10')])\n return [b'abc']");
         assert_eq!(short.kind, OutcomeKind::Truncated);
+    }
+
+    #[derive(Default)]
+    struct Recorder {
+        pieces: std::sync::Mutex<Vec<(Option<u16>, Vec<u8>)>>,
+        gone_after: Option<usize>,
+    }
+
+    impl ChunkSink for Recorder {
+        fn push(&self, head: Option<ResponseHead>, data: Vec<u8>) -> Result<(), crate::ClientGone> {
+            let mut pieces = self.pieces.lock().unwrap();
+            if self.gone_after.is_some_and(|n| pieces.len() >= n) {
+                return Err(crate::ClientGone);
+            }
+            pieces.push((head.map(|h| h.status), data));
+            Ok(())
+        }
+    }
+
+    fn run_streaming(code: &str, sink: Arc<Recorder>) -> Outcome {
+        run_request(&app(code), &request(), Body::empty(), Some(sink))
+    }
+
+    #[test]
+    fn generators_and_write_stream_lists_do_not() {
+        let sink = Arc::new(Recorder::default());
+        let out = run_streaming(
+            "def app(e, sr):\n sr('200 OK', [])\n yield b''\n yield b'a'\n yield b'b'",
+            sink.clone(),
+        );
+        assert_eq!(
+            (out.kind, out.streamed, out.body.len()),
+            (OutcomeKind::Complete, true, 0)
+        );
+        assert_eq!(
+            *sink.pieces.lock().unwrap(),
+            vec![(Some(200), b"a".to_vec()), (None, b"b".to_vec())]
+        );
+
+        let sink = Arc::new(Recorder::default());
+        let out = run_streaming(
+            "def app(e, sr):\n sr('200 OK', [])(b'w')\n return [b'x']",
+            sink.clone(),
+        );
+        assert!(out.streamed);
+        assert_eq!(
+            *sink.pieces.lock().unwrap(),
+            vec![(Some(200), b"w".to_vec()), (None, b"x".to_vec())]
+        );
+
+        let sink = Arc::new(Recorder::default());
+        let out = run_streaming(
+            "def app(e, sr):\n sr('200 OK', [])\n return [b'x', b'y']",
+            sink.clone(),
+        );
+        assert_eq!((out.streamed, out.body), (false, b"xy".to_vec()));
+        assert!(sink.pieces.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn client_gone_stops_the_iterator_and_closes_it() {
+        let sink = Arc::new(Recorder {
+            gone_after: Some(2),
+            ..Default::default()
+        });
+        let code = concat!(
+            "state = {'next': 0, 'closed': 0}\n",
+            "class Body:\n",
+            " def __iter__(self): return self\n",
+            " def __next__(self):\n  state['next'] += 1\n  return b'x'\n",
+            " def close(self): state['closed'] += 1\n",
+            "def app(e, sr):\n sr('200 OK', [])\n return Body()\n",
+        );
+        let app = app(code);
+        let out = run_request(&app, &request(), Body::empty(), Some(sink.clone()));
+        assert_eq!(out.kind, OutcomeKind::ClientGone);
+        assert_eq!(sink.pieces.lock().unwrap().len(), 2);
+        with_python(|py| {
+            let state = app
+                .bind(py)
+                .getattr("__globals__")
+                .unwrap()
+                .get_item("state")
+                .unwrap();
+            assert_eq!(state.get_item("next").unwrap().extract::<u32>().unwrap(), 3);
+            assert_eq!(
+                state.get_item("closed").unwrap().extract::<u32>().unwrap(),
+                1
+            );
+        });
     }
 }

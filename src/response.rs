@@ -3,7 +3,11 @@
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use std::sync::Arc;
+
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+
+use crate::sink::{ChunkSink, ClientGone};
 
 /// The status and headers of a response, as the app gave them (validated).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,37 +170,121 @@ pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// The `start_response` callable of one request; also collects the response body.
+pyo3::create_exception!(
+    ngx_wsgi,
+    ClientDisconnected,
+    pyo3::exceptions::PyOSError,
+    "The client closed the connection; nothing more can be sent."
+);
+
+/// The `start_response` callable of one request; also collects (or streams) the response body.
 #[pyclass(module = "ngx_wsgi", name = "StartResponse")]
 #[derive(Default)]
 pub struct StartResponse {
     pub(crate) head: Option<ResponseHead>,
     /// Whether body bytes were produced: from then on the head is on its way to the client.
     pub(crate) committed: bool,
+    /// Body bytes held back (a list body is sent in one piece when the app is done).
     pub(crate) body: Vec<u8>,
+    /// Body bytes the app produced, within its Content-Length.
+    pub(crate) produced: u64,
+    /// Where streamed pieces go, when the server streams.
+    pub(crate) sink: Option<Arc<dyn ChunkSink>>,
+    /// Pieces go to the sink as they are produced (a non-list iterable, or `write()`).
+    pub(crate) streaming: bool,
+    /// Pieces went to the sink: the server has the head and part of the body already.
+    pub(crate) streamed: bool,
+    pub(crate) client_gone: bool,
+    /// The app produced more than its Content-Length; the excess was dropped.
+    pub(crate) excess: u64,
     /// The request is over: calls from a stray reference must not touch it.
     pub(crate) finished: bool,
 }
 
 impl StartResponse {
+    pub(crate) fn new(sink: Option<Arc<dyn ChunkSink>>) -> Self {
+        StartResponse {
+            sink,
+            ..Default::default()
+        }
+    }
+
+    /// From now on, pieces go to the server as they are produced (if it streams); what was held
+    /// back goes first.
+    pub(crate) fn start_streaming(&mut self, py: Python<'_>) -> PyResult<()> {
+        if self.streaming || self.sink.is_none() {
+            return Ok(());
+        }
+        self.streaming = true;
+        if !self.body.is_empty() {
+            let held = std::mem::take(&mut self.body);
+            self.send(py, held)?;
+        }
+        Ok(())
+    }
+
     /// Appends body bytes produced by the app (by iteration or `write()`).
-    pub(crate) fn push_body(&mut self, data: &[u8]) -> PyResult<()> {
+    pub(crate) fn push_body(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
         if data.is_empty() {
             return Ok(());
         }
-        if self.head.is_none() {
+        if self.client_gone {
+            return Err(ClientDisconnected::new_err(
+                "the client closed the connection",
+            ));
+        }
+        let Some(head) = self.head.as_ref() else {
             return Err(PyRuntimeError::new_err(
                 "the application produced body data before calling start_response()",
             ));
+        };
+        // PEP 3333: never send more than the app's Content-Length.
+        let data = match head.content_length {
+            Some(declared) => {
+                let room = declared.saturating_sub(self.produced);
+                let take = (data.len() as u64).min(room) as usize;
+                self.excess += (data.len() - take) as u64;
+                &data[..take]
+            }
+            None => data,
+        };
+        if data.is_empty() {
+            return Ok(());
         }
-        if !self.committed {
-            self.committed = true;
-            if let Some(len) = self.head.as_ref().and_then(|h| h.content_length) {
-                self.body.reserve(len.min(16 << 20) as usize);
+        self.committed = true;
+        self.produced += data.len() as u64;
+        if self.streaming {
+            self.send(py, data.to_vec())
+        } else {
+            if self.body.is_empty() {
+                if let Some(len) = head.content_length {
+                    self.body.reserve(len.min(16 << 20) as usize);
+                }
+            }
+            self.body.extend_from_slice(data);
+            Ok(())
+        }
+    }
+
+    fn send(&mut self, py: Python<'_>, data: Vec<u8>) -> PyResult<()> {
+        let head = if self.streamed {
+            None
+        } else {
+            self.head.clone()
+        };
+        let Some(sink) = self.sink.clone() else {
+            return Ok(());
+        };
+        self.streamed = true;
+        match py.detach(move || sink.push(head, data)) {
+            Ok(()) => Ok(()),
+            Err(ClientGone) => {
+                self.client_gone = true;
+                Err(ClientDisconnected::new_err(
+                    "the client closed the connection",
+                ))
             }
         }
-        self.body.extend_from_slice(data);
-        Ok(())
     }
 
     fn check_live(&self) -> PyResult<()> {
@@ -246,7 +334,8 @@ impl StartResponse {
         slf.getattr(pyo3::intern!(py, "write"))
     }
 
-    /// The legacy `write()` callable that `start_response` returns.
+    /// The legacy `write()` callable that `start_response` returns; its data is sent before
+    /// it returns (when the server streams).
     fn write(&mut self, data: &Bound<'_, PyAny>) -> PyResult<()> {
         self.check_live()?;
         let bytes = data.cast::<PyBytes>().map_err(|_| {
@@ -255,7 +344,9 @@ impl StartResponse {
                 type_name(data)
             ))
         })?;
-        self.push_body(bytes.as_bytes())
+        let py = data.py();
+        self.start_streaming(py)?;
+        self.push_body(py, bytes.as_bytes())
     }
 }
 

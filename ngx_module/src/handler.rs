@@ -126,7 +126,7 @@ unsafe extern "C" fn run_job(data: *mut c_void, _log: *mut ngx_log_t) {
     let job = unsafe { &mut **(data as *mut *mut Job) };
     job.outcome = guard("running the app", None, || {
         let body = job.body.take().unwrap_or_default();
-        Some(run_request(job.app, &job.info, body))
+        Some(run_request(job.app, &job.info, body, None))
     });
 }
 

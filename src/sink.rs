@@ -1,0 +1,16 @@
+//! Streaming: how the response of an app that yields its body piece by piece reaches the server
+//! while the app is still running.
+
+use crate::response::ResponseHead;
+
+/// The client went away; the app's iterator must not be advanced any further.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientGone;
+
+/// The server's side of a streamed response.
+pub trait ChunkSink: Send + Sync {
+    /// Hands one piece of the body to the server, with the response head before the first.
+    /// Called without the GIL; blocks while the server already holds its bound of unsent bytes
+    /// for this request (backpressure). Fails once the client is gone.
+    fn push(&self, head: Option<ResponseHead>, data: Vec<u8>) -> Result<(), ClientGone>;
+}
