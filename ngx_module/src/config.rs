@@ -51,7 +51,13 @@ pub(crate) struct LocConf {
     pub thread_pool_name: ngx_str_t,
     /// The resolved pool, for locations that serve an app.
     pub thread_pool: *mut ngx_thread_pool_t,
+    /// `wsgi_stream_buffer`: how many bytes of a streamed response may wait unsent before the
+    /// app's iterator is paused.
+    pub stream_buffer: usize,
 }
+
+/// Default `wsgi_stream_buffer`.
+pub(crate) const DEFAULT_STREAM_BUFFER: usize = 256 * 1024;
 
 impl Default for LocConf {
     fn default() -> Self {
@@ -60,6 +66,8 @@ impl Default for LocConf {
             script_name: Vec::new(),
             thread_pool_name: ngx_str_t::empty(),
             thread_pool: std::ptr::null_mut(),
+            // NGX_CONF_UNSET_SIZE, as ngx_conf_set_size_slot expects.
+            stream_buffer: usize::MAX,
         }
     }
 }
@@ -98,6 +106,13 @@ pub(crate) unsafe extern "C" fn merge_loc_conf(
             unsafe { (&*(parent as *const LocConf), &mut *(child as *mut LocConf)) };
         if child.thread_pool_name.data.is_null() {
             child.thread_pool_name = parent.thread_pool_name;
+        }
+        if child.stream_buffer == usize::MAX {
+            child.stream_buffer = if parent.stream_buffer == usize::MAX {
+                DEFAULT_STREAM_BUFFER
+            } else {
+                parent.stream_buffer
+            };
         }
         // SAFETY: during a merge, `cf->ctx` holds the configurations of the block being merged.
         let clcf = unsafe { core_loc_conf(cf) };

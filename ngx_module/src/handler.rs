@@ -14,9 +14,12 @@ use ngx_wsgi::{run_request, Apps, Body, Outcome, RequestInfo};
 use pyo3::Py;
 use pyo3::PyAny;
 
+use std::sync::Arc;
+
 use crate::config::LocConf;
 use crate::ffi_guard::guard;
 use crate::module;
+use crate::stream::Stream;
 
 /// One request's trip through the thread pool. Owned by the request's pool (freed by its
 /// cleanup), touched by the pool thread only while the request is blocked on it.
@@ -25,6 +28,8 @@ pub(crate) struct Job {
     app: &'static Py<PyAny>,
     info: RequestInfo,
     body: Option<Body>,
+    /// Where a streamed response goes while the app runs.
+    pub(crate) stream: Arc<Stream>,
     pub(crate) outcome: Option<Outcome>,
 }
 
@@ -80,6 +85,7 @@ unsafe fn post_job(r: *mut ngx_http_request_t) -> Result<(), u32> {
         app,
         info,
         body: Some(body),
+        stream: Stream::new(r, lc.stream_buffer),
         outcome: None,
     }));
     // SAFETY: the request pool is live; the cleanup frees the job when the request is destroyed,
@@ -92,6 +98,8 @@ unsafe fn post_job(r: *mut ngx_http_request_t) -> Result<(), u32> {
         }
         (*cln).handler = Some(drop_job);
         (*cln).data = job.cast();
+        // The stream's event handlers find the job here.
+        *(*r).ctx.add(module().ctx_index) = job.cast();
 
         let task = ngx_thread_task_alloc((*r).pool, std::mem::size_of::<*mut Job>());
         if task.is_null() {
@@ -121,13 +129,17 @@ unsafe extern "C" fn drop_job(data: *mut c_void) {
 
 /// Runs on a pool thread: the app, and nothing of nginx's.
 unsafe extern "C" fn run_job(data: *mut c_void, _log: *mut ngx_log_t) {
-    // SAFETY: `data` is the task context holding the job pointer; the event loop does not touch
-    // the job until this task's completion event runs.
-    let job = unsafe { &mut **(data as *mut *mut Job) };
-    job.outcome = guard("running the app", None, || {
-        let body = job.body.take().unwrap_or_default();
-        Some(run_request(job.app, &job.info, body, None))
-    });
+    // SAFETY: `data` is the task context holding the job pointer. Only the fields used here are
+    // borrowed: the event loop reads `stream` meanwhile, and nothing else until completion.
+    unsafe {
+        let job = *(data as *mut *mut Job);
+        let body = (*job).body.take().unwrap_or_default();
+        let (app, info, sink) = ((*job).app, &(*job).info, (*job).stream.clone());
+        let outcome = guard("running the app", None, || {
+            Some(run_request(app, info, body, Some(sink)))
+        });
+        (*job).outcome = outcome;
+    }
 }
 
 /// Back on the event loop once the pool thread is done.

@@ -11,8 +11,10 @@ mod handler;
 mod inflight;
 mod lifecycle;
 mod log;
+mod notify;
 mod request_info;
 mod response;
+mod stream;
 
 use std::ffi::{c_char, c_void};
 use std::mem::offset_of;
@@ -41,7 +43,7 @@ const fn directive(name: ngx_str_t, kind: u32, set: DirectiveSetter, conf: usize
     }
 }
 
-static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 5] = [
+static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 6] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -66,6 +68,15 @@ static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 5] = [
         config::set_thread_pool,
         LOC_CONF_OFFSET,
     ),
+    ngx_command_t {
+        offset: offset_of!(config::LocConf, stream_buffer),
+        ..directive(
+            ngx::ngx_string!("wsgi_stream_buffer"),
+            NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+            nginx_sys::ngx_conf_set_size_slot,
+            LOC_CONF_OFFSET,
+        )
+    },
     ngx_command_t::empty(),
 ];
 

@@ -44,6 +44,11 @@ pub(crate) unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int
         if mc.apps.is_empty() {
             return NGX_OK as ngx_int_t;
         }
+        // SAFETY: once per worker, on the event loop.
+        if let Err(e) = unsafe { crate::notify::init(cycle) } {
+            cycle_log(NGX_LOG_EMERG as usize, &format!("wsgi: {e}"));
+            return NGX_ERROR as ngx_int_t;
+        }
         if let Err(e) = interpreter::initialize(&mc.python) {
             cycle_log(NGX_LOG_EMERG as usize, &format!("wsgi: {e}"));
             return NGX_ERROR as ngx_int_t;

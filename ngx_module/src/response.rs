@@ -17,8 +17,13 @@ use crate::handler::Job;
 pub(crate) unsafe fn send(r: *mut ngx_http_request_t, job: &Job) {
     // SAFETY: per the function contract.
     unsafe {
+        let (streamed, cancelled, failed) = job.stream.finish(r);
         if (*(*r).connection).error() != 0 {
             ngx_http_finalize_request(r, NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t);
+            return;
+        }
+        if streamed {
+            finish_stream(r, job.outcome.as_ref().map(|o| o.kind), cancelled, failed);
             return;
         }
         let Some(outcome) = job.outcome.as_ref() else {
@@ -35,26 +40,16 @@ pub(crate) unsafe fn send(r: *mut ngx_http_request_t, job: &Job) {
         let truncated = outcome.kind == OutcomeKind::Truncated;
         let is_head = (*r).method == NGX_HTTP_HEAD as usize;
         let content_length = match head.content_length {
-            _ if head.status < 200 || head.status == 204 => None,
             Some(n) => Some(n),
             None if outcome.length_known && !truncated && !is_head && !head.is_bodiless() => {
                 Some(outcome.body.len() as u64)
             }
             None => None,
         };
-        if set_headers(r, head, content_length).is_err() {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-            return;
-        }
-        if head.is_bodiless() {
-            (*r).set_header_only(1);
-        }
-        // The app answered conditionals itself; nginx must not turn its 200 into a 304 or 412.
-        (*r).set_disable_not_modified(1);
         if truncated {
             (*r).set_keepalive(0);
         }
-        let rc = ngx_http_send_header(r);
+        let rc = send_head(r, head, content_length);
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
             ngx_http_finalize_request(
                 r,
@@ -89,6 +84,62 @@ pub(crate) unsafe fn send(r: *mut ngx_http_request_t, job: &Job) {
             }
         };
         ngx_http_finalize_request(r, rc);
+    }
+}
+
+/// Ends a response whose head and body went out while the app ran.
+unsafe fn finish_stream(
+    r: *mut ngx_http_request_t,
+    kind: Option<OutcomeKind>,
+    cancelled: bool,
+    failed: bool,
+) {
+    // SAFETY: `r` is live on the event loop and its header was sent.
+    unsafe {
+        let rc = match kind {
+            _ if failed => NGX_ERROR as ngx_int_t,
+            Some(OutcomeKind::ClientGone) => NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
+            _ if cancelled => NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
+            Some(OutcomeKind::Complete) if (*r).header_only() != 0 => NGX_OK as ngx_int_t,
+            Some(OutcomeKind::Complete) => ngx_http_send_special(r, NGX_HTTP_LAST as usize),
+            // The app failed after its body started: whatever is queued goes out, then the
+            // connection is cut so that the client sees an incomplete message.
+            _ => {
+                (*r).set_keepalive(0);
+                ngx_http_send_special(r, NGX_HTTP_FLUSH as usize);
+                NGX_ERROR as ngx_int_t
+            }
+        };
+        ngx_http_finalize_request(r, rc);
+    }
+}
+
+/// Sets the response head on `r` and sends it; returns `ngx_http_send_header`'s result (a 500
+/// when the head cannot be set).
+///
+/// # Safety
+/// `r` is live on the event loop and has not sent its header yet.
+pub(crate) unsafe fn send_head(
+    r: *mut ngx_http_request_t,
+    head: &ResponseHead,
+    content_length: Option<u64>,
+) -> ngx_int_t {
+    // SAFETY: per the function contract.
+    unsafe {
+        let content_length = if head.status < 200 || head.status == 204 {
+            None
+        } else {
+            content_length
+        };
+        if set_headers(r, head, content_length).is_err() {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
+        if head.is_bodiless() {
+            (*r).set_header_only(1);
+        }
+        // The app answered conditionals itself; nginx must not turn its 200 into a 304 or 412.
+        (*r).set_disable_not_modified(1);
+        ngx_http_send_header(r)
     }
 }
 

@@ -1,0 +1,332 @@
+//! Streamed responses: the app's pieces go out while it runs, with a bound on what a request may
+//! hold unsent (backpressure), and the app is stopped when the client goes away.
+//!
+//! The Python thread pushes pieces into the request's [`Stream`] and wakes the event loop
+//! through [`crate::notify`]; the loop hands them to nginx's output filters and frees each piece
+//! once nginx has sent it. While the unsent bytes exceed the bound, the Python thread waits
+//! (without the GIL).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+
+use nginx_sys::{
+    ngx_add_timer, ngx_buf_t, ngx_chain_get_free_buf, ngx_chain_t, ngx_chain_update_chains,
+    ngx_del_timer, ngx_handle_write_event, ngx_http_core_loc_conf_t, ngx_http_core_module,
+    ngx_http_output_filter, ngx_http_request_t, ngx_http_test_reading, ngx_int_t, NGX_ERROR,
+    NGX_OK,
+};
+use ngx::http::HttpModuleConfExt;
+use ngx_wsgi::{ChunkSink, ClientGone, ResponseHead};
+
+use crate::ffi_guard::guard;
+use crate::module;
+
+/// A request pointer that only the event-loop thread dereferences.
+struct LoopRequest(*mut ngx_http_request_t);
+
+// SAFETY: the pointer is only dereferenced on the event-loop thread (see `Stream::pump` and the
+// handlers below); other threads only carry it along inside the mutex.
+unsafe impl Send for LoopRequest {}
+
+struct State {
+    /// The head, from the first push until the loop sends it.
+    head: Option<ResponseHead>,
+    /// Pieces the loop has not handed to nginx yet.
+    pending: VecDeque<Vec<u8>>,
+    /// Pieces nginx has, with their buffers, in sending order (loop side).
+    in_nginx: VecDeque<(Vec<u8>, *mut ngx_buf_t)>,
+    free: *mut ngx_chain_t,
+    busy: *mut ngx_chain_t,
+    /// Bytes produced and not yet sent by nginx: the backpressure count.
+    unsent: usize,
+    /// Stop producing: the client is gone or sending failed.
+    cancelled: bool,
+    /// nginx could not send (a failed header or write): finalize with an error.
+    failed: bool,
+    /// The request answers HEAD (or a bodiless status): pieces are dropped.
+    discard: bool,
+    head_sent: bool,
+    /// Already in the notifier's ready list.
+    scheduled: bool,
+    /// The request, while its task runs; NULL once the completion handler took over.
+    request: LoopRequest,
+}
+
+// SAFETY: the buffer and chain pointers belong to the request's pool and are only used on the
+// event-loop thread; the Python thread touches only `pending`, `head`, `unsent` and the flags.
+unsafe impl Send for State {}
+
+/// One request's streamed output, shared by its Python thread and the event loop.
+pub(crate) struct Stream {
+    state: Mutex<State>,
+    room: Condvar,
+    limit: usize,
+    me: Weak<Stream>,
+}
+
+impl Stream {
+    pub(crate) fn new(r: *mut ngx_http_request_t, limit: usize) -> Arc<Stream> {
+        Arc::new_cyclic(|me| Stream {
+            state: Mutex::new(State {
+                head: None,
+                pending: VecDeque::new(),
+                in_nginx: VecDeque::new(),
+                free: std::ptr::null_mut(),
+                busy: std::ptr::null_mut(),
+                unsent: 0,
+                cancelled: false,
+                failed: false,
+                discard: false,
+                head_sent: false,
+                scheduled: false,
+                request: LoopRequest(r),
+            }),
+            room: Condvar::new(),
+            limit,
+            me: me.clone(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends what is waiting (the loop's side of a wake-up).
+    ///
+    /// # Safety
+    /// Event-loop thread only.
+    pub(crate) unsafe fn pump(&self) {
+        let mut st = self.lock();
+        st.scheduled = false;
+        let r = st.request.0;
+        if !r.is_null() {
+            // SAFETY: the request is live while `request` is set (the task is outstanding).
+            unsafe { self.send_pending(&mut st, r) };
+        }
+    }
+
+    /// Hands the head and the pending pieces to nginx, then frees what nginx has sent.
+    unsafe fn send_pending(&self, st: &mut State, r: *mut ngx_http_request_t) {
+        if st.cancelled {
+            return;
+        }
+        // SAFETY: `r` is live on the event loop (callers' contract).
+        unsafe {
+            if let Some(head) = st.head.take() {
+                st.head_sent = true;
+                (*r).read_event_handler = Some(stream_reader);
+                (*r).write_event_handler = Some(stream_writer);
+                let rc = crate::response::send_head(r, &head, head.content_length);
+                if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
+                    self.cancel(st, true);
+                    return;
+                }
+                st.discard = (*r).header_only() != 0;
+            }
+            let mut out: *mut ngx_chain_t = std::ptr::null_mut();
+            let mut last: *mut *mut ngx_chain_t = &mut out;
+            while let Some(data) = st.pending.pop_front() {
+                if st.discard {
+                    st.unsent -= data.len();
+                    continue;
+                }
+                let cl = ngx_chain_get_free_buf((*r).pool, &mut st.free);
+                if cl.is_null() {
+                    self.cancel(st, true);
+                    return;
+                }
+                let b = (*cl).buf;
+                std::ptr::write_bytes(b, 0, 1);
+                let start = data.as_ptr().cast_mut();
+                (*b).start = start;
+                (*b).pos = start;
+                (*b).last = start.add(data.len());
+                (*b).end = (*b).last;
+                (*b).set_memory(1);
+                (*b).set_flush(1);
+                (*b).tag = module() as *const _ as *mut _;
+                st.in_nginx.push_back((data, b));
+                (*cl).next = std::ptr::null_mut();
+                *last = cl;
+                last = &mut (*cl).next;
+            }
+            if !out.is_null() {
+                let rc = ngx_http_output_filter(r, out);
+                if rc == NGX_ERROR as ngx_int_t {
+                    self.cancel(st, true);
+                }
+                ngx_chain_update_chains(
+                    (*r).pool,
+                    &mut st.free,
+                    &mut st.busy,
+                    &mut out,
+                    module() as *const _ as *mut _,
+                );
+            }
+            self.reclaim(st);
+            self.wait_for_writable(st, r);
+        }
+    }
+
+    /// Frees the pieces nginx has finished with and lets a waiting producer go on.
+    fn reclaim(&self, st: &mut State) {
+        let mut freed = 0;
+        while let Some(&(_, b)) = st.in_nginx.front() {
+            // SAFETY: the buffer lives in the request's pool, which outlives this stream's use.
+            if unsafe { (*b).pos != (*b).last } {
+                break;
+            }
+            freed += st.in_nginx.pop_front().map_or(0, |(data, _)| data.len());
+        }
+        if freed > 0 {
+            st.unsent -= freed;
+            self.room.notify_all();
+        }
+    }
+
+    /// Arms the write event (and `send_timeout`) while nginx still holds unsent output.
+    unsafe fn wait_for_writable(&self, st: &mut State, r: *mut ngx_http_request_t) {
+        // SAFETY: `r` and its connection are live on the event loop.
+        unsafe {
+            let c = (*r).connection;
+            if (*c).error() != 0 {
+                self.cancel(st, false);
+                return;
+            }
+            let wev = (*c).write;
+            let buffered = (*r).buffered() != 0 || (*c).buffered() != 0;
+            if !buffered {
+                if (*wev).timer_set() != 0 {
+                    ngx_del_timer(wev);
+                }
+                return;
+            }
+            let clcf = (*r)
+                .http_location_conf_unchecked::<ngx_http_core_loc_conf_t>(&*std::ptr::addr_of!(
+                    ngx_http_core_module
+                ))
+                .expect("core location configuration")
+                .as_ref();
+            if (*wev).delayed() == 0 {
+                ngx_add_timer(wev, clcf.send_timeout);
+            }
+            if ngx_handle_write_event(wev, clcf.send_lowat) != NGX_OK as ngx_int_t {
+                self.cancel(st, true);
+            }
+        }
+    }
+
+    fn cancel(&self, st: &mut State, failed: bool) {
+        st.cancelled = true;
+        st.failed |= failed;
+        self.room.notify_all();
+    }
+
+    /// The task is done: takes the request back for the completion handler, sending what is
+    /// still waiting. Returns `(head_sent, cancelled, failed)`.
+    ///
+    /// # Safety
+    /// Event-loop thread; `r` is live.
+    pub(crate) unsafe fn finish(&self, r: *mut ngx_http_request_t) -> (bool, bool, bool) {
+        let mut st = self.lock();
+        st.request = LoopRequest(std::ptr::null_mut());
+        // SAFETY: per the function contract.
+        unsafe {
+            self.send_pending(&mut st, r);
+            (*r).read_event_handler = Some(nginx_sys::ngx_http_block_reading);
+        }
+        (st.head_sent, st.cancelled, st.failed)
+    }
+}
+
+impl ChunkSink for Stream {
+    fn push(&self, head: Option<ResponseHead>, data: Vec<u8>) -> Result<(), ClientGone> {
+        let mut st = self.lock();
+        while st.unsent >= self.limit && !st.cancelled {
+            st = self.room.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        if st.cancelled {
+            return Err(ClientGone);
+        }
+        if head.is_some() {
+            st.head = head;
+        }
+        st.unsent += data.len();
+        st.pending.push_back(data);
+        let wake = !st.scheduled;
+        st.scheduled = true;
+        drop(st);
+        if wake {
+            if let Some(me) = self.me.upgrade() {
+                crate::notify::schedule(me);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The request's stream, found through its module context.
+unsafe fn stream_of(r: *mut ngx_http_request_t) -> Option<Arc<Stream>> {
+    // SAFETY: the context slot holds the job set by `post_job` for every wsgi request.
+    unsafe {
+        let job = *(*r).ctx.add(module().ctx_index) as *const crate::handler::Job;
+        job.as_ref().map(|job| job.stream.clone())
+    }
+}
+
+/// The client's socket can take more: continue sending, free what went out.
+unsafe extern "C" fn stream_writer(r: *mut ngx_http_request_t) {
+    guard("the wsgi stream writer", (), || {
+        // SAFETY: nginx calls this on the event loop with the live request.
+        unsafe {
+            let Some(stream) = stream_of(r) else { return };
+            let mut st = stream.lock();
+            if st.request.0.is_null() {
+                return;
+            }
+            let c = (*r).connection;
+            let wev = (*c).write;
+            if (*wev).timedout() != 0 {
+                // send_timeout: the client stopped reading.
+                (*wev).set_timedout(0);
+                (*c).set_timedout(1);
+                stream.cancel(&mut st, true);
+                return;
+            }
+            if (*wev).delayed() == 0 {
+                let rc = ngx_http_output_filter(r, std::ptr::null_mut());
+                if rc == NGX_ERROR as ngx_int_t {
+                    stream.cancel(&mut st, true);
+                    return;
+                }
+                let mut none: *mut ngx_chain_t = std::ptr::null_mut();
+                let st = &mut *st;
+                ngx_chain_update_chains(
+                    (*r).pool,
+                    &mut st.free,
+                    &mut st.busy,
+                    &mut none,
+                    module() as *const _ as *mut _,
+                );
+                stream.reclaim(st);
+            }
+            stream.wait_for_writable(&mut st, r);
+        }
+    })
+}
+
+/// Notices a client that closes its connection while the app streams (nothing else reads it).
+unsafe extern "C" fn stream_reader(r: *mut ngx_http_request_t) {
+    guard("the wsgi stream reader", (), || {
+        // SAFETY: nginx calls this on the event loop with the live request.
+        unsafe {
+            ngx_http_test_reading(r);
+            if (*(*r).connection).error() != 0 {
+                if let Some(stream) = stream_of(r) {
+                    let mut st = stream.lock();
+                    stream.cancel(&mut st, false);
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,80 @@
+"""Streaming responses: server-sent events, huge generated bodies, endless generators."""
+import threading
+import time
+
+_lock = threading.Lock()
+gates = {}
+stats = {"yielded": 0, "closed": {}}
+
+
+def _gate(name):
+    with _lock:
+        return gates.setdefault(name, threading.Event())
+
+
+def events(environ, start_response):
+    """One event, then wait until the test releases the second one."""
+    name = environ["QUERY_STRING"]
+    start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
+    yield b"data: first\n\n"
+    if not _gate(name).wait(20):
+        yield b"data: timed out\n\n"
+        return
+    yield b"data: second\n\n"
+
+
+def release(environ, start_response):
+    _gate(environ["QUERY_STRING"]).set()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"released"]
+
+
+def huge(environ, start_response):
+    """1 GiB, generated 64 KiB at a time."""
+    block = b"x" * 65536
+    start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(1 << 30))])
+
+    def body():
+        for _ in range((1 << 30) // 65536):
+            with _lock:
+                stats["yielded"] += 65536
+            yield block
+    return body()
+
+
+class Endless:
+    def __init__(self, name, pause):
+        self.name, self.pause = name, pause
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.pause:
+            time.sleep(self.pause)
+        return b"tick\n" * 100
+
+    def close(self):
+        with _lock:
+            stats["closed"][self.name] = stats["closed"].get(self.name, 0) + 1
+
+
+def endless(environ, start_response):
+    name, _, pause = environ["QUERY_STRING"].partition("&")
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return Endless(name, float(pause or 0))
+
+
+def stats_app(environ, start_response):
+    import json
+    with _lock:
+        body = json.dumps(stats).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+
+
+def writer(environ, start_response):
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    write(b"written first\n")
+    _gate(environ["QUERY_STRING"]).wait(20)
+    return [b"then returned\n"]

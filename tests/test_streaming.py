@@ -1,0 +1,107 @@
+"""Streamed responses: pieces leave as the app yields them, a slow client pauses the app instead
+of filling the worker's memory, and a client that goes away stops the app."""
+import json
+import socket
+import struct
+import time
+
+import pytest
+import requests
+
+from conftest import APPS, location
+
+APP = APPS / "streaming.py"
+NAMES = ["events", "release", "huge", "endless", "writer"]
+
+
+@pytest.fixture(scope="module")
+def server(nginx_factory):
+    return nginx_factory(
+        "".join(location(f"= /{n}", f"{APP}:{n}") for n in NAMES) + location("= /stats", f"{APP}:stats_app"),
+        main_extra="thread_pool default threads=4;",
+    ).start()
+
+
+def read_until(sock, marker, timeout=10):
+    sock.settimeout(timeout)
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def stats(server):
+    return requests.get(server.url("/stats"), timeout=10).json()
+
+
+def test_each_event_is_sent_as_soon_as_it_is_yielded(server):
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET /events?sse1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        first = read_until(s, b"data: first\n\n")
+        assert b"HTTP/1.1 200 OK" in first and b"data: first" in first
+        assert b"second" not in first
+        # Only now, with the first event seen by the client, does the app get to go on.
+        assert requests.get(server.url("/release?sse1")).text == "released"
+        rest = read_until(s, b"0\r\n\r\n")
+        assert b"data: second" in rest and rest.endswith(b"0\r\n\r\n")
+
+
+def test_write_is_sent_before_the_app_returns(server):
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET /writer?w1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert b"written first" in read_until(s, b"written first")
+        requests.get(server.url("/release?w1"))
+        assert b"then returned" in read_until(s, b"0\r\n\r\n")
+
+
+def rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_slow_client_pauses_the_app_and_bounds_worker_memory(server):
+    worker = server.worker_pids()[0]
+    before_rss = rss_kib(worker)
+    before = stats(server)["yielded"]
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.connect(("127.0.0.1", server.port))
+        s.sendall(b"GET /huge HTTP/1.1\r\nHost: t\r\n\r\n")
+        received = 0
+        start = time.monotonic()
+        while time.monotonic() - start < 5:
+            received += len(s.recv(65536))
+            time.sleep(1 / 16)  # about 1 MiB/s
+        yielded = stats(server)["yielded"] - before
+        grown = rss_kib(worker) - before_rss
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    assert received < 8 << 20
+    assert yielded < received + (32 << 20), f"the app ran {yielded - received} bytes ahead of the client"
+    assert grown < 64 * 1024, f"worker RSS grew by {grown} KiB"
+    assert requests.get(server.url("/release?after-huge")).text == "released"
+
+
+@pytest.mark.parametrize("how", ["fin", "rst"])
+@pytest.mark.parametrize("pause", ["0", "0.05"])
+def test_client_gone_stops_the_app_and_frees_its_thread(server, how, pause):
+    # More disconnects than the pool has threads: a thread kept by a dead stream would starve
+    # the requests that follow.
+    for i in range(6):
+        name = f"{how}-{pause}-{i}"
+        with socket.socket() as s:
+            s.connect(("127.0.0.1", server.port))
+            s.sendall(f"GET /endless?{name}&{pause} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            assert b"tick" in read_until(s, b"tick")
+            if how == "rst":
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        deadline = time.monotonic() + 10
+        while stats(server)["closed"].get(name) != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stats(server)["closed"].get(name) == 1, f"close() not called once for {name}"
+    assert requests.get(server.url("/release?still-serving")).text == "released"
+    assert "exited on signal" not in server.error_log()
