@@ -166,7 +166,7 @@ fn run_attached(
         return Outcome::failed();
     };
     let mut kind = OutcomeKind::Complete;
-    if let Some(declared) = head.content_length {
+    if let (Some(declared), None) = (head.content_length, head.internal_redirect()) {
         if excess > 0 {
             log_error(
                 info,

@@ -26,6 +26,20 @@ impl ResponseHead {
     pub fn is_bodiless(&self) -> bool {
         self.status < 200 || self.status == 204 || self.status == 304
     }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The URI of an `X-Accel-Redirect`: the server answers from there instead, and the app's
+    /// body is not used.
+    pub fn internal_redirect(&self) -> Option<&[u8]> {
+        self.header("X-Accel-Redirect").filter(|v| !v.is_empty())
+    }
 }
 
 /// Headers an app must not send (PEP 3333: hop-by-hop features belong to the server).
@@ -248,7 +262,7 @@ impl StartResponse {
             }
             None => data,
         };
-        if data.is_empty() {
+        if data.is_empty() || head.internal_redirect().is_some() {
             return Ok(());
         }
         self.committed = true;

@@ -11,7 +11,8 @@ from conftest import APPS, location, raw_request
 APP = APPS / "responses.py"
 NAMES = ["list_body", "generator_body", "write_then_iterable", "closing", "close_count", "lazy_start",
          "exc_info_before_body", "exc_info_after_body", "status", "length_app", "length_longer_than_body",
-         "length_shorter_than_body", "file_wrapper", "big", "plain", "pregzipped", "empty_with_length"]
+         "length_shorter_than_body", "file_wrapper", "big", "plain", "pregzipped", "empty_with_length",
+         "accel"]
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,9 @@ def server(nginx_factory):
     return nginx_factory(
         "".join(location(f"= /{n}", f"{APP}:{n}") for n in NAMES)
         + location("/guarded/", f"{APP}:plain", "limit_except GET { deny all; }")
-        + location("/with_if/", f"{APP}:plain", 'if ($arg_flag) { set $x 1; }'),
+        + location("/with_if/", f"{APP}:plain", 'if ($arg_flag) { set $x 1; }')
+        + f"  location /protected/ {{ internal; alias {APPS}/protected/; }}\n"
+        + '  location @named { return 200 "named location $request_method\\n"; }\n',
         http_extra="gzip on; gzip_types application/json text/html; gzip_min_length 1; charset_types text/html;",
     ).start()
 
@@ -185,3 +188,16 @@ def test_limit_except_and_if_blocks_serve_the_same_app(server):
     assert requests.post(server.url("/guarded/x")).status_code == 403
     assert requests.get(server.url("/with_if/x?flag=1")).text == "method=GET if-match=None"
     assert requests.get(server.url("/with_if/x")).text == "method=GET if-match=None"
+
+
+def test_x_accel_redirect_serves_the_internal_location(server):
+    r = requests.get(server.url("/accel?/protected/hello.txt"))
+    assert r.status_code == 200
+    assert r.text == "protected file contents\n"
+    assert r.headers["Content-Disposition"] == "attachment; filename=hello.txt"
+    assert r.headers["Content-Type"] == "text/plain"
+    assert "X-Accel-Redirect" not in r.headers
+    assert requests.post(server.url("/accel?/protected/hello.txt"), data=b"x").text == "protected file contents\n"
+    assert requests.get(server.url("/protected/hello.txt")).status_code == 404
+    assert requests.get(server.url("/accel?@named")).text == "named location GET\n"
+    assert requests.get(server.url("/accel?/protected/missing.txt")).status_code == 404

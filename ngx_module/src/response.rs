@@ -1,10 +1,12 @@
 //! Turning the app's outcome into nginx's response: status, headers, one body buffer.
 
 use nginx_sys::{
-    ngx_buf_t, ngx_chain_t, ngx_http_finalize_request, ngx_http_output_filter, ngx_http_request_t,
-    ngx_http_send_header, ngx_http_send_special, ngx_int_t, ngx_list_push, ngx_pcalloc,
-    ngx_pnalloc, ngx_str_t, ngx_table_elt_t, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST,
-    NGX_HTTP_FLUSH, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_LAST, NGX_OK,
+    ngx_buf_t, ngx_chain_t, ngx_http_core_get_method, ngx_http_finalize_request,
+    ngx_http_internal_redirect, ngx_http_named_location, ngx_http_output_filter,
+    ngx_http_request_t, ngx_http_send_header, ngx_http_send_special, ngx_int_t, ngx_list_push,
+    ngx_pcalloc, ngx_pnalloc, ngx_str_t, ngx_table_elt_t, NGX_DONE, NGX_ERROR,
+    NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_FLUSH, NGX_HTTP_GET, NGX_HTTP_HEAD,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_LAST, NGX_OK,
 };
 use ngx_wsgi::{OutcomeKind, ResponseHead};
 
@@ -37,6 +39,10 @@ pub(crate) unsafe fn send(r: *mut ngx_http_request_t, job: &Job) {
             }
             (_, Some(head)) => head,
         };
+        if let Some(uri) = head.internal_redirect() {
+            redirect(r, head, uri);
+            return;
+        }
         let truncated = outcome.kind == OutcomeKind::Truncated;
         let is_head = (*r).method == NGX_HTTP_HEAD as usize;
         let content_length = match head.content_length {
@@ -84,6 +90,60 @@ pub(crate) unsafe fn send(r: *mut ngx_http_request_t, job: &Job) {
             }
         };
         ngx_http_finalize_request(r, rc);
+    }
+}
+
+/// `X-Accel-Redirect`: nginx answers from `uri` (a path with optional `?args`, or a named
+/// `@location`), as it does for proxied apps; the app's other headers (Set-Cookie,
+/// Content-Disposition, ...) stay, except those describing the body it did not send.
+unsafe fn redirect(r: *mut ngx_http_request_t, head: &ResponseHead, uri: &[u8]) {
+    const DROPPED: [&[u8]; 6] = [
+        b"x-accel-redirect",
+        b"content-type",
+        b"content-length",
+        b"last-modified",
+        b"etag",
+        b"accept-ranges",
+    ];
+    let kept = ResponseHead {
+        headers: head
+            .headers
+            .iter()
+            .filter(|(n, _)| !DROPPED.iter().any(|d| n.eq_ignore_ascii_case(d)))
+            .cloned()
+            .collect(),
+        ..head.clone()
+    };
+    // SAFETY: `r` is live on the event loop and has sent nothing; the strings are pool copies.
+    unsafe {
+        if set_headers(r, &kept, None).is_err() {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+            return;
+        }
+        (*r).headers_out.status = 0;
+        (*r).headers_out.status_line = ngx_str_t::empty();
+        if (*r).method != NGX_HTTP_HEAD as usize {
+            (*r).method = NGX_HTTP_GET as usize;
+            (*r).method_name = ngx_http_core_get_method;
+        }
+        let (path, args) = match uri.iter().position(|&c| c == b'?') {
+            Some(q) => (&uri[..q], &uri[q + 1..]),
+            None => (uri, &b""[..]),
+        };
+        let Ok(mut path) = pool_str(r, path, false) else {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+            return;
+        };
+        if path.len > 0 && *path.data == b'@' {
+            ngx_http_named_location(r, &mut path);
+        } else {
+            let Ok(mut args) = pool_str(r, args, false) else {
+                ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+                return;
+            };
+            ngx_http_internal_redirect(r, &mut path, &mut args);
+        }
+        ngx_http_finalize_request(r, NGX_DONE as ngx_int_t);
     }
 }
 

@@ -127,3 +127,9 @@ def pregzipped(environ, start_response):
 def empty_with_length(environ, start_response):
     start_response("200 OK", [("Content-Length", "10")])
     return []
+
+
+def accel(environ, start_response):
+    start_response("200 OK", [("X-Accel-Redirect", environ["QUERY_STRING"]), ("Content-Type", "text/html"),
+                              ("Content-Disposition", "attachment; filename=hello.txt")])
+    return [b"this body is replaced by the redirect target"]
