@@ -5,6 +5,7 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::body::Body;
 use crate::environ::{Field, RequestInfo};
+use crate::file_wrapper::FileRange;
 use crate::input::Input;
 use std::sync::Arc;
 
@@ -37,6 +38,8 @@ pub struct Outcome {
     /// The app returned a list or tuple: every byte was known before any was sent, so the server
     /// may announce a `Content-Length` the app did not set.
     pub length_known: bool,
+    /// The body is this range of a file (`wsgi.file_wrapper`), to be sent by the server.
+    pub file: Option<FileRange>,
 }
 
 impl Outcome {
@@ -47,6 +50,7 @@ impl Outcome {
             body: Vec::new(),
             streamed: false,
             length_known: false,
+            file: None,
         }
     }
 }
@@ -102,11 +106,18 @@ fn run_attached(
         .to_environ(py, input.clone().into_any())
         .and_then(|environ| app.call1((environ, &start_response)));
     let mut length_known = false;
+    let mut file = None;
     let iterated = match &result {
         Ok(iterable) => {
             length_known = iterable.is_exact_instance_of::<PyList>()
                 || iterable.is_exact_instance_of::<PyTuple>();
-            let iterated = consume(iterable, &start_response, length_known);
+            file = file_body(iterable, &start_response);
+            length_known |= file.is_some();
+            let iterated = if file.is_some() {
+                Ok(())
+            } else {
+                consume(iterable, &start_response, length_known)
+            };
             if let Err(e) = close_iterable(iterable) {
                 log_failure(py, info, "the response iterable's close() raised", &e);
             }
@@ -136,6 +147,7 @@ fn run_attached(
             body: Vec::new(),
             streamed,
             length_known: false,
+            file: None,
         };
     }
     let error = match (result, iterated) {
@@ -155,6 +167,7 @@ fn run_attached(
             body: if committed { body } else { Vec::new() },
             streamed,
             length_known: false,
+            file: None,
         };
     }
     let Some(head) = head else {
@@ -191,7 +204,25 @@ fn run_attached(
         body,
         streamed,
         length_known,
+        file,
     }
+}
+
+/// A `wsgi.file_wrapper` over a regular file, when nothing was sent yet: the server sends the
+/// file itself. Counts as the app's whole body.
+fn file_body(
+    iterable: &Bound<'_, PyAny>,
+    start_response: &Bound<'_, StartResponse>,
+) -> Option<FileRange> {
+    let mut sr = start_response.borrow_mut();
+    let head = sr.head.as_ref()?;
+    if sr.streaming || sr.committed || !sr.body.is_empty() || head.internal_redirect().is_some() {
+        return None;
+    }
+    let range = crate::file_wrapper::file_range(iterable, head.content_length)?;
+    sr.produced = range.len;
+    sr.committed = range.len > 0;
+    Some(range)
 }
 
 struct DetachOnDrop<'a, 'py>(&'a Bound<'py, Input>);

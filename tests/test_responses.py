@@ -1,6 +1,7 @@
 """Responses: start_response, write(), close(), bodiless statuses, Content-Length, chunking,
 keep-alive and pipelining."""
 import http.client
+import os
 import socket
 
 import pytest
@@ -12,7 +13,7 @@ APP = APPS / "responses.py"
 NAMES = ["list_body", "generator_body", "write_then_iterable", "closing", "close_count", "lazy_start",
          "exc_info_before_body", "exc_info_after_body", "status", "length_app", "length_longer_than_body",
          "length_shorter_than_body", "file_wrapper", "big", "plain", "pregzipped", "empty_with_length",
-         "accel"]
+         "accel", "file_wrapper_from_position", "file_wrapper_limited", "file_wrapper_bytesio"]
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +22,7 @@ def server(nginx_factory):
         "".join(location(f"= /{n}", f"{APP}:{n}") for n in NAMES)
         + location("/guarded/", f"{APP}:plain", "limit_except GET { deny all; }")
         + location("/with_if/", f"{APP}:plain", 'if ($arg_flag) { set $x 1; }')
+        + location("= /sendfile_wrapper", f"{APP}:file_wrapper", "sendfile on;")
         + f"  location /protected/ {{ internal; alias {APPS}/protected/; }}\n"
         + '  location @named { return 200 "named location $request_method\\n"; }\n',
         http_extra="gzip on; gzip_types application/json text/html; gzip_min_length 1; charset_types text/html;",
@@ -112,9 +114,33 @@ def test_content_length_is_honoured_both_ways(server):
         requests.get(server.url("/length_longer_than_body"))
 
 
-def test_file_wrapper(server):
-    r = requests.get(server.url("/file_wrapper"))
-    assert r.content == (APP).read_bytes()
+@pytest.mark.parametrize("path", ["/file_wrapper", "/sendfile_wrapper"])
+def test_file_wrapper_sends_the_file(server, path):
+    data = APP.read_bytes()
+    r = requests.get(server.url(path))
+    assert r.content == data
+    assert r.headers["Content-Length"] == str(len(data))
+    r = requests.get(server.url(path), headers={"Range": "bytes=10-19"})
+    assert (r.status_code, r.content) == (206, data[10:20])
+    assert r.headers["Content-Range"] == f"bytes 10-19/{len(data)}"
+
+
+def test_file_wrapper_honours_position_and_length(server):
+    data = APP.read_bytes()
+    assert requests.get(server.url("/file_wrapper_from_position")).content == data[100:]
+    r = requests.get(server.url("/file_wrapper_limited"))
+    assert (r.headers["Content-Length"], r.content) == ("50", data[:50])
+    assert requests.get(server.url("/file_wrapper_bytesio")).content == b"in memory, " * 1000
+
+
+def test_file_wrapper_files_are_closed(server):
+    worker = server.worker_pids()[0]
+    requests.get(server.url("/file_wrapper"))
+    before = len(os.listdir(f"/proc/{worker}/fd"))
+    for _ in range(30):
+        requests.get(server.url("/file_wrapper"))
+        requests.get(server.url("/sendfile_wrapper"))
+    assert len(os.listdir(f"/proc/{worker}/fd")) <= before + 2
 
 
 def test_large_body(server):

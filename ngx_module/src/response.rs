@@ -1,13 +1,16 @@
 //! Turning the app's outcome into nginx's response: status, headers, one body buffer.
 
 use nginx_sys::{
-    ngx_buf_t, ngx_chain_t, ngx_http_core_get_method, ngx_http_finalize_request,
+    ngx_buf_t, ngx_chain_t, ngx_file_t, ngx_http_core_get_method, ngx_http_finalize_request,
     ngx_http_internal_redirect, ngx_http_named_location, ngx_http_output_filter,
     ngx_http_request_t, ngx_http_send_header, ngx_http_send_special, ngx_int_t, ngx_list_push,
     ngx_pcalloc, ngx_pnalloc, ngx_str_t, ngx_table_elt_t, NGX_DONE, NGX_ERROR,
     NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_FLUSH, NGX_HTTP_GET, NGX_HTTP_HEAD,
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_LAST, NGX_OK,
 };
+use std::os::fd::AsRawFd;
+
+use ngx_wsgi::file_wrapper::FileRange;
 use ngx_wsgi::{OutcomeKind, ResponseHead};
 
 use crate::handler::Job;
@@ -47,11 +50,18 @@ pub(crate) unsafe fn send(r: *mut ngx_http_request_t, job: &Job) {
         let is_head = (*r).method == NGX_HTTP_HEAD as usize;
         let content_length = match head.content_length {
             Some(n) => Some(n),
-            None if outcome.length_known && !truncated && !is_head && !head.is_bodiless() => {
-                Some(outcome.body.len() as u64)
-            }
+            None if outcome.length_known && !truncated && !is_head && !head.is_bodiless() => Some(
+                outcome
+                    .file
+                    .as_ref()
+                    .map_or(outcome.body.len() as u64, |f| f.len),
+            ),
             None => None,
         };
+        if outcome.file.is_some() && head.status == 200 && head.header("Content-Range").is_none() {
+            // A whole file in one buffer: nginx's range filter can answer byte ranges of it.
+            (*r).set_allow_ranges(1);
+        }
         if truncated {
             (*r).set_keepalive(0);
         }
@@ -68,7 +78,20 @@ pub(crate) unsafe fn send(r: *mut ngx_http_request_t, job: &Job) {
             return;
         }
         let body = outcome.body.as_slice();
-        let rc = if body.is_empty() {
+        let file = outcome.file.as_ref().filter(|f| f.len > 0);
+        let rc = if let Some(file) = file {
+            match file_chain(r, file, !truncated) {
+                Some(out) => {
+                    let rc = ngx_http_output_filter(r, out);
+                    if truncated {
+                        NGX_ERROR as ngx_int_t
+                    } else {
+                        rc
+                    }
+                }
+                None => NGX_ERROR as ngx_int_t,
+            }
+        } else if body.is_empty() {
             if truncated {
                 // Push the header out before the connection is cut.
                 ngx_http_send_special(r, NGX_HTTP_FLUSH as usize);
@@ -228,6 +251,39 @@ unsafe fn body_chain(
             (*b).set_last_in_chain(1);
         } else {
             (*b).set_flush(1);
+        }
+        (*cl).buf = b;
+        (*cl).next = std::ptr::null_mut();
+        Some(cl)
+    }
+}
+
+/// One buffer over a file range (sent with `sendfile` where nginx uses it). The descriptor is
+/// owned by the job, which the request's pool frees last.
+unsafe fn file_chain(
+    r: *mut ngx_http_request_t,
+    file: &FileRange,
+    last: bool,
+) -> Option<*mut ngx_chain_t> {
+    // SAFETY: the request pool is live; the buffer refers to a descriptor that stays open until
+    // the pool's cleanup drops the job.
+    unsafe {
+        let b = ngx_pcalloc((*r).pool, std::mem::size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
+        let f = ngx_pcalloc((*r).pool, std::mem::size_of::<ngx_file_t>()) as *mut ngx_file_t;
+        let cl = ngx_pcalloc((*r).pool, std::mem::size_of::<ngx_chain_t>()) as *mut ngx_chain_t;
+        if b.is_null() || f.is_null() || cl.is_null() {
+            return None;
+        }
+        (*f).fd = file.fd.as_raw_fd();
+        (*f).name = ngx::ngx_string!("wsgi.file_wrapper");
+        (*f).log = (*(*r).connection).log;
+        (*b).set_in_file(1);
+        (*b).file = f;
+        (*b).file_pos = file.offset as i64;
+        (*b).file_last = (file.offset + file.len) as i64;
+        if last {
+            (*b).set_last_buf(u32::from(r == (*r).main));
+            (*b).set_last_in_chain(1);
         }
         (*cl).buf = b;
         (*cl).next = std::ptr::null_mut();

@@ -133,3 +133,22 @@ def accel(environ, start_response):
     start_response("200 OK", [("X-Accel-Redirect", environ["QUERY_STRING"]), ("Content-Type", "text/html"),
                               ("Content-Disposition", "attachment; filename=hello.txt")])
     return [b"this body is replaced by the redirect target"]
+
+
+def file_wrapper_from_position(environ, start_response):
+    f = open(__file__, "rb")
+    f.read(100)
+    start_response("200 OK", [("Content-Type", "text/x-python")])
+    return environ["wsgi.file_wrapper"](f)
+
+
+def file_wrapper_limited(environ, start_response):
+    f = open(__file__, "rb")
+    start_response("200 OK", [("Content-Type", "text/x-python"), ("Content-Length", "50")])
+    return environ["wsgi.file_wrapper"](f)
+
+
+def file_wrapper_bytesio(environ, start_response):
+    import io
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return environ["wsgi.file_wrapper"](io.BytesIO(b"in memory, " * 1000), 100)
