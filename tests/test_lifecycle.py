@@ -84,3 +84,29 @@ def test_reload_finishes_requests_in_flight_and_new_workers_serve(nginx_factory)
         time.sleep(0.05)
     assert not set(old) & set(server.worker_pids()), "old worker exited after its request"
     assert "exited on signal" not in server.error_log()
+
+
+def test_a_request_that_never_returns_cannot_hold_an_exiting_worker(nginx_factory):
+    server = nginx_factory(location("/", APPS / "sleepy.py"), main_extra="worker_shutdown_timeout 1s;").start()
+    worker = server.worker_pids()[0]
+    results = []
+    t = threading.Thread(target=lambda: results.append(_forever(server)))
+    t.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert server.stop(timeout=30) == 0
+    assert time.monotonic() - started < 10
+    t.join()
+    log = server.error_log()
+    assert "wsgi: waiting for 1 request(s) inside Python before exiting" in log
+    assert "still inside Python after the shutdown timeout of 1000 ms" in log
+    assert f"worker process {worker} exited with code 1" in log
+    assert results == ["cut"]
+
+
+def _forever(server):
+    try:
+        requests.get(server.url("/forever"), timeout=60)
+        return "answered"
+    except requests.ConnectionError:
+        return "cut"

@@ -1,30 +1,43 @@
-//! Keeps a gracefully exiting worker alive while requests are inside Python.
+//! Keeps a gracefully exiting worker alive while requests are inside Python, for a bounded time.
 //!
 //! A request waiting on a pool thread has no timer of its own, and an exiting nginx worker
 //! (`nginx -s quit`, `nginx -s reload`) leaves as soon as no non-cancelable timer is left,
 //! dropping such requests. While any request is in the pool, one timer stays armed, so every
-//! request already inside Python finishes and gets its whole response. Event-loop thread only.
+//! request already inside Python finishes and gets its whole response. A request that never
+//! returns must not keep the old worker forever: after `worker_shutdown_timeout` (or
+//! [`DEFAULT_SHUTDOWN_TIMEOUT_MS`] when that is not set) the worker exits at once. Event-loop
+//! thread only.
 
 use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use nginx_sys::{ngx_add_timer, ngx_cycle, ngx_event_t};
+use nginx_sys::{
+    ngx_add_timer, ngx_core_conf_t, ngx_core_module, ngx_current_msec, ngx_cycle, ngx_event_t,
+    ngx_exiting, ngx_msec_t, NGX_LOG_ALERT, NGX_LOG_NOTICE,
+};
 
 use crate::ffi_guard::guard;
 
 /// How often the timer looks whether requests are still outstanding.
 const RECHECK_MS: usize = 500;
 
-static mut OUTSTANDING: usize = 0;
+/// How long an exiting worker waits for requests inside Python when `worker_shutdown_timeout`
+/// is not set.
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT_MS: ngx_msec_t = 60_000;
+
+static OUTSTANDING: AtomicUsize = AtomicUsize::new(0);
 static mut TIMER: *mut ngx_event_t = ptr::null_mut();
+/// When this worker was first seen exiting with requests inside Python (0: not yet).
+static EXITING_SINCE: AtomicUsize = AtomicUsize::new(0);
 
 /// A request was handed to the thread pool.
 ///
 /// # Safety
 /// Event-loop thread only.
 pub(crate) unsafe fn started() {
-    // SAFETY: these statics are only touched on the single event-loop thread.
+    OUTSTANDING.fetch_add(1, Relaxed);
+    // SAFETY: the timer static is only touched on the single event-loop thread.
     unsafe {
-        OUTSTANDING += 1;
         let ev = timer();
         if (*ev).timer_set() == 0 {
             ngx_add_timer(ev, RECHECK_MS as _);
@@ -33,12 +46,8 @@ pub(crate) unsafe fn started() {
 }
 
 /// A request came back from the thread pool.
-///
-/// # Safety
-/// Event-loop thread only.
-pub(crate) unsafe fn finished() {
-    // SAFETY: as in `started`.
-    unsafe { OUTSTANDING = OUTSTANDING.saturating_sub(1) };
+pub(crate) fn finished() {
+    let _ = OUTSTANDING.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
 }
 
 unsafe fn timer() -> *mut ngx_event_t {
@@ -58,9 +67,47 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
     guard("the in-flight request timer", (), || {
         // SAFETY: called by nginx's timer code on the event loop with our event.
         unsafe {
-            if OUTSTANDING > 0 {
-                ngx_add_timer(ev, RECHECK_MS as _);
+            let outstanding = OUTSTANDING.load(Relaxed);
+            if outstanding == 0 {
+                return;
             }
+            if ngx_exiting != 0 {
+                let now = ngx_current_msec;
+                let since = EXITING_SINCE.load(Relaxed);
+                if since == 0 {
+                    EXITING_SINCE.store(now.max(1), Relaxed);
+                    crate::log::cycle_log(
+                        NGX_LOG_NOTICE as usize,
+                        &format!("wsgi: waiting for {outstanding} request(s) inside Python before exiting"),
+                    );
+                } else if now.saturating_sub(since) >= shutdown_timeout() {
+                    crate::log::cycle_log(
+                        NGX_LOG_ALERT as usize,
+                        &format!(
+                            "wsgi: {outstanding} request(s) still inside Python after the shutdown timeout of {} ms; \
+                             exiting without finalizing Python",
+                            shutdown_timeout()
+                        ),
+                    );
+                    libc::_exit(1);
+                }
+            }
+            ngx_add_timer(ev, RECHECK_MS as _);
         }
     })
+}
+
+/// `worker_shutdown_timeout`, else the default.
+unsafe fn shutdown_timeout() -> ngx_msec_t {
+    // SAFETY: the cycle and its core configuration live as long as the worker.
+    let configured = unsafe {
+        let ctx = (*ngx_cycle).conf_ctx;
+        (*(*ctx.add((*std::ptr::addr_of!(ngx_core_module)).index)).cast::<ngx_core_conf_t>())
+            .shutdown_timeout
+    };
+    if configured == 0 || configured == ngx_msec_t::MAX {
+        DEFAULT_SHUTDOWN_TIMEOUT_MS
+    } else {
+        configured
+    }
 }
