@@ -1,6 +1,8 @@
 """One interpreter per worker: the app is imported at worker start, and worker exit finalises
 Python cleanly even when the app started threads."""
 import os
+import re
+import subprocess
 import signal
 import threading
 import time
@@ -110,3 +112,26 @@ def _forever(server):
         return "answered"
     except requests.ConnectionError:
         return "cut"
+
+
+def test_reloads_under_load_lose_no_request(nginx_factory):
+    server = nginx_factory(location("/", APPS / "sleepy.py"), workers=2).start()
+    wrk = subprocess.Popen(["wrk", "-t2", "-c16", "-d6s", "-H", "Connection: close", server.url("/fast")],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    slow = []
+    threads = [threading.Thread(target=_slow_request, args=(server, slow)) for _ in range(3)]
+    time.sleep(1)
+    for t in threads:
+        t.start()
+    for _ in range(3):
+        time.sleep(0.3)
+        server.send_signal(signal.SIGHUP)
+        time.sleep(1)
+    out, _ = wrk.communicate(timeout=60)
+    for t in threads:
+        t.join()
+    assert slow == [(200, "/slow")] * 3
+    requests_done = int(re.search(r"(\d+) requests in", out).group(1))
+    assert requests_done > 100, out
+    assert "Non-2xx" not in out and "Socket errors" not in out, out
+    assert "exited on signal" not in server.error_log()
