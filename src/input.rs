@@ -1,7 +1,10 @@
-//! `wsgi.input`: a read-only byte stream over the request body the server received.
+//! `wsgi.input`: a read-only byte stream over the request body.
 //!
-//! The server has the whole body (or reads it as it arrives, later), so a read never waits for the
-//! client and never blocks past the end of the body: it returns `b""` there.
+//! Either the server has the whole body (memory or temp file: reads never wait), or it hands
+//! the body over as it arrives ([`BodySource`]: a read waits, without the GIL, for the client).
+//! Either way a read never blocks past the end of the body: it returns `b""` there.
+
+use std::sync::Arc;
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -9,30 +12,135 @@ use pyo3::types::{PyBytes, PyList};
 
 use crate::body::Body;
 
+/// A request body the server delivers while the app runs (unbuffered uploads).
+pub trait BodySource: Send + Sync {
+    /// Waits (called without the GIL) until body bytes are available or the body has ended;
+    /// returns at most `max` bytes, none at the end.
+    fn read(&self, max: usize) -> std::io::Result<Vec<u8>>;
+}
+
+/// Where the bytes come from.
+pub enum RequestBody {
+    /// The whole body, already received.
+    Buffered(Body),
+    /// The body as it arrives.
+    Streamed(Arc<dyn BodySource>),
+}
+
+/// Bytes of a streamed body pulled from the server and not yet read by the app.
+struct Streamed {
+    source: Arc<dyn BodySource>,
+    pending: Vec<u8>,
+    done: bool,
+}
+
+/// How much a line search or an unbounded read pulls at a time.
+const PULL: usize = 64 * 1024;
+
+impl Streamed {
+    /// Pulls more bytes into `pending`; false at the end of the body.
+    fn pull(&mut self, py: Python<'_>, max: usize) -> PyResult<bool> {
+        if self.done {
+            return Ok(false);
+        }
+        let source = self.source.clone();
+        let chunk = py
+            .detach(move || source.read(max))
+            .map_err(|e| PyOSError::new_err(format!("reading the request body: {e}")))?;
+        if chunk.is_empty() {
+            self.done = true;
+            return Ok(false);
+        }
+        self.pending.extend_from_slice(&chunk);
+        Ok(true)
+    }
+
+    fn read(&mut self, py: Python<'_>, size: Option<usize>) -> PyResult<Vec<u8>> {
+        while size.is_none_or(|n| self.pending.len() < n) {
+            let want = size.map_or(PULL, |n| n - self.pending.len());
+            if !self.pull(py, want)? {
+                break;
+            }
+        }
+        let n = size.map_or(self.pending.len(), |n| n.min(self.pending.len()));
+        Ok(self.pending.drain(..n).collect())
+    }
+
+    fn read_line(&mut self, py: Python<'_>, size: Option<usize>) -> PyResult<Vec<u8>> {
+        let mut searched = 0;
+        loop {
+            if let Some(i) = self.pending[searched..].iter().position(|&c| c == b'\n') {
+                let end = (searched + i + 1).min(size.unwrap_or(usize::MAX));
+                return Ok(self.pending.drain(..end).collect());
+            }
+            searched = self.pending.len();
+            if size.is_some_and(|n| searched >= n) || !self.pull(py, PULL)? {
+                let end = size.map_or(self.pending.len(), |n| n.min(self.pending.len()));
+                return Ok(self.pending.drain(..end).collect());
+            }
+        }
+    }
+}
+
+enum Source {
+    Buffered(Body),
+    Streamed(Streamed),
+}
+
 #[pyclass(module = "ngx_wsgi", name = "Input")]
 pub struct Input {
     /// `None` once the request has finished: the server's buffers are gone.
-    body: Option<Body>,
+    source: Option<Source>,
     pos: u64,
 }
 
 impl Input {
-    pub fn new(body: Body) -> Self {
+    pub fn new(body: RequestBody) -> Self {
+        let source = match body {
+            RequestBody::Buffered(body) => Source::Buffered(body),
+            RequestBody::Streamed(source) => Source::Streamed(Streamed {
+                source,
+                pending: Vec::new(),
+                done: false,
+            }),
+        };
         Input {
-            body: Some(body),
+            source: Some(source),
             pos: 0,
         }
     }
 
     /// Cuts the stream off from the server's memory; later reads raise `ValueError`.
     pub fn detach(&mut self) {
-        self.body = None;
+        self.source = None;
+    }
+
+    fn source(&mut self) -> PyResult<&mut Source> {
+        self.source
+            .as_mut()
+            .ok_or_else(|| PyValueError::new_err("wsgi.input read after the request finished"))
     }
 
     fn body(&self) -> PyResult<&Body> {
-        self.body
-            .as_ref()
-            .ok_or_else(|| PyValueError::new_err("wsgi.input read after the request finished"))
+        match &self.source {
+            Some(Source::Buffered(body)) => Ok(body),
+            Some(Source::Streamed(_)) => Err(PyValueError::new_err("the request body is streamed")),
+            None => Err(PyValueError::new_err(
+                "wsgi.input read after the request finished",
+            )),
+        }
+    }
+
+    /// The streamed body, when the body is streamed.
+    fn streamed(&mut self) -> PyResult<Option<&mut Streamed>> {
+        Ok(match self.source()? {
+            Source::Streamed(s) => Some(s),
+            Source::Buffered(_) => None,
+        })
+    }
+
+    fn size_arg(size: Option<i64>) -> Option<usize> {
+        size.filter(|&n| n >= 0).map(|n| n as usize)
     }
 
     fn remaining(&self) -> PyResult<u64> {
@@ -52,6 +160,10 @@ impl Input {
         py: Python<'py>,
         size: Option<i64>,
     ) -> PyResult<Bound<'py, PyBytes>> {
+        if let Some(streamed) = self.streamed()? {
+            let line = streamed.read_line(py, Self::size_arg(size))?;
+            return Ok(PyBytes::new(py, &line));
+        }
         let limit = Self::limit(size, self.remaining()?);
         let body = self.body()?;
         let mut line: Vec<u8> = Vec::new();
@@ -93,6 +205,10 @@ fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
 impl Input {
     #[pyo3(signature = (size = None))]
     fn read<'py>(&mut self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
+        if let Some(streamed) = self.streamed()? {
+            let data = streamed.read(py, Self::size_arg(size))?;
+            return Ok(PyBytes::new(py, &data));
+        }
         let n = Self::limit(size, self.remaining()?) as usize;
         let pos = self.pos;
         let body = self.body()?;
@@ -165,7 +281,11 @@ mod tests {
     use crate::testing::with_python;
 
     fn input<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, Input> {
-        Bound::new(py, Input::new(Body::from_vec(data.to_vec()))).unwrap()
+        Bound::new(
+            py,
+            Input::new(RequestBody::Buffered(Body::from_vec(data.to_vec()))),
+        )
+        .unwrap()
     }
 
     fn call(obj: &Bound<'_, Input>, code: &str) -> Vec<u8> {
@@ -209,6 +329,41 @@ mod tests {
             f.borrow_mut().detach();
             let err = f.call_method0("read").unwrap_err();
             assert!(err.is_instance_of::<PyValueError>(py));
+        });
+    }
+
+    struct Trickle(std::sync::Mutex<std::collections::VecDeque<Vec<u8>>>);
+
+    impl BodySource for Trickle {
+        fn read(&self, max: usize) -> std::io::Result<Vec<u8>> {
+            let mut q = self.0.lock().unwrap();
+            match q.front_mut() {
+                None => Ok(Vec::new()),
+                Some(front) if front.len() > max => Ok(front.drain(..max).collect()),
+                Some(_) => Ok(q.pop_front().unwrap()),
+            }
+        }
+    }
+
+    fn streamed<'py>(py: Python<'py>, pieces: &[&[u8]]) -> Bound<'py, Input> {
+        let q = pieces.iter().map(|p| p.to_vec()).collect();
+        let source: Arc<dyn BodySource> = Arc::new(Trickle(std::sync::Mutex::new(q)));
+        Bound::new(py, Input::new(RequestBody::Streamed(source))).unwrap()
+    }
+
+    #[test]
+    fn streamed_body_reads_across_pieces() {
+        with_python(|py| {
+            let f = streamed(py, &[b"ab", b"c\nde", b"f\n", b"tail"]);
+            assert_eq!(call(&f, "f.read(1)"), b"a");
+            assert_eq!(call(&f, "f.readline()"), b"bc\n");
+            assert_eq!(call(&f, "f.readline(2)"), b"de");
+            assert_eq!(call(&f, "f.read(2)"), b"f\n");
+            assert_eq!(call(&f, "f.read()"), b"tail");
+            assert_eq!(call(&f, "f.read()"), b"");
+            assert_eq!(call(&f, "f.readline()"), b"");
+            let f = streamed(py, &[b"x\ny", b"\nz"]);
+            assert_eq!(call(&f, "b'|'.join(f)"), b"x\n|y\n|z");
         });
     }
 }

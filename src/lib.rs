@@ -22,6 +22,7 @@ pub mod traceback;
 pub use app::{AppSpec, Apps};
 pub use body::{Body, Segment};
 pub use environ::{RequestInfo, RequestInfoBuilder};
+pub use input::{BodySource, RequestBody};
 pub use interpreter::PythonSettings;
 pub use request::{run_request, Outcome, OutcomeKind};
 pub use response::ResponseHead;

@@ -3,10 +3,9 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
-use crate::body::Body;
 use crate::environ::{Field, RequestInfo};
 use crate::file_wrapper::FileRange;
-use crate::input::Input;
+use crate::input::{Input, RequestBody};
 use std::sync::Arc;
 
 use crate::response::{ResponseHead, StartResponse};
@@ -62,7 +61,7 @@ impl Outcome {
 pub fn run_request(
     app: &Py<PyAny>,
     info: &RequestInfo,
-    body: Body,
+    body: RequestBody,
     sink: Option<Arc<dyn ChunkSink>>,
 ) -> Outcome {
     crate::interpreter::attach(|py| run_attached(py, app.bind(py), info, body, sink))
@@ -86,7 +85,7 @@ fn run_attached(
     py: Python<'_>,
     app: &Bound<'_, PyAny>,
     info: &RequestInfo,
-    body: Body,
+    body: RequestBody,
     sink: Option<Arc<dyn ChunkSink>>,
 ) -> Outcome {
     let (input, start_response) = match (
@@ -288,6 +287,7 @@ fn close_iterable(iterable: &Bound<'_, PyAny>) -> PyResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::body::Body;
     use crate::environ::RequestInfoBuilder;
     use crate::testing::with_python;
     use std::ffi::CString;
@@ -310,7 +310,12 @@ mod tests {
     }
 
     fn run(code: &str) -> Outcome {
-        run_request(&app(code), &request(), Body::empty(), None)
+        run_request(
+            &app(code),
+            &request(),
+            RequestBody::Buffered(Body::empty()),
+            None,
+        )
     }
 
     #[test]
@@ -426,7 +431,12 @@ mod tests {
     }
 
     fn run_streaming(code: &str, sink: Arc<Recorder>) -> Outcome {
-        run_request(&app(code), &request(), Body::empty(), Some(sink))
+        run_request(
+            &app(code),
+            &request(),
+            RequestBody::Buffered(Body::empty()),
+            Some(sink),
+        )
     }
 
     #[test]
@@ -480,7 +490,12 @@ mod tests {
             "def app(e, sr):\n sr('200 OK', [])\n return Body()\n",
         );
         let app = app(code);
-        let out = run_request(&app, &request(), Body::empty(), Some(sink.clone()));
+        let out = run_request(
+            &app,
+            &request(),
+            RequestBody::Buffered(Body::empty()),
+            Some(sink.clone()),
+        );
         assert_eq!(out.kind, OutcomeKind::ClientGone);
         assert_eq!(sink.pieces.lock().unwrap().len(), 2);
         with_python(|py| {

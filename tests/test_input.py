@@ -18,7 +18,10 @@ def server(nginx_factory):
     return nginx_factory(
         location("/", APP, "client_max_body_size 100m;")
         + location("/file/", APP, "client_body_in_file_only clean;")
-        + location("/small/", APP, "client_body_buffer_size 1k; client_max_body_size 100m;"),
+        + location("/small/", APP, "client_body_buffer_size 1k; client_max_body_size 100m;")
+        + location("/unbuffered/", APP, "wsgi_request_buffering off; client_max_body_size 100m;")
+        + location("/unbuffered_small/", APP,
+                   "wsgi_request_buffering off; client_body_buffer_size 1k; wsgi_stream_buffer 4k;"),
     ).start()
 
 
@@ -28,7 +31,7 @@ def parts(server, way, body=BODY, prefix=""):
     return r.json()["parts"]
 
 
-@pytest.mark.parametrize("prefix", ["", "/file", "/small"])
+@pytest.mark.parametrize("prefix", ["", "/file", "/small", "/unbuffered", "/unbuffered_small"])
 def test_every_read_method(server, prefix):
     text = BODY.decode()
     assert parts(server, "read", prefix=prefix) == [text]
@@ -94,3 +97,34 @@ def test_64_mib_upload_spills_to_disk_and_keeps_worker_memory_bounded(server):
     kib = lambda v: int(v.split()[0])  # noqa: E731
     growth = kib(result["rss"]["VmHWM"]) - kib(before["VmHWM"])
     assert growth < 32 * 1024, f"worker peak RSS grew by {growth} KiB for a 64 MiB body"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_unbuffered_body_reaches_the_app_as_it_arrives(server, chunked):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: 10"
+        s.sendall(b"POST /unbuffered/interactive HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" + framing + b"\r\n\r\n")
+        s.sendall(b"5\r\nhello\r\n" if chunked else b"hello")
+        data = b""
+        while b"got:hello" not in data:
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+        # The app answered before the rest of the body was even sent.
+        s.sendall(b"5\r\nworld\r\n0\r\n\r\n" if chunked else b"world")
+        while chunk := s.recv(65536):
+            data += chunk
+    assert b"rest:world" in data
+
+
+def test_unbuffered_64_mib_upload_uses_no_temp_file(server):
+    block = os.urandom(1024 * 1024)
+    before = requests.get(server.url("/unbuffered/rss")).json()
+    log_before = server.error_log().count("buffered to a temporary file")
+    r = requests.post(server.url("/unbuffered/sha256"), data=block * 64)
+    result = r.json()
+    assert result["length"] == 64 << 20
+    assert result["sha256"] == hashlib.sha256(block * 64).hexdigest()
+    assert server.error_log().count("buffered to a temporary file") == log_before
+    kib = lambda v: int(v.split()[0])  # noqa: E731
+    assert kib(result["rss"]["VmHWM"]) - kib(before["VmHWM"]) < 32 * 1024

@@ -5,9 +5,10 @@ use std::ffi::{c_char, c_void};
 use std::path::{Path, PathBuf};
 
 use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_core_conf_t, ngx_core_module, ngx_http_core_loc_conf_t,
-    ngx_http_core_module, ngx_int_t, ngx_process, ngx_str_t, ngx_thread_pool_add,
-    ngx_thread_pool_t, NGX_ERROR, NGX_LOG_EMERG, NGX_OK, NGX_PROCESS_SIGNALLER,
+    ngx_command_t, ngx_conf_t, ngx_core_conf_t, ngx_core_module, ngx_flag_t,
+    ngx_http_core_loc_conf_t, ngx_http_core_module, ngx_int_t, ngx_process, ngx_str_t,
+    ngx_thread_pool_add, ngx_thread_pool_t, NGX_ERROR, NGX_LOG_EMERG, NGX_OK,
+    NGX_PROCESS_SIGNALLER,
 };
 use ngx::core::{Pool, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::HttpModuleConfExt;
@@ -54,6 +55,9 @@ pub(crate) struct LocConf {
     /// `wsgi_stream_buffer`: how many bytes of a streamed response may wait unsent before the
     /// app's iterator is paused.
     pub stream_buffer: usize,
+    /// `wsgi_request_buffering`: read the whole body before the app runs (1), or give it to the
+    /// app as it arrives (0).
+    pub request_buffering: ngx_flag_t,
 }
 
 /// Default `wsgi_stream_buffer`.
@@ -68,6 +72,8 @@ impl Default for LocConf {
             thread_pool: std::ptr::null_mut(),
             // NGX_CONF_UNSET_SIZE, as ngx_conf_set_size_slot expects.
             stream_buffer: usize::MAX,
+            // NGX_CONF_UNSET, as ngx_conf_set_flag_slot expects.
+            request_buffering: -1,
         }
     }
 }
@@ -106,6 +112,13 @@ pub(crate) unsafe extern "C" fn merge_loc_conf(
             unsafe { (&*(parent as *const LocConf), &mut *(child as *mut LocConf)) };
         if child.thread_pool_name.data.is_null() {
             child.thread_pool_name = parent.thread_pool_name;
+        }
+        if child.request_buffering == -1 {
+            child.request_buffering = if parent.request_buffering == -1 {
+                1
+            } else {
+                parent.request_buffering
+            };
         }
         if child.stream_buffer == usize::MAX {
             child.stream_buffer = if parent.stream_buffer == usize::MAX {

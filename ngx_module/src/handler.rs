@@ -10,7 +10,7 @@ use nginx_sys::{
     NGX_HTTP_SERVICE_UNAVAILABLE, NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
 };
 use ngx::http::HttpModuleConfExt;
-use ngx_wsgi::{run_request, Apps, Body, Outcome, RequestInfo};
+use ngx_wsgi::{run_request, Apps, Body, Outcome, RequestBody, RequestInfo};
 use pyo3::Py;
 use pyo3::PyAny;
 
@@ -19,6 +19,7 @@ use std::sync::Arc;
 use crate::config::LocConf;
 use crate::ffi_guard::guard;
 use crate::module;
+use crate::request_body::BodyStream;
 use crate::stream::Stream;
 
 /// One request's trip through the thread pool. Owned by the request's pool (freed by its
@@ -27,9 +28,11 @@ pub(crate) struct Job {
     request: *mut ngx_http_request_t,
     app: &'static Py<PyAny>,
     info: RequestInfo,
-    body: Option<Body>,
+    body: Option<RequestBody>,
     /// Where a streamed response goes while the app runs.
     pub(crate) stream: Arc<Stream>,
+    /// The request body, when it is read as it arrives.
+    pub(crate) body_stream: Option<Arc<BodyStream>>,
     pub(crate) outcome: Option<Outcome>,
 }
 
@@ -38,9 +41,15 @@ pub(crate) unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> n
         "the wsgi content handler",
         NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
         || {
-            // SAFETY: nginx passes a live request; the body handler runs once the body is read and
-            // owns the reference this call takes.
-            let rc = unsafe { ngx_http_read_client_request_body(r, Some(body_ready)) };
+            // SAFETY: nginx passes a live request; the body handler runs once the body is read
+            // (or, unbuffered, once reading has started) and owns the reference this call takes.
+            let rc = unsafe {
+                let lc = (*r).http_location_conf_unchecked::<LocConf>(module());
+                if lc.is_some_and(|lc| lc.as_ref().request_buffering == 0) {
+                    (*r).set_request_body_no_buffering(1);
+                }
+                ngx_http_read_client_request_body(r, Some(body_ready))
+            };
             if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
                 return rc;
             }
@@ -80,12 +89,25 @@ unsafe fn post_job(r: *mut ngx_http_request_t) -> Result<(), u32> {
     })?;
     // SAFETY: `r` is live on the event loop thread.
     let (info, body) = unsafe { crate::request_info::collect(r, lc) };
+    let (body, body_stream) = match body {
+        Some(body) => (RequestBody::Buffered(body), None),
+        None => {
+            let stream = BodyStream::new(r, lc.stream_buffer);
+            // SAFETY: `r` reads its body unbuffered; this takes what arrived so far.
+            unsafe {
+                stream.pull(r);
+                (*r).read_event_handler = Some(crate::request_body::body_reader);
+            }
+            (RequestBody::Streamed(stream.clone()), Some(stream))
+        }
+    };
     let job = Box::into_raw(Box::new(Job {
         request: r,
         app,
         info,
         body: Some(body),
         stream: Stream::new(r, lc.stream_buffer),
+        body_stream,
         outcome: None,
     }));
     // SAFETY: the request pool is live; the cleanup frees the job when the request is destroyed,
@@ -133,7 +155,10 @@ unsafe extern "C" fn run_job(data: *mut c_void, _log: *mut ngx_log_t) {
     // borrowed: the event loop reads `stream` meanwhile, and nothing else until completion.
     unsafe {
         let job = *(data as *mut *mut Job);
-        let body = (*job).body.take().unwrap_or_default();
+        let body = (*job)
+            .body
+            .take()
+            .unwrap_or(RequestBody::Buffered(Body::empty()));
         let (app, info, sink) = ((*job).app, &(*job).info, (*job).stream.clone());
         let outcome = guard("running the app", None, || {
             Some(run_request(app, info, body, Some(sink)))
@@ -156,6 +181,9 @@ unsafe extern "C" fn job_done(ev: *mut ngx_event_t) {
         unsafe {
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
             crate::inflight::finished();
+            if let Some(body) = &(*job).body_stream {
+                body.finish();
+            }
             crate::response::send(r, &*job);
         }
         true

@@ -12,6 +12,7 @@ mod inflight;
 mod lifecycle;
 mod log;
 mod notify;
+mod request_body;
 mod request_info;
 mod response;
 mod stream;
@@ -43,7 +44,7 @@ const fn directive(name: ngx_str_t, kind: u32, set: DirectiveSetter, conf: usize
     }
 }
 
-static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 6] = [
+static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 7] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -74,6 +75,15 @@ static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 6] = [
             ngx::ngx_string!("wsgi_stream_buffer"),
             NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
             nginx_sys::ngx_conf_set_size_slot,
+            LOC_CONF_OFFSET,
+        )
+    },
+    ngx_command_t {
+        offset: offset_of!(config::LocConf, request_buffering),
+        ..directive(
+            ngx::ngx_string!("wsgi_request_buffering"),
+            NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | nginx_sys::NGX_CONF_FLAG,
+            nginx_sys::ngx_conf_set_flag_slot,
             LOC_CONF_OFFSET,
         )
     },

@@ -1,6 +1,7 @@
 //! Wakes the event loop from Python threads: an eventfd registered with nginx, and the list of
-//! streams that have output waiting. (`ngx_thread_task_post` and nginx's own `ngx_notify` are
-//! for the event loop and the thread-pool module; they must not be used from other threads.)
+//! work left for it (response output waiting, room for more request body). `ngx_thread_task_post`
+//! and nginx's own `ngx_notify` belong to the event loop and the thread-pool module; they must not
+//! be used from other threads.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,10 +9,18 @@ use std::sync::{Arc, Mutex};
 use nginx_sys::{ngx_cycle_t, ngx_event_actions, ngx_event_t, ngx_get_connection, NGX_OK};
 
 use crate::ffi_guard::guard;
-use crate::stream::Stream;
+
+/// Work a Python thread leaves for the event loop.
+pub(crate) trait Pump: Send + Sync {
+    /// Runs on the event loop after `schedule`.
+    ///
+    /// # Safety
+    /// Event-loop thread only.
+    unsafe fn pump(&self);
+}
 
 static EVENT_FD: AtomicI32 = AtomicI32::new(-1);
-static READY: Mutex<Vec<Arc<Stream>>> = Mutex::new(Vec::new());
+static READY: Mutex<Vec<Arc<dyn Pump>>> = Mutex::new(Vec::new());
 
 /// `NGX_READ_EVENT` of Linux builds (a preprocessor macro bindgen cannot see).
 const READ_EVENT: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
@@ -49,9 +58,9 @@ pub(crate) unsafe fn init(cycle: *mut ngx_cycle_t) -> Result<(), String> {
     Ok(())
 }
 
-/// Queues `stream` for the event loop and wakes it (any thread).
-pub(crate) fn schedule(stream: Arc<Stream>) {
-    READY.lock().unwrap_or_else(|e| e.into_inner()).push(stream);
+/// Queues `work` for the event loop and wakes it (any thread).
+pub(crate) fn schedule(work: Arc<dyn Pump>) {
+    READY.lock().unwrap_or_else(|e| e.into_inner()).push(work);
     let one: u64 = 1;
     // SAFETY: writes 8 bytes from a live u64 to the eventfd; a full counter (EAGAIN) still
     // leaves the loop woken, which is all that is needed.
@@ -76,9 +85,9 @@ unsafe extern "C" fn on_ready(_ev: *mut ngx_event_t) {
             )
         };
         let ready = std::mem::take(&mut *READY.lock().unwrap_or_else(|e| e.into_inner()));
-        for stream in ready {
+        for work in ready {
             // SAFETY: on the event loop, which is what `pump` requires.
-            unsafe { stream.pump() };
+            unsafe { work.pump() };
         }
     })
 }

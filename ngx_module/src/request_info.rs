@@ -15,11 +15,15 @@ use ngx_wsgi::{Body, RequestInfo, RequestInfoBuilder, Segment};
 use crate::config::LocConf;
 use crate::ngx_bytes;
 
-/// Builds the request's environ data and body description.
+/// Builds the request's environ data and, when nginx has read the whole body, its description
+/// (`None` for a body read as it arrives).
 ///
 /// # Safety
-/// `r` is a live request on the event loop whose body has been read.
-pub(crate) unsafe fn collect(r: *mut ngx_http_request_t, lc: &LocConf) -> (RequestInfo, Body) {
+/// `r` is a live request on the event loop whose body has been read (or is read unbuffered).
+pub(crate) unsafe fn collect(
+    r: *mut ngx_http_request_t,
+    lc: &LocConf,
+) -> (RequestInfo, Option<Body>) {
     // SAFETY: per the function contract.
     let r = unsafe { &mut *r };
     // SAFETY: a live request has a live connection.
@@ -80,13 +84,17 @@ pub(crate) unsafe fn collect(r: *mut ngx_http_request_t, lc: &LocConf) -> (Reque
         })
     };
 
+    if r.request_body_no_buffering() != 0 {
+        // Read as it arrives: the length is the client's (if it sent one).
+        return (b.finish(), None);
+    }
     // SAFETY: the body was read; its buffers and temp file live as long as the request.
     let body = unsafe { body_of(r) };
     let had_length = !r.headers_in.content_length.is_null();
     if r.headers_in.chunked() != 0 || (!had_length && !body.is_empty()) {
         b.body_length(body.len());
     }
-    (b.finish(), body)
+    (b.finish(), Some(body))
 }
 
 fn protocol(version: u32) -> &'static [u8] {

@@ -90,12 +90,10 @@ impl Stream {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
-    /// Sends what is waiting (the loop's side of a wake-up).
-    ///
-    /// # Safety
-    /// Event-loop thread only.
-    pub(crate) unsafe fn pump(&self) {
+impl crate::notify::Pump for Stream {
+    unsafe fn pump(&self) {
         let mut st = self.lock();
         st.scheduled = false;
         let r = st.request.0;
@@ -104,7 +102,9 @@ impl Stream {
             unsafe { self.send_pending(&mut st, r) };
         }
     }
+}
 
+impl Stream {
     /// Hands the head and the pending pieces to nginx, then frees what nginx has sent.
     unsafe fn send_pending(&self, st: &mut State, r: *mut ngx_http_request_t) {
         if st.cancelled {
@@ -114,7 +114,9 @@ impl Stream {
         unsafe {
             if let Some(head) = st.head.take() {
                 st.head_sent = true;
-                (*r).read_event_handler = Some(stream_reader);
+                if (*r).reading_body() == 0 {
+                    (*r).read_event_handler = Some(stream_reader);
+                }
                 (*r).write_event_handler = Some(stream_writer);
                 let rc = crate::response::send_head(r, &head, head.content_length);
                 if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
@@ -270,7 +272,8 @@ unsafe fn stream_of(r: *mut ngx_http_request_t) -> Option<Arc<Stream>> {
     // SAFETY: the context slot holds the job set by `post_job` for every wsgi request.
     unsafe {
         let job = *(*r).ctx.add(module().ctx_index) as *const crate::handler::Job;
-        job.as_ref().map(|job| job.stream.clone())
+        // Only the `stream` field is read: the pool thread may be writing the job's outcome.
+        (!job.is_null()).then(|| (*job).stream.clone())
     }
 }
 

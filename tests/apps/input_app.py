@@ -61,6 +61,11 @@ def application(environ, start_response):
     elif way == "/rss":
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps(_rss()).encode()]
+    elif way == "/interactive":
+        # Answers the first five bytes before the client has sent the rest.
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"got:" + f.read(5) + b"\n")
+        return [b"rest:" + f.read() + b"\n"]
     elif way == "/ignore":
         parts = [b"ignored"]
     else:
