@@ -33,13 +33,20 @@ const LOC_CONF_OFFSET: usize = offset_of!(ngx_http_conf_ctx_t, loc_conf);
 type DirectiveSetter =
     unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
-const fn directive(name: ngx_str_t, kind: u32, set: DirectiveSetter, conf: usize) -> ngx_command_t {
+/// A directive whose setter writes at `offset` into the `conf`-selected configuration.
+const fn directive(
+    name: ngx_str_t,
+    kind: u32,
+    set: DirectiveSetter,
+    conf: usize,
+    offset: usize,
+) -> ngx_command_t {
     ngx_command_t {
         name,
         type_: kind as _,
         set: Some(set),
         conf,
-        offset: 0,
+        offset,
         post: ptr::null_mut(),
     }
 }
@@ -50,43 +57,43 @@ static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 7] = [
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
         config::set_app,
         LOC_CONF_OFFSET,
+        0,
     ),
     directive(
         ngx::ngx_string!("wsgi_python_home"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
         config::set_python_home,
         MAIN_CONF_OFFSET,
+        0,
     ),
     directive(
         ngx::ngx_string!("wsgi_python_path"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
         config::set_python_path,
         MAIN_CONF_OFFSET,
+        0,
     ),
     directive(
         ngx::ngx_string!("wsgi_thread_pool"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
         config::set_thread_pool,
         LOC_CONF_OFFSET,
+        0,
     ),
-    ngx_command_t {
-        offset: offset_of!(config::LocConf, stream_buffer),
-        ..directive(
-            ngx::ngx_string!("wsgi_stream_buffer"),
-            NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-            nginx_sys::ngx_conf_set_size_slot,
-            LOC_CONF_OFFSET,
-        )
-    },
-    ngx_command_t {
-        offset: offset_of!(config::LocConf, request_buffering),
-        ..directive(
-            ngx::ngx_string!("wsgi_request_buffering"),
-            NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | nginx_sys::NGX_CONF_FLAG,
-            nginx_sys::ngx_conf_set_flag_slot,
-            LOC_CONF_OFFSET,
-        )
-    },
+    directive(
+        ngx::ngx_string!("wsgi_stream_buffer"),
+        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+        nginx_sys::ngx_conf_set_size_slot,
+        LOC_CONF_OFFSET,
+        offset_of!(config::LocConf, stream_buffer),
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_request_buffering"),
+        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | nginx_sys::NGX_CONF_FLAG,
+        nginx_sys::ngx_conf_set_flag_slot,
+        LOC_CONF_OFFSET,
+        offset_of!(config::LocConf, request_buffering),
+    ),
     ngx_command_t::empty(),
 ];
 

@@ -236,8 +236,7 @@ unsafe fn body_chain(
     // request's output (the job is freed by the pool's cleanup).
     unsafe {
         let b = ngx_pcalloc((*r).pool, std::mem::size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
-        let cl = ngx_pcalloc((*r).pool, std::mem::size_of::<ngx_chain_t>()) as *mut ngx_chain_t;
-        if b.is_null() || cl.is_null() {
+        if b.is_null() {
             return None;
         }
         let start = body.as_ptr().cast_mut();
@@ -246,15 +245,7 @@ unsafe fn body_chain(
         (*b).last = start.add(body.len());
         (*b).end = (*b).last;
         (*b).set_memory(1);
-        if last {
-            (*b).set_last_buf(u32::from(r == (*r).main));
-            (*b).set_last_in_chain(1);
-        } else {
-            (*b).set_flush(1);
-        }
-        (*cl).buf = b;
-        (*cl).next = std::ptr::null_mut();
-        Some(cl)
+        single_link(r, b, last)
     }
 }
 
@@ -270,8 +261,7 @@ unsafe fn file_chain(
     unsafe {
         let b = ngx_pcalloc((*r).pool, std::mem::size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
         let f = ngx_pcalloc((*r).pool, std::mem::size_of::<ngx_file_t>()) as *mut ngx_file_t;
-        let cl = ngx_pcalloc((*r).pool, std::mem::size_of::<ngx_chain_t>()) as *mut ngx_chain_t;
-        if b.is_null() || f.is_null() || cl.is_null() {
+        if b.is_null() || f.is_null() {
             return None;
         }
         (*f).fd = file.fd.as_raw_fd();
@@ -281,9 +271,28 @@ unsafe fn file_chain(
         (*b).file = f;
         (*b).file_pos = file.offset as i64;
         (*b).file_last = (file.offset + file.len) as i64;
+        single_link(r, b, last)
+    }
+}
+
+/// Marks `b` as the response's end (or, for a response about to be cut, as a flush) and wraps
+/// it in a chain link.
+unsafe fn single_link(
+    r: *mut ngx_http_request_t,
+    b: *mut ngx_buf_t,
+    last: bool,
+) -> Option<*mut ngx_chain_t> {
+    // SAFETY: the request pool is live and `b` is a buffer allocated from it.
+    unsafe {
+        let cl = ngx_pcalloc((*r).pool, std::mem::size_of::<ngx_chain_t>()) as *mut ngx_chain_t;
+        if cl.is_null() {
+            return None;
+        }
         if last {
             (*b).set_last_buf(u32::from(r == (*r).main));
             (*b).set_last_in_chain(1);
+        } else {
+            (*b).set_flush(1);
         }
         (*cl).buf = b;
         (*cl).next = std::ptr::null_mut();
