@@ -130,6 +130,36 @@ def test_chunked_request_gets_content_length_and_no_transfer_encoding(server):
 
 
 @pytest.fixture(scope="module")
+def params_server(nginx_factory):
+    return nginx_factory(
+        location("/own/", APP, "wsgi_param APP_ENV production; wsgi_param REQUEST_ID $request_id; "
+                 "wsgi_param FROM_ARG $arg_x if_not_empty; wsgi_param KEEP_EMPTY $arg_none; "
+                 "wsgi_param SCRIPT_NAME /public;")
+        + location("/inherited/", APP),
+        server_extra="wsgi_param LEVEL server;",
+    ).start()
+
+
+def test_wsgi_param_with_variables_and_inheritance(params_server):
+    e = environ(params_server, "/own/x?x=42")
+    assert e["APP_ENV"] == "production"
+    assert len(e["REQUEST_ID"]) == 32 and int(e["REQUEST_ID"], 16) >= 0
+    assert e["FROM_ARG"] == "42"
+    assert e["KEEP_EMPTY"] == ""
+    assert e["SCRIPT_NAME"] == "/public", "a param may override a CGI key"
+    assert "LEVEL" not in e, "a level with its own wsgi_param inherits none, like fastcgi_param"
+    assert "FROM_ARG" not in environ(params_server, "/own/x")
+    e = environ(params_server, "/inherited/y")
+    assert e["LEVEL"] == "server" and "APP_ENV" not in e
+
+
+def test_wsgi_param_bad_flag(nginx_factory):
+    server = nginx_factory(location("/", APP, "wsgi_param A b if_empty;"))
+    result = server.run("-t")
+    assert result.returncode != 0 and 'invalid parameter "if_empty"' in result.stderr
+
+
+@pytest.fixture(scope="module")
 def tls_server(nginx_factory, tmp_path_factory):
     d = tmp_path_factory.mktemp("tls")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=test.local",

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_core_conf_t, ngx_core_module, ngx_flag_t,
-    ngx_http_core_loc_conf_t, ngx_http_core_module, ngx_int_t, ngx_process, ngx_str_t,
+    ngx_http_compile_complex_value, ngx_http_compile_complex_value_t, ngx_http_complex_value_t,
+    ngx_http_core_loc_conf_t, ngx_http_core_module, ngx_int_t, ngx_pcalloc, ngx_process, ngx_str_t,
     ngx_thread_pool_add, ngx_thread_pool_t, NGX_ERROR, NGX_LOG_EMERG, NGX_OK,
     NGX_PROCESS_SIGNALLER,
 };
@@ -58,6 +59,17 @@ pub(crate) struct LocConf {
     /// `wsgi_request_buffering`: read the whole body before the app runs (1), or give it to the
     /// app as it arrives (0).
     pub request_buffering: ngx_flag_t,
+    /// `wsgi_param`s of this level (or, when it has none, inherited from the enclosing one).
+    pub params: Vec<Param>,
+}
+
+/// One `wsgi_param NAME VALUE [if_not_empty]`.
+#[derive(Clone)]
+pub(crate) struct Param {
+    pub name: Vec<u8>,
+    /// The value with its nginx variables, compiled into the configuration's pool.
+    pub value: *mut ngx_http_complex_value_t,
+    pub if_not_empty: bool,
 }
 
 /// Default `wsgi_stream_buffer`.
@@ -74,6 +86,7 @@ impl Default for LocConf {
             stream_buffer: usize::MAX,
             // NGX_CONF_UNSET, as ngx_conf_set_flag_slot expects.
             request_buffering: -1,
+            params: Vec::new(),
         }
     }
 }
@@ -112,6 +125,10 @@ pub(crate) unsafe extern "C" fn merge_loc_conf(
             unsafe { (&*(parent as *const LocConf), &mut *(child as *mut LocConf)) };
         if child.thread_pool_name.data.is_null() {
             child.thread_pool_name = parent.thread_pool_name;
+        }
+        // Like fastcgi_param: a level with wsgi_params of its own inherits none.
+        if child.params.is_empty() {
+            child.params = parent.params.clone();
         }
         if child.request_buffering == -1 {
             child.request_buffering = if parent.request_buffering == -1 {
@@ -316,6 +333,50 @@ pub(crate) unsafe extern "C" fn set_thread_pool(
         }
         // SAFETY: one argument; its bytes live in the cycle's pool.
         lc.thread_pool_name = unsafe { args(cf)[1] };
+        NGX_CONF_OK
+    })
+}
+
+pub(crate) unsafe extern "C" fn set_param(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard("wsgi_param", NGX_CONF_ERROR, || {
+        // SAFETY: `conf` is this module's location configuration; the arguments and the pool are
+        // live during the callback; the compiled value lives in the configuration's pool.
+        unsafe {
+            let lc = &mut *(conf as *mut LocConf);
+            let args = args(cf);
+            let if_not_empty = match args.get(3).map(ngx_bytes) {
+                None => false,
+                Some(b"if_not_empty") => true,
+                Some(other) => {
+                    return conf_error(
+                        cf,
+                        &format!("invalid parameter \"{}\"", String::from_utf8_lossy(other)),
+                    )
+                }
+            };
+            let cv = ngx_pcalloc((*cf).pool, std::mem::size_of::<ngx_http_complex_value_t>())
+                as *mut ngx_http_complex_value_t;
+            if cv.is_null() {
+                return NGX_CONF_ERROR;
+            }
+            let mut value = args[2];
+            let mut ccv: ngx_http_compile_complex_value_t = std::mem::zeroed();
+            ccv.cf = cf;
+            ccv.value = &mut value;
+            ccv.complex_value = cv;
+            if ngx_http_compile_complex_value(&mut ccv) != NGX_OK as ngx_int_t {
+                return NGX_CONF_ERROR;
+            }
+            lc.params.push(Param {
+                name: ngx_bytes(&args[1]).to_vec(),
+                value: cv,
+                if_not_empty,
+            });
+        }
         NGX_CONF_OK
     })
 }

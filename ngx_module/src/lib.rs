@@ -51,7 +51,7 @@ const fn directive(
     }
 }
 
-static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 7] = [
+static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 8] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -93,6 +93,13 @@ static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 7] = [
         nginx_sys::ngx_conf_set_flag_slot,
         LOC_CONF_OFFSET,
         offset_of!(config::LocConf, request_buffering),
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_param"),
+        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | nginx_sys::NGX_CONF_TAKE23,
+        config::set_param,
+        LOC_CONF_OFFSET,
+        0,
     ),
     ngx_command_t::empty(),
 ];

@@ -4,9 +4,10 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use nginx_sys::{
-    ngx_connection_local_sockaddr, ngx_http_core_module, ngx_http_core_srv_conf_t,
-    ngx_http_request_t, ngx_list_part_t, ngx_table_elt_t, NGX_HTTP_VERSION_10, NGX_HTTP_VERSION_11,
-    NGX_HTTP_VERSION_20, NGX_HTTP_VERSION_30, NGX_HTTP_VERSION_9,
+    ngx_connection_local_sockaddr, ngx_http_complex_value, ngx_http_core_module,
+    ngx_http_core_srv_conf_t, ngx_http_request_t, ngx_int_t, ngx_list_part_t, ngx_str_t,
+    ngx_table_elt_t, NGX_HTTP_VERSION_10, NGX_HTTP_VERSION_11, NGX_HTTP_VERSION_20,
+    NGX_HTTP_VERSION_30, NGX_HTTP_VERSION_9, NGX_OK,
 };
 use ngx::http::HttpModuleConfExt;
 use ngx_wsgi::environ::Field;
@@ -84,6 +85,18 @@ pub(crate) unsafe fn collect(
         })
     };
 
+    for param in &lc.params {
+        let mut value = ngx_str_t::empty();
+        // SAFETY: the compiled value belongs to the configuration, live for the request; the
+        // result is allocated from the request's pool.
+        if unsafe { ngx_http_complex_value(r, param.value, &mut value) } != NGX_OK as ngx_int_t {
+            continue;
+        }
+        let value = ngx_bytes(&value);
+        if !(param.if_not_empty && value.is_empty()) {
+            b.param(&param.name, value);
+        }
+    }
     if r.request_body_no_buffering() != 0 {
         // Read as it arrives: the length is the client's (if it sent one).
         return (b.finish(), None);
