@@ -135,3 +135,40 @@ def test_reloads_under_load_lose_no_request(nginx_factory):
     assert requests_done > 100, out
     assert "Non-2xx" not in out and "Socket errors" not in out, out
     assert "exited on signal" not in server.error_log()
+
+
+def test_workers_recycle_after_max_requests_without_losing_requests(nginx_factory):
+    server = nginx_factory(location("/", APPS / "sleepy.py"), workers=2,
+                           http_extra="wsgi_max_requests 300 jitter=100;").start()
+    first = set(server.worker_pids())
+    out = subprocess.run(["wrk", "-t2", "-c8", "-d4s", "-H", "Connection: close", server.url("/fast")],
+                         capture_output=True, text=True, timeout=60).stdout
+    done = int(re.search(r"(\d+) requests in", out).group(1))
+    assert done > 2000, out
+    assert "Non-2xx" not in out and "Socket errors" not in out, out
+    log = server.error_log()
+    assert log.count("(wsgi_max_requests); recycling it") >= 2
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (len(server.worker_pids()) != 2 or first & set(server.worker_pids())):
+        time.sleep(0.1)
+    assert len(server.worker_pids()) == 2 and not first & set(server.worker_pids())
+    assert "exited on signal" not in log
+
+
+def test_worker_recycles_when_it_outgrows_max_rss(nginx_factory):
+    server = nginx_factory(location("/", APPS / "sleepy.py"), http_extra="wsgi_max_rss 48m;").start()
+    first = server.worker_pids()
+    assert requests.get(server.url("/grow")).text == "/grow"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and server.worker_pids() in ([], first):
+        time.sleep(0.1)
+    assert server.worker_pids() and server.worker_pids() != first
+    assert "(wsgi_max_rss 48 MiB); recycling it" in server.error_log()
+    assert requests.get(server.url("/after")).text == "/after"
+
+
+def test_recycling_directives_are_checked(nginx_factory):
+    for bad, message in [("wsgi_max_requests 0;", "above 0"), ("wsgi_max_requests 5 spread=1;", "expected jitter="),
+                         ("wsgi_max_rss lots;", "invalid value")]:
+        result = nginx_factory(location("/", APPS / "sleepy.py"), http_extra=bad).run("-t")
+        assert result.returncode != 0 and message in result.stderr, result.stderr

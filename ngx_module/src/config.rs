@@ -37,10 +37,26 @@ impl AppEntry {
 }
 
 /// `http`-level settings: the interpreter and the apps it imports.
-#[derive(Default)]
 pub(crate) struct MainConf {
     pub python: PythonSettings,
     pub apps: Vec<AppEntry>,
+    /// `wsgi_max_requests N [jitter=M]` (0: no limit).
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
+    /// `wsgi_max_rss SIZE` (NGX_CONF_UNSET_SIZE until set).
+    pub max_rss: usize,
+}
+
+impl Default for MainConf {
+    fn default() -> Self {
+        MainConf {
+            python: PythonSettings::default(),
+            apps: Vec::new(),
+            max_requests: 0,
+            max_requests_jitter: 0,
+            max_rss: usize::MAX,
+        }
+    }
 }
 
 /// Per-location settings.
@@ -376,6 +392,40 @@ pub(crate) unsafe extern "C" fn set_param(
                 value: cv,
                 if_not_empty,
             });
+        }
+        NGX_CONF_OK
+    })
+}
+
+pub(crate) unsafe extern "C" fn set_max_requests(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard("wsgi_max_requests", NGX_CONF_ERROR, || {
+        // SAFETY: `conf` is this module's main configuration; the arguments are live.
+        let (mc, args) = unsafe { (&mut *(conf as *mut MainConf), args(cf)) };
+        if mc.max_requests != 0 {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        let number = |text: &[u8]| std::str::from_utf8(text).ok()?.parse::<u64>().ok();
+        match number(ngx_bytes(&args[1])) {
+            Some(n) if n > 0 => mc.max_requests = n,
+            _ => return conf_error(cf, "wsgi_max_requests needs a number of requests above 0"),
+        }
+        if let Some(jitter) = args.get(2) {
+            match ngx_bytes(jitter).strip_prefix(b"jitter=").and_then(number) {
+                Some(j) => mc.max_requests_jitter = j,
+                None => {
+                    return conf_error(
+                        cf,
+                        &format!(
+                            "invalid parameter \"{}\" (expected jitter=NUMBER)",
+                            String::from_utf8_lossy(ngx_bytes(jitter))
+                        ),
+                    )
+                }
+            }
         }
         NGX_CONF_OK
     })

@@ -181,6 +181,7 @@ unsafe extern "C" fn job_done(ev: *mut ngx_event_t) {
         unsafe {
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
             crate::inflight::finished();
+            crate::recycle::request_done();
             if let Some(body) = &(*job).body_stream {
                 body.finish();
             }

@@ -12,6 +12,7 @@ mod inflight;
 mod lifecycle;
 mod log;
 mod notify;
+mod recycle;
 mod request_body;
 mod request_info;
 mod response;
@@ -51,7 +52,7 @@ const fn directive(
     }
 }
 
-static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 8] = [
+static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 10] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -100,6 +101,20 @@ static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 8] = [
         config::set_param,
         LOC_CONF_OFFSET,
         0,
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_max_requests"),
+        NGX_HTTP_MAIN_CONF | nginx_sys::NGX_CONF_TAKE12,
+        config::set_max_requests,
+        MAIN_CONF_OFFSET,
+        0,
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_max_rss"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        nginx_sys::ngx_conf_set_size_slot,
+        MAIN_CONF_OFFSET,
+        offset_of!(config::MainConf, max_rss),
     ),
     ngx_command_t::empty(),
 ];

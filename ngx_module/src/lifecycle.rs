@@ -44,6 +44,12 @@ pub(crate) unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int
         if mc.apps.is_empty() {
             return NGX_OK as ngx_int_t;
         }
+        let max_rss = if mc.max_rss == usize::MAX {
+            0
+        } else {
+            mc.max_rss
+        };
+        crate::recycle::configure(mc.max_requests, mc.max_requests_jitter, max_rss);
         // SAFETY: once per worker, on the event loop.
         if let Err(e) = unsafe { crate::notify::init(cycle) } {
             cycle_log(NGX_LOG_EMERG as usize, &format!("wsgi: {e}"));

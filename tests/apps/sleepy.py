@@ -1,5 +1,7 @@
-"""/slow sleeps 2 s in Python, /forever an hour; everything else answers at once."""
+"""/slow sleeps 2 s in Python, /forever an hour, /grow keeps 64 MiB; the rest answers at once."""
 import time
+
+_kept = []
 
 
 def application(environ, start_response):
@@ -7,5 +9,7 @@ def application(environ, start_response):
         time.sleep(2)
     if environ["PATH_INFO"] == "/forever":
         time.sleep(3600)
+    if environ["PATH_INFO"] == "/grow":
+        _kept.append(b"x" * (64 << 20))
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [environ["PATH_INFO"].encode()]
