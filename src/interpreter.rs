@@ -94,6 +94,10 @@ pub fn initialize(settings: &PythonSettings) -> Result<(), String> {
 /// Waits for the app's non-daemon threads and finalises the interpreter. Must run on the thread
 /// that called `initialize`, after every other thread has stopped running Python.
 pub fn finalize() -> Result<(), String> {
+    if MAIN_THREAD_STATE.load(Ordering::Acquire).is_null() {
+        return Ok(());
+    }
+    crate::watchdog::wait_idle(std::time::Duration::from_secs(2));
     let tstate = MAIN_THREAD_STATE.swap(ptr::null_mut(), Ordering::AcqRel);
     if tstate.is_null() {
         return Ok(());

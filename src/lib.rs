@@ -18,6 +18,7 @@ pub mod request;
 pub mod response;
 pub mod sink;
 pub mod traceback;
+pub mod watchdog;
 
 pub use app::{AppSpec, Apps};
 pub use body::{Body, Segment};
@@ -27,6 +28,7 @@ pub use interpreter::PythonSettings;
 pub use request::{run_request, Outcome, OutcomeKind};
 pub use response::ResponseHead;
 pub use sink::{ChunkSink, ClientGone};
+pub use watchdog::RequestWatch;
 
 #[cfg(test)]
 pub(crate) mod testing;

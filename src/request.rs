@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::response::{ResponseHead, StartResponse};
 use crate::sink::ChunkSink;
+use crate::watchdog::RequestWatch;
 
 /// How the app's part of a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +64,28 @@ pub fn run_request(
     info: &RequestInfo,
     body: RequestBody,
     sink: Option<Arc<dyn ChunkSink>>,
+    watch: Option<&RequestWatch>,
 ) -> Outcome {
-    crate::interpreter::attach(|py| run_attached(py, app.bind(py), info, body, sink))
+    crate::interpreter::attach(|py| {
+        let _inside = match watch {
+            Some(w) if !w.enter(py) => return Outcome::failed(),
+            Some(w) => Some(Inside { py, watch: w }),
+            None => None,
+        };
+        run_attached(py, app.bind(py), info, body, sink)
+    })
+}
+
+/// Keeps the request marked as inside Python for its watch until dropped (with the GIL held).
+struct Inside<'a, 'py> {
+    py: Python<'py>,
+    watch: &'a RequestWatch,
+}
+
+impl Drop for Inside<'_, '_> {
+    fn drop(&mut self) {
+        self.watch.leave(self.py);
+    }
 }
 
 fn log_failure(py: Python<'_>, info: &RequestInfo, what: &str, err: &PyErr) {
@@ -315,6 +336,7 @@ mod tests {
             &request(),
             RequestBody::Buffered(Body::empty()),
             None,
+            None,
         )
     }
 
@@ -436,6 +458,7 @@ mod tests {
             &request(),
             RequestBody::Buffered(Body::empty()),
             Some(sink),
+            None,
         )
     }
 
@@ -495,6 +518,7 @@ mod tests {
             &request(),
             RequestBody::Buffered(Body::empty()),
             Some(sink.clone()),
+            None,
         );
         assert_eq!(out.kind, OutcomeKind::ClientGone);
         assert_eq!(sink.pieces.lock().unwrap().len(), 2);

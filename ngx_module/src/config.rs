@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_core_conf_t, ngx_core_module, ngx_flag_t,
     ngx_http_compile_complex_value, ngx_http_compile_complex_value_t, ngx_http_complex_value_t,
-    ngx_http_core_loc_conf_t, ngx_http_core_module, ngx_int_t, ngx_pcalloc, ngx_process, ngx_str_t,
-    ngx_thread_pool_add, ngx_thread_pool_t, NGX_ERROR, NGX_LOG_EMERG, NGX_OK,
-    NGX_PROCESS_SIGNALLER,
+    ngx_http_core_loc_conf_t, ngx_http_core_module, ngx_int_t, ngx_msec_t, ngx_pcalloc,
+    ngx_process, ngx_str_t, ngx_thread_pool_add, ngx_thread_pool_t, NGX_ERROR, NGX_LOG_EMERG,
+    NGX_OK, NGX_PROCESS_SIGNALLER,
 };
 use ngx::core::{Pool, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::HttpModuleConfExt;
@@ -77,6 +77,8 @@ pub(crate) struct LocConf {
     pub request_buffering: ngx_flag_t,
     /// `wsgi_param`s of this level (or, when it has none, inherited from the enclosing one).
     pub params: Vec<Param>,
+    /// `wsgi_read_timeout` in ms (0: none; NGX_CONF_UNSET_MSEC until merged).
+    pub read_timeout: ngx_msec_t,
 }
 
 /// One `wsgi_param NAME VALUE [if_not_empty]`.
@@ -103,6 +105,7 @@ impl Default for LocConf {
             // NGX_CONF_UNSET, as ngx_conf_set_flag_slot expects.
             request_buffering: -1,
             params: Vec::new(),
+            read_timeout: ngx_msec_t::MAX,
         }
     }
 }
@@ -145,6 +148,13 @@ pub(crate) unsafe extern "C" fn merge_loc_conf(
         // Like fastcgi_param: a level with wsgi_params of its own inherits none.
         if child.params.is_empty() {
             child.params = parent.params.clone();
+        }
+        if child.read_timeout == ngx_msec_t::MAX {
+            child.read_timeout = if parent.read_timeout == ngx_msec_t::MAX {
+                0
+            } else {
+                parent.read_timeout
+            };
         }
         if child.request_buffering == -1 {
             child.request_buffering = if parent.request_buffering == -1 {

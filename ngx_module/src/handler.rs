@@ -5,12 +5,12 @@ use std::ffi::c_void;
 
 use nginx_sys::{
     ngx_event_t, ngx_http_finalize_request, ngx_http_read_client_request_body, ngx_http_request_t,
-    ngx_http_run_posted_requests, ngx_int_t, ngx_log_t, ngx_pool_cleanup_add,
+    ngx_http_run_posted_requests, ngx_int_t, ngx_log_t, ngx_msec_t, ngx_pool_cleanup_add,
     ngx_thread_task_alloc, ngx_thread_task_post, NGX_DONE, NGX_HTTP_INTERNAL_SERVER_ERROR,
     NGX_HTTP_SERVICE_UNAVAILABLE, NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
 };
 use ngx::http::HttpModuleConfExt;
-use ngx_wsgi::{run_request, Apps, Body, Outcome, RequestBody, RequestInfo};
+use ngx_wsgi::{run_request, Apps, Body, Outcome, RequestBody, RequestInfo, RequestWatch};
 use pyo3::Py;
 use pyo3::PyAny;
 
@@ -25,14 +25,21 @@ use crate::stream::Stream;
 /// One request's trip through the thread pool. Owned by the request's pool (freed by its
 /// cleanup), touched by the pool thread only while the request is blocked on it.
 pub(crate) struct Job {
-    request: *mut ngx_http_request_t,
+    pub(crate) request: *mut ngx_http_request_t,
     app: &'static Py<PyAny>,
-    info: RequestInfo,
+    pub(crate) info: RequestInfo,
     body: Option<RequestBody>,
     /// Where a streamed response goes while the app runs.
     pub(crate) stream: Arc<Stream>,
     /// The request body, when it is read as it arrives.
     pub(crate) body_stream: Option<Arc<BodyStream>>,
+    /// Finds the Python thread of this request, to interrupt it at its deadline.
+    pub(crate) watch: Arc<RequestWatch>,
+    /// `wsgi_read_timeout` of the location (0: none), and its timer.
+    pub(crate) read_timeout: ngx_msec_t,
+    pub(crate) deadline: ngx_event_t,
+    /// Set when the deadline passed: how the 504 that went out in its place ended.
+    pub(crate) timed_out: Option<ngx_int_t>,
     pub(crate) outcome: Option<Outcome>,
 }
 
@@ -108,6 +115,11 @@ unsafe fn post_job(r: *mut ngx_http_request_t) -> Result<(), u32> {
         body: Some(body),
         stream: Stream::new(r, lc.stream_buffer),
         body_stream,
+        watch: Arc::new(RequestWatch::default()),
+        read_timeout: lc.read_timeout,
+        // SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
+        deadline: unsafe { std::mem::zeroed() },
+        timed_out: None,
         outcome: None,
     }));
     // SAFETY: the request pool is live; the cleanup frees the job when the request is destroyed,
@@ -138,6 +150,7 @@ unsafe fn post_job(r: *mut ngx_http_request_t) -> Result<(), u32> {
             return Err(NGX_HTTP_SERVICE_UNAVAILABLE);
         }
         crate::inflight::started();
+        crate::timeout::arm(job, lc.read_timeout);
     }
     Ok(())
 }
@@ -161,7 +174,13 @@ unsafe extern "C" fn run_job(data: *mut c_void, _log: *mut ngx_log_t) {
             .unwrap_or(RequestBody::Buffered(Body::empty()));
         let (app, info, sink) = ((*job).app, &(*job).info, (*job).stream.clone());
         let outcome = guard("running the app", None, || {
-            Some(run_request(app, info, body, Some(sink)))
+            Some(run_request(
+                app,
+                info,
+                body,
+                Some(sink),
+                Some(&(*job).watch),
+            ))
         });
         (*job).outcome = outcome;
     }
@@ -182,6 +201,7 @@ unsafe extern "C" fn job_done(ev: *mut ngx_event_t) {
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
             crate::inflight::finished();
             crate::recycle::request_done();
+            crate::timeout::disarm(job);
             if let Some(body) = &(*job).body_stream {
                 body.finish();
             }

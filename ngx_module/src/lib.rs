@@ -17,6 +17,7 @@ mod request_body;
 mod request_info;
 mod response;
 mod stream;
+mod timeout;
 
 use std::ffi::{c_char, c_void};
 use std::mem::offset_of;
@@ -52,7 +53,7 @@ const fn directive(
     }
 }
 
-static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 10] = [
+static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 11] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -115,6 +116,13 @@ static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 10] = [
         nginx_sys::ngx_conf_set_size_slot,
         MAIN_CONF_OFFSET,
         offset_of!(config::MainConf, max_rss),
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_read_timeout"),
+        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+        nginx_sys::ngx_conf_set_msec_slot,
+        LOC_CONF_OFFSET,
+        offset_of!(config::LocConf, read_timeout),
     ),
     ngx_command_t::empty(),
 ];

@@ -23,6 +23,11 @@ pub(crate) unsafe fn send(r: *mut ngx_http_request_t, job: &Job) {
     // SAFETY: per the function contract.
     unsafe {
         let (streamed, cancelled, failed) = job.stream.finish(r);
+        if let Some(rc) = job.timed_out {
+            // A 504 went out at the deadline; the app's late answer is dropped.
+            ngx_http_finalize_request(r, rc);
+            return;
+        }
         if (*(*r).connection).error() != 0 {
             ngx_http_finalize_request(r, NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t);
             return;
@@ -227,7 +232,7 @@ pub(crate) unsafe fn send_head(
 }
 
 /// One buffer over the body bytes (owned by the job, which the request's pool frees last).
-unsafe fn body_chain(
+pub(crate) unsafe fn body_chain(
     r: *mut ngx_http_request_t,
     body: &[u8],
     last: bool,

@@ -224,6 +224,47 @@ impl Stream {
         self.room.notify_all();
     }
 
+    /// The request's deadline passed while its app runs: answers 504 in its place (or, when the
+    /// response has started, cuts it) and stops the app's output. Returns how to finalize.
+    ///
+    /// # Safety
+    /// Event-loop thread; `r` is live.
+    pub(crate) unsafe fn time_out(&self, r: *mut ngx_http_request_t) -> ngx_int_t {
+        const BODY: &[u8] =
+            b"<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n\
+            <center><h1>504 Gateway Time-out</h1></center>\r\n</body>\r\n</html>\r\n";
+        let mut st = self.lock();
+        if st.head_sent {
+            self.cancel(&mut st, true);
+            return NGX_ERROR as ngx_int_t;
+        }
+        st.head_sent = true;
+        st.head = None;
+        st.pending.clear();
+        st.unsent = 0;
+        self.cancel(&mut st, false);
+        drop(st);
+        let head = ResponseHead {
+            status: 504,
+            status_line: b"504 Gateway Time-out".to_vec(),
+            headers: vec![(b"Content-Type".to_vec(), b"text/html".to_vec())],
+            content_length: Some(BODY.len() as u64),
+        };
+        // SAFETY: per the function contract; the body is static.
+        unsafe {
+            // The app's thread may still be busy: this connection takes no further request.
+            (*r).set_keepalive(0);
+            let rc = crate::response::send_head(r, &head, head.content_length);
+            if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
+                return rc;
+            }
+            match crate::response::body_chain(r, BODY, true) {
+                Some(out) => ngx_http_output_filter(r, out),
+                None => NGX_ERROR as ngx_int_t,
+            }
+        }
+    }
+
     /// The task is done: takes the request back for the completion handler, sending what is
     /// still waiting. Returns `(head_sent, cancelled, failed)`.
     ///

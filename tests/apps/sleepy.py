@@ -1,4 +1,5 @@
-"""/slow sleeps 2 s in Python, /forever an hour, /grow keeps 64 MiB; the rest answers at once."""
+"""/slow sleeps 2 s in Python, /forever an hour, /spin loops forever, /grow keeps 64 MiB; the rest
+answers at once."""
 import time
 
 _kept = []
@@ -9,6 +10,10 @@ def application(environ, start_response):
         time.sleep(2)
     if environ["PATH_INFO"] == "/forever":
         time.sleep(3600)
+    if environ["PATH_INFO"] == "/spin":
+        n = 0
+        while True:
+            n += 1
     if environ["PATH_INFO"] == "/grow":
         _kept.append(b"x" * (64 << 20))
     start_response("200 OK", [("Content-Type", "text/plain")])
