@@ -163,11 +163,15 @@ impl Apps {
     /// the error.
     pub fn load_all(specs: &[AppSpec]) -> Result<(), (usize, String)> {
         let apps = crate::interpreter::attach(|py| {
-            specs
+            let apps = specs
                 .iter()
                 .enumerate()
                 .map(|(i, spec)| spec.load(py).map_err(|e| (i, e)))
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Err(e) = crate::logging_bridge::install_if_unconfigured(py) {
+                tracing::warn!(target: "wsgi", "cannot route Python logging to the server's log: {e}");
+            }
+            Ok(apps)
         })?;
         LOADED
             .set(apps)

@@ -45,6 +45,8 @@ pub struct RequestInfo {
     headers: Vec<(Span, Span)>,
     /// Extra environ entries (`wsgi_param`).
     params: Vec<(Span, Span)>,
+    /// The server's id of the request, for log lines (not part of the environ).
+    request_id: Span,
     https: bool,
 }
 
@@ -73,6 +75,11 @@ impl RequestInfo {
         self.headers
             .iter()
             .map(|&(k, v)| (self.bytes(k), self.bytes(v)))
+    }
+
+    /// The server's id of this request (for log lines).
+    pub fn request_id(&self) -> &[u8] {
+        self.bytes(self.request_id)
     }
 
     /// Whether the connection is TLS.
@@ -202,6 +209,12 @@ impl RequestInfoBuilder {
     /// Sets one CGI field.
     pub fn set(&mut self, field: Field, value: &[u8]) -> &mut Self {
         self.info.fields[field as usize] = self.push(value);
+        self
+    }
+
+    /// Sets the server's id of the request, shown in its log lines.
+    pub fn request_id(&mut self, id: &[u8]) -> &mut Self {
+        self.info.request_id = self.push(id);
         self
     }
 

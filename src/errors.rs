@@ -23,8 +23,9 @@ fn emit_lines(text: &str) {
     PENDING.with_borrow_mut(|pending| {
         pending.push_str(text);
         if let Some(end) = pending.rfind('\n') {
+            let suffix = crate::logging_bridge::request_suffix();
             for line in pending[..end].split('\n') {
-                tracing::error!(target: "wsgi.errors", "{line}");
+                tracing::error!(target: "wsgi.errors", "{line}{suffix}");
             }
             pending.drain(..=end);
         }
@@ -35,7 +36,8 @@ fn emit_lines(text: &str) {
 pub fn flush_thread() {
     PENDING.with_borrow_mut(|pending| {
         if !pending.is_empty() {
-            tracing::error!(target: "wsgi.errors", "{}", pending.as_str());
+            let suffix = crate::logging_bridge::request_suffix();
+            tracing::error!(target: "wsgi.errors", "{}{suffix}", pending.as_str());
             pending.clear();
         }
     });

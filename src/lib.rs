@@ -14,6 +14,7 @@ pub mod file_wrapper;
 pub mod input;
 pub mod interpreter;
 pub mod log_text;
+pub mod logging_bridge;
 pub mod request;
 pub mod response;
 pub mod sink;

@@ -72,7 +72,9 @@ pub fn run_request(
             Some(w) => Some(Inside { py, watch: w }),
             None => None,
         };
-        run_attached(py, app.bind(py), info, body, sink)
+        crate::logging_bridge::with_request(info.request_id(), || {
+            run_attached(py, app.bind(py), info, body, sink)
+        })
     })
 }
 
@@ -96,9 +98,10 @@ fn log_failure(py: Python<'_>, info: &RequestInfo, what: &str, err: &PyErr) {
 fn log_error(info: &RequestInfo, what: &str, detail: &str) {
     tracing::error!(
         target: "wsgi",
-        "{what} while serving \"{}\", client: {}\n{detail}",
+        "{what} while serving \"{}\", client: {}{}\n{detail}",
         info.request_line().escape_debug(),
         String::from_utf8_lossy(info.field(Field::RemoteAddr)),
+        crate::logging_bridge::request_suffix(),
     );
 }
 

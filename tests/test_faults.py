@@ -35,7 +35,7 @@ FAIL_WITH_500 = {
     "informational_status": "cannot be informational",
 }
 NAMES = list(FAIL_WITH_500) + ["ok", "generator_raises_midway", "close_raises", "errors_stream",
-                               "errors_unfinished_line"]
+                               "errors_unfinished_line", "deep_traceback", "python_logging"]
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +100,23 @@ def test_worker_never_restarted_by_faults(server):
     assert server.worker_pids() == workers
     assert "exited on signal" not in server.error_log()
     assert requests.get(server.url("/ok")).status_code == 200
+
+
+def test_a_long_traceback_is_one_log_entry_with_the_request_id(server):
+    r = requests.get(server.url("/deep_traceback"))
+    assert r.status_code == 500
+    log = server.error_log()
+    start = log.index('while serving "GET /deep_traceback HTTP/1.1"')
+    entry = log[log.rindex("\n", 0, start) + 1:]
+    entry = entry[:entry.index("RuntimeError: wrapped 20 times")]
+    assert "ValueError: at the bottom of a long stack" in entry
+    assert len(entry) > 4000, "the traceback is longer than an nginx entry"
+    assert entry.count(" [error] ") == 1, "one entry, not split"
+    assert re.search(r"client: 127\.0\.0\.1, request_id: [0-9a-f]{32}\n", entry)
+
+
+def test_python_logging_reaches_the_error_log(server):
+    assert requests.get(server.url("/python_logging")).text == "logged"
+    log = server.error_log()
+    assert re.search(r"\[warn\] .*python: myapp\.views: disk almost full: 93%, request_id: [0-9a-f]{32}", log)
+    assert "not shown" not in log

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_core_conf_t, ngx_core_module, ngx_flag_t,
     ngx_http_compile_complex_value, ngx_http_compile_complex_value_t, ngx_http_complex_value_t,
-    ngx_http_core_loc_conf_t, ngx_http_core_module, ngx_int_t, ngx_msec_t, ngx_pcalloc,
-    ngx_process, ngx_str_t, ngx_thread_pool_add, ngx_thread_pool_t, NGX_ERROR, NGX_LOG_EMERG,
-    NGX_OK, NGX_PROCESS_SIGNALLER,
+    ngx_http_core_loc_conf_t, ngx_http_core_module, ngx_http_get_variable_index, ngx_int_t,
+    ngx_msec_t, ngx_pcalloc, ngx_process, ngx_str_t, ngx_thread_pool_add, ngx_thread_pool_t,
+    ngx_uint_t, NGX_ERROR, NGX_LOG_EMERG, NGX_OK, NGX_PROCESS_SIGNALLER,
 };
 use ngx::core::{Pool, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::HttpModuleConfExt;
@@ -45,6 +45,8 @@ pub(crate) struct MainConf {
     pub max_requests_jitter: u64,
     /// `wsgi_max_rss SIZE` (NGX_CONF_UNSET_SIZE until set).
     pub max_rss: usize,
+    /// Index of nginx's `$request_id`, shown in the log lines of each request.
+    pub request_id_var: Option<ngx_uint_t>,
 }
 
 impl Default for MainConf {
@@ -55,6 +57,7 @@ impl Default for MainConf {
             max_requests: 0,
             max_requests_jitter: 0,
             max_rss: usize::MAX,
+            request_id_var: None,
         }
     }
 }
@@ -275,6 +278,15 @@ pub(crate) unsafe extern "C" fn set_app(
             }
         };
         lc.app = Some(index);
+        if mc.request_id_var.is_none() {
+            let mut name = ngx::ngx_string!("request_id");
+            // SAFETY: `cf` is live; nginx copies the name it registers.
+            let index = unsafe { ngx_http_get_variable_index(cf, &mut name) };
+            if index == NGX_ERROR as ngx_int_t {
+                return NGX_CONF_ERROR;
+            }
+            mc.request_id_var = Some(index as ngx_uint_t);
+        }
         // SAFETY: inside a location block its core configuration exists.
         let clcf = unsafe { core_loc_conf(cf) };
         clcf.handler = Some(crate::handler::content_handler);

@@ -16,7 +16,7 @@ use pyo3::PyAny;
 
 use std::sync::Arc;
 
-use crate::config::LocConf;
+use crate::config::{LocConf, MainConf};
 use crate::ffi_guard::guard;
 use crate::module;
 use crate::request_body::BodyStream;
@@ -95,7 +95,13 @@ unsafe fn post_job(r: *mut ngx_http_request_t) -> Result<(), u32> {
         NGX_HTTP_INTERNAL_SERVER_ERROR
     })?;
     // SAFETY: `r` is live on the event loop thread.
-    let (info, body) = unsafe { crate::request_info::collect(r, lc) };
+    // SAFETY: `r` is live; every request has the http main configurations.
+    let request_id_var = unsafe {
+        (*r).http_main_conf_unchecked::<MainConf>(module())
+            .and_then(|m| m.as_ref().request_id_var)
+    };
+    // SAFETY: `r` is live on the event loop thread.
+    let (info, body) = unsafe { crate::request_info::collect(r, lc, request_id_var) };
     let (body, body_stream) = match body {
         Some(body) => (RequestBody::Buffered(body), None),
         None => {

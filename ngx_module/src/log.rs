@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 
 use nginx_sys::{
-    ngx_cycle, ngx_log_t, ngx_uint_t, NGX_LOG_DEBUG, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
+    ngx_cached_err_log_time, ngx_cycle, ngx_log_t, ngx_uint_t, NGX_LOG_DEBUG, NGX_LOG_ERR,
+    NGX_LOG_INFO, NGX_LOG_WARN,
 };
 use tracing_core::field::{Field, Visit};
 use tracing_core::span::{Attributes, Id, Record};
@@ -27,17 +28,62 @@ pub(crate) fn cycle_log(level: usize, msg: &str) {
     write_log(level, log, msg);
 }
 
-/// Writes `msg` to `log` at `level`, split into entries nginx will not truncate.
+/// Writes `msg` to `log` at `level` as one entry. nginx cuts an entry at 2048 bytes, so a longer
+/// one (a traceback) is written the way nginx writes entries, straight to each log file; only
+/// logs with a writer of their own (syslog, memory) get it in several entries.
 pub(crate) fn write_log(level: usize, log: *mut ngx_log_t, msg: &str) {
     // SAFETY: callers pass a live nginx log.
     if log.is_null() || level > unsafe { (*log).log_level } {
         return;
     }
-    for piece in ngx_wsgi::log_text::split_entries(msg, ENTRY_MAX) {
-        // SAFETY: `log` is live; the "%*s" format reads exactly `piece.len()` bytes.
-        unsafe { ngx::log::log_error(level as ngx_uint_t, log, 0, piece.as_bytes()) };
+    let msg = msg.trim_end();
+    // SAFETY: the log chain is live; nginx sorts it by level, most verbose first.
+    let has_writer = unsafe {
+        let mut l = log;
+        let mut found = false;
+        while !l.is_null() {
+            found |= (*l).writer.is_some() || (*l).file.is_null();
+            l = (*l).next;
+        }
+        found
+    };
+    if msg.len() <= ENTRY_MAX || has_writer {
+        for piece in ngx_wsgi::log_text::split_entries(msg, ENTRY_MAX) {
+            // SAFETY: `log` is live; the "%*s" format reads exactly `piece.len()` bytes.
+            unsafe { ngx::log::log_error(level as ngx_uint_t, log, 0, piece.as_bytes()) };
+        }
+        return;
+    }
+    // SAFETY: nginx's cached time string is always valid; the log files are open.
+    unsafe {
+        let time = ngx_cached_err_log_time;
+        let time = String::from_utf8_lossy(crate::ngx_bytes(&time)).into_owned();
+        let entry = format!(
+            "{time} [{}] {}#{}: {msg}\n",
+            LEVELS.get(level).copied().unwrap_or("error"),
+            libc::getpid(),
+            libc::gettid()
+        );
+        let mut l = log;
+        while !l.is_null() && level <= (*l).log_level {
+            let fd = (*(*l).file).fd;
+            let mut rest = entry.as_bytes();
+            while !rest.is_empty() {
+                let n = libc::write(fd, rest.as_ptr().cast(), rest.len());
+                if n <= 0 {
+                    break;
+                }
+                rest = &rest[n as usize..];
+            }
+            l = (*l).next;
+        }
     }
 }
+
+/// nginx's names of the log levels, by number.
+const LEVELS: [&str; 9] = [
+    "", "emerg", "alert", "crit", "error", "warn", "notice", "info", "debug",
+];
 
 fn ngx_level(level: &Level) -> usize {
     (match *level {

@@ -5,9 +5,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use nginx_sys::{
     ngx_connection_local_sockaddr, ngx_http_complex_value, ngx_http_core_module,
-    ngx_http_core_srv_conf_t, ngx_http_request_t, ngx_int_t, ngx_list_part_t, ngx_str_t,
-    ngx_table_elt_t, NGX_HTTP_VERSION_10, NGX_HTTP_VERSION_11, NGX_HTTP_VERSION_20,
-    NGX_HTTP_VERSION_30, NGX_HTTP_VERSION_9, NGX_OK,
+    ngx_http_core_srv_conf_t, ngx_http_get_indexed_variable, ngx_http_request_t, ngx_int_t,
+    ngx_list_part_t, ngx_str_t, ngx_table_elt_t, ngx_uint_t, NGX_HTTP_VERSION_10,
+    NGX_HTTP_VERSION_11, NGX_HTTP_VERSION_20, NGX_HTTP_VERSION_30, NGX_HTTP_VERSION_9, NGX_OK,
 };
 use ngx::http::HttpModuleConfExt;
 use ngx_wsgi::environ::Field;
@@ -24,6 +24,7 @@ use crate::ngx_bytes;
 pub(crate) unsafe fn collect(
     r: *mut ngx_http_request_t,
     lc: &LocConf,
+    request_id_var: Option<ngx_uint_t>,
 ) -> (RequestInfo, Option<Body>) {
     // SAFETY: per the function contract.
     let r = unsafe { &mut *r };
@@ -77,6 +78,15 @@ pub(crate) unsafe fn collect(
         b.set(Field::ServerName, server_name);
     }
     b.https(!c.ssl.is_null());
+    if let Some(index) = request_id_var {
+        // SAFETY: the index was registered at configuration; the value lives in the request.
+        unsafe {
+            let v = ngx_http_get_indexed_variable(r, index);
+            if !v.is_null() && (*v).valid() != 0 && !(*v).data.is_null() {
+                b.request_id(std::slice::from_raw_parts((*v).data, (*v).len() as usize));
+            }
+        }
+    }
 
     // SAFETY: the request's header list is live and not modified while we read it.
     unsafe {

@@ -151,3 +151,22 @@ def recursion(environ, start_response):
 def informational_status(environ, start_response):
     start_response("100 Continue", [])
     return [b"x"]
+
+
+def deep_traceback(environ, start_response):
+    def fail(n):
+        try:
+            if n == 0:
+                raise ValueError("at the bottom of a long stack")
+            fail(n - 1)
+        except Exception as e:
+            raise RuntimeError(f"wrapped {n} times " + "." * 100) from e
+    fail(20)
+
+
+def python_logging(environ, start_response):
+    import logging
+    logging.getLogger("myapp.views").warning("disk almost full: %d%%", 93)
+    logging.getLogger("myapp.views").info("not shown: the root level is WARNING")
+    start_response("200 OK", [])
+    return [b"logged"]

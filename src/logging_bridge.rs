@@ -1,0 +1,77 @@
+//! Python's own logging, and the request a log line belongs to.
+//!
+//! When the apps configure no handler on the root logger, records of Python's `logging` go to
+//! the server's error log (through `tracing`, target `python`) with their level. Lines written
+//! while a request runs carry its id (the server's, e.g. nginx's `$request_id`).
+
+use std::cell::RefCell;
+
+use pyo3::prelude::*;
+
+thread_local! {
+    static CURRENT_REQUEST: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Runs `f` with `id` as the calling thread's current request.
+pub(crate) fn with_request<R>(id: &[u8], f: impl FnOnce() -> R) -> R {
+    CURRENT_REQUEST.with_borrow_mut(|cur| {
+        cur.clear();
+        cur.push_str(&String::from_utf8_lossy(id));
+    });
+    let result = f();
+    CURRENT_REQUEST.with_borrow_mut(String::clear);
+    result
+}
+
+/// `, request_id: ID` for the calling thread's request (empty outside one).
+pub(crate) fn request_suffix() -> String {
+    CURRENT_REQUEST.with_borrow(|id| {
+        if id.is_empty() {
+            String::new()
+        } else {
+            format!(", request_id: {id}")
+        }
+    })
+}
+
+#[pyfunction]
+fn emit(level: i32, name: &str, message: &str) {
+    let suffix = request_suffix();
+    match level {
+        l if l >= 40 => tracing::error!(target: "python", "{name}: {message}{suffix}"),
+        l if l >= 30 => tracing::warn!(target: "python", "{name}: {message}{suffix}"),
+        l if l >= 20 => tracing::info!(target: "python", "{name}: {message}{suffix}"),
+        _ => tracing::debug!(target: "python", "{name}: {message}{suffix}"),
+    }
+}
+
+const HANDLER: &std::ffi::CStr = c"
+import logging
+
+class ServerLogHandler(logging.Handler):
+    '''Sends records to the web server's error log.'''
+
+    def __init__(self, emit):
+        super().__init__()
+        self._emit = emit
+
+    def emit(self, record):
+        try:
+            self._emit(record.levelno, record.name, self.format(record))
+        except Exception:
+            self.handleError(record)
+";
+
+/// Gives the root logger a handler to the server's log when nobody configured one.
+pub fn install_if_unconfigured(py: Python<'_>) -> PyResult<bool> {
+    let root = py.import("logging")?.getattr("root")?;
+    if !root.getattr("handlers")?.is_empty()? {
+        return Ok(false);
+    }
+    let module = PyModule::from_code(py, HANDLER, c"ngx_wsgi_logging.py", c"ngx_wsgi_logging")?;
+    let handler = module
+        .getattr("ServerLogHandler")?
+        .call1((wrap_pyfunction!(emit, &module)?,))?;
+    root.call_method1("addHandler", (handler,))?;
+    Ok(true)
+}
