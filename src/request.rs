@@ -7,6 +7,7 @@ use crate::environ::{Field, RequestInfo};
 use crate::file_wrapper::FileRange;
 use crate::input::{Input, RequestBody};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::response::{ResponseHead, StartResponse};
 use crate::sink::ChunkSink;
@@ -40,6 +41,8 @@ pub struct Outcome {
     pub length_known: bool,
     /// The body is this range of a file (`wsgi.file_wrapper`), to be sent by the server.
     pub file: Option<FileRange>,
+    /// How long the request's thread waited for the GIL before the app could start.
+    pub gil_wait: Duration,
 }
 
 impl Outcome {
@@ -51,6 +54,7 @@ impl Outcome {
             streamed: false,
             length_known: false,
             file: None,
+            gil_wait: Duration::ZERO,
         }
     }
 }
@@ -66,15 +70,19 @@ pub fn run_request(
     sink: Option<Arc<dyn ChunkSink>>,
     watch: Option<&RequestWatch>,
 ) -> Outcome {
+    let asked = Instant::now();
     crate::interpreter::attach(|py| {
+        let gil_wait = asked.elapsed();
         let _inside = match watch {
             Some(w) if !w.enter(py) => return Outcome::failed(),
             Some(w) => Some(Inside { py, watch: w }),
             None => None,
         };
-        crate::logging_bridge::with_request(info.request_id(), || {
+        let mut outcome = crate::logging_bridge::with_request(info.request_id(), || {
             run_attached(py, app.bind(py), info, body, sink)
-        })
+        });
+        outcome.gil_wait = gil_wait;
+        outcome
     })
 }
 
@@ -171,6 +179,7 @@ fn run_attached(
             streamed,
             length_known: false,
             file: None,
+            gil_wait: Duration::ZERO,
         };
     }
     let error = match (result, iterated) {
@@ -191,6 +200,7 @@ fn run_attached(
             streamed,
             length_known: false,
             file: None,
+            gil_wait: Duration::ZERO,
         };
     }
     let Some(head) = head else {
@@ -228,6 +238,7 @@ fn run_attached(
         streamed,
         length_known,
         file,
+        gil_wait: Duration::ZERO,
     }
 }
 

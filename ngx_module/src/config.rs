@@ -47,6 +47,8 @@ pub(crate) struct MainConf {
     pub max_rss: usize,
     /// Index of nginx's `$request_id`, shown in the log lines of each request.
     pub request_id_var: Option<ngx_uint_t>,
+    /// The `wsgi_status` shared memory zone, when some location has `wsgi_status`.
+    pub status_zone: *mut nginx_sys::ngx_shm_zone_t,
 }
 
 impl Default for MainConf {
@@ -58,6 +60,7 @@ impl Default for MainConf {
             max_requests_jitter: 0,
             max_rss: usize::MAX,
             request_id_var: None,
+            status_zone: std::ptr::null_mut(),
         }
     }
 }

@@ -10,11 +10,14 @@ use nginx_sys::{
     NGX_HTTP_SERVICE_UNAVAILABLE, NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
 };
 use ngx::http::HttpModuleConfExt;
-use ngx_wsgi::{run_request, Apps, Body, Outcome, RequestBody, RequestInfo, RequestWatch};
+use ngx_wsgi::{
+    run_request, Apps, Body, Outcome, OutcomeKind, RequestBody, RequestInfo, RequestWatch,
+};
 use pyo3::Py;
 use pyo3::PyAny;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::config::{LocConf, MainConf};
 use crate::ffi_guard::guard;
@@ -40,6 +43,8 @@ pub(crate) struct Job {
     pub(crate) deadline: ngx_event_t,
     /// Set when the deadline passed: how the 504 that went out in its place ended.
     pub(crate) timed_out: Option<ngx_int_t>,
+    /// When the request was handed to the pool.
+    posted_at: Instant,
     pub(crate) outcome: Option<Outcome>,
 }
 
@@ -126,6 +131,7 @@ unsafe fn post_job(r: *mut ngx_http_request_t) -> Result<(), u32> {
         // SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
         deadline: unsafe { std::mem::zeroed() },
         timed_out: None,
+        posted_at: Instant::now(),
         outcome: None,
     }));
     // SAFETY: the request pool is live; the cleanup frees the job when the request is destroyed,
@@ -156,6 +162,7 @@ unsafe fn post_job(r: *mut ngx_http_request_t) -> Result<(), u32> {
             return Err(NGX_HTTP_SERVICE_UNAVAILABLE);
         }
         crate::inflight::started();
+        crate::metrics::posted();
         crate::timeout::arm(job, lc.read_timeout);
     }
     Ok(())
@@ -179,6 +186,7 @@ unsafe extern "C" fn run_job(data: *mut c_void, _log: *mut ngx_log_t) {
             .take()
             .unwrap_or(RequestBody::Buffered(Body::empty()));
         let (app, info, sink) = ((*job).app, &(*job).info, (*job).stream.clone());
+        crate::metrics::thread_started();
         let outcome = guard("running the app", None, || {
             Some(run_request(
                 app,
@@ -188,8 +196,27 @@ unsafe extern "C" fn run_job(data: *mut c_void, _log: *mut ngx_log_t) {
                 Some(&(*job).watch),
             ))
         });
+        crate::metrics::thread_finished(outcome.as_ref().map_or(Duration::ZERO, |o| o.gil_wait));
         (*job).outcome = outcome;
     }
+}
+
+fn count_finished(job: &Job) {
+    let (status, client_gone) = match (&job.timed_out, &job.outcome) {
+        (Some(_), _) => (504, false),
+        (None, None) => (500, false),
+        (None, Some(o)) => match o.kind {
+            OutcomeKind::Failed => (500, false),
+            OutcomeKind::ClientGone => (499, true),
+            _ => (crate::metrics::status_of(o.head.as_ref(), 500), false),
+        },
+    };
+    crate::metrics::finished(
+        status,
+        job.posted_at.elapsed(),
+        job.timed_out.is_some(),
+        client_gone,
+    );
 }
 
 /// Back on the event loop once the pool thread is done.
@@ -208,6 +235,7 @@ unsafe extern "C" fn job_done(ev: *mut ngx_event_t) {
             crate::inflight::finished();
             crate::recycle::request_done();
             crate::timeout::disarm(job);
+            count_finished(&*job);
             if let Some(body) = &(*job).body_stream {
                 body.finish();
             }

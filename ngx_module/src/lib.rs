@@ -11,6 +11,7 @@ mod handler;
 mod inflight;
 mod lifecycle;
 mod log;
+mod metrics;
 mod notify;
 mod recycle;
 mod request_body;
@@ -53,7 +54,7 @@ const fn directive(
     }
 }
 
-static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 11] = [
+static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 12] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -123,6 +124,13 @@ static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 11] = [
         nginx_sys::ngx_conf_set_msec_slot,
         LOC_CONF_OFFSET,
         offset_of!(config::LocConf, read_timeout),
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_status"),
+        NGX_HTTP_LOC_CONF | nginx_sys::NGX_CONF_NOARGS,
+        metrics::set_status,
+        LOC_CONF_OFFSET,
+        0,
     ),
     ngx_command_t::empty(),
 ];

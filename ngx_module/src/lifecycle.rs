@@ -41,6 +41,7 @@ pub(crate) unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int
         let Some(mc) = (unsafe { main_conf(cycle) }) else {
             return NGX_OK as ngx_int_t;
         };
+        crate::metrics::attach(mc.status_zone);
         if mc.apps.is_empty() {
             return NGX_OK as ngx_int_t;
         }

@@ -74,6 +74,7 @@ fn recycle(why: &str) {
             NGX_LOG_NOTICE as usize,
             &format!("wsgi: this worker {why}; recycling it"),
         );
+        crate::metrics::recycled();
         ngx_quit = 1;
     }
 }

@@ -305,6 +305,44 @@ unsafe fn single_link(
     }
 }
 
+/// A copy of `bytes` in the request's pool, living as long as the request.
+pub(crate) unsafe fn pool_copy<'a>(r: *mut ngx_http_request_t, bytes: &[u8]) -> Option<&'a [u8]> {
+    // SAFETY: the request pool is live and outlives the request's output.
+    unsafe {
+        let s = pool_str(r, bytes, false).ok()?;
+        Some(std::slice::from_raw_parts(s.data, s.len))
+    }
+}
+
+/// From a content handler: a 200 with `body` (which outlives the request), returning what the
+/// handler returns.
+pub(crate) unsafe fn send_static(
+    r: *mut ngx_http_request_t,
+    content_type: &[u8],
+    body: &[u8],
+) -> ngx_int_t {
+    let head = ResponseHead {
+        status: 200,
+        status_line: b"200 OK".to_vec(),
+        headers: vec![(b"Content-Type".to_vec(), content_type.to_vec())],
+        content_length: Some(body.len() as u64),
+    };
+    // SAFETY: `r` is live on the event loop, in its content phase.
+    unsafe {
+        let rc = send_head(r, &head, head.content_length);
+        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
+            return rc;
+        }
+        if body.is_empty() {
+            return ngx_http_send_special(r, NGX_HTTP_LAST as usize);
+        }
+        match body_chain(r, body, true) {
+            Some(out) => ngx_http_output_filter(r, out),
+            None => NGX_ERROR as ngx_int_t,
+        }
+    }
+}
+
 /// A copy of `bytes` in the request's pool.
 unsafe fn pool_str(
     r: *mut ngx_http_request_t,

@@ -52,6 +52,7 @@ unsafe extern "C" fn expired(ev: *mut ngx_event_t) {
                 (*job).read_timeout
             );
             (*job).watch.interrupt_in_background(what);
+            crate::metrics::timed_out();
             (*job).timed_out = Some((*job).stream.time_out(r));
         }
     })

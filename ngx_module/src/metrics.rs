@@ -1,0 +1,328 @@
+//! `wsgi_status`: Prometheus text metrics of all the workers together, kept in a shared memory
+//! zone (`wsgi_status`) that the workers update with atomic operations. The zone only exists
+//! when some location has `wsgi_status`; without it, nothing is counted.
+
+use std::ffi::{c_char, c_void};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use nginx_sys::{
+    ngx_command_t, ngx_conf_t, ngx_http_core_loc_conf_t, ngx_http_discard_request_body,
+    ngx_http_request_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_alloc,
+    ngx_slab_pool_t, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_HTTP_NOT_ALLOWED, NGX_OK,
+};
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::http::HttpModuleConfExt;
+use ngx_wsgi::ResponseHead;
+
+use crate::config::MainConf;
+use crate::ffi_guard::guard;
+use crate::module;
+
+/// Upper bounds (seconds) of the request duration histogram's buckets.
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The counters, in shared memory.
+#[repr(C)]
+pub(crate) struct Metrics {
+    /// Responses by status class: 1xx .. 5xx.
+    responses: [AtomicU64; 5],
+    in_flight: AtomicI64,
+    queued: AtomicI64,
+    threads_busy: AtomicI64,
+    duration_buckets: [AtomicU64; BUCKETS.len()],
+    duration_sum_us: AtomicU64,
+    duration_count: AtomicU64,
+    gil_wait_us: AtomicU64,
+    timeouts: AtomicU64,
+    lost_slots: AtomicI64,
+    client_gone: AtomicU64,
+    recycles: AtomicU64,
+}
+
+static METRICS: AtomicPtr<Metrics> = AtomicPtr::new(std::ptr::null_mut());
+
+fn get() -> Option<&'static Metrics> {
+    // SAFETY: set once per worker to the zone's block, which lives as long as the process.
+    unsafe { METRICS.load(Relaxed).as_ref() }
+}
+
+/// Makes this worker count into the zone, if there is one (from `init_process`).
+pub(crate) fn attach(zone: *mut ngx_shm_zone_t) {
+    if !zone.is_null() {
+        // SAFETY: the zone's init callback ran in the master before the worker was forked.
+        METRICS.store(unsafe { (*zone).data.cast() }, Relaxed);
+    }
+}
+
+pub(crate) fn posted() {
+    if let Some(m) = get() {
+        m.in_flight.fetch_add(1, Relaxed);
+        m.queued.fetch_add(1, Relaxed);
+    }
+}
+
+/// A pool thread took the request (any thread).
+pub(crate) fn thread_started() {
+    if let Some(m) = get() {
+        m.queued.fetch_sub(1, Relaxed);
+        m.threads_busy.fetch_add(1, Relaxed);
+    }
+}
+
+/// The pool thread is done with the request (any thread).
+pub(crate) fn thread_finished(gil_wait: Duration) {
+    if let Some(m) = get() {
+        m.threads_busy.fetch_sub(1, Relaxed);
+        m.gil_wait_us
+            .fetch_add(gil_wait.as_micros() as u64, Relaxed);
+    }
+}
+
+/// The request came back from the pool after `duration`, answered with `status`.
+pub(crate) fn finished(status: u16, duration: Duration, timed_out: bool, client_gone: bool) {
+    let Some(m) = get() else { return };
+    m.in_flight.fetch_sub(1, Relaxed);
+    if timed_out {
+        m.lost_slots.fetch_sub(1, Relaxed);
+    }
+    if client_gone {
+        m.client_gone.fetch_add(1, Relaxed);
+    }
+    let class = (status / 100).clamp(1, 5) as usize - 1;
+    m.responses[class].fetch_add(1, Relaxed);
+    let secs = duration.as_secs_f64();
+    for (bucket, &bound) in m.duration_buckets.iter().zip(BUCKETS.iter()) {
+        if secs <= bound {
+            bucket.fetch_add(1, Relaxed);
+        }
+    }
+    m.duration_sum_us
+        .fetch_add(duration.as_micros() as u64, Relaxed);
+    m.duration_count.fetch_add(1, Relaxed);
+}
+
+/// A request's deadline passed while it was inside Python: its slot is lost until it returns.
+pub(crate) fn timed_out() {
+    if let Some(m) = get() {
+        m.timeouts.fetch_add(1, Relaxed);
+        m.lost_slots.fetch_add(1, Relaxed);
+    }
+}
+
+pub(crate) fn recycled() {
+    if let Some(m) = get() {
+        m.recycles.fetch_add(1, Relaxed);
+    }
+}
+
+/// The status a request was answered with, for counting.
+pub(crate) fn status_of(head: Option<&ResponseHead>, fallback: u16) -> u16 {
+    head.map_or(fallback, |h| h.status)
+}
+
+fn render(m: &Metrics) -> String {
+    let mut out = String::with_capacity(4096);
+    let mut metric = |name: &str, kind: &str, help: &str| {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+    };
+    metric(
+        "wsgi_responses_total",
+        "counter",
+        "Requests answered, by status class.",
+    );
+    let mut text = String::new();
+    for (i, c) in m.responses.iter().enumerate() {
+        let _ = writeln!(
+            text,
+            "wsgi_responses_total{{class=\"{}xx\"}} {}",
+            i + 1,
+            c.load(Relaxed)
+        );
+    }
+    out.push_str(&text);
+    let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}\n",
+            v.max(0)
+        );
+    };
+    let counter = |out: &mut String, name: &str, help: &str, v: f64| {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+        );
+    };
+    gauge(
+        &mut out,
+        "wsgi_requests_in_flight",
+        "Requests handed to the thread pools and not yet back.",
+        m.in_flight.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "wsgi_requests_queued",
+        "Requests waiting for a pool thread.",
+        m.queued.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "wsgi_pool_threads_busy",
+        "Pool threads running a request.",
+        m.threads_busy.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "wsgi_lost_slots",
+        "Requests past wsgi_read_timeout that are still inside Python (stuck in C code, say).",
+        m.lost_slots.load(Relaxed),
+    );
+    counter(
+        &mut out,
+        "wsgi_timeouts_total",
+        "Requests answered 504 by wsgi_read_timeout.",
+        m.timeouts.load(Relaxed) as f64,
+    );
+    counter(
+        &mut out,
+        "wsgi_client_gone_total",
+        "Streamed responses whose client went away.",
+        m.client_gone.load(Relaxed) as f64,
+    );
+    counter(
+        &mut out,
+        "wsgi_worker_recycles_total",
+        "Workers recycled by wsgi_max_requests or wsgi_max_rss.",
+        m.recycles.load(Relaxed) as f64,
+    );
+    counter(
+        &mut out,
+        "wsgi_gil_wait_seconds_total",
+        "Time requests waited for the GIL before their app could start.",
+        m.gil_wait_us.load(Relaxed) as f64 / 1e6,
+    );
+    let name = "wsgi_request_duration_seconds";
+    let _ = write!(
+        out,
+        "# HELP {name} Time from handing a request to the pool to its return.\n# TYPE {name} histogram\n"
+    );
+    for (bucket, bound) in m.duration_buckets.iter().zip(BUCKETS.iter()) {
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{bound}\"}} {}",
+            bucket.load(Relaxed)
+        );
+    }
+    let count = m.duration_count.load(Relaxed);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(
+        out,
+        "{name}_sum {}",
+        m.duration_sum_us.load(Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(out, "{name}_count {count}");
+    out
+}
+
+unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, old: *mut c_void) -> ngx_int_t {
+    guard("the wsgi_status zone", NGX_ERROR as ngx_int_t, || {
+        // SAFETY: nginx passes the zone; `old` is the previous cycle's block in the same memory.
+        unsafe {
+            if !old.is_null() {
+                (*zone).data = old;
+                return NGX_OK as ngx_int_t;
+            }
+            let pool = (*zone).shm.addr as *mut ngx_slab_pool_t;
+            if (*zone).shm.exists != 0 {
+                (*zone).data = (*pool).data;
+                return NGX_OK as ngx_int_t;
+            }
+            let block = ngx_slab_alloc(pool, std::mem::size_of::<Metrics>());
+            if block.is_null() {
+                return NGX_ERROR as ngx_int_t;
+            }
+            // All-zero is a valid Metrics: every field is an atomic integer.
+            std::ptr::write_bytes(block.cast::<u8>(), 0, std::mem::size_of::<Metrics>());
+            (*pool).data = block;
+            (*zone).data = block;
+        }
+        NGX_OK as ngx_int_t
+    })
+}
+
+/// `wsgi_status;`: this location answers with the metrics (and the zone comes to exist).
+pub(crate) unsafe extern "C" fn set_status(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    guard("wsgi_status", NGX_CONF_ERROR, || {
+        // SAFETY: inside a location of an http block; the zone name is copied by nginx.
+        unsafe {
+            let mc = (*cf)
+                .http_main_conf_unchecked::<MainConf>(module())
+                .expect("wsgi main configuration")
+                .as_mut();
+            if mc.status_zone.is_null() {
+                let mut name = ngx::ngx_string!("wsgi_status");
+                let zone = ngx_shared_memory_add(
+                    cf,
+                    &mut name,
+                    64 * 1024,
+                    module() as *const _ as *mut c_void,
+                );
+                if zone.is_null() {
+                    return NGX_CONF_ERROR;
+                }
+                (*zone).init = Some(init_zone);
+                mc.status_zone = zone;
+            }
+            let clcf = (*cf)
+                .http_location_conf_unchecked::<ngx_http_core_loc_conf_t>(&*std::ptr::addr_of!(
+                    nginx_sys::ngx_http_core_module
+                ))
+                .expect("core location configuration")
+                .as_mut();
+            clcf.handler = Some(status_handler);
+        }
+        NGX_CONF_OK
+    })
+}
+
+unsafe extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    guard(
+        "the wsgi_status handler",
+        NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+        || {
+            // SAFETY: nginx passes a live request on the event loop.
+            unsafe {
+                if (*r).method != NGX_HTTP_GET as usize && (*r).method != NGX_HTTP_HEAD as usize {
+                    return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
+                }
+                let rc = ngx_http_discard_request_body(r);
+                if rc != NGX_OK as ngx_int_t {
+                    return rc;
+                }
+                let mc = (*r)
+                    .http_main_conf_unchecked::<MainConf>(module())
+                    .map(|m| m.as_ref());
+                let zone = mc.map_or(std::ptr::null_mut(), |m| m.status_zone);
+                let body = if zone.is_null() || (*zone).data.is_null() {
+                    String::new()
+                } else {
+                    render(&*((*zone).data as *const Metrics))
+                };
+                let body = crate::response::pool_copy(r, body.as_bytes());
+                let Some(body) = body else {
+                    return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+                };
+                crate::response::send_static(r, b"text/plain; version=0.0.4; charset=utf-8", body)
+            }
+        },
+    )
+}
