@@ -1,5 +1,6 @@
 """Configuration: every wsgi_* mistake fails `nginx -t` (and start, and reload) naming the
 directive, the file and line, and the Python error."""
+import re
 import signal
 import time
 
@@ -58,16 +59,23 @@ def test_duplicate_and_misplaced_directives(nginx_factory):
 
 def test_python_home_of_another_version_is_refused(nginx_factory, tmp_path):
     (tmp_path / "pyvenv.cfg").write_text("home = /usr/bin\nversion = 3.99.1\n")
-    _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), home=False,
-                          http_extra=f"wsgi_python_home {tmp_path};")
+    server, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), home=False,
+                               http_extra=f"wsgi_python_home {tmp_path};")
     assert result.returncode != 0
-    assert f"wsgi_python_home \"{tmp_path}\": {tmp_path} is Python 3.99; this module embeds Python 3." in result.stderr
+    assert re.search(rf'\[emerg\] wsgi_python_home "{tmp_path}": {tmp_path} is Python 3\.99; '
+                     rf'this module embeds Python 3\.\d+ in {server.conf}:\d+', result.stderr), result.stderr
 
 
 def test_python_home_that_does_not_exist(nginx_factory, tmp_path):
     _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), home=False,
                           http_extra=f"wsgi_python_home {tmp_path}/nope;")
     assert result.returncode != 0 and "is not a directory" in result.stderr
+
+
+def test_python_path_that_does_not_exist(nginx_factory, tmp_path):
+    server, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"),
+                               http_extra=f"wsgi_python_path {tmp_path} {tmp_path}/gone;")
+    assert f'wsgi_python_path "{tmp_path}/gone" is not a directory in {server.conf}:' in result.stderr
 
 
 def test_good_config_passes(nginx_factory):

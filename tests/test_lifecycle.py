@@ -172,3 +172,17 @@ def test_recycling_directives_are_checked(nginx_factory):
                          ("wsgi_max_rss lots;", "invalid value")]:
         result = nginx_factory(location("/", APPS / "sleepy.py"), http_extra=bad).run("-t")
         assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_each_app_is_imported_once_per_worker(nginx_factory, tmp_path):
+    app = APPS / "lifecycle_app.py"
+    server = nginx_factory(
+        location("/a/", app) + location("/b/", app) + location("/c/", f"{app}:application")
+        + location("/other/", APPS / "sleepy.py"),
+        main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};",
+    ).start()
+    worker = server.worker_pids()[0]
+    pids = {requests.get(server.url(p)).text for p in ["/a/", "/b/", "/c/"]}
+    assert pids == {str(worker)}
+    assert requests.get(server.url("/other/x")).text == "/x"
+    assert (tmp_path / f"imported-{worker}").read_text().count("\n") == 1

@@ -23,15 +23,25 @@ use crate::{module, ngx_bytes};
 pub(crate) struct AppEntry {
     pub text: String,
     pub spec: AppSpec,
-    pub file: String,
-    pub line: usize,
+    /// `file:line` of the directive.
+    pub at: String,
 }
 
 impl AppEntry {
     pub(crate) fn describe(&self) -> String {
+        format!("wsgi_app \"{}\" (in {})", self.text, self.at)
+    }
+}
+
+/// `file:line` of the directive being parsed.
+unsafe fn position(cf: *mut ngx_conf_t) -> String {
+    // SAFETY: during a directive callback the file being parsed is live.
+    unsafe {
+        let f = (*cf).conf_file;
         format!(
-            "wsgi_app \"{}\" (in {}:{})",
-            self.text, self.file, self.line
+            "{}:{}",
+            String::from_utf8_lossy(ngx_bytes(&(*f).file.name)),
+            (*f).line
         )
     }
 }
@@ -39,6 +49,8 @@ impl AppEntry {
 /// `http`-level settings: the interpreter and the apps it imports.
 pub(crate) struct MainConf {
     pub python: PythonSettings,
+    /// `file:line` of `wsgi_python_home`.
+    pub python_home_at: String,
     pub apps: Vec<AppEntry>,
     /// `wsgi_max_requests N [jitter=M]` (0: no limit).
     pub max_requests: u64,
@@ -55,6 +67,7 @@ impl Default for MainConf {
     fn default() -> Self {
         MainConf {
             python: PythonSettings::default(),
+            python_home_at: String::new(),
             apps: Vec::new(),
             max_requests: 0,
             max_requests_jitter: 0,
@@ -264,19 +277,8 @@ pub(crate) unsafe extern "C" fn set_app(
             Some(i) => i,
             None => {
                 // SAFETY: the file being parsed is live during the callback.
-                let (file, line) = unsafe {
-                    let f = (*cf).conf_file;
-                    (
-                        String::from_utf8_lossy(ngx_bytes(&(*f).file.name)).into_owned(),
-                        (*f).line,
-                    )
-                };
-                mc.apps.push(AppEntry {
-                    text,
-                    spec,
-                    file,
-                    line,
-                });
+                let at = unsafe { position(cf) };
+                mc.apps.push(AppEntry { text, spec, at });
                 mc.apps.len() - 1
             }
         };
@@ -334,10 +336,17 @@ pub(crate) unsafe extern "C" fn set_python_home(
             return c"is duplicate".as_ptr().cast_mut();
         }
         // SAFETY: one argument, live during the callback.
-        match utf8_arg(cf, unsafe { &args(cf)[1] }) {
-            Ok(v) => mc.python.home = Some(unsafe { full_path(cf, &v) }),
+        let home = match utf8_arg(cf, unsafe { &args(cf)[1] }) {
+            Ok(v) => unsafe { full_path(cf, &v) },
             Err(e) => return e,
+        };
+        // A Python of another version or a missing venv fails here, naming this line.
+        if let Err(e) = ngx_wsgi::interpreter::check_home(&home) {
+            return conf_error(cf, &format!("wsgi_python_home \"{}\": {e}", home.display()));
         }
+        mc.python.home = Some(home);
+        // SAFETY: the file being parsed is live during the callback.
+        mc.python_home_at = unsafe { position(cf) };
         NGX_CONF_OK
     })
 }
@@ -352,10 +361,17 @@ pub(crate) unsafe extern "C" fn set_python_path(
         let mc = unsafe { &mut *(conf as *mut MainConf) };
         // SAFETY: the arguments are live during the callback.
         for arg in unsafe { &args(cf)[1..] } {
-            match utf8_arg(cf, arg) {
-                Ok(v) => mc.python.path.push(unsafe { full_path(cf, &v) }),
+            let dir = match utf8_arg(cf, arg) {
+                Ok(v) => unsafe { full_path(cf, &v) },
                 Err(e) => return e,
+            };
+            if !dir.is_dir() {
+                return conf_error(
+                    cf,
+                    &format!("wsgi_python_path \"{}\" is not a directory", dir.display()),
+                );
             }
+            mc.python.path.push(dir);
         }
         NGX_CONF_OK
     })
@@ -477,7 +493,11 @@ pub(crate) unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_in
             let msg = match error {
                 CheckError::App(i, e) => format!("{} cannot be loaded: {e}", mc.apps[i].describe()),
                 CheckError::Interpreter(e) => match &mc.python.home {
-                    Some(home) => format!("wsgi_python_home \"{}\": {e}", home.display()),
+                    Some(home) => format!(
+                        "wsgi_python_home \"{}\" (in {}): {e}",
+                        home.display(),
+                        mc.python_home_at
+                    ),
                     None => format!("wsgi: {e}"),
                 },
                 CheckError::Process(e) => format!("wsgi: checking the apps failed: {e}"),

@@ -6,8 +6,8 @@ import time
 
 MARKS = os.environ.get("NGX_WSGI_TEST_MARKS") or os.path.join(os.path.dirname(__file__), ".marks")
 os.makedirs(MARKS, exist_ok=True)
-with open(os.path.join(MARKS, f"imported-{os.getpid()}"), "w") as f:
-    f.write(str(time.time()))
+with open(os.path.join(MARKS, f"imported-{os.getpid()}"), "a") as f:
+    f.write(f"{time.time()}\n")
 
 
 def _mark_exit():
