@@ -2,8 +2,12 @@
 //!
 //! ```text
 //! ngx-wsgi paths
-//! ngx-wsgi serve APP.py[:CALLABLE] [--host 127.0.0.1] [--port 8080] [--workers 1] [--threads 32]
+//! ngx-wsgi serve APP.py[:CALLABLE] [--host 127.0.0.1] [--port 8080] [--workers 1] [--threads 32] [--reload]
 //! ```
+//!
+//! With `--reload`, nginx runs as a child and gets a graceful reload (SIGHUP) whenever a `.py` file
+//! under the app's directory changes; a change that breaks the app is refused by nginx's
+//! configuration check and the running workers keep serving.
 
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -30,7 +34,7 @@ fn nginx_path() -> PathBuf {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage:\n  ngx-wsgi paths\n  ngx-wsgi serve APP.py[:CALLABLE] [--host 127.0.0.1] [--port 8080] [--workers 1] [--threads 32]"
+        "usage:\n  ngx-wsgi paths\n  ngx-wsgi serve APP.py[:CALLABLE] [--host 127.0.0.1] [--port 8080] [--workers 1] [--threads 32] [--reload]"
     );
     ExitCode::from(2)
 }
@@ -60,6 +64,7 @@ struct ServeOptions {
     port: u16,
     workers: u32,
     threads: u32,
+    reload: bool,
 }
 
 fn parse_serve(args: &[String]) -> Result<ServeOptions, String> {
@@ -69,6 +74,7 @@ fn parse_serve(args: &[String]) -> Result<ServeOptions, String> {
         port: 8080,
         workers: 1,
         threads: 32,
+        reload: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -90,6 +96,7 @@ fn parse_serve(args: &[String]) -> Result<ServeOptions, String> {
                     .parse()
                     .map_err(|e| format!("--threads: {e}"))?
             }
+            "--reload" => opts.reload = true,
             a if a.starts_with("--") => return Err(format!("unknown option {a}")),
             a if opts.app.is_empty() => opts.app = a.to_owned(),
             a => return Err(format!("unexpected argument {a}")),
@@ -132,6 +139,10 @@ fn serve(args: &[String]) -> Result<(), String> {
         ));
     }
     let mut main = String::new();
+    if opts.reload {
+        // A .pyc written in the same second as an edit of the same size would hide the edit.
+        main.push_str("env PYTHONDONTWRITEBYTECODE=1;\n");
+    }
     // SAFETY: plain syscall.
     if unsafe { libc::geteuid() } == 0 {
         // Root starts nginx, but the workers run as the owner of the app file.
@@ -165,13 +176,104 @@ fn serve(args: &[String]) -> Result<(), String> {
         "ngx-wsgi: serving {app} on http://{}:{}/ (Ctrl-C stops)",
         opts.host, opts.port
     );
-    let err = Command::new(nginx_path())
-        .arg("-p")
-        .arg(&prefix)
-        .arg("-c")
-        .arg(&conf_path)
-        .exec();
-    Err(format!("cannot run {}: {err}", nginx_path().display()))
+    let mut nginx = Command::new(nginx_path());
+    nginx.arg("-p").arg(&prefix).arg("-c").arg(&conf_path);
+    if !opts.reload {
+        let err = nginx.exec();
+        return Err(format!("cannot run {}: {err}", nginx_path().display()));
+    }
+    let watched = if target.ends_with(".py") {
+        Path::new(&target)
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_owned()
+    } else {
+        std::env::current_dir().map_err(|e| e.to_string())?
+    };
+    watch_and_reload(nginx, &watched)
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop(_signal: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Runs nginx as a child, reloads it when a `.py` under `dir` changes, stops it on SIGINT/SIGTERM.
+fn watch_and_reload(mut nginx: Command, dir: &Path) -> Result<(), String> {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_stop as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_stop as *const () as libc::sighandler_t);
+    }
+    let mut child = nginx
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", nginx_path().display()))?;
+    let pid = child.id() as libc::pid_t;
+    let mut seen = fingerprint(dir);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return if status.success() {
+                Ok(())
+            } else {
+                Err(format!("nginx exited: {status}"))
+            };
+        }
+        if STOP.load(std::sync::atomic::Ordering::SeqCst) {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, libc::SIGQUIT) };
+            let status = child.wait().map_err(|e| e.to_string())?;
+            return if status.success() {
+                Ok(())
+            } else {
+                Err(format!("nginx exited: {status}"))
+            };
+        }
+        let now = fingerprint(dir);
+        if now != seen {
+            seen = now;
+            eprintln!(
+                "ngx-wsgi: a .py file under {} changed; reloading",
+                dir.display()
+            );
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, libc::SIGHUP) };
+        }
+    }
+}
+
+/// The newest modification time and the number of `.py` files under `dir` (hidden directories,
+/// `__pycache__` and virtualenvs skipped).
+fn fingerprint(dir: &Path) -> (std::time::SystemTime, usize) {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    let mut count = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                if !name.starts_with('.')
+                    && name != "__pycache__"
+                    && !path.join("pyvenv.cfg").exists()
+                {
+                    stack.push(path);
+                }
+            } else if name.ends_with(".py") {
+                count += 1;
+                if let Ok(m) = meta.modified() {
+                    newest = newest.max(m);
+                }
+            }
+        }
+    }
+    (newest, count)
 }
 
 fn user_and_group(uid: u32) -> Option<(String, String)> {
