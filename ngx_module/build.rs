@@ -19,6 +19,16 @@ fn main() {
     if let Ok(dir) = env::var("DEP_NGINX_BUILD_DIR") {
         println!("cargo::rustc-env=NGX_WSGI_NGINX_BUILD_DIR={dir}");
     }
+    // nginx 1.23 linked repeated headers through `ngx_table_elt_t.next`; older builds (Debian
+    // 12's 1.22) have no such field.
+    println!("cargo::rustc-check-cfg=cfg(ngx_table_elt_next)");
+    let version: u64 = env::var("DEP_NGINX_VERSION_NUMBER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if version >= 1_023_000 {
+        println!("cargo::rustc-cfg=ngx_table_elt_next");
+    }
     if let Ok(version) = env::var("DEP_NGINX_VERSION") {
         println!("cargo::rustc-env=NGX_WSGI_NGINX_VERSION={version}");
     }

@@ -7,7 +7,7 @@ use nginx_sys::{
     ngx_connection_local_sockaddr, ngx_http_complex_value, ngx_http_core_module,
     ngx_http_core_srv_conf_t, ngx_http_get_indexed_variable, ngx_http_request_t, ngx_int_t,
     ngx_list_part_t, ngx_str_t, ngx_table_elt_t, ngx_uint_t, NGX_HTTP_VERSION_10,
-    NGX_HTTP_VERSION_11, NGX_HTTP_VERSION_20, NGX_HTTP_VERSION_30, NGX_HTTP_VERSION_9, NGX_OK,
+    NGX_HTTP_VERSION_11, NGX_HTTP_VERSION_20, NGX_HTTP_VERSION_9, NGX_OK,
 };
 use ngx::http::HttpModuleConfExt;
 use ngx_wsgi::environ::Field;
@@ -120,13 +120,16 @@ pub(crate) unsafe fn collect(
     (b.finish(), Some(body))
 }
 
+/// NGX_HTTP_VERSION_30 (nginx 1.25+; spelled out to build against older nginx too).
+const HTTP_VERSION_30: u32 = 3000;
+
 fn protocol(version: u32) -> &'static [u8] {
     match version {
         NGX_HTTP_VERSION_9 => b"HTTP/0.9",
         NGX_HTTP_VERSION_10 => b"HTTP/1.0",
         NGX_HTTP_VERSION_11 => b"HTTP/1.1",
         NGX_HTTP_VERSION_20 => b"HTTP/2.0",
-        NGX_HTTP_VERSION_30 => b"HTTP/3.0",
+        HTTP_VERSION_30 => b"HTTP/3.0",
         _ => b"HTTP/1.1",
     }
 }

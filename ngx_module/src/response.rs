@@ -400,7 +400,10 @@ unsafe fn set_headers(
                 return Err(());
             }
             (*h).hash = 1;
-            (*h).next = std::ptr::null_mut();
+            #[cfg(ngx_table_elt_next)]
+            {
+                (*h).next = std::ptr::null_mut();
+            }
             (*h).key = pool_str(r, name, false)?;
             (*h).value = pool_str(r, value, false)?;
             (*h).lowcase_key = pool_str(r, name, true)?.data;
