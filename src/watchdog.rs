@@ -41,6 +41,15 @@ impl RequestWatch {
 
     pub(crate) fn leave(&self, _py: Python<'_>) {
         self.running.store(false, Ordering::Release);
+        // An interrupt set while the thread ran no bytecode (Rust or C code, a wait) would
+        // otherwise fire in the thread's next request.
+        // SAFETY: the GIL is held; NULL clears this thread's pending asynchronous exception.
+        unsafe {
+            ffi::PyThreadState_SetAsyncExc(
+                self.thread.load(Ordering::Relaxed) as _,
+                std::ptr::null_mut(),
+            )
+        };
     }
 
     /// On a new thread (never the server's event loop: it waits for the GIL): logs `what` with
@@ -65,7 +74,8 @@ impl RequestWatch {
         if !crate::interpreter::is_running() {
             return;
         }
-        crate::interpreter::attach(|py| {
+        // A short-lived thread: its thread state is released with the GIL (no kept state).
+        Python::attach(|py| {
             if !self.running.load(Ordering::Acquire) {
                 self.expired.store(true, Ordering::Release);
                 let state = if self.started.load(Ordering::Relaxed) {

@@ -1,5 +1,6 @@
 """Streamed responses: pieces leave as the app yields them, a slow client pauses the app instead
 of filling the worker's memory, and a client that goes away stops the app."""
+import http.client
 import json
 import socket
 import struct
@@ -11,13 +12,14 @@ import requests
 from conftest import APPS, location
 
 APP = APPS / "streaming.py"
-NAMES = ["events", "release", "huge", "endless", "writer"]
+NAMES = ["events", "release", "huge", "endless", "writer", "big_stream"]
 
 
 @pytest.fixture(scope="module")
 def server(nginx_factory):
     return nginx_factory(
-        "".join(location(f"= /{n}", f"{APP}:{n}") for n in NAMES) + location("= /stats", f"{APP}:stats_app"),
+        "".join(location(f"= /{n}", f"{APP}:{n}") for n in NAMES) + location("= /stats", f"{APP}:stats_app")
+        + location("= /rated", f"{APP}:big_stream", "limit_rate 512k;"),
         main_extra="thread_pool default threads=4;",
     ).start()
 
@@ -105,3 +107,19 @@ def test_client_gone_stops_the_app_and_frees_its_thread(server, how, pause):
         assert stats(server)["closed"].get(name) == 1, f"close() not called once for {name}"
     assert requests.get(server.url("/release?still-serving")).text == "released"
     assert "exited on signal" not in server.error_log()
+
+
+def test_head_of_a_long_stream_on_a_keepalive_connection(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("HEAD", "/big_stream")
+    r = conn.getresponse()
+    assert (r.status, r.read()) == (200, b"")
+    conn.request("GET", "/big_stream")
+    assert conn.getresponse().read() == b"y" * (1 << 20), "the HEAD request finished; the connection goes on"
+
+
+def test_stream_under_limit_rate_completes(server):
+    started = time.monotonic()
+    r = requests.get(server.url("/rated"), timeout=30)
+    assert r.content == b"y" * (1 << 20)
+    assert time.monotonic() - started > 1, "limit_rate applied"

@@ -26,58 +26,86 @@ const BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Gauges of one worker: a worker that dies takes its own with it (its successor in the same
+/// process slot starts from zero), so they never drift.
+#[repr(C)]
+struct Gauges {
+    in_flight: AtomicI64,
+    queued: AtomicI64,
+    threads_busy: AtomicI64,
+    lost_slots: AtomicI64,
+}
+
+const SLOTS: usize = nginx_sys::NGX_MAX_PROCESSES as usize;
+
 /// The counters, in shared memory.
 #[repr(C)]
 pub(crate) struct Metrics {
     /// Responses by status class: 1xx .. 5xx.
     responses: [AtomicU64; 5],
-    in_flight: AtomicI64,
-    queued: AtomicI64,
-    threads_busy: AtomicI64,
+    /// By nginx process slot.
+    gauges: [Gauges; SLOTS],
     duration_buckets: [AtomicU64; BUCKETS.len()],
     duration_sum_us: AtomicU64,
     duration_count: AtomicU64,
     gil_wait_us: AtomicU64,
     timeouts: AtomicU64,
-    lost_slots: AtomicI64,
     client_gone: AtomicU64,
     recycles: AtomicU64,
 }
 
 static METRICS: AtomicPtr<Metrics> = AtomicPtr::new(std::ptr::null_mut());
+static SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn get() -> Option<&'static Metrics> {
     // SAFETY: set once per worker to the zone's block, which lives as long as the process.
     unsafe { METRICS.load(Relaxed).as_ref() }
 }
 
+impl Metrics {
+    fn mine(&self) -> &Gauges {
+        &self.gauges[SLOT.load(Relaxed) % SLOTS]
+    }
+}
+
 /// Makes this worker count into the zone, if there is one (from `init_process`).
 pub(crate) fn attach(zone: *mut ngx_shm_zone_t) {
-    if !zone.is_null() {
-        // SAFETY: the zone's init callback ran in the master before the worker was forked.
-        METRICS.store(unsafe { (*zone).data.cast() }, Relaxed);
+    if zone.is_null() {
+        return;
+    }
+    // SAFETY: the zone's init callback ran in the master before the worker was forked; the
+    // process slot is set before init_process.
+    unsafe {
+        SLOT.store(nginx_sys::ngx_process_slot.max(0) as usize, Relaxed);
+        METRICS.store((*zone).data.cast(), Relaxed);
+    }
+    if let Some(m) = get() {
+        let g = m.mine();
+        for gauge in [&g.in_flight, &g.queued, &g.threads_busy, &g.lost_slots] {
+            gauge.store(0, Relaxed);
+        }
     }
 }
 
 pub(crate) fn posted() {
     if let Some(m) = get() {
-        m.in_flight.fetch_add(1, Relaxed);
-        m.queued.fetch_add(1, Relaxed);
+        m.mine().in_flight.fetch_add(1, Relaxed);
+        m.mine().queued.fetch_add(1, Relaxed);
     }
 }
 
 /// A pool thread took the request (any thread).
 pub(crate) fn thread_started() {
     if let Some(m) = get() {
-        m.queued.fetch_sub(1, Relaxed);
-        m.threads_busy.fetch_add(1, Relaxed);
+        m.mine().queued.fetch_sub(1, Relaxed);
+        m.mine().threads_busy.fetch_add(1, Relaxed);
     }
 }
 
 /// The pool thread is done with the request (any thread).
 pub(crate) fn thread_finished(gil_wait: Duration) {
     if let Some(m) = get() {
-        m.threads_busy.fetch_sub(1, Relaxed);
+        m.mine().threads_busy.fetch_sub(1, Relaxed);
         m.gil_wait_us
             .fetch_add(gil_wait.as_micros() as u64, Relaxed);
     }
@@ -86,9 +114,9 @@ pub(crate) fn thread_finished(gil_wait: Duration) {
 /// The request came back from the pool after `duration`, answered with `status`.
 pub(crate) fn finished(status: u16, duration: Duration, timed_out: bool, client_gone: bool) {
     let Some(m) = get() else { return };
-    m.in_flight.fetch_sub(1, Relaxed);
+    m.mine().in_flight.fetch_sub(1, Relaxed);
     if timed_out {
-        m.lost_slots.fetch_sub(1, Relaxed);
+        m.mine().lost_slots.fetch_sub(1, Relaxed);
     }
     if client_gone {
         m.client_gone.fetch_add(1, Relaxed);
@@ -110,7 +138,7 @@ pub(crate) fn finished(status: u16, duration: Duration, timed_out: bool, client_
 pub(crate) fn timed_out() {
     if let Some(m) = get() {
         m.timeouts.fetch_add(1, Relaxed);
-        m.lost_slots.fetch_add(1, Relaxed);
+        m.mine().lost_slots.fetch_add(1, Relaxed);
     }
 }
 
@@ -126,6 +154,12 @@ pub(crate) fn status_of(head: Option<&ResponseHead>, fallback: u16) -> u16 {
 }
 
 fn render(m: &Metrics) -> String {
+    let sum = |f: fn(&Gauges) -> &AtomicI64| {
+        m.gauges
+            .iter()
+            .map(|g| f(g).load(Relaxed).max(0))
+            .sum::<i64>()
+    };
     let mut out = String::with_capacity(4096);
     let mut metric = |name: &str, kind: &str, help: &str| {
         let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
@@ -162,25 +196,25 @@ fn render(m: &Metrics) -> String {
         &mut out,
         "wsgi_requests_in_flight",
         "Requests handed to the thread pools and not yet back.",
-        m.in_flight.load(Relaxed),
+        sum(|g| &g.in_flight),
     );
     gauge(
         &mut out,
         "wsgi_requests_queued",
         "Requests waiting for a pool thread.",
-        m.queued.load(Relaxed),
+        sum(|g| &g.queued),
     );
     gauge(
         &mut out,
         "wsgi_pool_threads_busy",
         "Pool threads running a request.",
-        m.threads_busy.load(Relaxed),
+        sum(|g| &g.threads_busy),
     );
     gauge(
         &mut out,
         "wsgi_lost_slots",
         "Requests past wsgi_read_timeout that are still inside Python (stuck in C code, say).",
-        m.lost_slots.load(Relaxed),
+        sum(|g| &g.lost_slots),
     );
     counter(
         &mut out,
@@ -273,7 +307,7 @@ pub(crate) unsafe extern "C" fn set_status(
                 let zone = ngx_shared_memory_add(
                     cf,
                     &mut name,
-                    64 * 1024,
+                    (std::mem::size_of::<Metrics>() + 64 * 1024).next_multiple_of(4096),
                     module() as *const _ as *mut c_void,
                 );
                 if zone.is_null() {

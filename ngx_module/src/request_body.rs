@@ -104,6 +104,11 @@ impl BodyStream {
                 }
                 if st.unread >= self.limit {
                     st.paused = true;
+                    // The server stopped reading, not the client: no client_body_timeout meanwhile.
+                    let rev = (*(*r).connection).read;
+                    if (*rev).timer_set() != 0 {
+                        nginx_sys::ngx_del_timer(rev);
+                    }
                     break;
                 }
                 let rc = ngx_http_read_unbuffered_request_body(r);
@@ -120,9 +125,24 @@ impl BodyStream {
         self.arrived.notify_all();
     }
 
-    /// The task is done: the loop stops feeding this body.
+    /// The task is done: the loop stops feeding this body; a reader still waiting (an app's
+    /// background thread) gets an error instead of waiting forever.
     pub(crate) fn finish(&self) {
-        self.lock().request = LoopRequest(std::ptr::null_mut());
+        let mut st = self.lock();
+        st.request = LoopRequest(std::ptr::null_mut());
+        if !st.eof && st.error.is_none() {
+            st.error = Some("the request is over".into());
+        }
+        self.arrived.notify_all();
+    }
+
+    /// Makes a waiting or later read fail (the request timed out).
+    pub(crate) fn fail(&self, why: &str) {
+        let mut st = self.lock();
+        if st.error.is_none() {
+            st.error = Some(why.to_owned());
+        }
+        self.arrived.notify_all();
     }
 }
 
@@ -183,6 +203,13 @@ pub(crate) unsafe extern "C" fn body_reader(r: *mut ngx_http_request_t) {
             }
             if let Some(body) = (*job).body_stream.clone() {
                 body.pull(r);
+            }
+            // The body reader is the request's read handler while the body arrives: it also
+            // notices a client that goes away, and hands over once the body is complete.
+            if (*(*r).connection).error() != 0 {
+                (*job).stream.client_gone();
+            } else if (*r).reading_body() == 0 {
+                (*job).stream.watch_client(r);
             }
         }
     })

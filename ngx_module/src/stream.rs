@@ -127,9 +127,11 @@ impl Stream {
             }
             let mut out: *mut ngx_chain_t = std::ptr::null_mut();
             let mut last: *mut *mut ngx_chain_t = &mut out;
+            let mut discarded = false;
             while let Some(data) = st.pending.pop_front() {
                 if st.discard {
                     st.unsent -= data.len();
+                    discarded = true;
                     continue;
                 }
                 let cl = ngx_chain_get_free_buf((*r).pool, &mut st.free);
@@ -151,6 +153,9 @@ impl Stream {
                 (*cl).next = std::ptr::null_mut();
                 *last = cl;
                 last = &mut (*cl).next;
+            }
+            if discarded {
+                self.room.notify_all();
             }
             if !out.is_null() {
                 let rc = ngx_http_output_filter(r, out);
@@ -198,7 +203,8 @@ impl Stream {
             let wev = (*c).write;
             let buffered = (*r).buffered() != 0 || (*c).buffered() != 0;
             if !buffered {
-                if (*wev).timer_set() != 0 {
+                // A `delayed` event's timer is limit_rate's, which wakes the writer again.
+                if (*wev).timer_set() != 0 && (*wev).delayed() == 0 {
                     ngx_del_timer(wev);
                 }
                 return;
@@ -222,6 +228,25 @@ impl Stream {
         st.cancelled = true;
         st.failed |= failed;
         self.room.notify_all();
+    }
+
+    /// The client went away (noticed by another handler): stop the app's output.
+    pub(crate) fn client_gone(&self) {
+        let mut st = self.lock();
+        self.cancel(&mut st, false);
+    }
+
+    /// The request body is complete: from now on, when the response has started, watch the
+    /// client for a disconnect.
+    ///
+    /// # Safety
+    /// Event-loop thread; `r` is live.
+    pub(crate) unsafe fn watch_client(&self, r: *mut ngx_http_request_t) {
+        let st = self.lock();
+        if st.head_sent && !st.request.0.is_null() {
+            // SAFETY: per the function contract.
+            unsafe { (*r).read_event_handler = Some(stream_reader) };
+        }
     }
 
     /// The request's deadline passed while its app runs: answers 504 in its place (or, when the

@@ -54,6 +54,9 @@ unsafe extern "C" fn expired(ev: *mut ngx_event_t) {
             (*job).watch.interrupt_in_background(what);
             crate::metrics::timed_out();
             (*job).timed_out = Some((*job).stream.time_out(r));
+            if let Some(body) = &(*job).body_stream {
+                body.fail("wsgi_read_timeout: the request timed out");
+            }
         }
     })
 }

@@ -78,3 +78,10 @@ def writer(environ, start_response):
     write(b"written first\n")
     _gate(environ["QUERY_STRING"]).wait(20)
     return [b"then returned\n"]
+
+
+def big_stream(environ, start_response):
+    """1 MiB in 64 KiB pieces, more than one stream buffer."""
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    for _ in range(16):
+        yield b"y" * 65536
