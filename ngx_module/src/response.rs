@@ -83,39 +83,23 @@ pub(crate) unsafe fn send(r: *mut ngx_http_request_t, job: &Job) {
             return;
         }
         let body = outcome.body.as_slice();
-        let file = outcome.file.as_ref().filter(|f| f.len > 0);
-        let rc = if let Some(file) = file {
-            match file_chain(r, file, !truncated) {
-                Some(out) => {
-                    let rc = ngx_http_output_filter(r, out);
-                    if truncated {
-                        NGX_ERROR as ngx_int_t
-                    } else {
-                        rc
-                    }
-                }
-                None => NGX_ERROR as ngx_int_t,
-            }
-        } else if body.is_empty() {
-            if truncated {
-                // Push the header out before the connection is cut.
-                ngx_http_send_special(r, NGX_HTTP_FLUSH as usize);
-                NGX_ERROR as ngx_int_t
-            } else {
-                ngx_http_send_special(r, NGX_HTTP_LAST as usize)
-            }
+        let out = match outcome.file.as_ref().filter(|f| f.len > 0) {
+            Some(file) => Some(file_chain(r, file, !truncated)),
+            None if body.is_empty() => None,
+            None => Some(body_chain(r, body, !truncated)),
+        };
+        let rc = match out {
+            Some(Some(out)) => ngx_http_output_filter(r, out),
+            Some(None) => NGX_ERROR as ngx_int_t,
+            // Push the header out before a truncated response's connection is cut.
+            None if truncated => ngx_http_send_special(r, NGX_HTTP_FLUSH as usize),
+            None => ngx_http_send_special(r, NGX_HTTP_LAST as usize),
+        };
+        // A response that failed after its body started ends without a clean end of message.
+        let rc = if truncated {
+            NGX_ERROR as ngx_int_t
         } else {
-            match body_chain(r, body, !truncated) {
-                Some(out) => {
-                    let rc = ngx_http_output_filter(r, out);
-                    if truncated {
-                        NGX_ERROR as ngx_int_t
-                    } else {
-                        rc
-                    }
-                }
-                None => NGX_ERROR as ngx_int_t,
-            }
+            rc
         };
         ngx_http_finalize_request(r, rc);
     }
