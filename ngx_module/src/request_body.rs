@@ -16,12 +16,7 @@ use ngx_wsgi::BodySource;
 
 use crate::ffi_guard::guard;
 use crate::notify::Pump;
-
-/// A request pointer that only the event-loop thread dereferences.
-struct LoopRequest(*mut ngx_http_request_t);
-
-// SAFETY: only dereferenced on the event-loop thread (`pump`, `pull`, `body_reader`).
-unsafe impl Send for LoopRequest {}
+use crate::stream::LoopRequest;
 
 struct State {
     chunks: VecDeque<Vec<u8>>,

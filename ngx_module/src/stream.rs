@@ -21,11 +21,12 @@ use ngx_wsgi::{ChunkSink, ClientGone, ResponseHead};
 use crate::ffi_guard::guard;
 use crate::module;
 
-/// A request pointer that only the event-loop thread dereferences.
-struct LoopRequest(*mut ngx_http_request_t);
+/// A request pointer that only the event-loop thread dereferences (here and in
+/// `request_body`): other threads only carry it along inside a mutex. NULL once the request's
+/// task is done.
+pub(crate) struct LoopRequest(pub(crate) *mut ngx_http_request_t);
 
-// SAFETY: the pointer is only dereferenced on the event-loop thread (see `Stream::pump` and the
-// handlers below); other threads only carry it along inside the mutex.
+// SAFETY: the pointer is only dereferenced on the event-loop thread.
 unsafe impl Send for LoopRequest {}
 
 struct State {
