@@ -3,6 +3,7 @@ of filling the worker's memory, and a client that goes away stops the app."""
 import http.client
 import json
 import socket
+import subprocess
 import struct
 import time
 
@@ -123,3 +124,31 @@ def test_stream_under_limit_rate_completes(server):
     r = requests.get(server.url("/rated"), timeout=30)
     assert r.content == b"y" * (1 << 20)
     assert time.monotonic() - started > 1, "limit_rate applied"
+
+
+@pytest.fixture(scope="module")
+def h2_server(nginx_factory):
+    return nginx_factory(
+        location("= /big_stream", f"{APP}:big_stream") + location("= /endless", f"{APP}:endless")
+        + location("= /stats", f"{APP}:stats_app")
+        + location("/unbuffered/", APPS / "input_app.py", "wsgi_request_buffering off;"),
+        server_extra="http2 on;",
+    ).start()
+
+
+def test_http2_streams_reads_unbuffered_and_notices_disconnects(h2_server):
+    curl = ["curl", "-sS", "--fail", "--http2-prior-knowledge"]
+    out = subprocess.run(curl + [h2_server.url("/big_stream")], capture_output=True, timeout=30, check=True)
+    assert out.stdout == b"y" * (1 << 20)
+    out = subprocess.run(curl + ["-H", "Transfer-Encoding: chunked", "--data-binary", "@-",
+                                 h2_server.url("/unbuffered/readline")],
+                         input=b"a\nb\nc", capture_output=True, timeout=30, check=True)
+    assert json.loads(out.stdout)["parts"] == ["a\n", "b\n", "c"]
+    client = subprocess.Popen(curl + [h2_server.url("/endless?h2-gone&0.01")], stdout=subprocess.PIPE)
+    time.sleep(0.5)
+    client.kill()
+    client.wait()
+    deadline = time.monotonic() + 10
+    while stats(h2_server)["closed"].get("h2-gone") != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stats(h2_server)["closed"].get("h2-gone") == 1
