@@ -342,7 +342,7 @@ pub(crate) unsafe extern "C" fn set_python_home(
         };
         // A Python of another version or a missing venv fails here, naming this line.
         if let Err(e) = ngx_wsgi::interpreter::check_home(&home) {
-            return conf_error(cf, &format!("wsgi_python_home \"{}\": {e}", home.display()));
+            return conf_error(cf, &format!("wsgi_python_home {e}"));
         }
         mc.python.home = Some(home);
         // SAFETY: the file being parsed is live during the callback.
