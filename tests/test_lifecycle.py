@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 
+import pytest
 import requests
 
 from conftest import APPS, location
@@ -186,3 +187,20 @@ def test_each_app_is_imported_once_per_worker(nginx_factory, tmp_path):
     assert pids == {str(worker)}
     assert requests.get(server.url("/other/x")).text == "/x"
     assert (tmp_path / f"imported-{worker}").read_text().count("\n") == 1
+
+
+def test_a_crashed_worker_is_replaced_and_the_others_keep_serving(nginx_factory):
+    server = nginx_factory(location("/", APPS / "sleepy.py"), workers=2).start()
+    deadline = time.monotonic() + 10
+    while len(server.worker_pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    before = set(server.worker_pids())
+    with pytest.raises(requests.ConnectionError):
+        requests.get(server.url("/crash"), timeout=10)
+    while time.monotonic() < deadline and (len(server.worker_pids()) < 2 or set(server.worker_pids()) == before):
+        time.sleep(0.05)
+    after = set(server.worker_pids())
+    assert len(after) == 2 and len(after & before) == 1, "one worker replaced, its neighbour untouched"
+    assert "exited on signal 11" in server.error_log()
+    for i in range(10):
+        assert requests.get(server.url(f"/ok{i}"), timeout=10).text == f"/ok{i}"

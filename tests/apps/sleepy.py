@@ -1,5 +1,5 @@
-"""/slow sleeps 2 s in Python, /forever an hour, /spin loops forever, /grow keeps 64 MiB; the rest
-answers at once."""
+"""/slow sleeps 2 s in Python, /forever an hour, /spin loops forever, /grow keeps 64 MiB, /crash
+segfaults the worker; the rest answers at once."""
 import time
 
 _kept = []
@@ -14,6 +14,9 @@ def application(environ, start_response):
         n = 0
         while True:
             n += 1
+    if environ["PATH_INFO"] == "/crash":
+        import ctypes
+        ctypes.string_at(0)  # a segfault, as a broken C extension would cause
     if environ["PATH_INFO"] == "/grow":
         _kept.append(b"x" * (64 << 20))
     start_response("200 OK", [("Content-Type", "text/plain")])
