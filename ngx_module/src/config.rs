@@ -239,7 +239,7 @@ unsafe fn full_path(cf: *mut ngx_conf_t, value: &str) -> PathBuf {
     Path::new(&prefix).join(value)
 }
 
-unsafe fn main_conf<'a>(cf: *mut ngx_conf_t) -> &'a mut MainConf {
+pub(crate) unsafe fn main_conf<'a>(cf: *mut ngx_conf_t) -> &'a mut MainConf {
     // SAFETY: inside the http block this module's main configuration exists.
     unsafe {
         (*cf)
@@ -301,7 +301,7 @@ pub(crate) unsafe extern "C" fn set_app(
 }
 
 /// The core module's configuration of the location block `cf` is in.
-unsafe fn core_loc_conf<'a>(cf: *mut ngx_conf_t) -> &'a mut ngx_http_core_loc_conf_t {
+pub(crate) unsafe fn core_loc_conf<'a>(cf: *mut ngx_conf_t) -> &'a mut ngx_http_core_loc_conf_t {
     // SAFETY: the caller is inside (or merging) a location, whose core configuration exists.
     unsafe {
         (*cf)

@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_http_core_loc_conf_t, ngx_http_discard_request_body,
-    ngx_http_request_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_alloc,
-    ngx_slab_pool_t, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_HTTP_NOT_ALLOWED, NGX_OK,
+    ngx_command_t, ngx_conf_t, ngx_http_discard_request_body, ngx_http_request_t, ngx_int_t,
+    ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t, NGX_ERROR,
+    NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_OK,
 };
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::HttpModuleConfExt;
@@ -298,10 +297,7 @@ pub(crate) unsafe extern "C" fn set_status(
     guard("wsgi_status", NGX_CONF_ERROR, || {
         // SAFETY: inside a location of an http block; the zone name is copied by nginx.
         unsafe {
-            let mc = (*cf)
-                .http_main_conf_unchecked::<MainConf>(module())
-                .expect("wsgi main configuration")
-                .as_mut();
+            let mc = crate::config::main_conf(cf);
             if mc.status_zone.is_null() {
                 let mut name = ngx::ngx_string!("wsgi_status");
                 let zone = ngx_shared_memory_add(
@@ -316,12 +312,7 @@ pub(crate) unsafe extern "C" fn set_status(
                 (*zone).init = Some(init_zone);
                 mc.status_zone = zone;
             }
-            let clcf = (*cf)
-                .http_location_conf_unchecked::<ngx_http_core_loc_conf_t>(&*std::ptr::addr_of!(
-                    nginx_sys::ngx_http_core_module
-                ))
-                .expect("core location configuration")
-                .as_mut();
+            let clcf = crate::config::core_loc_conf(cf);
             clcf.handler = Some(status_handler);
         }
         NGX_CONF_OK
