@@ -73,14 +73,7 @@ pub fn check_apps(
         // SAFETY: `write_fd` is the pipe's write end; _exit skips the server's atexit handlers
         // and stdio buffers, which belong to the parent.
         unsafe {
-            let mut buf = report.as_bytes();
-            while !buf.is_empty() {
-                let n = libc::write(write_fd, buf.as_ptr().cast(), buf.len());
-                if n <= 0 {
-                    break;
-                }
-                buf = &buf[n as usize..];
-            }
+            crate::log_text::write_all(write_fd, report.as_bytes());
             libc::_exit(0);
         }
     }

@@ -21,6 +21,19 @@ pub fn split_entries(msg: &str, max: usize) -> Vec<&str> {
     out
 }
 
+/// Writes all of `bytes` to `fd`, giving up at the first error (a log or a report pipe has no
+/// better fallback).
+pub fn write_all(fd: std::os::fd::RawFd, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: writes from a live slice of `bytes.len()` bytes to a descriptor the caller owns.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            break;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,15 +66,7 @@ pub(crate) fn write_log(level: usize, log: *mut ngx_log_t, msg: &str) {
         );
         let mut l = log;
         while !l.is_null() && level <= (*l).log_level {
-            let fd = (*(*l).file).fd;
-            let mut rest = entry.as_bytes();
-            while !rest.is_empty() {
-                let n = libc::write(fd, rest.as_ptr().cast(), rest.len());
-                if n <= 0 {
-                    break;
-                }
-                rest = &rest[n as usize..];
-            }
+            ngx_wsgi::log_text::write_all((*(*l).file).fd, entry.as_bytes());
             l = (*l).next;
         }
     }
