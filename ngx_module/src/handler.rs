@@ -5,9 +5,8 @@ use std::ffi::c_void;
 
 use nginx_sys::{
     ngx_event_t, ngx_http_finalize_request, ngx_http_read_client_request_body, ngx_http_request_t,
-    ngx_http_run_posted_requests, ngx_int_t, ngx_log_t, ngx_msec_t, ngx_pool_cleanup_add,
-    ngx_thread_task_alloc, ngx_thread_task_post, NGX_DONE, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
+    ngx_http_run_posted_requests, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add, NGX_DONE,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_HTTP_SPECIAL_RESPONSE,
 };
 use ngx::http::HttpModuleConfExt;
 use ngx_wsgi::{
@@ -147,17 +146,11 @@ unsafe fn post_job(r: *mut ngx_http_request_t) -> Result<(), u32> {
         // The stream's event handlers find the job here.
         *(*r).ctx.add(module().ctx_index) = job.cast();
 
-        let task = ngx_thread_task_alloc((*r).pool, std::mem::size_of::<*mut Job>());
-        if task.is_null() {
-            return Err(NGX_HTTP_INTERNAL_SERVER_ERROR);
-        }
-        *((*task).ctx as *mut *mut Job) = job;
-        (*task).handler = Some(run_job);
-        (*task).event.handler = Some(job_done);
-        (*task).event.data = job.cast();
         (*(*r).main).set_blocked((*(*r).main).blocked() + 1);
-        if ngx_thread_task_post(lc.thread_pool, task) != NGX_OK as ngx_int_t {
-            // nginx has logged the overflow of the pool's queue.
+        if crate::dispatch::RunQueue::of(lc.thread_pool)
+            .submit(job)
+            .is_err()
+        {
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
             return Err(NGX_HTTP_SERVICE_UNAVAILABLE);
         }
@@ -176,11 +169,13 @@ unsafe extern "C" fn drop_job(data: *mut c_void) {
 }
 
 /// Runs on a pool thread: the app, and nothing of nginx's.
-unsafe extern "C" fn run_job(data: *mut c_void, _log: *mut ngx_log_t) {
-    // SAFETY: `data` is the task context holding the job pointer. Only the fields used here are
-    // borrowed: the event loop reads `stream` meanwhile, and nothing else until completion.
+///
+/// # Safety
+/// `job` is live and touched by no other thread but for `stream`, which is shared.
+pub(crate) unsafe fn run_job(job: *mut Job) {
+    // SAFETY: per the function contract. Only the fields used here are borrowed: the event loop
+    // reads `stream` meanwhile, and nothing else until completion.
     unsafe {
-        let job = *(data as *mut *mut Job);
         let body = (*job)
             .body
             .take()
@@ -220,13 +215,15 @@ fn count_finished(job: &Job) {
 }
 
 /// Back on the event loop once the pool thread is done.
-unsafe extern "C" fn job_done(ev: *mut ngx_event_t) {
-    // SAFETY: the event's data is the job, alive until the request is destroyed; the request and
-    // its connection stay valid while `blocked` was held.
-    let (job, r, c) = unsafe {
-        let job = (*ev).data as *mut Job;
+///
+/// # Safety
+/// Event-loop thread; `job` is live and no pool thread touches it any more.
+pub(crate) unsafe fn complete(job: *mut Job) {
+    // SAFETY: the job is alive until the request is destroyed; the request and its connection
+    // stay valid while `blocked` was held.
+    let (r, c) = unsafe {
         let r = (*job).request;
-        (job, r, (*r).connection)
+        (r, (*r).connection)
     };
     let sent = guard("sending the response", false, || {
         // SAFETY: as above; from here on the request may be finalized and the job freed.

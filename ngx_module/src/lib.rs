@@ -6,6 +6,7 @@
 //! runs the app; the completion handler, back on the event loop, sends the response.
 
 mod config;
+mod dispatch;
 mod ffi_guard;
 mod handler;
 mod inflight;
