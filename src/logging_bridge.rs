@@ -16,7 +16,10 @@ thread_local! {
 pub(crate) fn with_request<R>(id: &[u8], f: impl FnOnce() -> R) -> R {
     CURRENT_REQUEST.with_borrow_mut(|cur| {
         cur.clear();
-        cur.push_str(&String::from_utf8_lossy(id));
+        match std::str::from_utf8(id) {
+            Ok(id) => cur.push_str(id),
+            Err(_) => cur.push_str(&String::from_utf8_lossy(id)),
+        }
     });
     let result = f();
     CURRENT_REQUEST.with_borrow_mut(String::clear);

@@ -54,19 +54,20 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-/// A `str` as latin-1 bytes, refusing code points above U+00FF.
-fn latin1_bytes(what: &str, s: &str) -> Result<Vec<u8>, String> {
+/// A `str` as latin-1 bytes, refusing code points above U+00FF (`what` names it in the error).
+fn latin1_bytes(what: impl FnOnce() -> String, s: &str) -> Result<Vec<u8>, String> {
+    if s.is_ascii() {
+        return Ok(s.as_bytes().to_vec());
+    }
     s.chars()
-        .map(|c| {
-            u8::try_from(u32::from(c))
-                .map_err(|_| format!("{what} {s:?} has a character outside latin-1"))
-        })
-        .collect()
+        .map(|c| u8::try_from(u32::from(c)).ok())
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| format!("{} {s:?} has a character outside latin-1", what()))
 }
 
 /// Parses `NNN Reason`.
 pub fn parse_status(status: &str) -> Result<(u16, Vec<u8>), String> {
-    let bytes = latin1_bytes("status", status)?;
+    let bytes = latin1_bytes(|| "status".into(), status)?;
     let well_formed = bytes.len() >= 5
         && bytes[..3].iter().all(u8::is_ascii_digit)
         && bytes[3] == b' '
@@ -104,7 +105,7 @@ pub fn parse_header(name: &str, value: &str) -> Result<(Vec<u8>, Vec<u8>), Strin
             "header {name:?} is hop-by-hop; the server manages it (PEP 3333)"
         ));
     }
-    let value_bytes = latin1_bytes(&format!("header {name:?} value"), value)?;
+    let value_bytes = latin1_bytes(|| format!("header {name:?} value"), value)?;
     if value_bytes.iter().any(|&c| is_ctl(c)) {
         return Err(format!(
             "header {name:?} value {value:?} contains a control character (CR, LF, NUL, ...)"

@@ -18,6 +18,8 @@ pub struct RequestWatch {
     expired: AtomicBool,
     /// The request got into Python at some point.
     started: AtomicBool,
+    /// An asynchronous exception was set in the request's thread.
+    interrupted: AtomicBool,
     thread: AtomicU64,
 }
 
@@ -41,6 +43,10 @@ impl RequestWatch {
 
     pub(crate) fn leave(&self, _py: Python<'_>) {
         self.running.store(false, Ordering::Release);
+        // Both flags change with the GIL held, which this thread holds now.
+        if !self.interrupted.load(Ordering::Acquire) {
+            return;
+        }
         // An interrupt set while the thread ran no bytecode (Rust or C code, a wait) would
         // otherwise fire in the thread's next request.
         // SAFETY: the GIL is held; NULL clears this thread's pending asynchronous exception.
@@ -92,6 +98,7 @@ impl RequestWatch {
                 target: "wsgi",
                 "{what}; interrupting it with TimeoutError. Its Python stack (most recent call last):\n{stack}"
             );
+            self.interrupted.store(true, Ordering::Release);
             // SAFETY: the GIL is held; the thread id belongs to a live thread state (the request
             // is still running, checked under the GIL); TimeoutError is a static exception type.
             unsafe { ffi::PyThreadState_SetAsyncExc(ident as _, ffi::PyExc_TimeoutError) };

@@ -120,3 +120,20 @@ def test_python_logging_reaches_the_error_log(server):
     log = server.error_log()
     assert re.search(r"\[warn\] .*python: myapp\.views: disk almost full: 93%, request_id: [0-9a-f]{32}", log)
     assert "not shown" not in log
+
+
+def test_the_log_line_id_is_the_requests_request_id(nginx_factory):
+    """The id on a request's error-log lines is the `$request_id` that the access log and
+    `wsgi_param` see, also when nothing asked for it before the app ran."""
+    srv = nginx_factory(
+        location("= /errors_stream", f"{APP}:errors_stream")
+        + location("= /with_param", f"{APP}:errors_stream", "wsgi_param REQUEST_ID $request_id;"),
+        http_extra="log_format ids '$uri $request_id';",
+        server_extra="access_log logs/access.log ids;").start()
+    for path in ("/errors_stream", "/with_param", "/errors_stream"):
+        assert requests.get(srv.url(path)).text == "logged"
+    srv.stop()
+    access = (srv.prefix / "logs/access.log").read_text().split("\n")
+    logged = re.findall(r"a line for the error log, request_id: ([0-9a-f]{32})", srv.error_log())
+    assert [line.split()[1] for line in access if line] == logged
+    assert len(set(logged)) == 3

@@ -76,6 +76,20 @@ static QUEUES: Mutex<Registry> = Mutex::new(Registry(Vec::new()));
 impl RunQueue {
     /// The queue of `pool` in this worker (made on first use, kept for the process).
     pub(crate) fn of(pool: *mut ngx_thread_pool_t) -> &'static RunQueue {
+        thread_local! {
+            static LAST: std::cell::Cell<Option<&'static RunQueue>> = const {
+                std::cell::Cell::new(None)
+            };
+        }
+        if let Some(q) = LAST.get().filter(|q| q.pool == pool) {
+            return q;
+        }
+        let q = Self::find_or_make(pool);
+        LAST.set(Some(q));
+        q
+    }
+
+    fn find_or_make(pool: *mut ngx_thread_pool_t) -> &'static RunQueue {
         let mut queues = QUEUES.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(q) = queues.0.iter().find(|q| q.pool == pool) {
             return q;

@@ -16,6 +16,7 @@ mod metrics;
 mod notify;
 mod recycle;
 mod request_body;
+mod request_id;
 mod request_info;
 mod response;
 mod stream;

@@ -5,9 +5,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use nginx_sys::{
     ngx_connection_local_sockaddr, ngx_http_complex_value, ngx_http_core_module,
-    ngx_http_core_srv_conf_t, ngx_http_get_indexed_variable, ngx_http_request_t, ngx_int_t,
-    ngx_list_part_t, ngx_str_t, ngx_table_elt_t, ngx_uint_t, NGX_HTTP_VERSION_10,
-    NGX_HTTP_VERSION_11, NGX_HTTP_VERSION_20, NGX_HTTP_VERSION_9, NGX_OK,
+    ngx_http_core_srv_conf_t, ngx_http_request_t, ngx_int_t, ngx_list_part_t, ngx_str_t,
+    ngx_table_elt_t, ngx_uint_t, NGX_HTTP_VERSION_10, NGX_HTTP_VERSION_11, NGX_HTTP_VERSION_20,
+    NGX_HTTP_VERSION_9, NGX_OK,
 };
 use ngx::http::HttpModuleConfExt;
 use ngx_wsgi::environ::Field;
@@ -53,17 +53,12 @@ pub(crate) unsafe fn collect(
 
     // SAFETY: the connection's peer address is set for every accepted connection.
     let remote_port = unsafe { sockaddr_port(c.sockaddr.cast()) };
-    b.set(Field::RemotePort, remote_port.to_string().as_bytes());
+    b.set(Field::RemotePort, decimal(&mut [0; 5], remote_port));
     // SAFETY: fills `c->local_sockaddr` (getsockname for wildcard listeners) on the loop thread.
     unsafe { ngx_connection_local_sockaddr(c, std::ptr::null_mut(), 0) };
     // SAFETY: set by the call above.
-    let (local_ip, local_port) = unsafe {
-        (
-            sockaddr_ip(c.local_sockaddr.cast()),
-            sockaddr_port(c.local_sockaddr.cast()),
-        )
-    };
-    b.set(Field::ServerPort, local_port.to_string().as_bytes());
+    let local_port = unsafe { sockaddr_port(c.local_sockaddr.cast()) };
+    b.set(Field::ServerPort, decimal(&mut [0; 5], local_port));
     // SAFETY: every request has its server's core configuration.
     let server_name = unsafe {
         r.http_server_conf_unchecked::<ngx_http_core_srv_conf_t>(&*std::ptr::addr_of!(
@@ -73,18 +68,17 @@ pub(crate) unsafe fn collect(
         .unwrap_or(&[])
     };
     if server_name.is_empty() {
+        // SAFETY: set by `ngx_connection_local_sockaddr` above.
+        let local_ip = unsafe { sockaddr_ip(c.local_sockaddr.cast()) };
         b.set(Field::ServerName, local_ip.as_bytes());
     } else {
         b.set(Field::ServerName, server_name);
     }
     b.https(!c.ssl.is_null());
     if let Some(index) = request_id_var {
-        // SAFETY: the index was registered at configuration; the value lives in the request.
-        unsafe {
-            let v = ngx_http_get_indexed_variable(r, index);
-            if !v.is_null() && (*v).valid() != 0 && !(*v).data.is_null() {
-                b.request_id(std::slice::from_raw_parts((*v).data, (*v).len() as usize));
-            }
+        // SAFETY: the index is `$request_id`'s, registered at configuration; on the loop.
+        if let Some(id) = unsafe { crate::request_id::of(r, index) } {
+            b.request_id(id);
         }
     }
 
@@ -200,6 +194,19 @@ unsafe fn sockaddr_port(sa: *const libc::sockaddr) -> u16 {
             libc::AF_INET => u16::from_be((*(sa as *const libc::sockaddr_in)).sin_port),
             libc::AF_INET6 => u16::from_be((*(sa as *const libc::sockaddr_in6)).sin6_port),
             _ => 0,
+        }
+    }
+}
+
+/// `n` in decimal, written into `buf` (a port fits in five digits).
+fn decimal(buf: &mut [u8; 5], mut n: u16) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
         }
     }
 }
