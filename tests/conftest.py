@@ -41,7 +41,7 @@ class Nginx:
     """One nginx master (foreground) with the module, its own prefix, port and error log."""
 
     def __init__(self, built, locations, http_extra="", main_extra="", server_extra="",
-                 workers=1, home=True, listen_extra=""):
+                 workers=1, home=True, listen_extra="", server_name="test.local"):
         self.module, self.binary = built
         self.prefix = pathlib.Path(tempfile.mkdtemp(prefix="ngx-wsgi-test-"))
         (self.prefix / "logs").mkdir()
@@ -57,7 +57,7 @@ class Nginx:
             "events { worker_connections 1024; }\n"
             "http {\n access_log off;\n"
             f" {home_line} {http_extra}\n"
-            f" server {{\n  listen 127.0.0.1:{self.port}{listen_extra};\n  server_name test.local;\n"
+            f" server {{\n  listen 127.0.0.1:{self.port}{listen_extra};\n  server_name {server_name};\n"
             f"  {server_extra}\n{locations}\n }}\n}}\n"
         )
 

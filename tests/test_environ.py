@@ -66,6 +66,12 @@ def test_server_identity_never_comes_from_client_headers(server):
     assert e["HTTP_HOST"] == "evil.example:9999"
 
 
+def test_server_name_falls_back_to_the_local_address(nginx_factory):
+    srv = nginx_factory(location("/", APP), server_name='""').start()
+    e = environ(srv)
+    assert e["SERVER_NAME"] == "127.0.0.1" and e["SERVER_PORT"] == str(srv.port)
+
+
 def test_mounted_location_splits_script_name_and_path_info(server):
     assert (environ(server, "/mount/")["SCRIPT_NAME"], environ(server, "/mount/")["PATH_INFO"]) == ("/mount", "/")
     e = environ(server, "/mount/deeper/x%2Fy?q")

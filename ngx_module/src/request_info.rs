@@ -1,8 +1,6 @@
 //! Copies what the app needs out of `ngx_http_request_t` (on the event loop), so the pool thread
 //! never reads nginx's structures.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
-
 use nginx_sys::{
     ngx_connection_local_sockaddr, ngx_http_complex_value, ngx_http_core_module,
     ngx_http_core_srv_conf_t, ngx_http_request_t, ngx_int_t, ngx_list_part_t, ngx_str_t,
@@ -68,9 +66,21 @@ pub(crate) unsafe fn collect(
         .unwrap_or(&[])
     };
     if server_name.is_empty() {
-        // SAFETY: set by `ngx_connection_local_sockaddr` above.
-        let local_ip = unsafe { sockaddr_ip(c.local_sockaddr.cast()) };
-        b.set(Field::ServerName, local_ip.as_bytes());
+        // nginx's own text of the address (what `$server_addr` shows).
+        let mut text = [0u8; 64];
+        let mut local_ip = ngx_str_t {
+            len: text.len(),
+            data: text.as_mut_ptr(),
+        };
+        // SAFETY: the connection is live; nginx writes at most `len` bytes into `text`.
+        let rc = unsafe { ngx_connection_local_sockaddr(c, &mut local_ip, 0) };
+        // SAFETY: set for every accepted connection (the call above fills it if needed).
+        let family = unsafe { i32::from((*c.local_sockaddr).sa_family) };
+        if rc == NGX_OK as ngx_int_t && matches!(family, libc::AF_INET | libc::AF_INET6) {
+            b.set(Field::ServerName, &text[..local_ip.len]);
+        } else {
+            b.set(Field::ServerName, b"localhost");
+        }
     } else {
         b.set(Field::ServerName, server_name);
     }
@@ -207,27 +217,6 @@ fn decimal(buf: &mut [u8; 5], mut n: u16) -> &[u8] {
         n /= 10;
         if n == 0 {
             return &buf[at..];
-        }
-    }
-}
-
-/// # Safety
-/// `sa` is NULL or a valid socket address.
-unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> String {
-    if sa.is_null() {
-        return "localhost".into();
-    }
-    // SAFETY: the family says which structure `sa` is.
-    unsafe {
-        match (*sa).sa_family as i32 {
-            libc::AF_INET => Ipv4Addr::from(u32::from_be(
-                (*(sa as *const libc::sockaddr_in)).sin_addr.s_addr,
-            ))
-            .to_string(),
-            libc::AF_INET6 => {
-                Ipv6Addr::from((*(sa as *const libc::sockaddr_in6)).sin6_addr.s6_addr).to_string()
-            }
-            _ => "localhost".into(),
         }
     }
 }
