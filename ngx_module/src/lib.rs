@@ -179,8 +179,3 @@ pub(crate) fn ngx_bytes(s: &ngx_str_t) -> &[u8] {
         unsafe { std::slice::from_raw_parts(s.data, s.len) }
     }
 }
-
-/// Rust allocations of the module: most are made on a pool thread and freed on the event loop
-/// (or the reverse), a pattern glibc's per-thread arenas handle with locks and consolidation.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
