@@ -8,6 +8,7 @@
 pub mod app;
 pub mod body;
 pub mod check;
+pub mod chunk;
 pub mod environ;
 pub mod errors;
 pub mod file_wrapper;
@@ -23,6 +24,7 @@ pub mod watchdog;
 
 pub use app::{AppSpec, Apps};
 pub use body::{Body, Segment};
+pub use chunk::Chunk;
 pub use environ::{RequestInfo, RequestInfoBuilder};
 pub use input::{BodySource, RequestBody};
 pub use interpreter::PythonSettings;

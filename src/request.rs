@@ -73,6 +73,7 @@ pub fn run_request(
     let asked = Instant::now();
     crate::interpreter::attach(|py| {
         let gil_wait = asked.elapsed();
+        crate::chunk::release_dropped(py);
         let _inside = match watch {
             Some(w) if !w.enter(py) => return Outcome::failed(),
             Some(w) => Some(Inside { py, watch: w }),
@@ -286,7 +287,7 @@ fn consume(
                 crate::response::type_name(&item)
             ))
         })?;
-        start_response.borrow_mut().push_body(py, bytes.as_bytes())
+        start_response.borrow_mut().push_body(bytes)
     };
     if sequence {
         if let Ok(list) = iterable.cast::<PyList>() {
@@ -456,12 +457,16 @@ mod tests {
     }
 
     impl ChunkSink for Recorder {
-        fn push(&self, head: Option<ResponseHead>, data: Vec<u8>) -> Result<(), crate::ClientGone> {
+        fn push(
+            &self,
+            head: Option<ResponseHead>,
+            data: crate::Chunk,
+        ) -> Result<(), crate::ClientGone> {
             let mut pieces = self.pieces.lock().unwrap();
             if self.gone_after.is_some_and(|n| pieces.len() >= n) {
                 return Err(crate::ClientGone);
             }
-            pieces.push((head.map(|h| h.status), data));
+            pieces.push((head.map(|h| h.status), data.to_vec()));
             Ok(())
         }
     }
@@ -510,6 +515,25 @@ mod tests {
         );
         assert_eq!((out.streamed, out.body), (false, b"xy".to_vec()));
         assert!(sink.pieces.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_long_stream_keeps_no_more_sent_pieces_than_one() {
+        // Each piece is a new 16 KiB bytes object, lent to the sink, which drops it at once.
+        let sink = Arc::new(Recorder::default());
+        let out = run_streaming(
+            "def app(e, sr):\n sr('200 OK', [])\n for i in range(50):\n  yield bytes([i]) * 16384",
+            sink.clone(),
+        );
+        assert!(out.streamed);
+        let pieces = sink.pieces.lock().unwrap();
+        assert_eq!(pieces.len(), 50);
+        assert!(pieces
+            .iter()
+            .enumerate()
+            .all(|(i, (_, d))| d == &vec![i as u8; 16384]));
+        // The last piece (and one of the chunk test's, running alongside) may still wait.
+        assert!(crate::chunk::waiting_for_release() <= 2);
     }
 
     #[test]

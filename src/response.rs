@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
+use crate::chunk::Chunk;
 use crate::sink::{ChunkSink, ClientGone};
 
 /// The status and headers of a response, as the app gave them (validated).
@@ -233,13 +234,15 @@ impl StartResponse {
         self.streaming = true;
         if !self.body.is_empty() {
             let held = std::mem::take(&mut self.body);
-            self.send(py, held)?;
+            self.send(py, Chunk::from_vec(held))?;
         }
         Ok(())
     }
 
     /// Appends body bytes produced by the app (by iteration or `write()`).
-    pub(crate) fn push_body(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+    pub(crate) fn push_body(&mut self, bytes: &Bound<'_, PyBytes>) -> PyResult<()> {
+        let py = bytes.py();
+        let data = bytes.as_bytes();
         if data.is_empty() {
             return Ok(());
         }
@@ -269,7 +272,7 @@ impl StartResponse {
         self.committed = true;
         self.produced += data.len() as u64;
         if self.streaming {
-            self.send(py, data.to_vec())
+            self.send(py, Chunk::from_bytes(bytes, data.len()))
         } else {
             if self.body.is_empty() {
                 if let Some(len) = head.content_length {
@@ -281,7 +284,10 @@ impl StartResponse {
         }
     }
 
-    fn send(&mut self, py: Python<'_>, data: Vec<u8>) -> PyResult<()> {
+    fn send(&mut self, py: Python<'_>, data: Chunk) -> PyResult<()> {
+        // Pieces the server has sent since the last one: a long stream keeps no more of them
+        // than its bound.
+        crate::chunk::release_dropped(py);
         let head = if self.streamed {
             None
         } else {
@@ -359,9 +365,8 @@ impl StartResponse {
                 type_name(data)
             ))
         })?;
-        let py = data.py();
-        self.start_streaming(py)?;
-        self.push_body(py, bytes.as_bytes())
+        self.start_streaming(data.py())?;
+        self.push_body(bytes)
     }
 }
 

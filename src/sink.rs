@@ -1,6 +1,7 @@
 //! Streaming: how the response of an app that yields its body piece by piece reaches the server
 //! while the app is still running.
 
+use crate::chunk::Chunk;
 use crate::response::ResponseHead;
 
 /// The client went away; the app's iterator must not be advanced any further.
@@ -12,5 +13,5 @@ pub trait ChunkSink: Send + Sync {
     /// Hands one piece of the body to the server, with the response head before the first.
     /// Called without the GIL; blocks while the server already holds its bound of unsent bytes
     /// for this request (backpressure). Fails once the client is gone.
-    fn push(&self, head: Option<ResponseHead>, data: Vec<u8>) -> Result<(), ClientGone>;
+    fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone>;
 }

@@ -67,14 +67,15 @@ def rss_kib(pid):
     raise AssertionError("no VmRSS")
 
 
-def test_slow_client_pauses_the_app_and_bounds_worker_memory(server):
+@pytest.mark.parametrize("pieces", ["same", "fresh"])
+def test_slow_client_pauses_the_app_and_bounds_worker_memory(server, pieces):
     worker = server.worker_pids()[0]
     before_rss = rss_kib(worker)
     before = stats(server)["yielded"]
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         s.connect(("127.0.0.1", server.port))
-        s.sendall(b"GET /huge HTTP/1.1\r\nHost: t\r\n\r\n")
+        s.sendall(f"GET /huge?{pieces} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
         received = 0
         start = time.monotonic()
         while time.monotonic() - start < 5:

@@ -16,7 +16,7 @@ use nginx_sys::{
     NGX_OK,
 };
 use ngx::http::HttpModuleConfExt;
-use ngx_wsgi::{ChunkSink, ClientGone, ResponseHead};
+use ngx_wsgi::{Chunk, ChunkSink, ClientGone, ResponseHead};
 
 use crate::ffi_guard::guard;
 use crate::module;
@@ -33,9 +33,9 @@ struct State {
     /// The head, from the first push until the loop sends it.
     head: Option<ResponseHead>,
     /// Pieces the loop has not handed to nginx yet.
-    pending: VecDeque<Vec<u8>>,
+    pending: VecDeque<Chunk>,
     /// Pieces nginx has, with their buffers, in sending order (loop side).
-    in_nginx: VecDeque<(Vec<u8>, *mut ngx_buf_t)>,
+    in_nginx: VecDeque<(Chunk, *mut ngx_buf_t)>,
     free: *mut ngx_chain_t,
     busy: *mut ngx_chain_t,
     /// Bytes produced and not yet sent by nginx: the backpressure count.
@@ -309,7 +309,7 @@ impl Stream {
 }
 
 impl ChunkSink for Stream {
-    fn push(&self, head: Option<ResponseHead>, data: Vec<u8>) -> Result<(), ClientGone> {
+    fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone> {
         let mut st = self.lock();
         while st.unsent >= self.limit && !st.cancelled {
             st = self.room.wait(st).unwrap_or_else(|e| e.into_inner());

@@ -30,15 +30,17 @@ def release(environ, start_response):
 
 
 def huge(environ, start_response):
-    """1 GiB, generated 64 KiB at a time."""
+    """1 GiB, generated 64 KiB at a time: the same bytes object each time, or (?fresh) a new
+    one each time, which the server must let go of as the client takes them."""
     block = b"x" * 65536
+    fresh = environ["QUERY_STRING"] == "fresh"
     start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(1 << 30))])
 
     def body():
         for _ in range((1 << 30) // 65536):
             with _lock:
                 stats["yielded"] += 65536
-            yield block
+            yield bytes(bytearray(block)) if fresh else block
     return body()
 
 
