@@ -3,6 +3,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
+use crate::chunk::Chunk;
 use crate::environ::{Field, RequestInfo};
 use crate::file_wrapper::FileRange;
 use crate::input::{Input, RequestBody};
@@ -33,7 +34,7 @@ pub struct Outcome {
     pub kind: OutcomeKind,
     pub head: Option<ResponseHead>,
     /// The body, or what is left of it when the response was streamed.
-    pub body: Vec<u8>,
+    pub body: Chunk,
     /// The head and part of the body already went to the server through its sink.
     pub streamed: bool,
     /// The app returned a list or tuple: every byte was known before any was sent, so the server
@@ -50,7 +51,7 @@ impl Outcome {
         Outcome {
             kind: OutcomeKind::Failed,
             head: None,
-            body: Vec::new(),
+            body: Chunk::from_vec(Vec::new()),
             streamed: false,
             length_known: false,
             file: None,
@@ -162,7 +163,7 @@ fn run_attached(
     let mut sr = start_response.borrow_mut();
     sr.finished = true;
     let head = sr.head.take();
-    let body = std::mem::take(&mut sr.body);
+    let body = sr.body.take();
     let (committed, streamed, client_gone) = (sr.committed, sr.streamed, sr.client_gone);
     let (produced, excess) = (sr.produced, sr.excess);
     drop(sr);
@@ -176,7 +177,7 @@ fn run_attached(
         return Outcome {
             kind: OutcomeKind::ClientGone,
             head: None,
-            body: Vec::new(),
+            body: Chunk::from_vec(Vec::new()),
             streamed,
             length_known: false,
             file: None,
@@ -197,7 +198,11 @@ fn run_attached(
                 OutcomeKind::Failed
             },
             head: if committed { head } else { None },
-            body: if committed { body } else { Vec::new() },
+            body: if committed {
+                body
+            } else {
+                Chunk::from_vec(Vec::new())
+            },
             streamed,
             length_known: false,
             file: None,
@@ -359,13 +364,13 @@ mod tests {
     fn list_body_with_known_length() {
         let out = run("def app(e, sr):\n sr('200 OK', [('Content-Type', 'text/plain')])\n return [b'hello ', b'world']");
         assert_eq!(out.kind, OutcomeKind::Complete);
-        assert_eq!(out.body, b"hello world");
+        assert_eq!(&*out.body, b"hello world");
         assert!(out.length_known);
         let head = out.head.unwrap();
         assert_eq!(head.status, 200);
         assert_eq!(
-            head.headers,
-            vec![(b"Content-Type".to_vec(), b"text/plain".to_vec())]
+            head.headers().collect::<Vec<_>>(),
+            vec![(&b"Content-Type"[..], &b"text/plain"[..])]
         );
     }
 
@@ -382,7 +387,7 @@ mod tests {
             " return Body()\n",
         ));
         assert_eq!(out.kind, OutcomeKind::Complete);
-        assert_eq!(out.body, b"abc");
+        assert_eq!(&*out.body, b"abc");
         assert!(!out.length_known);
         assert_eq!(out.head.unwrap().status, 201);
     }
@@ -432,9 +437,28 @@ mod tests {
         assert_eq!(out.kind, OutcomeKind::Complete);
         let head = out.head.unwrap();
         assert_eq!(
-            (head.status, head.headers),
-            (500, vec![(b"C".to_vec(), b"d".to_vec())])
+            (head.status, head.headers().collect::<Vec<_>>()),
+            (500, vec![(&b"C"[..], &b"d"[..])])
         );
+    }
+
+    #[test]
+    fn large_list_items_are_held_whole_and_joined_in_order() {
+        let one = run("def app(e, sr):\n sr('200 OK', [])\n return [b'a' * 20000]");
+        assert_eq!(
+            (one.kind, &*one.body),
+            (OutcomeKind::Complete, &[b'a'; 20000][..])
+        );
+        let two =
+            run("def app(e, sr):\n sr('200 OK', [])\n return [b'a' * 20000, b'bc', b'd' * 9000]");
+        let mut want = vec![b'a'; 20000];
+        want.extend_from_slice(b"bc");
+        want.extend_from_slice(&[b'd'; 9000]);
+        assert_eq!(&*two.body, &want[..]);
+        let cut = run(
+            "def app(e, sr):\n sr('200 OK', [('Content-Length', '10000')])\n return [b'x' * 30000]",
+        );
+        assert_eq!(&*cut.body, &[b'x'; 10000][..]);
     }
 
     #[test]
@@ -442,8 +466,8 @@ mod tests {
         let long =
             run("def app(e, sr):\n sr('200 OK', [('Content-Length', '3')])\n return [b'abcdef']");
         assert_eq!(
-            (long.kind, long.body),
-            (OutcomeKind::Complete, b"abc".to_vec())
+            (long.kind, &*long.body),
+            (OutcomeKind::Complete, &b"abc"[..])
         );
         let short =
             run("def app(e, sr):\n sr('200 OK', [('Content-Length', '10')])\n return [b'abc']");
@@ -513,7 +537,7 @@ mod tests {
             "def app(e, sr):\n sr('200 OK', [])\n return [b'x', b'y']",
             sink.clone(),
         );
-        assert_eq!((out.streamed, out.body), (false, b"xy".to_vec()));
+        assert_eq!((out.streamed, &*out.body), (false, &b"xy"[..]));
         assert!(sink.pieces.lock().unwrap().is_empty());
     }
 

@@ -1,6 +1,8 @@
 //! `start_response` and `write()`: the response head an app declares, validated per PEP 3333 and
 //! RFC 9110 before anything reaches the wire.
 
+use std::borrow::Cow;
+
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use std::sync::Arc;
@@ -11,18 +13,78 @@ use crate::chunk::Chunk;
 use crate::sink::{ChunkSink, ClientGone};
 
 /// The status and headers of a response, as the app gave them (validated).
+///
+/// The status line and every header live in one buffer (two allocations per response, not two
+/// per header).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseHead {
     pub status: u16,
-    /// `NNN Reason`, exactly as the app wrote it (latin-1 bytes).
-    pub status_line: Vec<u8>,
-    /// Every header but `Content-Length`, in order, names as the app spelled them.
-    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
     /// The app's `Content-Length`, if it set one.
     pub content_length: Option<u64>,
+    /// The status line, then each header's name and value.
+    text: Vec<u8>,
+    status_len: usize,
+    /// (start, name length, value length) of each header in `text`.
+    fields: Vec<(u32, u32, u32)>,
 }
 
 impl ResponseHead {
+    /// A head with status `status` and its line `NNN Reason` (latin-1 bytes), no headers yet;
+    /// `room` is a hint of the header bytes to come.
+    pub fn new(status: u16, status_line: &[u8], headers: usize, room: usize) -> ResponseHead {
+        let mut text = Vec::with_capacity(status_line.len() + room);
+        text.extend_from_slice(status_line);
+        ResponseHead {
+            status,
+            content_length: None,
+            text,
+            status_len: status_line.len(),
+            fields: Vec::with_capacity(headers),
+        }
+    }
+
+    /// `NNN Reason`, exactly as the app wrote it (latin-1 bytes).
+    pub fn status_line(&self) -> &[u8] {
+        &self.text[..self.status_len]
+    }
+
+    /// Every header but `Content-Length`, in order, names as the app spelled them.
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.fields.iter().map(|&(start, name, value)| {
+            let (start, name, value) = (start as usize, name as usize, value as usize);
+            (
+                &self.text[start..start + name],
+                &self.text[start + name..start + name + value],
+            )
+        })
+    }
+
+    /// Adds a header (already validated).
+    pub fn push_header(&mut self, name: &[u8], value: &[u8]) {
+        let start = self.text.len() as u32;
+        self.text.extend_from_slice(name);
+        self.text.extend_from_slice(value);
+        self.fields
+            .push((start, name.len() as u32, value.len() as u32));
+    }
+
+    /// This head without the headers `drop` names (case-insensitive).
+    pub fn without(&self, drop: &[&[u8]]) -> ResponseHead {
+        let mut head = ResponseHead::new(
+            self.status,
+            self.status_line(),
+            self.fields.len(),
+            self.text.len(),
+        );
+        head.content_length = self.content_length;
+        for (name, value) in self.headers() {
+            if !drop.iter().any(|d| name.eq_ignore_ascii_case(d)) {
+                head.push_header(name, value);
+            }
+        }
+        head
+    }
+
     /// Whether this status never carries a body (1xx, 204, 304).
     pub fn is_bodiless(&self) -> bool {
         self.status < 200 || self.status == 204 || self.status == 304
@@ -30,10 +92,9 @@ impl ResponseHead {
 
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
+        self.headers()
             .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v.as_slice())
+            .map(|(_, v)| v)
     }
 
     /// The URI of an `X-Accel-Redirect`: the server answers from there instead, and the app's
@@ -56,18 +117,19 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// A `str` as latin-1 bytes, refusing code points above U+00FF (`what` names it in the error).
-fn latin1_bytes(what: impl FnOnce() -> String, s: &str) -> Result<Vec<u8>, String> {
+fn latin1_bytes(what: impl FnOnce() -> String, s: &str) -> Result<Cow<'_, [u8]>, String> {
     if s.is_ascii() {
-        return Ok(s.as_bytes().to_vec());
+        return Ok(Cow::Borrowed(s.as_bytes()));
     }
     s.chars()
         .map(|c| u8::try_from(u32::from(c)).ok())
         .collect::<Option<Vec<u8>>>()
+        .map(Cow::Owned)
         .ok_or_else(|| format!("{} {s:?} has a character outside latin-1", what()))
 }
 
 /// Parses `NNN Reason`.
-pub fn parse_status(status: &str) -> Result<(u16, Vec<u8>), String> {
+pub fn parse_status(status: &str) -> Result<(u16, Cow<'_, [u8]>), String> {
     let bytes = latin1_bytes(|| "status".into(), status)?;
     let well_formed = bytes.len() >= 5
         && bytes[..3].iter().all(u8::is_ascii_digit)
@@ -97,7 +159,10 @@ fn is_token_char(c: u8) -> bool {
 }
 
 /// Checks one header; returns it as latin-1 bytes.
-pub fn parse_header(name: &str, value: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
+pub fn parse_header<'a>(
+    name: &'a str,
+    value: &'a str,
+) -> Result<(&'a [u8], Cow<'a, [u8]>), String> {
     if name.is_empty() || !name.bytes().all(is_token_char) {
         return Err(format!("header name {name:?} is not an HTTP token"));
     }
@@ -112,7 +177,7 @@ pub fn parse_header(name: &str, value: &str) -> Result<(Vec<u8>, Vec<u8>), Strin
             "header {name:?} value {value:?} contains a control character (CR, LF, NUL, ...)"
         ));
     }
-    Ok((name.as_bytes().to_vec(), value_bytes))
+    Ok((name.as_bytes(), value_bytes))
 }
 
 /// Builds a head from the app's `status` and `headers` arguments.
@@ -123,19 +188,15 @@ pub fn head_from_python(
     let status = status.cast::<PyString>().map_err(|_| {
         PyTypeError::new_err(format!("status must be str, not {}", type_name(status)))
     })?;
-    let (code, status_line) = parse_status(&status.to_cow()?).map_err(PyValueError::new_err)?;
+    let status = status.to_cow()?;
+    let (code, status_line) = parse_status(&status).map_err(PyValueError::new_err)?;
     let headers = headers.cast::<PyList>().map_err(|_| {
         PyTypeError::new_err(format!(
             "response headers must be a list, not {}",
             type_name(headers)
         ))
     })?;
-    let mut head = ResponseHead {
-        status: code,
-        status_line,
-        headers: Vec::with_capacity(headers.len()),
-        content_length: None,
-    };
+    let mut head = ResponseHead::new(code, &status_line, headers.len(), 64 * headers.len());
     for item in headers.iter() {
         let pair = item
             .cast::<PyTuple>()
@@ -153,8 +214,8 @@ pub fn head_from_python(
                 "header name and value must be str: {item:?}"
             )));
         };
-        let (name, value) =
-            parse_header(&name.to_cow()?, &value.to_cow()?).map_err(PyValueError::new_err)?;
+        let (name, value) = (name.to_cow()?, value.to_cow()?);
+        let (name, value) = parse_header(&name, &value).map_err(PyValueError::new_err)?;
         if name.eq_ignore_ascii_case(b"content-length") {
             let text = std::str::from_utf8(&value).unwrap_or("");
             let length = text
@@ -173,7 +234,7 @@ pub fn head_from_python(
             head.content_length = Some(length);
             continue;
         }
-        head.headers.push((name, value));
+        head.push_header(name, &value);
     }
     Ok(head)
 }
@@ -193,6 +254,55 @@ pyo3::create_exception!(
     "The client closed the connection; nothing more can be sent."
 );
 
+/// Body bytes held back until the app is done: none, the app's one `bytes` object (lent, when
+/// large), or copies of its pieces.
+#[derive(Default)]
+pub(crate) enum Held {
+    #[default]
+    Empty,
+    Lent(Chunk),
+    Copied(Vec<u8>),
+}
+
+impl Held {
+    pub(crate) fn is_empty(&self) -> bool {
+        matches!(self, Held::Empty)
+    }
+
+    /// Holds the first `len` bytes of `bytes` after what is held; `declared` is the app's
+    /// Content-Length (room to reserve).
+    fn push(&mut self, bytes: &Bound<'_, PyBytes>, len: usize, declared: Option<u64>) {
+        let data = &bytes.as_bytes()[..len];
+        match self {
+            Held::Empty if len >= crate::chunk::LEND_AT => {
+                *self = Held::Lent(Chunk::from_bytes(bytes, len));
+            }
+            Held::Empty => {
+                let room = declared.map_or(len, |n| n.min(16 << 20) as usize).max(len);
+                let mut copy = Vec::with_capacity(room);
+                copy.extend_from_slice(data);
+                *self = Held::Copied(copy);
+            }
+            Held::Lent(first) => {
+                let mut copy = Vec::with_capacity(first.len() + len);
+                copy.extend_from_slice(first);
+                copy.extend_from_slice(data);
+                *self = Held::Copied(copy);
+            }
+            Held::Copied(copy) => copy.extend_from_slice(data),
+        }
+    }
+
+    /// What is held, as one piece; leaves nothing held.
+    pub(crate) fn take(&mut self) -> Chunk {
+        match std::mem::take(self) {
+            Held::Empty => Chunk::from_vec(Vec::new()),
+            Held::Lent(chunk) => chunk,
+            Held::Copied(copy) => Chunk::from_vec(copy),
+        }
+    }
+}
+
 /// The `start_response` callable of one request; also collects (or streams) the response body.
 #[pyclass(module = "ngx_wsgi", name = "StartResponse")]
 #[derive(Default)]
@@ -201,7 +311,7 @@ pub struct StartResponse {
     /// Whether body bytes were produced: from then on the head is on its way to the client.
     pub(crate) committed: bool,
     /// Body bytes held back (a list body is sent in one piece when the app is done).
-    pub(crate) body: Vec<u8>,
+    pub(crate) body: Held,
     /// Body bytes the app produced, within its Content-Length.
     pub(crate) produced: u64,
     /// Where streamed pieces go, when the server streams.
@@ -233,8 +343,8 @@ impl StartResponse {
         }
         self.streaming = true;
         if !self.body.is_empty() {
-            let held = std::mem::take(&mut self.body);
-            self.send(py, Chunk::from_vec(held))?;
+            let held = self.body.take();
+            self.send(py, held)?;
         }
         Ok(())
     }
@@ -274,12 +384,7 @@ impl StartResponse {
         if self.streaming {
             self.send(py, Chunk::from_bytes(bytes, data.len()))
         } else {
-            if self.body.is_empty() {
-                if let Some(len) = head.content_length {
-                    self.body.reserve(len.min(16 << 20) as usize);
-                }
-            }
-            self.body.extend_from_slice(data);
+            self.body.push(bytes, data.len(), head.content_length);
             Ok(())
         }
     }
@@ -402,7 +507,7 @@ mod tests {
 
     #[test]
     fn status_lines() {
-        assert_eq!(parse_status("200 OK").unwrap(), (200, b"200 OK".to_vec()));
+        assert_eq!(parse_status("200 OK").unwrap(), (200, b"200 OK"[..].into()));
         assert_eq!(parse_status("599 Odd \u{e9}").unwrap().0, 599);
         for bad in [
             "200",
@@ -440,12 +545,9 @@ mod tests {
     fn header_rules() {
         assert_eq!(
             parse_header("X-A", "b\tc").unwrap(),
-            (b"X-A".to_vec(), b"b\tc".to_vec())
+            (&b"X-A"[..], b"b\tc"[..].into())
         );
-        assert_eq!(
-            parse_header("X-L", "caf\u{e9}").unwrap().1,
-            b"caf\xe9".to_vec()
-        );
+        assert_eq!(parse_header("X-L", "caf\u{e9}").unwrap().1, &b"caf\xe9"[..]);
         for (name, value) in [
             ("X A", "v"),
             ("", "v"),

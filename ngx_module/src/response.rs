@@ -82,7 +82,7 @@ pub(crate) unsafe fn send(r: *mut ngx_http_request_t, job: &Job) {
             );
             return;
         }
-        let body = outcome.body.as_slice();
+        let body = &*outcome.body;
         let out = match outcome.file.as_ref().filter(|f| f.len > 0) {
             Some(file) => Some(file_chain(r, file, !truncated)),
             None if body.is_empty() => None,
@@ -117,15 +117,7 @@ unsafe fn redirect(r: *mut ngx_http_request_t, head: &ResponseHead, uri: &[u8]) 
         b"etag",
         b"accept-ranges",
     ];
-    let kept = ResponseHead {
-        headers: head
-            .headers
-            .iter()
-            .filter(|(n, _)| !DROPPED.iter().any(|d| n.eq_ignore_ascii_case(d)))
-            .cloned()
-            .collect(),
-        ..head.clone()
-    };
+    let kept = head.without(&DROPPED);
     // SAFETY: `r` is live on the event loop and has sent nothing; the strings are pool copies.
     unsafe {
         if set_headers(r, &kept, None).is_err() {
@@ -305,12 +297,9 @@ pub(crate) unsafe fn send_static(
     content_type: &[u8],
     body: &[u8],
 ) -> ngx_int_t {
-    let head = ResponseHead {
-        status: 200,
-        status_line: b"200 OK".to_vec(),
-        headers: vec![(b"Content-Type".to_vec(), content_type.to_vec())],
-        content_length: Some(body.len() as u64),
-    };
+    let mut head = ResponseHead::new(200, b"200 OK", 1, 12 + content_type.len());
+    head.push_header(b"Content-Type", content_type);
+    head.content_length = Some(body.len() as u64);
     // SAFETY: `r` is live on the event loop, in its content phase.
     unsafe {
         let rc = send_head(r, &head, head.content_length);
@@ -360,10 +349,10 @@ unsafe fn set_headers(
     unsafe {
         let out = &mut (*r).headers_out;
         out.status = head.status as usize;
-        out.status_line = pool_str(r, &head.status_line, false)?;
+        out.status_line = pool_str(r, head.status_line(), false)?;
         out.content_length_n = content_length.map_or(-1, |n| n as i64);
         let mut have_type = false;
-        for (name, value) in &head.headers {
+        for (name, value) in head.headers() {
             if !have_type && name.eq_ignore_ascii_case(b"content-type") {
                 have_type = true;
                 out.content_type = pool_str(r, value, false)?;

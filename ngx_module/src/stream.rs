@@ -270,12 +270,9 @@ impl Stream {
         st.unsent = 0;
         self.cancel(&mut st, false);
         drop(st);
-        let head = ResponseHead {
-            status: 504,
-            status_line: b"504 Gateway Time-out".to_vec(),
-            headers: vec![(b"Content-Type".to_vec(), b"text/html".to_vec())],
-            content_length: Some(BODY.len() as u64),
-        };
+        let mut head = ResponseHead::new(504, b"504 Gateway Time-out", 1, 21);
+        head.push_header(b"Content-Type", b"text/html");
+        head.content_length = Some(BODY.len() as u64);
         // SAFETY: per the function contract; the body is static.
         unsafe {
             // The app's thread may still be busy: this connection takes no further request.
