@@ -1,0 +1,287 @@
+//! The directives: `NgxWsgiApp` (server, virtual host, `<Location>`, `<Directory>`),
+//! `NgxWsgiPythonHome` and `NgxWsgiPythonPath` (main server only: one interpreter per child).
+//!
+//! Apache reads its configuration in the parent, which never runs Python; what the children need
+//! (the apps to import, the interpreter settings) is kept in a process-wide registry that the
+//! children inherit when they are forked.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ngx_wsgi::{AppSpec, PythonSettings};
+
+use crate::bindings::{
+    ap_check_cmd_context, ap_get_module_config, ap_server_root, apr_palloc, apr_pool_t,
+    apr_pstrmemdup, cmd_parms, request_rec, GLOBAL_ONLY,
+};
+use crate::ffi_guard::guard;
+
+/// Per-directory configuration (allocated from Apache's configuration pool).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct DirConf {
+    /// Index into the registry's apps; negative: no app here.
+    app: c_int,
+    /// `SCRIPT_NAME` of the app: the `<Location>` path it was configured in, without its
+    /// trailing slash (empty elsewhere). Pool memory, not NUL-terminated.
+    mount: *const u8,
+    mount_len: usize,
+}
+
+impl DirConf {
+    pub(crate) fn app(&self) -> Option<usize> {
+        usize::try_from(self.app).ok()
+    }
+
+    pub(crate) fn mount(&self) -> &[u8] {
+        if self.mount.is_null() || self.mount_len == 0 {
+            &[]
+        } else {
+            // SAFETY: `mount` points at `mount_len` bytes of configuration-pool memory, which
+            // lives as long as the configuration.
+            unsafe { std::slice::from_raw_parts(self.mount, self.mount_len) }
+        }
+    }
+}
+
+/// One configured app and where it was configured (for error messages).
+#[derive(Debug, Clone)]
+pub(crate) struct AppEntry {
+    pub(crate) spec: AppSpec,
+    pub(crate) text: String,
+    pub(crate) place: String,
+}
+
+impl AppEntry {
+    pub(crate) fn describe(&self) -> String {
+        format!("NgxWsgiApp \"{}\" (in {})", self.text, self.place)
+    }
+}
+
+/// What the configuration asks of the children's interpreter.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Registry {
+    pub(crate) apps: Vec<AppEntry>,
+    pub(crate) python: PythonSettings,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    apps: Vec::new(),
+    python: PythonSettings {
+        home: None,
+        path: Vec::new(),
+    },
+});
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Forgets the previous reading of the configuration (Apache reads it twice at start, and again
+/// on every restart).
+pub(crate) fn reset() {
+    *registry() = Registry::default();
+}
+
+/// A copy of what the configuration registered.
+pub(crate) fn snapshot() -> Registry {
+    registry().clone()
+}
+
+/// This request's directory configuration, when an app serves it.
+///
+/// # Safety
+/// `r` is a live request.
+pub(crate) unsafe fn for_request<'a>(r: *const request_rec) -> Option<&'a DirConf> {
+    // SAFETY: the per-directory vector is live for the request; this module's slot holds a
+    // `DirConf` created by `create_dir_config` or `merge_dir_config`.
+    unsafe {
+        let conf = ap_get_module_config((*r).per_dir_config, crate::module()) as *const DirConf;
+        conf.as_ref().filter(|c| c.app >= 0)
+    }
+}
+
+/// # Safety
+/// `pool` is a live pool.
+unsafe fn alloc(pool: *mut apr_pool_t, conf: DirConf) -> *mut c_void {
+    // SAFETY: apr_palloc returns memory suitably aligned for any type, of the requested size.
+    unsafe {
+        let p = apr_palloc(pool, std::mem::size_of::<DirConf>()) as *mut DirConf;
+        p.write(conf);
+        p.cast()
+    }
+}
+
+pub(crate) unsafe extern "C" fn create_dir_config(
+    pool: *mut apr_pool_t,
+    _dir: *mut c_char,
+) -> *mut c_void {
+    let empty = DirConf {
+        app: -1,
+        mount: std::ptr::null(),
+        mount_len: 0,
+    };
+    guard("create_dir_config", std::ptr::null_mut(), || {
+        // SAFETY: Apache passes its configuration pool.
+        unsafe { alloc(pool, empty) }
+    })
+}
+
+pub(crate) unsafe extern "C" fn merge_dir_config(
+    pool: *mut apr_pool_t,
+    base: *mut c_void,
+    new: *mut c_void,
+) -> *mut c_void {
+    guard("merge_dir_config", std::ptr::null_mut(), || {
+        // SAFETY: both were made by this module's create/merge functions.
+        unsafe {
+            let (base, new) = (*(base as *const DirConf), *(new as *const DirConf));
+            // The app and its mount go together: the innermost section that names an app wins.
+            alloc(pool, if new.app >= 0 { new } else { base })
+        }
+    })
+}
+
+/// Copies `msg` into the configuration pool as Apache's error result of a directive.
+unsafe fn error(cmd: *mut cmd_parms, msg: &str) -> *const c_char {
+    let msg = msg.replace('\0', "");
+    // SAFETY: the command's pool is live while the directive is processed; pstrmemdup adds the
+    // terminating NUL.
+    unsafe { apr_pstrmemdup((*cmd).pool, msg.as_ptr().cast(), msg.len()) }
+}
+
+/// # Safety
+/// `s` is NULL or a NUL-terminated string.
+unsafe fn text<'a>(s: *const c_char) -> &'a str {
+    if s.is_null() {
+        return "";
+    }
+    // SAFETY: per the function contract.
+    unsafe { CStr::from_ptr(s) }.to_str().unwrap_or("")
+}
+
+/// Where the directive being processed was written, as `file:line`.
+unsafe fn place(cmd: *const cmd_parms) -> String {
+    // SAFETY: the directive of a running command is live.
+    unsafe {
+        let d = (*cmd).directive;
+        if d.is_null() {
+            return "the configuration".into();
+        }
+        format!("{}:{}", text((*d).filename), (*d).line_num)
+    }
+}
+
+/// The `SCRIPT_NAME` an app configured by `cmd` is mounted at: the path of the enclosing
+/// `<Location>` (not a regular expression one) without its trailing slash; empty elsewhere.
+unsafe fn mount_of(cmd: *const cmd_parms) -> Vec<u8> {
+    // SAFETY: the directive tree and the section's path live while the directive is processed.
+    unsafe {
+        let d = (*cmd).directive;
+        if d.is_null() || (*d).parent.is_null() || (*cmd).path.is_null() {
+            return Vec::new();
+        }
+        let section = text((*(*d).parent).directive);
+        let args = text((*(*d).parent).args).trim_start();
+        if !section.eq_ignore_ascii_case("<Location") || args.starts_with('~') {
+            return Vec::new();
+        }
+        let path = CStr::from_ptr((*cmd).path).to_bytes();
+        let end = path.iter().rposition(|&c| c != b'/').map_or(0, |i| i + 1);
+        path[..end].to_vec()
+    }
+}
+
+/// `NgxWsgiApp PATH.py[:CALLABLE] | module.name[:CALLABLE]`
+pub(crate) unsafe extern "C" fn set_app(
+    cmd: *mut cmd_parms,
+    conf: *mut c_void,
+    arg: *const c_char,
+) -> *const c_char {
+    guard("NgxWsgiApp", c"NgxWsgiApp: internal error".as_ptr(), || {
+        // SAFETY: Apache passes the running command, this module's directory configuration for
+        // the section being read, and the directive's argument.
+        unsafe {
+            let value = text(arg);
+            // SAFETY: `ap_server_root` is set before the configuration is read.
+            let base = PathBuf::from(text(ap_server_root));
+            let spec = match AppSpec::parse(value, &base) {
+                Ok(spec) => spec,
+                Err(e) => return error(cmd, &format!("NgxWsgiApp: {e}")),
+            };
+            let mut reg = registry();
+            let index = match reg.apps.iter().position(|a| a.spec == spec) {
+                Some(i) => i,
+                None => {
+                    reg.apps.push(AppEntry {
+                        spec,
+                        text: value.to_owned(),
+                        place: place(cmd),
+                    });
+                    reg.apps.len() - 1
+                }
+            };
+            let mount = mount_of(cmd);
+            let conf = &mut *(conf as *mut DirConf);
+            conf.app = index as c_int;
+            conf.mount_len = mount.len();
+            conf.mount = if mount.is_empty() {
+                std::ptr::null()
+            } else {
+                apr_pstrmemdup((*cmd).pool, mount.as_ptr().cast(), mount.len()) as *const u8
+            };
+            std::ptr::null()
+        }
+    })
+}
+
+/// `NgxWsgiPythonHome DIR`
+pub(crate) unsafe extern "C" fn set_python_home(
+    cmd: *mut cmd_parms,
+    _conf: *mut c_void,
+    arg: *const c_char,
+) -> *const c_char {
+    guard(
+        "NgxWsgiPythonHome",
+        c"NgxWsgiPythonHome: internal error".as_ptr(),
+        || {
+            // SAFETY: as in `set_app`.
+            unsafe {
+                let refused = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+                if !refused.is_null() {
+                    return refused;
+                }
+                let home = Path::new(text(arg));
+                if let Err(e) = ngx_wsgi::interpreter::check_home(home) {
+                    return error(cmd, &format!("NgxWsgiPythonHome: {e}"));
+                }
+                registry().python.home = Some(home.to_owned());
+                std::ptr::null()
+            }
+        },
+    )
+}
+
+/// `NgxWsgiPythonPath DIR...` (each argument is one directory)
+pub(crate) unsafe extern "C" fn add_python_path(
+    cmd: *mut cmd_parms,
+    _conf: *mut c_void,
+    arg: *const c_char,
+) -> *const c_char {
+    guard(
+        "NgxWsgiPythonPath",
+        c"NgxWsgiPythonPath: internal error".as_ptr(),
+        || {
+            // SAFETY: as in `set_app`.
+            unsafe {
+                let refused = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+                if !refused.is_null() {
+                    return refused;
+                }
+                registry().python.path.push(PathBuf::from(text(arg)));
+                std::ptr::null()
+            }
+        },
+    )
+}

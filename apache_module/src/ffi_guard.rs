@@ -1,0 +1,22 @@
+//! Every function Apache calls runs inside `guard`: a Rust panic is logged and turned into the
+//! caller's error value instead of unwinding into C.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+pub(crate) fn guard<R>(what: &str, on_panic: R, f: impl FnOnce() -> R) -> R {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            crate::log::write(
+                crate::bindings::APLOG_ALERT as i32,
+                &format!("wsgi: internal error in {what}: {msg}"),
+            );
+            on_panic
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! `mod_ngx_wsgi`: Apache httpd 2.4 serves WSGI applications from a CPython interpreter embedded
+//! in each child process. This crate is the Apache glue; everything Python lives in `ngx_wsgi`.
+//!
+//! Request path: the MPM's worker thread that Apache hands the request to runs the app itself
+//! (the GIL is held only while Python runs), reads the body through the input filters as the app
+//! asks for it, and sends the response down the output filter chain.
+
+mod bindings;
+mod brigade;
+mod config;
+mod ffi_guard;
+mod handler;
+mod lifecycle;
+mod log;
+mod request_body;
+mod request_info;
+mod response;
+mod stream;
+
+use std::ffi::{c_int, c_ulong};
+use std::ptr;
+
+use bindings::{
+    ap_hook_child_init, ap_hook_handler, ap_hook_pre_config, apr_pool_t, cmd_func, cmd_how,
+    cmd_how_ITERATE, cmd_how_TAKE1, command_rec, module, ACCESS_CONF, APR_HOOK_MIDDLE,
+    MODULE_MAGIC_COOKIE, MODULE_MAGIC_NUMBER_MAJOR, MODULE_MAGIC_NUMBER_MINOR, RSRC_CONF,
+};
+
+type Take1 = unsafe extern "C" fn(
+    *mut bindings::cmd_parms,
+    *mut std::ffi::c_void,
+    *const std::ffi::c_char,
+) -> *const std::ffi::c_char;
+
+const fn directive(
+    name: &'static std::ffi::CStr,
+    set: Take1,
+    how: cmd_how,
+    contexts: u32,
+    help: &'static std::ffi::CStr,
+) -> command_rec {
+    command_rec {
+        name: name.as_ptr(),
+        func: cmd_func { take1: Some(set) },
+        cmd_data: ptr::null_mut(),
+        req_override: contexts as c_int,
+        args_how: how,
+        errmsg: help.as_ptr(),
+    }
+}
+
+static mut COMMANDS: [command_rec; 4] = [
+    directive(
+        c"NgxWsgiApp",
+        config::set_app,
+        cmd_how_TAKE1,
+        RSRC_CONF | ACCESS_CONF,
+        c"PATH.py[:CALLABLE] or module.name[:CALLABLE]: the WSGI application served here",
+    ),
+    directive(
+        c"NgxWsgiPythonHome",
+        config::set_python_home,
+        cmd_how_TAKE1,
+        RSRC_CONF,
+        c"a virtualenv or Python prefix for the children's interpreter",
+    ),
+    directive(
+        c"NgxWsgiPythonPath",
+        config::add_python_path,
+        cmd_how_ITERATE,
+        RSRC_CONF,
+        c"directories added to sys.path like site directories",
+    ),
+    // SAFETY: an all-zero command_rec (NULL name) ends Apache's command table.
+    unsafe { std::mem::zeroed() },
+];
+
+unsafe extern "C" fn register_hooks(_pool: *mut apr_pool_t) {
+    ffi_guard::guard("register_hooks", (), || {
+        // SAFETY: Apache calls this once per load of the module, while it registers hooks.
+        unsafe {
+            ap_hook_pre_config(
+                Some(lifecycle::pre_config),
+                ptr::null(),
+                ptr::null(),
+                APR_HOOK_MIDDLE as c_int,
+            );
+            ap_hook_child_init(
+                Some(lifecycle::child_init),
+                ptr::null(),
+                ptr::null(),
+                APR_HOOK_MIDDLE as c_int,
+            );
+            ap_hook_handler(
+                Some(handler::handler),
+                ptr::null(),
+                ptr::null(),
+                APR_HOOK_MIDDLE as c_int,
+            );
+        }
+    })
+}
+
+/// The module Apache loads: `LoadModule ngx_wsgi_module .../libmod_ngx_wsgi.so`.
+#[used]
+#[allow(non_upper_case_globals)]
+#[no_mangle]
+pub static mut ngx_wsgi_module: module = module {
+    version: MODULE_MAGIC_NUMBER_MAJOR as c_int,
+    minor_version: MODULE_MAGIC_NUMBER_MINOR as c_int,
+    module_index: -1,
+    name: c"mod_ngx_wsgi.c".as_ptr(),
+    dynamic_load_handle: ptr::null_mut(),
+    next: ptr::null_mut(),
+    magic: MODULE_MAGIC_COOKIE as c_ulong,
+    rewrite_args: None,
+    create_dir_config: Some(config::create_dir_config),
+    merge_dir_config: Some(config::merge_dir_config),
+    create_server_config: None,
+    merge_server_config: None,
+    // Apache only reads the command table, which lives for the whole program.
+    cmds: ptr::addr_of!(COMMANDS) as *const command_rec,
+    register_hooks: Some(register_hooks),
+    flags: 0,
+};
+
+/// This module's descriptor, for configuration look-ups.
+pub(crate) fn module() -> *const module {
+    ptr::addr_of!(ngx_wsgi_module)
+}
+
+/// The index Apache gave this module (for per-module log levels).
+pub(crate) fn module_index() -> c_int {
+    // SAFETY: Apache writes the index when it loads the module, before any hook runs, and never
+    // afterwards.
+    unsafe { (*module()).module_index }
+}

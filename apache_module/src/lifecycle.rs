@@ -1,0 +1,78 @@
+//! Process life: the configuration registry is reset before each reading of the configuration
+//! (in the parent, which never starts Python); each child starts its own interpreter and imports
+//! the apps in `child_init`, before its threads serve requests, and finalises it when it exits.
+
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ngx_wsgi::{interpreter, AppSpec, Apps};
+
+use crate::bindings::{
+    apr_pool_cleanup_null, apr_pool_cleanup_register, apr_pool_t, apr_status_t, server_rec,
+    APLOG_ALERT, APLOG_EMERG, APR_SUCCESS, OK,
+};
+use crate::ffi_guard::guard;
+use crate::log;
+
+/// Whether this child's apps were imported (false: every request to an app is a 500).
+static READY: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn ready() -> bool {
+    READY.load(Ordering::Acquire)
+}
+
+pub(crate) unsafe extern "C" fn pre_config(
+    _pconf: *mut apr_pool_t,
+    _plog: *mut apr_pool_t,
+    _ptemp: *mut apr_pool_t,
+) -> c_int {
+    guard("pre_config", OK as c_int, || {
+        log::install();
+        crate::config::reset();
+        OK as c_int
+    })
+}
+
+pub(crate) unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec) {
+    guard("child_init", (), || {
+        let registry = crate::config::snapshot();
+        if registry.apps.is_empty() {
+            return;
+        }
+        if let Err(e) = interpreter::initialize(&registry.python) {
+            log::write(APLOG_EMERG as c_int, &format!("wsgi: {e}"));
+            return;
+        }
+        // SAFETY: the child's pool lives until the child exits; the cleanup runs then, on the
+        // child's main thread (the one running this hook), after its worker threads are joined.
+        unsafe {
+            apr_pool_cleanup_register(
+                pchild,
+                std::ptr::null(),
+                Some(child_exit),
+                Some(apr_pool_cleanup_null),
+            )
+        };
+        let specs: Vec<AppSpec> = registry.apps.iter().map(|a| a.spec.clone()).collect();
+        match Apps::load_all(&specs) {
+            Ok(()) => READY.store(true, Ordering::Release),
+            Err((i, e)) => log::write(
+                APLOG_EMERG as c_int,
+                &format!(
+                    "wsgi: {} cannot be loaded: {e}",
+                    registry.apps[i].describe()
+                ),
+            ),
+        }
+    })
+}
+
+unsafe extern "C" fn child_exit(_data: *mut c_void) -> apr_status_t {
+    guard("child exit", APR_SUCCESS as apr_status_t, || {
+        READY.store(false, Ordering::Release);
+        if let Err(e) = interpreter::finalize() {
+            log::write(APLOG_ALERT as c_int, &format!("wsgi: {e}"));
+        }
+        APR_SUCCESS as apr_status_t
+    })
+}

@@ -1,0 +1,120 @@
+//! Rust-side logging into Apache's error log: `tracing` events (the core's tracebacks,
+//! `wsgi.errors`, Python's `logging`) become error-log entries of the matching level, from any
+//! thread.
+
+use std::ffi::{c_int, CString};
+use std::fmt::Write as _;
+
+use tracing_core::field::{Field, Visit};
+use tracing_core::span::{Attributes, Id, Record};
+use tracing_core::{Event, Level, Metadata, Subscriber};
+
+use crate::bindings::{
+    ap_log_error_, ap_server_conf, APLOG_DEBUG, APLOG_ERR, APLOG_INFO, APLOG_WARNING,
+};
+
+/// Apache cuts an entry at MAX_STRING_LEN (8192) bytes including its own prefix; longer texts
+/// (deep tracebacks) are split at line ends into several entries of at most this size.
+const ENTRY_MAX: usize = 7000;
+
+/// Writes `msg` to the main server's error log at `level` (an `APLOG_*` value).
+pub(crate) fn write(level: c_int, msg: &str) {
+    // SAFETY: Apache sets `ap_server_conf` once the configuration is read, before any request or
+    // child starts; NULL (early configuration) makes Apache write to stderr.
+    let server = unsafe { ap_server_conf };
+    for piece in ngx_wsgi::log_text::split_entries(msg, ENTRY_MAX) {
+        let Ok(text) = CString::new(piece.replace('\0', "\\0")) else {
+            continue;
+        };
+        // SAFETY: "%s" reads exactly one NUL-terminated string, `text`; the module index is the
+        // one Apache assigned when it loaded the module.
+        unsafe {
+            ap_log_error_(
+                c"mod_ngx_wsgi.c".as_ptr(),
+                0,
+                crate::module_index(),
+                level,
+                0,
+                server,
+                c"%s".as_ptr(),
+                text.as_ptr(),
+            );
+        }
+    }
+}
+
+fn ap_level(level: &Level) -> c_int {
+    (match *level {
+        Level::ERROR => APLOG_ERR,
+        Level::WARN => APLOG_WARNING,
+        Level::INFO => APLOG_INFO,
+        _ => APLOG_DEBUG,
+    }) as c_int
+}
+
+/// Routes `tracing` events to the error log.
+struct ApacheLog;
+
+#[derive(Default)]
+struct Message(String);
+
+impl Visit for Message {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.insert_str(0, value);
+        } else {
+            let _ = write!(self.0, " {}={value}", field.name());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let text = format!("{value:?}");
+            self.0.insert_str(0, &text);
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+}
+
+impl Subscriber for ApacheLog {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        // SAFETY: see `write`; only the main server's level is read.
+        let max = unsafe {
+            let s = ap_server_conf;
+            if s.is_null() {
+                APLOG_DEBUG as c_int
+            } else {
+                (*s).log.level
+            }
+        };
+        ap_level(metadata.level()) <= max
+    }
+
+    fn new_span(&self, _span: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+
+    fn record(&self, _span: &Id, _values: &Record<'_>) {}
+
+    fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let mut message = Message::default();
+        event.record(&mut message);
+        let target = event.metadata().target();
+        write(
+            ap_level(event.metadata().level()),
+            &format!("{target}: {}", message.0),
+        );
+    }
+
+    fn enter(&self, _span: &Id) {}
+
+    fn exit(&self, _span: &Id) {}
+}
+
+/// Installs the error log as the process's `tracing` subscriber (once; children inherit it).
+pub(crate) fn install() {
+    let _ = tracing::subscriber::set_global_default(ApacheLog);
+}

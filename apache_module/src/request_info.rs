@@ -1,0 +1,119 @@
+//! The environ's data, read from Apache's parsed `request_rec` (never from the raw request).
+
+use std::ffi::{c_char, CStr};
+
+use ngx_wsgi::environ::Field;
+use ngx_wsgi::{RequestInfo, RequestInfoBuilder};
+
+use crate::bindings::{
+    ap_run_generate_log_id, ap_ssl_conn_is_ssl, apr_sockaddr_t, apr_table_elts, apr_table_entry_t,
+    request_rec,
+};
+
+/// # Safety
+/// `s` is NULL or a NUL-terminated string that outlives the returned slice.
+pub(crate) unsafe fn bytes<'a>(s: *const c_char) -> &'a [u8] {
+    if s.is_null() {
+        &[]
+    } else {
+        // SAFETY: per the function contract.
+        unsafe { CStr::from_ptr(s) }.to_bytes()
+    }
+}
+
+/// # Safety
+/// `sa` is NULL or a live APR socket address.
+unsafe fn port(sa: *const apr_sockaddr_t) -> u16 {
+    // SAFETY: per the function contract.
+    unsafe { sa.as_ref().map_or(0, |sa| sa.port) }
+}
+
+/// Builds the request's environ data. `mount` is the app's `SCRIPT_NAME`; `dechunked_len` the
+/// length of a body Apache received without one (chunked), which the app then sees as its
+/// `CONTENT_LENGTH`.
+///
+/// # Safety
+/// `r` is a live request on the calling thread.
+pub(crate) unsafe fn collect(
+    r: *mut request_rec,
+    mount: &[u8],
+    dechunked_len: Option<u64>,
+) -> RequestInfo {
+    // SAFETY: per the function contract; every string and table below belongs to the request
+    // or its connection, which outlive this call.
+    unsafe {
+        let c = (*r).connection;
+        let mut b = RequestInfoBuilder::with_capacity(1024);
+
+        // Apache's `uri` is the percent-decoded, normalised path.
+        let uri = bytes((*r).uri);
+        let mounted = !mount.is_empty()
+            && uri.starts_with(mount)
+            && matches!(uri.get(mount.len()), None | Some(b'/'));
+        let (script_name, path_info) = if mounted {
+            uri.split_at(mount.len())
+        } else {
+            (&b""[..], uri)
+        };
+
+        b.set(Field::RequestMethod, bytes((*r).method))
+            .set(Field::ScriptName, script_name)
+            .set(Field::PathInfo, path_info)
+            .set(Field::QueryString, bytes((*r).args))
+            .set(Field::RequestUri, bytes((*r).unparsed_uri))
+            .set(Field::ServerProtocol, bytes((*r).protocol))
+            // The address mod_remoteip may have replaced, like nginx's realip.
+            .set(Field::RemoteAddr, bytes((*r).useragent_ip))
+            .set(
+                Field::RemotePort,
+                port((*r).useragent_addr).to_string().as_bytes(),
+            )
+            .set(
+                Field::ServerPort,
+                port((*c).local_addr).to_string().as_bytes(),
+            );
+        let server_name = bytes((*(*r).server).server_hostname);
+        if server_name.is_empty() {
+            b.set(Field::ServerName, bytes((*c).local_ip));
+        } else {
+            b.set(Field::ServerName, server_name);
+        }
+        b.https(ap_ssl_conn_is_ssl(c) != 0);
+
+        if (*r).log_id.is_null() {
+            // The id Apache's error log shows with `%L`: log lines of the app carry the same.
+            let mut id = std::ptr::null();
+            ap_run_generate_log_id(c, r, &mut id);
+            (*r).log_id = id;
+        }
+        b.request_id(bytes((*r).log_id));
+
+        let headers = apr_table_elts((*r).headers_in);
+        if !headers.is_null() && (*headers).nelts > 0 {
+            let entries = std::slice::from_raw_parts(
+                (*headers).elts as *const apr_table_entry_t,
+                (*headers).nelts as usize,
+            );
+            for entry in entries {
+                if entry.key.is_null() {
+                    continue;
+                }
+                let name = bytes(entry.key);
+                let value = bytes(entry.val);
+                if name.eq_ignore_ascii_case(b"cookie") && value.windows(2).any(|w| w == b", ") {
+                    // Apache joins repeated request headers with ", " before any module sees
+                    // them; a cookie value never contains a comma (RFC 6265), so this is the
+                    // join of several Cookie headers, which PEP 3333 apps expect with "; ".
+                    let joined = String::from_utf8_lossy(value).replace(", ", "; ");
+                    b.header(name, joined.as_bytes());
+                } else {
+                    b.header(name, value);
+                }
+            }
+        }
+        if let Some(len) = dechunked_len {
+            b.body_length(len);
+        }
+        b.finish()
+    }
+}

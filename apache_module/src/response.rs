@@ -1,0 +1,160 @@
+//! Turning the app's outcome into Apache's response: status and headers on the `request_rec`,
+//! the body down the output filter chain.
+
+use std::ffi::c_int;
+use std::os::fd::IntoRawFd;
+
+use ngx_wsgi::{Outcome, OutcomeKind, ResponseHead};
+
+use crate::bindings::{
+    ap_conn_keepalive_e_AP_CONN_CLOSE, ap_set_content_length, ap_set_content_type,
+    apr_brigade_insert_file, apr_file_t, apr_os_file_put, apr_pool_cleanup_null,
+    apr_pool_cleanup_register, apr_pstrmemdup, apr_status_t, apr_table_addn, request_rec,
+    APR_FOPEN_READ, APR_SUCCESS, HTTP_INTERNAL_SERVER_ERROR, OK,
+};
+use crate::brigade::Out;
+use crate::stream::Stream;
+
+/// # Safety
+/// `r` is live; the copy lives in its pool.
+unsafe fn pool_str(r: *mut request_rec, s: &[u8]) -> *const std::ffi::c_char {
+    // SAFETY: pstrmemdup copies `s.len()` bytes and adds a NUL.
+    unsafe { apr_pstrmemdup((*r).pool, s.as_ptr().cast(), s.len()) }
+}
+
+/// Puts the app's status and headers on `r`.
+///
+/// # Safety
+/// `r` is a live request whose response head has not gone out.
+pub(crate) unsafe fn set_head(r: *mut request_rec, head: &ResponseHead, length: Option<u64>) {
+    // SAFETY: per the function contract; every string is copied into the request's pool.
+    unsafe {
+        (*r).status = c_int::from(head.status);
+        (*r).status_line = pool_str(r, head.status_line());
+        for (name, value) in head.headers() {
+            if name.eq_ignore_ascii_case(b"content-type") {
+                // Apache's own field: its filters (deflate, charset) and header filter use it.
+                ap_set_content_type(r, pool_str(r, value));
+            } else {
+                apr_table_addn((*r).headers_out, pool_str(r, name), pool_str(r, value));
+            }
+        }
+        if let Some(length) = length {
+            ap_set_content_length(r, length as i64);
+        }
+    }
+}
+
+/// Sends the outcome of a request whose app has returned; the handler's return value.
+///
+/// # Safety
+/// `r` is a live request on the calling thread, inside its handler.
+pub(crate) unsafe fn send(r: *mut request_rec, outcome: Outcome, stream: &Stream) -> c_int {
+    // SAFETY: per the function contract.
+    unsafe {
+        let c = (*r).connection;
+        if outcome.kind == OutcomeKind::ClientGone {
+            (*c).keepalive = ap_conn_keepalive_e_AP_CONN_CLOSE;
+            return OK as c_int;
+        }
+        if stream.head_sent() {
+            let out = Out::new(r);
+            out.data(&outcome.body);
+            finish(r, &out, outcome.kind != OutcomeKind::Complete);
+            return OK as c_int;
+        }
+        let head = match (outcome.kind, outcome.head.as_ref()) {
+            (OutcomeKind::Failed, _) | (_, None) => return HTTP_INTERNAL_SERVER_ERROR as c_int,
+            (_, Some(head)) => head,
+        };
+        let truncated = outcome.kind == OutcomeKind::Truncated;
+        let content_length = match head.content_length {
+            Some(n) => Some(n),
+            None if outcome.length_known
+                && !truncated
+                && (*r).header_only == 0
+                && !head.is_bodiless() =>
+            {
+                Some(
+                    outcome
+                        .file
+                        .as_ref()
+                        .map_or(outcome.body.len() as u64, |f| f.len),
+                )
+            }
+            None => None,
+        };
+        set_head(r, head, content_length);
+        let out = Out::new(r);
+        match outcome.file {
+            Some(file) if file.len > 0 => {
+                if !insert_file(r, &out, file) {
+                    (*c).keepalive = ap_conn_keepalive_e_AP_CONN_CLOSE;
+                    return OK as c_int;
+                }
+            }
+            _ => out.data(&outcome.body),
+        }
+        finish(r, &out, truncated);
+        OK as c_int
+    }
+}
+
+/// Ends the response: cleanly, or (`broken`) so that the client sees an incomplete message.
+unsafe fn finish(r: *mut request_rec, out: &Out, broken: bool) {
+    if broken {
+        // What there is goes out first: with the end of the response in the same brigade,
+        // Apache would put its own, complete, Content-Length on it.
+        out.flush();
+        if out.pass() {
+            out.broken();
+            out.eos();
+            out.pass();
+        }
+        // SAFETY: the request and its connection are live.
+        unsafe { (*(*r).connection).keepalive = ap_conn_keepalive_e_AP_CONN_CLOSE };
+        return;
+    }
+    out.eos();
+    out.pass();
+}
+
+/// Appends a `wsgi.file_wrapper` file range; its descriptor is closed with the request's pool,
+/// after the file has been sent.
+unsafe fn insert_file(
+    r: *mut request_rec,
+    out: &Out,
+    file: ngx_wsgi::file_wrapper::FileRange,
+) -> bool {
+    // SAFETY: the descriptor is ours (a duplicate); the pool cleanup closes it exactly once.
+    unsafe {
+        let mut fd = file.fd.into_raw_fd();
+        let mut apr_file: *mut apr_file_t = std::ptr::null_mut();
+        let pool = (*r).pool;
+        apr_pool_cleanup_register(
+            pool,
+            fd as isize as *const std::ffi::c_void,
+            Some(close_fd),
+            Some(apr_pool_cleanup_null),
+        );
+        if apr_os_file_put(&mut apr_file, &mut fd, APR_FOPEN_READ as i32, pool)
+            != APR_SUCCESS as apr_status_t
+        {
+            return false;
+        }
+        apr_brigade_insert_file(
+            out.raw(),
+            apr_file,
+            file.offset as i64,
+            file.len as i64,
+            pool,
+        );
+        true
+    }
+}
+
+unsafe extern "C" fn close_fd(data: *mut std::ffi::c_void) -> apr_status_t {
+    // SAFETY: `data` carries the descriptor registered by `insert_file`, owned by this cleanup.
+    unsafe { libc::close(data as isize as i32) };
+    APR_SUCCESS as apr_status_t
+}

@@ -1,0 +1,13 @@
+#include <httpd.h>
+#include <http_config.h>
+#include <http_core.h>
+#include <http_main.h>
+#include <http_log.h>
+#include <http_protocol.h>
+#include <http_request.h>
+#include <http_ssl.h>
+#include <util_filter.h>
+#include <unixd.h>
+#include <apr_buckets.h>
+#include <apr_strings.h>
+#include <apr_portable.h>
