@@ -1,7 +1,14 @@
-"""Test harness: builds the module, starts a real nginx with it on 127.0.0.1, speaks HTTP to it."""
+"""Test harness: builds the modules, starts a real nginx or Apache httpd with them on 127.0.0.1,
+speaks HTTP to them.
+
+Tests about WSGI semantics take the `wsgi_factory` fixture, which runs them once per server
+(`[nginx]`, `[apache]`) from server-neutral `route()`s; tests about nginx's directives and
+processes take `nginx_factory`."""
 
 import os
 import pathlib
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,8 +44,15 @@ def built():
     return paths["module"], paths["nginx"]
 
 
+APACHE_MODULE = ROOT / "target/release/libmod_ngx_wsgi.so"
+APACHE_BINARY = shutil.which("apache2") or "/usr/sbin/apache2"
+APACHE_MODULES = pathlib.Path("/usr/lib/apache2/modules")
+
+
 class Nginx:
     """One nginx master (foreground) with the module, its own prefix, port and error log."""
+
+    kind = "nginx"
 
     def __init__(self, built, locations, http_extra="", main_extra="", server_extra="",
                  workers=1, home=True, listen_extra="", server_name="test.local"):
@@ -165,3 +179,121 @@ def raw_request(port, data, timeout=10, read_until_close=True):
         except socket.timeout:
             chunks.append(b"<timeout>")
         return b"".join(chunks)
+
+
+class Route:
+    """One app mount, written the nginx way: `/prefix/`, `/` , `= /exact` or `~ regex`."""
+
+    def __init__(self, path, app, nginx="", apache=""):
+        self.path, self.app, self.nginx, self.apache = path, app, nginx, apache
+
+    def for_nginx(self):
+        return location(self.path, self.app, self.nginx)
+
+    def for_apache(self):
+        if self.path.startswith("= "):
+            section = f'<LocationMatch "^{re.escape(self.path[2:])}$">'
+            end = "</LocationMatch>"
+        elif self.path.startswith("~ "):
+            section, end = f'<LocationMatch "{self.path[2:]}">', "</LocationMatch>"
+        else:
+            section, end = f"<Location {self.path}>", "</Location>"
+        return f"{section}\n  NgxWsgiApp {self.app}\n  {self.apache}\n{end}\n"
+
+
+def route(path, app, nginx="", apache=""):
+    return Route(path, app, nginx, apache)
+
+
+class Apache:
+    """One Apache httpd (event MPM, foreground) with the module: its own ServerRoot, port and
+    error log, one child process with `threads` worker threads."""
+
+    kind = "apache"
+
+    def __init__(self, routes, threads=16, home=True, server_extra=""):
+        self.binary = APACHE_BINARY
+        self.prefix = pathlib.Path(tempfile.mkdtemp(prefix="ngx-wsgi-apache-test-"))
+        # The children run as nobody when the tests run as root: they walk the document root.
+        self.prefix.chmod(0o755)
+        (self.prefix / "logs").mkdir()
+        (self.prefix / "htdocs").mkdir()
+        self.port = free_port()
+        self.proc = None
+        user = "User nobody\nGroup nogroup\n" if os.geteuid() == 0 else ""
+        home_line = f"NgxWsgiPythonHome {python_home()}\n" if home and python_home() else ""
+        self.conf = self.prefix / "httpd.conf"
+        self.conf.write_text(
+            f"ServerRoot {self.prefix}\n"
+            f"LoadModule mpm_event_module {APACHE_MODULES}/mod_mpm_event.so\n"
+            f"LoadModule authz_core_module {APACHE_MODULES}/mod_authz_core.so\n"
+            f"LoadModule ngx_wsgi_module {APACHE_MODULE}\n"
+            f"{user}Listen 127.0.0.1:{self.port}\nServerName test.local\n"
+            f"PidFile {self.prefix}/logs/httpd.pid\nDefaultRuntimeDir {self.prefix}/logs\n"
+            f"ErrorLog {self.prefix}/logs/error.log\nLogLevel info\n"
+            f"DocumentRoot {self.prefix}/htdocs\n"
+            f"StartServers 1\nServerLimit 1\nThreadsPerChild {threads}\nThreadLimit {threads}\n"
+            f"MaxRequestWorkers {threads}\nMinSpareThreads 1\nMaxSpareThreads {threads}\n"
+            # %2F in a path is decoded like nginx does, instead of Apache's 404.
+            "AllowEncodedSlashes On\n"
+            f"{home_line}{server_extra}\n"
+            + "".join(r.for_apache() for r in routes)
+        )
+
+    def run(self, *args):
+        return subprocess.run([self.binary, "-f", str(self.conf), *args],
+                              capture_output=True, text=True, timeout=60)
+
+    def start(self):
+        self.stderr = open(self.prefix / "stderr.log", "wb")
+        self.proc = subprocess.Popen([self.binary, "-DFOREGROUND", "-f", str(self.conf)],
+                                     stdout=self.stderr, stderr=self.stderr)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"apache2 exited {self.proc.returncode}:\n{self.output()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                if self.worker_pids():
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"apache2 did not start:\n{self.output()}")
+
+    output = Nginx.output
+    error_log = Nginx.error_log
+    children = Nginx.children
+    url = Nginx.url
+    send_signal = Nginx.send_signal
+
+    def worker_pids(self):
+        return [pid for pid, _ in self.children()]
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        return Nginx.stop(self, sig, timeout)
+
+
+SERVERS = [s for s in os.environ.get("NGX_WSGI_SERVERS", "nginx,apache").split(",") if s]
+
+
+@pytest.fixture(scope="session", params=SERVERS)
+def wsgi_factory(request, built):
+    """Makes a server of the parametrised kind from `route()`s; extra keyword arguments
+    `nginx={...}` / `apache={...}` go to that server's constructor only."""
+    kind = request.param
+    if kind == "apache" and not (os.path.exists(APACHE_BINARY) and APACHE_MODULE.exists()):
+        pytest.skip("apache2 or the Apache module is not built/installed (scripts/install-deps)")
+    started = []
+
+    def make(routes, nginx=None, apache=None):
+        if kind == "nginx":
+            server = Nginx(built, "".join(r.for_nginx() for r in routes), **(nginx or {}))
+        else:
+            server = Apache(routes, **(apache or {}))
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()

@@ -1,4 +1,4 @@
-"""environ per PEP 3333 and SPEC.md, filled from nginx's parsed request."""
+"""environ per PEP 3333 and SPEC.md, filled from the server's parsed request (nginx and Apache)."""
 import http.client
 import json
 import subprocess
@@ -6,17 +6,16 @@ import subprocess
 import pytest
 import requests
 
-from conftest import APPS, location
+from conftest import APACHE_MODULES, APPS, location, route
 
 APP = APPS / "environ_app.py"
+APACHE_H2 = f"LoadModule http2_module {APACHE_MODULES}/mod_http2.so\nProtocols h2 h2c http/1.1\n"
 
 
 @pytest.fixture(scope="module")
-def server(nginx_factory):
-    return nginx_factory(
-        location("/", APP) + location("/mount/", APP) + location("= /exact", APP) + location("~ ^/re/", APP),
-        listen_extra="",
-        server_extra="",
+def server(wsgi_factory):
+    return wsgi_factory(
+        [route("/", APP), route("/mount/", APP), route("= /exact", APP), route("~ ^/re/", APP)]
     ).start()
 
 
@@ -166,21 +165,26 @@ def test_wsgi_param_bad_flag(nginx_factory):
 
 
 @pytest.fixture(scope="module")
-def tls_server(nginx_factory, tmp_path_factory):
+def tls_server(wsgi_factory, tmp_path_factory):
     d = tmp_path_factory.mktemp("tls")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=test.local",
                     "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-days", "2"],
                    check=True, capture_output=True)
-    return nginx_factory(
-        location("/", APP),
-        listen_extra=" ssl",
-        server_extra=f"http2 on; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;",
+    d.chmod(0o755)
+    (d / "key.pem").chmod(0o644)
+    return wsgi_factory(
+        [route("/", APP)],
+        nginx=dict(listen_extra=" ssl",
+                   server_extra=f"http2 on; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;"),
+        apache=dict(server_extra=APACHE_H2 + f"LoadModule ssl_module {APACHE_MODULES}/mod_ssl.so\n"
+                    f"SSLEngine on\nSSLCertificateFile {d}/cert.pem\nSSLCertificateKeyFile {d}/key.pem\n"),
     ).start()
 
 
 @pytest.fixture(scope="module")
-def h2c_server(nginx_factory):
-    return nginx_factory(location("/", APP), server_extra="http2 on;").start()
+def h2c_server(wsgi_factory):
+    return wsgi_factory([route("/", APP)], nginx=dict(server_extra="http2 on;"),
+                        apache=dict(server_extra=APACHE_H2)).start()
 
 
 def curl_json(*args):
