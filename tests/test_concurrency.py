@@ -1,17 +1,17 @@
-"""Python runs on nginx's thread pool, never on the event loop: a slow request does not hold up
-the others on the same single worker."""
+"""Python runs on nginx's thread pool, never on the event loop (on Apache, on the child's worker
+threads): a slow request does not hold up the others on the same single worker or child."""
 import threading
 import time
 
 import pytest
 import requests
 
-from conftest import APPS, location
+from conftest import APPS, location, route
 
 
 @pytest.fixture(scope="module")
-def server(nginx_factory):
-    return nginx_factory(location("/", APPS / "sleepy.py"), workers=1).start()
+def server(wsgi_factory):
+    return wsgi_factory([route("/", APPS / "sleepy.py")], nginx=dict(workers=1), apache=dict(threads=25)).start()
 
 
 def test_fast_requests_finish_while_a_slow_one_sleeps(server):

@@ -1,5 +1,5 @@
 """Differential test: Flask, Django, Bottle and Falcon answer the same requests with the same
-status, headers and body under the module and under gunicorn."""
+status, headers and body under the module (nginx and Apache) and under gunicorn."""
 import json
 import pathlib
 import socket
@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, free_port, location
+from conftest import APPS, free_port, route
 
 FRAMEWORKS = APPS / "frameworks"
 # Hop-by-hop and per-server headers; everything else the app sent must match.
@@ -62,8 +62,8 @@ def gunicorn_servers():
 
 
 @pytest.fixture(scope="module")
-def nginx_servers(nginx_factory):
-    return {f: nginx_factory(location("/", FRAMEWORKS / f"{f}_app.py")).start().port
+def module_servers(wsgi_factory):
+    return {f: wsgi_factory([route("/", FRAMEWORKS / f"{f}_app.py")]).start().port
             for f in ["flask", "django", "bottle", "falcon"]}
 
 
@@ -78,10 +78,10 @@ def fetch(port, method, path, headers, body):
 
 
 @pytest.mark.parametrize("framework", ["flask", "django", "bottle", "falcon"])
-def test_same_answers_as_gunicorn(framework, gunicorn_servers, nginx_servers):
+def test_same_answers_as_gunicorn(framework, gunicorn_servers, module_servers):
     statuses = []
     for method, path, headers, body in requests_for(framework):
-        ours = fetch(nginx_servers[framework], method, path, headers, body)
+        ours = fetch(module_servers[framework], method, path, headers, body)
         theirs = fetch(gunicorn_servers[framework], method, path, headers, body)
         if "content-length" in ours[1] and "content-length" not in theirs[1] and theirs[2] == ours[2]:
             # We announce the length of a fully known body where gunicorn chunks it; same bytes.

@@ -1,4 +1,5 @@
-"""wsgi.input over the body nginx read: memory, temp file, chunked, Expect: 100-continue."""
+"""wsgi.input over the body the server read: memory, temp file, chunked, Expect: 100-continue
+(nginx), or read through the input filters as the app asks (Apache)."""
 import hashlib
 import json
 import os
@@ -7,22 +8,23 @@ import socket
 import pytest
 import requests
 
-from conftest import APPS, location
+from conftest import APPS, route
 
 APP = APPS / "input_app.py"
 BODY = b"first line\nsecond\n\nlast without newline"
 
 
 @pytest.fixture(scope="module")
-def server(nginx_factory):
-    return nginx_factory(
-        location("/", APP, "client_max_body_size 100m;")
-        + location("/file/", APP, "client_body_in_file_only clean;")
-        + location("/small/", APP, "client_body_buffer_size 1k; client_max_body_size 100m;")
-        + location("/unbuffered/", APP, "wsgi_request_buffering off; client_max_body_size 100m;")
-        + location("/unbuffered_small/", APP,
-                   "wsgi_request_buffering off; client_body_buffer_size 1k; wsgi_stream_buffer 4k;"),
-    ).start()
+def server(wsgi_factory):
+    unbuffered = "NgxWsgiRequestBuffering Off"
+    return wsgi_factory([
+        route("/", APP, "client_max_body_size 100m;"),
+        route("/file/", APP, "client_body_in_file_only clean;"),
+        route("/small/", APP, "client_body_buffer_size 1k; client_max_body_size 100m;"),
+        route("/unbuffered/", APP, "wsgi_request_buffering off; client_max_body_size 100m;", unbuffered),
+        route("/unbuffered_small/", APP,
+              "wsgi_request_buffering off; client_body_buffer_size 1k; wsgi_stream_buffer 4k;", unbuffered),
+    ]).start()
 
 
 def parts(server, way, body=BODY, prefix=""):
@@ -61,7 +63,7 @@ def test_chunked_body_is_dechunked_with_a_length(server):
     assert r.json() == {"parts": ["abc\n", "def"], "content_length": "7", "transfer_encoding": None}
 
 
-def test_expect_100_continue_is_answered_by_nginx(server):
+def test_expect_100_continue_is_answered_by_the_server(server):
     body = b"x" * 5000
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(b"POST /read HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n"

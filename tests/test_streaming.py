@@ -10,18 +10,22 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, location
+from conftest import APACHE_MODULES, APPS, route
 
 APP = APPS / "streaming.py"
 NAMES = ["events", "release", "huge", "endless", "writer", "big_stream"]
 
 
 @pytest.fixture(scope="module")
-def server(nginx_factory):
-    return nginx_factory(
-        "".join(location(f"= /{n}", f"{APP}:{n}") for n in NAMES) + location("= /stats", f"{APP}:stats_app")
-        + location("= /rated", f"{APP}:big_stream", "limit_rate 512k;"),
-        main_extra="thread_pool default threads=4;",
+def server(wsgi_factory):
+    return wsgi_factory(
+        [route(f"= /{n}", f"{APP}:{n}") for n in NAMES] + [route("= /stats", f"{APP}:stats_app")]
+        + [route("= /rated", f"{APP}:big_stream", "limit_rate 512k;",
+                 "SetOutputFilter RATE_LIMIT\n  SetEnv rate-limit 512")],
+        nginx=dict(main_extra="thread_pool default threads=4;"),
+        apache=dict(threads=4,
+                    server_extra=f"LoadModule ratelimit_module {APACHE_MODULES}/mod_ratelimit.so\n"
+                                 f"LoadModule env_module {APACHE_MODULES}/mod_env.so\n"),
     ).start()
 
 
@@ -124,16 +128,17 @@ def test_stream_under_limit_rate_completes(server):
     started = time.monotonic()
     r = requests.get(server.url("/rated"), timeout=30)
     assert r.content == b"y" * (1 << 20)
-    assert time.monotonic() - started > 1, "limit_rate applied"
+    assert time.monotonic() - started > 1, "the rate limit applied"
 
 
 @pytest.fixture(scope="module")
-def h2_server(nginx_factory):
-    return nginx_factory(
-        location("= /big_stream", f"{APP}:big_stream") + location("= /endless", f"{APP}:endless")
-        + location("= /stats", f"{APP}:stats_app")
-        + location("/unbuffered/", APPS / "input_app.py", "wsgi_request_buffering off;"),
-        server_extra="http2 on;",
+def h2_server(wsgi_factory):
+    return wsgi_factory(
+        [route("= /big_stream", f"{APP}:big_stream"), route("= /endless", f"{APP}:endless"),
+         route("= /stats", f"{APP}:stats_app"),
+         route("/unbuffered/", APPS / "input_app.py", "wsgi_request_buffering off;", "NgxWsgiRequestBuffering Off")],
+        nginx=dict(server_extra="http2 on;"),
+        apache=dict(server_extra=f"LoadModule http2_module {APACHE_MODULES}/mod_http2.so\nProtocols h2c http/1.1\n"),
     ).start()
 
 

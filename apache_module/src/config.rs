@@ -27,11 +27,18 @@ pub(crate) struct DirConf {
     /// trailing slash (empty elsewhere). Pool memory, not NUL-terminated.
     mount: *const u8,
     mount_len: usize,
+    /// `NgxWsgiRequestBuffering`: 1 on, 0 off, negative: not set here.
+    buffering: c_int,
 }
 
 impl DirConf {
     pub(crate) fn app(&self) -> Option<usize> {
         usize::try_from(self.app).ok()
+    }
+
+    /// Whether a chunked request body is read whole before the app starts (the default).
+    pub(crate) fn request_buffering(&self) -> bool {
+        self.buffering != 0
     }
 
     pub(crate) fn mount(&self) -> &[u8] {
@@ -121,6 +128,7 @@ pub(crate) unsafe extern "C" fn create_dir_config(
         app: -1,
         mount: std::ptr::null(),
         mount_len: 0,
+        buffering: -1,
     };
     guard("create_dir_config", std::ptr::null_mut(), || {
         // SAFETY: Apache passes its configuration pool.
@@ -138,7 +146,13 @@ pub(crate) unsafe extern "C" fn merge_dir_config(
         unsafe {
             let (base, new) = (*(base as *const DirConf), *(new as *const DirConf));
             // The app and its mount go together: the innermost section that names an app wins.
-            alloc(pool, if new.app >= 0 { new } else { base })
+            let mut merged = if new.app >= 0 { new } else { base };
+            merged.buffering = if new.buffering >= 0 {
+                new.buffering
+            } else {
+                base.buffering
+            };
+            alloc(pool, merged)
         }
     })
 }
@@ -234,6 +248,23 @@ pub(crate) unsafe extern "C" fn set_app(
             std::ptr::null()
         }
     })
+}
+
+/// `NgxWsgiRequestBuffering On|Off`
+pub(crate) unsafe extern "C" fn set_request_buffering(
+    _cmd: *mut cmd_parms,
+    conf: *mut c_void,
+    on: c_int,
+) -> *const c_char {
+    guard(
+        "NgxWsgiRequestBuffering",
+        c"NgxWsgiRequestBuffering: internal error".as_ptr(),
+        || {
+            // SAFETY: Apache passes this module's directory configuration of the section.
+            unsafe { (*(conf as *mut DirConf)).buffering = c_int::from(on != 0) };
+            std::ptr::null()
+        },
+    )
 }
 
 /// `NgxWsgiPythonHome DIR`

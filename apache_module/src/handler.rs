@@ -40,7 +40,7 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
             );
             return HTTP_INTERNAL_SERVER_ERROR as c_int;
         };
-        let prepared = match crate::request_body::prepare(r) {
+        let prepared = match crate::request_body::prepare(r, conf.request_buffering()) {
             Ok(p) => p,
             Err(status) => return status,
         };

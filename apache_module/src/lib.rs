@@ -22,8 +22,9 @@ use std::ptr;
 
 use bindings::{
     ap_hook_child_init, ap_hook_handler, ap_hook_pre_config, apr_pool_t, cmd_func, cmd_how,
-    cmd_how_ITERATE, cmd_how_TAKE1, command_rec, module, ACCESS_CONF, APR_HOOK_MIDDLE,
-    MODULE_MAGIC_COOKIE, MODULE_MAGIC_NUMBER_MAJOR, MODULE_MAGIC_NUMBER_MINOR, RSRC_CONF,
+    cmd_how_FLAG, cmd_how_ITERATE, cmd_how_TAKE1, command_rec, module, ACCESS_CONF,
+    APR_HOOK_MIDDLE, MODULE_MAGIC_COOKIE, MODULE_MAGIC_NUMBER_MAJOR, MODULE_MAGIC_NUMBER_MINOR,
+    RSRC_CONF,
 };
 
 type Take1 = unsafe extern "C" fn(
@@ -49,7 +50,7 @@ const fn directive(
     }
 }
 
-static mut COMMANDS: [command_rec; 4] = [
+static mut COMMANDS: [command_rec; 5] = [
     directive(
         c"NgxWsgiApp",
         config::set_app,
@@ -57,6 +58,16 @@ static mut COMMANDS: [command_rec; 4] = [
         RSRC_CONF | ACCESS_CONF,
         c"PATH.py[:CALLABLE] or module.name[:CALLABLE]: the WSGI application served here",
     ),
+    command_rec {
+        name: c"NgxWsgiRequestBuffering".as_ptr(),
+        func: cmd_func {
+            flag: Some(config::set_request_buffering),
+        },
+        cmd_data: ptr::null_mut(),
+        req_override: (RSRC_CONF | ACCESS_CONF) as c_int,
+        args_how: cmd_how_FLAG,
+        errmsg: c"Off: a chunked request body reaches the app as it arrives, without CONTENT_LENGTH (default On: read whole first)".as_ptr(),
+    },
     directive(
         c"NgxWsgiPythonHome",
         config::set_python_home,

@@ -13,17 +13,15 @@ use crate::bindings::{
     ap_log_error_, ap_server_conf, APLOG_DEBUG, APLOG_ERR, APLOG_INFO, APLOG_WARNING,
 };
 
-/// Apache cuts an entry at MAX_STRING_LEN (8192) bytes including its own prefix; longer texts
-/// (deep tracebacks) are split at line ends into several entries of at most this size.
-const ENTRY_MAX: usize = 7000;
-
-/// Writes `msg` to the main server's error log at `level` (an `APLOG_*` value).
+/// Writes `msg` to the main server's error log at `level` (an `APLOG_*` value). Apache escapes
+/// control characters inside an entry (a newline becomes `\n`), so a multi-line text such as a
+/// traceback is written one entry per line, the way Apache users read them.
 pub(crate) fn write(level: c_int, msg: &str) {
     // SAFETY: Apache sets `ap_server_conf` once the configuration is read, before any request or
     // child starts; NULL (early configuration) makes Apache write to stderr.
     let server = unsafe { ap_server_conf };
-    for piece in ngx_wsgi::log_text::split_entries(msg, ENTRY_MAX) {
-        let Ok(text) = CString::new(piece.replace('\0', "\\0")) else {
+    for line in msg.trim_end().split('\n') {
+        let Ok(text) = CString::new(line.trim_end_matches('\r').replace('\0', "\\0")) else {
             continue;
         };
         // SAFETY: "%s" reads exactly one NUL-terminated string, `text`; the module index is the

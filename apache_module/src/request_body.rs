@@ -3,7 +3,8 @@
 //!
 //! A body with a `Content-Length` is read as the app reads it, on the request's own thread and
 //! without the GIL. A chunked body is read whole before the app starts, so that the app gets its
-//! `CONTENT_LENGTH` (SPEC: a body that arrived without a length is presented with one).
+//! `CONTENT_LENGTH` (SPEC: a body that arrived without a length is presented with one), unless
+//! `NgxWsgiRequestBuffering Off` asks for it as it arrives.
 
 use std::ffi::c_int;
 use std::io;
@@ -27,14 +28,14 @@ const READ_MAX: usize = 256 * 1024;
 
 /// # Safety
 /// `r` is a live request on the calling thread whose body has not been read yet.
-pub(crate) unsafe fn prepare(r: *mut request_rec) -> Result<Prepared, c_int> {
+pub(crate) unsafe fn prepare(r: *mut request_rec, buffering: bool) -> Result<Prepared, c_int> {
     // SAFETY: per the function contract.
     unsafe {
         let rc = ap_setup_client_block(r, REQUEST_CHUNKED_DECHUNK as c_int);
         if rc != OK as c_int {
             return Err(rc);
         }
-        if (*r).read_chunked != 0 {
+        if (*r).read_chunked != 0 && buffering {
             let mut all = Vec::new();
             loop {
                 let chunk = read_block(r, READ_MAX).map_err(|_| HTTP_BAD_REQUEST as c_int)?;
@@ -49,7 +50,7 @@ pub(crate) unsafe fn prepare(r: *mut request_rec) -> Result<Prepared, c_int> {
                 dechunked_len: Some(len),
             });
         }
-        let body = if (*r).remaining > 0 {
+        let body = if (*r).remaining > 0 || (*r).read_chunked != 0 {
             RequestBody::Streamed(Arc::new(ClientBody { request: r }))
         } else {
             RequestBody::Buffered(Body::empty())
