@@ -211,7 +211,7 @@ class Apache:
 
     kind = "apache"
 
-    def __init__(self, routes, threads=16, home=True, server_extra=""):
+    def __init__(self, routes, threads=16, home=True, server_extra="", env=None):
         self.binary = APACHE_BINARY
         self.prefix = pathlib.Path(tempfile.mkdtemp(prefix="ngx-wsgi-apache-test-"))
         # The children run as nobody when the tests run as root: they walk the document root.
@@ -220,6 +220,7 @@ class Apache:
         (self.prefix / "htdocs").mkdir()
         self.port = free_port()
         self.proc = None
+        self.env = env
         user = "User nobody\nGroup nogroup\n" if os.geteuid() == 0 else ""
         home_line = f"NgxWsgiPythonHome {python_home()}\n" if home and python_home() else ""
         self.conf = self.prefix / "httpd.conf"
@@ -247,7 +248,8 @@ class Apache:
     def start(self):
         self.stderr = open(self.prefix / "stderr.log", "wb")
         self.proc = subprocess.Popen([self.binary, "-DFOREGROUND", "-f", str(self.conf)],
-                                     stdout=self.stderr, stderr=self.stderr)
+                                     stdout=self.stderr, stderr=self.stderr,
+                                     env={**os.environ, **(self.env or {})})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -71,6 +71,8 @@ impl AppEntry {
 pub(crate) struct Registry {
     pub(crate) apps: Vec<AppEntry>,
     pub(crate) python: PythonSettings,
+    /// `file:line` of `NgxWsgiPythonHome`.
+    pub(crate) python_home_at: String,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
@@ -79,6 +81,7 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
         home: None,
         path: Vec::new(),
     },
+    python_home_at: String::new(),
 });
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
@@ -287,7 +290,9 @@ pub(crate) unsafe extern "C" fn set_python_home(
                 if let Err(e) = ngx_wsgi::interpreter::check_home(home) {
                     return error(cmd, &format!("NgxWsgiPythonHome: {e}"));
                 }
-                registry().python.home = Some(home.to_owned());
+                let mut reg = registry();
+                reg.python.home = Some(home.to_owned());
+                reg.python_home_at = place(cmd);
                 std::ptr::null()
             }
         },
@@ -310,7 +315,17 @@ pub(crate) unsafe extern "C" fn add_python_path(
                 if !refused.is_null() {
                     return refused;
                 }
-                registry().python.path.push(PathBuf::from(text(arg)));
+                let dir = PathBuf::from(text(arg));
+                if !dir.is_dir() {
+                    return error(
+                        cmd,
+                        &format!(
+                            "NgxWsgiPythonPath: \"{}\" is not a directory",
+                            dir.display()
+                        ),
+                    );
+                }
+                registry().python.path.push(dir);
                 std::ptr::null()
             }
         },

@@ -7,6 +7,7 @@
 
 mod bindings;
 mod brigade;
+mod check;
 mod config;
 mod ffi_guard;
 mod handler;
@@ -21,10 +22,10 @@ use std::ffi::{c_int, c_ulong};
 use std::ptr;
 
 use bindings::{
-    ap_hook_child_init, ap_hook_handler, ap_hook_pre_config, apr_pool_t, cmd_func, cmd_how,
-    cmd_how_FLAG, cmd_how_ITERATE, cmd_how_TAKE1, command_rec, module, ACCESS_CONF,
-    APR_HOOK_MIDDLE, MODULE_MAGIC_COOKIE, MODULE_MAGIC_NUMBER_MAJOR, MODULE_MAGIC_NUMBER_MINOR,
-    RSRC_CONF,
+    ap_hook_check_config, ap_hook_child_init, ap_hook_handler, ap_hook_pre_config, apr_pool_t,
+    cmd_func, cmd_how, cmd_how_FLAG, cmd_how_ITERATE, cmd_how_TAKE1, command_rec, module,
+    ACCESS_CONF, APR_HOOK_MIDDLE, MODULE_MAGIC_COOKIE, MODULE_MAGIC_NUMBER_MAJOR,
+    MODULE_MAGIC_NUMBER_MINOR, RSRC_CONF,
 };
 
 type Take1 = unsafe extern "C" fn(
@@ -92,6 +93,12 @@ unsafe extern "C" fn register_hooks(_pool: *mut apr_pool_t) {
         unsafe {
             ap_hook_pre_config(
                 Some(lifecycle::pre_config),
+                ptr::null(),
+                ptr::null(),
+                APR_HOOK_MIDDLE as c_int,
+            );
+            ap_hook_check_config(
+                Some(check::check_config),
                 ptr::null(),
                 ptr::null(),
                 APR_HOOK_MIDDLE as c_int,

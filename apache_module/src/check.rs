@@ -1,0 +1,81 @@
+//! Configuration-time check: before Apache accepts a configuration (`apache2 -t`, start, restart),
+//! start Python and import every app in a short-lived child process running as the children's
+//! user, so that a broken app fails the configuration, naming the directive and the Python error,
+//! instead of leaving a server whose every request is a 500. The parent itself never starts
+//! Python: its children are forked from it.
+
+use std::ffi::c_int;
+
+use ngx_wsgi::check::{check_apps, CheckError, Credentials, WorkerSetup};
+use ngx_wsgi::AppSpec;
+
+use crate::bindings::{
+    ap_state_query, ap_unixd_config, apr_pool_t, server_rec, APLOG_EMERG, AP_SQ_MAIN_STATE,
+    AP_SQ_MS_CREATE_PRE_CONFIG, AP_SQ_RM_CONFIG_TEST, AP_SQ_RUN_MODE, HTTP_INTERNAL_SERVER_ERROR,
+    OK,
+};
+use crate::ffi_guard::guard;
+
+pub(crate) unsafe extern "C" fn check_config(
+    _pconf: *mut apr_pool_t,
+    _plog: *mut apr_pool_t,
+    _ptemp: *mut apr_pool_t,
+    _s: *mut server_rec,
+) -> c_int {
+    guard("check_config", HTTP_INTERNAL_SERVER_ERROR as c_int, || {
+        // SAFETY: plain queries of Apache's state.
+        let (state, mode) = unsafe {
+            (
+                ap_state_query(AP_SQ_MAIN_STATE as c_int),
+                ap_state_query(AP_SQ_RUN_MODE as c_int),
+            )
+        };
+        // A normal start reads the configuration twice; checking the second reading is enough.
+        if state == AP_SQ_MS_CREATE_PRE_CONFIG as c_int && mode != AP_SQ_RM_CONFIG_TEST as c_int {
+            return OK as c_int;
+        }
+        let registry = crate::config::snapshot();
+        if registry.apps.is_empty() {
+            return OK as c_int;
+        }
+        let specs: Vec<AppSpec> = registry.apps.iter().map(|a| a.spec.clone()).collect();
+        let Err(errors) = check_apps(&registry.python, &specs, &worker_setup()) else {
+            return OK as c_int;
+        };
+        for error in errors {
+            let msg = match error {
+                CheckError::App(i, e) => {
+                    format!("{} cannot be loaded: {e}", registry.apps[i].describe())
+                }
+                CheckError::Interpreter(e) => match &registry.python.home {
+                    Some(home) => format!(
+                        "NgxWsgiPythonHome \"{}\" (in {}): {e}",
+                        home.display(),
+                        registry.python_home_at
+                    ),
+                    None => format!("wsgi: {e}"),
+                },
+                CheckError::Process(e) => format!("wsgi: checking the apps failed: {e}"),
+            };
+            crate::log::write(APLOG_EMERG as c_int, &msg);
+        }
+        HTTP_INTERNAL_SERVER_ERROR as c_int
+    })
+}
+
+/// How Apache will start its children: as `User`/`Group` when it runs as root; the environment
+/// is the parent's, which the children inherit.
+fn worker_setup() -> WorkerSetup {
+    // SAFETY: geteuid has no preconditions; `ap_unixd_config` is filled while the configuration
+    // is read (User/Group, or Apache's defaults) and only read here.
+    let credentials = unsafe {
+        (libc::geteuid() == 0).then_some(Credentials {
+            uid: ap_unixd_config.user_id,
+            gid: ap_unixd_config.group_id,
+        })
+    };
+    WorkerSetup {
+        credentials,
+        environment: None,
+    }
+}

@@ -1,0 +1,177 @@
+"""The Apache adapter's own directives and process life: configuration checked at `apache2 -t`
+(and start), one interpreter per child started in the child and finalised when it exits, a crashed
+child replaced by the parent. The WSGI semantics are the shared suite's (`[apache]` cases)."""
+import os
+import re
+import signal
+import tempfile
+import time
+
+import pytest
+import requests
+
+from conftest import APACHE_BINARY, APACHE_MODULE, APPS, Apache, route
+
+BROKEN = APPS / "broken"
+
+pytestmark = pytest.mark.skipif(
+    not (os.path.exists(APACHE_BINARY) and APACHE_MODULE.exists()) or "apache" not in os.environ.get(
+        "NGX_WSGI_SERVERS", "apache"),
+    reason="apache2 or the Apache module is not installed/built, or NGX_WSGI_SERVERS excludes it")
+
+
+@pytest.fixture
+def apaches():
+    started = []
+
+    def make(routes, **kwargs):
+        server = Apache(routes, **kwargs)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+def shared_dir():
+    """A directory the children (nobody, when the tests run as root) can write to."""
+    d = tempfile.mkdtemp(prefix="ngx-wsgi-apache-marks-")
+    os.chmod(d, 0o777)
+    return d
+
+
+@pytest.mark.parametrize("spec, expected", [
+    (f"{BROKEN}/syntax_error.py", "SyntaxError"),
+    (f"{BROKEN}/import_error.py", "ModuleNotFoundError: No module named 'module_that_does_not_exist_anywhere'"),
+    (f"{BROKEN}/raises_at_import.py", "RuntimeError: the app refuses to start"),
+    (f"{BROKEN}/not_callable.py", "not_callable.py:application is not callable"),
+    (f"{APPS}/sleepy.py:no_such_callable", "has no attribute \"no_such_callable\""),
+    (f"{BROKEN}/missing.py", "missing.py does not exist or is not a file"),
+    ("no_such_package.wsgi", "ModuleNotFoundError: No module named 'no_such_package'"),
+])
+def test_unloadable_app_fails_config_test(apaches, spec, expected):
+    server = apaches([route("/", spec)])
+    result = server.run("-t")
+    assert result.returncode != 0
+    assert "Configuration check failed" in result.stderr
+    assert re.search(rf'\[ngx_wsgi:emerg\] .*NgxWsgiApp "{re.escape(spec)}" \(in {server.conf}:\d+\) cannot be loaded',
+                     result.stderr), result.stderr
+    assert expected in result.stderr, result.stderr
+
+
+def test_traceback_reaches_the_config_test_output_line_by_line(apaches):
+    result = apaches([route("/", f"{BROKEN}/raises_at_import.py")]).run("-t")
+    assert "cannot be loaded: Traceback (most recent call last):" in result.stderr
+    assert re.search(r'\[ngx_wsgi:emerg\] .*  File ".*raises_at_import.py", line 1, in <module>\n', result.stderr)
+
+
+def test_broken_app_prevents_start(apaches):
+    server = apaches([route("/", f"{BROKEN}/import_error.py")])
+    with pytest.raises(RuntimeError, match="No module named"):
+        server.start()
+    assert server.proc.returncode != 0
+
+
+def test_good_config_passes(apaches):
+    result = apaches([route("/", APPS / "sleepy.py")]).run("-t")
+    assert result.returncode == 0, result.stderr
+    assert "Syntax OK" in result.stderr
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("not a module", "is neither PATH.py[:CALLABLE] nor module.name[:CALLABLE]"),
+    ("app.py:1bad", "is not a Python name"),
+])
+def test_malformed_app_value(apaches, value, expected):
+    result = apaches([route("/", f'"{value}"')]).run("-t")
+    assert result.returncode != 0
+    assert "NgxWsgiApp: " in result.stderr and expected in result.stderr, result.stderr
+
+
+def test_python_home_of_another_version_is_refused(apaches, tmp_path):
+    (tmp_path / "pyvenv.cfg").write_text("home = /usr/bin\nversion = 3.99.1\n")
+    server = apaches([route("/", APPS / "sleepy.py")], home=False, server_extra=f"NgxWsgiPythonHome {tmp_path}")
+    result = server.run("-t")
+    assert result.returncode != 0
+    assert re.search(rf"Syntax error on line \d+ of {server.conf}:\nNgxWsgiPythonHome: {tmp_path} is Python 3\.99; "
+                     r"this module embeds Python 3\.\d+", result.stderr), result.stderr
+
+
+def test_interpreter_settings_only_in_the_main_server(apaches, tmp_path):
+    server = apaches([route("/", APPS / "sleepy.py")], server_extra=(
+        f"<VirtualHost *>\n ServerName other.local\n NgxWsgiPythonPath {tmp_path}\n</VirtualHost>"))
+    result = server.run("-t")
+    assert result.returncode != 0
+    assert "NgxWsgiPythonPath cannot occur within <VirtualHost> section" in result.stderr, result.stderr
+
+
+def test_python_path_that_does_not_exist(apaches, tmp_path):
+    result = apaches([route("/", APPS / "sleepy.py")], server_extra=f"NgxWsgiPythonPath {tmp_path}/gone").run("-t")
+    assert result.returncode != 0
+    assert f'NgxWsgiPythonPath: "{tmp_path}/gone" is not a directory' in result.stderr
+
+
+def test_module_name_from_python_path_in_a_location_and_a_virtual_host(apaches):
+    server = apaches(
+        [route("/a", "environ_app"), route("~ ^/re/", "environ_app")],
+        server_extra=f"NgxWsgiPythonPath {APPS}\n",
+    )
+    port = server.port
+    server.conf.write_text(server.conf.read_text() + (
+        f"<VirtualHost 127.0.0.1:{port}>\n ServerName test.local\n NgxWsgiApp environ_app\n</VirtualHost>\n"
+        f"<VirtualHost 127.0.0.1:{port}>\n ServerName vhost.local\n"
+        f" <Location /v/>\n  NgxWsgiApp {APPS}/environ_app.py:application\n </Location>\n</VirtualHost>\n"))
+    server.start()
+    e = requests.get(server.url("/a/b?x")).json()
+    assert (e["SCRIPT_NAME"], e["PATH_INFO"], e["QUERY_STRING"], e["SERVER_NAME"]) == ("/a", "/b", "x", "test.local")
+    e = requests.get(server.url("/re/x")).json()
+    assert (e["SCRIPT_NAME"], e["PATH_INFO"]) == ("", "/re/x")
+    e = requests.get(server.url("/v/w"), headers={"Host": "vhost.local"}).json()
+    assert (e["SCRIPT_NAME"], e["PATH_INFO"], e["SERVER_NAME"]) == ("/v", "/w", "vhost.local")
+    e = requests.get(server.url("/v/w"), headers={"Host": "test.local"}).json()
+    assert (e["SCRIPT_NAME"], e["PATH_INFO"]) == ("", "/v/w"), "the other host serves its own app at its root"
+
+
+def marks(directory, kind):
+    return sorted(int(name.split("-")[1]) for name in os.listdir(directory) if name.startswith(kind + "-"))
+
+
+def test_app_imported_in_the_child_at_start_and_finalized_at_exit(apaches):
+    d = shared_dir()
+    app = APPS / "lifecycle_app.py"
+    server = apaches([route("/", app), route("/again/", f"{app}:application")],
+                     env={"NGX_WSGI_TEST_MARKS": d}).start()
+    child = server.worker_pids()[0]
+    deadline = time.monotonic() + 10
+    while child not in marks(d, "imported") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Imported by the child before any request, once for both locations; never by the parent
+    # (the configuration check imports it in a short-lived process of its own).
+    assert child in marks(d, "imported") and server.proc.pid not in marks(d, "imported")
+    assert requests.get(server.url("/")).text == str(child)
+    assert requests.get(server.url("/again/")).text == str(child)
+    with open(os.path.join(d, f"imported-{child}")) as f:
+        assert f.read().count("\n") == 1
+
+    server.send_signal(signal.SIGWINCH)  # graceful stop
+    server.proc.wait(timeout=30)
+    assert server.proc.returncode == 0
+    assert marks(d, "finalized") == [child], "atexit handlers ran: the child finalised Python"
+    assert "Segmentation fault" not in server.error_log()
+
+
+def test_a_crashed_child_is_replaced_and_serving_goes_on(apaches):
+    server = apaches([route("/", APPS / "sleepy.py")]).start()
+    before = server.worker_pids()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(server.url("/crash"), timeout=10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (not server.worker_pids() or server.worker_pids() == before):
+        time.sleep(0.05)
+    assert server.worker_pids() and set(server.worker_pids()).isdisjoint(before)
+    assert "exit signal Segmentation fault (11)" in server.error_log()
+    for i in range(10):
+        assert requests.get(server.url(f"/ok{i}"), timeout=10).text == f"/ok{i}"
+    assert server.proc.poll() is None, "the parent keeps running"
+
