@@ -115,20 +115,23 @@ def test_python_path_that_does_not_exist(apaches, tmp_path):
 def test_module_name_from_python_path_in_a_location_and_a_virtual_host(apaches):
     server = apaches(
         [route("/a", "environ_app"), route("~ ^/re/", "environ_app")],
-        server_extra=f"NgxWsgiPythonPath {APPS}\n",
+        server_extra=f"NgxWsgiPythonPath {APPS}\nLoadModule env_module /usr/lib/apache2/modules/mod_env.so\n",
     )
     port = server.port
     server.conf.write_text(server.conf.read_text() + (
         f"<VirtualHost 127.0.0.1:{port}>\n ServerName test.local\n NgxWsgiApp environ_app\n</VirtualHost>\n"
         f"<VirtualHost 127.0.0.1:{port}>\n ServerName vhost.local\n"
-        f" <Location /v/>\n  NgxWsgiApp {APPS}/environ_app.py:application\n </Location>\n</VirtualHost>\n"))
+        f" <Location /v/>\n  NgxWsgiApp {APPS}/environ_app.py:application\n  SetEnv APP_ENV production\n"
+        f"  SetEnv SCRIPT_NAME /public\n </Location>\n</VirtualHost>\n"))
     server.start()
     e = requests.get(server.url("/a/b?x")).json()
     assert (e["SCRIPT_NAME"], e["PATH_INFO"], e["QUERY_STRING"], e["SERVER_NAME"]) == ("/a", "/b", "x", "test.local")
     e = requests.get(server.url("/re/x")).json()
     assert (e["SCRIPT_NAME"], e["PATH_INFO"]) == ("", "/re/x")
     e = requests.get(server.url("/v/w"), headers={"Host": "vhost.local"}).json()
-    assert (e["SCRIPT_NAME"], e["PATH_INFO"], e["SERVER_NAME"]) == ("/v", "/w", "vhost.local")
+    assert (e["PATH_INFO"], e["SERVER_NAME"]) == ("/w", "vhost.local")
+    assert e["APP_ENV"] == "production", "SetEnv reaches the environ, like wsgi_param"
+    assert e["SCRIPT_NAME"] == "/public", "and may override a CGI key"
     e = requests.get(server.url("/v/w"), headers={"Host": "test.local"}).json()
     assert (e["SCRIPT_NAME"], e["PATH_INFO"]) == ("", "/v/w"), "the other host serves its own app at its root"
 

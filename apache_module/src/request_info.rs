@@ -7,7 +7,7 @@ use ngx_wsgi::{RequestInfo, RequestInfoBuilder};
 
 use crate::bindings::{
     ap_run_generate_log_id, ap_ssl_conn_is_ssl, apr_sockaddr_t, apr_table_elts, apr_table_entry_t,
-    request_rec,
+    apr_table_t, request_rec,
 };
 
 /// # Safety
@@ -88,32 +88,57 @@ pub(crate) unsafe fn collect(
         }
         b.request_id(bytes((*r).log_id));
 
-        let headers = apr_table_elts((*r).headers_in);
-        if !headers.is_null() && (*headers).nelts > 0 {
-            let entries = std::slice::from_raw_parts(
-                (*headers).elts as *const apr_table_entry_t,
-                (*headers).nelts as usize,
-            );
-            for entry in entries {
-                if entry.key.is_null() {
-                    continue;
+        for entry in table((*r).headers_in) {
+            let (name, value) = (bytes(entry.key), bytes(entry.val));
+            if name.eq_ignore_ascii_case(b"cookie") && value.windows(2).any(|w| w == b", ") {
+                // Apache joins repeated request headers with ", " before any module sees them;
+                // a cookie value never contains a comma (RFC 6265), so this is the join of
+                // several Cookie headers, which PEP 3333 apps expect joined with "; ".
+                let mut joined = Vec::with_capacity(value.len());
+                let mut rest = value;
+                while let Some(i) = rest.windows(2).position(|w| w == b", ") {
+                    joined.extend_from_slice(&rest[..i]);
+                    joined.extend_from_slice(b"; ");
+                    rest = &rest[i + 2..];
                 }
-                let name = bytes(entry.key);
-                let value = bytes(entry.val);
-                if name.eq_ignore_ascii_case(b"cookie") && value.windows(2).any(|w| w == b", ") {
-                    // Apache joins repeated request headers with ", " before any module sees
-                    // them; a cookie value never contains a comma (RFC 6265), so this is the
-                    // join of several Cookie headers, which PEP 3333 apps expect with "; ".
-                    let joined = String::from_utf8_lossy(value).replace(", ", "; ");
-                    b.header(name, joined.as_bytes());
-                } else {
-                    b.header(name, value);
-                }
+                joined.extend_from_slice(rest);
+                b.header(name, &joined);
+            } else {
+                b.header(name, value);
             }
         }
         if let Some(len) = dechunked_len {
             b.body_length(len);
         }
+        // What SetEnv, SetEnvIf, RewriteRule [E=] and other modules set for this request: extra
+        // environ entries (Apache's counterpart of nginx's wsgi_param, as mod_wsgi has it).
+        for entry in table((*r).subprocess_env) {
+            b.param(bytes(entry.key), bytes(entry.val));
+        }
         b.finish()
     }
+}
+
+/// The entries of an APR table (none for NULL), keys never NULL.
+///
+/// # Safety
+/// `t` is NULL or a live table that is not modified while the entries are used.
+unsafe fn table<'a>(t: *const apr_table_t) -> impl Iterator<Item = &'a apr_table_entry_t> {
+    // SAFETY: per the function contract; a table's array holds `nelts` entries.
+    let entries: &[apr_table_entry_t] = unsafe {
+        let arr = if t.is_null() {
+            std::ptr::null()
+        } else {
+            apr_table_elts(t)
+        };
+        if arr.is_null() || (*arr).nelts <= 0 {
+            &[]
+        } else {
+            std::slice::from_raw_parts(
+                (*arr).elts as *const apr_table_entry_t,
+                (*arr).nelts as usize,
+            )
+        }
+    };
+    entries.iter().filter(|e| !e.key.is_null())
 }
