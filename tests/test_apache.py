@@ -178,3 +178,15 @@ def test_a_crashed_child_is_replaced_and_serving_goes_on(apaches):
         assert requests.get(server.url(f"/ok{i}"), timeout=10).text == f"/ok{i}"
     assert server.proc.poll() is None, "the parent keeps running"
 
+
+
+def test_another_handler_set_under_an_app_mount_wins(apaches):
+    server = apaches([route("/", APPS / "sleepy.py")], server_extra=(
+        "<Location /static/>\n SetHandler default-handler\n</Location>\n"
+        "<Location /explicit/>\n SetHandler ngx-wsgi\n</Location>\n"))
+    (server.prefix / "htdocs" / "static").mkdir()
+    (server.prefix / "htdocs" / "static" / "file.txt").write_text("from the document root\n")
+    server.start()
+    assert requests.get(server.url("/static/file.txt")).text == "from the document root\n"
+    assert requests.get(server.url("/explicit/x")).text == "/explicit/x"
+    assert requests.get(server.url("/other")).text == "/other"

@@ -29,6 +29,9 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
         let Some(conf) = crate::config::for_request(r) else {
             return DECLINED;
         };
+        if !claims(crate::request_info::bytes((*r).handler)) {
+            return DECLINED;
+        }
         let app = conf
             .app()
             .filter(|_| crate::lifecycle::ready())
@@ -51,4 +54,15 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
         ap_discard_request_body(r);
         crate::response::send(r, outcome, &stream)
     }
+}
+
+/// The name `SetHandler` may give this module explicitly.
+const HANDLER_NAME: &[u8] = b"ngx-wsgi";
+
+/// Whether the app takes a request whose handler Apache set to `handler`: unless a `SetHandler`
+/// (or `AddHandler`) named another handler, such as `default-handler` for static files or
+/// `server-status` under an app's mount. A handler Apache derived from the content type (it holds
+/// a `/`) names no handler.
+fn claims(handler: &[u8]) -> bool {
+    handler.is_empty() || handler == HANDLER_NAME || handler.contains(&b'/')
 }
