@@ -190,3 +190,29 @@ def test_another_handler_set_under_an_app_mount_wins(apaches):
     assert requests.get(server.url("/static/file.txt")).text == "from the document root\n"
     assert requests.get(server.url("/explicit/x")).text == "/explicit/x"
     assert requests.get(server.url("/other")).text == "/other"
+
+
+def test_graceful_restart_finishes_requests_in_flight_and_new_children_serve(apaches):
+    import threading
+    d = shared_dir()
+    server = apaches([route("/", APPS / "sleepy.py"), route("/life/", APPS / "lifecycle_app.py")],
+                     env={"NGX_WSGI_TEST_MARKS": d}).start()
+    old = int(requests.get(server.url("/life/")).text)
+    results = []
+    slow = threading.Thread(target=lambda: results.append(requests.get(server.url("/slow"), timeout=30)))
+    slow.start()
+    time.sleep(0.5)  # let the slow request reach Python first
+    server.send_signal(signal.SIGUSR1)  # graceful restart
+    slow.join()
+    assert [(r.status_code, r.text) for r in results] == [(200, "/slow")]
+    deadline = time.monotonic() + 20
+    serving = old
+    while serving == old and time.monotonic() < deadline:
+        time.sleep(0.05)
+        serving = int(requests.get(server.url("/life/")).text)
+    assert serving != old, "a new child serves after the restart"
+    assert requests.get(server.url("/after")).text == "/after"
+    while old not in marks(d, "finalized") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert old in marks(d, "finalized"), "the old child finalised Python"
+    assert server.proc.poll() is None
