@@ -216,3 +216,22 @@ def test_graceful_restart_finishes_requests_in_flight_and_new_children_serve(apa
         time.sleep(0.05)
     assert old in marks(d, "finalized"), "the old child finalised Python"
     assert server.proc.poll() is None
+
+
+def test_a_large_chunked_upload_goes_to_a_temporary_file(apaches):
+    """Read whole so the app gets its CONTENT_LENGTH, but not into the child's memory."""
+    import hashlib
+    server = apaches([route("/", APPS / "input_app.py")]).start()
+    block = os.urandom(1 << 20)
+    before = requests.get(server.url("/rss")).json()
+
+    def chunks():
+        for _ in range(64):
+            yield block
+    result = requests.post(server.url("/sha256"), data=chunks()).json()
+    assert result["length"] == 64 << 20 and result["content_length"] == str(64 << 20)
+    assert result["sha256"] == hashlib.sha256(block * 64).hexdigest()
+    kib = lambda v: int(v.split()[0])  # noqa: E731
+    assert kib(result["rss"]["VmHWM"]) - kib(before["VmHWM"]) < 32 * 1024
+    small = requests.post(server.url("/readline"), data=iter([b"a\n", b"b"])).json()
+    assert small == {"parts": ["a\n", "b"], "content_length": "3", "transfer_encoding": None}

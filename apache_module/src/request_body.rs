@@ -2,29 +2,39 @@
 //! `LimitRequestBody`, `Expect: 100-continue` answered on the first read).
 //!
 //! A body with a `Content-Length` is read as the app reads it, on the request's own thread and
-//! without the GIL. A chunked body is read whole before the app starts, so that the app gets its
-//! `CONTENT_LENGTH` (SPEC: a body that arrived without a length is presented with one), unless
-//! `NgxWsgiRequestBuffering Off` asks for it as it arrives.
+//! without the GIL. A chunked body is read whole before the app starts (beyond 1 MiB into an
+//! anonymous temporary file), so that the app gets its `CONTENT_LENGTH` (SPEC: a body that arrived
+//! without a length is presented with one), unless `NgxWsgiRequestBuffering Off` asks for it as it
+//! arrives.
 
 use std::ffi::c_int;
-use std::io;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
-use ngx_wsgi::{Body, BodySource, RequestBody};
+use ngx_wsgi::{Body, BodySource, RequestBody, Segment};
 
 use crate::bindings::{
-    ap_get_client_block, ap_setup_client_block, request_rec, HTTP_BAD_REQUEST, OK,
-    REQUEST_CHUNKED_DECHUNK,
+    ap_get_client_block, ap_setup_client_block, request_rec, APLOG_ERR, HTTP_BAD_REQUEST,
+    HTTP_INTERNAL_SERVER_ERROR, OK, REQUEST_CHUNKED_DECHUNK,
 };
 
 /// The request's body as the app will read it, and the length of a de-chunked one.
 pub(crate) struct Prepared {
     pub(crate) body: RequestBody,
     pub(crate) dechunked_len: Option<u64>,
+    /// The temporary file a large de-chunked body was written to: the body reads from its
+    /// descriptor, so it must stay open until the app's run is over.
+    pub(crate) spill: Option<File>,
 }
 
 /// The most one read asks of Apache.
 const READ_MAX: usize = 256 * 1024;
+
+/// A de-chunked body larger than this goes to a temporary file instead of the child's memory.
+const MEMORY_MAX: usize = 1024 * 1024;
 
 /// # Safety
 /// `r` is a live request on the calling thread whose body has not been read yet.
@@ -36,19 +46,7 @@ pub(crate) unsafe fn prepare(r: *mut request_rec, buffering: bool) -> Result<Pre
             return Err(rc);
         }
         if (*r).read_chunked != 0 && buffering {
-            let mut all = Vec::new();
-            loop {
-                let chunk = read_block(r, READ_MAX).map_err(|_| HTTP_BAD_REQUEST as c_int)?;
-                if chunk.is_empty() {
-                    break;
-                }
-                all.extend_from_slice(&chunk);
-            }
-            let len = all.len() as u64;
-            return Ok(Prepared {
-                body: RequestBody::Buffered(Body::from_vec(all)),
-                dechunked_len: Some(len),
-            });
+            return read_whole(r);
         }
         let body = if (*r).remaining > 0 || (*r).read_chunked != 0 {
             RequestBody::Streamed(Arc::new(ClientBody { request: r }))
@@ -58,8 +56,94 @@ pub(crate) unsafe fn prepare(r: *mut request_rec, buffering: bool) -> Result<Pre
         Ok(Prepared {
             body,
             dechunked_len: None,
+            spill: None,
         })
     }
+}
+
+/// Reads a chunked body to its end: into memory while it is small, else into a temporary file.
+///
+/// # Safety
+/// As for `prepare`.
+unsafe fn read_whole(r: *mut request_rec) -> Result<Prepared, c_int> {
+    let failed = |what: &str, e: io::Error| {
+        crate::log::write(
+            APLOG_ERR as c_int,
+            &format!("wsgi: {what} the request body: {e}"),
+        );
+        HTTP_INTERNAL_SERVER_ERROR as c_int
+    };
+    let mut memory = Vec::new();
+    let mut spill: Option<File> = None;
+    let mut len = 0u64;
+    loop {
+        // SAFETY: per the function contract.
+        let chunk = unsafe { read_block(r, READ_MAX) }.map_err(|_| HTTP_BAD_REQUEST as c_int)?;
+        if chunk.is_empty() {
+            break;
+        }
+        len += chunk.len() as u64;
+        match spill.as_mut() {
+            Some(file) => file
+                .write_all(&chunk)
+                .map_err(|e| failed("cannot write", e))?,
+            None => {
+                memory.extend_from_slice(&chunk);
+                if memory.len() > MEMORY_MAX {
+                    let mut file = temp_file().map_err(|e| failed("no temporary file for", e))?;
+                    file.write_all(&memory)
+                        .map_err(|e| failed("cannot write", e))?;
+                    memory = Vec::new();
+                    spill = Some(file);
+                }
+            }
+        }
+    }
+    let body = match &spill {
+        // SAFETY: the descriptor stays open in `Prepared::spill` while the app runs, and nothing
+        // writes to the file any more.
+        Some(file) => unsafe {
+            Body::from_segments(vec![Segment::File {
+                fd: file.as_raw_fd(),
+                offset: 0,
+                len,
+            }])
+        },
+        None => Body::from_vec(memory),
+    };
+    Ok(Prepared {
+        body: RequestBody::Buffered(body),
+        dechunked_len: Some(len),
+        spill,
+    })
+}
+
+/// An anonymous file in the temporary directory (`TMPDIR`, else /tmp), gone when closed.
+fn temp_file() -> io::Result<File> {
+    let dir = std::env::temp_dir();
+    let anonymous = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(&dir);
+    if let Ok(file) = anonymous {
+        return Ok(file);
+    }
+    // A file system without O_TMPFILE: a named file, unlinked at once.
+    let path = dir.join(format!(
+        "ngx-wsgi-body-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
 }
 
 /// # Safety
