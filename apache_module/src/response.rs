@@ -57,10 +57,10 @@ pub(crate) unsafe fn send(r: *mut request_rec, outcome: Outcome, stream: &Stream
             (*c).keepalive = ap_conn_keepalive_e_AP_CONN_CLOSE;
             return OK as c_int;
         }
+        let out = stream.out();
         if stream.head_sent() {
-            let out = Out::new(r);
             out.data(&outcome.body);
-            finish(r, &out, outcome.kind != OutcomeKind::Complete);
+            finish(r, out, outcome.kind != OutcomeKind::Complete);
             return OK as c_int;
         }
         let head = match (outcome.kind, outcome.head.as_ref()) {
@@ -85,17 +85,16 @@ pub(crate) unsafe fn send(r: *mut request_rec, outcome: Outcome, stream: &Stream
             None => None,
         };
         set_head(r, head, content_length);
-        let out = Out::new(r);
         match outcome.file {
             Some(file) if file.len > 0 => {
-                if !insert_file(r, &out, file) {
+                if !insert_file(r, out, file) {
                     (*c).keepalive = ap_conn_keepalive_e_AP_CONN_CLOSE;
                     return OK as c_int;
                 }
             }
             _ => out.data(&outcome.body),
         }
-        finish(r, &out, truncated);
+        finish(r, out, truncated);
         OK as c_int
     }
 }

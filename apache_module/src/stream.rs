@@ -13,6 +13,9 @@ use crate::brigade::Out;
 
 pub(crate) struct Stream {
     r: *mut request_rec,
+    /// One brigade for the whole response: a brigade is allocated from the request's pool,
+    /// which only grows, so a long stream must not make one per piece.
+    out: Out,
     state: Mutex<State>,
 }
 
@@ -34,8 +37,15 @@ impl Stream {
     pub(crate) unsafe fn new(r: *mut request_rec) -> Stream {
         Stream {
             r,
+            // SAFETY: per the function contract; the brigade lives in the request's pool.
+            out: unsafe { Out::new(r) },
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// The response's brigade.
+    pub(crate) fn out(&self) -> &Out {
+        &self.out
     }
 
     /// Whether the head already went out through this stream.
@@ -56,10 +66,9 @@ impl ChunkSink for Stream {
                 crate::response::set_head(self.r, &head, head.content_length);
                 state.head_sent = true;
             }
-            let out = Out::new(self.r);
-            out.data(&data);
-            out.flush();
-            if !out.pass() {
+            self.out.data(&data);
+            self.out.flush();
+            if !self.out.pass() {
                 state.gone = true;
                 return Err(ClientGone);
             }
