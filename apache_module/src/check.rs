@@ -10,9 +10,8 @@ use ngx_wsgi::check::{check_apps, CheckError, Credentials, WorkerSetup};
 use ngx_wsgi::AppSpec;
 
 use crate::bindings::{
-    ap_state_query, ap_unixd_config, apr_pool_t, server_rec, APLOG_EMERG, AP_SQ_MAIN_STATE,
-    AP_SQ_MS_CREATE_PRE_CONFIG, AP_SQ_RM_CONFIG_TEST, AP_SQ_RUN_MODE, HTTP_INTERNAL_SERVER_ERROR,
-    OK,
+    ap_state_query, ap_unixd_config, apr_pool_t, server_rec, APLOG_EMERG, AP_SQ_CONFIG_GEN,
+    AP_SQ_MAIN_STATE, AP_SQ_MS_CREATE_CONFIG, HTTP_INTERNAL_SERVER_ERROR, OK,
 };
 use crate::ffi_guard::guard;
 
@@ -24,14 +23,16 @@ pub(crate) unsafe extern "C" fn check_config(
 ) -> c_int {
     guard("check_config", HTTP_INTERNAL_SERVER_ERROR as c_int, || {
         // SAFETY: plain queries of Apache's state.
-        let (state, mode) = unsafe {
+        let (state, generation) = unsafe {
             (
                 ap_state_query(AP_SQ_MAIN_STATE as c_int),
-                ap_state_query(AP_SQ_RUN_MODE as c_int),
+                ap_state_query(AP_SQ_CONFIG_GEN as c_int),
             )
         };
-        // A normal start reads the configuration twice; checking the second reading is enough.
-        if state == AP_SQ_MS_CREATE_PRE_CONFIG as c_int && mode != AP_SQ_RM_CONFIG_TEST as c_int {
+        // A start reads the configuration twice: the first reading (generation 0, also the only
+        // one of `apache2 -t`) is checked, before Apache opens its listeners; the second one
+        // (generation 1), of the same files, is not. Restarts (later generations) are checked.
+        if state == AP_SQ_MS_CREATE_CONFIG as c_int && generation == 1 {
             return OK as c_int;
         }
         let registry = crate::config::snapshot();
