@@ -233,6 +233,9 @@ class Apache:
             f"PidFile {self.prefix}/logs/httpd.pid\nDefaultRuntimeDir {self.prefix}/logs\n"
             f"ErrorLog {self.prefix}/logs/error.log\nLogLevel info\n"
             f"DocumentRoot {self.prefix}/htdocs\n"
+            # Debian's apache2.conf: nothing from the file system unless a <Directory> grants it.
+            "<Directory />\n AllowOverride None\n Require all denied\n</Directory>\n"
+            f"<Directory {self.prefix}/htdocs>\n Require all granted\n</Directory>\n"
             f"StartServers 1\nServerLimit 1\nThreadsPerChild {threads}\nThreadLimit {threads}\n"
             f"MaxRequestWorkers {threads}\nMinSpareThreads 1\nMaxSpareThreads {threads}\n"
             # %2F in a path is decoded like nginx does, instead of Apache's 404.

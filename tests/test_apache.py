@@ -180,14 +180,18 @@ def test_a_crashed_child_is_replaced_and_serving_goes_on(apaches):
 
 
 
-def test_another_handler_set_under_an_app_mount_wins(apaches):
+def test_another_handler_or_an_alias_under_an_app_mount_wins(apaches):
     server = apaches([route("/", APPS / "sleepy.py")], server_extra=(
         "<Location /static/>\n SetHandler default-handler\n</Location>\n"
-        "<Location /explicit/>\n SetHandler ngx-wsgi\n</Location>\n"))
+        "<Location /explicit/>\n SetHandler ngx-wsgi\n</Location>\n"
+        "LoadModule alias_module /usr/lib/apache2/modules/mod_alias.so\n"))
     (server.prefix / "htdocs" / "static").mkdir()
     (server.prefix / "htdocs" / "static" / "file.txt").write_text("from the document root\n")
+    server.conf.write_text(server.conf.read_text() + f"Alias /files/ {server.prefix}/htdocs/static/\n")
     server.start()
     assert requests.get(server.url("/static/file.txt")).text == "from the document root\n"
+    assert requests.get(server.url("/files/file.txt")).text == "from the document root\n"
+    assert requests.get(server.url("/static/missing.txt")).status_code == 404
     assert requests.get(server.url("/explicit/x")).text == "/explicit/x"
     assert requests.get(server.url("/other")).text == "/other"
 
@@ -235,3 +239,23 @@ def test_a_large_chunked_upload_goes_to_a_temporary_file(apaches):
     assert kib(result["rss"]["VmHWM"]) - kib(before["VmHWM"]) < 32 * 1024
     small = requests.post(server.url("/readline"), data=iter([b"a\n", b"b"])).json()
     assert small == {"parts": ["a\n", "b"], "content_length": "3", "transfer_encoding": None}
+
+
+def test_app_urls_are_not_looked_up_in_the_file_system(apaches):
+    """A DocumentRoot the children may not read, and <Directory /> denying everything (Debian's
+    default), do not stand in the way of an app: its URLs are not files."""
+    server = apaches([route("/", APPS / "sleepy.py"), route("/mount/", APPS / "sleepy.py")],
+                     server_extra="DocumentRoot /root\n")
+    server.start()
+    assert requests.get(server.url("/x")).text == "/x"
+    assert requests.get(server.url("/mount/y")).text == "/y"
+
+
+def test_app_in_a_directory_section(apaches):
+    server = apaches([])
+    (server.prefix / "htdocs" / "dirapp").mkdir()
+    server.conf.write_text(server.conf.read_text()
+                           + f"<Directory {server.prefix}/htdocs/dirapp>\n NgxWsgiApp {APPS}/sleepy.py\n</Directory>\n")
+    server.start()
+    assert requests.get(server.url("/dirapp/x")).text == "/dirapp/x"
+    assert requests.get(server.url("/elsewhere")).status_code == 404

@@ -29,11 +29,19 @@ pub(crate) struct DirConf {
     mount_len: usize,
     /// `NgxWsgiRequestBuffering`: 1 on, 0 off, negative: not set here.
     buffering: c_int,
+    /// The app was configured in a `<Directory>` or `<Files>` section, which Apache applies only
+    /// once it has mapped the URL to a file (the app cannot claim its URLs before that).
+    by_file: c_int,
 }
 
 impl DirConf {
     pub(crate) fn app(&self) -> Option<usize> {
         usize::try_from(self.app).ok()
+    }
+
+    /// Whether the app was configured for files rather than URLs (see `by_file`).
+    pub(crate) fn by_file(&self) -> bool {
+        self.by_file != 0
     }
 
     /// Whether a chunked request body is read whole before the app starts (the default).
@@ -132,6 +140,7 @@ pub(crate) unsafe extern "C" fn create_dir_config(
         mount: std::ptr::null(),
         mount_len: 0,
         buffering: -1,
+        by_file: 0,
     };
     guard("create_dir_config", std::ptr::null_mut(), || {
         // SAFETY: Apache passes its configuration pool.
@@ -210,6 +219,19 @@ unsafe fn mount_of(cmd: *const cmd_parms) -> Vec<u8> {
     }
 }
 
+/// Whether the directive being processed sits in a section Apache matches against file names.
+unsafe fn in_file_section(cmd: *const cmd_parms) -> bool {
+    // SAFETY: the directive tree lives while the directive is processed.
+    unsafe {
+        let d = (*cmd).directive;
+        if d.is_null() || (*d).parent.is_null() {
+            return false;
+        }
+        let section = text((*(*d).parent).directive).to_ascii_lowercase();
+        section.starts_with("<directory") || section.starts_with("<files")
+    }
+}
+
 /// `NgxWsgiApp PATH.py[:CALLABLE] | module.name[:CALLABLE]`
 pub(crate) unsafe extern "C" fn set_app(
     cmd: *mut cmd_parms,
@@ -242,6 +264,7 @@ pub(crate) unsafe extern "C" fn set_app(
             let mount = mount_of(cmd);
             let conf = &mut *(conf as *mut DirConf);
             conf.app = index as c_int;
+            conf.by_file = c_int::from(in_file_section(cmd));
             conf.mount_len = mount.len();
             conf.mount = if mount.is_empty() {
                 std::ptr::null()

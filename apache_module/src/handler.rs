@@ -29,7 +29,9 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
         let Some(conf) = crate::config::for_request(r) else {
             return DECLINED;
         };
-        if !claims(crate::request_info::bytes((*r).handler)) {
+        if !claims(crate::request_info::bytes((*r).handler))
+            || !(conf.by_file() || crate::translate::claimed(r))
+        {
             return DECLINED;
         }
         let app = conf
@@ -64,6 +66,6 @@ const HANDLER_NAME: &[u8] = b"ngx-wsgi";
 /// (or `AddHandler`) named another handler, such as `default-handler` for static files or
 /// `server-status` under an app's mount. A handler Apache derived from the content type (it holds
 /// a `/`) names no handler.
-fn claims(handler: &[u8]) -> bool {
+pub(crate) fn claims(handler: &[u8]) -> bool {
     handler.is_empty() || handler == HANDLER_NAME || handler.contains(&b'/')
 }

@@ -17,15 +17,17 @@ mod request_body;
 mod request_info;
 mod response;
 mod stream;
+mod translate;
 
 use std::ffi::{c_int, c_ulong};
 use std::ptr;
 
 use bindings::{
-    ap_hook_check_config, ap_hook_child_init, ap_hook_handler, ap_hook_pre_config, apr_pool_t,
-    cmd_func, cmd_how, cmd_how_FLAG, cmd_how_ITERATE, cmd_how_TAKE1, command_rec, module,
-    ACCESS_CONF, APR_HOOK_MIDDLE, MODULE_MAGIC_COOKIE, MODULE_MAGIC_NUMBER_MAJOR,
-    MODULE_MAGIC_NUMBER_MINOR, RSRC_CONF,
+    ap_hook_check_config, ap_hook_child_init, ap_hook_handler, ap_hook_map_to_storage,
+    ap_hook_pre_config, ap_hook_translate_name, apr_pool_t, cmd_func, cmd_how, cmd_how_FLAG,
+    cmd_how_ITERATE, cmd_how_TAKE1, command_rec, module, ACCESS_CONF, APR_HOOK_FIRST,
+    APR_HOOK_MIDDLE, MODULE_MAGIC_COOKIE, MODULE_MAGIC_NUMBER_MAJOR, MODULE_MAGIC_NUMBER_MINOR,
+    RSRC_CONF,
 };
 
 type Take1 = unsafe extern "C" fn(
@@ -87,6 +89,14 @@ static mut COMMANDS: [command_rec; 5] = [
     unsafe { std::mem::zeroed() },
 ];
 
+/// A NULL-terminated list of module names, for hook ordering.
+struct ModuleNames([*const std::ffi::c_char; 2]);
+
+// SAFETY: the pointers are to static string literals, never written.
+unsafe impl Sync for ModuleNames {}
+
+static AFTER_ALIAS: ModuleNames = ModuleNames([c"mod_alias.c".as_ptr(), ptr::null()]);
+
 unsafe extern "C" fn register_hooks(_pool: *mut apr_pool_t) {
     ffi_guard::guard("register_hooks", (), || {
         // SAFETY: Apache calls this once per load of the module, while it registers hooks.
@@ -108,6 +118,19 @@ unsafe extern "C" fn register_hooks(_pool: *mut apr_pool_t) {
                 ptr::null(),
                 ptr::null(),
                 APR_HOOK_MIDDLE as c_int,
+            );
+            // After mod_alias: an Alias under an app's mount serves its files.
+            ap_hook_translate_name(
+                Some(translate::translate_name),
+                AFTER_ALIAS.0.as_ptr(),
+                ptr::null(),
+                APR_HOOK_MIDDLE as c_int,
+            );
+            ap_hook_map_to_storage(
+                Some(translate::map_to_storage),
+                ptr::null(),
+                ptr::null(),
+                APR_HOOK_FIRST as c_int,
             );
             ap_hook_handler(
                 Some(handler::handler),
