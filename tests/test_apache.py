@@ -259,3 +259,26 @@ def test_app_in_a_directory_section(apaches):
     server.start()
     assert requests.get(server.url("/dirapp/x")).text == "/dirapp/x"
     assert requests.get(server.url("/elsewhere")).status_code == 404
+
+
+def test_entries_of_a_request_go_to_its_virtual_host_log_at_its_level(apaches):
+    bad = APPS / "misbehaving.py"
+    server = apaches([route("/", f"{bad}:ok")])
+    vhost_log = server.prefix / "logs" / "vhost.log"
+    server.conf.write_text(server.conf.read_text() + (
+        f"<VirtualHost 127.0.0.1:{server.port}>\n ServerName test.local\n</VirtualHost>\n"
+        f"<VirtualHost 127.0.0.1:{server.port}>\n ServerName other.local\n ErrorLog {vhost_log}\n"
+        f" <Location /raises>\n  NgxWsgiApp {bad}:raises\n </Location>\n"
+        f" <Location /quiet>\n  NgxWsgiApp {bad}:errors_stream\n  LogLevel ngx_wsgi:crit\n </Location>\n"
+        f" <Location /loud>\n  NgxWsgiApp {bad}:errors_stream\n </Location>\n</VirtualHost>\n"))
+    server.start()
+    other = {"Host": "other.local"}
+    assert requests.get(server.url("/raises"), headers=other).status_code == 500
+    assert requests.get(server.url("/quiet"), headers=other).text == "logged"
+    assert requests.get(server.url("/loud?x"), headers=other).text == "logged"
+    log = vhost_log.read_text()
+    assert re.search(r"\[ngx_wsgi:error\] \[pid \d+:tid \d+\] \[client 127\.0\.0\.1:\d+\] "
+                     r'wsgi: the application raised while serving "GET /raises HTTP/1\.1"', log), log
+    assert "RuntimeError: boom before headers" in log
+    assert log.count("wsgi.errors: a line for the error log") == 1, "the quiet location logs at crit only"
+    assert "boom before headers" not in server.error_log()

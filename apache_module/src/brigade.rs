@@ -17,7 +17,8 @@ pub(crate) struct Out {
 
 impl Out {
     /// # Safety
-    /// `r` is a live request; the brigade lives in its pool, so `Out` must not outlive it.
+    /// `r` is a live request; the brigade lives in its pool, so `Out` must not be used after the
+    /// request has ended.
     pub(crate) unsafe fn new(r: *mut request_rec) -> Out {
         // SAFETY: per the function contract.
         let bb = unsafe { apr_brigade_create((*r).pool, (*(*r).connection).bucket_alloc) };

@@ -51,7 +51,9 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
         };
         let info = crate::request_info::collect(r, conf.mount(), prepared.dechunked_len);
         let stream = Arc::new(Stream::new(r));
-        let outcome = run_request(app, &info, prepared.body, Some(stream.clone()), None);
+        let outcome = crate::log::with_request(r, || {
+            run_request(app, &info, prepared.body, Some(stream.clone()), None)
+        });
         drop(prepared.spill);
         // Whatever the app left unread is read and dropped so the connection can be kept alive.
         ap_discard_request_body(r);

@@ -100,6 +100,9 @@ pub(crate) unsafe fn send(r: *mut request_rec, outcome: Outcome, stream: &Stream
 }
 
 /// Ends the response: cleanly, or (`broken`) so that the client sees an incomplete message.
+///
+/// # Safety
+/// `r` is a live request on the calling thread, inside its handler; `out` is its brigade.
 unsafe fn finish(r: *mut request_rec, out: &Out, broken: bool) {
     if broken {
         // What there is goes out first: with the end of the response in the same brigade,
@@ -120,6 +123,9 @@ unsafe fn finish(r: *mut request_rec, out: &Out, broken: bool) {
 
 /// Appends a `wsgi.file_wrapper` file range; its descriptor is closed with the request's pool,
 /// after the file has been sent.
+///
+/// # Safety
+/// As for `finish`.
 unsafe fn insert_file(
     r: *mut request_rec,
     out: &Out,
