@@ -6,7 +6,7 @@ import re
 import pytest
 import requests
 
-from conftest import APPS, raw_request, route
+from conftest import APPS, location, raw_request, route
 
 APP = APPS / "misbehaving.py"
 
