@@ -282,3 +282,28 @@ def test_entries_of_a_request_go_to_its_virtual_host_log_at_its_level(apaches):
     assert "RuntimeError: boom before headers" in log
     assert log.count("wsgi.errors: a line for the error log") == 1, "the quiet location logs at crit only"
     assert "boom before headers" not in server.error_log()
+
+
+def test_x_accel_redirect_is_an_internal_redirect(apaches):
+    app = APPS / "responses.py"
+    server = apaches([route("= /accel", f"{app}:accel")], server_extra=(
+        "LoadModule alias_module /usr/lib/apache2/modules/mod_alias.so\n"
+        "LoadModule mime_module /usr/lib/apache2/modules/mod_mime.so\nTypesConfig /etc/mime.types\n"
+        f"Alias /protected/ {APPS}/protected/\n"
+        f"<Directory {APPS}/protected>\n Require all granted\n</Directory>\n"
+        # Only internal redirects (which set REDIRECT_STATUS) reach the protected files.
+        "<Location /protected/>\n Require env REDIRECT_STATUS\n</Location>\n"))
+    server.start()
+    r = requests.get(server.url("/accel?/protected/hello.txt"))
+    assert r.status_code == 200
+    assert r.text == "protected file contents\n"
+    assert r.headers["Content-Disposition"] == "attachment; filename=hello.txt"
+    assert r.headers["Content-Type"] == "text/plain"
+    assert "X-Accel-Redirect" not in r.headers
+    assert requests.post(server.url("/accel?/protected/hello.txt"), data=b"x").text == "protected file contents\n"
+    assert requests.head(server.url("/accel?/protected/hello.txt")).headers["Content-Length"] == "24"
+    assert requests.get(server.url("/protected/hello.txt")).status_code == 403
+    assert requests.get(server.url("/accel?/protected/missing.txt")).status_code == 404
+    assert requests.get(server.url("/accel?@named")).status_code == 500
+    assert "X-Accel-Redirect \"@named\" is not a local path" in server.error_log()
+

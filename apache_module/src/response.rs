@@ -7,10 +7,11 @@ use std::os::fd::IntoRawFd;
 use ngx_wsgi::{Outcome, OutcomeKind, ResponseHead};
 
 use crate::bindings::{
-    ap_conn_keepalive_e_AP_CONN_CLOSE, ap_set_content_length, ap_set_content_type,
-    apr_brigade_insert_file, apr_file_t, apr_os_file_put, apr_pool_cleanup_null,
-    apr_pool_cleanup_register, apr_pstrmemdup, apr_status_t, apr_table_addn, request_rec,
-    APR_FOPEN_READ, APR_SUCCESS, HTTP_INTERNAL_SERVER_ERROR, OK,
+    ap_conn_keepalive_e_AP_CONN_CLOSE, ap_internal_redirect, ap_set_content_length,
+    ap_set_content_type, apr_brigade_insert_file, apr_file_t, apr_os_file_put,
+    apr_pool_cleanup_null, apr_pool_cleanup_register, apr_pstrmemdup, apr_status_t, apr_table_addn,
+    apr_table_unset, request_rec, APLOG_ERR, APR_FOPEN_READ, APR_SUCCESS,
+    HTTP_INTERNAL_SERVER_ERROR, M_GET, OK,
 };
 use crate::brigade::Out;
 use crate::stream::Stream;
@@ -67,6 +68,9 @@ pub(crate) unsafe fn send(r: *mut request_rec, outcome: Outcome, stream: &Stream
             (OutcomeKind::Failed, _) | (_, None) => return HTTP_INTERNAL_SERVER_ERROR as c_int,
             (_, Some(head)) => head,
         };
+        if let Some(uri) = head.internal_redirect() {
+            return redirect(r, head, uri);
+        }
         let truncated = outcome.kind == OutcomeKind::Truncated;
         let content_length = match head.content_length {
             Some(n) => Some(n),
@@ -97,6 +101,52 @@ pub(crate) unsafe fn send(r: *mut request_rec, outcome: Outcome, stream: &Stream
         finish(r, out, truncated);
         OK as c_int
     }
+}
+
+/// `X-Accel-Redirect: /uri?args` from the app: Apache answers from that URI instead, through an
+/// internal redirect (as mod_cgi does for a local `Location`), so a protected file can be sent by
+/// Apache once the app has authorised it. The target is fetched with GET (HEAD stays HEAD); the
+/// app's other headers (`Set-Cookie`, `Content-Disposition`, ...) are kept, except those that
+/// described the body it did not send. A target can be kept from direct access with
+/// `Require env REDIRECT_STATUS`, which only internal redirects satisfy.
+///
+/// # Safety
+/// `r` is a live request on the calling thread, inside its handler, that has sent nothing.
+unsafe fn redirect(r: *mut request_rec, head: &ResponseHead, uri: &[u8]) -> c_int {
+    const DROPPED: [&[u8]; 6] = [
+        b"x-accel-redirect",
+        b"content-type",
+        b"content-length",
+        b"last-modified",
+        b"etag",
+        b"accept-ranges",
+    ];
+    if !uri.starts_with(b"/") {
+        crate::log::write(
+            APLOG_ERR as c_int,
+            &format!(
+                "wsgi: X-Accel-Redirect \"{}\" is not a local path (named locations are nginx's)",
+                String::from_utf8_lossy(uri).escape_debug()
+            ),
+        );
+        return HTTP_INTERNAL_SERVER_ERROR as c_int;
+    }
+    // SAFETY: per the function contract; strings are copied into the request's pool, whose
+    // error headers the redirected request shares.
+    unsafe {
+        for (name, value) in head.headers() {
+            if !DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d)) {
+                apr_table_addn((*r).err_headers_out, pool_str(r, name), pool_str(r, value));
+            }
+        }
+        if (*r).header_only == 0 {
+            (*r).method = c"GET".as_ptr();
+            (*r).method_number = M_GET as c_int;
+        }
+        apr_table_unset((*r).headers_in, c"Content-Length".as_ptr());
+        ap_internal_redirect(pool_str(r, uri), r);
+    }
+    OK as c_int
 }
 
 /// Ends the response: cleanly, or (`broken`) so that the client sees an incomplete message.
