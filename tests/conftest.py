@@ -228,6 +228,8 @@ class Apache:
             f"ServerRoot {self.prefix}\n"
             f"LoadModule mpm_event_module {APACHE_MODULES}/mod_mpm_event.so\n"
             f"LoadModule authz_core_module {APACHE_MODULES}/mod_authz_core.so\n"
+            # Debian enables mod_mime: it types files, and must not type an app's responses.
+            f"LoadModule mime_module {APACHE_MODULES}/mod_mime.so\nTypesConfig /etc/mime.types\n"
             f"LoadModule ngx_wsgi_module {APACHE_MODULE}\n"
             f"{user}Listen 127.0.0.1:{self.port}\nServerName test.local\n"
             f"PidFile {self.prefix}/logs/httpd.pid\nDefaultRuntimeDir {self.prefix}/logs\n"

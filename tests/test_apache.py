@@ -288,7 +288,6 @@ def test_x_accel_redirect_is_an_internal_redirect(apaches):
     app = APPS / "responses.py"
     server = apaches([route("= /accel", f"{app}:accel")], server_extra=(
         "LoadModule alias_module /usr/lib/apache2/modules/mod_alias.so\n"
-        "LoadModule mime_module /usr/lib/apache2/modules/mod_mime.so\nTypesConfig /etc/mime.types\n"
         f"Alias /protected/ {APPS}/protected/\n"
         f"<Directory {APPS}/protected>\n Require all granted\n</Directory>\n"
         # Only internal redirects (which set REDIRECT_STATUS) reach the protected files.
@@ -307,3 +306,10 @@ def test_x_accel_redirect_is_an_internal_redirect(apaches):
     assert requests.get(server.url("/accel?@named")).status_code == 500
     assert "X-Accel-Redirect \"@named\" is not a local path" in server.error_log()
 
+
+def test_an_app_response_gets_no_type_guessed_from_the_url(apaches):
+    server = apaches([route("/", APPS / "sleepy.py"), route("/bare/", APPS / "input_app.py")]).start()
+    r = requests.get(server.url("/report.pdf"))
+    assert (r.text, r.headers["Content-Type"]) == ("/report.pdf", "text/plain")
+    r = requests.get(server.url("/bare/report.pdf"))  # answered 404 with no Content-Type
+    assert r.status_code == 404 and r.text == "no such way" and "Content-Type" not in r.headers

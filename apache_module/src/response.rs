@@ -32,6 +32,8 @@ pub(crate) unsafe fn set_head(r: *mut request_rec, head: &ResponseHead, length: 
     unsafe {
         (*r).status = c_int::from(head.status);
         (*r).status_line = pool_str(r, head.status_line());
+        // The app's own type or none: not one mod_mime guessed from the URL's extension.
+        (*r).content_type = std::ptr::null();
         for (name, value) in head.headers() {
             if name.eq_ignore_ascii_case(b"content-type") {
                 // Apache's own field: its filters (deflate, charset) and header filter use it.
