@@ -148,6 +148,19 @@ impl RequestInfo {
     }
 }
 
+/// `SCRIPT_NAME` and `PATH_INFO` of a decoded request path under mount point `mount` (empty:
+/// the app is mounted at the root). A path matches the mount only at a segment boundary.
+pub fn split_mount<'a>(path: &'a [u8], mount: &[u8]) -> (&'a [u8], &'a [u8]) {
+    let mounted = !mount.is_empty()
+        && path.starts_with(mount)
+        && matches!(path.get(mount.len()), None | Some(b'/'));
+    if mounted {
+        path.split_at(mount.len())
+    } else {
+        (&b""[..], path)
+    }
+}
+
 /// A native string (PEP 3333): each byte becomes the code point of the same value.
 pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
     // SAFETY: the pointer and length describe `bytes`; latin-1 decoding cannot fail except on

@@ -18,6 +18,7 @@ pub mod log_text;
 pub mod logging_bridge;
 pub mod request;
 pub mod response;
+pub mod server_log;
 pub mod sink;
 pub mod traceback;
 pub mod watchdog;

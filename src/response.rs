@@ -68,6 +68,20 @@ impl ResponseHead {
             .push((start, name.len() as u32, value.len() as u32));
     }
 
+    /// The headers an internal redirect (`X-Accel-Redirect`) keeps: the app's others
+    /// (`Set-Cookie`, `Content-Disposition`, ...), not those that described the body it did not
+    /// send, nor the redirect itself.
+    pub fn for_internal_redirect(&self) -> ResponseHead {
+        self.without(&[
+            b"x-accel-redirect",
+            b"content-type",
+            b"content-length",
+            b"last-modified",
+            b"etag",
+            b"accept-ranges",
+        ])
+    }
+
     /// This head without the headers `drop` names (case-insensitive).
     pub fn without(&self, drop: &[&[u8]]) -> ResponseHead {
         let mut head = ResponseHead::new(

@@ -49,6 +49,24 @@ APACHE_BINARY = shutil.which("apache2") or "/usr/sbin/apache2"
 APACHE_MODULES = pathlib.Path("/usr/lib/apache2/modules")
 
 
+def start_server(server, name, argv, env=None):
+    """Starts `server` in the foreground and waits until its port answers and it has workers."""
+    server.stderr = open(server.prefix / "stderr.log", "wb")
+    server.proc = subprocess.Popen(argv, stdout=server.stderr, stderr=server.stderr, env=env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{name} exited {server.proc.returncode}:\n{server.output()}")
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=0.2).close()
+            if server.worker_pids():
+                return server
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} did not start:\n{server.output()}")
+
+
 class Nginx:
     """One nginx master (foreground) with the module, its own prefix, port and error log."""
 
@@ -80,21 +98,7 @@ class Nginx:
                               capture_output=True, text=True, timeout=60)
 
     def start(self):
-        self.stderr = open(self.prefix / "stderr.log", "wb")
-        self.proc = subprocess.Popen([self.binary, "-p", str(self.prefix), "-c", str(self.conf)],
-                                     stdout=self.stderr, stderr=self.stderr)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited {self.proc.returncode}:\n{self.output()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                if self.worker_pids():
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"nginx did not start:\n{self.output()}")
+        return start_server(self, "nginx", [self.binary, "-p", str(self.prefix), "-c", str(self.conf)])
 
     def output(self):
         text = (self.prefix / "stderr.log").read_text(errors="replace") if (self.prefix / "stderr.log").exists() else ""
@@ -251,22 +255,8 @@ class Apache:
                               capture_output=True, text=True, timeout=60)
 
     def start(self):
-        self.stderr = open(self.prefix / "stderr.log", "wb")
-        self.proc = subprocess.Popen([self.binary, "-DFOREGROUND", "-f", str(self.conf)],
-                                     stdout=self.stderr, stderr=self.stderr,
-                                     env={**os.environ, **(self.env or {})})
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"apache2 exited {self.proc.returncode}:\n{self.output()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                if self.worker_pids():
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"apache2 did not start:\n{self.output()}")
+        return start_server(self, "apache2", [self.binary, "-DFOREGROUND", "-f", str(self.conf)],
+                            env={**os.environ, **(self.env or {})})
 
     output = Nginx.output
     error_log = Nginx.error_log

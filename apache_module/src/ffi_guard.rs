@@ -7,11 +7,7 @@ pub(crate) fn guard<R>(what: &str, on_panic: R, f: impl FnOnce() -> R) -> R {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let msg = ngx_wsgi::server_log::panic_message(&*payload);
             crate::log::write(
                 crate::bindings::APLOG_ALERT as i32,
                 &format!("wsgi: internal error in {what}: {msg}"),

@@ -5,11 +5,8 @@
 
 use std::cell::Cell;
 use std::ffi::{c_int, CString};
-use std::fmt::Write as _;
 
-use tracing_core::field::{Field, Visit};
-use tracing_core::span::{Attributes, Id, Record};
-use tracing_core::{Event, Level, Metadata, Subscriber};
+use tracing_core::Level;
 
 use crate::bindings::{
     ap_log_error_, ap_log_rerror_, ap_server_conf, request_rec, APLOG_DEBUG, APLOG_ERR, APLOG_INFO,
@@ -92,30 +89,8 @@ fn ap_level(level: &Level) -> c_int {
 /// Routes `tracing` events to the error log.
 struct ApacheLog;
 
-#[derive(Default)]
-struct Message(String);
-
-impl Visit for Message {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.0.insert_str(0, value);
-        } else {
-            let _ = write!(self.0, " {}={value}", field.name());
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            let text = format!("{value:?}");
-            self.0.insert_str(0, &text);
-        } else {
-            let _ = write!(self.0, " {}={value:?}", field.name());
-        }
-    }
-}
-
-impl Subscriber for ApacheLog {
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+impl ngx_wsgi::server_log::ErrorLog for ApacheLog {
+    fn enabled(&self, level: &Level) -> bool {
         let request = REQUEST.get();
         // SAFETY: see `write`; only a level is read, the request's (its LogLevel) when the thread
         // serves one.
@@ -129,33 +104,15 @@ impl Subscriber for ApacheLog {
                 (*s).log.level
             }
         };
-        ap_level(metadata.level()) <= max
+        ap_level(level) <= max
     }
 
-    fn new_span(&self, _span: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
+    fn write(&self, level: &Level, text: &str) {
+        write(ap_level(level), text);
     }
-
-    fn record(&self, _span: &Id, _values: &Record<'_>) {}
-
-    fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
-
-    fn event(&self, event: &Event<'_>) {
-        let mut message = Message::default();
-        event.record(&mut message);
-        let target = event.metadata().target();
-        write(
-            ap_level(event.metadata().level()),
-            &format!("{target}: {}", message.0),
-        );
-    }
-
-    fn enter(&self, _span: &Id) {}
-
-    fn exit(&self, _span: &Id) {}
 }
 
 /// Installs the error log as the process's `tracing` subscriber (once; children inherit it).
 pub(crate) fn install() {
-    let _ = tracing::subscriber::set_global_default(ApacheLog);
+    ngx_wsgi::server_log::install(ApacheLog);
 }

@@ -46,15 +46,7 @@ pub(crate) unsafe fn collect(
         let mut b = RequestInfoBuilder::with_capacity(1024);
 
         // Apache's `uri` is the percent-decoded, normalised path.
-        let uri = bytes((*r).uri);
-        let mounted = !mount.is_empty()
-            && uri.starts_with(mount)
-            && matches!(uri.get(mount.len()), None | Some(b'/'));
-        let (script_name, path_info) = if mounted {
-            uri.split_at(mount.len())
-        } else {
-            (&b""[..], uri)
-        };
+        let (script_name, path_info) = ngx_wsgi::environ::split_mount(bytes((*r).uri), mount);
 
         b.set(Field::RequestMethod, bytes((*r).method))
             .set(Field::ScriptName, script_name)

@@ -115,14 +115,6 @@ pub(crate) unsafe fn send(r: *mut request_rec, outcome: Outcome, stream: &Stream
 /// # Safety
 /// `r` is a live request on the calling thread, inside its handler, that has sent nothing.
 unsafe fn redirect(r: *mut request_rec, head: &ResponseHead, uri: &[u8]) -> c_int {
-    const DROPPED: [&[u8]; 6] = [
-        b"x-accel-redirect",
-        b"content-type",
-        b"content-length",
-        b"last-modified",
-        b"etag",
-        b"accept-ranges",
-    ];
     if !uri.starts_with(b"/") {
         crate::log::write(
             APLOG_ERR as c_int,
@@ -136,10 +128,8 @@ unsafe fn redirect(r: *mut request_rec, head: &ResponseHead, uri: &[u8]) -> c_in
     // SAFETY: per the function contract; strings are copied into the request's pool, whose
     // error headers the redirected request shares.
     unsafe {
-        for (name, value) in head.headers() {
-            if !DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d)) {
-                apr_table_addn((*r).err_headers_out, pool_str(r, name), pool_str(r, value));
-            }
+        for (name, value) in head.for_internal_redirect().headers() {
+            apr_table_addn((*r).err_headers_out, pool_str(r, name), pool_str(r, value));
         }
         if (*r).header_only == 0 {
             (*r).method = c"GET".as_ptr();

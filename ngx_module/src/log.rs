@@ -1,15 +1,11 @@
 //! Rust-side logging into nginx's error log: `tracing` events (the core's tracebacks, `wsgi.errors`)
 //! become error-log entries of the matching level, from any thread.
 
-use std::fmt::Write as _;
-
 use nginx_sys::{
     ngx_cached_err_log_time, ngx_cycle, ngx_log_t, ngx_uint_t, NGX_LOG_DEBUG, NGX_LOG_ERR,
     NGX_LOG_INFO, NGX_LOG_WARN,
 };
-use tracing_core::field::{Field, Visit};
-use tracing_core::span::{Attributes, Id, Record};
-use tracing_core::{Event, Level, Metadata, Subscriber};
+use tracing_core::Level;
 
 /// nginx cuts an entry at NGX_MAX_ERROR_STR (2048) bytes including its own prefix; longer texts
 /// (tracebacks) are split at line ends into several entries of at most this size.
@@ -86,33 +82,11 @@ fn ngx_level(level: &Level) -> usize {
     }) as usize
 }
 
-/// Routes `tracing` events to the error log of the running cycle.
+/// The error log of the running cycle, as the core's log.
 struct NginxLog;
 
-#[derive(Default)]
-struct Message(String);
-
-impl Visit for Message {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.0.insert_str(0, value);
-        } else {
-            let _ = write!(self.0, " {}={value}", field.name());
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            let text = format!("{value:?}");
-            self.0.insert_str(0, &text);
-        } else {
-            let _ = write!(self.0, " {}={value:?}", field.name());
-        }
-    }
-}
-
-impl Subscriber for NginxLog {
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+impl ngx_wsgi::server_log::ErrorLog for NginxLog {
+    fn enabled(&self, level: &Level) -> bool {
         // SAFETY: see `cycle_log`; only the level is read.
         let max = unsafe {
             if ngx_cycle.is_null() {
@@ -121,33 +95,15 @@ impl Subscriber for NginxLog {
                 (*(*ngx_cycle).log).log_level
             }
         };
-        ngx_level(metadata.level()) <= max
+        ngx_level(level) <= max
     }
 
-    fn new_span(&self, _span: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
+    fn write(&self, level: &Level, text: &str) {
+        cycle_log(ngx_level(level), text);
     }
-
-    fn record(&self, _span: &Id, _values: &Record<'_>) {}
-
-    fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
-
-    fn event(&self, event: &Event<'_>) {
-        let mut message = Message::default();
-        event.record(&mut message);
-        let target = event.metadata().target();
-        cycle_log(
-            ngx_level(event.metadata().level()),
-            &format!("{target}: {}", message.0),
-        );
-    }
-
-    fn enter(&self, _span: &Id) {}
-
-    fn exit(&self, _span: &Id) {}
 }
 
 /// Installs the nginx log as the process's `tracing` subscriber (once; workers inherit it).
 pub(crate) fn install() {
-    let _ = tracing::subscriber::set_global_default(NginxLog);
+    ngx_wsgi::server_log::install(NginxLog);
 }

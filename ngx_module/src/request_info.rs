@@ -30,16 +30,8 @@ pub(crate) unsafe fn collect(
     let c = unsafe { &mut *r.connection };
     let mut b = RequestInfoBuilder::with_capacity(1024);
 
-    let uri = ngx_bytes(&r.uri);
-    let mount = lc.script_name.as_slice();
-    let mounted = !mount.is_empty()
-        && uri.starts_with(mount)
-        && matches!(uri.get(mount.len()), None | Some(b'/'));
-    let (script_name, path_info) = if mounted {
-        uri.split_at(mount.len())
-    } else {
-        (&b""[..], uri)
-    };
+    let (script_name, path_info) =
+        ngx_wsgi::environ::split_mount(ngx_bytes(&r.uri), lc.script_name.as_slice());
 
     b.set(Field::RequestMethod, ngx_bytes(&r.method_name))
         .set(Field::ScriptName, script_name)

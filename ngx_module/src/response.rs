@@ -109,15 +109,7 @@ pub(crate) unsafe fn send(r: *mut ngx_http_request_t, job: &Job) {
 /// `@location`), as it does for proxied apps; the app's other headers (Set-Cookie,
 /// Content-Disposition, ...) stay, except those describing the body it did not send.
 unsafe fn redirect(r: *mut ngx_http_request_t, head: &ResponseHead, uri: &[u8]) {
-    const DROPPED: [&[u8]; 6] = [
-        b"x-accel-redirect",
-        b"content-type",
-        b"content-length",
-        b"last-modified",
-        b"etag",
-        b"accept-ranges",
-    ];
-    let kept = head.without(&DROPPED);
+    let kept = head.for_internal_redirect();
     // SAFETY: `r` is live on the event loop and has sent nothing; the strings are pool copies.
     unsafe {
         if set_headers(r, &kept, None).is_err() {

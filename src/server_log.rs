@@ -1,0 +1,85 @@
+//! The core's log lines (tracebacks, `wsgi.errors`, Python's `logging`) go out as `tracing`
+//! events; each server adapter routes them to its own error log through [`ErrorLog`].
+
+use std::any::Any;
+use std::fmt::Write as _;
+
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Metadata, Subscriber};
+
+/// A server's error log.
+pub trait ErrorLog: Send + Sync + 'static {
+    /// Whether an entry of `level` would be written now.
+    fn enabled(&self, level: &Level) -> bool;
+    /// Writes one entry (possibly several lines) at `level`.
+    fn write(&self, level: &Level, text: &str);
+}
+
+/// Makes `log` the process's `tracing` subscriber (the first call wins; forked children inherit
+/// it).
+pub fn install(log: impl ErrorLog) {
+    let _ = tracing::subscriber::set_global_default(Routed(log));
+}
+
+/// The text of a caught panic's payload.
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+struct Routed<L>(L);
+
+/// An event's message first, then its other fields as `name=value`.
+#[derive(Default)]
+struct Message(String);
+
+impl Visit for Message {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.insert_str(0, value);
+        } else {
+            let _ = write!(self.0, " {}={value}", field.name());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let text = format!("{value:?}");
+            self.0.insert_str(0, &text);
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+}
+
+impl<L: ErrorLog> Subscriber for Routed<L> {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.0.enabled(metadata.level())
+    }
+
+    fn new_span(&self, _span: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+
+    fn record(&self, _span: &Id, _values: &Record<'_>) {}
+
+    fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let mut message = Message::default();
+        event.record(&mut message);
+        let target = event.metadata().target();
+        self.0.write(
+            event.metadata().level(),
+            &format!("{target}: {}", message.0),
+        );
+    }
+
+    fn enter(&self, _span: &Id) {}
+
+    fn exit(&self, _span: &Id) {}
+}
