@@ -441,9 +441,32 @@ WSGICallableObject dispatch
 """
 
 
-# The servers, in table order. An Apache build of our module is one more ApacheServer subclass
-# (its LoadModule line and directives in module_lines), added here.
-SERVERS = {s.name: s for s in [Module, Granian, UWSGI, Gunicorn, ModWsgi, Cheroot]}
+class ApacheModule(ApacheServer):
+    """Our module's Apache build, from a config fragment named by $BENCH_APACHE_MODULE_CONF: its
+    LoadModule line and directives, with {bench} (this directory, holding apps.py), {venv} (the
+    bench venv) and {app} ({bench}/apps.py:dispatch) filled in. Until that adapter settles its
+    directives, the fragment keeps the bench free of guesses about them."""
+    name = "apache-module"
+    threads = (4, 64)
+    how = "Apache event MPM, 2 children x `ThreadsPerChild N`, ngx-wsgi's Apache module ($BENCH_APACHE_MODULE_CONF)"
+
+    @classmethod
+    def available(cls, ctx):
+        conf = os.environ.get("BENCH_APACHE_MODULE_CONF")
+        if not conf or not os.path.exists(conf):
+            return "set BENCH_APACHE_MODULE_CONF to a config fragment loading the module (see bench/README.md)"
+        return super().available(ctx)
+
+    def module_lines(self):
+        text = pathlib.Path(os.environ["BENCH_APACHE_MODULE_CONF"]).read_text()
+        return text.format(bench=BENCH, venv=self.ctx.venv, app=f"{BENCH}/apps.py:dispatch")
+
+
+# The servers, in table order. Adding one: a Server subclass (an ApacheServer one for an Apache
+# module), listed here.
+SERVERS = {s.name: s for s in [Module, Granian, UWSGI, Gunicorn, ModWsgi, Cheroot, ApacheModule]}
+# What runs without --servers: every server, and the Apache build of the module once configured.
+DEFAULT_SERVERS = [n for n in SERVERS if n != "apache-module" or os.environ.get("BENCH_APACHE_MODULE_CONF")]
 
 
 class Front:
@@ -725,7 +748,7 @@ def main():
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run (default 5)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; cells are medians (default 3)")
     ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--servers", default=",".join(SERVERS), help=f"comma list of: {', '.join(SERVERS)}")
+    ap.add_argument("--servers", default=",".join(DEFAULT_SERVERS), help=f"comma list of: {', '.join(SERVERS)}")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma list of: {', '.join(WORKLOADS)}")
     ap.add_argument("--threads", help="override threads per process: N, N/M, or NAME=N[/M],... "
                                       "(N for CPU-bound workloads, M for the sleep)")
