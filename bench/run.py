@@ -87,10 +87,25 @@ CEILING_NOTE = {
 # ---------------------------------------------------------------------------------------------
 # Processes
 
+_ports = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the ephemeral range (32768 and up on Linux): a port the kernel might also
+    hand to a client socket (wrk's, nginx's upstream connections) could be taken before the server
+    binds it."""
+    base = 20000 + (os.getpid() * 37) % 8000
+    for port in range(base, 32000):
+        if port in _ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports.add(port)
+        return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def descendants(pids):
@@ -247,7 +262,7 @@ def wait_tcp(port, procs, what, timeout=60):
 
 class Module(Server):
     name = "module"
-    threads = (4, 64)
+    threads = (2, 64)
     how = "nginx + ngx_http_wsgi_module, `thread_pool default threads=N`, `wsgi_app apps.py:dispatch`"
 
     def start(self):
@@ -265,7 +280,7 @@ class Module(Server):
 
 class Gunicorn(Server):
     name = "gunicorn"
-    threads = (4, 64)
+    threads = (2, 64)
     front = "proxy_pass"
     how = "gunicorn `-k gthread -w 2 --threads N` behind nginx `proxy_pass` (keep-alive upstream)"
 
@@ -293,7 +308,7 @@ class Gunicorn(Server):
 
 class UWSGI(Server):
     name = "uwsgi"
-    threads = (4, 64)
+    threads = (2, 64)
     front = "uwsgi_pass"
     how = "uWSGI `--processes 2 --threads N` behind nginx `uwsgi_pass` over a UNIX socket"
 
@@ -418,7 +433,7 @@ KeepAliveTimeout 60
 
 class ModWsgi(ApacheServer):
     name = "mod_wsgi"
-    threads = (4, 64)
+    threads = (32, 64)
     how = ("Apache event MPM, 2 children x `ThreadsPerChild N`, mod_wsgi embedded (no WSGIDaemonProcess), "
            "`WSGIApplicationGroup %{GLOBAL}`")
 
@@ -590,17 +605,18 @@ def threads_for(args):
     return out
 
 
-def versions(names):
-    out = []
+def versions(ctx, names):
+    nginx = subprocess.run([ctx.nginx, "-v"], capture_output=True, text=True).stderr.strip()
+    out = [nginx.replace("nginx version: ", "")]
     for pkg in ["gunicorn", "uwsgi", "granian", "cheroot", "flask"]:
         try:
             out.append(f"{pkg} {importlib.metadata.version(pkg)}")
         except importlib.metadata.PackageNotFoundError:
             pass
     if "mod_wsgi" in names:
-        v = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "apache2", "libapache2-mod-wsgi-py3"],
-                           capture_output=True, text=True).stdout
-        out.append(f"Apache+mod_wsgi (Debian) {v}")
+        v = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\n", "apache2",
+                            "libapache2-mod-wsgi-py3"], capture_output=True, text=True).stdout
+        out += v.splitlines()
     out.append(f"Python {sys.version.split()[0]}")
     return ", ".join(out)
 
@@ -681,11 +697,11 @@ def fmt_ms(v):
     return f"{v:.1f}" if v >= 1 else f"{v:.2f}"
 
 
-def report(args, cells, workloads, names, threads):
+def report(ctx, args, cells, workloads, names, threads):
     limit = args.connections / SLEEP_SECONDS
     print(f"\n{CORES} cores; {CORES} processes per server; wrk -t2 -c{args.connections} -d{args.duration}s "
           f"--latency; median of {args.rounds} interleaved round(s); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print(f"{versions(names)}\n")
+    print(f"{versions(ctx, names)}\n")
     print("Threads per process (CPU-bound workloads / 10 ms sleep): "
           + ", ".join(f"{n} {threads[n][0]}/{threads[n][1]}" for n in names) + "\n")
     ratios = {}
@@ -781,7 +797,7 @@ def main():
                 plan.setdefault((n, t), []).append(w)
         # Row key = server name: a server's CPU and sleep thread counts never serve the same workload.
         cells = run(ctx, args, [(n, SERVERS[n], t, wls) for (n, t), wls in plan.items()], workloads, args.rounds)
-        report(args, cells, workloads, names, threads)
+        report(ctx, args, cells, workloads, names, threads)
     except RuntimeError as e:
         sys.exit(f"bench failed: {e}")
     finally:
