@@ -158,7 +158,7 @@ class Ctx:
 
     def __init__(self, args):
         self.args = args
-        self.tmp = pathlib.Path(tempfile.mkdtemp(prefix="ngx-wsgi-bench-"))
+        self.tmp = pathlib.Path(tempfile.mkdtemp(prefix="ngx-wsgi-peers-bench-"))
         self.venv = pathlib.Path(sys.prefix)
         self.bin = pathlib.Path(sys.executable).parent
         out = subprocess.run([str(ROOT / "target/release/ngx-wsgi"), "paths"], capture_output=True, text=True,
@@ -474,7 +474,9 @@ class ApacheModule(ApacheServer):
 
     def module_lines(self):
         text = pathlib.Path(os.environ["BENCH_APACHE_MODULE_CONF"]).read_text()
-        return text.format(bench=BENCH, venv=self.ctx.venv, app=f"{BENCH}/apps.py:dispatch")
+        for key, value in [("{app}", f"{BENCH}/apps.py:dispatch"), ("{bench}", BENCH), ("{venv}", self.ctx.venv)]:
+            text = text.replace(key, str(value))     # not str.format: Apache's own %{...} stay as written
+        return text
 
 
 # The servers, in table order. Adding one: a Server subclass (an ApacheServer one for an Apache
@@ -755,8 +757,14 @@ def curve(ctx, args, names, workloads, counts):
         print("| server | " + " | ".join(str(c) for c in counts) + " |")
         print("|---|" + "---|" * len(counts))
         for n in names:
-            print(f"| {n} | " + " | ".join(f"{cells[(f'{n}@{c}', w)].med()[0]:.0f}" for c in counts) + " |")
+            row = [cells[(f"{n}@{c}", w)] for c in counts]
+            print(f"| {n} | " + " | ".join(f"{c.med()[0]:.0f}{'*' if c.errors else ''}" for c in row) + " |")
         print()
+    errs = [(k, c.errors) for k, c in cells.items() if c.errors]
+    if errs:
+        print("\\* wrk saw errors:")
+    for (k, w), e in errs:
+        print(f"- {k}/{w}: {'; '.join(sorted(set(e)))}")
 
 
 def main():
