@@ -33,7 +33,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
-import apps  # noqa: E402  (the workloads: the expected bodies come from the same module)
+try:
+    import apps  # noqa: E402  (the workloads: the expected bodies come from the same module)
+except ImportError as e:
+    sys.exit(f"{e}: run bench/setup, then bench/.venv/bin/python bench/run.py")
 
 CORES = os.cpu_count()
 ECHO_SIZE = 16384
@@ -161,8 +164,10 @@ class Ctx:
         self.tmp = pathlib.Path(tempfile.mkdtemp(prefix="ngx-wsgi-peers-bench-"))
         self.venv = pathlib.Path(sys.prefix)
         self.bin = pathlib.Path(sys.executable).parent
-        out = subprocess.run([str(ROOT / "target/release/ngx-wsgi"), "paths"], capture_output=True, text=True,
-                             check=True).stdout
+        helper = ROOT / "target/release/ngx-wsgi"
+        if not helper.exists():
+            sys.exit(f"{helper} is missing: cargo build --release")
+        out = subprocess.run([str(helper), "paths"], capture_output=True, text=True, check=True).stdout
         d = dict(line.split(": ", 1) for line in out.splitlines())
         self.module, self.nginx = d["module"], d["nginx"]
         self.counter = 0
@@ -215,9 +220,13 @@ class Server:
         self.port = free_port()
         self.dir = ctx.dir(f"{self.name}-{threads}")
 
+    command = None          # the peer's executable in the bench venv, checked before anything starts
+
     @classmethod
     def available(cls, ctx):
         """None, or why this server cannot run here."""
+        if cls.command and not (ctx.bin / cls.command).exists():
+            return f"{ctx.bin / cls.command} is missing: run bench/setup and bench/.venv/bin/python bench/run.py"
         return None
 
     def front_block(self, port):
@@ -280,6 +289,7 @@ class Module(Server):
 
 class Gunicorn(Server):
     name = "gunicorn"
+    command = "gunicorn"
     threads = (2, 64)
     front = "proxy_pass"
     how = "gunicorn `-k gthread -w 2 --threads N` behind nginx `proxy_pass` (keep-alive upstream)"
@@ -308,6 +318,7 @@ class Gunicorn(Server):
 
 class UWSGI(Server):
     name = "uwsgi"
+    command = "uwsgi"
     threads = (2, 64)
     front = "uwsgi_pass"
     how = "uWSGI `--processes 2 --threads N` behind nginx `uwsgi_pass` over a UNIX socket"
@@ -359,6 +370,7 @@ class UWSGI(Server):
 
 class Granian(Server):
     name = "granian"
+    command = "granian"
     threads = (2, 64)
     runtime_threads = 1
     how = "Granian `--interface wsgi --workers 2 --blocking-threads N --runtime-threads 1`"
@@ -376,6 +388,14 @@ class Cheroot(Server):
     threads = (4, 64)
     how = ("cheroot `wsgi.Server(numthreads=N)`, 2 processes forked by bench/cheroot_server.py, each binding "
            "the port with SO_REUSEPORT")
+
+    @classmethod
+    def available(cls, ctx):
+        try:
+            import cheroot  # noqa: F401
+        except ImportError:
+            return "cheroot is not installed: run bench/setup and bench/.venv/bin/python bench/run.py"
+        return None
 
     def start(self):
         self.procs = [self.ctx.popen(
