@@ -477,24 +477,38 @@ WSGICallableObject dispatch
 
 
 class ApacheModule(ApacheServer):
-    """Our module's Apache build, from a config fragment named by $BENCH_APACHE_MODULE_CONF: its
-    LoadModule line and directives, with {bench} (this directory, holding apps.py), {venv} (the
-    bench venv) and {app} ({bench}/apps.py:dispatch) filled in. Until that adapter settles its
-    directives, the fragment keeps the bench free of guesses about them."""
+    """This project's Apache httpd module (`target/release/libmod_ngx_wsgi.so`, built by
+    `cargo build --release` with apache2-dev installed). $BENCH_APACHE_MODULE_CONF, when set, names
+    a config fragment used instead of the lines below, with {bench} (this directory, holding
+    apps.py), {venv} (the bench venv), {app} ({bench}/apps.py:dispatch) and {so} (the built module)
+    filled in."""
     name = "apache-module"
-    threads = (4, 64)
-    how = "Apache event MPM, 2 children x `ThreadsPerChild N`, ngx-wsgi's Apache module ($BENCH_APACHE_MODULE_CONF)"
+    threads = (32, 64)
+    how = ("Apache event MPM, 2 children x `ThreadsPerChild N`, this project's Apache module "
+           "(`NgxWsgiApp apps.py`)")
+    so = ROOT / "target/release/libmod_ngx_wsgi.so"
 
     @classmethod
     def available(cls, ctx):
         conf = os.environ.get("BENCH_APACHE_MODULE_CONF")
-        if not conf or not os.path.exists(conf):
-            return "set BENCH_APACHE_MODULE_CONF to a config fragment loading the module (see bench/README.md)"
+        if conf and not os.path.exists(conf):
+            return f"BENCH_APACHE_MODULE_CONF={conf} does not exist"
+        if not conf and not cls.so.exists():
+            return f"{cls.so} is missing: cargo build --release (with apache2-dev installed)"
         return super().available(ctx)
 
     def module_lines(self):
-        text = pathlib.Path(os.environ["BENCH_APACHE_MODULE_CONF"]).read_text()
-        for key, value in [("{app}", f"{BENCH}/apps.py:dispatch"), ("{bench}", BENCH), ("{venv}", self.ctx.venv)]:
+        conf = os.environ.get("BENCH_APACHE_MODULE_CONF")
+        text = pathlib.Path(conf).read_text() if conf else """
+LoadModule ngx_wsgi_module {so}
+NgxWsgiPythonHome {venv}
+NgxWsgiApp {bench}/apps.py
+<Directory {bench}>
+  Require all granted
+</Directory>
+"""
+        for key, value in [("{app}", f"{BENCH}/apps.py:dispatch"), ("{bench}", BENCH), ("{venv}", self.ctx.venv),
+                           ("{so}", self.so)]:
             text = text.replace(key, str(value))     # not str.format: Apache's own %{...} stay as written
         return text
 
@@ -502,8 +516,10 @@ class ApacheModule(ApacheServer):
 # The servers, in table order. Adding one: a Server subclass (an ApacheServer one for an Apache
 # module), listed here.
 SERVERS = {s.name: s for s in [Module, Granian, UWSGI, Gunicorn, ModWsgi, Cheroot, ApacheModule]}
-# What runs without --servers: every server, and the Apache build of the module once configured.
-DEFAULT_SERVERS = [n for n in SERVERS if n != "apache-module" or os.environ.get("BENCH_APACHE_MODULE_CONF")]
+# What runs without --servers: every server, and the Apache build of the module once built (or
+# configured).
+DEFAULT_SERVERS = [n for n in SERVERS if n != "apache-module" or ApacheModule.so.exists()
+                   or os.environ.get("BENCH_APACHE_MODULE_CONF")]
 
 
 class Front:
