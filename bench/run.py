@@ -824,13 +824,13 @@ def main():
             sys.exit(f"unknown workload {w}; known: {', '.join(WORKLOADS)}")
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (bench/setup)")
-    ctx = Ctx(args)
-    for n in names:
-        why = SERVERS[n].available(ctx)
-        if why:
-            sys.exit(f"{n}: {why}")
     threads = threads_for(args)
+    ctx = Ctx(args)
     try:
+        for n in names:
+            why = SERVERS[n].available(ctx)
+            if why:
+                sys.exit(f"{n}: {why}")
         if args.curve:
             curve(ctx, args, names, workloads, [int(c) for c in args.curve.split(",")])
             return
