@@ -5,7 +5,10 @@ Every server runs `dispatch` (one callable, routed on PATH_INFO), so each pays t
 import json
 import time
 
-import flask
+try:
+    import flask
+except ImportError:         # run.py stays importable without Flask (bench/memory.py); the bench needs it
+    flask = None
 
 HELLO = b"Hello, world!"
 CHUNK = b"\xab" * 65536          # the stream workload: 16 chunks of 64 KiB = 1 MiB
@@ -46,19 +49,20 @@ def sleep(environ, start_response):
     return [b"slept"]
 
 
+ROUTES = {"/hello": hello, "/json": json_app, "/echo": echo, "/stream": stream, "/sleep": sleep}
+
 # The Flask workload: a route with a query argument and a JSON response through Flask's request
 # and response objects.
-flask_app = flask.Flask(__name__)
+flask_app = None
+if flask is not None:
+    flask_app = flask.Flask(__name__)
 
+    @flask_app.route("/flask")
+    def flask_route():
+        name = flask.request.args.get("name", "world")
+        return flask.jsonify(message=f"Hello, {name}!", items=list(range(10)))
 
-@flask_app.route("/flask")
-def flask_route():
-    name = flask.request.args.get("name", "world")
-    return flask.jsonify(message=f"Hello, {name}!", items=list(range(10)))
-
-
-ROUTES = {"/hello": hello, "/json": json_app, "/flask": flask_app, "/echo": echo,
-          "/stream": stream, "/sleep": sleep}
+    ROUTES["/flask"] = flask_app
 
 
 def dispatch(environ, start_response):

@@ -33,10 +33,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
-try:
-    import apps  # noqa: E402  (the workloads: the expected bodies come from the same module)
-except ImportError as e:
-    sys.exit(f"{e}: run bench/setup, then bench/.venv/bin/python bench/run.py")
+import apps  # noqa: E402  (the workloads: the expected bodies come from the same module)
 
 CORES = os.cpu_count()
 ECHO_SIZE = 16384
@@ -156,6 +153,24 @@ def stop_process(proc, sig=signal.SIGTERM, timeout=20):
         proc.wait(timeout=5)
 
 
+def paths():
+    """(the nginx module, the nginx it is built for), from this build (bench/memory.py uses it too)."""
+    helper = ROOT / "target/release/ngx-wsgi"
+    if not helper.exists():
+        sys.exit(f"{helper} is missing: cargo build --release")
+    out = subprocess.run([str(helper), "paths"], capture_output=True, text=True, check=True).stdout
+    d = dict(line.split(": ", 1) for line in out.splitlines())
+    return d["module"], d["nginx"]
+
+
+def wait_port(port, proc, what):
+    """Waits until proc listens on port; exits if it does not (bench/memory.py uses it)."""
+    try:
+        wait_tcp(port, [proc], what)
+    except RuntimeError as e:
+        sys.exit(str(e))
+
+
 class Ctx:
     """What servers share: the temp dir, the binaries, the bench venv."""
 
@@ -164,12 +179,7 @@ class Ctx:
         self.tmp = pathlib.Path(tempfile.mkdtemp(prefix="ngx-wsgi-peers-bench-"))
         self.venv = pathlib.Path(sys.prefix)
         self.bin = pathlib.Path(sys.executable).parent
-        helper = ROOT / "target/release/ngx-wsgi"
-        if not helper.exists():
-            sys.exit(f"{helper} is missing: cargo build --release")
-        out = subprocess.run([str(helper), "paths"], capture_output=True, text=True, check=True).stdout
-        d = dict(line.split(": ", 1) for line in out.splitlines())
-        self.module, self.nginx = d["module"], d["nginx"]
+        self.module, self.nginx = paths()
         self.counter = 0
 
     def dir(self, name):
@@ -822,6 +832,8 @@ def main():
     for w in workloads:
         if w not in WORKLOADS:
             sys.exit(f"unknown workload {w}; known: {', '.join(WORKLOADS)}")
+    if "flask" in workloads and apps.flask_app is None:
+        sys.exit("Flask is not installed: run bench/setup, then bench/.venv/bin/python bench/run.py")
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (bench/setup)")
     threads = threads_for(args)
