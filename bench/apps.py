@@ -1,8 +1,19 @@
-"""The bench workloads, as plain WSGI callables (the same module under every server)."""
+"""The bench workloads, as plain WSGI callables: the same module under every server.
+
+Every server runs `dispatch` (one callable, routed on PATH_INFO), so each pays the same routing cost.
+"""
 import json
 import time
 
+try:
+    import flask
+except ImportError:         # run.py stays importable without Flask (bench/memory.py); the bench needs it
+    flask = None
+
 HELLO = b"Hello, world!"
+CHUNK = b"\xab" * 65536          # the stream workload: 16 chunks of 64 KiB = 1 MiB
+STREAM_CHUNKS = 16
+STREAM_SIZE = len(CHUNK) * STREAM_CHUNKS
 
 
 def hello(environ, start_response):
@@ -10,17 +21,26 @@ def hello(environ, start_response):
     return [HELLO]
 
 
+def json_body(path):
+    return json.dumps({"message": "Hello, World!", "path": path, "items": list(range(10))}).encode()
+
+
 def json_app(environ, start_response):
-    body = json.dumps({"message": "Hello, World!", "path": environ["PATH_INFO"],
-                       "items": list(range(10))}).encode()
+    body = json_body(environ["PATH_INFO"])
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
 
 
 def echo(environ, start_response):
-    body = environ["wsgi.input"].read()
+    # read(n) rather than read(): PEP 3333 does not promise a size-less read.
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
     start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+def stream(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(STREAM_SIZE))])
+    return (CHUNK for _ in range(STREAM_CHUNKS))
 
 
 def sleep(environ, start_response):
@@ -29,10 +49,29 @@ def sleep(environ, start_response):
     return [b"slept"]
 
 
+ROUTES = {"/hello": hello, "/json": json_app, "/echo": echo, "/stream": stream, "/sleep": sleep}
+
+# The Flask workload: a route with a query argument and a JSON response through Flask's request
+# and response objects.
+flask_app = None
+if flask is not None:
+    flask_app = flask.Flask(__name__)
+
+    @flask_app.route("/flask")
+    def flask_route():
+        name = flask.request.args.get("name", "world")
+        return flask.jsonify(message=f"Hello, {name}!", items=list(range(10)))
+
+    ROUTES["/flask"] = flask_app
+
+
 def dispatch(environ, start_response):
-    """One app for servers that take a single callable (gunicorn)."""
-    route = {"/hello": hello, "/json": json_app, "/echo": echo, "/sleep": sleep}.get(environ["PATH_INFO"])
+    """The one callable every server runs."""
+    route = ROUTES.get(environ.get("PATH_INFO"))
     if route is None:
-        start_response("404 Not Found", [("Content-Length", "0")])
+        start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "0")])
         return []
     return route(environ, start_response)
+
+
+application = dispatch     # mod_wsgi's default callable name
