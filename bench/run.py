@@ -45,10 +45,11 @@ IS_ROOT = os.geteuid() == 0
 # Workloads
 
 class Workload:
-    def __init__(self, name, label, path, kind="cpu", post=False, ceiling=None, check=None):
+    def __init__(self, name, label, path, kind="cpu", post=False, ceiling=None, check=None, reference=None):
         self.name, self.label, self.path, self.kind, self.post = name, label, path, kind, post
         self.ceiling = ceiling     # path on the ceiling nginx, or None: computed (the sleep limit)
         self.check = check         # body -> error string or None
+        self.reference = reference  # (label, path on the ceiling nginx): a second nginx row, or None
 
 
 def expect(value):
@@ -72,7 +73,9 @@ WORKLOADS = {w.name: w for w in [
              check=expect_json({"message": "Hello, bench!", "items": list(range(10))})),
     Workload("echo", "16 KiB POST echo", "/echo", post=True, ceiling="/echo16k"),   # checked with random bytes
     Workload("stream", "1 MiB streamed (16 x 64 KiB)", "/stream", ceiling="/stream1m",
-             check=expect(apps.CHUNK * apps.STREAM_CHUNKS)),
+             check=expect(apps.CHUNK * apps.STREAM_CHUNKS),
+             reference=("nginx, same file, sendfile off (copies the bytes, as any app server must)",
+                        "/stream1m-copy")),
     Workload("sleep", "10 ms sleep", "/sleep", kind="io", check=expect(b"slept")),
 ]}
 
@@ -288,7 +291,7 @@ class Module(Server):
         body = f"""
   wsgi_python_home {self.ctx.venv};
   server {{
-    listen 127.0.0.1:{self.port};
+    listen 127.0.0.1:{self.port} reuseport;
     location / {{ wsgi_app {BENCH}/apps.py:dispatch; }}
   }}"""
         head = f"load_module {self.ctx.module};\nthread_pool default threads={self.n} max_queue=65536;"
@@ -308,7 +311,7 @@ class Gunicorn(Server):
         return f"""
   upstream gunicorn_{self.n} {{ server 127.0.0.1:{self.port}; keepalive 64; }}
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port} reuseport;
     location / {{
       proxy_pass http://gunicorn_{self.n};
       proxy_http_version 1.1;
@@ -347,7 +350,7 @@ class UWSGI(Server):
             ("SERVER_PORT", "$server_port"), ("SERVER_NAME", "$server_name")])
         return f"""
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port} reuseport;
     location / {{
 {params}      uwsgi_pass unix:{self.sock};
       uwsgi_buffer_size 64k;
@@ -551,11 +554,12 @@ class Front:
         body = f"""
   sendfile on;
   server {{
-    listen 127.0.0.1:{self.port};
+    listen 127.0.0.1:{self.port} reuseport;
     root {www};
     location = /hello {{ return 200 "Hello, world!"; }}
     location = /echo16k {{ error_page 405 =200 $uri; }}    # the static module answers POST with 405
     location = /stream1m {{ }}
+    location = /stream1m-copy {{ alias {www}/stream1m; sendfile off; }}
   }}
 {''.join(blocks)}"""
         conf = self.dir / "nginx.conf"
@@ -694,6 +698,7 @@ def run(ctx, args, plan, workloads, rounds, ceiling=True):
             verify_ceiling(front.port, "/hello", 13)
             verify_ceiling(front.port, "/echo16k", ECHO_SIZE, post=True)
             verify_ceiling(front.port, "/stream1m", apps.STREAM_SIZE)
+            verify_ceiling(front.port, "/stream1m-copy", apps.STREAM_SIZE)
         for key, inst, wls in entries:
             for w in wls:
                 try:
@@ -711,6 +716,8 @@ def run(ctx, args, plan, workloads, rounds, ceiling=True):
             wl = WORKLOADS[w]
             if ceiling and wl.ceiling:
                 targets[("ceiling", w)] = (front.port, wl.ceiling, post if wl.post else None, front.pids)
+                if wl.reference:
+                    targets[("reference", w)] = (front.port, wl.reference[1], None, front.pids)
             for key, inst, wls in entries:
                 if w in wls:
                     pids = ((lambda i=inst: i.pids() + front.pids()) if inst.front else inst.pids)
@@ -759,13 +766,14 @@ def report(ctx, args, cells, workloads, names, threads):
         print(f"### {wl.label}\n\nceiling: {CEILING_NOTE[wl.ceiling]}\n")
         print("| server | threads | req/s | / ceiling | p99 ms | CPU |")
         print("|---|---|---|---|---|---|")
-        rows = (["ceiling"] if ("ceiling", w) in cells else []) + [n for n in names if (n, w) in cells]
+        rows = ([k for k in ("ceiling", "reference") if (k, w) in cells]
+                + [n for n in names if (n, w) in cells])
         for n in rows:
             c = cells[(n, w)]
             rps, p99, cpu = c.med()
             ratios[(n, w)] = rps
-            label = "nginx (ceiling)" if n == "ceiling" else n
-            th = "-" if n == "ceiling" else str(threads[n][1 if wl.kind == "io" else 0])
+            label = {"ceiling": "nginx (ceiling)", "reference": wl.reference and wl.reference[0]}.get(n, n)
+            th = "-" if n in ("ceiling", "reference") else str(threads[n][1 if wl.kind == "io" else 0])
             flag = " (errors)" if c.errors else ""
             print(f"| {label} | {th} | {rps:.0f}{flag} | {rps / ceil:.2f} | {fmt_ms(p99)} | {cpu:.2f} |")
         if ("ceiling", w) not in cells:
