@@ -9,20 +9,17 @@ use std::cell::RefCell;
 use pyo3::prelude::*;
 
 thread_local! {
-    static CURRENT_REQUEST: RefCell<String> = const { RefCell::new(String::new()) };
+    static CURRENT_REQUEST: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` with `id` as the calling thread's current request.
 pub(crate) fn with_request<R>(id: &[u8], f: impl FnOnce() -> R) -> R {
     CURRENT_REQUEST.with_borrow_mut(|cur| {
         cur.clear();
-        match std::str::from_utf8(id) {
-            Ok(id) => cur.push_str(id),
-            Err(_) => cur.push_str(&String::from_utf8_lossy(id)),
-        }
+        cur.extend_from_slice(id);
     });
     let result = f();
-    CURRENT_REQUEST.with_borrow_mut(String::clear);
+    CURRENT_REQUEST.with_borrow_mut(Vec::clear);
     result
 }
 
@@ -32,7 +29,7 @@ pub(crate) fn request_suffix() -> String {
         if id.is_empty() {
             String::new()
         } else {
-            format!(", request_id: {id}")
+            format!(", request_id: {}", String::from_utf8_lossy(id))
         }
     })
 }

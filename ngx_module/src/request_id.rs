@@ -10,28 +10,29 @@ use std::cell::Cell;
 
 use nginx_sys::{ngx_http_request_t, ngx_pnalloc, ngx_uint_t};
 
-thread_local! {
-    /// xoshiro256** state, seeded from the kernel once per worker.
-    static STATE: Cell<[u64; 4]> = const { Cell::new([0; 4]) };
-}
+/// xoshiro256** state, seeded from the kernel once per worker. A plain static, not a
+/// thread-local (which costs a `__tls_get_addr` call per use in a shared object): only the
+/// event-loop thread uses it.
+struct State(Cell<[u64; 4]>);
+// SAFETY: only the event-loop thread touches the state (see `of`).
+unsafe impl Sync for State {}
+static STATE: State = State(Cell::new([0; 4]));
 
 fn next() -> u64 {
-    STATE.with(|state| {
-        let mut s = state.get();
-        if s == [0; 4] {
-            s = seed();
-        }
-        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        state.set(s);
-        result
-    })
+    let mut s = STATE.0.get();
+    if s == [0; 4] {
+        s = seed();
+    }
+    let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+    let t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = s[3].rotate_left(45);
+    STATE.0.set(s);
+    result
 }
 
 fn seed() -> [u64; 4] {
