@@ -21,6 +21,17 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 APPS = ROOT / "tests" / "apps"
 
+# App specs that cannot be loaded, and what the configuration check says about each.
+UNLOADABLE_APPS = [
+    (f"{APPS}/broken/syntax_error.py", "SyntaxError"),
+    (f"{APPS}/broken/import_error.py", "ModuleNotFoundError: No module named 'module_that_does_not_exist_anywhere'"),
+    (f"{APPS}/broken/raises_at_import.py", "RuntimeError: the app refuses to start"),
+    (f"{APPS}/broken/not_callable.py", "not_callable.py:application is not callable"),
+    (f"{APPS}/sleepy.py:no_such_callable", "has no attribute \"no_such_callable\""),
+    (f"{APPS}/broken/missing.py", "missing.py does not exist or is not a file"),
+    ("no_such_package.wsgi", "ModuleNotFoundError: No module named 'no_such_package'"),
+]
+
 
 def free_port():
     with socket.socket() as s:

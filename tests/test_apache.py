@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from conftest import APACHE_BINARY, APACHE_MODULE, APPS, Apache, route
+from conftest import APACHE_BINARY, APACHE_MODULE, APPS, UNLOADABLE_APPS, Apache, route
 
 BROKEN = APPS / "broken"
 
@@ -41,15 +41,7 @@ def shared_dir():
     return d
 
 
-@pytest.mark.parametrize("spec, expected", [
-    (f"{BROKEN}/syntax_error.py", "SyntaxError"),
-    (f"{BROKEN}/import_error.py", "ModuleNotFoundError: No module named 'module_that_does_not_exist_anywhere'"),
-    (f"{BROKEN}/raises_at_import.py", "RuntimeError: the app refuses to start"),
-    (f"{BROKEN}/not_callable.py", "not_callable.py:application is not callable"),
-    (f"{APPS}/sleepy.py:no_such_callable", "has no attribute \"no_such_callable\""),
-    (f"{BROKEN}/missing.py", "missing.py does not exist or is not a file"),
-    ("no_such_package.wsgi", "ModuleNotFoundError: No module named 'no_such_package'"),
-])
+@pytest.mark.parametrize("spec, expected", UNLOADABLE_APPS)
 def test_unloadable_app_fails_config_test(apaches, spec, expected):
     server = apaches([route("/", spec)])
     result = server.run("-t")

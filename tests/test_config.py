@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, location
+from conftest import APPS, UNLOADABLE_APPS, location
 
 BROKEN = APPS / "broken"
 
@@ -17,15 +17,7 @@ def conf_test(nginx_factory, locations, **kwargs):
     return server, server.run("-t")
 
 
-@pytest.mark.parametrize("spec, expected", [
-    (f"{BROKEN}/syntax_error.py", "SyntaxError"),
-    (f"{BROKEN}/import_error.py", "ModuleNotFoundError: No module named 'module_that_does_not_exist_anywhere'"),
-    (f"{BROKEN}/raises_at_import.py", "RuntimeError: the app refuses to start"),
-    (f"{BROKEN}/not_callable.py", "not_callable.py:application is not callable"),
-    (f"{APPS}/sleepy.py:no_such_callable", "has no attribute \"no_such_callable\""),
-    (f"{BROKEN}/missing.py", "missing.py does not exist or is not a file"),
-    ("no_such_package.wsgi", "ModuleNotFoundError: No module named 'no_such_package'"),
-])
+@pytest.mark.parametrize("spec, expected", UNLOADABLE_APPS)
 def test_unloadable_app_fails_config_test(nginx_factory, spec, expected):
     server, result = conf_test(nginx_factory, location("/", spec))
     assert result.returncode != 0
