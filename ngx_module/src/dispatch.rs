@@ -106,8 +106,8 @@ impl RunQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `job` and makes sure a drainer will run it. Err: the queue is full or nginx refused
-    /// the task (it has logged why); the job was not queued.
+    /// Queues `job` and makes sure a drainer will run it. Err: the queue is full, or nginx refused
+    /// the task (it has logged why) before any drainer took the job; the job is not queued.
     ///
     /// # Safety
     /// Event-loop thread; `job` is live until it comes back through [`crate::notify`].
@@ -130,10 +130,14 @@ impl RunQueue {
         }
         let mut st = self.lock();
         st.pending -= 1;
-        if let Some(at) = st.jobs.iter().rposition(|q| q.0 == job) {
-            st.jobs.remove(at);
+        match st.jobs.iter().rposition(|q| q.0 == job) {
+            Some(at) => {
+                st.jobs.remove(at);
+                Err(())
+            }
+            // A running drainer took it meanwhile: it is served.
+            None => Ok(()),
         }
-        Err(())
     }
 
     /// A drainer asked for a successor: post one if requests still wait and nobody is on its way.
