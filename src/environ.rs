@@ -122,9 +122,22 @@ impl RequestInfo {
             intern!(py, "REMOTE_PORT"),
             intern!(py, "REQUEST_URI"),
         ];
-        for (key, span) in keys.iter().zip(self.fields.iter()) {
-            environ.set_item(key, latin1(py, self.bytes(*span))?)?;
+        let mut last = LAST_VALUES.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, (key, span)) in keys.iter().zip(self.fields.iter()).enumerate() {
+            let bytes = self.bytes(*span);
+            let value = match &last.0[i] {
+                Some((text, value)) if REPEATING[i] && text == bytes => value.clone_ref(py),
+                _ => {
+                    let value = latin1(py, bytes)?.unbind();
+                    if REPEATING[i] {
+                        last.0[i] = Some((bytes.to_vec(), value.clone_ref(py)));
+                    }
+                    value
+                }
+            };
+            environ.set_item(key, value)?;
         }
+        drop(last);
         if let Some(span) = self.content_type {
             environ.set_item(intern!(py, "CONTENT_TYPE"), latin1(py, self.bytes(span))?)?;
         }
@@ -147,6 +160,19 @@ impl RequestInfo {
         Ok(environ)
     }
 }
+
+/// The fields whose value usually repeats from one request to the next (method, mount point,
+/// server name and port, protocol, client address): their last `str` is reused when the bytes
+/// are the same, instead of making a new one per request. In `Field` order.
+const REPEATING: [bool; FIELD_COUNT] = [
+    true, true, false, false, true, true, true, true, false, false,
+];
+
+struct LastValues([Option<(Vec<u8>, Py<PyString>)>; FIELD_COUNT]);
+
+/// Only touched with the GIL held (the mutex is never contended).
+static LAST_VALUES: std::sync::Mutex<LastValues> =
+    std::sync::Mutex::new(LastValues([const { None }; FIELD_COUNT]));
 
 /// `SCRIPT_NAME` and `PATH_INFO` of a decoded request path under mount point `mount` (empty:
 /// the app is mounted at the root). A path matches the mount only at a segment boundary.
@@ -393,6 +419,30 @@ mod tests {
             info.headers().map(|(k, _)| k).collect::<Vec<_>>(),
             vec![&b"HTTP_ACCEPT"[..]]
         );
+    }
+
+    #[test]
+    fn repeating_values_are_reused_only_when_equal() {
+        with_python(|py| {
+            let build = |method: &[u8], path: &[u8]| {
+                let mut b = RequestInfoBuilder::default();
+                b.set(Field::RequestMethod, method)
+                    .set(Field::PathInfo, path);
+                b.finish().to_environ(py, py.None().into_bound(py)).unwrap()
+            };
+            let (a, b) = (build(b"GET", b"/a"), build(b"GET", b"/a"));
+            fn method<'py>(e: &Bound<'py, PyDict>) -> Bound<'py, PyAny> {
+                e.get_item("REQUEST_METHOD").unwrap().unwrap()
+            }
+            fn path<'py>(e: &Bound<'py, PyDict>) -> Bound<'py, PyAny> {
+                e.get_item("PATH_INFO").unwrap().unwrap()
+            }
+            assert!(method(&a).is(method(&b)), "the same method is one str");
+            assert!(!path(&a).is(path(&b)), "paths are made per request");
+            let c = build(b"POST", b"/a");
+            assert_eq!(method(&c).extract::<String>().unwrap(), "POST");
+            assert_eq!(method(&a).extract::<String>().unwrap(), "GET");
+        });
     }
 
     #[test]
