@@ -83,7 +83,7 @@ impl ResponseHead {
     }
 
     /// This head without the headers `drop` names (case-insensitive).
-    pub fn without(&self, drop: &[&[u8]]) -> ResponseHead {
+    fn without(&self, drop: &[&[u8]]) -> ResponseHead {
         let mut head = ResponseHead::new(
             self.status,
             self.status_line(),
