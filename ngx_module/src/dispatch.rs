@@ -25,6 +25,7 @@ use nginx_sys::{
 
 use crate::ffi_guard::guard;
 use crate::handler::Job;
+use crate::loop_cell::LoopCell;
 
 /// Requests queued per pool beyond which new ones get a 503 (nginx's own `max_queue` default).
 const MAX_QUEUED: usize = 65536;
@@ -74,13 +75,11 @@ unsafe impl Send for Registry {}
 static QUEUES: Mutex<Registry> = Mutex::new(Registry(Vec::new()));
 
 impl RunQueue {
-    /// The queue of `pool` in this worker (made on first use, kept for the process).
+    /// The queue of `pool` in this worker (made on first use, kept for the process). Event-loop
+    /// thread only.
     pub(crate) fn of(pool: *mut ngx_thread_pool_t) -> &'static RunQueue {
-        thread_local! {
-            static LAST: std::cell::Cell<Option<&'static RunQueue>> = const {
-                std::cell::Cell::new(None)
-            };
-        }
+        // `of` runs on the event loop only (from `post_job`).
+        static LAST: LoopCell<Option<&'static RunQueue>> = LoopCell::new(None);
         if let Some(q) = LAST.get().filter(|q| q.pool == pool) {
             return q;
         }

@@ -12,6 +12,7 @@ mod handler;
 mod inflight;
 mod lifecycle;
 mod log;
+mod loop_cell;
 mod metrics;
 mod notify;
 mod recycle;

@@ -6,20 +6,15 @@
 //! the module stores one of its own, in nginx's format (32 hex digits), as the variable's value:
 //! the access log and anything else that reads `$request_id` later sees the same id.
 
-use std::cell::Cell;
-
 use nginx_sys::{ngx_http_request_t, ngx_pnalloc, ngx_uint_t};
 
-/// xoshiro256** state, seeded from the kernel once per worker. A plain static, not a
-/// thread-local (which costs a `__tls_get_addr` call per use in a shared object): only the
-/// event-loop thread uses it.
-struct State(Cell<[u64; 4]>);
-// SAFETY: only the event-loop thread touches the state (see `of`).
-unsafe impl Sync for State {}
-static STATE: State = State(Cell::new([0; 4]));
+use crate::loop_cell::LoopCell;
+
+/// xoshiro256** state, seeded from the kernel once per worker (event loop only, see `of`).
+static STATE: LoopCell<[u64; 4]> = LoopCell::new([0; 4]);
 
 fn next() -> u64 {
-    let mut s = STATE.0.get();
+    let mut s = STATE.get();
     if s == [0; 4] {
         s = seed();
     }
@@ -31,7 +26,7 @@ fn next() -> u64 {
     s[0] ^= s[3];
     s[2] ^= t;
     s[3] = s[3].rotate_left(45);
-    STATE.0.set(s);
+    STATE.set(s);
     result
 }
 
