@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
+use crate::accel::AccelHeaders;
 use crate::errors::ErrorStream;
 use crate::file_wrapper::FileWrapper;
 
@@ -48,6 +49,9 @@ pub struct RequestInfo {
     /// The server's id of the request, for log lines (not part of the environ).
     request_id: Span,
     https: bool,
+    /// The app's `X-Accel-*` headers its location ignores (a response setting, carried here
+    /// because this is what the request hands the core).
+    ignored_accel: AccelHeaders,
 }
 
 impl RequestInfo {
@@ -85,6 +89,11 @@ impl RequestInfo {
     /// Whether the connection is TLS.
     pub fn is_https(&self) -> bool {
         self.https
+    }
+
+    /// The `X-Accel-*` headers of the app's response that the server ignores.
+    pub fn ignored_accel(&self) -> AccelHeaders {
+        self.ignored_accel
     }
 
     /// `METHOD URI PROTOCOL`, for log lines.
@@ -254,6 +263,12 @@ impl RequestInfoBuilder {
     /// Sets the server's id of the request, shown in its log lines.
     pub fn request_id(&mut self, id: &[u8]) -> &mut Self {
         self.info.request_id = self.push(id);
+        self
+    }
+
+    /// The app's `X-Accel-*` headers to ignore (`wsgi_ignore_headers`).
+    pub fn ignore_accel(&mut self, headers: AccelHeaders) -> &mut Self {
+        self.info.ignored_accel = headers;
         self
     }
 

@@ -5,10 +5,12 @@
 //! hands both to [`run_request`] on a thread that may run Python, and sends the [`Outcome`] back
 //! out through the server. Nothing here knows a server's types.
 
+pub mod accel;
 pub mod app;
 pub mod body;
 pub mod check;
 pub mod chunk;
+pub mod content_length;
 pub mod environ;
 pub mod errors;
 pub mod file_wrapper;

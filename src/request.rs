@@ -124,7 +124,7 @@ fn run_attached(
 ) -> Outcome {
     let (input, start_response) = match (
         Bound::new(py, Input::new(body)),
-        Bound::new(py, StartResponse::new(sink)),
+        Bound::new(py, StartResponse::new(sink, info.ignored_accel())),
     ) {
         (Ok(i), Ok(s)) => (i, s),
         (Err(e), _) | (_, Err(e)) => {

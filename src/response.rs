@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
+use crate::accel::AccelHeaders;
 use crate::chunk::Chunk;
 use crate::sink::{ChunkSink, ClientGone};
 
@@ -111,10 +112,10 @@ impl ResponseHead {
             .map(|(_, v)| v)
     }
 
-    /// The URI of an `X-Accel-Redirect`: the server answers from there instead, and the app's
-    /// body is not used.
+    /// The value of an `X-Accel-Redirect` (even an empty one, which the server refuses): the
+    /// server answers from there instead, and the app's body is not used.
     pub fn internal_redirect(&self) -> Option<&[u8]> {
-        self.header("X-Accel-Redirect").filter(|v| !v.is_empty())
+        self.header("X-Accel-Redirect")
     }
 }
 
@@ -194,10 +195,12 @@ pub fn parse_header<'a>(
     Ok((name.as_bytes(), value_bytes))
 }
 
-/// Builds a head from the app's `status` and `headers` arguments.
+/// Builds a head from the app's `status` and `headers` arguments, without the `ignored`
+/// `X-Accel-*` headers (the server neither acts on them nor shows them to the client).
 pub fn head_from_python(
     status: &Bound<'_, PyAny>,
     headers: &Bound<'_, PyAny>,
+    ignored: AccelHeaders,
 ) -> PyResult<ResponseHead> {
     let status = status.cast::<PyString>().map_err(|_| {
         PyTypeError::new_err(format!("status must be str, not {}", type_name(status)))
@@ -230,16 +233,17 @@ pub fn head_from_python(
         };
         let (name, value) = (name.to_cow()?, value.to_cow()?);
         let (name, value) = parse_header(&name, &value).map_err(PyValueError::new_err)?;
+        if ignored.covers(name) {
+            continue;
+        }
         if name.eq_ignore_ascii_case(b"content-length") {
-            let text = std::str::from_utf8(&value).unwrap_or("");
-            let length = text
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|_| text.trim().bytes().all(|c| c.is_ascii_digit()))
-                .ok_or_else(|| {
-                    PyValueError::new_err(format!("Content-Length {text:?} is not a number"))
-                })?;
+            let length = crate::content_length::parse(&value).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "Content-Length {:?} is not a length (digits only, at most {})",
+                    String::from_utf8_lossy(&value),
+                    i64::MAX
+                ))
+            })?;
             if head.content_length.is_some_and(|l| l != length) {
                 return Err(PyValueError::new_err(
                     "two different Content-Length headers",
@@ -339,12 +343,15 @@ pub struct StartResponse {
     pub(crate) excess: u64,
     /// The request is over: calls from a stray reference must not touch it.
     pub(crate) finished: bool,
+    /// The `X-Accel-*` headers the server is configured to ignore.
+    ignored: AccelHeaders,
 }
 
 impl StartResponse {
-    pub(crate) fn new(sink: Option<Arc<dyn ChunkSink>>) -> Self {
+    pub(crate) fn new(sink: Option<Arc<dyn ChunkSink>>, ignored: AccelHeaders) -> Self {
         StartResponse {
             sink,
+            ignored,
             ..Default::default()
         }
     }
@@ -469,7 +476,7 @@ impl StartResponse {
                 }
                 None => {}
             }
-            this.head = Some(head_from_python(status, headers)?);
+            this.head = Some(head_from_python(status, headers, this.ignored)?);
         }
         slf.getattr(pyo3::intern!(py, "write"))
     }

@@ -9,6 +9,7 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use ngx_wsgi::accel::AccelHeaders;
 use ngx_wsgi::{AppSpec, PythonSettings};
 
 use crate::bindings::{
@@ -32,6 +33,8 @@ pub(crate) struct DirConf {
     /// The app was configured in a `<Directory>` or `<Files>` section, which Apache applies only
     /// once it has mapped the URL to a file (the app cannot claim its URLs before that).
     by_file: c_int,
+    /// `NgxWsgiIgnoreHeaders`: the set's bits; negative: not set here.
+    ignore: c_int,
 }
 
 impl DirConf {
@@ -47,6 +50,11 @@ impl DirConf {
     /// Whether a chunked request body is read whole before the app starts (the default).
     pub(crate) fn request_buffering(&self) -> bool {
         self.buffering != 0
+    }
+
+    /// The app's `X-Accel-*` headers Apache neither acts on nor sends.
+    pub(crate) fn ignored_accel(&self) -> AccelHeaders {
+        u8::try_from(self.ignore).map_or(AccelHeaders::NONE, AccelHeaders::from_bits)
     }
 
     pub(crate) fn mount(&self) -> &[u8] {
@@ -141,6 +149,7 @@ pub(crate) unsafe extern "C" fn create_dir_config(
         mount_len: 0,
         buffering: -1,
         by_file: 0,
+        ignore: -1,
     };
     guard("create_dir_config", std::ptr::null_mut(), || {
         // SAFETY: Apache passes its configuration pool.
@@ -163,6 +172,11 @@ pub(crate) unsafe extern "C" fn merge_dir_config(
                 new.buffering
             } else {
                 base.buffering
+            };
+            merged.ignore = if new.ignore >= 0 {
+                new.ignore
+            } else {
+                base.ignore
             };
             alloc(pool, merged)
         }
@@ -289,6 +303,39 @@ pub(crate) unsafe extern "C" fn set_request_buffering(
             // SAFETY: Apache passes this module's directory configuration of the section.
             unsafe { (*(conf as *mut DirConf)).buffering = c_int::from(on != 0) };
             std::ptr::null()
+        },
+    )
+}
+
+/// `NgxWsgiIgnoreHeaders X-Accel-Redirect` (each argument is one header; only the header this
+/// module acts on on Apache can be named)
+pub(crate) unsafe extern "C" fn add_ignore_header(
+    cmd: *mut cmd_parms,
+    conf: *mut c_void,
+    arg: *const c_char,
+) -> *const c_char {
+    guard(
+        "NgxWsgiIgnoreHeaders",
+        c"NgxWsgiIgnoreHeaders: internal error".as_ptr(),
+        || {
+            // SAFETY: Apache passes this module's directory configuration of the section and
+            // one argument.
+            unsafe {
+                let conf = &mut *(conf as *mut DirConf);
+                let name = text(arg);
+                let Some(header) = AccelHeaders::named(name.as_bytes(), AccelHeaders::REDIRECT)
+                else {
+                    return error(
+                        cmd,
+                        &format!(
+                            "NgxWsgiIgnoreHeaders: unknown header \"{name}\" (on Apache this module acts on X-Accel-Redirect only)"
+                        ),
+                    );
+                };
+                let set = conf.ignored_accel().with(header);
+                conf.ignore = c_int::from(set.bits());
+                std::ptr::null()
+            }
         },
     )
 }

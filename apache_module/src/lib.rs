@@ -53,7 +53,7 @@ const fn directive(
     }
 }
 
-static mut COMMANDS: [command_rec; 5] = [
+static mut COMMANDS: [command_rec; 6] = [
     directive(
         c"NgxWsgiApp",
         config::set_app,
@@ -71,6 +71,13 @@ static mut COMMANDS: [command_rec; 5] = [
         args_how: cmd_how_FLAG,
         errmsg: c"Off: a chunked request body reaches the app as it arrives, without CONTENT_LENGTH (default On: read whole first)".as_ptr(),
     },
+    directive(
+        c"NgxWsgiIgnoreHeaders",
+        config::add_ignore_header,
+        cmd_how_ITERATE,
+        RSRC_CONF | ACCESS_CONF,
+        c"X-Accel-Redirect: the app's header of that name is neither acted on nor sent",
+    ),
     directive(
         c"NgxWsgiPythonHome",
         config::set_python_home,

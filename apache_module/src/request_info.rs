@@ -71,6 +71,9 @@ pub(crate) unsafe fn collect(
             b.set(Field::ServerName, server_name);
         }
         b.https(ap_ssl_conn_is_ssl(c) != 0);
+        if let Some(conf) = crate::config::for_request(r) {
+            b.ignore_accel(conf.ignored_accel());
+        }
 
         if (*r).log_id.is_null() {
             // The id Apache's error log shows with `%L`: log lines of the app carry the same.

@@ -4,6 +4,7 @@
 use std::ffi::c_int;
 use std::os::fd::IntoRawFd;
 
+use ngx_wsgi::accel::{check_redirect, RedirectTarget};
 use ngx_wsgi::{Outcome, OutcomeKind, ResponseHead};
 
 use crate::bindings::{
@@ -35,6 +36,11 @@ pub(crate) unsafe fn set_head(r: *mut request_rec, head: &ResponseHead, length: 
         // The app's own type or none: not one mod_mime guessed from the URL's extension.
         (*r).content_type = std::ptr::null();
         for (name, value) in head.headers() {
+            if ngx_wsgi::accel::is_for_server(name) {
+                // X-Accel-Limit-Rate and X-Accel-Charset have no counterpart here; like the
+                // redirect, none of them is for the client.
+                continue;
+            }
             if name.eq_ignore_ascii_case(b"content-type") {
                 // Apache's own field: its filters (deflate, charset) and header filter use it.
                 ap_set_content_type(r, pool_str(r, value));
@@ -42,8 +48,8 @@ pub(crate) unsafe fn set_head(r: *mut request_rec, head: &ResponseHead, length: 
                 apr_table_addn((*r).headers_out, pool_str(r, name), pool_str(r, value));
             }
         }
-        if let Some(length) = length {
-            ap_set_content_length(r, length as i64);
+        if let Some(length) = length.and_then(ngx_wsgi::content_length::to_off_t) {
+            ap_set_content_length(r, length);
         }
     }
 }
@@ -115,11 +121,17 @@ pub(crate) unsafe fn send(r: *mut request_rec, outcome: Outcome, stream: &Stream
 /// # Safety
 /// `r` is a live request on the calling thread, inside its handler, that has sent nothing.
 unsafe fn redirect(r: *mut request_rec, head: &ResponseHead, uri: &[u8]) -> c_int {
-    if !uri.starts_with(b"/") {
+    let refusal = match check_redirect(uri) {
+        // Apache decodes the path itself, as it does for a request line.
+        Ok(RedirectTarget::Uri { .. }) => None,
+        Ok(RedirectTarget::Named(_)) => Some("named locations are nginx's".to_string()),
+        Err(why) => Some(why.to_string()),
+    };
+    if let Some(why) = refusal {
         crate::log::write(
             APLOG_ERR as c_int,
             &format!(
-                "wsgi: X-Accel-Redirect \"{}\" is not a local path (named locations are nginx's)",
+                "wsgi: the app's X-Accel-Redirect \"{}\" was refused: {why}",
                 String::from_utf8_lossy(uri).escape_debug()
             ),
         );

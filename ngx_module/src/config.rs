@@ -13,6 +13,7 @@ use nginx_sys::{
 };
 use ngx::core::{Pool, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::HttpModuleConfExt;
+use ngx_wsgi::accel::AccelHeaders;
 use ngx_wsgi::check::{check_apps, CheckError, Credentials, WorkerSetup};
 use ngx_wsgi::{AppSpec, PythonSettings};
 
@@ -98,6 +99,8 @@ pub(crate) struct LocConf {
     pub params: Vec<Param>,
     /// `wsgi_read_timeout` in ms (0: none; NGX_CONF_UNSET_MSEC until merged).
     pub read_timeout: ngx_msec_t,
+    /// `wsgi_ignore_headers`: the app's `X-Accel-*` headers nginx neither acts on nor sends.
+    pub ignore_headers: Option<AccelHeaders>,
 }
 
 /// One `wsgi_param NAME VALUE [if_not_empty]`.
@@ -125,6 +128,7 @@ impl Default for LocConf {
             request_buffering: -1,
             params: Vec::new(),
             read_timeout: ngx_msec_t::MAX,
+            ignore_headers: None,
         }
     }
 }
@@ -174,6 +178,9 @@ pub(crate) unsafe extern "C" fn merge_loc_conf(
             } else {
                 parent.read_timeout
             };
+        }
+        if child.ignore_headers.is_none() {
+            child.ignore_headers = parent.ignore_headers;
         }
         if child.request_buffering == -1 {
             child.request_buffering = if parent.request_buffering == -1 {
@@ -434,6 +441,43 @@ pub(crate) unsafe extern "C" fn set_param(
                 if_not_empty,
             });
         }
+        NGX_CONF_OK
+    })
+}
+
+/// The `X-Accel-*` headers this module acts on, which `wsgi_ignore_headers` may name.
+const HONOURED_ACCEL: AccelHeaders = AccelHeaders::REDIRECT
+    .with(AccelHeaders::LIMIT_RATE)
+    .with(AccelHeaders::CHARSET);
+
+pub(crate) unsafe extern "C" fn set_ignore_headers(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard("wsgi_ignore_headers", NGX_CONF_ERROR, || {
+        // SAFETY: `conf` is this module's location configuration; the arguments are live.
+        let (lc, args) = unsafe { (&mut *(conf as *mut LocConf), args(cf)) };
+        if lc.ignore_headers.is_some() {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        let mut set = AccelHeaders::NONE;
+        for arg in &args[1..] {
+            match AccelHeaders::named(ngx_bytes(arg), HONOURED_ACCEL) {
+                Some(h) => set = set.with(h),
+                None => {
+                    return conf_error(
+                        cf,
+                        &format!(
+                            "wsgi_ignore_headers: unknown header \"{}\" (this module acts on {})",
+                            String::from_utf8_lossy(ngx_bytes(arg)),
+                            HONOURED_ACCEL.names().join(", ")
+                        ),
+                    )
+                }
+            }
+        }
+        lc.ignore_headers = Some(set);
         NGX_CONF_OK
     })
 }

@@ -57,7 +57,7 @@ const fn directive(
     }
 }
 
-static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 12] = [
+static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 13] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -127,6 +127,13 @@ static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 12] = [
         nginx_sys::ngx_conf_set_msec_slot,
         LOC_CONF_OFFSET,
         offset_of!(config::LocConf, read_timeout),
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_ignore_headers"),
+        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
+        config::set_ignore_headers,
+        LOC_CONF_OFFSET,
+        0,
     ),
     directive(
         ngx::ngx_string!("wsgi_status"),

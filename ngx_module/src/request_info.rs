@@ -77,6 +77,7 @@ pub(crate) unsafe fn collect(
         b.set(Field::ServerName, server_name);
     }
     b.https(!c.ssl.is_null());
+    b.ignore_accel(lc.ignore_headers.unwrap_or_default());
     if let Some(index) = request_id_var {
         // SAFETY: the index is `$request_id`'s, registered at configuration; on the loop.
         if let Some(id) = unsafe { crate::request_id::of(r, index) } {

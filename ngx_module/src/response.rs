@@ -10,6 +10,7 @@ use nginx_sys::{
 };
 use std::os::fd::AsRawFd;
 
+use ngx_wsgi::accel::{check_redirect, RedirectTarget};
 use ngx_wsgi::file_wrapper::FileRange;
 use ngx_wsgi::{OutcomeKind, ResponseHead};
 
@@ -107,12 +108,39 @@ pub(crate) unsafe fn send(r: *mut ngx_http_request_t, job: &Job) {
 
 /// `X-Accel-Redirect`: nginx answers from `uri` (a path with optional `?args`, or a named
 /// `@location`), as it does for proxied apps; the app's other headers (Set-Cookie,
-/// Content-Disposition, ...) stay, except those describing the body it did not send.
+/// Content-Disposition, ...) stay, except those describing the body it did not send. A target
+/// that could leave its location (`..`, NUL, ...) is a 500 and an error-log line.
 unsafe fn redirect(r: *mut ngx_http_request_t, head: &ResponseHead, uri: &[u8]) {
-    let kept = head.for_internal_redirect();
     // SAFETY: `r` is live on the event loop and has sent nothing; the strings are pool copies.
     unsafe {
-        if set_headers(r, &kept, None).is_err() {
+        let target = match check_redirect(uri) {
+            Ok(target) => target,
+            Err(why) => {
+                crate::log::write_log(
+                    nginx_sys::NGX_LOG_ERR as usize,
+                    (*(*r).connection).log,
+                    &format!(
+                        "wsgi: the app's X-Accel-Redirect \"{}\" was refused: {why}",
+                        String::from_utf8_lossy(uri).escape_debug()
+                    ),
+                );
+                ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+                return;
+            }
+        };
+        let named = matches!(target, RedirectTarget::Named(_));
+        // nginx's internal URIs are decoded ones, as `r->uri` is.
+        let (target, args) = match &target {
+            RedirectTarget::Named(name) => (pool_str(r, name, false), Ok(ngx_str_t::empty())),
+            RedirectTarget::Uri { path, args, .. } => {
+                (pool_str(r, path, false), pool_str(r, args, false))
+            }
+        };
+        let (Ok(mut target), Ok(mut args)) = (target, args) else {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+            return;
+        };
+        if set_headers(r, &head.for_internal_redirect(), None).is_err() {
             ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
             return;
         }
@@ -122,22 +150,10 @@ unsafe fn redirect(r: *mut ngx_http_request_t, head: &ResponseHead, uri: &[u8]) 
             (*r).method = NGX_HTTP_GET as usize;
             (*r).method_name = ngx_http_core_get_method;
         }
-        let (path, args) = match uri.iter().position(|&c| c == b'?') {
-            Some(q) => (&uri[..q], &uri[q + 1..]),
-            None => (uri, &b""[..]),
-        };
-        let Ok(mut path) = pool_str(r, path, false) else {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-            return;
-        };
-        if path.len > 0 && *path.data == b'@' {
-            ngx_http_named_location(r, &mut path);
+        if named {
+            ngx_http_named_location(r, &mut target);
         } else {
-            let Ok(mut args) = pool_str(r, args, false) else {
-                ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-                return;
-            };
-            ngx_http_internal_redirect(r, &mut path, &mut args);
+            ngx_http_internal_redirect(r, &mut target, &mut args);
         }
         ngx_http_finalize_request(r, NGX_DONE as ngx_int_t);
     }
@@ -342,9 +358,17 @@ unsafe fn set_headers(
         let out = &mut (*r).headers_out;
         out.status = head.status as usize;
         out.status_line = pool_str(r, head.status_line(), false)?;
-        out.content_length_n = content_length.map_or(-1, |n| n as i64);
+        out.content_length_n = match content_length {
+            Some(n) => ngx_wsgi::content_length::to_off_t(n).ok_or(())?,
+            None => -1,
+        };
         let mut have_type = false;
+        let mut have_rate = false;
         for (name, value) in head.headers() {
+            if ngx_wsgi::accel::is_for_server(name) {
+                set_accel(r, name, value, &mut have_rate)?;
+                continue;
+            }
             if !have_type && name.eq_ignore_ascii_case(b"content-type") {
                 have_type = true;
                 out.content_type = pool_str(r, value, false)?;
@@ -381,6 +405,36 @@ unsafe fn set_headers(
                 // Lets the gzip filter see that the body is already encoded.
                 out.content_encoding = h;
             }
+        }
+        Ok(())
+    }
+}
+
+/// An `X-Accel-*` header the location does not ignore, acted on as nginx's upstream modules act
+/// on it (the first `X-Accel-Limit-Rate` counts; one that is not a number is ignored); none
+/// reaches the client.
+unsafe fn set_accel(
+    r: *mut ngx_http_request_t,
+    name: &[u8],
+    value: &[u8],
+    have_rate: &mut bool,
+) -> Result<(), ()> {
+    // SAFETY: `r` is live; the charset string is copied into its pool.
+    unsafe {
+        if name.eq_ignore_ascii_case(b"x-accel-limit-rate") && !*have_rate {
+            *have_rate = true;
+            if let Some(rate) = ngx_wsgi::accel::limit_rate(value) {
+                (*r).limit_rate = usize::try_from(rate).unwrap_or(usize::MAX);
+                (*r).set_limit_rate_set(1);
+            }
+        } else if name.eq_ignore_ascii_case(b"x-accel-charset") {
+            let charset =
+                ngx_pcalloc((*r).pool, std::mem::size_of::<ngx_str_t>()) as *mut ngx_str_t;
+            if charset.is_null() {
+                return Err(());
+            }
+            *charset = pool_str(r, value, false)?;
+            (*r).headers_out.override_charset = charset;
         }
         Ok(())
     }

@@ -1,0 +1,37 @@
+"""Apps for the security tests: each takes what it tries from the query string, so that one app
+can try many values. Percent-escapes in the query are decoded as latin-1 (one byte, one code
+point), so any byte can be put into a header."""
+from urllib.parse import parse_qsl
+
+
+def _pairs(environ):
+    return parse_qsl(environ["QUERY_STRING"], keep_blank_values=True, encoding="latin-1")
+
+
+def headers_from_query(environ, start_response):
+    """Each `name=value` of the query becomes one response header."""
+    start_response("200 OK", [("Content-Type", "text/plain")] + _pairs(environ))
+    return [b"the app's own body\n"]
+
+
+def status_from_query(environ, start_response):
+    """The whole (decoded) query is the status line."""
+    start_response(dict(_pairs(environ))["status"], [("Content-Type", "text/plain")])
+    return [b"the app's own body\n"]
+
+
+def length_from_query(environ, start_response):
+    """Declares the query's `length` as its Content-Length, then sends five bytes."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", dict(_pairs(environ))["length"])])
+    return [b"12345"]
+
+
+def request_headers(environ, start_response):
+    """Answers with the request's CGI and HTTP_* keys and the body length it read, one per line."""
+    body = environ["wsgi.input"].read()
+    lines = [f"{k}={v}" for k, v in sorted(environ.items())
+             if k.startswith(("HTTP_", "CONTENT_", "REQUEST_METHOD", "PATH_INFO"))]
+    lines.append(f"read={len(body)}")
+    data = ("\n".join(lines) + "\n").encode("latin-1")
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(data)))])
+    return [data]

@@ -1,0 +1,167 @@
+"""The app's X-Accel-* headers: a redirect target that could leave its location is refused (a 500
+and one error-log line), the headers can be ignored by configuration, none reaches the client,
+and nginx acts on X-Accel-Limit-Rate and X-Accel-Charset as its upstream modules do."""
+import http.client
+
+import pytest
+
+from conftest import APACHE_MODULES, APPS, location, route
+
+RESPONSES = APPS / "responses.py"
+SECURITY = APPS / "security.py"
+
+NGINX_PROTECTED = f"location /protected/ {{ internal; alias {APPS}/protected/; }}"
+APACHE_PROTECTED = (
+    f"LoadModule alias_module {APACHE_MODULES}/mod_alias.so\n"
+    f"Alias /protected/ {APPS}/protected/\n"
+    f"<Directory {APPS}/protected>\n Require all granted\n</Directory>\n"
+    # Only internal redirects (which set REDIRECT_STATUS) reach the protected files.
+    "<Location /protected/>\n Require env REDIRECT_STATUS\n</Location>\n")
+
+
+@pytest.fixture(scope="module")
+def server(wsgi_factory):
+    return wsgi_factory(
+        [route("= /accel", f"{RESPONSES}:accel"),
+         route("= /ignored", f"{RESPONSES}:accel", nginx="wsgi_ignore_headers X-Accel-Redirect;",
+               apache="NgxWsgiIgnoreHeaders X-Accel-Redirect"),
+         route("= /headers", f"{SECURITY}:headers_from_query")],
+        nginx=dict(server_extra=NGINX_PROTECTED),
+        apache=dict(server_extra=APACHE_PROTECTED),
+    ).start()
+
+
+def get(server, target, headers=None):
+    """GET `target` exactly as written (no client-side normalisation of dots or escapes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("GET", target, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.headers, r.read()
+    finally:
+        conn.close()
+
+
+ESCAPES = [
+    "/protected/../responses.py",
+    "/protected/../",
+    "/protected/..",
+    "/protected/..?x=1",
+    "/protected/%2e%2e/responses.py",
+    "/protected/%2E%2e%2Fresponses.py",
+    "/protected/..%2fresponses.py",
+    "/protected/hello.txt%00",
+    "/protected/hello.txt%0d%0aX-Injected:%201",
+    "/protected/100%.txt",
+    "protected/hello.txt",
+    "",
+]
+
+
+@pytest.mark.parametrize("target", ESCAPES)
+def test_a_target_that_could_leave_its_location_is_a_500_and_one_log_line(server, target):
+    needle = f'X-Accel-Redirect "{target}" was refused'
+    before = server.error_log().count(needle)
+    status, headers, body = get(server, f"/accel?{target}")
+    assert status == 500
+    assert b"def accel" not in body and b"replaced by the redirect" not in body
+    assert "X-Accel-Redirect" not in headers
+    assert server.error_log().count(needle) == before + 1, server.error_log()[-2000:]
+
+
+@pytest.mark.parametrize("target", ["/protected/hello.txt", "/protected/hello%2etxt",
+                                    "/protected/./hello.txt", "/protected/hello.txt?a=../..%00"])
+def test_a_safe_target_is_decoded_and_served(server, target):
+    status, headers, body = get(server, f"/accel?{target}")
+    assert (status, body) == (200, b"protected file contents\n")
+    assert headers["Content-Disposition"] == "attachment; filename=hello.txt"
+
+
+def test_an_ignored_x_accel_redirect_leaves_the_apps_response_and_is_not_sent(server):
+    status, headers, body = get(server, "/ignored?/protected/hello.txt")
+    assert (status, body) == (200, b"this body is replaced by the redirect target")
+    assert headers["Content-Type"] == "text/html"
+    assert "X-Accel-Redirect" not in headers
+
+
+def test_x_accel_headers_are_for_the_server_never_for_the_client(server):
+    status, headers, body = get(server, "/headers?X-Accel-Buffering=no&X-Accel-Expires=10"
+                                        "&X-Accel-Limit-Rate=100&X-Accel-Charset=utf-8&X-Accel-Other=kept")
+    assert (status, body) == (200, b"the app's own body\n")
+    assert not [h for h in headers if h.lower().startswith("x-accel-") and h != "X-Accel-Other"]
+    assert headers["X-Accel-Other"] == "kept", "only the headers nginx's upstream modules hide"
+
+
+@pytest.fixture(scope="module")
+def nginx_server(nginx_factory):
+    # $limit_rate shows what the response is paced at; source_charset makes utf-8 a known charset.
+    rate = "add_header X-Limit $limit_rate always; source_charset utf-8;"
+    return nginx_factory(
+        location("= /headers", f"{SECURITY}:headers_from_query", rate)
+        + location("= /ignoring", f"{SECURITY}:headers_from_query",
+                   f"{rate} wsgi_ignore_headers X-Accel-Limit-Rate X-Accel-Charset;")
+        # A nested location inherits the enclosing one's list.
+        + f"  location /outer/ {{ wsgi_ignore_headers X-Accel-Redirect; {rate}\n"
+        + location("/outer/inner", f"{SECURITY}:headers_from_query") + "  }\n"
+        + f"  location /protected/ {{ internal; alias {APPS}/protected/; {rate} }}\n",
+    ).start()
+
+
+@pytest.mark.parametrize("query, limit", [
+    ("X-Accel-Limit-Rate=12345", "12345"),
+    ("X-Accel-Limit-Rate=%2012345%20", "12345"),
+    ("X-Accel-Limit-Rate=12a", "0"),
+    ("X-Accel-Limit-Rate=-5", "0"),
+    ("X-Accel-Limit-Rate=100&X-Accel-Limit-Rate=200", "100"),
+    ("", "0"),
+])
+def test_x_accel_limit_rate_paces_the_response(nginx_server, query, limit):
+    status, headers, body = get(nginx_server, f"/headers?{query}")
+    assert (status, body) == (200, b"the app's own body\n")
+    assert headers["X-Limit"] == limit
+    assert "X-Accel-Limit-Rate" not in headers
+
+
+def test_x_accel_limit_rate_applies_to_the_redirect_target(nginx_server):
+    redirect = "X-Accel-Redirect=/protected/hello.txt&X-Accel-Limit-Rate=54321"
+    status, headers, body = get(nginx_server, f"/headers?{redirect}")
+    assert (status, body) == (200, b"protected file contents\n")
+    assert headers["X-Limit"] == "54321"
+    status, headers, body = get(nginx_server, f"/ignoring?{redirect}")
+    assert (status, body) == (200, b"protected file contents\n")
+    assert headers["X-Limit"] == "0"
+    status, headers, body = get(nginx_server, f"/outer/inner?{redirect}")
+    assert (status, body) == (200, b"the app's own body\n")
+    assert headers["X-Limit"] == "54321"
+
+
+def test_x_accel_charset_sets_the_responses_charset(nginx_server):
+    _, headers, _ = get(nginx_server, "/headers?X-Accel-Charset=utf-8")
+    assert headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert "X-Accel-Charset" not in headers
+    _, headers, _ = get(nginx_server, "/headers")
+    assert headers["Content-Type"] == "text/plain"
+    _, headers, _ = get(nginx_server, "/ignoring?X-Accel-Charset=utf-8")
+    assert headers["Content-Type"] == "text/plain"
+    assert "X-Accel-Charset" not in headers
+
+
+def test_ignoring_a_header_the_module_does_not_act_on_fails_the_configuration(wsgi_factory):
+    server = wsgi_factory([route("/", APPS / "sleepy.py",
+                                 nginx="wsgi_ignore_headers X-Accel-Redirect X-Accel-Buffering;",
+                                 apache="NgxWsgiIgnoreHeaders X-Accel-Redirect X-Accel-Charset")])
+    result = server.run("-t")
+    assert result.returncode != 0
+    if server.kind == "nginx":
+        assert ('wsgi_ignore_headers: unknown header "X-Accel-Buffering" (this module acts on '
+                'X-Accel-Redirect, X-Accel-Limit-Rate, X-Accel-Charset)') in result.stderr, result.stderr
+        assert f"in {server.conf}:" in result.stderr
+    else:
+        assert ('NgxWsgiIgnoreHeaders: unknown header "X-Accel-Charset" (on Apache this module acts on '
+                'X-Accel-Redirect only)') in result.stderr, result.stderr
+
+
+def test_wsgi_ignore_headers_twice_is_a_duplicate(nginx_factory):
+    server = nginx_factory(location("/", APPS / "sleepy.py", "wsgi_ignore_headers X-Accel-Redirect; "
+                                                              "wsgi_ignore_headers X-Accel-Charset;"))
+    assert '"wsgi_ignore_headers" directive is duplicate' in server.run("-t").stderr
