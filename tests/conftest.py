@@ -20,6 +20,13 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 APPS = ROOT / "tests" / "apps"
+# Where the built modules and `ngx-wsgi` are (scripts/test-asan points it at its sanitized build).
+BUILD_DIR = pathlib.Path(os.environ.get("NGX_WSGI_BUILD_DIR") or ROOT / "target/release")
+# Extra environment of the servers (scripts/test-asan: the sanitizer runtime for Debian's apache2,
+# PYTHONMALLOC for both servers' interpreters).
+SERVER_ENV = {k: v for k, v in os.environ.items() if k in ("PYTHONMALLOC", "ASAN_OPTIONS")}
+if os.environ.get("NGX_WSGI_APACHE_PRELOAD"):
+    SERVER_ENV["LD_PRELOAD"] = os.environ["NGX_WSGI_APACHE_PRELOAD"]
 
 # App specs that cannot be loaded, and what the configuration check says about each.
 UNLOADABLE_APPS = [
@@ -49,13 +56,13 @@ def built():
     if os.environ.get("NGX_WSGI_SKIP_BUILD") != "1":
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     out = subprocess.run(
-        [str(ROOT / "target/release/ngx-wsgi"), "paths"], capture_output=True, text=True, check=True
+        [str(BUILD_DIR / "ngx-wsgi"), "paths"], capture_output=True, text=True, check=True
     ).stdout
     paths = dict(line.split(": ", 1) for line in out.splitlines())
     return paths["module"], paths["nginx"]
 
 
-APACHE_MODULE = ROOT / "target/release/libmod_ngx_wsgi.so"
+APACHE_MODULE = BUILD_DIR / "libmod_ngx_wsgi.so"
 APACHE_BINARY = shutil.which("apache2") or "/usr/sbin/apache2"
 APACHE_MODULES = pathlib.Path("/usr/lib/apache2/modules")
 
@@ -92,6 +99,8 @@ class Nginx:
         self.proc = None
         user = "user root root;\n" if os.geteuid() == 0 else ""
         home_line = f"wsgi_python_home {python_home()};\n" if home and python_home() else ""
+        # nginx gives its workers only the environment its `env` directives name.
+        main_extra = "".join(f"env {k};\n" for k in SERVER_ENV if k == "PYTHONMALLOC") + main_extra
         self.conf = self.prefix / "nginx.conf"
         self.conf.write_text(
             f"load_module {self.module};\n{user}daemon off;\nmaster_process on;\n"
@@ -263,11 +272,11 @@ class Apache:
 
     def run(self, *args):
         return subprocess.run([self.binary, "-f", str(self.conf), *args],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60, env={**os.environ, **SERVER_ENV})
 
     def start(self):
         return start_server(self, "apache2", [self.binary, "-DFOREGROUND", "-f", str(self.conf)],
-                            env={**os.environ, **(self.env or {})})
+                            env={**os.environ, **SERVER_ENV, **(self.env or {})})
 
     output = Nginx.output
     error_log = Nginx.error_log

@@ -7,7 +7,7 @@ import time
 
 import requests
 
-from conftest import ROOT, free_port
+from conftest import BUILD_DIR, free_port
 
 APP = '''
 def application(environ, start_response):
@@ -33,7 +33,7 @@ def test_serve_with_reload_follows_edits(built, tmp_path):
     app.parent.mkdir()
     app.write_text(APP.replace("VERSION", "v1"))
     port = free_port()
-    proc = subprocess.Popen([str(ROOT / "target/release/ngx-wsgi"), "serve", str(app), "--port", str(port),
+    proc = subprocess.Popen([str(BUILD_DIR / "ngx-wsgi"), "serve", str(app), "--port", str(port),
                              "--reload"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}/"

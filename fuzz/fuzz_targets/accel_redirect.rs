@@ -40,7 +40,11 @@ fn nginx_refuses(value: &[u8]) -> bool {
 fuzz_target!(|data: &[u8]| {
     let result = check_redirect(data);
     if nginx_refuses(data) {
-        assert!(result.is_err(), "nginx refuses {:?}", String::from_utf8_lossy(data));
+        assert!(
+            result.is_err(),
+            "nginx refuses {:?}",
+            String::from_utf8_lossy(data)
+        );
     }
     match result {
         Ok(RedirectTarget::Named(name)) => {
@@ -48,7 +52,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(data[0], b'@');
             assert!(!data.iter().any(is_control));
         }
-        Ok(RedirectTarget::Uri { path, raw_path, args }) => {
+        Ok(RedirectTarget::Uri {
+            path,
+            raw_path,
+            args,
+        }) => {
             assert_eq!(raw_path, path_of(data));
             let mut rebuilt = raw_path.to_vec();
             if data.len() > raw_path.len() {
@@ -65,7 +73,9 @@ fuzz_target!(|data: &[u8]| {
         Err(Refusal::NotAbsolute) => assert!(!matches!(data.first(), None | Some(b'/' | b'@'))),
         Err(Refusal::BadEscape) => assert_eq!(percent_decoded(path_of(data)), None),
         Err(Refusal::DotDot) => {
-            assert!(has_dot_dot_segment(&percent_decoded(path_of(data)).unwrap()))
+            assert!(has_dot_dot_segment(
+                &percent_decoded(path_of(data)).unwrap()
+            ))
         }
         Err(Refusal::ControlCharacter) => assert!(
             data.iter().any(is_control)

@@ -20,7 +20,8 @@ fn expected(value: &[u8]) -> Option<u64> {
         None => &b"0"[..],
     };
     // Two digit strings of the same length compare as their numbers do.
-    let fits = significant.len() < MAX.len() || (significant.len() == MAX.len() && significant <= MAX);
+    let fits =
+        significant.len() < MAX.len() || (significant.len() == MAX.len() && significant <= MAX);
     fits.then(|| std::str::from_utf8(significant).unwrap().parse().unwrap())
 }
 

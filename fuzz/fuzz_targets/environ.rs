@@ -96,9 +96,19 @@ fn model(req: &Request) -> BTreeMap<String, String> {
         } else {
             let upper: Vec<u8> = name
                 .iter()
-                .map(|&c| if c == b'-' { b'_' } else { c.to_ascii_uppercase() })
+                .map(|&c| {
+                    if c == b'-' {
+                        b'_'
+                    } else {
+                        c.to_ascii_uppercase()
+                    }
+                })
                 .collect();
-            let sep = if name.eq_ignore_ascii_case(b"cookie") { "; " } else { ", " };
+            let sep = if name.eq_ignore_ascii_case(b"cookie") {
+                "; "
+            } else {
+                ", "
+            };
             (format!("HTTP_{}", latin1(&upper)), sep)
         };
         let value = latin1(value);
@@ -125,7 +135,10 @@ fn model(req: &Request) -> BTreeMap<String, String> {
         length(&mut env);
     }
     // Set last, from the connection and the request's body.
-    env.insert("wsgi.url_scheme".into(), (if req.https { "https" } else { "http" }).into());
+    env.insert(
+        "wsgi.url_scheme".into(),
+        (if req.https { "https" } else { "http" }).into(),
+    );
     env.remove("wsgi.input");
     env
 }
@@ -140,11 +153,18 @@ fuzz_target!(|req: Request| {
     assert_eq!(info.request_id(), req.request_id.as_slice());
     let expected = model(&req);
     with_python(|py| {
-        let environ = info.to_environ(py, py.None().into_bound(py)).expect("the environ builds");
+        let environ = info
+            .to_environ(py, py.None().into_bound(py))
+            .expect("the environ builds");
         let got = strings(&environ);
         assert_eq!(got, expected);
         // The shared entries are there, whatever the request held (params may replace them).
-        for key in ["wsgi.version", "wsgi.input", "wsgi.errors", "wsgi.file_wrapper"] {
+        for key in [
+            "wsgi.version",
+            "wsgi.input",
+            "wsgi.errors",
+            "wsgi.file_wrapper",
+        ] {
             assert!(environ.contains(key).unwrap());
         }
     });

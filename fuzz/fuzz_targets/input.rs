@@ -54,7 +54,11 @@ impl BodySource for Pieces {
     fn read(&self, max: usize) -> std::io::Result<Vec<u8>> {
         let mut guard = self.rest.lock().unwrap();
         let (data, sizes, turn) = &mut *guard;
-        let size = if sizes.is_empty() { 1 } else { usize::from(sizes[*turn % sizes.len()]).max(1) };
+        let size = if sizes.is_empty() {
+            1
+        } else {
+            usize::from(sizes[*turn % sizes.len()]).max(1)
+        };
         *turn += 1;
         let n = size.min(max).min(data.len());
         Ok(data.drain(..n).collect())
@@ -88,23 +92,39 @@ fn segmented(body: &[u8], lengths: &[(u8, bool)], gap: u8) -> (Body, Backing) {
             file.write_all(&vec![b'#'; usize::from(gap)]).unwrap();
             file_len += u64::from(gap);
             file.write_all(bytes).unwrap();
-            segments.push(Segment::File { fd: file.as_raw_fd(), offset: file_len, len: len as u64 });
+            segments.push(Segment::File {
+                fd: file.as_raw_fd(),
+                offset: file_len,
+                len: len as u64,
+            });
             file_len += len as u64;
         } else {
             let piece = bytes.to_vec();
-            segments.push(Segment::Memory { ptr: piece.as_ptr(), len: piece.len() });
+            segments.push(Segment::Memory {
+                ptr: piece.as_ptr(),
+                len: piece.len(),
+            });
             pieces.push(piece);
         }
     }
     // SAFETY: every memory segment points into `pieces` and every file segment into `file`,
     // both returned with the body and dropped after it.
     let body = unsafe { Body::from_segments(segments) };
-    (body, Backing { _pieces: pieces, _file: Some(file) })
+    (
+        body,
+        Backing {
+            _pieces: pieces,
+            _file: Some(file),
+        },
+    )
 }
 
 fuzz_target!(|case: Case| {
     let (body, _backing) = match &case.layout {
-        Layout::Owned => (RequestBody::Buffered(Body::from_vec(case.body.clone())), None),
+        Layout::Owned => (
+            RequestBody::Buffered(Body::from_vec(case.body.clone())),
+            None,
+        ),
         Layout::Segments(lengths) if !lengths.is_empty() && lengths.iter().any(|l| l.0 > 0) => {
             let (body, backing) = segmented(&case.body, lengths, case.file_gap);
             assert_eq!(body.len(), case.body.len() as u64);
@@ -112,14 +132,18 @@ fuzz_target!(|case: Case| {
         }
         Layout::Segments(_) => return,
         Layout::Streamed(sizes) => {
-            let source = Pieces { rest: Mutex::new((case.body.iter().copied().collect(), sizes.clone(), 0)) };
+            let source = Pieces {
+                rest: Mutex::new((case.body.iter().copied().collect(), sizes.clone(), 0)),
+            };
             (RequestBody::Streamed(Arc::new(source)), None)
         }
     };
     with_python(|py| {
         let ours = Bound::new(py, Input::new(body)).unwrap();
         let io = py.import("io").unwrap();
-        let reference = io.call_method1("BytesIO", (pyo3::types::PyBytes::new(py, &case.body),)).unwrap();
+        let reference = io
+            .call_method1("BytesIO", (pyo3::types::PyBytes::new(py, &case.body),))
+            .unwrap();
         for op in &case.ops {
             if let Op::Detach = op {
                 ours.borrow_mut().detach();
@@ -140,7 +164,10 @@ fn apply(f: &Bound<'_, PyAny>, op: &Op) -> Result<String, String> {
         Op::Read(n) => f.call_method1("read", (n,)),
         Op::ReadLine(n) => f.call_method1("readline", (n,)),
         Op::ReadLines(n) => f.call_method1("readlines", (n,)),
-        Op::Next => py.import("builtins").unwrap().call_method1("next", (f, "end")),
+        Op::Next => py
+            .import("builtins")
+            .unwrap()
+            .call_method1("next", (f, "end")),
         Op::Detach => unreachable!(),
     };
     match result {

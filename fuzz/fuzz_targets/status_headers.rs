@@ -64,7 +64,10 @@ fn check_header(name: &str, value: &str) -> bool {
 }
 
 /// The head the per-item checks describe, or `None` when one of them refuses.
-fn model(call: &Call, ignored: AccelHeaders) -> Option<(u16, Option<u64>, Vec<(Vec<u8>, Vec<u8>)>)> {
+fn model(
+    call: &Call,
+    ignored: AccelHeaders,
+) -> Option<(u16, Option<u64>, Vec<(Vec<u8>, Vec<u8>)>)> {
     let (code, _) = parse_status(&call.status).ok()?;
     let mut length = None;
     let mut headers = Vec::new();
@@ -106,7 +109,10 @@ fuzz_target!(|call: Call| {
             (Ok(head), Some((code, length, headers))) => {
                 assert_eq!(head.status, *code);
                 assert_eq!(head.content_length, *length);
-                let got: Vec<_> = head.headers().map(|(n, v)| (n.to_vec(), v.to_vec())).collect();
+                let got: Vec<_> = head
+                    .headers()
+                    .map(|(n, v)| (n.to_vec(), v.to_vec()))
+                    .collect();
                 assert_eq!(&got, headers);
                 check_redirect_head(head);
             }
