@@ -63,11 +63,11 @@ fn check_header(name: &str, value: &str) -> bool {
     accepted.is_ok()
 }
 
+/// Status, Content-Length and the other headers (as bytes) of a head.
+type Expected = (u16, Option<u64>, Vec<(Vec<u8>, Vec<u8>)>);
+
 /// The head the per-item checks describe, or `None` when one of them refuses.
-fn model(
-    call: &Call,
-    ignored: AccelHeaders,
-) -> Option<(u16, Option<u64>, Vec<(Vec<u8>, Vec<u8>)>)> {
+fn model(call: &Call, ignored: AccelHeaders) -> Option<Expected> {
     let (code, _) = parse_status(&call.status).ok()?;
     let mut length = None;
     let mut headers = Vec::new();
