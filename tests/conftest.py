@@ -5,6 +5,7 @@ Tests about WSGI semantics take the `wsgi_factory` fixture, which runs them once
 (`[nginx]`, `[apache]`) from server-neutral `route()`s; tests about nginx's directives and
 processes take `nginx_factory`."""
 
+import http.client
 import os
 import pathlib
 import re
@@ -203,6 +204,18 @@ def raw_request(port, data, timeout=10, read_until_close=True):
         except socket.timeout:
             chunks.append(b"<timeout>")
         return b"".join(chunks)
+
+
+def http_get(server, target, headers=None):
+    """GET `target` exactly as written (no client-side normalisation of dots or escapes);
+    returns status, headers and body."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("GET", target, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.headers, r.read()
+    finally:
+        conn.close()
 
 
 class Route:

@@ -1,11 +1,10 @@
 """The app's X-Accel-* headers: a redirect target that could leave its location is refused (a 500
 and one error-log line), the headers can be ignored by configuration, none reaches the client,
 and nginx acts on X-Accel-Limit-Rate and X-Accel-Charset as its upstream modules do."""
-import http.client
 
 import pytest
 
-from conftest import APACHE_MODULES, APPS, location, route
+from conftest import APACHE_MODULES, APPS, http_get, location, route
 
 RESPONSES = APPS / "responses.py"
 SECURITY = APPS / "security.py"
@@ -31,15 +30,6 @@ def server(wsgi_factory):
     ).start()
 
 
-def get(server, target, headers=None):
-    """GET `target` exactly as written (no client-side normalisation of dots or escapes)."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    try:
-        conn.request("GET", target, headers=headers or {})
-        r = conn.getresponse()
-        return r.status, r.headers, r.read()
-    finally:
-        conn.close()
 
 
 ESCAPES = [
@@ -62,7 +52,7 @@ ESCAPES = [
 def test_a_target_that_could_leave_its_location_is_a_500_and_one_log_line(server, target):
     needle = f'X-Accel-Redirect "{target}" was refused'
     before = server.error_log().count(needle)
-    status, headers, body = get(server, f"/accel?{target}")
+    status, headers, body = http_get(server, f"/accel?{target}")
     assert status == 500
     assert b"def accel" not in body and b"replaced by the redirect" not in body
     assert "X-Accel-Redirect" not in headers
@@ -72,20 +62,20 @@ def test_a_target_that_could_leave_its_location_is_a_500_and_one_log_line(server
 @pytest.mark.parametrize("target", ["/protected/hello.txt", "/protected/hello%2etxt",
                                     "/protected/./hello.txt", "/protected/hello.txt?a=../..%00"])
 def test_a_safe_target_is_decoded_and_served(server, target):
-    status, headers, body = get(server, f"/accel?{target}")
+    status, headers, body = http_get(server, f"/accel?{target}")
     assert (status, body) == (200, b"protected file contents\n")
     assert headers["Content-Disposition"] == "attachment; filename=hello.txt"
 
 
 def test_an_ignored_x_accel_redirect_leaves_the_apps_response_and_is_not_sent(server):
-    status, headers, body = get(server, "/ignored?/protected/hello.txt")
+    status, headers, body = http_get(server, "/ignored?/protected/hello.txt")
     assert (status, body) == (200, b"this body is replaced by the redirect target")
     assert headers["Content-Type"] == "text/html"
     assert "X-Accel-Redirect" not in headers
 
 
 def test_x_accel_headers_are_for_the_server_never_for_the_client(server):
-    status, headers, body = get(server, "/headers?X-Accel-Buffering=no&X-Accel-Expires=10"
+    status, headers, body = http_get(server, "/headers?X-Accel-Buffering=no&X-Accel-Expires=10"
                                         "&X-Accel-Limit-Rate=100&X-Accel-Charset=utf-8&X-Accel-Other=kept")
     assert (status, body) == (200, b"the app's own body\n")
     assert not [h for h in headers if h.lower().startswith("x-accel-") and h != "X-Accel-Other"]
@@ -116,7 +106,7 @@ def nginx_server(nginx_factory):
     ("", "0"),
 ])
 def test_x_accel_limit_rate_paces_the_response(nginx_server, query, limit):
-    status, headers, body = get(nginx_server, f"/headers?{query}")
+    status, headers, body = http_get(nginx_server, f"/headers?{query}")
     assert (status, body) == (200, b"the app's own body\n")
     assert headers["X-Limit"] == limit
     assert "X-Accel-Limit-Rate" not in headers
@@ -124,24 +114,24 @@ def test_x_accel_limit_rate_paces_the_response(nginx_server, query, limit):
 
 def test_x_accel_limit_rate_applies_to_the_redirect_target(nginx_server):
     redirect = "X-Accel-Redirect=/protected/hello.txt&X-Accel-Limit-Rate=54321"
-    status, headers, body = get(nginx_server, f"/headers?{redirect}")
+    status, headers, body = http_get(nginx_server, f"/headers?{redirect}")
     assert (status, body) == (200, b"protected file contents\n")
     assert headers["X-Limit"] == "54321"
-    status, headers, body = get(nginx_server, f"/ignoring?{redirect}")
+    status, headers, body = http_get(nginx_server, f"/ignoring?{redirect}")
     assert (status, body) == (200, b"protected file contents\n")
     assert headers["X-Limit"] == "0"
-    status, headers, body = get(nginx_server, f"/outer/inner?{redirect}")
+    status, headers, body = http_get(nginx_server, f"/outer/inner?{redirect}")
     assert (status, body) == (200, b"the app's own body\n")
     assert headers["X-Limit"] == "54321"
 
 
 def test_x_accel_charset_sets_the_responses_charset(nginx_server):
-    _, headers, _ = get(nginx_server, "/headers?X-Accel-Charset=utf-8")
+    _, headers, _ = http_get(nginx_server, "/headers?X-Accel-Charset=utf-8")
     assert headers["Content-Type"] == "text/plain; charset=utf-8"
     assert "X-Accel-Charset" not in headers
-    _, headers, _ = get(nginx_server, "/headers")
+    _, headers, _ = http_get(nginx_server, "/headers")
     assert headers["Content-Type"] == "text/plain"
-    _, headers, _ = get(nginx_server, "/ignoring?X-Accel-Charset=utf-8")
+    _, headers, _ = http_get(nginx_server, "/ignoring?X-Accel-Charset=utf-8")
     assert headers["Content-Type"] == "text/plain"
     assert "X-Accel-Charset" not in headers
 

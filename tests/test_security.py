@@ -3,13 +3,12 @@ not. The module trusts the app (it runs inside the worker) but checks what the a
 server wherever a mistake would put bytes on the wire, leave a location or make the module and the
 server disagree; it never trusts the client (nginx and Apache parse the request, the module reads
 their result)."""
-import http.client
 from urllib.parse import quote
 
 import pytest
 import requests
 
-from conftest import APPS, location, raw_request, route
+from conftest import APPS, http_get, location, raw_request, route
 
 SECURITY = APPS / "security.py"
 RESPONSES = APPS / "responses.py"
@@ -27,14 +26,6 @@ def server(wsgi_factory):
     ).start()
 
 
-def get(server, target, headers=None):
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    try:
-        conn.request("GET", target, headers=headers or {})
-        r = conn.getresponse()
-        return r.status, r.headers, r.read()
-    finally:
-        conn.close()
 
 
 def status_of(response):
@@ -90,7 +81,7 @@ def test_a_status_from_the_app_cannot_inject_a_line(server, status):
 def test_an_app_content_length_the_server_cannot_hold_is_a_500(server, length):
     needle = f'Content-Length "{length}" is not a length'
     before = server.error_log().count(needle)
-    status, _, body = get(server, f"/length?length={quote(length, safe='')}")
+    status, _, body = http_get(server, f"/length?length={quote(length, safe='')}")
     assert status == 500 and b"12345" not in body
     assert server.error_log().count(needle) == before + 1, server.error_log()[-3000:]
 
@@ -152,7 +143,7 @@ def test_content_length_with_chunked_encoding_cannot_smuggle_a_request(server):
 
 
 def test_x_accel_redirect_from_the_client_does_nothing(server):
-    status, headers, body = get(server, "/headers?X-Plain=1", headers={
+    status, headers, body = http_get(server, "/headers?X-Plain=1", headers={
         "X-Accel-Redirect": "/protected/hello.txt", "X-Accel-Limit-Rate": "1", "X-Accel-Charset": "koi8-r"})
     assert (status, body) == (200, b"the app's own body\n")
     assert headers["Content-Type"] == "text/plain" and headers["X-Plain"] == "1"
@@ -205,19 +196,19 @@ def metrics_server(nginx_factory):
 @pytest.mark.parametrize("target", ["/wsgi-metrics", "/wsgi-metrics?x=1", "//wsgi-metrics", "/app/../wsgi-metrics",
                                     "/%77sgi-metrics", "/app/%2e%2e/wsgi-metrics"])
 def test_a_denied_metrics_location_stays_denied_however_spelled(metrics_server, target):
-    status, _, body = get(metrics_server, target)
+    status, _, body = http_get(metrics_server, target)
     assert status == 403 and b"wsgi_responses_total" not in body
 
 
 def test_an_app_cannot_redirect_a_client_into_a_denied_metrics_location(metrics_server):
-    status, _, body = get(metrics_server, "/app/x?/wsgi-metrics")
+    status, _, body = http_get(metrics_server, "/app/x?/wsgi-metrics")
     assert status == 403 and b"wsgi_responses_total" not in body
-    status, _, body = get(metrics_server, "/app/x?/open-metrics")
+    status, _, body = http_get(metrics_server, "/app/x?/open-metrics")
     assert status == 200 and b"wsgi_responses_total" in body, "the allowed one answers"
 
 
 def test_metrics_are_only_where_wsgi_status_is(metrics_server):
-    status, _, body = get(metrics_server, "/hello?x=1")
+    status, _, body = http_get(metrics_server, "/hello?x=1")
     assert status == 200 and b"wsgi_responses_total" not in body
-    status, _, body = get(metrics_server, "/open-metrics")
+    status, _, body = http_get(metrics_server, "/open-metrics")
     assert status == 200 and b"wsgi_responses_total" in body
