@@ -97,7 +97,7 @@ pub fn finalize() -> Result<(), String> {
     if MAIN_THREAD_STATE.load(Ordering::Acquire).is_null() {
         return Ok(());
     }
-    crate::watchdog::wait_idle(std::time::Duration::from_secs(2));
+    crate::watchdog::stop(std::time::Duration::from_secs(2));
     let tstate = MAIN_THREAD_STATE.swap(ptr::null_mut(), Ordering::AcqRel);
     if tstate.is_null() {
         return Ok(());
