@@ -17,10 +17,12 @@ pub mod interpreter;
 pub mod log_text;
 pub mod logging_bridge;
 pub mod metrics;
+pub mod recycle;
 pub mod request;
 pub mod response;
 pub mod server_log;
 pub mod sink;
+pub mod threads;
 pub mod traceback;
 pub mod watchdog;
 

@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::ResponseHead;
+use crate::{Outcome, OutcomeKind, ResponseHead};
 
 /// Upper bounds (seconds) of the request duration histogram's buckets.
 pub const BUCKETS: [f64; 12] = [
@@ -258,6 +258,21 @@ pub fn finished(status: u16, duration: Duration, timed_out: bool, client_gone: b
     c.duration_sum_us
         .fetch_add(duration.as_micros() as u64, Relaxed);
     c.duration_count.fetch_add(1, Relaxed);
+}
+
+/// The request came back from Python after `duration` with `outcome` (None: the server's own
+/// failure), or was answered 504 by its timeout.
+pub fn finished_outcome(outcome: Option<&Outcome>, duration: Duration, timed_out: bool) {
+    let (status, client_gone) = match outcome {
+        _ if timed_out => (504, false),
+        None => (500, false),
+        Some(o) => match o.kind {
+            OutcomeKind::Failed => (500, false),
+            OutcomeKind::ClientGone => (499, true),
+            _ => (status_of(o.head.as_ref(), 500), false),
+        },
+    };
+    finished(status, duration, timed_out, client_gone);
 }
 
 /// A request's deadline passed while it was inside Python: its thread is lost until it returns.

@@ -69,8 +69,10 @@ impl RequestWatch {
 
     /// Hands the request to the watchdog thread (never waits for the GIL, so the server's event
     /// loop may call it): it logs `what` with the Python stack of the request's thread and
-    /// raises `TimeoutError` in it, if the request is still inside Python by then.
+    /// raises `TimeoutError` in it, if the request is still inside Python by then. A request
+    /// that has not started by now never starts, even if it gets the GIL before the watchdog.
     pub fn interrupt_in_background(self: &Arc<Self>, what: String) {
+        self.expired.store(true, Ordering::Release);
         submit(Interrupt {
             watch: self.clone(),
             what,
@@ -80,6 +82,7 @@ impl RequestWatch {
 
     /// The same, with the watchdog's log entry written inside `scope`.
     pub fn interrupt_in_background_with(self: &Arc<Self>, what: String, scope: LogScope) {
+        self.expired.store(true, Ordering::Release);
         submit(Interrupt {
             watch: self.clone(),
             what,
@@ -89,11 +92,10 @@ impl RequestWatch {
 
     fn interrupt(&self, py: Python<'_>, what: &str) {
         if !self.running.load(Ordering::Acquire) {
-            self.expired.store(true, Ordering::Release);
             let state = if self.started.load(Ordering::Relaxed) {
                 "it left Python before it could be interrupted"
             } else {
-                "it was still waiting for a thread and will not run"
+                "it was still waiting for a thread or the GIL and will not run"
             };
             tracing::error!(target: "wsgi", "{what}; {state}");
             return;
@@ -165,10 +167,7 @@ fn submit(job: Interrupt) {
     q.jobs.push_back(job);
     if q.thread.is_none() {
         q.ended = false;
-        match std::thread::Builder::new()
-            .name("wsgi-watchdog".into())
-            .spawn(watch_loop)
-        {
+        match crate::threads::spawn_quiet("wsgi-watchdog", watch_loop) {
             Ok(handle) => q.thread = Some(handle),
             Err(e) => {
                 q.jobs.pop_back();
@@ -183,7 +182,6 @@ fn submit(job: Interrupt) {
 }
 
 fn watch_loop() {
-    block_signals();
     loop {
         let batch: Vec<Interrupt> = {
             let mut q = queue();
@@ -203,17 +201,6 @@ fn watch_loop() {
             // waits, so finalising the interpreter never has to account for it.
             Python::attach(|py| batch.into_iter().for_each(|job| job.run(py)));
         }
-    }
-}
-
-/// The server's signals go to the threads that handle them (nginx's event loop, Apache's main
-/// thread), never to this one, whichever thread started it.
-fn block_signals() {
-    // SAFETY: a full set built by sigfillset, applied to the calling thread only.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
     }
 }
 
