@@ -1,5 +1,6 @@
-//! The directives: `NgxWsgiApp` (server, virtual host, `<Location>`, `<Directory>`),
-//! `NgxWsgiPythonHome` and `NgxWsgiPythonPath` (main server only: one interpreter per child).
+//! The directives: `NgxWsgiApp`, `NgxWsgiRequestBuffering`, `NgxWsgiRequestTimeout` (server,
+//! virtual host, `<Location>`, `<Directory>`), `NgxWsgiPythonHome`, `NgxWsgiPythonPath`,
+//! `NgxWsgiMaxRequests` and `NgxWsgiMaxRSS` (main server only: one interpreter per child).
 //!
 //! Apache reads its configuration in the parent, which never runs Python; what the children need
 //! (the apps to import, the interpreter settings) is kept in a process-wide registry that the
@@ -12,8 +13,9 @@ use std::sync::Mutex;
 use ngx_wsgi::{AppSpec, PythonSettings};
 
 use crate::bindings::{
-    ap_check_cmd_context, ap_get_module_config, ap_server_root, apr_palloc, apr_pool_t,
-    apr_pstrmemdup, cmd_parms, request_rec, GLOBAL_ONLY,
+    ap_check_cmd_context, ap_get_module_config, ap_server_root, ap_timeout_parameter_parse,
+    apr_interval_time_t, apr_palloc, apr_pool_t, apr_pstrmemdup, apr_status_t, cmd_parms,
+    request_rec, APR_SUCCESS, GLOBAL_ONLY,
 };
 use crate::ffi_guard::guard;
 
@@ -29,6 +31,8 @@ pub(crate) struct DirConf {
     mount_len: usize,
     /// `NgxWsgiRequestBuffering`: 1 on, 0 off, negative: not set here.
     buffering: c_int,
+    /// `NgxWsgiRequestTimeout` in microseconds: 0 none, negative: not set here.
+    timeout_us: i64,
     /// The app was configured in a `<Directory>` or `<Files>` section, which Apache applies only
     /// once it has mapped the URL to a file (the app cannot claim its URLs before that).
     by_file: c_int,
@@ -47,6 +51,14 @@ impl DirConf {
     /// Whether a chunked request body is read whole before the app starts (the default).
     pub(crate) fn request_buffering(&self) -> bool {
         self.buffering != 0
+    }
+
+    /// How long a request may stay inside Python before it is answered 504 (None: no limit).
+    pub(crate) fn request_timeout(&self) -> Option<std::time::Duration> {
+        u64::try_from(self.timeout_us)
+            .ok()
+            .filter(|&us| us > 0)
+            .map(std::time::Duration::from_micros)
     }
 
     pub(crate) fn mount(&self) -> &[u8] {
@@ -81,6 +93,18 @@ pub(crate) struct Registry {
     pub(crate) python: PythonSettings,
     /// `file:line` of `NgxWsgiPythonHome`.
     pub(crate) python_home_at: String,
+    /// `NgxWsgiMaxRequests N [jitter=M]` (0: no limit).
+    pub(crate) max_requests: u64,
+    pub(crate) max_requests_jitter: u64,
+    /// `NgxWsgiMaxRSS` in bytes (0: no limit).
+    pub(crate) max_rss: usize,
+}
+
+impl Registry {
+    /// Whether children are recycled by request count or memory.
+    pub(crate) fn recycles(&self) -> bool {
+        self.max_requests > 0 || self.max_rss > 0
+    }
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
@@ -90,6 +114,9 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
         path: Vec::new(),
     },
     python_home_at: String::new(),
+    max_requests: 0,
+    max_requests_jitter: 0,
+    max_rss: 0,
 });
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
@@ -140,6 +167,7 @@ pub(crate) unsafe extern "C" fn create_dir_config(
         mount: std::ptr::null(),
         mount_len: 0,
         buffering: -1,
+        timeout_us: -1,
         by_file: 0,
     };
     guard("create_dir_config", std::ptr::null_mut(), || {
@@ -163,6 +191,11 @@ pub(crate) unsafe extern "C" fn merge_dir_config(
                 new.buffering
             } else {
                 base.buffering
+            };
+            merged.timeout_us = if new.timeout_us >= 0 {
+                new.timeout_us
+            } else {
+                base.timeout_us
             };
             alloc(pool, merged)
         }
@@ -353,4 +386,139 @@ pub(crate) unsafe extern "C" fn add_python_path(
             }
         },
     )
+}
+
+/// `NgxWsgiRequestTimeout TIME` (seconds, or with a unit: `500ms`, `30s`, `5mi`, `1h`; 0: none)
+pub(crate) unsafe extern "C" fn set_request_timeout(
+    cmd: *mut cmd_parms,
+    conf: *mut c_void,
+    arg: *const c_char,
+) -> *const c_char {
+    guard(
+        "NgxWsgiRequestTimeout",
+        c"NgxWsgiRequestTimeout: internal error".as_ptr(),
+        || {
+            // SAFETY: Apache passes the running command, this module's directory configuration
+            // of the section and the directive's argument; `timeout` is written by the parser.
+            unsafe {
+                let mut timeout: apr_interval_time_t = 0;
+                if ap_timeout_parameter_parse(arg, &mut timeout, c"s".as_ptr())
+                    != APR_SUCCESS as apr_status_t
+                    || timeout < 0
+                {
+                    return error(
+                        cmd,
+                        &format!(
+                            "NgxWsgiRequestTimeout: invalid time \"{}\" (seconds, or with a unit: 500ms, 30s, 5mi, 1h; 0 for none)",
+                            text(arg)
+                        ),
+                    );
+                }
+                (*(conf as *mut DirConf)).timeout_us = timeout;
+                std::ptr::null()
+            }
+        },
+    )
+}
+
+/// `NgxWsgiMaxRequests N [jitter=M]`
+pub(crate) unsafe extern "C" fn set_max_requests(
+    cmd: *mut cmd_parms,
+    _conf: *mut c_void,
+    count: *const c_char,
+    jitter: *const c_char,
+) -> *const c_char {
+    guard(
+        "NgxWsgiMaxRequests",
+        c"NgxWsgiMaxRequests: internal error".as_ptr(),
+        || {
+            // SAFETY: as in `set_app`; `jitter` is NULL when the directive has one argument.
+            unsafe {
+                let refused = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+                if !refused.is_null() {
+                    return refused;
+                }
+                let max_requests = match text(count).parse::<u64>() {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        return error(
+                            cmd,
+                            &format!(
+                                "NgxWsgiMaxRequests: \"{}\": needs a number of requests above 0",
+                                text(count)
+                            ),
+                        )
+                    }
+                };
+                let jitter = if jitter.is_null() {
+                    0
+                } else {
+                    match text(jitter)
+                        .strip_prefix("jitter=")
+                        .and_then(|j| j.parse::<u64>().ok())
+                    {
+                        Some(j) => j,
+                        None => {
+                            return error(
+                                cmd,
+                                &format!(
+                                    "NgxWsgiMaxRequests: invalid parameter \"{}\" (expected jitter=NUMBER)",
+                                    text(jitter)
+                                ),
+                            )
+                        }
+                    }
+                };
+                let mut reg = registry();
+                reg.max_requests = max_requests;
+                reg.max_requests_jitter = jitter;
+                std::ptr::null()
+            }
+        },
+    )
+}
+
+/// `NgxWsgiMaxRSS SIZE` (bytes, or with a unit: `512k`, `48m`, `2g`)
+pub(crate) unsafe extern "C" fn set_max_rss(
+    cmd: *mut cmd_parms,
+    _conf: *mut c_void,
+    arg: *const c_char,
+) -> *const c_char {
+    guard(
+        "NgxWsgiMaxRSS",
+        c"NgxWsgiMaxRSS: internal error".as_ptr(),
+        || {
+            // SAFETY: as in `set_app`.
+            unsafe {
+                let refused = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+                if !refused.is_null() {
+                    return refused;
+                }
+                match size(text(arg)) {
+                Some(bytes) if bytes > 0 => {
+                    registry().max_rss = bytes;
+                    std::ptr::null()
+                }
+                _ => error(
+                    cmd,
+                    &format!(
+                        "NgxWsgiMaxRSS: invalid value \"{}\" (bytes, or with a unit: 512k, 48m, 2g)",
+                        text(arg)
+                    ),
+                ),
+            }
+            }
+        },
+    )
+}
+
+/// A size with an optional `k`, `m` or `g` unit (any case), as nginx writes them.
+fn size(text: &str) -> Option<usize> {
+    let (digits, shift) = match text.as_bytes().last()?.to_ascii_lowercase() {
+        b'k' => (&text[..text.len() - 1], 10),
+        b'm' => (&text[..text.len() - 1], 20),
+        b'g' => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    digits.parse::<usize>().ok()?.checked_mul(1 << shift)
 }

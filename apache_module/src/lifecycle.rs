@@ -1,6 +1,7 @@
 //! Process life: the configuration registry is reset before each reading of the configuration
 //! (in the parent, which never starts Python); each child starts its own interpreter and imports
-//! the apps in `child_init`, before its threads serve requests, and finalises it when it exits.
+//! the apps in `child_init`, before its threads serve requests, and finalises it when it exits
+//! (after its deadline thread and the core's watchdog have stopped).
 
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,10 +36,13 @@ pub(crate) unsafe extern "C" fn pre_config(
 
 pub(crate) unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec) {
     guard("child_init", (), || {
+        crate::graceful::child_init();
+        crate::metrics::child_init();
         let registry = crate::config::snapshot();
         if registry.apps.is_empty() {
             return;
         }
+        crate::recycle::configure(&registry);
         if let Err(e) = interpreter::initialize(&registry.python) {
             log::write(APLOG_EMERG as c_int, &format!("wsgi: {e}"));
             return;
@@ -70,6 +74,7 @@ pub(crate) unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut ser
 unsafe extern "C" fn child_exit(_data: *mut c_void) -> apr_status_t {
     guard("child exit", APR_SUCCESS as apr_status_t, || {
         READY.store(false, Ordering::Release);
+        crate::deadline::stop();
         if let Err(e) = interpreter::finalize() {
             log::write(APLOG_ALERT as c_int, &format!("wsgi: {e}"));
         }
