@@ -220,13 +220,39 @@ def route(path, app, nginx="", apache=""):
     return Route(path, app, nginx, apache)
 
 
+class Status:
+    """Where the server answers its Prometheus metrics: `wsgi_status` / `SetHandler ngx-wsgi-status`."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def for_nginx(self):
+        return f"  location = {self.path} {{ wsgi_status; }}\n"
+
+    def for_apache(self):
+        return f"<Location {self.path}>\n  SetHandler ngx-wsgi-status\n</Location>\n"
+
+
+def status(path):
+    return Status(path)
+
+
+def wait_for(condition, timeout=20, what="the condition"):
+    """Polls `condition` (a readiness signal: a log line, a process, a metric) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 class Apache:
     """One Apache httpd (event MPM, foreground) with the module: its own ServerRoot, port and
-    error log, one child process with `threads` worker threads."""
+    error log, `processes` child processes with `threads` worker threads each."""
 
     kind = "apache"
 
-    def __init__(self, routes, threads=16, home=True, server_extra="", env=None):
+    def __init__(self, routes, threads=16, home=True, server_extra="", env=None, processes=1):
         self.binary = APACHE_BINARY
         self.prefix = pathlib.Path(tempfile.mkdtemp(prefix="ngx-wsgi-apache-test-"))
         # The children run as nobody when the tests run as root: they walk the document root.
@@ -253,13 +279,23 @@ class Apache:
             # Debian's apache2.conf: nothing from the file system unless a <Directory> grants it.
             "<Directory />\n AllowOverride None\n Require all denied\n</Directory>\n"
             f"<Directory {self.prefix}/htdocs>\n Require all granted\n</Directory>\n"
-            f"StartServers 1\nServerLimit 1\nThreadsPerChild {threads}\nThreadLimit {threads}\n"
-            f"MaxRequestWorkers {threads}\nMinSpareThreads 1\nMaxSpareThreads {threads}\n"
+            + self.mpm(processes, threads)
             # %2F in a path is decoded like nginx does, instead of Apache's 404.
-            "AllowEncodedSlashes On\n"
+            + "AllowEncodedSlashes On\n"
             f"{home_line}{server_extra}\n"
             + "".join(r.for_apache() for r in routes)
         )
+
+    @staticmethod
+    def mpm(processes, threads):
+        if processes == 1:
+            return (f"StartServers 1\nServerLimit 1\nThreadsPerChild {threads}\nThreadLimit {threads}\n"
+                    f"MaxRequestWorkers {threads}\nMinSpareThreads 1\nMaxSpareThreads {threads}\n")
+        # Slots beyond MaxRequestWorkers are for children that finish gracefully (recycled or
+        # restarted) while their replacements start; a child's worth of idle threads is kept.
+        return (f"StartServers {processes}\nServerLimit {2 * processes}\nThreadsPerChild {threads}\n"
+                f"ThreadLimit {threads}\nMaxRequestWorkers {processes * threads}\n"
+                f"MinSpareThreads {threads}\nMaxSpareThreads {processes * threads}\n")
 
     def run(self, *args):
         return subprocess.run([self.binary, "-f", str(self.conf), *args],
