@@ -13,9 +13,8 @@ use std::sync::Mutex;
 use ngx_wsgi::{AppSpec, PythonSettings};
 
 use crate::bindings::{
-    ap_check_cmd_context, ap_get_module_config, ap_server_root, ap_timeout_parameter_parse,
-    apr_interval_time_t, apr_palloc, apr_pool_t, apr_pstrmemdup, apr_status_t, cmd_parms,
-    request_rec, APR_SUCCESS, GLOBAL_ONLY,
+    ap_check_cmd_context, ap_get_module_config, ap_server_root, apr_palloc, apr_pool_t,
+    apr_pstrmemdup, cmd_parms, request_rec, GLOBAL_ONLY,
 };
 use crate::ffi_guard::guard;
 
@@ -399,13 +398,9 @@ pub(crate) unsafe extern "C" fn set_request_timeout(
         c"NgxWsgiRequestTimeout: internal error".as_ptr(),
         || {
             // SAFETY: Apache passes the running command, this module's directory configuration
-            // of the section and the directive's argument; `timeout` is written by the parser.
+            // of the section and the directive's argument.
             unsafe {
-                let mut timeout: apr_interval_time_t = 0;
-                if ap_timeout_parameter_parse(arg, &mut timeout, c"s".as_ptr())
-                    != APR_SUCCESS as apr_status_t
-                    || timeout < 0
-                {
+                let Some(timeout) = duration_us(text(arg)) else {
                     return error(
                         cmd,
                         &format!(
@@ -413,12 +408,29 @@ pub(crate) unsafe extern "C" fn set_request_timeout(
                             text(arg)
                         ),
                     );
-                }
+                };
                 (*(conf as *mut DirConf)).timeout_us = timeout;
                 std::ptr::null()
             }
         },
     )
+}
+
+/// A time as Apache's own timeouts are written (`ProxyTimeout`, `connectiontimeout=`): a number
+/// of seconds, or of `ms`, `s`, `mi` (minutes) or `h`; in microseconds.
+fn duration_us(text: &str) -> Option<i64> {
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let n: i64 = text[..digits].parse().ok()?;
+    let unit: i64 = match &text[digits..] {
+        "" | "s" => 1_000_000,
+        "ms" => 1_000,
+        "mi" => 60_000_000,
+        "h" => 3_600_000_000,
+        _ => return None,
+    };
+    n.checked_mul(unit)
 }
 
 /// `NgxWsgiMaxRequests N [jitter=M]`
