@@ -60,10 +60,11 @@ APACHE_BINARY = shutil.which("apache2") or "/usr/sbin/apache2"
 APACHE_MODULES = pathlib.Path("/usr/lib/apache2/modules")
 
 
-def start_server(server, name, argv, env=None):
+def start_server(server, name, argv, env=None, new_session=False):
     """Starts `server` in the foreground and waits until its port answers and it has workers."""
     server.stderr = open(server.prefix / "stderr.log", "wb")
-    server.proc = subprocess.Popen(argv, stdout=server.stderr, stderr=server.stderr, env=env)
+    server.proc = subprocess.Popen(argv, stdout=server.stderr, stderr=server.stderr, env=env,
+                                   start_new_session=new_session)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
@@ -247,12 +248,13 @@ def wait_for(condition, timeout=20, what="the condition"):
 
 
 class Apache:
-    """One Apache httpd (event MPM, foreground) with the module: its own ServerRoot, port and
-    error log, `processes` child processes with `threads` worker threads each."""
+    """One Apache httpd (event MPM unless told another, foreground) with the module: its own
+    ServerRoot, port and error log, `processes` child processes with `threads` worker threads
+    each (prefork: one thread each)."""
 
     kind = "apache"
 
-    def __init__(self, routes, threads=16, home=True, server_extra="", env=None, processes=1):
+    def __init__(self, routes, threads=16, home=True, server_extra="", env=None, processes=1, mpm="event"):
         self.binary = APACHE_BINARY
         self.prefix = pathlib.Path(tempfile.mkdtemp(prefix="ngx-wsgi-apache-test-"))
         # The children run as nobody when the tests run as root: they walk the document root.
@@ -267,7 +269,7 @@ class Apache:
         self.conf = self.prefix / "httpd.conf"
         self.conf.write_text(
             f"ServerRoot {self.prefix}\n"
-            f"LoadModule mpm_event_module {APACHE_MODULES}/mod_mpm_event.so\n"
+            f"LoadModule mpm_{mpm}_module {APACHE_MODULES}/mod_mpm_{mpm}.so\n"
             f"LoadModule authz_core_module {APACHE_MODULES}/mod_authz_core.so\n"
             # Debian enables mod_mime: it types files, and must not type an app's responses.
             f"LoadModule mime_module {APACHE_MODULES}/mod_mime.so\nTypesConfig /etc/mime.types\n"
@@ -279,7 +281,7 @@ class Apache:
             # Debian's apache2.conf: nothing from the file system unless a <Directory> grants it.
             "<Directory />\n AllowOverride None\n Require all denied\n</Directory>\n"
             f"<Directory {self.prefix}/htdocs>\n Require all granted\n</Directory>\n"
-            + self.mpm(processes, threads)
+            + self.mpm(mpm, processes, threads)
             # %2F in a path is decoded like nginx does, instead of Apache's 404.
             + "AllowEncodedSlashes On\n"
             f"{home_line}{server_extra}\n"
@@ -287,7 +289,10 @@ class Apache:
         )
 
     @staticmethod
-    def mpm(processes, threads):
+    def mpm(mpm, processes, threads):
+        if mpm == "prefork":
+            return (f"StartServers {processes}\nServerLimit {2 * processes}\nMaxRequestWorkers {processes}\n"
+                    f"MinSpareServers 1\nMaxSpareServers {processes}\n")
         if processes == 1:
             return (f"StartServers 1\nServerLimit 1\nThreadsPerChild {threads}\nThreadLimit {threads}\n"
                     f"MaxRequestWorkers {threads}\nMinSpareThreads 1\nMaxSpareThreads {threads}\n")
@@ -302,8 +307,9 @@ class Apache:
                               capture_output=True, text=True, timeout=60)
 
     def start(self):
+        # Its own process group: prefork's parent stops its children by signalling its group.
         return start_server(self, "apache2", [self.binary, "-DFOREGROUND", "-f", str(self.conf)],
-                            env={**os.environ, **(self.env or {})})
+                            env={**os.environ, **(self.env or {})}, new_session=True)
 
     output = Nginx.output
     error_log = Nginx.error_log
@@ -338,6 +344,7 @@ def wsgi_factory(request, built):
         started.append(server)
         return server
 
+    make.kind = kind
     yield make
     for server in started:
         server.stop()
