@@ -238,6 +238,25 @@ def status(path):
     return Status(path)
 
 
+APACHE_H2 = f"LoadModule http2_module {APACHE_MODULES}/mod_http2.so\nProtocols h2 h2c http/1.1\n"
+
+
+def tls(directory):
+    """Server arguments for TLS (and HTTP/2 over it) with a self-signed certificate made in
+    `directory`, readable by the servers' workers."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=test.local",
+                    "-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem"), "-days", "2"],
+                   check=True, capture_output=True)
+    directory.chmod(0o755)
+    (directory / "key.pem").chmod(0o644)
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    return dict(
+        nginx=dict(listen_extra=" ssl", server_extra=f"http2 on; ssl_certificate {cert}; ssl_certificate_key {key};"),
+        apache=dict(server_extra=APACHE_H2 + f"LoadModule ssl_module {APACHE_MODULES}/mod_ssl.so\n"
+                    f"SSLEngine on\nSSLCertificateFile {cert}\nSSLCertificateKeyFile {key}\n"),
+    )
+
+
 def wait_for(condition, timeout=20, what="the condition"):
     """Polls `condition` (a readiness signal: a log line, a process, a metric) until it holds."""
     deadline = time.monotonic() + timeout

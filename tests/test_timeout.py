@@ -3,6 +3,7 @@ inside Python at its deadline gets a 504 at once, its Python stack goes to the e
 thread is interrupted and comes back; other requests are unaffected."""
 import os
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -10,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, route, wait_for
+from conftest import APPS, route, tls, wait_for
 
 DIRECTIVE = {"nginx": "wsgi_read_timeout", "apache": "NgxWsgiRequestTimeout"}
 
@@ -102,6 +103,29 @@ def test_a_stream_past_its_deadline_is_cut(server):
     assert data.startswith(b"HTTP/1.1 200") and b"data: first" in data
     assert b"data: second" not in data
     assert not data.endswith(b"0\r\n\r\n"), "no clean end of the chunked body"
+
+
+def test_deadline_over_tls_and_http2(wsgi_factory, tmp_path_factory):
+    """The 504 goes out at the deadline through TLS too; over HTTP/2 it ends its stream and the
+    connection serves the next request."""
+    server = wsgi_factory(
+        [route("/", APPS / "sleepy.py", **timeout("500ms")),
+         route("/patient/", APPS / "sleepy.py", apache="NgxWsgiRequestTimeout 0")],
+        **tls(tmp_path_factory.mktemp("tls")),
+    ).start()
+    base = f"https://127.0.0.1:{server.port}"
+
+    def curl(version, *urls):
+        started = time.monotonic()
+        out = subprocess.run(["curl", "-sk", version, "-w", "%{http_code} %{num_connects}\\n"]
+                             + [arg for url in urls for arg in ("-o", "/dev/null", url)],
+                             capture_output=True, text=True, timeout=30).stdout
+        return out.split(), time.monotonic() - started
+    codes, elapsed = curl("--http1.1", f"{base}/slow")
+    assert codes == ["504", "1"] and elapsed < 1.5
+    codes, elapsed = curl("--http2", f"{base}/slow", f"{base}/patient/fast")
+    assert codes == ["504", "1", "200", "0"], "one connection for both"
+    assert elapsed < 1.5
 
 
 def test_a_burst_of_timeouts_is_not_a_burst_of_threads(wsgi_factory):

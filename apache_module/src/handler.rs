@@ -5,7 +5,7 @@ use std::ffi::c_int;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ngx_wsgi::{run_request, Apps, RequestWatch};
+use ngx_wsgi::{run_request, Apps};
 
 use crate::bindings::{
     ap_discard_request_body, request_rec, APLOG_ERR, DECLINED, HTTP_INTERNAL_SERVER_ERROR, OK,
@@ -54,10 +54,9 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
             Err(status) => return status,
         };
         let info = crate::request_info::collect(r, conf.mount(), prepared.dechunked_len);
-        let watch = Arc::new(RequestWatch::default());
         let started = Instant::now();
         ngx_wsgi::metrics::started_in_place();
-        let armed = crate::timeout::arm(r, &side, &watch, conf.request_timeout(), &info);
+        let armed = crate::timeout::arm(r, &side, conf.request_timeout(), &info);
         let outcome = crate::log::with_request(r, &side, || {
             guard("running the app", None, || {
                 Some(run_request(
@@ -65,7 +64,7 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
                     &info,
                     prepared.body,
                     Some(side.clone()),
-                    Some(&watch),
+                    armed.watch(),
                 ))
             })
         });

@@ -30,9 +30,15 @@ const BODY: &[u8] = b"<!DOCTYPE HTML PUBLIC \"-//IETF//DTD HTML 2.0//EN\">\n<htm
 pub(crate) struct Armed {
     side: Arc<Side>,
     ticket: Option<crate::deadline::Ticket>,
+    watch: Option<Arc<RequestWatch>>,
 }
 
 impl Armed {
+    /// Finds the request inside Python, for the core (None: no deadline).
+    pub(crate) fn watch(&self) -> Option<&RequestWatch> {
+        self.watch.as_deref()
+    }
+
     /// The app is done: disarms the deadline; returns whether it answered the request.
     pub(crate) fn finish(mut self) -> bool {
         self.end()
@@ -92,18 +98,20 @@ impl crate::deadline::Expire for Expiry {
     }
 }
 
-/// Starts the request's deadline (`timeout` from now); `finish` the result when the app is done.
+/// Starts the request's deadline (`timeout` from now, None: none); `finish` the result when the
+/// app is done.
 ///
 /// # Safety
 /// `r` is the live request of `side`, on the calling thread.
 pub(crate) unsafe fn arm(
     r: *mut request_rec,
     side: &Arc<Side>,
-    watch: &Arc<RequestWatch>,
     timeout: Option<Duration>,
     info: &RequestInfo,
 ) -> Armed {
-    let ticket = timeout.and_then(|timeout| {
+    // Only a request with a deadline needs to be found inside Python.
+    let watch = timeout.map(|_| Arc::new(RequestWatch::default()));
+    let ticket = timeout.zip(watch.as_ref()).and_then(|(timeout, watch)| {
         let expiry = Expiry {
             side: side.clone(),
             watch: watch.clone(),
@@ -122,6 +130,7 @@ pub(crate) unsafe fn arm(
     Armed {
         side: side.clone(),
         ticket,
+        watch,
     }
 }
 
