@@ -23,9 +23,13 @@ use nginx_sys::{
     NGX_OK,
 };
 
-use crate::ffi_guard::guard;
-use crate::handler::Job;
-use crate::loop_cell::LoopCell;
+use crate::ffi::guard;
+use crate::ffi::loop_cell::LoopCell;
+use crate::job::Job;
+use crate::notify::Pump;
+
+/// Runs one request's app on the calling pool thread (which holds the GIL).
+pub(crate) type Runner = unsafe fn(*mut Job);
 
 /// Requests queued per pool beyond which new ones get a 503 (nginx's own `max_queue` default).
 const MAX_QUEUED: usize = 65536;
@@ -60,6 +64,7 @@ struct State {
 /// The queue of one nginx thread pool in this worker.
 pub(crate) struct RunQueue {
     pool: *mut ngx_thread_pool_t,
+    run: Runner,
     state: Mutex<State>,
 }
 
@@ -75,26 +80,31 @@ unsafe impl Send for Registry {}
 static QUEUES: Mutex<Registry> = Mutex::new(Registry(Vec::new()));
 
 impl RunQueue {
-    /// The queue of `pool` in this worker (made on first use, kept for the process). Event-loop
-    /// thread only.
-    pub(crate) fn of(pool: *mut ngx_thread_pool_t) -> &'static RunQueue {
-        // `of` runs on the event loop only (from `post_job`).
+    /// The queue of `pool` in this worker (made on first use, kept for the process), whose
+    /// drainers run each request with `run`.
+    ///
+    /// # Safety
+    /// Event-loop thread.
+    pub(crate) unsafe fn of(pool: *mut ngx_thread_pool_t, run: Runner) -> &'static RunQueue {
         static LAST: LoopCell<Option<&'static RunQueue>> = LoopCell::new(None);
-        if let Some(q) = LAST.get().filter(|q| q.pool == pool) {
+        // SAFETY: per the function contract.
+        if let Some(q) = unsafe { LAST.get() }.filter(|q| q.pool == pool) {
             return q;
         }
-        let q = Self::find_or_make(pool);
-        LAST.set(Some(q));
+        let q = Self::find_or_make(pool, run);
+        // SAFETY: per the function contract.
+        unsafe { LAST.set(Some(q)) };
         q
     }
 
-    fn find_or_make(pool: *mut ngx_thread_pool_t) -> &'static RunQueue {
+    fn find_or_make(pool: *mut ngx_thread_pool_t, run: Runner) -> &'static RunQueue {
         let mut queues = QUEUES.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(q) = queues.0.iter().find(|q| q.pool == pool) {
             return q;
         }
         let q: &'static RunQueue = Box::leak(Box::new(RunQueue {
             pool,
+            run,
             state: Mutex::new(State::default()),
         }));
         queues.0.push(q);
@@ -109,7 +119,7 @@ impl RunQueue {
     /// the task (it has logged why) before any drainer took the job; the job is not queued.
     ///
     /// # Safety
-    /// Event-loop thread; `job` is live until it comes back through [`crate::notify`].
+    /// Event-loop thread; `job` is live until it comes back through [`crate::notify::finished`].
     pub(crate) unsafe fn submit(&'static self, job: *mut Job) -> Result<(), ()> {
         let task = {
             let mut st = self.lock();
@@ -217,16 +227,25 @@ unsafe extern "C" fn drain(data: *mut c_void, _log: *mut ngx_log_t) {
                 let (job, want) = queue.next(first);
                 first = false;
                 if want {
-                    crate::notify::want_drainer(queue);
+                    crate::notify::schedule_lasting(queue);
                 }
                 let Some(job) = job else { break };
                 // SAFETY: the job was queued by the loop and popped by this thread only; it
                 // stays alive until the loop has it back.
-                unsafe { crate::handler::run_job(job) };
-                crate::notify::finished(job);
+                unsafe { (queue.run)(job) };
+                crate::notify::finished(job.cast());
             }
         })
     });
+}
+
+impl Pump for RunQueue {
+    /// A drainer asked for a successor.
+    unsafe fn pump(&self) {
+        // SAFETY: every RunQueue is leaked in `find_or_make`, so it lives for the process; on the
+        // event loop, per `pump`'s contract.
+        unsafe { (*(self as *const RunQueue)).top_up() }
+    }
 }
 
 /// The drainer's task is done (event loop): it may be posted again.
@@ -238,4 +257,61 @@ unsafe extern "C" fn drained(ev: *mut ngx_event_t) {
         let queue = unsafe { (*drainer).queue };
         queue.lock().idle.push(TaskPtr(drainer));
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    unsafe fn never(_: *mut Job) {}
+
+    /// A distinct job address that is never dereferenced.
+    fn fake(i: usize) -> *mut Job {
+        std::ptr::without_provenance_mut(i * 8)
+    }
+
+    fn queue_with(jobs: usize, pending: usize) -> RunQueue {
+        let q = RunQueue {
+            pool: std::ptr::null_mut(),
+            run: never,
+            state: Mutex::new(State::default()),
+        };
+        {
+            let mut st = q.lock();
+            for i in 0..jobs {
+                st.jobs.push_back(Queued(fake(i + 1)));
+            }
+            st.pending = pending;
+        }
+        q
+    }
+
+    #[test]
+    fn a_drainer_asks_for_one_successor_while_requests_wait() {
+        let q = queue_with(3, 1);
+        let (job, want) = q.next(true);
+        assert_eq!(job, Some(fake(1)));
+        assert!(want, "two more wait and no drainer is on its way");
+        let (job, want) = q.next(false);
+        assert_eq!(job, Some(fake(2)));
+        assert!(!want, "a successor was already asked for");
+        let (job, want) = q.next(false);
+        assert_eq!(job, Some(fake(3)));
+        assert!(!want);
+        assert_eq!(q.next(false), (None, false));
+    }
+
+    #[test]
+    fn no_successor_when_one_is_already_waiting_for_the_gil() {
+        let q = queue_with(3, 2);
+        let (_, want) = q.next(true);
+        assert!(!want, "another drainer is already posted");
+        assert_eq!(q.lock().pending, 1);
+    }
+
+    #[test]
+    fn the_last_request_needs_no_successor() {
+        let q = queue_with(1, 1);
+        assert_eq!(q.next(true), (Some(fake(1)), false));
+    }
 }
