@@ -137,6 +137,8 @@ fn wait_for(pid: libc::pid_t) -> Option<libc::c_int> {
 /// Records separated by NUL: `I<message>`, `A<index>:<message>`, `P<message>`, and `K` last when
 /// the child got through every app.
 fn child_report(settings: &PythonSettings, specs: &[AppSpec], setup: &WorkerSetup) -> String {
+    // Children an app starts at import are its own, not the server's (see `signals`).
+    let _ = crate::signals::leave_children_to_their_parents();
     if let Some(environment) = &setup.environment {
         for (key, _) in std::env::vars_os() {
             std::env::remove_var(key);

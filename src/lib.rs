@@ -19,6 +19,7 @@ pub mod logging_bridge;
 pub mod request;
 pub mod response;
 pub mod server_log;
+pub mod signals;
 pub mod sink;
 pub mod traceback;
 pub mod watchdog;

@@ -18,12 +18,11 @@ use std::time::{Duration, Instant};
 use nginx_sys::{
     ngx_event_t, ngx_http_finalize_request, ngx_http_read_client_request_body, ngx_http_request_t,
     ngx_http_run_posted_requests, ngx_int_t, ngx_pool_cleanup_add, NGX_DONE,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_HTTP_SPECIAL_RESPONSE,
-    NGX_LOG_ERR,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR,
 };
 use ngx_wsgi::{run_request, Apps, Body, OutcomeKind, RequestBody, RequestWatch};
 
-use crate::dispatch::RunQueue;
+use crate::dispatch::{PoolSpec, QueueLimits, Refused, RunQueue};
 use crate::ffi::{guard, timer};
 use crate::job::Job;
 use crate::request_body::BodyStream;
@@ -114,6 +113,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         // SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
         deadline: unsafe { std::mem::zeroed() },
         timed_out: None,
+        expired: false,
         posted_at: Instant::now(),
         outcome: None,
     }));
@@ -130,12 +130,20 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         Job::attach(r, job);
 
         (*(*r).main).set_blocked((*(*r).main).blocked() + 1);
-        if RunQueue::of(lc.streaming.thread_pool, run)
-            .submit(job)
-            .is_err()
-        {
+        let limits = QueueLimits {
+            max_queue: mc.limits.max_queue(),
+            queue_timeout: mc.limits.queue_timeout(),
+        };
+        let queue = RunQueue::of(&PoolSpec {
+            nginx_pool: lc.streaming.thread_pool,
+            max_threads: mc.limits.max_threads(),
+            limits,
+            run,
+            expired: expired_in_queue,
+        });
+        if let Err(why) = queue.submit(job) {
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
-            return Err(NGX_HTTP_SERVICE_UNAVAILABLE);
+            return Err(crate::overload::refuse(r, why, limits.queue_timeout));
         }
         crate::inflight::started();
         crate::metrics::posted();
@@ -213,6 +221,12 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
             match (*job).timed_out {
                 // A 504 went out at the deadline; the app's late answer is dropped.
                 Some(rc) => ngx_http_finalize_request(r, rc),
+                None if (*job).expired => {
+                    let timeout =
+                        crate::conf::main_conf_of(&*r).map_or(0, |mc| mc.limits.queue_timeout());
+                    let rc = crate::overload::refuse(r, Refused::Expired, timeout);
+                    ngx_http_finalize_request(r, rc as ngx_int_t);
+                }
                 None => crate::response::send(r, (*job).outcome.as_ref(), streamed),
             }
         }
@@ -228,7 +242,25 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
     }
 }
 
+/// The queue's sweeper took the request out: it waited longer than `wsgi_queue_timeout` for a
+/// thread and never ran. It is answered like one that comes back from Python.
+///
+/// # Safety
+/// Event-loop thread; `job` is live and no pool thread has it.
+unsafe fn expired_in_queue(job: *mut Job) {
+    // SAFETY: per the function contract.
+    unsafe {
+        (*job).expired = true;
+        crate::metrics::dequeued_unrun();
+        complete(job.cast());
+    }
+}
+
 fn count_finished(job: &Job) {
+    if job.expired {
+        crate::metrics::finished(503, job.posted_at.elapsed(), false, false);
+        return;
+    }
     let (status, client_gone) = match (&job.timed_out, &job.outcome) {
         (Some(_), _) => (504, false),
         (None, None) => (500, false),

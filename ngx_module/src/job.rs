@@ -33,6 +33,8 @@ pub(crate) struct Job {
     pub deadline: ngx_event_t,
     /// Set when the deadline passed: how the 504 that went out in its place ended.
     pub timed_out: Option<ngx_int_t>,
+    /// It waited longer than `wsgi_queue_timeout` for a thread and never ran.
+    pub expired: bool,
     /// When the request was handed to the pool.
     pub posted_at: Instant,
     pub outcome: Option<Outcome>,

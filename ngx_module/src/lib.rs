@@ -11,13 +11,17 @@
 
 mod conf;
 mod dispatch;
+mod drain;
+mod elastic_pool;
 mod ffi;
 mod handler;
 mod inflight;
 mod job;
 mod lifecycle;
 mod metrics;
+mod nginx_pool;
 mod notify;
+mod overload;
 mod recycle;
 mod request_body;
 mod request_id;
@@ -139,9 +143,10 @@ unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     })
 }
 
-unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+unsafe extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
     guard("exit_process", (), || {
-        if let Err(e) = lifecycle::stop_worker() {
+        // SAFETY: nginx calls this once, on its event loop, with the live cycle.
+        if let Err(e) = unsafe { lifecycle::stop_worker(cycle) } {
             ffi::log::cycle_log(NGX_LOG_ALERT as usize, &e);
         }
     })

@@ -40,6 +40,10 @@ pub(crate) unsafe fn start_worker(
         mc.limits.max_requests_jitter,
         mc.limits.max_rss_bytes(),
     );
+    // The app's children are its own: nginx's SIGCHLD handler would reap them (see the core's
+    // `signals`). A worker starts no children of nginx's.
+    ngx_wsgi::signals::leave_children_to_their_parents()
+        .map_err(|e| format!("wsgi: SIGCHLD: {e}"))?;
     // SAFETY: per the function contract.
     unsafe { crate::notify::init(cycle, on_finished) }.map_err(|e| format!("wsgi: {e}"))?;
     interpreter::initialize(&mc.python.settings).map_err(|e| format!("wsgi: {e}"))?;
@@ -47,7 +51,28 @@ pub(crate) unsafe fn start_worker(
         .map_err(|(i, e)| format!("{} cannot be loaded: {e}", mc.python.apps[i].describe()))
 }
 
-/// Finalises Python (nginx's thread pools have stopped by now).
-pub(crate) fn stop_worker() -> Result<(), String> {
-    interpreter::finalize().map_err(|e| format!("wsgi: {e}"))
+/// Stops the module's own threads (nginx's pools have stopped by now, and every request is
+/// done), then finalises Python, waiting `wsgi_shutdown_timeout` at most for the app's threads.
+/// When some are still running then, the worker ends at once: nothing of nginx's teardown may
+/// meet them.
+///
+/// # Safety
+/// From `exit_process`, on the event loop; `cycle` is live.
+pub(crate) unsafe fn stop_worker(cycle: *mut ngx_cycle_t) -> Result<(), String> {
+    if !interpreter::is_running() {
+        return Ok(());
+    }
+    crate::dispatch::stop_threads(std::time::Duration::from_secs(5));
+    // SAFETY: per the function contract.
+    let timeout = crate::conf::cycle_main_conf(unsafe { &*cycle })
+        .map_or(crate::conf::limits::DEFAULT_SHUTDOWN_TIMEOUT_MS, |mc| {
+            mc.limits.shutdown_timeout()
+        });
+    interpreter::name_shutdown_timeout("wsgi_shutdown_timeout");
+    match interpreter::finalize(std::time::Duration::from_millis(timeout as u64)) {
+        Ok(interpreter::Finalized::Cleanly) => Ok(()),
+        // SAFETY: ends the worker at once, as the log entry just said.
+        Ok(interpreter::Finalized::ThreadsLeft) => unsafe { libc::_exit(0) },
+        Err(e) => Err(format!("wsgi: {e}")),
+    }
 }

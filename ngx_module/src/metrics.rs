@@ -25,6 +25,8 @@ struct Gauges {
     queued: AtomicI64,
     threads_busy: AtomicI64,
     lost_slots: AtomicI64,
+    /// Threads of the module's own pools, busy or idle.
+    pool_threads: AtomicI64,
 }
 
 const SLOTS: usize = nginx_sys::NGX_MAX_PROCESSES as usize;
@@ -43,6 +45,7 @@ pub(crate) struct Metrics {
     timeouts: AtomicU64,
     client_gone: AtomicU64,
     recycles: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// Bytes of the `wsgi_status` zone: the counters and room for the slab allocator's own pages.
@@ -76,7 +79,13 @@ pub(crate) fn attach(zone: *mut ngx_shm_zone_t) {
     }
     if let Some(m) = get() {
         let g = m.mine();
-        for gauge in [&g.in_flight, &g.queued, &g.threads_busy, &g.lost_slots] {
+        for gauge in [
+            &g.in_flight,
+            &g.queued,
+            &g.threads_busy,
+            &g.lost_slots,
+            &g.pool_threads,
+        ] {
             gauge.store(0, Relaxed);
         }
     }
@@ -134,6 +143,27 @@ pub(crate) fn timed_out() {
     if let Some(m) = get() {
         m.timeouts.fetch_add(1, Relaxed);
         m.mine().lost_slots.fetch_add(1, Relaxed);
+    }
+}
+
+/// `delta` threads of the module's own pools started (or ended, negative).
+pub(crate) fn pool_thread(delta: i64) {
+    if let Some(m) = get() {
+        m.mine().pool_threads.fetch_add(delta, Relaxed);
+    }
+}
+
+/// A request was answered 503 because too many waited (any thread).
+pub(crate) fn refused() {
+    if let Some(m) = get() {
+        m.refused.fetch_add(1, Relaxed);
+    }
+}
+
+/// A queued request was taken out of the queue unanswered by the app (it waited too long).
+pub(crate) fn dequeued_unrun() {
+    if let Some(m) = get() {
+        m.mine().queued.fetch_sub(1, Relaxed);
     }
 }
 
@@ -208,6 +238,12 @@ pub(crate) fn render(m: &Metrics) -> String {
     );
     gauge(
         &mut out,
+        "wsgi_pool_threads",
+        "Threads of the module's own pools (wsgi_max_threads), busy or idle.",
+        sum(|g| &g.pool_threads),
+    );
+    gauge(
+        &mut out,
         "wsgi_lost_slots",
         "Requests past wsgi_read_timeout that are still inside Python (stuck in C code, say).",
         sum(|g| &g.lost_slots),
@@ -223,6 +259,12 @@ pub(crate) fn render(m: &Metrics) -> String {
         "wsgi_client_gone_total",
         "Streamed responses whose client went away.",
         m.client_gone.load(Relaxed) as f64,
+    );
+    counter(
+        &mut out,
+        "wsgi_requests_refused_total",
+        "Requests answered 503 because too many waited for a thread (wsgi_max_queue, wsgi_queue_timeout).",
+        m.refused.load(Relaxed) as f64,
     );
     counter(
         &mut out,

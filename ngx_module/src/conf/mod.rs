@@ -84,7 +84,8 @@ pub(crate) unsafe fn finish_location(
     // SAFETY: during a merge, `cf->ctx` holds the configurations of the block being merged.
     let clcf = unsafe { core_loc_conf(cf) };
     child.app.merge(&parent.app, clcf.noname() != 0);
-    if child.app.index.is_some() {
+    // Without `wsgi_thread_pool`, the module's own threads run the app.
+    if child.app.index.is_some() && !child.streaming.thread_pool_name.data.is_null() {
         // SAFETY: per the function contract.
         unsafe { child.streaming.resolve_pool(cf) }?;
     }
@@ -207,7 +208,7 @@ const fn directive(
 }
 
 /// Every `wsgi_*` directive. nginx reads the table for the whole program and never writes it.
-pub(crate) static mut COMMANDS: [ngx_command_t; 12] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 16] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -277,6 +278,34 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 12] = [
         nginx_sys::ngx_conf_set_msec_slot,
         NGX_HTTP_LOC_CONF_OFFSET,
         offset_of!(LocConf, limits.read_timeout),
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_max_threads"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        limits::set_count,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+        offset_of!(MainConf, limits.max_threads),
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_max_queue"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        limits::set_count,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+        offset_of!(MainConf, limits.max_queue),
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_queue_timeout"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        nginx_sys::ngx_conf_set_msec_slot,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+        offset_of!(MainConf, limits.queue_timeout),
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_shutdown_timeout"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        nginx_sys::ngx_conf_set_msec_slot,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+        offset_of!(MainConf, limits.shutdown_timeout),
     ),
     directive(
         ngx::ngx_string!("wsgi_status"),

@@ -22,7 +22,8 @@ const UNSET_FLAG: ngx_flag_t = -1;
 pub(crate) struct Streaming {
     /// `wsgi_thread_pool`, inherited down to locations.
     pub thread_pool_name: ngx_str_t,
-    /// The resolved pool, for locations that serve an app.
+    /// The resolved nginx pool, for locations that serve an app with `wsgi_thread_pool`
+    /// (NULL: the module's own threads).
     pub thread_pool: *mut ngx_thread_pool_t,
     /// `wsgi_stream_buffer`: how many bytes of a streamed response (or of an unbuffered request
     /// body) may wait before the producer is paused.
@@ -64,8 +65,9 @@ impl Streaming {
         }
     }
 
-    /// Finds (or registers) the thread pool of a location that serves an app; nginx creates
-    /// the pool named "default" when no `thread_pool` directive names it.
+    /// Finds the nginx thread pool named by `wsgi_thread_pool` for a location that serves an
+    /// app (nginx creates a pool named "default" when no `thread_pool` directive defines it;
+    /// any other name must be defined).
     ///
     /// # Safety
     /// `cf` is the live configuration being merged.
