@@ -153,6 +153,10 @@ impl Pump for BodyStream {
 }
 
 impl BodySource for BodyStream {
+    fn cancel(&self) {
+        self.fail("the request is over");
+    }
+
     fn read(&self, max: usize) -> std::io::Result<Vec<u8>> {
         let mut st = self.lock();
         loop {
