@@ -208,7 +208,7 @@ const fn directive(
 }
 
 /// Every `wsgi_*` directive. nginx reads the table for the whole program and never writes it.
-pub(crate) static mut COMMANDS: [ngx_command_t; 16] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 17] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -306,6 +306,13 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 16] = [
         nginx_sys::ngx_conf_set_msec_slot,
         NGX_HTTP_MAIN_CONF_OFFSET,
         offset_of!(MainConf, limits.shutdown_timeout),
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_check_timeout"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        nginx_sys::ngx_conf_set_msec_slot,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+        offset_of!(MainConf, python.check_timeout),
     ),
     directive(
         ngx::ngx_string!("wsgi_status"),

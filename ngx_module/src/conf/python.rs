@@ -2,10 +2,11 @@
 //! the configuration-time check that imports them all in a child process before nginx accepts
 //! the configuration.
 
-use std::ffi::{c_char, c_void};
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::time::Duration;
 
 use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_core_conf_t, ngx_process, ngx_str_t, NGX_LOG_EMERG,
+    ngx_command_t, ngx_conf_t, ngx_core_conf_t, ngx_msec_t, ngx_process, ngx_str_t, NGX_LOG_EMERG,
     NGX_PROCESS_SIGNALLER,
 };
 use ngx::core::{CoreModuleMainConf, NgxCoreModule, NGX_CONF_ERROR, NGX_CONF_OK};
@@ -17,15 +18,36 @@ use super::{args, conf_error, full_path, position, utf8_arg, MainConf};
 use crate::ffi::{guard, ngx_bytes};
 
 /// Interpreter-wide settings and the apps to import.
-#[derive(Default)]
 pub(crate) struct PythonConf {
     pub settings: PythonSettings,
     /// `file:line` of `wsgi_python_home`.
     pub home_at: String,
     pub apps: Vec<AppEntry>,
+    /// `wsgi_check_timeout`: how long the configuration check may take (NGX_CONF_UNSET_MSEC
+    /// until set).
+    pub check_timeout: ngx_msec_t,
+}
+
+impl Default for PythonConf {
+    fn default() -> Self {
+        PythonConf {
+            settings: PythonSettings::default(),
+            home_at: String::new(),
+            apps: Vec::new(),
+            check_timeout: ngx_msec_t::MAX,
+        }
+    }
 }
 
 impl PythonConf {
+    fn check_timeout(&self) -> Duration {
+        if self.check_timeout == ngx_msec_t::MAX {
+            ngx_wsgi::check::DEFAULT_TIMEOUT
+        } else {
+            Duration::from_millis(self.check_timeout as u64)
+        }
+    }
+
     pub(crate) fn specs(&self) -> Vec<AppSpec> {
         self.apps.iter().map(|a| a.spec.clone()).collect()
     }
@@ -114,7 +136,15 @@ pub(crate) unsafe fn check_at_configuration(cf: *mut ngx_conf_t, mc: &MainConf) 
         return true;
     }
     // SAFETY: `cf` is live.
-    let setup = unsafe { worker_setup(cf) };
+    let mut setup = match unsafe { worker_setup(cf) } {
+        Ok(setup) => setup,
+        Err(e) => {
+            // SAFETY: `cf->log` is live during configuration.
+            crate::ffi::log::write_log(NGX_LOG_EMERG as usize, unsafe { (*cf).log }, &e);
+            return false;
+        }
+    };
+    setup.timeout = mc.python.check_timeout();
     let Err(errors) = check_apps(&mc.python.settings, &mc.python.specs(), &setup) else {
         return true;
     };
@@ -130,8 +160,8 @@ pub(crate) unsafe fn check_at_configuration(cf: *mut ngx_conf_t, mc: &MainConf) 
 }
 
 /// How nginx will start its workers: their environment (`env` directives, as nginx builds it)
-/// and, when nginx runs as root, their user (`user`, else nginx's default).
-unsafe fn worker_setup(cf: *mut ngx_conf_t) -> WorkerSetup {
+/// and, when nginx runs as root, their user and groups (`user`, else nginx's default).
+unsafe fn worker_setup(cf: *mut ngx_conf_t) -> Result<WorkerSetup, String> {
     // SAFETY: the core module's configuration is created before any block is parsed.
     let ccf = unsafe { NgxCoreModule::main_conf(&*cf) }.expect("core module configuration");
     let mut environment: Vec<(String, String)> = Vec::new();
@@ -165,33 +195,47 @@ unsafe fn worker_setup(cf: *mut ngx_conf_t) -> WorkerSetup {
             environment.push((name, v));
         }
     }
-    WorkerSetup {
-        credentials: worker_credentials(ccf),
+    Ok(WorkerSetup {
+        credentials: worker_credentials(ccf)?,
         environment: Some(environment),
-    }
+        timeout: Duration::ZERO,
+    })
 }
 
-fn worker_credentials(ccf: &ngx_core_conf_t) -> Option<Credentials> {
+/// The workers' user when nginx runs as root: `user` (set before the http block, as nginx.conf
+/// has it), else nginx's default user and group, which must exist: the check never runs as root
+/// for want of a user.
+fn worker_credentials(ccf: &ngx_core_conf_t) -> Result<Option<Credentials>, String> {
     // SAFETY: plain syscall.
     if unsafe { libc::geteuid() } != 0 {
-        return None;
+        return Ok(None);
     }
     if ccf.user != libc::uid_t::MAX {
-        return Some(Credentials {
+        // SAFETY: set together with `user` by the `user` directive: a NUL-terminated name.
+        let user =
+            (!ccf.username.is_null()).then(|| unsafe { CStr::from_ptr(ccf.username) }.to_owned());
+        return Ok(Some(Credentials {
             uid: ccf.user,
             gid: ccf.group,
-        });
+            user,
+        }));
     }
     // SAFETY: getpwnam/getgrnam return NULL or pointers to static records; single-threaded.
     unsafe {
         let pw = libc::getpwnam(nginx_sys::NGX_USER.as_ptr());
         let gr = libc::getgrnam(nginx_sys::NGX_GROUP.as_ptr());
         if pw.is_null() || gr.is_null() {
-            return None;
+            return Err(format!(
+                "wsgi: nginx's default workers' user \"{}\" or group \"{}\" does not exist: set \
+                 `user` before the http block (the apps are never imported as root by default)",
+                nginx_sys::NGX_USER.to_string_lossy(),
+                nginx_sys::NGX_GROUP.to_string_lossy()
+            ));
         }
-        Some(Credentials {
+        Ok(Some(Credentials {
             uid: (*pw).pw_uid,
             gid: (*gr).gr_gid,
-        })
+            user: Some(CString::from(CStr::from_ptr(nginx_sys::NGX_USER.as_ptr()))),
+        }))
     }
 }
