@@ -21,8 +21,8 @@ pub mod recycle;
 pub mod request;
 pub mod response;
 pub mod server_log;
+pub mod signals;
 pub mod sink;
-pub mod threads;
 pub mod traceback;
 pub mod watchdog;
 

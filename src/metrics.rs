@@ -47,6 +47,8 @@ struct Counters {
     timeouts: AtomicU64,
     client_gone: AtomicU64,
     recycles: AtomicU64,
+    /// Answered 503 because too many requests waited.
+    refused: AtomicU64,
 }
 
 /// One process's gauges.
@@ -58,11 +60,13 @@ struct Gauges {
     queued: AtomicI64,
     threads_busy: AtomicI64,
     lost_slots: AtomicI64,
+    /// Threads of the module's own pools, busy or idle.
+    pool_threads: AtomicI64,
 }
 
-/// The start of a block; `header.entries` gauge entries follow it.
+/// A block of metrics in shared memory (its start: `header.entries` gauge entries follow it).
 #[repr(C)]
-struct Block {
+pub struct Block {
     header: Header,
     counters: Counters,
     gauges: [Gauges; 0],
@@ -159,6 +163,7 @@ pub unsafe fn attach(block: *mut u8, slot: Option<usize>) -> Result<(), String> 
         &entry.queued,
         &entry.threads_busy,
         &entry.lost_slots,
+        &entry.pool_threads,
     ] {
         gauge.store(0, Relaxed);
     }
@@ -285,6 +290,27 @@ pub fn timed_out() {
     }
 }
 
+/// A queued request left the queue without running (it waited too long).
+pub fn dequeued_unrun() {
+    if let Some(g) = mine() {
+        g.queued.fetch_sub(1, Relaxed);
+    }
+}
+
+/// `delta` threads of the module's own pools started (or ended, negative).
+pub fn pool_thread(delta: i64) {
+    if let Some(g) = mine() {
+        g.pool_threads.fetch_add(delta, Relaxed);
+    }
+}
+
+/// A request was answered 503 because too many waited (any thread).
+pub fn refused() {
+    if let Some(c) = counters() {
+        c.refused.fetch_add(1, Relaxed);
+    }
+}
+
 /// This process stops taking requests to be replaced by a fresh one.
 pub fn recycled() {
     if let Some(c) = counters() {
@@ -300,13 +326,10 @@ pub fn status_of(head: Option<&ResponseHead>, fallback: u16) -> u16 {
 /// The `Content-Type` of the rendered text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The Prometheus text of `block`.
-///
-/// # Safety
-/// `block` was laid out by `init_block` and is mapped for the duration of the call.
-pub unsafe fn render(block: *const u8) -> String {
-    // SAFETY: per the function contract.
-    render_block(unsafe { &*block.cast::<Block>() }, alive)
+/// The Prometheus text of `block` (a block's address, once `init_block` laid it out, may be read
+/// as a `&Block`).
+pub fn render(block: &Block) -> String {
+    render_block(block, alive)
 }
 
 fn render_block(block: &Block, alive: fn(i64) -> bool) -> String {
@@ -367,6 +390,12 @@ fn render_block(block: &Block, alive: fn(i64) -> bool) -> String {
     );
     gauge(
         &mut out,
+        "wsgi_pool_threads",
+        "Threads of the module's own pools (nginx's wsgi_max_threads), busy or idle.",
+        sum(|g| &g.pool_threads),
+    );
+    gauge(
+        &mut out,
         "wsgi_lost_slots",
         "Requests past their timeout that are still inside Python (stuck in C code, say).",
         sum(|g| &g.lost_slots),
@@ -382,6 +411,12 @@ fn render_block(block: &Block, alive: fn(i64) -> bool) -> String {
         "wsgi_client_gone_total",
         "Streamed responses whose client went away.",
         c.client_gone.load(Relaxed) as f64,
+    );
+    counter(
+        &mut out,
+        "wsgi_requests_refused_total",
+        "Requests answered 503 because too many waited for a thread (nginx's wsgi_max_queue, wsgi_queue_timeout).",
+        c.refused.load(Relaxed) as f64,
     );
     counter(
         &mut out,
@@ -475,6 +510,38 @@ mod tests {
             claim(entries, 104, |_| true).is_none(),
             "every entry is taken"
         );
+    }
+
+    #[test]
+    fn the_histogram_is_cumulative_and_gauges_never_go_negative() {
+        let mem = block(1);
+        let b = view(&mem);
+        let before = BLOCK.swap((b as *const Block).cast_mut(), Relaxed);
+        finished(200, Duration::from_millis(3), false, false);
+        finished(404, Duration::from_millis(300), false, false);
+        finished(500, Duration::from_secs(60), false, false);
+        BLOCK.store(before, Relaxed);
+        let entry = &b.entries()[0];
+        entry.owner.store(1, Relaxed);
+        entry.queued.store(-1, Relaxed);
+        let text = render_block(b, |_| true);
+        let bucket = |le: &str| {
+            let key = format!("wsgi_request_duration_seconds_bucket{{le=\"{le}\"}} ");
+            let at = text.find(&key).unwrap() + key.len();
+            text[at..]
+                .split('\n')
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        };
+        assert_eq!(
+            (bucket("0.005"), bucket("0.5"), bucket("30"), bucket("+Inf")),
+            (1, 2, 2, 3)
+        );
+        assert!(text.contains("wsgi_request_duration_seconds_count 3\n"));
+        assert!(text.contains("wsgi_responses_total{class=\"4xx\"} 1\n"));
+        assert!(text.contains("\nwsgi_requests_queued 0\n"), "{text}");
     }
 
     #[test]

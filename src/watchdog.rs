@@ -167,7 +167,10 @@ fn submit(job: Interrupt) {
     q.jobs.push_back(job);
     if q.thread.is_none() {
         q.ended = false;
-        match crate::threads::spawn_quiet("wsgi-watchdog", watch_loop) {
+        match std::thread::Builder::new()
+            .name("wsgi-watchdog".into())
+            .spawn(watch_loop)
+        {
             Ok(handle) => q.thread = Some(handle),
             Err(e) => {
                 q.jobs.pop_back();
@@ -182,6 +185,8 @@ fn submit(job: Interrupt) {
 }
 
 fn watch_loop() {
+    // The server's signals go to its own threads, whichever thread started this one.
+    crate::signals::block_server_signals_in_this_thread();
     loop {
         let batch: Vec<Interrupt> = {
             let mut q = queue();

@@ -42,7 +42,10 @@ fn timers() -> MutexGuard<'static, Timers> {
 pub(crate) fn arm(at: Instant, what: Arc<dyn Expire>) -> Option<Ticket> {
     let mut t = timers();
     if t.thread.is_none() {
-        match ngx_wsgi::threads::spawn_quiet("wsgi-deadlines", run) {
+        match std::thread::Builder::new()
+            .name("wsgi-deadlines".into())
+            .spawn(run)
+        {
             Ok(handle) => t.thread = Some(handle),
             Err(e) => {
                 drop(t);
@@ -73,6 +76,8 @@ pub(crate) fn disarm(ticket: Ticket) {
 }
 
 fn run() {
+    // SIGTERM must reach the child's main thread (it stops the child).
+    ngx_wsgi::signals::block_server_signals_in_this_thread();
     loop {
         let due: Vec<Arc<dyn Expire>> = {
             let mut t = timers();

@@ -157,7 +157,7 @@ pub(crate) unsafe fn handle(r: *mut request_rec) -> c_int {
         let body = if block.is_null() {
             String::new()
         } else {
-            ngx_wsgi::metrics::render(block)
+            ngx_wsgi::metrics::render(&*block.cast::<ngx_wsgi::metrics::Block>())
         };
         let content_type = ngx_wsgi::metrics::CONTENT_TYPE.as_bytes();
         ap_set_content_type(r, crate::response::pool_str(r, content_type));

@@ -56,7 +56,11 @@ pub(crate) unsafe fn prepare(
             return read_whole(r);
         }
         let body = if (*r).remaining > 0 || (*r).read_chunked != 0 {
-            RequestBody::Streamed(Arc::new(ClientBody { side: side.clone() }))
+            RequestBody::Streamed(Arc::new(ClientBody {
+                side: side.clone(),
+                owner: std::thread::current().id(),
+                cancelled: Default::default(),
+            }))
         } else {
             RequestBody::Buffered(Body::empty())
         };
@@ -169,14 +173,32 @@ pub(crate) unsafe fn read_block(r: *mut request_rec, max: usize) -> io::Result<V
     Ok(buf)
 }
 
-/// A body read as the app asks for it, in turns with the request's other users (the request's
-/// deadline may answer it meanwhile).
+/// A body read as the app asks for it, through Apache's input filters: on the request's own
+/// thread only (Apache's request and its filters are not thread-safe), never once the request is
+/// over, and in turns with the request's deadline, which may answer it meanwhile.
 struct ClientBody {
     side: Arc<Side>,
+    /// The MPM thread that serves the request.
+    owner: std::thread::ThreadId,
+    cancelled: std::sync::atomic::AtomicBool,
 }
 
 impl BodySource for ClientBody {
     fn read(&self, max: usize) -> io::Result<Vec<u8>> {
+        if self.cancelled.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(io::Error::other("the request is over"));
+        }
+        if std::thread::current().id() != self.owner {
+            return Err(io::Error::other(
+                "wsgi.input streams from the client on the request's own thread only under Apache \
+                 (read it there, or set NgxWsgiRequestBuffering On for a body read whole first)",
+            ));
+        }
         self.side.read_body(max)
+    }
+
+    fn cancel(&self) {
+        self.cancelled
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 }

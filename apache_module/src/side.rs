@@ -119,11 +119,17 @@ impl Side {
     /// Reads up to `max` bytes of the request body for the app.
     pub(crate) fn read_body(&self, max: usize) -> io::Result<Vec<u8>> {
         let _turn = self.turn();
-        if self.lock().expired {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the request timed out (NgxWsgiRequestTimeout)",
-            ));
+        {
+            let st = self.lock();
+            if st.finished {
+                return Err(io::Error::other("the request is over"));
+            }
+            if st.expired {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the request timed out (NgxWsgiRequestTimeout)",
+                ));
+            }
         }
         // SAFETY: the request is live (see the Send note) and this thread has the turn.
         unsafe { crate::request_body::read_block(self.r, max) }
@@ -203,7 +209,7 @@ impl ChunkSink for Side {
         let _turn = self.turn();
         {
             let mut st = self.lock();
-            if st.gone || st.expired {
+            if st.gone || st.expired || st.finished {
                 return Err(ClientGone);
             }
             if head.is_some() {

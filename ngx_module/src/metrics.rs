@@ -3,29 +3,29 @@
 //! when some location has `wsgi_status`; without it, nothing is counted. The block's layout,
 //! the counting and the text are the core's (`ngx_wsgi::metrics`), shared with the Apache module.
 
-use std::ffi::{c_char, c_void};
+use std::ffi::c_void;
 
 use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_http_discard_request_body, ngx_http_request_t, ngx_int_t,
-    ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t, NGX_ERROR,
-    NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED,
-    NGX_LOG_ALERT, NGX_LOG_NOTICE, NGX_OK,
+    ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t, NGX_ERROR, NGX_LOG_ALERT,
+    NGX_LOG_NOTICE, NGX_OK,
 };
-use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
-use ngx::http::HttpModuleConfExt;
 use ngx_wsgi::metrics::{block_size, init_block, is_compatible};
 
-use crate::config::MainConf;
-use crate::ffi_guard::guard;
-use crate::module;
+use crate::ffi::guard;
 
-// The counting itself is the core's, shared with the Apache module.
+// The block's layout, the counting and the text are the core's, shared with the Apache module.
 pub(crate) use ngx_wsgi::metrics::{
-    finished, posted, recycled, status_of, thread_finished, thread_started, timed_out,
+    dequeued_unrun, finished, pool_thread, posted, recycled, refused, render, status_of,
+    thread_finished, thread_started, timed_out, Block as Metrics,
 };
 
 /// Gauge entries: one per nginx process slot.
 const SLOTS: usize = nginx_sys::NGX_MAX_PROCESSES as usize;
+
+/// Bytes of the `wsgi_status` zone: room for two blocks (a reload onto a module version with
+/// another layout starts a new one while the old workers still count into theirs) and for the
+/// slab allocator's own pages.
+pub(crate) const ZONE_SIZE: usize = (2 * block_size(SLOTS) + 64 * 1024).next_multiple_of(4096);
 
 /// Makes this worker count into the zone, if there is one (from `init_process`).
 pub(crate) fn attach(zone: *mut ngx_shm_zone_t) {
@@ -39,11 +39,16 @@ pub(crate) fn attach(zone: *mut ngx_shm_zone_t) {
         ngx_wsgi::metrics::attach((*zone).data.cast(), Some(slot))
     };
     if let Err(e) = attached {
-        crate::log::cycle_log(NGX_LOG_ALERT as usize, &format!("wsgi_status: {e}"));
+        crate::ffi::log::cycle_log(NGX_LOG_ALERT as usize, &format!("wsgi_status: {e}"));
     }
 }
 
-unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, old: *mut c_void) -> ngx_int_t {
+/// The zone's init callback (in the master, at each configuration load): the counters of the
+/// previous cycle are kept when their layout is this module's.
+pub(crate) unsafe extern "C" fn init_zone(
+    zone: *mut ngx_shm_zone_t,
+    old: *mut c_void,
+) -> ngx_int_t {
     guard("the wsgi_status zone", NGX_ERROR as ngx_int_t, || {
         // SAFETY: nginx passes the zone; `old` is the previous cycle's block in the same memory.
         unsafe {
@@ -60,14 +65,14 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, old: *mut c_void) -> n
                 }
                 // Workers of the previous cycle (another module version) keep counting into the
                 // old block until they exit: it is left alone, and counting starts anew.
-                crate::log::cycle_log(
+                crate::ffi::log::cycle_log(
                     NGX_LOG_NOTICE as usize,
                     "wsgi_status: the zone holds metrics of another module version; counting starts from zero",
                 );
             }
             let block = ngx_slab_alloc(pool, block_size(SLOTS));
             if block.is_null() {
-                crate::log::cycle_log(
+                crate::ffi::log::cycle_log(
                     NGX_LOG_ALERT as usize,
                     "wsgi_status: no room in the zone for the metrics; restart nginx to reset it",
                 );
@@ -81,67 +86,16 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, old: *mut c_void) -> n
     })
 }
 
-/// `wsgi_status;`: this location answers with the metrics (and the zone comes to exist).
-pub(crate) unsafe extern "C" fn set_status(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    _conf: *mut c_void,
-) -> *mut c_char {
-    guard("wsgi_status", NGX_CONF_ERROR, || {
-        // SAFETY: inside a location of an http block; the zone name is copied by nginx.
-        unsafe {
-            let mc = crate::config::main_conf(cf);
-            if mc.status_zone.is_null() {
-                let mut name = ngx::ngx_string!("wsgi_status");
-                let zone = ngx_shared_memory_add(
-                    cf,
-                    &mut name,
-                    // Room for a second block: a reload with a module of another layout.
-                    (2 * block_size(SLOTS) + 64 * 1024).next_multiple_of(4096),
-                    module() as *const _ as *mut c_void,
-                );
-                if zone.is_null() {
-                    return NGX_CONF_ERROR;
-                }
-                (*zone).init = Some(init_zone);
-                mc.status_zone = zone;
-            }
-            let clcf = crate::config::core_loc_conf(cf);
-            clcf.handler = Some(status_handler);
+/// The counters of `zone`, if it has been initialised.
+///
+/// # Safety
+/// `zone` is NULL or the live `wsgi_status` zone.
+pub(crate) unsafe fn of_zone<'a>(zone: *mut ngx_shm_zone_t) -> Option<&'a Metrics> {
+    // SAFETY: per the function contract; the zone's data is its Metrics block once initialised.
+    unsafe {
+        if zone.is_null() {
+            return None;
         }
-        NGX_CONF_OK
-    })
-}
-
-unsafe extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
-    guard(
-        "the wsgi_status handler",
-        NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
-        || {
-            // SAFETY: nginx passes a live request on the event loop.
-            unsafe {
-                if (*r).method != NGX_HTTP_GET as usize && (*r).method != NGX_HTTP_HEAD as usize {
-                    return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
-                }
-                let rc = ngx_http_discard_request_body(r);
-                if rc != NGX_OK as ngx_int_t {
-                    return rc;
-                }
-                let mc = (*r)
-                    .http_main_conf_unchecked::<MainConf>(module())
-                    .map(|m| m.as_ref());
-                let zone = mc.map_or(std::ptr::null_mut(), |m| m.status_zone);
-                let body = if zone.is_null() || (*zone).data.is_null() {
-                    String::new()
-                } else {
-                    ngx_wsgi::metrics::render((*zone).data.cast())
-                };
-                let body = crate::response::pool_copy(r, body.as_bytes());
-                let Some(body) = body else {
-                    return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-                };
-                crate::response::send_static(r, ngx_wsgi::metrics::CONTENT_TYPE.as_bytes(), body)
-            }
-        },
-    )
+        ((*zone).data as *const Metrics).as_ref()
+    }
 }

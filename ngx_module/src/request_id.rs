@@ -8,13 +8,16 @@
 
 use nginx_sys::{ngx_http_request_t, ngx_pnalloc, ngx_uint_t};
 
-use crate::loop_cell::LoopCell;
+use crate::ffi::loop_cell::LoopCell;
 
 /// xoshiro256** state, seeded from the kernel once per worker (event loop only, see `of`).
 static STATE: LoopCell<[u64; 4]> = LoopCell::new([0; 4]);
 
-fn next() -> u64 {
-    let mut s = STATE.get();
+/// # Safety
+/// Event-loop thread.
+unsafe fn next() -> u64 {
+    // SAFETY: per the function contract.
+    let mut s = unsafe { STATE.get() };
     if s == [0; 4] {
         s = seed();
     }
@@ -26,7 +29,8 @@ fn next() -> u64 {
     s[0] ^= s[3];
     s[2] ^= t;
     s[3] = s[3].rotate_left(45);
-    STATE.set(s);
+    // SAFETY: per the function contract.
+    unsafe { STATE.set(s) };
     result
 }
 
