@@ -224,9 +224,8 @@ fn read_report(pipe: &mut std::fs::File, fd: libc::c_int, timeout: Duration) -> 
 /// The app the child was importing last (its `S` records), if any.
 fn last_started(report: &str) -> Option<usize> {
     report
-        .split('\0')
-        .filter_map(|r| r.strip_prefix('S')?.parse().ok())
-        .last()
+        .rsplit('\0')
+        .find_map(|r| r.strip_prefix('S')?.parse().ok())
 }
 
 fn wait_for(pid: libc::pid_t) -> Option<libc::c_int> {
