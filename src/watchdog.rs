@@ -268,6 +268,11 @@ mod tests {
                 w.interrupt_in_background("a test request".into());
             }
             assert!(started());
+            // A thread takes its name once it runs.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while ours() == 0 && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
             assert_eq!(ours(), 1, "one watchdog thread for 20 interrupts");
         });
         stop(Duration::from_secs(10));
