@@ -340,12 +340,18 @@ def test_a_deadline_while_the_app_waits_for_the_body_is_answered_when_the_wait_e
     assert b"Connection: close" in answer
 
 
-@pytest.mark.parametrize("mpm", ["event", "worker", "prefork"])
-def test_recycling_under_each_mpm(apaches, mpm):
+@pytest.mark.parametrize("mpm, piped_log", [("event", False), ("worker", False), ("prefork", False),
+                                             ("event", True)])
+def test_recycling_under_each_mpm(apaches, mpm, piped_log):
     """The child leaves the way the MPM makes it leave for MaxConnectionsPerChild: requests in
-    flight finish, none is refused, and the parent starts another child."""
+    flight finish, none is refused, and the parent starts another child. (A piped error log is
+    a pipe too, opened next to the MPM's pipe of death.)"""
     server = apaches([route("/", APPS / "lifecycle_app.py")], mpm=mpm, server_extra="NgxWsgiMaxRequests 10",
-                     env={"NGX_WSGI_TEST_MARKS": shared_dir()}).start()
+                     env={"NGX_WSGI_TEST_MARKS": shared_dir()})
+    if piped_log:
+        server.conf.write_text(server.conf.read_text().replace(
+            f"ErrorLog {server.prefix}/logs/error.log", f'ErrorLog "|$/bin/cat >> {server.prefix}/logs/error.log"'))
+    server.start()
     served_by = set()
     for _ in range(35):
         r = requests.get(server.url("/"), headers={"Connection": "close"}, timeout=30)

@@ -55,6 +55,7 @@ fn pipe_read_end(fd: RawFd) -> Option<PipeEnd> {
     }
 }
 
+/// Notes the pipes open before the MPM makes its pipes of death (parent, each generation).
 pub(crate) unsafe extern "C" fn before_mpm_open_logs(
     _pconf: *mut apr_pool_t,
     _plog: *mut apr_pool_t,
@@ -69,6 +70,7 @@ pub(crate) unsafe extern "C" fn before_mpm_open_logs(
     })
 }
 
+/// Keeps the read ends the MPM's `open_logs` has just made: its pipes of death.
 pub(crate) unsafe extern "C" fn after_mpm_open_logs(
     _pconf: *mut apr_pool_t,
     _plog: *mut apr_pool_t,
@@ -96,10 +98,14 @@ pub(crate) fn child_init() {
             Relaxed,
         );
     }
-    // The MPM closed the pipes of the other buckets' children: the one still open is this one's.
+    // The MPM closed the pipes of the other buckets' children: the one still open is this
+    // one's. Anything else than exactly one is not understood, and not guessed at.
     let pods = PODS.lock().unwrap_or_else(|e| e.into_inner());
-    let mine = pods.iter().find(|p| pipe_read_end(p.0).as_ref() == Some(p));
-    MINE.store(mine.map_or(-1, |p| p.0), Relaxed);
+    let open: Vec<&PipeEnd> = pods
+        .iter()
+        .filter(|p| pipe_read_end(p.0).as_ref() == Some(*p))
+        .collect();
+    MINE.store(if open.len() == 1 { open[0].0 } else { -1 }, Relaxed);
 }
 
 /// Asks the MPM to stop this child gracefully (from any thread).

@@ -125,8 +125,9 @@ struct ModuleNames<const N: usize>([*const std::ffi::c_char; N]);
 unsafe impl<const N: usize> Sync for ModuleNames<N> {}
 
 static AFTER_ALIAS: ModuleNames<2> = ModuleNames([c"mod_alias.c".as_ptr(), ptr::null()]);
-/// The MPMs whose pipe of death `graceful` finds.
+/// The MPMs whose pipe of death `graceful` finds (their `open_logs` runs just before core's).
 static MPMS: ModuleNames<3> = ModuleNames([c"event.c".as_ptr(), c"worker.c".as_ptr(), ptr::null()]);
+static CORE: ModuleNames<2> = ModuleNames([c"core.c".as_ptr(), ptr::null()]);
 
 unsafe extern "C" fn register_hooks(_pool: *mut apr_pool_t) {
     ffi_guard::guard("register_hooks", (), || {
@@ -144,7 +145,8 @@ unsafe extern "C" fn register_hooks(_pool: *mut apr_pool_t) {
                 ptr::null(),
                 APR_HOOK_MIDDLE as c_int,
             );
-            // Around the MPM's own (which creates its pipes of death).
+            // Right around the MPM's own (which creates its pipes of death), before core's (which
+            // may open a piped error log).
             ap_hook_open_logs(
                 Some(graceful::before_mpm_open_logs),
                 ptr::null(),
@@ -154,7 +156,7 @@ unsafe extern "C" fn register_hooks(_pool: *mut apr_pool_t) {
             ap_hook_open_logs(
                 Some(graceful::after_mpm_open_logs),
                 MPMS.0.as_ptr(),
-                ptr::null(),
+                CORE.0.as_ptr(),
                 APR_HOOK_REALLY_FIRST as c_int,
             );
             ap_hook_post_config(
