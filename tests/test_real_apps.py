@@ -158,8 +158,9 @@ def test_a_full_queue_answers_503_at_once_and_says_why_once(nginx_factory):
     server = nginx_factory(OVERLOAD, main_extra="thread_pool side threads=1;",
                            http_extra="wsgi_max_threads 2; wsgi_max_queue 2; wsgi_queue_timeout 60s;").start()
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        held = [pool.submit(requests.get, server.url("/block?full"), timeout=60) for _ in range(4)]
+        held = [pool.submit(requests.get, server.url("/block?full"), timeout=60) for _ in range(2)]
         wait_for(lambda: gauge(server, "wsgi_pool_threads_busy") == 2, "two threads busy")
+        held += [pool.submit(requests.get, server.url("/block?full"), timeout=60) for _ in range(2)]
         wait_for(lambda: gauge(server, "wsgi_requests_queued") == 2, "two requests queued")
         refused = [requests.get(server.url(f"/extra{i}"), timeout=10) for i in range(20)]
         assert {r.status_code for r in refused} == {503}

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use nginx_sys::{
     ngx_event_t, ngx_http_finalize_request, ngx_http_read_client_request_body, ngx_http_request_t,
-    ngx_http_run_posted_requests, ngx_int_t, ngx_pool_cleanup_add, NGX_DONE,
+    ngx_http_run_posted_requests, ngx_int_t, ngx_pool_cleanup_add, NGX_DONE, NGX_ERROR,
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR,
 };
 use ngx_wsgi::{run_request, Apps, Body, OutcomeKind, RequestBody, RequestWatch};
@@ -206,8 +206,10 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
         let r = (*job).request;
         (r, (*r).connection)
     };
-    let sent = guard("sending the response", false, || {
-        // SAFETY: as above; from here on the request may be finalized and the job freed.
+    // What to finalize the request with: the request is finalized exactly once, here, even when
+    // sending panics (then the connection is cut if the response had started, else a 500).
+    let rc = guard("sending the response", None, || {
+        // SAFETY: as above; nothing here finalizes the request or frees the job.
         unsafe {
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
             crate::inflight::finished();
@@ -218,26 +220,27 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
                 body.finish();
             }
             let streamed = (*job).stream.finish(r);
-            match (*job).timed_out {
+            Some(match (*job).timed_out {
                 // A 504 went out at the deadline; the app's late answer is dropped.
-                Some(rc) => ngx_http_finalize_request(r, rc),
+                Some(rc) => rc,
                 None if (*job).expired => {
                     let timeout =
                         crate::conf::main_conf_of(&*r).map_or(0, |mc| mc.limits.queue_timeout());
-                    let rc = crate::overload::refuse(r, Refused::Expired, timeout);
-                    ngx_http_finalize_request(r, rc as ngx_int_t);
+                    crate::overload::refuse(r, Refused::Expired, timeout) as ngx_int_t
                 }
                 None => crate::response::send(r, (*job).outcome.as_ref(), streamed),
-            }
+            })
         }
-        true
     });
-    // SAFETY: `r` and `c` are still valid if sending panicked before finalizing; the connection
-    // structure outlives the request (it is only marked destroyed).
+    // SAFETY: the request is live until this finalize; the connection structure outlives the
+    // request (it is only marked destroyed), so posted requests can run after it.
     unsafe {
-        if !sent {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-        }
+        let rc = rc.unwrap_or(if (*r).header_sent() != 0 {
+            NGX_ERROR as ngx_int_t
+        } else {
+            NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+        });
+        ngx_http_finalize_request(r, rc);
         ngx_http_run_posted_requests(c);
     }
 }

@@ -1,12 +1,11 @@
 //! Turning the app's outcome into nginx's response: status, headers, one body buffer.
 
 use nginx_sys::{
-    ngx_buf_t, ngx_chain_t, ngx_file_t, ngx_http_core_get_method, ngx_http_finalize_request,
-    ngx_http_internal_redirect, ngx_http_named_location, ngx_http_output_filter,
-    ngx_http_request_t, ngx_http_send_header, ngx_http_send_special, ngx_int_t, ngx_list_push,
-    ngx_pcalloc, ngx_str_t, ngx_table_elt_t, NGX_DONE, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST,
-    NGX_HTTP_FLUSH, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_LAST,
-    NGX_OK,
+    ngx_buf_t, ngx_chain_t, ngx_file_t, ngx_http_core_get_method, ngx_http_internal_redirect,
+    ngx_http_named_location, ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header,
+    ngx_http_send_special, ngx_int_t, ngx_list_push, ngx_pcalloc, ngx_str_t, ngx_table_elt_t,
+    NGX_DONE, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_FLUSH, NGX_HTTP_GET,
+    NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_LAST, NGX_OK,
 };
 use std::os::fd::AsRawFd;
 
@@ -26,8 +25,9 @@ pub(crate) struct StreamEnd {
     pub failed: bool,
 }
 
-/// Sends the app's outcome (the rest of it, when it streamed) and finalizes the request
-/// (exactly once). `outcome` is None when running the app failed inside the module.
+/// Sends the app's outcome (the rest of it, when it streamed); returns what to finalize the
+/// request with (the caller finalizes it, exactly once). `outcome` is None when running the app
+/// failed inside the module.
 ///
 /// # Safety
 /// `r` is live on the event loop, no longer blocked on the app's task; the outcome's body lives
@@ -36,31 +36,26 @@ pub(crate) unsafe fn send(
     r: *mut ngx_http_request_t,
     outcome: Option<&Outcome>,
     streamed: StreamEnd,
-) {
+) -> ngx_int_t {
     // SAFETY: per the function contract.
     unsafe {
         if (*(*r).connection).error() != 0 {
-            ngx_http_finalize_request(r, NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t);
-            return;
+            return NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t;
         }
         if streamed.head_sent {
-            finish_stream(r, outcome.map(|o| o.kind), streamed);
-            return;
+            return finish_stream(r, outcome.map(|o| o.kind), streamed);
         }
         let Some(outcome) = outcome else {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-            return;
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         };
         let head = match (outcome.kind, outcome.head.as_ref()) {
             (OutcomeKind::Failed, _) | (_, None) => {
-                ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-                return;
+                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
             }
             (_, Some(head)) => head,
         };
         if let Some(uri) = head.internal_redirect() {
-            redirect(r, head, uri);
-            return;
+            return redirect(r, head, uri);
         }
         let truncated = outcome.kind == OutcomeKind::Truncated;
         let is_head = (*r).method == NGX_HTTP_HEAD as usize;
@@ -83,15 +78,11 @@ pub(crate) unsafe fn send(
         }
         let rc = send_head(r, head, content_length);
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
-            ngx_http_finalize_request(
-                r,
-                if truncated {
-                    NGX_ERROR as ngx_int_t
-                } else {
-                    rc
-                },
-            );
-            return;
+            return if truncated {
+                NGX_ERROR as ngx_int_t
+            } else {
+                rc
+            };
         }
         let body = &*outcome.body;
         let out = match outcome.file.as_ref().filter(|f| f.len > 0) {
@@ -107,25 +98,23 @@ pub(crate) unsafe fn send(
             None => ngx_http_send_special(r, NGX_HTTP_LAST as usize),
         };
         // A response that failed after its body started ends without a clean end of message.
-        let rc = if truncated {
+        if truncated {
             NGX_ERROR as ngx_int_t
         } else {
             rc
-        };
-        ngx_http_finalize_request(r, rc);
+        }
     }
 }
 
 /// `X-Accel-Redirect`: nginx answers from `uri` (a path with optional `?args`, or a named
 /// `@location`), as it does for proxied apps; the app's other headers (Set-Cookie,
 /// Content-Disposition, ...) stay, except those describing the body it did not send.
-unsafe fn redirect(r: *mut ngx_http_request_t, head: &ResponseHead, uri: &[u8]) {
+unsafe fn redirect(r: *mut ngx_http_request_t, head: &ResponseHead, uri: &[u8]) -> ngx_int_t {
     let kept = head.for_internal_redirect();
     // SAFETY: `r` is live on the event loop and has sent nothing; the strings are pool copies.
     unsafe {
         if set_headers(r, &kept, None).is_err() {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-            return;
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         }
         (*r).headers_out.status = 0;
         (*r).headers_out.status_line = ngx_str_t::empty();
@@ -138,27 +127,30 @@ unsafe fn redirect(r: *mut ngx_http_request_t, head: &ResponseHead, uri: &[u8]) 
             None => (uri, &b""[..]),
         };
         let Ok(mut path) = pool_str(r, path, false) else {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-            return;
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         };
         if path.len > 0 && *path.data == b'@' {
             ngx_http_named_location(r, &mut path);
         } else {
             let Ok(mut args) = pool_str(r, args, false) else {
-                ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-                return;
+                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
             };
             ngx_http_internal_redirect(r, &mut path, &mut args);
         }
-        ngx_http_finalize_request(r, NGX_DONE as ngx_int_t);
+        // The redirect took its own reference to the request; this releases the app's.
+        NGX_DONE as ngx_int_t
     }
 }
 
 /// Ends a response whose head and body went out while the app ran.
-unsafe fn finish_stream(r: *mut ngx_http_request_t, kind: Option<OutcomeKind>, end: StreamEnd) {
+unsafe fn finish_stream(
+    r: *mut ngx_http_request_t,
+    kind: Option<OutcomeKind>,
+    end: StreamEnd,
+) -> ngx_int_t {
     // SAFETY: `r` is live on the event loop and its header was sent.
     unsafe {
-        let rc = match kind {
+        match kind {
             _ if end.failed => NGX_ERROR as ngx_int_t,
             Some(OutcomeKind::ClientGone) => NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
             _ if end.cancelled => NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
@@ -171,8 +163,7 @@ unsafe fn finish_stream(r: *mut ngx_http_request_t, kind: Option<OutcomeKind>, e
                 ngx_http_send_special(r, NGX_HTTP_FLUSH as usize);
                 NGX_ERROR as ngx_int_t
             }
-        };
-        ngx_http_finalize_request(r, rc);
+        }
     }
 }
 
