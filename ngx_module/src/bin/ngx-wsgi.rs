@@ -9,6 +9,8 @@
 //! under the app's directory changes; a change that breaks the app is refused by nginx's
 //! configuration check and the running workers keep serving.
 
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
