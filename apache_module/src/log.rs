@@ -82,9 +82,9 @@ pub(crate) fn write(level: c_int, msg: &str) {
 
 fn write_lines(level: c_int, request: *const request_rec, msg: &str) {
     let (about, client) = ABOUT.with_borrow(|(s, c)| (*s, c.clone()));
-    // SAFETY: Apache sets `ap_server_conf` once the configuration is read, before any request or
-    // child starts; NULL (early configuration) makes Apache write to stderr.
     let server = if about.is_null() {
+        // SAFETY: Apache sets `ap_server_conf` once the configuration is read, before any
+        // request or child starts; NULL (early configuration) makes Apache write to stderr.
         unsafe { ap_server_conf }
     } else {
         about
