@@ -1,6 +1,7 @@
 //! The directives: `NgxWsgiApp`, `NgxWsgiRequestBuffering`, `NgxWsgiRequestTimeout` (server,
 //! virtual host, `<Location>`, `<Directory>`), `NgxWsgiPythonHome`, `NgxWsgiPythonPath`,
-//! `NgxWsgiMaxRequests` and `NgxWsgiMaxRSS` (main server only: one interpreter per child).
+//! `NgxWsgiMaxRequests`, `NgxWsgiMaxRSS` and `NgxWsgiShutdownTimeout` (main server only: one
+//! interpreter per child).
 //!
 //! Apache reads its configuration in the parent, which never runs Python; what the children need
 //! (the apps to import, the interpreter settings) is kept in a process-wide registry that the
@@ -86,7 +87,7 @@ impl AppEntry {
 }
 
 /// What the configuration asks of the children's interpreter.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Registry {
     pub(crate) apps: Vec<AppEntry>,
     pub(crate) python: PythonSettings,
@@ -97,9 +98,34 @@ pub(crate) struct Registry {
     pub(crate) max_requests_jitter: u64,
     /// `NgxWsgiMaxRSS` in bytes (0: no limit).
     pub(crate) max_rss: usize,
+    /// `NgxWsgiShutdownTimeout` in microseconds (negative: not set).
+    pub(crate) shutdown_timeout_us: i64,
+}
+
+/// Default `NgxWsgiShutdownTimeout`, as nginx's `wsgi_shutdown_timeout`.
+const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            apps: Vec::new(),
+            python: PythonSettings::default(),
+            python_home_at: String::new(),
+            max_requests: 0,
+            max_requests_jitter: 0,
+            max_rss: 0,
+            shutdown_timeout_us: -1,
+        }
+    }
 }
 
 impl Registry {
+    /// How long an exiting child waits for the app's own threads.
+    pub(crate) fn shutdown_timeout(&self) -> std::time::Duration {
+        u64::try_from(self.shutdown_timeout_us)
+            .map_or(DEFAULT_SHUTDOWN_TIMEOUT, std::time::Duration::from_micros)
+    }
+
     /// Whether children are recycled by request count or memory.
     pub(crate) fn recycles(&self) -> bool {
         self.max_requests > 0 || self.max_rss > 0
@@ -116,6 +142,7 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     max_requests: 0,
     max_requests_jitter: 0,
     max_rss: 0,
+    shutdown_timeout_us: -1,
 });
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
@@ -411,6 +438,41 @@ pub(crate) unsafe extern "C" fn set_request_timeout(
                 };
                 (*(conf as *mut DirConf)).timeout_us = timeout;
                 std::ptr::null()
+            }
+        },
+    )
+}
+
+/// `NgxWsgiShutdownTimeout TIME` (main server): how long an exiting child waits for the app's
+/// own threads before it logs them and exits.
+pub(crate) unsafe extern "C" fn set_shutdown_timeout(
+    cmd: *mut cmd_parms,
+    _conf: *mut c_void,
+    arg: *const c_char,
+) -> *const c_char {
+    guard(
+        "NgxWsgiShutdownTimeout",
+        c"NgxWsgiShutdownTimeout: internal error".as_ptr(),
+        || {
+            // SAFETY: as in `set_app`.
+            unsafe {
+                let refused = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+                if !refused.is_null() {
+                    return refused;
+                }
+                match duration_us(text(arg)) {
+                    Some(us) => {
+                        registry().shutdown_timeout_us = us;
+                        std::ptr::null()
+                    }
+                    None => error(
+                        cmd,
+                        &format!(
+                            "NgxWsgiShutdownTimeout: invalid time \"{}\" (seconds, or with a unit: 500ms, 30s, 5mi, 1h)",
+                            text(arg)
+                        ),
+                    ),
+                }
             }
         },
     )

@@ -60,7 +60,7 @@ const fn directive(
     }
 }
 
-static mut COMMANDS: [command_rec; 8] = [
+static mut COMMANDS: [command_rec; 9] = [
     directive(
         c"NgxWsgiApp",
         config::set_app,
@@ -101,6 +101,13 @@ static mut COMMANDS: [command_rec; 8] = [
         cmd_how_TAKE1,
         RSRC_CONF,
         c"SIZE (512k, 48m, 2g): a child whose resident memory exceeds SIZE is replaced",
+    ),
+    directive(
+        c"NgxWsgiShutdownTimeout",
+        config::set_shutdown_timeout,
+        cmd_how_TAKE1,
+        RSRC_CONF,
+        c"TIME (default 5s): how long an exiting child waits for the app's own threads",
     ),
     directive(
         c"NgxWsgiPythonHome",

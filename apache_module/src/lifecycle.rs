@@ -15,10 +15,6 @@ use crate::bindings::{
 use crate::ffi_guard::guard;
 use crate::log;
 
-/// How long an exiting child waits for the app's own (non-daemon) threads before it logs them
-/// and exits without finalising Python.
-const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Whether this child's apps were imported (false: every request to an app is a 500).
 static READY: AtomicBool = AtomicBool::new(false);
 
@@ -82,7 +78,8 @@ unsafe extern "C" fn child_exit(_data: *mut c_void) -> apr_status_t {
     guard("child exit", APR_SUCCESS as apr_status_t, || {
         READY.store(false, Ordering::Release);
         crate::deadline::stop();
-        match interpreter::finalize(SHUTDOWN_TIMEOUT) {
+        interpreter::name_shutdown_timeout("NgxWsgiShutdownTimeout");
+        match interpreter::finalize(crate::config::snapshot().shutdown_timeout()) {
             Ok(interpreter::Finalized::Cleanly) => {}
             // The app's threads still run Python: nothing of the child's teardown may meet them.
             // SAFETY: ends the process at once, as the log entry just said.
