@@ -171,7 +171,10 @@ fn submit(job: Interrupt) {
             .name("wsgi-watchdog".into())
             .spawn(watch_loop)
         {
-            Ok(handle) => q.thread = Some(handle),
+            Ok(handle) => {
+                q.thread = Some(handle);
+                crate::interpreter::before_finalize(stop_before_finalize);
+            }
             Err(e) => {
                 q.jobs.pop_back();
                 drop(q);
@@ -207,6 +210,10 @@ fn watch_loop() {
             Python::attach(|py| batch.into_iter().for_each(|job| job.run(py)));
         }
     }
+}
+
+fn stop_before_finalize() {
+    stop(Duration::from_secs(2));
 }
 
 /// Lets the watchdog finish what is queued and end, waiting up to `limit` (before the interpreter
