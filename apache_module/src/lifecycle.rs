@@ -1,6 +1,7 @@
 //! Process life: the configuration registry is reset before each reading of the configuration
 //! (in the parent, which never starts Python); each child starts its own interpreter and imports
-//! the apps in `child_init`, before its threads serve requests, and finalises it when it exits.
+//! the apps in `child_init`, before its threads serve requests, and finalises it when it exits
+//! (after its deadline thread and the core's watchdog have stopped).
 
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,9 +36,15 @@ pub(crate) unsafe extern "C" fn pre_config(
 
 pub(crate) unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec) {
     guard("child_init", (), || {
+        crate::graceful::child_init();
+        crate::metrics::child_init();
         let registry = crate::config::snapshot();
         if registry.apps.is_empty() {
             return;
+        }
+        crate::recycle::configure(&registry);
+        if let Err(e) = ngx_wsgi::signals::leave_children_to_their_parents() {
+            log::write(APLOG_ALERT as c_int, &format!("wsgi: SIGCHLD: {e}"));
         }
         if let Err(e) = interpreter::initialize(&registry.python) {
             log::write(APLOG_EMERG as c_int, &format!("wsgi: {e}"));
@@ -70,8 +77,14 @@ pub(crate) unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut ser
 unsafe extern "C" fn child_exit(_data: *mut c_void) -> apr_status_t {
     guard("child exit", APR_SUCCESS as apr_status_t, || {
         READY.store(false, Ordering::Release);
-        if let Err(e) = interpreter::finalize() {
-            log::write(APLOG_ALERT as c_int, &format!("wsgi: {e}"));
+        crate::deadline::stop();
+        interpreter::name_shutdown_timeout("NgxWsgiShutdownTimeout");
+        match interpreter::finalize(crate::config::snapshot().shutdown_timeout()) {
+            Ok(interpreter::Finalized::Cleanly) => {}
+            // The app's threads still run Python: nothing of the child's teardown may meet them.
+            // SAFETY: ends the process at once, as the log entry just said.
+            Ok(interpreter::Finalized::ThreadsLeft) => unsafe { libc::_exit(0) },
+            Err(e) => log::write(APLOG_ALERT as c_int, &format!("wsgi: {e}")),
         }
         APR_SUCCESS as apr_status_t
     })

@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
@@ -22,7 +23,7 @@ enum Op {
     ReadLine(Option<i16>),
     ReadLines(Option<i16>),
     Next,
-    /// The request ends: the server's buffers are gone.
+    /// The request ends: its input gate closes, the server's buffers are gone.
     Detach,
 }
 
@@ -48,10 +49,13 @@ struct Case {
 /// A body source handing out pieces of the given sizes (never more than asked for).
 struct Pieces {
     rest: Mutex<(VecDeque<u8>, Vec<u8>, usize)>,
+    cancelled: AtomicBool,
 }
 
 impl BodySource for Pieces {
     fn read(&self, max: usize) -> std::io::Result<Vec<u8>> {
+        // The input's gate refuses reads after the request's end before they get here.
+        assert!(!self.cancelled.load(Ordering::SeqCst), "read after the request ended");
         let mut guard = self.rest.lock().unwrap();
         let (data, sizes, turn) = &mut *guard;
         let size = if sizes.is_empty() {
@@ -62,6 +66,10 @@ impl BodySource for Pieces {
         *turn += 1;
         let n = size.min(max).min(data.len());
         Ok(data.drain(..n).collect())
+    }
+
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
     }
 }
 
@@ -134,19 +142,21 @@ fuzz_target!(|case: Case| {
         Layout::Streamed(sizes) => {
             let source = Pieces {
                 rest: Mutex::new((case.body.iter().copied().collect(), sizes.clone(), 0)),
+                cancelled: AtomicBool::new(false),
             };
             (RequestBody::Streamed(Arc::new(source)), None)
         }
     };
     with_python(|py| {
-        let ours = Bound::new(py, Input::new(body)).unwrap();
+        let (input, gate) = Input::new(body);
+        let ours = Bound::new(py, input).unwrap();
         let io = py.import("io").unwrap();
         let reference = io
             .call_method1("BytesIO", (pyo3::types::PyBytes::new(py, &case.body),))
             .unwrap();
         for op in &case.ops {
             if let Op::Detach = op {
-                ours.borrow_mut().detach();
+                gate.close(py);
                 reference.call_method0("close").unwrap();
                 continue;
             }
