@@ -8,7 +8,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from conftest import APPS, http_get, location, raw_request, route
+from conftest import APACHE_MODULES, APPS, http_get, raw_request, route
 
 SECURITY = APPS / "security.py"
 RESPONSES = APPS / "responses.py"
@@ -181,15 +181,27 @@ def test_an_oversized_body_is_refused_before_the_app(server, chunked):
     assert status_of(data) == 200 and b"read=1000" in data
 
 
-# The metrics location (nginx): its access rules hold however it is reached.
+# The metrics location: its access rules hold however it is reached.
+
+class Metrics:
+    """A metrics location open to `allowed` only (nginx: allow/deny; Apache: Require ip)."""
+
+    def __init__(self, path, allowed):
+        self.path, self.allowed = path, allowed
+
+    def for_nginx(self):
+        return f"  location = {self.path} {{ wsgi_status; allow {self.allowed}; deny all; }}\n"
+
+    def for_apache(self):
+        return f"<Location {self.path}>\n  SetHandler ngx-wsgi-status\n  Require ip {self.allowed}\n</Location>\n"
+
 
 @pytest.fixture(scope="module")
-def metrics_server(nginx_factory):
-    return nginx_factory(
-        "  location = /wsgi-metrics { wsgi_status; allow 127.0.0.2; deny all; }\n"
-        "  location = /open-metrics { wsgi_status; allow 127.0.0.1; deny all; }\n"
-        + location("/app/", f"{RESPONSES}:accel")
-        + location("= /hello", f"{SECURITY}:headers_from_query")
+def metrics_server(wsgi_factory):
+    return wsgi_factory(
+        [Metrics("/wsgi-metrics", "127.0.0.2"), Metrics("/open-metrics", "127.0.0.1"),
+         route("/app/", f"{RESPONSES}:accel"), route("= /hello", f"{SECURITY}:headers_from_query")],
+        apache=dict(server_extra=f"LoadModule authz_host_module {APACHE_MODULES}/mod_authz_host.so\n"),
     ).start()
 
 
@@ -207,7 +219,7 @@ def test_an_app_cannot_redirect_a_client_into_a_denied_metrics_location(metrics_
     assert status == 200 and b"wsgi_responses_total" in body, "the allowed one answers"
 
 
-def test_metrics_are_only_where_wsgi_status_is(metrics_server):
+def test_metrics_are_only_where_they_are_configured(metrics_server):
     status, _, body = http_get(metrics_server, "/hello?x=1")
     assert status == 200 and b"wsgi_responses_total" not in body
     status, _, body = http_get(metrics_server, "/open-metrics")
