@@ -55,7 +55,10 @@ struct Pieces {
 impl BodySource for Pieces {
     fn read(&self, max: usize) -> std::io::Result<Vec<u8>> {
         // The input's gate refuses reads after the request's end before they get here.
-        assert!(!self.cancelled.load(Ordering::SeqCst), "read after the request ended");
+        assert!(
+            !self.cancelled.load(Ordering::SeqCst),
+            "read after the request ended"
+        );
         let mut guard = self.rest.lock().unwrap();
         let (data, sizes, turn) = &mut *guard;
         let size = if sizes.is_empty() {
