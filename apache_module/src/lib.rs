@@ -10,6 +10,7 @@
 mod bindings;
 mod brigade;
 mod check;
+mod client_io;
 mod config;
 mod deadline;
 mod ffi_guard;
