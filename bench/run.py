@@ -197,7 +197,7 @@ class Ctx:
                                 start_new_session=True, **kw)
 
 
-def nginx_conf(prefix, body, workers=CORES, head=""):
+def nginx_conf(prefix, body, workers=CORES, head="", connections=4096):
     user = "user root root;" if IS_ROOT else ""
     return f"""
 {head}
@@ -206,7 +206,7 @@ daemon off;
 worker_processes {workers};
 error_log {prefix}/logs/error.log warn;
 pid {prefix}/logs/nginx.pid;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {connections}; }}
 http {{
   access_log off;
   client_body_buffer_size 64k;
