@@ -285,16 +285,17 @@ def wait_tcp(port, procs, what, timeout=60):
 class Module(Server):
     name = "module"
     threads = (2, 64)
-    how = "nginx + ngx_http_wsgi_module, `thread_pool default threads=N`, `wsgi_app apps.py:dispatch`"
+    how = "nginx + ngx_http_wsgi_module, its own threads (`wsgi_max_threads N`), `wsgi_app apps.py:dispatch`"
 
     def start(self):
         body = f"""
   wsgi_python_home {self.ctx.venv};
+  wsgi_max_threads {self.n};
   server {{
     listen 127.0.0.1:{self.port} reuseport;
     location / {{ wsgi_app {BENCH}/apps.py:dispatch; }}
   }}"""
-        head = f"load_module {self.ctx.module};\nthread_pool default threads={self.n} max_queue=65536;"
+        head = f"load_module {self.ctx.module};"
         conf = self.dir / "nginx.conf"
         conf.write_text(nginx_conf(self.dir, body, head=head))
         self.procs = [self.ctx.popen([self.ctx.nginx, "-p", self.dir, "-c", conf], self.dir / "logs/stdout.log")]
