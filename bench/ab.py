@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import run  # noqa: E402
-from run import BENCH, CORES, WORKLOADS, nginx_conf, stop_process, wait_tcp, wrk  # noqa: E402
+from run import BENCH, CORES, WORKLOADS, cpu_seconds, descendants, nginx_conf, stop_process, wait_tcp, wrk  # noqa: E402
 
 
 class Variant:
@@ -91,13 +91,19 @@ def main():
             for w in workloads:
                 wrk(v.port, WORKLOADS[w].path, 1, args.connections)
         rps = {(v.name, w): [] for v in variants for w in workloads}
+        cpu = {(v.name, w): [] for v in variants for w in workloads}     # server CPU us per request
         for r in range(args.rounds):
             order = variants[r % len(variants):] + variants[:r % len(variants)]
             for w in workloads:
                 for v in order:
+                    pids = descendants([v.proc.pid])
+                    before = cpu_seconds(pids)
                     value, p99, errors = wrk(v.port, WORKLOADS[w].path, args.duration, args.connections)
+                    per_request = (cpu_seconds(pids) - before) / (value * args.duration) * 1e6
                     rps[(v.name, w)].append(value)
-                    print(f"round {r + 1}/{args.rounds} {w:6} {v.name:12} {value:9.0f} req/s  p99 {p99:6.2f} ms"
+                    cpu[(v.name, w)].append(per_request)
+                    print(f"round {r + 1}/{args.rounds} {w:6} {v.name:12} {value:9.0f} req/s  p99 {p99:6.2f} ms  "
+                          f"{per_request:6.1f} us CPU/request"
                           + (f"  {errors}" if errors else ""), file=sys.stderr)
     finally:
         for v in started:
@@ -106,22 +112,27 @@ def main():
             shutil.rmtree(tmp, ignore_errors=True)
     ref = variants[0].name
     print(f"\n{CORES} cores; nginx worker_processes {CORES}; wrk -t2 -c{args.connections} -d{args.duration}s; "
-          f"median of {args.rounds} interleaved rounds; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
-    print("| workload | " + " | ".join(v.name for v in variants) + " | "
-          + " | ".join(f"{v.name} / {ref}" for v in variants[1:]) + " |")
-    print("|---|" + "---|" * (2 * len(variants) - 1))
-    for w in workloads:
-        cells = []
-        for v in variants:
-            values = rps[(v.name, w)]
-            cells.append(f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})")
-        for v in variants[1:]:
-            # Round by round: the variants of one workload run back to back, so the machine's
-            # drift between rounds cancels out of each round's ratio.
-            ratios = [a / b for a, b in zip(rps[(v.name, w)], rps[(ref, w)])]
-            cells.append(f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
-        print(f"| {WORKLOADS[w].label} | " + " | ".join(cells) + " |")
-    print("\nreq/s: median (min-max) of the rounds; ratios: median (min-max) of the rounds' own ratios.")
+          f"{args.rounds} interleaved rounds; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    for title, data, unit in [("req/s", rps, "{:.0f}"), ("server CPU per request, us", cpu, "{:.1f}")]:
+        print(f"\n#### {title}\n")
+        print("| workload | " + " | ".join(v.name for v in variants) + " | "
+              + " | ".join(f"{v.name} / {ref}" for v in variants[1:]) + " |")
+        print("|---|" + "---|" * (2 * len(variants) - 1))
+        for w in workloads:
+            cells = []
+            for v in variants:
+                values = data[(v.name, w)]
+                cells.append(" ".join([unit.format(statistics.median(values)),
+                                       "(" + unit.format(min(values)) + "-" + unit.format(max(values)) + ")"]))
+            for v in variants[1:]:
+                # Round by round: the variants of one workload run back to back, so the machine's
+                # drift between rounds cancels out of each round's ratio.
+                ratios = [a / b for a, b in zip(data[(v.name, w)], data[(ref, w)])]
+                cells.append(f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
+            print(f"| {WORKLOADS[w].label} | " + " | ".join(cells) + " |")
+    print("\nmedian (min-max) of the rounds; ratios: median (min-max) of the rounds' own ratios. Server CPU: "
+          "user + system seconds of the nginx processes during the run / requests served; on a shared machine "
+          "it moves much less than req/s, which follows the CPU share the server gets.")
     for v in variants:
         print(f"- {v.describe()}")
 
