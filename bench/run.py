@@ -175,7 +175,9 @@ def wait_port(port, proc, what):
 
 
 class Ctx:
-    """What servers share: the temp dir, the binaries, the bench venv."""
+    """What servers share: the temp dir, the binaries, the bench venv. As a context manager (what
+    bench/streams.py uses too): the temp dir goes at the end unless $BENCH_KEEP_TMP is set, and a
+    RuntimeError ends the bench with its message."""
 
     def __init__(self, args):
         self.args = args
@@ -190,6 +192,15 @@ class Ctx:
         d = self.tmp / f"{self.counter:02d}-{name}"
         (d / "logs").mkdir(parents=True)
         return d
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if not os.environ.get("BENCH_KEEP_TMP"):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        if kind is RuntimeError:
+            sys.exit(f"bench failed: {error}")
 
     def popen(self, cmd, log, **kw):
         f = open(log, "ab")
@@ -846,8 +857,7 @@ def main():
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (bench/setup)")
     threads = threads_for(args)
-    ctx = Ctx(args)
-    try:
+    with Ctx(args) as ctx:
         for n in names:
             why = SERVERS[n].available(ctx)
             if why:
@@ -863,11 +873,6 @@ def main():
         # Row key = server name: a server's CPU and sleep thread counts never serve the same workload.
         cells = run(ctx, args, [(n, SERVERS[n], t, wls) for (n, t), wls in plan.items()], workloads, args.rounds)
         report(ctx, args, cells, workloads, names, threads)
-    except RuntimeError as e:
-        sys.exit(f"bench failed: {e}")
-    finally:
-        if not os.environ.get("BENCH_KEEP_TMP"):
-            shutil.rmtree(ctx.tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

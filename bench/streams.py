@@ -28,7 +28,6 @@ import pathlib
 import re
 import resource
 import selectors
-import shutil
 import signal
 import socket
 import statistics
@@ -66,10 +65,12 @@ class Limits:
         return 2 * cls.connections() + 1024
 
 
-def listen_backlog(block):
-    """A run.py server block's `listen` with a backlog that holds every stream's connect at once
-    (nginx's own default is 511)."""
-    return re.sub(r"(listen 127\.0\.0\.1:\d+ reuseport);", r"\1 backlog=4096;", block)
+class Backlog:
+    """For a proxied peer: its nginx's `listen` from run.py, with a backlog that holds every
+    stream's connect at once (nginx's own default is 511)."""
+
+    def front_block(self, port):
+        return re.sub(r"(listen 127\.0\.0\.1:\d+ reuseport);", r"\1 backlog=4096;", super().front_block(port))
 
 
 class Module(run.Server):
@@ -114,15 +115,12 @@ class Granian(run.Granian):
             self.dir / "logs/granian.log")]
 
 
-class UWSGI(run.UWSGI):
+class UWSGI(Backlog, run.UWSGI):
     default = 8
 
     def how(self):
         return (f"uWSGI `--master --processes 1 --threads {self.n} --listen 4096` behind nginx `uwsgi_pass` "
                 "(1 worker, unbuffered for the stream: `X-Accel-Buffering: no`)")
-
-    def front_block(self, port):
-        return listen_backlog(super().front_block(port))
 
     def start(self):
         self.procs = [self.ctx.popen(
@@ -132,15 +130,12 @@ class UWSGI(run.UWSGI):
              "--disable-logging", "--buffer-size", 32768], self.dir / "logs/uwsgi.log")]
 
 
-class Gunicorn(run.Gunicorn):
+class Gunicorn(Backlog, run.Gunicorn):
     default = 8
 
     def how(self):
         return (f"gunicorn `-k gthread -w 1 --threads {self.n} --worker-connections {Limits.connections()}` "
                 "behind nginx `proxy_pass` (unbuffered for the stream: `X-Accel-Buffering: no`)")
-
-    def front_block(self, port):
-        return listen_backlog(super().front_block(port))
 
     def start(self):
         self.procs = [self.ctx.popen(
@@ -703,8 +698,7 @@ def main():
         threads[name] = int(value)
     Limits.streams = args.streams
     raise_nofile(Limits.nofile() + 3 * args.streams)
-    ctx = Ctx(args)
-    try:
+    with Ctx(args) as ctx:
         for n in names:
             why = SERVERS[n].available(ctx)
             if why:
@@ -717,11 +711,6 @@ def main():
             print(f"{n}: {r['within']}/{r['streams']} first lines within 1 s, {r['live']} served at the end, "
                   f"short p99 {ms(percentile(r['during'], 0.99))} ms with the streams", file=sys.stderr)
         report(args, rows, ctx, names)
-    except RuntimeError as e:
-        sys.exit(f"bench failed: {e}")
-    finally:
-        if not os.environ.get("BENCH_KEEP_TMP"):
-            shutil.rmtree(ctx.tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
