@@ -404,14 +404,14 @@ def latencies(results, lo, hi):
 
 def recovery_after(results, closed, threshold):
     """(seconds, slow): from the disconnect to the start of the first RECOVERY_WINDOW seconds in
-    which every short request was answered correctly within threshold (None: no such stretch
-    before the flow ended), and how many after the disconnect were not. A backlog left by the
+    which every short request was answered correctly within threshold (0 if none was slow; None:
+    no such stretch before the flow ended), and how many after the disconnect were not. A backlog left by the
     streams shows as one run of slow requests right after the disconnect; the machine's own
     noise, as lone ones later, which a whole clean stretch before them lets through."""
     after = sorted(r for r in results if r[0] >= closed)
     bad = [due for due, lat, _ in after if lat is None or lat > threshold]
-    if not after:
-        return None, 0
+    if not bad:
+        return 0.0, 0
     start = closed
     for due in bad:
         if due - start >= RECOVERY_WINDOW:
