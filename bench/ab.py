@@ -45,7 +45,7 @@ class Variant:
         self.http = [x[5:] for x in items if x.startswith("http:")]
 
     def describe(self):
-        extra = "; ".join(self.main + [f"http {{ {x} }}" for x in self.http]) or "no pool directives"
+        extra = " ".join(self.main + [f"http {{ {x} }}" for x in self.http]) or "no pool directives"
         return f"{self.name}: {self.module} ({extra})"
 
     def start(self, tmp):

@@ -206,7 +206,7 @@ async def short_flow(port, rate, t_start, t_end, timeout):
         latency = time.monotonic() - due
         status = data.split(b" ", 2)[1:2]
         if status != [b"200"]:
-            out.append((due, None, f"status {status[0].decode(errors='replace') if status else 'none'}"))
+            out.append((due, None, f"status {status[0].decode(errors='replace')}" if status else "empty answer"))
         elif not data.endswith(apps.HELLO):
             out.append((due, None, "wrong body"))
         else:
