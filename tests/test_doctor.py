@@ -37,10 +37,10 @@ def nginx_number(version):
     return major * 1_000_000 + minor * 1000 + patch
 
 
-def patched_module(module, tmp_path, old, new):
-    """A copy of the module with the one occurrence of `old` replaced by `new`."""
+def patched_module(module, tmp_path, old, new, occurrences=(1,)):
+    """A copy of the module with `old` (found as many times as expected) replaced by `new`."""
     data = pathlib.Path(module).read_bytes()
-    assert data.count(old) == 1, f"{old!r} occurs {data.count(old)} times"
+    assert data.count(old) in occurrences, f"{old!r} occurs {data.count(old)} times"
     copy = tmp_path / "libngx_http_wsgi_module.so"
     copy.write_bytes(data.replace(old, new))
     return copy
@@ -90,6 +90,20 @@ def test_other_nginx_version_is_reported_as_nginx_refuses_it(built, tmp_path):
             in result.stdout), result.stdout
     refused = Nginx((str(copy), nginx), location("/", APPS / "sleepy.py")).run("-t")
     assert f'module "{copy}" version {older} instead of {number}' in refused.stderr, refused.stderr
+
+
+def test_symbol_this_nginx_lacks_is_reported_as_nginx_refuses_it(built, tmp_path):
+    """What a module built with threads meets in an nginx configured without them: dlopen fails."""
+    module, nginx = built
+    # Its name in the dynamic string table, and in the symbol table when the module is not stripped.
+    copy = patched_module(module, tmp_path, b"ngx_thread_task_post\0", b"ngx_thread_task_p0st\0", (1, 2))
+    result = doctor("--nginx", nginx, "--module", copy, "--user", ME)
+    assert result.returncode == 1
+    assert (f'PROBLEM nginx refuses it: dlopen() "{copy}" fails (undefined symbol: ngx_thread_task_p0st)'
+            in result.stdout), result.stdout
+    refused = Nginx((str(copy), nginx), location("/", APPS / "sleepy.py")).run("-t")
+    assert f'dlopen() "{copy}" failed ({copy}: undefined symbol: ngx_thread_task_p0st)' in refused.stderr, \
+        refused.stderr
 
 
 def test_a_file_that_is_not_a_module(built):

@@ -111,6 +111,22 @@ impl Elf {
         })
     }
 
+    /// Names of the dynamic symbols the file defines (`defined`) or needs from elsewhere.
+    pub fn dynamic_symbols(&self, defined: bool) -> Vec<String> {
+        let Some(symtab) = self.sections.iter().find(|s| s.kind == SHT_DYNSYM) else {
+            return Vec::new();
+        };
+        let Some(strtab) = self.sections.get(symtab.link as usize) else {
+            return Vec::new();
+        };
+        let (syms, strs) = (self.section_bytes(symtab), self.section_bytes(strtab));
+        syms.chunks_exact(24)
+            .skip(1)
+            .filter(|sym| (u16_at(sym, 6) != Some(0)) == defined)
+            .filter_map(|sym| Self::c_string(strs, u32_at(sym, 0)? as usize))
+            .collect()
+    }
+
     /// The value of the `index`th symbol of a symbol table section.
     fn symbol_value(&self, symtab: u32, index: u64) -> Option<u64> {
         let syms = self.section_bytes(self.sections.get(symtab as usize)?);

@@ -80,14 +80,11 @@ pub fn main(args: &[String], defaults: Defaults) -> ExitCode {
     let mut report = Report::default();
     check(&opts, &mut report);
     if report.problems == 0 {
-        println!("no problem found");
+        line("", "no problem found");
         ExitCode::SUCCESS
     } else {
-        println!(
-            "{} problem{} found",
-            report.problems,
-            if report.problems == 1 { "" } else { "s" }
-        );
+        let plural = if report.problems == 1 { "" } else { "s" };
+        line("", &format!("{} problem{plural} found", report.problems));
         ExitCode::FAILURE
     }
 }
@@ -118,16 +115,26 @@ struct Report {
     problems: usize,
 }
 
+/// One line of the report; a closed stdout (`| head`) just ends the output.
+fn line(label: &str, text: &str) {
+    use std::io::Write;
+    let _ = if label.is_empty() {
+        writeln!(std::io::stdout(), "{text}")
+    } else {
+        writeln!(std::io::stdout(), "{label:<8}{text}")
+    };
+}
+
 impl Report {
     fn info(&self, what: &str, text: impl AsRef<str>) {
-        println!("{what:<8}{}", text.as_ref());
+        line(what, text.as_ref());
     }
     fn ok(&self, text: impl AsRef<str>) {
-        println!("{:<8}{}", "ok", text.as_ref());
+        line("ok", text.as_ref());
     }
     fn problem(&mut self, text: impl AsRef<str>) {
         self.problems += 1;
-        println!("{:<8}{}", "PROBLEM", text.as_ref());
+        line("PROBLEM", text.as_ref());
     }
 }
 
@@ -147,6 +154,7 @@ fn module_identity(elf: &Elf) -> Option<(u64, String)> {
 }
 
 fn check(opts: &Options, report: &mut Report) {
+    let nginx_elf = Elf::open(&opts.nginx).ok();
     let nginx = identify(&opts.nginx, "nginx", report);
     let module_elf = match Elf::open(&opts.module) {
         Ok(e) => Some(e),
@@ -173,8 +181,12 @@ fn check(opts: &Options, report: &mut Report) {
         }
         id
     });
-    if let (Some((nv, ns)), Some((mv, ms))) = (&nginx, &module) {
-        compare(opts, (*nv, ns), (*mv, ms), report);
+    if let (Some((nv, ns)), Some((mv, ms)), Some(nginx_elf), Some(module_elf)) =
+        (&nginx, &module, &nginx_elf, &module_elf)
+    {
+        if nv != mv || !missing_symbols(opts, nginx_elf, module_elf, report) {
+            compare(opts, (*nv, ns), (*mv, ms), report);
+        }
     }
 
     let user = workers_user(opts, report);
@@ -218,6 +230,31 @@ fn identify(path: &Path, what: &str, report: &mut Report) -> Option<(u64, String
             None
         }
     }
+}
+
+/// nginx's dlopen() of the module fails, before any version or signature check, when the module
+/// uses nginx functions or variables that this nginx binary does not export (a module compiled
+/// with threads, say, for an nginx configured without them).
+fn missing_symbols(opts: &Options, nginx: &Elf, module: &Elf, report: &mut Report) -> bool {
+    let exported: std::collections::HashSet<String> =
+        nginx.dynamic_symbols(true).into_iter().collect();
+    let mut missing: Vec<String> = module
+        .dynamic_symbols(false)
+        .into_iter()
+        .filter(|s| s.starts_with("ngx_") && !exported.contains(s))
+        .collect();
+    if missing.is_empty() {
+        return false;
+    }
+    missing.sort();
+    report.problem(format!(
+        "nginx refuses it: dlopen() \"{}\" fails (undefined symbol: {}): this nginx was \
+         configured without what the module was built with (--with-threads, --with-compat: \
+         nginx -V); build the module against this nginx's configured tree (NGINX_BUILD_DIR)",
+        opts.module.display(),
+        missing.join(", ")
+    ));
+    true
 }
 
 fn compare(opts: &Options, nginx: (u64, &str), module: (u64, &str), report: &mut Report) {
