@@ -75,8 +75,13 @@ new_root() {
     mkdir -p "$dir"
     tar -C "$dir" -xf "$tarball"
     cp /etc/resolv.conf "$dir/etc/resolv.conf"
-    # pip inside the root uses the host's index settings (a mirror or CA bundle), if any.
+    # pip inside the root uses the host's index settings (a mirror or CA bundle), if any, and the
+    # certificate authorities added to this machine (a proxy's) are trusted there as well.
     [ ! -f /etc/pip.conf ] || cp /etc/pip.conf "$dir/etc/pip.conf"
+    if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+        cp /usr/local/share/ca-certificates/*.crt "$dir/usr/local/share/ca-certificates/"
+        chroot "$dir" update-ca-certificates >/dev/null 2>&1
+    fi
 }
 
 # in_root ROOT [SRC:DST ...] -- CMD...: runs CMD chrooted in ROOT with a clean environment, /proc,
