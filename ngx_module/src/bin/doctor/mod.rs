@@ -90,9 +90,13 @@ pub fn main(args: &[String], defaults: Defaults) -> ExitCode {
 }
 
 fn parse(args: &[String], defaults: Defaults) -> Result<Options, String> {
+    // The default paths are absolute; under the current directory (a checkout) they read better
+    // relative to it.
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let shown = |p: PathBuf| p.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(p);
     let mut opts = Options {
-        nginx: defaults.nginx,
-        module: defaults.module,
+        nginx: shown(defaults.nginx),
+        module: shown(defaults.module),
         home: std::env::var_os("VIRTUAL_ENV").map(|v| (PathBuf::from(v), "VIRTUAL_ENV")),
         user: None,
     };
@@ -387,7 +391,8 @@ fn embedded_python(elf: Elf, module: &Path, report: &mut Report) -> Option<Pytho
         .to_owned();
     let multiarch = format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH);
     let origin = module.parent().unwrap_or(Path::new("."));
-    let dirs: Vec<PathBuf> = runpath
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for dir in runpath
         .iter()
         .map(|d| PathBuf::from(d.replace("$ORIGIN", &origin.to_string_lossy())))
         .chain(
@@ -395,12 +400,16 @@ fn embedded_python(elf: Elf, module: &Path, report: &mut Report) -> Option<Pytho
                 .iter()
                 .map(PathBuf::from),
         )
-        .collect();
+    {
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
     let Some(library) = dirs.iter().map(|d| d.join(lib)).find(|p| p.exists()) else {
         report.problem(format!(
-            "the module embeds Python {version}, but {lib} is in none of {}: nginx cannot load \
-             the module (install that Python's shared library, or build against an installed \
-             Python with PYO3_PYTHON)",
+            "the module embeds Python {version}, but {lib} is in none of {}: nginx's dlopen() of \
+             the module fails (install that Python's shared library, or build the module against \
+             an installed Python with PYO3_PYTHON)",
             dirs.iter()
                 .map(|d| d.display().to_string())
                 .collect::<Vec<_>>()
