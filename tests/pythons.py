@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def installed_pythons():
     """{"3.X": path} of Debian's python3 and pyenv's versions, newest patch release per minor."""
@@ -27,3 +29,15 @@ def other_python():
     embedded = f"{sys.version_info[0]}.{sys.version_info[1]}"
     others = sorted((v, p) for v, p in installed_pythons().items() if v != embedded)
     return others[0] if others else None
+
+
+def venv_of_other_python(directory):
+    """(version, path) of a virtualenv made in `directory` with another installed Python than the
+    embedded one; skips the test when the machine has none."""
+    other = other_python()
+    if other is None:
+        pytest.skip("no Python of another minor version on this machine")
+    version, python = other
+    venv = directory / "venv"
+    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True)
+    return version, venv

@@ -2,7 +2,6 @@
 directive, the file and line, and the Python error."""
 import re
 import signal
-import subprocess
 import sys
 import time
 
@@ -10,7 +9,7 @@ import pytest
 import requests
 
 from conftest import APPS, UNLOADABLE_APPS, location
-from pythons import other_python
+from pythons import venv_of_other_python
 
 BROKEN = APPS / "broken"
 
@@ -62,12 +61,7 @@ def test_python_home_of_another_version_is_refused(nginx_factory, tmp_path):
 
 
 def test_virtualenv_of_another_installed_python_is_refused(nginx_factory, tmp_path):
-    other = other_python()
-    if other is None:
-        pytest.skip("no Python of another minor version on this machine")
-    version, python = other
-    venv = tmp_path / "venv"
-    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True)
+    version, venv = venv_of_other_python(tmp_path)
     server, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), home=False,
                                http_extra=f"wsgi_python_home {venv};")
     assert result.returncode != 0

@@ -13,7 +13,7 @@ import tempfile
 import pytest
 
 from conftest import APPS, RELEASE, Nginx, location
-from pythons import other_python
+from pythons import venv_of_other_python
 
 EMBEDDED = f"{sys.version_info[0]}.{sys.version_info[1]}"
 ME = pwd.getpwuid(os.geteuid()).pw_name
@@ -114,12 +114,7 @@ def test_a_file_that_is_not_a_module(built):
 
 
 def test_virtualenv_of_another_python(built, tmp_path):
-    other = other_python()
-    if other is None:
-        pytest.skip("no Python of another minor version on this machine")
-    version, python = other
-    venv = tmp_path / "venv"
-    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True)
+    version, venv = venv_of_other_python(tmp_path)
     module, nginx = built
     result = doctor("--nginx", nginx, "--module", module, "--python-home", venv, "--user", ME)
     assert result.returncode == 1
