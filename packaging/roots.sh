@@ -63,6 +63,7 @@ base_tarball() {
         echo 'man-db man-db/auto-update boolean false' | chroot "$tmp" debconf-set-selections
         tar -C "$tmp" -cf "$tarball.new" . && mv "$tarball.new" "$tarball"
         rm -rf "$tmp"
+        find "$NGX_WSGI_CACHE" -maxdepth 1 -name "$dist-base*.tar" ! -path "$tarball" -delete
     fi
     echo "$tarball"
 }
