@@ -36,9 +36,19 @@ need_root_tools() {
     }
 }
 
-# Prints the path of DIST's base tarball, making it first if needed.
+# Holds the lock NAME (until this shell exits): two runs never share a root they both change.
+hold_lock() {
+    mkdir -p "$NGX_WSGI_CACHE"
+    local fd
+    exec {fd}>"$NGX_WSGI_CACHE/$1.lock"
+    flock "$fd"
+}
+
+# Prints the path of DIST's base tarball, making it first if needed. (Called as $(...): the lock
+# ends with that subshell.)
 base_tarball() {
     local dist=$1 tarball=$NGX_WSGI_CACHE/$1-base-2.tar tmp
+    hold_lock "$dist-base"
     if [ ! -s "$tarball" ]; then
         mkdir -p "$NGX_WSGI_CACHE/apt-$dist"
         tmp=$NGX_WSGI_CACHE/$dist-bootstrap
