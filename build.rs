@@ -3,6 +3,15 @@
 fn main() {
     pyo3_build_config::add_libpython_rpath_link_args();
     let config = pyo3_build_config::get();
+    // The core relies on the GIL: a request's objects, the start_response state and the
+    // interpreter's thread states are only safe because one thread runs Python at a time.
+    if config.is_free_threaded() {
+        panic!(
+            "ngx-wsgi needs a CPython with the GIL; {} is a free-threaded build (python3.Xt). \
+             Build against a regular CPython (PYO3_PYTHON=/usr/bin/python3).",
+            config.executable().unwrap_or("the configured Python")
+        );
+    }
     if let Some(executable) = config.executable() {
         println!("cargo:rustc-env=NGX_WSGI_BUILD_PYTHON={executable}");
     }

@@ -162,6 +162,7 @@ impl Apps {
     /// Imports every app once (at process start). On failure returns the index of the app and
     /// the error.
     pub fn load_all(specs: &[AppSpec]) -> Result<(), (usize, String)> {
+        let server_signals = crate::signals::ServerSignals::note();
         let apps = crate::interpreter::attach(|py| {
             let apps = specs
                 .iter()
@@ -172,7 +173,15 @@ impl Apps {
                 tracing::warn!(target: "wsgi", "cannot route Python logging to the server's log: {e}");
             }
             Ok(apps)
-        })?;
+        });
+        for signal in server_signals.restore() {
+            tracing::warn!(
+                target: "wsgi",
+                "an app set a handler for {signal} while it was imported; the server keeps its own \
+                 (the server's processes handle their signals, and a Python handler there would never run)"
+            );
+        }
+        let apps = apps?;
         LOADED
             .set(apps)
             .map_err(|_| (0, "the apps of this process were already loaded".to_owned()))

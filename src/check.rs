@@ -3,9 +3,15 @@
 //! instead of leaving a server that accepts connections with no working process behind them.
 //! The child keeps the server's own process free of Python (a fork after Python starts threads is
 //! unsafe, and the server's master must stay small).
+//!
+//! The child runs with the workers' user, groups and environment, none of the server's open
+//! descriptors (listening sockets, worker channels during a reload), and a time limit: an import
+//! that blocks fails the check, naming the app, instead of hanging `nginx -t` or a reload.
 
+use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::FromRawFd;
+use std::time::{Duration, Instant};
 
 use crate::app::AppSpec;
 use crate::interpreter::{self, PythonSettings};
@@ -22,21 +28,30 @@ pub enum CheckError {
 }
 
 /// Credentials the check runs with, so it sees the files as the server's workers will.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Credentials {
     pub uid: libc::uid_t,
     pub gid: libc::gid_t,
+    /// The user's name: its supplementary groups are taken (`initgroups`), as the server does
+    /// for its workers. Without it the child keeps `gid` alone.
+    pub user: Option<CString>,
 }
 
 /// How the server will start its workers: the check child copies it, so that it imports the apps
 /// as a worker would.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerSetup {
-    /// The user to switch to, when the server runs as root.
+    /// The user to switch to, when the server runs as root. A root server that cannot say whose
+    /// the workers are gets no check run as root: the check fails.
     pub credentials: Option<Credentials>,
     /// The workers' whole environment, when the server replaces it (nginx keeps only `env` ones).
     pub environment: Option<Vec<(String, String)>>,
+    /// How long starting Python and importing every app may take (zero: [`DEFAULT_TIMEOUT`]).
+    pub timeout: Duration,
 }
+
+/// How long the check may take unless the server's configuration says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs the check in a child process; returns every problem found.
 pub fn check_apps(
@@ -45,8 +60,9 @@ pub fn check_apps(
     setup: &WorkerSetup,
 ) -> Result<(), Vec<CheckError>> {
     let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe() writes.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+    // SAFETY: `fds` has room for the two descriptors pipe2() writes; close-on-exec, so that no
+    // program the server (or the app) runs meanwhile inherits them.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(vec![CheckError::Process(format!(
             "pipe(): {}",
             std::io::Error::last_os_error()
@@ -66,29 +82,60 @@ pub fn check_apps(
         return Err(vec![CheckError::Process(format!("fork(): {err}"))]);
     }
     if pid == 0 {
-        // SAFETY: in the child; the read end is not ours to use.
-        unsafe { libc::close(read_fd) };
-        let report = std::panic::catch_unwind(|| child_report(settings, specs, setup))
+        // SAFETY: in the child, single-threaded; the read end is not ours to use, and nothing of
+        // the server's (listening sockets, channels, logs) is kept but stdin/stdout/stderr and
+        // the report pipe, moved to descriptor 3.
+        let report_fd = unsafe {
+            libc::close(read_fd);
+            let fd = if write_fd == 3 {
+                3
+            } else {
+                libc::dup2(write_fd, 3)
+            };
+            libc::close_range(4, libc::c_uint::MAX, 0);
+            fd
+        };
+        let report = std::panic::catch_unwind(|| child_report(settings, specs, setup, report_fd))
             .unwrap_or_else(|_| "Pthe check panicked\0".to_owned());
-        // SAFETY: `write_fd` is the pipe's write end; _exit skips the server's atexit handlers
-        // and stdio buffers, which belong to the parent.
+        // SAFETY: the report pipe's write end; _exit skips the server's atexit handlers and
+        // stdio buffers, which belong to the parent.
         unsafe {
-            crate::log_text::write_all(write_fd, report.as_bytes());
+            crate::log_text::write_all(report_fd, report.as_bytes());
             libc::_exit(0);
         }
     }
     // SAFETY: the write end belongs to the child now; the read end is owned by the File below.
     unsafe { libc::close(write_fd) };
-    let mut report = String::new();
     // SAFETY: `read_fd` is an open descriptor owned by nothing else.
     let mut pipe = unsafe { std::fs::File::from_raw_fd(read_fd) };
-    let read = pipe.read_to_string(&mut report);
+    let timeout = if setup.timeout.is_zero() {
+        DEFAULT_TIMEOUT
+    } else {
+        setup.timeout
+    };
+    let (report, read) = read_report(&mut pipe, read_fd, timeout);
+    if read == Reading::TimedOut {
+        // SAFETY: `pid` is our child; it is killed and reaped below.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
     let status = wait_for(pid);
     let (mut errors, finished) = parse_report(&report);
-    if let Err(e) = read {
-        errors.push(CheckError::Process(format!(
+    match read {
+        Reading::Done => {}
+        Reading::Failed(e) => errors.push(CheckError::Process(format!(
             "reading the check's report: {e}"
-        )));
+        ))),
+        Reading::TimedOut => {
+            let what = format!(
+                "it took longer than {} s (blocked while importing?); the check process was killed",
+                timeout.as_secs_f64()
+            );
+            errors.push(match last_started(&report) {
+                Some(i) => CheckError::App(i, format!("importing {what}")),
+                None => CheckError::Interpreter(format!("starting Python: {what}")),
+            });
+            return Err(errors);
+        }
     }
     if let Some(status) = status {
         if libc::WIFSIGNALED(status) {
@@ -118,6 +165,69 @@ pub fn check_apps(
     }
 }
 
+/// How reading the report ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Reading {
+    Done,
+    TimedOut,
+    Failed(String),
+}
+
+/// Reads the child's report until it closes the pipe or `timeout` passes.
+fn read_report(pipe: &mut std::fs::File, fd: libc::c_int, timeout: Duration) -> (String, Reading) {
+    let deadline = Instant::now() + timeout;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (
+                String::from_utf8_lossy(&bytes).into_owned(),
+                Reading::TimedOut,
+            );
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().clamp(1, libc::c_int::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if ready < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return (
+                String::from_utf8_lossy(&bytes).into_owned(),
+                Reading::Failed(e.to_string()),
+            );
+        }
+        if ready == 0 {
+            continue;
+        }
+        match pipe.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&bytes).into_owned(), Reading::Done),
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return (
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                    Reading::Failed(e.to_string()),
+                )
+            }
+        }
+    }
+}
+
+/// The app the child was importing last (its `S` records), if any.
+fn last_started(report: &str) -> Option<usize> {
+    report
+        .rsplit('\0')
+        .find_map(|r| r.strip_prefix('S')?.parse().ok())
+}
+
 fn wait_for(pid: libc::pid_t) -> Option<libc::c_int> {
     let mut status = 0;
     loop {
@@ -135,8 +245,16 @@ fn wait_for(pid: libc::pid_t) -> Option<libc::c_int> {
 }
 
 /// Records separated by NUL: `I<message>`, `A<index>:<message>`, `P<message>`, and `K` last when
-/// the child got through every app.
-fn child_report(settings: &PythonSettings, specs: &[AppSpec], setup: &WorkerSetup) -> String {
+/// the child got through every app. `S<index>` is written to `progress` at once as app `index`
+/// starts importing, so that the parent can name an import that never ends.
+fn child_report(
+    settings: &PythonSettings,
+    specs: &[AppSpec],
+    setup: &WorkerSetup,
+    progress: libc::c_int,
+) -> String {
+    // Children an app starts at import are its own, not the server's (see `signals`).
+    let _ = crate::signals::leave_children_to_their_parents();
     if let Some(environment) = &setup.environment {
         for (key, _) in std::env::vars_os() {
             std::env::remove_var(key);
@@ -145,17 +263,13 @@ fn child_report(settings: &PythonSettings, specs: &[AppSpec], setup: &WorkerSetu
             std::env::set_var(key, value);
         }
     }
-    if let Some(c) = setup.credentials {
-        // SAFETY: plain syscalls in the single-threaded child; group first, while still root.
-        let ok = unsafe { libc::setgid(c.gid) == 0 && libc::setuid(c.uid) == 0 };
-        if !ok {
-            return format!(
-                "Pcannot switch to uid {} gid {}: {}\0",
-                c.uid,
-                c.gid,
-                std::io::Error::last_os_error()
-            );
+    if let Some(c) = &setup.credentials {
+        if let Err(e) = switch_user(c) {
+            return format!("P{e}\0");
         }
+    // SAFETY: plain syscall.
+    } else if unsafe { libc::geteuid() } == 0 {
+        return "Pthe workers' user is unknown: the apps are not imported as root\0".into();
     }
     if let Err(e) = interpreter::initialize(settings) {
         return format!("I{e}\0");
@@ -163,6 +277,7 @@ fn child_report(settings: &PythonSettings, specs: &[AppSpec], setup: &WorkerSetu
     interpreter::attach(|py| {
         let mut out = String::new();
         for (i, spec) in specs.iter().enumerate() {
+            crate::log_text::write_all(progress, format!("S{i}\0").as_bytes());
             if let Err(e) = spec.load(py) {
                 out.push_str(&format!("A{i}:{e}\0"));
             }
@@ -170,6 +285,37 @@ fn child_report(settings: &PythonSettings, specs: &[AppSpec], setup: &WorkerSetu
         out.push_str("K\0");
         out
     })
+}
+
+/// Takes the workers' groups, then their group and user (in that order: each step needs the
+/// privileges the next one drops).
+fn switch_user(c: &Credentials) -> Result<(), String> {
+    let failed = |what: &str| {
+        format!(
+            "cannot switch to {what}: {}",
+            std::io::Error::last_os_error()
+        )
+    };
+    // SAFETY: plain syscalls in the single-threaded child; the name is a valid C string.
+    unsafe {
+        let groups_ok = match &c.user {
+            Some(name) => libc::initgroups(name.as_ptr(), c.gid) == 0,
+            None => libc::setgroups(1, &c.gid) == 0,
+        };
+        if !groups_ok {
+            return Err(failed(&format!(
+                "the groups of the workers' user (gid {})",
+                c.gid
+            )));
+        }
+        if libc::setgid(c.gid) != 0 {
+            return Err(failed(&format!("gid {}", c.gid)));
+        }
+        if libc::setuid(c.uid) != 0 {
+            return Err(failed(&format!("uid {}", c.uid)));
+        }
+    }
+    Ok(())
 }
 
 /// The problems reported, and whether the child reached its end.
@@ -185,6 +331,7 @@ fn parse_report(report: &str) -> (Vec<CheckError>, bool) {
                     finished = true;
                     return None;
                 }
+                "S" => return None,
                 "I" => CheckError::Interpreter(rest.to_owned()),
                 "A" => match rest
                     .split_once(':')
@@ -222,6 +369,9 @@ mod tests {
             (vec![CheckError::App(0, "x".into())], true)
         );
         assert_eq!(parse_report("K\0"), (vec![], true));
+        assert_eq!(parse_report("S0\0S1\0K\0"), (vec![], true));
+        assert_eq!(last_started("S0\0S1\0"), Some(1));
+        assert_eq!(last_started("Ibad\0"), None);
         assert_eq!(parse_report(""), (vec![], false));
     }
 }

@@ -3,8 +3,13 @@
 //! Either the server has the whole body (memory or temp file: reads never wait), or it hands
 //! the body over as it arrives ([`BodySource`]: a read waits, without the GIL, for the client).
 //! Either way a read never blocks past the end of the body: it returns `b""` there.
+//!
+//! The object may outlive the request (an app thread, a `__del__`, a cache keeps it), but the
+//! server's memory behind it does not. Every read holds a lease on the request's [`InputGate`];
+//! when the request ends the gate is closed: the source is cancelled (a read waiting for the
+//! client returns at once), the close waits for reads under way, and later reads raise.
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -17,6 +22,78 @@ pub trait BodySource: Send + Sync {
     /// Waits (called without the GIL) until body bytes are available or the body has ended;
     /// returns at most `max` bytes, none at the end.
     fn read(&self, max: usize) -> std::io::Result<Vec<u8>>;
+
+    /// The request is ending: a read waiting now, or made later, fails at once. Any thread.
+    fn cancel(&self);
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Reads under way.
+    readers: usize,
+    closed: bool,
+}
+
+/// Whether `wsgi.input` may still touch the server's memory, and who is touching it.
+#[derive(Default)]
+pub struct InputGate {
+    state: Mutex<GateState>,
+    idle: Condvar,
+    /// Cancelled when the gate closes.
+    source: Option<Arc<dyn BodySource>>,
+}
+
+impl InputGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A read may begin: it holds the lease until it is dropped.
+    fn enter(&self) -> PyResult<Lease<'_>> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(finished());
+        }
+        st.readers += 1;
+        Ok(Lease(self))
+    }
+
+    /// The request is over: no read may begin, a read waiting for the client is cancelled, and
+    /// this returns once every read under way has ended (waiting without the GIL).
+    pub fn close(&self, py: Python<'_>) {
+        let busy = {
+            let mut st = self.lock();
+            st.closed = true;
+            st.readers > 0
+        };
+        if let Some(source) = &self.source {
+            source.cancel();
+        }
+        if busy {
+            py.detach(|| {
+                let mut st = self.lock();
+                while st.readers > 0 {
+                    st = self.idle.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+            });
+        }
+    }
+}
+
+struct Lease<'a>(&'a InputGate);
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.readers -= 1;
+        if st.readers == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
+fn finished() -> PyErr {
+    PyValueError::new_err("wsgi.input read after the request finished")
 }
 
 /// Where the bytes come from.
@@ -92,22 +169,33 @@ pub struct Input {
     /// `None` once the request has finished: the server's buffers are gone.
     source: Option<Source>,
     pos: u64,
+    gate: Arc<InputGate>,
 }
 
 impl Input {
-    pub fn new(body: RequestBody) -> Self {
-        let source = match body {
-            RequestBody::Buffered(body) => Source::Buffered(body),
-            RequestBody::Streamed(source) => Source::Streamed(Streamed {
-                source,
-                pending: Vec::new(),
-                done: false,
-            }),
+    /// The input over `body`, and the gate to close when the request ends.
+    pub fn new(body: RequestBody) -> (Self, Arc<InputGate>) {
+        let (source, cancel) = match body {
+            RequestBody::Buffered(body) => (Source::Buffered(body), None),
+            RequestBody::Streamed(source) => (
+                Source::Streamed(Streamed {
+                    source: source.clone(),
+                    pending: Vec::new(),
+                    done: false,
+                }),
+                Some(source),
+            ),
         };
-        Input {
+        let gate = Arc::new(InputGate {
+            source: cancel,
+            ..Default::default()
+        });
+        let input = Input {
             source: Some(source),
             pos: 0,
-        }
+            gate: gate.clone(),
+        };
+        (input, gate)
     }
 
     /// Cuts the stream off from the server's memory; later reads raise `ValueError`.
@@ -116,18 +204,14 @@ impl Input {
     }
 
     fn source(&mut self) -> PyResult<&mut Source> {
-        self.source
-            .as_mut()
-            .ok_or_else(|| PyValueError::new_err("wsgi.input read after the request finished"))
+        self.source.as_mut().ok_or_else(finished)
     }
 
     fn body(&self) -> PyResult<&Body> {
         match &self.source {
             Some(Source::Buffered(body)) => Ok(body),
             Some(Source::Streamed(_)) => Err(PyValueError::new_err("the request body is streamed")),
-            None => Err(PyValueError::new_err(
-                "wsgi.input read after the request finished",
-            )),
+            None => Err(finished()),
         }
     }
 
@@ -160,6 +244,8 @@ impl Input {
         py: Python<'py>,
         size: Option<i64>,
     ) -> PyResult<Bound<'py, PyBytes>> {
+        let gate = self.gate.clone();
+        let _lease = gate.enter()?;
         if let Some(streamed) = self.streamed()? {
             let line = streamed.read_line(py, Self::size_arg(size))?;
             return Ok(PyBytes::new(py, &line));
@@ -205,6 +291,8 @@ fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
 impl Input {
     #[pyo3(signature = (size = None))]
     fn read<'py>(&mut self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
+        let gate = self.gate.clone();
+        let _lease = gate.enter()?;
         if let Some(streamed) = self.streamed()? {
             let data = streamed.read(py, Self::size_arg(size))?;
             return Ok(PyBytes::new(py, &data));
@@ -281,11 +369,8 @@ mod tests {
     use crate::testing::with_python;
 
     fn input<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, Input> {
-        Bound::new(
-            py,
-            Input::new(RequestBody::Buffered(Body::from_vec(data.to_vec()))),
-        )
-        .unwrap()
+        let (input, _gate) = Input::new(RequestBody::Buffered(Body::from_vec(data.to_vec())));
+        Bound::new(py, input).unwrap()
     }
 
     fn call(obj: &Bound<'_, Input>, code: &str) -> Vec<u8> {
@@ -322,6 +407,61 @@ mod tests {
         });
     }
 
+    /// A client that sends nothing until the request is cancelled.
+    #[derive(Default)]
+    struct Silent {
+        cancelled: std::sync::Mutex<bool>,
+        wake: std::sync::Condvar,
+        waiting: std::sync::atomic::AtomicBool,
+    }
+
+    impl BodySource for Silent {
+        fn read(&self, _max: usize) -> std::io::Result<Vec<u8>> {
+            let mut c = self.cancelled.lock().unwrap();
+            self.waiting
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            while !*c {
+                c = self.wake.wait(c).unwrap();
+            }
+            Err(std::io::Error::other("the request is over"))
+        }
+
+        fn cancel(&self) {
+            *self.cancelled.lock().unwrap() = true;
+            self.wake.notify_all();
+        }
+    }
+
+    #[test]
+    fn closing_cancels_a_read_under_way_and_refuses_later_ones() {
+        let source = Arc::new(Silent::default());
+        let (input, gate) = with_python(|py| {
+            let (input, gate) = Input::new(RequestBody::Streamed(source.clone()));
+            (Py::new(py, input).unwrap(), gate)
+        });
+        let reader = {
+            let input = with_python(|py| input.clone_ref(py));
+            std::thread::spawn(move || {
+                crate::interpreter::attach(|py| {
+                    input.bind(py).call_method0("read").unwrap_err().to_string()
+                })
+            })
+        };
+        while !source.waiting.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        with_python(|py| gate.close(py));
+        let err = reader.join().unwrap();
+        assert!(err.contains("the request is over"), "{err}");
+        with_python(|py| {
+            let err = input.bind(py).call_method0("readline").unwrap_err();
+            assert!(
+                err.to_string().contains("after the request finished"),
+                "{err}"
+            );
+        });
+    }
+
     #[test]
     fn detached_input_refuses_reads() {
         with_python(|py| {
@@ -335,6 +475,8 @@ mod tests {
     struct Trickle(std::sync::Mutex<std::collections::VecDeque<Vec<u8>>>);
 
     impl BodySource for Trickle {
+        fn cancel(&self) {}
+
         fn read(&self, max: usize) -> std::io::Result<Vec<u8>> {
             let mut q = self.0.lock().unwrap();
             match q.front_mut() {
@@ -348,7 +490,7 @@ mod tests {
     fn streamed<'py>(py: Python<'py>, pieces: &[&[u8]]) -> Bound<'py, Input> {
         let q = pieces.iter().map(|p| p.to_vec()).collect();
         let source: Arc<dyn BodySource> = Arc::new(Trickle(std::sync::Mutex::new(q)));
-        Bound::new(py, Input::new(RequestBody::Streamed(source))).unwrap()
+        Bound::new(py, Input::new(RequestBody::Streamed(source)).0).unwrap()
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub fn initialize(settings: &PythonSettings) -> Result<(), String> {
         check_home(home)?;
     }
     pin_code_in_memory();
+    crate::signals::reset_in_forked_children();
     // SAFETY: called once per process before any other Python API; the config struct is
     // initialised by PyConfig_InitPythonConfig and cleared before it goes out of scope.
     unsafe {
@@ -83,35 +84,131 @@ pub fn initialize(settings: &PythonSettings) -> Result<(), String> {
     }
     // SAFETY: the interpreter was just initialised on this thread, which holds the GIL.
     let py = unsafe { Python::assume_attached() };
-    let path_result =
-        add_site_dirs(py, &settings.path).map_err(|e| crate::traceback::format(py, &e));
+    let path_result = add_site_dirs(py, &settings.path)
+        .and_then(|()| crate::signals::use_fork_for_subprocesses(py))
+        .map_err(|e| crate::traceback::format(py, &e));
     // SAFETY: this thread holds the GIL; the returned state is kept for `finalize`.
     let tstate = unsafe { ffi::PyEval_SaveThread() };
     MAIN_THREAD_STATE.store(tstate, Ordering::Release);
     path_result
 }
 
-/// Waits for the app's non-daemon threads and finalises the interpreter. Must run on the thread
-/// that called `initialize`, after every other thread has stopped running Python.
-pub fn finalize() -> Result<(), String> {
+/// How a finalisation ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Finalized {
+    /// The app's threads ended in time and the interpreter was finalised.
+    Cleanly,
+    /// Threads of the app were still running at the deadline: their names and stacks were
+    /// logged and `atexit` handlers ran, but the interpreter was left as it was. The caller must
+    /// end the process without running anything that could meet those threads (`_exit`).
+    ThreadsLeft,
+}
+
+/// Joins the app's non-daemon threads for at most `timeout`, then finalises the interpreter
+/// (`atexit` handlers, module teardown). Threads still running at the deadline are logged with
+/// their Python stacks and left running: see [`Finalized::ThreadsLeft`]. Must run on the thread
+/// that called `initialize`, after every server thread has stopped running Python.
+pub fn finalize(timeout: std::time::Duration) -> Result<Finalized, String> {
     if MAIN_THREAD_STATE.load(Ordering::Acquire).is_null() {
-        return Ok(());
+        return Ok(Finalized::Cleanly);
     }
     crate::watchdog::wait_idle(std::time::Duration::from_secs(2));
     let tstate = MAIN_THREAD_STATE.swap(ptr::null_mut(), Ordering::AcqRel);
     if tstate.is_null() {
-        return Ok(());
+        return Ok(Finalized::Cleanly);
     }
-    // SAFETY: `tstate` is this thread's state saved by `initialize`; restoring it takes the GIL,
-    // which Py_FinalizeEx requires. Py_FinalizeEx joins non-daemon threads (threading._shutdown).
-    let rc = unsafe {
-        ffi::PyEval_RestoreThread(tstate);
-        ffi::Py_FinalizeEx()
-    };
+    // SAFETY: `tstate` is this thread's state saved by `initialize`; restoring it takes the GIL.
+    unsafe { ffi::PyEval_RestoreThread(tstate) };
+    // SAFETY: this thread holds the GIL (restored above).
+    let py = unsafe { Python::assume_attached() };
+    match join_app_threads(py, timeout) {
+        Ok(None) => {}
+        Ok(Some(report)) => {
+            tracing::error!(
+                target: "wsgi",
+                "Python threads still running after {report}; the process exits without \
+                 finalising Python (atexit handlers ran)"
+            );
+            run_exit_handlers(py);
+            return Ok(Finalized::ThreadsLeft);
+        }
+        Err(e) => tracing::error!(target: "wsgi", "joining the app's threads at exit failed: {e}"),
+    }
+    // SAFETY: the GIL is held by this, the initialising, thread. Py_FinalizeEx joins what is left
+    // of the non-daemon threads (none, or threads started meanwhile) and runs atexit handlers.
+    let rc = unsafe { ffi::Py_FinalizeEx() };
     if rc == 0 {
-        Ok(())
+        Ok(Finalized::Cleanly)
     } else {
         Err("Python finalisation reported an error (buffered data could not be flushed)".into())
+    }
+}
+
+/// Joins the app's non-daemon threads until `timeout`; None when all ended, else the report of
+/// those left (names and stacks), beginning with what the deadline was.
+fn join_app_threads(py: Python<'_>, timeout: std::time::Duration) -> PyResult<Option<String>> {
+    let code = c"
+import sys, threading, time, traceback
+def _join(timeout, what):
+    deadline = time.monotonic() + timeout
+    main = threading.main_thread()
+    def left():
+        return [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
+    while True:
+        alive = left()
+        remaining = deadline - time.monotonic()
+        if not alive or remaining <= 0:
+            break
+        alive[0].join(remaining)
+    alive = left()
+    if not alive:
+        return None
+    frames = sys._current_frames()
+    parts = [what + ': ' + ', '.join(repr(t.name) for t in alive)]
+    for t in alive:
+        stack = ''.join(traceback.format_stack(frames[t.ident])) if t.ident in frames else '(no stack)\\n'
+        parts.append('Thread %r (most recent call last):\\n%s' % (t.name, stack.rstrip()))
+    return '\\n'.join(parts)
+";
+    let globals = pyo3::types::PyDict::new(py);
+    py.run(code, Some(&globals), None)?;
+    let what = SHUTDOWN_WHAT
+        .get()
+        .map_or("the shutdown timeout", |w| w.as_str());
+    let what = format!("{what} ({} ms)", timeout.as_millis());
+    let report = globals
+        .get_item("_join")?
+        .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no _join"))?
+        .call1((timeout.as_secs_f64(), what))?;
+    report.extract()
+}
+
+/// What bounds the wait for the app's threads, as the server's configuration calls it (for the
+/// log line, e.g. "wsgi_shutdown_timeout").
+static SHUTDOWN_WHAT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names the server's setting that bounds [`finalize`]'s wait for the app's threads.
+pub fn name_shutdown_timeout(name: &str) {
+    let _ = SHUTDOWN_WHAT.set(name.to_owned());
+}
+
+/// `atexit` handlers and flushed standard streams, for a process that ends without
+/// `Py_FinalizeEx`.
+fn run_exit_handlers(py: Python<'_>) {
+    let result = (|| -> PyResult<()> {
+        py.import("atexit")?.call_method0("_run_exitfuncs")?;
+        let sys = py.import("sys")?;
+        for stream in ["stdout", "stderr"] {
+            if let Ok(s) = sys.getattr(stream) {
+                if !s.is_none() {
+                    s.call_method0("flush")?;
+                }
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::error!(target: "wsgi", "running atexit handlers: {}", crate::traceback::format(py, &e));
     }
 }
 
@@ -134,6 +231,24 @@ where
         }
     });
     Python::attach(f)
+}
+
+/// Deletes the calling thread's kept Python thread state (a server thread that is about to end);
+/// nothing if it has none.
+pub fn forget_thread() {
+    THREAD_STATE_KEPT.with(|kept| {
+        if kept.get() {
+            // SAFETY: this thread's state was made by the PyGILState_Ensure in `attach` and is
+            // not current (`attach` always returns with the GIL released); restoring it takes the
+            // GIL, and the matching Release deletes the state and releases the GIL.
+            unsafe {
+                let tstate = ffi::PyGILState_GetThisThreadState();
+                ffi::PyEval_RestoreThread(tstate);
+                ffi::PyGILState_Release(ffi::PyGILState_STATE::PyGILState_UNLOCKED);
+            }
+            kept.set(false);
+        }
+    });
 }
 
 /// Daemon threads (threads an app starts while serving a request are daemon threads: they inherit

@@ -5,6 +5,8 @@
 //! hands both to [`run_request`] on a thread that may run Python, and sends the [`Outcome`] back
 //! out through the server. Nothing here knows a server's types.
 
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 pub mod app;
 pub mod body;
 pub mod check;
@@ -19,6 +21,7 @@ pub mod logging_bridge;
 pub mod request;
 pub mod response;
 pub mod server_log;
+pub mod signals;
 pub mod sink;
 pub mod traceback;
 pub mod watchdog;

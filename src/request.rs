@@ -6,7 +6,7 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 use crate::chunk::Chunk;
 use crate::environ::{Field, RequestInfo};
 use crate::file_wrapper::FileRange;
-use crate::input::{Input, RequestBody};
+use crate::input::{Input, InputGate, RequestBody};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,8 +122,9 @@ fn run_attached(
     body: RequestBody,
     sink: Option<Arc<dyn ChunkSink>>,
 ) -> Outcome {
+    let (input, gate) = Input::new(body);
     let (input, start_response) = match (
-        Bound::new(py, Input::new(body)),
+        Bound::new(py, input),
         Bound::new(py, StartResponse::new(sink)),
     ) {
         (Ok(i), Ok(s)) => (i, s),
@@ -134,7 +135,7 @@ fn run_attached(
     };
     // Cut wsgi.input off from the server's buffers however this function ends (a Rust panic
     // re-raised by pyo3 included): the app may keep a reference to it past the request.
-    let _detach = DetachOnDrop(&input);
+    let _detach = DetachOnDrop(&input, &gate);
     let result = info
         .to_environ(py, input.clone().into_any())
         .and_then(|environ| app.call1((environ, &start_response)));
@@ -265,12 +266,14 @@ fn file_body(
     Some(range)
 }
 
-struct DetachOnDrop<'a, 'py>(&'a Bound<'py, Input>);
+struct DetachOnDrop<'a, 'py>(&'a Bound<'py, Input>, &'a InputGate);
 
 impl Drop for DetachOnDrop<'_, '_> {
     fn drop(&mut self) {
-        // Reads hold the GIL for their whole duration and this thread holds it now, so no borrow
-        // can be outstanding.
+        // No read may touch the server's memory from now on, and none is under way when this
+        // returns (another thread may hold the object; its reads raise).
+        self.1.close(self.0.py());
+        // The buffers' descriptions can go at once unless another thread holds the object.
         if let Ok(mut input) = self.0.try_borrow_mut() {
             input.detach();
         }

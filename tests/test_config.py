@@ -1,5 +1,6 @@
 """Configuration: every wsgi_* mistake fails `nginx -t` (and start, and reload) naming the
 directive, the file and line, and the Python error."""
+import os
 import re
 import signal
 import sys
@@ -119,3 +120,47 @@ def test_reload_with_broken_app_keeps_old_workers(nginx_factory):
     assert "SyntaxError" in server.error_log()
     assert requests.get(server.url("/still")).text == "/still"
     assert server.worker_pids() == workers
+
+
+def test_an_import_that_blocks_fails_the_check_in_bounded_time_naming_the_app(nginx_factory):
+    app = APPS / "blocks_at_import.py"
+    server = nginx_factory(location("/", app), http_extra="wsgi_check_timeout 1s;")
+    started = time.monotonic()
+    result = server.run("-t")
+    assert result.returncode != 0
+    assert time.monotonic() - started < 30
+    assert f'wsgi_app "{app}"' in result.stderr and "cannot be loaded: importing it took longer than 1 s" \
+        in result.stderr, result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_the_check_runs_as_the_workers_user_with_its_groups_and_no_server_descriptors(nginx_factory):
+    import pathlib
+    import tempfile
+    probes = pathlib.Path(tempfile.mkdtemp(prefix="ngx-wsgi-probes-"))
+    probes.chmod(0o777)
+    server = nginx_factory(location("/", APPS / "check_probe.py"),
+                           main_extra=f"env NGX_WSGI_PROBES={probes};")
+    conf = server.conf.read_text().replace("user root root;", "user nobody nogroup;")
+    server.conf.write_text(conf)
+    assert server.run("-t").returncode == 0
+    server.start()
+    assert requests.get(server.url("/")).text == "probed"
+    server.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(list(probes.iterdir())) < 4:
+        time.sleep(0.05)
+    import grp
+    import json
+    import pwd
+    nobody, nogroup = pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+    checks = [json.loads(p.read_text()) for p in probes.iterdir()]
+    # Workers import the app too, with their event loop (epoll) already made; check processes
+    # have none.
+    checks = [c for c in checks if not any("eventpoll" in t for t in c["fds"].values())]
+    assert len(checks) >= 3, "nginx -t, start and reload each ran the check"
+    for c in checks:
+        assert (c["uid"], c["gid"]) == (nobody, nogroup), c
+        assert c["groups"] == [nogroup], f"root's groups are not kept: {c['groups']}"
+        sockets = [target for target in c["fds"].values() if target.startswith("socket:")]
+        assert sockets == [], f"no listening socket or worker channel inherited: {c['fds']}"

@@ -148,3 +148,28 @@ def test_the_log_line_id_is_the_requests_request_id(nginx_factory):
     logged = re.findall(r"a line for the error log, request_id: ([0-9a-f]{32})", srv.error_log())
     assert [line.split()[1] for line in access if line] == logged
     assert len(set(logged)) == 3
+
+
+def test_entries_from_python_threads_reach_a_syslog_error_log(nginx_factory):
+    """nginx's syslog writer belongs to the event loop: entries made on Python's threads are
+    handed to it, and arrive whole (tracebacks included)."""
+    import socket as _socket
+    sink = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(20)
+    port = sink.getsockname()[1]
+    server = nginx_factory(
+        location("/", f"{APPS}/misbehaving.py:errors_stream")
+        + location("/raises", f"{APPS}/misbehaving.py:raises"),
+        main_extra=f"error_log syslog:server=127.0.0.1:{port},tag=ngxwsgi info;",
+    ).start()
+    for _ in range(20):
+        assert requests.get(server.url("/")).status_code == 200
+    assert requests.get(server.url("/raises")).status_code == 500
+    received = []
+    while not (any("second line" in m for m in received) and any("Traceback" in m for m in received)):
+        received.append(sink.recv(65536).decode(errors="replace"))
+    sink.close()
+    lines = [m for m in received if "wsgi.errors: a line for the error log" in m]
+    assert lines and all("ngxwsgi:" in m for m in lines), received[:5]
+    assert "exited on signal" not in server.error_log()

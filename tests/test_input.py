@@ -130,3 +130,33 @@ def test_unbuffered_64_mib_upload_uses_no_temp_file(server):
     assert server.error_log().count("buffered to a temporary file") == log_before
     kib = lambda v: int(v.split()[0])  # noqa: E731
     assert kib(result["rss"]["VmHWM"]) - kib(before["VmHWM"]) < 32 * 1024
+
+
+def _post_half(server, path, total=10, sent=b"hello"):
+    """POSTs `sent` of a `total`-byte body, reads the whole response, then closes."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {total}\r\n\r\n".encode()
+                  + sent)
+        data = b""
+        while b"handed off" not in data:
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize("when", ["during", "after"])
+def test_an_app_thread_reading_a_streamed_body_past_its_request_gets_an_error(server, when):
+    key = f"{when}-streamed"
+    _post_half(server, f"/unbuffered/handoff?{key}")
+    result = requests.get(server.url(f"/handoff_result?{key}"), timeout=30).text
+    assert result.startswith(("OSError", "ValueError")), result
+    assert "exited on signal" not in server.error_log()
+    assert requests.post(server.url("/read"), data=BODY).json()["parts"] == [BODY.decode()]
+
+
+def test_an_app_thread_reading_a_buffered_body_after_its_request_gets_an_error(server):
+    r = requests.post(server.url("/handoff?after-buffered"), data=BODY)
+    assert r.text == "handed off"
+    result = requests.get(server.url("/handoff_result?after-buffered"), timeout=30).text
+    assert result == "ValueError: wsgi.input read after the request finished", result

@@ -70,13 +70,16 @@ fn worker_setup() -> WorkerSetup {
     // SAFETY: geteuid has no preconditions; `ap_unixd_config` is filled while the configuration
     // is read (User/Group, or Apache's defaults) and only read here.
     let credentials = unsafe {
-        (libc::geteuid() == 0).then_some(Credentials {
+        (libc::geteuid() == 0).then(|| Credentials {
             uid: ap_unixd_config.user_id,
             gid: ap_unixd_config.group_id,
+            user: (!ap_unixd_config.user_name.is_null())
+                .then(|| std::ffi::CStr::from_ptr(ap_unixd_config.user_name).to_owned()),
         })
     };
     WorkerSetup {
         credentials,
         environment: None,
+        timeout: std::time::Duration::ZERO,
     }
 }

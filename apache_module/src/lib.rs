@@ -5,6 +5,8 @@
 //! (the GIL is held only while Python runs), reads the body through the input filters as the app
 //! asks for it, and sends the response down the output filter chain.
 
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 mod bindings;
 mod brigade;
 mod check;

@@ -14,6 +14,10 @@ use crate::bindings::{
 use crate::ffi_guard::guard;
 use crate::log;
 
+/// How long an exiting child waits for the app's own (non-daemon) threads before it logs them
+/// and exits without finalising Python.
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Whether this child's apps were imported (false: every request to an app is a 500).
 static READY: AtomicBool = AtomicBool::new(false);
 
@@ -38,6 +42,9 @@ pub(crate) unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut ser
         let registry = crate::config::snapshot();
         if registry.apps.is_empty() {
             return;
+        }
+        if let Err(e) = ngx_wsgi::signals::leave_children_to_their_parents() {
+            log::write(APLOG_ALERT as c_int, &format!("wsgi: SIGCHLD: {e}"));
         }
         if let Err(e) = interpreter::initialize(&registry.python) {
             log::write(APLOG_EMERG as c_int, &format!("wsgi: {e}"));
@@ -70,8 +77,12 @@ pub(crate) unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut ser
 unsafe extern "C" fn child_exit(_data: *mut c_void) -> apr_status_t {
     guard("child exit", APR_SUCCESS as apr_status_t, || {
         READY.store(false, Ordering::Release);
-        if let Err(e) = interpreter::finalize() {
-            log::write(APLOG_ALERT as c_int, &format!("wsgi: {e}"));
+        match interpreter::finalize(SHUTDOWN_TIMEOUT) {
+            Ok(interpreter::Finalized::Cleanly) => {}
+            // The app's threads still run Python: nothing of the child's teardown may meet them.
+            // SAFETY: ends the process at once, as the log entry just said.
+            Ok(interpreter::Finalized::ThreadsLeft) => unsafe { libc::_exit(0) },
+            Err(e) => log::write(APLOG_ALERT as c_int, &format!("wsgi: {e}")),
         }
         APR_SUCCESS as apr_status_t
     })

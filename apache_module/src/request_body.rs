@@ -49,7 +49,11 @@ pub(crate) unsafe fn prepare(r: *mut request_rec, buffering: bool) -> Result<Pre
             return read_whole(r);
         }
         let body = if (*r).remaining > 0 || (*r).read_chunked != 0 {
-            RequestBody::Streamed(Arc::new(ClientBody { request: r }))
+            RequestBody::Streamed(Arc::new(ClientBody {
+                request: r,
+                owner: std::thread::current().id(),
+                cancelled: Default::default(),
+            }))
         } else {
             RequestBody::Buffered(Body::empty())
         };
@@ -162,20 +166,39 @@ unsafe fn read_block(r: *mut request_rec, max: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// A body read as the app asks for it.
+/// A body read as the app asks for it, through Apache's input filters: on the request's own
+/// thread only (Apache's request and its filters are not thread-safe), and never once the
+/// request is over.
 struct ClientBody {
     request: *mut request_rec,
+    /// The MPM thread that serves the request.
+    owner: std::thread::ThreadId,
+    cancelled: std::sync::atomic::AtomicBool,
 }
 
-// SAFETY: the app reads `wsgi.input` on the request's own thread (Apache's worker thread runs the
-// app); the input object is detached when the request ends, so no read outlives the request.
+// SAFETY: `request` is only dereferenced by `read`, which checks that it runs on the request's
+// own thread and that the request is not over.
 unsafe impl Send for ClientBody {}
-// SAFETY: as above: only the request's thread ever calls `read`.
+// SAFETY: as above.
 unsafe impl Sync for ClientBody {}
 
 impl BodySource for ClientBody {
     fn read(&self, max: usize) -> io::Result<Vec<u8>> {
-        // SAFETY: see the Send/Sync notes; the request is live while its app runs.
+        if self.cancelled.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(io::Error::other("the request is over"));
+        }
+        if std::thread::current().id() != self.owner {
+            return Err(io::Error::other(
+                "wsgi.input streams from the client on the request's own thread only under Apache \
+                 (read it there, or set NgxWsgiRequestBuffering On for a body read whole first)",
+            ));
+        }
+        // SAFETY: on the request's thread, while its app runs (cancelled is set before it ends).
         unsafe { read_block(self.request, max) }
+    }
+
+    fn cancel(&self) {
+        self.cancelled
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 }

@@ -1,241 +1,455 @@
-//! Runs requests on an nginx thread pool with as few thread hand-offs as possible.
+//! Runs requests on pool threads with as few thread hand-offs as possible, and says no at once
+//! when too many wait.
 //!
-//! Posting one nginx task per request costs a wake-up of a pool thread, a GIL hand-off and a
-//! wake-up of the event loop for every request; on a busy worker that switching costs more than
-//! the app. Instead each pool gets a queue of requests, and the event loop posts a *drainer*
-//! task only when none is waiting to start. A drainer takes the GIL once, then runs queued
-//! requests one after the other while it holds it. Each finished request goes back to the loop
-//! through the notifier, which wakes the loop once per batch.
+//! Posting one task per request costs a wake-up of a pool thread, a GIL hand-off and a wake-up
+//! of the event loop for every request; on a busy worker that switching costs more than the app.
+//! Instead each pool has a queue of requests, and a *drainer* is started only when none is
+//! waiting to start. A drainer takes the GIL once, then runs queued requests one after the other
+//! while it holds it. Each finished request goes back to the loop through the notifier, which
+//! wakes the loop once per batch.
 //!
 //! A fast request must never wait behind a slow one: while a drainer runs a request and others
 //! are queued, one more drainer is kept waiting for the GIL. When the running app lets the GIL
 //! go (I/O, `time.sleep`, a streamed response waiting for the client) or CPython's switch
 //! interval passes, the waiting drainer takes the GIL and the next request, and asks for a
-//! successor. So queued requests get threads as fast as running ones block, up to the pool's
-//! size, as with one task per request.
+//! successor. So queued requests get threads as fast as running ones block.
+//!
+//! Drainers are the module's own threads ([`crate::elastic_pool`]: made on demand up to
+//! `wsgi_max_threads`, retired when idle), or the tasks of an nginx `thread_pool` named by
+//! `wsgi_thread_pool` ([`crate::nginx_pool`]: that pool's fixed threads).
+//!
+//! Overload: a request finds the queue full (`wsgi_max_queue`) or its oldest request waiting
+//! for longer than `wsgi_queue_timeout`: it is refused at once ([`Refused`]); a queued request
+//! whose wait passes `wsgi_queue_timeout` is taken out and answered by the loop ([`sweep`]).
 
+use std::cell::UnsafeCell;
 use std::collections::VecDeque;
-use std::ffi::c_void;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
-use nginx_sys::{
-    ngx_event_t, ngx_int_t, ngx_log_t, ngx_thread_pool_t, ngx_thread_task_post, ngx_thread_task_t,
-    NGX_OK,
-};
+use nginx_sys::{ngx_current_msec, ngx_event_t, ngx_msec_t, ngx_thread_pool_t};
 
-use crate::ffi_guard::guard;
-use crate::handler::Job;
-use crate::loop_cell::LoopCell;
+use crate::drain::Drain;
+use crate::elastic_pool::{Start, Threads};
+use crate::ffi::guard;
+use crate::ffi::loop_cell::LoopCell;
+use crate::job::Job;
+use crate::nginx_pool::Tasks;
+use crate::notify::Pump;
 
-/// Requests queued per pool beyond which new ones get a 503 (nginx's own `max_queue` default).
-const MAX_QUEUED: usize = 65536;
+/// Runs one request's app on the calling pool thread (which holds the GIL).
+pub(crate) type Runner = unsafe fn(*mut Job);
+
+/// What the loop does with a queued request that waited too long (it never ran).
+pub(crate) type Expired = unsafe fn(*mut Job);
+
+/// How much may wait, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueLimits {
+    pub max_queue: usize,
+    pub queue_timeout: ngx_msec_t,
+}
+
+/// Why a request was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// `wsgi_max_queue` requests already wait.
+    Full,
+    /// The oldest waiting request has waited longer than `wsgi_queue_timeout`.
+    Stalled,
+    /// No drainer could be started (nginx refused the task, or no thread could be made).
+    NoThread,
+    /// It was queued, and waited longer than `wsgi_queue_timeout` for a thread.
+    Expired,
+}
 
 /// A request handed from the loop to a pool thread; only the thread that pops it touches it.
-struct Queued(*mut Job);
+struct Queued {
+    job: *mut Job,
+    /// nginx's clock when it was queued.
+    at: ngx_msec_t,
+}
 // SAFETY: the job is touched by one thread at a time: the loop until it is queued, then the
-// drainer that pops it until it is handed back through the notifier.
+// drainer that pops it until it is handed back through the notifier (or the loop, if it takes
+// it back out).
 unsafe impl Send for Queued {}
 
-struct Drainer {
-    /// First, so that a pointer to the drainer is a pointer to its task.
-    task: ngx_thread_task_t,
-    queue: &'static RunQueue,
-}
-
-struct TaskPtr(*mut Drainer);
-// SAFETY: idle drainers are only taken and posted by the event loop.
-unsafe impl Send for TaskPtr {}
-
 #[derive(Default)]
-struct State {
+pub(crate) struct State {
     jobs: VecDeque<Queued>,
-    /// Drainers posted that have not taken the GIL yet.
-    pending: usize,
-    /// A drainer asked the loop for one more (the loop has not posted it yet).
-    wanted: bool,
-    /// Drainer tasks whose completion handler has run: free to post again.
-    idle: Vec<TaskPtr>,
+    /// Drainers started that have not taken the GIL yet.
+    pub(crate) pending: usize,
+    /// A drainer asked the loop for one more (nginx pools only: the loop has not posted it yet).
+    pub(crate) wanted: bool,
 }
 
-/// The queue of one nginx thread pool in this worker.
+/// Who runs the drainers of a queue.
+pub(crate) enum Executor {
+    Threads(Threads),
+    Tasks(Tasks),
+}
+
+/// The queue of one pool in this worker.
 pub(crate) struct RunQueue {
-    pool: *mut ngx_thread_pool_t,
+    /// The nginx pool (NULL for the module's own threads).
+    key: *mut ngx_thread_pool_t,
+    pub(crate) executor: Executor,
+    pub(crate) run: Runner,
+    limits: QueueLimits,
+    expired: Expired,
     state: Mutex<State>,
+    /// Takes requests that waited too long out of the queue (event loop only).
+    sweeper: UnsafeCell<ngx_event_t>,
 }
 
-// SAFETY: `pool` is only used by the event loop (to post tasks); the rest is behind the mutex.
+// SAFETY: `key` is only compared; the executor synchronises itself; `sweeper` is only touched on
+// the event loop; the rest is behind the mutex.
 unsafe impl Sync for RunQueue {}
 // SAFETY: as above.
 unsafe impl Send for RunQueue {}
 
 struct Registry(Vec<&'static RunQueue>);
-// SAFETY: only the event loop reads or grows the registry.
+// SAFETY: the queues are Sync and live for the process.
 unsafe impl Send for Registry {}
 
 static QUEUES: Mutex<Registry> = Mutex::new(Registry(Vec::new()));
 
+/// How a pool is made when its queue is first used.
+pub(crate) struct PoolSpec {
+    /// The nginx pool of `wsgi_thread_pool`, or NULL for the module's own threads.
+    pub nginx_pool: *mut ngx_thread_pool_t,
+    /// `wsgi_max_threads` (own threads only).
+    pub max_threads: usize,
+    pub limits: QueueLimits,
+    pub run: Runner,
+    pub expired: Expired,
+}
+
 impl RunQueue {
-    /// The queue of `pool` in this worker (made on first use, kept for the process). Event-loop
-    /// thread only.
-    pub(crate) fn of(pool: *mut ngx_thread_pool_t) -> &'static RunQueue {
-        // `of` runs on the event loop only (from `post_job`).
+    /// The queue of a pool in this worker (made on first use, kept for the process).
+    ///
+    /// # Safety
+    /// Event-loop thread.
+    pub(crate) unsafe fn of(spec: &PoolSpec) -> &'static RunQueue {
         static LAST: LoopCell<Option<&'static RunQueue>> = LoopCell::new(None);
-        if let Some(q) = LAST.get().filter(|q| q.pool == pool) {
+        // SAFETY: per the function contract.
+        if let Some(q) = unsafe { LAST.get() }.filter(|q| q.key == spec.nginx_pool) {
             return q;
         }
-        let q = Self::find_or_make(pool);
-        LAST.set(Some(q));
+        let q = Self::find_or_make(spec);
+        // SAFETY: per the function contract.
+        unsafe { LAST.set(Some(q)) };
         q
     }
 
-    fn find_or_make(pool: *mut ngx_thread_pool_t) -> &'static RunQueue {
+    fn find_or_make(spec: &PoolSpec) -> &'static RunQueue {
         let mut queues = QUEUES.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(q) = queues.0.iter().find(|q| q.pool == pool) {
+        if let Some(q) = queues.0.iter().find(|q| q.key == spec.nginx_pool) {
             return q;
         }
+        let executor = if spec.nginx_pool.is_null() {
+            Executor::Threads(Threads::new(spec.max_threads))
+        } else {
+            Executor::Tasks(Tasks::new(spec.nginx_pool))
+        };
         let q: &'static RunQueue = Box::leak(Box::new(RunQueue {
-            pool,
+            key: spec.nginx_pool,
+            executor,
+            run: spec.run,
+            limits: spec.limits,
+            expired: spec.expired,
             state: Mutex::new(State::default()),
+            // SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
+            sweeper: UnsafeCell::new(unsafe { std::mem::zeroed() }),
         }));
         queues.0.push(q);
         q
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    /// Every queue made in this worker.
+    pub(crate) fn all() -> Vec<&'static RunQueue> {
+        QUEUES.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `job` and makes sure a drainer will run it. Err: the queue is full, or nginx refused
-    /// the task (it has logged why) before any drainer took the job; the job is not queued.
+    /// Queues `job` and makes sure a drainer will run it; refused (and not queued) when too many
+    /// wait already or no drainer could be started.
     ///
     /// # Safety
-    /// Event-loop thread; `job` is live until it comes back through [`crate::notify`].
-    pub(crate) unsafe fn submit(&'static self, job: *mut Job) -> Result<(), ()> {
-        let task = {
+    /// Event-loop thread; `job` is live until it comes back through [`crate::notify::finished`]
+    /// or the queue's `expired` callback.
+    pub(crate) unsafe fn submit(&'static self, job: *mut Job) -> Result<(), Refused> {
+        // SAFETY: plain read of nginx's cached clock on the event loop.
+        let now = unsafe { ngx_current_msec };
+        {
             let mut st = self.lock();
-            if st.jobs.len() >= MAX_QUEUED {
-                return Err(());
+            if st.jobs.len() >= self.limits.max_queue {
+                return Err(Refused::Full);
             }
-            st.jobs.push_back(Queued(job));
+            if st
+                .jobs
+                .front()
+                .is_some_and(|q| now.saturating_sub(q.at) > self.limits.queue_timeout)
+            {
+                return Err(Refused::Stalled);
+            }
+            st.jobs.push_back(Queued { job, at: now });
             if st.pending > 0 {
+                drop(st);
+                // SAFETY: event loop, per the function contract.
+                unsafe { self.arm_sweeper() };
                 return Ok(());
             }
             st.pending += 1;
-            st.idle.pop()
+        }
+        let started = match &self.executor {
+            Executor::Threads(t) => match t.start(self) {
+                Start::Started => true,
+                // It waits for a busy thread to come back to the queue (or for the sweeper).
+                Start::AllBusy => {
+                    self.lock().pending -= 1;
+                    // SAFETY: event loop, per the function contract.
+                    unsafe { self.arm_sweeper() };
+                    return Ok(());
+                }
+                Start::Failed => false,
+            },
+            // SAFETY: event loop, per the function contract.
+            Executor::Tasks(t) => unsafe { t.post(self) },
         };
-        // SAFETY: event-loop thread, per the function contract.
-        if unsafe { self.post(task) } {
+        if started {
+            // SAFETY: event loop, per the function contract.
+            unsafe { self.arm_sweeper() };
             return Ok(());
         }
         let mut st = self.lock();
         st.pending -= 1;
-        match st.jobs.iter().rposition(|q| q.0 == job) {
+        match st.jobs.iter().rposition(|q| q.job == job) {
             Some(at) => {
                 st.jobs.remove(at);
-                Err(())
+                Err(Refused::NoThread)
             }
             // A running drainer took it meanwhile: it is served.
             None => Ok(()),
         }
     }
 
-    /// A drainer asked for a successor: post one if requests still wait and nobody is on its way.
-    ///
-    /// # Safety
-    /// Event-loop thread.
-    pub(crate) unsafe fn top_up(&'static self) {
-        let task = {
-            let mut st = self.lock();
-            st.wanted = false;
-            if st.pending > 0 || st.jobs.is_empty() {
-                return;
-            }
-            st.pending += 1;
-            st.idle.pop()
-        };
-        // SAFETY: event-loop thread, per the function contract.
-        if !unsafe { self.post(task) } {
-            // The pool's own queue is full (nginx logged it): the running drainers still empty
-            // this queue, only without a spare.
-            self.lock().pending -= 1;
-        }
-    }
-
-    /// Posts `task` (or a new drainer); false if nginx refused it.
-    unsafe fn post(&'static self, task: Option<TaskPtr>) -> bool {
-        let drainer = match task {
-            Some(t) => t.0,
-            None => {
-                let drainer = Box::into_raw(Box::new(Drainer {
-                    // SAFETY: an all-zero task is what `ngx_thread_task_alloc` hands out.
-                    task: unsafe { std::mem::zeroed() },
-                    queue: self,
-                }));
-                // SAFETY: the drainer was just allocated and is never freed (reused by the pool).
-                unsafe {
-                    (*drainer).task.ctx = drainer.cast();
-                    (*drainer).task.handler = Some(drain);
-                    (*drainer).task.event.handler = Some(drained);
-                    (*drainer).task.event.data = drainer.cast();
-                }
-                drainer
-            }
-        };
-        // SAFETY: the task is idle (new, or its completion handler has run), on the event loop.
-        let rc = unsafe { ngx_thread_task_post(self.pool, &mut (*drainer).task) };
-        if rc != NGX_OK as ngx_int_t {
-            self.lock().idle.push(TaskPtr(drainer));
-            return false;
-        }
-        true
-    }
-
     /// The next job for a drainer that holds the GIL; `first` when the drainer just started.
-    /// Also tells whether the loop must post a successor.
-    fn next(&self, first: bool) -> (Option<*mut Job>, bool) {
+    /// Also tells whether a successor must be started.
+    pub(crate) fn next(&self, first: bool) -> (Option<*mut Job>, bool) {
         let mut st = self.lock();
         if first {
             st.pending -= 1;
         }
-        let job = st.jobs.pop_front().map(|q| q.0);
+        let job = st.jobs.pop_front().map(|q| q.job);
         let want = job.is_some() && !st.jobs.is_empty() && st.pending == 0 && !st.wanted;
         if want {
             st.wanted = true;
         }
         (job, want)
     }
+
+    /// A drainer asked for a successor: start one if requests still wait and none is on its way.
+    fn top_up(&'static self, start: impl FnOnce() -> bool) {
+        {
+            let mut st = self.lock();
+            st.wanted = false;
+            if st.pending > 0 || st.jobs.is_empty() {
+                return;
+            }
+            st.pending += 1;
+        }
+        if !start() {
+            // Every thread allowed is busy (or nginx's pool queue is full: nginx logged it): the
+            // running drainers still empty this queue, only without a spare.
+            self.lock().pending -= 1;
+        }
+    }
+
+    /// Keeps the sweeper armed while requests wait.
+    ///
+    /// # Safety
+    /// Event-loop thread.
+    unsafe fn arm_sweeper(&'static self) {
+        // SAFETY: the sweeper is only touched on the event loop; the queue lives for the process.
+        unsafe {
+            let ev = &mut *self.sweeper.get();
+            if ev.timer_set() == 0 {
+                ev.handler = Some(sweep);
+                ev.data = (self as *const RunQueue).cast_mut().cast();
+                ev.log = (*nginx_sys::ngx_cycle).log;
+                // Doesn't keep an exiting worker alive by itself (in-flight requests do).
+                ev.set_cancelable(1);
+                nginx_sys::ngx_add_timer(ev, sweep_interval(self.limits.queue_timeout));
+            }
+        }
+    }
+
+    /// Takes out the requests that waited longer than `wsgi_queue_timeout`.
+    fn take_expired(&self, now: ngx_msec_t) -> (Vec<*mut Job>, bool) {
+        let mut st = self.lock();
+        let mut expired = Vec::new();
+        while let Some(q) = st.jobs.front() {
+            if now.saturating_sub(q.at) <= self.limits.queue_timeout {
+                break;
+            }
+            expired.extend(st.jobs.pop_front().map(|q| q.job));
+        }
+        (expired, !st.jobs.is_empty())
+    }
 }
 
-/// A pool thread: runs queued requests while it holds the GIL.
-unsafe extern "C" fn drain(data: *mut c_void, _log: *mut ngx_log_t) {
-    // SAFETY: `data` is the task's context, the drainer itself, alive for the process.
-    let queue = unsafe { (*(data as *mut Drainer)).queue };
-    guard("running the wsgi queue", (), || {
+/// How often the sweeper looks: a fraction of the timeout, so a request waits at most a little
+/// longer than it.
+fn sweep_interval(timeout: ngx_msec_t) -> ngx_msec_t {
+    (timeout / 10).clamp(10, 1000)
+}
+
+/// The sweeper's timer (event loop): answers the requests that waited too long.
+unsafe extern "C" fn sweep(ev: *mut ngx_event_t) {
+    guard("the wsgi queue sweeper", (), || {
+        // SAFETY: the event's data is its queue, which lives for the process; on the event loop.
+        unsafe {
+            let queue = &*((*ev).data as *const RunQueue);
+            let (expired, more) = queue.take_expired(ngx_current_msec);
+            for job in expired {
+                (queue.expired)(job);
+            }
+            if more {
+                nginx_sys::ngx_add_timer(ev, sweep_interval(queue.limits.queue_timeout));
+            }
+        }
+    })
+}
+
+impl Drain for RunQueue {
+    /// Runs queued requests on the calling pool thread while there are any (a drainer's life).
+    fn drain(&'static self) {
         ngx_wsgi::interpreter::attach(|_py| {
             let mut first = true;
             loop {
-                let (job, want) = queue.next(first);
+                let (job, want) = self.next(first);
                 first = false;
                 if want {
-                    crate::notify::want_drainer(queue);
+                    match &self.executor {
+                        Executor::Threads(t) => self.top_up(|| t.start(self) == Start::Started),
+                        // nginx's tasks are posted by the event loop only.
+                        Executor::Tasks(_) => crate::notify::schedule_lasting(self),
+                    }
                 }
                 let Some(job) = job else { break };
                 // SAFETY: the job was queued by the loop and popped by this thread only; it
                 // stays alive until the loop has it back.
-                unsafe { crate::handler::run_job(job) };
-                crate::notify::finished(job);
+                unsafe { (self.run)(job) };
+                crate::notify::finished(job.cast());
             }
         })
-    });
+    }
 }
 
-/// The drainer's task is done (event loop): it may be posted again.
-unsafe extern "C" fn drained(ev: *mut ngx_event_t) {
-    guard("a wsgi drainer finished", (), || {
-        // SAFETY: the event's data is its drainer, alive for the process.
-        let drainer = unsafe { (*ev).data as *mut Drainer };
-        // SAFETY: as above.
-        let queue = unsafe { (*drainer).queue };
-        queue.lock().idle.push(TaskPtr(drainer));
-    })
+impl Pump for RunQueue {
+    /// A drainer of an nginx pool asked for a successor.
+    unsafe fn pump(&self) {
+        // SAFETY: every RunQueue is leaked in `find_or_make`, so it lives for the process.
+        let me: &'static RunQueue = unsafe { &*(self as *const RunQueue) };
+        if let Executor::Tasks(tasks) = &me.executor {
+            // SAFETY: on the event loop, per `pump`'s contract.
+            me.top_up(|| unsafe { tasks.post(me) });
+        }
+    }
+}
+
+/// Stops the module's own threads of every queue (worker exit, after the last request).
+pub(crate) fn stop_threads(within: std::time::Duration) {
+    for queue in RunQueue::all() {
+        if let Executor::Threads(t) = &queue.executor {
+            t.stop(within);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    unsafe fn never(_: *mut Job) {}
+
+    /// A distinct job address that is never dereferenced.
+    fn fake(i: usize) -> *mut Job {
+        std::ptr::without_provenance_mut(i * 8)
+    }
+
+    fn queue_with(jobs: usize, pending: usize) -> RunQueue {
+        let q = RunQueue {
+            key: std::ptr::null_mut(),
+            executor: Executor::Threads(Threads::new(4)),
+            run: never,
+            limits: QueueLimits {
+                max_queue: 10,
+                queue_timeout: 1000,
+            },
+            expired: never,
+            state: Mutex::new(State::default()),
+            // SAFETY: all-zero is an event's initial state.
+            sweeper: UnsafeCell::new(unsafe { std::mem::zeroed() }),
+        };
+        {
+            let mut st = q.lock();
+            for i in 0..jobs {
+                st.jobs.push_back(Queued {
+                    job: fake(i + 1),
+                    at: i as ngx_msec_t * 100,
+                });
+            }
+            st.pending = pending;
+        }
+        q
+    }
+
+    #[test]
+    fn a_drainer_asks_for_one_successor_while_requests_wait() {
+        let q = queue_with(3, 1);
+        let (job, want) = q.next(true);
+        assert_eq!(job, Some(fake(1)));
+        assert!(want, "two more wait and no drainer is on its way");
+        let (job, want) = q.next(false);
+        assert_eq!(job, Some(fake(2)));
+        assert!(!want, "a successor was already asked for");
+        let (job, want) = q.next(false);
+        assert_eq!(job, Some(fake(3)));
+        assert!(!want);
+        assert_eq!(q.next(false), (None, false));
+    }
+
+    #[test]
+    fn no_successor_when_one_is_already_waiting_for_the_gil() {
+        let q = queue_with(3, 2);
+        let (_, want) = q.next(true);
+        assert!(!want, "another drainer is already started");
+        assert_eq!(q.lock().pending, 1);
+    }
+
+    #[test]
+    fn the_last_request_needs_no_successor() {
+        let q = queue_with(1, 1);
+        assert_eq!(q.next(true), (Some(fake(1)), false));
+    }
+
+    #[test]
+    fn requests_that_waited_too_long_come_out_oldest_first() {
+        // Queued at 0, 100, 200, 300 ms; the timeout is 1000 ms.
+        let q = queue_with(4, 0);
+        assert_eq!(q.take_expired(1000), (vec![], true));
+        assert_eq!(q.take_expired(1150), (vec![fake(1), fake(2)], true));
+        assert_eq!(q.take_expired(5000), (vec![fake(3), fake(4)], false));
+    }
+
+    #[test]
+    fn the_sweeper_looks_often_enough() {
+        assert_eq!(sweep_interval(10_000), 1000);
+        assert_eq!(sweep_interval(500), 50);
+        assert_eq!(sweep_interval(0), 10);
+    }
 }

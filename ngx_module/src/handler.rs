@@ -1,52 +1,34 @@
-//! The request path on nginx's side: read the body, post the request to the thread pool, and send
-//! the response when the pool thread is done.
+//! The life of one request, on nginx's side, in the order it happens:
+//!
+//! 1. [`content_handler`]: nginx starts reading the body (or, unbuffered, starts the app at
+//!    once) and calls [`body_ready`].
+//! 2. [`post`]: copies what the app needs into a [`Job`] (the request's pool frees it) and
+//!    queues it for the location's thread pool; the request stays `blocked` meanwhile.
+//! 3. [`run`] on a pool thread: the app and its whole response iteration, nothing of nginx's.
+//!    Streamed pieces reach the loop through the job's stream ([`on_client_writable`] and
+//!    [`on_client_readable`] keep it going); an unbuffered body arrives through
+//!    [`on_body_data`]; [`on_deadline`] answers 504 if the app takes too long.
+//! 4. [`complete`], back on the event loop through the notifier: the response (or its end) goes
+//!    out and the request is finalized.
 
 use std::ffi::c_void;
-
-use nginx_sys::{
-    ngx_event_t, ngx_http_finalize_request, ngx_http_read_client_request_body, ngx_http_request_t,
-    ngx_http_run_posted_requests, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add, NGX_DONE,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_HTTP_SPECIAL_RESPONSE,
-};
-use ngx::http::HttpModuleConfExt;
-use ngx_wsgi::{
-    run_request, Apps, Body, Outcome, OutcomeKind, RequestBody, RequestInfo, RequestWatch,
-};
-use pyo3::Py;
-use pyo3::PyAny;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{LocConf, MainConf};
-use crate::ffi_guard::guard;
-use crate::module;
+use nginx_sys::{
+    ngx_event_t, ngx_http_finalize_request, ngx_http_read_client_request_body, ngx_http_request_t,
+    ngx_http_run_posted_requests, ngx_int_t, ngx_pool_cleanup_add, NGX_DONE, NGX_ERROR,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR,
+};
+use ngx_wsgi::{run_request, Apps, Body, OutcomeKind, RequestBody, RequestWatch};
+
+use crate::dispatch::{PoolSpec, QueueLimits, Refused, RunQueue};
+use crate::ffi::{guard, timer};
+use crate::job::Job;
 use crate::request_body::BodyStream;
-use crate::stream::Stream;
+use crate::stream::{ClientEvents, Stream};
 
-/// One request's trip through the thread pool. Owned by the request's pool (freed by its
-/// cleanup), touched by the pool thread only while the request is blocked on it.
-pub(crate) struct Job {
-    pub(crate) request: *mut ngx_http_request_t,
-    app: &'static Py<PyAny>,
-    pub(crate) info: RequestInfo,
-    body: Option<RequestBody>,
-    /// Where a streamed response goes while the app runs.
-    pub(crate) stream: Arc<Stream>,
-    /// The request body, when it is read as it arrives.
-    pub(crate) body_stream: Option<Arc<BodyStream>>,
-    /// Finds the Python thread of this request, to interrupt it at its deadline.
-    pub(crate) watch: Arc<RequestWatch>,
-    /// `wsgi_read_timeout` of the location (0: none), and its timer.
-    pub(crate) read_timeout: ngx_msec_t,
-    pub(crate) deadline: ngx_event_t,
-    /// Set when the deadline passed: how the 504 that went out in its place ended.
-    pub(crate) timed_out: Option<ngx_int_t>,
-    /// When the request was handed to the pool.
-    posted_at: Instant,
-    pub(crate) outcome: Option<Outcome>,
-}
-
+/// The content handler of every `wsgi_app` location (installed when the configuration merges).
 pub(crate) unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     guard(
         "the wsgi content handler",
@@ -55,8 +37,8 @@ pub(crate) unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> n
             // SAFETY: nginx passes a live request; the body handler runs once the body is read
             // (or, unbuffered, once reading has started) and owns the reference this call takes.
             let rc = unsafe {
-                let lc = (*r).http_location_conf_unchecked::<LocConf>(module());
-                if lc.is_some_and(|lc| lc.as_ref().request_buffering == 0) {
+                if crate::conf::loc_conf(&*r).is_some_and(|lc| lc.streaming.request_buffering == 0)
+                {
                     (*r).set_request_body_no_buffering(1);
                 }
                 ngx_http_read_client_request_body(r, Some(body_ready))
@@ -75,7 +57,7 @@ unsafe extern "C" fn body_ready(r: *mut ngx_http_request_t) {
         Err(NGX_HTTP_INTERNAL_SERVER_ERROR),
         || {
             // SAFETY: nginx calls this with the live request whose body has been read.
-            unsafe { post_job(r) }
+            unsafe { post(r) }
         },
     );
     if let Err(status) = status {
@@ -84,52 +66,54 @@ unsafe extern "C" fn body_ready(r: *mut ngx_http_request_t) {
     }
 }
 
-unsafe fn post_job(r: *mut ngx_http_request_t) -> Result<(), u32> {
-    // SAFETY: `r` is live; this location has wsgi_app, so its configuration is ours.
-    let lc = unsafe {
-        (*r).http_location_conf_unchecked::<LocConf>(module())
-            .ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR)?
-            .as_ref()
+/// Builds the request's job and queues it for a pool thread.
+unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
+    // SAFETY: `r` is live on the event loop; this location has wsgi_app, so the configuration is
+    // ours.
+    let (lc, mc) = unsafe {
+        (
+            crate::conf::loc_conf(&*r).ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR)?,
+            crate::conf::main_conf_of(&*r).ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR)?,
+        )
     };
-    let app = lc.app.and_then(Apps::get).ok_or_else(|| {
-        crate::log::cycle_log(
-            nginx_sys::NGX_LOG_ERR as usize,
+    let app = lc.app.index.and_then(Apps::get).ok_or_else(|| {
+        crate::ffi::log::cycle_log(
+            NGX_LOG_ERR as usize,
             "wsgi: the app of this location is not loaded in this worker",
         );
         NGX_HTTP_INTERNAL_SERVER_ERROR
     })?;
-    // SAFETY: `r` is live on the event loop thread.
-    // SAFETY: `r` is live; every request has the http main configurations.
-    let request_id_var = unsafe {
-        (*r).http_main_conf_unchecked::<MainConf>(module())
-            .and_then(|m| m.as_ref().request_id_var)
-    };
-    // SAFETY: `r` is live on the event loop thread.
-    let (info, body) = unsafe { crate::request_info::collect(r, lc, request_id_var) };
+    // SAFETY: `r` is live on the event loop.
+    let (info, body) = unsafe { crate::request_info::collect(r, lc, mc.request_id.0) };
     let (body, body_stream) = match body {
         Some(body) => (RequestBody::Buffered(body), None),
         None => {
-            let stream = BodyStream::new(r, lc.stream_buffer);
+            let stream = BodyStream::new(r, lc.streaming.stream_buffer);
             // SAFETY: `r` reads its body unbuffered; this takes what arrived so far.
             unsafe {
                 stream.pull(r);
-                (*r).read_event_handler = Some(crate::request_body::body_reader);
+                (*r).read_event_handler = Some(on_body_data);
             }
             (RequestBody::Streamed(stream.clone()), Some(stream))
         }
+    };
+    let events = ClientEvents {
+        writable: Some(on_client_writable),
+        readable: Some(on_client_readable),
     };
     let job = Box::into_raw(Box::new(Job {
         request: r,
         app,
         info,
         body: Some(body),
-        stream: Stream::new(r, lc.stream_buffer),
+        stream: Stream::new(r, lc.streaming.stream_buffer, events),
         body_stream,
         watch: Arc::new(RequestWatch::default()),
-        read_timeout: lc.read_timeout,
+        read_timeout: lc.limits.read_timeout,
         // SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
         deadline: unsafe { std::mem::zeroed() },
         timed_out: None,
+        expired: false,
         posted_at: Instant::now(),
         outcome: None,
     }));
@@ -143,27 +127,41 @@ unsafe fn post_job(r: *mut ngx_http_request_t) -> Result<(), u32> {
         }
         (*cln).handler = Some(drop_job);
         (*cln).data = job.cast();
-        // The stream's event handlers find the job here.
-        *(*r).ctx.add(module().ctx_index) = job.cast();
+        Job::attach(r, job);
 
         (*(*r).main).set_blocked((*(*r).main).blocked() + 1);
-        if crate::dispatch::RunQueue::of(lc.thread_pool)
-            .submit(job)
-            .is_err()
-        {
+        let limits = QueueLimits {
+            max_queue: mc.limits.max_queue(),
+            queue_timeout: mc.limits.queue_timeout(),
+        };
+        let queue = RunQueue::of(&PoolSpec {
+            nginx_pool: lc.streaming.thread_pool,
+            max_threads: mc.limits.max_threads(),
+            limits,
+            run,
+            expired: expired_in_queue,
+        });
+        if let Err(why) = queue.submit(job) {
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
-            return Err(NGX_HTTP_SERVICE_UNAVAILABLE);
+            return Err(crate::overload::refuse(r, why, limits.queue_timeout));
         }
         crate::inflight::started();
         crate::metrics::posted();
-        crate::timeout::arm(job, lc.read_timeout);
+        let log = (*(*r).connection).log;
+        timer::arm(
+            &mut (*job).deadline,
+            Some(on_deadline),
+            job.cast(),
+            log,
+            lc.limits.read_timeout,
+        );
     }
     Ok(())
 }
 
 unsafe extern "C" fn drop_job(data: *mut c_void) {
     guard("freeing a request", (), || {
-        // SAFETY: `data` is the Box leaked in `post_job`, freed exactly once by this cleanup.
+        // SAFETY: `data` is the Box leaked in `post`, freed exactly once by this cleanup.
         drop(unsafe { Box::from_raw(data as *mut Job) });
     })
 }
@@ -171,10 +169,10 @@ unsafe extern "C" fn drop_job(data: *mut c_void) {
 /// Runs on a pool thread: the app, and nothing of nginx's.
 ///
 /// # Safety
-/// `job` is live and touched by no other thread but for `stream`, which is shared.
-pub(crate) unsafe fn run_job(job: *mut Job) {
+/// `job` is live and touched by no other thread but for its shared streams and watch.
+unsafe fn run(job: *mut Job) {
     // SAFETY: per the function contract. Only the fields used here are borrowed: the event loop
-    // reads `stream` meanwhile, and nothing else until completion.
+    // reads the streams meanwhile, and nothing else until completion.
     unsafe {
         let body = (*job)
             .body
@@ -196,7 +194,76 @@ pub(crate) unsafe fn run_job(job: *mut Job) {
     }
 }
 
+/// Back on the event loop once the pool thread is done (the notifier's `on_finished`).
+///
+/// # Safety
+/// Event-loop thread; `item` is a live job no pool thread touches any more.
+pub(crate) unsafe fn complete(item: *mut c_void) {
+    let job = item as *mut Job;
+    // SAFETY: the job is alive until the request is destroyed; the request and its connection
+    // stay valid while `blocked` was held.
+    let (r, c) = unsafe {
+        let r = (*job).request;
+        (r, (*r).connection)
+    };
+    // What to finalize the request with: the request is finalized exactly once, here, even when
+    // sending panics (then the connection is cut if the response had started, else a 500).
+    let rc = guard("sending the response", None, || {
+        // SAFETY: as above; nothing here finalizes the request or frees the job.
+        unsafe {
+            (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
+            crate::inflight::finished();
+            crate::recycle::request_done();
+            timer::disarm(&mut (*job).deadline);
+            count_finished(&*job);
+            if let Some(body) = &(*job).body_stream {
+                body.finish();
+            }
+            let streamed = (*job).stream.finish(r);
+            Some(match (*job).timed_out {
+                // A 504 went out at the deadline; the app's late answer is dropped.
+                Some(rc) => rc,
+                None if (*job).expired => {
+                    let timeout =
+                        crate::conf::main_conf_of(&*r).map_or(0, |mc| mc.limits.queue_timeout());
+                    crate::overload::refuse(r, Refused::Expired, timeout) as ngx_int_t
+                }
+                None => crate::response::send(r, (*job).outcome.as_ref(), streamed),
+            })
+        }
+    });
+    // SAFETY: the request is live until this finalize; the connection structure outlives the
+    // request (it is only marked destroyed), so posted requests can run after it.
+    unsafe {
+        let rc = rc.unwrap_or(if (*r).header_sent() != 0 {
+            NGX_ERROR as ngx_int_t
+        } else {
+            NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+        });
+        ngx_http_finalize_request(r, rc);
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+/// The queue's sweeper took the request out: it waited longer than `wsgi_queue_timeout` for a
+/// thread and never ran. It is answered like one that comes back from Python.
+///
+/// # Safety
+/// Event-loop thread; `job` is live and no pool thread has it.
+unsafe fn expired_in_queue(job: *mut Job) {
+    // SAFETY: per the function contract.
+    unsafe {
+        (*job).expired = true;
+        crate::metrics::dequeued_unrun();
+        complete(job.cast());
+    }
+}
+
 fn count_finished(job: &Job) {
+    if job.expired {
+        crate::metrics::finished(503, job.posted_at.elapsed(), false, false);
+        return;
+    }
     let (status, client_gone) = match (&job.timed_out, &job.outcome) {
         (Some(_), _) => (504, false),
         (None, None) => (500, false),
@@ -214,38 +281,72 @@ fn count_finished(job: &Job) {
     );
 }
 
-/// Back on the event loop once the pool thread is done.
-///
-/// # Safety
-/// Event-loop thread; `job` is live and no pool thread touches it any more.
-pub(crate) unsafe fn complete(job: *mut Job) {
-    // SAFETY: the job is alive until the request is destroyed; the request and its connection
-    // stay valid while `blocked` was held.
-    let (r, c) = unsafe {
-        let r = (*job).request;
-        (r, (*r).connection)
-    };
-    let sent = guard("sending the response", false, || {
-        // SAFETY: as above; from here on the request may be finalized and the job freed.
+/// While a response streams: the client can take more.
+unsafe extern "C" fn on_client_writable(r: *mut ngx_http_request_t) {
+    guard("the wsgi stream writer", (), || {
+        // SAFETY: nginx calls this on the event loop with the live request; only the shared
+        // stream of its job is used.
         unsafe {
-            (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
-            crate::inflight::finished();
-            crate::recycle::request_done();
-            crate::timeout::disarm(job);
-            count_finished(&*job);
-            if let Some(body) = &(*job).body_stream {
-                body.finish();
+            if let Some(job) = Job::of(r) {
+                (*job).stream.on_writable(r);
             }
-            crate::response::send(r, &*job);
         }
-        true
-    });
-    // SAFETY: `r` and `c` are still valid if sending panicked before finalizing; the connection
-    // structure outlives the request (it is only marked destroyed).
-    unsafe {
-        if !sent {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+    })
+}
+
+/// While a response streams: the client's side of the connection changed (it may be gone).
+unsafe extern "C" fn on_client_readable(r: *mut ngx_http_request_t) {
+    guard("the wsgi stream reader", (), || {
+        // SAFETY: as in `on_client_writable`.
+        unsafe {
+            if let Some(job) = Job::of(r) {
+                (*job).stream.on_readable(r);
+            }
         }
-        ngx_http_run_posted_requests(c);
-    }
+    })
+}
+
+/// An unbuffered body: the client sent more. This is the request's read handler while the body
+/// arrives, so it also notices a client that goes away, and hands over once the body is in.
+unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
+    guard("the wsgi request body reader", (), || {
+        // SAFETY: nginx calls this on the event loop with the live request; only the shared
+        // streams of its job are used.
+        unsafe {
+            let Some(job) = Job::of(r) else { return };
+            if let Some(body) = &(*job).body_stream {
+                body.pull(r);
+            }
+            if (*(*r).connection).error() != 0 {
+                (*job).stream.client_gone();
+            } else if (*r).reading_body() == 0 {
+                (*job).stream.watch_client(r);
+            }
+        }
+    })
+}
+
+/// `wsgi_read_timeout`: the request is still inside Python at its deadline. It gets a 504 at
+/// once; its Python stack goes to the error log and its thread is interrupted with
+/// `TimeoutError` (by the core's watchdog: the event loop never waits for the GIL).
+unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
+    guard("the wsgi read timeout", (), || {
+        // SAFETY: the event's data is its job; the request is live while the task is
+        // outstanding, which is the only time this timer is set.
+        unsafe {
+            let job = (*ev).data as *mut Job;
+            let r = (*job).request;
+            let what = format!(
+                "wsgi_read_timeout: \"{}\" is still inside Python after {} ms",
+                (*job).info.request_line().escape_debug(),
+                (*job).read_timeout
+            );
+            (*job).watch.interrupt_in_background(what);
+            crate::metrics::timed_out();
+            (*job).timed_out = Some((*job).stream.time_out(r));
+            if let Some(body) = &(*job).body_stream {
+                body.fail("wsgi_read_timeout: the request timed out");
+            }
+        }
+    })
 }

@@ -16,7 +16,7 @@ use nginx_sys::{
     ngx_exiting, ngx_msec_t, NGX_LOG_ALERT, NGX_LOG_NOTICE,
 };
 
-use crate::ffi_guard::guard;
+use crate::ffi::guard;
 
 /// How often the timer looks whether requests are still outstanding.
 const RECHECK_MS: usize = 500;
@@ -76,12 +76,12 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
                 let since = EXITING_SINCE.load(Relaxed);
                 if since == 0 {
                     EXITING_SINCE.store(now.max(1), Relaxed);
-                    crate::log::cycle_log(
+                    crate::ffi::log::cycle_log(
                         NGX_LOG_NOTICE as usize,
                         &format!("wsgi: waiting for {outstanding} request(s) inside Python before exiting"),
                     );
                 } else if now.saturating_sub(since) >= shutdown_timeout() {
-                    crate::log::cycle_log(
+                    crate::ffi::log::cycle_log(
                         NGX_LOG_ALERT as usize,
                         &format!(
                             "wsgi: {outstanding} request(s) still inside Python after the shutdown timeout of {} ms; \

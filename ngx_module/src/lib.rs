@@ -1,182 +1,154 @@
 //! `ngx_http_wsgi_module`: nginx serves WSGI applications from a CPython interpreter embedded in
 //! each worker process. This crate is the nginx glue; everything Python lives in `ngx_wsgi`.
 //!
-//! Request path: the content handler has nginx read the body, copies what the app needs into
-//! task-owned memory on the event loop, and posts a task to an nginx thread pool; the pool thread
-//! runs the app; the completion handler, back on the event loop, sends the response.
+//! This file is the module as nginx sees it: its table, its configuration hooks and its process
+//! hooks, wired to the layers below (see ARCHITECTURE.md). Read `handler.rs` next: it is the
+//! life of one request.
 
-mod config;
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+// Unit tests build the module without its nginx table (see below), which leaves the hooks it
+// reaches unused there.
+#![cfg_attr(test, allow(dead_code))]
+
+mod conf;
 mod dispatch;
-mod ffi_guard;
+mod drain;
+mod elastic_pool;
+mod ffi;
 mod handler;
 mod inflight;
+mod job;
 mod lifecycle;
-mod log;
-mod loop_cell;
 mod metrics;
+mod nginx_pool;
 mod notify;
+mod overload;
 mod recycle;
 mod request_body;
 mod request_id;
 mod request_info;
 mod response;
+mod status_page;
 mod stream;
-mod timeout;
 
 use std::ffi::{c_char, c_void};
-use std::mem::offset_of;
 use std::ptr;
 
 use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_http_conf_ctx_t, ngx_http_module_t, ngx_module_t, ngx_str_t,
-    NGX_CONF_1MORE, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE,
-    NGX_HTTP_SRV_CONF,
+    ngx_conf_t, ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t, NGX_ERROR, NGX_LOG_ALERT,
+    NGX_LOG_EMERG, NGX_OK,
 };
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::http::{HttpModule, HttpModuleMainConf, Merge};
 
-const MAIN_CONF_OFFSET: usize = offset_of!(ngx_http_conf_ctx_t, main_conf);
-const LOC_CONF_OFFSET: usize = offset_of!(ngx_http_conf_ctx_t, loc_conf);
+use crate::conf::LocConf;
+use crate::ffi::{guard, WsgiModule};
 
-type DirectiveSetter =
-    unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
+impl HttpModule for WsgiModule {
+    fn module() -> &'static ngx_module_t {
+        // SAFETY: nginx writes the module's indexes before any configuration callback runs and
+        // never afterwards; everything here only reads them.
+        unsafe { &*ptr::addr_of!(ngx_http_wsgi_module) }
+    }
 
-/// A directive whose setter writes at `offset` into the `conf`-selected configuration.
-const fn directive(
-    name: ngx_str_t,
-    kind: u32,
-    set: DirectiveSetter,
-    conf: usize,
-    offset: usize,
-) -> ngx_command_t {
-    ngx_command_t {
-        name,
-        type_: kind as _,
-        set: Some(set),
-        conf,
-        offset,
-        post: ptr::null_mut(),
+    /// After the http block: the apps are imported in a child process, so that a broken app
+    /// fails `nginx -t`, start and reload.
+    unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+        guard("postconfiguration", NGX_ERROR as ngx_int_t, || {
+            ffi::log::install();
+            // SAFETY: nginx passes the live configuration at the end of the http block.
+            let ok = unsafe {
+                let mc = WsgiModule::main_conf(&*cf).expect("wsgi main configuration");
+                conf::python::check_at_configuration(cf, mc)
+            };
+            if ok {
+                NGX_OK as ngx_int_t
+            } else {
+                NGX_ERROR as ngx_int_t
+            }
+        })
+    }
+
+    /// Merges a location's settings with the levels around it, then gives the locations that
+    /// serve an app (or the metrics) their content handler.
+    unsafe extern "C" fn merge_loc_conf(
+        cf: *mut ngx_conf_t,
+        prev: *mut c_void,
+        conf: *mut c_void,
+    ) -> *mut c_char {
+        guard("merge_loc_conf", NGX_CONF_ERROR, || {
+            // SAFETY: nginx passes this module's two location configurations of the levels being
+            // merged, and the live configuration whose context is the inner level.
+            unsafe {
+                let (parent, child) = (&*(prev as *const LocConf), &mut *(conf as *mut LocConf));
+                if child.merge(parent).is_err() || conf::finish_location(cf, parent, child).is_err()
+                {
+                    return NGX_CONF_ERROR;
+                }
+                let clcf = conf::core_loc_conf(cf);
+                if child.app.index.is_some() {
+                    clcf.handler = Some(handler::content_handler);
+                } else if child.status {
+                    clcf.handler = Some(status_page::status_handler);
+                }
+            }
+            NGX_CONF_OK
+        })
     }
 }
 
-static mut NGX_HTTP_WSGI_COMMANDS: [ngx_command_t; 12] = [
-    directive(
-        ngx::ngx_string!("wsgi_app"),
-        NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-        config::set_app,
-        LOC_CONF_OFFSET,
-        0,
-    ),
-    directive(
-        ngx::ngx_string!("wsgi_python_home"),
-        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        config::set_python_home,
-        MAIN_CONF_OFFSET,
-        0,
-    ),
-    directive(
-        ngx::ngx_string!("wsgi_python_path"),
-        NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
-        config::set_python_path,
-        MAIN_CONF_OFFSET,
-        0,
-    ),
-    directive(
-        ngx::ngx_string!("wsgi_thread_pool"),
-        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-        config::set_thread_pool,
-        LOC_CONF_OFFSET,
-        0,
-    ),
-    directive(
-        ngx::ngx_string!("wsgi_stream_buffer"),
-        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-        nginx_sys::ngx_conf_set_size_slot,
-        LOC_CONF_OFFSET,
-        offset_of!(config::LocConf, stream_buffer),
-    ),
-    directive(
-        ngx::ngx_string!("wsgi_request_buffering"),
-        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | nginx_sys::NGX_CONF_FLAG,
-        nginx_sys::ngx_conf_set_flag_slot,
-        LOC_CONF_OFFSET,
-        offset_of!(config::LocConf, request_buffering),
-    ),
-    directive(
-        ngx::ngx_string!("wsgi_param"),
-        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | nginx_sys::NGX_CONF_TAKE23,
-        config::set_param,
-        LOC_CONF_OFFSET,
-        0,
-    ),
-    directive(
-        ngx::ngx_string!("wsgi_max_requests"),
-        NGX_HTTP_MAIN_CONF | nginx_sys::NGX_CONF_TAKE12,
-        config::set_max_requests,
-        MAIN_CONF_OFFSET,
-        0,
-    ),
-    directive(
-        ngx::ngx_string!("wsgi_max_rss"),
-        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        nginx_sys::ngx_conf_set_size_slot,
-        MAIN_CONF_OFFSET,
-        offset_of!(config::MainConf, max_rss),
-    ),
-    directive(
-        ngx::ngx_string!("wsgi_read_timeout"),
-        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-        nginx_sys::ngx_conf_set_msec_slot,
-        LOC_CONF_OFFSET,
-        offset_of!(config::LocConf, read_timeout),
-    ),
-    directive(
-        ngx::ngx_string!("wsgi_status"),
-        NGX_HTTP_LOC_CONF | nginx_sys::NGX_CONF_NOARGS,
-        metrics::set_status,
-        LOC_CONF_OFFSET,
-        0,
-    ),
-    ngx_command_t::empty(),
-];
-
 static NGX_HTTP_WSGI_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: None,
-    postconfiguration: Some(config::postconfiguration),
-    create_main_conf: Some(config::create_main_conf),
+    postconfiguration: Some(WsgiModule::postconfiguration),
+    create_main_conf: Some(WsgiModule::create_main_conf),
     init_main_conf: None,
     create_srv_conf: None,
     merge_srv_conf: None,
-    create_loc_conf: Some(config::create_loc_conf),
-    merge_loc_conf: Some(config::merge_loc_conf),
+    create_loc_conf: Some(WsgiModule::create_loc_conf),
+    merge_loc_conf: Some(WsgiModule::merge_loc_conf),
 };
 
+// A unit-test executable has no nginx to hand this table to (and none of the nginx symbols its
+// hooks reach): it gets an empty descriptor instead, so the linker drops the rest.
+#[cfg(not(test))]
 ngx::ngx_modules!(ngx_http_wsgi_module);
 
+#[cfg(not(test))]
 #[used]
 #[allow(non_upper_case_globals)]
 #[no_mangle]
 pub static mut ngx_http_wsgi_module: ngx_module_t = ngx_module_t {
     ctx: ptr::addr_of!(NGX_HTTP_WSGI_MODULE_CTX) as *mut c_void,
     // nginx only reads the command table, which lives for the whole program.
-    commands: ptr::addr_of_mut!(NGX_HTTP_WSGI_COMMANDS) as *mut ngx_command_t,
-    type_: NGX_HTTP_MODULE as _,
-    init_process: Some(lifecycle::init_process),
-    exit_process: Some(lifecycle::exit_process),
+    commands: ptr::addr_of_mut!(conf::COMMANDS) as *mut _,
+    type_: nginx_sys::NGX_HTTP_MODULE as _,
+    init_process: Some(init_process),
+    exit_process: Some(exit_process),
     ..ngx_module_t::default()
 };
 
-/// This module's descriptor, for configuration look-ups.
-pub(crate) fn module() -> &'static ngx_module_t {
-    // SAFETY: nginx writes the module's indexes before any configuration callback runs and never
-    // afterwards; everything here only reads them.
-    unsafe { &*ptr::addr_of!(ngx_http_wsgi_module) }
+#[cfg(test)]
+#[allow(non_upper_case_globals)]
+static mut ngx_http_wsgi_module: ngx_module_t = ngx_module_t::default();
+
+unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    guard("init_process", NGX_ERROR as ngx_int_t, || {
+        // SAFETY: nginx calls this once per process, on its event loop, with the live cycle.
+        match unsafe { lifecycle::start_worker(cycle, handler::complete) } {
+            Ok(()) => NGX_OK as ngx_int_t,
+            Err(e) => {
+                ffi::log::cycle_log(NGX_LOG_EMERG as usize, &e);
+                NGX_ERROR as ngx_int_t
+            }
+        }
+    })
 }
 
-/// An nginx string as bytes (empty for a NULL string).
-pub(crate) fn ngx_bytes(s: &ngx_str_t) -> &[u8] {
-    if s.data.is_null() || s.len == 0 {
-        &[]
-    } else {
-        // SAFETY: a non-NULL ngx_str_t describes `len` readable bytes.
-        unsafe { std::slice::from_raw_parts(s.data, s.len) }
-    }
+unsafe extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
+    guard("exit_process", (), || {
+        // SAFETY: nginx calls this once, on its event loop, with the live cycle.
+        if let Err(e) = unsafe { lifecycle::stop_worker(cycle) } {
+            ffi::log::cycle_log(NGX_LOG_ALERT as usize, &e);
+        }
+    })
 }

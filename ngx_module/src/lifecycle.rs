@@ -1,28 +1,10 @@
 //! Worker start and exit: one interpreter per worker, the apps imported before the first request,
 //! Python finalised after nginx's thread pools have stopped.
 
-use nginx_sys::{
-    ngx_cycle_t, ngx_int_t, ngx_process, NGX_ERROR, NGX_LOG_ALERT, NGX_LOG_EMERG, NGX_OK,
-    NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
-};
-use ngx::http::HttpModuleConfExt;
-use ngx_wsgi::{interpreter, AppSpec, Apps};
+use std::ffi::c_void;
 
-use crate::config::MainConf;
-use crate::ffi_guard::guard;
-use crate::log::cycle_log;
-use crate::module;
-
-unsafe fn main_conf<'a>(cycle: *mut ngx_cycle_t) -> Option<&'a MainConf> {
-    // SAFETY: the cycle is live; without an http block there is no main configuration.
-    unsafe {
-        Some(
-            (*cycle)
-                .http_main_conf_unchecked::<MainConf>(module())?
-                .as_ref(),
-        )
-    }
-}
+use nginx_sys::{ngx_cycle_t, ngx_process, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER};
+use ngx_wsgi::{interpreter, Apps};
 
 /// Whether this process serves requests (a worker, or nginx without a master); cache manager and
 /// loader processes run `init_process` too, but must not start Python.
@@ -32,50 +14,65 @@ fn serves_requests() -> bool {
     role == NGX_PROCESS_WORKER || role == NGX_PROCESS_SINGLE
 }
 
-pub(crate) unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-    guard("init_process", NGX_ERROR as ngx_int_t, || {
-        if !serves_requests() {
-            return NGX_OK as ngx_int_t;
-        }
-        // SAFETY: nginx passes the live cycle.
-        let Some(mc) = (unsafe { main_conf(cycle) }) else {
-            return NGX_OK as ngx_int_t;
-        };
-        crate::metrics::attach(mc.status_zone);
-        if mc.apps.is_empty() {
-            return NGX_OK as ngx_int_t;
-        }
-        let max_rss = if mc.max_rss == usize::MAX {
-            0
-        } else {
-            mc.max_rss
-        };
-        crate::recycle::configure(mc.max_requests, mc.max_requests_jitter, max_rss);
-        // SAFETY: once per worker, on the event loop.
-        if let Err(e) = unsafe { crate::notify::init(cycle) } {
-            cycle_log(NGX_LOG_EMERG as usize, &format!("wsgi: {e}"));
-            return NGX_ERROR as ngx_int_t;
-        }
-        if let Err(e) = interpreter::initialize(&mc.python) {
-            cycle_log(NGX_LOG_EMERG as usize, &format!("wsgi: {e}"));
-            return NGX_ERROR as ngx_int_t;
-        }
-        let specs: Vec<AppSpec> = mc.apps.iter().map(|a| a.spec.clone()).collect();
-        if let Err((i, e)) = Apps::load_all(&specs) {
-            cycle_log(
-                NGX_LOG_EMERG as usize,
-                &format!("{} cannot be loaded: {e}", mc.apps[i].describe()),
-            );
-            return NGX_ERROR as ngx_int_t;
-        }
-        NGX_OK as ngx_int_t
-    })
+/// Starts the worker's side of the module: metrics, recycling limits, the notifier (whose
+/// finished items go to `on_finished`), the interpreter and every app.
+///
+/// # Safety
+/// Once per worker, from `init_process`, on the event loop; `cycle` is live.
+pub(crate) unsafe fn start_worker(
+    cycle: *mut ngx_cycle_t,
+    on_finished: unsafe fn(*mut c_void),
+) -> Result<(), String> {
+    if !serves_requests() {
+        return Ok(());
+    }
+    // SAFETY: per the function contract.
+    let Some(mc) = crate::conf::cycle_main_conf(unsafe { &*cycle }) else {
+        return Ok(());
+    };
+    crate::ffi::log::this_thread_is_the_loop();
+    crate::metrics::attach(mc.status_zone.0);
+    if mc.python.apps.is_empty() {
+        return Ok(());
+    }
+    crate::recycle::configure(
+        mc.limits.max_requests,
+        mc.limits.max_requests_jitter,
+        mc.limits.max_rss_bytes(),
+    );
+    // The app's children are its own: nginx's SIGCHLD handler would reap them (see the core's
+    // `signals`). A worker starts no children of nginx's.
+    ngx_wsgi::signals::leave_children_to_their_parents()
+        .map_err(|e| format!("wsgi: SIGCHLD: {e}"))?;
+    // SAFETY: per the function contract.
+    unsafe { crate::notify::init(cycle, on_finished) }.map_err(|e| format!("wsgi: {e}"))?;
+    interpreter::initialize(&mc.python.settings).map_err(|e| format!("wsgi: {e}"))?;
+    Apps::load_all(&mc.python.specs())
+        .map_err(|(i, e)| format!("{} cannot be loaded: {e}", mc.python.apps[i].describe()))
 }
 
-pub(crate) unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
-    guard("exit_process", (), || {
-        if let Err(e) = interpreter::finalize() {
-            cycle_log(NGX_LOG_ALERT as usize, &format!("wsgi: {e}"));
-        }
-    })
+/// Stops the module's own threads (nginx's pools have stopped by now, and every request is
+/// done), then finalises Python, waiting `wsgi_shutdown_timeout` at most for the app's threads.
+/// When some are still running then, the worker ends at once: nothing of nginx's teardown may
+/// meet them.
+///
+/// # Safety
+/// From `exit_process`, on the event loop; `cycle` is live.
+pub(crate) unsafe fn stop_worker(cycle: *mut ngx_cycle_t) -> Result<(), String> {
+    if !interpreter::is_running() {
+        return Ok(());
+    }
+    crate::dispatch::stop_threads(std::time::Duration::from_secs(5));
+    // SAFETY: per the function contract.
+    let timeout = crate::conf::cycle_main_conf(unsafe { &*cycle })
+        .map_or(crate::conf::limits::DEFAULT_SHUTDOWN_TIMEOUT_MS, |mc| {
+            mc.limits.shutdown_timeout()
+        });
+    interpreter::name_shutdown_timeout("wsgi_shutdown_timeout");
+    match interpreter::finalize(std::time::Duration::from_millis(timeout as u64)) {
+        Ok(interpreter::Finalized::Cleanly) => Ok(()),
+        // SAFETY: ends the worker at once, as the log entry just said.
+        Ok(interpreter::Finalized::ThreadsLeft) => unsafe { libc::_exit(0) },
+        Err(e) => Err(format!("wsgi: {e}")),
+    }
 }

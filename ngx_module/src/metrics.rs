@@ -2,23 +2,15 @@
 //! zone (`wsgi_status`) that the workers update with atomic operations. The zone only exists
 //! when some location has `wsgi_status`; without it, nothing is counted.
 
-use std::ffi::{c_char, c_void};
+use std::ffi::c_void;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_http_discard_request_body, ngx_http_request_t, ngx_int_t,
-    ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t, NGX_ERROR,
-    NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_OK,
-};
-use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
-use ngx::http::HttpModuleConfExt;
+use nginx_sys::{ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t, NGX_ERROR, NGX_OK};
 use ngx_wsgi::ResponseHead;
 
-use crate::config::MainConf;
-use crate::ffi_guard::guard;
-use crate::module;
+use crate::ffi::guard;
 
 /// Upper bounds (seconds) of the request duration histogram's buckets.
 const BUCKETS: [f64; 12] = [
@@ -33,6 +25,8 @@ struct Gauges {
     queued: AtomicI64,
     threads_busy: AtomicI64,
     lost_slots: AtomicI64,
+    /// Threads of the module's own pools, busy or idle.
+    pool_threads: AtomicI64,
 }
 
 const SLOTS: usize = nginx_sys::NGX_MAX_PROCESSES as usize;
@@ -51,7 +45,12 @@ pub(crate) struct Metrics {
     timeouts: AtomicU64,
     client_gone: AtomicU64,
     recycles: AtomicU64,
+    refused: AtomicU64,
 }
+
+/// Bytes of the `wsgi_status` zone: the counters and room for the slab allocator's own pages.
+pub(crate) const ZONE_SIZE: usize =
+    (std::mem::size_of::<Metrics>() + 64 * 1024).next_multiple_of(4096);
 
 static METRICS: AtomicPtr<Metrics> = AtomicPtr::new(std::ptr::null_mut());
 static SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -80,7 +79,13 @@ pub(crate) fn attach(zone: *mut ngx_shm_zone_t) {
     }
     if let Some(m) = get() {
         let g = m.mine();
-        for gauge in [&g.in_flight, &g.queued, &g.threads_busy, &g.lost_slots] {
+        for gauge in [
+            &g.in_flight,
+            &g.queued,
+            &g.threads_busy,
+            &g.lost_slots,
+            &g.pool_threads,
+        ] {
             gauge.store(0, Relaxed);
         }
     }
@@ -141,6 +146,27 @@ pub(crate) fn timed_out() {
     }
 }
 
+/// `delta` threads of the module's own pools started (or ended, negative).
+pub(crate) fn pool_thread(delta: i64) {
+    if let Some(m) = get() {
+        m.mine().pool_threads.fetch_add(delta, Relaxed);
+    }
+}
+
+/// A request was answered 503 because too many waited (any thread).
+pub(crate) fn refused() {
+    if let Some(m) = get() {
+        m.refused.fetch_add(1, Relaxed);
+    }
+}
+
+/// A queued request was taken out of the queue unanswered by the app (it waited too long).
+pub(crate) fn dequeued_unrun() {
+    if let Some(m) = get() {
+        m.mine().queued.fetch_sub(1, Relaxed);
+    }
+}
+
 pub(crate) fn recycled() {
     if let Some(m) = get() {
         m.recycles.fetch_add(1, Relaxed);
@@ -152,7 +178,8 @@ pub(crate) fn status_of(head: Option<&ResponseHead>, fallback: u16) -> u16 {
     head.map_or(fallback, |h| h.status)
 }
 
-fn render(m: &Metrics) -> String {
+/// The Prometheus text of the counters.
+pub(crate) fn render(m: &Metrics) -> String {
     let sum = |f: fn(&Gauges) -> &AtomicI64| {
         m.gauges
             .iter()
@@ -211,6 +238,12 @@ fn render(m: &Metrics) -> String {
     );
     gauge(
         &mut out,
+        "wsgi_pool_threads",
+        "Threads of the module's own pools (wsgi_max_threads), busy or idle.",
+        sum(|g| &g.pool_threads),
+    );
+    gauge(
+        &mut out,
         "wsgi_lost_slots",
         "Requests past wsgi_read_timeout that are still inside Python (stuck in C code, say).",
         sum(|g| &g.lost_slots),
@@ -226,6 +259,12 @@ fn render(m: &Metrics) -> String {
         "wsgi_client_gone_total",
         "Streamed responses whose client went away.",
         m.client_gone.load(Relaxed) as f64,
+    );
+    counter(
+        &mut out,
+        "wsgi_requests_refused_total",
+        "Requests answered 503 because too many waited for a thread (wsgi_max_queue, wsgi_queue_timeout).",
+        m.refused.load(Relaxed) as f64,
     );
     counter(
         &mut out,
@@ -262,7 +301,12 @@ fn render(m: &Metrics) -> String {
     out
 }
 
-unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, old: *mut c_void) -> ngx_int_t {
+/// The zone's init callback (in the master, at each configuration load): the counters of the
+/// previous cycle are kept.
+pub(crate) unsafe extern "C" fn init_zone(
+    zone: *mut ngx_shm_zone_t,
+    old: *mut c_void,
+) -> ngx_int_t {
     guard("the wsgi_status zone", NGX_ERROR as ngx_int_t, || {
         // SAFETY: nginx passes the zone; `old` is the previous cycle's block in the same memory.
         unsafe {
@@ -288,66 +332,69 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, old: *mut c_void) -> n
     })
 }
 
-/// `wsgi_status;`: this location answers with the metrics (and the zone comes to exist).
-pub(crate) unsafe extern "C" fn set_status(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    _conf: *mut c_void,
-) -> *mut c_char {
-    guard("wsgi_status", NGX_CONF_ERROR, || {
-        // SAFETY: inside a location of an http block; the zone name is copied by nginx.
-        unsafe {
-            let mc = crate::config::main_conf(cf);
-            if mc.status_zone.is_null() {
-                let mut name = ngx::ngx_string!("wsgi_status");
-                let zone = ngx_shared_memory_add(
-                    cf,
-                    &mut name,
-                    (std::mem::size_of::<Metrics>() + 64 * 1024).next_multiple_of(4096),
-                    module() as *const _ as *mut c_void,
-                );
-                if zone.is_null() {
-                    return NGX_CONF_ERROR;
-                }
-                (*zone).init = Some(init_zone);
-                mc.status_zone = zone;
-            }
-            let clcf = crate::config::core_loc_conf(cf);
-            clcf.handler = Some(status_handler);
+/// The counters of `zone`, if it has been initialised.
+///
+/// # Safety
+/// `zone` is NULL or the live `wsgi_status` zone.
+pub(crate) unsafe fn of_zone<'a>(zone: *mut ngx_shm_zone_t) -> Option<&'a Metrics> {
+    // SAFETY: per the function contract; the zone's data is its Metrics block once initialised.
+    unsafe {
+        if zone.is_null() {
+            return None;
         }
-        NGX_CONF_OK
-    })
+        ((*zone).data as *const Metrics).as_ref()
+    }
 }
 
-unsafe extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
-    guard(
-        "the wsgi_status handler",
-        NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
-        || {
-            // SAFETY: nginx passes a live request on the event loop.
-            unsafe {
-                if (*r).method != NGX_HTTP_GET as usize && (*r).method != NGX_HTTP_HEAD as usize {
-                    return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
-                }
-                let rc = ngx_http_discard_request_body(r);
-                if rc != NGX_OK as ngx_int_t {
-                    return rc;
-                }
-                let mc = (*r)
-                    .http_main_conf_unchecked::<MainConf>(module())
-                    .map(|m| m.as_ref());
-                let zone = mc.map_or(std::ptr::null_mut(), |m| m.status_zone);
-                let body = if zone.is_null() || (*zone).data.is_null() {
-                    String::new()
-                } else {
-                    render(&*((*zone).data as *const Metrics))
-                };
-                let body = crate::response::pool_copy(r, body.as_bytes());
-                let Some(body) = body else {
-                    return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-                };
-                crate::response::send_static(r, b"text/plain; version=0.0.4; charset=utf-8", body)
-            }
-        },
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zeroed() -> Box<Metrics> {
+        // SAFETY: all-zero is a valid Metrics: every field is an atomic integer.
+        unsafe { Box::new(std::mem::zeroed()) }
+    }
+
+    #[test]
+    fn render_sums_the_gauges_of_every_worker_and_never_goes_negative() {
+        let m = zeroed();
+        m.gauges[0].in_flight.store(2, Relaxed);
+        m.gauges[3].in_flight.store(5, Relaxed);
+        m.gauges[1].queued.store(-1, Relaxed);
+        m.responses[1].store(7, Relaxed);
+        m.responses[4].store(1, Relaxed);
+        let text = render(&m);
+        assert!(text.contains("wsgi_requests_in_flight 7\n"), "{text}");
+        assert!(text.contains("wsgi_requests_queued 0\n"), "{text}");
+        assert!(text.contains("wsgi_responses_total{class=\"2xx\"} 7\n"));
+        assert!(text.contains("wsgi_responses_total{class=\"5xx\"} 1\n"));
+        assert!(text.contains("# TYPE wsgi_request_duration_seconds histogram\n"));
+    }
+
+    #[test]
+    fn the_histogram_is_cumulative() {
+        let m = zeroed();
+        METRICS.store(&*m as *const Metrics as *mut Metrics, Relaxed);
+        finished(200, Duration::from_millis(3), false, false);
+        finished(404, Duration::from_millis(300), false, false);
+        finished(500, Duration::from_secs(60), false, false);
+        METRICS.store(std::ptr::null_mut(), Relaxed);
+        let text = render(&m);
+        let bucket = |le: &str| {
+            let key = format!("wsgi_request_duration_seconds_bucket{{le=\"{le}\"}} ");
+            let at = text.find(&key).unwrap() + key.len();
+            text[at..]
+                .split('\n')
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        };
+        assert_eq!(bucket("0.005"), 1);
+        assert_eq!(bucket("0.5"), 2);
+        assert_eq!(bucket("30"), 2);
+        assert_eq!(bucket("+Inf"), 3);
+        assert!(text.contains("wsgi_request_duration_seconds_count 3\n"));
+        assert!(text.contains("wsgi_responses_total{class=\"4xx\"} 1\n"));
+    }
 }

@@ -1,21 +1,23 @@
-//! Wakes the event loop from Python threads: an eventfd registered with nginx, and the lists of
-//! work left for it (finished requests, drainers wanted, response output waiting, room for more
-//! request body). The eventfd is written only when the lists were empty, so a busy loop is woken
-//! once per batch, not once per item. `ngx_thread_task_post` and nginx's own `ngx_notify`
-//! belong to the event loop and the thread-pool module; they must not be used from other threads.
+//! Wakes the event loop from other threads: an eventfd registered with nginx, and the lists of
+//! work left for it (requests back from Python, output waiting, room for more request body,
+//! log entries). The eventfd is written only when the lists were empty, so a busy loop is woken
+//! once per batch, not once per item. `ngx_thread_task_post` and nginx's own `ngx_notify` belong
+//! to the event loop and the thread-pool module; they must not be used from other threads.
+//!
+//! What the loop does with each item is given to it, not known here: [`Pump`] objects say it
+//! themselves, and finished items go to the callback given to [`init`].
 
+use std::ffi::c_void;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use nginx_sys::{ngx_cycle_t, ngx_event_actions, ngx_event_t, ngx_get_connection, NGX_OK};
 
-use crate::dispatch::RunQueue;
-use crate::ffi_guard::guard;
-use crate::handler::Job;
+use crate::ffi::guard;
 
-/// Work a Python thread leaves for the event loop.
+/// Work another thread leaves for the event loop.
 pub(crate) trait Pump: Send + Sync {
-    /// Runs on the event loop after `schedule`.
+    /// Runs on the event loop after it was scheduled.
     ///
     /// # Safety
     /// Event-loop thread only.
@@ -24,6 +26,8 @@ pub(crate) trait Pump: Send + Sync {
 
 static EVENT_FD: AtomicI32 = AtomicI32::new(-1);
 static WORK: Mutex<Work> = Mutex::new(Work::new());
+/// What the loop does with a finished item (set once, by `init`).
+static ON_FINISHED: OnceLock<unsafe fn(*mut c_void)> = OnceLock::new();
 
 thread_local! {
     static SPARE: std::cell::Cell<Work> = const { std::cell::Cell::new(Work::new()) };
@@ -31,8 +35,10 @@ thread_local! {
 
 struct Work {
     pumps: Vec<Arc<dyn Pump>>,
-    finished: Vec<JobPtr>,
-    drainers: Vec<&'static RunQueue>,
+    /// Pumps that live for the process (a thread pool's queue).
+    lasting: Vec<&'static dyn Pump>,
+    finished: Vec<Finished>,
+    log: bool,
 }
 
 impl Default for Work {
@@ -45,28 +51,33 @@ impl Work {
     const fn new() -> Self {
         Work {
             pumps: Vec::new(),
+            lasting: Vec::new(),
             finished: Vec::new(),
-            drainers: Vec::new(),
+            log: false,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.pumps.is_empty() && self.finished.is_empty() && self.drainers.is_empty()
+        self.pumps.is_empty() && self.lasting.is_empty() && self.finished.is_empty() && !self.log
     }
 }
 
-struct JobPtr(*mut Job);
-// SAFETY: a finished job is handed to the loop and touched by no other thread afterwards.
-unsafe impl Send for JobPtr {}
+struct Finished(*mut c_void);
+// SAFETY: a finished item is handed to the loop and touched by no other thread afterwards.
+unsafe impl Send for Finished {}
 
 /// `NGX_READ_EVENT` of Linux builds (a preprocessor macro bindgen cannot see).
 const READ_EVENT: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
 
-/// Creates the worker's eventfd and registers it with the event loop.
+/// Creates the worker's eventfd and registers it with the event loop; `on_finished` is what the
+/// loop does with each item passed to [`finished`].
 ///
 /// # Safety
 /// Called once per worker from `init_process`, on the event-loop thread.
-pub(crate) unsafe fn init(cycle: *mut ngx_cycle_t) -> Result<(), String> {
+pub(crate) unsafe fn init(
+    cycle: *mut ngx_cycle_t,
+    on_finished: unsafe fn(*mut c_void),
+) -> Result<(), String> {
     // SAFETY: plain syscall.
     let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
     if fd < 0 {
@@ -91,7 +102,9 @@ pub(crate) unsafe fn init(cycle: *mut ngx_cycle_t) -> Result<(), String> {
             return Err("cannot register the wsgi notifier with the event loop".into());
         }
     }
+    let _ = ON_FINISHED.set(on_finished);
     EVENT_FD.store(fd, Ordering::Release);
+    crate::ffi::log::set_waker(|| add(|w| w.log = true));
     Ok(())
 }
 
@@ -100,14 +113,14 @@ pub(crate) fn schedule(work: Arc<dyn Pump>) {
     add(|w| w.pumps.push(work));
 }
 
-/// A pool thread is done with `job`: the loop sends its response.
-pub(crate) fn finished(job: *mut Job) {
-    add(|w| w.finished.push(JobPtr(job)));
+/// Queues a pump that lives for the process (any thread).
+pub(crate) fn schedule_lasting(work: &'static dyn Pump) {
+    add(|w| w.lasting.push(work));
 }
 
-/// A drainer of `queue` wants a successor posted.
-pub(crate) fn want_drainer(queue: &'static RunQueue) {
-    add(|w| w.drainers.push(queue));
+/// Hands `item` back to the event loop, which passes it to the `on_finished` of [`init`].
+pub(crate) fn finished(item: *mut c_void) {
+    add(|w| w.finished.push(Finished(item)));
 }
 
 fn add(put: impl FnOnce(&mut Work)) {
@@ -150,17 +163,23 @@ unsafe extern "C" fn on_ready(_ev: *mut ngx_event_t) {
             &mut work,
             &mut *WORK.lock().unwrap_or_else(|e| e.into_inner()),
         );
-        for queue in work.drainers.drain(..) {
-            // SAFETY: on the event loop, which is what `top_up` requires.
-            unsafe { queue.top_up() };
+        if std::mem::take(&mut work.log) {
+            // SAFETY: on the event loop.
+            unsafe { crate::ffi::log::flush_deferred() };
+        }
+        for pump in work.lasting.drain(..) {
+            // SAFETY: on the event loop, which is what `pump` requires.
+            unsafe { pump.pump() };
         }
         for pump in work.pumps.drain(..) {
             // SAFETY: on the event loop, which is what `pump` requires.
             unsafe { pump.pump() };
         }
-        for job in work.finished.drain(..) {
-            // SAFETY: on the event loop; the pool thread is done with the job.
-            unsafe { crate::handler::complete(job.0) };
+        if let Some(on_finished) = ON_FINISHED.get() {
+            for item in work.finished.drain(..) {
+                // SAFETY: on the event loop; the other thread is done with the item.
+                unsafe { on_finished(item.0) };
+            }
         }
         SPARE.with(|spare| spare.set(work));
     })

@@ -70,7 +70,7 @@ fn recycle(why: &str) {
         if ngx_exiting != 0 || ngx_quit != 0 {
             return;
         }
-        crate::log::cycle_log(
+        crate::ffi::log::cycle_log(
             NGX_LOG_NOTICE as usize,
             &format!("wsgi: this worker {why}; recycling it"),
         );

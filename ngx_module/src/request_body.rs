@@ -14,9 +14,8 @@ use nginx_sys::{
 };
 use ngx_wsgi::BodySource;
 
-use crate::ffi_guard::guard;
+use crate::ffi::LoopRequest;
 use crate::notify::Pump;
-use crate::stream::LoopRequest;
 
 struct State {
     chunks: VecDeque<Vec<u8>>,
@@ -124,7 +123,7 @@ impl BodyStream {
     /// background thread) gets an error instead of waiting forever.
     pub(crate) fn finish(&self) {
         let mut st = self.lock();
-        st.request = LoopRequest(std::ptr::null_mut());
+        st.request = LoopRequest::none();
         if !st.eof && st.error.is_none() {
             st.error = Some("the request is over".into());
         }
@@ -154,6 +153,10 @@ impl Pump for BodyStream {
 }
 
 impl BodySource for BodyStream {
+    fn cancel(&self) {
+        self.fail("the request is over");
+    }
+
     fn read(&self, max: usize) -> std::io::Result<Vec<u8>> {
         let mut st = self.lock();
         loop {
@@ -186,26 +189,69 @@ impl BodySource for BodyStream {
     }
 }
 
-/// The client sent more of the body.
-pub(crate) unsafe extern "C" fn body_reader(r: *mut ngx_http_request_t) {
-    guard("the wsgi request body reader", (), || {
-        // SAFETY: nginx calls this on the event loop with the live request; the job is in the
-        // module context.
-        unsafe {
-            let job = *(*r).ctx.add(crate::module().ctx_index) as *const crate::handler::Job;
-            if job.is_null() {
-                return;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(limit: usize, chunks: &[&[u8]], eof: bool) -> Arc<BodyStream> {
+        let b = BodyStream::new(std::ptr::null_mut(), limit);
+        {
+            let mut st = b.lock();
+            for c in chunks {
+                st.chunks.push_back(c.to_vec());
+                st.unread += c.len();
             }
-            if let Some(body) = (*job).body_stream.clone() {
-                body.pull(r);
-            }
-            // The body reader is the request's read handler while the body arrives: it also
-            // notices a client that goes away, and hands over once the body is complete.
-            if (*(*r).connection).error() != 0 {
-                (*job).stream.client_gone();
-            } else if (*r).reading_body() == 0 {
-                (*job).stream.watch_client(r);
-            }
+            st.eof = eof;
         }
-    })
+        b
+    }
+
+    #[test]
+    fn reads_split_and_join_what_arrived_then_end() {
+        let b = body(1024, &[b"hello ", b"world"], true);
+        assert_eq!(b.read(4).unwrap(), b"hell");
+        assert_eq!(b.read(100).unwrap(), b"o ");
+        assert_eq!(b.read(100).unwrap(), b"world");
+        assert_eq!(b.read(100).unwrap(), b"");
+        assert_eq!(b.lock().unread, 0);
+    }
+
+    #[test]
+    fn a_failed_or_finished_body_never_blocks_a_reader() {
+        let b = body(1024, &[b"part"], false);
+        b.fail("timed out");
+        assert_eq!(b.read(100).unwrap(), b"part");
+        assert_eq!(b.read(100).unwrap_err().to_string(), "timed out");
+        let b = body(1024, &[], false);
+        b.finish();
+        assert!(b.read(1).is_err());
+        assert!(b.lock().request.0.is_null());
+    }
+
+    #[test]
+    fn a_paused_body_asks_the_loop_for_more_once_below_its_limit() {
+        let b = body(4, &[b"abcdef"], false);
+        b.lock().paused = true;
+        assert_eq!(b.read(1).unwrap(), b"a");
+        assert!(b.lock().paused, "still at its limit");
+        assert_eq!(b.read(2).unwrap(), b"bc");
+        let st = b.lock();
+        assert!(!st.paused && st.scheduled);
+    }
+
+    #[test]
+    fn a_reader_waits_for_data_from_another_thread() {
+        let b = body(1024, &[], false);
+        let reader = {
+            let b = b.clone();
+            std::thread::spawn(move || b.read(100))
+        };
+        {
+            let mut st = b.lock();
+            st.chunks.push_back(b"late".to_vec());
+            st.unread += 4;
+        }
+        b.arrived.notify_all();
+        assert_eq!(reader.join().unwrap().unwrap(), b"late");
+    }
 }

@@ -2,17 +2,16 @@
 //! never reads nginx's structures.
 
 use nginx_sys::{
-    ngx_connection_local_sockaddr, ngx_http_complex_value, ngx_http_core_module,
-    ngx_http_core_srv_conf_t, ngx_http_request_t, ngx_int_t, ngx_list_part_t, ngx_str_t,
-    ngx_table_elt_t, ngx_uint_t, NGX_HTTP_VERSION_10, NGX_HTTP_VERSION_11, NGX_HTTP_VERSION_20,
-    NGX_HTTP_VERSION_9, NGX_OK,
+    ngx_connection_local_sockaddr, ngx_http_complex_value, ngx_http_request_t, ngx_int_t,
+    ngx_list_part_t, ngx_str_t, ngx_table_elt_t, ngx_uint_t, NGX_HTTP_VERSION_10,
+    NGX_HTTP_VERSION_11, NGX_HTTP_VERSION_20, NGX_HTTP_VERSION_9, NGX_OK,
 };
-use ngx::http::HttpModuleConfExt;
+use ngx::http::{HttpModuleServerConf, NgxHttpCoreModule};
 use ngx_wsgi::environ::Field;
 use ngx_wsgi::{Body, RequestInfo, RequestInfoBuilder, Segment};
 
-use crate::config::LocConf;
-use crate::ngx_bytes;
+use crate::conf::LocConf;
+use crate::ffi::ngx_bytes;
 
 /// Builds the request's environ data and, when nginx has read the whole body, its description
 /// (`None` for a body read as it arrives).
@@ -31,7 +30,7 @@ pub(crate) unsafe fn collect(
     let mut b = RequestInfoBuilder::with_capacity(1024);
 
     let (script_name, path_info) =
-        ngx_wsgi::environ::split_mount(ngx_bytes(&r.uri), lc.script_name.as_slice());
+        ngx_wsgi::environ::split_mount(ngx_bytes(&r.uri), lc.app.script_name.as_slice());
 
     b.set(Field::RequestMethod, ngx_bytes(&r.method_name))
         .set(Field::ScriptName, script_name)
@@ -49,14 +48,9 @@ pub(crate) unsafe fn collect(
     // SAFETY: set by the call above.
     let local_port = unsafe { sockaddr_port(c.local_sockaddr.cast()) };
     b.set(Field::ServerPort, decimal(&mut [0; 5], local_port));
-    // SAFETY: every request has its server's core configuration.
-    let server_name = unsafe {
-        r.http_server_conf_unchecked::<ngx_http_core_srv_conf_t>(&*std::ptr::addr_of!(
-            ngx_http_core_module
-        ))
-        .map(|s| ngx_bytes(&s.as_ref().server_name))
-        .unwrap_or(&[])
-    };
+    let server_name = NgxHttpCoreModule::server_conf(r)
+        .map(|s| ngx_bytes(&s.server_name))
+        .unwrap_or(&[]);
     if server_name.is_empty() {
         // nginx's own text of the address (what `$server_addr` shows).
         let mut text = [0u8; 64];
@@ -91,7 +85,7 @@ pub(crate) unsafe fn collect(
         })
     };
 
-    for param in &lc.params {
+    for param in &lc.params.0 {
         let mut value = ngx_str_t::empty();
         // SAFETY: the compiled value belongs to the configuration, live for the request; the
         // result is allocated from the request's pool.
@@ -209,6 +203,52 @@ fn decimal(buf: &mut [u8; 5], mut n: u16) -> &[u8] {
         n /= 10;
         if n == 0 {
             return &buf[at..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols_by_nginx_version_number() {
+        assert_eq!(protocol(NGX_HTTP_VERSION_10), b"HTTP/1.0");
+        assert_eq!(protocol(NGX_HTTP_VERSION_11), b"HTTP/1.1");
+        assert_eq!(protocol(NGX_HTTP_VERSION_20), b"HTTP/2.0");
+        assert_eq!(protocol(HTTP_VERSION_30), b"HTTP/3.0");
+        assert_eq!(protocol(NGX_HTTP_VERSION_9), b"HTTP/0.9");
+    }
+
+    #[test]
+    fn ports_in_decimal() {
+        for port in [0u16, 7, 80, 8080, 65535] {
+            assert_eq!(decimal(&mut [0; 5], port), port.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn ports_of_socket_addresses() {
+        // SAFETY: all-zero socket addresses are valid; the family says which one is read.
+        unsafe {
+            let mut v4: libc::sockaddr_in = std::mem::zeroed();
+            v4.sin_family = libc::AF_INET as _;
+            v4.sin_port = 8080u16.to_be();
+            assert_eq!(
+                sockaddr_port((&v4 as *const libc::sockaddr_in).cast()),
+                8080
+            );
+            let mut v6: libc::sockaddr_in6 = std::mem::zeroed();
+            v6.sin6_family = libc::AF_INET6 as _;
+            v6.sin6_port = 443u16.to_be();
+            assert_eq!(
+                sockaddr_port((&v6 as *const libc::sockaddr_in6).cast()),
+                443
+            );
+            let mut unix: libc::sockaddr_un = std::mem::zeroed();
+            unix.sun_family = libc::AF_UNIX as _;
+            assert_eq!(sockaddr_port((&unix as *const libc::sockaddr_un).cast()), 0);
+            assert_eq!(sockaddr_port(std::ptr::null()), 0);
         }
     }
 }

@@ -1,55 +1,61 @@
 //! Turning the app's outcome into nginx's response: status, headers, one body buffer.
 
 use nginx_sys::{
-    ngx_buf_t, ngx_chain_t, ngx_file_t, ngx_http_core_get_method, ngx_http_finalize_request,
-    ngx_http_internal_redirect, ngx_http_named_location, ngx_http_output_filter,
-    ngx_http_request_t, ngx_http_send_header, ngx_http_send_special, ngx_int_t, ngx_list_push,
-    ngx_pcalloc, ngx_pnalloc, ngx_str_t, ngx_table_elt_t, NGX_DONE, NGX_ERROR,
-    NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_FLUSH, NGX_HTTP_GET, NGX_HTTP_HEAD,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_LAST, NGX_OK,
+    ngx_buf_t, ngx_chain_t, ngx_file_t, ngx_http_core_get_method, ngx_http_internal_redirect,
+    ngx_http_named_location, ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header,
+    ngx_http_send_special, ngx_int_t, ngx_list_push, ngx_pcalloc, ngx_str_t, ngx_table_elt_t,
+    NGX_DONE, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_FLUSH, NGX_HTTP_GET,
+    NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_LAST, NGX_OK,
 };
 use std::os::fd::AsRawFd;
 
 use ngx_wsgi::file_wrapper::FileRange;
-use ngx_wsgi::{OutcomeKind, ResponseHead};
+use ngx_wsgi::{Outcome, OutcomeKind, ResponseHead};
 
-use crate::handler::Job;
+use crate::ffi::pool::pool_str;
 
-/// Sends the job's outcome and finalizes the request (exactly once).
+/// How the part of a response that went out while the app ran ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct StreamEnd {
+    /// The head (and maybe some body) went out already.
+    pub head_sent: bool,
+    /// Output stopped early: the client went away, or sending failed.
+    pub cancelled: bool,
+    /// nginx could not send (a failed header or write).
+    pub failed: bool,
+}
+
+/// Sends the app's outcome (the rest of it, when it streamed); returns what to finalize the
+/// request with (the caller finalizes it, exactly once). `outcome` is None when running the app
+/// failed inside the module.
 ///
 /// # Safety
-/// `r` is live on the event loop, no longer blocked on the job's task; `job` lives in `r`'s pool.
-pub(crate) unsafe fn send(r: *mut ngx_http_request_t, job: &Job) {
+/// `r` is live on the event loop, no longer blocked on the app's task; the outcome's body lives
+/// until the request's pool is destroyed.
+pub(crate) unsafe fn send(
+    r: *mut ngx_http_request_t,
+    outcome: Option<&Outcome>,
+    streamed: StreamEnd,
+) -> ngx_int_t {
     // SAFETY: per the function contract.
     unsafe {
-        let (streamed, cancelled, failed) = job.stream.finish(r);
-        if let Some(rc) = job.timed_out {
-            // A 504 went out at the deadline; the app's late answer is dropped.
-            ngx_http_finalize_request(r, rc);
-            return;
-        }
         if (*(*r).connection).error() != 0 {
-            ngx_http_finalize_request(r, NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t);
-            return;
+            return NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t;
         }
-        if streamed {
-            finish_stream(r, job.outcome.as_ref().map(|o| o.kind), cancelled, failed);
-            return;
+        if streamed.head_sent {
+            return finish_stream(r, outcome.map(|o| o.kind), streamed);
         }
-        let Some(outcome) = job.outcome.as_ref() else {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-            return;
+        let Some(outcome) = outcome else {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         };
         let head = match (outcome.kind, outcome.head.as_ref()) {
             (OutcomeKind::Failed, _) | (_, None) => {
-                ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-                return;
+                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
             }
             (_, Some(head)) => head,
         };
         if let Some(uri) = head.internal_redirect() {
-            redirect(r, head, uri);
-            return;
+            return redirect(r, head, uri);
         }
         let truncated = outcome.kind == OutcomeKind::Truncated;
         let is_head = (*r).method == NGX_HTTP_HEAD as usize;
@@ -72,15 +78,11 @@ pub(crate) unsafe fn send(r: *mut ngx_http_request_t, job: &Job) {
         }
         let rc = send_head(r, head, content_length);
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
-            ngx_http_finalize_request(
-                r,
-                if truncated {
-                    NGX_ERROR as ngx_int_t
-                } else {
-                    rc
-                },
-            );
-            return;
+            return if truncated {
+                NGX_ERROR as ngx_int_t
+            } else {
+                rc
+            };
         }
         let body = &*outcome.body;
         let out = match outcome.file.as_ref().filter(|f| f.len > 0) {
@@ -96,25 +98,23 @@ pub(crate) unsafe fn send(r: *mut ngx_http_request_t, job: &Job) {
             None => ngx_http_send_special(r, NGX_HTTP_LAST as usize),
         };
         // A response that failed after its body started ends without a clean end of message.
-        let rc = if truncated {
+        if truncated {
             NGX_ERROR as ngx_int_t
         } else {
             rc
-        };
-        ngx_http_finalize_request(r, rc);
+        }
     }
 }
 
 /// `X-Accel-Redirect`: nginx answers from `uri` (a path with optional `?args`, or a named
 /// `@location`), as it does for proxied apps; the app's other headers (Set-Cookie,
 /// Content-Disposition, ...) stay, except those describing the body it did not send.
-unsafe fn redirect(r: *mut ngx_http_request_t, head: &ResponseHead, uri: &[u8]) {
+unsafe fn redirect(r: *mut ngx_http_request_t, head: &ResponseHead, uri: &[u8]) -> ngx_int_t {
     let kept = head.for_internal_redirect();
     // SAFETY: `r` is live on the event loop and has sent nothing; the strings are pool copies.
     unsafe {
         if set_headers(r, &kept, None).is_err() {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-            return;
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         }
         (*r).headers_out.status = 0;
         (*r).headers_out.status_line = ngx_str_t::empty();
@@ -127,19 +127,18 @@ unsafe fn redirect(r: *mut ngx_http_request_t, head: &ResponseHead, uri: &[u8]) 
             None => (uri, &b""[..]),
         };
         let Ok(mut path) = pool_str(r, path, false) else {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-            return;
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         };
         if path.len > 0 && *path.data == b'@' {
             ngx_http_named_location(r, &mut path);
         } else {
             let Ok(mut args) = pool_str(r, args, false) else {
-                ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-                return;
+                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
             };
             ngx_http_internal_redirect(r, &mut path, &mut args);
         }
-        ngx_http_finalize_request(r, NGX_DONE as ngx_int_t);
+        // The redirect took its own reference to the request; this releases the app's.
+        NGX_DONE as ngx_int_t
     }
 }
 
@@ -147,15 +146,14 @@ unsafe fn redirect(r: *mut ngx_http_request_t, head: &ResponseHead, uri: &[u8]) 
 unsafe fn finish_stream(
     r: *mut ngx_http_request_t,
     kind: Option<OutcomeKind>,
-    cancelled: bool,
-    failed: bool,
-) {
+    end: StreamEnd,
+) -> ngx_int_t {
     // SAFETY: `r` is live on the event loop and its header was sent.
     unsafe {
-        let rc = match kind {
-            _ if failed => NGX_ERROR as ngx_int_t,
+        match kind {
+            _ if end.failed => NGX_ERROR as ngx_int_t,
             Some(OutcomeKind::ClientGone) => NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
-            _ if cancelled => NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
+            _ if end.cancelled => NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
             Some(OutcomeKind::Complete) if (*r).header_only() != 0 => NGX_OK as ngx_int_t,
             Some(OutcomeKind::Complete) => ngx_http_send_special(r, NGX_HTTP_LAST as usize),
             // The app failed after its body started: whatever is queued goes out, then the
@@ -165,8 +163,7 @@ unsafe fn finish_stream(
                 ngx_http_send_special(r, NGX_HTTP_FLUSH as usize);
                 NGX_ERROR as ngx_int_t
             }
-        };
-        ngx_http_finalize_request(r, rc);
+        }
     }
 }
 
@@ -199,7 +196,10 @@ pub(crate) unsafe fn send_head(
     }
 }
 
-/// One buffer over the body bytes (owned by the job, which the request's pool frees last).
+/// One buffer over the body bytes (which must outlive the request's output).
+///
+/// # Safety
+/// `r` is live on the event loop; `body` lives until the request's pool is destroyed.
 pub(crate) unsafe fn body_chain(
     r: *mut ngx_http_request_t,
     body: &[u8],
@@ -273,17 +273,11 @@ unsafe fn single_link(
     }
 }
 
-/// A copy of `bytes` in the request's pool, living as long as the request.
-pub(crate) unsafe fn pool_copy<'a>(r: *mut ngx_http_request_t, bytes: &[u8]) -> Option<&'a [u8]> {
-    // SAFETY: the request pool is live and outlives the request's output.
-    unsafe {
-        let s = pool_str(r, bytes, false).ok()?;
-        Some(std::slice::from_raw_parts(s.data, s.len))
-    }
-}
-
 /// From a content handler: a 200 with `body` (which outlives the request), returning what the
 /// handler returns.
+///
+/// # Safety
+/// `r` is live on the event loop, in its content phase.
 pub(crate) unsafe fn send_static(
     r: *mut ngx_http_request_t,
     content_type: &[u8],
@@ -305,30 +299,6 @@ pub(crate) unsafe fn send_static(
             Some(out) => ngx_http_output_filter(r, out),
             None => NGX_ERROR as ngx_int_t,
         }
-    }
-}
-
-/// A copy of `bytes` in the request's pool.
-unsafe fn pool_str(
-    r: *mut ngx_http_request_t,
-    bytes: &[u8],
-    lowercase: bool,
-) -> Result<ngx_str_t, ()> {
-    // SAFETY: the request pool is live; the copy has exactly `bytes.len()` bytes.
-    unsafe {
-        let data = ngx_pnalloc((*r).pool, bytes.len().max(1)) as *mut u8;
-        if data.is_null() {
-            return Err(());
-        }
-        let dst = std::slice::from_raw_parts_mut(data, bytes.len());
-        dst.copy_from_slice(bytes);
-        if lowercase {
-            dst.make_ascii_lowercase();
-        }
-        Ok(ngx_str_t {
-            len: bytes.len(),
-            data,
-        })
     }
 }
 

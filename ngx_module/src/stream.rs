@@ -4,30 +4,31 @@
 //! The Python thread pushes pieces into the request's [`Stream`] and wakes the event loop
 //! through [`crate::notify`]; the loop hands them to nginx's output filters and frees each piece
 //! once nginx has sent it. While the unsent bytes exceed the bound, the Python thread waits
-//! (without the GIL).
+//! (without the GIL). The request's read and write handlers, which the request flow installs
+//! while a response streams, call [`Stream::on_writable`] and [`Stream::on_readable`].
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 use nginx_sys::{
     ngx_add_timer, ngx_buf_t, ngx_chain_get_free_buf, ngx_chain_t, ngx_chain_update_chains,
-    ngx_del_timer, ngx_handle_write_event, ngx_http_core_loc_conf_t, ngx_http_core_module,
-    ngx_http_output_filter, ngx_http_request_t, ngx_http_test_reading, ngx_int_t, NGX_ERROR,
-    NGX_OK,
+    ngx_del_timer, ngx_handle_write_event, ngx_http_event_handler_pt, ngx_http_output_filter,
+    ngx_http_request_t, ngx_http_test_reading, ngx_int_t, NGX_ERROR, NGX_OK,
 };
-use ngx::http::HttpModuleConfExt;
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx_wsgi::{Chunk, ChunkSink, ClientGone, ResponseHead};
 
-use crate::ffi_guard::guard;
-use crate::module;
+use crate::ffi::{module, LoopRequest};
+use crate::response::StreamEnd;
 
-/// A request pointer that only the event-loop thread dereferences (here and in
-/// `request_body`): other threads only carry it along inside a mutex. NULL once the request's
-/// task is done.
-pub(crate) struct LoopRequest(pub(crate) *mut ngx_http_request_t);
-
-// SAFETY: the pointer is only dereferenced on the event-loop thread.
-unsafe impl Send for LoopRequest {}
+/// The request's event handlers while its response streams: they call back into the stream.
+#[derive(Clone, Copy)]
+pub(crate) struct ClientEvents {
+    /// The client can take more output: calls [`Stream::on_writable`].
+    pub writable: ngx_http_event_handler_pt,
+    /// Something happened on the client's side: calls [`Stream::on_readable`].
+    pub readable: ngx_http_event_handler_pt,
+}
 
 struct State {
     /// The head, from the first push until the loop sends it.
@@ -62,11 +63,16 @@ pub(crate) struct Stream {
     state: Mutex<State>,
     room: Condvar,
     limit: usize,
+    events: ClientEvents,
     me: Weak<Stream>,
 }
 
 impl Stream {
-    pub(crate) fn new(r: *mut ngx_http_request_t, limit: usize) -> Arc<Stream> {
+    pub(crate) fn new(
+        r: *mut ngx_http_request_t,
+        limit: usize,
+        events: ClientEvents,
+    ) -> Arc<Stream> {
         Arc::new_cyclic(|me| Stream {
             state: Mutex::new(State {
                 head: None,
@@ -84,6 +90,7 @@ impl Stream {
             }),
             room: Condvar::new(),
             limit,
+            events,
             me: me.clone(),
         })
     }
@@ -116,9 +123,9 @@ impl Stream {
             if let Some(head) = st.head.take() {
                 st.head_sent = true;
                 if (*r).reading_body() == 0 {
-                    (*r).read_event_handler = Some(stream_reader);
+                    (*r).read_event_handler = self.events.readable;
                 }
-                (*r).write_event_handler = Some(stream_writer);
+                (*r).write_event_handler = self.events.writable;
                 let rc = crate::response::send_head(r, &head, head.content_length);
                 if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
                     self.cancel(st, true);
@@ -210,12 +217,7 @@ impl Stream {
                 }
                 return;
             }
-            let clcf = (*r)
-                .http_location_conf_unchecked::<ngx_http_core_loc_conf_t>(&*std::ptr::addr_of!(
-                    ngx_http_core_module
-                ))
-                .expect("core location configuration")
-                .as_ref();
+            let clcf = NgxHttpCoreModule::location_conf(&*r).expect("core location configuration");
             if (*wev).delayed() == 0 {
                 ngx_add_timer(wev, clcf.send_timeout);
             }
@@ -246,7 +248,7 @@ impl Stream {
         let st = self.lock();
         if st.head_sent && !st.request.0.is_null() {
             // SAFETY: per the function contract.
-            unsafe { (*r).read_event_handler = Some(stream_reader) };
+            unsafe { (*r).read_event_handler = self.events.readable };
         }
     }
 
@@ -289,19 +291,23 @@ impl Stream {
     }
 
     /// The task is done: takes the request back for the completion handler, sending what is
-    /// still waiting. Returns `(head_sent, cancelled, failed)`.
+    /// still waiting, and says how the streamed part ended.
     ///
     /// # Safety
     /// Event-loop thread; `r` is live.
-    pub(crate) unsafe fn finish(&self, r: *mut ngx_http_request_t) -> (bool, bool, bool) {
+    pub(crate) unsafe fn finish(&self, r: *mut ngx_http_request_t) -> StreamEnd {
         let mut st = self.lock();
-        st.request = LoopRequest(std::ptr::null_mut());
+        st.request = LoopRequest::none();
         // SAFETY: per the function contract.
         unsafe {
             self.send_pending(&mut st, r);
             (*r).read_event_handler = Some(nginx_sys::ngx_http_block_reading);
         }
-        (st.head_sent, st.cancelled, st.failed)
+        StreamEnd {
+            head_sent: st.head_sent,
+            cancelled: st.cancelled,
+            failed: st.failed,
+        }
     }
 }
 
@@ -331,39 +337,31 @@ impl ChunkSink for Stream {
     }
 }
 
-/// The request's stream, found through its module context.
-unsafe fn stream_of(r: *mut ngx_http_request_t) -> Option<Arc<Stream>> {
-    // SAFETY: the context slot holds the job set by `post_job` for every wsgi request.
-    unsafe {
-        let job = *(*r).ctx.add(module().ctx_index) as *const crate::handler::Job;
-        // Only the `stream` field is read: the pool thread may be writing the job's outcome.
-        (!job.is_null()).then(|| (*job).stream.clone())
-    }
-}
-
-/// The client's socket can take more: continue sending, free what went out.
-unsafe extern "C" fn stream_writer(r: *mut ngx_http_request_t) {
-    guard("the wsgi stream writer", (), || {
-        // SAFETY: nginx calls this on the event loop with the live request.
+impl Stream {
+    /// The client's socket can take more: continues sending and frees what went out.
+    ///
+    /// # Safety
+    /// Event-loop thread; `r` is this stream's live request.
+    pub(crate) unsafe fn on_writable(&self, r: *mut ngx_http_request_t) {
+        let mut st = self.lock();
+        if st.request.0.is_null() {
+            return;
+        }
+        // SAFETY: per the function contract.
         unsafe {
-            let Some(stream) = stream_of(r) else { return };
-            let mut st = stream.lock();
-            if st.request.0.is_null() {
-                return;
-            }
             let c = (*r).connection;
             let wev = (*c).write;
             if (*wev).timedout() != 0 {
                 // send_timeout: the client stopped reading.
                 (*wev).set_timedout(0);
                 (*c).set_timedout(1);
-                stream.cancel(&mut st, true);
+                self.cancel(&mut st, true);
                 return;
             }
             if (*wev).delayed() == 0 {
                 let rc = ngx_http_output_filter(r, std::ptr::null_mut());
                 if rc == NGX_ERROR as ngx_int_t {
-                    stream.cancel(&mut st, true);
+                    self.cancel(&mut st, true);
                     return;
                 }
                 let mut none: *mut ngx_chain_t = std::ptr::null_mut();
@@ -375,25 +373,24 @@ unsafe extern "C" fn stream_writer(r: *mut ngx_http_request_t) {
                     &mut none,
                     module() as *const _ as *mut _,
                 );
-                stream.reclaim(st);
+                self.reclaim(st);
             }
-            stream.wait_for_writable(&mut st, r);
+            self.wait_for_writable(&mut st, r);
         }
-    })
-}
+    }
 
-/// Notices a client that closes its connection while the app streams (nothing else reads it).
-unsafe extern "C" fn stream_reader(r: *mut ngx_http_request_t) {
-    guard("the wsgi stream reader", (), || {
-        // SAFETY: nginx calls this on the event loop with the live request.
+    /// Notices a client that closes its connection while the app streams (nothing else reads
+    /// the connection meanwhile).
+    ///
+    /// # Safety
+    /// Event-loop thread; `r` is this stream's live request.
+    pub(crate) unsafe fn on_readable(&self, r: *mut ngx_http_request_t) {
+        // SAFETY: per the function contract.
         unsafe {
             ngx_http_test_reading(r);
             if (*(*r).connection).error() != 0 {
-                if let Some(stream) = stream_of(r) {
-                    let mut st = stream.lock();
-                    stream.cancel(&mut st, false);
-                }
+                self.client_gone();
             }
         }
-    })
+    }
 }

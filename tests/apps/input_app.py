@@ -1,6 +1,9 @@
 """wsgi.input exercised in every way PEP 3333 allows; PATH_INFO picks the way."""
 import hashlib
 import json
+import threading
+
+_handoffs = {}
 
 
 def _rss():
@@ -66,6 +69,38 @@ def application(environ, start_response):
         write = start_response("200 OK", [("Content-Type", "text/plain")])
         write(b"got:" + f.read(5) + b"\n")
         return [b"rest:" + f.read() + b"\n"]
+    elif way == "/handoff":
+        # Hands wsgi.input to a thread of the app's, which reads it while (or after) the response
+        # goes out: the read must fail cleanly once the request is over, never touch its memory.
+        key = environ["QUERY_STRING"]
+        done = threading.Event()
+        answered = threading.Event()
+        _handoffs[key] = {"done": done, "result": None}
+
+        def reader():
+            if key.startswith("after"):
+                answered.wait(20)
+            try:
+                _handoffs[key]["result"] = "read %d bytes" % len(f.read())
+            except Exception as e:  # noqa: BLE001 (the test wants whatever it was)
+                _handoffs[key]["result"] = f"{type(e).__name__}: {e}"
+            done.set()
+
+        threading.Thread(target=reader, daemon=True).start()
+
+        class Answer:
+            def __iter__(self):
+                yield b"handed off"
+
+            def close(self):
+                answered.set()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "10")])
+        return Answer()
+    elif way == "/handoff_result":
+        entry = _handoffs[environ["QUERY_STRING"]]
+        entry["done"].wait(20)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(entry["result"]).encode()]
     elif way == "/ignore":
         parts = [b"ignored"]
     else:

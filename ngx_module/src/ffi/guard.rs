@@ -8,7 +8,7 @@ pub(crate) fn guard<R>(what: &str, on_panic: R, f: impl FnOnce() -> R) -> R {
         Ok(r) => r,
         Err(payload) => {
             let msg = ngx_wsgi::server_log::panic_message(&*payload);
-            crate::log::cycle_log(
+            super::log::cycle_log(
                 nginx_sys::NGX_LOG_ALERT as usize,
                 &format!("wsgi: internal error in {what}: {msg}"),
             );

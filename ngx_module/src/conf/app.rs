@@ -1,0 +1,155 @@
+//! `wsgi_app`: which WSGI callable a location serves, and the mount point (`SCRIPT_NAME`) that
+//! comes with the location.
+
+use std::ffi::{c_char, c_void};
+
+use nginx_sys::{ngx_command_t, ngx_conf_t, ngx_http_core_loc_conf_t};
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx_wsgi::AppSpec;
+
+use super::{args, conf_error, full_path, main_conf, position, utf8_arg, LocConf};
+use crate::ffi::{guard, ngx_bytes};
+
+/// One distinct `wsgi_app` value and where it was first configured.
+pub(crate) struct AppEntry {
+    pub text: String,
+    pub spec: AppSpec,
+    /// `file:line` of the directive.
+    pub at: String,
+}
+
+impl AppEntry {
+    pub(crate) fn describe(&self) -> String {
+        format!("wsgi_app \"{}\" (in {})", self.text, self.at)
+    }
+}
+
+/// The app of one location.
+#[derive(Default, Clone)]
+pub(crate) struct LocationApp {
+    /// Index into the main configuration's apps.
+    pub index: Option<usize>,
+    /// `SCRIPT_NAME` for requests of this location (the mount point).
+    pub script_name: Vec<u8>,
+}
+
+impl LocationApp {
+    /// `if` and `limit_except` blocks (nameless locations) inside a `wsgi_app` location serve
+    /// the same app; real locations never inherit one.
+    pub(crate) fn merge(&mut self, parent: &LocationApp, nameless: bool) {
+        if nameless && self.index.is_none() && parent.index.is_some() {
+            *self = parent.clone();
+        }
+    }
+}
+
+pub(crate) unsafe extern "C" fn set_app(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard("wsgi_app", NGX_CONF_ERROR, || {
+        // SAFETY: `conf` is this module's location configuration for the current block.
+        let lc = unsafe { &mut *(conf as *mut LocConf) };
+        if lc.app.index.is_some() {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        // SAFETY: wsgi_app takes exactly one argument.
+        let text = match utf8_arg(cf, unsafe { &args(cf)[1] }) {
+            Ok(t) => t,
+            Err(e) => return e,
+        };
+        // SAFETY: `cf` is live during the callback.
+        let base = unsafe { full_path(cf, "") };
+        let spec = match AppSpec::parse(&text, &base) {
+            Ok(s) => s,
+            Err(e) => return conf_error(cf, &format!("wsgi_app {e}")),
+        };
+        // SAFETY: inside an http block; see `main_conf`.
+        let mc = unsafe { main_conf(cf) };
+        let index = match mc.python.apps.iter().position(|a| a.spec == spec) {
+            Some(i) => i,
+            None => {
+                // SAFETY: the file being parsed is live during the callback.
+                let at = unsafe { position(cf) };
+                mc.python.apps.push(AppEntry { text, spec, at });
+                mc.python.apps.len() - 1
+            }
+        };
+        lc.app.index = Some(index);
+        // SAFETY: `cf` is live; registering `$request_id` needs the configuration being parsed.
+        if unsafe { mc.request_id.register(cf) }.is_err() {
+            return NGX_CONF_ERROR;
+        }
+        // SAFETY: inside a location block its core configuration exists.
+        let clcf = unsafe { super::core_loc_conf(cf) };
+        lc.app.script_name = mount_point(clcf);
+        NGX_CONF_OK
+    })
+}
+
+/// `SCRIPT_NAME` for a location: a prefix location's name without its trailing slash; nothing
+/// for `location /`, exact, regex and named locations.
+pub(crate) fn mount_point(clcf: &ngx_http_core_loc_conf_t) -> Vec<u8> {
+    if !clcf.regex.is_null() || clcf.exact_match() != 0 || clcf.named() != 0 || clcf.noname() != 0 {
+        return Vec::new();
+    }
+    let name = ngx_bytes(&clcf.name);
+    let trimmed = name.strip_suffix(b"/").unwrap_or(name);
+    trimmed.to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nginx_sys::ngx_str_t;
+
+    fn location(name: &'static [u8]) -> ngx_http_core_loc_conf_t {
+        // SAFETY: an all-zero core location configuration is a plain prefix location.
+        let mut clcf: ngx_http_core_loc_conf_t = unsafe { std::mem::zeroed() };
+        clcf.name = ngx_str_t {
+            len: name.len(),
+            data: name.as_ptr().cast_mut(),
+        };
+        clcf
+    }
+
+    #[test]
+    fn prefix_locations_mount_at_their_name() {
+        assert_eq!(mount_point(&location(b"/api/")), b"/api");
+        assert_eq!(mount_point(&location(b"/api")), b"/api");
+        assert_eq!(mount_point(&location(b"/")), b"");
+        let mut exact = location(b"/exact");
+        exact.set_exact_match(1);
+        assert_eq!(mount_point(&exact), b"");
+        let mut named = location(b"@app");
+        named.set_named(1);
+        assert_eq!(mount_point(&named), b"");
+        let mut nameless = location(b"");
+        nameless.set_noname(1);
+        assert_eq!(mount_point(&nameless), b"");
+    }
+
+    #[test]
+    fn only_nameless_blocks_inherit_the_app() {
+        let parent = LocationApp {
+            index: Some(2),
+            script_name: b"/api".to_vec(),
+        };
+        let mut nested = LocationApp::default();
+        nested.merge(&parent, false);
+        assert_eq!(nested.index, None);
+        let mut block = LocationApp::default();
+        block.merge(&parent, true);
+        assert_eq!(
+            (block.index, block.script_name.as_slice()),
+            (Some(2), &b"/api"[..])
+        );
+        let mut own = LocationApp {
+            index: Some(0),
+            script_name: Vec::new(),
+        };
+        own.merge(&parent, true);
+        assert_eq!(own.index, Some(0));
+    }
+}

@@ -1,0 +1,295 @@
+//! Limits and timeouts: `wsgi_read_timeout` (per location); per worker, recycling
+//! (`wsgi_max_requests`, `wsgi_max_rss`), the module's own threads and their queue
+//! (`wsgi_max_threads`, `wsgi_max_queue`, `wsgi_queue_timeout`), and how long an exiting worker
+//! waits for the app's own threads (`wsgi_shutdown_timeout`).
+
+use std::ffi::{c_char, c_void};
+
+use nginx_sys::{ngx_command_t, ngx_conf_t, ngx_int_t, ngx_msec_t};
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+
+use super::{args, conf_error, MainConf};
+use crate::ffi::{guard, ngx_bytes};
+
+/// NGX_CONF_UNSET_MSEC, as `ngx_conf_set_msec_slot` expects.
+const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
+/// NGX_CONF_UNSET_SIZE, as `ngx_conf_set_size_slot` expects.
+const UNSET_SIZE: usize = usize::MAX;
+/// NGX_CONF_UNSET, as `ngx_conf_set_num_slot` expects.
+const UNSET_NUM: ngx_int_t = -1;
+
+/// Default `wsgi_max_threads`: room for a thousand long-lived responses (server-sent events,
+/// long polls) in one worker besides its short requests. Threads are made only when requests
+/// block, so a CPU-bound app never gets near it.
+pub(crate) const DEFAULT_MAX_THREADS: usize = 1024;
+/// Default `wsgi_max_queue`.
+pub(crate) const DEFAULT_MAX_QUEUE: usize = 1024;
+/// Default `wsgi_queue_timeout`.
+pub(crate) const DEFAULT_QUEUE_TIMEOUT_MS: ngx_msec_t = 10_000;
+/// Default `wsgi_shutdown_timeout`.
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT_MS: ngx_msec_t = 5_000;
+
+/// Per-location limits.
+#[derive(Clone)]
+pub(crate) struct LocationLimits {
+    /// `wsgi_read_timeout` in ms (0: none).
+    pub read_timeout: ngx_msec_t,
+}
+
+impl Default for LocationLimits {
+    fn default() -> Self {
+        LocationLimits {
+            read_timeout: UNSET_MSEC,
+        }
+    }
+}
+
+impl LocationLimits {
+    pub(crate) fn merge(&mut self, parent: &LocationLimits) {
+        if self.read_timeout == UNSET_MSEC {
+            self.read_timeout = if parent.read_timeout == UNSET_MSEC {
+                0
+            } else {
+                parent.read_timeout
+            };
+        }
+    }
+}
+
+/// Per-worker limits (`http` level). Fields are nginx's "unset" until a directive sets them;
+/// the methods give the values in effect.
+pub(crate) struct WorkerLimits {
+    /// `wsgi_max_requests N [jitter=M]` (0: no limit).
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
+    /// `wsgi_max_rss SIZE`.
+    pub max_rss: usize,
+    /// `wsgi_max_threads N`.
+    pub max_threads: ngx_int_t,
+    /// `wsgi_max_queue N`.
+    pub max_queue: ngx_int_t,
+    /// `wsgi_queue_timeout TIME`.
+    pub queue_timeout: ngx_msec_t,
+    /// `wsgi_shutdown_timeout TIME`.
+    pub shutdown_timeout: ngx_msec_t,
+}
+
+impl Default for WorkerLimits {
+    fn default() -> Self {
+        WorkerLimits {
+            max_requests: 0,
+            max_requests_jitter: 0,
+            max_rss: UNSET_SIZE,
+            max_threads: UNSET_NUM,
+            max_queue: UNSET_NUM,
+            queue_timeout: UNSET_MSEC,
+            shutdown_timeout: UNSET_MSEC,
+        }
+    }
+}
+
+fn num_or(value: ngx_int_t, default: usize) -> usize {
+    if value == UNSET_NUM {
+        default
+    } else {
+        value.max(0) as usize
+    }
+}
+
+fn msec_or(value: ngx_msec_t, default: ngx_msec_t) -> ngx_msec_t {
+    if value == UNSET_MSEC {
+        default
+    } else {
+        value
+    }
+}
+
+impl WorkerLimits {
+    pub(crate) fn max_threads(&self) -> usize {
+        num_or(self.max_threads, DEFAULT_MAX_THREADS)
+    }
+
+    pub(crate) fn max_queue(&self) -> usize {
+        num_or(self.max_queue, DEFAULT_MAX_QUEUE)
+    }
+
+    pub(crate) fn queue_timeout(&self) -> ngx_msec_t {
+        msec_or(self.queue_timeout, DEFAULT_QUEUE_TIMEOUT_MS)
+    }
+
+    pub(crate) fn shutdown_timeout(&self) -> ngx_msec_t {
+        msec_or(self.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT_MS)
+    }
+
+    /// `wsgi_max_rss` in bytes, 0 for none.
+    pub(crate) fn max_rss_bytes(&self) -> usize {
+        if self.max_rss == UNSET_SIZE {
+            0
+        } else {
+            self.max_rss
+        }
+    }
+}
+
+/// `wsgi_max_requests N [jitter=M]`, as (N, M).
+fn parse_max_requests(count: &[u8], jitter: Option<&[u8]>) -> Result<(u64, u64), String> {
+    let number = |text: &[u8]| std::str::from_utf8(text).ok()?.parse::<u64>().ok();
+    let n = match number(count) {
+        Some(n) if n > 0 => n,
+        _ => return Err("wsgi_max_requests needs a number of requests above 0".into()),
+    };
+    let j = match jitter {
+        None => 0,
+        Some(text) => text
+            .strip_prefix(b"jitter=")
+            .and_then(number)
+            .ok_or_else(|| {
+                format!(
+                    "invalid parameter \"{}\" (expected jitter=NUMBER)",
+                    String::from_utf8_lossy(text)
+                )
+            })?,
+    };
+    Ok((n, j))
+}
+
+/// A count above 0 for the `ngx_int_t` at the command's offset (`wsgi_max_threads`,
+/// `wsgi_max_queue`).
+fn parse_count(directive: &str, text: &[u8]) -> Result<ngx_int_t, String> {
+    match std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| t.parse::<ngx_int_t>().ok())
+    {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "{directive} needs a whole number above 0, not \"{}\"",
+            String::from_utf8_lossy(text)
+        )),
+    }
+}
+
+pub(crate) unsafe extern "C" fn set_count(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard("a wsgi count", NGX_CONF_ERROR, || {
+        // SAFETY: `cmd` is this directive's entry, whose offset points at an ngx_int_t inside
+        // the configuration `conf`; the arguments are live during the callback.
+        unsafe {
+            let field = conf.cast::<u8>().add((*cmd).offset).cast::<ngx_int_t>();
+            let name = String::from_utf8_lossy(ngx_bytes(&(*cmd).name)).into_owned();
+            if *field != UNSET_NUM {
+                return c"is duplicate".as_ptr().cast_mut();
+            }
+            match parse_count(&name, ngx_bytes(&args(cf)[1])) {
+                Ok(n) => {
+                    *field = n;
+                    NGX_CONF_OK
+                }
+                Err(e) => conf_error(cf, &e),
+            }
+        }
+    })
+}
+
+pub(crate) unsafe extern "C" fn set_max_requests(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard("wsgi_max_requests", NGX_CONF_ERROR, || {
+        // SAFETY: `conf` is this module's main configuration; the arguments are live.
+        let (mc, args) = unsafe { (&mut *(conf as *mut MainConf), args(cf)) };
+        if mc.limits.max_requests != 0 {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        match parse_max_requests(ngx_bytes(&args[1]), args.get(2).map(ngx_bytes)) {
+            Ok((n, j)) => {
+                mc.limits.max_requests = n;
+                mc.limits.max_requests_jitter = j;
+                NGX_CONF_OK
+            }
+            Err(e) => conf_error(cf, &e),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_requests_with_and_without_jitter() {
+        assert_eq!(parse_max_requests(b"1000", None), Ok((1000, 0)));
+        assert_eq!(parse_max_requests(b"10", Some(b"jitter=5")), Ok((10, 5)));
+        assert!(parse_max_requests(b"0", None)
+            .unwrap_err()
+            .contains("above 0"));
+        assert!(parse_max_requests(b"-1", None).is_err());
+        assert!(parse_max_requests(b"10", Some(b"spread=5"))
+            .unwrap_err()
+            .contains("expected jitter=NUMBER"));
+    }
+
+    #[test]
+    fn read_timeout_inherits_and_defaults_to_none() {
+        let mut unset = LocationLimits::default();
+        unset.merge(&LocationLimits::default());
+        assert_eq!(unset.read_timeout, 0);
+        let parent = LocationLimits { read_timeout: 5000 };
+        let mut child = LocationLimits::default();
+        child.merge(&parent);
+        assert_eq!(child.read_timeout, 5000);
+        let mut own = LocationLimits { read_timeout: 10 };
+        own.merge(&parent);
+        assert_eq!(own.read_timeout, 10);
+    }
+
+    #[test]
+    fn counts_are_whole_numbers_above_zero() {
+        assert_eq!(parse_count("wsgi_max_threads", b"64"), Ok(64));
+        for bad in [&b"0"[..], b"-3", b"lots", b"", b"1.5"] {
+            let e = parse_count("wsgi_max_threads", bad).unwrap_err();
+            assert!(
+                e.starts_with("wsgi_max_threads needs a whole number above 0"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn unset_worker_limits_take_their_defaults() {
+        let unset = WorkerLimits::default();
+        assert_eq!(unset.max_threads(), DEFAULT_MAX_THREADS);
+        assert_eq!(unset.max_queue(), DEFAULT_MAX_QUEUE);
+        assert_eq!(unset.queue_timeout(), DEFAULT_QUEUE_TIMEOUT_MS);
+        assert_eq!(unset.shutdown_timeout(), DEFAULT_SHUTDOWN_TIMEOUT_MS);
+        let set = WorkerLimits {
+            max_threads: 8,
+            max_queue: 0,
+            queue_timeout: 0,
+            shutdown_timeout: 250,
+            ..Default::default()
+        };
+        assert_eq!(
+            (
+                set.max_threads(),
+                set.max_queue(),
+                set.queue_timeout(),
+                set.shutdown_timeout()
+            ),
+            (8, 0, 0, 250)
+        );
+    }
+
+    #[test]
+    fn max_rss_unset_is_no_limit() {
+        assert_eq!(WorkerLimits::default().max_rss_bytes(), 0);
+        let limits = WorkerLimits {
+            max_rss: 1 << 20,
+            ..Default::default()
+        };
+        assert_eq!(limits.max_rss_bytes(), 1 << 20);
+    }
+}

@@ -1,0 +1,184 @@
+//! Rust-side logging into nginx's error log: `tracing` events (the core's tracebacks, `wsgi.errors`)
+//! become error-log entries of the matching level, from any thread.
+//!
+//! nginx's log writers are event-loop code. Writing to a log *file* from another thread is what
+//! nginx's `write()`-based file logging tolerates (one `write` per entry, `O_APPEND`), but the
+//! syslog and memory writers keep unsynchronised state: an entry for a log that has such a
+//! writer, made on a pool thread, is queued and written by the event loop when the notifier
+//! wakes it ([`set_waker`], [`flush_deferred`]).
+
+use std::cell::Cell;
+use std::sync::{Mutex, OnceLock};
+
+use nginx_sys::{
+    ngx_cached_err_log_time, ngx_cycle, ngx_log_t, ngx_uint_t, NGX_LOG_DEBUG, NGX_LOG_ERR,
+    NGX_LOG_INFO, NGX_LOG_WARN,
+};
+use tracing_core::Level;
+
+/// nginx cuts an entry at NGX_MAX_ERROR_STR (2048) bytes including its own prefix; longer texts
+/// (tracebacks) are split at line ends into several entries of at most this size when a log has a
+/// writer of its own.
+const ENTRY_MAX: usize = 1800;
+
+/// Entries made off the event loop for logs whose writers are loop-only, with their levels.
+static DEFERRED: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
+/// Wakes the event loop to write deferred entries (set once the notifier exists).
+static WAKER: OnceLock<fn()> = OnceLock::new();
+
+thread_local! {
+    static ON_LOOP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as the event loop (from `init_process`).
+pub(crate) fn this_thread_is_the_loop() {
+    ON_LOOP.with(|on| on.set(true));
+}
+
+/// `wake` makes the event loop call [`flush_deferred`] soon (any thread).
+pub(crate) fn set_waker(wake: fn()) {
+    let _ = WAKER.set(wake);
+}
+
+/// Writes the entries other threads left for the event loop.
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn flush_deferred() {
+    let entries = std::mem::take(&mut *DEFERRED.lock().unwrap_or_else(|e| e.into_inner()));
+    for (level, msg) in entries {
+        cycle_log(level, &msg);
+    }
+}
+
+/// Writes `msg` to the current cycle's error log at `level`.
+pub(crate) fn cycle_log(level: usize, msg: &str) {
+    // SAFETY: `ngx_cycle` is set before any module code runs and its log lives as long as it.
+    let log = unsafe {
+        let cycle = ngx_cycle;
+        if cycle.is_null() {
+            return;
+        }
+        (*cycle).log
+    };
+    write_log(level, log, msg);
+}
+
+/// Writes `msg` to `log` at `level`, as one entry where the log is a file.
+pub(crate) fn write_log(level: usize, log: *mut ngx_log_t, msg: &str) {
+    // SAFETY: callers pass a live nginx log.
+    if log.is_null() || level > unsafe { (*log).log_level } {
+        return;
+    }
+    let msg = msg.trim_end();
+    // SAFETY: the log chain is live; nginx sorts it by level, most verbose first.
+    let has_writer = unsafe {
+        let mut l = log;
+        let mut found = false;
+        while !l.is_null() {
+            found |= (*l).writer.is_some() || (*l).file.is_null();
+            l = (*l).next;
+        }
+        found
+    };
+    if has_writer {
+        let on_loop = ON_LOOP.with(|on| on.get());
+        match WAKER.get() {
+            Some(wake) if !on_loop => {
+                let wake_now = {
+                    let mut queue = DEFERRED.lock().unwrap_or_else(|e| e.into_inner());
+                    queue.push((level, msg.to_owned()));
+                    queue.len() == 1
+                };
+                if wake_now {
+                    wake();
+                }
+            }
+            // The loop itself, or a process with no other thread yet (configuration).
+            _ => {
+                for piece in ngx_wsgi::log_text::split_entries(msg, ENTRY_MAX) {
+                    ngx::ngx_log_error!(level as ngx_uint_t, log, "{}", piece);
+                }
+            }
+        }
+        return;
+    }
+    if msg.len() <= ENTRY_MAX {
+        ngx::ngx_log_error!(level as ngx_uint_t, log, "{}", msg);
+        return;
+    }
+    // nginx formats an entry into a 2 KiB buffer: a longer one (a traceback) cannot go through
+    // its formatter whole. For log files it is written the way nginx writes an entry (its cached
+    // time, level, pid#tid prefix, one `write` per file), so that a traceback stays one entry.
+    // SAFETY: nginx's cached time string is always valid; the log files are open.
+    unsafe {
+        let time = ngx_cached_err_log_time;
+        let time = String::from_utf8_lossy(super::ngx_bytes(&time)).into_owned();
+        let entry = format!(
+            "{time} [{}] {}#{}: {msg}\n",
+            LEVELS.get(level).copied().unwrap_or("error"),
+            libc::getpid(),
+            libc::gettid()
+        );
+        let mut l = log;
+        while !l.is_null() && level <= (*l).log_level {
+            ngx_wsgi::log_text::write_all((*(*l).file).fd, entry.as_bytes());
+            l = (*l).next;
+        }
+    }
+}
+
+/// nginx's names of the log levels, by number.
+const LEVELS: [&str; 9] = [
+    "", "emerg", "alert", "crit", "error", "warn", "notice", "info", "debug",
+];
+
+fn ngx_level(level: &Level) -> usize {
+    (match *level {
+        Level::ERROR => NGX_LOG_ERR,
+        Level::WARN => NGX_LOG_WARN,
+        Level::INFO => NGX_LOG_INFO,
+        _ => NGX_LOG_DEBUG,
+    }) as usize
+}
+
+/// The error log of the running cycle, as the core's log.
+struct NginxLog;
+
+impl ngx_wsgi::server_log::ErrorLog for NginxLog {
+    fn enabled(&self, level: &Level) -> bool {
+        // SAFETY: see `cycle_log`; only the level is read.
+        let max = unsafe {
+            if ngx_cycle.is_null() {
+                0
+            } else {
+                (*(*ngx_cycle).log).log_level
+            }
+        };
+        ngx_level(level) <= max
+    }
+
+    fn write(&self, level: &Level, text: &str) {
+        cycle_log(ngx_level(level), text);
+    }
+}
+
+/// Installs the nginx log as the process's `tracing` subscriber (once; workers inherit it).
+pub(crate) fn install() {
+    ngx_wsgi::server_log::install(NginxLog);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracing_levels_map_to_nginx_levels() {
+        assert_eq!(ngx_level(&Level::ERROR), NGX_LOG_ERR as usize);
+        assert_eq!(ngx_level(&Level::WARN), NGX_LOG_WARN as usize);
+        assert_eq!(ngx_level(&Level::INFO), NGX_LOG_INFO as usize);
+        assert_eq!(ngx_level(&Level::TRACE), NGX_LOG_DEBUG as usize);
+        assert_eq!(LEVELS[NGX_LOG_ERR as usize], "error");
+        assert_eq!(LEVELS[NGX_LOG_DEBUG as usize], "debug");
+    }
+}

@@ -1,0 +1,39 @@
+//! Timers on events the module owns (a request's deadline): arming and disarming them.
+
+use std::ffi::c_void;
+
+use nginx_sys::{
+    ngx_add_timer, ngx_del_timer, ngx_event_handler_pt, ngx_event_t, ngx_log_t, ngx_msec_t,
+};
+
+/// Arms `ev` to call `handler` with `data` after `ms` (nothing for 0).
+///
+/// # Safety
+/// Event-loop thread; `ev` stays at its address until it fired or [`disarm`] ran.
+pub(crate) unsafe fn arm(
+    ev: &mut ngx_event_t,
+    handler: ngx_event_handler_pt,
+    data: *mut c_void,
+    log: *mut ngx_log_t,
+    ms: ngx_msec_t,
+) {
+    if ms == 0 {
+        return;
+    }
+    ev.handler = handler;
+    ev.data = data;
+    ev.log = log;
+    // SAFETY: per the function contract.
+    unsafe { ngx_add_timer(ev, ms) };
+}
+
+/// Cancels `ev`'s timer if it is set.
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn disarm(ev: &mut ngx_event_t) {
+    if ev.timer_set() != 0 {
+        // SAFETY: per the function contract; the timer is in nginx's tree.
+        unsafe { ngx_del_timer(ev) };
+    }
+}

@@ -1,0 +1,205 @@
+//! Signals belong to the server: nginx and Apache install their handlers before the interpreter
+//! starts, and an app must not take them away.
+//!
+//! - An app that calls `signal.signal(SIGTERM, ...)` (or SIGINT, SIGHUP, SIGPIPE...) while it is
+//!   imported would replace the server's handler in that process; its Python handler could never
+//!   run anyway (Python runs signal handlers on the main thread, which is the server's event
+//!   loop), and a SIGPIPE set back to its default would kill the process at the first write to a
+//!   closed connection. [`ServerSignals`] notes the handlers before the apps are imported and
+//!   puts back any the import changed, saying which.
+//! - Children an app starts are the app's: the server's SIGCHLD handler (nginx reaps every child
+//!   with `waitpid(-1)`, Apache's children ignore the signal, which makes the kernel reap them)
+//!   would take their exit status from Python before `subprocess` can read it. The server's
+//!   request-serving processes start no children of their own, so there SIGCHLD gets its
+//!   default disposition ([`leave_children_to_their_parents`]).
+//! - A child the app forks without `exec` (`os.fork`, `multiprocessing`'s fork) would inherit
+//!   the server's handlers: nginx's SIGTERM handler only sets a flag, so `Process.terminate()`
+//!   would not end it. And the server's threads that run Python block signals (nginx's and this
+//!   module's pool threads, Apache's MPM threads), a mask every child inherits, even across
+//!   `exec`: a `sh -c 'kill $$'` would never see its signal. Forked children get default
+//!   handlers and an empty mask back ([`reset_in_forked_children`]); since `vfork` and
+//!   `posix_spawn` skip fork handlers, `subprocess` is told to use `fork`
+//!   ([`use_fork_for_subprocesses`]).
+
+use std::mem::MaybeUninit;
+
+/// Signals a process can catch (1..=31; real-time signals are left alone).
+const CATCHABLE: std::ops::RangeInclusive<libc::c_int> = 1..=31;
+
+/// The server's signal handlers, as they were before the apps were imported.
+pub struct ServerSignals {
+    saved: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+impl ServerSignals {
+    /// Notes the current disposition of every catchable signal.
+    pub fn note() -> ServerSignals {
+        let saved = CATCHABLE
+            .filter(|&sig| sig != libc::SIGKILL && sig != libc::SIGSTOP)
+            .filter_map(|sig| current(sig).map(|action| (sig, action)))
+            .collect();
+        ServerSignals { saved }
+    }
+
+    /// Puts back the handlers changed since [`note`](Self::note); returns the names of the
+    /// signals that were changed.
+    pub fn restore(&self) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        for (sig, before) in &self.saved {
+            let Some(now) = current(*sig) else { continue };
+            if now.sa_sigaction == before.sa_sigaction {
+                continue;
+            }
+            // SAFETY: `before` is a disposition the kernel gave us for this signal.
+            unsafe { libc::sigaction(*sig, before, std::ptr::null_mut()) };
+            changed.push(name(*sig));
+        }
+        changed
+    }
+}
+
+fn current(sig: libc::c_int) -> Option<libc::sigaction> {
+    let mut action = MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: reads the disposition into a zeroed struct the kernel fills.
+    let rc = unsafe { libc::sigaction(sig, std::ptr::null(), action.as_mut_ptr()) };
+    // SAFETY: filled by the successful call above.
+    (rc == 0).then(|| unsafe { action.assume_init() })
+}
+
+/// SIGCHLD back to its default disposition in this process, so that the app's children stay
+/// waitable by whoever started them (`subprocess`, `os.waitpid`, `multiprocessing`).
+pub fn leave_children_to_their_parents() -> std::io::Result<()> {
+    // SAFETY: a zeroed sigaction with SIG_DFL is a valid disposition.
+    let rc = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGCHLD, &action, std::ptr::null_mut())
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// After every `fork()` of this process, the child's caught signals go back to their default
+/// action (ignored ones stay ignored, as `exec` would leave them). Once per process.
+pub fn reset_in_forked_children() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a plain function; it runs in the child only.
+        unsafe { libc::pthread_atfork(None, None, Some(defaults_in_child)) };
+    });
+}
+
+/// In a freshly forked child: only async-signal-safe calls (sigaction, sigprocmask).
+extern "C" fn defaults_in_child() {
+    // SAFETY: an empty set, applied to the child's only thread.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+    for sig in CATCHABLE {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let Some(now) = current(sig) else { continue };
+        if now.sa_sigaction == libc::SIG_DFL || now.sa_sigaction == libc::SIG_IGN {
+            continue;
+        }
+        // SAFETY: a zeroed sigaction with SIG_DFL is a valid disposition.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Makes `subprocess` start children with `fork` (then `exec`), which runs the fork handler of
+/// [`reset_in_forked_children`], instead of `vfork` or `posix_spawn`, which do not.
+pub fn use_fork_for_subprocesses(py: pyo3::Python<'_>) -> pyo3::PyResult<()> {
+    use pyo3::types::PyAnyMethods;
+    let subprocess = py.import("subprocess")?;
+    for flag in ["_USE_VFORK", "_USE_POSIX_SPAWN"] {
+        if subprocess.hasattr(flag)? {
+            subprocess.setattr(flag, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// Blocks the signals that are the server's business in the calling thread (a pool thread), as
+/// nginx does in its own pool threads, so that they reach the thread that handles them; faults
+/// a thread causes itself stay deliverable.
+pub fn block_server_signals_in_this_thread() {
+    // SAFETY: builds a set and applies it to the calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for fault in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGFPE,
+            libc::SIGILL,
+            libc::SIGABRT,
+        ] {
+            libc::sigdelset(&mut set, fault);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn name(sig: libc::c_int) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGCHLD => "SIGCHLD",
+        libc::SIGCONT => "SIGCONT",
+        libc::SIGTSTP => "SIGTSTP",
+        libc::SIGTTIN => "SIGTTIN",
+        libc::SIGTTOU => "SIGTTOU",
+        libc::SIGURG => "SIGURG",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGVTALRM => "SIGVTALRM",
+        libc::SIGPROF => "SIGPROF",
+        libc::SIGWINCH => "SIGWINCH",
+        libc::SIGIO => "SIGIO",
+        libc::SIGPWR => "SIGPWR",
+        libc::SIGSYS => "SIGSYS",
+        _ => "a signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_handler_is_put_back_and_named() {
+        // SIGURG: ignored by default, so a test process may change it without harm.
+        let before = current(libc::SIGURG).unwrap();
+        let noted = ServerSignals::note();
+        // SAFETY: SIG_IGN for SIGURG changes nothing this test process relies on.
+        unsafe { libc::signal(libc::SIGURG, libc::SIG_IGN) };
+        assert_eq!(noted.restore(), vec!["SIGURG"]);
+        let after = current(libc::SIGURG).unwrap();
+        assert_eq!(after.sa_sigaction, before.sa_sigaction);
+        assert!(noted.restore().is_empty(), "nothing changed since");
+    }
+}

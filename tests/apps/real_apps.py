@@ -1,0 +1,160 @@
+"""What real applications do besides answering: start child processes (in a request, at import,
+in threads of their own), keep long-lived streams open, block on gates the test opens.
+
+/child/KIND?CODE runs a child that exits with CODE (or, for a negative CODE, kills itself with
+that signal) the KIND way and answers with the status Python reports; /import_child and
+/thread_child answer for the children started at import time and in an app thread;
+/zombies counts this process's zombie children."""
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+_lock = threading.Lock()
+_gates = {}
+_stats = {"streams_started": 0, "streams_closed": 0, "lines": 0}
+
+
+def _gate(name):
+    with _lock:
+        return _gates.setdefault(name, threading.Event())
+
+
+def _shell_for(code):
+    return f"kill -{-code} $$" if code < 0 else f"exit {code}"
+
+
+def _exit_with(code):
+    if code < 0:
+        os.kill(os.getpid(), -code)
+    os._exit(code)
+
+
+def child_status(kind, code):
+    """The child's status as Python reports it: a returncode (negative for a signal)."""
+    script = _shell_for(code)
+    if kind == "run":
+        return subprocess.run(["sh", "-c", script]).returncode
+    if kind == "shell":
+        return subprocess.run(script, shell=True).returncode
+    if kind == "check_call":
+        try:
+            subprocess.check_call(["sh", "-c", script])
+            return 0
+        except subprocess.CalledProcessError as e:
+            return e.returncode
+    if kind == "popen_wait":
+        return subprocess.Popen(["sh", "-c", script]).wait()
+    if kind == "communicate":
+        p = subprocess.Popen(["sh", "-c", f"echo out; {script}"], stdout=subprocess.PIPE)
+        out, _ = p.communicate()
+        assert out == b"out\n", out
+        return p.returncode
+    if kind == "system":
+        status = os.system(script)
+        return os.waitstatus_to_exitcode(status)
+    if kind == "fork":
+        pid = os.fork()
+        if pid == 0:
+            _exit_with(code)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status)
+    if kind in ("mp_fork", "mp_spawn"):
+        ctx = multiprocessing.get_context(kind[3:])
+        p = ctx.Process(target=_exit_with, args=(code,))
+        p.start()
+        p.join()
+        return p.exitcode
+    raise ValueError(kind)
+
+
+# A child started while the module imports the app (a migration check, say).
+IMPORT_STATUS = subprocess.run(["sh", "-c", "exit 7"]).returncode
+
+_thread_result = {}
+
+
+def _thread_child():
+    _thread_result["status"] = subprocess.run(["sh", "-c", "exit 9"]).returncode
+
+
+_t = threading.Thread(target=_thread_child, name="child-starter")
+_t.start()
+_t.join()
+
+
+def zombies():
+    me = os.getpid()
+    count = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == me:
+            count += 1
+    return count
+
+
+def _text(start_response, body, status="200 OK"):
+    start_response(status, [("Content-Type", "text/plain")])
+    return [body.encode()]
+
+
+def stream(environ, start_response):
+    """A server-sent event stream: a line, then one per gate tick, until the client goes."""
+    name = environ["QUERY_STRING"] or "stream"
+    start_response("200 OK", [("Content-Type", "text/event-stream")])
+
+    def body():
+        with _lock:
+            _stats["streams_started"] += 1
+        try:
+            n = 0
+            while True:
+                yield f"data: {n}\n\n".encode()
+                with _lock:
+                    _stats["lines"] += 1
+                n += 1
+                # Blocked between lines the way SSE apps are (a queue, a pub/sub wait).
+                _gate(name).wait(1.0)
+        finally:
+            with _lock:
+                _stats["streams_closed"] += 1
+
+    return body()
+
+
+def application(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path.startswith("/child/"):
+        code = int(environ["QUERY_STRING"] or "0")
+        return _text(start_response, str(child_status(path[len("/child/"):], code)))
+    if path == "/import_child":
+        return _text(start_response, str(IMPORT_STATUS))
+    if path == "/thread_child":
+        return _text(start_response, str(_thread_result.get("status")))
+    if path == "/zombies":
+        return _text(start_response, str(zombies()))
+    if path == "/stream":
+        return stream(environ, start_response)
+    if path == "/block":
+        # Holds its thread until the test opens the gate (or 60 s pass).
+        _gate(environ["QUERY_STRING"]).wait(60)
+        return _text(start_response, "unblocked")
+    if path == "/open":
+        _gate(environ["QUERY_STRING"]).set()
+        return _text(start_response, "opened")
+    if path == "/stats":
+        with _lock:
+            return _text(start_response, json.dumps(_stats))
+    if path == "/pid":
+        return _text(start_response, str(os.getpid()))
+    return _text(start_response, "ok")

@@ -1,0 +1,235 @@
+"""What production apps do besides answering requests: child processes, threads of their own,
+signal handlers, long-lived streams, and more requests than threads."""
+import concurrent.futures
+import json
+import re
+import signal
+import socket
+import threading
+import time
+
+import pytest
+import requests
+
+from conftest import APPS, location, route
+
+APP = APPS / "real_apps.py"
+KINDS = ["run", "shell", "check_call", "popen_wait", "communicate", "system", "fork", "mp_fork", "mp_spawn"]
+
+
+@pytest.fixture(scope="module")
+def real_app(wsgi_factory):
+    return wsgi_factory([route("/", APP)], apache={"threads": 32}).start()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_child_reports_its_own_exit_status(real_app, kind):
+    for code in (0, 3, 1):
+        r = requests.get(real_app.url(f"/child/{kind}?{code}"), timeout=60)
+        assert r.status_code == 200 and r.text == str(code), (kind, code, r.text)
+
+
+@pytest.mark.parametrize("kind", ["run", "popen_wait", "fork", "mp_fork"])
+def test_a_child_killed_by_a_signal_reports_the_signal(real_app, kind):
+    r = requests.get(real_app.url(f"/child/{kind}?-{int(signal.SIGTERM)}"), timeout=60)
+    assert r.text == str(-int(signal.SIGTERM)), (kind, r.text)
+
+
+def test_children_at_import_and_in_app_threads(real_app):
+    assert requests.get(real_app.url("/import_child")).text == "7"
+    assert requests.get(real_app.url("/thread_child")).text == "9"
+
+
+def test_a_hundred_concurrent_children_each_get_their_own_status(real_app):
+    def one(i):
+        kind = KINDS[i % 4]
+        return requests.get(real_app.url(f"/child/{kind}?{i % 50}"), timeout=120).text, str(i % 50)
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(one, range(100)))
+    assert [got for got, _ in results] == [want for _, want in results]
+    assert requests.get(real_app.url("/zombies")).text == "0"
+    log = real_app.error_log()
+    assert "unknown process" not in log, log[-2000:]
+    assert "exited with code" not in log.replace("worker process", "")
+
+
+NON_DAEMON_THREAD_APP = APPS / "app_threads.py"
+
+
+def test_a_thread_the_app_never_stops_cannot_hold_quit_or_reload(nginx_factory, tmp_path):
+    server = nginx_factory(location("/", NON_DAEMON_THREAD_APP),
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};",
+                           http_extra="wsgi_shutdown_timeout 1s;").start()
+    old = server.worker_pids()
+    assert requests.get(server.url("/")).text == "threads started"
+    server.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and set(old) & set(server.worker_pids()):
+        time.sleep(0.05)
+    assert not set(old) & set(server.worker_pids()), "the old worker exited: the reload completed"
+    log = server.error_log()
+    assert "wsgi: Python threads still running after wsgi_shutdown_timeout (1000 ms)" in log, log[-3000:]
+    assert "metrics-pusher" in log and "in _push_forever" in log
+    assert f"imported-{old[0]}" in " ".join(p.name for p in tmp_path.iterdir())
+    assert (tmp_path / f"atexit-{old[0]}").exists(), "atexit handlers still run"
+    assert "exited on signal" not in log
+    new = server.worker_pids()
+    assert requests.get(server.url("/")).text == "threads started"
+    started = time.monotonic()
+    assert server.stop(timeout=30) == 0, "quit completes"
+    assert time.monotonic() - started < 20
+    assert (tmp_path / f"atexit-{new[0]}").exists()
+
+
+def test_threads_that_end_in_time_are_joined_and_python_is_finalised(nginx_factory, tmp_path):
+    server = nginx_factory(location("/", NON_DAEMON_THREAD_APP),
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+    worker = server.worker_pids()[0]
+    assert requests.get(server.url("/?polite")).text == "threads started"
+    assert server.stop(timeout=30) == 0
+    log = server.error_log()
+    assert "still running after wsgi_shutdown_timeout" not in log
+    assert (tmp_path / f"polite-done-{worker}").exists(), "the thread ran to its end"
+    assert (tmp_path / f"atexit-{worker}").exists()
+    assert f"worker process {worker} exited with code 0" in log
+
+
+SIGNAL_APP = APPS / "signal_grabber.py"
+
+
+def _leave_early(port, path):
+    """Asks for a long body, reads a little of it, then resets the connection."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert s.recv(4096)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.close()
+
+
+def test_an_app_cannot_take_the_servers_signals(wsgi_factory):
+    server = wsgi_factory([route("/", SIGNAL_APP)]).start()
+    assert requests.get(server.url("/")).text == "ok"
+    workers = server.worker_pids()
+    log = server.error_log()
+    for name in ("SIGTERM", "SIGHUP", "SIGPIPE"):
+        assert f"an app set a handler for {name} while it was imported" in log, log[-3000:]
+    for _ in range(20):
+        _leave_early(server.port, "/big")
+    assert requests.get(server.url("/")).text == "ok"
+    assert server.worker_pids() == workers, "writing to closed connections killed no process"
+    assert "exited on signal" not in server.error_log()
+    # Reload (nginx: SIGHUP; Apache: graceful restart, SIGUSR1) replaces the processes.
+    server.send_signal(signal.SIGHUP if server.kind == "nginx" else signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and set(workers) & set(server.worker_pids()):
+        time.sleep(0.05)
+    assert not set(workers) & set(server.worker_pids()), "the reload completed"
+    assert requests.get(server.url("/")).text == "ok"
+    assert server.stop(timeout=30) == 0, "the stop completed"
+
+
+OVERLOAD = (
+    "  location = /metrics { wsgi_status; }\n"
+    + location("/", APP)
+    # The gate opener runs on nginx's own pool: it gets a thread when the module's are all busy.
+    + location("/side/", APP, "wsgi_thread_pool side;")
+)
+
+
+def gauge(server, name):
+    from prometheus_client.parser import text_string_to_metric_families
+    text = requests.get(server.url("/metrics"), timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name:
+                return s.value
+    raise KeyError(name)
+
+
+def wait_for(condition, what, within=30):
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_a_full_queue_answers_503_at_once_and_says_why_once(nginx_factory):
+    server = nginx_factory(OVERLOAD, main_extra="thread_pool side threads=1;",
+                           http_extra="wsgi_max_threads 2; wsgi_max_queue 2; wsgi_queue_timeout 60s;").start()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        held = [pool.submit(requests.get, server.url("/block?full"), timeout=60) for _ in range(2)]
+        wait_for(lambda: gauge(server, "wsgi_pool_threads_busy") == 2, "two threads busy")
+        held += [pool.submit(requests.get, server.url("/block?full"), timeout=60) for _ in range(2)]
+        wait_for(lambda: gauge(server, "wsgi_requests_queued") == 2, "two requests queued")
+        refused = [requests.get(server.url(f"/extra{i}"), timeout=10) for i in range(20)]
+        assert {r.status_code for r in refused} == {503}
+        assert {r.headers.get("Retry-After") for r in refused} == {"60"}
+        assert gauge(server, "wsgi_requests_refused_total") == 20
+        assert requests.get(server.url("/side/open?full"), timeout=10).text == "opened"
+        assert [f.result().text for f in held] == ["unblocked"] * 4
+    log = server.error_log()
+    entries = log.count("answered 503 since the last such entry")
+    assert 1 <= entries <= 3, "one entry per second at most, not one per request"
+    assert "wsgi_max_queue requests already wait" in log
+    assert requests.get(server.url("/after")).text == "ok"
+
+
+def test_a_request_that_waits_past_the_queue_timeout_gets_503(nginx_factory):
+    server = nginx_factory(OVERLOAD, main_extra="thread_pool side threads=1;",
+                           http_extra="wsgi_max_threads 1; wsgi_queue_timeout 300ms;").start()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        held = pool.submit(requests.get, server.url("/block?stale"), timeout=60)
+        wait_for(lambda: gauge(server, "wsgi_pool_threads_busy") == 1, "the one thread is busy")
+        waited = requests.get(server.url("/waits"), timeout=30)
+        assert waited.status_code == 503 and waited.headers["Retry-After"] == "1"
+        assert gauge(server, "wsgi_requests_queued") == 0
+        requests.get(server.url("/side/open?stale"), timeout=10)
+        assert held.result().text == "unblocked"
+    assert "waited longer than wsgi_queue_timeout" in server.error_log()
+    assert requests.get(server.url("/after")).text == "ok"
+
+
+def test_thread_and_queue_directives_are_checked(nginx_factory):
+    for bad, message in [("wsgi_max_threads 0;", "wsgi_max_threads needs a whole number above 0, not \"0\""),
+                         ("wsgi_max_queue none;", "wsgi_max_queue needs a whole number above 0"),
+                         ("wsgi_queue_timeout soon;", "invalid value"),
+                         ("wsgi_shutdown_timeout never;", "invalid value")]:
+        result = nginx_factory(location("/", APP), http_extra=bad).run("-t")
+        assert result.returncode != 0 and message in result.stderr, (bad, result.stderr)
+
+
+def _open_stream(port, path):
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data = b""
+    while b"data: 0" not in data:
+        chunk = s.recv(4096)
+        assert chunk, data
+        data += chunk
+    return s
+
+
+def test_long_lived_streams_never_starve_short_requests(nginx_factory):
+    """More concurrent event streams than any fixed pool had threads, then short requests:
+    every stream starts and every short request is answered; when the clients leave, every
+    stream is closed and its thread comes back."""
+    server = nginx_factory(location("/", APP) + "  location = /metrics { wsgi_status; }\n",
+                           main_extra="worker_rlimit_nofile 4096;",
+                           ).start()
+    streams = []
+    try:
+        with concurrent.futures.ThreadPoolExecutor(50) as pool:
+            streams = list(pool.map(lambda i: _open_stream(server.port, f"/stream?s{i}"), range(300)))
+        assert len(streams) == 300
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            short = list(pool.map(lambda i: requests.get(server.url(f"/short{i}"), timeout=20).text, range(40)))
+        assert short == ["ok"] * 40
+        assert gauge(server, "wsgi_pool_threads_busy") >= 300
+    finally:
+        for s in streams:
+            s.close()
+    wait_for(lambda: json.loads(requests.get(server.url("/stats"), timeout=10).text)["streams_closed"] >= 300,
+             "every stream was closed at its next line")
+    wait_for(lambda: gauge(server, "wsgi_pool_threads_busy") == 0, "every thread came back")
+    assert "exited on signal" not in server.error_log()
