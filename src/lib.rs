@@ -18,6 +18,8 @@ pub mod input;
 pub mod interpreter;
 pub mod log_text;
 pub mod logging_bridge;
+pub mod metrics;
+pub mod recycle;
 pub mod request;
 pub mod response;
 pub mod server_log;
@@ -35,7 +37,7 @@ pub use interpreter::PythonSettings;
 pub use request::{run_request, Outcome, OutcomeKind};
 pub use response::ResponseHead;
 pub use sink::{ChunkSink, ClientGone};
-pub use watchdog::RequestWatch;
+pub use watchdog::{LogScope, RequestWatch};
 
 #[cfg(test)]
 pub(crate) mod testing;
