@@ -79,11 +79,10 @@ impl User {
                     "is not readable by them"
                 };
                 return Some(format!(
-                    "{} ({} {}:{}) {what}",
+                    "{} ({} {}) {what}",
                     walked.display(),
                     mode_text(&meta),
-                    owner_name(meta.uid()),
-                    group_name(meta.gid())
+                    owner_and_group(&meta)
                 ));
             }
         }
@@ -103,24 +102,22 @@ fn mode_text(meta: &std::fs::Metadata) -> String {
     s
 }
 
-fn owner_name(uid: u32) -> String {
-    // SAFETY: getpwuid returns NULL or a pointer to a static record, read at once.
-    unsafe {
+/// "owner:group" of a file, by name where the account databases have one, else by number.
+fn owner_and_group(meta: &std::fs::Metadata) -> String {
+    let (uid, gid) = (meta.uid(), meta.gid());
+    // SAFETY: getpwuid/getgrgid return NULL or a pointer to a static record, read at once.
+    let (owner, group) = unsafe {
         let pw = libc::getpwuid(uid);
-        if pw.is_null() {
-            return uid.to_string();
-        }
-        CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
-    }
-}
-
-fn group_name(gid: u32) -> String {
-    // SAFETY: getgrgid returns NULL or a pointer to a static record, read at once.
-    unsafe {
+        let owner =
+            (!pw.is_null()).then(|| CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned());
         let gr = libc::getgrgid(gid);
-        if gr.is_null() {
-            return gid.to_string();
-        }
-        CStr::from_ptr((*gr).gr_name).to_string_lossy().into_owned()
-    }
+        let group =
+            (!gr.is_null()).then(|| CStr::from_ptr((*gr).gr_name).to_string_lossy().into_owned());
+        (owner, group)
+    };
+    format!(
+        "{}:{}",
+        owner.unwrap_or_else(|| uid.to_string()),
+        group.unwrap_or_else(|| gid.to_string())
+    )
 }
