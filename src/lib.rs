@@ -6,6 +6,7 @@
 //! out through the server. Nothing here knows a server's types.
 
 pub mod app;
+pub mod asgi;
 pub mod body;
 pub mod check;
 pub mod chunk;
@@ -24,7 +25,7 @@ pub mod sink;
 pub mod traceback;
 pub mod watchdog;
 
-pub use app::{AppSpec, Apps};
+pub use app::{AppKind, AppSpec, Apps};
 pub use body::{Body, Segment};
 pub use chunk::Chunk;
 pub use environ::{RequestInfo, RequestInfoBuilder};
