@@ -33,6 +33,8 @@ struct State {
 pub(crate) struct BodyStream {
     state: Mutex<State>,
     arrived: Condvar,
+    /// Fired where `arrived` is notified, for a reader that does not block (ASGI).
+    waker: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
     limit: usize,
     me: Weak<BodyStream>,
 }
@@ -50,6 +52,7 @@ impl BodyStream {
                 request: LoopRequest(r),
             }),
             arrived: Condvar::new(),
+            waker: Mutex::new(None),
             limit,
             me: me.clone(),
         })
@@ -116,7 +119,39 @@ impl BodyStream {
                 }
             }
         }
+        self.notify();
+    }
+
+    fn notify(&self) {
         self.arrived.notify_all();
+        if let Some(wake) = &*self.waker.lock().unwrap_or_else(|e| e.into_inner()) {
+            wake();
+        }
+    }
+
+    /// Sets what a reader that does not block is woken with when bytes arrive or the body ends.
+    pub(crate) fn set_waker(&self, wake: Arc<dyn Fn() + Send + Sync>) {
+        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(wake);
+    }
+
+    /// What a reader that does not block gets now: at most `max` bytes, the end, a failure, or
+    /// nothing yet (then the waker fires when that changes).
+    pub(crate) fn try_read(&self, max: usize) -> ngx_wsgi::asgi::BodyRead {
+        use ngx_wsgi::asgi::BodyRead;
+        let st = self.lock();
+        if st.chunks.is_empty() {
+            return match (&st.error, st.eof) {
+                (Some(e), _) => BodyRead::Failed(e.clone()),
+                (None, true) => BodyRead::End,
+                (None, false) => BodyRead::Pending,
+            };
+        }
+        drop(st);
+        match self.read(max) {
+            Ok(data) if data.is_empty() => BodyRead::End,
+            Ok(data) => BodyRead::Data(data),
+            Err(e) => BodyRead::Failed(e.to_string()),
+        }
     }
 
     /// The task is done: the loop stops feeding this body; a reader still waiting (an app's
@@ -127,7 +162,8 @@ impl BodyStream {
         if !st.eof && st.error.is_none() {
             st.error = Some("the request is over".into());
         }
-        self.arrived.notify_all();
+        drop(st);
+        self.notify();
     }
 
     /// Makes a waiting or later read fail (the request timed out).
@@ -136,7 +172,8 @@ impl BodyStream {
         if st.error.is_none() {
             st.error = Some(why.to_owned());
         }
-        self.arrived.notify_all();
+        drop(st);
+        self.notify();
     }
 }
 
