@@ -59,7 +59,7 @@ def server(nginx_factory, tmp_path_factory):
         + asgi("/limited/", APP, "client_max_body_size 1k;")
         + location("/wsgi/", APPS / "environ_app.py"),
         main_extra=f"env NGX_WSGI_TEST_MARKS={marks};",
-        server_extra="http2 on;",
+        server_extra="http2 on; client_max_body_size 8m;",
     ).start()
     s.marks = marks
     return s
@@ -109,7 +109,7 @@ def test_uvloop_must_be_installed_when_asked_for(nginx_factory):
     except ImportError:
         pass
     result = nginx_factory(asgi("/", APP), http_extra="asgi_event_loop uvloop;").run("-t")
-    assert result.returncode != 0 and "asgi_event_loop Uvloop" in result.stderr
+    assert result.returncode != 0 and "asgi_event_loop uvloop" in result.stderr
     assert "No module named 'uvloop'" in result.stderr, result.stderr
 
 
@@ -185,10 +185,14 @@ def test_wsgi_and_asgi_in_one_server_and_worker(server):
 
 # --- receive -------------------------------------------------------------------------------
 
-def test_buffered_body_is_one_message(server):
+def test_a_buffered_body_up_to_1_mib_is_one_message(server):
     body = os.urandom(300_000)
     r = requests.post(server.url("/echo"), data=body, timeout=10)
     assert r.content == body and r.headers["x-messages"] == "1"
+    # Past 1 MiB (a body nginx keeps in its temp file): 1 MiB messages, read as the app asks.
+    big = os.urandom(3 << 20)
+    r = requests.post(server.url("/echo"), data=big, timeout=10)
+    assert r.content == big and r.headers["x-messages"] == "3"
     r = requests.post(server.url("/echo"), data=iter([b"chunked ", b"body"]), timeout=10)
     assert r.content == b"chunked body" and r.headers["x-messages"] == "1"
     assert requests.get(server.url("/echo"), timeout=10).headers["x-messages"] == "1"

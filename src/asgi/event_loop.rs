@@ -25,6 +25,14 @@ pub enum LoopKind {
 }
 
 impl LoopKind {
+    /// The directive's word for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoopKind::Asyncio => "asyncio",
+            LoopKind::Uvloop => "uvloop",
+        }
+    }
+
     /// Python code that evaluates to a function making a new loop.
     fn factory(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
         match self {
@@ -430,7 +438,8 @@ pub fn check_lifespan(py: Python<'_>, app: &Bound<'_, PyAny>, kind: LoopKind) ->
         Ok(f) => f,
         Err(e) => {
             return Some(format!(
-                "asgi_event_loop {kind:?}: {}",
+                "asgi_event_loop {}: {}",
+                kind.name(),
                 crate::traceback::format(py, &e)
             ))
         }

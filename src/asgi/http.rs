@@ -67,6 +67,9 @@ pub struct HttpRequest {
 
 /// How much of a body delivered as it arrives one `http.request` message carries at most.
 const BODY_MESSAGE: usize = 256 * 1024;
+/// A buffered body up to this size is one message; a larger one (nginx's temp file) comes in
+/// messages of this size, read as the app asks, so that the app's memory is not the body's.
+const BUFFERED_MESSAGE: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Response {
@@ -91,6 +94,8 @@ pub struct HttpExchange {
     streamed_body: bool,
     /// The app has had the whole body (`more_body` false).
     body_done: bool,
+    /// How much of a buffered body the app has had.
+    body_pos: u64,
     response: Response,
     head: Option<ResponseHead>,
     /// The app's Content-Length, and the body bytes sent.
@@ -114,6 +119,7 @@ impl HttpExchange {
             body: req.body,
             scope: req.scope,
             body_done: false,
+            body_pos: 0,
             response: Response::Idle,
             head: None,
             declared: None,
@@ -369,21 +375,25 @@ impl HttpExchange {
         }
         if !self.body_done {
             if !self.streamed_body {
-                self.body_done = true;
-                let bytes = match self.body.take() {
-                    Some(body) if !body.is_empty() => {
-                        let len = body.len() as usize;
-                        PyBytes::new_with(py, len, |buf| {
-                            body.read_at(0, buf).map(drop).map_err(|e| {
-                                pyo3::exceptions::PyOSError::new_err(format!(
-                                    "reading the request body: {e}"
-                                ))
-                            })
-                        })?
-                    }
+                let (total, pos) = (self.body.as_ref().map_or(0, Body::len), self.body_pos);
+                let len = (total - pos).min(BUFFERED_MESSAGE) as usize;
+                let bytes = match &self.body {
+                    Some(body) if len > 0 => PyBytes::new_with(py, len, |buf| {
+                        body.read_at(pos, buf).map(drop).map_err(|e| {
+                            pyo3::exceptions::PyOSError::new_err(format!(
+                                "reading the request body: {e}"
+                            ))
+                        })
+                    })?,
                     _ => PyBytes::new(py, b""),
                 };
-                return Self::request(py, bytes, false).map(Some);
+                self.body_pos += len as u64;
+                let more = self.body_pos < total;
+                if !more {
+                    self.body_done = true;
+                    self.body = None;
+                }
+                return Self::request(py, bytes, more).map(Some);
             }
             return match self.server.read_body(BODY_MESSAGE) {
                 BodyRead::Data(data) => Self::request(py, PyBytes::new(py, &data), true).map(Some),
