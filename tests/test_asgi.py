@@ -277,6 +277,21 @@ def test_statuses_headers_head_and_bodiless(server):
     assert conn.getresponse().read() == b"0\n1\n", "keep-alive after HEAD"
 
 
+def test_pathsend_has_nginx_send_the_file(server, tmp_path):
+    data = os.urandom(3 << 20)
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    path.chmod(0o644)
+    r = requests.get(server.url(f"/file?{path}"), timeout=10)
+    assert r.content == data and r.headers["content-length"] == str(len(data))
+    r = requests.get(server.url(f"/file?{path}"), headers={"Range": "bytes=10-19"}, timeout=10)
+    assert (r.status_code, r.content) == (206, data[10:20]), "nginx's range filter over the file"
+    for bad in ("relative/path", str(tmp_path / "missing"), str(tmp_path)):
+        assert requests.get(server.url(f"/file?{bad}"), timeout=10).status_code == 500
+    log = server.error_log()
+    assert "is not an absolute path" in log and "No such file or directory" in log and "not a regular file" in log
+
+
 def rss_kib(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -294,8 +309,13 @@ def test_a_slow_client_pauses_send_and_bounds_memory(server):
         # The client reads nothing more: the app's send must stop within the socket buffers
         # plus wsgi_stream_buffer (64k), not run ahead.
         wait_for(lambda: stats(server)["sent"].get("slow1"), "the app to start sending")
-        first = stats(server)["sent"]["slow1"]
-        wait_for(lambda: stats(server)["sent"]["slow1"] == first or None, "the app to stop", timeout=5)
+        last = [None]
+
+        def paused():
+            now = stats(server)["sent"]["slow1"]
+            same, last[0] = now == last[0], now
+            return same
+        wait_for(paused, "the app to be paused in send()")
         assert stats(server)["sent"]["slow1"] < 16 << 20
         assert rss_kib(worker) - before < 32 * 1024
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -33,6 +33,8 @@ REQUESTS = {
         ("GET", "/background", {}, None),
         ("GET", "/empty", {}, None),
         ("GET", "/sub/where", {}, None),
+        ("GET", "/file", {}, None),
+        ("GET", "/file", {"Range": "bytes=5-14"}, None),
         ("DELETE", "/echo", {}, None),
     ],
     "fastapi": [

@@ -196,6 +196,17 @@ unsafe fn complete(r: *mut ngx_http_request_t, request: &AsgiRequest, end: HttpE
                 false,
                 end == HttpEnd::ClientGone,
             );
+            let mut file = request
+                .file_response
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let (Some(file), false) = (file.as_mut(), streamed.head_sent) {
+                // http.response.pathsend: nginx sends the file (sendfile, byte ranges); the
+                // descriptor stays open until the request's pool goes.
+                file.kind = kind;
+                return Some(crate::response::send(r, Some(file), streamed));
+            }
+            drop(file);
             let outcome = Outcome {
                 kind,
                 head: None,

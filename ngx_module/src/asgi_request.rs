@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use nginx_sys::ngx_http_request_t;
 use ngx_wsgi::asgi::{BodyRead, HttpEnd, HttpServer};
-use ngx_wsgi::{Chunk, ClientGone, ResponseHead};
+use ngx_wsgi::file_wrapper::FileRange;
+use ngx_wsgi::{Chunk, ClientGone, Outcome, OutcomeKind, ResponseHead};
 
 use crate::ffi::LoopRequest;
 use crate::notify::Pump;
@@ -32,6 +33,9 @@ pub(crate) struct AsgiRequest {
     /// The client went away (noticed by the request's read handler).
     gone: AtomicBool,
     ending: Mutex<Ending>,
+    /// A response that is a file (`http.response.pathsend`), kept until the request's pool goes
+    /// (nginx sends from its descriptor).
+    pub file_response: Mutex<Option<Outcome>>,
     on_end: OnEnd,
     me: Weak<AsgiRequest>,
 }
@@ -52,6 +56,7 @@ impl AsgiRequest {
                 request: LoopRequest(r),
                 end: None,
             }),
+            file_response: Mutex::new(None),
             on_end,
             me: me.clone(),
         })
@@ -82,6 +87,18 @@ impl HttpServer for AsgiRequest {
             Some(body) => body.try_read(max),
             None => BodyRead::End,
         }
+    }
+
+    fn send_file(&self, head: ResponseHead, file: FileRange) {
+        *self.file_response.lock().unwrap_or_else(|e| e.into_inner()) = Some(Outcome {
+            kind: OutcomeKind::Complete,
+            head: Some(head),
+            body: Chunk::from_vec(Vec::new()),
+            streamed: false,
+            length_known: true,
+            file: Some(file),
+            gil_wait: std::time::Duration::ZERO,
+        });
     }
 
     fn client_gone(&self) -> bool {

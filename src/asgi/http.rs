@@ -11,6 +11,7 @@ use super::scope::HttpScope;
 use super::waker::Waker;
 use crate::body::Body;
 use crate::chunk::Chunk;
+use crate::file_wrapper::FileRange;
 use crate::response::{ClientDisconnected, ResponseHead};
 use crate::sink::ClientGone;
 
@@ -48,6 +49,9 @@ pub trait HttpServer: Send + Sync {
     fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone>;
     /// The next piece of a body delivered as it arrives (never called for a buffered body).
     fn read_body(&self, max: usize) -> BodyRead;
+    /// The whole response is `head` and this file (`http.response.pathsend`): the server sends
+    /// the file itself. [`finish`](Self::finish) follows.
+    fn send_file(&self, head: ResponseHead, file: FileRange);
     fn client_gone(&self) -> bool;
     /// The response is over (called once). After it the server's request may be gone: nothing
     /// of it is touched again.
@@ -341,6 +345,70 @@ impl HttpExchange {
     }
 }
 
+impl HttpExchange {
+    /// `http.response.pathsend`: the response's body is a file, which the server sends.
+    fn pathsend(&mut self, message: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.response != Response::Started {
+            return Err(PyRuntimeError::new_err(
+                "http.response.pathsend must follow http.response.start, before any body",
+            ));
+        }
+        let path = message
+            .get_item("path")
+            .map_err(|_| PyValueError::new_err("http.response.pathsend without a path"))?;
+        let path: std::path::PathBuf = path
+            .extract()
+            .map_err(|_| PyTypeError::new_err("http.response.pathsend: path must be a str"))?;
+        if !path.is_absolute() {
+            return Err(PyValueError::new_err(format!(
+                "http.response.pathsend: {} is not an absolute path",
+                path.display()
+            )));
+        }
+        let file = std::fs::File::open(&path).map_err(|e| {
+            pyo3::exceptions::PyOSError::new_err(format!("{}: {e}", path.display()))
+        })?;
+        let meta = file.metadata().map_err(|e| {
+            pyo3::exceptions::PyOSError::new_err(format!("{}: {e}", path.display()))
+        })?;
+        if !meta.is_file() {
+            return Err(PyValueError::new_err(format!(
+                "http.response.pathsend: {} is not a regular file",
+                path.display()
+            )));
+        }
+        let len = self.declared.map_or(meta.len(), |d| d.min(meta.len()));
+        if self.gone || self.finished {
+            return Err(Self::gone_error());
+        }
+        let Some(head) = self.head.take() else {
+            return Err(PyRuntimeError::new_err("no response head"));
+        };
+        self.produced = len;
+        self.response = Response::Done;
+        self.server.send_file(
+            head,
+            FileRange {
+                fd: file.into(),
+                offset: 0,
+                len,
+            },
+        );
+        let end = match self.declared {
+            Some(declared) if len < declared && !self.bodiless => {
+                self.log_error(
+                    &format!("the file of http.response.pathsend has {len} bytes for a content-length of {declared}; the connection was cut"),
+                    "",
+                );
+                HttpEnd::Truncated
+            }
+            _ => HttpEnd::Complete,
+        };
+        self.finish(end);
+        Ok(())
+    }
+}
+
 fn get_opt<'py>(message: &Bound<'py, PyAny>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
     match message.get_item(key) {
         Ok(v) => Ok(Some(v)),
@@ -436,6 +504,7 @@ impl HttpExchange {
         match &*kind.to_cow()? {
             "http.response.start" => self.start(message).map(|()| true),
             "http.response.body" => self.body_piece(message),
+            "http.response.pathsend" => self.pathsend(message).map(|()| true),
             other => Err(PyValueError::new_err(format!(
                 "unexpected ASGI message type {other:?} in an http scope"
             ))),

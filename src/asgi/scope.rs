@@ -111,6 +111,9 @@ impl HttpScope {
                 None => scope.set_item(key, py.None())?,
             }
         }
+        let extensions = PyDict::new(py);
+        extensions.set_item("http.response.pathsend", PyDict::new(py))?;
+        scope.set_item(pyo3::intern!(py, "extensions"), extensions)?;
         if let Some(state) = state {
             scope.set_item(pyo3::intern!(py, "state"), state.copy()?)?;
         }

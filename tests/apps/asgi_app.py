@@ -126,6 +126,15 @@ async def app(scope, receive, send):
         except OSError as e:
             STATS["disconnected"][query] = type(e).__name__
             raise
+    elif route == "/file":
+        # http.response.pathsend: nginx sends the file itself.
+        assert "http.response.pathsend" in scope["extensions"]
+        path = query
+        size = os.path.getsize(path) if os.path.isabs(path) and os.path.exists(path) else 0
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream"),
+                                (b"content-length", str(size).encode())]})
+        await send({"type": "http.response.pathsend", "path": path})
     elif route == "/stats":
         await respond(send, json.dumps(STATS).encode(), content_type=b"application/json")
     elif route == "/status":

@@ -4,7 +4,7 @@ import json
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
 DONE = []
@@ -66,6 +66,12 @@ async def background(request):
     return PlainTextResponse("queued", background=BackgroundTask(DONE.append, 1))
 
 
+async def file(request):
+    # Under the module FileResponse uses http.response.pathsend (nginx sends the file); uvicorn
+    # offers no such extension, so Starlette streams it there: the same bytes either way.
+    return FileResponse(__file__, media_type="text/x-python")
+
+
 async def empty(request):
     return Response(status_code=204)
 
@@ -84,6 +90,7 @@ app = Starlette(
         Route("/state", state),
         Route("/background", background),
         Route("/empty", empty),
+        Route("/file", file),
         Mount("/sub", app=sub),
     ],
     lifespan=lifespan,
