@@ -11,3 +11,5 @@
 #include <apr_buckets.h>
 #include <apr_strings.h>
 #include <apr_portable.h>
+#include <apr_shm.h>
+#include <ap_mpm.h>

@@ -22,8 +22,9 @@ pub(crate) fn file_range(iterable: &Bound<'_, PyAny>, limit: Option<u64>) -> Opt
     let filelike = wrapper.borrow().filelike.clone_ref(iterable.py());
     let filelike = filelike.bind(iterable.py());
     let fd: i32 = filelike.call_method0("fileno").ok()?.extract().ok()?;
-    // SAFETY: fstat writes into a zeroed stat buffer; `fd` is the app's open descriptor.
+    // SAFETY: an all-zero stat is a valid buffer for fstat to fill.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into `st`; `fd` is the app's open descriptor (a bad one fails).
     if unsafe { libc::fstat(fd, &mut st) } != 0 || (st.st_mode & libc::S_IFMT) != libc::S_IFREG {
         return None;
     }

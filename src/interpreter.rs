@@ -93,6 +93,17 @@ pub fn initialize(settings: &PythonSettings) -> Result<(), String> {
     path_result
 }
 
+/// What must stop before the interpreter is finalised (helper threads that run Python).
+static BEFORE_FINALIZE: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
+
+/// Has [`finalize`] call `stop` first (once, however often this is called with it).
+pub fn before_finalize(stop: fn()) {
+    let mut hooks = BEFORE_FINALIZE.lock().unwrap_or_else(|e| e.into_inner());
+    if !hooks.contains(&stop) {
+        hooks.push(stop);
+    }
+}
+
 /// How a finalisation ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Finalized {
@@ -112,7 +123,10 @@ pub fn finalize(timeout: std::time::Duration) -> Result<Finalized, String> {
     if MAIN_THREAD_STATE.load(Ordering::Acquire).is_null() {
         return Ok(Finalized::Cleanly);
     }
-    crate::watchdog::wait_idle(std::time::Duration::from_secs(2));
+    let hooks = std::mem::take(&mut *BEFORE_FINALIZE.lock().unwrap_or_else(|e| e.into_inner()));
+    for hook in hooks {
+        hook();
+    }
     let tstate = MAIN_THREAD_STATE.swap(ptr::null_mut(), Ordering::AcqRel);
     if tstate.is_null() {
         return Ok(Finalized::Cleanly);

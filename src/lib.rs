@@ -5,6 +5,8 @@
 //! hands both to [`run_request`] on a thread that may run Python, and sends the [`Outcome`] back
 //! out through the server. Nothing here knows a server's types.
 
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 pub mod app;
 pub mod asgi;
 pub mod body;
@@ -17,6 +19,8 @@ pub mod input;
 pub mod interpreter;
 pub mod log_text;
 pub mod logging_bridge;
+pub mod metrics;
+pub mod recycle;
 pub mod request;
 pub mod response;
 pub mod server_log;
@@ -34,7 +38,7 @@ pub use interpreter::PythonSettings;
 pub use request::{run_request, Outcome, OutcomeKind};
 pub use response::ResponseHead;
 pub use sink::{ChunkSink, ClientGone};
-pub use watchdog::RequestWatch;
+pub use watchdog::{LogScope, RequestWatch};
 
 #[cfg(test)]
 pub(crate) mod testing;

@@ -1,8 +1,16 @@
-//! Request timeouts on the Python side: another thread finds the Python thread that runs a
-//! request, logs its stack, and interrupts it with an asynchronous `TimeoutError`, so that its
-//! server thread comes back once Python regains control.
+//! Request timeouts on the Python side: the process's one watchdog thread finds the Python thread
+//! that runs a timed-out request, logs its stack, and interrupts it with an asynchronous
+//! `TimeoutError`, so that its server thread comes back once Python regains control.
+//!
+//! Timed-out requests are queued to that thread, which is started at the first timeout and
+//! stopped before the interpreter is finalised: a burst of stuck requests is a burst of queue
+//! entries, never a burst of threads. While another thread holds the GIL the queue just grows;
+//! the next time the watchdog gets the GIL it handles everything queued so far.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pyo3::ffi;
@@ -23,8 +31,9 @@ pub struct RequestWatch {
     thread: AtomicU64,
 }
 
-/// Interrupts under way (each on a short-lived thread of its own).
-static INTERRUPTING: AtomicUsize = AtomicUsize::new(0);
+/// Runs its argument with the server's log context of one request, so that the watchdog's entry
+/// about it goes where the request's own entries go (Apache: its virtual host's error log).
+pub type LogScope = Box<dyn Fn(&mut dyn FnMut()) + Send>;
 
 impl RequestWatch {
     /// The request's thread is about to run the app; false when its deadline already passed
@@ -58,51 +67,49 @@ impl RequestWatch {
         };
     }
 
-    /// On a new thread (never the server's event loop: it waits for the GIL): logs `what` with
-    /// the Python stack of the request's thread and raises `TimeoutError` in it, if the request
-    /// is still inside Python.
-    pub fn interrupt_in_background(self: &std::sync::Arc<Self>, what: String) {
-        let watch = self.clone();
-        INTERRUPTING.fetch_add(1, Ordering::AcqRel);
-        let spawned = std::thread::Builder::new()
-            .name("wsgi-timeout".into())
-            .spawn(move || {
-                watch.interrupt(&what);
-                INTERRUPTING.fetch_sub(1, Ordering::AcqRel);
-            });
-        if let Err(e) = spawned {
-            INTERRUPTING.fetch_sub(1, Ordering::AcqRel);
-            tracing::error!(target: "wsgi", "cannot start a thread to interrupt a timed-out request: {e}");
-        }
+    /// Hands the request to the watchdog thread (never waits for the GIL, so the server's event
+    /// loop may call it): it logs `what` with the Python stack of the request's thread and
+    /// raises `TimeoutError` in it, if the request is still inside Python by then. A request
+    /// that has not started by now never starts, even if it gets the GIL before the watchdog.
+    pub fn interrupt_in_background(self: &Arc<Self>, what: String) {
+        self.expired.store(true, Ordering::Release);
+        submit(Interrupt {
+            watch: self.clone(),
+            what,
+            scope: None,
+        });
     }
 
-    fn interrupt(&self, what: &str) {
-        if !crate::interpreter::is_running() {
+    /// The same, with the watchdog's log entry written inside `scope`.
+    pub fn interrupt_in_background_with(self: &Arc<Self>, what: String, scope: LogScope) {
+        self.expired.store(true, Ordering::Release);
+        submit(Interrupt {
+            watch: self.clone(),
+            what,
+            scope: Some(scope),
+        });
+    }
+
+    fn interrupt(&self, py: Python<'_>, what: &str) {
+        if !self.running.load(Ordering::Acquire) {
+            let state = if self.started.load(Ordering::Relaxed) {
+                "it left Python before it could be interrupted"
+            } else {
+                "it was still waiting for a thread or the GIL and will not run"
+            };
+            tracing::error!(target: "wsgi", "{what}; {state}");
             return;
         }
-        // A short-lived thread: its thread state is released with the GIL (no kept state).
-        Python::attach(|py| {
-            if !self.running.load(Ordering::Acquire) {
-                self.expired.store(true, Ordering::Release);
-                let state = if self.started.load(Ordering::Relaxed) {
-                    "it left Python before it could be interrupted"
-                } else {
-                    "it was still waiting for a thread and will not run"
-                };
-                tracing::error!(target: "wsgi", "{what}; {state}");
-                return;
-            }
-            let ident = self.thread.load(Ordering::Relaxed);
-            let stack = stack_of(py, ident).unwrap_or_else(|e| format!("(no stack: {e})"));
-            tracing::error!(
-                target: "wsgi",
-                "{what}; interrupting it with TimeoutError. Its Python stack (most recent call last):\n{stack}"
-            );
-            self.interrupted.store(true, Ordering::Release);
-            // SAFETY: the GIL is held; the thread id belongs to a live thread state (the request
-            // is still running, checked under the GIL); TimeoutError is a static exception type.
-            unsafe { ffi::PyThreadState_SetAsyncExc(ident as _, ffi::PyExc_TimeoutError) };
-        });
+        let ident = self.thread.load(Ordering::Relaxed);
+        let stack = stack_of(py, ident).unwrap_or_else(|e| format!("(no stack: {e})"));
+        tracing::error!(
+            target: "wsgi",
+            "{what}; interrupting it with TimeoutError. Its Python stack (most recent call last):\n{stack}"
+        );
+        self.interrupted.store(true, Ordering::Release);
+        // SAFETY: the GIL is held; the thread id belongs to a live thread state (the request is
+        // still running, checked under the GIL); TimeoutError is a static exception type.
+        unsafe { ffi::PyThreadState_SetAsyncExc(ident as _, ffi::PyExc_TimeoutError) };
     }
 }
 
@@ -116,10 +123,172 @@ fn stack_of(py: Python<'_>, ident: u64) -> PyResult<String> {
     Ok(text.extract::<String>()?.trim_end().to_owned())
 }
 
-/// Waits up to `limit` for interrupts under way (before the interpreter is finalised).
-pub(crate) fn wait_idle(limit: Duration) {
-    let start = Instant::now();
-    while INTERRUPTING.load(Ordering::Acquire) > 0 && start.elapsed() < limit {
-        std::thread::sleep(Duration::from_millis(5));
+/// One timed-out request waiting for the watchdog.
+struct Interrupt {
+    watch: Arc<RequestWatch>,
+    what: String,
+    scope: Option<LogScope>,
+}
+
+impl Interrupt {
+    fn run(self, py: Python<'_>) {
+        let (watch, what) = (&self.watch, self.what.as_str());
+        match &self.scope {
+            Some(scope) => scope(&mut || watch.interrupt(py, what)),
+            None => watch.interrupt(py, what),
+        }
+    }
+}
+
+struct Queue {
+    jobs: VecDeque<Interrupt>,
+    thread: Option<JoinHandle<()>>,
+    /// Finish what is queued, then end (the interpreter is about to be finalised).
+    stopping: bool,
+    /// The thread has ended.
+    ended: bool,
+}
+
+static QUEUE: Mutex<Queue> = Mutex::new(Queue {
+    jobs: VecDeque::new(),
+    thread: None,
+    stopping: false,
+    ended: false,
+});
+/// Signalled when jobs arrive, when a stop is asked for, and when the thread ends.
+static CHANGED: Condvar = Condvar::new();
+
+fn queue() -> MutexGuard<'static, Queue> {
+    QUEUE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn submit(job: Interrupt) {
+    let mut q = queue();
+    q.jobs.push_back(job);
+    if q.thread.is_none() {
+        q.ended = false;
+        match std::thread::Builder::new()
+            .name("wsgi-watchdog".into())
+            .spawn(watch_loop)
+        {
+            Ok(handle) => {
+                q.thread = Some(handle);
+                crate::interpreter::before_finalize(stop_before_finalize);
+            }
+            Err(e) => {
+                q.jobs.pop_back();
+                drop(q);
+                tracing::error!(target: "wsgi", "cannot start the thread that interrupts timed-out requests: {e}");
+                return;
+            }
+        }
+    }
+    drop(q);
+    CHANGED.notify_all();
+}
+
+fn watch_loop() {
+    // The server's signals go to its own threads, whichever thread started this one.
+    crate::signals::block_server_signals_in_this_thread();
+    loop {
+        let batch: Vec<Interrupt> = {
+            let mut q = queue();
+            while q.jobs.is_empty() && !q.stopping {
+                q = CHANGED.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+            if q.jobs.is_empty() {
+                q.ended = true;
+                drop(q);
+                CHANGED.notify_all();
+                return;
+            }
+            q.jobs.drain(..).collect()
+        };
+        if crate::interpreter::is_running() {
+            // The thread keeps no Python thread state between batches: it has none while it
+            // waits, so finalising the interpreter never has to account for it.
+            Python::attach(|py| batch.into_iter().for_each(|job| job.run(py)));
+        }
+    }
+}
+
+fn stop_before_finalize() {
+    stop(Duration::from_secs(2));
+}
+
+/// Lets the watchdog finish what is queued and end, waiting up to `limit` (before the interpreter
+/// is finalised). A thread that is still waiting for the GIL after that is left behind.
+pub(crate) fn stop(limit: Duration) {
+    let mut q = queue();
+    let Some(handle) = q.thread.take() else {
+        return;
+    };
+    q.stopping = true;
+    CHANGED.notify_all();
+    let deadline = Instant::now() + limit;
+    while !q.ended {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        q = CHANGED
+            .wait_timeout(q, deadline - now)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    let ended = q.ended;
+    q.stopping = false;
+    drop(q);
+    if ended {
+        let _ = handle.join();
+    } else {
+        tracing::error!(target: "wsgi", "the watchdog thread did not finish within {} ms", limit.as_millis());
+    }
+}
+
+/// Whether the watchdog thread exists (for tests).
+#[cfg(test)]
+fn started() -> bool {
+    queue().thread.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::with_python;
+
+    #[test]
+    fn a_burst_of_interrupts_is_one_thread_and_stops() {
+        with_python(|_| ());
+        // Threads of this module (other tests' threads come and go meanwhile).
+        let ours = || {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|name| name.starts_with("wsgi-"))
+                .count()
+        };
+        let watches: Vec<_> = (0..20).map(|_| Arc::new(RequestWatch::default())).collect();
+        // Held GIL: every interrupt has to wait, so a thread per interrupt would show here.
+        with_python(|_| {
+            for w in &watches {
+                w.interrupt_in_background("a test request".into());
+            }
+            assert!(started());
+            // A thread takes its name once it runs.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while ours() == 0 && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            assert_eq!(ours(), 1, "one watchdog thread for 20 interrupts");
+        });
+        stop(Duration::from_secs(10));
+        assert!(!started());
+        // None of them was running: each is marked so that it never starts.
+        with_python(|py| {
+            for w in &watches {
+                assert!(!w.enter(py));
+            }
+        });
     }
 }

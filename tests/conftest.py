@@ -60,10 +60,11 @@ APACHE_BINARY = shutil.which("apache2") or "/usr/sbin/apache2"
 APACHE_MODULES = pathlib.Path("/usr/lib/apache2/modules")
 
 
-def start_server(server, name, argv, env=None):
+def start_server(server, name, argv, env=None, new_session=False):
     """Starts `server` in the foreground and waits until its port answers and it has workers."""
     server.stderr = open(server.prefix / "stderr.log", "wb")
-    server.proc = subprocess.Popen(argv, stdout=server.stderr, stderr=server.stderr, env=env)
+    server.proc = subprocess.Popen(argv, stdout=server.stderr, stderr=server.stderr, env=env,
+                                   start_new_session=new_session)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
@@ -220,13 +221,59 @@ def route(path, app, nginx="", apache=""):
     return Route(path, app, nginx, apache)
 
 
+class Status:
+    """Where the server answers its Prometheus metrics: `wsgi_status` / `SetHandler ngx-wsgi-status`."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def for_nginx(self):
+        return f"  location = {self.path} {{ wsgi_status; }}\n"
+
+    def for_apache(self):
+        return f"<Location {self.path}>\n  SetHandler ngx-wsgi-status\n</Location>\n"
+
+
+def status(path):
+    return Status(path)
+
+
+APACHE_H2 = f"LoadModule http2_module {APACHE_MODULES}/mod_http2.so\nProtocols h2 h2c http/1.1\n"
+
+
+def tls(directory):
+    """Server arguments for TLS (and HTTP/2 over it) with a self-signed certificate made in
+    `directory`, readable by the servers' workers."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=test.local",
+                    "-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem"), "-days", "2"],
+                   check=True, capture_output=True)
+    directory.chmod(0o755)
+    (directory / "key.pem").chmod(0o644)
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    return dict(
+        nginx=dict(listen_extra=" ssl", server_extra=f"http2 on; ssl_certificate {cert}; ssl_certificate_key {key};"),
+        apache=dict(server_extra=APACHE_H2 + f"LoadModule ssl_module {APACHE_MODULES}/mod_ssl.so\n"
+                    f"SSLEngine on\nSSLCertificateFile {cert}\nSSLCertificateKeyFile {key}\n"),
+    )
+
+
+def wait_for(condition, timeout=20, what="the condition"):
+    """Polls `condition` (a readiness signal: a log line, a process, a metric) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 class Apache:
-    """One Apache httpd (event MPM, foreground) with the module: its own ServerRoot, port and
-    error log, one child process with `threads` worker threads."""
+    """One Apache httpd (event MPM unless told another, foreground) with the module: its own
+    ServerRoot, port and error log, `processes` child processes with `threads` worker threads
+    each (prefork: one thread each)."""
 
     kind = "apache"
 
-    def __init__(self, routes, threads=16, home=True, server_extra="", env=None):
+    def __init__(self, routes, threads=16, home=True, server_extra="", env=None, processes=1, mpm="event"):
         self.binary = APACHE_BINARY
         self.prefix = pathlib.Path(tempfile.mkdtemp(prefix="ngx-wsgi-apache-test-"))
         # The children run as nobody when the tests run as root: they walk the document root.
@@ -241,7 +288,7 @@ class Apache:
         self.conf = self.prefix / "httpd.conf"
         self.conf.write_text(
             f"ServerRoot {self.prefix}\n"
-            f"LoadModule mpm_event_module {APACHE_MODULES}/mod_mpm_event.so\n"
+            f"LoadModule mpm_{mpm}_module {APACHE_MODULES}/mod_mpm_{mpm}.so\n"
             f"LoadModule authz_core_module {APACHE_MODULES}/mod_authz_core.so\n"
             # Debian enables mod_mime: it types files, and must not type an app's responses.
             f"LoadModule mime_module {APACHE_MODULES}/mod_mime.so\nTypesConfig /etc/mime.types\n"
@@ -253,21 +300,35 @@ class Apache:
             # Debian's apache2.conf: nothing from the file system unless a <Directory> grants it.
             "<Directory />\n AllowOverride None\n Require all denied\n</Directory>\n"
             f"<Directory {self.prefix}/htdocs>\n Require all granted\n</Directory>\n"
-            f"StartServers 1\nServerLimit 1\nThreadsPerChild {threads}\nThreadLimit {threads}\n"
-            f"MaxRequestWorkers {threads}\nMinSpareThreads 1\nMaxSpareThreads {threads}\n"
+            + self.mpm(mpm, processes, threads)
             # %2F in a path is decoded like nginx does, instead of Apache's 404.
-            "AllowEncodedSlashes On\n"
+            + "AllowEncodedSlashes On\n"
             f"{home_line}{server_extra}\n"
             + "".join(r.for_apache() for r in routes)
         )
+
+    @staticmethod
+    def mpm(mpm, processes, threads):
+        if mpm == "prefork":
+            return (f"StartServers {processes}\nServerLimit {2 * processes}\nMaxRequestWorkers {processes}\n"
+                    f"MinSpareServers 1\nMaxSpareServers {processes}\n")
+        if processes == 1:
+            return (f"StartServers 1\nServerLimit 1\nThreadsPerChild {threads}\nThreadLimit {threads}\n"
+                    f"MaxRequestWorkers {threads}\nMinSpareThreads 1\nMaxSpareThreads {threads}\n")
+        # Slots beyond MaxRequestWorkers are for children that finish gracefully (recycled or
+        # restarted) while their replacements start; a child's worth of idle threads is kept.
+        return (f"StartServers {processes}\nServerLimit {2 * processes}\nThreadsPerChild {threads}\n"
+                f"ThreadLimit {threads}\nMaxRequestWorkers {processes * threads}\n"
+                f"MinSpareThreads {threads}\nMaxSpareThreads {processes * threads}\n")
 
     def run(self, *args):
         return subprocess.run([self.binary, "-f", str(self.conf), *args],
                               capture_output=True, text=True, timeout=60)
 
     def start(self):
+        # Its own process group: prefork's parent stops its children by signalling its group.
         return start_server(self, "apache2", [self.binary, "-DFOREGROUND", "-f", str(self.conf)],
-                            env={**os.environ, **(self.env or {})})
+                            env={**os.environ, **(self.env or {})}, new_session=True)
 
     output = Nginx.output
     error_log = Nginx.error_log
@@ -302,6 +363,7 @@ def wsgi_factory(request, built):
         started.append(server)
         return server
 
+    make.kind = kind
     yield make
     for server in started:
         server.stop()

@@ -4,13 +4,14 @@ child replaced by the parent. The WSGI semantics are the shared suite's (`[apach
 import os
 import re
 import signal
+import socket
 import tempfile
 import time
 
 import pytest
 import requests
 
-from conftest import APACHE_BINARY, APACHE_MODULE, APPS, UNLOADABLE_APPS, Apache, route
+from conftest import APACHE_BINARY, APACHE_MODULE, APPS, UNLOADABLE_APPS, Apache, route, wait_for
 
 BROKEN = APPS / "broken"
 
@@ -305,3 +306,58 @@ def test_an_app_response_gets_no_type_guessed_from_the_url(apaches):
     assert (r.text, r.headers["Content-Type"]) == ("/report.pdf", "text/plain")
     r = requests.get(server.url("/bare/report.pdf"))  # answered 404 with no Content-Type
     assert r.status_code == 404 and r.text == "no such way" and "Content-Type" not in r.headers
+
+
+def test_timeout_recycling_and_metrics_directives_are_checked(apaches):
+    for extra, message in [
+        ("NgxWsgiRequestTimeout soon", 'NgxWsgiRequestTimeout: invalid time "soon"'),
+        ("NgxWsgiRequestTimeout -1", 'NgxWsgiRequestTimeout: invalid time "-1"'),
+        ("<VirtualHost *>\n NgxWsgiMaxRequests 10\n</VirtualHost>",
+         "NgxWsgiMaxRequests cannot occur within <VirtualHost> section"),
+        ("<Location /x>\n NgxWsgiMaxRSS 10m\n</Location>", "NgxWsgiMaxRSS not allowed in <Location> context"),
+    ]:
+        result = apaches([route("/", APPS / "sleepy.py")], server_extra=extra).run("-t")
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+    ok = apaches([route("/", APPS / "sleepy.py", apache="NgxWsgiRequestTimeout 1500ms")],
+                 server_extra="NgxWsgiRequestTimeout 30\nNgxWsgiMaxRequests 100 jitter=10\nNgxWsgiMaxRSS 1g")
+    assert ok.run("-t").returncode == 0
+
+
+def test_a_deadline_while_the_app_waits_for_the_body_is_answered_when_the_wait_ends(apaches):
+    """The app's thread is inside Apache, reading from the client, at its deadline: the deadline
+    thread cannot use the request then. The read fails as soon as it returns and the 504 goes out
+    (nginx answers at the deadline itself)."""
+    server = apaches([route("/", f"{APPS}/input_app.py", apache="NgxWsgiRequestTimeout 300ms")]).start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as s:
+        s.sendall(b"POST /read HTTP/1.1\r\nHost: test.local\r\nContent-Length: 10\r\n\r\n12345")
+        entry = 'NgxWsgiRequestTimeout: "POST /read HTTP/1.1" is still inside Python after 300 ms'
+        wait_for(lambda: entry in server.error_log(), what="the deadline")
+        s.sendall(b"67890")
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 504 Gateway Timeout"), answer
+    assert b"Connection: close" in answer
+
+
+@pytest.mark.parametrize("mpm, piped_log", [("event", False), ("worker", False), ("prefork", False),
+                                             ("event", True)])
+def test_recycling_under_each_mpm(apaches, mpm, piped_log):
+    """The child leaves the way the MPM makes it leave for MaxConnectionsPerChild: requests in
+    flight finish, none is refused, and the parent starts another child. (A piped error log is
+    a pipe too, opened next to the MPM's pipe of death.)"""
+    server = apaches([route("/", APPS / "lifecycle_app.py")], mpm=mpm, server_extra="NgxWsgiMaxRequests 10",
+                     env={"NGX_WSGI_TEST_MARKS": shared_dir()})
+    if piped_log:
+        server.conf.write_text(server.conf.read_text().replace(
+            f"ErrorLog {server.prefix}/logs/error.log", f'ErrorLog "|$/bin/cat >> {server.prefix}/logs/error.log"'))
+    server.start()
+    served_by = set()
+    for _ in range(35):
+        r = requests.get(server.url("/"), headers={"Connection": "close"}, timeout=30)
+        assert r.status_code == 200
+        served_by.add(int(r.text))
+    log = server.error_log()
+    assert log.count("wsgi: this child served 10 requests (NgxWsgiMaxRequests); recycling it") >= 3, log
+    assert len(served_by) >= 4, "each child served its ten requests and was replaced"
+    assert "cannot recycle" not in log and "exit signal" not in log

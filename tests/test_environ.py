@@ -6,10 +6,9 @@ import subprocess
 import pytest
 import requests
 
-from conftest import APACHE_MODULES, APPS, location, route
+from conftest import APACHE_H2, APPS, location, route, tls
 
 APP = APPS / "environ_app.py"
-APACHE_H2 = f"LoadModule http2_module {APACHE_MODULES}/mod_http2.so\nProtocols h2 h2c http/1.1\n"
 
 
 @pytest.fixture(scope="module")
@@ -166,19 +165,7 @@ def test_wsgi_param_bad_flag(nginx_factory):
 
 @pytest.fixture(scope="module")
 def tls_server(wsgi_factory, tmp_path_factory):
-    d = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=test.local",
-                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-days", "2"],
-                   check=True, capture_output=True)
-    d.chmod(0o755)
-    (d / "key.pem").chmod(0o644)
-    return wsgi_factory(
-        [route("/", APP)],
-        nginx=dict(listen_extra=" ssl",
-                   server_extra=f"http2 on; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;"),
-        apache=dict(server_extra=APACHE_H2 + f"LoadModule ssl_module {APACHE_MODULES}/mod_ssl.so\n"
-                    f"SSLEngine on\nSSLCertificateFile {d}/cert.pem\nSSLCertificateKeyFile {d}/key.pem\n"),
-    ).start()
+    return wsgi_factory([route("/", APP)], **tls(tmp_path_factory.mktemp("tls"))).start()
 
 
 @pytest.fixture(scope="module")

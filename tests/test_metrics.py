@@ -1,22 +1,28 @@
-"""wsgi_status: Prometheus text for all workers together, counts moving as requests are made."""
+"""Prometheus metrics (nginx's wsgi_status, Apache's SetHandler ngx-wsgi-status): the text of all
+the server's processes together, counts moving as requests are made, surviving restarts, and
+gauges that do not keep what a dead process had in flight."""
+import os
+import signal
 import threading
-import time
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import APPS, location
+from conftest import APPS, route, status, wait_for
+
+RESTART = {"nginx": signal.SIGHUP, "apache": signal.SIGUSR1}
 
 
 @pytest.fixture(scope="module")
-def server(nginx_factory):
-    return nginx_factory(
-        location("/", APPS / "sleepy.py")
-        + location("/hurry/", APPS / "sleepy.py", "wsgi_read_timeout 200ms;")
-        + location("= /broken", f"{APPS}/misbehaving.py:raises")
-        + "  location = /metrics { wsgi_status; }\n",
-        workers=2,
+def server(wsgi_factory):
+    return wsgi_factory(
+        [route("/", APPS / "sleepy.py"),
+         route("/hurry/", APPS / "sleepy.py", "wsgi_read_timeout 200ms;", "NgxWsgiRequestTimeout 200ms"),
+         route("= /broken", f"{APPS}/misbehaving.py:raises"),
+         status("/metrics")],
+        nginx=dict(workers=2),
+        apache=dict(processes=2),
     ).start()
 
 
@@ -45,14 +51,16 @@ def test_counts_move_with_requests(server):
     assert after["wsgi_request_duration_seconds_sum"] > before["wsgi_request_duration_seconds_sum"]
     assert after["wsgi_gil_wait_seconds_total"] >= before["wsgi_gil_wait_seconds_total"]
     assert after["wsgi_requests_in_flight"] == 0 and after["wsgi_pool_threads_busy"] == 0
+    assert after["wsgi_requests_queued"] == 0
     assert after["wsgi_worker_recycles_total"] == 0
+    assert requests.post(server.url("/metrics"), data=b"x").status_code == 405
 
 
 def test_in_flight_timeouts_and_lost_slots(server):
     before = scrape(server)
     slow = threading.Thread(target=lambda: requests.get(server.url("/slow"), timeout=30))
     slow.start()
-    time.sleep(0.5)
+    wait_for(lambda: scrape(server)["wsgi_requests_in_flight"] >= 1, what="the slow request in flight")
     during = scrape(server)
     assert during["wsgi_requests_in_flight"] >= 1 and during["wsgi_pool_threads_busy"] >= 1
     assert requests.get(server.url("/hurry/slow"), timeout=30).status_code == 504
@@ -60,8 +68,48 @@ def test_in_flight_timeouts_and_lost_slots(server):
     assert stuck["wsgi_timeouts_total"] - before["wsgi_timeouts_total"] == 1
     assert stuck["wsgi_lost_slots"] == 1, "the timed-out request is still sleeping in Python"
     slow.join()
-    time.sleep(2)
+    wait_for(lambda: scrape(server)["wsgi_lost_slots"] == 0, what="the timed-out request to return")
     after = scrape(server)
     assert after["wsgi_lost_slots"] == 0 and after["wsgi_requests_in_flight"] == 0
     assert after['wsgi_responses_total{class="5xx"}'] - before['wsgi_responses_total{class="5xx"}'] == 1
     assert after['wsgi_request_duration_seconds_bucket{le="2.5"}'] - before['wsgi_request_duration_seconds_bucket{le="2.5"}'] == 2
+
+
+def test_counts_survive_a_graceful_restart(server):
+    for i in range(5):
+        assert requests.get(server.url(f"/before{i}")).status_code == 200
+    before = scrape(server)
+    old = set(server.worker_pids())
+    server.send_signal(RESTART[server.kind])
+    wait_for(lambda: server.worker_pids() and not old & set(server.worker_pids()),
+             what="the new generation of processes")
+    after = scrape(server)
+    for name in ['wsgi_responses_total{class="2xx"}', 'wsgi_responses_total{class="5xx"}', "wsgi_timeouts_total",
+                 "wsgi_request_duration_seconds_count"]:
+        assert after[name] == before[name], name
+    assert requests.get(server.url("/after")).status_code == 200
+    assert scrape(server)['wsgi_responses_total{class="2xx"}'] == before['wsgi_responses_total{class="2xx"}'] + 1
+
+
+def test_a_dead_process_takes_its_gauges_with_it(wsgi_factory):
+    server = wsgi_factory([route("/", APPS / "sleepy.py"), status("/metrics")]).start()
+    lost = []
+    forever = threading.Thread(target=lambda: lost.append(_cut(server.url("/forever"))))
+    forever.start()
+    wait_for(lambda: scrape(server)["wsgi_requests_in_flight"] == 1, what="the request in flight")
+    victims = set(server.worker_pids())
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: server.worker_pids() and not victims & set(server.worker_pids()), what="a new process")
+    forever.join()
+    after = scrape(server)
+    assert lost == [True]
+    assert after["wsgi_requests_in_flight"] == 0 and after["wsgi_pool_threads_busy"] == 0
+
+
+def _cut(url):
+    try:
+        requests.get(url, timeout=60)
+        return False
+    except requests.ConnectionError:
+        return True

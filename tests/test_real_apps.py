@@ -233,3 +233,28 @@ def test_long_lived_streams_never_starve_short_requests(nginx_factory):
              "every stream was closed at its next line")
     wait_for(lambda: gauge(server, "wsgi_pool_threads_busy") == 0, "every thread came back")
     assert "exited on signal" not in server.error_log()
+
+
+def test_a_stuck_app_thread_cannot_hold_a_stop_on_either_server(wsgi_factory):
+    import pathlib
+    import tempfile
+    # Apache's children run as nobody when the tests run as root: a directory they can write.
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="ngx-wsgi-marks-"))
+    tmp_path.chmod(0o777)
+    marks = f"NGX_WSGI_TEST_MARKS={tmp_path}"
+    server = wsgi_factory(
+        [route("/", NON_DAEMON_THREAD_APP)],
+        nginx={"main_extra": f"env {marks};", "http_extra": "wsgi_shutdown_timeout 1s;"},
+        apache={"server_extra": "NgxWsgiShutdownTimeout 1s", "env": {"NGX_WSGI_TEST_MARKS": str(tmp_path)}},
+    ).start()
+    worker = server.worker_pids()[0]
+    assert requests.get(server.url("/")).text == "threads started"
+    started = time.monotonic()
+    assert server.stop(timeout=60) == 0, "the stop completed"
+    assert time.monotonic() - started < 30
+    log = server.error_log()
+    timeout_name = "wsgi_shutdown_timeout" if server.kind == "nginx" else "NgxWsgiShutdownTimeout"
+    assert f"Python threads still running after {timeout_name} (1000 ms)" in log, log[-3000:]
+    assert "metrics-pusher" in log
+    assert any(p.name.startswith("atexit-") for p in tmp_path.iterdir()), "atexit handlers ran"
+    assert "exited on signal" not in log and "Segmentation" not in log

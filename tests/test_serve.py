@@ -28,8 +28,18 @@ def wait_for(predicate, timeout=20):
     return False
 
 
-def test_serve_with_reload_follows_edits(built, tmp_path):
-    app = tmp_path / "site" / "app.py"
+def readable_dir():
+    """A directory nginx's workers can read when the tests run as root (serve never runs them as
+    root: they are nobody then)."""
+    import pathlib
+    import tempfile
+    base = pathlib.Path(tempfile.mkdtemp(prefix="ngx-wsgi-serve-test-"))
+    base.chmod(0o755)
+    return base
+
+
+def test_serve_with_reload_follows_edits(built):
+    app = readable_dir() / "site" / "app.py"
     app.parent.mkdir()
     app.write_text(APP.replace("VERSION", "v1"))
     port = free_port()
@@ -53,3 +63,34 @@ def test_serve_with_reload_follows_edits(built, tmp_path):
             proc.wait()
     err = proc.stderr.read().decode(errors="replace")
     assert "changed; reloading" in err and "SyntaxError" in err
+
+
+def test_serve_quotes_paths_and_never_runs_workers_as_root(built):
+    site = readable_dir() / 'a site; user root;"x'
+    site.mkdir()
+    site.chmod(0o755)
+    app = site / "app.py"
+    app.write_text(APP.replace("VERSION", "quoted"))
+    app.chmod(0o644)
+    port = free_port()
+    proc = subprocess.Popen([str(ROOT / "target/release/ngx-wsgi"), "serve", str(app), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        assert wait_for(lambda: requests.get(url, timeout=2).text == "quoted"), proc.stderr.read1(65536)
+        workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_worker_of(int(p), proc.pid)]
+        assert workers
+        for pid in workers:
+            uid = int(open(f"/proc/{pid}/status").read().split("\nUid:\t")[1].split()[0])
+            assert uid != 0 or os.geteuid() != 0, "workers never run as root"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _is_worker_of(pid, master):
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return int(fields[1]) == master

@@ -1,20 +1,36 @@
-"""wsgi_read_timeout: a request still inside Python at its deadline gets a 504 at once, its
-Python stack goes to the error log, its thread is interrupted and comes back to the pool; other
-requests are unaffected."""
+"""Request timeouts (nginx's wsgi_read_timeout, Apache's NgxWsgiRequestTimeout): a request still
+inside Python at its deadline gets a 504 at once, its Python stack goes to the error log, its
+thread is interrupted and comes back; other requests are unaffected."""
+import os
+import socket
+import subprocess
+import tempfile
 import threading
 import time
 
 import pytest
 import requests
 
-from conftest import APPS, location
+from conftest import APPS, route, tls, wait_for
+
+DIRECTIVE = {"nginx": "wsgi_read_timeout", "apache": "NgxWsgiRequestTimeout"}
+
+
+def timeout(value):
+    """The route arguments that set a timeout on both servers."""
+    return {"nginx": f"wsgi_read_timeout {value};", "apache": f"NgxWsgiRequestTimeout {value}"}
 
 
 @pytest.fixture(scope="module")
-def server(nginx_factory):
-    return nginx_factory(
-        location("/", APPS / "sleepy.py", "wsgi_read_timeout 500ms;") + location("/patient/", APPS / "sleepy.py"),
-        main_extra="thread_pool default threads=2;",
+def server(wsgi_factory):
+    return wsgi_factory(
+        [route("/", APPS / "sleepy.py", **timeout("500ms")),
+         # Apache applies <Location /> under every other location: this one turns it off.
+         route("/patient/", APPS / "sleepy.py", apache="NgxWsgiRequestTimeout 0"),
+         route("/stream/", f"{APPS}/streaming.py:events", **timeout("500ms")),
+         route("/release/", f"{APPS}/streaming.py:release", apache="NgxWsgiRequestTimeout 0")],
+        nginx=dict(main_extra="thread_pool default threads=2;"),
+        apache=dict(threads=2),
     ).start()
 
 
@@ -22,19 +38,21 @@ def test_deadline_answers_504_and_logs_the_stack(server):
     started = time.monotonic()
     r = requests.get(server.url("/slow"), timeout=30)
     elapsed = time.monotonic() - started
-    assert r.status_code == 504 and "504 Gateway Time-out" in r.text
+    assert r.status_code == 504 and "Gateway Time" in r.text
     assert elapsed < 1.5, "the 504 does not wait for the app"
     assert r.headers.get("Connection") == "close"
-    time.sleep(2)
+    # The app's traceback is logged when time.sleep returns and the TimeoutError lands.
+    raised = 'the application raised while serving "GET /slow HTTP/1.1"'
+    wait_for(lambda: raised in server.error_log(), what="the interrupted app's traceback")
     log = server.error_log()
-    assert 'wsgi_read_timeout: "GET /slow HTTP/1.1" is still inside Python after 500 ms' in log
+    assert "TimeoutError" in log.split(raised, 1)[1]
+    assert f'{DIRECTIVE[server.kind]}: "GET /slow HTTP/1.1" is still inside Python after 500 ms' in log
     assert "time.sleep(2)" in log and "in application" in log
-    assert "TimeoutError" in log, "the interrupted app's traceback is logged when sleep returns"
 
 
 def test_interrupted_threads_come_back_to_the_pool(server):
-    # Four spinning requests on a pool of two threads: each is interrupted, or the later ones
-    # (and everything after them) would wait forever.
+    # Four spinning requests on two threads: each is interrupted, or the later ones (and
+    # everything after them) would wait forever.
     results = []
     threads = [threading.Thread(target=lambda: results.append(requests.get(server.url("/spin"), timeout=30).status_code))
                for _ in range(4)]
@@ -44,15 +62,16 @@ def test_interrupted_threads_come_back_to_the_pool(server):
         t.join()
     assert results == [504] * 4
     assert requests.get(server.url("/patient/fast"), timeout=10).text == "/fast"
-    spins = '"GET /spin HTTP/1.1" is still inside Python after 500 ms; '
-    deadline = time.monotonic() + 10
-    while server.error_log().count(spins) < 4 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    spins = f'{DIRECTIVE[server.kind]}: "GET /spin HTTP/1.1" is still inside Python after 500 ms; '
+    wait_for(lambda: server.error_log().count(spins) >= 4, what="four timeout entries")
     log = server.error_log()
     interrupted = log.count(spins + "interrupting it with TimeoutError")
-    never_ran = log.count(spins + "it was still waiting for a thread and will not run")
-    # Two ran and were interrupted; those that waited for a thread past their deadline never ran.
+    never_ran = log.count(spins + "it was still waiting for a thread or the GIL and will not run")
+    # nginx: two ran and were interrupted; those that waited for a pool thread past their deadline
+    # never ran. Apache: a request's deadline starts when an MPM thread takes it, so all four ran.
     assert interrupted >= 2 and interrupted + never_ran == 4, log
+    if server.kind == "apache":
+        assert interrupted == 4
 
 
 def test_other_requests_are_unaffected(server):
@@ -63,3 +82,96 @@ def test_other_requests_are_unaffected(server):
         assert requests.get(server.url(f"/quick{i}"), timeout=10).text == f"/quick{i}"
     spinner.join()
     assert requests.get(server.url("/patient/slow"), timeout=10).text == "/slow"
+
+
+def test_a_stream_past_its_deadline_is_cut(server):
+    """After the head went out there is no 504 to send: the response ends without its last
+    chunk and the connection closes (on Apache at the deadline; on nginx once the app's thread
+    is back), and nothing the app produces after the deadline reaches the client."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as s:
+        s.sendall(b"GET /stream/?cut HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        data = s.recv(65536)
+        entry = f'{DIRECTIVE[server.kind]}: "GET /stream/?cut HTTP/1.1" is still inside Python after 500 ms'
+        wait_for(lambda: entry in server.error_log(), what="the deadline")
+        # The app goes on (its wait is in C code, where the TimeoutError cannot land).
+        requests.get(server.url("/release/?cut"), timeout=10)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200") and b"data: first" in data
+    assert b"data: second" not in data
+    assert not data.endswith(b"0\r\n\r\n"), "no clean end of the chunked body"
+
+
+def test_deadline_over_tls_and_http2(wsgi_factory, tmp_path_factory):
+    """The 504 goes out at the deadline through TLS too; over HTTP/2 it ends its stream and the
+    connection serves the next request."""
+    server = wsgi_factory(
+        [route("/", APPS / "sleepy.py", **timeout("500ms")),
+         route("/patient/", APPS / "sleepy.py", apache="NgxWsgiRequestTimeout 0")],
+        **tls(tmp_path_factory.mktemp("tls")),
+    ).start()
+    base = f"https://127.0.0.1:{server.port}"
+
+    def curl(version, *urls):
+        started = time.monotonic()
+        out = subprocess.run(["curl", "-sk", version, "-w", "%{http_code} %{num_connects}\\n"]
+                             + [arg for url in urls for arg in ("-o", "/dev/null", url)],
+                             capture_output=True, text=True, timeout=30).stdout
+        return out.split(), time.monotonic() - started
+    codes, elapsed = curl("--http1.1", f"{base}/slow")
+    assert codes == ["504", "1"] and elapsed < 1.5
+    codes, elapsed = curl("--http2", f"{base}/slow", f"{base}/patient/fast")
+    assert codes == ["504", "1", "200", "0"], "one connection for both"
+    assert elapsed < 1.5
+
+
+def test_a_burst_of_timeouts_is_not_a_burst_of_threads(wsgi_factory):
+    """While one request holds the GIL in C code, 20 more time out: they are answered at once
+    (no GIL needed), and the interrupts wait in one queue, not in a thread each."""
+    server = wsgi_factory(
+        [route("/", APPS / "sleepy.py", **timeout("500ms")),
+         route("/patient/", APPS / "sleepy.py", apache="NgxWsgiRequestTimeout 0")],
+        nginx=dict(main_extra="thread_pool default threads=32;"),
+        apache=dict(threads=32),
+    ).start()
+    worker = server.worker_pids()[0]
+    assert requests.get(server.url("/patient/warm"), timeout=10).text == "/warm"
+    threads_of = lambda: len(os.listdir(f"/proc/{worker}/task"))  # noqa: E731
+    before = threads_of()
+    shared = tempfile.mkdtemp(prefix="ngx-wsgi-gil-")
+    os.chmod(shared, 0o777)  # the Apache children run as nobody
+    fifo = os.path.join(shared, "gil")
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o666)
+    results = []
+
+    def get(path):
+        results.append(requests.get(server.url(path), timeout=30).status_code)
+    holder = threading.Thread(target=get, args=(f"/hold-gil?{fifo}",))
+    holder.start()
+    try:
+        wait_for(lambda: os.path.exists(fifo + ".held"), what="the app to hold the GIL")
+        burst = [threading.Thread(target=get, args=("/spin",)) for _ in range(20)]
+        for t in burst:
+            t.start()
+        for t in burst:
+            t.join()
+        holder.join(timeout=30)
+        # Every deadline passed; every interrupt is queued, waiting for the GIL.
+        during = threads_of()
+    finally:
+        with open(fifo, "wb") as f:
+            f.write(b"x")
+    holder.join()
+    assert results == [504] * 21
+    assert during - before <= 2, f"{during - before} threads more (the watchdog, Apache's deadline thread)"
+    entries = '" is still inside Python after 500 ms; '
+    wait_for(lambda: server.error_log().count(entries) == 21, what="21 timeout entries")
+    log = server.error_log()
+    # Those that waited for the GIL past their deadline never ran (a few may have started
+    # before the app took the GIL).
+    assert log.count('"GET /spin HTTP/1.1' + entries + "it was still waiting for a thread or the GIL") >= 15, log
+    assert requests.get(server.url("/patient/after"), timeout=10).text == "/after"

@@ -1,5 +1,7 @@
-//! The directives: `NgxWsgiApp` (server, virtual host, `<Location>`, `<Directory>`),
-//! `NgxWsgiPythonHome` and `NgxWsgiPythonPath` (main server only: one interpreter per child).
+//! The directives: `NgxWsgiApp`, `NgxWsgiRequestBuffering`, `NgxWsgiRequestTimeout` (server,
+//! virtual host, `<Location>`, `<Directory>`), `NgxWsgiPythonHome`, `NgxWsgiPythonPath`,
+//! `NgxWsgiMaxRequests`, `NgxWsgiMaxRSS` and `NgxWsgiShutdownTimeout` (main server only: one
+//! interpreter per child).
 //!
 //! Apache reads its configuration in the parent, which never runs Python; what the children need
 //! (the apps to import, the interpreter settings) is kept in a process-wide registry that the
@@ -29,6 +31,8 @@ pub(crate) struct DirConf {
     mount_len: usize,
     /// `NgxWsgiRequestBuffering`: 1 on, 0 off, negative: not set here.
     buffering: c_int,
+    /// `NgxWsgiRequestTimeout` in microseconds: 0 none, negative: not set here.
+    timeout_us: i64,
     /// The app was configured in a `<Directory>` or `<Files>` section, which Apache applies only
     /// once it has mapped the URL to a file (the app cannot claim its URLs before that).
     by_file: c_int,
@@ -47,6 +51,14 @@ impl DirConf {
     /// Whether a chunked request body is read whole before the app starts (the default).
     pub(crate) fn request_buffering(&self) -> bool {
         self.buffering != 0
+    }
+
+    /// How long a request may stay inside Python before it is answered 504 (None: no limit).
+    pub(crate) fn request_timeout(&self) -> Option<std::time::Duration> {
+        u64::try_from(self.timeout_us)
+            .ok()
+            .filter(|&us| us > 0)
+            .map(std::time::Duration::from_micros)
     }
 
     pub(crate) fn mount(&self) -> &[u8] {
@@ -75,12 +87,49 @@ impl AppEntry {
 }
 
 /// What the configuration asks of the children's interpreter.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Registry {
     pub(crate) apps: Vec<AppEntry>,
     pub(crate) python: PythonSettings,
     /// `file:line` of `NgxWsgiPythonHome`.
     pub(crate) python_home_at: String,
+    /// `NgxWsgiMaxRequests N [jitter=M]` (0: no limit).
+    pub(crate) max_requests: u64,
+    pub(crate) max_requests_jitter: u64,
+    /// `NgxWsgiMaxRSS` in bytes (0: no limit).
+    pub(crate) max_rss: usize,
+    /// `NgxWsgiShutdownTimeout` in microseconds (negative: not set).
+    pub(crate) shutdown_timeout_us: i64,
+}
+
+/// Default `NgxWsgiShutdownTimeout`, as nginx's `wsgi_shutdown_timeout`.
+const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            apps: Vec::new(),
+            python: PythonSettings::default(),
+            python_home_at: String::new(),
+            max_requests: 0,
+            max_requests_jitter: 0,
+            max_rss: 0,
+            shutdown_timeout_us: -1,
+        }
+    }
+}
+
+impl Registry {
+    /// How long an exiting child waits for the app's own threads.
+    pub(crate) fn shutdown_timeout(&self) -> std::time::Duration {
+        u64::try_from(self.shutdown_timeout_us)
+            .map_or(DEFAULT_SHUTDOWN_TIMEOUT, std::time::Duration::from_micros)
+    }
+
+    /// Whether children are recycled by request count or memory.
+    pub(crate) fn recycles(&self) -> bool {
+        self.max_requests > 0 || self.max_rss > 0
+    }
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
@@ -90,6 +139,10 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
         path: Vec::new(),
     },
     python_home_at: String::new(),
+    max_requests: 0,
+    max_requests_jitter: 0,
+    max_rss: 0,
+    shutdown_timeout_us: -1,
 });
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
@@ -140,6 +193,7 @@ pub(crate) unsafe extern "C" fn create_dir_config(
         mount: std::ptr::null(),
         mount_len: 0,
         buffering: -1,
+        timeout_us: -1,
         by_file: 0,
     };
     guard("create_dir_config", std::ptr::null_mut(), || {
@@ -163,6 +217,11 @@ pub(crate) unsafe extern "C" fn merge_dir_config(
                 new.buffering
             } else {
                 base.buffering
+            };
+            merged.timeout_us = if new.timeout_us >= 0 {
+                new.timeout_us
+            } else {
+                base.timeout_us
             };
             alloc(pool, merged)
         }
@@ -353,4 +412,187 @@ pub(crate) unsafe extern "C" fn add_python_path(
             }
         },
     )
+}
+
+/// `NgxWsgiRequestTimeout TIME` (seconds, or with a unit: `500ms`, `30s`, `5mi`, `1h`; 0: none)
+pub(crate) unsafe extern "C" fn set_request_timeout(
+    cmd: *mut cmd_parms,
+    conf: *mut c_void,
+    arg: *const c_char,
+) -> *const c_char {
+    guard(
+        "NgxWsgiRequestTimeout",
+        c"NgxWsgiRequestTimeout: internal error".as_ptr(),
+        || {
+            // SAFETY: Apache passes the running command, this module's directory configuration
+            // of the section and the directive's argument.
+            unsafe {
+                let Some(timeout) = duration_us(text(arg)) else {
+                    return error(
+                        cmd,
+                        &format!(
+                            "NgxWsgiRequestTimeout: invalid time \"{}\" (seconds, or with a unit: 500ms, 30s, 5mi, 1h; 0 for none)",
+                            text(arg)
+                        ),
+                    );
+                };
+                (*(conf as *mut DirConf)).timeout_us = timeout;
+                std::ptr::null()
+            }
+        },
+    )
+}
+
+/// `NgxWsgiShutdownTimeout TIME` (main server): how long an exiting child waits for the app's
+/// own threads before it logs them and exits.
+pub(crate) unsafe extern "C" fn set_shutdown_timeout(
+    cmd: *mut cmd_parms,
+    _conf: *mut c_void,
+    arg: *const c_char,
+) -> *const c_char {
+    guard(
+        "NgxWsgiShutdownTimeout",
+        c"NgxWsgiShutdownTimeout: internal error".as_ptr(),
+        || {
+            // SAFETY: as in `set_app`.
+            unsafe {
+                let refused = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+                if !refused.is_null() {
+                    return refused;
+                }
+                match duration_us(text(arg)) {
+                    Some(us) => {
+                        registry().shutdown_timeout_us = us;
+                        std::ptr::null()
+                    }
+                    None => error(
+                        cmd,
+                        &format!(
+                            "NgxWsgiShutdownTimeout: invalid time \"{}\" (seconds, or with a unit: 500ms, 30s, 5mi, 1h)",
+                            text(arg)
+                        ),
+                    ),
+                }
+            }
+        },
+    )
+}
+
+/// A time as Apache's own timeouts are written (`ProxyTimeout`, `connectiontimeout=`): a number
+/// of seconds, or of `ms`, `s`, `mi` (minutes) or `h`; in microseconds.
+fn duration_us(text: &str) -> Option<i64> {
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let n: i64 = text[..digits].parse().ok()?;
+    let unit: i64 = match &text[digits..] {
+        "" | "s" => 1_000_000,
+        "ms" => 1_000,
+        "mi" => 60_000_000,
+        "h" => 3_600_000_000,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
+/// `NgxWsgiMaxRequests N [jitter=M]`
+pub(crate) unsafe extern "C" fn set_max_requests(
+    cmd: *mut cmd_parms,
+    _conf: *mut c_void,
+    count: *const c_char,
+    jitter: *const c_char,
+) -> *const c_char {
+    guard(
+        "NgxWsgiMaxRequests",
+        c"NgxWsgiMaxRequests: internal error".as_ptr(),
+        || {
+            // SAFETY: as in `set_app`; `jitter` is NULL when the directive has one argument.
+            unsafe {
+                let refused = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+                if !refused.is_null() {
+                    return refused;
+                }
+                let max_requests = match text(count).parse::<u64>() {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        return error(
+                            cmd,
+                            &format!(
+                                "NgxWsgiMaxRequests: \"{}\": needs a number of requests above 0",
+                                text(count)
+                            ),
+                        )
+                    }
+                };
+                let jitter = if jitter.is_null() {
+                    0
+                } else {
+                    match text(jitter)
+                        .strip_prefix("jitter=")
+                        .and_then(|j| j.parse::<u64>().ok())
+                    {
+                        Some(j) => j,
+                        None => {
+                            return error(
+                                cmd,
+                                &format!(
+                                    "NgxWsgiMaxRequests: invalid parameter \"{}\" (expected jitter=NUMBER)",
+                                    text(jitter)
+                                ),
+                            )
+                        }
+                    }
+                };
+                let mut reg = registry();
+                reg.max_requests = max_requests;
+                reg.max_requests_jitter = jitter;
+                std::ptr::null()
+            }
+        },
+    )
+}
+
+/// `NgxWsgiMaxRSS SIZE` (bytes, or with a unit: `512k`, `48m`, `2g`)
+pub(crate) unsafe extern "C" fn set_max_rss(
+    cmd: *mut cmd_parms,
+    _conf: *mut c_void,
+    arg: *const c_char,
+) -> *const c_char {
+    guard(
+        "NgxWsgiMaxRSS",
+        c"NgxWsgiMaxRSS: internal error".as_ptr(),
+        || {
+            // SAFETY: as in `set_app`.
+            unsafe {
+                let refused = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+                if !refused.is_null() {
+                    return refused;
+                }
+                match size(text(arg)) {
+                Some(bytes) if bytes > 0 => {
+                    registry().max_rss = bytes;
+                    std::ptr::null()
+                }
+                _ => error(
+                    cmd,
+                    &format!(
+                        "NgxWsgiMaxRSS: invalid value \"{}\" (bytes, or with a unit: 512k, 48m, 2g)",
+                        text(arg)
+                    ),
+                ),
+            }
+            }
+        },
+    )
+}
+
+/// A size with an optional `k`, `m` or `g` unit (any case), as nginx writes them.
+fn size(text: &str) -> Option<usize> {
+    let (digits, shift) = match text.as_bytes().last()?.to_ascii_lowercase() {
+        b'k' => (&text[..text.len() - 1], 10),
+        b'm' => (&text[..text.len() - 1], 20),
+        b'g' => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    digits.parse::<usize>().ok()?.checked_mul(1 << shift)
 }

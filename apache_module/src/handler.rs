@@ -3,14 +3,15 @@
 
 use std::ffi::c_int;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ngx_wsgi::{run_request, Apps};
 
 use crate::bindings::{
-    ap_discard_request_body, request_rec, APLOG_ERR, DECLINED, HTTP_INTERNAL_SERVER_ERROR,
+    ap_discard_request_body, request_rec, APLOG_ERR, DECLINED, HTTP_INTERNAL_SERVER_ERROR, OK,
 };
 use crate::ffi_guard::guard;
-use crate::stream::Stream;
+use crate::side::Side;
 
 pub(crate) unsafe extern "C" fn handler(r: *mut request_rec) -> c_int {
     guard(
@@ -26,12 +27,14 @@ pub(crate) unsafe extern "C" fn handler(r: *mut request_rec) -> c_int {
 unsafe fn serve(r: *mut request_rec) -> c_int {
     // SAFETY: per the function contract.
     unsafe {
+        let handler = crate::request_info::bytes((*r).handler);
+        if handler == crate::metrics::HANDLER {
+            return crate::metrics::handle(r);
+        }
         let Some(conf) = crate::config::for_request(r) else {
             return DECLINED;
         };
-        if !claims(crate::request_info::bytes((*r).handler))
-            || !(conf.by_file() || crate::translate::claimed(r))
-        {
+        if !claims(handler) || !(conf.by_file() || crate::translate::claimed(r)) {
             return DECLINED;
         }
         let app = conf
@@ -45,19 +48,41 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
             );
             return HTTP_INTERNAL_SERVER_ERROR as c_int;
         };
-        let prepared = match crate::request_body::prepare(r, conf.request_buffering()) {
+        let side = Arc::new(Side::new(r));
+        let prepared = match crate::request_body::prepare(r, conf.request_buffering(), &side) {
             Ok(p) => p,
             Err(status) => return status,
         };
         let info = crate::request_info::collect(r, conf.mount(), prepared.dechunked_len);
-        let stream = Arc::new(Stream::new(r));
-        let outcome = crate::log::with_request(r, || {
-            run_request(app, &info, prepared.body, Some(stream.clone()), None)
+        let started = Instant::now();
+        ngx_wsgi::metrics::started_in_place();
+        let armed = crate::timeout::arm(r, &side, conf.request_timeout(), &info);
+        let outcome = crate::log::with_request(r, &side, || {
+            guard("running the app", None, || {
+                Some(run_request(
+                    app,
+                    &info,
+                    prepared.body,
+                    Some(side.clone()),
+                    armed.watch(),
+                ))
+            })
         });
+        ngx_wsgi::metrics::thread_finished(outcome.as_ref().map_or(Duration::ZERO, |o| o.gil_wait));
+        let timed_out = armed.finish();
         drop(prepared.spill);
+        ngx_wsgi::metrics::finished_outcome(outcome.as_ref(), started.elapsed(), timed_out);
+        crate::recycle::request_done(r);
+        if timed_out {
+            // The deadline answered in the app's place; the connection closes after it.
+            return OK as c_int;
+        }
         // Whatever the app left unread is read and dropped so the connection can be kept alive.
         ap_discard_request_body(r);
-        crate::response::send(r, outcome, &stream)
+        match outcome {
+            Some(outcome) => crate::response::send(r, outcome, &side),
+            None => HTTP_INTERNAL_SERVER_ERROR as c_int,
+        }
     }
 }
 

@@ -5,18 +5,25 @@
 //! (the GIL is held only while Python runs), reads the body through the input filters as the app
 //! asks for it, and sends the response down the output filter chain.
 
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 mod bindings;
 mod brigade;
 mod check;
 mod config;
+mod deadline;
 mod ffi_guard;
+mod graceful;
 mod handler;
 mod lifecycle;
 mod log;
+mod metrics;
+mod recycle;
 mod request_body;
 mod request_info;
 mod response;
-mod stream;
+mod side;
+mod timeout;
 mod translate;
 
 use std::ffi::{c_int, c_ulong};
@@ -24,10 +31,10 @@ use std::ptr;
 
 use bindings::{
     ap_hook_check_config, ap_hook_child_init, ap_hook_handler, ap_hook_map_to_storage,
-    ap_hook_pre_config, ap_hook_translate_name, apr_pool_t, cmd_func, cmd_how, cmd_how_FLAG,
-    cmd_how_ITERATE, cmd_how_TAKE1, command_rec, module, ACCESS_CONF, APR_HOOK_FIRST,
-    APR_HOOK_MIDDLE, MODULE_MAGIC_COOKIE, MODULE_MAGIC_NUMBER_MAJOR, MODULE_MAGIC_NUMBER_MINOR,
-    RSRC_CONF,
+    ap_hook_open_logs, ap_hook_post_config, ap_hook_pre_config, ap_hook_translate_name, apr_pool_t,
+    cmd_func, cmd_how, cmd_how_FLAG, cmd_how_ITERATE, cmd_how_TAKE1, cmd_how_TAKE12, command_rec,
+    module, ACCESS_CONF, APR_HOOK_FIRST, APR_HOOK_MIDDLE, APR_HOOK_REALLY_FIRST,
+    MODULE_MAGIC_COOKIE, MODULE_MAGIC_NUMBER_MAJOR, MODULE_MAGIC_NUMBER_MINOR, RSRC_CONF,
 };
 
 type Take1 = unsafe extern "C" fn(
@@ -53,7 +60,7 @@ const fn directive(
     }
 }
 
-static mut COMMANDS: [command_rec; 5] = [
+static mut COMMANDS: [command_rec; 9] = [
     directive(
         c"NgxWsgiApp",
         config::set_app,
@@ -71,6 +78,37 @@ static mut COMMANDS: [command_rec; 5] = [
         args_how: cmd_how_FLAG,
         errmsg: c"Off: a chunked request body reaches the app as it arrives, without CONTENT_LENGTH (default On: read whole first)".as_ptr(),
     },
+    directive(
+        c"NgxWsgiRequestTimeout",
+        config::set_request_timeout,
+        cmd_how_TAKE1,
+        RSRC_CONF | ACCESS_CONF,
+        c"TIME (seconds, or 500ms, 30s, 5mi, 1h; 0: none): a request still inside Python after TIME is answered 504",
+    ),
+    command_rec {
+        name: c"NgxWsgiMaxRequests".as_ptr(),
+        func: cmd_func {
+            take2: Some(config::set_max_requests),
+        },
+        cmd_data: ptr::null_mut(),
+        req_override: RSRC_CONF as c_int,
+        args_how: cmd_how_TAKE12,
+        errmsg: c"N [jitter=M]: a child that has served N (+ a random 0..M) requests is replaced".as_ptr(),
+    },
+    directive(
+        c"NgxWsgiMaxRSS",
+        config::set_max_rss,
+        cmd_how_TAKE1,
+        RSRC_CONF,
+        c"SIZE (512k, 48m, 2g): a child whose resident memory exceeds SIZE is replaced",
+    ),
+    directive(
+        c"NgxWsgiShutdownTimeout",
+        config::set_shutdown_timeout,
+        cmd_how_TAKE1,
+        RSRC_CONF,
+        c"TIME (default 5s): how long an exiting child waits for the app's own threads",
+    ),
     directive(
         c"NgxWsgiPythonHome",
         config::set_python_home,
@@ -90,12 +128,15 @@ static mut COMMANDS: [command_rec; 5] = [
 ];
 
 /// A NULL-terminated list of module names, for hook ordering.
-struct ModuleNames([*const std::ffi::c_char; 2]);
+struct ModuleNames<const N: usize>([*const std::ffi::c_char; N]);
 
 // SAFETY: the pointers are to static string literals, never written.
-unsafe impl Sync for ModuleNames {}
+unsafe impl<const N: usize> Sync for ModuleNames<N> {}
 
-static AFTER_ALIAS: ModuleNames = ModuleNames([c"mod_alias.c".as_ptr(), ptr::null()]);
+static AFTER_ALIAS: ModuleNames<2> = ModuleNames([c"mod_alias.c".as_ptr(), ptr::null()]);
+/// The MPMs whose pipe of death `graceful` finds (their `open_logs` runs just before core's).
+static MPMS: ModuleNames<3> = ModuleNames([c"event.c".as_ptr(), c"worker.c".as_ptr(), ptr::null()]);
+static CORE: ModuleNames<2> = ModuleNames([c"core.c".as_ptr(), ptr::null()]);
 
 unsafe extern "C" fn register_hooks(_pool: *mut apr_pool_t) {
     ffi_guard::guard("register_hooks", (), || {
@@ -109,6 +150,26 @@ unsafe extern "C" fn register_hooks(_pool: *mut apr_pool_t) {
             );
             ap_hook_check_config(
                 Some(check::check_config),
+                ptr::null(),
+                ptr::null(),
+                APR_HOOK_MIDDLE as c_int,
+            );
+            // Right around the MPM's own (which creates its pipes of death), before core's (which
+            // may open a piped error log).
+            ap_hook_open_logs(
+                Some(graceful::before_mpm_open_logs),
+                ptr::null(),
+                MPMS.0.as_ptr(),
+                APR_HOOK_REALLY_FIRST as c_int,
+            );
+            ap_hook_open_logs(
+                Some(graceful::after_mpm_open_logs),
+                MPMS.0.as_ptr(),
+                CORE.0.as_ptr(),
+                APR_HOOK_REALLY_FIRST as c_int,
+            );
+            ap_hook_post_config(
+                Some(metrics::post_config),
                 ptr::null(),
                 ptr::null(),
                 APR_HOOK_MIDDLE as c_int,

@@ -1,6 +1,7 @@
 //! Process life: the configuration registry is reset before each reading of the configuration
 //! (in the parent, which never starts Python); each child starts its own interpreter and imports
-//! the apps in `child_init`, before its threads serve requests, and finalises it when it exits.
+//! the apps in `child_init`, before its threads serve requests, and finalises it when it exits
+//! (after its deadline thread and the core's watchdog have stopped).
 
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,10 +14,6 @@ use crate::bindings::{
 };
 use crate::ffi_guard::guard;
 use crate::log;
-
-/// How long an exiting child waits for the app's own (non-daemon) threads before it logs them
-/// and exits without finalising Python.
-const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether this child's apps were imported (false: every request to an app is a 500).
 static READY: AtomicBool = AtomicBool::new(false);
@@ -39,10 +36,13 @@ pub(crate) unsafe extern "C" fn pre_config(
 
 pub(crate) unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec) {
     guard("child_init", (), || {
+        crate::graceful::child_init();
+        crate::metrics::child_init();
         let registry = crate::config::snapshot();
         if registry.apps.is_empty() {
             return;
         }
+        crate::recycle::configure(&registry);
         if let Err(e) = ngx_wsgi::signals::leave_children_to_their_parents() {
             log::write(APLOG_ALERT as c_int, &format!("wsgi: SIGCHLD: {e}"));
         }
@@ -77,7 +77,9 @@ pub(crate) unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut ser
 unsafe extern "C" fn child_exit(_data: *mut c_void) -> apr_status_t {
     guard("child exit", APR_SUCCESS as apr_status_t, || {
         READY.store(false, Ordering::Release);
-        match interpreter::finalize(SHUTDOWN_TIMEOUT) {
+        crate::deadline::stop();
+        interpreter::name_shutdown_timeout("NgxWsgiShutdownTimeout");
+        match interpreter::finalize(crate::config::snapshot().shutdown_timeout()) {
             Ok(interpreter::Finalized::Cleanly) => {}
             // The app's threads still run Python: nothing of the child's teardown may meet them.
             // SAFETY: ends the process at once, as the log entry just said.

@@ -1,35 +1,67 @@
 //! Rust-side logging into Apache's error log: `tracing` events (the core's tracebacks,
 //! `wsgi.errors`, Python's `logging`) become error-log entries of the matching level, from any
 //! thread. On a thread serving a request, entries are the request's: they go to its virtual
-//! host's `ErrorLog`, with its `[client ...]` and its `LogLevel`.
+//! host's `ErrorLog`, with its `[client ...]` and its `LogLevel`. The watchdog's entry about a
+//! timed-out request goes to that request's virtual host too.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_int, CString};
+use std::sync::Mutex;
 
 use tracing_core::Level;
 
 use crate::bindings::{
-    ap_log_error_, ap_log_rerror_, ap_server_conf, request_rec, APLOG_DEBUG, APLOG_ERR, APLOG_INFO,
-    APLOG_WARNING,
+    ap_log_error_, ap_log_rerror_, ap_server_conf, request_rec, server_rec, APLOG_DEBUG, APLOG_ERR,
+    APLOG_INFO, APLOG_WARNING,
 };
+use crate::side::Side;
 
 thread_local! {
-    /// The request this thread serves (NULL outside one).
-    static REQUEST: Cell<*const request_rec> = const { Cell::new(std::ptr::null()) };
+    /// The request this thread serves and its side (NULL outside one).
+    static REQUEST: Cell<(*const request_rec, *const Side)> =
+        const { Cell::new((std::ptr::null(), std::ptr::null())) };
+    /// Outside a request: the virtual host and client that entries are about (NULL: none).
+    static ABOUT: RefCell<(*const server_rec, String)> =
+        const { RefCell::new((std::ptr::null(), String::new())) };
 }
 
-/// Runs `f` with `r` as the calling thread's request for log entries.
+/// The lines of one multi-line entry stay together in the log.
+static ENTRY: Mutex<()> = Mutex::new(());
+
+/// Runs `f` with `r` as the calling thread's request for log entries, which use the request in
+/// the thread's turn of `side`.
 ///
 /// # Safety
-/// `r` is a live request served by the calling thread for the whole call.
-pub(crate) unsafe fn with_request<R>(r: *const request_rec, f: impl FnOnce() -> R) -> R {
+/// `r` is a live request served by the calling thread for the whole call; `side` is its side.
+pub(crate) unsafe fn with_request<R>(
+    r: *const request_rec,
+    side: &Side,
+    f: impl FnOnce() -> R,
+) -> R {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
-            REQUEST.set(std::ptr::null());
+            REQUEST.set((std::ptr::null(), std::ptr::null()));
         }
     }
-    REQUEST.set(r);
+    REQUEST.set((r, side));
+    let _reset = Reset;
+    f()
+}
+
+/// Runs `f` with entries written to virtual host `server`'s log, marked with `client` (entries
+/// about a request, from a thread that must not use the request itself).
+///
+/// # Safety
+/// `server` belongs to the running configuration.
+pub(crate) unsafe fn with_server(server: *const server_rec, client: &str, f: &mut dyn FnMut()) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ABOUT.with_borrow_mut(|about| *about = (std::ptr::null(), String::new()));
+        }
+    }
+    ABOUT.with_borrow_mut(|about| *about = (server, client.to_owned()));
     let _reset = Reset;
     f()
 }
@@ -39,12 +71,35 @@ pub(crate) unsafe fn with_request<R>(r: *const request_rec, f: impl FnOnce() -> 
 /// (a newline becomes `\n`), so a multi-line text such as a traceback is written one entry per
 /// line, the way Apache users read them.
 pub(crate) fn write(level: c_int, msg: &str) {
-    let request = REQUEST.get();
-    // SAFETY: Apache sets `ap_server_conf` once the configuration is read, before any request or
-    // child starts; NULL (early configuration) makes Apache write to stderr.
-    let server = unsafe { ap_server_conf };
+    let (request, side) = REQUEST.get();
+    if side.is_null() {
+        write_lines(level, request, msg);
+    } else {
+        // SAFETY: the side outlives the `with_request` call that set it.
+        unsafe { (*side).in_turn(|| write_lines(level, request, msg)) };
+    }
+}
+
+fn write_lines(level: c_int, request: *const request_rec, msg: &str) {
+    let (about, client) = ABOUT.with_borrow(|(s, c)| (*s, c.clone()));
+    let server = if about.is_null() {
+        // SAFETY: Apache sets `ap_server_conf` once the configuration is read, before any
+        // request or child starts; NULL (early configuration) makes Apache write to stderr.
+        unsafe { ap_server_conf }
+    } else {
+        about
+    };
+    let _entry = msg
+        .contains('\n')
+        .then(|| ENTRY.lock().unwrap_or_else(|e| e.into_inner()));
     for line in msg.trim_end().split('\n') {
-        let Ok(text) = CString::new(line.trim_end_matches('\r').replace('\0', "\\0")) else {
+        let line = line.trim_end_matches('\r').replace('\0', "\\0");
+        let line = if client.is_empty() {
+            line
+        } else {
+            format!("[client {client}] {line}")
+        };
+        let Ok(text) = CString::new(line) else {
             continue;
         };
         // SAFETY: "%s" reads exactly one NUL-terminated string, `text`; the module index is the
@@ -91,11 +146,16 @@ struct ApacheLog;
 
 impl ngx_wsgi::server_log::ErrorLog for ApacheLog {
     fn enabled(&self, level: &Level) -> bool {
-        let request = REQUEST.get();
+        let (request, _) = REQUEST.get();
+        let about = ABOUT.with_borrow(|(s, _)| *s);
         // SAFETY: see `write`; only a level is read, the request's (its LogLevel) when the thread
-        // serves one.
+        // serves one, else that of the server the entry is about.
         let max = unsafe {
-            let s = ap_server_conf;
+            let s = if about.is_null() {
+                ap_server_conf
+            } else {
+                about
+            };
             if !request.is_null() && !(*request).log.is_null() {
                 (*(*request).log).level
             } else if s.is_null() {

@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use ngx_wsgi::{Body, BodySource, RequestBody, Segment};
 
+use crate::side::Side;
+
 use crate::bindings::{
     ap_get_client_block, ap_setup_client_block, request_rec, APLOG_ERR, HTTP_BAD_REQUEST,
     HTTP_INTERNAL_SERVER_ERROR, OK, REQUEST_CHUNKED_DECHUNK,
@@ -37,8 +39,13 @@ const READ_MAX: usize = 256 * 1024;
 const MEMORY_MAX: usize = 1024 * 1024;
 
 /// # Safety
-/// `r` is a live request on the calling thread whose body has not been read yet.
-pub(crate) unsafe fn prepare(r: *mut request_rec, buffering: bool) -> Result<Prepared, c_int> {
+/// `r` is a live request on the calling thread whose body has not been read yet; `side` is its
+/// side, through which the app's reads go.
+pub(crate) unsafe fn prepare(
+    r: *mut request_rec,
+    buffering: bool,
+    side: &Arc<Side>,
+) -> Result<Prepared, c_int> {
     // SAFETY: per the function contract.
     unsafe {
         let rc = ap_setup_client_block(r, REQUEST_CHUNKED_DECHUNK as c_int);
@@ -50,7 +57,7 @@ pub(crate) unsafe fn prepare(r: *mut request_rec, buffering: bool) -> Result<Pre
         }
         let body = if (*r).remaining > 0 || (*r).read_chunked != 0 {
             RequestBody::Streamed(Arc::new(ClientBody {
-                request: r,
+                side: side.clone(),
                 owner: std::thread::current().id(),
                 cancelled: Default::default(),
             }))
@@ -151,8 +158,8 @@ fn temp_file() -> io::Result<File> {
 }
 
 /// # Safety
-/// `r` is a live request on the calling thread, set up by `ap_setup_client_block`.
-unsafe fn read_block(r: *mut request_rec, max: usize) -> io::Result<Vec<u8>> {
+/// `r` is a live request, set up by `ap_setup_client_block`, that no other thread uses meanwhile.
+pub(crate) unsafe fn read_block(r: *mut request_rec, max: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; max.clamp(1, READ_MAX)];
     // SAFETY: `buf` is writable for its whole length.
     let n = unsafe { ap_get_client_block(r, buf.as_mut_ptr().cast(), buf.len()) };
@@ -167,20 +174,14 @@ unsafe fn read_block(r: *mut request_rec, max: usize) -> io::Result<Vec<u8>> {
 }
 
 /// A body read as the app asks for it, through Apache's input filters: on the request's own
-/// thread only (Apache's request and its filters are not thread-safe), and never once the
-/// request is over.
+/// thread only (Apache's request and its filters are not thread-safe), never once the request is
+/// over, and in turns with the request's deadline, which may answer it meanwhile.
 struct ClientBody {
-    request: *mut request_rec,
+    side: Arc<Side>,
     /// The MPM thread that serves the request.
     owner: std::thread::ThreadId,
     cancelled: std::sync::atomic::AtomicBool,
 }
-
-// SAFETY: `request` is only dereferenced by `read`, which checks that it runs on the request's
-// own thread and that the request is not over.
-unsafe impl Send for ClientBody {}
-// SAFETY: as above.
-unsafe impl Sync for ClientBody {}
 
 impl BodySource for ClientBody {
     fn read(&self, max: usize) -> io::Result<Vec<u8>> {
@@ -193,8 +194,7 @@ impl BodySource for ClientBody {
                  (read it there, or set NgxWsgiRequestBuffering On for a body read whole first)",
             ));
         }
-        // SAFETY: on the request's thread, while its app runs (cancelled is set before it ends).
-        unsafe { read_block(self.request, max) }
+        self.side.read_body(max)
     }
 
     fn cancel(&self) {

@@ -14,11 +14,11 @@ use crate::bindings::{
     HTTP_INTERNAL_SERVER_ERROR, M_GET, OK,
 };
 use crate::brigade::Out;
-use crate::stream::Stream;
+use crate::side::Side;
 
 /// # Safety
 /// `r` is live; the copy lives in its pool.
-unsafe fn pool_str(r: *mut request_rec, s: &[u8]) -> *const std::ffi::c_char {
+pub(crate) unsafe fn pool_str(r: *mut request_rec, s: &[u8]) -> *const std::ffi::c_char {
     // SAFETY: pstrmemdup copies `s.len()` bytes and adds a NUL.
     unsafe { apr_pstrmemdup((*r).pool, s.as_ptr().cast(), s.len()) }
 }
@@ -52,7 +52,7 @@ pub(crate) unsafe fn set_head(r: *mut request_rec, head: &ResponseHead, length: 
 ///
 /// # Safety
 /// `r` is a live request on the calling thread, inside its handler.
-pub(crate) unsafe fn send(r: *mut request_rec, outcome: Outcome, stream: &Stream) -> c_int {
+pub(crate) unsafe fn send(r: *mut request_rec, outcome: Outcome, side: &Side) -> c_int {
     // SAFETY: per the function contract.
     unsafe {
         let c = (*r).connection;
@@ -60,8 +60,8 @@ pub(crate) unsafe fn send(r: *mut request_rec, outcome: Outcome, stream: &Stream
             (*c).keepalive = ap_conn_keepalive_e_AP_CONN_CLOSE;
             return OK as c_int;
         }
-        let out = stream.out();
-        if stream.head_sent() {
+        let out = side.out();
+        if side.head_sent() {
             out.data(&outcome.body);
             finish(r, out, outcome.kind != OutcomeKind::Complete);
             return OK as c_int;

@@ -21,9 +21,18 @@ pub(crate) unsafe extern "C" fn translate_name(r: *mut request_rec) -> c_int {
         // SAFETY: Apache passes a live request; its per-directory configuration is the result
         // of the location walk that precedes translation.
         unsafe {
-            if crate::config::for_request(r).is_none()
-                || !crate::handler::claims(&forced_handler(r))
-            {
+            let app = crate::config::for_request(r).is_some();
+            if !app && !crate::metrics::configured() {
+                return DECLINED;
+            }
+            let handler = forced_handler(r);
+            // The metrics' URLs are not files either.
+            let ours = if handler == crate::metrics::HANDLER {
+                crate::metrics::configured()
+            } else {
+                app && crate::handler::claims(&handler)
+            };
+            if !ours {
                 return DECLINED;
             }
             let uri = bytes((*r).uri);

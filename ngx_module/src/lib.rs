@@ -5,6 +5,7 @@
 //! hooks, wired to the layers below (see ARCHITECTURE.md). Read `handler.rs` next: it is the
 //! life of one request.
 
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 // Unit tests build the module without its nginx table (see below), which leaves the hooks it
 // reaches unused there.
 #![cfg_attr(test, allow(dead_code))]

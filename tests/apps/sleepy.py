@@ -1,5 +1,6 @@
 """/slow sleeps 2 s in Python, /forever an hour, /spin loops forever, /grow keeps 64 MiB, /crash
-segfaults the worker; the rest answers at once."""
+segfaults the worker, /hold-gil?FIFO holds the GIL until a byte arrives on FIFO (creating FIFO.held
+first); the rest answers at once."""
 import time
 
 _kept = []
@@ -17,6 +18,15 @@ def application(environ, start_response):
     if environ["PATH_INFO"] == "/crash":
         import ctypes
         ctypes.string_at(0)  # a segfault, as a broken C extension would cause
+    if environ["PATH_INFO"] == "/hold-gil":
+        import ctypes
+        import os
+        fifo = environ["QUERY_STRING"]
+        fd = os.open(fifo, os.O_RDWR)
+        open(fifo + ".held", "w").close()
+        # A C call through PyDLL keeps the GIL: no other Python thread runs until it returns.
+        ctypes.PyDLL(None).read(fd, ctypes.create_string_buffer(1), 1)
+        os.close(fd)
     if environ["PATH_INFO"] == "/grow":
         _kept.append(b"x" * (64 << 20))
     start_response("200 OK", [("Content-Type", "text/plain")])

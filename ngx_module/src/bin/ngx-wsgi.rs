@@ -2,12 +2,14 @@
 //!
 //! ```text
 //! ngx-wsgi paths
-//! ngx-wsgi serve APP.py[:CALLABLE] [--host 127.0.0.1] [--port 8080] [--workers 1] [--threads 32] [--reload]
+//! ngx-wsgi serve APP.py[:CALLABLE] [--host 127.0.0.1] [--port 8080] [--workers 1] [--threads 32] [--user NAME] [--reload]
 //! ```
 //!
 //! With `--reload`, nginx runs as a child and gets a graceful reload (SIGHUP) whenever a `.py` file
 //! under the app's directory changes; a change that breaks the app is refused by nginx's
 //! configuration check and the running workers keep serving.
+
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -34,7 +36,7 @@ fn nginx_path() -> PathBuf {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage:\n  ngx-wsgi paths\n  ngx-wsgi serve APP.py[:CALLABLE] [--host 127.0.0.1] [--port 8080] [--workers 1] [--threads 32] [--reload]"
+        "usage:\n  ngx-wsgi paths\n  ngx-wsgi serve APP.py[:CALLABLE] [--host 127.0.0.1] [--port 8080] [--workers 1] [--threads 32] [--user NAME] [--reload]"
     );
     ExitCode::from(2)
 }
@@ -65,6 +67,8 @@ struct ServeOptions {
     workers: u32,
     threads: u32,
     reload: bool,
+    /// `--user`: the workers' user when started as root.
+    user: Option<String>,
 }
 
 fn parse_serve(args: &[String]) -> Result<ServeOptions, String> {
@@ -75,6 +79,7 @@ fn parse_serve(args: &[String]) -> Result<ServeOptions, String> {
         workers: 1,
         threads: 32,
         reload: false,
+        user: None,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -97,6 +102,7 @@ fn parse_serve(args: &[String]) -> Result<ServeOptions, String> {
                     .map_err(|e| format!("--threads: {e}"))?
             }
             "--reload" => opts.reload = true,
+            "--user" => opts.user = Some(value("--user")?),
             a if a.starts_with("--") => return Err(format!("unknown option {a}")),
             a if opts.app.is_empty() => opts.app = a.to_owned(),
             a => return Err(format!("unexpected argument {a}")),
@@ -128,9 +134,8 @@ fn serve(args: &[String]) -> Result<(), String> {
         Some(c) => format!("{target}:{c}"),
         None => target.clone(),
     };
-    let prefix = std::env::temp_dir().join(format!("ngx-wsgi-serve-{}", std::process::id()));
-    std::fs::create_dir_all(prefix.join("logs"))
-        .map_err(|e| format!("{}: {e}", prefix.display()))?;
+    let prefix = private_dir()?;
+    std::fs::create_dir(prefix.join("logs")).map_err(|e| format!("{}: {e}", prefix.display()))?;
     let module = module_path();
     if !module.is_file() {
         return Err(format!(
@@ -145,30 +150,42 @@ fn serve(args: &[String]) -> Result<(), String> {
     }
     // SAFETY: plain syscall.
     if unsafe { libc::geteuid() } == 0 {
-        // Root starts nginx, but the workers run as the owner of the app file.
-        let owner = if target.ends_with(".py") {
-            std::fs::metadata(&target).map(|m| m.uid()).unwrap_or(0)
-        } else {
-            0
+        // Root starts nginx, but the workers never run as root: they run as --user, else as the
+        // owner of the app file, else as nginx's default user.
+        let owner = match (&opts.user, target.ends_with(".py")) {
+            (Some(name), _) => Some(uid_of(name)?),
+            (None, true) => std::fs::metadata(&target).map(|m| m.uid()).ok(),
+            (None, false) => None,
         };
-        if let Some((user, group)) = user_and_group(owner) {
-            main.push_str(&format!("user {user} {group};\n"));
+        match owner.filter(|&uid| uid != 0).and_then(user_and_group) {
+            Some((user, group)) => {
+                main.push_str(&format!("user {} {};\n", quoted(&user)?, quoted(&group)?))
+            }
+            None if opts.user.is_some() => {
+                return Err("--user root: the workers never run as root".into())
+            }
+            None => eprintln!(
+                "ngx-wsgi: the app belongs to root; its workers run as nginx's default user \
+                 (choose another with --user NAME)"
+            ),
         }
     }
-    let home = std::env::var("VIRTUAL_ENV")
-        .map(|v| format!("    wsgi_python_home {v};\n"))
-        .unwrap_or_default();
+    let home = match std::env::var("VIRTUAL_ENV") {
+        Ok(v) => format!("    wsgi_python_home {};\n", quoted(&v)?),
+        Err(_) => String::new(),
+    };
     let conf = format!(
         "load_module {module};\n{main}daemon off;\nworker_processes {workers};\nerror_log stderr info;\n\
-         pid {prefix}/nginx.pid;\nevents {{ worker_connections 1024; }}\nthread_pool default threads={threads};\n\
-         http {{\n    access_log /dev/stdout;\n{home}    server {{\n        listen {host}:{port};\n\
+         pid {pid};\nevents {{ worker_connections 1024; }}\n\
+         http {{\n    access_log /dev/stdout;\n    wsgi_max_threads {threads};\n{home}    server {{\n\
+         \x20       listen {listen};\n\
          \x20       location / {{\n            wsgi_app {app};\n        }}\n    }}\n}}\n",
-        module = module.display(),
+        module = quoted(&module.display().to_string())?,
         workers = opts.workers,
-        prefix = prefix.display(),
-        threads = opts.threads,
-        host = opts.host,
-        port = opts.port,
+        pid = quoted(&prefix.join("nginx.pid").display().to_string())?,
+        threads = opts.threads.max(1),
+        listen = quoted(&listen_address(&opts.host, opts.port))?,
+        app = quoted(&app)?,
     );
     let conf_path = prefix.join("nginx.conf");
     std::fs::write(&conf_path, conf).map_err(|e| format!("{}: {e}", conf_path.display()))?;
@@ -191,6 +208,69 @@ fn serve(args: &[String]) -> Result<(), String> {
         std::env::current_dir().map_err(|e| e.to_string())?
     };
     watch_and_reload(nginx, &watched)
+}
+
+/// A fresh directory only this user can write (random name, made atomically: no race with
+/// another user's link), that nginx's workers may traverse to their temp directories.
+fn private_dir() -> Result<PathBuf, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let template = std::env::temp_dir().join("ngx-wsgi-serve-XXXXXX");
+    let mut bytes = template.as_os_str().as_bytes().to_vec();
+    bytes.push(0);
+    // SAFETY: a writable NUL-terminated template, as mkdtemp wants; it writes the name in place.
+    let made = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
+    if made.is_null() {
+        return Err(format!(
+            "cannot make a directory in {}: {}",
+            std::env::temp_dir().display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    bytes.pop();
+    let dir = PathBuf::from(std::ffi::OsStr::from_bytes(&bytes));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A value as one nginx configuration token: double-quoted, its quotes and backslashes escaped;
+/// control characters (a newline could end the directive) are refused.
+fn quoted(value: &str) -> Result<String, String> {
+    if value.chars().any(char::is_control) {
+        return Err(format!("{value:?}: control characters are not allowed"));
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    Ok(out)
+}
+
+/// `host:port` for `listen`, IPv6 addresses in brackets.
+fn listen_address(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn uid_of(name: &str) -> Result<u32, String> {
+    let c =
+        std::ffi::CString::new(name).map_err(|_| format!("--user {name:?}: not a user name"))?;
+    // SAFETY: getpwnam returns NULL or a pointer to a static record, read at once.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if pw.is_null() {
+        return Err(format!("--user {name}: no such user"));
+    }
+    // SAFETY: non-NULL record from getpwnam.
+    Ok(unsafe { (*pw).pw_uid })
 }
 
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -295,5 +375,40 @@ fn user_and_group(uid: u32) -> Option<(String, String)> {
                 .into_owned()
         };
         Some((user, group))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_become_single_quoted_tokens() {
+        assert_eq!(quoted("/srv/my app.py").unwrap(), "\"/srv/my app.py\"");
+        assert_eq!(
+            quoted("/x\";daemon on;#").unwrap(),
+            "\"/x\\\";daemon on;#\""
+        );
+        assert_eq!(quoted("a\\b").unwrap(), "\"a\\\\b\"");
+        assert!(quoted("/x\nuser root;").is_err());
+    }
+
+    #[test]
+    fn ipv6_hosts_get_brackets() {
+        assert_eq!(listen_address("127.0.0.1", 80), "127.0.0.1:80");
+        assert_eq!(listen_address("::1", 8080), "[::1]:8080");
+        assert_eq!(listen_address("[::1]", 8080), "[::1]:8080");
+    }
+
+    #[test]
+    fn private_dirs_are_fresh_and_closed_to_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let a = private_dir().unwrap();
+        let b = private_dir().unwrap();
+        assert_ne!(a, b);
+        let mode = std::fs::metadata(&a).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o711);
+        std::fs::remove_dir(a).unwrap();
+        std::fs::remove_dir(b).unwrap();
     }
 }

@@ -1,0 +1,57 @@
+//! Child recycling (`NgxWsgiMaxRequests N [jitter=M]`, `NgxWsgiMaxRSS SIZE`): a child that has
+//! served enough requests, or grown too large, stops taking connections, finishes what it has
+//! and exits; the parent starts a fresh one in its place (see [`crate::graceful`]).
+
+use std::ffi::c_int;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+use ngx_wsgi::recycle::{Due, Limits};
+
+use crate::bindings::{ap_conn_keepalive_e_AP_CONN_CLOSE, request_rec, APLOG_ERR, APLOG_NOTICE};
+use crate::config::Registry;
+
+static LIMITS: Limits = Limits::new();
+/// This child is on its way out.
+static RECYCLING: AtomicBool = AtomicBool::new(false);
+
+/// Sets this child's limits (from `child_init`).
+pub(crate) fn configure(registry: &Registry) {
+    LIMITS.configure(
+        registry.max_requests,
+        registry.max_requests_jitter,
+        registry.max_rss,
+    );
+}
+
+/// An app's request is over; starts the child's graceful exit when it is due.
+///
+/// # Safety
+/// `r` is the live request, on its own thread.
+pub(crate) unsafe fn request_done(r: *mut request_rec) {
+    let due = LIMITS.request_done();
+    if let Some(due) = due {
+        let why = match due {
+            Due::Requests(n) => format!("served {n} requests (NgxWsgiMaxRequests)"),
+            Due::Memory(rss, max) => {
+                format!("uses {} MiB (NgxWsgiMaxRSS {} MiB)", rss >> 20, max >> 20)
+            }
+        };
+        crate::log::write(
+            APLOG_NOTICE as c_int,
+            &format!("wsgi: this child {why}; recycling it"),
+        );
+        ngx_wsgi::metrics::recycled();
+        RECYCLING.store(true, Relaxed);
+        if let Err(e) = crate::graceful::stop_child() {
+            crate::log::write(
+                APLOG_ERR as c_int,
+                &format!("wsgi: cannot recycle this child: {e}"),
+            );
+        }
+    }
+    if RECYCLING.load(Relaxed) {
+        // Its client goes to a child that stays.
+        // SAFETY: per the function contract.
+        unsafe { (*(*r).connection).keepalive = ap_conn_keepalive_e_AP_CONN_CLOSE };
+    }
+}
