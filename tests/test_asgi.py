@@ -102,13 +102,13 @@ def test_the_callable_defaults_to_app_and_bad_values_are_refused(nginx_factory):
     assert both.returncode != 0 and "is duplicate" in both.stderr, both.stderr
 
 
-def test_uvloop_must_be_installed_when_asked_for(nginx_factory):
-    try:
-        import uvloop  # noqa: F401
-        pytest.skip("uvloop is installed here")
-    except ImportError:
-        pass
-    result = nginx_factory(asgi("/", APP), http_extra="asgi_event_loop uvloop;").run("-t")
+def test_uvloop_when_asked_for_and_installed(nginx_factory):
+    server = nginx_factory(asgi("/", APP), http_extra="asgi_event_loop uvloop;").start()
+    assert requests.get(server.url("/loop"), timeout=10).text == "uvloop"
+    default = nginx_factory(asgi("/", APP)).start()
+    assert requests.get(default.url("/loop"), timeout=10).text.startswith("asyncio")
+    # Without the virtualenv (Debian's python3 alone) there is no uvloop: nginx -t says so.
+    result = nginx_factory(asgi("/", APP), http_extra="asgi_event_loop uvloop;", home=False).run("-t")
     assert result.returncode != 0 and "asgi_event_loop uvloop" in result.stderr
     assert "No module named 'uvloop'" in result.stderr, result.stderr
 

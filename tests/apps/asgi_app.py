@@ -135,6 +135,8 @@ async def app(scope, receive, send):
                     "headers": [(b"content-type", b"application/octet-stream"),
                                 (b"content-length", str(size).encode())]})
         await send({"type": "http.response.pathsend", "path": path})
+    elif route == "/loop":
+        await respond(send, type(asyncio.get_running_loop()).__module__.encode())
     elif route == "/stats":
         await respond(send, json.dumps(STATS).encode(), content_type=b"application/json")
     elif route == "/status":
