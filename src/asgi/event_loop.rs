@@ -123,6 +123,19 @@ pub fn start(kind: LoopKind) -> Result<&'static AsgiLoop, String> {
 }
 
 impl AsgiLoop {
+    /// A loop that never runs: its wakers post into an inbox nobody drains (unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> &'static AsgiLoop {
+        // SAFETY: plain syscall.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        Box::leak(Box::new(AsgiLoop {
+            inbox: Mutex::new(Vec::new()),
+            efd,
+            thread: Mutex::new(None),
+            tasks: Arc::new(AtomicUsize::new(0)),
+        }))
+    }
+
     fn run(&'static self, kind: LoopKind, ready: mpsc::Sender<Result<(), String>>) {
         crate::signals::block_server_signals_in_this_thread();
         crate::interpreter::attach(|py| {

@@ -639,3 +639,275 @@ pub fn reason_phrase(status: u16) -> &'static str {
         _ => "",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::asgi::event_loop::AsgiLoop;
+    use crate::testing::with_python;
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Fake {
+        pushed: Mutex<Vec<(Option<u16>, Vec<u8>)>>,
+        full: AtomicBool,
+        gone: AtomicBool,
+        body: Mutex<VecDeque<BodyRead>>,
+        ended: Mutex<Vec<HttpEnd>>,
+        file: Mutex<Option<(u16, u64)>>,
+    }
+
+    impl HttpServer for Fake {
+        fn room(&self) -> Result<bool, ClientGone> {
+            if self.gone.load(Ordering::Relaxed) {
+                return Err(ClientGone);
+            }
+            Ok(!self.full.load(Ordering::Relaxed))
+        }
+        fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone> {
+            self.pushed
+                .lock()
+                .unwrap()
+                .push((head.map(|h| h.status), data.to_vec()));
+            Ok(())
+        }
+        fn read_body(&self, _max: usize) -> BodyRead {
+            self.body
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(BodyRead::Pending)
+        }
+        fn send_file(&self, head: ResponseHead, file: FileRange) {
+            *self.file.lock().unwrap() = Some((head.status, file.len));
+        }
+        fn client_gone(&self) -> bool {
+            self.gone.load(Ordering::Relaxed)
+        }
+        fn finish(&self, end: HttpEnd) {
+            self.ended.lock().unwrap().push(end);
+        }
+    }
+
+    fn exchange<'py>(
+        py: Python<'py>,
+        server: &Arc<Fake>,
+        body: Option<Body>,
+    ) -> Bound<'py, HttpExchange> {
+        static OWNER: std::sync::OnceLock<&'static AsgiLoop> = std::sync::OnceLock::new();
+        let owner = OWNER.get_or_init(AsgiLoop::for_tests);
+        let scope = HttpScope {
+            method: b"GET".to_vec(),
+            request_line: "GET / HTTP/1.1".into(),
+            ..Default::default()
+        };
+        let req = HttpRequest {
+            app: 0,
+            scope,
+            body,
+            server: server.clone(),
+            waker: Waker::new(owner),
+        };
+        Bound::new(py, HttpExchange::new(req)).unwrap()
+    }
+
+    fn send(ex: &Bound<'_, HttpExchange>, message: &str) -> PyResult<bool> {
+        let py = ex.py();
+        let message = py.eval(&std::ffi::CString::new(message).unwrap(), None, None)?;
+        ex.call_method1("send_now", (message,))?.extract()
+    }
+
+    fn error_of(result: PyResult<bool>) -> String {
+        result.unwrap_err().to_string()
+    }
+
+    const START: &str =
+        "{'type': 'http.response.start', 'status': 201, 'headers': [(b'x-a', b'1')]}";
+
+    #[test]
+    fn a_response_goes_out_head_with_its_first_piece_and_ends_once() {
+        with_python(|py| {
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, Some(Body::from_vec(b"in".to_vec())));
+            assert!(send(&ex, START).unwrap());
+            assert!(
+                server.pushed.lock().unwrap().is_empty(),
+                "the head waits for the body"
+            );
+            assert!(send(
+                &ex,
+                "{'type': 'http.response.body', 'body': b'ab', 'more_body': True}"
+            )
+            .unwrap());
+            server.full.store(true, Ordering::Relaxed);
+            assert!(
+                !send(&ex, "{'type': 'http.response.body', 'body': b'cd'}").unwrap(),
+                "no room: await"
+            );
+            server.full.store(false, Ordering::Relaxed);
+            assert!(send(&ex, "{'type': 'http.response.body', 'body': b'cd'}").unwrap());
+            assert_eq!(
+                *server.pushed.lock().unwrap(),
+                vec![(Some(201), b"ab".to_vec()), (None, b"cd".to_vec())]
+            );
+            assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Complete]);
+            let after = error_of(send(&ex, "{'type': 'http.response.body', 'body': b'x'}"));
+            assert!(after.contains("after the response was complete"), "{after}");
+            ex.call_method1("ended", (py.None(),)).unwrap();
+            assert_eq!(server.ended.lock().unwrap().len(), 1, "finished once");
+            let msg = ex.call_method0("receive_now").unwrap();
+            assert_eq!(
+                msg.get_item("type").unwrap().extract::<String>().unwrap(),
+                "http.disconnect"
+            );
+        });
+    }
+
+    #[test]
+    fn messages_are_checked() {
+        with_python(|py| {
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, None);
+            for (message, expect) in [
+                ("{'type': 'http.response.body', 'body': b'x'}", "before http.response.start"),
+                ("{'type': 'nope'}", "unexpected ASGI message type"),
+                ("{'status': 200}", "needs a \"type\""),
+                ("{'type': 'http.response.start', 'status': True}", "not bool"),
+                ("{'type': 'http.response.start', 'status': '200'}", "must be an int"),
+                ("{'type': 'http.response.start', 'status': 101}", "1xx"),
+                ("{'type': 'http.response.start', 'status': 200, 'trailers': True}", "trailers"),
+                ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'a b', b'1')]}", "token"),
+                ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'x', b'1\\r\\n')]}", "control"),
+                ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'connection', b'close')]}", "hop-by-hop"),
+                ("{'type': 'http.response.start', 'status': 200, 'headers': [('x', 'y')]}", "pair of bytes"),
+                ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'content-length', b'x')]}", "not a number"),
+            ] {
+                let err = error_of(send(&ex, message));
+                assert!(err.contains(expect), "{message}: {err}");
+            }
+            assert!(server.pushed.lock().unwrap().is_empty());
+        });
+    }
+
+    #[test]
+    fn content_length_is_held_to() {
+        with_python(|py| {
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, None);
+            send(&ex, "{'type': 'http.response.start', 'status': 200, 'headers': [(b'content-length', b'3')]}").unwrap();
+            let long = error_of(send(&ex, "{'type': 'http.response.body', 'body': b'abcd'}"));
+            assert!(long.contains("longer than its content-length"), "{long}");
+            send(&ex, "{'type': 'http.response.body', 'body': b'ab'}").unwrap();
+            assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Truncated]);
+        });
+    }
+
+    #[test]
+    fn failures_end_as_500_or_cut() {
+        with_python(|py| {
+            let err = pyo3::exceptions::PyValueError::new_err("boom").into_value(py);
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, None);
+            send(&ex, START).unwrap();
+            ex.call_method1("ended", (err.clone_ref(py),)).unwrap();
+            assert_eq!(
+                *server.ended.lock().unwrap(),
+                vec![HttpEnd::Failed],
+                "nothing went out"
+            );
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, None);
+            send(&ex, START).unwrap();
+            send(
+                &ex,
+                "{'type': 'http.response.body', 'body': b'a', 'more_body': True}",
+            )
+            .unwrap();
+            ex.call_method1("ended", (err,)).unwrap();
+            assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Truncated]);
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, None);
+            ex.call_method1("ended", (py.None(),)).unwrap();
+            assert_eq!(
+                *server.ended.lock().unwrap(),
+                vec![HttpEnd::Failed],
+                "no response at all"
+            );
+        });
+    }
+
+    #[test]
+    fn bodies_in_messages_then_waiting_then_disconnect() {
+        with_python(|py| {
+            let kind =
+                |m: &Bound<'_, PyAny>| m.get_item("type").unwrap().extract::<String>().unwrap();
+            let server = Arc::new(Fake::default());
+            server.body.lock().unwrap().extend([
+                BodyRead::Data(b"ab".to_vec()),
+                BodyRead::Pending,
+                BodyRead::Data(b"c".to_vec()),
+                BodyRead::End,
+            ]);
+            let ex = exchange(py, &server, None);
+            let first = ex.call_method0("receive_now").unwrap();
+            assert_eq!(
+                first
+                    .get_item("body")
+                    .unwrap()
+                    .extract::<Vec<u8>>()
+                    .unwrap(),
+                b"ab"
+            );
+            assert!(first
+                .get_item("more_body")
+                .unwrap()
+                .extract::<bool>()
+                .unwrap());
+            assert!(
+                ex.call_method0("receive_now").unwrap().is_none(),
+                "nothing yet: await"
+            );
+            ex.call_method0("receive_now").unwrap();
+            let last = ex.call_method0("receive_now").unwrap();
+            assert!(!last
+                .get_item("more_body")
+                .unwrap()
+                .extract::<bool>()
+                .unwrap());
+            assert!(
+                ex.call_method0("receive_now").unwrap().is_none(),
+                "waits for a disconnect"
+            );
+            server.gone.store(true, Ordering::Relaxed);
+            assert_eq!(
+                kind(&ex.call_method0("receive_now").unwrap()),
+                "http.disconnect"
+            );
+            assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::ClientGone]);
+            let err = error_of(
+                send(&ex, START).and_then(|_| send(&ex, "{'type': 'http.response.body'}")),
+            );
+            assert!(err.contains("closed the connection"), "{err}");
+            let big = vec![7u8; (BUFFERED_MESSAGE as usize) + 10];
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, Some(Body::from_vec(big)));
+            let one = ex.call_method0("receive_now").unwrap();
+            assert!(one
+                .get_item("more_body")
+                .unwrap()
+                .extract::<bool>()
+                .unwrap());
+            let two = ex.call_method0("receive_now").unwrap();
+            assert_eq!(
+                two.get_item("body")
+                    .unwrap()
+                    .extract::<Vec<u8>>()
+                    .unwrap()
+                    .len(),
+                10
+            );
+        });
+    }
+}
