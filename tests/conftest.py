@@ -197,6 +197,18 @@ def raw_request(port, data, timeout=10, read_until_close=True):
         return b"".join(chunks)
 
 
+def read_until(sock, marker, timeout=10):
+    """Reads from `sock` until `marker` arrives or the peer closes."""
+    sock.settimeout(timeout)
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 class Route:
     """One app mount, written the nginx way: `/prefix/`, `/` , `= /exact` or `~ regex`."""
 

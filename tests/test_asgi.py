@@ -4,19 +4,17 @@ answers as uvicorn for Starlette and FastAPI apps."""
 import http.client
 import json
 import os
-import pathlib
 import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 import requests
 
-from conftest import APPS, free_port, location
+from conftest import APPS, location, read_until
 
 APP = APPS / "asgi_app.py"
 BAD = APPS / "asgi_bad.py"
@@ -24,17 +22,6 @@ BAD = APPS / "asgi_bad.py"
 
 def asgi(path, app, extra=""):
     return f"  location {path} {{\n   asgi_app {app};\n   {extra}\n  }}\n"
-
-
-def read_until(sock, marker, timeout=10):
-    sock.settimeout(timeout)
-    data = b""
-    while marker not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def wait_for(condition, what, timeout=10):

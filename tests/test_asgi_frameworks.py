@@ -2,7 +2,6 @@
 headers and body under `asgi_app` and under uvicorn, mounted at the root and under a prefix
 (nginx's `location /api/`, uvicorn's `--root-path /api`)."""
 import json
-import pathlib
 import socket
 import subprocess
 import sys
