@@ -442,6 +442,16 @@ def test_a_worker_whose_startup_fails_exits_loudly(nginx_factory, tmp_path):
     assert 'asgi_app "' in log
 
 
+def test_a_shutdown_that_raises_is_logged_and_the_worker_exits_cleanly(nginx_factory):
+    server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:shutdown_raises")).start()
+    assert requests.get(server.url("/"), timeout=10).text == "up"
+    worker = server.worker_pids()[0]
+    assert server.stop() == 0
+    log = server.error_log()
+    assert "lifespan shutdown failed" in log and "RuntimeError: could not flush the queue" in log
+    assert f"worker process {worker} exited with code 0" in log
+
+
 def test_apps_without_lifespan_are_served(nginx_factory):
     server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:unsupported")).start()
     assert requests.get(server.url("/"), timeout=10).text == "no lifespan here"

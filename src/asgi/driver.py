@@ -105,7 +105,7 @@ class Lifespan:
 
 def check_lifespan(app, loop_factory):
     """The configuration check: the app's startup, then its shutdown, on a loop of its own.
-    Returns None, or what failed."""
+    Returns None, or how the startup failed."""
     results = []
     loop = loop_factory()
 
@@ -131,8 +131,9 @@ def check_lifespan(app, loop_factory):
         loop.run_until_complete(run())
     finally:
         loop.close()
+    # Only the startup decides: a shutdown that fails is the workers' to log at their exit.
     for phase, outcome, text in results:
-        if outcome == "failed":
+        if phase == "startup" and outcome == "failed":
             return f"lifespan {phase} failed: {text}"
     return None
 

@@ -40,3 +40,12 @@ async def fails_when_marked(scope, receive, send):
 async def unsupported(scope, receive, send):
     assert scope["type"] == "http", "only http"
     await respond(send, b"no lifespan here")
+
+
+async def shutdown_raises(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        raise RuntimeError("could not flush the queue")
+    await respond(send, b"up")
