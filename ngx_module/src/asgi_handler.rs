@@ -16,16 +16,18 @@ use std::sync::Arc;
 
 use nginx_sys::{
     ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_http_test_reading, ngx_int_t, ngx_pool_cleanup_add, NGX_ERROR,
+    ngx_http_test_reading, ngx_int_t, ngx_pool_cleanup_add, NGX_DONE, NGX_ERROR,
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR,
 };
-use ngx_wsgi::asgi::{HttpEnd, HttpRequest};
+use ngx_wsgi::asgi::{HttpEnd, HttpRequest, WsRequest};
 use ngx_wsgi::{Chunk, Outcome, OutcomeKind};
 
 use crate::asgi_request::AsgiRequest;
+use crate::asgi_ws::AsgiWs;
 use crate::ffi::{guard, module};
 use crate::request_body::BodyStream;
 use crate::stream::{ClientEvents, Stream};
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
 /// The content handler of every `asgi_app` location.
 pub(crate) unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -74,7 +76,6 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             (Some(crate::request_info::body_of(&*r)), None)
         }
     };
-    let request = AsgiRequest::new(r, stream.clone(), body_stream.clone(), complete);
     let waker = event_loop.waker();
     let wake: Arc<dyn Fn() + Send + Sync> = {
         let waker = waker.clone();
@@ -82,8 +83,28 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     };
     stream.set_waker(wake.clone());
     if let Some(b) = &body_stream {
-        b.set_waker(wake);
+        b.set_waker(wake.clone());
     }
+    let unbuffered = body_stream.is_some();
+    let served = if scope.is_websocket_handshake() {
+        // SAFETY: `r` is live; its core configuration exists.
+        let max = unsafe { max_message(r) };
+        Served::Ws(AsgiWs::new(
+            r,
+            stream.clone(),
+            lc.streaming.stream_buffer,
+            max,
+            wake,
+            complete_ws,
+        ))
+    } else {
+        Served::Http(AsgiRequest::new(
+            r,
+            stream.clone(),
+            body_stream.clone(),
+            complete,
+        ))
+    };
     // SAFETY: the request pool is live; its cleanup drops this reference when the request is
     // destroyed, which cannot happen while the app runs (`blocked`).
     unsafe {
@@ -91,10 +112,10 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         if cln.is_null() {
             return Err(NGX_HTTP_INTERNAL_SERVER_ERROR);
         }
-        let held = Box::into_raw(Box::new(request.clone()));
-        (*cln).handler = Some(drop_request);
+        let held = Box::into_raw(Box::new(served.clone()));
+        (*cln).handler = Some(drop_served);
         (*cln).data = held.cast();
-        *(*r).ctx.add(module().ctx_index) = Arc::as_ptr(&request).cast_mut().cast::<c_void>();
+        *(*r).ctx.add(module().ctx_index) = held.cast::<c_void>();
         (*(*r).main).set_blocked((*(*r).main).blocked() + 1);
         (*r).read_event_handler = match &body_stream {
             Some(b) => {
@@ -111,32 +132,73 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     // SAFETY: on the event loop.
     unsafe { crate::inflight::started() };
     crate::metrics::posted();
-    event_loop.submit(HttpRequest {
-        app,
-        scope,
-        body,
-        server: request,
-        waker,
-    });
+    match served {
+        Served::Http(request) => event_loop.submit(HttpRequest {
+            app,
+            scope,
+            body,
+            server: request,
+            waker,
+        }),
+        Served::Ws(ws) => event_loop.submit_ws(WsRequest {
+            app,
+            scope: scope.into_websocket(),
+            server: ws,
+            waker,
+        }),
+    }
+    if !unbuffered {
+        // A client that went while nginx read its request head left no event behind.
+        // SAFETY: `r` is live on the event loop.
+        unsafe { on_client_readable(r) };
+    }
     Ok(())
 }
 
-unsafe extern "C" fn drop_request(data: *mut c_void) {
+/// What an `asgi_app` request is: an HTTP exchange, or a WebSocket (before and after its
+/// handshake). The request's module context points at it.
+#[derive(Clone)]
+pub(crate) enum Served {
+    Http(Arc<AsgiRequest>),
+    Ws(Arc<AsgiWs>),
+}
+
+impl Served {
+    fn stream(&self) -> &Stream {
+        match self {
+            Served::Http(h) => &h.stream,
+            Served::Ws(w) => &w.stream,
+        }
+    }
+}
+
+/// The largest WebSocket message of a location: its `client_max_body_size` (64 MiB when that
+/// is 0, unlimited).
+unsafe fn max_message(r: *mut ngx_http_request_t) -> usize {
+    // SAFETY: per the caller: `r` is live, with its core location configuration.
+    let clcf = unsafe { NgxHttpCoreModule::location_conf(&*r) };
+    match clcf.map_or(0, |c| c.client_max_body_size) {
+        0 => 64 << 20,
+        n => n as usize,
+    }
+}
+
+unsafe extern "C" fn drop_served(data: *mut c_void) {
     guard("freeing an asgi request", (), || {
         // SAFETY: `data` is the Box leaked in `post`, freed exactly once by this cleanup.
-        drop(unsafe { Box::from_raw(data as *mut Arc<AsgiRequest>) });
+        drop(unsafe { Box::from_raw(data as *mut Served) });
     })
 }
 
-/// The request's `AsgiRequest` (None before `post` attached it).
+/// What the request is (None before `post` attached it).
 ///
 /// # Safety
 /// Event-loop thread; `r` is live and served by an `asgi_app` location.
-unsafe fn of(r: *mut ngx_http_request_t) -> Option<&'static AsgiRequest> {
-    // SAFETY: per the function contract; the slot holds NULL or the request attached in
-    // `post`, which the request's pool keeps alive.
+pub(crate) unsafe fn served(r: *mut ngx_http_request_t) -> Option<&'static Served> {
+    // SAFETY: per the function contract; the slot holds NULL or the box attached in `post`,
+    // which the request's pool keeps alive.
     unsafe {
-        let p = *(*r).ctx.add(module().ctx_index) as *const AsgiRequest;
+        let p = *(*r).ctx.add(module().ctx_index) as *const Served;
         p.as_ref()
     }
 }
@@ -147,6 +209,45 @@ unsafe fn of(r: *mut ngx_http_request_t) -> Option<&'static AsgiRequest> {
 /// Event-loop thread; `r` is live and still blocked on the app.
 unsafe fn complete(r: *mut ngx_http_request_t, request: &AsgiRequest, end: HttpEnd) {
     // SAFETY: per the function contract.
+    unsafe {
+        finish(
+            r,
+            &request.stream,
+            request.body.as_deref(),
+            Some(&request.file_response),
+            request.posted_at,
+            end,
+            false,
+        )
+    }
+}
+
+/// A WebSocket is over: before its handshake it ends like an HTTP response (a denial); after
+/// it, the connection closes.
+///
+/// # Safety
+/// Event-loop thread; `r` is live and still blocked on the app.
+unsafe fn complete_ws(r: *mut ngx_http_request_t, ws: &AsgiWs, end: HttpEnd, upgraded: bool) {
+    // SAFETY: per the function contract.
+    unsafe { finish(r, &ws.stream, None, None, ws.posted_at, end, upgraded) }
+}
+
+/// Sends what is left of the response (unless the connection was upgraded) and finalizes the
+/// request, exactly once.
+///
+/// # Safety
+/// Event-loop thread; `r` is live and still blocked on the app.
+unsafe fn finish(
+    r: *mut ngx_http_request_t,
+    stream: &Stream,
+    body: Option<&BodyStream>,
+    file_response: Option<&std::sync::Mutex<Option<Outcome>>>,
+    posted_at: std::time::Instant,
+    end: HttpEnd,
+    upgraded: bool,
+) {
+    let request_body = body;
+    // SAFETY: per the function contract.
     let c = unsafe { (*r).connection };
     let rc = guard("sending the asgi response", None, || {
         // SAFETY: as above; nothing here finalizes the request.
@@ -154,10 +255,10 @@ unsafe fn complete(r: *mut ngx_http_request_t, request: &AsgiRequest, end: HttpE
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
             crate::inflight::finished();
             crate::recycle::request_done();
-            if let Some(body) = &request.body {
+            if let Some(body) = request_body {
                 body.finish();
             }
-            let streamed = request.stream.finish(r);
+            let streamed = stream.finish(r);
             let kind = match end {
                 HttpEnd::Complete => OutcomeKind::Complete,
                 HttpEnd::Failed => OutcomeKind::Failed,
@@ -171,15 +272,19 @@ unsafe fn complete(r: *mut ngx_http_request_t, request: &AsgiRequest, end: HttpE
             };
             crate::metrics::finished(
                 status,
-                request.posted_at.elapsed(),
+                posted_at.elapsed(),
                 false,
                 end == HttpEnd::ClientGone,
             );
-            let mut file = request
-                .file_response
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if let (Some(file), false) = (file.as_mut(), streamed.head_sent) {
+            if upgraded {
+                // The WebSocket's close handshake is over (or the client went): the connection
+                // closes with the request.
+                return Some(NGX_DONE as ngx_int_t);
+            }
+            let mut file = file_response.map(|f| f.lock().unwrap_or_else(|e| e.into_inner()));
+            if let (Some(file), false) =
+                (file.as_mut().and_then(|f| f.as_mut()), streamed.head_sent)
+            {
                 // http.response.pathsend: nginx sends the file (sendfile, byte ranges); the
                 // descriptor stays open until the request's pool goes.
                 file.kind = kind;
@@ -215,8 +320,8 @@ unsafe extern "C" fn on_client_writable(r: *mut ngx_http_request_t) {
     guard("the asgi stream writer", (), || {
         // SAFETY: nginx calls this on the event loop with the live request.
         unsafe {
-            if let Some(request) = of(r) {
-                request.stream.on_writable(r);
+            if let Some(served) = served(r) {
+                served.stream().on_writable(r);
             }
         }
     })
@@ -227,10 +332,13 @@ unsafe extern "C" fn on_client_readable(r: *mut ngx_http_request_t) {
     guard("the asgi client watcher", (), || {
         // SAFETY: as in `on_client_writable`.
         unsafe {
-            if let Some(request) = of(r) {
+            if let Some(served) = served(r) {
                 ngx_http_test_reading(r);
                 if (*(*r).connection).error() != 0 {
-                    request.client_gone();
+                    match served {
+                        Served::Http(request) => request.client_gone(),
+                        Served::Ws(ws) => ws.client_gone(),
+                    }
                 }
             }
         }
@@ -243,7 +351,9 @@ unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
     guard("the asgi request body reader", (), || {
         // SAFETY: nginx calls this on the event loop with the live request.
         unsafe {
-            let Some(request) = of(r) else { return };
+            let Some(Served::Http(request)) = served(r) else {
+                return;
+            };
             if let Some(body) = &request.body {
                 body.pull(r);
             }

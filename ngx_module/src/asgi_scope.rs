@@ -88,6 +88,8 @@ pub(crate) unsafe fn collect(
         client: Some((ngx_bytes(&c.addr_text).to_vec(), client_port)),
         server,
         request_id,
+        websocket: false,
+        subprotocols: Vec::new(),
         request_line: format!(
             "{} {} {protocol}",
             String::from_utf8_lossy(ngx_bytes(&r.method_name)),

@@ -13,6 +13,7 @@
 mod asgi_handler;
 mod asgi_request;
 mod asgi_scope;
+mod asgi_ws;
 mod conf;
 mod dispatch;
 mod drain;

@@ -64,6 +64,7 @@ type Call = Box<dyn FnOnce(Python<'_>, &Bound<'_, PyAny>, &Bound<'_, PyModule>) 
 
 enum Item {
     Http(Box<HttpRequest>),
+    Ws(Box<super::websocket::WsRequest>),
     Wake(Arc<Waker>),
     Call(Call),
     Stop,
@@ -220,6 +221,12 @@ impl AsgiLoop {
         self.post(Item::Http(Box::new(request)));
     }
 
+    /// Hands a WebSocket handshake to the loop (any thread; never waits for Python).
+    pub fn submit_ws(&self, request: super::websocket::WsRequest) {
+        self.tasks.fetch_add(1, Ordering::AcqRel);
+        self.post(Item::Ws(Box::new(request)));
+    }
+
     /// HTTP tasks still running.
     pub fn running(&self) -> usize {
         self.tasks.load(Ordering::Acquire)
@@ -234,6 +241,7 @@ impl AsgiLoop {
         for item in items {
             match item {
                 Item::Http(req) => self.start_http(py, event_loop, driver, *req),
+                Item::Ws(req) => self.start_ws(py, event_loop, driver, *req),
                 Item::Wake(waker) => waker.fire(py),
                 Item::Call(f) => f(py, event_loop, driver),
                 Item::Stop => {
@@ -280,6 +288,45 @@ impl AsgiLoop {
         if let Err(e) = started {
             self.tasks.fetch_sub(1, Ordering::AcqRel);
             tracing::error!(target: "asgi", "cannot start a request: {}", crate::traceback::format(py, &e));
+            server.finish(super::http::HttpEnd::Failed);
+        }
+    }
+
+    fn start_ws(
+        &self,
+        py: Python<'_>,
+        event_loop: &Bound<'_, PyAny>,
+        driver: &Bound<'_, PyModule>,
+        req: super::websocket::WsRequest,
+    ) {
+        let app_index = req.app;
+        let server = req.server.clone();
+        let started = (|| -> PyResult<()> {
+            let app = crate::app::Apps::get(app_index).ok_or_else(|| {
+                pyo3::exceptions::PyRuntimeError::new_err("the app is not loaded")
+            })?;
+            let state = LIFESPANS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .and_then(|l| l.states.get(&app_index).map(|s| s.clone_ref(py)));
+            let scope = req.scope.to_dict(py, state.as_ref().map(|s| s.bind(py)))?;
+            let exchange = Py::new(py, super::websocket::WsExchange::new(py, req)?)?;
+            let tasks = self.tasks.clone();
+            let done =
+                PyCFunction::new_closure(py, None, None, move |_args, _kwargs| -> PyResult<()> {
+                    tasks.fetch_sub(1, Ordering::AcqRel);
+                    Ok(())
+                })?;
+            driver.call_method1(
+                "start_http",
+                (event_loop, app.bind(py), scope, &exchange, done),
+            )?;
+            Ok(())
+        })();
+        if let Err(e) = started {
+            self.tasks.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!(target: "asgi", "cannot start a WebSocket: {}", crate::traceback::format(py, &e));
             server.finish(super::http::HttpEnd::Failed);
         }
     }

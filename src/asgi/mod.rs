@@ -11,8 +11,12 @@ pub mod http;
 pub mod interface;
 pub mod scope;
 pub mod waker;
+pub mod websocket;
+pub mod ws_codec;
 
 pub use event_loop::{AsgiLoop, LoopKind};
 pub use http::{BodyRead, HttpEnd, HttpRequest, HttpServer};
 pub use scope::HttpScope;
 pub use waker::Waker;
+pub use websocket::{WsRequest, WsServer};
+pub use ws_codec::{WsCodec, WsIncoming, WsOutgoing};

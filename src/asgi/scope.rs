@@ -31,6 +31,10 @@ pub struct HttpScope {
     pub request_id: Vec<u8>,
     /// `METHOD URI PROTOCOL` as received, for log lines.
     pub request_line: String,
+    /// A WebSocket handshake: the scope is a `websocket` one.
+    pub websocket: bool,
+    /// `Sec-WebSocket-Protocol`'s values, in order.
+    pub subprotocols: Vec<String>,
 }
 
 impl HttpScope {
@@ -60,17 +64,30 @@ impl HttpScope {
         state: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let scope = PyDict::new(py);
-        scope.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http"))?;
+        let kind = if self.websocket { "websocket" } else { "http" };
+        scope.set_item(pyo3::intern!(py, "type"), kind)?;
         let asgi = PyDict::new(py);
         asgi.set_item(pyo3::intern!(py, "version"), ASGI_VERSION)?;
         asgi.set_item(pyo3::intern!(py, "spec_version"), HTTP_SPEC_VERSION)?;
         scope.set_item(pyo3::intern!(py, "asgi"), asgi)?;
         scope.set_item(pyo3::intern!(py, "http_version"), self.http_version)?;
-        scope.set_item(
-            pyo3::intern!(py, "method"),
-            crate::environ::latin1(py, &self.method)?,
-        )?;
-        let scheme = if self.https { "https" } else { "http" };
+        if !self.websocket {
+            scope.set_item(
+                pyo3::intern!(py, "method"),
+                crate::environ::latin1(py, &self.method)?,
+            )?;
+        } else {
+            scope.set_item(
+                pyo3::intern!(py, "subprotocols"),
+                pyo3::types::PyList::new(py, &self.subprotocols)?,
+            )?;
+        }
+        let scheme = match (self.websocket, self.https) {
+            (false, false) => "http",
+            (false, true) => "https",
+            (true, false) => "ws",
+            (true, true) => "wss",
+        };
         scope.set_item(pyo3::intern!(py, "scheme"), scheme)?;
         scope.set_item(
             pyo3::intern!(py, "path"),
@@ -112,12 +129,63 @@ impl HttpScope {
             }
         }
         let extensions = PyDict::new(py);
-        extensions.set_item("http.response.pathsend", PyDict::new(py))?;
+        let extension = if self.websocket {
+            "websocket.http.response"
+        } else {
+            "http.response.pathsend"
+        };
+        extensions.set_item(extension, PyDict::new(py))?;
         scope.set_item(pyo3::intern!(py, "extensions"), extensions)?;
         if let Some(state) = state {
             scope.set_item(pyo3::intern!(py, "state"), state.copy()?)?;
         }
         Ok(scope)
+    }
+}
+
+impl HttpScope {
+    /// The first value of request header `name` (lowercase).
+    pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Whether the request asks for a WebSocket (RFC 6455 handshake, version 13, HTTP/1.1 GET).
+    pub fn is_websocket_handshake(&self) -> bool {
+        let has_token = |name: &[u8], token: &str| {
+            self.headers.iter().any(|(n, v)| {
+                n == name
+                    && String::from_utf8_lossy(v)
+                        .split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case(token))
+            })
+        };
+        self.method == b"GET"
+            && self.http_version == "1.1"
+            && has_token(b"upgrade", "websocket")
+            && has_token(b"connection", "upgrade")
+            && self.header(b"sec-websocket-key").is_some()
+            && self.header(b"sec-websocket-version") == Some(b"13")
+    }
+
+    /// Makes this a `websocket` scope (its subprotocols from the request).
+    pub fn into_websocket(mut self) -> HttpScope {
+        self.websocket = true;
+        self.subprotocols = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n == b"sec-websocket-protocol")
+            .flat_map(|(_, v)| {
+                String::from_utf8_lossy(v)
+                    .split(',')
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        self
     }
 }
 
