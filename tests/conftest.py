@@ -278,6 +278,16 @@ def wait_for(condition, timeout=20, what="the condition"):
         time.sleep(0.05)
 
 
+def recv_until(sock, marker):
+    """Reads from `sock` until `marker` has arrived; returns everything read."""
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data
+
+
 class Apache:
     """One Apache httpd (event MPM unless told another, foreground) with the module: its own
     ServerRoot, port and error log, `processes` child processes with `threads` worker threads
