@@ -111,9 +111,7 @@ pub fn start(kind: LoopKind) -> Result<&'static AsgiLoop, String> {
         tasks: Arc::new(AtomicUsize::new(0)),
     });
     let (ready_tx, ready_rx) = mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name("asgi-loop".into())
-        .spawn(move || l.run(kind, ready_tx))
+    let thread = crate::signals::spawn_helper("asgi-loop", None, move || l.run(kind, ready_tx))
         .map_err(|e| format!("cannot start the asgi event loop thread: {e}"))?;
     *l.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
     match ready_rx.recv() {
@@ -138,7 +136,6 @@ impl AsgiLoop {
     }
 
     fn run(&'static self, kind: LoopKind, ready: mpsc::Sender<Result<(), String>>) {
-        crate::signals::block_server_signals_in_this_thread();
         crate::interpreter::attach(|py| {
             let setup = (|| -> PyResult<(Bound<'_, PyAny>, Bound<'_, PyModule>)> {
                 let event_loop = kind.factory(py)?.call0()?;
