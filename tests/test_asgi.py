@@ -14,24 +14,12 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, location, read_until
+from conftest import APPS, asgi_location as asgi, location, read_until, wait_for
 
 APP = APPS / "asgi_app.py"
 BAD = APPS / "asgi_bad.py"
 
 
-def asgi(path, app, extra=""):
-    return f"  location {path} {{\n   asgi_app {app};\n   {extra}\n  }}\n"
-
-
-def wait_for(condition, what, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -7,20 +7,16 @@ import os
 import signal
 import socket
 import struct
-import time
 
 import pytest
 import requests
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import APPS, read_until
+from conftest import APPS, asgi_location as asgi, read_until, wait_for
 
 APP = APPS / "asgi_ws.py"
 
-
-def asgi(path, app, extra=""):
-    return f"  location {path} {{\n   asgi_app {app};\n   {extra}\n  }}\n"
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +29,6 @@ def server(nginx_factory):
 def stats(server):
     return requests.get(server.url("/ws/stats"), timeout=10).json()
 
-
-def wait_for(condition, what, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_echo_subprotocol_headers_and_scope(server):

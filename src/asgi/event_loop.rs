@@ -255,38 +255,15 @@ impl AsgiLoop {
         driver: &Bound<'_, PyModule>,
         req: HttpRequest,
     ) {
-        let app_index = req.app;
-        let server = req.server.clone();
-        let started = (|| -> PyResult<()> {
-            let app = crate::app::Apps::get(app_index).ok_or_else(|| {
-                pyo3::exceptions::PyRuntimeError::new_err("the app is not loaded")
-            })?;
-            let state = LIFESPANS
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .and_then(|l| l.states.get(&app_index).map(|s| s.clone_ref(py)));
-            let scope = req.scope.to_dict(py, state.as_ref().map(|s| s.bind(py)))?;
+        let (app, server) = (req.app, req.server.clone());
+        let scope = req.scope.clone();
+        self.start_task(py, event_loop, driver, app, &scope, "a request", || {
             let waker = req.waker.clone();
             let exchange = Py::new(py, HttpExchange::new(req))?;
             waker.watch(Some(exchange.clone_ref(py)));
-            let tasks = self.tasks.clone();
-            let done =
-                PyCFunction::new_closure(py, None, None, move |_args, _kwargs| -> PyResult<()> {
-                    tasks.fetch_sub(1, Ordering::AcqRel);
-                    Ok(())
-                })?;
-            driver.call_method1(
-                "start_http",
-                (event_loop, app.bind(py), scope, &exchange, done),
-            )?;
-            Ok(())
-        })();
-        if let Err(e) = started {
-            self.tasks.fetch_sub(1, Ordering::AcqRel);
-            tracing::error!(target: "asgi", "cannot start a request: {}", crate::traceback::format(py, &e));
-            server.finish(super::http::HttpEnd::Failed);
-        }
+            Ok(exchange.into_any())
+        })
+        .unwrap_or_else(|| server.finish(super::http::HttpEnd::Failed));
     }
 
     fn start_ws(
@@ -296,8 +273,27 @@ impl AsgiLoop {
         driver: &Bound<'_, PyModule>,
         req: super::websocket::WsRequest,
     ) {
-        let app_index = req.app;
-        let server = req.server.clone();
+        let (app, server) = (req.app, req.server.clone());
+        let scope = req.scope.clone();
+        self.start_task(py, event_loop, driver, app, &scope, "a WebSocket", || {
+            Ok(Py::new(py, super::websocket::WsExchange::new(py, req)?)?.into_any())
+        })
+        .unwrap_or_else(|| server.finish(super::http::HttpEnd::Failed));
+    }
+
+    /// Starts the app's task for one connection, whose exchange `exchange` makes; None (logged)
+    /// when it could not start.
+    #[allow(clippy::too_many_arguments)]
+    fn start_task(
+        &self,
+        py: Python<'_>,
+        event_loop: &Bound<'_, PyAny>,
+        driver: &Bound<'_, PyModule>,
+        app_index: usize,
+        scope: &super::scope::HttpScope,
+        what: &str,
+        exchange: impl FnOnce() -> PyResult<Py<PyAny>>,
+    ) -> Option<()> {
         let started = (|| -> PyResult<()> {
             let app = crate::app::Apps::get(app_index).ok_or_else(|| {
                 pyo3::exceptions::PyRuntimeError::new_err("the app is not loaded")
@@ -307,8 +303,8 @@ impl AsgiLoop {
                 .unwrap_or_else(|e| e.into_inner())
                 .as_ref()
                 .and_then(|l| l.states.get(&app_index).map(|s| s.clone_ref(py)));
-            let scope = req.scope.to_dict(py, state.as_ref().map(|s| s.bind(py)))?;
-            let exchange = Py::new(py, super::websocket::WsExchange::new(py, req)?)?;
+            let scope = scope.to_dict(py, state.as_ref().map(|s| s.bind(py)))?;
+            let exchange = exchange()?;
             let tasks = self.tasks.clone();
             let done =
                 PyCFunction::new_closure(py, None, None, move |_args, _kwargs| -> PyResult<()> {
@@ -317,14 +313,17 @@ impl AsgiLoop {
                 })?;
             driver.call_method1(
                 "start_http",
-                (event_loop, app.bind(py), scope, &exchange, done),
+                (event_loop, app.bind(py), scope, exchange, done),
             )?;
             Ok(())
         })();
-        if let Err(e) = started {
-            self.tasks.fetch_sub(1, Ordering::AcqRel);
-            tracing::error!(target: "asgi", "cannot start a WebSocket: {}", crate::traceback::format(py, &e));
-            server.finish(super::http::HttpEnd::Failed);
+        match started {
+            Ok(()) => Some(()),
+            Err(e) => {
+                self.tasks.fetch_sub(1, Ordering::AcqRel);
+                tracing::error!(target: "asgi", "cannot start {what}: {}", crate::traceback::format(py, &e));
+                None
+            }
         }
     }
 

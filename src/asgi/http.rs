@@ -409,6 +409,17 @@ impl HttpExchange {
     }
 }
 
+/// The `type` of an ASGI message.
+pub(crate) fn message_type(message: &Bound<'_, PyAny>) -> PyResult<String> {
+    let kind = message.get_item("type").map_err(|_| {
+        PyValueError::new_err(format!("an ASGI message needs a \"type\": {message:?}"))
+    })?;
+    let kind = kind.cast::<PyString>().map_err(|_| {
+        PyTypeError::new_err(format!("the message type must be str: {message:?}"))
+    })?;
+    Ok(kind.to_cow()?.into_owned())
+}
+
 fn get_opt<'py>(message: &Bound<'py, PyAny>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
     match message.get_item(key) {
         Ok(v) => Ok(Some(v)),
@@ -495,13 +506,7 @@ impl HttpExchange {
 
     /// Takes one `send()` message; false when the app must await a wake-up and send it again.
     fn send_now(&mut self, message: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let kind = message.get_item("type").map_err(|_| {
-            PyValueError::new_err(format!("an ASGI message needs a \"type\": {message:?}"))
-        })?;
-        let kind = kind.cast::<PyString>().map_err(|_| {
-            PyTypeError::new_err(format!("the message type must be str: {message:?}"))
-        })?;
-        match &*kind.to_cow()? {
+        match message_type(message)?.as_str() {
             "http.response.start" => self.start(message).map(|()| true),
             "http.response.body" => self.body_piece(message),
             "http.response.pathsend" => self.pathsend(message).map(|()| true),

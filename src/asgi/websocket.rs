@@ -267,13 +267,7 @@ impl WsExchange {
     }
 
     fn send_now(&mut self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let kind = message.get_item("type").map_err(|_| {
-            PyValueError::new_err(format!("an ASGI message needs a \"type\": {message:?}"))
-        })?;
-        let kind = kind.cast::<PyString>().map_err(|_| {
-            PyTypeError::new_err(format!("the message type must be str: {message:?}"))
-        })?;
-        let kind = kind.to_cow()?.into_owned();
+        let kind = super::http::message_type(message)?;
         match (kind.as_str(), self.state) {
             ("websocket.accept", State::Connecting) => self.accept(message).map(|()| true),
             ("websocket.close", State::Connecting) => {
