@@ -20,6 +20,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 APPS = ROOT / "tests" / "apps"
+# The build under test: target/release, or NGX_WSGI_TARGET_DIR's (scripts/test-pythons builds the
+# modules for each Python in a target directory of its own).
+RELEASE = pathlib.Path(os.environ.get("NGX_WSGI_TARGET_DIR", ROOT / "target")) / "release"
 
 # App specs that cannot be loaded, and what the configuration check says about each.
 UNLOADABLE_APPS = [
@@ -47,15 +50,15 @@ def python_home():
 @pytest.fixture(scope="session")
 def built():
     if os.environ.get("NGX_WSGI_SKIP_BUILD") != "1":
-        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+        subprocess.run([str(ROOT / "scripts/build"), "--quiet"], cwd=ROOT, check=True)
     out = subprocess.run(
-        [str(ROOT / "target/release/ngx-wsgi"), "paths"], capture_output=True, text=True, check=True
+        [str(RELEASE / "ngx-wsgi"), "paths"], capture_output=True, text=True, check=True
     ).stdout
     paths = dict(line.split(": ", 1) for line in out.splitlines())
     return paths["module"], paths["nginx"]
 
 
-APACHE_MODULE = ROOT / "target/release/libmod_ngx_wsgi.so"
+APACHE_MODULE = RELEASE / "libmod_ngx_wsgi.so"
 APACHE_BINARY = shutil.which("apache2") or "/usr/sbin/apache2"
 APACHE_MODULES = pathlib.Path("/usr/lib/apache2/modules")
 

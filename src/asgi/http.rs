@@ -414,9 +414,9 @@ pub(crate) fn message_type(message: &Bound<'_, PyAny>) -> PyResult<String> {
     let kind = message.get_item("type").map_err(|_| {
         PyValueError::new_err(format!("an ASGI message needs a \"type\": {message:?}"))
     })?;
-    let kind = kind.cast::<PyString>().map_err(|_| {
-        PyTypeError::new_err(format!("the message type must be str: {message:?}"))
-    })?;
+    let kind = kind
+        .cast::<PyString>()
+        .map_err(|_| PyTypeError::new_err(format!("the message type must be str: {message:?}")))?;
     Ok(kind.to_cow()?.into_owned())
 }
 
