@@ -178,17 +178,6 @@ def nginx_factory(built):
         server.stop()
 
 
-def wait_for(condition, what, timeout=10):
-    """Polls `condition` until it is true (returning its value), failing after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def asgi_location(path, app, extra=""):
     return f"  location {path} {{\n   asgi_app {app};\n   {extra}\n  }}\n"
 

@@ -179,7 +179,7 @@ def test_client_max_body_size_applies(server):
     # A chunked body past the limit is cut while the app reads it: the app sees a disconnect.
     r = requests.post(server.url("/unbuffered/upload-until-gone?over"), data=iter([b"y" * 65536] * 40), timeout=10)
     assert r.status_code in (413, 400) or r.text != "complete"
-    wait_for(lambda: stats(server)["disconnected"].get("over"), "the app to see the cut")
+    wait_for(lambda: stats(server)["disconnected"].get("over"), what="the app to see the cut")
     assert stats(server)["disconnected"]["over"].startswith("gone after")
 
 
@@ -283,18 +283,18 @@ def test_a_slow_client_pauses_send_and_bounds_memory(server):
         read_until(s, b"xxxx")
         # The client reads nothing more: the app's send must stop within the socket buffers
         # plus wsgi_stream_buffer (64k), not run ahead.
-        wait_for(lambda: stats(server)["sent"].get("slow1"), "the app to start sending")
+        wait_for(lambda: stats(server)["sent"].get("slow1"), what="the app to start sending")
         last = [None]
 
         def paused():
             now = stats(server)["sent"]["slow1"]
             same, last[0] = now == last[0], now
             return same
-        wait_for(paused, "the app to be paused in send()")
+        wait_for(paused, what="the app to be paused in send()")
         assert stats(server)["sent"]["slow1"] < 16 << 20
         assert rss_kib(worker) - before < 32 * 1024
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    wait_for(lambda: stats(server)["disconnected"].get("slow1"), "send() to raise")
+    wait_for(lambda: stats(server)["disconnected"].get("slow1"), what="send() to raise")
     assert stats(server)["disconnected"]["slow1"] == "ClientDisconnected"
 
 
@@ -304,8 +304,8 @@ def test_disconnect_while_the_app_waits_for_it(server):
     with socket.create_connection(("127.0.0.1", server.port)) as s:
         s.sendall(b"GET /wait-disconnect?w1 HTTP/1.1\r\nHost: t\r\n\r\n")
         # The app has the whole (empty) body and waits in receive(); then the client goes.
-        wait_for(lambda: stats(server)["receiving"].get("w1") == "waiting", "the app to wait")
-    wait_for(lambda: stats(server)["disconnected"].get("w1"), "http.disconnect")
+        wait_for(lambda: stats(server)["receiving"].get("w1") == "waiting", what="the app to wait")
+    wait_for(lambda: stats(server)["disconnected"].get("w1"), what="http.disconnect")
     assert stats(server)["disconnected"]["w1"] == "http.disconnect"
 
 
@@ -316,10 +316,10 @@ def test_disconnect_during_an_unbuffered_upload(server, how):
         s.sendall(b"POST /unbuffered/upload-until-gone?%s HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n"
                   % key.encode() + b"a" * 5000)
         # The app is running and has part of the body before the client goes.
-        wait_for(lambda: stats(server)["receiving"].get(key), "the app to receive")
+        wait_for(lambda: stats(server)["receiving"].get(key), what="the app to receive")
         if how == "rst":
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    wait_for(lambda: stats(server)["disconnected"].get(key), "the app to see the disconnect")
+    wait_for(lambda: stats(server)["disconnected"].get(key), what="the app to see the disconnect")
     assert stats(server)["disconnected"][key].startswith("gone after")
 
 
@@ -328,7 +328,7 @@ def test_disconnect_during_a_stream_raises_in_send(server):
         s.sendall(b"GET /small/stream-until-gone?gone2 HTTP/1.1\r\nHost: t\r\n\r\n")
         read_until(s, b"xxxx")
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    wait_for(lambda: stats(server)["disconnected"].get("gone2"), "send() to raise")
+    wait_for(lambda: stats(server)["disconnected"].get("gone2"), what="send() to raise")
     assert stats(server)["disconnected"]["gone2"] == "ClientDisconnected"
     assert requests.get(server.url("/stream?1"), timeout=10).text == "0\n"
 
@@ -339,7 +339,7 @@ def test_disconnect_over_http2(server):
     client.stdout.read(65536)
     client.kill()
     client.wait()
-    wait_for(lambda: stats(server)["disconnected"].get("h2"), "send() to raise on h2")
+    wait_for(lambda: stats(server)["disconnected"].get("h2"), what="send() to raise on h2")
 
 
 # --- misbehaving apps --------------------------------------------------------------------------
@@ -409,8 +409,9 @@ def test_sends_after_completion_and_ignored_bodies(bad):
 
 def test_startup_ran_in_every_worker_and_shutdown_at_quit(nginx_factory, tmp_path):
     server = nginx_factory(asgi("/", APP), workers=2, main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
-    workers = wait_for(lambda: len(server.worker_pids()) == 2 and server.worker_pids(), "two workers")
-    wait_for(lambda: all((tmp_path / f"startup-{w}").exists() for w in workers), "both startups")
+    wait_for(lambda: len(server.worker_pids()) == 2, what="two workers")
+    workers = server.worker_pids()
+    wait_for(lambda: all((tmp_path / f"startup-{w}").exists() for w in workers), what="both startups")
     assert server.stop() == 0
     for w in workers:
         assert (tmp_path / f"shutdown-{w}").exists(), "lifespan.shutdown ran at exit"
@@ -424,7 +425,7 @@ def test_a_worker_whose_startup_fails_exits_loudly(nginx_factory, tmp_path):
     worker = server.worker_pids()[0]
     (tmp_path / "fail-startup").touch()
     os.kill(worker, signal.SIGKILL)
-    wait_for(lambda: "cannot be respawned" in server.error_log(), "the master to give up on the worker")
+    wait_for(lambda: "cannot be respawned" in server.error_log(), what="the master to give up on the worker")
     log = server.error_log()
     assert "lifespan startup failed: marked to fail" in log
     assert 'asgi_app "' in log
@@ -470,7 +471,7 @@ def test_quit_lets_requests_in_flight_finish_then_runs_shutdown(nginx_factory, t
     results = {}
     t = held_request(server, fifo, results)
     server.send_signal(signal.SIGQUIT)
-    wait_for(lambda: "gracefully shutting down" in server.error_log(), "the worker to start exiting")
+    wait_for(lambda: "gracefully shutting down" in server.error_log(), what="the worker to start exiting")
     assert not (tmp_path / f"shutdown-{worker}").exists(), "shutdown waits for the request"
     with open(fifo, "wb") as f:
         f.write(b"x")
@@ -488,13 +489,13 @@ def test_reload_with_a_request_in_flight(nginx_factory, tmp_path):
     results = {}
     t = held_request(server, fifo, results)
     server.send_signal(signal.SIGHUP)
-    wait_for(lambda: set(server.worker_pids()) - set(old), "a new worker")
+    wait_for(lambda: set(server.worker_pids()) - set(old), what="a new worker")
     assert requests.get(server.url("/stream?1"), timeout=10).text == "0\n", "the new worker serves"
     assert old[0] in server.worker_pids(), "the old worker waits for its request"
     with open(fifo, "wb") as f:
         f.write(b"x")
     t.join()
     assert results["rest"].endswith(b"released\n\r\n0\r\n\r\n")
-    wait_for(lambda: old[0] not in server.worker_pids(), "the old worker to exit")
+    wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(),
+             what="the old worker's clean exit")
     assert (tmp_path / f"shutdown-{old[0]}").read_text() == "1"
-    assert f"worker process {old[0]} exited with code 0" in server.error_log()

@@ -45,14 +45,14 @@ def test_echo_subprotocol_headers_and_scope(server):
         assert scope == {"type": "websocket", "scheme": "ws", "path": "/ws/echo", "root_path": "/ws",
                          "subprotocols": ["chat", "other"], "http_version": "1.1"}
         ws.ping().wait(5)
-    wait_for(lambda: stats(server)["closed"].get("e1"), "the app to see the close")
+    wait_for(lambda: stats(server)["closed"].get("e1"), what="the app to see the close")
     assert stats(server)["closed"]["e1"] == [1000, ""]
 
 
 def test_the_client_close_code_reaches_the_app(server):
     with connect(f"{server.ws}/ws/echo?e2") as ws:
         ws.close(4000, "done here")
-    wait_for(lambda: stats(server)["closed"].get("e2"), "the app to see the close")
+    wait_for(lambda: stats(server)["closed"].get("e2"), what="the app to see the close")
     assert stats(server)["closed"]["e2"] == [4000, "done here"]
 
 
@@ -79,7 +79,7 @@ def test_the_app_closes_with_its_code(server):
         with pytest.raises(ConnectionClosed) as e:
             ws.recv()
         assert (e.value.rcvd.code, e.value.rcvd.reason) == (4001, "go away")
-    wait_for(lambda: stats(server)["closed"].get("c1"), "the app to get the echo of its close")
+    wait_for(lambda: stats(server)["closed"].get("c1"), what="the app to get the echo of its close")
     assert stats(server)["closed"]["c1"][0] == 4001
 
 
@@ -216,7 +216,7 @@ def test_a_client_that_vanishes_is_1006_for_the_app(server):
     assert read_frame(s) == (0x1, b"held")
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     s.close()
-    wait_for(lambda: stats(server)["closed"].get("vanish"), "the app to see the client go")
+    wait_for(lambda: stats(server)["closed"].get("vanish"), what="the app to see the client go")
     assert stats(server)["closed"]["vanish"][0] == 1006
 
 
@@ -232,7 +232,7 @@ def test_a_client_that_floods_an_app_that_does_not_read_is_paused(server):
     opcode, _ = read_frame(s)
     assert opcode == 0x8
     s.close()
-    wait_for(lambda: stats(server)["received"].get("flood"), "the app to count")
+    wait_for(lambda: stats(server)["received"].get("flood"), what="the app to count")
     assert stats(server)["received"]["flood"] == 64 * 65536
 
 
@@ -244,8 +244,7 @@ def test_a_client_that_goes_before_the_accept(nginx_factory):
               b"Sec-WebSocket-Version: 13\r\n\r\n")
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     s.close()
-    wait_for(lambda: requests.get(server.url("/stats"), timeout=10).json()["closed"].get("early-gone"),
-             "the app to see the client go")
+    wait_for(lambda: requests.get(server.url("/stats"), timeout=10).json()["closed"].get("early-gone"), what="the app to see the client go")
     assert server.stop() == 0
     log = server.error_log()
     assert "request(s) inside Python" not in log and "Traceback" not in log, "the request ended with the app"
@@ -267,4 +266,4 @@ def test_open_sockets_get_1001_at_quit_and_reload(nginx_factory, how):
     s.close()
     if how == signal.SIGQUIT:
         assert server.proc.wait(timeout=30) == 0
-    wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), "a clean exit")
+    wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="a clean exit")
