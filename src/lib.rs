@@ -8,6 +8,7 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod app;
+pub mod asgi;
 pub mod body;
 pub mod check;
 pub mod chunk;
@@ -28,7 +29,7 @@ pub mod sink;
 pub mod traceback;
 pub mod watchdog;
 
-pub use app::{AppSpec, Apps};
+pub use app::{AppKind, AppSpec, Apps};
 pub use body::{Body, Segment};
 pub use chunk::Chunk;
 pub use environ::{RequestInfo, RequestInfoBuilder};

@@ -178,6 +178,10 @@ def nginx_factory(built):
         server.stop()
 
 
+def asgi_location(path, app, extra=""):
+    return f"  location {path} {{\n   asgi_app {app};\n   {extra}\n  }}\n"
+
+
 def location(path, app, extra=""):
     return f"  location {path} {{\n   wsgi_app {app};\n   {extra}\n  }}\n"
 
@@ -198,6 +202,18 @@ def raw_request(port, data, timeout=10, read_until_close=True):
         except socket.timeout:
             chunks.append(b"<timeout>")
         return b"".join(chunks)
+
+
+def read_until(sock, marker, timeout=10):
+    """Reads from `sock` until `marker` arrives or the peer closes."""
+    sock.settimeout(timeout)
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 class Route:

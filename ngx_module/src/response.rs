@@ -69,8 +69,13 @@ pub(crate) unsafe fn send(
             ),
             None => None,
         };
-        if outcome.file.is_some() && head.status == 200 && head.header("Content-Range").is_none() {
-            // A whole file in one buffer: nginx's range filter can answer byte ranges of it.
+        if outcome.file.is_some()
+            && head.status == 200
+            && head.header("Content-Range").is_none()
+            && head.header("Accept-Ranges").is_none()
+        {
+            // A whole file in one buffer: nginx's range filter can answer byte ranges of it
+            // (unless the app says it answers ranges itself, as Starlette's FileResponse does).
             (*r).set_allow_ranges(1);
         }
         if truncated {
