@@ -340,7 +340,10 @@ pub fn check_home(home: &Path) -> Result<(), String> {
             ));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!("{} is not a directory (it does not exist)", home.display()))
+            return Err(format!(
+                "{} is not a directory (it does not exist)",
+                home.display()
+            ))
         }
         Err(e) => return Err(format!("{}: {e}", home.display())),
     }
