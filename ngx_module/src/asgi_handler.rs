@@ -96,6 +96,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             max,
             wake,
             complete_ws,
+            Some(on_ws_io),
         ))
     } else {
         Served::Http(AsgiRequest::new(
@@ -187,6 +188,18 @@ unsafe extern "C" fn drop_served(data: *mut c_void) {
     guard("freeing an asgi request", (), || {
         // SAFETY: `data` is the Box leaked in `post`, freed exactly once by this cleanup.
         drop(unsafe { Box::from_raw(data as *mut Served) });
+    })
+}
+
+/// The read and write handler of an upgraded request: its WebSocket moves frames.
+unsafe extern "C" fn on_ws_io(r: *mut ngx_http_request_t) {
+    guard("the websocket connection", (), || {
+        // SAFETY: nginx calls this on the event loop with the live request.
+        unsafe {
+            if let Some(Served::Ws(ws)) = served(r) {
+                ws.on_io();
+            }
+        }
     })
 }
 

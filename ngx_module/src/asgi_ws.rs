@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use nginx_sys::{
     ngx_add_timer, ngx_del_timer, ngx_event_t, ngx_handle_read_event, ngx_handle_write_event,
-    ngx_http_output_filter, ngx_http_request_t, ngx_http_send_special, ngx_int_t, ngx_tcp_nodelay,
-    NGX_AGAIN, NGX_ERROR, NGX_HTTP_FLUSH, NGX_OK,
+    ngx_http_event_handler_pt, ngx_http_output_filter, ngx_http_request_t, ngx_http_send_special,
+    ngx_int_t, ngx_tcp_nodelay, NGX_AGAIN, NGX_ERROR, NGX_HTTP_FLUSH, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx_wsgi::asgi::{HttpEnd, WsCodec, WsIncoming, WsOutgoing, WsServer};
@@ -72,6 +72,8 @@ pub(crate) struct AsgiWs {
     max_message: usize,
     wake: Arc<dyn Fn() + Send + Sync>,
     on_end: OnWsEnd,
+    /// The request's read and write handler once upgraded: it calls [`AsgiWs::on_io`].
+    on_io: ngx_http_event_handler_pt,
     /// The wait for the client's close frame (event loop only).
     close_timer: UnsafeCell<ngx_event_t>,
     me: Weak<AsgiWs>,
@@ -94,6 +96,7 @@ impl AsgiWs {
         max_message: usize,
         wake: Arc<dyn Fn() + Send + Sync>,
         on_end: OnWsEnd,
+        on_io: ngx_http_event_handler_pt,
     ) -> Arc<AsgiWs> {
         crate::inflight::on_exiting(close_all_for_exit);
         Arc::new_cyclic(|me| AsgiWs {
@@ -117,6 +120,7 @@ impl AsgiWs {
             max_message,
             wake,
             on_end,
+            on_io,
             // SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
             close_timer: UnsafeCell::new(unsafe { std::mem::zeroed() }),
             me: me.clone(),
@@ -285,8 +289,8 @@ impl AsgiWs {
             if clcf.tcp_nodelay != 0 {
                 ngx_tcp_nodelay(c);
             }
-            (*r).read_event_handler = Some(on_ws_io);
-            (*r).write_event_handler = Some(on_ws_io);
+            (*r).read_event_handler = self.on_io;
+            (*r).write_event_handler = self.on_io;
             let mut codec = WsCodec::new(self.max_message);
             // Frames the client sent right behind its handshake.
             let hin = (*r).header_in;
@@ -352,18 +356,6 @@ unsafe extern "C" fn close_timed_out(ev: *mut ngx_event_t) {
             let ws = &*((*ev).data as *const AsgiWs);
             ws.lock().gone = true;
             ws.pump();
-        }
-    })
-}
-
-/// The read and write handler of an upgraded request.
-unsafe extern "C" fn on_ws_io(r: *mut ngx_http_request_t) {
-    guard("the websocket connection", (), || {
-        // SAFETY: nginx calls this on the event loop with the live request.
-        unsafe {
-            if let Some(crate::asgi_handler::Served::Ws(ws)) = crate::asgi_handler::served(r) {
-                ws.on_io();
-            }
         }
     })
 }

@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyDict, PyModule, PyTuple};
 
 use super::http::{HttpExchange, HttpRequest};
-use super::waker::Waker;
+use super::waker::{WakeQueue, Waker};
 
 /// Which asyncio event loop runs the apps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -203,10 +203,6 @@ impl AsgiLoop {
         }
     }
 
-    pub(crate) fn post_wake(&self, waker: Arc<Waker>) {
-        self.post(Item::Wake(waker));
-    }
-
     /// A new waker for one request.
     pub fn waker(&'static self) -> Arc<Waker> {
         Waker::new(self)
@@ -260,7 +256,12 @@ impl AsgiLoop {
         self.start_task(py, event_loop, driver, app, &scope, "a request", || {
             let waker = req.waker.clone();
             let exchange = Py::new(py, HttpExchange::new(req))?;
-            waker.watch(Some(exchange.clone_ref(py)));
+            let watched = exchange.clone_ref(py);
+            waker.watch(Some(Box::new(move |py| {
+                if let Ok(mut ex) = watched.bind(py).try_borrow_mut() {
+                    ex.notice_client_gone();
+                }
+            })));
             Ok(exchange.into_any())
         })
         .unwrap_or_else(|| server.finish(super::http::HttpEnd::Failed));
@@ -508,5 +509,11 @@ pub fn check_lifespan(py: Python<'_>, app: &Bound<'_, PyAny>, kind: LoopKind) ->
     match result {
         Ok(r) => r,
         Err(e) => Some(crate::traceback::format(py, &e)),
+    }
+}
+
+impl WakeQueue for AsgiLoop {
+    fn post_wake(&self, waker: Arc<Waker>) {
+        self.post(Item::Wake(waker));
     }
 }

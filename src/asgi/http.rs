@@ -713,7 +713,7 @@ mod tests {
             scope,
             body,
             server: server.clone(),
-            waker: Waker::new(owner),
+            waker: owner.waker(),
         };
         Bound::new(py, HttpExchange::new(req)).unwrap()
     }

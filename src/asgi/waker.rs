@@ -7,12 +7,18 @@ use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
 
-use super::event_loop::AsgiLoop;
-use super::http::HttpExchange;
+/// Where a fired waker is posted: the event loop that runs the request.
+pub(crate) trait WakeQueue: Sync {
+    /// Has the loop call [`Waker::fire`] soon (any thread).
+    fn post_wake(&self, waker: Arc<Waker>);
+}
+
+/// What else a wake-up does on the loop (notice a client that went away).
+type OnFire = Box<dyn Fn(Python<'_>) + Send + Sync>;
 
 /// One connection's waker.
 pub struct Waker {
-    owner: &'static AsgiLoop,
+    owner: &'static dyn WakeQueue,
     queued: AtomicBool,
     /// Only touched on the event loop's thread (with the GIL).
     parked: Mutex<Parked>,
@@ -22,12 +28,12 @@ pub struct Waker {
 struct Parked {
     /// Futures the app's `send`/`receive` await.
     futures: Vec<Py<PyAny>>,
-    /// The connection, to notice a client gone while the app awaits something else.
-    exchange: Option<Py<HttpExchange>>,
+    /// The connection's own check, to notice a client gone while the app awaits something else.
+    on_fire: Option<std::sync::Arc<OnFire>>,
 }
 
 impl Waker {
-    pub(crate) fn new(owner: &'static AsgiLoop) -> Arc<Waker> {
+    pub(crate) fn new(owner: &'static dyn WakeQueue) -> Arc<Waker> {
         Arc::new(Waker {
             owner,
             queued: AtomicBool::new(false),
@@ -51,17 +57,17 @@ impl Waker {
         self.parked().futures.push(future);
     }
 
-    pub(crate) fn watch(&self, exchange: Option<Py<HttpExchange>>) {
-        self.parked().exchange = exchange;
+    /// Has every wake-up also run `on_fire` (None: nothing more).
+    pub(crate) fn watch(&self, on_fire: Option<OnFire>) {
+        self.parked().on_fire = on_fire.map(std::sync::Arc::new);
     }
 
     /// Resolves the parked futures (event loop thread, with the GIL).
     pub(crate) fn fire(&self, py: Python<'_>) {
         self.queued.store(false, Ordering::Release);
-        let (futures, exchange) = {
+        let (futures, on_fire) = {
             let mut parked = self.parked();
-            let exchange = parked.exchange.as_ref().map(|e| e.clone_ref(py));
-            (std::mem::take(&mut parked.futures), exchange)
+            (std::mem::take(&mut parked.futures), parked.on_fire.clone())
         };
         for future in futures {
             let future = future.bind(py);
@@ -75,10 +81,8 @@ impl Waker {
                 }
             }
         }
-        if let Some(exchange) = exchange {
-            if let Ok(mut ex) = exchange.bind(py).try_borrow_mut() {
-                ex.notice_client_gone();
-            }
+        if let Some(on_fire) = on_fire {
+            on_fire(py);
         }
     }
 }
