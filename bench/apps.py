@@ -3,7 +3,9 @@
 Every server runs `dispatch` (one callable, routed on PATH_INFO), so each pays the same routing cost.
 """
 import json
+import queue
 import time
+from urllib.parse import parse_qs
 
 try:
     import flask
@@ -49,7 +51,40 @@ def sleep(environ, start_response):
     return [b"slept"]
 
 
-ROUTES = {"/hello": hello, "/json": json_app, "/echo": echo, "/stream": stream, "/sleep": sleep}
+def events(environ, start_response):
+    """A server-sent-events stream (bench/streams.py): one line at once, then one a second, the app
+    blocked in between the way such apps are: in `time.sleep` (`?wait=sleep`, the default) or in
+    `queue.get` on a queue nothing is put on (`?wait=queue`: an app waiting for its next event).
+    `?lines=N` (default 3600) and `?interval=S` (default 1) bound it for checks. Each line is
+    `data: N T`, T the app's `time.monotonic()` when it made the line."""
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    lines = int(query.get("lines", ["3600"])[0])
+    interval = float(query.get("interval", ["1"])[0])
+    wait = query.get("wait", ["sleep"])[0]
+    # X-Accel-Buffering: the nginx in front of the proxied peers passes each line on at once, as
+    # the nginx documentation tells SSE apps behind proxy_pass/uwsgi_pass to ask.
+    start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"),
+                              ("X-Accel-Buffering", "no")])
+    return event_lines(lines, interval, wait)
+
+
+def event_lines(lines, interval, wait):
+    pending = queue.Queue()
+    for i in range(lines):
+        if i:
+            if wait == "queue":
+                try:
+                    pending.get(timeout=interval)
+                except queue.Empty:
+                    pass
+            else:
+                time.sleep(interval)
+        # The clock the line was made at (CLOCK_MONOTONIC, the same in every process of the
+        # machine): the client tells the server's delay from its own.
+        yield b"data: %d %.6f\n\n" % (i, time.monotonic())
+
+
+ROUTES = {"/hello": hello, "/json": json_app, "/echo": echo, "/stream": stream, "/sleep": sleep, "/events": events}
 
 # The Flask workload: a route with a query argument and a JSON response through Flask's request
 # and response objects.

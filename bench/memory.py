@@ -68,6 +68,7 @@ events {{ worker_connections 1024; }}
 http {{
   access_log off;
   wsgi_python_home {sys.prefix};
+  wsgi_thread_pool default;   # a fixed pool of --threads, as gunicorn's (not the module's own threads)
   server {{
     listen 127.0.0.1:{port};
     location / {{ wsgi_app {APP_DIR}/flask_app.py:app; }}

@@ -175,7 +175,9 @@ def wait_port(port, proc, what):
 
 
 class Ctx:
-    """What servers share: the temp dir, the binaries, the bench venv."""
+    """What servers share: the temp dir, the binaries, the bench venv. As a context manager (what
+    bench/streams.py uses too): the temp dir goes at the end unless $BENCH_KEEP_TMP is set, and a
+    RuntimeError ends the bench with its message."""
 
     def __init__(self, args):
         self.args = args
@@ -191,13 +193,22 @@ class Ctx:
         (d / "logs").mkdir(parents=True)
         return d
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if not os.environ.get("BENCH_KEEP_TMP"):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        if kind is RuntimeError:
+            sys.exit(f"bench failed: {error}")
+
     def popen(self, cmd, log, **kw):
         f = open(log, "ab")
         return subprocess.Popen([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, **kw)
 
 
-def nginx_conf(prefix, body, workers=CORES, head=""):
+def nginx_conf(prefix, body, workers=CORES, head="", connections=4096):
     user = "user root root;" if IS_ROOT else ""
     return f"""
 {head}
@@ -206,7 +217,7 @@ daemon off;
 worker_processes {workers};
 error_log {prefix}/logs/error.log warn;
 pid {prefix}/logs/nginx.pid;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {connections}; }}
 http {{
   access_log off;
   client_body_buffer_size 64k;
@@ -285,16 +296,17 @@ def wait_tcp(port, procs, what, timeout=60):
 class Module(Server):
     name = "module"
     threads = (2, 64)
-    how = "nginx + ngx_http_wsgi_module, `thread_pool default threads=N`, `wsgi_app apps.py:dispatch`"
+    how = "nginx + ngx_http_wsgi_module, its own threads (`wsgi_max_threads N`), `wsgi_app apps.py:dispatch`"
 
     def start(self):
         body = f"""
   wsgi_python_home {self.ctx.venv};
+  wsgi_max_threads {self.n};
   server {{
     listen 127.0.0.1:{self.port} reuseport;
     location / {{ wsgi_app {BENCH}/apps.py:dispatch; }}
   }}"""
-        head = f"load_module {self.ctx.module};\nthread_pool default threads={self.n} max_queue=65536;"
+        head = f"load_module {self.ctx.module};"
         conf = self.dir / "nginx.conf"
         conf.write_text(nginx_conf(self.dir, body, head=head))
         self.procs = [self.ctx.popen([self.ctx.nginx, "-p", self.dir, "-c", conf], self.dir / "logs/stdout.log")]
@@ -845,8 +857,7 @@ def main():
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (bench/setup)")
     threads = threads_for(args)
-    ctx = Ctx(args)
-    try:
+    with Ctx(args) as ctx:
         for n in names:
             why = SERVERS[n].available(ctx)
             if why:
@@ -862,11 +873,6 @@ def main():
         # Row key = server name: a server's CPU and sleep thread counts never serve the same workload.
         cells = run(ctx, args, [(n, SERVERS[n], t, wls) for (n, t), wls in plan.items()], workloads, args.rounds)
         report(ctx, args, cells, workloads, names, threads)
-    except RuntimeError as e:
-        sys.exit(f"bench failed: {e}")
-    finally:
-        if not os.environ.get("BENCH_KEEP_TMP"):
-            shutil.rmtree(ctx.tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,33 @@ pub enum AppSource {
     Module(String),
 }
 
-/// A parsed `wsgi_app` value.
+/// Which interface the callable speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppKind {
+    /// PEP 3333 (`wsgi_app`).
+    #[default]
+    Wsgi,
+    /// ASGI 3.0 (`asgi_app`).
+    Asgi,
+}
+
+impl AppKind {
+    fn name(self) -> &'static str {
+        match self {
+            AppKind::Wsgi => "WSGI",
+            AppKind::Asgi => "ASGI",
+        }
+    }
+}
+
+/// A parsed `wsgi_app` (or `asgi_app`) value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppSpec {
     pub source: AppSource,
-    /// Attribute path of the callable inside the module (`application` by default).
+    /// Attribute path of the callable inside the module (`application` by default, `app` for
+    /// ASGI).
     pub callable: String,
+    pub kind: AppKind,
 }
 
 fn is_dotted_identifier(s: &str) -> bool {
@@ -38,6 +59,19 @@ impl AppSpec {
     /// Parses `PATH.py[:CALLABLE]` or `pkg.module[:CALLABLE]`. A relative path is resolved
     /// against `base` (the server's prefix).
     pub fn parse(text: &str, base: &Path) -> Result<AppSpec, String> {
+        Self::parse_as(text, base, AppKind::Wsgi)
+    }
+
+    /// Parses an `asgi_app` value: as [`parse`](Self::parse), the callable defaulting to `app`.
+    pub fn parse_asgi(text: &str, base: &Path) -> Result<AppSpec, String> {
+        Self::parse_as(text, base, AppKind::Asgi)
+    }
+
+    fn parse_as(text: &str, base: &Path, kind: AppKind) -> Result<AppSpec, String> {
+        let default_callable = match kind {
+            AppKind::Wsgi => "application",
+            AppKind::Asgi => "app",
+        };
         let (target, callable) = match text.rsplit_once(':') {
             Some((target, callable)) if is_dotted_identifier(callable) => (target, callable),
             Some((_, callable)) => {
@@ -45,7 +79,7 @@ impl AppSpec {
                     "\"{text}\": callable {callable:?} is not a Python name"
                 ));
             }
-            None => (text, "application"),
+            None => (text, default_callable),
         };
         let source = if target.ends_with(".py") {
             let path = Path::new(target);
@@ -64,6 +98,7 @@ impl AppSpec {
         Ok(AppSpec {
             source,
             callable: callable.to_owned(),
+            kind,
         })
     }
 
@@ -78,9 +113,10 @@ impl AppSpec {
         for attr in self.callable.split('.') {
             obj = obj.getattr(attr).map_err(|_| {
                 format!(
-                    "{} has no attribute {:?} (looking for the WSGI callable {:?})",
+                    "{} has no attribute {:?} (looking for the {} callable {:?})",
                     self.describe(),
                     attr,
+                    self.kind.name(),
                     self.callable
                 )
             })?;
@@ -91,6 +127,10 @@ impl AppSpec {
                 self.describe(),
                 self.callable
             ));
+        }
+        if self.kind == AppKind::Asgi {
+            crate::asgi::interface::check(&obj)
+                .map_err(|e| format!("{}:{} {e}", self.describe(), self.callable))?;
         }
         Ok(obj.unbind())
     }
@@ -204,21 +244,24 @@ mod tests {
             AppSpec::parse("/srv/app/wsgi.py", base).unwrap(),
             AppSpec {
                 source: AppSource::File("/srv/app/wsgi.py".into()),
-                callable: "application".into()
+                callable: "application".into(),
+                kind: AppKind::Wsgi,
             }
         );
         assert_eq!(
             AppSpec::parse("app/wsgi.py:app.wsgi_app", base).unwrap(),
             AppSpec {
                 source: AppSource::File("/etc/nginx/app/wsgi.py".into()),
-                callable: "app.wsgi_app".into()
+                callable: "app.wsgi_app".into(),
+                kind: AppKind::Wsgi,
             }
         );
         assert_eq!(
             AppSpec::parse("mysite.wsgi", base).unwrap(),
             AppSpec {
                 source: AppSource::Module("mysite.wsgi".into()),
-                callable: "application".into()
+                callable: "application".into(),
+                kind: AppKind::Wsgi,
             }
         );
         assert_eq!(
@@ -228,5 +271,11 @@ mod tests {
         assert!(AppSpec::parse("pkg.mod:", base).is_err());
         assert!(AppSpec::parse("pkg.mod:1x", base).is_err());
         assert!(AppSpec::parse("not a module", base).is_err());
+        let asgi = AppSpec::parse_asgi("main", base).unwrap();
+        assert_eq!((asgi.callable.as_str(), asgi.kind), ("app", AppKind::Asgi));
+        assert_eq!(
+            AppSpec::parse_asgi("main:api", base).unwrap().callable,
+            "api"
+        );
     }
 }

@@ -48,6 +48,8 @@ pub struct WorkerSetup {
     pub environment: Option<Vec<(String, String)>>,
     /// How long starting Python and importing every app may take (zero: [`DEFAULT_TIMEOUT`]).
     pub timeout: Duration,
+    /// The event loop ASGI apps run on (their lifespan startup runs on one in the check).
+    pub asgi_loop: crate::asgi::LoopKind,
 }
 
 /// How long the check may take unless the server's configuration says otherwise.
@@ -278,8 +280,18 @@ fn child_report(
         let mut out = String::new();
         for (i, spec) in specs.iter().enumerate() {
             crate::log_text::write_all(progress, format!("S{i}\0").as_bytes());
-            if let Err(e) = spec.load(py) {
-                out.push_str(&format!("A{i}:{e}\0"));
+            match spec.load(py) {
+                Err(e) => out.push_str(&format!("A{i}:{e}\0")),
+                // An ASGI app's startup runs here too: one that fails is refused before the
+                // server takes the configuration, while the running workers keep serving.
+                Ok(app) if spec.kind == crate::app::AppKind::Asgi => {
+                    if let Some(e) =
+                        crate::asgi::event_loop::check_lifespan(py, app.bind(py), setup.asgi_loop)
+                    {
+                        out.push_str(&format!("A{i}:{e}\0"));
+                    }
+                }
+                Ok(_) => {}
             }
         }
         out.push_str("K\0");

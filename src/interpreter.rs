@@ -327,8 +327,25 @@ fn executable_for(home: Option<&Path>) -> Option<PathBuf> {
 /// Rejects a home that cannot work with the libpython this crate links, with a message that
 /// says why (the classic symptom otherwise is "No module named 'encodings'" at start).
 pub fn check_home(home: &Path) -> Result<(), String> {
-    if !home.is_dir() {
-        return Err(format!("{} is not a directory", home.display()));
+    match std::fs::metadata(home) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(format!("{} is not a directory", home.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            // SAFETY: plain syscalls.
+            let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+            return Err(format!(
+                "{} cannot be reached by uid {uid} gid {gid} (the workers' user): a directory on \
+                 its way is closed to it ({e})",
+                home.display()
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "{} is not a directory (it does not exist)",
+                home.display()
+            ))
+        }
+        Err(e) => return Err(format!("{}: {e}", home.display())),
     }
     let cfg = home.join("pyvenv.cfg");
     if cfg.exists() {

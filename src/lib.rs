@@ -9,6 +9,7 @@
 
 pub mod accel;
 pub mod app;
+pub mod asgi;
 pub mod body;
 pub mod check;
 pub mod chunk;
@@ -30,7 +31,7 @@ pub mod sink;
 pub mod traceback;
 pub mod watchdog;
 
-pub use app::{AppSpec, Apps};
+pub use app::{AppKind, AppSpec, Apps};
 pub use body::{Body, Segment};
 pub use chunk::Chunk;
 pub use environ::{RequestInfo, RequestInfoBuilder};

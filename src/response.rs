@@ -195,6 +195,34 @@ pub fn parse_header<'a>(
     Ok((name.as_bytes(), value_bytes))
 }
 
+/// Checks one header given as bytes (ASGI): the same rules as [`parse_header`].
+pub fn check_header_bytes(name: &[u8], value: &[u8]) -> Result<(), String> {
+    let shown = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    if name.is_empty() || !name.iter().all(|&c| is_token_char(c)) {
+        return Err(format!(
+            "header name {:?} is not an HTTP token",
+            shown(name)
+        ));
+    }
+    if HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+    {
+        return Err(format!(
+            "header {:?} is hop-by-hop; the server manages it",
+            shown(name)
+        ));
+    }
+    if value.iter().any(|&c| is_ctl(c)) {
+        return Err(format!(
+            "header {:?} value {:?} contains a control character (CR, LF, NUL, ...)",
+            shown(name),
+            shown(value)
+        ));
+    }
+    Ok(())
+}
+
 /// Builds a head from the app's `status` and `headers` arguments, without the `ignored`
 /// `X-Accel-*` headers (the server neither acts on them nor shows them to the client).
 pub fn head_from_python(

@@ -131,11 +131,24 @@ pub fn use_fork_for_subprocesses(py: pyo3::Python<'_>) -> pyo3::PyResult<()> {
     Ok(())
 }
 
-/// Blocks the signals that are the server's business in the calling thread (a pool thread), as
-/// nginx does in its own pool threads, so that they reach the thread that handles them; faults
-/// a thread causes itself stay deliverable.
-pub fn block_server_signals_in_this_thread() {
-    // SAFETY: builds a set and applies it to the calling thread's mask.
+/// Starts a helper thread (a pool thread, the watchdog, a deadline thread) with the signals that
+/// are the server's business blocked from its first instruction, as nginx does in its own pool
+/// threads, so that they reach the thread that handles them; faults a thread causes itself stay
+/// deliverable. The calling thread's mask is left as it was.
+pub fn spawn_helper<F>(
+    name: &str,
+    stack_size: Option<usize>,
+    f: F,
+) -> std::io::Result<std::thread::JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    let mut builder = std::thread::Builder::new().name(name.into());
+    if let Some(size) = stack_size {
+        builder = builder.stack_size(size);
+    }
+    // SAFETY: builds a set, blocks it in the calling thread (a new thread inherits its creator's
+    // mask), and puts the caller's own mask back once the thread exists.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut set);
@@ -148,7 +161,11 @@ pub fn block_server_signals_in_this_thread() {
         ] {
             libc::sigdelset(&mut set, fault);
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        let spawned = builder.spawn(f);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        spawned
     }
 }
 

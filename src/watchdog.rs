@@ -167,10 +167,7 @@ fn submit(job: Interrupt) {
     q.jobs.push_back(job);
     if q.thread.is_none() {
         q.ended = false;
-        match std::thread::Builder::new()
-            .name("wsgi-watchdog".into())
-            .spawn(watch_loop)
-        {
+        match crate::signals::spawn_helper("wsgi-watchdog", None, watch_loop) {
             Ok(handle) => {
                 q.thread = Some(handle);
                 crate::interpreter::before_finalize(stop_before_finalize);
@@ -188,8 +185,6 @@ fn submit(job: Interrupt) {
 }
 
 fn watch_loop() {
-    // The server's signals go to its own threads, whichever thread started this one.
-    crate::signals::block_server_signals_in_this_thread();
     loop {
         let batch: Vec<Interrupt> = {
             let mut q = queue();

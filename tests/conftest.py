@@ -21,8 +21,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 APPS = ROOT / "tests" / "apps"
-# Where the built modules and `ngx-wsgi` are (scripts/test-asan points it at its sanitized build).
-BUILD_DIR = pathlib.Path(os.environ.get("NGX_WSGI_BUILD_DIR") or ROOT / "target/release")
+# The build under test: target/release, or NGX_WSGI_TARGET_DIR's (scripts/test-pythons builds the
+# modules for each Python in a target directory of its own, scripts/test-asan its sanitized build).
+RELEASE = pathlib.Path(os.environ.get("NGX_WSGI_TARGET_DIR", ROOT / "target")) / "release"
 # Extra environment of the servers (scripts/test-asan: the sanitizer runtime for Debian's apache2,
 # PYTHONMALLOC for both servers' interpreters).
 SERVER_ENV = {k: v for k, v in os.environ.items() if k in ("PYTHONMALLOC", "ASAN_OPTIONS")}
@@ -55,15 +56,15 @@ def python_home():
 @pytest.fixture(scope="session")
 def built():
     if os.environ.get("NGX_WSGI_SKIP_BUILD") != "1":
-        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+        subprocess.run([str(ROOT / "scripts/build"), "--quiet"], cwd=ROOT, check=True)
     out = subprocess.run(
-        [str(BUILD_DIR / "ngx-wsgi"), "paths"], capture_output=True, text=True, check=True
+        [str(RELEASE / "ngx-wsgi"), "paths"], capture_output=True, text=True, check=True
     ).stdout
     paths = dict(line.split(": ", 1) for line in out.splitlines())
     return paths["module"], paths["nginx"]
 
 
-APACHE_MODULE = BUILD_DIR / "libmod_ngx_wsgi.so"
+APACHE_MODULE = RELEASE / "libmod_ngx_wsgi.so"
 APACHE_BINARY = shutil.which("apache2") or "/usr/sbin/apache2"
 APACHE_MODULES = pathlib.Path("/usr/lib/apache2/modules")
 
@@ -185,6 +186,10 @@ def nginx_factory(built):
         server.stop()
 
 
+def asgi_location(path, app, extra=""):
+    return f"  location {path} {{\n   asgi_app {app};\n   {extra}\n  }}\n"
+
+
 def location(path, app, extra=""):
     return f"  location {path} {{\n   wsgi_app {app};\n   {extra}\n  }}\n"
 
@@ -217,6 +222,18 @@ def http_get(server, target, headers=None):
         return r.status, r.headers, r.read()
     finally:
         conn.close()
+
+
+def read_until(sock, marker, timeout=10):
+    """Reads from `sock` until `marker` arrives or the peer closes."""
+    sock.settimeout(timeout)
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 class Route:
@@ -286,6 +303,16 @@ def wait_for(condition, timeout=20, what="the condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def recv_until(sock, marker):
+    """Reads from `sock` until `marker` has arrived; returns everything read."""
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data
 
 
 class Apache:

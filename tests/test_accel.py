@@ -4,7 +4,7 @@ and nginx acts on X-Accel-Limit-Rate and X-Accel-Charset as its upstream modules
 
 import pytest
 
-from conftest import APACHE_MODULES, APPS, http_get, location, route
+from conftest import APACHE_MODULES, APPS, asgi_location, http_get, location, route
 
 RESPONSES = APPS / "responses.py"
 SECURITY = APPS / "security.py"
@@ -155,3 +155,28 @@ def test_wsgi_ignore_headers_twice_is_a_duplicate(nginx_factory):
     server = nginx_factory(location("/", APPS / "sleepy.py", "wsgi_ignore_headers X-Accel-Redirect; "
                                                               "wsgi_ignore_headers X-Accel-Charset;"))
     assert '"wsgi_ignore_headers" directive is duplicate' in server.run("-t").stderr
+
+
+@pytest.fixture(scope="module")
+def asgi_server(nginx_factory):
+    app = f"{SECURITY}:asgi_headers_from_query"
+    return nginx_factory(
+        asgi_location("/asgi/", app, "add_header X-Limit $limit_rate always;")
+        + asgi_location("/asgi-ignoring/", app, "wsgi_ignore_headers X-Accel-Redirect X-Accel-Limit-Rate; "
+                                                "add_header X-Limit $limit_rate always;")
+        + f"  {NGINX_PROTECTED}\n",
+    ).start()
+
+
+def test_an_asgi_apps_x_accel_headers(asgi_server):
+    # An ASGI head goes out at http.response.start, before the module could hold the body back:
+    # X-Accel-Redirect is not acted on there (README, ASGI), but never reaches the client either.
+    status, headers, body = http_get(asgi_server, "/asgi/x?X-Accel-Redirect=/protected/hello.txt")
+    assert (status, body) == (200, b"the app's own body\n")
+    assert "X-Accel-Redirect" not in headers
+    status, headers, body = http_get(asgi_server, "/asgi/x?X-Accel-Limit-Rate=777")
+    assert (status, body, headers["X-Limit"]) == (200, b"the app's own body\n", "777")
+    assert "X-Accel-Limit-Rate" not in headers
+    status, headers, body = http_get(asgi_server, "/asgi-ignoring/x?X-Accel-Limit-Rate=777")
+    assert (status, body, headers["X-Limit"]) == (200, b"the app's own body\n", "0")
+    assert not [h for h in headers if h.lower().startswith("x-accel-")]

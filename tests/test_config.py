@@ -3,12 +3,14 @@ directive, the file and line, and the Python error."""
 import os
 import re
 import signal
+import sys
 import time
 
 import pytest
 import requests
 
 from conftest import APPS, UNLOADABLE_APPS, location
+from pythons import venv_of_other_python
 
 BROKEN = APPS / "broken"
 
@@ -57,6 +59,16 @@ def test_python_home_of_another_version_is_refused(nginx_factory, tmp_path):
     assert result.returncode != 0
     assert re.search(rf'\[emerg\] wsgi_python_home {tmp_path} is Python 3\.99; '
                      rf'this module embeds Python 3\.\d+ in {server.conf}:\d+', result.stderr), result.stderr
+
+
+def test_virtualenv_of_another_installed_python_is_refused(nginx_factory, tmp_path):
+    version, venv = venv_of_other_python(tmp_path)
+    server, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), home=False,
+                               http_extra=f"wsgi_python_home {venv};")
+    assert result.returncode != 0
+    embedded = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert (f"[emerg] wsgi_python_home {venv} is Python {version}; this module embeds Python {embedded} "
+            f"in {server.conf}:") in result.stderr, result.stderr
 
 
 def test_python_home_that_does_not_exist(nginx_factory, tmp_path):
@@ -152,3 +164,22 @@ def test_the_check_runs_as_the_workers_user_with_its_groups_and_no_server_descri
         assert c["groups"] == [nogroup], f"root's groups are not kept: {c['groups']}"
         sockets = [target for target in c["fds"].values() if target.startswith("socket:")]
         assert sockets == [], f"no listening socket or worker channel inherited: {c['fds']}"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_a_python_home_closed_to_the_workers_user_is_named_as_such(nginx_factory):
+    import pathlib
+    import sys
+    import tempfile
+    closed = pathlib.Path(tempfile.mkdtemp(prefix="ngx-wsgi-closed-"))
+    closed.chmod(0o700)
+    venv = closed / "venv"
+    venv.mkdir()
+    (venv / "pyvenv.cfg").write_text(f"home = /usr/bin\nversion = {sys.version_info[0]}.{sys.version_info[1]}.0\n")
+    server = nginx_factory(location("/", APPS / "sleepy.py"), home=False,
+                           http_extra=f"wsgi_python_home {venv};")
+    server.conf.write_text(server.conf.read_text().replace("user root root;", "user nobody nogroup;"))
+    result = server.run("-t")
+    assert result.returncode != 0
+    assert f"{venv} cannot be reached by uid" in result.stderr and "(the workers' user)" in result.stderr, \
+        result.stderr

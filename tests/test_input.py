@@ -8,7 +8,7 @@ import socket
 import pytest
 import requests
 
-from conftest import APPS, route
+from conftest import APPS, recv_until, route
 
 APP = APPS / "input_app.py"
 BODY = b"first line\nsecond\n\nlast without newline"
@@ -137,12 +137,7 @@ def _post_half(server, path, total=10, sent=b"hello"):
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(f"POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {total}\r\n\r\n".encode()
                   + sent)
-        data = b""
-        while b"handed off" not in data:
-            chunk = s.recv(65536)
-            assert chunk, data
-            data += chunk
-    return data
+        return recv_until(s, b"handed off")
 
 
 @pytest.mark.parametrize("when", ["during", "after"])

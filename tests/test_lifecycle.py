@@ -187,8 +187,7 @@ def test_recycling_directives_are_checked(wsgi_factory):
     for line, message in bad[wsgi_factory.kind]:
         result = wsgi_factory([route("/", APPS / "sleepy.py")], **recycling(line, line)).run("-t")
         assert result.returncode != 0 and message in result.stderr, result.stderr
-        if wsgi_factory.kind == "apache":
-            assert line.split()[0] in result.stderr, "the error names the directive"
+        assert line.split()[0] in result.stderr, "the error names the directive"
 
 
 def test_each_app_is_imported_once_per_worker(nginx_factory, tmp_path):

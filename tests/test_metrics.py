@@ -60,7 +60,7 @@ def test_in_flight_timeouts_and_lost_slots(server):
     before = scrape(server)
     slow = threading.Thread(target=lambda: requests.get(server.url("/slow"), timeout=30))
     slow.start()
-    wait_for(lambda: scrape(server)["wsgi_requests_in_flight"] >= 1, what="the slow request in flight")
+    wait_for(lambda: scrape(server)["wsgi_pool_threads_busy"] >= 1, what="the slow request in a thread")
     during = scrape(server)
     assert during["wsgi_requests_in_flight"] >= 1 and during["wsgi_pool_threads_busy"] >= 1
     assert requests.get(server.url("/hurry/slow"), timeout=30).status_code == 504

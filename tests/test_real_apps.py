@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, location, route
+from conftest import APPS, location, recv_until, route, wait_for
 
 APP = APPS / "real_apps.py"
 KINDS = ["run", "shell", "check_call", "popen_wait", "communicate", "system", "fork", "mp_fork", "mp_spawn"]
@@ -147,21 +147,14 @@ def gauge(server, name):
     raise KeyError(name)
 
 
-def wait_for(condition, what, within=30):
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
-
-
 def test_a_full_queue_answers_503_at_once_and_says_why_once(nginx_factory):
     server = nginx_factory(OVERLOAD, main_extra="thread_pool side threads=1;",
                            http_extra="wsgi_max_threads 2; wsgi_max_queue 2; wsgi_queue_timeout 60s;").start()
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         held = [pool.submit(requests.get, server.url("/block?full"), timeout=60) for _ in range(2)]
-        wait_for(lambda: gauge(server, "wsgi_pool_threads_busy") == 2, "two threads busy")
+        wait_for(lambda: gauge(server, "wsgi_pool_threads_busy") == 2, 30, "two threads busy")
         held += [pool.submit(requests.get, server.url("/block?full"), timeout=60) for _ in range(2)]
-        wait_for(lambda: gauge(server, "wsgi_requests_queued") == 2, "two requests queued")
+        wait_for(lambda: gauge(server, "wsgi_requests_queued") == 2, 30, "two requests queued")
         refused = [requests.get(server.url(f"/extra{i}"), timeout=10) for i in range(20)]
         assert {r.status_code for r in refused} == {503}
         assert {r.headers.get("Retry-After") for r in refused} == {"60"}
@@ -180,7 +173,7 @@ def test_a_request_that_waits_past_the_queue_timeout_gets_503(nginx_factory):
                            http_extra="wsgi_max_threads 1; wsgi_queue_timeout 300ms;").start()
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         held = pool.submit(requests.get, server.url("/block?stale"), timeout=60)
-        wait_for(lambda: gauge(server, "wsgi_pool_threads_busy") == 1, "the one thread is busy")
+        wait_for(lambda: gauge(server, "wsgi_pool_threads_busy") == 1, 30, "the one thread is busy")
         waited = requests.get(server.url("/waits"), timeout=30)
         assert waited.status_code == 503 and waited.headers["Retry-After"] == "1"
         assert gauge(server, "wsgi_requests_queued") == 0
@@ -202,11 +195,7 @@ def test_thread_and_queue_directives_are_checked(nginx_factory):
 def _open_stream(port, path):
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    data = b""
-    while b"data: 0" not in data:
-        chunk = s.recv(4096)
-        assert chunk, data
-        data += chunk
+    recv_until(s, b"data: 0")
     return s
 
 
@@ -229,9 +218,9 @@ def test_long_lived_streams_never_starve_short_requests(nginx_factory):
     finally:
         for s in streams:
             s.close()
-    wait_for(lambda: json.loads(requests.get(server.url("/stats"), timeout=10).text)["streams_closed"] >= 300,
+    wait_for(lambda: json.loads(requests.get(server.url("/stats"), timeout=10).text)["streams_closed"] >= 300, 30,
              "every stream was closed at its next line")
-    wait_for(lambda: gauge(server, "wsgi_pool_threads_busy") == 0, "every thread came back")
+    wait_for(lambda: gauge(server, "wsgi_pool_threads_busy") == 0, 30, "every thread came back")
     assert "exited on signal" not in server.error_log()
 
 

@@ -7,7 +7,7 @@ import time
 
 import requests
 
-from conftest import BUILD_DIR, free_port
+from conftest import RELEASE, free_port
 
 APP = '''
 def application(environ, start_response):
@@ -43,7 +43,7 @@ def test_serve_with_reload_follows_edits(built):
     app.parent.mkdir()
     app.write_text(APP.replace("VERSION", "v1"))
     port = free_port()
-    proc = subprocess.Popen([str(BUILD_DIR / "ngx-wsgi"), "serve", str(app), "--port", str(port),
+    proc = subprocess.Popen([str(RELEASE / "ngx-wsgi"), "serve", str(app), "--port", str(port),
                              "--reload"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
@@ -73,7 +73,7 @@ def test_serve_quotes_paths_and_never_runs_workers_as_root(built):
     app.write_text(APP.replace("VERSION", "quoted"))
     app.chmod(0o644)
     port = free_port()
-    proc = subprocess.Popen([str(BUILD_DIR / "ngx-wsgi"), "serve", str(app), "--port", str(port)],
+    proc = subprocess.Popen([str(RELEASE / "ngx-wsgi"), "serve", str(app), "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     try:

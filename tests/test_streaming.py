@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from conftest import APACHE_MODULES, APPS, route
+from conftest import APACHE_MODULES, APPS, read_until, route
 
 APP = APPS / "streaming.py"
 NAMES = ["events", "release", "huge", "endless", "writer", "big_stream"]
@@ -27,17 +27,6 @@ def server(wsgi_factory):
                     server_extra=f"LoadModule ratelimit_module {APACHE_MODULES}/mod_ratelimit.so\n"
                                  f"LoadModule env_module {APACHE_MODULES}/mod_env.so\n"),
     ).start()
-
-
-def read_until(sock, marker, timeout=10):
-    sock.settimeout(timeout)
-    data = b""
-    while marker not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def stats(server):

@@ -80,6 +80,6 @@ fn worker_setup() -> WorkerSetup {
     WorkerSetup {
         credentials,
         environment: None,
-        timeout: std::time::Duration::ZERO,
+        ..Default::default()
     }
 }

@@ -42,6 +42,28 @@ pub(crate) struct DirConf {
 }
 
 impl DirConf {
+    /// What an inner section (`new`) makes of an outer one's settings (`base`).
+    fn merged(base: &DirConf, new: &DirConf) -> DirConf {
+        // The app and its mount go together: the innermost section that names an app wins.
+        let mut merged = if new.app >= 0 { *new } else { *base };
+        merged.buffering = if new.buffering >= 0 {
+            new.buffering
+        } else {
+            base.buffering
+        };
+        merged.timeout_us = if new.timeout_us >= 0 {
+            new.timeout_us
+        } else {
+            base.timeout_us
+        };
+        merged.ignore = if new.ignore >= 0 {
+            new.ignore
+        } else {
+            base.ignore
+        };
+        merged
+    }
+
     pub(crate) fn app(&self) -> Option<usize> {
         usize::try_from(self.app).ok()
     }
@@ -220,24 +242,7 @@ pub(crate) unsafe extern "C" fn merge_dir_config(
         // SAFETY: both were made by this module's create/merge functions.
         unsafe {
             let (base, new) = (*(base as *const DirConf), *(new as *const DirConf));
-            // The app and its mount go together: the innermost section that names an app wins.
-            let mut merged = if new.app >= 0 { new } else { base };
-            merged.buffering = if new.buffering >= 0 {
-                new.buffering
-            } else {
-                base.buffering
-            };
-            merged.ignore = if new.ignore >= 0 {
-                new.ignore
-            } else {
-                base.ignore
-            };
-            merged.timeout_us = if new.timeout_us >= 0 {
-                new.timeout_us
-            } else {
-                base.timeout_us
-            };
-            alloc(pool, merged)
+            alloc(pool, DirConf::merged(&base, &new))
         }
     })
 }
@@ -642,4 +647,86 @@ fn size(text: &str) -> Option<usize> {
         _ => (text, 0),
     };
     digits.parse::<usize>().ok()?.checked_mul(1 << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(app: c_int, mount: &'static [u8], buffering: c_int, timeout_us: i64) -> DirConf {
+        DirConf {
+            app,
+            mount: mount.as_ptr(),
+            mount_len: mount.len(),
+            buffering,
+            timeout_us,
+            by_file: 0,
+            ignore: -1,
+        }
+    }
+
+    #[test]
+    fn the_innermost_app_wins_with_its_mount_and_settings_inherit() {
+        let outer = conf(0, b"/api", 0, 5_000_000);
+        let inner = conf(-1, b"", -1, -1);
+        let merged = DirConf::merged(&outer, &inner);
+        assert_eq!((merged.app(), merged.mount()), (Some(0), &b"/api"[..]));
+        assert!(!merged.request_buffering());
+        assert_eq!(
+            merged.request_timeout(),
+            Some(std::time::Duration::from_secs(5))
+        );
+        let own = conf(1, b"/v2", 1, 0);
+        let merged = DirConf::merged(&outer, &own);
+        assert_eq!((merged.app(), merged.mount()), (Some(1), &b"/v2"[..]));
+        assert!(merged.request_buffering());
+        assert_eq!(
+            merged.request_timeout(),
+            None,
+            "0 turns an outer deadline off"
+        );
+    }
+
+    #[test]
+    fn an_inner_section_without_ignore_headers_inherits_the_outer_ones() {
+        let mut outer = conf(0, b"/api", -1, -1);
+        outer.ignore = c_int::from(AccelHeaders::REDIRECT.bits());
+        let inner = conf(-1, b"", -1, -1);
+        assert_eq!(
+            DirConf::merged(&outer, &inner).ignored_accel(),
+            AccelHeaders::REDIRECT
+        );
+        assert_eq!(
+            DirConf::merged(&inner, &inner).ignored_accel(),
+            AccelHeaders::NONE
+        );
+    }
+
+    #[test]
+    fn times_as_apache_writes_them() {
+        assert_eq!(duration_us("30"), Some(30_000_000));
+        assert_eq!(duration_us("500ms"), Some(500_000));
+        assert_eq!(duration_us("5mi"), Some(300_000_000));
+        assert_eq!(duration_us("1h"), Some(3_600_000_000));
+        assert_eq!(duration_us("soon"), None);
+        assert_eq!(duration_us("5m"), None, "Apache's minutes are mi");
+        assert_eq!(duration_us("99999999999999999h"), None);
+    }
+
+    #[test]
+    fn sizes_as_nginx_writes_them() {
+        assert_eq!(size("512k"), Some(512 << 10));
+        assert_eq!(size("48M"), Some(48 << 20));
+        assert_eq!(size("2g"), Some(2 << 30));
+        assert_eq!(size("1000"), Some(1000));
+        assert_eq!(size("lots"), None);
+    }
+
+    #[test]
+    fn shutdown_timeout_defaults_to_five_seconds() {
+        let mut r = Registry::default();
+        assert_eq!(r.shutdown_timeout(), std::time::Duration::from_secs(5));
+        r.shutdown_timeout_us = 250_000;
+        assert_eq!(r.shutdown_timeout(), std::time::Duration::from_millis(250));
+    }
 }

@@ -42,10 +42,8 @@ fn timers() -> MutexGuard<'static, Timers> {
 pub(crate) fn arm(at: Instant, what: Arc<dyn Expire>) -> Option<Ticket> {
     let mut t = timers();
     if t.thread.is_none() {
-        match std::thread::Builder::new()
-            .name("wsgi-deadlines".into())
-            .spawn(run)
-        {
+        // Its signals blocked: SIGTERM must reach the child's main thread (it stops the child).
+        match ngx_wsgi::signals::spawn_helper("wsgi-deadlines", None, run) {
             Ok(handle) => t.thread = Some(handle),
             Err(e) => {
                 drop(t);
@@ -76,8 +74,6 @@ pub(crate) fn disarm(ticket: Ticket) {
 }
 
 fn run() {
-    // SIGTERM must reach the child's main thread (it stops the child).
-    ngx_wsgi::signals::block_server_signals_in_this_thread();
     loop {
         let due: Vec<Arc<dyn Expire>> = {
             let mut t = timers();

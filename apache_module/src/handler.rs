@@ -34,7 +34,7 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
         let Some(conf) = crate::config::for_request(r) else {
             return DECLINED;
         };
-        if !claims(handler) || !(conf.by_file() || crate::translate::claimed(r)) {
+        if !crate::translate::claims(handler) || !(conf.by_file() || crate::translate::claimed(r)) {
             return DECLINED;
         }
         let app = conf
@@ -57,7 +57,7 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
         let started = Instant::now();
         ngx_wsgi::metrics::started_in_place();
         let armed = crate::timeout::arm(r, &side, conf.request_timeout(), &info);
-        let outcome = crate::log::with_request(r, &side, || {
+        let outcome = crate::log::with_request(r, &*side, || {
             guard("running the app", None, || {
                 Some(run_request(
                     app,
@@ -84,15 +84,4 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
             None => HTTP_INTERNAL_SERVER_ERROR as c_int,
         }
     }
-}
-
-/// The name `SetHandler` may give this module explicitly.
-const HANDLER_NAME: &[u8] = b"ngx-wsgi";
-
-/// Whether the app takes a request whose handler Apache set to `handler`: unless a `SetHandler`
-/// (or `AddHandler`) named another handler, such as `default-handler` for static files or
-/// `server-status` under an app's mount. A handler Apache derived from the content type (it holds
-/// a `/`) names no handler.
-pub(crate) fn claims(handler: &[u8]) -> bool {
-    handler.is_empty() || handler == HANDLER_NAME || handler.contains(&b'/')
 }

@@ -5,11 +5,15 @@
 //! (the GIL is held only while Python runs), reads the body through the input filters as the app
 //! asks for it, and sends the response down the output filter chain.
 
+// Unit tests build the module without its Apache descriptor (see below), which leaves the
+// hooks it reaches unused there.
+#![cfg_attr(test, allow(dead_code))]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod bindings;
 mod brigade;
 mod check;
+mod client_io;
 mod config;
 mod deadline;
 mod ffi_guard;
@@ -26,15 +30,14 @@ mod side;
 mod timeout;
 mod translate;
 
-use std::ffi::{c_int, c_ulong};
+use std::ffi::c_int;
 use std::ptr;
 
 use bindings::{
     ap_hook_check_config, ap_hook_child_init, ap_hook_handler, ap_hook_map_to_storage,
     ap_hook_open_logs, ap_hook_post_config, ap_hook_pre_config, ap_hook_translate_name, apr_pool_t,
     cmd_func, cmd_how, cmd_how_FLAG, cmd_how_ITERATE, cmd_how_TAKE1, cmd_how_TAKE12, command_rec,
-    module, ACCESS_CONF, APR_HOOK_FIRST, APR_HOOK_MIDDLE, APR_HOOK_REALLY_FIRST,
-    MODULE_MAGIC_COOKIE, MODULE_MAGIC_NUMBER_MAJOR, MODULE_MAGIC_NUMBER_MINOR, RSRC_CONF,
+    module, ACCESS_CONF, APR_HOOK_FIRST, APR_HOOK_MIDDLE, APR_HOOK_REALLY_FIRST, RSRC_CONF,
 };
 
 type Take1 = unsafe extern "C" fn(
@@ -210,18 +213,21 @@ unsafe extern "C" fn register_hooks(_pool: *mut apr_pool_t) {
     })
 }
 
-/// The module Apache loads: `LoadModule ngx_wsgi_module .../libmod_ngx_wsgi.so`.
+/// The module Apache loads: `LoadModule ngx_wsgi_module .../libmod_ngx_wsgi.so`. A unit-test
+/// executable has no Apache to hand it to (nor the Apache symbols its hooks reach): it gets an
+/// empty descriptor instead, so the linker drops the rest.
+#[cfg(not(test))]
 #[used]
 #[allow(non_upper_case_globals)]
 #[no_mangle]
 pub static mut ngx_wsgi_module: module = module {
-    version: MODULE_MAGIC_NUMBER_MAJOR as c_int,
-    minor_version: MODULE_MAGIC_NUMBER_MINOR as c_int,
+    version: bindings::MODULE_MAGIC_NUMBER_MAJOR as c_int,
+    minor_version: bindings::MODULE_MAGIC_NUMBER_MINOR as c_int,
     module_index: -1,
     name: c"mod_ngx_wsgi.c".as_ptr(),
     dynamic_load_handle: ptr::null_mut(),
     next: ptr::null_mut(),
-    magic: MODULE_MAGIC_COOKIE as c_ulong,
+    magic: bindings::MODULE_MAGIC_COOKIE as std::ffi::c_ulong,
     rewrite_args: None,
     create_dir_config: Some(config::create_dir_config),
     merge_dir_config: Some(config::merge_dir_config),
@@ -231,6 +237,13 @@ pub static mut ngx_wsgi_module: module = module {
     cmds: ptr::addr_of!(COMMANDS) as *const command_rec,
     register_hooks: Some(register_hooks),
     flags: 0,
+};
+
+#[cfg(test)]
+#[allow(non_upper_case_globals)]
+static mut ngx_wsgi_module: module = {
+    // SAFETY: an all-zero module descriptor is plain data (NULL pointers, no hooks).
+    unsafe { std::mem::zeroed() }
 };
 
 /// This module's descriptor, for configuration look-ups.

@@ -14,12 +14,17 @@ use crate::bindings::{
     ap_log_error_, ap_log_rerror_, ap_server_conf, request_rec, server_rec, APLOG_DEBUG, APLOG_ERR,
     APLOG_INFO, APLOG_WARNING,
 };
-use crate::side::Side;
+/// Whatever hands out turns on a request (its side): a log entry about the request uses the
+/// request, so it is written in the calling thread's turn.
+pub(crate) trait Turns {
+    /// Runs `f` in the calling thread's turn.
+    fn in_turn(&self, f: &mut dyn FnMut());
+}
 
 thread_local! {
-    /// The request this thread serves and its side (NULL outside one).
-    static REQUEST: Cell<(*const request_rec, *const Side)> =
-        const { Cell::new((std::ptr::null(), std::ptr::null())) };
+    /// The request this thread serves (NULL outside one) and who hands out its turns.
+    static REQUEST: Cell<(*const request_rec, Option<*const dyn Turns>)> =
+        const { Cell::new((std::ptr::null(), None)) };
     /// Outside a request: the virtual host and client that entries are about (NULL: none).
     static ABOUT: RefCell<(*const server_rec, String)> =
         const { RefCell::new((std::ptr::null(), String::new())) };
@@ -29,22 +34,25 @@ thread_local! {
 static ENTRY: Mutex<()> = Mutex::new(());
 
 /// Runs `f` with `r` as the calling thread's request for log entries, which use the request in
-/// the thread's turn of `side`.
+/// the thread's turn of `turns`.
 ///
 /// # Safety
-/// `r` is a live request served by the calling thread for the whole call; `side` is its side.
+/// `r` is a live request served by the calling thread for the whole call; `turns` hands out its
+/// turns and outlives the call.
 pub(crate) unsafe fn with_request<R>(
     r: *const request_rec,
-    side: &Side,
+    turns: &dyn Turns,
     f: impl FnOnce() -> R,
 ) -> R {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
-            REQUEST.set((std::ptr::null(), std::ptr::null()));
+            REQUEST.set((std::ptr::null(), None));
         }
     }
-    REQUEST.set((r, side));
+    // SAFETY: only the lifetime is erased; the pointer is cleared (Reset) before `turns` can go.
+    let turns: *const dyn Turns = unsafe { std::mem::transmute(turns) };
+    REQUEST.set((r, Some(turns)));
     let _reset = Reset;
     f()
 }
@@ -71,12 +79,12 @@ pub(crate) unsafe fn with_server(server: *const server_rec, client: &str, f: &mu
 /// (a newline becomes `\n`), so a multi-line text such as a traceback is written one entry per
 /// line, the way Apache users read them.
 pub(crate) fn write(level: c_int, msg: &str) {
-    let (request, side) = REQUEST.get();
-    if side.is_null() {
-        write_lines(level, request, msg);
-    } else {
-        // SAFETY: the side outlives the `with_request` call that set it.
-        unsafe { (*side).in_turn(|| write_lines(level, request, msg)) };
+    match REQUEST.get() {
+        (request, None) => write_lines(level, request, msg),
+        // SAFETY: the turns outlive the `with_request` call that set them.
+        (request, Some(turns)) => unsafe {
+            (*turns).in_turn(&mut || write_lines(level, request, msg))
+        },
     }
 }
 

@@ -19,8 +19,8 @@ use ngx_wsgi::{Body, BodySource, RequestBody, Segment};
 use crate::side::Side;
 
 use crate::bindings::{
-    ap_get_client_block, ap_setup_client_block, request_rec, APLOG_ERR, HTTP_BAD_REQUEST,
-    HTTP_INTERNAL_SERVER_ERROR, OK, REQUEST_CHUNKED_DECHUNK,
+    ap_setup_client_block, request_rec, APLOG_ERR, HTTP_BAD_REQUEST, HTTP_INTERNAL_SERVER_ERROR,
+    OK, REQUEST_CHUNKED_DECHUNK,
 };
 
 /// The request's body as the app will read it, and the length of a de-chunked one.
@@ -33,7 +33,7 @@ pub(crate) struct Prepared {
 }
 
 /// The most one read asks of Apache.
-const READ_MAX: usize = 256 * 1024;
+const READ_MAX: usize = crate::client_io::READ_MAX;
 
 /// A de-chunked body larger than this goes to a temporary file instead of the child's memory.
 const MEMORY_MAX: usize = 1024 * 1024;
@@ -89,7 +89,8 @@ unsafe fn read_whole(r: *mut request_rec) -> Result<Prepared, c_int> {
     let mut len = 0u64;
     loop {
         // SAFETY: per the function contract.
-        let chunk = unsafe { read_block(r, READ_MAX) }.map_err(|_| HTTP_BAD_REQUEST as c_int)?;
+        let chunk = unsafe { crate::client_io::read_block(r, READ_MAX) }
+            .map_err(|_| HTTP_BAD_REQUEST as c_int)?;
         if chunk.is_empty() {
             break;
         }
@@ -155,22 +156,6 @@ fn temp_file() -> io::Result<File> {
         .open(&path)?;
     std::fs::remove_file(&path)?;
     Ok(file)
-}
-
-/// # Safety
-/// `r` is a live request, set up by `ap_setup_client_block`, that no other thread uses meanwhile.
-pub(crate) unsafe fn read_block(r: *mut request_rec, max: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; max.clamp(1, READ_MAX)];
-    // SAFETY: `buf` is writable for its whole length.
-    let n = unsafe { ap_get_client_block(r, buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            "the client's request body could not be read (connection lost, bad framing, or over LimitRequestBody)",
-        ));
-    }
-    buf.truncate(n as usize);
-    Ok(buf)
 }
 
 /// A body read as the app asks for it, through Apache's input filters: on the request's own

@@ -110,12 +110,6 @@ impl Side {
         self.lock().head_sent
     }
 
-    /// Runs `f` (which uses the request, for a log entry) in the calling thread's turn.
-    pub(crate) fn in_turn<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _turn = self.turn();
-        f()
-    }
-
     /// Reads up to `max` bytes of the request body for the app.
     pub(crate) fn read_body(&self, max: usize) -> io::Result<Vec<u8>> {
         let _turn = self.turn();
@@ -132,7 +126,7 @@ impl Side {
             }
         }
         // SAFETY: the request is live (see the Send note) and this thread has the turn.
-        unsafe { crate::request_body::read_block(self.r, max) }
+        unsafe { crate::client_io::read_block(self.r, max) }
     }
 
     /// The deadline passed (deadline thread). When the app still runs, calls `claimed` (to
@@ -174,7 +168,7 @@ impl Side {
             std::mem::replace(&mut st.head_sent, true)
         };
         // SAFETY: the request is live (see the Send note) and the caller has the turn.
-        unsafe { crate::timeout::answer(self.r, &self.out, head_sent) };
+        unsafe { crate::client_io::answer_timeout(self.r, &self.out, head_sent) };
     }
 }
 
@@ -196,6 +190,13 @@ impl Drop for Turn<'_> {
         st.holder = Holder::Nobody;
         drop(st);
         side.turn_over.notify_all();
+    }
+}
+
+impl crate::log::Turns for Side {
+    fn in_turn(&self, f: &mut dyn FnMut()) {
+        let _turn = self.turn();
+        f()
     }
 }
 

@@ -30,7 +30,7 @@ pub(crate) unsafe extern "C" fn translate_name(r: *mut request_rec) -> c_int {
             let ours = if handler == crate::metrics::HANDLER {
                 crate::metrics::configured()
             } else {
-                app && crate::handler::claims(&handler)
+                app && claims(&handler)
             };
             if !ours {
                 return DECLINED;
@@ -89,5 +89,33 @@ unsafe fn forced_handler(r: *mut request_rec) -> Vec<u8> {
         } else {
             Vec::new()
         }
+    }
+}
+
+/// The name `SetHandler` may give this module explicitly.
+const HANDLER_NAME: &[u8] = b"ngx-wsgi";
+
+/// Whether the app takes a request whose handler Apache set to `handler`: unless a `SetHandler`
+/// (or `AddHandler`) named another handler, such as `default-handler` for static files or
+/// `server-status` under an app's mount. A handler Apache derived from the content type (it holds
+/// a `/`) names no handler.
+pub(crate) fn claims(handler: &[u8]) -> bool {
+    handler.is_empty() || handler == HANDLER_NAME || handler.contains(&b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_app_takes_what_no_other_handler_was_named_for() {
+        assert!(claims(b""));
+        assert!(claims(b"ngx-wsgi"));
+        assert!(
+            claims(b"text/html"),
+            "a handler derived from a content type names none"
+        );
+        assert!(!claims(b"default-handler"));
+        assert!(!claims(b"server-status"));
     }
 }

@@ -196,7 +196,7 @@ impl RunQueue {
                 return Err(Refused::Stalled);
             }
             st.jobs.push_back(Queued { job, at: now });
-            if st.pending > 0 {
+            if st.pending >= spares_for(st.jobs.len()) {
                 drop(st);
                 // SAFETY: event loop, per the function contract.
                 unsafe { self.arm_sweeper() };
@@ -244,7 +244,10 @@ impl RunQueue {
             st.pending -= 1;
         }
         let job = st.jobs.pop_front().map(|q| q.job);
-        let want = job.is_some() && !st.jobs.is_empty() && st.pending == 0 && !st.wanted;
+        let want = job.is_some()
+            && !st.jobs.is_empty()
+            && st.pending < spares_for(st.jobs.len())
+            && !st.wanted;
         if want {
             st.wanted = true;
         }
@@ -256,7 +259,7 @@ impl RunQueue {
         {
             let mut st = self.lock();
             st.wanted = false;
-            if st.pending > 0 || st.jobs.is_empty() {
+            if st.pending >= spares_for(st.jobs.len()) || st.jobs.is_empty() {
                 return;
             }
             st.pending += 1;
@@ -299,6 +302,13 @@ impl RunQueue {
         }
         (expired, !st.jobs.is_empty())
     }
+}
+
+/// How many drainers may be on their way to the GIL for `queued` waiting requests: one keeps a
+/// busy queue moving without waking threads for nothing; a burst (a thousand event streams
+/// opening at once) gets threads started side by side instead of one after the other.
+fn spares_for(queued: usize) -> usize {
+    (1 + queued / 8).min(64)
 }
 
 /// How often the sweeper looks: a fraction of the timeout, so a request waits at most a little
@@ -429,6 +439,18 @@ mod tests {
         let (_, want) = q.next(true);
         assert!(!want, "another drainer is already started");
         assert_eq!(q.lock().pending, 1);
+    }
+
+    #[test]
+    fn a_burst_gets_drainers_side_by_side() {
+        assert_eq!(spares_for(0), 1);
+        assert_eq!(spares_for(7), 1);
+        assert_eq!(spares_for(8), 2);
+        assert_eq!(spares_for(100_000), 64);
+        // 40 queued and two drainers on their way: a third is asked for.
+        let q = queue_with(41, 3);
+        let (_, want) = q.next(true);
+        assert!(want);
     }
 
     #[test]

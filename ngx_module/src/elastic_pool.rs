@@ -124,10 +124,10 @@ impl Threads {
             p.call(Call::Work);
             return Start::Started;
         }
-        let spawned = std::thread::Builder::new()
-            .name("wsgi".into())
-            .stack_size(STACK_SIZE)
-            .spawn(move || self.thread_main(queue));
+        // Signals are the event loop's, as in nginx's own pool threads.
+        let spawned = ngx_wsgi::signals::spawn_helper("wsgi", Some(STACK_SIZE), move || {
+            self.thread_main(queue)
+        });
         if let Err(e) = spawned {
             tracing::error!(target: "wsgi", "cannot start a pool thread: {e}");
             self.lock().alive -= 1;
@@ -139,8 +139,6 @@ impl Threads {
     }
 
     fn thread_main(&'static self, queue: &'static dyn Drain) {
-        // Signals are the event loop's, as in nginx's own pool threads.
-        ngx_wsgi::signals::block_server_signals_in_this_thread();
         let parker = Arc::new(Parker::default());
         loop {
             queue.drain();

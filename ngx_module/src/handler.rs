@@ -16,9 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nginx_sys::{
-    ngx_event_t, ngx_http_finalize_request, ngx_http_read_client_request_body, ngx_http_request_t,
-    ngx_http_run_posted_requests, ngx_int_t, ngx_pool_cleanup_add, NGX_DONE, NGX_ERROR,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR,
+    ngx_event_t, ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
+    ngx_int_t, ngx_pool_cleanup_add, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR,
 };
 use ngx_wsgi::{run_request, Apps, Body, OutcomeKind, RequestBody, RequestWatch};
 
@@ -33,37 +32,15 @@ pub(crate) unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> n
     guard(
         "the wsgi content handler",
         NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
-        || {
-            // SAFETY: nginx passes a live request; the body handler runs once the body is read
-            // (or, unbuffered, once reading has started) and owns the reference this call takes.
-            let rc = unsafe {
-                if crate::conf::loc_conf(&*r).is_some_and(|lc| lc.streaming.request_buffering == 0)
-                {
-                    (*r).set_request_body_no_buffering(1);
-                }
-                ngx_http_read_client_request_body(r, Some(body_ready))
-            };
-            if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
-                return rc;
-            }
-            NGX_DONE as ngx_int_t
-        },
+        // SAFETY: nginx passes a live request in its content phase.
+        || unsafe { crate::request_body::read_then(r, Some(body_ready)) },
     )
 }
 
 unsafe extern "C" fn body_ready(r: *mut ngx_http_request_t) {
-    let status = guard(
-        "reading the request body",
-        Err(NGX_HTTP_INTERNAL_SERVER_ERROR),
-        || {
-            // SAFETY: nginx calls this with the live request whose body has been read.
-            unsafe { post(r) }
-        },
-    );
-    if let Err(status) = status {
-        // SAFETY: the request is live and this releases the body-reading reference.
-        unsafe { ngx_http_finalize_request(r, status as ngx_int_t) };
-    }
+    // SAFETY: nginx calls this with the live request whose body has been read (or is read as it
+    // arrives).
+    unsafe { crate::request_body::post_or_fail(r, post) }
 }
 
 /// Builds the request's job and queues it for a pool thread.

@@ -26,6 +26,14 @@ const RECHECK_MS: usize = 500;
 pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT_MS: ngx_msec_t = 60_000;
 
 static OUTSTANDING: AtomicUsize = AtomicUsize::new(0);
+/// Run once when the worker is first seen exiting with requests outstanding (long-lived
+/// connections are told to close then).
+static ON_EXITING: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what runs when the worker starts exiting while requests are outstanding.
+pub(crate) fn on_exiting(f: fn()) {
+    let _ = ON_EXITING.set(f);
+}
 static mut TIMER: *mut ngx_event_t = ptr::null_mut();
 /// When this worker was first seen exiting with requests inside Python (0: not yet).
 static EXITING_SINCE: AtomicUsize = AtomicUsize::new(0);
@@ -76,6 +84,9 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
                 let since = EXITING_SINCE.load(Relaxed);
                 if since == 0 {
                     EXITING_SINCE.store(now.max(1), Relaxed);
+                    if let Some(f) = ON_EXITING.get() {
+                        f();
+                    }
                     crate::ffi::log::cycle_log(
                         NGX_LOG_NOTICE as usize,
                         &format!("wsgi: waiting for {outstanding} request(s) inside Python before exiting"),

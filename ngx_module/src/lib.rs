@@ -10,6 +10,10 @@
 // reaches unused there.
 #![cfg_attr(test, allow(dead_code))]
 
+mod asgi_handler;
+mod asgi_request;
+mod asgi_scope;
+mod asgi_ws;
 mod conf;
 mod dispatch;
 mod drain;
@@ -86,7 +90,9 @@ impl HttpModule for WsgiModule {
                     return NGX_CONF_ERROR;
                 }
                 let clcf = conf::core_loc_conf(cf);
-                if child.app.index.is_some() {
+                if child.app.index.is_some() && child.app.asgi {
+                    clcf.handler = Some(asgi_handler::content_handler);
+                } else if child.app.index.is_some() {
                     clcf.handler = Some(handler::content_handler);
                 } else if child.status {
                     clcf.handler = Some(status_page::status_handler);

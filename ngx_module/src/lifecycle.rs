@@ -48,7 +48,27 @@ pub(crate) unsafe fn start_worker(
     unsafe { crate::notify::init(cycle, on_finished) }.map_err(|e| format!("wsgi: {e}"))?;
     interpreter::initialize(&mc.python.settings).map_err(|e| format!("wsgi: {e}"))?;
     Apps::load_all(&mc.python.specs())
-        .map_err(|(i, e)| format!("{} cannot be loaded: {e}", mc.python.apps[i].describe()))
+        .map_err(|(i, e)| format!("{} cannot be loaded: {e}", mc.python.apps[i].describe()))?;
+    start_asgi(mc)
+}
+
+/// With some `asgi_app`: the worker's asyncio loop (its own thread) and each app's lifespan
+/// startup, which must succeed within `wsgi_check_timeout`; a failure ends the worker.
+fn start_asgi(mc: &crate::conf::MainConf) -> Result<(), String> {
+    let asgi: Vec<(usize, String)> = mc
+        .python
+        .apps
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.spec.kind == ngx_wsgi::AppKind::Asgi)
+        .map(|(i, a)| (i, a.describe()))
+        .collect();
+    if asgi.is_empty() {
+        return Ok(());
+    }
+    let event_loop = ngx_wsgi::asgi::event_loop::start(mc.asgi.event_loop())
+        .map_err(|e| format!("asgi: {e}"))?;
+    event_loop.startup(&asgi, mc.python.check_timeout())
 }
 
 /// Stops the module's own threads (nginx's pools have stopped by now, and every request is
@@ -62,12 +82,16 @@ pub(crate) unsafe fn stop_worker(cycle: *mut ngx_cycle_t) -> Result<(), String> 
     if !interpreter::is_running() {
         return Ok(());
     }
-    crate::dispatch::stop_threads(std::time::Duration::from_secs(5));
     // SAFETY: per the function contract.
     let timeout = crate::conf::cycle_main_conf(unsafe { &*cycle })
         .map_or(crate::conf::limits::DEFAULT_SHUTDOWN_TIMEOUT_MS, |mc| {
             mc.limits.shutdown_timeout()
         });
+    if let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() {
+        // Requests in flight have ended: the apps' lifespan shutdown, then the loop's end.
+        event_loop.stop(std::time::Duration::from_millis(timeout as u64));
+    }
+    crate::dispatch::stop_threads(std::time::Duration::from_secs(5));
     interpreter::name_shutdown_timeout("wsgi_shutdown_timeout");
     match interpreter::finalize(std::time::Duration::from_millis(timeout as u64)) {
         Ok(interpreter::Finalized::Cleanly) => Ok(()),

@@ -10,12 +10,58 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 use nginx_sys::{
-    ngx_http_read_unbuffered_request_body, ngx_http_request_t, ngx_int_t, NGX_HTTP_SPECIAL_RESPONSE,
+    ngx_http_client_body_handler_pt, ngx_http_finalize_request, ngx_http_read_client_request_body,
+    ngx_http_read_unbuffered_request_body, ngx_http_request_t, ngx_int_t, NGX_DONE,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SPECIAL_RESPONSE,
 };
 use ngx_wsgi::BodySource;
 
 use crate::ffi::LoopRequest;
 use crate::notify::Pump;
+
+/// A content handler's start: reads the body as the location says (whole, or, with
+/// `wsgi_request_buffering off`, as it arrives, `ready` running once reading has started), then
+/// `ready` runs; returns what the content handler returns.
+///
+/// # Safety
+/// Event-loop thread; `r` is live, in its content phase.
+pub(crate) unsafe fn read_then(
+    r: *mut ngx_http_request_t,
+    ready: ngx_http_client_body_handler_pt,
+) -> ngx_int_t {
+    // SAFETY: per the function contract; the body handler owns the reference this call takes.
+    let rc = unsafe {
+        if crate::conf::loc_conf(&*r).is_some_and(|lc| lc.streaming.request_buffering == 0) {
+            (*r).set_request_body_no_buffering(1);
+        }
+        ngx_http_read_client_request_body(r, ready)
+    };
+    if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+        return rc;
+    }
+    NGX_DONE as ngx_int_t
+}
+
+/// A body handler's work: `post` hands the request on, or says which status to answer with
+/// (then the request is finalized with it, releasing the body-reading reference).
+///
+/// # Safety
+/// Event-loop thread; `r` is the live request nginx passed to the body handler.
+pub(crate) unsafe fn post_or_fail(
+    r: *mut ngx_http_request_t,
+    post: unsafe fn(*mut ngx_http_request_t) -> Result<(), u32>,
+) {
+    let status = crate::ffi::guard(
+        "reading the request body",
+        Err(NGX_HTTP_INTERNAL_SERVER_ERROR),
+        // SAFETY: per the function contract.
+        || unsafe { post(r) },
+    );
+    if let Err(status) = status {
+        // SAFETY: the request is live and this releases the body-reading reference.
+        unsafe { ngx_http_finalize_request(r, status as ngx_int_t) };
+    }
+}
 
 struct State {
     chunks: VecDeque<Vec<u8>>,
@@ -33,6 +79,8 @@ struct State {
 pub(crate) struct BodyStream {
     state: Mutex<State>,
     arrived: Condvar,
+    /// Fired where `arrived` is notified, for a reader that does not block (ASGI).
+    waker: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
     limit: usize,
     me: Weak<BodyStream>,
 }
@@ -50,6 +98,7 @@ impl BodyStream {
                 request: LoopRequest(r),
             }),
             arrived: Condvar::new(),
+            waker: Mutex::new(None),
             limit,
             me: me.clone(),
         })
@@ -116,7 +165,39 @@ impl BodyStream {
                 }
             }
         }
+        self.notify();
+    }
+
+    fn notify(&self) {
         self.arrived.notify_all();
+        if let Some(wake) = &*self.waker.lock().unwrap_or_else(|e| e.into_inner()) {
+            wake();
+        }
+    }
+
+    /// Sets what a reader that does not block is woken with when bytes arrive or the body ends.
+    pub(crate) fn set_waker(&self, wake: Arc<dyn Fn() + Send + Sync>) {
+        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(wake);
+    }
+
+    /// What a reader that does not block gets now: at most `max` bytes, the end, a failure, or
+    /// nothing yet (then the waker fires when that changes).
+    pub(crate) fn try_read(&self, max: usize) -> ngx_wsgi::asgi::BodyRead {
+        use ngx_wsgi::asgi::BodyRead;
+        let st = self.lock();
+        if st.chunks.is_empty() {
+            return match (&st.error, st.eof) {
+                (Some(e), _) => BodyRead::Failed(e.clone()),
+                (None, true) => BodyRead::End,
+                (None, false) => BodyRead::Pending,
+            };
+        }
+        drop(st);
+        match self.read(max) {
+            Ok(data) if data.is_empty() => BodyRead::End,
+            Ok(data) => BodyRead::Data(data),
+            Err(e) => BodyRead::Failed(e.to_string()),
+        }
     }
 
     /// The task is done: the loop stops feeding this body; a reader still waiting (an app's
@@ -127,7 +208,8 @@ impl BodyStream {
         if !st.eof && st.error.is_none() {
             st.error = Some("the request is over".into());
         }
-        self.arrived.notify_all();
+        drop(st);
+        self.notify();
     }
 
     /// Makes a waiting or later read fail (the request timed out).
@@ -136,7 +218,8 @@ impl BodyStream {
         if st.error.is_none() {
             st.error = Some(why.to_owned());
         }
-        self.arrived.notify_all();
+        drop(st);
+        self.notify();
     }
 }
 

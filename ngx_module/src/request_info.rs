@@ -127,7 +127,10 @@ fn protocol(version: u32) -> &'static [u8] {
 
 /// # Safety
 /// `part` is the first part of a live `ngx_list_t` of `ngx_table_elt_t`.
-unsafe fn for_each_header(mut part: *const ngx_list_part_t, mut f: impl FnMut(&[u8], &[u8])) {
+pub(crate) unsafe fn for_each_header(
+    mut part: *const ngx_list_part_t,
+    mut f: impl FnMut(&[u8], &[u8]),
+) {
     while !part.is_null() {
         // SAFETY: each part holds `nelts` elements.
         let elts = unsafe {
@@ -145,7 +148,7 @@ unsafe fn for_each_header(mut part: *const ngx_list_part_t, mut f: impl FnMut(&[
 
 /// # Safety
 /// `r`'s body has been read and stays in place until the request is finalized.
-unsafe fn body_of(r: &ngx_http_request_t) -> Body {
+pub(crate) unsafe fn body_of(r: &ngx_http_request_t) -> Body {
     let rb = r.request_body;
     if rb.is_null() {
         return Body::empty();
@@ -181,7 +184,7 @@ unsafe fn body_of(r: &ngx_http_request_t) -> Body {
 
 /// # Safety
 /// `sa` is NULL or a valid socket address.
-unsafe fn sockaddr_port(sa: *const libc::sockaddr) -> u16 {
+pub(crate) unsafe fn sockaddr_port(sa: *const libc::sockaddr) -> u16 {
     if sa.is_null() {
         return 0;
     }

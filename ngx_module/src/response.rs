@@ -9,7 +9,7 @@ use nginx_sys::{
 };
 use std::os::fd::AsRawFd;
 
-use ngx_wsgi::accel::{check_redirect, RedirectTarget};
+use ngx_wsgi::accel::{check_redirect, AccelHeaders, RedirectTarget};
 use ngx_wsgi::file_wrapper::FileRange;
 use ngx_wsgi::{Outcome, OutcomeKind, ResponseHead};
 
@@ -55,7 +55,8 @@ pub(crate) unsafe fn send(
             }
             (_, Some(head)) => head,
         };
-        if let Some(uri) = head.internal_redirect() {
+        let redirects = !ignored_accel(r).contains(AccelHeaders::REDIRECT);
+        if let Some(uri) = head.internal_redirect().filter(|_| redirects) {
             return redirect(r, head, uri);
         }
         let truncated = outcome.kind == OutcomeKind::Truncated;
@@ -70,8 +71,13 @@ pub(crate) unsafe fn send(
             ),
             None => None,
         };
-        if outcome.file.is_some() && head.status == 200 && head.header("Content-Range").is_none() {
-            // A whole file in one buffer: nginx's range filter can answer byte ranges of it.
+        if outcome.file.is_some()
+            && head.status == 200
+            && head.header("Content-Range").is_none()
+            && head.header("Accept-Ranges").is_none()
+        {
+            // A whole file in one buffer: nginx's range filter can answer byte ranges of it
+            // (unless the app says it answers ranges itself, as Starlette's FileResponse does).
             (*r).set_allow_ranges(1);
         }
         if truncated {
@@ -334,9 +340,12 @@ unsafe fn set_headers(
         };
         let mut have_type = false;
         let mut have_rate = false;
+        let ignored = ignored_accel(r);
         for (name, value) in head.headers() {
             if ngx_wsgi::accel::is_for_server(name) {
-                set_accel(r, name, value, &mut have_rate)?;
+                if !ignored.covers(name) {
+                    set_accel(r, name, value, &mut have_rate)?;
+                }
                 continue;
             }
             if !have_type && name.eq_ignore_ascii_case(b"content-type") {
@@ -378,6 +387,14 @@ unsafe fn set_headers(
         }
         Ok(())
     }
+}
+
+/// The `X-Accel-*` headers `r`'s location ignores. The core drops them from a WSGI app's head
+/// already; an ASGI app's head comes with them.
+unsafe fn ignored_accel(r: *mut ngx_http_request_t) -> AccelHeaders {
+    // SAFETY: `r` is live on the event loop.
+    unsafe { crate::conf::loc_conf(&*r) }
+        .map_or(AccelHeaders::NONE, |lc| lc.ignore_headers.headers())
 }
 
 /// An `X-Accel-*` header the location does not ignore, acted on as nginx's upstream modules act

@@ -50,6 +50,8 @@ struct State {
     head_sent: bool,
     /// Already in the notifier's ready list.
     scheduled: bool,
+    /// A producer that does not block (ASGI) found no room and waits for its waker.
+    want_room: bool,
     /// The request, while its task runs; NULL once the completion handler took over.
     request: LoopRequest,
 }
@@ -62,6 +64,8 @@ unsafe impl Send for State {}
 pub(crate) struct Stream {
     state: Mutex<State>,
     room: Condvar,
+    /// Fired where `room` is notified, for a producer that does not block (ASGI).
+    waker: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
     limit: usize,
     events: ClientEvents,
     me: Weak<Stream>,
@@ -86,9 +90,11 @@ impl Stream {
                 discard: false,
                 head_sent: false,
                 scheduled: false,
+                want_room: false,
                 request: LoopRequest(r),
             }),
             room: Condvar::new(),
+            waker: Mutex::new(None),
             limit,
             events,
             me: me.clone(),
@@ -137,6 +143,10 @@ impl Stream {
             let mut last: *mut *mut ngx_chain_t = &mut out;
             let mut discarded = false;
             while let Some(data) = st.pending.pop_front() {
+                if data.is_empty() {
+                    // A head without body bytes (ASGI's empty http.response.body).
+                    continue;
+                }
                 if st.discard {
                     st.unsent -= data.len();
                     discarded = true;
@@ -163,7 +173,7 @@ impl Stream {
                 last = &mut (*cl).next;
             }
             if discarded {
-                self.room.notify_all();
+                self.notify_room(st);
             }
             if !out.is_null() {
                 let rc = ngx_http_output_filter(r, out);
@@ -195,7 +205,7 @@ impl Stream {
         }
         if freed > 0 {
             st.unsent -= freed;
-            self.room.notify_all();
+            self.notify_room(st);
         }
     }
 
@@ -230,7 +240,42 @@ impl Stream {
     fn cancel(&self, st: &mut State, failed: bool) {
         st.cancelled = true;
         st.failed |= failed;
+        st.want_room = true;
+        self.notify_room(st);
+    }
+
+    /// Lets a producer waiting for room (or for the end) go on.
+    fn notify_room(&self, st: &mut State) {
         self.room.notify_all();
+        if std::mem::take(&mut st.want_room) {
+            if let Some(wake) = &*self.waker.lock().unwrap_or_else(|e| e.into_inner()) {
+                wake();
+            }
+        }
+    }
+
+    /// Sets what a producer that does not block is woken with (room, or the client gone).
+    pub(crate) fn set_waker(&self, wake: Arc<dyn Fn() + Send + Sync>) {
+        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(wake);
+    }
+
+    /// Whether a piece may be pushed without blocking; false also arms the waker. Fails once the
+    /// client is gone.
+    pub(crate) fn room(&self) -> Result<bool, ClientGone> {
+        let mut st = self.lock();
+        if st.cancelled {
+            return Err(ClientGone);
+        }
+        let room = st.unsent < self.limit;
+        if !room {
+            st.want_room = true;
+        }
+        Ok(room)
+    }
+
+    /// Whether the stream stopped (the client went away, or sending failed).
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.lock().cancelled
     }
 
     /// The client went away (noticed by another handler): stop the app's output.
@@ -317,6 +362,20 @@ impl ChunkSink for Stream {
         while st.unsent >= self.limit && !st.cancelled {
             st = self.room.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+        drop(st);
+        self.push_now(head, data)
+    }
+}
+
+impl Stream {
+    /// Queues a piece for the loop whatever the count of unsent bytes (a producer that does not
+    /// block asks [`Stream::room`] first).
+    pub(crate) fn push_now(
+        &self,
+        head: Option<ResponseHead>,
+        data: Chunk,
+    ) -> Result<(), ClientGone> {
+        let mut st = self.lock();
         if st.cancelled {
             return Err(ClientGone);
         }

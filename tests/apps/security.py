@@ -35,3 +35,21 @@ def request_headers(environ, start_response):
     data = ("\n".join(lines) + "\n").encode("latin-1")
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(data)))])
     return [data]
+
+
+async def asgi_headers_from_query(scope, receive, send):
+    """The ASGI twin of `headers_from_query`."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+    body = b"the app's own body\n"
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()),
+                            *[(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]]})
+    await send({"type": "http.response.body", "body": body})

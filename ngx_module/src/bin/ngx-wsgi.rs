@@ -1,8 +1,10 @@
-//! `ngx-wsgi`: prints where the built module and nginx are, and serves one app through them.
+//! `ngx-wsgi`: prints where the built module and nginx are, serves one app through them, and
+//! diagnoses a module that nginx will not load or a Python the workers cannot use.
 //!
 //! ```text
 //! ngx-wsgi paths
 //! ngx-wsgi serve APP.py[:CALLABLE] [--host 127.0.0.1] [--port 8080] [--workers 1] [--threads 32] [--user NAME] [--reload]
+//! ngx-wsgi doctor [--nginx PATH] [--module PATH] [--python-home DIR] [--user NAME]
 //! ```
 //!
 //! With `--reload`, nginx runs as a child and gets a graceful reload (SIGHUP) whenever a `.py` file
@@ -15,6 +17,8 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+
+mod doctor;
 
 const MODULE_FILE: &str = "libngx_http_wsgi_module.so";
 
@@ -36,7 +40,8 @@ fn nginx_path() -> PathBuf {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage:\n  ngx-wsgi paths\n  ngx-wsgi serve APP.py[:CALLABLE] [--host 127.0.0.1] [--port 8080] [--workers 1] [--threads 32] [--user NAME] [--reload]"
+        "usage:\n  ngx-wsgi paths\n  ngx-wsgi serve APP.py[:CALLABLE] [--host 127.0.0.1] [--port 8080] [--workers 1] [--threads 32] [--user NAME] [--reload]\n  {}",
+        doctor::USAGE
     );
     ExitCode::from(2)
 }
@@ -56,6 +61,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("doctor") => doctor::main(
+            &args[1..],
+            doctor::Defaults {
+                nginx: nginx_path(),
+                module: module_path(),
+            },
+        ),
         _ => usage(),
     }
 }

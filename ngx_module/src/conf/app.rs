@@ -1,16 +1,16 @@
-//! `wsgi_app`: which WSGI callable a location serves, and the mount point (`SCRIPT_NAME`) that
-//! comes with the location.
+//! `wsgi_app` and `asgi_app`: which callable a location serves, and the mount point
+//! (`SCRIPT_NAME`, ASGI's `root_path`) that comes with the location.
 
 use std::ffi::{c_char, c_void};
 
 use nginx_sys::{ngx_command_t, ngx_conf_t, ngx_http_core_loc_conf_t};
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
-use ngx_wsgi::AppSpec;
+use ngx_wsgi::{AppKind, AppSpec};
 
 use super::{args, conf_error, full_path, main_conf, position, utf8_arg, LocConf};
 use crate::ffi::{guard, ngx_bytes};
 
-/// One distinct `wsgi_app` value and where it was first configured.
+/// One distinct `wsgi_app` (or `asgi_app`) value and where it was first configured.
 pub(crate) struct AppEntry {
     pub text: String,
     pub spec: AppSpec,
@@ -20,7 +20,12 @@ pub(crate) struct AppEntry {
 
 impl AppEntry {
     pub(crate) fn describe(&self) -> String {
-        format!("wsgi_app \"{}\" (in {})", self.text, self.at)
+        format!(
+            "{} \"{}\" (in {})",
+            directive(self.spec.kind),
+            self.text,
+            self.at
+        )
     }
 }
 
@@ -31,6 +36,15 @@ pub(crate) struct LocationApp {
     pub index: Option<usize>,
     /// `SCRIPT_NAME` for requests of this location (the mount point).
     pub script_name: Vec<u8>,
+    /// The app speaks ASGI (`asgi_app`).
+    pub asgi: bool,
+}
+
+fn directive(kind: AppKind) -> &'static str {
+    match kind {
+        AppKind::Wsgi => "wsgi_app",
+        AppKind::Asgi => "asgi_app",
+    }
 }
 
 impl LocationApp {
@@ -48,7 +62,21 @@ pub(crate) unsafe extern "C" fn set_app(
     _cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    guard("wsgi_app", NGX_CONF_ERROR, || {
+    // SAFETY: nginx's arguments, passed on.
+    unsafe { set_app_of(cf, conf, AppKind::Wsgi) }
+}
+
+pub(crate) unsafe extern "C" fn set_asgi_app(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx's arguments, passed on.
+    unsafe { set_app_of(cf, conf, AppKind::Asgi) }
+}
+
+unsafe fn set_app_of(cf: *mut ngx_conf_t, conf: *mut c_void, kind: AppKind) -> *mut c_char {
+    guard(directive(kind), NGX_CONF_ERROR, || {
         // SAFETY: `conf` is this module's location configuration for the current block.
         let lc = unsafe { &mut *(conf as *mut LocConf) };
         if lc.app.index.is_some() {
@@ -61,9 +89,13 @@ pub(crate) unsafe extern "C" fn set_app(
         };
         // SAFETY: `cf` is live during the callback.
         let base = unsafe { full_path(cf, "") };
-        let spec = match AppSpec::parse(&text, &base) {
+        let parsed = match kind {
+            AppKind::Wsgi => AppSpec::parse(&text, &base),
+            AppKind::Asgi => AppSpec::parse_asgi(&text, &base),
+        };
+        let spec = match parsed {
             Ok(s) => s,
-            Err(e) => return conf_error(cf, &format!("wsgi_app {e}")),
+            Err(e) => return conf_error(cf, &format!("{} {e}", directive(kind))),
         };
         // SAFETY: inside an http block; see `main_conf`.
         let mc = unsafe { main_conf(cf) };
@@ -77,6 +109,7 @@ pub(crate) unsafe extern "C" fn set_app(
             }
         };
         lc.app.index = Some(index);
+        lc.app.asgi = kind == AppKind::Asgi;
         // SAFETY: `cf` is live; registering `$request_id` needs the configuration being parsed.
         if unsafe { mc.request_id.register(cf) }.is_err() {
             return NGX_CONF_ERROR;
@@ -135,6 +168,7 @@ mod tests {
         let parent = LocationApp {
             index: Some(2),
             script_name: b"/api".to_vec(),
+            asgi: true,
         };
         let mut nested = LocationApp::default();
         nested.merge(&parent, false);
@@ -142,14 +176,15 @@ mod tests {
         let mut block = LocationApp::default();
         block.merge(&parent, true);
         assert_eq!(
-            (block.index, block.script_name.as_slice()),
-            (Some(2), &b"/api"[..])
+            (block.index, block.script_name.as_slice(), block.asgi),
+            (Some(2), &b"/api"[..], true)
         );
         let mut own = LocationApp {
             index: Some(0),
             script_name: Vec::new(),
+            asgi: false,
         };
         own.merge(&parent, true);
-        assert_eq!(own.index, Some(0));
+        assert_eq!((own.index, own.asgi), (Some(0), false));
     }
 }

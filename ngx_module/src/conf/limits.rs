@@ -145,7 +145,7 @@ fn parse_max_requests(count: &[u8], jitter: Option<&[u8]>) -> Result<(u64, u64),
             .and_then(number)
             .ok_or_else(|| {
                 format!(
-                    "invalid parameter \"{}\" (expected jitter=NUMBER)",
+                    "wsgi_max_requests: invalid parameter \"{}\" (expected jitter=NUMBER)",
                     String::from_utf8_lossy(text)
                 )
             })?,

@@ -4,6 +4,7 @@
 
 pub(crate) mod accel;
 pub(crate) mod app;
+pub(crate) mod asgi;
 pub(crate) mod limits;
 pub(crate) mod params;
 pub(crate) mod python;
@@ -36,6 +37,7 @@ pub(crate) struct MainConf {
     /// nginx's `$request_id`, shown in the log lines of each request.
     pub request_id: RequestIdVar,
     pub status_zone: status::StatusZone,
+    pub asgi: asgi::AsgiConf,
 }
 
 /// Per-location settings.
@@ -212,12 +214,26 @@ const fn directive(
 }
 
 /// Every `wsgi_*` directive. nginx reads the table for the whole program and never writes it.
-pub(crate) static mut COMMANDS: [ngx_command_t; 18] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 20] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
         app::set_app,
         NGX_HTTP_LOC_CONF_OFFSET,
+        0,
+    ),
+    directive(
+        ngx::ngx_string!("asgi_app"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+        app::set_asgi_app,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        0,
+    ),
+    directive(
+        ngx::ngx_string!("asgi_event_loop"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        asgi::set_event_loop,
+        NGX_HTTP_MAIN_CONF_OFFSET,
         0,
     ),
     directive(

@@ -40,7 +40,7 @@ impl Default for PythonConf {
 }
 
 impl PythonConf {
-    fn check_timeout(&self) -> Duration {
+    pub(crate) fn check_timeout(&self) -> Duration {
         if self.check_timeout == ngx_msec_t::MAX {
             ngx_wsgi::check::DEFAULT_TIMEOUT
         } else {
@@ -145,6 +145,7 @@ pub(crate) unsafe fn check_at_configuration(cf: *mut ngx_conf_t, mc: &MainConf) 
         }
     };
     setup.timeout = mc.python.check_timeout();
+    setup.asgi_loop = mc.asgi.event_loop();
     let Err(errors) = check_apps(&mc.python.settings, &mc.python.specs(), &setup) else {
         return true;
     };
@@ -199,6 +200,7 @@ unsafe fn worker_setup(cf: *mut ngx_conf_t) -> Result<WorkerSetup, String> {
         credentials: worker_credentials(ccf)?,
         environment: Some(environment),
         timeout: Duration::ZERO,
+        asgi_loop: Default::default(),
     })
 }
 

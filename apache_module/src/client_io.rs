@@ -1,0 +1,84 @@
+//! What goes to and comes from the client for a request through Apache's API, with no turn
+//! taking of its own (callers hold the request's turn, see `side`): a block of the request body,
+//! and the deadline's answer in the app's place.
+
+use std::ffi::c_int;
+use std::io;
+
+use crate::bindings::{
+    ap_conn_keepalive_e_AP_CONN_CLOSE, ap_get_client_block, ap_get_conn_socket,
+    ap_set_content_length, ap_set_content_type, apr_interval_time_t, apr_os_sock_get,
+    apr_os_sock_t, apr_socket_timeout_get, apr_socket_timeout_set, request_rec, APR_SUCCESS,
+    HTTP_GATEWAY_TIME_OUT,
+};
+use crate::brigade::Out;
+
+/// The largest block read from the client at once.
+pub(crate) const READ_MAX: usize = 256 * 1024;
+
+const BODY: &[u8] = b"<!DOCTYPE HTML PUBLIC \"-//IETF//DTD HTML 2.0//EN\">\n<html><head>\n\
+<title>504 Gateway Timeout</title>\n</head><body>\n<h1>Gateway Timeout</h1>\n\
+<p>The application did not answer in time.</p>\n</body></html>\n";
+
+/// # Safety
+/// `r` is a live request, set up by `ap_setup_client_block`, that no other thread uses meanwhile.
+pub(crate) unsafe fn read_block(r: *mut request_rec, max: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; max.clamp(1, READ_MAX)];
+    // SAFETY: `buf` is writable for its whole length.
+    let n = unsafe { ap_get_client_block(r, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "the client's request body could not be read (connection lost, bad framing, or over LimitRequestBody)",
+        ));
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// Answers a timed-out request in its app's place: a 504 when nothing of the response went out
+/// yet, else the end of what did, cut so that the client sees an incomplete response. The
+/// connection is closed after it either way: its thread is still busy in Python.
+///
+/// # Safety
+/// `r` is live and the calling thread has the request's turn; `out` is its brigade.
+pub(crate) unsafe fn answer_timeout(r: *mut request_rec, out: &Out, head_sent: bool) {
+    // SAFETY: per the function contract; strings and buckets come from the request's pool and
+    // its connection's allocator, which only this thread uses during its turn.
+    unsafe {
+        let c = (*r).connection;
+        (*c).keepalive = ap_conn_keepalive_e_AP_CONN_CLOSE;
+        if head_sent {
+            out.broken();
+        } else {
+            (*r).status = HTTP_GATEWAY_TIME_OUT as c_int;
+            (*r).status_line = c"504 Gateway Timeout".as_ptr();
+            ap_set_content_type(r, c"text/html; charset=iso-8859-1".as_ptr());
+            ap_set_content_length(r, BODY.len() as i64);
+            out.data(BODY);
+        }
+        out.eos();
+        out.flush();
+        // A connection of its own (not an HTTP/2 stream, whose socket is the whole connection's):
+        // the answer is written without waiting for a client that does not read (the deadline
+        // thread serves every request of the child), and the client sees the end at once.
+        let sock = if (*c).master.is_null() {
+            ap_get_conn_socket(c)
+        } else {
+            std::ptr::null_mut()
+        };
+        if sock.is_null() {
+            out.pass();
+            return;
+        }
+        let mut saved: apr_interval_time_t = 0;
+        apr_socket_timeout_get(sock, &mut saved);
+        apr_socket_timeout_set(sock, 0);
+        out.pass();
+        apr_socket_timeout_set(sock, saved);
+        let mut fd: apr_os_sock_t = -1;
+        if apr_os_sock_get(&mut fd, sock) == APR_SUCCESS as i32 {
+            libc::shutdown(fd, libc::SHUT_WR);
+        }
+    }
+}

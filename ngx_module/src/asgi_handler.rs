@@ -1,0 +1,381 @@
+//! The life of one ASGI request, on nginx's side:
+//!
+//! 1. [`content_handler`]: nginx starts reading the body (or, unbuffered, hands it over as it
+//!    arrives) and calls [`body_ready`].
+//! 2. [`post`]: copies the scope, makes the request's [`AsgiRequest`] (the request's pool frees
+//!    it) and submits it to the worker's asyncio loop; the request stays `blocked` meanwhile. The
+//!    event loop never takes the GIL: the submission is a queue and an eventfd.
+//! 3. On the asyncio thread the app runs; its response leaves through the request's stream
+//!    (the loop is woken per batch to send), its body arrives through [`on_body_data`], and
+//!    [`on_client_readable`] notices a client that goes away.
+//! 4. [`complete`], back on the event loop once the response is over: what is left goes out and
+//!    the request is finalized.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use nginx_sys::{
+    ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
+    ngx_http_test_reading, ngx_int_t, ngx_pool_cleanup_add, NGX_DONE, NGX_ERROR,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR,
+};
+use ngx_wsgi::asgi::{HttpEnd, HttpRequest, WsRequest};
+use ngx_wsgi::{Chunk, Outcome, OutcomeKind};
+
+use crate::asgi_request::AsgiRequest;
+use crate::asgi_ws::AsgiWs;
+use crate::ffi::{guard, module};
+use crate::request_body::BodyStream;
+use crate::stream::{ClientEvents, Stream};
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
+
+/// The content handler of every `asgi_app` location.
+pub(crate) unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    guard(
+        "the asgi content handler",
+        NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+        // SAFETY: nginx passes a live request in its content phase.
+        || unsafe { crate::request_body::read_then(r, Some(body_ready)) },
+    )
+}
+
+unsafe extern "C" fn body_ready(r: *mut ngx_http_request_t) {
+    // SAFETY: nginx calls this with the live request whose body has been read (or is read as it
+    // arrives).
+    unsafe { crate::request_body::post_or_fail(r, post) }
+}
+
+unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
+    // SAFETY: `r` is live on the event loop; this location has asgi_app.
+    let (lc, mc) = unsafe {
+        (
+            crate::conf::loc_conf(&*r).ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR)?,
+            crate::conf::main_conf_of(&*r).ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR)?,
+        )
+    };
+    let (Some(app), Some(event_loop)) = (lc.app.index, ngx_wsgi::asgi::event_loop::get()) else {
+        crate::ffi::log::cycle_log(
+            NGX_LOG_ERR as usize,
+            "asgi: the app of this location is not running in this worker",
+        );
+        return Err(NGX_HTTP_INTERNAL_SERVER_ERROR);
+    };
+    // SAFETY: `r` is live on the event loop.
+    let scope = unsafe { crate::asgi_scope::collect(r, lc, mc.request_id.0) };
+    let events = ClientEvents {
+        writable: Some(on_client_writable),
+        readable: Some(on_client_readable),
+    };
+    let stream = Stream::new(r, lc.streaming.stream_buffer, events);
+    // SAFETY: `r` is live; its body has been read, or is read as it arrives.
+    let (body, body_stream) = unsafe {
+        if (*r).request_body_no_buffering() != 0 {
+            let stream = BodyStream::new(r, lc.streaming.stream_buffer);
+            (None, Some(stream))
+        } else {
+            (Some(crate::request_info::body_of(&*r)), None)
+        }
+    };
+    let waker = event_loop.waker();
+    let wake: Arc<dyn Fn() + Send + Sync> = {
+        let waker = waker.clone();
+        Arc::new(move || waker.wake())
+    };
+    stream.set_waker(wake.clone());
+    if let Some(b) = &body_stream {
+        b.set_waker(wake.clone());
+    }
+    let unbuffered = body_stream.is_some();
+    let served = if scope.is_websocket_handshake() {
+        // SAFETY: `r` is live; its core configuration exists.
+        let max = unsafe { max_message(r) };
+        Served::Ws(AsgiWs::new(
+            r,
+            stream.clone(),
+            lc.streaming.stream_buffer,
+            max,
+            wake,
+            complete_ws,
+            Some(on_ws_io),
+        ))
+    } else {
+        Served::Http(AsgiRequest::new(
+            r,
+            stream.clone(),
+            body_stream.clone(),
+            complete,
+        ))
+    };
+    // SAFETY: the request pool is live; its cleanup drops this reference when the request is
+    // destroyed, which cannot happen while the app runs (`blocked`).
+    unsafe {
+        let cln = ngx_pool_cleanup_add((*r).pool, 0);
+        if cln.is_null() {
+            return Err(NGX_HTTP_INTERNAL_SERVER_ERROR);
+        }
+        let held = Box::into_raw(Box::new(served.clone()));
+        (*cln).handler = Some(drop_served);
+        (*cln).data = held.cast();
+        *(*r).ctx.add(module().ctx_index) = held.cast::<c_void>();
+        (*(*r).main).set_blocked((*(*r).main).blocked() + 1);
+        (*r).read_event_handler = match &body_stream {
+            Some(b) => {
+                b.pull(r);
+                if (*r).reading_body() != 0 {
+                    Some(on_body_data)
+                } else {
+                    Some(on_client_readable)
+                }
+            }
+            None => Some(on_client_readable),
+        };
+    }
+    // SAFETY: on the event loop.
+    unsafe { crate::inflight::started() };
+    crate::metrics::posted();
+    match served {
+        Served::Http(request) => event_loop.submit(HttpRequest {
+            app,
+            scope,
+            body,
+            server: request,
+            waker,
+        }),
+        Served::Ws(ws) => event_loop.submit_ws(WsRequest {
+            app,
+            scope: scope.into_websocket(),
+            server: ws,
+            waker,
+        }),
+    }
+    if !unbuffered {
+        // A client that went while nginx read its request head left no event behind.
+        // SAFETY: `r` is live on the event loop.
+        unsafe { on_client_readable(r) };
+    }
+    Ok(())
+}
+
+/// What an `asgi_app` request is: an HTTP exchange, or a WebSocket (before and after its
+/// handshake). The request's module context points at it.
+#[derive(Clone)]
+pub(crate) enum Served {
+    Http(Arc<AsgiRequest>),
+    Ws(Arc<AsgiWs>),
+}
+
+impl Served {
+    fn stream(&self) -> &Stream {
+        match self {
+            Served::Http(h) => &h.stream,
+            Served::Ws(w) => &w.stream,
+        }
+    }
+}
+
+/// The largest WebSocket message of a location: its `client_max_body_size` (64 MiB when that
+/// is 0, unlimited).
+unsafe fn max_message(r: *mut ngx_http_request_t) -> usize {
+    // SAFETY: per the caller: `r` is live, with its core location configuration.
+    let clcf = unsafe { NgxHttpCoreModule::location_conf(&*r) };
+    match clcf.map_or(0, |c| c.client_max_body_size) {
+        0 => 64 << 20,
+        n => n as usize,
+    }
+}
+
+unsafe extern "C" fn drop_served(data: *mut c_void) {
+    guard("freeing an asgi request", (), || {
+        // SAFETY: `data` is the Box leaked in `post`, freed exactly once by this cleanup.
+        drop(unsafe { Box::from_raw(data as *mut Served) });
+    })
+}
+
+/// The read and write handler of an upgraded request: its WebSocket moves frames.
+unsafe extern "C" fn on_ws_io(r: *mut ngx_http_request_t) {
+    guard("the websocket connection", (), || {
+        // SAFETY: nginx calls this on the event loop with the live request.
+        unsafe {
+            if let Some(Served::Ws(ws)) = served(r) {
+                ws.on_io();
+            }
+        }
+    })
+}
+
+/// What the request is (None before `post` attached it).
+///
+/// # Safety
+/// Event-loop thread; `r` is live and served by an `asgi_app` location.
+pub(crate) unsafe fn served(r: *mut ngx_http_request_t) -> Option<&'static Served> {
+    // SAFETY: per the function contract; the slot holds NULL or the box attached in `post`,
+    // which the request's pool keeps alive.
+    unsafe {
+        let p = *(*r).ctx.add(module().ctx_index) as *const Served;
+        p.as_ref()
+    }
+}
+
+/// Back on the event loop: the app's response is over.
+///
+/// # Safety
+/// Event-loop thread; `r` is live and still blocked on the app.
+unsafe fn complete(r: *mut ngx_http_request_t, request: &AsgiRequest, end: HttpEnd) {
+    // SAFETY: per the function contract.
+    unsafe {
+        finish(
+            r,
+            &request.stream,
+            request.body.as_deref(),
+            Some(&request.file_response),
+            request.posted_at,
+            end,
+            false,
+        )
+    }
+}
+
+/// A WebSocket is over: before its handshake it ends like an HTTP response (a denial); after
+/// it, the connection closes.
+///
+/// # Safety
+/// Event-loop thread; `r` is live and still blocked on the app.
+unsafe fn complete_ws(r: *mut ngx_http_request_t, ws: &AsgiWs, end: HttpEnd, upgraded: bool) {
+    // SAFETY: per the function contract.
+    unsafe { finish(r, &ws.stream, None, None, ws.posted_at, end, upgraded) }
+}
+
+/// Sends what is left of the response (unless the connection was upgraded) and finalizes the
+/// request, exactly once.
+///
+/// # Safety
+/// Event-loop thread; `r` is live and still blocked on the app.
+unsafe fn finish(
+    r: *mut ngx_http_request_t,
+    stream: &Stream,
+    body: Option<&BodyStream>,
+    file_response: Option<&std::sync::Mutex<Option<Outcome>>>,
+    posted_at: std::time::Instant,
+    end: HttpEnd,
+    upgraded: bool,
+) {
+    let request_body = body;
+    // SAFETY: per the function contract.
+    let c = unsafe { (*r).connection };
+    let rc = guard("sending the asgi response", None, || {
+        // SAFETY: as above; nothing here finalizes the request.
+        unsafe {
+            (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
+            crate::inflight::finished();
+            crate::recycle::request_done();
+            if let Some(body) = request_body {
+                body.finish();
+            }
+            let streamed = stream.finish(r);
+            let kind = match end {
+                HttpEnd::Complete => OutcomeKind::Complete,
+                HttpEnd::Failed => OutcomeKind::Failed,
+                HttpEnd::Truncated => OutcomeKind::Truncated,
+                HttpEnd::ClientGone => OutcomeKind::ClientGone,
+            };
+            let status = match end {
+                HttpEnd::Failed => 500,
+                HttpEnd::ClientGone => 499,
+                _ => (*r).headers_out.status as u16,
+            };
+            crate::metrics::finished(
+                status,
+                posted_at.elapsed(),
+                false,
+                end == HttpEnd::ClientGone,
+            );
+            if upgraded {
+                // The WebSocket's close handshake is over (or the client went): the connection
+                // closes with the request.
+                return Some(NGX_DONE as ngx_int_t);
+            }
+            let mut file = file_response.map(|f| f.lock().unwrap_or_else(|e| e.into_inner()));
+            if let (Some(file), false) =
+                (file.as_mut().and_then(|f| f.as_mut()), streamed.head_sent)
+            {
+                // http.response.pathsend: nginx sends the file (sendfile, byte ranges); the
+                // descriptor stays open until the request's pool goes.
+                file.kind = kind;
+                return Some(crate::response::send(r, Some(file), streamed));
+            }
+            drop(file);
+            let outcome = Outcome {
+                kind,
+                head: None,
+                body: Chunk::from_vec(Vec::new()),
+                streamed: true,
+                length_known: false,
+                file: None,
+                gil_wait: std::time::Duration::ZERO,
+            };
+            Some(crate::response::send(r, Some(&outcome), streamed))
+        }
+    });
+    // SAFETY: the request is live until this finalize; the connection structure outlives it.
+    unsafe {
+        let rc = rc.unwrap_or(if (*r).header_sent() != 0 {
+            NGX_ERROR as ngx_int_t
+        } else {
+            NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+        });
+        ngx_http_finalize_request(r, rc);
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+/// While the response goes out: the client can take more.
+unsafe extern "C" fn on_client_writable(r: *mut ngx_http_request_t) {
+    guard("the asgi stream writer", (), || {
+        // SAFETY: nginx calls this on the event loop with the live request.
+        unsafe {
+            if let Some(served) = served(r) {
+                served.stream().on_writable(r);
+            }
+        }
+    })
+}
+
+/// Once the body is in: notices a client that goes away while the app runs.
+unsafe extern "C" fn on_client_readable(r: *mut ngx_http_request_t) {
+    guard("the asgi client watcher", (), || {
+        // SAFETY: as in `on_client_writable`.
+        unsafe {
+            if let Some(served) = served(r) {
+                ngx_http_test_reading(r);
+                if (*(*r).connection).error() != 0 {
+                    match served {
+                        Served::Http(request) => request.client_gone(),
+                        Served::Ws(ws) => ws.client_gone(),
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// An unbuffered body: the client sent more (or went away); once the body is in, the request
+/// watches the client.
+unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
+    guard("the asgi request body reader", (), || {
+        // SAFETY: nginx calls this on the event loop with the live request.
+        unsafe {
+            let Some(Served::Http(request)) = served(r) else {
+                return;
+            };
+            if let Some(body) = &request.body {
+                body.pull(r);
+            }
+            if (*(*r).connection).error() != 0 {
+                request.client_gone();
+            } else if (*r).reading_body() == 0 {
+                (*r).read_event_handler = Some(on_client_readable);
+                on_client_readable(r);
+            }
+        }
+    })
+}

@@ -1,0 +1,135 @@
+//! One ASGI request on nginx's side: the streams its response and (unbuffered) body use, and
+//! the end of its response, as the core's event loop sees them ([`HttpServer`]). Nothing here
+//! waits: where there is no room or no body yet, the core is woken later through the streams'
+//! wakers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+use nginx_sys::ngx_http_request_t;
+use ngx_wsgi::asgi::{BodyRead, HttpEnd, HttpServer};
+use ngx_wsgi::file_wrapper::FileRange;
+use ngx_wsgi::{Chunk, ClientGone, Outcome, OutcomeKind, ResponseHead};
+
+use crate::ffi::LoopRequest;
+use crate::notify::Pump;
+use crate::request_body::BodyStream;
+use crate::stream::Stream;
+
+/// What the event loop does once the app's response is over (the request flow's completion).
+pub(crate) type OnEnd = unsafe fn(*mut ngx_http_request_t, &AsgiRequest, HttpEnd);
+
+struct Ending {
+    /// The request, until its end has been handled; NULL afterwards.
+    request: LoopRequest,
+    end: Option<HttpEnd>,
+}
+
+pub(crate) struct AsgiRequest {
+    pub stream: Arc<Stream>,
+    pub body: Option<Arc<BodyStream>>,
+    pub posted_at: Instant,
+    /// The client went away (noticed by the request's read handler).
+    gone: AtomicBool,
+    ending: Mutex<Ending>,
+    /// A response that is a file (`http.response.pathsend`), kept until the request's pool goes
+    /// (nginx sends from its descriptor).
+    pub file_response: Mutex<Option<Outcome>>,
+    on_end: OnEnd,
+    me: Weak<AsgiRequest>,
+}
+
+impl AsgiRequest {
+    pub(crate) fn new(
+        r: *mut ngx_http_request_t,
+        stream: Arc<Stream>,
+        body: Option<Arc<BodyStream>>,
+        on_end: OnEnd,
+    ) -> Arc<AsgiRequest> {
+        Arc::new_cyclic(|me| AsgiRequest {
+            stream,
+            body,
+            posted_at: Instant::now(),
+            gone: AtomicBool::new(false),
+            ending: Mutex::new(Ending {
+                request: LoopRequest(r),
+                end: None,
+            }),
+            file_response: Mutex::new(None),
+            on_end,
+            me: me.clone(),
+        })
+    }
+
+    fn ending(&self) -> std::sync::MutexGuard<'_, Ending> {
+        self.ending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The client went away: the app is told (its waker fires through the stream).
+    pub(crate) fn client_gone(&self) {
+        self.gone.store(true, Ordering::Release);
+        self.stream.client_gone();
+    }
+}
+
+impl HttpServer for AsgiRequest {
+    fn room(&self) -> Result<bool, ClientGone> {
+        self.stream.room()
+    }
+
+    fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone> {
+        self.stream.push_now(head, data)
+    }
+
+    fn read_body(&self, max: usize) -> BodyRead {
+        match &self.body {
+            Some(body) => body.try_read(max),
+            None => BodyRead::End,
+        }
+    }
+
+    fn send_file(&self, head: ResponseHead, file: FileRange) {
+        *self.file_response.lock().unwrap_or_else(|e| e.into_inner()) = Some(Outcome {
+            kind: OutcomeKind::Complete,
+            head: Some(head),
+            body: Chunk::from_vec(Vec::new()),
+            streamed: false,
+            length_known: true,
+            file: Some(file),
+            gil_wait: std::time::Duration::ZERO,
+        });
+    }
+
+    fn client_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire) || self.stream.is_cancelled()
+    }
+
+    fn finish(&self, end: HttpEnd) {
+        {
+            let mut ending = self.ending();
+            if ending.end.is_some() {
+                return;
+            }
+            ending.end = Some(end);
+        }
+        if let Some(me) = self.me.upgrade() {
+            crate::notify::schedule(me);
+        }
+    }
+}
+
+impl Pump for AsgiRequest {
+    unsafe fn pump(&self) {
+        let (r, end) = {
+            let mut ending = self.ending();
+            let Some(end) = ending.end else { return };
+            let r = std::mem::replace(&mut ending.request, LoopRequest::none()).0;
+            (r, end)
+        };
+        if !r.is_null() {
+            // SAFETY: on the event loop; the request is live until this, its completion.
+            unsafe { (self.on_end)(r, self, end) };
+        }
+    }
+}

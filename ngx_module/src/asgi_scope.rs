@@ -1,0 +1,112 @@
+//! Copies an ASGI HTTP scope out of `ngx_http_request_t` (on the event loop), from what nginx
+//! parsed: no second parse of the request.
+
+use nginx_sys::{
+    ngx_connection_local_sockaddr, ngx_http_request_t, ngx_int_t, ngx_str_t, ngx_uint_t,
+    NGX_HTTP_VERSION_10, NGX_HTTP_VERSION_20, NGX_HTTP_VERSION_9, NGX_OK,
+};
+use ngx_wsgi::asgi::scope::{lowercase, raw_path_of};
+use ngx_wsgi::asgi::HttpScope;
+
+use crate::conf::LocConf;
+use crate::ffi::ngx_bytes;
+use crate::request_info::{for_each_header, sockaddr_port};
+
+/// NGX_HTTP_VERSION_30 (nginx 1.25+; spelled out to build against older nginx too).
+const HTTP_VERSION_30: u32 = 3000;
+
+fn http_version(version: u32) -> &'static str {
+    match version {
+        NGX_HTTP_VERSION_9 | NGX_HTTP_VERSION_10 => "1.0",
+        NGX_HTTP_VERSION_20 => "2",
+        HTTP_VERSION_30 => "3",
+        _ => "1.1",
+    }
+}
+
+/// The request's scope.
+///
+/// # Safety
+/// `r` is a live request on the event loop.
+pub(crate) unsafe fn collect(
+    r: *mut ngx_http_request_t,
+    lc: &LocConf,
+    request_id_var: Option<ngx_uint_t>,
+) -> HttpScope {
+    // SAFETY: per the function contract.
+    let r = unsafe { &mut *r };
+    let mut request_id = Vec::new();
+    if let Some(index) = request_id_var {
+        // SAFETY: the index is `$request_id`'s, registered at configuration; on the loop.
+        if let Some(id) = unsafe { crate::request_id::of(r, index) } {
+            request_id = id.to_vec();
+        }
+    }
+    // SAFETY: a live request has a live connection.
+    let c = unsafe { &mut *r.connection };
+    let path = ngx_bytes(&r.uri);
+    let (root_path, _) = ngx_wsgi::environ::split_mount(path, lc.app.script_name.as_slice());
+    let mut headers = Vec::with_capacity(16);
+    // SAFETY: the request's header list is live and not modified while we read it.
+    unsafe {
+        for_each_header(&r.headers_in.headers.part, |name, value| {
+            headers.push((lowercase(name), value.to_vec()));
+        })
+    };
+    // SAFETY: the connection's peer address is set for every accepted connection.
+    let client_port = unsafe { sockaddr_port(c.sockaddr.cast()) };
+    // nginx's own text of the local address (what `$server_addr` shows).
+    let mut text = [0u8; 64];
+    let mut local_ip = ngx_str_t {
+        len: text.len(),
+        data: text.as_mut_ptr(),
+    };
+    // SAFETY: the connection is live; nginx writes at most `len` bytes into `text` and fills
+    // `c->local_sockaddr` (getsockname for wildcard listeners).
+    let rc = unsafe { ngx_connection_local_sockaddr(c, &mut local_ip, 0) };
+    let server = (rc == NGX_OK as ngx_int_t).then(|| {
+        // SAFETY: set by the call above.
+        let port = unsafe { sockaddr_port(c.local_sockaddr.cast()) };
+        (text[..local_ip.len].to_vec(), port)
+    });
+    let version = http_version(r.http_version as u32);
+    let protocol = match version {
+        "1.0" => "HTTP/1.0",
+        "2" => "HTTP/2.0",
+        "3" => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    };
+    HttpScope {
+        http_version: version,
+        method: ngx_bytes(&r.method_name).to_vec(),
+        https: !c.ssl.is_null(),
+        path: path.to_vec(),
+        raw_path: raw_path_of(ngx_bytes(&r.unparsed_uri)).to_vec(),
+        query_string: ngx_bytes(&r.args).to_vec(),
+        root_path: root_path.to_vec(),
+        headers,
+        client: Some((ngx_bytes(&c.addr_text).to_vec(), client_port)),
+        server,
+        request_id,
+        websocket: false,
+        subprotocols: Vec::new(),
+        request_line: format!(
+            "{} {} {protocol}",
+            String::from_utf8_lossy(ngx_bytes(&r.method_name)),
+            String::from_utf8_lossy(ngx_bytes(&r.unparsed_uri)),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_as_asgi_names_them() {
+        assert_eq!(http_version(NGX_HTTP_VERSION_10), "1.0");
+        assert_eq!(http_version(nginx_sys::NGX_HTTP_VERSION_11), "1.1");
+        assert_eq!(http_version(NGX_HTTP_VERSION_20), "2");
+        assert_eq!(http_version(HTTP_VERSION_30), "3");
+    }
+}

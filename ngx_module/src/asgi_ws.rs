@@ -1,0 +1,494 @@
+//! One ASGI WebSocket on nginx's side. Before the app accepts, it is an HTTP request (a denial
+//! goes out through its [`Stream`]). At the accept nginx sends the 101 (its header filter adds
+//! `Connection: upgrade`), the request stops being HTTP (no keep-alive), and the connection's
+//! bytes are moved with `c->recv`/`c->send` on the event loop and framed by the core's
+//! [`WsCodec`], as `ngx_http_upstream_upgrade` does for proxied WebSockets. Both directions are
+//! bounded by `wsgi_stream_buffer`: past it the app's `send` awaits, and nginx stops reading
+//! the client until the app has taken its messages. At worker exit every open WebSocket is sent
+//! a close frame with code 1001.
+
+use std::cell::UnsafeCell;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Instant;
+
+use nginx_sys::{
+    ngx_add_timer, ngx_del_timer, ngx_event_t, ngx_handle_read_event, ngx_handle_write_event,
+    ngx_http_event_handler_pt, ngx_http_output_filter, ngx_http_request_t, ngx_http_send_special,
+    ngx_int_t, ngx_tcp_nodelay, NGX_AGAIN, NGX_ERROR, NGX_HTTP_FLUSH, NGX_OK,
+};
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
+use ngx_wsgi::asgi::{HttpEnd, WsCodec, WsIncoming, WsOutgoing, WsServer};
+use ngx_wsgi::{Chunk, ClientGone, ResponseHead};
+
+use crate::ffi::{guard, LoopRequest};
+use crate::notify::Pump;
+use crate::stream::Stream;
+
+/// How long a closing WebSocket waits for the client's close frame.
+const CLOSE_WAIT_MS: usize = 5000;
+
+/// What the event loop does when the connection is over: `upgraded` once the 101 went out.
+pub(crate) type OnWsEnd = unsafe fn(*mut ngx_http_request_t, &AsgiWs, HttpEnd, bool);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Before the accept (or a denial under way).
+    Handshake,
+    /// The app accepted: the 101 goes out at the next pump.
+    Accepting(ResponseHead),
+    Open,
+    /// The connection is over (nginx's side is finished or about to be).
+    Over,
+}
+
+struct State {
+    request: LoopRequest,
+    phase: Phase,
+    codec: Option<WsCodec>,
+    incoming: VecDeque<WsIncoming>,
+    incoming_bytes: usize,
+    /// nginx stopped reading the client: the app has not taken what came.
+    reading_paused: bool,
+    outgoing: VecDeque<WsOutgoing>,
+    /// Bytes the app sent that the client has not taken yet.
+    unsent: usize,
+    want_room: bool,
+    /// The app is done (its end), when it is.
+    app_end: Option<HttpEnd>,
+    /// The client went away (or writing to it failed).
+    gone: bool,
+    scheduled: bool,
+}
+
+// SAFETY: the request pointer is only dereferenced on the event loop.
+unsafe impl Send for State {}
+
+pub(crate) struct AsgiWs {
+    pub stream: Arc<Stream>,
+    pub posted_at: Instant,
+    state: Mutex<State>,
+    limit: usize,
+    max_message: usize,
+    wake: Arc<dyn Fn() + Send + Sync>,
+    on_end: OnWsEnd,
+    /// The request's read and write handler once upgraded: it calls [`AsgiWs::on_io`].
+    on_io: ngx_http_event_handler_pt,
+    /// The wait for the client's close frame (event loop only).
+    close_timer: UnsafeCell<ngx_event_t>,
+    me: Weak<AsgiWs>,
+}
+
+// SAFETY: `close_timer` is only touched on the event loop; the rest is behind the mutex or
+// immutable.
+unsafe impl Sync for AsgiWs {}
+// SAFETY: as above.
+unsafe impl Send for AsgiWs {}
+
+/// The open WebSockets of this worker, told to close at exit.
+static OPEN: Mutex<Vec<Weak<AsgiWs>>> = Mutex::new(Vec::new());
+
+impl AsgiWs {
+    pub(crate) fn new(
+        r: *mut ngx_http_request_t,
+        stream: Arc<Stream>,
+        limit: usize,
+        max_message: usize,
+        wake: Arc<dyn Fn() + Send + Sync>,
+        on_end: OnWsEnd,
+        on_io: ngx_http_event_handler_pt,
+    ) -> Arc<AsgiWs> {
+        crate::inflight::on_exiting(close_all_for_exit);
+        Arc::new_cyclic(|me| AsgiWs {
+            stream,
+            posted_at: Instant::now(),
+            state: Mutex::new(State {
+                request: LoopRequest(r),
+                phase: Phase::Handshake,
+                codec: None,
+                incoming: VecDeque::new(),
+                incoming_bytes: 0,
+                reading_paused: false,
+                outgoing: VecDeque::new(),
+                unsent: 0,
+                want_room: false,
+                app_end: None,
+                gone: false,
+                scheduled: false,
+            }),
+            limit,
+            max_message,
+            wake,
+            on_end,
+            on_io,
+            // SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
+            close_timer: UnsafeCell::new(unsafe { std::mem::zeroed() }),
+            me: me.clone(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn schedule(&self, st: &mut State) {
+        if !st.scheduled {
+            st.scheduled = true;
+            if let Some(me) = self.me.upgrade() {
+                crate::notify::schedule(me);
+            }
+        }
+    }
+
+    /// The client went away before the accept (noticed by the request's read handler).
+    pub(crate) fn client_gone(&self) {
+        self.lock().gone = true;
+        self.stream.client_gone();
+        (self.wake)();
+    }
+
+    /// The connection's socket is ready (read or write): moves bytes.
+    ///
+    /// # Safety
+    /// Event loop; `r` is this connection's live request.
+    pub(crate) unsafe fn on_io(&self) {
+        // SAFETY: per the function contract.
+        unsafe { self.pump() };
+    }
+
+    /// Moves bytes both ways until the socket would block; says whether the connection is over.
+    unsafe fn io(&self, st: &mut State, r: *mut ngx_http_request_t) {
+        // SAFETY: `r` and its connection are live on the event loop (callers' contract).
+        unsafe {
+            let c = (*r).connection;
+            // The 101 itself may still wait in nginx's output.
+            if !(*r).out.is_null() {
+                if ngx_http_output_filter(r, std::ptr::null_mut()) == NGX_ERROR as ngx_int_t {
+                    st.gone = true;
+                }
+                if !(*r).out.is_null() && !st.gone {
+                    ngx_handle_write_event((*c).write, 0);
+                    return;
+                }
+            }
+            let Some(codec) = st.codec.as_mut() else {
+                return;
+            };
+            let mut told = false;
+            let mut buf = [0u8; 16384];
+            loop {
+                while let Some(m) = st.outgoing.pop_front() {
+                    let _ = codec.send(m);
+                }
+                let out = codec.output();
+                let mut blocked = false;
+                while !out.is_empty() && !st.gone {
+                    let Some(send) = (*c).send else { break };
+                    let n = send(c, out.as_mut_ptr(), out.len());
+                    if n > 0 {
+                        out.drain(..n as usize);
+                    } else if n == NGX_AGAIN as isize {
+                        blocked = true;
+                        break;
+                    } else {
+                        st.gone = true;
+                    }
+                }
+                if blocked && ngx_handle_write_event((*c).write, 0) != NGX_OK as ngx_int_t {
+                    st.gone = true;
+                }
+                st.unsent = out.len();
+                if st.gone || codec.is_terminated() || st.reading_paused {
+                    break;
+                }
+                let Some(recv) = (*c).recv else { break };
+                let n = recv(c, buf.as_mut_ptr(), buf.len());
+                let incoming = if n > 0 {
+                    codec.feed(&buf[..n as usize], false)
+                } else if n == NGX_AGAIN as isize {
+                    if ngx_handle_read_event((*c).read, 0) != NGX_OK as ngx_int_t {
+                        st.gone = true;
+                    }
+                    Vec::new()
+                } else {
+                    // 0: the client closed its side; an error: it is gone.
+                    if n != 0 {
+                        st.gone = true;
+                    }
+                    codec.feed(&[], true)
+                };
+                let more = n > 0;
+                for m in incoming {
+                    st.incoming_bytes += incoming_len(&m);
+                    st.incoming.push_back(m);
+                    told = true;
+                }
+                if st.incoming_bytes >= self.limit {
+                    st.reading_paused = true;
+                }
+                if !more && st.outgoing.is_empty() && codec.output().is_empty() {
+                    break;
+                }
+            }
+            if st.want_room && st.unsent < self.limit {
+                st.want_room = false;
+                told = true;
+            }
+            let closing = !codec.can_send() && !codec.is_terminated();
+            let over = st.gone || (codec.is_terminated() && codec.output().is_empty());
+            if over {
+                if !codec.is_terminated() || st.gone {
+                    st.incoming.push_back(WsIncoming::Closed {
+                        code: 1006,
+                        reason: String::new(),
+                    });
+                }
+                st.phase = Phase::Over;
+                told = true;
+            } else if closing {
+                self.arm_close_timer();
+            }
+            if told {
+                (self.wake)();
+            }
+        }
+    }
+
+    /// After our close frame: the client has CLOSE_WAIT_MS to answer.
+    unsafe fn arm_close_timer(&self) {
+        // SAFETY: event loop only; the event lives as long as this connection.
+        unsafe {
+            let ev = &mut *self.close_timer.get();
+            if ev.timer_set() == 0 {
+                ev.handler = Some(close_timed_out);
+                ev.data = (self as *const AsgiWs).cast_mut().cast();
+                ev.log = (*nginx_sys::ngx_cycle).log;
+                ngx_add_timer(ev, CLOSE_WAIT_MS as _);
+            }
+        }
+    }
+
+    /// The 101, the switch to frames, and the bytes the client sent after its handshake.
+    unsafe fn handshake(&self, st: &mut State, r: *mut ngx_http_request_t, head: ResponseHead) {
+        // SAFETY: `r` is live on the event loop (callers' contract).
+        unsafe {
+            (*r).set_keepalive(0);
+            let rc = crate::response::send_head(r, &head, None);
+            if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
+                st.gone = true;
+                st.phase = Phase::Over;
+                return;
+            }
+            if ngx_http_send_special(r, NGX_HTTP_FLUSH as usize) == NGX_ERROR as ngx_int_t {
+                st.gone = true;
+                st.phase = Phase::Over;
+                return;
+            }
+            let c = (*r).connection;
+            let clcf = NgxHttpCoreModule::location_conf(&*r).expect("core location configuration");
+            if clcf.tcp_nodelay != 0 {
+                ngx_tcp_nodelay(c);
+            }
+            (*r).read_event_handler = self.on_io;
+            (*r).write_event_handler = self.on_io;
+            let mut codec = WsCodec::new(self.max_message);
+            // Frames the client sent right behind its handshake.
+            let hin = (*r).header_in;
+            if !hin.is_null() && (*hin).last > (*hin).pos {
+                let len = (*hin).last.offset_from((*hin).pos) as usize;
+                let early = std::slice::from_raw_parts((*hin).pos, len);
+                for m in codec.feed(early, false) {
+                    st.incoming_bytes += incoming_len(&m);
+                    st.incoming.push_back(m);
+                }
+                (*hin).pos = (*hin).last;
+                if !st.incoming.is_empty() {
+                    (self.wake)();
+                }
+            }
+            st.codec = Some(codec);
+            st.phase = Phase::Open;
+            OPEN.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(self.me.clone());
+        }
+    }
+
+    /// Tells an open connection to close with 1001 (worker exit).
+    fn going_away(&self) {
+        let mut st = self.lock();
+        if st.phase == Phase::Open && st.codec.as_ref().is_some_and(WsCodec::can_send) {
+            st.outgoing.push_back(WsOutgoing::Close {
+                code: 1001,
+                reason: "the server is going away".into(),
+            });
+            self.schedule(&mut st);
+        }
+    }
+}
+
+fn incoming_len(m: &WsIncoming) -> usize {
+    match m {
+        WsIncoming::Text(t) => t.len(),
+        WsIncoming::Binary(b) => b.len(),
+        WsIncoming::Closed { .. } => 0,
+    }
+}
+
+/// Worker exit: every open WebSocket gets a close frame with 1001.
+fn close_all_for_exit() {
+    let open: Vec<Arc<AsgiWs>> = OPEN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for ws in open {
+        ws.going_away();
+    }
+}
+
+unsafe extern "C" fn close_timed_out(ev: *mut ngx_event_t) {
+    guard("the websocket close timer", (), || {
+        // SAFETY: the event's data is its connection, alive while its request is (the request's
+        // pool holds it, and the timer is removed when the request ends).
+        unsafe {
+            let ws = &*((*ev).data as *const AsgiWs);
+            ws.lock().gone = true;
+            ws.pump();
+        }
+    })
+}
+
+impl Pump for AsgiWs {
+    unsafe fn pump(&self) {
+        let Some(_keep) = self.me.upgrade() else {
+            return;
+        };
+        let mut st = self.lock();
+        st.scheduled = false;
+        let r = st.request.0;
+        if r.is_null() {
+            return;
+        }
+        if let Phase::Accepting(head) = st.phase.clone() {
+            if st.gone || self.stream.is_cancelled() {
+                st.phase = Phase::Over;
+                st.gone = true;
+            } else {
+                // SAFETY: the request is live while `request` is set.
+                unsafe { self.handshake(&mut st, r, head) };
+            }
+        }
+        let upgraded = st.codec.is_some();
+        match st.phase {
+            Phase::Handshake => {
+                // A denial (or a failure) ends the request like an HTTP response.
+                let Some(end) = st.app_end else { return };
+                st.request = LoopRequest::none();
+                drop(st);
+                // SAFETY: on the event loop; the request is live until this, its completion.
+                unsafe { (self.on_end)(r, self, end, false) };
+                return;
+            }
+            // SAFETY: the request is live while `request` is set.
+            Phase::Open => unsafe { self.io(&mut st, r) },
+            _ => {}
+        }
+        if st.phase == Phase::Over {
+            st.request = LoopRequest::none();
+            let end = if st.gone {
+                HttpEnd::ClientGone
+            } else {
+                HttpEnd::Complete
+            };
+            drop(st);
+            // SAFETY: event loop only; the timer belongs to this connection.
+            unsafe {
+                let ev = &mut *self.close_timer.get();
+                if ev.timer_set() != 0 {
+                    ngx_del_timer(ev);
+                }
+            }
+            OPEN.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|w| !std::ptr::eq(w.as_ptr(), self));
+            // SAFETY: on the event loop; the request is live until this, its completion.
+            unsafe { (self.on_end)(r, self, end, upgraded) };
+        }
+    }
+}
+
+impl WsServer for AsgiWs {
+    fn accept(&self, head: ResponseHead) {
+        let mut st = self.lock();
+        if st.phase == Phase::Handshake {
+            st.phase = Phase::Accepting(head);
+            self.schedule(&mut st);
+        }
+    }
+
+    fn room(&self) -> Result<bool, ClientGone> {
+        let mut st = self.lock();
+        let open = match &st.phase {
+            Phase::Accepting(_) => true,
+            Phase::Open => st.codec.as_ref().is_some_and(WsCodec::can_send),
+            _ => false,
+        };
+        if st.gone || !open {
+            return Err(ClientGone);
+        }
+        let room = st.unsent < self.limit;
+        if !room {
+            st.want_room = true;
+        }
+        Ok(room)
+    }
+
+    fn send(&self, message: WsOutgoing) -> Result<(), ClientGone> {
+        let mut st = self.lock();
+        if st.gone || st.phase == Phase::Over {
+            return Err(ClientGone);
+        }
+        st.unsent += match &message {
+            WsOutgoing::Text(t) => t.len(),
+            WsOutgoing::Binary(b) => b.len(),
+            WsOutgoing::Close { .. } => 0,
+        };
+        st.outgoing.push_back(message);
+        self.schedule(&mut st);
+        Ok(())
+    }
+
+    fn next(&self) -> Option<WsIncoming> {
+        let mut st = self.lock();
+        let m = st.incoming.pop_front()?;
+        st.incoming_bytes -= incoming_len(&m);
+        if st.reading_paused && st.incoming_bytes < self.limit {
+            st.reading_paused = false;
+            self.schedule(&mut st);
+        }
+        Some(m)
+    }
+
+    fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone> {
+        self.stream.push_now(head, data)
+    }
+
+    fn http_room(&self) -> Result<bool, ClientGone> {
+        self.stream.room()
+    }
+
+    fn client_gone(&self) -> bool {
+        let st = self.lock();
+        st.gone || (st.phase == Phase::Handshake && self.stream.is_cancelled())
+    }
+
+    fn finish(&self, end: HttpEnd) {
+        let mut st = self.lock();
+        if st.app_end.is_none() {
+            st.app_end = Some(end);
+            self.schedule(&mut st);
+        }
+    }
+}

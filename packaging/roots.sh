@@ -1,0 +1,128 @@
+# Debian roots made with debootstrap from Debian's archive, so that one Debian host (as root) can
+# build and install-test the packages of each supported distribution. Sourced by build-deb and
+# test-install. Everything downloaded is kept under $NGX_WSGI_CACHE (default /var/cache/ngx-wsgi):
+#   DIST-base-N.tar  the debootstrapped minimal root with its apt sources (made once; N is the
+#                    version of base_tarball's recipe below: change it with the recipe)
+#   apt-DIST/        the .deb files debootstrap and apt fetched (the roots' /var/cache/apt/archives)
+#   DIST-build/      the build root: the base plus the build dependencies (kept and updated)
+#   DIST-target/     its cargo target directory (incremental rebuilds)
+# A fresh machine makes all of them (about two minutes a distribution); later runs reuse them.
+
+NGX_WSGI_CACHE=${NGX_WSGI_CACHE:-/var/cache/ngx-wsgi}
+DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+DEBIAN_SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+
+# The codename for a distribution name or number: bookworm (12) and trixie (13) are supported.
+dist_codename() {
+    case "$1" in
+        bookworm | 12 | debian12) echo bookworm ;;
+        trixie | 13 | debian13) echo trixie ;;
+        *) echo "unsupported distribution '$1' (bookworm or trixie)" >&2; return 1 ;;
+    esac
+}
+
+# The codename of this machine when it is a supported distribution, else bookworm.
+host_codename() {
+    local codename
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    dist_codename "$codename" 2>/dev/null || echo bookworm
+}
+
+need_root_tools() {
+    [ "$(id -u)" -eq 0 ] || { echo "$0: run as root (debootstrap and chroot)" >&2; exit 1; }
+    command -v debootstrap >/dev/null || {
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+    }
+}
+
+# Holds the lock NAME (until this shell exits): two runs never share a root they both change.
+hold_lock() {
+    mkdir -p "$NGX_WSGI_CACHE"
+    local fd
+    exec {fd}>"$NGX_WSGI_CACHE/$1.lock"
+    flock "$fd"
+}
+
+# Prints the path of DIST's base tarball, making it first if needed. (Called as $(...): the lock
+# ends with that subshell.)
+base_tarball() {
+    local dist=$1 tarball=$NGX_WSGI_CACHE/$1-base-2.tar tmp
+    hold_lock "$dist-base"
+    if [ ! -s "$tarball" ]; then
+        mkdir -p "$NGX_WSGI_CACHE/apt-$dist"
+        tmp=$NGX_WSGI_CACHE/$dist-bootstrap
+        # An interrupted debootstrap leaves its /proc and /sys mounted in the root.
+        findmnt -rn -o TARGET | grep "^$tmp/" | sort -r | xargs -r umount -l
+        rm -rf "$tmp"
+        echo "debootstrap $dist (minbase) into $tmp" >&2
+        debootstrap --variant=minbase --include=ca-certificates --cache-dir="$NGX_WSGI_CACHE/apt-$dist" \
+            "$dist" "$tmp" "$DEBIAN_MIRROR" > "$NGX_WSGI_CACHE/$dist-debootstrap.log" 2>&1 \
+            || { tail -n 20 "$NGX_WSGI_CACHE/$dist-debootstrap.log" >&2; return 1; }
+        printf 'deb %s %s main\ndeb %s %s-updates main\ndeb %s %s-security main\n' \
+            "$DEBIAN_MIRROR" "$dist" "$DEBIAN_MIRROR" "$dist" "$DEBIAN_SECURITY_MIRROR" "$dist" \
+            > "$tmp/etc/apt/sources.list"
+        # Installing a server must not start it: there is no init system in the root.
+        printf '#!/bin/sh\nexit 101\n' > "$tmp/usr/sbin/policy-rc.d"
+        chmod 0755 "$tmp/usr/sbin/policy-rc.d"
+        # No manual pages, translations or documentation but copyright files: they take most of
+        # the time apt spends unpacking (and man-db's index rebuild) and no step uses them.
+        printf '%s\n' 'path-exclude=/usr/share/man/*' 'path-exclude=/usr/share/locale/*' \
+            'path-exclude=/usr/share/doc/*' 'path-include=/usr/share/doc/*/copyright' \
+            > "$tmp/etc/dpkg/dpkg.cfg.d/90ngx-wsgi-nodoc"
+        echo 'man-db man-db/auto-update boolean false' | chroot "$tmp" debconf-set-selections
+        tar -C "$tmp" -cf "$tarball.new" . && mv "$tarball.new" "$tarball"
+        rm -rf "$tmp"
+        find "$NGX_WSGI_CACHE" -maxdepth 1 -name "$dist-base*.tar" ! -path "$tarball" -delete
+    fi
+    echo "$tarball"
+}
+
+# Makes DIR a fresh root of DIST from the base tarball.
+new_root() {
+    local dist=$1 dir=$2 tarball
+    tarball=$(base_tarball "$dist")
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    tar -C "$dir" -xf "$tarball"
+    cp /etc/resolv.conf "$dir/etc/resolv.conf"
+    # pip inside the root uses the host's index settings (a mirror or CA bundle), if any, and the
+    # certificate authorities added to this machine (a proxy's) are trusted there as well.
+    [ ! -f /etc/pip.conf ] || cp /etc/pip.conf "$dir/etc/pip.conf"
+    if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+        cp /usr/local/share/ca-certificates/*.crt "$dir/usr/local/share/ca-certificates/"
+        chroot "$dir" update-ca-certificates >/dev/null 2>&1
+    fi
+}
+
+# in_root ROOT [SRC:DST ...] -- CMD...: runs CMD chrooted in ROOT with a clean environment, /proc,
+# a /dev/shm and the given bind mounts (DST is inside ROOT), all in a private mount namespace, so
+# nothing stays mounted when CMD ends, however it ends.
+in_root() {
+    local root=$1 binds=()
+    shift
+    while [ "$1" != -- ]; do binds+=("$1"); shift; done
+    shift
+    unshare --mount --propagation private -- bash -euc '
+        root=$1 n=$2
+        shift 2
+        for ((i = 0; i < n; i++)); do
+            src=${1%%:*} dst=$root${1#*:}
+            shift
+            mkdir -p "$dst"
+            mount --bind "$src" "$dst"
+        done
+        mount -t proc proc "$root/proc"
+        [ ! -d /dev/pts ] || mount --bind /dev/pts "$root/dev/pts"
+        mkdir -p "$root/dev/shm"
+        mount -t tmpfs shm "$root/dev/shm"
+        exec chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
+            PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
+    ' in-root "$root" "${#binds[@]}" "${binds[@]}" "$@"
+}
+
+# The apt archive cache of DIST as a bind mount for in_root.
+apt_cache_bind() {
+    mkdir -p "$NGX_WSGI_CACHE/apt-$1/partial"
+    echo "$NGX_WSGI_CACHE/apt-$1:/var/cache/apt/archives"
+}

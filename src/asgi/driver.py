@@ -1,0 +1,148 @@
+"""The event loop's Python side: one task per HTTP request, one lifespan task per app.
+
+`receive` and `send` never wait on the server: the exchange (Rust) says at once whether it has a
+message or room; when not, the coroutine parks a future that the server's wake-up resolves."""
+import asyncio
+import traceback
+
+
+async def _http(loop, app, scope, ex, done):
+    async def receive():
+        while True:
+            message = ex.receive_now()
+            if message is not None:
+                return message
+            waiter = loop.create_future()
+            ex.park(waiter)
+            await waiter
+
+    async def send(message):
+        while not ex.send_now(message):
+            waiter = loop.create_future()
+            ex.park(waiter)
+            await waiter
+
+    try:
+        await app(scope, receive, send)
+    except BaseException as e:  # sys.exit() and cancellation too: a 500, never the loop's end
+        ex.ended(e)
+    else:
+        ex.ended(None)
+    finally:
+        done()
+
+
+def start_http(loop, app, scope, ex, done):
+    loop.create_task(_http(loop, app, scope, ex, done))
+
+
+class Lifespan:
+    """The lifespan protocol of one app. `report(phase, outcome, text)` is called with phase
+    'startup' or 'shutdown' and outcome 'ok', 'failed' or 'unsupported'."""
+
+    def __init__(self, loop, app, state, report):
+        self.loop, self.app, self.state, self.report = loop, app, state, report
+        self.inbox = asyncio.Queue()
+        self.received = False
+        self.reported = set()
+        self.phase = "startup"
+        self.task = None
+
+    def _report(self, phase, outcome, text=""):
+        if phase not in self.reported:
+            self.reported.add(phase)
+            self.report(phase, outcome, text)
+
+    def begin(self):
+        self.inbox.put_nowait({"type": "lifespan.startup"})
+        self.task = self.loop.create_task(self.main())
+
+    def shutdown(self):
+        if (self.task is None or self.task.done() or "startup" not in self.reported
+                or "shutdown" in self.reported):
+            self.report("shutdown", "ok", "")
+            return
+        self.phase = "shutdown"
+        self.inbox.put_nowait({"type": "lifespan.shutdown"})
+
+    async def receive(self):
+        self.received = True
+        return await self.inbox.get()
+
+    async def send(self, message):
+        kind = message.get("type") if hasattr(message, "get") else None
+        if kind == "lifespan.startup.complete" and self.phase == "startup":
+            self._report("startup", "ok")
+        elif kind == "lifespan.startup.failed" and self.phase == "startup":
+            self._report("startup", "failed", str(message.get("message", "")))
+        elif kind == "lifespan.shutdown.complete" and self.phase == "shutdown":
+            self._report("shutdown", "ok")
+        elif kind == "lifespan.shutdown.failed" and self.phase == "shutdown":
+            self._report("shutdown", "failed", str(message.get("message", "")))
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} in the lifespan {self.phase} phase")
+
+    async def main(self):
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"},
+                 "state": self.state}
+        try:
+            await self.app(scope, self.receive, self.send)
+        except BaseException as e:
+            text = "".join(traceback.format_exception(e)).rstrip()
+            if "startup" not in self.reported:
+                # Raised before it asked for the startup: it does not speak lifespan.
+                self._report("startup", "failed" if self.received else "unsupported", text)
+            elif self.phase == "shutdown":
+                self._report("shutdown", "failed", text)
+            else:
+                self.report("running", "failed", text)
+        else:
+            if "startup" not in self.reported:
+                self._report("startup", "failed" if self.received else "unsupported",
+                             "the lifespan coroutine returned without sending lifespan.startup.complete")
+            self._report("shutdown", "ok")
+
+
+def check_lifespan(app, loop_factory):
+    """The configuration check: the app's startup, then its shutdown, on a loop of its own.
+    Returns None, or how the startup failed."""
+    results = []
+    loop = loop_factory()
+
+    async def run():
+        waiter = [loop.create_future()]
+
+        def report(*r):
+            results.append(r)
+            if not waiter[0].done():
+                waiter[0].set_result(None)
+
+        lifespan = Lifespan(loop, app, {}, report)
+        lifespan.begin()
+        await waiter[0]
+        if results[0][1] != "ok":
+            return
+        waiter[0] = loop.create_future()
+        lifespan.shutdown()
+        if len(results) < 2:
+            await waiter[0]
+
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+    # Only the startup decides: a shutdown that fails is the workers' to log at their exit.
+    for phase, outcome, text in results:
+        if phase == "startup" and outcome == "failed":
+            return f"lifespan {phase} failed: {text}"
+    return None
+
+
+def cancel_all(loop, within):
+    """At the loop's end: cancels the tasks left (background work of apps), waiting `within`
+    seconds at most for them to end."""
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.wait(tasks, timeout=within))

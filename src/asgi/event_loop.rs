@@ -1,0 +1,519 @@
+//! The process's asyncio event loop, on a thread of its own (never the server's): requests
+//! arrive through a queue and one eventfd the loop watches (`loop.add_reader`), written only
+//! when the queue was empty, so a busy loop takes a batch per wake-up. Lifespan runs here too.
+
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyCFunction, PyDict, PyModule, PyTuple};
+
+use super::http::{HttpExchange, HttpRequest};
+use super::waker::{WakeQueue, Waker};
+
+/// Which asyncio event loop runs the apps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoopKind {
+    #[default]
+    Asyncio,
+    /// `uvloop`, which must be installed in the app's environment.
+    Uvloop,
+}
+
+impl LoopKind {
+    /// The directive's word for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoopKind::Asyncio => "asyncio",
+            LoopKind::Uvloop => "uvloop",
+        }
+    }
+
+    /// Python code that evaluates to a function making a new loop.
+    fn factory(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        match self {
+            LoopKind::Asyncio => py.import("asyncio")?.getattr("new_event_loop"),
+            LoopKind::Uvloop => py.import("uvloop")?.getattr("new_event_loop"),
+        }
+    }
+}
+
+const DRIVER: &std::ffi::CStr = {
+    const SOURCE: &str = concat!(include_str!("driver.py"), "\0");
+    match std::ffi::CStr::from_bytes_with_nul(SOURCE.as_bytes()) {
+        Ok(s) => s,
+        Err(_) => panic!("driver.py has a NUL byte"),
+    }
+};
+
+fn driver(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
+    PyModule::from_code(
+        py,
+        DRIVER,
+        c"ngx_wsgi_asgi_driver.py",
+        c"ngx_wsgi_asgi_driver",
+    )
+}
+
+/// Work run on the loop's thread with the GIL, the loop and the driver module.
+type Call = Box<dyn FnOnce(Python<'_>, &Bound<'_, PyAny>, &Bound<'_, PyModule>) + Send>;
+
+enum Item {
+    Http(Box<HttpRequest>),
+    Ws(Box<super::websocket::WsRequest>),
+    Wake(Arc<Waker>),
+    Call(Call),
+    Stop,
+}
+
+/// The event loop of this process.
+pub struct AsgiLoop {
+    inbox: Mutex<Vec<Item>>,
+    efd: RawFd,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// HTTP tasks running (a response may be complete while its app still runs).
+    tasks: Arc<AtomicUsize>,
+}
+
+static LOOP: OnceLock<AsgiLoop> = OnceLock::new();
+
+/// The apps' lifespan objects and states, by app index (event loop thread only).
+struct Lifespans {
+    objects: HashMap<usize, Py<PyAny>>,
+    states: HashMap<usize, Py<PyDict>>,
+}
+
+static LIFESPANS: Mutex<Option<Lifespans>> = Mutex::new(None);
+
+/// The running loop, if this process started one.
+pub fn get() -> Option<&'static AsgiLoop> {
+    LOOP.get()
+}
+
+/// Starts the loop's thread (once per process, after the interpreter started).
+pub fn start(kind: LoopKind) -> Result<&'static AsgiLoop, String> {
+    if let Some(l) = LOOP.get() {
+        return Ok(l);
+    }
+    // SAFETY: plain syscall.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if efd < 0 {
+        return Err(format!("eventfd(): {}", std::io::Error::last_os_error()));
+    }
+    let l = LOOP.get_or_init(|| AsgiLoop {
+        inbox: Mutex::new(Vec::new()),
+        efd,
+        thread: Mutex::new(None),
+        tasks: Arc::new(AtomicUsize::new(0)),
+    });
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let thread = crate::signals::spawn_helper("asgi-loop", None, move || l.run(kind, ready_tx))
+        .map_err(|e| format!("cannot start the asgi event loop thread: {e}"))?;
+    *l.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(l),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("the asgi event loop thread ended while starting".into()),
+    }
+}
+
+impl AsgiLoop {
+    /// A loop that never runs: its wakers post into an inbox nobody drains (unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> &'static AsgiLoop {
+        // SAFETY: plain syscall.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        Box::leak(Box::new(AsgiLoop {
+            inbox: Mutex::new(Vec::new()),
+            efd,
+            thread: Mutex::new(None),
+            tasks: Arc::new(AtomicUsize::new(0)),
+        }))
+    }
+
+    fn run(&'static self, kind: LoopKind, ready: mpsc::Sender<Result<(), String>>) {
+        crate::interpreter::attach(|py| {
+            let setup = (|| -> PyResult<(Bound<'_, PyAny>, Bound<'_, PyModule>)> {
+                let event_loop = kind.factory(py)?.call0()?;
+                py.import("asyncio")?
+                    .call_method1("set_event_loop", (&event_loop,))?;
+                let driver = driver(py)?;
+                let drain = {
+                    let loop_obj = event_loop.clone().unbind();
+                    let driver_obj = driver.clone().unbind();
+                    PyCFunction::new_closure(
+                        py,
+                        None,
+                        None,
+                        move |args, _kwargs| -> PyResult<()> {
+                            let py = args.py();
+                            self.drain(py, loop_obj.bind(py), driver_obj.bind(py));
+                            Ok(())
+                        },
+                    )?
+                };
+                event_loop.call_method1("add_reader", (self.efd, drain))?;
+                Ok((event_loop, driver))
+            })();
+            let (event_loop, driver) = match setup {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready.send(Err(format!(
+                        "cannot start the asgi event loop: {}",
+                        crate::traceback::format(py, &e)
+                    )));
+                    return;
+                }
+            };
+            *LIFESPANS.lock().unwrap_or_else(|e| e.into_inner()) = Some(Lifespans {
+                objects: HashMap::new(),
+                states: HashMap::new(),
+            });
+            let _ = ready.send(Ok(()));
+            if let Err(e) = event_loop.call_method0("run_forever") {
+                tracing::error!(target: "asgi", "the event loop stopped: {}", crate::traceback::format(py, &e));
+            }
+            // What apps left running (background tasks) is cancelled.
+            if let Err(e) = driver.call_method1("cancel_all", (&event_loop, 1.0)) {
+                tracing::error!(target: "asgi", "cancelling the tasks left: {}", crate::traceback::format(py, &e));
+            }
+            let _ = event_loop.call_method1("remove_reader", (self.efd,));
+            let _ = event_loop.call_method0("close");
+            *LIFESPANS.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        });
+        crate::interpreter::forget_thread();
+    }
+
+    fn post(&self, item: Item) {
+        let wake = {
+            let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            let wake = inbox.is_empty();
+            inbox.push(item);
+            wake
+        };
+        if wake {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to the eventfd; a full counter still leaves
+            // the loop woken.
+            unsafe { libc::write(self.efd, (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    /// A new waker for one request.
+    pub fn waker(&'static self) -> Arc<Waker> {
+        Waker::new(self)
+    }
+
+    /// Hands a request to the loop (any thread; never waits for Python).
+    pub fn submit(&self, request: HttpRequest) {
+        self.tasks.fetch_add(1, Ordering::AcqRel);
+        self.post(Item::Http(Box::new(request)));
+    }
+
+    /// Hands a WebSocket handshake to the loop (any thread; never waits for Python).
+    pub fn submit_ws(&self, request: super::websocket::WsRequest) {
+        self.tasks.fetch_add(1, Ordering::AcqRel);
+        self.post(Item::Ws(Box::new(request)));
+    }
+
+    /// HTTP tasks still running.
+    pub fn running(&self) -> usize {
+        self.tasks.load(Ordering::Acquire)
+    }
+
+    fn drain(&self, py: Python<'_>, event_loop: &Bound<'_, PyAny>, driver: &Bound<'_, PyModule>) {
+        let mut count: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 (resets the counter).
+        unsafe { libc::read(self.efd, (&mut count as *mut u64).cast(), 8) };
+        let items = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+        crate::chunk::release_dropped(py);
+        for item in items {
+            match item {
+                Item::Http(req) => self.start_http(py, event_loop, driver, *req),
+                Item::Ws(req) => self.start_ws(py, event_loop, driver, *req),
+                Item::Wake(waker) => waker.fire(py),
+                Item::Call(f) => f(py, event_loop, driver),
+                Item::Stop => {
+                    let _ = event_loop.call_method0("stop");
+                }
+            }
+        }
+    }
+
+    fn start_http(
+        &self,
+        py: Python<'_>,
+        event_loop: &Bound<'_, PyAny>,
+        driver: &Bound<'_, PyModule>,
+        req: HttpRequest,
+    ) {
+        let (app, server) = (req.app, req.server.clone());
+        let scope = req.scope.clone();
+        self.start_task(py, event_loop, driver, app, &scope, "a request", || {
+            let waker = req.waker.clone();
+            let exchange = Py::new(py, HttpExchange::new(req))?;
+            let watched = exchange.clone_ref(py);
+            waker.watch(Some(Box::new(move |py| {
+                if let Ok(mut ex) = watched.bind(py).try_borrow_mut() {
+                    ex.notice_client_gone();
+                }
+            })));
+            Ok(exchange.into_any())
+        })
+        .unwrap_or_else(|| server.finish(super::http::HttpEnd::Failed));
+    }
+
+    fn start_ws(
+        &self,
+        py: Python<'_>,
+        event_loop: &Bound<'_, PyAny>,
+        driver: &Bound<'_, PyModule>,
+        req: super::websocket::WsRequest,
+    ) {
+        let (app, server) = (req.app, req.server.clone());
+        let scope = req.scope.clone();
+        self.start_task(py, event_loop, driver, app, &scope, "a WebSocket", || {
+            Ok(Py::new(py, super::websocket::WsExchange::new(py, req)?)?.into_any())
+        })
+        .unwrap_or_else(|| server.finish(super::http::HttpEnd::Failed));
+    }
+
+    /// Starts the app's task for one connection, whose exchange `exchange` makes; None (logged)
+    /// when it could not start.
+    #[allow(clippy::too_many_arguments)]
+    fn start_task(
+        &self,
+        py: Python<'_>,
+        event_loop: &Bound<'_, PyAny>,
+        driver: &Bound<'_, PyModule>,
+        app_index: usize,
+        scope: &super::scope::HttpScope,
+        what: &str,
+        exchange: impl FnOnce() -> PyResult<Py<PyAny>>,
+    ) -> Option<()> {
+        let started = (|| -> PyResult<()> {
+            let app = crate::app::Apps::get(app_index).ok_or_else(|| {
+                pyo3::exceptions::PyRuntimeError::new_err("the app is not loaded")
+            })?;
+            let state = LIFESPANS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .and_then(|l| l.states.get(&app_index).map(|s| s.clone_ref(py)));
+            let scope = scope.to_dict(py, state.as_ref().map(|s| s.bind(py)))?;
+            let exchange = exchange()?;
+            let tasks = self.tasks.clone();
+            let done =
+                PyCFunction::new_closure(py, None, None, move |_args, _kwargs| -> PyResult<()> {
+                    tasks.fetch_sub(1, Ordering::AcqRel);
+                    Ok(())
+                })?;
+            driver.call_method1(
+                "start_http",
+                (event_loop, app.bind(py), scope, exchange, done),
+            )?;
+            Ok(())
+        })();
+        match started {
+            Ok(()) => Some(()),
+            Err(e) => {
+                self.tasks.fetch_sub(1, Ordering::AcqRel);
+                tracing::error!(target: "asgi", "cannot start {what}: {}", crate::traceback::format(py, &e));
+                None
+            }
+        }
+    }
+
+    /// Runs `f` on the loop's thread and waits for its answer (`timeout` at most).
+    fn call<R: Send + 'static>(
+        &self,
+        timeout: Duration,
+        f: impl FnOnce(Python<'_>, &Bound<'_, PyAny>, &Bound<'_, PyModule>, mpsc::Sender<R>)
+            + Send
+            + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = mpsc::channel();
+        self.post(Item::Call(Box::new(move |py, l, d| f(py, l, d, tx))));
+        rx.recv_timeout(timeout).ok()
+    }
+
+    /// Runs the lifespan startup of each app (index, how to name it in the log) and waits for
+    /// every answer, `timeout` at most. An app that does not speak lifespan is noted (info) and
+    /// served anyway; a failed startup is an error with the app's text.
+    pub fn startup(&self, apps: &[(usize, String)], timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let (tx, rx) = mpsc::channel::<(usize, String, String, String)>();
+        for (index, _) in apps {
+            let index = *index;
+            let tx = Mutex::new(tx.clone());
+            self.post(Item::Call(Box::new(move |py, event_loop, driver| {
+                let begun = (|| -> PyResult<()> {
+                    let app = crate::app::Apps::get(index).ok_or_else(|| {
+                        pyo3::exceptions::PyRuntimeError::new_err("the app is not loaded")
+                    })?;
+                    let state = PyDict::new(py);
+                    let report = PyCFunction::new_closure(py, None, None, move |args: &Bound<'_, PyTuple>, _kw| -> PyResult<()> {
+                        let (phase, outcome, text): (String, String, String) = args.extract()?;
+                        let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send((index, phase, outcome, text));
+                        Ok(())
+                    })?;
+                    let lifespan = driver
+                        .getattr("Lifespan")?
+                        .call1((event_loop, app.bind(py), &state, report))?;
+                    lifespan.call_method0("begin")?;
+                    let mut guard = LIFESPANS.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(l) = guard.as_mut() {
+                        l.objects.insert(index, lifespan.unbind());
+                        l.states.insert(index, state.unbind());
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = begun {
+                    tracing::error!(target: "asgi", "cannot start the lifespan: {}", crate::traceback::format(py, &e));
+                }
+            })));
+        }
+        drop(tx);
+        let mut waiting: Vec<usize> = apps.iter().map(|(i, _)| *i).collect();
+        let name = |i: usize| {
+            apps.iter()
+                .find(|(j, _)| *j == i)
+                .map_or("?", |(_, n)| n.as_str())
+                .to_owned()
+        };
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (index, phase, outcome, text) = match rx.recv_timeout(left) {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(format!(
+                        "{}: lifespan startup did not complete within {} ms",
+                        name(waiting[0]),
+                        timeout.as_millis()
+                    ))
+                }
+            };
+            match (phase.as_str(), outcome.as_str()) {
+                ("startup", "ok") => {}
+                ("startup", "unsupported") => {
+                    let last = text.lines().last().unwrap_or("").to_owned();
+                    tracing::info!(target: "asgi", "{}: the app does not support the lifespan protocol (it raised before asking for lifespan.startup: {last}); serving it without", name(index));
+                    if let Some(l) = LIFESPANS.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                        l.objects.remove(&index);
+                    }
+                }
+                ("startup", _) => {
+                    return Err(format!("{}: lifespan startup failed: {text}", name(index)));
+                }
+                (phase, _) => {
+                    tracing::error!(target: "asgi", "{}: lifespan {phase}: {text}", name(index));
+                    continue;
+                }
+            }
+            waiting.retain(|&i| i != index);
+        }
+        Ok(())
+    }
+
+    /// At the process's end: waits for the HTTP tasks (their responses are done: requests in
+    /// flight ended before this), runs each app's lifespan shutdown, then stops the loop and
+    /// joins its thread; `timeout` bounds the wait for tasks and the shutdown together.
+    pub fn stop(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.running() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.running() > 0 {
+            tracing::warn!(target: "asgi", "{} app task(s) still running at exit are cancelled", self.running());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        type Answers = (usize, mpsc::Receiver<(String, String, String)>);
+        let answers = self.call(left, |py, _l, _d, tx: mpsc::Sender<Answers>| {
+            let (rtx, rrx) = mpsc::channel();
+            let objects: Vec<Py<PyAny>> = LIFESPANS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|l| l.objects.values().map(|o| o.clone_ref(py)).collect())
+                .unwrap_or_default();
+            let expected = objects.len();
+            for lifespan in objects {
+                let rtx = Mutex::new(rtx.clone());
+                let report = PyCFunction::new_closure(py, None, None, move |args: &Bound<'_, PyTuple>, _kw| -> PyResult<()> {
+                    let r: (String, String, String) = args.extract()?;
+                    let _ = rtx.lock().unwrap_or_else(|e| e.into_inner()).send(r);
+                    Ok(())
+                });
+                let result = report.and_then(|report| {
+                    let lifespan = lifespan.bind(py);
+                    lifespan.setattr("report", report)?;
+                    lifespan.call_method0("shutdown").map(drop)
+                });
+                if let Err(e) = result {
+                    tracing::error!(target: "asgi", "lifespan shutdown: {}", crate::traceback::format(py, &e));
+                }
+            }
+            let _ = tx.send((expected, rrx));
+        });
+        if let Some((mut expected, answers)) = answers {
+            while expected > 0 {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match answers.recv_timeout(left) {
+                    Ok((phase, outcome, _)) if phase == "shutdown" && outcome == "ok" => {
+                        expected -= 1
+                    }
+                    Ok((phase, _, text)) => {
+                        tracing::error!(target: "asgi", "lifespan {phase} failed: {text}");
+                        if phase == "shutdown" {
+                            expected -= 1;
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        tracing::error!(target: "asgi", "lifespan shutdown did not complete within the shutdown timeout ({} ms)", timeout.as_millis());
+                        break;
+                    }
+                }
+            }
+        }
+        self.post(Item::Stop);
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The configuration check: runs `app`'s lifespan startup and shutdown on a loop of `kind`, in
+/// the calling (check) process. None when both went well or the app has no lifespan.
+pub fn check_lifespan(py: Python<'_>, app: &Bound<'_, PyAny>, kind: LoopKind) -> Option<String> {
+    let factory = match kind.factory(py) {
+        Ok(f) => f,
+        Err(e) => {
+            return Some(format!(
+                "asgi_event_loop {}: {}",
+                kind.name(),
+                crate::traceback::format(py, &e)
+            ))
+        }
+    };
+    let result = (|| -> PyResult<Option<String>> {
+        driver(py)?
+            .call_method1("check_lifespan", (app, factory))?
+            .extract()
+    })();
+    match result {
+        Ok(r) => r,
+        Err(e) => Some(crate::traceback::format(py, &e)),
+    }
+}
+
+impl WakeQueue for AsgiLoop {
+    fn post_wake(&self, waker: Arc<Waker>) {
+        self.post(Item::Wake(waker));
+    }
+}

@@ -1,0 +1,918 @@
+//! One HTTP request of an ASGI app: its `receive()` and `send()` messages, checked against the
+//! spec and turned into what the server sends, without ever blocking the event loop.
+
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+
+use super::scope::HttpScope;
+use super::waker::Waker;
+use crate::body::Body;
+use crate::chunk::Chunk;
+use crate::file_wrapper::FileRange;
+use crate::response::{ClientDisconnected, ResponseHead};
+use crate::sink::ClientGone;
+
+/// A piece of a request body the server delivers as it arrives.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyRead {
+    Data(Vec<u8>),
+    /// Nothing yet: the server fires the waker when more arrives.
+    Pending,
+    End,
+    /// The body failed (the client went away, a size limit, a timeout).
+    Failed(String),
+}
+
+/// How the app's response ended, for the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpEnd {
+    /// Every byte was handed over: end the message cleanly.
+    Complete,
+    /// Nothing was sent: answer 500.
+    Failed,
+    /// Part of the response went out: cut the connection.
+    Truncated,
+    /// The client went away.
+    ClientGone,
+}
+
+/// The server's side of one request. Every method is called on the event loop's thread and
+/// must not block; where the server has no room or no data, it fires the request's [`Waker`]
+/// once it has.
+pub trait HttpServer: Send + Sync {
+    /// Whether a piece may be pushed now (false: wait for a wake-up).
+    fn room(&self) -> Result<bool, ClientGone>;
+    /// Hands over the head (with the first piece) and a piece of the body.
+    fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone>;
+    /// The next piece of a body delivered as it arrives (never called for a buffered body).
+    fn read_body(&self, max: usize) -> BodyRead;
+    /// The whole response is `head` and this file (`http.response.pathsend`): the server sends
+    /// the file itself. [`finish`](Self::finish) follows.
+    fn send_file(&self, head: ResponseHead, file: FileRange);
+    fn client_gone(&self) -> bool;
+    /// The response is over (called once). After it the server's request may be gone: nothing
+    /// of it is touched again.
+    fn finish(&self, end: HttpEnd);
+}
+
+/// What the server submits for one request.
+pub struct HttpRequest {
+    /// The index of the app in the process's apps.
+    pub app: usize,
+    pub scope: HttpScope,
+    /// The whole body, or None for one delivered as it arrives ([`HttpServer::read_body`]).
+    pub body: Option<Body>,
+    pub server: Arc<dyn HttpServer>,
+    pub waker: Arc<Waker>,
+}
+
+/// How much of a body delivered as it arrives one `http.request` message carries at most.
+const BODY_MESSAGE: usize = 256 * 1024;
+/// A buffered body up to this size is one message; a larger one (nginx's temp file) comes in
+/// messages of this size, read as the app asks, so that the app's memory is not the body's.
+const BUFFERED_MESSAGE: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Response {
+    /// No `http.response.start` yet.
+    Idle,
+    /// Started; the head waits to go with the first body piece.
+    Started,
+    /// Head and body pieces went to the server.
+    Streaming,
+    /// `more_body` was false: complete.
+    Done,
+}
+
+/// The connection object behind the app's `receive` and `send` (event loop thread only).
+#[pyclass(module = "ngx_wsgi", name = "HttpExchange")]
+pub struct HttpExchange {
+    server: Arc<dyn HttpServer>,
+    waker: Arc<Waker>,
+    scope: HttpScope,
+    body: Option<Body>,
+    /// The body is streamed (delivered as it arrives).
+    streamed_body: bool,
+    /// The app has had the whole body (`more_body` false).
+    body_done: bool,
+    /// How much of a buffered body the app has had.
+    body_pos: u64,
+    response: Response,
+    head: Option<ResponseHead>,
+    /// The app's Content-Length, and the body bytes sent.
+    declared: Option<u64>,
+    produced: u64,
+    /// HEAD, 204, 304: the server drops the body.
+    bodiless: bool,
+    /// `finish` was called: the server's request may be gone.
+    finished: bool,
+    /// The client went away.
+    gone: bool,
+}
+
+impl HttpExchange {
+    pub(crate) fn new(req: HttpRequest) -> HttpExchange {
+        let bodiless = req.scope.method == b"HEAD";
+        HttpExchange {
+            server: req.server,
+            waker: req.waker,
+            streamed_body: req.body.is_none(),
+            body: req.body,
+            scope: req.scope,
+            body_done: false,
+            body_pos: 0,
+            response: Response::Idle,
+            head: None,
+            declared: None,
+            produced: 0,
+            bodiless,
+            finished: false,
+            gone: false,
+        }
+    }
+
+    /// Ends the request on the server's side (once), dropping everything that points into it.
+    fn finish(&mut self, end: HttpEnd) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.body = None;
+        self.head = None;
+        self.waker.watch(None);
+        self.server.finish(end);
+    }
+
+    /// A wake-up came: if the client went away, the server's request ends now, whatever the app
+    /// is doing (its next `send` raises, its `receive` says `http.disconnect`).
+    pub(crate) fn notice_client_gone(&mut self) {
+        if !self.finished && self.server.client_gone() {
+            self.gone = true;
+            tracing::info!(
+                target: "asgi",
+                "the client closed the connection: \"{}\"{}",
+                self.scope.request_line.escape_debug(),
+                self.scope.log_suffix()
+            );
+            self.finish(HttpEnd::ClientGone);
+        }
+    }
+
+    fn log_error(&self, what: &str, detail: &str) {
+        let sep = if detail.is_empty() { "" } else { "\n" };
+        tracing::error!(
+            target: "asgi",
+            "{what} while serving \"{}\", client: {}{}{sep}{detail}",
+            self.scope.request_line.escape_debug(),
+            self.scope.client_text(),
+            self.scope.log_suffix(),
+        );
+    }
+
+    fn disconnect<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let msg = PyDict::new(py);
+        msg.set_item(
+            pyo3::intern!(py, "type"),
+            pyo3::intern!(py, "http.disconnect"),
+        )?;
+        Ok(msg)
+    }
+
+    fn request<'py>(
+        py: Python<'py>,
+        body: Bound<'py, PyBytes>,
+        more: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let msg = PyDict::new(py);
+        msg.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http.request"))?;
+        msg.set_item(pyo3::intern!(py, "body"), body)?;
+        msg.set_item(pyo3::intern!(py, "more_body"), more)?;
+        Ok(msg)
+    }
+
+    fn gone_error() -> PyErr {
+        ClientDisconnected::new_err("the client closed the connection")
+    }
+
+    fn start(&mut self, message: &Bound<'_, PyAny>) -> PyResult<()> {
+        match self.response {
+            Response::Idle => {}
+            _ => {
+                return Err(PyRuntimeError::new_err(
+                    "http.response.start sent a second time",
+                ))
+            }
+        }
+        let status = message
+            .get_item("status")
+            .map_err(|_| PyValueError::new_err("http.response.start without a status"))?;
+        if status.is_instance_of::<pyo3::types::PyBool>() {
+            return Err(PyTypeError::new_err("status must be an int, not bool"));
+        }
+        let status: i64 = status.extract().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "status must be an int, not {}",
+                crate::response::type_name(&status)
+            ))
+        })?;
+        if !(200..=999).contains(&status) {
+            return Err(PyValueError::new_err(format!(
+                "status {status}: an HTTP response status is 200 to 999 (1xx are not responses)"
+            )));
+        }
+        if get_opt(message, "trailers")?.is_some_and(|t| t.is_truthy().unwrap_or(true)) {
+            return Err(PyValueError::new_err(
+                "trailers: true: this server does not send HTTP trailers (http.response.trailers)",
+            ));
+        }
+        let status = status as u16;
+        let reason = reason_phrase(status);
+        let line = format!("{status} {reason}");
+        let headers = get_opt(message, "headers")?;
+        let mut head = ResponseHead::new(status, line.as_bytes(), 8, 256);
+        if let Some(headers) = headers {
+            for item in headers.try_iter()? {
+                let item = item?;
+                let (name, value) = header_pair(&item)?;
+                let (name, value) = (name.as_slice(), value.as_slice());
+                crate::response::check_header_bytes(name, value).map_err(PyValueError::new_err)?;
+                if name.eq_ignore_ascii_case(b"content-length") {
+                    let length = std::str::from_utf8(value)
+                        .ok()
+                        .filter(|t| !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit()))
+                        .and_then(|t| t.parse::<u64>().ok())
+                        .ok_or_else(|| {
+                            PyValueError::new_err(format!(
+                                "content-length {:?} is not a number",
+                                String::from_utf8_lossy(value)
+                            ))
+                        })?;
+                    if head.content_length.is_some_and(|l| l != length) {
+                        return Err(PyValueError::new_err(
+                            "two different content-length headers",
+                        ));
+                    }
+                    head.content_length = Some(length);
+                    continue;
+                }
+                head.push_header(name, value);
+            }
+        }
+        self.declared = head.content_length;
+        self.bodiless |= head.is_bodiless();
+        self.head = Some(head);
+        self.response = Response::Started;
+        Ok(())
+    }
+
+    /// Takes an `http.response.body`; false when the server has no room yet (nothing taken:
+    /// the app awaits a wake-up and sends it again).
+    fn body_piece(&mut self, message: &Bound<'_, PyAny>) -> PyResult<bool> {
+        match self.response {
+            Response::Idle => {
+                return Err(PyRuntimeError::new_err(
+                    "http.response.body sent before http.response.start",
+                ))
+            }
+            Response::Done => {
+                return Err(PyRuntimeError::new_err(
+                    "http.response.body sent after the response was complete",
+                ))
+            }
+            _ => {}
+        }
+        let body = get_opt(message, "body")?;
+        let more = match get_opt(message, "more_body")? {
+            Some(m) => m.is_truthy()?,
+            None => false,
+        };
+        let body = match &body {
+            Some(b) => Some(b.cast::<PyBytes>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "http.response.body: body must be bytes, not {}",
+                    crate::response::type_name(b)
+                ))
+            })?),
+            None => None,
+        };
+        let len = body.map_or(0, |b| b.as_bytes().len());
+        if let Some(declared) = self.declared {
+            if self.produced + len as u64 > declared && !self.bodiless {
+                return Err(PyRuntimeError::new_err(format!(
+                    "the response body is longer than its content-length ({declared})"
+                )));
+            }
+        }
+        if self.gone || self.finished {
+            return Err(Self::gone_error());
+        }
+        if len == 0 && more {
+            return Ok(true);
+        }
+        if !self.server.room().map_err(|_| Self::gone_error())? {
+            return Ok(false);
+        }
+        let data = match body {
+            Some(b) if len > 0 && !self.bodiless => Chunk::from_bytes(b, len),
+            _ => Chunk::from_vec(Vec::new()),
+        };
+        self.produced += len as u64;
+        self.server
+            .push(self.head.take(), data)
+            .map_err(|_| Self::gone_error())?;
+        self.response = Response::Streaming;
+        if !more {
+            self.response = Response::Done;
+            let end = match self.declared {
+                Some(declared) if self.produced < declared && !self.bodiless => {
+                    self.log_error(
+                        &format!(
+                            "the application sent {} bytes for a content-length of {declared}; the connection was cut",
+                            self.produced
+                        ),
+                        "",
+                    );
+                    HttpEnd::Truncated
+                }
+                _ => HttpEnd::Complete,
+            };
+            self.finish(end);
+        }
+        Ok(true)
+    }
+}
+
+impl HttpExchange {
+    /// `http.response.pathsend`: the response's body is a file, which the server sends.
+    fn pathsend(&mut self, message: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.response != Response::Started {
+            return Err(PyRuntimeError::new_err(
+                "http.response.pathsend must follow http.response.start, before any body",
+            ));
+        }
+        let path = message
+            .get_item("path")
+            .map_err(|_| PyValueError::new_err("http.response.pathsend without a path"))?;
+        let path: std::path::PathBuf = path
+            .extract()
+            .map_err(|_| PyTypeError::new_err("http.response.pathsend: path must be a str"))?;
+        if !path.is_absolute() {
+            return Err(PyValueError::new_err(format!(
+                "http.response.pathsend: {} is not an absolute path",
+                path.display()
+            )));
+        }
+        let file = std::fs::File::open(&path).map_err(|e| {
+            pyo3::exceptions::PyOSError::new_err(format!("{}: {e}", path.display()))
+        })?;
+        let meta = file.metadata().map_err(|e| {
+            pyo3::exceptions::PyOSError::new_err(format!("{}: {e}", path.display()))
+        })?;
+        if !meta.is_file() {
+            return Err(PyValueError::new_err(format!(
+                "http.response.pathsend: {} is not a regular file",
+                path.display()
+            )));
+        }
+        let len = self.declared.map_or(meta.len(), |d| d.min(meta.len()));
+        if self.gone || self.finished {
+            return Err(Self::gone_error());
+        }
+        let Some(head) = self.head.take() else {
+            return Err(PyRuntimeError::new_err("no response head"));
+        };
+        self.produced = len;
+        self.response = Response::Done;
+        self.server.send_file(
+            head,
+            FileRange {
+                fd: file.into(),
+                offset: 0,
+                len,
+            },
+        );
+        let end = match self.declared {
+            Some(declared) if len < declared && !self.bodiless => {
+                self.log_error(
+                    &format!("the file of http.response.pathsend has {len} bytes for a content-length of {declared}; the connection was cut"),
+                    "",
+                );
+                HttpEnd::Truncated
+            }
+            _ => HttpEnd::Complete,
+        };
+        self.finish(end);
+        Ok(())
+    }
+}
+
+/// The `type` of an ASGI message.
+pub(crate) fn message_type(message: &Bound<'_, PyAny>) -> PyResult<String> {
+    let kind = message.get_item("type").map_err(|_| {
+        PyValueError::new_err(format!("an ASGI message needs a \"type\": {message:?}"))
+    })?;
+    let kind = kind
+        .cast::<PyString>()
+        .map_err(|_| PyTypeError::new_err(format!("the message type must be str: {message:?}")))?;
+    Ok(kind.to_cow()?.into_owned())
+}
+
+fn get_opt<'py>(message: &Bound<'py, PyAny>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+    match message.get_item(key) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyError>(message.py()) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn header_pair(item: &Bound<'_, PyAny>) -> PyResult<(Vec<u8>, Vec<u8>)> {
+    let bad = || {
+        PyTypeError::new_err(format!(
+            "each header must be a [name, value] pair of bytes, not {item:?}"
+        ))
+    };
+    if item.len().map_err(|_| bad())? != 2 {
+        return Err(bad());
+    }
+    let part = |i: usize| -> PyResult<Vec<u8>> {
+        let v = item.get_item(i).map_err(|_| bad())?;
+        let b = v.cast::<PyBytes>().map_err(|_| bad())?;
+        Ok(b.as_bytes().to_vec())
+    };
+    Ok((part(0)?, part(1)?))
+}
+
+#[pymethods]
+impl HttpExchange {
+    /// The next `receive()` message, or None when the app must await a wake-up.
+    fn receive_now<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        if self.finished || self.gone {
+            return Self::disconnect(py).map(Some);
+        }
+        if !self.body_done {
+            if !self.streamed_body {
+                let (total, pos) = (self.body.as_ref().map_or(0, Body::len), self.body_pos);
+                let len = (total - pos).min(BUFFERED_MESSAGE) as usize;
+                let bytes = match &self.body {
+                    Some(body) if len > 0 => PyBytes::new_with(py, len, |buf| {
+                        body.read_at(pos, buf).map(drop).map_err(|e| {
+                            pyo3::exceptions::PyOSError::new_err(format!(
+                                "reading the request body: {e}"
+                            ))
+                        })
+                    })?,
+                    _ => PyBytes::new(py, b""),
+                };
+                self.body_pos += len as u64;
+                let more = self.body_pos < total;
+                if !more {
+                    self.body_done = true;
+                    self.body = None;
+                }
+                return Self::request(py, bytes, more).map(Some);
+            }
+            return match self.server.read_body(BODY_MESSAGE) {
+                BodyRead::Data(data) => Self::request(py, PyBytes::new(py, &data), true).map(Some),
+                BodyRead::End => {
+                    self.body_done = true;
+                    Self::request(py, PyBytes::new(py, b""), false).map(Some)
+                }
+                BodyRead::Pending if self.server.client_gone() => {
+                    self.notice_client_gone();
+                    Self::disconnect(py).map(Some)
+                }
+                BodyRead::Pending => Ok(None),
+                BodyRead::Failed(why) => {
+                    tracing::info!(
+                        target: "asgi",
+                        "the request body failed ({why}): \"{}\"{}",
+                        self.scope.request_line.escape_debug(),
+                        self.scope.log_suffix()
+                    );
+                    self.gone = true;
+                    Self::disconnect(py).map(Some)
+                }
+            };
+        }
+        if self.server.client_gone() {
+            self.notice_client_gone();
+            return Self::disconnect(py).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Takes one `send()` message; false when the app must await a wake-up and send it again.
+    fn send_now(&mut self, message: &Bound<'_, PyAny>) -> PyResult<bool> {
+        match message_type(message)?.as_str() {
+            "http.response.start" => self.start(message).map(|()| true),
+            "http.response.body" => self.body_piece(message),
+            "http.response.pathsend" => self.pathsend(message).map(|()| true),
+            other => Err(PyValueError::new_err(format!(
+                "unexpected ASGI message type {other:?} in an http scope"
+            ))),
+        }
+    }
+
+    /// Parks `future` until the server's next wake-up.
+    fn park(&self, future: Py<PyAny>) {
+        self.waker.park(future);
+    }
+
+    /// The app's coroutine ended, with `error` if it raised.
+    #[pyo3(signature = (error = None))]
+    fn ended(&mut self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
+        crate::chunk::release_dropped(py);
+        let client_gone = self.gone || (!self.finished && self.server.client_gone());
+        if let Some(error) = error {
+            let err = PyErr::from_value(error);
+            if client_gone && err.is_instance_of::<ClientDisconnected>(py) {
+                self.gone = true;
+                self.finish(HttpEnd::ClientGone);
+                return;
+            }
+            let what = if self.finished {
+                "the application raised after its response was complete"
+            } else {
+                "the application raised"
+            };
+            self.log_error(what, &crate::traceback::format(py, &err));
+            let end = match self.response {
+                Response::Idle | Response::Started => HttpEnd::Failed,
+                _ => HttpEnd::Truncated,
+            };
+            self.finish(if client_gone {
+                HttpEnd::ClientGone
+            } else {
+                end
+            });
+            return;
+        }
+        if self.finished {
+            return;
+        }
+        if client_gone {
+            self.finish(HttpEnd::ClientGone);
+            return;
+        }
+        match self.response {
+            Response::Idle => {
+                self.log_error(
+                    "the application returned without sending http.response.start",
+                    "",
+                );
+                self.finish(HttpEnd::Failed);
+            }
+            Response::Started | Response::Streaming => {
+                self.log_error(
+                    "the application returned before its response was complete (more_body)",
+                    "",
+                );
+                if let Some(head) = self.head.take() {
+                    let _ = self.server.push(Some(head), Chunk::from_vec(Vec::new()));
+                }
+                self.finish(HttpEnd::Truncated);
+            }
+            Response::Done => self.finish(HttpEnd::Complete),
+        }
+    }
+}
+
+/// The standard reason phrase of `status` (empty for codes without one).
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        207 => "Multi-Status",
+        208 => "Already Reported",
+        226 => "IM Used",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        305 => "Use Proxy",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        418 => "I'm a Teapot",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        423 => "Locked",
+        424 => "Failed Dependency",
+        425 => "Too Early",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        506 => "Variant Also Negotiates",
+        507 => "Insufficient Storage",
+        508 => "Loop Detected",
+        510 => "Not Extended",
+        511 => "Network Authentication Required",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::asgi::event_loop::AsgiLoop;
+    use crate::testing::with_python;
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Fake {
+        pushed: Mutex<Vec<(Option<u16>, Vec<u8>)>>,
+        full: AtomicBool,
+        gone: AtomicBool,
+        body: Mutex<VecDeque<BodyRead>>,
+        ended: Mutex<Vec<HttpEnd>>,
+        file: Mutex<Option<(u16, u64)>>,
+    }
+
+    impl HttpServer for Fake {
+        fn room(&self) -> Result<bool, ClientGone> {
+            if self.gone.load(Ordering::Relaxed) {
+                return Err(ClientGone);
+            }
+            Ok(!self.full.load(Ordering::Relaxed))
+        }
+        fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone> {
+            self.pushed
+                .lock()
+                .unwrap()
+                .push((head.map(|h| h.status), data.to_vec()));
+            Ok(())
+        }
+        fn read_body(&self, _max: usize) -> BodyRead {
+            self.body
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(BodyRead::Pending)
+        }
+        fn send_file(&self, head: ResponseHead, file: FileRange) {
+            *self.file.lock().unwrap() = Some((head.status, file.len));
+        }
+        fn client_gone(&self) -> bool {
+            self.gone.load(Ordering::Relaxed)
+        }
+        fn finish(&self, end: HttpEnd) {
+            self.ended.lock().unwrap().push(end);
+        }
+    }
+
+    fn exchange<'py>(
+        py: Python<'py>,
+        server: &Arc<Fake>,
+        body: Option<Body>,
+    ) -> Bound<'py, HttpExchange> {
+        static OWNER: std::sync::OnceLock<&'static AsgiLoop> = std::sync::OnceLock::new();
+        let owner = OWNER.get_or_init(AsgiLoop::for_tests);
+        let scope = HttpScope {
+            method: b"GET".to_vec(),
+            request_line: "GET / HTTP/1.1".into(),
+            ..Default::default()
+        };
+        let req = HttpRequest {
+            app: 0,
+            scope,
+            body,
+            server: server.clone(),
+            waker: owner.waker(),
+        };
+        Bound::new(py, HttpExchange::new(req)).unwrap()
+    }
+
+    fn send(ex: &Bound<'_, HttpExchange>, message: &str) -> PyResult<bool> {
+        let py = ex.py();
+        let message = py.eval(&std::ffi::CString::new(message).unwrap(), None, None)?;
+        ex.call_method1("send_now", (message,))?.extract()
+    }
+
+    fn error_of(result: PyResult<bool>) -> String {
+        result.unwrap_err().to_string()
+    }
+
+    const START: &str =
+        "{'type': 'http.response.start', 'status': 201, 'headers': [(b'x-a', b'1')]}";
+
+    #[test]
+    fn a_response_goes_out_head_with_its_first_piece_and_ends_once() {
+        with_python(|py| {
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, Some(Body::from_vec(b"in".to_vec())));
+            assert!(send(&ex, START).unwrap());
+            assert!(
+                server.pushed.lock().unwrap().is_empty(),
+                "the head waits for the body"
+            );
+            assert!(send(
+                &ex,
+                "{'type': 'http.response.body', 'body': b'ab', 'more_body': True}"
+            )
+            .unwrap());
+            server.full.store(true, Ordering::Relaxed);
+            assert!(
+                !send(&ex, "{'type': 'http.response.body', 'body': b'cd'}").unwrap(),
+                "no room: await"
+            );
+            server.full.store(false, Ordering::Relaxed);
+            assert!(send(&ex, "{'type': 'http.response.body', 'body': b'cd'}").unwrap());
+            assert_eq!(
+                *server.pushed.lock().unwrap(),
+                vec![(Some(201), b"ab".to_vec()), (None, b"cd".to_vec())]
+            );
+            assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Complete]);
+            let after = error_of(send(&ex, "{'type': 'http.response.body', 'body': b'x'}"));
+            assert!(after.contains("after the response was complete"), "{after}");
+            ex.call_method1("ended", (py.None(),)).unwrap();
+            assert_eq!(server.ended.lock().unwrap().len(), 1, "finished once");
+            let msg = ex.call_method0("receive_now").unwrap();
+            assert_eq!(
+                msg.get_item("type").unwrap().extract::<String>().unwrap(),
+                "http.disconnect"
+            );
+        });
+    }
+
+    #[test]
+    fn messages_are_checked() {
+        with_python(|py| {
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, None);
+            for (message, expect) in [
+                ("{'type': 'http.response.body', 'body': b'x'}", "before http.response.start"),
+                ("{'type': 'nope'}", "unexpected ASGI message type"),
+                ("{'status': 200}", "needs a \"type\""),
+                ("{'type': 'http.response.start', 'status': True}", "not bool"),
+                ("{'type': 'http.response.start', 'status': '200'}", "must be an int"),
+                ("{'type': 'http.response.start', 'status': 101}", "1xx"),
+                ("{'type': 'http.response.start', 'status': 200, 'trailers': True}", "trailers"),
+                ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'a b', b'1')]}", "token"),
+                ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'x', b'1\\r\\n')]}", "control"),
+                ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'connection', b'close')]}", "hop-by-hop"),
+                ("{'type': 'http.response.start', 'status': 200, 'headers': [('x', 'y')]}", "pair of bytes"),
+                ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'content-length', b'x')]}", "not a number"),
+            ] {
+                let err = error_of(send(&ex, message));
+                assert!(err.contains(expect), "{message}: {err}");
+            }
+            assert!(server.pushed.lock().unwrap().is_empty());
+        });
+    }
+
+    #[test]
+    fn content_length_is_held_to() {
+        with_python(|py| {
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, None);
+            send(&ex, "{'type': 'http.response.start', 'status': 200, 'headers': [(b'content-length', b'3')]}").unwrap();
+            let long = error_of(send(&ex, "{'type': 'http.response.body', 'body': b'abcd'}"));
+            assert!(long.contains("longer than its content-length"), "{long}");
+            send(&ex, "{'type': 'http.response.body', 'body': b'ab'}").unwrap();
+            assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Truncated]);
+        });
+    }
+
+    #[test]
+    fn failures_end_as_500_or_cut() {
+        with_python(|py| {
+            let err = pyo3::exceptions::PyValueError::new_err("boom").into_value(py);
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, None);
+            send(&ex, START).unwrap();
+            ex.call_method1("ended", (err.clone_ref(py),)).unwrap();
+            assert_eq!(
+                *server.ended.lock().unwrap(),
+                vec![HttpEnd::Failed],
+                "nothing went out"
+            );
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, None);
+            send(&ex, START).unwrap();
+            send(
+                &ex,
+                "{'type': 'http.response.body', 'body': b'a', 'more_body': True}",
+            )
+            .unwrap();
+            ex.call_method1("ended", (err,)).unwrap();
+            assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Truncated]);
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, None);
+            ex.call_method1("ended", (py.None(),)).unwrap();
+            assert_eq!(
+                *server.ended.lock().unwrap(),
+                vec![HttpEnd::Failed],
+                "no response at all"
+            );
+        });
+    }
+
+    #[test]
+    fn bodies_in_messages_then_waiting_then_disconnect() {
+        with_python(|py| {
+            let kind =
+                |m: &Bound<'_, PyAny>| m.get_item("type").unwrap().extract::<String>().unwrap();
+            let server = Arc::new(Fake::default());
+            server.body.lock().unwrap().extend([
+                BodyRead::Data(b"ab".to_vec()),
+                BodyRead::Pending,
+                BodyRead::Data(b"c".to_vec()),
+                BodyRead::End,
+            ]);
+            let ex = exchange(py, &server, None);
+            let first = ex.call_method0("receive_now").unwrap();
+            assert_eq!(
+                first
+                    .get_item("body")
+                    .unwrap()
+                    .extract::<Vec<u8>>()
+                    .unwrap(),
+                b"ab"
+            );
+            assert!(first
+                .get_item("more_body")
+                .unwrap()
+                .extract::<bool>()
+                .unwrap());
+            assert!(
+                ex.call_method0("receive_now").unwrap().is_none(),
+                "nothing yet: await"
+            );
+            ex.call_method0("receive_now").unwrap();
+            let last = ex.call_method0("receive_now").unwrap();
+            assert!(!last
+                .get_item("more_body")
+                .unwrap()
+                .extract::<bool>()
+                .unwrap());
+            assert!(
+                ex.call_method0("receive_now").unwrap().is_none(),
+                "waits for a disconnect"
+            );
+            server.gone.store(true, Ordering::Relaxed);
+            assert_eq!(
+                kind(&ex.call_method0("receive_now").unwrap()),
+                "http.disconnect"
+            );
+            assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::ClientGone]);
+            let err = error_of(
+                send(&ex, START).and_then(|_| send(&ex, "{'type': 'http.response.body'}")),
+            );
+            assert!(err.contains("closed the connection"), "{err}");
+            let big = vec![7u8; (BUFFERED_MESSAGE as usize) + 10];
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, Some(Body::from_vec(big)));
+            let one = ex.call_method0("receive_now").unwrap();
+            assert!(one
+                .get_item("more_body")
+                .unwrap()
+                .extract::<bool>()
+                .unwrap());
+            let two = ex.call_method0("receive_now").unwrap();
+            assert_eq!(
+                two.get_item("body")
+                    .unwrap()
+                    .extract::<Vec<u8>>()
+                    .unwrap()
+                    .len(),
+                10
+            );
+        });
+    }
+}

@@ -1,0 +1,402 @@
+//! One WebSocket connection of an ASGI app: the `websocket.*` messages, checked against the spec.
+//! The frames are the server's business (it runs a [`super::ws_codec::WsCodec`] over its
+//! connection); here are the app's side of the handshake, its messages and their order.
+
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+
+use super::http::{BodyRead, HttpEnd, HttpExchange, HttpRequest, HttpServer};
+use super::scope::HttpScope;
+use super::waker::Waker;
+use super::ws_codec::{accept_key, WsIncoming, WsOutgoing};
+use crate::chunk::Chunk;
+use crate::file_wrapper::FileRange;
+use crate::response::{ClientDisconnected, ResponseHead};
+use crate::sink::ClientGone;
+
+/// The server's side of one WebSocket connection. Called on the event loop's thread; never
+/// blocks (where there is no room or no message, the server fires the waker later).
+pub trait WsServer: Send + Sync {
+    /// The app accepted: answer 101 with `head`, then speak frames.
+    fn accept(&self, head: ResponseHead);
+    /// Whether a message may be queued now.
+    fn room(&self) -> Result<bool, ClientGone>;
+    fn send(&self, message: WsOutgoing) -> Result<(), ClientGone>;
+    /// The next message from the client, if one came.
+    fn next(&self) -> Option<WsIncoming>;
+    /// Before the accept only: a plain HTTP response (a denial).
+    fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone>;
+    /// Before the accept only: room for the denial's body.
+    fn http_room(&self) -> Result<bool, ClientGone>;
+    fn client_gone(&self) -> bool;
+    /// The app is done with the connection (once).
+    fn finish(&self, end: HttpEnd);
+}
+
+/// What the server submits for one WebSocket handshake.
+pub struct WsRequest {
+    pub app: usize,
+    pub scope: HttpScope,
+    pub server: Arc<dyn WsServer>,
+    pub waker: Arc<Waker>,
+}
+
+/// The denial path (`websocket.http.response.*`, a 403, a 500) as a plain HTTP response.
+struct Denial(Arc<dyn WsServer>);
+
+impl HttpServer for Denial {
+    fn room(&self) -> Result<bool, ClientGone> {
+        self.0.http_room()
+    }
+    fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone> {
+        self.0.push(head, data)
+    }
+    fn read_body(&self, _max: usize) -> BodyRead {
+        BodyRead::End
+    }
+    fn send_file(&self, _head: ResponseHead, _file: FileRange) {}
+    fn client_gone(&self) -> bool {
+        self.0.client_gone()
+    }
+    fn finish(&self, end: HttpEnd) {
+        self.0.finish(end)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Before `websocket.connect` went to the app.
+    New,
+    /// The app has the connect; no accept yet.
+    Connecting,
+    /// A denial response is under way.
+    Denying,
+    Open,
+    /// The app sent a close.
+    Closing,
+}
+
+#[pyclass(module = "ngx_wsgi", name = "WebSocketExchange")]
+pub struct WsExchange {
+    server: Arc<dyn WsServer>,
+    waker: Arc<Waker>,
+    key: Vec<u8>,
+    state: State,
+    /// The client's close (or its going away) went to the app.
+    disconnected: bool,
+    finished: bool,
+    http: Py<HttpExchange>,
+    request_line: String,
+    log_suffix: String,
+    client: String,
+}
+
+impl WsExchange {
+    pub(crate) fn new(py: Python<'_>, req: WsRequest) -> PyResult<WsExchange> {
+        let key = req
+            .scope
+            .header(b"sec-websocket-key")
+            .unwrap_or_default()
+            .to_vec();
+        let http = Py::new(
+            py,
+            HttpExchange::new(HttpRequest {
+                app: req.app,
+                scope: req.scope.clone(),
+                body: Some(crate::body::Body::empty()),
+                server: Arc::new(Denial(req.server.clone())),
+                waker: req.waker.clone(),
+            }),
+        )?;
+        Ok(WsExchange {
+            server: req.server,
+            waker: req.waker,
+            key,
+            state: State::New,
+            disconnected: false,
+            finished: false,
+            http,
+            request_line: req.scope.request_line.clone(),
+            log_suffix: req.scope.log_suffix(),
+            client: req.scope.client_text(),
+        })
+    }
+
+    fn finish(&mut self, end: HttpEnd) {
+        if !self.finished {
+            self.finished = true;
+            self.server.finish(end);
+        }
+    }
+
+    fn log_error(&self, what: &str, detail: &str) {
+        let sep = if detail.is_empty() { "" } else { "\n" };
+        tracing::error!(
+            target: "asgi",
+            "{what} while serving \"{}\", client: {}{}{sep}{detail}",
+            self.request_line.escape_debug(),
+            self.client,
+            self.log_suffix,
+        );
+    }
+
+    fn disconnect<'py>(py: Python<'py>, code: u16, reason: &str) -> PyResult<Bound<'py, PyDict>> {
+        let msg = PyDict::new(py);
+        msg.set_item("type", "websocket.disconnect")?;
+        msg.set_item("code", code)?;
+        msg.set_item("reason", reason)?;
+        Ok(msg)
+    }
+
+    /// An HTTP response instead of the connection (the denial extension, a 403, a 500).
+    fn deny(&mut self, py: Python<'_>, message: &Bound<'_, PyAny>, kind: &str) -> PyResult<bool> {
+        let copy = message.cast::<PyDict>()?.copy()?;
+        copy.set_item("type", kind)?;
+        let done = self
+            .http
+            .bind(py)
+            .call_method1("send_now", (copy,))?
+            .extract()?;
+        self.state = State::Denying;
+        Ok(done)
+    }
+
+    fn accept(&mut self, message: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut head = ResponseHead::new(101, b"101 Switching Protocols", 4, 128);
+        head.push_header(b"Upgrade", b"websocket");
+        head.push_header(b"Sec-WebSocket-Accept", accept_key(&self.key).as_bytes());
+        if let Ok(sub) = message.get_item("subprotocol") {
+            if !sub.is_none() {
+                let sub = sub.cast::<PyString>().map_err(|_| {
+                    PyTypeError::new_err("websocket.accept: subprotocol must be a str")
+                })?;
+                let sub = sub.to_cow()?;
+                crate::response::check_header_bytes(b"Sec-WebSocket-Protocol", sub.as_bytes())
+                    .map_err(PyValueError::new_err)?;
+                head.push_header(b"Sec-WebSocket-Protocol", sub.as_bytes());
+            }
+        }
+        if let Ok(headers) = message.get_item("headers") {
+            for item in headers.try_iter()? {
+                let item = item?;
+                let pair: (Vec<u8>, Vec<u8>) = item.extract().map_err(|_| {
+                    PyTypeError::new_err(format!(
+                        "websocket.accept: each header must be a [name, value] pair of bytes, not {item:?}"
+                    ))
+                })?;
+                crate::response::check_header_bytes(&pair.0, &pair.1)
+                    .map_err(PyValueError::new_err)?;
+                if pair.0.eq_ignore_ascii_case(b"sec-websocket-protocol")
+                    || pair.0.eq_ignore_ascii_case(b"sec-websocket-accept")
+                {
+                    return Err(PyValueError::new_err(format!(
+                        "websocket.accept: {} is the server's to set",
+                        String::from_utf8_lossy(&pair.0)
+                    )));
+                }
+                head.push_header(&pair.0, &pair.1);
+            }
+        }
+        self.server.accept(head);
+        self.state = State::Open;
+        Ok(())
+    }
+
+    fn outgoing(message: &Bound<'_, PyAny>) -> PyResult<WsOutgoing> {
+        let get = |k: &str| message.get_item(k).ok().filter(|v| !v.is_none());
+        match (get("bytes"), get("text")) {
+            (Some(b), None) => Ok(WsOutgoing::Binary(
+                b.cast::<PyBytes>()
+                    .map_err(|_| PyTypeError::new_err("websocket.send: bytes must be bytes"))?
+                    .as_bytes()
+                    .to_vec(),
+            )),
+            (None, Some(t)) => Ok(WsOutgoing::Text(
+                t.cast::<PyString>()
+                    .map_err(|_| PyTypeError::new_err("websocket.send: text must be a str"))?
+                    .to_cow()?
+                    .into_owned(),
+            )),
+            _ => Err(PyValueError::new_err(
+                "websocket.send needs exactly one of bytes and text",
+            )),
+        }
+    }
+}
+
+#[pymethods]
+impl WsExchange {
+    fn receive_now<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        if self.state == State::New {
+            self.state = State::Connecting;
+            let msg = PyDict::new(py);
+            msg.set_item("type", "websocket.connect")?;
+            return Ok(Some(msg));
+        }
+        if self.disconnected {
+            return Self::disconnect(py, 1006, "").map(Some);
+        }
+        if matches!(self.state, State::Open | State::Closing) {
+            if let Some(incoming) = self.server.next() {
+                let msg = PyDict::new(py);
+                match incoming {
+                    WsIncoming::Text(t) => {
+                        msg.set_item("type", "websocket.receive")?;
+                        msg.set_item("text", t)?;
+                    }
+                    WsIncoming::Binary(b) => {
+                        msg.set_item("type", "websocket.receive")?;
+                        msg.set_item("bytes", PyBytes::new(py, &b))?;
+                    }
+                    WsIncoming::Closed { code, reason } => {
+                        self.disconnected = true;
+                        return Self::disconnect(py, code, &reason).map(Some);
+                    }
+                }
+                return Ok(Some(msg));
+            }
+        }
+        if self.server.client_gone() {
+            self.disconnected = true;
+            return Self::disconnect(py, 1006, "").map(Some);
+        }
+        Ok(None)
+    }
+
+    fn send_now(&mut self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let kind = super::http::message_type(message)?;
+        match (kind.as_str(), self.state) {
+            ("websocket.accept", State::Connecting) => self.accept(message).map(|()| true),
+            ("websocket.close", State::Connecting) => {
+                // Closed before the accept: the handshake is answered 403.
+                let denial = PyDict::new(py);
+                denial.set_item("status", 403)?;
+                denial.set_item("headers", Vec::<(Vec<u8>, Vec<u8>)>::new())?;
+                self.deny(py, &denial, "http.response.start")?;
+                let body = PyDict::new(py);
+                self.deny(py, &body, "http.response.body")?;
+                self.finished = true;
+                Ok(true)
+            }
+            ("websocket.http.response.start", State::Connecting) => {
+                self.deny(py, message, "http.response.start")
+            }
+            ("websocket.http.response.body", State::Denying) => {
+                let done = self.deny(py, message, "http.response.body")?;
+                self.finished |= !message
+                    .get_item("more_body")
+                    .ok()
+                    .is_some_and(|m| m.is_truthy().unwrap_or(false));
+                Ok(done)
+            }
+            ("websocket.send", State::Open) | ("websocket.close", State::Open) => {
+                if self.disconnected {
+                    return Err(ClientDisconnected::new_err(
+                        "the client closed the connection",
+                    ));
+                }
+                let outgoing = if kind == "websocket.close" {
+                    let code = match message.get_item("code") {
+                        Ok(c) if !c.is_none() => c.extract::<u16>().map_err(|_| {
+                            PyTypeError::new_err("websocket.close: code must be an int")
+                        })?,
+                        _ => 1000,
+                    };
+                    let reason = match message.get_item("reason") {
+                        Ok(r) if !r.is_none() => r.extract::<String>().map_err(|_| {
+                            PyTypeError::new_err("websocket.close: reason must be a str")
+                        })?,
+                        _ => String::new(),
+                    };
+                    WsOutgoing::Close { code, reason }
+                } else {
+                    Self::outgoing(message)?
+                };
+                let gone = || ClientDisconnected::new_err("the client closed the connection");
+                if !self.server.room().map_err(|_| gone())? {
+                    return Ok(false);
+                }
+                if matches!(outgoing, WsOutgoing::Close { .. }) {
+                    self.state = State::Closing;
+                }
+                self.server.send(outgoing).map_err(|_| gone())?;
+                Ok(true)
+            }
+            ("websocket.send", State::Closing) | ("websocket.close", State::Closing) => Err(
+                ClientDisconnected::new_err("the connection is closing (websocket.close was sent)"),
+            ),
+            (kind, state) => Err(PyRuntimeError::new_err(format!(
+                "unexpected ASGI message {kind:?} {}",
+                match state {
+                    State::New | State::Connecting => "before websocket.accept",
+                    State::Denying => "while a denial response is under way",
+                    _ => "on an open WebSocket",
+                }
+            ))),
+        }
+    }
+
+    fn park(&self, future: Py<PyAny>) {
+        self.waker.park(future);
+    }
+
+    #[pyo3(signature = (error = None))]
+    fn ended(&mut self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
+        crate::chunk::release_dropped(py);
+        match self.state {
+            State::New | State::Connecting | State::Denying => {
+                let denied = if error.is_none() && self.state != State::Denying {
+                    // Returned without accepting: 403 (the spec's answer).
+                    PyDict::new(py)
+                        .set_item("status", 403)
+                        .map_err(drop)
+                        .and_then(|()| {
+                            let start = PyDict::new(py);
+                            start.set_item("status", 403).map_err(drop)?;
+                            self.deny(py, &start, "http.response.start").map_err(drop)?;
+                            self.deny(py, &PyDict::new(py), "http.response.body")
+                                .map_err(drop)
+                        })
+                        .is_ok()
+                } else {
+                    self.http.bind(py).call_method1("ended", (error,)).is_ok()
+                };
+                if !denied {
+                    // The client went away meanwhile (or the denial could not be sent).
+                    self.finished = false;
+                    self.finish(if self.server.client_gone() {
+                        HttpEnd::ClientGone
+                    } else {
+                        HttpEnd::Failed
+                    });
+                }
+                self.finished = true;
+            }
+            State::Open | State::Closing => {
+                let code = match &error {
+                    Some(e) => {
+                        let err = PyErr::from_value(e.clone());
+                        if !(self.disconnected && err.is_instance_of::<ClientDisconnected>(py)) {
+                            self.log_error(
+                                "the application raised on an open WebSocket",
+                                &crate::traceback::format(py, &err),
+                            );
+                        }
+                        1011
+                    }
+                    None => 1000,
+                };
+                if self.state == State::Open && !self.disconnected {
+                    let _ = self.server.send(WsOutgoing::Close {
+                        code,
+                        reason: String::new(),
+                    });
+                }
+                self.finish(HttpEnd::Complete);
+            }
+        }
+    }
+}

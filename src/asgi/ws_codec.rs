@@ -1,0 +1,303 @@
+//! WebSocket frames (RFC 6455) over byte buffers: tungstenite's protocol (fragmentation, control
+//! frames, pings answered with pongs, the close handshake, UTF-8 checks, size limits) with the
+//! I/O left to the server, which feeds the bytes it read and writes the bytes it is given.
+
+use std::io::{self, Read, Write};
+
+use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+use tungstenite::Message;
+
+/// What the client sent, as the app sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsIncoming {
+    Text(String),
+    Binary(Vec<u8>),
+    /// The connection is over: the client's close code (1005 without one, 1006 when it went
+    /// away without closing), or ours when its frames broke the protocol.
+    Closed {
+        code: u16,
+        reason: String,
+    },
+}
+
+/// A message the app sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsOutgoing {
+    Text(String),
+    Binary(Vec<u8>),
+    Close { code: u16, reason: String },
+}
+
+#[derive(Default)]
+struct Pipe {
+    input: Vec<u8>,
+    pos: usize,
+    /// The client closed its side (TCP).
+    eof: bool,
+    output: Vec<u8>,
+}
+
+impl Read for Pipe {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = &self.input[self.pos..];
+        if left.is_empty() {
+            if self.eof {
+                return Ok(0);
+            }
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = left.len().min(buf.len());
+        buf[..n].copy_from_slice(&left[..n]);
+        self.pos += n;
+        if self.pos == self.input.len() {
+            self.input.clear();
+            self.pos = 0;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for Pipe {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One connection's frames, on the server's side.
+pub struct WsCodec {
+    ctx: WebSocketContext,
+    pipe: Pipe,
+    /// The close handshake is over (or the connection failed): nothing more to read or write.
+    terminated: bool,
+    /// A `Closed` went to the app already.
+    closed_told: bool,
+}
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
+pub fn accept_key(key: &[u8]) -> String {
+    tungstenite::handshake::derive_accept_key(key)
+}
+
+impl WsCodec {
+    /// A server's codec; messages (and frames) above `max_message` bytes fail the connection
+    /// with 1009.
+    pub fn new(max_message: usize) -> WsCodec {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(max_message))
+            .max_frame_size(Some(max_message));
+        WsCodec {
+            ctx: WebSocketContext::new(Role::Server, Some(config)),
+            pipe: Pipe::default(),
+            terminated: false,
+            closed_told: false,
+        }
+    }
+
+    /// Decodes what `bytes` complete (pongs and the close reply go to the output); `eof` when
+    /// the client's side of the connection is closed.
+    pub fn feed(&mut self, bytes: &[u8], eof: bool) -> Vec<WsIncoming> {
+        let mut out = Vec::new();
+        if self.terminated {
+            return out;
+        }
+        self.pipe.input.extend_from_slice(bytes);
+        self.pipe.eof |= eof;
+        loop {
+            match self.ctx.read(&mut self.pipe) {
+                Ok(Message::Text(text)) => out.push(WsIncoming::Text(text.as_str().to_owned())),
+                Ok(Message::Binary(data)) => out.push(WsIncoming::Binary(data.to_vec())),
+                Ok(Message::Close(frame)) => {
+                    let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                        (u16::from(f.code), f.reason.as_str().to_owned())
+                    });
+                    self.tell_closed(&mut out, code, reason);
+                }
+                Ok(_) => {}
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                    self.terminated = true;
+                    self.tell_closed(&mut out, 1005, String::new());
+                    break;
+                }
+                Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+                    self.terminated = true;
+                    self.tell_closed(&mut out, 1006, String::new());
+                    break;
+                }
+                Err(e) => {
+                    let code = match &e {
+                        WsError::Capacity(CapacityError::MessageTooLong { .. }) => 1009,
+                        WsError::Capacity(_) => 1009,
+                        WsError::Utf8(_) => 1007,
+                        WsError::Protocol(_) => 1002,
+                        _ => 1011,
+                    };
+                    self.fail(code, &e.to_string());
+                    self.tell_closed(&mut out, code, e.to_string());
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    fn tell_closed(&mut self, out: &mut Vec<WsIncoming>, code: u16, reason: String) {
+        if !self.closed_told {
+            self.closed_told = true;
+            out.push(WsIncoming::Closed { code, reason });
+        }
+    }
+
+    /// Closes with `code` after a failure of the client's frames; the connection is over once
+    /// the output is written.
+    fn fail(&mut self, code: u16, why: &str) {
+        let reason: String = why.chars().take(100).collect();
+        let _ = self.ctx.close(
+            &mut self.pipe,
+            Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            }),
+        );
+        self.terminated = true;
+    }
+
+    /// Encodes one message of the app's. Fails once the connection is closing.
+    pub fn send(&mut self, message: WsOutgoing) -> Result<(), String> {
+        if self.terminated {
+            return Err("the connection is closed".into());
+        }
+        let message = match message {
+            WsOutgoing::Text(t) => Message::Text(t.into()),
+            WsOutgoing::Binary(b) => Message::Binary(b.into()),
+            WsOutgoing::Close { code, reason } => Message::Close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            })),
+        };
+        self.ctx
+            .write(&mut self.pipe, message)
+            .and_then(|()| self.ctx.flush(&mut self.pipe))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Bytes to write to the client (the caller drains what it wrote).
+    pub fn output(&mut self) -> &mut Vec<u8> {
+        &mut self.pipe.output
+    }
+
+    /// Whether the connection is over (close handshake done, or failed): once the output is
+    /// written, the server closes it.
+    pub fn is_terminated(&self) -> bool {
+        self.terminated
+    }
+
+    /// Whether the app may still send (no close sent or received).
+    pub fn can_send(&self) -> bool {
+        !self.terminated && self.ctx.can_write()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame.
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut f = vec![(u8::from(fin) << 7) | opcode];
+        assert!(payload.len() < 126);
+        f.push(0x80 | payload.len() as u8);
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    #[test]
+    fn the_accept_key_of_rfc_6455() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn fragments_pings_and_the_close_handshake() {
+        let mut c = WsCodec::new(1 << 20);
+        let mut bytes = frame(false, 1, b"hel");
+        bytes.extend(frame(true, 9, b"p"));
+        bytes.extend(frame(true, 0, b"lo"));
+        // Split anywhere: the codec waits for the rest.
+        assert_eq!(c.feed(&bytes[..5], false), vec![]);
+        assert_eq!(
+            c.feed(&bytes[5..], false),
+            vec![WsIncoming::Text("hello".into())]
+        );
+        assert_eq!(
+            c.output()[..2],
+            [0x8a, 1],
+            "the ping was answered with a pong"
+        );
+        c.output().clear();
+        c.send(WsOutgoing::Binary(vec![1, 2])).unwrap();
+        assert_eq!(
+            c.output()[..],
+            [0x82, 2, 1, 2],
+            "server frames are unmasked"
+        );
+        c.output().clear();
+        let mut close = vec![0x03, 0xe8];
+        close.extend_from_slice(b"bye");
+        assert_eq!(
+            c.feed(&frame(true, 8, &close), false),
+            vec![WsIncoming::Closed {
+                code: 1000,
+                reason: "bye".into()
+            }]
+        );
+        assert_eq!(
+            c.output()[..4],
+            [0x88, 5, 0x03, 0xe8],
+            "the close is echoed"
+        );
+        assert!(c.is_terminated());
+        assert!(c.send(WsOutgoing::Text("late".into())).is_err());
+    }
+
+    #[test]
+    fn broken_frames_close_with_their_code() {
+        assert_eq!(
+            first_closed(&mut WsCodec::new(1 << 20), &frame(true, 1, b"\xff\xfe")),
+            1007
+        );
+        let mut small = WsCodec::new(8);
+        let closed = first_closed(&mut small, &frame(true, 2, b"0123456789"));
+        assert_eq!(closed, 1009);
+        assert_eq!(small.output()[0], 0x88, "a close frame went out");
+        let unmasked = [0x81u8, 1, b'x'];
+        assert_eq!(first_closed(&mut WsCodec::new(1 << 20), &unmasked), 1002);
+        let mut gone = WsCodec::new(1 << 20);
+        assert_eq!(
+            gone.feed(&[], true),
+            vec![WsIncoming::Closed {
+                code: 1006,
+                reason: String::new()
+            }]
+        );
+    }
+
+    fn first_closed(c: &mut WsCodec, bytes: &[u8]) -> u16 {
+        match c.feed(bytes, false).into_iter().next() {
+            Some(WsIncoming::Closed { code, .. }) => code,
+            other => panic!("no close: {other:?}"),
+        }
+    }
+}

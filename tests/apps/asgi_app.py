@@ -1,0 +1,152 @@
+"""Raw ASGI 3 test app (no framework): scope dump, body echo, streams, held responses, client
+disconnects, and a lifespan that fills the state."""
+import asyncio
+import json
+import os
+
+STATS = {"disconnected": {}, "sent": {}, "receiving": {}, "requests": 0}
+EVENTS = {}
+
+
+def event(key):
+    return EVENTS.setdefault(key, asyncio.Event())
+
+
+def text(b):
+    return b.decode("latin-1")
+
+
+async def read_body(receive, key=None):
+    body, messages = b"", []
+    while True:
+        if key:
+            STATS["receiving"][key] = len(body) or "started"
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return body, messages, True
+        assert message["type"] == "http.request", message
+        body += message.get("body", b"")
+        messages.append(len(message.get("body", b"")))
+        if not message.get("more_body", False):
+            return body, messages, False
+
+
+async def respond(send, body, status=200, headers=(), content_type=b"text/plain"):
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type),
+                            (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def lifespan(scope, receive, send):
+    marks = os.environ.get("NGX_WSGI_TEST_MARKS")
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            scope["state"]["pid"] = os.getpid()
+            scope["state"]["shared"] = []
+            if marks:
+                open(f"{marks}/startup-{os.getpid()}", "w").close()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            if marks:
+                with open(f"{marks}/shutdown-{os.getpid()}", "w") as f:
+                    f.write(str(STATS["requests"]))
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        return await lifespan(scope, receive, send)
+    assert scope["type"] == "http"
+    route = scope["path"][len(scope["root_path"]):] or "/"
+    query = scope["query_string"].decode()
+    if route.startswith("/scope") or route.endswith("/scope"):
+        body, _, _ = await read_body(receive)
+        dump = {k: v for k, v in scope.items() if k not in ("headers", "raw_path", "query_string", "state")}
+        dump["raw_path"] = text(scope["raw_path"])
+        dump["query_string"] = text(scope["query_string"])
+        dump["headers"] = [[type(n).__name__, text(n), type(v).__name__, text(v)] for n, v in scope["headers"]]
+        dump["state"] = sorted(scope.get("state", {}))
+        dump["body"] = text(body)
+        await respond(send, json.dumps(dump).encode(), content_type=b"application/json")
+    elif route == "/echo":
+        body, messages, _ = await read_body(receive)
+        await respond(send, body, headers=[(b"x-messages", str(len(messages)).encode())])
+    elif route == "/echo-slowly":
+        # Reads its body only once released: the upload is paused meanwhile.
+        await event(query).wait()
+        body, messages, _ = await read_body(receive)
+        await respond(send, str(len(body)).encode(), headers=[(b"x-messages", str(len(messages)).encode())])
+    elif route == "/state":
+        state = scope["state"]
+        state["mine"] = query  # a per-request copy: never seen by the next request
+        state["shared"].append(query)  # the same list: lifespan objects are shared
+        await respond(send, json.dumps({"pid": state["pid"], "shared": state["shared"]}).encode())
+    elif route == "/stream":
+        n = int(query or 5)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        for i in range(n):
+            await send({"type": "http.response.body", "body": b"%d\n" % i, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    elif route == "/hold":
+        # The first piece goes out; the rest once /release?KEY is asked (or a FIFO is written).
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"held\n", "more_body": True})
+        if query.startswith("fifo="):
+            path = query[5:]
+            await asyncio.to_thread(lambda: open(path, "rb").read(1))
+        else:
+            await event(query).wait()
+        STATS["requests"] += 1
+        await send({"type": "http.response.body", "body": b"released\n"})
+    elif route == "/release":
+        event(query).set()
+        await respond(send, b"released")
+    elif route == "/wait-disconnect":
+        # Reads the body, then waits for the client to go before answering.
+        await read_body(receive)
+        STATS["receiving"][query] = "waiting"
+        message = await receive()
+        STATS["disconnected"][query] = message["type"]
+    elif route == "/upload-until-gone":
+        body, _, gone = await read_body(receive, key=query)
+        STATS["disconnected"][query] = f"gone after {len(body)} bytes" if gone else "complete"
+        if not gone:
+            await respond(send, b"complete")
+    elif route == "/stream-until-gone":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        sent = 0
+        try:
+            while True:
+                await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+                sent += 65536
+                STATS["sent"][query] = sent
+        except OSError as e:
+            STATS["disconnected"][query] = type(e).__name__
+            raise
+    elif route == "/file":
+        # http.response.pathsend: nginx sends the file itself.
+        assert "http.response.pathsend" in scope["extensions"]
+        path = query
+        size = os.path.getsize(path) if os.path.isabs(path) and os.path.exists(path) else 0
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream"),
+                                (b"content-length", str(size).encode())]})
+        await send({"type": "http.response.pathsend", "path": path})
+    elif route == "/loop":
+        await respond(send, type(asyncio.get_running_loop()).__module__.encode())
+    elif route == "/stats":
+        await respond(send, json.dumps(STATS).encode(), content_type=b"application/json")
+    elif route == "/status":
+        status = int(query)
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"body of %d" % status})
+    elif route == "/headers":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"Set-Cookie", b"a=1"), (b"set-cookie", b"b=2"), (b"X-Mixed-Case", b"v"),
+                                (b"content-type", b"text/plain; charset=utf-8")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+    else:
+        await respond(send, b"not found: " + route.encode(), status=404)

@@ -1,0 +1,51 @@
+"""Lifespan behaviours: a startup that fails (by raising after receiving the startup, or with
+lifespan.startup.failed), one that fails only when a marker file exists (so that the
+configuration check passes and a later worker start fails), and an app without lifespan."""
+import os
+
+
+async def respond(send, body):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def raises(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        raise RuntimeError("the database is not there")
+    await respond(send, b"unreachable")
+
+
+async def reports_failure(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no configuration file"})
+        return
+    await respond(send, b"unreachable")
+
+
+async def fails_when_marked(scope, receive, send):
+    if scope["type"] == "lifespan":
+        message = await receive()
+        if os.path.exists(os.environ["NGX_WSGI_TEST_MARKS"] + "/fail-startup"):
+            await send({"type": "lifespan.startup.failed", "message": "marked to fail"})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        message = await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await respond(send, b"started")
+
+
+async def unsupported(scope, receive, send):
+    assert scope["type"] == "http", "only http"
+    await respond(send, b"no lifespan here")
+
+
+async def shutdown_raises(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        raise RuntimeError("could not flush the queue")
+    await respond(send, b"up")

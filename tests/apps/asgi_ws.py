@@ -1,0 +1,73 @@
+"""WebSocket test app (raw ASGI 3): echo, subprotocols and headers on accept, denials, closes
+from the app, failures before and after the accept, a socket held until the client or the
+server goes (its close code is recorded)."""
+import json
+
+STATS = {"closed": {}, "received": {}}
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        raise ValueError("no lifespan")
+    path = scope["path"][len(scope["root_path"]):]
+    if scope["type"] == "http":
+        body = json.dumps(STATS).encode() if path == "/stats" else json.dumps(
+            {k: v for k, v in scope.items() if k in ("type", "scheme")}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+        return
+    key = scope["query_string"].decode()
+    assert (await receive())["type"] == "websocket.connect"
+    if path == "/echo":
+        sub = scope["subprotocols"][0] if scope["subprotocols"] else None
+        await send({"type": "websocket.accept", "subprotocol": sub, "headers": [(b"x-accepted", b"yes")]})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                STATS["closed"][key] = [message["code"], message.get("reason", "")]
+                return
+            if message.get("text") == "scope":
+                info = {k: v for k, v in scope.items() if k in ("type", "scheme", "path", "root_path", "subprotocols", "http_version")}
+                await send({"type": "websocket.send", "text": json.dumps(info)})
+            elif message.get("text") is not None:
+                await send({"type": "websocket.send", "text": message["text"]})
+            else:
+                await send({"type": "websocket.send", "bytes": message["bytes"]})
+    elif path == "/deny":
+        await send({"type": "websocket.close"})
+    elif path == "/deny-custom":
+        await send({"type": "websocket.http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"6")]})
+        await send({"type": "websocket.http.response.body", "body": b"nope!\n"})
+    elif path == "/return-without-accept":
+        return
+    elif path == "/app-closes":
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "bye"})
+        await send({"type": "websocket.close", "code": 4001, "reason": "go away"})
+        message = await receive()
+        STATS["closed"][key] = [message["code"], message.get("reason", "")]
+    elif path == "/raise-before-accept":
+        raise RuntimeError("refusing by raising")
+    elif path == "/raise-after-accept":
+        await send({"type": "websocket.accept"})
+        raise RuntimeError("broken after the accept")
+    elif path == "/hold":
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "held"})
+        message = await receive()
+        STATS["closed"][key] = [message["code"], message.get("reason", "")]
+    elif path == "/gone-before-accept":
+        # The client goes before the app decides: receive() says so, and the app returns.
+        message = await receive()
+        STATS["closed"][key] = [message["code"], message.get("reason", "")]
+    elif path == "/count":
+        # Receives without sending: how many messages and bytes arrived.
+        await send({"type": "websocket.accept"})
+        n = 0
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                STATS["received"][key] = n
+                return
+            n += len(message.get("bytes") or message.get("text") or "")

@@ -1,0 +1,501 @@
+"""ASGI 3 apps under `asgi_app`: the configuration check, the scope, receive/send with
+backpressure, client disconnects, misbehaving apps, lifespan, reload and quit; and the same
+answers as uvicorn for Starlette and FastAPI apps."""
+import http.client
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+from conftest import APPS, asgi_location as asgi, location, read_until, wait_for
+
+APP = APPS / "asgi_app.py"
+BAD = APPS / "asgi_bad.py"
+
+
+
+
+@pytest.fixture(scope="module")
+def server(nginx_factory, tmp_path_factory):
+    marks = tmp_path_factory.mktemp("asgi-marks")
+    s = nginx_factory(
+        asgi("/mount/", APP)
+        + asgi("/", APP)
+        + asgi("= /scope-exact", APP)
+        + asgi("/small/", APP, "wsgi_stream_buffer 64k;")
+        + asgi("/unbuffered/", APP, "wsgi_request_buffering off; wsgi_stream_buffer 64k; client_max_body_size 1m;")
+        + asgi("/limited/", APP, "client_max_body_size 1k;")
+        + location("/wsgi/", APPS / "environ_app.py"),
+        main_extra=f"env NGX_WSGI_TEST_MARKS={marks};",
+        server_extra="http2 on; client_max_body_size 8m;",
+    ).start()
+    s.marks = marks
+    return s
+
+
+def stats(server):
+    return requests.get(server.url("/stats"), timeout=10).json()
+
+
+# --- the configuration check -------------------------------------------------------------
+
+@pytest.mark.parametrize("spec,message", [
+    (f"{APPS}/asgi_kinds.py:asgi2_class", "is an ASGI 2 application"),
+    (f"{APPS}/asgi_kinds.py:asgi2_function", "is an ASGI 2 application"),
+    (f"{APPS}/asgi_kinds.py:two_arguments", "cannot be called as app(scope, receive, send)"),
+    (f"{APPS}/asgi_kinds.py:not_callable", "is not callable"),
+    (f"{APPS}/asgi_kinds.py:missing", "looking for the ASGI callable"),
+    (f"{APPS}/broken/syntax_error.py", "SyntaxError"),
+    (f"{APPS}/asgi_lifespan.py:raises", "lifespan startup failed"),
+    (f"{APPS}/asgi_lifespan.py:reports_failure", "lifespan startup failed: no configuration file"),
+])
+def test_nginx_t_refuses_what_cannot_be_served_naming_the_directive(nginx_factory, spec, message):
+    server = nginx_factory(asgi("/", spec))
+    result = server.run("-t")
+    assert result.returncode != 0, result.stderr
+    assert f'asgi_app "{spec}" (in {server.conf}:' in result.stderr, result.stderr
+    assert message in result.stderr, result.stderr
+
+
+def test_the_callable_defaults_to_app_and_bad_values_are_refused(nginx_factory):
+    assert nginx_factory(asgi("/", APPS / "asgi_kinds.py")).run("-t").returncode == 0
+    for bad, message in [("asgi_app a.py:1x;", "is not a Python name"),
+                         ("asgi_event_loop trio;", "expected asyncio or uvloop")]:
+        where = bad if bad.startswith("asgi_app") else ""
+        http = "" if where else bad
+        server = nginx_factory(f"  location / {{ {where} }}\n", http_extra=http)
+        result = server.run("-t")
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+    both = nginx_factory(f"  location / {{ asgi_app {APP}; wsgi_app {APPS}/sleepy.py; }}\n").run("-t")
+    assert both.returncode != 0 and "is duplicate" in both.stderr, both.stderr
+
+
+def test_uvloop_when_asked_for_and_installed(nginx_factory):
+    server = nginx_factory(asgi("/", APP), http_extra="asgi_event_loop uvloop;").start()
+    assert requests.get(server.url("/loop"), timeout=10).text == "uvloop"
+    default = nginx_factory(asgi("/", APP)).start()
+    assert requests.get(default.url("/loop"), timeout=10).text.startswith("asyncio")
+    # Without the virtualenv (Debian's python3 alone) there is no uvloop: nginx -t says so.
+    result = nginx_factory(asgi("/", APP), http_extra="asgi_event_loop uvloop;", home=False).run("-t")
+    assert result.returncode != 0 and "asgi_event_loop uvloop" in result.stderr
+    assert "No module named 'uvloop'" in result.stderr, result.stderr
+
+
+# --- the scope ---------------------------------------------------------------------------
+
+def scope_of(server, path, **kw):
+    r = requests.request(kw.pop("method", "GET"), server.url(path), timeout=10, **kw)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_scope_of_a_prefix_location(server):
+    s = scope_of(server, "/mount/scope/caf%C3%A9%20x?q=%20a&b", headers={"X-One": "1", "x-two": "2"})
+    assert s["type"] == "http"
+    assert s["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+    assert (s["http_version"], s["method"], s["scheme"]) == ("1.1", "GET", "http")
+    assert s["path"] == "/mount/scope/caf\u00e9 x"
+    assert s["raw_path"] == "/mount/scope/caf%C3%A9%20x"
+    assert s["query_string"] == "q=%20a&b"
+    assert s["root_path"] == "/mount"
+    names = [h[1] for h in s["headers"]]
+    assert names[:1] == ["host"] and "x-one" in names and "x-two" in names
+    assert names.index("x-one") < names.index("x-two"), "arrival order"
+    assert all(h[0] == "bytes" and h[2] == "bytes" for h in s["headers"])
+    assert s["client"][0] == "127.0.0.1" and isinstance(s["client"][1], int)
+    assert s["server"] == ["127.0.0.1", server.port]
+    assert s["state"] == ["pid", "shared"], "the lifespan's state"
+
+
+def test_root_path_at_the_root_exact_and_outside_the_mount(server):
+    assert scope_of(server, "/scope")["root_path"] == ""
+    assert scope_of(server, "/scope-exact")["root_path"] == ""
+    # `/mountain` is not under `/mount/` (nginx routes it to `/`), nor is it split at `/mount`.
+    outside = scope_of(server, "/mountain/scope")
+    assert (outside["path"], outside["root_path"]) == ("/mountain/scope", "")
+
+
+def test_repeated_headers_stay_separate_and_raw(server):
+    raw = (b"GET /scope HTTP/1.1\r\nHost: t\r\nX-Dup: a\r\nX-DUP: b\r\nCookie: c=1\r\nCookie: d=2\r\n"
+           b"Connection: close\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(raw)
+        data = read_until(s, b"}")
+    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    headers = [(h[1], h[3]) for h in body["headers"]]
+    assert ("x-dup", "a") in headers and ("x-dup", "b") in headers
+    assert ("cookie", "c=1") in headers and ("cookie", "d=2") in headers
+
+
+def test_http_versions_and_tls_scheme(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn._http_vsn, conn._http_vsn_str = 10, "HTTP/1.0"
+    conn.request("GET", "/scope")
+    assert json.loads(conn.getresponse().read())["http_version"] == "1.0"
+    out = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", server.url("/scope")],
+                         capture_output=True, timeout=30, check=True)
+    assert json.loads(out.stdout)["http_version"] == "2"
+
+
+def test_state_is_copied_per_request_from_lifespan(server):
+    first = requests.get(server.url("/state?one"), timeout=10).json()
+    second = requests.get(server.url("/state?two"), timeout=10).json()
+    assert first["pid"] == second["pid"] == server.worker_pids()[0]
+    assert second["shared"][-2:] == ["one", "two"]
+
+
+def test_wsgi_and_asgi_in_one_server_and_worker(server):
+    worker = server.worker_pids()[0]
+    assert requests.get(server.url("/wsgi/x"), timeout=10).json()["PATH_INFO"] == "/x"
+    assert scope_of(server, "/mount/scope")["state"] == ["pid", "shared"]
+    assert server.worker_pids() == [worker]
+
+
+# --- receive -------------------------------------------------------------------------------
+
+def test_a_buffered_body_up_to_1_mib_is_one_message(server):
+    body = os.urandom(300_000)
+    r = requests.post(server.url("/echo"), data=body, timeout=10)
+    assert r.content == body and r.headers["x-messages"] == "1"
+    # Past 1 MiB (a body nginx keeps in its temp file): 1 MiB messages, read as the app asks.
+    big = os.urandom(3 << 20)
+    r = requests.post(server.url("/echo"), data=big, timeout=10)
+    assert r.content == big and r.headers["x-messages"] == "3"
+    r = requests.post(server.url("/echo"), data=iter([b"chunked ", b"body"]), timeout=10)
+    assert r.content == b"chunked body" and r.headers["x-messages"] == "1"
+    assert requests.get(server.url("/echo"), timeout=10).headers["x-messages"] == "1"
+
+
+def test_client_max_body_size_applies(server):
+    assert requests.post(server.url("/limited/echo"), data=b"x" * 2000, timeout=10).status_code == 413
+    assert requests.post(server.url("/unbuffered/echo"), data=b"x" * (2 << 20), timeout=10).status_code == 413
+    # A chunked body past the limit is cut while the app reads it: the app sees a disconnect.
+    r = requests.post(server.url("/unbuffered/upload-until-gone?over"), data=iter([b"y" * 65536] * 40), timeout=10)
+    assert r.status_code in (413, 400) or r.text != "complete"
+    wait_for(lambda: stats(server)["disconnected"].get("over"), what="the app to see the cut")
+    assert stats(server)["disconnected"]["over"].startswith("gone after")
+
+
+def test_unbuffered_body_arrives_as_it_comes_with_more_body(server):
+    body = os.urandom(200_000)
+    r = requests.post(server.url("/unbuffered/echo"), data=iter([body[:1000], body[1000:]]), timeout=10)
+    assert r.content == body
+    assert int(r.headers["x-messages"]) >= 2, "more_body messages, then the end"
+
+
+def test_unbuffered_body_pauses_the_client_while_the_app_does_not_read(server):
+    # The app reads nothing until released: nginx stops reading at wsgi_stream_buffer (64k)
+    # and the client's send blocks; after the release the whole body arrives.
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        total = 900_000
+        s.sendall(b"POST /unbuffered/echo-slowly?up1 HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % total)
+        s.setblocking(False)
+        sent = 0
+        payload = b"u" * 65536
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and sent < total:
+            try:
+                sent += s.send(payload[: min(65536, total - sent)])
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert sent < total, "the client was paused"
+        s.setblocking(True)
+        assert requests.get(server.url("/release?up1"), timeout=10).text == "released"
+        s.sendall(b"u" * (total - sent))
+        answer = read_until(s, b"\r\n\r\n" + str(total).encode())
+    assert answer.endswith(str(total).encode()), answer
+
+
+# --- send ----------------------------------------------------------------------------------
+
+def test_streaming_is_chunked_and_http10_gets_no_chunks(server):
+    r = requests.get(server.url("/stream?4"), timeout=10)
+    assert r.text == "0\n1\n2\n3\n" and r.headers["transfer-encoding"] == "chunked"
+    raw = socket.create_connection(("127.0.0.1", server.port))
+    raw.sendall(b"GET /stream?3 HTTP/1.0\r\nHost: t\r\n\r\n")
+    data = read_until(raw, b"NEVER")
+    raw.close()
+    assert data.endswith(b"\r\n\r\n0\n1\n2\n") and b"chunked" not in data.lower()
+
+
+def test_each_piece_leaves_while_the_app_runs(server):
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET /hold?piece1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert b"held\n" in read_until(s, b"held\n")
+        assert requests.get(server.url("/release?piece1"), timeout=10).text == "released"
+        assert read_until(s, b"0\r\n\r\n").endswith(b"released\n\r\n0\r\n\r\n")
+
+
+def test_statuses_headers_head_and_bodiless(server):
+    r = requests.get(server.url("/headers"), timeout=10)
+    assert r.raw.headers.getlist("Set-Cookie") == ["a=1", "b=2"]
+    assert r.headers["x-mixed-case"] == "v" and r.headers["content-type"] == "text/plain; charset=utf-8"
+    for status in (201, 404, 418, 503, 299):
+        r = requests.get(server.url(f"/status?{status}"), timeout=10)
+        assert r.status_code == status and r.text == f"body of {status}"
+    for status in (204, 304):
+        r = requests.get(server.url(f"/status?{status}"), timeout=10)
+        assert r.status_code == status and r.content == b""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("HEAD", "/echo")
+    r = conn.getresponse()
+    assert (r.status, r.getheader("content-length"), r.read()) == (200, "0", b"")
+    conn.request("GET", "/stream?2")
+    assert conn.getresponse().read() == b"0\n1\n", "keep-alive after HEAD"
+
+
+def test_pathsend_has_nginx_send_the_file(server, tmp_path):
+    data = os.urandom(3 << 20)
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    path.chmod(0o644)
+    r = requests.get(server.url(f"/file?{path}"), timeout=10)
+    assert r.content == data and r.headers["content-length"] == str(len(data))
+    r = requests.get(server.url(f"/file?{path}"), headers={"Range": "bytes=10-19"}, timeout=10)
+    assert (r.status_code, r.content) == (206, data[10:20]), "nginx's range filter over the file"
+    for bad in ("relative/path", str(tmp_path / "missing"), str(tmp_path)):
+        assert requests.get(server.url(f"/file?{bad}"), timeout=10).status_code == 500
+    log = server.error_log()
+    assert "is not an absolute path" in log and "No such file or directory" in log and "not a regular file" in log
+
+
+def rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+
+
+def test_a_slow_client_pauses_send_and_bounds_memory(server):
+    worker = server.worker_pids()[0]
+    before = rss_kib(worker)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.connect(("127.0.0.1", server.port))
+        s.sendall(b"GET /small/stream-until-gone?slow1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        read_until(s, b"xxxx")
+        # The client reads nothing more: the app's send must stop within the socket buffers
+        # plus wsgi_stream_buffer (64k), not run ahead.
+        wait_for(lambda: stats(server)["sent"].get("slow1"), what="the app to start sending")
+        last = [None]
+
+        def paused():
+            now = stats(server)["sent"]["slow1"]
+            same, last[0] = now == last[0], now
+            return same
+        wait_for(paused, what="the app to be paused in send()")
+        assert stats(server)["sent"]["slow1"] < 16 << 20
+        assert rss_kib(worker) - before < 32 * 1024
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    wait_for(lambda: stats(server)["disconnected"].get("slow1"), what="send() to raise")
+    assert stats(server)["disconnected"]["slow1"] == "ClientDisconnected"
+
+
+# --- disconnects at every stage --------------------------------------------------------------
+
+def test_disconnect_while_the_app_waits_for_it(server):
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET /wait-disconnect?w1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        # The app has the whole (empty) body and waits in receive(); then the client goes.
+        wait_for(lambda: stats(server)["receiving"].get("w1") == "waiting", what="the app to wait")
+    wait_for(lambda: stats(server)["disconnected"].get("w1"), what="http.disconnect")
+    assert stats(server)["disconnected"]["w1"] == "http.disconnect"
+
+
+@pytest.mark.parametrize("how", ["fin", "rst"])
+def test_disconnect_during_an_unbuffered_upload(server, how):
+    key = f"up-{how}"
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"POST /unbuffered/upload-until-gone?%s HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n"
+                  % key.encode() + b"a" * 5000)
+        # The app is running and has part of the body before the client goes.
+        wait_for(lambda: stats(server)["receiving"].get(key), what="the app to receive")
+        if how == "rst":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    wait_for(lambda: stats(server)["disconnected"].get(key), what="the app to see the disconnect")
+    assert stats(server)["disconnected"][key].startswith("gone after")
+
+
+def test_disconnect_during_a_stream_raises_in_send(server):
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET /small/stream-until-gone?gone2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        read_until(s, b"xxxx")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    wait_for(lambda: stats(server)["disconnected"].get("gone2"), what="send() to raise")
+    assert stats(server)["disconnected"]["gone2"] == "ClientDisconnected"
+    assert requests.get(server.url("/stream?1"), timeout=10).text == "0\n"
+
+
+def test_disconnect_over_http2(server):
+    client = subprocess.Popen(["curl", "-sS", "--http2-prior-knowledge", server.url("/small/stream-until-gone?h2")],
+                              stdout=subprocess.PIPE)
+    client.stdout.read(65536)
+    client.kill()
+    client.wait()
+    wait_for(lambda: stats(server)["disconnected"].get("h2"), what="send() to raise on h2")
+
+
+# --- misbehaving apps --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bad(nginx_factory):
+    return nginx_factory(asgi("/", BAD)).start()
+
+
+@pytest.mark.parametrize("path,log", [
+    ("/raise-before-start", "RuntimeError: boom before start"),
+    ("/no-response", "returned without sending http.response.start"),
+    ("/wrong-type", "unexpected ASGI message type \"http.response.bogus\""),
+    ("/not-a-dict", "Traceback"),
+    ("/status-str", "status must be an int, not str"),
+    ("/status-100", "status 100"),
+    ("/header-crlf", "contains a control character"),
+    ("/header-str", "pair of bytes"),
+    ("/header-hop", "is hop-by-hop"),
+    ("/body-before-start", "http.response.body sent before http.response.start"),
+    ("/double-start", "http.response.start sent a second time"),
+    ("/trailers", "does not send HTTP trailers"),
+    ("/too-long", "longer than its content-length"),
+    ("/sys-exit", "SystemExit: 3"),
+    ("/cancelled", "CancelledError"),
+    # The start had not reached nginx yet (it goes with the first body piece): still a 500.
+    ("/body-str", "body must be bytes, not str"),
+])
+def test_failures_before_the_body_are_500s(bad, path, log):
+    worker = bad.worker_pids()
+    r = requests.get(bad.url(path), timeout=10)
+    assert r.status_code == 500, path
+    assert log in bad.error_log()
+    assert f'while serving "GET {path} HTTP/1.1"' in bad.error_log()
+    assert requests.get(bad.url("/ok"), timeout=10).text == "ok"
+    assert bad.worker_pids() == worker
+
+
+@pytest.mark.parametrize("path,log", [
+    ("/raise-after-start", "RuntimeError: boom after start"),
+    ("/start-only", "returned before its response was complete"),
+    ("/too-short", "sent 3 bytes for a content-length of 10"),
+])
+def test_failures_after_the_start_cut_the_connection(bad, path, log):
+    with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.ConnectionError)):
+        requests.get(bad.url(path), timeout=10).content
+    assert log in bad.error_log()
+    assert requests.get(bad.url("/ok"), timeout=10).text == "ok"
+
+
+def test_sends_after_completion_and_ignored_bodies(bad):
+    r = requests.get(bad.url("/raise-after-complete"), timeout=10)
+    assert (r.status_code, r.text) == (200, "done")
+    r = requests.get(bad.url("/send-after-complete"), timeout=10)
+    assert (r.status_code, r.text) == (200, "done")
+    session = requests.Session()
+    for _ in range(3):
+        r = session.post(bad.url("/never-receive"), data=b"b" * 100_000, timeout=10)
+        assert r.text == "ignored", "keep-alive works with an unread body"
+    log = bad.error_log()
+    assert "RuntimeError: boom after complete" in log
+    assert "http.response.body sent after the response was complete" in log
+    assert "does not support the lifespan protocol" in log
+
+
+# --- lifespan ------------------------------------------------------------------------------------
+
+def test_startup_ran_in_every_worker_and_shutdown_at_quit(nginx_factory, tmp_path):
+    server = nginx_factory(asgi("/", APP), workers=2, main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+    wait_for(lambda: len(server.worker_pids()) == 2, what="two workers")
+    workers = server.worker_pids()
+    wait_for(lambda: all((tmp_path / f"startup-{w}").exists() for w in workers), what="both startups")
+    assert server.stop() == 0
+    for w in workers:
+        assert (tmp_path / f"shutdown-{w}").exists(), "lifespan.shutdown ran at exit"
+        assert f"worker process {w} exited with code 0" in server.error_log()
+
+
+def test_a_worker_whose_startup_fails_exits_loudly(nginx_factory, tmp_path):
+    server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:fails_when_marked"),
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+    assert requests.get(server.url("/"), timeout=10).text == "started"
+    worker = server.worker_pids()[0]
+    (tmp_path / "fail-startup").touch()
+    os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: "cannot be respawned" in server.error_log(), what="the master to give up on the worker")
+    log = server.error_log()
+    assert "lifespan startup failed: marked to fail" in log
+    assert 'asgi_app "' in log
+
+
+def test_a_shutdown_that_raises_is_logged_and_the_worker_exits_cleanly(nginx_factory):
+    server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:shutdown_raises")).start()
+    assert requests.get(server.url("/"), timeout=10).text == "up"
+    worker = server.worker_pids()[0]
+    assert server.stop() == 0
+    log = server.error_log()
+    assert "lifespan shutdown failed" in log and "RuntimeError: could not flush the queue" in log
+    assert f"worker process {worker} exited with code 0" in log
+
+
+def test_apps_without_lifespan_are_served(nginx_factory):
+    server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:unsupported")).start()
+    assert requests.get(server.url("/"), timeout=10).text == "no lifespan here"
+    assert "does not support the lifespan protocol" in server.error_log()
+    assert "AssertionError: only http" in server.error_log()
+
+
+# --- reload and quit with requests in flight ---------------------------------------------------------
+
+def held_request(server, fifo, results):
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall(f"GET /hold?fifo={fifo} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    results["first"] = read_until(s, b"held\n")
+
+    def rest():
+        results["rest"] = read_until(s, b"0\r\n\r\n", timeout=30)
+        s.close()
+    t = threading.Thread(target=rest)
+    t.start()
+    return t
+
+
+def test_quit_lets_requests_in_flight_finish_then_runs_shutdown(nginx_factory, tmp_path):
+    server = nginx_factory(asgi("/", APP), main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+    worker = server.worker_pids()[0]
+    fifo = tmp_path / "release"
+    os.mkfifo(fifo)
+    results = {}
+    t = held_request(server, fifo, results)
+    server.send_signal(signal.SIGQUIT)
+    wait_for(lambda: "gracefully shutting down" in server.error_log(), what="the worker to start exiting")
+    assert not (tmp_path / f"shutdown-{worker}").exists(), "shutdown waits for the request"
+    with open(fifo, "wb") as f:
+        f.write(b"x")
+    t.join()
+    assert results["rest"].endswith(b"released\n\r\n0\r\n\r\n")
+    assert server.proc.wait(timeout=30) == 0
+    assert (tmp_path / f"shutdown-{worker}").read_text() == "1", "after the request in flight"
+
+
+def test_reload_with_a_request_in_flight(nginx_factory, tmp_path):
+    server = nginx_factory(asgi("/", APP), main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+    old = server.worker_pids()
+    fifo = tmp_path / "release"
+    os.mkfifo(fifo)
+    results = {}
+    t = held_request(server, fifo, results)
+    server.send_signal(signal.SIGHUP)
+    wait_for(lambda: set(server.worker_pids()) - set(old), what="a new worker")
+    assert requests.get(server.url("/stream?1"), timeout=10).text == "0\n", "the new worker serves"
+    assert old[0] in server.worker_pids(), "the old worker waits for its request"
+    with open(fifo, "wb") as f:
+        f.write(b"x")
+    t.join()
+    assert results["rest"].endswith(b"released\n\r\n0\r\n\r\n")
+    wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(),
+             what="the old worker's clean exit")
+    assert (tmp_path / f"shutdown-{old[0]}").read_text() == "1"

@@ -1,0 +1,139 @@
+"""Differential test: Starlette and FastAPI apps answer the same requests with the same status,
+headers and body under `asgi_app` and under uvicorn, mounted at the root and under a prefix
+(nginx's `location /api/`, uvicorn's `--root-path /api`)."""
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from conftest import APPS, free_port
+
+FRAMEWORKS = APPS / "asgi_frameworks"
+SERVER_HEADERS = {"date", "server", "connection", "keep-alive", "transfer-encoding"}
+
+REQUESTS = {
+    "starlette": [
+        ("GET", "/", {}, None),
+        ("GET", "/hello/w%C3%B6rld?q=caf%C3%A9+au+lait", {}, None),
+        ("POST", "/echo", {"Content-Type": "application/x-www-form-urlencoded"}, b"a=1&b=two+words&c=%C3%A9"),
+        ("POST", "/echo", {"Content-Type": "application/json"}, json.dumps({"x": [1, 2]}).encode()),
+        ("PUT", "/echo", {"Content-Type": "text/plain"}, b"x" * 200_000),
+        ("GET", "/redirect", {}, None),
+        ("GET", "/cookies", {"Cookie": "in=1; other=2"}, None),
+        ("GET", "/teapot", {}, None),
+        ("GET", "/no/such/page", {}, None),
+        ("HEAD", "/", {}, None),
+        ("GET", "/stream", {}, None),
+        ("GET", "/state", {}, None),
+        ("GET", "/background", {}, None),
+        ("GET", "/empty", {}, None),
+        ("GET", "/sub/where", {}, None),
+        ("GET", "/file", {}, None),
+        ("GET", "/file", {"Range": "bytes=5-14"}, None),
+        ("DELETE", "/echo", {}, None),
+    ],
+    "fastapi": [
+        ("GET", "/", {}, None),
+        ("GET", "/hello/w%C3%B6rld?q=caf%C3%A9", {}, None),
+        ("POST", "/items", {"Content-Type": "application/json"}, json.dumps({"name": "x", "price": 2.5, "tags": ["a"]}).encode()),
+        ("POST", "/items", {"Content-Type": "application/json"}, b'{"name": 1}'),
+        ("POST", "/items", {"Content-Type": "application/json"}, b"not json"),
+        ("POST", "/form", {"Content-Type": "application/x-www-form-urlencoded"}, b"a=1&b=%C3%A9"),
+        ("PUT", "/raw", {"Content-Type": "application/octet-stream"}, b"r" * 300_000),
+        ("GET", "/header", {"X-Token": "secret"}, None),
+        ("GET", "/header", {}, None),
+        ("GET", "/missing", {}, None),
+        ("GET", "/redirect", {}, None),
+        ("GET", "/stream", {}, None),
+        ("GET", "/started", {}, None),
+        ("GET", "/sync", {}, None),
+        ("HEAD", "/", {}, None),
+        ("GET", "/openapi.json", {}, None),
+        ("GET", "/docs", {}, None),
+    ],
+}
+
+
+def wait_port(port, proc, what):
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start: {proc.stderr.read().decode()}")
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def uvicorn_servers():
+    procs = {}
+    for framework in REQUESTS:
+        for mount in ("", "/api"):
+            port = free_port()
+            argv = [sys.executable, "-m", "uvicorn", "--app-dir", str(FRAMEWORKS), "--port", str(port),
+                    "--log-level", "warning", "--no-access-log", f"{framework}_app:app"]
+            if mount:
+                argv += ["--root-path", mount]
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            procs[(framework, mount)] = (proc, port)
+    for key, (proc, port) in procs.items():
+        wait_port(port, proc, f"uvicorn {key}")
+    yield {key: port for key, (_, port) in procs.items()}
+    for proc, _ in procs.values():
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def module_server(nginx_factory):
+    locations = "".join(
+        f"  location {path} {{\n   asgi_app {FRAMEWORKS}/{framework}_app.py;\n  }}\n"
+        for framework, path in [("starlette", "/"), ("starlette", "/api/")])
+    starlette = nginx_factory(locations).start()
+    locations = "".join(
+        f"  location {path} {{\n   asgi_app {FRAMEWORKS}/{framework}_app.py;\n  }}\n"
+        for framework, path in [("fastapi", "/"), ("fastapi", "/api/")])
+    fastapi = nginx_factory(locations).start()
+    return {"starlette": starlette, "fastapi": fastapi}
+
+
+def fetch(port, method, path, headers, body):
+    r = requests.request(method, f"http://127.0.0.1:{port}{path}", headers={"Host": "app.example", **headers},
+                         data=body, allow_redirects=False, timeout=20)
+    names = {name.lower() for name in r.raw.headers}
+    headers = {name: sorted(r.raw.headers.getlist(name)) for name in names - SERVER_HEADERS}
+    if "allow" in headers:
+        # Starlette lists the methods of a set: their order follows each process's hash seed.
+        headers["allow"] = sorted(", ".join(headers["allow"]).split(", "))
+    return r.status_code, headers, r.content
+
+
+@pytest.mark.parametrize("framework", list(REQUESTS))
+@pytest.mark.parametrize("mount", ["", "/api"])
+def test_same_answers_as_uvicorn(framework, mount, uvicorn_servers, module_server):
+    ours_port = module_server[framework].port
+    theirs_port = uvicorn_servers[(framework, mount)]
+    statuses = []
+    for method, path, headers, body in REQUESTS[framework]:
+        ours = fetch(ours_port, method, mount + path, headers, body)
+        theirs = fetch(theirs_port, method, path, headers, body)
+        assert ours == theirs, f"{framework}: {method} {mount}{path}"
+        statuses.append(ours[0])
+    assert 500 not in statuses, statuses
+    assert "Traceback" not in module_server[framework].error_log()
+
+
+def test_urls_carry_the_mount(module_server):
+    port = module_server["starlette"].port
+    answer = requests.get(f"http://127.0.0.1:{port}/api/hello/x", headers={"Host": "app.example"}, timeout=10).json()
+    assert answer["url"] == "http://app.example/api/hello/x"
+    assert answer["for"] == "http://app.example/api/hello/x"
+    assert answer["root_path"] == "/api"
+    sub = requests.get(f"http://127.0.0.1:{port}/api/sub/where", timeout=10).text
+    assert sub == "/api/sub/where /api/sub"

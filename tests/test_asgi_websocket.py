@@ -1,0 +1,269 @@
+"""WebSocket under `asgi_app`: the handshake and the app's accept (subprotocol, headers),
+denials, messages both ways, RFC 6455 details from raw frames (fragments, pings, UTF-8, masks,
+sizes), closes from either side with their codes, failures, and close 1001 at quit and reload."""
+import base64
+import json
+import os
+import signal
+import socket
+import struct
+
+import pytest
+import requests
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from conftest import APPS, asgi_location as asgi, read_until, wait_for
+
+APP = APPS / "asgi_ws.py"
+
+
+
+@pytest.fixture(scope="module")
+def server(nginx_factory):
+    s = nginx_factory(asgi("/ws/", APP) + asgi("/small/", APP, "client_max_body_size 1k;")).start()
+    s.ws = f"ws://127.0.0.1:{s.port}"
+    return s
+
+
+def stats(server):
+    return requests.get(server.url("/ws/stats"), timeout=10).json()
+
+
+
+def test_echo_subprotocol_headers_and_scope(server):
+    with connect(f"{server.ws}/ws/echo?e1", subprotocols=["chat", "other"]) as ws:
+        assert ws.subprotocol == "chat"
+        assert ws.response.headers["x-accepted"] == "yes"
+        ws.send("héllo")
+        assert ws.recv() == "héllo"
+        blob = os.urandom(1 << 20)
+        ws.send(blob)
+        assert ws.recv() == blob
+        ws.send("scope")
+        scope = json.loads(ws.recv())
+        assert scope == {"type": "websocket", "scheme": "ws", "path": "/ws/echo", "root_path": "/ws",
+                         "subprotocols": ["chat", "other"], "http_version": "1.1"}
+        ws.ping().wait(5)
+    wait_for(lambda: stats(server)["closed"].get("e1"), what="the app to see the close")
+    assert stats(server)["closed"]["e1"] == [1000, ""]
+
+
+def test_the_client_close_code_reaches_the_app(server):
+    with connect(f"{server.ws}/ws/echo?e2") as ws:
+        ws.close(4000, "done here")
+    wait_for(lambda: stats(server)["closed"].get("e2"), what="the app to see the close")
+    assert stats(server)["closed"]["e2"] == [4000, "done here"]
+
+
+def test_plain_http_to_the_same_app_is_an_http_scope(server):
+    assert requests.get(server.url("/ws/info"), timeout=10).json() == {"type": "http", "scheme": "http"}
+
+
+@pytest.mark.parametrize("path,status", [("/ws/deny", 403), ("/ws/return-without-accept", 403),
+                                         ("/ws/deny-custom", 401), ("/ws/raise-before-accept", 500)])
+def test_denials(server, path, status):
+    with pytest.raises(InvalidStatus) as e:
+        with connect(f"{server.ws}{path}"):
+            pass
+    assert e.value.response.status_code == status
+    if status == 401:
+        assert e.value.response.body == b"nope!\n"
+    if status == 500:
+        assert "RuntimeError: refusing by raising" in server.error_log()
+
+
+def test_the_app_closes_with_its_code(server):
+    with connect(f"{server.ws}/ws/app-closes?c1") as ws:
+        assert ws.recv() == "bye"
+        with pytest.raises(ConnectionClosed) as e:
+            ws.recv()
+        assert (e.value.rcvd.code, e.value.rcvd.reason) == (4001, "go away")
+    wait_for(lambda: stats(server)["closed"].get("c1"), what="the app to get the echo of its close")
+    assert stats(server)["closed"]["c1"][0] == 4001
+
+
+def test_an_app_that_raises_after_the_accept_closes_with_1011(server):
+    with connect(f"{server.ws}/ws/raise-after-accept") as ws:
+        with pytest.raises(ConnectionClosed) as e:
+            ws.recv()
+        assert e.value.rcvd.code == 1011
+    assert "RuntimeError: broken after the accept" in server.error_log()
+    assert "raised on an open WebSocket" in server.error_log()
+
+
+# --- raw frames ------------------------------------------------------------------------------
+
+def frame(opcode, payload, fin=True, mask=True):
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    m = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([m | n])
+    elif n < 65536:
+        head += bytes([m | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([m | 127]) + struct.pack("!Q", n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+class Raw:
+    """A client's socket after its handshake, with what arrived behind the 101."""
+
+    def __init__(self, sock, pending=b""):
+        self.sock, self.pending = sock, pending
+
+    def exact(self, n):
+        while len(self.pending) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            self.pending += chunk
+        data, self.pending = self.pending[:n], self.pending[n:]
+        return data
+
+    def sendall(self, data):
+        self.sock.sendall(data)
+
+    def recv(self, n):
+        if self.pending:
+            data, self.pending = self.pending[:n], self.pending[n:]
+            return data
+        return self.sock.recv(n)
+
+    def setsockopt(self, *args):
+        self.sock.setsockopt(*args)
+
+    def close(self):
+        self.sock.close()
+
+
+def read_frame(raw):
+    b0, b1 = raw.exact(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", raw.exact(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", raw.exact(8))[0]
+    return b0 & 0x0F, raw.exact(n)
+
+
+def raw_socket(server, path, early=b""):
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    key = base64.b64encode(os.urandom(16)) if not early else b"dGhlIHNhbXBsZSBub25jZQ=="
+    s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n" + early)
+    data = read_until(s, b"\r\n\r\n")
+    head, rest = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 101 Switching Protocols"), head
+    assert b"Connection: upgrade" in head and b"Upgrade: websocket" in head
+    raw = Raw(s, rest)
+    raw.head = head
+    return raw
+
+
+def close_code(payload):
+    return struct.unpack("!H", payload[:2])[0]
+
+
+def test_fragments_with_a_ping_between(server):
+    s = raw_socket(server, "/ws/echo?frag")
+    s.sendall(frame(0x1, b"frag", fin=False) + frame(0x9, b"ping!") + frame(0x0, b"men", fin=False)
+              + frame(0x0, b"ted"))
+    assert read_frame(s) == (0xA, b"ping!"), "the pong first, with the ping's payload"
+    assert read_frame(s) == (0x1, b"fragmented")
+    s.sendall(frame(0x8, struct.pack("!H", 1000)))
+    opcode, payload = read_frame(s)
+    assert opcode == 0x8 and close_code(payload) == 1000
+    assert s.recv(10) == b"", "the server closes the connection after the close handshake"
+    s.close()
+
+
+def test_frames_sent_right_behind_the_handshake(server):
+    s = raw_socket(server, "/ws/echo?early", early=frame(0x1, b"early bird"))
+    assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in s.head
+    assert read_frame(s) == (0x1, b"early bird")
+    s.close()
+
+
+@pytest.mark.parametrize("frames,code", [
+    (frame(0x1, b"\xff\xfe bad utf-8"), 1007),
+    (frame(0x1, b"unmasked", mask=False), 1002),
+    (frame(0x3, b"reserved opcode"), 1002),
+    (frame(0x9, b"p" * 200), 1002),  # a control frame over 125 bytes
+])
+def test_broken_frames_close_with_their_code(server, frames, code):
+    s = raw_socket(server, f"/ws/echo?bad{code}")
+    s.sendall(frames)
+    opcode, payload = read_frame(s)
+    assert opcode == 0x8 and close_code(payload) == code
+    s.close()
+
+
+def test_a_message_over_client_max_body_size_closes_with_1009(server):
+    s = raw_socket(server, "/small/echo?big")
+    s.sendall(frame(0x2, b"x" * 2000))
+    opcode, payload = read_frame(s)
+    assert opcode == 0x8 and close_code(payload) == 1009
+    s.close()
+
+
+def test_a_client_that_vanishes_is_1006_for_the_app(server):
+    s = raw_socket(server, "/ws/hold?vanish")
+    assert read_frame(s) == (0x1, b"held")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    wait_for(lambda: stats(server)["closed"].get("vanish"), what="the app to see the client go")
+    assert stats(server)["closed"]["vanish"][0] == 1006
+
+
+def test_a_client_that_floods_an_app_that_does_not_read_is_paused(server):
+    # The app counts what it receives; the client sends far more than wsgi_stream_buffer
+    # (256k) without waiting: nginx reads it as the app takes it, the worker's memory stays
+    # bounded, and every byte arrives.
+    s = raw_socket(server, "/ws/count?flood")
+    payload = b"f" * 65536
+    for _ in range(64):
+        s.sendall(frame(0x2, payload))
+    s.sendall(frame(0x8, struct.pack("!H", 1000)))
+    opcode, _ = read_frame(s)
+    assert opcode == 0x8
+    s.close()
+    wait_for(lambda: stats(server)["received"].get("flood"), what="the app to count")
+    assert stats(server)["received"]["flood"] == 64 * 65536
+
+
+def test_a_client_that_goes_before_the_accept(nginx_factory):
+    server = nginx_factory(asgi("/", APP)).start()
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    s.sendall(b"GET /gone-before-accept?early-gone HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\n\r\n")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    wait_for(lambda: requests.get(server.url("/stats"), timeout=10).json()["closed"].get("early-gone"), what="the app to see the client go")
+    assert server.stop() == 0
+    log = server.error_log()
+    assert "request(s) inside Python" not in log and "Traceback" not in log, "the request ended with the app"
+
+
+# --- worker exit -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", [signal.SIGQUIT, signal.SIGHUP])
+def test_open_sockets_get_1001_at_quit_and_reload(nginx_factory, how):
+    server = nginx_factory(asgi("/", APP)).start()
+    old = server.worker_pids()
+    s = raw_socket(server, "/hold?exit")
+    assert read_frame(s) == (0x1, b"held")
+    server.send_signal(how)
+    opcode, payload = read_frame(s)
+    assert opcode == 0x8 and close_code(payload) == 1001
+    s.sendall(frame(0x8, payload[:2]))
+    assert s.recv(10) == b""
+    s.close()
+    if how == signal.SIGQUIT:
+        assert server.proc.wait(timeout=30) == 0
+    wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="a clean exit")
