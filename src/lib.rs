@@ -17,6 +17,7 @@ pub mod content_length;
 pub mod environ;
 pub mod errors;
 pub mod file_wrapper;
+pub mod head;
 pub mod input;
 pub mod interpreter;
 pub mod log_text;

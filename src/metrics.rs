@@ -15,7 +15,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::{Outcome, OutcomeKind, ResponseHead};
+use crate::head::ResponseHead;
+use crate::request::{Outcome, OutcomeKind};
 
 /// Upper bounds (seconds) of the request duration histogram's buckets.
 pub const BUCKETS: [f64; 12] = [

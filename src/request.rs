@@ -487,11 +487,11 @@ mod tests {
         fn push(
             &self,
             head: Option<ResponseHead>,
-            data: crate::Chunk,
-        ) -> Result<(), crate::ClientGone> {
+            data: crate::chunk::Chunk,
+        ) -> Result<(), crate::sink::ClientGone> {
             let mut pieces = self.pieces.lock().unwrap();
             if self.gone_after.is_some_and(|n| pieces.len() >= n) {
-                return Err(crate::ClientGone);
+                return Err(crate::sink::ClientGone);
             }
             pieces.push((head.map(|h| h.status), data.to_vec()));
             Ok(())

@@ -2,7 +2,7 @@
 //! while the app is still running.
 
 use crate::chunk::Chunk;
-use crate::response::ResponseHead;
+use crate::head::ResponseHead;
 
 /// The client went away; the app's iterator must not be advanced any further.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,17 +1,56 @@
 //! What goes to and comes from the client for a request through Apache's API, with no turn
-//! taking of its own (callers hold the request's turn, see `side`): a block of the request body,
-//! and the deadline's answer in the app's place.
+//! taking of its own (callers hold the request's turn, see `side`): the app's response head on
+//! the `request_rec`, a block of the request body, and the deadline's answer in the app's place.
 
 use std::ffi::c_int;
 use std::io;
 
+use ngx_wsgi::ResponseHead;
+
 use crate::bindings::{
     ap_conn_keepalive_e_AP_CONN_CLOSE, ap_get_client_block, ap_get_conn_socket,
     ap_set_content_length, ap_set_content_type, apr_interval_time_t, apr_os_sock_get,
-    apr_os_sock_t, apr_socket_timeout_get, apr_socket_timeout_set, request_rec, APR_SUCCESS,
-    HTTP_GATEWAY_TIME_OUT,
+    apr_os_sock_t, apr_pstrmemdup, apr_socket_timeout_get, apr_socket_timeout_set, apr_table_addn,
+    request_rec, APR_SUCCESS, HTTP_GATEWAY_TIME_OUT,
 };
 use crate::brigade::Out;
+
+/// # Safety
+/// `r` is live; the copy lives in its pool.
+pub(crate) unsafe fn pool_str(r: *mut request_rec, s: &[u8]) -> *const std::ffi::c_char {
+    // SAFETY: pstrmemdup copies `s.len()` bytes and adds a NUL.
+    unsafe { apr_pstrmemdup((*r).pool, s.as_ptr().cast(), s.len()) }
+}
+
+/// Puts the app's status and headers on `r`.
+///
+/// # Safety
+/// `r` is a live request whose response head has not gone out.
+pub(crate) unsafe fn set_head(r: *mut request_rec, head: &ResponseHead, length: Option<u64>) {
+    // SAFETY: per the function contract; every string is copied into the request's pool.
+    unsafe {
+        (*r).status = c_int::from(head.status);
+        (*r).status_line = pool_str(r, head.status_line());
+        // The app's own type or none: not one mod_mime guessed from the URL's extension.
+        (*r).content_type = std::ptr::null();
+        for (name, value) in head.headers() {
+            if ngx_wsgi::accel::is_for_server(name) {
+                // X-Accel-Limit-Rate and X-Accel-Charset have no counterpart here; like the
+                // redirect, none of them is for the client.
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"content-type") {
+                // Apache's own field: its filters (deflate, charset) and header filter use it.
+                ap_set_content_type(r, pool_str(r, value));
+            } else {
+                apr_table_addn((*r).headers_out, pool_str(r, name), pool_str(r, value));
+            }
+        }
+        if let Some(length) = length.and_then(ngx_wsgi::content_length::to_off_t) {
+            ap_set_content_length(r, length);
+        }
+    }
+}
 
 /// The largest block read from the client at once.
 pub(crate) const READ_MAX: usize = 256 * 1024;

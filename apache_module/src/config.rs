@@ -198,7 +198,8 @@ pub(crate) unsafe fn for_request<'a>(r: *const request_rec) -> Option<&'a DirCon
     // SAFETY: the per-directory vector is live for the request; this module's slot holds a
     // `DirConf` created by `create_dir_config` or `merge_dir_config`.
     unsafe {
-        let conf = ap_get_module_config((*r).per_dir_config, crate::module()) as *const DirConf;
+        let conf =
+            ap_get_module_config((*r).per_dir_config, crate::handle::module()) as *const DirConf;
         conf.as_ref().filter(|c| c.app >= 0)
     }
 }

@@ -18,6 +18,7 @@ mod config;
 mod deadline;
 mod ffi_guard;
 mod graceful;
+mod handle;
 mod handler;
 mod lifecycle;
 mod log;
@@ -150,6 +151,7 @@ static CORE: ModuleNames<2> = ModuleNames([c"core.c".as_ptr(), ptr::null()]);
 
 unsafe extern "C" fn register_hooks(_pool: *mut apr_pool_t) {
     ffi_guard::guard("register_hooks", (), || {
+        handle::set(ptr::addr_of!(ngx_wsgi_module));
         // SAFETY: Apache calls this once per load of the module, while it registers hooks.
         unsafe {
             ap_hook_pre_config(
@@ -245,15 +247,3 @@ static mut ngx_wsgi_module: module = {
     // SAFETY: an all-zero module descriptor is plain data (NULL pointers, no hooks).
     unsafe { std::mem::zeroed() }
 };
-
-/// This module's descriptor, for configuration look-ups.
-pub(crate) fn module() -> *const module {
-    ptr::addr_of!(ngx_wsgi_module)
-}
-
-/// The index Apache gave this module (for per-module log levels).
-pub(crate) fn module_index() -> c_int {
-    // SAFETY: Apache writes the index when it loads the module, before any hook runs, and never
-    // afterwards.
-    unsafe { (*module()).module_index }
-}

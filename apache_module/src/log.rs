@@ -117,7 +117,7 @@ fn write_lines(level: c_int, request: *const request_rec, msg: &str) {
                 ap_log_rerror_(
                     c"mod_ngx_wsgi.c".as_ptr(),
                     0,
-                    crate::module_index(),
+                    crate::handle::module_index(),
                     level,
                     0,
                     request,
@@ -129,7 +129,7 @@ fn write_lines(level: c_int, request: *const request_rec, msg: &str) {
             ap_log_error_(
                 c"mod_ngx_wsgi.c".as_ptr(),
                 0,
-                crate::module_index(),
+                crate::handle::module_index(),
                 level,
                 0,
                 server,

@@ -160,7 +160,7 @@ pub(crate) unsafe fn handle(r: *mut request_rec) -> c_int {
             ngx_wsgi::metrics::render(&*block.cast::<ngx_wsgi::metrics::Block>())
         };
         let content_type = ngx_wsgi::metrics::CONTENT_TYPE.as_bytes();
-        ap_set_content_type(r, crate::response::pool_str(r, content_type));
+        ap_set_content_type(r, crate::client_io::pool_str(r, content_type));
         ap_set_content_length(r, body.len() as i64);
         let out = Out::new(r);
         out.data(body.as_bytes());

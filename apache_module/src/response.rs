@@ -8,51 +8,14 @@ use ngx_wsgi::accel::{check_redirect, RedirectTarget};
 use ngx_wsgi::{Outcome, OutcomeKind, ResponseHead};
 
 use crate::bindings::{
-    ap_conn_keepalive_e_AP_CONN_CLOSE, ap_internal_redirect, ap_set_content_length,
-    ap_set_content_type, apr_brigade_insert_file, apr_file_t, apr_os_file_put,
-    apr_pool_cleanup_null, apr_pool_cleanup_register, apr_pstrmemdup, apr_status_t, apr_table_addn,
-    apr_table_unset, request_rec, APLOG_ERR, APR_FOPEN_READ, APR_SUCCESS,
+    ap_conn_keepalive_e_AP_CONN_CLOSE, ap_internal_redirect, apr_brigade_insert_file, apr_file_t,
+    apr_os_file_put, apr_pool_cleanup_null, apr_pool_cleanup_register, apr_status_t,
+    apr_table_addn, apr_table_unset, request_rec, APLOG_ERR, APR_FOPEN_READ, APR_SUCCESS,
     HTTP_INTERNAL_SERVER_ERROR, M_GET, OK,
 };
 use crate::brigade::Out;
+use crate::client_io::{pool_str, set_head};
 use crate::side::Side;
-
-/// # Safety
-/// `r` is live; the copy lives in its pool.
-pub(crate) unsafe fn pool_str(r: *mut request_rec, s: &[u8]) -> *const std::ffi::c_char {
-    // SAFETY: pstrmemdup copies `s.len()` bytes and adds a NUL.
-    unsafe { apr_pstrmemdup((*r).pool, s.as_ptr().cast(), s.len()) }
-}
-
-/// Puts the app's status and headers on `r`.
-///
-/// # Safety
-/// `r` is a live request whose response head has not gone out.
-pub(crate) unsafe fn set_head(r: *mut request_rec, head: &ResponseHead, length: Option<u64>) {
-    // SAFETY: per the function contract; every string is copied into the request's pool.
-    unsafe {
-        (*r).status = c_int::from(head.status);
-        (*r).status_line = pool_str(r, head.status_line());
-        // The app's own type or none: not one mod_mime guessed from the URL's extension.
-        (*r).content_type = std::ptr::null();
-        for (name, value) in head.headers() {
-            if ngx_wsgi::accel::is_for_server(name) {
-                // X-Accel-Limit-Rate and X-Accel-Charset have no counterpart here; like the
-                // redirect, none of them is for the client.
-                continue;
-            }
-            if name.eq_ignore_ascii_case(b"content-type") {
-                // Apache's own field: its filters (deflate, charset) and header filter use it.
-                ap_set_content_type(r, pool_str(r, value));
-            } else {
-                apr_table_addn((*r).headers_out, pool_str(r, name), pool_str(r, value));
-            }
-        }
-        if let Some(length) = length.and_then(ngx_wsgi::content_length::to_off_t) {
-            ap_set_content_length(r, length);
-        }
-    }
-}
 
 /// Sends the outcome of a request whose app has returned; the handler's return value.
 ///

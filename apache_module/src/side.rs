@@ -220,7 +220,7 @@ impl ChunkSink for Side {
         // SAFETY: the request is live (see the Send note) and this thread has the turn.
         unsafe {
             if let Some(head) = head {
-                crate::response::set_head(self.r, &head, head.content_length);
+                crate::client_io::set_head(self.r, &head, head.content_length);
             }
         }
         self.out.data(&data);
