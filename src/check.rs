@@ -50,6 +50,10 @@ pub struct WorkerSetup {
     pub timeout: Duration,
     /// The event loop ASGI apps run on (their lifespan startup runs on one in the check).
     pub asgi_loop: crate::asgi::LoopKind,
+    /// The directory the workers change to before they import the apps (nginx's
+    /// `working_directory`): an app's relative paths (`StaticFiles(directory="static")`, a
+    /// SQLite file) must resolve in the check as they will in the workers.
+    pub working_directory: Option<std::path::PathBuf>,
 }
 
 /// How long the check may take unless the server's configuration says otherwise.
@@ -272,6 +276,14 @@ fn child_report(
     // SAFETY: plain syscall.
     } else if unsafe { libc::geteuid() } == 0 {
         return "Pthe workers' user is unknown: the apps are not imported as root\0".into();
+    }
+    if let Some(dir) = &setup.working_directory {
+        if let Err(e) = std::env::set_current_dir(dir) {
+            return format!(
+                "Pthe workers cannot enter their working directory \"{}\": {e}\0",
+                dir.display()
+            );
+        }
     }
     if let Err(e) = interpreter::initialize(settings) {
         return format!("I{e}\0");

@@ -183,3 +183,33 @@ def test_a_python_home_closed_to_the_workers_user_is_named_as_such(nginx_factory
     assert result.returncode != 0
     assert f"{venv} cannot be reached by uid" in result.stderr and "(the workers' user)" in result.stderr, \
         result.stderr
+
+
+def test_working_directory_is_the_apps_and_the_checks(nginx_factory, tmp_path):
+    """nginx's `working_directory` is where the workers are when they import the apps: an app's
+    relative paths resolve there, and the configuration check imports from there too."""
+    app = tmp_path / "relative_app.py"
+    app.write_text(
+        "import os\n"
+        "SETTING = open('settings.txt').read().strip()\n"
+        "def application(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [f'{SETTING} {os.getcwd()}'.encode()]\n")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "settings.txt").write_text("from-the-working-directory\n")
+
+    elsewhere = nginx_factory(location("/", str(app)))
+    result = elsewhere.run("-t")
+    assert result.returncode != 0
+    assert "FileNotFoundError" in result.stderr and "settings.txt" in result.stderr, result.stderr
+
+    server = nginx_factory(location("/", str(app)), main_extra=f"working_directory {workdir};\n")
+    assert server.run("-t").returncode == 0
+    server.start()
+    assert requests.get(server.url("/"), timeout=10).text == f"from-the-working-directory {workdir}"
+
+    missing = nginx_factory(location("/", str(app)), main_extra=f"working_directory {tmp_path}/absent;\n")
+    result = missing.run("-t")
+    assert result.returncode != 0
+    assert f'cannot enter their working directory "{tmp_path}/absent"' in result.stderr, result.stderr

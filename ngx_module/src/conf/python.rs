@@ -196,11 +196,20 @@ unsafe fn worker_setup(cf: *mut ngx_conf_t) -> Result<WorkerSetup, String> {
             environment.push((name, v));
         }
     }
+    // nginx's workers change to `working_directory` (NUL-terminated, as nginx chdir()s with it)
+    // after taking their user and before any module's worker start, so before the imports.
+    let working_directory = (ccf.working_directory.len > 0).then(|| {
+        use std::os::unix::ffi::OsStrExt;
+        std::path::PathBuf::from(std::ffi::OsStr::from_bytes(ngx_bytes(
+            &ccf.working_directory,
+        )))
+    });
     Ok(WorkerSetup {
         credentials: worker_credentials(ccf)?,
         environment: Some(environment),
         timeout: Duration::ZERO,
         asgi_loop: Default::default(),
+        working_directory,
     })
 }
 
