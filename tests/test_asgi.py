@@ -261,10 +261,20 @@ def test_pathsend_has_nginx_send_the_file(server, tmp_path):
     assert r.content == data and r.headers["content-length"] == str(len(data))
     r = requests.get(server.url(f"/file?{path}"), headers={"Range": "bytes=10-19"}, timeout=10)
     assert (r.status_code, r.content) == (206, data[10:20]), "nginx's range filter over the file"
-    for bad in ("relative/path", str(tmp_path / "missing"), str(tmp_path)):
+    for bad in ("relative/missing", str(tmp_path / "missing"), str(tmp_path)):
         assert requests.get(server.url(f"/file?{bad}"), timeout=10).status_code == 500
     log = server.error_log()
-    assert "is not an absolute path" in log and "No such file or directory" in log and "not a regular file" in log
+    assert f"{os.getcwd()}/relative/missing: No such file or directory" in log
+    assert "No such file or directory" in log and "not a regular file" in log
+
+
+def test_pathsend_of_a_relative_path_is_from_the_working_directory(nginx_factory, tmp_path):
+    """Starlette's FileResponse("image.png") sends the path as given: it is opened from the
+    worker's current directory, nginx's `working_directory`."""
+    (tmp_path / "image.png").write_bytes(b"\x89PNG relative")
+    server = nginx_factory(asgi("/", APP), main_extra=f"working_directory {tmp_path};\n").start()
+    r = requests.get(server.url("/file?image.png"), timeout=10)
+    assert (r.status_code, r.content) == (200, b"\x89PNG relative")
 
 
 def rss_kib(pid):

@@ -359,12 +359,16 @@ impl HttpExchange {
         let path: std::path::PathBuf = path
             .extract()
             .map_err(|_| PyTypeError::new_err("http.response.pathsend: path must be a str"))?;
-        if !path.is_absolute() {
-            return Err(PyValueError::new_err(format!(
-                "http.response.pathsend: {} is not an absolute path",
-                path.display()
-            )));
-        }
+        // The extension asks for an absolute path, but Starlette's FileResponse passes the path
+        // it was given (`FileResponse("image.png")`), which its other servers open from their
+        // current directory: so does this one (the worker's, nginx's `working_directory`).
+        let path = if path.is_absolute() {
+            path
+        } else {
+            std::env::current_dir()
+                .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("getcwd(): {e}")))?
+                .join(path)
+        };
         let file = std::fs::File::open(&path).map_err(|e| {
             pyo3::exceptions::PyOSError::new_err(format!("{}: {e}", path.display()))
         })?;

@@ -130,7 +130,7 @@ async def app(scope, receive, send):
         # http.response.pathsend: nginx sends the file itself.
         assert "http.response.pathsend" in scope["extensions"]
         path = query
-        size = os.path.getsize(path) if os.path.isabs(path) and os.path.exists(path) else 0
+        size = os.path.getsize(path) if os.path.isfile(path) else 0
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/octet-stream"),
                                 (b"content-length", str(size).encode())]})
