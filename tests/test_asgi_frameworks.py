@@ -1,4 +1,5 @@
-"""Differential test: Starlette, FastAPI and Django (its ASGI handler, async and sync views) apps
+"""Differential test: Starlette, FastAPI, Django (its ASGI handler, async and sync views),
+Litestar and Quart apps
 answer the same requests with the same status, headers and body under `asgi_app` and under
 uvicorn, mounted at the root and under a prefix (nginx's `location /api/`, uvicorn's
 `--root-path /api`)."""
@@ -76,9 +77,46 @@ REQUESTS = {
         ("GET", "/empty/", {}, None),
         ("GET", "/raises/", {}, None),
     ],
+    "litestar": [
+        ("GET", "/", {}, None),
+        ("GET", "/hello/w%C3%B6rld?q=caf%C3%A9+au+lait", {}, None),
+        ("POST", "/items", {"Content-Type": "application/json"}, json.dumps({"name": "x", "price": 2.5, "tags": ["b", "a"]}).encode()),
+        ("POST", "/items", {"Content-Type": "application/json"}, b'{"name": 1}'),
+        ("POST", "/items", {"Content-Type": "application/json"}, b"not json"),
+        ("POST", "/form", {"Content-Type": "application/x-www-form-urlencoded"}, b"a=1&b=%C3%A9"),
+        ("PUT", "/raw", {"Content-Type": "application/octet-stream"}, b"r" * 300_000),
+        ("GET", "/redirect", {}, None),
+        ("GET", "/cookies", {"Cookie": "in=1; other=2"}, None),
+        ("GET", "/teapot", {}, None),
+        ("GET", "/secret", {"X-Token": "secret"}, None),
+        ("GET", "/secret", {}, None),
+        ("GET", "/missing", {}, None),
+        ("HEAD", "/", {}, None),
+        ("GET", "/stream", {}, None),
+        ("GET", "/state", {}, None),
+        ("GET", "/file", {}, None),
+        ("GET", "/sync", {}, None),
+        ("DELETE", "/", {}, None),
+    ],
+    "quart": [
+        ("GET", "/", {}, None),
+        ("GET", "/hello/w%C3%B6rld?q=caf%C3%A9+au+lait", {}, None),
+        ("POST", "/echo", {"Content-Type": "application/x-www-form-urlencoded"}, b"a=1&b=two+words&c=%C3%A9"),
+        ("POST", "/echo", {"Content-Type": "application/json"}, json.dumps({"x": [1, 2]}).encode()),
+        ("PUT", "/echo", {"Content-Type": "application/octet-stream"}, b"q" * 300_000),
+        ("GET", "/redirect", {}, None),
+        ("GET", "/cookies", {"Cookie": "in=1; other=2"}, None),
+        ("GET", "/teapot", {}, None),
+        ("GET", "/no/such/page", {}, None),
+        ("HEAD", "/", {}, None),
+        ("GET", "/stream", {}, None),
+        ("GET", "/state", {}, None),
+        ("GET", "/file", {}, None),
+        ("DELETE", "/", {}, None),
+    ],
 }
 # The ASGI callable of each framework's file, and the answers that are 500s on purpose.
-CALLABLES = {"starlette": "app", "fastapi": "app", "django": "application"}
+CALLABLES = {"starlette": "app", "fastapi": "app", "django": "application", "litestar": "app", "quart": "app"}
 DELIBERATE_500 = {"/raises/"}
 
 
