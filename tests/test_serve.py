@@ -94,3 +94,40 @@ def _is_worker_of(pid, master):
     except OSError:
         return False
     return int(fields[1]) == master
+
+
+ASGI_APP = '''
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"asgi " + scope["path"].encode()})
+'''
+
+
+def test_serve_an_asgi_app(built):
+    app = readable_dir() / "main.py"
+    app.write_text(ASGI_APP)
+    app.chmod(0o644)
+    port = free_port()
+    proc = subprocess.Popen([str(RELEASE / "ngx-wsgi"), "serve", f"{app}:app", "--asgi", "--loop", "asyncio",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}/x/y"
+    try:
+        assert wait_for(lambda: requests.get(url, timeout=2).text == "asgi /x/y"), proc.stderr.read1(65536)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+def test_serve_refuses_a_loop_without_asgi(built):
+    out = subprocess.run([str(RELEASE / "ngx-wsgi"), "serve", "app.py", "--loop", "uvloop"],
+                         capture_output=True, text=True, timeout=10)
+    assert out.returncode != 0 and "--loop is for ASGI apps: add --asgi" in out.stderr
+    out = subprocess.run([str(RELEASE / "ngx-wsgi"), "serve", "app.py", "--asgi", "--loop", "trio"],
+                         capture_output=True, text=True, timeout=10)
+    assert out.returncode != 0 and "--loop trio: asyncio or uvloop" in out.stderr

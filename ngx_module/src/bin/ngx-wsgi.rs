@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! ngx-wsgi paths
-//! ngx-wsgi serve APP.py[:CALLABLE] [--host 127.0.0.1] [--port 8080] [--workers 1] [--threads 32] [--user NAME] [--reload]
+//! ngx-wsgi serve APP.py[:CALLABLE] [--asgi [--loop asyncio|uvloop]] [--host 127.0.0.1] [--port 8080] [--workers 1] [--threads 32] [--user NAME] [--reload]
 //! ngx-wsgi doctor [--nginx PATH] [--module PATH] [--python-home DIR] [--user NAME]
 //! ```
 //!
@@ -40,7 +40,7 @@ fn nginx_path() -> PathBuf {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage:\n  ngx-wsgi paths\n  ngx-wsgi serve APP.py[:CALLABLE] [--host 127.0.0.1] [--port 8080] [--workers 1] [--threads 32] [--user NAME] [--reload]\n  {}",
+        "usage:\n  ngx-wsgi paths\n  ngx-wsgi serve APP.py[:CALLABLE] [--asgi [--loop asyncio|uvloop]] [--host 127.0.0.1] [--port 8080] [--workers 1] [--threads 32] [--user NAME] [--reload]\n  {}",
         doctor::USAGE
     );
     ExitCode::from(2)
@@ -81,6 +81,10 @@ struct ServeOptions {
     reload: bool,
     /// `--user`: the workers' user when started as root.
     user: Option<String>,
+    /// `--asgi`: an ASGI 3 app (`asgi_app`, callable `app` by default) instead of WSGI.
+    asgi: bool,
+    /// `--loop`: the ASGI apps' event loop (`asgi_event_loop`).
+    event_loop: Option<String>,
 }
 
 fn parse_serve(args: &[String]) -> Result<ServeOptions, String> {
@@ -92,6 +96,8 @@ fn parse_serve(args: &[String]) -> Result<ServeOptions, String> {
         threads: 32,
         reload: false,
         user: None,
+        asgi: false,
+        event_loop: None,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -115,6 +121,11 @@ fn parse_serve(args: &[String]) -> Result<ServeOptions, String> {
             }
             "--reload" => opts.reload = true,
             "--user" => opts.user = Some(value("--user")?),
+            "--asgi" => opts.asgi = true,
+            "--loop" => match value("--loop")?.as_str() {
+                l @ ("asyncio" | "uvloop") => opts.event_loop = Some(l.to_owned()),
+                other => return Err(format!("--loop {other}: asyncio or uvloop")),
+            },
             a if a.starts_with("--") => return Err(format!("unknown option {a}")),
             a if opts.app.is_empty() => opts.app = a.to_owned(),
             a => return Err(format!("unexpected argument {a}")),
@@ -122,6 +133,9 @@ fn parse_serve(args: &[String]) -> Result<ServeOptions, String> {
     }
     if opts.app.is_empty() {
         return Err("which app? give APP.py[:CALLABLE] or module[:CALLABLE]".into());
+    }
+    if opts.event_loop.is_some() && !opts.asgi {
+        return Err("--loop is for ASGI apps: add --asgi".into());
     }
     Ok(opts)
 }
@@ -186,12 +200,17 @@ fn serve(args: &[String]) -> Result<(), String> {
         Ok(v) => format!("    wsgi_python_home {};\n", quoted(&v)?),
         Err(_) => String::new(),
     };
+    let (directive, event_loop) = match (&opts.asgi, &opts.event_loop) {
+        (false, _) => ("wsgi_app", String::new()),
+        (true, None) => ("asgi_app", String::new()),
+        (true, Some(l)) => ("asgi_app", format!("    asgi_event_loop {l};\n")),
+    };
     let conf = format!(
         "load_module {module};\n{main}daemon off;\nworker_processes {workers};\nerror_log stderr info;\n\
          pid {pid};\nevents {{ worker_connections 1024; }}\n\
-         http {{\n    access_log /dev/stdout;\n    wsgi_max_threads {threads};\n{home}    server {{\n\
+         http {{\n    access_log /dev/stdout;\n    wsgi_max_threads {threads};\n{home}{event_loop}    server {{\n\
          \x20       listen {listen};\n\
-         \x20       location / {{\n            wsgi_app {app};\n        }}\n    }}\n}}\n",
+         \x20       location / {{\n            {directive} {app};\n        }}\n    }}\n}}\n",
         module = quoted(&module.display().to_string())?,
         workers = opts.workers,
         pid = quoted(&prefix.join("nginx.pid").display().to_string())?,
