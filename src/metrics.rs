@@ -222,6 +222,32 @@ pub fn thread_started() {
     }
 }
 
+/// The ASGI event loop started a queued request's app: its task runs.
+pub fn loop_started() {
+    if let Some(g) = mine() {
+        g.queued.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A started ASGI task ended; `after_timeout` when its request's deadline had passed (its slot
+/// was counted lost until now).
+pub fn loop_task_done(after_timeout: bool) {
+    if let (true, Some(g)) = (after_timeout, mine()) {
+        g.lost_slots.fetch_sub(1, Relaxed);
+    }
+}
+
+/// An ASGI request's deadline passed; `lost` when its task still runs (until
+/// [`loop_task_done`]), false when it ended meanwhile or never started.
+pub fn asgi_timed_out(lost: bool) {
+    if let (true, Some(g)) = (lost, mine()) {
+        g.lost_slots.fetch_add(1, Relaxed);
+    }
+    if let Some(c) = counters() {
+        c.timeouts.fetch_add(1, Relaxed);
+    }
+}
+
 /// A request is run by the thread that received it, with no queue in between (Apache).
 pub fn started_in_place() {
     if let Some(g) = mine() {
@@ -380,7 +406,7 @@ fn render_block(block: &Block, alive: fn(i64) -> bool) -> String {
     gauge(
         &mut out,
         "wsgi_requests_queued",
-        "Requests waiting for a thread to run them.",
+        "Requests waiting for a thread (WSGI) or for the event loop (ASGI) to start them.",
         sum(|g| &g.queued),
     );
     gauge(
@@ -398,7 +424,7 @@ fn render_block(block: &Block, alive: fn(i64) -> bool) -> String {
     gauge(
         &mut out,
         "wsgi_lost_slots",
-        "Requests past their timeout that are still inside Python (stuck in C code, say).",
+        "Requests past their timeout that are still inside Python (stuck in C code, say; for ASGI, tasks not ended yet).",
         sum(|g| &g.lost_slots),
     );
     counter(
@@ -416,7 +442,7 @@ fn render_block(block: &Block, alive: fn(i64) -> bool) -> String {
     counter(
         &mut out,
         "wsgi_requests_refused_total",
-        "Requests answered 503 because too many waited for a thread (nginx's wsgi_max_queue, wsgi_queue_timeout).",
+        "Requests answered 503 because too many waited for a thread or the ASGI event loop (nginx's wsgi_max_queue, wsgi_queue_timeout).",
         c.refused.load(Relaxed) as f64,
     );
     counter(
