@@ -1,6 +1,7 @@
 """ASGI requests under the limits WSGI ones have: `wsgi_read_timeout` (a 504 or a cut, the task
 cancelled or interrupted, its stack logged), `wsgi_max_queue`/`wsgi_queue_timeout` against an
-event loop that an app blocks (503 + Retry-After)."""
+event loop that an app blocks (503 + Retry-After), and the request's id on Python logging lines
+of its coroutines and the tasks they spawn."""
 import re
 import socket
 import threading
@@ -18,7 +19,7 @@ APP = APPS / "asgi_limits.py"
 def server(nginx_factory):
     return nginx_factory(
         asgi("/t/", APP, "wsgi_read_timeout 500ms;")
-        + asgi("/", APP)
+        + asgi("/", APP, "add_header X-Request-Id $request_id;")
         + status("/metrics").for_nginx(),
     ).start()
 
@@ -100,6 +101,28 @@ def test_a_request_whose_deadline_passes_while_the_loop_is_blocked_never_runs(se
     assert re.search(r'wsgi_read_timeout: "GET /t/late\?d HTTP/1.1" is still running after 500 ms, '
                      r"request_id: [0-9a-f]{32}; it was still waiting for the asgi event loop and will not run",
                      server.error_log())
+
+
+# --- the request id on logging lines -------------------------------------------------------
+
+def test_logging_lines_of_a_request_and_its_spawned_tasks_carry_its_id(server):
+    ids = {}
+
+    def get(token):
+        r = requests.get(server.url(f"/log?{token}"), timeout=10)
+        assert r.text == "logged"
+        ids[token] = r.headers["X-Request-Id"]
+
+    threads = [threading.Thread(target=get, args=(f"tok{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids.values())) == 4
+    log = server.error_log()
+    for token, rid in ids.items():
+        assert re.search(rf"\[warn\] .*python: limits\.app: from the handler {token}, request_id: {rid}\n", log), log
+        assert re.search(rf"\[warn\] .*python: limits\.app: from a spawned task {token}, request_id: {rid}\n", log)
 
 
 # --- overload ------------------------------------------------------------------------------

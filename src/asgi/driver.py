@@ -6,9 +6,12 @@ import asyncio
 import traceback
 
 
-async def _http(loop, app, scope, ex, begin):
+async def _http(loop, app, scope, ex, begin, request_id_var, request_id):
     if not begin():
         return  # the server answered it while it waited for the loop (a timeout)
+    # The task runs in its own copy of the context: tasks the app spawns copy this one, so
+    # their log lines carry the request's id too.
+    request_id_var.set(request_id)
 
     async def receive():
         while True:
@@ -33,9 +36,9 @@ async def _http(loop, app, scope, ex, begin):
         ex.ended(None)
 
 
-def start_http(loop, app, scope, ex, begin, done):
+def start_http(loop, app, scope, ex, begin, done, request_id_var, request_id):
     """Starts the task of one connection; `done` runs when it ends, however it ends."""
-    task = loop.create_task(_http(loop, app, scope, ex, begin))
+    task = loop.create_task(_http(loop, app, scope, ex, begin, request_id_var, request_id))
     task.add_done_callback(done)
     return task
 

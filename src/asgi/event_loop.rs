@@ -397,7 +397,8 @@ impl AsgiLoop {
 
     /// Starts the app's task for one connection, whose exchange `exchange` makes; None (logged)
     /// when it could not start. The task's first step checks that the server has not given up on
-    /// the request meanwhile (then the app never runs).
+    /// the request meanwhile (then the app never runs) and sets the request's id for the
+    /// log lines of the app's coroutines and of the tasks they spawn (a context variable).
     #[allow(clippy::too_many_arguments)]
     fn start_task(
         &'static self,
@@ -444,9 +445,19 @@ impl AsgiLoop {
                     Ok(())
                 })?
             };
+            let request_id = String::from_utf8_lossy(&scope.request_id).into_owned();
             let task = driver.call_method1(
                 "start_http",
-                (event_loop, app.bind(py), scope_dict, exchange, begin, done),
+                (
+                    event_loop,
+                    app.bind(py),
+                    scope_dict,
+                    exchange,
+                    begin,
+                    done,
+                    crate::logging_bridge::request_id_var(py)?,
+                    request_id,
+                ),
             )?;
             watch.set_task(task.unbind());
             Ok(())
