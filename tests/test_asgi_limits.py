@@ -1,13 +1,14 @@
 """ASGI requests under the limits WSGI ones have: `wsgi_read_timeout` (a 504 or a cut, the task
 cancelled or interrupted, its stack logged), `wsgi_max_queue`/`wsgi_queue_timeout` against an
-event loop that an app blocks (503 + Retry-After), and the request's id on Python logging lines
-of its coroutines and the tasks they spawn."""
+event loop that an app blocks (503 + Retry-After), the request's id on Python logging lines of
+its coroutines and the tasks they spawn, and the `wsgi_status` figures."""
 import re
 import socket
 import threading
 
 import pytest
 import requests
+from websockets.sync.client import connect
 
 from conftest import APPS, asgi_location as asgi, status, wait_for
 from test_metrics import scrape
@@ -123,6 +124,36 @@ def test_logging_lines_of_a_request_and_its_spawned_tasks_carry_its_id(server):
     for token, rid in ids.items():
         assert re.search(rf"\[warn\] .*python: limits\.app: from the handler {token}, request_id: {rid}\n", log), log
         assert re.search(rf"\[warn\] .*python: limits\.app: from a spawned task {token}, request_id: {rid}\n", log)
+
+
+# --- wsgi_status ---------------------------------------------------------------------------
+
+def test_status_counts_asgi_requests_tasks_and_websockets(server):
+    before = scrape(server)
+    for i in range(5):
+        assert requests.get(server.url(f"/fast?{i}"), timeout=10).status_code == 200
+    after = scrape(server)
+    assert after['wsgi_responses_total{class="2xx"}'] - before['wsgi_responses_total{class="2xx"}'] >= 5
+    assert after["wsgi_request_duration_seconds_count"] - before["wsgi_request_duration_seconds_count"] >= 5
+    assert after["wsgi_requests_queued"] == 0, "requests the loop started are not queued"
+    assert after["wsgi_requests_in_flight"] == 0 and after["wsgi_asgi_tasks"] == 0
+    with connect(f"ws://127.0.0.1:{server.port}/ws"):
+        wait_for(lambda: scrape(server)["wsgi_asgi_websockets"] == 1, what="the open WebSocket")
+        during = scrape(server)
+        assert during["wsgi_asgi_tasks"] == 1 and during["wsgi_requests_in_flight"] == 1
+    wait_for(lambda: scrape(server)["wsgi_asgi_websockets"] == 0, what="the WebSocket's end")
+    wait_for(lambda: scrape(server)["wsgi_asgi_tasks"] == 0, what="its task's end")
+
+
+def test_client_gone_is_counted(server):
+    before = scrape(server)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /until-gone?e HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        wait_for(lambda: "/until-gone?e" in stats(server)["ran"], what="the app to run")
+    wait_for(lambda: scrape(server)["wsgi_client_gone_total"] > before["wsgi_client_gone_total"],
+             what="the client's going")
+    wait_for(lambda: scrape(server)["wsgi_requests_in_flight"] == 0, what="the request's end")
+    wait_for(lambda: "/until-gone?e" in stats(server)["disconnected"], what="http.disconnect in the app")
 
 
 # --- overload ------------------------------------------------------------------------------

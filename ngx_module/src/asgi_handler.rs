@@ -180,15 +180,18 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
                 crate::asgi_queue::waiting(&request, limits, expired_in_queue);
             }
         }
-        Served::Ws(ws) => event_loop.submit_ws(
-            WsRequest {
-                app,
-                scope: scope.into_websocket(),
-                server: ws,
-                waker,
-            },
-            Arc::new(TaskWatch::default()),
-        ),
+        Served::Ws(ws) => {
+            crate::metrics::websocket(1);
+            event_loop.submit_ws(
+                WsRequest {
+                    app,
+                    scope: scope.into_websocket(),
+                    server: ws,
+                    waker,
+                },
+                Arc::new(TaskWatch::default()),
+            )
+        }
     }
     if !unbuffered {
         // A client that went while nginx read its request head left no event behind.
@@ -284,6 +287,7 @@ unsafe fn complete(r: *mut ngx_http_request_t, request: &AsgiRequest, end: HttpE
 /// # Safety
 /// Event-loop thread; `r` is live and still blocked on the app.
 unsafe fn complete_ws(r: *mut ngx_http_request_t, ws: &AsgiWs, end: HttpEnd, upgraded: bool) {
+    crate::metrics::websocket(-1);
     // SAFETY: per the function contract.
     unsafe { finish(r, &ws.stream, None, None, ws.posted_at, end, upgraded) }
 }
