@@ -2,11 +2,15 @@
 //!
 //! When the apps configure no handler on the root logger, records of Python's `logging` go to
 //! the server's error log (through `tracing`, target `python`) with their level. Lines written
-//! while a request runs carry its id (the server's, e.g. nginx's `$request_id`).
+//! while a request runs carry its id (the server's, e.g. nginx's `$request_id`): a WSGI
+//! request's from its thread, an ASGI request's from a context variable its task sets (one
+//! thread runs every ASGI task, and a task's context follows it across its awaits and into the
+//! tasks it spawns).
 
 use std::cell::RefCell;
 
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 
 thread_local! {
     static CURRENT_REQUEST: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -34,9 +38,42 @@ pub(crate) fn request_suffix() -> String {
     })
 }
 
+static REQUEST_ID_VAR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// The context variable that holds the id of the ASGI request whose task runs.
+pub(crate) fn request_id_var(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    REQUEST_ID_VAR
+        .get_or_try_init(py, || {
+            Ok(py
+                .import("contextvars")?
+                .getattr("ContextVar")?
+                .call1(("ngx_wsgi_request_id",))?
+                .unbind())
+        })
+        .map(|v| v.bind(py))
+}
+
+/// `, request_id: ID` for the request of the running context (an ASGI task's), if any.
+fn context_suffix(py: Python<'_>) -> String {
+    let Some(var) = REQUEST_ID_VAR.get(py) else {
+        return String::new();
+    };
+    match var
+        .bind(py)
+        .call_method1("get", ("",))
+        .and_then(|v| v.extract::<String>())
+    {
+        Ok(id) if !id.is_empty() => format!(", request_id: {id}"),
+        _ => String::new(),
+    }
+}
+
 #[pyfunction]
-fn emit(level: i32, name: &str, message: &str) {
-    let suffix = request_suffix();
+fn emit(py: Python<'_>, level: i32, name: &str, message: &str) {
+    let mut suffix = request_suffix();
+    if suffix.is_empty() {
+        suffix = context_suffix(py);
+    }
     match level {
         l if l >= 40 => tracing::error!(target: "python", "{name}: {message}{suffix}"),
         l if l >= 30 => tracing::warn!(target: "python", "{name}: {message}{suffix}"),

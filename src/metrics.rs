@@ -25,7 +25,7 @@ pub const BUCKETS: [f64; 12] = [
 
 const MAGIC: u64 = u64::from_le_bytes(*b"ngxwsgiM");
 /// Changes whenever the layout below changes.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 #[repr(C)]
 struct Header {
@@ -63,6 +63,10 @@ struct Gauges {
     lost_slots: AtomicI64,
     /// Threads of the module's own pools, busy or idle.
     pool_threads: AtomicI64,
+    /// ASGI app tasks on the process's event loop (started, not ended).
+    asgi_tasks: AtomicI64,
+    /// ASGI WebSocket connections (handshake or open).
+    websockets: AtomicI64,
 }
 
 /// A block of metrics in shared memory (its start: `header.entries` gauge entries follow it).
@@ -165,6 +169,8 @@ pub unsafe fn attach(block: *mut u8, slot: Option<usize>) -> Result<(), String> 
         &entry.threads_busy,
         &entry.lost_slots,
         &entry.pool_threads,
+        &entry.asgi_tasks,
+        &entry.websockets,
     ] {
         gauge.store(0, Relaxed);
     }
@@ -219,6 +225,43 @@ pub fn thread_started() {
     if let Some(g) = mine() {
         g.queued.fetch_sub(1, Relaxed);
         g.threads_busy.fetch_add(1, Relaxed);
+    }
+}
+
+/// The ASGI event loop started a queued request's app: its task runs.
+pub fn loop_started() {
+    if let Some(g) = mine() {
+        g.queued.fetch_sub(1, Relaxed);
+        g.asgi_tasks.fetch_add(1, Relaxed);
+    }
+}
+
+/// A started ASGI task ended; `after_timeout` when its request's deadline had passed (its slot
+/// was counted lost until now).
+pub fn loop_task_done(after_timeout: bool) {
+    if let Some(g) = mine() {
+        g.asgi_tasks.fetch_sub(1, Relaxed);
+        if after_timeout {
+            g.lost_slots.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+/// An ASGI request's deadline passed; `lost` when its task still runs (until
+/// [`loop_task_done`]), false when it ended meanwhile or never started.
+pub fn asgi_timed_out(lost: bool) {
+    if let (true, Some(g)) = (lost, mine()) {
+        g.lost_slots.fetch_add(1, Relaxed);
+    }
+    if let Some(c) = counters() {
+        c.timeouts.fetch_add(1, Relaxed);
+    }
+}
+
+/// An ASGI WebSocket connection began (1) or ended (-1).
+pub fn websocket(delta: i64) {
+    if let Some(g) = mine() {
+        g.websockets.fetch_add(delta, Relaxed);
     }
 }
 
@@ -380,7 +423,7 @@ fn render_block(block: &Block, alive: fn(i64) -> bool) -> String {
     gauge(
         &mut out,
         "wsgi_requests_queued",
-        "Requests waiting for a thread to run them.",
+        "Requests waiting for a thread (WSGI) or for the event loop (ASGI) to start them.",
         sum(|g| &g.queued),
     );
     gauge(
@@ -398,8 +441,20 @@ fn render_block(block: &Block, alive: fn(i64) -> bool) -> String {
     gauge(
         &mut out,
         "wsgi_lost_slots",
-        "Requests past their timeout that are still inside Python (stuck in C code, say).",
+        "Requests past their timeout that are still inside Python (stuck in C code, say; for ASGI, tasks not ended yet).",
         sum(|g| &g.lost_slots),
+    );
+    gauge(
+        &mut out,
+        "wsgi_asgi_tasks",
+        "ASGI app tasks running on the event loops (a task may run on after its response).",
+        sum(|g| &g.asgi_tasks),
+    );
+    gauge(
+        &mut out,
+        "wsgi_asgi_websockets",
+        "ASGI WebSocket connections, in their handshake or open.",
+        sum(|g| &g.websockets),
     );
     counter(
         &mut out,
@@ -416,7 +471,7 @@ fn render_block(block: &Block, alive: fn(i64) -> bool) -> String {
     counter(
         &mut out,
         "wsgi_requests_refused_total",
-        "Requests answered 503 because too many waited for a thread (nginx's wsgi_max_queue, wsgi_queue_timeout).",
+        "Requests answered 503 because too many waited for a thread or the ASGI event loop (nginx's wsgi_max_queue, wsgi_queue_timeout).",
         c.refused.load(Relaxed) as f64,
     );
     counter(

@@ -73,21 +73,17 @@ impl RequestWatch {
     /// that has not started by now never starts, even if it gets the GIL before the watchdog.
     pub fn interrupt_in_background(self: &Arc<Self>, what: String) {
         self.expired.store(true, Ordering::Release);
-        submit(Interrupt {
-            watch: self.clone(),
-            what,
-            scope: None,
-        });
+        let watch = self.clone();
+        submit(Box::new(move |py| watch.interrupt(py, &what)));
     }
 
     /// The same, with the watchdog's log entry written inside `scope`.
     pub fn interrupt_in_background_with(self: &Arc<Self>, what: String, scope: LogScope) {
         self.expired.store(true, Ordering::Release);
-        submit(Interrupt {
-            watch: self.clone(),
-            what,
-            scope: Some(scope),
-        });
+        let watch = self.clone();
+        submit(Box::new(move |py| {
+            scope(&mut || watch.interrupt(py, &what))
+        }));
     }
 
     fn interrupt(&self, py: Python<'_>, what: &str) {
@@ -113,7 +109,8 @@ impl RequestWatch {
     }
 }
 
-fn stack_of(py: Python<'_>, ident: u64) -> PyResult<String> {
+/// The formatted Python stack of the thread `ident`.
+pub(crate) fn stack_of(py: Python<'_>, ident: u64) -> PyResult<String> {
     let frames = py.import("sys")?.call_method0("_current_frames")?;
     let frame = frames.get_item(ident)?;
     let lines = py
@@ -123,21 +120,13 @@ fn stack_of(py: Python<'_>, ident: u64) -> PyResult<String> {
     Ok(text.extract::<String>()?.trim_end().to_owned())
 }
 
-/// One timed-out request waiting for the watchdog.
-struct Interrupt {
-    watch: Arc<RequestWatch>,
-    what: String,
-    scope: Option<LogScope>,
-}
+/// One timed-out request waiting for the watchdog: what it does with the GIL.
+type Interrupt = Box<dyn FnOnce(Python<'_>) + Send>;
 
-impl Interrupt {
-    fn run(self, py: Python<'_>) {
-        let (watch, what) = (&self.watch, self.what.as_str());
-        match &self.scope {
-            Some(scope) => scope(&mut || watch.interrupt(py, what)),
-            None => watch.interrupt(py, what),
-        }
-    }
+/// Has the watchdog thread run `job` with the GIL (never waits for the GIL itself): an ASGI
+/// task's timeout, which needs the GIL while the event loop's thread may hold it.
+pub(crate) fn submit_call(job: Interrupt) {
+    submit(job);
 }
 
 struct Queue {
@@ -202,7 +191,7 @@ fn watch_loop() {
         if crate::interpreter::is_running() {
             // The thread keeps no Python thread state between batches: it has none while it
             // waits, so finalising the interpreter never has to account for it.
-            Python::attach(|py| batch.into_iter().for_each(|job| job.run(py)));
+            Python::attach(|py| batch.into_iter().for_each(|job| job(py)));
         }
     }
 }

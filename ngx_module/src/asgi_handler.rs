@@ -4,27 +4,30 @@
 //!    arrives) and calls [`body_ready`].
 //! 2. [`post`]: copies the scope, makes the request's [`AsgiRequest`] (the request's pool frees
 //!    it) and submits it to the worker's asyncio loop; the request stays `blocked` meanwhile. The
-//!    event loop never takes the GIL: the submission is a queue and an eventfd.
+//!    event loop never takes the GIL: the submission is a queue and an eventfd. Too many
+//!    requests waiting for the loop to start them: a 503 at once ([`crate::asgi_queue`]).
 //! 3. On the asyncio thread the app runs; its response leaves through the request's stream
 //!    (the loop is woken per batch to send), its body arrives through [`on_body_data`], and
 //!    [`on_client_readable`] notices a client that goes away.
 //! 4. [`complete`], back on the event loop once the response is over: what is left goes out and
-//!    the request is finalized.
+//!    the request is finalized. Or earlier, without the app: [`on_deadline`]
+//!    (`wsgi_read_timeout`: a 504, the task cancelled) or [`expired_in_queue`] (a 503).
 
 use std::ffi::c_void;
 use std::sync::Arc;
 
 use nginx_sys::{
-    ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
+    ngx_event_t, ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
     ngx_http_test_reading, ngx_int_t, ngx_pool_cleanup_add, NGX_DONE, NGX_ERROR,
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR,
 };
-use ngx_wsgi::asgi::{HttpEnd, HttpRequest, WsRequest};
+use ngx_wsgi::asgi::{HttpEnd, HttpRequest, TaskWatch, WsRequest};
 use ngx_wsgi::{Chunk, Outcome, OutcomeKind};
 
 use crate::asgi_request::AsgiRequest;
 use crate::asgi_ws::AsgiWs;
-use crate::ffi::{guard, module};
+use crate::dispatch::{QueueLimits, Refused};
+use crate::ffi::{guard, module, timer};
 use crate::request_body::BodyStream;
 use crate::stream::{ClientEvents, Stream};
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
@@ -60,6 +63,15 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         );
         return Err(NGX_HTTP_INTERNAL_SERVER_ERROR);
     };
+    let limits = QueueLimits {
+        max_queue: mc.limits.max_queue(),
+        queue_timeout: mc.limits.queue_timeout(),
+    };
+    // SAFETY: `r` is live on the event loop and has sent nothing.
+    unsafe {
+        crate::asgi_queue::admit(event_loop, limits)
+            .map_err(|why| crate::overload::refuse(r, why, limits.queue_timeout))?;
+    }
     // SAFETY: `r` is live on the event loop.
     let scope = unsafe { crate::asgi_scope::collect(r, lc, mc.request_id.0) };
     let events = ClientEvents {
@@ -99,11 +111,23 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             Some(on_ws_io),
         ))
     } else {
+        let read_timeout = lc.limits.read_timeout;
+        let label = if read_timeout == 0 {
+            String::new()
+        } else {
+            format!(
+                "wsgi_read_timeout: \"{}\" is still running after {read_timeout} ms{}",
+                scope.request_line.escape_debug(),
+                scope.log_suffix()
+            )
+        };
         Served::Http(AsgiRequest::new(
             r,
             stream.clone(),
             body_stream.clone(),
             complete,
+            read_timeout,
+            label,
         ))
     };
     // SAFETY: the request pool is live; its cleanup drops this reference when the request is
@@ -134,19 +158,40 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     unsafe { crate::inflight::started() };
     crate::metrics::posted();
     match served {
-        Served::Http(request) => event_loop.submit(HttpRequest {
-            app,
-            scope,
-            body,
-            server: request,
-            waker,
-        }),
-        Served::Ws(ws) => event_loop.submit_ws(WsRequest {
-            app,
-            scope: scope.into_websocket(),
-            server: ws,
-            waker,
-        }),
+        Served::Http(request) => {
+            event_loop.submit(HttpRequest {
+                app,
+                scope,
+                body,
+                server: request.clone(),
+                waker,
+                watch: request.watch.clone(),
+            });
+            // SAFETY: on the event loop; the deadline lives in the request's AsgiRequest,
+            // which the request's pool keeps until after `complete` or `end_now` disarmed it.
+            unsafe {
+                timer::arm(
+                    &mut *request.deadline.get(),
+                    Some(on_deadline),
+                    Arc::as_ptr(&request).cast_mut().cast(),
+                    (*(*r).connection).log,
+                    request.read_timeout,
+                );
+                crate::asgi_queue::waiting(&request, limits, expired_in_queue);
+            }
+        }
+        Served::Ws(ws) => {
+            crate::metrics::websocket(1);
+            event_loop.submit_ws(
+                WsRequest {
+                    app,
+                    scope: scope.into_websocket(),
+                    server: ws,
+                    waker,
+                },
+                Arc::new(TaskWatch::default()),
+            )
+        }
     }
     if !unbuffered {
         // A client that went while nginx read its request head left no event behind.
@@ -223,6 +268,7 @@ pub(crate) unsafe fn served(r: *mut ngx_http_request_t) -> Option<&'static Serve
 unsafe fn complete(r: *mut ngx_http_request_t, request: &AsgiRequest, end: HttpEnd) {
     // SAFETY: per the function contract.
     unsafe {
+        timer::disarm(&mut *request.deadline.get());
         finish(
             r,
             &request.stream,
@@ -241,6 +287,7 @@ unsafe fn complete(r: *mut ngx_http_request_t, request: &AsgiRequest, end: HttpE
 /// # Safety
 /// Event-loop thread; `r` is live and still blocked on the app.
 unsafe fn complete_ws(r: *mut ngx_http_request_t, ws: &AsgiWs, end: HttpEnd, upgraded: bool) {
+    crate::metrics::websocket(-1);
     // SAFETY: per the function contract.
     unsafe { finish(r, &ws.stream, None, None, ws.posted_at, end, upgraded) }
 }
@@ -324,6 +371,97 @@ unsafe fn finish(
             NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
         });
         ngx_http_finalize_request(r, rc);
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+/// `wsgi_read_timeout`: the app has not completed its response in time. The request is answered
+/// now, without it: a 504, or, when the response has started, a cut connection. The app's task
+/// is cancelled on the asyncio loop (or interrupted, when it keeps the loop busy), and where it
+/// was goes to the error log; a request the loop had not started yet never runs.
+unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
+    guard("the asgi read timeout", (), || {
+        // SAFETY: the event's data is its AsgiRequest, alive while the timer is set (the timer
+        // is disarmed before the request ends); on the event loop.
+        unsafe {
+            let request = &*((*ev).data as *const AsgiRequest);
+            let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() else {
+                return;
+            };
+            let Some(r) = request.end_early() else {
+                return;
+            };
+            let what = request.label.clone();
+            if event_loop.give_up(&request.watch) {
+                crate::metrics::asgi_timed_out(false);
+                crate::ffi::log::cycle_log(
+                    NGX_LOG_ERR as usize,
+                    &format!(
+                        "{what}; it was still waiting for the asgi event loop and will not run"
+                    ),
+                );
+            } else {
+                event_loop.time_out(&request.watch, what);
+            }
+            let rc = request.stream.time_out(r);
+            if let Some(body) = &request.body {
+                body.fail("wsgi_read_timeout: the request timed out");
+            }
+            end_now(r, request, rc, 504);
+        }
+    })
+}
+
+/// The queue's sweeper: the request waited longer than `wsgi_queue_timeout` for the loop to
+/// start it. It is taken back (it never runs) and answered 503.
+///
+/// # Safety
+/// Event-loop thread; the request is live (blocked) unless its `end_early` says otherwise.
+unsafe fn expired_in_queue(request: &Arc<AsgiRequest>) {
+    let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() else {
+        return;
+    };
+    if !event_loop.give_up(&request.watch) {
+        return;
+    }
+    let Some(r) = request.end_early() else {
+        return;
+    };
+    // SAFETY: per the function contract: `r` is live and nothing of its response went out.
+    unsafe {
+        let timeout = crate::conf::main_conf_of(&*r).map_or(0, |mc| mc.limits.queue_timeout());
+        request.stream.client_gone();
+        let rc = crate::overload::refuse(r, Refused::LoopExpired, timeout);
+        end_now(r, request, rc as ngx_int_t, 503);
+    }
+}
+
+/// Finalizes a request the server answered without the app (`rc`, counted as `status`); the
+/// app's task, if any, runs on and its end is ignored.
+///
+/// # Safety
+/// Event-loop thread; `r` is live, blocked on the app, and was taken with `end_early`.
+unsafe fn end_now(r: *mut ngx_http_request_t, request: &AsgiRequest, rc: ngx_int_t, status: u16) {
+    // SAFETY: per the function contract.
+    let c = unsafe { (*r).connection };
+    let rc = guard("ending an asgi request early", None, || {
+        // SAFETY: per the function contract; nothing here finalizes the request.
+        unsafe {
+            timer::disarm(&mut *request.deadline.get());
+            (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
+            crate::inflight::finished();
+            crate::recycle::request_done();
+            if let Some(body) = &request.body {
+                body.finish();
+            }
+            request.stream.finish(r);
+            crate::metrics::finished(status, request.posted_at.elapsed(), false, false);
+        }
+        Some(rc)
+    });
+    // SAFETY: the request is live until this finalize; the connection structure outlives it.
+    unsafe {
+        ngx_http_finalize_request(r, rc.unwrap_or(NGX_ERROR as ngx_int_t));
         ngx_http_run_posted_requests(c);
     }
 }

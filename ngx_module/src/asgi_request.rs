@@ -1,14 +1,15 @@
 //! One ASGI request on nginx's side: the streams its response and (unbuffered) body use, and
-//! the end of its response, as the core's event loop sees them ([`HttpServer`]). Nothing here
-//! waits: where there is no room or no body yet, the core is woken later through the streams'
-//! wakers.
+//! the end of its response, as the core's event loop sees them ([`HttpServer`]), and its deadline
+//! (`wsgi_read_timeout`). Nothing here waits: where there is no room or no body yet, the core is
+//! woken later through the streams' wakers.
 
+use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
-use nginx_sys::ngx_http_request_t;
-use ngx_wsgi::asgi::{BodyRead, HttpEnd, HttpServer};
+use nginx_sys::{ngx_event_t, ngx_http_request_t, ngx_msec_t};
+use ngx_wsgi::asgi::{BodyRead, HttpEnd, HttpServer, TaskWatch};
 use ngx_wsgi::file_wrapper::FileRange;
 use ngx_wsgi::{Chunk, ClientGone, Outcome, OutcomeKind, ResponseHead};
 
@@ -37,8 +38,21 @@ pub(crate) struct AsgiRequest {
     /// (nginx sends from its descriptor).
     pub file_response: Mutex<Option<Outcome>>,
     on_end: OnEnd,
+    /// Its place in the event loop's queue, and its task once started.
+    pub watch: Arc<TaskWatch>,
+    /// `wsgi_read_timeout` of the location (0: none), and its timer (event loop only).
+    pub read_timeout: ngx_msec_t,
+    pub deadline: UnsafeCell<ngx_event_t>,
+    /// How a timeout's log entry begins: the request line and id (only with a timeout).
+    pub label: String,
     me: Weak<AsgiRequest>,
 }
+
+// SAFETY: `deadline` is only touched on the event loop; the rest is behind mutexes, atomic or
+// immutable.
+unsafe impl Sync for AsgiRequest {}
+// SAFETY: as above.
+unsafe impl Send for AsgiRequest {}
 
 impl AsgiRequest {
     pub(crate) fn new(
@@ -46,6 +60,8 @@ impl AsgiRequest {
         stream: Arc<Stream>,
         body: Option<Arc<BodyStream>>,
         on_end: OnEnd,
+        read_timeout: ngx_msec_t,
+        label: String,
     ) -> Arc<AsgiRequest> {
         Arc::new_cyclic(|me| AsgiRequest {
             stream,
@@ -58,12 +74,29 @@ impl AsgiRequest {
             }),
             file_response: Mutex::new(None),
             on_end,
+            watch: Arc::new(TaskWatch::default()),
+            read_timeout,
+            label,
+            // SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
+            deadline: UnsafeCell::new(unsafe { std::mem::zeroed() }),
             me: me.clone(),
         })
     }
 
     fn ending(&self) -> std::sync::MutexGuard<'_, Ending> {
         self.ending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The server ends the request before the app's response did (its deadline, or its wait for
+    /// the loop): takes the request, so that the app's own end is ignored. None when the
+    /// response is already over.
+    pub(crate) fn end_early(&self) -> Option<*mut ngx_http_request_t> {
+        let mut ending = self.ending();
+        if ending.end.is_some() || ending.request.0.is_null() {
+            return None;
+        }
+        ending.end = Some(HttpEnd::Failed);
+        Some(std::mem::replace(&mut ending.request, LoopRequest::none()).0)
     }
 
     /// The client went away: the app is told (its waker fires through the stream).

@@ -60,6 +60,13 @@ pub(crate) enum Refused {
     NoThread,
     /// It was queued, and waited longer than `wsgi_queue_timeout` for a thread.
     Expired,
+    /// `wsgi_max_queue` ASGI requests already wait for the event loop to start them.
+    LoopFull,
+    /// The oldest request waiting for the ASGI event loop has waited longer than
+    /// `wsgi_queue_timeout` (the loop is blocked).
+    LoopStalled,
+    /// It waited longer than `wsgi_queue_timeout` for the ASGI event loop to start it.
+    LoopExpired,
 }
 
 /// A request handed from the loop to a pool thread; only the thread that pops it touches it.
@@ -313,7 +320,7 @@ fn spares_for(queued: usize) -> usize {
 
 /// How often the sweeper looks: a fraction of the timeout, so a request waits at most a little
 /// longer than it.
-fn sweep_interval(timeout: ngx_msec_t) -> ngx_msec_t {
+pub(crate) fn sweep_interval(timeout: ngx_msec_t) -> ngx_msec_t {
     (timeout / 10).clamp(10, 1000)
 }
 

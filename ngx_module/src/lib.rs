@@ -11,6 +11,7 @@
 #![cfg_attr(test, allow(dead_code))]
 
 mod asgi_handler;
+mod asgi_queue;
 mod asgi_request;
 mod asgi_scope;
 mod asgi_ws;

@@ -15,8 +15,8 @@ use crate::ffi::guard;
 
 // The block's layout, the counting and the text are the core's, shared with the Apache module.
 pub(crate) use ngx_wsgi::metrics::{
-    dequeued_unrun, finished, pool_thread, posted, recycled, refused, render, status_of,
-    thread_finished, thread_started, timed_out, Block as Metrics,
+    asgi_timed_out, dequeued_unrun, finished, pool_thread, posted, recycled, refused, render,
+    status_of, thread_finished, thread_started, timed_out, websocket, Block as Metrics,
 };
 
 /// Gauge entries: one per nginx process slot.

@@ -64,17 +64,39 @@ fn log_refusal(why: Refused) {
     }
     LAST_LOGGED.store(now.max(1), Relaxed);
     SINCE.store(0, Relaxed);
-    let reason = match why {
-        Refused::Full => "wsgi_max_queue requests already wait for a thread",
-        Refused::Stalled => "the oldest waiting request has waited longer than wsgi_queue_timeout",
-        Refused::Expired => "they waited longer than wsgi_queue_timeout for a thread",
-        Refused::NoThread => "no pool thread could be started",
+    let (reason, hint) = match why {
+        Refused::Full => ("wsgi_max_queue requests already wait for a thread", THREADS),
+        Refused::Stalled => (
+            "the oldest waiting request has waited longer than wsgi_queue_timeout",
+            THREADS,
+        ),
+        Refused::Expired => (
+            "they waited longer than wsgi_queue_timeout for a thread",
+            THREADS,
+        ),
+        Refused::NoThread => ("no pool thread could be started", THREADS),
+        Refused::LoopFull => (
+            "wsgi_max_queue requests already wait for the asgi event loop to start them",
+            LOOP,
+        ),
+        Refused::LoopStalled => (
+            "the oldest request waiting for the asgi event loop has waited longer than wsgi_queue_timeout",
+            LOOP,
+        ),
+        Refused::LoopExpired => (
+            "they waited longer than wsgi_queue_timeout for the asgi event loop",
+            LOOP,
+        ),
     };
     crate::ffi::log::cycle_log(
         NGX_LOG_ERR as usize,
         &format!(
-            "wsgi: {count} request(s) answered 503 since the last such entry: {reason} \
-             (every thread allowed is busy; see wsgi_max_threads, wsgi_max_queue, wsgi_queue_timeout)"
+            "wsgi: {count} request(s) answered 503 since the last such entry: {reason} ({hint})"
         ),
     );
 }
+
+const THREADS: &str =
+    "every thread allowed is busy; see wsgi_max_threads, wsgi_max_queue, wsgi_queue_timeout";
+const LOOP: &str = "an app may keep the event loop busy without awaiting, with a blocking call \
+                    in async code, say; see wsgi_max_queue, wsgi_queue_timeout";

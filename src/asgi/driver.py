@@ -6,7 +6,13 @@ import asyncio
 import traceback
 
 
-async def _http(loop, app, scope, ex, done):
+async def _http(loop, app, scope, ex, begin, request_id_var, request_id):
+    if not begin():
+        return  # the server answered it while it waited for the loop (a timeout)
+    # The task runs in its own copy of the context: tasks the app spawns copy this one, so
+    # their log lines carry the request's id too.
+    request_id_var.set(request_id)
+
     async def receive():
         while True:
             message = ex.receive_now()
@@ -28,12 +34,37 @@ async def _http(loop, app, scope, ex, done):
         ex.ended(e)
     else:
         ex.ended(None)
-    finally:
-        done()
 
 
-def start_http(loop, app, scope, ex, done):
-    loop.create_task(_http(loop, app, scope, ex, done))
+def start_http(loop, app, scope, ex, begin, done, request_id_var, request_id):
+    """Starts the task of one connection; `done` runs when it ends, however it ends."""
+    task = loop.create_task(_http(loop, app, scope, ex, begin, request_id_var, request_id))
+    task.add_done_callback(done)
+    return task
+
+
+def await_stack(task):
+    """Where a suspended task waits: the frames of its chain of awaits, outermost first (what
+    task.print_stack() shows, which stops at the outermost coroutine), without this driver's."""
+    frames = []
+    awaitable = task.get_coro()
+    while awaitable is not None:
+        frame = None
+        for name in ("cr_frame", "gi_frame", "ag_frame"):
+            frame = getattr(awaitable, name, None)
+            if frame is not None:
+                break
+        if frame is not None and frame.f_globals is not globals():
+            frames.append((frame, frame.f_lineno))
+        following = None
+        for name in ("cr_await", "gi_yieldfrom", "ag_await"):
+            following = getattr(awaitable, name, None)
+            if following is not None:
+                break
+        awaitable = following
+    if not frames:
+        return "(no Python frame: the task has not started or has ended)"
+    return "".join(traceback.StackSummary.extract(frames).format()).rstrip()
 
 
 class Lifespan:

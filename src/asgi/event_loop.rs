@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyDict, PyModule, PyTuple};
 
 use super::http::{HttpExchange, HttpRequest};
+use super::task_watch::TaskWatch;
 use super::waker::{WakeQueue, Waker};
 
 /// Which asyncio event loop runs the apps.
@@ -64,7 +65,7 @@ type Call = Box<dyn FnOnce(Python<'_>, &Bound<'_, PyAny>, &Bound<'_, PyModule>) 
 
 enum Item {
     Http(Box<HttpRequest>),
-    Ws(Box<super::websocket::WsRequest>),
+    Ws(Box<super::websocket::WsRequest>, Arc<TaskWatch>),
     Wake(Arc<Waker>),
     Call(Call),
     Stop,
@@ -77,6 +78,14 @@ pub struct AsgiLoop {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// HTTP tasks running (a response may be complete while its app still runs).
     tasks: Arc<AtomicUsize>,
+    /// Requests handed over whose app the loop has not started yet (it is busy, or blocked).
+    queued: AtomicUsize,
+    /// The loop's Python thread id (0 until it runs).
+    thread_ident: AtomicU64,
+    /// The asyncio loop object, once made.
+    loop_object: OnceLock<Py<PyAny>>,
+    /// A timed-out task was interrupted with an asynchronous exception at some point.
+    interrupted: AtomicBool,
 }
 
 static LOOP: OnceLock<AsgiLoop> = OnceLock::new();
@@ -109,6 +118,10 @@ pub fn start(kind: LoopKind) -> Result<&'static AsgiLoop, String> {
         efd,
         thread: Mutex::new(None),
         tasks: Arc::new(AtomicUsize::new(0)),
+        queued: AtomicUsize::new(0),
+        thread_ident: AtomicU64::new(0),
+        loop_object: OnceLock::new(),
+        interrupted: AtomicBool::new(false),
     });
     let (ready_tx, ready_rx) = mpsc::channel();
     let thread = crate::signals::spawn_helper("asgi-loop", None, move || l.run(kind, ready_tx))
@@ -132,6 +145,10 @@ impl AsgiLoop {
             efd,
             thread: Mutex::new(None),
             tasks: Arc::new(AtomicUsize::new(0)),
+            queued: AtomicUsize::new(0),
+            thread_ident: AtomicU64::new(0),
+            loop_object: OnceLock::new(),
+            interrupted: AtomicBool::new(false),
         }))
     }
 
@@ -157,6 +174,10 @@ impl AsgiLoop {
                     )?
                 };
                 event_loop.call_method1("add_reader", (self.efd, drain))?;
+                let _ = self.loop_object.set(event_loop.clone().unbind());
+                // SAFETY: plain query of the calling thread's identity.
+                let ident = unsafe { pyo3::ffi::PyThread_get_thread_ident() };
+                self.thread_ident.store(ident as u64, Ordering::Release);
                 Ok((event_loop, driver))
             })();
             let (event_loop, driver) = match setup {
@@ -174,8 +195,22 @@ impl AsgiLoop {
                 states: HashMap::new(),
             });
             let _ = ready.send(Ok(()));
-            if let Err(e) = event_loop.call_method0("run_forever") {
-                tracing::error!(target: "asgi", "the event loop stopped: {}", crate::traceback::format(py, &e));
+            loop {
+                match event_loop.call_method0("run_forever") {
+                    Ok(_) => break,
+                    // A timeout's interrupt that fired outside its task (in the loop's own
+                    // code, as the task ended): the loop is not broken, it goes on.
+                    Err(e)
+                        if e.is_instance_of::<pyo3::exceptions::PyTimeoutError>(py)
+                            && self.interrupted.load(Ordering::Acquire) =>
+                    {
+                        tracing::warn!(target: "asgi", "a timed-out task's TimeoutError landed in the event loop's own code; the loop goes on");
+                    }
+                    Err(e) => {
+                        tracing::error!(target: "asgi", "the event loop stopped: {}", crate::traceback::format(py, &e));
+                        break;
+                    }
+                }
             }
             // What apps left running (background tasks) is cancelled.
             if let Err(e) = driver.call_method1("cancel_all", (&event_loop, 1.0)) {
@@ -211,13 +246,15 @@ impl AsgiLoop {
     /// Hands a request to the loop (any thread; never waits for Python).
     pub fn submit(&self, request: HttpRequest) {
         self.tasks.fetch_add(1, Ordering::AcqRel);
+        self.queued.fetch_add(1, Ordering::AcqRel);
         self.post(Item::Http(Box::new(request)));
     }
 
     /// Hands a WebSocket handshake to the loop (any thread; never waits for Python).
-    pub fn submit_ws(&self, request: super::websocket::WsRequest) {
+    pub fn submit_ws(&self, request: super::websocket::WsRequest, watch: Arc<TaskWatch>) {
         self.tasks.fetch_add(1, Ordering::AcqRel);
-        self.post(Item::Ws(Box::new(request)));
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.post(Item::Ws(Box::new(request), watch));
     }
 
     /// HTTP tasks still running.
@@ -225,7 +262,64 @@ impl AsgiLoop {
         self.tasks.load(Ordering::Acquire)
     }
 
-    fn drain(&self, py: Python<'_>, event_loop: &Bound<'_, PyAny>, driver: &Bound<'_, PyModule>) {
+    /// Requests handed over whose app has not started: the loop is busy (or blocked by an app
+    /// that does not await).
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// The server answers a request that is still queued (it waited too long): its app will
+    /// never run. False when the loop started it meanwhile.
+    pub fn give_up(&self, watch: &TaskWatch) -> bool {
+        let given_up = watch.give_up();
+        if given_up {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            crate::metrics::dequeued_unrun();
+        }
+        given_up
+    }
+
+    /// The loop starts a request's app (false: the server gave up on it).
+    fn start(&self, watch: &TaskWatch) -> bool {
+        let started = watch.start();
+        if started {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            crate::metrics::loop_started();
+        }
+        started
+    }
+
+    /// A started request's deadline passed (any thread; never waits for Python): the server
+    /// answered it; its task is cancelled on the loop, or interrupted by the watchdog when it
+    /// keeps the loop busy. `what` begins the log entry.
+    pub fn time_out(&'static self, watch: &Arc<TaskWatch>, what: String) {
+        crate::metrics::asgi_timed_out(watch.mark_timed_out());
+        let (w, text) = (watch.clone(), what.clone());
+        self.post(Item::Call(Box::new(move |py, _l, driver| {
+            w.cancel(py, driver, &text)
+        })));
+        let w = watch.clone();
+        crate::watchdog::submit_call(Box::new(move |py| w.interrupt_if_blocking(py, self, &what)));
+    }
+
+    pub(crate) fn loop_object<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.loop_object.get().map(|l| l.bind(py).clone())
+    }
+
+    pub(crate) fn thread_ident(&self) -> Option<u64> {
+        Some(self.thread_ident.load(Ordering::Acquire)).filter(|&i| i != 0)
+    }
+
+    pub(crate) fn note_interrupt(&self) {
+        self.interrupted.store(true, Ordering::Release);
+    }
+
+    fn drain(
+        &'static self,
+        py: Python<'_>,
+        event_loop: &Bound<'_, PyAny>,
+        driver: &Bound<'_, PyModule>,
+    ) {
         let mut count: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64 (resets the counter).
         unsafe { libc::read(self.efd, (&mut count as *mut u64).cast(), 8) };
@@ -234,7 +328,7 @@ impl AsgiLoop {
         for item in items {
             match item {
                 Item::Http(req) => self.start_http(py, event_loop, driver, *req),
-                Item::Ws(req) => self.start_ws(py, event_loop, driver, *req),
+                Item::Ws(req, watch) => self.start_ws(py, event_loop, driver, *req, watch),
                 Item::Wake(waker) => waker.fire(py),
                 Item::Call(f) => f(py, event_loop, driver),
                 Item::Stop => {
@@ -245,54 +339,77 @@ impl AsgiLoop {
     }
 
     fn start_http(
-        &self,
+        &'static self,
         py: Python<'_>,
         event_loop: &Bound<'_, PyAny>,
         driver: &Bound<'_, PyModule>,
         req: HttpRequest,
     ) {
-        let (app, server) = (req.app, req.server.clone());
+        let (app, server, watch) = (req.app, req.server.clone(), req.watch.clone());
+        let waker = req.waker.clone();
         let scope = req.scope.clone();
-        self.start_task(py, event_loop, driver, app, &scope, "a request", || {
-            let waker = req.waker.clone();
-            let exchange = Py::new(py, HttpExchange::new(req))?;
-            let watched = exchange.clone_ref(py);
-            waker.watch(Some(Box::new(move |py| {
-                if let Ok(mut ex) = watched.bind(py).try_borrow_mut() {
-                    ex.notice_client_gone();
-                }
-            })));
-            Ok(exchange.into_any())
-        })
+        self.start_task(
+            py,
+            event_loop,
+            driver,
+            app,
+            &scope,
+            "a request",
+            &watch,
+            &waker,
+            || {
+                let exchange = Py::new(py, HttpExchange::new(req))?;
+                let watched = exchange.clone_ref(py);
+                waker.watch(Some(Box::new(move |py| {
+                    if let Ok(mut ex) = watched.bind(py).try_borrow_mut() {
+                        ex.notice_client_gone();
+                    }
+                })));
+                Ok(exchange.into_any())
+            },
+        )
         .unwrap_or_else(|| server.finish(super::http::HttpEnd::Failed));
     }
 
     fn start_ws(
-        &self,
+        &'static self,
         py: Python<'_>,
         event_loop: &Bound<'_, PyAny>,
         driver: &Bound<'_, PyModule>,
         req: super::websocket::WsRequest,
+        watch: Arc<TaskWatch>,
     ) {
-        let (app, server) = (req.app, req.server.clone());
+        let (app, server, waker) = (req.app, req.server.clone(), req.waker.clone());
         let scope = req.scope.clone();
-        self.start_task(py, event_loop, driver, app, &scope, "a WebSocket", || {
-            Ok(Py::new(py, super::websocket::WsExchange::new(py, req)?)?.into_any())
-        })
+        self.start_task(
+            py,
+            event_loop,
+            driver,
+            app,
+            &scope,
+            "a WebSocket",
+            &watch,
+            &waker,
+            || Ok(Py::new(py, super::websocket::WsExchange::new(py, req)?)?.into_any()),
+        )
         .unwrap_or_else(|| server.finish(super::http::HttpEnd::Failed));
     }
 
     /// Starts the app's task for one connection, whose exchange `exchange` makes; None (logged)
-    /// when it could not start.
+    /// when it could not start. The task's first step checks that the server has not given up on
+    /// the request meanwhile (then the app never runs) and sets the request's id for the
+    /// log lines of the app's coroutines and of the tasks they spawn (a context variable).
     #[allow(clippy::too_many_arguments)]
     fn start_task(
-        &self,
+        &'static self,
         py: Python<'_>,
         event_loop: &Bound<'_, PyAny>,
         driver: &Bound<'_, PyModule>,
         app_index: usize,
         scope: &super::scope::HttpScope,
         what: &str,
+        watch: &Arc<TaskWatch>,
+        waker: &Arc<super::waker::Waker>,
         exchange: impl FnOnce() -> PyResult<Py<PyAny>>,
     ) -> Option<()> {
         let started = (|| -> PyResult<()> {
@@ -304,24 +421,54 @@ impl AsgiLoop {
                 .unwrap_or_else(|e| e.into_inner())
                 .as_ref()
                 .and_then(|l| l.states.get(&app_index).map(|s| s.clone_ref(py)));
-            let scope = scope.to_dict(py, state.as_ref().map(|s| s.bind(py)))?;
+            let scope_dict = scope.to_dict(py, state.as_ref().map(|s| s.bind(py)))?;
             let exchange = exchange()?;
-            let tasks = self.tasks.clone();
-            let done =
+            let begin = {
+                let (watch, waker) = (watch.clone(), waker.clone());
+                PyCFunction::new_closure(py, None, None, move |_args, _kwargs| -> PyResult<bool> {
+                    let started = self.start(&watch);
+                    if !started {
+                        // Nothing will end the exchange: it must not keep itself alive.
+                        waker.watch(None);
+                    }
+                    Ok(started)
+                })?
+            };
+            let done = {
+                let (tasks, watch) = (self.tasks.clone(), watch.clone());
                 PyCFunction::new_closure(py, None, None, move |_args, _kwargs| -> PyResult<()> {
                     tasks.fetch_sub(1, Ordering::AcqRel);
+                    let lost = watch.task_done(self);
+                    if watch.started() {
+                        crate::metrics::loop_task_done(lost);
+                    }
                     Ok(())
-                })?;
-            driver.call_method1(
+                })?
+            };
+            let request_id = String::from_utf8_lossy(&scope.request_id).into_owned();
+            let task = driver.call_method1(
                 "start_http",
-                (event_loop, app.bind(py), scope, exchange, done),
+                (
+                    event_loop,
+                    app.bind(py),
+                    scope_dict,
+                    exchange,
+                    begin,
+                    done,
+                    crate::logging_bridge::request_id_var(py)?,
+                    request_id,
+                ),
             )?;
+            watch.set_task(task.unbind());
             Ok(())
         })();
         match started {
             Ok(()) => Some(()),
             Err(e) => {
                 self.tasks.fetch_sub(1, Ordering::AcqRel);
+                if self.start(watch) {
+                    crate::metrics::loop_task_done(false);
+                }
                 tracing::error!(target: "asgi", "cannot start {what}: {}", crate::traceback::format(py, &e));
                 None
             }

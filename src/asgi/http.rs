@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
 use super::scope::HttpScope;
+use super::task_watch::TaskWatch;
 use super::waker::Waker;
 use crate::body::Body;
 use crate::chunk::Chunk;
@@ -67,6 +68,8 @@ pub struct HttpRequest {
     pub body: Option<Body>,
     pub server: Arc<dyn HttpServer>,
     pub waker: Arc<Waker>,
+    /// Its place in the loop's queue, and its deadline.
+    pub watch: Arc<TaskWatch>,
 }
 
 /// How much of a body delivered as it arrives one `http.request` message carries at most.
@@ -92,6 +95,7 @@ enum Response {
 pub struct HttpExchange {
     server: Arc<dyn HttpServer>,
     waker: Arc<Waker>,
+    watch: Arc<TaskWatch>,
     scope: HttpScope,
     body: Option<Body>,
     /// The body is streamed (delivered as it arrives).
@@ -119,6 +123,7 @@ impl HttpExchange {
         HttpExchange {
             server: req.server,
             waker: req.waker,
+            watch: req.watch,
             streamed_body: req.body.is_none(),
             body: req.body,
             scope: req.scope,
@@ -149,6 +154,12 @@ impl HttpExchange {
     /// A wake-up came: if the client went away, the server's request ends now, whatever the app
     /// is doing (its next `send` raises, its `receive` says `http.disconnect`).
     pub(crate) fn notice_client_gone(&mut self) {
+        if self.watch.answered_by_server() {
+            // The server answered (a timeout) and ended its side: the client is not gone.
+            self.gone = true;
+            self.finish(HttpEnd::Failed);
+            return;
+        }
         if !self.finished && self.server.client_gone() {
             self.gone = true;
             tracing::info!(
@@ -191,6 +202,14 @@ impl HttpExchange {
         msg.set_item(pyo3::intern!(py, "body"), body)?;
         msg.set_item(pyo3::intern!(py, "more_body"), more)?;
         Ok(msg)
+    }
+
+    /// What a task stopped at its deadline raises: the cancellation, the watchdog's
+    /// `TimeoutError`, or `send()`'s refusal once the server answered in its place.
+    fn ends_a_timeout(py: Python<'_>, err: &PyErr) -> bool {
+        err.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>(py)
+            || err.is_instance_of::<pyo3::exceptions::PyTimeoutError>(py)
+            || err.is_instance_of::<ClientDisconnected>(py)
     }
 
     fn gone_error() -> PyErr {
@@ -532,6 +551,17 @@ impl HttpExchange {
         let client_gone = self.gone || (!self.finished && self.server.client_gone());
         if let Some(error) = error {
             let err = PyErr::from_value(error);
+            if self.watch.timed_out() && Self::ends_a_timeout(py, &err) {
+                tracing::info!(
+                    target: "asgi",
+                    "the task of \"{}\" ended after its deadline ({}){}",
+                    self.scope.request_line.escape_debug(),
+                    err.get_type(py).name().map_or_else(|_| "?".into(), |n| n.to_string()),
+                    self.scope.log_suffix()
+                );
+                self.finish(HttpEnd::Failed);
+                return;
+            }
             if client_gone && err.is_instance_of::<ClientDisconnected>(py) {
                 self.gone = true;
                 self.finish(HttpEnd::ClientGone);
@@ -718,6 +748,7 @@ mod tests {
             body,
             server: server.clone(),
             waker: owner.waker(),
+            watch: Arc::new(TaskWatch::default()),
         };
         Bound::new(py, HttpExchange::new(req)).unwrap()
     }

@@ -109,6 +109,7 @@ impl WsExchange {
                 body: Some(crate::body::Body::empty()),
                 server: Arc::new(Denial(req.server.clone())),
                 waker: req.waker.clone(),
+                watch: Default::default(),
             }),
         )?;
         Ok(WsExchange {

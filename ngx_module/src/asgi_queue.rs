@@ -1,0 +1,152 @@
+//! Overload bounds for ASGI requests. The event loop runs every ASGI task of the worker on one
+//! thread and has no pool to grow: a request waits when the loop is busy, or blocked by an app
+//! that does not await (`time.sleep` in async code). What waits is what was handed to the loop
+//! and whose app it has not started yet; `wsgi_max_queue` and `wsgi_queue_timeout` bound that,
+//! as they bound WSGI's wait for a thread. A request that finds the queue full, or its oldest
+//! entry waiting longer than the timeout, is refused at once; one that has waited that long is
+//! taken back from the loop (it never runs) by a sweeper and answered 503.
+
+use std::cell::UnsafeCell;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use nginx_sys::{ngx_current_msec, ngx_event_t, ngx_msec_t};
+use ngx_wsgi::asgi::AsgiLoop;
+
+use crate::asgi_request::AsgiRequest;
+use crate::dispatch::{sweep_interval, QueueLimits, Refused};
+use crate::ffi::guard;
+
+/// What the request flow does with a request that waited too long (the loop gave it up).
+pub(crate) type Expired = unsafe fn(&Arc<AsgiRequest>);
+
+struct Waiting {
+    /// Weak: a request that ended is not kept (nor its response's file) for the sweeper.
+    request: Weak<AsgiRequest>,
+    /// nginx's clock when it was handed to the loop.
+    at: ngx_msec_t,
+    expired: Expired,
+}
+
+struct Queue {
+    /// HTTP requests handed to the loop, oldest first; those the loop started are dropped as
+    /// they are met. (WebSocket handshakes count in the loop's queue but are not taken back:
+    /// theirs is a connection that outlives the request.)
+    waiting: VecDeque<Waiting>,
+    limits: QueueLimits,
+}
+
+static QUEUE: Mutex<Queue> = Mutex::new(Queue {
+    waiting: VecDeque::new(),
+    limits: QueueLimits {
+        max_queue: 0,
+        queue_timeout: 0,
+    },
+});
+
+struct Sweeper(UnsafeCell<ngx_event_t>);
+// SAFETY: the event is only touched on the event loop.
+unsafe impl Sync for Sweeper {}
+
+// SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
+static SWEEPER: Sweeper = Sweeper(UnsafeCell::new(unsafe { std::mem::zeroed() }));
+
+fn queue() -> MutexGuard<'static, Queue> {
+    QUEUE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Queue {
+    /// Drops the entries the loop has started (or that were answered otherwise) from the front.
+    fn prune(&mut self) {
+        while self
+            .waiting
+            .front()
+            .is_some_and(|w| w.request.upgrade().is_none_or(|r| !r.watch.queued()))
+        {
+            self.waiting.pop_front();
+        }
+    }
+}
+
+/// Whether one more request may be handed to `event_loop` (none waits past the bounds).
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn admit(event_loop: &AsgiLoop, limits: QueueLimits) -> Result<(), Refused> {
+    if event_loop.queued() >= limits.max_queue {
+        return Err(Refused::LoopFull);
+    }
+    // SAFETY: plain read of nginx's cached clock on the event loop.
+    let now = unsafe { ngx_current_msec };
+    let mut q = queue();
+    q.prune();
+    if q.waiting
+        .front()
+        .is_some_and(|w| now.saturating_sub(w.at) > limits.queue_timeout)
+    {
+        return Err(Refused::LoopStalled);
+    }
+    Ok(())
+}
+
+/// Remembers an HTTP request just handed to the loop, for the sweeper.
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn waiting(request: &Arc<AsgiRequest>, limits: QueueLimits, expired: Expired) {
+    // SAFETY: plain read of nginx's cached clock on the event loop.
+    let at = unsafe { ngx_current_msec };
+    {
+        let mut q = queue();
+        q.limits = limits;
+        q.waiting.push_back(Waiting {
+            request: Arc::downgrade(request),
+            at,
+            expired,
+        });
+    }
+    // SAFETY: on the event loop; the sweeper is a static.
+    unsafe {
+        let ev = &mut *SWEEPER.0.get();
+        if ev.timer_set() == 0 {
+            ev.handler = Some(sweep);
+            ev.log = (*nginx_sys::ngx_cycle).log;
+            // Doesn't keep an exiting worker alive by itself (in-flight requests do).
+            ev.set_cancelable(1);
+            nginx_sys::ngx_add_timer(ev, sweep_interval(limits.queue_timeout));
+        }
+    }
+}
+
+/// The sweeper's timer: answers the requests that waited too long for the loop.
+unsafe extern "C" fn sweep(ev: *mut ngx_event_t) {
+    guard("the asgi queue sweeper", (), || {
+        // SAFETY: plain read of nginx's cached clock on the event loop.
+        let now = unsafe { ngx_current_msec };
+        let (expired, more, timeout) = {
+            let mut q = queue();
+            let timeout = q.limits.queue_timeout;
+            let mut expired = Vec::new();
+            loop {
+                q.prune();
+                match q.waiting.front() {
+                    Some(w) if now.saturating_sub(w.at) > timeout => {
+                        expired.extend(q.waiting.pop_front());
+                    }
+                    _ => break,
+                }
+            }
+            (expired, !q.waiting.is_empty(), timeout)
+        };
+        for w in expired {
+            if let Some(request) = w.request.upgrade() {
+                // SAFETY: on the event loop; the request is live while it waits (blocked).
+                unsafe { (w.expired)(&request) };
+            }
+        }
+        if more {
+            // SAFETY: the event is the static sweeper, on the event loop.
+            unsafe { nginx_sys::ngx_add_timer(ev, sweep_interval(timeout)) };
+        }
+    })
+}

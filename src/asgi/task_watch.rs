@@ -1,0 +1,208 @@
+//! One connection's app task as the server sees it: waiting for the event loop (queued), started
+//! by it, or given up on (the server answered before the loop got to it: a queue timeout, a
+//! deadline); and, past the location's deadline, stopped: cancelled on the loop when it is
+//! suspended at an await, or, when it keeps the loop busy without awaiting, interrupted with an
+//! asynchronous `TimeoutError` by the watchdog, as a WSGI request is.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Mutex;
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyModule;
+
+use super::event_loop::AsgiLoop;
+
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const GIVEN_UP: u8 = 2;
+
+/// `ends` bits: the deadline passed; the task ended. Set with one atomic operation each, so
+/// exactly one side sees both and knows whether a slot was lost in between.
+const TIMED_OUT: u8 = 1;
+const ENDED: u8 = 2;
+
+#[derive(Debug, Default)]
+pub struct TaskWatch {
+    state: AtomicU8,
+    /// [`TIMED_OUT`] (the server answered in its place) and [`ENDED`].
+    ends: AtomicU8,
+    /// The timeout was acted on (a stack logged); only changed with the GIL held.
+    handled: AtomicBool,
+    /// An asynchronous exception was set in the loop's thread for this task.
+    interrupted: AtomicBool,
+    /// The asyncio task (set on the loop's thread when it is created).
+    task: Mutex<Option<Py<PyAny>>>,
+}
+
+impl TaskWatch {
+    /// The loop runs the app now; false when the server gave up on the request meanwhile (then
+    /// the app must not run).
+    pub(crate) fn start(&self) -> bool {
+        self.state
+            .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The server answers the request itself, the app never runs; false when the loop started
+    /// it already.
+    pub(crate) fn give_up(&self) -> bool {
+        self.state
+            .compare_exchange(QUEUED, GIVEN_UP, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Whether it still waits for the loop.
+    pub fn queued(&self) -> bool {
+        self.state.load(Ordering::Acquire) == QUEUED
+    }
+
+    /// Whether the loop started the app.
+    pub fn started(&self) -> bool {
+        self.state.load(Ordering::Acquire) == STARTED
+    }
+
+    /// Whether the server answered the request in the app's place: its deadline passed, or
+    /// it waited too long for the loop. The app's end (or the client's) is nobody's news then.
+    pub fn answered_by_server(&self) -> bool {
+        self.timed_out() || self.state.load(Ordering::Acquire) == GIVEN_UP
+    }
+
+    /// Whether the request's deadline passed while its app ran.
+    pub fn timed_out(&self) -> bool {
+        self.ends.load(Ordering::Acquire) & TIMED_OUT != 0
+    }
+
+    /// The deadline passed; true when the task has not ended (it holds a lost slot until then).
+    pub(crate) fn mark_timed_out(&self) -> bool {
+        self.ends.fetch_or(TIMED_OUT, Ordering::AcqRel) & ENDED == 0
+    }
+
+    fn task(&self) -> std::sync::MutexGuard<'_, Option<Py<PyAny>>> {
+        self.task.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_task(&self, task: Py<PyAny>) {
+        *self.task() = Some(task);
+    }
+
+    /// On the loop's thread, once the deadline passed: logs where the task waits and cancels
+    /// it (so `CancelledError` reaches the app's await). A task the watchdog interrupted
+    /// already is cancelled too, in case it caught the `TimeoutError` and awaits on.
+    pub(crate) fn cancel(&self, py: Python<'_>, driver: &Bound<'_, PyModule>, what: &str) {
+        let first = !self.handled.swap(true, Ordering::AcqRel);
+        let Some(task) = self.task().as_ref().map(|t| t.clone_ref(py)) else {
+            return;
+        };
+        let task = task.bind(py);
+        let done = task
+            .call_method0("done")
+            .and_then(|d| d.extract::<bool>())
+            .unwrap_or(true);
+        if done {
+            if first {
+                tracing::info!(target: "asgi", "{what}; its task has ended since");
+            }
+            return;
+        }
+        if first {
+            let stack = driver
+                .call_method1("await_stack", (task,))
+                .and_then(|s| s.extract::<String>())
+                .unwrap_or_else(|e| format!("(no stack: {})", crate::traceback::format(py, &e)));
+            tracing::error!(
+                target: "asgi",
+                "{what}; cancelling its task. Where it waits (most recent call last):\n{stack}"
+            );
+        }
+        if let Err(e) = task.call_method0("cancel") {
+            tracing::error!(target: "asgi", "cancelling a timed-out task: {}", crate::traceback::format(py, &e));
+        }
+    }
+
+    /// On the watchdog's thread (with the GIL, which the loop's thread gave up at a switch
+    /// interval or a blocking call): when the loop is running this very task, it does not
+    /// await and a cancellation would never be seen, so its thread gets `TimeoutError`, which
+    /// lands in the task's own code. Otherwise the loop's cancellation does the job.
+    pub(crate) fn interrupt_if_blocking(&self, py: Python<'_>, lp: &AsgiLoop, what: &str) {
+        if self.handled.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(task) = self.task().as_ref().map(|t| t.clone_ref(py)) else {
+            return;
+        };
+        let (Some(loop_object), Some(ident)) = (lp.loop_object(py), lp.thread_ident()) else {
+            return;
+        };
+        let running = py
+            .import("asyncio")
+            .and_then(|a| a.call_method1("current_task", (loop_object,)))
+            .is_ok_and(|current| current.is(task.bind(py)));
+        if !running {
+            return;
+        }
+        self.handled.store(true, Ordering::Release);
+        let stack =
+            crate::watchdog::stack_of(py, ident).unwrap_or_else(|e| format!("(no stack: {e})"));
+        tracing::error!(
+            target: "asgi",
+            "{what}; it keeps the event loop busy without awaiting, so it cannot be cancelled: \
+             interrupting it with TimeoutError. Its Python stack (most recent call last):\n{stack}"
+        );
+        self.interrupted.store(true, Ordering::Release);
+        lp.note_interrupt();
+        // SAFETY: the GIL is held; the loop's thread is alive (it runs this task, checked under
+        // the GIL); TimeoutError is a static exception type.
+        unsafe { ffi::PyThreadState_SetAsyncExc(ident as _, ffi::PyExc_TimeoutError) };
+    }
+
+    /// The task ended (on the loop's thread, with the GIL): an interrupt that has not fired
+    /// yet must not land in the loop's own code or the next task. True when the task was past
+    /// its deadline (its lost slot comes back).
+    pub(crate) fn task_done(&self, lp: &AsgiLoop) -> bool {
+        *self.task() = None;
+        let lost = self.ends.fetch_or(ENDED, Ordering::AcqRel) & TIMED_OUT != 0;
+        if self.interrupted.swap(false, Ordering::AcqRel) {
+            if let Some(ident) = lp.thread_ident() {
+                // SAFETY: called on the loop's thread with the GIL; NULL clears this thread's
+                // pending asynchronous exception.
+                unsafe { ffi::PyThreadState_SetAsyncExc(ident as _, std::ptr::null_mut()) };
+            }
+        }
+        lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_started_or_given_up_never_both() {
+        let w = TaskWatch::default();
+        assert!(w.start());
+        assert!(!w.give_up(), "the loop started it");
+        assert!(w.started());
+        let w = TaskWatch::default();
+        assert!(w.give_up());
+        assert!(!w.start(), "the server answered it: the app never runs");
+        assert!(!w.started());
+    }
+
+    #[test]
+    fn a_slot_is_lost_only_when_the_deadline_comes_first() {
+        let w = TaskWatch::default();
+        assert!(w.mark_timed_out(), "still running at its deadline");
+        assert_eq!(
+            w.ends.fetch_or(ENDED, Ordering::AcqRel) & TIMED_OUT,
+            TIMED_OUT
+        );
+        let w = TaskWatch::default();
+        w.ends.fetch_or(ENDED, Ordering::AcqRel);
+        assert!(
+            !w.mark_timed_out(),
+            "it ended before its deadline was handled"
+        );
+        assert!(w.timed_out());
+    }
+}

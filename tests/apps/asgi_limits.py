@@ -1,0 +1,73 @@
+"""ASGI test app for the limits (raw ASGI 3): tasks that await too long, spin without awaiting,
+stream and then hang, block the event loop with a blocking call, log from their coroutines and
+from tasks they spawn; a WebSocket that stays open; what the app saw, at /stats."""
+import asyncio
+import json
+import logging
+import time
+
+STATS = {"ran": [], "cancelled": [], "interrupted": [], "disconnected": []}
+log = logging.getLogger("limits.app")
+
+
+async def respond(send, body, status=200):
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def waits_for_ever():
+    await asyncio.sleep(3600)
+
+
+async def spawned_logger(token):
+    await asyncio.sleep(0)
+    log.warning("from a spawned task %s", token)
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        raise ValueError("no lifespan")
+    path = scope["path"][len(scope["root_path"]):]
+    query = scope["query_string"].decode()
+    if scope["type"] == "websocket":
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+        return
+    if path == "/stats":
+        return await respond(send, json.dumps(STATS).encode())
+    STATS["ran"].append(f"{path}?{query}")
+    try:
+        if path == "/sleep":
+            await waits_for_ever()
+        elif path == "/spin":
+            n = 0
+            while True:
+                n += 1
+        elif path == "/stream-hang":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": b"first piece\n", "more_body": True})
+            await waits_for_ever()
+        elif path == "/block":
+            # A blocking call in async code: the whole event loop waits.
+            time.sleep(float(query or 1))
+            await respond(send, b"unblocked")
+        elif path == "/until-gone":
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            STATS["disconnected"].append(f"{path}?{query}")
+        elif path == "/log":
+            log.warning("from the handler %s", query)
+            await asyncio.sleep(0.01)
+            await asyncio.create_task(spawned_logger(query))
+            await respond(send, b"logged")
+        else:
+            await respond(send, f"{path}?{query}".encode())
+    except asyncio.CancelledError:
+        STATS["cancelled"].append(f"{path}?{query}")
+        raise
+    except TimeoutError:
+        STATS["interrupted"].append(f"{path}?{query}")
+        raise

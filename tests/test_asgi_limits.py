@@ -1,0 +1,189 @@
+"""ASGI requests under the limits WSGI ones have: `wsgi_read_timeout` (a 504 or a cut, the task
+cancelled or interrupted, its stack logged), `wsgi_max_queue`/`wsgi_queue_timeout` against an
+event loop that an app blocks (503 + Retry-After), the request's id on Python logging lines of
+its coroutines and the tasks they spawn, and the `wsgi_status` figures."""
+import re
+import socket
+import threading
+
+import pytest
+import requests
+from websockets.sync.client import connect
+
+from conftest import APPS, asgi_location as asgi, status, wait_for
+from test_metrics import scrape
+
+APP = APPS / "asgi_limits.py"
+
+
+@pytest.fixture(scope="module")
+def server(nginx_factory):
+    return nginx_factory(
+        asgi("/t/", APP, "wsgi_read_timeout 500ms;")
+        + asgi("/", APP, "add_header X-Request-Id $request_id;")
+        + status("/metrics").for_nginx(),
+    ).start()
+
+
+def stats(server):
+    return requests.get(server.url("/stats"), timeout=10).json()
+
+
+def loop_blocked(server):
+    """The blocking request runs (the loop started it) and holds the loop."""
+    m = scrape(server)
+    return m["wsgi_requests_in_flight"] == 1 and m["wsgi_requests_queued"] == 0
+
+
+def entry(log, start):
+    """The error-log entry that contains `start`, up to the next entry."""
+    at = log.index(start)
+    end = re.search(r"\n\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[", log[at:])
+    return log[at:at + end.start()] if end else log[at:]
+
+
+# --- wsgi_read_timeout ---------------------------------------------------------------------
+
+def test_deadline_answers_504_and_cancels_the_awaiting_task(server):
+    before = scrape(server)
+    r = requests.get(server.url("/t/sleep?a"), timeout=30)
+    assert r.status_code == 504 and "Gateway Time" in r.text
+    assert r.headers.get("Connection") == "close"
+    wait_for(lambda: "/sleep?a" in stats(server)["cancelled"], what="CancelledError in the app")
+    head = 'wsgi_read_timeout: "GET /t/sleep?a HTTP/1.1" is still running after 500 ms, request_id: '
+    wait_for(lambda: head in server.error_log(), what="the timeout's entry")
+    text = entry(server.error_log(), head)
+    assert re.match(re.escape(head) + r"[0-9a-f]{32}; cancelling its task. Where it waits \(most recent call last\):\n", text)
+    # The chain of awaits, down to asyncio's own sleep: not just the outermost coroutine.
+    assert text.index("in app") < text.index("in waits_for_ever") < text.index("in sleep")
+    assert "await asyncio.sleep(3600)" in text
+    after = scrape(server)
+    assert after["wsgi_timeouts_total"] - before["wsgi_timeouts_total"] == 1
+    assert after['wsgi_responses_total{class="5xx"}'] - before['wsgi_responses_total{class="5xx"}'] == 1
+    # The cancelled task raised CancelledError: that is its timeout's end, not an app failure.
+    assert 'the application raised while serving "GET /t/sleep?a' not in server.error_log()
+
+
+def test_a_task_that_never_awaits_is_interrupted_and_the_loop_goes_on(server):
+    r = requests.get(server.url("/t/spin?b"), timeout=30)
+    assert r.status_code == 504
+    wait_for(lambda: "/spin?b" in stats(server)["interrupted"], what="TimeoutError in the app")
+    text = entry(server.error_log(), 'wsgi_read_timeout: "GET /t/spin?b HTTP/1.1"')
+    assert "it keeps the event loop busy without awaiting, so it cannot be cancelled: " \
+           "interrupting it with TimeoutError. Its Python stack (most recent call last):" in text
+    assert "in app\n    while True:" in text or "in app\n    n += 1" in text, text
+    for i in range(5):
+        assert requests.get(server.url(f"/after-spin?{i}"), timeout=10).text == f"/after-spin?{i}"
+    wait_for(lambda: scrape(server)["wsgi_lost_slots"] == 0, what="the interrupted task's end")
+
+
+def test_a_stream_past_its_deadline_is_cut_at_once(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as s:
+        s.sendall(b"GET /t/stream-hang?c HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200") and b"first piece" in data
+    assert not data.endswith(b"0\r\n\r\n"), "no clean end of the chunked body"
+    wait_for(lambda: "/stream-hang?c" in stats(server)["cancelled"], what="the stream's cancellation")
+
+
+def test_a_request_whose_deadline_passes_while_the_loop_is_blocked_never_runs(server):
+    blocker = threading.Thread(target=lambda: requests.get(server.url("/block?3"), timeout=30))
+    blocker.start()
+    wait_for(lambda: loop_blocked(server), what="the loop to be blocked")
+    r = requests.get(server.url("/t/late?d"), timeout=30)
+    assert r.status_code == 504
+    blocker.join()
+    assert "/late?d" not in stats(server)["ran"]
+    assert re.search(r'wsgi_read_timeout: "GET /t/late\?d HTTP/1.1" is still running after 500 ms, '
+                     r"request_id: [0-9a-f]{32}; it was still waiting for the asgi event loop and will not run",
+                     server.error_log())
+
+
+# --- the request id on logging lines -------------------------------------------------------
+
+def test_logging_lines_of_a_request_and_its_spawned_tasks_carry_its_id(server):
+    ids = {}
+
+    def get(token):
+        r = requests.get(server.url(f"/log?{token}"), timeout=10)
+        assert r.text == "logged"
+        ids[token] = r.headers["X-Request-Id"]
+
+    threads = [threading.Thread(target=get, args=(f"tok{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids.values())) == 4
+    log = server.error_log()
+    for token, rid in ids.items():
+        assert re.search(rf"\[warn\] .*python: limits\.app: from the handler {token}, request_id: {rid}\n", log), log
+        assert re.search(rf"\[warn\] .*python: limits\.app: from a spawned task {token}, request_id: {rid}\n", log)
+
+
+# --- wsgi_status ---------------------------------------------------------------------------
+
+def test_status_counts_asgi_requests_tasks_and_websockets(server):
+    before = scrape(server)
+    for i in range(5):
+        assert requests.get(server.url(f"/fast?{i}"), timeout=10).status_code == 200
+    after = scrape(server)
+    assert after['wsgi_responses_total{class="2xx"}'] - before['wsgi_responses_total{class="2xx"}'] >= 5
+    assert after["wsgi_request_duration_seconds_count"] - before["wsgi_request_duration_seconds_count"] >= 5
+    assert after["wsgi_requests_queued"] == 0, "requests the loop started are not queued"
+    assert after["wsgi_requests_in_flight"] == 0 and after["wsgi_asgi_tasks"] == 0
+    with connect(f"ws://127.0.0.1:{server.port}/ws"):
+        wait_for(lambda: scrape(server)["wsgi_asgi_websockets"] == 1, what="the open WebSocket")
+        during = scrape(server)
+        assert during["wsgi_asgi_tasks"] == 1 and during["wsgi_requests_in_flight"] == 1
+    wait_for(lambda: scrape(server)["wsgi_asgi_websockets"] == 0, what="the WebSocket's end")
+    wait_for(lambda: scrape(server)["wsgi_asgi_tasks"] == 0, what="its task's end")
+
+
+def test_client_gone_is_counted(server):
+    before = scrape(server)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /until-gone?e HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        wait_for(lambda: "/until-gone?e" in stats(server)["ran"], what="the app to run")
+    wait_for(lambda: scrape(server)["wsgi_client_gone_total"] > before["wsgi_client_gone_total"],
+             what="the client's going")
+    wait_for(lambda: scrape(server)["wsgi_requests_in_flight"] == 0, what="the request's end")
+    wait_for(lambda: "/until-gone?e" in stats(server)["disconnected"], what="http.disconnect in the app")
+
+
+# --- overload ------------------------------------------------------------------------------
+
+def test_a_blocked_loop_gets_503s_not_an_endless_queue(nginx_factory):
+    srv = nginx_factory(asgi("/", APP) + status("/metrics").for_nginx(),
+                        http_extra="wsgi_max_queue 2; wsgi_queue_timeout 2s;").start()
+    before = scrape(srv)
+    blocker = threading.Thread(target=lambda: requests.get(srv.url("/block?6"), timeout=30))
+    blocker.start()
+    wait_for(lambda: loop_blocked(srv), what="the loop to be blocked")
+    waiting = []
+    waiters = [threading.Thread(target=lambda i=i: waiting.append(requests.get(srv.url(f"/queued?{i}"), timeout=30)))
+               for i in range(2)]
+    for t in waiters:
+        t.start()
+    wait_for(lambda: scrape(srv)["wsgi_requests_queued"] == 2, what="two requests queued")
+    full = requests.get(srv.url("/full"), timeout=30)
+    assert full.status_code == 503 and full.headers["Retry-After"] == "2"
+    # The two queued ones are answered when their wait passes wsgi_queue_timeout: the loop is
+    # still blocked, they never run.
+    for t in waiters:
+        t.join()
+    assert [r.status_code for r in waiting] == [503, 503]
+    assert all(r.headers["Retry-After"] == "2" for r in waiting)
+    after = scrape(srv)
+    assert after["wsgi_requests_refused_total"] - before["wsgi_requests_refused_total"] == 3
+    assert after["wsgi_requests_queued"] == 0
+    blocker.join()
+    assert requests.get(srv.url("/served?again"), timeout=10).status_code == 200
+    ran = requests.get(srv.url("/stats"), timeout=10).json()["ran"]
+    assert not [p for p in ran if p.startswith("/queued") or p.startswith("/full")], ran
+    assert "wsgi_max_queue requests already wait for the asgi event loop to start them" in srv.error_log()
