@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyDict, PyModule, PyTuple};
 
 use super::http::{HttpExchange, HttpRequest};
-use super::task_watch::TaskWatch;
+use super::task_watch::{LoopThread, TaskWatch};
 use super::waker::{WakeQueue, Waker};
 
 /// Which asyncio event loop runs the apps.
@@ -300,18 +300,6 @@ impl AsgiLoop {
         })));
         let w = watch.clone();
         crate::watchdog::submit_call(Box::new(move |py| w.interrupt_if_blocking(py, self, &what)));
-    }
-
-    pub(crate) fn loop_object<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.loop_object.get().map(|l| l.bind(py).clone())
-    }
-
-    pub(crate) fn thread_ident(&self) -> Option<u64> {
-        Some(self.thread_ident.load(Ordering::Acquire)).filter(|&i| i != 0)
-    }
-
-    pub(crate) fn note_interrupt(&self) {
-        self.interrupted.store(true, Ordering::Release);
     }
 
     fn drain(
@@ -662,5 +650,19 @@ pub fn check_lifespan(py: Python<'_>, app: &Bound<'_, PyAny>, kind: LoopKind) ->
 impl WakeQueue for AsgiLoop {
     fn post_wake(&self, waker: Arc<Waker>) {
         self.post(Item::Wake(waker));
+    }
+}
+
+impl LoopThread for AsgiLoop {
+    fn loop_object<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.loop_object.get().map(|l| l.bind(py).clone())
+    }
+
+    fn thread_ident(&self) -> Option<u64> {
+        Some(self.thread_ident.load(Ordering::Acquire)).filter(|&i| i != 0)
+    }
+
+    fn note_interrupt(&self) {
+        self.interrupted.store(true, Ordering::Release);
     }
 }

@@ -11,7 +11,16 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyModule;
 
-use super::event_loop::AsgiLoop;
+/// What a task's watch needs of the event loop that runs it (the loop implements it; the watch
+/// sits below the loop and does not know its type).
+pub(crate) trait LoopThread {
+    /// The asyncio loop object, once made.
+    fn loop_object<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>>;
+    /// The loop's Python thread id, once it runs.
+    fn thread_ident(&self) -> Option<u64>;
+    /// Records that an asynchronous exception was aimed at the loop's thread.
+    fn note_interrupt(&self);
+}
 
 const QUEUED: u8 = 0;
 const STARTED: u8 = 1;
@@ -124,7 +133,7 @@ impl TaskWatch {
     /// interval or a blocking call): when the loop is running this very task, it does not
     /// await and a cancellation would never be seen, so its thread gets `TimeoutError`, which
     /// lands in the task's own code. Otherwise the loop's cancellation does the job.
-    pub(crate) fn interrupt_if_blocking(&self, py: Python<'_>, lp: &AsgiLoop, what: &str) {
+    pub(crate) fn interrupt_if_blocking(&self, py: Python<'_>, lp: &impl LoopThread, what: &str) {
         if self.handled.load(Ordering::Acquire) {
             return;
         }
@@ -159,7 +168,7 @@ impl TaskWatch {
     /// The task ended (on the loop's thread, with the GIL): an interrupt that has not fired
     /// yet must not land in the loop's own code or the next task. True when the task was past
     /// its deadline (its lost slot comes back).
-    pub(crate) fn task_done(&self, lp: &AsgiLoop) -> bool {
+    pub(crate) fn task_done(&self, lp: &impl LoopThread) -> bool {
         *self.task() = None;
         let lost = self.ends.fetch_or(ENDED, Ordering::AcqRel) & TIMED_OUT != 0;
         if self.interrupted.swap(false, Ordering::AcqRel) {
