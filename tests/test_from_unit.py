@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import requests
 
-from conftest import APPS, RELEASE, Nginx, free_port, python_home, start_server
+from conftest import APPS, RELEASE, Nginx, free_port, python_home, start_server, wait_for
 
 UNIT = APPS / "unit"
 TOOL = str(RELEASE / "ngx-wsgi")
@@ -208,7 +208,7 @@ def test_environment_threads_and_limits(tmp_path, serve):
     assert {a["greeting"] for a in answers} == {'hello "unit"; {braces}'}
     assert {a["mode"] for a in answers} == {"prod"}
     assert {a["cwd"] for a in answers} == {str(workdir)}
-    assert len(server.worker_pids()) == 2
+    wait_for(lambda: len(server.worker_pids()) == 2, what="2 workers (processes)")
     # limits.timeout: the request is ended (Unit answers 503, the module 504) and the worker
     # keeps serving.
     assert requests.get(server.url("/sleep"), timeout=30).status_code == 504
@@ -260,7 +260,7 @@ def test_netbox_documented_config(tmp_path, serve):
     assert result.stderr.splitlines()[-1] == (
         "ngx-wsgi from-unit: 4 option(s) not translated; review the output")
     server = serve(result.stdout, ports[0])
-    assert len(server.worker_pids()) == 4
+    wait_for(lambda: len(server.worker_pids()) == 4, what="4 workers (processes.max)")
 
     assert requests.get(server.url("/static/netbox.css")).text == "netbox.css\n"
     app = requests.post(server.url("/dcim/devices/"), data=b"x" * 3000,

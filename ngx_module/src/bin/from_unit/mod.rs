@@ -424,6 +424,7 @@ fn settings(config: &At<'_>, http: &mut Out, notes: &mut Notes) -> Read<()> {
             }
         }
     }
+    http.line("# Unit's file types for `share`");
     http.open("types");
     for (mime, exts) in types.iter().filter(|(_, e)| !e.is_empty()) {
         let exts: Vec<String> = exts
@@ -458,6 +459,7 @@ fn settings(config: &At<'_>, http: &mut Out, notes: &mut Notes) -> Read<()> {
             ));
         }
     }
+    http.line("# settings/http, Unit's defaults where it says nothing");
     for (name, value) in values {
         http.line(&format!("{name} {value};"));
     }
