@@ -180,6 +180,37 @@ def test_targets_routed_by_uri_in_step_order(tmp_path, serve):
     assert requests.get(server.url("/back/items?v=1")).status_code == 404
 
 
+def test_share_with_a_fallback_and_hosts(tmp_path, serve):
+    port = free_port()
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www/robots.txt").write_text("User-agent: *\n")
+    config = {
+        "listeners": {"*:80": {"pass": "routes"}},
+        "routes": [
+            {"match": {"host": ["admin.test", "*.admin.test"]}, "action": {"return": 403}},
+            # Unit's usual catch-all: files first, the app for everything else.
+            {"action": {"share": f"{tmp_path}/www$uri",
+                        "fallback": {"pass": "applications/site/front"}}},
+        ],
+        "applications": {
+            "site": {"type": "python", "path": str(UNIT / "targets"), "protocol": "wsgi", **home(),
+                     "targets": {"front": {"module": "front", "callable": "app"}}},
+        },
+    }
+    result = from_unit(tmp_path, config, "--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 0, result.stderr
+    server = serve(result.stdout, port)
+
+    robots = requests.get(server.url("/robots.txt"))
+    assert (robots.text, robots.headers["Content-Type"]) == ("User-agent: *\n", "text/plain")
+    assert requests.get(server.url("/app/page")).json() == {
+        "target": "front", "script_name": "", "path_info": "/app/page"}
+    assert requests.post(server.url("/form"), data=b"x").json()["path_info"] == "/form"
+    for host in ("admin.test", "x.admin.test", "ADMIN.test:80"):
+        assert requests.get(server.url("/robots.txt"), headers={"Host": host}).status_code == 403
+    assert requests.get(server.url("/robots.txt"), headers={"Host": "www.test"}).status_code == 200
+
+
 def test_environment_threads_and_limits(tmp_path, serve):
     port = free_port()
     workdir = tmp_path / "work"

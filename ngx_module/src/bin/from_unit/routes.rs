@@ -415,11 +415,24 @@ impl<'a> Unit<'a> {
                 }
             }
         }
-        let any_host = self.host_server(server, None, steps, &matches, seen, shared)?;
-        out.append(&any_host);
+        let chosen_for = |name: Option<&str>, shared: &mut Shared| -> Vec<usize> {
+            (0..matches.len())
+                .filter(|&i| self.host_applies(&matches[i], name, shared))
+                .collect()
+        };
+        let any_host = chosen_for(None, shared);
+        // Host names whose steps are the same share a server block.
+        let mut groups: Vec<(Vec<usize>, Vec<String>)> = Vec::new();
         for name in &names {
-            let block = self.host_server(server, Some(name), steps, &matches, seen, shared)?;
-            out.append(&block);
+            let chosen = chosen_for(Some(name), shared);
+            match groups.iter_mut().find(|(c, _)| *c == chosen) {
+                Some((_, group)) => group.push(name.clone()),
+                None => groups.push((chosen, vec![name.clone()])),
+            }
+        }
+        self.host_server(server, &[], &any_host, steps, &matches, seen, shared, out)?;
+        for (chosen, group) in &groups {
+            self.host_server(server, group, chosen, steps, &matches, seen, shared, out)?;
         }
         Ok(())
     }
@@ -453,35 +466,34 @@ impl<'a> Unit<'a> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn host_server(
         &self,
         server: &Server,
-        name: Option<&str>,
+        names: &[String],
+        chosen: &[usize],
         steps: &[At<'a>],
         matches: &[Match],
         seen: &mut Vec<String>,
         shared: &mut Shared,
-    ) -> Read<Out> {
-        let mut out = Out::default();
-        let names = name.map(|n| {
-            if let Some(re) = n.strip_prefix('~') {
-                token(&format!("~{re}")).unwrap_or_default()
-            } else {
-                n.to_owned()
-            }
-        });
-        self.open_server(server, names.as_deref(), &mut out);
-        let chosen: Vec<(At<'a>, &Match)> = steps
+        out: &mut Out,
+    ) -> Read<()> {
+        let tokens: Vec<String> = names
             .iter()
-            .zip(matches)
-            .filter(|(_, m)| self.host_applies(m, name, shared))
-            .map(|(s, m)| (*s, m))
-            .collect();
+            .map(|n| token(n).map_err(|e| BadInput(format!("{}: {e}", server.listen))))
+            .collect::<Read<_>>()?;
+        self.open_server(
+            server,
+            (!names.is_empty()).then(|| tokens.join(" ")).as_deref(),
+            out,
+        );
+        let chosen: Vec<(At<'a>, &Match)> =
+            chosen.iter().map(|&i| (steps[i], &matches[i])).collect();
         let mut block = Block::default();
-        self.steps(server, &chosen, true, seen, &mut block, shared, &mut out)?;
+        self.steps(server, &chosen, true, seen, &mut block, shared, out)?;
         out.append(&block.named);
         out.close();
-        Ok(out)
+        Ok(())
     }
 
     /// The locations of a route's steps, in order.

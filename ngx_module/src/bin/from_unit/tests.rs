@@ -207,6 +207,19 @@ fn hosts_become_server_blocks_with_the_steps_that_apply() {
 }
 
 #[test]
+fn host_names_with_the_same_steps_share_a_server_block() {
+    let (conf, _) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [{"match": {"host": ["a.test", "*.a.test", "~^b\\d+$"]}, "action": {"return": 403}},
+                       {"action": {"return": 200}}]}"#);
+    let servers: Vec<&str> = conf.split("server {").skip(1).collect();
+    assert_eq!(servers.len(), 2, "{conf}");
+    assert!(
+        servers[1].contains("server_name a.test *.a.test ~^b\\d+$;"),
+        "{conf}"
+    );
+}
+
+#[test]
 fn scheme_is_known_per_listener_and_leading_returns_run_first() {
     let (conf, notes) = run(
         r#"{"listeners": {"*:80": {"pass": "routes"}, "*:443": {"pass": "routes", "tls": {"certificate": "bundle"}}},
