@@ -121,13 +121,14 @@ def test_fastapi_asgi_app_with_a_prefix(tmp_path, serve):
         ],
         "applications": {
             "fastapi": {"type": "python 3.11", "path": str(UNIT / "fastapi_site"), "module": "main",
-                        "callable": "app", "prefix": "/api", **home()},
+                        "callable": "app", "prefix": "/api", "limits": {"timeout": 1}, **home()},
         },
     }
     result = from_unit(tmp_path, config)
     assert result.returncode == 0, result.stderr
     assert "asgi_app main:app;" in result.stdout
     assert "wsgi_mount /api;" in result.stdout
+    assert "wsgi_read_timeout 1s;" in result.stdout
     server = serve(result.stdout, port)
 
     # Unit's ASGI scope under a prefix: root_path is the prefix, path the whole path.
@@ -138,6 +139,9 @@ def test_fastapi_asgi_app_with_a_prefix(tmp_path, serve):
     echo = requests.post(server.url("/api/echo"), data=b"payload")
     assert echo.json() == {"body": "payload"}
     assert requests.get(server.url("/items/7")).status_code == 404
+    # limits.timeout: the task is cancelled and the client told (504 here, 503 under Unit).
+    assert requests.get(server.url("/api/slow"), timeout=30).status_code == 504
+    assert requests.get(server.url("/api/items/8")).json()["item"] == 8
 
 
 def test_targets_routed_by_uri_in_step_order(tmp_path, serve):

@@ -785,13 +785,7 @@ impl<'a> Unit<'a> {
             out.line(&format!("wsgi_mount {};", tok(prefix, at)?));
         }
         if let Some(timeout) = app.timeout {
-            match app.protocol {
-                Protocol::Wsgi => out.line(&format!("wsgi_read_timeout {timeout}s;")),
-                Protocol::Asgi => shared.notes.add(
-                    &format!("{}/limits/timeout", app.at),
-                    "the module has no request timeout for ASGI apps yet",
-                ),
-            }
+            out.line(&format!("wsgi_read_timeout {timeout}s;"));
         }
         Ok(())
     }

@@ -338,6 +338,7 @@ fn process_settings_are_shared_by_every_app() {
             "wsgi_app a:application;",
             "wsgi_read_timeout 10s;",
             "asgi_app b:application;",
+            "wsgi_read_timeout 5s;",
         ],
     );
     let paths: Vec<&str> = notes
@@ -347,7 +348,6 @@ fn process_settings_are_shared_by_every_app() {
     assert_eq!(
         paths,
         [
-            "applications/b/limits/timeout",
             "applications/b/environment/MODE",
             "applications/b/home",
             "applications/a/limits/requests",

@@ -1,4 +1,6 @@
 """A FastAPI app mounted under a prefix, as NGINX Unit's FastAPI how-to runs it."""
+import asyncio
+
 from fastapi import FastAPI, Request
 
 app = FastAPI()
@@ -13,3 +15,9 @@ async def item(item_id: int, request: Request):
 @app.post("/echo")
 async def echo(request: Request):
     return {"body": (await request.body()).decode()}
+
+
+@app.get("/slow")
+async def slow():
+    await asyncio.sleep(30)
+    return {"slept": True}
