@@ -1,10 +1,12 @@
-//! `ngx-wsgi`: prints where the built module and nginx are, serves one app through them, and
-//! diagnoses a module that nginx will not load or a Python the workers cannot use.
+//! `ngx-wsgi`: prints where the built module and nginx are, serves one app through them,
+//! diagnoses a module that nginx will not load or a Python the workers cannot use, and turns an
+//! NGINX Unit configuration into nginx's.
 //!
 //! ```text
 //! ngx-wsgi paths
 //! ngx-wsgi serve APP.py[:CALLABLE] [--asgi [--loop asyncio|uvloop]] [--host 127.0.0.1] [--port 8080] [--workers 1] [--threads 32] [--user NAME] [--reload]
 //! ngx-wsgi doctor [--nginx PATH] [--module PATH] [--python-home DIR] [--user NAME]
+//! ngx-wsgi from-unit UNIT.json [--listen [ADDRESS=]NEW_ADDRESS]... [--module PATH]
 //! ```
 //!
 //! With `--reload`, nginx runs as a child and gets a graceful reload (SIGHUP) whenever a `.py` file
@@ -19,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod doctor;
+mod from_unit;
 
 const MODULE_FILE: &str = "libngx_http_wsgi_module.so";
 
@@ -40,8 +43,9 @@ fn nginx_path() -> PathBuf {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage:\n  ngx-wsgi paths\n  ngx-wsgi serve APP.py[:CALLABLE] [--asgi [--loop asyncio|uvloop]] [--host 127.0.0.1] [--port 8080] [--workers 1] [--threads 32] [--user NAME] [--reload]\n  {}",
-        doctor::USAGE
+        "usage:\n  ngx-wsgi paths\n  ngx-wsgi serve APP.py[:CALLABLE] [--asgi [--loop asyncio|uvloop]] [--host 127.0.0.1] [--port 8080] [--workers 1] [--threads 32] [--user NAME] [--reload]\n  {}\n  {}",
+        doctor::USAGE,
+        from_unit::USAGE
     );
     ExitCode::from(2)
 }
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
                 module: module_path(),
             },
         ),
+        Some("from-unit") => from_unit::main(&args[1..], module_path()),
         _ => usage(),
     }
 }

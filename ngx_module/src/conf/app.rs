@@ -1,5 +1,6 @@
 //! `wsgi_app` and `asgi_app`: which callable a location serves, and the mount point
-//! (`SCRIPT_NAME`, ASGI's `root_path`) that comes with the location.
+//! (`SCRIPT_NAME`, ASGI's `root_path`) that comes with the location or, with `wsgi_mount`, is
+//! given apart from it.
 
 use std::ffi::{c_char, c_void};
 
@@ -38,6 +39,9 @@ pub(crate) struct LocationApp {
     pub script_name: Vec<u8>,
     /// The app speaks ASGI (`asgi_app`).
     pub asgi: bool,
+    /// `wsgi_mount`: the mount point given apart from the location's name (NGINX Unit's
+    /// `prefix`), so that a regex location can mount its app too.
+    pub mount: Option<Vec<u8>>,
 }
 
 fn directive(kind: AppKind) -> &'static str {
@@ -116,9 +120,58 @@ unsafe fn set_app_of(cf: *mut ngx_conf_t, conf: *mut c_void, kind: AppKind) -> *
         }
         // SAFETY: inside a location block its core configuration exists.
         let clcf = unsafe { super::core_loc_conf(cf) };
-        lc.app.script_name = mount_point(clcf);
+        lc.app.script_name = lc.app.mount.clone().unwrap_or_else(|| mount_point(clcf));
         NGX_CONF_OK
     })
+}
+
+pub(crate) unsafe extern "C" fn set_mount(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard("wsgi_mount", NGX_CONF_ERROR, || {
+        // SAFETY: `conf` is this module's location configuration for the current block.
+        let lc = unsafe { &mut *(conf as *mut LocConf) };
+        if lc.app.mount.is_some() {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        // SAFETY: wsgi_mount takes exactly one argument.
+        let value = ngx_bytes(unsafe { &args(cf)[1] });
+        let mount = match parse_mount(value) {
+            Ok(m) => m,
+            Err(e) => return conf_error(cf, &format!("wsgi_mount {e}")),
+        };
+        if lc.app.index.is_some() {
+            lc.app.script_name = mount.clone();
+        }
+        lc.app.mount = Some(mount);
+        NGX_CONF_OK
+    })
+}
+
+/// A `wsgi_mount` value: a path from `/`, kept without its trailing slash (`/` alone mounts at
+/// the root), as `SCRIPT_NAME` never ends with one.
+fn parse_mount(value: &[u8]) -> Result<Vec<u8>, String> {
+    let shown = String::from_utf8_lossy(value);
+    if !value.starts_with(b"/") {
+        return Err(format!(
+            "\"{shown}\": the mount point must start with \"/\""
+        ));
+    }
+    if value
+        .iter()
+        .any(|&b| b < 0x20 || b == 0x7f || b == b'?' || b == b'#')
+    {
+        return Err(format!(
+            "\"{shown}\": the mount point is a path: no control character, \"?\" or \"#\""
+        ));
+    }
+    let mut mount = value.to_vec();
+    while mount.ends_with(b"/") {
+        mount.pop();
+    }
+    Ok(mount)
 }
 
 /// `SCRIPT_NAME` for a location: a prefix location's name without its trailing slash; nothing
@@ -164,11 +217,24 @@ mod tests {
     }
 
     #[test]
+    fn mount_points_are_paths_without_their_trailing_slash() {
+        assert_eq!(parse_mount(b"/cart").unwrap(), b"/cart");
+        assert_eq!(parse_mount(b"/cart/").unwrap(), b"/cart");
+        assert_eq!(parse_mount(b"/").unwrap(), b"");
+        assert!(parse_mount(b"cart")
+            .unwrap_err()
+            .contains("must start with"));
+        assert!(parse_mount(b"/a?b").is_err());
+        assert!(parse_mount(b"/a\nb").is_err());
+    }
+
+    #[test]
     fn only_nameless_blocks_inherit_the_app() {
         let parent = LocationApp {
             index: Some(2),
             script_name: b"/api".to_vec(),
             asgi: true,
+            mount: None,
         };
         let mut nested = LocationApp::default();
         nested.merge(&parent, false);
@@ -183,6 +249,7 @@ mod tests {
             index: Some(0),
             script_name: Vec::new(),
             asgi: false,
+            mount: None,
         };
         own.merge(&parent, true);
         assert_eq!((own.index, own.asgi), (Some(0), false));

@@ -90,6 +90,15 @@ pub(crate) unsafe fn finish_location(
     // SAFETY: during a merge, `cf->ctx` holds the configurations of the block being merged.
     let clcf = unsafe { core_loc_conf(cf) };
     child.app.merge(&parent.app, clcf.noname() != 0);
+    if let (Some(mount), None) = (&child.app.mount, child.app.index) {
+        ngx::ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "wsgi_mount \"{}\" is in a location that serves no app: put wsgi_app or asgi_app beside it",
+            String::from_utf8_lossy(mount)
+        );
+        return Err(());
+    }
     // Without `wsgi_thread_pool`, the module's own threads run the app.
     if child.app.index.is_some() && !child.streaming.thread_pool_name.data.is_null() {
         // SAFETY: per the function contract.
@@ -214,7 +223,7 @@ const fn directive(
 }
 
 /// Every `wsgi_*` directive. nginx reads the table for the whole program and never writes it.
-pub(crate) static mut COMMANDS: [ngx_command_t; 20] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 21] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -226,6 +235,13 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 20] = [
         ngx::ngx_string!("asgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
         app::set_asgi_app,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        0,
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_mount"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+        app::set_mount,
         NGX_HTTP_LOC_CONF_OFFSET,
         0,
     ),

@@ -1,0 +1,970 @@
+//! Listeners, routes and actions as nginx `server` and `location` blocks.
+//!
+//! Unit tries a route's steps in order and takes the first whose conditions all hold. nginx
+//! picks a location by URI, trying regex locations in the order they are written, so every step
+//! becomes a regex location in step order (the last unconditional one `location /`): the first
+//! step whose URI patterns match wins, as in Unit. `host` splits a route into server blocks by
+//! `server_name`, `scheme` is known per listener, and the other conditions are `if` tests inside
+//! the step's location.
+
+use std::collections::BTreeSet;
+
+use super::apps::{App, Protocol};
+use super::conditions::{self, HttpLevel, Match};
+use super::json::{At, BadInput, Read};
+use super::out::{Notes, Out};
+use super::pattern::{self, token, Pattern};
+
+/// What the servers need beside them in the http block, and what they used.
+#[derive(Default)]
+pub struct Shared {
+    /// `geo`, `map` and `upstream` blocks.
+    pub http: Out,
+    pub notes: Notes,
+    /// Applications some location serves.
+    pub used_apps: BTreeSet<String>,
+    counter: usize,
+    upstreams_written: BTreeSet<String>,
+    /// `geo` variables by what they test, so that a route read for several listeners has one.
+    geos: Vec<(String, String)>,
+}
+
+impl HttpLevel for Shared {
+    fn geo(&mut self, source: &str, entries: &[(String, bool)], default: bool) -> String {
+        let key = format!("{source} {entries:?} {default}");
+        if let Some((_, name)) = self.geos.iter().find(|(k, _)| *k == key) {
+            return name.clone();
+        }
+        self.counter += 1;
+        let name = format!("$unit_address_{}", self.counter);
+        self.http.open(&format!("geo {source} {name}"));
+        self.http.line(&format!("default {};", u8::from(default)));
+        for (address, met) in entries {
+            self.http.line(&format!("{address} {};", u8::from(*met)));
+        }
+        self.http.close();
+        self.geos.push((key, name.clone()));
+        name
+    }
+
+    fn untranslated(&mut self, at: &str, reason: &str) {
+        self.notes.add(at, reason);
+    }
+}
+
+/// Everything the translation reads.
+pub struct Unit<'a> {
+    pub apps: &'a [App],
+    pub routes: Option<At<'a>>,
+    pub upstreams: Option<At<'a>>,
+}
+
+/// One server block's worth of a listener.
+struct Server {
+    listen: String,
+    scheme: &'static str,
+    /// Lines every server of the listener starts with (TLS, real IP).
+    head: Out,
+    /// The `forwarded` header makes the scheme the client's, so `scheme` is not static.
+    scheme_forwarded: bool,
+}
+
+/// Server-level pieces of one server block being written.
+#[derive(Default)]
+struct Block {
+    named: Out,
+    named_count: usize,
+}
+
+fn tok(value: &str, at: &At<'_>) -> Read<String> {
+    token(value).map_err(|e| BadInput(format!("{}: {e}", at.path())))
+}
+
+/// Unit's variables in a string, as nginx's (`$header_X_Foo` is `$http_x_foo`); `None` names
+/// the first one nginx has no counterpart for.
+pub fn variables(text: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        let (name, braced) = if let Some(inner) = rest.strip_prefix('{') {
+            let end = inner.find('}').ok_or("an unclosed ${")?;
+            (&inner[..end], end + 2)
+        } else {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            (&rest[..end], end)
+        };
+        let nginx = match name {
+            "uri" | "host" | "request_uri" | "remote_addr" | "request_id" | "status"
+            | "time_local" | "body_bytes_sent" | "request_time" => name.to_owned(),
+            "method" => "request_method".to_owned(),
+            "request_line" => "request".to_owned(),
+            n if n.starts_with("arg_") || n.starts_with("cookie_") => n.to_owned(),
+            n if n.starts_with("header_") => {
+                format!("http_{}", n[7..].to_ascii_lowercase().replace('-', "_"))
+            }
+            n if n.starts_with("response_header_") => format!(
+                "sent_http_{}",
+                n[16..].to_ascii_lowercase().replace('-', "_")
+            ),
+            n => return Err(format!("the variable ${n} has no nginx counterpart")),
+        };
+        out.push_str(&format!("${{{nginx}}}"));
+        rest = &rest[braced..];
+    }
+    out.push_str(rest);
+    // `${uri}` reads better as `$uri` where no name character follows.
+    Ok(tidy_braces(&out))
+}
+
+fn tidy_braces(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let end = after.find('}').unwrap_or(after.len());
+        let name = &after[..end];
+        let next = after[end + 1..].chars().next();
+        if next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            out.push_str(&format!("${{{name}}}"));
+        } else {
+            out.push_str(&format!("${name}"));
+        }
+        rest = &after[(end + 1).min(after.len())..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `listen` of a listener's address: `*:80` is `80`; abstract sockets have no equivalent.
+fn listen_address(name: &str) -> Option<String> {
+    if let Some(path) = name.strip_prefix("unix:") {
+        return (!path.starts_with('@')).then(|| format!("unix:{path}"));
+    }
+    Some(name.strip_prefix("*:").unwrap_or(name).to_owned())
+}
+
+/// A `pass` value split into its parts, `%XX` decoded.
+fn pass_parts(pass: &str) -> Vec<String> {
+    pass.split('/')
+        .map(|part| {
+            let mut bytes = Vec::new();
+            let b = part.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'%' {
+                    if let Some(byte) = std::str::from_utf8(b.get(i + 1..i + 3).unwrap_or_default())
+                        .ok()
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    {
+                        bytes.push(byte);
+                        i += 3;
+                        continue;
+                    }
+                }
+                bytes.push(b[i]);
+                i += 1;
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+        .collect()
+}
+
+impl<'a> Unit<'a> {
+    /// Writes the server blocks of one listener into `out`.
+    pub fn listener(
+        &self,
+        name: &str,
+        at: At<'a>,
+        listen: Option<&str>,
+        shared: &mut Shared,
+        out: &mut Out,
+    ) -> Read<()> {
+        let Some(address) = listen.map(str::to_owned).or_else(|| listen_address(name)) else {
+            shared.notes.add(at.path(), "an abstract UNIX socket: nginx listens on TCP sockets and UNIX socket files only; give another address with --listen");
+            return Ok(());
+        };
+        let mut server = Server {
+            listen: address,
+            scheme: "http",
+            head: Out::default(),
+            scheme_forwarded: false,
+        };
+        let mut listen_options = String::new();
+        let mut pass = None;
+        for (key, value) in at.members()? {
+            match key {
+                "pass" => pass = Some(value),
+                "tls" => {
+                    server.scheme = "https";
+                    listen_options.push_str(" ssl");
+                    self.tls(&value, &mut server.head, shared)?;
+                }
+                "forwarded" | "client_ip" => {
+                    server.scheme_forwarded = self.forwarded(&value, &mut server.head, shared)?;
+                }
+                "backlog" => {
+                    let n = value
+                        .value
+                        .as_i64()
+                        .ok_or_else(|| value.wrong("an integer"))?;
+                    if n > 0 {
+                        listen_options.push_str(&format!(" backlog={n}"));
+                    }
+                }
+                _ => shared
+                    .notes
+                    .add(value.path(), "an option unknown to this tool"),
+            }
+        }
+        let pass = pass.ok_or_else(|| {
+            BadInput(format!(
+                "{}: the required option \"pass\" is missing",
+                at.path()
+            ))
+        })?;
+        server.listen = format!("{}{listen_options}", tok(&server.listen, &at)?);
+        let target = pass.str()?;
+        let parts = pass_parts(target);
+        if parts.first().map(String::as_str) == Some("routes") && !target.contains('$') {
+            let route_name = parts.get(1).map(String::as_str);
+            return match self.route(route_name) {
+                Some(steps) => {
+                    self.route_servers(&server, &steps, &mut vec![target.to_owned()], shared, out)
+                }
+                None => Err(BadInput(format!(
+                    "{}: {target:?} names no route",
+                    pass.path()
+                ))),
+            };
+        }
+        self.open_server(&server, None, out);
+        let mut block = Block::default();
+        out.open("location /");
+        self.pass(&pass, &Out::default(), out, shared, &mut block, &mut vec![])?;
+        out.close();
+        out.append(&block.named);
+        out.close();
+        Ok(())
+    }
+
+    fn open_server(&self, server: &Server, names: Option<&str>, out: &mut Out) {
+        out.open("server");
+        out.line(&format!("listen {};", server.listen));
+        if let Some(names) = names {
+            out.line(&format!("server_name {names};"));
+        }
+        out.append(&server.head);
+    }
+
+    fn route(&self, name: Option<&str>) -> Option<Vec<At<'a>>> {
+        let routes = self.routes?;
+        let steps = match (name, routes.value) {
+            (None, serde_json::Value::Array(_)) => routes,
+            (Some(n), serde_json::Value::Object(_)) => routes.get(n)?,
+            _ => return None,
+        };
+        steps.items().ok()
+    }
+
+    fn tls(&self, at: &At<'_>, head: &mut Out, shared: &mut Shared) -> Read<()> {
+        let bundles = at.required("certificate")?.strings()?;
+        for (i, (bundle, b)) in bundles.iter().enumerate() {
+            if i > 0 {
+                shared.notes.add(b.path(), "nginx chooses a certificate by server name in server blocks of their own, not among a listener's bundles; only the first bundle is written");
+                continue;
+            }
+            let file = format!("/etc/nginx/unit-certificates/{bundle}.pem");
+            head.line(&format!("ssl_certificate {};", tok(&file, b)?));
+            head.line(&format!("ssl_certificate_key {};", tok(&file, b)?));
+            shared.notes.add(b.path(), &format!("nginx reads certificates from files: save Unit's bundle {bundle:?} (its chain and key, from Unit's state directory, certs/) as {file}"));
+        }
+        for (key, value) in at.members()? {
+            match key {
+                "certificate" => {}
+                "conf_commands" => {
+                    for (name, v) in value.members()? {
+                        head.line(&format!(
+                            "ssl_conf_command {} {};",
+                            tok(name, &v)?,
+                            tok(v.str()?, &v)?
+                        ));
+                    }
+                }
+                "session" => {
+                    for (name, v) in value.members()? {
+                        match name {
+                            "cache_size" => {
+                                let n = v.count()?;
+                                head.line(&if n == 0 { "ssl_session_cache off;".to_owned() } else { format!("ssl_session_cache builtin:{n};") });
+                            }
+                            "timeout" => head.line(&format!("ssl_session_timeout {}s;", v.count()?)),
+                            "tickets" => match v.value {
+                                serde_json::Value::Bool(b) => head.line(&format!("ssl_session_tickets {};", if *b { "on" } else { "off" })),
+                                _ => shared.notes.add(v.path(), "nginx reads session ticket keys from files (ssl_session_ticket_key FILE): write each key's bytes to a file"),
+                            },
+                            _ => shared.notes.add(v.path(), "an option unknown to this tool"),
+                        }
+                    }
+                }
+                _ => shared
+                    .notes
+                    .add(value.path(), "an option unknown to this tool"),
+            }
+        }
+        Ok(())
+    }
+
+    /// `forwarded`: the real IP module, and for WSGI apps the scheme header, trusted or replaced,
+    /// through a `geo` and a `map`.
+    /// Returns whether the scheme comes from a header.
+    fn forwarded(&self, at: &At<'_>, head: &mut Out, shared: &mut Shared) -> Read<bool> {
+        let sources = at.required("source")?.strings()?;
+        let mut trusted = Vec::new();
+        for (source, s) in &sources {
+            if source == "unix" {
+                head.line("set_real_ip_from unix:;");
+                trusted.push(None);
+            } else if source.starts_with('!')
+                || source.contains('-')
+                || (source.contains('.') && source.contains(':'))
+                || source.starts_with('[')
+            {
+                shared.notes.add(s.path(), "negations, ranges and ports have no equivalent in set_real_ip_from; this source is left out");
+            } else {
+                head.line(&format!("set_real_ip_from {};", tok(source, s)?));
+                trusted.push(Some(source.clone()));
+            }
+        }
+        // The pre-1.28 form `client_ip` names its header `header`.
+        let header = at.get("client_ip").or_else(|| at.get("header"));
+        if let Some(h) = header.filter(|h| h.value.is_string()) {
+            head.line(&format!("real_ip_header {};", tok(h.str()?, &h)?));
+        }
+        if let Some(r) = at.get("recursive") {
+            if r.bool()? {
+                head.line("real_ip_recursive on;");
+            }
+        }
+        let Some(protocol) = at.get("protocol") else {
+            return Ok(false);
+        };
+        let header = protocol.str()?;
+        shared.counter += 1;
+        let n = shared.counter;
+        let entries: Vec<(String, bool)> = trusted
+            .iter()
+            .flatten()
+            .map(|s| (s.clone(), true))
+            .collect();
+        shared
+            .http
+            .open(&format!("geo $realip_remote_addr $unit_trusted_{n}"));
+        shared.http.line("default 0;");
+        for (address, _) in &entries {
+            shared.http.line(&format!("{address} 1;"));
+        }
+        shared.http.close();
+        let var = format!("$http_{}", header.to_ascii_lowercase().replace('-', "_"));
+        shared
+            .http
+            .open(&format!("map \"$unit_trusted_{n}:{var}\" $unit_scheme_{n}"));
+        shared.http.line("default $scheme;");
+        shared.http.line("\"~*^1:(https|on)$\" https;");
+        shared.http.line("\"~*^1:http$\" http;");
+        shared.http.close();
+        head.line(&format!(
+            "wsgi_param {} $unit_scheme_{n};",
+            tok(
+                &format!("HTTP_{}", header.to_ascii_uppercase().replace('-', "_")),
+                &protocol
+            )?
+        ));
+        shared.notes.add(protocol.path(), &format!("the module takes wsgi.url_scheme (and ASGI's scheme) from the connection; WSGI apps get {header} set from the header for trusted sources only, else the connection's scheme: let the framework trust it (Django's SECURE_PROXY_SSL_HEADER, werkzeug's ProxyFix); ASGI apps get the header as sent"));
+        Ok(true)
+    }
+
+    /// A listener's route: one server block for requests of any host, and one per host name the
+    /// steps ask for, each with the steps that apply to it in their order.
+    fn route_servers(
+        &self,
+        server: &Server,
+        steps: &[At<'a>],
+        seen: &mut Vec<String>,
+        shared: &mut Shared,
+        out: &mut Out,
+    ) -> Read<()> {
+        let mut matches = Vec::new();
+        for step in steps {
+            matches.push(conditions::read(step.get("match"), shared)?);
+        }
+        // Host names steps ask for, literal ones apart from wildcards and regexes.
+        let mut names: Vec<String> = Vec::new();
+        for m in &matches {
+            for p in m.host.iter().flat_map(|h| &h.positive) {
+                let name = match p {
+                    Pattern::Wildcard { text, .. } => text.to_ascii_lowercase(),
+                    Pattern::Regex(r) => format!("~{r}"),
+                };
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        let chosen_for = |name: Option<&str>, shared: &mut Shared| -> Vec<usize> {
+            (0..matches.len())
+                .filter(|&i| self.host_applies(&matches[i], name, shared))
+                .collect()
+        };
+        let any_host = chosen_for(None, shared);
+        // Host names whose steps are the same share a server block.
+        let mut groups: Vec<(Vec<usize>, Vec<String>)> = Vec::new();
+        for name in &names {
+            let chosen = chosen_for(Some(name), shared);
+            match groups.iter_mut().find(|(c, _)| *c == chosen) {
+                Some((_, group)) => group.push(name.clone()),
+                None => groups.push((chosen, vec![name.clone()])),
+            }
+        }
+        self.host_server(server, &[], &any_host, steps, &matches, seen, shared, out)?;
+        for (chosen, group) in &groups {
+            self.host_server(server, group, chosen, steps, &matches, seen, shared, out)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a step's `host` condition holds in the server block for `name` (`None`: hosts no
+    /// step names).
+    fn host_applies(&self, m: &Match, name: Option<&str>, shared: &mut Shared) -> bool {
+        let Some(set) = &m.host else { return true };
+        let literal_match = |p: &Pattern, host: &str| match p {
+            Pattern::Wildcard { text, .. } => pattern::wildcard_matches(text, host),
+            Pattern::Regex(r) => r == host.trim_start_matches('~'),
+        };
+        match name {
+            // The block for other hosts: only steps that ask for no host, or only exclude some.
+            None => set.positive.is_empty(),
+            Some(host) => {
+                let wildcard = host.contains('*') || host.starts_with('~');
+                let positive = set.positive.is_empty()
+                    || set.positive.iter().any(|p| match p {
+                        Pattern::Wildcard { text, .. } if wildcard => {
+                            text.eq_ignore_ascii_case(host)
+                        }
+                        _ => literal_match(p, host),
+                    });
+                let negated = set.negative.iter().any(|p| literal_match(p, host));
+                if wildcard && !set.negative.is_empty() {
+                    shared.notes.add(&m.host_at, "excluded hosts inside a wildcard or regex server name cannot be told apart; the step applies to every host of that server block");
+                }
+                positive && !negated
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn host_server(
+        &self,
+        server: &Server,
+        names: &[String],
+        chosen: &[usize],
+        steps: &[At<'a>],
+        matches: &[Match],
+        seen: &mut Vec<String>,
+        shared: &mut Shared,
+        out: &mut Out,
+    ) -> Read<()> {
+        let tokens: Vec<String> = names
+            .iter()
+            .map(|n| token(n).map_err(|e| BadInput(format!("{}: {e}", server.listen))))
+            .collect::<Read<_>>()?;
+        self.open_server(
+            server,
+            (!names.is_empty()).then(|| tokens.join(" ")).as_deref(),
+            out,
+        );
+        let chosen: Vec<(At<'a>, &Match)> =
+            chosen.iter().map(|&i| (steps[i], &matches[i])).collect();
+        let mut block = Block::default();
+        self.steps(server, &chosen, true, seen, &mut block, shared, out)?;
+        out.append(&block.named);
+        out.close();
+        Ok(())
+    }
+
+    /// The locations of a route's steps, in order.
+    #[allow(clippy::too_many_arguments)]
+    fn steps(
+        &self,
+        server: &Server,
+        steps: &[(At<'a>, &Match)],
+        top: bool,
+        seen: &mut Vec<String>,
+        block: &mut Block,
+        shared: &mut Shared,
+        out: &mut Out,
+    ) -> Read<()> {
+        let mut catch_all = false;
+        // Steps that can apply under this listener's scheme.
+        let live: Vec<&(At<'a>, &Match)> = steps
+            .iter()
+            .filter(|(_, m)| match &m.scheme {
+                Some(set) => {
+                    if server.scheme_forwarded {
+                        shared.notes.add(&m.scheme_at, "with `forwarded` `protocol`, the scheme is the client's; this condition is decided by the listener's own scheme here");
+                    }
+                    conditions::scheme_admits(set, server.scheme)
+                }
+                None => true,
+            })
+            .collect();
+        for (i, (step, m)) in live.iter().enumerate() {
+            let action = step.required("action")?;
+            let regex = pattern::set_regex(&m.uri);
+            let last = i + 1 == live.len();
+            if top && regex.is_none() && m.tests.len() == 1 && catch_all_is_early(i, &live) {
+                // A leading unconditional-URI `return` guarded by one condition: a server-level
+                // `if`, which nginx runs before choosing a location, as Unit runs it first.
+                if let Some(ret) = simple_return(&action)? {
+                    out.line(&format!("# {}", step.path()));
+                    out.open(&format!("if ({})", m.tests[0].when_met));
+                    out.line(&ret);
+                    out.close();
+                    continue;
+                }
+            }
+            let head = match &regex {
+                None if top && last => "location /".to_owned(),
+                None => "location ~ ^/".to_owned(),
+                Some(re) => format!("location ~ {}", tok(re, &step.required("match")?)?),
+            };
+            out.line(&format!("# {}", step.path()));
+            out.open(&head);
+            for t in &m.tests {
+                out.open(&format!("if ({})", t.when_failed));
+                out.line("return 404;");
+                out.close();
+                if !last {
+                    shared.notes.add(&t.at, "nginx chooses a location by URI alone: a request that fails this condition gets 404 here, where Unit went on to the next steps");
+                }
+            }
+            self.action(&action, out, shared, block, seen)?;
+            out.close();
+            if regex.is_none() && m.tests.is_empty() {
+                catch_all = true;
+                if !last {
+                    // As in Unit: this is the configuration's own, not a loss of the translation.
+                    out.line(&format!("# {} and the steps after it: no request reaches them here, {} takes every one", live[i + 1].0.path(), step.path()));
+                }
+                break;
+            }
+        }
+        if !catch_all {
+            // Unit answers 404 when no step matches.
+            out.open(if top { "location /" } else { "location ~ ^/" });
+            out.line("return 404;");
+            out.close();
+        }
+        Ok(())
+    }
+
+    /// A step's action into the current location.
+    fn action(
+        &self,
+        at: &At<'a>,
+        out: &mut Out,
+        shared: &mut Shared,
+        block: &mut Block,
+        seen: &mut Vec<String>,
+    ) -> Read<()> {
+        let mut before = Out::default();
+        let mut kind = None;
+        for (key, value) in at.members()? {
+            match key {
+                "pass" | "proxy" | "return" | "share" => {
+                    if let Some(k) = kind {
+                        return Err(BadInput(format!("{}: an action has one of pass, proxy, return or share, not both {k:?} and {key:?}", at.path())));
+                    }
+                    kind = Some(key);
+                }
+                "location" | "index" | "fallback" | "types" | "chroot" | "follow_symlinks"
+                | "traverse_mounts" => {}
+                "rewrite" => match variables(value.str()?) {
+                    Ok(uri) => before.line(&format!("rewrite ^ {} break;", tok(&uri, &value)?)),
+                    Err(e) => shared.notes.add(value.path(), &e),
+                },
+                "response_headers" => {
+                    for (name, v) in value.members()? {
+                        match &v.value {
+                            serde_json::Value::Null => shared.notes.add(v.path(), "nginx cannot take a header out of an app's response (only proxy_hide_header for proxied ones)"),
+                            _ => match variables(v.str()?) {
+                                Ok(text) => before.line(&format!("add_header {} {};", tok(name, &v)?, tok(&text, &v)?)),
+                                Err(e) => shared.notes.add(v.path(), &e),
+                            },
+                        }
+                    }
+                }
+                _ => shared
+                    .notes
+                    .add(value.path(), "an option unknown to this tool"),
+            }
+        }
+        out.append(&before);
+        match kind {
+            Some("pass") => self.pass(&at.required("pass")?, &before, out, shared, block, seen),
+            Some("proxy") => self.proxy(&at.required("proxy")?, out, shared),
+            Some("return") => {
+                match simple_return(at)? {
+                    Some(line) => out.line(&line),
+                    None => {
+                        shared.notes.add(at.path(), "a `location` with a status nginx's `return` cannot give it to (301, 302, 303, 307, 308)");
+                        out.line(&format!("return {};", at.required("return")?.count()?));
+                    }
+                }
+                Ok(())
+            }
+            Some("share") => self.share(at, out, shared, block, seen),
+            _ => Err(BadInput(format!(
+                "{}: an action needs pass, proxy, return or share",
+                at.path()
+            ))),
+        }
+    }
+
+    fn pass(
+        &self,
+        at: &At<'a>,
+        before: &Out,
+        out: &mut Out,
+        shared: &mut Shared,
+        block: &mut Block,
+        seen: &mut Vec<String>,
+    ) -> Read<()> {
+        let target = at.str()?;
+        if target.contains('$') {
+            shared.notes.add(at.path(), "a destination chosen by variables at run time: nginx's locations are fixed; write one location per destination");
+            out.line("return 404;");
+            return Ok(());
+        }
+        let parts = pass_parts(target);
+        match parts.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            ["applications", name] | ["applications", name, _] => {
+                let target_name = parts.get(2).map(String::as_str).unwrap_or("");
+                self.application(at, name, target_name, out, shared)
+            }
+            ["routes"] | ["routes", _] => {
+                if seen.iter().any(|s| s == target) || seen.len() > 16 {
+                    shared.notes.add(at.path(), "a route that passes back to itself: nginx's nested locations cannot loop");
+                    out.line("return 404;");
+                    return Ok(());
+                }
+                if !before.text.contains("rewrite") {
+                    let steps = self
+                        .route(parts.get(1).map(String::as_str))
+                        .ok_or_else(|| BadInput(format!("{}: {target:?} names no route", at.path())))?;
+                    let mut matches = Vec::new();
+                    for step in &steps {
+                        matches.push(conditions::read(step.get("match"), shared)?);
+                    }
+                    for m in &matches {
+                        if m.host.is_some() {
+                            shared.notes.add(&m.host_at, "a host condition in a route reached from another route's step: nginx chooses server blocks first; the step is written without it");
+                        }
+                    }
+                    let chosen: Vec<(At<'a>, &Match)> = steps.iter().copied().zip(matches.iter()).collect();
+                    seen.push(target.to_owned());
+                    let server = Server { listen: String::new(), scheme: "http", head: Out::default(), scheme_forwarded: false };
+                    let result = self.steps(&server, &chosen, false, seen, block, shared, out);
+                    seen.pop();
+                    if chosen.iter().any(|(_, m)| m.scheme.is_some()) {
+                        shared.notes.add(at.path(), "`scheme` conditions in a route reached from another route's step are decided as for plain HTTP");
+                    }
+                    result
+                } else {
+                    shared.notes.add(at.path(), "a rewritten request passed to a route: nginx chooses locations once before the rewrite; write the rewritten URI's location");
+                    out.line("return 404;");
+                    Ok(())
+                }
+            }
+            ["upstreams", name] => {
+                let servers = self
+                    .upstreams
+                    .and_then(|u| u.get(name))
+                    .ok_or_else(|| BadInput(format!("{}: {target:?} names no upstream", at.path())))?
+                    .required("servers")?;
+                let upstream = format!("unit_{}", name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+                if shared.upstreams_written.insert(upstream.clone()) {
+                    let mut block_out = Out::default();
+                    block_out.open(&format!("upstream {upstream}"));
+                    let members = servers.members()?;
+                    let mut weights = Vec::new();
+                    for (address, s) in &members {
+                        let w = match s.get("weight") {
+                            Some(w) => w.number()?,
+                            None => 1.0,
+                        };
+                        weights.push((address.to_string(), w, *s));
+                    }
+                    // nginx's weights are whole numbers: scale fractional ones, keeping ratios.
+                    let scale = if weights.iter().all(|(_, w, _)| w.fract() == 0.0) { 1.0 } else { 100.0 };
+                    for (address, w, s) in weights {
+                        let addr = tok(&address, &s)?;
+                        if w == 0.0 {
+                            block_out.line(&format!("server {addr} down;"));
+                        } else {
+                            block_out.line(&format!("server {addr} weight={};", ((w * scale).round() as u64).max(1)));
+                        }
+                    }
+                    block_out.close();
+                    shared.http.append(&block_out);
+                }
+                proxy_lines(&format!("http://{upstream}"), out);
+                Ok(())
+            }
+            _ => Err(BadInput(format!("{}: {target:?} is not a destination (applications/NAME, applications/NAME/TARGET, routes, routes/NAME or upstreams/NAME)", at.path()))),
+        }
+    }
+
+    fn application(
+        &self,
+        at: &At<'_>,
+        name: &str,
+        target: &str,
+        out: &mut Out,
+        shared: &mut Shared,
+    ) -> Read<()> {
+        let app =
+            self.apps.iter().find(|a| a.name == name).ok_or_else(|| {
+                BadInput(format!("{}: there is no application {name:?}", at.path()))
+            })?;
+        shared.used_apps.insert(app.name.clone());
+        for (path, reason) in &app.untranslated {
+            shared.notes.add(path, reason);
+        }
+        if !app.python {
+            out.line("return 502;");
+            return Ok(());
+        }
+        let entry = app.entry(target).ok_or_else(|| {
+            BadInput(if target.is_empty() {
+                format!("{}: the application {name:?} has targets: name one (applications/{name}/TARGET)", at.path())
+            } else {
+                format!("{}: the application {name:?} has no target {target:?}", at.path())
+            })
+        })?;
+        let source = if target.is_empty() {
+            app.at.clone()
+        } else {
+            format!("{}/targets/{target}", app.at)
+        };
+        out.line(&format!("# {source}"));
+        if entry.factory {
+            out.line("return 502;");
+            return Ok(());
+        }
+        if let Some(why) = &app.protocol_source {
+            out.line(&format!(
+                "# {} (Unit detects it; told here from {why})",
+                if app.protocol == Protocol::Asgi {
+                    "ASGI"
+                } else {
+                    "WSGI"
+                }
+            ));
+        }
+        let directive = match app.protocol {
+            Protocol::Wsgi => "wsgi_app",
+            Protocol::Asgi => "asgi_app",
+        };
+        out.line(&format!("{directive} {}:{};", entry.module, entry.callable));
+        if let Some(prefix) = &entry.prefix {
+            out.line(&format!("wsgi_mount {};", tok(prefix, at)?));
+        }
+        if let Some(timeout) = app.timeout {
+            out.line(&format!("wsgi_read_timeout {timeout}s;"));
+        }
+        Ok(())
+    }
+
+    fn proxy(&self, at: &At<'_>, out: &mut Out, shared: &mut Shared) -> Read<()> {
+        let url = at.str()?;
+        let Some(rest) = url.strip_prefix("http://") else {
+            shared
+                .notes
+                .add(at.path(), "Unit proxies to http:// addresses only");
+            out.line("return 502;");
+            return Ok(());
+        };
+        let target = match rest.strip_prefix("unix:") {
+            Some(path) => format!("http://unix:{path}:"),
+            None => format!("http://{rest}"),
+        };
+        proxy_lines(&tok(&target, at)?, out);
+        Ok(())
+    }
+
+    /// `share`: files tried in order, then the fallback or 404.
+    fn share(
+        &self,
+        at: &At<'a>,
+        out: &mut Out,
+        shared: &mut Shared,
+        block: &mut Block,
+        seen: &mut Vec<String>,
+    ) -> Read<()> {
+        let share = at.required("share")?;
+        let mut files = Vec::new();
+        for (text, s) in share.strings()? {
+            match variables(&text) {
+                Ok(path) => files.push(path),
+                Err(e) => {
+                    shared.notes.add(s.path(), &e);
+                }
+            }
+        }
+        let index = match at.get("index") {
+            Some(i) => i.str()?.to_owned(),
+            None => "index.html".to_owned(),
+        };
+        // `DIR$uri` everywhere: nginx's root; otherwise whole paths from `/`.
+        let dirs: Vec<Option<&str>> = files.iter().map(|f| f.strip_suffix("$uri")).collect();
+        let mut tries = Vec::new();
+        match dirs.first() {
+            Some(Some(dir)) if dirs.iter().all(|d| *d == Some(*dir)) => {
+                let root = if dir.is_empty() { "/" } else { dir };
+                out.line(&format!("root {};", tok(root, &share)?));
+                tries.push("$uri".to_owned());
+                tries.push(format!("$uri/{index}"));
+            }
+            _ => {
+                out.line("root /;");
+                for f in &files {
+                    tries.push(f.clone());
+                    if f.ends_with("$uri") {
+                        tries.push(format!("{f}/{index}"));
+                    }
+                }
+            }
+        }
+        for (key, value) in at.members()? {
+            match key {
+                "types" => shared.notes.add(value.path(), "nginx serves files of every type: there is no MIME filter; deny the types you need hidden with a location of their own"),
+                "chroot" | "traverse_mounts" => shared.notes.add(value.path(), "nginx has no equivalent; disable_symlinks is the nearest"),
+                "follow_symlinks" if !value.bool()? => out.line("disable_symlinks on;"),
+                _ => {}
+            }
+        }
+        let last = match at.get("fallback") {
+            Some(fallback) => {
+                block.named_count += 1;
+                let name = format!("@unit_fallback_{}", block.named_count);
+                let mut named = Out::default();
+                named.line(&format!("# {}", fallback.path()));
+                named.open(&format!("location {name}"));
+                self.action(&fallback, &mut named, shared, block, seen)?;
+                named.close();
+                block.named.append(&named);
+                name
+            }
+            None => "=404".to_owned(),
+        };
+        let tries: Vec<String> = tries.iter().map(|t| tok(t, &share)).collect::<Read<_>>()?;
+        out.line(&format!("try_files {} {last};", tries.join(" ")));
+        Ok(())
+    }
+}
+
+/// Whether every step before `i` was written as a server-level `if`.
+fn catch_all_is_early(i: usize, live: &[&(At<'_>, &Match)]) -> bool {
+    live[..i].iter().all(|(s, m)| {
+        pattern::set_regex(&m.uri).is_none()
+            && m.tests.len() == 1
+            && s.get("action").is_some_and(|a| {
+                a.get("return").is_some()
+                    && a.get("rewrite").is_none()
+                    && a.get("response_headers").is_none()
+            })
+    })
+}
+
+/// `return CODE [URL];` of a `return` action, when nginx can say it that way.
+fn simple_return(at: &At<'_>) -> Read<Option<String>> {
+    let Some(code_at) = at.get("return") else {
+        return Ok(None);
+    };
+    if at.get("rewrite").is_some() || at.get("response_headers").is_some() {
+        return Ok(None);
+    }
+    let code = code_at.count()?;
+    if code > 999 {
+        return Err(code_at.wrong("a status from 0 to 999"));
+    }
+    match at.get("location") {
+        None => Ok(Some(format!("return {code};"))),
+        Some(l) if matches!(code, 301 | 302 | 303 | 307 | 308) => {
+            let url = variables(l.str()?).map_err(|e| BadInput(format!("{}: {e}", l.path())))?;
+            Ok(Some(format!("return {code} {};", tok(&url, &l)?)))
+        }
+        Some(_) => Ok(None),
+    }
+}
+
+/// Unit's proxy passes the request as it came, with its Host, over HTTP/1.1.
+fn proxy_lines(target: &str, out: &mut Out) {
+    out.line(&format!("proxy_pass {target};"));
+    out.line("proxy_http_version 1.1;");
+    out.line("proxy_set_header Host $http_host;");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_variables_become_nginx_ones() {
+        assert_eq!(variables("/www/static$uri").unwrap(), "/www/static$uri");
+        assert_eq!(
+            variables("/opt/netbox/netbox${uri}").unwrap(),
+            "/opt/netbox/netbox$uri"
+        );
+        assert_eq!(
+            variables("https://$host$request_uri").unwrap(),
+            "https://$host$request_uri"
+        );
+        assert_eq!(variables("${method}_x").unwrap(), "${request_method}_x");
+        assert_eq!(variables("$header_X_Real_IP").unwrap(), "$http_x_real_ip");
+        assert_eq!(
+            variables("${response_header_content_type};charset=utf-8").unwrap(),
+            "$sent_http_content_type;charset=utf-8"
+        );
+        assert!(variables("$dollar").unwrap_err().contains("$dollar"));
+    }
+
+    #[test]
+    fn listener_addresses_become_listen_values() {
+        assert_eq!(listen_address("*:80").unwrap(), "80");
+        assert_eq!(listen_address("127.0.0.1:8300").unwrap(), "127.0.0.1:8300");
+        assert_eq!(listen_address("[::]:8080").unwrap(), "[::]:8080");
+        assert_eq!(
+            listen_address("unix:/run/app.sock").unwrap(),
+            "unix:/run/app.sock"
+        );
+        assert!(listen_address("unix:@abstract").is_none());
+    }
+
+    #[test]
+    fn pass_values_are_percent_decoded() {
+        assert_eq!(
+            pass_parts("routes/slashes%2Fin%2Fname"),
+            ["routes", "slashes/in/name"]
+        );
+        assert_eq!(
+            pass_parts("applications/app/front"),
+            ["applications", "app", "front"]
+        );
+    }
+}

@@ -1,0 +1,419 @@
+//! The translation of whole configurations: what nginx gets, and what is listed as not
+//! translated. (tests/test_from_unit.py runs the output in a real nginx.)
+
+use super::*;
+
+const MODULE: &str = "/m/libngx_http_wsgi_module.so";
+
+fn run(json: &str) -> (String, Vec<String>) {
+    let (conf, notes) = translate(json, &[], MODULE).unwrap();
+    (conf, notes.0)
+}
+
+fn error(json: &str) -> String {
+    match translate(json, &[], MODULE) {
+        Err(BadInput(e)) => e,
+        Ok((conf, _)) => panic!("translated:\n{conf}"),
+    }
+}
+
+/// The lines of the output, without indentation or comments.
+fn lines(conf: &str) -> Vec<String> {
+    conf.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn has(conf: &str, wanted: &[&str]) {
+    let got = lines(conf);
+    // `wanted` appears in this order, not necessarily adjacent.
+    let mut at = 0;
+    for w in wanted {
+        match got[at..].iter().position(|l| l == w) {
+            Some(i) => at += i + 1,
+            None => panic!("{w:?} not found (in order) in:\n{conf}"),
+        }
+    }
+}
+
+const NETBOX: &str = r#"{
+  "listeners": {
+    "0.0.0.0:8080": {"pass": "routes/main", "forwarded": {"client_ip": "X-Forwarded-For",
+      "protocol": "X-Forwarded-Proto", "source": ["10.0.0.0/8", "172.16.0.0/12"]}}
+  },
+  "routes": {
+    "main": [
+      {"match": {"uri": "/static/*"}, "action": {"share": "/opt/netbox/netbox${uri}"}},
+      {"action": {"pass": "applications/netbox"}}
+    ]
+  },
+  "applications": {
+    "netbox": {"type": "python 3", "path": "/opt/netbox/netbox/", "module": "netbox.wsgi",
+      "home": "/opt/netbox/venv", "protocol": "wsgi",
+      "processes": {"max": 4, "spare": 1, "idle_timeout": 120}}
+  },
+  "access_log": "/dev/stdout",
+  "settings": {"http": {"max_body_size": 104857600}}
+}"#;
+
+#[test]
+fn netbox_becomes_a_static_location_and_the_app() {
+    let (conf, notes) = run(NETBOX);
+    has(
+        &conf,
+        &[
+            "load_module /m/libngx_http_wsgi_module.so;",
+            "worker_processes 4;",
+            "http {",
+            "wsgi_python_home /opt/netbox/venv;",
+            "wsgi_python_path /opt/netbox/netbox/;",
+            "access_log /dev/stdout;",
+            "client_max_body_size 104857600;",
+            "server {",
+            "listen 0.0.0.0:8080;",
+            "set_real_ip_from 10.0.0.0/8;",
+            "set_real_ip_from 172.16.0.0/12;",
+            "real_ip_header X-Forwarded-For;",
+            "wsgi_param HTTP_X_FORWARDED_PROTO $unit_scheme_1;",
+            "location ~ ^/static/ {",
+            "root /opt/netbox/netbox;",
+            "try_files $uri $uri/index.html =404;",
+            "}",
+            "location / {",
+            "wsgi_app netbox.wsgi:application;",
+        ],
+    );
+    let paths: Vec<&str> = notes
+        .iter()
+        .map(|n| n.split(": ").next().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "listeners/0.0.0.0:8080/forwarded/protocol",
+            "applications/netbox/processes/spare",
+            "applications/netbox/processes/idle_timeout",
+        ]
+    );
+    assert!(conf.contains(
+        "# not translated: applications/netbox/processes/spare: nginx runs a fixed number"
+    ));
+}
+
+#[test]
+fn a_whole_control_api_dump_is_read_from_its_config() {
+    let dump = format!(r#"{{"certificates": {{}}, "config": {NETBOX}, "status": {{}}}}"#);
+    let (conf, _) = run(&dump);
+    assert!(conf.contains("wsgi_app netbox.wsgi:application;"));
+}
+
+#[test]
+fn only_applications_get_a_server_each() {
+    let (conf, notes) = run(
+        r#"{"applications": {"a": {"type": "python", "module": "a", "protocol": "asgi", "prefix": "/a"},
+            "b": {"type": "python", "protocol": "wsgi", "targets": {"x": {"module": "bx"}}}}}"#,
+    );
+    has(
+        &conf,
+        &[
+            "listen 8080;",
+            "asgi_app a:application;",
+            "wsgi_mount /a;",
+            "listen 8081;",
+            "wsgi_app bx:application;",
+        ],
+    );
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].starts_with("listeners: the file has no listeners"));
+}
+
+#[test]
+fn steps_keep_their_order_as_regex_locations() {
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [
+              {"match": {"uri": ["/v1/*", "/v2/*"]}, "action": {"rewrite": "/app$uri", "pass": "applications/app"}},
+              {"match": {"uri": "~\\.jpe?g$"}, "action": {"share": ["/var/www/static$uri", "/var/www/assets$uri"],
+                 "fallback": {"pass": "upstreams/cdn"}}},
+              {"match": {"uri": "/proxy/*"}, "action": {"proxy": "http://127.0.0.1:9000"}},
+              {"match": {"uri": "/return/*"}, "action": {"return": 301, "location": "https://www.example.com"}}
+            ],
+            "upstreams": {"cdn": {"servers": {"127.0.0.1:8001": {}, "127.0.0.1:8002": {"weight": 0.5}}}},
+            "applications": {"app": {"type": "python", "module": "app", "callable": "app", "protocol": "wsgi"}}}"#);
+    assert!(notes.is_empty(), "{notes:?}");
+    has(
+        &conf,
+        &[
+            "upstream unit_cdn {",
+            "server 127.0.0.1:8001 weight=100;",
+            "server 127.0.0.1:8002 weight=50;",
+            "listen 80;",
+            "location ~ ^(?:/v1/|/v2/) {",
+            "rewrite ^ /app$uri break;",
+            "wsgi_app app:app;",
+            "location ~ \\.jpe?g$ {",
+            "root /;",
+            "try_files /var/www/static$uri /var/www/static$uri/index.html /var/www/assets$uri /var/www/assets$uri/index.html @unit_fallback_1;",
+            "location ~ ^/proxy/ {",
+            "proxy_pass http://127.0.0.1:9000;",
+            "location ~ ^/return/ {",
+            "return 301 https://www.example.com;",
+            "location / {",
+            "return 404;",
+            "location @unit_fallback_1 {",
+            "proxy_pass http://unit_cdn;",
+        ],
+    );
+}
+
+#[test]
+fn a_catch_all_step_before_others_takes_every_request() {
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [{"action": {"return": 200}}, {"match": {"uri": "/x"}, "action": {"return": 204}}]}"#);
+    has(&conf, &["location ~ ^/ {", "return 200;"]);
+    assert!(!conf.contains("return 204"));
+    // Unit never reaches that step either: a comment, not a loss of the translation.
+    assert!(notes.is_empty(), "{notes:?}");
+    assert!(conf.contains(
+        "# routes/1 and the steps after it: no request reaches them here, routes/0 takes every one"
+    ));
+}
+
+#[test]
+fn hosts_become_server_blocks_with_the_steps_that_apply() {
+    let (conf, _) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [
+              {"match": {"host": "blog.example.com"}, "action": {"return": 201}},
+              {"match": {"host": "*.example.com", "uri": "/x"}, "action": {"return": 202}},
+              {"action": {"return": 203}}
+            ]}"#);
+    // Other hosts: only the last step; blog.example.com: its own first (which takes all);
+    // other subdomains: /x, then the rest.
+    let servers: Vec<&str> = conf.split("server {").skip(1).collect();
+    assert_eq!(servers.len(), 3, "{conf}");
+    assert!(!servers[0].contains("server_name") && servers[0].contains("return 203;"));
+    assert!(!servers[0].contains("return 201;") && !servers[0].contains("return 202;"));
+    assert!(
+        servers[1].contains("server_name blog.example.com;")
+            && servers[1].contains("return 201;")
+            && !servers[1].contains("return 203;")
+    );
+    assert!(
+        servers[2].contains("server_name *.example.com;")
+            && servers[2].contains("return 202;")
+            && servers[2].contains("return 203;")
+    );
+}
+
+#[test]
+fn host_names_with_the_same_steps_share_a_server_block() {
+    let (conf, _) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [{"match": {"host": ["a.test", "*.a.test", "~^b\\d+$"]}, "action": {"return": 403}},
+                       {"action": {"return": 200}}]}"#);
+    let servers: Vec<&str> = conf.split("server {").skip(1).collect();
+    assert_eq!(servers.len(), 2, "{conf}");
+    assert!(
+        servers[1].contains("server_name a.test *.a.test ~^b\\d+$;"),
+        "{conf}"
+    );
+}
+
+#[test]
+fn scheme_is_known_per_listener_and_leading_returns_run_first() {
+    let (conf, notes) = run(
+        r#"{"listeners": {"*:80": {"pass": "routes"}, "*:443": {"pass": "routes", "tls": {"certificate": "bundle"}}},
+            "routes": [
+              {"match": {"scheme": "http"}, "action": {"return": 301, "location": "https://$host$request_uri"}},
+              {"match": {"source": ["!10.0.0.0/8", "*"]}, "action": {"return": 403}},
+              {"action": {"return": 200}}
+            ]}"#,
+    );
+    let servers: Vec<&str> = conf.split("server {").skip(1).collect();
+    assert!(
+        servers[0].contains("listen 80;")
+            && servers[0].contains("return 301 https://$host$request_uri;")
+    );
+    assert!(!servers[0].contains("return 200;"));
+    assert!(servers[1].contains("listen 443 ssl;"));
+    assert!(servers[1].contains("ssl_certificate /etc/nginx/unit-certificates/bundle.pem;"));
+    has(
+        servers[1],
+        &[
+            "if ($unit_address_1 = 1) {",
+            "return 403;",
+            "location / {",
+            "return 200;",
+        ],
+    );
+    assert!(!servers[1].contains("return 301"));
+    has(
+        &conf,
+        &[
+            "geo $remote_addr $unit_address_1 {",
+            "default 0;",
+            "10.0.0.0/8 0;",
+            "0.0.0.0/0 1;",
+            "::/0 1;",
+        ],
+    );
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0]
+        .starts_with("listeners/*:443/tls/certificate: nginx reads certificates from files"));
+}
+
+#[test]
+fn other_conditions_are_if_tests_and_their_fall_through_is_noted() {
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [
+              {"match": {"uri": "/api/*", "method": ["GET", "HEAD"], "headers": {"X-Token": "*"}}, "action": {"return": 200}},
+              {"action": {"return": 405}}
+            ]}"#);
+    has(
+        &conf,
+        &[
+            "location ~ ^/api/ {",
+            "if ($request_method !~* \"^(?:GET$|HEAD$)\") {",
+            "return 404;",
+            "if ($http_x_token !~* \"^\") {",
+            "return 200;",
+        ],
+    );
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes[0].starts_with("routes/0/match/method: nginx chooses a location by URI alone"));
+}
+
+#[test]
+fn nested_routes_become_nested_locations() {
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes/main"}},
+            "routes": {"main": [{"match": {"uri": "/api/*"}, "action": {"pass": "routes/api"}}],
+                       "api": [{"match": {"uri": "/api/v1/*"}, "action": {"return": 201}}]}}"#);
+    assert!(notes.is_empty(), "{notes:?}");
+    has(
+        &conf,
+        &[
+            "location ~ ^/api/ {",
+            "location ~ ^/api/v1/ {",
+            "return 201;",
+            "}",
+            "location ~ ^/ {",
+            "return 404;",
+            "}",
+            "}",
+            "location / {",
+            "return 404;",
+        ],
+    );
+}
+
+#[test]
+fn a_route_loop_is_refused_by_a_note() {
+    let (_, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes/a"}},
+            "routes": {"a": [{"action": {"pass": "routes/a"}}]}}"#);
+    assert!(notes[0].contains("passes back to itself"), "{notes:?}");
+}
+
+#[test]
+fn process_settings_are_shared_by_every_app() {
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [{"match": {"uri": "/a/*"}, "action": {"pass": "applications/a"}},
+                       {"action": {"pass": "applications/b"}}],
+            "applications": {
+              "a": {"type": "python", "module": "a", "protocol": "wsgi", "threads": 8, "user": "www", "group": "www",
+                    "environment": {"MODE": "a", "SHARED": "1"}, "limits": {"timeout": 10, "requests": 1000},
+                    "home": "/srv/venv-a", "working_directory": "/srv/a"},
+              "b": {"type": "python", "module": "b", "protocol": "asgi", "processes": 3,
+                    "environment": {"MODE": "b"}, "limits": {"timeout": 5, "requests": 500}, "home": "/srv/venv-b"}}}"#);
+    has(
+        &conf,
+        &[
+            "user www www;",
+            "worker_processes 3;",
+            "working_directory /srv/a;",
+            "env MODE=a;",
+            "env SHARED=1;",
+            "wsgi_python_home /srv/venv-a;",
+            "wsgi_max_threads 8;",
+            "wsgi_max_requests 500;",
+            "wsgi_app a:application;",
+            "wsgi_read_timeout 10s;",
+            "asgi_app b:application;",
+            "wsgi_read_timeout 5s;",
+        ],
+    );
+    let paths: Vec<&str> = notes
+        .iter()
+        .map(|n| n.split(": ").next().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "applications/b/environment/MODE",
+            "applications/b/home",
+            "applications/a/limits/requests",
+        ]
+    );
+}
+
+#[test]
+fn unused_and_foreign_applications_are_noted() {
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "applications/php"}},
+            "applications": {"php": {"type": "php", "root": "/www"},
+                             "spare": {"type": "python", "module": "s", "protocol": "wsgi"}}}"#);
+    has(&conf, &["location / {", "return 502;"]);
+    assert!(notes[0].starts_with("applications/php: a \"php\" application"));
+    assert!(notes[1].starts_with("applications/spare: no listener or route passes requests to it"));
+}
+
+#[test]
+fn bad_input_names_the_json_path() {
+    assert!(error("{").starts_with("not JSON:"));
+    assert_eq!(
+        error("[]"),
+        "(the top level): expected an object, got an array"
+    );
+    assert_eq!(
+        error(r#"{"listeners": {"*:80": {"pass": "routes/nope"}}, "routes": {}}"#),
+        "listeners/*:80/pass: \"routes/nope\" names no route"
+    );
+    assert_eq!(
+        error(r#"{"listeners": {"*:80": {"pass": "applications/x"}}}"#),
+        "listeners/*:80/pass: there is no application \"x\""
+    );
+    assert_eq!(
+        error(
+            r#"{"listeners": {"*:80": {"pass": "routes"}}, "routes": [{"match": {"uri": 5}, "action": {"return": 200}}]}"#
+        ),
+        "routes/0/match/uri: expected a string or an array of strings, got 5"
+    );
+    assert_eq!(
+        error(r#"{"listeners": {"*:80": {"pass": "routes"}}, "routes": [{"action": {"return": 200, "share": "/x"}}]}"#),
+        "routes/0/action: an action has one of pass, proxy, return or share, not both \"return\" and \"share\""
+    );
+    assert_eq!(
+        error(
+            r#"{"listeners": {"*:80": {"pass": "applications/a"}}, "applications": {"a": {"type": "python", "protocol": "wsgi", "targets": {"t": {"module": "m"}}}}}"#
+        ),
+        "listeners/*:80/pass: the application \"a\" has targets: name one (applications/a/TARGET)"
+    );
+}
+
+#[test]
+fn listen_addresses_can_be_replaced() {
+    let json = r#"{"listeners": {"*:80": {"pass": "routes"}, "*:81": {"pass": "routes"}}, "routes": [{"action": {"return": 200}}]}"#;
+    let (conf, _) = translate(
+        json,
+        &[(Some("*:81".into()), "127.0.0.1:9000".into())],
+        MODULE,
+    )
+    .unwrap();
+    has(&conf, &["listen 80;", "listen 127.0.0.1:9000;"]);
+    let e = translate(json, &[(None, "127.0.0.1:9000".into())], MODULE)
+        .unwrap_err()
+        .0;
+    assert!(e.contains("has 2 listeners"), "{e}");
+    let e = translate(json, &[(Some("*:82".into()), "1".into())], MODULE)
+        .unwrap_err()
+        .0;
+    assert!(e.contains("no listener \"*:82\""), "{e}");
+}

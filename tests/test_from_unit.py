@@ -1,0 +1,407 @@
+"""`ngx-wsgi from-unit`: NGINX Unit configurations translated, then served by a real nginx with the
+module, answering as Unit's documented semantics say (routes in order, share, prefix, targets,
+environment, limits); and what cannot be translated is named, with exit status 2."""
+
+import json
+import os
+import pathlib
+import subprocess
+
+import pytest
+import requests
+
+from conftest import APPS, RELEASE, Nginx, free_port, python_home, start_server, wait_for
+
+UNIT = APPS / "unit"
+TOOL = str(RELEASE / "ngx-wsgi")
+
+
+def from_unit(tmp_path, config, *args):
+    """Runs the tool on `config` (a dict, or text as it is)."""
+    source = tmp_path / "unit.json"
+    source.write_text(config if isinstance(config, str) else json.dumps(config, indent=2))
+    return subprocess.run([TOOL, "from-unit", str(source), *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+class Translated(Nginx):
+    """nginx running the tool's output as it is; the test's own settings (foreground, pid and
+    log paths, root workers) come on the command line with -g, so the file stays the tool's."""
+
+    def __init__(self, built, conf_text, port):
+        self.module, self.binary = built
+        self.prefix = pathlib.Path(__import__("tempfile").mkdtemp(prefix="ngx-wsgi-from-unit-"))
+        (self.prefix / "logs").mkdir()
+        self.port = port
+        self.proc = None
+        self.conf = self.prefix / "nginx.conf"
+        self.conf.write_text(conf_text)
+        globals_ = f"daemon off; pid {self.prefix}/logs/nginx.pid; error_log {self.prefix}/logs/error.log info;"
+        if os.geteuid() == 0 and "\nuser " not in conf_text:
+            globals_ += " user root root;"
+        self.globals = globals_
+
+    def argv(self, *args):
+        return [self.binary, "-p", str(self.prefix), "-c", str(self.conf), "-g", self.globals, *args]
+
+    def run(self, *args):
+        return subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=60)
+
+    def start(self):
+        return start_server(self, "nginx", self.argv())
+
+
+@pytest.fixture
+def serve(built):
+    started = []
+
+    def make(conf_text, port):
+        server = Translated(built, conf_text, port)
+        check = server.run("-t")
+        assert check.returncode == 0, check.stderr + "\n" + conf_text
+        started.append(server.start())
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+def home():
+    return {"home": python_home()} if python_home() else {}
+
+
+def test_django_wsgi_app_with_a_static_share(tmp_path, serve):
+    port = free_port()
+    site = UNIT / "djangosite"
+    config = {
+        "listeners": {"*:80": {"pass": "routes"}},
+        "routes": [
+            {"match": {"uri": "/static/*"}, "action": {"share": f"{site}$uri"}},
+            {"action": {"pass": "applications/django"}},
+        ],
+        "applications": {
+            "django": {"type": "python 3", "path": str(site), "module": "mysite.wsgi",
+                       "environment": {"DJANGO_SETTINGS_MODULE": "mysite.settings",
+                                       "SITE_NAME": "from unit"}, **home()},
+        },
+    }
+    result = from_unit(tmp_path, config, "--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    conf = result.stdout
+    # No "protocol": told from mysite/wsgi.py, as Unit tells it when it loads the app.
+    assert "wsgi_app mysite.wsgi:application;" in conf
+    assert "# WSGI (Unit detects it; told here from `application = get_wsgi_application()`" in conf
+    server = serve(conf, port)
+
+    css = requests.get(server.url("/static/css/site.css"))
+    assert css.status_code == 200
+    assert css.text == (site / "static/css/site.css").read_text()
+    assert css.headers["Content-Type"] == "text/css"
+    # A directory serves its index.html, as Unit's share does.
+    index = requests.get(server.url("/static/"))
+    assert (index.status_code, index.text) == (200, "<p>static index</p>\n")
+    # Unit's share answers 404 for a missing file and never falls to the app (no fallback).
+    assert requests.get(server.url("/static/missing.css")).status_code == 404
+
+    page = requests.post(server.url("/blog/post/1?x=1"), data=b"hello")
+    assert page.status_code == 200
+    assert page.json() == {"path": "/blog/post/1", "script_name": "", "path_info": "/blog/post/1",
+                           "method": "POST", "site": "from unit", "body": "hello"}
+
+
+def test_fastapi_asgi_app_with_a_prefix(tmp_path, serve):
+    port = free_port()
+    config = {
+        "listeners": {f"127.0.0.1:{port}": {"pass": "routes"}},
+        "routes": [
+            {"match": {"uri": ["/api/*", "/api"]}, "action": {"pass": "applications/fastapi"}},
+            {"action": {"return": 404}},
+        ],
+        "applications": {
+            "fastapi": {"type": "python 3.11", "path": str(UNIT / "fastapi_site"), "module": "main",
+                        "callable": "app", "prefix": "/api", "limits": {"timeout": 1}, **home()},
+        },
+    }
+    result = from_unit(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    assert "asgi_app main:app;" in result.stdout
+    assert "wsgi_mount /api;" in result.stdout
+    assert "wsgi_read_timeout 1s;" in result.stdout
+    server = serve(result.stdout, port)
+
+    # Unit's ASGI scope under a prefix: root_path is the prefix, path the whole path.
+    item = requests.get(server.url("/api/items/7"))
+    assert item.status_code == 200
+    assert item.json() == {"item": 7, "path": "/api/items/7", "root_path": "/api",
+                           "url": f"http://127.0.0.1:{port}/api/items/7"}
+    echo = requests.post(server.url("/api/echo"), data=b"payload")
+    assert echo.json() == {"body": "payload"}
+    assert requests.get(server.url("/items/7")).status_code == 404
+    # limits.timeout: the task is cancelled and the client told (504 here, 503 under Unit).
+    assert requests.get(server.url("/api/slow"), timeout=30).status_code == 504
+    assert requests.get(server.url("/api/items/8")).json()["item"] == 8
+
+
+def test_targets_routed_by_uri_in_step_order(tmp_path, serve):
+    port = free_port()
+    config = {
+        "listeners": {"*:8000": {"pass": "routes"}},
+        "routes": [
+            # Before the /back/* step: in Unit the first matching step wins, whatever its length.
+            {"match": {"uri": "/back/teapot"}, "action": {"return": 418}},
+            {"match": {"uri": "/back/*", "arguments": {"v": "2"}},
+             "action": {"pass": "applications/site/back", "response_headers": {"X-Route": "back"}}},
+            {"action": {"pass": "applications/site/front"}},
+        ],
+        "applications": {
+            "site": {"type": "python", "path": str(UNIT / "targets"), "protocol": "wsgi", **home(),
+                     "targets": {"front": {"module": "front", "callable": "app", "prefix": "/front"},
+                                 "back": {"module": "back", "prefix": "/back"}}},
+        },
+    }
+    result = from_unit(tmp_path, config, "--listen", f"*:8000=127.0.0.1:{port}")
+    # The `arguments` condition is an `if` in the location: a request that fails it gets 404
+    # where Unit went on to the next step; the tool says so.
+    assert result.returncode == 2
+    assert ("not translated: routes/1/match/arguments/v: nginx chooses a location by URI alone"
+            in result.stderr)
+    assert "# not translated: routes/1/match/arguments/v:" in result.stdout
+    server = serve(result.stdout, port)
+
+    assert requests.get(server.url("/back/teapot?v=2")).status_code == 418
+    back = requests.get(server.url("/back/items?v=2"))
+    assert back.json() == {"target": "back", "script_name": "/back", "path_info": "/items",
+                           "query": "v=2"}
+    assert back.headers["X-Route"] == "back"
+    # Unit's prefix: SCRIPT_NAME only for paths under it, at a segment boundary.
+    assert requests.get(server.url("/front/a/b")).json() == {
+        "target": "front", "script_name": "/front", "path_info": "/a/b"}
+    assert requests.get(server.url("/frontier")).json() == {
+        "target": "front", "script_name": "", "path_info": "/frontier"}
+    assert requests.get(server.url("/")).json()["path_info"] == "/"
+    assert requests.get(server.url("/back/items?v=1")).status_code == 404
+
+
+def test_share_with_a_fallback_and_hosts(tmp_path, serve):
+    port = free_port()
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www/robots.txt").write_text("User-agent: *\n")
+    config = {
+        "listeners": {"*:80": {"pass": "routes"}},
+        "routes": [
+            {"match": {"host": ["admin.test", "*.admin.test"]}, "action": {"return": 403}},
+            # Unit's usual catch-all: files first, the app for everything else.
+            {"action": {"share": f"{tmp_path}/www$uri",
+                        "fallback": {"pass": "applications/site/front"}}},
+        ],
+        "applications": {
+            "site": {"type": "python", "path": str(UNIT / "targets"), "protocol": "wsgi", **home(),
+                     "targets": {"front": {"module": "front", "callable": "app"}}},
+        },
+    }
+    result = from_unit(tmp_path, config, "--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 0, result.stderr
+    server = serve(result.stdout, port)
+
+    robots = requests.get(server.url("/robots.txt"))
+    assert (robots.text, robots.headers["Content-Type"]) == ("User-agent: *\n", "text/plain")
+    assert requests.get(server.url("/app/page")).json() == {
+        "target": "front", "script_name": "", "path_info": "/app/page"}
+    assert requests.post(server.url("/form"), data=b"x").json()["path_info"] == "/form"
+    for host in ("admin.test", "x.admin.test", "ADMIN.test:80"):
+        assert requests.get(server.url("/robots.txt"), headers={"Host": host}).status_code == 403
+    assert requests.get(server.url("/robots.txt"), headers={"Host": "www.test"}).status_code == 200
+
+
+def test_environment_threads_and_limits(tmp_path, serve):
+    port = free_port()
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    config = {
+        "listeners": {"*:80": {"pass": "applications/env"}},
+        "applications": {
+            "env": {"type": "python", "path": str(UNIT / "env_app"), "module": "app",
+                    "working_directory": str(workdir), "threads": 4, "processes": 2,
+                    "environment": {"GREETING": "hello \"unit\"; {braces}", "APP_MODE": "prod"},
+                    "limits": {"timeout": 1, "requests": 1000}, **home()},
+        },
+        "settings": {"http": {"max_body_size": 64, "server_version": False}},
+    }
+    result = from_unit(tmp_path, config, "--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 0, result.stderr
+    conf = result.stdout
+    for line in ("worker_processes 2;", f"working_directory {workdir};",
+                 'env "GREETING=hello \\"unit\\"; {braces}";', "env APP_MODE=prod;",
+                 "wsgi_max_threads 4;", "wsgi_max_requests 1000;", "wsgi_read_timeout 1s;",
+                 "client_max_body_size 64;", "server_tokens off;"):
+        assert line in conf, line
+    server = serve(conf, port)
+
+    answers = [requests.get(server.url("/")).json() for _ in range(8)]
+    assert {a["greeting"] for a in answers} == {'hello "unit"; {braces}'}
+    assert {a["mode"] for a in answers} == {"prod"}
+    assert {a["cwd"] for a in answers} == {str(workdir)}
+    wait_for(lambda: len(server.worker_pids()) == 2, what="2 workers (processes)")
+    # limits.timeout: the request is ended (Unit answers 503, the module 504) and the worker
+    # keeps serving.
+    assert requests.get(server.url("/sleep"), timeout=30).status_code == 504
+    assert requests.get(server.url("/")).status_code == 200
+    # settings.http.max_body_size.
+    assert requests.post(server.url("/"), data=b"x" * 65).status_code == 413
+    assert "nginx/" not in requests.get(server.url("/missing-is-app")).headers.get("Server", "")
+
+
+def test_netbox_documented_config(tmp_path, serve):
+    """netbox-docker's nginx-unit.json, with its paths moved under the test's copy of NetBox's
+    layout and the test's addresses (and 127.0.0.1 trusted as a proxy)."""
+    nb = UNIT / "netbox"
+    ports = [free_port() for _ in range(2)]
+    sources = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"]
+    forwarded = {"client_ip": "X-Forwarded-For", "protocol": "X-Forwarded-Proto", "source": sources}
+    config = {
+        "listeners": {
+            "0.0.0.0:8080": {"pass": "routes/main", "forwarded": forwarded},
+            "0.0.0.0:8081": {"pass": "routes/status", "forwarded": forwarded},
+        },
+        "routes": {
+            "main": [
+                {"match": {"uri": "/static/*"}, "action": {"share": f"{nb}/netbox${{uri}}"}},
+                {"action": {"pass": "applications/netbox"}},
+            ],
+            "status": [
+                {"match": {"uri": "/status/*"},
+                 "action": {"proxy": f"http://unix:{tmp_path}/unit.sock"}},
+            ],
+        },
+        "applications": {
+            "netbox": {"type": "python 3", "path": f"{nb}/netbox/", "module": "netbox.wsgi",
+                       "home": python_home() or "/usr",
+                       "processes": {"max": 4, "spare": 1, "idle_timeout": 120}},
+        },
+        "access_log": str(tmp_path / "access.log"),
+        "settings": {"http": {"max_body_size": 104857600}},
+    }
+    result = from_unit(tmp_path, config, "--listen", f"0.0.0.0:8080=127.0.0.1:{ports[0]}",
+                       "--listen", f"0.0.0.0:8081=127.0.0.1:{ports[1]}")
+    assert result.returncode == 2
+    not_translated = sorted(line.split(": ")[2] for line in result.stderr.splitlines()
+                            if "not translated:" in line)
+    assert not_translated == ["applications/netbox/processes/idle_timeout",
+                              "applications/netbox/processes/spare",
+                              "listeners/0.0.0.0:8080/forwarded/protocol",
+                              "listeners/0.0.0.0:8081/forwarded/protocol"]
+    assert result.stderr.splitlines()[-1] == (
+        "ngx-wsgi from-unit: 4 option(s) not translated; review the output")
+    server = serve(result.stdout, ports[0])
+    wait_for(lambda: len(server.worker_pids()) == 4, what="4 workers (processes.max)")
+
+    assert requests.get(server.url("/static/netbox.css")).text == "netbox.css\n"
+    app = requests.post(server.url("/dcim/devices/"), data=b"x" * 3000,
+                        headers={"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"})
+    # The client's address from the trusted proxy's header; its scheme as a header the app can
+    # trust (the module's wsgi.url_scheme is the connection's).
+    assert app.json() == {"remote_addr": "203.0.113.7", "scheme": "http", "forwarded_proto": "https",
+                          "path": "/dcim/devices/", "length": 3000}
+    plain = requests.get(server.url("/")).json()
+    assert (plain["remote_addr"], plain["forwarded_proto"]) == ("127.0.0.1", "http")
+    # The status route proxies to a socket that is not there; other URIs are Unit's 404.
+    status = f"http://127.0.0.1:{ports[1]}"
+    assert requests.get(f"{status}/status/x").status_code == 502
+    assert requests.get(f"{status}/other").status_code == 404
+    assert "/dcim/devices/" in (tmp_path / "access.log").read_text()
+
+
+def test_what_is_not_translated_is_named(tmp_path, built):
+    port = free_port()
+    # A module whose source does not show the protocol: it takes its callable from another.
+    (tmp_path / "reexport.py").write_text("from back import application  # noqa: F401\n")
+    config = {
+        "listeners": {
+            "*:80": {"pass": "routes"},
+            "unix:@abstract": {"pass": "routes"},
+        },
+        "routes": [
+            {"match": {"uri": "/files/*"},
+             "action": {"share": "/srv/files$uri", "types": ["image/*"], "chroot": "/srv"}},
+            {"match": {"uri": "/dyn/*"}, "action": {"pass": "applications/$host"}},
+            {"action": {"pass": "applications/app", "response_headers": {"Server": None}}},
+        ],
+        "applications": {
+            "app": {"type": "python", "path": [str(tmp_path), str(UNIT / "targets")], "module": "reexport",
+                    "isolation": {"namespaces": {"credential": True}}, "stdout": "/var/log/app.out",
+                    "processes": {"max": 2, "spare": 1}, **home()},
+            "php": {"type": "php", "root": "/www"},
+        },
+        "settings": {"http": {"log_route": True}},
+    }
+    result = from_unit(tmp_path, config, "--listen", f"*:80=127.0.0.1:{port}")
+    assert result.returncode == 2
+    named = [line.split(": ", 2)[2] for line in result.stderr.splitlines() if "not translated:" in line]
+    expected = {
+        "listeners/unix:@abstract": "an abstract UNIX socket",
+        "routes/0/action/types": "nginx serves files of every type",
+        "routes/0/action/chroot": "nginx has no equivalent",
+        "routes/1/action/pass": "a destination chosen by variables",
+        "routes/2/action/response_headers/Server": "nginx cannot take a header out",
+        "applications/app/isolation": "nginx's workers run in nginx's own namespaces",
+        "applications/app/stdout": "an nginx worker's standard error goes to nginx's error log",
+        "applications/app/processes/spare": "nginx runs a fixed number of worker processes",
+        "applications/app/protocol": "no \"protocol\": Unit tells WSGI from ASGI",
+        "applications/php": "no listener or route passes requests to it",
+        "settings/http/log_route": "nginx's `error_log ... debug`",
+    }
+    for path, reason in expected.items():
+        assert any(n.startswith(f"{path}: {reason}") for n in named), (path, named)
+    assert len(named) == len(expected), named
+    for n in named:
+        assert f"# not translated: {n}" in result.stdout
+    # What was translated still makes a configuration nginx takes.
+    server = Translated(built, result.stdout, port)
+    check = server.run("-t")
+    assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{", "unit.json: not JSON: EOF while parsing an object at line 1 column 1"),
+    ('{"applications": {"a": {"type": "python", "module": "m", "threads": "4"}}}',
+     'unit.json: applications/a/threads: expected a whole number from 0, got "4"'),
+    ('{"listeners": {"*:80": {"pass": "routes/main"}}, "routes": {"other": []}}',
+     'unit.json: listeners/*:80/pass: "routes/main" names no route'),
+    ('{"listeners": {"*:80": {"pass": "routes"}}, "routes": [{"match": {"uri": "/a%zz"}, "action": {"return": 200}}]}',
+     'unit.json: routes/0/match/uri: "/a%zz": a malformed %-escape'),
+])
+def test_unreadable_input_exits_1_naming_the_json_path(tmp_path, content, message):
+    result = from_unit(tmp_path, content)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.strip() == f"ngx-wsgi from-unit: {tmp_path}/{message}"
+
+
+def test_usage_errors_exit_1(tmp_path):
+    result = subprocess.run([TOOL, "from-unit"], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "which file?" in result.stderr and "usage: ngx-wsgi from-unit UNIT.json" in result.stderr
+    missing = subprocess.run([TOOL, "from-unit", str(tmp_path / "none.json")], capture_output=True,
+                             text=True)
+    assert missing.returncode == 1
+    assert "none.json: No such file or directory" in missing.stderr
+
+
+@pytest.mark.parametrize("directive, message", [
+    ("wsgi_mount api;", 'wsgi_mount "api": the mount point must start with "/"'),
+    ("wsgi_mount /a; wsgi_mount /b;", '"wsgi_mount" directive is duplicate'),
+])
+def test_wsgi_mount_errors_fail_the_check(nginx_factory, directive, message):
+    server = nginx_factory(f"  location ~ ^/a {{\n   wsgi_app {APPS}/environ_app.py;\n   {directive}\n  }}\n")
+    check = server.run("-t")
+    assert check.returncode != 0
+    assert message in check.stderr
+
+
+def test_wsgi_mount_without_an_app_fails_the_check(nginx_factory):
+    server = nginx_factory("  location /x/ {\n   wsgi_mount /x;\n  }\n")
+    check = server.run("-t")
+    assert check.returncode != 0
+    assert 'wsgi_mount "/x" is in a location that serves no app' in check.stderr
