@@ -379,7 +379,12 @@ impl WsExchange {
                 let code = match &error {
                     Some(e) => {
                         let err = PyErr::from_value(e.clone());
-                        if !(self.disconnected && err.is_instance_of::<ClientDisconnected>(py)) {
+                        // The connection's end, reaching an app that sent before it read the
+                        // disconnect (a client that broke the protocol, or went): not the
+                        // app's fault. After its own close it is (it sent once more).
+                        let gone = err.is_instance_of::<ClientDisconnected>(py)
+                            && (self.disconnected || self.state == State::Open);
+                        if !gone {
                             self.log_error(
                                 "the application raised on an open WebSocket",
                                 &crate::traceback::format(py, &err),
