@@ -23,7 +23,7 @@ use ngx_wsgi::asgi::{HttpEnd, HttpRequest, WsRequest};
 use ngx_wsgi::{Chunk, Outcome, OutcomeKind};
 
 use crate::asgi_request::AsgiRequest;
-use crate::asgi_ws::AsgiWs;
+use crate::asgi_ws::{AsgiWs, WsSettings};
 use crate::ffi::{guard, module};
 use crate::request_body::BodyStream;
 use crate::stream::{ClientEvents, Stream};
@@ -89,11 +89,16 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     let served = if scope.is_websocket_handshake() {
         // SAFETY: `r` is live; its core configuration exists.
         let max = unsafe { max_message(r) };
+        let settings = WsSettings {
+            buffer: lc.streaming.stream_buffer,
+            max_message: max,
+            ping_interval: lc.websocket.ping_interval,
+            idle_timeout: lc.websocket.idle_timeout,
+        };
         Served::Ws(AsgiWs::new(
             r,
             stream.clone(),
-            lc.streaming.stream_buffer,
-            max,
+            settings,
             wake,
             complete_ws,
             Some(on_ws_io),
