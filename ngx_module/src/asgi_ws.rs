@@ -30,6 +30,9 @@ use crate::stream::Stream;
 /// How long a closing WebSocket waits for the client's close frame.
 const CLOSE_WAIT_MS: ngx_msec_t = 5000;
 
+/// The output buffer a socket keeps between messages; a larger one is freed once sent.
+const OUTPUT_KEPT: usize = 64 * 1024;
+
 /// A WebSocket's bounds and timers, from its location.
 pub(crate) struct WsSettings {
     /// `wsgi_stream_buffer`: bytes waiting either way before the other side is paused.
@@ -217,6 +220,10 @@ impl AsgiWs {
                     st.gone = true;
                 }
                 st.unsent = out.len();
+                if out.is_empty() && out.capacity() > OUTPUT_KEPT {
+                    // A long-lived socket does not keep the room of its largest message.
+                    *out = Vec::new();
+                }
                 // A client that does not read what it is sent (pongs, echoes) is not read
                 // either: its pings would otherwise grow the output without bound.
                 let writes_stalled = blocked && st.unsent >= self.settings.buffer;

@@ -134,6 +134,10 @@ pub struct WsCodec {
     closed_told: bool,
 }
 
+/// The read buffer tungstenite allocates for every connection when it starts (its default,
+/// 128 KiB, is 1.3 GB for 10,000 idle sockets); a larger frame grows it for its own length.
+const READ_BUFFER: usize = 4096;
+
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
 pub fn accept_key(key: &[u8]) -> String {
     tungstenite::handshake::derive_accept_key(key)
@@ -144,6 +148,7 @@ impl WsCodec {
     /// with 1009.
     pub fn new(max_message: usize) -> WsCodec {
         let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message));
         WsCodec {
