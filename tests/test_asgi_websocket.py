@@ -236,6 +236,29 @@ def test_a_client_that_floods_an_app_that_does_not_read_is_paused(server):
     assert stats(server)["received"]["flood"] == 64 * 65536
 
 
+def test_a_client_that_pings_without_reading_the_pongs_is_paused(server):
+    # Each ping makes a pong; a client that never reads them is not read either once
+    # wsgi_stream_buffer (256k) of them waits unsent, so its sends block long before 64 MiB
+    # (what the socket buffers on both sides hold is a few MiB) instead of growing the worker.
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", server.port))
+    s.sendall(b"GET /ws/hold?pingflood HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert read_until(s, b"\r\n\r\n").startswith(b"HTTP/1.1 101")
+    pings = frame(0x9, b"p" * 125) * 1000
+    s.settimeout(3)
+    with pytest.raises(socket.timeout):
+        for _ in range((64 << 20) // len(pings)):
+            s.sendall(pings)
+    # The worker serves others meanwhile (it neither spins nor waits on this client).
+    assert stats(server)["received"] is not None
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    wait_for(lambda: stats(server)["closed"].get("pingflood"), what="the app to see the client go")
+
+
 def test_a_client_that_goes_before_the_accept(nginx_factory):
     server = nginx_factory(asgi("/", APP)).start()
     s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
@@ -267,3 +290,78 @@ def test_open_sockets_get_1001_at_quit_and_reload(nginx_factory, how):
     if how == signal.SIGQUIT:
         assert server.proc.wait(timeout=30) == 0
     wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="a clean exit")
+
+
+# --- keepalive: the server's pings and the idle timeout ----------------------------------------
+
+@pytest.fixture(scope="module")
+def keepalive(nginx_factory):
+    s = nginx_factory(
+        asgi("/pings/", APP, "asgi_websocket_ping_interval 100ms; asgi_websocket_idle_timeout 0;")
+        + asgi("/lively/", APP, "asgi_websocket_ping_interval 100ms; asgi_websocket_idle_timeout 3s;")
+        + asgi("/idle/", APP, "asgi_websocket_ping_interval 0; asgi_websocket_idle_timeout 300ms;")
+        + asgi("/quiet/", APP, "asgi_websocket_idle_timeout 300ms;"),
+        http_extra="asgi_websocket_ping_interval 1h;",
+    ).start()
+    return s
+
+
+def ws_stats(server, prefix):
+    return requests.get(server.url(f"{prefix}stats"), timeout=10).json()
+
+
+def test_the_server_pings_open_sockets(keepalive):
+    s = raw_socket(keepalive, "/pings/hold?pinged")
+    assert read_frame(s) == (0x1, b"held")
+    for _ in range(3):
+        opcode, payload = read_frame(s)
+        assert opcode == 0x9, "a ping from the server"
+        s.sendall(frame(0xA, payload))
+    s.sendall(frame(0x8, struct.pack("!H", 1000)))
+    opcode, payload = read_frame(s)
+    assert opcode == 0x8 and close_code(payload) == 1000
+    s.close()
+
+
+def test_pongs_count_as_the_client_being_alive(keepalive):
+    # 40 pings at 100 ms: far longer than the 3 s idle timeout, answered, and never closed.
+    s = raw_socket(keepalive, "/lively/hold?lively")
+    assert read_frame(s) == (0x1, b"held")
+    for _ in range(40):
+        opcode, payload = read_frame(s)
+        assert opcode == 0x9, f"only pings while the client answers them, not {opcode:#x} {payload!r}"
+        s.sendall(frame(0xA, payload))
+    s.close()
+
+
+def test_an_idle_client_is_closed_with_1001_and_the_app_told(keepalive):
+    s = raw_socket(keepalive, "/idle/hold?idle")
+    assert read_frame(s) == (0x1, b"held")
+    opcode, payload = read_frame(s)
+    assert (opcode, close_code(payload), payload[2:]) == (0x8, 1001, b"idle timeout")
+    s.sendall(frame(0x8, payload[:2]))
+    assert s.recv(10) == b"", "the server closes the connection after the close handshake"
+    s.close()
+    wait_for(lambda: ws_stats(keepalive, "/idle/").get("closed", {}).get("idle"), what="the app to see the close")
+    assert ws_stats(keepalive, "/idle/")["closed"]["idle"][0] == 1001
+
+
+def test_a_dead_client_is_dropped_and_the_app_told_1006(keepalive):
+    # It neither answers the pings (the location inherits a 1 h interval: none come) nor the
+    # close: after the close's wait the connection is dropped.
+    s = raw_socket(keepalive, "/quiet/hold?dead")
+    assert read_frame(s) == (0x1, b"held")
+    opcode, payload = read_frame(s)
+    assert (opcode, close_code(payload)) == (0x8, 1001)
+    wait_for(lambda: ws_stats(keepalive, "/quiet/").get("closed", {}).get("dead"), what="the app to see the drop")
+    assert ws_stats(keepalive, "/quiet/")["closed"]["dead"][0] == 1006
+    assert s.recv(10) == b"", "the connection is closed"
+    s.close()
+
+
+@pytest.mark.parametrize("directive,value", [("asgi_websocket_ping_interval", "often"),
+                                             ("asgi_websocket_idle_timeout", "-5s")])
+def test_bad_keepalive_values_fail_the_configuration_check(nginx_factory, directive, value):
+    result = nginx_factory(asgi("/", APP, f"{directive} {value};")).run("-t")
+    assert result.returncode != 0
+    assert f'"{directive}" directive invalid value' in result.stderr

@@ -25,7 +25,7 @@ use ngx_wsgi::asgi::{HttpEnd, HttpRequest, TaskWatch, WsRequest};
 use ngx_wsgi::{Chunk, Outcome, OutcomeKind};
 
 use crate::asgi_request::AsgiRequest;
-use crate::asgi_ws::AsgiWs;
+use crate::asgi_ws::{AsgiWs, WsSettings};
 use crate::dispatch::{QueueLimits, Refused};
 use crate::ffi::{guard, module, timer};
 use crate::request_body::BodyStream;
@@ -101,11 +101,16 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     let served = if scope.is_websocket_handshake() {
         // SAFETY: `r` is live; its core configuration exists.
         let max = unsafe { max_message(r) };
+        let settings = WsSettings {
+            buffer: lc.streaming.stream_buffer,
+            max_message: max,
+            ping_interval: lc.websocket.ping_interval,
+            idle_timeout: lc.websocket.idle_timeout,
+        };
         Served::Ws(AsgiWs::new(
             r,
             stream.clone(),
-            lc.streaming.stream_buffer,
-            max,
+            settings,
             wake,
             complete_ws,
             Some(on_ws_io),

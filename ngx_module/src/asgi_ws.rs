@@ -5,7 +5,9 @@
 //! [`WsCodec`], as `ngx_http_upstream_upgrade` does for proxied WebSockets. Both directions are
 //! bounded by `wsgi_stream_buffer`: past it the app's `send` awaits, and nginx stops reading
 //! the client until the app has taken its messages. At worker exit every open WebSocket is sent
-//! a close frame with code 1001.
+//! a close frame with code 1001. Open sockets are pinged every `asgi_websocket_ping_interval`
+//! and closed with 1001 after `asgi_websocket_idle_timeout` without a byte from the client
+//! (pongs count), on nginx timers.
 
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
@@ -13,20 +15,35 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use nginx_sys::{
-    ngx_add_timer, ngx_del_timer, ngx_event_t, ngx_handle_read_event, ngx_handle_write_event,
+    ngx_event_handler_pt, ngx_event_t, ngx_handle_read_event, ngx_handle_write_event,
     ngx_http_event_handler_pt, ngx_http_output_filter, ngx_http_request_t, ngx_http_send_special,
-    ngx_int_t, ngx_tcp_nodelay, NGX_AGAIN, NGX_ERROR, NGX_HTTP_FLUSH, NGX_OK,
+    ngx_int_t, ngx_msec_t, ngx_tcp_nodelay, NGX_AGAIN, NGX_ERROR, NGX_HTTP_FLUSH, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx_wsgi::asgi::{HttpEnd, WsCodec, WsIncoming, WsOutgoing, WsServer};
 use ngx_wsgi::{Chunk, ClientGone, ResponseHead};
 
-use crate::ffi::{guard, LoopRequest};
+use crate::ffi::{guard, timer, LoopRequest};
 use crate::notify::Pump;
 use crate::stream::Stream;
 
 /// How long a closing WebSocket waits for the client's close frame.
-const CLOSE_WAIT_MS: usize = 5000;
+const CLOSE_WAIT_MS: ngx_msec_t = 5000;
+
+/// The output buffer a socket keeps between messages; a larger one is freed once sent.
+const OUTPUT_KEPT: usize = 64 * 1024;
+
+/// A WebSocket's bounds and timers, from its location.
+pub(crate) struct WsSettings {
+    /// `wsgi_stream_buffer`: bytes waiting either way before the other side is paused.
+    pub buffer: usize,
+    /// The largest message the client may send.
+    pub max_message: usize,
+    /// `asgi_websocket_ping_interval` (0: no pings).
+    pub ping_interval: ngx_msec_t,
+    /// `asgi_websocket_idle_timeout` (0: none).
+    pub idle_timeout: ngx_msec_t,
+}
 
 /// What the event loop does when the connection is over: `upgraded` once the 101 went out.
 pub(crate) type OnWsEnd = unsafe fn(*mut ngx_http_request_t, &AsgiWs, HttpEnd, bool);
@@ -68,18 +85,21 @@ pub(crate) struct AsgiWs {
     pub stream: Arc<Stream>,
     pub posted_at: Instant,
     state: Mutex<State>,
-    limit: usize,
-    max_message: usize,
+    settings: WsSettings,
     wake: Arc<dyn Fn() + Send + Sync>,
     on_end: OnWsEnd,
     /// The request's read and write handler once upgraded: it calls [`AsgiWs::on_io`].
     on_io: ngx_http_event_handler_pt,
-    /// The wait for the client's close frame (event loop only).
+    /// The wait for the client's close frame (event loop only, like the two below).
     close_timer: UnsafeCell<ngx_event_t>,
+    /// The next keepalive ping.
+    ping_timer: UnsafeCell<ngx_event_t>,
+    /// The end of the client's allowed silence.
+    idle_timer: UnsafeCell<ngx_event_t>,
     me: Weak<AsgiWs>,
 }
 
-// SAFETY: `close_timer` is only touched on the event loop; the rest is behind the mutex or
+// SAFETY: the timers are only touched on the event loop; the rest is behind the mutex or
 // immutable.
 unsafe impl Sync for AsgiWs {}
 // SAFETY: as above.
@@ -92,8 +112,7 @@ impl AsgiWs {
     pub(crate) fn new(
         r: *mut ngx_http_request_t,
         stream: Arc<Stream>,
-        limit: usize,
-        max_message: usize,
+        settings: WsSettings,
         wake: Arc<dyn Fn() + Send + Sync>,
         on_end: OnWsEnd,
         on_io: ngx_http_event_handler_pt,
@@ -116,13 +135,16 @@ impl AsgiWs {
                 gone: false,
                 scheduled: false,
             }),
-            limit,
-            max_message,
+            settings,
             wake,
             on_end,
             on_io,
             // SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
             close_timer: UnsafeCell::new(unsafe { std::mem::zeroed() }),
+            // SAFETY: as above.
+            ping_timer: UnsafeCell::new(unsafe { std::mem::zeroed() }),
+            // SAFETY: as above.
+            idle_timer: UnsafeCell::new(unsafe { std::mem::zeroed() }),
             me: me.clone(),
         })
     }
@@ -198,12 +220,21 @@ impl AsgiWs {
                     st.gone = true;
                 }
                 st.unsent = out.len();
-                if st.gone || codec.is_terminated() || st.reading_paused {
+                if out.is_empty() && out.capacity() > OUTPUT_KEPT {
+                    // A long-lived socket does not keep the room of its largest message.
+                    *out = Vec::new();
+                }
+                // A client that does not read what it is sent (pongs, echoes) is not read
+                // either: its pings would otherwise grow the output without bound.
+                let writes_stalled = blocked && st.unsent >= self.settings.buffer;
+                if st.gone || codec.is_terminated() || st.reading_paused || writes_stalled {
                     break;
                 }
                 let Some(recv) = (*c).recv else { break };
                 let n = recv(c, buf.as_mut_ptr(), buf.len());
                 let incoming = if n > 0 {
+                    // The client is alive: its silence starts again.
+                    self.rearm(&self.idle_timer, idle_due, self.settings.idle_timeout);
                     codec.feed(&buf[..n as usize], false)
                 } else if n == NGX_AGAIN as isize {
                     if ngx_handle_read_event((*c).read, 0) != NGX_OK as ngx_int_t {
@@ -219,18 +250,21 @@ impl AsgiWs {
                 };
                 let more = n > 0;
                 for m in incoming {
-                    st.incoming_bytes += incoming_len(&m);
+                    st.incoming_bytes += m.cost();
                     st.incoming.push_back(m);
                     told = true;
                 }
-                if st.incoming_bytes >= self.limit {
+                if st.incoming_bytes >= self.settings.buffer {
                     st.reading_paused = true;
                 }
-                if !more && st.outgoing.is_empty() && codec.output().is_empty() {
+                // Nothing read, nothing new to frame, and the output sent or waiting for the
+                // socket's write event: done until the next event (going round again while a
+                // client neither sends nor reads would spin the worker).
+                if !more && st.outgoing.is_empty() && (blocked || codec.output().is_empty()) {
                     break;
                 }
             }
-            if st.want_room && st.unsent < self.limit {
+            if st.want_room && st.unsent < self.settings.buffer {
                 st.want_room = false;
                 told = true;
             }
@@ -258,14 +292,78 @@ impl AsgiWs {
     unsafe fn arm_close_timer(&self) {
         // SAFETY: event loop only; the event lives as long as this connection.
         unsafe {
-            let ev = &mut *self.close_timer.get();
-            if ev.timer_set() == 0 {
-                ev.handler = Some(close_timed_out);
-                ev.data = (self as *const AsgiWs).cast_mut().cast();
-                ev.log = (*nginx_sys::ngx_cycle).log;
-                ngx_add_timer(ev, CLOSE_WAIT_MS as _);
+            if (*self.close_timer.get()).timer_set() == 0 {
+                self.rearm(&self.close_timer, close_timed_out, CLOSE_WAIT_MS);
             }
         }
+    }
+
+    /// (Re)starts one of this connection's timers: `handler` in `ms` (never for 0).
+    ///
+    /// # Safety
+    /// Event loop; `event` is one of this connection's timers, disarmed in [`Pump::pump`] when
+    /// the connection ends.
+    unsafe fn rearm(
+        &self,
+        event: &UnsafeCell<ngx_event_t>,
+        handler: unsafe extern "C" fn(*mut ngx_event_t),
+        ms: ngx_msec_t,
+    ) {
+        let handler: ngx_event_handler_pt = Some(handler);
+        // SAFETY: per the function contract; the cycle's log outlives the connection, and a
+        // timer already set is moved (nginx's ngx_add_timer).
+        unsafe {
+            timer::arm(
+                &mut *event.get(),
+                handler,
+                (self as *const AsgiWs).cast_mut().cast(),
+                (*nginx_sys::ngx_cycle).log,
+                ms,
+            )
+        };
+    }
+
+    /// The keepalive ping is due: sends it and plans the next.
+    fn ping_due(&self) {
+        {
+            let mut st = self.lock();
+            if st.phase != Phase::Open {
+                return;
+            }
+            if let Some(codec) = st.codec.as_mut() {
+                codec.ping(b"");
+            }
+            // SAFETY: timers fire on the event loop; the connection is open.
+            unsafe { self.rearm(&self.ping_timer, ping_due, self.settings.ping_interval) };
+        }
+        // SAFETY: on the event loop.
+        unsafe { self.pump() };
+    }
+
+    /// The client sent nothing for `asgi_websocket_idle_timeout`: it is closed with 1001 (the
+    /// server ends the connection, not an error of its own: 1011 would say one), and gets
+    /// CLOSE_WAIT_MS to answer; a dead peer is then dropped, and the app is told 1006.
+    fn idle_due(&self) {
+        {
+            let mut st = self.lock();
+            if st.phase != Phase::Open {
+                return;
+            }
+            if st.reading_paused {
+                // Not read because the app is behind: the client is not the idle one.
+                // SAFETY: timers fire on the event loop; the connection is open.
+                unsafe { self.rearm(&self.idle_timer, idle_due, self.settings.idle_timeout) };
+                return;
+            }
+            if st.codec.as_ref().is_some_and(WsCodec::can_send) {
+                st.outgoing.push_back(WsOutgoing::Close {
+                    code: 1001,
+                    reason: "idle timeout".into(),
+                });
+            }
+        }
+        // SAFETY: on the event loop.
+        unsafe { self.pump() };
     }
 
     /// The 101, the switch to frames, and the bytes the client sent after its handshake.
@@ -291,14 +389,14 @@ impl AsgiWs {
             }
             (*r).read_event_handler = self.on_io;
             (*r).write_event_handler = self.on_io;
-            let mut codec = WsCodec::new(self.max_message);
+            let mut codec = WsCodec::new(self.settings.max_message);
             // Frames the client sent right behind its handshake.
             let hin = (*r).header_in;
             if !hin.is_null() && (*hin).last > (*hin).pos {
                 let len = (*hin).last.offset_from((*hin).pos) as usize;
                 let early = std::slice::from_raw_parts((*hin).pos, len);
                 for m in codec.feed(early, false) {
-                    st.incoming_bytes += incoming_len(&m);
+                    st.incoming_bytes += m.cost();
                     st.incoming.push_back(m);
                 }
                 (*hin).pos = (*hin).last;
@@ -308,6 +406,8 @@ impl AsgiWs {
             }
             st.codec = Some(codec);
             st.phase = Phase::Open;
+            self.rearm(&self.ping_timer, ping_due, self.settings.ping_interval);
+            self.rearm(&self.idle_timer, idle_due, self.settings.idle_timeout);
             OPEN.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(self.me.clone());
@@ -327,14 +427,6 @@ impl AsgiWs {
     }
 }
 
-fn incoming_len(m: &WsIncoming) -> usize {
-    match m {
-        WsIncoming::Text(t) => t.len(),
-        WsIncoming::Binary(b) => b.len(),
-        WsIncoming::Closed { .. } => 0,
-    }
-}
-
 /// Worker exit: every open WebSocket gets a close frame with 1001.
 fn close_all_for_exit() {
     let open: Vec<Arc<AsgiWs>> = OPEN
@@ -346,6 +438,21 @@ fn close_all_for_exit() {
     for ws in open {
         ws.going_away();
     }
+}
+
+unsafe extern "C" fn ping_due(ev: *mut ngx_event_t) {
+    guard("the websocket ping timer", (), || {
+        // SAFETY: the event's data is its connection, alive while the timer is set (see
+        // close_timed_out).
+        unsafe { (*((*ev).data as *const AsgiWs)).ping_due() }
+    })
+}
+
+unsafe extern "C" fn idle_due(ev: *mut ngx_event_t) {
+    guard("the websocket idle timer", (), || {
+        // SAFETY: as in ping_due.
+        unsafe { (*((*ev).data as *const AsgiWs)).idle_due() }
+    })
 }
 
 unsafe extern "C" fn close_timed_out(ev: *mut ngx_event_t) {
@@ -403,11 +510,10 @@ impl Pump for AsgiWs {
                 HttpEnd::Complete
             };
             drop(st);
-            // SAFETY: event loop only; the timer belongs to this connection.
+            // SAFETY: event loop only; the timers belong to this connection.
             unsafe {
-                let ev = &mut *self.close_timer.get();
-                if ev.timer_set() != 0 {
-                    ngx_del_timer(ev);
+                for ev in [&self.close_timer, &self.ping_timer, &self.idle_timer] {
+                    timer::disarm(&mut *ev.get());
                 }
             }
             OPEN.lock()
@@ -438,7 +544,7 @@ impl WsServer for AsgiWs {
         if st.gone || !open {
             return Err(ClientGone);
         }
-        let room = st.unsent < self.limit;
+        let room = st.unsent < self.settings.buffer;
         if !room {
             st.want_room = true;
         }
@@ -463,8 +569,8 @@ impl WsServer for AsgiWs {
     fn next(&self) -> Option<WsIncoming> {
         let mut st = self.lock();
         let m = st.incoming.pop_front()?;
-        st.incoming_bytes -= incoming_len(&m);
-        if st.reading_paused && st.incoming_bytes < self.limit {
+        st.incoming_bytes -= m.cost();
+        if st.reading_paused && st.incoming_bytes < self.settings.buffer {
             st.reading_paused = false;
             self.schedule(&mut st);
         }

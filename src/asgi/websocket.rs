@@ -11,7 +11,7 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 use super::http::{BodyRead, HttpEnd, HttpExchange, HttpRequest, HttpServer};
 use super::scope::HttpScope;
 use super::waker::Waker;
-use super::ws_codec::{accept_key, WsIncoming, WsOutgoing};
+use super::ws_codec::{accept_key, check_close, WsIncoming, WsOutgoing};
 use crate::chunk::Chunk;
 use crate::file_wrapper::FileRange;
 use crate::response::{ClientDisconnected, ResponseHead};
@@ -205,26 +205,65 @@ impl WsExchange {
         self.state = State::Open;
         Ok(())
     }
+}
 
-    fn outgoing(message: &Bound<'_, PyAny>) -> PyResult<WsOutgoing> {
-        let get = |k: &str| message.get_item(k).ok().filter(|v| !v.is_none());
-        match (get("bytes"), get("text")) {
-            (Some(b), None) => Ok(WsOutgoing::Binary(
-                b.cast::<PyBytes>()
-                    .map_err(|_| PyTypeError::new_err("websocket.send: bytes must be bytes"))?
-                    .as_bytes()
-                    .to_vec(),
-            )),
-            (None, Some(t)) => Ok(WsOutgoing::Text(
-                t.cast::<PyString>()
-                    .map_err(|_| PyTypeError::new_err("websocket.send: text must be a str"))?
-                    .to_cow()?
-                    .into_owned(),
-            )),
-            _ => Err(PyValueError::new_err(
-                "websocket.send needs exactly one of bytes and text",
-            )),
+/// What `receive()` gives the app for a message of the client's (or its close).
+pub fn receive_message(py: Python<'_>, incoming: WsIncoming) -> PyResult<Bound<'_, PyDict>> {
+    let msg = PyDict::new(py);
+    match incoming {
+        WsIncoming::Text(t) => {
+            msg.set_item("type", "websocket.receive")?;
+            msg.set_item("text", t)?;
         }
+        WsIncoming::Binary(b) => {
+            msg.set_item("type", "websocket.receive")?;
+            msg.set_item("bytes", PyBytes::new(py, &b))?;
+        }
+        WsIncoming::Closed { code, reason } => return WsExchange::disconnect(py, code, &reason),
+    }
+    Ok(msg)
+}
+
+/// The frame an app's `websocket.send` or `websocket.close` (`kind`) asks for, checked.
+pub fn app_message(kind: &str, message: &Bound<'_, PyAny>) -> PyResult<WsOutgoing> {
+    let get = |k: &str| message.get_item(k).ok().filter(|v| !v.is_none());
+    if kind == "websocket.close" {
+        let code = match get("code") {
+            Some(c) => c
+                .extract::<i64>()
+                .map_err(|_| PyTypeError::new_err("websocket.close: code must be an int"))?,
+            None => 1000,
+        };
+        let reason = match get("reason") {
+            Some(r) => r
+                .extract::<String>()
+                .map_err(|_| PyTypeError::new_err("websocket.close: reason must be a str"))?,
+            None => String::new(),
+        };
+        let checked = u16::try_from(code)
+            .map_err(|_| format!("close code {code} may not be sent"))
+            .and_then(|code| check_close(code, &reason).map(|()| code));
+        return match checked {
+            Ok(code) => Ok(WsOutgoing::Close { code, reason }),
+            Err(e) => Err(PyValueError::new_err(format!("websocket.close: {e}"))),
+        };
+    }
+    match (get("bytes"), get("text")) {
+        (Some(b), None) => Ok(WsOutgoing::Binary(
+            b.cast::<PyBytes>()
+                .map_err(|_| PyTypeError::new_err("websocket.send: bytes must be bytes"))?
+                .as_bytes()
+                .to_vec(),
+        )),
+        (None, Some(t)) => Ok(WsOutgoing::Text(
+            t.cast::<PyString>()
+                .map_err(|_| PyTypeError::new_err("websocket.send: text must be a str"))?
+                .to_cow()?
+                .into_owned(),
+        )),
+        _ => Err(PyValueError::new_err(
+            "websocket.send needs exactly one of bytes and text",
+        )),
     }
 }
 
@@ -242,22 +281,10 @@ impl WsExchange {
         }
         if matches!(self.state, State::Open | State::Closing) {
             if let Some(incoming) = self.server.next() {
-                let msg = PyDict::new(py);
-                match incoming {
-                    WsIncoming::Text(t) => {
-                        msg.set_item("type", "websocket.receive")?;
-                        msg.set_item("text", t)?;
-                    }
-                    WsIncoming::Binary(b) => {
-                        msg.set_item("type", "websocket.receive")?;
-                        msg.set_item("bytes", PyBytes::new(py, &b))?;
-                    }
-                    WsIncoming::Closed { code, reason } => {
-                        self.disconnected = true;
-                        return Self::disconnect(py, code, &reason).map(Some);
-                    }
+                if matches!(incoming, WsIncoming::Closed { .. }) {
+                    self.disconnected = true;
                 }
-                return Ok(Some(msg));
+                return receive_message(py, incoming).map(Some);
             }
         }
         if self.server.client_gone() {
@@ -299,23 +326,7 @@ impl WsExchange {
                         "the client closed the connection",
                     ));
                 }
-                let outgoing = if kind == "websocket.close" {
-                    let code = match message.get_item("code") {
-                        Ok(c) if !c.is_none() => c.extract::<u16>().map_err(|_| {
-                            PyTypeError::new_err("websocket.close: code must be an int")
-                        })?,
-                        _ => 1000,
-                    };
-                    let reason = match message.get_item("reason") {
-                        Ok(r) if !r.is_none() => r.extract::<String>().map_err(|_| {
-                            PyTypeError::new_err("websocket.close: reason must be a str")
-                        })?,
-                        _ => String::new(),
-                    };
-                    WsOutgoing::Close { code, reason }
-                } else {
-                    Self::outgoing(message)?
-                };
+                let outgoing = app_message(&kind, message)?;
                 let gone = || ClientDisconnected::new_err("the client closed the connection");
                 if !self.server.room().map_err(|_| gone())? {
                     return Ok(false);
@@ -380,7 +391,12 @@ impl WsExchange {
                 let code = match &error {
                     Some(e) => {
                         let err = PyErr::from_value(e.clone());
-                        if !(self.disconnected && err.is_instance_of::<ClientDisconnected>(py)) {
+                        // The connection's end, reaching an app that sent before it read the
+                        // disconnect (a client that broke the protocol, or went): not the
+                        // app's fault. After its own close it is (it sent once more).
+                        let gone = err.is_instance_of::<ClientDisconnected>(py)
+                            && (self.disconnected || self.state == State::Open);
+                        if !gone {
                             self.log_error(
                                 "the application raised on an open WebSocket",
                                 &crate::traceback::format(py, &err),

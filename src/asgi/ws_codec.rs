@@ -23,12 +23,65 @@ pub enum WsIncoming {
     },
 }
 
+/// What one message waiting for the app holds in memory, an empty one included (a flood of
+/// empty frames must count against the server's bound too).
+const MESSAGE_OVERHEAD: usize = 64;
+
+impl WsIncoming {
+    /// The bytes this message holds while it waits for the app, payload and bookkeeping.
+    pub fn cost(&self) -> usize {
+        MESSAGE_OVERHEAD
+            + match self {
+                WsIncoming::Text(t) => t.capacity(),
+                WsIncoming::Binary(b) => b.capacity(),
+                WsIncoming::Closed { reason, .. } => reason.capacity(),
+            }
+    }
+}
+
 /// A message the app sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WsOutgoing {
     Text(String),
     Binary(Vec<u8>),
     Close { code: u16, reason: String },
+}
+
+/// The longest close reason: a close frame's payload (code and reason) is a control frame's,
+/// at most 125 bytes (RFC 6455 5.5).
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// Whether an endpoint may send `code` in a close frame (RFC 6455 7.4): 1000-1003 and 1007-1014
+/// (IANA's registry), 3000-4999 (libraries and applications); 1004-1006 and 1015 are reserved or
+/// only reported locally.
+pub fn close_code_may_be_sent(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// Whether a close with `code` and `reason` may go on the wire: a code that may be sent, a
+/// reason that fits a control frame.
+pub fn check_close(code: u16, reason: &str) -> Result<(), String> {
+    if !close_code_may_be_sent(code) {
+        return Err(format!(
+            "close code {code} may not be sent (RFC 6455 7.4: 1000-1003, 1007-1014 or 3000-4999)"
+        ));
+    }
+    if reason.len() > MAX_CLOSE_REASON {
+        return Err(format!(
+            "a close reason is at most {MAX_CLOSE_REASON} bytes of UTF-8, not {}",
+            reason.len()
+        ));
+    }
+    Ok(())
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn truncated(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 #[derive(Default)]
@@ -81,6 +134,10 @@ pub struct WsCodec {
     closed_told: bool,
 }
 
+/// The read buffer tungstenite allocates for every connection when it starts (its default,
+/// 128 KiB, is 1.3 GB for 10,000 idle sockets); a larger frame grows it for its own length.
+const READ_BUFFER: usize = 4096;
+
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
 pub fn accept_key(key: &[u8]) -> String {
     tungstenite::handshake::derive_accept_key(key)
@@ -91,6 +148,7 @@ impl WsCodec {
     /// with 1009.
     pub fn new(max_message: usize) -> WsCodec {
         let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message));
         WsCodec {
@@ -115,9 +173,16 @@ impl WsCodec {
                 Ok(Message::Text(text)) => out.push(WsIncoming::Text(text.as_str().to_owned())),
                 Ok(Message::Binary(data)) => out.push(WsIncoming::Binary(data.to_vec())),
                 Ok(Message::Close(frame)) => {
-                    let (code, reason) = frame.map_or((1005, String::new()), |f| {
-                        (u16::from(f.code), f.reason.as_str().to_owned())
-                    });
+                    let (code, reason) = match frame {
+                        None => (1005, String::new()),
+                        // tungstenite answers a bad code on a client's close with 1002, but
+                        // passes it through when the close replies to ours (found by fuzzing).
+                        Some(f) if !close_code_may_be_sent(u16::from(f.code)) => (
+                            1002,
+                            format!("the client's close has code {}", u16::from(f.code)),
+                        ),
+                        Some(f) => (u16::from(f.code), f.reason.as_str().to_owned()),
+                    };
                     self.tell_closed(&mut out, code, reason);
                 }
                 Ok(_) => {}
@@ -159,7 +224,7 @@ impl WsCodec {
     /// Closes with `code` after a failure of the client's frames; the connection is over once
     /// the output is written.
     fn fail(&mut self, code: u16, why: &str) {
-        let reason: String = why.chars().take(100).collect();
+        let reason = truncated(why, MAX_CLOSE_REASON);
         let _ = self.ctx.close(
             &mut self.pipe,
             Some(CloseFrame {
@@ -178,15 +243,29 @@ impl WsCodec {
         let message = match message {
             WsOutgoing::Text(t) => Message::Text(t.into()),
             WsOutgoing::Binary(b) => Message::Binary(b.into()),
-            WsOutgoing::Close { code, reason } => Message::Close(Some(CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into(),
-            })),
+            WsOutgoing::Close { code, reason } => {
+                // Checked here too: the frame is the wire's, whoever built the message.
+                check_close(code, &reason)?;
+                Message::Close(Some(CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                }))
+            }
         };
         self.ctx
             .write(&mut self.pipe, message)
             .and_then(|()| self.ctx.flush(&mut self.pipe))
             .map_err(|e| e.to_string())
+    }
+
+    /// Sends a ping (the server's keepalive); nothing once the connection is closing.
+    pub fn ping(&mut self, payload: &[u8]) {
+        if self.can_send() {
+            let _ = self
+                .ctx
+                .write(&mut self.pipe, Message::Ping(payload.to_vec().into()))
+                .and_then(|()| self.ctx.flush(&mut self.pipe));
+        }
     }
 
     /// Bytes to write to the client (the caller drains what it wrote).
@@ -292,6 +371,54 @@ mod tests {
                 reason: String::new()
             }]
         );
+    }
+
+    #[test]
+    fn only_close_frames_the_rfc_allows_go_out() {
+        for code in [1000, 1003, 1007, 1014, 3000, 4999] {
+            assert!(check_close(code, "").is_ok(), "{code}");
+        }
+        for code in [0, 999, 1004, 1005, 1006, 1015, 2999, 5000] {
+            assert!(check_close(code, "").is_err(), "{code}");
+        }
+        assert!(check_close(1000, &"é".repeat(61)).is_ok(), "122 bytes");
+        assert!(check_close(1000, &"é".repeat(62)).is_err(), "124 bytes");
+        let mut c = WsCodec::new(1 << 20);
+        let refused = c.send(WsOutgoing::Close {
+            code: 1005,
+            reason: String::new(),
+        });
+        assert!(refused.is_err() && c.output().is_empty() && c.can_send());
+        assert_eq!(truncated("aé", 2), "a", "cut at a character boundary");
+    }
+
+    #[test]
+    fn a_bad_code_in_the_reply_to_our_close_is_a_protocol_error() {
+        let mut c = WsCodec::new(1 << 20);
+        c.send(WsOutgoing::Close {
+            code: 4000,
+            reason: String::new(),
+        })
+        .unwrap();
+        let mut close = 14u16.to_be_bytes().to_vec();
+        close.push(b'b');
+        assert_eq!(
+            c.feed(&frame(true, 8, &close), false),
+            vec![WsIncoming::Closed {
+                code: 1002,
+                reason: "the client's close has code 14".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn pings_and_what_messages_cost() {
+        let mut c = WsCodec::new(1 << 20);
+        c.ping(b"hi");
+        assert_eq!(c.output()[..], [0x89, 2, b'h', b'i']);
+        let empty = WsIncoming::Text(String::new());
+        assert!(empty.cost() > 0, "an empty message still counts");
+        assert!(WsIncoming::Binary(vec![0; 100]).cost() >= 100);
     }
 
     fn first_closed(c: &mut WsCodec, bytes: &[u8]) -> u16 {

@@ -1,11 +1,14 @@
-//! `asgi_event_loop`: which asyncio event loop runs a worker's ASGI apps.
+//! ASGI settings: `asgi_event_loop` (which asyncio event loop runs a worker's ASGI apps) and,
+//! per location, the keepalive of open WebSockets (`asgi_websocket_ping_interval`,
+//! `asgi_websocket_idle_timeout`).
 
 use std::ffi::{c_char, c_void};
 
-use nginx_sys::{ngx_command_t, ngx_conf_t};
+use nginx_sys::{ngx_command_t, ngx_conf_t, ngx_msec_t};
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx_wsgi::asgi::LoopKind;
 
+use super::limits::UNSET_MSEC;
 use super::{args, conf_error, MainConf};
 use crate::ffi::{guard, ngx_bytes};
 
@@ -18,6 +21,55 @@ pub(crate) struct AsgiConf {
 impl AsgiConf {
     pub(crate) fn event_loop(&self) -> LoopKind {
         self.event_loop.unwrap_or_default()
+    }
+}
+
+/// Default `asgi_websocket_ping_interval`: under the idle timeouts of the NATs, load balancers
+/// and proxies between a browser and the server (60 s is common: nginx's own
+/// `proxy_read_timeout`, cloud load balancers), at the cost of one 2-byte frame each way per
+/// socket every 30 s.
+pub(crate) const DEFAULT_PING_INTERVAL_MS: ngx_msec_t = 30_000;
+/// Default `asgi_websocket_idle_timeout`: two ping intervals, so a live client (whose pongs
+/// count) is never closed, and a dead one is noticed within a minute.
+pub(crate) const DEFAULT_IDLE_TIMEOUT_MS: ngx_msec_t = 60_000;
+
+/// The keepalive of a location's open WebSockets, in ms (0: off).
+#[derive(Clone)]
+pub(crate) struct WebSocketTimers {
+    /// `asgi_websocket_ping_interval`: the server pings the client this often.
+    pub ping_interval: ngx_msec_t,
+    /// `asgi_websocket_idle_timeout`: a client that sends nothing for this long is closed.
+    pub idle_timeout: ngx_msec_t,
+}
+
+impl Default for WebSocketTimers {
+    fn default() -> Self {
+        WebSocketTimers {
+            ping_interval: UNSET_MSEC,
+            idle_timeout: UNSET_MSEC,
+        }
+    }
+}
+
+impl WebSocketTimers {
+    /// As nginx merges its own timeouts: the location's, else the level around it, else the
+    /// default.
+    pub(crate) fn merge(&mut self, parent: &WebSocketTimers) {
+        let pick = |own: ngx_msec_t, parent: ngx_msec_t, default: ngx_msec_t| match (own, parent) {
+            (UNSET_MSEC, UNSET_MSEC) => default,
+            (UNSET_MSEC, p) => p,
+            (o, _) => o,
+        };
+        self.ping_interval = pick(
+            self.ping_interval,
+            parent.ping_interval,
+            DEFAULT_PING_INTERVAL_MS,
+        );
+        self.idle_timeout = pick(
+            self.idle_timeout,
+            parent.idle_timeout,
+            DEFAULT_IDLE_TIMEOUT_MS,
+        );
     }
 }
 
@@ -68,5 +120,26 @@ mod tests {
         assert_eq!(parse(b"uvloop"), Some(LoopKind::Uvloop));
         assert_eq!(parse(b"trio"), None);
         assert_eq!(AsgiConf::default().event_loop(), LoopKind::Asyncio);
+    }
+
+    #[test]
+    fn websocket_timers_merge_like_nginx_timeouts() {
+        let mut http = WebSocketTimers::default();
+        http.merge(&WebSocketTimers::default());
+        assert_eq!(
+            (http.ping_interval, http.idle_timeout),
+            (DEFAULT_PING_INTERVAL_MS, DEFAULT_IDLE_TIMEOUT_MS)
+        );
+        let mut server = WebSocketTimers {
+            ping_interval: 0,
+            ..Default::default()
+        };
+        server.merge(&http);
+        let mut location = WebSocketTimers {
+            idle_timeout: 5000,
+            ..Default::default()
+        };
+        location.merge(&server);
+        assert_eq!((location.ping_interval, location.idle_timeout), (0, 5000));
     }
 }

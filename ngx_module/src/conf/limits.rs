@@ -12,7 +12,7 @@ use super::{args, conf_error, MainConf};
 use crate::ffi::{guard, ngx_bytes};
 
 /// NGX_CONF_UNSET_MSEC, as `ngx_conf_set_msec_slot` expects.
-const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
+pub(crate) const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
 /// NGX_CONF_UNSET_SIZE, as `ngx_conf_set_size_slot` expects.
 const UNSET_SIZE: usize = usize::MAX;
 /// NGX_CONF_UNSET, as `ngx_conf_set_num_slot` expects.

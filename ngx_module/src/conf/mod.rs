@@ -51,6 +51,7 @@ pub(crate) struct LocConf {
     pub ignore_headers: accel::IgnoreHeaders,
     /// `wsgi_status`: this location answers the metrics.
     pub status: bool,
+    pub websocket: asgi::WebSocketTimers,
 }
 
 // SAFETY: the configurations nginx creates for this module through `create_main_conf` and
@@ -72,6 +73,7 @@ impl Merge for LocConf {
         self.params.merge(&parent.params);
         self.limits.merge(&parent.limits);
         self.ignore_headers.merge(&parent.ignore_headers);
+        self.websocket.merge(&parent.websocket);
         Ok(())
     }
 }
@@ -223,7 +225,7 @@ const fn directive(
 }
 
 /// Every `wsgi_*` directive. nginx reads the table for the whole program and never writes it.
-pub(crate) static mut COMMANDS: [ngx_command_t; 21] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 23] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -314,6 +316,20 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 21] = [
         nginx_sys::ngx_conf_set_msec_slot,
         NGX_HTTP_LOC_CONF_OFFSET,
         offset_of!(LocConf, limits.read_timeout),
+    ),
+    directive(
+        ngx::ngx_string!("asgi_websocket_ping_interval"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        nginx_sys::ngx_conf_set_msec_slot,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        offset_of!(LocConf, websocket.ping_interval),
+    ),
+    directive(
+        ngx::ngx_string!("asgi_websocket_idle_timeout"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        nginx_sys::ngx_conf_set_msec_slot,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        offset_of!(LocConf, websocket.idle_timeout),
     ),
     directive(
         ngx::ngx_string!("wsgi_max_threads"),
