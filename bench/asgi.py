@@ -383,6 +383,13 @@ def report(ctx, args, cells, names, workloads):
             cols = [spread([a / b for a, b in zip(cells[(m, w)].rate, cells[(p, w)].rate) if b]) for p in peers]
             print(f"| {w} | " + " | ".join(cols) + " |")
         print()
+        print(f"#### each peer's server CPU per request (or message) ÷ {m}'s (above 1: {m} spends less)\n")
+        print("| workload | " + " | ".join(peers) + " |")
+        print("|---|" + "---|" * len(peers))
+        for w in workloads:
+            cols = [spread([b / a for a, b in zip(cells[(m, w)].cpu_per, cells[(p, w)].cpu_per) if a]) for p in peers]
+            print(f"| {w} | " + " | ".join(cols) + " |")
+        print()
     print("server CPU: the CPU seconds of the server's processes per wall second (2.00 = both cores), "
           "the fronting nginx included for uvicorn+nginx; client CPU: bench/ws_load.py's.")
     for n in names:
