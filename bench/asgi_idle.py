@@ -11,8 +11,8 @@ the growth per connection, how long all took to connect (512 handshakes in fligh
 clients spread over the source addresses 127.0.0.2-5), the latency of a short request (`GET
 /hello`, a new connection) while they are open, and a broadcast: one message to every
 connection, each of which must get it (the time until the last one got it). The two kinds run one
-after the other: a process here may hold at most 20,000 file descriptors (the hard
-RLIMIT_NOFILE), fewer than both kinds at once need. See bench/README.md, "ASGI".
+after the other, each on a fresh server: a process here may hold at most 20,000 file descriptors
+(the hard RLIMIT_NOFILE), fewer than both kinds at once need. See bench/README.md, "ASGI".
 """
 import argparse
 import asyncio
@@ -82,12 +82,14 @@ class Uvicorn(run.Server):
 class Granian(run.Server):
     name = "granian"
     command = "granian"
-    how = "Granian `--interface asgi --workers 1 --runtime-threads 1 --loop uvloop --http 1`"
+    how = ("Granian `--interface asgi --workers 1 --runtime-threads 1 --loop uvloop --http 1 --backpressure N+1024` "
+           "(its default backpressure, the backlog, holds later requests back while that many run)")
 
     def start(self):
         self.procs = [self.ctx.popen(
             [self.ctx.bin / "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", self.port,
              "--workers", 1, "--runtime-threads", 1, "--loop", "uvloop", "--http", "1", "--backlog", 4096,
+             "--backpressure", self.ctx.args.connections + 1024,
              "--log-level", "warning", "--working-dir", BENCH, "asgi_apps:app"], self.dir / "logs/granian.log")]
 
     def worker(self):
@@ -208,19 +210,21 @@ def main():
             why = cls.available(ctx)
             if why:
                 sys.exit(f"{name}: {why}")
-            inst = cls(ctx, 1)
-            inst.start()
-            try:
-                inst.wait_ready()
-                for kind in kinds:
+            for kind in kinds:
+                # A fresh server for each kind: memory freed (and kept) after one batch would hide
+                # what the next one costs.
+                inst = cls(ctx, 1)
+                inst.start()
+                try:
+                    inst.wait_ready()
                     r = asyncio.run(hold(inst.port, inst.worker(), kind, args.connections))
                     r.update(server=name, kind=kind)
                     results.append(r)
                     print(f"{name} {kind}: {r}", file=sys.stderr)
-            except RuntimeError as e:
-                raise RuntimeError(f"{name}: {e}\n{inst.log_tail()}")
-            finally:
-                inst.stop()
+                except (RuntimeError, OSError, asyncio.TimeoutError) as e:
+                    raise RuntimeError(f"{name} {kind}: {type(e).__name__} {e}\n{inst.log_tail()}")
+                finally:
+                    inst.stop()
     n = args.connections
     print(f"\n{n} idle connections of each kind on one worker process; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
