@@ -33,7 +33,8 @@ async def _http(loop, app, scope, ex, done):
 
 
 def start_http(loop, app, scope, ex, done):
-    loop.create_task(_http(loop, app, scope, ex, done))
+    # A name given: asyncio would format one ("Task-N") for every request.
+    loop.create_task(_http(loop, app, scope, ex, done), name="asgi")
 
 
 class Lifespan:

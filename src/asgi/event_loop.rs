@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyCFunction, PyDict, PyModule, PyTuple};
 
 use super::http::{HttpExchange, HttpRequest};
@@ -77,6 +78,8 @@ pub struct AsgiLoop {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// HTTP tasks running (a response may be complete while its app still runs).
     tasks: Arc<AtomicUsize>,
+    /// What a task calls at its end (counts `tasks` down), made once.
+    done: PyOnceLock<Py<PyAny>>,
 }
 
 static LOOP: OnceLock<AsgiLoop> = OnceLock::new();
@@ -109,6 +112,7 @@ pub fn start(kind: LoopKind) -> Result<&'static AsgiLoop, String> {
         efd,
         thread: Mutex::new(None),
         tasks: Arc::new(AtomicUsize::new(0)),
+        done: PyOnceLock::new(),
     });
     let (ready_tx, ready_rx) = mpsc::channel();
     let thread = crate::signals::spawn_helper("asgi-loop", None, move || l.run(kind, ready_tx))
@@ -132,6 +136,7 @@ impl AsgiLoop {
             efd,
             thread: Mutex::new(None),
             tasks: Arc::new(AtomicUsize::new(0)),
+            done: PyOnceLock::new(),
         }))
     }
 
@@ -306,15 +311,17 @@ impl AsgiLoop {
                 .and_then(|l| l.states.get(&app_index).map(|s| s.clone_ref(py)));
             let scope = scope.to_dict(py, state.as_ref().map(|s| s.bind(py)))?;
             let exchange = exchange()?;
-            let tasks = self.tasks.clone();
-            let done =
-                PyCFunction::new_closure(py, None, None, move |_args, _kwargs| -> PyResult<()> {
+            // One `done` for every task: they all count down the same counter.
+            let done = self.done.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+                let tasks = self.tasks.clone();
+                let f = PyCFunction::new_closure(py, None, None, move |_args, _kwargs| {
                     tasks.fetch_sub(1, Ordering::AcqRel);
-                    Ok(())
                 })?;
+                Ok(f.into_any().unbind())
+            })?;
             driver.call_method1(
-                "start_http",
-                (event_loop, app.bind(py), scope, exchange, done),
+                pyo3::intern!(py, "start_http"),
+                (event_loop, app.bind(py), scope, exchange, done.bind(py)),
             )?;
             Ok(())
         })();
