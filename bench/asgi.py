@@ -19,15 +19,16 @@ import http.client
 import importlib.metadata
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import time
 
-import run  # noqa: E402  (the WSGI bench's process helpers)
+import run  # the WSGI bench's process helpers
 from run import BENCH, CORES, Ctx, cpu_seconds, descendants, free_port, nginx_conf, stop_process, wait_tcp
 
-import asgi_apps  # noqa: E402
+import asgi_apps
 
 ECHO_SIZE = 16384
 WS_SIZE = 64
@@ -318,7 +319,7 @@ def bench(ctx, args, names, workloads):
         return cells
     finally:
         if front:
-            stop_process(front.proc, __import__("signal").SIGQUIT)
+            stop_process(front.proc, signal.SIGQUIT)
         for inst in started:
             inst.stop()
 

@@ -19,12 +19,11 @@ import asyncio
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
-import run  # noqa: E402  (the WSGI bench's process helpers)
-from run import BENCH, Ctx, descendants, nginx_conf, stop_process, wait_tcp  # noqa: F401
+import run  # the WSGI bench's process helpers
+from run import BENCH, Ctx, nginx_conf
 
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 CONNECTING_AT_ONCE = 512
