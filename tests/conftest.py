@@ -94,7 +94,7 @@ class Nginx:
     kind = "nginx"
 
     def __init__(self, built, locations, http_extra="", main_extra="", server_extra="",
-                 workers=1, home=True, listen_extra="", server_name="test.local"):
+                 workers=1, home=True, listen_extra="", server_name="test.local", worker_connections=1024):
         self.module, self.binary = built
         self.prefix = pathlib.Path(tempfile.mkdtemp(prefix="ngx-wsgi-test-"))
         (self.prefix / "logs").mkdir()
@@ -109,7 +109,7 @@ class Nginx:
             f"load_module {self.module};\n{user}daemon off;\nmaster_process on;\n"
             f"worker_processes {workers};\nerror_log {self.prefix}/logs/error.log info;\n"
             f"pid {self.prefix}/logs/nginx.pid;\n{main_extra}\n"
-            "events { worker_connections 1024; }\n"
+            f"events {{ worker_connections {worker_connections}; }}\n"
             "http {\n access_log off;\n"
             f" {home_line} {http_extra}\n"
             f" server {{\n  listen 127.0.0.1:{self.port}{listen_extra};\n  server_name {server_name};\n"

@@ -38,7 +38,8 @@ async def _http(loop, app, scope, ex, begin, request_id_var, request_id):
 
 def start_http(loop, app, scope, ex, begin, done, request_id_var, request_id):
     """Starts the task of one connection; `done` runs when it ends, however it ends."""
-    task = loop.create_task(_http(loop, app, scope, ex, begin, request_id_var, request_id))
+    # A name given: asyncio would format one ("Task-N") for every request.
+    task = loop.create_task(_http(loop, app, scope, ex, begin, request_id_var, request_id), name="asgi")
     task.add_done_callback(done)
     return task
 

@@ -435,7 +435,7 @@ impl AsgiLoop {
             };
             let request_id = String::from_utf8_lossy(&scope.request_id).into_owned();
             let task = driver.call_method1(
-                "start_http",
+                pyo3::intern!(py, "start_http"),
                 (
                     event_loop,
                     app.bind(py),

@@ -226,7 +226,7 @@ impl HttpExchange {
             }
         }
         let status = message
-            .get_item("status")
+            .get_item(pyo3::intern!(message.py(), "status"))
             .map_err(|_| PyValueError::new_err("http.response.start without a status"))?;
         if status.is_instance_of::<pyo3::types::PyBool>() {
             return Err(PyTypeError::new_err("status must be an int, not bool"));
@@ -242,7 +242,9 @@ impl HttpExchange {
                 "status {status}: an HTTP response status is 200 to 999 (1xx are not responses)"
             )));
         }
-        if get_opt(message, "trailers")?.is_some_and(|t| t.is_truthy().unwrap_or(true)) {
+        if get_opt(message, pyo3::intern!(message.py(), "trailers"))?
+            .is_some_and(|t| t.is_truthy().unwrap_or(true))
+        {
             return Err(PyValueError::new_err(
                 "trailers: true: this server does not send HTTP trailers (http.response.trailers)",
             ));
@@ -250,7 +252,7 @@ impl HttpExchange {
         let status = status as u16;
         let reason = reason_phrase(status);
         let line = format!("{status} {reason}");
-        let headers = get_opt(message, "headers")?;
+        let headers = get_opt(message, pyo3::intern!(message.py(), "headers"))?;
         let mut head = ResponseHead::new(status, line.as_bytes(), 8, 256);
         if let Some(headers) = headers {
             for item in headers.try_iter()? {
@@ -303,8 +305,8 @@ impl HttpExchange {
             }
             _ => {}
         }
-        let body = get_opt(message, "body")?;
-        let more = match get_opt(message, "more_body")? {
+        let body = get_opt(message, pyo3::intern!(message.py(), "body"))?;
+        let more = match get_opt(message, pyo3::intern!(message.py(), "more_body"))? {
             Some(m) => m.is_truthy()?,
             None => false,
         };
@@ -434,16 +436,26 @@ impl HttpExchange {
 
 /// The `type` of an ASGI message.
 pub(crate) fn message_type(message: &Bound<'_, PyAny>) -> PyResult<String> {
-    let kind = message.get_item("type").map_err(|_| {
-        PyValueError::new_err(format!("an ASGI message needs a \"type\": {message:?}"))
-    })?;
+    let kind = message
+        .get_item(pyo3::intern!(message.py(), "type"))
+        .map_err(|_| {
+            PyValueError::new_err(format!("an ASGI message needs a \"type\": {message:?}"))
+        })?;
     let kind = kind
         .cast::<PyString>()
         .map_err(|_| PyTypeError::new_err(format!("the message type must be str: {message:?}")))?;
     Ok(kind.to_cow()?.into_owned())
 }
 
-fn get_opt<'py>(message: &Bound<'py, PyAny>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+/// `message[key]`, None when it has no such key. Messages are dicts, read without raising (a
+/// missing optional key would cost a KeyError each time); another mapping through `[]`.
+fn get_opt<'py>(
+    message: &Bound<'py, PyAny>,
+    key: &Bound<'py, PyString>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    if let Ok(dict) = message.cast::<PyDict>() {
+        return dict.get_item(key);
+    }
     match message.get_item(key) {
         Ok(v) => Ok(Some(v)),
         Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyError>(message.py()) => Ok(None),
