@@ -26,7 +26,7 @@ import sys
 import time
 
 import run  # the WSGI bench's process helpers
-from run import BENCH, CORES, Ctx, cpu_seconds, descendants, free_port, nginx_conf, stop_process, wait_tcp
+from run import BENCH, CORES, Ctx, cpu_seconds, descendants, expect, expect_json, free_port, nginx_conf, stop_process, wait_tcp
 
 import asgi_apps
 
@@ -38,20 +38,6 @@ class Workload:
     def __init__(self, name, label, path, method="GET", body=None, content_type=None, check=None, ws=False):
         self.name, self.label, self.path, self.method = name, label, path, method
         self.body, self.content_type, self.check, self.ws = body, content_type, check, ws
-
-
-def expect(value):
-    return lambda body: None if body == value else f"body {body[:80]!r}... ({len(body)} B), expected {value[:80]!r}"
-
-
-def expect_json(value):
-    def check(body):
-        try:
-            got = json.loads(body)
-        except ValueError:
-            return f"not JSON: {body[:80]!r}"
-        return None if got == value else f"JSON {got!r}, expected {value!r}"
-    return check
 
 
 WORKLOADS = {w.name: w for w in [
