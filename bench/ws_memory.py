@@ -3,7 +3,7 @@
 connections are opened, each sends one message and reads its echo, then stays open and idle.
 Prints the worker's RSS before and after, and what one open socket costs.
 
-    .venv/bin/python bench/websockets.py [--sockets 2000]
+    .venv/bin/python bench/ws_memory.py [--sockets 2000]
 
 The client's and nginx's descriptor limits must allow --sockets connections (ulimit -n).
 """
