@@ -16,7 +16,6 @@ See bench/README.md, "ASGI".
 """
 import argparse
 import http.client
-import importlib.metadata
 import json
 import os
 import signal
@@ -39,6 +38,9 @@ class Workload:
         self.name, self.label, self.path, self.method = name, label, path, method
         self.body, self.content_type, self.check, self.ws = body, content_type, check, ws
 
+
+# The packages whose versions a run prints.
+ASGI_PEERS = ["uvicorn", "uvloop", "httptools", "websockets", "granian", "hypercorn", "fastapi", "pydantic"]
 
 WORKLOADS = {w.name: w for w in [
     Workload("hello", "hello (13 B)", "/hello", check=expect(asgi_apps.HELLO)),
@@ -310,18 +312,6 @@ def bench(ctx, args, names, workloads):
             inst.stop()
 
 
-def versions(ctx):
-    nginx = subprocess.run([ctx.nginx, "-v"], capture_output=True, text=True).stderr.strip()
-    out = [nginx.replace("nginx version: ", "")]
-    for pkg in ["uvicorn", "uvloop", "httptools", "websockets", "granian", "hypercorn", "fastapi", "pydantic"]:
-        try:
-            out.append(f"{pkg} {importlib.metadata.version(pkg)}")
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    out.append(f"Python {sys.version.split()[0]}")
-    return ", ".join(out)
-
-
 def fmt(v):
     return "-" if v != v else (f"{v:.1f}" if v >= 1 else f"{v:.2f}")
 
@@ -337,7 +327,7 @@ def report(ctx, args, cells, names, workloads):
     print(f"\n{CORES} cores; {CORES} processes per server; wrk -t2 -c{args.connections} -d{args.duration}s; "
           f"WebSocket: bench/ws_load.py, {args.ws_connections} connections, {args.duration}s; "
           f"{args.rounds} interleaved rounds; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print(f"{versions(ctx)}\n")
+    print(f"{run.versions(ctx, names, ASGI_PEERS)}\n")
     modules = [m for m in MODULES if m in names]
     for w in workloads:
         wl = WORKLOADS[w]

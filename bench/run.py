@@ -669,10 +669,13 @@ def threads_for(args):
     return out
 
 
-def versions(ctx, names):
+PEERS = ["gunicorn", "uwsgi", "granian", "cheroot", "flask"]
+
+
+def versions(ctx, names, packages=PEERS):
     nginx = subprocess.run([ctx.nginx, "-v"], capture_output=True, text=True).stderr.strip()
     out = [nginx.replace("nginx version: ", "")]
-    for pkg in ["gunicorn", "uwsgi", "granian", "cheroot", "flask"]:
+    for pkg in packages:
         try:
             out.append(f"{pkg} {importlib.metadata.version(pkg)}")
         except importlib.metadata.PackageNotFoundError:
