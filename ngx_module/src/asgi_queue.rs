@@ -107,14 +107,12 @@ pub(crate) unsafe fn waiting(request: &Arc<AsgiRequest>, limits: QueueLimits, ex
     }
     // SAFETY: on the event loop; the sweeper is a static.
     unsafe {
-        let ev = &mut *SWEEPER.0.get();
-        if ev.timer_set() == 0 {
-            ev.handler = Some(sweep);
-            ev.log = (*nginx_sys::ngx_cycle).log;
-            // Doesn't keep an exiting worker alive by itself (in-flight requests do).
-            ev.set_cancelable(1);
-            nginx_sys::ngx_add_timer(ev, sweep_interval(limits.queue_timeout));
-        }
+        crate::ffi::timer::keep_armed(
+            &mut *SWEEPER.0.get(),
+            Some(sweep),
+            std::ptr::null_mut(),
+            sweep_interval(limits.queue_timeout),
+        )
     }
 }
 

@@ -285,15 +285,12 @@ impl RunQueue {
     unsafe fn arm_sweeper(&'static self) {
         // SAFETY: the sweeper is only touched on the event loop; the queue lives for the process.
         unsafe {
-            let ev = &mut *self.sweeper.get();
-            if ev.timer_set() == 0 {
-                ev.handler = Some(sweep);
-                ev.data = (self as *const RunQueue).cast_mut().cast();
-                ev.log = (*nginx_sys::ngx_cycle).log;
-                // Doesn't keep an exiting worker alive by itself (in-flight requests do).
-                ev.set_cancelable(1);
-                nginx_sys::ngx_add_timer(ev, sweep_interval(self.limits.queue_timeout));
-            }
+            crate::ffi::timer::keep_armed(
+                &mut *self.sweeper.get(),
+                Some(sweep),
+                (self as *const RunQueue).cast_mut().cast(),
+                sweep_interval(self.limits.queue_timeout),
+            )
         }
     }
 

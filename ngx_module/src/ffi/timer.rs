@@ -1,4 +1,5 @@
-//! Timers on events the module owns (a request's deadline): arming and disarming them.
+//! Timers on events the module owns (a request's deadline, a queue's sweeper): arming and
+//! disarming them.
 
 use std::ffi::c_void;
 
@@ -36,4 +37,24 @@ pub(crate) unsafe fn disarm(ev: &mut ngx_event_t) {
         // SAFETY: per the function contract; the timer is in nginx's tree.
         unsafe { ngx_del_timer(ev) };
     }
+}
+
+/// Arms `ev` to call `handler` with `data` after `ms`, unless its timer is already set; the timer
+/// is cancelable: it does not keep an exiting worker alive by itself (in-flight requests do).
+/// For sweepers that stay armed while anything waits.
+///
+/// # Safety
+/// Event-loop thread; `ev` stays at its address for the process.
+pub(crate) unsafe fn keep_armed(
+    ev: &mut ngx_event_t,
+    handler: ngx_event_handler_pt,
+    data: *mut c_void,
+    ms: ngx_msec_t,
+) {
+    if ev.timer_set() != 0 {
+        return;
+    }
+    ev.set_cancelable(1);
+    // SAFETY: per the function contract; nginx's cycle (and its log) outlives every timer.
+    unsafe { arm(ev, handler, data, (*nginx_sys::ngx_cycle).log, ms) };
 }
