@@ -4,7 +4,7 @@ and nginx acts on X-Accel-Limit-Rate and X-Accel-Charset as its upstream modules
 
 import pytest
 
-from conftest import APACHE_MODULES, APPS, asgi_location, http_get, location, route
+from conftest import APACHE_MODULES, APPS, asgi_location, http_get, location, raw_request, route
 
 RESPONSES = APPS / "responses.py"
 SECURITY = APPS / "security.py"
@@ -160,18 +160,23 @@ def test_wsgi_ignore_headers_twice_is_a_duplicate(nginx_factory):
 @pytest.fixture(scope="module")
 def asgi_server(nginx_factory):
     app = f"{SECURITY}:asgi_headers_from_query"
+    accel = f"{SECURITY}:asgi_accel"
     return nginx_factory(
         asgi_location("/asgi/", app, "add_header X-Limit $limit_rate always;")
         + asgi_location("/asgi-ignoring/", app, "wsgi_ignore_headers X-Accel-Redirect X-Accel-Limit-Rate; "
                                                 "add_header X-Limit $limit_rate always;")
+        + asgi_location("= /asgi-accel", accel)
+        + asgi_location("= /asgi-accel-ignored", accel, "wsgi_ignore_headers X-Accel-Redirect;")
+        + "  location @named { return 200 \"named location, $request_method\\n\"; }\n"
         + f"  {NGINX_PROTECTED}\n",
     ).start()
 
 
 def test_an_asgi_apps_x_accel_headers(asgi_server):
-    # An ASGI head goes out at http.response.start, before the module could hold the body back:
-    # X-Accel-Redirect is not acted on there (README, ASGI), but never reaches the client either.
     status, headers, body = http_get(asgi_server, "/asgi/x?X-Accel-Redirect=/protected/hello.txt")
+    assert (status, body) == (200, b"protected file contents\n")
+    assert "X-Accel-Redirect" not in headers
+    status, headers, body = http_get(asgi_server, "/asgi-ignoring/x?X-Accel-Redirect=/protected/hello.txt")
     assert (status, body) == (200, b"the app's own body\n")
     assert "X-Accel-Redirect" not in headers
     status, headers, body = http_get(asgi_server, "/asgi/x?X-Accel-Limit-Rate=777")
@@ -180,3 +185,48 @@ def test_an_asgi_apps_x_accel_headers(asgi_server):
     status, headers, body = http_get(asgi_server, "/asgi-ignoring/x?X-Accel-Limit-Rate=777")
     assert (status, body, headers["X-Limit"]) == (200, b"the app's own body\n", "0")
     assert not [h for h in headers if h.lower().startswith("x-accel-")]
+
+
+@pytest.mark.parametrize("target", ["/protected/hello.txt", "/protected/hello%2etxt", "/protected/./hello.txt"])
+def test_an_asgi_apps_redirect_is_served_from_its_target_and_its_body_dropped(asgi_server, target):
+    status, headers, body = http_get(asgi_server, f"/asgi-accel?{target}")
+    assert (status, body) == (200, b"protected file contents\n")
+    assert headers["Content-Disposition"] == "attachment; filename=hello.txt"
+    assert headers["Set-Cookie"] == "seen=1"
+    assert headers["Content-Type"] != "text/html", "the target's type, not the dropped body's"
+
+
+def test_an_asgi_apps_redirect_to_a_named_location_and_on_head(asgi_server):
+    status, _, body = http_get(asgi_server, "/asgi-accel?@named")
+    assert (status, body) == (200, b"named location, GET\n")
+    data = raw_request(asgi_server.port, b"HEAD /asgi-accel?/protected/hello.txt HTTP/1.1\r\nHost: t\r\n"
+                                         b"Connection: close\r\n\r\n")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 24" in head, head
+    assert rest == b""
+
+
+@pytest.mark.parametrize("target", ["/protected/../test_accel.py", "/protected/%2e%2e/x", "/protected/a%00", ""])
+def test_an_asgi_apps_redirect_that_could_leave_its_location_is_a_500(asgi_server, target):
+    needle = f'X-Accel-Redirect "{target}" was refused'
+    before = asgi_server.error_log().count(needle)
+    status, headers, body = http_get(asgi_server, f"/asgi-accel?{target}")
+    assert status == 500
+    assert b"replaced" not in body and "X-Accel-Redirect" not in headers
+    assert asgi_server.error_log().count(needle) == before + 1, asgi_server.error_log()[-2000:]
+
+
+def test_an_asgi_app_that_fails_after_its_redirect_head_is_a_500(asgi_server):
+    for mode, logged in [("fail", "RuntimeError: failed after the redirect head"),
+                         ("early", "returned before its response was complete")]:
+        before = asgi_server.error_log().count(logged)
+        status, _, body = http_get(asgi_server, f"/asgi-accel?{mode}&/protected/hello.txt")
+        assert status == 500 and b"protected file" not in body
+        assert asgi_server.error_log().count(logged) == before + 1
+
+
+def test_an_asgi_apps_ignored_redirect_sends_the_apps_body(asgi_server):
+    status, headers, body = http_get(asgi_server, "/asgi-accel-ignored?/protected/hello.txt")
+    assert (status, body) == (200, b"this body is replaced by the redirect target")
+    assert headers["Content-Type"] == "text/html"
+    assert "X-Accel-Redirect" not in headers

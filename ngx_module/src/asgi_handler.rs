@@ -21,6 +21,7 @@ use nginx_sys::{
     ngx_http_test_reading, ngx_int_t, ngx_pool_cleanup_add, NGX_DONE, NGX_ERROR,
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR,
 };
+use ngx_wsgi::accel::AccelHeaders;
 use ngx_wsgi::asgi::{HttpEnd, HttpRequest, TaskWatch, WsRequest};
 use ngx_wsgi::{Chunk, Outcome, OutcomeKind};
 
@@ -133,6 +134,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             complete,
             read_timeout,
             label,
+            !lc.ignore_headers.headers().contains(AccelHeaders::REDIRECT),
         ))
     };
     // SAFETY: the request pool is live; its cleanup drops this reference when the request is
@@ -278,7 +280,7 @@ unsafe fn complete(r: *mut ngx_http_request_t, request: &AsgiRequest, end: HttpE
             r,
             &request.stream,
             request.body.as_deref(),
-            Some(&request.file_response),
+            Some(&request.whole_response),
             request.posted_at,
             end,
             false,
@@ -306,7 +308,7 @@ unsafe fn finish(
     r: *mut ngx_http_request_t,
     stream: &Stream,
     body: Option<&BodyStream>,
-    file_response: Option<&std::sync::Mutex<Option<Outcome>>>,
+    whole_response: Option<&std::sync::Mutex<Option<Outcome>>>,
     posted_at: std::time::Instant,
     end: HttpEnd,
     upgraded: bool,
@@ -346,16 +348,17 @@ unsafe fn finish(
                 // closes with the request.
                 return Some(NGX_DONE as ngx_int_t);
             }
-            let mut file = file_response.map(|f| f.lock().unwrap_or_else(|e| e.into_inner()));
-            if let (Some(file), false) =
-                (file.as_mut().and_then(|f| f.as_mut()), streamed.head_sent)
+            let mut whole = whole_response.map(|f| f.lock().unwrap_or_else(|e| e.into_inner()));
+            if let (Some(whole), false) =
+                (whole.as_mut().and_then(|f| f.as_mut()), streamed.head_sent)
             {
                 // http.response.pathsend: nginx sends the file (sendfile, byte ranges); the
-                // descriptor stays open until the request's pool goes.
-                file.kind = kind;
-                return Some(crate::response::send(r, Some(file), streamed));
+                // descriptor stays open until the request's pool goes. X-Accel-Redirect: nginx
+                // answers from its target.
+                whole.kind = kind;
+                return Some(crate::response::send(r, Some(whole), streamed));
             }
-            drop(file);
+            drop(whole);
             let outcome = Outcome {
                 kind,
                 head: None,

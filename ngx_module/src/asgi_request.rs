@@ -34,9 +34,11 @@ pub(crate) struct AsgiRequest {
     /// The client went away (noticed by the request's read handler).
     gone: AtomicBool,
     ending: Mutex<Ending>,
-    /// A response that is a file (`http.response.pathsend`), kept until the request's pool goes
-    /// (nginx sends from its descriptor).
-    pub file_response: Mutex<Option<Outcome>>,
+    /// A response made from its head alone: a file (`http.response.pathsend`, kept until the
+    /// request's pool goes: nginx sends from its descriptor) or an `X-Accel-Redirect`.
+    pub whole_response: Mutex<Option<Outcome>>,
+    /// The location acts on `X-Accel-Redirect` (`wsgi_ignore_headers` does not name it).
+    redirects: bool,
     on_end: OnEnd,
     /// Its place in the event loop's queue, and its task once started.
     pub watch: Arc<TaskWatch>,
@@ -62,6 +64,7 @@ impl AsgiRequest {
         on_end: OnEnd,
         read_timeout: ngx_msec_t,
         label: String,
+        redirects: bool,
     ) -> Arc<AsgiRequest> {
         Arc::new_cyclic(|me| AsgiRequest {
             stream,
@@ -72,7 +75,8 @@ impl AsgiRequest {
                 request: LoopRequest(r),
                 end: None,
             }),
-            file_response: Mutex::new(None),
+            whole_response: Mutex::new(None),
+            redirects,
             on_end,
             watch: Arc::new(TaskWatch::default()),
             read_timeout,
@@ -81,6 +85,21 @@ impl AsgiRequest {
             deadline: UnsafeCell::new(unsafe { std::mem::zeroed() }),
             me: me.clone(),
         })
+    }
+
+    fn respond_whole(&self, head: ResponseHead, file: Option<FileRange>) {
+        *self
+            .whole_response
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Outcome {
+            kind: OutcomeKind::Complete,
+            head: Some(head),
+            body: Chunk::from_vec(Vec::new()),
+            streamed: false,
+            length_known: true,
+            file,
+            gil_wait: std::time::Duration::ZERO,
+        });
     }
 
     fn ending(&self) -> std::sync::MutexGuard<'_, Ending> {
@@ -123,15 +142,16 @@ impl HttpServer for AsgiRequest {
     }
 
     fn send_file(&self, head: ResponseHead, file: FileRange) {
-        *self.file_response.lock().unwrap_or_else(|e| e.into_inner()) = Some(Outcome {
-            kind: OutcomeKind::Complete,
-            head: Some(head),
-            body: Chunk::from_vec(Vec::new()),
-            streamed: false,
-            length_known: true,
-            file: Some(file),
-            gil_wait: std::time::Duration::ZERO,
-        });
+        self.respond_whole(head, Some(file));
+    }
+
+    fn redirect(&self, head: ResponseHead) -> Result<(), ResponseHead> {
+        if !self.redirects {
+            return Err(head);
+        }
+        // The completion answers it as it answers a WSGI app's redirect (response::send).
+        self.respond_whole(head, None);
+        Ok(())
     }
 
     fn client_gone(&self) -> bool {

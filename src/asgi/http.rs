@@ -53,6 +53,12 @@ pub trait HttpServer: Send + Sync {
     /// The whole response is `head` and this file (`http.response.pathsend`): the server sends
     /// the file itself. [`finish`](Self::finish) follows.
     fn send_file(&self, head: ResponseHead, file: FileRange);
+    /// `head` carries an `X-Accel-Redirect`: the server answers from its target instead of the
+    /// app's body, once [`finish`](Self::finish) says `Complete`. Gives the head back when the
+    /// server does not act on the header (then it is an ordinary response).
+    fn redirect(&self, head: ResponseHead) -> Result<(), ResponseHead> {
+        Err(head)
+    }
     fn client_gone(&self) -> bool;
     /// The response is over (called once). After it the server's request may be gone: nothing
     /// of it is touched again.
@@ -86,6 +92,8 @@ enum Response {
     Started,
     /// Head and body pieces went to the server.
     Streaming,
+    /// The head is an `X-Accel-Redirect` the server took: the app's body pieces are dropped.
+    Redirected,
     /// `more_body` was false: complete.
     Done,
 }
@@ -320,15 +328,24 @@ impl HttpExchange {
             None => None,
         };
         let len = body.map_or(0, |b| b.as_bytes().len());
+        if self.gone || self.finished {
+            return Err(Self::gone_error());
+        }
+        if self.take_redirect() {
+            // The body that comes with a redirect is not the response (nginx's upstreams drop
+            // it too).
+            if !more {
+                self.response = Response::Done;
+                self.finish(HttpEnd::Complete);
+            }
+            return Ok(true);
+        }
         if let Some(declared) = self.declared {
             if self.produced + len as u64 > declared && !self.bodiless {
                 return Err(PyRuntimeError::new_err(format!(
                     "the response body is longer than its content-length ({declared})"
                 )));
             }
-        }
-        if self.gone || self.finished {
-            return Err(Self::gone_error());
         }
         if len == 0 && more {
             return Ok(true);
@@ -367,12 +384,39 @@ impl HttpExchange {
 }
 
 impl HttpExchange {
+    /// Whether the response is an internal redirect the server took: the first time, hands it
+    /// the head when it has an `X-Accel-Redirect` (before any body piece went out).
+    fn take_redirect(&mut self) -> bool {
+        if self.response == Response::Started
+            && self
+                .head
+                .as_ref()
+                .is_some_and(|h| h.internal_redirect().is_some())
+        {
+            if let Some(head) = self.head.take() {
+                match self.server.redirect(head) {
+                    Ok(()) => self.response = Response::Redirected,
+                    Err(head) => self.head = Some(head),
+                }
+            }
+        }
+        self.response == Response::Redirected
+    }
+
     /// `http.response.pathsend`: the response's body is a file, which the server sends.
     fn pathsend(&mut self, message: &Bound<'_, PyAny>) -> PyResult<()> {
         if self.response != Response::Started {
             return Err(PyRuntimeError::new_err(
                 "http.response.pathsend must follow http.response.start, before any body",
             ));
+        }
+        if self.gone || self.finished {
+            return Err(Self::gone_error());
+        }
+        if self.take_redirect() {
+            self.response = Response::Done;
+            self.finish(HttpEnd::Complete);
+            return Ok(());
         }
         let path = message
             .get_item("path")
@@ -403,9 +447,6 @@ impl HttpExchange {
             )));
         }
         let len = self.declared.map_or(meta.len(), |d| d.min(meta.len()));
-        if self.gone || self.finished {
-            return Err(Self::gone_error());
-        }
         let Some(head) = self.head.take() else {
             return Err(PyRuntimeError::new_err("no response head"));
         };
@@ -586,7 +627,8 @@ impl HttpExchange {
             };
             self.log_error(what, &crate::traceback::format(py, &err));
             let end = match self.response {
-                Response::Idle | Response::Started => HttpEnd::Failed,
+                // A redirect is answered only once its response is complete.
+                Response::Idle | Response::Started | Response::Redirected => HttpEnd::Failed,
                 _ => HttpEnd::Truncated,
             };
             self.finish(if client_gone {
@@ -607,6 +649,13 @@ impl HttpExchange {
             Response::Idle => {
                 self.log_error(
                     "the application returned without sending http.response.start",
+                    "",
+                );
+                self.finish(HttpEnd::Failed);
+            }
+            Response::Redirected => {
+                self.log_error(
+                    "the application returned before its response was complete (more_body)",
                     "",
                 );
                 self.finish(HttpEnd::Failed);
@@ -708,6 +757,9 @@ mod tests {
         body: Mutex<VecDeque<BodyRead>>,
         ended: Mutex<Vec<HttpEnd>>,
         file: Mutex<Option<(u16, u64)>>,
+        /// Acts on X-Accel-Redirect (as nginx does unless the location ignores it).
+        redirects: AtomicBool,
+        redirected: Mutex<Option<Vec<u8>>>,
     }
 
     impl HttpServer for Fake {
@@ -733,6 +785,13 @@ mod tests {
         }
         fn send_file(&self, head: ResponseHead, file: FileRange) {
             *self.file.lock().unwrap() = Some((head.status, file.len));
+        }
+        fn redirect(&self, head: ResponseHead) -> Result<(), ResponseHead> {
+            if !self.redirects.load(Ordering::Relaxed) {
+                return Err(head);
+            }
+            *self.redirected.lock().unwrap() = head.internal_redirect().map(<[u8]>::to_vec);
+            Ok(())
         }
         fn client_gone(&self) -> bool {
             self.gone.load(Ordering::Relaxed)
@@ -814,6 +873,69 @@ mod tests {
                 msg.get_item("type").unwrap().extract::<String>().unwrap(),
                 "http.disconnect"
             );
+        });
+    }
+
+    const REDIRECT: &str = "{'type': 'http.response.start', 'status': 200, \
+        'headers': [(b'x-accel-redirect', b'/protected/a.bin'), (b'content-length', b'3')]}";
+
+    #[test]
+    fn an_accel_redirect_is_the_whole_response_and_its_body_is_dropped() {
+        with_python(|py| {
+            let server = Arc::new(Fake::default());
+            server.redirects.store(true, Ordering::Relaxed);
+            let ex = exchange(py, &server, None);
+            assert!(send(&ex, REDIRECT).unwrap());
+            server.full.store(true, Ordering::Relaxed);
+            assert!(
+                send(
+                    &ex,
+                    "{'type': 'http.response.body', 'body': b'ab', 'more_body': True}"
+                )
+                .unwrap(),
+                "a dropped piece never waits for room"
+            );
+            assert!(send(&ex, "{'type': 'http.response.body', 'body': b'cdef'}").unwrap());
+            assert!(server.pushed.lock().unwrap().is_empty(), "nothing sent");
+            assert_eq!(
+                server.redirected.lock().unwrap().as_deref(),
+                Some(&b"/protected/a.bin"[..])
+            );
+            assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Complete]);
+        });
+    }
+
+    #[test]
+    fn an_accel_redirect_the_server_ignores_is_an_ordinary_response() {
+        with_python(|py| {
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, None);
+            assert!(send(&ex, REDIRECT).unwrap());
+            assert!(send(&ex, "{'type': 'http.response.body', 'body': b'abc'}").unwrap());
+            assert_eq!(
+                *server.pushed.lock().unwrap(),
+                vec![(Some(200), b"abc".to_vec())]
+            );
+            assert!(server.redirected.lock().unwrap().is_none());
+            assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Complete]);
+        });
+    }
+
+    #[test]
+    fn an_app_that_fails_after_a_redirect_head_gets_a_500() {
+        with_python(|py| {
+            let server = Arc::new(Fake::default());
+            server.redirects.store(true, Ordering::Relaxed);
+            let ex = exchange(py, &server, None);
+            assert!(send(&ex, REDIRECT).unwrap());
+            assert!(send(
+                &ex,
+                "{'type': 'http.response.body', 'body': b'a', 'more_body': True}"
+            )
+            .unwrap());
+            let error = py.eval(c"RuntimeError('broken')", None, None).unwrap();
+            ex.call_method1("ended", (error,)).unwrap();
+            assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Failed]);
         });
     }
 
