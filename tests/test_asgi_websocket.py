@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import struct
+import time
 
 import pytest
 import requests
@@ -271,6 +272,52 @@ def test_a_client_that_goes_before_the_accept(nginx_factory):
     assert server.stop() == 0
     log = server.error_log()
     assert "request(s) inside Python" not in log and "Traceback" not in log, "the request ended with the app"
+
+
+# --- wsgi_read_timeout: the app's time to accept or deny --------------------------------------
+
+@pytest.fixture(scope="module")
+def timed(nginx_factory):
+    s = nginx_factory(asgi("/t/", APP, "wsgi_read_timeout 500ms;")).start()
+    s.ws = f"ws://127.0.0.1:{s.port}"
+    return s
+
+
+def test_an_app_that_neither_accepts_nor_denies_gets_a_504(timed):
+    s = socket.create_connection(("127.0.0.1", timed.port), timeout=10)
+    s.sendall(b"GET /t/never-accepts?n1 HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = read_until(s, b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 504"), head
+    s.close()
+    needle = ('wsgi_read_timeout: "GET /t/never-accepts?n1 HTTP/1.1" has neither accepted nor denied its '
+              'WebSocket after 500 ms')
+    wait_for(lambda: needle in timed.error_log(), what="the timeout's log entry")
+    wait_for(lambda: "n1" in requests.get(timed.url("/t/stats"), timeout=10).json()["cancelled"],
+             what="the app's task to be cancelled")
+    entry = timed.error_log().split(needle, 1)[1]
+    assert "never-accepts" not in entry.split("\n", 1)[0]
+    assert "asgi_ws.py" in entry and "in app" in entry, "where the task waited"
+    wait_for(lambda: 'the task of "GET /t/never-accepts?n1 HTTP/1.1" ended after its deadline' in timed.error_log(),
+             what="the task's end")
+    assert 'the application raised while serving "GET /t/never-accepts?n1' not in timed.error_log()
+
+
+def test_the_read_timeout_ends_at_the_accept(timed):
+    with connect(f"{timed.ws}/t/echo?t2") as ws:
+        # Longer than wsgi_read_timeout: an accepted socket is under the WebSocket timeouts.
+        time.sleep(1.0)
+        ws.send("still here")
+        assert ws.recv(timeout=10) == "still here"
+    assert 'wsgi_read_timeout: "GET /t/echo?t2' not in timed.error_log()
+
+
+def test_a_denial_in_time_is_not_timed_out(timed):
+    with pytest.raises(InvalidStatus) as e:
+        connect(f"{timed.ws}/t/deny-custom?t3")
+    assert e.value.response.status_code == 401
+    time.sleep(1.0)
+    assert 'wsgi_read_timeout: "GET /t/deny-custom?t3' not in timed.error_log()
 
 
 # --- worker exit -------------------------------------------------------------------------------

@@ -22,11 +22,11 @@ use nginx_sys::{
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR,
 };
 use ngx_wsgi::accel::AccelHeaders;
-use ngx_wsgi::asgi::{HttpEnd, HttpRequest, TaskWatch, WsRequest};
+use ngx_wsgi::asgi::{HttpEnd, HttpRequest, WsRequest};
 use ngx_wsgi::{Chunk, Outcome, OutcomeKind};
 
 use crate::asgi_request::AsgiRequest;
-use crate::asgi_ws::{AsgiWs, WsSettings};
+use crate::asgi_ws::{AsgiWs, WsHooks, WsSettings};
 use crate::dispatch::{QueueLimits, Refused};
 use crate::ffi::{guard, module, timer};
 use crate::request_body::BodyStream;
@@ -99,6 +99,18 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         b.set_waker(wake.clone());
     }
     let unbuffered = body_stream.is_some();
+    let read_timeout = lc.limits.read_timeout;
+    let label = |what: &str| {
+        if read_timeout == 0 {
+            String::new()
+        } else {
+            format!(
+                "wsgi_read_timeout: \"{}\" {what} after {read_timeout} ms{}",
+                scope.request_line.escape_debug(),
+                scope.log_suffix()
+            )
+        }
+    };
     let served = if scope.is_websocket_handshake() {
         // SAFETY: `r` is live; its core configuration exists.
         let max = unsafe { max_message(r) };
@@ -107,33 +119,23 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             max_message: max,
             ping_interval: lc.websocket.ping_interval,
             idle_timeout: lc.websocket.idle_timeout,
+            handshake_timeout: read_timeout,
         };
-        Served::Ws(AsgiWs::new(
-            r,
-            stream.clone(),
-            settings,
-            wake,
-            complete_ws,
-            Some(on_ws_io),
-        ))
+        let hooks = WsHooks {
+            on_end: complete_ws,
+            on_deadline: ws_deadline,
+            on_io: Some(on_ws_io),
+        };
+        let label = label("has neither accepted nor denied its WebSocket");
+        Served::Ws(AsgiWs::new(r, stream.clone(), settings, wake, hooks, label))
     } else {
-        let read_timeout = lc.limits.read_timeout;
-        let label = if read_timeout == 0 {
-            String::new()
-        } else {
-            format!(
-                "wsgi_read_timeout: \"{}\" is still running after {read_timeout} ms{}",
-                scope.request_line.escape_debug(),
-                scope.log_suffix()
-            )
-        };
         Served::Http(AsgiRequest::new(
             r,
             stream.clone(),
             body_stream.clone(),
             complete,
             read_timeout,
-            label,
+            label("is still running"),
             !lc.ignore_headers.headers().contains(AccelHeaders::REDIRECT),
         ))
     };
@@ -189,15 +191,15 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         }
         Served::Ws(ws) => {
             crate::metrics::websocket(1);
-            event_loop.submit_ws(
-                WsRequest {
-                    app,
-                    scope: scope.into_websocket(),
-                    server: ws,
-                    waker,
-                },
-                Arc::new(TaskWatch::default()),
-            )
+            event_loop.submit_ws(WsRequest {
+                app,
+                scope: scope.into_websocket(),
+                server: ws.clone(),
+                waker,
+                watch: ws.watch.clone(),
+            });
+            // SAFETY: on the event loop; the timer is disarmed when the connection ends.
+            unsafe { ws.start_deadline() };
         }
     }
     if !unbuffered {
@@ -415,7 +417,7 @@ unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
             if let Some(body) = &request.body {
                 body.fail("wsgi_read_timeout: the request timed out");
             }
-            end_now(r, request, rc, 504);
+            end_now(r, parts(request), rc, 504);
         }
     })
 }
@@ -440,30 +442,63 @@ unsafe fn expired_in_queue(request: &Arc<AsgiRequest>) {
         let timeout = crate::conf::main_conf_of(&*r).map_or(0, |mc| mc.limits.queue_timeout());
         request.stream.client_gone();
         let rc = crate::overload::refuse(r, Refused::LoopExpired, timeout);
-        end_now(r, request, rc as ngx_int_t, 503);
+        end_now(r, parts(request), rc as ngx_int_t, 503);
+    }
+}
+
+/// `wsgi_read_timeout` before a WebSocket's app accepted or denied it: answered as an HTTP
+/// request that timed out (a 504, or a cut denial); the app's task is cancelled and where it
+/// waited goes to the error log.
+///
+/// # Safety
+/// Event-loop thread; `r` is live, blocked on the app, and no longer held by `ws`.
+unsafe fn ws_deadline(r: *mut ngx_http_request_t, ws: &AsgiWs) {
+    if let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() {
+        if event_loop.give_up(&ws.watch) {
+            crate::metrics::asgi_timed_out(false);
+            crate::ffi::log::cycle_log(
+                NGX_LOG_ERR as usize,
+                &format!(
+                    "{}; it was still waiting for the asgi event loop and will not run",
+                    ws.label
+                ),
+            );
+        } else {
+            event_loop.time_out(&ws.watch, ws.label.clone());
+        }
+    }
+    crate::metrics::websocket(-1);
+    // SAFETY: per the function contract.
+    unsafe {
+        let rc = ws.stream.time_out(r);
+        end_now(r, (&ws.stream, None, None, ws.posted_at), rc, 504);
     }
 }
 
 /// Finalizes a request the server answered without the app (`rc`, counted as `status`); the
-/// app's task, if any, runs on and its end is ignored.
+/// app's task, if any, runs on and its end is ignored. `parts`: the request's response stream,
+/// body stream, deadline (disarmed here) and start.
 ///
 /// # Safety
-/// Event-loop thread; `r` is live, blocked on the app, and was taken with `end_early`.
-unsafe fn end_now(r: *mut ngx_http_request_t, request: &AsgiRequest, rc: ngx_int_t, status: u16) {
+/// Event-loop thread; `r` is live, blocked on the app, and was taken from its exchange.
+unsafe fn end_now(r: *mut ngx_http_request_t, parts: EarlyEnd<'_>, rc: ngx_int_t, status: u16) {
+    let (stream, body, deadline, posted_at) = parts;
     // SAFETY: per the function contract.
     let c = unsafe { (*r).connection };
     let rc = guard("ending an asgi request early", None, || {
         // SAFETY: per the function contract; nothing here finalizes the request.
         unsafe {
-            timer::disarm(&mut *request.deadline.get());
+            if let Some(deadline) = deadline {
+                timer::disarm(&mut *deadline.get());
+            }
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
             crate::inflight::finished();
             crate::recycle::request_done();
-            if let Some(body) = &request.body {
+            if let Some(body) = body {
                 body.finish();
             }
-            request.stream.finish(r);
-            crate::metrics::finished(status, request.posted_at.elapsed(), false, false);
+            stream.finish(r);
+            crate::metrics::finished(status, posted_at.elapsed(), false, false);
         }
         Some(rc)
     });
@@ -472,6 +507,23 @@ unsafe fn end_now(r: *mut ngx_http_request_t, request: &AsgiRequest, rc: ngx_int
         ngx_http_finalize_request(r, rc.unwrap_or(NGX_ERROR as ngx_int_t));
         ngx_http_run_posted_requests(c);
     }
+}
+
+/// What [`end_now`] ends: a request's response stream, body stream, deadline and start.
+type EarlyEnd<'a> = (
+    &'a Stream,
+    Option<&'a BodyStream>,
+    Option<&'a std::cell::UnsafeCell<ngx_event_t>>,
+    std::time::Instant,
+);
+
+fn parts(request: &AsgiRequest) -> EarlyEnd<'_> {
+    (
+        &request.stream,
+        request.body.as_deref(),
+        Some(&request.deadline),
+        request.posted_at,
+    )
 }
 
 /// While the response goes out: the client can take more.

@@ -7,7 +7,8 @@
 //! the client until the app has taken its messages. At worker exit every open WebSocket is sent
 //! a close frame with code 1001. Open sockets are pinged every `asgi_websocket_ping_interval`
 //! and closed with 1001 after `asgi_websocket_idle_timeout` without a byte from the client
-//! (pongs count), on nginx timers.
+//! (pongs count), on nginx timers. Until the app accepts or denies it, `wsgi_read_timeout`
+//! bounds the handshake as it bounds an HTTP response.
 
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
@@ -20,7 +21,7 @@ use nginx_sys::{
     ngx_int_t, ngx_msec_t, ngx_tcp_nodelay, NGX_AGAIN, NGX_ERROR, NGX_HTTP_FLUSH, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
-use ngx_wsgi::asgi::{HttpEnd, WsCodec, WsIncoming, WsOutgoing, WsServer};
+use ngx_wsgi::asgi::{HttpEnd, TaskWatch, WsCodec, WsIncoming, WsOutgoing, WsServer};
 use ngx_wsgi::{Chunk, ClientGone, ResponseHead};
 
 use crate::ffi::{guard, timer, LoopRequest};
@@ -43,10 +44,24 @@ pub(crate) struct WsSettings {
     pub ping_interval: ngx_msec_t,
     /// `asgi_websocket_idle_timeout` (0: none).
     pub idle_timeout: ngx_msec_t,
+    /// `wsgi_read_timeout` (0: none): the app's time to accept or deny.
+    pub handshake_timeout: ngx_msec_t,
 }
 
 /// What the event loop does when the connection is over: `upgraded` once the 101 went out.
 pub(crate) type OnWsEnd = unsafe fn(*mut ngx_http_request_t, &AsgiWs, HttpEnd, bool);
+
+/// What the event loop does when the app has neither accepted nor denied in time: answers and
+/// finalizes the request, which the connection no longer holds.
+pub(crate) type OnWsDeadline = unsafe fn(*mut ngx_http_request_t, &AsgiWs);
+
+/// The request flow's part in a WebSocket's life.
+pub(crate) struct WsHooks {
+    pub on_end: OnWsEnd,
+    pub on_deadline: OnWsDeadline,
+    /// The request's read and write handler once upgraded: it calls [`AsgiWs::on_io`].
+    pub on_io: ngx_http_event_handler_pt,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
@@ -87,10 +102,14 @@ pub(crate) struct AsgiWs {
     state: Mutex<State>,
     settings: WsSettings,
     wake: Arc<dyn Fn() + Send + Sync>,
-    on_end: OnWsEnd,
-    /// The request's read and write handler once upgraded: it calls [`AsgiWs::on_io`].
-    on_io: ngx_http_event_handler_pt,
-    /// The wait for the client's close frame (event loop only, like the two below).
+    hooks: WsHooks,
+    /// Its place in the event loop's queue, and its task once started.
+    pub watch: Arc<TaskWatch>,
+    /// How a handshake timeout's log entry begins (only with a timeout).
+    pub label: String,
+    /// The end of the app's time to accept or deny (event loop only, like the three below).
+    handshake_timer: UnsafeCell<ngx_event_t>,
+    /// The wait for the client's close frame.
     close_timer: UnsafeCell<ngx_event_t>,
     /// The next keepalive ping.
     ping_timer: UnsafeCell<ngx_event_t>,
@@ -114,8 +133,8 @@ impl AsgiWs {
         stream: Arc<Stream>,
         settings: WsSettings,
         wake: Arc<dyn Fn() + Send + Sync>,
-        on_end: OnWsEnd,
-        on_io: ngx_http_event_handler_pt,
+        hooks: WsHooks,
+        label: String,
     ) -> Arc<AsgiWs> {
         crate::inflight::on_exiting(close_all_for_exit);
         Arc::new_cyclic(|me| AsgiWs {
@@ -137,9 +156,12 @@ impl AsgiWs {
             }),
             settings,
             wake,
-            on_end,
-            on_io,
+            hooks,
+            watch: Arc::new(TaskWatch::default()),
+            label,
             // SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
+            handshake_timer: UnsafeCell::new(unsafe { std::mem::zeroed() }),
+            // SAFETY: as above.
             close_timer: UnsafeCell::new(unsafe { std::mem::zeroed() }),
             // SAFETY: as above.
             ping_timer: UnsafeCell::new(unsafe { std::mem::zeroed() }),
@@ -160,6 +182,40 @@ impl AsgiWs {
                 crate::notify::schedule(me);
             }
         }
+    }
+
+    /// Starts the app's time to accept or deny (`wsgi_read_timeout`; none for 0).
+    ///
+    /// # Safety
+    /// Event loop, once the handshake was handed to the app.
+    pub(crate) unsafe fn start_deadline(&self) {
+        // SAFETY: per the function contract; the timer is disarmed when the connection ends.
+        unsafe {
+            self.rearm(
+                &self.handshake_timer,
+                handshake_due,
+                self.settings.handshake_timeout,
+            )
+        };
+    }
+
+    /// The app neither accepted nor denied in time: the connection lets go of its request,
+    /// which the request flow answers (a 504, or a cut denial) and finalizes; what the app
+    /// does later is ignored.
+    fn handshake_due(&self) {
+        let r = {
+            let mut st = self.lock();
+            if st.phase != Phase::Handshake || st.request.0.is_null() {
+                return;
+            }
+            let r = st.request.0;
+            st.request = LoopRequest::none();
+            st.phase = Phase::Over;
+            st.gone = true;
+            r
+        };
+        // SAFETY: on the event loop; the request was live until this, its answer.
+        unsafe { (self.hooks.on_deadline)(r, self) };
     }
 
     /// The client went away before the accept (noticed by the request's read handler).
@@ -387,8 +443,9 @@ impl AsgiWs {
             if clcf.tcp_nodelay != 0 {
                 ngx_tcp_nodelay(c);
             }
-            (*r).read_event_handler = self.on_io;
-            (*r).write_event_handler = self.on_io;
+            timer::disarm(&mut *self.handshake_timer.get());
+            (*r).read_event_handler = self.hooks.on_io;
+            (*r).write_event_handler = self.hooks.on_io;
             let mut codec = WsCodec::new(self.settings.max_message);
             // Frames the client sent right behind its handshake.
             let hin = (*r).header_in;
@@ -438,6 +495,13 @@ fn close_all_for_exit() {
     for ws in open {
         ws.going_away();
     }
+}
+
+unsafe extern "C" fn handshake_due(ev: *mut ngx_event_t) {
+    guard("the websocket handshake timer", (), || {
+        // SAFETY: as in ping_due.
+        unsafe { (*((*ev).data as *const AsgiWs)).handshake_due() }
+    })
 }
 
 unsafe extern "C" fn ping_due(ev: *mut ngx_event_t) {
@@ -494,8 +558,12 @@ impl Pump for AsgiWs {
                 let Some(end) = st.app_end else { return };
                 st.request = LoopRequest::none();
                 drop(st);
-                // SAFETY: on the event loop; the request is live until this, its completion.
-                unsafe { (self.on_end)(r, self, end, false) };
+                // SAFETY: on the event loop; the timer is this connection's, and the request is
+                // live until this, its completion.
+                unsafe {
+                    timer::disarm(&mut *self.handshake_timer.get());
+                    (self.hooks.on_end)(r, self, end, false)
+                };
                 return;
             }
             // SAFETY: the request is live while `request` is set.
@@ -512,7 +580,12 @@ impl Pump for AsgiWs {
             drop(st);
             // SAFETY: event loop only; the timers belong to this connection.
             unsafe {
-                for ev in [&self.close_timer, &self.ping_timer, &self.idle_timer] {
+                for ev in [
+                    &self.handshake_timer,
+                    &self.close_timer,
+                    &self.ping_timer,
+                    &self.idle_timer,
+                ] {
                     timer::disarm(&mut *ev.get());
                 }
             }
@@ -520,7 +593,7 @@ impl Pump for AsgiWs {
                 .unwrap_or_else(|e| e.into_inner())
                 .retain(|w| !std::ptr::eq(w.as_ptr(), self));
             // SAFETY: on the event loop; the request is live until this, its completion.
-            unsafe { (self.on_end)(r, self, end, upgraded) };
+            unsafe { (self.hooks.on_end)(r, self, end, upgraded) };
         }
     }
 }

@@ -65,7 +65,7 @@ type Call = Box<dyn FnOnce(Python<'_>, &Bound<'_, PyAny>, &Bound<'_, PyModule>) 
 
 enum Item {
     Http(Box<HttpRequest>),
-    Ws(Box<super::websocket::WsRequest>, Arc<TaskWatch>),
+    Ws(Box<super::websocket::WsRequest>),
     Wake(Arc<Waker>),
     Call(Call),
     Stop,
@@ -251,10 +251,10 @@ impl AsgiLoop {
     }
 
     /// Hands a WebSocket handshake to the loop (any thread; never waits for Python).
-    pub fn submit_ws(&self, request: super::websocket::WsRequest, watch: Arc<TaskWatch>) {
+    pub fn submit_ws(&self, request: super::websocket::WsRequest) {
         self.tasks.fetch_add(1, Ordering::AcqRel);
         self.queued.fetch_add(1, Ordering::AcqRel);
-        self.post(Item::Ws(Box::new(request), watch));
+        self.post(Item::Ws(Box::new(request)));
     }
 
     /// HTTP tasks still running.
@@ -316,7 +316,7 @@ impl AsgiLoop {
         for item in items {
             match item {
                 Item::Http(req) => self.start_http(py, event_loop, driver, *req),
-                Item::Ws(req, watch) => self.start_ws(py, event_loop, driver, *req, watch),
+                Item::Ws(req) => self.start_ws(py, event_loop, driver, *req),
                 Item::Wake(waker) => waker.fire(py),
                 Item::Call(f) => f(py, event_loop, driver),
                 Item::Stop => {
@@ -365,9 +365,9 @@ impl AsgiLoop {
         event_loop: &Bound<'_, PyAny>,
         driver: &Bound<'_, PyModule>,
         req: super::websocket::WsRequest,
-        watch: Arc<TaskWatch>,
     ) {
         let (app, server, waker) = (req.app, req.server.clone(), req.waker.clone());
+        let watch = req.watch.clone();
         let scope = req.scope.clone();
         self.start_task(
             py,

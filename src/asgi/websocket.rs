@@ -10,6 +10,7 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 
 use super::http::{BodyRead, HttpEnd, HttpExchange, HttpRequest, HttpServer};
 use super::scope::HttpScope;
+use super::task_watch::TaskWatch;
 use super::waker::Waker;
 use super::ws_codec::{accept_key, check_close, WsIncoming, WsOutgoing};
 use crate::chunk::Chunk;
@@ -42,6 +43,8 @@ pub struct WsRequest {
     pub scope: HttpScope,
     pub server: Arc<dyn WsServer>,
     pub waker: Arc<Waker>,
+    /// Its place in the loop's queue, and its deadline until the app accepts or denies.
+    pub watch: Arc<TaskWatch>,
 }
 
 /// The denial path (`websocket.http.response.*`, a 403, a 500) as a plain HTTP response.
@@ -109,7 +112,8 @@ impl WsExchange {
                 body: Some(crate::body::Body::empty()),
                 server: Arc::new(Denial(req.server.clone())),
                 waker: req.waker.clone(),
-                watch: Default::default(),
+                // A task stopped at the handshake's deadline ends like an HTTP one.
+                watch: req.watch.clone(),
             }),
         )?;
         Ok(WsExchange {

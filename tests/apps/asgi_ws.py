@@ -1,9 +1,10 @@
 """WebSocket test app (raw ASGI 3): echo, subprotocols and headers on accept, denials, closes
 from the app, failures before and after the accept, a socket held until the client or the
 server goes (its close code is recorded)."""
+import asyncio
 import json
 
-STATS = {"closed": {}, "received": {}}
+STATS = {"closed": {}, "received": {}, "cancelled": []}
 
 
 async def app(scope, receive, send):
@@ -57,6 +58,13 @@ async def app(scope, receive, send):
         await send({"type": "websocket.send", "text": "held"})
         message = await receive()
         STATS["closed"][key] = [message["code"], message.get("reason", "")]
+    elif path == "/never-accepts":
+        # Neither accepts nor denies (a wait that never ends): wsgi_read_timeout answers.
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            STATS["cancelled"].append(key)
+            raise
     elif path == "/gone-before-accept":
         # The client goes before the app decides: receive() says so, and the app returns.
         message = await receive()
