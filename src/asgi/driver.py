@@ -6,8 +6,8 @@ import asyncio
 import traceback
 
 
-async def _http(loop, app, scope, ex, begin, request_id_var, request_id):
-    if not begin():
+async def _http(loop, app, scope, ex, hooks, request_id_var, request_id):
+    if not hooks.begin():
         return  # the server answered it while it waited for the loop (a timeout)
     # The task runs in its own copy of the context: tasks the app spawns copy this one, so
     # their log lines carry the request's id too.
@@ -36,11 +36,11 @@ async def _http(loop, app, scope, ex, begin, request_id_var, request_id):
         ex.ended(None)
 
 
-def start_http(loop, app, scope, ex, begin, done, request_id_var, request_id):
-    """Starts the task of one connection; `done` runs when it ends, however it ends."""
+def start_http(loop, app, scope, ex, hooks, request_id_var, request_id):
+    """Starts the task of one connection; `hooks` is called when it ends, however it ends."""
     # A name given: asyncio would format one ("Task-N") for every request.
-    task = loop.create_task(_http(loop, app, scope, ex, begin, request_id_var, request_id), name="asgi")
-    task.add_done_callback(done)
+    task = loop.create_task(_http(loop, app, scope, ex, hooks, request_id_var, request_id), name="asgi")
+    task.add_done_callback(hooks)
     return task
 
 

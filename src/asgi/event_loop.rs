@@ -71,13 +71,44 @@ enum Item {
     Stop,
 }
 
+/// The loop's side of one app task, which the driver calls: `begin()` is the task's first step,
+/// and the object itself is the task's done callback.
+#[pyclass(frozen, module = "ngx_wsgi", name = "TaskHooks")]
+struct TaskHooks {
+    event_loop: &'static AsgiLoop,
+    watch: Arc<TaskWatch>,
+    waker: Arc<Waker>,
+}
+
+#[pymethods]
+impl TaskHooks {
+    /// False when the server gave up on the request while it waited (then the app must not run).
+    fn begin(&self) -> bool {
+        let started = self.event_loop.start(&self.watch);
+        if !started {
+            // Nothing will end the exchange: it must not keep itself alive.
+            self.waker.watch(None);
+        }
+        started
+    }
+
+    /// The task ended, however it ended.
+    fn __call__(&self, _task: &Bound<'_, PyAny>) {
+        self.event_loop.tasks.fetch_sub(1, Ordering::AcqRel);
+        let lost = self.watch.task_done(self.event_loop);
+        if self.watch.started() {
+            crate::metrics::loop_task_done(lost);
+        }
+    }
+}
+
 /// The event loop of this process.
 pub struct AsgiLoop {
     inbox: Mutex<Vec<Item>>,
     efd: RawFd,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// HTTP tasks running (a response may be complete while its app still runs).
-    tasks: Arc<AtomicUsize>,
+    tasks: AtomicUsize,
     /// Requests handed over whose app the loop has not started yet (it is busy, or blocked).
     queued: AtomicUsize,
     /// The loop's Python thread id (0 until it runs).
@@ -117,7 +148,7 @@ pub fn start(kind: LoopKind) -> Result<&'static AsgiLoop, String> {
         inbox: Mutex::new(Vec::new()),
         efd,
         thread: Mutex::new(None),
-        tasks: Arc::new(AtomicUsize::new(0)),
+        tasks: AtomicUsize::new(0),
         queued: AtomicUsize::new(0),
         thread_ident: AtomicU64::new(0),
         loop_object: OnceLock::new(),
@@ -144,7 +175,7 @@ impl AsgiLoop {
             inbox: Mutex::new(Vec::new()),
             efd,
             thread: Mutex::new(None),
-            tasks: Arc::new(AtomicUsize::new(0)),
+            tasks: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             thread_ident: AtomicU64::new(0),
             loop_object: OnceLock::new(),
@@ -411,27 +442,10 @@ impl AsgiLoop {
                 .and_then(|l| l.states.get(&app_index).map(|s| s.clone_ref(py)));
             let scope_dict = scope.to_dict(py, state.as_ref().map(|s| s.bind(py)))?;
             let exchange = exchange()?;
-            let begin = {
-                let (watch, waker) = (watch.clone(), waker.clone());
-                PyCFunction::new_closure(py, None, None, move |_args, _kwargs| -> PyResult<bool> {
-                    let started = self.start(&watch);
-                    if !started {
-                        // Nothing will end the exchange: it must not keep itself alive.
-                        waker.watch(None);
-                    }
-                    Ok(started)
-                })?
-            };
-            let done = {
-                let (tasks, watch) = (self.tasks.clone(), watch.clone());
-                PyCFunction::new_closure(py, None, None, move |_args, _kwargs| -> PyResult<()> {
-                    tasks.fetch_sub(1, Ordering::AcqRel);
-                    let lost = watch.task_done(self);
-                    if watch.started() {
-                        crate::metrics::loop_task_done(lost);
-                    }
-                    Ok(())
-                })?
+            let hooks = TaskHooks {
+                event_loop: self,
+                watch: watch.clone(),
+                waker: waker.clone(),
             };
             let request_id = String::from_utf8_lossy(&scope.request_id).into_owned();
             let task = driver.call_method1(
@@ -441,8 +455,7 @@ impl AsgiLoop {
                     app.bind(py),
                     scope_dict,
                     exchange,
-                    begin,
-                    done,
+                    hooks,
                     crate::logging_bridge::request_id_var(py)?,
                     request_id,
                 ),
