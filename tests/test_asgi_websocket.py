@@ -64,10 +64,15 @@ def test_plain_http_to_the_same_app_is_an_http_scope(server):
 @pytest.mark.parametrize("path,status", [("/ws/deny", 403), ("/ws/return-without-accept", 403),
                                          ("/ws/deny-custom", 401), ("/ws/raise-before-accept", 500)])
 def test_denials(server, path, status):
+    key = f"denied-{path.rsplit('/', 1)[1]}"
     with pytest.raises(InvalidStatus) as e:
-        with connect(f"{server.ws}{path}"):
+        with connect(f"{server.ws}{path}?{key}"):
             pass
     assert e.value.response.status_code == status
+    if path in ("/ws/deny", "/ws/deny-custom"):
+        # The app's receive() after its denial says the connection is over.
+        wait_for(lambda: stats(server)["closed"].get(key) == ["websocket.disconnect", 1006],
+                 what="websocket.disconnect after the denial")
     if status == 401:
         assert e.value.response.body == b"nope!\n"
     if status == 500:

@@ -283,6 +283,12 @@ impl WsExchange {
         if self.disconnected {
             return Self::disconnect(py, 1006, "").map(Some);
         }
+        if self.finished && matches!(self.state, State::Connecting | State::Denying) {
+            // The handshake was answered with a denial: the connection is over for the app
+            // too (Channels' consumers, among others, wait for this to end).
+            self.disconnected = true;
+            return Self::disconnect(py, 1006, "").map(Some);
+        }
         if matches!(self.state, State::Open | State::Closing) {
             if let Some(incoming) = self.server.next() {
                 if matches!(incoming, WsIncoming::Closed { .. }) {
@@ -311,6 +317,8 @@ impl WsExchange {
                 let body = PyDict::new(py);
                 self.deny(py, &body, "http.response.body")?;
                 self.finished = true;
+                // A receive() the app awaits meanwhile gets the disconnect.
+                self.waker.wake();
                 Ok(true)
             }
             ("websocket.http.response.start", State::Connecting) => {
@@ -318,10 +326,14 @@ impl WsExchange {
             }
             ("websocket.http.response.body", State::Denying) => {
                 let done = self.deny(py, message, "http.response.body")?;
-                self.finished |= !message
+                let last = !message
                     .get_item("more_body")
                     .ok()
                     .is_some_and(|m| m.is_truthy().unwrap_or(false));
+                if done && last {
+                    self.finished = true;
+                    self.waker.wake();
+                }
                 Ok(done)
             }
             ("websocket.send", State::Open) | ("websocket.close", State::Open) => {

@@ -36,10 +36,15 @@ async def app(scope, receive, send):
                 await send({"type": "websocket.send", "bytes": message["bytes"]})
     elif path == "/deny":
         await send({"type": "websocket.close"})
+        # After a denial the connection is over for the app too.
+        message = await receive()
+        STATS["closed"][key] = [message["type"], message["code"]]
     elif path == "/deny-custom":
         await send({"type": "websocket.http.response.start", "status": 401,
                     "headers": [(b"content-type", b"text/plain"), (b"content-length", b"6")]})
         await send({"type": "websocket.http.response.body", "body": b"nope!\n"})
+        message = await receive()
+        STATS["closed"][key] = [message["type"], message["code"]]
     elif path == "/return-without-accept":
         return
     elif path == "/app-closes":
