@@ -5,6 +5,7 @@ and nginx acts on X-Accel-Limit-Rate and X-Accel-Charset as its upstream modules
 import pytest
 
 from conftest import APACHE_MODULES, APPS, asgi_location, http_get, location, raw_request, route
+from test_metrics import scrape
 
 RESPONSES = APPS / "responses.py"
 SECURITY = APPS / "security.py"
@@ -168,7 +169,8 @@ def asgi_server(nginx_factory):
         + asgi_location("= /asgi-accel", accel)
         + asgi_location("= /asgi-accel-ignored", accel, "wsgi_ignore_headers X-Accel-Redirect;")
         + "  location @named { return 200 \"named location, $request_method\\n\"; }\n"
-        + f"  {NGINX_PROTECTED}\n",
+        + f"  {NGINX_PROTECTED}\n"
+        + "  location = /metrics { wsgi_status; }\n",
     ).start()
 
 
@@ -196,6 +198,16 @@ def test_an_asgi_apps_redirect_is_served_from_its_target_and_its_body_dropped(as
     assert headers["Content-Type"] != "text/html", "the target's type, not the dropped body's"
 
 
+def test_an_asgi_apps_redirect_is_counted_with_the_apps_status(asgi_server):
+    def twos():
+        return scrape(asgi_server).get('wsgi_responses_total{class="2xx"}', 0)
+
+    before = twos()
+    assert http_get(asgi_server, "/asgi-accel?/protected/hello.txt")[0] == 200
+    # The scrape itself is answered by nginx, not counted.
+    assert twos() == before + 1
+
+
 def test_an_asgi_apps_redirect_to_a_named_location_and_on_head(asgi_server):
     status, _, body = http_get(asgi_server, "/asgi-accel?@named")
     assert (status, body) == (200, b"named location, GET\n")
@@ -218,7 +230,8 @@ def test_an_asgi_apps_redirect_that_could_leave_its_location_is_a_500(asgi_serve
 
 def test_an_asgi_app_that_fails_after_its_redirect_head_is_a_500(asgi_server):
     for mode, logged in [("fail", "RuntimeError: failed after the redirect head"),
-                         ("early", "returned before its response was complete")]:
+                         ("early", "returned before its response was complete"),
+                         ("bare", "returned before its response was complete")]:
         before = asgi_server.error_log().count(logged)
         status, _, body = http_get(asgi_server, f"/asgi-accel?{mode}&/protected/hello.txt")
         assert status == 500 and b"protected file" not in body

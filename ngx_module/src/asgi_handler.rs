@@ -334,9 +334,16 @@ unsafe fn finish(
                 HttpEnd::Truncated => OutcomeKind::Truncated,
                 HttpEnd::ClientGone => OutcomeKind::ClientGone,
             };
-            let status = match end {
-                HttpEnd::Failed => 500,
-                HttpEnd::ClientGone => 499,
+            let mut whole = whole_response.map(|f| f.lock().unwrap_or_else(|e| e.into_inner()));
+            let whole = whole
+                .as_mut()
+                .and_then(|f| f.as_mut())
+                .filter(|_| !streamed.head_sent && !upgraded);
+            let status = match (end, &whole) {
+                (HttpEnd::Failed, _) => 500,
+                (HttpEnd::ClientGone, _) => 499,
+                // Not sent yet: the app's own status, as for a WSGI response.
+                (_, Some(whole)) => whole.head.as_ref().map_or(500, |h| h.status),
                 _ => (*r).headers_out.status as u16,
             };
             crate::metrics::finished(
@@ -350,17 +357,13 @@ unsafe fn finish(
                 // closes with the request.
                 return Some(NGX_DONE as ngx_int_t);
             }
-            let mut whole = whole_response.map(|f| f.lock().unwrap_or_else(|e| e.into_inner()));
-            if let (Some(whole), false) =
-                (whole.as_mut().and_then(|f| f.as_mut()), streamed.head_sent)
-            {
+            if let Some(whole) = whole {
                 // http.response.pathsend: nginx sends the file (sendfile, byte ranges); the
                 // descriptor stays open until the request's pool goes. X-Accel-Redirect: nginx
                 // answers from its target.
                 whole.kind = kind;
                 return Some(crate::response::send(r, Some(whole), streamed));
             }
-            drop(whole);
             let outcome = Outcome {
                 kind,
                 head: None,

@@ -205,7 +205,8 @@ impl AsgiWs {
     fn handshake_due(&self) {
         let r = {
             let mut st = self.lock();
-            if st.phase != Phase::Handshake || st.request.0.is_null() {
+            // The app's end (a denial, a failure) is already on its way to the pump.
+            if st.phase != Phase::Handshake || st.request.0.is_null() || st.app_end.is_some() {
                 return;
             }
             let r = st.request.0;

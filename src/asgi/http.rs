@@ -214,7 +214,7 @@ impl HttpExchange {
 
     /// What a task stopped at its deadline raises: the cancellation, the watchdog's
     /// `TimeoutError`, or `send()`'s refusal once the server answered in its place.
-    fn ends_a_timeout(py: Python<'_>, err: &PyErr) -> bool {
+    pub(crate) fn ends_a_timeout(py: Python<'_>, err: &PyErr) -> bool {
         err.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>(py)
             || err.is_instance_of::<pyo3::exceptions::PyTimeoutError>(py)
             || err.is_instance_of::<ClientDisconnected>(py)
@@ -645,6 +645,8 @@ impl HttpExchange {
             self.finish(HttpEnd::ClientGone);
             return;
         }
+        // A redirect head with no body message yet: the response it promised is incomplete.
+        self.take_redirect();
         match self.response {
             Response::Idle => {
                 self.log_error(

@@ -86,6 +86,7 @@ enum State {
 pub struct WsExchange {
     server: Arc<dyn WsServer>,
     waker: Arc<Waker>,
+    watch: Arc<TaskWatch>,
     key: Vec<u8>,
     state: State,
     /// The client's close (or its going away) went to the app.
@@ -119,6 +120,7 @@ impl WsExchange {
         Ok(WsExchange {
             server: req.server,
             waker: req.waker,
+            watch: req.watch,
             key,
             state: State::New,
             disconnected: false,
@@ -412,7 +414,11 @@ impl WsExchange {
                         // app's fault. After its own close it is (it sent once more).
                         let gone = err.is_instance_of::<ClientDisconnected>(py)
                             && (self.disconnected || self.state == State::Open);
-                        if !gone {
+                        // The server answered in its place (the handshake's deadline) before
+                        // the task, cancelled, saw it.
+                        let timed_out =
+                            self.watch.timed_out() && HttpExchange::ends_a_timeout(py, &err);
+                        if !gone && !timed_out {
                             self.log_error(
                                 "the application raised on an open WebSocket",
                                 &crate::traceback::format(py, &err),

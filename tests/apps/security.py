@@ -57,15 +57,18 @@ async def asgi_headers_from_query(scope, receive, send):
 
 async def asgi_accel(scope, receive, send):
     """An ASGI app answering with X-Accel-Redirect to the query string, its body in two pieces;
-    `?fail&TARGET` raises after the first piece, `?early&TARGET` returns before the last."""
+    `?fail&TARGET` raises after the first piece, `?early&TARGET` returns before the last,
+    `?bare&TARGET` returns right after the head."""
     if scope["type"] != "http":
         return
     query = scope["query_string"].decode("latin-1")
-    mode, _, target = query.partition("&") if query.startswith(("fail&", "early&")) else ("", "", query)
+    mode, _, target = query.partition("&") if query.startswith(("fail&", "early&", "bare&")) else ("", "", query)
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"x-accel-redirect", target.encode("latin-1")), (b"content-type", b"text/html"),
                             (b"content-disposition", b"attachment; filename=hello.txt"),
                             (b"set-cookie", b"seen=1")]})
+    if mode == "bare":
+        return
     await send({"type": "http.response.body", "body": b"this body is replaced ", "more_body": True})
     if mode == "fail":
         raise RuntimeError("failed after the redirect head")
