@@ -170,7 +170,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         Served::Http(request) => {
             event_loop.submit(HttpRequest {
                 app,
-                scope,
+                scope: Arc::new(scope),
                 body,
                 server: request.clone(),
                 waker,
@@ -193,7 +193,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             crate::metrics::websocket(1);
             event_loop.submit_ws(WsRequest {
                 app,
-                scope: scope.into_websocket(),
+                scope: Arc::new(scope.into_websocket()),
                 server: ws.clone(),
                 waker,
                 watch: ws.watch.clone(),

@@ -69,7 +69,8 @@ pub trait HttpServer: Send + Sync {
 pub struct HttpRequest {
     /// The index of the app in the process's apps.
     pub app: usize,
-    pub scope: HttpScope,
+    /// Shared with the loop's start of the task (no copy of the request's bytes).
+    pub scope: Arc<HttpScope>,
     /// The whole body, or None for one delivered as it arrives ([`HttpServer::read_body`]).
     pub body: Option<Body>,
     pub server: Arc<dyn HttpServer>,
@@ -104,7 +105,7 @@ pub struct HttpExchange {
     server: Arc<dyn HttpServer>,
     waker: Arc<Waker>,
     watch: Arc<TaskWatch>,
-    scope: HttpScope,
+    scope: Arc<HttpScope>,
     body: Option<Body>,
     /// The body is streamed (delivered as it arrives).
     streamed_body: bool,
@@ -817,7 +818,7 @@ mod tests {
         };
         let req = HttpRequest {
             app: 0,
-            scope,
+            scope: Arc::new(scope),
             body,
             server: server.clone(),
             waker: owner.waker(),

@@ -40,7 +40,7 @@ pub trait WsServer: Send + Sync {
 /// What the server submits for one WebSocket handshake.
 pub struct WsRequest {
     pub app: usize,
-    pub scope: HttpScope,
+    pub scope: Arc<HttpScope>,
     pub server: Arc<dyn WsServer>,
     pub waker: Arc<Waker>,
     /// Its place in the loop's queue, and its deadline until the app accepts or denies.
