@@ -5,7 +5,7 @@ use nginx_sys::{
     ngx_connection_local_sockaddr, ngx_http_request_t, ngx_int_t, ngx_str_t, ngx_uint_t,
     NGX_HTTP_VERSION_10, NGX_HTTP_VERSION_20, NGX_HTTP_VERSION_9, NGX_OK,
 };
-use ngx_wsgi::asgi::scope::{lowercase, raw_path_of};
+use ngx_wsgi::asgi::scope::{raw_path_of, RequestHeaders};
 use ngx_wsgi::asgi::HttpScope;
 
 use crate::conf::LocConf;
@@ -46,11 +46,11 @@ pub(crate) unsafe fn collect(
     let c = unsafe { &mut *r.connection };
     let path = ngx_bytes(&r.uri);
     let (root_path, _) = ngx_wsgi::environ::split_mount(path, lc.app.script_name.as_slice());
-    let mut headers = Vec::with_capacity(16);
+    let mut headers = RequestHeaders::with_capacity(16, 1024);
     // SAFETY: the request's header list is live and not modified while we read it.
     unsafe {
         for_each_header(&r.headers_in.headers.part, |name, value| {
-            headers.push((lowercase(name), value.to_vec()));
+            headers.push(name, value);
         })
     };
     // SAFETY: the connection's peer address is set for every accepted connection.

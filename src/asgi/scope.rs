@@ -23,8 +23,7 @@ pub struct HttpScope {
     pub query_string: Vec<u8>,
     /// The location prefix, without its trailing slash (empty at the root).
     pub root_path: Vec<u8>,
-    /// Names lowercased, in arrival order, repeats kept.
-    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub headers: RequestHeaders,
     pub client: Option<(Vec<u8>, u16)>,
     pub server: Option<(Vec<u8>, u16)>,
     /// The server's id of the request, for log lines (not part of the scope).
@@ -35,6 +34,47 @@ pub struct HttpScope {
     pub websocket: bool,
     /// `Sec-WebSocket-Protocol`'s values, in order.
     pub subprotocols: Vec<String>,
+}
+
+/// A request's headers in one buffer (two allocations, whatever their number: the scope is made
+/// on the server's thread and freed on the loop's): names lowercased, in arrival order, repeats
+/// kept.
+#[derive(Debug, Default, Clone)]
+pub struct RequestHeaders {
+    bytes: Vec<u8>,
+    /// Where each header's name starts in `bytes`, its length and its value's (which follows it).
+    spans: Vec<(u32, u32, u32)>,
+}
+
+impl RequestHeaders {
+    pub fn with_capacity(headers: usize, bytes: usize) -> RequestHeaders {
+        RequestHeaders {
+            bytes: Vec::with_capacity(bytes),
+            spans: Vec::with_capacity(headers),
+        }
+    }
+
+    /// Adds a header, its name lowercased as ASGI gives it. (A request's headers fit nginx's
+    /// header buffers, far below 4 GiB.)
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(name);
+        self.bytes[start..].make_ascii_lowercase();
+        self.bytes.extend_from_slice(value);
+        self.spans
+            .push((start as u32, name.len() as u32, value.len() as u32));
+    }
+
+    /// Each header's name and value, in arrival order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans.iter().map(|&(start, name, value)| {
+            let (start, name, value) = (start as usize, name as usize, value as usize);
+            (
+                &self.bytes[start..start + name],
+                &self.bytes[start + name..start + name + value],
+            )
+        })
+    }
 }
 
 impl HttpScope {
@@ -106,7 +146,7 @@ impl HttpScope {
             PyString::new(py, &String::from_utf8_lossy(&self.root_path)),
         )?;
         let headers = PyList::empty(py);
-        for (name, value) in &self.headers {
+        for (name, value) in self.headers.iter() {
             headers.append(PyTuple::new(
                 py,
                 [PyBytes::new(py, name), PyBytes::new(py, value)],
@@ -148,8 +188,8 @@ impl HttpScope {
     pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
         self.headers
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
     }
 
     /// Whether the request asks for a WebSocket (RFC 6455 handshake, version 13, HTTP/1.1 GET).
@@ -176,7 +216,7 @@ impl HttpScope {
         self.subprotocols = self
             .headers
             .iter()
-            .filter(|(n, _)| n == b"sec-websocket-protocol")
+            .filter(|(n, _)| *n == b"sec-websocket-protocol")
             .flat_map(|(_, v)| {
                 String::from_utf8_lossy(v)
                     .split(',')
@@ -187,11 +227,6 @@ impl HttpScope {
             .collect();
         self
     }
-}
-
-/// A header name as ASGI gives it: lowercased.
-pub fn lowercase(name: &[u8]) -> Vec<u8> {
-    name.to_ascii_lowercase()
 }
 
 /// The path of a request target (up to its `?`).
@@ -217,11 +252,13 @@ mod tests {
             raw_path: b"/mount/caf%C3%A9".to_vec(),
             query_string: b"a=1".to_vec(),
             root_path: b"/mount".to_vec(),
-            headers: vec![
-                (lowercase(b"Host"), b"x".to_vec()),
-                (lowercase(b"X-A"), b"1".to_vec()),
-                (lowercase(b"x-a"), b"2".to_vec()),
-            ],
+            headers: {
+                let mut h = RequestHeaders::default();
+                h.push(b"Host", b"x");
+                h.push(b"X-A", b"1");
+                h.push(b"x-a", b"2");
+                h
+            },
             client: Some((b"127.0.0.1".to_vec(), 5000)),
             server: Some((b"127.0.0.1".to_vec(), 80)),
             ..Default::default()
