@@ -4,7 +4,7 @@ and nginx acts on X-Accel-Limit-Rate and X-Accel-Charset as its upstream modules
 
 import pytest
 
-from conftest import APACHE_MODULES, APPS, asgi_location, http_get, location, raw_request, route
+from conftest import APACHE_MODULES, APPS, asgi_location, http_get, location, raw_request, route, wait_for
 from test_metrics import scrape
 
 RESPONSES = APPS / "responses.py"
@@ -204,7 +204,9 @@ def test_an_asgi_apps_redirect_is_counted_with_the_apps_status(asgi_server):
 
     before = twos()
     assert http_get(asgi_server, "/asgi-accel?/protected/hello.txt")[0] == 200
-    # The scrape itself is answered by nginx, not counted.
+    # Counted when nginx ends the request (here before the redirect answers); the scrape itself
+    # is answered by nginx and not counted.
+    wait_for(lambda: twos() >= before + 1, what="the redirect counted")
     assert twos() == before + 1
 
 
