@@ -22,7 +22,7 @@ use nginx_sys::{
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR,
 };
 use ngx_wsgi::accel::AccelHeaders;
-use ngx_wsgi::asgi::{HttpEnd, HttpRequest, WsRequest};
+use ngx_wsgi::asgi::{AsgiLoop, HttpEnd, HttpRequest, TaskWatch, WsRequest};
 use ngx_wsgi::{Chunk, Outcome, OutcomeKind};
 
 use crate::asgi_request::AsgiRequest;
@@ -404,18 +404,7 @@ unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
             let Some(r) = request.end_early() else {
                 return;
             };
-            let what = request.label.clone();
-            if event_loop.give_up(&request.watch) {
-                crate::metrics::asgi_timed_out(false);
-                crate::ffi::log::cycle_log(
-                    NGX_LOG_ERR as usize,
-                    &format!(
-                        "{what}; it was still waiting for the asgi event loop and will not run"
-                    ),
-                );
-            } else {
-                event_loop.time_out(&request.watch, what);
-            }
+            stop_timed_out(event_loop, &request.watch, &request.label);
             let rc = request.stream.time_out(r);
             if let Some(body) = &request.body {
                 body.fail("wsgi_read_timeout: the request timed out");
@@ -423,6 +412,20 @@ unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
             end_now(r, parts(request), rc, 504);
         }
     })
+}
+
+/// A request's deadline passed: a task the loop has not started never will (logged under
+/// `label`); a started one is cancelled, or interrupted when it keeps the loop busy.
+fn stop_timed_out(event_loop: &'static AsgiLoop, watch: &Arc<TaskWatch>, label: &str) {
+    if event_loop.give_up(watch) {
+        crate::metrics::asgi_timed_out(false);
+        crate::ffi::log::cycle_log(
+            NGX_LOG_ERR as usize,
+            &format!("{label}; it was still waiting for the asgi event loop and will not run"),
+        );
+    } else {
+        event_loop.time_out(watch, label.to_owned());
+    }
 }
 
 /// The queue's sweeper: the request waited longer than `wsgi_queue_timeout` for the loop to
@@ -457,18 +460,7 @@ unsafe fn expired_in_queue(request: &Arc<AsgiRequest>) {
 /// Event-loop thread; `r` is live, blocked on the app, and no longer held by `ws`.
 unsafe fn ws_deadline(r: *mut ngx_http_request_t, ws: &AsgiWs) {
     if let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() {
-        if event_loop.give_up(&ws.watch) {
-            crate::metrics::asgi_timed_out(false);
-            crate::ffi::log::cycle_log(
-                NGX_LOG_ERR as usize,
-                &format!(
-                    "{}; it was still waiting for the asgi event loop and will not run",
-                    ws.label
-                ),
-            );
-        } else {
-            event_loop.time_out(&ws.watch, ws.label.clone());
-        }
+        stop_timed_out(event_loop, &ws.watch, &ws.label);
     }
     crate::metrics::websocket(-1);
     // SAFETY: per the function contract.
