@@ -106,7 +106,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         } else {
             format!(
                 "wsgi_read_timeout: \"{}\" {what} after {read_timeout} ms{}",
-                scope.request_line.escape_debug(),
+                scope.request_line().escape_debug(),
                 scope.log_suffix()
             )
         }

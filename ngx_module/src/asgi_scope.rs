@@ -5,7 +5,7 @@ use nginx_sys::{
     ngx_connection_local_sockaddr, ngx_http_request_t, ngx_int_t, ngx_str_t, ngx_uint_t,
     NGX_HTTP_VERSION_10, NGX_HTTP_VERSION_20, NGX_HTTP_VERSION_9, NGX_OK,
 };
-use ngx_wsgi::asgi::scope::{raw_path_of, RequestHeaders};
+use ngx_wsgi::asgi::scope::{HttpScopeBuilder, ScopeField};
 use ngx_wsgi::asgi::HttpScope;
 
 use crate::conf::LocConf;
@@ -35,26 +35,8 @@ pub(crate) unsafe fn collect(
 ) -> HttpScope {
     // SAFETY: per the function contract.
     let r = unsafe { &mut *r };
-    let mut request_id = Vec::new();
-    if let Some(index) = request_id_var {
-        // SAFETY: the index is `$request_id`'s, registered at configuration; on the loop.
-        if let Some(id) = unsafe { crate::request_id::of(r, index) } {
-            request_id = id.to_vec();
-        }
-    }
     // SAFETY: a live request has a live connection.
     let c = unsafe { &mut *r.connection };
-    let path = ngx_bytes(&r.uri);
-    let (root_path, _) = ngx_wsgi::environ::split_mount(path, lc.app.script_name.as_slice());
-    let mut headers = RequestHeaders::with_capacity(16, 1024);
-    // SAFETY: the request's header list is live and not modified while we read it.
-    unsafe {
-        for_each_header(&r.headers_in.headers.part, |name, value| {
-            headers.push(name, value);
-        })
-    };
-    // SAFETY: the connection's peer address is set for every accepted connection.
-    let client_port = unsafe { sockaddr_port(c.sockaddr.cast()) };
     // nginx's own text of the local address (what `$server_addr` shows).
     let mut text = [0u8; 64];
     let mut local_ip = ngx_str_t {
@@ -67,35 +49,61 @@ pub(crate) unsafe fn collect(
     let server = (rc == NGX_OK as ngx_int_t).then(|| {
         // SAFETY: set by the call above.
         let port = unsafe { sockaddr_port(c.local_sockaddr.cast()) };
-        (text[..local_ip.len].to_vec(), port)
+        (&text[..local_ip.len], port)
     });
-    let version = http_version(r.http_version as u32);
-    let protocol = match version {
-        "1.0" => "HTTP/1.0",
-        "2" => "HTTP/2.0",
-        "3" => "HTTP/3.0",
-        _ => "HTTP/1.1",
-    };
-    HttpScope {
-        http_version: version,
-        method: ngx_bytes(&r.method_name).to_vec(),
-        https: !c.ssl.is_null(),
-        path: path.to_vec(),
-        raw_path: raw_path_of(ngx_bytes(&r.unparsed_uri)).to_vec(),
-        query_string: ngx_bytes(&r.args).to_vec(),
-        root_path: root_path.to_vec(),
-        headers,
-        client: Some((ngx_bytes(&c.addr_text).to_vec(), client_port)),
-        server,
-        request_id,
-        websocket: false,
-        subprotocols: Vec::new(),
-        request_line: format!(
-            "{} {} {protocol}",
-            String::from_utf8_lossy(ngx_bytes(&r.method_name)),
-            String::from_utf8_lossy(ngx_bytes(&r.unparsed_uri)),
-        ),
+    let mut request_id: &[u8] = &[];
+    if let Some(index) = request_id_var {
+        // SAFETY: the index is `$request_id`'s, registered at configuration; on the loop.
+        if let Some(id) = unsafe { crate::request_id::of(r, index) } {
+            request_id = id;
+        }
     }
+    let path = ngx_bytes(&r.uri);
+    let target = ngx_bytes(&r.unparsed_uri);
+    let (root_path, _) = ngx_wsgi::environ::split_mount(path, lc.app.script_name.as_slice());
+    let client = ngx_bytes(&c.addr_text);
+    // One pass to size the arena, so that it is one allocation.
+    let mut header_bytes = 0;
+    let mut header_count = 0;
+    // SAFETY: the request's header list is live and not modified while we read it.
+    unsafe {
+        for_each_header(&r.headers_in.headers.part, |name, value| {
+            header_bytes += name.len() + value.len();
+            header_count += 1;
+        })
+    };
+    let method = ngx_bytes(&r.method_name);
+    let query = ngx_bytes(&r.args);
+    let size = method.len()
+        + path.len()
+        + target.len()
+        + query.len()
+        + root_path.len()
+        + client.len()
+        + server.map_or(0, |(host, _)| host.len())
+        + request_id.len()
+        + header_bytes;
+    let mut b = HttpScopeBuilder::with_capacity(size, header_count);
+    b.http_version(http_version(r.http_version as u32))
+        .https(!c.ssl.is_null())
+        .set(ScopeField::Method, method)
+        .set(ScopeField::Path, path)
+        .set(ScopeField::Target, target)
+        .set(ScopeField::QueryString, query)
+        .set(ScopeField::RootPath, root_path)
+        .set(ScopeField::RequestId, request_id);
+    // SAFETY: the connection's peer address is set for every accepted connection.
+    b.client(client, unsafe { sockaddr_port(c.sockaddr.cast()) });
+    if let Some((host, port)) = server {
+        b.server(host, port);
+    }
+    // SAFETY: as above.
+    unsafe {
+        for_each_header(&r.headers_in.headers.part, |name, value| {
+            b.header(name, value);
+        })
+    };
+    b.build()
 }
 
 #[cfg(test)]

@@ -128,7 +128,7 @@ pub struct HttpExchange {
 
 impl HttpExchange {
     pub(crate) fn new(req: HttpRequest) -> HttpExchange {
-        let bodiless = req.scope.method == b"HEAD";
+        let bodiless = req.scope.method() == b"HEAD";
         HttpExchange {
             server: req.server,
             waker: req.waker,
@@ -174,7 +174,7 @@ impl HttpExchange {
             tracing::info!(
                 target: "asgi",
                 "the client closed the connection: \"{}\"{}",
-                self.scope.request_line.escape_debug(),
+                self.scope.request_line().escape_debug(),
                 self.scope.log_suffix()
             );
             self.finish(HttpEnd::ClientGone);
@@ -186,7 +186,7 @@ impl HttpExchange {
         tracing::error!(
             target: "asgi",
             "{what} while serving \"{}\", client: {}{}{sep}{detail}",
-            self.scope.request_line.escape_debug(),
+            self.scope.request_line().escape_debug(),
             self.scope.client_text(),
             self.scope.log_suffix(),
         );
@@ -566,7 +566,7 @@ impl HttpExchange {
                     tracing::info!(
                         target: "asgi",
                         "the request body failed ({why}): \"{}\"{}",
-                        self.scope.request_line.escape_debug(),
+                        self.scope.request_line().escape_debug(),
                         self.scope.log_suffix()
                     );
                     self.gone = true;
@@ -609,7 +609,7 @@ impl HttpExchange {
                 tracing::info!(
                     target: "asgi",
                     "the task of \"{}\" ended after its deadline ({}){}",
-                    self.scope.request_line.escape_debug(),
+                    self.scope.request_line().escape_debug(),
                     err.get_type(py).name().map_or_else(|_| "?".into(), |n| n.to_string()),
                     self.scope.log_suffix()
                 );
@@ -747,6 +747,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
 mod tests {
     use super::*;
     use crate::asgi::event_loop::AsgiLoop;
+    use crate::asgi::scope::ScopeField;
     use crate::testing::with_python;
     use std::collections::VecDeque;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -811,11 +812,12 @@ mod tests {
     ) -> Bound<'py, HttpExchange> {
         static OWNER: std::sync::OnceLock<&'static AsgiLoop> = std::sync::OnceLock::new();
         let owner = OWNER.get_or_init(AsgiLoop::for_tests);
-        let scope = HttpScope {
-            method: b"GET".to_vec(),
-            request_line: "GET / HTTP/1.1".into(),
-            ..Default::default()
-        };
+        let mut scope = HttpScope::builder();
+        scope
+            .http_version("1.1")
+            .set(ScopeField::Method, b"GET")
+            .set(ScopeField::Target, b"/");
+        let scope = scope.build();
         let req = HttpRequest {
             app: 0,
             scope: Arc::new(scope),

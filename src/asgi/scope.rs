@@ -9,90 +9,202 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 pub const ASGI_VERSION: &str = "3.0";
 pub const HTTP_SPEC_VERSION: &str = "2.4";
 
-/// One request's scope, in memory the request owns.
+/// The scope's byte strings, each a range of [`HttpScope`]'s arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeField {
+    Method,
+    /// The decoded path, location prefix included (the server's normalised URI).
+    Path,
+    /// The request target as the client sent it (query string included): `raw_path` is its
+    /// path, and log lines show it whole.
+    Target,
+    QueryString,
+    /// The location prefix, without its trailing slash (empty at the root).
+    RootPath,
+    ClientHost,
+    ServerHost,
+    /// The server's id of the request, for log lines (not part of the scope).
+    RequestId,
+}
+
+const FIELD_COUNT: usize = 8;
+
+/// A byte range of the arena. (A request's fields fit nginx's header buffers, far below 4 GiB.)
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+/// One request's scope, in memory the request owns: every byte string in one arena and each
+/// header's place in a second vector. The scope is made on the server's thread and freed on the
+/// loop's, which glibc's per-thread caches do not absorb: the fewer allocations, the cheaper.
 #[derive(Debug, Default, Clone)]
 pub struct HttpScope {
     /// `1.0`, `1.1`, `2` or `3`.
     pub http_version: &'static str,
-    pub method: Vec<u8>,
     pub https: bool,
-    /// The decoded path, location prefix included (the server's normalised URI).
-    pub path: Vec<u8>,
-    /// The path as the client sent it (without the query string).
-    pub raw_path: Vec<u8>,
-    pub query_string: Vec<u8>,
-    /// The location prefix, without its trailing slash (empty at the root).
-    pub root_path: Vec<u8>,
-    pub headers: RequestHeaders,
-    pub client: Option<(Vec<u8>, u16)>,
-    pub server: Option<(Vec<u8>, u16)>,
-    /// The server's id of the request, for log lines (not part of the scope).
-    pub request_id: Vec<u8>,
-    /// `METHOD URI PROTOCOL` as received, for log lines.
-    pub request_line: String,
     /// A WebSocket handshake: the scope is a `websocket` one.
     pub websocket: bool,
-    /// `Sec-WebSocket-Protocol`'s values, in order.
+    arena: Vec<u8>,
+    fields: [Span; FIELD_COUNT],
+    client_port: Option<u16>,
+    server_port: Option<u16>,
+    /// Where each header's name starts in the arena, its length and its value's (which
+    /// follows it).
+    headers: Vec<(u32, u32, u32)>,
+    /// `Sec-WebSocket-Protocol`'s values, in order (WebSocket scopes only).
     pub subprotocols: Vec<String>,
 }
 
-/// A request's headers in one buffer (two allocations, whatever their number: the scope is made
-/// on the server's thread and freed on the loop's): names lowercased, in arrival order, repeats
-/// kept.
-#[derive(Debug, Default, Clone)]
-pub struct RequestHeaders {
-    bytes: Vec<u8>,
-    /// Where each header's name starts in `bytes`, its length and its value's (which follows it).
-    spans: Vec<(u32, u32, u32)>,
+/// Fills an [`HttpScope`] from a server's request.
+#[derive(Debug, Default)]
+pub struct HttpScopeBuilder {
+    scope: HttpScope,
 }
 
-impl RequestHeaders {
-    pub fn with_capacity(headers: usize, bytes: usize) -> RequestHeaders {
-        RequestHeaders {
-            bytes: Vec::with_capacity(bytes),
-            spans: Vec::with_capacity(headers),
+impl HttpScopeBuilder {
+    /// A builder whose arena has room for `bytes` bytes and `headers` headers.
+    pub fn with_capacity(bytes: usize, headers: usize) -> HttpScopeBuilder {
+        let mut b = HttpScopeBuilder::default();
+        b.scope.arena.reserve_exact(bytes);
+        b.scope.headers.reserve_exact(headers);
+        b
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> Span {
+        let start = self.scope.arena.len() as u32;
+        self.scope.arena.extend_from_slice(bytes);
+        Span {
+            start,
+            len: bytes.len() as u32,
         }
     }
 
-    /// Adds a header, its name lowercased as ASGI gives it. (A request's headers fit nginx's
-    /// header buffers, far below 4 GiB.)
-    pub fn push(&mut self, name: &[u8], value: &[u8]) {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(name);
-        self.bytes[start..].make_ascii_lowercase();
-        self.bytes.extend_from_slice(value);
-        self.spans
-            .push((start as u32, name.len() as u32, value.len() as u32));
+    pub fn set(&mut self, field: ScopeField, value: &[u8]) -> &mut Self {
+        self.scope.fields[field as usize] = self.push(value);
+        self
     }
 
-    /// Each header's name and value, in arrival order.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.spans.iter().map(|&(start, name, value)| {
-            let (start, name, value) = (start as usize, name as usize, value as usize);
-            (
-                &self.bytes[start..start + name],
-                &self.bytes[start + name..start + name + value],
-            )
-        })
+    pub fn http_version(&mut self, version: &'static str) -> &mut Self {
+        self.scope.http_version = version;
+        self
+    }
+
+    pub fn https(&mut self, on: bool) -> &mut Self {
+        self.scope.https = on;
+        self
+    }
+
+    pub fn client(&mut self, host: &[u8], port: u16) -> &mut Self {
+        self.set(ScopeField::ClientHost, host);
+        self.scope.client_port = Some(port);
+        self
+    }
+
+    pub fn server(&mut self, host: &[u8], port: u16) -> &mut Self {
+        self.set(ScopeField::ServerHost, host);
+        self.scope.server_port = Some(port);
+        self
+    }
+
+    /// Adds a header, its name lowercased as ASGI gives it, in arrival order, repeats kept.
+    pub fn header(&mut self, name: &[u8], value: &[u8]) -> &mut Self {
+        let start = self.scope.arena.len();
+        self.scope.arena.extend_from_slice(name);
+        self.scope.arena[start..].make_ascii_lowercase();
+        self.scope.arena.extend_from_slice(value);
+        self.scope
+            .headers
+            .push((start as u32, name.len() as u32, value.len() as u32));
+        self
+    }
+
+    pub fn build(self) -> HttpScope {
+        self.scope
     }
 }
 
 impl HttpScope {
+    /// A builder with room for a typical request.
+    pub fn builder() -> HttpScopeBuilder {
+        HttpScopeBuilder::with_capacity(1024, 16)
+    }
+
+    fn bytes(&self, span: Span) -> &[u8] {
+        &self.arena[span.start as usize..(span.start + span.len) as usize]
+    }
+
+    /// One of the scope's byte strings (empty when the server did not set it).
+    pub fn field(&self, field: ScopeField) -> &[u8] {
+        self.bytes(self.fields[field as usize])
+    }
+
+    pub fn method(&self) -> &[u8] {
+        self.field(ScopeField::Method)
+    }
+
+    /// The request target's path (up to its `?`), as the client sent it.
+    pub fn raw_path(&self) -> &[u8] {
+        raw_path_of(self.field(ScopeField::Target))
+    }
+
+    /// The server's id of the request (empty without one).
+    pub fn request_id(&self) -> &[u8] {
+        self.field(ScopeField::RequestId)
+    }
+
+    pub fn client(&self) -> Option<(&[u8], u16)> {
+        self.client_port
+            .map(|port| (self.field(ScopeField::ClientHost), port))
+    }
+
+    pub fn server(&self) -> Option<(&[u8], u16)> {
+        self.server_port
+            .map(|port| (self.field(ScopeField::ServerHost), port))
+    }
+
+    /// Each header's name and value, in arrival order.
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.headers.iter().map(|&(start, name, value)| {
+            let (start, name, value) = (start as usize, name as usize, value as usize);
+            (
+                &self.arena[start..start + name],
+                &self.arena[start + name..start + name + value],
+            )
+        })
+    }
+
+    /// `METHOD TARGET PROTOCOL` as received, for log lines.
+    pub fn request_line(&self) -> String {
+        let protocol = match self.http_version {
+            "1.0" => "HTTP/1.0",
+            "2" => "HTTP/2.0",
+            "3" => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        };
+        format!(
+            "{} {} {protocol}",
+            String::from_utf8_lossy(self.method()),
+            String::from_utf8_lossy(self.field(ScopeField::Target)),
+        )
+    }
+
     /// `, request_id: ID` for log lines (empty without an id).
     pub fn log_suffix(&self) -> String {
-        if self.request_id.is_empty() {
+        if self.request_id().is_empty() {
             String::new()
         } else {
             format!(
                 ", request_id: {}",
-                String::from_utf8_lossy(&self.request_id)
+                String::from_utf8_lossy(self.request_id())
             )
         }
     }
 
     /// `client: ADDR` for log lines.
     pub fn client_text(&self) -> String {
-        self.client.as_ref().map_or_else(String::new, |(a, _)| {
+        self.client().map_or_else(String::new, |(a, _)| {
             String::from_utf8_lossy(a).into_owned()
         })
     }
@@ -114,7 +226,7 @@ impl HttpScope {
         if !self.websocket {
             scope.set_item(
                 pyo3::intern!(py, "method"),
-                crate::environ::latin1(py, &self.method)?,
+                crate::environ::latin1(py, self.method())?,
             )?;
         } else {
             scope.set_item(
@@ -131,29 +243,32 @@ impl HttpScope {
         scope.set_item(pyo3::intern!(py, "scheme"), scheme)?;
         scope.set_item(
             pyo3::intern!(py, "path"),
-            PyString::new(py, &String::from_utf8_lossy(&self.path)),
+            PyString::new(py, &String::from_utf8_lossy(self.field(ScopeField::Path))),
         )?;
         scope.set_item(
             pyo3::intern!(py, "raw_path"),
-            PyBytes::new(py, &self.raw_path),
+            PyBytes::new(py, self.raw_path()),
         )?;
         scope.set_item(
             pyo3::intern!(py, "query_string"),
-            PyBytes::new(py, &self.query_string),
+            PyBytes::new(py, self.field(ScopeField::QueryString)),
         )?;
         scope.set_item(
             pyo3::intern!(py, "root_path"),
-            PyString::new(py, &String::from_utf8_lossy(&self.root_path)),
+            PyString::new(
+                py,
+                &String::from_utf8_lossy(self.field(ScopeField::RootPath)),
+            ),
         )?;
         let headers = PyList::empty(py);
-        for (name, value) in self.headers.iter() {
+        for (name, value) in self.headers() {
             headers.append(PyTuple::new(
                 py,
                 [PyBytes::new(py, name), PyBytes::new(py, value)],
             )?)?;
         }
         scope.set_item(pyo3::intern!(py, "headers"), headers)?;
-        for (key, addr) in [("client", &self.client), ("server", &self.server)] {
+        for (key, addr) in [("client", self.client()), ("server", self.server())] {
             match addr {
                 Some((host, port)) => scope.set_item(
                     key,
@@ -186,23 +301,20 @@ impl HttpScope {
 impl HttpScope {
     /// The first value of request header `name` (lowercase).
     pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v)
+        self.headers().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 
     /// Whether the request asks for a WebSocket (RFC 6455 handshake, version 13, HTTP/1.1 GET).
     pub fn is_websocket_handshake(&self) -> bool {
         let has_token = |name: &[u8], token: &str| {
-            self.headers.iter().any(|(n, v)| {
+            self.headers().any(|(n, v)| {
                 n == name
                     && String::from_utf8_lossy(v)
                         .split(',')
                         .any(|t| t.trim().eq_ignore_ascii_case(token))
             })
         };
-        self.method == b"GET"
+        self.method() == b"GET"
             && self.http_version == "1.1"
             && has_token(b"upgrade", "websocket")
             && has_token(b"connection", "upgrade")
@@ -214,8 +326,7 @@ impl HttpScope {
     pub fn into_websocket(mut self) -> HttpScope {
         self.websocket = true;
         self.subprotocols = self
-            .headers
-            .iter()
+            .headers()
             .filter(|(n, _)| *n == b"sec-websocket-protocol")
             .flat_map(|(_, v)| {
                 String::from_utf8_lossy(v)
@@ -244,25 +355,23 @@ mod tests {
 
     #[test]
     fn scope_dict_has_the_spec_keys_and_types() {
-        let scope = HttpScope {
-            http_version: "1.1",
-            method: b"POST".to_vec(),
-            https: true,
-            path: "/mount/caf\u{e9}".as_bytes().to_vec(),
-            raw_path: b"/mount/caf%C3%A9".to_vec(),
-            query_string: b"a=1".to_vec(),
-            root_path: b"/mount".to_vec(),
-            headers: {
-                let mut h = RequestHeaders::default();
-                h.push(b"Host", b"x");
-                h.push(b"X-A", b"1");
-                h.push(b"x-a", b"2");
-                h
-            },
-            client: Some((b"127.0.0.1".to_vec(), 5000)),
-            server: Some((b"127.0.0.1".to_vec(), 80)),
-            ..Default::default()
-        };
+        let mut b = HttpScope::builder();
+        b.http_version("1.1")
+            .https(true)
+            .set(ScopeField::Method, b"POST")
+            .set(ScopeField::Path, "/mount/caf\u{e9}".as_bytes())
+            .set(ScopeField::Target, b"/mount/caf%C3%A9?a=1")
+            .set(ScopeField::QueryString, b"a=1")
+            .set(ScopeField::RootPath, b"/mount")
+            .header(b"Host", b"x")
+            .header(b"X-A", b"1")
+            .header(b"x-a", b"2")
+            .client(b"127.0.0.1", 5000)
+            .server(b"127.0.0.1", 80);
+        let scope = b.build();
+        assert_eq!(scope.request_line(), "POST /mount/caf%C3%A9?a=1 HTTP/1.1");
+        assert_eq!(scope.log_suffix(), "");
+        assert_eq!(scope.header(b"x-a"), Some(&b"1"[..]));
         with_python(|py| {
             let state = PyDict::new(py);
             state.set_item("db", 1).unwrap();
@@ -306,5 +415,26 @@ mod tests {
         });
         assert_eq!(raw_path_of(b"/a?b=c"), b"/a");
         assert_eq!(raw_path_of(b"/a"), b"/a");
+    }
+
+    #[test]
+    fn unset_fields_are_empty_and_addresses_none() {
+        let mut b = HttpScope::builder();
+        b.http_version("2")
+            .set(ScopeField::Method, b"GET")
+            .set(ScopeField::Target, b"/")
+            .set(ScopeField::RequestId, b"abc");
+        let scope = b.build();
+        assert_eq!(scope.client(), None);
+        assert_eq!(scope.server(), None);
+        assert_eq!(scope.field(ScopeField::QueryString), b"");
+        assert_eq!(scope.request_line(), "GET / HTTP/2.0");
+        assert_eq!(scope.log_suffix(), ", request_id: abc");
+        assert_eq!(scope.headers().count(), 0);
+        with_python(|py| {
+            let d = scope.to_dict(py, None).unwrap();
+            assert!(d.get_item("client").unwrap().unwrap().is_none());
+            assert!(d.get_item("state").unwrap().is_none());
+        });
     }
 }

@@ -93,9 +93,7 @@ pub struct WsExchange {
     disconnected: bool,
     finished: bool,
     http: Py<HttpExchange>,
-    request_line: String,
-    log_suffix: String,
-    client: String,
+    scope: Arc<HttpScope>,
 }
 
 impl WsExchange {
@@ -126,9 +124,7 @@ impl WsExchange {
             disconnected: false,
             finished: false,
             http,
-            request_line: req.scope.request_line.clone(),
-            log_suffix: req.scope.log_suffix(),
-            client: req.scope.client_text(),
+            scope: req.scope,
         })
     }
 
@@ -144,9 +140,9 @@ impl WsExchange {
         tracing::error!(
             target: "asgi",
             "{what} while serving \"{}\", client: {}{}{sep}{detail}",
-            self.request_line.escape_debug(),
-            self.client,
-            self.log_suffix,
+            self.scope.request_line().escape_debug(),
+            self.scope.client_text(),
+            self.scope.log_suffix(),
         );
     }
 
