@@ -86,7 +86,8 @@ impl Drop for Lease<'_> {
     fn drop(&mut self) {
         let mut st = self.0.lock();
         st.readers -= 1;
-        if st.readers == 0 {
+        // Only `close` waits for the readers (a notify is a system call even with no waiter).
+        if st.readers == 0 && st.closed {
             self.0.idle.notify_all();
         }
     }

@@ -74,6 +74,9 @@ struct State {
     scheduled: bool,
     /// The request while its task runs; NULL afterwards.
     request: LoopRequest,
+    /// Readers blocked in `read` on `arrived` (a notify is a system call even with no one
+    /// waiting; an ASGI reader never waits there).
+    waiting: usize,
 }
 
 pub(crate) struct BodyStream {
@@ -96,6 +99,7 @@ impl BodyStream {
                 paused: false,
                 scheduled: false,
                 request: LoopRequest(r),
+                waiting: 0,
             }),
             arrived: Condvar::new(),
             waker: Mutex::new(None),
@@ -165,11 +169,13 @@ impl BodyStream {
                 }
             }
         }
-        self.notify();
+        self.notify(st.waiting > 0);
     }
 
-    fn notify(&self) {
-        self.arrived.notify_all();
+    fn notify(&self, waiting: bool) {
+        if waiting {
+            self.arrived.notify_all();
+        }
         if let Some(wake) = &*self.waker.lock().unwrap_or_else(|e| e.into_inner()) {
             wake();
         }
@@ -208,8 +214,9 @@ impl BodyStream {
         if !st.eof && st.error.is_none() {
             st.error = Some("the request is over".into());
         }
+        let waiting = st.waiting > 0;
         drop(st);
-        self.notify();
+        self.notify(waiting);
     }
 
     /// Makes a waiting or later read fail (the request timed out).
@@ -218,8 +225,9 @@ impl BodyStream {
         if st.error.is_none() {
             st.error = Some(why.to_owned());
         }
+        let waiting = st.waiting > 0;
         drop(st);
-        self.notify();
+        self.notify(waiting);
     }
 }
 
@@ -267,7 +275,9 @@ impl BodySource for BodyStream {
             if st.eof {
                 return Ok(Vec::new());
             }
+            st.waiting += 1;
             st = self.arrived.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.waiting -= 1;
         }
     }
 }

@@ -54,6 +54,9 @@ struct State {
     want_room: bool,
     /// The request, while its task runs; NULL once the completion handler took over.
     request: LoopRequest,
+    /// Producers blocked in `push` on `room`: a condvar's notify is a system call even with
+    /// no one waiting, and most streams (every ASGI one) never have a waiter.
+    waiting: usize,
 }
 
 // SAFETY: the buffer and chain pointers belong to the request's pool and are only used on the
@@ -92,6 +95,7 @@ impl Stream {
                 scheduled: false,
                 want_room: false,
                 request: LoopRequest(r),
+                waiting: 0,
             }),
             room: Condvar::new(),
             waker: Mutex::new(None),
@@ -246,7 +250,9 @@ impl Stream {
 
     /// Lets a producer waiting for room (or for the end) go on.
     fn notify_room(&self, st: &mut State) {
-        self.room.notify_all();
+        if st.waiting > 0 {
+            self.room.notify_all();
+        }
         if std::mem::take(&mut st.want_room) {
             if let Some(wake) = &*self.waker.lock().unwrap_or_else(|e| e.into_inner()) {
                 wake();
@@ -360,7 +366,9 @@ impl ChunkSink for Stream {
     fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone> {
         let mut st = self.lock();
         while st.unsent >= self.limit && !st.cancelled {
+            st.waiting += 1;
             st = self.room.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.waiting -= 1;
         }
         drop(st);
         self.push_now(head, data)
