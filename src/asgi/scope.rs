@@ -165,7 +165,7 @@ impl HttpScope {
     }
 
     /// Each header's name and value, in arrival order.
-    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> {
         self.headers.iter().map(|&(start, name, value)| {
             let (start, name, value) = (start as usize, name as usize, value as usize);
             (
@@ -215,60 +215,74 @@ impl HttpScope {
         py: Python<'py>,
         state: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        // The constant values are interned: each request would otherwise make its own strings.
+        use pyo3::intern;
         let scope = PyDict::new(py);
-        let kind = if self.websocket { "websocket" } else { "http" };
-        scope.set_item(pyo3::intern!(py, "type"), kind)?;
+        let kind = if self.websocket {
+            intern!(py, "websocket")
+        } else {
+            intern!(py, "http")
+        };
+        scope.set_item(intern!(py, "type"), kind)?;
         let asgi = PyDict::new(py);
-        asgi.set_item(pyo3::intern!(py, "version"), ASGI_VERSION)?;
-        asgi.set_item(pyo3::intern!(py, "spec_version"), HTTP_SPEC_VERSION)?;
-        scope.set_item(pyo3::intern!(py, "asgi"), asgi)?;
-        scope.set_item(pyo3::intern!(py, "http_version"), self.http_version)?;
+        asgi.set_item(intern!(py, "version"), intern!(py, ASGI_VERSION))?;
+        asgi.set_item(intern!(py, "spec_version"), intern!(py, HTTP_SPEC_VERSION))?;
+        scope.set_item(intern!(py, "asgi"), asgi)?;
+        let version = match self.http_version {
+            "1.0" => intern!(py, "1.0"),
+            "2" => intern!(py, "2"),
+            "3" => intern!(py, "3"),
+            _ => intern!(py, "1.1"),
+        };
+        scope.set_item(intern!(py, "http_version"), version)?;
         if !self.websocket {
-            scope.set_item(
-                pyo3::intern!(py, "method"),
-                crate::environ::latin1(py, self.method())?,
-            )?;
+            let method = match self.method() {
+                b"GET" => intern!(py, "GET").clone(),
+                b"POST" => intern!(py, "POST").clone(),
+                b"HEAD" => intern!(py, "HEAD").clone(),
+                b"PUT" => intern!(py, "PUT").clone(),
+                b"DELETE" => intern!(py, "DELETE").clone(),
+                b"PATCH" => intern!(py, "PATCH").clone(),
+                b"OPTIONS" => intern!(py, "OPTIONS").clone(),
+                other => crate::environ::latin1(py, other)?,
+            };
+            scope.set_item(intern!(py, "method"), method)?;
         } else {
             scope.set_item(
-                pyo3::intern!(py, "subprotocols"),
+                intern!(py, "subprotocols"),
                 pyo3::types::PyList::new(py, &self.subprotocols)?,
             )?;
         }
         let scheme = match (self.websocket, self.https) {
-            (false, false) => "http",
-            (false, true) => "https",
-            (true, false) => "ws",
-            (true, true) => "wss",
+            (false, false) => intern!(py, "http"),
+            (false, true) => intern!(py, "https"),
+            (true, false) => intern!(py, "ws"),
+            (true, true) => intern!(py, "wss"),
         };
-        scope.set_item(pyo3::intern!(py, "scheme"), scheme)?;
+        scope.set_item(intern!(py, "scheme"), scheme)?;
         scope.set_item(
-            pyo3::intern!(py, "path"),
-            PyString::new(py, &String::from_utf8_lossy(self.field(ScopeField::Path))),
+            intern!(py, "path"),
+            utf8_lossy(py, self.field(ScopeField::Path))?,
         )?;
+        scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, self.raw_path()))?;
         scope.set_item(
-            pyo3::intern!(py, "raw_path"),
-            PyBytes::new(py, self.raw_path()),
-        )?;
-        scope.set_item(
-            pyo3::intern!(py, "query_string"),
+            intern!(py, "query_string"),
             PyBytes::new(py, self.field(ScopeField::QueryString)),
         )?;
         scope.set_item(
-            pyo3::intern!(py, "root_path"),
-            PyString::new(
-                py,
-                &String::from_utf8_lossy(self.field(ScopeField::RootPath)),
-            ),
+            intern!(py, "root_path"),
+            utf8_lossy(py, self.field(ScopeField::RootPath))?,
         )?;
-        let headers = PyList::empty(py);
-        for (name, value) in self.headers() {
-            headers.append(PyTuple::new(
-                py,
-                [PyBytes::new(py, name), PyBytes::new(py, value)],
-            )?)?;
-        }
-        scope.set_item(pyo3::intern!(py, "headers"), headers)?;
-        for (key, addr) in [("client", self.client()), ("server", self.server())] {
+        let headers = PyList::new(
+            py,
+            self.headers()
+                .map(|(name, value)| (PyBytes::new(py, name), PyBytes::new(py, value))),
+        )?;
+        scope.set_item(intern!(py, "headers"), headers)?;
+        for (key, addr) in [
+            (intern!(py, "client"), self.client()),
+            (intern!(py, "server"), self.server()),
+        ] {
             match addr {
                 Some((host, port)) => scope.set_item(
                     key,
@@ -285,14 +299,14 @@ impl HttpScope {
         }
         let extensions = PyDict::new(py);
         let extension = if self.websocket {
-            "websocket.http.response"
+            intern!(py, "websocket.http.response")
         } else {
-            "http.response.pathsend"
+            intern!(py, "http.response.pathsend")
         };
         extensions.set_item(extension, PyDict::new(py))?;
-        scope.set_item(pyo3::intern!(py, "extensions"), extensions)?;
+        scope.set_item(intern!(py, "extensions"), extensions)?;
         if let Some(state) = state {
-            scope.set_item(pyo3::intern!(py, "state"), state.copy()?)?;
+            scope.set_item(intern!(py, "state"), state.copy()?)?;
         }
         Ok(scope)
     }
@@ -337,6 +351,24 @@ impl HttpScope {
             })
             .collect();
         self
+    }
+}
+
+/// `bytes` as UTF-8, each invalid sequence replaced by U+FFFD (Python's `errors="replace"`, what
+/// uvicorn's `unquote` gives), in one pass.
+fn utf8_lossy<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
+    // SAFETY: the pointer and length describe `bytes`; the error handler's name is a C string;
+    // with "replace" decoding fails only on memory exhaustion, reported by `from_owned_ptr_or_err`.
+    unsafe {
+        Ok(Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyUnicode_DecodeUTF8(
+                bytes.as_ptr().cast(),
+                bytes.len() as pyo3::ffi::Py_ssize_t,
+                c"replace".as_ptr(),
+            ),
+        )?
+        .cast_into_unchecked())
     }
 }
 
@@ -435,6 +467,24 @@ mod tests {
             let d = scope.to_dict(py, None).unwrap();
             assert!(d.get_item("client").unwrap().unwrap().is_none());
             assert!(d.get_item("state").unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn a_path_that_is_not_utf8_is_decoded_as_python_replaces_and_any_method_passes() {
+        let mut b = HttpScope::builder();
+        b.http_version("1.1")
+            .set(ScopeField::Method, b"PROPFIND")
+            .set(ScopeField::Path, b"/caf\xe9/\xf0\x9f\x98\x80")
+            .set(ScopeField::RootPath, b"/caf\xe9");
+        let scope = b.build();
+        with_python(|py| {
+            let d = scope.to_dict(py, None).unwrap();
+            let get = |k: &str| d.get_item(k).unwrap().unwrap().extract::<String>().unwrap();
+            assert_eq!(get("path"), "/caf\u{fffd}/\u{1f600}");
+            assert_eq!(get("root_path"), "/caf\u{fffd}");
+            assert_eq!(get("method"), "PROPFIND");
+            assert_eq!(get("http_version"), "1.1");
         });
     }
 }
