@@ -8,15 +8,9 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::accel::AccelHeaders;
+use crate::arena::{Arena, Span};
 use crate::errors::ErrorStream;
 use crate::file_wrapper::FileWrapper;
-
-/// A byte range inside [`RequestInfo`]'s arena.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Span {
-    start: u32,
-    len: u32,
-}
 
 /// The CGI variables an adapter sets from its server's request; all are native strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +32,7 @@ const FIELD_COUNT: usize = 10;
 /// Everything the environ needs, in memory the request task owns: one arena of bytes and ranges.
 #[derive(Debug, Default)]
 pub struct RequestInfo {
-    arena: Vec<u8>,
+    arena: Arena,
     fields: [Span; FIELD_COUNT],
     content_type: Option<Span>,
     content_length: Option<Span>,
@@ -56,7 +50,7 @@ pub struct RequestInfo {
 
 impl RequestInfo {
     fn bytes(&self, span: Span) -> &[u8] {
-        &self.arena[span.start as usize..(span.start + span.len) as usize]
+        self.arena.get(span)
     }
 
     /// The value of one CGI field.
@@ -246,12 +240,7 @@ impl RequestInfoBuilder {
     }
 
     fn push(&mut self, bytes: &[u8]) -> Span {
-        let start = self.info.arena.len() as u32;
-        self.info.arena.extend_from_slice(bytes);
-        Span {
-            start,
-            len: bytes.len() as u32,
-        }
+        self.info.arena.push(bytes)
     }
 
     /// Sets one CGI field.
@@ -293,21 +282,17 @@ impl RequestInfoBuilder {
             self.info.content_length = Some(self.push(value));
             return self;
         }
-        let key_start = self.info.arena.len();
+        let key_start = self.info.arena.mark();
         self.info.arena.extend_from_slice(b"HTTP_");
         self.info.arena.extend(name.iter().map(|&c| match c {
             b'-' => b'_',
             c => c.to_ascii_uppercase(),
         }));
-        let key = Span {
-            start: key_start as u32,
-            len: (self.info.arena.len() - key_start) as u32,
-        };
-        let existing = self
-            .info
-            .headers
-            .iter()
-            .position(|&(k, _)| k.len == key.len && self.info.bytes(k) == self.info.bytes(key));
+        let key = self.info.arena.since(key_start);
+        let existing =
+            self.info.headers.iter().position(|&(k, _)| {
+                k.len() == key.len() && self.info.bytes(k) == self.info.bytes(key)
+            });
         match existing {
             Some(i) => {
                 // The duplicate key is not needed; drop it from the arena again.
@@ -332,16 +317,11 @@ impl RequestInfoBuilder {
         match old {
             None => self.push(value),
             Some(old) => {
-                let start = self.info.arena.len();
-                self.info
-                    .arena
-                    .extend_from_within(old.start as usize..(old.start + old.len) as usize);
+                let start = self.info.arena.mark();
+                self.info.arena.extend_from_span(old);
                 self.info.arena.extend_from_slice(sep);
                 self.info.arena.extend_from_slice(value);
-                Span {
-                    start: start as u32,
-                    len: (self.info.arena.len() - start) as u32,
-                }
+                self.info.arena.since(start)
             }
         }
     }
@@ -353,9 +333,9 @@ impl RequestInfoBuilder {
         let text = len.to_string();
         self.info.content_length = Some(self.push(text.as_bytes()));
         let arena = &self.info.arena;
-        self.info.headers.retain(|&(k, _)| {
-            &arena[k.start as usize..(k.start + k.len) as usize] != b"HTTP_TRANSFER_ENCODING"
-        });
+        self.info
+            .headers
+            .retain(|&(k, _)| arena.get(k) != b"HTTP_TRANSFER_ENCODING");
         self
     }
 

@@ -9,6 +9,7 @@
 
 pub mod accel;
 pub mod app;
+mod arena;
 pub mod asgi;
 pub mod body;
 pub mod check;

@@ -4,6 +4,8 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
+use crate::arena::{Arena, Span};
+
 /// The `asgi` entry of every scope: ASGI 3.0, and the HTTP spec version this server follows
 /// (2.4: `send()` raises an `OSError` once the client is gone, `http.disconnect` otherwise).
 pub const ASGI_VERSION: &str = "3.0";
@@ -29,16 +31,8 @@ pub enum ScopeField {
 
 const FIELD_COUNT: usize = 8;
 
-/// A byte range of the arena. (A request's fields fit nginx's header buffers, far below 4 GiB.)
-#[derive(Debug, Clone, Copy, Default)]
-struct Span {
-    start: u32,
-    len: u32,
-}
-
-/// One request's scope, in memory the request owns: every byte string in one arena and each
-/// header's place in a second vector. The scope is made on the server's thread and freed on the
-/// loop's, which glibc's per-thread caches do not absorb: the fewer allocations, the cheaper.
+/// One request's scope, in memory the request owns: every byte string in one arena (made on the
+/// server's thread, freed on the loop's) and each header's place in a second vector.
 #[derive(Debug, Default, Clone)]
 pub struct HttpScope {
     /// `1.0`, `1.1`, `2` or `3`.
@@ -46,13 +40,12 @@ pub struct HttpScope {
     pub https: bool,
     /// A WebSocket handshake: the scope is a `websocket` one.
     pub websocket: bool,
-    arena: Vec<u8>,
+    arena: Arena,
     fields: [Span; FIELD_COUNT],
     client_port: Option<u16>,
     server_port: Option<u16>,
-    /// Where each header's name starts in the arena, its length and its value's (which
-    /// follows it).
-    headers: Vec<(u32, u32, u32)>,
+    /// Each header's name and value.
+    headers: Vec<(Span, Span)>,
     /// `Sec-WebSocket-Protocol`'s values, in order (WebSocket scopes only).
     pub subprotocols: Vec<String>,
 }
@@ -67,22 +60,13 @@ impl HttpScopeBuilder {
     /// A builder whose arena has room for `bytes` bytes and `headers` headers.
     pub fn with_capacity(bytes: usize, headers: usize) -> HttpScopeBuilder {
         let mut b = HttpScopeBuilder::default();
-        b.scope.arena.reserve_exact(bytes);
+        b.scope.arena.reserve(bytes);
         b.scope.headers.reserve_exact(headers);
         b
     }
 
-    fn push(&mut self, bytes: &[u8]) -> Span {
-        let start = self.scope.arena.len() as u32;
-        self.scope.arena.extend_from_slice(bytes);
-        Span {
-            start,
-            len: bytes.len() as u32,
-        }
-    }
-
     pub fn set(&mut self, field: ScopeField, value: &[u8]) -> &mut Self {
-        self.scope.fields[field as usize] = self.push(value);
+        self.scope.fields[field as usize] = self.scope.arena.push(value);
         self
     }
 
@@ -110,13 +94,13 @@ impl HttpScopeBuilder {
 
     /// Adds a header, its name lowercased as ASGI gives it, in arrival order, repeats kept.
     pub fn header(&mut self, name: &[u8], value: &[u8]) -> &mut Self {
-        let start = self.scope.arena.len();
-        self.scope.arena.extend_from_slice(name);
-        self.scope.arena[start..].make_ascii_lowercase();
-        self.scope.arena.extend_from_slice(value);
+        let start = self.scope.arena.mark();
         self.scope
-            .headers
-            .push((start as u32, name.len() as u32, value.len() as u32));
+            .arena
+            .extend(name.iter().map(u8::to_ascii_lowercase));
+        let name = self.scope.arena.since(start);
+        let value = self.scope.arena.push(value);
+        self.scope.headers.push((name, value));
         self
     }
 
@@ -131,13 +115,9 @@ impl HttpScope {
         HttpScopeBuilder::with_capacity(1024, 16)
     }
 
-    fn bytes(&self, span: Span) -> &[u8] {
-        &self.arena[span.start as usize..(span.start + span.len) as usize]
-    }
-
     /// One of the scope's byte strings (empty when the server did not set it).
     pub fn field(&self, field: ScopeField) -> &[u8] {
-        self.bytes(self.fields[field as usize])
+        self.arena.get(self.fields[field as usize])
     }
 
     pub fn method(&self) -> &[u8] {
@@ -166,13 +146,9 @@ impl HttpScope {
 
     /// Each header's name and value, in arrival order.
     pub fn headers(&self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> {
-        self.headers.iter().map(|&(start, name, value)| {
-            let (start, name, value) = (start as usize, name as usize, value as usize);
-            (
-                &self.arena[start..start + name],
-                &self.arena[start + name..start + name + value],
-            )
-        })
+        self.headers
+            .iter()
+            .map(|&(name, value)| (self.arena.get(name), self.arena.get(value)))
     }
 
     /// `METHOD TARGET PROTOCOL` as received, for log lines.
