@@ -81,7 +81,11 @@ def test_other_nginx_version_is_reported_as_nginx_refuses_it(built, tmp_path):
     version, _ = identity(doctor("--nginx", nginx, "--module", module).stdout, "module")
     number = nginx_number(version)
     older = number - 2000  # two minor versions back, e.g. 1.26.3 for 1.28.3
-    copy = patched_module(module, tmp_path, struct.pack("<Q", number), struct.pack("<Q", older))
+    # The version field of the module's ngx_module_t, found by the fields before it (NGX_MODULE_V1:
+    # ctx_index and index unset, then name, spare0 and spare1 zero): the bare 8 bytes of the
+    # number can also occur elsewhere in the file (debug information's offsets, say).
+    head = b"\xff" * 16 + b"\x00" * 24
+    copy = patched_module(module, tmp_path, head + struct.pack("<Q", number), head + struct.pack("<Q", older))
 
     result = doctor("--nginx", nginx, "--module", copy, "--user", ME)
     assert result.returncode == 1
