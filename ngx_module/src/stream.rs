@@ -8,6 +8,7 @@
 //! while a response streams, call [`Stream::on_writable`] and [`Stream::on_readable`].
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 use nginx_sys::{
@@ -54,6 +55,8 @@ struct State {
     want_room: bool,
     /// The request, while its task runs; NULL once the completion handler took over.
     request: LoopRequest,
+    /// The waker is to fire once the lock is let go (see [`Locked`]).
+    wake_due: bool,
     /// Producers blocked in `push` on `room`: a condvar's notify is a system call even with
     /// no one waiting, and most streams (every ASGI one) never have a waiter.
     waiting: usize,
@@ -66,6 +69,9 @@ unsafe impl Send for State {}
 /// One request's streamed output, shared by its Python thread and the event loop.
 pub(crate) struct Stream {
     state: Mutex<State>,
+    /// `State::cancelled`, readable without the lock: the app's side asks at every message,
+    /// and the lock is the event loop's while it hands output to nginx.
+    cancelled: AtomicBool,
     room: Condvar,
     /// Fired where `room` is notified, for a producer that does not block (ASGI).
     waker: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
@@ -95,8 +101,10 @@ impl Stream {
                 scheduled: false,
                 want_room: false,
                 request: LoopRequest(r),
+                wake_due: false,
                 waiting: 0,
             }),
+            cancelled: AtomicBool::new(false),
             room: Condvar::new(),
             waker: Mutex::new(None),
             limit,
@@ -105,8 +113,67 @@ impl Stream {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            guard: Some(self.state.lock().unwrap_or_else(|e| e.into_inner())),
+            stream: self,
+        }
+    }
+}
+
+/// The stream's state, locked. A waker due (room for an ASGI producer, or the stream's end) fires
+/// when this is dropped, after the lock is let go: woken under it, the app's thread would run at
+/// once into the lock still held.
+struct Locked<'a> {
+    guard: Option<MutexGuard<'a, State>>,
+    stream: &'a Stream,
+}
+
+impl Locked<'_> {
+    /// Waits on the condvar for room (the lock let go meanwhile, as `Condvar::wait` does).
+    fn wait_for_room(&mut self) {
+        if let Some(guard) = self.guard.take() {
+            let guard = self
+                .stream
+                .room
+                .wait(guard)
+                .unwrap_or_else(|e| e.into_inner());
+            self.guard = Some(guard);
+        }
+    }
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.guard.as_ref().expect("locked until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.guard.as_mut().expect("locked until dropped")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let due = self
+            .guard
+            .as_mut()
+            .is_some_and(|st| std::mem::take(&mut st.wake_due));
+        self.guard = None;
+        if due {
+            let wake = self
+                .stream
+                .waker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(wake) = wake {
+                wake();
+            }
+        }
     }
 }
 
@@ -117,16 +184,24 @@ impl crate::notify::Pump for Stream {
         let r = st.request.0;
         if !r.is_null() {
             // SAFETY: the request is live while `request` is set (the task is outstanding).
-            unsafe { self.send_pending(&mut st, r) };
+            drop(unsafe { self.send_pending(st, r) });
         }
     }
 }
 
 impl Stream {
-    /// Hands the head and the pending pieces to nginx, then frees what nginx has sent.
-    unsafe fn send_pending(&self, st: &mut State, r: *mut ngx_http_request_t) {
+    /// Hands the head and the pending pieces to nginx, then frees what nginx has sent. The lock
+    /// is let go while nginx writes to the client, so that the app's side is not held up by a
+    /// system call: meanwhile it only adds pieces (and schedules another pass) or reads counts;
+    /// the chains and buffers are the event loop's alone.
+    unsafe fn send_pending<'a>(
+        &'a self,
+        mut guard: Locked<'a>,
+        r: *mut ngx_http_request_t,
+    ) -> Locked<'a> {
+        let st = &mut *guard;
         if st.cancelled {
-            return;
+            return guard;
         }
         // SAFETY: `r` is live on the event loop (callers' contract).
         unsafe {
@@ -139,7 +214,7 @@ impl Stream {
                 let rc = crate::response::send_head(r, &head, head.content_length);
                 if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
                     self.cancel(st, true);
-                    return;
+                    return guard;
                 }
                 st.discard = (*r).header_only() != 0;
             }
@@ -159,7 +234,7 @@ impl Stream {
                 let cl = ngx_chain_get_free_buf((*r).pool, &mut st.free);
                 if cl.is_null() {
                     self.cancel(st, true);
-                    return;
+                    return guard;
                 }
                 let b = (*cl).buf;
                 std::ptr::write_bytes(b, 0, 1);
@@ -180,7 +255,10 @@ impl Stream {
                 self.notify_room(st);
             }
             if !out.is_null() {
+                drop(guard);
                 let rc = ngx_http_output_filter(r, out);
+                guard = self.lock();
+                let st = &mut *guard;
                 if rc == NGX_ERROR as ngx_int_t {
                     self.cancel(st, true);
                 }
@@ -192,9 +270,10 @@ impl Stream {
                     module() as *const _ as *mut _,
                 );
             }
-            self.reclaim(st);
-            self.wait_for_writable(st, r);
+            self.reclaim(&mut guard);
+            self.wait_for_writable(&mut guard, r);
         }
+        guard
     }
 
     /// Frees the pieces nginx has finished with and lets a waiting producer go on.
@@ -243,6 +322,7 @@ impl Stream {
 
     fn cancel(&self, st: &mut State, failed: bool) {
         st.cancelled = true;
+        self.cancelled.store(true, Ordering::Release);
         st.failed |= failed;
         st.want_room = true;
         self.notify_room(st);
@@ -254,9 +334,7 @@ impl Stream {
             self.room.notify_all();
         }
         if std::mem::take(&mut st.want_room) {
-            if let Some(wake) = &*self.waker.lock().unwrap_or_else(|e| e.into_inner()) {
-                wake();
-            }
+            st.wake_due = true;
         }
     }
 
@@ -281,7 +359,7 @@ impl Stream {
 
     /// Whether the stream stopped (the client went away, or sending failed).
     pub(crate) fn is_cancelled(&self) -> bool {
-        self.lock().cancelled
+        self.cancelled.load(Ordering::Acquire)
     }
 
     /// The client went away (noticed by another handler): stop the app's output.
@@ -350,10 +428,11 @@ impl Stream {
         let mut st = self.lock();
         st.request = LoopRequest::none();
         // SAFETY: per the function contract.
-        unsafe {
-            self.send_pending(&mut st, r);
+        let st = unsafe {
+            let st = self.send_pending(st, r);
             (*r).read_event_handler = Some(nginx_sys::ngx_http_block_reading);
-        }
+            st
+        };
         StreamEnd {
             head_sent: st.head_sent,
             cancelled: st.cancelled,
@@ -367,7 +446,7 @@ impl ChunkSink for Stream {
         let mut st = self.lock();
         while st.unsent >= self.limit && !st.cancelled {
             st.waiting += 1;
-            st = self.room.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.wait_for_room();
             st.waiting -= 1;
         }
         drop(st);
@@ -426,7 +505,10 @@ impl Stream {
                 return;
             }
             if (*wev).delayed() == 0 {
+                // Unlocked while nginx writes, as in `send_pending`.
+                drop(st);
                 let rc = ngx_http_output_filter(r, std::ptr::null_mut());
+                st = self.lock();
                 if rc == NGX_ERROR as ngx_int_t {
                     self.cancel(&mut st, true);
                     return;
