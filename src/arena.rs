@@ -25,7 +25,8 @@ impl Arena {
     }
 
     pub(crate) fn get(&self, span: Span) -> &[u8] {
-        &self.0[span.start as usize..(span.start + span.len) as usize]
+        let start = span.start as usize;
+        &self.0[start..start + span.len as usize]
     }
 
     pub(crate) fn push(&mut self, bytes: &[u8]) -> Span {
@@ -41,6 +42,11 @@ impl Arena {
     }
 
     pub(crate) fn since(&self, mark: usize) -> Span {
+        // A wrong slice later would be worse than stopping here.
+        assert!(
+            self.0.len() <= u32::MAX as usize,
+            "a request's strings above 4 GiB"
+        );
         Span {
             start: mark as u32,
             len: (self.0.len() - mark) as u32,
@@ -58,8 +64,8 @@ impl Arena {
 
     /// Appends a copy of a span already in the arena.
     pub(crate) fn extend_from_span(&mut self, span: Span) {
-        self.0
-            .extend_from_within(span.start as usize..(span.start + span.len) as usize);
+        let start = span.start as usize;
+        self.0.extend_from_within(start..start + span.len as usize);
     }
 
     pub(crate) fn extend_from_slice(&mut self, bytes: &[u8]) {

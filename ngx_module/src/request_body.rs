@@ -119,10 +119,14 @@ impl BodyStream {
     pub(crate) unsafe fn pull(&self, r: *mut ngx_http_request_t) {
         let mut st = self.lock();
         // SAFETY: per the function contract.
-        unsafe { self.pull_locked(&mut st, r) };
+        let waiting = unsafe { self.pull_locked(&mut st, r) };
+        // Woken after the lock is let go: the reader's first step is to take it.
+        drop(st);
+        self.notify(waiting);
     }
 
-    unsafe fn pull_locked(&self, st: &mut State, r: *mut ngx_http_request_t) {
+    /// Returns whether a reader waits on `arrived` (to be notified once the lock is let go).
+    unsafe fn pull_locked(&self, st: &mut State, r: *mut ngx_http_request_t) -> bool {
         // SAFETY: `r` and its request body are live on the event loop.
         unsafe {
             loop {
@@ -169,7 +173,7 @@ impl BodyStream {
                 }
             }
         }
-        self.notify(st.waiting > 0);
+        st.waiting > 0
     }
 
     fn notify(&self, waiting: bool) {
@@ -238,7 +242,9 @@ impl Pump for BodyStream {
         let r = st.request.0;
         if !r.is_null() && !st.eof && st.error.is_none() {
             // SAFETY: the request is live while `request` is set.
-            unsafe { self.pull_locked(&mut st, r) };
+            let waiting = unsafe { self.pull_locked(&mut st, r) };
+            drop(st);
+            self.notify(waiting);
         }
     }
 }

@@ -63,17 +63,20 @@ struct State {
 }
 
 // SAFETY: the buffer and chain pointers belong to the request's pool and are only used on the
-// event-loop thread; the Python thread touches only `pending`, `head`, `unsent` and the flags.
+// event-loop thread; the Python thread touches only `pending`, `head`, `unsent`, `waiting` and
+// the flags.
 unsafe impl Send for State {}
 
 /// One request's streamed output, shared by its Python thread and the event loop.
 pub(crate) struct Stream {
     state: Mutex<State>,
-    /// `State::cancelled`, readable without the lock: the app's side asks at every message,
-    /// and the lock is the event loop's while it hands output to nginx.
+    /// `State::cancelled`, readable without the lock: the app's side asks at every message, and
+    /// the event loop holds the lock while it builds chains, sends the head and frees what nginx
+    /// has sent.
     cancelled: AtomicBool,
     room: Condvar,
-    /// Fired where `room` is notified, for a producer that does not block (ASGI).
+    /// What a producer that does not block (ASGI) is woken with when it asked for room (or the
+    /// stream ends): fired once the lock is let go (see [`Locked`]).
     waker: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
     limit: usize,
     events: ClientEvents,
@@ -132,14 +135,13 @@ struct Locked<'a> {
 impl Locked<'_> {
     /// Waits on the condvar for room (the lock let go meanwhile, as `Condvar::wait` does).
     fn wait_for_room(&mut self) {
-        if let Some(guard) = self.guard.take() {
-            let guard = self
-                .stream
-                .room
-                .wait(guard)
-                .unwrap_or_else(|e| e.into_inner());
-            self.guard = Some(guard);
-        }
+        let guard = self.guard.take().expect("locked until dropped");
+        let guard = self
+            .stream
+            .room
+            .wait(guard)
+            .unwrap_or_else(|e| e.into_inner());
+        self.guard = Some(guard);
     }
 }
 
@@ -191,9 +193,10 @@ impl crate::notify::Pump for Stream {
 
 impl Stream {
     /// Hands the head and the pending pieces to nginx, then frees what nginx has sent. The lock
-    /// is let go while nginx writes to the client, so that the app's side is not held up by a
-    /// system call: meanwhile it only adds pieces (and schedules another pass) or reads counts;
-    /// the chains and buffers are the event loop's alone.
+    /// is let go while nginx writes the body (the head's filters run under it), so that the
+    /// app's side is not held up by that system call: meanwhile it only adds pieces (and
+    /// schedules another pass), asks for room or waits for it; the chains and buffers are the
+    /// event loop's alone, and nothing in nginx's output filters calls back into the stream.
     unsafe fn send_pending<'a>(
         &'a self,
         mut guard: Locked<'a>,
