@@ -162,18 +162,13 @@ def test_targets_routed_by_uri_in_step_order(tmp_path, serve):
         },
     }
     result = from_unit(tmp_path, config, "--listen", f"*:8000=127.0.0.1:{port}")
-    # The `arguments` condition is an `if` in the location: a request that fails it gets 404
-    # where Unit went on to the next step; the tool says so.
-    assert result.returncode == 2
-    assert ("not translated: routes/1/match/arguments/v: nginx chooses a location by URI alone"
-            in result.stderr)
-    assert "# not translated: routes/1/match/arguments/v:" in result.stdout
+    assert result.returncode == 0, result.stderr
     server = serve(result.stdout, port)
 
     assert requests.get(server.url("/back/teapot?v=2")).status_code == 418
     back = requests.get(server.url("/back/items?v=2"))
     assert back.json() == {"target": "back", "script_name": "/back", "path_info": "/items",
-                           "query": "v=2"}
+                           "query": "v=2", "method": "GET", "body": ""}
     assert back.headers["X-Route"] == "back"
     # Unit's prefix: SCRIPT_NAME only for paths under it, at a segment boundary.
     assert requests.get(server.url("/front/a/b")).json() == {
@@ -181,7 +176,71 @@ def test_targets_routed_by_uri_in_step_order(tmp_path, serve):
     assert requests.get(server.url("/frontier")).json() == {
         "target": "front", "script_name": "", "path_info": "/frontier"}
     assert requests.get(server.url("/")).json()["path_info"] == "/"
-    assert requests.get(server.url("/back/items?v=1")).status_code == 404
+    # Failing the `arguments` condition, the request goes on to the next step, as in Unit.
+    assert requests.get(server.url("/back/items?v=1")).json() == {
+        "target": "front", "script_name": "", "path_info": "/back/items"}
+
+
+def test_failed_conditions_fall_through_to_later_steps_and_routes(tmp_path, serve):
+    port = free_port()
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www/robots.txt").write_text("User-agent: *\n")
+    site = {"type": "python", "path": str(UNIT / "targets"), "protocol": "wsgi", **home(),
+            "targets": {"front": {"module": "front", "callable": "app"},
+                        "back": {"module": "back", "prefix": "/api"}}}
+    config = {
+        "listeners": {"*:8000": {"pass": "routes/main"}},
+        "routes": {
+            "main": [
+                {"match": {"uri": "/api/*", "method": ["POST", "PUT"],
+                           "headers": {"Content-Type": "application/json"}},
+                 "action": {"pass": "routes/writes"}},
+                {"match": {"uri": "/api/*", "cookies": {"session": "~^[0-9a-f]+$"}},
+                 "action": {"pass": "applications/site/back"}},
+                {"match": {"uri": "/api/*"}, "action": {"return": 401}},
+                # Files first, the app for everything else: a named location in nginx, whose
+                # route is tried in the rewrite phase too.
+                {"action": {"share": f"{tmp_path}/www$uri", "fallback": {"pass": "routes/pages"}}},
+            ],
+            "writes": [
+                {"match": {"arguments": {"dry": "1"}}, "action": {"return": 204}},
+                {"action": {"pass": "applications/site/back",
+                            "response_headers": {"X-Write": "yes"}}},
+            ],
+            "pages": [
+                {"match": {"uri": "/admin/*", "source": "10.0.0.0/8"},
+                 "action": {"pass": "applications/site/front"}},
+                {"match": {"uri": "/admin/*"}, "action": {"return": 403}},
+                {"match": {"uri": "~^/(?:page|form)"}, "action": {"pass": "applications/site/front"}},
+            ],
+        },
+        "applications": {"site": site},
+    }
+    result = from_unit(tmp_path, config, "--listen", f"*:8000=127.0.0.1:{port}")
+    assert result.returncode == 0, result.stderr
+    server = serve(result.stdout, port)
+
+    json_type = {"Content-Type": "application/json"}
+    # Every condition met: the body reaches the app through two dispatches.
+    write = requests.post(server.url("/api/items?x=1"), data='{"a": 1}', headers=json_type)
+    assert write.json() == {"target": "back", "script_name": "/api", "path_info": "/items",
+                            "query": "x=1", "method": "POST", "body": '{"a": 1}'}
+    assert write.headers["X-Write"] == "yes"
+    assert requests.put(server.url("/api/items?dry=1"), data="{}",
+                        headers=json_type).status_code == 204
+    # A POST of another type fails the first step; with the cookie the second takes it, without
+    # it the third.
+    form = requests.post(server.url("/api/items"), data="a=1", cookies={"session": "c0ffee"})
+    assert (form.json()["method"], form.json()["body"]) == ("POST", "a=1")
+    assert "X-Write" not in form.headers
+    assert requests.post(server.url("/api/items"), data="a=1").status_code == 401
+    assert requests.get(server.url("/api/items"), cookies={"session": "xyz"}).status_code == 401
+    # The share, then its fallback's route, in order, with a 404 when no step is left.
+    assert requests.get(server.url("/robots.txt")).text == "User-agent: *\n"
+    assert requests.get(server.url("/admin/users")).status_code == 403
+    assert requests.post(server.url("/form"), data=b"x").json() == {
+        "target": "front", "script_name": "", "path_info": "/form"}
+    assert requests.get(server.url("/elsewhere")).status_code == 404
 
 
 def test_share_with_a_fallback_and_hosts(tmp_path, serve):

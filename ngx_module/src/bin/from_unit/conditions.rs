@@ -1,6 +1,7 @@
-//! A route step's `match`: the URI becomes the location's regex; `host` and `scheme` choose the
-//! server blocks the step goes into; every other condition becomes a test that nginx's `if`
-//! (or a `geo` variable for addresses) evaluates.
+//! A route step's `match`: the URI becomes the location's regex (or, in a route's dispatch, a
+//! test like the others); `host` and `scheme` choose the server blocks the step goes into; every
+//! other condition becomes a test that nginx's `if` (or a `geo` variable for addresses)
+//! evaluates.
 
 use super::json::{At, BadInput, Read};
 use super::pattern::{self, Pattern, PatternSet};
@@ -10,8 +11,6 @@ use super::pattern::{self, Pattern, PatternSet};
 pub struct Test {
     pub when_met: String,
     pub when_failed: String,
-    /// `routes/main/0/match/method`.
-    pub at: String,
 }
 
 /// What `match` asks, sorted by how nginx answers it.
@@ -46,7 +45,7 @@ pub fn patterns(at: &At<'_>, decode: bool) -> Read<PatternSet> {
     Ok(set)
 }
 
-fn quoted_regex(re: &str) -> Read<String> {
+pub fn quoted_regex(re: &str) -> Read<String> {
     let t = pattern::token(re).map_err(BadInput)?;
     Ok(if t.starts_with('"') {
         t
@@ -56,7 +55,7 @@ fn quoted_regex(re: &str) -> Read<String> {
 }
 
 /// `$var ~ "re"` and its opposite; `None` when the patterns match every value.
-fn regex_test(var: &str, set: &PatternSet, caseless: bool, at: &At<'_>) -> Read<Option<Test>> {
+fn regex_test(var: &str, set: &PatternSet, caseless: bool) -> Read<Option<Test>> {
     let Some(re) = pattern::set_regex(set) else {
         return Ok(None);
     };
@@ -65,7 +64,6 @@ fn regex_test(var: &str, set: &PatternSet, caseless: bool, at: &At<'_>) -> Read<
     Ok(Some(Test {
         when_met: format!("{var} ~{star} {re}"),
         when_failed: format!("{var} !~{star} {re}"),
-        at: at.path().to_owned(),
     }))
 }
 
@@ -108,7 +106,7 @@ fn named_tests(
             continue;
         }
         let set = patterns(&patterns_at, decode)?;
-        if let Some(t) = regex_test(&var(name), &set, caseless, &patterns_at)? {
+        if let Some(t) = regex_test(&var(name), &set, caseless)? {
             tests.push(t);
         }
     }
@@ -149,7 +147,6 @@ fn address_test(at: &At<'_>, var: &str, http: &mut dyn HttpLevel) -> Read<Option
     Ok(Some(Test {
         when_met: format!("{name} = 1"),
         when_failed: format!("{name} = 0"),
-        at: at.path().to_owned(),
     }))
 }
 
@@ -178,12 +175,11 @@ pub fn read(at: Option<At<'_>>, http: &mut dyn HttpLevel) -> Read<Match> {
             }
             "method" => {
                 let set = patterns(&value, false)?;
-                m.tests
-                    .extend(regex_test("$request_method", &set, true, &value)?);
+                m.tests.extend(regex_test("$request_method", &set, true)?);
             }
             "query" => {
                 let set = patterns(&value, true)?;
-                m.tests.extend(regex_test("$args", &set, false, &value)?);
+                m.tests.extend(regex_test("$args", &set, false)?);
             }
             "arguments" => named_tests(
                 &value,
@@ -264,7 +260,6 @@ mod tests {
             m.tests[0].when_failed,
             "$request_method !~* \"^(?:GET$|HEAD$)\""
         );
-        assert_eq!(m.tests[0].at, "method");
     }
 
     #[test]

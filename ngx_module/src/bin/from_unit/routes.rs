@@ -1,11 +1,14 @@
 //! Listeners, routes and actions as nginx `server` and `location` blocks.
 //!
 //! Unit tries a route's steps in order and takes the first whose conditions all hold. nginx
-//! picks a location by URI, trying regex locations in the order they are written, so every step
-//! becomes a regex location in step order (the last unconditional one `location /`): the first
-//! step whose URI patterns match wins, as in Unit. `host` splits a route into server blocks by
-//! `server_name`, `scheme` is known per listener, and the other conditions are `if` tests inside
-//! the step's location.
+//! picks a location by URI, trying regex locations in the order they are written, so when only
+//! URIs decide (or only the last step has other conditions) every step becomes a regex location
+//! in step order (the last unconditional one `location /`): the first step whose URI patterns
+//! match wins, as in Unit. When a step with other conditions has steps after it, a request that
+//! fails them must go on to those steps, which a location cannot do: then the route is a dispatch
+//! in the rewrite phase, each step's conditions tested in order and its action in a named
+//! location. `host` splits a route into server blocks by `server_name`, and `scheme` is known
+//! per listener.
 
 use std::collections::BTreeSet;
 
@@ -67,6 +70,17 @@ struct Server {
     head: Out,
     /// The `forwarded` header makes the scheme the client's, so `scheme` is not static.
     scheme_forwarded: bool,
+}
+
+/// Where a route's steps are written: nginx allows different things in each.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// A server block: locations, chosen by URI.
+    Server,
+    /// Inside a step's location: nested locations.
+    Location,
+    /// Inside a named location, which can hold no location.
+    Named,
 }
 
 /// Server-level pieces of one server block being written.
@@ -245,7 +259,15 @@ impl<'a> Unit<'a> {
         self.open_server(&server, None, out);
         let mut block = Block::default();
         out.open("location /");
-        self.pass(&pass, &Out::default(), out, shared, &mut block, &mut vec![])?;
+        self.pass(
+            &pass,
+            Place::Location,
+            &Out::default(),
+            out,
+            shared,
+            &mut block,
+            &mut vec![],
+        )?;
         out.close();
         out.append(&block.named);
         out.close();
@@ -490,25 +512,35 @@ impl<'a> Unit<'a> {
         let chosen: Vec<(At<'a>, &Match)> =
             chosen.iter().map(|&i| (steps[i], &matches[i])).collect();
         let mut block = Block::default();
-        self.steps(server, &chosen, true, seen, &mut block, shared, out)?;
+        self.steps(
+            server,
+            &chosen,
+            Place::Server,
+            &Out::default(),
+            seen,
+            &mut block,
+            shared,
+            out,
+        )?;
         out.append(&block.named);
         out.close();
         Ok(())
     }
 
-    /// The locations of a route's steps, in order.
+    /// A route's steps, in order: as locations, or as a dispatch when a step's failed
+    /// conditions must fall through to the next steps or no location can be written here.
     #[allow(clippy::too_many_arguments)]
     fn steps(
         &self,
         server: &Server,
         steps: &[(At<'a>, &Match)],
-        top: bool,
+        place: Place,
+        before: &Out,
         seen: &mut Vec<String>,
         block: &mut Block,
         shared: &mut Shared,
         out: &mut Out,
     ) -> Read<()> {
-        let mut catch_all = false;
         // Steps that can apply under this listener's scheme.
         let live: Vec<&(At<'a>, &Match)> = steps
             .iter()
@@ -522,25 +554,51 @@ impl<'a> Unit<'a> {
                 None => true,
             })
             .collect();
-        for (i, (step, m)) in live.iter().enumerate() {
-            let action = step.required("action")?;
-            let regex = pattern::set_regex(&m.uri);
-            let last = i + 1 == live.len();
-            if top && regex.is_none() && m.tests.len() == 1 && catch_all_is_early(i, &live) {
-                // A leading unconditional-URI `return` guarded by one condition: a server-level
-                // `if`, which nginx runs before choosing a location, as Unit runs it first.
-                if let Some(ret) = simple_return(&action)? {
-                    out.line(&format!("# {}", step.path()));
-                    out.open(&format!("if ({})", m.tests[0].when_met));
-                    out.line(&ret);
-                    out.close();
-                    continue;
-                }
+        let mut rest = &live[..];
+        if place == Place::Server {
+            // Leading unconditional-URI `return`s guarded by one condition (allow-deny lists):
+            // server-level `if`s, which nginx runs before choosing a location, as Unit runs
+            // those steps first.
+            while let Some((step, m)) = rest.first() {
+                let action = step.required("action")?;
+                let ret = match (pattern::set_regex(&m.uri), m.tests.as_slice()) {
+                    (None, [_]) => simple_return(&action)?,
+                    _ => None,
+                };
+                let Some(ret) = ret else { break };
+                out.line(&format!("# {}", step.path()));
+                out.open(&format!("if ({})", m.tests[0].when_met));
+                out.line(&ret);
+                out.close();
+                rest = &rest[1..];
             }
-            let head = match &regex {
-                None if top && last => "location /".to_owned(),
+        }
+        // A step without conditions takes every request: the steps after it are never reached.
+        let reached = match rest.iter().position(|(_, m)| takes_every_request(m)) {
+            Some(i) => {
+                if let Some((next, _)) = rest.get(i + 1) {
+                    // As in Unit: this is the configuration's own, not a loss of the translation.
+                    out.line(&format!("# {} and the steps after it: no request reaches them here, {} takes every one", next.path(), rest[i].0.path()));
+                }
+                i + 1
+            }
+            None => rest.len(),
+        };
+        let rest = &rest[..reached];
+        let catch_all = rest.last().is_some_and(|(_, m)| takes_every_request(m));
+        let falls_through = rest.iter().rev().skip(1).any(|(_, m)| !m.tests.is_empty());
+        if place == Place::Named || falls_through {
+            return self.dispatch(rest, catch_all, place, before, seen, block, shared, out);
+        }
+        // Only the last step may have conditions besides the URI: failing them, no step is
+        // left, and Unit answers 404 as the location does.
+        let top = place == Place::Server;
+        for (step, m) in rest {
+            let action = step.required("action")?;
+            let head = match pattern::set_regex(&m.uri) {
+                None if top && takes_every_request(m) => "location /".to_owned(),
                 None => "location ~ ^/".to_owned(),
-                Some(re) => format!("location ~ {}", tok(re, &step.required("match")?)?),
+                Some(re) => format!("location ~ {}", tok(&re, &step.required("match")?)?),
             };
             out.line(&format!("# {}", step.path()));
             out.open(&head);
@@ -548,20 +606,9 @@ impl<'a> Unit<'a> {
                 out.open(&format!("if ({})", t.when_failed));
                 out.line("return 404;");
                 out.close();
-                if !last {
-                    shared.notes.add(&t.at, "nginx chooses a location by URI alone: a request that fails this condition gets 404 here, where Unit went on to the next steps");
-                }
             }
-            self.action(&action, out, shared, block, seen)?;
+            self.action(&action, Place::Location, out, shared, block, seen)?;
             out.close();
-            if regex.is_none() && m.tests.is_empty() {
-                catch_all = true;
-                if !last {
-                    // As in Unit: this is the configuration's own, not a loss of the translation.
-                    out.line(&format!("# {} and the steps after it: no request reaches them here, {} takes every one", live[i + 1].0.path(), step.path()));
-                }
-                break;
-            }
         }
         if !catch_all {
             // Unit answers 404 when no step matches.
@@ -572,10 +619,77 @@ impl<'a> Unit<'a> {
         Ok(())
     }
 
+    /// Steps tried in order by the rewrite module, as Unit tries them: each step's conditions
+    /// (its URI among them) clear `$unit_step` when they fail, and the first step left standing
+    /// is entered through `error_page` into the named location that holds its action.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &self,
+        steps: &[&(At<'a>, &Match)],
+        catch_all: bool,
+        place: Place,
+        before: &Out,
+        seen: &mut Vec<String>,
+        block: &mut Block,
+        shared: &mut Shared,
+        out: &mut Out,
+    ) -> Read<()> {
+        if place == Place::Server {
+            out.open("location /");
+        }
+        out.line("error_page 418 = $unit_step;");
+        // Without it, nginx follows one error page per request: a route passed to from a step
+        // entered this way could not dispatch again.
+        out.line("recursive_error_pages on;");
+        for (step, m) in steps {
+            let action = step.required("action")?;
+            block.named_count += 1;
+            let name = format!("@unit_step_{}", block.named_count);
+            let mut failed = Vec::new();
+            if let Some(re) = pattern::set_regex(&m.uri) {
+                let re = conditions::quoted_regex(&re)
+                    .map_err(|e| BadInput(format!("{}: {}", step.path(), e.0)))?;
+                failed.push(format!("$uri !~ {re}"));
+            }
+            failed.extend(m.tests.iter().map(|t| t.when_failed.clone()));
+            out.line(&format!("# {}", step.path()));
+            out.line(&format!("set $unit_step {name};"));
+            for condition in &failed {
+                out.open(&format!("if ({condition})"));
+                out.line("set $unit_step \"\";");
+                out.close();
+            }
+            if failed.is_empty() {
+                out.line("return 418;");
+            } else {
+                out.open("if ($unit_step)");
+                out.line("return 418;");
+                out.close();
+            }
+            let mut named = Out::default();
+            named.line(&format!("# {}", step.path()));
+            named.open(&format!("location {name}"));
+            // A named location inherits nothing from the location the request came from.
+            named.append(before);
+            self.action(&action, Place::Named, &mut named, shared, block, seen)?;
+            named.close();
+            block.named.append(&named);
+        }
+        if !catch_all {
+            // Unit answers 404 when no step matches.
+            out.line("return 404;");
+        }
+        if place == Place::Server {
+            out.close();
+        }
+        Ok(())
+    }
+
     /// A step's action into the current location.
     fn action(
         &self,
         at: &At<'a>,
+        place: Place,
         out: &mut Out,
         shared: &mut Shared,
         block: &mut Block,
@@ -615,7 +729,15 @@ impl<'a> Unit<'a> {
         }
         out.append(&before);
         match kind {
-            Some("pass") => self.pass(&at.required("pass")?, &before, out, shared, block, seen),
+            Some("pass") => self.pass(
+                &at.required("pass")?,
+                place,
+                &before,
+                out,
+                shared,
+                block,
+                seen,
+            ),
             Some("proxy") => self.proxy(&at.required("proxy")?, out, shared),
             Some("return") => {
                 match simple_return(at)? {
@@ -635,9 +757,11 @@ impl<'a> Unit<'a> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn pass(
         &self,
         at: &At<'a>,
+        place: Place,
         before: &Out,
         out: &mut Out,
         shared: &mut Shared,
@@ -678,7 +802,7 @@ impl<'a> Unit<'a> {
                     let chosen: Vec<(At<'a>, &Match)> = steps.iter().copied().zip(matches.iter()).collect();
                     seen.push(target.to_owned());
                     let server = Server { listen: String::new(), scheme: "http", head: Out::default(), scheme_forwarded: false };
-                    let result = self.steps(&server, &chosen, false, seen, block, shared, out);
+                    let result = self.steps(&server, &chosen, place, before, seen, block, shared, out);
                     seen.pop();
                     if chosen.iter().any(|(_, m)| m.scheme.is_some()) {
                         shared.notes.add(at.path(), "`scheme` conditions in a route reached from another route's step are decided as for plain HTTP");
@@ -865,7 +989,7 @@ impl<'a> Unit<'a> {
                 let mut named = Out::default();
                 named.line(&format!("# {}", fallback.path()));
                 named.open(&format!("location {name}"));
-                self.action(&fallback, &mut named, shared, block, seen)?;
+                self.action(&fallback, Place::Named, &mut named, shared, block, seen)?;
                 named.close();
                 block.named.append(&named);
                 name
@@ -878,17 +1002,8 @@ impl<'a> Unit<'a> {
     }
 }
 
-/// Whether every step before `i` was written as a server-level `if`.
-fn catch_all_is_early(i: usize, live: &[&(At<'_>, &Match)]) -> bool {
-    live[..i].iter().all(|(s, m)| {
-        pattern::set_regex(&m.uri).is_none()
-            && m.tests.len() == 1
-            && s.get("action").is_some_and(|a| {
-                a.get("return").is_some()
-                    && a.get("rewrite").is_none()
-                    && a.get("response_headers").is_none()
-            })
-    })
+fn takes_every_request(m: &Match) -> bool {
+    pattern::set_regex(&m.uri).is_none() && m.tests.is_empty()
 }
 
 /// `return CODE [URL];` of a `return` action, when nginx can say it that way.

@@ -171,8 +171,8 @@ fn steps_keep_their_order_as_regex_locations() {
 fn a_catch_all_step_before_others_takes_every_request() {
     let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
             "routes": [{"action": {"return": 200}}, {"match": {"uri": "/x"}, "action": {"return": 204}}]}"#);
-    has(&conf, &["location ~ ^/ {", "return 200;"]);
-    assert!(!conf.contains("return 204"));
+    has(&conf, &["location / {", "return 200;"]);
+    assert!(!conf.contains("return 204") && !conf.contains("return 404"));
     // Unit never reaches that step either: a comment, not a loss of the translation.
     assert!(notes.is_empty(), "{notes:?}");
     assert!(conf.contains(
@@ -263,24 +263,108 @@ fn scheme_is_known_per_listener_and_leading_returns_run_first() {
 }
 
 #[test]
-fn other_conditions_are_if_tests_and_their_fall_through_is_noted() {
+fn conditions_of_the_last_step_are_if_tests_in_its_location() {
     let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
             "routes": [
-              {"match": {"uri": "/api/*", "method": ["GET", "HEAD"], "headers": {"X-Token": "*"}}, "action": {"return": 200}},
-              {"action": {"return": 405}}
+              {"match": {"uri": "/static/*"}, "action": {"return": 204}},
+              {"match": {"uri": "/api/*", "method": ["GET", "HEAD"], "headers": {"X-Token": "*"}}, "action": {"return": 200}}
             ]}"#);
+    assert!(notes.is_empty(), "{notes:?}");
+    // Failing them, no step is left: Unit's 404 too.
     has(
         &conf,
         &[
+            "location ~ ^/static/ {",
+            "return 204;",
             "location ~ ^/api/ {",
             "if ($request_method !~* \"^(?:GET$|HEAD$)\") {",
             "return 404;",
             "if ($http_x_token !~* \"^\") {",
+            "return 404;",
             "return 200;",
+            "location / {",
+            "return 404;",
         ],
     );
-    assert_eq!(notes.len(), 2, "{notes:?}");
-    assert!(notes[0].starts_with("routes/0/match/method: nginx chooses a location by URI alone"));
+    assert!(!conf.contains("$unit_step"));
+}
+
+#[test]
+fn conditions_with_steps_after_them_fall_through_in_a_dispatch() {
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [
+              {"match": {"source": "!10.0.0.0/8"}, "action": {"return": 403}},
+              {"match": {"uri": "/api/*", "method": ["GET", "HEAD"]}, "action": {"return": 200}},
+              {"match": {"uri": "/api/*"}, "action": {"return": 405}},
+              {"action": {"return": 204}},
+              {"action": {"return": 500}}
+            ]}"#);
+    assert!(notes.is_empty(), "{notes:?}");
+    has(
+        &conf,
+        &[
+            // A leading allow-deny step still runs first, at the server level.
+            "if ($unit_address_1 = 1) {",
+            "return 403;",
+            "location / {",
+            "error_page 418 = $unit_step;",
+            "recursive_error_pages on;",
+            "set $unit_step @unit_step_1;",
+            "if ($uri !~ \"^/api/\") {",
+            "set $unit_step \"\";",
+            "if ($request_method !~* \"^(?:GET$|HEAD$)\") {",
+            "set $unit_step \"\";",
+            "if ($unit_step) {",
+            "return 418;",
+            "set $unit_step @unit_step_2;",
+            "if ($uri !~ \"^/api/\") {",
+            "if ($unit_step) {",
+            "return 418;",
+            // The catch-all: entered unconditionally; no 404 after it.
+            "set $unit_step @unit_step_3;",
+            "return 418;",
+            "}",
+            "location @unit_step_1 {",
+            "return 200;",
+            "location @unit_step_2 {",
+            "return 405;",
+            "location @unit_step_3 {",
+            "return 204;",
+        ],
+    );
+    assert!(conf.contains(
+        "# routes/4 and the steps after it: no request reaches them here, routes/3 takes every one"
+    ));
+    assert!(!conf.contains("return 500;") && !conf.contains("location ~"));
+}
+
+#[test]
+fn a_route_reached_from_a_named_location_is_a_dispatch() {
+    // A share's fallback is a named location, which can hold no location: the route it passes
+    // to is a dispatch even though only URIs decide there.
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes/main"}},
+            "routes": {"main": [{"action": {"share": "/www$uri", "fallback": {"pass": "routes/app"}}}],
+                       "app": [{"match": {"uri": "/a/*"}, "action": {"return": 201}},
+                               {"match": {"uri": "/b/*"}, "action": {"return": 202}}]}}"#);
+    assert!(notes.is_empty(), "{notes:?}");
+    has(
+        &conf,
+        &[
+            "location / {",
+            "try_files $uri $uri/index.html @unit_fallback_1;",
+            "location @unit_step_2 {",
+            "return 201;",
+            "location @unit_step_3 {",
+            "return 202;",
+            "location @unit_fallback_1 {",
+            "error_page 418 = $unit_step;",
+            "set $unit_step @unit_step_2;",
+            "if ($uri !~ \"^/a/\") {",
+            "set $unit_step @unit_step_3;",
+            "if ($uri !~ \"^/b/\") {",
+            "return 404;",
+        ],
+    );
 }
 
 #[test]
