@@ -42,8 +42,6 @@ struct State {
     busy: *mut ngx_chain_t,
     /// Bytes produced and not yet sent by nginx: the backpressure count.
     unsent: usize,
-    /// Stop producing: the client is gone or sending failed.
-    cancelled: bool,
     /// nginx could not send (a failed header or write): finalize with an error.
     failed: bool,
     /// The request answers HEAD (or a bodiless status): pieces are dropped.
@@ -70,9 +68,10 @@ unsafe impl Send for State {}
 /// One request's streamed output, shared by its Python thread and the event loop.
 pub(crate) struct Stream {
     state: Mutex<State>,
-    /// `State::cancelled`, readable without the lock: the app's side asks at every message, and
-    /// the event loop holds the lock while it builds chains, sends the head and frees what nginx
-    /// has sent.
+    /// Stop producing: the client is gone or sending failed. Set under the state's lock (so
+    /// that a producer waiting for room sees it when woken), readable without it: the app's side
+    /// asks at every message, and the event loop holds the lock while it builds chains, sends
+    /// the head and frees what nginx has sent.
     cancelled: AtomicBool,
     room: Condvar,
     /// What a producer that does not block (ASGI) is woken with when it asked for room (or the
@@ -97,7 +96,6 @@ impl Stream {
                 free: std::ptr::null_mut(),
                 busy: std::ptr::null_mut(),
                 unsent: 0,
-                cancelled: false,
                 failed: false,
                 discard: false,
                 head_sent: false,
@@ -203,7 +201,7 @@ impl Stream {
         r: *mut ngx_http_request_t,
     ) -> Locked<'a> {
         let st = &mut *guard;
-        if st.cancelled {
+        if self.is_cancelled() {
             return guard;
         }
         // SAFETY: `r` is live on the event loop (callers' contract).
@@ -324,7 +322,6 @@ impl Stream {
     }
 
     fn cancel(&self, st: &mut State, failed: bool) {
-        st.cancelled = true;
         self.cancelled.store(true, Ordering::Release);
         st.failed |= failed;
         st.want_room = true;
@@ -350,7 +347,7 @@ impl Stream {
     /// client is gone.
     pub(crate) fn room(&self) -> Result<bool, ClientGone> {
         let mut st = self.lock();
-        if st.cancelled {
+        if self.is_cancelled() {
             return Err(ClientGone);
         }
         let room = st.unsent < self.limit;
@@ -438,7 +435,7 @@ impl Stream {
         };
         StreamEnd {
             head_sent: st.head_sent,
-            cancelled: st.cancelled,
+            cancelled: self.is_cancelled(),
             failed: st.failed,
         }
     }
@@ -447,7 +444,7 @@ impl Stream {
 impl ChunkSink for Stream {
     fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone> {
         let mut st = self.lock();
-        while st.unsent >= self.limit && !st.cancelled {
+        while st.unsent >= self.limit && !self.is_cancelled() {
             st.waiting += 1;
             st.wait_for_room();
             st.waiting -= 1;
@@ -466,7 +463,7 @@ impl Stream {
         data: Chunk,
     ) -> Result<(), ClientGone> {
         let mut st = self.lock();
-        if st.cancelled {
+        if self.is_cancelled() {
             return Err(ClientGone);
         }
         if head.is_some() {
