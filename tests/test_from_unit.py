@@ -195,7 +195,9 @@ def test_failed_conditions_fall_through_to_later_steps_and_routes(tmp_path, serv
                 {"match": {"uri": "/api/*", "method": ["POST", "PUT"],
                            "headers": {"Content-Type": "application/json"}},
                  "action": {"pass": "routes/writes"}},
-                {"match": {"uri": "/api/*", "cookies": {"session": "~^[0-9a-f]+$"}},
+                # One of the objects must match: a session, or both a token and a user.
+                {"match": {"uri": "/api/*", "cookies": [{"session": "~^[0-9a-f]+$"},
+                                                        {"token": "ok", "user": "*"}]},
                  "action": {"pass": "applications/site/back"}},
                 {"match": {"uri": "/api/*"}, "action": {"return": 401}},
                 # Files first, the app for everything else: a named location in nginx, whose
@@ -211,6 +213,8 @@ def test_failed_conditions_fall_through_to_later_steps_and_routes(tmp_path, serv
                 {"match": {"uri": "/admin/*", "source": "10.0.0.0/8"},
                  "action": {"pass": "applications/site/front"}},
                 {"match": {"uri": "/admin/*"}, "action": {"return": 403}},
+                # `*` admits any value of the header, but not its absence.
+                {"match": {"uri": "/form", "headers": {"X-Debug": "*"}}, "action": {"return": 204}},
                 {"match": {"uri": "~^/(?:page|form)"}, "action": {"pass": "applications/site/front"}},
             ],
         },
@@ -235,11 +239,15 @@ def test_failed_conditions_fall_through_to_later_steps_and_routes(tmp_path, serv
     assert "X-Write" not in form.headers
     assert requests.post(server.url("/api/items"), data="a=1").status_code == 401
     assert requests.get(server.url("/api/items"), cookies={"session": "xyz"}).status_code == 401
+    assert requests.get(server.url("/api/items"),
+                        cookies={"token": "ok", "user": "ann"}).json()["target"] == "back"
+    assert requests.get(server.url("/api/items"), cookies={"token": "ok"}).status_code == 401
     # The share, then its fallback's route, in order, with a 404 when no step is left.
     assert requests.get(server.url("/robots.txt")).text == "User-agent: *\n"
     assert requests.get(server.url("/admin/users")).status_code == 403
     assert requests.post(server.url("/form"), data=b"x").json() == {
         "target": "front", "script_name": "", "path_info": "/form"}
+    assert requests.post(server.url("/form"), headers={"X-Debug": "0"}).status_code == 204
     assert requests.get(server.url("/elsewhere")).status_code == 404
 
 

@@ -4,11 +4,15 @@
 //! evaluates.
 
 use super::json::{At, BadInput, Read};
+use super::out::Out;
 use super::pattern::{self, Pattern, PatternSet};
 
 /// A condition nginx checks with `if`: `when_met` is true when the request meets it,
-/// `when_failed` when it does not.
+/// `when_failed` when it does not, once the rewrite module has run `prelude` (which sets the
+/// variables a condition made of several reads).
+#[derive(Default)]
 pub struct Test {
+    pub prelude: Out,
     pub when_met: String,
     pub when_failed: String,
 }
@@ -28,6 +32,8 @@ pub struct Match {
 /// Where `geo` blocks (address conditions) go: nginx wants them at the http level.
 pub trait HttpLevel {
     fn geo(&mut self, source: &str, entries: &[(String, bool)], default: bool) -> String;
+    /// A variable of its own for a test's prelude (`$unit_WHAT_N`).
+    fn variable(&mut self, what: &str) -> String;
     fn untranslated(&mut self, at: &str, reason: &str);
 }
 
@@ -59,12 +65,32 @@ fn regex_test(var: &str, set: &PatternSet, caseless: bool) -> Read<Option<Test>>
     let Some(re) = pattern::set_regex(set) else {
         return Ok(None);
     };
-    let re = quoted_regex(&re)?;
+    Ok(Some(test_of(var, &re, caseless)?))
+}
+
+fn test_of(var: &str, re: &str, caseless: bool) -> Read<Test> {
+    let re = quoted_regex(re)?;
     let star = if caseless { "*" } else { "" };
-    Ok(Some(Test {
+    Ok(Test {
         when_met: format!("{var} ~{star} {re}"),
         when_failed: format!("{var} !~{star} {re}"),
-    }))
+        ..Test::default()
+    })
+}
+
+/// A named argument's, cookie's or header's test. Unit's patterns never match a field the
+/// request does not have, not even `*` or a negation; nginx's variable of a missing field is
+/// empty, so an empty value counts as a missing one (where the patterns would admit it).
+fn field_test(var: &str, set: &PatternSet, caseless: bool) -> Read<Test> {
+    let re = match pattern::set_regex(set) {
+        Some(re) if !pattern::admits_empty(set) => re,
+        Some(re) => match re.strip_prefix('^') {
+            Some(rest) => format!("^(?=.){rest}"),
+            None => format!("^(?=.).*?(?:{re})"),
+        },
+        None => "^(?=.)".to_owned(),
+    };
+    test_of(var, &re, caseless)
 }
 
 /// nginx's variable of a request header (`X-Real-IP` is `$http_x_real_ip`).
@@ -79,8 +105,8 @@ fn is_nginx_var_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-/// `arguments`, `cookies`, `headers`: one object (every name must match) or an array of them
-/// (one must): an object becomes one test per name; an array of several is not translated.
+/// `arguments`, `cookies`, `headers`: one object (every name must match) becomes one test per
+/// name; an array of objects (one of them must match) one test whose prelude tries each object.
 fn named_tests(
     at: &At<'_>,
     var: impl Fn(&str) -> String,
@@ -89,25 +115,54 @@ fn named_tests(
     tests: &mut Vec<Test>,
     http: &mut dyn HttpLevel,
 ) -> Read<()> {
-    let object = match at.value {
-        serde_json::Value::Array(items) if items.len() == 1 => at.items()?[0],
-        serde_json::Value::Array(_) => {
-            http.untranslated(at.path(), "an array of several objects (one of them must match): nginx's `if` takes one condition; the step is written without it");
+    let objects = match at.value {
+        serde_json::Value::Array(_) => at.items()?,
+        _ => vec![*at],
+    };
+    let mut each = Vec::new();
+    for object in &objects {
+        let mut all = Vec::new();
+        for (name, patterns_at) in object.members()? {
+            if !is_nginx_var_name(name) {
+                http.untranslated(
+                    patterns_at.path(),
+                    "a name nginx has no variable for; the step is written without it",
+                );
+                continue;
+            }
+            let set = patterns(&patterns_at, decode)?;
+            all.push(field_test(&var(name), &set, caseless)?);
+        }
+        if all.is_empty() {
+            // An empty object: Unit's every request matches it, and so the whole condition.
             return Ok(());
         }
-        _ => *at,
-    };
-    for (name, patterns_at) in object.members()? {
-        if !is_nginx_var_name(name) {
-            http.untranslated(
-                patterns_at.path(),
-                "a name nginx has no variable for; the step is written without it",
-            );
-            continue;
-        }
-        let set = patterns(&patterns_at, decode)?;
-        if let Some(t) = regex_test(&var(name), &set, caseless)? {
-            tests.push(t);
+        each.push(all);
+    }
+    match each.len() {
+        0 => {}
+        1 => tests.append(&mut each[0]),
+        _ => {
+            let any = http.variable("any");
+            let all = http.variable("all");
+            let mut prelude = Out::default();
+            prelude.line(&format!("set {any} \"\";"));
+            for object in &each {
+                prelude.line(&format!("set {all} 1;"));
+                for t in object {
+                    prelude.open(&format!("if ({})", t.when_failed));
+                    prelude.line(&format!("set {all} \"\";"));
+                    prelude.close();
+                }
+                prelude.open(&format!("if ({all})"));
+                prelude.line(&format!("set {any} 1;"));
+                prelude.close();
+            }
+            tests.push(Test {
+                prelude,
+                when_met: any.clone(),
+                when_failed: format!("{any} = \"\""),
+            });
         }
     }
     Ok(())
@@ -147,6 +202,7 @@ fn address_test(at: &At<'_>, var: &str, http: &mut dyn HttpLevel) -> Read<Option
     Ok(Some(Test {
         when_met: format!("{name} = 1"),
         when_failed: format!("{name} = 0"),
+        ..Test::default()
     }))
 }
 
@@ -230,6 +286,10 @@ mod tests {
             self.geos.push(format!("{source} {entries:?} {default}"));
             format!("$unit_geo_{}", self.geos.len())
         }
+        fn variable(&mut self, what: &str) -> String {
+            self.geos.push(what.to_owned());
+            format!("$unit_{what}_{}", self.geos.len())
+        }
         fn untranslated(&mut self, at: &str, _reason: &str) {
             self.notes.push(at.to_owned());
         }
@@ -253,7 +313,8 @@ mod tests {
             [
                 "$request_method ~* \"^(?:GET$|HEAD$)\"",
                 "$http_user_agent ~* \"^curl\"",
-                "$arg_mode ~ \"^(?!strict$)\""
+                // A missing (or empty) argument matches no pattern, a negation neither.
+                "$arg_mode ~ \"^(?=.)(?!strict$)\""
             ]
         );
         assert_eq!(
@@ -284,9 +345,41 @@ mod tests {
     }
 
     #[test]
-    fn an_array_of_several_objects_is_not_translated() {
-        let (m, http) = read_match(r#"{"cookies": [{"a": "1"}, {"b": "2"}]}"#);
+    fn an_array_of_objects_is_one_test_met_by_any_of_them() {
+        let (m, http) =
+            read_match(r#"{"cookies": [{"a": "1", "b": "2"}, {"c": "3"}], "method": "GET"}"#);
+        assert!(http.notes.is_empty());
+        assert_eq!(m.tests.len(), 2);
+        let t = &m.tests[0];
+        assert_eq!(
+            t.prelude.text,
+            concat!(
+                "set $unit_any_1 \"\";\n",
+                "set $unit_all_2 1;\n",
+                "if ($cookie_a !~ \"^1$\") {\n",
+                "    set $unit_all_2 \"\";\n",
+                "}\n",
+                "if ($cookie_b !~ \"^2$\") {\n",
+                "    set $unit_all_2 \"\";\n",
+                "}\n",
+                "if ($unit_all_2) {\n",
+                "    set $unit_any_1 1;\n",
+                "}\n",
+                "set $unit_all_2 1;\n",
+                "if ($cookie_c !~ \"^3$\") {\n",
+                "    set $unit_all_2 \"\";\n",
+                "}\n",
+                "if ($unit_all_2) {\n",
+                "    set $unit_any_1 1;\n",
+                "}\n",
+            )
+        );
+        assert_eq!(
+            (t.when_met.as_str(), t.when_failed.as_str()),
+            ("$unit_any_1", "$unit_any_1 = \"\"")
+        );
+        // An object that admits every request makes the condition none at all.
+        let (m, _) = read_match(r#"{"headers": [{"X-A": "1"}, {}]}"#);
         assert!(m.tests.is_empty());
-        assert_eq!(http.notes, ["cookies"]);
     }
 }

@@ -118,6 +118,19 @@ pub fn set_regex(set: &PatternSet) -> Option<String> {
     Some(re)
 }
 
+/// Whether the set may match an empty value (a `~` regex is taken to).
+pub fn admits_empty(set: &PatternSet) -> bool {
+    let empty = |p: &Pattern| match p {
+        Pattern::Wildcard { text, .. } => text.chars().all(|c| c == '*'),
+        Pattern::Regex(_) => true,
+    };
+    (set.positive.is_empty() || set.positive.iter().any(empty))
+        && !set
+            .negative
+            .iter()
+            .any(|p| matches!(p, Pattern::Wildcard { text, .. } if text.is_empty()))
+}
+
 /// Whether a wildcard pattern (not a regex) matches `value` exactly; host names compare without
 /// case.
 pub fn wildcard_matches(pattern: &str, value: &str) -> bool {

@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 
 use super::apps::{App, Protocol};
-use super::conditions::{self, HttpLevel, Match};
+use super::conditions::{self, HttpLevel, Match, Test};
 use super::json::{At, BadInput, Read};
 use super::out::{Notes, Out};
 use super::pattern::{self, token, Pattern};
@@ -48,6 +48,11 @@ impl HttpLevel for Shared {
         self.http.close();
         self.geos.push((key, name.clone()));
         name
+    }
+
+    fn variable(&mut self, what: &str) -> String {
+        self.counter += 1;
+        format!("$unit_{what}_{}", self.counter)
     }
 
     fn untranslated(&mut self, at: &str, reason: &str) {
@@ -567,6 +572,7 @@ impl<'a> Unit<'a> {
                 };
                 let Some(ret) = ret else { break };
                 out.line(&format!("# {}", step.path()));
+                out.append(&m.tests[0].prelude);
                 out.open(&format!("if ({})", m.tests[0].when_met));
                 out.line(&ret);
                 out.close();
@@ -603,6 +609,7 @@ impl<'a> Unit<'a> {
             out.line(&format!("# {}", step.path()));
             out.open(&head);
             for t in &m.tests {
+                out.append(&t.prelude);
                 out.open(&format!("if ({})", t.when_failed));
                 out.line("return 404;");
                 out.close();
@@ -645,21 +652,29 @@ impl<'a> Unit<'a> {
             let action = step.required("action")?;
             block.named_count += 1;
             let name = format!("@unit_step_{}", block.named_count);
-            let mut failed = Vec::new();
-            if let Some(re) = pattern::set_regex(&m.uri) {
-                let re = conditions::quoted_regex(&re)
-                    .map_err(|e| BadInput(format!("{}: {}", step.path(), e.0)))?;
-                failed.push(format!("$uri !~ {re}"));
-            }
-            failed.extend(m.tests.iter().map(|t| t.when_failed.clone()));
+            let uri = match pattern::set_regex(&m.uri) {
+                Some(re) => Some(Test {
+                    when_failed: format!(
+                        "$uri !~ {}",
+                        conditions::quoted_regex(&re).map_err(|e| BadInput(format!(
+                            "{}: {}",
+                            step.path(),
+                            e.0
+                        )))?
+                    ),
+                    ..Test::default()
+                }),
+                None => None,
+            };
             out.line(&format!("# {}", step.path()));
             out.line(&format!("set $unit_step {name};"));
-            for condition in &failed {
-                out.open(&format!("if ({condition})"));
+            for t in uri.iter().chain(&m.tests) {
+                out.append(&t.prelude);
+                out.open(&format!("if ({})", t.when_failed));
                 out.line("set $unit_step \"\";");
                 out.close();
             }
-            if failed.is_empty() {
+            if uri.is_none() && m.tests.is_empty() {
                 out.line("return 418;");
             } else {
                 out.open("if ($unit_step)");

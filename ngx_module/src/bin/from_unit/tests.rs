@@ -279,7 +279,8 @@ fn conditions_of_the_last_step_are_if_tests_in_its_location() {
             "location ~ ^/api/ {",
             "if ($request_method !~* \"^(?:GET$|HEAD$)\") {",
             "return 404;",
-            "if ($http_x_token !~* \"^\") {",
+            // `*`: any value, but the header must be there.
+            "if ($http_x_token !~* \"^(?=.)\") {",
             "return 404;",
             "return 200;",
             "location / {",
