@@ -192,6 +192,11 @@ def test_failed_conditions_fall_through_to_later_steps_and_routes(tmp_path, serv
         "listeners": {"*:8000": {"pass": "routes/main"}},
         "routes": {
             "main": [
+                # The route's steps test the rewritten URI; as in Unit, only the headers of the
+                # step that answers are added.
+                {"match": {"uri": "/v1/*"},
+                 "action": {"rewrite": "/api/items", "pass": "routes/writes",
+                            "response_headers": {"X-Outer": "o"}}},
                 {"match": {"uri": "/api/*", "method": ["POST", "PUT"],
                            "headers": {"Content-Type": "application/json"}},
                  "action": {"pass": "routes/writes"}},
@@ -232,6 +237,11 @@ def test_failed_conditions_fall_through_to_later_steps_and_routes(tmp_path, serv
     assert write.headers["X-Write"] == "yes"
     assert requests.put(server.url("/api/items?dry=1"), data="{}",
                         headers=json_type).status_code == 204
+    old = requests.post(server.url("/v1/legacy?dry=0"), data="z")
+    assert old.json() == {"target": "back", "script_name": "/api", "path_info": "/items",
+                          "query": "dry=0", "method": "POST", "body": "z"}
+    assert old.headers["X-Write"] == "yes" and "X-Outer" not in old.headers
+    assert requests.get(server.url("/v1/legacy?dry=1")).status_code == 204
     # A POST of another type fails the first step; with the cookie the second takes it, without
     # it the third.
     form = requests.post(server.url("/api/items"), data="a=1", cookies={"session": "c0ffee"})

@@ -51,7 +51,7 @@ pub fn patterns(at: &At<'_>, decode: bool) -> Read<PatternSet> {
     Ok(set)
 }
 
-pub fn quoted_regex(re: &str) -> Read<String> {
+fn quoted_regex(re: &str) -> Read<String> {
     let t = pattern::token(re).map_err(BadInput)?;
     Ok(if t.starts_with('"') {
         t
@@ -76,6 +76,11 @@ fn test_of(var: &str, re: &str, caseless: bool) -> Read<Test> {
         when_failed: format!("{var} !~{star} {re}"),
         ..Test::default()
     })
+}
+
+/// The URI's patterns as a test (where no location's regex can say them).
+pub fn uri_test(set: &PatternSet) -> Read<Option<Test>> {
+    regex_test("$uri", set, false)
 }
 
 /// A named argument's, cookie's or header's test. Unit's patterns never match a field the
@@ -278,6 +283,7 @@ mod tests {
     #[derive(Default)]
     struct Http {
         geos: Vec<String>,
+        variables: usize,
         notes: Vec<String>,
     }
 
@@ -287,8 +293,8 @@ mod tests {
             format!("$unit_geo_{}", self.geos.len())
         }
         fn variable(&mut self, what: &str) -> String {
-            self.geos.push(what.to_owned());
-            format!("$unit_{what}_{}", self.geos.len())
+            self.variables += 1;
+            format!("$unit_{what}_{}", self.variables)
         }
         fn untranslated(&mut self, at: &str, _reason: &str) {
             self.notes.push(at.to_owned());

@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 
 use super::apps::{App, Protocol};
-use super::conditions::{self, HttpLevel, Match, Test};
+use super::conditions::{self, HttpLevel, Match};
 use super::json::{At, BadInput, Read};
 use super::out::{Notes, Out};
 use super::pattern::{self, token, Pattern};
@@ -84,8 +84,9 @@ enum Place {
     Server,
     /// Inside a step's location: nested locations.
     Location,
-    /// Inside a named location, which can hold no location.
-    Named,
+    /// Where no nested location can serve: inside a named location (nginx allows none there),
+    /// or after a rewrite (nested locations are chosen by the URI from before it).
+    NoLocation,
 }
 
 /// Server-level pieces of one server block being written.
@@ -93,6 +94,20 @@ enum Place {
 struct Block {
     named: Out,
     named_count: usize,
+    /// Jumps into named locations a request makes to reach what is being written.
+    jumps: usize,
+}
+
+impl Block {
+    /// One more jump into a named location (a dispatched step, a share's fallback) to reach
+    /// `at`'s action.
+    fn jump(&mut self, at: &At<'_>, shared: &mut Shared) {
+        self.jumps += 1;
+        // nginx's own bound on a request's internal redirects (NGX_HTTP_MAX_URI_CHANGES).
+        if self.jumps > 10 {
+            shared.notes.add(at.path(), "reached through more than 10 routes or fallbacks: nginx makes at most 10 jumps into named locations per request and answers 500 past them");
+        }
+    }
 }
 
 fn tok(value: &str, at: &At<'_>) -> Read<String> {
@@ -267,7 +282,7 @@ impl<'a> Unit<'a> {
         self.pass(
             &pass,
             Place::Location,
-            &Out::default(),
+            false,
             out,
             shared,
             &mut block,
@@ -521,7 +536,6 @@ impl<'a> Unit<'a> {
             server,
             &chosen,
             Place::Server,
-            &Out::default(),
             seen,
             &mut block,
             shared,
@@ -540,7 +554,6 @@ impl<'a> Unit<'a> {
         server: &Server,
         steps: &[(At<'a>, &Match)],
         place: Place,
-        before: &Out,
         seen: &mut Vec<String>,
         block: &mut Block,
         shared: &mut Shared,
@@ -580,26 +593,45 @@ impl<'a> Unit<'a> {
             }
         }
         // A step without conditions takes every request: the steps after it are never reached.
-        let reached = match rest.iter().position(|(_, m)| takes_every_request(m)) {
-            Some(i) => {
-                if let Some((next, _)) = rest.get(i + 1) {
-                    // As in Unit: this is the configuration's own, not a loss of the translation.
-                    out.line(&format!("# {} and the steps after it: no request reaches them here, {} takes every one", next.path(), rest[i].0.path()));
-                }
-                i + 1
-            }
-            None => rest.len(),
-        };
+        let reached = rest
+            .iter()
+            .position(|(_, m)| takes_every_request(m))
+            .map_or(rest.len(), |i| i + 1);
+        // As in Unit: this is the configuration's own, not a loss of the translation.
+        let unreached = rest.get(reached).map(|(next, _)| {
+            format!(
+                "# {} and the steps after it: no request reaches them here, {} takes every one",
+                next.path(),
+                rest[reached - 1].0.path()
+            )
+        });
         let rest = &rest[..reached];
-        let catch_all = rest.last().is_some_and(|(_, m)| takes_every_request(m));
         let falls_through = rest.iter().rev().skip(1).any(|(_, m)| !m.tests.is_empty());
-        if place == Place::Named || falls_through {
-            return self.dispatch(rest, catch_all, place, before, seen, block, shared, out);
+        if place == Place::NoLocation || falls_through {
+            self.dispatch(rest, place, seen, block, shared, out)?;
+        } else {
+            self.locations(rest, place, seen, block, shared, out)?;
         }
-        // Only the last step may have conditions besides the URI: failing them, no step is
-        // left, and Unit answers 404 as the location does.
+        if let Some(line) = unreached {
+            out.line(&line);
+        }
+        Ok(())
+    }
+
+    /// Steps as locations, chosen by URI: only the last step may have other conditions, and a
+    /// request failing them has no step left, so the location answers Unit's 404.
+    #[allow(clippy::too_many_arguments)]
+    fn locations(
+        &self,
+        steps: &[&(At<'a>, &Match)],
+        place: Place,
+        seen: &mut Vec<String>,
+        block: &mut Block,
+        shared: &mut Shared,
+        out: &mut Out,
+    ) -> Read<()> {
         let top = place == Place::Server;
-        for (step, m) in rest {
+        for (step, m) in steps {
             let action = step.required("action")?;
             let head = match pattern::set_regex(&m.uri) {
                 None if top && takes_every_request(m) => "location /".to_owned(),
@@ -617,7 +649,7 @@ impl<'a> Unit<'a> {
             self.action(&action, Place::Location, out, shared, block, seen)?;
             out.close();
         }
-        if !catch_all {
+        if !steps.last().is_some_and(|(_, m)| takes_every_request(m)) {
             // Unit answers 404 when no step matches.
             out.open(if top { "location /" } else { "location ~ ^/" });
             out.line("return 404;");
@@ -633,9 +665,7 @@ impl<'a> Unit<'a> {
     fn dispatch(
         &self,
         steps: &[&(At<'a>, &Match)],
-        catch_all: bool,
         place: Place,
-        before: &Out,
         seen: &mut Vec<String>,
         block: &mut Block,
         shared: &mut Shared,
@@ -644,28 +674,18 @@ impl<'a> Unit<'a> {
         if place == Place::Server {
             out.open("location /");
         }
-        out.line("error_page 418 = $unit_step;");
-        // Without it, nginx follows one error page per request: a route passed to from a step
-        // entered this way could not dispatch again.
-        out.line("recursive_error_pages on;");
+        if !steps.is_empty() {
+            out.line("error_page 418 = $unit_step;");
+            // Without it, nginx follows one error page per request: a route passed to from a
+            // step entered this way could not dispatch again.
+            out.line("recursive_error_pages on;");
+        }
         for (step, m) in steps {
             let action = step.required("action")?;
             block.named_count += 1;
             let name = format!("@unit_step_{}", block.named_count);
-            let uri = match pattern::set_regex(&m.uri) {
-                Some(re) => Some(Test {
-                    when_failed: format!(
-                        "$uri !~ {}",
-                        conditions::quoted_regex(&re).map_err(|e| BadInput(format!(
-                            "{}: {}",
-                            step.path(),
-                            e.0
-                        )))?
-                    ),
-                    ..Test::default()
-                }),
-                None => None,
-            };
+            let uri = conditions::uri_test(&m.uri)
+                .map_err(|e| BadInput(format!("{}: {}", step.path(), e.0)))?;
             out.line(&format!("# {}", step.path()));
             out.line(&format!("set $unit_step {name};"));
             for t in uri.iter().chain(&m.tests) {
@@ -674,7 +694,7 @@ impl<'a> Unit<'a> {
                 out.line("set $unit_step \"\";");
                 out.close();
             }
-            if uri.is_none() && m.tests.is_empty() {
+            if takes_every_request(m) {
                 out.line("return 418;");
             } else {
                 out.open("if ($unit_step)");
@@ -684,13 +704,13 @@ impl<'a> Unit<'a> {
             let mut named = Out::default();
             named.line(&format!("# {}", step.path()));
             named.open(&format!("location {name}"));
-            // A named location inherits nothing from the location the request came from.
-            named.append(before);
-            self.action(&action, Place::Named, &mut named, shared, block, seen)?;
+            block.jump(step, shared);
+            self.action(&action, Place::NoLocation, &mut named, shared, block, seen)?;
+            block.jumps -= 1;
             named.close();
             block.named.append(&named);
         }
-        if !catch_all {
+        if !steps.last().is_some_and(|(_, m)| takes_every_request(m)) {
             // Unit answers 404 when no step matches.
             out.line("return 404;");
         }
@@ -710,7 +730,8 @@ impl<'a> Unit<'a> {
         block: &mut Block,
         seen: &mut Vec<String>,
     ) -> Read<()> {
-        let mut before = Out::default();
+        let mut rewrite = None;
+        let mut headers = Out::default();
         let mut kind = None;
         for (key, value) in at.members()? {
             match key {
@@ -723,7 +744,7 @@ impl<'a> Unit<'a> {
                 "location" | "index" | "fallback" | "types" | "chroot" | "follow_symlinks"
                 | "traverse_mounts" => {}
                 "rewrite" => match variables(value.str()?) {
-                    Ok(uri) => before.line(&format!("rewrite ^ {} break;", tok(&uri, &value)?)),
+                    Ok(uri) => rewrite = Some(tok(&uri, &value)?),
                     Err(e) => shared.notes.add(value.path(), &e),
                 },
                 "response_headers" => {
@@ -731,7 +752,7 @@ impl<'a> Unit<'a> {
                         match &v.value {
                             serde_json::Value::Null => shared.notes.add(v.path(), "nginx cannot take a header out of an app's response (only proxy_hide_header for proxied ones)"),
                             _ => match variables(v.str()?) {
-                                Ok(text) => before.line(&format!("add_header {} {};", tok(name, &v)?, tok(&text, &v)?)),
+                                Ok(text) => headers.line(&format!("add_header {} {};", tok(name, &v)?, tok(&text, &v)?)),
                                 Err(e) => shared.notes.add(v.path(), &e),
                             },
                         }
@@ -742,12 +763,30 @@ impl<'a> Unit<'a> {
                     .add(value.path(), "an option unknown to this tool"),
             }
         }
-        out.append(&before);
+        let to_route = kind == Some("pass")
+            && at.required("pass")?.str()?.starts_with("routes")
+            && !at.required("pass")?.str()?.contains('$');
+        if to_route {
+            // The route's steps test the rewritten URI: no `break`, so that the dispatch after it
+            // runs; it always ends in a `return`, so nginx never looks for another location.
+            if let Some(uri) = &rewrite {
+                out.line(&format!("rewrite ^ {uri};"));
+            }
+            if !headers.text.is_empty() {
+                // Unit adds the headers of the action that answers, a step of that route.
+                out.line(&format!("# {}/response_headers: Unit adds those of the step that answers, not of one passing to a route", at.path()));
+            }
+        } else {
+            if let Some(uri) = &rewrite {
+                out.line(&format!("rewrite ^ {uri} break;"));
+            }
+            out.append(&headers);
+        }
         match kind {
             Some("pass") => self.pass(
                 &at.required("pass")?,
                 place,
-                &before,
+                rewrite.is_some(),
                 out,
                 shared,
                 block,
@@ -755,7 +794,7 @@ impl<'a> Unit<'a> {
             ),
             Some("proxy") => self.proxy(&at.required("proxy")?, out, shared),
             Some("return") => {
-                match simple_return(at)? {
+                match return_line(at)? {
                     Some(line) => out.line(&line),
                     None => {
                         shared.notes.add(at.path(), "a `location` with a status nginx's `return` cannot give it to (301, 302, 303, 307, 308)");
@@ -777,7 +816,7 @@ impl<'a> Unit<'a> {
         &self,
         at: &At<'a>,
         place: Place,
-        before: &Out,
+        rewritten: bool,
         out: &mut Out,
         shared: &mut Shared,
         block: &mut Block,
@@ -797,37 +836,33 @@ impl<'a> Unit<'a> {
             }
             ["routes"] | ["routes", _] => {
                 if seen.iter().any(|s| s == target) || seen.len() > 16 {
-                    shared.notes.add(at.path(), "a route that passes back to itself: nginx's nested locations cannot loop");
+                    shared.notes.add(at.path(), "a route that passes back to itself (Unit gives up on such a request after 255 passes)");
                     out.line("return 404;");
                     return Ok(());
                 }
-                if !before.text.contains("rewrite") {
-                    let steps = self
-                        .route(parts.get(1).map(String::as_str))
-                        .ok_or_else(|| BadInput(format!("{}: {target:?} names no route", at.path())))?;
-                    let mut matches = Vec::new();
-                    for step in &steps {
-                        matches.push(conditions::read(step.get("match"), shared)?);
-                    }
-                    for m in &matches {
-                        if m.host.is_some() {
-                            shared.notes.add(&m.host_at, "a host condition in a route reached from another route's step: nginx chooses server blocks first; the step is written without it");
-                        }
-                    }
-                    let chosen: Vec<(At<'a>, &Match)> = steps.iter().copied().zip(matches.iter()).collect();
-                    seen.push(target.to_owned());
-                    let server = Server { listen: String::new(), scheme: "http", head: Out::default(), scheme_forwarded: false };
-                    let result = self.steps(&server, &chosen, place, before, seen, block, shared, out);
-                    seen.pop();
-                    if chosen.iter().any(|(_, m)| m.scheme.is_some()) {
-                        shared.notes.add(at.path(), "`scheme` conditions in a route reached from another route's step are decided as for plain HTTP");
-                    }
-                    result
-                } else {
-                    shared.notes.add(at.path(), "a rewritten request passed to a route: nginx chooses locations once before the rewrite; write the rewritten URI's location");
-                    out.line("return 404;");
-                    Ok(())
+                let steps = self
+                    .route(parts.get(1).map(String::as_str))
+                    .ok_or_else(|| BadInput(format!("{}: {target:?} names no route", at.path())))?;
+                let mut matches = Vec::new();
+                for step in &steps {
+                    matches.push(conditions::read(step.get("match"), shared)?);
                 }
+                for m in &matches {
+                    if m.host.is_some() {
+                        shared.notes.add(&m.host_at, "a host condition in a route reached from another route's step: nginx chooses server blocks first; the step is written without it");
+                    }
+                }
+                let chosen: Vec<(At<'a>, &Match)> = steps.iter().copied().zip(matches.iter()).collect();
+                seen.push(target.to_owned());
+                let server = Server { listen: String::new(), scheme: "http", head: Out::default(), scheme_forwarded: false };
+                // After a rewrite, nested locations would be chosen by the URI from before it.
+                let place = if rewritten { Place::NoLocation } else { place };
+                let result = self.steps(&server, &chosen, place, seen, block, shared, out);
+                seen.pop();
+                if chosen.iter().any(|(_, m)| m.scheme.is_some()) {
+                    shared.notes.add(at.path(), "`scheme` conditions in a route reached from another route's step are decided as for plain HTTP");
+                }
+                result
             }
             ["upstreams", name] => {
                 let servers = self
@@ -1004,7 +1039,16 @@ impl<'a> Unit<'a> {
                 let mut named = Out::default();
                 named.line(&format!("# {}", fallback.path()));
                 named.open(&format!("location {name}"));
-                self.action(&fallback, Place::Named, &mut named, shared, block, seen)?;
+                block.jump(&fallback, shared);
+                self.action(
+                    &fallback,
+                    Place::NoLocation,
+                    &mut named,
+                    shared,
+                    block,
+                    seen,
+                )?;
+                block.jumps -= 1;
                 named.close();
                 block.named.append(&named);
                 name
@@ -1022,13 +1066,10 @@ fn takes_every_request(m: &Match) -> bool {
 }
 
 /// `return CODE [URL];` of a `return` action, when nginx can say it that way.
-fn simple_return(at: &At<'_>) -> Read<Option<String>> {
+fn return_line(at: &At<'_>) -> Read<Option<String>> {
     let Some(code_at) = at.get("return") else {
         return Ok(None);
     };
-    if at.get("rewrite").is_some() || at.get("response_headers").is_some() {
-        return Ok(None);
-    }
     let code = code_at.count()?;
     if code > 999 {
         return Err(code_at.wrong("a status from 0 to 999"));
@@ -1041,6 +1082,14 @@ fn simple_return(at: &At<'_>) -> Read<Option<String>> {
         }
         Some(_) => Ok(None),
     }
+}
+
+/// The same, for a server-level `if`: only a `return` with nothing around it.
+fn simple_return(at: &At<'_>) -> Read<Option<String>> {
+    if at.get("rewrite").is_some() || at.get("response_headers").is_some() {
+        return Ok(None);
+    }
+    return_line(at)
 }
 
 /// Unit's proxy passes the request as it came, with its Host, over HTTP/1.1.

@@ -369,6 +369,69 @@ fn a_route_reached_from_a_named_location_is_a_dispatch() {
 }
 
 #[test]
+fn a_step_passing_to_a_route_lends_it_its_rewrite_but_not_its_headers() {
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes/main"}},
+            "routes": {"main": [{"match": {"uri": "/old/*"},
+                                 "action": {"rewrite": "/new$uri", "pass": "routes/new", "response_headers": {"X-Outer": "o"}}}],
+                       "new": [{"match": {"uri": "/new/a/*"}, "action": {"return": 201, "response_headers": {"X-Inner": "i"}}},
+                               {"action": {"return": 202}}]}}"#);
+    assert!(notes.is_empty(), "{notes:?}");
+    has(
+        &conf,
+        &[
+            "location ~ ^/old/ {",
+            // No `break`: the dispatch after it tests the new URI.
+            "rewrite ^ /new$uri;",
+            "error_page 418 = $unit_step;",
+            "set $unit_step @unit_step_1;",
+            "if ($uri !~ \"^/new/a/\") {",
+            "set $unit_step @unit_step_2;",
+            "return 418;",
+            "location @unit_step_1 {",
+            "add_header X-Inner i;",
+            "return 201;",
+            "location @unit_step_2 {",
+            "return 202;",
+        ],
+    );
+    assert!(!conf.contains("X-Outer o"));
+    assert!(conf.contains(
+        "# routes/main/0/action/response_headers: Unit adds those of the step that answers"
+    ));
+}
+
+#[test]
+fn a_return_with_headers_keeps_them() {
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [{"action": {"return": 202, "response_headers": {"X-A": "1"}}}]}"#);
+    assert!(notes.is_empty(), "{notes:?}");
+    has(&conf, &["location / {", "add_header X-A 1;", "return 202;"]);
+}
+
+#[test]
+fn routes_nested_past_nginx_jump_bound_are_noted() {
+    // Each route: a PUT answers 405, anything else goes on to the next route.
+    let mut routes = Vec::new();
+    for i in 0..12 {
+        routes.push(format!(r#""r{i}": [{{"match": {{"method": "PUT"}}, "action": {{"return": 405}}}}, {{"action": {{"pass": "routes/r{}"}}}}]"#, i + 1));
+    }
+    routes.push(r#""r12": [{"action": {"return": 200}}]"#.to_owned());
+    let json = format!(
+        r#"{{"listeners": {{"*:80": {{"pass": "routes/r0"}}}}, "routes": {{{}}}}}"#,
+        routes.join(", ")
+    );
+    let (_, notes) = run(&json);
+    assert!(!notes.is_empty());
+    assert!(
+        notes.iter().all(|n| n.contains("at most 10 jumps")),
+        "{notes:?}"
+    );
+    // routes/r0 is a server-level `if` and a location; each later route one jump more: the
+    // 11th, the first past the bound, reaches the steps of routes/r11.
+    assert!(notes[0].starts_with("routes/r11/0:"), "{notes:?}");
+}
+
+#[test]
 fn nested_routes_become_nested_locations() {
     let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes/main"}},
             "routes": {"main": [{"match": {"uri": "/api/*"}, "action": {"pass": "routes/api"}}],
