@@ -112,49 +112,54 @@ impl BodyStream {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes what nginx has read and reads on while there is room.
+    /// Takes what nginx has read and reads on while there is room. The lock is taken only to
+    /// add what arrived: the copy out of nginx's buffers and the read from the socket run
+    /// without it, so that a reader asking for data meanwhile is not held up by them.
     ///
     /// # Safety
     /// Event-loop thread; `r` is live and reads its body unbuffered.
     pub(crate) unsafe fn pull(&self, r: *mut ngx_http_request_t) {
-        let mut st = self.lock();
-        // SAFETY: per the function contract.
-        let waiting = unsafe { self.pull_locked(&mut st, r) };
-        // Woken after the lock is let go: the reader's first step is to take it.
-        drop(st);
-        self.notify(waiting);
-    }
-
-    /// Returns whether a reader waits on `arrived` (to be notified once the lock is let go).
-    unsafe fn pull_locked(&self, st: &mut State, r: *mut ngx_http_request_t) -> bool {
-        // SAFETY: `r` and its request body are live on the event loop.
+        // Whether a reader has something new, and whether one waits on `arrived`.
+        let mut news = false;
+        let mut waiting;
+        // SAFETY: `r` and its request body are live on the event loop, which alone touches
+        // them.
         unsafe {
             loop {
                 let rb = (*r).request_body;
-                if rb.is_null() {
-                    st.eof = true;
-                    break;
-                }
-                let mut cl = (*rb).bufs;
-                while !cl.is_null() {
-                    let b = (*cl).buf;
-                    if (*b).last > (*b).pos {
-                        let len = (*b).last.offset_from((*b).pos) as usize;
-                        st.chunks
-                            .push_back(std::slice::from_raw_parts((*b).pos, len).to_vec());
-                        st.unread += len;
-                        // Consumed: nginx may reuse the buffer for what comes next.
-                        (*b).pos = (*b).last;
+                let mut arrived = Vec::new();
+                if !rb.is_null() {
+                    let mut cl = (*rb).bufs;
+                    while !cl.is_null() {
+                        let b = (*cl).buf;
+                        if (*b).last > (*b).pos {
+                            let len = (*b).last.offset_from((*b).pos) as usize;
+                            arrived.push(std::slice::from_raw_parts((*b).pos, len).to_vec());
+                            // Consumed: nginx may reuse the buffer for what comes next.
+                            (*b).pos = (*b).last;
+                        }
+                        cl = (*cl).next;
                     }
-                    cl = (*cl).next;
+                    (*rb).bufs = std::ptr::null_mut();
                 }
-                (*rb).bufs = std::ptr::null_mut();
-                if (*r).reading_body() == 0 {
-                    st.eof = true;
+                let ended = rb.is_null() || (*r).reading_body() == 0;
+                let full = {
+                    let mut st = self.lock();
+                    news |= ended || !arrived.is_empty();
+                    for chunk in arrived {
+                        st.unread += chunk.len();
+                        st.chunks.push_back(chunk);
+                    }
+                    st.eof |= ended;
+                    waiting = st.waiting > 0;
+                    let full = !ended && st.unread >= self.limit;
+                    st.paused |= full;
+                    full
+                };
+                if ended {
                     break;
                 }
-                if st.unread >= self.limit {
-                    st.paused = true;
+                if full {
                     // The server stopped reading, not the client: no client_body_timeout meanwhile.
                     let rev = (*(*r).connection).read;
                     if (*rev).timer_set() != 0 {
@@ -164,16 +169,21 @@ impl BodyStream {
                 }
                 let rc = ngx_http_read_unbuffered_request_body(r);
                 if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+                    let mut st = self.lock();
                     st.error = Some(format!("the client's request body failed (status {rc})"));
+                    waiting = st.waiting > 0;
+                    news = true;
                     break;
                 }
                 if (*rb).bufs.is_null() && (*r).reading_body() != 0 {
-                    // Nothing more yet: nginx calls `body_reader` when the client sends more.
+                    // Nothing more yet: `on_body_data` pulls again when the client sends more.
                     break;
                 }
             }
         }
-        st.waiting > 0
+        if news {
+            self.notify(waiting);
+        }
     }
 
     fn notify(&self, waiting: bool) {
@@ -237,14 +247,18 @@ impl BodyStream {
 
 impl Pump for BodyStream {
     unsafe fn pump(&self) {
-        let mut st = self.lock();
-        st.scheduled = false;
-        let r = st.request.0;
-        if !r.is_null() && !st.eof && st.error.is_none() {
-            // SAFETY: the request is live while `request` is set.
-            let waiting = unsafe { self.pull_locked(&mut st, r) };
-            drop(st);
-            self.notify(waiting);
+        let r = {
+            let mut st = self.lock();
+            st.scheduled = false;
+            if st.eof || st.error.is_some() {
+                return;
+            }
+            st.request.0
+        };
+        if !r.is_null() {
+            // SAFETY: the request is live while `request` is set, and only the event loop (this
+            // thread) clears it.
+            unsafe { self.pull(r) };
         }
     }
 }
