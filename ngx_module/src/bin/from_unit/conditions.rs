@@ -29,6 +29,21 @@ pub struct Match {
     pub scheme_at: String,
 }
 
+impl Match {
+    /// `host` and `scheme` as tests like the others, for a route reached from another route's
+    /// step: its server block is chosen already. nginx's `$host` is the Host header's name,
+    /// lowercased, without the port, as Unit's `host` compares it.
+    pub fn host_and_scheme_as_tests(&mut self) -> Read<()> {
+        if let Some(set) = self.host.take() {
+            self.tests.extend(regex_test("$host", &set, true)?);
+        }
+        if let Some(set) = self.scheme.take() {
+            self.tests.extend(regex_test("$scheme", &set, false)?);
+        }
+        Ok(())
+    }
+}
+
 /// Where `geo` blocks (address conditions) go: nginx wants them at the http level.
 pub trait HttpLevel {
     fn geo(&mut self, source: &str, entries: &[(String, bool)], default: bool) -> String;

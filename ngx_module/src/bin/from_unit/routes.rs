@@ -845,23 +845,18 @@ impl<'a> Unit<'a> {
                     .ok_or_else(|| BadInput(format!("{}: {target:?} names no route", at.path())))?;
                 let mut matches = Vec::new();
                 for step in &steps {
-                    matches.push(conditions::read(step.get("match"), shared)?);
-                }
-                for m in &matches {
-                    if m.host.is_some() {
-                        shared.notes.add(&m.host_at, "a host condition in a route reached from another route's step: nginx chooses server blocks first; the step is written without it");
-                    }
+                    let mut m = conditions::read(step.get("match"), shared)?;
+                    m.host_and_scheme_as_tests()?;
+                    matches.push(m);
                 }
                 let chosen: Vec<(At<'a>, &Match)> = steps.iter().copied().zip(matches.iter()).collect();
                 seen.push(target.to_owned());
+                // Its scheme decides nothing: the route's `scheme` conditions are tests now.
                 let server = Server { listen: String::new(), scheme: "http", head: Out::default(), scheme_forwarded: false };
                 // After a rewrite, nested locations would be chosen by the URI from before it.
                 let place = if rewritten { Place::NoLocation } else { place };
                 let result = self.steps(&server, &chosen, place, seen, block, shared, out);
                 seen.pop();
-                if chosen.iter().any(|(_, m)| m.scheme.is_some()) {
-                    shared.notes.add(at.path(), "`scheme` conditions in a route reached from another route's step are decided as for plain HTTP");
-                }
                 result
             }
             ["upstreams", name] => {

@@ -401,6 +401,28 @@ fn a_step_passing_to_a_route_lends_it_its_rewrite_but_not_its_headers() {
 }
 
 #[test]
+fn host_and_scheme_in_a_nested_route_are_tests() {
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes/main"}},
+            "routes": {"main": [{"match": {"uri": "/api/*"}, "action": {"pass": "routes/api"}}],
+                       "api": [{"match": {"host": ["api.example.com", "*.api.test"]}, "action": {"return": 201}},
+                               {"match": {"scheme": "https"}, "action": {"return": 202}},
+                               {"action": {"return": 203}}]}}"#);
+    assert!(notes.is_empty(), "{notes:?}");
+    has(
+        &conf,
+        &[
+            "location ~ ^/api/ {",
+            "set $unit_step @unit_step_1;",
+            "if ($host !~* \"^(?:api\\.example\\.com$|.*\\.api\\.test$)\") {",
+            "set $unit_step @unit_step_2;",
+            "if ($scheme !~ \"^https$\") {",
+            "set $unit_step @unit_step_3;",
+            "return 418;",
+        ],
+    );
+}
+
+#[test]
 fn a_return_with_headers_keeps_them() {
     let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
             "routes": [{"action": {"return": 202, "response_headers": {"X-A": "1"}}}]}"#);
