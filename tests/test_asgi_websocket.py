@@ -8,6 +8,7 @@ import signal
 import socket
 import struct
 import time
+import zlib
 
 import pytest
 import requests
@@ -147,21 +148,36 @@ class Raw:
         self.sock.close()
 
 
-def read_frame(raw):
+def read_frame(raw, rsv=False):
     b0, b1 = raw.exact(2)
     n = b1 & 0x7F
     if n == 126:
         n = struct.unpack("!H", raw.exact(2))[0]
     elif n == 127:
         n = struct.unpack("!Q", raw.exact(8))[0]
+    if rsv:
+        return b0 & 0x0F, b0 & 0x70, raw.exact(n)
     return b0 & 0x0F, raw.exact(n)
 
 
-def raw_socket(server, path, early=b""):
+def deflated(data):
+    """A permessage-deflate message payload (RFC 7692 7.2.1)."""
+    z = zlib.compressobj(wbits=-15)
+    return (z.compress(data) + z.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+def inflated(payload):
+    return zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff")
+
+
+DEFLATE = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+
+
+def raw_socket(server, path, early=b"", extra=b""):
     s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     key = base64.b64encode(os.urandom(16)) if not early else b"dGhlIHNhbXBsZSBub25jZQ=="
     s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-              b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n" + early)
+              b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n" + extra + b"\r\n" + early)
     data = read_until(s, b"\r\n\r\n")
     head, rest = data.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 101 Switching Protocols"), head
@@ -215,6 +231,73 @@ def test_a_message_over_client_max_body_size_closes_with_1009(server):
     opcode, payload = read_frame(s)
     assert opcode == 0x8 and close_code(payload) == 1009
     s.close()
+
+
+def test_permessage_deflate_both_ways(server):
+    with connect(f"{server.ws}/ws/echo?z1") as ws:
+        # Neither side keeps a context between messages: no zlib state per open socket.
+        assert ws.response.headers["Sec-WebSocket-Extensions"] == (
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+        text = json.dumps([{"id": i, "name": "item", "tags": ["a", "b"]} for i in range(2000)])
+        ws.send(text)
+        assert ws.recv() == text
+        blob = os.urandom(300_000)
+        ws.send(blob)
+        assert ws.recv() == blob
+    # On the wire: a compressed message in fragments (a ping between) comes back as one
+    # compressed frame; a short one is sent as it is.
+    s = raw_socket(server, "/ws/echo?z2", extra=DEFLATE)
+    assert b"Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover" in s.head
+    text = ("compressible " * 1000).encode()
+    payload = deflated(text)
+    first = frame(0x1, payload[:10], fin=False)
+    s.sendall(bytes([first[0] | 0x40]) + first[1:] + frame(0x9, b"p")
+              + frame(0x0, payload[10:]) + frame(0x1, b"short"))
+    assert read_frame(s) == (0xA, b"p")
+    opcode, rsv, echoed = read_frame(s, rsv=True)
+    assert (opcode, rsv) == (0x1, 0x40) and len(echoed) < len(text) // 10
+    assert inflated(echoed) == text
+    assert read_frame(s, rsv=True) == (0x1, 0, b"short")
+    s.close()
+
+
+def test_a_compressed_message_over_the_limit_or_broken_closes_the_socket(server):
+    # 1 MiB of zeros in about a kilobyte: the limit (client_max_body_size 1k) is the inflated size.
+    s = raw_socket(server, "/small/echo?bomb", extra=DEFLATE)
+    bomb = frame(0x2, deflated(bytes(1 << 20)))
+    s.sendall(bytes([bomb[0] | 0x40]) + bomb[1:])
+    opcode, payload = read_frame(s)
+    assert opcode == 0x8 and close_code(payload) == 1009
+    s.close()
+    s = raw_socket(server, "/ws/echo?garbage", extra=DEFLATE)
+    broken = frame(0x1, b"\xff\xff\xff\xff not deflate")
+    s.sendall(bytes([broken[0] | 0x40]) + broken[1:])
+    opcode, payload = read_frame(s)
+    assert opcode == 0x8 and close_code(payload) == 1007
+    s.close()
+    # Without the extension negotiated, RSV1 breaks the protocol.
+    s = raw_socket(server, "/ws/echo?rsv1")
+    assert b"Sec-WebSocket-Extensions" not in s.head
+    s.sendall(bytes([bomb[0] | 0x40]) + bomb[1:])
+    opcode, payload = read_frame(s)
+    assert opcode == 0x8 and close_code(payload) == 1002
+    s.close()
+
+
+def test_an_app_cannot_claim_an_extension(server):
+    with pytest.raises(InvalidStatus) as e:
+        with connect(f"{server.ws}/ws/accept-with-extensions"):
+            pass
+    assert e.value.response.status_code == 500
+    assert "websocket.accept: Sec-WebSocket-Extensions is the server's to set" in server.error_log()
+
+
+def test_compression_can_be_turned_off(nginx_factory):
+    s = nginx_factory(asgi("/ws/", APP, "asgi_websocket_compression off;")).start()
+    with connect(f"ws://127.0.0.1:{s.port}/ws/echo?off") as ws:
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        ws.send("x" * 10_000)
+        assert ws.recv() == "x" * 10_000
 
 
 def test_a_client_that_vanishes_is_1006_for_the_app(server):
@@ -412,8 +495,9 @@ def test_a_dead_client_is_dropped_and_the_app_told_1006(keepalive):
 
 
 @pytest.mark.parametrize("directive,value", [("asgi_websocket_ping_interval", "often"),
-                                             ("asgi_websocket_idle_timeout", "-5s")])
-def test_bad_keepalive_values_fail_the_configuration_check(nginx_factory, directive, value):
+                                             ("asgi_websocket_idle_timeout", "-5s"),
+                                             ("asgi_websocket_compression", "maybe")])
+def test_bad_websocket_values_fail_the_configuration_check(nginx_factory, directive, value):
     result = nginx_factory(asgi("/", APP, f"{directive} {value};")).run("-t")
     assert result.returncode != 0
-    assert f'"{directive}" directive invalid value' in result.stderr
+    assert f'"{directive}"' in result.stderr and "invalid value" in result.stderr

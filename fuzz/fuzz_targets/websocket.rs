@@ -5,7 +5,9 @@
 //! after it; every byte the server writes parses as well-formed server frames (unmasked, no RSV
 //! bits, known opcodes, whole control frames of at most 125 bytes, close codes that may be sent,
 //! UTF-8 text and reasons, nothing after a close); the codec's memory stays within a bound set by
-//! the limit, whatever the client sends.
+//! the limit, whatever the client sends. With `permessage-deflate` negotiated, the client also
+//! sends compressed messages (deflated by the server's own code, cut into fragments, or raw
+//! garbage with RSV1), and the server's RSV1 frames must inflate to what their opcode says.
 #![no_main]
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -15,6 +17,7 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use ngx_wsgi::asgi::websocket::{app_message, receive_message};
 use ngx_wsgi::asgi::ws_codec::close_code_may_be_sent;
+use ngx_wsgi::asgi::ws_deflate::{self, Deflate};
 use ngx_wsgi::asgi::{WsCodec, WsIncoming, WsOutgoing};
 use ngx_wsgi_fuzz::with_python;
 use pyo3::prelude::*;
@@ -68,6 +71,9 @@ enum Piece {
     Close(u16, String),
     /// Text split into a fragmented message at these points (masked), pings between when true.
     Fragments(String, Vec<u8>, bool),
+    /// A compressed message (text or binary), its deflated bytes cut at these points into
+    /// fragments (the first with RSV1), pings between when true.
+    Compressed(Vec<u8>, bool, Vec<u8>, bool),
     Raw(Vec<u8>),
 }
 
@@ -93,6 +99,8 @@ struct Case {
     eof: bool,
     /// What the app does after each message (cycled).
     app: Vec<AppStep>,
+    /// `permessage-deflate` negotiated, with this `server_max_window_bits` (8 + n % 8).
+    deflate: Option<u8>,
 }
 
 fn masked(out: &mut Vec<u8>, payload: &[u8], mask: [u8; 4]) {
@@ -169,10 +177,51 @@ fn client_bytes(pieces: &[Piece]) -> Vec<u8> {
                     }
                 }
             }
+            Piece::Compressed(data, text, cuts, pings) => {
+                // Text that is not UTF-8 too: the server must refuse it once inflated.
+                let bytes = ws_deflate::deflate(data, 15);
+                let mut at = 0;
+                let mut first = true;
+                for &cut in cuts.iter().chain(std::iter::once(&u8::MAX)) {
+                    let end = (at + usize::from(cut)).min(bytes.len());
+                    let last = end == bytes.len();
+                    let opcode = match (first, *text) {
+                        (false, _) => 0,
+                        (true, true) => 0x41,
+                        (true, false) => 0x42,
+                    };
+                    client_frame(&mut out, last, opcode, &bytes[at..end]);
+                    if *pings && !last {
+                        client_frame(&mut out, true, 9, b"between");
+                    }
+                    first = false;
+                    at = end;
+                    if last {
+                        break;
+                    }
+                }
+            }
             Piece::Raw(bytes) => out.extend_from_slice(bytes),
         }
     }
     out
+}
+
+/// A server message's payload inflated (RFC 7692 7.2.2).
+fn inflate(payload: &[u8]) -> Vec<u8> {
+    let mut input = payload.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut z = flate2::Decompress::new(false);
+    let mut out = Vec::with_capacity(payload.len() * 8 + 1024);
+    loop {
+        let at = z.total_in() as usize;
+        z.decompress_vec(&input[at..], &mut out, flate2::FlushDecompress::Sync)
+            .expect("a server message that does not inflate");
+        if z.total_in() as usize == input.len() && out.len() < out.capacity() {
+            return out;
+        }
+        out.reserve(out.capacity());
+    }
 }
 
 /// The server's output parsed as frames; a broken frame panics with what is wrong.
@@ -183,6 +232,8 @@ struct ServerFrames {
     closed: bool,
     /// Inside a fragmented message (the server sends none, but a continuation would need one).
     fragmented: bool,
+    /// `permessage-deflate` was negotiated: data frames may have RSV1.
+    deflate: bool,
 }
 
 impl ServerFrames {
@@ -194,7 +245,13 @@ impl ServerFrames {
                 return;
             }
             let (b0, b1) = (buf[0], buf[1]);
-            assert_eq!(b0 & 0x70, 0, "a server frame has RSV bits: {b0:#x}");
+            let compressed = b0 & 0x40 != 0;
+            assert_eq!(b0 & 0x30, 0, "a server frame has RSV2 or RSV3: {b0:#x}");
+            assert!(
+                !compressed || (self.deflate && matches!(b0 & 0x0f, 1 | 2)),
+                "RSV1 on a server frame {b0:#x} (compression: {})",
+                self.deflate
+            );
             assert_eq!(b1 & 0x80, 0, "a server frame is masked");
             let (len, head) = match b1 & 0x7f {
                 126 if buf.len() >= 4 => (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
@@ -212,7 +269,10 @@ impl ServerFrames {
             if buf.len() < head + len {
                 return;
             }
-            let payload = buf[head..head + len].to_vec();
+            let mut payload = buf[head..head + len].to_vec();
+            if compressed {
+                payload = inflate(&payload);
+            }
             let fin = b0 & 0x80 != 0;
             let opcode = b0 & 0x0f;
             assert!(!self.closed, "a frame after the server's close");
@@ -257,9 +317,27 @@ fuzz_target!(|case: Case| {
     let bytes = client_bytes(&case.pieces);
     let max = usize::from(case.max_message).max(1);
     with_python(|py| {
+        // The thread's zlib contexts live as long as the thread: made before the count starts.
+        static WARM: std::sync::Once = std::sync::Once::new();
+        WARM.call_once(|| {
+            for bits in 8..=15 {
+                ws_deflate::deflate(b"warm", bits);
+            }
+            let mut warm = Vec::new();
+            client_frame(&mut warm, true, 0x41, &ws_deflate::deflate(b"warm", 15));
+            WsCodec::new(64).compressed(Deflate { server_window_bits: 15 }).feed(&warm, false);
+        });
         let baseline = LIVE.load(Ordering::Relaxed);
         let mut codec = WsCodec::new(max);
-        let mut frames = ServerFrames::default();
+        if let Some(bits) = case.deflate {
+            codec = codec.compressed(Deflate {
+                server_window_bits: 8 + bits % 8,
+            });
+        }
+        let mut frames = ServerFrames {
+            deflate: case.deflate.is_some(),
+            ..ServerFrames::default()
+        };
         let mut closed_seen = false;
         let mut steps = case.app.iter().cycle();
         let mut at = 0;
@@ -362,7 +440,9 @@ fuzz_target!(|case: Case| {
             // What the codec holds now: its read buffer, the frame and message in progress,
             // the last read's bytes.
             let held = LIVE.load(Ordering::Relaxed).saturating_sub(baseline);
-            let bound = 256 * 1024 + 3 * max + 2 * largest_piece;
+            // Inflating, a compressed message is held whole, inflated, and framed again.
+            let bound = 256 * 1024 + if case.deflate.is_some() { 6 } else { 3 } * max
+                + 2 * largest_piece;
             assert!(
                 held <= bound,
                 "the codec holds {held} bytes (bound {bound})"

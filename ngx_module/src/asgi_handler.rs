@@ -120,6 +120,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             ping_interval: lc.websocket.ping_interval,
             idle_timeout: lc.websocket.idle_timeout,
             handshake_timeout: read_timeout,
+            compression: lc.websocket.compression != 0,
         };
         let hooks = WsHooks {
             on_end: complete_ws,

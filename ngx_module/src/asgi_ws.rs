@@ -21,7 +21,7 @@ use nginx_sys::{
     ngx_int_t, ngx_msec_t, ngx_tcp_nodelay, NGX_AGAIN, NGX_ERROR, NGX_HTTP_FLUSH, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
-use ngx_wsgi::asgi::{HttpEnd, TaskWatch, WsCodec, WsIncoming, WsOutgoing, WsServer};
+use ngx_wsgi::asgi::{ws_deflate, HttpEnd, TaskWatch, WsCodec, WsIncoming, WsOutgoing, WsServer};
 use ngx_wsgi::{Chunk, ClientGone, ResponseHead};
 
 use crate::ffi::{guard, timer, LoopRequest};
@@ -46,6 +46,8 @@ pub(crate) struct WsSettings {
     pub idle_timeout: ngx_msec_t,
     /// `wsgi_read_timeout` (0: none): the app's time to accept or deny.
     pub handshake_timeout: ngx_msec_t,
+    /// `asgi_websocket_compression`: `permessage-deflate` when the client offers it.
+    pub compression: bool,
 }
 
 /// What the event loop does when the connection is over: `upgraded` once the 101 went out.
@@ -424,9 +426,29 @@ impl AsgiWs {
     }
 
     /// The 101, the switch to frames, and the bytes the client sent after its handshake.
-    unsafe fn handshake(&self, st: &mut State, r: *mut ngx_http_request_t, head: ResponseHead) {
+    unsafe fn handshake(&self, st: &mut State, r: *mut ngx_http_request_t, mut head: ResponseHead) {
         // SAFETY: `r` is live on the event loop (callers' contract).
         unsafe {
+            let deflate = if self.settings.compression {
+                let mut offers = Vec::new();
+                crate::request_info::for_each_header(
+                    &(*r).headers_in.headers.part,
+                    |name, value| {
+                        if name.eq_ignore_ascii_case(b"sec-websocket-extensions") {
+                            if !offers.is_empty() {
+                                offers.push(b',');
+                            }
+                            offers.extend_from_slice(value);
+                        }
+                    },
+                );
+                ws_deflate::negotiate(&offers)
+            } else {
+                None
+            };
+            if let Some((_, response)) = &deflate {
+                head.push_header(b"Sec-WebSocket-Extensions", response.as_bytes());
+            }
             (*r).set_keepalive(0);
             let rc = crate::response::send_head(r, &head, None);
             if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
@@ -448,6 +470,9 @@ impl AsgiWs {
             (*r).read_event_handler = self.hooks.on_io;
             (*r).write_event_handler = self.hooks.on_io;
             let mut codec = WsCodec::new(self.settings.max_message);
+            if let Some((settled, _)) = deflate {
+                codec = codec.compressed(settled);
+            }
             // Frames the client sent right behind its handshake.
             let hin = (*r).header_in;
             if !hin.is_null() && (*hin).last > (*hin).pos {

@@ -14,6 +14,7 @@ pub mod task_watch;
 pub mod waker;
 pub mod websocket;
 pub mod ws_codec;
+pub mod ws_deflate;
 
 pub use event_loop::{AsgiLoop, LoopKind};
 pub use http::{BodyRead, HttpEnd, HttpRequest, HttpServer};

@@ -192,9 +192,9 @@ impl WsExchange {
                 })?;
                 crate::response::check_header_bytes(&pair.0, &pair.1)
                     .map_err(PyValueError::new_err)?;
-                if pair.0.eq_ignore_ascii_case(b"sec-websocket-protocol")
-                    || pair.0.eq_ignore_ascii_case(b"sec-websocket-accept")
-                {
+                // The handshake's own (accept, subprotocol, extensions: only the server knows
+                // which it speaks on the connection).
+                if pair.0.len() >= 14 && pair.0[..14].eq_ignore_ascii_case(b"sec-websocket-") {
                     return Err(PyValueError::new_err(format!(
                         "websocket.accept: {} is the server's to set",
                         String::from_utf8_lossy(&pair.0)

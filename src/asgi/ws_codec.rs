@@ -5,10 +5,12 @@
 use std::io::{self, Read, Write};
 
 use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::Message;
+
+use super::ws_deflate::{self, Deflate, Inbound};
 
 /// What the client sent, as the app sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +134,22 @@ pub struct WsCodec {
     terminated: bool,
     /// A `Closed` went to the app already.
     closed_told: bool,
+    max_message: usize,
+    /// `permessage-deflate`, when negotiated: its settings and the client's frames on their
+    /// way to tungstenite.
+    deflate: Option<(Deflate, Inbound)>,
+}
+
+/// One message as a single compressed frame (RSV1 set), which tungstenite writes as it is; as
+/// it is when deflate does not make it smaller (random or already compressed bytes).
+fn compressed_frame(data: &[u8], kind: Data, deflate: &Deflate) -> Message {
+    let packed = ws_deflate::deflate(data, deflate.server_window_bits);
+    if packed.len() >= data.len() {
+        return Message::Frame(Frame::message(data.to_vec(), OpCode::Data(kind), true));
+    }
+    let mut frame = Frame::message(packed, OpCode::Data(kind), true);
+    frame.header_mut().rsv1 = true;
+    Message::Frame(frame)
 }
 
 /// The read buffer tungstenite allocates for every connection when it starts (its default,
@@ -160,7 +178,15 @@ impl WsCodec {
             pipe: Pipe::default(),
             terminated: false,
             closed_told: false,
+            max_message,
+            deflate: None,
         }
+    }
+
+    /// The codec of a connection that negotiated `permessage-deflate`.
+    pub fn compressed(mut self, deflate: Deflate) -> WsCodec {
+        self.deflate = Some((deflate, Inbound::default()));
+        self
     }
 
     /// Decodes what `bytes` complete (pongs and the close reply go to the output); `eof` when
@@ -170,7 +196,14 @@ impl WsCodec {
         if self.terminated {
             return out;
         }
-        self.pipe.input.extend_from_slice(bytes);
+        // Frames ahead of a compressed one that fails are still read (and the app gets them).
+        let inflated = match &mut self.deflate {
+            Some((_, inbound)) => inbound.feed(bytes, &mut self.pipe.input, self.max_message),
+            None => {
+                self.pipe.input.extend_from_slice(bytes);
+                Ok(())
+            }
+        };
         self.pipe.eof |= eof;
         loop {
             match self.ctx.read(&mut self.pipe) {
@@ -215,6 +248,12 @@ impl WsCodec {
                 }
             }
         }
+        if let Err((code, why)) = inflated {
+            if !self.terminated {
+                self.fail(code, &why);
+                self.tell_closed(&mut out, code, why);
+            }
+        }
         out
     }
 
@@ -244,10 +283,16 @@ impl WsCodec {
         if self.terminated {
             return Err("the connection is closed".into());
         }
-        let message = match message {
-            WsOutgoing::Text(t) => Message::Text(t.into()),
-            WsOutgoing::Binary(b) => Message::Binary(b.into()),
-            WsOutgoing::Close { code, reason } => {
+        let message = match (message, self.deflate.as_ref()) {
+            (WsOutgoing::Text(t), Some((d, _))) if t.len() >= ws_deflate::MIN_COMPRESSED => {
+                compressed_frame(t.as_bytes(), Data::Text, d)
+            }
+            (WsOutgoing::Binary(b), Some((d, _))) if b.len() >= ws_deflate::MIN_COMPRESSED => {
+                compressed_frame(&b, Data::Binary, d)
+            }
+            (WsOutgoing::Text(t), _) => Message::Text(t.into()),
+            (WsOutgoing::Binary(b), _) => Message::Binary(b.into()),
+            (WsOutgoing::Close { code, reason }, _) => {
                 // Checked here too: the frame is the wire's, whoever built the message.
                 check_close(code, &reason)?;
                 Message::Close(Some(CloseFrame {
@@ -423,6 +468,49 @@ mod tests {
         let empty = WsIncoming::Text(String::new());
         assert!(empty.cost() > 0, "an empty message still counts");
         assert!(WsIncoming::Binary(vec![0; 100]).cost() >= 100);
+    }
+
+    #[test]
+    fn compressed_messages_both_ways() {
+        let deflate = Deflate {
+            server_window_bits: 15,
+        };
+        let mut c = WsCodec::new(1 << 20).compressed(deflate);
+        let text = "compress me ".repeat(100);
+        let mut bytes = frame(true, 1, b"plain too");
+        let mut compressed = vec![0xc1, 0x80 | 126];
+        let payload = ws_deflate::deflate(text.as_bytes(), 15);
+        compressed.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        compressed.extend_from_slice(&[0; 4]);
+        compressed.extend_from_slice(&payload);
+        bytes.extend(compressed);
+        assert_eq!(
+            c.feed(&bytes, false),
+            vec![
+                WsIncoming::Text("plain too".into()),
+                WsIncoming::Text(text.clone())
+            ]
+        );
+        // A long message goes compressed (RSV1), a short one as it is.
+        c.send(WsOutgoing::Text(text.clone())).unwrap();
+        c.send(WsOutgoing::Text("short".into())).unwrap();
+        let out = std::mem::take(c.output());
+        assert_eq!(out[0], 0xc1);
+        let len = usize::from(out[1]);
+        assert!(len < 126 && len < text.len() / 4, "{len}");
+        let mut z = flate2::Decompress::new(false);
+        let mut input = out[2..2 + len].to_vec();
+        input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let mut inflated = Vec::with_capacity(4096);
+        z.decompress_vec(&input, &mut inflated, flate2::FlushDecompress::Sync)
+            .unwrap();
+        assert_eq!(inflated, text.as_bytes());
+        assert_eq!(out[2 + len..], [&[0x81u8, 5][..], b"short"].concat()[..]);
+        // Text that is not UTF-8 once inflated fails as plain text does.
+        let bad = ws_deflate::deflate(b"\xff\xfe", 15);
+        let mut bytes = vec![0xc1, 0x80 | bad.len() as u8, 0, 0, 0, 0];
+        bytes.extend_from_slice(&bad);
+        assert_eq!(first_closed(&mut c, &bytes), 1007);
     }
 
     fn first_closed(c: &mut WsCodec, bytes: &[u8]) -> u16 {

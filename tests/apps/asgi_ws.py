@@ -55,6 +55,10 @@ async def app(scope, receive, send):
         STATS["closed"][key] = [message["code"], message.get("reason", "")]
     elif path == "/raise-before-accept":
         raise RuntimeError("refusing by raising")
+    elif path == "/accept-with-extensions":
+        # Which extensions the connection speaks is the server's to say.
+        await send({"type": "websocket.accept",
+                    "headers": [(b"Sec-WebSocket-Extensions", b"permessage-deflate")]})
     elif path == "/raise-after-accept":
         await send({"type": "websocket.accept"})
         raise RuntimeError("broken after the accept")

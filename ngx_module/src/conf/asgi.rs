@@ -1,14 +1,15 @@
 //! ASGI settings: `asgi_event_loop` (which asyncio event loop runs a worker's ASGI apps) and,
 //! per location, the keepalive of open WebSockets (`asgi_websocket_ping_interval`,
-//! `asgi_websocket_idle_timeout`).
+//! `asgi_websocket_idle_timeout`) and their compression (`asgi_websocket_compression`).
 
 use std::ffi::{c_char, c_void};
 
-use nginx_sys::{ngx_command_t, ngx_conf_t, ngx_msec_t};
+use nginx_sys::{ngx_command_t, ngx_conf_t, ngx_flag_t, ngx_msec_t};
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx_wsgi::asgi::LoopKind;
 
 use super::limits::UNSET_MSEC;
+use super::streaming::UNSET_FLAG;
 use super::{args, conf_error, MainConf};
 use crate::ffi::{guard, ngx_bytes};
 
@@ -33,13 +34,15 @@ pub(crate) const DEFAULT_PING_INTERVAL_MS: ngx_msec_t = 30_000;
 /// count) is never closed, and a dead one is noticed within a minute.
 pub(crate) const DEFAULT_IDLE_TIMEOUT_MS: ngx_msec_t = 60_000;
 
-/// The keepalive of a location's open WebSockets, in ms (0: off).
+/// A location's open WebSockets: their keepalive, in ms (0: off), and their compression.
 #[derive(Clone)]
 pub(crate) struct WebSocketTimers {
     /// `asgi_websocket_ping_interval`: the server pings the client this often.
     pub ping_interval: ngx_msec_t,
     /// `asgi_websocket_idle_timeout`: a client that sends nothing for this long is closed.
     pub idle_timeout: ngx_msec_t,
+    /// `asgi_websocket_compression`: `permessage-deflate` when the client offers it.
+    pub compression: ngx_flag_t,
 }
 
 impl Default for WebSocketTimers {
@@ -47,6 +50,7 @@ impl Default for WebSocketTimers {
         WebSocketTimers {
             ping_interval: UNSET_MSEC,
             idle_timeout: UNSET_MSEC,
+            compression: UNSET_FLAG,
         }
     }
 }
@@ -70,6 +74,14 @@ impl WebSocketTimers {
             parent.idle_timeout,
             DEFAULT_IDLE_TIMEOUT_MS,
         );
+        if self.compression == UNSET_FLAG {
+            // On unless turned off: no socket keeps a zlib context (see ws_deflate).
+            self.compression = if parent.compression == UNSET_FLAG {
+                1
+            } else {
+                parent.compression
+            };
+        }
     }
 }
 
@@ -141,5 +153,14 @@ mod tests {
         };
         location.merge(&server);
         assert_eq!((location.ping_interval, location.idle_timeout), (0, 5000));
+        assert_eq!(http.compression, 1, "on by default");
+        let mut off = WebSocketTimers {
+            compression: 0,
+            ..Default::default()
+        };
+        off.merge(&http);
+        let mut inner = WebSocketTimers::default();
+        inner.merge(&off);
+        assert_eq!(inner.compression, 0, "inherited");
     }
 }

@@ -225,7 +225,7 @@ const fn directive(
 }
 
 /// Every `wsgi_*` directive. nginx reads the table for the whole program and never writes it.
-pub(crate) static mut COMMANDS: [ngx_command_t; 23] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 24] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -330,6 +330,13 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 23] = [
         nginx_sys::ngx_conf_set_msec_slot,
         NGX_HTTP_LOC_CONF_OFFSET,
         offset_of!(LocConf, websocket.idle_timeout),
+    ),
+    directive(
+        ngx::ngx_string!("asgi_websocket_compression"),
+        ANY_LEVEL | NGX_CONF_FLAG,
+        nginx_sys::ngx_conf_set_flag_slot,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        offset_of!(LocConf, websocket.compression),
     ),
     directive(
         ngx::ngx_string!("wsgi_max_threads"),

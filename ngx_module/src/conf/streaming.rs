@@ -16,7 +16,7 @@ pub(crate) const DEFAULT_STREAM_BUFFER: usize = 256 * 1024;
 /// NGX_CONF_UNSET_SIZE, as `ngx_conf_set_size_slot` expects.
 const UNSET_SIZE: usize = usize::MAX;
 /// NGX_CONF_UNSET, as `ngx_conf_set_flag_slot` expects.
-const UNSET_FLAG: ngx_flag_t = -1;
+pub(super) const UNSET_FLAG: ngx_flag_t = -1;
 
 #[derive(Clone)]
 pub(crate) struct Streaming {

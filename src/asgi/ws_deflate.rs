@@ -1,0 +1,467 @@
+//! `permessage-deflate` (RFC 7692) beside tungstenite, which fails every frame with an RSV bit
+//! set: the frames of a compressed message are inflated into one plain frame before tungstenite
+//! reads them, and the app's messages are deflated into frames tungstenite writes as they are.
+//! So the protocol (fragments, control frames, UTF-8, the close handshake, size limits) stays
+//! tungstenite's, on the inflated bytes.
+//!
+//! Both directions go without context takeover (the server says so for the client too, which
+//! RFC 7692 7.1.1 allows): no socket keeps a zlib context between messages, and one per thread
+//! serves every socket. An idle socket costs nothing; a compressed message from the client is
+//! held compressed until its last fragment (at most the message limit).
+
+use std::cell::RefCell;
+use std::io::Cursor;
+
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+/// What a connection's negotiation settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deflate {
+    /// The client's `server_max_window_bits` (15 without one): the server's messages refer back
+    /// at most this far.
+    pub server_window_bits: u8,
+}
+
+/// Messages shorter than this go uncompressed: deflate's framing would eat what it saves.
+pub const MIN_COMPRESSED: usize = 64;
+
+/// The client's offers (`Sec-WebSocket-Extensions`, every header's value joined with `,`):
+/// the first `permessage-deflate` offer the server can take, and the response header's value.
+/// An offer with a parameter unknown, repeated or out of range is declined (RFC 7692 7.1).
+pub fn negotiate(offers: &[u8]) -> Option<(Deflate, String)> {
+    let offers = std::str::from_utf8(offers).ok()?;
+    offers.split(',').find_map(accept_offer)
+}
+
+fn accept_offer(offer: &str) -> Option<(Deflate, String)> {
+    let mut parts = offer.split(';').map(str::trim);
+    if !parts.next()?.eq_ignore_ascii_case("permessage-deflate") {
+        return None;
+    }
+    let mut seen = Vec::new();
+    let mut server_window_bits = None;
+    for param in parts {
+        let (name, value) = match param.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+            None => (param, None),
+        };
+        let name = name.to_ascii_lowercase();
+        if seen.contains(&name) {
+            return None;
+        }
+        match (name.as_str(), value) {
+            ("server_no_context_takeover" | "client_no_context_takeover", None) => {}
+            ("server_max_window_bits", Some(v)) => server_window_bits = Some(window_bits(v)?),
+            ("client_max_window_bits", None) => {}
+            ("client_max_window_bits", Some(v)) => {
+                window_bits(v)?;
+            }
+            _ => return None,
+        }
+        seen.push(name);
+    }
+    let mut response =
+        String::from("permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+    if let Some(bits) = server_window_bits {
+        response.push_str(&format!("; server_max_window_bits={bits}"));
+    }
+    Some((
+        Deflate {
+            server_window_bits: server_window_bits.unwrap_or(15),
+        },
+        response,
+    ))
+}
+
+fn window_bits(value: &str) -> Option<u8> {
+    if value.is_empty() || value.len() > 2 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok().filter(|b| (8..=15).contains(b))
+}
+
+/// Why the client's frames fail the connection: a close code and its reason.
+pub type Failure = (u16, String);
+
+/// The tail every compressed message's deflate stream lacks (RFC 7692 7.2.2).
+const TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
+
+/// The zlib contexts of this thread, reset at every message.
+struct Zlib {
+    inflate: Decompress,
+    /// By window bits, 9 to 15.
+    deflate: [Option<Compress>; 7],
+}
+
+thread_local! {
+    static ZLIB: RefCell<Zlib> = RefCell::new(Zlib {
+        inflate: Decompress::new_with_window_bits(false, 15),
+        deflate: Default::default(),
+    });
+}
+
+/// Where a connection's incoming frames are, between messages.
+#[derive(Debug, Default)]
+enum InMessage {
+    #[default]
+    Between,
+    /// A fragmented message without compression: its continuations pass as they are.
+    Plain,
+    /// A compressed message's opcode and payload so far, until its last fragment.
+    Compressed { opcode: Data, payload: Vec<u8> },
+}
+
+/// One connection's incoming bytes on their way to tungstenite.
+#[derive(Debug, Default)]
+pub struct Inbound {
+    /// Bytes not yet framed.
+    raw: Vec<u8>,
+    /// Payload bytes of a frame that passes as it is, still to come.
+    passing: u64,
+    message: InMessage,
+}
+
+impl Inbound {
+    /// Moves `bytes` on to `out`, a compressed message as one plain frame once it is whole.
+    pub fn feed(
+        &mut self,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+        max_message: usize,
+    ) -> Result<(), Failure> {
+        self.raw.extend_from_slice(bytes);
+        let mut at = 0;
+        let result = loop {
+            let rest = &self.raw[at..];
+            if self.passing > 0 {
+                let n = rest
+                    .len()
+                    .min(usize::try_from(self.passing).unwrap_or(usize::MAX));
+                out.extend_from_slice(&rest[..n]);
+                at += n;
+                self.passing -= n as u64;
+                if self.passing > 0 {
+                    break Ok(());
+                }
+                continue;
+            }
+            let mut cursor = Cursor::new(rest);
+            let (header, length) = match FrameHeader::parse(&mut cursor) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => break Ok(()),
+                // tungstenite parses the same bytes and fails the connection as it should.
+                Err(_) => {
+                    self.passing = u64::MAX;
+                    continue;
+                }
+            };
+            let head_len = cursor.position() as usize;
+            if !self.takes(&header) {
+                if let OpCode::Data(data) = header.opcode {
+                    self.message = match (data, header.is_final) {
+                        (Data::Continue, false) => std::mem::take(&mut self.message),
+                        (Data::Continue, true) | (_, true) => InMessage::Between,
+                        (_, false) => InMessage::Plain,
+                    };
+                }
+                out.extend_from_slice(&rest[..head_len]);
+                at += head_len;
+                self.passing = length;
+                continue;
+            }
+            let held = match &self.message {
+                InMessage::Compressed { payload, .. } => payload.len(),
+                _ => 0,
+            };
+            // Incompressible data comes out a little larger than it went in (zlib's
+            // deflateBound): a message the limit admits must not be refused for it.
+            let bound = max_message + max_message / 256 + 64;
+            if length > bound.saturating_sub(held) as u64 {
+                break Err((1009, format!("a compressed message over {bound} bytes")));
+            }
+            let end = head_len + length as usize;
+            if rest.len() < end {
+                break Ok(());
+            }
+            let mut payload = rest[head_len..end].to_vec();
+            at += end;
+            if let Some(mask) = header.mask {
+                for (i, b) in payload.iter_mut().enumerate() {
+                    *b ^= mask[i & 3];
+                }
+            }
+            let (opcode, mut payload) = match (std::mem::take(&mut self.message), header.opcode) {
+                (
+                    InMessage::Compressed {
+                        opcode,
+                        payload: mut held,
+                    },
+                    _,
+                ) => {
+                    held.extend_from_slice(&payload);
+                    (opcode, held)
+                }
+                (_, OpCode::Data(opcode)) => (opcode, payload),
+                (_, OpCode::Control(_)) => unreachable!("control frames pass as they are"),
+            };
+            if !header.is_final {
+                self.message = InMessage::Compressed { opcode, payload };
+                continue;
+            }
+            payload.extend_from_slice(&TAIL);
+            let plain =
+                match ZLIB.with(|z| inflate(&mut z.borrow_mut().inflate, &payload, max_message)) {
+                    Ok(plain) => plain,
+                    Err(e) => break Err(e),
+                };
+            let frame = FrameHeader {
+                is_final: true,
+                opcode: OpCode::Data(opcode),
+                // tungstenite reads client frames masked: a zero mask leaves the bytes as they
+                // are.
+                mask: Some([0; 4]),
+                ..FrameHeader::default()
+            };
+            if let Err(e) = frame.format(plain.len() as u64, out) {
+                break Err((1011, e.to_string()));
+            }
+            out.extend_from_slice(&plain);
+        };
+        self.raw.drain(..at);
+        result
+    }
+
+    /// Whether this frame is one to inflate: a masked data frame with only RSV1 set that starts
+    /// a message, or any data frame that continues a compressed one. Everything else passes to
+    /// tungstenite as it is, which fails what breaks the protocol: RSV1 on a control frame or on
+    /// a continuation, a continuation without a message, an unmasked frame.
+    fn takes(&self, header: &FrameHeader) -> bool {
+        if header.rsv2 || header.rsv3 || header.mask.is_none() {
+            return false;
+        }
+        match (&self.message, header.opcode) {
+            (InMessage::Between, OpCode::Data(Data::Text | Data::Binary)) => header.rsv1,
+            (InMessage::Compressed { .. }, OpCode::Data(Data::Continue)) => !header.rsv1,
+            _ => false,
+        }
+    }
+}
+
+fn inflate(z: &mut Decompress, input: &[u8], max_message: usize) -> Result<Vec<u8>, Failure> {
+    z.reset(false);
+    let too_big = || {
+        (
+            1009,
+            format!("a message over {max_message} bytes once inflated"),
+        )
+    };
+    let mut out = Vec::with_capacity(input.len().saturating_mul(3).max(256).min(max_message + 1));
+    let start = z.total_in();
+    loop {
+        let consumed = (z.total_in() - start) as usize;
+        if out.len() == out.capacity() {
+            if out.len() > max_message {
+                return Err(too_big());
+            }
+            out.reserve((out.capacity()).min(max_message + 1 - out.len()));
+        }
+        let before = (z.total_in(), z.total_out());
+        let status = z
+            .decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync)
+            .map_err(|e| {
+                (
+                    1007,
+                    format!("a compressed message that does not inflate: {e}"),
+                )
+            })?;
+        let done = (z.total_in() - start) as usize == input.len() && out.len() < out.capacity();
+        if done || status == Status::StreamEnd {
+            break;
+        }
+        if (z.total_in(), z.total_out()) == before && out.len() < out.capacity() {
+            return Err((1007, "a compressed message cut short".into()));
+        }
+    }
+    if out.len() > max_message {
+        return Err(too_big());
+    }
+    Ok(out)
+}
+
+/// `data` as a compressed message's payload, for a peer whose window is `window_bits`.
+pub fn deflate(data: &[u8], window_bits: u8) -> Vec<u8> {
+    ZLIB.with(|z| {
+        let mut z = z.borrow_mut();
+        // zlib's smallest window is 9 bits: for a peer's 8, stored blocks, which refer to nothing.
+        let (bits, level) = if window_bits < 9 {
+            (9, Compression::none())
+        } else {
+            (window_bits.min(15), Compression::fast())
+        };
+        let compress = z.deflate[usize::from(bits - 9)]
+            .get_or_insert_with(|| Compress::new_with_window_bits(level, false, bits));
+        compress.reset();
+        let mut out = Vec::with_capacity(data.len() / 2 + 64);
+        let start = compress.total_in();
+        loop {
+            let consumed = (compress.total_in() - start) as usize;
+            if out.len() == out.capacity() {
+                out.reserve(out.capacity());
+            }
+            compress
+                .compress_vec(&data[consumed..], &mut out, FlushCompress::Sync)
+                .expect("deflate on memory cannot fail");
+            if (compress.total_in() - start) as usize == data.len() && out.len() < out.capacity() {
+                break;
+            }
+        }
+        if out.ends_with(&TAIL) {
+            out.truncate(out.len() - TAIL.len());
+        }
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [7u8, 1, 9, 200];
+        let header = FrameHeader {
+            is_final: first & 0x80 != 0,
+            rsv1: first & 0x40 != 0,
+            opcode: OpCode::from(first & 0x0f),
+            mask: Some(mask),
+            ..FrameHeader::default()
+        };
+        let mut f = Vec::new();
+        header.format(payload.len() as u64, &mut f).unwrap();
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        f
+    }
+
+    #[test]
+    fn offers_are_taken_or_declined_by_their_parameters() {
+        let (d, response) = negotiate(b"permessage-deflate; client_max_window_bits").unwrap();
+        assert_eq!(d.server_window_bits, 15);
+        assert_eq!(
+            response,
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        );
+        let (d, response) = negotiate(
+            b"permessage-deflate; server_max_window_bits=10; x, permessage-deflate; server_max_window_bits=\"9\"",
+        )
+        .unwrap();
+        assert_eq!(d.server_window_bits, 9, "the first offer is declined");
+        assert!(response.ends_with("; server_max_window_bits=9"));
+        for declined in [
+            &b"x-webkit-deflate-frame"[..],
+            b"permessage-deflate; server_max_window_bits",
+            b"permessage-deflate; server_max_window_bits=16",
+            b"permessage-deflate; client_max_window_bits=7",
+            b"permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+            b"permessage-deflate; server_no_context_takeover=1",
+            b"\xff",
+        ] {
+            assert_eq!(
+                negotiate(declined),
+                None,
+                "{}",
+                String::from_utf8_lossy(declined)
+            );
+        }
+    }
+
+    #[test]
+    fn a_compressed_message_in_fragments_becomes_one_plain_frame() {
+        let text = "hello hello hello hello hello hello".repeat(20);
+        let compressed = deflate(text.as_bytes(), 15);
+        assert!(compressed.len() < text.len() / 4);
+        let (a, b) = compressed.split_at(compressed.len() / 2);
+        let mut bytes = client_frame(0x41, a); // text, RSV1, not final
+        bytes.extend(client_frame(0x89, b"hi")); // a ping between the fragments
+        bytes.extend(client_frame(0x80, b)); // the last continuation
+        bytes.extend(client_frame(0x82, b"plain")); // then an uncompressed binary message
+        let mut inbound = Inbound::default();
+        let mut out = Vec::new();
+        // Byte by byte: frames split anywhere.
+        for byte in &bytes {
+            inbound.feed(&[*byte], &mut out, 1 << 20).unwrap();
+        }
+        let mut cursor = Cursor::new(&out[..]);
+        let mut frames = Vec::new();
+        while let Some((h, len)) = FrameHeader::parse(&mut cursor).unwrap() {
+            let at = cursor.position() as usize;
+            let mut payload = out[at..at + len as usize].to_vec();
+            if let Some(mask) = h.mask {
+                for (i, b) in payload.iter_mut().enumerate() {
+                    *b ^= mask[i & 3];
+                }
+            }
+            cursor.set_position((at + len as usize) as u64);
+            frames.push((h.opcode, h.is_final, h.rsv1, payload));
+        }
+        assert_eq!(
+            frames,
+            vec![
+                (OpCode::from(9), true, false, b"hi".to_vec()),
+                (OpCode::from(1), true, false, text.into_bytes()),
+                (OpCode::from(2), true, false, b"plain".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bomb_fails_at_the_limit_and_garbage_fails_to_inflate() {
+        let zeros = vec![0u8; 1 << 20];
+        let compressed = deflate(&zeros, 15);
+        assert!(compressed.len() < 16 * 1024, "{}", compressed.len());
+        let mut out = Vec::new();
+        let err = Inbound::default()
+            .feed(&client_frame(0xc2, &compressed), &mut out, 64 * 1024)
+            .unwrap_err();
+        assert_eq!(err.0, 1009, "{err:?}");
+        let err = Inbound::default()
+            .feed(&client_frame(0xc1, b"\xff\xff\xff\xff"), &mut out, 1024)
+            .unwrap_err();
+        assert_eq!(err.0, 1007, "{err:?}");
+    }
+
+    #[test]
+    fn a_limit_below_the_first_buffer_is_kept() {
+        // Found by fuzzing: a first output buffer of 256 bytes asked for over a 64-byte limit.
+        let mut out = Vec::new();
+        Inbound::default()
+            .feed(&client_frame(0xc1, &deflate(b"warm", 15)), &mut out, 64)
+            .unwrap();
+        assert!(out.ends_with(b"warm"));
+        let err = Inbound::default()
+            .feed(&client_frame(0xc1, &deflate(&[b'a'; 65], 15)), &mut out, 64)
+            .unwrap_err();
+        assert_eq!(err.0, 1009);
+    }
+
+    #[test]
+    fn frames_that_break_the_protocol_pass_for_tungstenite_to_fail() {
+        // RSV1 on a control frame, and a continuation with RSV1 outside a compressed message.
+        for bytes in [client_frame(0xc9, b"x"), client_frame(0xc0, b"x")] {
+            let mut out = Vec::new();
+            Inbound::default().feed(&bytes, &mut out, 1024).unwrap();
+            assert_eq!(out, bytes);
+        }
+    }
+
+    #[test]
+    fn small_windows_inflate_with_zlib_and_stored_blocks() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for bits in [8, 9, 12, 15] {
+            let mut payload = deflate(&data, bits);
+            payload.extend_from_slice(&TAIL);
+            let mut z = Decompress::new_with_window_bits(false, bits.max(9));
+            assert_eq!(inflate(&mut z, &payload, 1 << 20).unwrap(), data, "{bits}");
+        }
+    }
+}
