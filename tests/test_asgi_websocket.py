@@ -275,6 +275,13 @@ def test_a_compressed_message_over_the_limit_or_broken_closes_the_socket(server)
     opcode, payload = read_frame(s)
     assert opcode == 0x8 and close_code(payload) == 1007
     s.close()
+    # A new message before the compressed one's last fragment.
+    s = raw_socket(server, "/ws/echo?interloper", extra=DEFLATE)
+    first = frame(0x1, deflated(b"a fragmented message")[:5], fin=False)
+    s.sendall(bytes([first[0] | 0x40]) + first[1:] + frame(0x1, b"interloper"))
+    opcode, payload = read_frame(s)
+    assert opcode == 0x8 and close_code(payload) == 1002
+    s.close()
     # Without the extension negotiated, RSV1 breaks the protocol.
     s = raw_socket(server, "/ws/echo?rsv1")
     assert b"Sec-WebSocket-Extensions" not in s.head

@@ -128,6 +128,26 @@ fn length(out: &mut Vec<u8>, mask_bit: u8, len: u64, form: u8) {
     }
 }
 
+/// A message cut at `cuts` into masked fragments, the first with `first` (its opcode and RSV
+/// bits), pings between them when `pings`.
+fn fragments(out: &mut Vec<u8>, bytes: &[u8], first: u8, cuts: &[u8], pings: bool) {
+    let mut at = 0;
+    let mut opcode = first;
+    for &cut in cuts.iter().chain(std::iter::once(&u8::MAX)) {
+        let end = (at + usize::from(cut)).min(bytes.len());
+        let last = end == bytes.len();
+        client_frame(out, last, opcode, &bytes[at..end]);
+        if pings && !last {
+            client_frame(out, true, 9, b"between");
+        }
+        opcode = 0;
+        at = end;
+        if last {
+            break;
+        }
+    }
+}
+
 fn client_bytes(pieces: &[Piece]) -> Vec<u8> {
     let mut out = Vec::new();
     for piece in pieces {
@@ -160,46 +180,12 @@ fn client_bytes(pieces: &[Piece]) -> Vec<u8> {
                 client_frame(&mut out, true, 8, &payload);
             }
             Piece::Fragments(text, cuts, pings) => {
-                let bytes = text.as_bytes();
-                let mut at = 0;
-                let mut first = true;
-                for &cut in cuts.iter().chain(std::iter::once(&u8::MAX)) {
-                    let end = (at + usize::from(cut)).min(bytes.len());
-                    let last = end == bytes.len();
-                    client_frame(&mut out, last, if first { 1 } else { 0 }, &bytes[at..end]);
-                    if *pings && !last {
-                        client_frame(&mut out, true, 9, b"between");
-                    }
-                    first = false;
-                    at = end;
-                    if last {
-                        break;
-                    }
-                }
+                fragments(&mut out, text.as_bytes(), 1, cuts, *pings);
             }
             Piece::Compressed(data, text, cuts, pings) => {
                 // Text that is not UTF-8 too: the server must refuse it once inflated.
-                let bytes = ws_deflate::deflate(data, 15);
-                let mut at = 0;
-                let mut first = true;
-                for &cut in cuts.iter().chain(std::iter::once(&u8::MAX)) {
-                    let end = (at + usize::from(cut)).min(bytes.len());
-                    let last = end == bytes.len();
-                    let opcode = match (first, *text) {
-                        (false, _) => 0,
-                        (true, true) => 0x41,
-                        (true, false) => 0x42,
-                    };
-                    client_frame(&mut out, last, opcode, &bytes[at..end]);
-                    if *pings && !last {
-                        client_frame(&mut out, true, 9, b"between");
-                    }
-                    first = false;
-                    at = end;
-                    if last {
-                        break;
-                    }
-                }
+                let first = if *text { 0x41 } else { 0x42 };
+                fragments(&mut out, &client_deflate(data), first, cuts, *pings);
             }
             Piece::Raw(bytes) => out.extend_from_slice(bytes),
         }
@@ -207,11 +193,29 @@ fn client_bytes(pieces: &[Piece]) -> Vec<u8> {
     out
 }
 
-/// A server message's payload inflated (RFC 7692 7.2.2).
-fn inflate(payload: &[u8]) -> Vec<u8> {
+/// A client's compressed message payload: any bytes, compressed whatever it gains.
+fn client_deflate(data: &[u8]) -> Vec<u8> {
+    let mut z = flate2::Compress::new(flate2::Compression::default(), false);
+    let mut out = Vec::with_capacity(data.len() + 64);
+    loop {
+        let at = z.total_in() as usize;
+        z.compress_vec(&data[at..], &mut out, flate2::FlushCompress::Sync)
+            .expect("deflate");
+        if z.total_in() as usize == data.len() && out.len() < out.capacity() {
+            break;
+        }
+        out.reserve(out.capacity());
+    }
+    out.truncate(out.len() - 4);
+    out
+}
+
+/// A server message's payload inflated (RFC 7692 7.2.2) by a client whose window is
+/// `window_bits`: one the server's back-references overreach fails here.
+fn inflate(payload: &[u8], window_bits: u8) -> Vec<u8> {
     let mut input = payload.to_vec();
     input.extend_from_slice(&[0, 0, 0xff, 0xff]);
-    let mut z = flate2::Decompress::new(false);
+    let mut z = flate2::Decompress::new_with_window_bits(false, window_bits);
     let mut out = Vec::with_capacity(payload.len() * 8 + 1024);
     loop {
         let at = z.total_in() as usize;
@@ -232,8 +236,9 @@ struct ServerFrames {
     closed: bool,
     /// Inside a fragmented message (the server sends none, but a continuation would need one).
     fragmented: bool,
-    /// `permessage-deflate` was negotiated: data frames may have RSV1.
-    deflate: bool,
+    /// `permessage-deflate` was negotiated with this window: data frames may have RSV1 (not
+    /// below 9 bits, where the server sends its messages as they are).
+    deflate: Option<u8>,
 }
 
 impl ServerFrames {
@@ -248,8 +253,9 @@ impl ServerFrames {
             let compressed = b0 & 0x40 != 0;
             assert_eq!(b0 & 0x30, 0, "a server frame has RSV2 or RSV3: {b0:#x}");
             assert!(
-                !compressed || (self.deflate && matches!(b0 & 0x0f, 1 | 2)),
-                "RSV1 on a server frame {b0:#x} (compression: {})",
+                !compressed
+                    || (self.deflate.is_some_and(|bits| bits >= 9) && matches!(b0 & 0x0f, 1 | 2)),
+                "RSV1 on a server frame {b0:#x} (compression: {:?})",
                 self.deflate
             );
             assert_eq!(b1 & 0x80, 0, "a server frame is masked");
@@ -270,8 +276,8 @@ impl ServerFrames {
                 return;
             }
             let mut payload = buf[head..head + len].to_vec();
-            if compressed {
-                payload = inflate(&payload);
+            if let (true, Some(bits)) = (compressed, self.deflate) {
+                payload = inflate(&payload, bits);
             }
             let fin = b0 & 0x80 != 0;
             let opcode = b0 & 0x0f;
@@ -320,12 +326,16 @@ fuzz_target!(|case: Case| {
         // The thread's zlib contexts live as long as the thread: made before the count starts.
         static WARM: std::sync::Once = std::sync::Once::new();
         WARM.call_once(|| {
-            for bits in 8..=15 {
-                ws_deflate::deflate(b"warm", bits);
+            for bits in 9..=15 {
+                ws_deflate::deflate(&[b'w'; 100], bits);
             }
             let mut warm = Vec::new();
-            client_frame(&mut warm, true, 0x41, &ws_deflate::deflate(b"warm", 15));
-            WsCodec::new(64).compressed(Deflate { server_window_bits: 15 }).feed(&warm, false);
+            client_frame(&mut warm, true, 0x41, &client_deflate(b"warm"));
+            WsCodec::new(64)
+                .compressed(Deflate {
+                    server_window_bits: 15,
+                })
+                .feed(&warm, false);
         });
         let baseline = LIVE.load(Ordering::Relaxed);
         let mut codec = WsCodec::new(max);
@@ -335,7 +345,7 @@ fuzz_target!(|case: Case| {
             });
         }
         let mut frames = ServerFrames {
-            deflate: case.deflate.is_some(),
+            deflate: case.deflate.map(|bits| 8 + bits % 8),
             ..ServerFrames::default()
         };
         let mut closed_seen = false;
@@ -441,8 +451,8 @@ fuzz_target!(|case: Case| {
             // the last read's bytes.
             let held = LIVE.load(Ordering::Relaxed).saturating_sub(baseline);
             // Inflating, a compressed message is held whole, inflated, and framed again.
-            let bound = 256 * 1024 + if case.deflate.is_some() { 6 } else { 3 } * max
-                + 2 * largest_piece;
+            let bound =
+                256 * 1024 + if case.deflate.is_some() { 6 } else { 3 } * max + 2 * largest_piece;
             assert!(
                 held <= bound,
                 "the codec holds {held} bytes (bound {bound})"

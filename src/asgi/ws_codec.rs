@@ -141,15 +141,16 @@ pub struct WsCodec {
 }
 
 /// One message as a single compressed frame (RSV1 set), which tungstenite writes as it is; as
-/// it is when deflate does not make it smaller (random or already compressed bytes).
+/// it is when deflating is not worth it (see [`ws_deflate::deflate`]).
 fn compressed_frame(data: &[u8], kind: Data, deflate: &Deflate) -> Message {
-    let packed = ws_deflate::deflate(data, deflate.server_window_bits);
-    if packed.len() >= data.len() {
-        return Message::Frame(Frame::message(data.to_vec(), OpCode::Data(kind), true));
+    match ws_deflate::deflate(data, deflate.server_window_bits) {
+        Some(packed) => {
+            let mut frame = Frame::message(packed, OpCode::Data(kind), true);
+            frame.header_mut().rsv1 = true;
+            Message::Frame(frame)
+        }
+        None => Message::Frame(Frame::message(data.to_vec(), OpCode::Data(kind), true)),
     }
-    let mut frame = Frame::message(packed, OpCode::Data(kind), true);
-    frame.header_mut().rsv1 = true;
-    Message::Frame(frame)
 }
 
 /// The read buffer tungstenite allocates for every connection when it starts (its default,
@@ -284,12 +285,8 @@ impl WsCodec {
             return Err("the connection is closed".into());
         }
         let message = match (message, self.deflate.as_ref()) {
-            (WsOutgoing::Text(t), Some((d, _))) if t.len() >= ws_deflate::MIN_COMPRESSED => {
-                compressed_frame(t.as_bytes(), Data::Text, d)
-            }
-            (WsOutgoing::Binary(b), Some((d, _))) if b.len() >= ws_deflate::MIN_COMPRESSED => {
-                compressed_frame(&b, Data::Binary, d)
-            }
+            (WsOutgoing::Text(t), Some((d, _))) => compressed_frame(t.as_bytes(), Data::Text, d),
+            (WsOutgoing::Binary(b), Some((d, _))) => compressed_frame(&b, Data::Binary, d),
             (WsOutgoing::Text(t), _) => Message::Text(t.into()),
             (WsOutgoing::Binary(b), _) => Message::Binary(b.into()),
             (WsOutgoing::Close { code, reason }, _) => {
@@ -479,7 +476,7 @@ mod tests {
         let text = "compress me ".repeat(100);
         let mut bytes = frame(true, 1, b"plain too");
         let mut compressed = vec![0xc1, 0x80 | 126];
-        let payload = ws_deflate::deflate(text.as_bytes(), 15);
+        let payload = ws_deflate::deflate(text.as_bytes(), 15).unwrap();
         compressed.extend_from_slice(&(payload.len() as u16).to_be_bytes());
         compressed.extend_from_slice(&[0; 4]);
         compressed.extend_from_slice(&payload);
@@ -507,7 +504,10 @@ mod tests {
         assert_eq!(inflated, text.as_bytes());
         assert_eq!(out[2 + len..], [&[0x81u8, 5][..], b"short"].concat()[..]);
         // Text that is not UTF-8 once inflated fails as plain text does.
-        let bad = ws_deflate::deflate(b"\xff\xfe", 15);
+        let bad = ws_deflate::squeeze(
+            &mut flate2::Compress::new(flate2::Compression::default(), false),
+            b"\xff\xfe",
+        );
         let mut bytes = vec![0xc1, 0x80 | bad.len() as u8, 0, 0, 0, 0];
         bytes.extend_from_slice(&bad);
         assert_eq!(first_closed(&mut c, &bytes), 1007);

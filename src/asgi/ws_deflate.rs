@@ -20,12 +20,16 @@ use tungstenite::protocol::frame::FrameHeader;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deflate {
     /// The client's `server_max_window_bits` (15 without one): the server's messages refer back
-    /// at most this far.
+    /// at most this far; 8, below zlib's smallest window, means they go uncompressed.
     pub server_window_bits: u8,
 }
 
 /// Messages shorter than this go uncompressed: deflate's framing would eat what it saves.
 pub const MIN_COMPRESSED: usize = 64;
+
+/// Messages longer than this go uncompressed: the codec runs on nginx's event loop, which must
+/// not spend milliseconds deflating one message while other connections wait.
+pub const MAX_COMPRESSED: usize = 256 * 1024;
 
 /// The client's offers (`Sec-WebSocket-Extensions`, every header's value joined with `,`):
 /// the first `permessage-deflate` offer the server can take, and the response header's value.
@@ -44,7 +48,7 @@ fn accept_offer(offer: &str) -> Option<(Deflate, String)> {
     let mut server_window_bits = None;
     for param in parts {
         let (name, value) = match param.split_once('=') {
-            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+            Some((n, v)) => (n.trim(), Some(unquoted(v.trim())?)),
             None => (param, None),
         };
         let name = name.to_ascii_lowercase();
@@ -75,8 +79,21 @@ fn accept_offer(offer: &str) -> Option<(Deflate, String)> {
     ))
 }
 
+/// A parameter's value, a token or one quoted string.
+fn unquoted(value: &str) -> Option<&str> {
+    match value.strip_prefix('"') {
+        Some(rest) => rest.strip_suffix('"').filter(|v| !v.contains('"')),
+        None => (!value.contains('"')).then_some(value),
+    }
+}
+
+/// 8 to 15, written without a leading zero (RFC 7692 7.1.2).
 fn window_bits(value: &str) -> Option<u8> {
-    if value.is_empty() || value.len() > 2 || !value.bytes().all(|b| b.is_ascii_digit()) {
+    if value.is_empty()
+        || value.len() > 2
+        || value.starts_with('0')
+        || !value.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     value.parse().ok().filter(|b| (8..=15).contains(b))
@@ -91,7 +108,7 @@ const TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
 /// The zlib contexts of this thread, reset at every message.
 struct Zlib {
     inflate: Decompress,
-    /// By window bits, 9 to 15.
+    /// By window bits, 9 to 15 (made when first needed).
     deflate: [Option<Compress>; 7],
 }
 
@@ -158,11 +175,18 @@ impl Inbound {
                 }
             };
             let head_len = cursor.position() as usize;
+            if matches!(self.message, InMessage::Compressed { .. })
+                && matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary))
+            {
+                // tungstenite never saw the message this one interrupts: it would take it.
+                break Err((1002, "a new message inside a fragmented one".into()));
+            }
             if !self.takes(&header) {
                 if let OpCode::Data(data) = header.opcode {
+                    // tungstenite checks the order; this only tells a continuation's message.
                     self.message = match (data, header.is_final) {
+                        (_, true) => InMessage::Between,
                         (Data::Continue, false) => std::mem::take(&mut self.message),
-                        (Data::Continue, true) | (_, true) => InMessage::Between,
                         (_, false) => InMessage::Plain,
                     };
                 }
@@ -177,10 +201,13 @@ impl Inbound {
             };
             // Incompressible data comes out a little larger than it went in (zlib's
             // deflateBound): a message the limit admits must not be refused for it.
-            let bound = max_message + max_message / 256 + 64;
+            let bound = max_message
+                .saturating_add(max_message / 256)
+                .saturating_add(64);
             if length > bound.saturating_sub(held) as u64 {
                 break Err((1009, format!("a compressed message over {bound} bytes")));
             }
+            // `length` is within the bound, itself a usize.
             let end = head_len + length as usize;
             if rest.len() < end {
                 break Ok(());
@@ -192,7 +219,7 @@ impl Inbound {
                     *b ^= mask[i & 3];
                 }
             }
-            let (opcode, mut payload) = match (std::mem::take(&mut self.message), header.opcode) {
+            let (opcode, payload) = match (std::mem::take(&mut self.message), header.opcode) {
                 (
                     InMessage::Compressed {
                         opcode,
@@ -210,7 +237,6 @@ impl Inbound {
                 self.message = InMessage::Compressed { opcode, payload };
                 continue;
             }
-            payload.extend_from_slice(&TAIL);
             let plain =
                 match ZLIB.with(|z| inflate(&mut z.borrow_mut().inflate, &payload, max_message)) {
                     Ok(plain) => plain,
@@ -249,84 +275,122 @@ impl Inbound {
     }
 }
 
-fn inflate(z: &mut Decompress, input: &[u8], max_message: usize) -> Result<Vec<u8>, Failure> {
+/// A compressed message's payload inflated: at most `max_message` bytes, its deflate stream
+/// either ending (BFINAL) with nothing after it, or completed by the tail on a block boundary.
+fn inflate(z: &mut Decompress, payload: &[u8], max_message: usize) -> Result<Vec<u8>, Failure> {
     z.reset(false);
-    let too_big = || {
-        (
-            1009,
-            format!("a message over {max_message} bytes once inflated"),
-        )
-    };
-    let mut out = Vec::with_capacity(input.len().saturating_mul(3).max(256).min(max_message + 1));
+    let mut out = Vec::new();
+    if run_inflate(z, payload, &mut out, max_message)? {
+        return Ok(out);
+    }
+    // Where the message stopped mid-block the tail is taken as data (or breaks the stream):
+    // a stream cut short.
+    let whole = out.len();
+    if run_inflate(z, &TAIL, &mut out, max_message)? || out.len() != whole {
+        return Err((1007, "a compressed message cut short".into()));
+    }
+    Ok(out)
+}
+
+/// Inflates all of `input` into `out`; whether the deflate stream ended (BFINAL).
+fn run_inflate(
+    z: &mut Decompress,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    max_message: usize,
+) -> Result<bool, Failure> {
+    let limit = max_message.saturating_add(1);
     let start = z.total_in();
     loop {
-        let consumed = (z.total_in() - start) as usize;
+        let consumed = usize::try_from(z.total_in() - start).unwrap_or(usize::MAX);
+        if consumed >= input.len() && out.len() < out.capacity() {
+            return Ok(false);
+        }
         if out.len() == out.capacity() {
             if out.len() > max_message {
-                return Err(too_big());
+                return Err((
+                    1009,
+                    format!("a message over {max_message} bytes once inflated"),
+                ));
             }
-            out.reserve((out.capacity()).min(max_message + 1 - out.len()));
+            // Exactly: never more than the limit allows, whatever the growth policy.
+            let more = (input.len().saturating_mul(3).max(256)).min(limit - out.len());
+            out.reserve_exact(more);
         }
         let before = (z.total_in(), z.total_out());
         let status = z
-            .decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync)
+            .decompress_vec(
+                &input[consumed.min(input.len())..],
+                out,
+                FlushDecompress::Sync,
+            )
             .map_err(|e| {
                 (
                     1007,
                     format!("a compressed message that does not inflate: {e}"),
                 )
             })?;
-        let done = (z.total_in() - start) as usize == input.len() && out.len() < out.capacity();
-        if done || status == Status::StreamEnd {
-            break;
+        if status == Status::StreamEnd {
+            if usize::try_from(z.total_in() - start).unwrap_or(usize::MAX) < input.len() {
+                return Err((1007, "bytes after the end of a compressed message".into()));
+            }
+            return Ok(true);
         }
         if (z.total_in(), z.total_out()) == before && out.len() < out.capacity() {
             return Err((1007, "a compressed message cut short".into()));
         }
     }
-    if out.len() > max_message {
-        return Err(too_big());
-    }
-    Ok(out)
 }
 
-/// `data` as a compressed message's payload, for a peer whose window is `window_bits`.
-pub fn deflate(data: &[u8], window_bits: u8) -> Vec<u8> {
+/// `data` as a compressed message's payload, for a peer whose window is `window_bits`; None
+/// when it is not worth it: too short or too long (see the bounds), a window below zlib's
+/// smallest, or a result no smaller than the data (random or already compressed bytes).
+pub fn deflate(data: &[u8], window_bits: u8) -> Option<Vec<u8>> {
+    if !(MIN_COMPRESSED..=MAX_COMPRESSED).contains(&data.len()) || window_bits < 9 {
+        return None;
+    }
+    let bits = window_bits.min(15);
     ZLIB.with(|z| {
         let mut z = z.borrow_mut();
-        // zlib's smallest window is 9 bits: for a peer's 8, stored blocks, which refer to nothing.
-        let (bits, level) = if window_bits < 9 {
-            (9, Compression::none())
-        } else {
-            (window_bits.min(15), Compression::fast())
-        };
-        let compress = z.deflate[usize::from(bits - 9)]
-            .get_or_insert_with(|| Compress::new_with_window_bits(level, false, bits));
-        compress.reset();
-        let mut out = Vec::with_capacity(data.len() / 2 + 64);
-        let start = compress.total_in();
-        loop {
-            let consumed = (compress.total_in() - start) as usize;
-            if out.len() == out.capacity() {
-                out.reserve(out.capacity());
-            }
-            compress
-                .compress_vec(&data[consumed..], &mut out, FlushCompress::Sync)
-                .expect("deflate on memory cannot fail");
-            if (compress.total_in() - start) as usize == data.len() && out.len() < out.capacity() {
-                break;
-            }
-        }
-        if out.ends_with(&TAIL) {
-            out.truncate(out.len() - TAIL.len());
-        }
-        out
+        let compress = z.deflate[usize::from(bits - 9)].get_or_insert_with(|| {
+            Compress::new_with_window_bits(Compression::fast(), false, bits)
+        });
+        let out = squeeze(compress, data);
+        (out.len() < data.len()).then_some(out)
     })
+}
+
+/// One message through `compress` from its start, less the tail (RFC 7692 7.2.1).
+pub(crate) fn squeeze(compress: &mut Compress, data: &[u8]) -> Vec<u8> {
+    compress.reset();
+    let mut out = Vec::with_capacity(data.len() / 2 + 64);
+    let start = compress.total_in();
+    loop {
+        let consumed = (compress.total_in() - start) as usize;
+        if out.len() == out.capacity() {
+            out.reserve(out.capacity());
+        }
+        compress
+            .compress_vec(&data[consumed..], &mut out, FlushCompress::Sync)
+            .expect("deflate on memory cannot fail");
+        if (compress.total_in() - start) as usize == data.len() && out.len() < out.capacity() {
+            break;
+        }
+    }
+    if out.ends_with(&TAIL) {
+        out.truncate(out.len() - TAIL.len());
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a client sends: any data, compressed whatever it gains.
+    fn client_deflate(data: &[u8]) -> Vec<u8> {
+        squeeze(&mut Compress::new(Compression::default(), false), data)
+    }
 
     fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
         let mask = [7u8, 1, 9, 200];
@@ -378,7 +442,7 @@ mod tests {
     #[test]
     fn a_compressed_message_in_fragments_becomes_one_plain_frame() {
         let text = "hello hello hello hello hello hello".repeat(20);
-        let compressed = deflate(text.as_bytes(), 15);
+        let compressed = client_deflate(text.as_bytes());
         assert!(compressed.len() < text.len() / 4);
         let (a, b) = compressed.split_at(compressed.len() / 2);
         let mut bytes = client_frame(0x41, a); // text, RSV1, not final
@@ -417,7 +481,7 @@ mod tests {
     #[test]
     fn a_bomb_fails_at_the_limit_and_garbage_fails_to_inflate() {
         let zeros = vec![0u8; 1 << 20];
-        let compressed = deflate(&zeros, 15);
+        let compressed = client_deflate(&zeros);
         assert!(compressed.len() < 16 * 1024, "{}", compressed.len());
         let mut out = Vec::new();
         let err = Inbound::default()
@@ -435,13 +499,70 @@ mod tests {
         // Found by fuzzing: a first output buffer of 256 bytes asked for over a 64-byte limit.
         let mut out = Vec::new();
         Inbound::default()
-            .feed(&client_frame(0xc1, &deflate(b"warm", 15)), &mut out, 64)
+            .feed(&client_frame(0xc1, &client_deflate(b"warm")), &mut out, 64)
             .unwrap();
         assert!(out.ends_with(b"warm"));
         let err = Inbound::default()
-            .feed(&client_frame(0xc1, &deflate(&[b'a'; 65], 15)), &mut out, 64)
+            .feed(
+                &client_frame(0xc1, &client_deflate(&[b'a'; 65])),
+                &mut out,
+                64,
+            )
             .unwrap_err();
         assert_eq!(err.0, 1009);
+    }
+
+    #[test]
+    fn a_new_message_inside_a_compressed_one_fails() {
+        // Found in review: tungstenite, which never saw the first fragment, would take it.
+        let compressed = client_deflate(b"first message");
+        for next in [client_frame(0x81, b"interloper"), client_frame(0x02, b"ab")] {
+            let mut bytes = client_frame(0x41, &compressed[..4]);
+            bytes.extend(next);
+            let err = Inbound::default()
+                .feed(&bytes, &mut Vec::new(), 1024)
+                .unwrap_err();
+            assert_eq!(err.0, 1002);
+        }
+    }
+
+    #[test]
+    fn a_stream_cut_short_or_with_bytes_after_its_end_fails() {
+        // A stored block that says 1000 bytes and brings 3: the tail would be taken as data.
+        let cut = [0x00, 0xe8, 0x03, 0x17, 0xfc, b'a', b'b', b'c'];
+        let err = Inbound::default()
+            .feed(&client_frame(0xc2, &cut), &mut Vec::new(), 1024)
+            .unwrap_err();
+        assert_eq!(err, (1007, "a compressed message cut short".into()));
+        // A final block, then more.
+        let after = [0x01, 0x02, 0x00, 0xfd, 0xff, b'h', b'i', 0xde, 0xad];
+        let err = Inbound::default()
+            .feed(&client_frame(0xc2, &after), &mut Vec::new(), 1024)
+            .unwrap_err();
+        assert_eq!(err.0, 1007);
+        // A final block alone is a whole message.
+        let mut out = Vec::new();
+        Inbound::default()
+            .feed(&client_frame(0xc2, &after[..7]), &mut out, 1024)
+            .unwrap();
+        assert!(out.ends_with(b"hi"));
+    }
+
+    #[test]
+    fn parameters_are_tokens_or_one_quoted_string() {
+        for declined in [
+            &b"permessage-deflate; server_max_window_bits=\"10"[..],
+            b"permessage-deflate; server_max_window_bits=\"\"9\"\"",
+            b"permessage-deflate; server_max_window_bits=09",
+        ] {
+            assert_eq!(
+                negotiate(declined),
+                None,
+                "{}",
+                String::from_utf8_lossy(declined)
+            );
+        }
+        assert!(negotiate(b"PerMessage-Deflate ; Server_Max_Window_Bits = \"12\"").is_some());
     }
 
     #[test]
@@ -455,13 +576,32 @@ mod tests {
     }
 
     #[test]
-    fn small_windows_inflate_with_zlib_and_stored_blocks() {
-        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
-        for bits in [8, 9, 12, 15] {
-            let mut payload = deflate(&data, bits);
+    fn the_servers_messages_keep_within_the_clients_window() {
+        // Repeats every 100 bytes: within reach of even a 9-bit window (zlib's 250 bytes).
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 100) as u8).collect();
+        for bits in [9, 12, 15] {
+            let mut payload = deflate(&data, bits).expect("compressible");
             payload.extend_from_slice(&TAIL);
-            let mut z = Decompress::new_with_window_bits(false, bits.max(9));
-            assert_eq!(inflate(&mut z, &payload, 1 << 20).unwrap(), data, "{bits}");
+            // A client's inflater with that window, as it would make it.
+            let mut z = Decompress::new_with_window_bits(false, bits);
+            let mut out = Vec::with_capacity(8192);
+            z.decompress_vec(&payload, &mut out, FlushDecompress::Sync)
+                .unwrap();
+            assert_eq!(out, data, "{bits}");
         }
+        // Below zlib's smallest window, short, long or incompressible: sent as it is.
+        assert_eq!(deflate(&data, 8), None);
+        assert_eq!(deflate(&data[..MIN_COMPRESSED - 1], 15), None);
+        assert_eq!(deflate(&vec![0; MAX_COMPRESSED + 1], 15), None);
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert_eq!(deflate(&noise, 15), None);
     }
 }
