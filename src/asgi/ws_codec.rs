@@ -140,19 +140,6 @@ pub struct WsCodec {
     deflate: Option<(Deflate, Inbound)>,
 }
 
-/// One message as a single compressed frame (RSV1 set), which tungstenite writes as it is; as
-/// it is when deflating is not worth it (see [`ws_deflate::deflate`]).
-fn compressed_frame(data: &[u8], kind: Data, deflate: &Deflate) -> Message {
-    match ws_deflate::deflate(data, deflate.server_window_bits) {
-        Some(packed) => {
-            let mut frame = Frame::message(packed, OpCode::Data(kind), true);
-            frame.header_mut().rsv1 = true;
-            Message::Frame(frame)
-        }
-        None => Message::Frame(Frame::message(data.to_vec(), OpCode::Data(kind), true)),
-    }
-}
-
 /// The read buffer tungstenite allocates for every connection when it starts (its default,
 /// 128 KiB, is 1.3 GB for 10,000 idle sockets); a larger frame grows it for its own length.
 const READ_BUFFER: usize = 4096;
@@ -284,12 +271,14 @@ impl WsCodec {
         if self.terminated {
             return Err("the connection is closed".into());
         }
-        let message = match (message, self.deflate.as_ref()) {
-            (WsOutgoing::Text(t), Some((d, _))) => compressed_frame(t.as_bytes(), Data::Text, d),
-            (WsOutgoing::Binary(b), Some((d, _))) => compressed_frame(&b, Data::Binary, d),
-            (WsOutgoing::Text(t), _) => Message::Text(t.into()),
-            (WsOutgoing::Binary(b), _) => Message::Binary(b.into()),
-            (WsOutgoing::Close { code, reason }, _) => {
+        let message = match message {
+            WsOutgoing::Text(t) => self
+                .deflated(t.as_bytes(), Data::Text)
+                .unwrap_or_else(|| Message::Text(t.into())),
+            WsOutgoing::Binary(b) => self
+                .deflated(&b, Data::Binary)
+                .unwrap_or_else(|| Message::Binary(b.into())),
+            WsOutgoing::Close { code, reason } => {
                 // Checked here too: the frame is the wire's, whoever built the message.
                 check_close(code, &reason)?;
                 Message::Close(Some(CloseFrame {
@@ -302,6 +291,17 @@ impl WsCodec {
             .write(&mut self.pipe, message)
             .and_then(|()| self.ctx.flush(&mut self.pipe))
             .map_err(|e| e.to_string())
+    }
+
+    /// A message as one compressed frame (RSV1 set), which tungstenite writes as it is; None
+    /// without `permessage-deflate` or when deflating is not worth it (see
+    /// [`ws_deflate::deflate`]).
+    fn deflated(&self, data: &[u8], kind: Data) -> Option<Message> {
+        let (settled, _) = self.deflate.as_ref()?;
+        let packed = ws_deflate::deflate(data, settled.server_window_bits)?;
+        let mut frame = Frame::message(packed, OpCode::Data(kind), true);
+        frame.header_mut().rsv1 = true;
+        Some(Message::Frame(frame))
     }
 
     /// Sends a ping (the server's keepalive); nothing once the connection is closing.

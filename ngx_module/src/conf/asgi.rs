@@ -36,7 +36,7 @@ pub(crate) const DEFAULT_IDLE_TIMEOUT_MS: ngx_msec_t = 60_000;
 
 /// A location's open WebSockets: their keepalive, in ms (0: off), and their compression.
 #[derive(Clone)]
-pub(crate) struct WebSocketTimers {
+pub(crate) struct WebSocketConf {
     /// `asgi_websocket_ping_interval`: the server pings the client this often.
     pub ping_interval: ngx_msec_t,
     /// `asgi_websocket_idle_timeout`: a client that sends nothing for this long is closed.
@@ -45,9 +45,9 @@ pub(crate) struct WebSocketTimers {
     pub compression: ngx_flag_t,
 }
 
-impl Default for WebSocketTimers {
+impl Default for WebSocketConf {
     fn default() -> Self {
-        WebSocketTimers {
+        WebSocketConf {
             ping_interval: UNSET_MSEC,
             idle_timeout: UNSET_MSEC,
             compression: UNSET_FLAG,
@@ -55,10 +55,10 @@ impl Default for WebSocketTimers {
     }
 }
 
-impl WebSocketTimers {
+impl WebSocketConf {
     /// As nginx merges its own timeouts: the location's, else the level around it, else the
     /// default.
-    pub(crate) fn merge(&mut self, parent: &WebSocketTimers) {
+    pub(crate) fn merge(&mut self, parent: &WebSocketConf) {
         let pick = |own: ngx_msec_t, parent: ngx_msec_t, default: ngx_msec_t| match (own, parent) {
             (UNSET_MSEC, UNSET_MSEC) => default,
             (UNSET_MSEC, p) => p,
@@ -136,30 +136,30 @@ mod tests {
 
     #[test]
     fn websocket_timers_merge_like_nginx_timeouts() {
-        let mut http = WebSocketTimers::default();
-        http.merge(&WebSocketTimers::default());
+        let mut http = WebSocketConf::default();
+        http.merge(&WebSocketConf::default());
         assert_eq!(
             (http.ping_interval, http.idle_timeout),
             (DEFAULT_PING_INTERVAL_MS, DEFAULT_IDLE_TIMEOUT_MS)
         );
-        let mut server = WebSocketTimers {
+        let mut server = WebSocketConf {
             ping_interval: 0,
             ..Default::default()
         };
         server.merge(&http);
-        let mut location = WebSocketTimers {
+        let mut location = WebSocketConf {
             idle_timeout: 5000,
             ..Default::default()
         };
         location.merge(&server);
         assert_eq!((location.ping_interval, location.idle_timeout), (0, 5000));
         assert_eq!(http.compression, 1, "on by default");
-        let mut off = WebSocketTimers {
+        let mut off = WebSocketConf {
             compression: 0,
             ..Default::default()
         };
         off.merge(&http);
-        let mut inner = WebSocketTimers::default();
+        let mut inner = WebSocketConf::default();
         inner.merge(&off);
         assert_eq!(inner.compression, 0, "inherited");
     }

@@ -51,7 +51,7 @@ pub(crate) struct LocConf {
     pub ignore_headers: accel::IgnoreHeaders,
     /// `wsgi_status`: this location answers the metrics.
     pub status: bool,
-    pub websocket: asgi::WebSocketTimers,
+    pub websocket: asgi::WebSocketConf,
 }
 
 // SAFETY: the configurations nginx creates for this module through `create_main_conf` and

@@ -108,6 +108,11 @@ impl Block {
             shared.notes.add(at.path(), "reached through more than 10 routes or fallbacks: nginx makes at most 10 jumps into named locations per request and answers 500 past them");
         }
     }
+
+    /// The action reached by the last [`Block::jump`] is written.
+    fn back(&mut self) {
+        self.jumps -= 1;
+    }
 }
 
 fn tok(value: &str, at: &At<'_>) -> Read<String> {
@@ -180,6 +185,11 @@ fn listen_address(name: &str) -> Option<String> {
         return (!path.starts_with('@')).then(|| format!("unix:{path}"));
     }
     Some(name.strip_prefix("*:").unwrap_or(name).to_owned())
+}
+
+/// Whether a `pass` value names a route (fixed: one chosen by variables is not translated).
+fn passes_to_route(target: &str) -> bool {
+    !target.contains('$') && pass_parts(target).first().map(String::as_str) == Some("routes")
 }
 
 /// A `pass` value split into its parts, `%XX` decoded.
@@ -263,8 +273,8 @@ impl<'a> Unit<'a> {
         })?;
         server.listen = format!("{}{listen_options}", tok(&server.listen, &at)?);
         let target = pass.str()?;
-        let parts = pass_parts(target);
-        if parts.first().map(String::as_str) == Some("routes") && !target.contains('$') {
+        if passes_to_route(target) {
+            let parts = pass_parts(target);
             let route_name = parts.get(1).map(String::as_str);
             return match self.route(route_name) {
                 Some(steps) => {
@@ -706,7 +716,7 @@ impl<'a> Unit<'a> {
             named.open(&format!("location {name}"));
             block.jump(step, shared);
             self.action(&action, Place::NoLocation, &mut named, shared, block, seen)?;
-            block.jumps -= 1;
+            block.back();
             named.close();
             block.named.append(&named);
         }
@@ -763,9 +773,10 @@ impl<'a> Unit<'a> {
                     .add(value.path(), "an option unknown to this tool"),
             }
         }
-        let to_route = kind == Some("pass")
-            && at.required("pass")?.str()?.starts_with("routes")
-            && !at.required("pass")?.str()?.contains('$');
+        let to_route = match kind {
+            Some("pass") => passes_to_route(at.required("pass")?.str()?),
+            _ => false,
+        };
         if to_route {
             // The route's steps test the rewritten URI: no `break`, so that the dispatch after it
             // runs; it always ends in a `return`, so nginx never looks for another location.
@@ -1043,7 +1054,7 @@ impl<'a> Unit<'a> {
                     block,
                     seen,
                 )?;
-                block.jumps -= 1;
+                block.back();
                 named.close();
                 block.named.append(&named);
                 name
