@@ -212,27 +212,20 @@ impl Inbound {
             if rest.len() < end {
                 break Ok(());
             }
-            let mut payload = rest[head_len..end].to_vec();
+            // The fragment goes straight onto the message held so far, unmasked there.
+            let (opcode, mut payload) = match (std::mem::take(&mut self.message), header.opcode) {
+                (InMessage::Compressed { opcode, payload }, _) => (opcode, payload),
+                (_, OpCode::Data(opcode)) => (opcode, Vec::with_capacity(length as usize)),
+                (_, OpCode::Control(_)) => unreachable!("control frames pass as they are"),
+            };
+            let start = payload.len();
+            payload.extend_from_slice(&rest[head_len..end]);
             at += end;
             if let Some(mask) = header.mask {
-                for (i, b) in payload.iter_mut().enumerate() {
+                for (i, b) in payload[start..].iter_mut().enumerate() {
                     *b ^= mask[i & 3];
                 }
             }
-            let (opcode, payload) = match (std::mem::take(&mut self.message), header.opcode) {
-                (
-                    InMessage::Compressed {
-                        opcode,
-                        payload: mut held,
-                    },
-                    _,
-                ) => {
-                    held.extend_from_slice(&payload);
-                    (opcode, held)
-                }
-                (_, OpCode::Data(opcode)) => (opcode, payload),
-                (_, OpCode::Control(_)) => unreachable!("control frames pass as they are"),
-            };
             if !header.is_final {
                 self.message = InMessage::Compressed { opcode, payload };
                 continue;
