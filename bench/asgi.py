@@ -3,7 +3,7 @@
 direct and behind nginx), Granian `--interface asgi` and hypercorn, all in one run on this machine.
 
     bench/setup && bench/.venv/bin/python bench/asgi.py [--duration 5] [--rounds 3]
-        [--servers module-uvloop,uvicorn,...] [--workloads hello,ws,...]
+        [--servers module-uvloop,uvicorn,...] [--workloads hello,ws,...] [--reference BUILD_DIR]
 
 Every server runs `bench/asgi_apps.py:app` with 2 worker processes (the number of cores) and one
 event loop per process: the module with `asgi_event_loop uvloop;` and with the default asyncio
@@ -12,12 +12,16 @@ answer checked; then rounds of every (workload, server) pair, the server order r
 HTTP load is wrk's; the WebSocket echo's is bench/ws_load.py (round trips over N connections).
 Each cell is the median of the rounds, and each ratio module/peer the median (min-max) of the
 rounds' own ratios: on a shared machine a round's drift hits both sides of its ratio alike.
+`--reference` adds the server module-ref: module-uvloop's configuration run by another build of
+the module (a directory holding its `ngx-wsgi` and module, e.g. an earlier commit's
+target/release copied aside), the way to measure a change to the module against the peers' noise.
 See bench/README.md, "ASGI".
 """
 import argparse
 import http.client
 import json
 import os
+import pathlib
 import signal
 import statistics
 import subprocess
@@ -82,6 +86,23 @@ class Module(Server):
         conf = self.dir / "nginx.conf"
         conf.write_text(nginx_conf(self.dir, body, head=f"load_module {self.ctx.module};"))
         self.procs = [self.ctx.popen([self.ctx.nginx, "-p", self.dir, "-c", conf], self.dir / "logs/stdout.log")]
+
+
+class ModuleRef(Module):
+    name = "module-ref"
+    how = "module-uvloop's configuration with the build given by --reference"
+
+    @classmethod
+    def available(cls, ctx):
+        return None if ctx.reference else "needs --reference BUILD_DIR"
+
+    def start(self):
+        module, nginx = self.ctx.module, self.ctx.nginx
+        self.ctx.module, self.ctx.nginx = self.ctx.reference
+        try:
+            super().start()
+        finally:
+            self.ctx.module, self.ctx.nginx = module, nginx
 
 
 class ModuleAsyncio(Module):
@@ -151,7 +172,7 @@ class Hypercorn(Server):
              "--log-level", "warning", "asgi_apps:app"], self.dir / "logs/hypercorn.log", cwd=BENCH)]
 
 
-SERVERS = {s.name: s for s in [Module, ModuleAsyncio, Uvicorn, UvicornNginx, Granian, Hypercorn]}
+SERVERS = {s.name: s for s in [Module, ModuleRef, ModuleAsyncio, Uvicorn, UvicornNginx, Granian, Hypercorn]}
 MODULES = ("module-uvloop", "module-asyncio")
 
 
@@ -382,10 +403,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
     ap.add_argument("--ws-connections", type=int, default=64, help="WebSocket connections (default 64)")
-    ap.add_argument("--servers", default=",".join(SERVERS), help=f"comma list of: {', '.join(SERVERS)}")
+    ap.add_argument("--servers", default=",".join(n for n in SERVERS if n != "module-ref"), help=f"comma list of: {', '.join(SERVERS)}")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma list of: {', '.join(WORKLOADS)}")
+    ap.add_argument("--reference", metavar="BUILD_DIR",
+                    help="another build of the module (its ngx-wsgi and module): adds the server module-ref")
     args = ap.parse_args()
     names = [s for s in args.servers.split(",") if s]
+    if args.reference and "module-ref" not in names:
+        names.append("module-ref")
     workloads = [w for w in args.workloads.split(",") if w]
     for n in names:
         if n not in SERVERS:
@@ -394,6 +419,7 @@ def main():
         if w not in WORKLOADS:
             sys.exit(f"unknown workload {w}; known: {', '.join(WORKLOADS)}")
     with Ctx(args) as ctx:
+        ctx.reference = run.paths(pathlib.Path(args.reference)) if args.reference else None
         for n in names:
             why = SERVERS[n].available(ctx)
             if why:

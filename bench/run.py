@@ -156,9 +156,10 @@ def stop_process(proc, sig=signal.SIGTERM, timeout=20):
         proc.wait(timeout=5)
 
 
-def paths():
-    """(the nginx module, the nginx it is built for), from this build (bench/memory.py uses it too)."""
-    helper = ROOT / "target/release/ngx-wsgi"
+def paths(build=ROOT / "target/release"):
+    """(the nginx module, the nginx it is built for), from this build or the one in `build`
+    (bench/memory.py uses it too)."""
+    helper = build / "ngx-wsgi"
     if not helper.exists():
         sys.exit(f"{helper} is missing: cargo build --release")
     out = subprocess.run([str(helper), "paths"], capture_output=True, text=True, check=True).stdout

@@ -234,6 +234,35 @@ def test_each_piece_leaves_while_the_app_runs(server):
         assert read_until(s, b"0\r\n\r\n").endswith(b"released\n\r\n0\r\n\r\n")
 
 
+def test_responses_finished_before_a_blocking_task_do_not_wait_for_it(server):
+    # Many tasks released in one round of the loop, the last of them blocking it for seconds: the
+    # others' responses, finished before it, reach their clients while it blocks (under load the
+    # wake-ups of a round are sent together when the round ends, which this round does late).
+    key, fast = "blocking-round", 32
+    done = {}
+
+    def get(path, name):
+        r = requests.get(server.url(path), timeout=30)
+        done[name] = (time.monotonic(), r.status_code, r.text)
+
+    threads = [threading.Thread(target=get, args=(f"/after-release?{key}", i)) for i in range(fast)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: stats(server)["waiting"].get(key) == fast, what="the requests waiting")
+    blocker = threading.Thread(target=get, args=(f"/blocks-after-release?{key}&3", "blocker"))
+    blocker.start()
+    wait_for(lambda: stats(server)["waiting"].get(key) == fast + 1, what="the blocker waiting")
+    assert requests.get(server.url(f"/release?{key}"), timeout=10).text == "released"
+    for t in threads + [blocker]:
+        t.join(30)
+    assert sorted(done, key=str) == sorted([*range(fast), "blocker"], key=str)
+    assert {done[i][1:] for i in range(fast)} == {(200, "/after-release")}
+    assert done["blocker"][1:] == (200, "/blocks-after-release")
+    blocked_until = done["blocker"][0]
+    late = [i for i in range(fast) if done[i][0] >= blocked_until]
+    assert not late, f"{len(late)} responses waited for the blocking task"
+
+
 def test_statuses_headers_head_and_bodiless(server):
     r = requests.get(server.url("/headers"), timeout=10)
     assert r.raw.headers.getlist("Set-Cookie") == ["a=1", "b=2"]

@@ -104,6 +104,7 @@ pub(crate) unsafe fn init(
     }
     let _ = ON_FINISHED.set(on_finished);
     EVENT_FD.store(fd, Ordering::Release);
+    ngx_wsgi::asgi::held_wakes::set_wake(write_wake);
     crate::ffi::log::set_waker(|| add(|w| w.log = true));
     Ok(())
 }
@@ -134,6 +135,14 @@ fn add(put: impl FnOnce(&mut Work)) {
         // The loop has not taken the earlier items yet: it is already woken for them.
         return;
     }
+    // On the asgi event loop's thread the wake-up waits for the end of its round, with the
+    // other responses the round finishes.
+    if !ngx_wsgi::asgi::held_wakes::hold() {
+        write_wake();
+    }
+}
+
+fn write_wake() {
     let one: u64 = 1;
     // SAFETY: writes 8 bytes from a live u64 to the eventfd; a full counter (EAGAIN) still
     // leaves the loop woken, which is all that is needed.

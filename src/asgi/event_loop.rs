@@ -205,6 +205,7 @@ impl AsgiLoop {
                     )?
                 };
                 event_loop.call_method1("add_reader", (self.efd, drain))?;
+                super::held_wakes::install(py, &event_loop)?;
                 let _ = self.loop_object.set(event_loop.clone().unbind());
                 // SAFETY: plain query of the calling thread's identity.
                 let ident = unsafe { pyo3::ffi::PyThread_get_thread_ident() };
@@ -247,6 +248,7 @@ impl AsgiLoop {
             if let Err(e) = driver.call_method1("cancel_all", (&event_loop, 1.0)) {
                 tracing::error!(target: "asgi", "cancelling the tasks left: {}", crate::traceback::format(py, &e));
             }
+            super::held_wakes::uninstall();
             let _ = event_loop.call_method1("remove_reader", (self.efd,));
             let _ = event_loop.call_method0("close");
             *LIFESPANS.lock().unwrap_or_else(|e| e.into_inner()) = None;

@@ -7,6 +7,7 @@
 //! app's `send`/`receive` awaits a [`waker::Waker`] that the server fires from its own thread.
 
 pub mod event_loop;
+pub mod held_wakes;
 pub mod http;
 pub mod interface;
 pub mod scope;

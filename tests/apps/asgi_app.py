@@ -3,8 +3,9 @@ disconnects, and a lifespan that fills the state."""
 import asyncio
 import json
 import os
+import time
 
-STATS = {"disconnected": {}, "sent": {}, "receiving": {}, "requests": 0}
+STATS = {"disconnected": {}, "sent": {}, "receiving": {}, "waiting": {}, "requests": 0}
 EVENTS = {}
 
 
@@ -101,6 +102,15 @@ async def app(scope, receive, send):
             await event(query).wait()
         STATS["requests"] += 1
         await send({"type": "http.response.body", "body": b"released\n"})
+    elif route in ("/after-release", "/blocks-after-release"):
+        # Answers once /release?KEY is asked; the second kind first keeps the loop busy for SECONDS
+        # (synchronous work in a coroutine), with every other task waiting behind it.
+        key, _, seconds = query.partition("&")
+        STATS["waiting"][key] = STATS["waiting"].get(key, 0) + 1
+        await event(key).wait()
+        if route == "/blocks-after-release":
+            time.sleep(float(seconds))
+        await respond(send, route.encode())
     elif route == "/release":
         event(query).set()
         await respond(send, b"released")
