@@ -205,7 +205,7 @@ impl AsgiLoop {
                     )?
                 };
                 event_loop.call_method1("add_reader", (self.efd, drain))?;
-                super::held_wakes::install(py, &event_loop)?;
+                super::held_wakes::install(self.efd);
                 let _ = self.loop_object.set(event_loop.clone().unbind());
                 // SAFETY: plain query of the calling thread's identity.
                 let ident = unsafe { pyo3::ffi::PyThread_get_thread_ident() };
@@ -344,6 +344,8 @@ impl AsgiLoop {
         let mut count: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64 (resets the counter).
         unsafe { libc::read(self.efd, (&mut count as *mut u64).cast(), 8) };
+        // Also the end of the round in which a wake-up of the server was held.
+        super::held_wakes::round_ended();
         let items = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
         crate::chunk::release_dropped(py);
         for item in items {

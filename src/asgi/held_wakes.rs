@@ -3,50 +3,57 @@
 //! run in one round, and each wake-up of the server's sleeping thread costs both threads a
 //! context switch (the FastAPI route: 1.4 times the requests per second, see bench/README.md).
 //!
+//! The round's end is the loop's own eventfd: the first wake-up held in a round writes it, and
+//! the loop's reader of it (`drain`) sends what is held when the loop next polls, after the
+//! callbacks already queued. An eventfd stays readable until read, so that end cannot be lost,
+//! and holding calls no Python.
+//!
 //! Holding pays only under load, and must stay bounded: a coroutine doing synchronous work keeps
 //! the loop in one callback, and the responses finished before it in the round would wait with
-//! it. So a wake-up is held only while the poller thread runs, which sends any wake-up held
-//! longer than [`MAX_HOLD`]; it starts when two wake-ups come closer together than that, and
-//! parks after two of its ticks saw nothing held. Below that rate every wake-up goes at once.
+//! it (and with them whatever else the server's notifier carries). So a wake-up is held only
+//! while the poller thread ticks, which sends any wake-up held longer than [`MAX_HOLD`]; it
+//! starts when two wake-ups come closer together than that, and parks after two of its ticks saw
+//! no hold. Below that rate every wake-up goes at once.
 
-use std::cell::RefCell;
+use std::cell::Cell;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use pyo3::prelude::*;
-use pyo3::types::PyCFunction;
-
-/// The longest a finished response waits for its wake-up (twice this, at worst, by the poller).
+/// The longest a finished response waits for its wake-up when the loop's round runs long (give
+/// or take the poller's own scheduling).
 pub const MAX_HOLD: Duration = Duration::from_millis(2);
 
 /// How the server is woken (set once by the server's adapter).
 static WAKE: OnceLock<fn()> = OnceLock::new();
-/// When the held wake-up was first held, in microseconds since [`epoch`] (0: none held).
+/// When the held wake-up was first held, in microseconds since [`now_us`]'s epoch (0: none held).
 static HELD_SINCE: AtomicU64 = AtomicU64::new(0);
 /// Wake-ups held so far (the poller sees from it whether holding goes on).
 static HOLDS: AtomicU64 = AtomicU64::new(0);
-/// When the last wake-up went at once (microseconds since [`epoch`]).
+/// When the last wake-up went at once (microseconds since the epoch; 0: never).
 static LAST_SENT: AtomicU64 = AtomicU64::new(0);
-/// The poller ticks: a wake-up may be held.
-static POLLING: AtomicBool = AtomicBool::new(false);
+/// [`Poller::Ticking`], readable without the lock: a wake-up may be held.
+static TICKING: AtomicBool = AtomicBool::new(false);
 
-/// The poller thread's parking place: true while it is asked to tick.
-static POLLER: Mutex<Option<bool>> = Mutex::new(None);
-static POLLER_CHANGED: Condvar = Condvar::new();
-
-struct LoopSide {
-    /// `loop.call_soon`, bound.
-    call_soon: Py<PyAny>,
-    /// The callback that sends what is held.
-    flush: Py<PyAny>,
-    /// A flush is already scheduled for this round.
-    scheduled: bool,
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Poller {
+    /// Not started yet.
+    Absent,
+    /// Its thread could not be started: nothing is ever held.
+    Failed,
+    Parked,
+    Ticking,
 }
 
+static POLLER: Mutex<Poller> = Mutex::new(Poller::Absent);
+static POLLER_CHANGED: Condvar = Condvar::new();
+
 thread_local! {
-    /// Set on the event loop's thread only, while its loop runs.
-    static LOOP_SIDE: RefCell<Option<LoopSide>> = const { RefCell::new(None) };
+    /// The loop's own eventfd, on the loop's thread while the loop runs (-1 elsewhere).
+    static LOOP_FD: Cell<RawFd> = const { Cell::new(-1) };
+    /// The loop's eventfd was written for the end of this round.
+    static ROUND_END_ASKED: Cell<bool> = const { Cell::new(false) };
 }
 
 fn now_us() -> u64 {
@@ -64,89 +71,56 @@ pub fn set_wake(wake: fn()) {
     let _ = WAKE.set(wake);
 }
 
-/// Makes the calling thread the one whose wake-ups are held, for `event_loop` (its thread,
-/// before the loop runs).
-pub(crate) fn install(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
-    let flush = PyCFunction::new_closure(py, None, None, |_args, _kwargs| -> PyResult<()> {
-        set_scheduled(false);
-        send();
-        Ok(())
-    })?;
-    let side = LoopSide {
-        call_soon: event_loop.getattr("call_soon")?.unbind(),
-        flush: flush.into_any().unbind(),
-        scheduled: false,
-    };
-    LOOP_SIDE.with(|s| *s.borrow_mut() = Some(side));
-    Ok(())
+/// Makes the calling thread the loop's, whose wake-ups are held until `loop_fd` (the eventfd
+/// whose reader calls [`round_ended`]) is read (the loop's thread, before the loop runs).
+pub(crate) fn install(loop_fd: RawFd) {
+    LOOP_FD.with(|fd| fd.set(loop_fd));
+    ROUND_END_ASKED.with(|asked| asked.set(false));
 }
 
 /// The loop stopped: what is held goes now, and later wake-ups from this thread go at once.
 pub(crate) fn uninstall() {
-    let side = LOOP_SIDE.with(|s| s.borrow_mut().take());
-    drop(side);
+    LOOP_FD.with(|fd| fd.set(-1));
     send();
 }
 
-fn set_scheduled(scheduled: bool) {
-    LOOP_SIDE.with(|side| {
-        if let Ok(mut side) = side.try_borrow_mut() {
-            if let Some(s) = side.as_mut() {
-                s.scheduled = scheduled;
-            }
-        }
-    });
+/// The loop's round is over (the reader of its eventfd runs): what is held goes now.
+pub(crate) fn round_ended() {
+    ROUND_END_ASKED.with(|asked| asked.set(false));
+    send();
 }
 
 /// Holds the server's wake-up until the loop's round ends (true), or says to send it now
-/// (false): on any thread but the loop's, and on the loop's when the poller does not run.
+/// (false): on any thread but the loop's, and on the loop's when the poller does not tick.
 pub fn hold() -> bool {
-    let schedule = match LOOP_SIDE.with(|side| match side.try_borrow_mut() {
-        Ok(mut side) => side
-            .as_mut()
-            .map(|s| !std::mem::replace(&mut s.scheduled, true)),
-        // Re-entered while scheduling (a finaliser the call below ran): held with the rest.
-        Err(_) => Some(false),
-    }) {
-        Some(schedule) => schedule,
-        None => return false,
-    };
+    let loop_fd = LOOP_FD.with(Cell::get);
+    if loop_fd < 0 || WAKE.get().is_none() {
+        return false;
+    }
     let now = now_us();
-    if WAKE.get().is_none() || !POLLING.load(Ordering::SeqCst) {
-        if schedule {
-            set_scheduled(false);
-        }
+    if !TICKING.load(Ordering::SeqCst) {
         let last = LAST_SENT.swap(now, Ordering::Relaxed);
-        if now.saturating_sub(last) < max_hold_us() {
+        if last != 0 && now.saturating_sub(last) < max_hold_us() {
             start_poller();
         }
         return false;
     }
     HOLDS.fetch_add(1, Ordering::Relaxed);
-    match HELD_SINCE.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst) {
-        Err(since) if now.saturating_sub(since) > max_hold_us() => send(),
-        _ => {}
-    }
-    // The poller parked meanwhile (it saw nothing held before this): nobody would bound it.
-    if !POLLING.load(Ordering::SeqCst) {
-        send();
-    }
-    if schedule {
-        // Called with no borrow of the loop's side held: a finaliser the call runs may hold a
-        // wake-up too.
-        let scheduled = crate::interpreter::attach(|py| {
-            let (call_soon, flush) = LOOP_SIDE.with(|side| {
-                let side = side.borrow();
-                let s = side.as_ref()?;
-                Some((s.call_soon.clone_ref(py), s.flush.clone_ref(py)))
-            })?;
-            call_soon.bind(py).call1((flush,)).ok().map(drop)
-        });
-        if scheduled.is_none() {
-            // A closed loop: no round will end to send it.
-            set_scheduled(false);
+    if let Err(since) = HELD_SINCE.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst) {
+        if now.saturating_sub(since) > max_hold_us() {
             send();
         }
+    }
+    // The poller parked meanwhile (it saw no hold before this one): nobody would bound it.
+    if !TICKING.load(Ordering::SeqCst) {
+        send();
+        return true;
+    }
+    if !ROUND_END_ASKED.with(|asked| asked.replace(true)) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to the loop's eventfd, open while its loop
+        // runs (install/uninstall bracket it); a full counter still leaves it readable.
+        unsafe { libc::write(loop_fd, (&one as *const u64).cast(), 8) };
     }
     true
 }
@@ -159,42 +133,52 @@ fn send() {
     }
 }
 
-/// Asks the poller to tick (starting its thread the first time).
+/// Has the poller tick (starting its thread the first time).
 fn start_poller() {
     let mut poller = POLLER.lock().unwrap_or_else(|e| e.into_inner());
     match *poller {
-        Some(true) => return,
-        Some(false) => {}
-        None => {
+        Poller::Ticking | Poller::Failed => return,
+        Poller::Parked => {}
+        Poller::Absent => {
             if let Err(e) = crate::signals::spawn_helper("asgi-wake-poller", None, poll) {
-                // Nothing is held without it: every wake-up goes at once, as it would anyway.
-                tracing::warn!(target: "asgi", "cannot start the thread that bounds held wake-ups: {e}");
-                *poller = Some(false);
+                *poller = Poller::Failed;
+                drop(poller);
+                // Nothing is held without it: every wake-up goes at once, as before holding.
+                tracing::warn!(target: "asgi", "cannot start the thread that bounds held wake-ups, so none is held: {e}");
                 return;
             }
         }
     }
-    *poller = Some(true);
-    POLLING.store(true, Ordering::SeqCst);
+    *poller = Poller::Ticking;
+    TICKING.store(true, Ordering::SeqCst);
     drop(poller);
     POLLER_CHANGED.notify_one();
 }
 
-/// The poller thread: while asked to tick, sends every MAX_HOLD what is held too long; parks
-/// when two ticks saw no new hold.
+/// The poller thread: while ticking, sends what has been held for [`MAX_HOLD`]; parks when two
+/// ticks saw no new hold.
 fn poll() {
     let mut seen = HOLDS.load(Ordering::Relaxed);
     let mut quiet = 0;
     loop {
         {
             let mut poller = POLLER.lock().unwrap_or_else(|e| e.into_inner());
-            while *poller != Some(true) {
+            while *poller != Poller::Ticking {
                 poller = POLLER_CHANGED
                     .wait(poller)
                     .unwrap_or_else(|e| e.into_inner());
             }
         }
-        std::thread::sleep(MAX_HOLD);
+        // Until the held wake-up is due, or a whole tick when none is held.
+        let since = HELD_SINCE.load(Ordering::SeqCst);
+        let age = if since == 0 {
+            0
+        } else {
+            now_us().saturating_sub(since)
+        };
+        std::thread::sleep(Duration::from_micros(
+            max_hold_us().saturating_sub(age).max(100),
+        ));
         let since = HELD_SINCE.load(Ordering::SeqCst);
         if since != 0 && now_us().saturating_sub(since) >= max_hold_us() {
             send();
@@ -205,8 +189,8 @@ fn poll() {
         if quiet >= 2 {
             quiet = 0;
             let mut poller = POLLER.lock().unwrap_or_else(|e| e.into_inner());
-            *poller = Some(false);
-            POLLING.store(false, Ordering::SeqCst);
+            *poller = Poller::Parked;
+            TICKING.store(false, Ordering::SeqCst);
             drop(poller);
             // A hold that raced the stop (it saw the poller still ticking).
             send();
@@ -225,33 +209,49 @@ mod tests {
         WOKEN.fetch_add(1, Ordering::SeqCst);
     }
 
+    fn wait_until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
-    fn no_thread_but_the_loops_holds_and_a_burst_starts_the_poller_which_parks_again() {
+    fn held_only_on_the_loops_thread_under_load_and_the_poller_bounds_it() {
         set_wake(count_wake);
+        // SAFETY: plain syscall.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        assert!(efd >= 0);
         // Not the loop's thread: never held.
         assert!(!hold());
-        // The poller is started by the rate of wake-ups on the loop's thread only; here it is
-        // started by hand, as two close wake-ups there would.
-        start_poller();
-        assert!(POLLING.load(Ordering::SeqCst));
-        // Something held with nobody to flush it: the poller sends it within a few ticks.
-        HELD_SINCE.store(now_us(), Ordering::SeqCst);
+        install(efd);
+        // The first wake-up goes at once; one soon after it starts the poller and goes too.
+        assert!(!hold());
+        assert!(!hold());
+        wait_until("the poller ticking", || TICKING.load(Ordering::SeqCst));
+        // Now held: the loop's eventfd asks for the round's end, once per round.
         let before = WOKEN.load(Ordering::SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while WOKEN.load(Ordering::SeqCst) == before && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert_eq!(
-            WOKEN.load(Ordering::SeqCst),
-            before + 1,
-            "the held wake-up was sent once"
-        );
-        assert_eq!(HELD_SINCE.load(Ordering::SeqCst), 0);
-        // No more holds: it parks.
-        while POLLING.load(Ordering::SeqCst) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert!(!POLLING.load(Ordering::SeqCst), "the poller parked");
-        assert_eq!(*POLLER.lock().unwrap(), Some(false));
+        assert!(hold());
+        assert!(hold());
+        let mut count: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64.
+        let read = unsafe { libc::read(efd, (&mut count as *mut u64).cast(), 8) };
+        assert_eq!(read, 8);
+        assert_eq!(count, 1, "one write for the round");
+        // The round never ends here (a blocked loop): the poller sends it.
+        wait_until("the held wake-up sent", || {
+            WOKEN.load(Ordering::SeqCst) > before && HELD_SINCE.load(Ordering::SeqCst) == 0
+        });
+        let sent = WOKEN.load(Ordering::SeqCst);
+        round_ended();
+        assert_eq!(WOKEN.load(Ordering::SeqCst), sent, "nothing left to send");
+        // No more holds: it parks, and wake-ups go at once again.
+        wait_until("the poller parked", || !TICKING.load(Ordering::SeqCst));
+        assert!(*POLLER.lock().unwrap() == Poller::Parked);
+        uninstall();
+        assert!(!hold());
+        // SAFETY: closes the test's own descriptor.
+        unsafe { libc::close(efd) };
     }
 }
