@@ -35,6 +35,11 @@ static HOLDS: AtomicU64 = AtomicU64::new(0);
 static LAST_SENT: AtomicU64 = AtomicU64::new(0);
 /// [`Poller::Ticking`], readable without the lock: a wake-up may be held.
 static TICKING: AtomicBool = AtomicBool::new(false);
+/// Held wake-ups the poller sent because they came due (a round that ran long).
+static SENT_DUE: AtomicU64 = AtomicU64::new(0);
+/// Tests keep the poller ticking with it, whatever the holds.
+#[cfg(test)]
+static KEEP_TICKING: AtomicBool = AtomicBool::new(false);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Poller {
@@ -181,11 +186,16 @@ fn poll() {
         ));
         let since = HELD_SINCE.load(Ordering::SeqCst);
         if since != 0 && now_us().saturating_sub(since) >= max_hold_us() {
+            SENT_DUE.fetch_add(1, Ordering::Relaxed);
             send();
         }
         let holds = HOLDS.load(Ordering::Relaxed);
         quiet = if holds == seen { quiet + 1 } else { 0 };
         seen = holds;
+        #[cfg(test)]
+        if KEEP_TICKING.load(Ordering::SeqCst) {
+            quiet = 0;
+        }
         if quiet >= 2 {
             quiet = 0;
             let mut poller = POLLER.lock().unwrap_or_else(|e| e.into_inner());
@@ -226,27 +236,45 @@ mod tests {
         // Not the loop's thread: never held.
         assert!(!hold());
         install(efd);
-        // The first wake-up goes at once; one soon after it starts the poller and goes too.
-        assert!(!hold());
-        assert!(!hold());
-        wait_until("the poller ticking", || TICKING.load(Ordering::SeqCst));
+        KEEP_TICKING.store(true, Ordering::SeqCst);
+        // Two wake-ups within MAX_HOLD start the poller; both go at once (tried again while a
+        // paused test thread leaves them further apart).
+        for _ in 0..1000 {
+            if TICKING.load(Ordering::SeqCst) {
+                break;
+            }
+            assert!(!hold());
+        }
+        assert!(
+            TICKING.load(Ordering::SeqCst),
+            "two close wake-ups start the poller"
+        );
         // Now held: the loop's eventfd asks for the round's end, once per round.
-        let before = WOKEN.load(Ordering::SeqCst);
+        let (woken, due) = (
+            WOKEN.load(Ordering::SeqCst),
+            SENT_DUE.load(Ordering::SeqCst),
+        );
         assert!(hold());
         assert!(hold());
         let mut count: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64.
         let read = unsafe { libc::read(efd, (&mut count as *mut u64).cast(), 8) };
-        assert_eq!(read, 8);
-        assert_eq!(count, 1, "one write for the round");
-        // The round never ends here (a blocked loop): the poller sends it.
-        wait_until("the held wake-up sent", || {
-            WOKEN.load(Ordering::SeqCst) > before && HELD_SINCE.load(Ordering::SeqCst) == 0
+        assert_eq!((read, count), (8, 1), "one write for the round");
+        // The round never ends here (a blocked loop): the poller sends it when it is due.
+        wait_until("the held wake-up sent as due", || {
+            SENT_DUE.load(Ordering::SeqCst) > due && HELD_SINCE.load(Ordering::SeqCst) == 0
         });
+        // Once, unless this thread paused between its two holds for longer than MAX_HOLD.
         let sent = WOKEN.load(Ordering::SeqCst);
+        assert!(sent > woken);
         round_ended();
         assert_eq!(WOKEN.load(Ordering::SeqCst), sent, "nothing left to send");
+        // A round that ends in time: its end sends it (or the poller, if this thread paused).
+        assert!(hold());
+        round_ended();
+        assert_eq!(WOKEN.load(Ordering::SeqCst), sent + 1);
         // No more holds: it parks, and wake-ups go at once again.
+        KEEP_TICKING.store(false, Ordering::SeqCst);
         wait_until("the poller parked", || !TICKING.load(Ordering::SeqCst));
         assert!(*POLLER.lock().unwrap() == Poller::Parked);
         uninstall();
