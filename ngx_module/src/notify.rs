@@ -2,8 +2,9 @@
 //! work left for it (requests back from Python, output waiting, room for more request body,
 //! log entries). The eventfd is written only when the lists were empty, so a busy loop is woken
 //! once per batch, not once per item; under load, the asyncio thread's write waits for the end
-//! of its loop's round (the core's `held_wakes`). `ngx_thread_task_post` and nginx's own `ngx_notify` belong
-//! to the event loop and the thread-pool module; they must not be used from other threads.
+//! of its loop's round (the core's `held_wakes`). `ngx_thread_task_post` and nginx's own
+//! `ngx_notify` belong to the event loop and the thread-pool module; they must not be used from
+//! other threads.
 //!
 //! What the loop does with each item is given to it, not known here: [`Pump`] objects say it
 //! themselves, and finished items go to the callback given to [`init`].
