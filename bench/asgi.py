@@ -84,8 +84,13 @@ class Module(Server):
     location / {{ asgi_app {BENCH}/asgi_apps.py:app; }}
   }}"""
         conf = self.dir / "nginx.conf"
-        conf.write_text(nginx_conf(self.dir, body, head=f"load_module {self.ctx.module};"))
-        self.procs = [self.ctx.popen([self.ctx.nginx, "-p", self.dir, "-c", conf], self.dir / "logs/stdout.log")]
+        module, nginx = self.build()
+        conf.write_text(nginx_conf(self.dir, body, head=f"load_module {module};"))
+        self.procs = [self.ctx.popen([nginx, "-p", self.dir, "-c", conf], self.dir / "logs/stdout.log")]
+
+    def build(self):
+        """(the module, the nginx it was built for)."""
+        return self.ctx.module, self.ctx.nginx
 
 
 class ModuleRef(Module):
@@ -96,13 +101,8 @@ class ModuleRef(Module):
     def available(cls, ctx):
         return None if ctx.reference else "needs --reference BUILD_DIR"
 
-    def start(self):
-        module, nginx = self.ctx.module, self.ctx.nginx
-        self.ctx.module, self.ctx.nginx = self.ctx.reference
-        try:
-            super().start()
-        finally:
-            self.ctx.module, self.ctx.nginx = module, nginx
+    def build(self):
+        return self.ctx.reference
 
 
 class ModuleAsyncio(Module):
