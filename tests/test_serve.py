@@ -131,3 +131,34 @@ def test_serve_refuses_a_loop_without_asgi(built):
     out = subprocess.run([str(RELEASE / "ngx-wsgi"), "serve", "app.py", "--asgi", "--loop", "trio"],
                          capture_output=True, text=True, timeout=10)
     assert out.returncode != 0 and "--loop trio: asyncio or uvloop" in out.stderr
+
+
+ECHO_APP = '''
+def application(environ, start_response):
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return [body]
+'''
+
+
+def test_serve_keeps_request_bodies_up_to_128k_out_of_temp_files(built):
+    """nginx's default body buffer (8 KiB) would write every larger body to a temp file (logged
+    at warn level, which serve's `error_log stderr info` shows)."""
+    app = readable_dir() / "echo.py"
+    app.write_text(ECHO_APP)
+    app.chmod(0o644)
+    port = free_port()
+    proc = subprocess.Popen([str(RELEASE / "ngx-wsgi"), "serve", str(app), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    bodies = [os.urandom(n) for n in (16 * 1024, 100 * 1024, 200 * 1024)]
+    try:
+        assert wait_for(lambda: requests.post(url, data=b"x", timeout=2).content == b"x")
+        for body in bodies:
+            assert requests.post(url, data=body, timeout=10).content == body
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+    log = proc.stderr.read().decode(errors="replace")
+    # 16 KiB and 100 KiB stay in memory; 200 KiB, past the buffer, goes to a temp file as before.
+    assert log.count("client request body is buffered to a temporary file") == 1, log[-4000:]
