@@ -123,10 +123,14 @@ def test_fastapi_asgi_app_with_a_prefix(tmp_path, serve):
             "fastapi": {"type": "python 3.11", "path": str(UNIT / "fastapi_site"), "module": "main",
                         "callable": "app", "prefix": "/api", "limits": {"timeout": 1}, **home()},
         },
+        "settings": {"http": {"body_buffer_size": 65536, "body_temp_path": str(tmp_path / "body temp"),
+                              "websocket": {"read_timeout": 90, "keepalive_interval": 20}}},
     }
     result = from_unit(tmp_path, config)
     assert result.returncode == 0, result.stderr
     assert "asgi_app main:app;" in result.stdout
+    assert "asgi_websocket_idle_timeout 90s;" in result.stdout
+    assert "asgi_websocket_ping_interval 20s;" in result.stdout
     assert "wsgi_mount /api;" in result.stdout
     assert "wsgi_read_timeout 1s;" in result.stdout
     server = serve(result.stdout, port)
@@ -138,6 +142,13 @@ def test_fastapi_asgi_app_with_a_prefix(tmp_path, serve):
                            "url": f"http://127.0.0.1:{port}/api/items/7"}
     echo = requests.post(server.url("/api/echo"), data=b"payload")
     assert echo.json() == {"body": "payload"}
+    # body_buffer_size: 40 KB stays in memory, 200 KB goes to a temp file in body_temp_path.
+    for size in (40_000, 200_000):
+        echo = requests.post(server.url("/api/echo"), data=b"b" * size)
+        assert echo.json() == {"body": "b" * size}
+    assert (tmp_path / "body temp").is_dir()
+    log = (server.prefix / "logs/error.log").read_text()
+    assert log.count("client request body is buffered to a temporary file") == 1, log[-3000:]
     assert requests.get(server.url("/items/7")).status_code == 404
     # limits.timeout: the task is cancelled and the client told (504 here, 503 under Unit).
     assert requests.get(server.url("/api/slow"), timeout=30).status_code == 504

@@ -372,6 +372,31 @@ fn settings(config: &At<'_>, http: &mut Out, notes: &mut Notes) -> Read<()> {
                     for (k, v) in value.members()? {
                         match k {
                             "max_body_size" => set("client_max_body_size", v.count()?.to_string()),
+                            // nginx keeps 1.25 times this in memory, Unit exactly this: close
+                            // enough for a buffer whose overflow goes to a temp file in both.
+                            "body_buffer_size" => {
+                                set("client_body_buffer_size", v.count()?.to_string())
+                            }
+                            "body_temp_path" => set(
+                                "client_body_temp_path",
+                                pattern::token(v.str()?).map_err(BadInput)?,
+                            ),
+                            "websocket" => {
+                                for (kk, vv) in v.members()? {
+                                    match kk {
+                                        "read_timeout" => set(
+                                            "asgi_websocket_idle_timeout",
+                                            format!("{}s", vv.count()?),
+                                        ),
+                                        "keepalive_interval" => set(
+                                            "asgi_websocket_ping_interval",
+                                            format!("{}s", vv.count()?),
+                                        ),
+                                        "max_frame_size" => notes.add(vv.path(), "the module limits a WebSocket message (all its frames, inflated) by client_max_body_size, not each frame by a size of its own"),
+                                        _ => notes.add(vv.path(), "an option unknown to this tool"),
+                                    }
+                                }
+                            }
                             "body_read_timeout" => {
                                 set("client_body_timeout", format!("{}s", v.count()?))
                             }

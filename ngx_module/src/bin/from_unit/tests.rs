@@ -587,3 +587,35 @@ fn listen_addresses_can_be_replaced() {
         .0;
     assert!(e.contains("no listener \"*:82\""), "{e}");
 }
+
+#[test]
+fn body_buffer_temp_path_and_websocket_settings_are_nginx_directives() {
+    let (conf, notes) = run(
+        r#"{"applications": {"a": {"type": "python", "module": "a", "protocol": "asgi"}},
+            "listeners": {"*:8000": {"pass": "applications/a"}},
+            "settings": {"http": {"body_buffer_size": 131072, "body_temp_path": "/var/tmp/unit body",
+              "websocket": {"read_timeout": 120, "keepalive_interval": 15, "max_frame_size": 65536,
+                            "frame_limit": 1}}}}"#,
+    );
+    has(
+        &conf,
+        &[
+            "client_body_buffer_size 131072;",
+            "client_body_temp_path \"/var/tmp/unit body\";",
+            "asgi_websocket_idle_timeout 120s;",
+            "asgi_websocket_ping_interval 15s;",
+            "asgi_app a:application;",
+        ],
+    );
+    let paths: Vec<&str> = notes
+        .iter()
+        .map(|n| n.split(": ").next().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "settings/http/websocket/max_frame_size",
+            "settings/http/websocket/frame_limit",
+        ]
+    );
+}
