@@ -4,6 +4,7 @@
 //! (see [`Body::from_segments`]); the core never frees them.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 
 /// One contiguous piece of the body.
@@ -81,11 +82,18 @@ impl Body {
 
     /// Copies bytes starting at `pos` into `out` (up to its length); returns how many were
     /// copied, 0 only at the end of the body.
-    pub fn read_at(&self, mut pos: u64, out: &mut [u8]) -> io::Result<usize> {
+    pub fn read_at(&self, pos: u64, out: &mut [u8]) -> io::Result<usize> {
+        self.read_at_uninit(pos, as_uninit(out))
+    }
+
+    /// [`Body::read_at`] into memory that need not be initialised (a new Python `bytes`
+    /// object's buffer: zeroing it first would cost a second pass over the body). The first
+    /// `n` bytes of `out` are initialised when it returns `Ok(n)`.
+    pub fn read_at_uninit(&self, mut pos: u64, out: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
         if !self.owned.is_empty() || self.segments.is_empty() {
             let start = (pos as usize).min(self.owned.len());
             let n = out.len().min(self.owned.len() - start);
-            out[..n].copy_from_slice(&self.owned[start..start + n]);
+            copy_to(&self.owned[start..start + n], &mut out[..n]);
             return Ok(n);
         }
         let mut done = 0;
@@ -105,7 +113,7 @@ impl Body {
                     // SAFETY: `from_segments` guarantees the region is live for `seg_len` bytes and
                     // `pos + want <= seg_len`.
                     let src = unsafe { std::slice::from_raw_parts(ptr.add(pos as usize), want) };
-                    dst.copy_from_slice(src);
+                    copy_to(src, dst);
                 }
                 Segment::File { fd, offset, .. } => read_file_exact(fd, offset + pos, dst)?,
             }
@@ -138,7 +146,7 @@ impl Body {
                 }),
                 Segment::File { fd, offset, .. } => {
                     let mut buf = vec![0u8; want.min(FILE_PEEK)];
-                    read_file_exact(fd, offset + pos, &mut buf)?;
+                    read_file_exact(fd, offset + pos, as_uninit(&mut buf))?;
                     Cow::Owned(buf)
                 }
             });
@@ -147,7 +155,21 @@ impl Body {
     }
 }
 
-fn read_file_exact(fd: RawFd, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
+/// Initialised bytes seen as a destination that the readers here fill.
+fn as_uninit(bytes: &mut [u8]) -> &mut [MaybeUninit<u8>] {
+    // SAFETY: `MaybeUninit<u8>` has `u8`'s layout, and the readers here write only initialised
+    // bytes, so the slice stays valid `[u8]`.
+    unsafe { &mut *(bytes as *mut [u8] as *mut [MaybeUninit<u8>]) }
+}
+
+fn copy_to(src: &[u8], dst: &mut [MaybeUninit<u8>]) {
+    let dst = &mut dst[..src.len()];
+    // SAFETY: both are valid for `src.len()` bytes, and a shared source cannot overlap an
+    // exclusive destination.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast(), src.len()) };
+}
+
+fn read_file_exact(fd: RawFd, mut offset: u64, mut buf: &mut [MaybeUninit<u8>]) -> io::Result<()> {
     while !buf.is_empty() {
         // SAFETY: `buf` is a valid writable region of `buf.len()` bytes; `fd` is open per the
         // `from_segments` contract.

@@ -301,15 +301,7 @@ impl Input {
         let n = Self::limit(size, self.remaining()?) as usize;
         let pos = self.pos;
         let body = self.body()?;
-        let bytes = PyBytes::new_with(py, n, |buf| {
-            let got = body
-                .read_at(pos, buf)
-                .map_err(|e| PyOSError::new_err(e.to_string()))?;
-            if got != buf.len() {
-                return Err(PyOSError::new_err("request body ended early"));
-            }
-            Ok(())
-        })?;
+        let bytes = crate::body_bytes::read_bytes(py, body, pos, n)?;
         self.pos += n as u64;
         Ok(bytes)
     }

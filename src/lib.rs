@@ -12,6 +12,7 @@ pub mod app;
 mod arena;
 pub mod asgi;
 pub mod body;
+pub mod body_bytes;
 pub mod check;
 pub mod chunk;
 pub mod content_length;

@@ -534,13 +534,7 @@ impl HttpExchange {
                 let (total, pos) = (self.body.as_ref().map_or(0, Body::len), self.body_pos);
                 let len = (total - pos).min(BUFFERED_MESSAGE) as usize;
                 let bytes = match &self.body {
-                    Some(body) if len > 0 => PyBytes::new_with(py, len, |buf| {
-                        body.read_at(pos, buf).map(drop).map_err(|e| {
-                            pyo3::exceptions::PyOSError::new_err(format!(
-                                "reading the request body: {e}"
-                            ))
-                        })
-                    })?,
+                    Some(body) if len > 0 => crate::body_bytes::read_bytes(py, body, pos, len)?,
                     _ => PyBytes::new(py, b""),
                 };
                 self.body_pos += len as u64;
