@@ -134,7 +134,9 @@ fn add(put: impl FnOnce(&mut Work)) {
         wake
     };
     if !wake {
-        // The loop has not taken the earlier items yet: it is already woken for them.
+        // The loop has not taken the earlier items yet: it is already woken for them, unless
+        // that wake-up is held for the asyncio loop's round, which this item must not wait for.
+        ngx_wsgi::asgi::held_wakes::other_thread_queued();
         return;
     }
     // On the asgi event loop's thread the wake-up waits for the end of its round, with the

@@ -130,6 +130,16 @@ pub fn hold() -> bool {
     true
 }
 
+/// Another thread left the server work behind a wake-up that may be held: what is held goes
+/// now, so that work (a WSGI response of the same worker, a log line) does not wait for the
+/// loop's round. Nothing to do on the loop's own thread (its work joins the round's wake-up) or
+/// when nothing is held.
+pub fn other_thread_queued() {
+    if LOOP_FD.with(Cell::get) < 0 && HELD_SINCE.load(Ordering::SeqCst) != 0 {
+        send();
+    }
+}
+
 fn send() {
     if HELD_SINCE.swap(0, Ordering::SeqCst) != 0 {
         if let Some(wake) = WAKE.get() {
@@ -273,6 +283,30 @@ mod tests {
         assert!(hold());
         round_ended();
         assert_eq!(WOKEN.load(Ordering::SeqCst), sent + 1);
+        // Work another thread queues behind a held wake-up sends it; the loop's own does not
+        // (tried again while a paused test thread lets the poller send it first).
+        let mut released = false;
+        for _ in 0..100 {
+            let (woken, due) = (
+                WOKEN.load(Ordering::SeqCst),
+                SENT_DUE.load(Ordering::SeqCst),
+            );
+            assert!(hold());
+            other_thread_queued();
+            let kept = HELD_SINCE.load(Ordering::SeqCst) != 0;
+            std::thread::spawn(other_thread_queued).join().unwrap();
+            let sent_by_release =
+                WOKEN.load(Ordering::SeqCst) == woken + 1 && HELD_SINCE.load(Ordering::SeqCst) == 0;
+            round_ended();
+            if kept && sent_by_release && SENT_DUE.load(Ordering::SeqCst) == due {
+                released = true;
+                break;
+            }
+        }
+        assert!(
+            released,
+            "another thread's work sends the held wake-up, the loop's own does not"
+        );
         // No more holds: it parks, and wake-ups go at once again.
         KEEP_TICKING.store(false, Ordering::SeqCst);
         wait_until("the poller parked", || !TICKING.load(Ordering::SeqCst));
