@@ -58,6 +58,18 @@ def test_the_client_close_code_reaches_the_app(server):
     assert stats(server)["closed"]["e2"] == [4000, "done here"]
 
 
+def test_wsgi_scheme_sets_the_scope_scheme_of_http_and_websocket(nginx_factory):
+    from test_environ import FORWARDED_SCHEME
+    s = nginx_factory(asgi("/ws/", APP, "wsgi_scheme $app_scheme;"), http_extra=FORWARDED_SCHEME).start()
+    tls = {"X-Forwarded-Proto": "https"}
+    assert requests.get(s.url("/ws/info"), headers=tls, timeout=10).json() == {"type": "http", "scheme": "https"}
+    assert requests.get(s.url("/ws/info"), timeout=10).json() == {"type": "http", "scheme": "http"}
+    for headers, scheme in [(tls, "wss"), ({}, "ws")]:
+        with connect(f"ws://127.0.0.1:{s.port}/ws/echo", additional_headers=headers) as ws:
+            ws.send("scope")
+            assert json.loads(ws.recv())["scheme"] == scheme
+
+
 def test_plain_http_to_the_same_app_is_an_http_scope(server):
     assert requests.get(server.url("/ws/info"), timeout=10).json() == {"type": "http", "scheme": "http"}
 

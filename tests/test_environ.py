@@ -157,6 +157,54 @@ def test_wsgi_param_with_variables_and_inheritance(params_server):
     assert e["LEVEL"] == "server" and "APP_ENV" not in e
 
 
+# TLS ended at a load balancer that says so in X-Forwarded-Proto, trusted from 127.0.0.1 only.
+FORWARDED_SCHEME = """
+  geo $realip_remote_addr $from_balancer { default 0; 127.0.0.1 1; }
+  map "$from_balancer:$http_x_forwarded_proto" $app_scheme { default $scheme; ~*^1:(https?)$ $1; }
+"""
+
+
+@pytest.fixture(scope="module")
+def scheme_server(nginx_factory):
+    return nginx_factory(
+        location("/fwd/", APP) + location("/fixed/", APP, "wsgi_scheme https;")
+        + location("/arg/", APP, "wsgi_scheme $arg_s;")
+        + location("/untrusted/", APP, "wsgi_scheme $untrusted_scheme;"),
+        # The same for a balancer at 10.1.2.3: this test's client is not it.
+        http_extra=FORWARDED_SCHEME + FORWARDED_SCHEME.replace("127.0.0.1", "10.1.2.3")
+        .replace("from_balancer", "from_other").replace("app_scheme", "untrusted_scheme"),
+        server_extra="wsgi_scheme $app_scheme;",
+    ).start()
+
+
+@pytest.mark.parametrize("path,headers,scheme", [
+    ("/fwd/", {}, "http"),
+    ("/fwd/", {"X-Forwarded-Proto": "https"}, "https"),
+    ("/fwd/", {"X-Forwarded-Proto": "HTTPS"}, "https"),
+    ("/fwd/", {"X-Forwarded-Proto": "http"}, "http"),
+    ("/fwd/", {"X-Forwarded-Proto": "gopher"}, "http"),
+    ("/fixed/", {}, "https"),
+    ("/arg/?s=https", {}, "https"),
+    ("/arg/?s=HTTP", {}, "http"),
+    ("/arg/?s=on", {}, "http"),          # neither http nor https: the connection's
+    ("/arg/", {}, "http"),               # empty: the connection's
+    ("/untrusted/", {"X-Forwarded-Proto": "https"}, "http"),
+])
+def test_wsgi_scheme_sets_url_scheme_from_configuration(scheme_server, path, headers, scheme):
+    e = environ(scheme_server, path, headers=[("Host", "example.org"), *headers.items()])
+    assert e["wsgi.url_scheme"] == scheme
+    assert e.get("HTTP_X_FORWARDED_PROTO") == headers.get("X-Forwarded-Proto")
+
+
+def test_wsgi_scheme_errors_fail_the_check(nginx_factory):
+    result = nginx_factory(location("/", APP, "wsgi_scheme https; wsgi_scheme http;")).run("-t")
+    assert result.returncode != 0 and '"wsgi_scheme" directive is duplicate' in result.stderr
+    result = nginx_factory(location("/", APP, 'wsgi_scheme "";')).run("-t")
+    assert result.returncode != 0 and "wsgi_scheme: empty value" in result.stderr
+    result = nginx_factory(location("/", APP, "wsgi_scheme $no_such_variable;")).run("-t")
+    assert result.returncode != 0 and 'unknown "no_such_variable" variable' in result.stderr
+
+
 def test_wsgi_param_bad_flag(nginx_factory):
     server = nginx_factory(location("/", APP, "wsgi_param A b if_empty;"))
     result = server.run("-t")

@@ -34,6 +34,8 @@ pub(crate) unsafe fn collect(
     request_id_var: Option<ngx_uint_t>,
 ) -> HttpScope {
     // SAFETY: per the function contract.
+    let https = unsafe { lc.scheme.https(r) };
+    // SAFETY: per the function contract.
     let r = unsafe { &mut *r };
     // SAFETY: a live request has a live connection.
     let c = unsafe { &mut *r.connection };
@@ -85,7 +87,7 @@ pub(crate) unsafe fn collect(
         + header_bytes;
     let mut b = HttpScopeBuilder::with_capacity(size, header_count);
     b.http_version(http_version(r.http_version as u32))
-        .https(!c.ssl.is_null())
+        .https(https)
         .set(ScopeField::Method, method)
         .set(ScopeField::Path, path)
         .set(ScopeField::Target, target)

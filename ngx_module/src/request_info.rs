@@ -70,7 +70,8 @@ pub(crate) unsafe fn collect(
     } else {
         b.set(Field::ServerName, server_name);
     }
-    b.https(!c.ssl.is_null());
+    // SAFETY: per the function contract.
+    b.https(unsafe { lc.scheme.https(r) });
     b.ignore_accel(lc.ignore_headers.headers());
     if let Some(index) = request_id_var {
         // SAFETY: the index is `$request_id`'s, registered at configuration; on the loop.

@@ -8,6 +8,7 @@ pub(crate) mod asgi;
 pub(crate) mod limits;
 pub(crate) mod params;
 pub(crate) mod python;
+pub(crate) mod scheme;
 pub(crate) mod status;
 pub(crate) mod streaming;
 
@@ -46,6 +47,8 @@ pub(crate) struct LocConf {
     pub app: app::LocationApp,
     pub streaming: streaming::Streaming,
     pub params: params::Params,
+    /// `wsgi_scheme`.
+    pub scheme: scheme::Scheme,
     pub limits: limits::LocationLimits,
     /// `wsgi_ignore_headers`.
     pub ignore_headers: accel::IgnoreHeaders,
@@ -71,6 +74,7 @@ impl Merge for LocConf {
     fn merge(&mut self, parent: &LocConf) -> Result<(), MergeConfigError> {
         self.streaming.merge(&parent.streaming);
         self.params.merge(&parent.params);
+        self.scheme.merge(&parent.scheme);
         self.limits.merge(&parent.limits);
         self.ignore_headers.merge(&parent.ignore_headers);
         self.websocket.merge(&parent.websocket);
@@ -225,7 +229,7 @@ const fn directive(
 }
 
 /// Every `wsgi_*` directive. nginx reads the table for the whole program and never writes it.
-pub(crate) static mut COMMANDS: [ngx_command_t; 24] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 25] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -293,6 +297,13 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 24] = [
         ngx::ngx_string!("wsgi_param"),
         ANY_LEVEL | NGX_CONF_TAKE23,
         params::set_param,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        0,
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_scheme"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        scheme::set_scheme,
         NGX_HTTP_LOC_CONF_OFFSET,
         0,
     ),

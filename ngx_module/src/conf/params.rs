@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_void};
 
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
-    ngx_http_complex_value_t, ngx_int_t, ngx_pcalloc, NGX_OK,
+    ngx_http_complex_value_t, ngx_int_t, ngx_pcalloc, ngx_str_t, NGX_OK,
 };
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 
@@ -55,19 +55,9 @@ pub(crate) unsafe extern "C" fn set_param(
                     )
                 }
             };
-            let cv = ngx_pcalloc((*cf).pool, std::mem::size_of::<ngx_http_complex_value_t>())
-                as *mut ngx_http_complex_value_t;
-            if cv.is_null() {
+            let Some(cv) = compile(cf, args[2]) else {
                 return NGX_CONF_ERROR;
-            }
-            let mut value = args[2];
-            let mut ccv: ngx_http_compile_complex_value_t = std::mem::zeroed();
-            ccv.cf = cf;
-            ccv.value = &mut value;
-            ccv.complex_value = cv;
-            if ngx_http_compile_complex_value(&mut ccv) != NGX_OK as ngx_int_t {
-                return NGX_CONF_ERROR;
-            }
+            };
             lc.params.0.push(Param {
                 name: ngx_bytes(&args[1]).to_vec(),
                 value: cv,
@@ -76,6 +66,30 @@ pub(crate) unsafe extern "C" fn set_param(
         }
         NGX_CONF_OK
     })
+}
+
+/// `value` with its nginx variables compiled into the configuration's pool (None: nginx has
+/// logged why not).
+///
+/// # Safety
+/// `cf` is the live configuration, during a directive callback.
+pub(super) unsafe fn compile(
+    cf: *mut ngx_conf_t,
+    mut value: ngx_str_t,
+) -> Option<*mut ngx_http_complex_value_t> {
+    // SAFETY: per the function contract; the compiled value lives in the configuration's pool.
+    unsafe {
+        let cv = ngx_pcalloc((*cf).pool, std::mem::size_of::<ngx_http_complex_value_t>())
+            as *mut ngx_http_complex_value_t;
+        if cv.is_null() {
+            return None;
+        }
+        let mut ccv: ngx_http_compile_complex_value_t = std::mem::zeroed();
+        ccv.cf = cf;
+        ccv.value = &mut value;
+        ccv.complex_value = cv;
+        (ngx_http_compile_complex_value(&mut ccv) == NGX_OK as ngx_int_t).then_some(cv)
+    }
 }
 
 #[cfg(test)]
