@@ -377,23 +377,20 @@ def test_netbox_documented_config(tmp_path, serve):
     not_translated = sorted(line.split(": ")[2] for line in result.stderr.splitlines()
                             if "not translated:" in line)
     assert not_translated == ["applications/netbox/processes/idle_timeout",
-                              "applications/netbox/processes/spare",
-                              "listeners/0.0.0.0:8080/forwarded/protocol",
-                              "listeners/0.0.0.0:8081/forwarded/protocol"]
+                              "applications/netbox/processes/spare"]
     assert result.stderr.splitlines()[-1] == (
-        "ngx-wsgi from-unit: 4 option(s) not translated; review the output")
+        "ngx-wsgi from-unit: 2 option(s) not translated; review the output")
     server = serve(result.stdout, ports[0])
     wait_for(lambda: len(server.worker_pids()) == 4, what="4 workers (processes.max)")
 
     assert requests.get(server.url("/static/netbox.css")).text == "netbox.css\n"
     app = requests.post(server.url("/dcim/devices/"), data=b"x" * 3000,
                         headers={"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"})
-    # The client's address from the trusted proxy's header; its scheme as a header the app can
-    # trust (the module's wsgi.url_scheme is the connection's).
-    assert app.json() == {"remote_addr": "203.0.113.7", "scheme": "http", "forwarded_proto": "https",
+    # The client's address and scheme from the trusted proxy's headers, as under Unit.
+    assert app.json() == {"remote_addr": "203.0.113.7", "scheme": "https", "forwarded_proto": "https",
                           "path": "/dcim/devices/", "length": 3000}
     plain = requests.get(server.url("/")).json()
-    assert (plain["remote_addr"], plain["forwarded_proto"]) == ("127.0.0.1", "http")
+    assert (plain["remote_addr"], plain["scheme"], plain["forwarded_proto"]) == ("127.0.0.1", "http", None)
     # The status route proxies to a socket that is not there; other URIs are Unit's 404.
     status = f"http://127.0.0.1:{ports[1]}"
     assert requests.get(f"{status}/status/x").status_code == 502

@@ -371,8 +371,8 @@ impl<'a> Unit<'a> {
         Ok(())
     }
 
-    /// `forwarded`: the real IP module, and for WSGI apps the scheme header, trusted or replaced,
-    /// through a `geo` and a `map`.
+    /// `forwarded`: the real IP module, and the scheme from the `protocol` header of trusted
+    /// sources (`wsgi_scheme`, through a `geo` and a `map`).
     /// Returns whether the scheme comes from a header.
     fn forwarded(&self, at: &At<'_>, head: &mut Out, shared: &mut Shared) -> Read<bool> {
         let sources = at.required("source")?.strings()?;
@@ -429,14 +429,7 @@ impl<'a> Unit<'a> {
         shared.http.line("\"~*^1:(https|on)$\" https;");
         shared.http.line("\"~*^1:http$\" http;");
         shared.http.close();
-        head.line(&format!(
-            "wsgi_param {} $unit_scheme_{n};",
-            tok(
-                &format!("HTTP_{}", header.to_ascii_uppercase().replace('-', "_")),
-                &protocol
-            )?
-        ));
-        shared.notes.add(protocol.path(), &format!("the module takes wsgi.url_scheme (and ASGI's scheme) from the connection; WSGI apps get {header} set from the header for trusted sources only, else the connection's scheme: let the framework trust it (Django's SECURE_PROXY_SSL_HEADER, werkzeug's ProxyFix); ASGI apps get the header as sent"));
+        head.line(&format!("wsgi_scheme $unit_scheme_{n};"));
         Ok(true)
     }
 

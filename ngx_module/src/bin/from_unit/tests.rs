@@ -76,7 +76,7 @@ fn netbox_becomes_a_static_location_and_the_app() {
             "set_real_ip_from 10.0.0.0/8;",
             "set_real_ip_from 172.16.0.0/12;",
             "real_ip_header X-Forwarded-For;",
-            "wsgi_param HTTP_X_FORWARDED_PROTO $unit_scheme_1;",
+            "wsgi_scheme $unit_scheme_1;",
             "location ~ ^/static/ {",
             "root /opt/netbox/netbox;",
             "try_files $uri $uri/index.html =404;",
@@ -92,7 +92,6 @@ fn netbox_becomes_a_static_location_and_the_app() {
     assert_eq!(
         paths,
         [
-            "listeners/0.0.0.0:8080/forwarded/protocol",
             "applications/netbox/processes/spare",
             "applications/netbox/processes/idle_timeout",
         ]
