@@ -215,7 +215,16 @@ impl BodyStream {
         drop(st);
         match self.read(max) {
             Ok(data) if data.is_empty() => BodyRead::End,
-            Ok(data) => BodyRead::Data(data),
+            Ok(data) => {
+                // The whole body already in (a small one, usually): the app's next receive()
+                // would only say so.
+                let st = self.lock();
+                if st.eof && st.chunks.is_empty() && st.error.is_none() {
+                    BodyRead::Last(data)
+                } else {
+                    BodyRead::Data(data)
+                }
+            }
             Err(e) => BodyRead::Failed(e.to_string()),
         }
     }

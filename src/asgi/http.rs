@@ -20,6 +20,8 @@ use crate::sink::ClientGone;
 #[derive(Debug, PartialEq, Eq)]
 pub enum BodyRead {
     Data(Vec<u8>),
+    /// The body's last bytes: the end came in with them (one message, not two).
+    Last(Vec<u8>),
     /// Nothing yet: the server fires the waker when more arrives.
     Pending,
     End,
@@ -547,6 +549,10 @@ impl HttpExchange {
             }
             return match self.server.read_body(BODY_MESSAGE) {
                 BodyRead::Data(data) => Self::request(py, PyBytes::new(py, &data), true).map(Some),
+                BodyRead::Last(data) => {
+                    self.body_done = true;
+                    Self::request(py, PyBytes::new(py, &data), false).map(Some)
+                }
                 BodyRead::End => {
                     self.body_done = true;
                     Self::request(py, PyBytes::new(py, b""), false).map(Some)
@@ -1023,6 +1029,27 @@ mod tests {
                 BodyRead::Data(b"c".to_vec()),
                 BodyRead::End,
             ]);
+            let last_with_data = Arc::new(Fake::default());
+            last_with_data
+                .body
+                .lock()
+                .unwrap()
+                .extend([BodyRead::Last(b"xyz".to_vec())]);
+            let only = exchange(py, &last_with_data, None)
+                .call_method0("receive_now")
+                .unwrap();
+            assert_eq!(
+                only.get_item("body").unwrap().extract::<Vec<u8>>().unwrap(),
+                b"xyz"
+            );
+            assert!(
+                !only
+                    .get_item("more_body")
+                    .unwrap()
+                    .extract::<bool>()
+                    .unwrap(),
+                "the last bytes end the body in the same message"
+            );
             let ex = exchange(py, &server, None);
             let first = ex.call_method0("receive_now").unwrap();
             assert_eq!(
