@@ -186,6 +186,14 @@ def nginx_factory(built):
         server.stop()
 
 
+# TLS ended at a load balancer that says so in X-Forwarded-Proto, trusted from 127.0.0.1 only
+# (the tests' client): `wsgi_scheme $app_scheme;` then tells the app that scheme.
+FORWARDED_SCHEME = """
+  geo $realip_remote_addr $from_balancer { default 0; 127.0.0.1 1; }
+  map "$from_balancer:$http_x_forwarded_proto" $app_scheme { default $scheme; ~*^1:(https?)$ $1; }
+"""
+
+
 def asgi_location(path, app, extra=""):
     return f"  location {path} {{\n   asgi_app {app};\n   {extra}\n  }}\n"
 

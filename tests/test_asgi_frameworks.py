@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, free_port
+from conftest import APPS, FORWARDED_SCHEME, free_port
 
 FRAMEWORKS = APPS / "asgi_frameworks"
 SERVER_HEADERS = {"date", "server", "connection", "keep-alive", "transfer-encoding"}
@@ -199,6 +199,36 @@ def test_same_answers_as_uvicorn(framework, mount, uvicorn_servers, module_serve
         assert deliberate >= 1 and log.count("Traceback") == deliberate, log
     else:
         assert "Traceback" not in log
+
+
+@pytest.fixture(scope="module")
+def balanced_module_server(nginx_factory):
+    """The module behind a balancer that ends TLS (as uvicorn's default --proxy-headers trusts
+    127.0.0.1's X-Forwarded-Proto, `wsgi_scheme` from a map that trusts it)."""
+    return {
+        framework: nginx_factory(
+            f"  location / {{\n   asgi_app {FRAMEWORKS}/{framework}_app.py:{callable_name};\n  }}\n",
+            http_extra=FORWARDED_SCHEME, server_extra="wsgi_scheme $app_scheme;").start()
+        for framework, callable_name in CALLABLES.items()
+    }
+
+
+@pytest.mark.parametrize("framework", list(REQUESTS))
+def test_urls_and_redirects_behind_a_tls_balancer_as_under_uvicorn(framework, uvicorn_servers,
+                                                                 balanced_module_server):
+    wanted = [r for r in REQUESTS[framework] if r[1].startswith(("/hello", "/redirect"))]
+    assert wanted
+    for proto in ("https", "http"):
+        for method, path, headers, body in wanted:
+            headers = {**headers, "X-Forwarded-Proto": proto}
+            ours = fetch(balanced_module_server[framework].port, method, path, headers, body)
+            theirs = fetch(uvicorn_servers[(framework, "")], method, path, headers, body)
+            assert ours == theirs, f"{framework}: {method} {path} from a balancer ({proto})"
+    # What the apps built from the scheme.
+    if framework in ("starlette", "fastapi"):
+        answer = requests.get(f"http://127.0.0.1:{balanced_module_server[framework].port}/hello/x",
+                              headers={"Host": "app.example", "X-Forwarded-Proto": "https"}, timeout=10).json()
+        assert answer["url"] == "https://app.example/hello/x"
 
 
 def test_urls_carry_the_mount(module_server):

@@ -15,7 +15,7 @@ import requests
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import APPS, asgi_location as asgi, read_until, wait_for
+from conftest import APPS, FORWARDED_SCHEME, asgi_location as asgi, read_until, wait_for
 
 APP = APPS / "asgi_ws.py"
 
@@ -59,7 +59,6 @@ def test_the_client_close_code_reaches_the_app(server):
 
 
 def test_wsgi_scheme_sets_the_scope_scheme_of_http_and_websocket(nginx_factory):
-    from test_environ import FORWARDED_SCHEME
     s = nginx_factory(asgi("/ws/", APP, "wsgi_scheme $app_scheme;"), http_extra=FORWARDED_SCHEME).start()
     tls = {"X-Forwarded-Proto": "https"}
     assert requests.get(s.url("/ws/info"), headers=tls, timeout=10).json() == {"type": "http", "scheme": "https"}

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import requests
 
-from conftest import APACHE_H2, APPS, location, route, tls
+from conftest import APACHE_H2, APPS, FORWARDED_SCHEME, location, route, tls
 
 APP = APPS / "environ_app.py"
 
@@ -155,13 +155,6 @@ def test_wsgi_param_with_variables_and_inheritance(params_server):
     assert "FROM_ARG" not in environ(params_server, "/own/x")
     e = environ(params_server, "/inherited/y")
     assert e["LEVEL"] == "server" and "APP_ENV" not in e
-
-
-# TLS ended at a load balancer that says so in X-Forwarded-Proto, trusted from 127.0.0.1 only.
-FORWARDED_SCHEME = """
-  geo $realip_remote_addr $from_balancer { default 0; 127.0.0.1 1; }
-  map "$from_balancer:$http_x_forwarded_proto" $app_scheme { default $scheme; ~*^1:(https?)$ $1; }
-"""
 
 
 @pytest.fixture(scope="module")
