@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 
-use pyo3::exceptions::PyOSError;
+use pyo3::exceptions::{PyOSError, PyOverflowError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -17,8 +17,12 @@ pub fn read_bytes<'py>(
     pos: u64,
     len: usize,
 ) -> PyResult<Bound<'py, PyBytes>> {
+    if len == 0 {
+        // CPython's one shared empty object: not ours to write into.
+        return Ok(PyBytes::new(py, b""));
+    }
     let size = ffi::Py_ssize_t::try_from(len)
-        .map_err(|_| PyOSError::new_err("request body read too large"))?;
+        .map_err(|_| PyOverflowError::new_err("request body read too large"))?;
     // SAFETY: a NULL source asks CPython for a new object with `len` uninitialised bytes; NULL
     // comes back only with an exception set (memory), which `from_owned_ptr_or_err` reports.
     let object = unsafe {

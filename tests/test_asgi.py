@@ -190,6 +190,19 @@ def test_unbuffered_body_arrives_as_it_comes_with_more_body(server):
     assert int(r.headers["x-messages"]) >= 2, "more_body messages, then the end"
 
 
+def test_an_unbuffered_body_ends_with_its_last_bytes(server):
+    # The second half arrives once the app has read the first: its message says more_body
+    # false itself, with no empty message after it.
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"POST /unbuffered/upload-until-gone?last1 HTTP/1.1\r\nHost: t\r\n"
+                  b"Content-Length: 2000\r\nConnection: close\r\n\r\n" + b"a" * 1000)
+        wait_for(lambda: stats(server)["receiving"].get("last1") == 1000, what="the first half read")
+        s.sendall(b"b" * 1000)
+        assert b"complete" in read_until(s, b"complete")
+    messages = stats(server)["messages"]["last1"]
+    assert sum(messages) == 2000 and 0 not in messages, messages
+
+
 def test_unbuffered_body_pauses_the_client_while_the_app_does_not_read(server):
     # The app reads nothing until released: nginx stops reading at wsgi_stream_buffer (64k)
     # and the client's send blocks; after the release the whole body arrives.

@@ -192,8 +192,10 @@ def test_wsgi_scheme_sets_url_scheme_from_configuration(scheme_server, path, hea
 def test_wsgi_scheme_errors_fail_the_check(nginx_factory):
     result = nginx_factory(location("/", APP, "wsgi_scheme https; wsgi_scheme http;")).run("-t")
     assert result.returncode != 0 and '"wsgi_scheme" directive is duplicate' in result.stderr
-    result = nginx_factory(location("/", APP, 'wsgi_scheme "";')).run("-t")
-    assert result.returncode != 0 and "wsgi_scheme: empty value" in result.stderr
+    for value in ('""', "htps", "on"):
+        result = nginx_factory(location("/", APP, f"wsgi_scheme {value};")).run("-t")
+        assert result.returncode != 0, value
+        assert f'invalid value "{value.strip(chr(34))}" in "wsgi_scheme" directive' in result.stderr
     result = nginx_factory(location("/", APP, "wsgi_scheme $no_such_variable;")).run("-t")
     assert result.returncode != 0 and 'unknown "no_such_variable" variable' in result.stderr
 

@@ -390,7 +390,7 @@ def test_netbox_documented_config(tmp_path, serve):
     assert app.json() == {"remote_addr": "203.0.113.7", "scheme": "https", "forwarded_proto": "https",
                           "path": "/dcim/devices/", "length": 3000}
     plain = requests.get(server.url("/")).json()
-    assert (plain["remote_addr"], plain["scheme"], plain["forwarded_proto"]) == ("127.0.0.1", "http", None)
+    assert (plain["remote_addr"], plain["scheme"], plain["forwarded_proto"]) == ("127.0.0.1", "http", "http")
     # The status route proxies to a socket that is not there; other URIs are Unit's 404.
     status = f"http://127.0.0.1:{ports[1]}"
     assert requests.get(f"{status}/status/x").status_code == 502

@@ -2,7 +2,8 @@
 //! work left for it (requests back from Python, output waiting, room for more request body,
 //! log entries). The eventfd is written only when the lists were empty, so a busy loop is woken
 //! once per batch, not once per item; under load, the asyncio thread's write waits for the end
-//! of its loop's round (the core's `held_wakes`). `ngx_thread_task_post` and nginx's own
+//! of its loop's round (the core's `held_wakes`), unless another thread queues work meanwhile.
+//! `ngx_thread_task_post` and nginx's own
 //! `ngx_notify` belong to the event loop and the thread-pool module; they must not be used from
 //! other threads.
 //!

@@ -10,7 +10,7 @@
 //!
 //! Holding pays only under load, and must stay bounded: a coroutine doing synchronous work keeps
 //! the loop in one callback, and the responses finished before it in the round would wait with
-//! it (and with them whatever else the server's notifier carries). So a wake-up is held only
+//! it. So a wake-up is held only
 //! while the poller thread ticks, which sends any wake-up held longer than [`MAX_HOLD`]; it
 //! starts when two wake-ups come closer together than that, and parks after two of its ticks saw
 //! no hold. Below that rate every wake-up goes at once.
@@ -133,7 +133,8 @@ pub fn hold() -> bool {
 /// Another thread left the server work behind a wake-up that may be held: what is held goes
 /// now, so that work (a WSGI response of the same worker, a log line) does not wait for the
 /// loop's round. Nothing to do on the loop's own thread (its work joins the round's wake-up) or
-/// when nothing is held.
+/// when nothing is held. Work queued between the loop's item and its hold (a few instructions
+/// apart) finds nothing held yet and waits as before: for the round's end, or the poller.
 pub fn other_thread_queued() {
     if LOOP_FD.with(Cell::get) < 0 && HELD_SINCE.load(Ordering::SeqCst) != 0 {
         send();

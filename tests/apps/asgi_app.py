@@ -5,7 +5,7 @@ import json
 import os
 import time
 
-STATS = {"disconnected": {}, "sent": {}, "receiving": {}, "waiting": {}, "requests": 0}
+STATS = {"disconnected": {}, "sent": {}, "receiving": {}, "messages": {}, "waiting": {}, "requests": 0}
 EVENTS = {}
 
 
@@ -121,7 +121,8 @@ async def app(scope, receive, send):
         message = await receive()
         STATS["disconnected"][query] = message["type"]
     elif route == "/upload-until-gone":
-        body, _, gone = await read_body(receive, key=query)
+        body, messages, gone = await read_body(receive, key=query)
+        STATS["messages"][query] = messages
         STATS["disconnected"][query] = f"gone after {len(body)} bytes" if gone else "complete"
         if not gone:
             await respond(send, b"complete")

@@ -212,7 +212,8 @@ fn serve(args: &[String]) -> Result<(), String> {
     };
     // nginx's default body buffer (two pages, 8 KiB here) sends every larger request body
     // through a temp file, which costs a 16 KiB POST more than the app does (2.5 times the
-    // requests per second with this setting); nginx allocates it only up to the body's length.
+    // requests per second with 64k); over HTTP/1.x nginx allocates it only up to the body's
+    // announced length.
     let conf = format!(
         "load_module {module};\n{main}daemon off;\nworker_processes {workers};\nerror_log stderr info;\n\
          pid {pid};\nevents {{ worker_connections 1024; }}\n\

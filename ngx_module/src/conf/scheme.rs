@@ -76,13 +76,21 @@ pub(crate) unsafe extern "C" fn set_scheme(
                 return conf_error(cf, "\"wsgi_scheme\" directive is duplicate");
             }
             let value = args(cf)[1];
-            if value.len == 0 {
-                return conf_error(cf, "wsgi_scheme: empty value (http, https or variables)");
+            let Some(cv) = super::params::compile(cf, value) else {
+                return NGX_CONF_ERROR;
+            };
+            // A value without variables is known now: a typo must not pass `nginx -t` to be
+            // ignored on every request.
+            if (*cv).lengths.is_null() && told(ngx_bytes(&value)).is_none() {
+                return conf_error(
+                    cf,
+                    &format!(
+                        "invalid value \"{}\" in \"wsgi_scheme\" directive: http, https, or variables",
+                        String::from_utf8_lossy(ngx_bytes(&value))
+                    ),
+                );
             }
-            match super::params::compile(cf, value) {
-                Some(cv) => lc.scheme = Scheme(cv),
-                None => return NGX_CONF_ERROR,
-            }
+            lc.scheme = Scheme(cv);
         }
         NGX_CONF_OK
     })

@@ -372,8 +372,9 @@ fn settings(config: &At<'_>, http: &mut Out, notes: &mut Notes) -> Read<()> {
                     for (k, v) in value.members()? {
                         match k {
                             "max_body_size" => set("client_max_body_size", v.count()?.to_string()),
-                            // nginx keeps 1.25 times this in memory, Unit exactly this: close
-                            // enough for a buffer whose overflow goes to a temp file in both.
+                            // nginx keeps up to 1.25 times this in memory over HTTP/1.x, Unit
+                            // exactly this: close enough for a buffer whose overflow goes to a
+                            // temp file in both.
                             "body_buffer_size" => {
                                 set("client_body_buffer_size", v.count()?.to_string())
                             }

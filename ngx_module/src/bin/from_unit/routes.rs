@@ -430,6 +430,15 @@ impl<'a> Unit<'a> {
         shared.http.line("\"~*^1:http$\" http;");
         shared.http.close();
         head.line(&format!("wsgi_scheme $unit_scheme_{n};"));
+        // A WSGI app that trusts the header itself (ProxyFix, SECURE_PROXY_SSL_HEADER) gets the
+        // trusted value, never a client's.
+        head.line(&format!(
+            "wsgi_param {} $unit_scheme_{n};",
+            tok(
+                &format!("HTTP_{}", header.to_ascii_uppercase().replace('-', "_")),
+                &protocol
+            )?
+        ));
         Ok(true)
     }
 

@@ -77,6 +77,7 @@ fn netbox_becomes_a_static_location_and_the_app() {
             "set_real_ip_from 172.16.0.0/12;",
             "real_ip_header X-Forwarded-For;",
             "wsgi_scheme $unit_scheme_1;",
+            "wsgi_param HTTP_X_FORWARDED_PROTO $unit_scheme_1;",
             "location ~ ^/static/ {",
             "root /opt/netbox/netbox;",
             "try_files $uri $uri/index.html =404;",
