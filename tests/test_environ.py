@@ -189,6 +189,16 @@ def test_wsgi_scheme_sets_url_scheme_from_configuration(scheme_server, path, hea
     assert e.get("HTTP_X_FORWARDED_PROTO") == headers.get("X-Forwarded-Proto")
 
 
+def test_wsgi_scheme_from_the_http_level_and_over_tls(nginx_factory, tmp_path):
+    nginx = tls(tmp_path)["nginx"]
+    server = nginx_factory(location("/", APP) + location("/told-http/", APP, "wsgi_scheme http;"),
+                           http_extra="wsgi_scheme $arg_s;", **nginx).start()
+    url = f"https://127.0.0.1:{server.port}"
+    assert curl_json("-k", f"{url}/")["wsgi.url_scheme"] == "https", "TLS, nothing said"
+    assert curl_json("-k", f"{url}/?s=http")["wsgi.url_scheme"] == "http", "inherited from http {}"
+    assert curl_json("-k", f"{url}/told-http/?s=https")["wsgi.url_scheme"] == "http"
+
+
 def test_wsgi_scheme_errors_fail_the_check(nginx_factory):
     result = nginx_factory(location("/", APP, "wsgi_scheme https; wsgi_scheme http;")).run("-t")
     assert result.returncode != 0 and '"wsgi_scheme" directive is duplicate' in result.stderr
