@@ -26,6 +26,14 @@ fn lines(conf: &str) -> Vec<String> {
         .collect()
 }
 
+/// The JSON paths the notes name, in order.
+fn note_paths(notes: &[String]) -> Vec<&str> {
+    notes
+        .iter()
+        .map(|n| n.split(": ").next().unwrap())
+        .collect()
+}
+
 fn has(conf: &str, wanted: &[&str]) {
     let got = lines(conf);
     // `wanted` appears in this order, not necessarily adjacent.
@@ -86,12 +94,8 @@ fn netbox_becomes_a_static_location_and_the_app() {
             "wsgi_app netbox.wsgi:application;",
         ],
     );
-    let paths: Vec<&str> = notes
-        .iter()
-        .map(|n| n.split(": ").next().unwrap())
-        .collect();
     assert_eq!(
-        paths,
+        note_paths(&notes),
         [
             "applications/netbox/processes/spare",
             "applications/netbox/processes/idle_timeout",
@@ -511,12 +515,8 @@ fn process_settings_are_shared_by_every_app() {
             "wsgi_read_timeout 5s;",
         ],
     );
-    let paths: Vec<&str> = notes
-        .iter()
-        .map(|n| n.split(": ").next().unwrap())
-        .collect();
     assert_eq!(
-        paths,
+        note_paths(&notes),
         [
             "applications/b/environment/MODE",
             "applications/b/home",
@@ -607,12 +607,8 @@ fn body_buffer_temp_path_and_websocket_settings_are_nginx_directives() {
             "asgi_app a:application;",
         ],
     );
-    let paths: Vec<&str> = notes
-        .iter()
-        .map(|n| n.split(": ").next().unwrap())
-        .collect();
     assert_eq!(
-        paths,
+        note_paths(&notes),
         [
             "settings/http/websocket/max_frame_size",
             "settings/http/websocket/frame_limit",
