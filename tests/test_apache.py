@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import APACHE_BINARY, APACHE_MODULE, APPS, UNLOADABLE_APPS, Apache, route, wait_for
+from conftest import APACHE_BINARY, APACHE_MODULE, APACHE_MODULES, APPS, UNLOADABLE_APPS, Apache, route, wait_for
 
 BROKEN = APPS / "broken"
 
@@ -361,3 +361,15 @@ def test_recycling_under_each_mpm(apaches, mpm, piped_log):
     assert log.count("wsgi: this child served 10 requests (NgxWsgiMaxRequests); recycling it") >= 3, log
     assert len(served_by) >= 4, "each child served its ten requests and was replaced"
     assert "cannot recycle" not in log and "exit signal" not in log
+
+
+def test_https_variable_sets_the_url_scheme_as_under_mod_wsgi(apaches):
+    # TLS ended at a balancer Apache trusts (here 127.0.0.1, the test's client): an <If> on its
+    # address and its header sets HTTPS, which mod_wsgi reads for wsgi.url_scheme too.
+    server = apaches([route("/", "environ_app")], server_extra=(
+        f"NgxWsgiPythonPath {APPS}\nLoadModule env_module {APACHE_MODULES}/mod_env.so\n"
+        "<If \"-R '127.0.0.1' && %{HTTP:X-Forwarded-Proto} == 'https'\">\n SetEnv HTTPS on\n</If>\n")).start()
+    told = requests.get(server.url("/"), headers={"X-Forwarded-Proto": "https"}).json()
+    assert (told["wsgi.url_scheme"], told["HTTPS"]) == ("https", "on")
+    plain = requests.get(server.url("/")).json()
+    assert plain["wsgi.url_scheme"] == "http" and "HTTPS" not in plain

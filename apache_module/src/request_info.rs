@@ -70,7 +70,7 @@ pub(crate) unsafe fn collect(
         } else {
             b.set(Field::ServerName, server_name);
         }
-        b.https(ap_ssl_conn_is_ssl(c) != 0);
+        let mut https = ap_ssl_conn_is_ssl(c) != 0;
         if let Some(conf) = crate::config::for_request(r) {
             b.ignore_accel(conf.ignored_accel());
         }
@@ -108,9 +108,27 @@ pub(crate) unsafe fn collect(
         // What SetEnv, SetEnvIf, RewriteRule [E=] and other modules set for this request: extra
         // environ entries (Apache's counterpart of nginx's wsgi_param, as mod_wsgi has it).
         for entry in table((*r).subprocess_env) {
-            b.param(bytes(entry.key), bytes(entry.val));
+            let (name, value) = (bytes(entry.key), bytes(entry.val));
+            // As mod_wsgi reads it: what mod_ssl sets, or the configuration when TLS ended at a
+            // balancer it trusts (`<If>` on the balancer's address and its header).
+            if name.eq_ignore_ascii_case(b"HTTPS") {
+                https = https_variable(value).unwrap_or(https);
+            }
+            b.param(name, value);
         }
+        b.https(https);
         b.finish()
+    }
+}
+
+/// What an `HTTPS` variable says: `on`/`1` (TLS), `off`/`0` (not), or nothing.
+fn https_variable(value: &[u8]) -> Option<bool> {
+    if value.eq_ignore_ascii_case(b"on") || value == b"1" {
+        Some(true)
+    } else if value.eq_ignore_ascii_case(b"off") || value == b"0" {
+        Some(false)
+    } else {
+        None
     }
 }
 
@@ -136,4 +154,24 @@ unsafe fn table<'a>(t: *const apr_table_t) -> impl Iterator<Item = &'a apr_table
         }
     };
     entries.iter().filter(|e| !e.key.is_null())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_https_variable_says_on_off_or_nothing() {
+        for (value, said) in [
+            (&b"on"[..], Some(true)),
+            (b"On", Some(true)),
+            (b"1", Some(true)),
+            (b"off", Some(false)),
+            (b"0", Some(false)),
+            (b"", None),
+            (b"yes", None),
+        ] {
+            assert_eq!(https_variable(value), said, "{value:?}");
+        }
+    }
 }
