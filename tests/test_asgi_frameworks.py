@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, FORWARDED_SCHEME, free_port
+from conftest import APPS, FORWARDED_SCHEME, asgi_location, free_port
 
 FRAMEWORKS = APPS / "asgi_frameworks"
 SERVER_HEADERS = {"date", "server", "connection", "keep-alive", "transfer-encoding"}
@@ -156,9 +156,8 @@ def uvicorn_servers():
 def module_server(nginx_factory):
     servers = {}
     for framework, callable_name in CALLABLES.items():
-        locations = "".join(
-            f"  location {path} {{\n   asgi_app {FRAMEWORKS}/{framework}_app.py:{callable_name};\n  }}\n"
-            for path in ("/", "/api/"))
+        locations = "".join(asgi_location(path, f"{FRAMEWORKS}/{framework}_app.py:{callable_name}")
+                            for path in ("/", "/api/"))
         servers[framework] = nginx_factory(locations).start()
     return servers
 
@@ -207,7 +206,7 @@ def balanced_module_server(nginx_factory):
     127.0.0.1's X-Forwarded-Proto, `wsgi_scheme` from a map that trusts it)."""
     return {
         framework: nginx_factory(
-            f"  location / {{\n   asgi_app {FRAMEWORKS}/{framework}_app.py:{callable_name};\n  }}\n",
+            asgi_location("/", f"{FRAMEWORKS}/{framework}_app.py:{callable_name}"),
             http_extra=FORWARDED_SCHEME, server_extra="wsgi_scheme $app_scheme;").start()
         for framework, callable_name in CALLABLES.items()
     }
