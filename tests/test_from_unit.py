@@ -398,6 +398,58 @@ def test_netbox_documented_config(tmp_path, serve):
     assert "/dcim/devices/" in (tmp_path / "access.log").read_text()
 
 
+def test_scheme_conditions_behind_a_trusted_proxy_see_the_forwarded_scheme(tmp_path, serve):
+    """Unit's http-to-https redirect behind a TLS balancer: `match` `scheme` is the scheme the
+    trusted source's header gives, in the listener's route and in a route it passes to."""
+    ports = [free_port() for _ in range(2)]
+
+    def forwarded(source):
+        return {"client_ip": "X-Forwarded-For", "protocol": "X-Forwarded-Proto", "source": source}
+
+    config = {
+        "listeners": {
+            "*:8000": {"pass": "routes/main", "forwarded": forwarded("127.0.0.0/8")},
+            "*:8001": {"pass": "routes/main", "forwarded": forwarded("10.0.0.0/8")},
+        },
+        "routes": {
+            "main": [
+                {"match": {"scheme": "http"},
+                 "action": {"return": 301, "location": "https://example.test$request_uri"}},
+                {"match": {"uri": "/api/*"}, "action": {"pass": "routes/api"}},
+                {"action": {"pass": "applications/site/front"}},
+            ],
+            "api": [
+                {"match": {"scheme": "https"}, "action": {"pass": "applications/site/back"}},
+                {"action": {"return": 403}},
+            ],
+        },
+        "applications": {
+            "site": {"type": "python", "path": str(UNIT / "targets"), "protocol": "wsgi", **home(),
+                     "targets": {"front": {"module": "front", "callable": "app"},
+                                 "back": {"module": "back"}}},
+        },
+    }
+    result = from_unit(tmp_path, config, "--listen", f"*:8000=127.0.0.1:{ports[0]}",
+                       "--listen", f"*:8001=127.0.0.1:{ports[1]}")
+    assert result.returncode == 0, result.stderr
+    server = serve(result.stdout, ports[0])
+    https = {"X-Forwarded-Proto": "https"}
+
+    def get(port, path, headers=None):
+        return requests.get(f"http://127.0.0.1:{port}{path}", headers=headers,
+                            allow_redirects=False)
+
+    # Trusted: the balancer's https reaches the apps; its http, or no header, is redirected.
+    assert get(ports[0], "/a", https).json()["target"] == "front"
+    assert get(ports[0], "/api/x", https).json()["target"] == "back"
+    redirect = get(ports[0], "/a?b=1", {"X-Forwarded-Proto": "http"})
+    assert (redirect.status_code, redirect.headers["Location"]) == (301, "https://example.test/a?b=1")
+    assert get(ports[0], "/a").status_code == 301
+    # Untrusted (the client is not in 10.0.0.0/8): its header changes nothing.
+    assert get(ports[1], "/a", https).status_code == 301
+    assert get(ports[1], "/api/x", https).status_code == 301
+
+
 def test_what_is_not_translated_is_named(tmp_path, built):
     port = free_port()
     # A module whose source does not show the protocol: it takes its callable from another.

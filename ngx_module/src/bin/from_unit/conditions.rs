@@ -26,19 +26,23 @@ pub struct Match {
     pub tests: Vec<Test>,
     /// The `host` condition's path, for notes.
     pub host_at: String,
-    pub scheme_at: String,
 }
 
 impl Match {
     /// `host` and `scheme` as tests like the others, for a route reached from another route's
     /// step: its server block is chosen already. nginx's `$host` is the Host header's name,
     /// lowercased, without the port, as Unit's `host` compares it.
-    pub fn host_and_scheme_as_tests(&mut self) -> Read<()> {
+    pub fn host_and_scheme_as_tests(&mut self, scheme_var: &str) -> Read<()> {
         if let Some(set) = self.host.take() {
             self.tests.extend(regex_test("$host", &set, true)?);
         }
+        self.scheme_as_test(scheme_var)
+    }
+
+    /// `scheme` as a test of `var` (the scheme of a request, where no server block knows it).
+    pub fn scheme_as_test(&mut self, var: &str) -> Read<()> {
         if let Some(set) = self.scheme.take() {
-            self.tests.extend(regex_test("$scheme", &set, false)?);
+            self.tests.extend(regex_test(var, &set, false)?);
         }
         Ok(())
     }
@@ -247,7 +251,6 @@ pub fn read(at: Option<At<'_>>, http: &mut dyn HttpLevel) -> Read<Match> {
                     }
                 }
                 m.scheme = Some(set);
-                m.scheme_at = value.path().to_owned();
             }
             "method" => {
                 let set = patterns(&value, false)?;

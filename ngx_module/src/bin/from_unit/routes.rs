@@ -73,8 +73,9 @@ struct Server {
     scheme: &'static str,
     /// Lines every server of the listener starts with (TLS, real IP).
     head: Out,
-    /// The `forwarded` header makes the scheme the client's, so `scheme` is not static.
-    scheme_forwarded: bool,
+    /// The variable with the client's scheme when `forwarded` gives it (then `scheme` is the
+    /// connection's only).
+    scheme_var: Option<String>,
 }
 
 /// Where a route's steps are written: nginx allows different things in each.
@@ -96,6 +97,8 @@ struct Block {
     named_count: usize,
     /// Jumps into named locations a request makes to reach what is being written.
     jumps: usize,
+    /// The server's [`Server::scheme_var`], for the `scheme` conditions of routes it reaches.
+    scheme_var: Option<String>,
 }
 
 impl Block {
@@ -236,7 +239,7 @@ impl<'a> Unit<'a> {
             listen: address,
             scheme: "http",
             head: Out::default(),
-            scheme_forwarded: false,
+            scheme_var: None,
         };
         let mut listen_options = String::new();
         let mut pass = None;
@@ -249,7 +252,7 @@ impl<'a> Unit<'a> {
                     self.tls(&value, &mut server.head, shared)?;
                 }
                 "forwarded" | "client_ip" => {
-                    server.scheme_forwarded = self.forwarded(&value, &mut server.head, shared)?;
+                    server.scheme_var = self.forwarded(&value, &mut server.head, shared)?;
                 }
                 "backlog" => {
                     let n = value
@@ -373,8 +376,8 @@ impl<'a> Unit<'a> {
 
     /// `forwarded`: the real IP module, and the scheme from the `protocol` header of trusted
     /// sources (`wsgi_scheme`, through a `geo` and a `map`).
-    /// Returns whether the scheme comes from a header.
-    fn forwarded(&self, at: &At<'_>, head: &mut Out, shared: &mut Shared) -> Read<bool> {
+    /// Returns the variable with the scheme, when it comes from a header.
+    fn forwarded(&self, at: &At<'_>, head: &mut Out, shared: &mut Shared) -> Read<Option<String>> {
         let sources = at.required("source")?.strings()?;
         let mut trusted = Vec::new();
         for (source, s) in &sources {
@@ -403,7 +406,7 @@ impl<'a> Unit<'a> {
             }
         }
         let Some(protocol) = at.get("protocol") else {
-            return Ok(false);
+            return Ok(None);
         };
         let header = protocol.str()?;
         shared.counter += 1;
@@ -439,7 +442,7 @@ impl<'a> Unit<'a> {
                 &protocol
             )?
         ));
-        Ok(true)
+        Ok(Some(format!("$unit_scheme_{n}")))
     }
 
     /// A listener's route: one server block for requests of any host, and one per host name the
@@ -454,7 +457,12 @@ impl<'a> Unit<'a> {
     ) -> Read<()> {
         let mut matches = Vec::new();
         for step in steps {
-            matches.push(conditions::read(step.get("match"), shared)?);
+            let mut m = conditions::read(step.get("match"), shared)?;
+            if let Some(var) = &server.scheme_var {
+                // The client's scheme, known per request only.
+                m.scheme_as_test(var)?;
+            }
+            matches.push(m);
         }
         // Host names steps ask for, literal ones apart from wildcards and regexes.
         let mut names: Vec<String> = Vec::new();
@@ -543,7 +551,10 @@ impl<'a> Unit<'a> {
         );
         let chosen: Vec<(At<'a>, &Match)> =
             chosen.iter().map(|&i| (steps[i], &matches[i])).collect();
-        let mut block = Block::default();
+        let mut block = Block {
+            scheme_var: server.scheme_var.clone(),
+            ..Block::default()
+        };
         self.steps(
             server,
             &chosen,
@@ -575,12 +586,7 @@ impl<'a> Unit<'a> {
         let live: Vec<&(At<'a>, &Match)> = steps
             .iter()
             .filter(|(_, m)| match &m.scheme {
-                Some(set) => {
-                    if server.scheme_forwarded {
-                        shared.notes.add(&m.scheme_at, "with `forwarded` `protocol`, the scheme is the client's; this condition is decided by the listener's own scheme here");
-                    }
-                    conditions::scheme_admits(set, server.scheme)
-                }
+                Some(set) => conditions::scheme_admits(set, server.scheme),
                 None => true,
             })
             .collect();
@@ -859,13 +865,13 @@ impl<'a> Unit<'a> {
                 let mut matches = Vec::new();
                 for step in &steps {
                     let mut m = conditions::read(step.get("match"), shared)?;
-                    m.host_and_scheme_as_tests()?;
+                    m.host_and_scheme_as_tests(block.scheme_var.as_deref().unwrap_or("$scheme"))?;
                     matches.push(m);
                 }
                 let chosen: Vec<(At<'a>, &Match)> = steps.iter().copied().zip(matches.iter()).collect();
                 seen.push(target.to_owned());
                 // Its scheme decides nothing: the route's `scheme` conditions are tests now.
-                let server = Server { listen: String::new(), scheme: "http", head: Out::default(), scheme_forwarded: false };
+                let server = Server { listen: String::new(), scheme: "http", head: Out::default(), scheme_var: None };
                 // After a rewrite, nested locations would be chosen by the URI from before it.
                 let place = if rewritten { Place::NoLocation } else { place };
                 let result = self.steps(&server, &chosen, place, seen, block, shared, out);

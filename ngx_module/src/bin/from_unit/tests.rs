@@ -427,6 +427,39 @@ fn host_and_scheme_in_a_nested_route_are_tests() {
 }
 
 #[test]
+fn scheme_under_forwarded_protocol_is_the_clients() {
+    // Unit matches `scheme` against the trusted header's scheme: a listener behind a TLS
+    // balancer redirects only requests that reached the balancer over http.
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes/main",
+                "forwarded": {"source": "10.0.0.0/8", "client_ip": "X-Forwarded-For", "protocol": "X-Forwarded-Proto"}}},
+            "routes": {"main": [
+                {"match": {"scheme": "http"}, "action": {"return": 301, "location": "https://$host$request_uri"}},
+                {"match": {"uri": "/api/*"}, "action": {"pass": "routes/api"}},
+                {"action": {"return": 200}}],
+              "api": [{"match": {"scheme": "https"}, "action": {"return": 202}},
+                      {"action": {"return": 203}}]}}"#);
+    assert!(notes.is_empty(), "{notes:?}");
+    has(
+        &conf,
+        &[
+            "map \"$unit_trusted_1:$http_x_forwarded_proto\" $unit_scheme_1 {",
+            "server {",
+            "listen 80;",
+            "wsgi_scheme $unit_scheme_1;",
+            "if ($unit_scheme_1 ~ \"^http$\") {",
+            "return 301 https://$host$request_uri;",
+            "location ~ ^/api/ {",
+            "if ($unit_scheme_1 !~ \"^https$\") {",
+            "location / {",
+            "return 200;",
+            "location @unit_step_1 {",
+            "return 202;",
+        ],
+    );
+    assert!(!conf.contains("$scheme ~"), "{conf}");
+}
+
+#[test]
 fn a_return_with_headers_keeps_them() {
     let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
             "routes": [{"action": {"return": 202, "response_headers": {"X-A": "1"}}}]}"#);
