@@ -112,6 +112,32 @@ impl BodyStream {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Takes at most `max` bytes of what has arrived, with `st` locked; the loop is asked to read
+    /// on (after the lock is released: `resume`) when this makes room below the limit.
+    fn take(&self, st: &mut State, max: usize) -> Option<(Vec<u8>, bool)> {
+        let front = st.chunks.front_mut()?;
+        let data = if front.len() > max {
+            let data = front[..max].to_vec();
+            front.drain(..max);
+            data
+        } else {
+            st.chunks.pop_front().unwrap_or_default()
+        };
+        st.unread -= data.len();
+        let resume = st.paused && st.unread < self.limit && !st.scheduled;
+        if resume {
+            st.paused = false;
+            st.scheduled = true;
+        }
+        Some((data, resume))
+    }
+
+    fn resume(&self) {
+        if let Some(me) = self.me.upgrade() {
+            crate::notify::schedule(me);
+        }
+    }
+
     /// Takes what nginx has read and reads on while there is room. The lock is taken only to
     /// add what arrived: the copy out of nginx's buffers and the read from the socket run
     /// without it, so that a reader asking for data meanwhile is not held up by them.
@@ -204,28 +230,25 @@ impl BodyStream {
     /// nothing yet (then the waker fires when that changes).
     pub(crate) fn try_read(&self, max: usize) -> ngx_wsgi::asgi::BodyRead {
         use ngx_wsgi::asgi::BodyRead;
-        let st = self.lock();
-        if st.chunks.is_empty() {
+        let mut st = self.lock();
+        let Some((data, resume)) = self.take(&mut st, max) else {
             return match (&st.error, st.eof) {
                 (Some(e), _) => BodyRead::Failed(e.clone()),
                 (None, true) => BodyRead::End,
                 (None, false) => BodyRead::Pending,
             };
-        }
+        };
+        // The whole body already in (a small one, usually): the app's next receive() would
+        // only say so.
+        let last = st.eof && st.chunks.is_empty() && st.error.is_none();
         drop(st);
-        match self.read(max) {
-            Ok(data) if data.is_empty() => BodyRead::End,
-            Ok(data) => {
-                // The whole body already in (a small one, usually): the app's next receive()
-                // would only say so.
-                let st = self.lock();
-                if st.eof && st.chunks.is_empty() && st.error.is_none() {
-                    BodyRead::Last(data)
-                } else {
-                    BodyRead::Data(data)
-                }
-            }
-            Err(e) => BodyRead::Failed(e.to_string()),
+        if resume {
+            self.resume();
+        }
+        if last {
+            BodyRead::Last(data)
+        } else {
+            BodyRead::Data(data)
         }
     }
 
@@ -280,21 +303,10 @@ impl BodySource for BodyStream {
     fn read(&self, max: usize) -> std::io::Result<Vec<u8>> {
         let mut st = self.lock();
         loop {
-            if let Some(front) = st.chunks.front_mut() {
-                let data = if front.len() > max {
-                    front.drain(..max).collect()
-                } else {
-                    st.chunks.pop_front().unwrap_or_default()
-                };
-                st.unread -= data.len();
-                let wake = st.paused && st.unread < self.limit && !st.scheduled;
-                if wake {
-                    st.paused = false;
-                    st.scheduled = true;
-                }
+            if let Some((data, resume)) = self.take(&mut st, max) {
                 drop(st);
-                if let (true, Some(me)) = (wake, self.me.upgrade()) {
-                    crate::notify::schedule(me);
+                if resume {
+                    self.resume();
                 }
                 return Ok(data);
             }
@@ -359,6 +371,30 @@ mod tests {
         assert_eq!(b.read(2).unwrap(), b"bc");
         let st = b.lock();
         assert!(!st.paused && st.scheduled);
+    }
+
+    #[test]
+    fn a_reader_that_does_not_block_is_told_the_last_bytes_and_the_end() {
+        use ngx_wsgi::asgi::BodyRead;
+        let b = body(1 << 20, &[b"abc", b"de"], false);
+        assert!(matches!(b.try_read(2), BodyRead::Data(d) if d == b"ab"));
+        assert!(matches!(b.try_read(100), BodyRead::Data(d) if d == b"c"));
+        assert!(matches!(b.try_read(100), BodyRead::Data(d) if d == b"de"));
+        assert!(matches!(b.try_read(100), BodyRead::Pending));
+        b.lock().chunks.push_back(b"f".to_vec());
+        b.lock().unread += 1;
+        b.lock().eof = true;
+        assert!(matches!(b.try_read(100), BodyRead::Last(d) if d == b"f"));
+        assert!(matches!(b.try_read(100), BodyRead::End));
+        let failed = body(1 << 20, &[b"x"], false);
+        failed.fail("reset");
+        assert!(matches!(failed.try_read(100), BodyRead::Data(d) if d == b"x"));
+        assert!(matches!(failed.try_read(100), BodyRead::Failed(e) if e == "reset"));
+        let paused = body(3, &[b"abc"], false);
+        paused.lock().paused = true;
+        assert!(matches!(paused.try_read(1), BodyRead::Data(d) if d == b"a"));
+        let st = paused.lock();
+        assert!(!st.paused && st.scheduled && st.unread == 2);
     }
 
     #[test]
