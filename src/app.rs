@@ -129,7 +129,7 @@ impl AppSpec {
             ));
         }
         if self.kind == AppKind::Asgi {
-            crate::asgi::interface::check(&obj)
+            crate::asgi_version::check(&obj)
                 .map_err(|e| format!("{}:{} {e}", self.describe(), self.callable))?;
         }
         Ok(obj.unbind())

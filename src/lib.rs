@@ -11,6 +11,7 @@ pub mod accel;
 pub mod app;
 mod arena;
 pub mod asgi;
+pub mod asgi_version;
 pub mod body;
 pub mod body_bytes;
 pub mod check;

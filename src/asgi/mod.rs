@@ -9,7 +9,6 @@
 pub mod event_loop;
 pub mod held_wakes;
 pub mod http;
-pub mod interface;
 pub mod scope;
 pub mod task_watch;
 pub mod waker;
