@@ -50,6 +50,9 @@ pub struct WorkerSetup {
     pub timeout: Duration,
     /// The event loop ASGI apps run on (their lifespan startup runs on one in the check).
     pub asgi_loop: crate::asgi::LoopKind,
+    /// How long an ASGI app's lifespan shutdown may take in the check, as in the workers (zero:
+    /// [`DEFAULT_SHUTDOWN_TIMEOUT`]); one that takes longer is left and does not fail the check.
+    pub shutdown_timeout: Duration,
     /// The directory the workers change to before they import the apps (nginx's
     /// `working_directory`): an app's relative paths (`StaticFiles(directory="static")`, a
     /// SQLite file) must resolve in the check as they will in the workers.
@@ -58,6 +61,10 @@ pub struct WorkerSetup {
 
 /// How long the check may take unless the server's configuration says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The lifespan shutdown's bound in the check unless the server's configuration says otherwise
+/// (the workers' default bound on their exit).
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the check in a child process; returns every problem found.
 pub fn check_apps(
@@ -132,13 +139,19 @@ pub fn check_apps(
             "reading the check's report: {e}"
         ))),
         Reading::TimedOut => {
-            let what = format!(
-                "it took longer than {} s (blocked while importing?); the check process was killed",
-                timeout.as_secs_f64()
-            );
+            let within = timeout.as_secs_f64();
             errors.push(match last_started(&report) {
-                Some(i) => CheckError::App(i, format!("importing {what}")),
-                None => CheckError::Interpreter(format!("starting Python: {what}")),
+                Some(Stage::Import(i)) => CheckError::App(
+                    i,
+                    format!("importing it took longer than {within} s (blocked while importing?); the check process was killed"),
+                ),
+                Some(Stage::Lifespan(i)) => CheckError::App(
+                    i,
+                    format!("its lifespan startup did not finish within {within} s (an await that never ends, or a call that blocks the event loop); the check process was killed"),
+                ),
+                None => CheckError::Interpreter(format!(
+                    "starting Python: it took longer than {within} s; the check process was killed"
+                )),
             });
             return Err(errors);
         }
@@ -227,11 +240,26 @@ fn read_report(pipe: &mut std::fs::File, fd: libc::c_int, timeout: Duration) -> 
     }
 }
 
-/// The app the child was importing last (its `S` records), if any.
-fn last_started(report: &str) -> Option<usize> {
-    report
-        .rsplit('\0')
-        .find_map(|r| r.strip_prefix('S')?.parse().ok())
+/// What the child was doing last for an app.
+#[derive(Debug, PartialEq, Eq)]
+enum Stage {
+    /// Importing app `i` (its `S` record).
+    Import(usize),
+    /// Running app `i`'s lifespan startup (its `L` record).
+    Lifespan(usize),
+}
+
+/// What the child started last, if anything.
+fn last_started(report: &str) -> Option<Stage> {
+    report.rsplit('\0').find_map(|r| {
+        let (kind, i) = r.split_at_checked(1)?;
+        let i = i.parse().ok()?;
+        match kind {
+            "S" => Some(Stage::Import(i)),
+            "L" => Some(Stage::Lifespan(i)),
+            _ => None,
+        }
+    })
 }
 
 fn wait_for(pid: libc::pid_t) -> Option<libc::c_int> {
@@ -297,9 +325,18 @@ fn child_report(
                 // An ASGI app's startup runs here too: one that fails is refused before the
                 // server takes the configuration, while the running workers keep serving.
                 Ok(app) if spec.kind == crate::app::AppKind::Asgi => {
-                    if let Some(e) =
-                        crate::asgi::event_loop::check_lifespan(py, app.bind(py), setup.asgi_loop)
-                    {
+                    crate::log_text::write_all(progress, format!("L{i}\0").as_bytes());
+                    let shutdown_within = if setup.shutdown_timeout.is_zero() {
+                        DEFAULT_SHUTDOWN_TIMEOUT
+                    } else {
+                        setup.shutdown_timeout
+                    };
+                    if let Some(e) = crate::asgi::event_loop::check_lifespan(
+                        py,
+                        app.bind(py),
+                        setup.asgi_loop,
+                        shutdown_within,
+                    ) {
                         out.push_str(&format!("A{i}:{e}\0"));
                     }
                 }
@@ -355,7 +392,7 @@ fn parse_report(report: &str) -> (Vec<CheckError>, bool) {
                     finished = true;
                     return None;
                 }
-                "S" => return None,
+                "S" | "L" => return None,
                 "I" => CheckError::Interpreter(rest.to_owned()),
                 "A" => match rest
                     .split_once(':')
@@ -394,7 +431,10 @@ mod tests {
         );
         assert_eq!(parse_report("K\0"), (vec![], true));
         assert_eq!(parse_report("S0\0S1\0K\0"), (vec![], true));
-        assert_eq!(last_started("S0\0S1\0"), Some(1));
+        assert_eq!(parse_report("S0\0L0\0K\0"), (vec![], true));
+        assert_eq!(last_started("S0\0S1\0"), Some(Stage::Import(1)));
+        assert_eq!(last_started("S0\0L0\0"), Some(Stage::Lifespan(0)));
+        assert_eq!(last_started("S0\0L0\0S1\0"), Some(Stage::Import(1)));
         assert_eq!(last_started("Ibad\0"), None);
         assert_eq!(parse_report(""), (vec![], false));
     }

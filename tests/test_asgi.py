@@ -495,6 +495,28 @@ def test_a_shutdown_that_raises_is_logged_and_the_worker_exits_cleanly(nginx_fac
     assert f"worker process {worker} exited with code 0" in log
 
 
+def test_a_startup_that_never_finishes_fails_the_check_naming_the_lifespan(nginx_factory):
+    spec = f"{APPS}/asgi_lifespan.py:startup_hangs"
+    result = nginx_factory(asgi("/", spec), http_extra="wsgi_check_timeout 1s;").run("-t")
+    assert result.returncode != 0
+    assert f'asgi_app "{spec}"' in result.stderr, result.stderr
+    assert "cannot be loaded: its lifespan startup did not finish within 1 s" in result.stderr, result.stderr
+
+
+def test_a_shutdown_that_never_finishes_is_bounded_in_the_check_and_at_exit(nginx_factory):
+    # The check gives the shutdown wsgi_shutdown_timeout, as the workers do, and does not fail
+    # on it (wsgi_check_timeout, 60 s here, is never reached).
+    server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:shutdown_hangs"),
+                           http_extra="wsgi_shutdown_timeout 500ms;")
+    check = server.run("-t")
+    assert check.returncode == 0, check.stderr
+    server.start()
+    assert requests.get(server.url("/"), timeout=10).text == "up"
+    worker = server.worker_pids()[0]
+    assert server.stop() == 0
+    assert f"worker process {worker} exited with code 0" in server.error_log()
+
+
 def test_apps_without_lifespan_are_served(nginx_factory):
     server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:unsupported")).start()
     assert requests.get(server.url("/"), timeout=10).text == "no lifespan here"

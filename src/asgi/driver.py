@@ -135,9 +135,10 @@ class Lifespan:
             self._report("shutdown", "ok")
 
 
-def check_lifespan(app, loop_factory):
+def check_lifespan(app, loop_factory, shutdown_within):
     """The configuration check: the app's startup, then its shutdown, on a loop of its own.
-    Returns None, or how the startup failed."""
+    Returns None, or how the startup failed. The shutdown, which decides nothing here, is given
+    `shutdown_within` seconds, as in the workers; one that takes longer is cancelled."""
     results = []
     loop = loop_factory()
 
@@ -157,10 +158,11 @@ def check_lifespan(app, loop_factory):
         waiter[0] = loop.create_future()
         lifespan.shutdown()
         if len(results) < 2:
-            await waiter[0]
+            await asyncio.wait([waiter[0]], timeout=shutdown_within)
 
     try:
         loop.run_until_complete(run())
+        cancel_all(loop, 1.0)
     finally:
         loop.close()
     # Only the startup decides: a shutdown that fails is the workers' to log at their exit.

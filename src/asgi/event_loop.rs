@@ -642,7 +642,12 @@ impl AsgiLoop {
 
 /// The configuration check: runs `app`'s lifespan startup and shutdown on a loop of `kind`, in
 /// the calling (check) process. None when both went well or the app has no lifespan.
-pub fn check_lifespan(py: Python<'_>, app: &Bound<'_, PyAny>, kind: LoopKind) -> Option<String> {
+pub fn check_lifespan(
+    py: Python<'_>,
+    app: &Bound<'_, PyAny>,
+    kind: LoopKind,
+    shutdown_within: Duration,
+) -> Option<String> {
     let factory = match kind.factory(py) {
         Ok(f) => f,
         Err(e) => {
@@ -655,7 +660,10 @@ pub fn check_lifespan(py: Python<'_>, app: &Bound<'_, PyAny>, kind: LoopKind) ->
     };
     let result = (|| -> PyResult<Option<String>> {
         driver(py)?
-            .call_method1("check_lifespan", (app, factory))?
+            .call_method1(
+                "check_lifespan",
+                (app, factory, shutdown_within.as_secs_f64()),
+            )?
             .extract()
     })();
     match result {

@@ -1,6 +1,8 @@
 """Lifespan behaviours: a startup that fails (by raising after receiving the startup, or with
 lifespan.startup.failed), one that fails only when a marker file exists (so that the
-configuration check passes and a later worker start fails), and an app without lifespan."""
+configuration check passes and a later worker start fails), an app without lifespan, and a
+startup or a shutdown that never finishes."""
+import asyncio
 import os
 
 
@@ -48,4 +50,20 @@ async def shutdown_raises(scope, receive, send):
         await send({"type": "lifespan.startup.complete"})
         await receive()
         raise RuntimeError("could not flush the queue")
+    await respond(send, b"up")
+
+
+async def startup_hangs(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        await asyncio.Event().wait()
+    await respond(send, b"unreachable")
+
+
+async def shutdown_hangs(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await asyncio.Event().wait()
     await respond(send, b"up")

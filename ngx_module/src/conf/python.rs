@@ -146,6 +146,7 @@ pub(crate) unsafe fn check_at_configuration(cf: *mut ngx_conf_t, mc: &MainConf) 
     };
     setup.timeout = mc.python.check_timeout();
     setup.asgi_loop = mc.asgi.event_loop();
+    setup.shutdown_timeout = std::time::Duration::from_millis(mc.limits.shutdown_timeout() as u64);
     let Err(errors) = check_apps(&mc.python.settings, &mc.python.specs(), &setup) else {
         return true;
     };
@@ -209,6 +210,7 @@ unsafe fn worker_setup(cf: *mut ngx_conf_t) -> Result<WorkerSetup, String> {
         environment: Some(environment),
         timeout: Duration::ZERO,
         asgi_loop: Default::default(),
+        shutdown_timeout: Duration::ZERO,
         working_directory,
     })
 }
