@@ -91,6 +91,21 @@ def test_denials(server, path, status):
         assert "RuntimeError: refusing by raising" in server.error_log()
 
 
+def test_a_close_or_accept_before_reading_the_connect_is_served(server):
+    """ASGI lets the app answer before it reads websocket.connect (Starlette's router closes
+    a path it has no route for that way): a close is the 403 of a denial, an accept opens the
+    socket, and the connect still comes first from receive()."""
+    with pytest.raises(InvalidStatus) as e:
+        with connect(f"{server.ws}/ws/unread-close?u1"):
+            pass
+    assert e.value.response.status_code == 403
+    wait_for(lambda: stats(server)["received"].get("u1") == ["websocket.connect", "websocket.disconnect"],
+             what="the connect, then the disconnect")
+    with connect(f"{server.ws}/ws/unread-accept?u2") as ws:
+        assert ws.recv() == "websocket.connect"
+    assert "unexpected ASGI message" not in server.error_log()
+
+
 def test_the_app_closes_with_its_code(server):
     with connect(f"{server.ws}/ws/app-closes?c1") as ws:
         assert ws.recv() == "bye"

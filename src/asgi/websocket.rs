@@ -71,9 +71,8 @@ impl HttpServer for Denial {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Before `websocket.connect` went to the app.
-    New,
-    /// The app has the connect; no accept yet.
+    /// No accept yet (whether or not the app has received `websocket.connect`: it may accept or
+    /// close without reading it, as Starlette's router does for a path it has no route for).
     Connecting,
     /// A denial response is under way.
     Denying,
@@ -89,6 +88,8 @@ pub struct WsExchange {
     watch: Arc<TaskWatch>,
     key: Vec<u8>,
     state: State,
+    /// `websocket.connect` went to the app (its first receive() gets it, whenever that is).
+    connect_delivered: bool,
     /// The client's close (or its going away) went to the app.
     disconnected: bool,
     finished: bool,
@@ -120,7 +121,8 @@ impl WsExchange {
             waker: req.waker,
             watch: req.watch,
             key,
-            state: State::New,
+            state: State::Connecting,
+            connect_delivered: false,
             disconnected: false,
             finished: false,
             http,
@@ -272,8 +274,8 @@ pub fn app_message(kind: &str, message: &Bound<'_, PyAny>) -> PyResult<WsOutgoin
 #[pymethods]
 impl WsExchange {
     fn receive_now<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        if self.state == State::New {
-            self.state = State::Connecting;
+        if !self.connect_delivered {
+            self.connect_delivered = true;
             let msg = PyDict::new(py);
             msg.set_item("type", "websocket.connect")?;
             return Ok(Some(msg));
@@ -357,7 +359,7 @@ impl WsExchange {
             (kind, state) => Err(PyRuntimeError::new_err(format!(
                 "unexpected ASGI message {kind:?} {}",
                 match state {
-                    State::New | State::Connecting => "before websocket.accept",
+                    State::Connecting => "before websocket.accept",
                     State::Denying => "while a denial response is under way",
                     _ => "on an open WebSocket",
                 }
@@ -373,7 +375,7 @@ impl WsExchange {
     fn ended(&mut self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
         crate::chunk::release_dropped(py);
         match self.state {
-            State::New | State::Connecting | State::Denying => {
+            State::Connecting | State::Denying => {
                 let denied = if error.is_none() && self.state != State::Denying {
                     // Returned without accepting: 403 (the spec's answer).
                     PyDict::new(py)

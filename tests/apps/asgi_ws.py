@@ -1,5 +1,6 @@
 """WebSocket test app (raw ASGI 3): echo, subprotocols and headers on accept, denials, closes
-from the app, failures before and after the accept, a socket held until the client or the
+from the app, failures before and after the accept, an accept or a close before reading the
+connect, a socket held until the client or the
 server goes (its close code is recorded)."""
 import asyncio
 import json
@@ -18,6 +19,16 @@ async def app(scope, receive, send):
         await send({"type": "http.response.body", "body": body})
         return
     key = scope["query_string"].decode()
+    if path == "/unread-close":
+        # Starlette's router answers a path it has no route for like this: close, unread.
+        await send({"type": "websocket.close"})
+        STATS["received"][key] = [(await receive())["type"], (await receive())["type"]]
+        return
+    if path == "/unread-accept":
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": (await receive())["type"]})
+        await receive()
+        return
     assert (await receive())["type"] == "websocket.connect"
     if path == "/echo":
         sub = scope["subprotocols"][0] if scope["subprotocols"] else None
