@@ -305,7 +305,9 @@ def test_pathsend_has_nginx_send_the_file(server, tmp_path):
     assert r.content == data and r.headers["content-length"] == str(len(data))
     r = requests.get(server.url(f"/file?{path}"), headers={"Range": "bytes=10-19"}, timeout=10)
     assert (r.status_code, r.content) == (206, data[10:20]), "nginx's range filter over the file"
-    for bad in ("relative/missing", str(tmp_path / "missing"), str(tmp_path)):
+    # A FIFO with no writer: refused at once, not waited on with the event loop held.
+    os.mkfifo(tmp_path / "fifo")
+    for bad in ("relative/missing", str(tmp_path / "missing"), str(tmp_path), str(tmp_path / "fifo")):
         assert requests.get(server.url(f"/file?{bad}"), timeout=10).status_code == 500
     log = server.error_log()
     assert f"{os.getcwd()}/relative/missing: No such file or directory" in log

@@ -437,9 +437,21 @@ impl HttpExchange {
                 .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("getcwd(): {e}")))?
                 .join(path)
         };
-        let file = std::fs::File::open(&path).map_err(|e| {
-            pyo3::exceptions::PyOSError::new_err(format!("{}: {e}", path.display()))
-        })?;
+        // Non-blocking: the open of a FIFO with no writer would hold the event loop (and, with
+        // the GIL, every Python thread of the worker) until one came; it is refused below. A
+        // regular file's reads ignore the flag. The GIL is let go for a slow file system.
+        let file = message
+            .py()
+            .detach(|| {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&path)
+            })
+            .map_err(|e| {
+                pyo3::exceptions::PyOSError::new_err(format!("{}: {e}", path.display()))
+            })?;
         let meta = file.metadata().map_err(|e| {
             pyo3::exceptions::PyOSError::new_err(format!("{}: {e}", path.display()))
         })?;
