@@ -13,6 +13,8 @@ pub struct FileRange {
     pub fd: OwnedFd,
     pub offset: u64,
     pub len: u64,
+    /// What the server's log lines about reading it name it.
+    pub label: &'static str,
 }
 
 /// The file behind `iterable` when it is a `wsgi.file_wrapper` over a regular file with a real
@@ -48,6 +50,7 @@ pub(crate) fn file_range(iterable: &Bound<'_, PyAny>, limit: Option<u64>) -> Opt
         fd: unsafe { OwnedFd::from_raw_fd(dup) },
         offset: position,
         len,
+        label: "wsgi.file_wrapper",
     })
 }
 

@@ -260,7 +260,10 @@ unsafe fn file_chain(
             return None;
         }
         (*f).fd = file.fd.as_raw_fd();
-        (*f).name = ngx::ngx_string!("wsgi.file_wrapper");
+        (*f).name = ngx_str_t {
+            len: file.label.len(),
+            data: file.label.as_ptr().cast_mut(),
+        };
         (*f).log = (*(*r).connection).log;
         (*b).set_in_file(1);
         (*b).file = f;

@@ -473,6 +473,7 @@ impl HttpExchange {
                 fd: file.into(),
                 offset: 0,
                 len,
+                label: "http.response.pathsend",
             },
         );
         let end = match self.declared {
