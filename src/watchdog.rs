@@ -98,14 +98,21 @@ impl RequestWatch {
         }
         let ident = self.thread.load(Ordering::Relaxed);
         let stack = stack_of(py, ident).unwrap_or_else(|e| format!("(no stack: {e})"));
+        // Formatting the stack ran Python code, during which the GIL may have gone to the
+        // request's thread and the request ended: checked again, with no Python code between
+        // the check and the interrupt, or the TimeoutError would land in the thread's next one.
+        if !self.running.load(Ordering::Acquire) {
+            tracing::error!(target: "wsgi", "{what}; it left Python before it could be interrupted");
+            return;
+        }
+        self.interrupted.store(true, Ordering::Release);
+        // SAFETY: the GIL is held; the thread id belongs to a live thread state (the request is
+        // still running, checked under the GIL just now); TimeoutError is a static exception type.
+        unsafe { ffi::PyThreadState_SetAsyncExc(ident as _, ffi::PyExc_TimeoutError) };
         tracing::error!(
             target: "wsgi",
             "{what}; interrupting it with TimeoutError. Its Python stack (most recent call last):\n{stack}"
         );
-        self.interrupted.store(true, Ordering::Release);
-        // SAFETY: the GIL is held; the thread id belongs to a live thread state (the request is
-        // still running, checked under the GIL); TimeoutError is a static exception type.
-        unsafe { ffi::PyThreadState_SetAsyncExc(ident as _, ffi::PyExc_TimeoutError) };
     }
 }
 

@@ -1,6 +1,7 @@
 """Request timeouts (nginx's wsgi_read_timeout, Apache's NgxWsgiRequestTimeout): a request still
 inside Python at its deadline gets a 504 at once, its Python stack goes to the error log, its
 thread is interrupted and comes back; other requests are unaffected."""
+import collections
 import os
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, route, tls, wait_for
+from conftest import APPS, asgi_location, location, route, tls, wait_for
 
 DIRECTIVE = {"nginx": "wsgi_read_timeout", "apache": "NgxWsgiRequestTimeout"}
 
@@ -184,3 +185,25 @@ def test_a_burst_of_timeouts_is_not_a_burst_of_threads(wsgi_factory):
     # before the app took the GIL).
     assert log.count('"GET /spin HTTP/1.1' + entries + "it was still waiting for a thread or the GIL") >= 15, log
     assert requests.get(server.url("/patient/after"), timeout=10).text == "/after"
+
+
+def test_an_interrupt_never_lands_in_the_next_request(nginx_factory):
+    """Requests that end about when their deadline passes race the watchdog: whichever wins,
+    the TimeoutError goes to the request that timed out or to none, never to the request its
+    thread (WSGI) or the event loop (ASGI) runs next. Each slow request is followed by two
+    that do nothing and must all succeed."""
+    server = nginx_factory(
+        location("/w/", f"{APPS}/near_deadline.py", "wsgi_read_timeout 200ms;")
+        + asgi_location("/a/", f"{APPS}/near_deadline.py:app", "wsgi_read_timeout 200ms;"),
+        main_extra="thread_pool default threads=1;").start()
+    for prefix in ("/w", "/a"):
+        slow, fast = collections.Counter(), collections.Counter()
+        for _ in range(60):
+            try:
+                slow[requests.get(server.url(f"{prefix}/slow"), timeout=30).status_code] += 1
+            except requests.exceptions.ChunkedEncodingError:
+                slow["cut"] += 1  # the deadline came after the head had gone out
+            for _ in range(2):
+                fast[requests.get(server.url(f"{prefix}/fast"), timeout=30).status_code] += 1
+        assert fast == {200: 120}, (prefix, fast, slow, server.error_log()[-3000:])
+        assert set(slow) <= {200, 504, "cut"}, (prefix, slow)

@@ -143,26 +143,38 @@ impl TaskWatch {
         let (Some(loop_object), Some(ident)) = (lp.loop_object(py), lp.thread_ident()) else {
             return;
         };
-        let running = py
-            .import("asyncio")
-            .and_then(|a| a.call_method1("current_task", (loop_object,)))
-            .is_ok_and(|current| current.is(task.bind(py)));
-        if !running {
+        // asyncio's C function: asking it runs no Python code, so the GIL stays here between
+        // the last check and the interrupt.
+        let Ok(current_task) = py.import("asyncio").and_then(|a| a.getattr("current_task")) else {
+            return;
+        };
+        let running = || {
+            current_task
+                .call1((&loop_object,))
+                .is_ok_and(|current| current.is(task.bind(py)))
+        };
+        if !running() {
+            return;
+        }
+        let stack =
+            crate::watchdog::stack_of(py, ident).unwrap_or_else(|e| format!("(no stack: {e})"));
+        // Formatting the stack ran Python code, during which the GIL may have gone to the loop's
+        // thread and the task awaited or ended: checked again, or the TimeoutError would land in
+        // whatever the loop runs next (another request's task, the loop's own code).
+        if !running() {
             return;
         }
         self.handled.store(true, Ordering::Release);
-        let stack =
-            crate::watchdog::stack_of(py, ident).unwrap_or_else(|e| format!("(no stack: {e})"));
+        self.interrupted.store(true, Ordering::Release);
+        lp.note_interrupt();
+        // SAFETY: the GIL is held; the loop's thread is alive (it runs this task, checked under
+        // the GIL just now); TimeoutError is a static exception type.
+        unsafe { ffi::PyThreadState_SetAsyncExc(ident as _, ffi::PyExc_TimeoutError) };
         tracing::error!(
             target: "asgi",
             "{what}; it keeps the event loop busy without awaiting, so it cannot be cancelled: \
              interrupting it with TimeoutError. Its Python stack (most recent call last):\n{stack}"
         );
-        self.interrupted.store(true, Ordering::Release);
-        lp.note_interrupt();
-        // SAFETY: the GIL is held; the loop's thread is alive (it runs this task, checked under
-        // the GIL); TimeoutError is a static exception type.
-        unsafe { ffi::PyThreadState_SetAsyncExc(ident as _, ffi::PyExc_TimeoutError) };
     }
 
     /// The task ended (on the loop's thread, with the GIL): an interrupt that has not fired
