@@ -519,6 +519,18 @@ def test_a_shutdown_that_never_finishes_is_bounded_in_the_check_and_at_exit(ngin
     assert f"worker process {worker} exited with code 0" in server.error_log()
 
 
+def test_an_app_that_stops_the_event_loop_does_not_stop_asgi_in_the_worker(nginx_factory):
+    server = nginx_factory(asgi("/", APP)).start()
+    worker = server.worker_pids()[0]
+    assert requests.get(server.url("/stop-loop"), timeout=10).text == "stopped"
+    for _ in range(3):
+        assert requests.get(server.url("/loop"), timeout=10).status_code == 200
+    assert "an application stopped the event loop (loop.stop()); it runs on" in server.error_log()
+    assert server.worker_pids() == [worker]
+    assert server.stop() == 0
+    assert f"worker process {worker} exited with code 0" in server.error_log()
+
+
 def test_apps_without_lifespan_are_served(nginx_factory):
     server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:unsupported")).start()
     assert requests.get(server.url("/"), timeout=10).text == "no lifespan here"

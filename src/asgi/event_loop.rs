@@ -117,6 +117,8 @@ pub struct AsgiLoop {
     loop_object: OnceLock<Py<PyAny>>,
     /// A timed-out task was interrupted with an asynchronous exception at some point.
     interrupted: AtomicBool,
+    /// The server stopped the loop (the process's end); any other stop is an app's.
+    stopping: AtomicBool,
 }
 
 static LOOP: OnceLock<AsgiLoop> = OnceLock::new();
@@ -153,6 +155,7 @@ pub fn start(kind: LoopKind) -> Result<&'static AsgiLoop, String> {
         thread_ident: AtomicU64::new(0),
         loop_object: OnceLock::new(),
         interrupted: AtomicBool::new(false),
+        stopping: AtomicBool::new(false),
     });
     let (ready_tx, ready_rx) = mpsc::channel();
     let thread = crate::signals::spawn_helper("asgi-loop", None, move || l.run(kind, ready_tx))
@@ -180,6 +183,7 @@ impl AsgiLoop {
             thread_ident: AtomicU64::new(0),
             loop_object: OnceLock::new(),
             interrupted: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }))
     }
 
@@ -229,7 +233,12 @@ impl AsgiLoop {
             let _ = ready.send(Ok(()));
             loop {
                 match event_loop.call_method0("run_forever") {
-                    Ok(_) => break,
+                    Ok(_) if self.stopping.load(Ordering::Acquire) => break,
+                    // An app's `loop.stop()` (or `get_event_loop().stop()`): every ASGI request
+                    // of the worker needs the loop, so it runs on.
+                    Ok(_) => {
+                        tracing::error!(target: "asgi", "an application stopped the event loop (loop.stop()); it runs on, as the worker's ASGI requests need it");
+                    }
                     // A timeout's interrupt that fired outside its task (in the loop's own
                     // code, as the task ended): the loop is not broken, it goes on.
                     Err(e)
@@ -355,6 +364,7 @@ impl AsgiLoop {
                 Item::Wake(waker) => waker.fire(py),
                 Item::Call(f) => f(py, event_loop, driver),
                 Item::Stop => {
+                    self.stopping.store(true, Ordering::Release);
                     let _ = event_loop.call_method0("stop");
                 }
             }

@@ -148,6 +148,10 @@ async def app(scope, receive, send):
         await send({"type": "http.response.pathsend", "path": path})
     elif route == "/loop":
         await respond(send, type(asyncio.get_running_loop()).__module__.encode())
+    elif route == "/stop-loop":
+        # What some apps do to "shut down" the loop they believe is theirs.
+        asyncio.get_running_loop().stop()
+        await respond(send, b"stopped")
     elif route == "/stats":
         await respond(send, json.dumps(STATS).encode(), content_type=b"application/json")
     elif route == "/status":
