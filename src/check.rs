@@ -51,7 +51,8 @@ pub struct WorkerSetup {
     /// The event loop ASGI apps run on (their lifespan startup runs on one in the check).
     pub asgi_loop: crate::asgi::LoopKind,
     /// How long an ASGI app's lifespan shutdown may take in the check, as in the workers (zero:
-    /// [`DEFAULT_SHUTDOWN_TIMEOUT`]); one that takes longer is left and does not fail the check.
+    /// [`interpreter::DEFAULT_SHUTDOWN_TIMEOUT`]); one that takes longer is cancelled and does
+    /// not fail the check.
     pub shutdown_timeout: Duration,
     /// The directory the workers change to before they import the apps (nginx's
     /// `working_directory`): an app's relative paths (`StaticFiles(directory="static")`, a
@@ -61,10 +62,6 @@ pub struct WorkerSetup {
 
 /// How long the check may take unless the server's configuration says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The lifespan shutdown's bound in the check unless the server's configuration says otherwise
-/// (the workers' default bound on their exit).
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the check in a child process; returns every problem found.
 pub fn check_apps(
@@ -327,7 +324,7 @@ fn child_report(
                 Ok(app) if spec.kind == crate::app::AppKind::Asgi => {
                     crate::log_text::write_all(progress, format!("L{i}\0").as_bytes());
                     let shutdown_within = if setup.shutdown_timeout.is_zero() {
-                        DEFAULT_SHUTDOWN_TIMEOUT
+                        interpreter::DEFAULT_SHUTDOWN_TIMEOUT
                     } else {
                         setup.shutdown_timeout
                     };

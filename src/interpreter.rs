@@ -197,6 +197,11 @@ def _join(timeout, what):
     report.extract()
 }
 
+/// How long a server process's exit waits for the app's threads and its lifespan shutdown
+/// unless the server's configuration says otherwise (`wsgi_shutdown_timeout`,
+/// `NgxWsgiShutdownTimeout`).
+pub const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What bounds the wait for the app's threads, as the server's configuration calls it (for the
 /// log line, e.g. "wsgi_shutdown_timeout").
 static SHUTDOWN_WHAT: std::sync::OnceLock<String> = std::sync::OnceLock::new();

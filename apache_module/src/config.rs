@@ -132,9 +132,6 @@ pub(crate) struct Registry {
     pub(crate) shutdown_timeout_us: i64,
 }
 
-/// Default `NgxWsgiShutdownTimeout`, as nginx's `wsgi_shutdown_timeout`.
-const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl Default for Registry {
     fn default() -> Self {
         Registry {
@@ -152,8 +149,10 @@ impl Default for Registry {
 impl Registry {
     /// How long an exiting child waits for the app's own threads.
     pub(crate) fn shutdown_timeout(&self) -> std::time::Duration {
-        u64::try_from(self.shutdown_timeout_us)
-            .map_or(DEFAULT_SHUTDOWN_TIMEOUT, std::time::Duration::from_micros)
+        u64::try_from(self.shutdown_timeout_us).map_or(
+            ngx_wsgi::interpreter::DEFAULT_SHUTDOWN_TIMEOUT,
+            std::time::Duration::from_micros,
+        )
     }
 
     /// Whether children are recycled by request count or memory.

@@ -27,7 +27,8 @@ pub(crate) const DEFAULT_MAX_QUEUE: usize = 1024;
 /// Default `wsgi_queue_timeout`.
 pub(crate) const DEFAULT_QUEUE_TIMEOUT_MS: ngx_msec_t = 10_000;
 /// Default `wsgi_shutdown_timeout`.
-pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT_MS: ngx_msec_t = 5_000;
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT_MS: ngx_msec_t =
+    ngx_wsgi::interpreter::DEFAULT_SHUTDOWN_TIMEOUT.as_millis() as ngx_msec_t;
 
 /// Per-location limits.
 #[derive(Clone)]
