@@ -155,8 +155,6 @@ def serving_config(apps, tree):
     for key in apps:
         spec, _, root_path = key.partition("|")
         port = free_port()
-        while port in ports.values():
-            port = free_port()
         ports[key] = port
         servers.append(f" server {{\n  listen 127.0.0.1:{port};\n"
                        f"  location {root_path or ''}/ {{\n   asgi_app {spec};\n  }}\n }}\n")
