@@ -106,6 +106,52 @@ def test_a_close_or_accept_before_reading_the_connect_is_served(server):
     assert "unexpected ASGI message" not in server.error_log()
 
 
+def handshake_answer(server, headers):
+    """The head and body nginx answers a raw upgrade request with `headers`."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /ws/echo HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  + b"".join(h + b"\r\n" for h in headers) + b"\r\n")
+        data = read_until(s, b"\r\n\r\n")
+        head, body = data.split(b"\r\n\r\n", 1)
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")))
+        while len(body) < length:
+            body += s.recv(65536)
+        return head, body
+
+
+KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="
+
+
+@pytest.mark.parametrize("version", [[b"Sec-WebSocket-Version: 8"], []], ids=["8", "none"])
+def test_another_websocket_version_gets_426_naming_13(server, version):
+    head, body = handshake_answer(server, [KEY] + version)
+    assert head.startswith(b"HTTP/1.1 426 Upgrade Required\r\n"), head
+    assert b"\r\nSec-WebSocket-Version: 13\r\n" in head + b"\r\n" and b"\r\nUpgrade: websocket\r\n" in head + b"\r\n"
+    assert b"version 13" in body
+
+
+@pytest.mark.parametrize("headers,why", [
+    ([b"Sec-WebSocket-Version: 13"], "no Sec-WebSocket-Key header"),
+    ([b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Key: not-a-nonce"], "not 16 bytes in base64"),
+    ([b"Sec-WebSocket-Version: 13", KEY, KEY], "more than one Sec-WebSocket-Key header"),
+    ([b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 13", KEY], "more than one Sec-WebSocket-Version"),
+], ids=["no-key", "bad-key", "two-keys", "two-versions"])
+def test_a_malformed_handshake_gets_400_and_never_reaches_the_app(server, headers, why):
+    head, body = handshake_answer(server, headers)
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), head
+    wait_for(lambda: why in server.error_log(), what="the reason in the error log")
+
+
+def test_a_subprotocol_the_client_did_not_offer_is_the_apps_error(server):
+    for offered in (["chat"], None):
+        with pytest.raises(InvalidStatus) as e:
+            with connect(f"{server.ws}/ws/unoffered-subprotocol", subprotocols=offered):
+                pass
+        assert e.value.response.status_code == 500
+    wait_for(lambda: "subprotocol \"graphql-ws\" is not one the client offered" in server.error_log(),
+             what="the app's error in the log")
+
+
 def test_the_app_closes_with_its_code(server):
     with connect(f"{server.ws}/ws/app-closes?c1") as ws:
         assert ws.recv() == "bye"

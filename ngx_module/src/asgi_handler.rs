@@ -19,11 +19,12 @@ use std::sync::Arc;
 use nginx_sys::{
     ngx_event_t, ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
     ngx_http_test_reading, ngx_int_t, ngx_pool_cleanup_add, NGX_DONE, NGX_ERROR,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR,
+    NGX_HTTP_BAD_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_INFO,
 };
 use ngx_wsgi::accel::AccelHeaders;
+use ngx_wsgi::asgi::ws_handshake::{handshake, Handshake, WEBSOCKET_VERSION};
 use ngx_wsgi::asgi::{AsgiLoop, HttpEnd, HttpRequest, TaskWatch, WsRequest};
-use ngx_wsgi::{Chunk, Outcome, OutcomeKind};
+use ngx_wsgi::{Chunk, Outcome, OutcomeKind, ResponseHead};
 
 use crate::asgi_request::AsgiRequest;
 use crate::asgi_ws::{AsgiWs, WsHooks, WsSettings};
@@ -64,6 +65,16 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         );
         return Err(NGX_HTTP_INTERNAL_SERVER_ERROR);
     };
+    // SAFETY: `r` is live on the event loop.
+    let scope = unsafe { crate::asgi_scope::collect(r, lc, mc.request_id.0) };
+    let websocket = match handshake(&scope) {
+        Handshake::None => false,
+        Handshake::WebSocket => true,
+        // SAFETY: `r` is live on the event loop and has sent nothing.
+        Handshake::UnsupportedVersion => return unsafe { refuse_version(r) },
+        // SAFETY: `r` is live on the event loop and has sent nothing.
+        Handshake::Malformed(why) => return Err(unsafe { refuse_malformed(r, why) }),
+    };
     let limits = QueueLimits {
         max_queue: mc.limits.max_queue(),
         queue_timeout: mc.limits.queue_timeout(),
@@ -73,8 +84,6 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         crate::asgi_queue::admit(event_loop, limits)
             .map_err(|why| crate::overload::refuse(r, why, limits.queue_timeout))?;
     }
-    // SAFETY: `r` is live on the event loop.
-    let scope = unsafe { crate::asgi_scope::collect(r, lc, mc.request_id.0) };
     let events = ClientEvents {
         writable: Some(on_client_writable),
         readable: Some(on_client_readable),
@@ -111,7 +120,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             )
         }
     };
-    let served = if scope.is_websocket_handshake() {
+    let served = if websocket {
         // SAFETY: `r` is live; its core configuration exists.
         let max = unsafe { max_message(r) };
         let settings = WsSettings {
@@ -210,6 +219,37 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     }
     Ok(())
 }
+
+/// A WebSocket handshake for another version than 13, which the app never sees: a 426 naming
+/// the version this server speaks. Finalizes the request in place of the caller.
+unsafe fn refuse_version(r: *mut ngx_http_request_t) -> Result<(), u32> {
+    let mut head = ResponseHead::new(426, b"426 Upgrade Required", 3, 64);
+    head.push_header(b"Sec-WebSocket-Version", WEBSOCKET_VERSION);
+    head.push_header(b"Upgrade", b"websocket");
+    head.push_header(b"Content-Type", b"text/plain");
+    // SAFETY: `r` is live on the event loop and has sent nothing; the body is static.
+    unsafe {
+        let rc = crate::response::send_whole(r, &head, UNSUPPORTED_VERSION);
+        ngx_http_finalize_request(r, rc);
+    }
+    Ok(())
+}
+
+/// A malformed WebSocket handshake, which the app never sees: nginx's 400 (so `error_page 400`
+/// applies), the reason in the error log at `info`, where nginx logs the other requests it
+/// finds malformed.
+unsafe fn refuse_malformed(r: *mut ngx_http_request_t, why: &str) -> u32 {
+    // SAFETY: `r` is live; its connection's log outlives this call.
+    let log = unsafe { (*(*r).connection).log };
+    crate::ffi::log::write_log(
+        NGX_LOG_INFO as usize,
+        log,
+        &format!("asgi: client sent a WebSocket handshake with {why}"),
+    );
+    NGX_HTTP_BAD_REQUEST
+}
+
+const UNSUPPORTED_VERSION: &[u8] = b"This server speaks WebSocket version 13 (RFC 6455) only.\n";
 
 /// What an `asgi_app` request is: an HTTP exchange, or a WebSocket (before and after its
 /// handshake). The request's module context points at it.

@@ -310,10 +310,23 @@ pub(crate) unsafe fn send_static(
 ) -> ngx_int_t {
     let mut head = ResponseHead::new(200, b"200 OK", 1, 12 + content_type.len());
     head.push_header(b"Content-Type", content_type);
-    head.content_length = Some(body.len() as u64);
+    // SAFETY: per the function contract.
+    unsafe { send_whole(r, &head, body) }
+}
+
+/// From a content handler: `head` with `body` (which outlives the request) and its length,
+/// returning what the handler returns.
+///
+/// # Safety
+/// `r` is live on the event loop, in its content phase.
+pub(crate) unsafe fn send_whole(
+    r: *mut ngx_http_request_t,
+    head: &ResponseHead,
+    body: &[u8],
+) -> ngx_int_t {
     // SAFETY: `r` is live on the event loop, in its content phase.
     unsafe {
-        let rc = send_head(r, &head, head.content_length);
+        let rc = send_head(r, head, Some(body.len() as u64));
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
             return rc;
         }

@@ -15,6 +15,7 @@ pub mod waker;
 pub mod websocket;
 pub mod ws_codec;
 pub mod ws_deflate;
+pub mod ws_handshake;
 
 pub use event_loop::{AsgiLoop, LoopKind};
 pub use http::{BodyRead, HttpEnd, HttpRequest, HttpServer};

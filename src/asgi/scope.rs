@@ -294,24 +294,6 @@ impl HttpScope {
         self.headers().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 
-    /// Whether the request asks for a WebSocket (RFC 6455 handshake, version 13, HTTP/1.1 GET).
-    pub fn is_websocket_handshake(&self) -> bool {
-        let has_token = |name: &[u8], token: &str| {
-            self.headers().any(|(n, v)| {
-                n == name
-                    && String::from_utf8_lossy(v)
-                        .split(',')
-                        .any(|t| t.trim().eq_ignore_ascii_case(token))
-            })
-        };
-        self.method() == b"GET"
-            && self.http_version == "1.1"
-            && has_token(b"upgrade", "websocket")
-            && has_token(b"connection", "upgrade")
-            && self.header(b"sec-websocket-key").is_some()
-            && self.header(b"sec-websocket-version") == Some(b"13")
-    }
-
     /// Makes this a `websocket` scope (its subprotocols from the request).
     pub fn into_websocket(mut self) -> HttpScope {
         self.websocket = true;

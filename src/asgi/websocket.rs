@@ -179,8 +179,20 @@ impl WsExchange {
                     PyTypeError::new_err("websocket.accept: subprotocol must be a str")
                 })?;
                 let sub = sub.to_cow()?;
-                crate::response::check_header_bytes(b"Sec-WebSocket-Protocol", sub.as_bytes())
-                    .map_err(PyValueError::new_err)?;
+                // The client fails a connection whose subprotocol it did not offer (RFC 6455,
+                // 4.1): better the app's error, with its traceback, than a client's mystery.
+                if !self
+                    .scope
+                    .subprotocols
+                    .iter()
+                    .any(|offered| *offered == sub)
+                {
+                    return Err(PyValueError::new_err(format!(
+                        "websocket.accept: subprotocol {sub:?} is not one the client offered \
+                         (scope[\"subprotocols\"] is {:?})",
+                        self.scope.subprotocols
+                    )));
+                }
                 head.push_header(b"Sec-WebSocket-Protocol", sub.as_bytes());
             }
         }

@@ -64,6 +64,8 @@ async def app(scope, receive, send):
         await send({"type": "websocket.close", "code": 4001, "reason": "go away"})
         message = await receive()
         STATS["closed"][key] = [message["code"], message.get("reason", "")]
+    elif path == "/unoffered-subprotocol":
+        await send({"type": "websocket.accept", "subprotocol": "graphql-ws"})
     elif path == "/raise-before-accept":
         raise RuntimeError("refusing by raising")
     elif path == "/accept-with-extensions":
