@@ -114,6 +114,23 @@ def test_scope_of_a_prefix_location(server):
     assert s["state"] == ["pid", "shared"], "the lifespan's state"
 
 
+def test_on_a_unix_socket_client_is_none_and_server_the_path(nginx_factory, tmp_path):
+    sock = tmp_path / "app.sock"
+    s = nginx_factory("", http_extra=f"server {{\n listen unix:{sock};\n{asgi('/', APP)} }}\n").start()
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(10)
+        c.connect(str(sock))
+        c.sendall(b"GET /scope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        response = b""
+        while chunk := c.recv(65536):
+            response += chunk
+    head, body = response.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    scope = json.loads(body)
+    assert scope["client"] is None and scope["server"] == [str(sock), None], "ASGI's unix socket values"
+    assert s.stop() == 0
+
+
 def test_root_path_at_the_root_exact_and_outside_the_mount(server):
     assert scope_of(server, "/scope")["root_path"] == ""
     assert scope_of(server, "/scope-exact")["root_path"] == ""

@@ -10,7 +10,7 @@ use ngx_wsgi::asgi::HttpScope;
 
 use crate::conf::LocConf;
 use crate::ffi::ngx_bytes;
-use crate::request_info::{for_each_header, sockaddr_port};
+use crate::request_info::{for_each_header, inet_port};
 
 /// NGX_HTTP_VERSION_30 (nginx 1.25+; spelled out to build against older nginx too).
 const HTTP_VERSION_30: u32 = 3000;
@@ -40,7 +40,8 @@ pub(crate) unsafe fn collect(
     // SAFETY: a live request has a live connection.
     let c = unsafe { &mut *r.connection };
     // nginx's own text of the local address (what `$server_addr` shows).
-    let mut text = [0u8; 64];
+    // Room for a unix socket's `unix:` and path (108 bytes at most).
+    let mut text = [0u8; 128];
     let mut local_ip = ngx_str_t {
         len: text.len(),
         data: text.as_mut_ptr(),
@@ -50,8 +51,14 @@ pub(crate) unsafe fn collect(
     let rc = unsafe { ngx_connection_local_sockaddr(c, &mut local_ip, 0) };
     let server = (rc == NGX_OK as ngx_int_t).then(|| {
         // SAFETY: set by the call above.
-        let port = unsafe { sockaddr_port(c.local_sockaddr.cast()) };
-        (&text[..local_ip.len], port)
+        let port = unsafe { inet_port(c.local_sockaddr.cast()) };
+        let host = &text[..local_ip.len];
+        // ASGI's unix socket server is `[path, None]`.
+        let host = match port {
+            Some(_) => host,
+            None => host.strip_prefix(b"unix:").unwrap_or(host),
+        };
+        (host, port)
     });
     let mut request_id: &[u8] = &[];
     if let Some(index) = request_id_var {
@@ -95,7 +102,7 @@ pub(crate) unsafe fn collect(
         .set(ScopeField::RootPath, root_path)
         .set(ScopeField::RequestId, request_id);
     // SAFETY: the connection's peer address is set for every accepted connection.
-    b.client(client, unsafe { sockaddr_port(c.sockaddr.cast()) });
+    b.client(client, unsafe { inet_port(c.sockaddr.cast()) });
     if let Some((host, port)) = server {
         b.server(host, port);
     }

@@ -40,20 +40,22 @@ pub(crate) unsafe fn collect(
         .set(Field::ServerProtocol, protocol(r.http_version as u32))
         .set(Field::RemoteAddr, ngx_bytes(&c.addr_text));
 
+    // CGI's port of a unix socket is 0.
     // SAFETY: the connection's peer address is set for every accepted connection.
-    let remote_port = unsafe { sockaddr_port(c.sockaddr.cast()) };
+    let remote_port = unsafe { inet_port(c.sockaddr.cast()) }.unwrap_or(0);
     b.set(Field::RemotePort, decimal(&mut [0; 5], remote_port));
     // SAFETY: fills `c->local_sockaddr` (getsockname for wildcard listeners) on the loop thread.
     unsafe { ngx_connection_local_sockaddr(c, std::ptr::null_mut(), 0) };
     // SAFETY: set by the call above.
-    let local_port = unsafe { sockaddr_port(c.local_sockaddr.cast()) };
+    let local_port = unsafe { inet_port(c.local_sockaddr.cast()) }.unwrap_or(0);
     b.set(Field::ServerPort, decimal(&mut [0; 5], local_port));
     let server_name = NgxHttpCoreModule::server_conf(r)
         .map(|s| ngx_bytes(&s.server_name))
         .unwrap_or(&[]);
     if server_name.is_empty() {
         // nginx's own text of the address (what `$server_addr` shows).
-        let mut text = [0u8; 64];
+        // Room for a unix socket's `unix:` and path (108 bytes at most).
+        let mut text = [0u8; 128];
         let mut local_ip = ngx_str_t {
             len: text.len(),
             data: text.as_mut_ptr(),
@@ -183,18 +185,20 @@ pub(crate) unsafe fn body_of(r: &ngx_http_request_t) -> Body {
     }
 }
 
+/// The port of an IP socket address; None for a unix socket's (or none).
+///
 /// # Safety
 /// `sa` is NULL or a valid socket address.
-pub(crate) unsafe fn sockaddr_port(sa: *const libc::sockaddr) -> u16 {
+pub(crate) unsafe fn inet_port(sa: *const libc::sockaddr) -> Option<u16> {
     if sa.is_null() {
-        return 0;
+        return None;
     }
     // SAFETY: the family says which structure `sa` is.
     unsafe {
         match (*sa).sa_family as i32 {
-            libc::AF_INET => u16::from_be((*(sa as *const libc::sockaddr_in)).sin_port),
-            libc::AF_INET6 => u16::from_be((*(sa as *const libc::sockaddr_in6)).sin6_port),
-            _ => 0,
+            libc::AF_INET => Some(u16::from_be((*(sa as *const libc::sockaddr_in)).sin_port)),
+            libc::AF_INET6 => Some(u16::from_be((*(sa as *const libc::sockaddr_in6)).sin6_port)),
+            _ => None,
         }
     }
 }
@@ -240,20 +244,20 @@ mod tests {
             v4.sin_family = libc::AF_INET as _;
             v4.sin_port = 8080u16.to_be();
             assert_eq!(
-                sockaddr_port((&v4 as *const libc::sockaddr_in).cast()),
-                8080
+                inet_port((&v4 as *const libc::sockaddr_in).cast()),
+                Some(8080)
             );
             let mut v6: libc::sockaddr_in6 = std::mem::zeroed();
             v6.sin6_family = libc::AF_INET6 as _;
             v6.sin6_port = 443u16.to_be();
             assert_eq!(
-                sockaddr_port((&v6 as *const libc::sockaddr_in6).cast()),
-                443
+                inet_port((&v6 as *const libc::sockaddr_in6).cast()),
+                Some(443)
             );
             let mut unix: libc::sockaddr_un = std::mem::zeroed();
             unix.sun_family = libc::AF_UNIX as _;
-            assert_eq!(sockaddr_port((&unix as *const libc::sockaddr_un).cast()), 0);
-            assert_eq!(sockaddr_port(std::ptr::null()), 0);
+            assert_eq!(inet_port((&unix as *const libc::sockaddr_un).cast()), None);
+            assert_eq!(inet_port(std::ptr::null()), None);
         }
     }
 }

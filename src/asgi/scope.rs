@@ -42,8 +42,10 @@ pub struct HttpScope {
     pub websocket: bool,
     arena: Arena,
     fields: [Span; FIELD_COUNT],
+    /// The client's port; None on a unix socket, where ASGI's `client` is None.
     client_port: Option<u16>,
-    server_port: Option<u16>,
+    /// Whether `server` is known, and its port: None on a unix socket (`[path, None]`).
+    server_port: Option<Option<u16>>,
     /// Each header's name and value.
     headers: Vec<(Span, Span)>,
     /// `Sec-WebSocket-Protocol`'s values, in order (WebSocket scopes only).
@@ -80,13 +82,15 @@ impl HttpScopeBuilder {
         self
     }
 
-    pub fn client(&mut self, host: &[u8], port: u16) -> &mut Self {
+    /// The client's address (as log lines show it) and port (None on a unix socket).
+    pub fn client(&mut self, host: &[u8], port: Option<u16>) -> &mut Self {
         self.set(ScopeField::ClientHost, host);
-        self.scope.client_port = Some(port);
+        self.scope.client_port = port;
         self
     }
 
-    pub fn server(&mut self, host: &[u8], port: u16) -> &mut Self {
+    /// The listening address and port, or a unix socket's path and None.
+    pub fn server(&mut self, host: &[u8], port: Option<u16>) -> &mut Self {
         self.set(ScopeField::ServerHost, host);
         self.scope.server_port = Some(port);
         self
@@ -134,12 +138,14 @@ impl HttpScope {
         self.field(ScopeField::RequestId)
     }
 
+    /// ASGI's `client`: host and port, None when there is no port (a unix socket).
     pub fn client(&self) -> Option<(&[u8], u16)> {
         self.client_port
             .map(|port| (self.field(ScopeField::ClientHost), port))
     }
 
-    pub fn server(&self) -> Option<(&[u8], u16)> {
+    /// ASGI's `server`: host and port, or a unix socket's path and None.
+    pub fn server(&self) -> Option<(&[u8], Option<u16>)> {
         self.server_port
             .map(|port| (self.field(ScopeField::ServerHost), port))
     }
@@ -180,9 +186,7 @@ impl HttpScope {
 
     /// `client: ADDR` for log lines.
     pub fn client_text(&self) -> String {
-        self.client().map_or_else(String::new, |(a, _)| {
-            String::from_utf8_lossy(a).into_owned()
-        })
+        String::from_utf8_lossy(self.field(ScopeField::ClientHost)).into_owned()
     }
 
     /// The scope dict; `state` is the app's lifespan state, shallow-copied into the scope.
@@ -256,7 +260,10 @@ impl HttpScope {
         )?;
         scope.set_item(intern!(py, "headers"), headers)?;
         for (key, addr) in [
-            (intern!(py, "client"), self.client()),
+            (
+                intern!(py, "client"),
+                self.client().map(|(host, port)| (host, Some(port))),
+            ),
             (intern!(py, "server"), self.server()),
         ] {
             match addr {
@@ -356,8 +363,8 @@ mod tests {
             .header(b"Host", b"x")
             .header(b"X-A", b"1")
             .header(b"x-a", b"2")
-            .client(b"127.0.0.1", 5000)
-            .server(b"127.0.0.1", 80);
+            .client(b"127.0.0.1", Some(5000))
+            .server(b"127.0.0.1", Some(80));
         let scope = b.build();
         assert_eq!(scope.request_line(), "POST /mount/caf%C3%A9?a=1 HTTP/1.1");
         assert_eq!(scope.log_suffix(), "");
@@ -425,6 +432,28 @@ mod tests {
             let d = scope.to_dict(py, None).unwrap();
             assert!(d.get_item("client").unwrap().unwrap().is_none());
             assert!(d.get_item("state").unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn on_a_unix_socket_client_is_none_and_server_the_path_and_none() {
+        let mut b = HttpScope::builder();
+        b.http_version("1.1")
+            .set(ScopeField::Method, b"GET")
+            .client(b"unix:", None)
+            .server(b"/run/app.sock", None);
+        let scope = b.build();
+        assert_eq!(
+            scope.client_text(),
+            "unix:",
+            "log lines name it as nginx does"
+        );
+        with_python(|py| {
+            let d = scope.to_dict(py, None).unwrap();
+            assert!(d.get_item("client").unwrap().unwrap().is_none());
+            let server: (String, Option<u16>) =
+                d.get_item("server").unwrap().unwrap().extract().unwrap();
+            assert_eq!(server, ("/run/app.sock".into(), None));
         });
     }
 
