@@ -8,7 +8,7 @@ import socket
 import pytest
 import requests
 
-from conftest import APPS, recv_until, route
+from conftest import APPS, recv_until, route, wait_for
 
 APP = APPS / "input_app.py"
 BODY = b"first line\nsecond\n\nlast without newline"
@@ -117,6 +117,22 @@ def test_unbuffered_body_reaches_the_app_as_it_arrives(server, chunked):
         while chunk := s.recv(65536):
             data += chunk
     assert b"rest:world" in data
+
+
+@pytest.mark.parametrize("key,bad", [("size", b"ZZ\r\nbad\r\n"), ("framing", b"5\r\nhelloXX\r\n")])
+def test_a_malformed_chunk_while_the_app_reads_is_the_clients_400(server, key, bad):
+    # nginx answers 400 when it buffers the body; read as it arrives, the same.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(f"POST /unbuffered/read_after_note?{key} HTTP/1.1\r\nHost: t\r\n"
+                  "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".encode())
+        wait_for(lambda: f"read_after_note {key}: b'hello'" in server.error_log(), what="the app to read")
+        s.sendall(bad)
+        response = b""
+        while chunk := s.recv(65536):
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 400 "), response[:200]
+    assert response.count(b"HTTP/1.1 ") == 1, "the connection closes: where a next request starts is lost"
+    assert requests.post(server.url("/unbuffered/read"), data=BODY).json()["parts"] == [BODY.decode()]
 
 
 def test_unbuffered_64_mib_upload_uses_no_temp_file(server):

@@ -369,6 +369,12 @@ unsafe fn finish(
                 body.finish();
             }
             let streamed = stream.finish(r);
+            if let Some(status) =
+                request_body.and_then(|b| b.client_fault_answer(r, streamed.head_sent || upgraded))
+            {
+                crate::metrics::finished(status as u16, posted_at.elapsed(), false, false);
+                return Some(status);
+            }
             let kind = match end {
                 HttpEnd::Complete => OutcomeKind::Complete,
                 HttpEnd::Failed => OutcomeKind::Failed,

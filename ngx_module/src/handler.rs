@@ -192,20 +192,27 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
             crate::inflight::finished();
             crate::recycle::request_done();
             timer::disarm(&mut (*job).deadline);
-            count_finished(&*job);
             if let Some(body) = &(*job).body_stream {
                 body.finish();
             }
             let streamed = (*job).stream.finish(r);
-            Some(match (*job).timed_out {
+            let client_fault = match &(*job).body_stream {
+                Some(b) if (*job).timed_out.is_none() && !(*job).expired => {
+                    b.client_fault_answer(r, streamed.head_sent)
+                }
+                _ => None,
+            };
+            count_finished(&*job, client_fault);
+            Some(match ((*job).timed_out, client_fault) {
                 // A 504 went out at the deadline; the app's late answer is dropped.
-                Some(rc) => rc,
-                None if (*job).expired => {
+                (Some(rc), _) => rc,
+                (None, Some(status)) => status,
+                (None, None) if (*job).expired => {
                     let timeout =
                         crate::conf::main_conf_of(&*r).map_or(0, |mc| mc.limits.queue_timeout());
                     crate::overload::refuse(r, Refused::Expired, timeout) as ngx_int_t
                 }
-                None => crate::response::send(r, (*job).outcome.as_ref(), streamed),
+                (None, None) => crate::response::send(r, (*job).outcome.as_ref(), streamed),
             })
         }
     });
@@ -236,9 +243,14 @@ unsafe fn expired_in_queue(job: *mut Job) {
     }
 }
 
-fn count_finished(job: &Job) {
+/// Counts the request's end; `client_fault` is the status its broken body answers with.
+fn count_finished(job: &Job, client_fault: Option<ngx_int_t>) {
     if job.expired {
         crate::metrics::finished(503, job.posted_at.elapsed(), false, false);
+        return;
+    }
+    if let Some(status) = client_fault {
+        crate::metrics::finished(status as u16, job.posted_at.elapsed(), false, false);
         return;
     }
     let (status, client_gone) = match (&job.timed_out, &job.outcome) {

@@ -69,6 +69,9 @@ struct State {
     unread: usize,
     eof: bool,
     error: Option<String>,
+    /// The status nginx gave the body's failure, when the client caused it (400: a malformed
+    /// chunk, 408: client_body_timeout, 413: over client_max_body_size).
+    client_fault: Option<ngx_int_t>,
     /// The loop stopped reading from the client because `unread` reached the limit.
     paused: bool,
     scheduled: bool,
@@ -96,6 +99,7 @@ impl BodyStream {
                 unread: 0,
                 eof: false,
                 error: None,
+                client_fault: None,
                 paused: false,
                 scheduled: false,
                 request: LoopRequest(r),
@@ -197,6 +201,7 @@ impl BodyStream {
                 if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
                     let mut st = self.lock();
                     st.error = Some(format!("the client's request body failed (status {rc})"));
+                    st.client_fault = (400..500).contains(&rc).then_some(rc);
                     waiting = st.waiting > 0;
                     news = true;
                     break;
@@ -219,6 +224,30 @@ impl BodyStream {
         if let Some(wake) = &*self.waker.lock().unwrap_or_else(|e| e.into_inner()) {
             wake();
         }
+    }
+
+    /// What the request answers once the app is done, when the client broke its body: that
+    /// status, as nginx answers it when it reads the whole body first (the app's response,
+    /// or the error its read raised, is dropped), unless the response has started. Either way
+    /// the connection is not kept alive: where the next request would start is lost.
+    ///
+    /// # Safety
+    /// Event-loop thread; `r` is this body's live request.
+    pub(crate) unsafe fn client_fault_answer(
+        &self,
+        r: *mut ngx_http_request_t,
+        head_sent: bool,
+    ) -> Option<ngx_int_t> {
+        let status = self.lock().client_fault?;
+        // SAFETY: per the function contract.
+        unsafe {
+            (*r).set_keepalive(0);
+            // A client that has gone is answered as one (499), not blamed twice.
+            if head_sent || (*(*r).connection).error() != 0 {
+                return None;
+            }
+        }
+        Some(status)
     }
 
     /// Sets what a reader that does not block is woken with when bytes arrive or the body ends.

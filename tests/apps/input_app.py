@@ -64,6 +64,12 @@ def application(environ, start_response):
     elif way == "/rss":
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps(_rss()).encode()]
+    elif way == "/read_after_note":
+        # Says (in the error log) that it has the first five bytes, then reads the rest.
+        first = f.read(5)
+        environ["wsgi.errors"].write(f"read_after_note {environ['QUERY_STRING']}: {first!r}\n")
+        environ["wsgi.errors"].flush()
+        parts = [(first + f.read()).decode()]
     elif way == "/interactive":
         # Answers the first five bytes before the client has sent the rest.
         write = start_response("200 OK", [("Content-Type", "text/plain")])
