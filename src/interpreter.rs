@@ -47,6 +47,7 @@ pub fn initialize(settings: &PythonSettings) -> Result<(), String> {
     }
     pin_code_in_memory();
     crate::signals::reset_in_forked_children();
+    crate::forked::this_process_serves();
     // SAFETY: called once per process before any other Python API; the config struct is
     // initialised by PyConfig_InitPythonConfig and cleared before it goes out of scope.
     unsafe {

@@ -20,6 +20,7 @@ pub mod content_length;
 pub mod environ;
 pub mod errors;
 pub mod file_wrapper;
+pub mod forked;
 pub mod head;
 pub mod input;
 pub mod interpreter;

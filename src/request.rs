@@ -83,6 +83,7 @@ pub fn run_request(
         let mut outcome = crate::logging_bridge::with_request(info.request_id(), || {
             run_attached(py, app.bind(py), info, body, sink)
         });
+        crate::forked::exit_if_forked_child(py, "wsgi");
         outcome.gil_wait = gil_wait;
         outcome
     })

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, location, recv_until, route, wait_for
+from conftest import APPS, asgi_location, location, recv_until, route, wait_for
 
 APP = APPS / "real_apps.py"
 KINDS = ["run", "shell", "check_call", "popen_wait", "communicate", "system", "fork", "mp_fork", "mp_spawn"]
@@ -52,6 +52,30 @@ def test_a_hundred_concurrent_children_each_get_their_own_status(real_app):
     log = real_app.error_log()
     assert "unknown process" not in log, log[-2000:]
     assert "exited with code" not in log.replace("worker process", "")
+
+
+FORKING = APPS / "forking.py"
+
+
+@pytest.fixture(scope="module")
+def forking(nginx_factory):
+    return nginx_factory(location("/wsgi/", FORKING) + asgi_location("/asgi/", f"{FORKING}:asgi_app")).start()
+
+
+@pytest.mark.parametrize("interface", ["wsgi", "asgi"])
+def test_a_process_the_app_forks_holds_none_of_nginxs_tcp_sockets(forking, interface):
+    # Else it keeps the port bound after nginx stops, and clients' connections open after
+    # nginx has closed them.
+    r = requests.get(forking.url(f"/{interface}/?held"), timeout=30)
+    assert r.json() == {"sockets_in_child": 0, "child_exit": 0}
+
+
+@pytest.mark.parametrize("interface", ["wsgi", "asgi"])
+def test_a_forked_child_that_returns_into_the_server_exits(forking, interface):
+    r = requests.get(forking.url(f"/{interface}/?returns"), timeout=30)
+    assert r.json()["child_exit"] == 0
+    wait_for(lambda: "returned from it into the server and exits" in forking.error_log(), what="the child's line")
+    assert requests.get(forking.url(f"/{interface}/?held"), timeout=30).status_code == 200, "the worker serves on"
 
 
 NON_DAEMON_THREAD_APP = APPS / "app_threads.py"

@@ -20,6 +20,7 @@ mod dispatch;
 mod drain;
 mod elastic_pool;
 mod ffi;
+mod fork_child;
 mod handler;
 mod inflight;
 mod job;

@@ -44,6 +44,7 @@ pub(crate) unsafe fn start_worker(
     // `signals`). A worker starts no children of nginx's.
     ngx_wsgi::signals::leave_children_to_their_parents()
         .map_err(|e| format!("wsgi: SIGCHLD: {e}"))?;
+    crate::fork_child::close_nginx_sockets_in_children();
     // SAFETY: per the function contract.
     unsafe { crate::notify::init(cycle, on_finished) }.map_err(|e| format!("wsgi: {e}"))?;
     interpreter::initialize(&mc.python.settings).map_err(|e| format!("wsgi: {e}"))?;

@@ -614,6 +614,7 @@ impl HttpExchange {
     /// The app's coroutine ended, with `error` if it raised.
     #[pyo3(signature = (error = None))]
     fn ended(&mut self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
+        crate::forked::exit_if_forked_child(py, "asgi");
         crate::chunk::release_dropped(py);
         let client_gone = self.gone || (!self.finished && self.server.client_gone());
         if let Some(error) = error {

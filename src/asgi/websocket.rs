@@ -385,6 +385,7 @@ impl WsExchange {
 
     #[pyo3(signature = (error = None))]
     fn ended(&mut self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
+        crate::forked::exit_if_forked_child(py, "asgi");
         crate::chunk::release_dropped(py);
         match self.state {
             State::Connecting | State::Denying => {

@@ -1,0 +1,74 @@
+//! Processes an app forks (`os.fork()`, `multiprocessing`'s fork): the server's sockets are not
+//! theirs, and one that returns from the app into the server ends there.
+//!
+//! A forked child that keeps the server's listening sockets keeps the port bound after the
+//! server stops or reloads; one that keeps a client's connection keeps it open after the
+//! server has closed it (an HTTP/1.0 client waits for the end of the response until the child
+//! exits). A child that returns from the app would run the server's code with none of its
+//! other threads: it can only hang, holding what it inherited.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// The process that serves requests (set when its interpreter starts).
+static SERVER_PID: AtomicI32 = AtomicI32::new(0);
+
+/// Records the calling process as the server's.
+pub fn this_process_serves() {
+    // SAFETY: getpid has no preconditions.
+    SERVER_PID.store(unsafe { libc::getpid() }, Ordering::Relaxed);
+}
+
+/// Whether this is a process the app forked, not the server's own.
+pub fn in_forked_child() -> bool {
+    let server = SERVER_PID.load(Ordering::Relaxed);
+    // SAFETY: getpid has no preconditions.
+    server != 0 && server != unsafe { libc::getpid() }
+}
+
+/// Ends a forked child that returned from the app into the server, after flushing Python's
+/// standard streams (it may have printed). Said on stderr: the server's log machinery lives in
+/// threads the child does not have, and stderr is the server's error log.
+pub fn exit_if_forked_child(py: pyo3::Python<'_>, interface: &str) {
+    if !in_forked_child() {
+        return;
+    }
+    use pyo3::types::PyAnyMethods;
+    if let Ok(sys) = py.import("sys") {
+        for stream in ["stdout", "stderr"] {
+            if let Ok(s) = sys.getattr(stream) {
+                let _ = s.call_method0("flush");
+            }
+        }
+    }
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    eprintln!(
+        "{interface}: process {pid}, forked by the application, returned from it into the \
+         server and exits (a forked child should end with os._exit())"
+    );
+    // SAFETY: ends this process at once; nothing of the server's may run in it.
+    unsafe { libc::_exit(0) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_is_not_a_forked_child_and_its_child_is() {
+        assert!(!in_forked_child(), "before the server is known: no");
+        this_process_serves();
+        assert!(!in_forked_child());
+        // SAFETY: the child only reads an atomic and calls getpid and _exit.
+        match unsafe { libc::fork() } {
+            // SAFETY: in the child: _exit ends it without running the test harness.
+            0 => unsafe { libc::_exit(if in_forked_child() { 7 } else { 1 }) },
+            pid => {
+                let mut status = 0;
+                // SAFETY: waits for the child just forked.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                assert_eq!(libc::WEXITSTATUS(status), 7);
+            }
+        }
+    }
+}

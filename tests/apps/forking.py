@@ -1,0 +1,68 @@
+"""An app that forks (os.fork()) as some do, without ending the child with os._exit(): what the
+child holds of the server's, and what becomes of a child that returns into it."""
+import asyncio
+import json
+import os
+import socket
+
+
+def sockets_held():
+    """The TCP sockets this process has: nginx's listening sockets and client connections
+    (asyncio's own self-pipe is a unix socket pair)."""
+    held = 0
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        try:
+            with socket.socket(fileno=os.dup(fd)) as s:  # its family read from the socket
+                held += s.family in (socket.AF_INET, socket.AF_INET6)
+        except OSError:
+            pass
+    return held
+
+
+def fork_and_report(way):
+    """`held`: the child reports how many sockets it has, then _exits. `returns`: the child
+    returns into the server. Either way the parent waits for it and says how it ended."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        os.write(write, str(sockets_held()).encode())
+        os.close(write)
+        if way == "held":
+            os._exit(0)
+        return None
+    os.close(write)
+    held = int(os.read(read, 100) or b"-1")
+    os.close(read)
+    _, status = os.waitpid(pid, 0)
+    return {"sockets_in_child": held, "child_exit": os.waitstatus_to_exitcode(status)}
+
+
+def application(environ, start_response):
+    result = fork_and_report(environ["QUERY_STRING"])
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps(result).encode() if result else b"the child's answer"]
+
+
+async def asgi_app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    way = scope["query_string"].decode()
+    # The fork on the event loop's thread, as an app's blocking call would make it.
+    result = fork_and_report(way) if way == "held" else None
+    if way == "returns":
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            os.close(write)
+            body = b"the child's answer"
+        else:
+            os.close(read)
+            os.close(write)
+            _, status = await asyncio.get_running_loop().run_in_executor(None, os.waitpid, pid, 0)
+            body = json.dumps({"child_exit": os.waitstatus_to_exitcode(status)}).encode()
+    else:
+        body = json.dumps(result).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
