@@ -40,7 +40,7 @@ fn main() {
         .clang_args(&clang_args)
         .allowlist_function("ap_.*|apr_.*")
         .allowlist_type("process_rec|core_dir_config|apr_table_entry_t|request_rec|conn_rec|server_rec|module_struct|command_rec|cmd_parms|ap_directive_t|unixd_config_rec")
-        .allowlist_var("core_module|ap_server_conf|ap_unixd_config|ap_server_root|ap_bucket_type_error|ap_conftree")
+        .allowlist_var("core_module|ap_server_conf|ap_unixd_config|ap_server_root|ap_bucket_type_error|ap_conftree|ap_listeners")
         .allowlist_var("MODULE_MAGIC_.*|APR_HOOK_.*|OK|DECLINED|DONE|HTTP_.*|RSRC_CONF|ACCESS_CONF|OR_.*")
         .allowlist_var("APLOG_.*|REQUEST_CHUNKED_.*|APR_SUCCESS|NOT_IN_.*|GLOBAL_ONLY|APR_FOPEN_.*")
         .allowlist_var("APR_EOF|APR_ECONNABORTED|APR_OS_START_.*|AP_SQ_.*|M_GET|M_METHODS|AP_MPMQ_.*")

@@ -13,3 +13,4 @@
 #include <apr_portable.h>
 #include <apr_shm.h>
 #include <ap_mpm.h>
+#include <ap_listen.h>

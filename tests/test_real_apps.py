@@ -58,24 +58,42 @@ FORKING = APPS / "forking.py"
 
 
 @pytest.fixture(scope="module")
-def forking(nginx_factory):
-    return nginx_factory(location("/wsgi/", FORKING) + asgi_location("/asgi/", f"{FORKING}:asgi_app")).start()
+def forking(wsgi_factory):
+    return wsgi_factory([route("/", FORKING)]).start()
 
 
-@pytest.mark.parametrize("interface", ["wsgi", "asgi"])
-def test_a_process_the_app_forks_holds_none_of_nginxs_tcp_sockets(forking, interface):
-    # Else it keeps the port bound after nginx stops, and clients' connections open after
-    # nginx has closed them.
-    r = requests.get(forking.url(f"/{interface}/?held"), timeout=30)
-    assert r.json() == {"sockets_in_child": 0, "child_exit": 0}
+@pytest.fixture(scope="module")
+def forking_asgi(nginx_factory):
+    return nginx_factory(asgi_location("/", f"{FORKING}:asgi_app")).start()
 
 
-@pytest.mark.parametrize("interface", ["wsgi", "asgi"])
-def test_a_forked_child_that_returns_into_the_server_exits(forking, interface):
-    r = requests.get(forking.url(f"/{interface}/?returns"), timeout=30)
+def test_a_process_the_app_forks_holds_none_of_the_servers_sockets(forking):
+    # Else it keeps the port bound after the server stops, and (nginx) clients' connections
+    # open after nginx has closed them.
+    r = requests.get(forking.url("/?held"), timeout=30).json()
+    assert r["child_exit"] == 0 and r["sockets_in_child"]["listening"] == 0
+    if forking.kind == "nginx":
+        assert r["sockets_in_child"]["connected"] == 0
+
+
+def test_a_process_an_asgi_app_forks_holds_none_of_nginxs_sockets(forking_asgi):
+    r = requests.get(forking_asgi.url("/?held"), timeout=30).json()
+    assert r == {"sockets_in_child": {"listening": 0, "connected": 0}, "child_exit": 0}
+
+
+def test_a_forked_child_that_returns_into_the_server_exits(forking):
+    returns_and_exits(forking)
+
+
+def test_a_forked_child_that_returns_into_the_asgi_event_loop_exits(forking_asgi):
+    returns_and_exits(forking_asgi)
+
+
+def returns_and_exits(server):
+    r = requests.get(server.url("/?returns"), timeout=30)
     assert r.json()["child_exit"] == 0
-    wait_for(lambda: "returned from it into the server and exits" in forking.error_log(), what="the child's line")
-    assert requests.get(forking.url(f"/{interface}/?held"), timeout=30).status_code == 200, "the worker serves on"
+    wait_for(lambda: "returned from it into the server and exits" in server.error_log(), what="the child's line")
+    assert requests.get(server.url("/?held"), timeout=30).status_code == 200, "the server serves on"
 
 
 NON_DAEMON_THREAD_APP = APPS / "app_threads.py"

@@ -17,6 +17,7 @@ mod client_io;
 mod config;
 mod deadline;
 mod ffi_guard;
+mod fork_child;
 mod graceful;
 mod handle;
 mod handler;

@@ -46,6 +46,7 @@ pub(crate) unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut ser
         if let Err(e) = ngx_wsgi::signals::leave_children_to_their_parents() {
             log::write(APLOG_ALERT as c_int, &format!("wsgi: SIGCHLD: {e}"));
         }
+        crate::fork_child::close_listeners_in_children();
         if let Err(e) = interpreter::initialize(&registry.python) {
             log::write(APLOG_EMERG as c_int, &format!("wsgi: {e}"));
             return;

@@ -7,13 +7,15 @@ import socket
 
 
 def sockets_held():
-    """The TCP sockets this process has: nginx's listening sockets and client connections
-    (asyncio's own self-pipe is a unix socket pair)."""
-    held = 0
+    """The TCP sockets this process has, listening and connected (asyncio's own self-pipe is
+    a unix socket pair)."""
+    held = {"listening": 0, "connected": 0}
     for fd in map(int, os.listdir("/proc/self/fd")):
         try:
             with socket.socket(fileno=os.dup(fd)) as s:  # its family read from the socket
-                held += s.family in (socket.AF_INET, socket.AF_INET6)
+                if s.family in (socket.AF_INET, socket.AF_INET6):
+                    listening = s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                    held["listening" if listening else "connected"] += 1
         except OSError:
             pass
     return held
@@ -26,13 +28,13 @@ def fork_and_report(way):
     pid = os.fork()
     if pid == 0:
         os.close(read)
-        os.write(write, str(sockets_held()).encode())
+        os.write(write, json.dumps(sockets_held()).encode())
         os.close(write)
         if way == "held":
             os._exit(0)
         return None
     os.close(write)
-    held = int(os.read(read, 100) or b"-1")
+    held = json.loads(os.read(read, 1000) or b"null")
     os.close(read)
     _, status = os.waitpid(pid, 0)
     return {"sockets_in_child": held, "child_exit": os.waitstatus_to_exitcode(status)}
