@@ -25,6 +25,14 @@ pub fn in_forked_child() -> bool {
     server != 0 && server != unsafe { libc::getpid() }
 }
 
+/// Runs `handler` in every child forked from now on, in the child before `fork()` returns
+/// there: only async-signal-safe work (the child's one thread may have forked while another
+/// held a lock). For each process, once.
+pub fn in_every_forked_child(handler: extern "C" fn()) {
+    // SAFETY: registers a plain function; it runs in forked children only.
+    unsafe { libc::pthread_atfork(None, None, Some(handler)) };
+}
+
 /// Ends a forked child that returned from the app into the server, after flushing Python's
 /// standard streams (it may have printed). Said on stderr: the server's log machinery lives in
 /// threads the child does not have, and stderr is the server's error log.

@@ -322,6 +322,27 @@ def wait_for(condition, timeout=20, what="the condition"):
         time.sleep(0.05)
 
 
+# Chunked bodies that break after a first chunk: a chunk size that is not hex, a chunk longer
+# than its size.
+BAD_CHUNKS = [("size", b"ZZ\r\nbad\r\n"), ("framing", b"5\r\nhelloXX\r\n")]
+
+
+def assert_broken_chunk_is_400(port, path, app_has_read, bad):
+    """POSTs `hello` as the first chunk of a body to `path`; once `app_has_read()`, sends `bad`:
+    the answer must be the client's 400, alone on a connection that then closes (where a next
+    request would start is lost)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "5\r\nhello\r\n".encode())
+        wait_for(app_has_read, what="the app to read the first chunk")
+        s.sendall(bad)
+        response = b""
+        while chunk := s.recv(65536):
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 400 "), response[:200]
+    assert response.count(b"HTTP/1.1 ") == 1, response[:400]
+
+
 def recv_until(sock, marker):
     """Reads from `sock` until `marker` has arrived; returns everything read."""
     data = b""

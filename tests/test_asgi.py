@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, asgi_location as asgi, location, read_until, wait_for
+from conftest import APPS, BAD_CHUNKS, asgi_location as asgi, assert_broken_chunk_is_400, location, read_until, wait_for
 
 APP = APPS / "asgi_app.py"
 BAD = APPS / "asgi_bad.py"
@@ -201,19 +201,12 @@ def test_client_max_body_size_applies(server):
     assert stats(server)["disconnected"]["over"].startswith("gone after")
 
 
-@pytest.mark.parametrize("key,bad", [("size", b"ZZ\r\nbad\r\n"), ("framing", b"5\r\nhelloXX\r\n")])
+@pytest.mark.parametrize("key,bad", BAD_CHUNKS)
 def test_a_malformed_chunk_while_the_app_reads_is_the_clients_400(server, key, bad):
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-        s.sendall(f"POST /unbuffered/upload-until-gone?bad-{key} HTTP/1.1\r\nHost: t\r\n"
-                  "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".encode())
-        wait_for(lambda: stats(server)["receiving"].get(f"bad-{key}") == 5, what="the app to read")
-        s.sendall(bad)
-        response = b""
-        while chunk := s.recv(65536):
-            response += chunk
-    assert response.startswith(b"HTTP/1.1 400 "), response[:200]
-    assert response.count(b"HTTP/1.1 ") == 1, "the connection closes: where a next request starts is lost"
-    assert stats(server)["disconnected"][f"bad-{key}"] == "gone after 5 bytes"
+    key = f"bad-{key}"
+    assert_broken_chunk_is_400(server.port, f"/unbuffered/upload-until-gone?{key}",
+                               lambda: stats(server)["receiving"].get(key) == 5, bad)
+    assert stats(server)["disconnected"][key] == "gone after 5 bytes"
 
 
 def test_unbuffered_body_arrives_as_it_comes_with_more_body(server):

@@ -8,7 +8,7 @@ import socket
 import pytest
 import requests
 
-from conftest import APPS, recv_until, route, wait_for
+from conftest import APPS, BAD_CHUNKS, assert_broken_chunk_is_400, recv_until, route
 
 APP = APPS / "input_app.py"
 BODY = b"first line\nsecond\n\nlast without newline"
@@ -119,19 +119,11 @@ def test_unbuffered_body_reaches_the_app_as_it_arrives(server, chunked):
     assert b"rest:world" in data
 
 
-@pytest.mark.parametrize("key,bad", [("size", b"ZZ\r\nbad\r\n"), ("framing", b"5\r\nhelloXX\r\n")])
+@pytest.mark.parametrize("key,bad", BAD_CHUNKS)
 def test_a_malformed_chunk_while_the_app_reads_is_the_clients_400(server, key, bad):
     # nginx answers 400 when it buffers the body; read as it arrives, the same.
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-        s.sendall(f"POST /unbuffered/read_after_note?{key} HTTP/1.1\r\nHost: t\r\n"
-                  "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".encode())
-        wait_for(lambda: f"read_after_note {key}: b'hello'" in server.error_log(), what="the app to read")
-        s.sendall(bad)
-        response = b""
-        while chunk := s.recv(65536):
-            response += chunk
-    assert response.startswith(b"HTTP/1.1 400 "), response[:200]
-    assert response.count(b"HTTP/1.1 ") == 1, "the connection closes: where a next request starts is lost"
+    assert_broken_chunk_is_400(server.port, f"/unbuffered/read_after_note?{key}",
+                               lambda: f"read_after_note {key}: b'hello'" in server.error_log(), bad)
     assert requests.post(server.url("/unbuffered/read"), data=BODY).json()["parts"] == [BODY.decode()]
 
 

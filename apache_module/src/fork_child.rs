@@ -4,13 +4,9 @@
 
 use crate::bindings::{ap_listeners, apr_os_sock_get, apr_os_sock_t, APR_SUCCESS};
 
-/// Registers the fork handler, once per Apache child.
+/// Registers the fork handler; once per Apache child.
 pub(crate) fn close_listeners_in_children() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: registers a plain function; it runs in forked children only.
-        unsafe { libc::pthread_atfork(None, None, Some(close_in_child)) };
-    });
+    ngx_wsgi::forked::in_every_forked_child(close_in_child);
 }
 
 /// In a freshly forked child, whose only thread is the one that forked: reads of the listener

@@ -3,13 +3,9 @@
 
 use nginx_sys::{ngx_connection_t, ngx_cycle, ngx_listening_t};
 
-/// Registers the fork handler, once per worker.
+/// Registers the fork handler; once per worker.
 pub(crate) fn close_nginx_sockets_in_children() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: registers a plain function; it runs in forked children only.
-        unsafe { libc::pthread_atfork(None, None, Some(close_in_child)) };
-    });
+    ngx_wsgi::forked::in_every_forked_child(close_in_child);
 }
 
 /// In a freshly forked child, whose only thread is the one that forked: reads of the worker's
