@@ -36,6 +36,10 @@ pub(crate) fn file_range(iterable: &Bound<'_, PyAny>, limit: Option<u64>) -> Opt
         Err(_) => u64::try_from(unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) }).ok()?,
     };
     let size = u64::try_from(st.st_size).ok()?;
+    if size == 0 {
+        // procfs and sysfs files say 0 bytes and have some: Python's iteration reads them.
+        return None;
+    }
     let mut len = size.saturating_sub(position);
     if let Some(limit) = limit {
         len = len.min(limit);
@@ -52,6 +56,24 @@ pub(crate) fn file_range(iterable: &Bound<'_, PyAny>, limit: Option<u64>) -> Opt
         len,
         label: "wsgi.file_wrapper",
     })
+}
+
+/// What a regular file that says it has 0 bytes has (procfs and sysfs files, whose size is
+/// not known before they are read), read now into an anonymous file that the server can send
+/// as it sends any file; with its length.
+pub fn unsized_file_in_memory(mut file: std::fs::File) -> std::io::Result<(std::fs::File, u64)> {
+    use std::io::{Read, Write};
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)?;
+    // SAFETY: the name is a C string; the new descriptor is owned by the returned file.
+    let fd = unsafe { libc::memfd_create(c"pathsend".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let mut memory = unsafe { std::fs::File::from_raw_fd(fd) };
+    memory.write_all(&data)?;
+    Ok((memory, data.len() as u64))
 }
 
 #[pyclass(module = "ngx_wsgi", name = "FileWrapper")]
@@ -95,5 +117,32 @@ impl FileWrapper {
             filelike.call_method0("close")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_file_that_says_it_is_empty_is_sent_with_what_it_has() {
+        let expected = std::fs::read("/proc/version").unwrap();
+        assert!(!expected.is_empty());
+        let proc_file = std::fs::File::open("/proc/version").unwrap();
+        assert_eq!(
+            proc_file.metadata().unwrap().len(),
+            0,
+            "procfs says 0 bytes"
+        );
+        let (mut memory, len) = unsized_file_in_memory(proc_file).unwrap();
+        assert_eq!(len, expected.len() as u64);
+        let mut sent = Vec::new();
+        use std::io::Seek;
+        memory.rewind().unwrap();
+        memory.read_to_end(&mut sent).unwrap();
+        assert_eq!(sent, expected);
+        let empty = std::fs::File::open("/dev/null").unwrap();
+        assert_eq!(unsized_file_in_memory(empty).unwrap().1, 0);
     }
 }

@@ -331,6 +331,10 @@ def test_pathsend_has_nginx_send_the_file(server, tmp_path):
     assert r.content == data and r.headers["content-length"] == str(len(data))
     r = requests.get(server.url(f"/file?{path}"), headers={"Range": "bytes=10-19"}, timeout=10)
     assert (r.status_code, r.content) == (206, data[10:20]), "nginx's range filter over the file"
+    # procfs says 0 bytes and has some: sent with what it has (unless the app said 0 bytes).
+    version = open("/proc/version", "rb").read()
+    r = requests.get(server.url("/file?nolength:/proc/version"), timeout=10)
+    assert (r.content, r.headers["content-length"]) == (version, str(len(version)))
     # A FIFO with no writer: refused at once, not waited on with the event loop held.
     os.mkfifo(tmp_path / "fifo")
     for bad in ("relative/missing", str(tmp_path / "missing"), str(tmp_path), str(tmp_path / "fifo")):

@@ -2,6 +2,7 @@
 keep-alive and pipelining."""
 import http.client
 import os
+import pathlib
 import socket
 
 import pytest
@@ -13,7 +14,8 @@ APP = APPS / "responses.py"
 NAMES = ["list_body", "generator_body", "write_then_iterable", "closing", "close_count", "lazy_start",
          "exc_info_before_body", "exc_info_after_body", "status", "length_app", "length_longer_than_body",
          "length_shorter_than_body", "file_wrapper", "big", "plain", "pregzipped", "empty_with_length",
-         "accel", "file_wrapper_from_position", "file_wrapper_limited", "file_wrapper_bytesio"]
+         "accel", "file_wrapper_from_position", "file_wrapper_limited", "file_wrapper_bytesio",
+         "file_wrapper_proc"]
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +148,8 @@ def test_file_wrapper_honours_position_and_length(server):
     r = requests.get(server.url("/file_wrapper_limited"))
     assert (r.headers["Content-Length"], r.content) == ("50", data[:50])
     assert requests.get(server.url("/file_wrapper_bytesio")).content == b"in memory, " * 1000
+    # A file whose size the file system does not know (procfs: 0) is sent with what it has.
+    assert requests.get(server.url("/file_wrapper_proc")).content == pathlib.Path("/proc/version").read_bytes()
 
 
 def test_file_wrapper_files_are_closed(server):

@@ -461,7 +461,19 @@ impl HttpExchange {
                 path.display()
             )));
         }
-        let len = self.declared.map_or(meta.len(), |d| d.min(meta.len()));
+        // procfs and sysfs files say 0 bytes and have some: what they have is read now (a
+        // file that is empty reads as empty at once) and sent from memory.
+        let (file, size) = if meta.len() == 0 {
+            message
+                .py()
+                .detach(|| crate::file_wrapper::unsized_file_in_memory(file))
+                .map_err(|e| {
+                    pyo3::exceptions::PyOSError::new_err(format!("{}: {e}", path.display()))
+                })?
+        } else {
+            (file, meta.len())
+        };
+        let len = self.declared.map_or(size, |d| d.min(size));
         let Some(head) = self.head.take() else {
             return Err(PyRuntimeError::new_err("no response head"));
         };

@@ -140,11 +140,11 @@ async def app(scope, receive, send):
     elif route == "/file":
         # http.response.pathsend: nginx sends the file itself.
         assert "http.response.pathsend" in scope["extensions"]
-        path = query
+        path = query.removeprefix("nolength:")
         size = os.path.getsize(path) if os.path.isfile(path) else 0
+        length = [] if query.startswith("nolength:") else [(b"content-length", str(size).encode())]
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/octet-stream"),
-                                (b"content-length", str(size).encode())]})
+                    "headers": [(b"content-type", b"application/octet-stream"), *length]})
         await send({"type": "http.response.pathsend", "path": path})
     elif route == "/loop":
         await respond(send, type(asyncio.get_running_loop()).__module__.encode())

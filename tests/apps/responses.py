@@ -152,3 +152,9 @@ def file_wrapper_bytesio(environ, start_response):
     import io
     start_response("200 OK", [("Content-Type", "text/plain")])
     return environ["wsgi.file_wrapper"](io.BytesIO(b"in memory, " * 1000), 100)
+
+
+def file_wrapper_proc(environ, start_response):
+    # procfs says 0 bytes and has some.
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return environ["wsgi.file_wrapper"](open("/proc/version", "rb"))
