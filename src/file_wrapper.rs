@@ -58,13 +58,23 @@ pub(crate) fn file_range(iterable: &Bound<'_, PyAny>, limit: Option<u64>) -> Opt
     })
 }
 
+/// The most read from a file that says it has 0 bytes.
+const UNSIZED_FILE_CAP: u64 = 16 << 20;
+
 /// What a regular file that says it has 0 bytes has (procfs and sysfs files, whose size is
 /// not known before they are read), read now into an anonymous file that the server can send
 /// as it sends any file; with its length.
-pub fn unsized_file_in_memory(mut file: std::fs::File) -> std::io::Result<(std::fs::File, u64)> {
+pub fn unsized_file_in_memory(file: std::fs::File) -> std::io::Result<(std::fs::File, u64)> {
     use std::io::{Read, Write};
     let mut data = Vec::new();
-    file.read_to_end(&mut data)?;
+    // Some say 0 and never end (`/proc/self/pagemap`): beyond the cap it is an error.
+    file.take(UNSIZED_FILE_CAP + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > UNSIZED_FILE_CAP {
+        return Err(std::io::Error::other(format!(
+            "it says it has 0 bytes and has more than {} MiB",
+            UNSIZED_FILE_CAP >> 20
+        )));
+    }
     // SAFETY: the name is a C string; the new descriptor is owned by the returned file.
     let fd = unsafe { libc::memfd_create(c"pathsend".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {

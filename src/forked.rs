@@ -7,22 +7,29 @@
 //! exits). A child that returns from the app would run the server's code with none of its
 //! other threads: it can only hang, holding what it inherited.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// The process that serves requests (set when its interpreter starts).
 static SERVER_PID: AtomicI32 = AtomicI32::new(0);
+/// Set in every child forked after that: a load, where a getpid() would be a system call.
+static FORKED: AtomicBool = AtomicBool::new(false);
 
 /// Records the calling process as the server's.
 pub fn this_process_serves() {
     // SAFETY: getpid has no preconditions.
     SERVER_PID.store(unsafe { libc::getpid() }, Ordering::Relaxed);
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| in_every_forked_child(mark_forked));
+}
+
+/// In a forked child: an atomic store, async-signal-safe.
+extern "C" fn mark_forked() {
+    FORKED.store(true, Ordering::Relaxed);
 }
 
 /// Whether this is a process the app forked, not the server's own.
 pub fn in_forked_child() -> bool {
-    let server = SERVER_PID.load(Ordering::Relaxed);
-    // SAFETY: getpid has no preconditions.
-    server != 0 && server != unsafe { libc::getpid() }
+    FORKED.load(Ordering::Relaxed)
 }
 
 /// Runs `handler` in every child forked from now on, in the child before `fork()` returns
@@ -33,27 +40,22 @@ pub fn in_every_forked_child(handler: extern "C" fn()) {
     unsafe { libc::pthread_atfork(None, None, Some(handler)) };
 }
 
-/// Ends a forked child that returned from the app into the server, after flushing Python's
-/// standard streams (it may have printed). Said on stderr: the server's log machinery lives in
-/// threads the child does not have, and stderr is the server's error log.
-pub fn exit_if_forked_child(py: pyo3::Python<'_>, interface: &str) {
+/// Ends a forked child that returned from the app into the server (called with the GIL held,
+/// where the server takes the app's result). Said on stderr: the server's log machinery lives
+/// in threads the child does not have, and stderr is the server's error log.
+pub fn exit_if_forked_child(_py: pyo3::Python<'_>, interface: &str) {
     if !in_forked_child() {
         return;
     }
-    use pyo3::types::PyAnyMethods;
-    if let Ok(sys) = py.import("sys") {
-        for stream in ["stdout", "stderr"] {
-            if let Ok(s) = sys.getattr(stream) {
-                let _ = s.call_method0("flush");
-            }
-        }
-    }
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
-    eprintln!(
+    let line = format!(
         "{interface}: process {pid}, forked by the application, returned from it into the \
-         server and exits (a forked child should end with os._exit())"
+         server and exits (a forked child should end with os._exit())\n"
     );
+    // A plain write(2): a lock of stderr's that another thread held at the fork stays held.
+    // SAFETY: writes `line`'s bytes to the error log's descriptor.
+    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
     // SAFETY: ends this process at once; nothing of the server's may run in it.
     unsafe { libc::_exit(0) };
 }

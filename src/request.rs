@@ -140,6 +140,7 @@ fn run_attached(
     let result = info
         .to_environ(py, input.clone().into_any())
         .and_then(|environ| app.call1((environ, &start_response)));
+    crate::forked::exit_if_forked_child(py, "wsgi");
     let mut length_known = false;
     let mut file = None;
     let iterated = match &result {
@@ -313,6 +314,8 @@ fn consume(
     let iterator = iterable.try_iter()?;
     start_response.borrow_mut().start_streaming(py)?;
     for item in iterator {
+        // A child the app forked in its iterable would wait for room that nobody makes.
+        crate::forked::exit_if_forked_child(py, "wsgi");
         take(item?)?;
     }
     Ok(())

@@ -35,9 +35,19 @@ extern "C" fn close_in_child() {
     }
 }
 
+/// Closes `fd` when it is a socket. The worker's eventfd is a connection too, but the child's
+/// code may still write a wake-up to its number: closed, a file the child opens next could get
+/// that number and those bytes. A listening socket is also its own connection: its second
+/// close fails (EBADF) and nothing else can have taken the number in a one-thread child.
 fn close_fd(fd: libc::c_int) {
-    if fd >= 0 {
-        // SAFETY: closes the child's copy of an nginx socket; errors (already closed) are moot.
-        unsafe { libc::close(fd) };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: fstat(2) and close(2) are async-signal-safe; `st` is a buffer fstat fills.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK {
+            libc::close(fd);
+        }
     }
 }
