@@ -71,6 +71,13 @@ pub(crate) fn write_log(level: usize, log: *mut ngx_log_t, msg: &str) {
         return;
     }
     let msg = msg.trim_end();
+    let on_loop = ON_LOOP.with(|on| on.get());
+    if on_loop {
+        // The loop may have been blocked since its last turn (a worker's exit waits for the
+        // app's tasks and threads): the entry's time is now, not nginx's cached one.
+        // SAFETY: the event loop's thread, where nginx itself updates its cached time.
+        unsafe { nginx_sys::ngx_time_update() };
+    }
     // SAFETY: the log chain is live; nginx sorts it by level, most verbose first.
     let has_writer = unsafe {
         let mut l = log;
@@ -82,7 +89,6 @@ pub(crate) fn write_log(level: usize, log: *mut ngx_log_t, msg: &str) {
         found
     };
     if has_writer {
-        let on_loop = ON_LOOP.with(|on| on.get());
         match WAKER.get() {
             Some(wake) if !on_loop => {
                 let wake_now = {
