@@ -127,6 +127,11 @@ def test_another_websocket_version_gets_426_naming_13(server, version):
     head, body = handshake_answer(server, [KEY] + version)
     assert head.startswith(b"HTTP/1.1 426 Upgrade Required\r\n"), head
     assert b"\r\nSec-WebSocket-Version: 13\r\n" in head + b"\r\n" and b"\r\nUpgrade: websocket\r\n" in head + b"\r\n"
+    # An Upgrade field goes with the `upgrade` connection option (RFC 9110 7.8), in any of the
+    # Connection fields (nginx writes its own keep-alive).
+    options = [o.strip().lower() for line in head.split(b"\r\n") if line.lower().startswith(b"connection:")
+               for o in line.split(b":", 1)[1].split(b",")]
+    assert b"upgrade" in options and b"keep-alive" in options, head
     assert b"version 13" in body
 
 

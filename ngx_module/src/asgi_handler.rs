@@ -226,6 +226,9 @@ unsafe fn refuse_version(r: *mut ngx_http_request_t) -> Result<(), u32> {
     let mut head = ResponseHead::new(426, b"426 Upgrade Required", 3, 64);
     head.push_header(b"Sec-WebSocket-Version", WEBSOCKET_VERSION);
     head.push_header(b"Upgrade", b"websocket");
+    // RFC 9110 7.8: an Upgrade header field goes with the `upgrade` connection option. nginx
+    // writes its own Connection field (keep-alive or close); a second one adds to that list.
+    head.push_header(b"Connection", b"upgrade");
     head.push_header(b"Content-Type", b"text/plain");
     // SAFETY: `r` is live on the event loop and has sent nothing; the body is static.
     unsafe {
