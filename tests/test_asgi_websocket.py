@@ -4,6 +4,7 @@ sizes), closes from either side with their codes, failures, and close 1001 at qu
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -509,6 +510,28 @@ def test_open_sockets_get_1001_at_quit_and_reload(nginx_factory, how):
     if how == signal.SIGQUIT:
         assert server.proc.wait(timeout=30) == 0
     wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="a clean exit")
+
+
+def test_a_task_left_running_at_exit_is_cancelled_with_a_warning(nginx_factory):
+    # The app never reads, so the close at reload does not end its task: the worker waits
+    # wsgi_shutdown_timeout for it, then cancels it. That is the server's doing, logged as a
+    # warning with where the task waited, not as the app raising CancelledError.
+    server = nginx_factory(asgi("/", APP), http_extra="wsgi_shutdown_timeout 500ms;").start()
+    old = server.worker_pids()
+    s = raw_socket(server, "/deaf?left")
+    assert read_frame(s) == (0x1, b"held")
+    server.send_signal(signal.SIGHUP)
+    opcode, payload = read_frame(s)
+    assert opcode == 0x8 and close_code(payload) == 1001
+    s.close()
+    wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="the old worker's exit")
+    log = server.error_log()
+    assert "1 app task(s) still running after the shutdown timeout (500 ms) are cancelled" in log
+    warning = re.search(r"\[warn\].*the task of \"GET /deaf\?left HTTP/1.1\" was still running when the "
+                        r"worker exited.*\n(?:.*\n)*?.*await asyncio.sleep\(3600\)", log)
+    assert warning, log[-3000:]
+    assert "CancelledError" not in "".join(l for l in log.splitlines(True) if "[error]" in l)
+    assert "the application raised on an open WebSocket" not in log
 
 
 # --- keepalive: the server's pings and the idle timeout ----------------------------------------

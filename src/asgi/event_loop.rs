@@ -253,7 +253,9 @@ impl AsgiLoop {
                     }
                 }
             }
-            // What apps left running (background tasks) is cancelled.
+            // What apps left running (background tasks, tasks past the shutdown timeout) is
+            // cancelled.
+            super::task_watch::cancel_at_exit();
             if let Err(e) = driver.call_method1("cancel_all", (&event_loop, 1.0)) {
                 tracing::error!(target: "asgi", "cancelling the tasks left: {}", crate::traceback::format(py, &e));
             }
@@ -590,7 +592,7 @@ impl AsgiLoop {
             std::thread::sleep(Duration::from_millis(5));
         }
         if self.running() > 0 {
-            tracing::warn!(target: "asgi", "{} app task(s) still running at exit are cancelled", self.running());
+            tracing::warn!(target: "asgi", "{} app task(s) still running after the shutdown timeout ({} ms) are cancelled", self.running(), timeout.as_millis());
         }
         let left = deadline.saturating_duration_since(Instant::now());
         type Answers = (usize, mpsc::Receiver<(String, String, String)>);

@@ -652,7 +652,9 @@ impl HttpExchange {
             } else {
                 "the application raised"
             };
-            self.log_error(what, &crate::traceback::format(py, &err));
+            if !super::task_watch::ended_by_exit(py, &self.scope, &err) {
+                self.log_error(what, &crate::traceback::format(py, &err));
+            }
             let end = match self.response {
                 // A redirect is answered only once its response is complete.
                 Response::Idle | Response::Started | Response::Redirected => HttpEnd::Failed,

@@ -11,6 +11,8 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyModule;
 
+use super::scope::HttpScope;
+
 /// What a task's watch needs of the event loop that runs it (the loop implements it; the watch
 /// sits below the loop and does not know its type).
 pub(crate) trait LoopThread {
@@ -30,6 +32,35 @@ const GIVEN_UP: u8 = 2;
 /// exactly one side sees both and knows whether a slot was lost in between.
 const TIMED_OUT: u8 = 1;
 const ENDED: u8 = 2;
+
+/// Set on the loop's thread once the worker, exiting, cancels the app tasks still running
+/// after the shutdown timeout: the `CancelledError` they end with is the server's doing.
+static CANCELLING_AT_EXIT: AtomicBool = AtomicBool::new(false);
+
+/// The loop cancels what is left of the apps' tasks: the worker exits.
+pub(crate) fn cancel_at_exit() {
+    CANCELLING_AT_EXIT.store(true, Ordering::Release);
+}
+
+/// When `err`, which ended the task of `scope`, is the cancellation at the worker's exit: logs
+/// it (a warning with where the task waited, not an app error) and says true.
+pub(crate) fn ended_by_exit(py: Python<'_>, scope: &HttpScope, err: &PyErr) -> bool {
+    if !CANCELLING_AT_EXIT.load(Ordering::Acquire)
+        || !err.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>(py)
+    {
+        return false;
+    }
+    tracing::warn!(
+        target: "asgi",
+        "the task of \"{}\" was still running when the worker exited, client: {}{}; it is \
+         cancelled where it waited:\n{}",
+        scope.request_line().escape_debug(),
+        scope.client_text(),
+        scope.log_suffix(),
+        crate::traceback::format(py, err)
+    );
+    true
+}
 
 #[derive(Debug, Default)]
 pub struct TaskWatch {

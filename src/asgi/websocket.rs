@@ -429,7 +429,10 @@ impl WsExchange {
                         // the task, cancelled, saw it.
                         let timed_out =
                             self.watch.timed_out() && HttpExchange::ends_a_timeout(py, &err);
-                        if !gone && !timed_out {
+                        if !gone
+                            && !timed_out
+                            && !super::task_watch::ended_by_exit(py, &self.scope, &err)
+                        {
                             self.log_error(
                                 "the application raised on an open WebSocket",
                                 &crate::traceback::format(py, &err),

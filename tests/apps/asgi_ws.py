@@ -80,6 +80,11 @@ async def app(scope, receive, send):
         await send({"type": "websocket.send", "text": "held"})
         message = await receive()
         STATS["closed"][key] = [message["code"], message.get("reason", "")]
+    elif path == "/deaf":
+        # Accepts, then never reads: it does not learn that the connection closed.
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "held"})
+        await asyncio.sleep(3600)
     elif path == "/never-accepts":
         # Neither accepts nor denies (a wait that never ends): wsgi_read_timeout answers.
         try:
