@@ -9,6 +9,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
+use pyo3::exceptions::PySystemExit;
+use pyo3::prelude::*;
+
 /// The process that serves requests (set when its interpreter starts).
 static SERVER_PID: AtomicI32 = AtomicI32::new(0);
 /// Set in every child forked after that: a load, where a getpid() would be a system call.
@@ -40,29 +43,107 @@ pub fn in_every_forked_child(handler: extern "C" fn()) {
     unsafe { libc::pthread_atfork(None, None, Some(handler)) };
 }
 
-/// Ends a forked child that returned from the app into the server (called with the GIL held,
-/// where the server takes the app's result). Said on stderr: the server's log machinery lives
-/// in threads the child does not have, and stderr is the server's error log.
-pub fn exit_if_forked_child(_py: pyo3::Python<'_>, interface: &str) {
+/// How a forked child came back into the server.
+pub enum Back<'a> {
+    /// The app returned (or yielded the next item of its body).
+    Returned,
+    /// The app raised (`sys.exit()` included).
+    Raised(&'a PyErr),
+    /// It used the request's channel to the server (an ASGI `receive()` or `send()`), which
+    /// nobody serves in the child: it would wait forever.
+    UsedTheRequest,
+}
+
+impl<'a> Back<'a> {
+    /// After a call of the app's that gave `result`.
+    pub fn after<T>(result: &'a PyResult<T>) -> Self {
+        match result {
+            Ok(_) => Back::Returned,
+            Err(e) => Back::Raised(e),
+        }
+    }
+}
+
+/// Ends a forked child that came back into the server (called with the GIL held, where the
+/// server takes the app's result or message), with the status Python gives an uncaught end:
+/// `sys.exit()`'s code, 1 for an exception. Said on stderr, which is the server's error log:
+/// the server's log machinery lives in threads the child does not have.
+pub fn exit_if_forked_child(py: Python<'_>, interface: &str, back: Back<'_>) {
     if !in_forked_child() {
         return;
     }
+    let (how, status) = match back {
+        Back::Returned => ("returned from it into the server".to_owned(), 0),
+        Back::UsedTheRequest => (
+            "called the request's receive() or send(), which only the server's process serves"
+                .to_owned(),
+            0,
+        ),
+        Back::Raised(err) if err.is_instance_of::<PySystemExit>(py) => {
+            let (text, status) = system_exit(py, err);
+            (format!("called sys.exit({text}) into the server"), status)
+        }
+        Back::Raised(err) => (
+            format!(
+                "raised into the server:\n{}\n",
+                crate::traceback::format(py, err)
+            ),
+            1,
+        ),
+    };
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     let line = format!(
-        "{interface}: process {pid}, forked by the application, returned from it into the \
-         server and exits (a forked child should end with os._exit())\n"
+        "{interface}: process {pid}, forked by the application, {how} and exits with status \
+         {status} (a forked child should end with os._exit())\n"
     );
     // A plain write(2): a lock of stderr's that another thread held at the fork stays held.
     // SAFETY: writes `line`'s bytes to the error log's descriptor.
     unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
     // SAFETY: ends this process at once; nothing of the server's may run in it.
-    unsafe { libc::_exit(0) };
+    unsafe { libc::_exit(status) };
+}
+
+/// `SystemExit`'s code as Python's own exit reads it: None is 0, an int is itself (the low 8
+/// bits reach the parent), anything else is printed and is 1. With the code's text.
+fn system_exit(py: Python<'_>, err: &PyErr) -> (String, i32) {
+    let code = err.value(py).getattr("code").ok();
+    match code {
+        None => (String::new(), 1),
+        Some(c) if c.is_none() => (String::new(), 0),
+        Some(c) => match c.extract::<i64>() {
+            Ok(n) => (n.to_string(), n as i32),
+            Err(_) => (
+                c.repr().map_or_else(|_| "?".to_owned(), |r| r.to_string()),
+                1,
+            ),
+        },
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sys_exit_codes_are_pythons() {
+        crate::testing::with_python(|py| {
+            let code = |arg: &str| {
+                let err = py
+                    .run(
+                        &std::ffi::CString::new(format!("raise SystemExit({arg})")).unwrap(),
+                        None,
+                        None,
+                    )
+                    .unwrap_err();
+                system_exit(py, &err)
+            };
+            assert_eq!(code(""), (String::new(), 0));
+            assert_eq!(code("None"), (String::new(), 0));
+            assert_eq!(code("3"), ("3".to_owned(), 3));
+            assert_eq!(code("'bye'"), ("'bye'".to_owned(), 1));
+        });
+    }
 
     #[test]
     fn the_server_is_not_a_forked_child_and_its_child_is() {

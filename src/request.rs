@@ -83,7 +83,7 @@ pub fn run_request(
         let mut outcome = crate::logging_bridge::with_request(info.request_id(), || {
             run_attached(py, app.bind(py), info, body, sink)
         });
-        crate::forked::exit_if_forked_child(py, "wsgi");
+        crate::forked::exit_if_forked_child(py, "wsgi", crate::forked::Back::Returned);
         outcome.gil_wait = gil_wait;
         outcome
     })
@@ -140,7 +140,7 @@ fn run_attached(
     let result = info
         .to_environ(py, input.clone().into_any())
         .and_then(|environ| app.call1((environ, &start_response)));
-    crate::forked::exit_if_forked_child(py, "wsgi");
+    crate::forked::exit_if_forked_child(py, "wsgi", crate::forked::Back::after(&result));
     let mut length_known = false;
     let mut file = None;
     let iterated = match &result {
@@ -315,7 +315,7 @@ fn consume(
     start_response.borrow_mut().start_streaming(py)?;
     for item in iterator {
         // A child the app forked in its iterable would wait for room that nobody makes.
-        crate::forked::exit_if_forked_child(py, "wsgi");
+        crate::forked::exit_if_forked_child(py, "wsgi", crate::forked::Back::after(&item));
         take(item?)?;
     }
     Ok(())

@@ -81,18 +81,33 @@ def test_a_process_an_asgi_app_forks_holds_none_of_nginxs_sockets(forking_asgi):
     assert r == {"sockets_in_child": {"listening": 0, "connected": 0}, "child_exit": 0}
 
 
-def test_a_forked_child_that_returns_into_the_server_exits(forking):
-    returns_and_exits(forking)
+# How the child comes back, the status it exits with (Python's for an uncaught end), and the
+# line it leaves in the error log.
+CHILD_ENDS = {
+    "returns": (0, "returned from it into the server"),
+    "raises": (1, "raised into the server:\nTraceback (most recent call last):"),
+    "exits": (3, "called sys.exit(3) into the server"),
+}
 
 
-def test_a_forked_child_that_returns_into_the_asgi_event_loop_exits(forking_asgi):
-    returns_and_exits(forking_asgi)
+@pytest.mark.parametrize("way", CHILD_ENDS)
+def test_a_forked_child_that_comes_back_into_the_server_exits(forking, way):
+    comes_back_and_exits(forking, way, *CHILD_ENDS[way])
 
 
-def returns_and_exits(server):
-    r = requests.get(server.url("/?returns"), timeout=30)
-    assert r.json()["child_exit"] == 0
-    wait_for(lambda: "returned from it into the server and exits" in server.error_log(), what="the child's line")
+@pytest.mark.parametrize("way", [*CHILD_ENDS, "sends"])
+def test_a_forked_child_that_comes_back_into_the_asgi_event_loop_exits(forking_asgi, way):
+    status, how = CHILD_ENDS.get(way, (0, "called the request's receive() or send()"))
+    comes_back_and_exits(forking_asgi, way, status, how)
+
+
+def comes_back_and_exits(server, way, status, how):
+    r = requests.get(server.url(f"/?{way}"), timeout=30)
+    assert r.json()["child_exit"] == status
+    wait_for(lambda: re.search(rf"process \d+, forked by the application, {re.escape(how)}", server.error_log()),
+             what="the child's line")
+    assert re.search(rf"{re.escape(how)}(.|\n)*? and exits with status {status} \(a forked child should end with "
+                     r"os._exit\(\)\)", server.error_log())
     assert requests.get(server.url("/?held"), timeout=30).status_code == 200, "the server serves on"
 
 

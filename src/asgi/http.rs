@@ -13,6 +13,7 @@ use super::waker::Waker;
 use crate::body::Body;
 use crate::chunk::Chunk;
 use crate::file_wrapper::FileRange;
+use crate::forked::Back;
 use crate::response::{ClientDisconnected, ResponseHead};
 use crate::sink::ClientGone;
 
@@ -553,6 +554,7 @@ fn header_pair(item: &Bound<'_, PyAny>) -> PyResult<(Vec<u8>, Vec<u8>)> {
 impl HttpExchange {
     /// The next `receive()` message, or None when the app must await a wake-up.
     fn receive_now<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        crate::forked::exit_if_forked_child(py, "asgi", Back::UsedTheRequest);
         if self.finished || self.gone {
             return Self::disconnect(py).map(Some);
         }
@@ -608,6 +610,7 @@ impl HttpExchange {
 
     /// Takes one `send()` message; false when the app must await a wake-up and send it again.
     fn send_now(&mut self, message: &Bound<'_, PyAny>) -> PyResult<bool> {
+        crate::forked::exit_if_forked_child(message.py(), "asgi", Back::UsedTheRequest);
         match message_type(message)?.as_str() {
             "http.response.start" => self.start(message).map(|()| true),
             "http.response.body" => self.body_piece(message),
@@ -626,7 +629,11 @@ impl HttpExchange {
     /// The app's coroutine ended, with `error` if it raised.
     #[pyo3(signature = (error = None))]
     fn ended(&mut self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
-        crate::forked::exit_if_forked_child(py, "asgi");
+        if crate::forked::in_forked_child() {
+            let raised = error.as_ref().map(|e| PyErr::from_value(e.clone()));
+            let back = raised.as_ref().map_or(Back::Returned, Back::Raised);
+            crate::forked::exit_if_forked_child(py, "asgi", back);
+        }
         crate::chunk::release_dropped(py);
         let client_gone = self.gone || (!self.finished && self.server.client_gone());
         if let Some(error) = error {

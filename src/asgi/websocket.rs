@@ -15,6 +15,7 @@ use super::waker::Waker;
 use super::ws_codec::{accept_key, check_close, WsIncoming, WsOutgoing};
 use crate::chunk::Chunk;
 use crate::file_wrapper::FileRange;
+use crate::forked::Back;
 use crate::response::{ClientDisconnected, ResponseHead};
 use crate::sink::ClientGone;
 
@@ -286,6 +287,7 @@ pub fn app_message(kind: &str, message: &Bound<'_, PyAny>) -> PyResult<WsOutgoin
 #[pymethods]
 impl WsExchange {
     fn receive_now<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        crate::forked::exit_if_forked_child(py, "asgi", Back::UsedTheRequest);
         if !self.connect_delivered {
             self.connect_delivered = true;
             let msg = PyDict::new(py);
@@ -317,6 +319,7 @@ impl WsExchange {
     }
 
     fn send_now(&mut self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<bool> {
+        crate::forked::exit_if_forked_child(py, "asgi", Back::UsedTheRequest);
         let kind = super::http::message_type(message)?;
         match (kind.as_str(), self.state) {
             ("websocket.accept", State::Connecting) => self.accept(message).map(|()| true),
@@ -385,7 +388,11 @@ impl WsExchange {
 
     #[pyo3(signature = (error = None))]
     fn ended(&mut self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
-        crate::forked::exit_if_forked_child(py, "asgi");
+        if crate::forked::in_forked_child() {
+            let raised = error.as_ref().map(|e| PyErr::from_value(e.clone()));
+            let back = raised.as_ref().map_or(Back::Returned, Back::Raised);
+            crate::forked::exit_if_forked_child(py, "asgi", back);
+        }
         crate::chunk::release_dropped(py);
         match self.state {
             State::Connecting | State::Denying => {

@@ -4,6 +4,7 @@ import asyncio
 import json
 import os
 import socket
+import sys
 
 
 def sockets_held():
@@ -32,12 +33,22 @@ def fork_and_report(way):
         os.close(write)
         if way == "held":
             os._exit(0)
+        child_ends(way)
         return None
     os.close(write)
     held = json.loads(os.read(read, 1000) or b"null")
     os.close(read)
     _, status = os.waitpid(pid, 0)
     return {"sockets_in_child": held, "child_exit": os.waitstatus_to_exitcode(status)}
+
+
+def child_ends(way):
+    """How a child that does not _exit comes back into the server: it returns, raises, or
+    calls sys.exit()."""
+    if way == "raises":
+        raise RuntimeError("raised in the forked child")
+    if way == "exits":
+        sys.exit(3)
 
 
 def application(environ, start_response):
@@ -50,21 +61,21 @@ async def asgi_app(scope, receive, send):
     if scope["type"] != "http":
         return
     way = scope["query_string"].decode()
-    # The fork on the event loop's thread, as an app's blocking call would make it.
-    result = fork_and_report(way) if way == "held" else None
-    if way == "returns":
-        read, write = os.pipe()
+    if way == "held":
+        # The fork on the event loop's thread, as an app's blocking call would make it.
+        body = json.dumps(fork_and_report(way)).encode()
+    else:
         pid = os.fork()
         if pid == 0:
-            os.close(read)
-            os.close(write)
-            body = b"the child's answer"
-        else:
-            os.close(read)
-            os.close(write)
-            _, status = await asyncio.get_running_loop().run_in_executor(None, os.waitpid, pid, 0)
-            body = json.dumps({"child_exit": os.waitstatus_to_exitcode(status)}).encode()
-    else:
-        body = json.dumps(result).encode()
+            if way == "sends":
+                # More than the server's room for a response: without a server to take it,
+                # the child's send() would wait forever.
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                for _ in range(64):
+                    await send({"type": "http.response.body", "body": b"c" * (1 << 20), "more_body": True})
+            child_ends(way)
+            return
+        _, status = await asyncio.get_running_loop().run_in_executor(None, os.waitpid, pid, 0)
+        body = json.dumps({"child_exit": os.waitstatus_to_exitcode(status)}).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
