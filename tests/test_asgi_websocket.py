@@ -516,7 +516,7 @@ def test_a_task_left_running_at_exit_is_cancelled_with_a_warning(nginx_factory):
     # The app never reads, so the close at reload does not end its task: the worker waits
     # wsgi_shutdown_timeout for it, then cancels it. That is the server's doing, logged as a
     # warning with where the task waited, not as the app raising CancelledError.
-    server = nginx_factory(asgi("/", APP), http_extra="wsgi_shutdown_timeout 500ms;").start()
+    server = nginx_factory(asgi("/", APP), http_extra="wsgi_shutdown_timeout 2s;").start()
     old = server.worker_pids()
     s = raw_socket(server, "/deaf?left")
     assert read_frame(s) == (0x1, b"held")
@@ -526,10 +526,16 @@ def test_a_task_left_running_at_exit_is_cancelled_with_a_warning(nginx_factory):
     s.close()
     wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="the old worker's exit")
     log = server.error_log()
-    assert "1 app task(s) still running after the shutdown timeout (500 ms) are cancelled" in log
-    warning = re.search(r"\[warn\].*the task of \"GET /deaf\?left HTTP/1.1\" was still running when the "
-                        r"worker exited.*\n(?:.*\n)*?.*await asyncio.sleep\(3600\)", log)
+    assert "1 app task(s) still running after the shutdown timeout (2000 ms) are cancelled" in log
+    warning = re.search(r"^(\S+ \S+) \[warn\].*the task of \"GET /deaf\?left HTTP/1.1\" was still running when the "
+                        r"worker exited.*\n(?:.*\n)*?.*await asyncio.sleep\(3600\)", log, re.M)
     assert warning, log[-3000:]
+    # Written by the event loop's thread while the worker's own loop waited for it: the entry
+    # carries the time it was written, at least the 2 s timeout after the worker began to exit.
+    began = re.search(rf"^(\S+ \S+) \[notice\] {old[0]}#\d+: gracefully shutting down$", log, re.M)
+    assert began, log[-3000:]
+    stamp = lambda text: time.mktime(time.strptime(text, "%Y/%m/%d %H:%M:%S"))
+    assert stamp(warning.group(1)) - stamp(began.group(1)) >= 2, (began.group(0), warning.group(0))
     assert "CancelledError" not in "".join(l for l in log.splitlines(True) if "[error]" in l)
     assert "the application raised on an open WebSocket" not in log
 

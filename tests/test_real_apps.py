@@ -152,6 +152,27 @@ def test_threads_that_end_in_time_are_joined_and_python_is_finalised(nginx_facto
     assert f"worker process {worker} exited with code 0" in log
 
 
+def test_what_app_threads_log_while_the_worker_waits_at_exit_carries_its_own_time(nginx_factory, tmp_path):
+    # The worker's event loop is blocked while it waits for the app's threads: an entry another
+    # thread writes then has the time it was written, not the time nginx cached before the wait.
+    server = nginx_factory(location("/", NON_DAEMON_THREAD_APP),
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+    worker = server.worker_pids()[0]
+    assert requests.get(server.url("/?late-log")).text == "threads started"
+    server.send_signal(signal.SIGQUIT)
+    wait_for(lambda: f"{worker}#{worker}: gracefully shutting down" in server.error_log(), what="the exit")
+    time.sleep(2.1)  # not a speed limit: the entry below must be written at least 2 s later
+    (tmp_path / f"go-{worker}").write_text("go")
+    wait_for(lambda: f"worker process {worker} exited with code 0" in server.error_log(), what="a clean exit")
+    log = server.error_log()
+    began = re.search(rf"^(\S+ \S+) \[notice\] {worker}#{worker}: gracefully shutting down$", log, re.M)
+    late = re.search(r"^(\S+ \S+) \[warn\] .*python: late: the late thread logs while the worker waits for it",
+                     log, re.M)
+    assert began and late, log[-3000:]
+    stamp = lambda text: time.mktime(time.strptime(text, "%Y/%m/%d %H:%M:%S"))
+    assert stamp(late.group(1)) - stamp(began.group(1)) >= 2, (began.group(0), late.group(0))
+
+
 SIGNAL_APP = APPS / "signal_grabber.py"
 
 

@@ -88,13 +88,22 @@ pub(crate) unsafe fn stop_worker(cycle: *mut ngx_cycle_t) -> Result<(), String> 
         .map_or(crate::conf::limits::DEFAULT_SHUTDOWN_TIMEOUT_MS, |mc| {
             mc.limits.shutdown_timeout()
         });
+    // From here this thread waits for others, which log meanwhile: their entries take their own
+    // time, and those queued for the loop are written after each wait.
+    crate::ffi::log::loop_waits(true);
     if let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() {
         // Requests in flight have ended: the apps' lifespan shutdown, then the loop's end.
         event_loop.stop(std::time::Duration::from_millis(timeout as u64));
     }
     crate::dispatch::stop_threads(std::time::Duration::from_secs(5));
+    // SAFETY: the event loop's thread (per the function contract).
+    unsafe { crate::ffi::log::flush_deferred() };
     interpreter::name_shutdown_timeout("wsgi_shutdown_timeout");
-    match interpreter::finalize(std::time::Duration::from_millis(timeout as u64)) {
+    let finalized = interpreter::finalize(std::time::Duration::from_millis(timeout as u64));
+    // SAFETY: as above.
+    unsafe { crate::ffi::log::flush_deferred() };
+    crate::ffi::log::loop_waits(false);
+    match finalized {
         Ok(interpreter::Finalized::Cleanly) => Ok(()),
         // SAFETY: ends the worker at once, as the log entry just said.
         Ok(interpreter::Finalized::ThreadsLeft) => unsafe { libc::_exit(0) },

@@ -1,6 +1,8 @@
 """Starts non-daemon threads of its own, the way apps start metrics pushers, schedulers and queue
-consumers: at import, and (?polite) one that ends by itself once the interpreter begins to stop."""
+consumers: at import, (?polite) one that ends by itself once the interpreter begins to stop,
+and (?late-log) one that logs while the worker waits for it at exit, when the test says so."""
 import atexit
+import logging
 import os
 import threading
 import time
@@ -32,6 +34,15 @@ def _polite():
     _mark("polite-done")
 
 
+def _late_logger():
+    # Waits for the test's go (the worker is exiting by then), logs, and ends.
+    go = os.path.join(MARKS, f"go-{os.getpid()}")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    logging.getLogger("late").warning("the late thread logs while the worker waits for it")
+
+
 _started = False
 _lock = threading.Lock()
 
@@ -41,6 +52,8 @@ def application(environ, start_response):
     with _lock:
         if environ["QUERY_STRING"] == "polite":
             threading.Thread(target=_polite, name="polite", daemon=False).start()
+        elif environ["QUERY_STRING"] == "late-log":
+            threading.Thread(target=_late_logger, name="late-logger", daemon=False).start()
         elif not _started:
             _started = True
             threading.Thread(target=_push_forever, name="metrics-pusher", daemon=False).start()

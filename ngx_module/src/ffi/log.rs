@@ -8,6 +8,7 @@
 //! wakes it ([`set_waker`], [`flush_deferred`]).
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use nginx_sys::{
@@ -25,6 +26,9 @@ const ENTRY_MAX: usize = 1800;
 static DEFERRED: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
 /// Wakes the event loop to write deferred entries (set once the notifier exists).
 static WAKER: OnceLock<fn()> = OnceLock::new();
+/// The event loop is blocked in a worker's exit, waiting for the app's tasks and threads: its
+/// cached time is stale, and nothing flushes deferred entries until the exit does.
+static LOOP_WAITS: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     static ON_LOOP: Cell<bool> = const { Cell::new(false) };
@@ -38,6 +42,12 @@ pub(crate) fn this_thread_is_the_loop() {
 /// `wake` makes the event loop call [`flush_deferred`] soon (any thread).
 pub(crate) fn set_waker(wake: fn()) {
     let _ = WAKER.set(wake);
+}
+
+/// Says whether the event loop is blocked waiting for other threads (a worker's exit), so that
+/// their entries carry their own time.
+pub(crate) fn loop_waits(waits: bool) {
+    LOOP_WAITS.store(waits, Ordering::Release);
 }
 
 /// Writes the entries other threads left for the event loop.
@@ -109,7 +119,8 @@ pub(crate) fn write_log(level: usize, log: *mut ngx_log_t, msg: &str) {
         }
         return;
     }
-    if msg.len() <= ENTRY_MAX {
+    let own_time = !on_loop && LOOP_WAITS.load(Ordering::Acquire);
+    if msg.len() <= ENTRY_MAX && !own_time {
         ngx::ngx_log_error!(level as ngx_uint_t, log, "{}", msg);
         return;
     }
@@ -118,8 +129,12 @@ pub(crate) fn write_log(level: usize, log: *mut ngx_log_t, msg: &str) {
     // time, level, pid#tid prefix, one `write` per file), so that a traceback stays one entry.
     // SAFETY: nginx's cached time string is always valid; the log files are open.
     unsafe {
-        let time = ngx_cached_err_log_time;
-        let time = String::from_utf8_lossy(super::ngx_bytes(&time)).into_owned();
+        let time = if own_time {
+            local_time_now()
+        } else {
+            let cached = ngx_cached_err_log_time;
+            String::from_utf8_lossy(super::ngx_bytes(&cached)).into_owned()
+        };
         let entry = format!(
             "{time} [{}] {}#{}: {msg}\n",
             LEVELS.get(level).copied().unwrap_or("error"),
@@ -132,6 +147,26 @@ pub(crate) fn write_log(level: usize, log: *mut ngx_log_t, msg: &str) {
             l = (*l).next;
         }
     }
+}
+
+/// Now, in the form of nginx's error-log time (`2026/12/03 04:23:08`, local time).
+fn local_time_now() -> String {
+    // SAFETY: `time` and `localtime_r` write only into the locals passed to them.
+    let tm = unsafe {
+        let now = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&now, &mut tm);
+        tm
+    };
+    format!(
+        "{:04}/{:02}/{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
 }
 
 /// nginx's names of the log levels, by number.
@@ -186,5 +221,15 @@ mod tests {
         assert_eq!(ngx_level(&Level::TRACE), NGX_LOG_DEBUG as usize);
         assert_eq!(LEVELS[NGX_LOG_ERR as usize], "error");
         assert_eq!(LEVELS[NGX_LOG_DEBUG as usize], "debug");
+    }
+
+    #[test]
+    fn own_time_has_nginx_error_log_form() {
+        let t = local_time_now();
+        let shape: String = t
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '9' } else { c })
+            .collect();
+        assert_eq!(shape, "9999/99/99 99:99:99", "{t}");
     }
 }
