@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use pyo3::exceptions::PySystemExit;
 use pyo3::prelude::*;
+use pyo3::types::PyInt;
 
 /// The process that serves requests (set when its interpreter starts).
 static SERVER_PID: AtomicI32 = AtomicI32::new(0);
@@ -111,13 +112,16 @@ fn system_exit(py: Python<'_>, err: &PyErr) -> (String, i32) {
     match code {
         None => (String::new(), 1),
         Some(c) if c.is_none() => (String::new(), 0),
-        Some(c) => match c.extract::<i64>() {
-            Ok(n) => (n.to_string(), n as i32),
-            Err(_) => (
-                c.repr().map_or_else(|_| "?".to_owned(), |r| r.to_string()),
-                1,
-            ),
-        },
+        // Python reads an int code as a C long cast to int, -1 when it overflows a long; an
+        // object that only has `__index__` is not an int there.
+        Some(c) if c.is_instance_of::<PyInt>() => {
+            let text = c.str().map_or_else(|_| "?".to_owned(), |r| r.to_string());
+            (text, c.extract::<i64>().map_or(-1, |n| n as i32))
+        }
+        Some(c) => (
+            c.repr().map_or_else(|_| "?".to_owned(), |r| r.to_string()),
+            1,
+        ),
     }
 }
 
@@ -142,6 +146,21 @@ mod tests {
             assert_eq!(code("None"), (String::new(), 0));
             assert_eq!(code("3"), ("3".to_owned(), 3));
             assert_eq!(code("'bye'"), ("'bye'".to_owned(), 1));
+            assert_eq!(code("True"), ("True".to_owned(), 1));
+            assert_eq!(code("-1"), ("-1".to_owned(), -1));
+            assert_eq!(code("2**40 + 3"), ("1099511627779".to_owned(), 3));
+            assert_eq!(
+                code("2**70").1,
+                -1,
+                "an overflowing int is C's -1, exit status 255"
+            );
+            let index_only =
+                "type('I', (), {'__index__': lambda s: 5, '__repr__': lambda s: 'I()'})()";
+            assert_eq!(
+                code(index_only),
+                ("I()".to_owned(), 1),
+                "not an int to Python's exit"
+            );
         });
     }
 

@@ -154,7 +154,10 @@ fn run_attached(
             } else {
                 consume(iterable, &start_response, length_known)
             };
-            if let Err(e) = close_iterable(iterable) {
+            let closed = close_iterable(iterable);
+            // A child forked in the last item or in close() ends here, with close()'s outcome.
+            crate::forked::exit_if_forked_child(py, "wsgi", crate::forked::Back::after(&closed));
+            if let Err(e) = closed {
                 log_failure(py, info, "the response iterable's close() raised", &e);
             }
             iterated

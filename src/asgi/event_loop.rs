@@ -254,8 +254,10 @@ impl AsgiLoop {
                 }
             }
             // What apps left running (background tasks, tasks past the shutdown timeout) is
-            // cancelled.
-            super::task_watch::cancel_at_exit();
+            // cancelled; by the worker's exit only when it is stopping, not when the loop died.
+            if self.stopping.load(Ordering::Acquire) {
+                super::task_watch::cancel_at_exit();
+            }
             if let Err(e) = driver.call_method1("cancel_all", (&event_loop, 1.0)) {
                 tracing::error!(target: "asgi", "cancelling the tasks left: {}", crate::traceback::format(py, &e));
             }
