@@ -32,6 +32,7 @@ extern "C" fn mark_forked() {
 }
 
 /// Whether this is a process the app forked, not the server's own.
+#[inline]
 pub fn in_forked_child() -> bool {
     FORKED.load(Ordering::Relaxed)
 }
@@ -69,10 +70,17 @@ impl<'a> Back<'a> {
 /// server takes the app's result or message), with the status Python gives an uncaught end:
 /// `sys.exit()`'s code, 1 for an exception. Said on stderr, which is the server's error log:
 /// the server's log machinery lives in threads the child does not have.
+#[inline]
 pub fn exit_if_forked_child(py: Python<'_>, interface: &str, back: Back<'_>) {
-    if !in_forked_child() {
-        return;
+    // Called for every ASGI message: the server's process pays a load and a branch.
+    if in_forked_child() {
+        exit_forked_child(py, interface, back);
     }
+}
+
+#[cold]
+#[inline(never)]
+fn exit_forked_child(py: Python<'_>, interface: &str, back: Back<'_>) -> ! {
     let (how, status) = match back {
         Back::Returned => ("returned from it into the server".to_owned(), 0),
         Back::UsedTheRequest => (
@@ -102,7 +110,7 @@ pub fn exit_if_forked_child(py: Python<'_>, interface: &str, back: Back<'_>) {
     // SAFETY: writes `line`'s bytes to the error log's descriptor.
     unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
     // SAFETY: ends this process at once; nothing of the server's may run in it.
-    unsafe { libc::_exit(status) };
+    unsafe { libc::_exit(status) }
 }
 
 /// `SystemExit`'s code as Python's own exit reads it: None is 0, an int is itself (the low 8
