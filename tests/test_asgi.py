@@ -4,6 +4,7 @@ answers as uvicorn for Starlette and FastAPI apps."""
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -524,6 +525,19 @@ def test_a_shutdown_that_raises_is_logged_and_the_worker_exits_cleanly(nginx_fac
     assert server.stop() == 0
     log = server.error_log()
     assert "lifespan shutdown failed" in log and "RuntimeError: could not flush the queue" in log
+    assert f"worker process {worker} exited with code 0" in log
+
+
+def test_a_lifespan_that_raises_after_its_startup_is_logged_and_the_app_served(nginx_factory):
+    # Nobody waits for the lifespan then: its traceback still reaches the log, once per worker.
+    server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:raises_after_startup")).start()
+    assert requests.get(server.url("/"), timeout=10).text == "up"
+    wait_for(lambda: "RuntimeError: the cache warmer died" in server.error_log(), what="the traceback")
+    worker = server.worker_pids()[0]
+    assert server.stop() == 0
+    log = server.error_log()
+    assert re.search(r"\[error\].*raises_after_startup\".*: the lifespan coroutine raised after its "
+                     r"startup completed \(its shutdown will not run\)", log), log[-3000:]
     assert f"worker process {worker} exited with code 0" in log
 
 

@@ -513,8 +513,9 @@ impl AsgiLoop {
     pub fn startup(&self, apps: &[(usize, String)], timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         let (tx, rx) = mpsc::channel::<(usize, String, String, String)>();
-        for (index, _) in apps {
+        for (index, app_name) in apps {
             let index = *index;
+            let app_name = app_name.clone();
             let tx = Mutex::new(tx.clone());
             self.post(Item::Call(Box::new(move |py, event_loop, driver| {
                 let begun = (|| -> PyResult<()> {
@@ -524,6 +525,11 @@ impl AsgiLoop {
                     let state = PyDict::new(py);
                     let report = PyCFunction::new_closure(py, None, None, move |args: &Bound<'_, PyTuple>, _kw| -> PyResult<()> {
                         let (phase, outcome, text): (String, String, String) = args.extract()?;
+                        if phase == "running" {
+                            // Any time after the startup, when nobody waits for an answer any more.
+                            tracing::error!(target: "asgi", "{app_name}: the lifespan coroutine raised after its startup completed (its shutdown will not run): {text}");
+                            return Ok(());
+                        }
                         let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send((index, phase, outcome, text));
                         Ok(())
                     })?;

@@ -1,7 +1,7 @@
 """Lifespan behaviours: a startup that fails (by raising after receiving the startup, or with
 lifespan.startup.failed), one that fails only when a marker file exists (so that the
 configuration check passes and a later worker start fails), an app without lifespan, and a
-startup or a shutdown that never finishes."""
+startup or a shutdown that never finishes, and a lifespan that raises once its startup is done."""
 import asyncio
 import os
 
@@ -50,6 +50,15 @@ async def shutdown_raises(scope, receive, send):
         await send({"type": "lifespan.startup.complete"})
         await receive()
         raise RuntimeError("could not flush the queue")
+    await respond(send, b"up")
+
+
+async def raises_after_startup(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await asyncio.sleep(0)
+        raise RuntimeError("the cache warmer died")
     await respond(send, b"up")
 
 
