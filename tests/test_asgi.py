@@ -332,6 +332,8 @@ def test_pathsend_has_nginx_send_the_file(server, tmp_path):
     assert r.content == data and r.headers["content-length"] == str(len(data))
     r = requests.get(server.url(f"/file?{path}"), headers={"Range": "bytes=10-19"}, timeout=10)
     assert (r.status_code, r.content) == (206, data[10:20]), "nginx's range filter over the file"
+    r = requests.head(server.url(f"/file?{path}"), timeout=10)
+    assert (r.headers["content-length"], r.headers["accept-ranges"], r.content) == (str(len(data)), "bytes", b"")
     # procfs says 0 bytes and has some: sent with what it has (unless the app said 0 bytes).
     version = open("/proc/version", "rb").read()
     r = requests.get(server.url("/file?nolength:/proc/version"), timeout=10)

@@ -140,6 +140,10 @@ def test_file_wrapper_sends_the_file(server, path):
     r = requests.get(server.url(path), headers={"Range": "bytes=10-19"})
     assert (r.status_code, r.content) == (206, data[10:20])
     assert r.headers["Content-Range"] == f"bytes 10-19/{len(data)}"
+    # HEAD: the length and ranges GET has (the file's size is known), no body.
+    got = requests.get(server.url(path)).headers.get("Accept-Ranges")
+    r = requests.head(server.url(path))
+    assert (r.headers["Content-Length"], r.headers.get("Accept-Ranges"), r.content) == (str(len(data)), got, b"")
 
 
 def test_file_wrapper_honours_position_and_length(server):

@@ -45,9 +45,10 @@ pub(crate) unsafe fn send(r: *mut request_rec, outcome: Outcome, side: &Side) ->
         let truncated = outcome.kind == OutcomeKind::Truncated;
         let content_length = match head.content_length {
             Some(n) => Some(n),
+            // A HEAD's body says nothing of GET's length, a file's size does (as under nginx).
             None if outcome.length_known
                 && !truncated
-                && (*r).header_only == 0
+                && ((*r).header_only == 0 || outcome.file.is_some())
                 && !head.is_bodiless() =>
             {
                 Some(

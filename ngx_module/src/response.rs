@@ -61,14 +61,19 @@ pub(crate) unsafe fn send(
         }
         let truncated = outcome.kind == OutcomeKind::Truncated;
         let is_head = (*r).method == NGX_HTTP_HEAD as usize;
+        // A HEAD's body says nothing of GET's length (apps often leave it empty), but a file's
+        // size does: HEAD gets the Content-Length (and Accept-Ranges) GET would.
+        let length_says = !is_head || outcome.file.is_some();
         let content_length = match head.content_length {
             Some(n) => Some(n),
-            None if outcome.length_known && !truncated && !is_head && !head.is_bodiless() => Some(
-                outcome
-                    .file
-                    .as_ref()
-                    .map_or(outcome.body.len() as u64, |f| f.len),
-            ),
+            None if outcome.length_known && !truncated && length_says && !head.is_bodiless() => {
+                Some(
+                    outcome
+                        .file
+                        .as_ref()
+                        .map_or(outcome.body.len() as u64, |f| f.len),
+                )
+            }
             None => None,
         };
         if outcome.file.is_some()
