@@ -389,6 +389,15 @@ def test_a_slow_client_pauses_send_and_bounds_memory(server):
 
 # --- disconnects at every stage --------------------------------------------------------------
 
+def test_an_app_that_raises_after_the_client_went_says_so(server):
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET /raise-at-disconnect?rz1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_for(lambda: stats(server)["receiving"].get("rz1") == "waiting", what="the app to wait")
+    wait_for(lambda: "RuntimeError: rz1 raised on http.disconnect" in server.error_log(), what="the traceback")
+    line = next(l for l in server.error_log().splitlines() if "/raise-at-disconnect?rz1" in l and "[error]" in l)
+    assert "the application raised after the client went away" in line, line
+
+
 def test_disconnect_while_the_app_waits_for_it(server):
     with socket.create_connection(("127.0.0.1", server.port)) as s:
         s.sendall(b"GET /wait-disconnect?w1 HTTP/1.1\r\nHost: t\r\n\r\n")

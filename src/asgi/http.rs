@@ -654,8 +654,10 @@ impl HttpExchange {
                 self.finish(HttpEnd::ClientGone);
                 return;
             }
-            let what = if self.finished {
+            let what = if self.response == Response::Done || (self.finished && !client_gone) {
                 "the application raised after its response was complete"
+            } else if client_gone {
+                "the application raised after the client went away"
             } else {
                 "the application raised"
             };

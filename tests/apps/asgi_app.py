@@ -111,6 +111,12 @@ async def app(scope, receive, send):
         if route == "/blocks-after-release":
             time.sleep(float(seconds))
         await respond(send, route.encode())
+    elif route == "/raise-at-disconnect":
+        # Raises once the client has gone, having sent nothing.
+        await read_body(receive)
+        STATS["receiving"][query] = "waiting"
+        message = await receive()
+        raise RuntimeError(f"{query} raised on {message['type']}")
     elif route == "/release":
         event(query).set()
         await respond(send, b"released")
