@@ -300,6 +300,8 @@ def test_broken_frames_close_with_their_code(server, frames, code):
     s.sendall(frames)
     opcode, payload = read_frame(s)
     assert opcode == 0x8 and close_code(payload) == code
+    if code == 1007:
+        assert payload[2:] == b"invalid UTF-8 in a text message"
     s.close()
 
 

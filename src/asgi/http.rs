@@ -244,6 +244,11 @@ impl HttpExchange {
             return Err(PyTypeError::new_err("status must be an int, not bool"));
         }
         let status: i64 = status.extract().map_err(|_| {
+            if status.is_instance_of::<pyo3::types::PyInt>() {
+                return PyValueError::new_err(format!(
+                    "status {status}: an HTTP response status is 200 to 999 (1xx are not responses)"
+                ));
+            }
             PyTypeError::new_err(format!(
                 "status must be an int, not {}",
                 crate::response::type_name(&status)
@@ -992,6 +997,7 @@ mod tests {
                 ("{'status': 200}", "needs a \"type\""),
                 ("{'type': 'http.response.start', 'status': True}", "not bool"),
                 ("{'type': 'http.response.start', 'status': '200'}", "must be an int"),
+                ("{'type': 'http.response.start', 'status': 2**70}", "status 1180591620717411303424: an HTTP response status is 200 to 999"),
                 ("{'type': 'http.response.start', 'status': 101}", "1xx"),
                 ("{'type': 'http.response.start', 'status': 200, 'trailers': True}", "trailers"),
                 ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'a b', b'1')]}", "token"),

@@ -230,8 +230,13 @@ impl WsCodec {
                         WsError::Protocol(_) => 1002,
                         _ => 1011,
                     };
-                    self.fail(code, &e.to_string());
-                    self.tell_closed(&mut out, code, e.to_string());
+                    // tungstenite's own text for bad UTF-8 shows only the replacement character.
+                    let why = match &e {
+                        WsError::Utf8(_) => "invalid UTF-8 in a text message".to_owned(),
+                        e => e.to_string(),
+                    };
+                    self.fail(code, &why);
+                    self.tell_closed(&mut out, code, why);
                     break;
                 }
             }
