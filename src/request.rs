@@ -177,7 +177,7 @@ fn run_attached(
     if client_gone {
         tracing::info!(
             target: "wsgi",
-            "the client closed the connection while the response streamed: \"{}\"",
+            "the connection to the client ended (closed, reset or timed out) while the response streamed: \"{}\"",
             info.request_line().escape_debug()
         );
         return Outcome {

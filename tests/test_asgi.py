@@ -33,6 +33,7 @@ def server(nginx_factory, tmp_path_factory):
         + asgi("/small/", APP, "wsgi_stream_buffer 64k;")
         + asgi("/unbuffered/", APP, "wsgi_request_buffering off; wsgi_stream_buffer 64k; client_max_body_size 1m;")
         + asgi("/limited/", APP, "client_max_body_size 1k;")
+        + asgi("/impatient/", APP, "send_timeout 300ms;")
         + location("/wsgi/", APPS / "environ_app.py"),
         main_extra=f"env NGX_WSGI_TEST_MARKS={marks};",
         server_extra="http2 on; client_max_body_size 8m;",
@@ -396,6 +397,20 @@ def test_an_app_that_raises_after_the_client_went_says_so(server):
     wait_for(lambda: "RuntimeError: rz1 raised on http.disconnect" in server.error_log(), what="the traceback")
     line = next(l for l in server.error_log().splitlines() if "/raise-at-disconnect?rz1" in l and "[error]" in l)
     assert "the application raised after the client went away" in line, line
+
+
+def test_a_client_that_stops_reading_times_out_as_nginx_says_it(server):
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET /impatient/stream-until-gone?st1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        # Never read: the send_timeout ends it, and the app's send() raises.
+        wait_for(lambda: stats(server)["disconnected"].get("st1"), what="send() to raise")
+    assert stats(server)["disconnected"]["st1"] == "ClientDisconnected"
+    log = server.error_log()
+    assert re.search(r"\[info\].*client timed out \(110: Connection timed out\).*"
+                     r"GET /impatient/stream-until-gone\?st1", log), log[-3000:]
+    assert re.search(r"the connection to the client ended \(closed, reset or timed out\): "
+                     r"\"GET /impatient/stream-until-gone\?st1", log), log[-3000:]
 
 
 def test_disconnect_while_the_app_waits_for_it(server):

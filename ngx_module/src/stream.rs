@@ -498,9 +498,17 @@ impl Stream {
             let c = (*r).connection;
             let wev = (*c).write;
             if (*wev).timedout() != 0 {
-                // send_timeout: the client stopped reading.
+                // send_timeout: the client stopped reading. Said as nginx's own writer says it.
                 (*wev).set_timedout(0);
                 (*c).set_timedout(1);
+                if (*(*c).log).log_level >= nginx_sys::NGX_LOG_INFO as usize {
+                    nginx_sys::ngx_log_error_core(
+                        nginx_sys::NGX_LOG_INFO as usize,
+                        (*c).log,
+                        libc::ETIMEDOUT,
+                        c"client timed out".as_ptr(),
+                    );
+                }
                 self.cancel(&mut st, true);
                 return;
             }

@@ -176,7 +176,7 @@ impl HttpExchange {
             self.gone = true;
             tracing::info!(
                 target: "asgi",
-                "the client closed the connection: \"{}\"{}",
+                "the connection to the client ended (closed, reset or timed out): \"{}\"{}",
                 self.scope.request_line().escape_debug(),
                 self.scope.log_suffix()
             );
