@@ -84,6 +84,9 @@ def test_uvloop_when_asked_for_and_installed(nginx_factory):
     assert requests.get(server.url("/loop"), timeout=10).text == "uvloop"
     default = nginx_factory(asgi("/", APP)).start()
     assert requests.get(default.url("/loop"), timeout=10).text.startswith("asyncio")
+    # Subprocesses on either loop: piped, waited for, killed (the loop's thread has no signals).
+    for s in (server, default):
+        assert requests.get(s.url("/subprocess"), timeout=30).json() == [200000, 0, -9]
     # Without the virtualenv (Debian's python3 alone) there is no uvloop: nginx -t says so.
     result = nginx_factory(asgi("/", APP), http_extra="asgi_event_loop uvloop;", home=False).run("-t")
     assert result.returncode != 0 and "asgi_event_loop uvloop" in result.stderr

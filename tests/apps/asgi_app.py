@@ -152,6 +152,17 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/octet-stream"), *length]})
         await send({"type": "http.response.pathsend", "path": path})
+    elif route == "/subprocess":
+        # What apps do to run a tool (ffmpeg, git): the loop's child watcher must see it end.
+        proc = await asyncio.create_subprocess_exec(
+            "cat", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate(b"x" * 200000)
+        slow = await asyncio.create_subprocess_exec("sleep", "60")
+        try:
+            await asyncio.wait_for(slow.wait(), 0.05)
+        except asyncio.TimeoutError:
+            slow.kill()
+        await respond(send, json.dumps([len(out), proc.returncode, await slow.wait()]).encode())
     elif route == "/loop":
         await respond(send, type(asyncio.get_running_loop()).__module__.encode())
     elif route == "/stop-loop":
