@@ -400,6 +400,21 @@ def test_an_app_that_raises_after_the_client_went_says_so(server):
     wait_for(lambda: "RuntimeError: rz1 raised on http.disconnect" in server.error_log(), what="the traceback")
     line = next(l for l in server.error_log().splitlines() if "/raise-at-disconnect?rz1" in l and "[error]" in l)
     assert "the application raised after the client went away" in line, line
+    # A body over client_max_body_size also ends in http.disconnect, but the client is there
+    # (nginx answers it 413): no "went away" then.
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"POST /unbuffered/raise-at-disconnect?rz2 HTTP/1.1\r\nHost: t\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+        try:
+            for _ in range(32):
+                s.sendall(chunk)
+        except OSError:
+            pass
+        assert read_until(s, b"\r\n").startswith(b"HTTP/1.1 413")
+    wait_for(lambda: "RuntimeError: rz2 raised on http.disconnect" in server.error_log(), what="the traceback")
+    line = next(l for l in server.error_log().splitlines() if "/raise-at-disconnect?rz2" in l and "[error]" in l and "asgi:" in l)
+    assert "asgi: the application raised while serving" in line, line
 
 
 def test_a_client_that_stops_reading_times_out_as_nginx_says_it(server):

@@ -301,7 +301,7 @@ def test_broken_frames_close_with_their_code(server, frames, code):
     opcode, payload = read_frame(s)
     assert opcode == 0x8 and close_code(payload) == code
     if code == 1007:
-        assert payload[2:] == b"invalid UTF-8 in a text message"
+        assert payload[2:] == b"invalid UTF-8 (a text message or a close reason)"
     s.close()
 
 

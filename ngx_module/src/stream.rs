@@ -498,7 +498,8 @@ impl Stream {
             let c = (*r).connection;
             let wev = (*c).write;
             if (*wev).timedout() != 0 {
-                // send_timeout: the client stopped reading. Said as nginx's own writer says it.
+                // send_timeout: the client stopped reading. Said as nginx's own writer says it
+                // (a format without conversions: no variadic arguments to pass).
                 (*wev).set_timedout(0);
                 (*c).set_timedout(1);
                 if (*(*c).log).log_level >= nginx_sys::NGX_LOG_INFO as usize {

@@ -127,6 +127,8 @@ pub struct HttpExchange {
     finished: bool,
     /// The client went away.
     gone: bool,
+    /// The client itself went away (`gone` is also set by a failed body or the server's answer).
+    left: bool,
 }
 
 impl HttpExchange {
@@ -148,6 +150,7 @@ impl HttpExchange {
             bodiless,
             finished: false,
             gone: false,
+            left: false,
         }
     }
 
@@ -174,6 +177,7 @@ impl HttpExchange {
         }
         if !self.finished && self.server.client_gone() {
             self.gone = true;
+            self.left = true;
             tracing::info!(
                 target: "asgi",
                 "the connection to the client ended (closed, reset or timed out): \"{}\"{}",
@@ -245,9 +249,10 @@ impl HttpExchange {
         }
         let status: i64 = status.extract().map_err(|_| {
             if status.is_instance_of::<pyo3::types::PyInt>() {
-                return PyValueError::new_err(format!(
-                    "status {status}: an HTTP response status is 200 to 999 (1xx are not responses)"
-                ));
+                // Not printed: a huge int may be beyond what Python converts to a str.
+                return PyValueError::new_err(
+                    "status out of range: an HTTP response status is 200 to 999",
+                );
             }
             PyTypeError::new_err(format!(
                 "status must be an int, not {}",
@@ -641,6 +646,7 @@ impl HttpExchange {
         }
         crate::chunk::release_dropped(py);
         let client_gone = self.gone || (!self.finished && self.server.client_gone());
+        let client_left = self.left || (!self.finished && self.server.client_gone());
         if let Some(error) = error {
             let err = PyErr::from_value(error);
             if self.watch.timed_out() && Self::ends_a_timeout(py, &err) {
@@ -659,9 +665,9 @@ impl HttpExchange {
                 self.finish(HttpEnd::ClientGone);
                 return;
             }
-            let what = if self.response == Response::Done || (self.finished && !client_gone) {
+            let what = if self.response == Response::Done {
                 "the application raised after its response was complete"
-            } else if client_gone {
+            } else if client_left {
                 "the application raised after the client went away"
             } else {
                 "the application raised"
@@ -997,7 +1003,7 @@ mod tests {
                 ("{'status': 200}", "needs a \"type\""),
                 ("{'type': 'http.response.start', 'status': True}", "not bool"),
                 ("{'type': 'http.response.start', 'status': '200'}", "must be an int"),
-                ("{'type': 'http.response.start', 'status': 2**70}", "status 1180591620717411303424: an HTTP response status is 200 to 999"),
+                ("{'type': 'http.response.start', 'status': 2**70}", "status out of range: an HTTP response status is 200 to 999"),
                 ("{'type': 'http.response.start', 'status': 101}", "1xx"),
                 ("{'type': 'http.response.start', 'status': 200, 'trailers': True}", "trailers"),
                 ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'a b', b'1')]}", "token"),

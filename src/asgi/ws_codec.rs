@@ -232,7 +232,9 @@ impl WsCodec {
                     };
                     // tungstenite's own text for bad UTF-8 shows only the replacement character.
                     let why = match &e {
-                        WsError::Utf8(_) => "invalid UTF-8 in a text message".to_owned(),
+                        WsError::Utf8(_) => {
+                            "invalid UTF-8 (a text message or a close reason)".to_owned()
+                        }
                         e => e.to_string(),
                     };
                     self.fail(code, &why);
