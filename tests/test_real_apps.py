@@ -317,7 +317,12 @@ def test_a_stuck_app_thread_cannot_hold_a_stop_on_either_server(wsgi_factory):
     worker = server.worker_pids()[0]
     assert requests.get(server.url("/")).text == "threads started"
     started = time.monotonic()
-    assert server.stop(timeout=60) == 0, "the stop completed"
+    # Apache: its graceful stop. An ungraceful one (SIGTERM) runs the event MPM's
+    # close_worker_sockets, which now and then reads a worker's slot whose connection pool was
+    # already destroyed and segfaults the child (seen about once in 60 stops with any app; a
+    # crash in the MPM's code, not in this module's exit, which is what this test is about).
+    how = signal.SIGQUIT if server.kind == "nginx" else signal.SIGWINCH
+    assert server.stop(sig=how, timeout=60) == 0, "the stop completed"
     assert time.monotonic() - started < 30
     log = server.error_log()
     timeout_name = "wsgi_shutdown_timeout" if server.kind == "nginx" else "NgxWsgiShutdownTimeout"
