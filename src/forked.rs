@@ -78,6 +78,23 @@ pub fn exit_if_forked_child(py: Python<'_>, interface: &str, back: Back<'_>) {
     }
 }
 
+/// [`exit_if_forked_child`] where an ASGI task ended, with the exception it raised if any.
+#[inline]
+pub fn exit_if_forked_task_ended(
+    py: Python<'_>,
+    interface: &str,
+    error: Option<&Bound<'_, PyAny>>,
+) {
+    if in_forked_child() {
+        let raised = error.map(|e| PyErr::from_value(e.clone()));
+        exit_forked_child(
+            py,
+            interface,
+            raised.as_ref().map_or(Back::Returned, Back::Raised),
+        );
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn exit_forked_child(py: Python<'_>, interface: &str, back: Back<'_>) -> ! {

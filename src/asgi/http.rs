@@ -639,14 +639,11 @@ impl HttpExchange {
     /// The app's coroutine ended, with `error` if it raised.
     #[pyo3(signature = (error = None))]
     fn ended(&mut self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
-        if crate::forked::in_forked_child() {
-            let raised = error.as_ref().map(|e| PyErr::from_value(e.clone()));
-            let back = raised.as_ref().map_or(Back::Returned, Back::Raised);
-            crate::forked::exit_if_forked_child(py, "asgi", back);
-        }
+        crate::forked::exit_if_forked_task_ended(py, "asgi", error.as_ref());
         crate::chunk::release_dropped(py);
-        let client_gone = self.gone || (!self.finished && self.server.client_gone());
-        let client_left = self.left || (!self.finished && self.server.client_gone());
+        let gone_now = !self.finished && self.server.client_gone();
+        let client_gone = self.gone || gone_now;
+        let client_left = self.left || gone_now;
         if let Some(error) = error {
             let err = PyErr::from_value(error);
             if self.watch.timed_out() && Self::ends_a_timeout(py, &err) {

@@ -388,11 +388,7 @@ impl WsExchange {
 
     #[pyo3(signature = (error = None))]
     fn ended(&mut self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
-        if crate::forked::in_forked_child() {
-            let raised = error.as_ref().map(|e| PyErr::from_value(e.clone()));
-            let back = raised.as_ref().map_or(Back::Returned, Back::Raised);
-            crate::forked::exit_if_forked_child(py, "asgi", back);
-        }
+        crate::forked::exit_if_forked_task_ended(py, "asgi", error.as_ref());
         crate::chunk::release_dropped(py);
         match self.state {
             State::Connecting | State::Denying => {
