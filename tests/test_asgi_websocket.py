@@ -294,7 +294,10 @@ def test_frames_sent_right_behind_the_handshake(server):
     (frame(0x1, b"unmasked", mask=False), 1002),
     (frame(0x3, b"reserved opcode"), 1002),
     (frame(0x9, b"p" * 200), 1002),  # a control frame over 125 bytes
-])
+    # A 64-bit length whose most significant bit is set (RFC 6455 5.2: it MUST be 0), not a
+    # message over the size limit.
+    (bytes([0x82, 0x80 | 127]) + struct.pack("!Q", 1 << 63 | 5) + b"\0" * 4 + b"x" * 5, 1002),
+], ids=["bad-utf8", "unmasked", "reserved-opcode", "long-ping", "length-top-bit"])
 def test_broken_frames_close_with_their_code(server, frames, code):
     s = raw_socket(server, f"/ws/echo?bad{code}")
     s.sendall(frames)

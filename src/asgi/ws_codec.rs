@@ -223,7 +223,10 @@ impl WsCodec {
                     break;
                 }
                 Err(e) => {
+                    let top_bit = matches!(&e, WsError::Capacity(CapacityError::MessageTooLong { size, .. })
+                        if ws_deflate::length_has_top_bit(*size as u64));
                     let code = match &e {
+                        _ if top_bit => 1002,
                         WsError::Capacity(CapacityError::MessageTooLong { .. }) => 1009,
                         WsError::Capacity(_) => 1009,
                         WsError::Utf8(_) => 1007,
@@ -232,6 +235,7 @@ impl WsCodec {
                     };
                     // tungstenite's own text for bad UTF-8 shows only the replacement character.
                     let why = match &e {
+                        _ if top_bit => ws_deflate::TOP_BIT_LENGTH.to_owned(),
                         WsError::Utf8(_) => {
                             "invalid UTF-8 (a text message or a close reason)".to_owned()
                         }
@@ -416,6 +420,21 @@ mod tests {
         assert_eq!(small.output()[0], 0x88, "a close frame went out");
         let unmasked = [0x81u8, 1, b'x'];
         assert_eq!(first_closed(&mut WsCodec::new(1 << 20), &unmasked), 1002);
+        // A 64-bit length with its top bit set breaks the framing, whatever the size limit;
+        // a plain huge one is over the limit.
+        let deflated = || {
+            WsCodec::new(1 << 20).compressed(Deflate {
+                server_window_bits: 15,
+            })
+        };
+        for (top, code) in [(0x80u8, 1002), (0x7f, 1009)] {
+            let mut huge = vec![0x82u8, 0x80 | 127, top, 0, 0, 0, 0, 0, 0, 1];
+            huge.extend_from_slice(&[0; 4]);
+            assert_eq!(first_closed(&mut WsCodec::new(1 << 20), &huge), code);
+            assert_eq!(first_closed(&mut deflated(), &huge), code);
+            huge[0] = 0xc2;
+            assert_eq!(first_closed(&mut deflated(), &huge), code, "compressed");
+        }
         let mut gone = WsCodec::new(1 << 20);
         assert_eq!(
             gone.feed(&[], true),

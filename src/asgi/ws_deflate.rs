@@ -24,6 +24,16 @@ pub struct Deflate {
     pub server_window_bits: u8,
 }
 
+/// Why a frame whose 64-bit length has its most significant bit set fails the connection with
+/// 1002: RFC 6455 5.2 says that bit MUST be 0. (tungstenite reads such a length as a huge
+/// frame and reports a capacity error, which would be 1009.)
+pub const TOP_BIT_LENGTH: &str = "a frame length with its most significant bit set";
+
+/// Whether a frame's payload length breaks RFC 6455 5.2.
+pub fn length_has_top_bit(length: u64) -> bool {
+    length >> 63 != 0
+}
+
 /// Messages shorter than this go uncompressed: deflate's framing would eat what it saves.
 pub const MIN_COMPRESSED: usize = 64;
 
@@ -175,6 +185,9 @@ impl Inbound {
                 }
             };
             let head_len = cursor.position() as usize;
+            if length_has_top_bit(length) {
+                break Err((1002, TOP_BIT_LENGTH.into()));
+            }
             if matches!(self.message, InMessage::Compressed { .. })
                 && matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary))
             {
