@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
-use pyo3::exceptions::PySystemExit;
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::types::PyInt;
 
@@ -98,6 +98,7 @@ pub fn exit_if_forked_task_ended(
 #[cold]
 #[inline(never)]
 fn exit_forked_child(py: Python<'_>, interface: &str, back: Back<'_>) -> ! {
+    let mut interrupted = false;
     let (how, status) = match back {
         Back::Returned => ("returned from it into the server".to_owned(), 0),
         Back::UsedTheRequest => (
@@ -109,25 +110,98 @@ fn exit_forked_child(py: Python<'_>, interface: &str, back: Back<'_>) -> ! {
             let (text, status) = system_exit(py, err);
             (format!("called sys.exit({text}) into the server"), status)
         }
-        Back::Raised(err) => (
-            format!(
-                "raised into the server:\n{}\n",
-                crate::traceback::format(py, err)
-            ),
-            1,
-        ),
+        Back::Raised(err) => {
+            interrupted = err.is_instance_of::<PyKeyboardInterrupt>(py);
+            (
+                format!(
+                    "raised into the server:\n{}\n",
+                    crate::traceback::format(py, err)
+                ),
+                1,
+            )
+        }
     };
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
+    let ends = if interrupted {
+        "ends on SIGINT, as Python does after a KeyboardInterrupt".to_owned()
+    } else {
+        format!("exits with status {status}")
+    };
     let line = format!(
-        "{interface}: process {pid}, forked by the application, {how} and exits with status \
-         {status} (a forked child should end with os._exit())\n"
+        "{interface}: process {pid}, forked by the application, {how} and {ends} (a forked \
+         child should end with os._exit())\n"
     );
     // A plain write(2): a lock of stderr's that another thread held at the fork stays held.
     // SAFETY: writes `line`'s bytes to the error log's descriptor.
     unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+    let ending = if interrupted { INTERRUPTED } else { status };
+    ENDING.store(ending, Ordering::Relaxed);
+    let _ = DEADLINE_LINE.set(format!(
+        "{interface}: process {pid}, forked by the application: its sys.stdout or sys.stderr \
+         waits for a lock that another thread held at the fork; what it buffered is lost\n"
+    ));
+    flush_standard_streams(py);
+    end(ending)
+}
+
+/// How a forked child that came back ends: its exit status, or [`INTERRUPTED`].
+static ENDING: AtomicI32 = AtomicI32::new(0);
+/// Ends on SIGINT, as Python does after an uncaught KeyboardInterrupt.
+/// (No exit status is this: `sys.exit()`'s are a C long's low 32 bits or -1.)
+const INTERRUPTED: i32 = i32::MIN;
+
+/// Ends this process as `ending` says; async-signal-safe.
+fn end(ending: i32) -> ! {
+    if ending == INTERRUPTED {
+        // SAFETY: the default action of SIGINT ends this process, which is the point.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::kill(libc::getpid(), libc::SIGINT);
+        }
+    }
     // SAFETY: ends this process at once; nothing of the server's may run in it.
-    unsafe { libc::_exit(status) }
+    unsafe { libc::_exit(if ending == INTERRUPTED { 1 } else { ending }) }
+}
+
+/// What the child printed and Python still buffers, written out as Python's own exit (and
+/// multiprocessing's children) would. A buffer's lock that a thread of the server's process
+/// held at the fork is never released in the child: a timer ends a flush that waits for one.
+fn flush_standard_streams(py: Python<'_>) {
+    // SAFETY: a handler and a timer for this process alone, which is about to end; the
+    // handler only writes and ends the process (async-signal-safe).
+    unsafe {
+        libc::signal(
+            libc::SIGALRM,
+            flush_deadline as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+        libc::alarm(FLUSH_DEADLINE_SECS);
+    }
+    if let Ok(sys) = py.import("sys") {
+        for stream in ["stdout", "stderr"] {
+            if let Ok(s) = sys.getattr(stream) {
+                if !s.is_none() {
+                    // A stream that cannot flush (a closed pipe) loses what it held, as it
+                    // would at Python's exit.
+                    let _ = s.call_method0("flush");
+                }
+            }
+        }
+    }
+}
+
+/// How long a forked child's last flush may wait.
+const FLUSH_DEADLINE_SECS: u32 = 2;
+
+/// What [`flush_deadline`] says, written before the flush (a signal handler cannot format).
+static DEADLINE_LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+extern "C" fn flush_deadline(_: libc::c_int) {
+    if let Some(line) = DEADLINE_LINE.get() {
+        // SAFETY: writes a finished line to the error log's descriptor (async-signal-safe).
+        unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+    }
+    end(ENDING.load(Ordering::Relaxed))
 }
 
 /// `SystemExit`'s code as Python's own exit reads it: None is 0, an int is itself (the low 8

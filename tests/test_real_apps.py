@@ -81,18 +81,27 @@ def test_a_process_an_asgi_app_forks_holds_none_of_nginxs_sockets(forking_asgi):
     assert r == {"sockets_in_child": {"listening": 0, "connected": 0}, "child_exit": 0}
 
 
-# How the child comes back, the status it exits with (Python's for an uncaught end), and the
-# line it leaves in the error log.
+# How the child comes back, the status it exits with (Python's for an uncaught end: a negative
+# one is the signal that ended it), and the line it leaves in the error log.
 CHILD_ENDS = {
     "returns": (0, "returned from it into the server"),
     "raises": (1, "raised into the server:\nTraceback (most recent call last):"),
     "exits": (3, "called sys.exit(3) into the server"),
+    "interrupted": (-signal.SIGINT, "raised into the server:\nTraceback (most recent call last):"),
+    "prints": (0, "returned from it into the server"),
 }
 
 
 @pytest.mark.parametrize("way", CHILD_ENDS)
 def test_a_forked_child_that_comes_back_into_the_server_exits(forking, way):
     comes_back_and_exits(forking, way, *CHILD_ENDS[way])
+
+
+def test_a_forked_childs_flush_that_waits_for_a_lock_held_at_the_fork_ends(forking):
+    # Its line is written first: the status it names is still the one the child exits with.
+    comes_back_and_exits(forking, "stuck", 0, "returned from it into the server")
+    assert re.search(r"process \d+, forked by the application: its sys.stdout or sys.stderr waits for a lock "
+                     r"that another thread held at the fork; what it buffered is lost", forking.error_log())
 
 
 @pytest.mark.parametrize("way", [*CHILD_ENDS, "sends"])
@@ -102,11 +111,15 @@ def test_a_forked_child_that_comes_back_into_the_asgi_event_loop_exits(forking_a
 
 
 def comes_back_and_exits(server, way, status, how):
-    r = requests.get(server.url(f"/?{way}"), timeout=30)
-    assert r.json()["child_exit"] == status
+    r = requests.get(server.url(f"/?{way}"), timeout=30).json()
+    assert r["child_exit"] == status
+    if way == "prints":
+        assert r["printed"] == "printed by the child\n", "what Python buffered is written out"
     wait_for(lambda: re.search(rf"process \d+, forked by the application, {re.escape(how)}", server.error_log()),
              what="the child's line")
-    assert re.search(rf"{re.escape(how)}(.|\n)*? and exits with status {status} \(a forked child should end with "
+    ends = ("ends on SIGINT, as Python does after a KeyboardInterrupt" if status < 0
+            else f"exits with status {status}")
+    assert re.search(rf"{re.escape(how)}(.|\n)*? and {ends} \(a forked child should end with "
                      r"os._exit\(\)\)", server.error_log())
     assert requests.get(server.url("/?held"), timeout=30).status_code == 200, "the server serves on"
 

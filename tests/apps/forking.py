@@ -1,10 +1,15 @@
 """An app that forks (os.fork()) as some do, without ending the child with os._exit(): what the
 child holds of the server's, and what becomes of a child that returns into it."""
 import asyncio
+import fcntl
 import json
 import os
 import socket
 import sys
+import tempfile
+import termios
+import threading
+import time
 
 
 def sockets_held():
@@ -25,6 +30,7 @@ def sockets_held():
 def fork_and_report(way):
     """`held`: the child reports how many sockets it has, then _exits. `returns`: the child
     returns into the server. Either way the parent waits for it and says how it ended."""
+    release = stdout_held_by_a_thread() if way == "stuck" else None
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -39,7 +45,47 @@ def fork_and_report(way):
     held = json.loads(os.read(read, 1000) or b"null")
     os.close(read)
     _, status = os.waitpid(pid, 0)
-    return {"sockets_in_child": held, "child_exit": os.waitstatus_to_exitcode(status)}
+    if release:
+        release()
+    return {"sockets_in_child": held, "child_exit": os.waitstatus_to_exitcode(status), **printed(way, pid)}
+
+
+def stdout_held_by_a_thread():
+    """sys.stdout with a write in flight in another thread, blocked on a full pipe: the
+    buffer's lock is held at the fork, and nobody releases it in the child. Gives what puts
+    sys.stdout back once the fork is over."""
+    read, write = os.pipe()
+    saved, sys.stdout = sys.stdout, open(write, "w", buffering=1 << 16)
+    held = sys.stdout
+    writer = threading.Thread(target=lambda: (held.write("x" * (1 << 20)), held.flush()))
+    writer.start()
+    full = fcntl.fcntl(read, 1032)  # F_GETPIPE_SZ
+    while int.from_bytes(fcntl.ioctl(read, termios.FIONREAD, b"\0" * 4), "little") < full:
+        time.sleep(0.01)
+
+    def release():
+        while writer.is_alive():
+            os.read(read, 1 << 16)
+            writer.join(0.01)
+        sys.stdout = saved
+        held.close()
+        os.close(read)
+    return release
+
+
+def printed_path(pid):
+    return os.path.join(tempfile.gettempdir(), f"ngx-wsgi-forked-{pid}.out")
+
+
+def printed(way, pid):
+    """What a `prints` child left in its (buffered) stdout by the time it ended."""
+    if way != "prints":
+        return {}
+    try:
+        with open(printed_path(pid)) as f:
+            return {"printed": f.read()}
+    finally:
+        os.unlink(printed_path(pid))
 
 
 def child_ends(way):
@@ -49,6 +95,12 @@ def child_ends(way):
         raise RuntimeError("raised in the forked child")
     if way == "exits":
         sys.exit(3)
+    if way == "interrupted":
+        raise KeyboardInterrupt
+    if way == "prints":
+        # Buffered, unflushed when the child returns: Python's exit would write it out.
+        sys.stdout = open(printed_path(os.getpid()), "w")
+        print("printed by the child")
 
 
 def application(environ, start_response):
@@ -76,6 +128,6 @@ async def asgi_app(scope, receive, send):
             child_ends(way)
             return
         _, status = await asyncio.get_running_loop().run_in_executor(None, os.waitpid, pid, 0)
-        body = json.dumps({"child_exit": os.waitstatus_to_exitcode(status)}).encode()
+        body = json.dumps({"child_exit": os.waitstatus_to_exitcode(status), **printed(way, pid)}).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
