@@ -135,25 +135,25 @@ fn exit_forked_child(py: Python<'_>, interface: &str, back: Back<'_>) -> ! {
     // A plain write(2): a lock of stderr's that another thread held at the fork stays held.
     // SAFETY: writes `line`'s bytes to the error log's descriptor.
     unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
-    let ending = if interrupted { INTERRUPTED } else { status };
-    ENDING.store(ending, Ordering::Relaxed);
+    ENDING_STATUS.store(status, Ordering::Relaxed);
+    ENDING_INTERRUPTED.store(interrupted, Ordering::Relaxed);
     let _ = DEADLINE_LINE.set(format!(
         "{interface}: process {pid}, forked by the application: its sys.stdout or sys.stderr \
          waits for a lock that another thread held at the fork; what it buffered is lost\n"
     ));
     flush_standard_streams(py);
-    end(ending)
+    end(status, interrupted)
 }
 
-/// How a forked child that came back ends: its exit status, or [`INTERRUPTED`].
-static ENDING: AtomicI32 = AtomicI32::new(0);
-/// Ends on SIGINT, as Python does after an uncaught KeyboardInterrupt.
-/// (No exit status is this: `sys.exit()`'s are a C long's low 32 bits or -1.)
-const INTERRUPTED: i32 = i32::MIN;
+/// How a forked child that came back ends, for [`flush_deadline`]: its exit status, and
+/// whether it ends on SIGINT instead.
+static ENDING_STATUS: AtomicI32 = AtomicI32::new(0);
+static ENDING_INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// Ends this process as `ending` says; async-signal-safe.
-fn end(ending: i32) -> ! {
-    if ending == INTERRUPTED {
+/// Ends this process with `status`, or on SIGINT, as Python does after an uncaught
+/// KeyboardInterrupt; async-signal-safe.
+fn end(status: i32, interrupted: bool) -> ! {
+    if interrupted {
         // SAFETY: the default action of SIGINT ends this process, which is the point.
         unsafe {
             libc::signal(libc::SIGINT, libc::SIG_DFL);
@@ -161,12 +161,13 @@ fn end(ending: i32) -> ! {
         }
     }
     // SAFETY: ends this process at once; nothing of the server's may run in it.
-    unsafe { libc::_exit(if ending == INTERRUPTED { 1 } else { ending }) }
+    unsafe { libc::_exit(status) }
 }
 
 /// What the child printed and Python still buffers, written out as Python's own exit (and
 /// multiprocessing's children) would. A buffer's lock that a thread of the server's process
-/// held at the fork is never released in the child: a timer ends a flush that waits for one.
+/// held at the fork is never released in the child: a timer ends a flush that waits for one
+/// (every forked child starts with no signal blocked: `signals::reset_in_forked_children`).
 fn flush_standard_streams(py: Python<'_>) {
     // SAFETY: a handler and a timer for this process alone, which is about to end; the
     // handler only writes and ends the process (async-signal-safe).
@@ -201,7 +202,10 @@ extern "C" fn flush_deadline(_: libc::c_int) {
         // SAFETY: writes a finished line to the error log's descriptor (async-signal-safe).
         unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
     }
-    end(ENDING.load(Ordering::Relaxed))
+    end(
+        ENDING_STATUS.load(Ordering::Relaxed),
+        ENDING_INTERRUPTED.load(Ordering::Relaxed),
+    )
 }
 
 /// `SystemExit`'s code as Python's own exit reads it: None is 0, an int is itself (the low 8
