@@ -139,10 +139,12 @@ pub fn finalize(timeout: std::time::Duration) -> Result<Finalized, String> {
     match join_app_threads(py, timeout) {
         Ok(None) => {}
         Ok(Some(report)) => {
+            // The sentence ends before the stacks, not after their last line.
+            let (left, stacks) = report.split_once('\n').unwrap_or((&report, ""));
             tracing::error!(
                 target: "wsgi",
-                "Python threads still running after {report}; the process exits without \
-                 finalising Python (atexit handlers ran)"
+                "Python threads still running after {left}; the process exits without \
+                 finalising Python (atexit handlers ran)\n{stacks}"
             );
             run_exit_handlers(py);
             return Ok(Finalized::ThreadsLeft);
