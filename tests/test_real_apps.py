@@ -38,6 +38,9 @@ def test_a_child_killed_by_a_signal_reports_the_signal(real_app, kind):
 def test_children_at_import_and_in_app_threads(real_app):
     assert requests.get(real_app.url("/import_child")).text == "7"
     assert requests.get(real_app.url("/thread_child")).text == "9"
+    if real_app.kind == "nginx":
+        # What the app's import-time children show in ps: a worker's, not nginx's master's.
+        assert requests.get(real_app.url("/import_title")).text == "nginx: worker process"
 
 
 def test_a_hundred_concurrent_children_each_get_their_own_status(real_app):

@@ -3,7 +3,9 @@
 
 use std::ffi::c_void;
 
-use nginx_sys::{ngx_cycle_t, ngx_process, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER};
+use nginx_sys::{
+    ngx_cycle_t, ngx_process, ngx_setproctitle, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
+};
 use ngx_wsgi::{interpreter, Apps};
 
 /// Whether this process serves requests (a worker, or nginx without a master); cache manager and
@@ -47,10 +49,23 @@ pub(crate) unsafe fn start_worker(
     crate::fork_child::close_nginx_sockets_in_children();
     // SAFETY: per the function contract.
     unsafe { crate::notify::init(cycle, on_finished) }.map_err(|e| format!("wsgi: {e}"))?;
+    name_the_worker();
     interpreter::initialize(&mc.python.settings).map_err(|e| format!("wsgi: {e}"))?;
     Apps::load_all(&mc.python.specs())
         .map_err(|(i, e)| format!("{} cannot be loaded: {e}", mc.python.apps[i].describe()))?;
     start_asgi(mc)
+}
+
+/// Gives the worker the title nginx gives it only after `init_process`: processes the app
+/// starts while it is imported (a `multiprocessing.Pool`, a forked helper) copy the title, and
+/// would otherwise show in `ps` (and match `pkill -f`) as "nginx: master process".
+fn name_the_worker() {
+    // SAFETY: a plain read of nginx's process role.
+    if unsafe { ngx_process } as u32 == NGX_PROCESS_WORKER {
+        // SAFETY: nginx copies the title into its argv area and never writes through the
+        // pointer; the worker's title is set this way by nginx itself.
+        unsafe { ngx_setproctitle(c"worker process".as_ptr().cast_mut()) };
+    }
 }
 
 /// With some `asgi_app`: the worker's asyncio loop (its own thread) and each app's lifespan

@@ -74,6 +74,10 @@ def child_status(kind, code):
 
 # A child started while the module imports the app (a migration check, say).
 IMPORT_STATUS = subprocess.run(["sh", "-c", "exit 7"]).returncode
+# The title `ps` shows for the process now, which a child forked now (a multiprocessing pool's
+# worker) keeps.
+with open("/proc/self/cmdline", "rb") as _f:
+    IMPORT_TITLE = _f.read().split(b"\0")[0].decode(errors="replace")
 
 _thread_result = {}
 
@@ -139,6 +143,8 @@ def application(environ, start_response):
         return _text(start_response, str(child_status(path[len("/child/"):], code)))
     if path == "/import_child":
         return _text(start_response, str(IMPORT_STATUS))
+    if path == "/import_title":
+        return _text(start_response, IMPORT_TITLE)
     if path == "/thread_child":
         return _text(start_response, str(_thread_result.get("status")))
     if path == "/zombies":
