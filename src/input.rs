@@ -110,6 +110,9 @@ struct Streamed {
     source: Arc<dyn BodySource>,
     pending: Vec<u8>,
     done: bool,
+    /// A read failed through the client's fault (the server's `ConnectionAborted`: a reset
+    /// or cut connection, a broken chunked body, a body over the server's limit).
+    client_failed: bool,
 }
 
 /// How much a line search or an unbounded read pulls at a time.
@@ -122,9 +125,10 @@ impl Streamed {
             return Ok(false);
         }
         let source = self.source.clone();
-        let chunk = py
-            .detach(move || source.read(max))
-            .map_err(|e| PyOSError::new_err(format!("reading the request body: {e}")))?;
+        let chunk = py.detach(move || source.read(max)).map_err(|e| {
+            self.client_failed |= e.kind() == std::io::ErrorKind::ConnectionAborted;
+            PyOSError::new_err(format!("reading the request body: {e}"))
+        })?;
         if chunk.is_empty() {
             self.done = true;
             return Ok(false);
@@ -183,6 +187,7 @@ impl Input {
                     source: source.clone(),
                     pending: Vec::new(),
                     done: false,
+                    client_failed: false,
                 }),
                 Some(source),
             ),
@@ -197,6 +202,12 @@ impl Input {
             gate: gate.clone(),
         };
         (input, gate)
+    }
+
+    /// Whether reading the body failed through the client's fault: what the app raised then is
+    /// most likely that failure, not a bug of its own.
+    pub fn client_failed(&self) -> bool {
+        matches!(&self.source, Some(Source::Streamed(s)) if s.client_failed)
     }
 
     /// Cuts the stream off from the server's memory; later reads raise `ValueError`.

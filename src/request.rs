@@ -107,13 +107,16 @@ fn log_failure(py: Python<'_>, info: &RequestInfo, what: &str, err: &PyErr) {
 }
 
 fn log_error(info: &RequestInfo, what: &str, detail: &str) {
-    tracing::error!(
-        target: "wsgi",
+    tracing::error!(target: "wsgi", "{}", failure_line(info, what, detail));
+}
+
+fn failure_line(info: &RequestInfo, what: &str, detail: &str) -> String {
+    format!(
         "{what} while serving \"{}\", client: {}{}\n{detail}",
         info.request_line().escape_debug(),
         String::from_utf8_lossy(info.field(Field::RemoteAddr)),
         crate::logging_bridge::request_suffix(),
-    );
+    )
 }
 
 fn run_attached(
@@ -164,6 +167,7 @@ fn run_attached(
         }
         Err(_) => Ok(()),
     };
+    let client_failed = input.try_borrow().is_ok_and(|i| i.client_failed());
     drop(_detach);
     crate::errors::flush_thread();
     let mut sr = start_response.borrow_mut();
@@ -196,7 +200,15 @@ fn run_attached(
         _ => None,
     };
     if let Some((what, err)) = error {
-        log_failure(py, info, what, &err);
+        if client_failed {
+            // The client's broken body, which the app met in wsgi.input: the server answers
+            // for it (nginx with its 4xx) and logs client errors at info, as nginx does.
+            let what = format!("the client's request body failed, and {what}");
+            let traceback = crate::traceback::format(py, &err);
+            tracing::info!(target: "wsgi", "{}", failure_line(info, &what, &traceback));
+        } else {
+            log_failure(py, info, what, &err);
+        }
         return Outcome {
             kind: if committed {
                 OutcomeKind::Truncated

@@ -8,7 +8,7 @@ import socket
 import pytest
 import requests
 
-from conftest import APPS, BAD_CHUNKS, assert_broken_chunk_is_400, recv_until, route
+from conftest import APPS, BAD_CHUNKS, assert_broken_chunk_is_400, recv_until, route, wait_for
 
 APP = APPS / "input_app.py"
 BODY = b"first line\nsecond\n\nlast without newline"
@@ -125,6 +125,14 @@ def test_a_malformed_chunk_while_the_app_reads_is_the_clients_400(server, key, b
     assert_broken_chunk_is_400(server.port, f"/unbuffered/read_after_note?{key}",
                                lambda: f"read_after_note {key}: b'hello'" in server.error_log(), bad)
     assert requests.post(server.url("/unbuffered/read"), data=BODY).json()["parts"] == [BODY.decode()]
+    if server.kind == "nginx":
+        # The app let wsgi.input's error through: the client's fault (nginx says why, at its
+        # own level), logged at info with the traceback, not as the app's error.
+        line = f"the client's request body failed, and the application raised while serving \"POST /unbuffered/read_after_note?{key} "
+        wait_for(lambda: line in server.error_log(), what="the module's line")
+        lines = [l for l in server.error_log().splitlines()
+                 if f"read_after_note?{key} " in l and "invalid chunked body" not in l]
+        assert len(lines) == 1 and "[info]" in lines[0] and line in lines[0], lines
 
 
 def test_unbuffered_64_mib_upload_uses_no_temp_file(server):

@@ -340,7 +340,12 @@ impl BodySource for BodyStream {
                 return Ok(data);
             }
             if let Some(e) = &st.error {
-                return Err(std::io::Error::other(e.clone()));
+                // The core tells the client's failures (4xx) from the server's by this kind.
+                let kind = match st.client_fault {
+                    Some(_) => std::io::ErrorKind::ConnectionAborted,
+                    None => std::io::ErrorKind::Other,
+                };
+                return Err(std::io::Error::new(kind, e.clone()));
             }
             if st.eof {
                 return Ok(Vec::new());
