@@ -327,6 +327,39 @@ def test_statuses_headers_head_and_bodiless(server):
     assert conn.getresponse().read() == b"0\n1\n", "keep-alive after HEAD"
 
 
+def test_a_head_is_whole_once_its_head_went_out_even_if_the_client_then_leaves(server):
+    # curl -I closes as soon as it has the head: the app's later pieces are dropped, not a
+    # disconnect (an app that handles one, such as Datasette, would take its error path).
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"HEAD /head-stream?h1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_until(s, b"\r\n\r\n").startswith(b"HTTP/1.1 200 OK")
+    wait_for(lambda: stats(server)["waiting"].get("h1") == "head sent", what="the head to go out")
+    wait_for(lambda: re.search(r"connection to the client ended.*HEAD /head-stream\?h1", server.error_log()),
+             what="nginx to see the client go")
+    requests.get(server.url("/release?h1"), timeout=10)
+    wait_for(lambda: stats(server)["disconnected"].get("h1"), what="the app to finish")
+    assert stats(server)["disconnected"]["h1"] == "complete"
+    # A GET whose client leaves is a disconnect, as before.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /head-stream?g1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        read_until(s, b"first\n")
+    wait_for(lambda: re.search(r"connection to the client ended.*GET /head-stream\?g1", server.error_log()),
+             what="nginx to see the client go")
+    requests.get(server.url("/release?g1"), timeout=10)
+    wait_for(lambda: stats(server)["disconnected"].get("g1"), what="the app to finish")
+    assert stats(server)["disconnected"]["g1"] == "ClientDisconnected"
+
+
+def test_trailers_true_is_ignored_and_trailers_dropped(server):
+    # The server offers no http.response.trailers extension; apps that set the flag anyway (on
+    # every response, as ASGIWebDAV does) are answered as uvicorn answers them.
+    assert "http.response.trailers" not in requests.get(server.url("/scope")).json()["extensions"]
+    r = requests.get(server.url("/trailers"), timeout=10)
+    assert (r.status_code, r.content) == (200, b"with trailers")
+    assert "x-checksum" not in r.headers
+    assert stats(server)["disconnected"]["trailers"] == "complete"
+
+
 def test_pathsend_has_nginx_send_the_file(server, tmp_path):
     data = os.urandom(3 << 20)
     path = tmp_path / "blob.bin"
@@ -492,7 +525,7 @@ def bad(nginx_factory):
     ("/header-hop", "is hop-by-hop"),
     ("/body-before-start", "http.response.body sent before http.response.start"),
     ("/double-start", "http.response.start sent a second time"),
-    ("/trailers", "does not send HTTP trailers"),
+    ("/trailers-early", "http.response.trailers sent before the response body was complete"),
     ("/too-long", "longer than its content-length"),
     ("/sys-exit", "SystemExit: 3"),
     ("/cancelled", "CancelledError"),

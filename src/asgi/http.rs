@@ -264,13 +264,6 @@ impl HttpExchange {
                 "status {status}: an HTTP response status is 200 to 999 (1xx are not responses)"
             )));
         }
-        if get_opt(message, pyo3::intern!(message.py(), "trailers"))?
-            .is_some_and(|t| t.is_truthy().unwrap_or(true))
-        {
-            return Err(PyValueError::new_err(
-                "trailers: true: this server does not send HTTP trailers (http.response.trailers)",
-            ));
-        }
         let status = status as u16;
         let reason = reason_phrase(status);
         let line = format!("{status} {reason}");
@@ -342,6 +335,16 @@ impl HttpExchange {
             None => None,
         };
         let len = body.map_or(0, |b| b.as_bytes().len());
+        if self.bodiless && self.response == Response::Streaming {
+            // A HEAD's (204's, 304's) head went out: the response is whole, and what the app
+            // sends now is dropped, whether or not the client is still there (curl -I closes
+            // as soon as it has the head).
+            if !more {
+                self.response = Response::Done;
+                self.finish(HttpEnd::Complete);
+            }
+            return Ok(true);
+        }
         if self.gone || self.finished {
             return Err(Self::gone_error());
         }
@@ -398,6 +401,24 @@ impl HttpExchange {
 }
 
 impl HttpExchange {
+    /// `http.response.trailers`: this server does not offer the extension (no
+    /// `http.response.trailers` in the scope's `extensions`), so like uvicorn it ignores
+    /// `trailers: true` on the start and drops the trailers, once the body is complete. Apps
+    /// such as ASGIWebDAV set the flag on every response.
+    fn trailers(&mut self, message: &Bound<'_, PyAny>) -> PyResult<()> {
+        if let Some(headers) = get_opt(message, pyo3::intern!(message.py(), "headers"))? {
+            for item in headers.try_iter()? {
+                header_pair(&item?)?;
+            }
+        }
+        match self.response {
+            Response::Done => Ok(()),
+            _ => Err(PyRuntimeError::new_err(
+                "http.response.trailers sent before the response body was complete",
+            )),
+        }
+    }
+
     /// Whether the response is an internal redirect the server took: the first time, hands it
     /// the head when it has an `X-Accel-Redirect` (before any body piece went out).
     fn take_redirect(&mut self) -> bool {
@@ -625,6 +646,7 @@ impl HttpExchange {
             "http.response.start" => self.start(message).map(|()| true),
             "http.response.body" => self.body_piece(message),
             "http.response.pathsend" => self.pathsend(message).map(|()| true),
+            "http.response.trailers" => self.trailers(message).map(|()| true),
             other => Err(PyValueError::new_err(format!(
                 "unexpected ASGI message type {other:?} in an http scope"
             ))),
@@ -1002,7 +1024,6 @@ mod tests {
                 ("{'type': 'http.response.start', 'status': '200'}", "must be an int"),
                 ("{'type': 'http.response.start', 'status': 2**70}", "status out of range: an HTTP response status is 200 to 999"),
                 ("{'type': 'http.response.start', 'status': 101}", "1xx"),
-                ("{'type': 'http.response.start', 'status': 200, 'trailers': True}", "trailers"),
                 ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'a b', b'1')]}", "token"),
                 ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'x', b'1\\r\\n')]}", "control"),
                 ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'connection', b'close')]}", "hop-by-hop"),
@@ -1013,6 +1034,40 @@ mod tests {
                 assert!(err.contains(expect), "{message}: {err}");
             }
             assert!(server.pushed.lock().unwrap().is_empty());
+        });
+    }
+
+    #[test]
+    fn trailers_true_is_ignored_and_trailers_after_the_body_dropped() {
+        with_python(|py| {
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, None);
+            send(
+                &ex,
+                "{'type': 'http.response.start', 'status': 200, 'trailers': True}",
+            )
+            .unwrap();
+            let early = error_of(send(&ex, "{'type': 'http.response.trailers'}"));
+            assert!(
+                early.contains("before the response body was complete"),
+                "{early}"
+            );
+            send(&ex, "{'type': 'http.response.body', 'body': b'ab'}").unwrap();
+            let bad = error_of(send(
+                &ex,
+                "{'type': 'http.response.trailers', 'headers': [('x', 'y')]}",
+            ));
+            assert!(bad.contains("pair of bytes"), "{bad}");
+            send(
+                &ex,
+                "{'type': 'http.response.trailers', 'headers': [(b'x-sum', b'1')]}",
+            )
+            .unwrap();
+            assert_eq!(
+                *server.pushed.lock().unwrap(),
+                vec![(Some(200), b"ab".to_vec())]
+            );
+            assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Complete]);
         });
     }
 

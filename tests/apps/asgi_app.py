@@ -117,6 +117,25 @@ async def app(scope, receive, send):
         STATS["receiving"][query] = "waiting"
         message = await receive()
         raise RuntimeError(f"{query} raised on {message['type']}")
+    elif route == "/head-stream":
+        # A streamed response whose later pieces wait for /release?KEY: under HEAD the client
+        # may leave once it has the head, and the response is still whole.
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"first\n", "more_body": True})
+        STATS["waiting"][query] = "head sent"
+        await event(query).wait()
+        try:
+            await send({"type": "http.response.body", "body": b"second\n", "more_body": True})
+            await send({"type": "http.response.body", "body": b"last\n"})
+            STATS["disconnected"][query] = "complete"
+        except OSError as e:
+            STATS["disconnected"][query] = type(e).__name__
+    elif route == "/trailers":
+        # trailers: true and a trailers message, as apps that set it on every response do.
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.body", "body": b"with trailers"})
+        await send({"type": "http.response.trailers", "headers": [(b"x-checksum", b"abc")]})
+        STATS["disconnected"]["trailers"] = "complete"
     elif route == "/release":
         event(query).set()
         await respond(send, b"released")

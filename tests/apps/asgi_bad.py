@@ -63,8 +63,9 @@ async def app(scope, receive, send):
     elif route == "/double-start":
         await start(send)
         await start(send)
-    elif route == "/trailers":
+    elif route == "/trailers-early":
         await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.trailers", "headers": []})
     elif route == "/too-long":
         await start(send, 3)
         await send({"type": "http.response.body", "body": b"12345"})
