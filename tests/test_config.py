@@ -52,6 +52,15 @@ def test_duplicate_and_misplaced_directives(nginx_factory):
     assert '"wsgi_app" directive is not allowed here' in result.stderr
 
 
+@pytest.mark.parametrize("value", ["999", "0o22", "u=rwx", "1777"])
+def test_a_bad_umask_is_refused(nginx_factory, value):
+    _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), http_extra=f"wsgi_umask {value};")
+    assert result.returncode != 0
+    assert f'wsgi_umask "{value}": an octal mask from 000 to 0777 (e.g. 022, 027), or off' in result.stderr
+    _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), http_extra="wsgi_umask 022; wsgi_umask 027;")
+    assert '"wsgi_umask" directive is duplicate' in result.stderr
+
+
 def test_python_home_of_another_version_is_refused(nginx_factory, tmp_path):
     (tmp_path / "pyvenv.cfg").write_text("home = /usr/bin\nversion = 3.99.1\n")
     server, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), home=False,

@@ -2,6 +2,7 @@
 signal handlers, long-lived streams, and more requests than threads."""
 import concurrent.futures
 import json
+import os
 import re
 import signal
 import socket
@@ -41,6 +42,24 @@ def test_children_at_import_and_in_app_threads(real_app):
     if real_app.kind == "nginx":
         # What the app's import-time children show in ps: a worker's, not nginx's master's.
         assert requests.get(real_app.url("/import_title")).text == "nginx: worker process"
+
+
+@pytest.mark.parametrize("directive,started_with,umask", [
+    # nginx's daemon mode leaves its workers a umask of 0: the apps' files would be writable by
+    # every user (an nginx started with umask 0 is in the same state).
+    ("", 0, 0o022),
+    ("", 0o027, 0o027),
+    ("wsgi_umask 077;", 0o022, 0o077),
+    ("wsgi_umask off;", 0, 0),
+])
+def test_the_workers_umask(nginx_factory, directive, started_with, umask):
+    server = nginx_factory(location("/", APP), http_extra=directive)
+    mine = os.umask(started_with)
+    try:
+        server.start()
+    finally:
+        os.umask(mine)
+    assert requests.get(server.url("/umask"), timeout=10).text == oct(umask)
 
 
 def test_a_hundred_concurrent_children_each_get_their_own_status(real_app):

@@ -143,6 +143,10 @@ def application(environ, start_response):
         return _text(start_response, str(child_status(path[len("/child/"):], code)))
     if path == "/import_child":
         return _text(start_response, str(IMPORT_STATUS))
+    if path == "/umask":
+        mask = os.umask(0)
+        os.umask(mask)
+        return _text(start_response, oct(mask))
     if path == "/import_title":
         return _text(start_response, IMPORT_TITLE)
     if path == "/thread_child":

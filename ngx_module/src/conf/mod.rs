@@ -11,6 +11,7 @@ pub(crate) mod python;
 pub(crate) mod scheme;
 pub(crate) mod status;
 pub(crate) mod streaming;
+pub(crate) mod umask;
 
 use std::ffi::c_char;
 use std::mem::offset_of;
@@ -39,6 +40,8 @@ pub(crate) struct MainConf {
     pub request_id: RequestIdVar,
     pub status_zone: status::StatusZone,
     pub asgi: asgi::AsgiConf,
+    /// `wsgi_umask`.
+    pub umask: umask::Umask,
 }
 
 /// Per-location settings.
@@ -229,7 +232,7 @@ const fn directive(
 }
 
 /// Every `wsgi_*` directive. nginx reads the table for the whole program and never writes it.
-pub(crate) static mut COMMANDS: [ngx_command_t; 25] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 26] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -376,6 +379,13 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 25] = [
         nginx_sys::ngx_conf_set_msec_slot,
         NGX_HTTP_MAIN_CONF_OFFSET,
         offset_of!(MainConf, limits.shutdown_timeout),
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_umask"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        umask::set_umask,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+        0,
     ),
     directive(
         ngx::ngx_string!("wsgi_check_timeout"),
