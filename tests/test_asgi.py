@@ -431,8 +431,10 @@ def test_an_app_that_raises_after_the_client_went_says_so(server):
         s.sendall(b"GET /raise-at-disconnect?rz1 HTTP/1.1\r\nHost: t\r\n\r\n")
         wait_for(lambda: stats(server)["receiving"].get("rz1") == "waiting", what="the app to wait")
     wait_for(lambda: "RuntimeError: rz1 raised on http.disconnect" in server.error_log(), what="the traceback")
-    line = next(l for l in server.error_log().splitlines() if "/raise-at-disconnect?rz1" in l and "[error]" in l)
-    assert "the application raised after the client went away" in line, line
+    # The client's doing, most likely (the app's handling of its going): at info, as nginx logs it.
+    line = next(l for l in server.error_log().splitlines()
+                if "/raise-at-disconnect?rz1" in l and "asgi:" in l and "raised" in l)
+    assert "[info]" in line and "the application raised after the client went away" in line, line
     # A body over client_max_body_size also ends in http.disconnect, but the client is there
     # (nginx answers it 413): no "went away" then.
     with socket.create_connection(("127.0.0.1", server.port)) as s:
@@ -446,8 +448,22 @@ def test_an_app_that_raises_after_the_client_went_says_so(server):
             pass
         assert read_until(s, b"\r\n").startswith(b"HTTP/1.1 413")
     wait_for(lambda: "RuntimeError: rz2 raised on http.disconnect" in server.error_log(), what="the traceback")
-    line = next(l for l in server.error_log().splitlines() if "/raise-at-disconnect?rz2" in l and "[error]" in l and "asgi:" in l)
-    assert "asgi: the application raised while serving" in line, line
+    line = next(l for l in server.error_log().splitlines()
+                if "/raise-at-disconnect?rz2" in l and "asgi:" in l and "raised" in l)
+    assert "[info]" in line and "asgi: the request body failed, and the application raised while serving" in line, line
+
+
+def test_every_send_after_the_client_left_raises_client_disconnected(server):
+    with socket.socket() as s:
+        s.connect(("127.0.0.1", server.port))
+        s.sendall(b"GET /error-page-when-gone?ep1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        read_until(s, b"xxxx")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    wait_for(lambda: stats(server)["disconnected"].get("ep1"), what="the app's error page to fail")
+    # Not "http.response.start sent a second time": the app is told what happened.
+    assert stats(server)["disconnected"]["ep1"] == "ClientDisconnected"
+    wait_for(lambda: "error-page-when-gone?ep1" in server.error_log(), what="the request's line")
+    assert not [l for l in server.error_log().splitlines() if "error-page-when-gone?ep1" in l and "[error]" in l]
 
 
 def test_a_client_that_stops_reading_times_out_as_nginx_says_it(server):

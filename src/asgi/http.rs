@@ -129,6 +129,8 @@ pub struct HttpExchange {
     gone: bool,
     /// The client itself went away (`gone` is also set by a failed body or the server's answer).
     left: bool,
+    /// The request body failed (the client's fault: a broken chunk, over the size limit).
+    body_failed: bool,
 }
 
 impl HttpExchange {
@@ -151,6 +153,7 @@ impl HttpExchange {
             finished: false,
             gone: false,
             left: false,
+            body_failed: false,
         }
     }
 
@@ -189,14 +192,17 @@ impl HttpExchange {
     }
 
     fn log_error(&self, what: &str, detail: &str) {
+        tracing::error!(target: "asgi", "{}", self.log_line(what, detail));
+    }
+
+    fn log_line(&self, what: &str, detail: &str) -> String {
         let sep = if detail.is_empty() { "" } else { "\n" };
-        tracing::error!(
-            target: "asgi",
+        format!(
             "{what} while serving \"{}\", client: {}{}{sep}{detail}",
             self.scope.request_line().escape_debug(),
             self.scope.client_text(),
             self.scope.log_suffix(),
-        );
+        )
     }
 
     fn disconnect<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -230,6 +236,13 @@ impl HttpExchange {
 
     fn gone_error() -> PyErr {
         ClientDisconnected::new_err("the client closed the connection")
+    }
+
+    /// The server says the client is gone: noted (so that every later send says so too), and
+    /// the error for the app.
+    fn client_went(&mut self) -> PyErr {
+        self.notice_client_gone();
+        Self::gone_error()
     }
 
     fn start(&mut self, message: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -367,7 +380,7 @@ impl HttpExchange {
         if len == 0 && more {
             return Ok(true);
         }
-        if !self.server.room().map_err(|_| Self::gone_error())? {
+        if !self.server.room().map_err(|_| self.client_went())? {
             return Ok(false);
         }
         let data = match body {
@@ -377,7 +390,7 @@ impl HttpExchange {
         self.produced += len as u64;
         self.server
             .push(self.head.take(), data)
-            .map_err(|_| Self::gone_error())?;
+            .map_err(|_| self.client_went())?;
         self.response = Response::Streaming;
         if !more {
             self.response = Response::Done;
@@ -628,6 +641,7 @@ impl HttpExchange {
                         self.scope.log_suffix()
                     );
                     self.gone = true;
+                    self.body_failed = true;
                     Self::disconnect(py).map(Some)
                 }
             };
@@ -642,6 +656,15 @@ impl HttpExchange {
     /// Takes one `send()` message; false when the app must await a wake-up and send it again.
     fn send_now(&mut self, message: &Bound<'_, PyAny>) -> PyResult<bool> {
         crate::forked::exit_if_forked_child(message.py(), "asgi", Back::UsedTheRequest);
+        // Once the client is gone every send says so, whatever it is (an app that handles the
+        // disconnect by starting an error response gets the same, not a protocol error), but
+        // where the response was whole already: a HEAD's head went out, or it was complete.
+        if self.left
+            && self.response != Response::Done
+            && !(self.bodiless && self.response == Response::Streaming)
+        {
+            return Err(Self::gone_error());
+        }
         match message_type(message)?.as_str() {
             "http.response.start" => self.start(message).map(|()| true),
             "http.response.body" => self.body_piece(message),
@@ -684,15 +707,27 @@ impl HttpExchange {
                 self.finish(HttpEnd::ClientGone);
                 return;
             }
-            let what = if self.response == Response::Done {
-                "the application raised after its response was complete"
+            // What the app raised once its client left or broke its body is most likely its
+            // handling of that: the client's doing, logged at info as nginx logs client errors.
+            let (what, clients_doing) = if self.response == Response::Done {
+                (
+                    "the application raised after its response was complete",
+                    false,
+                )
             } else if client_left {
-                "the application raised after the client went away"
+                ("the application raised after the client went away", true)
+            } else if self.body_failed {
+                ("the request body failed, and the application raised", true)
             } else {
-                "the application raised"
+                ("the application raised", false)
             };
             if !super::task_watch::ended_by_exit(py, &self.scope, &err) {
-                self.log_error(what, &crate::traceback::format(py, &err));
+                let traceback = crate::traceback::format(py, &err);
+                if clients_doing {
+                    tracing::info!(target: "asgi", "{}", self.log_line(what, &traceback));
+                } else {
+                    self.log_error(what, &traceback);
+                }
             }
             let end = match self.response {
                 // A redirect is answered only once its response is complete.

@@ -162,6 +162,18 @@ async def app(scope, receive, send):
         except OSError as e:
             STATS["disconnected"][query] = type(e).__name__
             raise
+    elif route == "/error-page-when-gone":
+        # As Datasette does: a failed send is handled by starting an error response.
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        try:
+            while True:
+                await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+        except OSError:
+            try:
+                await send({"type": "http.response.start", "status": 500, "headers": []})
+            except Exception as e:
+                STATS["disconnected"][query] = type(e).__name__
+                raise
     elif route == "/file":
         # http.response.pathsend: nginx sends the file itself.
         assert "http.response.pathsend" in scope["extensions"]
