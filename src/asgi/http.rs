@@ -415,9 +415,9 @@ impl HttpExchange {
 
 impl HttpExchange {
     /// `http.response.trailers`: this server does not offer the extension (no
-    /// `http.response.trailers` in the scope's `extensions`), so like uvicorn it ignores
-    /// `trailers: true` on the start and drops the trailers, once the body is complete. Apps
-    /// such as ASGIWebDAV set the flag on every response.
+    /// `http.response.trailers` in the scope's `extensions`), so it ignores `trailers: true` on
+    /// the start, as uvicorn does (apps such as ASGIWebDAV set it on every response), and drops
+    /// trailers an app sends anyway, once the body is complete.
     fn trailers(&mut self, message: &Bound<'_, PyAny>) -> PyResult<()> {
         if let Some(headers) = get_opt(message, pyo3::intern!(message.py(), "headers"))? {
             for item in headers.try_iter()? {
