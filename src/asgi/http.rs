@@ -288,6 +288,12 @@ impl HttpExchange {
                 let (name, value) = header_pair(&item)?;
                 let (name, value) = (name.as_slice(), value.as_slice());
                 crate::response::check_header_bytes(name, value).map_err(PyValueError::new_err)?;
+                if crate::response::is_hop_by_hop(name) {
+                    // The connection's (sse-starlette sends `connection: keep-alive`, Gradio
+                    // echoes the request's): nginx manages it, and drops it from an upstream's
+                    // response as it is dropped here.
+                    continue;
+                }
                 if name.eq_ignore_ascii_case(b"content-length") {
                     let length = std::str::from_utf8(value)
                         .ok()
@@ -1061,7 +1067,6 @@ mod tests {
                 ("{'type': 'http.response.start', 'status': 101}", "1xx"),
                 ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'a b', b'1')]}", "token"),
                 ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'x', b'1\\r\\n')]}", "control"),
-                ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'connection', b'close')]}", "hop-by-hop"),
                 ("{'type': 'http.response.start', 'status': 200, 'headers': [('x', 'y')]}", "pair of bytes"),
                 ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'content-length', b'x')]}", "not a number"),
             ] {

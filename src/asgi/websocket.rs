@@ -207,6 +207,10 @@ impl WsExchange {
                 })?;
                 crate::response::check_header_bytes(&pair.0, &pair.1)
                     .map_err(PyValueError::new_err)?;
+                if crate::response::is_hop_by_hop(&pair.0) {
+                    // The upgrade's own connection and upgrade fields are the server's.
+                    continue;
+                }
                 // The handshake's own (accept, subprotocol, extensions: only the server knows
                 // which it speaks on the connection).
                 if pair.0.len() >= 14 && pair.0[..14].eq_ignore_ascii_case(b"sec-websocket-") {

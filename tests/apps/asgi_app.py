@@ -130,6 +130,11 @@ async def app(scope, receive, send):
             STATS["disconnected"][query] = "complete"
         except OSError as e:
             STATS["disconnected"][query] = type(e).__name__
+    elif route == "/hop":
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"connection", b"keep-alive"), (b"Keep-Alive", b"timeout=99"), (b"transfer-encoding", b"chunked"),
+            (b"te", b"trailers"), (b"x-kept", b"yes"), (b"content-length", b"3")]})
+        await send({"type": "http.response.body", "body": b"hop"})
     elif route == "/trailers":
         # trailers: true and a trailers message, as apps that set it on every response do.
         await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})

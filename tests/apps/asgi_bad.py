@@ -53,8 +53,6 @@ async def app(scope, receive, send):
                     "headers": [(b"x-a", b"1\r\nSet-Cookie: evil=1")]})
     elif route == "/header-str":
         await send({"type": "http.response.start", "status": 200, "headers": [("x-a", "1")]})
-    elif route == "/header-hop":
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"transfer-encoding", b"chunked")]})
     elif route == "/body-str":
         await start(send)
         await send({"type": "http.response.body", "body": "text"})
