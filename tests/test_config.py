@@ -36,6 +36,13 @@ def test_traceback_reaches_nginx_t_output(nginx_factory):
     assert "raises_at_import.py\", line 1, in <module>" in result.stderr
 
 
+def test_a_traceback_longer_than_a_log_entry_reaches_nginx_t_output_whole(nginx_factory):
+    _, result = conf_test(nginx_factory, location("/", f"{BROKEN}/long_traceback.py"))
+    assert result.returncode != 0
+    assert "nginx: [emerg]" in result.stderr and "long_traceback.py\", line 3, in <module>" in result.stderr
+    assert "a long reason, " * 200 + "and the end of it" in result.stderr
+
+
 @pytest.mark.parametrize("value, expected", [
     ("not a module", "is neither PATH.py[:CALLABLE] nor module.name[:CALLABLE]"),
     ("app.py:1bad", "is not a Python name"),

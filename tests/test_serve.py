@@ -124,6 +124,32 @@ def test_serve_an_asgi_app(built):
         proc.wait(timeout=30)
 
 
+ENV_APP = '''
+import os
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"{os.environ.get('NGX_WSGI_SERVE_SETTING')} {bool(os.environ.get('PATH'))}".encode()]
+'''
+
+
+def test_serve_passes_its_environment_to_the_app(built):
+    # As uvicorn and gunicorn do: settings in the environment, and PATH for the app's programs.
+    app = readable_dir() / "env_app.py"
+    app.write_text(ENV_APP)
+    app.chmod(0o644)
+    port = free_port()
+    proc = subprocess.Popen([str(RELEASE / "ngx-wsgi"), "serve", str(app), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "NGX_WSGI_SERVE_SETTING": "from the shell"})
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        assert wait_for(lambda: requests.get(url, timeout=2).text == "from the shell True"), proc.stderr.read1(65536)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+
+
 def test_serve_refuses_a_loop_without_asgi(built):
     out = subprocess.run([str(RELEASE / "ngx-wsgi"), "serve", "app.py", "--loop", "uvloop"],
                          capture_output=True, text=True, timeout=10)

@@ -174,7 +174,7 @@ fn serve(args: &[String]) -> Result<(), String> {
             module.display()
         ));
     }
-    let mut main = String::new();
+    let mut main = passed_environment();
     if opts.reload {
         // A .pyc written in the same second as an edit of the same size would hide the edit.
         main.push_str("env PYTHONDONTWRITEBYTECODE=1;\n");
@@ -248,6 +248,23 @@ fn serve(args: &[String]) -> Result<(), String> {
         std::env::current_dir().map_err(|e| e.to_string())?
     };
     watch_and_reload(nginx, &watched)
+}
+
+/// `env NAME;` for every variable of this environment: the app sees the environment it was
+/// served from (PATH, DATABASE_URL, ...), as under uvicorn or gunicorn, where nginx gives its
+/// workers only the variables `env` names. NGINX is nginx's own (inherited sockets), and names
+/// nginx could not read are left out.
+fn passed_environment() -> String {
+    let mut lines = String::new();
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let plain = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if plain && name != "NGINX" {
+            lines.push_str(&format!("env {name};\n"));
+        }
+    }
+    lines
 }
 
 /// A fresh directory only this user can write (random name, made atomically: no race with

@@ -142,9 +142,22 @@ pub(crate) fn write_log(level: usize, log: *mut ngx_log_t, msg: &str) {
             libc::gettid()
         );
         let mut l = log;
+        let mut wrote_stderr = false;
         while !l.is_null() && level <= (*l).log_level {
-            ngx_wsgi::log_text::write_all((*(*l).file).fd, entry.as_bytes());
+            let fd = (*(*l).file).fd;
+            ngx_wsgi::log_text::write_all(fd, entry.as_bytes());
+            wrote_stderr |= fd == libc::STDERR_FILENO;
             l = (*l).next;
+        }
+        // What nginx does with an entry of its own: while it starts or checks a configuration
+        // (`nginx -t`), a warning or worse is also said on the terminal (a long import
+        // traceback included), unless the log is the terminal already.
+        if nginx_sys::ngx_use_stderr != 0 && level <= NGX_LOG_WARN as usize && !wrote_stderr {
+            let said = format!(
+                "nginx: [{}] {msg}\n",
+                LEVELS.get(level).copied().unwrap_or("error")
+            );
+            ngx_wsgi::log_text::write_all(libc::STDERR_FILENO, said.as_bytes());
         }
     }
 }
