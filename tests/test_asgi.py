@@ -34,6 +34,7 @@ def server(nginx_factory, tmp_path_factory):
         + asgi("/unbuffered/", APP, "wsgi_request_buffering off; wsgi_stream_buffer 64k; client_max_body_size 1m;")
         + asgi("/limited/", APP, "client_max_body_size 1k;")
         + asgi("/impatient/", APP, "send_timeout 300ms;")
+        + asgi("/nopathsend/", APP, "asgi_pathsend off;")
         + location("/wsgi/", APPS / "environ_app.py"),
         main_extra=f"env NGX_WSGI_TEST_MARKS={marks};",
         server_extra="http2 on; client_max_body_size 8m;",
@@ -359,6 +360,23 @@ def test_hop_by_hop_headers_of_the_app_are_dropped(server):
     assert "keep-alive" not in {k.lower() for k in r.raw.headers} and "te" not in r.raw.headers
     assert r.raw.headers.getlist("Connection") == ["keep-alive"], "nginx's own"
     assert r.headers["content-length"] == "3" and "transfer-encoding" not in r.headers
+
+
+def test_asgi_pathsend_off_for_a_middleware_that_drops_it(server, tmp_path):
+    # Gradio's Brotli middleware passes on only http.response.body: a FileResponse's start and
+    # pathsend are lost. The log says what to do; `asgi_pathsend off` is the cure.
+    path = tmp_path / "asset.js"
+    path.write_bytes(b"console.log('served');")
+    path.chmod(0o644)
+    r = requests.get(server.url(f"/body-only-middleware?{path}"), timeout=10)
+    assert r.status_code == 500
+    line = next(l for l in server.error_log().splitlines() if f"body-only-middleware?{path}" in l)
+    assert "returned without sending http.response.start (if a middleware of the app drops " \
+           "http.response.pathsend messages, `asgi_pathsend off;` stops offering them)" in line
+    r = requests.get(server.url(f"/nopathsend/body-only-middleware?{path}"), timeout=10)
+    assert (r.status_code, r.content) == (200, b"console.log('served');")
+    assert "http.response.pathsend" not in requests.get(server.url("/nopathsend/scope")).json()["extensions"]
+    assert "http.response.pathsend" in requests.get(server.url("/scope")).json()["extensions"]
 
 
 def test_trailers_true_is_ignored_and_trailers_dropped(server):

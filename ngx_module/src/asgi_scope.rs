@@ -95,6 +95,7 @@ pub(crate) unsafe fn collect(
     let mut b = HttpScopeBuilder::with_capacity(size, header_count);
     b.http_version(http_version(r.http_version as u32))
         .https(https)
+        .pathsend(lc.asgi_http.pathsend != 0)
         .set(ScopeField::Method, method)
         .set(ScopeField::Path, path)
         .set(ScopeField::Target, target)

@@ -459,6 +459,12 @@ impl HttpExchange {
 
     /// `http.response.pathsend`: the response's body is a file, which the server sends.
     fn pathsend(&mut self, message: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.scope.no_pathsend {
+            return Err(PyValueError::new_err(
+                "http.response.pathsend is not offered here (asgi_pathsend off): the scope's \
+                 extensions do not have it",
+            ));
+        }
         if self.response != Response::Started {
             return Err(PyRuntimeError::new_err(
                 "http.response.pathsend must follow http.response.start, before any body",
@@ -758,8 +764,16 @@ impl HttpExchange {
         self.take_redirect();
         match self.response {
             Response::Idle => {
+                // A middleware that knows only http.response.body (Gradio's Brotli one) drops
+                // a file response's start and pathsend both.
+                let hint = if self.scope.no_pathsend {
+                    ""
+                } else {
+                    " (if a middleware of the app drops http.response.pathsend messages, \
+                     `asgi_pathsend off;` stops offering them)"
+                };
                 self.log_error(
-                    "the application returned without sending http.response.start",
+                    &format!("the application returned without sending http.response.start{hint}"),
                     "",
                 );
                 self.finish(HttpEnd::Failed);

@@ -50,6 +50,8 @@ pub struct HttpScope {
     headers: Vec<(Span, Span)>,
     /// `Sec-WebSocket-Protocol`'s values, in order (WebSocket scopes only).
     pub subprotocols: Vec<String>,
+    /// `http.response.pathsend` is not offered (the server's configuration turned it off).
+    pub no_pathsend: bool,
 }
 
 /// Fills an [`HttpScope`] from a server's request.
@@ -79,6 +81,12 @@ impl HttpScopeBuilder {
 
     pub fn https(&mut self, on: bool) -> &mut Self {
         self.scope.https = on;
+        self
+    }
+
+    /// Whether an HTTP scope offers `http.response.pathsend` (it does unless told not to).
+    pub fn pathsend(&mut self, offered: bool) -> &mut Self {
+        self.scope.no_pathsend = !offered;
         self
     }
 
@@ -281,12 +289,11 @@ impl HttpScope {
             }
         }
         let extensions = PyDict::new(py);
-        let extension = if self.websocket {
-            intern!(py, "websocket.http.response")
-        } else {
-            intern!(py, "http.response.pathsend")
-        };
-        extensions.set_item(extension, PyDict::new(py))?;
+        if self.websocket {
+            extensions.set_item(intern!(py, "websocket.http.response"), PyDict::new(py))?;
+        } else if !self.no_pathsend {
+            extensions.set_item(intern!(py, "http.response.pathsend"), PyDict::new(py))?;
+        }
         scope.set_item(intern!(py, "extensions"), extensions)?;
         if let Some(state) = state {
             scope.set_item(intern!(py, "state"), state.copy()?)?;

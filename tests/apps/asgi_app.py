@@ -179,6 +179,28 @@ async def app(scope, receive, send):
             except Exception as e:
                 STATS["disconnected"][query] = type(e).__name__
                 raise
+    elif route == "/body-only-middleware":
+        # A file response as Starlette's FileResponse sends it, behind a middleware that, like
+        # Gradio's Brotli one, holds the start until a body and passes on nothing else.
+        async def file_response(scope, receive, send):
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            if "http.response.pathsend" in scope["extensions"]:
+                await send({"type": "http.response.pathsend", "path": query})
+            else:
+                with open(query, "rb") as f:
+                    await send({"type": "http.response.body", "body": f.read()})
+
+        held = []
+
+        async def body_only(message):
+            if message["type"] == "http.response.start":
+                held.append(message)
+            elif message["type"] == "http.response.body":
+                while held:
+                    await send(held.pop())
+                await send(message)
+
+        await file_response(scope, receive, body_only)
     elif route == "/file":
         # http.response.pathsend: nginx sends the file itself.
         assert "http.response.pathsend" in scope["extensions"]

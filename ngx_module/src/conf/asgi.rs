@@ -1,6 +1,7 @@
 //! ASGI settings: `asgi_event_loop` (which asyncio event loop runs a worker's ASGI apps) and,
 //! per location, the keepalive of open WebSockets (`asgi_websocket_ping_interval`,
-//! `asgi_websocket_idle_timeout`) and their compression (`asgi_websocket_compression`).
+//! `asgi_websocket_idle_timeout`) and their compression (`asgi_websocket_compression`), and
+//! whether HTTP scopes offer `http.response.pathsend` (`asgi_pathsend`).
 
 use std::ffi::{c_char, c_void};
 
@@ -33,6 +34,33 @@ pub(crate) const DEFAULT_PING_INTERVAL_MS: ngx_msec_t = 30_000;
 /// Default `asgi_websocket_idle_timeout`: two ping intervals, so a live client (whose pongs
 /// count) is never closed, and a dead one is noticed within a minute.
 pub(crate) const DEFAULT_IDLE_TIMEOUT_MS: ngx_msec_t = 60_000;
+
+/// A location's HTTP side: `asgi_pathsend`, whether scopes offer `http.response.pathsend`.
+#[derive(Clone)]
+pub(crate) struct AsgiHttpConf {
+    pub pathsend: ngx_flag_t,
+}
+
+impl Default for AsgiHttpConf {
+    fn default() -> Self {
+        AsgiHttpConf {
+            pathsend: UNSET_FLAG,
+        }
+    }
+}
+
+impl AsgiHttpConf {
+    /// On unless turned off, at this level or one around it.
+    pub(crate) fn merge(&mut self, parent: &AsgiHttpConf) {
+        if self.pathsend == UNSET_FLAG {
+            self.pathsend = if parent.pathsend == UNSET_FLAG {
+                1
+            } else {
+                parent.pathsend
+            };
+        }
+    }
+}
 
 /// A location's open WebSockets: their keepalive, in ms (0: off), and their compression.
 #[derive(Clone)]

@@ -58,6 +58,7 @@ pub(crate) struct LocConf {
     /// `wsgi_status`: this location answers the metrics.
     pub status: bool,
     pub websocket: asgi::WebSocketConf,
+    pub asgi_http: asgi::AsgiHttpConf,
 }
 
 // SAFETY: the configurations nginx creates for this module through `create_main_conf` and
@@ -81,6 +82,7 @@ impl Merge for LocConf {
         self.limits.merge(&parent.limits);
         self.ignore_headers.merge(&parent.ignore_headers);
         self.websocket.merge(&parent.websocket);
+        self.asgi_http.merge(&parent.asgi_http);
         Ok(())
     }
 }
@@ -232,7 +234,7 @@ const fn directive(
 }
 
 /// Every `wsgi_*` directive. nginx reads the table for the whole program and never writes it.
-pub(crate) static mut COMMANDS: [ngx_command_t; 26] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 27] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -351,6 +353,13 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 26] = [
         nginx_sys::ngx_conf_set_flag_slot,
         NGX_HTTP_LOC_CONF_OFFSET,
         offset_of!(LocConf, websocket.compression),
+    ),
+    directive(
+        ngx::ngx_string!("asgi_pathsend"),
+        ANY_LEVEL | NGX_CONF_FLAG,
+        nginx_sys::ngx_conf_set_flag_slot,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        offset_of!(LocConf, asgi_http.pathsend),
     ),
     directive(
         ngx::ngx_string!("wsgi_max_threads"),
