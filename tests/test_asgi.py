@@ -379,6 +379,33 @@ def test_asgi_pathsend_off_for_a_middleware_that_drops_it(server, tmp_path):
     assert "http.response.pathsend" in requests.get(server.url("/scope")).json()["extensions"]
 
 
+@pytest.mark.parametrize("how", [signal.SIGHUP, signal.SIGQUIT])
+def test_event_streams_end_cleanly_when_the_worker_exits(nginx_factory, how):
+    # EventSource reconnects by itself: the stream ends as a complete response, at once, and
+    # the client comes back to the new workers; the app's send() raises as if it had gone.
+    server = nginx_factory(asgi("/", APP), server_extra="http2 on;").start()
+    old = server.worker_pids()
+    r = requests.get(server.url("/events?sse1"), stream=True, timeout=30)
+    assert r.headers["content-type"] == "text/event-stream"
+    lines = r.iter_lines()
+    assert next(lines) == b"data: 0"
+    plain = requests.get(server.url("/events?plain"), stream=True, timeout=30)
+    plain_lines = plain.iter_lines()
+    assert next(plain_lines) == b"data: 0"
+    began = time.monotonic()
+    server.send_signal(how)
+    rest = list(lines)  # a cut response would raise ChunkedEncodingError here
+    assert time.monotonic() - began < 10 and rest[-1:] in ([b""], [])
+    wait_for(lambda: "events sse1: ClientDisconnected" in server.error_log(), what="the app to be told")
+    log = server.error_log()
+    assert "asgi: 1 event stream(s) (text/event-stream) ended as the worker exits" in log, log[-2000:]
+    # A response that is not an event stream is in flight like any other: it goes on.
+    assert next(line for line in plain_lines if line).startswith(b"data: ")
+    plain.close()
+    wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="a clean exit")
+    assert "[error]" not in server.error_log() and "[alert]" not in server.error_log()
+
+
 def test_trailers_true_is_ignored_and_trailers_dropped(server):
     # The server offers no http.response.trailers extension; apps that set the flag anyway (on
     # every response, as ASGIWebDAV does) are answered as uvicorn answers them.

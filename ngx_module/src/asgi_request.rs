@@ -4,6 +4,7 @@
 //! woken later through the streams' wakers.
 
 use std::cell::UnsafeCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
@@ -27,6 +28,42 @@ struct Ending {
     end: Option<HttpEnd>,
 }
 
+/// Event streams (`text/event-stream` responses) under way, by address: a worker that exits
+/// ends them cleanly, and their clients (EventSource reconnects by itself) come back to the
+/// new workers, instead of holding the old one until `worker_shutdown_timeout`.
+static EVENT_STREAMS: Mutex<Option<HashMap<usize, Weak<AsgiRequest>>>> = Mutex::new(None);
+
+fn event_streams() -> std::sync::MutexGuard<'static, Option<HashMap<usize, Weak<AsgiRequest>>>> {
+    EVENT_STREAMS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn is_event_stream(head: &ResponseHead) -> bool {
+    const TYPE: &[u8] = b"text/event-stream";
+    head.header("content-type")
+        .is_some_and(|v| v.len() >= TYPE.len() && v[..TYPE.len()].eq_ignore_ascii_case(TYPE))
+}
+
+/// Worker exit (on the event loop): every event stream under way ends as if its app had ended
+/// it, and its app is told as if the client had gone.
+fn end_event_streams_for_exit() {
+    let streams: Vec<Arc<AsgiRequest>> = event_streams()
+        .take()
+        .unwrap_or_default()
+        .into_values()
+        .filter_map(|w| w.upgrade())
+        .collect();
+    let ended = streams.iter().filter(|s| s.end_for_exit()).count();
+    if ended > 0 {
+        crate::ffi::log::cycle_log(
+            nginx_sys::NGX_LOG_NOTICE as usize,
+            &format!(
+                "asgi: {ended} event stream(s) (text/event-stream) ended as the worker exits; \
+                 their clients reconnect to the new workers"
+            ),
+        );
+    }
+}
+
 pub(crate) struct AsgiRequest {
     pub stream: Arc<Stream>,
     pub body: Option<Arc<BodyStream>>,
@@ -47,6 +84,8 @@ pub(crate) struct AsgiRequest {
     pub deadline: UnsafeCell<ngx_event_t>,
     /// How a timeout's log entry begins: the request line and id (only with a timeout).
     pub label: String,
+    /// Its response is an event stream, listed in [`EVENT_STREAMS`].
+    event_stream: AtomicBool,
     me: Weak<AsgiRequest>,
 }
 
@@ -83,6 +122,7 @@ impl AsgiRequest {
             label,
             // SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
             deadline: UnsafeCell::new(unsafe { std::mem::zeroed() }),
+            event_stream: AtomicBool::new(false),
             me: me.clone(),
         })
     }
@@ -118,10 +158,51 @@ impl AsgiRequest {
         Some(std::mem::replace(&mut ending.request, LoopRequest::none()).0)
     }
 
+    /// Lists this request's response as an event stream (its head says `text/event-stream`).
+    fn track_event_stream(&self) {
+        crate::inflight::on_exiting(end_event_streams_for_exit);
+        self.event_stream.store(true, Ordering::Release);
+        event_streams()
+            .get_or_insert_with(HashMap::new)
+            .insert(self as *const _ as usize, self.me.clone());
+    }
+
+    /// Ends the response cleanly, in the app's place, on the event loop (worker exit); the app
+    /// is then told as if its client had gone. False when it had ended already.
+    fn end_for_exit(&self) -> bool {
+        let r = {
+            let mut ending = self.ending();
+            if ending.end.is_some() || ending.request.0.is_null() {
+                return false;
+            }
+            ending.end = Some(HttpEnd::Complete);
+            std::mem::replace(&mut ending.request, LoopRequest::none()).0
+        };
+        // Before the app hears of it: its end (or the "client's") is nobody's news now.
+        self.watch.mark_ended_by_server();
+        // SAFETY: called on the event loop (the exiting check's timer); the request is live
+        // until this, its completion.
+        unsafe { (self.on_end)(r, self, HttpEnd::Complete) };
+        // After the end went out: from now on the app's send() raises, its receive() says
+        // http.disconnect.
+        self.client_gone();
+        true
+    }
+
     /// The client went away: the app is told (its waker fires through the stream).
     pub(crate) fn client_gone(&self) {
         self.gone.store(true, Ordering::Release);
         self.stream.client_gone();
+    }
+}
+
+impl Drop for AsgiRequest {
+    fn drop(&mut self) {
+        if self.event_stream.load(Ordering::Acquire) {
+            if let Some(all) = event_streams().as_mut() {
+                all.remove(&(self as *const _ as usize));
+            }
+        }
     }
 }
 
@@ -131,6 +212,9 @@ impl HttpServer for AsgiRequest {
     }
 
     fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone> {
+        if head.as_ref().is_some_and(is_event_stream) {
+            self.track_event_stream();
+        }
         self.stream.push_now(head, data)
     }
 

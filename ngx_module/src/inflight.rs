@@ -28,11 +28,15 @@ pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT_MS: ngx_msec_t = 60_000;
 static OUTSTANDING: AtomicUsize = AtomicUsize::new(0);
 /// Run once when the worker is first seen exiting with requests outstanding (long-lived
 /// connections are told to close then).
-static ON_EXITING: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+static ON_EXITING: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
 
-/// Sets what runs when the worker starts exiting while requests are outstanding.
+/// Adds what runs (on the event loop) when the worker starts exiting while requests are
+/// outstanding; once per `f`.
 pub(crate) fn on_exiting(f: fn()) {
-    let _ = ON_EXITING.set(f);
+    let mut all = ON_EXITING.lock().unwrap_or_else(|e| e.into_inner());
+    if !all.iter().any(|g| std::ptr::fn_addr_eq(*g, f)) {
+        all.push(f);
+    }
 }
 static mut TIMER: *mut ngx_event_t = ptr::null_mut();
 /// When this worker was first seen exiting with requests inside Python (0: not yet).
@@ -84,7 +88,8 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
                 let since = EXITING_SINCE.load(Relaxed);
                 if since == 0 {
                     EXITING_SINCE.store(now.max(1), Relaxed);
-                    if let Some(f) = ON_EXITING.get() {
+                    let all = ON_EXITING.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    for f in all {
                         f();
                     }
                     crate::ffi::log::cycle_log(

@@ -32,6 +32,8 @@ const GIVEN_UP: u8 = 2;
 /// exactly one side sees both and knows whether a slot was lost in between.
 const TIMED_OUT: u8 = 1;
 const ENDED: u8 = 2;
+/// The server ended the response itself, cleanly, as its worker exits (an event stream).
+const ENDED_BY_SERVER: u8 = 4;
 
 /// Set on the loop's thread once the worker, exiting, cancels the app tasks still running
 /// after the shutdown timeout: the `CancelledError` they end with is the server's doing.
@@ -105,7 +107,15 @@ impl TaskWatch {
     /// Whether the server answered the request in the app's place: its deadline passed, or
     /// it waited too long for the loop. The app's end (or the client's) is nobody's news then.
     pub fn answered_by_server(&self) -> bool {
-        self.timed_out() || self.state.load(Ordering::Acquire) == GIVEN_UP
+        self.timed_out()
+            || self.ends.load(Ordering::Acquire) & ENDED_BY_SERVER != 0
+            || self.state.load(Ordering::Acquire) == GIVEN_UP
+    }
+
+    /// The server ends the response itself, cleanly (an event stream at worker exit): the app
+    /// is told as if its client had gone, and that is nobody's news.
+    pub fn mark_ended_by_server(&self) {
+        self.ends.fetch_or(ENDED_BY_SERVER, Ordering::AcqRel);
     }
 
     /// Whether the request's deadline passed while its app ran.

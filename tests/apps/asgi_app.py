@@ -3,6 +3,7 @@ disconnects, and a lifespan that fills the state."""
 import asyncio
 import json
 import os
+import sys
 import time
 
 STATS = {"disconnected": {}, "sent": {}, "receiving": {}, "messages": {}, "waiting": {}, "requests": 0}
@@ -130,6 +131,19 @@ async def app(scope, receive, send):
             STATS["disconnected"][query] = "complete"
         except OSError as e:
             STATS["disconnected"][query] = type(e).__name__
+    elif route == "/events":
+        # A server-sent event stream, one event every 0.2 s until send() raises (or a plain
+        # streamed response of the same, with ?plain).
+        kind = b"text/plain" if query == "plain" else b"text/event-stream"
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", kind)]})
+        n = 0
+        try:
+            while True:
+                await send({"type": "http.response.body", "body": b"data: %d\n\n" % n, "more_body": True})
+                n += 1
+                await asyncio.sleep(0.2)
+        except OSError as e:
+            print(f"events {query}: {type(e).__name__} after {n}", file=sys.stderr, flush=True)
     elif route == "/hop":
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"connection", b"keep-alive"), (b"Keep-Alive", b"timeout=99"), (b"transfer-encoding", b"chunked"),
