@@ -139,7 +139,8 @@ fn exit_forked_child(py: Python<'_>, interface: &str, back: Back<'_>) -> ! {
     ENDING_INTERRUPTED.store(interrupted, Ordering::Relaxed);
     let _ = DEADLINE_LINE.set(format!(
         "{interface}: process {pid}, forked by the application: its sys.stdout or sys.stderr \
-         waits for a lock that another thread held at the fork; what it buffered is lost\n"
+         could not be flushed in {FLUSH_DEADLINE_SECS} s (a lock another thread held at the \
+         fork, or a full pipe); what it buffered is lost\n"
     ));
     flush_standard_streams(py);
     end(status, interrupted)
@@ -189,6 +190,8 @@ fn flush_standard_streams(py: Python<'_>) {
             }
         }
     }
+    // SAFETY: cancels this process's timer: the flush is over.
+    unsafe { libc::alarm(0) };
 }
 
 /// How long a forked child's last flush may wait.

@@ -192,21 +192,35 @@ pub fn parse_header<'a>(
     Ok((name.as_bytes(), value_bytes))
 }
 
-/// Whether a header is hop-by-hop (the connection's, which the server manages).
-pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP
+/// The hop-by-hop headers an ASGI app may send, which the server drops as nginx drops them
+/// from an upstream's response: the framing and the connection are the server's. (ASGI, unlike
+/// PEP 3333, does not forbid them; sse-starlette sends `connection: keep-alive`.)
+const DROPPED_FOR_ASGI: [&str; 3] = ["connection", "keep-alive", "transfer-encoding"];
+
+/// Whether an ASGI app's header is one the server drops (see [`DROPPED_FOR_ASGI`]).
+pub fn dropped_for_asgi(name: &[u8]) -> bool {
+    DROPPED_FOR_ASGI
         .iter()
         .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
 }
 
-/// Checks one header given as bytes (ASGI): a token name, a value without control characters.
-/// Hop-by-hop headers are not refused here: ASGI, unlike PEP 3333, does not forbid them, and
-/// its servers drop them (see [`is_hop_by_hop`]).
+/// Checks one header given as bytes (ASGI): the same rules as [`parse_header`], but for the
+/// hop-by-hop headers the server drops ([`dropped_for_asgi`]).
 pub fn check_header_bytes(name: &[u8], value: &[u8]) -> Result<(), String> {
     let shown = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     if name.is_empty() || !name.iter().all(|&c| is_token_char(c)) {
         return Err(format!(
             "header name {:?} is not an HTTP token",
+            shown(name)
+        ));
+    }
+    if !dropped_for_asgi(name)
+        && HOP_BY_HOP
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+    {
+        return Err(format!(
+            "header {:?} is hop-by-hop; the server manages it",
             shown(name)
         ));
     }

@@ -122,8 +122,9 @@ def test_a_forked_child_that_comes_back_into_the_server_exits(forking, way):
 def test_a_forked_childs_flush_that_waits_for_a_lock_held_at_the_fork_ends(forking):
     # Its line is written first: the status it names is still the one the child exits with.
     comes_back_and_exits(forking, "stuck", 0, "returned from it into the server")
-    assert re.search(r"process \d+, forked by the application: its sys.stdout or sys.stderr waits for a lock "
-                     r"that another thread held at the fork; what it buffered is lost", forking.error_log())
+    assert re.search(r"process \d+, forked by the application: its sys.stdout or sys.stderr could not be flushed "
+                     r"in 2 s \(a lock another thread held at the fork, or a full pipe\); what it buffered is lost",
+                     forking.error_log())
 
 
 @pytest.mark.parametrize("way", [*CHILD_ENDS, "sends"])

@@ -43,8 +43,9 @@ fn is_event_stream(head: &ResponseHead) -> bool {
         .is_some_and(|v| v.len() >= TYPE.len() && v[..TYPE.len()].eq_ignore_ascii_case(TYPE))
 }
 
-/// Worker exit (on the event loop): every event stream under way ends as if its app had ended
-/// it, and its app is told as if the client had gone.
+/// Worker exit (on the event loop, at each of the exiting worker's checks: a stream may start
+/// after the first): every event stream under way ends as if its app had ended it, and its
+/// app is told as if the client had gone.
 fn end_event_streams_for_exit() {
     let streams: Vec<Arc<AsgiRequest>> = event_streams()
         .take()
@@ -160,7 +161,7 @@ impl AsgiRequest {
 
     /// Lists this request's response as an event stream (its head says `text/event-stream`).
     fn track_event_stream(&self) {
-        crate::inflight::on_exiting(end_event_streams_for_exit);
+        crate::inflight::while_exiting(end_event_streams_for_exit);
         self.event_stream.store(true, Ordering::Release);
         event_streams()
             .get_or_insert_with(HashMap::new)
@@ -212,10 +213,13 @@ impl HttpServer for AsgiRequest {
     }
 
     fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone> {
-        if head.as_ref().is_some_and(is_event_stream) {
+        let event_stream = head.as_ref().is_some_and(is_event_stream);
+        self.stream.push_now(head, data)?;
+        // Once its head is with the stream: ended at exit, it goes out as a 200.
+        if event_stream {
             self.track_event_stream();
         }
-        self.stream.push_now(head, data)
+        Ok(())
     }
 
     fn read_body(&self, max: usize) -> BodyRead {

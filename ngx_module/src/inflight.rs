@@ -30,12 +30,33 @@ static OUTSTANDING: AtomicUsize = AtomicUsize::new(0);
 /// connections are told to close then).
 static ON_EXITING: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
 
+/// Run at each check while the worker exits with requests outstanding (streams that start
+/// late are ended too).
+static WHILE_EXITING: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
+
 /// Adds what runs (on the event loop) when the worker starts exiting while requests are
 /// outstanding; once per `f`.
 pub(crate) fn on_exiting(f: fn()) {
-    let mut all = ON_EXITING.lock().unwrap_or_else(|e| e.into_inner());
+    add_hook(&ON_EXITING, f);
+}
+
+/// Adds what runs (on the event loop) at every check while the worker exits with requests
+/// outstanding, the first included; once per `f`.
+pub(crate) fn while_exiting(f: fn()) {
+    add_hook(&WHILE_EXITING, f);
+}
+
+fn add_hook(hooks: &std::sync::Mutex<Vec<fn()>>, f: fn()) {
+    let mut all = hooks.lock().unwrap_or_else(|e| e.into_inner());
     if !all.iter().any(|g| std::ptr::fn_addr_eq(*g, f)) {
         all.push(f);
+    }
+}
+
+fn run_hooks(hooks: &std::sync::Mutex<Vec<fn()>>) {
+    let all = hooks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for f in all {
+        f();
     }
 }
 static mut TIMER: *mut ngx_event_t = ptr::null_mut();
@@ -79,6 +100,10 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
     guard("the in-flight request timer", (), || {
         // SAFETY: called by nginx's timer code on the event loop with our event.
         unsafe {
+            if ngx_exiting != 0 {
+                // Before counting: what these end is not waited for.
+                run_hooks(&WHILE_EXITING);
+            }
             let outstanding = OUTSTANDING.load(Relaxed);
             if outstanding == 0 {
                 return;
@@ -88,10 +113,7 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
                 let since = EXITING_SINCE.load(Relaxed);
                 if since == 0 {
                     EXITING_SINCE.store(now.max(1), Relaxed);
-                    let all = ON_EXITING.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    for f in all {
-                        f();
-                    }
+                    run_hooks(&ON_EXITING);
                     crate::ffi::log::cycle_log(
                         NGX_LOG_NOTICE as usize,
                         &format!("wsgi: waiting for {outstanding} request(s) inside Python before exiting"),

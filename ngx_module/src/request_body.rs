@@ -262,7 +262,10 @@ impl BodyStream {
         let mut st = self.lock();
         let Some((data, resume)) = self.take(&mut st, max) else {
             return match (&st.error, st.eof) {
-                (Some(e), _) => BodyRead::Failed(e.clone()),
+                (Some(e), _) => BodyRead::Failed {
+                    why: e.clone(),
+                    client: st.client_fault.is_some(),
+                },
                 (None, true) => BodyRead::End,
                 (None, false) => BodyRead::Pending,
             };
@@ -423,7 +426,9 @@ mod tests {
         let failed = body(1 << 20, &[b"x"], false);
         failed.fail("reset");
         assert!(matches!(failed.try_read(100), BodyRead::Data(d) if d == b"x"));
-        assert!(matches!(failed.try_read(100), BodyRead::Failed(e) if e == "reset"));
+        assert!(
+            matches!(failed.try_read(100), BodyRead::Failed { why, client: false } if why == "reset")
+        );
         let paused = body(3, &[b"abc"], false);
         paused.lock().paused = true;
         assert!(matches!(paused.try_read(1), BodyRead::Data(d) if d == b"a"));

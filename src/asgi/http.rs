@@ -26,8 +26,12 @@ pub enum BodyRead {
     /// Nothing yet: the server fires the waker when more arrives.
     Pending,
     End,
-    /// The body failed (the client went away, a size limit, a timeout).
-    Failed(String),
+    /// The body failed (the client went away, a size limit, a timeout): why, and whether it
+    /// was the client's doing (a broken chunk, over the size limit: nginx answers a 4xx).
+    Failed {
+        why: String,
+        client: bool,
+    },
 }
 
 /// How the app's response ended, for the server.
@@ -129,7 +133,8 @@ pub struct HttpExchange {
     gone: bool,
     /// The client itself went away (`gone` is also set by a failed body or the server's answer).
     left: bool,
-    /// The request body failed (the client's fault: a broken chunk, over the size limit).
+    /// The request body failed through the client's fault (a broken chunk, over the size
+    /// limit).
     body_failed: bool,
 }
 
@@ -173,8 +178,10 @@ impl HttpExchange {
     /// is doing (its next `send` raises, its `receive` says `http.disconnect`).
     pub(crate) fn notice_client_gone(&mut self) {
         if self.watch.answered_by_server() {
-            // The server answered (a timeout) and ended its side: the client is not gone.
+            // The server answered (a timeout) and ended its side: the client is not gone. An
+            // event stream the server ended at its exit is, for the app, as if it were.
             self.gone = true;
+            self.left |= self.watch.ended_by_server();
             self.finish(HttpEnd::Failed);
             return;
         }
@@ -288,7 +295,7 @@ impl HttpExchange {
                 let (name, value) = header_pair(&item)?;
                 let (name, value) = (name.as_slice(), value.as_slice());
                 crate::response::check_header_bytes(name, value).map_err(PyValueError::new_err)?;
-                if crate::response::is_hop_by_hop(name) {
+                if crate::response::dropped_for_asgi(name) {
                     // The connection's (sse-starlette sends `connection: keep-alive`, Gradio
                     // echoes the request's): nginx manages it, and drops it from an upstream's
                     // response as it is dropped here.
@@ -356,8 +363,13 @@ impl HttpExchange {
         let len = body.map_or(0, |b| b.as_bytes().len());
         if self.bodiless && self.response == Response::Streaming {
             // A HEAD's (204's, 304's) head went out: the response is whole, and what the app
-            // sends now is dropped, whether or not the client is still there (curl -I closes
-            // as soon as it has the head).
+            // sends now is dropped. Its last piece is taken even when the client has gone
+            // (curl -I closes as soon as it has the head); one with more to come says the
+            // client is gone, or an endless stream (Starlette's StreamingResponse stops only
+            // when send() raises) would run for ever.
+            if more && (self.left || self.server.client_gone()) {
+                return Err(self.client_went());
+            }
             if !more {
                 self.response = Response::Done;
                 self.finish(HttpEnd::Complete);
@@ -645,7 +657,7 @@ impl HttpExchange {
                     Self::disconnect(py).map(Some)
                 }
                 BodyRead::Pending => Ok(None),
-                BodyRead::Failed(why) => {
+                BodyRead::Failed { why, client } => {
                     tracing::info!(
                         target: "asgi",
                         "the request body failed ({why}): \"{}\"{}",
@@ -653,7 +665,7 @@ impl HttpExchange {
                         self.scope.log_suffix()
                     );
                     self.gone = true;
-                    self.body_failed = true;
+                    self.body_failed = client;
                     Self::disconnect(py).map(Some)
                 }
             };
@@ -698,7 +710,10 @@ impl HttpExchange {
     fn ended(&mut self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
         crate::forked::exit_if_forked_task_ended(py, "asgi", error.as_ref());
         crate::chunk::release_dropped(py);
-        let gone_now = !self.finished && self.server.client_gone();
+        // A server's timeout cancels the stream too: that is not the client going.
+        let gone_now = !self.finished
+            && (self.watch.ended_by_server()
+                || (!self.watch.answered_by_server() && self.server.client_gone()));
         let client_gone = self.gone || gone_now;
         let client_left = self.left || gone_now;
         if let Some(error) = error {
@@ -1081,6 +1096,7 @@ mod tests {
                 ("{'type': 'http.response.start', 'status': 101}", "1xx"),
                 ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'a b', b'1')]}", "token"),
                 ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'x', b'1\\r\\n')]}", "control"),
+                ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'upgrade', b'h2c')]}", "hop-by-hop"),
                 ("{'type': 'http.response.start', 'status': 200, 'headers': [('x', 'y')]}", "pair of bytes"),
                 ("{'type': 'http.response.start', 'status': 200, 'headers': [(b'content-length', b'x')]}", "not a number"),
             ] {

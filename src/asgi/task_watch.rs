@@ -112,6 +112,13 @@ impl TaskWatch {
             || self.state.load(Ordering::Acquire) == GIVEN_UP
     }
 
+    /// Whether the server ended the response itself, cleanly (see [`mark_ended_by_server`]).
+    ///
+    /// [`mark_ended_by_server`]: TaskWatch::mark_ended_by_server
+    pub fn ended_by_server(&self) -> bool {
+        self.ends.load(Ordering::Acquire) & ENDED_BY_SERVER != 0
+    }
+
     /// The server ends the response itself, cleanly (an event stream at worker exit): the app
     /// is told as if its client had gone, and that is nobody's news.
     pub fn mark_ended_by_server(&self) {

@@ -207,8 +207,8 @@ impl WsExchange {
                 })?;
                 crate::response::check_header_bytes(&pair.0, &pair.1)
                     .map_err(PyValueError::new_err)?;
-                if crate::response::is_hop_by_hop(&pair.0) {
-                    // The upgrade's own connection and upgrade fields are the server's.
+                if crate::response::dropped_for_asgi(&pair.0) {
+                    // The connection's framing fields are the server's (it answers the upgrade).
                     continue;
                 }
                 // The handshake's own (accept, subprotocol, extensions: only the server knows

@@ -126,7 +126,11 @@ async def app(scope, receive, send):
         STATS["waiting"][query] = "head sent"
         await event(query).wait()
         try:
-            await send({"type": "http.response.body", "body": b"second\n", "more_body": True})
+            if query.endswith("-endless"):
+                # As Starlette's StreamingResponse of an endless generator: only a raise stops it.
+                for _ in range(1000):
+                    await send({"type": "http.response.body", "body": b"more\n", "more_body": True})
+                    await asyncio.sleep(0.01)
             await send({"type": "http.response.body", "body": b"last\n"})
             STATS["disconnected"][query] = "complete"
         except OSError as e:
@@ -143,11 +147,17 @@ async def app(scope, receive, send):
                 n += 1
                 await asyncio.sleep(0.2)
         except OSError as e:
-            print(f"events {query}: {type(e).__name__} after {n}", file=sys.stderr, flush=True)
+            # Then, as Datasette does, an error page: the same answer.
+            try:
+                await send({"type": "http.response.start", "status": 500, "headers": []})
+                then = "sent"
+            except Exception as again:
+                then = type(again).__name__
+            print(f"events {query}: {type(e).__name__}, then {then}", file=sys.stderr, flush=True)
     elif route == "/hop":
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"connection", b"keep-alive"), (b"Keep-Alive", b"timeout=99"), (b"transfer-encoding", b"chunked"),
-            (b"te", b"trailers"), (b"x-kept", b"yes"), (b"content-length", b"3")]})
+            (b"x-kept", b"yes"), (b"content-length", b"3")]})
         await send({"type": "http.response.body", "body": b"hop"})
     elif route == "/trailers":
         # trailers: true and a trailers message, as apps that set it on every response do.

@@ -174,7 +174,13 @@ fn serve(args: &[String]) -> Result<(), String> {
             module.display()
         ));
     }
-    let mut main = passed_environment();
+    // What serve sets itself is not passed on: nginx's workers get the first `env` of a name.
+    let own: &[&str] = if opts.reload {
+        &["PYTHONDONTWRITEBYTECODE"]
+    } else {
+        &[]
+    };
+    let mut main = passed_environment(own);
     if opts.reload {
         // A .pyc written in the same second as an edit of the same size would hide the edit.
         main.push_str("env PYTHONDONTWRITEBYTECODE=1;\n");
@@ -254,13 +260,13 @@ fn serve(args: &[String]) -> Result<(), String> {
 /// served from (PATH, DATABASE_URL, ...), as under uvicorn or gunicorn, where nginx gives its
 /// workers only the variables `env` names. NGINX is nginx's own (inherited sockets), and names
 /// nginx could not read are left out.
-fn passed_environment() -> String {
+fn passed_environment(own: &[&str]) -> String {
     let mut lines = String::new();
     for (name, _) in std::env::vars_os() {
         let Some(name) = name.to_str() else { continue };
         let plain = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if plain && name != "NGINX" {
+        if plain && name != "NGINX" && !own.contains(&name) {
             lines.push_str(&format!("env {name};\n"));
         }
     }
