@@ -11,7 +11,7 @@ use ngx_wsgi::asgi::LoopKind;
 
 use super::limits::UNSET_MSEC;
 use super::streaming::UNSET_FLAG;
-use super::{args, conf_error, MainConf};
+use super::{args, conf_error, merge_value, MainConf};
 use crate::ffi::{guard, ngx_bytes};
 
 /// ASGI settings of the `http` block.
@@ -52,13 +52,7 @@ impl Default for AsgiHttpConf {
 impl AsgiHttpConf {
     /// On unless turned off, at this level or one around it.
     pub(crate) fn merge(&mut self, parent: &AsgiHttpConf) {
-        if self.pathsend == UNSET_FLAG {
-            self.pathsend = if parent.pathsend == UNSET_FLAG {
-                1
-            } else {
-                parent.pathsend
-            };
-        }
+        merge_value(&mut self.pathsend, parent.pathsend, UNSET_FLAG, 1);
     }
 }
 
@@ -87,29 +81,20 @@ impl WebSocketConf {
     /// As nginx merges its own timeouts: the location's, else the level around it, else the
     /// default.
     pub(crate) fn merge(&mut self, parent: &WebSocketConf) {
-        let pick = |own: ngx_msec_t, parent: ngx_msec_t, default: ngx_msec_t| match (own, parent) {
-            (UNSET_MSEC, UNSET_MSEC) => default,
-            (UNSET_MSEC, p) => p,
-            (o, _) => o,
-        };
-        self.ping_interval = pick(
-            self.ping_interval,
+        merge_value(
+            &mut self.ping_interval,
             parent.ping_interval,
+            UNSET_MSEC,
             DEFAULT_PING_INTERVAL_MS,
         );
-        self.idle_timeout = pick(
-            self.idle_timeout,
+        merge_value(
+            &mut self.idle_timeout,
             parent.idle_timeout,
+            UNSET_MSEC,
             DEFAULT_IDLE_TIMEOUT_MS,
         );
-        if self.compression == UNSET_FLAG {
-            // On unless turned off: no socket keeps a zlib context (see ws_deflate).
-            self.compression = if parent.compression == UNSET_FLAG {
-                1
-            } else {
-                parent.compression
-            };
-        }
+        // On unless turned off: no socket keeps a zlib context (see ws_deflate).
+        merge_value(&mut self.compression, parent.compression, UNSET_FLAG, 1);
     }
 }
 

@@ -8,7 +8,7 @@ use std::ffi::{c_char, c_void};
 use nginx_sys::{ngx_command_t, ngx_conf_t, ngx_int_t, ngx_msec_t};
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 
-use super::{args, conf_error, MainConf};
+use super::{args, conf_error, merge_value, MainConf};
 use crate::ffi::{guard, ngx_bytes};
 
 /// NGX_CONF_UNSET_MSEC, as `ngx_conf_set_msec_slot` expects.
@@ -47,13 +47,7 @@ impl Default for LocationLimits {
 
 impl LocationLimits {
     pub(crate) fn merge(&mut self, parent: &LocationLimits) {
-        if self.read_timeout == UNSET_MSEC {
-            self.read_timeout = if parent.read_timeout == UNSET_MSEC {
-                0
-            } else {
-                parent.read_timeout
-            };
-        }
+        merge_value(&mut self.read_timeout, parent.read_timeout, UNSET_MSEC, 0);
     }
 }
 

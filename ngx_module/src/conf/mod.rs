@@ -179,6 +179,14 @@ unsafe fn args<'a>(cf: *mut ngx_conf_t) -> &'a [ngx_str_t] {
     unsafe { (*(*cf).args).as_slice() }
 }
 
+/// nginx's `ngx_conf_merge_value`: a value left `unset` takes the level around it, else
+/// `default`.
+fn merge_value<T: Copy + PartialEq>(own: &mut T, parent: T, unset: T, default: T) {
+    if *own == unset {
+        *own = if parent == unset { default } else { parent };
+    }
+}
+
 fn conf_error(cf: *mut ngx_conf_t, msg: &str) -> *mut c_char {
     ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", msg);
     NGX_CONF_ERROR

@@ -8,7 +8,7 @@ use nginx_sys::{
 };
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 
-use super::{args, LocConf};
+use super::{args, merge_value, LocConf};
 use crate::ffi::guard;
 
 /// Default `wsgi_stream_buffer`.
@@ -49,20 +49,18 @@ impl Streaming {
         if self.thread_pool_name.data.is_null() {
             self.thread_pool_name = parent.thread_pool_name;
         }
-        if self.request_buffering == UNSET_FLAG {
-            self.request_buffering = if parent.request_buffering == UNSET_FLAG {
-                1
-            } else {
-                parent.request_buffering
-            };
-        }
-        if self.stream_buffer == UNSET_SIZE {
-            self.stream_buffer = if parent.stream_buffer == UNSET_SIZE {
-                DEFAULT_STREAM_BUFFER
-            } else {
-                parent.stream_buffer
-            };
-        }
+        merge_value(
+            &mut self.request_buffering,
+            parent.request_buffering,
+            UNSET_FLAG,
+            1,
+        );
+        merge_value(
+            &mut self.stream_buffer,
+            parent.stream_buffer,
+            UNSET_SIZE,
+            DEFAULT_STREAM_BUFFER,
+        );
     }
 
     /// Finds the nginx thread pool named by `wsgi_thread_pool` for a location that serves an
