@@ -142,7 +142,7 @@ fn exit_forked_child(py: Python<'_>, interface: &str, back: Back<'_>) -> ! {
          could not be flushed in {FLUSH_DEADLINE_SECS} s (a lock another thread held at the \
          fork, or a full pipe); what it buffered is lost\n"
     ));
-    flush_standard_streams(py);
+    flush_before_exit(py);
     end(status, interrupted)
 }
 
@@ -169,7 +169,7 @@ fn end(status: i32, interrupted: bool) -> ! {
 /// multiprocessing's children) would. A buffer's lock that a thread of the server's process
 /// held at the fork is never released in the child: a timer ends a flush that waits for one
 /// (every forked child starts with no signal blocked: `signals::reset_in_forked_children`).
-fn flush_standard_streams(py: Python<'_>) {
+fn flush_before_exit(py: Python<'_>) {
     // SAFETY: a handler and a timer for this process alone, which is about to end; the
     // handler only writes and ends the process (async-signal-safe).
     unsafe {
@@ -179,17 +179,9 @@ fn flush_standard_streams(py: Python<'_>) {
         );
         libc::alarm(FLUSH_DEADLINE_SECS);
     }
-    if let Ok(sys) = py.import("sys") {
-        for stream in ["stdout", "stderr"] {
-            if let Ok(s) = sys.getattr(stream) {
-                if !s.is_none() {
-                    // A stream that cannot flush (a closed pipe) loses what it held, as it
-                    // would at Python's exit.
-                    let _ = s.call_method0("flush");
-                }
-            }
-        }
-    }
+    // A stream that cannot flush (a closed pipe) loses what it held, as it would at Python's
+    // exit.
+    let _ = crate::std_streams::flush(py);
     // SAFETY: cancels this process's timer: the flush is over.
     unsafe { libc::alarm(0) };
 }

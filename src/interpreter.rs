@@ -219,15 +219,7 @@ pub fn name_shutdown_timeout(name: &str) {
 fn run_exit_handlers(py: Python<'_>) {
     let result = (|| -> PyResult<()> {
         py.import("atexit")?.call_method0("_run_exitfuncs")?;
-        let sys = py.import("sys")?;
-        for stream in ["stdout", "stderr"] {
-            if let Ok(s) = sys.getattr(stream) {
-                if !s.is_none() {
-                    s.call_method0("flush")?;
-                }
-            }
-        }
-        Ok(())
+        crate::std_streams::flush(py)
     })();
     if let Err(e) = result {
         tracing::error!(target: "wsgi", "running atexit handlers: {}", crate::traceback::format(py, &e));

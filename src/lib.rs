@@ -33,6 +33,7 @@ pub mod response;
 pub mod server_log;
 pub mod signals;
 pub mod sink;
+mod std_streams;
 pub mod traceback;
 pub mod watchdog;
 

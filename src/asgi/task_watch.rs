@@ -107,9 +107,7 @@ impl TaskWatch {
     /// Whether the server answered the request in the app's place: its deadline passed, or
     /// it waited too long for the loop. The app's end (or the client's) is nobody's news then.
     pub fn answered_by_server(&self) -> bool {
-        self.timed_out()
-            || self.ends.load(Ordering::Acquire) & ENDED_BY_SERVER != 0
-            || self.state.load(Ordering::Acquire) == GIVEN_UP
+        self.timed_out() || self.ended_by_server() || self.state.load(Ordering::Acquire) == GIVEN_UP
     }
 
     /// Whether the server ended the response itself, cleanly (see [`mark_ended_by_server`]).
