@@ -176,14 +176,16 @@ fn run_attached(
     let body = sr.body.take();
     let (committed, streamed, client_gone) = (sr.committed, sr.streamed, sr.client_gone);
     let (produced, excess) = (sr.produced, sr.excess);
+    let ended_by_server = sr.sink.as_ref().is_some_and(|s| s.ended_by_server());
     drop(sr);
 
     if client_gone {
-        tracing::info!(
-            target: "wsgi",
-            "the connection to the client ended (closed, reset or timed out) while the response streamed: \"{}\"",
-            info.request_line().escape_debug()
-        );
+        let why = if ended_by_server {
+            "the server ended the event stream as the worker exits"
+        } else {
+            "the connection to the client ended (closed, reset or timed out) while the response streamed"
+        };
+        tracing::info!(target: "wsgi", "{why}: \"{}\"", info.request_line().escape_debug());
         return Outcome {
             kind: OutcomeKind::ClientGone,
             head: None,

@@ -14,4 +14,10 @@ pub trait ChunkSink: Send + Sync {
     /// Called without the GIL; blocks while the server already holds its bound of unsent bytes
     /// for this request (backpressure). Fails once the client is gone.
     fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone>;
+
+    /// The server ended the response itself, cleanly (an event stream at worker exit): a push
+    /// that failed after it is no client's doing.
+    fn ended_by_server(&self) -> bool {
+        false
+    }
 }

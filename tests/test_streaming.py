@@ -2,6 +2,7 @@
 of filling the worker's memory, and a client that goes away stops the app."""
 import http.client
 import json
+import signal
 import socket
 import subprocess
 import struct
@@ -10,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import APACHE_MODULES, APPS, read_until, route
+from conftest import APACHE_MODULES, APPS, location, read_until, route, wait_for
 
 APP = APPS / "streaming.py"
 NAMES = ["events", "release", "huge", "endless", "writer", "big_stream"]
@@ -147,3 +148,38 @@ def test_http2_streams_reads_unbuffered_and_notices_disconnects(h2_server):
     while stats(h2_server)["closed"].get("h2-gone") != 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert stats(h2_server)["closed"].get("h2-gone") == 1
+
+
+@pytest.mark.parametrize("how", [signal.SIGHUP, signal.SIGQUIT])
+def test_event_streams_end_cleanly_when_the_worker_exits(nginx_factory, how):
+    # EventSource reconnects by itself: at reload or quit the stream ends as a complete
+    # response, at once (not at the app's next event, 8 s later), and the connection with it,
+    # so that the reconnection goes to the new workers. The app's generator is closed at its
+    # next piece, as if the client had gone.
+    server = nginx_factory(location("/", f"{APP}:ticking_events")).start()
+    old = server.worker_pids()
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET /?sse1&8 HTTP/1.1\r\nHost: t\r\n\r\n")
+        head = read_until(s, b"data: 0\n\n")
+        assert b"200 OK" in head and b"text/event-stream" in head
+        plain = requests.get(server.url("/?plain&0.2"), stream=True, timeout=30)
+        plain_lines = plain.iter_lines()
+        assert next(plain_lines) == b"data: 0"
+        server.send_signal(how)
+        rest = b""
+        s.settimeout(10)
+        while chunk := s.recv(65536):
+            rest += chunk
+        assert rest.endswith(b"0\r\n\r\n"), rest
+        assert "events sse1: closed" not in server.error_log(), "ended while the app still waits"
+    wait_for(lambda: "events sse1: closed after 1" in server.error_log(), what="the app's generator closed")
+    log = server.error_log()
+    assert "wsgi: 1 event stream(s) (text/event-stream) ended as the worker exits" in log, log[-2000:]
+    assert "the server ended the event stream as the worker exits" in log
+    # A response that is not an event stream is in flight like any other: it goes on.
+    assert next(line for line in plain_lines if line).startswith(b"data: ")
+    plain.close()
+    wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="a clean exit")
+    bad = [l for l in server.error_log().splitlines()
+           if ("[error]" in l or "[alert]" in l) and "wsgi.errors: events" not in l]
+    assert not bad, bad

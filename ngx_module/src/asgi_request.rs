@@ -4,7 +4,6 @@
 //! woken later through the streams' wakers.
 
 use std::cell::UnsafeCell;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
@@ -14,6 +13,7 @@ use ngx_wsgi::asgi::{BodyRead, HttpEnd, HttpServer, TaskWatch};
 use ngx_wsgi::file_wrapper::FileRange;
 use ngx_wsgi::{Chunk, ClientGone, Outcome, OutcomeKind, ResponseHead};
 
+use crate::event_streams::{self, EndsAtExit};
 use crate::ffi::LoopRequest;
 use crate::notify::Pump;
 use crate::request_body::BodyStream;
@@ -26,43 +26,6 @@ struct Ending {
     /// The request, until its end has been handled; NULL afterwards.
     request: LoopRequest,
     end: Option<HttpEnd>,
-}
-
-/// Event streams (`text/event-stream` responses) under way, by address: a worker that exits
-/// ends them cleanly, and their clients (EventSource reconnects by itself) come back to the
-/// new workers, instead of holding the old one until `worker_shutdown_timeout`.
-static EVENT_STREAMS: Mutex<Option<HashMap<usize, Weak<AsgiRequest>>>> = Mutex::new(None);
-
-fn event_streams() -> std::sync::MutexGuard<'static, Option<HashMap<usize, Weak<AsgiRequest>>>> {
-    EVENT_STREAMS.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn is_event_stream(head: &ResponseHead) -> bool {
-    const TYPE: &[u8] = b"text/event-stream";
-    head.header("content-type")
-        .is_some_and(|v| v.len() >= TYPE.len() && v[..TYPE.len()].eq_ignore_ascii_case(TYPE))
-}
-
-/// Worker exit (on the event loop, at each of the exiting worker's checks: a stream may start
-/// after the first): every event stream under way ends as if its app had ended it, and its
-/// app is told as if the client had gone.
-fn end_event_streams_for_exit() {
-    let streams: Vec<Arc<AsgiRequest>> = event_streams()
-        .take()
-        .unwrap_or_default()
-        .into_values()
-        .filter_map(|w| w.upgrade())
-        .collect();
-    let ended = streams.iter().filter(|s| s.end_for_exit()).count();
-    if ended > 0 {
-        crate::ffi::log::cycle_log(
-            nginx_sys::NGX_LOG_NOTICE as usize,
-            &format!(
-                "asgi: {ended} event stream(s) (text/event-stream) ended as the worker exits; \
-                 their clients reconnect to the new workers"
-            ),
-        );
-    }
 }
 
 pub(crate) struct AsgiRequest {
@@ -85,7 +48,7 @@ pub(crate) struct AsgiRequest {
     pub deadline: UnsafeCell<ngx_event_t>,
     /// How a timeout's log entry begins: the request line and id (only with a timeout).
     pub label: String,
-    /// Its response is an event stream, listed in [`EVENT_STREAMS`].
+    /// Its response is an event stream, listed in [`crate::event_streams`].
     event_stream: AtomicBool,
     me: Weak<AsgiRequest>,
 }
@@ -161,15 +124,19 @@ impl AsgiRequest {
 
     /// Lists this request's response as an event stream (its head says `text/event-stream`).
     fn track_event_stream(&self) {
-        crate::inflight::while_exiting(end_event_streams_for_exit);
         self.event_stream.store(true, Ordering::Release);
-        event_streams()
-            .get_or_insert_with(HashMap::new)
-            .insert(self as *const _ as usize, self.me.clone());
+        let me: Weak<dyn EndsAtExit> = self.me.clone();
+        event_streams::list(self as *const _ as usize, "asgi", me);
     }
 
-    /// Ends the response cleanly, in the app's place, on the event loop (worker exit); the app
-    /// is then told as if its client had gone. False when it had ended already.
+    /// The client went away: the app is told (its waker fires through the stream).
+    pub(crate) fn client_gone(&self) {
+        self.gone.store(true, Ordering::Release);
+        self.stream.client_gone();
+    }
+}
+
+impl EndsAtExit for AsgiRequest {
     fn end_for_exit(&self) -> bool {
         let r = {
             let mut ending = self.ending();
@@ -189,20 +156,12 @@ impl AsgiRequest {
         self.client_gone();
         true
     }
-
-    /// The client went away: the app is told (its waker fires through the stream).
-    pub(crate) fn client_gone(&self) {
-        self.gone.store(true, Ordering::Release);
-        self.stream.client_gone();
-    }
 }
 
 impl Drop for AsgiRequest {
     fn drop(&mut self) {
         if self.event_stream.load(Ordering::Acquire) {
-            if let Some(all) = event_streams().as_mut() {
-                all.remove(&(self as *const _ as usize));
-            }
+            event_streams::unlist(self as *const _ as usize);
         }
     }
 }
@@ -213,7 +172,7 @@ impl HttpServer for AsgiRequest {
     }
 
     fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone> {
-        let event_stream = head.as_ref().is_some_and(is_event_stream);
+        let event_stream = head.as_ref().is_some_and(event_streams::is_event_stream);
         self.stream.push_now(head, data)?;
         // Once its head is with the stream: ended at exit, it goes out as a 200.
         if event_stream {

@@ -202,7 +202,13 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
                 }
                 _ => None,
             };
-            count_finished(&*job, client_fault);
+            if streamed.ended_by_server {
+                // An event stream ended at worker exit went out whole, with its app's status.
+                let status = (*r).headers_out.status as u16;
+                crate::metrics::finished(status, (*job).posted_at.elapsed(), false, false);
+            } else {
+                count_finished(&*job, client_fault);
+            }
             Some(match ((*job).timed_out, client_fault) {
                 // A 504 went out at the deadline; the app's late answer is dropped.
                 (Some(rc), _) => rc,

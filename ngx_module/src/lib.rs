@@ -19,6 +19,7 @@ mod conf;
 mod dispatch;
 mod drain;
 mod elastic_pool;
+mod event_streams;
 mod ffi;
 mod fork_child;
 mod handler;

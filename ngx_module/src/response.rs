@@ -24,6 +24,9 @@ pub(crate) struct StreamEnd {
     pub cancelled: bool,
     /// nginx could not send (a failed header or write).
     pub failed: bool,
+    /// The server ended the response cleanly in the app's place (an event stream at worker
+    /// exit): nothing more goes out.
+    pub ended_by_server: bool,
 }
 
 /// Sends the app's outcome (the rest of it, when it streamed); returns what to finalize the
@@ -179,6 +182,7 @@ unsafe fn finish_stream(
     unsafe {
         match kind {
             _ if end.failed => NGX_ERROR as ngx_int_t,
+            _ if end.ended_by_server => NGX_OK as ngx_int_t,
             Some(OutcomeKind::ClientGone) => NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
             _ if end.cancelled => NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
             Some(OutcomeKind::Complete) if (*r).header_only() != 0 => NGX_OK as ngx_int_t,

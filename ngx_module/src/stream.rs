@@ -14,11 +14,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use nginx_sys::{
     ngx_add_timer, ngx_buf_t, ngx_chain_get_free_buf, ngx_chain_t, ngx_chain_update_chains,
     ngx_del_timer, ngx_handle_write_event, ngx_http_event_handler_pt, ngx_http_output_filter,
-    ngx_http_request_t, ngx_http_test_reading, ngx_int_t, NGX_ERROR, NGX_OK,
+    ngx_http_request_t, ngx_http_send_special, ngx_http_test_reading, ngx_int_t, NGX_ERROR,
+    NGX_HTTP_LAST, NGX_HTTP_VERSION_11, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx_wsgi::{Chunk, ChunkSink, ClientGone, ResponseHead};
 
+use crate::event_streams::{self, EndsAtExit};
 use crate::ffi::{module, LoopRequest};
 use crate::response::StreamEnd;
 
@@ -58,6 +60,8 @@ struct State {
     /// Producers blocked in `push` on `room`: a condvar's notify is a system call even with
     /// no one waiting, and most streams (every ASGI one) never have a waiter.
     waiting: usize,
+    /// The server ended the response in the app's place (an event stream at worker exit).
+    ended_by_server: bool,
 }
 
 // SAFETY: the buffer and chain pointers belong to the request's pool and are only used on the
@@ -79,6 +83,8 @@ pub(crate) struct Stream {
     waker: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
     limit: usize,
     events: ClientEvents,
+    /// A WSGI event stream, listed in [`crate::event_streams`].
+    listed: AtomicBool,
     me: Weak<Stream>,
 }
 
@@ -104,12 +110,14 @@ impl Stream {
                 request: LoopRequest(r),
                 wake_due: false,
                 waiting: 0,
+                ended_by_server: false,
             }),
             cancelled: AtomicBool::new(false),
             room: Condvar::new(),
             waker: Mutex::new(None),
             limit,
             events,
+            listed: AtomicBool::new(false),
             me: me.clone(),
         })
     }
@@ -437,10 +445,12 @@ impl Stream {
             head_sent: st.head_sent,
             cancelled: self.is_cancelled(),
             failed: st.failed,
+            ended_by_server: st.ended_by_server,
         }
     }
 }
 
+/// A WSGI app's stream (ASGI's go through [`Stream::push_now`]).
 impl ChunkSink for Stream {
     fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone> {
         let mut st = self.lock();
@@ -450,7 +460,72 @@ impl ChunkSink for Stream {
             st.waiting -= 1;
         }
         drop(st);
-        self.push_now(head, data)
+        let event_stream = head.as_ref().is_some_and(event_streams::is_event_stream);
+        self.push_now(head, data)?;
+        // Once its head is with the stream: ended at exit, it goes out with the app's status.
+        if event_stream {
+            self.listed.store(true, Ordering::Release);
+            let me: Weak<dyn EndsAtExit> = self.me.clone();
+            event_streams::list(self as *const _ as usize, "wsgi", me);
+        }
+        Ok(())
+    }
+
+    fn ended_by_server(&self) -> bool {
+        self.lock().ended_by_server
+    }
+}
+
+/// A WSGI event stream at worker exit: what the app sent goes out, then the end of the
+/// response, and the app's next piece fails as if its client had gone. Its thread may still be
+/// inside the app (between two events): the request is finalized when it comes back, and
+/// meanwhile the connection takes no further request.
+impl EndsAtExit for Stream {
+    fn end_for_exit(&self) -> bool {
+        let st = self.lock();
+        let r = st.request.0;
+        if r.is_null() || self.is_cancelled() {
+            return false;
+        }
+        // SAFETY: on the event loop (the exiting check's timer); the request is live while
+        // `request` is set.
+        let mut st = unsafe { self.send_pending(st, r) };
+        if self.is_cancelled() || st.failed || !st.head_sent {
+            return false;
+        }
+        st.ended_by_server = true;
+        self.cancel(&mut st, false);
+        drop(st);
+        // SAFETY: as above; the output filters run unlocked, as in `send_pending`.
+        unsafe {
+            (*r).set_keepalive(0);
+            if (*r).header_only() != 0 {
+                return true;
+            }
+            if ngx_http_send_special(r, NGX_HTTP_LAST as usize) == NGX_ERROR as ngx_int_t {
+                self.lock().failed = true;
+                return true;
+            }
+            let c = (*r).connection;
+            // HTTP/1 without TLS, all sent: the client also sees the connection end now, not
+            // when the app's thread comes back, and does not send its reconnection on it.
+            if (*r).http_version <= NGX_HTTP_VERSION_11 as usize
+                && (*c).ssl.is_null()
+                && (*r).buffered() == 0
+                && (*c).buffered() == 0
+            {
+                libc::shutdown((*c).fd, libc::SHUT_WR);
+            }
+        }
+        true
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if self.listed.load(Ordering::Acquire) {
+            event_streams::unlist(self as *const _ as usize);
+        }
     }
 }
 

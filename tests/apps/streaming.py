@@ -87,3 +87,23 @@ def big_stream(environ, start_response):
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
     for _ in range(16):
         yield b"y" * 65536
+
+
+def ticking_events(environ, start_response):
+    """An event stream with PAUSE seconds between events (?NAME&PAUSE); its end is logged."""
+    name, _, pause = environ["QUERY_STRING"].partition("&")
+    errors = environ["wsgi.errors"]
+    kind = "text/event-stream; charset=utf-8" if name.startswith("sse") else "text/plain"
+    start_response("200 OK", [("Content-Type", kind), ("Cache-Control", "no-cache")])
+
+    def body():
+        sent = 0
+        try:
+            while True:
+                yield f"data: {sent}\n\n".encode()
+                sent += 1
+                time.sleep(float(pause))
+        finally:
+            errors.write(f"events {name}: closed after {sent}\n")
+            errors.flush()
+    return body()

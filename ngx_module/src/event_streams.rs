@@ -1,0 +1,78 @@
+//! Event streams (`text/event-stream` responses, WSGI or ASGI) under way. They have no end of
+//! their own: a worker that exits ends them cleanly, as complete responses, and their clients
+//! (EventSource reconnects by itself) come back to the new workers, instead of holding the old
+//! worker until `worker_shutdown_timeout`.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, Weak};
+
+use ngx_wsgi::ResponseHead;
+
+/// A response that the server can end in its app's place.
+pub(crate) trait EndsAtExit: Send + Sync {
+    /// Ends the response cleanly, on the event loop; its app is then told as if its client had
+    /// gone. False when it had ended already.
+    fn end_for_exit(&self) -> bool;
+}
+
+struct Listed {
+    /// "wsgi" or "asgi": how the log line counts it.
+    kind: &'static str,
+    stream: Weak<dyn EndsAtExit>,
+}
+
+/// By address of the listed object, which unlists itself when dropped.
+static LISTED: Mutex<Option<HashMap<usize, Listed>>> = Mutex::new(None);
+
+fn listed() -> MutexGuard<'static, Option<HashMap<usize, Listed>>> {
+    LISTED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether a response head says `text/event-stream`.
+pub(crate) fn is_event_stream(head: &ResponseHead) -> bool {
+    const TYPE: &[u8] = b"text/event-stream";
+    head.header("content-type")
+        .is_some_and(|v| v.len() >= TYPE.len() && v[..TYPE.len()].eq_ignore_ascii_case(TYPE))
+}
+
+/// Lists an event stream (once its head is with the server, so that one ended at exit goes
+/// out as its app's status). `key` is the listed object's address.
+pub(crate) fn list(key: usize, kind: &'static str, stream: Weak<dyn EndsAtExit>) {
+    crate::inflight::while_exiting(end_all_for_exit);
+    listed()
+        .get_or_insert_with(HashMap::new)
+        .insert(key, Listed { kind, stream });
+}
+
+/// Takes a stream off the list (its object is being dropped).
+pub(crate) fn unlist(key: usize) {
+    if let Some(all) = listed().as_mut() {
+        all.remove(&key);
+    }
+}
+
+/// Worker exit (on the event loop, at each of the exiting worker's checks: a stream may start
+/// after the first): every event stream under way ends as if its app had ended it.
+fn end_all_for_exit() {
+    let streams: Vec<(&'static str, std::sync::Arc<dyn EndsAtExit>)> = listed()
+        .take()
+        .unwrap_or_default()
+        .into_values()
+        .filter_map(|l| Some((l.kind, l.stream.upgrade()?)))
+        .collect();
+    for kind in ["wsgi", "asgi"] {
+        let ended = streams
+            .iter()
+            .filter(|(k, s)| *k == kind && s.end_for_exit())
+            .count();
+        if ended > 0 {
+            crate::ffi::log::cycle_log(
+                nginx_sys::NGX_LOG_NOTICE as usize,
+                &format!(
+                    "{kind}: {ended} event stream(s) (text/event-stream) ended as the worker \
+                     exits; their clients reconnect to the new workers"
+                ),
+            );
+        }
+    }
+}
