@@ -482,18 +482,21 @@ impl ChunkSink for Stream {
 /// meanwhile the connection takes no further request.
 impl EndsAtExit for Stream {
     fn end_for_exit(&self) -> bool {
-        let st = self.lock();
+        let mut st = self.lock();
         let r = st.request.0;
-        if r.is_null() || self.is_cancelled() {
+        if r.is_null() || self.is_cancelled() || st.head.is_none() && !st.head_sent {
             return false;
         }
+        // From now on the app's pieces are refused; those it pushed before go out first.
+        st.ended_by_server = true;
         // SAFETY: on the event loop (the exiting check's timer); the request is live while
         // `request` is set.
         let mut st = unsafe { self.send_pending(st, r) };
-        if self.is_cancelled() || st.failed || !st.head_sent {
+        if self.is_cancelled() || st.failed {
+            // Cut meanwhile: the client's doing (or nginx's), not an end.
+            st.ended_by_server = false;
             return false;
         }
-        st.ended_by_server = true;
         self.cancel(&mut st, false);
         drop(st);
         // SAFETY: as above; the output filters run unlocked, as in `send_pending`.
@@ -538,7 +541,7 @@ impl Stream {
         data: Chunk,
     ) -> Result<(), ClientGone> {
         let mut st = self.lock();
-        if self.is_cancelled() {
+        if self.is_cancelled() || st.ended_by_server {
             return Err(ClientGone);
         }
         if head.is_some() {
