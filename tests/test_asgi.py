@@ -416,6 +416,16 @@ def test_event_streams_end_cleanly_when_the_worker_exits(nginx_factory, how):
     assert "[error]" not in server.error_log() and "[alert]" not in server.error_log()
 
 
+def test_a_receive_waiting_when_the_response_completes_says_disconnect(server):
+    # As uvicorn does: the app's listener hears http.disconnect, so its task ends.
+    for i in range(3):
+        r = requests.get(server.url(f"/listens-while-sending?l{i}"), timeout=10)
+        assert (r.status_code, r.content) == (200, b"sent while listening")
+    wait_for(lambda: all(stats(server)["sent"].get(f"l{i}") == "returned" for i in range(3)),
+             what="the app's tasks to end")
+    assert all(stats(server)["disconnected"][f"l{i}"] == "http.disconnect" for i in range(3))
+
+
 def test_trailers_true_is_ignored_and_trailers_dropped(server):
     # The server offers no http.response.trailers extension; apps that set the flag anyway (on
     # every response, as ASGIWebDAV does) are answered as uvicorn answers them.

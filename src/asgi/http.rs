@@ -172,6 +172,9 @@ impl HttpExchange {
         self.head = None;
         self.waker.watch(None);
         self.server.finish(end);
+        // A receive() already waiting says http.disconnect now (Litestar's responses, and
+        // Starlette's before ASGI 2.4, wait in one for the client to go while they send).
+        self.waker.wake_parked();
     }
 
     /// A wake-up came: if the client went away, the server's request ends now, whatever the app

@@ -57,6 +57,14 @@ impl Waker {
         self.parked().futures.push(future);
     }
 
+    /// Wakes the app if it awaits something (event loop thread): a `receive()` parked for a
+    /// disconnect while the response completes must look again and hear of it.
+    pub(crate) fn wake_parked(self: &Arc<Self>) {
+        if !self.parked().futures.is_empty() {
+            self.wake();
+        }
+    }
+
     /// Has every wake-up also run `on_fire` (None: nothing more).
     pub(crate) fn watch(&self, on_fire: Option<OnFire>) {
         self.parked().on_fire = on_fire.map(std::sync::Arc::new);

@@ -118,6 +118,20 @@ async def app(scope, receive, send):
         STATS["receiving"][query] = "waiting"
         message = await receive()
         raise RuntimeError(f"{query} raised on {message['type']}")
+    elif route == "/listens-while-sending":
+        # As Litestar's responses (and Starlette's before ASGI 2.4): a task waits in receive()
+        # for the client to go while the response is sent, and the app returns once it heard.
+        await read_body(receive)
+
+        async def listen():
+            STATS["receiving"][query] = "waiting"
+            message = await receive()
+            STATS["disconnected"][query] = message["type"]
+        listener = asyncio.ensure_future(listen())
+        await asyncio.sleep(0)
+        await respond(send, b"sent while listening")
+        await listener
+        STATS["sent"][query] = "returned"
     elif route == "/head-stream":
         # A streamed response whose later pieces wait for /release?KEY: under HEAD the client
         # may leave once it has the head, and the response is still whole.
