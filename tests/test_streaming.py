@@ -155,13 +155,18 @@ def test_event_streams_end_cleanly_when_the_worker_exits(nginx_factory, how):
     # EventSource reconnects by itself: at reload or quit the stream ends as a complete
     # response, at once (not at the app's next event, 8 s later), and the connection with it,
     # so that the reconnection goes to the new workers. The app's generator is closed at its
-    # next piece, as if the client had gone.
-    server = nginx_factory(location("/", f"{APP}:ticking_events")).start()
+    # next piece, as if the client had gone. Its read timeout, due before that piece, is
+    # nobody's business any more; a HEAD of a stream ends with its connection too.
+    server = nginx_factory(location("/", f"{APP}:ticking_events")
+                           + location("/timed/", f"{APP}:ticking_events", "wsgi_read_timeout 4s;")).start()
     old = server.worker_pids()
-    with socket.create_connection(("127.0.0.1", server.port)) as s:
-        s.sendall(b"GET /?sse1&8 HTTP/1.1\r\nHost: t\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.port)) as s, \
+            socket.create_connection(("127.0.0.1", server.port)) as h:
+        s.sendall(b"GET /timed/?sse1&8 HTTP/1.1\r\nHost: t\r\n\r\n")
         head = read_until(s, b"data: 0\n\n")
         assert b"200 OK" in head and b"text/event-stream" in head
+        h.sendall(b"HEAD /timed/?sse-head&8 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert b"text/event-stream" in read_until(h, b"\r\n\r\n")
         plain = requests.get(server.url("/?plain&0.2"), stream=True, timeout=30)
         plain_lines = plain.iter_lines()
         assert next(plain_lines) == b"data: 0"
@@ -172,9 +177,11 @@ def test_event_streams_end_cleanly_when_the_worker_exits(nginx_factory, how):
             rest += chunk
         assert rest.endswith(b"0\r\n\r\n"), rest
         assert "events sse1: closed" not in server.error_log(), "ended while the app still waits"
+        h.settimeout(10)
+        assert h.recv(100) == b"" and "events sse-head: closed" not in server.error_log()
     wait_for(lambda: "events sse1: closed after 1" in server.error_log(), what="the app's generator closed")
     log = server.error_log()
-    assert "wsgi: 1 event stream(s) (text/event-stream) ended as the worker exits" in log, log[-2000:]
+    assert "wsgi: 2 event stream(s) (text/event-stream) ended as the worker exits" in log, log[-2000:]
     assert "the server ended the event stream as the worker exits" in log
     # A response that is not an event stream is in flight like any other: it goes on.
     assert next(line for line in plain_lines if line).startswith(b"data: ")

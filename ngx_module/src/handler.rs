@@ -19,7 +19,7 @@ use nginx_sys::{
     ngx_event_t, ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
     ngx_int_t, ngx_pool_cleanup_add, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR,
 };
-use ngx_wsgi::{run_request, Apps, Body, OutcomeKind, RequestBody, RequestWatch};
+use ngx_wsgi::{run_request, Apps, Body, ChunkSink, OutcomeKind, RequestBody, RequestWatch};
 
 use crate::dispatch::{PoolSpec, QueueLimits, Refused, RunQueue};
 use crate::ffi::{guard, timer};
@@ -166,6 +166,7 @@ unsafe fn run(job: *mut Job) {
                 Some(&(*job).watch),
             ))
         });
+        (*job).stream.app_returned();
         crate::metrics::thread_finished(outcome.as_ref().map_or(Duration::ZERO, |o| o.gil_wait));
         (*job).outcome = outcome;
     }
@@ -202,7 +203,7 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
                 }
                 _ => None,
             };
-            if streamed.ended_by_server {
+            if streamed.ended_by_server && !streamed.failed {
                 // An event stream ended at worker exit went out whole, with its app's status.
                 let status = (*r).headers_out.status as u16;
                 crate::metrics::finished(status, (*job).posted_at.elapsed(), false, false);
@@ -331,6 +332,10 @@ unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
         unsafe {
             let job = (*ev).data as *mut Job;
             let r = (*job).request;
+            if (*job).stream.ended_by_server() {
+                // An event stream ended at exit: its client has its whole response.
+                return;
+            }
             let what = format!(
                 "wsgi_read_timeout: \"{}\" is still inside Python after {} ms",
                 (*job).info.request_line().escape_debug(),

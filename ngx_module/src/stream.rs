@@ -62,6 +62,8 @@ struct State {
     waiting: usize,
     /// The server ended the response in the app's place (an event stream at worker exit).
     ended_by_server: bool,
+    /// ... and shut the connection for writing once all of it was sent.
+    shut: bool,
 }
 
 // SAFETY: the buffer and chain pointers belong to the request's pool and are only used on the
@@ -85,6 +87,8 @@ pub(crate) struct Stream {
     events: ClientEvents,
     /// A WSGI event stream, listed in [`crate::event_streams`].
     listed: AtomicBool,
+    /// The app's thread is done with the request (its completion is on the way).
+    app_done: AtomicBool,
     me: Weak<Stream>,
 }
 
@@ -111,6 +115,7 @@ impl Stream {
                 wake_due: false,
                 waiting: 0,
                 ended_by_server: false,
+                shut: false,
             }),
             cancelled: AtomicBool::new(false),
             room: Condvar::new(),
@@ -118,6 +123,7 @@ impl Stream {
             limit,
             events,
             listed: AtomicBool::new(false),
+            app_done: AtomicBool::new(false),
             me: me.clone(),
         })
     }
@@ -484,7 +490,13 @@ impl EndsAtExit for Stream {
     fn end_for_exit(&self) -> bool {
         let mut st = self.lock();
         let r = st.request.0;
-        if r.is_null() || self.is_cancelled() || st.head.is_none() && !st.head_sent {
+        // A thread that came back has its completion on the way, which ends the response as
+        // the app did (a failure is cut, not ended).
+        if r.is_null()
+            || self.is_cancelled()
+            || self.app_done.load(Ordering::Acquire)
+            || st.head.is_none() && !st.head_sent
+        {
             return false;
         }
         // From now on the app's pieces are refused; those it pushed before go out first.
@@ -501,26 +513,52 @@ impl EndsAtExit for Stream {
         drop(st);
         // SAFETY: as above; the output filters run unlocked, as in `send_pending`.
         unsafe {
-            (*r).set_keepalive(0);
-            if (*r).header_only() != 0 {
-                return true;
-            }
-            if ngx_http_send_special(r, NGX_HTTP_LAST as usize) == NGX_ERROR as ngx_int_t {
-                self.lock().failed = true;
-                return true;
-            }
-            let c = (*r).connection;
-            // HTTP/1 without TLS, all sent: the client also sees the connection end now, not
-            // when the app's thread comes back, and does not send its reconnection on it.
-            if (*r).http_version <= NGX_HTTP_VERSION_11 as usize
-                && (*c).ssl.is_null()
-                && (*r).buffered() == 0
-                && (*c).buffered() == 0
+            (*(*r).main).set_keepalive(0);
+            if (*r).header_only() == 0
+                && ngx_http_send_special(r, NGX_HTTP_LAST as usize) == NGX_ERROR as ngx_int_t
             {
-                libc::shutdown((*c).fd, libc::SHUT_WR);
+                self.lock().failed = true;
+                return false;
             }
+            let mut st = self.lock();
+            self.wait_for_writable(&mut st, r);
+            if st.failed {
+                return false;
+            }
+            self.shut_once_sent(&mut st, r);
         }
         true
+    }
+}
+
+impl Stream {
+    /// The app's thread is done with the request.
+    pub(crate) fn app_returned(&self) {
+        self.app_done.store(true, Ordering::Release);
+    }
+
+    /// An event stream ended at exit, all sent: on plain HTTP/1 the client also sees its
+    /// connection end now, not when the app's thread comes back, and does not send its
+    /// reconnection on it. Over TLS and HTTP/2 the connection ends with the request.
+    ///
+    /// # Safety
+    /// Event-loop thread; `r` is this stream's live request.
+    unsafe fn shut_once_sent(&self, st: &mut State, r: *mut ngx_http_request_t) {
+        // SAFETY: per the function contract.
+        unsafe {
+            let c = (*r).connection;
+            if st.shut
+                || r != (*r).main
+                || (*r).http_version > NGX_HTTP_VERSION_11 as usize
+                || !(*c).ssl.is_null()
+                || (*r).buffered() != 0
+                || (*c).buffered() != 0
+            {
+                return;
+            }
+            st.shut = true;
+            libc::shutdown((*c).fd, libc::SHUT_WR);
+        }
     }
 }
 
@@ -612,6 +650,9 @@ impl Stream {
                 self.reclaim(st);
             }
             self.wait_for_writable(&mut st, r);
+            if st.ended_by_server {
+                self.shut_once_sent(&mut st, r);
+            }
         }
     }
 
