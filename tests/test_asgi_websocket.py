@@ -517,6 +517,31 @@ def test_open_sockets_get_1001_at_quit_and_reload(nginx_factory, how):
     wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="a clean exit")
 
 
+def test_a_socket_accepted_while_the_worker_exits_gets_1001(nginx_factory, tmp_path):
+    # A Channels consumer that looks its user up before accepting: the reload comes first.
+    import threading
+    server = nginx_factory(asgi("/", APP)).start()
+    old = server.worker_pids()
+    ready = tmp_path / "accept"
+    opened = {}
+    opener = threading.Thread(target=lambda: opened.setdefault("s", raw_socket(server, f"/accept-when?{ready}")))
+    opener.start()
+    wait_for(lambda: ws_stats(server, "/")["received"].get(str(ready)) == "waiting", what="the app to wait")
+    server.send_signal(signal.SIGHUP)
+    wait_for(lambda: "waiting for 1 request(s) inside Python before exiting" in server.error_log(),
+             what="the old worker's first check while it exits")
+    ready.touch()
+    opener.join(timeout=20)
+    s = opened["s"]
+    assert read_frame(s) == (0x1, b"held")
+    opcode, payload = read_frame(s)
+    assert opcode == 0x8 and close_code(payload) == 1001
+    s.sendall(frame(0x8, payload[:2]))
+    assert s.recv(10) == b""
+    s.close()
+    wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="a clean exit")
+
+
 def test_a_task_left_running_at_exit_is_cancelled_with_a_warning(nginx_factory):
     # The app never reads, so the close at reload does not end its task: the worker waits
     # wsgi_shutdown_timeout for it, then cancels it. That is the server's doing, logged as a

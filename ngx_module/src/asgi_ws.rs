@@ -93,6 +93,8 @@ struct State {
     /// The client went away (or writing to it failed).
     gone: bool,
     scheduled: bool,
+    /// Told to close with 1001 (worker exit).
+    told_to_go: bool,
 }
 
 // SAFETY: the request pointer is only dereferenced on the event loop.
@@ -138,7 +140,8 @@ impl AsgiWs {
         hooks: WsHooks,
         label: String,
     ) -> Arc<AsgiWs> {
-        crate::inflight::on_exiting(close_all_for_exit);
+        // At each check while the worker exits: one accepted after the first is told too.
+        crate::inflight::while_exiting(close_all_for_exit);
         Arc::new_cyclic(|me| AsgiWs {
             stream,
             posted_at: Instant::now(),
@@ -155,6 +158,7 @@ impl AsgiWs {
                 app_end: None,
                 gone: false,
                 scheduled: false,
+                told_to_go: false,
             }),
             settings,
             wake,
@@ -500,7 +504,11 @@ impl AsgiWs {
     /// Tells an open connection to close with 1001 (worker exit).
     fn going_away(&self) {
         let mut st = self.lock();
-        if st.phase == Phase::Open && st.codec.as_ref().is_some_and(WsCodec::can_send) {
+        if st.phase == Phase::Open
+            && !st.told_to_go
+            && st.codec.as_ref().is_some_and(WsCodec::can_send)
+        {
+            st.told_to_go = true;
             st.outgoing.push_back(WsOutgoing::Close {
                 code: 1001,
                 reason: "the server is going away".into(),

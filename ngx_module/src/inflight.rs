@@ -26,19 +26,9 @@ const RECHECK_MS: usize = 500;
 pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT_MS: ngx_msec_t = 60_000;
 
 static OUTSTANDING: AtomicUsize = AtomicUsize::new(0);
-/// Run once when the worker is first seen exiting with requests outstanding (long-lived
-/// connections are told to close then).
-static ON_EXITING: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
-
-/// Run at each check while the worker exits with requests outstanding (streams that start
-/// late are ended too).
+/// Run at each check while the worker exits with requests outstanding (event streams are
+/// ended, WebSockets told to close: those that start late too).
 static WHILE_EXITING: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
-
-/// Adds what runs (on the event loop) when the worker starts exiting while requests are
-/// outstanding; once per `f`.
-pub(crate) fn on_exiting(f: fn()) {
-    add_hook(&ON_EXITING, f);
-}
 
 /// Adds what runs (on the event loop) at every check while the worker exits with requests
 /// outstanding, the first included; once per `f`.
@@ -113,7 +103,6 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
                 let since = EXITING_SINCE.load(Relaxed);
                 if since == 0 {
                     EXITING_SINCE.store(now.max(1), Relaxed);
-                    run_hooks(&ON_EXITING);
                     crate::ffi::log::cycle_log(
                         NGX_LOG_NOTICE as usize,
                         &format!("wsgi: waiting for {outstanding} request(s) inside Python before exiting"),

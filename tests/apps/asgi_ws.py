@@ -80,6 +80,16 @@ async def app(scope, receive, send):
         await send({"type": "websocket.send", "text": "held"})
         message = await receive()
         STATS["closed"][key] = [message["code"], message.get("reason", "")]
+    elif path == "/accept-when":
+        # Accepts once the file named by the query exists (a slow lookup before the accept).
+        import os
+        STATS["received"][key] = "waiting"
+        while not os.path.exists(key):
+            await asyncio.sleep(0.05)
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "held"})
+        message = await receive()
+        STATS["closed"][key] = [message["code"], message.get("reason", "")]
     elif path == "/deaf":
         # Accepts, then never reads: it does not learn that the connection closed.
         await send({"type": "websocket.accept"})
