@@ -310,7 +310,7 @@ fn child_report(
             );
         }
     }
-    if let Err(e) = interpreter::initialize(settings) {
+    if let Err(e) = interpreter::initialize_for_check(settings) {
         return format!("I{e}\0");
     }
     interpreter::attach(|py| {

@@ -218,7 +218,7 @@ fn environ_template(py: Python<'_>) -> PyResult<&Bound<'_, PyDict>> {
             d.set_item("wsgi.multiprocess", true)?;
             d.set_item("wsgi.run_once", false)?;
             d.set_item("wsgi.input_terminated", true)?;
-            d.set_item("wsgi.errors", Py::new(py, ErrorStream)?)?;
+            d.set_item("wsgi.errors", Py::new(py, ErrorStream::default())?)?;
             d.set_item("wsgi.file_wrapper", py.get_type::<FileWrapper>())?;
             Ok(d.unbind())
         })

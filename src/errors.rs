@@ -1,46 +1,98 @@
 //! `wsgi.errors`: a text stream whose lines go to the server's error log (through `tracing`,
-//! target `wsgi.errors`), one log entry per line.
+//! target `wsgi.errors`), one log entry per line. The same kind of stream stands in for
+//! `sys.stdout` and `sys.stderr` where they would be lost (see [`crate::std_streams`]).
 //!
-//! One stream object serves every request; an unfinished line is kept per thread (a request runs
-//! on one thread), so concurrent requests never mix their text, and it is flushed when the
-//! request ends.
+//! An unfinished line is kept per thread and per stream (a request runs on one thread), so
+//! concurrent requests never mix their text, and it is flushed when the request ends.
 
 use std::cell::RefCell;
 
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
-#[pyclass(module = "ngx_wsgi", name = "ErrorStream", frozen)]
-#[derive(Default)]
-pub struct ErrorStream;
-
-thread_local! {
-    /// Text this thread wrote since its last newline.
-    static PENDING: RefCell<String> = const { RefCell::new(String::new()) };
+/// Which stream a text goes out as: its log entries begin with its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StreamName {
+    #[default]
+    WsgiErrors,
+    Stdout,
+    Stderr,
 }
 
-fn emit_lines(text: &str) {
-    PENDING.with_borrow_mut(|pending| {
+impl StreamName {
+    const ALL: [StreamName; 3] = [
+        StreamName::WsgiErrors,
+        StreamName::Stdout,
+        StreamName::Stderr,
+    ];
+
+    /// The descriptor the stream stands in for (`wsgi.errors` has none).
+    fn fd(self) -> Option<i32> {
+        match self {
+            StreamName::WsgiErrors => None,
+            StreamName::Stdout => Some(1),
+            StreamName::Stderr => Some(2),
+        }
+    }
+}
+
+#[pyclass(module = "ngx_wsgi", name = "ErrorStream", frozen)]
+#[derive(Default)]
+pub struct ErrorStream {
+    name: StreamName,
+}
+
+impl ErrorStream {
+    pub(crate) fn new(name: StreamName) -> Self {
+        ErrorStream { name }
+    }
+}
+
+thread_local! {
+    /// Text this thread wrote to each stream since its last newline.
+    static PENDING: RefCell<[String; 3]> = const { RefCell::new([String::new(), String::new(), String::new()]) };
+}
+
+fn log_line(name: StreamName, line: &str, suffix: &str) {
+    // Python's own stderr and print() are logged as wsgi.errors is, at error: mod_wsgi's level,
+    // and nginx's default error_log level, where anything lower is dropped.
+    match name {
+        StreamName::WsgiErrors => tracing::error!(target: "wsgi.errors", "{line}{suffix}"),
+        StreamName::Stdout => tracing::error!(target: "sys.stdout", "{line}{suffix}"),
+        StreamName::Stderr => tracing::error!(target: "sys.stderr", "{line}{suffix}"),
+    }
+}
+
+fn emit_lines(name: StreamName, text: &str) {
+    PENDING.with_borrow_mut(|all| {
+        let pending = &mut all[name as usize];
         pending.push_str(text);
         if let Some(end) = pending.rfind('\n') {
             let suffix = crate::logging_bridge::request_suffix();
             for line in pending[..end].split('\n') {
-                tracing::error!(target: "wsgi.errors", "{line}{suffix}");
+                log_line(name, line, &suffix);
             }
             pending.drain(..=end);
         }
     });
 }
 
-/// Logs what the calling thread wrote without a final newline (at the end of a request).
-pub fn flush_thread() {
-    PENDING.with_borrow_mut(|pending| {
+fn flush_one(name: StreamName) {
+    PENDING.with_borrow_mut(|all| {
+        let pending = &mut all[name as usize];
         if !pending.is_empty() {
             let suffix = crate::logging_bridge::request_suffix();
-            tracing::error!(target: "wsgi.errors", "{}{suffix}", pending.as_str());
+            log_line(name, pending.as_str(), &suffix);
             pending.clear();
         }
     });
+}
+
+/// Logs what the calling thread wrote without a final newline (at the end of a request).
+pub fn flush_thread() {
+    for name in StreamName::ALL {
+        flush_one(name);
+    }
 }
 
 #[pymethods]
@@ -53,7 +105,7 @@ impl ErrorStream {
             ))
         })?;
         let s = text.to_cow()?;
-        emit_lines(&s);
+        emit_lines(self.name, &s);
         Ok(s.chars().count())
     }
 
@@ -65,10 +117,59 @@ impl ErrorStream {
     }
 
     fn flush(&self) {
-        flush_thread();
+        flush_one(self.name);
     }
 
     fn writable(&self) -> bool {
         true
+    }
+
+    fn readable(&self) -> bool {
+        false
+    }
+
+    fn seekable(&self) -> bool {
+        false
+    }
+
+    fn isatty(&self) -> bool {
+        false
+    }
+
+    /// The descriptor it stands in for, so that `faulthandler.enable()` and the like still
+    /// work; `wsgi.errors` has none.
+    fn fileno(&self) -> PyResult<i32> {
+        self.name.fd().ok_or_else(|| {
+            pyo3::exceptions::PyOSError::new_err("wsgi.errors has no file descriptor")
+        })
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        false
+    }
+
+    #[getter]
+    fn encoding(&self) -> &'static str {
+        "utf-8"
+    }
+
+    #[getter]
+    fn errors(&self) -> &'static str {
+        "strict"
+    }
+
+    #[getter]
+    fn line_buffering(&self) -> bool {
+        true
+    }
+
+    #[getter]
+    fn name(&self) -> &'static str {
+        match self.name {
+            StreamName::WsgiErrors => "wsgi.errors",
+            StreamName::Stdout => "<stdout>",
+            StreamName::Stderr => "<stderr>",
+        }
     }
 }

@@ -42,6 +42,16 @@ pub fn is_running() -> bool {
 
 /// Starts the interpreter on the calling thread and releases the GIL before returning.
 pub fn initialize(settings: &PythonSettings) -> Result<(), String> {
+    start(settings, true)
+}
+
+/// As [`initialize`], in the configuration check's child, whose log is not the server's:
+/// `sys.stdout` and `sys.stderr` stay as they are.
+pub(crate) fn initialize_for_check(settings: &PythonSettings) -> Result<(), String> {
+    start(settings, false)
+}
+
+fn start(settings: &PythonSettings, serving: bool) -> Result<(), String> {
     if let Some(home) = &settings.home {
         check_home(home)?;
     }
@@ -87,6 +97,10 @@ pub fn initialize(settings: &PythonSettings) -> Result<(), String> {
     let py = unsafe { Python::assume_attached() };
     let path_result = add_site_dirs(py, &settings.path)
         .and_then(|()| crate::signals::use_fork_for_subprocesses(py))
+        .and_then(|()| match serving {
+            true => crate::std_streams::route(py),
+            false => Ok(()),
+        })
         .map_err(|e| crate::traceback::format(py, &e));
     // SAFETY: this thread holds the GIL; the returned state is kept for `finalize`.
     let tstate = unsafe { ffi::PyEval_SaveThread() };

@@ -1,8 +1,51 @@
-//! Python's `sys.stdout` and `sys.stderr` in a process that ends without `Py_FinalizeEx` (a
-//! worker whose app threads outlived the shutdown timeout, a child the app forked): what they
-//! still buffer is written out as Python's own exit would.
+//! Python's `sys.stdout` and `sys.stderr` in the server's processes: where they go (not to
+//! `/dev/null`), and, in a process that ends without `Py_FinalizeEx` (a worker whose app
+//! threads outlived the shutdown timeout, a child the app forked), what they still buffer is
+//! written out as Python's own exit would.
 
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::errors::{ErrorStream, StreamName};
+
+/// A daemon (nginx's, Apache's) points descriptor 1 at `/dev/null`, and 2 too when no error
+/// log is a file: there `sys.stdout` or `sys.stderr` writes to the server's error log instead,
+/// an entry per line, as mod_wsgi does, or every `print()` of the app would be lost. Elsewhere (a
+/// file, a pipe to the journal, a terminal) they stay, line-buffered, so that what an app prints
+/// shows at once and is not lost with a worker that dies.
+pub(crate) fn route(py: Python<'_>) -> PyResult<()> {
+    let sys = py.import("sys")?;
+    for (attr, name, fd) in [
+        ("stdout", StreamName::Stdout, 1),
+        ("stderr", StreamName::Stderr, 2),
+    ] {
+        let current = sys.getattr(attr)?;
+        if current.is_none() || goes_nowhere(fd) {
+            sys.setattr(attr, Py::new(py, ErrorStream::new(name))?)?;
+        } else {
+            let line_buffered = PyDict::new(py);
+            line_buffered.set_item("line_buffering", true)?;
+            // Not every stream can (one an embedding replaced): it then stays as it is.
+            let _ = current.call_method("reconfigure", (), Some(&line_buffered));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `fd` is closed or `/dev/null`.
+fn goes_nowhere(fd: i32) -> bool {
+    // SAFETY: fstat and stat only fill the buffers they are given.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 {
+            return true;
+        }
+        let mut null: libc::stat = std::mem::zeroed();
+        (st.st_mode & libc::S_IFMT) == libc::S_IFCHR
+            && libc::stat(c"/dev/null".as_ptr(), &mut null) == 0
+            && st.st_rdev == null.st_rdev
+    }
+}
 
 /// Flushes `sys.stdout` and `sys.stderr`; both are tried, and the first failure is returned.
 pub(crate) fn flush(py: Python<'_>) -> PyResult<()> {

@@ -2,11 +2,14 @@
 traceback in the error log; the worker (nginx) or child (Apache) always survives and keeps
 serving."""
 import re
+import socket
+import subprocess
+import time
 
 import pytest
 import requests
 
-from conftest import APPS, location, raw_request, route
+from conftest import APPS, location, raw_request, route, wait_for
 
 APP = APPS / "misbehaving.py"
 
@@ -173,3 +176,26 @@ def test_entries_from_python_threads_reach_a_syslog_error_log(nginx_factory):
     lines = [m for m in received if "wsgi.errors: a line for the error log" in m]
     assert lines and all("ngxwsgi:" in m for m in lines), received[:5]
     assert "exited on signal" not in server.error_log()
+
+
+def test_print_reaches_the_error_log_where_standard_output_is_dev_null(nginx_factory):
+    """nginx's daemon points the workers' standard output at /dev/null: what an app prints is
+    logged instead (an entry per line, with the request's id), not lost."""
+    server = nginx_factory(location("/", APPS / "printer.py"))
+    server.stderr = open(server.prefix / "stderr.log", "wb")
+    server.proc = subprocess.Popen([server.binary, "-p", str(server.prefix), "-c", str(server.conf)],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=server.stderr)
+    def serving():
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+        except OSError:
+            return False
+        return bool(server.worker_pids())
+    wait_for(serving, what="the server")
+    r = requests.get(server.url("/page"), timeout=10)
+    assert (r.status_code, r.text) == (200, "False utf-8 2")
+    log = server.error_log()
+    assert re.search(r"\[error\] \d+#\d+: sys.stdout: printed at import$", log, re.M), log[-2000:]
+    assert re.search(r"sys.stdout: printed for /page, request_id: [0-9a-f]{32}$", log, re.M)
+    assert re.search(r"sys.stdout: no newline yet, request_id: [0-9a-f]{32}$", log, re.M), "flush() logs it"
+    assert "sys.stdout: printed by a thread" in log

@@ -1,0 +1,19 @@
+"""print() and sys.stderr from an app, at import, per request and from a thread: where a daemon's
+standard output is /dev/null they reach the error log. faulthandler needs a descriptor."""
+import faulthandler
+import sys
+import threading
+
+faulthandler.enable()
+print("printed at import")
+
+
+def application(environ, start_response):
+    print("printed for", environ["PATH_INFO"])
+    print("no newline yet", end="")
+    sys.stdout.flush()
+    thread = threading.Thread(target=print, args=("printed by a thread",))
+    thread.start()
+    thread.join()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"{sys.stdout.isatty()} {sys.stdout.encoding} {sys.stderr.fileno()}".encode()]
