@@ -164,6 +164,17 @@ impl ErrorStream {
         true
     }
 
+    /// Bytes written here go out as the text's do (decoded as UTF-8); `wsgi.errors` has none.
+    #[getter]
+    fn buffer(&self, py: Python<'_>) -> PyResult<Py<ByteStream>> {
+        match self.name {
+            StreamName::WsgiErrors => Err(pyo3::exceptions::PyAttributeError::new_err(
+                "wsgi.errors has no buffer",
+            )),
+            name => Py::new(py, ByteStream { name }),
+        }
+    }
+
     #[getter]
     fn name(&self) -> &'static str {
         match self.name {
@@ -171,5 +182,57 @@ impl ErrorStream {
             StreamName::Stdout => "<stdout>",
             StreamName::Stderr => "<stderr>",
         }
+    }
+}
+
+/// The `buffer` of a stand-in `sys.stdout` or `sys.stderr`: code that writes bytes there
+/// (click's `echo` of bytes) goes to the same log lines.
+#[pyclass(module = "ngx_wsgi", name = "ErrorByteStream", frozen)]
+pub struct ByteStream {
+    name: StreamName,
+}
+
+#[pymethods]
+impl ByteStream {
+    fn write(&self, data: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let data: Vec<u8> = data.extract().map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err(format!(
+                "a bytes-like object is required, not {}",
+                crate::response::type_name(data)
+            ))
+        })?;
+        emit_lines(self.name, &String::from_utf8_lossy(&data));
+        Ok(data.len())
+    }
+
+    fn flush(&self) {
+        flush_one(self.name);
+    }
+
+    fn writable(&self) -> bool {
+        true
+    }
+
+    fn readable(&self) -> bool {
+        false
+    }
+
+    fn seekable(&self) -> bool {
+        false
+    }
+
+    fn isatty(&self) -> bool {
+        false
+    }
+
+    fn fileno(&self) -> PyResult<i32> {
+        self.name
+            .fd()
+            .ok_or_else(|| pyo3::exceptions::PyOSError::new_err("no file descriptor"))
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        false
     }
 }

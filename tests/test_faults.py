@@ -199,3 +199,4 @@ def test_print_reaches_the_error_log_where_standard_output_is_dev_null(nginx_fac
     assert re.search(r"sys.stdout: printed for /page, request_id: [0-9a-f]{32}$", log, re.M)
     assert re.search(r"sys.stdout: no newline yet, request_id: [0-9a-f]{32}$", log, re.M), "flush() logs it"
     assert "sys.stdout: printed by a thread" in log
+    assert "sys.stdout: bytes written, caf\u00e9, request_id:" in log

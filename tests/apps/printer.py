@@ -10,6 +10,7 @@ print("printed at import")
 
 def application(environ, start_response):
     print("printed for", environ["PATH_INFO"])
+    sys.stdout.buffer.write("bytes written, caf\u00e9\n".encode())
     print("no newline yet", end="")
     sys.stdout.flush()
     thread = threading.Thread(target=print, args=("printed by a thread",))
