@@ -160,11 +160,14 @@ pub fn finalize(timeout: std::time::Duration) -> Result<Finalized, String> {
                 "Python threads still running after {left}; the process exits without \
                  finalising Python (atexit handlers ran)\n{stacks}"
             );
+            let _deadline = ExitDeadline::start(timeout, "the atexit handlers");
             run_exit_handlers(py);
             return Ok(Finalized::ThreadsLeft);
         }
         Err(e) => tracing::error!(target: "wsgi", "joining the app's threads at exit failed: {e}"),
     }
+    let _deadline =
+        ExitDeadline::start(timeout, "Python's finalisation (atexit handlers included)");
     // SAFETY: the GIL is held by this, the initialising, thread. Py_FinalizeEx joins what is left
     // of the non-daemon threads (none, or threads started meanwhile) and runs atexit handlers.
     let rc = unsafe { ffi::Py_FinalizeEx() };
@@ -172,6 +175,50 @@ pub fn finalize(timeout: std::time::Duration) -> Result<Finalized, String> {
         Ok(Finalized::Cleanly)
     } else {
         Err("Python finalisation reported an error (buffered data could not be flushed)".into())
+    }
+}
+
+/// Ends the process if what runs after the app's threads were waited for (`atexit` handlers,
+/// Python's teardown) has not ended within the shutdown timeout: a handler that waits for a
+/// stuck thread (`ThreadPoolExecutor.shutdown(wait=True)`) would otherwise keep the exiting
+/// process, an old nginx worker, for ever. Dropping it cancels it.
+struct ExitDeadline(Option<std::sync::mpsc::Sender<()>>);
+
+impl ExitDeadline {
+    fn start(within: std::time::Duration, what: &'static str) -> ExitDeadline {
+        let within = within.max(std::time::Duration::from_secs(1));
+        let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
+        let watch = move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = cancelled.recv_timeout(within)
+            {
+                let setting = SHUTDOWN_WHAT
+                    .get()
+                    .map_or("the shutdown timeout", |w| w.as_str());
+                tracing::error!(
+                    target: "wsgi",
+                    "{what} still running after {setting} ({} ms); the process exits now",
+                    within.as_millis()
+                );
+                // SAFETY: ends the process without running anything more of it (the thread
+                // that runs Python's exit is stuck).
+                unsafe { libc::_exit(1) };
+            }
+        };
+        match std::thread::Builder::new()
+            .name("wsgi-exit".into())
+            .spawn(watch)
+        {
+            Ok(_) => ExitDeadline(Some(cancel)),
+            // No thread for it: the exit goes on unwatched, as before.
+            Err(_) => ExitDeadline(None),
+        }
+    }
+}
+
+impl Drop for ExitDeadline {
+    fn drop(&mut self) {
+        // Disconnecting wakes the watcher, which then returns.
+        self.0.take();
     }
 }
 
@@ -184,7 +231,9 @@ def _join(timeout, what):
     deadline = time.monotonic() + timeout
     main = threading.main_thread()
     def left():
-        return [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
+        me = threading.current_thread()  # not main_thread() when eventlet patched threading
+        return [t for t in threading.enumerate()
+                if t is not main and t is not me and not t.daemon and t.is_alive()]
     while True:
         alive = left()
         remaining = deadline - time.monotonic()

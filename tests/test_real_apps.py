@@ -369,3 +369,24 @@ def test_a_stuck_app_thread_cannot_hold_a_stop_on_either_server(wsgi_factory):
     assert "metrics-pusher" in log
     assert any(p.name.startswith("atexit-") for p in tmp_path.iterdir()), "atexit handlers ran"
     assert "exited on signal" not in log and "Segmentation" not in log
+
+
+@pytest.mark.parametrize("how", ["atexit", "executor"])
+def test_an_atexit_handler_that_never_returns_cannot_hold_a_stop(wsgi_factory, how):
+    # After the app's threads, its atexit handlers (and Python's teardown) get the shutdown
+    # timeout too; then the process ends. Before, the old worker stayed for ever.
+    server = wsgi_factory(
+        [route("/", APPS / "stuck_exit.py")],
+        nginx={"http_extra": "wsgi_shutdown_timeout 1s;"},
+        apache={"server_extra": "NgxWsgiShutdownTimeout 1s"},
+    ).start()
+    assert requests.get(server.url(f"/?{how}")).text == "registered"
+    how_to_stop = signal.SIGQUIT if server.kind == "nginx" else signal.SIGWINCH
+    assert server.stop(sig=how_to_stop, timeout=60) == 0, "the stop completed (not killed)"
+    log = server.error_log()
+    name = "wsgi_shutdown_timeout" if server.kind == "nginx" else "NgxWsgiShutdownTimeout"
+    # The executor's thread, started on a server thread, is a daemon: Python's finalisation
+    # joins it through the executor's own exit hook.
+    what = "Python's finalisation (atexit handlers included)"
+    assert f"{what} still running after {name} (1000 ms); the process exits now" in log, log[-3000:]
+    assert "exited on signal" not in log and "Segmentation" not in log
