@@ -23,6 +23,15 @@
 
 use std::mem::MaybeUninit;
 
+/// What a thread's own fault raises: the servers' threads keep them deliverable.
+const FAULTS: [libc::c_int; 5] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGFPE,
+    libc::SIGILL,
+    libc::SIGABRT,
+];
+
 /// Signals a process can catch (1..=31; real-time signals are left alone).
 const CATCHABLE: std::ops::RangeInclusive<libc::c_int> = 1..=31;
 
@@ -42,12 +51,16 @@ impl ServerSignals {
     }
 
     /// Puts back the handlers changed since [`note`](Self::note); returns the names of the
-    /// signals that were changed.
+    /// signals that were changed. A fault's handler (`faulthandler.enable()`: the Python stacks
+    /// of a crash in a C extension) stays where the server had none.
     pub fn restore(&self) -> Vec<&'static str> {
         let mut changed = Vec::new();
         for (sig, before) in &self.saved {
             let Some(now) = current(*sig) else { continue };
             if now.sa_sigaction == before.sa_sigaction {
+                continue;
+            }
+            if FAULTS.contains(sig) && before.sa_sigaction == libc::SIG_DFL {
                 continue;
             }
             // SAFETY: `before` is a disposition the kernel gave us for this signal.
@@ -152,13 +165,7 @@ where
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut set);
-        for fault in [
-            libc::SIGSEGV,
-            libc::SIGBUS,
-            libc::SIGFPE,
-            libc::SIGILL,
-            libc::SIGABRT,
-        ] {
+        for fault in FAULTS {
             libc::sigdelset(&mut set, fault);
         }
         let mut old: libc::sigset_t = std::mem::zeroed();

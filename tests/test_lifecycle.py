@@ -221,3 +221,26 @@ def test_a_crashed_worker_is_replaced_and_the_others_keep_serving(nginx_factory)
     assert crash in server.error_log()
     for i in range(10):
         assert requests.get(server.url(f"/ok{i}"), timeout=10).text == f"/ok{i}"
+
+
+def test_faulthandler_at_import_logs_the_python_stack_of_a_crash(nginx_factory):
+    # nginx sets no handler for faults: the app's faulthandler keeps them, and a crash in C code
+    # says where Python was (under AddressSanitizer the sanitizer's own handler stays).
+    server = nginx_factory(location("/", APPS / "crasher.py")).start()
+    assert requests.get(server.url("/"), timeout=10).text == "alive"
+    with pytest.raises(requests.ConnectionError):
+        requests.get(server.url("/?crash"), timeout=10)
+    wait_for(lambda: "exited on signal" in server.error_log() or "exited with code" in server.error_log(),
+             what="the crash")
+    log = server.error_log()
+    assert "an app set a handler for SIGSEGV" not in log
+    if "ASAN_OPTIONS" not in os.environ:
+        assert "Fatal Python error: Segmentation fault" in log, log[-3000:]
+        assert re.search(r'File ".*crasher.py", line \d+ in crash_in_c_code', log), log[-3000:]
+        assert "exited on signal 11" in log
+    def alive():
+        try:
+            return requests.get(server.url("/"), timeout=10).text == "alive"
+        except requests.ConnectionError:
+            return False
+    wait_for(alive, what="a new worker")
