@@ -193,6 +193,27 @@ fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyAny>>
     Ok(module)
 }
 
+/// Which green-thread library, if any, monkey-patched `threading` (gevent's or eventlet's
+/// `patch_all()` in an app written for `gunicorn -k gevent`).
+fn green_threads(py: Python<'_>) -> Option<&'static str> {
+    let modules = py.import("sys").ok()?.getattr("modules").ok()?;
+    let patched = |module: &str, check: &str, name: &str| -> bool {
+        modules
+            .get_item(module)
+            .ok()
+            .and_then(|m| m.call_method1(check, (name,)).ok())
+            .and_then(|r| r.is_truthy().ok())
+            .unwrap_or(false)
+    };
+    if patched("gevent.monkey", "is_module_patched", "threading") {
+        Some("gevent's monkey-patching")
+    } else if patched("eventlet.patcher", "is_monkey_patched", "thread") {
+        Some("eventlet's monkey-patching")
+    } else {
+        None
+    }
+}
+
 /// The apps of this process, in the order the server configured them.
 pub struct Apps;
 
@@ -211,6 +232,16 @@ impl Apps {
                 .collect::<Result<Vec<_>, _>>()?;
             if let Err(e) = crate::logging_bridge::install_if_unconfigured(py) {
                 tracing::warn!(target: "wsgi", "cannot route Python logging to the server's log: {e}");
+            }
+            if let Some(patcher) = green_threads(py) {
+                tracing::warn!(
+                    target: "wsgi",
+                    "{patcher} replaced Python's threading while the apps were imported: threads \
+                     the app starts (its own, a Sentry or OpenTelemetry exporter's) are greenlets \
+                     that never run here, and its subprocesses may fail; the server runs each \
+                     request on a thread of its own, so drop the monkey-patching (it is for \
+                     servers that run requests as greenlets)"
+                );
             }
             Ok(apps)
         });

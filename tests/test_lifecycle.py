@@ -244,3 +244,11 @@ def test_faulthandler_at_import_logs_the_python_stack_of_a_crash(nginx_factory):
         except requests.ConnectionError:
             return False
     wait_for(alive, what="a new worker")
+
+
+def test_gevent_monkey_patching_at_import_is_warned_about(nginx_factory):
+    server = nginx_factory(location("/", APPS / "green_patched.py")).start()
+    assert requests.get(server.url("/"), timeout=10).text == "served"
+    assert re.search(r"\[warn\] .*wsgi: gevent's monkey-patching replaced Python's threading while the apps "
+                     r"were imported: threads the app starts .* are greenlets that never run here",
+                     server.error_log()), server.error_log()[-2000:]
