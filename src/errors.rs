@@ -40,11 +40,17 @@ impl StreamName {
 #[derive(Default)]
 pub struct ErrorStream {
     name: StreamName,
+    /// The `buffer` of a stand-in `sys.stdout` or `sys.stderr`: it takes bytes (click's `echo`
+    /// of bytes), decoded as UTF-8.
+    binary: bool,
 }
 
 impl ErrorStream {
     pub(crate) fn new(name: StreamName) -> Self {
-        ErrorStream { name }
+        ErrorStream {
+            name,
+            binary: false,
+        }
     }
 }
 
@@ -98,6 +104,16 @@ pub fn flush_thread() {
 #[pymethods]
 impl ErrorStream {
     fn write(&self, text: &Bound<'_, PyAny>) -> PyResult<usize> {
+        if self.binary {
+            let data: Vec<u8> = text.extract().map_err(|_| {
+                pyo3::exceptions::PyTypeError::new_err(format!(
+                    "a bytes-like object is required, not {}",
+                    crate::response::type_name(text)
+                ))
+            })?;
+            emit_lines(self.name, &String::from_utf8_lossy(&data));
+            return Ok(data.len());
+        }
         let text = text.cast::<PyString>().map_err(|_| {
             pyo3::exceptions::PyTypeError::new_err(format!(
                 "wsgi.errors.write() argument must be str, not {}",
@@ -166,13 +182,17 @@ impl ErrorStream {
 
     /// Bytes written here go out as the text's do (decoded as UTF-8); `wsgi.errors` has none.
     #[getter]
-    fn buffer(&self, py: Python<'_>) -> PyResult<Py<ByteStream>> {
-        match self.name {
-            StreamName::WsgiErrors => Err(pyo3::exceptions::PyAttributeError::new_err(
-                "wsgi.errors has no buffer",
-            )),
-            name => Py::new(py, ByteStream { name }),
+    fn buffer(&self, py: Python<'_>) -> PyResult<Py<ErrorStream>> {
+        if self.name == StreamName::WsgiErrors || self.binary {
+            return Err(pyo3::exceptions::PyAttributeError::new_err("no buffer"));
         }
+        Py::new(
+            py,
+            ErrorStream {
+                name: self.name,
+                binary: true,
+            },
+        )
     }
 
     #[getter]
@@ -182,57 +202,5 @@ impl ErrorStream {
             StreamName::Stdout => "<stdout>",
             StreamName::Stderr => "<stderr>",
         }
-    }
-}
-
-/// The `buffer` of a stand-in `sys.stdout` or `sys.stderr`: code that writes bytes there
-/// (click's `echo` of bytes) goes to the same log lines.
-#[pyclass(module = "ngx_wsgi", name = "ErrorByteStream", frozen)]
-pub struct ByteStream {
-    name: StreamName,
-}
-
-#[pymethods]
-impl ByteStream {
-    fn write(&self, data: &Bound<'_, PyAny>) -> PyResult<usize> {
-        let data: Vec<u8> = data.extract().map_err(|_| {
-            pyo3::exceptions::PyTypeError::new_err(format!(
-                "a bytes-like object is required, not {}",
-                crate::response::type_name(data)
-            ))
-        })?;
-        emit_lines(self.name, &String::from_utf8_lossy(&data));
-        Ok(data.len())
-    }
-
-    fn flush(&self) {
-        flush_one(self.name);
-    }
-
-    fn writable(&self) -> bool {
-        true
-    }
-
-    fn readable(&self) -> bool {
-        false
-    }
-
-    fn seekable(&self) -> bool {
-        false
-    }
-
-    fn isatty(&self) -> bool {
-        false
-    }
-
-    fn fileno(&self) -> PyResult<i32> {
-        self.name
-            .fd()
-            .ok_or_else(|| pyo3::exceptions::PyOSError::new_err("no file descriptor"))
-    }
-
-    #[getter]
-    fn closed(&self) -> bool {
-        false
     }
 }
