@@ -193,6 +193,22 @@ fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyAny>>
     Ok(module)
 }
 
+/// The faults (SIGSEGV...) whose handler is a Python function (`signal.signal`), not one written
+/// in C (`faulthandler`, which Python's `signal.getsignal` does not see).
+fn python_fault_handlers(py: Python<'_>) -> Vec<libc::c_int> {
+    let Ok(signal) = py.import("signal") else {
+        return Vec::new();
+    };
+    crate::signals::FAULTS
+        .into_iter()
+        .filter(|&sig| {
+            signal
+                .call_method1("getsignal", (sig,))
+                .is_ok_and(|h| h.is_callable())
+        })
+        .collect()
+}
+
 /// Which green-thread library, if any, monkey-patched `threading` (gevent's or eventlet's
 /// `patch_all()` in an app written for `gunicorn -k gevent`).
 fn green_threads(py: Python<'_>) -> Option<&'static str> {
@@ -233,6 +249,7 @@ impl Apps {
             if let Err(e) = crate::logging_bridge::install_if_unconfigured(py) {
                 tracing::warn!(target: "wsgi", "cannot route Python logging to the server's log: {e}");
             }
+            let python_faults = python_fault_handlers(py);
             if let Some(patcher) = green_threads(py) {
                 tracing::warn!(
                     target: "wsgi",
@@ -243,16 +260,17 @@ impl Apps {
                      servers that run requests as greenlets)"
                 );
             }
-            Ok(apps)
+            Ok((apps, python_faults))
         });
-        for signal in server_signals.restore() {
+        let python_faults = apps.as_ref().map_or(Vec::new(), |(_, f)| f.clone());
+        for signal in server_signals.restore(&python_faults) {
             tracing::warn!(
                 target: "wsgi",
                 "an app set a handler for {signal} while it was imported; the server keeps its own \
                  (the server's processes handle their signals, and a Python handler there would never run)"
             );
         }
-        let apps = apps?;
+        let (apps, _) = apps?;
         LOADED
             .set(apps)
             .map_err(|_| (0, "the apps of this process were already loaded".to_owned()))

@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 
 use pyo3::prelude::*;
-use pyo3::types::PyString;
+use pyo3::types::{PyBytes, PyString};
 
 /// Which stream a text goes out as: its log entries begin with its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,12 +69,12 @@ fn log_line(name: StreamName, line: &str, suffix: &str) {
     }
 }
 
-fn emit_lines(name: StreamName, text: &str) {
+fn emit_lines(py: Python<'_>, name: StreamName, text: &str) {
     PENDING.with_borrow_mut(|all| {
         let pending = &mut all[name as usize];
         pending.push_str(text);
         if let Some(end) = pending.rfind('\n') {
-            let suffix = crate::logging_bridge::request_suffix();
+            let suffix = crate::logging_bridge::python_suffix(py);
             for line in pending[..end].split('\n') {
                 log_line(name, line, &suffix);
             }
@@ -83,11 +83,11 @@ fn emit_lines(name: StreamName, text: &str) {
     });
 }
 
-fn flush_one(name: StreamName) {
+fn flush_one(name: StreamName, suffix: impl FnOnce() -> String) {
     PENDING.with_borrow_mut(|all| {
         let pending = &mut all[name as usize];
         if !pending.is_empty() {
-            let suffix = crate::logging_bridge::request_suffix();
+            let suffix = suffix();
             log_line(name, pending.as_str(), &suffix);
             pending.clear();
         }
@@ -97,21 +97,29 @@ fn flush_one(name: StreamName) {
 /// Logs what the calling thread wrote without a final newline (at the end of a request).
 pub fn flush_thread() {
     for name in StreamName::ALL {
-        flush_one(name);
+        flush_one(name, crate::logging_bridge::request_suffix);
     }
 }
 
 #[pymethods]
 impl ErrorStream {
     fn write(&self, text: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let py = text.py();
         if self.binary {
-            let data: Vec<u8> = text.extract().map_err(|_| {
-                pyo3::exceptions::PyTypeError::new_err(format!(
-                    "a bytes-like object is required, not {}",
-                    crate::response::type_name(text)
-                ))
-            })?;
-            emit_lines(self.name, &String::from_utf8_lossy(&data));
+            // bytes() takes any bytes-like object (bytearray, memoryview) in one copy.
+            let data = py
+                .get_type::<PyBytes>()
+                .call1((text,))
+                .ok()
+                .filter(|_| !text.is_instance_of::<PyString>())
+                .ok_or_else(|| {
+                    pyo3::exceptions::PyTypeError::new_err(format!(
+                        "a bytes-like object is required, not {}",
+                        crate::response::type_name(text)
+                    ))
+                })?;
+            let data = data.cast::<PyBytes>()?.as_bytes();
+            emit_lines(py, self.name, &String::from_utf8_lossy(data));
             return Ok(data.len());
         }
         let text = text.cast::<PyString>().map_err(|_| {
@@ -121,7 +129,7 @@ impl ErrorStream {
             ))
         })?;
         let s = text.to_cow()?;
-        emit_lines(self.name, &s);
+        emit_lines(py, self.name, &s);
         Ok(s.chars().count())
     }
 
@@ -132,8 +140,8 @@ impl ErrorStream {
         Ok(())
     }
 
-    fn flush(&self) {
-        flush_one(self.name);
+    fn flush(&self, py: Python<'_>) {
+        flush_one(self.name, || crate::logging_bridge::python_suffix(py));
     }
 
     fn writable(&self) -> bool {
@@ -154,10 +162,16 @@ impl ErrorStream {
 
     /// The descriptor it stands in for, so that `faulthandler.enable()` and the like still
     /// work; `wsgi.errors` has none.
-    fn fileno(&self) -> PyResult<i32> {
-        self.name.fd().ok_or_else(|| {
-            pyo3::exceptions::PyOSError::new_err("wsgi.errors has no file descriptor")
-        })
+    fn fileno(&self, py: Python<'_>) -> PyResult<i32> {
+        match self.name.fd() {
+            Some(fd) => Ok(fd),
+            // As io's streams without one say it.
+            None => Err(PyErr::from_value(
+                py.import("io")?
+                    .getattr("UnsupportedOperation")?
+                    .call1(("wsgi.errors has no file descriptor",))?,
+            )),
+        }
     }
 
     #[getter]

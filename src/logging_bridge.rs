@@ -68,12 +68,20 @@ fn context_suffix(py: Python<'_>) -> String {
     }
 }
 
+/// `, request_id: ID` for the request this thread (WSGI) or this context (an ASGI task) serves,
+/// if any.
+pub(crate) fn python_suffix(py: Python<'_>) -> String {
+    let suffix = request_suffix();
+    if suffix.is_empty() {
+        context_suffix(py)
+    } else {
+        suffix
+    }
+}
+
 #[pyfunction]
 fn emit(py: Python<'_>, level: i32, name: &str, message: &str) {
-    let mut suffix = request_suffix();
-    if suffix.is_empty() {
-        suffix = context_suffix(py);
-    }
+    let suffix = python_suffix(py);
     match level {
         l if l >= 40 => tracing::error!(target: "python", "{name}: {message}{suffix}"),
         l if l >= 30 => tracing::warn!(target: "python", "{name}: {message}{suffix}"),

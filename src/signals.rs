@@ -24,7 +24,7 @@
 use std::mem::MaybeUninit;
 
 /// What a thread's own fault raises: the servers' threads keep them deliverable.
-const FAULTS: [libc::c_int; 5] = [
+pub(crate) const FAULTS: [libc::c_int; 5] = [
     libc::SIGSEGV,
     libc::SIGBUS,
     libc::SIGFPE,
@@ -51,16 +51,18 @@ impl ServerSignals {
     }
 
     /// Puts back the handlers changed since [`note`](Self::note); returns the names of the
-    /// signals that were changed. A fault's handler (`faulthandler.enable()`: the Python stacks
-    /// of a crash in a C extension) stays where the server had none.
-    pub fn restore(&self) -> Vec<&'static str> {
+    /// signals that were changed. A fault's handler written in C stays (`faulthandler.enable()`:
+    /// it writes the Python stacks of a crash in a C extension, then hands the fault on to the
+    /// handler it replaced); one of Python's (`python_faults`) does not: it would return to the
+    /// faulting instruction for ever.
+    pub fn restore(&self, python_faults: &[libc::c_int]) -> Vec<&'static str> {
         let mut changed = Vec::new();
         for (sig, before) in &self.saved {
             let Some(now) = current(*sig) else { continue };
             if now.sa_sigaction == before.sa_sigaction {
                 continue;
             }
-            if FAULTS.contains(sig) && before.sa_sigaction == libc::SIG_DFL {
+            if FAULTS.contains(sig) && !python_faults.contains(sig) {
                 continue;
             }
             // SAFETY: `before` is a disposition the kernel gave us for this signal.
@@ -221,9 +223,9 @@ mod tests {
         let noted = ServerSignals::note();
         // SAFETY: SIG_IGN for SIGURG changes nothing this test process relies on.
         unsafe { libc::signal(libc::SIGURG, libc::SIG_IGN) };
-        assert_eq!(noted.restore(), vec!["SIGURG"]);
+        assert_eq!(noted.restore(&[]), vec!["SIGURG"]);
         let after = current(libc::SIGURG).unwrap();
         assert_eq!(after.sa_sigaction, before.sa_sigaction);
-        assert!(noted.restore().is_empty(), "nothing changed since");
+        assert!(noted.restore(&[]).is_empty(), "nothing changed since");
     }
 }

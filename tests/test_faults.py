@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, location, raw_request, route, wait_for
+from conftest import APPS, asgi_location, location, raw_request, route, wait_for
 
 APP = APPS / "misbehaving.py"
 
@@ -181,7 +181,8 @@ def test_entries_from_python_threads_reach_a_syslog_error_log(nginx_factory):
 def test_print_reaches_the_error_log_where_standard_output_is_dev_null(nginx_factory):
     """nginx's daemon points the workers' standard output at /dev/null: what an app prints is
     logged instead (an entry per line, with the request's id), not lost."""
-    server = nginx_factory(location("/", APPS / "printer.py"))
+    server = nginx_factory(location("/", APPS / "printer.py")
+                           + asgi_location("/asgi/", f"{APPS / 'printer.py'}:asgi_app"))
     server.stderr = open(server.prefix / "stderr.log", "wb")
     server.proc = subprocess.Popen([server.binary, "-p", str(server.prefix), "-c", str(server.conf)],
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=server.stderr)
@@ -200,3 +201,6 @@ def test_print_reaches_the_error_log_where_standard_output_is_dev_null(nginx_fac
     assert re.search(r"sys.stdout: no newline yet, request_id: [0-9a-f]{32}$", log, re.M), "flush() logs it"
     assert "sys.stdout: printed by a thread" in log
     assert "sys.stdout: bytes written, caf\u00e9, request_id:" in log
+    assert requests.get(server.url("/asgi/x"), timeout=10).text == "printed"
+    wait_for(lambda: re.search(r"sys.stdout: printed by an ASGI task for /asgi/x, request_id: [0-9a-f]{32}$",
+                               server.error_log(), re.M), what="the ASGI task's line, with its request's id")

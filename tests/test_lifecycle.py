@@ -246,6 +246,15 @@ def test_faulthandler_at_import_logs_the_python_stack_of_a_crash(nginx_factory):
     wait_for(alive, what="a new worker")
 
 
+def test_a_python_handler_for_sigsegv_is_put_back_and_a_crash_still_ends_the_worker(nginx_factory):
+    server = nginx_factory(location("/", APPS / "python_segv.py")).start()
+    assert "an app set a handler for SIGSEGV while it was imported" in server.error_log()
+    with pytest.raises(requests.exceptions.RequestException):
+        requests.get(server.url("/?crash"), timeout=10)
+    wait_for(lambda: "exited on signal 11" in server.error_log() or "exited with code 1" in server.error_log(),
+             what="the worker's death (not a fault repeated for ever)")
+
+
 def test_gevent_monkey_patching_at_import_is_warned_about(nginx_factory):
     server = nginx_factory(location("/", APPS / "green_patched.py")).start()
     assert requests.get(server.url("/"), timeout=10).text == "served"

@@ -18,3 +18,11 @@ def application(environ, start_response):
     thread.join()
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [f"{sys.stdout.isatty()} {sys.stdout.encoding} {sys.stderr.fileno()}".encode()]
+
+
+async def asgi_app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    print("printed by an ASGI task for", scope["path"])
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"printed"})
