@@ -248,6 +248,7 @@ def test_faulthandler_at_import_logs_the_python_stack_of_a_crash(nginx_factory):
 
 def test_a_python_handler_for_sigsegv_is_put_back_and_a_crash_still_ends_the_worker(nginx_factory):
     server = nginx_factory(location("/", APPS / "python_segv.py")).start()
+    assert requests.get(server.url("/"), timeout=10).text == "alive"
     assert "an app set a handler for SIGSEGV while it was imported" in server.error_log()
     with pytest.raises(requests.exceptions.RequestException):
         requests.get(server.url("/?crash"), timeout=10)
