@@ -105,14 +105,19 @@ pub fn check_apps(
             libc::close_range(4, libc::c_uint::MAX, 0);
             fd
         };
+        crate::server_log::to_standard_error_only();
         let report = std::panic::catch_unwind(|| child_report(settings, specs, setup, report_fd))
             .unwrap_or_else(|_| "Pthe check panicked\0".to_owned());
-        // SAFETY: the report pipe's write end; _exit skips the server's atexit handlers and
-        // stdio buffers, which belong to the parent.
-        unsafe {
-            crate::log_text::write_all(report_fd, report.as_bytes());
-            libc::_exit(0);
-        }
+        crate::log_text::write_all(report_fd, report.as_bytes());
+        // SAFETY: the report pipe's write end, written in full: the parent has its answer.
+        unsafe { libc::close(report_fd) };
+        // The apps' atexit handlers run, as in any Python process that imported them and ends;
+        // what they do cannot change the check's answer.
+        let _ =
+            std::panic::catch_unwind(|| interpreter::exit_as_python_would(shutdown_timeout(setup)));
+        // SAFETY: _exit skips the server's own atexit handlers and stdio buffers, which belong
+        // to the parent.
+        unsafe { libc::_exit(0) };
     }
     // SAFETY: the write end belongs to the child now; the read end is owned by the File below.
     unsafe { libc::close(write_fd) };
@@ -128,8 +133,10 @@ pub fn check_apps(
         // SAFETY: `pid` is our child; it is killed and reaped below.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
-    let status = wait_for(pid);
     let (mut errors, finished) = parse_report(&report);
+    // A child that got through every app runs their atexit handlers, bounded by the shutdown
+    // timeout; a margin later it is killed.
+    let status = wait_for(pid, shutdown_timeout(setup) + EXIT_MARGIN);
     match read {
         Reading::Done => {}
         Reading::Failed(e) => errors.push(CheckError::Process(format!(
@@ -153,7 +160,7 @@ pub fn check_apps(
             return Err(errors);
         }
     }
-    if let Some(status) = status {
+    if let Some(status) = status.filter(|_| !finished) {
         if libc::WIFSIGNALED(status) {
             errors.push(CheckError::Process(format!(
                 "the check process died from signal {} while starting Python or importing the app",
@@ -259,13 +266,38 @@ fn last_started(report: &str) -> Option<Stage> {
     })
 }
 
-fn wait_for(pid: libc::pid_t) -> Option<libc::c_int> {
+/// How long after its shutdown timeout a check child that finished its report may still run its
+/// apps' atexit handlers (its own deadline ends it first).
+const EXIT_MARGIN: Duration = Duration::from_secs(2);
+
+fn shutdown_timeout(setup: &WorkerSetup) -> Duration {
+    if setup.shutdown_timeout.is_zero() {
+        interpreter::DEFAULT_SHUTDOWN_TIMEOUT
+    } else {
+        setup.shutdown_timeout
+    }
+}
+
+/// The child's status once it ends; killed when it has not within `within`.
+fn wait_for(pid: libc::pid_t, within: Duration) -> Option<libc::c_int> {
+    let deadline = Instant::now() + within;
     let mut status = 0;
     loop {
+        let flags = if Instant::now() < deadline {
+            libc::WNOHANG
+        } else {
+            // SAFETY: `pid` is our child, not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            0
+        };
         // SAFETY: `status` is a valid out pointer; `pid` is our child.
-        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        let rc = unsafe { libc::waitpid(pid, &mut status, flags) };
         if rc == pid {
             return Some(status);
+        }
+        if rc == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
         }
         if rc < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
             continue;
@@ -323,16 +355,11 @@ fn child_report(
                 // server takes the configuration, while the running workers keep serving.
                 Ok(app) if spec.kind == crate::app::AppKind::Asgi => {
                     crate::log_text::write_all(progress, format!("L{i}\0").as_bytes());
-                    let shutdown_within = if setup.shutdown_timeout.is_zero() {
-                        interpreter::DEFAULT_SHUTDOWN_TIMEOUT
-                    } else {
-                        setup.shutdown_timeout
-                    };
                     if let Some(e) = crate::asgi::event_loop::check_lifespan(
                         py,
                         app.bind(py),
                         setup.asgi_loop,
-                        shutdown_within,
+                        shutdown_timeout(setup),
                     ) {
                         out.push_str(&format!("A{i}:{e}\0"));
                     }

@@ -277,6 +277,17 @@ pub fn name_shutdown_timeout(name: &str) {
     let _ = SHUTDOWN_WHAT.set(name.to_owned());
 }
 
+/// What a Python process does as it exits, for the configuration check's child, which then ends
+/// without finalising: the apps' `atexit` handlers (a prometheus_client multiprocess app removes
+/// its process's files in one), bounded by `within`, and the standard streams flushed.
+pub(crate) fn exit_as_python_would(within: std::time::Duration) {
+    if !is_running() {
+        return;
+    }
+    let _deadline = ExitDeadline::start(within, "the atexit handlers");
+    attach(run_exit_handlers);
+}
+
 /// `atexit` handlers and flushed standard streams, for a process that ends without
 /// `Py_FinalizeEx`.
 fn run_exit_handlers(py: Python<'_>) {

@@ -22,6 +22,16 @@ pub fn install(log: impl ErrorLog) {
     let _ = tracing::subscriber::set_global_default(Routed(log));
 }
 
+/// From now on this process's entries go to its standard error alone, never to the server's log
+/// files: for the configuration check's child, which closed the server's descriptors (the numbers
+/// of its log files may already name files the app opened, or the check's report pipe).
+pub fn to_standard_error_only() {
+    STANDARD_ERROR_ONLY.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+static STANDARD_ERROR_ONLY: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// The text of a caught panic's payload.
 pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     payload
@@ -73,10 +83,19 @@ impl<L: ErrorLog> Subscriber for Routed<L> {
         let mut message = Message::default();
         event.record(&mut message);
         let target = event.metadata().target();
-        self.0.write(
-            event.metadata().level(),
-            &format!("{target}: {}", message.0),
-        );
+        let level = event.metadata().level();
+        if STANDARD_ERROR_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+            // SAFETY: plain syscall.
+            let pid = unsafe { libc::getpid() };
+            let line = format!(
+                "[{}] {target} (configuration check, pid {pid}): {}\n",
+                level.as_str().to_ascii_lowercase(),
+                message.0.trim_end()
+            );
+            crate::log_text::write_all(libc::STDERR_FILENO, line.as_bytes());
+            return;
+        }
+        self.0.write(level, &format!("{target}: {}", message.0));
     }
 
     fn enter(&self, _span: &Id) {}

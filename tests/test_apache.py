@@ -153,7 +153,9 @@ def test_app_imported_in_the_child_at_start_and_finalized_at_exit(apaches):
     server.send_signal(signal.SIGWINCH)  # graceful stop
     server.proc.wait(timeout=30)
     assert server.proc.returncode == 0
-    assert marks(d, "finalized") == [child], "atexit handlers ran: the child finalised Python"
+    assert child in marks(d, "finalized"), "atexit handlers ran: the child finalised Python"
+    # So did the configuration check's processes, which imported it too.
+    assert marks(d, "finalized") == marks(d, "imported")
     assert "Segmentation fault" not in server.error_log()
 
 

@@ -15,6 +15,10 @@ from pythons import venv_of_other_python
 BROKEN = APPS / "broken"
 
 
+def marks(directory, kind):
+    return sorted(int(name.split("-")[1]) for name in os.listdir(directory) if name.startswith(kind + "-"))
+
+
 def conf_test(nginx_factory, locations, **kwargs):
     server = nginx_factory(locations, **kwargs)
     return server, server.run("-t")
@@ -147,6 +151,24 @@ def test_an_import_that_blocks_fails_the_check_in_bounded_time_naming_the_app(ng
     assert time.monotonic() - started < 30
     assert f'wsgi_app "{app}"' in result.stderr and "cannot be loaded: importing it took longer than 1 s" \
         in result.stderr, result.stderr
+
+
+def test_the_checks_process_runs_the_apps_atexit_handlers_as_it_ends(nginx_factory, tmp_path):
+    # Its process imported the apps: their atexit handlers clean up after it (prometheus_client's
+    # multiprocess files of its pid), as at any Python process's end. One that never returns (it
+    # runs last: handlers run in reverse order) is cut by the shutdown timeout and fails nothing.
+    server = nginx_factory(location("/waits/", APPS / "waits_at_exit.py")
+                           + location("/", APPS / "lifecycle_app.py"),
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};",
+                           http_extra="wsgi_shutdown_timeout 1s;")
+    result = server.run("-t")
+    assert result.returncode == 0, result.stderr
+    checks = marks(tmp_path, "imported")
+    assert len(checks) == 1
+    assert marks(tmp_path, "finalized") == checks
+    assert re.search(rf"\[error\] wsgi \(configuration check, pid {checks[0]}\): the atexit handlers still "
+                     r"running after wsgi_shutdown_timeout \(1000 ms\); the process exits now", result.stderr), \
+        result.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")

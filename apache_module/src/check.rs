@@ -22,6 +22,9 @@ pub(crate) unsafe extern "C" fn check_config(
     _s: *mut server_rec,
 ) -> c_int {
     guard("check_config", HTTP_INTERNAL_SERVER_ERROR as c_int, || {
+        // The check's processes and the children (forked from this one, after every reading of
+        // the configuration: the module may be loaded afresh for each) name it in their messages.
+        ngx_wsgi::interpreter::name_shutdown_timeout("NgxWsgiShutdownTimeout");
         // SAFETY: plain queries of Apache's state.
         let (state, generation) = unsafe {
             (
@@ -40,7 +43,7 @@ pub(crate) unsafe extern "C" fn check_config(
             return OK as c_int;
         }
         let specs: Vec<AppSpec> = registry.apps.iter().map(|a| a.spec.clone()).collect();
-        let Err(errors) = check_apps(&registry.python, &specs, &worker_setup()) else {
+        let Err(errors) = check_apps(&registry.python, &specs, &worker_setup(&registry)) else {
             return OK as c_int;
         };
         for error in errors {
@@ -66,7 +69,7 @@ pub(crate) unsafe extern "C" fn check_config(
 
 /// How Apache will start its children: as `User`/`Group` when it runs as root; the environment
 /// is the parent's, which the children inherit.
-fn worker_setup() -> WorkerSetup {
+fn worker_setup(registry: &crate::config::Registry) -> WorkerSetup {
     // SAFETY: geteuid has no preconditions; `ap_unixd_config` is filled while the configuration
     // is read (User/Group, or Apache's defaults) and only read here.
     let credentials = unsafe {
@@ -80,6 +83,7 @@ fn worker_setup() -> WorkerSetup {
     WorkerSetup {
         credentials,
         environment: None,
+        shutdown_timeout: registry.shutdown_timeout(),
         ..Default::default()
     }
 }

@@ -79,7 +79,6 @@ unsafe extern "C" fn child_exit(_data: *mut c_void) -> apr_status_t {
     guard("child exit", APR_SUCCESS as apr_status_t, || {
         READY.store(false, Ordering::Release);
         crate::deadline::stop();
-        interpreter::name_shutdown_timeout("NgxWsgiShutdownTimeout");
         match interpreter::finalize(crate::config::snapshot().shutdown_timeout()) {
             Ok(interpreter::Finalized::Cleanly) => {}
             // The app's threads still run Python: nothing of the child's teardown may meet them.

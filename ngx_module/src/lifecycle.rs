@@ -114,7 +114,6 @@ pub(crate) unsafe fn stop_worker(cycle: *mut ngx_cycle_t) -> Result<(), String> 
     crate::dispatch::stop_threads(std::time::Duration::from_secs(5));
     // SAFETY: the event loop's thread (per the function contract).
     unsafe { crate::ffi::log::flush_deferred() };
-    interpreter::name_shutdown_timeout("wsgi_shutdown_timeout");
     let finalized = interpreter::finalize(std::time::Duration::from_millis(timeout as u64));
     // SAFETY: as above.
     unsafe { crate::ffi::log::flush_deferred() };
