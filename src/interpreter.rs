@@ -194,11 +194,13 @@ impl ExitDeadline {
                 let setting = SHUTDOWN_WHAT
                     .get()
                     .map_or("the shutdown timeout", |w| w.as_str());
-                tracing::error!(
-                    target: "wsgi",
-                    "{what} still running after {setting} ({} ms); the process exits now",
-                    within.as_millis()
-                );
+                crate::server_log::last_words(|| {
+                    tracing::error!(
+                        target: "wsgi",
+                        "{what} still running after {setting} ({} ms); the process exits now",
+                        within.as_millis()
+                    )
+                });
                 // SAFETY: ends the process without running anything more of it (the thread
                 // that runs Python's exit is stuck).
                 unsafe { libc::_exit(1) };

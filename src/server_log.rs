@@ -14,6 +14,25 @@ pub trait ErrorLog: Send + Sync + 'static {
     fn enabled(&self, level: &Level) -> bool;
     /// Writes one entry (possibly several lines) at `level`.
     fn write(&self, level: &Level, text: &str);
+
+    /// Writes one entry now, from whatever thread: the process ends right after it, and the
+    /// thread that would otherwise write it (a server's event loop) may never get to it.
+    fn write_final(&self, level: &Level, text: &str) {
+        self.write(level, text);
+    }
+}
+
+/// Runs `f` with this thread's entries written at once ([`ErrorLog::write_final`]): its last
+/// words before the process ends.
+pub fn last_words<R>(f: impl FnOnce() -> R) -> R {
+    LAST_WORDS.with(|on| on.set(true));
+    let result = f();
+    LAST_WORDS.with(|on| on.set(false));
+    result
+}
+
+thread_local! {
+    static LAST_WORDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Makes `log` the process's `tracing` subscriber (the first call wins; forked children inherit
@@ -95,7 +114,12 @@ impl<L: ErrorLog> Subscriber for Routed<L> {
             crate::log_text::write_all(libc::STDERR_FILENO, line.as_bytes());
             return;
         }
-        self.0.write(level, &format!("{target}: {}", message.0));
+        let text = format!("{target}: {}", message.0);
+        if LAST_WORDS.with(|on| on.get()) {
+            self.0.write_final(level, &text);
+        } else {
+            self.0.write(level, &text);
+        }
     }
 
     fn enter(&self, _span: &Id) {}

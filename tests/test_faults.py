@@ -178,6 +178,30 @@ def test_entries_from_python_threads_reach_a_syslog_error_log(nginx_factory):
     assert "exited on signal" not in server.error_log()
 
 
+def test_the_exit_deadlines_last_words_reach_a_syslog_error_log(nginx_factory):
+    """An exit stuck in an atexit handler is ended by a watcher thread while the event loop, the
+    syslog writer's thread, is the stuck one: its entry is written at once, not queued for ever."""
+    import socket as _socket
+    sink = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(30)
+    port = sink.getsockname()[1]
+    server = nginx_factory(
+        location("/", APPS / "stuck_exit.py"),
+        main_extra=f"error_log syslog:server=127.0.0.1:{port},tag=ngxwsgi info;",
+        http_extra="wsgi_shutdown_timeout 1s;",
+    ).start()
+    assert requests.get(server.url("/?atexit")).text == "registered"
+    assert server.stop(timeout=60) == 0
+    said = "wsgi: Python's finalisation (atexit handlers included) still running after wsgi_shutdown_timeout " \
+           "(1000 ms); the process exits now"
+    received = []
+    while not any(said in m for m in received):
+        received.append(sink.recv(65536).decode(errors="replace"))
+    sink.close()
+    assert "[error]" in next(m for m in received if said in m)
+
+
 def test_print_reaches_the_error_log_where_standard_output_is_dev_null(nginx_factory):
     """nginx's daemon points the workers' standard output at /dev/null: what an app prints is
     logged instead (an entry per line, with the request's id), not lost."""

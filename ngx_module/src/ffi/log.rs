@@ -76,6 +76,19 @@ pub(crate) fn cycle_log(level: usize, msg: &str) {
 
 /// Writes `msg` to `log` at `level`, as one entry where the log is a file.
 pub(crate) fn write_log(level: usize, log: *mut ngx_log_t, msg: &str) {
+    write_entry(level, log, msg, Deferral::OffTheLoop);
+}
+
+/// Whether an entry for a log with loop-only writers (syslog, memory) may wait for the loop.
+#[derive(PartialEq)]
+enum Deferral {
+    /// Made off the loop, it is queued for the loop.
+    OffTheLoop,
+    /// Written now from any thread: the process ends next, and its loop is stuck.
+    Never,
+}
+
+fn write_entry(level: usize, log: *mut ngx_log_t, msg: &str, deferral: Deferral) {
     // SAFETY: callers pass a live nginx log.
     if log.is_null() || level > unsafe { (*log).log_level } {
         return;
@@ -100,7 +113,7 @@ pub(crate) fn write_log(level: usize, log: *mut ngx_log_t, msg: &str) {
     };
     if has_writer {
         match WAKER.get() {
-            Some(wake) if !on_loop => {
+            Some(wake) if !on_loop && deferral == Deferral::OffTheLoop => {
                 let wake_now = {
                     let mut queue = DEFERRED.lock().unwrap_or_else(|e| e.into_inner());
                     queue.push((level, msg.to_owned()));
@@ -110,8 +123,13 @@ pub(crate) fn write_log(level: usize, log: *mut ngx_log_t, msg: &str) {
                     wake();
                 }
             }
-            // The loop itself, or a process with no other thread yet (configuration).
+            // The loop itself, a process with no other thread yet (configuration), or last words.
             _ => {
+                if deferral == Deferral::Never && !on_loop {
+                    // SAFETY: nginx's time update takes its own lock (it runs from signal
+                    // handlers too); the loop that would update it is stuck.
+                    unsafe { nginx_sys::ngx_time_update() };
+                }
                 for piece in ngx_wsgi::log_text::split_entries(msg, ENTRY_MAX) {
                     ngx::ngx_log_error!(level as ngx_uint_t, log, "{}", piece);
                 }
@@ -214,6 +232,17 @@ impl ngx_wsgi::server_log::ErrorLog for NginxLog {
 
     fn write(&self, level: &Level, text: &str) {
         cycle_log(ngx_level(level), text);
+    }
+
+    fn write_final(&self, level: &Level, text: &str) {
+        // SAFETY: as in `cycle_log`.
+        let log = unsafe {
+            if ngx_cycle.is_null() {
+                return;
+            }
+            (*ngx_cycle).log
+        };
+        write_entry(ngx_level(level), log, text, Deferral::Never);
     }
 }
 
