@@ -133,6 +133,27 @@ def test_a_forked_child_that_comes_back_into_the_asgi_event_loop_exits(forking_a
     comes_back_and_exits(forking_asgi, way, status, how)
 
 
+def test_a_forked_childs_entries_reach_a_syslog_error_log(nginx_factory):
+    # nginx's syslog writer is its event loop's; a child the app forked has none to hand its
+    # entries to, and writes them itself, with its own pid.
+    import socket as _socket
+    sink = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(20)
+    server = nginx_factory(location("/", FORKING),
+                           main_extra=f"error_log syslog:server=127.0.0.1:{sink.getsockname()[1]},tag=ngxwsgi info;")
+    server.start()
+    assert requests.get(server.url("/?logs"), timeout=30).json()["child_exit"] == 0
+    received = []
+    while not any("logged by the forked child" in m for m in received):
+        received.append(sink.recv(65536).decode(errors="replace"))
+    sink.close()
+    entry = next(m for m in received if "logged by the forked child" in m)
+    worker = server.worker_pids()[0]
+    assert re.search(r" (\d+)#\1: python: forked: logged by the forked child", entry), entry
+    assert f" {worker}#" not in entry, "the child's own pid"
+
+
 def comes_back_and_exits(server, way, status, how):
     r = requests.get(server.url(f"/?{way}"), timeout=30).json()
     assert r["child_exit"] == status

@@ -1,5 +1,6 @@
 //! nginx's sockets are not for the processes an app forks: in each forked child, the worker's
-//! listening sockets and connections are closed (see the core's `forked`).
+//! listening sockets and connections are closed (see the core's `forked`). Its log entries say
+//! its own pid, not the worker's.
 
 use nginx_sys::{ngx_connection_t, ngx_cycle, ngx_listening_t};
 
@@ -8,7 +9,8 @@ pub(crate) fn close_nginx_sockets_in_children() {
     ngx_wsgi::forked::in_every_forked_child(close_in_child);
 }
 
-/// In a freshly forked child, whose only thread is the one that forked: reads of the worker's
+/// In a freshly forked child, whose only thread is the one that forked: a write of nginx's pid
+/// global, reads of the worker's
 /// cycle (fixed while the worker runs; a connection's fd is -1 before nginx closes it) and
 /// close(2), which is async-signal-safe. The parent's sockets stay open: a child's close only
 /// drops its own reference.
@@ -16,6 +18,8 @@ extern "C" fn close_in_child() {
     // SAFETY: as above; the cycle's arrays hold `nelts` listening sockets and `connection_n`
     // connections.
     unsafe {
+        // getpid(2) is async-signal-safe; nginx's entries take the pid from `ngx_pid`.
+        nginx_sys::ngx_pid = libc::getpid();
         let cycle = ngx_cycle;
         if cycle.is_null() {
             return;

@@ -3,6 +3,7 @@ child holds of the server's, and what becomes of a child that returns into it.""
 import asyncio
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
@@ -90,13 +91,15 @@ def printed(way, pid):
 
 def child_ends(way):
     """How a child that does not _exit comes back into the server: it returns, raises, or
-    calls sys.exit()."""
+    calls sys.exit() (having logged or printed, for some)."""
     if way == "raises":
         raise RuntimeError("raised in the forked child")
     if way == "exits":
         sys.exit(3)
     if way == "interrupted":
         raise KeyboardInterrupt
+    if way == "logs":
+        logging.getLogger("forked").warning("logged by the forked child")
     if way == "prints":
         # Buffered, unflushed when the child returns: Python's exit would write it out.
         sys.stdout = open(printed_path(os.getpid()), "w")

@@ -84,11 +84,17 @@ pub(crate) fn write_log(level: usize, log: *mut ngx_log_t, msg: &str) {
 enum Deferral {
     /// Made off the loop, it is queued for the loop.
     OffTheLoop,
-    /// Written now from any thread: the process ends next, and its loop is stuck.
+    /// Written now from any thread: the process ends next and its loop is stuck, or it has
+    /// none (a process the app forked).
     Never,
 }
 
-fn write_entry(level: usize, log: *mut ngx_log_t, msg: &str, deferral: Deferral) {
+fn write_entry(level: usize, log: *mut ngx_log_t, msg: &str, mut deferral: Deferral) {
+    if ngx_wsgi::forked::in_forked_child() {
+        // A process the app forked has no event loop to write queued entries: its one thread
+        // writes them.
+        deferral = Deferral::Never;
+    }
     // SAFETY: callers pass a live nginx log.
     if log.is_null() || level > unsafe { (*log).log_level } {
         return;
