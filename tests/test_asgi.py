@@ -426,6 +426,23 @@ def test_a_receive_waiting_when_the_response_completes_says_disconnect(server):
     assert all(stats(server)["disconnected"][f"l{i}"] == "http.disconnect" for i in range(3))
 
 
+def test_a_client_that_had_the_whole_content_length_and_went_is_not_an_error(server):
+    # Quart sends a response's body, then its closing message: a client that read the
+    # Content-Length's bytes may close in between. The response was complete; the closing
+    # message is taken, and the module logs nothing (nginx's own info line about the close
+    # stays).
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as c:
+        c.sendall(b"GET /whole-then-waits?w1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while not got.endswith(b"\r\n\r\nwhole"):
+            got += c.recv(4096)
+    wait_for(lambda: stats(server)["disconnected"].get("w1") == "http.disconnect", what="the close to be seen")
+    requests.get(server.url("/release?w1"), timeout=10)
+    wait_for(lambda: "w1" in stats(server)["sent"], what="the app's closing message")
+    assert stats(server)["sent"]["w1"] == "closed"
+    assert not re.search(r'asgi: .*"GET /whole-then-waits\?w1 HTTP/1.1"', server.error_log())
+
+
 def test_trailers_true_is_ignored_and_trailers_dropped(server):
     # The server offers no http.response.trailers extension; apps that set the flag anyway (on
     # every response, as ASGIWebDAV does) are answered as uvicorn answers them.

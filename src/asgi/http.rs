@@ -191,6 +191,12 @@ impl HttpExchange {
         if !self.finished && self.server.client_gone() {
             self.gone = true;
             self.left = true;
+            if self.body_whole() {
+                // It went having been given all its Content-Length promised: the response is
+                // complete, the app's closing message (more_body false) notwithstanding.
+                self.finish(HttpEnd::Complete);
+                return;
+            }
             tracing::info!(
                 target: "asgi",
                 "the connection to the client ended (closed, reset or timed out): \"{}\"{}",
@@ -199,6 +205,14 @@ impl HttpExchange {
             );
             self.finish(HttpEnd::ClientGone);
         }
+    }
+
+    /// Every byte of the app's Content-Length went to the server: only the closing message
+    /// (more_body false) is still to come.
+    fn body_whole(&self) -> bool {
+        self.response == Response::Streaming
+            && !self.bodiless
+            && self.declared == Some(self.produced)
     }
 
     fn log_error(&self, what: &str, detail: &str) {
@@ -380,6 +394,13 @@ impl HttpExchange {
             return Ok(true);
         }
         if self.gone || self.finished {
+            if self.body_whole() && len == 0 {
+                // The closing message of a response its client had whole: taken.
+                if !more {
+                    self.response = Response::Done;
+                }
+                return Ok(true);
+            }
             return Err(Self::gone_error());
         }
         if self.take_redirect() {
@@ -685,10 +706,12 @@ impl HttpExchange {
         crate::forked::exit_if_forked_child(message.py(), "asgi", Back::UsedTheRequest);
         // Once the client is gone every send says so, whatever it is (an app that handles the
         // disconnect by starting an error response gets the same, not a protocol error), but
-        // where the response was whole already: a HEAD's head went out, or it was complete.
+        // where the response was whole already: a HEAD's head went out, its Content-Length's
+        // bytes did, or it was complete.
         if self.left
             && self.response != Response::Done
             && !(self.bodiless && self.response == Response::Streaming)
+            && !self.body_whole()
         {
             return Err(Self::gone_error());
         }

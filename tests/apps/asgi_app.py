@@ -112,6 +112,20 @@ async def app(scope, receive, send):
         if route == "/blocks-after-release":
             time.sleep(float(seconds))
         await respond(send, route.encode())
+    elif route == "/whole-then-waits":
+        # All its Content-Length promises, then (once its client went, and /release?KEY is asked)
+        # its closing message, as Quart sends them: a client may have had the response and gone
+        # in between.
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": b"whole", "more_body": True})
+        await read_body(receive)
+        STATS["disconnected"][query] = (await receive())["type"]
+        await event(query).wait()
+        try:
+            await send({"type": "http.response.body", "body": b""})
+            STATS["sent"][query] = "closed"
+        except Exception as e:
+            STATS["sent"][query] = type(e).__name__
     elif route == "/raise-at-disconnect":
         # Raises once the client has gone, having sent nothing.
         await read_body(receive)
