@@ -1,5 +1,6 @@
 """One interpreter per worker: the app is imported at worker start, and worker exit finalises
 Python cleanly even when the app started threads."""
+import http.client
 import os
 import re
 import subprocess
@@ -167,6 +168,21 @@ def test_workers_recycle_after_max_requests_without_losing_requests(wsgi_factory
     wait_for(lambda: server.worker_pids() and not first & set(server.worker_pids())
              and (server.kind == "apache" or len(server.worker_pids()) == 2), what="fresh worker processes")
     assert "exited on signal" not in log and "exit signal" not in log
+
+
+def test_the_response_that_ends_a_worker_says_the_connection_closes(wsgi_factory):
+    # The worker leaves once it has sent it: a client that took the connection as kept alive
+    # would send its next request into the closing socket.
+    server = wsgi_factory([route("/", APPS / "sleepy.py")],
+                          **recycling("wsgi_max_requests 1;", "NgxWsgiMaxRequests 1")).start()
+    for i in range(2):
+        wait_for(lambda: server.worker_pids(), what="a worker")
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("GET", f"/last{i}")
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (200, f"/last{i}".encode())
+        assert r.getheader("Connection") == "close", r.getheaders()
+        conn.close()
 
 
 def test_worker_recycles_when_it_outgrows_max_rss(wsgi_factory):
