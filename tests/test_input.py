@@ -86,6 +86,31 @@ def test_unread_body_leaves_keepalive_working(server):
             assert r.json()["parts"] == ["ignored"]
 
 
+def test_an_answer_before_an_unbuffered_body_is_in_never_promises_a_kept_connection_it_drops(server):
+    # The app answers without reading a body still arriving. nginx sends the answer at once and
+    # then closes the connection (it cannot tell where the next request starts): the head says
+    # so. Apache reads the rest of the body before it ends the response, and keeps the
+    # connection: the next request is served on it.
+    request = b"POST /unbuffered/ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n"
+    following = b"GET /unbuffered/ignore HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        if server.kind == "nginx":
+            s.sendall(request + b"y" * 10)
+            data = b""
+            while b"ignored" not in data:
+                chunk = s.recv(65536)
+                assert chunk, data
+                data += chunk
+            head = data.partition(b"\r\n\r\n")[0].lower()
+            assert b"connection: close" in head, head
+            return
+        s.sendall(request + b"y" * 100_000 + following)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.count(b"HTTP/1.1 200") == 2 and data.count(b"ignored") == 2, data
+
+
 def test_64_mib_upload_spills_to_disk_and_keeps_worker_memory_bounded(server):
     size = 64 * 1024 * 1024
     block = os.urandom(1024 * 1024)

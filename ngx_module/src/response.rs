@@ -88,7 +88,9 @@ pub(crate) unsafe fn send(
             // (unless the app says it answers ranges itself, as Starlette's FileResponse does).
             (*r).set_allow_ranges(1);
         }
-        if truncated {
+        // A body the app left unread while it still arrives (wsgi_request_buffering off) makes
+        // nginx close the connection after this response: the head must say so.
+        if truncated || (*r).reading_body() != 0 {
             (*r).set_keepalive(0);
         }
         let rc = send_head(r, head, content_length);
