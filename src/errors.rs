@@ -2,8 +2,10 @@
 //! target `wsgi.errors`), one log entry per line. The same kind of stream stands in for
 //! `sys.stdout` and `sys.stderr` where they would be lost (see [`crate::std_streams`]).
 //!
-//! An unfinished line is kept per thread and per stream (a request runs on one thread), so
-//! concurrent requests never mix their text, and it is flushed when the request ends.
+//! An unfinished line is kept per thread and per stream (a WSGI request runs on one thread), so
+//! concurrent requests never mix their text, and it is flushed when the request ends. ASGI
+//! requests share the event loop's thread: a line one task began is ended as it is, under its
+//! own request, when another task writes.
 
 use std::cell::RefCell;
 
@@ -54,9 +56,20 @@ impl ErrorStream {
     }
 }
 
+/// Text a thread wrote to one stream since its last newline, and the request suffix of its log
+/// entries (the request it was written for).
+struct Pending {
+    text: String,
+    suffix: String,
+}
+
+const NOTHING_PENDING: Pending = Pending {
+    text: String::new(),
+    suffix: String::new(),
+};
+
 thread_local! {
-    /// Text this thread wrote to each stream since its last newline.
-    static PENDING: RefCell<[String; 3]> = const { RefCell::new([String::new(), String::new(), String::new()]) };
+    static PENDING: RefCell<[Pending; 3]> = const { RefCell::new([NOTHING_PENDING; 3]) };
 }
 
 fn log_line(name: StreamName, line: &str, suffix: &str) {
@@ -70,26 +83,32 @@ fn log_line(name: StreamName, line: &str, suffix: &str) {
 }
 
 fn emit_lines(py: Python<'_>, name: StreamName, text: &str) {
+    let suffix = crate::logging_bridge::python_suffix(py);
     PENDING.with_borrow_mut(|all| {
         let pending = &mut all[name as usize];
-        pending.push_str(text);
-        if let Some(end) = pending.rfind('\n') {
-            let suffix = crate::logging_bridge::python_suffix(py);
-            for line in pending[..end].split('\n') {
-                log_line(name, line, &suffix);
+        if pending.text.is_empty() {
+            pending.suffix = suffix;
+        } else if pending.suffix != suffix {
+            log_line(name, &pending.text, &pending.suffix);
+            pending.text.clear();
+            pending.suffix = suffix;
+        }
+        pending.text.push_str(text);
+        if let Some(end) = pending.text.rfind('\n') {
+            for line in pending.text[..end].split('\n') {
+                log_line(name, line, &pending.suffix);
             }
-            pending.drain(..=end);
+            pending.text.drain(..=end);
         }
     });
 }
 
-fn flush_one(name: StreamName, suffix: impl FnOnce() -> String) {
+fn flush_one(name: StreamName) {
     PENDING.with_borrow_mut(|all| {
         let pending = &mut all[name as usize];
-        if !pending.is_empty() {
-            let suffix = suffix();
-            log_line(name, pending.as_str(), &suffix);
-            pending.clear();
+        if !pending.text.is_empty() {
+            log_line(name, &pending.text, &pending.suffix);
+            pending.text.clear();
         }
     });
 }
@@ -97,7 +116,7 @@ fn flush_one(name: StreamName, suffix: impl FnOnce() -> String) {
 /// Logs what the calling thread wrote without a final newline (at the end of a request).
 pub fn flush_thread() {
     for name in StreamName::ALL {
-        flush_one(name, crate::logging_bridge::request_suffix);
+        flush_one(name);
     }
 }
 
@@ -140,8 +159,8 @@ impl ErrorStream {
         Ok(())
     }
 
-    fn flush(&self, py: Python<'_>) {
-        flush_one(self.name, || crate::logging_bridge::python_suffix(py));
+    fn flush(&self) {
+        flush_one(self.name);
     }
 
     fn writable(&self) -> bool {

@@ -1,6 +1,7 @@
 """Misbehaving and crashing apps: a 500 (or a cut connection once the body started) and a
 traceback in the error log; the worker (nginx) or child (Apache) always survives and keeps
 serving."""
+import concurrent.futures
 import re
 import socket
 import subprocess
@@ -228,3 +229,15 @@ def test_print_reaches_the_error_log_where_standard_output_is_dev_null(nginx_fac
     assert requests.get(server.url("/asgi/x"), timeout=10).text == "printed"
     wait_for(lambda: re.search(r"sys.stdout: printed by an ASGI task for /asgi/x, request_id: [0-9a-f]{32}$",
                                server.error_log(), re.M), what="the ASGI task's line, with its request's id")
+    # ASGI tasks share the loop's thread: a line one began is not continued by another's.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        a = pool.submit(requests.get, server.url("/asgi/a"), timeout=10)
+        wait_for(lambda: requests.get(server.url("/asgi/b"), timeout=10).status_code == 200,
+                 what="B's line, printed while A's waits for its end")
+        assert a.result().status_code == 200
+    log = server.error_log()
+    b = re.search(r"sys.stdout: whole line of B, request_id: ([0-9a-f]{32})$", log, re.M)
+    starts = re.search(r"sys.stdout: partial of A, request_id: ([0-9a-f]{32})$", log, re.M)
+    ends = re.search(r"sys.stdout:  and its end, request_id: ([0-9a-f]{32})$", log, re.M)
+    assert b and starts and ends, log[-2000:]
+    assert starts.group(1) == ends.group(1) != b.group(1)

@@ -1,5 +1,6 @@
 """print() and sys.stderr from an app, at import, per request and from a thread: where a daemon's
 standard output is /dev/null they reach the error log. faulthandler needs a descriptor."""
+import asyncio
 import faulthandler
 import sys
 import threading
@@ -20,9 +21,29 @@ def application(environ, start_response):
     return [f"{sys.stdout.isatty()} {sys.stdout.encoding} {sys.stderr.fileno()}".encode()]
 
 
+B_PRINTED = None
+A_WAITING = False
+
+
 async def asgi_app(scope, receive, send):
+    global B_PRINTED, A_WAITING
     if scope["type"] != "http":
         return
-    print("printed by an ASGI task for", scope["path"])
-    await send({"type": "http.response.start", "status": 200, "headers": []})
+    B_PRINTED = B_PRINTED or asyncio.Event()
+    status = 200
+    if scope["path"] == "/asgi/a":
+        # A line begun, and ended after another task (of another request) printed its own.
+        print("partial of A", end="")
+        A_WAITING = True
+        await B_PRINTED.wait()
+        print(" and its end")
+    elif scope["path"] == "/asgi/b":
+        if A_WAITING:
+            print("whole line of B")
+            B_PRINTED.set()
+        else:
+            status = 409
+    else:
+        print("printed by an ASGI task for", scope["path"])
+    await send({"type": "http.response.start", "status": status, "headers": []})
     await send({"type": "http.response.body", "body": b"printed"})
