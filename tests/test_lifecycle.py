@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, location, route, wait_for
+from conftest import APPS, asgi_location, location, route, wait_for
 
 
 def marks(directory, kind):
@@ -182,6 +182,21 @@ def test_the_response_that_ends_a_worker_says_the_connection_closes(wsgi_factory
         r = conn.getresponse()
         assert (r.status, r.read()) == (200, f"/last{i}".encode())
         assert r.getheader("Connection") == "close", r.getheaders()
+        conn.close()
+
+
+def test_a_streamed_or_asgi_response_that_ends_a_worker_says_the_connection_closes(nginx_factory):
+    # Their heads go out before the request is done: the last request is known as it starts.
+    server = nginx_factory(location("/stream/", f"{APPS / 'streaming.py'}:big_stream")
+                           + asgi_location("/asgi/", APPS / "asgi_app.py"),
+                           http_extra="wsgi_max_requests 1;").start()
+    for path, size in [("/stream/", 1 << 20), ("/asgi/stream?3", 6)] * 2:
+        wait_for(lambda: server.worker_pids(), what="a worker")
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("GET", path)
+        r = conn.getresponse()
+        assert (r.status, len(r.read())) == (200, size)
+        assert r.getheader("Connection") == "close", (path, r.getheaders())
         conn.close()
 
 

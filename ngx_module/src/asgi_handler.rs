@@ -173,8 +173,11 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             None => Some(on_client_readable),
         };
     }
-    // SAFETY: on the event loop.
-    unsafe { crate::inflight::started() };
+    // SAFETY: on the event loop; `r` is live.
+    unsafe {
+        crate::inflight::started();
+        crate::recycle::request_started(r);
+    }
     crate::metrics::posted();
     match served {
         Served::Http(request) => {

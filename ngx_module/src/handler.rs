@@ -123,6 +123,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             return Err(crate::overload::refuse(r, why, limits.queue_timeout));
         }
         crate::inflight::started();
+        crate::recycle::request_started(r);
         crate::metrics::posted();
         let log = (*(*r).connection).log;
         timer::arm(

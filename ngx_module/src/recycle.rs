@@ -4,11 +4,12 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-use nginx_sys::{ngx_current_msec, ngx_exiting, ngx_quit, NGX_LOG_NOTICE};
+use nginx_sys::{ngx_current_msec, ngx_exiting, ngx_http_request_t, ngx_quit, NGX_LOG_NOTICE};
 
 /// Requests this worker may serve (0: no limit), drawn once at worker start.
 static LIMIT: AtomicU64 = AtomicU64::new(0);
 static SERVED: AtomicU64 = AtomicU64::new(0);
+static STARTED: AtomicU64 = AtomicU64::new(0);
 /// `wsgi_max_rss` in bytes (0: no limit).
 static MAX_RSS: AtomicUsize = AtomicUsize::new(0);
 static LAST_RSS_CHECK: AtomicUsize = AtomicUsize::new(0);
@@ -32,6 +33,21 @@ pub(crate) fn configure(max_requests: u64, jitter: u64, max_rss: usize) {
         Relaxed,
     );
     MAX_RSS.store(max_rss, Relaxed);
+}
+
+/// A request was handed to its app. The one that brings the worker to `wsgi_max_requests`, and
+/// any after it, answers with `Connection: close`: the worker exits once they are served, and
+/// a client that kept the connection would send its next request into a closing socket. (A
+/// head sent once `wsgi_max_rss` made the worker recycle says so too: `response::send_head`.)
+///
+/// # Safety
+/// Event-loop thread; `r` is live.
+pub(crate) unsafe fn request_started(r: *mut ngx_http_request_t) {
+    let limit = LIMIT.load(Relaxed);
+    if limit > 0 && STARTED.fetch_add(1, Relaxed) + 1 >= limit {
+        // SAFETY: per the function contract.
+        unsafe { (*(*r).main).set_keepalive(0) };
+    }
 }
 
 /// A request finished; starts a graceful exit of the worker when it is due.
