@@ -441,6 +441,17 @@ def test_a_client_that_had_the_whole_content_length_and_went_is_not_an_error(ser
     wait_for(lambda: "w1" in stats(server)["sent"], what="the app's closing message")
     assert stats(server)["sent"]["w1"] == "closed"
     assert not re.search(r'asgi: .*"GET /whole-then-waits\?w1 HTTP/1.1"', server.error_log())
+    # One that left with most of it still in nginx's buffers did not have it whole.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as c:
+        c.sendall(b"GET /whole-then-waits?w2&33554432 HTTP/1.1\r\nHost: x\r\n\r\n")
+        c.recv(4096)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    wait_for(lambda: stats(server)["disconnected"].get("w2") == "http.disconnect", what="the reset to be seen")
+    requests.get(server.url("/release?w2"), timeout=10)
+    wait_for(lambda: "w2" in stats(server)["sent"], what="the app's closing message")
+    assert stats(server)["sent"]["w2"] == "ClientDisconnected"
+    assert re.search(r'asgi: the connection to the client ended .*"GET /whole-then-waits\?w2&33554432 HTTP/1.1"',
+                     server.error_log())
 
 
 def test_trailers_true_is_ignored_and_trailers_dropped(server):

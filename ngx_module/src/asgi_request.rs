@@ -205,6 +205,10 @@ impl HttpServer for AsgiRequest {
         self.gone.load(Ordering::Acquire) || self.stream.is_cancelled()
     }
 
+    fn all_sent(&self) -> bool {
+        self.stream.all_sent()
+    }
+
     fn finish(&self, end: HttpEnd) {
         {
             let mut ending = self.ending();

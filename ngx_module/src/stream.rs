@@ -371,6 +371,11 @@ impl Stream {
         Ok(room)
     }
 
+    /// Whether nginx has sent every byte produced (none is pending or in its buffers).
+    pub(crate) fn all_sent(&self) -> bool {
+        self.lock().unsent == 0
+    }
+
     /// Whether the stream stopped (the client went away, or sending failed).
     pub(crate) fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Acquire)

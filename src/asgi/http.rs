@@ -67,6 +67,11 @@ pub trait HttpServer: Send + Sync {
         Err(head)
     }
     fn client_gone(&self) -> bool;
+    /// Every body byte pushed has left the server (none waits in its buffers). A server that
+    /// cannot tell says no.
+    fn all_sent(&self) -> bool {
+        false
+    }
     /// The response is over (called once). After it the server's request may be gone: nothing
     /// of it is touched again.
     fn finish(&self, end: HttpEnd);
@@ -192,8 +197,8 @@ impl HttpExchange {
             self.gone = true;
             self.left = true;
             if self.body_whole() {
-                // It went having been given all its Content-Length promised: the response is
-                // complete, the app's closing message (more_body false) notwithstanding.
+                // It went having had all its Content-Length promised: the response is complete,
+                // the app's closing message (more_body false) notwithstanding.
                 self.finish(HttpEnd::Complete);
                 return;
             }
@@ -207,12 +212,13 @@ impl HttpExchange {
         }
     }
 
-    /// Every byte of the app's Content-Length went to the server: only the closing message
-    /// (more_body false) is still to come.
+    /// Every byte of the app's Content-Length went to the server, and from it to the client:
+    /// only the closing message (more_body false) is still to come.
     fn body_whole(&self) -> bool {
         self.response == Response::Streaming
             && !self.bodiless
             && self.declared == Some(self.produced)
+            && self.server.all_sent()
     }
 
     fn log_error(&self, what: &str, detail: &str) {

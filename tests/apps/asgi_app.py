@@ -116,8 +116,11 @@ async def app(scope, receive, send):
         # All its Content-Length promises, then (once its client went, and /release?KEY is asked)
         # its closing message, as Quart sends them: a client may have had the response and gone
         # in between.
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
-        await send({"type": "http.response.body", "body": b"whole", "more_body": True})
+        query, _, size = query.partition("&")
+        body = b"x" * int(size) if size else b"whole"
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body, "more_body": True})
         await read_body(receive)
         STATS["disconnected"][query] = (await receive())["type"]
         await event(query).wait()
