@@ -76,14 +76,14 @@ pub(crate) fn cycle_log(level: usize, msg: &str) {
 
 /// Writes `msg` to `log` at `level`, as one entry where the log is a file.
 pub(crate) fn write_log(level: usize, log: *mut ngx_log_t, msg: &str) {
-    write_entry(level, log, msg, Deferral::OffTheLoop);
+    write_entry(level, log, msg, Deferral::QueuedOffTheLoop);
 }
 
 /// Whether an entry for a log with loop-only writers (syslog, memory) may wait for the loop.
 #[derive(PartialEq)]
 enum Deferral {
     /// Made off the loop, it is queued for the loop.
-    OffTheLoop,
+    QueuedOffTheLoop,
     /// Written now from any thread: the process ends next and its loop is stuck, or it has
     /// none (a process the app forked).
     Never,
@@ -119,7 +119,7 @@ fn write_entry(level: usize, log: *mut ngx_log_t, msg: &str, mut deferral: Defer
     };
     if has_writer {
         match WAKER.get() {
-            Some(wake) if !on_loop && deferral == Deferral::OffTheLoop => {
+            Some(wake) if !on_loop && deferral == Deferral::QueuedOffTheLoop => {
                 let wake_now = {
                     let mut queue = DEFERRED.lock().unwrap_or_else(|e| e.into_inner());
                     queue.push((level, msg.to_owned()));
@@ -132,8 +132,8 @@ fn write_entry(level: usize, log: *mut ngx_log_t, msg: &str, mut deferral: Defer
             // The loop itself, a process with no other thread yet (configuration), or last words.
             _ => {
                 if deferral == Deferral::Never && !on_loop {
-                    // SAFETY: nginx's time update takes its own lock (it runs from signal
-                    // handlers too); the loop that would update it is stuck.
+                    // SAFETY: nginx's time update is guarded by its own trylock, and nginx's
+                    // thread pools call it off the loop too; the loop that would is stuck.
                     unsafe { nginx_sys::ngx_time_update() };
                 }
                 for piece in ngx_wsgi::log_text::split_entries(msg, ENTRY_MAX) {
