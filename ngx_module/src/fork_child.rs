@@ -11,8 +11,8 @@ pub(crate) fn close_nginx_sockets_in_children() {
 
 /// In a freshly forked child, whose only thread is the one that forked: a write of nginx's pid
 /// global, reads of the worker's cycle (fixed while the worker runs; a connection's fd is -1
-/// before nginx closes it) and close(2), which is async-signal-safe. The parent's sockets stay open: a child's close only
-/// drops its own reference.
+/// before nginx closes it) and close(2), which is async-signal-safe. The parent's sockets stay
+/// open: a child's close only drops its own reference.
 extern "C" fn close_in_child() {
     // SAFETY: as above; the cycle's arrays hold `nelts` listening sockets and `connection_n`
     // connections.
