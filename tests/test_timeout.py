@@ -193,8 +193,8 @@ def test_an_interrupt_never_lands_in_the_next_request(nginx_factory):
     thread (WSGI) or the event loop (ASGI) runs next. Each slow request is followed by two
     that do nothing and must all succeed."""
     server = nginx_factory(
-        location("/w/", f"{APPS}/near_deadline.py", "wsgi_read_timeout 200ms;")
-        + asgi_location("/a/", f"{APPS}/near_deadline.py:app", "wsgi_read_timeout 200ms;"),
+        location("/w/", f"{APPS}/near_deadline.py", "wsgi_read_timeout 100ms;")
+        + asgi_location("/a/", f"{APPS}/near_deadline.py:app", "wsgi_read_timeout 100ms;"),
         main_extra="thread_pool default threads=1;").start()
     for prefix in ("/w", "/a"):
         slow, fast = collections.Counter(), collections.Counter()

@@ -1,11 +1,11 @@
-"""Requests that end right about their 200 ms deadline (/slow spins 170 to 230 ms in Python), and
+"""Requests that end right about their 100 ms deadline (/slow spins 85 to 115 ms in Python), and
 requests that do nothing (/fast): an interrupt meant for a slow one must never reach a fast one."""
 import random
 import time
 
 
 def spin():
-    until = time.monotonic() + random.uniform(0.17, 0.23)
+    until = time.monotonic() + random.uniform(0.085, 0.115)
     while time.monotonic() < until:
         pass
 

@@ -1,4 +1,6 @@
-"""Reports its environment and process settings; /sleep outlasts the request timeout."""
+"""Reports its environment and process settings; /sleep outlasts the request timeout (in short
+sleeps, so that the timeout's interrupt ends it: one long sleep in C would hold the worker's
+exit until it returned)."""
 import json
 import os
 import time
@@ -6,7 +8,8 @@ import time
 
 def application(environ, start_response):
     if environ["PATH_INFO"] == "/sleep":
-        time.sleep(30)
+        for _ in range(300):
+            time.sleep(0.1)
     body = json.dumps({
         "greeting": os.environ.get("GREETING"),
         "mode": os.environ.get("APP_MODE"),
