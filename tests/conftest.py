@@ -45,13 +45,15 @@ UNLOADABLE_APPS = [
 
 def _port_pool():
     """This process's ports, in random order: below the kernel's ephemeral range (which the
-    clients' own connections take from, and bind() to port 0 too), and under pytest-xdist only
-    every Nth of them, so that two workers never hand out the same port."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]) % workers
+    clients' own connections take from, and bind() to port 0 too), and under pytest-xdist every
+    16th of them, by the worker's number, so that two workers never hand out the same port (a
+    worker that xdist restarts gets the next number)."""
+    xdist = os.environ.get("PYTEST_XDIST_WORKER")
+    stride = 16 if xdist else 1
+    share = int(xdist[2:]) % stride if xdist else 0
     with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
         ephemeral = int(f.read().split()[0])
-    ports = list(range(max(1024, ephemeral - 12000) + worker, ephemeral, workers))
+    ports = list(range(max(1024, ephemeral - 24000) + share, ephemeral, stride))
     random.shuffle(ports)
     return iter(ports)
 
@@ -68,7 +70,7 @@ def free_port():
             except OSError:
                 continue
         return port
-    raise RuntimeError("no free port left below the ephemeral range")
+    raise RuntimeError("no free port left below the ephemeral range (net.ipv4.ip_local_port_range)")
 
 
 def python_home():
