@@ -3,6 +3,7 @@ Litestar and Quart apps
 answer the same requests with the same status, headers and body under `asgi_app` and under
 uvicorn, mounted at the root and under a prefix (nginx's `location /api/`, uvicorn's
 `--root-path /api`)."""
+import email.utils
 import json
 import socket
 import subprocess
@@ -16,6 +17,8 @@ from conftest import APPS, FORWARDED_SCHEME, asgi_location, free_port
 
 FRAMEWORKS = APPS / "asgi_frameworks"
 SERVER_HEADERS = {"date", "server", "connection", "keep-alive", "transfer-encoding"}
+# Headers an app computes from the clock: the two servers answer a second or so apart.
+CLOCK_HEADERS = {"expires"}
 
 REQUESTS = {
     "starlette": [
@@ -177,6 +180,15 @@ def fetch(port, method, path, headers, body):
     return r.status_code, headers, r.content
 
 
+def assert_same_moment(ours, theirs, what):
+    """Compares the clock-derived headers within a few seconds, then drops them from both."""
+    for name in CLOCK_HEADERS & (ours.keys() | theirs.keys()):
+        assert name in ours and name in theirs, f"{what}: {name} in one answer only"
+        moments = [[email.utils.parsedate_to_datetime(v).timestamp() for v in h.pop(name)] for h in (ours, theirs)]
+        assert len(moments[0]) == len(moments[1]), f"{what}: {name}"
+        assert all(abs(a - b) <= 5 for a, b in zip(*moments)), f"{what}: {name} {moments}"
+
+
 @pytest.mark.parametrize("framework", list(REQUESTS))
 @pytest.mark.parametrize("mount", ["", "/api"])
 def test_same_answers_as_uvicorn(framework, mount, uvicorn_servers, module_server):
@@ -186,6 +198,7 @@ def test_same_answers_as_uvicorn(framework, mount, uvicorn_servers, module_serve
     for method, path, headers, body in REQUESTS[framework]:
         ours = fetch(ours_port, method, mount + path, headers, body)
         theirs = fetch(theirs_port, method, path, headers, body)
+        assert_same_moment(ours[1], theirs[1], f"{framework}: {method} {mount}{path}")
         assert ours == theirs, f"{framework}: {method} {mount}{path}"
         if path not in DELIBERATE_500:
             statuses.append(ours[0])
