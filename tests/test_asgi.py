@@ -279,6 +279,16 @@ def test_each_piece_leaves_while_the_app_runs(server):
         assert read_until(s, b"0\r\n\r\n").endswith(b"released\n\r\n0\r\n\r\n")
 
 
+def test_the_head_leaves_with_an_empty_first_piece(server):
+    # ASGI: the head may wait for the first body message, not for the first body byte; an event
+    # stream's client (EventSource's onopen) must not wait for the first event.
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET /hold-empty?piece2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_until(s, b"\r\n\r\n").startswith(b"HTTP/1.1 200 OK\r\n")
+        assert requests.get(server.url("/release?piece2"), timeout=10).text == "released"
+        assert read_until(s, b"0\r\n\r\n") == b"9\r\nreleased\n\r\n0\r\n\r\n"
+
+
 def test_responses_finished_before_a_blocking_task_do_not_wait_for_it(server):
     # Many tasks released in one round of the loop, the last of them blocking it for seconds: the
     # others' responses, finished before it, reach their clients while it blocks (under load the

@@ -122,6 +122,13 @@ impl AsgiRequest {
         Some(std::mem::replace(&mut ending.request, LoopRequest::none()).0)
     }
 
+    /// The head is with the stream: an event stream is ended at exit from now on, as a 200.
+    fn head_handed_over(&self, event_stream: bool) {
+        if event_stream {
+            self.track_event_stream();
+        }
+    }
+
     /// Lists this request's response as an event stream (its head says `text/event-stream`).
     fn track_event_stream(&self) {
         self.event_stream.store(true, Ordering::Release);
@@ -174,10 +181,14 @@ impl HttpServer for AsgiRequest {
     fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone> {
         let event_stream = head.as_ref().is_some_and(event_streams::is_event_stream);
         self.stream.push_now(head, data)?;
-        // Once its head is with the stream: ended at exit, it goes out as a 200.
-        if event_stream {
-            self.track_event_stream();
-        }
+        self.head_handed_over(event_stream);
+        Ok(())
+    }
+
+    fn push_head(&self, head: ResponseHead) -> Result<(), ClientGone> {
+        let event_stream = event_streams::is_event_stream(&head);
+        self.stream.push_head_now(head)?;
+        self.head_handed_over(event_stream);
         Ok(())
     }
 

@@ -49,6 +49,8 @@ struct State {
     /// The request answers HEAD (or a bodiless status): pieces are dropped.
     discard: bool,
     head_sent: bool,
+    /// The head is to leave before any body byte (see [`Stream::push_head_now`]).
+    flush_head: bool,
     /// Already in the notifier's ready list.
     scheduled: bool,
     /// A producer that does not block (ASGI) found no room and waits for its waker.
@@ -109,6 +111,7 @@ impl Stream {
                 failed: false,
                 discard: false,
                 head_sent: false,
+                flush_head: false,
                 scheduled: false,
                 want_room: false,
                 request: LoopRequest(r),
@@ -268,6 +271,20 @@ impl Stream {
             }
             if discarded {
                 self.notify_room(st);
+            }
+            if std::mem::take(&mut st.flush_head) && out.is_null() && !st.discard && st.head_sent {
+                // nginx's write filter would hold a head without body bytes back
+                // (postpone_output) until some come, which may be much later.
+                let cl = ngx_chain_get_free_buf((*r).pool, &mut st.free);
+                if cl.is_null() {
+                    self.cancel(st, true);
+                    return guard;
+                }
+                std::ptr::write_bytes((*cl).buf, 0, 1);
+                (*(*cl).buf).set_flush(1);
+                (*(*cl).buf).tag = module() as *const _ as *mut _;
+                (*cl).next = std::ptr::null_mut();
+                out = cl;
             }
             if !out.is_null() {
                 drop(guard);
@@ -583,10 +600,26 @@ impl Stream {
         head: Option<ResponseHead>,
         data: Chunk,
     ) -> Result<(), ClientGone> {
+        self.hand_over(head, data, false)
+    }
+
+    /// The head, to leave at once with no body byte yet (ASGI's empty first body message with
+    /// more to come: an event stream's client learns of the response before its first event).
+    pub(crate) fn push_head_now(&self, head: ResponseHead) -> Result<(), ClientGone> {
+        self.hand_over(Some(head), Chunk::from_vec(Vec::new()), true)
+    }
+
+    fn hand_over(
+        &self,
+        head: Option<ResponseHead>,
+        data: Chunk,
+        flush_head: bool,
+    ) -> Result<(), ClientGone> {
         let mut st = self.lock();
         if self.is_cancelled() || st.ended_by_server {
             return Err(ClientGone);
         }
+        st.flush_head |= flush_head;
         if head.is_some() {
             st.head = head;
         }

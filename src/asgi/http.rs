@@ -55,6 +55,11 @@ pub trait HttpServer: Send + Sync {
     fn room(&self) -> Result<bool, ClientGone>;
     /// Hands over the head (with the first piece) and a piece of the body.
     fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone>;
+    /// Hands over the head alone, to leave now: the first body message was empty with more to
+    /// come (ASGI lets the head wait for the first body message, not for the first body byte).
+    fn push_head(&self, head: ResponseHead) -> Result<(), ClientGone> {
+        self.push(Some(head), Chunk::from_vec(Vec::new()))
+    }
     /// The next piece of a body delivered as it arrives (never called for a buffered body).
     fn read_body(&self, max: usize) -> BodyRead;
     /// The whole response is `head` and this file (`http.response.pathsend`): the server sends
@@ -426,6 +431,19 @@ impl HttpExchange {
             }
         }
         if len == 0 && more {
+            if self.head.is_none() {
+                return Ok(true);
+            }
+            if !self.server.room().map_err(|_| self.client_went())? {
+                return Ok(false);
+            }
+            let Some(head) = self.head.take() else {
+                return Ok(true);
+            };
+            self.server
+                .push_head(head)
+                .map_err(|_| self.client_went())?;
+            self.response = Response::Streaming;
             return Ok(true);
         }
         if !self.server.room().map_err(|_| self.client_went())? {
@@ -1047,6 +1065,28 @@ mod tests {
                 msg.get_item("type").unwrap().extract::<String>().unwrap(),
                 "http.disconnect"
             );
+        });
+    }
+
+    #[test]
+    fn an_empty_first_piece_with_more_to_come_sends_the_head() {
+        with_python(|py| {
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, None);
+            assert!(send(&ex, START).unwrap());
+            let empty = "{'type': 'http.response.body', 'body': b'', 'more_body': True}";
+            server.full.store(true, Ordering::Relaxed);
+            assert!(!send(&ex, empty).unwrap(), "no room: await");
+            server.full.store(false, Ordering::Relaxed);
+            assert!(send(&ex, empty).unwrap());
+            assert!(send(&ex, empty).unwrap());
+            assert!(send(&ex, "{'type': 'http.response.body', 'body': b'ab'}").unwrap());
+            assert_eq!(
+                *server.pushed.lock().unwrap(),
+                vec![(Some(201), Vec::new()), (None, b"ab".to_vec())],
+                "the head alone, then the body; later empty pieces are nothing"
+            );
+            assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Complete]);
         });
     }
 

@@ -92,10 +92,12 @@ async def app(scope, receive, send):
         for i in range(n):
             await send({"type": "http.response.body", "body": b"%d\n" % i, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
-    elif route == "/hold":
+    elif route in ("/hold", "/hold-empty"):
         # The first piece goes out; the rest once /release?KEY is asked (or a FIFO is written).
+        # The second kind's first piece is empty, as an event stream that has nothing to say yet.
+        first = b"held\n" if route == "/hold" else b""
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-        await send({"type": "http.response.body", "body": b"held\n", "more_body": True})
+        await send({"type": "http.response.body", "body": first, "more_body": True})
         if query.startswith("fifo="):
             path = query[5:]
             await asyncio.to_thread(lambda: open(path, "rb").read(1))
