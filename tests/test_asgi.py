@@ -279,6 +279,12 @@ def test_each_piece_leaves_while_the_app_runs(server):
         assert read_until(s, b"0\r\n\r\n").endswith(b"released\n\r\n0\r\n\r\n")
 
 
+def test_byte_strings_in_buffers_and_headers_as_lists(server):
+    r = requests.get(server.url("/buffers"), timeout=10)
+    assert (r.status_code, r.text) == (200, "from a bytearray\nfrom a memoryview")
+    assert (r.headers["content-type"], r.headers["x-kind"]) == ("text/plain", "buffers")
+
+
 def test_the_head_leaves_with_an_empty_first_piece(server):
     # ASGI: the head may wait for the first body message, not for the first body byte; an event
     # stream's client (EventSource's onopen) must not wait for the first event.

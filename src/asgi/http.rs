@@ -7,6 +7,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
+use super::message_values::{byte_string, header_pair};
 use super::scope::HttpScope;
 use super::task_watch::TaskWatch;
 use super::waker::Waker;
@@ -380,7 +381,7 @@ impl HttpExchange {
             None => false,
         };
         let body = match &body {
-            Some(b) => Some(b.cast::<PyBytes>().map_err(|_| {
+            Some(b) => Some(byte_string(b).ok_or_else(|| {
                 PyTypeError::new_err(format!(
                     "http.response.body: body must be bytes, not {}",
                     crate::response::type_name(b)
@@ -388,7 +389,7 @@ impl HttpExchange {
             })?),
             None => None,
         };
-        let len = body.map_or(0, |b| b.as_bytes().len());
+        let len = body.as_ref().map_or(0, |b| b.as_bytes().len());
         if self.bodiless && self.response == Response::Streaming {
             // A HEAD's (204's, 304's) head went out: the response is whole, and what the app
             // sends now is dropped. Its last piece is taken even when the client has gone
@@ -450,7 +451,7 @@ impl HttpExchange {
             return Ok(false);
         }
         let data = match body {
-            Some(b) if len > 0 && !self.bodiless => Chunk::from_bytes(b, len),
+            Some(b) if len > 0 && !self.bodiless => Chunk::from_bytes(&b, len),
             _ => Chunk::from_vec(Vec::new()),
         };
         self.produced += len as u64;
@@ -647,23 +648,6 @@ fn get_opt<'py>(
         Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyError>(message.py()) => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-fn header_pair(item: &Bound<'_, PyAny>) -> PyResult<(Vec<u8>, Vec<u8>)> {
-    let bad = || {
-        PyTypeError::new_err(format!(
-            "each header must be a [name, value] pair of bytes, not {item:?}"
-        ))
-    };
-    if item.len().map_err(|_| bad())? != 2 {
-        return Err(bad());
-    }
-    let part = |i: usize| -> PyResult<Vec<u8>> {
-        let v = item.get_item(i).map_err(|_| bad())?;
-        let b = v.cast::<PyBytes>().map_err(|_| bad())?;
-        Ok(b.as_bytes().to_vec())
-    };
-    Ok((part(0)?, part(1)?))
 }
 
 #[pymethods]

@@ -9,6 +9,7 @@
 pub mod event_loop;
 pub mod held_wakes;
 pub mod http;
+pub mod message_values;
 pub mod scope;
 pub mod task_watch;
 pub mod waker;

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
 use super::http::{BodyRead, HttpEnd, HttpExchange, HttpRequest, HttpServer};
+use super::message_values::{byte_string, header_pair};
 use super::scope::HttpScope;
 use super::task_watch::TaskWatch;
 use super::waker::Waker;
@@ -200,10 +201,8 @@ impl WsExchange {
         if let Ok(headers) = message.get_item("headers") {
             for item in headers.try_iter()? {
                 let item = item?;
-                let pair: (Vec<u8>, Vec<u8>) = item.extract().map_err(|_| {
-                    PyTypeError::new_err(format!(
-                        "websocket.accept: each header must be a [name, value] pair of bytes, not {item:?}"
-                    ))
+                let pair = header_pair(&item).map_err(|e| {
+                    PyTypeError::new_err(format!("websocket.accept: {}", e.value(item.py())))
                 })?;
                 crate::response::check_header_bytes(&pair.0, &pair.1)
                     .map_err(PyValueError::new_err)?;
@@ -271,8 +270,8 @@ pub fn app_message(kind: &str, message: &Bound<'_, PyAny>) -> PyResult<WsOutgoin
     }
     match (get("bytes"), get("text")) {
         (Some(b), None) => Ok(WsOutgoing::Binary(
-            b.cast::<PyBytes>()
-                .map_err(|_| PyTypeError::new_err("websocket.send: bytes must be bytes"))?
+            byte_string(&b)
+                .ok_or_else(|| PyTypeError::new_err("websocket.send: bytes must be bytes"))?
                 .as_bytes()
                 .to_vec(),
         )),

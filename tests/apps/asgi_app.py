@@ -76,6 +76,12 @@ async def app(scope, receive, send):
     elif route == "/echo":
         body, messages, _ = await read_body(receive)
         await respond(send, body, headers=[(b"x-messages", str(len(messages)).encode())])
+    elif route == "/buffers":
+        # Byte strings in buffers (as uvicorn and Hypercorn take them), headers as [name, value] lists.
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [[b"content-type", bytearray(b"text/plain")], [bytearray(b"x-kind"), b"buffers"]]})
+        await send({"type": "http.response.body", "body": bytearray(b"from a bytearray\n"), "more_body": True})
+        await send({"type": "http.response.body", "body": memoryview(b"<from a memoryview>")[1:-1]})
     elif route == "/echo-slowly":
         # Reads its body only once released: the upload is paused meanwhile.
         await event(query).wait()

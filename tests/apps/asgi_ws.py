@@ -32,7 +32,8 @@ async def app(scope, receive, send):
     assert (await receive())["type"] == "websocket.connect"
     if path == "/echo":
         sub = scope["subprotocols"][0] if scope["subprotocols"] else None
-        await send({"type": "websocket.accept", "subprotocol": sub, "headers": [(b"x-accepted", b"yes")]})
+        # Headers as the spec writes them ([name, value] lists), a value in a bytearray.
+        await send({"type": "websocket.accept", "subprotocol": sub, "headers": [[b"x-accepted", bytearray(b"yes")]]})
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
@@ -44,7 +45,8 @@ async def app(scope, receive, send):
             elif message.get("text") is not None:
                 await send({"type": "websocket.send", "text": message["text"]})
             else:
-                await send({"type": "websocket.send", "bytes": message["bytes"]})
+                # A buffer, as an app slicing what it received sends it.
+                await send({"type": "websocket.send", "bytes": memoryview(message["bytes"])})
     elif path == "/deny":
         await send({"type": "websocket.close"})
         # After a denial the connection is over for the app too.
