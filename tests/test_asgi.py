@@ -56,8 +56,8 @@ def stats(server):
     (f"{APPS}/asgi_kinds.py:not_callable", "is not callable"),
     (f"{APPS}/asgi_kinds.py:missing", "looking for the ASGI callable"),
     (f"{APPS}/broken/syntax_error.py", "SyntaxError"),
-    (f"{APPS}/asgi_lifespan.py:raises", "lifespan startup failed"),
     (f"{APPS}/asgi_lifespan.py:reports_failure", "lifespan startup failed: no configuration file"),
+    (f"{APPS}/asgi_lifespan.py:starlette_fails", "RuntimeError: no database at startup"),
 ])
 def test_nginx_t_refuses_what_cannot_be_served_naming_the_directive(nginx_factory, spec, message):
     server = nginx_factory(asgi("/", spec))
@@ -785,6 +785,24 @@ def test_an_app_that_stops_the_event_loop_does_not_stop_asgi_in_the_worker(nginx
     assert server.worker_pids() == [worker]
     assert server.stop() == 0
     assert f"worker process {worker} exited with code 0" in server.error_log()
+
+
+@pytest.mark.parametrize("name,logged", [
+    ("raises", "RuntimeError: the database is not there"),
+    ("returns", "the lifespan coroutine returned without sending lifespan.startup.complete"),
+])
+def test_a_startup_that_raises_or_returns_unanswered_is_logged_and_the_app_served(nginx_factory, name, logged):
+    # The lifespan spec: on an exception the server must continue, without lifespan events;
+    # an app that wants the server not to start sends lifespan.startup.failed.
+    server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:{name}"))
+    assert server.run("-t").returncode == 0
+    server.start()
+    assert requests.get(server.url("/"), timeout=10).text == "served without lifespan"
+    assert server.stop() == 0
+    log = server.error_log()
+    assert re.search(r"\[error\].*: the lifespan startup ended without lifespan.startup.complete or .failed; "
+                     r"serving the app without lifespan events", log), log
+    assert logged in log and "lifespan shutdown" not in log, log
 
 
 def test_apps_without_lifespan_are_served(nginx_factory):

@@ -70,19 +70,22 @@ def await_stack(task):
 
 class Lifespan:
     """The lifespan protocol of one app. `report(phase, outcome, text)` is called with phase
-    'startup' or 'shutdown' and outcome 'ok', 'failed' or 'unsupported'."""
+    'startup' or 'shutdown' and outcome 'ok', 'failed', 'unsupported' (the app raised before
+    asking for the startup) or 'abandoned' (it asked for the startup, then raised or returned
+    without answering it: the ASGI lifespan spec has the server carry on without lifespan
+    events; only lifespan.startup.failed stops it)."""
 
     def __init__(self, loop, app, state, report):
         self.loop, self.app, self.state, self.report = loop, app, state, report
         self.inbox = asyncio.Queue()
         self.received = False
-        self.reported = set()
+        self.reported = {}
         self.phase = "startup"
         self.task = None
 
     def _report(self, phase, outcome, text=""):
         if phase not in self.reported:
-            self.reported.add(phase)
+            self.reported[phase] = outcome
             self.report(phase, outcome, text)
 
     def begin(self):
@@ -122,17 +125,18 @@ class Lifespan:
         except BaseException as e:
             text = "".join(traceback.format_exception(e)).rstrip()
             if "startup" not in self.reported:
-                # Raised before it asked for the startup: it does not speak lifespan.
-                self._report("startup", "failed" if self.received else "unsupported", text)
+                self._report("startup", "abandoned" if self.received else "unsupported", text)
             elif self.phase == "shutdown":
                 self._report("shutdown", "failed", text)
-            else:
+            elif self.reported["startup"] == "ok":
                 self.report("running", "failed", text)
+            # else: re-raised after lifespan.startup.failed (Starlette), whose message said it.
         else:
             if "startup" not in self.reported:
-                self._report("startup", "failed" if self.received else "unsupported",
+                self._report("startup", "abandoned" if self.received else "unsupported",
                              "the lifespan coroutine returned without sending lifespan.startup.complete")
-            self._report("shutdown", "ok")
+            elif self.phase == "shutdown":
+                self._report("shutdown", "ok")
 
 
 def check_lifespan(app, loop_factory, shutdown_within):

@@ -571,9 +571,15 @@ impl AsgiLoop {
             };
             match (phase.as_str(), outcome.as_str()) {
                 ("startup", "ok") => {}
-                ("startup", "unsupported") => {
-                    let last = text.lines().last().unwrap_or("").to_owned();
-                    tracing::info!(target: "asgi", "{}: the app does not support the lifespan protocol (it raised before asking for lifespan.startup: {last}); serving it without", name(index));
+                ("startup", outcome @ ("unsupported" | "abandoned")) => {
+                    if outcome == "unsupported" {
+                        let last = text.lines().last().unwrap_or("").to_owned();
+                        tracing::info!(target: "asgi", "{}: the app does not support the lifespan protocol (it raised before asking for lifespan.startup: {last}); serving it without", name(index));
+                    } else {
+                        // The lifespan spec: the server must carry on, without lifespan events;
+                        // an app stops it with lifespan.startup.failed.
+                        tracing::error!(target: "asgi", "{}: the lifespan startup ended without lifespan.startup.complete or .failed; serving the app without lifespan events (the ASGI lifespan spec; send lifespan.startup.failed to stop the worker): {text}", name(index));
+                    }
                     if let Some(l) = LIFESPANS.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
                         l.objects.remove(&index);
                     }

@@ -1,5 +1,6 @@
-"""Lifespan behaviours: a startup that fails (by raising after receiving the startup, or with
-lifespan.startup.failed), one that fails only when a marker file exists (so that the
+"""Lifespan behaviours: a startup that raises or returns after receiving the startup (the app
+is then served without lifespan), one that fails with lifespan.startup.failed, one that fails
+only when a marker file exists (so that the
 configuration check passes and a later worker start fails), an app without lifespan, and a
 startup or a shutdown that never finishes, and a lifespan that raises once its startup is done."""
 import asyncio
@@ -15,7 +16,14 @@ async def raises(scope, receive, send):
     if scope["type"] == "lifespan":
         await receive()
         raise RuntimeError("the database is not there")
-    await respond(send, b"unreachable")
+    await respond(send, b"served without lifespan")
+
+
+async def returns(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        return
+    await respond(send, b"served without lifespan")
 
 
 async def reports_failure(scope, receive, send):
@@ -76,3 +84,20 @@ async def shutdown_hangs(scope, receive, send):
         await receive()
         await asyncio.Event().wait()
     await respond(send, b"up")
+
+
+def _starlette_failing_startup():
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+
+    @asynccontextmanager
+    async def lifespan(app):
+        raise RuntimeError("no database at startup")
+        yield
+
+    return Starlette(lifespan=lifespan)
+
+
+# Starlette answers lifespan.startup.failed with the traceback, then raises again.
+starlette_fails = _starlette_failing_startup()
