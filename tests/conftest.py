@@ -329,6 +329,36 @@ def tls(directory):
     )
 
 
+def wait_for_peer(port, proc, what, timeout=60):
+    """Waits until a peer server (`proc`, its stderr a pipe) listens on `port`; raises with its
+    stderr when it exits or does not listen in time (then killed: never a hang on the pipe)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                try:
+                    err = proc.communicate(timeout=5)[1] or b""
+                except subprocess.TimeoutExpired:
+                    err = b"(its stderr is held open by a child)"
+                raise RuntimeError(f"{what} did not start: {err.decode(errors='replace')}")
+            time.sleep(0.05)
+
+
+def stop_peers(procs):
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def wait_for(condition, timeout=20, what="the condition"):
     """Polls `condition` (a readiness signal: a log line, a process, a metric) until it holds."""
     deadline = time.monotonic() + timeout

@@ -5,15 +5,13 @@ uvicorn, mounted at the root and under a prefix (nginx's `location /api/`, uvico
 `--root-path /api`)."""
 import email.utils
 import json
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
 
-from conftest import APPS, FORWARDED_SCHEME, asgi_location, free_port
+from conftest import APPS, FORWARDED_SCHEME, asgi_location, free_port, stop_peers, wait_for_peer
 
 FRAMEWORKS = APPS / "asgi_frameworks"
 SERVER_HEADERS = {"date", "server", "connection", "keep-alive", "transfer-encoding"}
@@ -123,18 +121,6 @@ CALLABLES = {"starlette": "app", "fastapi": "app", "django": "application", "lit
 DELIBERATE_500 = {"/raises/"}
 
 
-def wait_port(port, proc, what):
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start: {proc.stderr.read().decode()}")
-            time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def uvicorn_servers():
     procs = {}
@@ -147,12 +133,12 @@ def uvicorn_servers():
                 argv += ["--root-path", mount]
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             procs[(framework, mount)] = (proc, port)
-    for key, (proc, port) in procs.items():
-        wait_port(port, proc, f"uvicorn {key}")
-    yield {key: port for key, (_, port) in procs.items()}
-    for proc, _ in procs.values():
-        proc.terminate()
-        proc.wait(timeout=10)
+    try:
+        for key, (proc, port) in procs.items():
+            wait_for_peer(port, proc, f"uvicorn {key}")
+        yield {key: port for key, (_, port) in procs.items()}
+    finally:
+        stop_peers([proc for proc, _ in procs.values()])
 
 
 @pytest.fixture(scope="module")

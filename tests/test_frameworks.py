@@ -2,15 +2,13 @@
 status, headers and body under the module (nginx and Apache) and under gunicorn."""
 import json
 import pathlib
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
 
-from conftest import APPS, free_port, route
+from conftest import APPS, free_port, route, stop_peers, wait_for_peer
 
 FRAMEWORKS = APPS / "frameworks"
 # Hop-by-hop and per-server headers; everything else the app sent must match.
@@ -45,20 +43,12 @@ def gunicorn_servers():
              f"{framework}_app:application"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs[framework] = (proc, port)
-    for framework, (proc, port) in procs.items():
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gunicorn for {framework} did not start: {proc.stderr.read().decode()}")
-                time.sleep(0.1)
-    yield {f: port for f, (_, port) in procs.items()}
-    for proc, _ in procs.values():
-        proc.terminate()
-        proc.wait(timeout=10)
+    try:
+        for framework, (proc, port) in procs.items():
+            wait_for_peer(port, proc, f"gunicorn for {framework}")
+        yield {f: port for f, (_, port) in procs.items()}
+    finally:
+        stop_peers([proc for proc, _ in procs.values()])
 
 
 @pytest.fixture(scope="module")

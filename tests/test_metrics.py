@@ -72,7 +72,8 @@ def test_in_flight_timeouts_and_lost_slots(server):
     after = scrape(server)
     assert after["wsgi_lost_slots"] == 0 and after["wsgi_requests_in_flight"] == 0
     assert after['wsgi_responses_total{class="5xx"}'] - before['wsgi_responses_total{class="5xx"}'] == 1
-    assert after['wsgi_request_duration_seconds_bucket{le="2.5"}'] - before['wsgi_request_duration_seconds_bucket{le="2.5"}'] == 2
+    # Both took about 2 s (the sleep); 5 s leaves a loaded machine room.
+    assert after['wsgi_request_duration_seconds_bucket{le="5"}'] - before['wsgi_request_duration_seconds_bucket{le="5"}'] == 2
 
 
 def test_counts_survive_a_graceful_restart(server):
