@@ -49,6 +49,17 @@ def test_app_imported_at_worker_start_and_finalized_at_exit(nginx_factory, tmp_p
         assert f"worker process {pid} exited with code 0" in log
 
 
+METRICS = "  location = /metrics { wsgi_status; }\n"
+
+
+def wait_inside_python(server, count=1):
+    """Until `count` requests are inside the app: a signal sent earlier could find one still in
+    the listen queue, which a quitting nginx closes."""
+    wait_for(lambda: re.search(rf"^wsgi_requests_in_flight {count}$",
+                               requests.get(server.url("/metrics"), timeout=10).text, re.M),
+             what=f"{count} request(s) inside Python")
+
+
 def _slow_request(server, results):
     try:
         r = requests.get(server.url("/slow"), timeout=30)
@@ -58,11 +69,11 @@ def _slow_request(server, results):
 
 
 def test_quit_waits_for_requests_inside_python(nginx_factory):
-    server = nginx_factory(location("/", APPS / "sleepy.py")).start()
+    server = nginx_factory(METRICS + location("/", APPS / "sleepy.py")).start()
     results = []
     t = threading.Thread(target=_slow_request, args=(server, results))
     t.start()
-    time.sleep(0.5)
+    wait_inside_python(server)
     assert server.stop(timeout=30) == 0
     t.join()
     assert results == [(200, "/slow")]
@@ -70,12 +81,12 @@ def test_quit_waits_for_requests_inside_python(nginx_factory):
 
 
 def test_reload_finishes_requests_in_flight_and_new_workers_serve(nginx_factory):
-    server = nginx_factory(location("/", APPS / "sleepy.py")).start()
+    server = nginx_factory(METRICS + location("/", APPS / "sleepy.py")).start()
     old = server.worker_pids()
     results = []
     t = threading.Thread(target=_slow_request, args=(server, results))
     t.start()
-    time.sleep(0.5)
+    wait_inside_python(server)
     server.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not (set(server.worker_pids()) - set(old)):
@@ -91,12 +102,13 @@ def test_reload_finishes_requests_in_flight_and_new_workers_serve(nginx_factory)
 
 
 def test_a_request_that_never_returns_cannot_hold_an_exiting_worker(nginx_factory):
-    server = nginx_factory(location("/", APPS / "sleepy.py"), main_extra="worker_shutdown_timeout 1s;").start()
+    server = nginx_factory(METRICS + location("/", APPS / "sleepy.py"),
+                           main_extra="worker_shutdown_timeout 1s;").start()
     worker = server.worker_pids()[0]
     results = []
     t = threading.Thread(target=lambda: results.append(_forever(server)))
     t.start()
-    time.sleep(0.5)
+    wait_inside_python(server)
     started = time.monotonic()
     assert server.stop(timeout=30) == 0
     assert time.monotonic() - started < 10

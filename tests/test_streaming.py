@@ -141,7 +141,7 @@ def test_http2_streams_reads_unbuffered_and_notices_disconnects(h2_server):
                          input=b"a\nb\nc", capture_output=True, timeout=30, check=True)
     assert json.loads(out.stdout)["parts"] == ["a\n", "b\n", "c"]
     client = subprocess.Popen(curl + [h2_server.url("/endless?h2-gone&0.01")], stdout=subprocess.PIPE)
-    time.sleep(0.5)
+    assert client.stdout.read(1), "the stream started"
     client.kill()
     client.wait()
     deadline = time.monotonic() + 10
