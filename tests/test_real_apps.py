@@ -293,7 +293,9 @@ def test_a_full_queue_answers_503_at_once_and_says_why_once(nginx_factory):
         wait_for(lambda: gauge(server, "wsgi_pool_threads_busy") == 2, 30, "two threads busy")
         held += [pool.submit(requests.get, server.url("/block?full"), timeout=60) for _ in range(2)]
         wait_for(lambda: gauge(server, "wsgi_requests_queued") == 2, 30, "two requests queued")
+        started = time.monotonic()
         refused = [requests.get(server.url(f"/extra{i}"), timeout=10) for i in range(20)]
+        took = time.monotonic() - started
         assert {r.status_code for r in refused} == {503}
         assert {r.headers.get("Retry-After") for r in refused} == {"60"}
         assert gauge(server, "wsgi_requests_refused_total") == 20
@@ -301,7 +303,7 @@ def test_a_full_queue_answers_503_at_once_and_says_why_once(nginx_factory):
         assert [f.result().text for f in held] == ["unblocked"] * 4
     log = server.error_log()
     entries = log.count("answered 503 since the last such entry")
-    assert 1 <= entries <= 3, "one entry per second at most, not one per request"
+    assert 1 <= entries <= 2 + int(took), "one entry per second at most, not one per request"
     assert "wsgi_max_queue requests already wait" in log
     assert requests.get(server.url("/after")).text == "ok"
 

@@ -43,16 +43,18 @@ def test_serve_with_reload_follows_edits(built):
     app.parent.mkdir()
     app.write_text(APP.replace("VERSION", "v1"))
     port = free_port()
-    proc = subprocess.Popen([str(RELEASE / "ngx-wsgi"), "serve", str(app), "--port", str(port),
-                             "--reload"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    err_file = app.parent / "serve.err"
+    with open(err_file, "wb") as err_out:
+        proc = subprocess.Popen([str(RELEASE / "ngx-wsgi"), "serve", str(app), "--port", str(port),
+                                 "--reload"], stdout=subprocess.DEVNULL, stderr=err_out,
+                                start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     try:
         assert wait_for(lambda: requests.get(url, timeout=2).text == "v1"), "serve did not come up"
         app.write_text(APP.replace("VERSION", "v2"))
         assert wait_for(lambda: requests.get(url, timeout=2).text == "v2"), "edit not picked up"
         app.write_text("def application(environ, start_response)\n")  # a syntax error
-        time.sleep(2)
+        assert wait_for(lambda: "SyntaxError" in err_file.read_text(errors="replace")), "the broken edit was seen"
         assert requests.get(url, timeout=2).text == "v2", "a broken edit is refused; v2 keeps serving"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
@@ -61,7 +63,7 @@ def test_serve_with_reload_follows_edits(built):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    err = proc.stderr.read().decode(errors="replace")
+    err = err_file.read_text(errors="replace")
     assert "changed; reloading" in err and "SyntaxError" in err
 
 
