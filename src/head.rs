@@ -102,6 +102,13 @@ impl ResponseHead {
         self.status < 200 || self.status == 204 || self.status == 304
     }
 
+    /// Whether this is a server-sent event stream (`content-type: text/event-stream`).
+    pub fn is_event_stream(&self) -> bool {
+        const TYPE: &[u8] = b"text/event-stream";
+        self.header("content-type")
+            .is_some_and(|v| v.len() >= TYPE.len() && v[..TYPE.len()].eq_ignore_ascii_case(TYPE))
+    }
+
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers()

@@ -295,6 +295,15 @@ def test_the_head_leaves_with_an_empty_first_piece(server):
         assert read_until(s, b"0\r\n\r\n") == b"9\r\nreleased\n\r\n0\r\n\r\n"
 
 
+def test_an_event_streams_head_leaves_at_its_start(server):
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET /late-event?sse1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        head = read_until(s, b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"text/event-stream" in head, head
+        assert requests.get(server.url("/release?sse1"), timeout=10).text == "released"
+        assert read_until(s, b"0\r\n\r\n") == b"c\r\ndata: late\n\n\r\n0\r\n\r\n"
+
+
 def test_responses_finished_before_a_blocking_task_do_not_wait_for_it(server):
     # Many tasks released in one round of the loop, the last of them blocking it for seconds: the
     # others' responses, finished before it, reach their clients while it blocks (under load the

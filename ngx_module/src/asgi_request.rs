@@ -179,14 +179,14 @@ impl HttpServer for AsgiRequest {
     }
 
     fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone> {
-        let event_stream = head.as_ref().is_some_and(event_streams::is_event_stream);
+        let event_stream = head.as_ref().is_some_and(ResponseHead::is_event_stream);
         self.stream.push_now(head, data)?;
         self.head_handed_over(event_stream);
         Ok(())
     }
 
     fn push_head(&self, head: ResponseHead) -> Result<(), ClientGone> {
-        let event_stream = event_streams::is_event_stream(&head);
+        let event_stream = head.is_event_stream();
         self.stream.push_head_now(head)?;
         self.head_handed_over(event_stream);
         Ok(())

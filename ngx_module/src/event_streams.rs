@@ -6,8 +6,6 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, Weak};
 
-use ngx_wsgi::ResponseHead;
-
 /// A response that the server can end in its app's place.
 pub(crate) trait EndsAtExit: Send + Sync {
     /// Ends the response cleanly, on the event loop; its app is then told as if its client had
@@ -26,13 +24,6 @@ static LISTED: Mutex<Option<HashMap<usize, Listed>>> = Mutex::new(None);
 
 fn listed() -> MutexGuard<'static, Option<HashMap<usize, Listed>>> {
     LISTED.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Whether a response head says `text/event-stream`.
-pub(crate) fn is_event_stream(head: &ResponseHead) -> bool {
-    const TYPE: &[u8] = b"text/event-stream";
-    head.header("content-type")
-        .is_some_and(|v| v.len() >= TYPE.len() && v[..TYPE.len()].eq_ignore_ascii_case(TYPE))
 }
 
 /// Lists an event stream (once its head is with the server, so that one ended at exit goes

@@ -488,7 +488,7 @@ impl ChunkSink for Stream {
             st.waiting -= 1;
         }
         drop(st);
-        let event_stream = head.as_ref().is_some_and(event_streams::is_event_stream);
+        let event_stream = head.as_ref().is_some_and(ResponseHead::is_event_stream);
         self.push_now(head, data)?;
         // Once its head is with the stream: ended at exit, it goes out with the app's status.
         if event_stream {

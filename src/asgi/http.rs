@@ -354,6 +354,15 @@ impl HttpExchange {
         }
         self.declared = head.content_length;
         self.bodiless |= head.is_bodiless();
+        if head.is_event_stream() && head.internal_redirect().is_none() {
+            // Its client learns of the stream now, as from uvicorn, not at the first event
+            // (sse-starlette's first ping is 15 s away; a client's read timeout may come first).
+            self.server
+                .push_head(head)
+                .map_err(|_| self.client_went())?;
+            self.response = Response::Streaming;
+            return Ok(());
+        }
         self.head = Some(head);
         self.response = Response::Started;
         Ok(())
@@ -1048,6 +1057,30 @@ mod tests {
             assert_eq!(
                 msg.get_item("type").unwrap().extract::<String>().unwrap(),
                 "http.disconnect"
+            );
+        });
+    }
+
+    #[test]
+    fn an_event_streams_head_goes_at_its_start() {
+        with_python(|py| {
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, None);
+            let start = "{'type': 'http.response.start', 'status': 200, \
+                'headers': [(b'content-type', b'text/event-stream; charset=utf-8')]}";
+            assert!(send(&ex, start).unwrap());
+            assert_eq!(
+                *server.pushed.lock().unwrap(),
+                vec![(Some(200), Vec::new())]
+            );
+            assert!(send(
+                &ex,
+                "{'type': 'http.response.body', 'body': b'data: x\\n\\n'}"
+            )
+            .unwrap());
+            assert_eq!(
+                server.pushed.lock().unwrap()[1],
+                (None, b"data: x\n\n".to_vec())
             );
         });
     }

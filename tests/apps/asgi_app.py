@@ -98,6 +98,11 @@ async def app(scope, receive, send):
         for i in range(n):
             await send({"type": "http.response.body", "body": b"%d\n" % i, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+    elif route == "/late-event":
+        # An event stream whose first event waits for /release?KEY (sse-starlette pings after 15 s).
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await event(query).wait()
+        await send({"type": "http.response.body", "body": b"data: late\n\n"})
     elif route in ("/hold", "/hold-empty"):
         # The first piece goes out; the rest once /release?KEY is asked (or a FIFO is written).
         # The second kind's first piece is empty, as an event stream that has nothing to say yet.
