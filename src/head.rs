@@ -199,10 +199,19 @@ pub fn parse_header<'a>(
     Ok((name.as_bytes(), value_bytes))
 }
 
-/// The hop-by-hop headers an ASGI app may send, which the server drops as nginx drops them
-/// from an upstream's response: the framing and the connection are the server's. (ASGI, unlike
-/// PEP 3333, does not forbid them; sse-starlette sends `connection: keep-alive`.)
-const DROPPED_FOR_ASGI: [&str; 3] = ["connection", "keep-alive", "transfer-encoding"];
+/// The connection's headers, which an ASGI app may send (ASGI, unlike PEP 3333, does not
+/// forbid them; sse-starlette sends `connection: keep-alive`) and the server drops: the framing,
+/// the connection and its protocol are nginx's (it answers upgrades itself, and on HTTP/2 a
+/// response with one of them is malformed). PEP 3333's other two, `proxy-authenticate` and
+/// `proxy-authorization`, go out, as from uvicorn or nginx's proxy (an app's 407).
+const DROPPED_FOR_ASGI: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// Whether an ASGI app's header is one the server drops (see [`DROPPED_FOR_ASGI`]).
 pub fn dropped_for_asgi(name: &[u8]) -> bool {
@@ -211,23 +220,13 @@ pub fn dropped_for_asgi(name: &[u8]) -> bool {
         .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
 }
 
-/// Checks one header given as bytes (ASGI): the same rules as [`parse_header`], but for the
-/// hop-by-hop headers the server drops ([`dropped_for_asgi`]).
+/// Checks one header given as bytes (ASGI): the same rules as [`parse_header`] but for the
+/// hop-by-hop headers, which ASGI allows (see [`DROPPED_FOR_ASGI`]).
 pub fn check_header_bytes(name: &[u8], value: &[u8]) -> Result<(), String> {
     let shown = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     if name.is_empty() || !name.iter().all(|&c| is_token_char(c)) {
         return Err(format!(
             "header name {:?} is not an HTTP token",
-            shown(name)
-        ));
-    }
-    if !dropped_for_asgi(name)
-        && HOP_BY_HOP
-            .iter()
-            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-    {
-        return Err(format!(
-            "header {:?} is hop-by-hop; the server manages it",
             shown(name)
         ));
     }

@@ -201,6 +201,8 @@ async def app(scope, receive, send):
     elif route == "/hop":
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"connection", b"keep-alive"), (b"Keep-Alive", b"timeout=99"), (b"transfer-encoding", b"chunked"),
+            (b"upgrade", b"h2c"), (b"te", b"trailers"), (b"trailers", b"x"),
+            (b"proxy-authenticate", b"Basic realm=\"proxy\""),
             (b"x-kept", b"yes"), (b"content-length", b"3")]})
         await send({"type": "http.response.body", "body": b"hop"})
     elif route == "/trailers":
