@@ -285,6 +285,16 @@ def test_byte_strings_in_buffers_and_headers_as_lists(server):
     assert (r.headers["content-type"], r.headers["x-kind"]) == ("text/plain", "buffers")
 
 
+def test_an_answer_before_an_unbuffered_body_is_in_says_the_connection_closes(server):
+    # nginx closes the connection after a response whose body, still arriving, the app left
+    # unread: a head that promised keep-alive would lose the client's next request on it.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"POST /unbuffered/stream?2 HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + b"y" * 10)
+        data = read_until(s, b"0\r\n\r\n")
+    head = data.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 200") and b"connection: close" in head, head
+
+
 def test_the_head_leaves_with_an_empty_first_piece(server):
     # ASGI: the head may wait for the first body message, not for the first body byte; an event
     # stream's client (EventSource's onopen) must not wait for the first event.

@@ -229,6 +229,13 @@ impl Stream {
                     (*r).read_event_handler = self.events.readable;
                 }
                 (*r).write_event_handler = self.events.writable;
+                // A body still arriving (wsgi_request_buffering off) that the app may leave
+                // unread makes nginx close the connection after the response: the head must not
+                // promise keep-alive (a client's next request on it would be lost). As for a
+                // whole response (response::send).
+                if (*r).reading_body() != 0 {
+                    (*r).set_keepalive(0);
+                }
                 let rc = crate::response::send_head(r, &head, head.content_length);
                 if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
                     self.cancel(st, true);
