@@ -15,7 +15,8 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, BAD_CHUNKS, asgi_location as asgi, assert_broken_chunk_is_400, location, read_until, wait_for
+from conftest import (APPS, BAD_CHUNKS, asgi_location as asgi, assert_broken_chunk_is_400, location, raw_request,
+                      read_until, wait_for)
 
 APP = APPS / "asgi_app.py"
 BAD = APPS / "asgi_bad.py"
@@ -100,6 +101,25 @@ def scope_of(server, path, **kw):
     r = requests.request(kw.pop("method", "GET"), server.url(path), timeout=10, **kw)
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def test_an_absolute_form_target_names_the_host(server):
+    # As for WSGI (test_environ.py): the target's authority, by which nginx chose the server.
+    for target, host, expected in [(b"http://good.example:8080/scope?a=1", b"Host: evil.example\r\n", "good.example:8080"),
+                                   (b"http://good.example/scope?a=1", b"", "good.example")]:
+        version = b"HTTP/1.1" if host else b"HTTP/1.0"
+        data = raw_request(server.port, b"GET " + target + b" " + version + b"\r\n" + host + b"Connection: close\r\n\r\n")
+        s = json.loads(data.partition(b"\r\n\r\n")[2])
+        hosts = [h[3] for h in s["headers"] if h[1] == "host"]
+        assert hosts == [expected] and (s["path"], s["query_string"]) == ("/scope", "a=1"), s
+
+
+def test_a_fragment_the_client_sent_is_in_no_part_of_the_scope(server):
+    # nginx leaves a `#fragment` (which clients do not send) out of the path and the arguments.
+    for target in (b"/scope#frag", b"/scope?x=1#frag"):
+        data = raw_request(server.port, b"GET " + target + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        s = json.loads(data.partition(b"\r\n\r\n")[2])
+        assert (s["path"], s["raw_path"]) == ("/scope", "/scope") and "#" not in s["query_string"], s
 
 
 def test_scope_of_a_prefix_location(server):

@@ -64,6 +64,16 @@ def test_server_identity_never_comes_from_client_headers(server):
     assert e["HTTP_HOST"] == "evil.example:9999"
 
 
+def test_an_absolute_form_target_names_the_host(server):
+    # RFC 9112 3.2.2: the origin server uses the target's authority, not the Host header, by
+    # which the server was chosen too (a Host filter must not be bypassed through the target).
+    e = environ(server, "http://good.example:8080/some/path?a=1", headers=[("Host", "evil.example")])
+    assert e["HTTP_HOST"] == "good.example:8080"
+    assert (e["PATH_INFO"], e["QUERY_STRING"]) == ("/some/path", "a=1")
+    e = environ(server, "http://good.example/x", headers=[("Host", "evil.example:1")])
+    assert e["HTTP_HOST"] == "good.example"
+
+
 def test_server_name_falls_back_to_the_local_address(nginx_factory):
     srv = nginx_factory(location("/", APP), server_name='""').start()
     e = environ(srv)

@@ -10,7 +10,7 @@ use ngx_wsgi::asgi::HttpScope;
 
 use crate::conf::LocConf;
 use crate::ffi::ngx_bytes;
-use crate::request_info::{for_each_header, inet_port};
+use crate::request_info::{for_each_request_header, inet_port};
 
 /// NGX_HTTP_VERSION_30 (nginx 1.25+; spelled out to build against older nginx too).
 const HTTP_VERSION_30: u32 = 3000;
@@ -76,7 +76,7 @@ pub(crate) unsafe fn collect(
     let mut header_count = 0;
     // SAFETY: the request's header list is live and not modified while we read it.
     unsafe {
-        for_each_header(&r.headers_in.headers.part, |name, value| {
+        for_each_request_header(r, |name, value| {
             header_bytes += name.len() + value.len();
             header_count += 1;
         })
@@ -109,7 +109,7 @@ pub(crate) unsafe fn collect(
     }
     // SAFETY: as above.
     unsafe {
-        for_each_header(&r.headers_in.headers.part, |name, value| {
+        for_each_request_header(r, |name, value| {
             b.header(name, value);
         })
     };

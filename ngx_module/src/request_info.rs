@@ -84,7 +84,7 @@ pub(crate) unsafe fn collect(
 
     // SAFETY: the request's header list is live and not modified while we read it.
     unsafe {
-        for_each_header(&r.headers_in.headers.part, |name, value| {
+        for_each_request_header(r, |name, value| {
             b.header(name, value);
         })
     };
@@ -125,6 +125,53 @@ fn protocol(version: u32) -> &'static [u8] {
         NGX_HTTP_VERSION_20 => b"HTTP/2.0",
         HTTP_VERSION_30 => b"HTTP/3.0",
         _ => b"HTTP/1.1",
+    }
+}
+
+/// The authority of an absolute-form request target (`GET http://a.example:8080/x HTTP/1.1`),
+/// by which nginx chose the server: RFC 9112 3.2.2 has an origin server ignore the `Host`
+/// header then, which may name another site.
+fn target_authority(r: &ngx_http_request_t) -> Option<&[u8]> {
+    if r.host_start.is_null() || r.host_end.is_null() {
+        return None;
+    }
+    // The port, when there is one, lies between the host and the path.
+    let end = if !r.uri_start.is_null() && r.uri_start > r.host_end {
+        r.uri_start
+    } else {
+        r.host_end
+    };
+    // SAFETY: all three point into the request line, which stays in the connection's header
+    // buffers for the request's life (nginx moves them with it to a large buffer).
+    unsafe {
+        let len = usize::try_from(end.offset_from(r.host_start)).ok()?;
+        Some(std::slice::from_raw_parts(r.host_start, len))
+    }
+}
+
+/// The request's headers as the app gets them: with an absolute-form target, `Host` is the
+/// target's authority (added when an HTTP/1.0 request sent none), as nginx routed it.
+///
+/// # Safety
+/// `r`'s header list is live and not modified meanwhile.
+pub(crate) unsafe fn for_each_request_header(
+    r: &ngx_http_request_t,
+    mut f: impl FnMut(&[u8], &[u8]),
+) {
+    let authority = target_authority(r);
+    let mut had_host = false;
+    // SAFETY: per the function contract.
+    unsafe {
+        for_each_header(&r.headers_in.headers.part, |name, value| match authority {
+            Some(authority) if name.eq_ignore_ascii_case(b"host") => {
+                had_host = true;
+                f(name, authority)
+            }
+            _ => f(name, value),
+        })
+    };
+    if let (Some(authority), false) = (authority, had_host) {
+        f(b"Host", authority);
     }
 }
 

@@ -344,9 +344,10 @@ fn utf8_lossy<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyStrin
     }
 }
 
-/// The path of a request target (up to its `?`).
+/// The path of a request target (up to its `?`, or a `#` a client sent, which nginx's path
+/// leaves out too).
 pub fn raw_path_of(target: &[u8]) -> &[u8] {
-    match target.iter().position(|&c| c == b'?') {
+    match target.iter().position(|&c| c == b'?' || c == b'#') {
         Some(q) => &target[..q],
         None => target,
     }
@@ -419,6 +420,8 @@ mod tests {
         });
         assert_eq!(raw_path_of(b"/a?b=c"), b"/a");
         assert_eq!(raw_path_of(b"/a"), b"/a");
+        assert_eq!(raw_path_of(b"/a#f"), b"/a");
+        assert_eq!(raw_path_of(b"/a?b#f"), b"/a");
     }
 
     #[test]
