@@ -24,7 +24,8 @@ APP = APPS / "asgi_ws.py"
 
 @pytest.fixture(scope="module")
 def server(nginx_factory):
-    s = nginx_factory(asgi("/ws/", APP) + asgi("/small/", APP, "client_max_body_size 1k;")).start()
+    s = nginx_factory(asgi("/ws/", APP) + asgi("/small/", APP, "client_max_body_size 1k;")
+                      + asgi("/unbuffered/", APP, "wsgi_request_buffering off;")).start()
     s.ws = f"ws://127.0.0.1:{s.port}"
     return s
 
@@ -107,11 +108,11 @@ def test_a_close_or_accept_before_reading_the_connect_is_served(server):
     assert "unexpected ASGI message" not in server.error_log()
 
 
-def handshake_answer(server, headers):
-    """The head and body nginx answers a raw upgrade request with `headers`."""
+def handshake_answer(server, headers, body=b"", prefix="/ws"):
+    """The head and body nginx answers a raw upgrade request with `headers` (and `body`)."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-        s.sendall(b"GET /ws/echo HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  + b"".join(h + b"\r\n" for h in headers) + b"\r\n")
+        s.sendall(f"GET {prefix}/echo HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n".encode()
+                  + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body)
         data = read_until(s, b"\r\n\r\n")
         head, body = data.split(b"\r\n\r\n", 1)
         length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")))
@@ -146,6 +147,17 @@ def test_a_malformed_handshake_gets_400_and_never_reaches_the_app(server, header
     head, body = handshake_answer(server, headers)
     assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), head
     wait_for(lambda: why in server.error_log(), what="the reason in the error log")
+
+
+@pytest.mark.parametrize("prefix", ["/ws", "/unbuffered"])
+@pytest.mark.parametrize("framing,body", [(b"Content-Length: 5", b"hello"),
+                                          (b"Transfer-Encoding: chunked", b"5\r\nhello\r\n0\r\n\r\n")],
+                         ids=["length", "chunked"])
+def test_a_handshake_with_a_body_gets_400(server, prefix, framing, body):
+    # After a 101 the body would be read as the client's frames.
+    head, _ = handshake_answer(server, [b"Sec-WebSocket-Version: 13", KEY, framing], body, prefix)
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), head
+    wait_for(lambda: "a WebSocket handshake with a body" in server.error_log(), what="the reason in the error log")
 
 
 def test_a_subprotocol_the_client_did_not_offer_is_the_apps_error(server):

@@ -31,6 +31,14 @@ pub fn handshake(scope: &HttpScope) -> Handshake {
     {
         return Handshake::None;
     }
+    // What follows the handshake on the connection is the client's frames: a body there would
+    // be read as frames (uvicorn and Kestrel refuse one with a 400 too).
+    if scope
+        .headers()
+        .any(|(n, v)| n == b"transfer-encoding" || n == b"content-length" && v.trim_ascii() != b"0")
+    {
+        return Handshake::Malformed("a WebSocket handshake with a body");
+    }
     let versions = values(scope, b"sec-websocket-version");
     if versions.len() > 1 {
         return Handshake::Malformed("more than one Sec-WebSocket-Version header");
@@ -106,6 +114,8 @@ mod tests {
             V13,
         ];
         assert_eq!(handshake(&scope("GET", "1.1", &h)), Handshake::WebSocket);
+        let h = with(&[KEY, V13, ("Content-Length", "0")]);
+        assert_eq!(handshake(&scope("GET", "1.1", &h)), Handshake::WebSocket);
     }
 
     #[test]
@@ -154,6 +164,11 @@ mod tests {
             ),
             (vec![V13, KEY, KEY], "more than one Sec-WebSocket-Key"),
             (vec![V13, V13, KEY], "more than one Sec-WebSocket-Version"),
+            (vec![V13, KEY, ("Content-Length", "5")], "with a body"),
+            (
+                vec![V13, KEY, ("Transfer-Encoding", "chunked")],
+                "with a body",
+            ),
         ] {
             match handshake(&scope("GET", "1.1", &with(&headers))) {
                 Handshake::Malformed(m) => assert!(m.contains(why), "{m} for {headers:?}"),
