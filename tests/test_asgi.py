@@ -531,6 +531,10 @@ def test_pathsend_has_nginx_send_the_file(server, tmp_path):
     assert (r.status_code, r.content) == (206, data[10:20]), "nginx's range filter over the file"
     r = requests.head(server.url(f"/file?{path}"), timeout=10)
     assert (r.headers["content-length"], r.headers["accept-ranges"], r.content) == (str(len(data)), "bytes", b"")
+    r = requests.get(server.url(f"/file?events:{path}"), timeout=10)
+    assert (r.status_code, r.headers["content-type"], r.content) == (200, "text/event-stream", data), \
+        "a file of events: not an event stream's early head"
+
     # procfs says 0 bytes and has some: sent with what it has (unless the app said 0 bytes).
     version = open("/proc/version", "rb").read()
     r = requests.get(server.url("/file?nolength:/proc/version"), timeout=10)

@@ -688,6 +688,10 @@ impl WsServer for AsgiWs {
         self.stream.push_now(head, data)
     }
 
+    fn push_head(&self, head: ResponseHead) -> Result<(), ClientGone> {
+        self.stream.push_head_now(head)
+    }
+
     fn http_room(&self) -> Result<bool, ClientGone> {
         self.stream.room()
     }

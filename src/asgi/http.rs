@@ -354,9 +354,16 @@ impl HttpExchange {
         }
         self.declared = head.content_length;
         self.bodiless |= head.is_bodiless();
-        if head.is_event_stream() && head.internal_redirect().is_none() {
+        if head.is_event_stream()
+            && head.content_length.is_none()
+            && head.internal_redirect().is_none()
+            && !self.gone
+            && !self.finished
+        {
             // Its client learns of the stream now, as from uvicorn, not at the first event
             // (sse-starlette's first ping is 15 s away; a client's read timeout may come first).
+            // One with a length is a file of events (it may come by pathsend): held as any.
+            // A client gone meanwhile (a body over a limit) still gets nginx's own answer.
             self.server
                 .push_head(head)
                 .map_err(|_| self.client_went())?;
@@ -1082,6 +1089,13 @@ mod tests {
                 server.pushed.lock().unwrap()[1],
                 (None, b"data: x\n\n".to_vec())
             );
+            // With a length it is a file of events (a pathsend may follow): held as any head.
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, None);
+            let start = "{'type': 'http.response.start', 'status': 200, 'headers': \
+                [(b'content-type', b'text/event-stream'), (b'content-length', b'3')]}";
+            assert!(send(&ex, start).unwrap());
+            assert!(server.pushed.lock().unwrap().is_empty());
         });
     }
 

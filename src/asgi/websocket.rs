@@ -32,6 +32,11 @@ pub trait WsServer: Send + Sync {
     fn next(&self) -> Option<WsIncoming>;
     /// Before the accept only: a plain HTTP response (a denial).
     fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone>;
+    /// Before the accept only: the denial's head alone, to leave now (see
+    /// [`HttpServer::push_head`]).
+    fn push_head(&self, head: ResponseHead) -> Result<(), ClientGone> {
+        self.push(Some(head), Chunk::from_vec(Vec::new()))
+    }
     /// Before the accept only: room for the denial's body.
     fn http_room(&self) -> Result<bool, ClientGone>;
     fn client_gone(&self) -> bool;
@@ -58,6 +63,9 @@ impl HttpServer for Denial {
     }
     fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone> {
         self.0.push(head, data)
+    }
+    fn push_head(&self, head: ResponseHead) -> Result<(), ClientGone> {
+        self.0.push_head(head)
     }
     fn read_body(&self, _max: usize) -> BodyRead {
         BodyRead::End

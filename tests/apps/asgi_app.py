@@ -274,11 +274,13 @@ async def app(scope, receive, send):
     elif route == "/file":
         # http.response.pathsend: nginx sends the file itself.
         assert "http.response.pathsend" in scope["extensions"]
-        path = query.removeprefix("nolength:")
+        # events: a file of recorded events, as FileResponse(media_type="text/event-stream").
+        kind = b"text/event-stream" if query.startswith("events:") else b"application/octet-stream"
+        path = query.removeprefix("nolength:").removeprefix("events:")
         size = os.path.getsize(path) if os.path.isfile(path) else 0
         length = [] if query.startswith("nolength:") else [(b"content-length", str(size).encode())]
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/octet-stream"), *length]})
+                    "headers": [(b"content-type", kind), *length]})
         await send({"type": "http.response.pathsend", "path": path})
     elif route == "/subprocess":
         # What apps do to run a tool (ffmpeg, git): the loop's child watcher must see it end.
