@@ -40,7 +40,7 @@ def test_deadline_answers_504_and_logs_the_stack(server):
     r = requests.get(server.url("/slow"), timeout=30)
     elapsed = time.monotonic() - started
     assert r.status_code == 504 and "Gateway Time" in r.text
-    assert elapsed < 1.5, "the 504 does not wait for the app"
+    assert elapsed < 1.9, "the 504 does not wait for the app (its 2 s sleep)"
     assert r.headers.get("Connection") == "close"
     # The app's traceback is logged when time.sleep returns and the TimeoutError lands.
     raised = 'the application raised while serving "GET /slow HTTP/1.1"'
@@ -123,10 +123,10 @@ def test_deadline_over_tls_and_http2(wsgi_factory, tmp_path_factory):
                              capture_output=True, text=True, timeout=30).stdout
         return out.split(), time.monotonic() - started
     codes, elapsed = curl("--http1.1", f"{base}/slow")
-    assert codes == ["504", "1"] and elapsed < 1.5
+    assert codes == ["504", "1"] and elapsed < 1.9
     codes, elapsed = curl("--http2", f"{base}/slow", f"{base}/patient/fast")
     assert codes == ["504", "1", "200", "0"], "one connection for both"
-    assert elapsed < 1.5
+    assert elapsed < 1.9
 
 
 def test_a_burst_of_timeouts_is_not_a_burst_of_threads(wsgi_factory):
