@@ -56,8 +56,9 @@ pub trait HttpServer: Send + Sync {
     fn room(&self) -> Result<bool, ClientGone>;
     /// Hands over the head (with the first piece) and a piece of the body.
     fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone>;
-    /// Hands over the head alone, to leave now: the first body message was empty with more to
-    /// come (ASGI lets the head wait for the first body message, not for the first body byte).
+    /// Hands over the head alone, to leave now: an event stream's start, or a first body
+    /// message that was empty with more to come (ASGI lets a head wait for the first body
+    /// message, not for the first body byte).
     fn push_head(&self, head: ResponseHead) -> Result<(), ClientGone> {
         self.push(Some(head), Chunk::from_vec(Vec::new()))
     }
