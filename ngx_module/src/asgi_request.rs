@@ -122,13 +122,6 @@ impl AsgiRequest {
         Some(std::mem::replace(&mut ending.request, LoopRequest::none()).0)
     }
 
-    /// The head is with the stream: an event stream is ended at exit from now on, as a 200.
-    fn head_handed_over(&self, event_stream: bool) {
-        if event_stream {
-            self.track_event_stream();
-        }
-    }
-
     /// Lists this request's response as an event stream (its head says `text/event-stream`).
     fn track_event_stream(&self) {
         self.event_stream.store(true, Ordering::Release);
@@ -181,14 +174,19 @@ impl HttpServer for AsgiRequest {
     fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone> {
         let event_stream = head.as_ref().is_some_and(ResponseHead::is_event_stream);
         self.stream.push_now(head, data)?;
-        self.head_handed_over(event_stream);
+        // Once its head is with the stream: ended at exit, it goes out as a 200.
+        if event_stream {
+            self.track_event_stream();
+        }
         Ok(())
     }
 
     fn push_head(&self, head: ResponseHead) -> Result<(), ClientGone> {
         let event_stream = head.is_event_stream();
         self.stream.push_head_now(head)?;
-        self.head_handed_over(event_stream);
+        if event_stream {
+            self.track_event_stream();
+        }
         Ok(())
     }
 

@@ -282,6 +282,15 @@ impl HttpExchange {
         Self::gone_error()
     }
 
+    /// The head goes out now, before any body byte (see [`HttpServer::push_head`]).
+    fn send_head_alone(&mut self, head: ResponseHead) -> PyResult<()> {
+        self.server
+            .push_head(head)
+            .map_err(|_| self.client_went())?;
+        self.response = Response::Streaming;
+        Ok(())
+    }
+
     fn start(&mut self, message: &Bound<'_, PyAny>) -> PyResult<()> {
         match self.response {
             Response::Idle => {}
@@ -355,21 +364,18 @@ impl HttpExchange {
         }
         self.declared = head.content_length;
         self.bodiless |= head.is_bodiless();
-        if head.is_event_stream()
-            && head.content_length.is_none()
-            && head.internal_redirect().is_none()
+        // Cheapest first: most responses have a length, and this runs for every response.
+        if head.content_length.is_none()
             && !self.gone
             && !self.finished
+            && head.is_event_stream()
+            && head.internal_redirect().is_none()
         {
             // Its client learns of the stream now, as from uvicorn, not at the first event
             // (sse-starlette's first ping is 15 s away; a client's read timeout may come first).
             // One with a length is a file of events (it may come by pathsend): held as any.
             // A client gone meanwhile (a body over a limit) still gets nginx's own answer.
-            self.server
-                .push_head(head)
-                .map_err(|_| self.client_went())?;
-            self.response = Response::Streaming;
-            return Ok(());
+            return self.send_head_alone(head);
         }
         self.head = Some(head);
         self.response = Response::Started;
@@ -449,19 +455,14 @@ impl HttpExchange {
             }
         }
         if len == 0 && more {
-            if self.head.is_none() {
-                return Ok(true);
+            if self.head.is_some() {
+                if !self.server.room().map_err(|_| self.client_went())? {
+                    return Ok(false);
+                }
+                if let Some(head) = self.head.take() {
+                    self.send_head_alone(head)?;
+                }
             }
-            if !self.server.room().map_err(|_| self.client_went())? {
-                return Ok(false);
-            }
-            let Some(head) = self.head.take() else {
-                return Ok(true);
-            };
-            self.server
-                .push_head(head)
-                .map_err(|_| self.client_went())?;
-            self.response = Response::Streaming;
             return Ok(true);
         }
         if !self.server.room().map_err(|_| self.client_went())? {
