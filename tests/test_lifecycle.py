@@ -101,6 +101,44 @@ def test_reload_finishes_requests_in_flight_and_new_workers_serve(nginx_factory)
     assert "exited on signal" not in server.error_log()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGQUIT, signal.SIGHUP], ids=["quit", "reload"])
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_every_multiplexed_http2_stream_is_answered_when_the_worker_exits(nginx_factory, tmp_path, kind, sig):
+    # One HTTP/2 connection, 24 streams: inside the app, or (WSGI, 4 threads) queued for a
+    # thread, when nginx quits or reloads. nginx sends the client a GOAWAY; every stream it had
+    # taken still gets its whole answer, the queued ones included.
+    n = 24
+    app = f"{APPS / 'held_streams.py'}:{'application' if kind == 'wsgi' else 'app'}"
+    server = nginx_factory(METRICS + (location if kind == "wsgi" else asgi_location)("/", app),
+                           server_extra="http2 on;", http_extra="wsgi_max_threads 4;").start()
+    old = server.worker_pids()
+    flag = tmp_path / "release"
+    client = subprocess.Popen(["nghttp", "-s", *(server.url(f"/?{flag}&{i}") for i in range(n))],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    wait_inside_python(server, n)  # in flight counts the queued ones too
+    server.send_signal(sig)
+    wait_for(lambda: "gracefully shutting down" in server.error_log(), what="the worker to start exiting")
+    flag.touch()
+    out, err = client.communicate(timeout=60)
+    assert client.returncode == 0, err.decode(errors="replace")
+    # nghttp writes the streams' bodies as their bytes come (interleaved), then its statistics:
+    # one row per stream, each a 200.
+    bodies, _, statistics = out.partition(b"***** Statistics *****")
+    for i in range(n):
+        assert bodies.count(b"released %d\n" % i) == 1, f"stream {i}"
+    assert (bodies.count(b"held\n"), bodies.count(b".")) == (n, n * 60000)
+    rows = re.findall(rb"^\s*\d+\s+\+\S+\s+\+\S+\s+\S+\s+(\d+)\s", statistics, re.M)
+    assert rows == [b"200"] * n, out[-3000:]
+    if sig == signal.SIGQUIT:
+        assert server.proc.wait(timeout=30) == 0
+    else:
+        wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(),
+                 what="the old worker's clean exit")
+    log = server.error_log()
+    assert "[alert]" not in log and "[crit]" not in log and "exited on signal" not in log
+
+
 def test_a_request_that_never_returns_cannot_hold_an_exiting_worker(nginx_factory):
     server = nginx_factory(METRICS + location("/", APPS / "sleepy.py"),
                            main_extra="worker_shutdown_timeout 1s;").start()
