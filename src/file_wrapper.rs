@@ -1,6 +1,7 @@
 //! `wsgi.file_wrapper`: wraps a file-like object as an iterable of blocks (PEP 3333 "Optional
 //! Platform-Specific File Handling"). Servers may recognise it and send the file directly.
 
+use std::ffi::CStr;
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use pyo3::prelude::*;
@@ -13,8 +14,9 @@ pub struct FileRange {
     pub fd: OwnedFd,
     pub offset: u64,
     pub len: u64,
-    /// What the server's log lines about reading it name it.
-    pub label: &'static str,
+    /// What the server's log lines about reading it name it: a C string, since nginx prints a
+    /// file's name with `%s` (its alert about a file that shrank while being sent, for one).
+    pub label: &'static CStr,
 }
 
 /// The file behind `iterable` when it is a `wsgi.file_wrapper` over a regular file with a real
@@ -54,7 +56,7 @@ pub(crate) fn file_range(iterable: &Bound<'_, PyAny>, limit: Option<u64>) -> Opt
         fd: unsafe { OwnedFd::from_raw_fd(dup) },
         offset: position,
         len,
-        label: "wsgi.file_wrapper",
+        label: c"wsgi.file_wrapper",
     })
 }
 

@@ -3,6 +3,7 @@ keep-alive and pipelining."""
 import http.client
 import os
 import pathlib
+import re
 import socket
 
 import pytest
@@ -154,6 +155,30 @@ def test_file_wrapper_honours_position_and_length(server):
     assert requests.get(server.url("/file_wrapper_bytesio")).content == b"in memory, " * 1000
     # A file whose size the file system does not know (procfs: 0) is sent with what it has.
     assert requests.get(server.url("/file_wrapper_proc")).content == pathlib.Path("/proc/version").read_bytes()
+
+
+@pytest.mark.parametrize("sendfile", ["on", "off"])
+def test_a_file_that_shrinks_while_sent_cuts_the_response_and_is_named_in_the_log(nginx_factory, tmp_path, sendfile):
+    # nginx's alert names the file with its C string: the module's name for it must end there
+    # (it once ran on into the module's other constants).
+    server = nginx_factory(location("/", f"{APP}:file_wrapper_of_path"),
+                           http_extra=f"sendfile {sendfile};").start()
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"A" * (32 << 20))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(f"GET /?{path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        got = s.recv(65536)
+        head = got.partition(b"\r\n\r\n")[0]
+        assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: %d" % (32 << 20) in head, head
+        os.truncate(path, 1 << 20)
+        while chunk := s.recv(1 << 20):
+            got += chunk
+    assert len(got) < (32 << 20), "cut short, not padded"
+    wait_for(lambda: "[alert]" in server.error_log(), what="nginx's alert")
+    alert = next(line for line in server.error_log().splitlines() if "[alert]" in line)
+    assert re.search(r'(reported that|from) "wsgi\.file_wrapper"( was truncated|, client)', alert), alert
+    assert requests.get(server.url(f"/?{path}"), timeout=10).content == b"A" * (1 << 20)
 
 
 def test_file_wrapper_files_are_closed(server):

@@ -278,8 +278,8 @@ unsafe fn file_chain(
         }
         (*f).fd = file.fd.as_raw_fd();
         (*f).name = ngx_str_t {
-            len: file.label.len(),
-            data: file.label.as_ptr().cast_mut(),
+            len: file.label.count_bytes(),
+            data: file.label.as_ptr().cast::<u8>().cast_mut(),
         };
         (*f).log = (*(*r).connection).log;
         (*b).set_in_file(1);

@@ -621,7 +621,7 @@ impl HttpExchange {
                 fd: file.into(),
                 offset: 0,
                 len,
-                label: "http.response.pathsend",
+                label: c"http.response.pathsend",
             },
         );
         let end = match self.declared {

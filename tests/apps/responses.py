@@ -158,3 +158,10 @@ def file_wrapper_proc(environ, start_response):
     # procfs says 0 bytes and has some.
     start_response("200 OK", [("Content-Type", "text/plain")])
     return environ["wsgi.file_wrapper"](open("/proc/version", "rb"))
+
+
+def file_wrapper_of_path(environ, start_response):
+    # The file the query string names (tests/test_responses.py shrinks it while it is sent).
+    f = open(environ["QUERY_STRING"], "rb")
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return environ["wsgi.file_wrapper"](f)
