@@ -7,6 +7,9 @@
 //! The child runs with the workers' user, groups and environment, none of the server's open
 //! descriptors (listening sockets, worker channels during a reload), and a time limit: an import
 //! that blocks fails the check, naming the app, instead of hanging `nginx -t` or a reload.
+//! It leaves nothing behind: it runs in a process group of its own, and processes the apps
+//! started while being imported (a `multiprocessing.Process`, a bare `os.fork()`) that are still
+//! running once it ends are stopped with it.
 
 use std::ffi::CString;
 use std::io::Read;
@@ -96,11 +99,21 @@ pub fn check_apps(
         // the server's (listening sockets, channels, logs) is kept but stdin/stdout/stderr and
         // the report pipe, moved to descriptor 3.
         let report_fd = unsafe {
+            // The parent stops the group once the check ends; a parent killed meanwhile
+            // (Ctrl-C on `nginx -t`) takes the check with it, not left importing alone.
+            libc::setpgid(0, 0);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() == 1 {
+                libc::_exit(1);
+            }
+            // A process an app forks while being imported must not hold the report open: the
+            // parent reads it to its end.
+            libc::pthread_atfork(None, None, Some(close_report_in_child));
             libc::close(read_fd);
-            let fd = if write_fd == 3 {
-                3
+            let fd = if write_fd == REPORT_FD {
+                REPORT_FD
             } else {
-                libc::dup2(write_fd, 3)
+                libc::dup2(write_fd, REPORT_FD)
             };
             libc::close_range(4, libc::c_uint::MAX, 0);
             fd
@@ -120,7 +133,11 @@ pub fn check_apps(
         unsafe { libc::_exit(0) };
     }
     // SAFETY: the write end belongs to the child now; the read end is owned by the File below.
-    unsafe { libc::close(write_fd) };
+    // The child's group is set here too, so that it is in place whichever of the two runs first.
+    unsafe {
+        libc::close(write_fd);
+        libc::setpgid(pid, pid);
+    }
     // SAFETY: `read_fd` is an open descriptor owned by nothing else.
     let mut pipe = unsafe { std::fs::File::from_raw_fd(read_fd) };
     let timeout = if setup.timeout.is_zero() {
@@ -278,11 +295,22 @@ fn shutdown_timeout(setup: &WorkerSetup) -> Duration {
     }
 }
 
-/// The child's status once it ends; killed when it has not within `within`.
+/// The report's descriptor in the check child (see `check_apps`).
+const REPORT_FD: libc::c_int = 3;
+
+/// Runs in every process forked from the check child, before the fork returns there.
+extern "C" fn close_report_in_child() {
+    // SAFETY: closes the inherited copy of the report pipe; nothing in the new process uses it.
+    unsafe { libc::close(REPORT_FD) };
+}
+
+/// The child's status once it ends; killed when it has not within `within`. Then what is left
+/// in its group is stopped (the group's id stays taken while it has members, so it cannot
+/// name another's).
 fn wait_for(pid: libc::pid_t, within: Duration) -> Option<libc::c_int> {
     let deadline = Instant::now() + within;
     let mut status = 0;
-    loop {
+    let ended = loop {
         let flags = if Instant::now() < deadline {
             libc::WNOHANG
         } else {
@@ -293,7 +321,7 @@ fn wait_for(pid: libc::pid_t, within: Duration) -> Option<libc::c_int> {
         // SAFETY: `status` is a valid out pointer; `pid` is our child.
         let rc = unsafe { libc::waitpid(pid, &mut status, flags) };
         if rc == pid {
-            return Some(status);
+            break Some(status);
         }
         if rc == 0 {
             std::thread::sleep(Duration::from_millis(5));
@@ -303,7 +331,29 @@ fn wait_for(pid: libc::pid_t, within: Duration) -> Option<libc::c_int> {
             continue;
         }
         // Someone else reaped it (a SIGCHLD handler): the report in the pipe still stands.
-        return None;
+        break None;
+    };
+    stop_group(pid);
+    ended
+}
+
+/// Stops the processes left in the check's group: SIGTERM, then SIGKILL for those still there
+/// a second later.
+fn stop_group(pgid: libc::pid_t) {
+    // SAFETY: signal 0 only asks whether the group has members.
+    let members = || unsafe { libc::killpg(pgid, 0) } == 0;
+    if !members() {
+        return;
+    }
+    // SAFETY: the group is the check's own (see `check_apps`).
+    unsafe { libc::killpg(pgid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while members() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if members() {
+        // SAFETY: as above.
+        unsafe { libc::killpg(pgid, libc::SIGKILL) };
     }
 }
 

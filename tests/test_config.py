@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, UNLOADABLE_APPS, location
+from conftest import APPS, UNLOADABLE_APPS, location, wait_for
 from pythons import venv_of_other_python
 
 BROKEN = APPS / "broken"
@@ -151,6 +151,38 @@ def test_an_import_that_blocks_fails_the_check_in_bounded_time_naming_the_app(ng
     assert time.monotonic() - started < 30
     assert f'wsgi_app "{app}"' in result.stderr and "cannot be loaded: importing it took longer than 1 s" \
         in result.stderr, result.stderr
+
+
+def test_processes_an_app_starts_at_import_neither_hold_nor_outlive_the_check(nginx_factory, tmp_path):
+    # They inherit the check's report pipe and would hold it open (the check used to wait for
+    # them until wsgi_check_timeout, then fail); they are the check's, and end with it.
+    server = nginx_factory(location("/", APPS / "forks_at_import.py"),
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};",
+                           http_extra="wsgi_check_timeout 30s; wsgi_shutdown_timeout 1s;")
+    started = time.monotonic()
+    result = server.run("-t")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 20, "well before wsgi_check_timeout"
+    started_by_check = [int(name.split("-")[1]) for name in os.listdir(tmp_path)]
+    assert len(started_by_check) == 2, os.listdir(tmp_path)
+
+    def running(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+    wait_for(lambda: not any(map(running, started_by_check)), timeout=10, what="the check's leftovers to end")
+    server.start()
+    try:
+        assert requests.get(server.url("/"), timeout=10).text == "served"
+    finally:
+        server.stop()
+        # The worker's are the app's to keep (as under any server): the test ends them itself.
+        for name in os.listdir(tmp_path):
+            pid = int(name.split("-")[1])
+            if pid not in started_by_check and running(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_the_checks_process_runs_the_apps_atexit_handlers_as_it_ends(nginx_factory, tmp_path):
