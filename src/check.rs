@@ -82,6 +82,8 @@ pub fn check_apps(
         ))]);
     }
     let (read_fd, write_fd) = (fds[0], fds[1]);
+    // SAFETY: plain syscall.
+    let parent = unsafe { libc::getpid() };
     // SAFETY: the server's process is single-threaded while it reads its configuration; the child
     // only runs `child_main`, which ends in `_exit`.
     let pid = unsafe { libc::fork() };
@@ -103,7 +105,7 @@ pub fn check_apps(
             // (Ctrl-C on `nginx -t`) takes the check with it, not left importing alone.
             libc::setpgid(0, 0);
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if libc::getppid() == 1 {
+            if libc::getppid() != parent {
                 libc::_exit(1);
             }
             // A process an app forks while being imported must not hold the report open: the

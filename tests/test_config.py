@@ -3,6 +3,7 @@ directive, the file and line, and the Python error."""
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 
@@ -183,6 +184,21 @@ def test_processes_an_app_starts_at_import_neither_hold_nor_outlive_the_check(ng
             pid = int(name.split("-")[1])
             if pid not in started_by_check and running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_the_check_runs_when_nginx_is_pid_1(nginx_factory):
+    # As a container's command (`CMD ["nginx", "-g", "daemon off;"]`): the check's parent is
+    # process 1, which the check must not take for a parent that died.
+    if subprocess.run(["unshare", "-fp", "--mount-proc", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no new PID namespace here (unshare needs CAP_SYS_ADMIN)")
+    server = nginx_factory(location("/", APPS / "sleepy.py"))
+    result = subprocess.run(["unshare", "-fp", "--mount-proc", server.binary, "-p", str(server.prefix),
+                             "-c", str(server.conf), "-t"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    broken = nginx_factory(location("/", BROKEN / "syntax_error.py"))
+    result = subprocess.run(["unshare", "-fp", "--mount-proc", broken.binary, "-p", str(broken.prefix),
+                             "-c", str(broken.conf), "-t"], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "SyntaxError" in result.stderr, result.stderr
 
 
 def test_the_checks_process_runs_the_apps_atexit_handlers_as_it_ends(nginx_factory, tmp_path):
