@@ -86,6 +86,28 @@ def test_unread_body_leaves_keepalive_working(server):
             assert r.json()["parts"] == ["ignored"]
 
 
+@pytest.mark.parametrize("expect", [False, True])
+def test_an_upload_the_app_refuses_unread_is_answered_before_it_is_sent(server, expect):
+    # A body read as the app asks (Apache; nginx with wsgi_request_buffering off): the client
+    # gets the 413 while it still has 10 MB to send, and the connection closes without reading
+    # them. With Expect: 100-continue, Apache answers with the 413 alone; nginx has sent its
+    # 100 as it started reading the body for the app (as its proxy does unbuffered).
+    prefix = "/unbuffered" if server.kind == "nginx" else ""
+    expect_line = b"Expect: 100-continue\r\n" if expect else b""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"POST " + prefix.encode() + b"/refuse HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000\r\n"
+                  + expect_line + b"\r\n" + (b"" if expect else b"y" * 65536))
+        data = b""
+        while b"too large" not in data:
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+    if expect and server.kind == "nginx":
+        data = data.removeprefix(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 413 "), data
+    assert b"connection: close" in data.partition(b"\r\n\r\n")[0].lower(), data
+
+
 def test_an_answer_before_an_unbuffered_body_is_in_never_promises_a_kept_connection_it_drops(server):
     # The app answers without reading a body still arriving. nginx sends the answer at once and
     # then closes the connection (it cannot tell where the next request starts): the head says

@@ -77,11 +77,18 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
             // The deadline answered in the app's place; the connection closes after it.
             return OK as c_int;
         }
-        // Whatever the app left unread is read and dropped so the connection can be kept alive.
-        ap_discard_request_body(r);
-        match outcome {
-            Some(outcome) => crate::response::send(r, outcome, &side),
-            None => HTTP_INTERNAL_SERVER_ERROR as c_int,
+        let Some(outcome) = outcome else {
+            return HTTP_INTERNAL_SERVER_ERROR as c_int;
+        };
+        let rc = crate::response::send(r, outcome, &side);
+        if rc == OK as c_int {
+            // Whatever the app left unread is read and dropped so the connection can be kept
+            // alive, once the response is out: a client whose upload the app refused (a 413)
+            // gets the answer at once, and the status (one that drops the connection) or an
+            // `Expect: 100-continue` never answered (the response says `Connection: close`)
+            // leaves the rest unread.
+            ap_discard_request_body(r);
         }
+        rc
     }
 }

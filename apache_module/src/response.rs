@@ -8,10 +8,10 @@ use ngx_wsgi::accel::{check_redirect, RedirectTarget};
 use ngx_wsgi::{Outcome, OutcomeKind, ResponseHead};
 
 use crate::bindings::{
-    ap_conn_keepalive_e_AP_CONN_CLOSE, ap_internal_redirect, apr_brigade_insert_file, apr_file_t,
-    apr_os_file_put, apr_pool_cleanup_null, apr_pool_cleanup_register, apr_status_t,
-    apr_table_addn, apr_table_unset, request_rec, APLOG_ERR, APR_FOPEN_READ, APR_SUCCESS,
-    HTTP_INTERNAL_SERVER_ERROR, M_GET, OK,
+    ap_conn_keepalive_e_AP_CONN_CLOSE, ap_discard_request_body, ap_internal_redirect,
+    apr_brigade_insert_file, apr_file_t, apr_os_file_put, apr_pool_cleanup_null,
+    apr_pool_cleanup_register, apr_status_t, apr_table_addn, apr_table_unset, request_rec,
+    APLOG_ERR, APR_FOPEN_READ, APR_SUCCESS, HTTP_INTERNAL_SERVER_ERROR, M_GET, OK,
 };
 use crate::brigade::Out;
 use crate::client_io::{pool_str, set_head};
@@ -111,6 +111,8 @@ unsafe fn redirect(r: *mut request_rec, head: &ResponseHead, uri: &[u8]) -> c_in
             (*r).method = c"GET".as_ptr();
             (*r).method_number = M_GET as c_int;
         }
+        // The body is not the redirected request's: read and dropped first.
+        ap_discard_request_body(r);
         apr_table_unset((*r).headers_in, c"Content-Length".as_ptr());
         ap_internal_redirect(pool_str(r, uri), r);
     }
@@ -135,8 +137,24 @@ unsafe fn finish(r: *mut request_rec, out: &Out, broken: bool) {
         unsafe { (*(*r).connection).keepalive = ap_conn_keepalive_e_AP_CONN_CLOSE };
         return;
     }
+    // SAFETY: the request is live (the function contract).
+    if unsafe { body_left(r) } {
+        // The response must reach the client before the handler reads and drops the rest of
+        // the body (see `handler`), not wait in Apache's output buffer meanwhile.
+        out.flush();
+    }
     out.eos();
     out.pass();
+}
+
+/// Whether some of the request's body is still to be read (`ap_get_client_block` sets
+/// `remaining` to -1 at its end).
+///
+/// # Safety
+/// `r` is a live request.
+unsafe fn body_left(r: *mut request_rec) -> bool {
+    // SAFETY: per the function contract.
+    unsafe { (*r).remaining > 0 || ((*r).read_chunked != 0 && (*r).remaining == 0) }
 }
 
 /// Appends a `wsgi.file_wrapper` file range; its descriptor is closed with the request's pool,

@@ -109,6 +109,10 @@ def application(environ, start_response):
         return [str(entry["result"]).encode()]
     elif way == "/ignore":
         parts = [b"ignored"]
+    elif way == "/refuse":
+        # Refuses the upload unread (too large, not allowed here).
+        start_response("413 Content Too Large", [("Content-Type", "text/plain"), ("Content-Length", "9")])
+        return [b"too large"]
     else:
         start_response("404 Not Found", [])
         return [b"no such way"]
