@@ -170,7 +170,14 @@ fn run_attached(
     let client_failed = input.try_borrow().is_ok_and(|i| i.client_failed());
     drop(_detach);
     crate::errors::flush_thread();
-    let mut sr = start_response.borrow_mut();
+    let mut sr = loop {
+        if let Ok(sr) = start_response.try_borrow_mut() {
+            break sr;
+        }
+        // A thread of the app's is inside write(), its data waiting for the client: the
+        // response ends once that returns (later calls raise).
+        py.detach(|| std::thread::sleep(Duration::from_millis(1)));
+    };
     sr.finished = true;
     let head = sr.head.take();
     let body = sr.body.take();
@@ -274,7 +281,7 @@ fn file_body(
     iterable: &Bound<'_, PyAny>,
     start_response: &Bound<'_, StartResponse>,
 ) -> Option<FileRange> {
-    let mut sr = start_response.borrow_mut();
+    let mut sr = start_response.try_borrow_mut().ok()?;
     let head = sr.head.as_ref()?;
     if sr.streaming || sr.committed || !sr.body.is_empty() || head.internal_redirect().is_some() {
         return None;
@@ -314,7 +321,7 @@ fn consume(
                 crate::response::type_name(&item)
             ))
         })?;
-        start_response.borrow_mut().push_body(bytes)
+        StartResponse::in_use(start_response)?.push_body(bytes)
     };
     if sequence {
         if let Ok(list) = iterable.cast::<PyList>() {
@@ -329,7 +336,7 @@ fn consume(
         return Ok(());
     }
     let iterator = iterable.try_iter()?;
-    start_response.borrow_mut().start_streaming(py)?;
+    StartResponse::in_use(start_response)?.start_streaming(py)?;
     for item in iterator {
         // A child the app forked in its iterable would wait for room that nobody makes.
         crate::forked::exit_if_forked_child(py, "wsgi", crate::forked::Back::after(&item));

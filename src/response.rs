@@ -185,6 +185,18 @@ impl StartResponse {
         }
     }
 
+    /// The response's state, for this thread: a thread of the app's may be inside `write()`
+    /// with it (its data waiting for the client, the GIL released), and a response has one
+    /// writer at a time.
+    pub(crate) fn in_use<'py>(slf: &Bound<'py, Self>) -> PyResult<PyRefMut<'py, Self>> {
+        slf.try_borrow_mut().map_err(|_| {
+            PyRuntimeError::new_err(
+                "the response is being written by another thread (write() from a thread of the \
+                 app's while the response is under way): a response has one writer at a time",
+            )
+        })
+    }
+
     fn check_live(&self) -> PyResult<()> {
         if self.finished {
             return Err(PyRuntimeError::new_err(
@@ -206,7 +218,7 @@ impl StartResponse {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         {
-            let mut this = slf.borrow_mut();
+            let mut this = Self::in_use(slf)?;
             this.check_live()?;
             match exc_info.filter(|e| !e.is_none()) {
                 // PEP 3333: too late to change the head; re-raise the app's exception.

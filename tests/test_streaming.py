@@ -14,7 +14,7 @@ import requests
 from conftest import APACHE_MODULES, APPS, location, read_until, route, wait_for
 
 APP = APPS / "streaming.py"
-NAMES = ["events", "release", "huge", "endless", "writer", "big_stream"]
+NAMES = ["events", "release", "huge", "endless", "writer", "big_stream", "thread_writer"]
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +103,30 @@ def test_client_gone_stops_the_app_and_frees_its_thread(server, how, pause):
         assert stats(server)["closed"].get(name) == 1, f"close() not called once for {name}"
     assert requests.get(server.url("/release?still-serving")).text == "released"
     assert "exited on signal" not in server.error_log()
+
+
+def test_write_from_an_app_thread_while_the_response_iterates_is_an_app_error(server):
+    # The thread waits inside write() for a client that does not read yet; the iteration's item
+    # then raises (a response has one writer at a time; it was a panic of the module's). Once
+    # the client reads, the response ends between two of the thread's writes (its next one
+    # raises), cut, and the worker goes on serving.
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.connect(("127.0.0.1", server.port))
+        s.sendall(b"GET /thread_writer?tw HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = s.recv(65536)
+        assert data.startswith(b"HTTP/1.1 200")
+        time.sleep(1.5)
+        s.settimeout(20)
+        while chunk := s.recv(1 << 20):
+            data += chunk
+    assert not data.endswith(b"\r\n0\r\n\r\n"), "cut, not complete"
+    wait_for(lambda: "tw" in stats(server)["closed"], what="the thread's write() to raise")
+    assert "after the response ended" in stats(server)["closed"]["tw"]
+    log = server.error_log()
+    assert "iterating the response raised" in log and "a response has one writer at a time" in log, log[-3000:]
+    assert "panicked" not in log and "internal error" not in log, log[-3000:]
+    assert requests.get(server.url("/release?after-thread-writer"), timeout=10).text == "released"
 
 
 def test_head_of_a_long_stream_on_a_keepalive_connection(server):

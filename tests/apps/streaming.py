@@ -107,3 +107,27 @@ def ticking_events(environ, start_response):
             errors.write(f"events {name}: closed after {sent}\n")
             errors.flush()
     return body()
+
+
+def thread_writer(environ, start_response):
+    """A thread of the app's calls write() while the response iterates (which WSGI does not
+    allow): it fills the client's way and waits for room; then the iteration yields."""
+    write = start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    name = environ["QUERY_STRING"]
+    writing = threading.Event()
+
+    def writer_thread():
+        block = b"w" * 65536
+        try:
+            while True:
+                writing.set()
+                write(block)
+                time.sleep(0.001)
+        except Exception as e:  # noqa: BLE001 (the test reads what it was)
+            with _lock:
+                stats["closed"][name] = f"{type(e).__name__}: {e}"
+
+    threading.Thread(target=writer_thread, daemon=True).start()
+    writing.wait(10)
+    time.sleep(0.5)  # the thread is inside write() now, waiting for the client
+    yield b"from the iteration"
