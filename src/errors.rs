@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
 /// Which stream a text goes out as: its log entries begin with its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -120,6 +120,18 @@ pub fn flush_thread() {
     }
 }
 
+/// io's `UnsupportedOperation`, as io's own streams raise it.
+fn unsupported(py: Python<'_>, what: &str) -> PyErr {
+    match py
+        .import("io")
+        .and_then(|io| io.getattr("UnsupportedOperation"))
+        .and_then(|class| class.call1((what,)))
+    {
+        Ok(err) => PyErr::from_value(err),
+        Err(e) => e,
+    }
+}
+
 #[pymethods]
 impl ErrorStream {
     fn write(&self, text: &Bound<'_, PyAny>) -> PyResult<usize> {
@@ -182,15 +194,9 @@ impl ErrorStream {
     /// The descriptor it stands in for, so that `faulthandler.enable()` and the like still
     /// work; `wsgi.errors` has none.
     fn fileno(&self, py: Python<'_>) -> PyResult<i32> {
-        match self.name.fd() {
-            Some(fd) => Ok(fd),
-            // As io's streams without one say it.
-            None => Err(PyErr::from_value(
-                py.import("io")?
-                    .getattr("UnsupportedOperation")?
-                    .call1(("wsgi.errors has no file descriptor",))?,
-            )),
-        }
+        self.name
+            .fd()
+            .ok_or_else(|| unsupported(py, "wsgi.errors has no file descriptor"))
     }
 
     #[getter]
@@ -226,6 +232,65 @@ impl ErrorStream {
                 binary: true,
             },
         )
+    }
+
+    /// The binary stream under a text one, as io's `detach()` gives it (the text stream goes on
+    /// working: the server's log is not the app's to take away); `wsgi.errors` has none.
+    fn detach(&self, py: Python<'_>) -> PyResult<Py<ErrorStream>> {
+        self.buffer(py)
+            .map_err(|_| unsupported(py, "this stream has no buffer to detach"))
+    }
+
+    /// Takes io's settings (`sys.stdout.reconfigure(encoding="utf-8")` at import is common):
+    /// lines are logged as they come, UTF-8, whatever they say.
+    #[pyo3(signature = (**settings))]
+    fn reconfigure(&self, settings: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+        for key in settings.into_iter().flat_map(|s| s.keys()) {
+            let key = key.to_string();
+            if ![
+                "encoding",
+                "errors",
+                "newline",
+                "line_buffering",
+                "write_through",
+            ]
+            .contains(&key.as_str())
+            {
+                return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                    "reconfigure() got an unexpected keyword argument '{key}'"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The server's log stays open: what the app writes after closing it is logged too.
+    fn close(&self) {
+        flush_one(self.name);
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, _exc: &Bound<'_, PyTuple>) -> bool {
+        self.close();
+        false
+    }
+
+    #[getter]
+    fn mode(&self) -> &'static str {
+        if self.binary {
+            "wb"
+        } else {
+            "w"
+        }
+    }
+
+    #[getter]
+    fn newlines(&self) -> Option<&'static str> {
+        None
     }
 
     #[getter]

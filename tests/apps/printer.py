@@ -2,10 +2,13 @@
 standard output is /dev/null they reach the error log. faulthandler needs a descriptor."""
 import asyncio
 import faulthandler
+import io
 import sys
 import threading
 
 faulthandler.enable()
+# What scripts do to be sure of UTF-8 and line-by-line output: io's text stream API.
+sys.stdout.reconfigure(encoding="utf-8", line_buffering=True)
 print("printed at import")
 
 
@@ -17,6 +20,9 @@ def application(environ, start_response):
     thread = threading.Thread(target=print, args=("printed by a thread",))
     thread.start()
     thread.join()
+    with io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", line_buffering=True) as wrapped:
+        wrapped.write("through a TextIOWrapper\n")
+    print("still printing after it closed its buffer")
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [f"{sys.stdout.isatty()} {sys.stdout.encoding} {sys.stderr.fileno()}".encode()]
 
