@@ -139,6 +139,31 @@ def test_every_multiplexed_http2_stream_is_answered_when_the_worker_exits(nginx_
     assert "[alert]" not in log and "[crit]" not in log and "exited on signal" not in log
 
 
+def test_a_fast_stop_runs_the_apps_atexit_handlers_before_nginx_kills_the_worker(nginx_factory, tmp_path):
+    # `nginx -s stop` (SIGTERM, as nginx.org's systemd unit stops it): nginx's master kills a
+    # worker still there 1.5 s later. A request still inside Python must not keep the apps'
+    # atexit handlers (a metrics flush, an error reporter's) from running before that.
+    server = nginx_factory(METRICS + location("/", APPS / "lifecycle_app.py")
+                           + location("/sleepy/", APPS / "sleepy.py"),
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+    worker = server.worker_pids()[0]
+
+    def forever():
+        try:
+            requests.get(server.url("/sleepy/forever"), timeout=30)
+        except requests.RequestException:
+            pass
+    client = threading.Thread(target=forever)
+    client.start()
+    wait_inside_python(server)
+    assert server.stop(sig=signal.SIGTERM, timeout=30) == 0
+    client.join()
+    assert worker in marks(tmp_path, "finalized"), "atexit handlers ran"
+    log = server.error_log()
+    assert f"worker process {worker} exited with code 0" in log, log[-3000:]
+    assert "[alert]" not in log and "[crit]" not in log
+
+
 def test_a_request_that_never_returns_cannot_hold_an_exiting_worker(nginx_factory):
     server = nginx_factory(METRICS + location("/", APPS / "sleepy.py"),
                            main_extra="worker_shutdown_timeout 1s;").start()

@@ -2,6 +2,7 @@
 //! Python finalised after nginx's thread pools have stopped.
 
 use std::ffi::c_void;
+use std::time::Duration;
 
 use nginx_sys::{
     ngx_cycle_t, ngx_process, ngx_setproctitle, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
@@ -88,6 +89,9 @@ fn start_asgi(mc: &crate::conf::MainConf) -> Result<(), String> {
     event_loop.startup(&asgi, mc.python.check_timeout())
 }
 
+/// What each of the exit's waits may take at a fast stop (see `stop_worker`).
+const FAST_STOP_WAIT: Duration = Duration::from_millis(250);
+
 /// Stops the module's own threads (nginx's pools have stopped by now, and every request is
 /// done), then finalises Python, waiting `wsgi_shutdown_timeout` at most for the app's threads.
 /// When some are still running then, the worker ends at once: nothing of nginx's teardown may
@@ -104,17 +108,32 @@ pub(crate) unsafe fn stop_worker(cycle: *mut ngx_cycle_t) -> Result<(), String> 
         .map_or(crate::conf::limits::DEFAULT_SHUTDOWN_TIMEOUT_MS, |mc| {
             mc.limits.shutdown_timeout()
         });
+    let shutdown = Duration::from_millis(timeout as u64);
+    // A fast stop (SIGTERM, `nginx -s stop`) ends requests where they are, and nginx's master
+    // kills a worker still there 1.5 s after it: each wait gets a share of that, so that the
+    // apps' atexit handlers run before it (a request left inside Python does not hold them).
+    // SAFETY: a flag nginx's signal handler sets; read on the thread that handles it.
+    let fast = unsafe { nginx_sys::ngx_terminate } != 0;
+    let (loop_wait, threads_wait, finalize_wait) = if fast {
+        (
+            FAST_STOP_WAIT.min(shutdown),
+            FAST_STOP_WAIT,
+            (2 * FAST_STOP_WAIT).min(shutdown),
+        )
+    } else {
+        (shutdown, Duration::from_secs(5), shutdown)
+    };
     // From here this thread waits for others, which log meanwhile: their entries take their own
     // time, and those queued for the loop are written after each wait.
     crate::ffi::log::loop_waits(true);
     if let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() {
         // Requests in flight have ended: the apps' lifespan shutdown, then the loop's end.
-        event_loop.stop(std::time::Duration::from_millis(timeout as u64));
+        event_loop.stop(loop_wait);
     }
-    crate::dispatch::stop_threads(std::time::Duration::from_secs(5));
+    crate::dispatch::stop_threads(threads_wait);
     // SAFETY: the event loop's thread (per the function contract).
     unsafe { crate::ffi::log::flush_deferred() };
-    let finalized = interpreter::finalize(std::time::Duration::from_millis(timeout as u64));
+    let finalized = interpreter::finalize(finalize_wait);
     // SAFETY: as above.
     unsafe { crate::ffi::log::flush_deferred() };
     crate::ffi::log::loop_waits(false);
