@@ -95,6 +95,14 @@ def test_exact_and_regex_locations_mount_at_root(server):
     assert (e["SCRIPT_NAME"], e["PATH_INFO"]) == ("", "/re/x")
 
 
+def test_a_comma_inside_one_cookie_header_is_kept(server):
+    # Not RFC 6265's, but browsers send what servers set (a list, a date): only a join of
+    # several Cookie headers becomes "; " (Apache has joined them with ", " before modules see
+    # them), never a comma inside a value.
+    e = environ(server, "/", headers=[("Host", "h"), ("Cookie", "sessionid=abc; last_search=shoes, red; tz=UTC")])
+    assert e["HTTP_COOKIE"] == "sessionid=abc; last_search=shoes, red; tz=UTC"
+
+
 def test_path_is_percent_decoded_into_latin1_native_string(server):
     e = environ(server, "/caf%C3%A9/%E9")
     assert e["PATH_INFO"] == "/caf\u00c3\u00a9/\u00e9"

@@ -86,18 +86,7 @@ pub(crate) unsafe fn collect(
         for entry in table((*r).headers_in) {
             let (name, value) = (bytes(entry.key), bytes(entry.val));
             if name.eq_ignore_ascii_case(b"cookie") && value.windows(2).any(|w| w == b", ") {
-                // Apache joins repeated request headers with ", " before any module sees them;
-                // a cookie value never contains a comma (RFC 6265), so this is the join of
-                // several Cookie headers, which PEP 3333 apps expect joined with "; ".
-                let mut joined = Vec::with_capacity(value.len());
-                let mut rest = value;
-                while let Some(i) = rest.windows(2).position(|w| w == b", ") {
-                    joined.extend_from_slice(&rest[..i]);
-                    joined.extend_from_slice(b"; ");
-                    rest = &rest[i + 2..];
-                }
-                joined.extend_from_slice(rest);
-                b.header(name, &joined);
+                b.header(name, &cookie_headers_rejoined(value));
             } else {
                 b.header(name, value);
             }
@@ -119,6 +108,32 @@ pub(crate) unsafe fn collect(
         b.https(https);
         b.finish()
     }
+}
+
+/// Apache joins repeated request headers with ", " before any module sees them; several
+/// `Cookie` headers are given back joined with "; ", as apps parse them. A ", " is taken for
+/// such a join only where a cookie's `name=` follows it: a value with a comma in it (not
+/// RFC 6265's, but sent: `last_search=shoes, red`, a date) stays whole.
+fn cookie_headers_rejoined(value: &[u8]) -> Vec<u8> {
+    let starts_a_cookie = |rest: &[u8]| {
+        let name = rest
+            .iter()
+            .take_while(|&&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+            .count();
+        name > 0 && rest.get(name) == Some(&b'=')
+    };
+    let mut joined = Vec::with_capacity(value.len());
+    let mut i = 0;
+    while i < value.len() {
+        if value[i..].starts_with(b", ") && starts_a_cookie(&value[i + 2..]) {
+            joined.extend_from_slice(b"; ");
+            i += 2;
+        } else {
+            joined.push(value[i]);
+            i += 1;
+        }
+    }
+    joined
 }
 
 /// What an `HTTPS` variable says: `on`/`1` (TLS), `off`/`0` (not), or nothing.
@@ -172,6 +187,23 @@ mod tests {
             (b"yes", None),
         ] {
             assert_eq!(https_variable(value), said, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn joined_cookie_headers_are_rejoined_and_commas_in_values_kept() {
+        for (value, rejoined) in [
+            (&b"a=1, b=2"[..], &b"a=1; b=2"[..]),
+            (b"a=1, b=2, c=3", b"a=1; b=2; c=3"),
+            (
+                b"sessionid=abc; last_search=shoes, red; tz=UTC",
+                b"sessionid=abc; last_search=shoes, red; tz=UTC",
+            ),
+            (b"seen=Wed, 21 Oct 2026, x=1", b"seen=Wed, 21 Oct 2026; x=1"),
+            (b"a=1, =2", b"a=1, =2"),
+            (b"a=1,b=2", b"a=1,b=2"),
+        ] {
+            assert_eq!(cookie_headers_rejoined(value), rejoined, "{value:?}");
         }
     }
 }
