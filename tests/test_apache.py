@@ -1,6 +1,7 @@
 """The Apache adapter's own directives and process life: configuration checked at `apache2 -t`
 (and start), one interpreter per child started in the child and finalised when it exits, a crashed
 child replaced by the parent. The WSGI semantics are the shared suite's (`[apache]` cases)."""
+import json
 import os
 import re
 import signal
@@ -300,6 +301,23 @@ def test_x_accel_redirect_is_an_internal_redirect(apaches):
     assert requests.get(server.url("/accel?/protected/missing.txt")).status_code == 404
     assert requests.get(server.url("/accel?@named")).status_code == 500
     assert 'X-Accel-Redirect "@named" was refused: named locations are nginx' in server.error_log()
+
+
+def test_an_app_included_by_ssi_sees_its_own_request_not_the_pages(apaches):
+    # mod_include fills the page's CGI variables into what its subrequest copies: the app must
+    # see the include's path and query (as under mod_wsgi), not the page's.
+    server = apaches([route("/app/", APPS / "environ_app.py")], server_extra=(
+        f"LoadModule include_module {APACHE_MODULES}/mod_include.so\n"
+        f"<Directory {{htdocs}}>\n Options +Includes\n AddOutputFilter INCLUDES .shtml\n</Directory>\n"))
+    server.conf.write_text(server.conf.read_text().replace("{htdocs}", str(server.prefix / "htdocs")))
+    (server.prefix / "htdocs" / "page.shtml").write_text(
+        'before <!--#include virtual="/app/env?inc=1" --> after\n')
+    server.start()
+    r = requests.get(server.url("/page.shtml?main=1"), timeout=10)
+    assert r.status_code == 200 and r.text.startswith("before {"), r.text
+    e = json.loads(r.text[len("before "):r.text.rindex(" after")])
+    assert (e["SCRIPT_NAME"], e["PATH_INFO"], e["QUERY_STRING"]) == ("/app", "/env", "inc=1"), e
+    assert e["REQUEST_URI"] == "/app/env?inc=1"
 
 
 def test_an_app_response_gets_no_type_guessed_from_the_url(apaches):

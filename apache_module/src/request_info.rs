@@ -96,8 +96,15 @@ pub(crate) unsafe fn collect(
         }
         // What SetEnv, SetEnvIf, RewriteRule [E=] and other modules set for this request: extra
         // environ entries (Apache's counterpart of nginx's wsgi_param, as mod_wsgi has it).
+        // A subrequest (an SSI `include virtual`) starts with a copy of its parent's variables,
+        // which mod_include has filled with the page's CGI ones: those of this request's own
+        // keys are the parent's, not this request's, and stay out.
+        let subrequest = !(*r).main.is_null();
         for entry in table((*r).subprocess_env) {
             let (name, value) = (bytes(entry.key), bytes(entry.val));
+            if subrequest && own_key(name) {
+                continue;
+            }
             // As mod_wsgi reads it: what mod_ssl sets, or the configuration when TLS ended at a
             // balancer it trusts (`<If>` on the balancer's address and its header).
             if name.eq_ignore_ascii_case(b"HTTPS") {
@@ -108,6 +115,25 @@ pub(crate) unsafe fn collect(
         b.https(https);
         b.finish()
     }
+}
+
+/// The environ keys this module fills from the request itself.
+fn own_key(name: &[u8]) -> bool {
+    const OWN: [&[u8]; 12] = [
+        b"REQUEST_METHOD",
+        b"SCRIPT_NAME",
+        b"PATH_INFO",
+        b"QUERY_STRING",
+        b"REQUEST_URI",
+        b"SERVER_NAME",
+        b"SERVER_PORT",
+        b"SERVER_PROTOCOL",
+        b"REMOTE_ADDR",
+        b"REMOTE_PORT",
+        b"CONTENT_TYPE",
+        b"CONTENT_LENGTH",
+    ];
+    name.starts_with(b"HTTP_") || OWN.contains(&name)
 }
 
 /// Apache joins repeated request headers with ", " before any module sees them; several
