@@ -1,7 +1,8 @@
 //! Python's own logging, and the request a log line belongs to.
 //!
-//! When the apps configure no handler on the root logger, records of Python's `logging` go to
-//! the server's error log (through `tracing`, target `python`) with their level. Lines written
+//! When the apps configure no handler on the root logger, records of Python's `logging` that no
+//! handler of theirs took go to the server's error log (through `tracing`, target `python`)
+//! with their level. Lines written
 //! while a request runs carry its id (the server's, e.g. nginx's `$request_id`): a WSGI
 //! request's from its thread, an ASGI request's from a context variable its task sets (one
 //! thread runs every ASGI task, and a task's context follows it across its awaits and into the
@@ -94,11 +95,22 @@ const HANDLER: &std::ffi::CStr = c"
 import logging
 
 class ServerLogHandler(logging.Handler):
-    '''Sends records to the web server's error log.'''
+    '''Sends records to the web server's error log: those that no handler of the app's took on
+    their way up (a library's NullHandler does not count), as Python's last resort would.'''
 
     def __init__(self, emit):
         super().__init__()
         self._emit = emit
+
+    def handle(self, record):
+        logger = logging.root.manager.loggerDict.get(record.name)
+        while isinstance(logger, logging.Logger) and logger is not logging.root:
+            if any(not isinstance(h, logging.NullHandler) for h in logger.handlers):
+                return False
+            if not logger.propagate:
+                break
+            logger = logger.parent
+        return super().handle(record)
 
     def emit(self, record):
         try:

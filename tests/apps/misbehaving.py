@@ -168,5 +168,15 @@ def python_logging(environ, start_response):
     import logging
     logging.getLogger("myapp.views").warning("disk almost full: %d%%", 93)
     logging.getLogger("myapp.views").info("not shown: the root level is WARNING")
+    # A logger with a handler of the app's (to standard error, the error log) writes its line
+    # once, as under any server; a library's NullHandler is no handler for the line.
+    own = logging.getLogger("myapp.own")
+    if not own.handlers:
+        own.addHandler(logging.StreamHandler(sys.stderr))
+    own.warning("through the app's own handler")
+    library = logging.getLogger("somelib")
+    if not library.handlers:
+        library.addHandler(logging.NullHandler())
+    library.warning("a library's warning")
     start_response("200 OK", [])
     return [b"logged"]
