@@ -92,8 +92,9 @@ fn start_asgi(mc: &crate::conf::MainConf) -> Result<(), String> {
 /// What each of the exit's waits may take at a fast stop (see `stop_worker`).
 const FAST_STOP_WAIT: Duration = Duration::from_millis(250);
 
-/// Stops the module's own threads (nginx's pools have stopped by now, and every request is
-/// done), then finalises Python, waiting `wsgi_shutdown_timeout` at most for the app's threads.
+/// Stops the module's own threads (nginx's pools have stopped by now, and, but at a fast stop,
+/// every request is done), then finalises Python, waiting `wsgi_shutdown_timeout` at most for
+/// the app's threads.
 /// When some are still running then, the worker ends at once: nothing of nginx's teardown may
 /// meet them.
 ///
