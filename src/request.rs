@@ -341,6 +341,11 @@ fn consume(
         // A child the app forked in its iterable would wait for room that nobody makes.
         crate::forked::exit_if_forked_child(py, "wsgi", crate::forked::Back::after(&item));
         take(item?)?;
+        // PEP 3333: once its Content-Length is sent, the iteration stops (an endless
+        // generator, a file behind the length, would run on for nothing).
+        if StartResponse::in_use(start_response)?.has_whole_body() {
+            break;
+        }
     }
     Ok(())
 }

@@ -185,6 +185,15 @@ impl StartResponse {
         }
     }
 
+    /// Whether the app has produced all its `Content-Length` said (PEP 3333: the server then
+    /// stops iterating).
+    pub(crate) fn has_whole_body(&self) -> bool {
+        self.head
+            .as_ref()
+            .and_then(|h| h.content_length)
+            .is_some_and(|declared| self.produced >= declared)
+    }
+
     /// The response's state, for this thread: a thread of the app's may be inside `write()`
     /// with it (its data waiting for the client, the GIL released), and a response has one
     /// writer at a time.

@@ -16,7 +16,7 @@ NAMES = ["list_body", "generator_body", "write_then_iterable", "closing", "close
          "exc_info_before_body", "exc_info_after_body", "status", "length_app", "length_longer_than_body",
          "length_shorter_than_body", "file_wrapper", "big", "plain", "pregzipped", "empty_with_length",
          "accel", "file_wrapper_from_position", "file_wrapper_limited", "file_wrapper_bytesio",
-         "file_wrapper_proc"]
+         "file_wrapper_proc", "endless_with_length"]
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,12 @@ def test_close_is_called_exactly_once(server):
     # body: the client can be answered before the app's thread reaches close().
     wait_for(lambda: requests.get(server.url("/close_count?c2")).text != "0", what="close() after HEAD")
     assert requests.get(server.url("/close_count?c2")).text == "1"
+
+
+def test_iteration_stops_once_the_content_length_is_produced(server):
+    r = requests.get(server.url("/endless_with_length"), timeout=10)
+    assert (r.status_code, r.content) == (200, b"1234512345")
+    wait_for(lambda: requests.get(server.url("/close_count?endless")).text == "1", what="close()")
 
 
 def test_start_response_may_come_from_the_iterator(server):

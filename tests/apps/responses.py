@@ -48,6 +48,22 @@ def close_count(environ, start_response):
         return [str(close_calls.get(environ["QUERY_STRING"], 0)).encode()]
 
 
+def endless_with_length(environ, start_response):
+    # Says 10 bytes, then never ends: the server stops iterating once it has them (PEP 3333).
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "10")])
+
+    class Endless:
+        def __iter__(self):
+            while True:
+                yield b"12345"
+
+        def close(self):
+            with _lock:
+                close_calls["endless"] = close_calls.get("endless", 0) + 1
+
+    return Endless()
+
+
 def lazy_start(environ, start_response):
     def body():
         start_response("201 Created", [("Content-Type", "text/plain")])
