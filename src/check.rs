@@ -118,12 +118,15 @@ pub fn check_apps(
                 libc::dup2(write_fd, REPORT_FD)
             };
             libc::close_range(4, libc::c_uint::MAX, 0);
+            REPORT_OPEN.store(fd == REPORT_FD, std::sync::atomic::Ordering::SeqCst);
             fd
         };
         crate::server_log::to_standard_error_only();
         let report = std::panic::catch_unwind(|| child_report(settings, specs, setup, report_fd))
             .unwrap_or_else(|_| "Pthe check panicked\0".to_owned());
         crate::log_text::write_all(report_fd, report.as_bytes());
+        // From here descriptor 3 may be anything the apps' exit opens: forks leave it be.
+        REPORT_OPEN.store(false, std::sync::atomic::Ordering::SeqCst);
         // SAFETY: the report pipe's write end, written in full: the parent has its answer.
         unsafe { libc::close(report_fd) };
         // The apps' atexit handlers run, as in any Python process that imported them and ends;
@@ -300,10 +303,16 @@ fn shutdown_timeout(setup: &WorkerSetup) -> Duration {
 /// The report's descriptor in the check child (see `check_apps`).
 const REPORT_FD: libc::c_int = 3;
 
+/// Whether descriptor 3 is the report pipe (in the check child, until the report is written).
+static REPORT_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Runs in every process forked from the check child, before the fork returns there.
 extern "C" fn close_report_in_child() {
-    // SAFETY: closes the inherited copy of the report pipe; nothing in the new process uses it.
-    unsafe { libc::close(REPORT_FD) };
+    if REPORT_OPEN.load(std::sync::atomic::Ordering::SeqCst) {
+        // SAFETY: closes the inherited copy of the report pipe; nothing in the new process
+        // uses it.
+        unsafe { libc::close(REPORT_FD) };
+    }
 }
 
 /// The child's status once it ends; killed when it has not within `within`. Then what is left

@@ -186,6 +186,17 @@ def test_processes_an_app_starts_at_import_neither_hold_nor_outlive_the_check(ng
                 os.kill(pid, signal.SIGKILL)
 
 
+def test_a_fork_in_the_checks_atexit_handlers_keeps_its_descriptors(nginx_factory, tmp_path):
+    # Forks close the check's report only while it is open: once written, its descriptor may be
+    # a file the apps' exit opened, which a child forked then must keep.
+    server = nginx_factory(location("/", APPS / "forks_at_exit.py"),
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};")
+    result = server.run("-t")
+    assert result.returncode == 0, result.stderr
+    [written] = [p.read_text() for p in tmp_path.iterdir()]
+    assert written.endswith(": written by the fork"), written
+
+
 def test_the_check_runs_when_nginx_is_pid_1(nginx_factory):
     # As a container's command (`CMD ["nginx", "-g", "daemon off;"]`): the check's parent is
     # process 1, which the check must not take for a parent that died.
