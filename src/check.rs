@@ -112,10 +112,12 @@ pub fn check_apps(
             // parent reads it to its end.
             libc::pthread_atfork(None, None, Some(close_report_in_child));
             libc::close(read_fd);
+            // Close-on-exec still: a program the app spawns (posix_spawn runs no fork handler)
+            // must not hold the report open either.
             let fd = if write_fd == REPORT_FD {
                 REPORT_FD
             } else {
-                libc::dup2(write_fd, REPORT_FD)
+                libc::dup3(write_fd, REPORT_FD, libc::O_CLOEXEC)
             };
             libc::close_range(4, libc::c_uint::MAX, 0);
             REPORT_OPEN.store(fd == REPORT_FD, std::sync::atomic::Ordering::SeqCst);
@@ -388,8 +390,18 @@ fn child_report(
         }
     }
     if let Some(c) = &setup.credentials {
+        // SAFETY: plain syscall.
+        let parent = unsafe { libc::getppid() };
         if let Err(e) = switch_user(c) {
             return format!("P{e}\0");
+        }
+        // Linux forgets the parent-death signal when the credentials change: set again.
+        // SAFETY: plain syscalls in the single-threaded child.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
         }
     // SAFETY: plain syscall.
     } else if unsafe { libc::geteuid() } == 0 {
