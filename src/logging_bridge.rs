@@ -1,8 +1,8 @@
 //! Python's own logging, and the request a log line belongs to.
 //!
-//! When the apps configure no handler on the root logger, records of Python's `logging` that no
-//! handler of theirs took go to the server's error log (through `tracing`, target `python`)
-//! with their level. Lines written
+//! When the apps configure no handler on the root logger, records of Python's `logging` go to
+//! the server's error log (through `tracing`, target `python`) with their level, but those a
+//! handler of theirs already writes to standard output or error (the same log). Lines written
 //! while a request runs carry its id (the server's, e.g. nginx's `$request_id`): a WSGI
 //! request's from its thread, an ASGI request's from a context variable its task sets (one
 //! thread runs every ASGI task, and a task's context follows it across its awaits and into the
@@ -93,10 +93,11 @@ fn emit(py: Python<'_>, level: i32, name: &str, message: &str) {
 
 const HANDLER: &std::ffi::CStr = c"
 import logging
+import sys
 
 class ServerLogHandler(logging.Handler):
-    '''Sends records to the web server's error log: those that no handler of the app's took on
-    their way up (a library's NullHandler does not count), as Python's last resort would.'''
+    '''Sends records to the web server's error log, but those that a handler of the app's on
+    their way up writes to standard output or error (which are that log) already.'''
 
     def __init__(self, emit):
         super().__init__()
@@ -105,8 +106,13 @@ class ServerLogHandler(logging.Handler):
     def handle(self, record):
         logger = logging.root.manager.loggerDict.get(record.name)
         while isinstance(logger, logging.Logger) and logger is not logging.root:
-            if any(not isinstance(h, logging.NullHandler) for h in logger.handlers):
-                return False
+            for h in logger.handlers:
+                try:
+                    writes_it = _to_standard_streams(h) and record.levelno >= h.level and h.filter(record)
+                except Exception:
+                    writes_it = False
+                if writes_it:
+                    return False
             if not logger.propagate:
                 break
             logger = logger.parent
@@ -117,6 +123,20 @@ class ServerLogHandler(logging.Handler):
             self._emit(record.levelno, record.name, self.format(record))
         except Exception:
             self.handleError(record)
+
+
+def _to_standard_streams(handler):
+    if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
+        return False
+    stream = getattr(handler, 'stream', None)
+    if stream is None:
+        return False
+    if any(stream is s for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)):
+        return True
+    try:
+        return stream.fileno() in (1, 2)
+    except Exception:
+        return False
 ";
 
 /// Gives the root logger a handler to the server's log when nobody configured one.

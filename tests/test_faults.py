@@ -138,6 +138,7 @@ def test_python_logging_reaches_the_error_log(server):
     wait_for(lambda: "through the app's own handler" in server.error_log(), what="the app's handler's line")
     assert server.error_log().count("through the app's own handler") == 1, "once, not again through the server's"
     assert "python: somelib: a library's warning" in log
+    assert "python: myapp.errors_only: below its handler's level" in log
 
 
 def test_the_log_line_id_is_the_requests_request_id(nginx_factory):

@@ -178,5 +178,12 @@ def python_logging(environ, start_response):
     if not library.handlers:
         library.addHandler(logging.NullHandler())
     library.warning("a library's warning")
+    # A handler that would not write this record (its level) leaves it to the server's log.
+    errors_only = logging.getLogger("myapp.errors_only")
+    if not errors_only.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.ERROR)
+        errors_only.addHandler(handler)
+    errors_only.warning("below its handler's level")
     start_response("200 OK", [])
     return [b"logged"]
