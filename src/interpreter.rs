@@ -178,6 +178,23 @@ pub fn finalize(timeout: std::time::Duration) -> Result<Finalized, String> {
     }
 }
 
+/// Runs the apps' `atexit` handlers alone, for a process that must end at once while other
+/// threads are still inside Python (a fast stop): the interpreter is not finalised under them.
+/// The process ends if they have not returned within `within`. Must run on the thread that
+/// called `initialize`; the caller ends the process next (`_exit`).
+pub fn run_exit_handlers_only(within: std::time::Duration) {
+    let tstate = MAIN_THREAD_STATE.swap(ptr::null_mut(), Ordering::AcqRel);
+    if tstate.is_null() {
+        return;
+    }
+    // SAFETY: `tstate` is this thread's state saved by `initialize`; restoring it takes the GIL.
+    unsafe { ffi::PyEval_RestoreThread(tstate) };
+    // SAFETY: this thread holds the GIL (restored above).
+    let py = unsafe { Python::assume_attached() };
+    let _deadline = ExitDeadline::start_exactly(within, "the atexit handlers");
+    run_exit_handlers(py);
+}
+
 /// Ends the process if what runs after the app's threads were waited for (`atexit` handlers,
 /// Python's teardown) has not ended within the shutdown timeout: a handler that waits for a
 /// stuck thread (`ThreadPoolExecutor.shutdown(wait=True)`) would otherwise keep the exiting
@@ -186,7 +203,10 @@ struct ExitDeadline(Option<std::sync::mpsc::Sender<()>>);
 
 impl ExitDeadline {
     fn start(within: std::time::Duration, what: &'static str) -> ExitDeadline {
-        let within = within.max(std::time::Duration::from_secs(1));
+        Self::start_exactly(within.max(std::time::Duration::from_secs(1)), what)
+    }
+
+    fn start_exactly(within: std::time::Duration, what: &'static str) -> ExitDeadline {
         let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
         let watch = move || {
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = cancelled.recv_timeout(within)

@@ -376,12 +376,15 @@ impl Pump for RunQueue {
 }
 
 /// Stops the module's own threads of every queue (worker exit, after the last request).
-pub(crate) fn stop_threads(within: std::time::Duration) {
+/// Stops every pool's threads, each given `within`; whether all ended.
+pub(crate) fn stop_threads(within: std::time::Duration) -> bool {
+    let mut all = true;
     for queue in RunQueue::all() {
         if let Executor::Threads(t) = &queue.executor {
-            t.stop(within);
+            all &= t.stop(within);
         }
     }
+    all
 }
 
 #[cfg(test)]

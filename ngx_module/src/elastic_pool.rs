@@ -182,7 +182,8 @@ impl Threads {
 
     /// Ends every thread: idle ones at once, busy ones when their request is done; waits for
     /// them for at most `within`.
-    pub(crate) fn stop(&self, within: Duration) {
+    /// Stops the threads; whether all ended within `within`.
+    pub(crate) fn stop(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         let mut st = self.lock();
         st.stopping = true;
@@ -193,7 +194,7 @@ impl Threads {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 tracing::warn!(target: "wsgi", "{} pool thread(s) did not end at exit", st.alive);
-                return;
+                return false;
             }
             st = self
                 .ended
@@ -201,6 +202,7 @@ impl Threads {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        true
     }
 }
 

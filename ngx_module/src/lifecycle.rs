@@ -90,7 +90,11 @@ fn start_asgi(mc: &crate::conf::MainConf) -> Result<(), String> {
 }
 
 /// What each of the exit's waits may take at a fast stop (see `stop_worker`).
-const FAST_STOP_WAIT: Duration = Duration::from_millis(250);
+const FAST_STOP_WAIT: Duration = Duration::from_millis(200);
+
+/// What the apps' atexit handlers may take at a fast stop with requests left in Python: with
+/// the two waits before them, within the 1.5 s nginx's master gives the worker.
+const FAST_STOP_EXIT_HANDLERS: Duration = Duration::from_millis(900);
 
 /// Stops the module's own threads (nginx's pools have stopped by now, and, but at a fast stop,
 /// every request is done), then finalises Python, waiting `wsgi_shutdown_timeout` at most for
@@ -131,9 +135,18 @@ pub(crate) unsafe fn stop_worker(cycle: *mut ngx_cycle_t) -> Result<(), String> 
         // Requests in flight have ended: the apps' lifespan shutdown, then the loop's end.
         event_loop.stop(loop_wait);
     }
-    crate::dispatch::stop_threads(threads_wait);
+    let threads_ended = crate::dispatch::stop_threads(threads_wait);
     // SAFETY: the event loop's thread (per the function contract).
     unsafe { crate::ffi::log::flush_deferred() };
+    if fast && !threads_ended {
+        // Requests are still inside Python: finalising the interpreter under them could end
+        // their threads mid-call. The apps' atexit handlers run alone, then the worker ends.
+        interpreter::run_exit_handlers_only(FAST_STOP_EXIT_HANDLERS);
+        // SAFETY: as above.
+        unsafe { crate::ffi::log::flush_deferred() };
+        // SAFETY: ends the worker at once: nothing of nginx's teardown may meet those threads.
+        unsafe { libc::_exit(0) };
+    }
     let finalized = interpreter::finalize(finalize_wait);
     // SAFETY: as above.
     unsafe { crate::ffi::log::flush_deferred() };
