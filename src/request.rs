@@ -127,10 +127,9 @@ fn run_attached(
     sink: Option<Arc<dyn ChunkSink>>,
 ) -> Outcome {
     let (input, gate) = Input::new(body);
-    let (input, start_response) = match (
-        Bound::new(py, input),
-        Bound::new(py, StartResponse::new(sink, info.ignored_accel())),
-    ) {
+    let start = StartResponse::new(sink, info.ignored_accel());
+    let ending = start.ending.clone();
+    let (input, start_response) = match (Bound::new(py, input), Bound::new(py, start)) {
         (Ok(i), Ok(s)) => (i, s),
         (Err(e), _) | (_, Err(e)) => {
             log_failure(py, info, "cannot create the request objects", &e);
@@ -170,12 +169,13 @@ fn run_attached(
     let client_failed = input.try_borrow().is_ok_and(|i| i.client_failed());
     drop(_detach);
     crate::errors::flush_thread();
+    // A thread of the app's may be inside write(), its data waiting for the client: the
+    // response ends once that returns, and its later calls raise.
+    ending.store(true, std::sync::atomic::Ordering::Release);
     let mut sr = loop {
         if let Ok(sr) = start_response.try_borrow_mut() {
             break sr;
         }
-        // A thread of the app's is inside write(), its data waiting for the client: the
-        // response ends once that returns (later calls raise).
         py.detach(|| std::thread::sleep(Duration::from_millis(1)));
     };
     sr.finished = true;

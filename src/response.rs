@@ -94,6 +94,9 @@ pub struct StartResponse {
     pub(crate) excess: u64,
     /// The request is over: calls from a stray reference must not touch it.
     pub(crate) finished: bool,
+    /// The request is ending (set without the object, which another thread's `write()` may
+    /// hold): `write()` and `start_response` refuse from then on.
+    pub(crate) ending: Arc<std::sync::atomic::AtomicBool>,
     /// The `X-Accel-*` headers the server is configured to ignore.
     ignored: AccelHeaders,
 }
@@ -207,7 +210,7 @@ impl StartResponse {
     }
 
     fn check_live(&self) -> PyResult<()> {
-        if self.finished {
+        if self.finished || self.ending.load(std::sync::atomic::Ordering::Acquire) {
             return Err(PyRuntimeError::new_err(
                 "start_response/write used after the response ended",
             ));

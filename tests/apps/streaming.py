@@ -122,7 +122,6 @@ def thread_writer(environ, start_response):
             while True:
                 writing.set()
                 write(block)
-                time.sleep(0.001)
         except Exception as e:  # noqa: BLE001 (the test reads what it was)
             with _lock:
                 stats["closed"][name] = f"{type(e).__name__}: {e}"
