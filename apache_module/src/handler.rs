@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use ngx_wsgi::{run_request, Apps};
 
 use crate::bindings::{
-    ap_discard_request_body, request_rec, APLOG_ERR, DECLINED, HTTP_INTERNAL_SERVER_ERROR, OK,
+    ap_conn_keepalive_e_AP_CONN_CLOSE, ap_discard_request_body, request_rec, APLOG_ERR, DECLINED,
+    HTTP_INTERNAL_SERVER_ERROR, OK,
 };
 use crate::ffi_guard::guard;
 use crate::side::Side;
@@ -86,8 +87,11 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
             // alive, once the response is out: a client whose upload the app refused (a 413)
             // gets the answer at once, and the status (one that drops the connection) or an
             // `Expect: 100-continue` never answered (the response says `Connection: close`)
-            // leaves the rest unread.
-            ap_discard_request_body(r);
+            // leaves the rest unread. A body that fails meanwhile (over LimitRequestBody,
+            // broken chunks) leaves the connection where the next request cannot be found.
+            if ap_discard_request_body(r) != OK as c_int {
+                (*(*r).connection).keepalive = ap_conn_keepalive_e_AP_CONN_CLOSE;
+            }
         }
         rc
     }

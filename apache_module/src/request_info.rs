@@ -138,13 +138,14 @@ fn own_key(name: &[u8]) -> bool {
 
 /// Apache joins repeated request headers with ", " before any module sees them; several
 /// `Cookie` headers are given back joined with "; ", as apps parse them. A ", " is taken for
-/// such a join only where a cookie's `name=` follows it: a value with a comma in it (not
-/// RFC 6265's, but sent: `last_search=shoes, red`, a date) stays whole.
+/// such a join only where a cookie's `name=` follows it (a name as browsers send them, `cart[1]`
+/// too: anything but separators and controls): a value with a comma in it (not RFC 6265's, but
+/// sent: `last_search=shoes, red`, a date) stays whole.
 fn cookie_headers_rejoined(value: &[u8]) -> Vec<u8> {
     let starts_a_cookie = |rest: &[u8]| {
         let name = rest
             .iter()
-            .take_while(|&&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+            .take_while(|&&c| c > b' ' && c != 0x7f && !b"=;,\"".contains(&c))
             .count();
         name > 0 && rest.get(name) == Some(&b'=')
     };
@@ -227,6 +228,7 @@ mod tests {
             ),
             (b"seen=Wed, 21 Oct 2026, x=1", b"seen=Wed, 21 Oct 2026; x=1"),
             (b"a=1, =2", b"a=1, =2"),
+            (b"a=1, cart[1]=2", b"a=1; cart[1]=2"),
             (b"a=1,b=2", b"a=1,b=2"),
         ] {
             assert_eq!(cookie_headers_rejoined(value), rejoined, "{value:?}");
