@@ -104,10 +104,7 @@ pub fn check_apps(
             // The parent stops the group once the check ends; a parent killed meanwhile
             // (Ctrl-C on `nginx -t`) takes the check with it, not left importing alone.
             libc::setpgid(0, 0);
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
+            die_with_parent(parent);
             // A process an app forks while being imported must not hold the report open: the
             // parent reads it to its end.
             libc::pthread_atfork(None, None, Some(close_report_in_child));
@@ -302,6 +299,18 @@ fn shutdown_timeout(setup: &WorkerSetup) -> Duration {
     }
 }
 
+/// Has the check child killed when `parent` (the server) ends; ends it now if that already
+/// happened.
+fn die_with_parent(parent: libc::pid_t) {
+    // SAFETY: plain syscalls in the single-threaded child.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+    }
+}
+
 /// The report's descriptor in the check child (see `check_apps`).
 const REPORT_FD: libc::c_int = 3;
 
@@ -396,13 +405,7 @@ fn child_report(
             return format!("P{e}\0");
         }
         // Linux forgets the parent-death signal when the credentials change: set again.
-        // SAFETY: plain syscalls in the single-threaded child.
-        unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-        }
+        die_with_parent(parent);
     // SAFETY: plain syscall.
     } else if unsafe { libc::geteuid() } == 0 {
         return "Pthe workers' user is unknown: the apps are not imported as root\0".into();

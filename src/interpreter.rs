@@ -142,14 +142,9 @@ pub fn finalize(timeout: std::time::Duration) -> Result<Finalized, String> {
     for hook in hooks {
         hook();
     }
-    let tstate = MAIN_THREAD_STATE.swap(ptr::null_mut(), Ordering::AcqRel);
-    if tstate.is_null() {
+    let Some(py) = reattach_main_thread() else {
         return Ok(Finalized::Cleanly);
-    }
-    // SAFETY: `tstate` is this thread's state saved by `initialize`; restoring it takes the GIL.
-    unsafe { ffi::PyEval_RestoreThread(tstate) };
-    // SAFETY: this thread holds the GIL (restored above).
-    let py = unsafe { Python::assume_attached() };
+    };
     match join_app_threads(py, timeout) {
         Ok(None) => {}
         Ok(Some(report)) => {
@@ -178,19 +173,27 @@ pub fn finalize(timeout: std::time::Duration) -> Result<Finalized, String> {
     }
 }
 
+/// Takes the GIL back on the initialising thread, for the interpreter's end (the state kept
+/// since `initialize` is given up: this runs once); None when Python is not running.
+fn reattach_main_thread() -> Option<Python<'static>> {
+    let tstate = MAIN_THREAD_STATE.swap(ptr::null_mut(), Ordering::AcqRel);
+    if tstate.is_null() {
+        return None;
+    }
+    // SAFETY: `tstate` is this thread's state saved by `initialize`; restoring it takes the GIL.
+    unsafe { ffi::PyEval_RestoreThread(tstate) };
+    // SAFETY: this thread holds the GIL (restored above).
+    Some(unsafe { Python::assume_attached() })
+}
+
 /// Runs the apps' `atexit` handlers alone, for a process that must end at once while other
 /// threads are still inside Python (a fast stop): the interpreter is not finalised under them.
 /// The process ends if they have not returned within `within`. Must run on the thread that
 /// called `initialize`; the caller ends the process next (`_exit`).
 pub fn run_exit_handlers_only(within: std::time::Duration) {
-    let tstate = MAIN_THREAD_STATE.swap(ptr::null_mut(), Ordering::AcqRel);
-    if tstate.is_null() {
+    let Some(py) = reattach_main_thread() else {
         return;
-    }
-    // SAFETY: `tstate` is this thread's state saved by `initialize`; restoring it takes the GIL.
-    unsafe { ffi::PyEval_RestoreThread(tstate) };
-    // SAFETY: this thread holds the GIL (restored above).
-    let py = unsafe { Python::assume_attached() };
+    };
     let _deadline = ExitDeadline::start_exactly(within, "the atexit handlers");
     run_exit_handlers(py);
 }

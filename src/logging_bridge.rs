@@ -113,8 +113,6 @@ class ServerLogHandler(logging.Handler):
                     writes_it = False
                 if writes_it:
                     return False
-            if not logger.propagate:
-                break
             logger = logger.parent
         return super().handle(record)
 

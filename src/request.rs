@@ -314,14 +314,17 @@ fn consume(
     sequence: bool,
 ) -> PyResult<()> {
     let py = iterable.py();
-    let take = |item: Bound<'_, PyAny>| -> PyResult<()> {
+    // Takes one item; whether the app's Content-Length is now all produced.
+    let take = |item: Bound<'_, PyAny>| -> PyResult<bool> {
         let bytes = item.cast::<PyBytes>().map_err(|_| {
             pyo3::exceptions::PyTypeError::new_err(format!(
                 "response body items must be bytes, not {}",
                 crate::response::type_name(&item)
             ))
         })?;
-        StartResponse::in_use(start_response)?.push_body(bytes)
+        let mut sr = StartResponse::in_use(start_response)?;
+        sr.push_body(bytes)?;
+        Ok(sr.has_whole_body())
     };
     if sequence {
         if let Ok(list) = iterable.cast::<PyList>() {
@@ -340,10 +343,9 @@ fn consume(
     for item in iterator {
         // A child the app forked in its iterable would wait for room that nobody makes.
         crate::forked::exit_if_forked_child(py, "wsgi", crate::forked::Back::after(&item));
-        take(item?)?;
         // PEP 3333: once its Content-Length is sent, the iteration stops (an endless
         // generator, a file behind the length, would run on for nothing).
-        if StartResponse::in_use(start_response)?.has_whole_body() {
+        if take(item?)? {
             break;
         }
     }

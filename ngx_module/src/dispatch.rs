@@ -375,8 +375,8 @@ impl Pump for RunQueue {
     }
 }
 
-/// Stops the module's own threads of every queue (worker exit, after the last request).
-/// Stops every pool's threads, each given `within`; whether all ended.
+/// Stops the module's own threads of every queue (worker exit), each pool given `within`;
+/// whether all ended.
 pub(crate) fn stop_threads(within: std::time::Duration) -> bool {
     let mut all = true;
     for queue in RunQueue::all() {

@@ -181,8 +181,7 @@ impl Threads {
     }
 
     /// Ends every thread: idle ones at once, busy ones when their request is done; waits for
-    /// them for at most `within`.
-    /// Stops the threads; whether all ended within `within`.
+    /// them for at most `within`, and says whether all ended.
     pub(crate) fn stop(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         let mut st = self.lock();
