@@ -186,15 +186,18 @@ fn reattach_main_thread() -> Option<Python<'static>> {
     Some(unsafe { Python::assume_attached() })
 }
 
-/// Runs the apps' `atexit` handlers alone, for a process that must end at once while other
-/// threads are still inside Python (a fast stop): the interpreter is not finalised under them.
-/// The process ends if they have not returned within `within`. Must run on the thread that
-/// called `initialize`; the caller ends the process next (`_exit`).
-pub fn run_exit_handlers_only(within: std::time::Duration) {
+/// Runs `first` (a report of what is left), then the apps' `atexit` handlers alone, for a
+/// process that must end at once while other threads are still inside Python (a fast stop, a
+/// blocked event loop): the interpreter is not finalised under them. The process ends if they
+/// have not returned within `within`, the wait for the GIL included (a thread left may hold
+/// it). Must run on the thread that called `initialize`; the caller ends the process next
+/// (`_exit`).
+pub fn run_exit_handlers_only(within: std::time::Duration, first: impl FnOnce(Python<'_>)) {
+    let _deadline = ExitDeadline::start_exactly(within, "the atexit handlers");
     let Some(py) = reattach_main_thread() else {
         return;
     };
-    let _deadline = ExitDeadline::start_exactly(within, "the atexit handlers");
+    first(py);
     run_exit_handlers(py);
 }
 

@@ -819,6 +819,27 @@ def test_a_shutdown_that_never_finishes_is_bounded_in_the_check_and_at_exit(ngin
     assert f"worker process {worker} exited with code 0" in server.error_log()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGQUIT, signal.SIGTERM])
+def test_an_event_loop_blocked_in_c_cannot_hold_an_exiting_worker(nginx_factory, tmp_path, sig):
+    # A coroutine that blocks the loop's thread for ever (time.sleep, a synchronous driver)
+    # never lets the loop stop: the worker must still end, saying where the loop was stuck,
+    # with the apps' atexit handlers run.
+    server = nginx_factory(asgi("/", APP), main_extra=f"worker_shutdown_timeout 1s; env NGX_WSGI_TEST_MARKS={tmp_path};",
+                           http_extra="wsgi_shutdown_timeout 500ms;").start()
+    worker = server.worker_pids()[0]
+    assert requests.get(server.url("/blocks-loop?3600"), timeout=10).text == "answered"
+    wait_for(lambda: (tmp_path / f"blocking-{worker}").exists(), what="the loop to block")
+    started = time.monotonic()
+    assert server.stop(sig=sig, timeout=30) == 0
+    assert time.monotonic() - started < 10
+    log = server.error_log()
+    assert re.search(r"\[error\].*the ASGI event loop's thread did not stop within \d+ ms; "
+                     r"the worker exits without finalizing Python\. Where the loop is stuck", log), log[-3000:]
+    assert 'time.sleep(float(query))' in log, log[-3000:]
+    assert (tmp_path / f"atexit-{worker}").exists(), "atexit handlers ran"
+    assert "exited on signal" not in log, log[-3000:]
+
+
 def test_an_app_that_stops_the_event_loop_does_not_stop_asgi_in_the_worker(nginx_factory):
     server = nginx_factory(asgi("/", APP)).start()
     worker = server.worker_pids()[0]

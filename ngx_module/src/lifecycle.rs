@@ -131,21 +131,29 @@ pub(crate) unsafe fn stop_worker(cycle: *mut ngx_cycle_t) -> Result<(), String> 
     // From here this thread waits for others, which log meanwhile: their entries take their own
     // time, and those queued for the loop are written after each wait.
     crate::ffi::log::loop_waits(true);
-    if let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() {
-        // Requests in flight have ended: the apps' lifespan shutdown, then the loop's end.
-        event_loop.stop(loop_wait);
-    }
+    // Requests in flight have ended: the apps' lifespan shutdown, then the loop's end.
+    let loop_stuck = ngx_wsgi::asgi::event_loop::get().and_then(|l| l.stop(loop_wait).err());
     let threads_ended = crate::dispatch::stop_threads(threads_wait);
     // SAFETY: the event loop's thread (per the function contract).
     unsafe { crate::ffi::log::flush_deferred() };
-    if fast && !threads_ended {
-        // Requests are still inside Python: finalising the interpreter under them could end
-        // their threads mid-call. The apps' atexit handlers run alone, then the worker ends.
-        interpreter::run_exit_handlers_only(FAST_STOP_EXIT_HANDLERS);
+    if loop_stuck.is_some() || (fast && !threads_ended) {
+        // Threads are still inside Python: finalising the interpreter under them could end
+        // them mid-call, or wait for them for ever. The apps' atexit handlers run alone, then
+        // the worker ends.
+        let within = if fast {
+            FAST_STOP_EXIT_HANDLERS
+        } else {
+            finalize_wait
+        };
+        interpreter::run_exit_handlers_only(within, |py| {
+            if let Some(stuck) = &loop_stuck {
+                stuck.log(py);
+            }
+        });
         // SAFETY: as above.
         unsafe { crate::ffi::log::flush_deferred() };
         // SAFETY: ends the worker at once: nothing of nginx's teardown may meet those threads.
-        unsafe { libc::_exit(0) };
+        unsafe { libc::_exit(i32::from(loop_stuck.is_some())) };
     }
     let finalized = interpreter::finalize(finalize_wait);
     // SAFETY: as above.

@@ -599,9 +599,13 @@ impl AsgiLoop {
 
     /// At the process's end: waits for the HTTP tasks (their responses are done: requests in
     /// flight ended before this), runs each app's lifespan shutdown, then stops the loop and
-    /// joins its thread; `timeout` bounds the wait for tasks and the shutdown together.
-    pub fn stop(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
+    /// joins its thread; `timeout` bounds the wait for tasks and the shutdown together, and the
+    /// join as well (at least a second of it at most, for a loop that ends its round slowly).
+    /// Err when the thread has not ended by then: a coroutine keeps it in a call that never
+    /// returns to the loop, and the process cannot wait for it.
+    pub fn stop(&self, timeout: Duration) -> Result<(), LoopStuck> {
+        let started = Instant::now();
+        let deadline = started + timeout;
         while self.running() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -660,9 +664,45 @@ impl AsgiLoop {
         }
         self.post(Item::Stop);
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(thread) = thread {
-            let _ = thread.join();
+        let Some(thread) = thread else {
+            return Ok(());
+        };
+        let join_by = deadline.max(Instant::now() + timeout.min(Duration::from_secs(1)));
+        while !thread.is_finished() && Instant::now() < join_by {
+            std::thread::sleep(Duration::from_millis(5));
         }
+        if !thread.is_finished() {
+            // Left behind: the process ends without finalising Python under it.
+            return Err(LoopStuck {
+                ident: self.thread_ident(),
+                waited: started.elapsed(),
+            });
+        }
+        let _ = thread.join();
+        Ok(())
+    }
+}
+
+/// The loop's thread did not end when the process's end asked it to.
+#[derive(Debug)]
+pub struct LoopStuck {
+    ident: Option<u64>,
+    waited: Duration,
+}
+
+impl LoopStuck {
+    /// Logs it with the Python stack of the loop's thread: where the app blocks it.
+    pub fn log(&self, py: Python<'_>) {
+        let stack = self
+            .ident
+            .and_then(|ident| crate::watchdog::stack_of(py, ident).ok())
+            .unwrap_or_else(|| "(not known)".to_owned());
+        tracing::error!(
+            target: "asgi",
+            "the ASGI event loop's thread did not stop within {} ms; the worker exits without finalizing Python. \
+             Where the loop is stuck (a call in a coroutine that never returns to the loop), most recent call last:\n{stack}",
+            self.waited.as_millis()
+        );
     }
 }
 

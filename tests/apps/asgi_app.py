@@ -6,6 +6,10 @@ import os
 import sys
 import time
 
+if os.environ.get("NGX_WSGI_TEST_MARKS"):
+    import atexit
+    atexit.register(lambda: open(f"{os.environ['NGX_WSGI_TEST_MARKS']}/atexit-{os.getpid()}", "w").close())
+
 STATS = {"disconnected": {}, "sent": {}, "receiving": {}, "messages": {}, "waiting": {}, "requests": 0}
 EVENTS = {}
 
@@ -295,6 +299,14 @@ async def app(scope, receive, send):
         await respond(send, json.dumps([len(out), proc.returncode, await slow.wait()]).encode())
     elif route == "/loop":
         await respond(send, type(asyncio.get_running_loop()).__module__.encode())
+    elif route == "/blocks-loop":
+        # Work left after the response (Starlette's BackgroundTasks run so) that blocks the
+        # loop's thread in C for ever: a time.sleep, a synchronous driver waiting for a lock.
+        marks = os.environ.get("NGX_WSGI_TEST_MARKS")
+        await respond(send, b"answered")
+        if marks:
+            open(f"{marks}/blocking-{os.getpid()}", "w").close()
+        time.sleep(float(query))
     elif route == "/stop-loop":
         # What some apps do to "shut down" the loop they believe is theirs.
         asyncio.get_running_loop().stop()
