@@ -257,11 +257,30 @@ fn join_app_threads(py: Python<'_>, timeout: std::time::Duration) -> PyResult<Op
 import sys, threading, time, traceback
 def _join(timeout, what):
     deadline = time.monotonic() + timeout
+    # What Python's own exit does before it joins threads: threading's exit callbacks, once
+    # (concurrent.futures wakes its idle workers there, which then end). They join what they
+    # woke: on a thread of their own, so that a stuck job cannot take the wait beyond timeout.
+    if hasattr(threading, '_threading_atexits') and not threading._SHUTTING_DOWN:
+        threading._SHUTTING_DOWN = True
+        calls = threading._threading_atexits[::-1]
+        del threading._threading_atexits[:]
+        def run_calls():
+            for call in calls:
+                try:
+                    call()
+                except Exception:
+                    traceback.print_exc()
+        if calls:
+            runner = threading.Thread(target=run_calls, name='threading-atexit', daemon=True)
+            runner.start()
+            runner.join(max(0.0, deadline - time.monotonic()))
     main = threading.main_thread()
+    dummy = getattr(threading, '_DummyThread', ())  # the server's threads, never joinable
     def left():
         me = threading.current_thread()  # not main_thread() when eventlet patched threading
         return [t for t in threading.enumerate()
-                if t is not main and t is not me and not t.daemon and t.is_alive()]
+                if t is not main and t is not me and not isinstance(t, dummy)
+                and not t.daemon and t.is_alive()]
     while True:
         alive = left()
         remaining = deadline - time.monotonic()
@@ -341,12 +360,31 @@ where
             // state; SaveThread then gives the GIL back.
             unsafe {
                 ffi::PyGILState_Ensure();
+                // SAFETY: the Ensure above holds the GIL until the SaveThread below.
+                serve_as_non_daemon(Python::assume_attached());
                 ffi::PyEval_SaveThread();
             }
             kept.set(true);
         }
     });
     Python::attach(f)
+}
+
+/// Python sees a server thread as a dummy `Thread`, a daemon one, and a thread the app starts
+/// inherits `daemon` from the thread that starts it: one started while a request runs (work
+/// left after the response) would be a daemon thread, killed unjoined at the worker's exit,
+/// where under gunicorn or a script it is waited for. The server thread says it is not one.
+fn serve_as_non_daemon(py: Python<'_>) {
+    let marked = (|| -> PyResult<()> {
+        let threading = py.import("threading")?;
+        let current = threading.call_method0("current_thread")?;
+        if current.is_instance(&threading.getattr("_DummyThread")?)? {
+            current.setattr("_daemonic", false)?;
+        }
+        Ok(())
+    })();
+    // A threading module an app replaced (eventlet's) may not have these: its threads stay so.
+    let _ = marked;
 }
 
 /// Deletes the calling thread's kept Python thread state (a server thread that is about to end);

@@ -2,9 +2,11 @@
 Python cleanly even when the app started threads."""
 import http.client
 import os
+import pathlib
 import re
 import subprocess
 import signal
+import tempfile
 import threading
 import time
 
@@ -225,6 +227,27 @@ def recycling(nginx_line, apache_line, nginx=None, apache=None):
     """Server-level directives for both servers, plus constructor arguments for each."""
     return dict(nginx=dict(http_extra=nginx_line, **(nginx or {})),
                 apache=dict(server_extra=apache_line, **(apache or {})))
+
+
+def test_work_an_app_leaves_after_the_response_is_done_before_the_process_exits(wsgi_factory):
+    # A thread a request starts is not a daemon thread (as under gunicorn): the exit waits for
+    # it. A ThreadPoolExecutor made at import gets its work done, then its idle workers are
+    # told to end, as Python's own exit does, instead of holding the exit until the timeout.
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="ngx-wsgi-after-response-"))
+    tmp_path.chmod(0o777)  # Apache's children run as another user
+    server = wsgi_factory([route("/", APPS / "after_response.py")],
+                          nginx=dict(main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};"),
+                          apache=dict(env={"NGX_WSGI_TEST_MARKS": str(tmp_path)})).start()
+    assert requests.get(server.url("/thread"), timeout=10).text == "daemon=False"
+    assert requests.get(server.url("/pool"), timeout=10).text == "queued"
+    worker = server.worker_pids()[0]
+    # nginx's quit, Apache's graceful-stop.
+    assert server.stop(sig=signal.SIGQUIT if wsgi_factory.kind == "nginx" else signal.SIGWINCH) == 0
+    assert (tmp_path / f"thread-{worker}").exists(), "the request's thread finished its work"
+    assert (tmp_path / f"pool-{worker}").exists(), "the executor finished its work"
+    log = server.error_log()
+    assert "still running after" not in log, log[-3000:]
+    assert "exited on signal" not in log and "exit signal" not in log
 
 
 def test_workers_recycle_after_max_requests_without_losing_requests(wsgi_factory):
