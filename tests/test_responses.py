@@ -16,7 +16,7 @@ NAMES = ["list_body", "generator_body", "write_then_iterable", "closing", "close
          "exc_info_before_body", "exc_info_after_body", "status", "length_app", "length_longer_than_body",
          "length_shorter_than_body", "file_wrapper", "big", "plain", "pregzipped", "empty_with_length",
          "accel", "file_wrapper_from_position", "file_wrapper_limited", "file_wrapper_bytesio",
-         "file_wrapper_proc", "endless_with_length"]
+         "file_wrapper_proc", "endless_with_length", "file_wrapper_validated"]
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +151,27 @@ def test_file_wrapper_sends_the_file(server, path):
     got = requests.get(server.url(path)).headers.get("Accept-Ranges")
     r = requests.head(server.url(path))
     assert (r.headers["Content-Length"], r.headers.get("Accept-Ranges"), r.content) == (str(len(data)), got, b"")
+
+
+@pytest.mark.parametrize("if_range, ranged", [
+    ('"v1"', True), ("Wed, 01 Jan 2025 00:00:00 GMT", True),
+    ('"v0"', False), ("Thu, 02 Jan 2025 00:00:00 GMT", False), ('W/"v1"', False),
+])
+def test_if_range_resumes_a_download_only_of_the_same_file(server, if_range, ranged):
+    # A resumed download (browsers, curl -C) sends If-Range with the ETag or Last-Modified it
+    # had: the rest of the same file, else all of the new one.
+    data = APP.read_bytes()
+    r = requests.get(server.url("/file_wrapper_validated"), headers={"Range": "bytes=10-19", "If-Range": if_range})
+    if ranged:
+        assert (r.status_code, r.content) == (206, data[10:20])
+    else:
+        assert (r.status_code, r.content) == (200, data)
+    head = raw_request(server.port, b"GET /file_wrapper_validated HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                       b"If-None-Match: \"v1\"\r\n\r\n").partition(b"\r\n\r\n")[0]
+    # The app's validators as it sent them, once; its 200 stays a 200 (conditionals are its own).
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert head.lower().count(b"\r\netag: \"v1\"") == 1, head
+    assert head.lower().count(b"\r\nlast-modified: wed, 01 jan 2025 00:00:00 gmt") == 1, head
 
 
 def test_file_wrapper_honours_position_and_length(server):

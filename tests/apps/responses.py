@@ -151,6 +151,14 @@ def accel(environ, start_response):
     return [b"this body is replaced by the redirect target"]
 
 
+def file_wrapper_validated(environ, start_response):
+    # What a download view sends for a client to resume with If-Range.
+    f = open(__file__, "rb")
+    start_response("200 OK", [("Content-Type", "text/x-python"), ("ETag", '"v1"'),
+                              ("Last-Modified", "Wed, 01 Jan 2025 00:00:00 GMT")])
+    return environ["wsgi.file_wrapper"](f)
+
+
 def file_wrapper_from_position(environ, start_response):
     f = open(__file__, "rb")
     f.read(100)
