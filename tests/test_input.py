@@ -8,7 +8,8 @@ import socket
 import pytest
 import requests
 
-from conftest import APPS, BAD_CHUNKS, assert_broken_chunk_is_400, recv_until, route, wait_for
+from conftest import (APPS, BAD_CHUNKS, asgi_location, assert_broken_chunk_is_400, location, recv_until, route,
+                      wait_for)
 
 APP = APPS / "input_app.py"
 BODY = b"first line\nsecond\n\nlast without newline"
@@ -218,3 +219,32 @@ def test_an_app_thread_reading_a_buffered_body_after_its_request_gets_an_error(s
     assert r.text == "handed off"
     result = requests.get(server.url("/handoff_result?after-buffered"), timeout=30).text
     assert result == "ValueError: wsgi.input read after the request finished", result
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_a_chunked_body_over_the_limit_that_keeps_coming_while_the_app_runs_on(nginx_factory, kind):
+    # Unbuffered, the body fails at client_max_body_size while the app reads it; the client
+    # goes on sending while the app still runs. nginx's reader is done with that body: the
+    # worker must not read it again (it looped for ever, serving no one), and the client gets
+    # nginx's 413.
+    if kind == "wsgi":
+        where = location("/", APP, "wsgi_request_buffering off; client_max_body_size 1m;")
+        target = "/read_fails_then_lingers"
+    else:
+        where = asgi_location("/", APPS / "asgi_app.py", "wsgi_request_buffering off; client_max_body_size 1m;")
+        target = "/upload-until-gone?linger"
+    server = nginx_factory(where).start()
+    worker = server.worker_pids()[0]
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(f"POST {target} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b"%x\r\n%s\r\n" % (65524, b"x" * 65524)
+        try:
+            for _ in range(46):
+                s.sendall(chunk)
+        except OSError:
+            pass
+        s.settimeout(10)
+        assert recv_until(s, b"\r\n").startswith(b"HTTP/1.1 413")
+    assert requests.get(server.url("/rss" if kind == "wsgi" else "/loop"), timeout=10).status_code == 200
+    assert server.worker_pids() == [worker]
+    assert server.error_log().count("client intended to send too large chunked body") == 1

@@ -152,6 +152,11 @@ impl BodyStream {
         // Whether a reader has something new, and whether one waits on `arrived`.
         let mut news = false;
         let mut waiting;
+        if self.lock().error.is_some() {
+            // nginx's reader is done with a body that failed: called again as the client sends
+            // on, it fails again, or loops for ever without returning to the event loop.
+            return;
+        }
         // SAFETY: `r` and its request body are live on the event loop, which alone touches
         // them.
         unsafe {

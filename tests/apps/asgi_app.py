@@ -228,6 +228,8 @@ async def app(scope, receive, send):
         body, messages, gone = await read_body(receive, key=query)
         STATS["messages"][query] = messages
         STATS["disconnected"][query] = f"gone after {len(body)} bytes" if gone else "complete"
+        if gone and query.startswith("linger"):
+            await asyncio.sleep(0.5)  # what it does about it takes a while
         if not gone:
             await respond(send, b"complete")
     elif route == "/stream-until-gone":

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import threading
+import time
 
 _handoffs = {}
 
@@ -107,6 +108,13 @@ def application(environ, start_response):
         entry["done"].wait(20)
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [str(entry["result"]).encode()]
+    elif way == "/read_fails_then_lingers":
+        # A read that fails (the body broke), then the app takes a while over it.
+        try:
+            parts = [f.read()]
+        except OSError:
+            time.sleep(0.5)
+            raise
     elif way == "/ignore":
         parts = [b"ignored"]
     elif way == "/refuse":
