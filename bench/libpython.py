@@ -69,7 +69,7 @@ def work_fastapi(n):
     body = asgi_apps.FASTAPI_REQUEST
     path, _, query = asgi_apps.FASTAPI_PATH.partition("?")
     scope = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
         "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
         "query_string": query.encode(), "root_path": "",
         "headers": [(b"host", b"bench"), (b"content-type", b"application/json"),

@@ -5,13 +5,15 @@ uvicorn, mounted at the root and under a prefix (nginx's `location /api/`, uvico
 `--root-path /api`)."""
 import email.utils
 import json
+import socket
 import subprocess
 import sys
 
 import pytest
 import requests
 
-from conftest import APPS, FORWARDED_SCHEME, asgi_location, free_port, stop_peers, wait_for_peer
+from conftest import (APPS, FORWARDED_SCHEME, asgi_location, free_port, read_until, stop_peers, wait_for,
+                      wait_for_peer)
 
 FRAMEWORKS = APPS / "asgi_frameworks"
 SERVER_HEADERS = {"date", "server", "connection", "keep-alive", "transfer-encoding"}
@@ -237,3 +239,15 @@ def test_urls_carry_the_mount(module_server):
     assert answer["root_path"] == "/api"
     sub = requests.get(f"http://127.0.0.1:{port}/api/sub/where", timeout=10).text
     assert sub == "/api/sub/where /api/sub"
+
+
+def test_an_idle_event_stream_ends_when_its_client_goes(module_server):
+    # Starlette's StreamingResponse watches receive() for http.disconnect when the server says
+    # spec_version 2.3 (as uvicorn and Granian do); at 2.4 it would learn of the client's going
+    # only from its next send, an hour later here.
+    port = module_server["starlette"].port
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"GET /feed?key=idle HTTP/1.1\r\nHost: t\r\n\r\n")
+        read_until(s, b"data: first")
+    wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/ended?key=idle", timeout=10).json(),
+             what="the stream's generator to end")

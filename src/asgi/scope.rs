@@ -6,10 +6,13 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::arena::{Arena, Span};
 
-/// The `asgi` entry of every scope: ASGI 3.0, and the HTTP spec version this server follows
-/// (2.4: `send()` raises an `OSError` once the client is gone, `http.disconnect` otherwise).
+/// The `asgi` entry of every scope: ASGI 3.0, and the HTTP spec version the server states.
+/// It does what 2.4 adds (`send()` raises an `OSError` once the client is gone) but says 2.3,
+/// as uvicorn and Granian do: told 2.4, Starlette's StreamingResponse stops watching
+/// `receive()` for `http.disconnect`, and an event stream idle between events would learn of
+/// its client's going only at its next event, holding its task (and subscriptions) until then.
 pub const ASGI_VERSION: &str = "3.0";
-pub const HTTP_SPEC_VERSION: &str = "2.4";
+pub const HTTP_SPEC_VERSION: &str = "2.3";
 
 /// The scope's byte strings, each a range of [`HttpScope`]'s arena.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

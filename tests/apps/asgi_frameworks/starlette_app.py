@@ -1,4 +1,5 @@
 """A Starlette app for the differential test against uvicorn."""
+import asyncio
 import contextlib
 import json
 
@@ -8,6 +9,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 
 DONE = []
+ENDED = {}
 
 
 @contextlib.asynccontextmanager
@@ -58,6 +60,25 @@ async def stream(request):
     return StreamingResponse(pieces(), media_type="text/plain")
 
 
+async def feed(request):
+    # An event stream that waits long between events (a pub/sub subscription): the generator
+    # must end when its client goes, not at the next event.
+    key = request.query_params["key"]
+
+    async def events():
+        try:
+            yield b"data: first\n\n"
+            await asyncio.sleep(3600)
+            yield b"data: late\n\n"
+        finally:
+            ENDED[key] = True
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def ended(request):
+    return JSONResponse(ENDED.get(request.query_params["key"], False))
+
+
 async def state(request):
     return PlainTextResponse(request.state.greeting)
 
@@ -88,6 +109,8 @@ app = Starlette(
         Route("/teapot", teapot),
         Route("/stream", stream),
         Route("/state", state),
+        Route("/feed", feed),
+        Route("/ended", ended),
         Route("/background", background),
         Route("/empty", empty),
         Route("/file", file),
