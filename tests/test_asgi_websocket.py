@@ -464,6 +464,23 @@ def test_a_client_that_goes_before_the_accept(nginx_factory):
     assert "request(s) inside Python" not in log and "Traceback" not in log, "the request ended with the app"
 
 
+def test_an_accept_after_the_client_went_raises(nginx_factory):
+    # As any send on a closed connection (ASGI 2.4; uvicorn raises there too): the app learns
+    # at once that there is no one to talk to.
+    server = nginx_factory(asgi("/", APP)).start()
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    s.sendall(b"GET /accept-after-release?late HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\n\r\n")
+    s.close()
+    wait_for(lambda: "client prematurely closed connection" in server.error_log(), what="nginx to see the client go")
+    requests.get(server.url("/release?late"), timeout=10)
+    wait_for(lambda: requests.get(server.url("/stats"), timeout=10).json()["late_accept"].get("late"),
+             what="the app's accept")
+    late = requests.get(server.url("/stats"), timeout=10).json()["late_accept"]["late"]
+    assert late.startswith("ClientDisconnected: "), late
+
+
 # --- wsgi_read_timeout: the app's time to accept or deny --------------------------------------
 
 @pytest.fixture(scope="module")

@@ -333,7 +333,16 @@ impl WsExchange {
         crate::forked::exit_if_forked_child(py, "asgi", Back::UsedTheRequest);
         let kind = super::http::message_type(message)?;
         match (kind.as_str(), self.state) {
-            ("websocket.accept", State::Connecting) => self.accept(message).map(|()| true),
+            ("websocket.accept", State::Connecting) => {
+                if self.disconnected || self.server.client_gone() {
+                    // A send on a closed connection, as any other.
+                    self.disconnected = true;
+                    return Err(ClientDisconnected::new_err(
+                        "the client closed the connection before websocket.accept",
+                    ));
+                }
+                self.accept(message).map(|()| true)
+            }
             ("websocket.close", State::Connecting) => {
                 // Closed before the accept: the handshake is answered 403.
                 let denial = PyDict::new(py);

@@ -5,7 +5,12 @@ server goes (its close code is recorded)."""
 import asyncio
 import json
 
-STATS = {"closed": {}, "received": {}, "cancelled": []}
+STATS = {"closed": {}, "received": {}, "cancelled": [], "late_accept": {}}
+RELEASES = {}
+
+
+def release(key):
+    return RELEASES.setdefault(key, asyncio.Event())
 
 
 async def app(scope, receive, send):
@@ -13,6 +18,8 @@ async def app(scope, receive, send):
         raise ValueError("no lifespan")
     path = scope["path"][len(scope["root_path"]):]
     if scope["type"] == "http":
+        if path == "/release":
+            release(scope["query_string"].decode()).set()
         body = json.dumps(STATS).encode() if path == "/stats" else json.dumps(
             {k: v for k, v in scope.items() if k in ("type", "scheme")}).encode()
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
@@ -104,6 +111,14 @@ async def app(scope, receive, send):
         except asyncio.CancelledError:
             STATS["cancelled"].append(key)
             raise
+    elif path == "/accept-after-release":
+        # Accepts only once told to (GET /release?KEY): the client may have gone by then.
+        await release(key).wait()
+        try:
+            await send({"type": "websocket.accept"})
+            STATS["late_accept"][key] = "accepted"
+        except OSError as e:
+            STATS["late_accept"][key] = f"{type(e).__name__}: {e}"
     elif path == "/gone-before-accept":
         # The client goes before the app decides: receive() says so, and the app returns.
         message = await receive()
