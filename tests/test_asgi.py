@@ -819,6 +819,22 @@ def test_a_shutdown_that_never_finishes_is_bounded_in_the_check_and_at_exit(ngin
     assert f"worker process {worker} exited with code 0" in server.error_log()
 
 
+def test_a_task_past_the_shutdown_timeout_is_cancelled_before_the_lifespan_shutdown_runs(nginx_factory, tmp_path):
+    # The task gets wsgi_shutdown_timeout, then it is cancelled; the apps' lifespan shutdown
+    # still runs (its own time), or their pools and flushes would be lost at every reload
+    # with one long-lived task open.
+    server = nginx_factory(asgi("/", APP), main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};",
+                           http_extra="wsgi_shutdown_timeout 500ms;").start()
+    worker = server.worker_pids()[0]
+    assert requests.get(server.url("/lingers-after-response"), timeout=10).text == "answered"
+    assert server.stop() == 0
+    log = server.error_log()
+    assert "1 app task(s) still running after the shutdown timeout (500 ms) are cancelled" in log, log[-3000:]
+    assert 'the task of "GET /lingers-after-response HTTP/1.1" was still running when the worker exited' in log
+    assert (tmp_path / f"shutdown-{worker}").exists(), "the lifespan shutdown ran"
+    assert f"worker process {worker} exited with code 0" in log
+
+
 @pytest.mark.parametrize("sig", [signal.SIGQUIT, signal.SIGTERM])
 def test_an_event_loop_blocked_in_c_cannot_hold_an_exiting_worker(nginx_factory, tmp_path, sig):
     # A coroutine that blocks the loop's thread for ever (time.sleep, a synchronous driver)

@@ -119,20 +119,22 @@ pub(crate) unsafe fn stop_worker(cycle: *mut ngx_cycle_t) -> Result<(), String> 
     // apps' atexit handlers run before it (a request left inside Python does not hold them).
     // SAFETY: a flag nginx's signal handler sets; read on the thread that handles it.
     let fast = unsafe { nginx_sys::ngx_terminate } != 0;
-    let (loop_wait, threads_wait, finalize_wait) = if fast {
+    let (tasks_wait, lifespan_wait, threads_wait, finalize_wait) = if fast {
         (
-            FAST_STOP_WAIT.min(shutdown),
+            (FAST_STOP_WAIT / 2).min(shutdown),
+            (FAST_STOP_WAIT / 2).min(shutdown),
             FAST_STOP_WAIT,
             (2 * FAST_STOP_WAIT).min(shutdown),
         )
     } else {
-        (shutdown, Duration::from_secs(5), shutdown)
+        (shutdown, shutdown, Duration::from_secs(5), shutdown)
     };
     // From here this thread waits for others, which log meanwhile: their entries take their own
     // time, and those queued for the loop are written after each wait.
     crate::ffi::log::loop_waits(true);
     // Requests in flight have ended: the apps' lifespan shutdown, then the loop's end.
-    let loop_stuck = ngx_wsgi::asgi::event_loop::get().and_then(|l| l.stop(loop_wait).err());
+    let loop_stuck =
+        ngx_wsgi::asgi::event_loop::get().and_then(|l| l.stop(tasks_wait, lifespan_wait).err());
     let threads_ended = crate::dispatch::stop_threads(threads_wait);
     // SAFETY: the event loop's thread (per the function contract).
     unsafe { crate::ffi::log::flush_deferred() };

@@ -176,6 +176,14 @@ def check_lifespan(app, loop_factory, shutdown_within):
     return None
 
 
+def cancel_connections(loop):
+    """At the worker's exit, past the shutdown timeout: cancels the connections' tasks still
+    running (named "asgi" by start_http), not the lifespan's or those the apps made."""
+    for t in asyncio.all_tasks(loop):
+        if not t.done() and t.get_name() == "asgi":
+            t.cancel()
+
+
 def cancel_all(loop, within):
     """At the loop's end: cancels the tasks left (background work of apps), waiting `within`
     seconds at most for them to end."""

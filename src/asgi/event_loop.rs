@@ -598,21 +598,30 @@ impl AsgiLoop {
     }
 
     /// At the process's end: waits for the HTTP tasks (their responses are done: requests in
-    /// flight ended before this), runs each app's lifespan shutdown, then stops the loop and
-    /// joins its thread; `timeout` bounds the wait for tasks and the shutdown together, and the
-    /// join as well (at least a second of it at most, for a loop that ends its round slowly).
-    /// Err when the thread has not ended by then: a coroutine keeps it in a call that never
-    /// returns to the loop, and the process cannot wait for it.
-    pub fn stop(&self, timeout: Duration) -> Result<(), LoopStuck> {
+    /// flight ended before this) `tasks_wait` at most, cancels those still running, runs each
+    /// app's lifespan shutdown (`timeout` at most: a task that outlived its wait must not cost
+    /// the apps their shutdown), then stops the loop and joins its thread, within `timeout`
+    /// again (a second at most, for a loop that ends its round slowly). Err when the thread has
+    /// not ended by then: a coroutine keeps it in a call that never returns to the loop, and
+    /// the process cannot wait for it.
+    pub fn stop(&self, tasks_wait: Duration, timeout: Duration) -> Result<(), LoopStuck> {
         let started = Instant::now();
-        let deadline = started + timeout;
-        while self.running() > 0 && Instant::now() < deadline {
+        let tasks_deadline = started + tasks_wait;
+        while self.running() > 0 && Instant::now() < tasks_deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         if self.running() > 0 {
-            tracing::warn!(target: "asgi", "{} app task(s) still running after the shutdown timeout ({} ms) are cancelled", self.running(), timeout.as_millis());
+            tracing::warn!(target: "asgi", "{} app task(s) still running after the shutdown timeout ({} ms) are cancelled", self.running(), tasks_wait.as_millis());
+            // Before the lifespan shutdown, which may close what they use (uvicorn's order).
+            self.post(Item::Call(Box::new(|py, event_loop, driver| {
+                super::task_watch::cancel_at_exit();
+                if let Err(e) = driver.call_method1("cancel_connections", (event_loop,)) {
+                    tracing::error!(target: "asgi", "cancelling the tasks left: {}", crate::traceback::format(py, &e));
+                }
+            })));
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let deadline = Instant::now() + timeout;
+        let left = timeout;
         type Answers = (usize, mpsc::Receiver<(String, String, String)>);
         let answers = self.call(left, |py, _l, _d, tx: mpsc::Sender<Answers>| {
             let (rtx, rrx) = mpsc::channel();

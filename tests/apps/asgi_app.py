@@ -301,6 +301,10 @@ async def app(scope, receive, send):
         await respond(send, json.dumps([len(out), proc.returncode, await slow.wait()]).encode())
     elif route == "/loop":
         await respond(send, type(asyncio.get_running_loop()).__module__.encode())
+    elif route == "/lingers-after-response":
+        # Work after the response that outlives any shutdown timeout (a long poll of its own).
+        await respond(send, b"answered")
+        await asyncio.sleep(3600)
     elif route == "/blocks-loop":
         # Work left after the response (Starlette's BackgroundTasks run so) that blocks the
         # loop's thread in C for ever: a time.sleep, a synchronous driver waiting for a lock.
