@@ -464,6 +464,35 @@ def test_a_client_that_goes_before_the_accept(nginx_factory):
     assert "request(s) inside Python" not in log and "Traceback" not in log, "the request ended with the app"
 
 
+def test_a_slow_reader_that_takes_what_it_is_sent_is_not_idle(nginx_factory):
+    # A client reading a busy socket slowly sees each ping only behind what was queued before
+    # it (seconds of it here), so its pong comes late; it takes bytes all along, and must not
+    # be closed as idle.
+    server = nginx_factory(asgi("/", APP, "asgi_websocket_ping_interval 1s; asgi_websocket_idle_timeout 2s; "
+                                          "wsgi_stream_buffer 16k;"), listen_extra=" sndbuf=16k").start()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(b"GET /firehose?slow HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 + KEY + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head, _, rest = read_until(sock, b"\r\n\r\n").partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    raw = Raw(sock, rest)
+    taken, pongs = 0, 0
+    until = time.monotonic() + 6
+    while time.monotonic() < until:
+        opcode, payload = read_frame(raw)
+        assert opcode != 8, f"closed: {close_code(payload)} {payload[2:]!r}"
+        if opcode == 9:
+            raw.sendall(frame(10, payload))
+            pongs += 1
+        taken += len(payload)
+        time.sleep(0.5)  # a frame (16 KiB) per half second: what was queued ahead of a ping takes seconds
+    assert pongs >= 1 and taken >= 8 * 16384, (pongs, taken)
+    raw.close()
+
+
 def test_an_accept_after_the_client_went_raises(nginx_factory):
     # As any send on a closed connection (ASGI 2.4; uvicorn raises there too): the app learns
     # at once that there is no one to talk to.

@@ -267,11 +267,13 @@ impl AsgiWs {
                 }
                 let out = codec.output();
                 let mut blocked = false;
+                let mut taken = false;
                 while !out.is_empty() && !st.gone {
                     let Some(send) = (*c).send else { break };
                     let n = send(c, out.as_mut_ptr(), out.len());
                     if n > 0 {
                         out.drain(..n as usize);
+                        taken = true;
                     } else if n == NGX_AGAIN as isize {
                         blocked = true;
                         break;
@@ -281,6 +283,11 @@ impl AsgiWs {
                 }
                 if blocked && ngx_handle_write_event((*c).write, 0) != NGX_OK as ngx_int_t {
                     st.gone = true;
+                }
+                if taken && blocked {
+                    // The client takes what it is sent, however slowly (room came back once
+                    // the socket had filled): alive, though its pong waits behind all that.
+                    self.rearm(&self.idle_timer, idle_due, self.settings.idle_timeout);
                 }
                 st.unsent = out.len();
                 if out.is_empty() && out.capacity() > OUTPUT_KEPT {

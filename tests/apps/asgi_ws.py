@@ -119,6 +119,15 @@ async def app(scope, receive, send):
             STATS["late_accept"][key] = "accepted"
         except OSError as e:
             STATS["late_accept"][key] = f"{type(e).__name__}: {e}"
+    elif path == "/firehose":
+        # Sends 16 KiB messages as fast as the client takes them, until it goes.
+        await send({"type": "websocket.accept"})
+        piece = "x" * 16384
+        try:
+            while True:
+                await send({"type": "websocket.send", "text": piece})
+        except OSError:
+            STATS["closed"][key] = [(await receive()).get("code")]
     elif path == "/gone-before-accept":
         # The client goes before the app decides: receive() says so, and the app returns.
         message = await receive()
