@@ -38,8 +38,8 @@ pub(crate) fn file_range(iterable: &Bound<'_, PyAny>, limit: Option<u64>) -> Opt
         Err(_) => u64::try_from(unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) }).ok()?,
     };
     let size = u64::try_from(st.st_size).ok()?;
-    if size == 0 {
-        // procfs and sysfs files say 0 bytes and have some: Python's iteration reads them.
+    if size_says_nothing(fd, size) {
+        // Python's iteration reads what the file has.
         return None;
     }
     let mut len = size.saturating_sub(position);
@@ -60,12 +60,42 @@ pub(crate) fn file_range(iterable: &Bound<'_, PyAny>, limit: Option<u64>) -> Opt
     })
 }
 
-/// The most read from a file that says it has 0 bytes.
+/// Whether a regular file's size says nothing of what it has: procfs files say 0 bytes, and
+/// those of the kernel's other pseudo-filesystems (sysfs, cgroup, debugfs...) a page, whatever
+/// they hold. Sent with that size, they would be cut short (nginx's read comes up short).
+pub fn size_says_nothing(fd: std::os::fd::RawFd, size: u64) -> bool {
+    if size == 0 {
+        return true;
+    }
+    // SAFETY: an all-zero statfs is a valid buffer for fstatfs to fill.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs writes into `fs`; a bad descriptor fails.
+    if unsafe { libc::fstatfs(fd, &mut fs) } != 0 {
+        return false;
+    }
+    [
+        libc::PROC_SUPER_MAGIC,
+        libc::SYSFS_MAGIC,
+        libc::CGROUP_SUPER_MAGIC,
+        libc::CGROUP2_SUPER_MAGIC,
+        libc::DEBUGFS_MAGIC,
+        libc::TRACEFS_MAGIC,
+        libc::SECURITYFS_MAGIC,
+    ]
+    .iter()
+    // The two types differ from one libc target to another (long, int, __fsword_t).
+    .any(|&magic| {
+        #[allow(clippy::unnecessary_cast)]
+        let same = fs.f_type as i64 == magic as i64;
+        same
+    })
+}
+
+/// The most read from a file whose size says nothing.
 const UNSIZED_FILE_CAP: u64 = 16 << 20;
 
-/// What a regular file that says it has 0 bytes has (procfs and sysfs files, whose size is
-/// not known before they are read), read now into an anonymous file that the server can send
-/// as it sends any file; with its length.
+/// What a regular file whose size says nothing has ([`size_says_nothing`]), read now into an
+/// anonymous file that the server can send as it sends any file; with its length.
 pub fn unsized_file_in_memory(file: std::fs::File) -> std::io::Result<(std::fs::File, u64)> {
     use std::io::{Read, Write};
     let mut data = Vec::new();
@@ -73,7 +103,7 @@ pub fn unsized_file_in_memory(file: std::fs::File) -> std::io::Result<(std::fs::
     file.take(UNSIZED_FILE_CAP + 1).read_to_end(&mut data)?;
     if data.len() as u64 > UNSIZED_FILE_CAP {
         return Err(std::io::Error::other(format!(
-            "it says it has 0 bytes and has more than {} MiB",
+            "its size says nothing and it has more than {} MiB",
             UNSIZED_FILE_CAP >> 20
         )));
     }

@@ -539,6 +539,10 @@ def test_pathsend_has_nginx_send_the_file(server, tmp_path):
     version = open("/proc/version", "rb").read()
     r = requests.get(server.url("/file?nolength:/proc/version"), timeout=10)
     assert (r.content, r.headers["content-length"]) == (version, str(len(version)))
+    # sysfs says a page, whatever the file has.
+    cpus = open("/sys/devices/system/cpu/online", "rb").read()
+    r = requests.get(server.url("/file?nolength:/sys/devices/system/cpu/online"), timeout=10)
+    assert (r.content, r.headers["content-length"]) == (cpus, str(len(cpus)))
     # A FIFO with no writer: refused at once, not waited on with the event loop held.
     os.mkfifo(tmp_path / "fifo")
     for bad in ("relative/missing", str(tmp_path / "missing"), str(tmp_path), str(tmp_path / "fifo")):

@@ -12,11 +12,12 @@ import requests
 from conftest import APACHE_MODULES, APPS, location, raw_request, route, wait_for
 
 APP = APPS / "responses.py"
+SYSFS_FILE = pathlib.Path("/sys/devices/system/cpu/online")
 NAMES = ["list_body", "generator_body", "write_then_iterable", "closing", "close_count", "lazy_start",
          "exc_info_before_body", "exc_info_after_body", "status", "length_app", "length_longer_than_body",
          "length_shorter_than_body", "file_wrapper", "big", "plain", "pregzipped", "empty_with_length",
          "accel", "file_wrapper_from_position", "file_wrapper_limited", "file_wrapper_bytesio",
-         "file_wrapper_proc", "endless_with_length", "file_wrapper_validated"]
+         "file_wrapper_proc", "endless_with_length", "file_wrapper_validated", "file_wrapper_sysfs"]
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +183,8 @@ def test_file_wrapper_honours_position_and_length(server):
     assert requests.get(server.url("/file_wrapper_bytesio")).content == b"in memory, " * 1000
     # A file whose size the file system does not know (procfs: 0) is sent with what it has.
     assert requests.get(server.url("/file_wrapper_proc")).content == pathlib.Path("/proc/version").read_bytes()
+    # Nor does sysfs (a page, whatever the file has).
+    assert requests.get(server.url("/file_wrapper_sysfs")).content == SYSFS_FILE.read_bytes()
 
 
 @pytest.mark.parametrize("sendfile", ["on", "off"])

@@ -597,9 +597,12 @@ impl HttpExchange {
                 path.display()
             )));
         }
-        // procfs and sysfs files say 0 bytes and have some: what they have is read now (a
-        // file that is empty reads as empty at once) and sent from memory.
-        let (file, size) = if meta.len() == 0 {
+        // procfs files say 0 bytes, sysfs ones a page: what they have is read now (a file
+        // that is empty reads as empty at once) and sent from memory.
+        let (file, size) = if crate::file_wrapper::size_says_nothing(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            meta.len(),
+        ) {
             message
                 .py()
                 .detach(|| crate::file_wrapper::unsized_file_in_memory(file))

@@ -184,6 +184,12 @@ def file_wrapper_proc(environ, start_response):
     return environ["wsgi.file_wrapper"](open("/proc/version", "rb"))
 
 
+def file_wrapper_sysfs(environ, start_response):
+    # sysfs says a page (4096 bytes) and has a few.
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return environ["wsgi.file_wrapper"](open("/sys/devices/system/cpu/online", "rb"))
+
+
 def file_wrapper_of_path(environ, start_response):
     # The file the query string names (tests/test_responses.py shrinks it while it is sent).
     f = open(environ["QUERY_STRING"], "rb")
