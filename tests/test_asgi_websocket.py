@@ -39,6 +39,7 @@ def test_echo_subprotocol_headers_and_scope(server):
     with connect(f"{server.ws}/ws/echo?e1", subprotocols=["chat", "other"]) as ws:
         assert ws.subprotocol == "chat"
         assert ws.response.headers["x-accepted"] == "yes"
+        assert "content-length" not in ws.response.headers
         ws.send("héllo")
         assert ws.recv() == "héllo"
         blob = os.urandom(1 << 20)

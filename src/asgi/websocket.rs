@@ -214,8 +214,11 @@ impl WsExchange {
                 })?;
                 crate::response::check_header_bytes(&pair.0, &pair.1)
                     .map_err(PyValueError::new_err)?;
-                if crate::response::dropped_for_asgi(&pair.0) {
-                    // The connection's framing fields are the server's (it answers the upgrade).
+                if crate::response::dropped_for_asgi(&pair.0)
+                    || pair.0.eq_ignore_ascii_case(b"content-length")
+                {
+                    // The connection's framing fields are the server's (it answers the
+                    // upgrade); a 101 has no body to measure (RFC 9110 8.6).
                     continue;
                 }
                 // The handshake's own (accept, subprotocol, extensions: only the server knows

@@ -40,7 +40,9 @@ async def app(scope, receive, send):
     if path == "/echo":
         sub = scope["subprotocols"][0] if scope["subprotocols"] else None
         # Headers as the spec writes them ([name, value] lists), a value in a bytearray.
-        await send({"type": "websocket.accept", "subprotocol": sub, "headers": [[b"x-accepted", bytearray(b"yes")]]})
+        # A Content-Length (a middleware that sets one on every response) has no place on a 101.
+        await send({"type": "websocket.accept", "subprotocol": sub,
+                    "headers": [[b"x-accepted", bytearray(b"yes")], [b"content-length", b"0"]]})
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
