@@ -26,6 +26,33 @@ pub fn this_process_serves() {
     ONCE.call_once(|| in_every_forked_child(mark_forked));
 }
 
+/// A child forked from a server thread keeps, as its main thread, the dummy `Thread` Python
+/// made for that server thread (which the server makes for each of its threads: see
+/// `interpreter::attach`). On Python 3.11 and 3.12 that one has no state lock, and the child's
+/// exit as Python's (`multiprocessing` calls `threading._shutdown()`) fails on it: the child
+/// ends with status 1 without joining its threads. Run after `threading`'s own fork hook, this
+/// makes it a real main thread in the child, as Python 3.13 does itself.
+pub(crate) fn repair_main_thread_in_children(py: Python<'_>) -> PyResult<()> {
+    let code = c"
+import os, threading
+def _main_thread_after_fork(threading=threading):
+    try:
+        main = threading.main_thread()
+        if type(main) is not threading._DummyThread:
+            return
+        main.__class__ = threading._MainThread
+        main._name = 'MainThread'
+        main._daemonic = False
+        if getattr(main, '_tstate_lock', False) is None:
+            main._set_tstate_lock()
+    except Exception:
+        pass  # a threading module an app replaced: its own rules
+os.register_at_fork(after_in_child=_main_thread_after_fork)
+";
+    let globals = pyo3::types::PyDict::new(py);
+    py.run(code, Some(&globals), None)
+}
+
 /// In a forked child: an atomic store, async-signal-safe.
 extern "C" fn mark_forked() {
     FORKED.store(true, Ordering::Relaxed);

@@ -97,6 +97,7 @@ fn start(settings: &PythonSettings, serving: bool) -> Result<(), String> {
     let py = unsafe { Python::assume_attached() };
     let path_result = add_site_dirs(py, &settings.path)
         .and_then(|()| crate::signals::use_fork_for_subprocesses(py))
+        .and_then(|()| crate::forked::repair_main_thread_in_children(py))
         .and_then(|()| match serving {
             true => crate::std_streams::route(py),
             false => Ok(()),
@@ -405,10 +406,10 @@ pub fn forget_thread() {
     });
 }
 
-/// Daemon threads (threads an app starts while serving a request are daemon threads: they inherit
-/// it from the request thread's dummy `Thread`) keep running after `Py_FinalizeEx` until the
-/// process exits. A server that unloads its modules at exit (nginx destroys the cycle, which
-/// `dlclose`s them) would unmap the code they run in, and they would crash the exiting process.
+/// Daemon threads (an app's own, or those its libraries start) keep running after
+/// `Py_FinalizeEx` until the process exits. A server that unloads its modules at exit (nginx
+/// destroys the cycle, which `dlclose`s them) would unmap the code they run in, and they would
+/// crash the exiting process.
 /// Marking this code and libpython `RTLD_NODELETE` keeps them mapped until the process ends.
 fn pin_code_in_memory() {
     let anchors: [*const libc::c_void; 2] = [

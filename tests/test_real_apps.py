@@ -30,6 +30,13 @@ def test_a_child_reports_its_own_exit_status(real_app, kind):
         assert r.status_code == 200 and r.text == str(code), (kind, code, r.text)
 
 
+@pytest.mark.parametrize("kind", ["fork", "spawn"])
+def test_a_multiprocessing_child_that_returns_waits_for_its_threads_and_says_0(real_app, kind):
+    # Forked from a server thread, the child's main thread is the one Python knew as that
+    # server thread: its exit must still be Python's own (threads joined, status 0).
+    assert requests.get(real_app.url(f"/child_after_thread/{kind}"), timeout=60).text == "0 done"
+
+
 @pytest.mark.parametrize("kind", ["run", "popen_wait", "fork", "mp_fork"])
 def test_a_child_killed_by_a_signal_reports_the_signal(real_app, kind):
     r = requests.get(real_app.url(f"/child/{kind}?-{int(signal.SIGTERM)}"), timeout=60)

@@ -34,6 +34,31 @@ def _exit_with(code):
     os._exit(code)
 
 
+def _returns_after_its_thread(path):
+    # A worker's job that leaves a thread of its own and returns (a ProcessPoolExecutor's or
+    # Pool's worker does): the child's exit waits for that thread, then says 0.
+    def finish():
+        time.sleep(0.2)
+        with open(path, "w") as f:
+            f.write("done")
+    threading.Thread(target=finish).start()
+
+
+def child_after_thread(kind):
+    """A multiprocessing child that returns normally: its exit status and its thread's work."""
+    import tempfile
+    fd, path = tempfile.mkstemp()
+    os.close(fd)
+    try:
+        p = multiprocessing.get_context(kind).Process(target=_returns_after_its_thread, args=(path,))
+        p.start()
+        p.join()
+        with open(path) as f:
+            return f"{p.exitcode} {f.read() or 'nothing'}"
+    finally:
+        os.unlink(path)
+
+
 def child_status(kind, code):
     """The child's status as Python reports it: a returncode (negative for a signal)."""
     script = _shell_for(code)
@@ -141,6 +166,8 @@ def application(environ, start_response):
     if path.startswith("/child/"):
         code = int(environ["QUERY_STRING"] or "0")
         return _text(start_response, str(child_status(path[len("/child/"):], code)))
+    if path.startswith("/child_after_thread/"):
+        return _text(start_response, child_after_thread(path[len("/child_after_thread/"):]))
     if path == "/import_child":
         return _text(start_response, str(IMPORT_STATUS))
     if path == "/umask":
