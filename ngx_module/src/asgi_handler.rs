@@ -613,12 +613,14 @@ unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
             let Some(Served::Http(request)) = served(r) else {
                 return;
             };
+            let mut failed = false;
             if let Some(body) = &request.body {
                 body.pull(r);
+                failed = body.failed();
             }
             if (*(*r).connection).error() != 0 {
                 request.client_gone();
-            } else if (*r).reading_body() == 0 {
+            } else if (*r).reading_body() == 0 || failed {
                 (*r).read_event_handler = Some(on_client_readable);
                 on_client_readable(r);
             }

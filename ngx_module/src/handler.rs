@@ -311,12 +311,19 @@ unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
         // streams of its job are used.
         unsafe {
             let Some(job) = Job::of(r) else { return };
+            let mut failed = false;
             if let Some(body) = &(*job).body_stream {
                 body.pull(r);
+                failed = body.failed();
+            }
+            if failed && (*(*r).connection).error() == 0 {
+                // nginx's reader is done with the body: only the client's going is watched
+                // (which also stops a level-triggered event from firing on the unread bytes).
+                nginx_sys::ngx_http_test_reading(r);
             }
             if (*(*r).connection).error() != 0 {
                 (*job).stream.client_gone();
-            } else if (*r).reading_body() == 0 {
+            } else if (*r).reading_body() == 0 || failed {
                 (*job).stream.watch_client(r);
             }
         }

@@ -255,6 +255,12 @@ impl BodyStream {
         Some(status)
     }
 
+    /// Whether the body failed (nginx's reader is done with it, though it left the request
+    /// reading): the client is then only watched for its going.
+    pub(crate) fn failed(&self) -> bool {
+        self.lock().error.is_some()
+    }
+
     /// Sets what a reader that does not block is woken with when bytes arrive or the body ends.
     pub(crate) fn set_waker(&self, wake: Arc<dyn Fn() + Send + Sync>) {
         *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(wake);
