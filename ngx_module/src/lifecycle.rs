@@ -147,9 +147,12 @@ pub(crate) unsafe fn stop_worker(cycle: *mut ngx_cycle_t) -> Result<(), String> 
         } else {
             finalize_wait
         };
+        if let Some(stuck) = &loop_stuck {
+            stuck.log();
+        }
         interpreter::run_exit_handlers_only(within, |py| {
             if let Some(stuck) = &loop_stuck {
-                stuck.log(py);
+                stuck.log_stack(py);
             }
         });
         // SAFETY: as above.

@@ -119,6 +119,8 @@ pub struct AsgiLoop {
     interrupted: AtomicBool,
     /// The server stopped the loop (the process's end); any other stop is an app's.
     stopping: AtomicBool,
+    /// How long the loop's end may wait for the tasks it cancels.
+    teardown_ms: AtomicU64,
 }
 
 static LOOP: OnceLock<AsgiLoop> = OnceLock::new();
@@ -156,6 +158,7 @@ pub fn start(kind: LoopKind) -> Result<&'static AsgiLoop, String> {
         loop_object: OnceLock::new(),
         interrupted: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
+        teardown_ms: AtomicU64::new(1000),
     });
     let (ready_tx, ready_rx) = mpsc::channel();
     let thread = crate::signals::spawn_helper("asgi-loop", None, move || l.run(kind, ready_tx))
@@ -184,6 +187,7 @@ impl AsgiLoop {
             loop_object: OnceLock::new(),
             interrupted: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            teardown_ms: AtomicU64::new(1000),
         }))
     }
 
@@ -258,7 +262,8 @@ impl AsgiLoop {
             if self.stopping.load(Ordering::Acquire) {
                 super::task_watch::cancel_at_exit();
             }
-            if let Err(e) = driver.call_method1("cancel_all", (&event_loop, 1.0)) {
+            let within = self.teardown_ms.load(Ordering::Acquire) as f64 / 1000.0;
+            if let Err(e) = driver.call_method1("cancel_all", (&event_loop, within)) {
                 tracing::error!(target: "asgi", "cancelling the tasks left: {}", crate::traceback::format(py, &e));
             }
             super::held_wakes::uninstall();
@@ -671,14 +676,28 @@ impl AsgiLoop {
                 }
             }
         }
+        let teardown = timeout.min(Duration::from_secs(1));
+        self.teardown_ms
+            .store(teardown.as_millis() as u64, Ordering::Release);
         self.post(Item::Stop);
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(thread) = thread else {
             return Ok(());
         };
-        let join_by = deadline.max(Instant::now() + timeout.min(Duration::from_secs(1)));
-        while !thread.is_finished() && Instant::now() < join_by {
+        // The loop takes the stop at its next round, unless a coroutine keeps it; its end then
+        // cancels what is left (within `teardown`) and closes.
+        let take_by = deadline.max(Instant::now() + teardown);
+        while !self.stopping.load(Ordering::Acquire)
+            && !thread.is_finished()
+            && Instant::now() < take_by
+        {
             std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.stopping.load(Ordering::Acquire) {
+            let join_by = Instant::now() + 2 * teardown;
+            while !thread.is_finished() && Instant::now() < join_by {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
         if !thread.is_finished() {
             // Left behind: the process ends without finalising Python under it.
@@ -700,17 +719,25 @@ pub struct LoopStuck {
 }
 
 impl LoopStuck {
-    /// Logs it with the Python stack of the loop's thread: where the app blocks it.
-    pub fn log(&self, py: Python<'_>) {
+    /// Logs it (no GIL needed: the stuck thread may hold it).
+    pub fn log(&self) {
+        tracing::error!(
+            target: "asgi",
+            "the ASGI event loop's thread did not stop within {} ms (a call in a coroutine that never \
+             returns to the loop); the worker exits without finalizing Python",
+            self.waited.as_millis()
+        );
+    }
+
+    /// Logs the Python stack of the loop's thread: where the app keeps it.
+    pub fn log_stack(&self, py: Python<'_>) {
         let stack = self
             .ident
             .and_then(|ident| crate::watchdog::stack_of(py, ident).ok())
             .unwrap_or_else(|| "(not known)".to_owned());
         tracing::error!(
             target: "asgi",
-            "the ASGI event loop's thread did not stop within {} ms; the worker exits without finalizing Python. \
-             Where the loop is stuck (a call in a coroutine that never returns to the loop), most recent call last:\n{stack}",
-            self.waited.as_millis()
+            "where the ASGI event loop is stuck, most recent call last:\n{stack}"
         );
     }
 }

@@ -86,6 +86,29 @@ async def shutdown_hangs(scope, receive, send):
     await respond(send, b"up")
 
 
+_KEPT = set()
+
+
+async def _cleans_up_slowly():
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        await asyncio.sleep(0.8)  # closing a connection pool, flushing a buffer
+        raise
+
+
+async def shutdown_hangs_and_a_task_cleans_up(scope, receive, send):
+    # A shutdown that uses all its time, then a background task whose cancellation takes a
+    # moment: the loop's end is slow, not stuck.
+    if scope["type"] == "lifespan":
+        await receive()
+        _KEPT.add(asyncio.get_running_loop().create_task(_cleans_up_slowly()))
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await asyncio.Event().wait()
+    await respond(send, b"up")
+
+
 def _starlette_failing_startup():
     from contextlib import asynccontextmanager
 
