@@ -389,6 +389,18 @@ def assert_broken_chunk_is_400(port, path, app_has_read, bad):
     assert response.count(b"HTTP/1.1 ") == 1, response[:400]
 
 
+def send_chunks(sock, head, size, count):
+    """Sends `head`, then `count` chunks of `size` bytes of a chunked body: one over the
+    location's limit, which the server may refuse (and stop reading) before all is sent."""
+    sock.sendall(head)
+    chunk = b"%x\r\n%s\r\n" % (size, b"x" * size)
+    try:
+        for _ in range(count):
+            sock.sendall(chunk)
+    except OSError:
+        pass
+
+
 def recv_until(sock, marker):
     """Reads from `sock` until `marker` has arrived; returns everything read."""
     data = b""

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from conftest import (APPS, BAD_CHUNKS, asgi_location as asgi, assert_broken_chunk_is_400, location, raw_request,
-                      read_until, wait_for)
+                      read_until, send_chunks, wait_for)
 
 APP = APPS / "asgi_app.py"
 BAD = APPS / "asgi_bad.py"
@@ -606,14 +606,8 @@ def test_an_app_that_raises_after_the_client_went_says_so(server):
     # A body over client_max_body_size also ends in http.disconnect, but the client is there
     # (nginx answers it 413): no "went away" then.
     with socket.create_connection(("127.0.0.1", server.port)) as s:
-        s.sendall(b"POST /unbuffered/raise-at-disconnect?rz2 HTTP/1.1\r\nHost: t\r\n"
-                  b"Transfer-Encoding: chunked\r\n\r\n")
-        chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
-        try:
-            for _ in range(32):
-                s.sendall(chunk)
-        except OSError:
-            pass
+        send_chunks(s, b"POST /unbuffered/raise-at-disconnect?rz2 HTTP/1.1\r\nHost: t\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n", 65536, 32)
         assert read_until(s, b"\r\n").startswith(b"HTTP/1.1 413")
     wait_for(lambda: "RuntimeError: rz2 raised on http.disconnect" in server.error_log(), what="the traceback")
     line = next(l for l in server.error_log().splitlines()

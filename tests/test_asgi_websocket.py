@@ -125,6 +125,12 @@ def handshake_answer(server, headers, body=b"", prefix="/ws"):
 KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="
 
 
+def upgrade(target):
+    """A WebSocket handshake for `target`, as raw bytes."""
+    return (f"GET {target} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n".encode()
+            + KEY + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
 @pytest.mark.parametrize("version", [[b"Sec-WebSocket-Version: 8"], []], ids=["8", "none"])
 def test_another_websocket_version_gets_426_naming_13(server, version):
     head, body = handshake_answer(server, [KEY] + version)
@@ -436,8 +442,7 @@ def test_a_client_that_pings_without_reading_the_pongs_is_paused(server):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.settimeout(10)
     s.connect(("127.0.0.1", server.port))
-    s.sendall(b"GET /ws/hold?pingflood HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    s.sendall(upgrade("/ws/hold?pingflood"))
     assert read_until(s, b"\r\n\r\n").startswith(b"HTTP/1.1 101")
     pings = frame(0x9, b"p" * 125) * 1000
     s.settimeout(3)
@@ -454,9 +459,7 @@ def test_a_client_that_pings_without_reading_the_pongs_is_paused(server):
 def test_a_client_that_goes_before_the_accept(nginx_factory):
     server = nginx_factory(asgi("/", APP)).start()
     s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    s.sendall(b"GET /gone-before-accept?early-gone HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
-              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-              b"Sec-WebSocket-Version: 13\r\n\r\n")
+    s.sendall(upgrade("/gone-before-accept?early-gone"))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     s.close()
     wait_for(lambda: requests.get(server.url("/stats"), timeout=10).json()["closed"].get("early-gone"), what="the app to see the client go")
@@ -475,8 +478,7 @@ def test_a_slow_reader_that_takes_what_it_is_sent_is_not_idle(nginx_factory):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
     sock.settimeout(10)
     sock.connect(("127.0.0.1", server.port))
-    sock.sendall(b"GET /firehose?slow HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 + KEY + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    sock.sendall(upgrade("/firehose?slow"))
     head, _, rest = read_until(sock, b"\r\n\r\n").partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101"), head
     raw = Raw(sock, rest)
@@ -499,9 +501,7 @@ def test_an_accept_after_the_client_went_raises(nginx_factory):
     # at once that there is no one to talk to.
     server = nginx_factory(asgi("/", APP)).start()
     s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    s.sendall(b"GET /accept-after-release?late HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
-              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-              b"Sec-WebSocket-Version: 13\r\n\r\n")
+    s.sendall(upgrade("/accept-after-release?late"))
     s.close()
     wait_for(lambda: "client prematurely closed connection" in server.error_log(), what="nginx to see the client go")
     requests.get(server.url("/release?late"), timeout=10)
@@ -522,8 +522,7 @@ def timed(nginx_factory):
 
 def test_an_app_that_neither_accepts_nor_denies_gets_a_504(timed):
     s = socket.create_connection(("127.0.0.1", timed.port), timeout=10)
-    s.sendall(b"GET /t/never-accepts?n1 HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    s.sendall(upgrade("/t/never-accepts?n1"))
     head = read_until(s, b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 504"), head
     s.close()

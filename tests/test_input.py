@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from conftest import (APPS, BAD_CHUNKS, asgi_location, assert_broken_chunk_is_400, location, recv_until, route,
-                      wait_for)
+                      send_chunks, wait_for)
 
 APP = APPS / "input_app.py"
 BODY = b"first line\nsecond\n\nlast without newline"
@@ -236,13 +236,7 @@ def test_a_chunked_body_over_the_limit_that_keeps_coming_while_the_app_runs_on(n
     server = nginx_factory(where).start()
     worker = server.worker_pids()[0]
     with socket.create_connection(("127.0.0.1", server.port)) as s:
-        s.sendall(f"POST {target} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
-        chunk = b"%x\r\n%s\r\n" % (65524, b"x" * 65524)
-        try:
-            for _ in range(46):
-                s.sendall(chunk)
-        except OSError:
-            pass
+        send_chunks(s, f"POST {target} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".encode(), 65524, 46)
         s.settimeout(10)
         assert recv_until(s, b"\r\n").startswith(b"HTTP/1.1 413")
     assert requests.get(server.url("/rss" if kind == "wsgi" else "/loop"), timeout=10).status_code == 200
