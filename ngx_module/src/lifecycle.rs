@@ -93,8 +93,9 @@ fn start_asgi(mc: &crate::conf::MainConf) -> Result<(), String> {
 const FAST_STOP_WAIT: Duration = Duration::from_millis(200);
 
 /// What the apps' atexit handlers may take at a fast stop with requests left in Python: with
-/// the two waits before them, within the 1.5 s nginx's master gives the worker.
-const FAST_STOP_EXIT_HANDLERS: Duration = Duration::from_millis(900);
+/// the waits before them (the ASGI loop's 0.1 s + 0.1 s + its end's 0.25 s at most, the
+/// threads' 0.2 s), within the 1.55 s nginx's master gives the worker.
+const FAST_STOP_EXIT_HANDLERS: Duration = Duration::from_millis(800);
 
 /// Stops the module's own threads (nginx's pools have stopped by now, and, but at a fast stop,
 /// every request is done), then finalises Python, waiting `wsgi_shutdown_timeout` at most for

@@ -251,6 +251,11 @@ impl AsgiLoop {
                     {
                         tracing::warn!(target: "asgi", "a timed-out task's TimeoutError landed in the event loop's own code; the loop goes on");
                     }
+                    // SystemExit or KeyboardInterrupt from an app's callback (`call_soon(sys.exit)`),
+                    // which asyncio lets out of the loop: the app's error, not the loop's end.
+                    Err(e) if !e.is_instance_of::<pyo3::exceptions::PyException>(py) => {
+                        tracing::error!(target: "asgi", "an application's callback raised out of the event loop; it runs on, as the worker's ASGI requests need it: {}", crate::traceback::format(py, &e));
+                    }
                     Err(e) => {
                         tracing::error!(target: "asgi", "the event loop stopped: {}", crate::traceback::format(py, &e));
                         break;
@@ -306,6 +311,15 @@ impl AsgiLoop {
         self.tasks.fetch_add(1, Ordering::AcqRel);
         self.queued.fetch_add(1, Ordering::AcqRel);
         self.post(Item::Ws(Box::new(request)));
+    }
+
+    /// Whether the loop's thread has ended (the loop died, or the process's end stopped it).
+    fn ended(&self) -> bool {
+        self.thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_none_or(|t| t.is_finished())
     }
 
     /// HTTP tasks still running.
@@ -605,14 +619,21 @@ impl AsgiLoop {
     /// At the process's end: waits for the HTTP tasks (their responses are done: requests in
     /// flight ended before this) `tasks_wait` at most, cancels those still running, runs each
     /// app's lifespan shutdown (`timeout` at most: a task that outlived its wait must not cost
-    /// the apps their shutdown), then stops the loop and joins its thread, within `timeout`
-    /// again (a second at most, for a loop that ends its round slowly). Err when the thread has
-    /// not ended by then: a coroutine keeps it in a call that never returns to the loop, and
-    /// the process cannot wait for it.
+    /// the apps their shutdown), then stops the loop and joins its thread: the loop takes the
+    /// stop within `timeout` (a second at most, 50 ms at least), and its end, which cancels
+    /// what is left, within as much again. Err when the thread has not ended by then: a
+    /// coroutine keeps it in a call that never returns to the loop, and the process cannot
+    /// wait for it.
     pub fn stop(&self, tasks_wait: Duration, timeout: Duration) -> Result<(), LoopStuck> {
-        let started = Instant::now();
-        let tasks_deadline = started + tasks_wait;
-        while self.running() > 0 && Instant::now() < tasks_deadline {
+        if self.ended() {
+            // The loop died earlier (logged then): nothing is left to wait for or to ask.
+            if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = thread.join();
+            }
+            return Ok(());
+        }
+        let tasks_deadline = Instant::now() + tasks_wait;
+        while self.running() > 0 && Instant::now() < tasks_deadline && !self.ended() {
             std::thread::sleep(Duration::from_millis(5));
         }
         if self.running() > 0 {
@@ -676,26 +697,29 @@ impl AsgiLoop {
                 }
             }
         }
-        let teardown = timeout.min(Duration::from_secs(1));
+        // At least a moment, even with a shutdown timeout of 0: a healthy loop needs one round.
+        let teardown = timeout
+            .min(Duration::from_secs(1))
+            .max(Duration::from_millis(50));
         self.teardown_ms
             .store(teardown.as_millis() as u64, Ordering::Release);
         self.post(Item::Stop);
+        let posted = Instant::now();
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(thread) = thread else {
             return Ok(());
         };
         // The loop takes the stop at its next round, unless a coroutine keeps it; its end then
-        // cancels what is left (within `teardown`) and closes.
-        let take_by = deadline.max(Instant::now() + teardown);
+        // cancels what is left (within `teardown`) and closes. All of it counts from the post,
+        // so that a fast stop's share stays within what nginx's master gives the worker.
         while !self.stopping.load(Ordering::Acquire)
             && !thread.is_finished()
-            && Instant::now() < take_by
+            && posted.elapsed() < teardown
         {
             std::thread::sleep(Duration::from_millis(5));
         }
         if self.stopping.load(Ordering::Acquire) {
-            let join_by = Instant::now() + 2 * teardown;
-            while !thread.is_finished() && Instant::now() < join_by {
+            while !thread.is_finished() && posted.elapsed() < 2 * teardown + TEARDOWN_CLOSE {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
@@ -703,13 +727,16 @@ impl AsgiLoop {
             // Left behind: the process ends without finalising Python under it.
             return Err(LoopStuck {
                 ident: self.thread_ident(),
-                waited: started.elapsed(),
+                waited: posted.elapsed(),
             });
         }
         let _ = thread.join();
         Ok(())
     }
 }
+
+/// What closing the loop may take after its tasks were cancelled.
+const TEARDOWN_CLOSE: Duration = Duration::from_millis(50);
 
 /// The loop's thread did not end when the process's end asked it to.
 #[derive(Debug)]
