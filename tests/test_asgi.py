@@ -857,13 +857,17 @@ def test_an_event_loop_blocked_in_c_cannot_hold_an_exiting_worker(nginx_factory,
     assert "exited on signal" not in log, log[-3000:]
 
 
-def test_an_app_that_stops_the_event_loop_does_not_stop_asgi_in_the_worker(nginx_factory):
+@pytest.mark.parametrize("route,logged", [
+    ("/stop-loop", "an application stopped the event loop (loop.stop()); it runs on"),
+    ("/exit-in-callback", "an application's callback raised out of the event loop; it runs on"),
+])
+def test_an_app_that_stops_the_event_loop_does_not_stop_asgi_in_the_worker(nginx_factory, route, logged):
     server = nginx_factory(asgi("/", APP)).start()
     worker = server.worker_pids()[0]
-    assert requests.get(server.url("/stop-loop"), timeout=10).text == "stopped"
+    assert requests.get(server.url(route), timeout=10).status_code == 200
     for _ in range(3):
         assert requests.get(server.url("/loop"), timeout=10).status_code == 200
-    assert "an application stopped the event loop (loop.stop()); it runs on" in server.error_log()
+    assert logged in server.error_log()
     assert server.worker_pids() == [worker]
     assert server.stop() == 0
     assert f"worker process {worker} exited with code 0" in server.error_log()

@@ -313,6 +313,10 @@ async def app(scope, receive, send):
         if marks:
             open(f"{marks}/blocking-{os.getpid()}", "w").close()
         time.sleep(float(query))
+    elif route == "/exit-in-callback":
+        # sys.exit() in a plain callback: asyncio lets SystemExit out of run_forever().
+        asyncio.get_running_loop().call_soon(sys.exit, 3)
+        await respond(send, b"exiting")
     elif route == "/stop-loop":
         # What some apps do to "shut down" the loop they believe is theirs.
         asyncio.get_running_loop().stop()
