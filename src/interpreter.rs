@@ -376,7 +376,8 @@ where
 /// left after the response) would be a daemon thread, killed unjoined at the worker's exit,
 /// where under gunicorn or a script it is waited for. The server thread says it is not one.
 fn serve_as_non_daemon(py: Python<'_>) {
-    let marked = (|| -> PyResult<()> {
+    // A threading module an app replaced (eventlet's) may not have these: its threads stay so.
+    let _ = (|| -> PyResult<()> {
         let threading = py.import("threading")?;
         let current = threading.call_method0("current_thread")?;
         if current.is_instance(&threading.getattr("_DummyThread")?)? {
@@ -384,8 +385,6 @@ fn serve_as_non_daemon(py: Python<'_>) {
         }
         Ok(())
     })();
-    // A threading module an app replaced (eventlet's) may not have these: its threads stay so.
-    let _ = marked;
 }
 
 /// Deletes the calling thread's kept Python thread state (a server thread that is about to end);

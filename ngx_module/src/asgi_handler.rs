@@ -613,11 +613,7 @@ unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
             let Some(Served::Http(request)) = served(r) else {
                 return;
             };
-            let mut failed = false;
-            if let Some(body) = &request.body {
-                body.pull(r);
-                failed = body.failed();
-            }
+            let failed = request.body.as_ref().is_some_and(|body| body.pull(r));
             if (*(*r).connection).error() != 0 {
                 request.client_gone();
             } else if (*r).reading_body() == 0 || failed {

@@ -311,11 +311,7 @@ unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
         // streams of its job are used.
         unsafe {
             let Some(job) = Job::of(r) else { return };
-            let mut failed = false;
-            if let Some(body) = &(*job).body_stream {
-                body.pull(r);
-                failed = body.failed();
-            }
+            let failed = (*job).body_stream.as_ref().is_some_and(|body| body.pull(r));
             if failed && (*(*r).connection).error() == 0 {
                 // nginx's reader is done with the body: only the client's going is watched
                 // (which also stops a level-triggered event from firing on the unread bytes).

@@ -144,18 +144,21 @@ impl BodyStream {
 
     /// Takes what nginx has read and reads on while there is room. The lock is taken only to
     /// add what arrived: the copy out of nginx's buffers and the read from the socket run
-    /// without it, so that a reader asking for data meanwhile is not held up by them.
+    /// without it, so that a reader asking for data meanwhile is not held up by them. Says
+    /// whether the body failed: nginx's reader is then done with it (though it leaves the
+    /// request reading), and the client is only to be watched for its going.
     ///
     /// # Safety
     /// Event-loop thread; `r` is live and reads its body unbuffered.
-    pub(crate) unsafe fn pull(&self, r: *mut ngx_http_request_t) {
+    pub(crate) unsafe fn pull(&self, r: *mut ngx_http_request_t) -> bool {
         // Whether a reader has something new, and whether one waits on `arrived`.
         let mut news = false;
         let mut waiting;
+        let mut failed = false;
         if self.lock().error.is_some() {
-            // nginx's reader is done with a body that failed: called again as the client sends
-            // on, it fails again, or loops for ever without returning to the event loop.
-            return;
+            // Called again as the client sends on, nginx's reader fails again, or loops for
+            // ever without returning to the event loop.
+            return true;
         }
         // SAFETY: `r` and its request body are live on the event loop, which alone touches
         // them.
@@ -209,6 +212,7 @@ impl BodyStream {
                     st.client_fault = (400..500).contains(&rc).then_some(rc);
                     waiting = st.waiting > 0;
                     news = true;
+                    failed = true;
                     break;
                 }
                 if (*rb).bufs.is_null() && (*r).reading_body() != 0 {
@@ -220,6 +224,7 @@ impl BodyStream {
         if news {
             self.notify(waiting);
         }
+        failed
     }
 
     fn notify(&self, waiting: bool) {
@@ -253,12 +258,6 @@ impl BodyStream {
             }
         }
         Some(status)
-    }
-
-    /// Whether the body failed (nginx's reader is done with it, though it left the request
-    /// reading): the client is then only watched for its going.
-    pub(crate) fn failed(&self) -> bool {
-        self.lock().error.is_some()
     }
 
     /// Sets what a reader that does not block is woken with when bytes arrive or the body ends.
