@@ -873,6 +873,46 @@ def test_an_app_that_stops_the_event_loop_does_not_stop_asgi_in_the_worker(nginx
     assert f"worker process {worker} exited with code 0" in server.error_log()
 
 
+def test_a_dead_event_loop_answers_its_requests_and_the_worker_is_replaced(nginx_factory):
+    # An Exception out of the loop's own code ends the loop: the requests it held are answered
+    # (a 500, or a cut once their head left), later ones are refused with a 503 that says when
+    # to come back, and a fresh worker takes over, instead of every ASGI request of the worker
+    # waiting for its timeouts for ever.
+    server = nginx_factory(asgi("/", APP), http_extra="wsgi_read_timeout 120s;").start()
+    worker = server.worker_pids()[0]
+    held = requests.get(server.url("/hold?dead-loop"), stream=True, timeout=60)
+    lines = held.iter_lines()
+    assert next(lines) == b"held"
+    waiting = {}
+    thread = threading.Thread(target=lambda: waiting.update(
+        response=requests.get(server.url("/after-release?dead-loop-2"), timeout=30)))
+    thread.start()
+    wait_for(lambda: requests.get(server.url("/stats"), timeout=10).json()["waiting"].get("dead-loop-2"),
+             what="the second request to wait")
+    assert requests.get(server.url("/break-loop"), timeout=10).text == "broken"
+    thread.join(timeout=60)
+    assert waiting["response"].status_code == 500
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        list(lines)
+    statuses = set()
+
+    def served():
+        response = requests.get(server.url("/loop"), timeout=10)
+        statuses.add(response.status_code)
+        if response.status_code == 503:
+            assert response.headers["Retry-After"].isdigit()
+        return response.status_code == 200
+    wait_for(served, what="a fresh worker to serve")
+    assert statuses <= {200, 503}, statuses
+    assert worker not in server.worker_pids()
+    log = server.error_log()
+    assert "RuntimeError: the loop's internals are broken" in log, log[-3000:]
+    assert re.search(r"\[error\].*the ASGI event loop died", log), log[-3000:]
+    assert "this worker lost its ASGI event loop; recycling it" in log, log[-3000:]
+    assert "Task was destroyed but it is pending" not in log and "GeneratorExit" not in log, log[-3000:]
+    assert server.stop() == 0
+
+
 @pytest.mark.parametrize("name,logged", [
     ("raises", "RuntimeError: the database is not there"),
     ("returns", "the lifespan coroutine returned without sending lifespan.startup.complete"),

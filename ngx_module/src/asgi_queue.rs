@@ -73,6 +73,10 @@ impl Queue {
 /// # Safety
 /// Event-loop thread.
 pub(crate) unsafe fn admit(event_loop: &AsgiLoop, limits: QueueLimits) -> Result<(), Refused> {
+    if event_loop.died() {
+        crate::recycle::loop_died();
+        return Err(Refused::LoopDied);
+    }
     if event_loop.queued() >= limits.max_queue {
         return Err(Refused::LoopFull);
     }

@@ -67,6 +67,8 @@ pub(crate) enum Refused {
     LoopStalled,
     /// It waited longer than `wsgi_queue_timeout` for the ASGI event loop to start it.
     LoopExpired,
+    /// The ASGI event loop of the worker died; a fresh worker replaces it.
+    LoopDied,
 }
 
 /// A request handed from the loop to a pool thread; only the thread that pops it touches it.

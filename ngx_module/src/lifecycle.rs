@@ -86,6 +86,7 @@ fn start_asgi(mc: &crate::conf::MainConf) -> Result<(), String> {
     }
     let event_loop = ngx_wsgi::asgi::event_loop::start(mc.asgi.event_loop())
         .map_err(|e| format!("asgi: {e}"))?;
+    event_loop.on_death(crate::recycle::after_loop_death);
     event_loop.startup(&asgi, mc.python.check_timeout())
 }
 

@@ -87,6 +87,10 @@ fn log_refusal(why: Refused) {
             "they waited longer than wsgi_queue_timeout for the asgi event loop",
             LOOP,
         ),
+        Refused::LoopDied => (
+            "the asgi event loop of this worker died",
+            "the worker is being replaced; the error log says why the loop died",
+        ),
     };
     crate::ffi::log::cycle_log(
         NGX_LOG_ERR as usize,

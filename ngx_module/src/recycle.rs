@@ -79,6 +79,23 @@ pub(crate) fn request_done() {
     }
 }
 
+/// The worker's ASGI event loop died (its requests were answered): a fresh worker takes over.
+/// Event-loop thread.
+pub(crate) fn loop_died() {
+    recycle("lost its ASGI event loop");
+}
+
+/// Has the event loop recycle the worker (the ASGI event loop's thread calls it as it dies).
+pub(crate) fn after_loop_death() {
+    struct Recycle;
+    impl crate::notify::Pump for Recycle {
+        unsafe fn pump(&self) {
+            loop_died();
+        }
+    }
+    crate::notify::schedule_lasting(&Recycle);
+}
+
 fn recycle(why: &str) {
     // SAFETY: nginx's own flags, read and set on the event loop; the worker's cycle sees
     // `ngx_quit` after this event and shuts down gracefully, like on SIGQUIT.

@@ -122,6 +122,8 @@ class Lifespan:
                  "state": self.state}
         try:
             await self.app(scope, self.receive, self.send)
+        except GeneratorExit:
+            raise  # the task was collected unfinished (its loop died or closed): nothing ran
         except BaseException as e:
             text = "".join(traceback.format_exception(e)).rstrip()
             if "startup" not in self.reported:
@@ -184,6 +186,25 @@ def cancel_connections(loop):
             t.cancel()
 
 
+def abandon(loop, error):
+    """The loop died: the connections' tasks it can no longer run are ended in their servers'
+    eyes with `error` (a 500, or a cut once the head left). Their exchange and hooks are the
+    arguments of `_http`, read from the suspended coroutine's frame."""
+    for task in list(asyncio.all_tasks(loop)):
+        if task.done():
+            continue
+        # The loop's death was logged; each task left is not worth an entry of its own.
+        task._log_destroy_pending = False
+        if task.get_name() != "asgi":
+            continue
+        frame = task.get_coro().cr_frame
+        if frame is None:
+            continue
+        args = frame.f_locals
+        task.remove_done_callback(args["hooks"])
+        args["hooks"].abandon(task, args["ex"], error)
+
+
 def cancel_all(loop, within):
     """At the loop's end: cancels the tasks left (background work of apps), waiting `within`
     seconds at most for them to end."""
@@ -191,4 +212,8 @@ def cancel_all(loop, within):
     for t in tasks:
         t.cancel()
     if tasks:
-        loop.run_until_complete(asyncio.wait(tasks, timeout=within))
+        waiting = asyncio.wait(tasks, timeout=within)
+        try:
+            loop.run_until_complete(waiting)
+        finally:
+            waiting.close()  # unawaited when the loop could not run (it died)

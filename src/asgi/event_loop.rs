@@ -92,6 +92,24 @@ impl TaskHooks {
         started
     }
 
+    /// The loop died with the task unfinished: its exchange ends with `error` (a 500, or a
+    /// cut once the head left), as if the app had raised it, and the task counts as ended.
+    fn abandon(
+        &self,
+        task: &Bound<'_, PyAny>,
+        exchange: &Bound<'_, PyAny>,
+        error: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let runs = self.watch.started() || self.begin();
+        let ended = if runs {
+            exchange.call_method1(pyo3::intern!(task.py(), "ended"), (error,))
+        } else {
+            Ok(task.py().None().into_bound(task.py()))
+        };
+        self.__call__(task);
+        ended.map(drop)
+    }
+
     /// The task ended, however it ended.
     fn __call__(&self, _task: &Bound<'_, PyAny>) {
         self.event_loop.tasks.fetch_sub(1, Ordering::AcqRel);
@@ -121,6 +139,10 @@ pub struct AsgiLoop {
     stopping: AtomicBool,
     /// How long the loop's end may wait for the tasks it cancels.
     teardown_ms: AtomicU64,
+    /// The loop ended on an error of its own: nothing handed to it runs any more.
+    died: AtomicBool,
+    /// What the server does once the loop died (any thread: the loop's).
+    on_death: OnceLock<fn()>,
 }
 
 static LOOP: OnceLock<AsgiLoop> = OnceLock::new();
@@ -159,6 +181,8 @@ pub fn start(kind: LoopKind) -> Result<&'static AsgiLoop, String> {
         interrupted: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
         teardown_ms: AtomicU64::new(1000),
+        died: AtomicBool::new(false),
+        on_death: OnceLock::new(),
     });
     let (ready_tx, ready_rx) = mpsc::channel();
     let thread = crate::signals::spawn_helper("asgi-loop", None, move || l.run(kind, ready_tx))
@@ -188,6 +212,8 @@ impl AsgiLoop {
             interrupted: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             teardown_ms: AtomicU64::new(1000),
+            died: AtomicBool::new(false),
+            on_death: OnceLock::new(),
         }))
     }
 
@@ -257,7 +283,8 @@ impl AsgiLoop {
                         tracing::error!(target: "asgi", "an application's callback raised out of the event loop; it runs on, as the worker's ASGI requests need it: {}", crate::traceback::format(py, &e));
                     }
                     Err(e) => {
-                        tracing::error!(target: "asgi", "the event loop stopped: {}", crate::traceback::format(py, &e));
+                        self.died.store(true, Ordering::Release);
+                        tracing::error!(target: "asgi", "the ASGI event loop died; its requests are answered, and those that follow are refused until the worker is replaced: {}", crate::traceback::format(py, &e));
                         break;
                     }
                 }
@@ -268,8 +295,16 @@ impl AsgiLoop {
                 super::task_watch::cancel_at_exit();
             }
             let within = self.teardown_ms.load(Ordering::Acquire) as f64 / 1000.0;
-            if let Err(e) = driver.call_method1("cancel_all", (&event_loop, within)) {
-                tracing::error!(target: "asgi", "cancelling the tasks left: {}", crate::traceback::format(py, &e));
+            match driver.call_method1("cancel_all", (&event_loop, within)) {
+                // A dead loop may fail again as it is: its death said why.
+                Err(_) if self.died() => {}
+                Err(e) => {
+                    tracing::error!(target: "asgi", "cancelling the tasks left: {}", crate::traceback::format(py, &e));
+                }
+                Ok(_) => {}
+            }
+            if self.died() {
+                self.answer_for_the_dead(py, &event_loop, &driver);
             }
             super::held_wakes::uninstall();
             let _ = event_loop.call_method1("remove_reader", (self.efd,));
@@ -277,11 +312,79 @@ impl AsgiLoop {
             *LIFESPANS.lock().unwrap_or_else(|e| e.into_inner()) = None;
         });
         crate::interpreter::forget_thread();
+        if self.died() {
+            if let Some(on_death) = self.on_death.get() {
+                on_death();
+            }
+        }
+    }
+
+    /// The loop died: the connections whose tasks it can no longer run, and those handed to
+    /// it that it never started, are answered now (their servers' ends run on this thread).
+    fn answer_for_the_dead(
+        &self,
+        py: Python<'_>,
+        event_loop: &Bound<'_, PyAny>,
+        driver: &Bound<'_, PyModule>,
+    ) {
+        let error = pyo3::exceptions::PyRuntimeError::new_err(
+            "the ASGI event loop died while this task waited in it; the task is abandoned",
+        );
+        if let Err(e) = driver.call_method1("abandon", (event_loop, error.into_value(py))) {
+            tracing::error!(target: "asgi", "answering the dead loop's requests: {}", crate::traceback::format(py, &e));
+        }
+        let items = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+        for item in items {
+            self.refuse_when_dead(item);
+        }
+    }
+
+    /// What is handed to the dead loop (any thread): a request is answered at once; wake-ups
+    /// and calls are dropped (a caller waiting for a call's answer hears that it will not come).
+    fn refuse_when_dead(&self, item: Item) {
+        match item {
+            Item::Http(req) => self.never_started(&req.watch, || {
+                req.server.finish(super::http::HttpEnd::Failed)
+            }),
+            Item::Ws(req) => self.never_started(&req.watch, || {
+                req.server.finish(super::http::HttpEnd::Failed)
+            }),
+            Item::Wake(_) | Item::Call(_) | Item::Stop => {}
+        }
+    }
+
+    /// A request handed over that the loop will never start: answered as one whose task could
+    /// not be made (a 500), unless the server answered it already.
+    fn never_started(&self, watch: &TaskWatch, finish: impl FnOnce()) {
+        self.tasks.fetch_sub(1, Ordering::AcqRel);
+        if self.start(watch) {
+            crate::metrics::loop_task_done(false);
+            finish();
+        }
+    }
+
+    /// Whether the loop died (an error of its own, not the process's end): what is handed to
+    /// it now never runs, and the server should refuse it.
+    pub fn died(&self) -> bool {
+        self.died.load(Ordering::Acquire)
+    }
+
+    /// Has `f` run once the loop died and answered what it held (on the loop's thread, which
+    /// has let the GIL go).
+    pub fn on_death(&self, f: fn()) {
+        let _ = self.on_death.set(f);
     }
 
     fn post(&self, item: Item) {
         let wake = {
             let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            // Checked under the lock that the dead loop's last look at the inbox takes too:
+            // nothing handed over after that look is left in it unanswered.
+            if self.died() {
+                drop(inbox);
+                self.refuse_when_dead(item);
+                return;
+            }
             let wake = inbox.is_empty();
             inbox.push(item);
             wake

@@ -148,6 +148,8 @@ pub struct HttpExchange {
     /// The request body failed through the client's fault (a broken chunk, over the size
     /// limit).
     body_failed: bool,
+    /// `ended` ran: an abandoned task's coroutine, closed when it is collected, ends nothing.
+    ended: bool,
 }
 
 impl HttpExchange {
@@ -171,6 +173,7 @@ impl HttpExchange {
             gone: false,
             left: false,
             body_failed: false,
+            ended: false,
         }
     }
 
@@ -763,6 +766,9 @@ impl HttpExchange {
     /// The app's coroutine ended, with `error` if it raised.
     #[pyo3(signature = (error = None))]
     fn ended(&mut self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
         crate::forked::exit_if_forked_task_ended(py, "asgi", error.as_ref());
         crate::chunk::release_dropped(py);
         // A server's timeout cancels the stream too: that is not the client going.

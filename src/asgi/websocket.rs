@@ -103,6 +103,8 @@ pub struct WsExchange {
     /// The client's close (or its going away) went to the app.
     disconnected: bool,
     finished: bool,
+    /// `ended` ran: an abandoned task's coroutine, closed when it is collected, ends nothing.
+    ended: bool,
     http: Py<HttpExchange>,
     scope: Arc<HttpScope>,
 }
@@ -135,6 +137,7 @@ impl WsExchange {
             connect_delivered: false,
             disconnected: false,
             finished: false,
+            ended: false,
             http,
             scope: req.scope,
         })
@@ -411,6 +414,9 @@ impl WsExchange {
 
     #[pyo3(signature = (error = None))]
     fn ended(&mut self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
         crate::forked::exit_if_forked_task_ended(py, "asgi", error.as_ref());
         crate::chunk::release_dropped(py);
         match self.state {

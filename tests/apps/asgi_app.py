@@ -317,6 +317,13 @@ async def app(scope, receive, send):
         # sys.exit() in a plain callback: asyncio lets SystemExit out of run_forever().
         asyncio.get_running_loop().call_soon(sys.exit, 3)
         await respond(send, b"exiting")
+    elif route == "/break-loop":
+        # An Exception out of the loop's own code (a MemoryError in its internals, a timer heap
+        # an app corrupted): here every later round of the loop fails.
+        def broken():
+            raise RuntimeError("the loop's internals are broken")
+        asyncio.get_running_loop()._run_once = broken
+        await respond(send, b"broken")
     elif route == "/stop-loop":
         # What some apps do to "shut down" the loop they believe is theirs.
         asyncio.get_running_loop().stop()
