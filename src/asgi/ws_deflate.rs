@@ -305,6 +305,11 @@ fn run_inflate(
     out: &mut Vec<u8>,
     max_message: usize,
 ) -> Result<bool, Failure> {
+    if input.is_empty() {
+        // A compressed message with an empty payload (zlib-based peers send it for an empty
+        // message): the tail alone makes it the empty message.
+        return Ok(false);
+    }
     let limit = max_message.saturating_add(1);
     let start = z.total_in();
     loop {
@@ -481,6 +486,21 @@ mod tests {
                 (OpCode::from(1), true, false, text.into_bytes()),
                 (OpCode::from(2), true, false, b"plain".to_vec()),
             ]
+        );
+    }
+
+    #[test]
+    fn a_compressed_empty_payload_is_the_empty_message() {
+        let mut out = Vec::new();
+        Inbound::default()
+            .feed(&client_frame(0xc1, b""), &mut out, 1024)
+            .unwrap();
+        let (h, len) = FrameHeader::parse(&mut Cursor::new(&out[..]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (h.opcode, h.is_final, h.rsv1, len),
+            (OpCode::from(1), true, false, 0)
         );
     }
 
