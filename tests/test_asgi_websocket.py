@@ -59,6 +59,7 @@ def test_the_client_close_code_reaches_the_app(server):
         ws.close(4000, "done here")
     wait_for(lambda: stats(server)["closed"].get("e2"), what="the app to see the close")
     assert stats(server)["closed"]["e2"] == [4000, "done here"]
+    assert stats(server)["closed-again"]["e2"] == ["websocket.disconnect", 4000, "done here"]
 
 
 def test_wsgi_scheme_sets_the_scope_scheme_of_http_and_websocket(nginx_factory):

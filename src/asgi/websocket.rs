@@ -102,6 +102,8 @@ pub struct WsExchange {
     connect_delivered: bool,
     /// The client's close (or its going away) went to the app.
     disconnected: bool,
+    /// The code and reason the app was told at the disconnect, told again if it asks again.
+    disconnect: (u16, String),
     finished: bool,
     /// `ended` ran: an abandoned task's coroutine, closed when it is collected, ends nothing.
     ended: bool,
@@ -136,6 +138,7 @@ impl WsExchange {
             state: State::Connecting,
             connect_delivered: false,
             disconnected: false,
+            disconnect: (1006, String::new()),
             finished: false,
             ended: false,
             http,
@@ -312,7 +315,7 @@ impl WsExchange {
             return Ok(Some(msg));
         }
         if self.disconnected {
-            return Self::disconnect(py, 1006, "").map(Some);
+            return Self::disconnect(py, self.disconnect.0, &self.disconnect.1).map(Some);
         }
         if self.finished && matches!(self.state, State::Connecting | State::Denying) {
             // The handshake was answered with a denial: the connection is over for the app
@@ -322,8 +325,9 @@ impl WsExchange {
         }
         if matches!(self.state, State::Open | State::Closing) {
             if let Some(incoming) = self.server.next() {
-                if matches!(incoming, WsIncoming::Closed { .. }) {
+                if let WsIncoming::Closed { code, reason } = &incoming {
                     self.disconnected = true;
+                    self.disconnect = (*code, reason.clone());
                 }
                 return receive_message(py, incoming).map(Some);
             }

@@ -5,7 +5,7 @@ server goes (its close code is recorded)."""
 import asyncio
 import json
 
-STATS = {"closed": {}, "received": {}, "cancelled": [], "late_accept": {}}
+STATS = {"closed": {}, "closed-again": {}, "received": {}, "cancelled": [], "late_accept": {}}
 RELEASES = {}
 
 
@@ -47,6 +47,9 @@ async def app(scope, receive, send):
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 STATS["closed"][key] = [message["code"], message.get("reason", "")]
+                # Asked again (a framework's cleanup that reads once more): the same answer.
+                again = await receive()
+                STATS["closed-again"][key] = [again["type"], again["code"], again.get("reason", "")]
                 return
             if message.get("text") == "scope":
                 info = {k: v for k, v in scope.items() if k in ("type", "scheme", "path", "root_path", "subprotocols", "http_version")}
