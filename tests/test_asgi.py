@@ -14,6 +14,8 @@ import time
 
 import pytest
 import requests
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as websockets_connect
 
 from conftest import (APPS, BAD_CHUNKS, asgi_location as asgi, assert_broken_chunk_is_400, location, raw_request,
                       read_until, send_chunks, wait_for)
@@ -878,22 +880,29 @@ def test_a_dead_event_loop_answers_its_requests_and_the_worker_is_replaced(nginx
     # (a 500, or a cut once their head left), later ones are refused with a 503 that says when
     # to come back, and a fresh worker takes over, instead of every ASGI request of the worker
     # waiting for its timeouts for ever.
-    server = nginx_factory(asgi("/", APP), http_extra="wsgi_read_timeout 120s;").start()
+    server = nginx_factory(asgi("/", APP) + asgi("/ws/", APPS / "asgi_ws.py"),
+                           http_extra="wsgi_read_timeout 120s;").start()
     worker = server.worker_pids()[0]
-    held = requests.get(server.url("/hold?dead-loop"), stream=True, timeout=60)
-    lines = held.iter_lines()
-    assert next(lines) == b"held"
-    waiting = {}
-    thread = threading.Thread(target=lambda: waiting.update(
-        response=requests.get(server.url("/after-release?dead-loop-2"), timeout=30)))
-    thread.start()
-    wait_for(lambda: requests.get(server.url("/stats"), timeout=10).json()["waiting"].get("dead-loop-2"),
-             what="the second request to wait")
-    assert requests.get(server.url("/break-loop"), timeout=10).text == "broken"
-    thread.join(timeout=60)
-    assert waiting["response"].status_code == 500
-    with pytest.raises(requests.exceptions.ChunkedEncodingError):
-        list(lines)
+    with websockets_connect(f"ws://127.0.0.1:{server.port}/ws/echo?dead-loop") as socket_:
+        socket_.send("before")
+        assert socket_.recv(timeout=10) == "before"
+        held = requests.get(server.url("/hold?dead-loop"), stream=True, timeout=60)
+        lines = held.iter_lines()
+        assert next(lines) == b"held"
+        waiting = {}
+        thread = threading.Thread(target=lambda: waiting.update(
+            response=requests.get(server.url("/after-release?dead-loop-2"), timeout=30)))
+        thread.start()
+        wait_for(lambda: requests.get(server.url("/stats"), timeout=10).json()["waiting"].get("dead-loop-2"),
+                 what="the second request to wait")
+        assert requests.get(server.url("/break-loop"), timeout=10).text == "broken"
+        thread.join(timeout=60)
+        assert waiting["response"].status_code == 500
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            list(lines)
+        with pytest.raises(ConnectionClosed) as closed:
+            socket_.recv(timeout=30)
+        assert closed.value.rcvd.code == 1011, closed.value
     statuses = set()
 
     def served():
