@@ -118,8 +118,11 @@ def test_module_name_from_python_path_in_a_location_and_a_virtual_host(apaches):
         f" <Location /v/>\n  NgxWsgiApp {APPS}/environ_app.py:application\n  SetEnv APP_ENV production\n"
         f"  SetEnv SCRIPT_NAME /public\n </Location>\n</VirtualHost>\n"))
     server.start()
-    e = requests.get(server.url("/a/b?x")).json()
+    e = requests.get(server.url("/a/b?x"), headers={"Proxy": "http://attacker:3128", "X-Kept": "1"}).json()
     assert (e["SCRIPT_NAME"], e["PATH_INFO"], e["QUERY_STRING"], e["SERVER_NAME"]) == ("/a", "/b", "x", "test.local")
+    # httpoxy: Apache keeps a client's Proxy header out of every CGI-like environment, where
+    # HTTP_PROXY would name the app's outgoing proxy (mod_wsgi's environ too).
+    assert "HTTP_PROXY" not in e and e["HTTP_X_KEPT"] == "1"
     e = requests.get(server.url("/re/x")).json()
     assert (e["SCRIPT_NAME"], e["PATH_INFO"]) == ("", "/re/x")
     e = requests.get(server.url("/v/w"), headers={"Host": "vhost.local"}).json()

@@ -85,6 +85,11 @@ pub(crate) unsafe fn collect(
 
         for entry in table((*r).headers_in) {
             let (name, value) = (bytes(entry.key), bytes(entry.val));
+            if name.eq_ignore_ascii_case(b"proxy") {
+                // httpoxy: as HTTP_PROXY it would pass for the app's outgoing proxy setting;
+                // Apache's core keeps it out of every CGI-like environment (mod_wsgi's too).
+                continue;
+            }
             if name.eq_ignore_ascii_case(b"cookie") && value.windows(2).any(|w| w == b", ") {
                 b.header(name, &cookie_headers_rejoined(value));
             } else {
