@@ -205,5 +205,8 @@ def test_an_interrupt_never_lands_in_the_next_request(nginx_factory):
                 slow["cut"] += 1  # the deadline came after the head had gone out
             for _ in range(2):
                 fast[requests.get(server.url(f"{prefix}/fast"), timeout=30).status_code] += 1
-        assert fast == {200: 120}, (prefix, fast, slow, server.error_log()[-3000:])
+        # An interrupt landing in a fast request within its own deadline makes it raise
+        # TimeoutError: a 500. (A fast request that waited past its own deadline, on a loaded
+        # machine, is its own 504, not the race this looks for.)
+        assert set(fast) <= {200, 504} and fast[200] > 0, (prefix, fast, slow, server.error_log()[-3000:])
         assert set(slow) <= {200, 504, "cut"}, (prefix, slow)
