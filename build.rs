@@ -14,6 +14,20 @@ fn main() {
     }
     if let Some(executable) = config.executable() {
         println!("cargo:rustc-env=NGX_WSGI_BUILD_PYTHON={executable}");
+        // Its standard library: a virtualenv made with another installation of the same
+        // version would bring that one's (and its C extensions, built for another patch level).
+        let stdlib = std::process::Command::new(executable)
+            .args([
+                "-c",
+                "import sysconfig; print(sysconfig.get_path('stdlib'))",
+            ])
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .and_then(|out| String::from_utf8(out.stdout).ok());
+        if let Some(stdlib) = stdlib {
+            println!("cargo:rustc-env=NGX_WSGI_BUILD_STDLIB={}", stdlib.trim());
+        }
     }
     println!(
         "cargo:rustc-env=NGX_WSGI_BUILD_PYTHON_VERSION={}.{}",

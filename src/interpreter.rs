@@ -16,6 +16,8 @@ use pyo3::prelude::*;
 
 /// The python this crate was built against (its `sys.executable` at build time).
 pub const BUILD_PYTHON: Option<&str> = option_env!("NGX_WSGI_BUILD_PYTHON");
+/// That python's standard library directory (its `sysconfig` stdlib path at build time).
+pub const BUILD_STDLIB: Option<&str> = option_env!("NGX_WSGI_BUILD_STDLIB");
 /// `MAJOR.MINOR` of the libpython this crate links.
 pub const BUILD_PYTHON_VERSION: &str = env!("NGX_WSGI_BUILD_PYTHON_VERSION");
 
@@ -491,16 +493,31 @@ pub fn check_home(home: &Path) -> Result<(), String> {
     if cfg.exists() {
         let text = std::fs::read_to_string(&cfg)
             .map_err(|e| format!("cannot read {}: {e}", cfg.display()))?;
-        let version = text.lines().find_map(|line| {
-            let (key, value) = line.split_once('=')?;
-            matches!(key.trim(), "version" | "version_info").then(|| value.trim().to_owned())
-        });
-        if let Some(version) = version {
+        let value_of = |keys: &[&str]| {
+            text.lines().find_map(|line| {
+                let (key, value) = line.split_once('=')?;
+                keys.contains(&key.trim()).then(|| value.trim().to_owned())
+            })
+        };
+        if let Some(version) = value_of(&["version", "version_info"]) {
             let minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
             if minor != BUILD_PYTHON_VERSION {
                 return Err(format!(
                     "{} is Python {minor}; this module embeds Python {BUILD_PYTHON_VERSION}",
                     home.display()
+                ));
+            }
+        }
+        if let (Some(base), Some(embedded)) = (value_of(&["home"]), BUILD_STDLIB) {
+            if let Some(other) = other_stdlib(Path::new(&base), Path::new(embedded)) {
+                return Err(format!(
+                    "{} is a virtualenv of another Python {BUILD_PYTHON_VERSION} installation \
+                     (the one in {base}, whose standard library is {}); this module embeds the one \
+                     whose standard library is {embedded}, and the C extensions of one do not load \
+                     in the other: make the virtualenv with {} -m venv",
+                    home.display(),
+                    other.display(),
+                    BUILD_PYTHON.unwrap_or("that python")
                 ));
             }
         }
@@ -516,6 +533,24 @@ pub fn check_home(home: &Path) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The standard library a virtualenv whose base is the python in `base` (its `pyvenv.cfg`'s
+/// `home`, a `bin` directory) gets, when it is known to be another than `embedded`.
+fn other_stdlib(base: &Path, embedded: &Path) -> Option<PathBuf> {
+    let stdlib = base
+        .parent()?
+        .join("lib")
+        .join(format!("python{BUILD_PYTHON_VERSION}"));
+    if !stdlib.join("os.py").exists() {
+        // Not laid out as a prefix (a python linked into another bin directory): not known.
+        return None;
+    }
+    let same = match (stdlib.canonicalize(), embedded.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => return None,
+    };
+    (!same).then_some(stdlib)
 }
 
 fn add_site_dirs(py: Python<'_>, dirs: &[PathBuf]) -> PyResult<()> {
@@ -555,5 +590,25 @@ mod tests {
         assert_eq!(check_home(&dir), Ok(()));
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(check_home(&dir).unwrap_err().contains("is not a directory"));
+    }
+
+    #[test]
+    fn a_virtualenv_must_be_of_the_embedded_installation() {
+        let root = std::env::temp_dir().join(format!("ngx-wsgi-other-{}", std::process::id()));
+        let stdlib = root
+            .join("lib")
+            .join(format!("python{BUILD_PYTHON_VERSION}"));
+        std::fs::create_dir_all(&stdlib).unwrap();
+        std::fs::write(stdlib.join("os.py"), "").unwrap();
+        let embedded = Path::new(BUILD_STDLIB.unwrap());
+        assert_eq!(
+            other_stdlib(&root.join("bin"), embedded),
+            Some(stdlib.clone())
+        );
+        // The embedded installation's own bin directory, and one that is no prefix.
+        let own_bin = embedded.parent().unwrap().parent().unwrap().join("bin");
+        assert_eq!(other_stdlib(&own_bin, embedded), None);
+        assert_eq!(other_stdlib(&root.join("lib").join("bin"), embedded), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

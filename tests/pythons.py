@@ -41,3 +41,16 @@ def venv_of_other_python(directory):
     venv = directory / "venv"
     subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True)
     return version, venv
+
+
+def venv_of_another_installation(directory):
+    """A virtualenv made in `directory` with another installation of the embedded Python's
+    minor version (pyenv's beside Debian's, say); skips the test when the machine has none."""
+    embedded = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    for path in sorted(glob.glob(f"{pyenv_root}/versions/{embedded}.*/bin/python3")):
+        if os.path.realpath(os.path.dirname(os.path.dirname(path))) != os.path.realpath(sys.base_prefix):
+            venv = directory / "venv"
+            subprocess.run([path, "-m", "venv", "--without-pip", str(venv)], check=True)
+            return path, venv
+    pytest.skip(f"no other installation of Python {embedded} on this machine")

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from conftest import APPS, UNLOADABLE_APPS, location, wait_for
-from pythons import venv_of_other_python
+from pythons import venv_of_another_installation, venv_of_other_python
 
 BROKEN = APPS / "broken"
 
@@ -90,6 +90,20 @@ def test_virtualenv_of_another_installed_python_is_refused(nginx_factory, tmp_pa
     embedded = f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert (f"[emerg] wsgi_python_home {venv} is Python {version}; this module embeds Python {embedded} "
             f"in {server.conf}:") in result.stderr, result.stderr
+
+
+def test_virtualenv_of_another_installation_of_the_same_version_is_refused(nginx_factory, tmp_path):
+    # `python3 -m venv` with pyenv's 3.11.7 on PATH, for a module that embeds Debian's 3.11.2:
+    # the venv brings the other installation's standard library and C extensions, which need
+    # symbols the embedded libpython lacks (`import ssl` fails), or load and misbehave.
+    python, venv = venv_of_another_installation(tmp_path)
+    server, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), home=False,
+                               http_extra=f"wsgi_python_home {venv};")
+    assert result.returncode != 0
+    assert (f"[emerg] wsgi_python_home {venv} is a virtualenv of another Python "
+            f"{sys.version_info[0]}.{sys.version_info[1]} installation (the one in {os.path.dirname(python)}, "
+            f"whose standard library is ") in result.stderr, result.stderr
+    assert re.search(r"make the virtualenv with \S+python\S* -m venv", result.stderr), result.stderr
 
 
 def test_python_home_that_does_not_exist(nginx_factory, tmp_path):

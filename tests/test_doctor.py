@@ -13,7 +13,7 @@ import tempfile
 import pytest
 
 from conftest import APPS, RELEASE, Nginx, location
-from pythons import venv_of_other_python
+from pythons import venv_of_another_installation, venv_of_other_python
 
 EMBEDDED = f"{sys.version_info[0]}.{sys.version_info[1]}"
 ME = pwd.getpwuid(os.geteuid()).pw_name
@@ -124,6 +124,16 @@ def test_virtualenv_of_another_python(built, tmp_path):
     assert result.returncode == 1
     assert (f"PROBLEM wsgi_python_home {venv} is Python {version}; this module embeds Python {EMBEDDED} (nginx -t "
             "refuses it)") in result.stdout, result.stdout
+
+
+def test_virtualenv_of_another_installation_of_the_same_python(built, tmp_path):
+    python, venv = venv_of_another_installation(tmp_path)
+    module, nginx = built
+    result = doctor("--nginx", nginx, "--module", module, "--python-home", venv, "--user", ME)
+    assert result.returncode == 1
+    base = pathlib.Path(python).parent.parent
+    assert (f"PROBLEM wsgi_python_home {venv} is a virtualenv of another Python {EMBEDDED} installation, "
+            f"whose standard library is {base}/lib/python{EMBEDDED} (nginx -t refuses it)") in result.stdout, result.stdout
 
 
 def test_virtualenv_the_workers_cannot_enter(built):

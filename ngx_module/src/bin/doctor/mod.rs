@@ -467,6 +467,25 @@ fn python_access(python: &Python, user: &User, report: &mut Report) {
 
 /// The `major.minor` of a `wsgi_python_home`: pyvenv.cfg's `version` (or `version_info`), else
 /// the `lib/pythonX.Y` of a prefix.
+/// The standard library a virtualenv gets from its base installation (`home` in its
+/// `pyvenv.cfg`, a `bin` directory), when that is laid out as a prefix.
+fn venv_base_stdlib(home: &Path, version: &str) -> Option<PathBuf> {
+    let cfg = std::fs::read_to_string(home.join("pyvenv.cfg")).ok()?;
+    let base = cfg.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == "home").then(|| PathBuf::from(v.trim()))
+    })?;
+    let stdlib = base.parent()?.join(format!("lib/python{version}"));
+    stdlib.join("os.py").exists().then_some(stdlib)
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => true,
+    }
+}
+
 fn home_version(home: &Path) -> Result<(String, PathBuf), String> {
     if let Ok(cfg) = std::fs::read_to_string(home.join("pyvenv.cfg")) {
         let version = cfg.lines().find_map(|l| {
@@ -514,6 +533,17 @@ fn check_home(home: &Path, from: &str, python: &Python, user: Option<&User>, rep
             home.display(),
             python.version,
             python.version
+        ));
+        return;
+    }
+    if let Some(other) = venv_base_stdlib(home, &version).filter(|s| !same_dir(s, &python.stdlib)) {
+        report.problem(format!(
+            "wsgi_python_home {} is a virtualenv of another Python {version} installation, whose \
+             standard library is {} (nginx -t refuses it): its C extensions do not load in the \
+             embedded one's; make the virtualenv with the python of {}",
+            home.display(),
+            other.display(),
+            python.stdlib.display()
         ));
         return;
     }
