@@ -66,9 +66,9 @@ impl ResponseHead {
             .push((start, name.len() as u32, value.len() as u32));
     }
 
-    /// The headers an internal redirect (`X-Accel-Redirect`) keeps: the app's others
-    /// (`Set-Cookie`, `Content-Disposition`, ...), not those that described the body it did not
-    /// send, nor the redirect itself.
+    /// The headers an internal redirect (`X-Accel-Redirect`) keeps under a server with no
+    /// convention of its own (Apache): the app's others (`Set-Cookie`, `Content-Disposition`,
+    /// ...), not those that described the body it did not send, nor the redirect itself.
     pub fn for_internal_redirect(&self) -> ResponseHead {
         self.without(&[
             b"x-accel-redirect",
@@ -80,8 +80,17 @@ impl ResponseHead {
         ])
     }
 
+    /// This head with only the headers `keep` names (case-insensitive).
+    pub fn keeping(&self, keep: &[&[u8]]) -> ResponseHead {
+        self.filtered(|name| keep.iter().any(|k| name.eq_ignore_ascii_case(k)))
+    }
+
     /// This head without the headers `drop` names (case-insensitive).
     fn without(&self, drop: &[&[u8]]) -> ResponseHead {
+        self.filtered(|name| !drop.iter().any(|d| name.eq_ignore_ascii_case(d)))
+    }
+
+    fn filtered(&self, kept: impl Fn(&[u8]) -> bool) -> ResponseHead {
         let mut head = ResponseHead::new(
             self.status,
             self.status_line(),
@@ -90,7 +99,7 @@ impl ResponseHead {
         );
         head.content_length = self.content_length;
         for (name, value) in self.headers() {
-            if !drop.iter().any(|d| name.eq_ignore_ascii_case(d)) {
+            if kept(name) {
                 head.push_header(name, value);
             }
         }

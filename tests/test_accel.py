@@ -126,6 +126,18 @@ def test_x_accel_limit_rate_applies_to_the_redirect_target(nginx_server):
     assert headers["X-Limit"] == "54321"
 
 
+def test_a_redirect_keeps_the_headers_nginxs_upstream_modules_keep(nginx_server):
+    # As behind proxy_pass: the app's cookies, disposition and caching go with the target (its
+    # type too: the ASGI test below); its other headers (a CORS middleware's, which a target served by the app again would add
+    # a second time; Vary, Link, its own) do not.
+    kept = "Cache-Control=private&Expires=0&Set-Cookie=a%3D1"
+    dropped = "X-Own=1&Access-Control-Allow-Origin=*&Vary=Origin&Link=%3C/a%3E"
+    status, headers, body = http_get(nginx_server, f"/headers?X-Accel-Redirect=/protected/hello.txt&{kept}&{dropped}")
+    assert (status, body) == (200, b"protected file contents\n")
+    assert (headers["Cache-Control"], headers["Expires"], headers["Set-Cookie"]) == ("private", "0", "a=1")
+    assert not {"X-Own", "Access-Control-Allow-Origin", "Vary", "Link"} & set(headers), headers
+
+
 def test_x_accel_charset_sets_the_responses_charset(nginx_server):
     _, headers, _ = http_get(nginx_server, "/headers?X-Accel-Charset=utf-8")
     assert headers["Content-Type"] == "text/plain; charset=utf-8"
@@ -195,7 +207,7 @@ def test_an_asgi_apps_redirect_is_served_from_its_target_and_its_body_dropped(as
     assert (status, body) == (200, b"protected file contents\n")
     assert headers["Content-Disposition"] == "attachment; filename=hello.txt"
     assert headers["Set-Cookie"] == "seen=1"
-    assert headers["Content-Type"] != "text/html", "the target's type, not the dropped body's"
+    assert headers["Content-Type"] == "text/html", "the app's type, as nginx's upstream modules keep it"
 
 
 def test_an_asgi_apps_redirect_is_counted_with_the_apps_status(asgi_server):

@@ -127,6 +127,26 @@ pub(crate) unsafe fn send(
 /// `@location`), as it does for proxied apps; the app's other headers (Set-Cookie,
 /// Content-Disposition, ...) stay, except those describing the body it did not send. A target
 /// that could leave its location (`..`, NUL, ...) is a 500 and an error-log line.
+/// The app's headers an `X-Accel-Redirect` keeps: those nginx's upstream modules carry across
+/// one (`redirect` in their table of upstream headers), so that an app moved from behind
+/// `proxy_pass` or `uwsgi_pass` answers the same. Its `Content-Type` is the target's then (a
+/// file stored without an extension gets the type the app knows); the others described the
+/// body it did not send, or were its own (a CORS middleware's, which the target, this app
+/// again, adds a second time). The other `X-Accel-*` that nginx acts on apply to the target too,
+/// as nginx took them in before it redirected.
+const KEPT_ACROSS_REDIRECT: [&[u8]; 10] = [
+    b"content-type",
+    b"set-cookie",
+    b"content-disposition",
+    b"cache-control",
+    b"expires",
+    b"accept-ranges",
+    b"x-accel-limit-rate",
+    b"x-accel-charset",
+    b"x-accel-buffering",
+    b"x-accel-expires",
+];
+
 unsafe fn redirect(r: *mut ngx_http_request_t, head: &ResponseHead, uri: &[u8]) -> ngx_int_t {
     // SAFETY: `r` is live on the event loop and has sent nothing; the strings are pool copies.
     unsafe {
@@ -155,7 +175,7 @@ unsafe fn redirect(r: *mut ngx_http_request_t, head: &ResponseHead, uri: &[u8]) 
         let (Ok(mut target), Ok(mut args)) = (target, args) else {
             return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         };
-        if set_headers(r, &head.for_internal_redirect(), None).is_err() {
+        if set_headers(r, &head.keeping(&KEPT_ACROSS_REDIRECT), None).is_err() {
             return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         }
         (*r).headers_out.status = 0;
