@@ -347,6 +347,10 @@ def test_permessage_deflate_both_ways(server):
         blob = os.urandom(300_000)
         ws.send(blob)
         assert ws.recv() == blob
+        # Sizes whose well-compressed input ends just as an inflate buffer fills up.
+        for size in (256, 512, 1024, 4096, 65536):
+            ws.send("a" * size)
+            assert ws.recv() == "a" * size
     # On the wire: a compressed message in fragments (a ping between) comes back as one
     # compressed frame; a short one is sent as it is.
     s = raw_socket(server, "/ws/echo?z2", extra=DEFLATE)

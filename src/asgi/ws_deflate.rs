@@ -348,6 +348,11 @@ fn run_inflate(
             return Ok(true);
         }
         if (z.total_in(), z.total_out()) == before && out.len() < out.capacity() {
+            if usize::try_from(z.total_in() - start).unwrap_or(usize::MAX) >= input.len() {
+                // The input ran out just as the output filled up, and nothing was pending:
+                // the message goes on (or the tail ends it).
+                return Ok(false);
+            }
             return Err((1007, "a compressed message cut short".into()));
         }
     }
@@ -487,6 +492,27 @@ mod tests {
                 (OpCode::from(2), true, false, b"plain".to_vec()),
             ]
         );
+    }
+
+    #[test]
+    fn a_message_whose_input_ends_as_the_output_fills_up_inflates() {
+        // The first output buffer is 256 bytes (the least it reserves), then grows by as much:
+        // a well-compressed message of a multiple of that ends its input on a full buffer.
+        for size in [255, 256, 257, 512, 768, 1024, 4096, 65536] {
+            let text = "a".repeat(size);
+            let mut out = Vec::new();
+            Inbound::default()
+                .feed(
+                    &client_frame(0xc1, &client_deflate(text.as_bytes())),
+                    &mut out,
+                    1 << 20,
+                )
+                .unwrap_or_else(|e| panic!("{size}: {e:?}"));
+            let mut cursor = Cursor::new(&out[..]);
+            let (_, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert_eq!(len as usize, size);
+            assert_eq!(&out[cursor.position() as usize..], text.as_bytes());
+        }
     }
 
     #[test]
