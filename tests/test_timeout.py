@@ -187,6 +187,30 @@ def test_a_burst_of_timeouts_is_not_a_burst_of_threads(wsgi_factory):
     assert requests.get(server.url("/patient/after"), timeout=10).text == "/after"
 
 
+def test_a_burst_of_timeouts_logs_a_few_stacks_a_second(nginx_factory):
+    # Every request of a location stuck at once (a dependency down): each timeout is logged and
+    # interrupted, but only the first few stacks of a second are formatted, which is Python
+    # work under the GIL that would otherwise fall behind the timeouts and keep their threads.
+    server = nginx_factory(location("/", APPS / "sleepy.py", "wsgi_read_timeout 300ms;")).start()
+    results = []
+    burst = [threading.Thread(target=lambda: results.append(requests.get(server.url("/spin"), timeout=60).status_code))
+             for _ in range(60)]
+    for t in burst:
+        t.start()
+    for t in burst:
+        t.join()
+    assert results == [504] * 60
+    entries = '"GET /spin HTTP/1.1" is still inside Python after 300 ms; '
+    wait_for(lambda: server.error_log().count(entries) == 60, what="60 timeout entries")
+    log = server.error_log()
+    interrupted = log.count(entries + "interrupting it with TimeoutError. Its Python stack (most recent call last):")
+    unformatted = log.count("(not formatted: more than 10 timed-out requests' stacks in this second)")
+    assert 0 < unformatted < interrupted, log[-3000:]
+    formatted = log.count(entries + "interrupting it with TimeoutError. Its Python stack (most recent call last):\n  File")
+    assert formatted > 0 and formatted + unformatted == interrupted, log[-3000:]
+    assert requests.get(server.url("/fast"), timeout=10).text == "/fast"
+
+
 def test_an_interrupt_never_lands_in_the_next_request(nginx_factory):
     """Requests that end about when their deadline passes race the watchdog: whichever wins,
     the TimeoutError goes to the request that timed out or to none, never to the request its

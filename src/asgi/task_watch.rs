@@ -202,8 +202,7 @@ impl TaskWatch {
         if !running() {
             return;
         }
-        let stack =
-            crate::watchdog::stack_of(py, ident).unwrap_or_else(|e| format!("(no stack: {e})"));
+        let stack = crate::watchdog::stack_for_log(py, ident);
         // Formatting the stack ran Python code, during which the GIL may have gone to the loop's
         // thread and the task awaited or ended: checked again, or the TimeoutError would land in
         // whatever the loop runs next (another request's task, the loop's own code).
