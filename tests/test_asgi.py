@@ -922,32 +922,6 @@ def test_a_dead_event_loop_answers_its_requests_and_the_worker_is_replaced(nginx
     assert server.stop() == 0
 
 
-def test_a_worker_whose_event_loop_stays_blocked_is_replaced(nginx_factory, tmp_path):
-    # A call that blocks the loop for ever (a synchronous driver waiting on a lock, a sleep in
-    # C) leaves the worker refusing every ASGI request; once a request has waited
-    # wsgi_queue_timeout for the loop, the worker is recycled, as gunicorn replaces a worker
-    # past its timeout, and a fresh one serves.
-    server = nginx_factory(asgi("/", APP), main_extra=f"worker_shutdown_timeout 1s; env NGX_WSGI_TEST_MARKS={tmp_path};",
-                           http_extra="wsgi_shutdown_timeout 500ms; wsgi_queue_timeout 1s;").start()
-    worker = server.worker_pids()[0]
-    assert requests.get(server.url("/blocks-loop?3600"), timeout=10).text == "answered"
-    wait_for(lambda: (tmp_path / f"blocking-{worker}").exists(), what="the loop to block")
-    statuses = set()
-
-    def served():
-        response = requests.get(server.url("/loop"), timeout=30)
-        statuses.add(response.status_code)
-        return response.status_code == 200
-    wait_for(served, timeout=60, what="a fresh worker to serve")
-    assert statuses <= {200, 503}, statuses
-    assert worker not in server.worker_pids()
-    log = server.error_log()
-    assert "this worker had its ASGI event loop blocked for longer than wsgi_queue_timeout (1000 ms); recycling it" in log, log[-3000:]
-    assert "where the ASGI event loop is stuck, most recent call last:" in log, log[-3000:]
-    assert f"worker process {worker} exited with code 1" in log, log[-3000:]
-    assert server.stop() == 0
-
-
 @pytest.mark.parametrize("name,logged", [
     ("raises", "RuntimeError: the database is not there"),
     ("returns", "the lifespan coroutine returned without sending lifespan.startup.complete"),

@@ -497,18 +497,12 @@ unsafe fn expired_in_queue(request: &Arc<AsgiRequest>) {
         return;
     };
     // SAFETY: per the function contract: `r` is live and nothing of its response went out.
-    let timeout = unsafe {
+    unsafe {
         let timeout = crate::conf::main_conf_of(&*r).map_or(0, |mc| mc.limits.queue_timeout());
         request.stream.client_gone();
         let rc = crate::overload::refuse(r, Refused::LoopExpired, timeout);
         end_now(r, parts(request), rc as ngx_int_t, 503);
-        timeout
-    };
-    // Its start waited for a round or two of the loop: a round that took this long is a call
-    // that blocks the loop (a synchronous driver, a sleep in C), which may never return. A
-    // fresh worker takes over; this one exits once its requests end (the loop's stack is
-    // logged if it is still stuck then).
-    crate::recycle::loop_blocked(timeout);
+    }
 }
 
 /// `wsgi_read_timeout` before a WebSocket's app accepted or denied it: answered as an HTTP

@@ -4,9 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-use nginx_sys::{
-    ngx_current_msec, ngx_exiting, ngx_http_request_t, ngx_msec_t, ngx_quit, NGX_LOG_NOTICE,
-};
+use nginx_sys::{ngx_current_msec, ngx_exiting, ngx_http_request_t, ngx_quit, NGX_LOG_NOTICE};
 
 /// Requests this worker may serve (0: no limit), drawn once at worker start.
 static LIMIT: AtomicU64 = AtomicU64::new(0);
@@ -85,14 +83,6 @@ pub(crate) fn request_done() {
 /// Event-loop thread.
 pub(crate) fn loop_died() {
     recycle("lost its ASGI event loop");
-}
-
-/// A request waited `wsgi_queue_timeout` (ms) for the ASGI event loop to start it: a call in a
-/// coroutine blocks the loop. Event-loop thread.
-pub(crate) fn loop_blocked(queue_timeout: ngx_msec_t) {
-    recycle(&format!(
-        "had its ASGI event loop blocked for longer than wsgi_queue_timeout ({queue_timeout} ms)"
-    ));
 }
 
 /// Has the event loop recycle the worker (the ASGI event loop's thread calls it as it dies).
