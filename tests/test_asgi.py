@@ -875,7 +875,8 @@ def test_an_app_that_stops_the_event_loop_does_not_stop_asgi_in_the_worker(nginx
     assert f"worker process {worker} exited with code 0" in server.error_log()
 
 
-def test_a_dead_event_loop_answers_its_requests_and_the_worker_is_replaced(nginx_factory):
+@pytest.mark.parametrize("factory", [False, True], ids=["plain-tasks", "wrapped-tasks"])
+def test_a_dead_event_loop_answers_its_requests_and_the_worker_is_replaced(nginx_factory, factory):
     # An Exception out of the loop's own code ends the loop: the requests it held are answered
     # (a 500, or a cut once their head left), later ones are refused with a 503 that says when
     # to come back, and a fresh worker takes over, instead of every ASGI request of the worker
@@ -883,6 +884,8 @@ def test_a_dead_event_loop_answers_its_requests_and_the_worker_is_replaced(nginx
     server = nginx_factory(asgi("/", APP) + asgi("/ws/", APPS / "asgi_ws.py"),
                            http_extra="wsgi_read_timeout 120s;").start()
     worker = server.worker_pids()[0]
+    if factory:
+        assert requests.get(server.url("/wrap-tasks"), timeout=10).text == "wrapping"
     with websockets_connect(f"ws://127.0.0.1:{server.port}/ws/echo?dead-loop") as socket_:
         socket_.send("before")
         assert socket_.recv(timeout=10) == "before"

@@ -317,6 +317,15 @@ async def app(scope, receive, send):
         # sys.exit() in a plain callback: asyncio lets SystemExit out of run_forever().
         asyncio.get_running_loop().call_soon(sys.exit, 3)
         await respond(send, b"exiting")
+    elif route == "/wrap-tasks":
+        # What Sentry's asyncio integration does: a task factory that wraps every coroutine.
+        def factory(loop, coro, **kwargs):
+            async def wrapped():
+                return await coro
+            kwargs.pop("name", None)
+            return asyncio.Task(wrapped(), loop=loop, name="wrapped", **kwargs)
+        asyncio.get_running_loop().set_task_factory(factory)
+        await respond(send, b"wrapping")
     elif route == "/break-loop":
         # An Exception out of the loop's own code (a MemoryError in its internals, a timer heap
         # an app corrupted): here every later round of the loop fails.

@@ -36,10 +36,17 @@ async def _http(loop, app, scope, ex, hooks, request_id_var, request_id):
         ex.ended(None)
 
 
+# The connections' tasks still running, with their exchange and hooks: the loop's death and the
+# worker's exit reach them here (an app's task factory may wrap or rename them, as Sentry's does).
+_CONNECTIONS = {}
+
+
 def start_http(loop, app, scope, ex, hooks, request_id_var, request_id):
     """Starts the task of one connection; `hooks` is called when it ends, however it ends."""
     # A name given: asyncio would format one ("Task-N") for every request.
     task = loop.create_task(_http(loop, app, scope, ex, hooks, request_id_var, request_id), name="asgi")
+    _CONNECTIONS[task] = (ex, hooks)
+    task.add_done_callback(_CONNECTIONS.pop)
     task.add_done_callback(hooks)
     return task
 
@@ -180,29 +187,33 @@ def check_lifespan(app, loop_factory, shutdown_within):
 
 def cancel_connections(loop):
     """At the worker's exit, past the shutdown timeout: cancels the connections' tasks still
-    running (named "asgi" by start_http), not the lifespan's or those the apps made."""
-    for t in asyncio.all_tasks(loop):
-        if not t.done() and t.get_name() == "asgi":
+    running, not the lifespan's or those the apps made."""
+    for t in list(_CONNECTIONS):
+        if not t.done():
             t.cancel()
 
 
 def abandon(loop, error):
     """The loop died: the connections' tasks it can no longer run are ended in their servers'
-    eyes with `error` (a 500, or a cut once the head left). Their exchange and hooks are the
-    arguments of `_http`, read from the suspended coroutine's frame."""
+    eyes with `error` (a 500, or a cut once the head left)."""
     for task in list(asyncio.all_tasks(loop)):
-        if task.done():
-            continue
         # The loop's death was logged; each task left is not worth an entry of its own.
-        task._log_destroy_pending = False
-        if task.get_name() != "asgi":
+        try:
+            task._log_destroy_pending = False
+        except AttributeError:
+            pass  # a task type of an app's own
+    for task, (ex, hooks) in list(_CONNECTIONS.items()):
+        del _CONNECTIONS[task]
+        if task.done():
+            # Ended (its exchange with it), but its done callbacks, scheduled, will never run.
+            hooks(task)
             continue
-        frame = task.get_coro().cr_frame
-        if frame is None:
-            continue
-        args = frame.f_locals
-        task.remove_done_callback(args["hooks"])
-        args["hooks"].abandon(task, args["ex"], error)
+        task.remove_done_callback(_CONNECTIONS.pop)
+        task.remove_done_callback(hooks)
+        try:
+            hooks.abandon(task, ex, error)
+        except Exception:
+            traceback.print_exc()  # one connection's failure must not leave the others waiting
 
 
 def cancel_all(loop, within):
