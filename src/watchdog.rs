@@ -116,59 +116,45 @@ impl RequestWatch {
     }
 }
 
-/// At most this many timed-out requests' stacks are formatted per second: past it (a burst of
-/// timeouts, every request of a location stuck on one dependency) each is logged without its
-/// stack, so that the watchdog keeps up and the log stays readable.
+/// At most this many timed-out requests' stacks are formatted per second and thread: past it
+/// (a burst of timeouts, every request of a location stuck on one dependency) each is logged
+/// without its stack, so that the watchdog (or the event loop) keeps up and the log stays
+/// readable.
 const STACKS_PER_SECOND: u32 = 10;
 
 thread_local! {
-    /// In the watchdog's batch: every thread's current frame, taken once for the batch (the
-    /// snapshot is a pass over every thread; once per request it grew with their number).
-    static BATCH_FRAMES: std::cell::RefCell<Option<Option<Py<PyAny>>>> =
-        const { std::cell::RefCell::new(None) };
-    /// The second of the last stack formatted for the log, and how many were formatted in it.
-    static STACKS_LOGGED: std::cell::Cell<(u64, u32)> = const { std::cell::Cell::new((0, 0)) };
-}
-
-/// The stack of the thread `ident` for a timed-out request's log entry, or why it is left out.
-pub(crate) fn stack_for_log(py: Python<'_>, ident: u64) -> String {
-    let second = Instant::now()
-        .duration_since(*START.get_or_init(Instant::now))
-        .as_secs();
-    let (last, count) = STACKS_LOGGED.with(std::cell::Cell::get);
-    let count = if last == second { count } else { 0 };
-    if count >= STACKS_PER_SECOND {
-        return format!(
-            "(not formatted: more than {STACKS_PER_SECOND} timed-out requests' stacks in this second)"
-        );
-    }
-    STACKS_LOGGED.with(|c| c.set((second, count + 1)));
-    stack_of(py, ident).unwrap_or_else(|e| format!("(no stack: {e})"))
+    /// The second of the last stack formatted on this thread, and how many were in it.
+    static STACKS_FORMATTED: std::cell::Cell<(u64, u32)> = const { std::cell::Cell::new((0, 0)) };
 }
 
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
-/// Every thread's current frame: the batch's snapshot on the watchdog's thread, else a new one.
-fn current_frames(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    let cached = BATCH_FRAMES.with(|b| match &*b.borrow() {
-        Some(Some(frames)) => Some(Some(frames.clone_ref(py))),
-        Some(None) => Some(None),
-        None => None,
-    });
-    match cached {
-        Some(Some(frames)) => Ok(frames.into_bound(py)),
-        Some(None) => {
-            let frames = py.import("sys")?.call_method0("_current_frames")?;
-            BATCH_FRAMES.with(|b| *b.borrow_mut() = Some(Some(frames.clone().unbind())));
-            Ok(frames)
-        }
-        None => py.import("sys")?.call_method0("_current_frames"),
+/// Whether one more timed-out request's stack may be formatted on this thread now; Err says
+/// why not, for the log entry.
+pub(crate) fn stack_budget() -> Result<(), String> {
+    let second = START.get_or_init(Instant::now).elapsed().as_secs();
+    let (last, count) = STACKS_FORMATTED.with(std::cell::Cell::get);
+    let count = if last == second { count } else { 0 };
+    if count >= STACKS_PER_SECOND {
+        return Err(format!(
+            "(not formatted: more than {STACKS_PER_SECOND} timed-out requests' stacks in this second)"
+        ));
+    }
+    STACKS_FORMATTED.with(|c| c.set((second, count + 1)));
+    Ok(())
+}
+
+/// The stack of the thread `ident` for a timed-out request's log entry, or why it is left out.
+pub(crate) fn stack_for_log(py: Python<'_>, ident: u64) -> String {
+    match stack_budget() {
+        Ok(()) => stack_of(py, ident).unwrap_or_else(|e| format!("(no stack: {e})")),
+        Err(why) => why,
     }
 }
 
 /// The formatted Python stack of the thread `ident`.
 pub(crate) fn stack_of(py: Python<'_>, ident: u64) -> PyResult<String> {
-    let frames = current_frames(py)?;
+    let frames = py.import("sys")?.call_method0("_current_frames")?;
     let frame = frames.get_item(ident)?;
     let lines = py
         .import("traceback")?
@@ -248,11 +234,7 @@ fn watch_loop() {
         if crate::interpreter::is_running() {
             // The thread keeps no Python thread state between batches: it has none while it
             // waits, so finalising the interpreter never has to account for it.
-            Python::attach(|py| {
-                BATCH_FRAMES.with(|b| *b.borrow_mut() = Some(None));
-                batch.into_iter().for_each(|job| job(py));
-                BATCH_FRAMES.with(|b| *b.borrow_mut() = None);
-            });
+            Python::attach(|py| batch.into_iter().for_each(|job| job(py)));
         }
     }
 }

@@ -161,10 +161,14 @@ impl TaskWatch {
             return;
         }
         if first {
-            let stack = driver
-                .call_method1("await_stack", (task,))
-                .and_then(|s| s.extract::<String>())
-                .unwrap_or_else(|e| format!("(no stack: {})", crate::traceback::format(py, &e)));
+            let stack = crate::watchdog::stack_budget()
+                .and_then(|()| {
+                    driver
+                        .call_method1("await_stack", (task,))
+                        .and_then(|s| s.extract::<String>())
+                        .map_err(|e| format!("(no stack: {})", crate::traceback::format(py, &e)))
+                })
+                .unwrap_or_else(|why| why);
             tracing::error!(
                 target: "asgi",
                 "{what}; cancelling its task. Where it waits (most recent call last):\n{stack}"
