@@ -123,10 +123,6 @@ pub(crate) unsafe fn send(
     }
 }
 
-/// `X-Accel-Redirect`: nginx answers from `uri` (a path with optional `?args`, or a named
-/// `@location`), as it does for proxied apps; the app's other headers (Set-Cookie,
-/// Content-Disposition, ...) stay, except those describing the body it did not send. A target
-/// that could leave its location (`..`, NUL, ...) is a 500 and an error-log line.
 /// The app's headers an `X-Accel-Redirect` keeps: those nginx's upstream modules carry across
 /// one (`redirect` in their table of upstream headers), so that an app moved from behind
 /// `proxy_pass` or `uwsgi_pass` answers the same. Its `Content-Type` is the target's then (a
@@ -147,6 +143,9 @@ const KEPT_ACROSS_REDIRECT: [&[u8]; 10] = [
     b"x-accel-expires",
 ];
 
+/// `X-Accel-Redirect`: nginx answers from `uri` (a path with optional `?args`, or a named
+/// `@location`), as it does for proxied apps, with the app's headers [`KEPT_ACROSS_REDIRECT`].
+/// A target that could leave its location (`..`, NUL, ...) is a 500 and an error-log line.
 unsafe fn redirect(r: *mut ngx_http_request_t, head: &ResponseHead, uri: &[u8]) -> ngx_int_t {
     // SAFETY: `r` is live on the event loop and has sent nothing; the strings are pool copies.
     unsafe {

@@ -465,8 +465,6 @@ fn python_access(python: &Python, user: &User, report: &mut Report) {
     }
 }
 
-/// The `major.minor` of a `wsgi_python_home`: pyvenv.cfg's `version` (or `version_info`), else
-/// the `lib/pythonX.Y` of a prefix.
 /// The standard library a virtualenv gets from its base installation (`home` in its
 /// `pyvenv.cfg`, a `bin` directory), when that is laid out as a prefix.
 fn venv_base_stdlib(home: &Path, version: &str) -> Option<PathBuf> {
@@ -486,6 +484,8 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// The `major.minor` of a `wsgi_python_home`: pyvenv.cfg's `version` (or `version_info`), else
+/// the `lib/pythonX.Y` of a prefix.
 fn home_version(home: &Path) -> Result<(String, PathBuf), String> {
     if let Ok(cfg) = std::fs::read_to_string(home.join("pyvenv.cfg")) {
         let version = cfg.lines().find_map(|l| {
