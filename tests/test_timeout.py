@@ -22,6 +22,18 @@ def timeout(value):
     return {"nginx": f"wsgi_read_timeout {value};", "apache": f"NgxWsgiRequestTimeout {value}"}
 
 
+def statuses_of_concurrent(server, path, n):
+    """The statuses of `n` GETs of `path` sent at once."""
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(requests.get(server.url(path), timeout=60).status_code))
+               for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 @pytest.fixture(scope="module")
 def server(wsgi_factory):
     return wsgi_factory(
@@ -54,14 +66,7 @@ def test_deadline_answers_504_and_logs_the_stack(server):
 def test_interrupted_threads_come_back_to_the_pool(server):
     # Four spinning requests on two threads: each is interrupted, or the later ones (and
     # everything after them) would wait forever.
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(requests.get(server.url("/spin"), timeout=30).status_code))
-               for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results == [504] * 4
+    assert statuses_of_concurrent(server, "/spin", 4) == [504] * 4
     assert requests.get(server.url("/patient/fast"), timeout=10).text == "/fast"
     spins = f'{DIRECTIVE[server.kind]}: "GET /spin HTTP/1.1" is still inside Python after 500 ms; '
     wait_for(lambda: server.error_log().count(spins) >= 4, what="four timeout entries")
@@ -192,14 +197,7 @@ def test_a_burst_of_timeouts_logs_a_few_stacks_a_second(nginx_factory):
     # interrupted, but only the first few stacks of a second are formatted, which is Python
     # work under the GIL that would otherwise fall behind the timeouts and keep their threads.
     server = nginx_factory(location("/", APPS / "sleepy.py", "wsgi_read_timeout 300ms;")).start()
-    results = []
-    burst = [threading.Thread(target=lambda: results.append(requests.get(server.url("/spin"), timeout=60).status_code))
-             for _ in range(60)]
-    for t in burst:
-        t.start()
-    for t in burst:
-        t.join()
-    assert results == [504] * 60
+    assert statuses_of_concurrent(server, "/spin", 60) == [504] * 60
     entries = '"GET /spin HTTP/1.1" is still inside Python after 300 ms; '
     wait_for(lambda: server.error_log().count(entries) == 60, what="60 timeout entries")
     log = server.error_log()

@@ -176,20 +176,7 @@ pub fn start(kind: LoopKind) -> Result<&'static AsgiLoop, String> {
     if efd < 0 {
         return Err(format!("eventfd(): {}", std::io::Error::last_os_error()));
     }
-    let l = LOOP.get_or_init(|| AsgiLoop {
-        inbox: Mutex::new(Vec::new()),
-        efd,
-        thread: Mutex::new(None),
-        tasks: AtomicUsize::new(0),
-        queued: AtomicUsize::new(0),
-        thread_ident: AtomicU64::new(0),
-        loop_object: OnceLock::new(),
-        interrupted: AtomicBool::new(false),
-        stopping: AtomicBool::new(false),
-        teardown_ms: AtomicU64::new(1000),
-        died: AtomicBool::new(false),
-        on_death: OnceLock::new(),
-    });
+    let l = LOOP.get_or_init(|| AsgiLoop::new(efd));
     let (ready_tx, ready_rx) = mpsc::channel();
     let thread = crate::signals::spawn_helper("asgi-loop", None, move || l.run(kind, ready_tx))
         .map_err(|e| format!("cannot start the asgi event loop thread: {e}"))?;
@@ -207,7 +194,12 @@ impl AsgiLoop {
     pub(crate) fn for_tests() -> &'static AsgiLoop {
         // SAFETY: plain syscall.
         let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        Box::leak(Box::new(AsgiLoop {
+        Box::leak(Box::new(AsgiLoop::new(efd)))
+    }
+
+    /// A loop not started yet, woken through `efd`.
+    fn new(efd: RawFd) -> AsgiLoop {
+        AsgiLoop {
             inbox: Mutex::new(Vec::new()),
             efd,
             thread: Mutex::new(None),
@@ -220,7 +212,7 @@ impl AsgiLoop {
             teardown_ms: AtomicU64::new(1000),
             died: AtomicBool::new(false),
             on_death: OnceLock::new(),
-        }))
+        }
     }
 
     fn run(&'static self, kind: LoopKind, ready: mpsc::Sender<Result<(), String>>) {
