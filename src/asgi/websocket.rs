@@ -100,10 +100,9 @@ pub struct WsExchange {
     state: State,
     /// `websocket.connect` went to the app (its first receive() gets it, whenever that is).
     connect_delivered: bool,
-    /// The client's close (or its going away) went to the app.
-    disconnected: bool,
-    /// The code and reason the app was told at the disconnect, told again if it asks again.
-    disconnect: (u16, String),
+    /// The client's close (or its going away) went to the app, with this code and reason, told
+    /// again if it asks again.
+    disconnected: Option<(u16, String)>,
     finished: bool,
     /// `ended` ran: an abandoned task's coroutine, closed when it is collected, ends nothing.
     ended: bool,
@@ -137,8 +136,7 @@ impl WsExchange {
             key,
             state: State::Connecting,
             connect_delivered: false,
-            disconnected: false,
-            disconnect: (1006, String::new()),
+            disconnected: None,
             finished: false,
             ended: false,
             http,
@@ -314,26 +312,25 @@ impl WsExchange {
             msg.set_item("type", "websocket.connect")?;
             return Ok(Some(msg));
         }
-        if self.disconnected {
-            return Self::disconnect(py, self.disconnect.0, &self.disconnect.1).map(Some);
+        if let Some((code, reason)) = &self.disconnected {
+            return Self::disconnect(py, *code, reason).map(Some);
         }
         if self.finished && matches!(self.state, State::Connecting | State::Denying) {
             // The handshake was answered with a denial: the connection is over for the app
             // too (Channels' consumers, among others, wait for this to end).
-            self.disconnected = true;
+            self.disconnected = Some((1006, String::new()));
             return Self::disconnect(py, 1006, "").map(Some);
         }
         if matches!(self.state, State::Open | State::Closing) {
             if let Some(incoming) = self.server.next() {
                 if let WsIncoming::Closed { code, reason } = &incoming {
-                    self.disconnected = true;
-                    self.disconnect = (*code, reason.clone());
+                    self.disconnected = Some((*code, reason.clone()));
                 }
                 return receive_message(py, incoming).map(Some);
             }
         }
         if self.server.client_gone() {
-            self.disconnected = true;
+            self.disconnected = Some((1006, String::new()));
             return Self::disconnect(py, 1006, "").map(Some);
         }
         Ok(None)
@@ -344,9 +341,9 @@ impl WsExchange {
         let kind = super::http::message_type(message)?;
         match (kind.as_str(), self.state) {
             ("websocket.accept", State::Connecting) => {
-                if self.disconnected || self.server.client_gone() {
+                if self.disconnected.is_some() || self.server.client_gone() {
                     // A send on a closed connection, as any other.
-                    self.disconnected = true;
+                    self.disconnected = Some((1006, String::new()));
                     return Err(ClientDisconnected::new_err(
                         "the client closed the connection before websocket.accept",
                     ));
@@ -382,7 +379,7 @@ impl WsExchange {
                 Ok(done)
             }
             ("websocket.send", State::Open) | ("websocket.close", State::Open) => {
-                if self.disconnected {
+                if self.disconnected.is_some() {
                     return Err(ClientDisconnected::new_err(
                         "the client closed the connection",
                     ));
@@ -460,7 +457,7 @@ impl WsExchange {
                         // disconnect (a client that broke the protocol, or went): not the
                         // app's fault. After its own close it is (it sent once more).
                         let gone = err.is_instance_of::<ClientDisconnected>(py)
-                            && (self.disconnected || self.state == State::Open);
+                            && (self.disconnected.is_some() || self.state == State::Open);
                         // The server answered in its place (the handshake's deadline) before
                         // the task, cancelled, saw it.
                         let timed_out =
@@ -478,7 +475,7 @@ impl WsExchange {
                     }
                     None => 1000,
                 };
-                if self.state == State::Open && !self.disconnected {
+                if self.state == State::Open && self.disconnected.is_none() {
                     let _ = self.server.send(WsOutgoing::Close {
                         code,
                         reason: String::new(),
