@@ -305,11 +305,6 @@ fn run_inflate(
     out: &mut Vec<u8>,
     max_message: usize,
 ) -> Result<bool, Failure> {
-    if input.is_empty() {
-        // A compressed message with an empty payload (zlib-based peers send it for an empty
-        // message): the tail alone makes it the empty message.
-        return Ok(false);
-    }
     let limit = max_message.saturating_add(1);
     let start = z.total_in();
     loop {
@@ -349,8 +344,9 @@ fn run_inflate(
         }
         if (z.total_in(), z.total_out()) == before && out.len() < out.capacity() {
             if usize::try_from(z.total_in() - start).unwrap_or(usize::MAX) >= input.len() {
-                // The input ran out just as the output filled up, and nothing was pending:
-                // the message goes on (or the tail ends it).
+                // All the input is in and nothing was pending (it ran out just as the output
+                // filled up, or there was none: an empty payload): the message goes on, or the
+                // tail ends it.
                 return Ok(false);
             }
             return Err((1007, "a compressed message cut short".into()));
