@@ -46,9 +46,14 @@ def start_http(loop, app, scope, ex, hooks, request_id_var, request_id):
     # A name given: asyncio would format one ("Task-N") for every request.
     task = loop.create_task(_http(loop, app, scope, ex, hooks, request_id_var, request_id), name="asgi")
     _CONNECTIONS[task] = (ex, hooks)
-    task.add_done_callback(_CONNECTIONS.pop)
-    task.add_done_callback(hooks)
+    task.add_done_callback(_ended)
     return task
+
+
+def _ended(task):
+    """The task's done callback (one per task: each is a round trip through the loop)."""
+    _, hooks = _CONNECTIONS.pop(task)
+    hooks(task)
 
 
 def await_stack(task):
@@ -208,8 +213,7 @@ def abandon(loop, error):
             # Ended (its exchange with it), but its done callbacks, scheduled, will never run.
             hooks(task)
             continue
-        task.remove_done_callback(_CONNECTIONS.pop)
-        task.remove_done_callback(hooks)
+        task.remove_done_callback(_ended)
         try:
             hooks.abandon(task, ex, error)
         except Exception:

@@ -78,7 +78,7 @@ enum Item {
 }
 
 /// The loop's side of one app task, which the driver calls: `begin()` is the task's first step,
-/// and the object itself is the task's done callback.
+/// and the object itself is called when the task ends (from the driver's done callback).
 #[pyclass(frozen, module = "ngx_wsgi", name = "TaskHooks")]
 struct TaskHooks {
     event_loop: &'static AsgiLoop,
@@ -106,14 +106,10 @@ impl TaskHooks {
         exchange: &Bound<'_, PyAny>,
         error: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let runs = self.watch.started() || self.begin();
-        let ended = if runs {
-            exchange.call_method1(pyo3::intern!(task.py(), "ended"), (error,))
-        } else {
-            Ok(task.py().None().into_bound(task.py()))
-        };
+        let ended = (self.watch.started() || self.begin())
+            .then(|| exchange.call_method1(pyo3::intern!(task.py(), "ended"), (error,)));
         self.__call__(task);
-        ended.map(drop)
+        ended.transpose().map(drop)
     }
 
     /// The task ended, however it ended.
