@@ -774,6 +774,23 @@ def test_a_worker_whose_startup_fails_exits_loudly(nginx_factory, tmp_path):
     assert 'asgi_app "' in log
 
 
+def test_a_loop_that_dies_during_the_startup_is_reported_as_such(nginx_factory, tmp_path):
+    # Not as a startup that timed out, after the whole wsgi_check_timeout.
+    server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:breaks_the_loop_when_marked"),
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};",
+                           http_extra="wsgi_check_timeout 60s;").start()
+    assert requests.get(server.url("/"), timeout=10).text == "started"
+    worker = server.worker_pids()[0]
+    (tmp_path / "break-loop").touch()
+    os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: "cannot be respawned" in server.error_log(), timeout=30,
+             what="the master to give up on the worker")
+    log = server.error_log()
+    assert "the ASGI event loop died during the lifespan startup" in log, log[-3000:]
+    assert "RuntimeError: the loop's internals are broken" in log, log[-3000:]
+    assert "did not complete within" not in log, log[-3000:]
+
+
 def test_a_shutdown_that_raises_is_logged_and_the_worker_exits_cleanly(nginx_factory):
     server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:shutdown_raises")).start()
     assert requests.get(server.url("/"), timeout=10).text == "up"

@@ -1,7 +1,8 @@
 """Lifespan behaviours: a startup that raises or returns after receiving the startup (the app
 is then served without lifespan), one that fails with lifespan.startup.failed, one that fails
 only when a marker file exists (so that the
-configuration check passes and a later worker start fails), an app without lifespan, and a
+configuration check passes and a later worker start fails), one that breaks the event loop
+during its startup when marked, an app without lifespan, and a
 startup or a shutdown that never finishes, and a lifespan that raises once its startup is done."""
 import asyncio
 import os
@@ -42,6 +43,22 @@ async def fails_when_marked(scope, receive, send):
             return
         await send({"type": "lifespan.startup.complete"})
         message = await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await respond(send, b"started")
+
+
+async def breaks_the_loop_when_marked(scope, receive, send):
+    # An Exception out of the loop's own code while the worker waits for the startup.
+    if scope["type"] == "lifespan":
+        await receive()
+        if os.path.exists(os.environ["NGX_WSGI_TEST_MARKS"] + "/break-loop"):
+            def broken():
+                raise RuntimeError("the loop's internals are broken")
+            asyncio.get_running_loop()._run_once = broken
+            await asyncio.sleep(0)
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
         await send({"type": "lifespan.shutdown.complete"})
         return
     await respond(send, b"started")

@@ -65,8 +65,17 @@ impl AsgiLoop {
         };
         while !waiting.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let (index, phase, outcome, text) = match rx.recv_timeout(left) {
+            // In slices: a loop that dies meanwhile says so, instead of a timeout later.
+            let (index, phase, outcome, text) = match rx.recv_timeout(left.min(DEATH_CHECK)) {
                 Ok(r) => r,
+                Err(_) if self.died() => {
+                    return Err(format!(
+                        "{}: the ASGI event loop died during the lifespan startup (its error \
+                         is logged above)",
+                        name(waiting[0])
+                    ))
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => continue,
                 Err(_) => {
                     return Err(format!(
                         "{}: lifespan startup did not complete within {} ms",
@@ -221,6 +230,9 @@ impl AsgiLoop {
         Ok(())
     }
 }
+
+/// How often a wait for the lifespan startup looks whether the loop died.
+const DEATH_CHECK: Duration = Duration::from_millis(50);
 
 /// What closing the loop may take after its tasks were cancelled.
 const TEARDOWN_CLOSE: Duration = Duration::from_millis(50);
