@@ -938,6 +938,11 @@ def test_a_dead_event_loop_answers_its_requests_and_the_worker_is_replaced(nginx
     assert "RuntimeError: the loop's internals are broken" in log, log[-3000:]
     assert re.search(r"\[error\].*the ASGI event loop died", log), log[-3000:]
     assert "this worker lost its ASGI event loop; recycling it" in log, log[-3000:]
+    # Each request the loop held: one line, not an app error with a traceback of its own.
+    for target in ("/hold?dead-loop", "/after-release?dead-loop-2", "/ws/echo?dead-loop"):
+        assert re.search(r"\[warn\].*the ASGI event loop died with the task of \"GET "
+                         + re.escape(target) + r" HTTP/1.1\" in it", log), log[-3000:]
+    assert "the application raised" not in log, log[-3000:]
     assert "Task was destroyed but it is pending" not in log and "GeneratorExit" not in log, log[-3000:]
     assert server.stop() == 0
 

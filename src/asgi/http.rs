@@ -809,7 +809,9 @@ impl HttpExchange {
             } else {
                 ("the application raised", false)
             };
-            if !super::task_watch::ended_by_exit(py, &self.scope, &err) {
+            if !super::task_watch::ended_by_exit(py, &self.scope, &err)
+                && !super::task_watch::ended_by_loop_death(py, &self.scope, &err)
+            {
                 let traceback = crate::traceback::format(py, &err);
                 if clients_doing {
                     tracing::info!(target: "asgi", "{}", self.log_line(what, &traceback));

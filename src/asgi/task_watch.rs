@@ -64,6 +64,30 @@ pub(crate) fn ended_by_exit(py: Python<'_>, scope: &HttpScope, err: &PyErr) -> b
     true
 }
 
+pyo3::create_exception!(
+    ngx_wsgi,
+    EventLoopDied,
+    pyo3::exceptions::PyRuntimeError,
+    "The worker's ASGI event loop died with this task in it; the server answered in its place."
+);
+
+/// When `err`, which ended the task of `scope`, is the loop's death (the server abandoned the
+/// task): logs it, one line (the death was logged with its traceback), and says true.
+pub(crate) fn ended_by_loop_death(py: Python<'_>, scope: &HttpScope, err: &PyErr) -> bool {
+    if !err.is_instance_of::<EventLoopDied>(py) {
+        return false;
+    }
+    tracing::warn!(
+        target: "asgi",
+        "the ASGI event loop died with the task of \"{}\" in it, client: {}{}; the server \
+         answered in its place",
+        scope.request_line().escape_debug(),
+        scope.client_text(),
+        scope.log_suffix(),
+    );
+    true
+}
+
 #[derive(Debug, Default)]
 pub struct TaskWatch {
     state: AtomicU8,

@@ -465,6 +465,7 @@ impl WsExchange {
                         if !gone
                             && !timed_out
                             && !super::task_watch::ended_by_exit(py, &self.scope, &err)
+                            && !super::task_watch::ended_by_loop_death(py, &self.scope, &err)
                         {
                             self.log_error(
                                 "the application raised on an open WebSocket",

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyModule;
 
 use super::{AsgiLoop, Item};
-use crate::asgi::task_watch::TaskWatch;
+use crate::asgi::task_watch::{EventLoopDied, TaskWatch};
 
 impl AsgiLoop {
     /// The loop died: the connections whose tasks it can no longer run, and those handed to
@@ -19,7 +19,7 @@ impl AsgiLoop {
         event_loop: &Bound<'_, PyAny>,
         driver: &Bound<'_, PyModule>,
     ) {
-        let error = pyo3::exceptions::PyRuntimeError::new_err(
+        let error = EventLoopDied::new_err(
             "the ASGI event loop died while this task waited in it; the task is abandoned",
         );
         if let Err(e) = driver.call_method1("abandon", (event_loop, error.into_value(py))) {
