@@ -17,7 +17,8 @@ NAMES = ["list_body", "generator_body", "write_then_iterable", "closing", "close
          "exc_info_before_body", "exc_info_after_body", "status", "length_app", "length_longer_than_body",
          "length_shorter_than_body", "file_wrapper", "big", "plain", "pregzipped", "empty_with_length",
          "accel", "file_wrapper_from_position", "file_wrapper_limited", "file_wrapper_bytesio",
-         "file_wrapper_proc", "endless_with_length", "file_wrapper_validated", "file_wrapper_sysfs"]
+         "file_wrapper_proc", "endless_with_length", "file_wrapper_validated", "file_wrapper_sysfs",
+         "two_types"]
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,20 @@ def test_list_body_gets_a_content_length_and_keeps_repeated_headers(server):
     assert r.headers["X-Multi"] == "a, b"
     assert r.raw.headers.getlist("Set-Cookie") == ["a=1", "b=2"]
     assert r.headers["Content-Type"] == "text/plain"
+
+
+def test_a_second_content_type_is_not_sent(server):
+    # One type per response, not two on the wire (which clients join into one that parses as
+    # neither): nginx keeps the first, as for a proxied response, and logs the other; Apache
+    # the last, as mod_wsgi does.
+    r = requests.get(server.url("/two_types"))
+    assert r.status_code == 200 and r.content == b"{}"
+    assert r.raw.headers.getlist("Content-Type") == (
+        ["text/plain"] if server.kind == "nginx" else ["application/json"])
+    assert r.headers["X-Before"] == "1" and r.headers["X-After"] == "2"
+    if server.kind == "nginx":
+        wait_for(lambda: 'the app sent a second Content-Type, "application/json"; the first is kept'
+                 in server.error_log(), what="the warning")
 
 
 def test_generator_is_chunked_on_http11(server):

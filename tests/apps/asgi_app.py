@@ -346,7 +346,7 @@ async def app(scope, receive, send):
     elif route == "/headers":
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"Set-Cookie", b"a=1"), (b"set-cookie", b"b=2"), (b"X-Mixed-Case", b"v"),
-                                (b"content-type", b"text/plain; charset=utf-8")]})
+                                (b"content-type", b"text/plain; charset=utf-8"), (b"content-type", b"text/html")]})
         await send({"type": "http.response.body", "body": b"ok"})
     else:
         await respond(send, b"not found: " + route.encode(), status=404)

@@ -24,6 +24,12 @@ def list_body(environ, start_response):
     return [b"hello ", b"world"]
 
 
+def two_types(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("X-Before", "1"),
+                              ("Content-Type", "application/json"), ("X-After", "2")])
+    return [b"{}"]
+
+
 def generator_body(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     for i in range(3):
