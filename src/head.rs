@@ -132,10 +132,9 @@ impl ResponseHead {
     }
 }
 
-/// Headers an app must not send (PEP 3333: hop-by-hop features belong to the server).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
+/// Headers an app must not send (PEP 3333: hop-by-hop features belong to the server), but for
+/// the connection's own (see [`DROPPED_FOR_WSGI`]).
+const HOP_BY_HOP: [&str; 6] = [
     "proxy-authenticate",
     "proxy-authorization",
     "te",
@@ -143,6 +142,18 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
     "upgrade",
 ];
+
+/// The connection's headers, which PEP 3333 forbids too but which change nothing here: dropped,
+/// not a 500. Server-sent event examples send `Connection: keep-alive` (gunicorn drops it too),
+/// and nginx drops both from a proxied response: the connection is nginx's.
+const DROPPED_FOR_WSGI: [&str; 2] = ["connection", "keep-alive"];
+
+/// Whether a WSGI app's header is one the server drops (see [`DROPPED_FOR_WSGI`]).
+pub fn dropped_for_wsgi(name: &[u8]) -> bool {
+    DROPPED_FOR_WSGI
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+}
 
 /// A `str` as latin-1 bytes, refusing code points above U+00FF (`what` names it in the error).
 fn latin1_bytes(what: impl FnOnce() -> String, s: &str) -> Result<Cow<'_, [u8]>, String> {
@@ -287,7 +298,7 @@ pub fn head_from_python(
         };
         let (name, value) = (name.to_cow()?, value.to_cow()?);
         let (name, value) = parse_header(&name, &value).map_err(PyValueError::new_err)?;
-        if ignored.covers(name) {
+        if ignored.covers(name) || dropped_for_wsgi(name) {
             continue;
         }
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -400,8 +411,9 @@ mod tests {
             ("X-A", "a\nb"),
             ("X-A", "a\0b"),
             ("X-A", "\u{20ac}"),
-            ("Connection", "close"),
+            ("Connection", "a\r\nb"),
             ("Transfer-Encoding", "chunked"),
+            ("Upgrade", "h2c"),
         ] {
             assert!(
                 parse_header(name, value).is_err(),

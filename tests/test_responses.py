@@ -18,7 +18,7 @@ NAMES = ["list_body", "generator_body", "write_then_iterable", "closing", "close
          "length_shorter_than_body", "file_wrapper", "big", "plain", "pregzipped", "empty_with_length",
          "accel", "file_wrapper_from_position", "file_wrapper_limited", "file_wrapper_bytesio",
          "file_wrapper_proc", "endless_with_length", "file_wrapper_validated", "file_wrapper_sysfs",
-         "two_types"]
+         "two_types", "connection_headers"]
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,20 @@ def test_list_body_gets_a_content_length_and_keeps_repeated_headers(server):
     assert r.headers["X-Multi"] == "a, b"
     assert r.raw.headers.getlist("Set-Cookie") == ["a=1", "b=2"]
     assert r.headers["Content-Type"] == "text/plain"
+
+
+def test_the_connections_headers_of_an_app_are_dropped_not_a_500(server):
+    # The connection is the server's: as nginx drops them from a proxied response (and
+    # gunicorn from an app's), the app's Connection and Keep-Alive change nothing.
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    for _ in range(2):
+        conn.request("GET", "/connection_headers")
+        r = conn.getresponse()
+        assert r.status == 200 and r.read() == b"served"
+        assert r.getheader("X-Kept") == "yes"
+        assert "timeout=99" not in (r.getheader("Keep-Alive") or "")
+        assert r.getheader("Connection", "").lower() != "close"
+    conn.close()
 
 
 def test_a_second_content_type_is_not_sent(server):

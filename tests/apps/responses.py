@@ -24,6 +24,13 @@ def list_body(environ, start_response):
     return [b"hello ", b"world"]
 
 
+def connection_headers(environ, start_response):
+    # What server-sent event examples send (PEP 3333 forbids both; gunicorn drops them).
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Connection", "close"),
+                              ("Keep-Alive", "timeout=99"), ("X-Kept", "yes")])
+    return [b"served"]
+
+
 def two_types(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("X-Before", "1"),
                               ("Content-Type", "application/json"), ("X-After", "2")])
