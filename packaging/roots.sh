@@ -1,5 +1,5 @@
-# Debian roots made with debootstrap from Debian's archive, so that one Debian host (as root) can
-# build and install-test the packages of each supported distribution. Sourced by build-deb and
+# Debian and Ubuntu roots made with debootstrap from the distributions' archives, so that one
+# Debian host (as root) can build and install-test the packages of each supported distribution. Sourced by build-deb and
 # test-install. Everything downloaded is kept under $NGX_WSGI_CACHE (default /var/cache/ngx-wsgi):
 #   DIST-base-N.tar  the debootstrapped minimal root with its apt sources (made once; N is the
 #                    version of base_tarball's recipe below: change it with the recipe)
@@ -11,14 +11,54 @@
 NGX_WSGI_CACHE=${NGX_WSGI_CACHE:-/var/cache/ngx-wsgi}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DEBIAN_SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+UBUNTU_MIRROR=${UBUNTU_MIRROR:-http://archive.ubuntu.com/ubuntu}
+UBUNTU_SECURITY_MIRROR=${UBUNTU_SECURITY_MIRROR:-http://security.ubuntu.com/ubuntu}
 
-# The codename for a distribution name or number: bookworm (12) and trixie (13) are supported.
+# The codename for a distribution name or number: Debian 12 (bookworm) and 13 (trixie), Ubuntu
+# 24.04 (noble) are supported.
 dist_codename() {
     case "$1" in
         bookworm | 12 | debian12) echo bookworm ;;
         trixie | 13 | debian13) echo trixie ;;
-        *) echo "unsupported distribution '$1' (bookworm or trixie)" >&2; return 1 ;;
+        noble | 24.04 | ubuntu24.04) echo noble ;;
+        *) echo "unsupported distribution '$1' (bookworm, trixie or noble)" >&2; return 1 ;;
     esac
+}
+
+# The suffix of the packages' version for DIST (an upgrade of the distribution upgrades them).
+dist_suffix() {
+    case "$1" in
+        bookworm) echo +deb12 ;;
+        trixie) echo +deb13 ;;
+        noble) echo +ubuntu24.04 ;;
+    esac
+}
+
+is_ubuntu() {
+    [ "$1" = noble ]
+}
+
+# The keyring of Ubuntu's archive, which Debian's debootstrap lacks: noble's ubuntu-keyring
+# package, held to its hash (its 2018 archive key is F6EC B376 2474 EDA9 D21B 7022 8719 20D1
+# 991B C93C). Prints the keyring's path.
+UBUNTU_KEYRING_DEB=ubuntu-keyring_2023.11.28.1_all.deb
+UBUNTU_KEYRING_SHA256=36de43b15853ccae0028e9a767613770c704833f82586f28eb262f0311adb8a8
+ubuntu_keyring() {
+    local dir=$NGX_WSGI_CACHE/ubuntu-keyring keyring
+    keyring=$dir/ubuntu-archive-keyring.gpg
+    if [ ! -s "$keyring" ]; then
+        mkdir -p "$dir"
+        curl -fsS --retry 3 -o "$dir/$UBUNTU_KEYRING_DEB" \
+            "$UBUNTU_MIRROR/pool/main/u/ubuntu-keyring/$UBUNTU_KEYRING_DEB" >&2
+        echo "$UBUNTU_KEYRING_SHA256  $dir/$UBUNTU_KEYRING_DEB" | sha256sum -c --quiet >&2 \
+            || { echo "roots.sh: $UBUNTU_KEYRING_DEB does not have its hash" >&2; return 1; }
+        rm -rf "$dir/x"
+        dpkg-deb -x "$dir/$UBUNTU_KEYRING_DEB" "$dir/x"
+        cp "$dir/x/usr/share/keyrings/ubuntu-archive-keyring.gpg" "$keyring.new"
+        mv "$keyring.new" "$keyring"
+        rm -rf "$dir/x"
+    fi
+    echo "$keyring"
 }
 
 # The codename of this machine when it is a supported distribution, else bookworm.
@@ -56,12 +96,23 @@ base_tarball() {
         findmnt -rn -o TARGET | grep "^$tmp/" | sort -r | xargs -r umount -l
         rm -rf "$tmp"
         echo "debootstrap $dist (minbase) into $tmp" >&2
-        debootstrap --variant=minbase --include=ca-certificates --cache-dir="$NGX_WSGI_CACHE/apt-$dist" \
-            "$dist" "$tmp" "$DEBIAN_MIRROR" > "$NGX_WSGI_CACHE/$dist-debootstrap.log" 2>&1 \
+        local mirror=$DEBIAN_MIRROR security=$DEBIAN_SECURITY_MIRROR components=main
+        local ubuntu=()
+        if is_ubuntu "$dist"; then
+            # nginx-dev and libclang-dev are in universe; every Ubuntu release bootstraps with
+            # the same script, which an older debootstrap may not have under the new name.
+            mirror=$UBUNTU_MIRROR security=$UBUNTU_SECURITY_MIRROR components="main universe"
+            ubuntu=(--keyring="$(ubuntu_keyring)" --components=main,universe)
+        fi
+        debootstrap --variant=minbase --include=ca-certificates "${ubuntu[@]}" \
+            --cache-dir="$NGX_WSGI_CACHE/apt-$dist" "$dist" "$tmp" "$mirror" \
+            ${ubuntu:+/usr/share/debootstrap/scripts/gutsy} > "$NGX_WSGI_CACHE/$dist-debootstrap.log" 2>&1 \
             || { tail -n 20 "$NGX_WSGI_CACHE/$dist-debootstrap.log" >&2; return 1; }
-        printf 'deb %s %s main\ndeb %s %s-updates main\ndeb %s %s-security main\n' \
-            "$DEBIAN_MIRROR" "$dist" "$DEBIAN_MIRROR" "$dist" "$DEBIAN_SECURITY_MIRROR" "$dist" \
-            > "$tmp/etc/apt/sources.list"
+        printf 'deb %s %s %s\ndeb %s %s-updates %s\ndeb %s %s-security %s\n' \
+            "$mirror" "$dist" "$components" "$mirror" "$dist" "$components" \
+            "$security" "$dist" "$components" > "$tmp/etc/apt/sources.list"
+        # Ubuntu's own list of the same sources (deb822), which debootstrap may write.
+        rm -f "$tmp/etc/apt/sources.list.d/ubuntu.sources"
         # Installing a server must not start it: there is no init system in the root.
         printf '#!/bin/sh\nexit 101\n' > "$tmp/usr/sbin/policy-rc.d"
         chmod 0755 "$tmp/usr/sbin/policy-rc.d"
