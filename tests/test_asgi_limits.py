@@ -191,4 +191,9 @@ def test_a_blocked_loop_gets_503s_not_an_endless_queue(nginx_factory):
     assert requests.get(srv.url("/served?again"), timeout=10).status_code == 200
     ran = requests.get(srv.url("/stats"), timeout=10).json()["ran"]
     assert not [p for p in ran if p.startswith("/queued") or p.startswith("/full")], ran
-    assert "wsgi_max_queue requests already wait for the asgi event loop to start them" in srv.error_log()
+    log = srv.error_log()
+    assert "wsgi_max_queue requests already wait for the asgi event loop to start them" in log
+    # Where the app holds the loop, once for the stall: the line of the blocking call.
+    assert log.count("for the ASGI event loop to start them (wsgi_queue_timeout)") == 1, log[-3000:]
+    assert re.search(r"requests waited 2000 ms for the ASGI event loop to start them.*most recent call last"
+                     r"[^\n]*:\n(.*\n)*.*asgi_limits\.py\", line \d+, in app\n\s+time\.sleep\(", log), log[-3000:]

@@ -28,6 +28,12 @@ pub(crate) unsafe fn refuse(
 ) -> u32 {
     crate::metrics::refused();
     log_refusal(why);
+    if matches!(why, Refused::LoopStalled | Refused::LoopExpired) {
+        // Where the app holds the loop: what the operator needs to find the blocking call.
+        if let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() {
+            event_loop.log_where_stalled(std::time::Duration::from_millis(queue_timeout as u64));
+        }
+    }
     let seconds = queue_timeout.div_ceil(1000).max(1).to_string();
     // SAFETY: per the function contract; nginx keeps the app-less headers of a special response.
     unsafe {

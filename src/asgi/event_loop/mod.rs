@@ -1,7 +1,8 @@
 //! The process's asyncio event loop, on a thread of its own (never the server's): requests
 //! arrive through a queue and one eventfd the loop watches (`loop.add_reader`), written only
 //! when the queue was empty, so a busy loop takes a batch per wake-up. Lifespan runs here too
-//! (`lifespan`); an error of the loop's own ends it (`death`).
+//! (`lifespan`); an error of the loop's own ends it (`death`); an app that keeps its thread is
+//! found (`stall`).
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
@@ -15,6 +16,7 @@ use pyo3::types::{PyCFunction, PyDict, PyModule};
 
 mod death;
 mod lifespan;
+mod stall;
 
 pub use lifespan::{check_lifespan, LoopStuck};
 

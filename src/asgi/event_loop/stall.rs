@@ -1,0 +1,50 @@
+//! The loop's stall: requests handed to it wait past `wsgi_queue_timeout` because an app keeps
+//! its thread (a blocking call in async code, a long computation without an await). Where that
+//! thread is goes to the error log, which is what the operator needs to find the call.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use super::AsgiLoop;
+use crate::asgi::task_watch::LoopThread;
+
+/// At most one stack of a stalled loop per this long: the stall lasts, the log need not.
+const STACK_EVERY: Duration = Duration::from_secs(10);
+
+static START: OnceLock<Instant> = OnceLock::new();
+/// When the last stack was asked for, in ms since [`START`] (0: never).
+static LAST_STACK: AtomicU64 = AtomicU64::new(0);
+
+impl AsgiLoop {
+    /// Requests waited `waited` for the loop to start them: logs the Python stack of the
+    /// loop's thread, from the watchdog's thread (this call never waits for the GIL, so the
+    /// server's event loop may make it), at most once per [`STACK_EVERY`].
+    pub fn log_where_stalled(&'static self, waited: Duration) {
+        let now = START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
+        let last = LAST_STACK.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < STACK_EVERY.as_millis() as u64 {
+            return;
+        }
+        if LAST_STACK
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let Some(ident) = self.thread_ident() else {
+            return;
+        };
+        crate::watchdog::submit_call(Box::new(move |py| {
+            let stack =
+                crate::watchdog::stack_of(py, ident).unwrap_or_else(|e| format!("(no stack: {e})"));
+            tracing::error!(
+                target: "asgi",
+                "requests waited {} ms for the ASGI event loop to start them (wsgi_queue_timeout); \
+                 its thread is here, most recent call last (a call that blocks there holds every \
+                 ASGI request of the worker; await it, or run it with asyncio.to_thread):\n{stack}",
+                waited.as_millis()
+            );
+        }));
+    }
+}
