@@ -133,6 +133,9 @@ def test_scope_of_a_prefix_location(server):
     assert s["raw_path"] == "/mount/scope/caf%C3%A9%20x"
     assert s["query_string"] == "q=%20a&b"
     assert s["root_path"] == "/mount"
+    # The mount without its slash: 301 to it, as for proxy_pass.
+    r = requests.get(server.url("/mount?q=1"), allow_redirects=False, timeout=10)
+    assert r.status_code == 301 and r.headers["Location"].endswith("/mount/?q=1")
     names = [h[1] for h in s["headers"]]
     assert names[:1] == ["host"] and "x-one" in names and "x-two" in names
     assert names.index("x-one") < names.index("x-two"), "arrival order"

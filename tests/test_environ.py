@@ -88,6 +88,20 @@ def test_mounted_location_splits_script_name_and_path_info(server):
     assert (e["SCRIPT_NAME"], e["PATH_INFO"]) == ("", "/mountain")
 
 
+def test_the_mount_without_its_slash_is_redirected_to_it(server):
+    # nginx, as for proxy_pass: `/mount` is answered 301 to `/mount/` (the query kept), not
+    # served by the app of `/` nor a 404. Apache matches <Location /mount/> only below it.
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/mount?q=1")
+    resp = conn.getresponse()
+    body = resp.read()
+    if server.kind == "nginx":
+        assert resp.status == 301, body
+        assert resp.getheader("Location") == f"http://127.0.0.1:{server.port}/mount/?q=1"
+    else:
+        assert resp.status == 200 and json.loads(body)["PATH_INFO"] == "/mount"
+
+
 def test_exact_and_regex_locations_mount_at_root(server):
     e = environ(server, "/exact")
     assert (e["SCRIPT_NAME"], e["PATH_INFO"]) == ("", "/exact")

@@ -93,6 +93,15 @@ impl HttpModule for WsgiModule {
                     return NGX_CONF_ERROR;
                 }
                 let clcf = conf::core_loc_conf(cf);
+                if child.app.index.is_some() && clcf.name.len > 0 {
+                    // As for proxy_pass: `/app` is answered 301 to `/app/` when `/app/` serves
+                    // an app (nginx's location lookup does it, as the locations are sorted).
+                    // SAFETY: `name` is nginx's copy of the location's name, `len` bytes.
+                    let name = std::slice::from_raw_parts(clcf.name.data, clcf.name.len);
+                    if name.ends_with(b"/") {
+                        clcf.set_auto_redirect(1);
+                    }
+                }
                 if child.app.index.is_some() && child.app.asgi {
                     clcf.handler = Some(asgi_handler::content_handler);
                 } else if child.app.index.is_some() {
