@@ -132,28 +132,32 @@ impl ResponseHead {
     }
 }
 
-/// Headers an app must not send (PEP 3333: hop-by-hop features belong to the server), but for
-/// the connection's own (see [`DROPPED_FOR_WSGI`]).
-const HOP_BY_HOP: [&str; 6] = [
-    "proxy-authenticate",
-    "proxy-authorization",
+/// The connection's headers, which PEP 3333 forbids (hop-by-hop) and ASGI allows: the server
+/// drops them from either kind of app, as nginx drops them from a proxied response and gunicorn
+/// from an app's. The framing, the connection and its protocol are the server's (nginx answers
+/// upgrades itself, and on HTTP/2 a response with one of them is malformed). Server-sent event
+/// examples send `Connection: keep-alive`, sse-starlette `connection: keep-alive`, and an app
+/// that passes on the headers of a response it fetched sends `Transfer-Encoding`.
+const CONNECTION_HEADERS: [&str; 6] = [
+    "connection",
+    "keep-alive",
     "te",
     "trailers",
     "transfer-encoding",
     "upgrade",
 ];
 
-/// The connection's headers, which PEP 3333 forbids too but which change nothing here: dropped,
-/// not a 500. Server-sent event examples send `Connection: keep-alive` (gunicorn drops it too),
-/// and nginx drops both from a proxied response: the connection is nginx's.
-const DROPPED_FOR_WSGI: [&str; 2] = ["connection", "keep-alive"];
-
-/// Whether a WSGI app's header is one the server drops (see [`DROPPED_FOR_WSGI`]).
-pub fn dropped_for_wsgi(name: &[u8]) -> bool {
-    DROPPED_FOR_WSGI
+/// Whether an app's header is one of the connection's, which the server drops (see
+/// [`CONNECTION_HEADERS`]).
+pub fn is_connection_header(name: &[u8]) -> bool {
+    CONNECTION_HEADERS
         .iter()
         .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
 }
+
+/// PEP 3333's other hop-by-hop headers, which a WSGI app must not send (a 500). An ASGI app's go
+/// out, as from uvicorn or nginx's proxy (an app's 407).
+const PROXY_HOP_BY_HOP: [&str; 2] = ["proxy-authenticate", "proxy-authorization"];
 
 /// A `str` as latin-1 bytes, refusing code points above U+00FF (`what` names it in the error).
 fn latin1_bytes(what: impl FnOnce() -> String, s: &str) -> Result<Cow<'_, [u8]>, String> {
@@ -205,7 +209,10 @@ pub fn parse_header<'a>(
     if name.is_empty() || !name.bytes().all(is_token_char) {
         return Err(format!("header name {name:?} is not an HTTP token"));
     }
-    if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+    if PROXY_HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+    {
         return Err(format!(
             "header {name:?} is hop-by-hop; the server manages it (PEP 3333)"
         ));
@@ -219,29 +226,8 @@ pub fn parse_header<'a>(
     Ok((name.as_bytes(), value_bytes))
 }
 
-/// The connection's headers, which an ASGI app may send (ASGI, unlike PEP 3333, does not
-/// forbid them; sse-starlette sends `connection: keep-alive`) and the server drops: the framing,
-/// the connection and its protocol are nginx's (it answers upgrades itself, and on HTTP/2 a
-/// response with one of them is malformed). PEP 3333's other two, `proxy-authenticate` and
-/// `proxy-authorization`, go out, as from uvicorn or nginx's proxy (an app's 407).
-const DROPPED_FOR_ASGI: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "te",
-    "trailers",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Whether an ASGI app's header is one the server drops (see [`DROPPED_FOR_ASGI`]).
-pub fn dropped_for_asgi(name: &[u8]) -> bool {
-    DROPPED_FOR_ASGI
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-}
-
 /// Checks one header given as bytes (ASGI): the same rules as [`parse_header`] but for the
-/// hop-by-hop headers, which ASGI allows (see [`DROPPED_FOR_ASGI`]).
+/// hop-by-hop headers, which ASGI allows (see [`CONNECTION_HEADERS`]).
 pub fn check_header_bytes(name: &[u8], value: &[u8]) -> Result<(), String> {
     let shown = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     if name.is_empty() || !name.iter().all(|&c| is_token_char(c)) {
@@ -298,7 +284,7 @@ pub fn head_from_python(
         };
         let (name, value) = (name.to_cow()?, value.to_cow()?);
         let (name, value) = parse_header(&name, &value).map_err(PyValueError::new_err)?;
-        if ignored.covers(name) || dropped_for_wsgi(name) {
+        if ignored.covers(name) || is_connection_header(name) {
             continue;
         }
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -412,8 +398,8 @@ mod tests {
             ("X-A", "a\0b"),
             ("X-A", "\u{20ac}"),
             ("Connection", "a\r\nb"),
-            ("Transfer-Encoding", "chunked"),
-            ("Upgrade", "h2c"),
+            ("Proxy-Authenticate", "Basic"),
+            ("proxy-authorization", "Basic eA=="),
         ] {
             assert!(
                 parse_header(name, value).is_err(),

@@ -11,8 +11,8 @@ use crate::accel::AccelHeaders;
 use crate::chunk::Chunk;
 pub(crate) use crate::head::type_name;
 pub use crate::head::{
-    check_header_bytes, dropped_for_asgi, dropped_for_wsgi, head_from_python, parse_header,
-    parse_status, split_charset, ResponseHead,
+    check_header_bytes, head_from_python, is_connection_header, parse_header, parse_status,
+    split_charset, ResponseHead,
 };
 use crate::sink::{ChunkSink, ClientGone};
 

@@ -56,8 +56,9 @@ def test_list_body_gets_a_content_length_and_keeps_repeated_headers(server):
 
 
 def test_the_connections_headers_of_an_app_are_dropped_not_a_500(server):
-    # The connection is the server's: as nginx drops them from a proxied response (and
-    # gunicorn from an app's), the app's Connection and Keep-Alive change nothing.
+    # The connection and its framing are the server's: as nginx drops them from a proxied
+    # response (and gunicorn from an app's), the app's Connection, Keep-Alive,
+    # Transfer-Encoding, Upgrade, TE and Trailers change nothing.
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     for _ in range(2):
         conn.request("GET", "/connection_headers")
@@ -66,6 +67,8 @@ def test_the_connections_headers_of_an_app_are_dropped_not_a_500(server):
         assert r.getheader("X-Kept") == "yes"
         assert "timeout=99" not in (r.getheader("Keep-Alive") or "")
         assert r.getheader("Connection", "").lower() != "close"
+        assert r.getheader("Content-Length") == "6" and r.getheader("Transfer-Encoding") is None
+        assert r.getheader("Upgrade") is None and r.getheader("Trailers") is None
     conn.close()
 
 

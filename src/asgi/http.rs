@@ -342,7 +342,7 @@ impl HttpExchange {
                 let (name, value) = header_pair(&item)?;
                 let (name, value) = (name.as_slice(), value.as_slice());
                 crate::response::check_header_bytes(name, value).map_err(PyValueError::new_err)?;
-                if crate::response::dropped_for_asgi(name) {
+                if crate::response::is_connection_header(name) {
                     // The connection's (sse-starlette sends `connection: keep-alive`, Gradio
                     // echoes the request's): nginx manages it, and drops it from an upstream's
                     // response as it is dropped here.

@@ -218,7 +218,7 @@ impl WsExchange {
                 })?;
                 crate::response::check_header_bytes(&pair.0, &pair.1)
                     .map_err(PyValueError::new_err)?;
-                if crate::response::dropped_for_asgi(&pair.0)
+                if crate::response::is_connection_header(&pair.0)
                     || pair.0.eq_ignore_ascii_case(b"content-length")
                 {
                     // The connection's framing fields are the server's (it answers the

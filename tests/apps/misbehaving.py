@@ -81,7 +81,7 @@ def header_not_str(environ, start_response):
 
 
 def hop_by_hop_header(environ, start_response):
-    start_response("200 OK", [("Transfer-Encoding", "chunked")])
+    start_response("200 OK", [("Proxy-Authenticate", "Basic")])
     return [b"x"]
 
 

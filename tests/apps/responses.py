@@ -25,9 +25,12 @@ def list_body(environ, start_response):
 
 
 def connection_headers(environ, start_response):
-    # What server-sent event examples send (PEP 3333 forbids both; gunicorn drops them).
+    # What server-sent event examples send, and an app that passes a fetched response's headers
+    # on (PEP 3333 forbids them all; gunicorn drops them).
     start_response("200 OK", [("Content-Type", "text/plain"), ("Connection", "close"),
-                              ("Keep-Alive", "timeout=99"), ("X-Kept", "yes")])
+                              ("Keep-Alive", "timeout=99"), ("X-Kept", "yes"),
+                              ("Transfer-Encoding", "chunked"), ("Upgrade", "h2c"), ("TE", "trailers"),
+                              ("Trailers", "X-T")])
     return [b"served"]
 
 
