@@ -40,22 +40,34 @@ is_ubuntu() {
 
 # The keyring of Ubuntu's archive, which Debian's debootstrap lacks: noble's ubuntu-keyring
 # package, held to its hash (its 2018 archive key is F6EC B376 2474 EDA9 D21B 7022 8719 20D1
-# 991B C93C). Prints the keyring's path.
+# 991B C93C), downloaded with wget (debootstrap's own dependency). Cached under the hash, so a
+# new pin never reuses an older keyring. Prints the keyring's path. (Called as $(...), where
+# errexit is off: each step says why it failed.)
 UBUNTU_KEYRING_DEB=ubuntu-keyring_2023.11.28.1_all.deb
 UBUNTU_KEYRING_SHA256=36de43b15853ccae0028e9a767613770c704833f82586f28eb262f0311adb8a8
 ubuntu_keyring() {
-    local dir=$NGX_WSGI_CACHE/ubuntu-keyring keyring
+    local dir=$NGX_WSGI_CACHE/ubuntu-keyring-$UBUNTU_KEYRING_SHA256 deb keyring
+    deb=$dir/$UBUNTU_KEYRING_DEB
     keyring=$dir/ubuntu-archive-keyring.gpg
     if [ ! -s "$keyring" ]; then
-        mkdir -p "$dir"
-        curl -fsS --retry 3 -o "$dir/$UBUNTU_KEYRING_DEB" \
-            "$UBUNTU_MIRROR/pool/main/u/ubuntu-keyring/$UBUNTU_KEYRING_DEB" >&2
-        echo "$UBUNTU_KEYRING_SHA256  $dir/$UBUNTU_KEYRING_DEB" | sha256sum -c --quiet >&2 \
-            || { echo "roots.sh: $UBUNTU_KEYRING_DEB does not have its hash" >&2; return 1; }
+        mkdir -p "$dir" || return 1
+        wget -q -O "$deb.part" "$UBUNTU_MIRROR/pool/main/u/ubuntu-keyring/$UBUNTU_KEYRING_DEB" || {
+            echo "roots.sh: cannot download $UBUNTU_KEYRING_DEB from $UBUNTU_MIRROR" >&2
+            return 1
+        }
+        echo "$UBUNTU_KEYRING_SHA256  $deb.part" | sha256sum -c --quiet >/dev/null 2>&1 || {
+            echo "roots.sh: $UBUNTU_KEYRING_DEB from $UBUNTU_MIRROR does not have the SHA-256 written here" >&2
+            rm -f "$deb.part"
+            return 1
+        }
+        mv "$deb.part" "$deb" || return 1
         rm -rf "$dir/x"
-        dpkg-deb -x "$dir/$UBUNTU_KEYRING_DEB" "$dir/x"
-        cp "$dir/x/usr/share/keyrings/ubuntu-archive-keyring.gpg" "$keyring.new"
-        mv "$keyring.new" "$keyring"
+        { dpkg-deb -x "$deb" "$dir/x" \
+            && cp "$dir/x/usr/share/keyrings/ubuntu-archive-keyring.gpg" "$keyring.new" \
+            && mv "$keyring.new" "$keyring"; } || {
+            echo "roots.sh: no archive keyring in $deb" >&2
+            return 1
+        }
         rm -rf "$dir/x"
     fi
     echo "$keyring"
@@ -97,12 +109,13 @@ base_tarball() {
         rm -rf "$tmp"
         echo "debootstrap $dist (minbase) into $tmp" >&2
         local mirror=$DEBIAN_MIRROR security=$DEBIAN_SECURITY_MIRROR components=main
-        local ubuntu=()
+        local ubuntu=() keyring
         if is_ubuntu "$dist"; then
             # nginx-dev and libclang-dev are in universe; every Ubuntu release bootstraps with
             # the same script, which an older debootstrap may not have under the new name.
             mirror=$UBUNTU_MIRROR security=$UBUNTU_SECURITY_MIRROR components="main universe"
-            ubuntu=(--keyring="$(ubuntu_keyring)" --components=main,universe)
+            keyring=$(ubuntu_keyring) || return 1
+            ubuntu=(--keyring="$keyring" --components=main,universe)
         fi
         debootstrap --variant=minbase --include=ca-certificates "${ubuntu[@]}" \
             --cache-dir="$NGX_WSGI_CACHE/apt-$dist" "$dist" "$tmp" "$mirror" \

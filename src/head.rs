@@ -133,18 +133,20 @@ impl ResponseHead {
 }
 
 /// The connection's headers, which PEP 3333 forbids (hop-by-hop) and ASGI allows: the server
-/// drops them from either kind of app, as nginx drops them from a proxied response and gunicorn
-/// from an app's. The framing, the connection and its protocol are the server's (nginx answers
-/// upgrades itself, and on HTTP/2 a response with one of them is malformed). Server-sent event
-/// examples send `Connection: keep-alive`, sse-starlette `connection: keep-alive`, and an app
-/// that passes on the headers of a response it fetched sends `Transfer-Encoding`.
-const CONNECTION_HEADERS: [&str; 6] = [
+/// drops them from either kind of app, as gunicorn drops them from an app's response and nginx
+/// the first three from a proxied one. The framing, the connection and its protocol are the
+/// server's (nginx answers upgrades itself, and on HTTP/2 a response with one of them is
+/// malformed, RFC 9113 8.2.2, `Proxy-Connection` included). Server-sent event examples send
+/// `Connection: keep-alive`, sse-starlette `connection: keep-alive`, and an app that passes on
+/// the headers of a response it fetched sends `Transfer-Encoding`.
+const CONNECTION_HEADERS: [&str; 7] = [
     "connection",
     "keep-alive",
+    "transfer-encoding",
     "te",
     "trailers",
-    "transfer-encoding",
     "upgrade",
+    "proxy-connection",
 ];
 
 /// Whether an app's header is one of the connection's, which the server drops (see

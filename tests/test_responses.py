@@ -69,6 +69,7 @@ def test_the_connections_headers_of_an_app_are_dropped_not_a_500(server):
         assert r.getheader("Connection", "").lower() != "close"
         assert r.getheader("Content-Length") == "6" and r.getheader("Transfer-Encoding") is None
         assert r.getheader("Upgrade") is None and r.getheader("Trailers") is None
+        assert r.getheader("Proxy-Connection") is None
     conn.close()
 
 

@@ -30,7 +30,7 @@ def connection_headers(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Connection", "close"),
                               ("Keep-Alive", "timeout=99"), ("X-Kept", "yes"),
                               ("Transfer-Encoding", "chunked"), ("Upgrade", "h2c"), ("TE", "trailers"),
-                              ("Trailers", "X-T")])
+                              ("Trailers", "X-T"), ("Proxy-Connection", "keep-alive")])
     return [b"served"]
 
 

@@ -21,6 +21,9 @@ impl AsgiLoop {
     /// loop's thread, from the watchdog's thread (this call never waits for the GIL, so the
     /// server's event loop may make it), at most once per [`STACK_EVERY`].
     pub fn log_where_stalled(&'static self, waited: Duration) {
+        let Some(ident) = self.thread_ident() else {
+            return;
+        };
         let now = START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
         let last = LAST_STACK.load(Ordering::Relaxed);
         if last != 0 && now.saturating_sub(last) < STACK_EVERY.as_millis() as u64 {
@@ -32,17 +35,15 @@ impl AsgiLoop {
         {
             return;
         }
-        let Some(ident) = self.thread_ident() else {
-            return;
-        };
         crate::watchdog::submit_call(Box::new(move |py| {
             let stack =
                 crate::watchdog::stack_of(py, ident).unwrap_or_else(|e| format!("(no stack: {e})"));
             tracing::error!(
                 target: "asgi",
                 "requests waited {} ms for the ASGI event loop to start them (wsgi_queue_timeout); \
-                 its thread is here, most recent call last (a call that blocks there holds every \
-                 ASGI request of the worker; await it, or run it with asyncio.to_thread):\n{stack}",
+                 the loop's thread is here, most recent call last (a call of an app that blocks \
+                 holds every ASGI request of the worker: await it, or run it with \
+                 asyncio.to_thread):\n{stack}",
                 waited.as_millis()
             );
         }));
