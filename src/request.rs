@@ -156,6 +156,9 @@ fn run_attached(
             } else {
                 consume(iterable, &start_response, length_known)
             };
+            if iterated.is_ok() && file.is_none() {
+                end_streamed_body(&start_response);
+            }
             let closed = close_iterable(iterable);
             // A child forked in the last item or in close() ends here, with close()'s outcome.
             crate::forked::exit_if_forked_child(py, "wsgi", crate::forked::Back::after(&closed));
@@ -350,6 +353,29 @@ fn consume(
         }
     }
     Ok(())
+}
+
+/// A streamed body without a Content-Length is whole once the iterable is exhausted: the server
+/// may end it now (the last chunk), so that the client does not wait for the iterable's
+/// `close()` (Flask's `call_on_close`, Django's `request_finished` handlers), as under gunicorn.
+/// With a Content-Length, the client sees the end with the last byte anyway.
+fn end_streamed_body(start_response: &Bound<'_, StartResponse>) {
+    // Held by another thread of the app, in write(): its response ends with the outcome.
+    let Ok(sr) = start_response.try_borrow() else {
+        return;
+    };
+    if !sr.streamed
+        || sr.client_gone
+        || sr.finished
+        || sr.head.as_ref().is_none_or(|h| h.content_length.is_some())
+    {
+        return;
+    }
+    if let Some(sink) = &sr.sink {
+        // A write() from a thread of the app's after this would come after the end.
+        sr.ending.store(true, std::sync::atomic::Ordering::Release);
+        sink.body_complete();
+    }
 }
 
 fn close_iterable(iterable: &Bound<'_, PyAny>) -> PyResult<()> {

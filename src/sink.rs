@@ -20,4 +20,9 @@ pub trait ChunkSink: Send + Sync {
     fn ended_by_server(&self) -> bool {
         false
     }
+
+    /// The body is whole (the app's iterable is exhausted, and the head declared no length):
+    /// the server may end the response now, before the iterable's `close()` runs. Nothing is
+    /// pushed after it. A server that does not ends it with the outcome, as before.
+    fn body_complete(&self) {}
 }

@@ -87,6 +87,34 @@ def test_a_second_content_type_is_not_sent(server):
                  in server.error_log(), what="the warning")
 
 
+def test_a_streamed_body_ends_before_its_close_returns(nginx_factory, tmp_path):
+    # nginx: the client gets the last chunk once the iterable is exhausted, not after close()
+    # (as under gunicorn); the connection's next request waits for close() to return.
+    server = nginx_factory(location("= /closes_slowly", f"{APP}:closes_slowly")
+                           + location("= /plain", f"{APP}:plain"),
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /closes_slowly HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = b""
+        while not data.endswith(b"\r\n0\r\n\r\n"):
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in data, data
+        assert b"part 1\n" in data and b"part 2\n" in data, data
+        assert not (tmp_path / "closed").exists(), "close() is still running"
+        (tmp_path / "release-close").touch()
+        s.sendall(b"GET /plain HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = b""
+        while b"method=GET" not in data:
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200"), data
+    assert (tmp_path / "closed").exists()
+    assert "[alert]" not in server.error_log() and "[error]" not in server.error_log()
+
+
 def test_generator_is_chunked_on_http11(server):
     r = requests.get(server.url("/generator_body"))
     assert r.content == b"chunk0;chunk1;chunk2;"

@@ -27,6 +27,8 @@ pub(crate) struct StreamEnd {
     /// The server ended the response cleanly in the app's place (an event stream at worker
     /// exit): nothing more goes out.
     pub ended_by_server: bool,
+    /// The end of the app's whole body went out before the app's `close()` returned.
+    pub ended: bool,
 }
 
 /// Sends the app's outcome (the rest of it, when it streamed); returns what to finalize the
@@ -206,7 +208,9 @@ unsafe fn finish_stream(
             _ if end.ended_by_server => NGX_OK as ngx_int_t,
             Some(OutcomeKind::ClientGone) => NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
             _ if end.cancelled => NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
-            Some(OutcomeKind::Complete) if (*r).header_only() != 0 => NGX_OK as ngx_int_t,
+            Some(OutcomeKind::Complete) if (*r).header_only() != 0 || end.ended => {
+                NGX_OK as ngx_int_t
+            }
             Some(OutcomeKind::Complete) => ngx_http_send_special(r, NGX_HTTP_LAST as usize),
             // The app failed after its body started: whatever is queued goes out, then the
             // connection is cut so that the client sees an incomplete message.

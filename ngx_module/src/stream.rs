@@ -66,6 +66,11 @@ struct State {
     ended_by_server: bool,
     /// ... and shut the connection for writing once all of it was sent.
     shut: bool,
+    /// The app's body is whole (a WSGI iterable exhausted, no Content-Length): the end of the
+    /// response goes out after the pieces pending, before the app's `close()` returns.
+    end_due: bool,
+    /// ... and it went out (nginx has the last buffer).
+    ended: bool,
 }
 
 // SAFETY: the buffer and chain pointers belong to the request's pool and are only used on the
@@ -119,6 +124,8 @@ impl Stream {
                 waiting: 0,
                 ended_by_server: false,
                 shut: false,
+                end_due: false,
+                ended: false,
             }),
             cancelled: AtomicBool::new(false),
             room: Condvar::new(),
@@ -309,6 +316,23 @@ impl Stream {
                     module() as *const _ as *mut _,
                 );
             }
+            // Pieces the app added while nginx wrote go first: their pass comes (scheduled).
+            if guard.end_due
+                && !guard.ended
+                && !self.is_cancelled()
+                && guard.head_sent
+                && guard.pending.is_empty()
+            {
+                guard.ended = true;
+                if (*r).header_only() == 0 {
+                    drop(guard);
+                    let rc = ngx_http_send_special(r, NGX_HTTP_LAST as usize);
+                    guard = self.lock();
+                    if rc == NGX_ERROR as ngx_int_t {
+                        self.cancel(&mut guard, true);
+                    }
+                }
+            }
             self.reclaim(&mut guard);
             self.wait_for_writable(&mut guard, r);
         }
@@ -481,6 +505,7 @@ impl Stream {
             cancelled: self.is_cancelled(),
             failed: st.failed,
             ended_by_server: st.ended_by_server,
+            ended: st.ended,
         }
     }
 }
@@ -509,6 +534,22 @@ impl ChunkSink for Stream {
     fn ended_by_server(&self) -> bool {
         self.lock().ended_by_server
     }
+
+    fn body_complete(&self) {
+        let mut st = self.lock();
+        if self.is_cancelled() || st.ended_by_server || st.end_due {
+            return;
+        }
+        st.end_due = true;
+        let wake = !st.scheduled;
+        st.scheduled = true;
+        drop(st);
+        if wake {
+            if let Some(me) = self.me.upgrade() {
+                crate::notify::schedule(me);
+            }
+        }
+    }
 }
 
 /// A WSGI event stream at worker exit: what the app sent goes out, then the end of the
@@ -524,6 +565,7 @@ impl EndsAtExit for Stream {
         if r.is_null()
             || self.is_cancelled()
             || self.app_done.load(Ordering::Acquire)
+            || st.end_due
             || st.head.is_none() && !st.head_sent
         {
             return false;
@@ -623,7 +665,7 @@ impl Stream {
         flush_head: bool,
     ) -> Result<(), ClientGone> {
         let mut st = self.lock();
-        if self.is_cancelled() || st.ended_by_server {
+        if self.is_cancelled() || st.ended_by_server || st.end_due {
             return Err(ClientGone);
         }
         st.flush_head |= flush_head;

@@ -1,6 +1,8 @@
 """Well-behaved apps that use every response feature of PEP 3333."""
+import os
 import sys
 import threading
+import time
 
 _lock = threading.Lock()
 close_calls = {}
@@ -141,6 +143,28 @@ def file_wrapper(environ, start_response):
 def big(environ, start_response):
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
     return [bytes(range(256)) * 4096 * 4]  # 4 MiB
+
+
+class _ClosesSlowly:
+    # Work in close() (Flask's call_on_close, Django's request_finished handlers): here until
+    # the test, having read the whole response, says so.
+    def __init__(self, marks):
+        self.marks = marks
+
+    def __iter__(self):
+        yield b"part 1\n"
+        yield b"part 2\n"
+
+    def close(self):
+        deadline = time.monotonic() + 30
+        while not os.path.exists(f"{self.marks}/release-close") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        open(f"{self.marks}/closed", "w").close()
+
+
+def closes_slowly(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return _ClosesSlowly(os.environ["NGX_WSGI_TEST_MARKS"])
 
 
 def plain(environ, start_response):
