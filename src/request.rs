@@ -371,10 +371,12 @@ fn end_streamed_body(start_response: &Bound<'_, StartResponse>) {
     {
         return;
     }
-    if let Some(sink) = &sr.sink {
-        // A write() from a thread of the app's after this would come after the end.
-        sr.ending.store(true, std::sync::atomic::Ordering::Release);
-        sink.body_complete();
+    // Set first: a write() or start_response() after this (from close(), or a thread of the
+    // app's) would come after the end.
+    sr.ending.store(true, std::sync::atomic::Ordering::Release);
+    if !sr.sink.as_ref().is_some_and(|sink| sink.body_complete()) {
+        // The server ends the response with the outcome, as before: they may still come.
+        sr.ending.store(false, std::sync::atomic::Ordering::Release);
     }
 }
 

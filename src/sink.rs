@@ -22,7 +22,10 @@ pub trait ChunkSink: Send + Sync {
     }
 
     /// The body is whole (the app's iterable is exhausted, and the head declared no length):
-    /// the server may end the response now, before the iterable's `close()` runs. Nothing is
-    /// pushed after it. A server that does not ends it with the outcome, as before.
-    fn body_complete(&self) {}
+    /// the server may end the response now, before the iterable's `close()` runs. True when it
+    /// does: nothing may be pushed after it. A server that does not (false) ends the response
+    /// with the outcome.
+    fn body_complete(&self) -> bool {
+        false
+    }
 }

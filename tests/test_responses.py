@@ -115,6 +115,32 @@ def test_a_streamed_body_ends_before_its_close_returns(nginx_factory, tmp_path):
     assert "[alert]" not in server.error_log() and "[error]" not in server.error_log()
 
 
+def test_a_deadline_in_close_after_the_end_does_not_cut_the_response(nginx_factory, tmp_path):
+    # wsgi_read_timeout passes while close() runs, after the body's end went out: close() is
+    # interrupted, the response stays whole and the connection serves its next request.
+    server = nginx_factory(location("= /closes_slowly", f"{APP}:closes_slowly", "wsgi_read_timeout 300ms;")
+                           + location("= /plain", f"{APP}:plain"),
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /closes_slowly HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = b""
+        while not data.endswith(b"\r\n0\r\n\r\n"):
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+        wait_for(lambda: "the response iterable's close() raised" in server.error_log(),
+                 what="close() interrupted by the deadline")
+        assert "TimeoutError" in server.error_log()
+        s.sendall(b"GET /plain HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = b""
+        while b"method=GET" not in data:
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200"), data
+    assert not (tmp_path / "closed").exists()
+
+
 def test_generator_is_chunked_on_http11(server):
     r = requests.get(server.url("/generator_body"))
     assert r.content == b"chunk0;chunk1;chunk2;"

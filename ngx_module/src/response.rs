@@ -206,11 +206,11 @@ unsafe fn finish_stream(
         match kind {
             _ if end.failed => NGX_ERROR as ngx_int_t,
             _ if end.ended_by_server => NGX_OK as ngx_int_t,
+            // Its end went out before close(): a client that left after it had it all.
+            Some(OutcomeKind::Complete) if end.ended => NGX_OK as ngx_int_t,
             Some(OutcomeKind::ClientGone) => NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
             _ if end.cancelled => NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
-            Some(OutcomeKind::Complete) if (*r).header_only() != 0 || end.ended => {
-                NGX_OK as ngx_int_t
-            }
+            Some(OutcomeKind::Complete) if (*r).header_only() != 0 => NGX_OK as ngx_int_t,
             Some(OutcomeKind::Complete) => ngx_http_send_special(r, NGX_HTTP_LAST as usize),
             // The app failed after its body started: whatever is queued goes out, then the
             // connection is cut so that the client sees an incomplete message.

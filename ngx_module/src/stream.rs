@@ -458,6 +458,11 @@ impl Stream {
             b"<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n\
             <center><h1>504 Gateway Time-out</h1></center>\r\n</body>\r\n</html>\r\n";
         let mut st = self.lock();
+        if st.ended && !st.failed {
+            // The whole body went out before the app's close(), which the deadline interrupts:
+            // the response is not cut.
+            return NGX_OK as ngx_int_t;
+        }
         if st.head_sent {
             self.cancel(&mut st, true);
             return NGX_ERROR as ngx_int_t;
@@ -535,10 +540,10 @@ impl ChunkSink for Stream {
         self.lock().ended_by_server
     }
 
-    fn body_complete(&self) {
+    fn body_complete(&self) -> bool {
         let mut st = self.lock();
         if self.is_cancelled() || st.ended_by_server || st.end_due {
-            return;
+            return false;
         }
         st.end_due = true;
         let wake = !st.scheduled;
@@ -549,6 +554,7 @@ impl ChunkSink for Stream {
                 crate::notify::schedule(me);
             }
         }
+        true
     }
 }
 
@@ -562,10 +568,16 @@ impl EndsAtExit for Stream {
         let r = st.request.0;
         // A thread that came back has its completion on the way, which ends the response as
         // the app did (a failure is cut, not ended).
+        if !r.is_null() && st.end_due {
+            // The app's body is whole and its end on the way (the app is in its close()): the
+            // client's reconnection must not come on this connection, which the exit closes.
+            // SAFETY: on the event loop; the request is live while `request` is set.
+            unsafe { (*(*r).main).set_keepalive(0) };
+            return false;
+        }
         if r.is_null()
             || self.is_cancelled()
             || self.app_done.load(Ordering::Acquire)
-            || st.end_due
             || st.head.is_none() && !st.head_sent
         {
             return false;
