@@ -9,7 +9,7 @@ import socket
 import pytest
 import requests
 
-from conftest import APACHE_MODULES, APPS, location, raw_request, route, wait_for
+from conftest import APACHE_MODULES, APPS, location, raw_request, read_until, route, wait_for
 
 APP = APPS / "responses.py"
 SYSFS_FILE = pathlib.Path("/sys/devices/system/cpu/online")
@@ -87,30 +87,38 @@ def test_a_second_content_type_is_not_sent(server):
                  in server.error_log(), what="the warning")
 
 
+def closes_slowly_server(nginx_factory, tmp_path, extra=""):
+    """nginx with the app whose close() waits for the test's word (`extra` in its location)."""
+    return nginx_factory(location("= /closes_slowly", f"{APP}:closes_slowly", extra)
+                         + location("= /plain", f"{APP}:plain"),
+                         main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+
+
+def whole_chunked_response(s, target):
+    """Sends GET `target` on `s`; returns the response once its last chunk came."""
+    s.sendall(f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    data = read_until(s, b"\r\n0\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n0\r\n\r\n"), data
+    return data
+
+
+def plain_answered(s):
+    s.sendall(b"GET /plain HTTP/1.1\r\nHost: t\r\n\r\n")
+    data = read_until(s, b"method=GET")
+    assert data.startswith(b"HTTP/1.1 200") and b"method=GET" in data, data
+
+
 def test_a_streamed_body_ends_before_its_close_returns(nginx_factory, tmp_path):
     # nginx: the client gets the last chunk once the iterable is exhausted, not after close()
     # (as under gunicorn); the connection's next request waits for close() to return.
-    server = nginx_factory(location("= /closes_slowly", f"{APP}:closes_slowly")
-                           + location("= /plain", f"{APP}:plain"),
-                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+    server = closes_slowly_server(nginx_factory, tmp_path)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-        s.sendall(b"GET /closes_slowly HTTP/1.1\r\nHost: t\r\n\r\n")
-        data = b""
-        while not data.endswith(b"\r\n0\r\n\r\n"):
-            chunk = s.recv(65536)
-            assert chunk, data
-            data += chunk
-        assert data.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in data, data
+        data = whole_chunked_response(s, "/closes_slowly")
+        assert b"Transfer-Encoding: chunked" in data, data
         assert b"part 1\n" in data and b"part 2\n" in data, data
         assert not (tmp_path / "closed").exists(), "close() is still running"
         (tmp_path / "release-close").touch()
-        s.sendall(b"GET /plain HTTP/1.1\r\nHost: t\r\n\r\n")
-        data = b""
-        while b"method=GET" not in data:
-            chunk = s.recv(65536)
-            assert chunk, data
-            data += chunk
-        assert data.startswith(b"HTTP/1.1 200"), data
+        plain_answered(s)
     assert (tmp_path / "closed").exists()
     assert "[alert]" not in server.error_log() and "[error]" not in server.error_log()
 
@@ -118,26 +126,13 @@ def test_a_streamed_body_ends_before_its_close_returns(nginx_factory, tmp_path):
 def test_a_deadline_in_close_after_the_end_does_not_cut_the_response(nginx_factory, tmp_path):
     # wsgi_read_timeout passes while close() runs, after the body's end went out: close() is
     # interrupted, the response stays whole and the connection serves its next request.
-    server = nginx_factory(location("= /closes_slowly", f"{APP}:closes_slowly", "wsgi_read_timeout 300ms;")
-                           + location("= /plain", f"{APP}:plain"),
-                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+    server = closes_slowly_server(nginx_factory, tmp_path, "wsgi_read_timeout 300ms;")
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-        s.sendall(b"GET /closes_slowly HTTP/1.1\r\nHost: t\r\n\r\n")
-        data = b""
-        while not data.endswith(b"\r\n0\r\n\r\n"):
-            chunk = s.recv(65536)
-            assert chunk, data
-            data += chunk
+        whole_chunked_response(s, "/closes_slowly")
         wait_for(lambda: "the response iterable's close() raised" in server.error_log(),
                  what="close() interrupted by the deadline")
         assert "TimeoutError" in server.error_log()
-        s.sendall(b"GET /plain HTTP/1.1\r\nHost: t\r\n\r\n")
-        data = b""
-        while b"method=GET" not in data:
-            chunk = s.recv(65536)
-            assert chunk, data
-            data += chunk
-        assert data.startswith(b"HTTP/1.1 200"), data
+        plain_answered(s)
     assert not (tmp_path / "closed").exists()
 
 

@@ -546,14 +546,7 @@ impl ChunkSink for Stream {
             return false;
         }
         st.end_due = true;
-        let wake = !st.scheduled;
-        st.scheduled = true;
-        drop(st);
-        if wake {
-            if let Some(me) = self.me.upgrade() {
-                crate::notify::schedule(me);
-            }
-        }
+        self.schedule_pass(st);
         true
     }
 }
@@ -686,6 +679,13 @@ impl Stream {
         }
         st.unsent += data.len();
         st.pending.push_back(data);
+        self.schedule_pass(st);
+        Ok(())
+    }
+
+    /// Has the event loop make a pass over the stream (one, however many ask before it runs);
+    /// lets the lock go.
+    fn schedule_pass(&self, mut st: Locked<'_>) {
         let wake = !st.scheduled;
         st.scheduled = true;
         drop(st);
@@ -694,7 +694,6 @@ impl Stream {
                 crate::notify::schedule(me);
             }
         }
-        Ok(())
     }
 }
 
