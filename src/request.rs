@@ -371,12 +371,11 @@ fn end_streamed_body(start_response: &Bound<'_, StartResponse>) {
     {
         return;
     }
-    // Set first: a write() or start_response() after this (from close(), or a thread of the
-    // app's) would come after the end.
-    sr.ending.store(true, std::sync::atomic::Ordering::Release);
-    if !sr.sink.as_ref().is_some_and(|sink| sink.body_complete()) {
-        // The server ends the response with the outcome, as before: they may still come.
-        sr.ending.store(false, std::sync::atomic::Ordering::Release);
+    if sr.sink.as_ref().is_some_and(|sink| sink.body_complete()) {
+        // A write() or start_response() from now on (from close(), or a thread of the app's)
+        // would come after the end. None came in between: this thread has held the GIL since
+        // the check, and a write() in flight holds the object.
+        sr.ending.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 

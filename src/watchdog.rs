@@ -147,9 +147,14 @@ pub(crate) fn stack_budget() -> Result<(), String> {
 /// The stack of the thread `ident` for a timed-out request's log entry, or why it is left out.
 pub(crate) fn stack_for_log(py: Python<'_>, ident: u64) -> String {
     match stack_budget() {
-        Ok(()) => stack_of(py, ident).unwrap_or_else(|e| format!("(no stack: {e})")),
+        Ok(()) => stack_text(py, ident),
         Err(why) => why,
     }
+}
+
+/// The formatted Python stack of the thread `ident`, or why there is none, for a log entry.
+pub(crate) fn stack_text(py: Python<'_>, ident: u64) -> String {
+    stack_of(py, ident).unwrap_or_else(|e| format!("(no stack: {e})"))
 }
 
 /// The formatted Python stack of the thread `ident`.

@@ -404,19 +404,19 @@ unsafe fn set_headers(
                 }
                 continue;
             }
-            if name.eq_ignore_ascii_case(b"content-type") && have_type {
-                // A response has one type: the first counts, as for a proxied response.
-                crate::ffi::log::write_log(
-                    nginx_sys::NGX_LOG_WARN as usize,
-                    (*(*r).connection).log,
-                    &format!(
-                        "wsgi: the app sent a second Content-Type, \"{}\"; the first is kept",
-                        String::from_utf8_lossy(value).escape_debug()
-                    ),
-                );
-                continue;
-            }
             if name.eq_ignore_ascii_case(b"content-type") {
+                if have_type {
+                    // A response has one type: the first counts, as for a proxied response.
+                    crate::ffi::log::write_log(
+                        nginx_sys::NGX_LOG_WARN as usize,
+                        (*(*r).connection).log,
+                        &format!(
+                            "wsgi: the app sent a second Content-Type, \"{}\"; the first is kept",
+                            String::from_utf8_lossy(value).escape_debug()
+                        ),
+                    );
+                    continue;
+                }
                 have_type = true;
                 out.content_type = pool_str(r, value, false)?;
                 // As nginx does for proxied responses: the type without its charset parameter,

@@ -36,8 +36,7 @@ impl AsgiLoop {
             return;
         }
         crate::watchdog::submit_call(Box::new(move |py| {
-            let stack =
-                crate::watchdog::stack_of(py, ident).unwrap_or_else(|e| format!("(no stack: {e})"));
+            let stack = crate::watchdog::stack_text(py, ident);
             tracing::error!(
                 target: "asgi",
                 "requests waited {} ms for the ASGI event loop to start them (wsgi_queue_timeout); \
