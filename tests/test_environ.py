@@ -1,6 +1,8 @@
 """environ per PEP 3333 and SPEC.md, filled from the server's parsed request (nginx and Apache)."""
 import http.client
 import json
+import pathlib
+import socket
 import subprocess
 
 import pytest
@@ -295,3 +297,51 @@ def test_http2_body_without_content_length_is_given_one(h2c_server):
     assert e["body"] == "streamed body"
     assert e["CONTENT_LENGTH"] == "13"
     assert "HTTP_TRANSFER_ENCODING" not in e
+
+
+def h2_get(port, path, headers):
+    """One HTTP/2 request (cleartext, prior knowledge) with these extra header pairs: (status, body)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        conn.initiate_connection()
+        conn.send_headers(1, [(b":method", b"GET"), (b":path", path.encode()), (b":scheme", b"http"),
+                              (b":authority", b"t")] + headers, end_stream=True)
+        s.sendall(conn.data_to_send())
+        status, body = None, b""
+        while True:
+            data = s.recv(65536)
+            assert data, "the connection closed before the response ended"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    return status, body
+            s.sendall(conn.data_to_send())
+
+
+def test_thousands_of_repeats_of_a_header_cost_memory_in_proportion(nginx_factory):
+    # HPACK makes each repeat of an indexed header one byte on the wire: 30,000 of them fit
+    # nginx's default header budget. Joined one by one, they took the worker to about 1 GB.
+    server = nginx_factory(location("/", APP), server_extra="http2 on;").start()
+    worker = server.worker_pids()[0]
+
+    def peak_kib():
+        status = pathlib.Path(f"/proc/{worker}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+
+    assert h2_get(server.port, "/warm", [])[0] == 200
+    before = peak_kib()
+    status, body = h2_get(server.port, "/repeats", [(b"x", b"")] * 30_000 + [(b"x-s", b"v")] * 2)
+    assert status == 200, body[:500]
+    e = json.loads(body)
+    assert e["HTTP_X"] == ", " * 29_999
+    assert e["HTTP_X_S"] == "v, v"
+    assert peak_kib() - before < 64 * 1024
+    assert server.worker_pids() == [worker]

@@ -52,7 +52,7 @@ pub(crate) unsafe fn post_or_fail(
     post: unsafe fn(*mut ngx_http_request_t) -> Result<(), u32>,
 ) {
     let status = crate::ffi::guard(
-        "reading the request body",
+        "handing the request to the application",
         Err(NGX_HTTP_INTERNAL_SERVER_ERROR),
         // SAFETY: per the function contract.
         || unsafe { post(r) },
