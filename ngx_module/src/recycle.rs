@@ -1,10 +1,17 @@
 //! Worker recycling (`wsgi_max_requests N [jitter=M]`, `wsgi_max_rss SIZE`): a worker that has
-//! served enough requests, or grown too large, stops accepting, finishes what it has in flight
+//! served enough requests, or grown too large, first drains its keep-alive connections (each
+//! next response says `Connection: close`), then stops accepting, finishes what it has in flight
 //! and exits; nginx's master starts a fresh one in its place. Event-loop thread only.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-use nginx_sys::{ngx_current_msec, ngx_exiting, ngx_http_request_t, ngx_quit, NGX_LOG_NOTICE};
+use nginx_sys::{
+    ngx_current_msec, ngx_cycle, ngx_event_t, ngx_exiting, ngx_http_request_t, ngx_msec_t,
+    ngx_quit, NGX_LOG_NOTICE,
+};
+
+use crate::ffi::guard;
 
 /// Requests this worker may serve (0: no limit), drawn once at worker start.
 static LIMIT: AtomicU64 = AtomicU64::new(0);
@@ -16,6 +23,26 @@ static LAST_RSS_CHECK: AtomicUsize = AtomicUsize::new(0);
 
 /// How often, at most, the worker's size is read.
 const RSS_CHECK_MS: usize = 1000;
+
+/// The longest a recycling worker drains its keep-alive connections before it exits. nginx's
+/// own exit closes the idle ones at once, and a request a client sent on one in that instant is
+/// lost (nginx does so at every reload; recycling makes it routine). Draining, the worker serves
+/// on as before, and a busy connection's next response closes it; one idle for longer meets the
+/// race any keep-alive timeout has, which clients retry.
+const DRAIN_MS: ngx_msec_t = 2000;
+/// How often the drain looks for idle connections left.
+const DRAIN_CHECK_MS: ngx_msec_t = 25;
+
+/// The worker decided to recycle and is draining.
+static DRAINING: AtomicBool = AtomicBool::new(false);
+static DRAIN_STARTED: AtomicUsize = AtomicUsize::new(0);
+
+struct DrainTimer(UnsafeCell<ngx_event_t>);
+// SAFETY: the event is only touched on the event loop.
+unsafe impl Sync for DrainTimer {}
+
+// SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
+static DRAIN_TIMER: DrainTimer = DrainTimer(UnsafeCell::new(unsafe { std::mem::zeroed() }));
 
 /// Sets the limits for this worker (from `init_process`).
 pub(crate) fn configure(max_requests: u64, jitter: u64, max_rss: usize) {
@@ -55,7 +82,10 @@ pub(crate) fn request_done() {
     let served = SERVED.fetch_add(1, Relaxed) + 1;
     let limit = LIMIT.load(Relaxed);
     if limit > 0 && served == limit {
-        recycle(&format!("served {served} requests (wsgi_max_requests)"));
+        recycle(
+            &format!("served {served} requests (wsgi_max_requests)"),
+            true,
+        );
         return;
     }
     let max_rss = MAX_RSS.load(Relaxed);
@@ -70,11 +100,14 @@ pub(crate) fn request_done() {
     LAST_RSS_CHECK.store(now, Relaxed);
     if let Some(rss) = resident_bytes() {
         if rss > max_rss {
-            recycle(&format!(
-                "uses {} MiB (wsgi_max_rss {} MiB)",
-                rss >> 20,
-                max_rss >> 20
-            ));
+            recycle(
+                &format!(
+                    "uses {} MiB (wsgi_max_rss {} MiB)",
+                    rss >> 20,
+                    max_rss >> 20
+                ),
+                true,
+            );
         }
     }
 }
@@ -82,7 +115,8 @@ pub(crate) fn request_done() {
 /// The worker's ASGI event loop died (its requests were answered): a fresh worker takes over.
 /// Event-loop thread.
 pub(crate) fn loop_died() {
-    recycle("lost its ASGI event loop");
+    // No drain: the worker cannot serve its ASGI apps any more.
+    recycle("lost its ASGI event loop", false);
 }
 
 /// Has the event loop recycle the worker (the ASGI event loop's thread calls it as it dies).
@@ -96,20 +130,86 @@ pub(crate) fn after_loop_death() {
     crate::notify::schedule_lasting(&Recycle);
 }
 
-fn recycle(why: &str) {
-    // SAFETY: nginx's own flags, read and set on the event loop; the worker's cycle sees
-    // `ngx_quit` after this event and shuts down gracefully, like on SIGQUIT.
+fn recycle(why: &str, drain: bool) {
+    // SAFETY: nginx's own flags, read on the event loop.
+    if unsafe { ngx_exiting != 0 || ngx_quit != 0 } {
+        return;
+    }
+    if DRAINING.load(Relaxed) {
+        if !drain {
+            exit_now();
+        }
+        return;
+    }
+    crate::ffi::log::cycle_log(
+        NGX_LOG_NOTICE as usize,
+        &format!("wsgi: this worker {why}; recycling it"),
+    );
+    crate::metrics::recycled();
+    if !drain {
+        exit_now();
+        return;
+    }
+    DRAINING.store(true, Relaxed);
+    // SAFETY: plain read of nginx's cached clock on the event loop.
+    DRAIN_STARTED.store(unsafe { ngx_current_msec }, Relaxed);
+    // SAFETY: the event is a static, on the event loop; cancelable, it does not hold an exit
+    // that nginx begins meanwhile (a reload, a quit).
     unsafe {
-        if ngx_exiting != 0 || ngx_quit != 0 {
+        crate::ffi::timer::keep_armed(
+            &mut *DRAIN_TIMER.0.get(),
+            Some(drain_check),
+            std::ptr::null_mut(),
+            DRAIN_CHECK_MS,
+        )
+    };
+}
+
+/// Whether a response now closes its connection: the worker is draining or exiting. (Once
+/// nginx's exit began, its header filter says so itself.)
+pub(crate) fn ending() -> bool {
+    // SAFETY: nginx's own flag, read on the event loop.
+    DRAINING.load(Relaxed) || unsafe { ngx_quit != 0 }
+}
+
+/// The drain's timer: the worker exits once no keep-alive connection is idle, or at the bound.
+unsafe extern "C" fn drain_check(ev: *mut ngx_event_t) {
+    guard("draining a recycling worker", (), || {
+        // SAFETY: nginx's flags and clock, read on the event loop.
+        let (exiting, now) = unsafe { (ngx_exiting != 0 || ngx_quit != 0, ngx_current_msec) };
+        if exiting {
             return;
         }
-        crate::ffi::log::cycle_log(
-            NGX_LOG_NOTICE as usize,
-            &format!("wsgi: this worker {why}; recycling it"),
-        );
-        crate::metrics::recycled();
-        ngx_quit = 1;
+        let waited = now.saturating_sub(DRAIN_STARTED.load(Relaxed));
+        // SAFETY: on the event loop.
+        if waited >= DRAIN_MS || !unsafe { idle_connections() } {
+            exit_now();
+        } else {
+            // SAFETY: the event is the static drain timer, on the event loop.
+            unsafe { nginx_sys::ngx_add_timer(ev, DRAIN_CHECK_MS) };
+        }
+    })
+}
+
+/// Whether any connection waits idle for its next request (HTTP/1 keep-alive, HTTP/2 without
+/// streams): those nginx's exit closes at once.
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn idle_connections() -> bool {
+    // SAFETY: the cycle's connection array has `connection_n` entries for the process's life; a
+    // free one has fd -1.
+    unsafe {
+        let cycle = ngx_cycle;
+        let connections = std::slice::from_raw_parts((*cycle).connections, (*cycle).connection_n);
+        connections.iter().any(|c| c.fd != -1 && c.idle() != 0)
     }
+}
+
+fn exit_now() {
+    // SAFETY: nginx's own flag, set on the event loop; the worker's cycle sees it after this
+    // event and shuts down gracefully, like on SIGQUIT.
+    unsafe { ngx_quit = 1 };
 }
 
 /// The worker's resident set size.

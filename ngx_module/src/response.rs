@@ -246,7 +246,7 @@ pub(crate) unsafe fn send_head(
         if head.is_bodiless() {
             (*r).set_header_only(1);
         }
-        if nginx_sys::ngx_quit != 0 {
+        if crate::recycle::ending() {
             // The worker recycles (wsgi_max_requests, wsgi_max_rss) but nginx has not begun its
             // exit, after which its header filter says this itself: the connection closes with
             // this response.
