@@ -7,8 +7,8 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use nginx_sys::{
-    ngx_current_msec, ngx_cycle, ngx_event_t, ngx_exiting, ngx_http_request_t, ngx_msec_t,
-    ngx_quit, NGX_LOG_NOTICE,
+    ngx_connection_t, ngx_current_msec, ngx_cycle, ngx_event_t, ngx_exiting, ngx_http_request_t,
+    ngx_msec_t, ngx_quit, NGX_LOG_NOTICE,
 };
 
 use crate::ffi::guard;
@@ -191,18 +191,40 @@ unsafe extern "C" fn drain_check(ev: *mut ngx_event_t) {
     })
 }
 
-/// Whether any connection waits idle for its next request (HTTP/1 keep-alive, HTTP/2 without
-/// streams): those nginx's exit closes at once.
+/// Whether any client's HTTP/1 connection waits idle for its next request: those nginx's exit
+/// closes at once. (HTTP/2 connections are marked idle for their whole life, and nginx's exit
+/// sends them a GOAWAY that tells their clients what to retry; cached upstream connections
+/// have no listening socket.)
 ///
 /// # Safety
 /// Event-loop thread.
 unsafe fn idle_connections() -> bool {
     // SAFETY: the cycle's connection array has `connection_n` entries for the process's life; a
-    // free one has fd -1.
+    // free one has fd -1. An idle HTTP/1 connection's `data` is its ngx_http_connection_t, an
+    // HTTP/2 one's its ngx_http_v2_connection_t, whose first field points back to the
+    // connection (the other's first field is its address configuration).
     unsafe {
         let cycle = ngx_cycle;
         let connections = std::slice::from_raw_parts((*cycle).connections, (*cycle).connection_n);
-        connections.iter().any(|c| c.fd != -1 && c.idle() != 0)
+        connections.iter().any(|c| {
+            c.fd != -1
+                && c.idle() != 0
+                && !c.listening.is_null()
+                && !c.data.is_null()
+                && !std::ptr::eq(*c.data.cast::<*const ngx_connection_t>(), c)
+        })
+    }
+}
+
+/// A request the worker takes while it drains (or exits) closes its connection, whatever the
+/// module answers (the app, or a 503 of a full queue).
+///
+/// # Safety
+/// Event-loop thread; `r` is live.
+pub(crate) unsafe fn close_if_ending(r: *mut ngx_http_request_t) {
+    if ending() {
+        // SAFETY: per the function contract.
+        unsafe { (*(*r).main).set_keepalive(0) };
     }
 }
 
