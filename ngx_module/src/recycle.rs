@@ -6,6 +6,8 @@
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
+use ngx_wsgi::recycle::{Due, Limits};
+
 use nginx_sys::{
     ngx_connection_t, ngx_current_msec, ngx_cycle, ngx_event_t, ngx_exiting, ngx_http_request_t,
     ngx_msec_t, ngx_quit, NGX_LOG_NOTICE,
@@ -13,16 +15,9 @@ use nginx_sys::{
 
 use crate::ffi::guard;
 
-/// Requests this worker may serve (0: no limit), drawn once at worker start.
-static LIMIT: AtomicU64 = AtomicU64::new(0);
-static SERVED: AtomicU64 = AtomicU64::new(0);
+static LIMITS: Limits = Limits::new();
+/// Requests handed to their apps.
 static STARTED: AtomicU64 = AtomicU64::new(0);
-/// `wsgi_max_rss` in bytes (0: no limit).
-static MAX_RSS: AtomicUsize = AtomicUsize::new(0);
-static LAST_RSS_CHECK: AtomicUsize = AtomicUsize::new(0);
-
-/// How often, at most, the worker's size is read.
-const RSS_CHECK_MS: usize = 1000;
 
 /// The longest a recycling worker drains its keep-alive connections before it exits. nginx's
 /// own exit closes the idle ones at once, and a request a client sent on one in that instant is
@@ -46,20 +41,7 @@ static DRAIN_TIMER: DrainTimer = DrainTimer(UnsafeCell::new(unsafe { std::mem::z
 
 /// Sets the limits for this worker (from `init_process`).
 pub(crate) fn configure(max_requests: u64, jitter: u64, max_rss: usize) {
-    let extra = if jitter > 0 {
-        nginx_sys::ngx_random() as u64 % (jitter + 1)
-    } else {
-        0
-    };
-    LIMIT.store(
-        if max_requests > 0 {
-            max_requests + extra
-        } else {
-            0
-        },
-        Relaxed,
-    );
-    MAX_RSS.store(max_rss, Relaxed);
+    LIMITS.configure(max_requests, jitter, max_rss);
 }
 
 /// A request was handed to its app. The one that brings the worker to `wsgi_max_requests`, and
@@ -70,7 +52,7 @@ pub(crate) fn configure(max_requests: u64, jitter: u64, max_rss: usize) {
 /// # Safety
 /// Event-loop thread; `r` is live.
 pub(crate) unsafe fn request_started(r: *mut ngx_http_request_t) {
-    let limit = LIMIT.load(Relaxed);
+    let limit = LIMITS.request_limit();
     if limit > 0 && STARTED.fetch_add(1, Relaxed) + 1 >= limit {
         // SAFETY: per the function contract.
         unsafe { (*(*r).main).set_keepalive(0) };
@@ -79,37 +61,14 @@ pub(crate) unsafe fn request_started(r: *mut ngx_http_request_t) {
 
 /// A request finished; starts a graceful exit of the worker when it is due.
 pub(crate) fn request_done() {
-    let served = SERVED.fetch_add(1, Relaxed) + 1;
-    let limit = LIMIT.load(Relaxed);
-    if limit > 0 && served == limit {
-        recycle(
-            &format!("served {served} requests (wsgi_max_requests)"),
-            true,
-        );
-        return;
-    }
-    let max_rss = MAX_RSS.load(Relaxed);
-    if max_rss == 0 {
-        return;
-    }
-    // SAFETY: plain read of nginx's cached clock on the event loop.
-    let now = unsafe { ngx_current_msec };
-    if now.saturating_sub(LAST_RSS_CHECK.load(Relaxed)) < RSS_CHECK_MS {
-        return;
-    }
-    LAST_RSS_CHECK.store(now, Relaxed);
-    if let Some(rss) = resident_bytes() {
-        if rss > max_rss {
-            recycle(
-                &format!(
-                    "uses {} MiB (wsgi_max_rss {} MiB)",
-                    rss >> 20,
-                    max_rss >> 20
-                ),
-                true,
-            );
+    let why = match LIMITS.request_done() {
+        None => return,
+        Some(Due::Requests(served)) => format!("served {served} requests (wsgi_max_requests)"),
+        Some(Due::Memory(rss, max)) => {
+            format!("uses {} MiB (wsgi_max_rss {} MiB)", rss >> 20, max >> 20)
         }
-    }
+    };
+    recycle(&why, true);
 }
 
 /// The worker's ASGI event loop died (its requests were answered): a fresh worker takes over.
@@ -232,13 +191,4 @@ fn exit_now() {
     // SAFETY: nginx's own flag, set on the event loop; the worker's cycle sees it after this
     // event and shuts down gracefully, like on SIGQUIT.
     unsafe { ngx_quit = 1 };
-}
-
-/// The worker's resident set size.
-fn resident_bytes() -> Option<usize> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: plain sysconf call.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * usize::try_from(page).ok()?)
 }
