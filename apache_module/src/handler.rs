@@ -49,6 +49,7 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
             );
             return HTTP_INTERNAL_SERVER_ERROR as c_int;
         };
+        crate::recycle::close_if_recycling(r);
         let side = Arc::new(Side::new(r));
         let prepared = match crate::request_body::prepare(r, conf.request_buffering(), &side) {
             Ok(p) => p,

@@ -21,6 +21,7 @@ mod fork_child;
 mod graceful;
 mod handle;
 mod handler;
+mod keepalive_drain;
 mod lifecycle;
 mod log;
 mod metrics;

@@ -1,6 +1,7 @@
 //! Child recycling (`NgxWsgiMaxRequests N [jitter=M]`, `NgxWsgiMaxRSS SIZE`): a child that has
-//! served enough requests, or grown too large, stops taking connections, finishes what it has
-//! and exits; the parent starts a fresh one in its place (see [`crate::graceful`]).
+//! served enough requests, or grown too large, drains its keep-alive connections
+//! ([`crate::keepalive_drain`]), stops taking connections, finishes what it has and exits; the
+//! parent starts a fresh one in its place (see [`crate::graceful`]).
 
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -42,16 +43,29 @@ pub(crate) unsafe fn request_done(r: *mut request_rec) {
         );
         ngx_wsgi::metrics::recycled();
         RECYCLING.store(true, Relaxed);
-        if let Err(e) = crate::graceful::stop_child() {
-            crate::log::write(
-                APLOG_ERR as c_int,
-                &format!("wsgi: cannot recycle this child: {e}"),
-            );
-        }
+        crate::keepalive_drain::then(stop);
     }
+    // SAFETY: per the function contract.
+    unsafe { close_if_recycling(r) };
+}
+
+/// A request of a recycling child closes its connection: its client goes to a child that
+/// stays. (Marked as the request starts, its response says so.)
+///
+/// # Safety
+/// `r` is the live request, on its own thread.
+pub(crate) unsafe fn close_if_recycling(r: *mut request_rec) {
     if RECYCLING.load(Relaxed) {
-        // Its client goes to a child that stays.
         // SAFETY: per the function contract.
         unsafe { (*(*r).connection).keepalive = ap_conn_keepalive_e_AP_CONN_CLOSE };
+    }
+}
+
+fn stop() {
+    if let Err(e) = crate::graceful::stop_child() {
+        crate::log::write(
+            APLOG_ERR as c_int,
+            &format!("wsgi: cannot recycle this child: {e}"),
+        );
     }
 }
