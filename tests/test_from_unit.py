@@ -2,10 +2,13 @@
 module, answering as Unit's documented semantics say (routes in order, share, prefix, targets,
 environment, limits); and what cannot be translated is named, with exit status 2."""
 
+import grp
 import json
 import os
 import pathlib
+import pwd
 import subprocess
+import sys
 
 import pytest
 import requests
@@ -448,6 +451,54 @@ def test_scheme_conditions_behind_a_trusted_proxy_see_the_forwarded_scheme(tmp_p
     # Untrusted (the client is not in 10.0.0.0/8): its header changes nothing.
     assert get(ports[1], "/a", https).status_code == 301
     assert get(ports[1], "/api/x", https).status_code == 301
+
+
+def test_forms_of_older_unit_configurations(tmp_path, serve):
+    """What older howtos and Unit versions wrote: a listener's `application`, `python3.11`, a
+    `user` without its group, a share ending in a slash, a rewrite putting `/` before `$uri`."""
+    ports = [free_port() for _ in range(2)]
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code/index.html").write_text("code index\n")
+    (tmp_path / "code/app.css").write_text("never served\n")
+    (tmp_path / "empty").mkdir()
+    user = pwd.getpwuid(os.geteuid())
+    group = grp.getgrgid(user.pw_gid).gr_name
+    front = {"path": str(UNIT / "targets"), "module": "front", "callable": "app", "protocol": "wsgi",
+             "user": user.pw_name, **home()}
+    config = {
+        "listeners": {"*:80": {"pass": "routes"}, "*:81": {"application": "legacy"}},
+        "routes": [
+            {"match": {"uri": "/static/*"}, "action": {"share": f"{tmp_path}/code/"}},
+            {"match": {"uri": "/docs/*"}, "action": {"share": f"{tmp_path}/empty/"}},
+            {"match": {"uri": "/v1/*"}, "action": {"rewrite": "/app/$uri", "pass": "applications/site"}},
+        ],
+        "applications": {"site": {"type": "python3.11", **front},
+                         "legacy": {"type": "python 3", **front}},
+    }
+    result = from_unit(tmp_path, config, "--listen", f"*:80=127.0.0.1:{ports[0]}",
+                       "--listen", f"*:81=127.0.0.1:{ports[1]}")
+    assert result.returncode == 2, result.stderr
+    named = sorted(line.split(": ")[2] for line in result.stderr.splitlines()
+                   if "not translated:" in line)
+    # The module beside the tool embeds the Python the tests run (3.11 when the type names it).
+    embedded = sys.version_info[:2] == (3, 11)
+    assert named == sorted(["listeners/*:81/application", "routes/0/action/share",
+                            "routes/1/action/share", *([] if embedded else ["applications/site/type"])]), \
+        result.stderr
+    assert f"user {user.pw_name} {group};" in result.stdout
+    server = serve(result.stdout, ports[0])
+
+    # Unit 1.26+: the share ending in a slash is its index file for every URI, 404 without one
+    # (never nginx's redirect to the directory).
+    for path in ("/static/", "/static/app.css", "/static/a/b"):
+        page = requests.get(server.url(path), allow_redirects=False)
+        assert (page.status_code, page.text) == (200, "code index\n"), path
+    assert requests.get(server.url("/docs/x"), allow_redirects=False).status_code == 404
+    # Unit merges the slashes the template puts together.
+    assert requests.get(server.url("/v1/a/b")).json() == {
+        "target": "front", "script_name": "", "path_info": "/app/v1/a/b"}
+    legacy = requests.get(f"http://127.0.0.1:{ports[1]}/x/y").json()
+    assert legacy == {"target": "front", "script_name": "", "path_info": "/x/y"}
 
 
 def test_what_is_not_translated_is_named(tmp_path, built):

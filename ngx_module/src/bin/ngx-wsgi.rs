@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod doctor;
+mod elf;
 mod from_unit;
 
 const MODULE_FILE: &str = "libngx_http_wsgi_module.so";

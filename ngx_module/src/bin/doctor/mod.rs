@@ -7,13 +7,12 @@
 //! Both are read from the files: the first entry of each file's exported `ngx_modules` array.
 
 mod access;
-mod elf;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use crate::elf::Elf;
 use access::User;
-use elf::Elf;
 
 /// What each flag of the signature after the three sizes stands for (ngx_module.h).
 const SIGNATURE_FLAGS: [&str; 34] = [
@@ -378,17 +377,11 @@ struct Python {
 }
 
 fn embedded_python(elf: Elf, module: &Path, report: &mut Report) -> Option<Python> {
-    let (needed, runpath) = elf.needed_and_runpath();
-    let Some(lib) = needed.iter().find(|n| n.starts_with("libpython")) else {
+    let Some((lib, version)) = elf.libpython() else {
         report.problem(format!("{} links no libpython", module.display()));
         return None;
     };
-    let version = lib
-        .trim_start_matches("libpython")
-        .split(".so")
-        .next()
-        .unwrap_or("")
-        .to_owned();
+    let (_, runpath) = elf.needed_and_runpath();
     let multiarch = format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH);
     let origin = module.parent().unwrap_or(Path::new("."));
     let mut dirs: Vec<PathBuf> = Vec::new();
@@ -405,7 +398,7 @@ fn embedded_python(elf: Elf, module: &Path, report: &mut Report) -> Option<Pytho
             dirs.push(dir);
         }
     }
-    let Some(library) = dirs.iter().map(|d| d.join(lib)).find(|p| p.exists()) else {
+    let Some(library) = dirs.iter().map(|d| d.join(&lib)).find(|p| p.exists()) else {
         report.problem(format!(
             "the module embeds Python {version}, but {lib} is in none of {}: nginx's dlopen() of \
              the module fails (install that Python's shared library, or build the module against \

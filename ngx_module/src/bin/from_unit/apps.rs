@@ -28,6 +28,8 @@ pub struct App {
     pub at: String,
     /// A `python` type; others are not translated.
     pub python: bool,
+    /// The version a `python` type names (`"3.11"` of `python 3.11` or `python3.11`), if any.
+    pub python_version: Option<String>,
     pub home: Option<String>,
     pub sys_path: Vec<String>,
     pub working_directory: Option<String>,
@@ -122,13 +124,48 @@ fn is_identifier(name: &str) -> bool {
 
 const ENTRY_OPTIONS: &[&str] = &["module", "callable", "prefix", "factory"];
 
+/// The version a `python` type asks for ("" for any), `None` for another language: as Unit's
+/// nxt_app_lang_module reads a type, the language ends at the first space or digit.
+pub fn python_type(type_text: &str) -> Option<&str> {
+    let end = type_text
+        .find(|c: char| c == ' ' || c.is_ascii_digit())
+        .unwrap_or(type_text.len());
+    if &type_text[..end] != "python" {
+        return None;
+    }
+    let rest = &type_text[end..];
+    Some(rest.strip_prefix(' ').unwrap_or(rest))
+}
+
+/// Why a version named by a `python` type deserves a look here, given the Python the module
+/// embeds (major, minor) when the tool could read it.
+pub fn version_note(version: &str, embedded: Option<(u32, u32)>) -> Option<String> {
+    let mut parts = version.split('.');
+    let major = parts.next().filter(|m| !m.is_empty())?;
+    let minor = parts.next();
+    let embeds = embedded
+        .map(|(a, b)| format!("Python {a}.{b}"))
+        .unwrap_or_else(|| "the Python 3 it was built for (`ngx-wsgi doctor` names it)".into());
+    if major == "2" {
+        return Some(format!("Unit ran it on Python {version}; the module runs {embeds}: the app must run on Python 3"));
+    }
+    let minor = minor?;
+    match embedded {
+        Some((a, b)) if a.to_string() == major && b.to_string() == minor => None,
+        Some(_) => Some(format!("Unit ran it on Python {version}; the module runs {embeds}: check that the app and its packages run on it (a `home` virtualenv of another version fails `nginx -t`), or build the module for Python {major}.{minor} (see Python versions in the README)")),
+        None => Some(format!("Unit ran it on Python {version}; the module runs {embeds}: check that this is {major}.{minor}, or that the app and its packages run on the one it is")),
+    }
+}
+
 /// Reads `applications/NAME`.
 pub fn read(name: &str, at: At<'_>) -> Read<App> {
     let type_text = at.required("type")?.str()?;
+    let version = python_type(type_text);
     let mut app = App {
         name: name.to_owned(),
         at: at.path().to_owned(),
-        python: type_text == "python" || type_text.starts_with("python "),
+        python: version.is_some(),
+        python_version: version.filter(|v| !v.is_empty()).map(str::to_owned),
         home: None,
         sys_path: Vec::new(),
         working_directory: None,
@@ -358,6 +395,37 @@ mod tests {
         );
         assert_eq!(e.prefix, None);
         assert!(a.untranslated.is_empty());
+    }
+
+    #[test]
+    fn the_type_splits_at_the_first_space_or_digit() {
+        assert_eq!(python_type("python"), Some(""));
+        assert_eq!(python_type("python 3"), Some("3"));
+        assert_eq!(python_type("python3"), Some("3"));
+        assert_eq!(python_type("python3.11"), Some("3.11"));
+        assert_eq!(python_type("python 3.11"), Some("3.11"));
+        assert_eq!(python_type("python 2.7"), Some("2.7"));
+        assert_eq!(python_type("php 8"), None);
+        assert_eq!(python_type("pythonic"), None);
+        assert_eq!(python_type("Python 3"), None);
+    }
+
+    #[test]
+    fn a_version_is_noted_when_it_is_not_the_embedded_one() {
+        assert_eq!(version_note("3", Some((3, 11))), None);
+        assert_eq!(version_note("3", None), None);
+        assert_eq!(version_note("3.11", Some((3, 11))), None);
+        assert_eq!(version_note("3.11.4", Some((3, 11))), None);
+        let other = version_note("3.12", Some((3, 11))).unwrap();
+        assert!(
+            other.contains("Python 3.11") && other.contains("3.12"),
+            "{other}"
+        );
+        let unknown = version_note("3.12", None).unwrap();
+        assert!(unknown.contains("ngx-wsgi doctor"), "{unknown}");
+        assert!(version_note("2", Some((3, 11)))
+            .unwrap()
+            .contains("Python 3"));
     }
 
     #[test]

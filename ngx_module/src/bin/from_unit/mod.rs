@@ -12,6 +12,7 @@ mod json;
 mod mime;
 mod out;
 mod pattern;
+mod rewrite;
 mod routes;
 
 use std::path::PathBuf;
@@ -125,6 +126,25 @@ pub fn translate(
             apps.push(apps::read(name, app)?);
         }
     }
+    // Only a version other than a bare 3 is compared with the module's, which costs a read of
+    // the module file.
+    let embedded = if apps
+        .iter()
+        .any(|a| a.python_version.as_deref().is_some_and(|v| v != "3"))
+    {
+        embedded_python(module)
+    } else {
+        None
+    };
+    for app in &mut apps {
+        if let Some(reason) = app
+            .python_version
+            .as_deref()
+            .and_then(|v| apps::version_note(v, embedded))
+        {
+            app.untranslated.push((format!("{}/type", app.at), reason));
+        }
+    }
     let unit = routes::Unit {
         apps: &apps,
         routes: config.get("routes"),
@@ -225,6 +245,47 @@ pub fn translate(
     Ok((conf.text, shared.notes))
 }
 
+/// The name of `user`'s primary group on this machine, or why it is unknown.
+fn primary_group(user: &str) -> Result<String, String> {
+    let unknown = || format!("there is no user {user:?} on this machine");
+    let name = std::ffi::CString::new(user).map_err(|_| unknown())?;
+    // SAFETY: getpwnam and getgrgid return NULL or a pointer to a static record (its gr_name a
+    // NUL-terminated string), read at once on this one thread, before another call reuses it.
+    unsafe {
+        let pw = libc::getpwnam(name.as_ptr());
+        if pw.is_null() {
+            return Err(unknown());
+        }
+        let gid = (*pw).pw_gid;
+        let gr = libc::getgrgid(gid);
+        if gr.is_null() {
+            return Err(format!(
+                "the primary group of {user:?} (gid {gid}) has no name on this machine"
+            ));
+        }
+        Ok(std::ffi::CStr::from_ptr((*gr).gr_name)
+            .to_string_lossy()
+            .into_owned())
+    }
+}
+
+/// The Python version (major, minor) of the libpython the module at `path` links; `None` when
+/// the file is not here.
+fn embedded_python(path: &str) -> Option<(u32, u32)> {
+    let (_, version) = crate::elf::Elf::open(std::path::Path::new(path))
+        .ok()?
+        .libpython()?;
+    version_numbers(&version)
+}
+
+/// `3.11` (or `3.13t`, a free-threaded build's ABI flag after it) as (3, 11).
+fn version_numbers(version: &str) -> Option<(u32, u32)> {
+    let (major, minor) = version
+        .trim_end_matches(|c: char| c.is_ascii_lowercase())
+        .split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
 /// What every application of the nginx shares: one interpreter per worker, one set of workers.
 fn python_settings(
     apps: &[&apps::App],
@@ -263,9 +324,17 @@ fn python_settings(
         notes,
     );
     if let Some((user, group)) = user {
-        match group {
-            Some(g) => main.line(&format!("user {} {};", tok(&user)?, tok(&g)?)),
-            None => main.line(&format!("user {};", tok(&user)?)),
+        // nginx's `user NAME;` takes the group named NAME, Unit the user's primary group.
+        match group.map_or_else(|| primary_group(&user), Ok) {
+            Ok(g) => main.line(&format!("user {} {};", tok(&user)?, tok(&g)?)),
+            Err(why) => {
+                main.line(&format!("user {};", tok(&user)?));
+                let at = apps
+                    .iter()
+                    .find(|a| a.user.as_deref() == Some(user.as_str()))
+                    .map_or("applications", |a| a.at.as_str());
+                notes.add(&format!("{at}/user"), &format!("{why}: Unit ran the app with the user's primary group, nginx with the group named {user:?} (`nginx -t` fails without one); write `user {user} GROUP;` with the user's group, or add a group {user:?}"));
+            }
         }
     } else if let Some(app) = apps.iter().find(|a| a.group.is_some()) {
         notes.add(

@@ -243,9 +243,11 @@ impl<'a> Unit<'a> {
         };
         let mut listen_options = String::new();
         let mut pass = None;
+        let mut application = None;
         for (key, value) in at.members()? {
             match key {
                 "pass" => pass = Some(value),
+                "application" => application = Some(value),
                 "tls" => {
                     server.scheme = "https";
                     listen_options.push_str(" ssl");
@@ -268,13 +270,27 @@ impl<'a> Unit<'a> {
                     .add(value.path(), "an option unknown to this tool"),
             }
         }
-        let pass = pass.ok_or_else(|| {
-            BadInput(format!(
-                "{}: the required option \"pass\" is missing",
-                at.path()
-            ))
-        })?;
         server.listen = format!("{}{listen_options}", tok(&server.listen, &at)?);
+        // Unit's router takes `pass` first and the pre-1.8 `application` only without it.
+        let pass = match (pass, application) {
+            (Some(pass), _) => pass,
+            (None, Some(app)) => {
+                let name = app.str()?;
+                shared.notes.add(app.path(), &format!("a listener option of Unit before 1.8, which later versions still read as \"pass\": \"applications/{name}\"; translated as that pass"));
+                self.open_server(&server, None, out);
+                out.open("location /");
+                self.application(&app, name, "", out, shared)?;
+                out.close();
+                out.close();
+                return Ok(());
+            }
+            (None, None) => {
+                return Err(BadInput(format!(
+                    "{}: the required option \"pass\" is missing",
+                    at.path()
+                )))
+            }
+        };
         let target = pass.str()?;
         if passes_to_route(target) {
             let parts = pass_parts(target);
@@ -761,10 +777,16 @@ impl<'a> Unit<'a> {
                 }
                 "location" | "index" | "fallback" | "types" | "chroot" | "follow_symlinks"
                 | "traverse_mounts" => {}
-                "rewrite" => match variables(value.str()?) {
-                    Ok(uri) => rewrite = Some(tok(&uri, &value)?),
-                    Err(e) => shared.notes.add(value.path(), &e),
-                },
+                "rewrite" => {
+                    let (template, unlike) = super::rewrite::rewrite_template(value.str()?);
+                    if let Some(why) = unlike {
+                        shared.notes.add(value.path(), &why);
+                    }
+                    match variables(&template) {
+                        Ok(uri) => rewrite = Some(tok(&uri, &value)?),
+                        Err(e) => shared.notes.add(value.path(), &e),
+                    }
+                }
                 "response_headers" => {
                     for (name, v) in value.members()? {
                         match &v.value {
@@ -991,6 +1013,10 @@ impl<'a> Unit<'a> {
             Some(path) => format!("http://unix:{path}:"),
             None => format!("http://{rest}"),
         };
+        if rest.contains("control.unit.sock") {
+            // What such a route exposed (mostly `/status`) goes with Unit.
+            shared.notes.add(at.path(), "a proxy to Unit's control socket, which goes away with Unit: for figures like its /status, a location with `wsgi_status;` answers the module's (Prometheus text; protect it with allow/deny)");
+        }
         proxy_lines(&tok(&target, at)?, out);
         Ok(())
     }
@@ -1005,19 +1031,26 @@ impl<'a> Unit<'a> {
         seen: &mut Vec<String>,
     ) -> Read<()> {
         let share = at.required("share")?;
+        let index = match at.get("index") {
+            Some(i) => i.str()?.to_owned(),
+            None => "index.html".to_owned(),
+        };
         let mut files = Vec::new();
         for (text, s) in share.strings()? {
             match variables(&text) {
-                Ok(path) => files.push(path),
+                Ok(path) => {
+                    // Variables came with 1.26: only a share without them can be an older one.
+                    if path.ends_with('/') && !text.contains('$') {
+                        let dir = text.trim_end_matches('/');
+                        shared.notes.add(s.path(), &format!("Unit 1.26 and later serve the one file {text}{index} for every request this step takes, as written here; before 1.26 a share was a directory the request's URI was appended to (what older howtos meant): if so, write \"{dir}$uri\" and run the tool again"));
+                    }
+                    files.push(path);
+                }
                 Err(e) => {
                     shared.notes.add(s.path(), &e);
                 }
             }
         }
-        let index = match at.get("index") {
-            Some(i) => i.str()?.to_owned(),
-            None => "index.html".to_owned(),
-        };
         // `DIR$uri` everywhere: nginx's root; otherwise whole paths from `/`.
         let dirs: Vec<Option<&str>> = files.iter().map(|f| f.strip_suffix("$uri")).collect();
         let mut tries = Vec::new();
@@ -1031,7 +1064,12 @@ impl<'a> Unit<'a> {
             _ => {
                 out.line("root /;");
                 for f in &files {
-                    tries.push(f.clone());
+                    // Unit appends the index to a share that ends in a slash, whatever made it.
+                    if f.ends_with('/') {
+                        tries.push(format!("{f}{index}"));
+                    } else {
+                        tries.push(f.clone());
+                    }
                     if f.ends_with("$uri") {
                         tries.push(format!("{f}/{index}"));
                     }

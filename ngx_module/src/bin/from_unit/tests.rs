@@ -648,3 +648,163 @@ fn body_buffer_temp_path_and_websocket_settings_are_nginx_directives() {
         ]
     );
 }
+
+#[test]
+fn a_share_ending_in_a_slash_serves_its_index_and_says_what_it_meant_before_1_26() {
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [{"match": {"uri": "/static/*"}, "action": {"share": "/code/"}},
+                       {"match": {"uri": "/docs/*"}, "action": {"share": ["/www/$host/", "/www/$uri"], "index": "main.html"}},
+                       {"action": {"share": "/srv/www$uri"}}]}"#);
+    has(
+        &conf,
+        &[
+            "location ~ ^/static/ {",
+            "root /;",
+            "try_files /code/index.html =404;",
+            "location ~ ^/docs/ {",
+            "try_files /www/$host/main.html /www/$uri /www/$uri/main.html =404;",
+            "location / {",
+            "root /srv/www;",
+        ],
+    );
+    assert_eq!(note_paths(&notes), ["routes/0/action/share"]);
+    assert!(
+        notes[0].contains("before 1.26") && notes[0].contains("write \"/code$uri\""),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn python_types_are_read_as_unit_reads_them() {
+    for t in [
+        "python",
+        "python 3",
+        "python3",
+        "python3.11",
+        "python 3.11",
+        "python 2.7",
+    ] {
+        let json = format!(
+            r#"{{"listeners": {{"*:80": {{"pass": "applications/a"}}}},
+                "applications": {{"a": {{"type": "{t}", "module": "m", "protocol": "wsgi"}}}}}}"#
+        );
+        let (conf, _) = run(&json);
+        has(&conf, &["wsgi_app m:application;"]);
+    }
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "applications/a"}},
+            "applications": {"a": {"type": "pythonista", "module": "m"}}}"#);
+    has(&conf, &["return 502;"]);
+    assert_eq!(note_paths(&notes), ["applications/a"]);
+}
+
+#[test]
+fn python_2_and_a_minor_version_are_noted() {
+    let (_, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [{"match": {"uri": "/old/*"}, "action": {"pass": "applications/old"}},
+                       {"match": {"uri": "/new/*"}, "action": {"pass": "applications/new"}},
+                       {"action": {"pass": "applications/any"}}],
+            "applications": {"old": {"type": "python 2.7", "module": "m", "protocol": "wsgi"},
+                             "new": {"type": "python3.12", "module": "m", "protocol": "wsgi"},
+                             "any": {"type": "python 3", "module": "m", "protocol": "wsgi"}}}"#);
+    // MODULE is not there: the Python it embeds is unknown.
+    assert_eq!(
+        note_paths(&notes),
+        ["applications/old/type", "applications/new/type"]
+    );
+    assert!(notes[0].contains("must run on Python 3"), "{notes:?}");
+    assert!(notes[1].contains("Python 3.12"), "{notes:?}");
+}
+
+#[test]
+fn the_python_a_module_embeds_is_read_from_its_needed_library() {
+    assert_eq!(version_numbers("3.11"), Some((3, 11)));
+    assert_eq!(version_numbers("3.13t"), Some((3, 13)));
+    assert_eq!(version_numbers("3"), None);
+    let module = std::env::temp_dir().join(format!("from-unit-module-{}.so", std::process::id()));
+    std::fs::write(&module, b"not an ELF file").unwrap();
+    assert_eq!(embedded_python(module.to_str().unwrap()), None);
+    std::fs::remove_file(&module).unwrap();
+    assert_eq!(embedded_python("/nonexistent/module.so"), None);
+}
+
+#[test]
+fn a_user_without_a_group_gets_its_primary_group() {
+    let json = |user: &str| {
+        format!(
+            r#"{{"listeners": {{"*:80": {{"pass": "applications/a"}}}},
+                "applications": {{"a": {{"type": "python", "module": "m", "protocol": "wsgi", "user": "{user}"}}}}}}"#
+        )
+    };
+    let (conf, notes) = run(&json("root"));
+    has(&conf, &["user root root;"]);
+    assert!(notes.is_empty(), "{notes:?}");
+    let (conf, notes) = run(&json("no-such-user-ngx-wsgi"));
+    has(&conf, &["user no-such-user-ngx-wsgi;"]);
+    assert_eq!(note_paths(&notes), ["applications/a/user"]);
+    assert!(
+        notes[0].contains("add a group \"no-such-user-ngx-wsgi\""),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn a_listener_application_is_a_pass_to_it() {
+    let (conf, notes) = run(
+        r#"{"listeners": {"*:80": {"application": "a"}, "*:81": {"pass": "applications/b", "application": "a"}},
+            "applications": {"a": {"type": "python", "module": "ma", "protocol": "wsgi"},
+                             "b": {"type": "python", "module": "mb", "protocol": "wsgi"}}}"#,
+    );
+    has(
+        &conf,
+        &[
+            "listen 80;",
+            "location / {",
+            "wsgi_app ma:application;",
+            "listen 81;",
+            "wsgi_app mb:application;",
+        ],
+    );
+    assert_eq!(note_paths(&notes), ["listeners/*:80/application"]);
+}
+
+#[test]
+fn a_rewrite_before_uri_keeps_one_slash_and_drops_its_query() {
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [{"match": {"uri": "/v1/*"}, "action": {"rewrite": "/app/$uri", "return": 204}},
+                       {"match": {"uri": "/v2/*"}, "action": {"rewrite": "/app/${uri}?x=1", "return": 204}},
+                       {"match": {"uri": "/v3/*"}, "action": {"rewrite": "/$host/${uri}x", "return": 204}},
+                       {"match": {"uri": "/v4/*"}, "action": {"rewrite": "/app${request_uri}", "return": 204}},
+                       {"action": {"rewrite": "/a/../b%20c", "return": 204}}]}"#);
+    has(
+        &conf,
+        &[
+            "rewrite ^ /app$uri break;",
+            "rewrite ^ /app$uri break;",
+            "rewrite ^ \"/$host${uri}x\" break;",
+            "rewrite ^ /app$request_uri break;",
+            "rewrite ^ /a/../b%20c break;",
+        ],
+    );
+    assert_eq!(
+        note_paths(&notes),
+        ["routes/3/action/rewrite", "routes/4/action/rewrite"]
+    );
+    assert!(notes[0].contains("$request_uri"), "{notes:?}");
+    assert!(
+        notes[1].contains("%XX") && notes[1].contains("`..`"),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn a_proxy_to_units_control_socket_points_at_wsgi_status() {
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [{"match": {"uri": "/status"}, "action": {"proxy": "http://unix:/var/run/control.unit.sock"}},
+                       {"action": {"proxy": "http://127.0.0.1:8000"}}]}"#);
+    has(
+        &conf,
+        &["proxy_pass http://unix:/var/run/control.unit.sock:;"],
+    );
+    assert_eq!(note_paths(&notes), ["routes/0/action/proxy"]);
+    assert!(notes[0].contains("wsgi_status"), "{notes:?}");
+}

@@ -162,6 +162,19 @@ impl Elf {
         Self::c_string(&self.data, self.file_offset(addr)?)
     }
 
+    /// The libpython the file needs (`libpython3.11.so.1.0`) and its version (`3.11`).
+    pub fn libpython(&self) -> Option<(String, String)> {
+        let (needed, _) = self.needed_and_runpath();
+        let lib = needed.into_iter().find(|n| n.starts_with("libpython"))?;
+        let version = lib
+            .trim_start_matches("libpython")
+            .split(".so")
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        Some((lib, version))
+    }
+
     /// DT_NEEDED libraries and the DT_RUNPATH (or DT_RPATH) directories.
     pub fn needed_and_runpath(&self) -> (Vec<String>, Vec<String>) {
         let (mut needed, mut runpath) = (Vec::new(), Vec::new());
