@@ -2,7 +2,10 @@
 cancelled or interrupted, its stack logged), `wsgi_max_queue`/`wsgi_queue_timeout` against an
 event loop that an app blocks (503 + Retry-After), the request's id on Python logging lines of
 its coroutines and the tasks they spawn, and the `wsgi_status` figures."""
+import asyncio
+import collections
 import re
+import resource
 import socket
 import threading
 
@@ -162,6 +165,40 @@ def test_client_gone_is_counted(server):
 
 
 # --- overload ------------------------------------------------------------------------------
+
+def test_a_burst_the_loop_is_catching_up_with_is_served_not_refused(nginx_factory):
+    # A loop that starts requests more slowly than they come (here: held 3 s, while 1,500
+    # arrive) is behind, not stuck: by default only wsgi_queue_timeout tells a stuck loop, and
+    # every request is served once it catches up. (A count of 1024 refused the rest.)
+    burst = 1500
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < burst + 512:
+        pytest.skip(f"the hard RLIMIT_NOFILE is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        srv = nginx_factory(asgi("/", APP) + status("/metrics").for_nginx(), worker_connections=4096,
+                            listen_extra=" backlog=4096").start()
+        blocker = threading.Thread(target=lambda: requests.get(srv.url("/block?3"), timeout=30))
+        blocker.start()
+        wait_for(lambda: loop_blocked(srv), what="the loop to be blocked")
+
+        async def one(i):
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            writer.write(f"GET /burst?{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            data = await asyncio.wait_for(reader.read(), 60)
+            writer.close()
+            return data.split(b" ", 2)[1]
+
+        async def all_of_them():
+            return await asyncio.gather(*(one(i) for i in range(burst)))
+
+        statuses = collections.Counter(asyncio.run(all_of_them()))
+        blocker.join()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert statuses == {b"200": burst}, statuses
+    assert "already wait for the asgi event loop" not in srv.error_log()
+
 
 def test_a_blocked_loop_gets_503s_not_an_endless_queue(nginx_factory):
     srv = nginx_factory(asgi("/", APP) + status("/metrics").for_nginx(),

@@ -79,7 +79,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         Handshake::Malformed(why) => return Err(unsafe { refuse_malformed(r, why) }),
     };
     let limits = QueueLimits {
-        max_queue: mc.limits.max_queue(),
+        max_queue: mc.limits.asgi_max_queue(),
         queue_timeout: mc.limits.queue_timeout(),
     };
     // SAFETY: `r` is live on the event loop and has sent nothing.

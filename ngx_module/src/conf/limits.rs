@@ -108,6 +108,15 @@ impl WorkerLimits {
         num_or(self.max_queue, DEFAULT_MAX_QUEUE)
     }
 
+    /// The bound on ASGI requests waiting for the event loop to start them: `wsgi_max_queue`
+    /// when it is set, else none by count. A loop that starts requests more slowly than a burst
+    /// brings them is behind, not stuck (each waiting request costs a connection, which
+    /// `worker_connections` bounds); one that stops starting them is found by
+    /// `wsgi_queue_timeout`.
+    pub(crate) fn asgi_max_queue(&self) -> usize {
+        num_or(self.max_queue, usize::MAX)
+    }
+
     pub(crate) fn queue_timeout(&self) -> ngx_msec_t {
         msec_or(self.queue_timeout, DEFAULT_QUEUE_TIMEOUT_MS)
     }
@@ -258,6 +267,7 @@ mod tests {
         let unset = WorkerLimits::default();
         assert_eq!(unset.max_threads(), DEFAULT_MAX_THREADS);
         assert_eq!(unset.max_queue(), DEFAULT_MAX_QUEUE);
+        assert_eq!(unset.asgi_max_queue(), usize::MAX);
         assert_eq!(unset.queue_timeout(), DEFAULT_QUEUE_TIMEOUT_MS);
         assert_eq!(unset.shutdown_timeout(), DEFAULT_SHUTDOWN_TIMEOUT_MS);
         let set = WorkerLimits {
@@ -271,10 +281,11 @@ mod tests {
             (
                 set.max_threads(),
                 set.max_queue(),
+                set.asgi_max_queue(),
                 set.queue_timeout(),
                 set.shutdown_timeout()
             ),
-            (8, 0, 0, 250)
+            (8, 0, 0, 0, 250)
         );
     }
 
