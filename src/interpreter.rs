@@ -400,11 +400,33 @@ pub fn forget_thread() {
             unsafe {
                 let tstate = ffi::PyGILState_GetThisThreadState();
                 ffi::PyEval_RestoreThread(tstate);
+                // SAFETY: the GIL is held from the Restore above to the Release below.
+                unlist_dummy_thread(Python::assume_attached());
                 ffi::PyGILState_Release(ffi::PyGILState_STATE::PyGILState_UNLOCKED);
             }
             kept.set(false);
         }
     });
+}
+
+/// The threading module keeps the entry of a thread it did not start (a dummy `Thread`) for
+/// ever, alive and, for a server thread, non-daemon: a retired pool thread would stay in
+/// `threading.enumerate()` and `active_count()`. The thread takes its entry out as it ends.
+fn unlist_dummy_thread(py: Python<'_>) {
+    let _ = (|| -> PyResult<()> {
+        let threading = py.import("threading")?;
+        let active = threading.getattr("_active")?;
+        let ident = threading.call_method0("get_ident")?;
+        let entry = active.call_method1("get", (&ident,))?;
+        if entry.is_instance(&threading.getattr("_DummyThread")?)? {
+            let lock = threading.getattr("_active_limbo_lock")?;
+            lock.call_method0("acquire")?;
+            let popped = active.call_method1("pop", (&ident, py.None()));
+            lock.call_method0("release")?;
+            popped?;
+        }
+        Ok(())
+    })();
 }
 
 /// Daemon threads (an app's own, or those its libraries start) keep running after
@@ -567,6 +589,31 @@ fn add_site_dirs(py: Python<'_>, dirs: &[PathBuf]) -> PyResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_thread_that_ends_leaves_no_thread_listed_alive() {
+        crate::testing::with_python(|_| ());
+        let ident = std::thread::spawn(|| {
+            let ident = attach(|py| {
+                let threading = py.import("threading").unwrap();
+                let me = threading.call_method0("current_thread").unwrap();
+                assert!(!me.getattr("daemon").unwrap().extract::<bool>().unwrap());
+                me.getattr("ident").unwrap().extract::<u64>().unwrap()
+            });
+            forget_thread();
+            ident
+        })
+        .join()
+        .unwrap();
+        crate::testing::with_python(|py| {
+            let threading = py.import("threading").unwrap();
+            let active = threading.getattr("_active").unwrap();
+            assert!(
+                !active.contains(ident).unwrap(),
+                "thread {ident} is still listed"
+            );
+        });
+    }
 
     #[test]
     fn home_must_match_the_embedded_version() {
