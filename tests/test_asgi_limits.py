@@ -168,8 +168,9 @@ def test_client_gone_is_counted(server):
 
 def test_a_burst_the_loop_is_catching_up_with_is_served_not_refused(nginx_factory):
     # A loop that starts requests more slowly than they come (here: held 3 s, while 1,500
-    # arrive) is behind, not stuck: by default only wsgi_queue_timeout tells a stuck loop, and
-    # every request is served once it catches up. (A count of 1024 refused the rest.)
+    # arrive) is behind, not stuck: wsgi_queue_timeout tells a stuck loop, and the ASGI queue's
+    # default count (8192) leaves room for a burst, so every request is served once the loop
+    # catches up. (The threads' 1024 refused the rest.)
     burst = 1500
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < burst + 512:

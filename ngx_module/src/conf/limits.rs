@@ -24,6 +24,8 @@ const UNSET_NUM: ngx_int_t = -1;
 pub(crate) const DEFAULT_MAX_THREADS: usize = 1024;
 /// Default `wsgi_max_queue`.
 pub(crate) const DEFAULT_MAX_QUEUE: usize = 1024;
+/// Default `wsgi_max_queue` of ASGI requests waiting for the event loop to start them.
+pub(crate) const DEFAULT_ASGI_MAX_QUEUE: usize = 8192;
 /// Default `wsgi_queue_timeout`.
 pub(crate) const DEFAULT_QUEUE_TIMEOUT_MS: ngx_msec_t = 10_000;
 /// Default `wsgi_shutdown_timeout`.
@@ -109,12 +111,13 @@ impl WorkerLimits {
     }
 
     /// The bound on ASGI requests waiting for the event loop to start them: `wsgi_max_queue`
-    /// when it is set, else none by count. A loop that starts requests more slowly than a burst
-    /// brings them is behind, not stuck (each waiting request costs a connection, which
-    /// `worker_connections` bounds); one that stops starting them is found by
-    /// `wsgi_queue_timeout`.
+    /// when it is set, else a larger default than the threads' queue. A loop that starts
+    /// requests more slowly than a burst brings them is behind, not stuck, and
+    /// `wsgi_queue_timeout` finds a stuck one; the count still bounds what a stuck loop holds
+    /// (WebSocket handshakes, which the timeout does not watch; HTTP/2 streams, which no
+    /// `worker_connections` slot bounds).
     pub(crate) fn asgi_max_queue(&self) -> usize {
-        num_or(self.max_queue, usize::MAX)
+        num_or(self.max_queue, DEFAULT_ASGI_MAX_QUEUE)
     }
 
     pub(crate) fn queue_timeout(&self) -> ngx_msec_t {
@@ -267,7 +270,7 @@ mod tests {
         let unset = WorkerLimits::default();
         assert_eq!(unset.max_threads(), DEFAULT_MAX_THREADS);
         assert_eq!(unset.max_queue(), DEFAULT_MAX_QUEUE);
-        assert_eq!(unset.asgi_max_queue(), usize::MAX);
+        assert_eq!(unset.asgi_max_queue(), DEFAULT_ASGI_MAX_QUEUE);
         assert_eq!(unset.queue_timeout(), DEFAULT_QUEUE_TIMEOUT_MS);
         assert_eq!(unset.shutdown_timeout(), DEFAULT_SHUTDOWN_TIMEOUT_MS);
         let set = WorkerLimits {
