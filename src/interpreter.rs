@@ -593,23 +593,27 @@ mod tests {
     #[test]
     fn a_server_thread_that_ends_leaves_no_thread_listed_alive() {
         crate::testing::with_python(|_| ());
-        let ident = std::thread::spawn(|| {
-            let ident = attach(|py| {
+        let (ident, thread) = std::thread::spawn(|| {
+            let found = attach(|py| {
                 let threading = py.import("threading").unwrap();
                 let me = threading.call_method0("current_thread").unwrap();
                 assert!(!me.getattr("daemon").unwrap().extract::<bool>().unwrap());
-                me.getattr("ident").unwrap().extract::<u64>().unwrap()
+                let ident = me.getattr("ident").unwrap().extract::<u64>().unwrap();
+                (ident, me.unbind())
             });
             forget_thread();
-            ident
+            found
         })
         .join()
         .unwrap();
         crate::testing::with_python(|py| {
             let threading = py.import("threading").unwrap();
             let active = threading.getattr("_active").unwrap();
+            // Another test's thread may have the same ident by now (it is reused): its own
+            // entry is not this one.
+            let listed = active.call_method1("get", (ident,)).unwrap();
             assert!(
-                !active.contains(ident).unwrap(),
+                !listed.is(thread.bind(py)),
                 "thread {ident} is still listed"
             );
         });
