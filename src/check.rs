@@ -149,7 +149,7 @@ pub fn check_apps(
     } else {
         setup.timeout
     };
-    let (report, read) = read_report(&mut pipe, read_fd, timeout);
+    let (report, read) = read_report(&mut pipe, read_fd, timeout, shutdown_grace(setup));
     if read == Reading::TimedOut {
         // SAFETY: `pid` is our child; it is killed and reaped below.
         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -173,6 +173,13 @@ pub fn check_apps(
                 Some(Stage::Lifespan(i)) => CheckError::App(
                     i,
                     format!("its lifespan startup did not finish within {within} s (an await that never ends, or a call that blocks the event loop); the check process was killed"),
+                ),
+                Some(Stage::Shutdown(i)) => CheckError::App(
+                    i,
+                    format!(
+                        "its lifespan shutdown, after a startup that completed, did not end within {} s (a call that blocks the event loop, which cancelling cannot interrupt); the check process was killed",
+                        shutdown_grace(setup).as_secs_f64()
+                    ),
                 ),
                 None => CheckError::Interpreter(format!(
                     "starting Python: it took longer than {within} s; the check process was killed"
@@ -217,13 +224,22 @@ enum Reading {
     Failed(String),
 }
 
-/// Reads the child's report until it closes the pipe or `timeout` passes.
-fn read_report(pipe: &mut std::fs::File, fd: libc::c_int, timeout: Duration) -> (String, Reading) {
-    let deadline = Instant::now() + timeout;
+/// Reads the child's report until it closes the pipe or `timeout` passes. An app's lifespan
+/// shutdown (from its `E` record to the next record) decides nothing and is bounded on its own,
+/// by `shutdown_grace` from its start: its time does not count against `timeout`.
+fn read_report(
+    pipe: &mut std::fs::File,
+    fd: libc::c_int,
+    timeout: Duration,
+    shutdown_grace: Duration,
+) -> (String, Reading) {
+    let mut deadline = Instant::now() + timeout;
+    let mut shutdown_since: Option<Instant> = None;
     let mut bytes = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let now_deadline = shutdown_since.map_or(deadline, |since| since + shutdown_grace);
+        let left = now_deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return (
                 String::from_utf8_lossy(&bytes).into_owned(),
@@ -253,7 +269,18 @@ fn read_report(pipe: &mut std::fs::File, fd: libc::c_int, timeout: Duration) -> 
         }
         match pipe.read(&mut buf) {
             Ok(0) => return (String::from_utf8_lossy(&bytes).into_owned(), Reading::Done),
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                bytes.extend_from_slice(&buf[..n]);
+                let now = Instant::now();
+                match (shutdown_since, in_shutdown(&bytes)) {
+                    (None, true) => shutdown_since = Some(now),
+                    (Some(since), false) => {
+                        deadline += now - since;
+                        shutdown_since = None;
+                    }
+                    _ => {}
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 return (
@@ -272,6 +299,8 @@ enum Stage {
     Import(usize),
     /// Running app `i`'s lifespan startup (its `L` record).
     Lifespan(usize),
+    /// Running app `i`'s lifespan shutdown, its startup done (its `E` record).
+    Shutdown(usize),
 }
 
 /// What the child started last, if anything.
@@ -282,14 +311,31 @@ fn last_started(report: &str) -> Option<Stage> {
         match kind {
             "S" => Some(Stage::Import(i)),
             "L" => Some(Stage::Lifespan(i)),
+            "E" => Some(Stage::Shutdown(i)),
             _ => None,
         }
     })
 }
 
+/// Whether the child's last whole record says that an app's lifespan shutdown is running.
+fn in_shutdown(report: &[u8]) -> bool {
+    let whole = match report.iter().rposition(|b| *b == 0) {
+        Some(end) => &report[..end],
+        None => return false,
+    };
+    let last = whole.rsplit(|b| *b == 0).next().unwrap_or_default();
+    last.first() == Some(&b'E')
+}
+
 /// How long after its shutdown timeout a check child that finished its report may still run its
 /// apps' atexit handlers (its own deadline ends it first).
 const EXIT_MARGIN: Duration = Duration::from_secs(2);
+
+/// What an app's lifespan shutdown in the check may take: its timeout, the second the driver
+/// then gives cancelled tasks, and a margin.
+fn shutdown_grace(setup: &WorkerSetup) -> Duration {
+    shutdown_timeout(setup) + Duration::from_secs(1) + EXIT_MARGIN
+}
 
 fn shutdown_timeout(setup: &WorkerSetup) -> Duration {
     if setup.shutdown_timeout.is_zero() {
@@ -436,6 +482,8 @@ fn child_report(
                         app.bind(py),
                         setup.asgi_loop,
                         shutdown_timeout(setup),
+                        progress,
+                        format!("E{i}\0").as_bytes(),
                     ) {
                         out.push_str(&format!("A{i}:{e}\0"));
                     }
@@ -492,7 +540,7 @@ fn parse_report(report: &str) -> (Vec<CheckError>, bool) {
                     finished = true;
                     return None;
                 }
-                "S" | "L" => return None,
+                "S" | "L" | "E" => return None,
                 "I" => CheckError::Interpreter(rest.to_owned()),
                 "A" => match rest
                     .split_once(':')
@@ -536,6 +584,14 @@ mod tests {
         assert_eq!(last_started("S0\0L0\0"), Some(Stage::Lifespan(0)));
         assert_eq!(last_started("S0\0L0\0S1\0"), Some(Stage::Import(1)));
         assert_eq!(last_started("Ibad\0"), None);
+        assert_eq!(last_started("S0\0L0\0E0\0"), Some(Stage::Shutdown(0)));
+        assert_eq!(parse_report("S0\0L0\0E0\0K\0"), (vec![], true));
+        assert!(in_shutdown(b"S0\0L0\0E0\0"));
+        assert!(in_shutdown(b"S0\0L0\0E0\0S"));
+        assert!(!in_shutdown(b"S0\0L0\0E0\0S1\0"));
+        assert!(!in_shutdown(b"S0\0L0\0E0\0K\0"));
+        assert!(!in_shutdown(b"S0\0L0\0E"));
+        assert!(!in_shutdown(b""));
         assert_eq!(parse_report(""), (vec![], false));
     }
 }

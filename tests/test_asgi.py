@@ -843,6 +843,26 @@ def test_a_shutdown_that_never_finishes_is_bounded_in_the_check_and_at_exit(ngin
     assert f"worker process {worker} exited with code 0" in server.error_log()
 
 
+def test_the_checks_shutdown_has_its_own_time_beyond_the_checks(nginx_factory):
+    # The startup ends within wsgi_check_timeout; the shutdown then gets wsgi_shutdown_timeout
+    # of its own, though the two together run past the check's timeout.
+    server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:slow_startup_then_shutdown_hangs"),
+                           http_extra="wsgi_check_timeout 3s; wsgi_shutdown_timeout 3s;")
+    check = server.run("-t")
+    assert check.returncode == 0, check.stderr
+
+
+def test_a_shutdown_that_blocks_the_loop_fails_the_check_naming_the_shutdown(nginx_factory):
+    # Cancelling cannot end a blocking call: the check is killed once the shutdown's own time
+    # (wsgi_shutdown_timeout, a second for cancelled tasks, a margin) is over, not after the
+    # check's 60 s, and says it was the shutdown.
+    spec = f"{APPS}/asgi_lifespan.py:shutdown_blocks_the_loop"
+    check = nginx_factory(asgi("/", spec), http_extra="wsgi_shutdown_timeout 500ms;").run("-t")
+    assert check.returncode != 0
+    assert (f'asgi_app "{spec}"' in check.stderr and "cannot be loaded: its lifespan shutdown, after a "
+            "startup that completed, did not end within 3.5 s" in check.stderr), check.stderr
+
+
 def test_a_task_past_the_shutdown_timeout_is_cancelled_before_the_lifespan_shutdown_runs(nginx_factory, tmp_path):
     # The task gets wsgi_shutdown_timeout, then it is cancelled; the apps' lifespan shutdown
     # still runs (its own time), or their pools and flushes would be lost at every reload

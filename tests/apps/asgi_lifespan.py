@@ -3,9 +3,11 @@ is then served without lifespan), one that fails with lifespan.startup.failed, o
 only when a marker file exists (so that the
 configuration check passes and a later worker start fails), one that breaks the event loop
 during its startup when marked, an app without lifespan, and a
-startup or a shutdown that never finishes, and a lifespan that raises once its startup is done."""
+startup or a shutdown that never finishes (one of them after a slow startup, one blocking the
+loop), and a lifespan that raises once its startup is done."""
 import asyncio
 import os
+import time
 
 
 async def respond(send, body):
@@ -100,6 +102,25 @@ async def shutdown_hangs(scope, receive, send):
         await send({"type": "lifespan.startup.complete"})
         await receive()
         await asyncio.Event().wait()
+    await respond(send, b"up")
+
+
+async def slow_startup_then_shutdown_hangs(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        await asyncio.sleep(0.5)  # connecting to a database
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await asyncio.Event().wait()
+    await respond(send, b"up")
+
+
+async def shutdown_blocks_the_loop(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        time.sleep(3600)  # a synchronous client's close that never returns
     await respond(send, b"up")
 
 

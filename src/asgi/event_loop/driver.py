@@ -3,6 +3,7 @@
 `receive` and `send` never wait on the server: the exchange (Rust) says at once whether it has a
 message or room; when not, the coroutine parks a future that the server's wake-up resolves."""
 import asyncio
+import os
 import traceback
 
 
@@ -153,10 +154,12 @@ class Lifespan:
                 self._report("shutdown", "ok")
 
 
-def check_lifespan(app, loop_factory, shutdown_within):
+def check_lifespan(app, loop_factory, shutdown_within, progress, shutting_down):
     """The configuration check: the app's startup, then its shutdown, on a loop of its own.
     Returns None, or how the startup failed. The shutdown, which decides nothing here, is given
-    `shutdown_within` seconds, as in the workers; one that takes longer is cancelled."""
+    `shutdown_within` seconds, as in the workers; one that takes longer is cancelled. As it
+    begins, `shutting_down` is written to the `progress` descriptor: the parent then bounds it
+    by its own timeout rather than the check's."""
     results = []
     loop = loop_factory()
 
@@ -174,6 +177,7 @@ def check_lifespan(app, loop_factory, shutdown_within):
         if results[0][1] != "ok":
             return
         waiter[0] = loop.create_future()
+        os.write(progress, shutting_down)
         lifespan.shutdown()
         if len(results) < 2:
             await asyncio.wait([waiter[0]], timeout=shutdown_within)

@@ -7,7 +7,7 @@ use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
-use pyo3::types::{PyCFunction, PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyCFunction, PyDict, PyTuple};
 
 use super::{driver, AsgiLoop, Item, LoopKind, LIFESPANS};
 use crate::asgi::task_watch::LoopThread;
@@ -269,12 +269,15 @@ impl LoopStuck {
 }
 
 /// The configuration check: runs `app`'s lifespan startup and shutdown on a loop of `kind`, in
-/// the calling (check) process. None when both went well or the app has no lifespan.
+/// the calling (check) process, writing `shutting_down` to `progress` as the shutdown begins.
+/// None when both went well or the app has no lifespan.
 pub fn check_lifespan(
     py: Python<'_>,
     app: &Bound<'_, PyAny>,
     kind: LoopKind,
     shutdown_within: Duration,
+    progress: std::os::fd::RawFd,
+    shutting_down: &[u8],
 ) -> Option<String> {
     let factory = match kind.factory(py) {
         Ok(f) => f,
@@ -290,7 +293,13 @@ pub fn check_lifespan(
         driver(py)?
             .call_method1(
                 "check_lifespan",
-                (app, factory, shutdown_within.as_secs_f64()),
+                (
+                    app,
+                    factory,
+                    shutdown_within.as_secs_f64(),
+                    progress,
+                    PyBytes::new(py, shutting_down),
+                ),
             )?
             .extract()
     })();
