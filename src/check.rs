@@ -61,6 +61,10 @@ pub struct WorkerSetup {
     /// `working_directory`): an app's relative paths (`StaticFiles(directory="static")`, a
     /// SQLite file) must resolve in the check as they will in the workers.
     pub working_directory: Option<std::path::PathBuf>,
+    /// The workers' file mode mask, set before the imports (None: the check's inherited one):
+    /// what an app creates at import in the check (a cache directory, a log file) gets the
+    /// workers' modes, not those of a daemonized server's mask of 0.
+    pub umask: Option<libc::mode_t>,
 }
 
 /// How long the check may take unless the server's configuration says otherwise.
@@ -463,6 +467,10 @@ fn child_report(
                 dir.display()
             );
         }
+    }
+    if let Some(mask) = setup.umask {
+        // SAFETY: plain syscall; the check's process is single-threaded here.
+        unsafe { libc::umask(mask) };
     }
     if let Err(e) = interpreter::initialize_for_check(settings) {
         return format!("I{e}\0");

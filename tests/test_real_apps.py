@@ -69,6 +69,28 @@ def test_the_workers_umask(nginx_factory, directive, started_with, umask):
     assert requests.get(server.url("/umask"), timeout=10).text == oct(umask)
 
 
+@pytest.mark.parametrize("directive,started_with,umask", [
+    ("", 0, 0o022),
+    ("wsgi_umask 077;", 0o022, 0o077),
+    ("wsgi_umask off;", 0, 0),
+])
+def test_what_the_check_imports_makes_gets_the_workers_umask(nginx_factory, tmp_path, directive, started_with, umask):
+    # A reload's check runs from the daemonized master, whose mask is 0: a directory the app
+    # made at import there was writable by every user.
+    tmp_path.chmod(0o777)
+    server = nginx_factory(location("/", APP), http_extra=directive,
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};")
+    mine = os.umask(started_with)
+    try:
+        check = server.run("-t")
+    finally:
+        os.umask(mine)
+    assert check.returncode == 0, check.stderr
+    made = list(tmp_path.glob("made-at-import-*"))
+    assert len(made) == 1
+    assert made[0].stat().st_mode & 0o777 == 0o777 & ~umask
+
+
 def test_a_hundred_concurrent_children_each_get_their_own_status(real_app):
     def one(i):
         kind = KINDS[i % 4]

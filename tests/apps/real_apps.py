@@ -99,6 +99,10 @@ def child_status(kind, code):
 
 # A child started while the module imports the app (a migration check, say).
 IMPORT_STATUS = subprocess.run(["sh", "-c", "exit 7"]).returncode
+
+if os.environ.get("NGX_WSGI_TEST_MARKS"):
+    # A directory made at import (a cache, an upload area), in the check as in the workers.
+    os.makedirs(os.path.join(os.environ["NGX_WSGI_TEST_MARKS"], f"made-at-import-{os.getpid()}"))
 # The title `ps` shows for the process now, which a child forked now (a multiprocessing pool's
 # worker) keeps.
 with open("/proc/self/cmdline", "rb") as _f:

@@ -147,6 +147,7 @@ pub(crate) unsafe fn check_at_configuration(cf: *mut ngx_conf_t, mc: &MainConf) 
     setup.timeout = mc.python.check_timeout();
     setup.asgi_loop = mc.asgi.event_loop();
     setup.shutdown_timeout = std::time::Duration::from_millis(mc.limits.shutdown_timeout() as u64);
+    setup.umask = mc.umask.for_check();
     // The check's processes and the workers (forked from this one) name it in their messages.
     ngx_wsgi::interpreter::name_shutdown_timeout("wsgi_shutdown_timeout");
     let Err(errors) = check_apps(&mc.python.settings, &mc.python.specs(), &setup) else {
@@ -214,6 +215,7 @@ unsafe fn worker_setup(cf: *mut ngx_conf_t) -> Result<WorkerSetup, String> {
         asgi_loop: Default::default(),
         shutdown_timeout: Duration::ZERO,
         working_directory,
+        umask: None,
     })
 }
 

@@ -38,12 +38,27 @@ impl Umask {
     /// Sets the calling process's umask as configured (a worker, before its apps are imported;
     /// the worker's threads share it).
     pub(crate) fn apply(self) {
-        // SAFETY: umask only swaps the process's mask; it is read and put back or replaced.
-        let current = unsafe { libc::umask(0) } as u32;
+        let current = current();
         let mask = self.target(current).unwrap_or(current);
-        // SAFETY: as above.
+        // SAFETY: umask only replaces the process's mask.
         unsafe { libc::umask(mask as libc::mode_t) };
     }
+
+    /// The mask the configuration check, forked from this process as the workers are, sets
+    /// before it imports the apps; None to leave it.
+    pub(crate) fn for_check(self) -> Option<libc::mode_t> {
+        self.target(current()).map(|m| m as libc::mode_t)
+    }
+}
+
+/// The process's mask, left as it was.
+fn current() -> u32 {
+    // SAFETY: umask only swaps the process's mask; it is read and put back at once (nginx's
+    // configuration is read on one thread).
+    let current = unsafe { libc::umask(0) };
+    // SAFETY: as above.
+    unsafe { libc::umask(current) };
+    current as u32
 }
 
 fn parse(value: &[u8]) -> Result<Umask, String> {
