@@ -120,8 +120,20 @@ impl StartResponse {
         if !self.body.is_empty() {
             let held = self.body.take();
             self.send(py, held)?;
+        } else {
+            self.announce_head();
         }
         Ok(())
+    }
+
+    /// Tells a streaming server the head while no body byte has gone (see
+    /// [`ChunkSink::head_known`]).
+    fn announce_head(&self) {
+        if let (true, false, Some(sink), Some(head)) =
+            (self.streaming, self.streamed, &self.sink, &self.head)
+        {
+            sink.head_known(head);
+        }
     }
 
     /// Appends body bytes produced by the app (by iteration or `write()`).
@@ -252,6 +264,7 @@ impl StartResponse {
                 None => {}
             }
             this.head = Some(head_from_python(status, headers, this.ignored)?);
+            this.announce_head();
         }
         slf.getattr(pyo3::intern!(py, "write"))
     }

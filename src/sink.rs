@@ -28,4 +28,10 @@ pub trait ChunkSink: Send + Sync {
     fn body_complete(&self) -> bool {
         false
     }
+
+    /// The head of a streamed response whose app has produced no body byte yet (its first
+    /// piece is awaited). Not to be sent: PEP 3333 holds the head until the first body byte,
+    /// and the app may still replace it (`start_response` with `exc_info`; called again then).
+    /// A server may end an event stream with it at its exit.
+    fn head_known(&self, _head: &ResponseHead) {}
 }

@@ -174,6 +174,33 @@ def test_http2_streams_reads_unbuffered_and_notices_disconnects(h2_server):
     assert stats(h2_server)["closed"].get("h2-gone") == 1
 
 
+def test_event_streams_still_waiting_for_their_first_event_end_when_the_worker_exits(nginx_factory):
+    # The head waits for the first event (PEP 3333), and a generator waiting on its queue has
+    # none yet: at quit the stream still ends at once, with the app's head and no event, and
+    # its client reconnects to the new workers instead of waiting for the old worker's end.
+    server = nginx_factory(location("/", f"{APP}:quiet_events")
+                           + location("/gen/", f"{APP}:quiet_events_generator")).start()
+    old = server.worker_pids()
+    with socket.create_connection(("127.0.0.1", server.port)) as a, \
+            socket.create_connection(("127.0.0.1", server.port)) as b:
+        a.sendall(b"GET /?q1&5 HTTP/1.1\r\nHost: t\r\n\r\n")
+        b.sendall(b"GET /gen/?q2&5 HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_for(lambda: "events q1: waiting" in server.error_log() and "events q2: waiting" in server.error_log(),
+                 what="both apps waiting for their first event")
+        server.send_signal(signal.SIGQUIT)
+        for s in (a, b):
+            s.settimeout(4)  # the first event is 5 s away, the worker's own end 60 s
+            got = b""
+            while chunk := s.recv(65536):
+                got += chunk
+            assert got.startswith(b"HTTP/1.1 200 OK\r\n") and b"text/event-stream" in got, got
+            assert b"data:" not in got and got.endswith(b"\r\n\r\n0\r\n\r\n"), got
+    wait_for(lambda: "events q1: closed after 0" in server.error_log()
+             and "events q2: closed after 0" in server.error_log(), what="the apps' generators closed")
+    assert "wsgi: 2 event stream(s) (text/event-stream) ended as the worker exits" in server.error_log()
+    wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="a clean exit")
+
+
 @pytest.mark.parametrize("how", [signal.SIGHUP, signal.SIGQUIT])
 def test_event_streams_end_cleanly_when_the_worker_exits(nginx_factory, how):
     # EventSource reconnects by itself: at reload or quit the stream ends as a complete

@@ -49,6 +49,10 @@ struct State {
     /// The request answers HEAD (or a bodiless status): pieces are dropped.
     discard: bool,
     head_sent: bool,
+    /// A WSGI event stream's head, its app not yet past its first event: not sent (PEP 3333
+    /// holds it until the first body byte), but what the stream ends with if the worker exits
+    /// meanwhile (see [`ChunkSink::head_known`]).
+    exit_head: Option<ResponseHead>,
     /// The head is to leave before any body byte (see [`Stream::push_head_now`]).
     flush_head: bool,
     /// Already in the notifier's ready list.
@@ -116,6 +120,7 @@ impl Stream {
                 failed: false,
                 discard: false,
                 head_sent: false,
+                exit_head: None,
                 flush_head: false,
                 scheduled: false,
                 want_room: false,
@@ -529,11 +534,26 @@ impl ChunkSink for Stream {
         self.push_now(head, data)?;
         // Once its head is with the stream: ended at exit, it goes out with the app's status.
         if event_stream {
-            self.listed.store(true, Ordering::Release);
-            let me: Weak<dyn EndsAtExit> = self.me.clone();
-            event_streams::list(self as *const _ as usize, "wsgi", me);
+            self.list_for_exit();
         }
         Ok(())
+    }
+
+    fn head_known(&self, head: &ResponseHead) {
+        let event_stream = head.is_event_stream();
+        if !event_stream && !self.listed.load(Ordering::Acquire) {
+            return; // most responses: nothing to keep, nothing to take back
+        }
+        let mut st = self.lock();
+        if st.head_sent || st.head.is_some() || self.is_cancelled() || st.ended_by_server {
+            return;
+        }
+        // A later head (start_response again, with exc_info) replaces it, or takes it back.
+        st.exit_head = event_stream.then(|| head.clone());
+        drop(st);
+        if event_stream {
+            self.list_for_exit();
+        }
     }
 
     fn ended_by_server(&self) -> bool {
@@ -568,12 +588,15 @@ impl EndsAtExit for Stream {
             unsafe { (*(*r).main).set_keepalive(0) };
             return false;
         }
-        if r.is_null()
-            || self.is_cancelled()
-            || self.app_done.load(Ordering::Acquire)
-            || st.head.is_none() && !st.head_sent
-        {
+        if r.is_null() || self.is_cancelled() || self.app_done.load(Ordering::Acquire) {
             return false;
+        }
+        if st.head.is_none() && !st.head_sent {
+            // The app is still before its first event: the stream ends with the head it gave.
+            st.head = st.exit_head.take();
+            if st.head.is_none() {
+                return false;
+            }
         }
         // From now on the app's pieces are refused; those it pushed before go out first.
         st.ended_by_server = true;
@@ -676,6 +699,7 @@ impl Stream {
         st.flush_head |= flush_head;
         if head.is_some() {
             st.head = head;
+            st.exit_head = None;
         }
         st.unsent += data.len();
         st.pending.push_back(data);
@@ -698,6 +722,13 @@ impl Stream {
 }
 
 impl Stream {
+    /// Lists the stream among the event streams a worker's exit ends.
+    fn list_for_exit(&self) {
+        self.listed.store(true, Ordering::Release);
+        let me: Weak<dyn EndsAtExit> = self.me.clone();
+        event_streams::list(self as *const _ as usize, "wsgi", me);
+    }
+
     /// The client's socket can take more: continues sending and frees what went out.
     ///
     /// # Safety
