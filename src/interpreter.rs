@@ -134,10 +134,15 @@ pub enum Finalized {
 }
 
 /// Joins the app's non-daemon threads for at most `timeout`, then finalises the interpreter
-/// (`atexit` handlers, module teardown). Threads still running at the deadline are logged with
-/// their Python stacks and left running: see [`Finalized::ThreadsLeft`]. Must run on the thread
-/// that called `initialize`, after every server thread has stopped running Python.
-pub fn finalize(timeout: std::time::Duration) -> Result<Finalized, String> {
+/// (`atexit` handlers, module teardown) within `timeout` again, or a second if that is less,
+/// or exactly `handlers_within` when given (a fast stop, whose whole exit has a bound). Threads
+/// still running at the deadline are logged with their Python stacks and left running: see
+/// [`Finalized::ThreadsLeft`]. Must run on the thread that called `initialize`, after every
+/// server thread has stopped running Python.
+pub fn finalize(
+    timeout: std::time::Duration,
+    handlers_within: Option<std::time::Duration>,
+) -> Result<Finalized, String> {
     if MAIN_THREAD_STATE.load(Ordering::Acquire).is_null() {
         return Ok(Finalized::Cleanly);
     }
@@ -145,9 +150,17 @@ pub fn finalize(timeout: std::time::Duration) -> Result<Finalized, String> {
     for hook in hooks {
         hook();
     }
+    let exit_deadline = |what| match handlers_within {
+        Some(within) => ExitDeadline::start_exactly(within, what),
+        None => ExitDeadline::start(timeout, what),
+    };
+    // A thread of the app's that holds the GIL in C code and never lets it go would hold the
+    // exit for ever here.
+    let gil = exit_deadline("the wait for the GIL (a thread of the app's holds it in C code)");
     let Some(py) = reattach_main_thread() else {
         return Ok(Finalized::Cleanly);
     };
+    drop(gil);
     match join_app_threads(py, timeout) {
         Ok(None) => {}
         Ok(Some(report)) => {
@@ -158,14 +171,13 @@ pub fn finalize(timeout: std::time::Duration) -> Result<Finalized, String> {
                 "Python threads still running after {left}; the process exits without \
                  finalising Python (atexit handlers ran)\n{stacks}"
             );
-            let _deadline = ExitDeadline::start(timeout, "the atexit handlers");
+            let _deadline = exit_deadline("the atexit handlers");
             run_exit_handlers(py);
             return Ok(Finalized::ThreadsLeft);
         }
         Err(e) => tracing::error!(target: "wsgi", "joining the app's threads at exit failed: {e}"),
     }
-    let _deadline =
-        ExitDeadline::start(timeout, "Python's finalisation (atexit handlers included)");
+    let _deadline = exit_deadline("Python's finalisation (atexit handlers included)");
     // SAFETY: the GIL is held by this, the initialising, thread. Py_FinalizeEx joins what is left
     // of the non-daemon threads (none, or threads started meanwhile) and runs atexit handlers.
     let rc = unsafe { ffi::Py_FinalizeEx() };

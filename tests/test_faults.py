@@ -208,6 +208,22 @@ def test_the_exit_deadlines_last_words_reach_a_syslog_error_log(nginx_factory):
     assert "[error]" in next(m for m in received if said in m)
 
 
+def test_a_thread_holding_the_gil_for_ever_cannot_hold_the_exit(nginx_factory):
+    """The worker's exit needs the GIL to finalise Python: a thread that never lets it go (a C
+    call made with it held) ends the wait after wsgi_shutdown_timeout instead of keeping the
+    old worker for ever."""
+    server = nginx_factory(location("/", APPS / "stuck_exit.py"), http_extra="wsgi_shutdown_timeout 1s;").start()
+    worker = server.worker_pids()[0]
+    assert requests.get(server.url("/?gil"), timeout=10).text == "registered"
+    wait_for(lambda: "holding the GIL from now on" in server.error_log(), what="the thread's call")
+    time.sleep(0.5)  # from its print to its call
+    assert server.stop(timeout=60) == 0
+    log = server.error_log()
+    assert ("wsgi: the wait for the GIL (a thread of the app's holds it in C code) still running after "
+            "wsgi_shutdown_timeout (1000 ms); the process exits now") in log, log[-3000:]
+    assert f"worker process {worker} exited with code 1" in log
+
+
 def test_print_reaches_the_error_log_where_standard_output_is_dev_null(nginx_factory):
     """nginx's daemon points the workers' standard output at /dev/null: what an app prints is
     logged instead (an entry per line, with the request's id), not lost."""

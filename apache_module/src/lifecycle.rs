@@ -79,7 +79,7 @@ unsafe extern "C" fn child_exit(_data: *mut c_void) -> apr_status_t {
     guard("child exit", APR_SUCCESS as apr_status_t, || {
         READY.store(false, Ordering::Release);
         crate::deadline::stop();
-        match interpreter::finalize(crate::config::snapshot().shutdown_timeout()) {
+        match interpreter::finalize(crate::config::snapshot().shutdown_timeout(), None) {
             Ok(interpreter::Finalized::Cleanly) => {}
             // The app's threads still run Python: nothing of the child's teardown may meet them.
             // SAFETY: ends the process at once, as the log entry just said.

@@ -98,6 +98,10 @@ const FAST_STOP_WAIT: Duration = Duration::from_millis(200);
 /// threads' 0.2 s), within the 1.55 s nginx's master gives the worker.
 const FAST_STOP_EXIT_HANDLERS: Duration = Duration::from_millis(800);
 
+/// At a fast stop with every request done: the wait for the app's own threads, then Python's
+/// finalisation (atexit handlers included), together within [`FAST_STOP_EXIT_HANDLERS`].
+const FAST_STOP_JOIN: Duration = Duration::from_millis(100);
+
 /// Stops the module's own threads (nginx's pools have stopped by now, and, but at a fast stop,
 /// every request is done), then finalises Python, waiting `wsgi_shutdown_timeout` at most for
 /// the app's threads.
@@ -126,7 +130,7 @@ pub(crate) unsafe fn stop_worker(cycle: *mut ngx_cycle_t) -> Result<(), String> 
             (FAST_STOP_WAIT / 2).min(shutdown),
             (FAST_STOP_WAIT / 2).min(shutdown),
             FAST_STOP_WAIT,
-            (2 * FAST_STOP_WAIT).min(shutdown),
+            FAST_STOP_JOIN.min(shutdown),
         )
     } else {
         (shutdown, shutdown, Duration::from_secs(5), shutdown)
@@ -162,7 +166,10 @@ pub(crate) unsafe fn stop_worker(cycle: *mut ngx_cycle_t) -> Result<(), String> 
         // SAFETY: ends the worker at once: nothing of nginx's teardown may meet those threads.
         unsafe { libc::_exit(i32::from(loop_stuck.is_some())) };
     }
-    let finalized = interpreter::finalize(finalize_wait);
+    let finalized = interpreter::finalize(
+        finalize_wait,
+        fast.then(|| FAST_STOP_EXIT_HANDLERS - FAST_STOP_JOIN),
+    );
     // SAFETY: as above.
     unsafe { crate::ffi::log::flush_deferred() };
     crate::ffi::log::loop_waits(false);
