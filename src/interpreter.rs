@@ -134,14 +134,14 @@ pub enum Finalized {
 }
 
 /// Joins the app's non-daemon threads for at most `timeout`, then finalises the interpreter
-/// (`atexit` handlers, module teardown) within `timeout` again, or a second if that is less,
-/// or exactly `handlers_within` when given (a fast stop, whose whole exit has a bound). Threads
+/// (`atexit` handlers, module teardown) within `timeout` again, or a second if that is less;
+/// with `whole_within` (a fast stop, whose exit has a bound), all of it within that. Threads
 /// still running at the deadline are logged with their Python stacks and left running: see
 /// [`Finalized::ThreadsLeft`]. Must run on the thread that called `initialize`, after every
 /// server thread has stopped running Python.
 pub fn finalize(
     timeout: std::time::Duration,
-    handlers_within: Option<std::time::Duration>,
+    whole_within: Option<std::time::Duration>,
 ) -> Result<Finalized, String> {
     if MAIN_THREAD_STATE.load(Ordering::Acquire).is_null() {
         return Ok(Finalized::Cleanly);
@@ -150,18 +150,26 @@ pub fn finalize(
     for hook in hooks {
         hook();
     }
-    let exit_deadline = |what| match handlers_within {
-        Some(within) => ExitDeadline::start_exactly(within, what),
-        None => ExitDeadline::start(timeout, what),
-    };
+    let whole = whole_within.map(|within| {
+        ExitDeadline::start_exactly(within, "Python's finalisation (atexit handlers included)")
+    });
+    let part = |what| whole.is_none().then(|| ExitDeadline::start(timeout, what));
     // A thread of the app's that holds the GIL in C code and never lets it go would hold the
-    // exit for ever here.
-    let gil = exit_deadline("the wait for the GIL (a thread of the app's holds it in C code)");
+    // exit for ever, here or in the join (whose waits give the GIL up): bounded past the
+    // join's own timeout, so that it fires only when the GIL does not come back.
+    let gil = whole.is_none().then(|| {
+        ExitDeadline::start_after(
+            timeout,
+            timeout.max(std::time::Duration::from_secs(1)),
+            "the wait for the GIL (a thread of the app's holds it in C code)",
+        )
+    });
     let Some(py) = reattach_main_thread() else {
         return Ok(Finalized::Cleanly);
     };
+    let joined = join_app_threads(py, timeout);
     drop(gil);
-    match join_app_threads(py, timeout) {
+    match joined {
         Ok(None) => {}
         Ok(Some(report)) => {
             // The sentence ends before the stacks, not after their last line.
@@ -171,13 +179,13 @@ pub fn finalize(
                 "Python threads still running after {left}; the process exits without \
                  finalising Python (atexit handlers ran)\n{stacks}"
             );
-            let _deadline = exit_deadline("the atexit handlers");
+            let _deadline = part("the atexit handlers");
             run_exit_handlers(py);
             return Ok(Finalized::ThreadsLeft);
         }
         Err(e) => tracing::error!(target: "wsgi", "joining the app's threads at exit failed: {e}"),
     }
-    let _deadline = exit_deadline("Python's finalisation (atexit handlers included)");
+    let _deadline = part("Python's finalisation (atexit handlers included)");
     // SAFETY: the GIL is held by this, the initialising, thread. Py_FinalizeEx joins what is left
     // of the non-daemon threads (none, or threads started meanwhile) and runs atexit handlers.
     let rc = unsafe { ffi::Py_FinalizeEx() };
@@ -228,9 +236,19 @@ impl ExitDeadline {
     }
 
     fn start_exactly(within: std::time::Duration, what: &'static str) -> ExitDeadline {
+        Self::start_after(within, std::time::Duration::ZERO, what)
+    }
+
+    /// Fires `grace` after `within`, a bound past another one; the log names `within`.
+    fn start_after(
+        within: std::time::Duration,
+        grace: std::time::Duration,
+        what: &'static str,
+    ) -> ExitDeadline {
         let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
         let watch = move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = cancelled.recv_timeout(within)
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                cancelled.recv_timeout(within + grace)
             {
                 let setting = SHUTDOWN_WHAT
                     .get()

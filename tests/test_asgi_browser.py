@@ -39,14 +39,17 @@ def browsed(request, nginx_factory):
     browser = subprocess.Popen(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          "--no-first-run", "--no-default-browser-check", "--ignore-certificate-errors",
+         "--disable-crash-reporter", "--disable-breakpad",
          f"--user-data-dir={profile}", page],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_for(lambda: seen(server)["browser"] is not None, timeout=120, what="the page's results")
+        # The page's own steps are bounded (20 s each): it always posts what it saw.
+        wait_for(lambda: seen(server)["browser"] is not None, timeout=180, what="the page's results")
         yield server, seen(server)
     finally:
         os.killpg(browser.pid, signal.SIGKILL)
         browser.wait()
+        server.stop()
         shutil.rmtree(profile, ignore_errors=True)
 
 
@@ -81,6 +84,7 @@ def test_a_close_from_the_app_reaches_the_browser_cleanly(browsed):
     assert s["browser"]["serverCloses"] == {
         "first": "bye soon", "protocol": "",
         "close": {"code": 4002, "reason": "the server says bye", "clean": True}}
+    wait_for(lambda: seen(server)["closed"].get("server-closes"), what="the app to see the close")
     assert seen(server)["closed"]["server-closes"] == ["websocket.disconnect", 4002]
 
 

@@ -69,17 +69,23 @@ def test_the_workers_umask(nginx_factory, directive, started_with, umask):
     assert requests.get(server.url("/umask"), timeout=10).text == oct(umask)
 
 
-@pytest.mark.parametrize("directive,started_with,umask", [
-    ("", 0, 0o022),
-    ("wsgi_umask 077;", 0o022, 0o077),
-    ("wsgi_umask off;", 0, 0),
+@pytest.mark.parametrize("directive,started_with,daemon,umask", [
+    ("", 0, False, 0o022),
+    ("wsgi_umask 077;", 0o022, False, 0o077),
+    ("wsgi_umask off;", 0, False, 0),
+    # A first start's check runs before nginx daemonizes, which gives the workers a mask of 0.
+    ("", 0o077, True, 0o022),
+    ("wsgi_umask off;", 0o022, True, 0),
 ])
-def test_what_the_check_imports_makes_gets_the_workers_umask(nginx_factory, tmp_path, directive, started_with, umask):
+def test_what_the_check_imports_makes_gets_the_workers_umask(nginx_factory, tmp_path, directive, started_with,
+                                                             daemon, umask):
     # A reload's check runs from the daemonized master, whose mask is 0: a directory the app
     # made at import there was writable by every user.
     tmp_path.chmod(0o777)
     server = nginx_factory(location("/", APP), http_extra=directive,
                            main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};")
+    if daemon:
+        server.conf.write_text(server.conf.read_text().replace("daemon off;\n", ""))
     mine = os.umask(started_with)
     try:
         check = server.run("-t")

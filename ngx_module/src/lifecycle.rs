@@ -98,8 +98,9 @@ const FAST_STOP_WAIT: Duration = Duration::from_millis(200);
 /// threads' 0.2 s), within the 1.55 s nginx's master gives the worker.
 const FAST_STOP_EXIT_HANDLERS: Duration = Duration::from_millis(800);
 
-/// At a fast stop with every request done: the wait for the app's own threads, then Python's
-/// finalisation (atexit handlers included), together within [`FAST_STOP_EXIT_HANDLERS`].
+/// At a fast stop with every request done: the wait for the app's own threads, within
+/// [`FAST_STOP_EXIT_HANDLERS`] with the GIL's and Python's finalisation (atexit handlers
+/// included).
 const FAST_STOP_JOIN: Duration = Duration::from_millis(100);
 
 /// Stops the module's own threads (nginx's pools have stopped by now, and, but at a fast stop,
@@ -166,10 +167,7 @@ pub(crate) unsafe fn stop_worker(cycle: *mut ngx_cycle_t) -> Result<(), String> 
         // SAFETY: ends the worker at once: nothing of nginx's teardown may meet those threads.
         unsafe { libc::_exit(i32::from(loop_stuck.is_some())) };
     }
-    let finalized = interpreter::finalize(
-        finalize_wait,
-        fast.then(|| FAST_STOP_EXIT_HANDLERS - FAST_STOP_JOIN),
-    );
+    let finalized = interpreter::finalize(finalize_wait, fast.then_some(FAST_STOP_EXIT_HANDLERS));
     // SAFETY: as above.
     unsafe { crate::ffi::log::flush_deferred() };
     crate::ffi::log::loop_waits(false);

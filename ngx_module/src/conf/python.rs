@@ -6,8 +6,8 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::time::Duration;
 
 use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_core_conf_t, ngx_msec_t, ngx_process, ngx_str_t, NGX_LOG_EMERG,
-    NGX_PROCESS_SIGNALLER,
+    ngx_command_t, ngx_conf_t, ngx_core_conf_t, ngx_inherited, ngx_msec_t, ngx_process, ngx_str_t,
+    NGX_LOG_EMERG, NGX_PROCESS_MASTER, NGX_PROCESS_SIGNALLER,
 };
 use ngx::core::{CoreModuleMainConf, NgxCoreModule, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx_wsgi::check::{check_apps, CheckError, Credentials, WorkerSetup};
@@ -147,7 +147,8 @@ pub(crate) unsafe fn check_at_configuration(cf: *mut ngx_conf_t, mc: &MainConf) 
     setup.timeout = mc.python.check_timeout();
     setup.asgi_loop = mc.asgi.event_loop();
     setup.shutdown_timeout = std::time::Duration::from_millis(mc.limits.shutdown_timeout() as u64);
-    setup.umask = mc.umask.for_check();
+    // SAFETY: `cf` is live.
+    setup.umask = Some(mc.umask.for_check(unsafe { daemonizes(cf) }));
     // The check's processes and the workers (forked from this one) name it in their messages.
     ngx_wsgi::interpreter::name_shutdown_timeout("wsgi_shutdown_timeout");
     let Err(errors) = check_apps(&mc.python.settings, &mc.python.specs(), &setup) else {
@@ -162,6 +163,21 @@ pub(crate) unsafe fn check_at_configuration(cf: *mut ngx_conf_t, mc: &MainConf) 
         );
     }
     false
+}
+
+/// Whether nginx will daemonize after this configuration (which sets the workers' umask to 0):
+/// at a first start or its `nginx -t`, not at a reload (the master has already) nor on a binary
+/// upgrade (inherited sockets). `daemon` is on unless set off before this point (`-g`, or the
+/// main context above the http block).
+///
+/// # Safety
+/// `cf` is the live configuration.
+unsafe fn daemonizes(cf: *mut ngx_conf_t) -> bool {
+    // SAFETY: the core module's configuration is created before any block is parsed.
+    let ccf = unsafe { NgxCoreModule::main_conf(&*cf) }.expect("core module configuration");
+    // SAFETY: plain reads of nginx's process globals, set before the configuration is read.
+    let (role, inherited) = unsafe { (ngx_process, ngx_inherited) };
+    role != NGX_PROCESS_MASTER as usize && inherited == 0 && ccf.daemon != 0
 }
 
 /// How nginx will start its workers: their environment (`env` directives, as nginx builds it)

@@ -44,10 +44,12 @@ impl Umask {
         unsafe { libc::umask(mask as libc::mode_t) };
     }
 
-    /// The mask the configuration check, forked from this process as the workers are, sets
-    /// before it imports the apps; None to leave it.
-    pub(crate) fn for_check(self) -> Option<libc::mode_t> {
-        self.target(current()).map(|m| m as libc::mode_t)
+    /// The mask the configuration check sets before it imports the apps: the workers'. They
+    /// start with this process's mask, or with 0 when nginx is yet to daemonize (a first start,
+    /// or `nginx -t` for one; the check runs before nginx daemonizes).
+    pub(crate) fn for_check(self, daemonizes: bool) -> libc::mode_t {
+        let start = if daemonizes { 0 } else { current() };
+        self.target(start).unwrap_or(start) as libc::mode_t
     }
 }
 

@@ -177,7 +177,10 @@ def check_lifespan(app, loop_factory, shutdown_within, progress, shutting_down):
         if results[0][1] != "ok":
             return
         waiter[0] = loop.create_future()
-        os.write(progress, shutting_down)
+        try:
+            os.write(progress, shutting_down)
+        except OSError:
+            pass  # an app that closed the descriptor: its check is bounded as a whole then
         lifespan.shutdown()
         if len(results) < 2:
             await asyncio.wait([waiter[0]], timeout=shutdown_within)
