@@ -109,33 +109,7 @@ def ticking_events(environ, start_response):
     return body()
 
 
-def quiet_events(environ, start_response):
-    """An event stream whose events come PAUSE seconds apart, the first one too (?NAME&PAUSE):
-    a generator waiting on its queue before it has anything to say; its end is logged."""
-    name, _, pause = environ["QUERY_STRING"].partition("&")
-    errors = environ["wsgi.errors"]
-    start_response("200 OK", [("Content-Type", "text/event-stream")])
-
-    def body():
-        sent = 0
-        try:
-            errors.write(f"events {name}: waiting\n")
-            errors.flush()
-            while True:
-                time.sleep(float(pause))
-                yield f"data: {sent}\n\n".encode()
-                sent += 1
-        finally:
-            errors.write(f"events {name}: closed after {sent}\n")
-            errors.flush()
-    return body()
-
-
-def quiet_events_generator(environ, start_response):
-    """The same, the app itself a generator: its start_response runs at its first step."""
-    name, _, pause = environ["QUERY_STRING"].partition("&")
-    errors = environ["wsgi.errors"]
-    start_response("200 OK", [("Content-Type", "text/event-stream")])
+def _quiet_ticks(name, pause, errors):
     sent = 0
     try:
         errors.write(f"events {name}: waiting\n")
@@ -147,6 +121,21 @@ def quiet_events_generator(environ, start_response):
     finally:
         errors.write(f"events {name}: closed after {sent}\n")
         errors.flush()
+
+
+def quiet_events(environ, start_response):
+    """An event stream whose events come PAUSE seconds apart, the first one too (?NAME&PAUSE):
+    a generator waiting on its queue before it has anything to say; its end is logged."""
+    name, _, pause = environ["QUERY_STRING"].partition("&")
+    start_response("200 OK", [("Content-Type", "text/event-stream")])
+    return _quiet_ticks(name, pause, environ["wsgi.errors"])
+
+
+def quiet_events_generator(environ, start_response):
+    """The same, the app itself a generator: its start_response runs at its first step."""
+    name, _, pause = environ["QUERY_STRING"].partition("&")
+    start_response("200 OK", [("Content-Type", "text/event-stream")])
+    yield from _quiet_ticks(name, pause, environ["wsgi.errors"])
 
 
 def thread_writer(environ, start_response):
