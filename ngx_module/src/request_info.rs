@@ -132,17 +132,29 @@ fn protocol(version: u32) -> &'static [u8] {
 /// by which nginx chose the server: RFC 9112 3.2.2 has an origin server ignore the `Host`
 /// header then, which may name another site.
 fn target_authority(r: &ngx_http_request_t) -> Option<&[u8]> {
-    if r.host_start.is_null() || r.host_end.is_null() {
+    // HTTP/2 and HTTP/3 point `host_start`/`host_end` at the `:authority` value, held apart from
+    // the request's other strings, and nginx gives that value as the Host header too: only an
+    // HTTP/1 request line holds an absolute-form target, with its port before the path.
+    if r.http_version >= NGX_HTTP_VERSION_20 as ngx_uint_t
+        || r.host_start.is_null()
+        || r.host_end.is_null()
+        || r.request_start.is_null()
+        || r.request_end.is_null()
+        || r.host_start < r.request_start
+        || r.host_end > r.request_end
+    {
         return None;
     }
     // The port, when there is one, lies between the host and the path.
-    let end = if !r.uri_start.is_null() && r.uri_start > r.host_end {
+    let end = if !r.uri_start.is_null() && r.uri_start > r.host_end && r.uri_start <= r.request_end
+    {
         r.uri_start
     } else {
         r.host_end
     };
-    // SAFETY: all three point into the request line, which stays in the connection's header
-    // buffers for the request's life (nginx moves them with it to a large buffer).
+    // SAFETY: all three lie within the request line (checked above), which stays in the
+    // connection's header buffers for the request's life (nginx moves them with it to a large
+    // buffer).
     unsafe {
         let len = usize::try_from(end.offset_from(r.host_start)).ok()?;
         Some(std::slice::from_raw_parts(r.host_start, len))
