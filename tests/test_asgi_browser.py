@@ -63,6 +63,7 @@ def seen(server):
 def test_the_page_came_over_the_transport_under_test(browsed):
     server, s = browsed
     assert s["browser"]["protocol"] == server.transport
+    assert s["page_host"] == [f"127.0.0.1:{server.port}"]
 
 
 def test_websocket_echo_with_the_browsers_own_offer(browsed):

@@ -40,6 +40,9 @@ async def read_body(receive, keep=False):
 
 async def http(scope, receive, send, path):
     if path == "/page":
+        # What the browser's request said of the host: over HTTP/2 it sends `:authority`
+        # before `:path`, and nginx makes a Host header of it.
+        SEEN["page_host"] = [v.decode(errors="replace") for k, v in scope["headers"] if k == b"host"]
         await respond(send, PAGE, b"text/html; charset=utf-8")
     elif path == "/result":
         SEEN["browser"] = json.loads((await read_body(receive, keep=True))[3])
