@@ -6,7 +6,6 @@
 //! entry waiting longer than the timeout, is refused at once; one that has waited that long is
 //! taken back from the loop (it never runs) by a sweeper and answered 503.
 
-use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -16,6 +15,7 @@ use ngx_wsgi::asgi::AsgiLoop;
 use crate::asgi_request::AsgiRequest;
 use crate::dispatch::{sweep_interval, QueueLimits, Refused};
 use crate::ffi::guard;
+use crate::ffi::timer::WorkerTimer;
 
 /// What the request flow does with a request that waited too long (the loop gave it up).
 pub(crate) type Expired = unsafe fn(&Arc<AsgiRequest>);
@@ -44,12 +44,7 @@ static QUEUE: Mutex<Queue> = Mutex::new(Queue {
     },
 });
 
-struct Sweeper(UnsafeCell<ngx_event_t>);
-// SAFETY: the event is only touched on the event loop.
-unsafe impl Sync for Sweeper {}
-
-// SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
-static SWEEPER: Sweeper = Sweeper(UnsafeCell::new(unsafe { std::mem::zeroed() }));
+static SWEEPER: WorkerTimer = WorkerTimer::new();
 
 fn queue() -> MutexGuard<'static, Queue> {
     QUEUE.lock().unwrap_or_else(|e| e.into_inner())
@@ -112,7 +107,7 @@ pub(crate) unsafe fn waiting(request: &Arc<AsgiRequest>, limits: QueueLimits, ex
     // SAFETY: on the event loop; the sweeper is a static.
     unsafe {
         crate::ffi::timer::keep_armed(
-            &mut *SWEEPER.0.get(),
+            SWEEPER.event(),
             Some(sweep),
             std::ptr::null_mut(),
             sweep_interval(limits.queue_timeout),

@@ -164,6 +164,9 @@ unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 
 unsafe extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
     guard("exit_process", (), || {
+        // SAFETY: on the event loop; the flush timer was cancelled with nginx's other
+        // cancelable timers.
+        unsafe { overload::flush() };
         // SAFETY: nginx calls this once, on its event loop, with the live cycle.
         if let Err(e) = unsafe { lifecycle::stop_worker(cycle) } {
             ffi::log::cycle_log(NGX_LOG_ALERT as usize, &e);

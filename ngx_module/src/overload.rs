@@ -1,21 +1,32 @@
 //! Saying no when too many requests wait: a 503 with `Retry-After` at once (nginx's error page,
 //! so `error_page 503` applies), counted, and one error-log entry per second at most, however
-//! many requests are refused.
+//! many requests are refused. Refusals that second's entry did not count are logged when the
+//! second ends, so a burst's count is whole without waiting for another 503.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use nginx_sys::{
-    ngx_current_msec, ngx_http_request_t, ngx_list_push, ngx_msec_t, ngx_table_elt_t,
+    ngx_current_msec, ngx_event_t, ngx_http_request_t, ngx_list_push, ngx_msec_t, ngx_table_elt_t,
     NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ERR,
 };
 
 use crate::dispatch::Refused;
+use crate::ffi::guard;
+use crate::ffi::loop_cell::LoopCell;
 use crate::ffi::pool::pool_str;
+use crate::ffi::timer::WorkerTimer;
 
 /// nginx's clock at the last log entry about refused requests.
 static LAST_LOGGED: AtomicUsize = AtomicUsize::new(0);
 /// Requests refused since that entry.
 static SINCE: AtomicUsize = AtomicUsize::new(0);
+/// Why the last refusal not logged yet was refused.
+static PENDING: LoopCell<Option<Refused>> = LoopCell::new(None);
+/// Logs the refusals left when the second ends.
+static FLUSH: WorkerTimer = WorkerTimer::new();
+
+/// The shortest time between two entries.
+const LOG_EVERY_MS: ngx_msec_t = 1000;
 
 /// What the 503 says, and how long the client should wait before it tries again.
 ///
@@ -27,7 +38,8 @@ pub(crate) unsafe fn refuse(
     queue_timeout: ngx_msec_t,
 ) -> u32 {
     crate::metrics::refused();
-    log_refusal(why);
+    // SAFETY: per the function contract.
+    unsafe { log_refusal(why) };
     if matches!(why, Refused::LoopStalled | Refused::LoopExpired) {
         // Where the app holds the loop: what the operator needs to find the blocking call.
         if let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() {
@@ -60,16 +72,63 @@ pub(crate) unsafe fn refuse(
     NGX_HTTP_SERVICE_UNAVAILABLE
 }
 
-fn log_refusal(why: Refused) {
-    let count = SINCE.fetch_add(1, Relaxed) + 1;
+/// # Safety
+/// Event-loop thread.
+unsafe fn log_refusal(why: Refused) {
+    SINCE.fetch_add(1, Relaxed);
     // SAFETY: plain read of nginx's cached clock on the event loop.
     let now = unsafe { ngx_current_msec };
     let last = LAST_LOGGED.load(Relaxed);
-    if last != 0 && now.saturating_sub(last) < 1000 {
+    let since_last = now.saturating_sub(last);
+    if last != 0 && since_last < LOG_EVERY_MS {
+        // SAFETY: on the event loop (per the function contract); the timer is a static, and
+        // cancelable: it does not hold a worker that exits (which logs what is left itself).
+        unsafe {
+            PENDING.set(Some(why));
+            crate::ffi::timer::keep_armed(
+                FLUSH.event(),
+                Some(flush_due),
+                std::ptr::null_mut(),
+                (LOG_EVERY_MS - since_last).max(1),
+            );
+        }
         return;
     }
+    // SAFETY: on the event loop (per the function contract).
+    unsafe { log_now(why, now) };
+}
+
+/// The end of the second after an entry: the refusals since then, if any.
+unsafe extern "C" fn flush_due(_ev: *mut ngx_event_t) {
+    guard("logging refused requests", (), || {
+        // SAFETY: timers run on the event loop.
+        unsafe { flush() }
+    })
+}
+
+/// Logs the refusals not logged yet (the worker exits, or their second ended).
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn flush() {
+    // SAFETY: per the function contract.
+    unsafe {
+        if let Some(why) = PENDING.get() {
+            if SINCE.load(Relaxed) > 0 {
+                log_now(why, ngx_current_msec);
+            }
+        }
+        crate::ffi::timer::disarm(FLUSH.event());
+    }
+}
+
+/// # Safety
+/// Event-loop thread.
+unsafe fn log_now(why: Refused, now: ngx_msec_t) {
+    let count = SINCE.swap(0, Relaxed);
     LAST_LOGGED.store(now.max(1), Relaxed);
-    SINCE.store(0, Relaxed);
+    // SAFETY: per the function contract.
+    unsafe { PENDING.set(None) };
     let (reason, hint) = match why {
         Refused::Full => ("wsgi_max_queue requests already wait for a thread", THREADS),
         Refused::Stalled => (

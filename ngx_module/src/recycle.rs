@@ -3,7 +3,6 @@
 //! next response says `Connection: close`), then stops accepting, finishes what it has in flight
 //! and exits; nginx's master starts a fresh one in its place. Event-loop thread only.
 
-use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use ngx_wsgi::recycle::{Due, Limits};
@@ -14,6 +13,7 @@ use nginx_sys::{
 };
 
 use crate::ffi::guard;
+use crate::ffi::timer::WorkerTimer;
 
 static LIMITS: Limits = Limits::new();
 /// Requests handed to their apps.
@@ -32,12 +32,7 @@ const DRAIN_CHECK_MS: ngx_msec_t = 25;
 static DRAINING: AtomicBool = AtomicBool::new(false);
 static DRAIN_STARTED: AtomicUsize = AtomicUsize::new(0);
 
-struct DrainTimer(UnsafeCell<ngx_event_t>);
-// SAFETY: the event is only touched on the event loop.
-unsafe impl Sync for DrainTimer {}
-
-// SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
-static DRAIN_TIMER: DrainTimer = DrainTimer(UnsafeCell::new(unsafe { std::mem::zeroed() }));
+static DRAIN_TIMER: WorkerTimer = WorkerTimer::new();
 
 /// Sets the limits for this worker (from `init_process`).
 pub(crate) fn configure(max_requests: u64, jitter: u64, max_rss: usize) {
@@ -116,7 +111,7 @@ fn recycle(why: &str, drain: bool) {
     // that nginx begins meanwhile (a reload, a quit).
     unsafe {
         crate::ffi::timer::keep_armed(
-            &mut *DRAIN_TIMER.0.get(),
+            DRAIN_TIMER.event(),
             Some(drain_check),
             std::ptr::null_mut(),
             DRAIN_CHECK_MS,

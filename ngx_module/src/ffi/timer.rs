@@ -1,6 +1,7 @@
 //! Timers on events the module owns (a request's deadline, a queue's sweeper): arming and
 //! disarming them.
 
+use std::cell::UnsafeCell;
 use std::ffi::c_void;
 
 use nginx_sys::{
@@ -57,4 +58,26 @@ pub(crate) unsafe fn keep_armed(
     ev.set_cancelable(1);
     // SAFETY: per the function contract; nginx's cycle (and its log) outlives every timer.
     unsafe { arm(ev, handler, data, (*nginx_sys::ngx_cycle).log, ms) };
+}
+
+/// The event of a timer the worker itself owns (not a request's): a sweeper, a drain, a
+/// deferred log entry. It lives in a static, so it never moves.
+pub(crate) struct WorkerTimer(UnsafeCell<ngx_event_t>);
+
+// SAFETY: the only accessor is an unsafe function whose contract is "event-loop thread only".
+unsafe impl Sync for WorkerTimer {}
+
+impl WorkerTimer {
+    pub(crate) const fn new() -> Self {
+        // SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
+        WorkerTimer(UnsafeCell::new(unsafe { std::mem::zeroed() }))
+    }
+
+    /// # Safety
+    /// Event-loop thread, and no other reference to the event is live.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn event(&self) -> &mut ngx_event_t {
+        // SAFETY: per the function contract, this is the only reference.
+        unsafe { &mut *self.0.get() }
+    }
 }
