@@ -178,7 +178,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     }
     // SAFETY: on the event loop; `r` is live.
     unsafe {
-        crate::inflight::started();
+        crate::inflight::started_asgi();
         crate::recycle::request_started(r);
     }
     crate::metrics::posted();
@@ -372,7 +372,7 @@ unsafe fn finish(
         // SAFETY: as above; nothing here finalizes the request.
         unsafe {
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
-            crate::inflight::finished();
+            crate::inflight::finished_asgi();
             crate::recycle::request_done();
             if let Some(body) = request_body {
                 body.finish();
@@ -543,7 +543,7 @@ unsafe fn end_now(r: *mut ngx_http_request_t, parts: EarlyEnd<'_>, rc: ngx_int_t
                 timer::disarm(&mut *deadline.get());
             }
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
-            crate::inflight::finished();
+            crate::inflight::finished_asgi();
             crate::recycle::request_done();
             if let Some(body) = body {
                 body.finish();

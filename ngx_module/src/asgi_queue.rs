@@ -72,6 +72,9 @@ pub(crate) unsafe fn admit(event_loop: &AsgiLoop, limits: QueueLimits) -> Result
         crate::recycle::loop_died();
         return Err(Refused::LoopDied);
     }
+    if recycle_if_stuck(event_loop, limits.queue_timeout) {
+        return Err(Refused::LoopStalled);
+    }
     if event_loop.queued() >= limits.max_queue {
         return Err(Refused::LoopFull);
     }
@@ -86,6 +89,46 @@ pub(crate) unsafe fn admit(event_loop: &AsgiLoop, limits: QueueLimits) -> Result
         return Err(Refused::LoopStalled);
     }
     Ok(())
+}
+
+/// How long the loop may leave its work untaken before the stall is one the worker cannot wait
+/// out: three times `wsgi_queue_timeout` (the requests of two have been refused meanwhile), and
+/// never less than 5 s, so that a short timeout does not make a long computation fatal.
+fn stuck_after(queue_timeout: ngx_msec_t) -> ngx_msec_t {
+    queue_timeout.saturating_mul(3).max(5000)
+}
+
+/// Whether the loop has left its work untaken past [`stuck_after`]: an app keeps its thread in
+/// a call that does not return (a lock or a socket read without a timeout, in async code). No
+/// request it holds can end, and none it is given will start.
+pub(crate) fn loop_stuck(event_loop: &AsgiLoop, queue_timeout: ngx_msec_t) -> bool {
+    event_loop.unserved_for().as_millis() > stuck_after(queue_timeout) as u128
+}
+
+/// [`loop_stuck`] with this worker's `wsgi_queue_timeout`.
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn this_loop_stuck() -> bool {
+    let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() else {
+        return false;
+    };
+    // SAFETY: the cycle lives as long as the worker; on the event loop.
+    let timeout = crate::conf::cycle_main_conf(unsafe { &*nginx_sys::ngx_cycle })
+        .map_or(crate::conf::limits::DEFAULT_QUEUE_TIMEOUT_MS, |mc| {
+            mc.limits.queue_timeout()
+        });
+    loop_stuck(event_loop, timeout)
+}
+
+/// A stuck loop is never waited out: the worker is recycled (the error log has already said
+/// where the loop's thread is, with the first request it refused).
+fn recycle_if_stuck(event_loop: &AsgiLoop, queue_timeout: ngx_msec_t) -> bool {
+    if !loop_stuck(event_loop, queue_timeout) {
+        return false;
+    }
+    crate::recycle::loop_stuck(event_loop.unserved_for());
+    true
 }
 
 /// Remembers an HTTP request just handed to the loop, for the sweeper.
@@ -135,6 +178,9 @@ unsafe extern "C" fn sweep(ev: *mut ngx_event_t) {
             }
             (expired, !q.waiting.is_empty(), timeout)
         };
+        if let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() {
+            recycle_if_stuck(event_loop, timeout);
+        }
         for w in expired {
             if let Some(request) = w.request.upgrade() {
                 // SAFETY: on the event loop; the request is live while it waits (blocked).

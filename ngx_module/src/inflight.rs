@@ -26,6 +26,8 @@ const RECHECK_MS: usize = 500;
 pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT_MS: ngx_msec_t = 60_000;
 
 static OUTSTANDING: AtomicUsize = AtomicUsize::new(0);
+/// Those of them that are ASGI requests (a stuck event loop holds them for ever).
+static OUTSTANDING_ASGI: AtomicUsize = AtomicUsize::new(0);
 /// Run at each check while the worker exits with requests outstanding (event streams are
 /// ended, WebSockets told to close: those that start late too).
 static WHILE_EXITING: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
@@ -73,6 +75,22 @@ pub(crate) fn finished() {
     let _ = OUTSTANDING.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
 }
 
+/// An ASGI request was handed to the event loop.
+///
+/// # Safety
+/// Event-loop thread only.
+pub(crate) unsafe fn started_asgi() {
+    OUTSTANDING_ASGI.fetch_add(1, Relaxed);
+    // SAFETY: per the function contract.
+    unsafe { started() };
+}
+
+/// An ASGI request ended.
+pub(crate) fn finished_asgi() {
+    let _ = OUTSTANDING_ASGI.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+    finished();
+}
+
 unsafe fn timer() -> *mut ngx_event_t {
     // SAFETY: event-loop thread only; the event is allocated once and lives for the process.
     unsafe {
@@ -94,7 +112,18 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
                 // Before counting: what these end is not waited for.
                 run_hooks(&WHILE_EXITING);
             }
-            let outstanding = OUTSTANDING.load(Relaxed);
+            let mut outstanding = OUTSTANDING.load(Relaxed);
+            if ngx_exiting != 0 && crate::asgi_queue::this_loop_stuck() {
+                // Those cannot end: the worker exits without them once the others have.
+                let held = OUTSTANDING_ASGI.load(Relaxed).min(outstanding);
+                outstanding -= held;
+                if outstanding == 0 {
+                    crate::ffi::log::cycle_log(
+                        NGX_LOG_ALERT as usize,
+                        &format!("wsgi: {held} ASGI request(s) held by the stuck event loop are cut as the worker exits"),
+                    );
+                }
+            }
             if outstanding == 0 {
                 return;
             }

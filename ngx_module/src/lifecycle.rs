@@ -126,7 +126,18 @@ pub(crate) unsafe fn stop_worker(cycle: *mut ngx_cycle_t) -> Result<(), String> 
     // apps' atexit handlers run before it (a request left inside Python does not hold them).
     // SAFETY: a flag nginx's signal handler sets; read on the thread that handles it.
     let fast = unsafe { nginx_sys::ngx_terminate } != 0;
-    let (tasks_wait, lifespan_wait, threads_wait, finalize_wait) = if fast {
+    // SAFETY: on the event loop (per the function contract).
+    let stuck = unsafe { crate::asgi_queue::this_loop_stuck() };
+    let (tasks_wait, lifespan_wait, threads_wait, finalize_wait) = if stuck {
+        // The loop takes nothing handed to it: neither its tasks' end nor the apps' lifespan
+        // shutdown can come, and waiting for them only keeps the worker's place empty.
+        (
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::from_secs(5),
+            shutdown,
+        )
+    } else if fast {
         (
             (FAST_STOP_WAIT / 2).min(shutdown),
             (FAST_STOP_WAIT / 2).min(shutdown),

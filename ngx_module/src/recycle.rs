@@ -9,7 +9,7 @@ use ngx_wsgi::recycle::{Due, Limits};
 
 use nginx_sys::{
     ngx_connection_t, ngx_current_msec, ngx_cycle, ngx_event_t, ngx_exiting, ngx_http_request_t,
-    ngx_msec_t, ngx_quit, NGX_LOG_NOTICE,
+    ngx_msec_t, ngx_quit, NGX_LOG_ALERT, NGX_LOG_NOTICE,
 };
 
 use crate::ffi::guard;
@@ -71,6 +71,26 @@ pub(crate) fn request_done() {
 pub(crate) fn loop_died() {
     // No drain: the worker cannot serve its ASGI apps any more.
     recycle("lost its ASGI event loop", false);
+}
+
+/// The worker's ASGI event loop is stuck in an app's call (`asgi_queue::loop_stuck`): a fresh
+/// worker takes over. The drain serves WSGI requests' keep-alive clients as for any recycling;
+/// the ASGI requests the loop holds cannot end, and do not hold the worker's exit.
+/// Event-loop thread.
+pub(crate) fn loop_stuck(for_how_long: std::time::Duration) {
+    if ending() {
+        return;
+    }
+    crate::ffi::log::cycle_log(
+        NGX_LOG_ALERT as usize,
+        &format!(
+            "wsgi: the ASGI event loop has taken none of the work handed to it for {} ms: an app \
+             keeps its thread in a call that does not return (the stack logged with the first \
+             request it refused says where); its requests are cut at the worker's exit",
+            for_how_long.as_millis()
+        ),
+    );
+    recycle("has a stuck ASGI event loop", true);
 }
 
 /// Has the event loop recycle the worker (the ASGI event loop's thread calls it as it dies).

@@ -143,6 +143,8 @@ pub struct AsgiLoop {
     stopping: AtomicBool,
     /// How long the loop's end may wait for the tasks it cancels.
     teardown_ms: AtomicU64,
+    /// Since when the inbox has held work the loop has not taken (`stall::clock_ms`; 0: empty).
+    unserved_since: AtomicU64,
     /// The loop ended on an error of its own: nothing handed to it runs any more.
     died: AtomicBool,
     /// What the server does once the loop died (any thread: the loop's).
@@ -208,6 +210,7 @@ impl AsgiLoop {
             interrupted: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             teardown_ms: AtomicU64::new(1000),
+            unserved_since: AtomicU64::new(0),
             died: AtomicBool::new(false),
             on_death: OnceLock::new(),
         }
@@ -326,6 +329,10 @@ impl AsgiLoop {
                 return;
             }
             let wake = inbox.is_empty();
+            if wake {
+                self.unserved_since
+                    .store(stall::clock_ms(), Ordering::Relaxed);
+            }
             inbox.push(item);
             wake
         };
@@ -421,7 +428,11 @@ impl AsgiLoop {
         unsafe { libc::read(self.efd, (&mut count as *mut u64).cast(), 8) };
         // Also the end of the round in which a wake-up of the server was held.
         super::held_wakes::round_ended();
-        let items = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+        let items = {
+            let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            self.unserved_since.store(0, Ordering::Relaxed);
+            std::mem::take(&mut *inbox)
+        };
         crate::chunk::release_dropped(py);
         for item in items {
             match item {

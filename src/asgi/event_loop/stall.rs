@@ -1,6 +1,7 @@
 //! The loop's stall: requests handed to it wait past `wsgi_queue_timeout` because an app keeps
 //! its thread (a blocking call in async code, a long computation without an await). Where that
-//! thread is goes to the error log, which is what the operator needs to find the call.
+//! thread is goes to the error log, which is what the operator needs to find the call; how long
+//! the loop has left its work untaken tells the server when the stall is one it cannot wait out.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -16,7 +17,22 @@ static START: OnceLock<Instant> = OnceLock::new();
 /// When the last stack was asked for, in ms since [`START`] (0: never).
 static LAST_STACK: AtomicU64 = AtomicU64::new(0);
 
+/// A process-wide clock in ms, never 0.
+pub(super) fn clock_ms() -> u64 {
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
 impl AsgiLoop {
+    /// How long work handed to the loop (requests, wake-ups) has waited for the loop to take
+    /// it; zero when none waits. A loop that runs takes its work at its next turn, however
+    /// busy; one an app keeps in a call that never returns to it does not.
+    pub fn unserved_for(&self) -> Duration {
+        match self.unserved_since.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(clock_ms().saturating_sub(since)),
+        }
+    }
+
     /// Requests waited `waited` for the loop to start them: logs the Python stack of the
     /// loop's thread, from the watchdog's thread (this call never waits for the GIL, so the
     /// server's event loop may make it), at most once per [`STACK_EVERY`].
@@ -24,7 +40,7 @@ impl AsgiLoop {
         let Some(ident) = self.thread_ident() else {
             return;
         };
-        let now = START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
+        let now = clock_ms();
         let last = LAST_STACK.load(Ordering::Relaxed);
         if last != 0 && now.saturating_sub(last) < STACK_EVERY.as_millis() as u64 {
             return;
