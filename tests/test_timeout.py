@@ -113,6 +113,55 @@ def test_a_stream_past_its_deadline_is_cut(server):
     assert not data.endswith(b"0\r\n\r\n"), "no clean end of the chunked body"
 
 
+def test_an_http2_stream_past_its_deadline_is_reset_at_once(nginx_factory):
+    """Over HTTP/2 the cut is a reset of the stream, sent at the deadline though the app's
+    thread is not back; the connection's other streams go on."""
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+
+    server = nginx_factory(location("/stream/", f"{APPS}/streaming.py:events", "wsgi_read_timeout 500ms;")
+                           + location("/release/", f"{APPS}/streaming.py:release"),
+                           server_extra="http2 on;").start()
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    events = []
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        conn.initiate_connection()
+
+        def get(stream_id, path):
+            conn.send_headers(stream_id, [(":method", "GET"), (":path", path), (":scheme", "http"),
+                                          (":authority", "t")], end_stream=True)
+            s.sendall(conn.data_to_send())
+
+        def until(done):
+            while not done():
+                data = s.recv(65536)
+                assert data, f"the connection closed: {events}"
+                for event in conn.receive_data(data):
+                    events.append(event)
+                    if isinstance(event, h2.events.DataReceived):
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                s.sendall(conn.data_to_send())
+
+        def on(stream_id, kind):
+            return [e for e in events if isinstance(e, kind) and e.stream_id == stream_id]
+
+        get(1, "/stream/?h2cut")
+        until(lambda: on(1, h2.events.DataReceived))
+        assert b"data: first" in b"".join(e.data for e in on(1, h2.events.DataReceived))
+        # The app's thread waits in C (on a lock) until /release/: the reset comes before it.
+        until(lambda: on(1, h2.events.StreamReset))
+        assert on(1, h2.events.StreamReset)[0].error_code == h2.errors.ErrorCodes.INTERNAL_ERROR
+        assert not on(1, h2.events.StreamEnded)
+        get(3, "/release/?h2cut")
+        until(lambda: on(3, h2.events.StreamEnded))
+        assert b"".join(e.data for e in on(3, h2.events.DataReceived)) == b"released"
+    entry = 'wsgi_read_timeout: "GET /stream/?h2cut HTTP/2.0" is still inside Python after 500 ms'
+    wait_for(lambda: entry in server.error_log(), what="the deadline's entry")
+    assert requests.get(server.url("/release/?after"), timeout=10).text == "released"
+
+
 def test_deadline_over_tls_and_http2(wsgi_factory, tmp_path_factory):
     """The 504 goes out at the deadline through TLS too; over HTTP/2 it ends its stream and the
     connection serves the next request."""

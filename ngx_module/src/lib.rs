@@ -22,6 +22,8 @@ mod elastic_pool;
 mod event_streams;
 mod ffi;
 mod fork_child;
+#[cfg(ngx_feature = "http_v2")]
+mod h2_reset;
 mod handler;
 mod inflight;
 mod job;

@@ -472,13 +472,17 @@ impl Stream {
             self.cancel(&mut st, true);
             // The request is finalized (and its connection closed) when the app's thread is
             // back, which a call stuck in C code may never be: the client would wait on a
-            // response that has no end. Over HTTP/1 the connection is cut now; an HTTP/2
-            // stream shares its connection and is reset at the finalization.
+            // response that has no end. Over HTTP/1 the connection is cut now, and an HTTP/2
+            // stream reset now (HTTP/3's is reset at the finalization).
             // SAFETY: per the function contract.
             unsafe {
                 let c = (*r).connection;
                 if r == (*r).main && (*r).http_version <= NGX_HTTP_VERSION_11 as usize {
                     libc::shutdown((*c).fd, libc::SHUT_RDWR);
+                }
+                #[cfg(ngx_feature = "http_v2")]
+                if r == (*r).main {
+                    crate::h2_reset::reset_now(r);
                 }
             }
             return NGX_ERROR as ngx_int_t;
