@@ -470,6 +470,17 @@ unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
     })
 }
 
+/// The worker exits with its event loop stuck: the deadlines of the requests the loop holds no
+/// longer hold the exit (those requests are cut as the process ends, which their deadlines,
+/// `wsgi_read_timeout 1h` say, would otherwise keep waiting for). How many.
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn let_go_of_held() -> usize {
+    // SAFETY: per the function contract.
+    unsafe { timer::let_exit_pass(&[on_deadline, crate::asgi_ws::handshake_due]) }
+}
+
 /// A request's deadline passed: a task the loop has not started never will (logged under
 /// `label`); a started one is cancelled, or interrupted when it keeps the loop busy.
 fn stop_timed_out(event_loop: &'static AsgiLoop, watch: &Arc<TaskWatch>, label: &str) {

@@ -158,38 +158,59 @@ pub(crate) unsafe fn waiting(request: &Arc<AsgiRequest>, limits: QueueLimits, ex
     }
 }
 
-/// The sweeper's timer: answers the requests that waited too long for the loop.
+/// The sweeper's timer: answers the requests that waited too long for the loop, and all of
+/// them once the loop is stuck.
 unsafe extern "C" fn sweep(ev: *mut ngx_event_t) {
     guard("the asgi queue sweeper", (), || {
-        // SAFETY: plain read of nginx's cached clock on the event loop.
-        let now = unsafe { ngx_current_msec };
-        let (expired, more, timeout) = {
-            let mut q = queue();
-            let timeout = q.limits.queue_timeout;
-            let mut expired = Vec::new();
-            loop {
-                q.prune();
-                match q.waiting.front() {
-                    Some(w) if now.saturating_sub(w.at) > timeout => {
-                        expired.extend(q.waiting.pop_front());
-                    }
-                    _ => break,
-                }
-            }
-            (expired, !q.waiting.is_empty(), timeout)
-        };
-        if let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() {
-            recycle_if_stuck(event_loop, timeout);
-        }
-        for w in expired {
-            if let Some(request) = w.request.upgrade() {
-                // SAFETY: on the event loop; the request is live while it waits (blocked).
-                unsafe { (w.expired)(&request) };
-            }
-        }
-        if more {
+        let timeout = queue().limits.queue_timeout;
+        let stuck = ngx_wsgi::asgi::event_loop::get()
+            .is_some_and(|event_loop| recycle_if_stuck(event_loop, timeout));
+        // SAFETY: on the event loop.
+        if unsafe { expire(stuck) } {
             // SAFETY: the event is the static sweeper, on the event loop.
             unsafe { nginx_sys::ngx_add_timer(ev, sweep_interval(timeout)) };
         }
     })
+}
+
+/// The loop is stuck: every request still waiting for it is answered (503) now, where the
+/// worker's exit would cut it.
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn give_up_all() {
+    // SAFETY: per the function contract.
+    unsafe { expire(true) };
+}
+
+/// Answers the waiting requests past `wsgi_queue_timeout` (`all`: every one); whether any
+/// still waits.
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn expire(all: bool) -> bool {
+    // SAFETY: plain read of nginx's cached clock on the event loop.
+    let now = unsafe { ngx_current_msec };
+    let (expired, more) = {
+        let mut q = queue();
+        let timeout = q.limits.queue_timeout;
+        let mut expired = Vec::new();
+        loop {
+            q.prune();
+            match q.waiting.front() {
+                Some(w) if all || now.saturating_sub(w.at) > timeout => {
+                    expired.extend(q.waiting.pop_front());
+                }
+                _ => break,
+            }
+        }
+        (expired, !q.waiting.is_empty())
+    };
+    for w in expired {
+        if let Some(request) = w.request.upgrade() {
+            // SAFETY: on the event loop; the request is live while it waits (blocked).
+            unsafe { (w.expired)(&request) };
+        }
+    }
+    more
 }

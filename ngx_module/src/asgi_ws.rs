@@ -538,7 +538,7 @@ fn close_all_for_exit() {
     }
 }
 
-unsafe extern "C" fn handshake_due(ev: *mut ngx_event_t) {
+pub(crate) unsafe extern "C" fn handshake_due(ev: *mut ngx_event_t) {
     guard("the websocket handshake timer", (), || {
         // SAFETY: as in ping_due.
         unsafe { (*((*ev).data as *const AsgiWs)).handshake_due() }

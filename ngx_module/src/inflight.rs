@@ -32,6 +32,33 @@ static OUTSTANDING_ASGI: AtomicUsize = AtomicUsize::new(0);
 /// ended, WebSockets told to close: those that start late too).
 static WHILE_EXITING: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
 
+/// What the ASGI side does when the worker exits with its event loop stuck (in an app's call
+/// that never returns), set at the worker's start: the requests that loop holds cannot end,
+/// and must not keep the worker.
+#[derive(Clone, Copy)]
+pub(crate) struct StuckLoop {
+    /// Whether the loop is stuck now.
+    pub(crate) stuck: unsafe fn() -> bool,
+    /// Answers the requests still waiting for the loop to start them.
+    pub(crate) give_up_waiting: unsafe fn(),
+    /// Lets the exit pass the deadlines of the requests the loop holds.
+    pub(crate) let_go_of_held: unsafe fn() -> usize,
+}
+
+static STUCK_LOOP: std::sync::OnceLock<StuckLoop> = std::sync::OnceLock::new();
+/// Run before the worker ends at once, past the shutdown timeout.
+static BEFORE_FORCED_EXIT: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
+
+/// Sets what the exit does with a stuck ASGI event loop.
+pub(crate) fn on_stuck_loop(hooks: StuckLoop) {
+    let _ = STUCK_LOOP.set(hooks);
+}
+
+/// Adds what runs (on the event loop) before the worker ends at once; once per `f`.
+pub(crate) fn before_forced_exit(f: fn()) {
+    add_hook(&BEFORE_FORCED_EXIT, f);
+}
+
 /// Adds what runs (on the event loop) at every check while the worker exits with requests
 /// outstanding, the first included; once per `f`.
 pub(crate) fn while_exiting(f: fn()) {
@@ -112,12 +139,18 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
                 // Before counting: what these end is not waited for.
                 run_hooks(&WHILE_EXITING);
             }
+            let stuck_loop = STUCK_LOOP.get().filter(|s| ngx_exiting != 0 && (s.stuck)());
+            if let Some(stuck_loop) = stuck_loop {
+                // Those the loop has not started are answered now; those it holds cannot end.
+                (stuck_loop.give_up_waiting)();
+            }
             let mut outstanding = OUTSTANDING.load(Relaxed);
-            if ngx_exiting != 0 && crate::asgi_queue::this_loop_stuck() {
-                // Those cannot end: the worker exits without them once the others have.
+            if let Some(stuck_loop) = stuck_loop {
                 let held = OUTSTANDING_ASGI.load(Relaxed).min(outstanding);
                 outstanding -= held;
-                if outstanding == 0 {
+                if outstanding == 0 && held > 0 {
+                    // The worker exits without them once the others have ended.
+                    (stuck_loop.let_go_of_held)();
                     crate::ffi::log::cycle_log(
                         NGX_LOG_ALERT as usize,
                         &format!("wsgi: {held} ASGI request(s) held by the stuck event loop are cut as the worker exits"),
@@ -145,6 +178,7 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
                             shutdown_timeout()
                         ),
                     );
+                    run_hooks(&BEFORE_FORCED_EXIT);
                     libc::_exit(1);
                 }
             }

@@ -153,6 +153,13 @@ static mut ngx_http_wsgi_module: ngx_module_t = ngx_module_t::default();
 
 unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     guard("init_process", NGX_ERROR as ngx_int_t, || {
+        inflight::on_stuck_loop(inflight::StuckLoop {
+            stuck: asgi_queue::this_loop_stuck,
+            give_up_waiting: asgi_queue::give_up_all,
+            let_go_of_held: asgi_handler::let_go_of_held,
+        });
+        // SAFETY: the hook runs on the event loop, as the inflight timer does.
+        inflight::before_forced_exit(|| unsafe { overload::flush() });
         // SAFETY: nginx calls this once per process, on its event loop, with the live cycle.
         match unsafe { lifecycle::start_worker(cycle, handler::complete) } {
             Ok(()) => NGX_OK as ngx_int_t,
@@ -166,8 +173,8 @@ unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 
 unsafe extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
     guard("exit_process", (), || {
-        // SAFETY: on the event loop; the flush timer was cancelled with nginx's other
-        // cancelable timers.
+        // SAFETY: on the event loop; nginx no longer runs the cancelable flush timer, which
+        // this disarms.
         unsafe { overload::flush() };
         // SAFETY: nginx calls this once, on its event loop, with the live cycle.
         if let Err(e) = unsafe { lifecycle::stop_worker(cycle) } {

@@ -128,16 +128,7 @@ pub(crate) unsafe fn stop_worker(cycle: *mut ngx_cycle_t) -> Result<(), String> 
     let fast = unsafe { nginx_sys::ngx_terminate } != 0;
     // SAFETY: on the event loop (per the function contract).
     let stuck = unsafe { crate::asgi_queue::this_loop_stuck() };
-    let (tasks_wait, lifespan_wait, threads_wait, finalize_wait) = if stuck {
-        // The loop takes nothing handed to it: neither its tasks' end nor the apps' lifespan
-        // shutdown can come, and waiting for them only keeps the worker's place empty.
-        (
-            Duration::ZERO,
-            Duration::ZERO,
-            Duration::from_secs(5),
-            shutdown,
-        )
-    } else if fast {
+    let (mut tasks_wait, mut lifespan_wait, threads_wait, finalize_wait) = if fast {
         (
             (FAST_STOP_WAIT / 2).min(shutdown),
             (FAST_STOP_WAIT / 2).min(shutdown),
@@ -147,6 +138,11 @@ pub(crate) unsafe fn stop_worker(cycle: *mut ngx_cycle_t) -> Result<(), String> 
     } else {
         (shutdown, shutdown, Duration::from_secs(5), shutdown)
     };
+    if stuck {
+        // The loop takes nothing handed to it: neither its tasks' end nor the apps' lifespan
+        // shutdown can come, and waiting for them only keeps the worker's place empty.
+        (tasks_wait, lifespan_wait) = (Duration::ZERO, Duration::ZERO);
+    }
     // From here this thread waits for others, which log meanwhile: their entries take their own
     // time, and those queued for the loop are written after each wait.
     crate::ffi::log::loop_waits(true);

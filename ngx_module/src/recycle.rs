@@ -78,7 +78,8 @@ pub(crate) fn loop_died() {
 /// the ASGI requests the loop holds cannot end, and do not hold the worker's exit.
 /// Event-loop thread.
 pub(crate) fn loop_stuck(for_how_long: std::time::Duration) {
-    if ending() {
+    // SAFETY: nginx's own flag, read on the event loop (`ngx_quit` is reset once the exit began).
+    if ending() || unsafe { ngx_exiting != 0 } {
         return;
     }
     crate::ffi::log::cycle_log(

@@ -5,7 +5,8 @@ use std::cell::UnsafeCell;
 use std::ffi::c_void;
 
 use nginx_sys::{
-    ngx_add_timer, ngx_del_timer, ngx_event_handler_pt, ngx_event_t, ngx_log_t, ngx_msec_t,
+    ngx_add_timer, ngx_del_timer, ngx_event_handler_pt, ngx_event_t, ngx_event_timer_rbtree,
+    ngx_log_t, ngx_msec_t, ngx_rbtree_next,
 };
 
 /// Arms `ev` to call `handler` with `data` after `ms` (nothing for 0).
@@ -58,6 +59,42 @@ pub(crate) unsafe fn keep_armed(
     ev.set_cancelable(1);
     // SAFETY: per the function contract; nginx's cycle (and its log) outlives every timer.
     unsafe { arm(ev, handler, data, (*nginx_sys::ngx_cycle).log, ms) };
+}
+
+/// Makes the timers set on events whose handler is one of `handlers` cancelable: an exiting
+/// worker no longer waits for them (nginx's exit waits for every other timer). How many.
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn let_exit_pass(handlers: &[unsafe extern "C" fn(*mut ngx_event_t)]) -> usize {
+    let mut count = 0;
+    // SAFETY: per the function contract, nginx's timer tree is this thread's, and each of its
+    // nodes is the `timer` field of a live event.
+    unsafe {
+        let tree = std::ptr::addr_of_mut!(ngx_event_timer_rbtree);
+        let sentinel = (*tree).sentinel;
+        let mut node = (*tree).root;
+        if node == sentinel {
+            return 0;
+        }
+        while (*node).left != sentinel {
+            node = (*node).left;
+        }
+        while !node.is_null() {
+            let ev = node
+                .byte_sub(std::mem::offset_of!(ngx_event_t, timer))
+                .cast::<ngx_event_t>();
+            if (*ev)
+                .handler
+                .is_some_and(|h| handlers.iter().any(|&f| std::ptr::fn_addr_eq(f, h)))
+            {
+                (*ev).set_cancelable(1);
+                count += 1;
+            }
+            node = ngx_rbtree_next(tree, node);
+        }
+    }
+    count
 }
 
 /// The event of a timer the worker itself owns (not a request's): a sweeper, a drain, a

@@ -27,6 +27,10 @@ impl AsgiLoop {
     /// it; zero when none waits. A loop that runs takes its work at its next turn, however
     /// busy; one an app keeps in a call that never returns to it does not.
     pub fn unserved_for(&self) -> Duration {
+        if self.died() {
+            // What it left was answered as it died: a dead loop is not a stuck one.
+            return Duration::ZERO;
+        }
         match self.unserved_since.load(Ordering::Relaxed) {
             0 => Duration::ZERO,
             since => Duration::from_millis(clock_ms().saturating_sub(since)),
