@@ -40,6 +40,7 @@ def server(nginx_factory, tmp_path_factory):
         + asgi("/nopathsend/", APP, "asgi_pathsend off;")
         + location("/wsgi/", APPS / "environ_app.py"),
         main_extra=f"env NGX_WSGI_TEST_MARKS={marks};",
+        http_extra="asgi_pathsend on;",
         server_extra="http2 on; client_max_body_size 8m;",
     ).start()
     s.marks = marks
@@ -434,6 +435,19 @@ def test_hop_by_hop_headers_of_the_app_are_dropped(server):
     assert r.headers["content-length"] == "3" and "transfer-encoding" not in r.headers
 
 
+def test_pathsend_is_offered_only_where_asked_for(nginx_factory, tmp_path):
+    # As under uvicorn, which offers no such extension: an app whose middleware drops its
+    # messages (Gradio's) serves its files with the defaults.
+    path = tmp_path / "asset.js"
+    path.write_bytes(b"console.log('served');")
+    path.chmod(0o644)
+    server = nginx_factory(asgi("/", APP) + asgi("/on/", APP, "asgi_pathsend on;")).start()
+    assert "http.response.pathsend" not in requests.get(server.url("/scope"), timeout=10).json()["extensions"]
+    r = requests.get(server.url(f"/body-only-middleware?{path}"), timeout=10)
+    assert (r.status_code, r.content) == (200, b"console.log('served');")
+    assert "http.response.pathsend" in requests.get(server.url("/on/scope"), timeout=10).json()["extensions"]
+
+
 def test_asgi_pathsend_off_for_a_middleware_that_drops_it(server, tmp_path):
     # Gradio's Brotli middleware passes on only http.response.body: a FileResponse's start and
     # pathsend are lost. The log says what to do; `asgi_pathsend off` is the cure.
@@ -563,7 +577,8 @@ def test_pathsend_of_a_relative_path_is_from_the_working_directory(nginx_factory
     """Starlette's FileResponse("image.png") sends the path as given: it is opened from the
     worker's current directory, nginx's `working_directory`."""
     (tmp_path / "image.png").write_bytes(b"\x89PNG relative")
-    server = nginx_factory(asgi("/", APP), main_extra=f"working_directory {tmp_path};\n").start()
+    server = nginx_factory(asgi("/", APP), main_extra=f"working_directory {tmp_path};\n",
+                           http_extra="asgi_pathsend on;").start()
     r = requests.get(server.url("/file?image.png"), timeout=10)
     assert (r.status_code, r.content) == (200, b"\x89PNG relative")
 

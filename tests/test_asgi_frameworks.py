@@ -149,7 +149,8 @@ def module_server(nginx_factory):
     for framework, callable_name in CALLABLES.items():
         locations = "".join(asgi_location(path, f"{FRAMEWORKS}/{framework}_app.py:{callable_name}")
                             for path in ("/", "/api/"))
-        servers[framework] = nginx_factory(locations).start()
+        # With pathsend, as a deployment that wants nginx to send FileResponse's files has it.
+        servers[framework] = nginx_factory(locations, http_extra="asgi_pathsend on;").start()
     return servers
 
 

@@ -177,7 +177,8 @@ def test_fastapi_tutorial_tests_pass_over_nginx(nginx_factory, tmp_path):
     # The tests run from the source tree and some apps mount `static/` relative to it (the test
     # makes it before importing them): the workers import from the same directory.
     (tree / "static").mkdir(exist_ok=True)
-    nginx = nginx_factory("  location / { return 404; }\n", http_extra=servers,
+    # With pathsend, so that the tutorials' FileResponse goes through nginx's own file sending.
+    nginx = nginx_factory("  location / { return 404; }\n", http_extra="asgi_pathsend on;\n" + servers,
                           main_extra=f"worker_rlimit_nofile 8192;\nworking_directory {tree};\n").start()
     state = tmp_path / "ports.json"
     state.write_text(json.dumps(ports))

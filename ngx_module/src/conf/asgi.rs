@@ -50,9 +50,11 @@ impl Default for AsgiHttpConf {
 }
 
 impl AsgiHttpConf {
-    /// On unless turned off, at this level or one around it.
+    /// Off unless turned on, at this level or one around it: a middleware that passes on only
+    /// `http.response.body` (Gradio's) loses a file response sent with the extension, and
+    /// uvicorn, which apps are written against, offers none.
     pub(crate) fn merge(&mut self, parent: &AsgiHttpConf) {
-        merge_value(&mut self.pathsend, parent.pathsend, UNSET_FLAG, 1);
+        merge_value(&mut self.pathsend, parent.pathsend, UNSET_FLAG, 0);
     }
 }
 
