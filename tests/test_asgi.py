@@ -467,9 +467,10 @@ def test_asgi_pathsend_off_for_a_middleware_that_drops_it(server, tmp_path):
 
 @pytest.mark.parametrize("how", [signal.SIGHUP, signal.SIGQUIT])
 def test_event_streams_end_cleanly_when_the_worker_exits(nginx_factory, how):
-    # EventSource reconnects by itself: the stream ends as a complete response, at once, and
-    # the client comes back to the new workers; the app's send() raises as if it had gone.
-    server = nginx_factory(asgi("/", APP)).start()
+    # EventSource reconnects by itself: past wsgi_event_stream_grace, the stream ends as a
+    # complete response and the client comes back to the new workers; the app's send() raises
+    # as if it had gone.
+    server = nginx_factory(asgi("/", APP), http_extra="wsgi_event_stream_grace 1s;").start()
     old = server.worker_pids()
     r = requests.get(server.url("/events?sse1"), stream=True, timeout=30)
     assert r.headers["content-type"] == "text/event-stream"
@@ -481,16 +482,32 @@ def test_event_streams_end_cleanly_when_the_worker_exits(nginx_factory, how):
     began = time.monotonic()
     server.send_signal(how)
     rest = list(lines)  # a cut response would raise ChunkedEncodingError here
-    assert time.monotonic() - began < 10 and rest[-1:] in ([b""], [])
+    assert 0.9 < time.monotonic() - began < 10 and rest[-1:] in ([b""], [])
     wait_for(lambda: "events sse1: ClientDisconnected, then ClientDisconnected" in server.error_log(),
              what="the app to be told")
     log = server.error_log()
-    assert "asgi: 1 event stream(s) (text/event-stream) ended as the worker exits" in log, log[-2000:]
+    assert "asgi: 1 event stream(s) (text/event-stream) ended as the worker exits, after 1000 ms of " \
+           "grace (wsgi_event_stream_grace)" in log, log[-2000:]
     # A response that is not an event stream is in flight like any other: it goes on.
     assert next(line for line in plain_lines if line).startswith(b"data: ")
     plain.close()
     wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="a clean exit")
     assert "[error]" not in server.error_log() and "[alert]" not in server.error_log()
+
+
+@pytest.mark.parametrize("how", [signal.SIGHUP, signal.SIGQUIT])
+def test_an_event_stream_with_an_end_of_its_own_is_not_cut_short_by_a_reload(nginx_factory, how):
+    # An answer streamed token by token (an LLM's, a Gradio job's progress) runs on to its end
+    # across a reload or quit, as any response does: ended early, it would look complete to
+    # its client with half its tokens.
+    server = nginx_factory(asgi("/", APP)).start()
+    r = requests.get(server.url("/answer?15"), stream=True, timeout=30)
+    lines = r.iter_lines()
+    assert next(lines) == b"data: token 0"
+    server.send_signal(how)
+    rest = [line for line in lines if line]
+    assert rest == [b"data: token %d" % n for n in range(1, 15)] + [b"data: [DONE]"]
+    assert "ended as the worker exits" not in server.error_log()
 
 
 def test_a_receive_waiting_when_the_response_completes_says_disconnect(server):

@@ -179,7 +179,8 @@ def test_event_streams_still_waiting_for_their_first_event_end_when_the_worker_e
     # none yet: at quit the stream still ends at once, with the app's head and no event, and
     # its client reconnects to the new workers instead of waiting for the old worker's end.
     server = nginx_factory(location("/", f"{APP}:quiet_events")
-                           + location("/gen/", f"{APP}:quiet_events_generator")).start()
+                           + location("/gen/", f"{APP}:quiet_events_generator"),
+                           http_extra="wsgi_event_stream_grace 0;").start()
     old = server.worker_pids()
     with socket.create_connection(("127.0.0.1", server.port)) as a, \
             socket.create_connection(("127.0.0.1", server.port)) as b:
@@ -209,7 +210,8 @@ def test_event_streams_end_cleanly_when_the_worker_exits(nginx_factory, how):
     # next piece, as if the client had gone. Its read timeout, due before that piece, is
     # nobody's business any more; a HEAD of a stream ends with its connection too.
     server = nginx_factory(location("/", f"{APP}:ticking_events")
-                           + location("/timed/", f"{APP}:ticking_events", "wsgi_read_timeout 4s;")).start()
+                           + location("/timed/", f"{APP}:ticking_events", "wsgi_read_timeout 4s;"),
+                           http_extra="wsgi_event_stream_grace 0;").start()
     old = server.worker_pids()
     with socket.create_connection(("127.0.0.1", server.port)) as s, \
             socket.create_connection(("127.0.0.1", server.port)) as h:

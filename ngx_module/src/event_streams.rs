@@ -1,7 +1,8 @@
-//! Event streams (`text/event-stream` responses, WSGI or ASGI) under way. They have no end of
-//! their own: a worker that exits ends them cleanly, as complete responses, and their clients
-//! (EventSource reconnects by itself) come back to the new workers, instead of holding the old
-//! worker until `worker_shutdown_timeout`.
+//! Event streams (`text/event-stream` responses, WSGI or ASGI) under way. Some end by
+//! themselves (an answer streamed token by token, a job's progress), some never do (a feed of
+//! notifications): a worker that exits lets them go on for `wsgi_event_stream_grace`, then ends
+//! those left cleanly, as complete responses, and their clients (EventSource reconnects by
+//! itself) come back to the new workers, instead of being cut at `worker_shutdown_timeout`.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, Weak};
@@ -43,8 +44,19 @@ pub(crate) fn unlist(key: usize) {
 }
 
 /// Worker exit (on the event loop, at each of the exiting worker's checks: a stream may start
-/// after the first): every event stream under way ends as if its app had ended it.
+/// after the first): once the grace has passed, every event stream under way ends as if its app
+/// had ended it.
 fn end_all_for_exit() {
+    // SAFETY: the exit's checks run on the event loop; the cycle lives as long as the worker.
+    let (grace, waited) = unsafe {
+        let bound = crate::inflight::exit_bound();
+        let grace = crate::conf::cycle_main_conf(&*nginx_sys::ngx_cycle)
+            .map_or(0, |mc| mc.limits.event_stream_grace(bound));
+        (grace, crate::inflight::exiting_for())
+    };
+    if waited < grace {
+        return;
+    }
     let streams: Vec<(&'static str, std::sync::Arc<dyn EndsAtExit>)> = listed()
         .take()
         .unwrap_or_default()
@@ -61,7 +73,8 @@ fn end_all_for_exit() {
                 nginx_sys::NGX_LOG_NOTICE as usize,
                 &format!(
                     "{kind}: {ended} event stream(s) (text/event-stream) ended as the worker \
-                     exits; their clients reconnect to the new workers"
+                     exits, after {grace} ms of grace (wsgi_event_stream_grace); their clients \
+                     reconnect to the new workers"
                 ),
             );
         }

@@ -187,6 +187,26 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
     })
 }
 
+/// How long this worker has been exiting with requests outstanding (0: it is not, or it has
+/// just begun).
+pub(crate) fn exiting_for() -> ngx_msec_t {
+    match EXITING_SINCE.load(Relaxed) {
+        0 => 0,
+        // SAFETY: plain read of nginx's cached clock; the value is only compared.
+        since => unsafe { ngx_current_msec }.saturating_sub(since),
+    }
+}
+
+/// How long an exiting worker waits for its requests at all: `worker_shutdown_timeout`, else
+/// the default.
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn exit_bound() -> ngx_msec_t {
+    // SAFETY: per the function contract.
+    unsafe { shutdown_timeout() }
+}
+
 /// `worker_shutdown_timeout`, else the default.
 unsafe fn shutdown_timeout() -> ngx_msec_t {
     // SAFETY: the cycle and its core configuration live as long as the worker.

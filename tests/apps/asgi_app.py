@@ -202,6 +202,15 @@ async def app(scope, receive, send):
             except Exception as again:
                 then = type(again).__name__
             print(f"events {query}: {type(e).__name__}, then {then}", file=sys.stderr, flush=True)
+    elif route == "/answer":
+        # An answer streamed token by token as server-sent events, then its end ("[DONE]", as
+        # OpenAI's API sends): a stream with an end of its own, a few seconds long.
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        for n in range(int(query or 10)):
+            await send({"type": "http.response.body", "body": b"data: token %d\n\n" % n, "more_body": True})
+            await asyncio.sleep(0.2)
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
     elif route == "/hop":
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"connection", b"keep-alive"), (b"Keep-Alive", b"timeout=99"), (b"transfer-encoding", b"chunked"),

@@ -69,6 +69,8 @@ pub(crate) struct WorkerLimits {
     pub queue_timeout: ngx_msec_t,
     /// `wsgi_shutdown_timeout TIME`.
     pub shutdown_timeout: ngx_msec_t,
+    /// `wsgi_event_stream_grace TIME`.
+    pub event_stream_grace: ngx_msec_t,
 }
 
 impl Default for WorkerLimits {
@@ -81,6 +83,7 @@ impl Default for WorkerLimits {
             max_queue: UNSET_NUM,
             queue_timeout: UNSET_MSEC,
             shutdown_timeout: UNSET_MSEC,
+            event_stream_grace: UNSET_MSEC,
         }
     }
 }
@@ -126,6 +129,16 @@ impl WorkerLimits {
 
     pub(crate) fn shutdown_timeout(&self) -> ngx_msec_t {
         msec_or(self.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT_MS)
+    }
+
+    /// How long an exiting worker lets its event streams go on before it ends them, given
+    /// `bound`, how long it waits for its requests at all: the written value, at most, and
+    /// else all but the last second of that wait, so that a stream that ends by itself
+    /// meanwhile (an answer streamed token by token, a job's progress) loses nothing, and one
+    /// that does not is still ended cleanly (its EventSource client reconnects) rather than cut.
+    pub(crate) fn event_stream_grace(&self, bound: ngx_msec_t) -> ngx_msec_t {
+        let most = bound.saturating_sub(1000);
+        msec_or(self.event_stream_grace, most).min(most)
     }
 
     /// `wsgi_max_rss` in bytes, 0 for none.
@@ -290,6 +303,28 @@ mod tests {
             ),
             (8, 0, 0, 0, 250)
         );
+    }
+
+    #[test]
+    fn event_streams_get_all_but_the_last_second_of_the_exit_unless_told_less() {
+        let unset = WorkerLimits::default();
+        assert_eq!(unset.event_stream_grace(60_000), 59_000);
+        assert_eq!(unset.event_stream_grace(500), 0);
+        let set = WorkerLimits {
+            event_stream_grace: 5000,
+            ..Default::default()
+        };
+        assert_eq!(set.event_stream_grace(60_000), 5000);
+        assert_eq!(
+            set.event_stream_grace(3000),
+            2000,
+            "never past the exit's own bound"
+        );
+        let none = WorkerLimits {
+            event_stream_grace: 0,
+            ..Default::default()
+        };
+        assert_eq!(none.event_stream_grace(60_000), 0);
     }
 
     #[test]

@@ -242,7 +242,7 @@ const fn directive(
 }
 
 /// Every `wsgi_*` directive. nginx reads the table for the whole program and never writes it.
-pub(crate) static mut COMMANDS: [ngx_command_t; 27] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 28] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -396,6 +396,13 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 27] = [
         nginx_sys::ngx_conf_set_msec_slot,
         NGX_HTTP_MAIN_CONF_OFFSET,
         offset_of!(MainConf, limits.shutdown_timeout),
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_event_stream_grace"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        nginx_sys::ngx_conf_set_msec_slot,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+        offset_of!(MainConf, limits.event_stream_grace),
     ),
     directive(
         ngx::ngx_string!("wsgi_umask"),
