@@ -157,6 +157,17 @@ def test_reload_with_broken_app_keeps_old_workers(nginx_factory):
     assert server.worker_pids() == workers
 
 
+def test_log_lines_after_a_slow_check_carry_the_time_they_were_written(nginx_factory):
+    # The check imports the apps while nginx reads its configuration, with its clock cached:
+    # the lines that followed (the workers' start) were stamped two seconds early.
+    started = time.time()
+    server = nginx_factory(location("/", APPS / "slow_import.py")).start()
+    assert requests.get(server.url("/"), timeout=10).text == "imported"
+    line = next(l for l in server.error_log().splitlines() if "start worker process" in l)
+    stamp = time.mktime(time.strptime(line[:19], "%Y/%m/%d %H:%M:%S"))
+    assert stamp >= int(started) + 2, (line, time.strftime("%H:%M:%S", time.localtime(started)))
+
+
 def test_an_import_that_blocks_fails_the_check_in_bounded_time_naming_the_app(nginx_factory):
     app = APPS / "blocks_at_import.py"
     server = nginx_factory(location("/", app), http_extra="wsgi_check_timeout 1s;")

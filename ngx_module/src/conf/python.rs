@@ -151,7 +151,12 @@ pub(crate) unsafe fn check_at_configuration(cf: *mut ngx_conf_t, mc: &MainConf) 
     setup.umask = Some(mc.umask.for_check(unsafe { daemonizes(cf) }));
     // The check's processes and the workers (forked from this one) name it in their messages.
     ngx_wsgi::interpreter::name_shutdown_timeout("wsgi_shutdown_timeout");
-    let Err(errors) = check_apps(&mc.python.settings, &mc.python.specs(), &setup) else {
+    let checked = check_apps(&mc.python.settings, &mc.python.specs(), &setup);
+    // The check took seconds, maybe: nginx's cached clock, which its log lines and the new
+    // workers' start carry, would be that much behind.
+    // SAFETY: the configuring process's own clock, on its one thread.
+    unsafe { nginx_sys::ngx_time_update() };
+    let Err(errors) = checked else {
         return true;
     };
     for error in errors {
