@@ -510,6 +510,20 @@ def test_an_event_stream_with_an_end_of_its_own_is_not_cut_short_by_a_reload(ngi
     assert "ended as the worker exits" not in server.error_log()
 
 
+def test_an_error_page_started_after_a_head_client_left_hears_it_left(server):
+    # `curl -I`, health checks: the client closes once it has the head. The app's next piece
+    # says so, and so does the error page its handler then starts, not a protocol error.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as c:
+        c.sendall(b"HEAD /pieces-then-error-page?h1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += c.recv(1)
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 12288" in head
+    wait_for(lambda: "error page h1: ClientDisconnected, then ClientDisconnected" in server.error_log(),
+             what="the app told twice")
+    assert "sent a second time" not in server.error_log()
+
+
 def test_a_receive_waiting_when_the_response_completes_says_disconnect(server):
     # As uvicorn does: the app's listener hears http.disconnect, so its task ends.
     for i in range(3):

@@ -608,7 +608,14 @@ impl HttpExchange {
         {
             return Err(Self::gone_error());
         }
-        match message_type(message)?.as_str() {
+        let kind = message_type(message)?;
+        if self.left && kind == "http.response.start" && self.response != Response::Idle {
+            // An app that handles the disconnect (a HEAD's client gone once it had the head) by
+            // starting an error response: the same answer as any other send, not a protocol
+            // error in the error log.
+            return Err(Self::gone_error());
+        }
+        match kind.as_str() {
             "http.response.start" => self.start(message).map(|()| true),
             "http.response.body" => self.body_piece(message),
             "http.response.pathsend" => self.pathsend(message).map(|()| true),

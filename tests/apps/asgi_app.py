@@ -202,6 +202,21 @@ async def app(scope, receive, send):
             except Exception as again:
                 then = type(again).__name__
             print(f"events {query}: {type(e).__name__}, then {then}", file=sys.stderr, flush=True)
+    elif route == "/pieces-then-error-page":
+        # A response in pieces whose app, when a send fails, starts an error page (frameworks'
+        # error handlers do; Datasette's does).
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"12288")]})
+        try:
+            for i in range(3):
+                await send({"type": "http.response.body", "body": b"x" * 4096, "more_body": i < 2})
+                await asyncio.sleep(0.05)
+        except OSError as e:
+            try:
+                await send({"type": "http.response.start", "status": 500, "headers": []})
+                then = "sent"
+            except Exception as again:
+                then = type(again).__name__
+            print(f"error page {query}: {type(e).__name__}, then {then}", file=sys.stderr, flush=True)
     elif route == "/answer":
         # An answer streamed token by token as server-sent events, then its end ("[DONE]", as
         # OpenAI's API sends): a stream with an end of its own, a few seconds long.
