@@ -197,6 +197,34 @@ def _forever(server):
         return "cut"
 
 
+def test_a_reload_does_not_pause_while_the_new_workers_import_the_apps(nginx_factory, tmp_path):
+    # nginx's old workers stop accepting as soon as a reload has forked the new ones, which
+    # import the apps before they accept: new connections waited that long (a Gradio app's
+    # import: 3.7 s). The old worker goes on accepting until a new one is ready.
+    tmp_path.chmod(0o777)
+    server = nginx_factory(location("/", APPS / "slow_import.py"),
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+    old = server.worker_pids()
+    assert requests.get(server.url("/"), timeout=10).text == f"imported by {old[0]}"
+    server.send_signal(signal.SIGHUP)
+    wait_for(lambda: [p for p in marks(tmp_path, "importing") if p not in old and p in server.worker_pids()],
+             what="a new worker importing the app")
+    time.sleep(0.5)  # the master tells the old worker to quit 100 ms after it forked the new one
+    # Its import takes 3 s: a connection that waited for it would not be answered in 1.5 s.
+    assert requests.get(server.url("/during"), timeout=1.5).text == f"imported by {old[0]}"
+    wait_for(lambda: old[0] not in server.worker_pids(), 30, "the old worker's exit")
+    new = server.worker_pids()
+    assert requests.get(server.url("/after"), timeout=10).text == f"imported by {new[0]}"
+    log = server.error_log()
+    assert "this worker goes on accepting until they are ready" in log, log[-2000:]
+    assert re.search(r"the reload's new workers are ready after \d+ ms; this worker quits", log), log[-2000:]
+    wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="a clean exit")
+    # A quit with no reload is taken at once.
+    started = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - started < 10
+
+
 def test_reloads_under_load_lose_no_request(nginx_factory):
     server = nginx_factory(location("/", APPS / "sleepy.py"), workers=2).start()
     wrk = subprocess.Popen(["wrk", "-t2", "-c16", "-d6s", "--timeout", "20s", "-H", "Connection: close",

@@ -33,6 +33,7 @@ mod nginx_pool;
 mod notify;
 mod overload;
 mod recycle;
+mod reload_handover;
 mod request_body;
 mod request_id;
 mod request_info;
@@ -71,6 +72,7 @@ impl HttpModule for WsgiModule {
                 conf::python::check_at_configuration(cf, mc)
             };
             if ok {
+                reload_handover::configuration_loaded();
                 NGX_OK as ngx_int_t
             } else {
                 NGX_ERROR as ngx_int_t

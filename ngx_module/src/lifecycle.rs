@@ -52,10 +52,18 @@ pub(crate) unsafe fn start_worker(
     unsafe { crate::notify::init(cycle, on_finished) }.map_err(|e| format!("wsgi: {e}"))?;
     name_the_worker();
     mc.umask.apply();
+    crate::reload_handover::starting();
     interpreter::initialize(&mc.python.settings).map_err(|e| format!("wsgi: {e}"))?;
     Apps::load_all(&mc.python.specs())
         .map_err(|(i, e)| format!("{} cannot be loaded: {e}", mc.python.apps[i].describe()))?;
-    start_asgi(mc)
+    start_asgi(mc)?;
+    // The apps start within the check's timeout each time: an old worker waits as long for a
+    // reload's new ones, and a little more.
+    // SAFETY: per the function contract.
+    unsafe {
+        crate::reload_handover::ready(cycle, mc.python.check_timeout() + Duration::from_secs(5))
+    };
+    Ok(())
 }
 
 /// Gives the worker the title nginx gives it only after `init_process`: processes the app

@@ -1,0 +1,237 @@
+//! Reloads without a pause. At `nginx -s reload` the master forks the new workers and, 100 ms
+//! later, tells the old ones to quit: they close their listening sockets at once. The new
+//! workers import the apps before they accept anything (a Django or Gradio app: seconds), and
+//! new connections wait in the kernel's backlog meanwhile. Here an old worker told to quit goes
+//! on accepting while a newer configuration's workers are still starting, until they are all
+//! ready (or a bound passes), then quits as nginx asked.
+//!
+//! The generations meet in one word of memory the master maps, shared, before its first fork:
+//! the newest configuration whose workers have begun to start, how many have, and how many are
+//! ready. A worker knows its own generation (the master's count of configurations when it
+//! forked it). A quit with no newer generation starting (`nginx -s quit`, a reload whose workers
+//! did not start) is taken at once. The master's quit comes through its channel (a signal only
+//! when the channel fails: that one is taken at once, as before).
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use nginx_sys::{ngx_cycle_t, ngx_event_t, ngx_msec_t, NGX_LOG_NOTICE};
+
+use crate::ffi::guard;
+use crate::ffi::timer::WorkerTimer;
+
+/// The shared word: generation (high 32 bits), workers of it started (16), ready (16).
+static SHARED: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+/// The configurations the master has loaded; in a worker, its own configuration's number.
+static GENERATION: AtomicU32 = AtomicU32::new(0);
+/// The worker was told to quit and waits for the newer workers.
+static DEFERRED: AtomicBool = AtomicBool::new(false);
+/// When it was told (`monotonic_ms`).
+static DEFERRED_AT: AtomicU64 = AtomicU64::new(0);
+/// How long it waits for them at most, in ms.
+static BOUND_MS: AtomicU64 = AtomicU64::new(0);
+static CHECK: WorkerTimer = WorkerTimer::new();
+/// How often a waiting worker looks at the newer workers.
+const CHECK_MS: ngx_msec_t = 20;
+
+fn unpack(word: u64) -> (u32, u16, u16) {
+    ((word >> 32) as u32, (word >> 16) as u16, word as u16)
+}
+
+fn pack(generation: u32, started: u16, ready: u16) -> u64 {
+    (u64::from(generation) << 32) | (u64::from(started) << 16) | u64::from(ready)
+}
+
+fn shared() -> Option<&'static AtomicU64> {
+    // SAFETY: the pointer is null or the master's shared mapping, never unmapped.
+    unsafe { SHARED.load(Ordering::Acquire).as_ref() }
+}
+
+/// Changes the shared word with `change` (None: leave it), retrying on a race.
+fn update(change: impl Fn(u32, u16, u16) -> Option<u64>) {
+    let Some(word) = shared() else {
+        return;
+    };
+    let mut current = word.load(Ordering::Acquire);
+    loop {
+        let (g, s, r) = unpack(current);
+        let Some(new) = change(g, s, r) else {
+            return;
+        };
+        match word.compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(seen) => current = seen,
+        }
+    }
+}
+
+/// The master loaded a configuration (postconfiguration; also in `nginx -t`, harmlessly): its
+/// next workers are of a new generation. The shared word is made once, before any fork.
+pub(crate) fn configuration_loaded() {
+    if SHARED.load(Ordering::Acquire).is_null() {
+        // SAFETY: a fresh anonymous shared mapping; nothing else refers to it yet.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size_of::<AtomicU64>(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if map != libc::MAP_FAILED {
+            SHARED.store(map.cast(), Ordering::Release);
+        }
+    }
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
+/// A worker begins to start (before it imports the apps): counted in its generation.
+pub(crate) fn starting() {
+    let mine = GENERATION.load(Ordering::Acquire);
+    update(|g, s, r| match g.cmp(&mine) {
+        std::cmp::Ordering::Less => Some(pack(mine, 1, 0)),
+        std::cmp::Ordering::Equal => Some(pack(mine, s.saturating_add(1), r)),
+        std::cmp::Ordering::Greater => None,
+    });
+}
+
+/// A worker is ready to accept (its apps imported, their lifespan started); `bound` is how
+/// long it would itself wait, once old, for newer workers. From the loop's first turn the
+/// master's commands pass through [`on_channel`].
+///
+/// # Safety
+/// Event-loop thread, once, from `init_process`; `cycle` is live.
+pub(crate) unsafe fn ready(cycle: *mut ngx_cycle_t, bound: std::time::Duration) {
+    let mine = GENERATION.load(Ordering::Acquire);
+    update(|g, s, r| (g == mine).then(|| pack(g, s, r.saturating_add(1))));
+    BOUND_MS.store(bound.as_millis() as u64, Ordering::Release);
+    // nginx registers the master's channel after every module's `init_process`: it is found
+    // at the loop's first turn.
+    // SAFETY: on the event loop; the timer is a static.
+    unsafe {
+        crate::ffi::timer::keep_armed(CHECK.event(), Some(take_the_channel), cycle.cast(), 1)
+    };
+}
+
+/// The loop's first turn: the master's channel's read handler becomes [`on_channel`].
+unsafe extern "C" fn take_the_channel(ev: *mut ngx_event_t) {
+    guard("the reload's hand-over", (), || {
+        // SAFETY: the event's data is the live cycle (see `ready`); the channel is one of its
+        // connections, whose read handler nginx set before its cycle's first turn.
+        unsafe {
+            let cycle = (*ev).data.cast::<ngx_cycle_t>();
+            let fd = nginx_sys::ngx_channel;
+            if fd < 0 {
+                return;
+            }
+            let connections = (*cycle).connections;
+            for i in 0..(*cycle).connection_n {
+                let c = connections.add(i);
+                if (*c).fd == fd && !(*c).read.is_null() {
+                    if let Some(handler) = (*(*c).read).handler {
+                        CHANNEL_HANDLER.store(handler as *const () as usize, Ordering::Release);
+                        (*(*c).read).handler = Some(on_channel);
+                    }
+                    return;
+                }
+            }
+        }
+    })
+}
+
+/// nginx's handler of the master's channel, which [`on_channel`] runs first.
+static CHANNEL_HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether a newer generation has workers starting, not all of them ready yet.
+fn newer_workers_starting() -> bool {
+    let Some(word) = shared() else {
+        return false;
+    };
+    let (g, started, ready) = unpack(word.load(Ordering::Acquire));
+    g > GENERATION.load(Ordering::Acquire) && started > 0 && ready < started
+}
+
+/// A command from the master (nginx's own handler reads and does it): a quit, which nginx's
+/// handler notes in `ngx_quit` for the worker's cycle to act on after this event, is held back
+/// while a reload's newer workers are still starting.
+unsafe extern "C" fn on_channel(ev: *mut ngx_event_t) {
+    let handler = CHANNEL_HANDLER.load(Ordering::Acquire);
+    if handler == 0 {
+        return;
+    }
+    // SAFETY: the value is nginx's channel handler, saved by `ready`, called as nginx would
+    // have called it; the event (and its connection, which it may close) is not used after.
+    unsafe {
+        let handler: unsafe extern "C" fn(*mut ngx_event_t) = std::mem::transmute(handler);
+        handler(ev);
+    }
+    guard("the reload's hand-over", (), || {
+        // SAFETY: nginx's own flags, on the event loop.
+        let quit_now = unsafe { nginx_sys::ngx_quit != 0 && nginx_sys::ngx_exiting == 0 };
+        if !quit_now || !newer_workers_starting() {
+            return;
+        }
+        // SAFETY: as above: the worker's cycle has not seen the flag yet.
+        unsafe { nginx_sys::ngx_quit = 0 };
+        if DEFERRED.swap(true, Ordering::AcqRel) {
+            // Told again while it waits (`nginx -s quit` during the reload): the wait's end quits.
+            return;
+        }
+        DEFERRED_AT.store(monotonic_ms(), Ordering::Release);
+        crate::ffi::log::cycle_log(
+            NGX_LOG_NOTICE as usize,
+            &format!(
+                "wsgi: told to quit while the reload's new workers are still starting (importing \
+                 the apps); this worker goes on accepting until they are ready, {} ms at most",
+                BOUND_MS.load(Ordering::Acquire)
+            ),
+        );
+        // SAFETY: on the event loop; the timer is a static.
+        unsafe {
+            crate::ffi::timer::keep_armed(
+                CHECK.event(),
+                Some(check),
+                std::ptr::null_mut(),
+                CHECK_MS,
+            )
+        };
+    })
+}
+
+fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes the live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// The waiting worker's timer: quits once the newer workers are ready, or at the bound.
+unsafe extern "C" fn check(ev: *mut ngx_event_t) {
+    guard("the reload's hand-over", (), || {
+        let waited = monotonic_ms().saturating_sub(DEFERRED_AT.load(Ordering::Acquire));
+        let bound = BOUND_MS.load(Ordering::Acquire);
+        // SAFETY: nginx's own flag, on the event loop.
+        let stopping = unsafe { nginx_sys::ngx_terminate != 0 || nginx_sys::ngx_exiting != 0 };
+        if newer_workers_starting() && waited < bound && !stopping {
+            // SAFETY: the event is the static check timer, on the event loop.
+            unsafe { nginx_sys::ngx_add_timer(ev, CHECK_MS) };
+            return;
+        }
+        let why = if newer_workers_starting() {
+            format!("are still not ready after {waited} ms")
+        } else {
+            format!("are ready after {waited} ms")
+        };
+        crate::ffi::log::cycle_log(
+            NGX_LOG_NOTICE as usize,
+            &format!("wsgi: the reload's new workers {why}; this worker quits"),
+        );
+        // SAFETY: nginx's own flag, set on the event loop: the worker's cycle sees it after
+        // this event and shuts down gracefully, as on the quit it was sent.
+        unsafe { nginx_sys::ngx_quit = 1 };
+    })
+}
