@@ -37,8 +37,13 @@ pub(crate) unsafe fn reset_now(r: *mut ngx_http_request_t) -> bool {
         }
         let h2c = (*stream).connection;
         let c = (*h2c).connection;
-        // The connection's own pool: the frame may wait in the queue after the stream is gone.
-        let pool = (*c).pool;
+        // The connection's pool, as nginx's own frames: the frame may wait in the queue after
+        // the stream is gone, and the HTTP/2 pool is kept while anything is queued.
+        let pool = if (*h2c).pool.is_null() {
+            (*c).pool
+        } else {
+            (*h2c).pool
+        };
         let frame = ngx_pcalloc(pool, size_of::<ngx_http_v2_out_frame_t>())
             .cast::<ngx_http_v2_out_frame_t>();
         let link = ngx_alloc_chain_link(pool);

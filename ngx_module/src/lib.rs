@@ -72,7 +72,6 @@ impl HttpModule for WsgiModule {
                 conf::python::check_at_configuration(cf, mc)
             };
             if ok {
-                reload_handover::configuration_loaded();
                 NGX_OK as ngx_int_t
             } else {
                 NGX_ERROR as ngx_int_t
@@ -144,6 +143,7 @@ pub static mut ngx_http_wsgi_module: ngx_module_t = ngx_module_t {
     // nginx only reads the command table, which lives for the whole program.
     commands: ptr::addr_of_mut!(conf::COMMANDS) as *mut _,
     type_: nginx_sys::NGX_HTTP_MODULE as _,
+    init_module: Some(init_module),
     init_process: Some(init_process),
     exit_process: Some(exit_process),
     ..ngx_module_t::default()
@@ -152,6 +152,28 @@ pub static mut ngx_http_wsgi_module: ngx_module_t = ngx_module_t {
 #[cfg(test)]
 #[allow(non_upper_case_globals)]
 static mut ngx_http_wsgi_module: ngx_module_t = ngx_module_t::default();
+
+/// The master took a configuration (after its whole cycle was made): the next workers are a
+/// new generation for the reload's hand-over.
+unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    guard("init_module", NGX_OK as ngx_int_t, || {
+        // SAFETY: nginx calls this with the live new cycle, whose core configuration is set.
+        let expected = unsafe {
+            let with_apps =
+                conf::cycle_main_conf(&*cycle).is_some_and(|mc| !mc.python.apps.is_empty());
+            let ctx = (*cycle).conf_ctx;
+            let ccf = (*ctx.add((*std::ptr::addr_of!(nginx_sys::ngx_core_module)).index))
+                .cast::<nginx_sys::ngx_core_conf_t>();
+            if with_apps && (*ccf).master != 0 {
+                (*ccf).worker_processes.max(0) as usize
+            } else {
+                0
+            }
+        };
+        reload_handover::configuration_taken(expected);
+        NGX_OK as ngx_int_t
+    })
+}
 
 unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     guard("init_process", NGX_ERROR as ngx_int_t, || {

@@ -52,7 +52,6 @@ pub(crate) unsafe fn start_worker(
     unsafe { crate::notify::init(cycle, on_finished) }.map_err(|e| format!("wsgi: {e}"))?;
     name_the_worker();
     mc.umask.apply();
-    crate::reload_handover::starting();
     interpreter::initialize(&mc.python.settings).map_err(|e| format!("wsgi: {e}"))?;
     Apps::load_all(&mc.python.specs())
         .map_err(|(i, e)| format!("{} cannot be loaded: {e}", mc.python.apps[i].describe()))?;

@@ -6,11 +6,11 @@
 //! ready (or a bound passes), then quits as nginx asked.
 //!
 //! The generations meet in one word of memory the master maps, shared, before its first fork:
-//! the newest configuration whose workers have begun to start, how many have, and how many are
-//! ready. A worker knows its own generation (the master's count of configurations when it
-//! forked it). A quit with no newer generation starting (`nginx -s quit`, a reload whose workers
-//! did not start) is taken at once. The master's quit comes through its channel (a signal only
-//! when the channel fails: that one is taken at once, as before).
+//! the newest configuration the master took, how many workers it starts with apps to import
+//! (none when it has no app), and how many of them are ready. A worker knows its own generation
+//! (the master's count of configurations when it forked it). A quit with no newer generation
+//! starting (`nginx -s quit`) is taken at once. The master's quit comes through its channel (a
+//! signal only when the channel fails: that one is taken at once, as before).
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -19,12 +19,15 @@ use nginx_sys::{ngx_cycle_t, ngx_event_t, ngx_msec_t, NGX_LOG_NOTICE};
 use crate::ffi::guard;
 use crate::ffi::timer::WorkerTimer;
 
-/// The shared word: generation (high 32 bits), workers of it started (16), ready (16).
+/// The shared word: generation (high 32 bits), workers of it expected to become ready (16),
+/// ready (16).
 static SHARED: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
 /// The configurations the master has loaded; in a worker, its own configuration's number.
 static GENERATION: AtomicU32 = AtomicU32::new(0);
 /// The worker was told to quit and waits for the newer workers.
 static DEFERRED: AtomicBool = AtomicBool::new(false);
+/// The wait is over: the worker's quit is nginx's again.
+static QUITTING: AtomicBool = AtomicBool::new(false);
 /// When it was told (`monotonic_ms`).
 static DEFERRED_AT: AtomicU64 = AtomicU64::new(0);
 /// How long it waits for them at most, in ms.
@@ -64,9 +67,11 @@ fn update(change: impl Fn(u32, u16, u16) -> Option<u64>) {
     }
 }
 
-/// The master loaded a configuration (postconfiguration; also in `nginx -t`, harmlessly): its
-/// next workers are of a new generation. The shared word is made once, before any fork.
-pub(crate) fn configuration_loaded() {
+/// The master took a configuration (its `init_module`, once the configuration is whole: also
+/// in `nginx -t`, harmlessly): its next workers are of a new generation, `expected` of them
+/// import apps (0: none does, and no old worker waits for them). The shared word is made once,
+/// before any fork.
+pub(crate) fn configuration_taken(expected: usize) {
     if SHARED.load(Ordering::Acquire).is_null() {
         // SAFETY: a fresh anonymous shared mapping; nothing else refers to it yet.
         let map = unsafe {
@@ -83,17 +88,9 @@ pub(crate) fn configuration_loaded() {
             SHARED.store(map.cast(), Ordering::Release);
         }
     }
-    GENERATION.fetch_add(1, Ordering::AcqRel);
-}
-
-/// A worker begins to start (before it imports the apps): counted in its generation.
-pub(crate) fn starting() {
-    let mine = GENERATION.load(Ordering::Acquire);
-    update(|g, s, r| match g.cmp(&mine) {
-        std::cmp::Ordering::Less => Some(pack(mine, 1, 0)),
-        std::cmp::Ordering::Equal => Some(pack(mine, s.saturating_add(1), r)),
-        std::cmp::Ordering::Greater => None,
-    });
+    let generation = GENERATION.fetch_add(1, Ordering::AcqRel) + 1;
+    let expected = u16::try_from(expected).unwrap_or(u16::MAX);
+    update(|_, _, _| Some(pack(generation, expected, 0)));
 }
 
 /// A worker is ready to accept (its apps imported, their lifespan started); `bound` is how
@@ -104,8 +101,12 @@ pub(crate) fn starting() {
 /// Event-loop thread, once, from `init_process`; `cycle` is live.
 pub(crate) unsafe fn ready(cycle: *mut ngx_cycle_t, bound: std::time::Duration) {
     let mine = GENERATION.load(Ordering::Acquire);
-    update(|g, s, r| (g == mine).then(|| pack(g, s, r.saturating_add(1))));
+    update(|g, e, r| (g == mine).then(|| pack(g, e, r.saturating_add(1))));
     BOUND_MS.store(bound.as_millis() as u64, Ordering::Release);
+    // SAFETY: a plain read of nginx's process role: only a master's worker has its channel.
+    if unsafe { nginx_sys::ngx_process } as u32 != nginx_sys::NGX_PROCESS_WORKER {
+        return;
+    }
     // nginx registers the master's channel after every module's `init_process`: it is found
     // at the loop's first turn.
     // SAFETY: on the event loop; the timer is a static.
@@ -128,7 +129,7 @@ unsafe extern "C" fn take_the_channel(ev: *mut ngx_event_t) {
             let connections = (*cycle).connections;
             for i in 0..(*cycle).connection_n {
                 let c = connections.add(i);
-                if (*c).fd == fd && !(*c).read.is_null() {
+                if (*c).fd == fd && !(*c).read.is_null() && (*(*c).read).channel() != 0 {
                     if let Some(handler) = (*(*c).read).handler {
                         CHANNEL_HANDLER.store(handler as *const () as usize, Ordering::Release);
                         (*(*c).read).handler = Some(on_channel);
@@ -143,13 +144,13 @@ unsafe extern "C" fn take_the_channel(ev: *mut ngx_event_t) {
 /// nginx's handler of the master's channel, which [`on_channel`] runs first.
 static CHANNEL_HANDLER: AtomicUsize = AtomicUsize::new(0);
 
-/// Whether a newer generation has workers starting, not all of them ready yet.
+/// Whether a newer generation's workers are starting, not all of them ready yet.
 fn newer_workers_starting() -> bool {
     let Some(word) = shared() else {
         return false;
     };
-    let (g, started, ready) = unpack(word.load(Ordering::Acquire));
-    g > GENERATION.load(Ordering::Acquire) && started > 0 && ready < started
+    let (g, expected, ready) = unpack(word.load(Ordering::Acquire));
+    g > GENERATION.load(Ordering::Acquire) && ready < expected
 }
 
 /// A command from the master (nginx's own handler reads and does it): a quit, which nginx's
@@ -160,6 +161,9 @@ unsafe extern "C" fn on_channel(ev: *mut ngx_event_t) {
     if handler == 0 {
         return;
     }
+    // SAFETY: nginx's own flag, on the event loop. Only a quit this command brings is held
+    // back, not one set before it (a recycling's, or the end of this module's own wait).
+    let quit_before = unsafe { nginx_sys::ngx_quit != 0 };
     // SAFETY: the value is nginx's channel handler, saved by `ready`, called as nginx would
     // have called it; the event (and its connection, which it may close) is not used after.
     unsafe {
@@ -169,7 +173,8 @@ unsafe extern "C" fn on_channel(ev: *mut ngx_event_t) {
     guard("the reload's hand-over", (), || {
         // SAFETY: nginx's own flags, on the event loop.
         let quit_now = unsafe { nginx_sys::ngx_quit != 0 && nginx_sys::ngx_exiting == 0 };
-        if !quit_now || !newer_workers_starting() {
+        if !quit_now || quit_before || QUITTING.load(Ordering::Acquire) || !newer_workers_starting()
+        {
             return;
         }
         // SAFETY: as above: the worker's cycle has not seen the flag yet.
@@ -230,6 +235,7 @@ unsafe extern "C" fn check(ev: *mut ngx_event_t) {
             NGX_LOG_NOTICE as usize,
             &format!("wsgi: the reload's new workers {why}; this worker quits"),
         );
+        QUITTING.store(true, Ordering::Release);
         // SAFETY: nginx's own flag, set on the event loop: the worker's cycle sees it after
         // this event and shuts down gracefully, as on the quit it was sent.
         unsafe { nginx_sys::ngx_quit = 1 };

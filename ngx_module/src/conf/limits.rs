@@ -132,13 +132,13 @@ impl WorkerLimits {
     }
 
     /// How long an exiting worker lets its event streams go on before it ends them, given
-    /// `bound`, how long it waits for its requests at all: the written value, at most, and
-    /// else all but the last second of that wait, so that a stream that ends by itself
-    /// meanwhile (an answer streamed token by token, a job's progress) loses nothing, and one
-    /// that does not is still ended cleanly (its EventSource client reconnects) rather than cut.
+    /// `bound`, how long it waits for its requests at all: the written value (never past the
+    /// bound's last second), else half the bound. A stream that ends by itself meanwhile (an
+    /// answer streamed token by token, a job's progress) loses nothing; one that does not is
+    /// ended cleanly (its EventSource client reconnects) rather than cut, with the other half
+    /// left for its app to come back from waiting for its next event.
     pub(crate) fn event_stream_grace(&self, bound: ngx_msec_t) -> ngx_msec_t {
-        let most = bound.saturating_sub(1000);
-        msec_or(self.event_stream_grace, most).min(most)
+        msec_or(self.event_stream_grace, bound / 2).min(bound.saturating_sub(1000))
     }
 
     /// `wsgi_max_rss` in bytes, 0 for none.
@@ -306,9 +306,9 @@ mod tests {
     }
 
     #[test]
-    fn event_streams_get_all_but_the_last_second_of_the_exit_unless_told_less() {
+    fn event_streams_get_half_the_exit_unless_told_otherwise() {
         let unset = WorkerLimits::default();
-        assert_eq!(unset.event_stream_grace(60_000), 59_000);
+        assert_eq!(unset.event_stream_grace(60_000), 30_000);
         assert_eq!(unset.event_stream_grace(500), 0);
         let set = WorkerLimits {
             event_stream_grace: 5000,
