@@ -62,6 +62,17 @@ async def lifespan(scope, receive, send):
             return
 
 
+async def error_page_after(send, error, label):
+    """What frameworks' error handlers do when a send fails: start an error page. Logs what the
+    failed send raised, then what the error page's start did."""
+    try:
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        then = "sent"
+    except Exception as again:
+        then = type(again).__name__
+    print(f"{label}: {type(error).__name__}, then {then}", file=sys.stderr, flush=True)
+
+
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         return await lifespan(scope, receive, send)
@@ -196,12 +207,7 @@ async def app(scope, receive, send):
                 await asyncio.sleep(0.2)
         except OSError as e:
             # Then, as Datasette does, an error page: the same answer.
-            try:
-                await send({"type": "http.response.start", "status": 500, "headers": []})
-                then = "sent"
-            except Exception as again:
-                then = type(again).__name__
-            print(f"events {query}: {type(e).__name__}, then {then}", file=sys.stderr, flush=True)
+            await error_page_after(send, e, f"events {query}")
     elif route == "/pieces-then-error-page":
         # A response in pieces whose app, when a send fails, starts an error page (frameworks'
         # error handlers do; Datasette's does).
@@ -211,12 +217,7 @@ async def app(scope, receive, send):
                 await send({"type": "http.response.body", "body": b"x" * 4096, "more_body": i < 2})
                 await asyncio.sleep(0.05)
         except OSError as e:
-            try:
-                await send({"type": "http.response.start", "status": 500, "headers": []})
-                then = "sent"
-            except Exception as again:
-                then = type(again).__name__
-            print(f"error page {query}: {type(e).__name__}, then {then}", file=sys.stderr, flush=True)
+            await error_page_after(send, e, f"error page {query}")
     elif route == "/answer":
         # An answer streamed token by token as server-sent events, then its end ("[DONE]", as
         # OpenAI's API sends): a stream with an end of its own, a few seconds long.
