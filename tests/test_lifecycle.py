@@ -197,19 +197,23 @@ def _forever(server):
         return "cut"
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_a_reload_does_not_pause_while_the_new_workers_import_the_apps(nginx_factory, tmp_path, workers):
+@pytest.mark.parametrize("workers,handover", [(1, True), (2, True), (1, False)],
+                         ids=["handover", "handover-2-workers", "default"])
+def test_a_reload_pauses_for_the_new_workers_import_only_without_the_handover(nginx_factory, tmp_path, workers,
+                                                                            handover):
     # nginx's old workers stop accepting as soon as a reload has forked the new ones, which
-    # import the apps before they accept: new connections waited that long (a Gradio app's
-    # import: 3.7 s). The old workers go on accepting until the new ones are all ready.
+    # import the apps before they accept: by default new connections wait for that (a Gradio
+    # app's import: 3.7 s) and get the new configuration. With wsgi_reload_handover on, the old
+    # workers go on accepting until the new ones are all ready.
     tmp_path.chmod(0o777)
     server = nginx_factory(location("/", APPS / "slow_import.py"), workers=workers,
-                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};",
+                           http_extra="wsgi_reload_handover on;" if handover else "").start()
     wait_for(lambda: len(server.worker_pids()) == workers, what="the workers")
     old = server.worker_pids()
 
-    def served_by():
-        return int(requests.get(server.url("/"), timeout=1.5).text.split()[-1])
+    def served_by(timeout=1.5):
+        return int(requests.get(server.url("/"), timeout=timeout).text.split()[-1])
     wait_for(lambda: len(marks(tmp_path, "importing")) >= workers + 1, what="the first workers' imports")
     time.sleep(3.5)
     assert served_by() in old
@@ -217,16 +221,21 @@ def test_a_reload_does_not_pause_while_the_new_workers_import_the_apps(nginx_fac
     wait_for(lambda: [p for p in marks(tmp_path, "importing") if p not in old and p in server.worker_pids()],
              what="a new worker importing the app")
     time.sleep(0.5)  # the master tells the old workers to quit 100 ms after it forked the new ones
-    # The new workers' import takes 3 s: a connection that waited for it would not be answered
-    # in 1.5 s.
-    for _ in range(4):
-        assert served_by() in old
+    if handover:
+        # The new workers' import takes 3 s: a connection that waited for it would not be
+        # answered in 1.5 s.
+        for _ in range(4):
+            assert served_by() in old
+    else:
+        assert served_by(timeout=10) not in old
     wait_for(lambda: not set(old) & set(server.worker_pids()), 30, "the old workers' exit")
     new = server.worker_pids()
     assert served_by() in new
     log = server.error_log()
-    assert log.count("this worker goes on accepting until they are ready") == workers, log[-3000:]
-    assert len(re.findall(r"the reload's new workers are ready after \d+ ms; this worker quits", log)) == workers
+    assert log.count("this worker goes on accepting until they are ready") == (workers if handover else 0), \
+        log[-3000:]
+    assert len(re.findall(r"the reload's new workers are ready after \d+ ms; this worker quits", log)) == \
+        (workers if handover else 0)
     for pid in old:
         wait_for(lambda: f"worker process {pid} exited with code 0" in server.error_log(), what="a clean exit")
     # A quit with no reload is taken at once.

@@ -159,12 +159,12 @@ unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     guard("init_module", NGX_OK as ngx_int_t, || {
         // SAFETY: nginx calls this with the live new cycle, whose core configuration is set.
         let expected = unsafe {
-            let with_apps =
-                conf::cycle_main_conf(&*cycle).is_some_and(|mc| !mc.python.apps.is_empty());
+            let handover = conf::cycle_main_conf(&*cycle)
+                .is_some_and(|mc| !mc.python.apps.is_empty() && mc.limits.reload_handover());
             let ctx = (*cycle).conf_ctx;
             let ccf = (*ctx.add((*std::ptr::addr_of!(nginx_sys::ngx_core_module)).index))
                 .cast::<nginx_sys::ngx_core_conf_t>();
-            if with_apps && (*ccf).master != 0 {
+            if handover && (*ccf).master != 0 {
                 (*ccf).worker_processes.max(0) as usize
             } else {
                 0

@@ -1,13 +1,14 @@
-//! Reloads without a pause. At `nginx -s reload` the master forks the new workers and, 100 ms
-//! later, tells the old ones to quit: they close their listening sockets at once. The new
-//! workers import the apps before they accept anything (a Django or Gradio app: seconds), and
-//! new connections wait in the kernel's backlog meanwhile. Here an old worker told to quit goes
-//! on accepting while a newer configuration's workers are still starting, until they are all
-//! ready (or a bound passes), then quits as nginx asked.
+//! Reloads without a pause (`wsgi_reload_handover on`). At `nginx -s reload` the master forks
+//! the new workers and, 100 ms later, tells the old ones to quit: they close their listening
+//! sockets at once. The new workers import the apps before they accept anything (a Django or
+//! Gradio app: seconds), and new connections wait in the kernel's backlog meanwhile. Here an old
+//! worker told to quit goes on accepting, with the old configuration and code, while a newer
+//! configuration's workers are still starting, until they are all ready (or a bound passes),
+//! then quits as nginx asked. Off, new requests wait for the new workers, as nginx's own do.
 //!
 //! The generations meet in one word of memory the master maps, shared, before its first fork:
 //! the newest configuration the master took, how many workers it starts with apps to import
-//! (none when it has no app), and how many of them are ready. A worker knows its own generation
+//! (none when it has no app or the hand-over is off), and how many of them are ready. A worker knows its own generation
 //! (the master's count of configurations when it forked it). A quit with no newer generation
 //! starting (`nginx -s quit`) is taken at once. The master's quit comes through its channel (a
 //! signal only when the channel fails: that one is taken at once, as before).
@@ -207,7 +208,10 @@ unsafe extern "C" fn on_channel(ev: *mut ngx_event_t) {
 /// Milliseconds on a clock of this process's own.
 fn monotonic_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 /// The waiting worker's timer: quits once the newer workers are ready, or at the bound.

@@ -5,7 +5,7 @@
 
 use std::ffi::{c_char, c_void};
 
-use nginx_sys::{ngx_command_t, ngx_conf_t, ngx_int_t, ngx_msec_t};
+use nginx_sys::{ngx_command_t, ngx_conf_t, ngx_flag_t, ngx_int_t, ngx_msec_t};
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 
 use super::{args, conf_error, merge_value, MainConf};
@@ -71,6 +71,8 @@ pub(crate) struct WorkerLimits {
     pub shutdown_timeout: ngx_msec_t,
     /// `wsgi_event_stream_grace TIME`.
     pub event_stream_grace: ngx_msec_t,
+    /// `wsgi_reload_handover on|off`.
+    pub reload_handover: ngx_flag_t,
 }
 
 impl Default for WorkerLimits {
@@ -84,6 +86,7 @@ impl Default for WorkerLimits {
             queue_timeout: UNSET_MSEC,
             shutdown_timeout: UNSET_MSEC,
             event_stream_grace: UNSET_MSEC,
+            reload_handover: super::streaming::UNSET_FLAG,
         }
     }
 }
@@ -129,6 +132,12 @@ impl WorkerLimits {
 
     pub(crate) fn shutdown_timeout(&self) -> ngx_msec_t {
         msec_or(self.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT_MS)
+    }
+
+    /// Whether a reload's old workers go on accepting until the new ones are ready (off unless
+    /// turned on: until then, new requests would get the old configuration and the old code).
+    pub(crate) fn reload_handover(&self) -> bool {
+        self.reload_handover == 1
     }
 
     /// How long an exiting worker lets its event streams go on before it ends them, given

@@ -242,7 +242,7 @@ const fn directive(
 }
 
 /// Every `wsgi_*` directive. nginx reads the table for the whole program and never writes it.
-pub(crate) static mut COMMANDS: [ngx_command_t; 28] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 29] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -403,6 +403,13 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 28] = [
         nginx_sys::ngx_conf_set_msec_slot,
         NGX_HTTP_MAIN_CONF_OFFSET,
         offset_of!(MainConf, limits.event_stream_grace),
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_reload_handover"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_FLAG,
+        nginx_sys::ngx_conf_set_flag_slot,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+        offset_of!(MainConf, limits.reload_handover),
     ),
     directive(
         ngx::ngx_string!("wsgi_umask"),
