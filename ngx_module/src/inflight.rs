@@ -12,9 +12,10 @@ use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use nginx_sys::{
-    ngx_add_timer, ngx_core_conf_t, ngx_core_module, ngx_current_msec, ngx_cycle, ngx_event_t,
-    ngx_exiting, ngx_msec_t, NGX_LOG_ALERT, NGX_LOG_NOTICE,
+    ngx_add_timer, ngx_current_msec, ngx_cycle, ngx_event_t, ngx_exiting, ngx_msec_t,
+    NGX_LOG_ALERT, NGX_LOG_NOTICE,
 };
+use ngx::core::{CoreModuleMainConf, NgxCoreModule};
 
 use crate::ffi::guard;
 
@@ -169,13 +170,13 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
                         NGX_LOG_NOTICE as usize,
                         &format!("wsgi: waiting for {outstanding} request(s) inside Python before exiting"),
                     );
-                } else if now.saturating_sub(since) >= shutdown_timeout() {
+                } else if now.saturating_sub(since) >= exit_bound() {
                     crate::ffi::log::cycle_log(
                         NGX_LOG_ALERT as usize,
                         &format!(
                             "wsgi: {outstanding} request(s) still inside Python after the shutdown timeout of {} ms; \
                              exiting without finalizing Python",
-                            shutdown_timeout()
+                            exit_bound()
                         ),
                     );
                     run_hooks(&BEFORE_FORCED_EXIT);
@@ -203,18 +204,9 @@ pub(crate) fn exiting_for() -> ngx_msec_t {
 /// # Safety
 /// Event-loop thread.
 pub(crate) unsafe fn exit_bound() -> ngx_msec_t {
-    // SAFETY: per the function contract.
-    unsafe { shutdown_timeout() }
-}
-
-/// `worker_shutdown_timeout`, else the default.
-unsafe fn shutdown_timeout() -> ngx_msec_t {
     // SAFETY: the cycle and its core configuration live as long as the worker.
-    let configured = unsafe {
-        let ctx = (*ngx_cycle).conf_ctx;
-        (*(*ctx.add((*std::ptr::addr_of!(ngx_core_module)).index)).cast::<ngx_core_conf_t>())
-            .shutdown_timeout
-    };
+    let configured =
+        NgxCoreModule::main_conf(unsafe { &*ngx_cycle }).map_or(0, |ccf| ccf.shutdown_timeout);
     if configured == 0 || configured == ngx_msec_t::MAX {
         DEFAULT_SHUTDOWN_TIMEOUT_MS
     } else {

@@ -48,7 +48,7 @@ use nginx_sys::{
     ngx_conf_t, ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t, NGX_ERROR, NGX_LOG_ALERT,
     NGX_LOG_EMERG, NGX_OK,
 };
-use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::core::{CoreModuleMainConf, NgxCoreModule, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::{HttpModule, HttpModuleMainConf, Merge};
 
 use crate::conf::LocConf;
@@ -157,18 +157,13 @@ static mut ngx_http_wsgi_module: ngx_module_t = ngx_module_t::default();
 /// new generation for the reload's hand-over.
 unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     guard("init_module", NGX_OK as ngx_int_t, || {
-        // SAFETY: nginx calls this with the live new cycle, whose core configuration is set.
-        let expected = unsafe {
-            let handover = conf::cycle_main_conf(&*cycle)
-                .is_some_and(|mc| !mc.python.apps.is_empty() && mc.limits.reload_handover());
-            let ctx = (*cycle).conf_ctx;
-            let ccf = (*ctx.add((*std::ptr::addr_of!(nginx_sys::ngx_core_module)).index))
-                .cast::<nginx_sys::ngx_core_conf_t>();
-            if handover && (*ccf).master != 0 {
-                (*ccf).worker_processes.max(0) as usize
-            } else {
-                0
-            }
+        // SAFETY: nginx calls this with the live new cycle, whose configurations are set.
+        let cycle = unsafe { &*cycle };
+        let handover = conf::cycle_main_conf(cycle)
+            .is_some_and(|mc| !mc.python.apps.is_empty() && mc.limits.reload_handover());
+        let expected = match NgxCoreModule::main_conf(cycle) {
+            Some(ccf) if handover && ccf.master != 0 => ccf.worker_processes.max(0) as usize,
+            _ => 0,
         };
         reload_handover::configuration_taken(expected);
         NGX_OK as ngx_int_t

@@ -25,12 +25,11 @@ use crate::ffi::timer::WorkerTimer;
 static SHARED: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
 /// The configurations the master has loaded; in a worker, its own configuration's number.
 static GENERATION: AtomicU32 = AtomicU32::new(0);
-/// The worker was told to quit and waits for the newer workers.
-static DEFERRED: AtomicBool = AtomicBool::new(false);
+/// nginx's clock when the worker, told to quit, began to wait for the newer workers (0: it
+/// has not).
+static WAITING_SINCE: AtomicUsize = AtomicUsize::new(0);
 /// The wait is over: the worker's quit is nginx's again.
 static QUITTING: AtomicBool = AtomicBool::new(false);
-/// When it was told (`monotonic_ms`).
-static DEFERRED_AT: AtomicU64 = AtomicU64::new(0);
 /// How long it waits for them at most, in ms.
 static BOUND_MS: AtomicU64 = AtomicU64::new(0);
 static CHECK: WorkerTimer = WorkerTimer::new();
@@ -180,11 +179,15 @@ unsafe extern "C" fn on_channel(ev: *mut ngx_event_t) {
         }
         // SAFETY: as above: the worker's cycle has not seen the flag yet.
         unsafe { nginx_sys::ngx_quit = 0 };
-        if DEFERRED.swap(true, Ordering::AcqRel) {
+        if WAITING_SINCE.load(Ordering::Acquire) != 0 {
             // Told again while it waits (`nginx -s quit` during the reload): the wait's end quits.
             return;
         }
-        DEFERRED_AT.store(monotonic_ms(), Ordering::Release);
+        // SAFETY: plain read of nginx's cached clock on the event loop.
+        WAITING_SINCE.store(
+            unsafe { nginx_sys::ngx_current_msec }.max(1),
+            Ordering::Release,
+        );
         crate::ffi::log::cycle_log(
             NGX_LOG_NOTICE as usize,
             &format!(
@@ -205,19 +208,12 @@ unsafe extern "C" fn on_channel(ev: *mut ngx_event_t) {
     })
 }
 
-/// Milliseconds on a clock of this process's own.
-fn monotonic_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-}
-
 /// The waiting worker's timer: quits once the newer workers are ready, or at the bound.
 unsafe extern "C" fn check(ev: *mut ngx_event_t) {
     guard("the reload's hand-over", (), || {
-        let waited = monotonic_ms().saturating_sub(DEFERRED_AT.load(Ordering::Acquire));
+        // SAFETY: plain read of nginx's cached clock on the event loop.
+        let now = unsafe { nginx_sys::ngx_current_msec };
+        let waited = now.saturating_sub(WAITING_SINCE.load(Ordering::Acquire)) as u64;
         let bound = BOUND_MS.load(Ordering::Acquire);
         // SAFETY: nginx's own flag, on the event loop.
         let stopping = unsafe { nginx_sys::ngx_terminate != 0 || nginx_sys::ngx_exiting != 0 };

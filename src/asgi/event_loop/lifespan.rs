@@ -132,10 +132,10 @@ impl AsgiLoop {
         while self.running() > 0 && Instant::now() < tasks_deadline && !self.ended() {
             std::thread::sleep(Duration::from_millis(5));
         }
-        if self.running() > 0 && !tasks_wait.is_zero() {
-            tracing::warn!(target: "asgi", "{} app task(s) still running after the shutdown timeout ({} ms) are cancelled", self.running(), tasks_wait.as_millis());
-        }
         if self.running() > 0 {
+            if !tasks_wait.is_zero() {
+                tracing::warn!(target: "asgi", "{} app task(s) still running after the shutdown timeout ({} ms) are cancelled", self.running(), tasks_wait.as_millis());
+            }
             // Before the lifespan shutdown, which may close what they use (uvicorn's order).
             self.post(Item::Call(Box::new(|py, event_loop, driver| {
                 crate::asgi::task_watch::cancel_at_exit();
