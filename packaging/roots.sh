@@ -15,13 +15,14 @@ UBUNTU_MIRROR=${UBUNTU_MIRROR:-http://archive.ubuntu.com/ubuntu}
 UBUNTU_SECURITY_MIRROR=${UBUNTU_SECURITY_MIRROR:-http://security.ubuntu.com/ubuntu}
 
 # The codename for a distribution name or number: Debian 12 (bookworm) and 13 (trixie), Ubuntu
-# 24.04 (noble) are supported.
+# 24.04 (noble) and 26.04 (resolute) are supported.
 dist_codename() {
     case "$1" in
         bookworm | 12 | debian12) echo bookworm ;;
         trixie | 13 | debian13) echo trixie ;;
         noble | 24.04 | ubuntu24.04) echo noble ;;
-        *) echo "unsupported distribution '$1' (bookworm, trixie or noble)" >&2; return 1 ;;
+        resolute | 26.04 | ubuntu26.04) echo resolute ;;
+        *) echo "unsupported distribution '$1' (bookworm, trixie, noble or resolute)" >&2; return 1 ;;
     esac
 }
 
@@ -31,16 +32,17 @@ dist_suffix() {
         bookworm) echo +deb12 ;;
         trixie) echo +deb13 ;;
         noble) echo +ubuntu24.04 ;;
+        resolute) echo +ubuntu26.04 ;;
     esac
 }
 
 is_ubuntu() {
-    [ "$1" = noble ]
+    [ "$1" = noble ] || [ "$1" = resolute ]
 }
 
 # The keyring of Ubuntu's archive, which Debian's debootstrap lacks: noble's ubuntu-keyring
-# package, held to its hash (its 2018 archive key is F6EC B376 2474 EDA9 D21B 7022 8719 20D1
-# 991B C93C), downloaded with wget (debootstrap's own dependency). Cached under the hash, so a
+# package, held to its hash (its 2018 archive key, F6EC B376 2474 EDA9 D21B 7022 8719 20D1
+# 991B C93C, signs resolute's archive too), downloaded with wget (debootstrap's own dependency). Cached under the hash, so a
 # new pin never reuses an older keyring. Prints the keyring's path. (Called as $(...), where
 # errexit is off: each step says why it failed.)
 UBUNTU_KEYRING_DEB=ubuntu-keyring_2023.11.28.1_all.deb
