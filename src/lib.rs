@@ -14,6 +14,7 @@ pub mod asgi;
 pub mod asgi_version;
 pub mod body;
 pub mod body_bytes;
+pub mod body_lease;
 pub mod check;
 pub mod chunk;
 pub mod content_length;

@@ -24,6 +24,7 @@ APP = APPS / "asgi_limits.py"
 def server(nginx_factory):
     return nginx_factory(
         asgi("/t/", APP, "wsgi_read_timeout 500ms;")
+        + asgi("/tf/", APP, "wsgi_read_timeout 500ms; client_body_in_file_only clean;")
         + asgi("/", APP, "add_header X-Request-Id $request_id;")
         + status("/metrics").for_nginx(),
     ).start()
@@ -106,6 +107,18 @@ def test_a_request_whose_deadline_passes_while_the_loop_is_blocked_never_runs(se
     assert re.search(r'wsgi_read_timeout: "GET /t/late\?d HTTP/1.1" is still running after 500 ms, '
                      r"request_id: [0-9a-f]{32}; it was still waiting for the asgi event loop and will not run",
                      server.error_log())
+
+
+@pytest.mark.parametrize("where, size", [("t", 1000), ("tf", 300_000)], ids=["memory", "temp-file"])
+def test_a_body_read_after_the_deadline_ended_the_request_is_a_disconnect(server, where, size):
+    # The app keeps the loop past its deadline, catches the interruption, then reads its body.
+    # The 504 went out and the request is gone, with nginx's buffers and temp file: the read
+    # says http.disconnect (it had read freed memory, or a closed or reused descriptor).
+    label = f"{where}-late"
+    r = requests.post(server.url(f"/{where}/read-late?{label}"), data=b"F" * size, timeout=30)
+    assert r.status_code == 504
+    wait_for(lambda: any(e.startswith(label) for e in stats(server)["late_read"]), what="the late read")
+    assert [e for e in stats(server)["late_read"] if e.startswith(label)] == [f"{label}: http.disconnect 0"]
 
 
 # --- the request id on logging lines -------------------------------------------------------

@@ -24,9 +24,10 @@ use nginx_sys::{
 use ngx_wsgi::accel::AccelHeaders;
 use ngx_wsgi::asgi::ws_handshake::{handshake, Handshake, WEBSOCKET_VERSION};
 use ngx_wsgi::asgi::{AsgiLoop, HttpEnd, HttpRequest, TaskWatch, WsRequest};
+use ngx_wsgi::body_lease::BodyLease;
 use ngx_wsgi::{Chunk, Outcome, OutcomeKind, ResponseHead};
 
-use crate::asgi_request::AsgiRequest;
+use crate::asgi_request::{AsgiRequest, RequestBody};
 use crate::asgi_ws::{AsgiWs, WsHooks, WsSettings};
 use crate::dispatch::{QueueLimits, Refused};
 use crate::ffi::{guard, module, timer};
@@ -93,13 +94,17 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     };
     let stream = Stream::new(r, lc.streaming.stream_buffer, events);
     // SAFETY: `r` is live; its body has been read, or is read as it arrives.
-    let (body, body_stream) = unsafe {
+    let request_body = unsafe {
         if (*r).request_body_no_buffering() != 0 {
-            let stream = BodyStream::new(r, lc.streaming.stream_buffer);
-            (None, Some(stream))
+            RequestBody::Streamed(BodyStream::new(r, lc.streaming.stream_buffer))
         } else {
-            (Some(crate::request_info::body_of(&*r)), None)
+            let body = crate::request_info::body_of(&*r);
+            RequestBody::Whole(Arc::new(BodyLease::new(body)))
         }
+    };
+    let (body, body_stream) = match &request_body {
+        RequestBody::Whole(lease) => (Some(lease.clone()), None),
+        RequestBody::Streamed(stream) => (None, Some(stream.clone())),
     };
     let waker = event_loop.waker();
     let wake: Arc<dyn Fn() + Send + Sync> = {
@@ -145,7 +150,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         Served::Http(AsgiRequest::new(
             r,
             stream.clone(),
-            body_stream.clone(),
+            request_body,
             complete,
             read_timeout,
             label("is still running"),

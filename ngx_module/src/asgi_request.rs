@@ -18,6 +18,7 @@ use crate::ffi::LoopRequest;
 use crate::notify::Pump;
 use crate::request_body::BodyStream;
 use crate::stream::Stream;
+use ngx_wsgi::body_lease::BodyLease;
 
 /// What the event loop does once the app's response is over (the request flow's completion).
 pub(crate) type OnEnd = unsafe fn(*mut ngx_http_request_t, &AsgiRequest, HttpEnd);
@@ -28,9 +29,21 @@ struct Ending {
     end: Option<HttpEnd>,
 }
 
+/// How the app gets its request's body.
+pub(crate) enum RequestBody {
+    /// nginx read it whole first (memory, temp file): lent to the app's task, which may outlive
+    /// the request when the server ends it first.
+    Whole(Arc<BodyLease>),
+    /// Handed over as it arrives (`wsgi_request_buffering off`).
+    Streamed(Arc<BodyStream>),
+}
+
 pub(crate) struct AsgiRequest {
     pub stream: Arc<Stream>,
+    /// A body handed over as it arrives.
     pub body: Option<Arc<BodyStream>>,
+    /// A body read whole, taken back before the server ends the request without the app.
+    lent_body: Option<Arc<BodyLease>>,
     pub posted_at: Instant,
     /// The client went away (noticed by the request's read handler).
     gone: AtomicBool,
@@ -63,15 +76,20 @@ impl AsgiRequest {
     pub(crate) fn new(
         r: *mut ngx_http_request_t,
         stream: Arc<Stream>,
-        body: Option<Arc<BodyStream>>,
+        body: RequestBody,
         on_end: OnEnd,
         read_timeout: ngx_msec_t,
         label: String,
         redirects: bool,
     ) -> Arc<AsgiRequest> {
+        let (body, lent_body) = match body {
+            RequestBody::Whole(lease) => (None, Some(lease)),
+            RequestBody::Streamed(stream) => (Some(stream), None),
+        };
         Arc::new_cyclic(|me| AsgiRequest {
             stream,
             body,
+            lent_body,
             posted_at: Instant::now(),
             gone: AtomicBool::new(false),
             ending: Mutex::new(Ending {
@@ -114,12 +132,25 @@ impl AsgiRequest {
     /// the loop): takes the request, so that the app's own end is ignored. None when the
     /// response is already over.
     pub(crate) fn end_early(&self) -> Option<*mut ngx_http_request_t> {
-        let mut ending = self.ending();
-        if ending.end.is_some() || ending.request.0.is_null() {
-            return None;
+        let r = {
+            let mut ending = self.ending();
+            if ending.end.is_some() || ending.request.0.is_null() {
+                return None;
+            }
+            ending.end = Some(HttpEnd::Failed);
+            std::mem::replace(&mut ending.request, LoopRequest::none()).0
+        };
+        self.take_body_back();
+        Some(r)
+    }
+
+    /// Before the server ends the request while the app's task may still run: the body's
+    /// buffers and temp file go with the request, and a read the task makes after this says
+    /// http.disconnect instead of touching them.
+    fn take_body_back(&self) {
+        if let Some(lease) = &self.lent_body {
+            lease.take_back();
         }
-        ending.end = Some(HttpEnd::Failed);
-        Some(std::mem::replace(&mut ending.request, LoopRequest::none()).0)
     }
 
     /// Lists this request's response as an event stream (its head says `text/event-stream`).
@@ -148,6 +179,7 @@ impl EndsAtExit for AsgiRequest {
         };
         // Before the app hears of it: its end (or the "client's") is nobody's news now.
         self.watch.mark_ended_by_server();
+        self.take_body_back();
         // SAFETY: called on the event loop (the exiting check's timer); the request is live
         // until this, its completion.
         unsafe { (self.on_end)(r, self, HttpEnd::Complete) };

@@ -11,7 +11,7 @@ use super::message_values::{byte_string, header_pair};
 use super::scope::HttpScope;
 use super::task_watch::TaskWatch;
 use super::waker::Waker;
-use crate::body::Body;
+use crate::body_lease::BodyLease;
 use crate::chunk::Chunk;
 use crate::file_wrapper::FileRange;
 use crate::forked::Back;
@@ -95,8 +95,9 @@ pub struct HttpRequest {
     pub app: usize,
     /// Shared with the loop's start of the task (no copy of the request's bytes).
     pub scope: Arc<HttpScope>,
-    /// The whole body, or None for one delivered as it arrives ([`HttpServer::read_body`]).
-    pub body: Option<Body>,
+    /// The whole body, or None for one delivered as it arrives ([`HttpServer::read_body`]). The
+    /// server takes it back if it ends the request before the app's task ends.
+    pub body: Option<Arc<BodyLease>>,
     pub server: Arc<dyn HttpServer>,
     pub waker: Arc<Waker>,
     /// Its place in the loop's queue, and its deadline.
@@ -130,7 +131,7 @@ pub struct HttpExchange {
     waker: Arc<Waker>,
     watch: Arc<TaskWatch>,
     scope: Arc<HttpScope>,
-    body: Option<Body>,
+    body: Option<Arc<BodyLease>>,
     /// The body is streamed (delivered as it arrives).
     streamed_body: bool,
     /// The app has had the whole body (`more_body` false).
@@ -545,10 +546,20 @@ impl HttpExchange {
         }
         if !self.body_done {
             if !self.streamed_body {
-                let (total, pos) = (self.body.as_ref().map_or(0, Body::len), self.body_pos);
+                let (total, pos) = (self.body.as_ref().map_or(0, |b| b.len()), self.body_pos);
                 let len = (total - pos).min(BUFFERED_MESSAGE) as usize;
                 let bytes = match &self.body {
-                    Some(body) if len > 0 => crate::body_bytes::read_bytes(py, body, pos, len)?,
+                    Some(body) if len > 0 => {
+                        match body.read(|b| crate::body_bytes::read_bytes(py, b, pos, len)) {
+                            Some(bytes) => bytes?,
+                            // The server ended the request (its deadline, its exit) and has
+                            // its body back: the app hears that its request is over.
+                            None => {
+                                self.notice_client_gone();
+                                return Self::disconnect(py).map(Some);
+                            }
+                        }
+                    }
                     _ => PyBytes::new(py, b""),
                 };
                 self.body_pos += len as u64;
@@ -751,6 +762,7 @@ mod tests {
     use super::*;
     use crate::asgi::event_loop::AsgiLoop;
     use crate::asgi::scope::ScopeField;
+    use crate::body::Body;
     use crate::testing::with_python;
     use std::collections::VecDeque;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -824,7 +836,7 @@ mod tests {
         let req = HttpRequest {
             app: 0,
             scope: Arc::new(scope),
-            body,
+            body: body.map(|b| Arc::new(BodyLease::new(b))),
             server: server.clone(),
             waker: owner.waker(),
             watch: Arc::new(TaskWatch::default()),

@@ -122,7 +122,9 @@ impl WsExchange {
             HttpExchange::new(HttpRequest {
                 app: req.app,
                 scope: req.scope.clone(),
-                body: Some(crate::body::Body::empty()),
+                body: Some(Arc::new(crate::body_lease::BodyLease::new(
+                    crate::body::Body::empty(),
+                ))),
                 server: Arc::new(Denial(req.server.clone())),
                 waker: req.waker.clone(),
                 // A task stopped at the handshake's deadline ends like an HTTP one.

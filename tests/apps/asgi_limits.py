@@ -6,7 +6,7 @@ import json
 import logging
 import time
 
-STATS = {"ran": [], "cancelled": [], "interrupted": [], "disconnected": []}
+STATS = {"ran": [], "cancelled": [], "interrupted": [], "disconnected": [], "late_read": []}
 log = logging.getLogger("limits.app")
 
 
@@ -54,6 +54,18 @@ async def app(scope, receive, send):
             # A blocking call in async code: the whole event loop waits.
             time.sleep(float(query or 1))
             await respond(send, b"unblocked")
+        elif path == "/read-late":
+            # Holds the loop past the request's deadline (the interruption caught), then reads
+            # the body nginx read whole: the server has ended the request and freed it.
+            try:
+                time.sleep(1.5)
+            except TimeoutError:
+                pass
+            try:
+                message = await receive()
+                STATS["late_read"].append(f"{query}: {message['type']} {len(message.get('body', b''))}")
+            except Exception as e:
+                STATS["late_read"].append(f"{query}: {type(e).__name__}: {e}")
         elif path == "/until-gone":
             while (await receive())["type"] != "http.disconnect":
                 pass
