@@ -62,6 +62,17 @@ def test_the_client_close_code_reaches_the_app(server):
     assert stats(server)["closed-again"]["e2"] == ["websocket.disconnect", 4000, "done here"]
 
 
+def test_a_subrequest_of_a_websocket_handshake_is_plain_http(nginx_factory):
+    # A subrequest (mirror, auth_request) copies the client's headers: the Upgrade is not its to
+    # take. Its app gets an HTTP scope, and the client's WebSocket is the main request's alone.
+    s = nginx_factory(asgi("/ws/", APP, "mirror /seen/seen;") + asgi("/seen/", APP, "internal;")).start()
+    with connect(f"ws://127.0.0.1:{s.port}/ws/echo?m1") as ws:
+        for text in ("one", "two"):
+            ws.send(text)
+            assert ws.recv(timeout=10) == text
+    assert requests.get(s.url("/ws/stats"), timeout=10).json()["seen"] == ["http m1"]
+
+
 def test_wsgi_scheme_sets_the_scope_scheme_of_http_and_websocket(nginx_factory):
     s = nginx_factory(asgi("/ws/", APP, "wsgi_scheme $app_scheme;"), http_extra=FORWARDED_SCHEME).start()
     tls = {"X-Forwarded-Proto": "https"}

@@ -71,7 +71,14 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     };
     // SAFETY: `r` is live on the event loop.
     let scope = unsafe { crate::asgi_scope::collect(r, lc, mc.request_id.0) };
-    let websocket = match handshake(&scope) {
+    // A subrequest (mirror, auth_request) has the client's headers but not its connection: an
+    // Upgrade among them is the main request's, and the subrequest's app gets an HTTP scope.
+    // SAFETY: `r` is live on the event loop.
+    let handshake = match unsafe { r != (*r).main } {
+        true => Handshake::None,
+        false => handshake(&scope),
+    };
+    let websocket = match handshake {
         Handshake::None => false,
         Handshake::WebSocket => true,
         // SAFETY: `r` is live on the event loop and has sent nothing.

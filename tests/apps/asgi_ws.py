@@ -5,7 +5,7 @@ server goes (its close code is recorded)."""
 import asyncio
 import json
 
-STATS = {"closed": {}, "closed-again": {}, "received": {}, "cancelled": [], "late_accept": {}}
+STATS = {"closed": {}, "closed-again": {}, "received": {}, "cancelled": [], "late_accept": {}, "seen": []}
 RELEASES = {}
 
 
@@ -17,6 +17,19 @@ async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         raise ValueError("no lifespan")
     path = scope["path"][len(scope["root_path"]):]
+    if path == "/seen":
+        # A mirror's subrequest (nginx drops its response): which scope it was given. Were it a
+        # WebSocket's, its accept and message would go to the client's connection.
+        STATS["seen"].append(f"{scope['type']} {scope['query_string'].decode()}")
+        if scope["type"] == "websocket":
+            await receive()
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.send", "text": "from the mirror"})
+            await receive()
+            return
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
     if scope["type"] == "http":
         if path == "/release":
             release(scope["query_string"].decode()).set()
