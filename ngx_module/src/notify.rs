@@ -181,18 +181,22 @@ unsafe extern "C" fn on_ready(_ev: *mut ngx_event_t) {
             // SAFETY: on the event loop.
             unsafe { crate::ffi::log::flush_deferred() };
         }
+        // Each item under its own guard: a failure in one leaves the others of the batch to
+        // run (a request whose completion is dropped would wait for ever).
         for pump in work.lasting.drain(..) {
             // SAFETY: on the event loop, which is what `pump` requires.
-            unsafe { pump.pump() };
+            guard("a wsgi notification", (), || unsafe { pump.pump() });
         }
         for pump in work.pumps.drain(..) {
             // SAFETY: on the event loop, which is what `pump` requires.
-            unsafe { pump.pump() };
+            guard("a wsgi notification", (), || unsafe { pump.pump() });
         }
         if let Some(on_finished) = ON_FINISHED.get() {
             for item in work.finished.drain(..) {
                 // SAFETY: on the event loop; the other thread is done with the item.
-                unsafe { on_finished(item.0) };
+                guard("a finished wsgi request", (), || unsafe {
+                    on_finished(item.0)
+                });
             }
         }
         SPARE.with(|spare| spare.set(work));
