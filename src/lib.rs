@@ -35,6 +35,7 @@ pub mod server_log;
 pub mod signals;
 pub mod sink;
 mod std_streams;
+pub mod subprocess_fork;
 pub mod traceback;
 pub mod watchdog;
 

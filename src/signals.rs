@@ -18,8 +18,8 @@
 //!   module's pool threads, Apache's MPM threads), a mask every child inherits, even across
 //!   `exec`: a `sh -c 'kill $$'` would never see its signal. Forked children get default
 //!   handlers and an empty mask back ([`reset_in_forked_children`]); since `vfork` and
-//!   `posix_spawn` skip fork handlers, `subprocess` is told to use `fork`
-//!   ([`use_fork_for_subprocesses`]).
+//!   `posix_spawn` skip fork handlers, `subprocess` is made to use `fork`
+//!   ([`crate::subprocess_fork`]).
 
 use std::mem::MaybeUninit;
 
@@ -131,19 +131,6 @@ extern "C" fn defaults_in_child() {
             libc::sigaction(sig, &action, std::ptr::null_mut());
         }
     }
-}
-
-/// Makes `subprocess` start children with `fork` (then `exec`), which runs the fork handler of
-/// [`reset_in_forked_children`], instead of `vfork` or `posix_spawn`, which do not.
-pub fn use_fork_for_subprocesses(py: pyo3::Python<'_>) -> pyo3::PyResult<()> {
-    use pyo3::types::PyAnyMethods;
-    let subprocess = py.import("subprocess")?;
-    for flag in ["_USE_VFORK", "_USE_POSIX_SPAWN"] {
-        if subprocess.hasattr(flag)? {
-            subprocess.setattr(flag, false)?;
-        }
-    }
-    Ok(())
 }
 
 /// Starts a helper thread (a pool thread, the watchdog, a deadline thread) with the signals that
