@@ -43,6 +43,18 @@ def test_a_child_killed_by_a_signal_reports_the_signal(real_app, kind):
     assert r.text == str(-int(signal.SIGTERM)), (kind, r.text)
 
 
+def test_a_program_started_without_fork_holds_none_of_the_servers_descriptors(real_app):
+    # os.system, os.posix_spawn and a C library's system() run no fork handler: the server's
+    # listening sockets, connections and event descriptors are closed on exec instead (else a
+    # restarted server cannot bind its port, and a client waits for the program to end).
+    pid = int(requests.get(real_app.url("/system_background"), timeout=30).text)
+    try:
+        held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    assert not [h for h in held if h.startswith(("socket:", "anon_inode:"))], held
+
+
 def test_children_at_import_and_in_app_threads(real_app):
     assert requests.get(real_app.url("/import_child")).text == "7"
     assert requests.get(real_app.url("/thread_child")).text == "9"

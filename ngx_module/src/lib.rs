@@ -20,6 +20,7 @@ mod dispatch;
 mod drain;
 mod elastic_pool;
 mod event_streams;
+mod exec_child;
 mod ffi;
 mod fork_child;
 #[cfg(ngx_feature = "http_v2")]

@@ -48,6 +48,8 @@ pub(crate) unsafe fn start_worker(
     ngx_wsgi::signals::leave_children_to_their_parents()
         .map_err(|e| format!("wsgi: SIGCHLD: {e}"))?;
     crate::fork_child::close_nginx_sockets_in_children();
+    // SAFETY: per the function contract; Python has not started.
+    unsafe { crate::exec_child::close_nginx_descriptors_on_exec(cycle) };
     // SAFETY: per the function contract.
     unsafe { crate::notify::init(cycle, on_finished) }.map_err(|e| format!("wsgi: {e}"))?;
     name_the_worker();

@@ -196,6 +196,18 @@ def application(environ, start_response):
     if path == "/stats":
         with _lock:
             return _text(start_response, json.dumps(_stats))
+    if path == "/system_background":
+        # A program started without fork (os.system: posix_spawn) that outlives the request: the
+        # pid of its background job, whose descriptors the test looks at.
+        import tempfile
+        fd, pid_file = tempfile.mkstemp()
+        os.close(fd)
+        try:
+            os.system(f"sleep 60 > /dev/null 2>&1 < /dev/null & echo $! > {pid_file}")
+            with open(pid_file) as f:
+                return _text(start_response, f.read().strip())
+        finally:
+            os.unlink(pid_file)
     if path == "/pid":
         return _text(start_response, str(os.getpid()))
     return _text(start_response, "ok")

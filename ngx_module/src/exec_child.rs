@@ -1,0 +1,78 @@
+//! nginx's descriptors are not for the programs an app runs: they are closed on `exec`. nginx
+//! opens its sockets, its epoll and its channel without close-on-exec (a worker never runs a
+//! program), and the fork handler of [`crate::fork_child`] does not run where a program starts
+//! without `fork` (`os.system`, `os.posix_spawn`, a C library's `system()` or `popen()`). Such a
+//! program kept the listening sockets (a restarted nginx could not bind them) and its client's
+//! connection (the client waited for the program to end).
+
+use std::sync::OnceLock;
+
+use nginx_sys::{ngx_connection_handler_pt, ngx_connection_t, ngx_cycle_t, ngx_listening_t};
+
+/// Each listening socket's own handler of new connections, which the wrapper calls.
+static HANDLERS: OnceLock<Vec<(usize, ngx_connection_handler_pt)>> = OnceLock::new();
+
+/// Marks every descriptor the worker has open close-on-exec, and wraps the listening sockets'
+/// handlers so that each connection nginx accepts from now on is marked too. Once per worker,
+/// before Python starts (no descriptor of an app's is open yet).
+///
+/// # Safety
+/// Event-loop thread, in `init_process`; `cycle` is live.
+pub(crate) unsafe fn close_nginx_descriptors_on_exec(cycle: *mut ngx_cycle_t) {
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let fds: Vec<libc::c_int> = dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&fd| fd > 2)
+            .collect();
+        // The listing's own descriptor, closed by now, fails harmlessly.
+        fds.into_iter().for_each(mark);
+    }
+    // SAFETY: per the function contract; the cycle's listening array holds `nelts` entries,
+    // fixed while the worker runs.
+    unsafe {
+        let listening = (*cycle).listening.elts as *mut ngx_listening_t;
+        if listening.is_null() {
+            return;
+        }
+        let mut handlers = Vec::new();
+        for i in 0..(*cycle).listening.nelts {
+            let ls = listening.add(i);
+            if (*ls).handler.is_some() {
+                handlers.push((ls as usize, (*ls).handler));
+                (*ls).handler = Some(accepted);
+            }
+        }
+        let _ = HANDLERS.set(handlers);
+    }
+}
+
+fn mark(fd: libc::c_int) {
+    // SAFETY: fcntl on a descriptor number changes only that descriptor's flags; one that is
+    // not open fails with EBADF.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        }
+    }
+}
+
+/// A connection nginx just accepted: marked, then handed to its listening socket's handler.
+unsafe extern "C" fn accepted(c: *mut ngx_connection_t) {
+    crate::ffi::guard("a new connection", (), || {
+        // SAFETY: nginx passes the new connection, whose `listening` is one of the wrapped
+        // ones; a connection with no handler to go to is closed, as nginx would an unusable one.
+        unsafe {
+            mark((*c).fd);
+            let ls = (*c).listening as usize;
+            let handler = HANDLERS
+                .get()
+                .and_then(|all| all.iter().find(|(at, _)| *at == ls))
+                .and_then(|(_, handler)| *handler);
+            match handler {
+                Some(handler) => handler(c),
+                None => nginx_sys::ngx_close_connection(c),
+            }
+        }
+    })
+}
