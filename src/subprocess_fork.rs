@@ -4,6 +4,10 @@
 //! child started by `vfork` from such a thread ignores SIGTERM for ever (`Popen.terminate()`
 //! does nothing, `sh -c 'kill $$'` exits 0, a `multiprocessing` spawn child never ends).
 //!
+//! Programs started without `fork` (`os.system`, `os.posix_spawn`, `os.posix_spawnp`) are
+//! given an empty mask by `posix_spawn` itself (`setsigmask`, unless the app asks for another);
+//! a C library's own `system()` or `popen()` cannot be reached.
+//!
 //! Up to Python 3.13, `subprocess._USE_VFORK` (which `multiprocessing` reads too) turns `vfork`
 //! off. Python 3.14 dropped it: `_posixsubprocess.fork_exec` uses `vfork` whenever no
 //! `preexec_fn`, user, group or groups are asked for. There, `fork_exec` is wrapped so that a
@@ -36,9 +40,33 @@ impl ForkExecWithoutVfork {
     }
 }
 
+/// `os.posix_spawn` and `os.posix_spawnp` with an empty signal mask unless one is asked for,
+/// and `os.system` (C's `system()`: `/bin/sh -c` by `posix_spawn`, then a wait) through them.
+const UNMASKED_SPAWNS: &std::ffi::CStr = c"
+import functools, os
+def _unmasked(spawn):
+    @functools.wraps(spawn)
+    def spawn_unmasked(*args, **kwargs):
+        kwargs.setdefault('setsigmask', ())
+        return spawn(*args, **kwargs)
+    return spawn_unmasked
+if hasattr(os, 'posix_spawn') and not hasattr(os.posix_spawn, '__wrapped__'):
+    os.posix_spawn = _unmasked(os.posix_spawn)
+    os.posix_spawnp = _unmasked(os.posix_spawnp)
+    @functools.wraps(os.system)
+    def system(command, _spawn=os.posix_spawn):
+        try:
+            pid = _spawn('/bin/sh', ['sh', '-c', command], os.environ)
+        except OSError:
+            return 127 << 8
+        return os.waitpid(pid, 0)[1]
+    os.system = system
+";
+
 /// Makes `subprocess` (and `multiprocessing`, which calls `fork_exec` itself) start children
-/// with `fork`.
+/// with `fork`, and the programs started without it with an empty signal mask.
 pub fn use_fork_for_subprocesses(py: Python<'_>) -> PyResult<()> {
+    py.run(UNMASKED_SPAWNS, Some(&pyo3::types::PyDict::new(py)), None)?;
     let subprocess = py.import("subprocess")?;
     // posix_spawn never runs fork handlers either.
     for flag in ["_USE_VFORK", "_USE_POSIX_SPAWN"] {

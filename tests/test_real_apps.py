@@ -55,6 +55,13 @@ def test_a_program_started_without_fork_holds_none_of_the_servers_descriptors(re
     assert not [h for h in held if h.startswith(("socket:", "anon_inode:"))], held
 
 
+def test_a_program_started_without_fork_has_no_signal_blocked(real_app):
+    # The server's threads block signals, and a mask crosses exec: os.system and os.posix_spawn
+    # give the program an empty one (a `timeout` or a `kill` could not stop it otherwise).
+    empty = "0" * 16
+    assert requests.get(real_app.url("/spawn_masks"), timeout=30).text == f"{empty} {empty}"
+
+
 def test_children_at_import_and_in_app_threads(real_app):
     assert requests.get(real_app.url("/import_child")).text == "7"
     assert requests.get(real_app.url("/thread_child")).text == "9"

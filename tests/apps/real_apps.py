@@ -208,6 +208,25 @@ def application(environ, start_response):
                 return _text(start_response, f.read().strip())
         finally:
             os.unlink(pid_file)
+    if path == "/spawn_masks":
+        # The signal mask of a program started without fork (os.system, os.posix_spawnp).
+        import tempfile
+        masks = []
+        for how in ("system", "posix_spawnp"):
+            fd, out = tempfile.mkstemp()
+            os.close(fd)
+            try:
+                if how == "system":
+                    os.system(f"exec grep SigBlk /proc/self/status > {out}")
+                else:
+                    pid = os.posix_spawnp("grep", ["grep", "SigBlk", "/proc/self/status"], os.environ,
+                                          file_actions=[(os.POSIX_SPAWN_OPEN, 1, out, os.O_WRONLY, 0)])
+                    os.waitpid(pid, 0)
+                with open(out) as f:
+                    masks.append(f.read().split()[1])
+            finally:
+                os.unlink(out)
+        return _text(start_response, " ".join(masks))
     if path == "/pid":
         return _text(start_response, str(os.getpid()))
     return _text(start_response, "ok")
