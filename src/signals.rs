@@ -108,14 +108,11 @@ pub fn reset_in_forked_children() {
     });
 }
 
-/// In a freshly forked child: only async-signal-safe calls (sigaction, sigprocmask).
+/// In a freshly forked child: only async-signal-safe calls (sigaction, sigprocmask). The
+/// handlers go first: a signal sent as soon as the child existed (`p.start(); p.terminate()`)
+/// waits, blocked by the mask the child inherited, and once the mask is cleared it meets the
+/// default action, not the server's handler (nginx's would only set a flag).
 extern "C" fn defaults_in_child() {
-    // SAFETY: an empty set, applied to the child's only thread.
-    unsafe {
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-    }
     for sig in CATCHABLE {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
@@ -130,6 +127,12 @@ extern "C" fn defaults_in_child() {
             action.sa_sigaction = libc::SIG_DFL;
             libc::sigaction(sig, &action, std::ptr::null_mut());
         }
+    }
+    // SAFETY: an empty set, applied to the child's only thread.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
     }
 }
 

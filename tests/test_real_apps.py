@@ -62,6 +62,13 @@ def test_a_program_started_without_fork_has_no_signal_blocked(real_app):
     assert requests.get(real_app.url("/spawn_masks"), timeout=30).text == f"{empty} {empty}"
 
 
+def test_a_child_terminated_as_soon_as_it_starts_ends_with_sigterm(real_app):
+    # The signal waits, blocked by the mask the child inherits, until the child's fork handler
+    # has put the default handlers back: it is not taken by the server's handler and lost.
+    codes = requests.get(real_app.url("/terminate_at_once"), timeout=120).json()
+    assert codes == [-int(signal.SIGTERM)] * 10, codes
+
+
 def test_children_at_import_and_in_app_threads(real_app):
     assert requests.get(real_app.url("/import_child")).text == "7"
     assert requests.get(real_app.url("/thread_child")).text == "9"

@@ -227,6 +227,18 @@ def application(environ, start_response):
             finally:
                 os.unlink(out)
         return _text(start_response, " ".join(masks))
+    if path == "/terminate_at_once":
+        # Process.terminate() right after start(): the child may not have run a single
+        # instruction of its own yet.
+        ctx = multiprocessing.get_context("fork")
+        codes = []
+        for _ in range(10):
+            p = ctx.Process(target=time.sleep, args=(5,))
+            p.start()
+            p.terminate()
+            p.join()
+            codes.append(p.exitcode)
+        return _text(start_response, json.dumps(codes))
     if path == "/pid":
         return _text(start_response, str(os.getpid()))
     return _text(start_response, "ok")
