@@ -852,6 +852,18 @@ def test_a_shutdown_that_raises_is_logged_and_the_worker_exits_cleanly(nginx_fac
     assert f"worker process {worker} exited with code 0" in log
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_signal_handler_set_in_the_startup_is_refused_with_a_warning_not_an_error(nginx_factory, loop):
+    # Under uvicorn the loop is the main thread's and the call works; here the signals are
+    # nginx's: the startup goes on (it had raised RuntimeError, and the app's state was missing).
+    server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:sets_a_signal_handler"),
+                           http_extra=f"asgi_event_loop {loop};").start()
+    assert requests.get(server.url("/"), timeout=10).text == "connected"
+    assert re.search(r"\[warn\].*an app called loop\.add_signal_handler\((Signals\.SIGTERM|15), "
+                     r"sets_a_signal_handler\.<locals>\.<lambda>\): the signals belong to the server",
+                     server.error_log()), server.error_log()[-3000:]
+
+
 def test_a_lifespan_that_raises_after_its_startup_is_logged_and_the_app_served(nginx_factory):
     # Nobody waits for the lifespan then: its traceback still reaches the log, once per worker.
     server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:raises_after_startup")).start()

@@ -7,6 +7,7 @@ startup or a shutdown that never finishes (one of them after a slow startup, one
 loop), and a lifespan that raises once its startup is done."""
 import asyncio
 import os
+import signal
 import time
 
 
@@ -78,6 +79,22 @@ async def shutdown_raises(scope, receive, send):
         await receive()
         raise RuntimeError("could not flush the queue")
     await respond(send, b"up")
+
+
+async def sets_a_signal_handler(scope, receive, send):
+    # A graceful-shutdown hook set in the startup, as apps written for uvicorn do, then the
+    # state the app's requests need.
+    if scope["type"] == "lifespan":
+        await receive()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, lambda: None)
+        loop.remove_signal_handler(signal.SIGTERM)
+        scope["state"]["db"] = "connected"
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await respond(send, scope["state"]["db"].encode())
 
 
 async def raises_after_startup(scope, receive, send):

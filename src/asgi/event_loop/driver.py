@@ -154,6 +154,27 @@ class Lifespan:
                 self._report("shutdown", "ok")
 
 
+def leave_signals_to_the_server(loop):
+    """An app's `loop.add_signal_handler()` (a graceful shutdown hook set in its lifespan
+    startup, as under uvicorn, where the loop is the main thread's) installs nothing and says so
+    in the error log, instead of raising asyncio's RuntimeError (not the main thread), which
+    ended the startup. The signals are nginx's: the lifespan shutdown runs at reload and quit."""
+    import logging
+
+    def add_signal_handler(sig, callback, *args):
+        logging.getLogger("ngx_wsgi").warning(
+            "an app called loop.add_signal_handler(%s, %s): the signals belong to the server, "
+            "which runs the lifespan shutdown at reload and quit; no handler was installed",
+            sig, getattr(callback, "__qualname__", repr(callback)))
+
+    def remove_signal_handler(sig):
+        return False
+
+    loop.add_signal_handler = add_signal_handler
+    loop.remove_signal_handler = remove_signal_handler
+    return loop
+
+
 def check_lifespan(app, loop_factory, shutdown_within, progress, shutting_down):
     """The configuration check: the app's startup, then its shutdown, on a loop of its own.
     Returns None, or how the startup failed. The shutdown, which decides nothing here, is given
@@ -161,7 +182,7 @@ def check_lifespan(app, loop_factory, shutdown_within, progress, shutting_down):
     begins, `shutting_down` is written to the `progress` descriptor: the parent then bounds it
     by its own timeout rather than the check's."""
     results = []
-    loop = loop_factory()
+    loop = leave_signals_to_the_server(loop_factory())
 
     async def run():
         waiter = [loop.create_future()]

@@ -223,6 +223,7 @@ impl AsgiLoop {
                 py.import("asyncio")?
                     .call_method1("set_event_loop", (&event_loop,))?;
                 let driver = driver(py)?;
+                driver.call_method1("leave_signals_to_the_server", (&event_loop,))?;
                 let drain = {
                     let loop_obj = event_loop.clone().unbind();
                     let driver_obj = driver.clone().unbind();
