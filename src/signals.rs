@@ -100,12 +100,51 @@ pub fn leave_children_to_their_parents() -> std::io::Result<()> {
 
 /// After every `fork()` of this process, the child's caught signals go back to their default
 /// action (ignored ones stay ignored, as `exec` would leave them). Once per process.
+///
+/// The forking thread blocks every signal across the `fork()` itself, whatever its own mask:
+/// a thread an app unblocked signals in (`multiprocessing`'s resource tracker leaves SIGINT and
+/// SIGTERM unblocked in the thread that started it) would otherwise fork a child that takes a
+/// signal sent at once (`p.start(); p.terminate()`) with the server's handler, before its
+/// handlers are reset, and runs on.
 pub fn reset_in_forked_children() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        // SAFETY: registers a plain function; it runs in the child only.
-        unsafe { libc::pthread_atfork(None, None, Some(defaults_in_child)) };
+        // SAFETY: registers plain functions, run around every fork of this process.
+        unsafe {
+            libc::pthread_atfork(
+                Some(block_all_before_fork),
+                Some(unblock_after_fork),
+                Some(defaults_in_child),
+            )
+        };
     });
+}
+
+thread_local! {
+    /// The forking thread's own mask, while it forks.
+    static MASK_BEFORE_FORK: std::cell::Cell<Option<libc::sigset_t>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// In the parent, just before `fork()`.
+extern "C" fn block_all_before_fork() {
+    // SAFETY: fills a set and blocks it in the calling thread, keeping the old mask.
+    let old = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        old
+    };
+    let _ = MASK_BEFORE_FORK.try_with(|m| m.set(Some(old)));
+}
+
+/// In the parent, just after `fork()`: the thread's own mask back.
+extern "C" fn unblock_after_fork() {
+    if let Ok(Some(old)) = MASK_BEFORE_FORK.try_with(|m| m.take()) {
+        // SAFETY: a mask this thread had.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    }
 }
 
 /// In a freshly forked child: only async-signal-safe calls (sigaction, sigprocmask). The
@@ -136,6 +175,31 @@ extern "C" fn defaults_in_child() {
     }
 }
 
+/// Blocks again, in the calling helper thread, the signals [`spawn_helper`] blocked: an app may
+/// have unblocked some (`multiprocessing`'s resource tracker leaves SIGINT and SIGTERM so in
+/// the thread that started it), and a signal for the process taken there would run the
+/// server's handler without waking its event loop. One system call; run between jobs.
+pub fn block_server_signals() {
+    // SAFETY: builds a set and blocks it in the calling thread.
+    unsafe {
+        let set = server_signals();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Every signal but the faults a thread causes itself.
+fn server_signals() -> libc::sigset_t {
+    // SAFETY: fills a zeroed set, then takes the faults out of it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for fault in FAULTS {
+            libc::sigdelset(&mut set, fault);
+        }
+        set
+    }
+}
+
 /// Starts a helper thread (a pool thread, the watchdog, a deadline thread) with the signals that
 /// are the server's business blocked from its first instruction, as nginx does in its own pool
 /// threads, so that they reach the thread that handles them; faults a thread causes itself stay
@@ -155,11 +219,7 @@ where
     // SAFETY: builds a set, blocks it in the calling thread (a new thread inherits its creator's
     // mask), and puts the caller's own mask back once the thread exists.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut set);
-        for fault in FAULTS {
-            libc::sigdelset(&mut set, fault);
-        }
+        let set = server_signals();
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
         let spawned = builder.spawn(f);

@@ -63,10 +63,22 @@ def test_a_program_started_without_fork_has_no_signal_blocked(real_app):
 
 
 def test_a_child_terminated_as_soon_as_it_starts_ends_with_sigterm(real_app):
-    # The signal waits, blocked by the mask the child inherits, until the child's fork handler
-    # has put the default handlers back: it is not taken by the server's handler and lost.
+    # The signal waits, blocked across the fork whatever the thread's mask, until the child's
+    # fork handler has put the default handlers back: it is not taken by the server's handler
+    # and lost.
     codes = requests.get(real_app.url("/terminate_at_once"), timeout=120).json()
     assert codes == [-int(signal.SIGTERM)] * 10, codes
+
+
+def test_signals_an_app_unblocked_in_a_pool_thread_are_blocked_again_after_its_request(nginx_factory):
+    # A process's signal taken by a pool thread would run nginx's handler without waking its
+    # event loop: the thread blocks them again before its next request.
+    server = nginx_factory(location("/", APP), http_extra="wsgi_max_threads 1;").start()
+    thread = requests.get(server.url("/unblock_sigterm"), timeout=10).text
+    same, blocked = requests.get(server.url("/thread_sigblk"), timeout=10).text.split()
+    assert same == thread, "one pool thread serves both"
+    mask = int(blocked, 16)
+    assert mask & (1 << (signal.SIGTERM - 1)) and mask & (1 << (signal.SIGINT - 1)), blocked
 
 
 def test_children_at_import_and_in_app_threads(real_app):

@@ -229,16 +229,29 @@ def application(environ, start_response):
         return _text(start_response, " ".join(masks))
     if path == "/terminate_at_once":
         # Process.terminate() right after start(): the child may not have run a single
-        # instruction of its own yet.
+        # instruction of its own yet. From a thread where SIGTERM is unblocked, as
+        # multiprocessing's resource tracker leaves the thread that started it.
         ctx = multiprocessing.get_context("fork")
         codes = []
-        for _ in range(10):
-            p = ctx.Process(target=time.sleep, args=(5,))
-            p.start()
-            p.terminate()
-            p.join()
-            codes.append(p.exitcode)
+        before = signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT, signal.SIGTERM])
+        try:
+            for _ in range(10):
+                p = ctx.Process(target=time.sleep, args=(5,))
+                p.start()
+                p.terminate()
+                p.join()
+                codes.append(p.exitcode)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
         return _text(start_response, json.dumps(codes))
+    if path == "/unblock_sigterm":
+        # What multiprocessing's resource tracker leaves in the thread that started it.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT, signal.SIGTERM])
+        return _text(start_response, str(threading.get_native_id()))
+    if path == "/thread_sigblk":
+        with open("/proc/thread-self/status") as f:
+            blocked = next(line.split()[1] for line in f if line.startswith("SigBlk:"))
+        return _text(start_response, f"{threading.get_native_id()} {blocked}")
     if path == "/pid":
         return _text(start_response, str(os.getpid()))
     return _text(start_response, "ok")

@@ -429,6 +429,7 @@ impl AsgiLoop {
         unsafe { libc::read(self.efd, (&mut count as *mut u64).cast(), 8) };
         // Also the end of the round in which a wake-up of the server was held.
         super::held_wakes::round_ended();
+        crate::signals::block_server_signals();
         let items = {
             let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
             self.unserved_since.store(0, Ordering::Relaxed);
