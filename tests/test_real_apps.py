@@ -49,6 +49,8 @@ def test_a_program_started_without_fork_holds_none_of_the_servers_descriptors(re
     # restarted server cannot bind its port, and a client waits for the program to end).
     pid = int(requests.get(real_app.url("/system_background"), timeout=30).text)
     try:
+        # The background job is a copy of the shell until its exec of sleep, which closes them.
+        wait_for(lambda: os.readlink(f"/proc/{pid}/exe").endswith("/sleep"), what="the job's exec")
         held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
     finally:
         os.kill(pid, signal.SIGKILL)
