@@ -16,6 +16,7 @@ pub mod body;
 pub mod body_bytes;
 pub mod body_lease;
 pub mod check;
+pub mod child_signal_mask;
 pub mod chunk;
 pub mod content_length;
 pub mod environ;
@@ -35,7 +36,6 @@ pub mod server_log;
 pub mod signals;
 pub mod sink;
 mod std_streams;
-pub mod subprocess_fork;
 pub mod traceback;
 pub mod watchdog;
 

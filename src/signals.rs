@@ -17,9 +17,9 @@
 //!   would not end it. And the server's threads that run Python block signals (nginx's and this
 //!   module's pool threads, Apache's MPM threads), a mask every child inherits, even across
 //!   `exec`: a `sh -c 'kill $$'` would never see its signal. Forked children get default
-//!   handlers and an empty mask back ([`reset_in_forked_children`]); since `vfork` and
-//!   `posix_spawn` skip fork handlers, `subprocess` is made to use `fork`
-//!   ([`crate::subprocess_fork`]).
+//!   handlers and an empty mask back ([`reset_in_forked_children`]); children started with
+//!   `vfork` or `posix_spawn`, which skip fork handlers, get the empty mask otherwise
+//!   ([`crate::child_signal_mask`]).
 
 use std::mem::MaybeUninit;
 

@@ -64,6 +64,10 @@ def test_a_program_started_without_fork_has_no_signal_blocked(real_app):
     assert requests.get(real_app.url("/spawn_masks"), timeout=30).text == f"{empty} {empty}"
 
 
+def test_os_system_gives_its_shell_the_process_environment_and_its_status(real_app):
+    assert requests.get(real_app.url("/system_env"), timeout=30).text == "seen 3"
+
+
 def test_a_child_terminated_as_soon_as_it_starts_ends_with_sigterm(real_app):
     # The signal waits, blocked across the fork whatever the thread's mask, until the child's
     # fork handler has put the default handlers back: it is not taken by the server's handler

@@ -244,6 +244,19 @@ def application(environ, start_response):
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, before)
         return _text(start_response, json.dumps(codes))
+    if path == "/system_env":
+        # os.system's shell has the process's environment, os.putenv's changes included.
+        import tempfile
+        fd, out = tempfile.mkstemp()
+        os.close(fd)
+        try:
+            os.putenv("NGX_WSGI_PUTENV", "seen")
+            status = os.system(f'echo "$NGX_WSGI_PUTENV" > {out}; exit 3')
+            with open(out) as f:
+                return _text(start_response, f"{f.read().strip()} {os.waitstatus_to_exitcode(status)}")
+        finally:
+            os.unsetenv("NGX_WSGI_PUTENV")
+            os.unlink(out)
     if path == "/unblock_sigterm":
         # What multiprocessing's resource tracker leaves in the thread that started it.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT, signal.SIGTERM])
