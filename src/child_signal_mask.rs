@@ -27,18 +27,11 @@ struct ForkExecUnmasked {
 impl ForkExecUnmasked {
     #[pyo3(signature = (*args))]
     fn __call__(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
-        // SAFETY: sets the calling thread's mask to an empty set, keeping the old one, which is
-        // put back below whatever the call did.
-        let old = unsafe {
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::pthread_sigmask(libc::SIG_SETMASK, &none, &mut old);
-            old
-        };
+        use crate::signals::{change_thread_mask, no_signals};
+        // The thread's own mask comes back whatever the call did.
+        let old = change_thread_mask(libc::SIG_SETMASK, &no_signals());
         let result = self.real.call1(py, args.clone());
-        // SAFETY: a mask this thread had.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        change_thread_mask(libc::SIG_SETMASK, &old);
         result
     }
 }

@@ -128,22 +128,14 @@ thread_local! {
 
 /// In the parent, just before `fork()`.
 extern "C" fn block_all_before_fork() {
-    // SAFETY: fills a set and blocks it in the calling thread, keeping the old mask.
-    let old = unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-        old
-    };
+    let old = change_thread_mask(libc::SIG_BLOCK, &signal_set(&[]));
     let _ = MASK_BEFORE_FORK.try_with(|m| m.set(Some(old)));
 }
 
 /// In the parent, just after `fork()`: the thread's own mask back.
 extern "C" fn unblock_after_fork() {
     if let Ok(Some(old)) = MASK_BEFORE_FORK.try_with(|m| m.take()) {
-        // SAFETY: a mask this thread had.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        change_thread_mask(libc::SIG_SETMASK, &old);
     }
 }
 
@@ -167,12 +159,7 @@ extern "C" fn defaults_in_child() {
             libc::sigaction(sig, &action, std::ptr::null_mut());
         }
     }
-    // SAFETY: an empty set, applied to the child's only thread.
-    unsafe {
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-    }
+    change_thread_mask(libc::SIG_SETMASK, &no_signals());
 }
 
 /// Blocks again, in the calling helper thread, the signals [`spawn_helper`] blocked: an app may
@@ -180,23 +167,40 @@ extern "C" fn defaults_in_child() {
 /// the thread that started it), and a signal for the process taken there would run the
 /// server's handler without waking its event loop. One system call; run between jobs.
 pub fn block_server_signals() {
-    // SAFETY: builds a set and blocks it in the calling thread.
-    unsafe {
-        let set = server_signals();
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
+    change_thread_mask(libc::SIG_BLOCK, &signal_set(&FAULTS));
 }
 
-/// Every signal but the faults a thread causes itself.
-fn server_signals() -> libc::sigset_t {
-    // SAFETY: fills a zeroed set, then takes the faults out of it.
+/// Every signal but those of `except`.
+fn signal_set(except: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: fills a zeroed set, then takes signal numbers out of it.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut set);
-        for fault in FAULTS {
-            libc::sigdelset(&mut set, fault);
+        for &sig in except {
+            libc::sigdelset(&mut set, sig);
         }
         set
+    }
+}
+
+/// The empty signal set.
+pub(crate) fn no_signals() -> libc::sigset_t {
+    // SAFETY: empties a zeroed set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        set
+    }
+}
+
+/// Changes the calling thread's signal mask (`how`: `SIG_BLOCK` adds `set`, `SIG_SETMASK`
+/// makes it the mask) and returns the mask it had. Async-signal-safe.
+pub(crate) fn change_thread_mask(how: libc::c_int, set: &libc::sigset_t) -> libc::sigset_t {
+    // SAFETY: `set` is a valid set; `old` is written by the call.
+    unsafe {
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(how, set, &mut old);
+        old
     }
 }
 
@@ -216,16 +220,11 @@ where
     if let Some(size) = stack_size {
         builder = builder.stack_size(size);
     }
-    // SAFETY: builds a set, blocks it in the calling thread (a new thread inherits its creator's
-    // mask), and puts the caller's own mask back once the thread exists.
-    unsafe {
-        let set = server_signals();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-        let spawned = builder.spawn(f);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        spawned
-    }
+    // A new thread inherits its creator's mask: the caller's own comes back once it exists.
+    let old = change_thread_mask(libc::SIG_BLOCK, &signal_set(&FAULTS));
+    let spawned = builder.spawn(f);
+    change_thread_mask(libc::SIG_SETMASK, &old);
+    spawned
 }
 
 fn name(sig: libc::c_int) -> &'static str {

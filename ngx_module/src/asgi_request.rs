@@ -132,16 +132,20 @@ impl AsgiRequest {
     /// the loop): takes the request, so that the app's own end is ignored. None when the
     /// response is already over.
     pub(crate) fn end_early(&self) -> Option<*mut ngx_http_request_t> {
-        let r = {
-            let mut ending = self.ending();
-            if ending.end.is_some() || ending.request.0.is_null() {
-                return None;
-            }
-            ending.end = Some(HttpEnd::Failed);
-            std::mem::replace(&mut ending.request, LoopRequest::none()).0
-        };
+        let r = self.take_request(HttpEnd::Failed)?;
         self.take_body_back();
         Some(r)
+    }
+
+    /// Takes the request from the app's side with `end` as its end; None when its end has
+    /// been handled already.
+    fn take_request(&self, end: HttpEnd) -> Option<*mut ngx_http_request_t> {
+        let mut ending = self.ending();
+        if ending.end.is_some() || ending.request.0.is_null() {
+            return None;
+        }
+        ending.end = Some(end);
+        Some(std::mem::replace(&mut ending.request, LoopRequest::none()).0)
     }
 
     /// Before the server ends the request while the app's task may still run: the body's
@@ -169,13 +173,8 @@ impl AsgiRequest {
 
 impl EndsAtExit for AsgiRequest {
     fn end_for_exit(&self) -> bool {
-        let r = {
-            let mut ending = self.ending();
-            if ending.end.is_some() || ending.request.0.is_null() {
-                return false;
-            }
-            ending.end = Some(HttpEnd::Complete);
-            std::mem::replace(&mut ending.request, LoopRequest::none()).0
+        let Some(r) = self.take_request(HttpEnd::Complete) else {
+            return false;
         };
         // Before the app hears of it: its end (or the "client's") is nobody's news now.
         self.watch.mark_ended_by_server();
