@@ -647,6 +647,25 @@ def test_a_slow_client_pauses_send_and_bounds_memory(server):
 
 # --- disconnects at every stage --------------------------------------------------------------
 
+@pytest.mark.parametrize("key,bad", BAD_CHUNKS)
+def test_a_malformed_chunk_among_the_first_bytes_is_the_clients_400(server, key, bad):
+    # One send: nginx's first read of the body fills its buffer (client_body_buffer_size, 8k)
+    # with the good chunk, and the module's, before the app has run, meets the bad one.
+    key = f"early-{key}"
+    good = b"y" * 20000
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(f"POST /unbuffered/upload-until-gone?{key} HTTP/1.1\r\nHost: t\r\n"
+                  "Transfer-Encoding: chunked\r\n\r\n".encode() + b"%x\r\n%s\r\n" % (len(good), good) + bad)
+        response = b""
+        while chunk := s.recv(65536):
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 400 "), response[:200]
+    assert response.count(b"HTTP/1.1 ") == 1, response[:400]
+    wait_for(lambda: stats(server)["disconnected"].get(key), what="the app to see the body end")
+    assert stats(server)["disconnected"][key].startswith("gone after"), stats(server)["disconnected"][key]
+    assert requests.post(server.url("/unbuffered/echo"), data=b"after", timeout=10).content == b"after"
+
+
 def test_an_app_that_raises_after_the_client_went_says_so(server):
     with socket.create_connection(("127.0.0.1", server.port)) as s:
         s.sendall(b"GET /raise-at-disconnect?rz1 HTTP/1.1\r\nHost: t\r\n\r\n")

@@ -122,7 +122,6 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     if let Some(b) = &body_stream {
         b.set_waker(wake.clone());
     }
-    let unbuffered = body_stream.is_some();
     let read_timeout = lc.limits.read_timeout;
     let label = |what: &str| {
         if read_timeout == 0 {
@@ -166,7 +165,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     };
     // SAFETY: the request pool is live; its cleanup drops this reference when the request is
     // destroyed, which cannot happen while the app runs (`blocked`).
-    unsafe {
+    let reading_body = unsafe {
         let cln = ngx_pool_cleanup_add((*r).pool, 0);
         if cln.is_null() {
             return Err(NGX_HTTP_INTERNAL_SERVER_ERROR);
@@ -176,18 +175,17 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         (*cln).data = held.cast();
         *(*r).ctx.add(module().ctx_index) = held.cast::<c_void>();
         (*(*r).main).set_blocked((*(*r).main).blocked() + 1);
-        (*r).read_event_handler = match &body_stream {
-            Some(b) => {
-                b.pull(r);
-                if (*r).reading_body() != 0 {
-                    Some(on_body_data)
-                } else {
-                    Some(on_client_readable)
-                }
-            }
-            None => Some(on_client_readable),
+        // A body the client broke already (a bad chunk in its first bytes) is read no more, as
+        // `on_body_data` does once a later read fails: only the client's going is watched.
+        let reading = body_stream
+            .as_ref()
+            .is_some_and(|b| !b.pull(r) && (*r).reading_body() != 0);
+        (*r).read_event_handler = match reading {
+            true => Some(on_body_data),
+            false => Some(on_client_readable),
         };
-    }
+        reading
+    };
     // SAFETY: on the event loop; `r` is live.
     unsafe {
         crate::inflight::started_asgi();
@@ -230,7 +228,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             unsafe { ws.start_deadline() };
         }
     }
-    if !unbuffered {
+    if !reading_body {
         // A client that went while nginx read its request head left no event behind.
         // SAFETY: `r` is live on the event loop.
         unsafe { on_client_readable(r) };
