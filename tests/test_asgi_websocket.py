@@ -512,6 +512,24 @@ def test_a_slow_reader_that_takes_what_it_is_sent_is_not_idle(nginx_factory):
     raw.close()
 
 
+@pytest.mark.parametrize("tcp", ["closed", "open"])
+def test_a_send_after_the_clients_close_frame_raises(server, tcp):
+    # The client's close is in (and answered) before the app has received the disconnect: its
+    # message would be dropped, so its send says the client closed, as uvicorn's does, whether
+    # or not the client has closed its TCP connection yet; its close is taken, the closing
+    # handshake being under way already.
+    key = f"sc-{tcp}"
+    raw = raw_socket(server, f"/ws/send-after-client-close?{key}")
+    raw.sendall(frame(8, struct.pack("!H", 1000)))
+    assert read_frame(raw) == (8, struct.pack("!H", 1000))
+    if tcp == "closed":
+        raw.sock.close()
+    requests.get(server.url(f"/ws/release?{key}"), timeout=10)
+    wait_for(lambda: "received" in stats(server)["after_close"].get(key, {}), what="the app's sends")
+    assert stats(server)["after_close"][key] == {"send": "ClientDisconnected", "close": "sent", "received": [1000]}
+    raw.sock.close()
+
+
 def test_an_accept_after_the_client_went_raises(nginx_factory):
     # As any send on a closed connection (ASGI 2.4; uvicorn raises there too): the app learns
     # at once that there is no one to talk to.

@@ -263,6 +263,8 @@ impl AsgiWs {
             let mut buf = [0u8; 16384];
             loop {
                 while let Some(m) = st.outgoing.pop_front() {
+                    // Refused only when queued before a close was read: the app's next
+                    // receive() says the connection ended.
                     let _ = codec.send(m);
                 }
                 let out = codec.output();
@@ -667,7 +669,9 @@ impl WsServer for AsgiWs {
 
     fn send(&self, message: WsOutgoing) -> Result<(), ClientGone> {
         let mut st = self.lock();
-        if st.gone || st.phase == Phase::Over {
+        // A close from the client (or the server's own 1001) makes the codec refuse messages.
+        let closing = st.codec.as_ref().is_some_and(|c| !c.can_send());
+        if st.gone || st.phase == Phase::Over || closing {
             return Err(ClientGone);
         }
         st.unsent += match &message {

@@ -381,20 +381,27 @@ impl WsExchange {
                 Ok(done)
             }
             ("websocket.send", State::Open) | ("websocket.close", State::Open) => {
-                if self.disconnected.is_some() {
+                let outgoing = app_message(&kind, message)?;
+                let closing = matches!(outgoing, WsOutgoing::Close { .. });
+                let sent = match self.disconnected {
+                    Some(_) => false,
+                    None => match self.server.room() {
+                        Ok(false) => return Ok(false),
+                        Ok(true) => self.server.send(outgoing).is_ok(),
+                        Err(_) => false,
+                    },
+                };
+                // Once the client has closed, a message would be lost: its send says so. A close
+                // is what is under way already, and taken (as uvicorn takes it): an app's
+                // clean-up close that meets the client's own is no error.
+                if !sent && !closing {
                     return Err(ClientDisconnected::new_err(
                         "the client closed the connection",
                     ));
                 }
-                let outgoing = app_message(&kind, message)?;
-                let gone = || ClientDisconnected::new_err("the client closed the connection");
-                if !self.server.room().map_err(|_| gone())? {
-                    return Ok(false);
-                }
-                if matches!(outgoing, WsOutgoing::Close { .. }) {
+                if closing {
                     self.state = State::Closing;
                 }
-                self.server.send(outgoing).map_err(|_| gone())?;
                 Ok(true)
             }
             ("websocket.send", State::Closing) | ("websocket.close", State::Closing) => Err(

@@ -5,7 +5,7 @@ server goes (its close code is recorded)."""
 import asyncio
 import json
 
-STATS = {"closed": {}, "closed-again": {}, "received": {}, "cancelled": [], "late_accept": {}, "seen": []}
+STATS = {"closed": {}, "closed-again": {}, "received": {}, "cancelled": [], "late_accept": {}, "seen": [], "after_close": {}}
 RELEASES = {}
 
 
@@ -146,6 +146,21 @@ async def app(scope, receive, send):
                 await send({"type": "websocket.send", "text": piece})
         except OSError:
             STATS["closed"][key] = [(await receive()).get("code")]
+    elif path == "/send-after-client-close":
+        # Accepts, then (told to, once the client's close frame is in) sends before it has
+        # received the disconnect: the send says the client closed; a close is taken, as the
+        # closing handshake is under way.
+        await send({"type": "websocket.accept"})
+        await release(key).wait()
+        outcome = STATS["after_close"][key] = {}
+        for what, message in (("send", {"type": "websocket.send", "text": "late"}),
+                              ("close", {"type": "websocket.close", "code": 1000})):
+            try:
+                await send(message)
+                outcome[what] = "sent"
+            except OSError as e:
+                outcome[what] = type(e).__name__
+        outcome["received"] = [(await receive()).get("code")]
     elif path == "/gone-before-accept":
         # The client goes before the app decides: receive() says so, and the app returns.
         message = await receive()
