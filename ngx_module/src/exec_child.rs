@@ -3,7 +3,9 @@
 //! program), and the fork handler of [`crate::fork_child`] does not run where a program starts
 //! without `fork` (`os.system`, `os.posix_spawn`, a C library's `system()` or `popen()`). Such a
 //! program kept the listening sockets (a restarted nginx could not bind them) and its client's
-//! connection (the client waited for the program to end).
+//! connection (the client waited for the program to end). A request body's temp file is marked
+//! as the app is given it. What nginx opens later for itself (upstream connections, logs
+//! reopened) is not.
 
 use std::sync::OnceLock;
 
@@ -25,7 +27,7 @@ pub(crate) unsafe fn close_nginx_descriptors_on_exec(cycle: *mut ngx_cycle_t) {
             .filter(|&fd| fd > 2)
             .collect();
         // The listing's own descriptor, closed by now, fails harmlessly.
-        fds.into_iter().for_each(mark);
+        fds.into_iter().for_each(close_on_exec);
     }
     // SAFETY: per the function contract; the cycle's listening array holds `nelts` entries,
     // fixed while the worker runs.
@@ -46,8 +48,9 @@ pub(crate) unsafe fn close_nginx_descriptors_on_exec(cycle: *mut ngx_cycle_t) {
     }
 }
 
-/// One system call: close-on-exec is a descriptor's only flag, so nothing needs reading first.
-fn mark(fd: libc::c_int) {
+/// Marks `fd` close-on-exec. One system call: it is a descriptor's only flag, so nothing needs
+/// reading first.
+pub(crate) fn close_on_exec(fd: libc::c_int) {
     // SAFETY: fcntl on a descriptor number changes only that descriptor's flags; one that is
     // not open fails with EBADF.
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -59,7 +62,7 @@ unsafe extern "C" fn accepted(c: *mut ngx_connection_t) {
         // SAFETY: nginx passes the new connection, whose `listening` is one of the wrapped
         // ones; a connection with no handler to go to is closed, as nginx would an unusable one.
         unsafe {
-            mark((*c).fd);
+            close_on_exec((*c).fd);
             let ls = (*c).listening as usize;
             let handler = HANDLERS
                 .get()
