@@ -170,6 +170,34 @@ pub fn block_server_signals() {
     change_thread_mask(libc::SIG_BLOCK, &signal_set(&FAULTS));
 }
 
+/// Puts the calling server thread's signal mask back, when dropped, as it was before an app
+/// first ran on the thread: for a server's own threads (Apache's workers), where an app's
+/// changes (the resource tracker's unblocked SIGINT and SIGTERM) would outlive its request and a
+/// signal for the process could run the server's handler on a thread that does not act on it.
+/// One system call per request once the thread's mask is noted.
+pub struct KeptThreadMask(libc::sigset_t);
+
+impl KeptThreadMask {
+    pub fn note() -> KeptThreadMask {
+        thread_local! {
+            static NOTED: std::cell::Cell<Option<libc::sigset_t>> = const { std::cell::Cell::new(None) };
+        }
+        KeptThreadMask(NOTED.with(|noted| {
+            noted.get().unwrap_or_else(|| {
+                let mask = change_thread_mask(libc::SIG_BLOCK, &no_signals());
+                noted.set(Some(mask));
+                mask
+            })
+        }))
+    }
+}
+
+impl Drop for KeptThreadMask {
+    fn drop(&mut self) {
+        change_thread_mask(libc::SIG_SETMASK, &self.0);
+    }
+}
+
 /// Every signal but those of `except`.
 fn signal_set(except: &[libc::c_int]) -> libc::sigset_t {
     // SAFETY: fills a zeroed set, then takes signal numbers out of it.

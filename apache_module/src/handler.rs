@@ -38,6 +38,8 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
         if !crate::translate::claims(handler) || !(conf.by_file() || crate::translate::claimed(r)) {
             return DECLINED;
         }
+        // The app runs on this thread, and its body is iterated as the response goes out.
+        let _mask = ngx_wsgi::signals::KeptThreadMask::note();
         let app = conf
             .app()
             .filter(|_| crate::lifecycle::ready())
