@@ -25,6 +25,9 @@ pub(crate) fn file_range(iterable: &Bound<'_, PyAny>, limit: Option<u64>) -> Opt
     let wrapper = iterable.cast::<FileWrapper>().ok()?;
     let filelike = wrapper.borrow().filelike.clone_ref(iterable.py());
     let filelike = filelike.bind(iterable.py());
+    if !holds_its_bytes(filelike) {
+        return None;
+    }
     let fd: i32 = filelike.call_method0("fileno").ok()?.extract().ok()?;
     // SAFETY: an all-zero stat is a valid buffer for fstat to fill.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -58,6 +61,44 @@ pub(crate) fn file_range(iterable: &Bound<'_, PyAny>, limit: Option<u64>) -> Opt
         len,
         label: c"wsgi.file_wrapper",
     })
+}
+
+/// Whether `filelike`'s descriptor holds what its `read()` gives: a binary file (`FileIO`, or a
+/// buffered reader over one), or a proxy holding one in `.file` (tempfile's named files,
+/// Django's `File`). Other streams with a `fileno()` transform its bytes (`gzip.open`, `bz2`,
+/// `lzma`, a text file) or may name another file: the server would send the wrong bytes, so
+/// they are iterated.
+fn holds_its_bytes(filelike: &Bound<'_, PyAny>) -> bool {
+    let check = || -> PyResult<bool> {
+        let io = filelike.py().import(pyo3::intern!(filelike.py(), "io"))?;
+        let file_io = io.getattr(pyo3::intern!(filelike.py(), "FileIO"))?;
+        let buffered = [
+            io.getattr(pyo3::intern!(filelike.py(), "BufferedReader"))?,
+            io.getattr(pyo3::intern!(filelike.py(), "BufferedRandom"))?,
+        ];
+        let stream = io.getattr(pyo3::intern!(filelike.py(), "IOBase"))?;
+        let mut object = filelike.clone();
+        // A proxy of a proxy at most (Django's FieldFile over a File over the file).
+        for _ in 0..3 {
+            if object.is_instance(&file_io)? {
+                return Ok(true);
+            }
+            if buffered
+                .iter()
+                .any(|b| object.is_instance(b).unwrap_or(false))
+            {
+                return object
+                    .getattr(pyo3::intern!(object.py(), "raw"))?
+                    .is_instance(&file_io);
+            }
+            if object.is_instance(&stream)? {
+                return Ok(false);
+            }
+            object = object.getattr(pyo3::intern!(object.py(), "file"))?;
+        }
+        Ok(false)
+    };
+    check().unwrap_or(false)
 }
 
 /// Whether a regular file's size says nothing of what it has: procfs files say 0 bytes, and

@@ -1,4 +1,5 @@
 """Well-behaved apps that use every response feature of PEP 3333."""
+import io
 import os
 import sys
 import threading
@@ -235,3 +236,41 @@ def file_wrapper_of_path(environ, start_response):
     f = open(environ["QUERY_STRING"], "rb")
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
     return environ["wsgi.file_wrapper"](f)
+
+
+def file_wrapper_gzip(environ, start_response):
+    # A gzip file's descriptor holds the compressed bytes; read() gives the content.
+    import gzip
+    import tempfile
+    with tempfile.NamedTemporaryFile(suffix=".gz", delete=False) as t:
+        t.write(gzip.compress(b"the content, " * 1000))
+    f = gzip.open(t.name, "rb")
+    os.unlink(t.name)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return environ["wsgi.file_wrapper"](f)
+
+
+class LyingFileno(io.BytesIO):
+    """In memory, with the descriptor of another (regular) file."""
+
+    def __init__(self, data, other):
+        super().__init__(data)
+        self.other = other
+
+    def fileno(self):
+        return self.other.fileno()
+
+
+def file_wrapper_lying_fileno(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return environ["wsgi.file_wrapper"](LyingFileno(b"mine, " * 100, open(__file__, "rb")))
+
+
+def file_wrapper_temporary(environ, start_response):
+    # tempfile's NamedTemporaryFile (as Django's File) is a proxy holding the file in `.file`.
+    import tempfile
+    t = tempfile.NamedTemporaryFile()
+    t.write(b"spooled, " * 1000)
+    t.seek(0)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return environ["wsgi.file_wrapper"](t)
