@@ -803,6 +803,21 @@ def test_failures_after_the_start_cut_the_connection(bad, path, log):
     assert requests.get(bad.url("/ok"), timeout=10).text == "ok"
 
 
+def test_a_task_left_behind_is_told_the_server_ended_its_response(bad):
+    # Not "the client closed the connection": the client was there; the app returned without
+    # completing its response (uvicorn raises a RuntimeError too).
+    assert requests.get(bad.url("/orphan-start"), timeout=10).status_code == 500
+    with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.ConnectionError)):
+        requests.get(bad.url("/orphan-body"), timeout=10).content
+    wait_for(lambda: len(requests.get(bad.url("/orphans"), timeout=10).json()) == 2, what="the tasks' sends")
+    assert requests.get(bad.url("/orphans"), timeout=10).json() == {
+        "/orphan-start": "RuntimeError: http.response.start sent after the app returned without completing "
+                         "its response (the server answered 500)",
+        "/orphan-body": "RuntimeError: http.response.body sent after the app returned without completing "
+                        "its response (the server cut the response)",
+    }
+
+
 def test_sends_after_completion_and_ignored_bodies(bad):
     r = requests.get(bad.url("/raise-after-complete"), timeout=10)
     assert (r.status_code, r.text) == (200, "done")

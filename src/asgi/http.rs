@@ -608,6 +608,18 @@ impl HttpExchange {
     /// Takes one `send()` message; false when the app must await a wake-up and send it again.
     fn send_now(&mut self, message: &Bound<'_, PyAny>) -> PyResult<bool> {
         crate::forked::exit_if_forked_child(message.py(), "asgi", Back::UsedTheRequest);
+        if self.ended && !self.gone && self.response != Response::Done {
+            // A task the app left behind: the server ended the response when the app returned,
+            // and the client may well be there still.
+            let kind = message_type(message)?;
+            return Err(PyRuntimeError::new_err(format!(
+                "{kind} sent after the app returned without completing its response ({})",
+                match self.response {
+                    Response::Idle | Response::Redirected => "the server answered 500",
+                    _ => "the server cut the response",
+                }
+            )));
+        }
         // Once the client is gone every send says so, whatever it is (an app that handles the
         // disconnect by starting an error response gets the same, not a protocol error), but
         // where the response was whole already: a HEAD's head went out, its Content-Length's

@@ -2,7 +2,12 @@
 cut connection (something sent), a traceback or a reason in the error log, and a worker that
 keeps serving."""
 import asyncio
+import json
 import sys
+
+# What the sends of the tasks an app left behind raised, by path.
+ORPHANS = {}
+_KEPT = set()
 
 
 async def start(send, length=None):
@@ -70,6 +75,26 @@ async def app(scope, receive, send):
     elif route == "/too-short":
         await start(send, 10)
         await send({"type": "http.response.body", "body": b"123"})
+    elif route in ("/orphan-start", "/orphan-body"):
+        # Returns, leaving a task to answer (it sends once the server has ended the response).
+        if route == "/orphan-body":
+            await start(send)
+            await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+
+        async def late():
+            await asyncio.sleep(0.2)
+            try:
+                if route == "/orphan-start":
+                    await start(send)
+                await send({"type": "http.response.body", "body": b"late"})
+                ORPHANS[route] = "sent"
+            except Exception as e:
+                ORPHANS[route] = f"{type(e).__name__}: {e}"
+        _KEPT.add(asyncio.get_running_loop().create_task(late()))
+    elif route == "/orphans":
+        body = json.dumps(ORPHANS).encode()
+        await start(send, len(body))
+        await send({"type": "http.response.body", "body": body})
     elif route == "/sys-exit":
         sys.exit(3)
     elif route == "/cancelled":
