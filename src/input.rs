@@ -8,6 +8,8 @@
 //! server's memory behind it does not. Every read holds a lease on the request's [`InputGate`];
 //! when the request ends the gate is closed: the source is cancelled (a read waiting for the
 //! client returns at once), the close waits for reads under way, and later reads raise.
+//! Reads from several threads at once are served one at a time (each gets bytes of its own),
+//! the others waiting without the GIL.
 
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -29,8 +31,10 @@ pub trait BodySource: Send + Sync {
 
 #[derive(Default)]
 struct GateState {
-    /// Reads under way.
-    readers: usize,
+    /// A read is under way (one at a time).
+    reading: bool,
+    /// Reads waiting for it to end.
+    waiting: usize,
     closed: bool,
 }
 
@@ -38,7 +42,8 @@ struct GateState {
 #[derive(Default)]
 pub struct InputGate {
     state: Mutex<GateState>,
-    idle: Condvar,
+    /// Signalled when a read ends or the gate closes, for those that wait.
+    changed: Condvar,
     /// Cancelled when the gate closes.
     source: Option<Arc<dyn BodySource>>,
 }
@@ -48,23 +53,48 @@ impl InputGate {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A read may begin: it holds the lease until it is dropped.
-    fn enter(&self) -> PyResult<Lease<'_>> {
-        let mut st = self.lock();
-        if st.closed {
-            return Err(finished());
+    /// A read may begin once no other is under way (another thread's read: waited for without
+    /// the GIL); it holds the lease until it is dropped.
+    fn enter(&self, py: Python<'_>) -> PyResult<Lease<'_>> {
+        // Whether the read may go on (else the gate closed).
+        let take = |st: &mut GateState| {
+            st.reading |= !st.closed;
+            !st.closed
+        };
+        let taken = {
+            let mut st = self.lock();
+            match st.reading && !st.closed {
+                false => take(&mut st),
+                true => {
+                    drop(st);
+                    py.detach(|| {
+                        let mut st = self.lock();
+                        st.waiting += 1;
+                        while st.reading && !st.closed {
+                            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+                        }
+                        st.waiting -= 1;
+                        take(&mut st)
+                    })
+                }
+            }
+        };
+        match taken {
+            true => Ok(Lease(self)),
+            false => Err(finished()),
         }
-        st.readers += 1;
-        Ok(Lease(self))
     }
 
     /// The request is over: no read may begin, a read waiting for the client is cancelled, and
-    /// this returns once every read under way has ended (waiting without the GIL).
+    /// this returns once the read under way has ended (waiting without the GIL).
     pub fn close(&self, py: Python<'_>) {
         let busy = {
             let mut st = self.lock();
             st.closed = true;
-            st.readers > 0
+            if st.waiting > 0 {
+                self.changed.notify_all();
+            }
+            st.reading
         };
         if let Some(source) = &self.source {
             source.cancel();
@@ -72,9 +102,11 @@ impl InputGate {
         if busy {
             py.detach(|| {
                 let mut st = self.lock();
-                while st.readers > 0 {
-                    st = self.idle.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.waiting += 1;
+                while st.reading {
+                    st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
+                st.waiting -= 1;
             });
         }
     }
@@ -85,10 +117,10 @@ struct Lease<'a>(&'a InputGate);
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         let mut st = self.0.lock();
-        st.readers -= 1;
-        // Only `close` waits for the readers (a notify is a system call even with no waiter).
-        if st.readers == 0 && st.closed {
-            self.0.idle.notify_all();
+        st.reading = false;
+        // A notify is a system call even with no waiter.
+        if st.waiting > 0 {
+            self.0.changed.notify_all();
         }
     }
 }
@@ -169,12 +201,18 @@ enum Source {
     Streamed(Streamed),
 }
 
-#[pyclass(module = "ngx_wsgi", name = "Input")]
+#[pyclass(module = "ngx_wsgi", name = "Input", frozen)]
 pub struct Input {
+    /// Taken by the read that holds the gate's lease (and by the server, once none can).
+    reader: Mutex<Reader>,
+    gate: Arc<InputGate>,
+}
+
+/// Where `wsgi.input` is in the body.
+struct Reader {
     /// `None` once the request has finished: the server's buffers are gone.
     source: Option<Source>,
     pos: u64,
-    gate: Arc<InputGate>,
 }
 
 impl Input {
@@ -197,24 +235,47 @@ impl Input {
             ..Default::default()
         });
         let input = Input {
-            source: Some(source),
-            pos: 0,
+            reader: Mutex::new(Reader {
+                source: Some(source),
+                pos: 0,
+            }),
             gate: gate.clone(),
         };
         (input, gate)
     }
 
     /// Whether reading the body failed through the client's fault: what the app raised then is
-    /// most likely that failure, not a bug of its own.
+    /// most likely that failure, not a bug of its own. False while another thread reads.
     pub fn client_failed(&self) -> bool {
-        matches!(&self.source, Some(Source::Streamed(s)) if s.client_failed)
+        self.reader
+            .try_lock()
+            .is_ok_and(|r| matches!(&r.source, Some(Source::Streamed(s)) if s.client_failed))
     }
 
-    /// Cuts the stream off from the server's memory; later reads raise `ValueError`.
-    pub fn detach(&mut self) {
-        self.source = None;
+    /// Cuts the stream off from the server's memory; later reads raise `ValueError`. After the
+    /// gate's close (no read is under way then).
+    pub fn detach(&self) {
+        self.reader().source = None;
     }
 
+    fn reader(&self) -> std::sync::MutexGuard<'_, Reader> {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the reader, holding the gate's lease: one read at a time.
+    fn reading<R>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Reader) -> PyResult<R>,
+    ) -> PyResult<R> {
+        let _lease = self.gate.enter(py)?;
+        // Unlocked before the lease ends: the server's detach after the gate's close takes it.
+        let mut reader = self.reader();
+        f(&mut reader)
+    }
+}
+
+impl Reader {
     fn source(&mut self) -> PyResult<&mut Source> {
         self.source.as_mut().ok_or_else(finished)
     }
@@ -256,8 +317,6 @@ impl Input {
         py: Python<'py>,
         size: Option<i64>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let gate = self.gate.clone();
-        let _lease = gate.enter()?;
         if let Some(streamed) = self.streamed()? {
             let line = streamed.read_line(py, Self::size_arg(size))?;
             return Ok(PyBytes::new(py, &line));
@@ -302,59 +361,52 @@ fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
 #[pymethods]
 impl Input {
     #[pyo3(signature = (size = None))]
-    fn read<'py>(&mut self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
-        let gate = self.gate.clone();
-        let _lease = gate.enter()?;
-        if let Some(streamed) = self.streamed()? {
-            let data = streamed.read(py, Self::size_arg(size))?;
-            return Ok(PyBytes::new(py, &data));
-        }
-        let n = Self::limit(size, self.remaining()?) as usize;
-        let pos = self.pos;
-        let body = self.body()?;
-        let bytes = crate::body_bytes::read_bytes(py, body, pos, n)?;
-        self.pos += n as u64;
-        Ok(bytes)
+    fn read<'py>(&self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
+        self.reading(py, |reader| {
+            if let Some(streamed) = reader.streamed()? {
+                let data = streamed.read(py, Reader::size_arg(size))?;
+                return Ok(PyBytes::new(py, &data));
+            }
+            let n = Reader::limit(size, reader.remaining()?) as usize;
+            let pos = reader.pos;
+            let bytes = crate::body_bytes::read_bytes(py, reader.body()?, pos, n)?;
+            reader.pos += n as u64;
+            Ok(bytes)
+        })
     }
 
     #[pyo3(signature = (size = None))]
-    fn readline<'py>(
-        &mut self,
-        py: Python<'py>,
-        size: Option<i64>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        self.read_line(py, size)
+    fn readline<'py>(&self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
+        self.reading(py, |reader| reader.read_line(py, size))
     }
 
     #[pyo3(signature = (hint = None))]
-    fn readlines<'py>(
-        &mut self,
-        py: Python<'py>,
-        hint: Option<i64>,
-    ) -> PyResult<Bound<'py, PyList>> {
-        let lines = PyList::empty(py);
-        let mut total = 0u64;
-        loop {
-            let line = self.read_line(py, None)?;
-            let len = line.as_bytes().len() as u64;
-            if len == 0 {
-                break;
+    fn readlines<'py>(&self, py: Python<'py>, hint: Option<i64>) -> PyResult<Bound<'py, PyList>> {
+        self.reading(py, |reader| {
+            let lines = PyList::empty(py);
+            let mut total = 0u64;
+            loop {
+                let line = reader.read_line(py, None)?;
+                let len = line.as_bytes().len() as u64;
+                if len == 0 {
+                    break;
+                }
+                lines.append(line)?;
+                total += len;
+                if matches!(hint, Some(h) if h > 0 && total >= h as u64) {
+                    break;
+                }
             }
-            lines.append(line)?;
-            total += len;
-            if matches!(hint, Some(h) if h > 0 && total >= h as u64) {
-                break;
-            }
-        }
-        Ok(lines)
+            Ok(lines)
+        })
     }
 
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
         slf
     }
 
-    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let line = self.read_line(py, None)?;
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let line = self.reading(py, |reader| reader.read_line(py, None))?;
         Ok(if line.as_bytes().is_empty() {
             None
         } else {
@@ -470,7 +522,7 @@ mod tests {
     fn detached_input_refuses_reads() {
         with_python(|py| {
             let f = input(py, b"abc");
-            f.borrow_mut().detach();
+            f.get().detach();
             let err = f.call_method0("read").unwrap_err();
             assert!(err.is_instance_of::<PyValueError>(py));
         });

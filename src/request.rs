@@ -169,7 +169,7 @@ fn run_attached(
         }
         Err(_) => Ok(()),
     };
-    let client_failed = input.try_borrow().is_ok_and(|i| i.client_failed());
+    let client_failed = input.get().client_failed();
     drop(_detach);
     crate::errors::flush_thread();
     // A thread of the app's may be inside write(), its data waiting for the client: the
@@ -302,10 +302,8 @@ impl Drop for DetachOnDrop<'_, '_> {
         // No read may touch the server's memory from now on, and none is under way when this
         // returns (another thread may hold the object; its reads raise).
         self.1.close(self.0.py());
-        // The buffers' descriptions can go at once unless another thread holds the object.
-        if let Ok(mut input) = self.0.try_borrow_mut() {
-            input.detach();
-        }
+        // The buffers' descriptions can go at once (no read is under way now).
+        self.0.get().detach();
     }
 }
 

@@ -183,6 +183,20 @@ def test_a_malformed_chunk_while_the_app_reads_is_the_clients_400(server, key, b
         assert len(lines) == 1 and "[info]" in lines[0] and line in lines[0], lines
 
 
+@pytest.mark.parametrize("prefix", ["", "/small", "/unbuffered", "/unbuffered_small"])
+def test_threads_reading_at_once_each_get_bytes_of_their_own(server, prefix):
+    # Served one at a time (a read waiting for the client holds the others back, not the GIL).
+    blocks = [b"%05d" % i * 200 for i in range(700)]   # 700 KB in blocks of 1000
+    r = requests.post(server.url(f"{prefix}/threads"), data=iter(b"".join(blocks[i:i + 50]) for i in range(0, 700, 50)))
+    result = r.json()
+    if server.kind == "apache" and prefix.startswith("/unbuffered"):
+        # Apache's connection is the request thread's own: other threads are told so.
+        assert len(result["errors"]) == 3 and all("own thread only under Apache" in e for e in result["errors"])
+        return
+    assert result["errors"] == [] and result["length"] == 700_000, result
+    assert result["sorted"] == hashlib.sha256(b"".join(sorted(blocks))).hexdigest()
+
+
 def test_unbuffered_64_mib_upload_uses_no_temp_file(server):
     block = os.urandom(1024 * 1024)
     before = requests.get(server.url("/unbuffered/rss")).json()

@@ -115,6 +115,30 @@ def application(environ, start_response):
         except OSError:
             time.sleep(0.5)
             raise
+    elif way == "/threads":
+        # Three threads read at once: each read gets bytes of its own, none an error.
+        got, errors = [], []
+
+        def reader():
+            while True:
+                try:
+                    block = f.read(1000)
+                except Exception as e:  # noqa: BLE001 (the test wants whatever it was)
+                    errors.append(f"{type(e).__name__}: {e}")
+                    return
+                if not block:
+                    return
+                got.append(block)
+
+        readers = [threading.Thread(target=reader) for _ in range(3)]
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join()
+        body = json.dumps({"length": sum(map(len, got)), "sorted": hashlib.sha256(b"".join(sorted(got))).hexdigest(),
+                           "errors": errors}).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
     elif way == "/ignore":
         parts = [b"ignored"]
     elif way == "/refuse":
