@@ -272,9 +272,12 @@ pub fn app_message(kind: &str, message: &Bound<'_, PyAny>) -> PyResult<WsOutgoin
             None => 1000,
         };
         let reason = match get("reason") {
+            // A str that is not UTF-8 (a lone surrogate) raises Python's UnicodeEncodeError.
             Some(r) => r
-                .extract::<String>()
-                .map_err(|_| PyTypeError::new_err("websocket.close: reason must be a str"))?,
+                .cast::<PyString>()
+                .map_err(|_| PyTypeError::new_err("websocket.close: reason must be a str"))?
+                .to_cow()?
+                .into_owned(),
             None => String::new(),
         };
         let checked = u16::try_from(code)
@@ -494,5 +497,35 @@ impl WsExchange {
                 self.finish(HttpEnd::Complete);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::with_python;
+
+    fn message<'py>(py: Python<'py>, code: &str) -> Bound<'py, PyAny> {
+        let code = std::ffi::CString::new(code).unwrap();
+        py.eval(&code, None, None).unwrap()
+    }
+
+    #[test]
+    fn a_close_reason_is_a_str_that_encodes_as_utf8() {
+        with_python(|py| {
+            let close = |text| app_message("websocket.close", &message(py, text));
+            assert!(matches!(
+                close("{'type': 'websocket.close', 'code': 4000, 'reason': 'bye'}"),
+                Ok(WsOutgoing::Close { code: 4000, ref reason }) if reason == "bye"
+            ));
+            let err = close("{'type': 'websocket.close', 'reason': b'bye'}").unwrap_err();
+            assert!(err.is_instance_of::<PyTypeError>(py), "{err}");
+            // A str, but no UTF-8: Python's own error says which character.
+            let err = close("{'type': 'websocket.close', 'reason': '\\udcff'}").unwrap_err();
+            assert!(
+                err.is_instance_of::<pyo3::exceptions::PyUnicodeEncodeError>(py),
+                "{err}"
+            );
+        });
     }
 }
