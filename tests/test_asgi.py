@@ -811,10 +811,8 @@ def test_a_task_left_behind_is_told_the_server_ended_its_response(bad):
         requests.get(bad.url("/orphan-body"), timeout=10).content
     wait_for(lambda: len(requests.get(bad.url("/orphans"), timeout=10).json()) == 2, what="the tasks' sends")
     assert requests.get(bad.url("/orphans"), timeout=10).json() == {
-        "/orphan-start": "RuntimeError: http.response.start sent after the app returned without completing "
-                         "its response (the server answered 500)",
-        "/orphan-body": "RuntimeError: http.response.body sent after the app returned without completing "
-                        "its response (the server cut the response)",
+        f"/orphan-{what}": f"RuntimeError: http.response.{what} sent after the app returned without completing "
+                           "its response (the server has ended it)" for what in ("start", "body")
     }
 
 

@@ -613,11 +613,8 @@ impl HttpExchange {
             // and the client may well be there still.
             let kind = message_type(message)?;
             return Err(PyRuntimeError::new_err(format!(
-                "{kind} sent after the app returned without completing its response ({})",
-                match self.response {
-                    Response::Idle | Response::Redirected => "the server answered 500",
-                    _ => "the server cut the response",
-                }
+                "{kind} sent after the app returned without completing its response (the server \
+                 has ended it)"
             )));
         }
         // Once the client is gone every send says so, whatever it is (an app that handles the
@@ -668,6 +665,9 @@ impl HttpExchange {
                 || (!self.watch.answered_by_server() && self.server.client_gone()));
         let client_gone = self.gone || gone_now;
         let client_left = self.left || gone_now;
+        // What a task the app left behind is told when it sends.
+        self.gone = client_gone;
+        self.left = client_left;
         if let Some(error) = error {
             let err = PyErr::from_value(error);
             if self.watch.timed_out() && Self::ends_a_timeout(py, &err) {
