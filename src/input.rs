@@ -11,9 +11,10 @@
 //! Reads from several threads at once are served one at a time (each gets bytes of its own),
 //! the others waiting without the GIL.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
@@ -31,8 +32,8 @@ pub trait BodySource: Send + Sync {
 
 #[derive(Default)]
 struct GateState {
-    /// A read is under way (one at a time).
-    reading: bool,
+    /// The thread whose read is under way (one at a time).
+    reading: Option<std::thread::ThreadId>,
     /// Reads waiting for it to end.
     waiting: usize,
     closed: bool,
@@ -56,21 +57,32 @@ impl InputGate {
     /// A read may begin once no other is under way (another thread's read: waited for without
     /// the GIL); it holds the lease until it is dropped.
     fn enter(&self, py: Python<'_>) -> PyResult<Lease<'_>> {
+        let me = std::thread::current().id();
         // Whether the read may go on (else the gate closed).
         let take = |st: &mut GateState| {
-            st.reading |= !st.closed;
+            if !st.closed {
+                st.reading = Some(me);
+            }
             !st.closed
         };
         let taken = {
             let mut st = self.lock();
-            match st.reading && !st.closed {
-                false => take(&mut st),
-                true => {
+            match st.reading {
+                _ if st.closed => false,
+                None => take(&mut st),
+                // A read from inside this thread's own (a `__del__` the collector ran there)
+                // would wait for itself.
+                Some(reader) if reader == me => {
+                    return Err(PyRuntimeError::new_err(
+                        "wsgi.input read from inside one of its own reads",
+                    ))
+                }
+                Some(_) => {
                     drop(st);
                     py.detach(|| {
                         let mut st = self.lock();
                         st.waiting += 1;
-                        while st.reading && !st.closed {
+                        while st.reading.is_some() && !st.closed {
                             st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
                         }
                         st.waiting -= 1;
@@ -94,7 +106,7 @@ impl InputGate {
             if st.waiting > 0 {
                 self.changed.notify_all();
             }
-            st.reading
+            st.reading.is_some()
         };
         if let Some(source) = &self.source {
             source.cancel();
@@ -103,7 +115,7 @@ impl InputGate {
             py.detach(|| {
                 let mut st = self.lock();
                 st.waiting += 1;
-                while st.reading {
+                while st.reading.is_some() {
                     st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
                 st.waiting -= 1;
@@ -117,7 +129,7 @@ struct Lease<'a>(&'a InputGate);
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         let mut st = self.0.lock();
-        st.reading = false;
+        st.reading = None;
         // A notify is a system call even with no waiter.
         if st.waiting > 0 {
             self.0.changed.notify_all();
@@ -143,8 +155,9 @@ struct Streamed {
     pending: Vec<u8>,
     done: bool,
     /// A read failed through the client's fault (the server's `ConnectionAborted`: a reset
-    /// or cut connection, a broken chunked body, a body over the server's limit).
-    client_failed: bool,
+    /// or cut connection, a broken chunked body, a body over the server's limit). Shared with
+    /// the `Input`, which the server asks while an app thread may be reading.
+    client_failed: Arc<AtomicBool>,
 }
 
 /// How much a line search or an unbounded read pulls at a time.
@@ -158,7 +171,9 @@ impl Streamed {
         }
         let source = self.source.clone();
         let chunk = py.detach(move || source.read(max)).map_err(|e| {
-            self.client_failed |= e.kind() == std::io::ErrorKind::ConnectionAborted;
+            if e.kind() == std::io::ErrorKind::ConnectionAborted {
+                self.client_failed.store(true, Ordering::Relaxed);
+            }
             PyOSError::new_err(format!("reading the request body: {e}"))
         })?;
         if chunk.is_empty() {
@@ -206,6 +221,8 @@ pub struct Input {
     /// Taken by the read that holds the gate's lease (and by the server, once none can).
     reader: Mutex<Reader>,
     gate: Arc<InputGate>,
+    /// The streamed body's [`Streamed::client_failed`].
+    client_failed: Arc<AtomicBool>,
 }
 
 /// Where `wsgi.input` is in the body.
@@ -218,6 +235,7 @@ struct Reader {
 impl Input {
     /// The input over `body`, and the gate to close when the request ends.
     pub fn new(body: RequestBody) -> (Self, Arc<InputGate>) {
+        let client_failed = Arc::new(AtomicBool::new(false));
         let (source, cancel) = match body {
             RequestBody::Buffered(body) => (Source::Buffered(body), None),
             RequestBody::Streamed(source) => (
@@ -225,7 +243,7 @@ impl Input {
                     source: source.clone(),
                     pending: Vec::new(),
                     done: false,
-                    client_failed: false,
+                    client_failed: client_failed.clone(),
                 }),
                 Some(source),
             ),
@@ -240,16 +258,15 @@ impl Input {
                 pos: 0,
             }),
             gate: gate.clone(),
+            client_failed,
         };
         (input, gate)
     }
 
     /// Whether reading the body failed through the client's fault: what the app raised then is
-    /// most likely that failure, not a bug of its own. False while another thread reads.
+    /// most likely that failure, not a bug of its own.
     pub fn client_failed(&self) -> bool {
-        self.reader
-            .try_lock()
-            .is_ok_and(|r| matches!(&r.source, Some(Source::Streamed(s)) if s.client_failed))
+        self.client_failed.load(Ordering::Relaxed)
     }
 
     /// Cuts the stream off from the server's memory; later reads raise `ValueError`. After the
@@ -526,6 +543,40 @@ mod tests {
             let err = f.call_method0("read").unwrap_err();
             assert!(err.is_instance_of::<PyValueError>(py));
         });
+    }
+
+    /// A client whose read runs Python on the reading thread that reads the input again (as a
+    /// `__del__` the collector runs there could).
+    #[derive(Default)]
+    struct Reentrant {
+        input: std::sync::OnceLock<Py<Input>>,
+        seen: std::sync::Mutex<Option<String>>,
+    }
+
+    impl BodySource for Reentrant {
+        fn cancel(&self) {}
+
+        fn read(&self, _max: usize) -> std::io::Result<Vec<u8>> {
+            let err = crate::interpreter::attach(|py| {
+                let input = self.input.get().unwrap().bind(py);
+                input.call_method0("read").unwrap_err().to_string()
+            });
+            *self.seen.lock().unwrap() = Some(err);
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn a_read_from_inside_a_read_on_its_thread_raises_instead_of_waiting_for_itself() {
+        let source = Arc::new(Reentrant::default());
+        with_python(|py| {
+            let (input, _gate) = Input::new(RequestBody::Streamed(source.clone()));
+            let input = Py::new(py, input).unwrap();
+            let _ = source.input.set(input.clone_ref(py));
+            assert_eq!(call(input.bind(py), "f.read()"), b"");
+        });
+        let seen = source.seen.lock().unwrap().clone().unwrap();
+        assert!(seen.contains("from inside one of its own reads"), "{seen}");
     }
 
     struct Trickle(std::sync::Mutex<std::collections::VecDeque<Vec<u8>>>);
