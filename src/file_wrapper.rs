@@ -24,10 +24,7 @@ pub struct FileRange {
 pub(crate) fn file_range(iterable: &Bound<'_, PyAny>, limit: Option<u64>) -> Option<FileRange> {
     let wrapper = iterable.cast::<FileWrapper>().ok()?;
     let filelike = wrapper.borrow().filelike.clone_ref(iterable.py());
-    let filelike = filelike.bind(iterable.py());
-    if !holds_its_bytes(filelike) {
-        return None;
-    }
+    let filelike = plain_file(filelike.bind(iterable.py()))?;
     let fd: i32 = filelike.call_method0("fileno").ok()?.extract().ok()?;
     // SAFETY: an all-zero stat is a valid buffer for fstat to fill.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -63,42 +60,41 @@ pub(crate) fn file_range(iterable: &Bound<'_, PyAny>, limit: Option<u64>) -> Opt
     })
 }
 
-/// Whether `filelike`'s descriptor holds what its `read()` gives: a binary file (`FileIO`, or a
-/// buffered reader over one), or a proxy holding one in `.file` (tempfile's named files,
-/// Django's `File`). Other streams with a `fileno()` transform its bytes (`gzip.open`, `bz2`,
-/// `lzma`, a text file) or may name another file: the server would send the wrong bytes, so
-/// they are iterated.
-fn holds_its_bytes(filelike: &Bound<'_, PyAny>) -> bool {
-    let check = || -> PyResult<bool> {
-        let io = filelike.py().import(pyo3::intern!(filelike.py(), "io"))?;
-        let file_io = io.getattr(pyo3::intern!(filelike.py(), "FileIO"))?;
+/// The file whose descriptor holds what `filelike`'s `read()` gives: `filelike` itself when it
+/// is a binary file (`FileIO`, or a buffered reader over one, of these very types: a subclass
+/// may read otherwise), or the one a proxy holds in `.file` (tempfile's named files, Django's
+/// `File`). Other streams with a `fileno()` transform its bytes (`gzip.open`, `bz2`, `lzma`, a
+/// text file) or may name another file: the server would send the wrong bytes, so they are
+/// iterated.
+fn plain_file<'py>(filelike: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    let py = filelike.py();
+    let find = || -> PyResult<Option<Bound<'py, PyAny>>> {
+        let io = py.import(pyo3::intern!(py, "io"))?;
+        let file_io = io.getattr(pyo3::intern!(py, "FileIO"))?;
         let buffered = [
-            io.getattr(pyo3::intern!(filelike.py(), "BufferedReader"))?,
-            io.getattr(pyo3::intern!(filelike.py(), "BufferedRandom"))?,
+            io.getattr(pyo3::intern!(py, "BufferedReader"))?,
+            io.getattr(pyo3::intern!(py, "BufferedRandom"))?,
         ];
-        let stream = io.getattr(pyo3::intern!(filelike.py(), "IOBase"))?;
+        let stream = io.getattr(pyo3::intern!(py, "IOBase"))?;
         let mut object = filelike.clone();
         // A proxy of a proxy at most (Django's FieldFile over a File over the file).
         for _ in 0..3 {
-            if object.is_instance(&file_io)? {
-                return Ok(true);
+            let kind = object.get_type();
+            if kind.is(&file_io) {
+                return Ok(Some(object));
             }
-            if buffered
-                .iter()
-                .any(|b| object.is_instance(b).unwrap_or(false))
-            {
-                return object
-                    .getattr(pyo3::intern!(object.py(), "raw"))?
-                    .is_instance(&file_io);
+            if buffered.iter().any(|b| kind.is(b)) {
+                let raw = object.getattr(pyo3::intern!(py, "raw"))?;
+                return Ok(raw.get_type().is(&file_io).then_some(object));
             }
             if object.is_instance(&stream)? {
-                return Ok(false);
+                return Ok(None);
             }
-            object = object.getattr(pyo3::intern!(object.py(), "file"))?;
+            object = object.getattr(pyo3::intern!(py, "file"))?;
         }
-        Ok(false)
+        Ok(None)
     };
-    check().unwrap_or(false)
+    find().ok().flatten()
 }
 
 /// Whether a regular file's size says nothing of what it has: procfs files say 0 bytes, and

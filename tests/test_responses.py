@@ -19,7 +19,7 @@ NAMES = ["list_body", "generator_body", "write_then_iterable", "closing", "close
          "accel", "file_wrapper_from_position", "file_wrapper_limited", "file_wrapper_bytesio",
          "file_wrapper_proc", "endless_with_length", "file_wrapper_validated", "file_wrapper_sysfs",
          "two_types", "connection_headers", "file_wrapper_gzip", "file_wrapper_lying_fileno",
-         "file_wrapper_temporary"]
+         "file_wrapper_temporary", "file_wrapper_subclass"]
 
 
 @pytest.fixture(scope="module")
@@ -271,11 +271,12 @@ def test_file_wrapper_honours_position_and_length(server):
 
 
 def test_file_wrapper_sends_what_read_gives_not_what_a_descriptor_holds(server):
-    # A file whose read() transforms its descriptor's bytes (gzip.open), or whose fileno() is
-    # another file's, is sent by iterating read(); a proxy holding a real file in `.file`
+    # A file whose read() transforms its descriptor's bytes (gzip.open, a subclass of a file's
+    # type), or whose fileno() is another file's, is sent by iterating read(); a proxy holding a real file in `.file`
     # (tempfile's, Django's File) is the file, sent by the server (its length known).
     assert requests.get(server.url("/file_wrapper_gzip")).content == b"the content, " * 1000
     assert requests.get(server.url("/file_wrapper_lying_fileno")).content == b"mine, " * 100
+    assert requests.get(server.url("/file_wrapper_subclass")).content == APP.read_bytes().upper()
     r = requests.get(server.url("/file_wrapper_temporary"))
     assert (r.content, r.headers.get("Content-Length")) == (b"spooled, " * 1000, str(9000))
 

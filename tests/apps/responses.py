@@ -274,3 +274,15 @@ def file_wrapper_temporary(environ, start_response):
     t.seek(0)
     start_response("200 OK", [("Content-Type", "text/plain")])
     return environ["wsgi.file_wrapper"](t)
+
+
+class Shouting(io.BufferedReader):
+    """A binary file whose read() gives other bytes than its descriptor holds."""
+
+    def read(self, size=-1):
+        return super().read(size).upper()
+
+
+def file_wrapper_subclass(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return environ["wsgi.file_wrapper"](Shouting(io.FileIO(__file__)))
