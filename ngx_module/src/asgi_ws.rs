@@ -95,6 +95,8 @@ struct State {
     scheduled: bool,
     /// Told to close with 1001 (worker exit).
     told_to_go: bool,
+    /// The server's own close (1001) is queued: the app's messages after it would be dropped.
+    closing: bool,
 }
 
 // SAFETY: the request pointer is only dereferenced on the event loop.
@@ -159,6 +161,7 @@ impl AsgiWs {
                 gone: false,
                 scheduled: false,
                 told_to_go: false,
+                closing: false,
             }),
             settings,
             wake,
@@ -263,8 +266,8 @@ impl AsgiWs {
             let mut buf = [0u8; 16384];
             loop {
                 while let Some(m) = st.outgoing.pop_front() {
-                    // Refused only when queued before a close was read: the app's next
-                    // receive() says the connection ended.
+                    // Refused only when queued before the client's close was read: the app's
+                    // next receive() says the connection ended.
                     let _ = codec.send(m);
                 }
                 let out = codec.output();
@@ -428,6 +431,7 @@ impl AsgiWs {
                 return;
             }
             if st.codec.as_ref().is_some_and(WsCodec::can_send) {
+                st.closing = true;
                 st.outgoing.push_back(WsOutgoing::Close {
                     code: 1001,
                     reason: "idle timeout".into(),
@@ -518,6 +522,7 @@ impl AsgiWs {
             && st.codec.as_ref().is_some_and(WsCodec::can_send)
         {
             st.told_to_go = true;
+            st.closing = true;
             st.outgoing.push_back(WsOutgoing::Close {
                 code: 1001,
                 reason: "the server is going away".into(),
@@ -669,8 +674,9 @@ impl WsServer for AsgiWs {
 
     fn send(&self, message: WsOutgoing) -> Result<(), ClientGone> {
         let mut st = self.lock();
-        // A close from the client (or the server's own 1001) makes the codec refuse messages.
-        let closing = st.codec.as_ref().is_some_and(|c| !c.can_send());
+        // A close from the client, or the server's own 1001 (queued, or sent, when the codec
+        // refuses messages), ends what the app may send.
+        let closing = st.closing || st.codec.as_ref().is_some_and(|c| !c.can_send());
         if st.gone || st.phase == Phase::Over || closing {
             return Err(ClientGone);
         }
