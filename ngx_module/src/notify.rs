@@ -177,12 +177,14 @@ unsafe extern "C" fn on_ready(_ev: *mut ngx_event_t) {
             &mut work,
             &mut *WORK.lock().unwrap_or_else(|e| e.into_inner()),
         );
+        // Each item under its own guard, the log's too: a failure in one leaves the others of
+        // the batch to run (a request whose completion is dropped would wait for ever).
         if std::mem::take(&mut work.log) {
             // SAFETY: on the event loop.
-            unsafe { crate::ffi::log::flush_deferred() };
+            guard("the deferred log lines", (), || unsafe {
+                crate::ffi::log::flush_deferred()
+            });
         }
-        // Each item under its own guard: a failure in one leaves the others of the batch to
-        // run (a request whose completion is dropped would wait for ever).
         for pump in work.lasting.drain(..) {
             // SAFETY: on the event loop, which is what `pump` requires.
             guard("a wsgi notification", (), || unsafe { pump.pump() });
