@@ -59,6 +59,37 @@ def test_a_program_started_without_fork_holds_none_of_the_servers_descriptors(re
     assert not [h for h in held if h.startswith(("socket:", "anon_inode:")) or "client_body_temp" in h], held
 
 
+def links(pid):
+    """What the descriptors of process `pid` name (one closed meanwhile is left out)."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return out
+
+
+def test_a_program_started_without_fork_holds_no_upload_being_received(real_app):
+    # Another client's upload, over client_body_buffer_size, is in nginx's temp file while it
+    # arrives (before any app has it): a program started meanwhile does not keep that file.
+    with socket.create_connection(("127.0.0.1", real_app.port), timeout=30) as upload:
+        upload.sendall(b"POST /pid HTTP/1.1\r\nHost: t\r\nContent-Length: 400000\r\n\r\n" + b"u" * 200_000)
+        if real_app.kind == "nginx":
+            def spooled():
+                return any("client_body_temp" in link for w in real_app.worker_pids() for link in links(w))
+            wait_for(spooled, what="nginx to spool the upload (an unlinked temp file)")
+        pid = int(requests.get(real_app.url("/system_background"), timeout=30).text)
+        try:
+            wait_for(lambda: os.readlink(f"/proc/{pid}/exe").endswith("/sleep"), what="the job's exec")
+            held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        finally:
+            os.kill(pid, signal.SIGKILL)
+        upload.sendall(b"u" * 200_000)
+        assert recv_until(upload, b"\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+    assert not [h for h in held if "client_body_temp" in h], held
+
+
 def test_a_program_started_without_fork_has_no_signal_blocked(real_app):
     # The server's threads block signals, and a mask crosses exec: os.system and os.posix_spawn
     # give the program an empty one (a `timeout` or a `kill` could not stop it otherwise).

@@ -4,12 +4,18 @@
 //! without `fork` (`os.system`, `os.posix_spawn`, a C library's `system()` or `popen()`). Such a
 //! program kept the listening sockets (a restarted nginx could not bind them) and its client's
 //! connection (the client waited for the program to end). A request body's temp file is marked
-//! as the app is given it. What nginx opens later for itself (upstream connections, logs
-//! reopened) is not.
+//! as nginx writes to it, by a request body filter: a program started while another client's
+//! upload is spooled does not keep that file (nor its disk space). What nginx opens later for
+//! itself otherwise (upstream connections, a proxied response's temp file, logs reopened) is
+//! not marked.
 
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::OnceLock;
 
-use nginx_sys::{ngx_connection_handler_pt, ngx_connection_t, ngx_cycle_t, ngx_listening_t};
+use nginx_sys::{
+    ngx_chain_t, ngx_connection_handler_pt, ngx_connection_t, ngx_cycle_t, ngx_http_request_t,
+    ngx_int_t, ngx_listening_t, NGX_ERROR,
+};
 
 /// Each listening socket's own handler of new connections, which the wrapper calls.
 static HANDLERS: OnceLock<Vec<(usize, ngx_connection_handler_pt)>> = OnceLock::new();
@@ -72,6 +78,53 @@ unsafe extern "C" fn accepted(c: *mut ngx_connection_t) {
                 Some(handler) => handler(c),
                 None => nginx_sys::ngx_close_connection(c),
             }
+        }
+    })
+}
+
+/// The request body filter below this module's in nginx's chain (the one that writes the
+/// temp file, at the bottom), as a function pointer.
+static NEXT_BODY_FILTER: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
+
+type BodyFilter = unsafe extern "C" fn(*mut ngx_http_request_t, *mut ngx_chain_t) -> ngx_int_t;
+
+/// Puts [`body_filter`] on top of nginx's request body filters (each configuration's; the
+/// workers inherit the chain).
+///
+/// # Safety
+/// In `postconfiguration`, after nginx's core module has set up the chain.
+pub(crate) unsafe fn mark_body_temp_files() {
+    // SAFETY: per the function contract: configuration time, one thread.
+    unsafe {
+        let next = nginx_sys::ngx_http_top_request_body_filter;
+        NEXT_BODY_FILTER.store(
+            next.map_or(std::ptr::null_mut(), |f| f as *mut ()),
+            Ordering::Release,
+        );
+        nginx_sys::ngx_http_top_request_body_filter = Some(body_filter);
+    }
+}
+
+/// Passes the body on, then marks its temp file, which the filters below open (without
+/// close-on-exec) once the body outgrows `client_body_buffer_size`. One `fcntl` per buffer of a
+/// body that is in a file, beside the write nginx makes of it.
+unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) -> ngx_int_t {
+    crate::ffi::guard("the request body filter", NGX_ERROR as ngx_int_t, || {
+        let next = NEXT_BODY_FILTER.load(Ordering::Acquire);
+        if next.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        // SAFETY: `next` was stored from a `BodyFilter` (a function pointer round-trips
+        // through `*mut ()`); nginx passes the live request and its body chain on the event
+        // loop, and `request_body`, when set, and its temp file stay valid for the request.
+        unsafe {
+            let next = std::mem::transmute::<*mut (), BodyFilter>(next);
+            let rc = next(r, chain);
+            let rb = (*r).request_body;
+            if !rb.is_null() && !(*rb).temp_file.is_null() && (*(*rb).temp_file).file.fd >= 0 {
+                close_on_exec((*(*rb).temp_file).file.fd);
+            }
+            rc
         }
     })
 }

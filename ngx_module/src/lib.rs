@@ -67,6 +67,8 @@ impl HttpModule for WsgiModule {
     unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         guard("postconfiguration", NGX_ERROR as ngx_int_t, || {
             ffi::log::install();
+            // SAFETY: postconfiguration, after the core module's set up the body filters.
+            unsafe { exec_child::mark_body_temp_files() };
             // SAFETY: nginx passes the live configuration at the end of the http block.
             let ok = unsafe {
                 let mc = WsgiModule::main_conf(&*cf).expect("wsgi main configuration");

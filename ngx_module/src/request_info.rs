@@ -224,8 +224,6 @@ pub(crate) unsafe fn body_of(r: &ngx_http_request_t) -> Body {
             if buf.in_file() != 0 && !buf.file.is_null() {
                 let len = (buf.file_last - buf.file_pos) as u64;
                 if len > 0 {
-                    // nginx opens it without close-on-exec; the app may start programs.
-                    crate::exec_child::close_on_exec((*buf.file).fd);
                     segments.push(Segment::File {
                         fd: (*buf.file).fd,
                         offset: buf.file_pos as u64,
