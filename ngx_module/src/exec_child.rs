@@ -105,9 +105,9 @@ pub(crate) unsafe fn mark_body_temp_files() {
     }
 }
 
-/// Passes the body on, then marks its temp file, which the filters below open (without
-/// close-on-exec) once the body outgrows `client_body_buffer_size`. One `fcntl` per buffer of a
-/// body that is in a file, beside the write nginx makes of it.
+/// Passes the body on, then marks its temp file if the filters below opened it in this call
+/// (without close-on-exec, once the body outgrows `client_body_buffer_size`): one `fcntl` per
+/// request whose body goes to a file.
 unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) -> ngx_int_t {
     crate::ffi::guard("the request body filter", NGX_ERROR as ngx_int_t, || {
         let next = NEXT_BODY_FILTER.load(Ordering::Acquire);
@@ -118,11 +118,19 @@ unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_cha
         // through `*mut ()`); nginx passes the live request and its body chain on the event
         // loop, and `request_body`, when set, and its temp file stay valid for the request.
         unsafe {
+            let temp_fd = || {
+                let rb = (*r).request_body;
+                match rb.is_null() || (*rb).temp_file.is_null() {
+                    true => -1,
+                    false => (*(*rb).temp_file).file.fd,
+                }
+            };
+            let before = temp_fd();
             let next = std::mem::transmute::<*mut (), BodyFilter>(next);
             let rc = next(r, chain);
-            let rb = (*r).request_body;
-            if !rb.is_null() && !(*rb).temp_file.is_null() && (*(*rb).temp_file).file.fd >= 0 {
-                close_on_exec((*(*rb).temp_file).file.fd);
+            let after = temp_fd();
+            if after >= 0 && after != before {
+                close_on_exec(after);
             }
             rc
         }

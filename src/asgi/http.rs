@@ -663,11 +663,10 @@ impl HttpExchange {
         let gone_now = !self.finished
             && (self.watch.ended_by_server()
                 || (!self.watch.answered_by_server() && self.server.client_gone()));
-        let client_gone = self.gone || gone_now;
-        let client_left = self.left || gone_now;
-        // What a task the app left behind is told when it sends.
-        self.gone = client_gone;
-        self.left = client_left;
+        // Kept: what a task the app left behind is told when it sends.
+        self.gone |= gone_now;
+        self.left |= gone_now;
+        let (client_gone, client_left) = (self.gone, self.left);
         if let Some(error) = error {
             let err = PyErr::from_value(error);
             if self.watch.timed_out() && Self::ends_a_timeout(py, &err) {
