@@ -16,6 +16,7 @@ mod asgi_request;
 mod asgi_scope;
 mod asgi_ws;
 mod conf;
+mod descriptor_watch;
 mod dispatch;
 mod drain;
 mod elastic_pool;

@@ -112,6 +112,11 @@ pub(crate) unsafe fn init(
     Ok(())
 }
 
+/// The worker's eventfd (-1 before [`init`]).
+pub(crate) fn event_fd() -> libc::c_int {
+    EVENT_FD.load(Ordering::Acquire)
+}
+
 /// Queues `work` for the event loop and wakes it (any thread).
 pub(crate) fn schedule(work: Arc<dyn Pump>) {
     add(|w| w.pumps.push(work));

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use nginx_sys::{
-    ngx_cached_err_log_time, ngx_cycle, ngx_log_t, ngx_uint_t, NGX_LOG_DEBUG, NGX_LOG_ERR,
-    NGX_LOG_INFO, NGX_LOG_WARN,
+    ngx_cached_err_log_time, ngx_cycle, ngx_log_t, ngx_uint_t, NGX_LOG_ALERT, NGX_LOG_DEBUG,
+    NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
 };
 use tracing_core::Level;
 
@@ -72,6 +72,28 @@ pub(crate) fn cycle_log(level: usize, msg: &str) {
         (*cycle).log
     };
     write_log(level, log, msg);
+}
+
+/// Writes `msg` at `alert` to the cycle's error log or, where that log's descriptor is closed, to
+/// stderr (which nginx points at the error log when it is a file): the last words of a worker
+/// whose descriptors an app closed.
+pub(crate) fn alert_even_without_log(msg: &str) {
+    // SAFETY: `ngx_cycle` and its log live as long as the process; F_GETFD only reads flags.
+    let log_open = unsafe {
+        let cycle = ngx_cycle;
+        !cycle.is_null()
+            && !(*cycle).log.is_null()
+            && !(*(*cycle).log).file.is_null()
+            && libc::fcntl((*(*(*cycle).log).file).fd, libc::F_GETFD) != -1
+    };
+    if log_open {
+        cycle_log(NGX_LOG_ALERT as usize, msg);
+        return;
+    }
+    // SAFETY: plain reads of the process's ids.
+    let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
+    let entry = format!("{} [alert] {pid}#{tid}: {msg}\n", local_time_now());
+    ngx_wsgi::log_text::write_all(libc::STDERR_FILENO, entry.as_bytes());
 }
 
 /// Writes `msg` to `log` at `level`, as one entry where the log is a file.
