@@ -81,12 +81,14 @@ impl Body {
     }
 
     /// Copies bytes starting at `pos` into `out` (up to its length); returns how many were
-    /// copied, 0 only at the end of the body.
-    pub fn read_at(&self, pos: u64, out: &mut [u8]) -> io::Result<usize> {
+    /// copied, 0 only at the end of the body. (The tests' reader: servers read into a new
+    /// `bytes` object's buffer with [`Body::read_at_uninit`].)
+    #[cfg(test)]
+    pub(crate) fn read_at(&self, pos: u64, out: &mut [u8]) -> io::Result<usize> {
         self.read_at_uninit(pos, as_uninit(out))
     }
 
-    /// [`Body::read_at`] into memory that need not be initialised (a new Python `bytes`
+    /// Copies bytes starting at `pos` into memory that need not be initialised (a new Python `bytes`
     /// object's buffer: zeroing it first would cost a second pass over the body). The first
     /// `n` bytes of `out` are initialised when it returns `Ok(n)`.
     pub fn read_at_uninit(&self, mut pos: u64, out: &mut [MaybeUninit<u8>]) -> io::Result<usize> {

@@ -82,11 +82,6 @@ impl RequestInfo {
         self.bytes(self.request_id)
     }
 
-    /// Whether the connection is TLS.
-    pub fn is_https(&self) -> bool {
-        self.https
-    }
-
     /// The `X-Accel-*` headers of the app's response that the server ignores.
     pub fn ignored_accel(&self) -> AccelHeaders {
         self.ignored_accel

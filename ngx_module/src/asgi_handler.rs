@@ -369,13 +369,12 @@ unsafe fn complete_ws(r: *mut ngx_http_request_t, ws: &AsgiWs, end: HttpEnd, upg
 unsafe fn finish(
     r: *mut ngx_http_request_t,
     stream: &Stream,
-    body: Option<&BodyStream>,
+    request_body: Option<&BodyStream>,
     whole_response: Option<&std::sync::Mutex<Option<Outcome>>>,
     posted_at: std::time::Instant,
     end: HttpEnd,
     upgraded: bool,
 ) {
-    let request_body = body;
     // SAFETY: per the function contract.
     let c = unsafe { (*r).connection };
     let rc = guard("sending the asgi response", None, || {

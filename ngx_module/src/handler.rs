@@ -193,10 +193,12 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
     let rc = guard("sending the response", None, || {
         // SAFETY: as above; nothing here finalizes the request or frees the job.
         unsafe {
+            // First: the job (and its timer's event) is freed with the request, which is
+            // finalized even when something below panics.
+            timer::disarm(&mut (*job).deadline);
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
             crate::inflight::finished();
             crate::recycle::request_done();
-            timer::disarm(&mut (*job).deadline);
             if let Some(body) = &(*job).body_stream {
                 body.finish();
             }

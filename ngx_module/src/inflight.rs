@@ -5,7 +5,7 @@
 //! dropping such requests. While any request is in the pool, one timer stays armed, so every
 //! request already inside Python finishes and gets its whole response. A request that never
 //! returns must not keep the old worker forever: after `worker_shutdown_timeout` (or
-//! [`DEFAULT_SHUTDOWN_TIMEOUT_MS`] when that is not set) the worker exits at once. Event-loop
+//! [`EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS`] when that is not set) the worker exits at once. Event-loop
 //! thread only.
 
 use std::ptr;
@@ -24,7 +24,7 @@ const RECHECK_MS: usize = 500;
 
 /// How long an exiting worker waits for requests inside Python when `worker_shutdown_timeout`
 /// is not set.
-pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT_MS: ngx_msec_t = 60_000;
+const EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS: ngx_msec_t = 60_000;
 
 static OUTSTANDING: AtomicUsize = AtomicUsize::new(0);
 /// Those of them that are ASGI requests (a stuck event loop holds them for ever).
@@ -208,7 +208,7 @@ pub(crate) unsafe fn exit_bound() -> ngx_msec_t {
     let configured =
         NgxCoreModule::main_conf(unsafe { &*ngx_cycle }).map_or(0, |ccf| ccf.shutdown_timeout);
     if configured == 0 || configured == ngx_msec_t::MAX {
-        DEFAULT_SHUTDOWN_TIMEOUT_MS
+        EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS
     } else {
         configured
     }

@@ -15,7 +15,7 @@ use crate::request_body::BodyStream;
 use crate::stream::Stream;
 
 /// Owned by the request's pool (freed by its cleanup), touched by the pool thread only while
-/// the request is blocked on it, and then only through [`Job::run`]'s fields.
+/// the request is blocked on it, and then only by the runner (`handler::run`).
 pub(crate) struct Job {
     pub request: *mut ngx_http_request_t,
     pub app: &'static Py<PyAny>,

@@ -63,21 +63,16 @@ impl Streaming {
         );
     }
 
-    /// Finds the nginx thread pool named by `wsgi_thread_pool` for a location that serves an
-    /// app (nginx creates a pool named "default" when no `thread_pool` directive defines it;
+    /// Finds the nginx thread pool named by `wsgi_thread_pool` (set) for a location that serves
+    /// an app (nginx creates a pool named "default" when no `thread_pool` directive defines it;
     /// any other name must be defined).
     ///
     /// # Safety
     /// `cf` is the live configuration being merged.
     pub(crate) unsafe fn resolve_pool(&mut self, cf: *mut ngx_conf_t) -> Result<(), ()> {
-        let name: *mut ngx_str_t = if self.thread_pool_name.data.is_null() {
-            std::ptr::null_mut()
-        } else {
-            &mut self.thread_pool_name
-        };
-        // SAFETY: `cf` is live; a NULL name selects the pool named "default"; the name's bytes
-        // live in the cycle's pool as long as the pool entry does.
-        self.thread_pool = unsafe { ngx_thread_pool_add(cf, name) };
+        // SAFETY: `cf` is live; the name's bytes live in the cycle's pool as long as the pool
+        // entry does.
+        self.thread_pool = unsafe { ngx_thread_pool_add(cf, &mut self.thread_pool_name) };
         if self.thread_pool.is_null() {
             Err(())
         } else {
