@@ -127,7 +127,11 @@ fn run_attached(
     sink: Option<Arc<dyn ChunkSink>>,
 ) -> Outcome {
     let (input, gate) = Input::new(body);
-    let start = StartResponse::new(sink, info.ignored_accel());
+    let start = StartResponse::new(
+        sink,
+        info.ignored_accel(),
+        info.field(Field::RequestMethod) == b"HEAD",
+    );
     let ending = start.ending.clone();
     let (input, start_response) = match (Bound::new(py, input), Bound::new(py, start)) {
         (Ok(i), Ok(s)) => (i, s),

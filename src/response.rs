@@ -99,13 +99,20 @@ pub struct StartResponse {
     pub(crate) ending: Arc<std::sync::atomic::AtomicBool>,
     /// The `X-Accel-*` headers the server is configured to ignore.
     ignored: AccelHeaders,
+    /// The request is a HEAD: whatever the app yields, nothing of it reaches the client.
+    head_request: bool,
 }
 
 impl StartResponse {
-    pub(crate) fn new(sink: Option<Arc<dyn ChunkSink>>, ignored: AccelHeaders) -> Self {
+    pub(crate) fn new(
+        sink: Option<Arc<dyn ChunkSink>>,
+        ignored: AccelHeaders,
+        head_request: bool,
+    ) -> Self {
         StartResponse {
             sink,
             ignored,
+            head_request,
             ..Default::default()
         }
     }
@@ -200,12 +207,19 @@ impl StartResponse {
         }
     }
 
-    /// Whether the app has produced all its `Content-Length` said (PEP 3333: the server then
-    /// stops iterating).
+    /// Whether the app has produced all of its body that can reach the client, so that the
+    /// server stops iterating: all its `Content-Length` said (PEP 3333), or, for a response that
+    /// has no body (a HEAD's, a 204, a 304), its first byte, which sends the head. An endless
+    /// stream asked for with HEAD would otherwise hold its thread, and its connection's next
+    /// request, for ever.
     pub(crate) fn has_whole_body(&self) -> bool {
-        self.head
-            .as_ref()
-            .and_then(|h| h.content_length)
+        let Some(head) = self.head.as_ref() else {
+            return false;
+        };
+        if self.committed && (self.head_request || matches!(head.status, 204 | 304)) {
+            return true;
+        }
+        head.content_length
             .is_some_and(|declared| self.produced >= declared)
     }
 

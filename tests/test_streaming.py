@@ -138,6 +138,21 @@ def test_head_of_a_long_stream_on_a_keepalive_connection(server):
     assert conn.getresponse().read() == b"y" * (1 << 20), "the HEAD request finished; the connection goes on"
 
 
+@pytest.mark.parametrize("status", ["200", "204"])
+def test_a_bodiless_response_of_an_endless_stream_ends_with_its_head(server, status):
+    """Nothing a HEAD's (or a 204's) iterable yields reaches the client: the head goes out with
+    its first piece, the iterable is closed, and the connection's next request is served (an
+    endless event stream asked for with HEAD held both its thread and its connection)."""
+    name = f"head{status}"
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("HEAD" if status == "200" else "GET", f"/endless?{name}&0.01&{status}")
+    r = conn.getresponse()
+    assert (r.status, r.read()) == (int(status), b"")
+    wait_for(lambda: stats(server)["closed"].get(name) == 1, what="the iterable's close()")
+    conn.request("GET", "/release?after-head")
+    assert conn.getresponse().read() == b"released", "the connection goes on"
+
+
 def test_stream_under_limit_rate_completes(server):
     started = time.monotonic()
     r = requests.get(server.url("/rated"), timeout=30)
@@ -208,7 +223,8 @@ def test_event_streams_end_cleanly_when_the_worker_exits(nginx_factory, how):
     # response, at once (not at the app's next event, 8 s later), and the connection with it,
     # so that the reconnection goes to the new workers. The app's generator is closed at its
     # next piece, as if the client had gone. Its read timeout, due before that piece, is
-    # nobody's business any more; a HEAD of a stream ends with its connection too.
+    # nobody's business any more. A HEAD of a stream ended with its head; its idle keep-alive
+    # connection ends with the worker.
     server = nginx_factory(location("/", f"{APP}:ticking_events")
                            + location("/timed/", f"{APP}:ticking_events", "wsgi_read_timeout 4s;"),
                            http_extra="wsgi_event_stream_grace 0;").start()
@@ -220,6 +236,7 @@ def test_event_streams_end_cleanly_when_the_worker_exits(nginx_factory, how):
         assert b"200 OK" in head and b"text/event-stream" in head
         h.sendall(b"HEAD /timed/?sse-head&8 HTTP/1.1\r\nHost: t\r\n\r\n")
         assert b"text/event-stream" in read_until(h, b"\r\n\r\n")
+        wait_for(lambda: "events sse-head: closed after 0" in server.error_log(), what="the HEAD's generator closed")
         plain = requests.get(server.url("/?plain&0.2"), stream=True, timeout=30)
         plain_lines = plain.iter_lines()
         assert next(plain_lines) == b"data: 0"
@@ -231,10 +248,10 @@ def test_event_streams_end_cleanly_when_the_worker_exits(nginx_factory, how):
         assert rest.endswith(b"0\r\n\r\n"), rest
         assert "events sse1: closed" not in server.error_log(), "ended while the app still waits"
         h.settimeout(10)
-        assert h.recv(100) == b"" and "events sse-head: closed" not in server.error_log()
+        assert h.recv(100) == b""
     wait_for(lambda: "events sse1: closed after 1" in server.error_log(), what="the app's generator closed")
     log = server.error_log()
-    assert "wsgi: 2 event stream(s) (text/event-stream) ended as the worker exits" in log, log[-2000:]
+    assert "wsgi: 1 event stream(s) (text/event-stream) ended as the worker exits" in log, log[-2000:]
     assert "the server ended the event stream as the worker exits" in log
     # A response that is not an event stream is in flight like any other: it goes on.
     assert next(line for line in plain_lines if line).startswith(b"data: ")

@@ -297,7 +297,21 @@ impl HttpExchange {
             .push_head(head)
             .map_err(|_| self.client_went())?;
         self.response = Response::Streaming;
+        self.end_if_bodiless();
         Ok(())
+    }
+
+    /// A response without a body (HEAD, 204, 304) is whole once its head went out: the server
+    /// ends it then, so that the connection's next request waits for nothing, and the app is
+    /// told as if its client had gone (its next piece with more to come raises, its receive()
+    /// says http.disconnect). An endless event stream asked for with HEAD ran for ever, and
+    /// held its connection.
+    fn end_if_bodiless(&mut self) {
+        if self.bodiless && self.response == Response::Streaming && !self.finished {
+            self.gone = true;
+            self.left = true;
+            self.finish(HttpEnd::Complete);
+        }
     }
 
     fn start(&mut self, message: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -423,18 +437,16 @@ impl HttpExchange {
         };
         let len = body.as_ref().map_or(0, |b| b.as_bytes().len());
         if self.bodiless && self.response == Response::Streaming {
-            // A HEAD's (204's, 304's) head went out: the response is whole, and what the app
-            // sends now is dropped. Its last piece is taken even when the client has gone
-            // (curl -I closes as soon as it has the head); one with more to come says the
-            // client is gone, or an endless stream (Starlette's StreamingResponse stops only
-            // when send() raises) would run for ever.
-            if more && (self.left || self.server.client_gone()) {
-                return Err(self.client_went());
+            // A HEAD's (204's, 304's) head went out and the server ended the response with it
+            // (`end_if_bodiless`). Its last piece is taken; one with more to come raises, or an
+            // endless stream (Starlette's StreamingResponse stops only when send() raises)
+            // would run for ever.
+            if more {
+                return Err(ClientDisconnected::new_err(
+                    "the response has no body (HEAD, 204 or 304): the server ended it with its head",
+                ));
             }
-            if !more {
-                self.response = Response::Done;
-                self.finish(HttpEnd::Complete);
-            }
+            self.response = Response::Done;
             return Ok(true);
         }
         if self.gone || self.finished {
@@ -486,7 +498,9 @@ impl HttpExchange {
             .push(self.head.take(), data)
             .map_err(|_| self.client_went())?;
         self.response = Response::Streaming;
-        if !more {
+        if more {
+            self.end_if_bodiless();
+        } else {
             self.response = Response::Done;
             let end = match self.declared {
                 Some(declared) if self.produced < declared && !self.bodiless => {
@@ -903,6 +917,42 @@ mod tests {
             assert_eq!(
                 msg.get_item("type").unwrap().extract::<String>().unwrap(),
                 "http.disconnect"
+            );
+        });
+    }
+
+    #[test]
+    fn a_bodiless_response_ends_with_its_head() {
+        with_python(|py| {
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, None);
+            let start = "{'type': 'http.response.start', 'status': 204, 'headers': []}";
+            let piece = "{'type': 'http.response.body', 'body': b'ab', 'more_body': True}";
+            assert!(send(&ex, start).unwrap());
+            assert!(send(&ex, piece).unwrap());
+            assert_eq!(
+                *server.pushed.lock().unwrap(),
+                vec![(Some(204), Vec::new())]
+            );
+            assert_eq!(
+                *server.ended.lock().unwrap(),
+                vec![HttpEnd::Complete],
+                "ended with the head"
+            );
+            let msg = ex.call_method0("receive_now").unwrap();
+            assert_eq!(
+                msg.get_item("type").unwrap().extract::<String>().unwrap(),
+                "http.disconnect"
+            );
+            let more = send(&ex, piece).unwrap_err();
+            assert!(more.is_instance_of::<ClientDisconnected>(py), "{more}");
+            assert!(send(&ex, "{'type': 'http.response.body', 'body': b'z'}").unwrap());
+            ex.call_method1("ended", (py.None(),)).unwrap();
+            assert_eq!(server.ended.lock().unwrap().len(), 1, "finished once");
+            assert_eq!(
+                server.pushed.lock().unwrap().len(),
+                1,
+                "nothing more pushed"
             );
         });
     }

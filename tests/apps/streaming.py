@@ -62,8 +62,9 @@ class Endless:
 
 
 def endless(environ, start_response):
-    name, _, pause = environ["QUERY_STRING"].partition("&")
-    start_response("200 OK", [("Content-Type", "text/plain")])
+    name, _, rest = environ["QUERY_STRING"].partition("&")
+    pause, _, status = rest.partition("&")
+    start_response("204 No Content" if status == "204" else "200 OK", [("Content-Type", "text/plain")])
     return Endless(name, float(pause or 0))
 
 
