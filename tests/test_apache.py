@@ -390,6 +390,54 @@ def test_recycling_under_each_mpm(apaches, mpm, piped_log):
     assert "cannot recycle" not in log and "exit signal" not in log
 
 
+def keep_alive_client(port, seconds):
+    """GETs / over one kept connection after another for `seconds`: how many requests were
+    answered, and how many met a kept connection (one that had answered) closed without its last
+    response's `Connection: close` having said so. (A new connection closed before its first
+    answer is the MPM's own race at any child's stop, static files included.)"""
+    answered = lost = 0
+    end = time.monotonic() + seconds
+    conn = None
+    while time.monotonic() < end:
+        if conn is None:
+            conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+            reader, kept = conn.makefile("rb"), False
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        status = reader.readline()
+        if not status:
+            lost += kept
+            conn.close()
+            conn = None
+            continue
+        headers = {}
+        while (line := reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip().lower()
+        reader.read(int(headers.get("content-length", 0)))
+        answered += 1
+        kept = True
+        if headers.get("connection") == "close":
+            conn.close()
+            conn = None
+    return answered, lost
+
+
+@pytest.mark.parametrize("mpm", ["event", "worker", "prefork"])
+def test_recycling_loses_no_request_of_a_kept_connection(apaches, mpm):
+    """A recycling child says `Connection: close` before it stops where the MPM would close a
+    kept connection under its client's next request (event, worker): that request goes to a
+    new connection instead of being lost."""
+    import concurrent.futures
+    server = apaches([route("/", APPS / "lifecycle_app.py")], mpm=mpm, server_extra="NgxWsgiMaxRequests 50",
+                     env={"NGX_WSGI_TEST_MARKS": shared_dir()}).start()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: keep_alive_client(server.port, 6), range(8)))
+    answered, lost = sum(a for a, _ in results), sum(l for _, l in results)
+    recycled = server.error_log().count("wsgi: this child served 50 requests (NgxWsgiMaxRequests); recycling it")
+    assert recycled >= 2, (answered, recycled)
+    assert lost == 0, f"{lost} requests of {answered + lost} met a kept connection closed ({recycled} recycled)"
+
+
 def test_https_variable_sets_the_url_scheme_as_under_mod_wsgi(apaches):
     # TLS ended at a balancer Apache trusts (here 127.0.0.1, the test's client): an <If> on its
     # address and its header sets HTTPS, which mod_wsgi reads for wsgi.url_scheme too.

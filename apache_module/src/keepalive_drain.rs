@@ -1,11 +1,13 @@
 //! A recycling child's keep-alive connections, drained before it stops. The event MPM closes a
 //! stopping child's idle keep-alive connections at once, and a request a client sent on one in
-//! that instant is lost (`MaxConnectionsPerChild` does the same). So the child first serves on
-//! for a while, every response saying `Connection: close` (`crate::recycle`): a busy
-//! connection's next request is answered and the connection closed after it. The MPM keeps no
-//! live count of those connections for a module to wait on (its scoreboard's is a snapshot taken
-//! when timeouts are processed), so the drain has a fixed length. The worker and prefork MPMs
-//! hold a keep-alive connection on a thread, which serves its next request before it stops.
+//! that instant is lost (`MaxConnectionsPerChild` does the same); the worker MPM's thread that
+//! holds a kept connection closes it after its response once the child is stopping, with the
+//! same race (a few requests in a thousand-odd measured under keep-alive load). So the child
+//! first serves on for a while, every response saying `Connection: close` (`crate::recycle`): a
+//! busy connection's next request is answered and the connection closed after it. The MPM keeps
+//! no live count of those connections for a module to wait on (its scoreboard's is a snapshot
+//! taken when timeouts are processed), so the drain has a fixed length. The prefork MPM's child
+//! serves its one connection to its end before it stops: no drain there.
 
 use std::ffi::{c_int, CStr};
 use std::time::Duration;
@@ -16,12 +18,12 @@ use crate::bindings::{ap_mpm_query, ap_show_mpm, AP_MPMQ_MPM_STATE, AP_MPMQ_STOP
 /// has, which clients retry.
 const DRAIN: Duration = Duration::from_secs(2);
 
-/// Runs `stop` once the drain is over: on a thread of its own under the event MPM, at once
-/// under the others (or when that thread cannot start).
+/// Runs `stop` once the drain is over: on a thread of its own under the event and worker MPMs,
+/// at once under prefork (or when that thread cannot start).
 pub(crate) fn then(stop: fn()) {
     // SAFETY: ap_show_mpm returns a static name.
-    let event = unsafe { CStr::from_ptr(ap_show_mpm()) }.to_bytes() == b"event";
-    if !event {
+    let mpm = unsafe { CStr::from_ptr(ap_show_mpm()) }.to_bytes();
+    if mpm != b"event" && mpm != b"worker" {
         stop();
         return;
     }
