@@ -270,6 +270,15 @@ impl Apps {
                  (the server's processes handle their signals, and a Python handler there would never run)"
             );
         }
+        let blocking = server_signals.restore_mask();
+        if !blocking.is_empty() {
+            tracing::warn!(
+                target: "wsgi",
+                "an app changed the blocking of {} in the server's thread while it was imported; \
+                 the server puts its mask back (its own threads are the app's to mask)",
+                blocking.join(", ")
+            );
+        }
         let (apps, _) = apps?;
         LOADED
             .set(apps)

@@ -35,19 +35,37 @@ pub(crate) const FAULTS: [libc::c_int; 5] = [
 /// Signals a process can catch (1..=31; real-time signals are left alone).
 const CATCHABLE: std::ops::RangeInclusive<libc::c_int> = 1..=31;
 
-/// The server's signal handlers, as they were before the apps were imported.
+/// The server's signal handlers, and the signal mask of the thread that imports the apps (the
+/// server's main thread), as they were before the apps were imported.
 pub struct ServerSignals {
     saved: Vec<(libc::c_int, libc::sigaction)>,
+    mask: libc::sigset_t,
 }
 
 impl ServerSignals {
-    /// Notes the current disposition of every catchable signal.
+    /// Notes the current disposition of every catchable signal, and the calling thread's mask.
     pub fn note() -> ServerSignals {
         let saved = CATCHABLE
             .filter(|&sig| sig != libc::SIGKILL && sig != libc::SIGSTOP)
             .filter_map(|sig| current(sig).map(|action| (sig, action)))
             .collect();
-        ServerSignals { saved }
+        let mask = change_thread_mask(libc::SIG_BLOCK, &no_signals());
+        ServerSignals { saved, mask }
+    }
+
+    /// Puts the calling thread's signal mask back as [`note`](Self::note) found it; returns the
+    /// names of the signals whose blocking had changed. An app that blocks SIGQUIT and SIGTERM
+    /// while it is imported (`signal.pthread_sigmask`, for its own threads to inherit) blocked
+    /// them in the server's main thread, where nginx takes them: the worker no longer stopped.
+    pub fn restore_mask(&self) -> Vec<&'static str> {
+        let now = change_thread_mask(libc::SIG_SETMASK, &self.mask);
+        CATCHABLE
+            // SAFETY: both sets are valid; sigismember only reads them.
+            .filter(|&sig| unsafe {
+                libc::sigismember(&now, sig) != libc::sigismember(&self.mask, sig)
+            })
+            .map(name)
+            .collect()
     }
 
     /// Puts back the handlers changed since [`note`](Self::note); returns the names of the
@@ -292,6 +310,21 @@ fn name(sig: libc::c_int) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_changed_mask_is_put_back_and_named() {
+        let noted = ServerSignals::note();
+        let mut set = no_signals();
+        // SAFETY: adds a signal number to a valid set.
+        unsafe { libc::sigaddset(&mut set, libc::SIGURG) };
+        change_thread_mask(libc::SIG_BLOCK, &set);
+        assert_eq!(noted.restore_mask(), vec!["SIGURG"]);
+        let now = change_thread_mask(libc::SIG_BLOCK, &no_signals());
+        // SAFETY: reads a valid set.
+        let blocked = unsafe { libc::sigismember(&now, libc::SIGURG) };
+        assert_eq!(blocked, 0, "unblocked again");
+        assert!(noted.restore_mask().is_empty(), "nothing changed since");
+    }
 
     #[test]
     fn a_changed_handler_is_put_back_and_named() {

@@ -1,5 +1,6 @@
 """Sets handlers for the signals nginx and Apache use, as apps written for running on their own
-do (graceful shutdown on SIGTERM, reload on SIGHUP, SIGPIPE back to its default)."""
+do (graceful shutdown on SIGTERM, reload on SIGHUP, SIGPIPE back to its default), and blocks the
+shutdown signals in the thread that imports it."""
 import signal
 
 caught = []
@@ -7,6 +8,8 @@ caught = []
 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGWINCH):
     signal.signal(sig, lambda signo, frame: caught.append(signo))
 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+# Keeps the app's own threads from taking the process's shutdown signals (they inherit the mask).
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGQUIT, signal.SIGTERM})
 
 
 def application(environ, start_response):
