@@ -109,6 +109,10 @@ pub fn check_apps(
             // (Ctrl-C on `nginx -t`) takes the check with it, not left importing alone.
             libc::setpgid(0, 0);
             die_with_parent(parent);
+            // Orphans of the processes the apps start (a double-forked daemon) come to the
+            // check's process, which ends them with its own children (`end_descendants`).
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
+            interpreter::before_deadline_exit(end_descendants);
             // A process an app forks while being imported must not hold the report open: the
             // parent reads it to its end.
             libc::pthread_atfork(None, None, Some(close_report_in_child));
@@ -136,6 +140,7 @@ pub fn check_apps(
         // what they do cannot change the check's answer.
         let _ =
             std::panic::catch_unwind(|| interpreter::exit_as_python_would(shutdown_timeout(setup)));
+        end_descendants();
         // SAFETY: _exit skips the server's own atexit handlers and stdio buffers, which belong
         // to the parent.
         unsafe { libc::_exit(0) };
@@ -407,6 +412,57 @@ fn wait_for(pid: libc::pid_t, within: Duration) -> Option<libc::c_int> {
     };
     stop_group(pid);
     ended
+}
+
+/// Ends the processes the check child still has (in the check child, as it ends): its children
+/// and the orphans it adopted as their subreaper, those in a session of their own included
+/// (`start_new_session`, a daemon), which the parent's stop of the check's process group misses
+/// and which would hold `nginx -t`'s output open. SIGTERM, then SIGKILL for those still there a
+/// second later; reaped.
+fn end_descendants() {
+    // SAFETY: plain syscall.
+    let me = unsafe { libc::getpid() };
+    let term_until = Instant::now() + Duration::from_secs(1);
+    let give_up = term_until + Duration::from_secs(1);
+    let mut termed = std::collections::HashSet::new();
+    loop {
+        // SAFETY: reaps any ended child of this process; a null status pointer is allowed.
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        let children = children_of(me);
+        if children.is_empty() || Instant::now() >= give_up {
+            return;
+        }
+        let late = Instant::now() >= term_until;
+        for pid in children {
+            if late || termed.insert(pid) {
+                let sig = if late { libc::SIGKILL } else { libc::SIGTERM };
+                // SAFETY: `pid` is a child of this process, not yet reaped: its id is not reused.
+                unsafe { libc::kill(pid, sig) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The processes whose parent is `parent` (from /proc).
+fn children_of(parent: libc::pid_t) -> Vec<libc::pid_t> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| {
+        let pid: libc::pid_t = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+        let ppid: libc::pid_t = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        (ppid == parent).then_some(pid)
+    })
+    .collect()
 }
 
 /// Stops the processes left in the check's group: SIGTERM, then SIGKILL for those still there

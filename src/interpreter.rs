@@ -260,6 +260,9 @@ impl ExitDeadline {
                         within.as_millis()
                     )
                 });
+                if let Some(act) = LAST_ACT.get() {
+                    act();
+                }
                 // SAFETY: ends the process without running anything more of it (the thread
                 // that runs Python's exit is stuck).
                 unsafe { libc::_exit(1) };
@@ -351,6 +354,15 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::f
 /// What bounds the wait for the app's threads, as the server's configuration calls it (for the
 /// log line, e.g. "wsgi_shutdown_timeout").
 static SHUTDOWN_WHAT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// What the process does last when its exit deadline ends it (the configuration check ends the
+/// processes the apps started).
+static LAST_ACT: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Has `act` run just before an exit deadline ends the process (once per process).
+pub(crate) fn before_deadline_exit(act: fn()) {
+    let _ = LAST_ACT.set(act);
+}
 
 /// Names the server's setting that bounds [`finalize`]'s wait for the app's threads.
 pub fn name_shutdown_timeout(name: &str) {

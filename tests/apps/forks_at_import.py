@@ -1,8 +1,10 @@
-"""Starts, while being imported, two processes meant to live on: a bare fork and a non-daemon
-multiprocessing.Process (each sleeping an hour, writing its pid to $NGX_WSGI_TEST_MARKS first).
-The configuration check must neither wait for them nor leave them running."""
+"""Starts, while being imported, processes meant to live on: a bare fork, a non-daemon
+multiprocessing.Process, a program in a session of its own, and a double-forked daemon (each
+sleeping an hour, its pid written to $NGX_WSGI_TEST_MARKS). The configuration check must neither
+wait for them nor leave them running."""
 import multiprocessing
 import os
+import subprocess
 import time
 
 MARKS = os.environ["NGX_WSGI_TEST_MARKS"]
@@ -20,6 +22,16 @@ if os.fork() == 0:
     finally:
         os._exit(0)
 multiprocessing.get_context("fork").Process(target=live_on, args=("process",), daemon=False).start()
+session = subprocess.Popen(["sleep", "3600"], start_new_session=True)
+with open(f"{MARKS}/session-{session.pid}-of-{os.getpid()}", "w"):
+    pass
+if os.fork() == 0:
+    try:
+        os.setsid()
+        if os.fork() == 0:
+            live_on("daemon")
+    finally:
+        os._exit(0)
 
 
 def application(environ, start_response):
