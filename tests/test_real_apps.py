@@ -59,6 +59,23 @@ def test_a_program_started_without_fork_holds_none_of_the_servers_descriptors(re
     assert not [h for h in held if h.startswith(("socket:", "anon_inode:")) or "client_body_temp" in h], held
 
 
+def test_a_program_started_without_fork_holds_no_channel_to_another_worker(nginx_factory):
+    # The master passes each worker the channels of the workers started after it, once the
+    # worker runs: they are closed on exec too.
+    server = nginx_factory(location("/", APP), workers=2).start()
+    wait_for(lambda: len(server.worker_pids()) == 2, what="both workers")
+    held = []
+    for _ in range(12):
+        pid = int(requests.get(server.url("/system_background"), headers={"Connection": "close"},
+                               timeout=30).text)
+        try:
+            wait_for(lambda: os.readlink(f"/proc/{pid}/exe").endswith("/sleep"), what="the job's exec")
+            held += links(pid)
+        finally:
+            os.kill(pid, signal.SIGKILL)
+    assert not [h for h in held if h.startswith(("socket:", "anon_inode:"))], held
+
+
 def links(pid):
     """What the descriptors of process `pid` name (one closed meanwhile is left out)."""
     out = []

@@ -7,7 +7,8 @@
 //! as nginx writes to it, by a request body filter: a program started while another client's
 //! upload is spooled does not keep that file (nor its disk space). What nginx opens later for
 //! itself otherwise (upstream connections, a proxied response's temp file, logs reopened) is
-//! not marked.
+//! not marked. The channels to the workers that start after this one, which the master passes
+//! it then, are marked as they come.
 
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::OnceLock;
@@ -60,6 +61,32 @@ pub(crate) fn close_on_exec(fd: libc::c_int) {
     // SAFETY: fcntl on a descriptor number changes only that descriptor's flags; one that is
     // not open fails with EBADF.
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+}
+
+/// Marks the channels to the other workers close-on-exec: the master passes the worker each
+/// newer worker's channel as that one starts (after this worker's own start marked what it had
+/// then), into that worker's slot of nginx's process table, past the table's count as this
+/// worker knows it: every slot is looked at.
+///
+/// # Safety
+/// Event-loop thread, after nginx's channel handler ran.
+pub(crate) unsafe fn close_channels_on_exec() {
+    // SAFETY: per the function contract, nginx's process table is this thread's; a slot never
+    // used is all zeros (its pid 0), and a channel nginx closed is -1.
+    unsafe {
+        let table = std::ptr::addr_of!(nginx_sys::ngx_processes).cast::<nginx_sys::ngx_process_t>();
+        for i in 0..nginx_sys::NGX_MAX_PROCESSES as usize {
+            let slot = &*table.add(i);
+            if slot.pid <= 0 {
+                continue;
+            }
+            for fd in slot.channel {
+                if fd > 2 {
+                    close_on_exec(fd);
+                }
+            }
+        }
+    }
 }
 
 /// A connection nginx just accepted: marked, then handed to its listening socket's handler.

@@ -134,6 +134,8 @@ unsafe extern "C" fn take_the_channel(ev: *mut ngx_event_t) {
                         CHANNEL_HANDLER.store(handler as *const () as usize, Ordering::Release);
                         (*(*c).read).handler = Some(on_channel);
                     }
+                    // What the master sent before this turn (a newer worker's channel).
+                    crate::exec_child::close_channels_on_exec();
                     return;
                 }
             }
@@ -170,6 +172,10 @@ unsafe extern "C" fn on_channel(ev: *mut ngx_event_t) {
         let handler: unsafe extern "C" fn(*mut ngx_event_t) = std::mem::transmute(handler);
         handler(ev);
     }
+    // SAFETY: on the event loop, after nginx's channel handler (it may have opened a channel).
+    guard("a worker's channel", (), || unsafe {
+        crate::exec_child::close_channels_on_exec()
+    });
     guard("the reload's hand-over", (), || {
         // SAFETY: nginx's own flags, on the event loop.
         let quit_now = unsafe { nginx_sys::ngx_quit != 0 && nginx_sys::ngx_exiting == 0 };
