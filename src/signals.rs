@@ -102,12 +102,25 @@ fn current(sig: libc::c_int) -> Option<libc::sigaction> {
 /// SIGCHLD back to its default disposition in this process, so that the app's children stay
 /// waitable by whoever started them (`subprocess`, `os.waitpid`, `multiprocessing`).
 pub fn leave_children_to_their_parents() -> std::io::Result<()> {
+    to_default(libc::SIGCHLD)
+}
+
+/// SIGSYS back to its default disposition in this process. nginx ignores it (for the BSDs,
+/// where a system call the kernel lacks raises it), and an ignored signal stays ignored across
+/// `exec`: every program the app runs would ignore it, as none does under plain Python. On Linux
+/// only a seccomp filter raises it, and the kernel makes that one fatal whatever the
+/// disposition: the default costs the server nothing.
+pub fn default_sigsys_for_children() -> std::io::Result<()> {
+    to_default(libc::SIGSYS)
+}
+
+fn to_default(sig: libc::c_int) -> std::io::Result<()> {
     // SAFETY: a zeroed sigaction with SIG_DFL is a valid disposition.
     let rc = unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = libc::SIG_DFL;
         libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(libc::SIGCHLD, &action, std::ptr::null_mut())
+        libc::sigaction(sig, &action, std::ptr::null_mut())
     };
     if rc == 0 {
         Ok(())

@@ -43,6 +43,14 @@ def test_a_child_killed_by_a_signal_reports_the_signal(real_app, kind):
     assert r.text == str(-int(signal.SIGTERM)), (kind, r.text)
 
 
+@pytest.mark.parametrize("kind", ["run", "system"])
+def test_a_child_killed_by_sigsys_reports_it(real_app, kind):
+    # nginx ignores SIGSYS, and an ignored signal crosses exec: the app's programs take it as
+    # under plain Python.
+    r = requests.get(real_app.url(f"/child/{kind}?-{int(signal.SIGSYS)}"), timeout=60)
+    assert r.text == str(-int(signal.SIGSYS)), (kind, r.text)
+
+
 def test_a_program_started_without_fork_holds_none_of_the_servers_descriptors(real_app):
     # os.system, os.posix_spawn and a C library's system() run no fork handler: the server's
     # listening sockets, connections and event descriptors are closed on exec instead (else a

@@ -47,6 +47,7 @@ pub(crate) unsafe fn start_worker(
     // `signals`). A worker starts no children of nginx's.
     ngx_wsgi::signals::leave_children_to_their_parents()
         .map_err(|e| format!("wsgi: SIGCHLD: {e}"))?;
+    ngx_wsgi::signals::default_sigsys_for_children().map_err(|e| format!("wsgi: SIGSYS: {e}"))?;
     crate::fork_child::close_nginx_sockets_in_children();
     // SAFETY: per the function contract; Python has not started.
     unsafe { crate::exec_child::close_nginx_descriptors_on_exec(cycle) };
