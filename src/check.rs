@@ -436,7 +436,8 @@ fn end_descendants() {
         for pid in children {
             if late || termed.insert(pid) {
                 let sig = if late { libc::SIGKILL } else { libc::SIGTERM };
-                // SAFETY: `pid` is a child of this process, not yet reaped: its id is not reused.
+                // SAFETY: `pid` was a child of this process a moment ago; only a thread of the
+                // app's reaping it just now would free its id (the check child ends next).
                 unsafe { libc::kill(pid, sig) };
             }
         }
@@ -496,6 +497,7 @@ fn child_report(
 ) -> String {
     // Children an app starts at import are its own, not the server's (see `signals`).
     let _ = crate::signals::leave_children_to_their_parents();
+    let _ = crate::signals::default_sigsys_for_children();
     if let Some(environment) = &setup.environment {
         for (key, _) in std::env::vars_os() {
             std::env::remove_var(key);

@@ -108,8 +108,8 @@ pub fn leave_children_to_their_parents() -> std::io::Result<()> {
 /// SIGSYS back to its default disposition in this process. nginx ignores it (for the BSDs,
 /// where a system call the kernel lacks raises it), and an ignored signal stays ignored across
 /// `exec`: every program the app runs would ignore it, as none does under plain Python. On Linux
-/// only a seccomp filter raises it, and the kernel makes that one fatal whatever the
-/// disposition: the default costs the server nothing.
+/// only a seccomp filter raises it (one that traps, with no handler installed), and an ignored
+/// one is made fatal by the kernel anyway: the default costs the server nothing.
 pub fn default_sigsys_for_children() -> std::io::Result<()> {
     to_default(libc::SIGSYS)
 }

@@ -266,17 +266,18 @@ def test_print_reaches_the_error_log_where_standard_output_is_dev_null(nginx_fac
     assert starts.group(1) == ends.group(1) != b.group(1)
 
 
+@pytest.mark.parametrize("how", ["close", "close-reuse"])
 @pytest.mark.parametrize("where", ["/wsgi/", "/asgi/"])
-def test_a_worker_whose_descriptors_the_app_closed_is_replaced(nginx_factory, where):
+def test_a_worker_whose_descriptors_the_app_closed_is_replaced(nginx_factory, where, how):
     """An app that closes the worker's descriptors (its epoll among them) leaves a worker that can
     serve nothing and would spin without a word: the worker says so and exits, and nginx's master
-    starts one that serves."""
+    starts one that serves. Also when the app's next files took the numbers that were nginx's."""
     app = APPS / "closes_descriptors.py"
     server = nginx_factory(location("/wsgi/", app) + asgi_location("/asgi/", f"{app}:asgi_app")).start()
     [worker] = server.worker_pids()
     assert requests.get(server.url(where), timeout=10).text == str(worker)
     with pytest.raises(requests.RequestException):
-        requests.get(server.url(where + "?close"), timeout=10)
+        requests.get(server.url(f"{where}?{how}"), timeout=10)
 
     def replaced():
         try:
@@ -285,7 +286,7 @@ def test_a_worker_whose_descriptors_the_app_closed_is_replaced(nginx_factory, wh
             return False
     wait_for(replaced, timeout=30, what="a new worker's answer")
     log = server.error_log()
-    assert re.search(rf"\[alert\] {worker}#\d+: wsgi: descriptor \d+ \(nginx's epoll\) was closed under the "
-                     r"worker, by the app .*: \d+ of its descriptors are gone; the worker exits and nginx "
-                     r"starts another", log), log[-3000:]
+    assert re.search(rf"\[alert\] {worker}#\d+: wsgi: nginx's epoll \(descriptor \d+\) or the module's notifier "
+                     r"eventfd \(\d+\) was closed under the worker, by the app \(os.closerange or a double "
+                     r"close\?\); the worker exits and nginx starts another", log), log[-3000:]
     assert f"worker process {worker} exited with code 1" in log

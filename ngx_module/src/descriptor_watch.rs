@@ -18,43 +18,56 @@ use crate::ffi::timer::WorkerTimer;
 /// How often the descriptors are looked at.
 const EVERY_MS: ngx_msec_t = 1000;
 
-/// What a watched descriptor is to the worker.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// nginx's epoll, or the module's own notifier: without it nothing in flight can end.
-    EventLoop(&'static str),
-    /// A listening socket: the worker accepts no more there, but what it has in flight can end.
-    Listening,
+/// What the worker stands on, found when it starts. A number is not enough to know a
+/// descriptor by: once an app closed them, the next files it opens take the lowest numbers,
+/// nginx's among them.
+struct Watched {
+    /// nginx's epoll and the module's notifier eventfd, registered in it: while both are the
+    /// same, registering the eventfd again fails with EEXIST; a closed or replaced one of the
+    /// two does not.
+    epoll: RawFd,
+    notifier: RawFd,
+    /// Each listening socket with its inode (every socket has its own).
+    listening: Vec<(RawFd, libc::ino_t)>,
+    /// The error log's file, where the last words go while it is still there.
+    log: Option<(RawFd, libc::ino_t)>,
 }
 
-/// The descriptors watched, found once when the worker starts.
-static WATCHED: OnceLock<Vec<(RawFd, Role)>> = OnceLock::new();
+static WATCHED: OnceLock<Watched> = OnceLock::new();
 static TIMER: WorkerTimer = WorkerTimer::new();
 
-/// Starts watching nginx's epoll, the module's notifier (`notifier`) and the worker's listening
-/// sockets.
+/// Starts watching nginx's epoll, the module's notifier (`notifier`, registered in it) and the
+/// worker's listening sockets.
 ///
 /// # Safety
 /// Event-loop thread, in `init_process` after nginx's event module set up the worker's
-/// listening sockets, and before Python starts (the one epoll open then is nginx's).
+/// listening sockets and the notifier was registered, before Python starts.
 pub(crate) unsafe fn start(cycle: *mut ngx_cycle_t, notifier: RawFd) {
-    let mut watched: Vec<(RawFd, Role)> = epoll_descriptors()
-        .map(|fd| (fd, Role::EventLoop("nginx's epoll")))
-        .collect();
-    watched.push((notifier, Role::EventLoop("the module's notifier eventfd")));
+    let Some(epoll) = epoll_descriptors().find(|&ep| registered(ep, notifier) == Registered::Yes)
+    else {
+        return;
+    };
+    let mut listening = Vec::new();
     // SAFETY: per the function contract; the cycle's listening array holds `nelts` entries,
-    // fixed while the worker runs (a reuseport socket of another worker's has fd -1 here).
+    // fixed while the worker runs.
     unsafe {
-        let listening = (*cycle).listening.elts as *const ngx_listening_t;
-        if !listening.is_null() {
+        let all = (*cycle).listening.elts as *const ngx_listening_t;
+        if !all.is_null() {
             for i in 0..(*cycle).listening.nelts {
-                let fd = (*listening.add(i)).fd;
-                if fd >= 0 {
-                    watched.push((fd, Role::Listening));
+                let fd = (*all.add(i)).fd;
+                if let Some(inode) = inode(fd) {
+                    listening.push((fd, inode));
                 }
             }
         }
     }
+    let log = crate::ffi::log::cycle_log_fd().and_then(|fd| Some((fd, inode(fd)?)));
+    let watched = Watched {
+        epoll,
+        notifier,
+        listening,
+        log,
+    };
     if WATCHED.set(watched).is_ok() {
         // SAFETY: per the function contract; the event is a static.
         unsafe { arm() };
@@ -74,6 +87,43 @@ fn epoll_descriptors() -> impl Iterator<Item = RawFd> {
         })
 }
 
+#[derive(PartialEq, Eq)]
+enum Registered {
+    Yes,
+    No,
+}
+
+/// Whether `fd` is registered in the epoll `epoll`, by registering it: a registration that
+/// succeeds (a new epoll or eventfd under the old numbers) is taken back at once.
+fn registered(epoll: RawFd, fd: RawFd) -> Registered {
+    let mut event = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: 0,
+    };
+    // SAFETY: epoll_ctl reads the event; on numbers that are not an epoll and a pollable file
+    // it fails without effect.
+    let rc = unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut event) };
+    if rc == 0 {
+        // SAFETY: takes back the registration just made, in an epoll that is not nginx's.
+        unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_DEL, fd, &mut event) };
+        return Registered::No;
+    }
+    if std::io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
+        Registered::Yes
+    } else {
+        Registered::No
+    }
+}
+
+/// The inode of the file open as `fd` (None: not open).
+fn inode(fd: RawFd) -> Option<libc::ino_t> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat writes into the zeroed struct, which it fills when it succeeds.
+    (unsafe { libc::fstat(fd, st.as_mut_ptr()) } == 0)
+        // SAFETY: filled by the successful call.
+        .then(|| unsafe { st.assume_init() }.st_ino)
+}
+
 /// # Safety
 /// Event-loop thread.
 unsafe fn arm() {
@@ -83,11 +133,6 @@ unsafe fn arm() {
     };
 }
 
-fn is_open(fd: RawFd) -> bool {
-    // SAFETY: F_GETFD only reads the descriptor's flags.
-    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
-}
-
 unsafe extern "C" fn check(_ev: *mut ngx_event_t) {
     guard("the descriptor watch", (), || {
         // SAFETY: nginx's own flags, read on the event loop.
@@ -95,28 +140,35 @@ unsafe extern "C" fn check(_ev: *mut ngx_event_t) {
             // An exiting worker closes its listening sockets itself; the watch ends.
             return;
         }
-        let watched = WATCHED.get().map(Vec::as_slice).unwrap_or_default();
-        let closed: Vec<(RawFd, Role)> = watched
-            .iter()
-            .copied()
-            .filter(|&(fd, _)| !is_open(fd))
-            .collect();
-        let Some(&(fd, role)) = closed.first() else {
-            // SAFETY: the timer's handler runs on the event loop.
-            unsafe { arm() };
+        let Some(w) = WATCHED.get() else {
             return;
         };
-        let what = match role {
-            Role::EventLoop(what) => what,
-            Role::Listening => "a listening socket",
+        let lost_loop = registered(w.epoll, w.notifier) == Registered::No;
+        let lost_listening = w
+            .listening
+            .iter()
+            .find(|&&(fd, ino)| inode(fd) != Some(ino));
+        let what = match (lost_loop, lost_listening) {
+            (true, _) => format!(
+                "nginx's epoll (descriptor {}) or the module's notifier eventfd ({})",
+                w.epoll, w.notifier
+            ),
+            (false, Some((fd, _))) => format!("a listening socket (descriptor {fd})"),
+            (false, None) => {
+                // SAFETY: the timer's handler runs on the event loop.
+                unsafe { arm() };
+                return;
+            }
         };
-        crate::ffi::log::alert_even_without_log(&format!(
-            "wsgi: descriptor {fd} ({what}) was closed under the worker, by the app (os.closerange \
-             or a double close?): {} of its descriptors are gone; the worker exits and nginx \
-             starts another",
-            closed.len()
-        ));
-        if closed.iter().any(|(_, role)| *role != Role::Listening) {
+        let log_intact = w.log.is_some_and(|(fd, ino)| inode(fd) == Some(ino));
+        crate::ffi::log::alert_even_without_log(
+            &format!(
+                "wsgi: {what} was closed under the worker, by the app (os.closerange or a \
+                 double close?); the worker exits and nginx starts another"
+            ),
+            log_intact,
+        );
+        if lost_loop {
             // Nothing in flight can end without the event loop; the exit of Python and nginx
             // needs it too.
             // SAFETY: ends the process at once; its connections are lost with the loop anyway.

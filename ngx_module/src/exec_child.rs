@@ -66,24 +66,22 @@ pub(crate) fn close_on_exec(fd: libc::c_int) {
 /// Marks the channels to the other workers close-on-exec: the master passes the worker each
 /// newer worker's channel as that one starts (after this worker's own start marked what it had
 /// then), into that worker's slot of nginx's process table, past the table's count as this
-/// worker knows it: every slot is looked at.
+/// worker knows it: every slot is looked at. A worker keeps the sending end (`channel[0]`) of
+/// the others' channels, and only their receiving end of its own (marked at its start); the
+/// other numbers in the table are stale, possibly reused by files of the app's.
 ///
 /// # Safety
 /// Event-loop thread, after nginx's channel handler ran.
 pub(crate) unsafe fn close_channels_on_exec() {
     // SAFETY: per the function contract, nginx's process table is this thread's; a slot never
-    // used is all zeros (its pid 0), and a channel nginx closed is -1.
+    // used is all zeros (its pid 0), and a channel nginx closed on the master's word is -1.
     unsafe {
+        let own = nginx_sys::ngx_process_slot;
         let table = std::ptr::addr_of!(nginx_sys::ngx_processes).cast::<nginx_sys::ngx_process_t>();
         for i in 0..nginx_sys::NGX_MAX_PROCESSES as usize {
             let slot = &*table.add(i);
-            if slot.pid <= 0 {
-                continue;
-            }
-            for fd in slot.channel {
-                if fd > 2 {
-                    close_on_exec(fd);
-                }
+            if i as nginx_sys::ngx_int_t != own && slot.pid > 0 && slot.channel[0] > 2 {
+                close_on_exec(slot.channel[0]);
             }
         }
     }

@@ -74,19 +74,11 @@ pub(crate) fn cycle_log(level: usize, msg: &str) {
     write_log(level, log, msg);
 }
 
-/// Writes `msg` at `alert` to the cycle's error log or, where that log's descriptor is closed, to
-/// stderr (which nginx points at the error log when it is a file): the last words of a worker
-/// whose descriptors an app closed.
-pub(crate) fn alert_even_without_log(msg: &str) {
-    // SAFETY: `ngx_cycle` and its log live as long as the process; F_GETFD only reads flags.
-    let log_open = unsafe {
-        let cycle = ngx_cycle;
-        !cycle.is_null()
-            && !(*cycle).log.is_null()
-            && !(*(*cycle).log).file.is_null()
-            && libc::fcntl((*(*(*cycle).log).file).fd, libc::F_GETFD) != -1
-    };
-    if log_open {
+/// Writes `msg` at `alert` to the cycle's error log or, where that log's descriptor is no longer
+/// the log (`log_intact` false), to stderr (which nginx points at the error log when it is a
+/// file): the last words of a worker whose descriptors an app closed.
+pub(crate) fn alert_even_without_log(msg: &str, log_intact: bool) {
+    if log_intact {
         cycle_log(NGX_LOG_ALERT as usize, msg);
         return;
     }
@@ -94,6 +86,18 @@ pub(crate) fn alert_even_without_log(msg: &str) {
     let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
     let entry = format!("{} [alert] {pid}#{tid}: {msg}\n", local_time_now());
     ngx_wsgi::log_text::write_all(libc::STDERR_FILENO, entry.as_bytes());
+}
+
+/// The descriptor of the cycle's error log file (None: it has none).
+pub(crate) fn cycle_log_fd() -> Option<libc::c_int> {
+    // SAFETY: `ngx_cycle` and its log live as long as the process.
+    unsafe {
+        let cycle = ngx_cycle;
+        if cycle.is_null() || (*cycle).log.is_null() || (*(*cycle).log).file.is_null() {
+            return None;
+        }
+        Some((*(*(*cycle).log).file).fd)
+    }
 }
 
 /// Writes `msg` to `log` at `level`, as one entry where the log is a file.
