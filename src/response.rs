@@ -216,7 +216,7 @@ impl StartResponse {
         let Some(head) = self.head.as_ref() else {
             return false;
         };
-        if self.committed && (self.head_request || matches!(head.status, 204 | 304)) {
+        if self.committed && (self.head_request || head.is_bodiless()) {
             return true;
         }
         head.content_length

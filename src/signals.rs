@@ -49,8 +49,10 @@ impl ServerSignals {
             .filter(|&sig| sig != libc::SIGKILL && sig != libc::SIGSTOP)
             .filter_map(|sig| current(sig).map(|action| (sig, action)))
             .collect();
-        let mask = change_thread_mask(libc::SIG_BLOCK, &no_signals());
-        ServerSignals { saved, mask }
+        ServerSignals {
+            saved,
+            mask: thread_mask(),
+        }
     }
 
     /// Puts the calling thread's signal mask back as [`note`](Self::note) found it; returns the
@@ -215,7 +217,7 @@ impl KeptThreadMask {
         }
         KeptThreadMask(NOTED.with(|noted| {
             noted.get().unwrap_or_else(|| {
-                let mask = change_thread_mask(libc::SIG_BLOCK, &no_signals());
+                let mask = thread_mask();
                 noted.set(Some(mask));
                 mask
             })
@@ -250,6 +252,11 @@ pub(crate) fn no_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         set
     }
+}
+
+/// The calling thread's signal mask.
+pub(crate) fn thread_mask() -> libc::sigset_t {
+    change_thread_mask(libc::SIG_BLOCK, &no_signals())
 }
 
 /// Changes the calling thread's signal mask (`how`: `SIG_BLOCK` adds `set`, `SIG_SETMASK`
@@ -332,7 +339,7 @@ mod tests {
         unsafe { libc::sigaddset(&mut set, libc::SIGURG) };
         change_thread_mask(libc::SIG_BLOCK, &set);
         assert_eq!(noted.restore_mask(), vec!["SIGURG"]);
-        let now = change_thread_mask(libc::SIG_BLOCK, &no_signals());
+        let now = thread_mask();
         // SAFETY: reads a valid set.
         let blocked = unsafe { libc::sigismember(&now, libc::SIGURG) };
         assert_eq!(blocked, 0, "unblocked again");

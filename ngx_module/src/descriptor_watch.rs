@@ -43,8 +43,7 @@ static TIMER: WorkerTimer = WorkerTimer::new();
 /// Event-loop thread, in `init_process` after nginx's event module set up the worker's
 /// listening sockets and the notifier was registered, before Python starts.
 pub(crate) unsafe fn start(cycle: *mut ngx_cycle_t, notifier: RawFd) {
-    let Some(epoll) = epoll_descriptors().find(|&ep| registered(ep, notifier) == Registered::Yes)
-    else {
+    let Some(epoll) = epoll_descriptors().find(|&ep| registered(ep, notifier)) else {
         return;
     };
     let mut listening = Vec::new();
@@ -87,15 +86,9 @@ fn epoll_descriptors() -> impl Iterator<Item = RawFd> {
         })
 }
 
-#[derive(PartialEq, Eq)]
-enum Registered {
-    Yes,
-    No,
-}
-
 /// Whether `fd` is registered in the epoll `epoll`, by registering it: a registration that
 /// succeeds (a new epoll or eventfd under the old numbers) is taken back at once.
-fn registered(epoll: RawFd, fd: RawFd) -> Registered {
+fn registered(epoll: RawFd, fd: RawFd) -> bool {
     let mut event = libc::epoll_event {
         events: libc::EPOLLIN as u32,
         u64: 0,
@@ -106,13 +99,9 @@ fn registered(epoll: RawFd, fd: RawFd) -> Registered {
     if rc == 0 {
         // SAFETY: takes back the registration just made, in an epoll that is not nginx's.
         unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_DEL, fd, &mut event) };
-        return Registered::No;
+        return false;
     }
-    if std::io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
-        Registered::Yes
-    } else {
-        Registered::No
-    }
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST)
 }
 
 /// The inode of the file open as `fd` (None: not open).
@@ -143,7 +132,7 @@ unsafe extern "C" fn check(_ev: *mut ngx_event_t) {
         let Some(w) = WATCHED.get() else {
             return;
         };
-        let lost_loop = registered(w.epoll, w.notifier) == Registered::No;
+        let lost_loop = !registered(w.epoll, w.notifier);
         let lost_listening = w
             .listening
             .iter()
