@@ -24,6 +24,7 @@ pub mod errors;
 pub mod file_wrapper;
 pub mod forked;
 pub mod head;
+pub mod heap;
 pub mod input;
 pub mod interpreter;
 pub mod log_text;

@@ -145,8 +145,10 @@ class Nginx:
         return subprocess.run([self.binary, "-p", str(self.prefix), "-c", str(self.conf), *args],
                               capture_output=True, text=True, timeout=60)
 
-    def start(self):
-        return start_server(self, "nginx", [self.binary, "-p", str(self.prefix), "-c", str(self.conf)])
+    def start(self, env=None):
+        """`env`: variables added to the master's environment."""
+        return start_server(self, "nginx", [self.binary, "-p", str(self.prefix), "-c", str(self.conf)],
+                            env={**os.environ, **env} if env else None)
 
     def output(self):
         text = (self.prefix / "stderr.log").read_text(errors="replace") if (self.prefix / "stderr.log").exists() else ""

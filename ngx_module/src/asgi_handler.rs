@@ -190,6 +190,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     unsafe {
         crate::inflight::started_asgi();
         crate::recycle::request_started(r);
+        crate::heap_trim::request_started();
     }
     crate::metrics::posted();
     match served {

@@ -127,6 +127,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         }
         crate::inflight::started();
         crate::recycle::request_started(r);
+        crate::heap_trim::request_started();
         crate::metrics::posted();
         let log = (*(*r).connection).log;
         timer::arm(

@@ -27,6 +27,7 @@ mod fork_child;
 #[cfg(ngx_feature = "http_v2")]
 mod h2_reset;
 mod handler;
+mod heap_trim;
 mod inflight;
 mod job;
 mod lifecycle;
@@ -163,8 +164,13 @@ unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     guard("init_module", NGX_OK as ngx_int_t, || {
         // SAFETY: nginx calls this with the live new cycle, whose configurations are set.
         let cycle = unsafe { &*cycle };
-        let handover = conf::cycle_main_conf(cycle)
-            .is_some_and(|mc| !mc.python.apps.is_empty() && mc.limits.reload_handover());
+        let serves_apps = conf::cycle_main_conf(cycle).is_some_and(|mc| !mc.python.apps.is_empty());
+        if serves_apps {
+            // The master has one thread; its workers fork from it.
+            ngx_wsgi::heap::limit_arenas();
+        }
+        let handover = serves_apps
+            && conf::cycle_main_conf(cycle).is_some_and(|mc| mc.limits.reload_handover());
         let expected = match NgxCoreModule::main_conf(cycle) {
             Some(ccf) if handover && ccf.master != 0 => ccf.worker_processes.max(0) as usize,
             _ => 0,

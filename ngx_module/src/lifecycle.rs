@@ -55,6 +55,8 @@ pub(crate) unsafe fn start_worker(
     unsafe { crate::notify::init(cycle, on_finished) }.map_err(|e| format!("wsgi: {e}"))?;
     // SAFETY: per the function contract; nginx's event module has set up the listening sockets.
     unsafe { crate::descriptor_watch::start(cycle, crate::notify::event_fd()) };
+    // SAFETY: per the function contract.
+    unsafe { crate::heap_trim::start() };
     name_the_worker();
     mc.umask.apply();
     interpreter::initialize(&mc.python.settings).map_err(|e| format!("wsgi: {e}"))?;
