@@ -47,6 +47,20 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The client went away: before the app ran, or while its response streamed (`streamed`:
+    /// some of it went out).
+    pub fn client_gone(streamed: bool) -> Outcome {
+        Outcome {
+            kind: OutcomeKind::ClientGone,
+            head: None,
+            body: Chunk::from_vec(Vec::new()),
+            streamed,
+            length_known: false,
+            file: None,
+            gil_wait: Duration::ZERO,
+        }
+    }
+
     fn failed() -> Outcome {
         Outcome {
             kind: OutcomeKind::Failed,
@@ -200,15 +214,7 @@ fn run_attached(
             "the connection to the client ended (closed, reset or timed out) while the response streamed"
         };
         tracing::info!(target: "wsgi", "{why}: \"{}\"", info.request_line().escape_debug());
-        return Outcome {
-            kind: OutcomeKind::ClientGone,
-            head: None,
-            body: Chunk::from_vec(Vec::new()),
-            streamed,
-            length_known: false,
-            file: None,
-            gil_wait: Duration::ZERO,
-        };
+        return Outcome::client_gone(streamed);
     }
     let error = match (result, iterated) {
         (Err(e), _) => Some(("the application raised", e)),

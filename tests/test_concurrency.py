@@ -1,12 +1,13 @@
 """Python runs on nginx's thread pool, never on the event loop (on Apache, on the child's worker
 threads): a slow request does not hold up the others on the same single worker or child."""
+import socket
 import threading
 import time
 
 import pytest
 import requests
 
-from conftest import APPS, location, route
+from conftest import APPS, location, route, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +51,65 @@ def test_unknown_thread_pool_fails_config_test(nginx_factory):
     result = server.run("-t")
     assert result.returncode != 0
     assert 'unknown thread pool "nosuch"' in result.stderr
+
+
+def _h2_connection(port):
+    """An HTTP/2 connection with prior knowledge (nginx's `http2 on;` on a plain listener)."""
+    import h2.config
+    import h2.connection
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    return sock, conn
+
+
+def _h2_get(sock, conn, path):
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(stream, [(":method", "GET"), (":path", path), (":scheme", "http"),
+                               (":authority", "test.local")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    return stream
+
+
+@pytest.mark.parametrize("how", ["http2-reset", "http1-close"])
+def test_a_request_whose_client_went_away_while_it_waited_for_a_thread_never_runs(nginx_factory, tmp_path, how):
+    server = nginx_factory(
+        location("/", APPS / "gate.py", f"wsgi_param WSGI_GATE_DIR {tmp_path};")
+        + "  location = /status { wsgi_status; }\n",
+        server_extra="http2 on;", http_extra="wsgi_max_threads 2; wsgi_queue_timeout 60s;").start()
+    ran = tmp_path / "ran"
+    holders = [threading.Thread(target=requests.get, args=(server.url(f"/hold/h{i}"),), kwargs={"timeout": 60})
+               for i in range(2)]
+    for t in holders:
+        t.start()
+    wait_for(lambda: ran.exists() and len(ran.read_text().split()) == 2, what="both threads busy")
+    gone = 20
+    if how == "http2-reset":
+        sock, conn = _h2_connection(server.port)
+        for i in range(gone):
+            conn.reset_stream(_h2_get(sock, conn, f"/run/gone{i}"), error_code=8)  # CANCEL
+            sock.sendall(conn.data_to_send())
+        noticed = "client canceled stream"
+    else:
+        clients = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(gone)]
+        for i, s in enumerate(clients):
+            s.sendall(f"GET /run/gone{i} HTTP/1.1\r\nHost: test.local\r\n\r\n".encode())
+        # Closed once queued (a close that comes with the request is noticed by no one, as
+        # for nginx's proxy: its event was the request's).
+        wait_for(lambda: f"wsgi_requests_queued {gone}" in requests.get(server.url("/status"), timeout=10).text,
+                 what="the requests queued")
+        for s in clients:
+            s.close()
+        noticed = "client prematurely closed connection"
+    wait_for(lambda: server.error_log().count(noticed) >= gone, what="nginx noticing every client's going")
+    fresh = []
+    waiter = threading.Thread(target=lambda: fresh.append(requests.get(server.url("/run/fresh"), timeout=60)))
+    waiter.start()
+    (tmp_path / "release").touch()
+    for t in holders + [waiter]:
+        t.join()
+    assert fresh[0].status_code == 200 and fresh[0].text == "fresh"
+    assert sorted(ran.read_text().split()) == ["fresh", "h0", "h1"], "the requests of clients gone ran"
+    assert "[alert]" not in server.error_log() and "[crit]" not in server.error_log()

@@ -19,7 +19,9 @@ use nginx_sys::{
     ngx_event_t, ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
     ngx_int_t, ngx_pool_cleanup_add, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR,
 };
-use ngx_wsgi::{run_request, Apps, Body, ChunkSink, OutcomeKind, RequestBody, RequestWatch};
+use ngx_wsgi::{
+    run_request, Apps, Body, ChunkSink, Outcome, OutcomeKind, RequestBody, RequestWatch,
+};
 
 use crate::dispatch::{PoolSpec, QueueLimits, Refused, RunQueue};
 use crate::ffi::{guard, timer};
@@ -77,6 +79,12 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             (RequestBody::Streamed(stream.clone()), Some(stream))
         }
     };
+    if body_stream.is_none() {
+        // From now on a client that goes away (an HTTP/2 stream reset, a closed connection) is
+        // noticed, also before a thread takes the request: it is then never run.
+        // SAFETY: `r` is live on the event loop; the handler finds the job through the request.
+        unsafe { (*r).read_event_handler = Some(on_client_readable) };
+    }
     let events = ClientEvents {
         writable: Some(on_client_writable),
         readable: Some(on_client_readable),
@@ -160,6 +168,14 @@ unsafe fn run(job: *mut Job) {
             .body
             .take()
             .unwrap_or(RequestBody::Buffered(Body::empty()));
+        if (*job).stream.is_cancelled() {
+            // Its client went away while it waited for a thread (or its deadline passed): a
+            // flood of reset HTTP/2 streams would otherwise hold the threads that live
+            // requests wait for, with work nobody will read.
+            (*job).stream.app_returned();
+            (*job).outcome = Some(Outcome::client_gone(false));
+            return;
+        }
         let (app, info, sink) = ((*job).app, &(*job).info, (*job).stream.clone());
         crate::metrics::thread_started();
         let outcome = guard("running the app", None, || {
