@@ -95,7 +95,7 @@ pub fn run_request(
             None => None,
         };
         let mut outcome = crate::logging_bridge::with_request(info.request_id(), || {
-            run_attached(py, app.bind(py), info, body, sink)
+            run_attached(py, app.bind(py), info, body, sink, watch)
         });
         crate::forked::exit_if_forked_child(py, "wsgi", crate::forked::Back::Returned);
         outcome.gil_wait = gil_wait;
@@ -139,6 +139,7 @@ fn run_attached(
     info: &RequestInfo,
     body: RequestBody,
     sink: Option<Arc<dyn ChunkSink>>,
+    watch: Option<&RequestWatch>,
 ) -> Outcome {
     let (input, gate) = Input::new(body);
     let start = StartResponse::new(
@@ -176,6 +177,9 @@ fn run_attached(
             };
             if iterated.is_ok() && file.is_none() {
                 end_streamed_body(&start_response);
+            }
+            if let Some(watch) = watch.filter(|_| response_cut(&start_response)) {
+                watch.response_cut(py);
             }
             let closed = close_iterable(iterable);
             // A child forked in the last item or in close() ends here, with close()'s outcome.
@@ -385,6 +389,11 @@ fn end_streamed_body(start_response: &Bound<'_, StartResponse>) {
         // the check, and a write() in flight holds the object.
         sr.ending.store(true, std::sync::atomic::Ordering::Release);
     }
+}
+
+/// Whether the server ended the response while the app's thread waited for it.
+fn response_cut(start_response: &Bound<'_, StartResponse>) -> bool {
+    start_response.try_borrow().is_ok_and(|sr| sr.client_gone)
 }
 
 fn close_iterable(iterable: &Bound<'_, PyAny>) -> PyResult<()> {

@@ -28,6 +28,8 @@ pub struct RequestWatch {
     started: AtomicBool,
     /// An asynchronous exception was set in the request's thread.
     interrupted: AtomicBool,
+    /// The server ended the response while the thread waited for it (see [`Self::response_cut`]).
+    cut: AtomicBool,
     thread: AtomicU64,
 }
 
@@ -67,6 +69,25 @@ impl RequestWatch {
         };
     }
 
+    /// The server ended the response (its client went away, or its deadline cut it) while the
+    /// request's thread waited for it, outside the app's code: the iterable's `close()` that
+    /// follows is the app's clean-up and runs to its end. A deadline's `TimeoutError` set while
+    /// the thread waited would land there, on its first line: it is taken back, and none is set
+    /// from now on. Both run with the GIL held, as [`Self::interrupt`] does.
+    pub(crate) fn response_cut(&self, _py: Python<'_>) {
+        self.cut.store(true, Ordering::Release);
+        if self.interrupted.swap(false, Ordering::AcqRel) {
+            // SAFETY: the GIL is held, on the request's own thread; NULL clears its pending
+            // asynchronous exception.
+            unsafe {
+                ffi::PyThreadState_SetAsyncExc(
+                    self.thread.load(Ordering::Relaxed) as _,
+                    std::ptr::null_mut(),
+                )
+            };
+        }
+    }
+
     /// Hands the request to the watchdog thread (never waits for the GIL, so the server's event
     /// loop may call it): it logs `what` with the Python stack of the request's thread and
     /// raises `TimeoutError` in it, if the request is still inside Python by then. A request
@@ -96,6 +117,10 @@ impl RequestWatch {
             tracing::error!(target: "wsgi", "{what}; {state}");
             return;
         }
+        if self.cut.load(Ordering::Acquire) {
+            tracing::error!(target: "wsgi", "{what}; its response ended while it waited for its client, and its iterable's close() runs to its end");
+            return;
+        }
         let ident = self.thread.load(Ordering::Relaxed);
         let stack = stack_for_log(py, ident);
         // Formatting the stack ran Python code, during which the GIL may have gone to the
@@ -103,6 +128,10 @@ impl RequestWatch {
         // the check and the interrupt, or the TimeoutError would land in the thread's next one.
         if !self.running.load(Ordering::Acquire) {
             tracing::error!(target: "wsgi", "{what}; it left Python before it could be interrupted");
+            return;
+        }
+        if self.cut.load(Ordering::Acquire) {
+            tracing::error!(target: "wsgi", "{what}; its response ended while it waited for its client, and its iterable's close() runs to its end");
             return;
         }
         self.interrupted.store(true, Ordering::Release);
@@ -154,7 +183,15 @@ pub(crate) fn stack_for_log(py: Python<'_>, ident: u64) -> String {
 
 /// The formatted Python stack of the thread `ident`, or why there is none, for a log entry.
 pub(crate) fn stack_text(py: Python<'_>, ident: u64) -> String {
-    stack_of(py, ident).unwrap_or_else(|e| format!("(no stack: {e})"))
+    stack_of(py, ident).unwrap_or_else(|e| {
+        if e.is_instance_of::<pyo3::exceptions::PyKeyError>(py) {
+            // A thread with no frame runs none of the app's code: it is in the server's, most
+            // often waiting for its client to take the response.
+            "(none: it runs no Python code now, waiting in the server)".to_owned()
+        } else {
+            format!("(no stack: {e})")
+        }
+    })
 }
 
 /// The formatted Python stack of the thread `ident`.

@@ -283,3 +283,19 @@ def test_an_interrupt_never_lands_in_the_next_request(nginx_factory):
         # machine, is its own 504, not the race this looks for.)
         assert set(fast) <= {200, 504} and fast[200] > 0, (prefix, fast, slow, server.error_log()[-3000:])
         assert set(slow) <= {200, 504, "cut"}, (prefix, slow)
+
+
+def test_a_stream_cut_at_its_deadline_while_it_waits_for_its_client_runs_its_close_to_the_end(nginx_factory, tmp_path):
+    """The thread waits in the server (its client reads nothing) when the deadline passes: no
+    TimeoutError may land in the iterable's close(), the app's clean-up."""
+    mark = tmp_path / "closed"
+    server = nginx_factory(location("/", APPS / "close_cleans_up.py",
+                                    f"wsgi_read_timeout 1s; wsgi_stream_buffer 64k; wsgi_param WSGI_MARK {mark};")).start()
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", server.port))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        wait_for(lambda: mark.exists() and mark.read_text() == "closed", what="close() to run to its end")
+    log = server.error_log()
+    assert "wsgi_read_timeout" in log
+    assert "close() raised" not in log, log
