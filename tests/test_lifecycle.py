@@ -472,3 +472,26 @@ def test_gevent_monkey_patching_at_import_is_warned_about(nginx_factory):
     assert re.search(r"\[warn\] .*wsgi: gevent's monkey-patching replaced Python's threading while the apps "
                      r"were imported: threads the app starts .* are greenlets that never run here",
                      server.error_log()), server.error_log()[-2000:]
+
+
+def test_a_recycling_worker_answers_the_next_request_of_a_connection_whose_response_promised_keep_alive(nginx_factory):
+    # The response was under way when the worker decided to recycle, its head saying keep-alive:
+    # nginx's exit closed the connection right after it, and the request its client sent next,
+    # at once, was lost. The drain waits for it, and its next response closes it.
+    server = nginx_factory(location("/", f"{APPS / 'streaming.py'}:brief"), http_extra="wsgi_max_requests 3;").start()
+    worker = server.worker_pids()
+    kept = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    kept.request("GET", "/?1.5")
+    r = kept.getresponse()
+    assert r.getheader("Connection") in (None, "keep-alive") and r.read(5) == b"first", r.getheaders()
+    for _ in range(3):  # the third to end brings the worker to wsgi_max_requests
+        other = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        other.request("GET", "/")
+        assert other.getresponse().read() == b"firstlast"
+        other.close()
+    assert r.read() == b"last"
+    kept.request("GET", "/")
+    r = kept.getresponse()
+    assert (r.status, r.read(), r.getheader("Connection")) == (200, b"firstlast", "close")
+    kept.close()
+    wait_for(lambda: server.worker_pids() and server.worker_pids() != worker, what="a fresh worker")

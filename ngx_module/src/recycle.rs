@@ -9,7 +9,8 @@ use ngx_wsgi::recycle::{Due, Limits};
 
 use nginx_sys::{
     ngx_connection_t, ngx_current_msec, ngx_cycle, ngx_event_t, ngx_exiting, ngx_http_request_t,
-    ngx_msec_t, ngx_quit, NGX_LOG_ALERT, NGX_LOG_NOTICE,
+    ngx_msec_t, ngx_quit, NGX_HTTP_MODULE, NGX_HTTP_SWITCHING_PROTOCOLS, NGX_LOG_ALERT,
+    NGX_LOG_NOTICE,
 };
 
 use crate::ffi::guard;
@@ -157,7 +158,7 @@ unsafe extern "C" fn drain_check(ev: *mut ngx_event_t) {
         }
         let waited = now.saturating_sub(DRAIN_STARTED.load(Relaxed));
         // SAFETY: on the event loop.
-        if waited >= DRAIN_MS || !unsafe { idle_connections() } {
+        if waited >= DRAIN_MS || !unsafe { keep_alive_connections() } {
             exit_now();
         } else {
             // SAFETY: the event is the static drain timer, on the event loop.
@@ -166,27 +167,42 @@ unsafe extern "C" fn drain_check(ev: *mut ngx_event_t) {
     })
 }
 
-/// Whether any client's HTTP/1 connection waits idle for its next request: those nginx's exit
-/// closes at once. (HTTP/2 connections are marked idle for their whole life, and nginx's exit
-/// sends them a GOAWAY that tells their clients what to retry; cached upstream connections
-/// have no listening socket.)
+/// Whether any client's HTTP/1 connection is, or will be, kept alive: one that waits idle for
+/// its next request (nginx's exit closes those at once), or one whose response under way
+/// promised keep-alive (its head went out before the worker decided to recycle: nginx's exit
+/// would close it right after that response, and the request its client sends next, at once,
+/// would be lost). The drain serves both their next request, which closes them. (HTTP/2
+/// connections are marked idle for their whole life, and nginx's exit sends them a GOAWAY that
+/// tells their clients what to retry; cached upstream connections have no listening socket.)
 ///
 /// # Safety
 /// Event-loop thread.
-unsafe fn idle_connections() -> bool {
+unsafe fn keep_alive_connections() -> bool {
     // SAFETY: the cycle's connection array has `connection_n` entries for the process's life; a
     // free one has fd -1. An idle HTTP/1 connection's `data` is its ngx_http_connection_t, an
     // HTTP/2 one's its ngx_http_v2_connection_t, whose first field points back to the
-    // connection (the other's first field is its address configuration).
+    // connection (the other's first field is its address configuration); a busy HTTP/1
+    // connection's `data` is its request, which starts with nginx's signature and the
+    // connection.
     unsafe {
         let cycle = ngx_cycle;
         let connections = std::slice::from_raw_parts((*cycle).connections, (*cycle).connection_n);
         connections.iter().any(|c| {
-            c.fd != -1
-                && c.idle() != 0
-                && !c.listening.is_null()
-                && !c.data.is_null()
-                && !std::ptr::eq(*c.data.cast::<*const ngx_connection_t>(), c)
+            if c.fd == -1 || c.listening.is_null() || c.data.is_null() {
+                return false;
+            }
+            if c.idle() != 0 {
+                return !std::ptr::eq(*c.data.cast::<*const ngx_connection_t>(), c);
+            }
+            let r = c.data.cast::<ngx_http_request_t>();
+            if (*r).signature != NGX_HTTP_MODULE || !std::ptr::eq((*r).connection, c) {
+                return false;
+            }
+            // The active request may be a subrequest: the connection's fate is the main one's.
+            let main = (*r).main;
+            (*main).keepalive() != 0
+                && (*main).header_sent() != 0
+                && (*main).headers_out.status != NGX_HTTP_SWITCHING_PROTOCOLS as usize
         })
     }
 }

@@ -160,3 +160,11 @@ def thread_writer(environ, start_response):
     writing.wait(10)
     time.sleep(0.5)  # the thread is inside write() now, waiting for the client
     yield b"from the iteration"
+
+
+def brief(environ, start_response):
+    """`first`, then `last` SECONDS later (?SECONDS): a stream whose head goes out at once."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"first"
+    time.sleep(float(environ["QUERY_STRING"] or "0"))
+    yield b"last"
