@@ -233,19 +233,21 @@ fn green_threads(py: Python<'_>) -> Option<&'static str> {
 /// The apps of this process, in the order the server configured them.
 pub struct Apps;
 
-static LOADED: OnceLock<Vec<Py<PyAny>>> = OnceLock::new();
+static LOADED: OnceLock<Vec<Option<Py<PyAny>>>> = OnceLock::new();
 
 impl Apps {
-    /// Imports every app once (at process start). On failure returns the index of the app and
-    /// the error.
-    pub fn load_all(specs: &[AppSpec]) -> Result<(), (usize, String)> {
+    /// Imports every app once (at process start). Returns those that could not be loaded (the
+    /// index of the app and the error): they stay unloaded ([`Apps::get`] has none for them),
+    /// and the others serve.
+    pub fn load_all(specs: &[AppSpec]) -> Vec<(usize, String)> {
         let server_signals = crate::signals::ServerSignals::note();
-        let apps = crate::interpreter::attach(|py| {
-            let apps = specs
+        let (apps, failed, python_faults) = crate::interpreter::attach(|py| {
+            let mut failed = Vec::new();
+            let apps: Vec<Option<Py<PyAny>>> = specs
                 .iter()
                 .enumerate()
-                .map(|(i, spec)| spec.load(py).map_err(|e| (i, e)))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|(i, spec)| spec.load(py).map_err(|e| failed.push((i, e))).ok())
+                .collect();
             if let Err(e) = crate::logging_bridge::install_if_unconfigured(py) {
                 tracing::warn!(target: "wsgi", "cannot route Python logging to the server's log: {e}");
             }
@@ -260,9 +262,8 @@ impl Apps {
                      servers that run requests as greenlets)"
                 );
             }
-            Ok((apps, python_faults))
+            (apps, failed, python_faults)
         });
-        let python_faults = apps.as_ref().map_or(Vec::new(), |(_, f)| f.clone());
         for signal in server_signals.restore(&python_faults) {
             tracing::warn!(
                 target: "wsgi",
@@ -279,15 +280,15 @@ impl Apps {
                 blocking.join(", ")
             );
         }
-        let (apps, _) = apps?;
-        LOADED
-            .set(apps)
-            .map_err(|_| (0, "the apps of this process were already loaded".to_owned()))
+        match LOADED.set(apps) {
+            Ok(()) => failed,
+            Err(_) => vec![(0, "the apps of this process were already loaded".to_owned())],
+        }
     }
 
     /// The app at `index`, if loaded.
     pub fn get(index: usize) -> Option<&'static Py<PyAny>> {
-        LOADED.get()?.get(index)
+        LOADED.get()?.get(index)?.as_ref()
     }
 }
 

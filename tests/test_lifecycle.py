@@ -495,3 +495,66 @@ def test_a_recycling_worker_answers_the_next_request_of_a_connection_whose_respo
     assert (r.status, r.read(), r.getheader("Connection")) == (200, b"firstlast", "close")
     kept.close()
     wait_for(lambda: server.worker_pids() and server.worker_pids() != worker, what="a fresh worker")
+
+
+WSGI_OK = '''def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"wsgi VERSION"]
+'''
+ASGI_OK = '''async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"asgi VERSION"})
+'''
+
+
+@pytest.mark.parametrize("broken", ["wsgi", "asgi"])
+def test_a_worker_that_cannot_load_an_app_serves_the_rest_and_tries_again(nginx_factory, tmp_path, broken):
+    # The configuration check imported the apps; one broken on disk since (a deploy under way)
+    # made every fresh worker (a recycled one, or one replacing a crashed one) exit with a code
+    # nginx does not respawn: with no worker left, nginx held connections that nobody answered.
+    files = {"wsgi": tmp_path / "wsgi_app.py", "asgi": tmp_path / "asgi_app.py"}
+    files["wsgi"].write_text(WSGI_OK.replace("VERSION", "1"))
+    files["asgi"].write_text(ASGI_OK.replace("VERSION", "1"))
+    server = nginx_factory(location("/w/", files["wsgi"]) + asgi_location("/a/", files["asgi"])
+                           + "  location = /static { return 200 static; }\n").start()
+    assert requests.get(server.url("/w/"), timeout=10).text == "wsgi 1"
+    assert requests.get(server.url("/a/"), timeout=10).text == "asgi 1"
+    files[broken].write_text("def application(:\n")
+    (worker,) = server.worker_pids()
+    os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: server.worker_pids() not in ([], [worker]), what="a fresh worker")
+    ok = {"wsgi": "/w/", "asgi": "/a/"}
+    assert requests.get(server.url("/static"), timeout=10).text == "static"
+    other = "asgi" if broken == "wsgi" else "wsgi"
+    assert requests.get(server.url(ok[other]), timeout=10).text == f"{other} 1"
+    assert requests.get(server.url(ok[broken]), timeout=10).status_code == 500
+    log = server.error_log()
+    assert re.search(rf'\[alert\].*{broken}_app "{re.escape(str(files[broken]))}" \(in .*\) cannot be loaded: .*SyntaxError', log, re.S), log[-3000:]
+    assert "this worker answers 500 for it and replaces itself in 10 s to try again" in log
+    assert "cannot be respawned" not in log
+    files[broken].write_text((WSGI_OK if broken == "wsgi" else ASGI_OK).replace("VERSION", "fixed"))
+    wait_for(lambda: requests.get(server.url(ok[broken]), timeout=10).text == f"{broken} fixed", timeout=30,
+             what="a fresh worker loading the fixed app")
+
+
+def test_a_worker_whose_python_cannot_start_serves_the_rest_and_tries_again(nginx_factory, tmp_path):
+    # A virtualenv rebuilt under a worker that restarts: the same as an app that cannot load.
+    venv = tmp_path / "venv"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+    app = tmp_path / "app.py"
+    app.write_text(WSGI_OK.replace("VERSION", "1"))
+    server = nginx_factory(location("/w/", app) + "  location = /static { return 200 static; }\n",
+                           home=False, http_extra=f"wsgi_python_home {venv};").start()
+    assert requests.get(server.url("/w/"), timeout=10).text == "wsgi 1"
+    venv.rename(tmp_path / "away")
+    (worker,) = server.worker_pids()
+    os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: server.worker_pids() not in ([], [worker]), what="a fresh worker")
+    assert requests.get(server.url("/static"), timeout=10).text == "static"
+    assert requests.get(server.url("/w/"), timeout=10).status_code == 500
+    assert "wsgi: Python cannot start: " in server.error_log()
+    (tmp_path / "away").rename(venv)
+    wait_for(lambda: requests.get(server.url("/w/"), timeout=10).text == "wsgi 1", timeout=30,
+             what="a fresh worker starting Python")

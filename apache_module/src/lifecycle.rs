@@ -62,15 +62,18 @@ pub(crate) unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut ser
             )
         };
         let specs: Vec<AppSpec> = registry.apps.iter().map(|a| a.spec.clone()).collect();
-        match Apps::load_all(&specs) {
-            Ok(()) => READY.store(true, Ordering::Release),
-            Err((i, e)) => log::write(
+        let failed = Apps::load_all(&specs);
+        for (i, e) in &failed {
+            log::write(
                 APLOG_EMERG as c_int,
                 &format!(
                     "wsgi: {} cannot be loaded: {e}",
-                    registry.apps[i].describe()
+                    registry.apps[*i].describe()
                 ),
-            ),
+            );
+        }
+        if failed.is_empty() {
+            READY.store(true, Ordering::Release);
         }
     })
 }

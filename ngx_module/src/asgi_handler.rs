@@ -25,7 +25,7 @@ use ngx_wsgi::accel::AccelHeaders;
 use ngx_wsgi::asgi::ws_handshake::{handshake, Handshake, WEBSOCKET_VERSION};
 use ngx_wsgi::asgi::{AsgiLoop, HttpEnd, HttpRequest, TaskWatch, WsRequest};
 use ngx_wsgi::body_lease::BodyLease;
-use ngx_wsgi::{Chunk, Outcome, OutcomeKind, ResponseHead};
+use ngx_wsgi::{Apps, Chunk, Outcome, OutcomeKind, ResponseHead};
 
 use crate::asgi_request::{AsgiRequest, RequestBody};
 use crate::asgi_ws::{AsgiWs, WsHooks, WsSettings};
@@ -62,10 +62,11 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             crate::conf::main_conf_of(&*r).ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR)?,
         )
     };
-    let (Some(app), Some(event_loop)) = (lc.app.index, ngx_wsgi::asgi::event_loop::get()) else {
+    let app = lc.app.index.filter(|&i| Apps::get(i).is_some());
+    let (Some(app), Some(event_loop)) = (app, ngx_wsgi::asgi::event_loop::get()) else {
         crate::ffi::log::cycle_log(
             NGX_LOG_ERR as usize,
-            "asgi: the app of this location is not running in this worker",
+            "asgi: the app of this location is not running in this worker (see the alert at its start)",
         );
         return Err(NGX_HTTP_INTERNAL_SERVER_ERROR);
     };

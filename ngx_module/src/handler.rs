@@ -61,7 +61,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     let app = lc.app.index.and_then(Apps::get).ok_or_else(|| {
         crate::ffi::log::cycle_log(
             NGX_LOG_ERR as usize,
-            "wsgi: the app of this location is not loaded in this worker",
+            "wsgi: the app of this location is not loaded in this worker (see the alert at its start)",
         );
         NGX_HTTP_INTERNAL_SERVER_ERROR
     })?;

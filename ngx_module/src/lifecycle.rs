@@ -5,7 +5,8 @@ use std::ffi::c_void;
 use std::time::Duration;
 
 use nginx_sys::{
-    ngx_cycle_t, ngx_process, ngx_setproctitle, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
+    ngx_cycle_t, ngx_process, ngx_setproctitle, NGX_LOG_ALERT, NGX_PROCESS_SINGLE,
+    NGX_PROCESS_WORKER,
 };
 use ngx_wsgi::{interpreter, Apps};
 
@@ -59,10 +60,37 @@ pub(crate) unsafe fn start_worker(
     unsafe { crate::heap_trim::start() };
     name_the_worker();
     mc.umask.apply();
-    interpreter::initialize(&mc.python.settings).map_err(|e| format!("wsgi: {e}"))?;
-    Apps::load_all(&mc.python.specs())
-        .map_err(|(i, e)| format!("{} cannot be loaded: {e}", mc.python.apps[i].describe()))?;
-    start_asgi(mc)?;
+    // The configuration check imported every app; one that fails here all the same (its file
+    // changed since, a virtualenv being rebuilt under a worker that recycles or replaces a
+    // crashed one) must not take the worker down: nginx would not start another, and with
+    // none left its listening sockets would hold connections that no one answers. The worker
+    // serves its other locations, answers 500 for what is not loaded, and tries again.
+    let retry = format!(
+        "replaces itself in {} s to try again",
+        crate::recycle::RETRY_LOAD_MS / 1000
+    );
+    let failed: Vec<String> = match interpreter::initialize(&mc.python.settings) {
+        Ok(()) => Apps::load_all(&mc.python.specs())
+            .into_iter()
+            .map(|(i, e)| {
+                let app = mc.python.apps[i].describe();
+                format!("{app} cannot be loaded: {e}; this worker answers 500 for it and {retry}")
+            })
+            .collect(),
+        Err(e) => vec![format!(
+            "wsgi: Python cannot start: {e}; this worker answers 500 for its apps and {retry}"
+        )],
+    };
+    for why in &failed {
+        crate::ffi::log::cycle_log(NGX_LOG_ALERT as usize, why);
+    }
+    if !failed.is_empty() {
+        // SAFETY: per the function contract.
+        unsafe { crate::recycle::retry_load_later() };
+    }
+    if interpreter::is_running() {
+        start_asgi(mc)?;
+    }
     // The apps start within the check's timeout each time: an old worker waits as long for a
     // reload's new ones, and a little more.
     // SAFETY: per the function contract.
@@ -92,7 +120,7 @@ fn start_asgi(mc: &crate::conf::MainConf) -> Result<(), String> {
         .apps
         .iter()
         .enumerate()
-        .filter(|(_, a)| a.spec.kind == ngx_wsgi::AppKind::Asgi)
+        .filter(|(i, a)| a.spec.kind == ngx_wsgi::AppKind::Asgi && Apps::get(*i).is_some())
         .map(|(i, a)| (i, a.describe()))
         .collect();
     if asgi.is_empty() {

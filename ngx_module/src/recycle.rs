@@ -35,6 +35,11 @@ static DRAIN_STARTED: AtomicUsize = AtomicUsize::new(0);
 
 static DRAIN_TIMER: WorkerTimer = WorkerTimer::new();
 
+/// How long a worker that could not load an app (or start Python) serves without it before it
+/// replaces itself to try again: each try is Python's start and every import, once per worker.
+pub(crate) const RETRY_LOAD_MS: ngx_msec_t = 10_000;
+static RETRY_TIMER: WorkerTimer = WorkerTimer::new();
+
 /// Sets the limits for this worker (from `init_process`).
 pub(crate) fn configure(max_requests: u64, jitter: u64, max_rss: usize) {
     LIMITS.configure(max_requests, jitter, max_rss);
@@ -93,6 +98,29 @@ pub(crate) fn loop_stuck(for_how_long: std::time::Duration) {
         ),
     );
     recycle("has a stuck ASGI event loop", true);
+}
+
+/// The worker could not load an app at its start: a fresh worker tries again in
+/// [`RETRY_LOAD_MS`].
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn retry_load_later() {
+    // SAFETY: per the function contract; the event is a static.
+    unsafe {
+        crate::ffi::timer::keep_armed(
+            RETRY_TIMER.event(),
+            Some(retry_load),
+            std::ptr::null_mut(),
+            RETRY_LOAD_MS,
+        )
+    };
+}
+
+unsafe extern "C" fn retry_load(_ev: *mut ngx_event_t) {
+    guard("replacing a worker that could not load an app", (), || {
+        recycle("could not load an app at its start", true);
+    })
 }
 
 /// Has the event loop recycle the worker (the ASGI event loop's thread calls it as it dies).
