@@ -846,17 +846,27 @@ def test_startup_ran_in_every_worker_and_shutdown_at_quit(nginx_factory, tmp_pat
         assert f"worker process {w} exited with code 0" in server.error_log()
 
 
-def test_a_worker_whose_startup_fails_exits_loudly(nginx_factory, tmp_path):
-    server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:fails_when_marked"),
+def test_a_worker_whose_startup_fails_answers_500_loudly_and_tries_again(nginx_factory, tmp_path):
+    # The check ran the startup; a worker started later (replacing a crashed or recycled one)
+    # whose startup fails (a database down for a while) exited with nginx's fatal code: with
+    # none left, nginx held connections that nobody answered.
+    server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:fails_when_marked")
+                           + "  location = /static { return 200 static; }\n",
                            main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
     assert requests.get(server.url("/"), timeout=10).text == "started"
     worker = server.worker_pids()[0]
     (tmp_path / "fail-startup").touch()
     os.kill(worker, signal.SIGKILL)
-    wait_for(lambda: "cannot be respawned" in server.error_log(), what="the master to give up on the worker")
+    wait_for(lambda: "lifespan startup failed: marked to fail" in server.error_log(), what="the failed startup")
     log = server.error_log()
-    assert "lifespan startup failed: marked to fail" in log
-    assert 'asgi_app "' in log
+    assert re.search(r'\[alert\].*asgi_app ".*lifespan startup failed: marked to fail.*this worker answers 500 '
+                     r'for its ASGI apps and replaces itself in 10 s to try again', log), log[-3000:]
+    assert requests.get(server.url("/"), timeout=10).status_code == 500
+    assert requests.get(server.url("/static"), timeout=10).text == "static"
+    (tmp_path / "fail-startup").unlink()
+    wait_for(lambda: requests.get(server.url("/"), timeout=10).text == "started", timeout=30,
+             what="a fresh worker whose startup completes")
+    assert "cannot be respawned" not in server.error_log()
 
 
 def test_a_loop_that_dies_during_the_startup_is_reported_as_such(nginx_factory, tmp_path):

@@ -69,7 +69,7 @@ pub(crate) unsafe fn start_worker(
         "replaces itself in {} s to try again",
         crate::recycle::RETRY_LOAD_MS / 1000
     );
-    let failed: Vec<String> = match interpreter::initialize(&mc.python.settings) {
+    let mut failed: Vec<String> = match interpreter::initialize(&mc.python.settings) {
         Ok(()) => Apps::load_all(&mc.python.specs())
             .into_iter()
             .map(|(i, e)| {
@@ -81,6 +81,20 @@ pub(crate) unsafe fn start_worker(
             "wsgi: Python cannot start: {e}; this worker answers 500 for its apps and {retry}"
         )],
     };
+    if interpreter::is_running() {
+        if let Err(e) = start_asgi(mc) {
+            // A loop that died in the startup is the worker's end, as before (a fresh worker
+            // would meet it again at once); a startup that failed (a database down for a while)
+            // or a loop that could not start (uvloop missing from a virtualenv being rebuilt)
+            // is met as an app that cannot be imported.
+            if ngx_wsgi::asgi::event_loop::get().is_some_and(|l| l.died()) {
+                return Err(e);
+            }
+            failed.push(format!(
+                "{e}; this worker answers 500 for its ASGI apps and {retry}"
+            ));
+        }
+    }
     for why in &failed {
         crate::ffi::log::cycle_log(NGX_LOG_ALERT as usize, why);
     }
@@ -88,14 +102,15 @@ pub(crate) unsafe fn start_worker(
         // SAFETY: per the function contract.
         unsafe { crate::recycle::retry_load_later() };
     }
-    if interpreter::is_running() {
-        start_asgi(mc)?;
-    }
     // The apps start within the check's timeout each time: an old worker waits as long for a
     // reload's new ones, and a little more.
     // SAFETY: per the function contract.
     unsafe {
-        crate::reload_handover::ready(cycle, mc.python.check_timeout() + Duration::from_secs(5))
+        crate::reload_handover::ready(
+            cycle,
+            mc.python.check_timeout() + Duration::from_secs(5),
+            failed.is_empty(),
+        )
     };
     Ok(())
 }
@@ -113,7 +128,7 @@ fn name_the_worker() {
 }
 
 /// With some `asgi_app`: the worker's asyncio loop (its own thread) and each app's lifespan
-/// startup, which must succeed within `wsgi_check_timeout`; a failure ends the worker.
+/// startup, which must succeed within `wsgi_check_timeout` for the loop to take requests.
 fn start_asgi(mc: &crate::conf::MainConf) -> Result<(), String> {
     let asgi: Vec<(usize, String)> = mc
         .python

@@ -93,15 +93,18 @@ pub(crate) fn configuration_taken(expected: usize) {
     update(|_, _, _| Some(pack(generation, expected, 0)));
 }
 
-/// A worker is ready to accept (its apps imported, their lifespan started); `bound` is how
-/// long it would itself wait, once old, for newer workers. From the loop's first turn the
-/// master's commands pass through [`on_channel`].
+/// A worker is ready to accept (`whole`: its apps imported, their lifespan started; else it
+/// serves without some, and is not counted: the old workers, which serve them, go on until
+/// their bound); `bound` is how long it would itself wait, once old, for newer workers. From
+/// the loop's first turn the master's commands pass through [`on_channel`].
 ///
 /// # Safety
 /// Event-loop thread, once, from `init_process`; `cycle` is live.
-pub(crate) unsafe fn ready(cycle: *mut ngx_cycle_t, bound: std::time::Duration) {
+pub(crate) unsafe fn ready(cycle: *mut ngx_cycle_t, bound: std::time::Duration, whole: bool) {
     let mine = GENERATION.load(Ordering::Acquire);
-    update(|g, e, r| (g == mine).then(|| pack(g, e, r.saturating_add(1))));
+    if whole {
+        update(|g, e, r| (g == mine).then(|| pack(g, e, r.saturating_add(1))));
+    }
     BOUND_MS.store(bound.as_millis() as u64, Ordering::Release);
     // SAFETY: a plain read of nginx's process role: only a master's worker has its channel.
     if unsafe { nginx_sys::ngx_process } as u32 != nginx_sys::NGX_PROCESS_WORKER {

@@ -93,13 +93,17 @@ impl AsgiLoop {
                     } else {
                         // The lifespan spec: the server must carry on, without lifespan events;
                         // an app stops it with lifespan.startup.failed.
-                        tracing::error!(target: "asgi", "{}: the lifespan startup ended without lifespan.startup.complete or .failed; serving the app without lifespan events (the ASGI lifespan spec; send lifespan.startup.failed to stop the worker): {text}", name(index));
+                        tracing::error!(target: "asgi", "{}: the lifespan startup ended without lifespan.startup.complete or .failed; serving the app without lifespan events (the ASGI lifespan spec; send lifespan.startup.failed to refuse to be served): {text}", name(index));
                     }
                     if let Some(l) = LIFESPANS.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
                         l.objects.remove(&index);
                     }
                 }
                 ("startup", _) => {
+                    // It gets no shutdown (the ASGI lifespan spec) if the process serves on.
+                    if let Some(l) = LIFESPANS.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                        l.objects.remove(&index);
+                    }
                     return Err(format!("{}: lifespan startup failed: {text}", name(index)));
                 }
                 (phase, _) => {
@@ -109,7 +113,14 @@ impl AsgiLoop {
             }
             waiting.retain(|&i| i != index);
         }
+        self.started_up.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Whether every app's lifespan startup completed: until then, and for good when one
+    /// failed, the loop takes no request.
+    pub fn started_up(&self) -> bool {
+        self.started_up.load(Ordering::Acquire)
     }
 
     /// At the process's end: waits for the HTTP tasks (their responses are done: requests in

@@ -149,6 +149,8 @@ pub struct AsgiLoop {
     died: AtomicBool,
     /// What the server does once the loop died (any thread: the loop's).
     on_death: OnceLock<fn()>,
+    /// Every app's lifespan startup completed.
+    started_up: AtomicBool,
 }
 
 static LOOP: OnceLock<AsgiLoop> = OnceLock::new();
@@ -212,6 +214,7 @@ impl AsgiLoop {
             teardown_ms: AtomicU64::new(1000),
             unserved_since: AtomicU64::new(0),
             died: AtomicBool::new(false),
+            started_up: AtomicBool::new(false),
             on_death: OnceLock::new(),
         }
     }
