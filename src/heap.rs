@@ -11,8 +11,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Arenas of a process that runs Python (one for the server's own thread, one its Python
-/// threads mostly share); as many as a host's cores is no faster under the GIL.
+/// Arenas of a process that runs Python (glibc hands its threads one or the other in turn);
+/// as many as a host's cores is no faster under the GIL.
 pub const ARENAS: i32 = 2;
 
 /// What [`limit_arenas`] did.
@@ -27,8 +27,9 @@ pub enum Arenas {
 }
 
 /// Limits the arenas of this process and of the processes it forks afterwards, unless the
-/// environment sets `MALLOC_ARENA_MAX`. Effective only before a second thread allocates: call it
-/// while the process has one thread (a server's parent, before it forks its workers).
+/// environment sets `MALLOC_ARENA_MAX`. glibc fixes the limit when a thread first needs an arena
+/// of its own: call it while the process has one thread (a server's parent, before it forks
+/// its workers).
 pub fn limit_arenas() -> Arenas {
     limit_arenas_unless(std::env::var_os("MALLOC_ARENA_MAX").as_deref())
 }
@@ -59,8 +60,9 @@ fn limit_arenas_to(_n: i32) -> Arenas {
 static TRIMMING: AtomicBool = AtomicBool::new(false);
 
 /// Gives the heap's free pages back to the system on a short-lived thread of its own (a trim of
-/// a few hundred MB takes tens of milliseconds, holding each arena's lock in turn: never on a
-/// server's event loop). Does nothing while one runs.
+/// a few hundred MB takes tens of milliseconds, holding each arena's lock in turn: not a call
+/// for a server's event loop, whose own mallocs meanwhile wait at most for one arena's turn,
+/// in a quiet process). Does nothing while one runs.
 pub fn give_back_in_background() {
     if TRIMMING.swap(true, Ordering::AcqRel) {
         return;
@@ -85,9 +87,9 @@ pub fn give_back() {
 pub fn give_back() {}
 
 /// When a process is quiet enough to give back what its last busy spell freed: no request
-/// started during the last tick, and some did since the last trim. A busy process keeps its
-/// heap (it would only fault the pages in again); one that long-lived connections keep busy
-/// without new requests is quiet.
+/// started or ended during the last tick, and some did since the last trim. A busy process
+/// keeps its heap (it would only fault the pages in again); one that long-lived connections
+/// keep busy without new requests is quiet.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Quiet {
     at_last_tick: u64,
@@ -102,12 +104,13 @@ impl Quiet {
         }
     }
 
-    /// One tick (about a second) with `started` requests started in all; whether to trim now.
-    pub fn tick(&mut self, started: u64) -> bool {
-        let quiet = started == self.at_last_tick;
-        self.at_last_tick = started;
-        if quiet && started != self.at_last_trim {
-            self.at_last_trim = started;
+    /// One tick (about a second) with `activity` requests started and ended in all; whether to
+    /// trim now.
+    pub fn tick(&mut self, activity: u64) -> bool {
+        let quiet = activity == self.at_last_tick;
+        self.at_last_tick = activity;
+        if quiet && activity != self.at_last_trim {
+            self.at_last_trim = activity;
             return true;
         }
         false

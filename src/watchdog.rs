@@ -70,11 +70,18 @@ impl RequestWatch {
     }
 
     /// The server ended the response (its client went away, or its deadline cut it) while the
-    /// request's thread waited for it, outside the app's code: the iterable's `close()` that
-    /// follows is the app's clean-up and runs to its end. A deadline's `TimeoutError` set while
-    /// the thread waited would land there, on its first line: it is taken back, and none is set
-    /// from now on. Both run with the GIL held, as [`Self::interrupt`] does.
+    /// request's thread waited for it, outside the app's code. Past the deadline, the
+    /// iterable's `close()` that follows is the app's clean-up and runs to its end: the
+    /// deadline's `TimeoutError`, set while the thread waited, would land there, on its first
+    /// line; it is taken back, and none is set from now on. Both run with the GIL held, as
+    /// [`Self::interrupt`] does.
     pub(crate) fn response_cut(&self, _py: Python<'_>) {
+        // A client that went away before any deadline leaves a later one to interrupt
+        // close() as it would any of the app's code (one that hangs there must not keep its
+        // thread for ever).
+        if !self.expired.load(Ordering::Acquire) {
+            return;
+        }
         self.cut.store(true, Ordering::Release);
         if self.interrupted.swap(false, Ordering::AcqRel) {
             // SAFETY: the GIL is held, on the request's own thread; NULL clears its pending
@@ -118,7 +125,7 @@ impl RequestWatch {
             return;
         }
         if self.cut.load(Ordering::Acquire) {
-            tracing::error!(target: "wsgi", "{what}; its response ended while it waited for its client, and its iterable's close() runs to its end");
+            tracing::error!(target: "wsgi", "{what}; {CUT_WHILE_WAITING}");
             return;
         }
         let ident = self.thread.load(Ordering::Relaxed);
@@ -131,7 +138,7 @@ impl RequestWatch {
             return;
         }
         if self.cut.load(Ordering::Acquire) {
-            tracing::error!(target: "wsgi", "{what}; its response ended while it waited for its client, and its iterable's close() runs to its end");
+            tracing::error!(target: "wsgi", "{what}; {CUT_WHILE_WAITING}");
             return;
         }
         self.interrupted.store(true, Ordering::Release);
@@ -144,6 +151,10 @@ impl RequestWatch {
         );
     }
 }
+
+/// The watchdog's word on a request whose response was cut while its thread waited.
+const CUT_WHILE_WAITING: &str =
+    "its response was cut while it waited for its client, and its iterable's close() runs to its end";
 
 /// At most this many timed-out requests' stacks are formatted per second and thread: past it
 /// (a burst of timeouts, every request of a location stuck on one dependency) each is logged

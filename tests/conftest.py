@@ -146,9 +146,12 @@ class Nginx:
                               capture_output=True, text=True, timeout=60)
 
     def start(self, env=None):
-        """`env`: variables added to the master's environment."""
+        """`env`: variables set (None: removed) in the master's environment."""
+        environment = None
+        if env:
+            environment = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
         return start_server(self, "nginx", [self.binary, "-p", str(self.prefix), "-c", str(self.conf)],
-                            env={**os.environ, **env} if env else None)
+                            env=environment)
 
     def output(self):
         text = (self.prefix / "stderr.log").read_text(errors="replace") if (self.prefix / "stderr.log").exists() else ""

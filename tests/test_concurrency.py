@@ -73,10 +73,11 @@ def _h2_get(sock, conn, path):
     return stream
 
 
-@pytest.mark.parametrize("how", ["http2-reset", "http1-close"])
+@pytest.mark.parametrize("how", ["http2-reset", "http1-close", "http1-close-unbuffered"])
 def test_a_request_whose_client_went_away_while_it_waited_for_a_thread_never_runs(nginx_factory, tmp_path, how):
+    buffering = "wsgi_request_buffering off;" if how.endswith("unbuffered") else ""
     server = nginx_factory(
-        location("/", APPS / "gate.py", f"wsgi_param WSGI_GATE_DIR {tmp_path};")
+        location("/", APPS / "gate.py", f"wsgi_param WSGI_GATE_DIR {tmp_path}; {buffering}")
         + "  location = /status { wsgi_status; }\n",
         server_extra="http2 on;", http_extra="wsgi_max_threads 2; wsgi_queue_timeout 60s;").start()
     ran = tmp_path / "ran"
@@ -95,12 +96,17 @@ def test_a_request_whose_client_went_away_while_it_waited_for_a_thread_never_run
     else:
         clients = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(gone)]
         for i, s in enumerate(clients):
-            s.sendall(f"GET /run/gone{i} HTTP/1.1\r\nHost: test.local\r\n\r\n".encode())
+            s.sendall(f"POST /run/gone{i} HTTP/1.1\r\nHost: test.local\r\nContent-Length: 1\r\n\r\n".encode())
+            if not buffering:
+                s.sendall(b"x")
         # Closed once queued (a close that comes with the request is noticed by no one, as
-        # for nginx's proxy: its event was the request's).
+        # for nginx's proxy: its event was the request's). Unbuffered, the request is handed
+        # over before its body, which comes last, the close right behind it.
         wait_for(lambda: f"wsgi_requests_queued {gone}" in requests.get(server.url("/status"), timeout=10).text,
                  what="the requests queued")
         for s in clients:
+            if buffering:
+                s.sendall(b"x")
             s.close()
         noticed = "client prematurely closed connection"
     wait_for(lambda: server.error_log().count(noticed) >= gone, what="nginx noticing every client's going")
@@ -110,6 +116,10 @@ def test_a_request_whose_client_went_away_while_it_waited_for_a_thread_never_run
     (tmp_path / "release").touch()
     for t in holders + [waiter]:
         t.join()
+    if how == "http2-reset":
+        sock.close()
     assert fresh[0].status_code == 200 and fresh[0].text == "fresh"
     assert sorted(ran.read_text().split()) == ["fresh", "h0", "h1"], "the requests of clients gone ran"
+    wait_for(lambda: "wsgi_requests_queued 0" in requests.get(server.url("/status"), timeout=10).text,
+             what="the queue's gauge back to 0")
     assert "[alert]" not in server.error_log() and "[crit]" not in server.error_log()

@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use nginx_sys::{
     ngx_event_t, ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_http_test_reading, ngx_int_t, ngx_pool_cleanup_add, NGX_DONE, NGX_ERROR,
-    NGX_HTTP_BAD_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_INFO,
+    ngx_int_t, ngx_pool_cleanup_add, NGX_DONE, NGX_ERROR, NGX_HTTP_BAD_REQUEST,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_INFO,
 };
 use ngx_wsgi::accel::AccelHeaders;
 use ngx_wsgi::asgi::ws_handshake::{handshake, Handshake, WEBSOCKET_VERSION};
@@ -192,7 +192,6 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     unsafe {
         crate::inflight::started_asgi();
         crate::recycle::request_started(r);
-        crate::heap_trim::request_started();
     }
     crate::metrics::posted();
     match served {
@@ -618,8 +617,7 @@ unsafe extern "C" fn on_client_readable(r: *mut ngx_http_request_t) {
         // SAFETY: as in `on_client_writable`.
         unsafe {
             if let Some(served) = served(r) {
-                ngx_http_test_reading(r);
-                if (*(*r).connection).error() != 0 {
+                if crate::client_watch::client_left(r) {
                     match served {
                         Served::Http(request) => request.client_gone(),
                         Served::Ws(ws) => ws.client_gone(),

@@ -135,7 +135,6 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         }
         crate::inflight::started();
         crate::recycle::request_started(r);
-        crate::heap_trim::request_started();
         crate::metrics::posted();
         let log = (*(*r).connection).log;
         timer::arm(
@@ -173,6 +172,7 @@ unsafe fn run(job: *mut Job) {
             // flood of reset HTTP/2 streams would otherwise hold the threads that live
             // requests wait for, with work nobody will read.
             (*job).stream.app_returned();
+            crate::metrics::dequeued_unrun();
             (*job).outcome = Some(Outcome::client_gone(false));
             return;
         }
@@ -313,7 +313,8 @@ unsafe extern "C" fn on_client_writable(r: *mut ngx_http_request_t) {
     })
 }
 
-/// While a response streams: the client's side of the connection changed (it may be gone).
+/// From the hand-over (once an unbuffered body is in): the client's side of the connection
+/// changed (it may be gone).
 unsafe extern "C" fn on_client_readable(r: *mut ngx_http_request_t) {
     guard("the wsgi stream reader", (), || {
         // SAFETY: as in `on_client_writable`.
@@ -334,15 +335,15 @@ unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
         unsafe {
             let Some(job) = Job::of(r) else { return };
             let failed = (*job).body_stream.as_ref().is_some_and(|body| body.pull(r));
-            if failed && (*(*r).connection).error() == 0 {
-                // nginx's reader is done with the body: only the client's going is watched
-                // (which also stops a level-triggered event from firing on the unread bytes).
-                nginx_sys::ngx_http_test_reading(r);
-            }
             if (*(*r).connection).error() != 0 {
                 (*job).stream.client_gone();
             } else if (*r).reading_body() == 0 || failed {
-                (*job).stream.watch_client(r);
+                // The body is in (or nginx's reader is done with a broken one): only the
+                // client's going is watched from now on, as for a buffered body (which also
+                // stops a level-triggered event from firing on unread bytes), a close that came
+                // with the body's end included.
+                (*r).read_event_handler = Some(on_client_readable);
+                (*job).stream.on_readable(r);
             }
         }
     })

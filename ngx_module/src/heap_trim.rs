@@ -1,6 +1,7 @@
 //! A worker's C heap after a burst: once a second the worker looks whether it is quiet (no
-//! request handed to an app during the last second, some since the last look that trimmed), and
-//! then has the heap's free pages given back to the system, off the event loop (core `heap`).
+//! request handed to an app or finished during the last second, some since the last look that
+//! trimmed), and then has the heap's free pages given back to the system, off the event loop
+//! (core `heap`).
 //! Without it a worker stays at the size of its busiest moment: `wsgi_max_rss` would recycle
 //! it for memory it no longer uses, and a host's memory is planned for the peak of every worker.
 
@@ -15,14 +16,15 @@ use crate::ffi::timer::WorkerTimer;
 
 const EVERY_MS: ngx_msec_t = 1000;
 
-/// Requests handed to their apps (WSGI and ASGI, WebSockets included).
-static STARTED: AtomicU64 = AtomicU64::new(0);
+/// Requests handed to their apps and requests finished (WSGI and ASGI, WebSockets included):
+/// a burst of slow requests frees its memory as they end, not as they start.
+static ACTIVITY: AtomicU64 = AtomicU64::new(0);
 static QUIET: LoopCell<Quiet> = LoopCell::new(Quiet::new());
 static TIMER: WorkerTimer = WorkerTimer::new();
 
-/// A request was handed to its app.
-pub(crate) fn request_started() {
-    STARTED.fetch_add(1, Relaxed);
+/// A request was handed to its app, or finished.
+pub(crate) fn activity() {
+    ACTIVITY.fetch_add(1, Relaxed);
 }
 
 /// Starts the once-a-second look.
@@ -52,7 +54,7 @@ unsafe extern "C" fn look(_ev: *mut ngx_event_t) {
         }
         // SAFETY: event-loop thread, the only one that touches the cell.
         let mut quiet = unsafe { QUIET.get() };
-        let trim = quiet.tick(STARTED.load(Relaxed));
+        let trim = quiet.tick(ACTIVITY.load(Relaxed));
         // SAFETY: as above.
         unsafe { QUIET.set(quiet) };
         if trim {

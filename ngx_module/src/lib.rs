@@ -15,6 +15,7 @@ mod asgi_queue;
 mod asgi_request;
 mod asgi_scope;
 mod asgi_ws;
+mod client_watch;
 mod conf;
 mod descriptor_watch;
 mod dispatch;

@@ -9,8 +9,8 @@ use ngx_wsgi::recycle::{Due, Limits};
 
 use nginx_sys::{
     ngx_connection_t, ngx_current_msec, ngx_cycle, ngx_event_t, ngx_exiting, ngx_http_request_t,
-    ngx_msec_t, ngx_quit, NGX_HTTP_MODULE, NGX_HTTP_SWITCHING_PROTOCOLS, NGX_LOG_ALERT,
-    NGX_LOG_NOTICE,
+    ngx_msec_t, ngx_quit, NGX_HTTP_MODULE, NGX_HTTP_SWITCHING_PROTOCOLS, NGX_HTTP_VERSION_11,
+    NGX_LOG_ALERT, NGX_LOG_NOTICE,
 };
 
 use crate::ffi::guard;
@@ -53,6 +53,7 @@ pub(crate) fn configure(max_requests: u64, jitter: u64, max_rss: usize) {
 /// # Safety
 /// Event-loop thread; `r` is live.
 pub(crate) unsafe fn request_started(r: *mut ngx_http_request_t) {
+    crate::heap_trim::activity();
     let limit = LIMITS.request_limit();
     if limit > 0 && STARTED.fetch_add(1, Relaxed) + 1 >= limit {
         // SAFETY: per the function contract.
@@ -62,6 +63,7 @@ pub(crate) unsafe fn request_started(r: *mut ngx_http_request_t) {
 
 /// A request finished; starts a graceful exit of the worker when it is due.
 pub(crate) fn request_done() {
+    crate::heap_trim::activity();
     let why = match LIMITS.request_done() {
         None => return,
         Some(Due::Requests(served)) => format!("served {served} requests (wsgi_max_requests)"),
@@ -197,9 +199,9 @@ unsafe extern "C" fn drain_check(ev: *mut ngx_event_t) {
 
 /// Whether any client's HTTP/1 connection is, or will be, kept alive: one that waits idle for
 /// its next request (nginx's exit closes those at once), or one whose response under way
-/// promised keep-alive (its head went out before the worker decided to recycle: nginx's exit
-/// would close it right after that response, and the request its client sends next, at once,
-/// would be lost). The drain serves both their next request, which closes them. (HTTP/2
+/// promised keep-alive (a head that went out before the worker decided to recycle, or another
+/// location's: nginx's exit would close it right after that response, and the request its
+/// client sends next, at once, would be lost). The drain serves both their next request, which closes them. (HTTP/2
 /// connections are marked idle for their whole life, and nginx's exit sends them a GOAWAY that
 /// tells their clients what to retry; cached upstream connections have no listening socket.)
 ///
@@ -211,7 +213,9 @@ unsafe fn keep_alive_connections() -> bool {
     // HTTP/2 one's its ngx_http_v2_connection_t, whose first field points back to the
     // connection (the other's first field is its address configuration); a busy HTTP/1
     // connection's `data` is its request, which starts with nginx's signature and the
-    // connection.
+    // connection. Whatever else a listening connection's `data` is (an HTTP/2 or a stream
+    // module's session, an HTTP/3 stream's) is at least those two fields long, and the request
+    // is only read further once both say it is one.
     unsafe {
         let cycle = ngx_cycle;
         let connections = std::slice::from_raw_parts((*cycle).connections, (*cycle).connection_n);
@@ -228,7 +232,9 @@ unsafe fn keep_alive_connections() -> bool {
             }
             // The active request may be a subrequest: the connection's fate is the main one's.
             let main = (*r).main;
-            (*main).keepalive() != 0
+            // HTTP/3 requests have keepalive set too: their connection is QUIC's.
+            (*main).http_version <= NGX_HTTP_VERSION_11 as usize
+                && (*main).keepalive() != 0
                 && (*main).header_sent() != 0
                 && (*main).headers_out.status != NGX_HTTP_SWITCHING_PROTOCOLS as usize
         })

@@ -14,8 +14,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use nginx_sys::{
     ngx_add_timer, ngx_buf_t, ngx_chain_get_free_buf, ngx_chain_t, ngx_chain_update_chains,
     ngx_del_timer, ngx_handle_write_event, ngx_http_event_handler_pt, ngx_http_output_filter,
-    ngx_http_request_t, ngx_http_send_special, ngx_http_test_reading, ngx_int_t, NGX_ERROR,
-    NGX_HTTP_LAST, NGX_HTTP_VERSION_11, NGX_OK,
+    ngx_http_request_t, ngx_http_send_special, ngx_int_t, NGX_ERROR, NGX_HTTP_LAST,
+    NGX_HTTP_VERSION_11, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx_wsgi::{Chunk, ChunkSink, ClientGone, ResponseHead};
@@ -440,19 +440,6 @@ impl Stream {
         self.cancel(&mut st, false);
     }
 
-    /// The request body is complete: from now on, when the response has started, watch the
-    /// client for a disconnect.
-    ///
-    /// # Safety
-    /// Event-loop thread; `r` is live.
-    pub(crate) unsafe fn watch_client(&self, r: *mut ngx_http_request_t) {
-        let st = self.lock();
-        if st.head_sent && !st.request.0.is_null() {
-            // SAFETY: per the function contract.
-            unsafe { (*r).read_event_handler = self.events.readable };
-        }
-    }
-
     /// The request's deadline passed while its app runs: answers 504 in its place (or, when the
     /// response has started, cuts it) and stops the app's output. Returns how to finalize.
     ///
@@ -808,8 +795,7 @@ impl Stream {
     pub(crate) unsafe fn on_readable(&self, r: *mut ngx_http_request_t) {
         // SAFETY: per the function contract.
         unsafe {
-            ngx_http_test_reading(r);
-            if (*(*r).connection).error() != 0 {
+            if crate::client_watch::client_left(r) {
                 self.client_gone();
             }
         }

@@ -1,0 +1,24 @@
+//! Whether a request's client went away, asked when its connection becomes readable while the
+//! module owns the request (nothing else reads it then): nginx's own test (a FIN, an RST, a
+//! reset HTTP/2 stream), after which the request reads nothing more. Under a level-triggered
+//! event method (`use poll;`, `select`) the closed socket would otherwise make the loop call
+//! the handler again at every turn.
+
+use nginx_sys::{ngx_http_block_reading, ngx_http_request_t, ngx_http_test_reading};
+
+/// True once the client is gone (its request is marked so by nginx).
+///
+/// # Safety
+/// Event-loop thread; `r` is live.
+pub(crate) unsafe fn client_left(r: *mut ngx_http_request_t) -> bool {
+    // SAFETY: per the function contract.
+    unsafe {
+        ngx_http_test_reading(r);
+        if (*(*r).connection).error() == 0 {
+            return false;
+        }
+        (*r).read_event_handler = Some(ngx_http_block_reading);
+        ngx_http_block_reading(r);
+        true
+    }
+}
