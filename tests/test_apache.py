@@ -1,8 +1,10 @@
 """The Apache adapter's own directives and process life: configuration checked at `apache2 -t`
 (and start), one interpreter per child started in the child and finalised when it exits, a crashed
 child replaced by the parent. The WSGI semantics are the shared suite's (`[apache]` cases)."""
+import http.client
 import json
 import os
+import pathlib
 import re
 import signal
 import socket
@@ -448,3 +450,44 @@ def test_https_variable_sets_the_url_scheme_as_under_mod_wsgi(apaches):
     assert (told["wsgi.url_scheme"], told["HTTPS"]) == ("https", "on")
     plain = requests.get(server.url("/")).json()
     assert plain["wsgi.url_scheme"] == "http" and "HTTPS" not in plain
+
+
+@pytest.mark.parametrize("mpm", ["event", "worker", "prefork"])
+def test_a_recycling_child_answers_the_next_request_of_a_connection_its_streamed_response_kept(apaches, mpm):
+    """The streamed response that makes the child recycle had promised keep-alive with its head:
+    the connection was closed after it (under prefork, the child stopped after it), and the
+    request its client sent next, at once, was lost."""
+    server = apaches([route("/", f"{APPS / 'streaming.py'}:brief")], mpm=mpm, server_extra="NgxWsgiMaxRequests 1",
+                     processes=2 if mpm == "prefork" else 1).start()
+    kept = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    kept.request("GET", "/?0.3")
+    r = kept.getresponse()
+    assert r.getheader("Connection") != "close" and r.read() == b"firstlast", r.getheaders()
+    kept.request("GET", "/")
+    r = kept.getresponse()
+    assert (r.status, r.read(), r.getheader("Connection")) == (200, b"firstlast", "close")
+    kept.close()
+    wait_for(lambda: "recycling it" in server.error_log(), what="the child's recycling")
+
+
+def test_a_child_that_cannot_load_its_app_recycles_and_a_fresh_one_tries_again(apaches):
+    # Its file broken on disk since the check (a deploy under way): the child Apache started in
+    # place of a dead one answered 500 for ever, the file fixed or not (mod_wsgi retries).
+    app = pathlib.Path(shared_dir()) / "app.py"
+    app.write_text('def application(environ, start_response):\n'
+                   '    start_response("200 OK", [("Content-Type", "text/plain")])\n'
+                   '    return [b"one"]\n')
+    server = apaches([route("/", str(app))]).start()
+    assert requests.get(server.url("/"), timeout=10).text == "one"
+    first = server.worker_pids()
+    app.write_text("def application(:\n")
+    for pid in first:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: server.worker_pids() and not set(server.worker_pids()) & set(first), what="a fresh child")
+    assert requests.get(server.url("/"), timeout=10).status_code == 500
+    app.write_text('def application(environ, start_response):\n'
+                   '    start_response("200 OK", [("Content-Type", "text/plain")])\n'
+                   '    return [b"fixed"]\n')
+    wait_for(lambda: requests.get(server.url("/"), timeout=10).text == "fixed", timeout=40,
+             what="a fresh child loading the fixed app")
+    assert "wsgi: this child could not load its apps at its start; recycling it" in server.error_log()

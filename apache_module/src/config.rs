@@ -155,9 +155,11 @@ impl Registry {
         )
     }
 
-    /// Whether children are recycled by request count or memory.
+    /// Whether a child may have to recycle (by request count or memory, or to load its apps
+    /// again when it could not), so that its pipe of death is looked for.
     pub(crate) fn recycles(&self) -> bool {
-        self.max_requests > 0 || self.max_rss > 0
+        // A child that cannot load its apps recycles too (to try again), limits or not.
+        !self.apps.is_empty()
     }
 }
 

@@ -76,7 +76,7 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
         let timed_out = armed.finish();
         drop(prepared.spill);
         ngx_wsgi::metrics::finished_outcome(outcome.as_ref(), started.elapsed(), timed_out);
-        crate::recycle::request_done(r);
+        crate::recycle::request_done(r, side.head_sent());
         if timed_out {
             // The deadline answered in the app's place; the connection closes after it.
             return OK as c_int;

@@ -6,25 +6,38 @@
 //! first serves on for a while, every response saying `Connection: close` (`crate::recycle`): a
 //! busy connection's next request is answered and the connection closed after it. The MPM keeps
 //! no live count of those connections for a module to wait on (its scoreboard's is a snapshot
-//! taken when timeouts are processed), so the drain has a fixed length. The prefork MPM's child
-//! serves its one connection to its end before it stops: no drain there.
+//! taken when timeouts are processed), so the drain has a fixed length. The prefork MPM's child,
+//! once told to stop, ends its connection after the response under way, which may have
+//! promised keep-alive: it is told when that connection ends instead (its next request says
+//! `Connection: close`).
 
-use std::ffi::{c_int, CStr};
+use std::ffi::{c_int, c_void, CStr};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::bindings::{ap_mpm_query, ap_show_mpm, AP_MPMQ_MPM_STATE, AP_MPMQ_STOPPING};
+use crate::bindings::{
+    ap_mpm_query, ap_show_mpm, apr_pool_cleanup_null, apr_pool_cleanup_register, apr_status_t,
+    request_rec, APR_SUCCESS, AP_MPMQ_MPM_STATE, AP_MPMQ_STOPPING,
+};
 
 /// How long the drain lasts: a connection idle for longer meets the race any keep-alive timeout
 /// has, which clients retry.
 const DRAIN: Duration = Duration::from_secs(2);
 
 /// Runs `stop` once the drain is over: on a thread of its own under the event and worker MPMs,
-/// at once under prefork (or when that thread cannot start).
-pub(crate) fn then(stop: fn()) {
+/// when `r`'s connection ends under prefork (at once when neither can be arranged, or without
+/// a request: `r` null).
+///
+/// # Safety
+/// `r` is null or the live request, on its own thread.
+pub(crate) unsafe fn then(stop: fn(), r: *mut request_rec) {
     // SAFETY: ap_show_mpm returns a static name.
     let mpm = unsafe { CStr::from_ptr(ap_show_mpm()) }.to_bytes();
     if mpm != b"event" && mpm != b"worker" {
-        stop();
+        // SAFETY: per the function contract.
+        if r.is_null() || !unsafe { at_connection_end(stop, r) } {
+            stop();
+        }
         return;
     }
     let drain = std::thread::Builder::new()
@@ -39,6 +52,43 @@ pub(crate) fn then(stop: fn()) {
     if drain.is_err() {
         stop();
     }
+}
+
+/// What runs when the connection ends (prefork: one connection at a time, one stop per child).
+static AT_CONNECTION_END: OnceLock<fn()> = OnceLock::new();
+
+/// Has `stop` run when `r`'s connection is done (its pool's cleanup); false if it cannot.
+///
+/// # Safety
+/// `r` is the live request, on its own thread.
+unsafe fn at_connection_end(stop: fn(), r: *mut request_rec) -> bool {
+    if AT_CONNECTION_END.set(stop).is_err() {
+        return false;
+    }
+    // SAFETY: per the function contract, the connection and its pool are live; the cleanup
+    // runs once, on this thread, when the MPM is done with the connection.
+    unsafe {
+        apr_pool_cleanup_register(
+            (*(*r).connection).pool,
+            std::ptr::null(),
+            Some(connection_ended),
+            Some(apr_pool_cleanup_null),
+        )
+    };
+    true
+}
+
+unsafe extern "C" fn connection_ended(_data: *mut c_void) -> apr_status_t {
+    crate::ffi_guard::guard(
+        "stopping a recycled child",
+        APR_SUCCESS as apr_status_t,
+        || {
+            if let Some(stop) = AT_CONNECTION_END.get() {
+                stop();
+            }
+            APR_SUCCESS as apr_status_t
+        },
+    )
 }
 
 /// Whether the MPM is stopping this child already.

@@ -49,6 +49,7 @@ pub(crate) unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut ser
         crate::fork_child::close_listeners_in_children();
         if let Err(e) = interpreter::initialize(&registry.python) {
             log::write(APLOG_EMERG as c_int, &format!("wsgi: {e}"));
+            crate::recycle::retry_load_later();
             return;
         }
         // SAFETY: the child's pool lives until the child exits; the cleanup runs then, on the
@@ -74,6 +75,8 @@ pub(crate) unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut ser
         }
         if failed.is_empty() {
             READY.store(true, Ordering::Release);
+        } else {
+            crate::recycle::retry_load_later();
         }
     })
 }

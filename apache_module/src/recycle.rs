@@ -24,11 +24,13 @@ pub(crate) fn configure(registry: &Registry) {
     );
 }
 
-/// An app's request is over; starts the child's graceful exit when it is due.
+/// An app's request is over; starts the child's graceful exit when it is due. `head_sent`: its
+/// head went out already (a streamed response), promising keep-alive unless the child was
+/// recycling as the request started.
 ///
 /// # Safety
 /// `r` is the live request, on its own thread.
-pub(crate) unsafe fn request_done(r: *mut request_rec) {
+pub(crate) unsafe fn request_done(r: *mut request_rec, head_sent: bool) {
     let due = LIMITS.request_done();
     if let Some(due) = due {
         let why = match due {
@@ -42,11 +44,46 @@ pub(crate) unsafe fn request_done(r: *mut request_rec) {
             &format!("wsgi: this child {why}; recycling it"),
         );
         ngx_wsgi::metrics::recycled();
-        RECYCLING.store(true, Relaxed);
-        crate::keepalive_drain::then(stop);
+        if !RECYCLING.swap(true, Relaxed) {
+            // SAFETY: per the function contract.
+            unsafe { crate::keepalive_drain::then(stop, r) };
+        }
     }
-    // SAFETY: per the function contract.
-    unsafe { close_if_recycling(r) };
+    if !head_sent {
+        // SAFETY: per the function contract.
+        unsafe { close_if_recycling(r) };
+    }
+    // Else its client was told the connection stays: closing it after the response would
+    // lose the request the client sends next, at once; the drain serves that one, and closes.
+}
+
+/// How long a child that could not load its apps (or start Python) serves without them before
+/// it recycles, so that a fresh one tries again.
+const RETRY_LOAD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The child could not load its apps at its start (a file broken on disk since the check, a
+/// dependency down for a while): it recycles in [`RETRY_LOAD`], and the parent's fresh child
+/// imports them again. Its requests are 500s meanwhile, which count toward no limit.
+pub(crate) fn retry_load_later() {
+    let started = ngx_wsgi::signals::spawn_helper("wsgi-retry-load", None, || {
+        std::thread::sleep(RETRY_LOAD);
+        if RECYCLING.swap(true, Relaxed) {
+            return;
+        }
+        crate::log::write(
+            APLOG_NOTICE as c_int,
+            "wsgi: this child could not load its apps at its start; recycling it",
+        );
+        ngx_wsgi::metrics::recycled();
+        // SAFETY: no request: under prefork the child stops after its connection under way.
+        unsafe { crate::keepalive_drain::then(stop, std::ptr::null_mut()) };
+    });
+    if let Err(e) = started {
+        crate::log::write(
+            APLOG_ERR as c_int,
+            &format!("wsgi: cannot start the thread that recycles this child: {e}"),
+        );
+    }
 }
 
 /// A request of a recycling child closes its connection: its client goes to a child that
