@@ -7,6 +7,7 @@ import pathlib
 import re
 import subprocess
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -542,7 +543,7 @@ def test_a_worker_that_cannot_load_an_app_serves_the_rest_and_tries_again(nginx_
 def test_a_worker_whose_python_cannot_start_serves_the_rest_and_tries_again(nginx_factory, tmp_path):
     # A virtualenv rebuilt under a worker that restarts: the same as an app that cannot load.
     venv = tmp_path / "venv"
-    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     app = tmp_path / "app.py"
     app.write_text(WSGI_OK.replace("VERSION", "1"))
     server = nginx_factory(location("/w/", app) + "  location = /static { return 200 static; }\n",
