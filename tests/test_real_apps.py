@@ -61,7 +61,7 @@ def test_a_program_started_without_fork_holds_none_of_the_servers_descriptors(re
     try:
         # The background job is a copy of the shell until its exec of sleep, which closes them.
         wait_for(lambda: os.readlink(f"/proc/{pid}/exe").endswith("/sleep"), what="the job's exec")
-        held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        held = links(pid)
     finally:
         os.kill(pid, signal.SIGKILL)
     assert not [h for h in held if h.startswith(("socket:", "anon_inode:")) or "client_body_temp" in h], held
@@ -111,7 +111,7 @@ def test_a_program_started_without_fork_holds_no_upload_being_received(real_app)
         pid = int(requests.get(real_app.url("/system_background"), timeout=30).text)
         try:
             wait_for(lambda: os.readlink(f"/proc/{pid}/exe").endswith("/sleep"), what="the job's exec")
-            held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+            held = links(pid)
         finally:
             os.kill(pid, signal.SIGKILL)
         upload.sendall(b"u" * 200_000)
