@@ -142,7 +142,6 @@ impl Threads {
         let parker = Arc::new(Parker::default());
         loop {
             queue.drain();
-            ngx_wsgi::signals::block_server_signals();
             {
                 let mut st = self.lock();
                 if st.stopping {

@@ -191,6 +191,9 @@ unsafe fn run(job: *mut Job) {
         crate::metrics::thread_finished(outcome.as_ref().map_or(Duration::ZERO, |o| o.gil_wait));
         (*job).outcome = outcome;
     }
+    // Before the thread's next request, which may be the next job of the same drain (requests
+    // that queued meanwhile) as well as a later one.
+    ngx_wsgi::signals::block_server_signals();
 }
 
 /// Back on the event loop once the pool thread is done (the notifier's `on_finished`).
