@@ -424,8 +424,6 @@ def keep_alive_client(port, seconds):
     return answered, lost
 
 
-@pytest.mark.skipif("ASAN_OPTIONS" in os.environ, reason="a race over timing (the drain's 2 s against the clients' "
-                    "pace), which the sanitizer's slowdown skews; the plain run holds it")
 @pytest.mark.parametrize("mpm", ["event", "worker", "prefork"])
 def test_recycling_loses_no_request_of_a_kept_connection(apaches, mpm):
     """A recycling child says `Connection: close` before it stops where the MPM would close a

@@ -39,15 +39,8 @@ pub(crate) unsafe fn request_done(r: *mut request_rec, head_sent: bool) {
                 format!("uses {} MiB (NgxWsgiMaxRSS {} MiB)", rss >> 20, max >> 20)
             }
         };
-        crate::log::write(
-            APLOG_NOTICE as c_int,
-            &format!("wsgi: this child {why}; recycling it"),
-        );
-        ngx_wsgi::metrics::recycled();
-        if !RECYCLING.swap(true, Relaxed) {
-            // SAFETY: per the function contract.
-            unsafe { crate::keepalive_drain::then(stop, r) };
-        }
+        // SAFETY: per the function contract.
+        unsafe { begin(&why, r) };
     }
     if !head_sent {
         // SAFETY: per the function contract.
@@ -55,6 +48,23 @@ pub(crate) unsafe fn request_done(r: *mut request_rec, head_sent: bool) {
     }
     // Else its client was told the connection stays: closing it after the response would
     // lose the request the client sends next, at once; the drain serves that one, and closes.
+}
+
+/// The child is due (`why`): logged, counted, and its drain begun, once.
+///
+/// # Safety
+/// `r` is null or the live request, on its own thread.
+unsafe fn begin(why: &str, r: *mut request_rec) {
+    if RECYCLING.swap(true, Relaxed) {
+        return;
+    }
+    crate::log::write(
+        APLOG_NOTICE as c_int,
+        &format!("wsgi: this child {why}; recycling it"),
+    );
+    ngx_wsgi::metrics::recycled();
+    // SAFETY: per the function contract.
+    unsafe { crate::keepalive_drain::then(stop, r) };
 }
 
 /// How long a child that could not load its apps (or start Python) serves without them before
@@ -67,16 +77,8 @@ const RETRY_LOAD: std::time::Duration = std::time::Duration::from_secs(10);
 pub(crate) fn retry_load_later() {
     let started = ngx_wsgi::signals::spawn_helper("wsgi-retry-load", None, || {
         std::thread::sleep(RETRY_LOAD);
-        if RECYCLING.swap(true, Relaxed) {
-            return;
-        }
-        crate::log::write(
-            APLOG_NOTICE as c_int,
-            "wsgi: this child could not load its apps at its start; recycling it",
-        );
-        ngx_wsgi::metrics::recycled();
         // SAFETY: no request: under prefork the child stops after its connection under way.
-        unsafe { crate::keepalive_drain::then(stop, std::ptr::null_mut()) };
+        unsafe { begin("could not load its apps at its start", std::ptr::null_mut()) };
     });
     if let Err(e) = started {
         crate::log::write(

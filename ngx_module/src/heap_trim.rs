@@ -27,18 +27,11 @@ pub(crate) fn activity() {
     ACTIVITY.fetch_add(1, Relaxed);
 }
 
-/// Starts the once-a-second look.
+/// Starts the once-a-second look (and arms its next turn).
 ///
 /// # Safety
-/// Event-loop thread, once per worker.
-pub(crate) unsafe fn start() {
-    // SAFETY: per the function contract.
-    unsafe { arm() };
-}
-
-/// # Safety
 /// Event-loop thread.
-unsafe fn arm() {
+pub(crate) unsafe fn start() {
     // SAFETY: per the function contract; cancelable, the timer does not hold an exiting worker.
     unsafe {
         crate::ffi::timer::keep_armed(TIMER.event(), Some(look), std::ptr::null_mut(), EVERY_MS)
@@ -61,6 +54,6 @@ unsafe extern "C" fn look(_ev: *mut ngx_event_t) {
             heap::give_back_in_background();
         }
         // SAFETY: the timer's handler runs on the event loop.
-        unsafe { arm() };
+        unsafe { start() };
     })
 }

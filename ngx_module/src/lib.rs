@@ -165,13 +165,12 @@ unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     guard("init_module", NGX_OK as ngx_int_t, || {
         // SAFETY: nginx calls this with the live new cycle, whose configurations are set.
         let cycle = unsafe { &*cycle };
-        let serves_apps = conf::cycle_main_conf(cycle).is_some_and(|mc| !mc.python.apps.is_empty());
-        if serves_apps {
+        let apps = conf::cycle_main_conf(cycle).filter(|mc| !mc.python.apps.is_empty());
+        if apps.is_some() {
             // The master has one thread; its workers fork from it.
             ngx_wsgi::heap::limit_arenas();
         }
-        let handover = serves_apps
-            && conf::cycle_main_conf(cycle).is_some_and(|mc| mc.limits.reload_handover());
+        let handover = apps.is_some_and(|mc| mc.limits.reload_handover());
         let expected = match NgxCoreModule::main_conf(cycle) {
             Some(ccf) if handover && ccf.master != 0 => ccf.worker_processes.max(0) as usize,
             _ => 0,
