@@ -73,20 +73,24 @@ def _h2_get(sock, conn, path):
     return stream
 
 
+_GONE = 20
+
+
 @pytest.mark.parametrize("how", ["http2-reset", "http1-close", "http1-close-unbuffered"])
 def test_a_request_whose_client_went_away_while_it_waited_for_a_thread_never_runs(nginx_factory, tmp_path, how):
     buffering = "wsgi_request_buffering off;" if how.endswith("unbuffered") else ""
     server = nginx_factory(
         location("/", APPS / "gate.py", f"wsgi_param WSGI_GATE_DIR {tmp_path}; {buffering}")
         + "  location = /status { wsgi_status; }\n",
-        server_extra="http2 on;", http_extra="wsgi_max_threads 2; wsgi_queue_timeout 60s;").start()
+        server_extra="http2 on;",
+        http_extra=f"wsgi_max_threads 2; wsgi_queue_timeout 60s; wsgi_max_queue {_GONE};").start()
     ran = tmp_path / "ran"
     holders = [threading.Thread(target=requests.get, args=(server.url(f"/hold/h{i}"),), kwargs={"timeout": 60})
                for i in range(2)]
     for t in holders:
         t.start()
     wait_for(lambda: ran.exists() and len(ran.read_text().split()) == 2, what="both threads busy")
-    gone = 20
+    gone = _GONE
     if how == "http2-reset":
         sock, conn = _h2_connection(server.port)
         for i in range(gone):
@@ -110,6 +114,10 @@ def test_a_request_whose_client_went_away_while_it_waited_for_a_thread_never_run
             s.close()
         noticed = "client prematurely closed connection"
     wait_for(lambda: server.error_log().count(noticed) >= gone, what="nginx noticing every client's going")
+    # Their slots are free while the threads are still busy: a fresh request is queued, not
+    # refused for a full queue.
+    wait_for(lambda: "wsgi_requests_queued 0" in requests.get(server.url("/status"), timeout=10).text,
+             what="the requests of clients gone out of the queue")
     fresh = []
     waiter = threading.Thread(target=lambda: fresh.append(requests.get(server.url("/run/fresh"), timeout=60)))
     waiter.start()

@@ -296,6 +296,17 @@ impl RunQueue {
         }
     }
 
+    /// Takes `job` back out if no drainer has popped it yet; whether it did. Its client went
+    /// away: its slot (`wsgi_max_queue`) is free at once, not when a drainer reaches it, so a
+    /// flood of reset HTTP/2 streams behind busy threads does not get live requests refused.
+    pub(crate) fn withdraw(&self, job: *mut Job) -> bool {
+        let mut st = self.lock();
+        match st.jobs.iter().rposition(|q| q.job == job) {
+            Some(at) => st.jobs.remove(at).is_some(),
+            None => false,
+        }
+    }
+
     /// Takes out the requests that waited longer than `wsgi_queue_timeout`.
     fn take_expired(&self, now: ngx_msec_t) -> (Vec<*mut Job>, bool) {
         let mut st = self.lock();
@@ -475,6 +486,17 @@ mod tests {
         assert_eq!(q.take_expired(1000), (vec![], true));
         assert_eq!(q.take_expired(1150), (vec![fake(1), fake(2)], true));
         assert_eq!(q.take_expired(5000), (vec![fake(3), fake(4)], false));
+    }
+
+    #[test]
+    fn a_withdrawn_request_frees_its_slot_and_no_drainer_gets_it() {
+        let q = queue_with(3, 1);
+        assert!(q.withdraw(fake(2)));
+        assert!(!q.withdraw(fake(2)), "it is out already");
+        assert_eq!(q.next(true).0, Some(fake(1)));
+        assert!(!q.withdraw(fake(1)), "a drainer has it");
+        assert_eq!(q.next(false).0, Some(fake(3)));
+        assert_eq!(q.next(false), (None, false));
     }
 
     #[test]

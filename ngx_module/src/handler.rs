@@ -102,6 +102,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         deadline: unsafe { std::mem::zeroed() },
         timed_out: None,
         expired: false,
+        queue: None,
         posted_at: Instant::now(),
         outcome: None,
     }));
@@ -129,6 +130,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             run,
             expired: expired_in_queue,
         });
+        (*job).queue = Some(queue);
         if let Err(why) = queue.submit(job) {
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
             return Err(crate::overload::refuse(r, why, limits.queue_timeout));
@@ -324,9 +326,30 @@ unsafe extern "C" fn on_client_readable(r: *mut ngx_http_request_t) {
         unsafe {
             if let Some(job) = Job::of(r) {
                 (*job).stream.on_readable(r);
+                answer_if_gone_while_queued(job);
             }
         }
     })
+}
+
+/// A request whose client went away while it waited for a thread is taken out of its queue and
+/// ends now (499, as nginx's proxy ends one whose client goes): it frees its `wsgi_max_queue`
+/// slot and its connection without waiting for a drainer to skip it.
+///
+/// # Safety
+/// Event-loop thread; `job` is live. It may be freed on return (its request finalized).
+unsafe fn answer_if_gone_while_queued(job: *mut Job) {
+    // SAFETY: per the function contract; `queue` and the stream are only read, and a job taken
+    // back out of its queue is touched by no pool thread.
+    unsafe {
+        if !(*job).stream.is_cancelled() || !(*job).queue.is_some_and(|q| q.withdraw(job)) {
+            return;
+        }
+        (*job).stream.app_returned();
+        crate::metrics::dequeued_unrun();
+        (*job).outcome = Some(Outcome::client_gone(false));
+        complete(job.cast());
+    }
 }
 
 /// An unbuffered body: the client sent more. This is the request's read handler while the body
@@ -340,6 +363,7 @@ unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
             let failed = (*job).body_stream.as_ref().is_some_and(|body| body.pull(r));
             if (*(*r).connection).error() != 0 {
                 (*job).stream.client_gone();
+                answer_if_gone_while_queued(job);
             } else if (*r).reading_body() == 0 || failed {
                 // The body is in (or nginx's reader is done with a broken one): only the
                 // client's going is watched from now on, as for a buffered body (which also
@@ -347,6 +371,7 @@ unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
                 // with the body's end included.
                 (*r).read_event_handler = Some(on_client_readable);
                 (*job).stream.on_readable(r);
+                answer_if_gone_while_queued(job);
             }
         }
     })

@@ -10,6 +10,7 @@ use nginx_sys::{ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_msec_t};
 use ngx_wsgi::{Outcome, RequestBody, RequestInfo, RequestWatch};
 use pyo3::{Py, PyAny};
 
+use crate::dispatch::RunQueue;
 use crate::ffi::module;
 use crate::request_body::BodyStream;
 use crate::stream::Stream;
@@ -35,6 +36,8 @@ pub(crate) struct Job {
     pub timed_out: Option<ngx_int_t>,
     /// It waited longer than `wsgi_queue_timeout` for a thread and never ran.
     pub expired: bool,
+    /// The queue it waits in for a thread (set before it is queued).
+    pub queue: Option<&'static RunQueue>,
     /// When the request was handed to the pool.
     pub posted_at: Instant,
     pub outcome: Option<Outcome>,
