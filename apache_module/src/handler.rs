@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ngx_wsgi::{run_request, Apps};
 
 use crate::bindings::{
-    ap_conn_keepalive_e_AP_CONN_CLOSE, ap_discard_request_body, request_rec, APLOG_ERR, DECLINED,
+    ap_conn_keepalive_e_AP_CONN_CLOSE, ap_discard_request_body, request_rec, DECLINED,
     HTTP_INTERNAL_SERVER_ERROR, OK,
 };
 use crate::ffi_guard::guard;
@@ -45,10 +45,7 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
             .filter(|_| crate::lifecycle::ready())
             .and_then(Apps::get);
         let Some(app) = app else {
-            crate::log::write(
-                APLOG_ERR as c_int,
-                "wsgi: the application of this location was not loaded in this process (see the error log at its start)",
-            );
+            crate::recycle::unloaded_app_asked();
             return HTTP_INTERNAL_SERVER_ERROR as c_int;
         };
         crate::recycle::close_if_recycling(r);

@@ -88,6 +88,20 @@ pub(crate) fn retry_load_later() {
     }
 }
 
+/// A request reached an application this child could not load: it gets a 500. Logged once
+/// per child, not per request (a flood under load; the child's start logged why).
+pub(crate) fn unloaded_app_asked() {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    if !LOGGED.swap(true, Relaxed) {
+        crate::log::write(
+            APLOG_ERR as c_int,
+            "wsgi: the application of this location was not loaded in this process (see the error \
+             log at its start): it answers 500, logged once per child, until a fresh child \
+             replaces it",
+        );
+    }
+}
+
 /// A request of a recycling child closes its connection: its client goes to a child that
 /// stays. (Marked as the request starts, its response says so.)
 ///

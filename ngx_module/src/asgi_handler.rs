@@ -65,10 +65,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     let app = lc.app.index.filter(|&i| Apps::get(i).is_some());
     let event_loop = ngx_wsgi::asgi::event_loop::get().filter(|l| l.started_up());
     let (Some(app), Some(event_loop)) = (app, event_loop) else {
-        crate::ffi::log::cycle_log(
-            NGX_LOG_ERR as usize,
-            "asgi: the app of this location is not running in this worker (see the alert at its start)",
-        );
+        crate::recycle::unloaded_app_asked("asgi");
         return Err(NGX_HTTP_INTERNAL_SERVER_ERROR);
     };
     // SAFETY: `r` is live on the event loop.

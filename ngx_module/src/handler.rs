@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use nginx_sys::{
     ngx_event_t, ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_int_t, ngx_pool_cleanup_add, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR,
+    ngx_int_t, ngx_pool_cleanup_add, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR,
 };
 use ngx_wsgi::{
     run_request, Apps, Body, ChunkSink, Outcome, OutcomeKind, RequestBody, RequestWatch,
@@ -59,10 +59,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         )
     };
     let app = lc.app.index.and_then(Apps::get).ok_or_else(|| {
-        crate::ffi::log::cycle_log(
-            NGX_LOG_ERR as usize,
-            "wsgi: the app of this location is not loaded in this worker (see the alert at its start)",
-        );
+        crate::recycle::unloaded_app_asked("wsgi");
         NGX_HTTP_INTERNAL_SERVER_ERROR
     })?;
     // SAFETY: `r` is live on the event loop.

@@ -10,7 +10,7 @@ use ngx_wsgi::recycle::{Due, Limits};
 use nginx_sys::{
     ngx_connection_t, ngx_current_msec, ngx_cycle, ngx_event_t, ngx_exiting, ngx_http_request_t,
     ngx_msec_t, ngx_quit, NGX_HTTP_MODULE, NGX_HTTP_SWITCHING_PROTOCOLS, NGX_HTTP_VERSION_11,
-    NGX_LOG_ALERT, NGX_LOG_NOTICE,
+    NGX_LOG_ALERT, NGX_LOG_ERR, NGX_LOG_NOTICE,
 };
 
 use crate::ffi::guard;
@@ -117,6 +117,24 @@ pub(crate) unsafe fn retry_load_later() {
             RETRY_LOAD_MS,
         )
     };
+}
+
+/// A request reached an app this worker could not load (or whose Python or event loop could not
+/// start): it gets a 500. Logged once per worker, not per request: under load a line per request
+/// would flood the error log for the seconds until the fresh worker, and the alert at the
+/// worker's start already says why.
+pub(crate) fn unloaded_app_asked(kind: &str) {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    if LOGGED.swap(true, Relaxed) {
+        return;
+    }
+    crate::ffi::log::cycle_log(
+        NGX_LOG_ERR as usize,
+        &format!(
+            "{kind}: the app of this location is not running in this worker (see the alert at its \
+             start): it answers 500, logged once per worker, until a fresh worker replaces it"
+        ),
+    );
 }
 
 unsafe extern "C" fn retry_load(_ev: *mut ngx_event_t) {
