@@ -296,3 +296,48 @@ def test_a_blocked_loop_gets_503s_not_an_endless_queue(nginx_factory):
     assert log.count("for the ASGI event loop to start them (wsgi_queue_timeout)") == 1, log[-3000:]
     assert re.search(r"requests waited 2000 ms for the ASGI event loop to start them.*most recent call last"
                      r"[^\n]*:\n(.*\n)*.*asgi_limits\.py\", line \d+, in app\n\s+time\.sleep\(", log), log[-3000:]
+
+
+@pytest.mark.parametrize("how", ["http2-reset", "http1-close"])
+def test_requests_whose_clients_left_a_blocked_loop_free_their_queue_slots(nginx_factory, how):
+    # Clients that give up on a loop an app blocks: their requests held wsgi_max_queue slots
+    # until the loop came back or the timeout passed, and the next clients got 503 meanwhile.
+    from test_concurrency import _h2_connection, _h2_get
+
+    gone = 5
+    srv = nginx_factory(asgi("/", APP) + status("/metrics").for_nginx(), server_extra="http2 on;",
+                        http_extra=f"wsgi_max_queue {gone}; wsgi_queue_timeout 60s;").start()
+    before = scrape(srv)
+    blocker = threading.Thread(target=lambda: requests.get(srv.url("/block?6"), timeout=30))
+    blocker.start()
+    wait_for(lambda: loop_blocked(srv), what="the loop to be blocked")
+    if how == "http2-reset":
+        sock, conn = _h2_connection(srv.port)
+        streams = [_h2_get(sock, conn, f"/gone?{i}") for i in range(gone)]
+        wait_for(lambda: scrape(srv)["wsgi_requests_queued"] == gone, what="the requests queued")
+        for stream in streams:
+            conn.reset_stream(stream, error_code=8)  # CANCEL
+        sock.sendall(conn.data_to_send())
+        noticed = "client canceled stream"
+    else:
+        clients = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(gone)]
+        for i, s in enumerate(clients):
+            s.sendall(f"GET /gone?{i} HTTP/1.1\r\nHost: test.local\r\n\r\n".encode())
+        wait_for(lambda: scrape(srv)["wsgi_requests_queued"] == gone, what="the requests queued")
+        for s in clients:
+            s.close()
+        noticed = "client prematurely closed connection"
+    wait_for(lambda: srv.error_log().count(noticed) >= gone, what="nginx noticing every client's going")
+    # Their slots are free while the loop is still blocked: a fresh request waits, not refused.
+    wait_for(lambda: scrape(srv)["wsgi_requests_queued"] == 0, what="the requests of clients gone out of the queue")
+    fresh = requests.get(srv.url("/fresh"), timeout=30)
+    assert fresh.status_code == 200 and fresh.text == "/fresh?"
+    blocker.join()
+    if how == "http2-reset":
+        sock.close()
+    after = scrape(srv)
+    assert after["wsgi_requests_refused_total"] == before["wsgi_requests_refused_total"]
+    assert after["wsgi_client_gone_total"] - before["wsgi_client_gone_total"] == gone
+    ran = stats(srv)["ran"]
+    assert not [p for p in ran if p.startswith("/gone")], ran
+    assert "[alert]" not in srv.error_log() and "[crit]" not in srv.error_log()

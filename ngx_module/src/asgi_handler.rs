@@ -19,7 +19,7 @@ use std::sync::Arc;
 use nginx_sys::{
     ngx_event_t, ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
     ngx_int_t, ngx_pool_cleanup_add, NGX_DONE, NGX_ERROR, NGX_HTTP_BAD_REQUEST,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_INFO,
+    NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_INFO,
 };
 use ngx_wsgi::accel::AccelHeaders;
 use ngx_wsgi::asgi::ws_handshake::{handshake, Handshake, WEBSOCKET_VERSION};
@@ -527,6 +527,33 @@ unsafe fn expired_in_queue(request: &Arc<AsgiRequest>) {
     }
 }
 
+/// The client of a request the loop has not started yet went away: it is taken back (it never
+/// runs) and ends now (499, as nginx's proxy ends one whose client goes), its `wsgi_max_queue`
+/// slot free again: clients that give up on a blocked loop do not get the next ones refused.
+///
+/// # Safety
+/// Event-loop thread; the request is live (blocked) unless its `end_early` says otherwise.
+unsafe fn gone_while_queued(request: &Arc<AsgiRequest>) {
+    let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() else {
+        return;
+    };
+    if !event_loop.give_up(&request.watch) {
+        return;
+    }
+    let Some(r) = request.end_early() else {
+        return;
+    };
+    // SAFETY: per the function contract: `r` is live and nothing of its response went out.
+    unsafe {
+        end_now(
+            r,
+            parts(request),
+            NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
+            499,
+        )
+    };
+}
+
 /// `wsgi_read_timeout` before a WebSocket's app accepted or denied it: answered as an HTTP
 /// request that timed out (a 504, or a cut denial); the app's task is cancelled and where it
 /// waited goes to the error log.
@@ -568,7 +595,7 @@ unsafe fn end_now(r: *mut ngx_http_request_t, parts: EarlyEnd<'_>, rc: ngx_int_t
                 body.finish();
             }
             stream.finish(r);
-            crate::metrics::finished(status, posted_at.elapsed(), false, false);
+            crate::metrics::finished(status, posted_at.elapsed(), false, status == 499);
         }
         Some(rc)
     });
@@ -616,7 +643,10 @@ unsafe extern "C" fn on_client_readable(r: *mut ngx_http_request_t) {
             if let Some(served) = served(r) {
                 if crate::client_watch::client_left(r) {
                     match served {
-                        Served::Http(request) => request.client_gone(),
+                        Served::Http(request) => {
+                            request.client_gone();
+                            gone_while_queued(request);
+                        }
                         Served::Ws(ws) => ws.client_gone(),
                     }
                 }
@@ -637,6 +667,7 @@ unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
             let failed = request.body.as_ref().is_some_and(|body| body.pull(r));
             if (*(*r).connection).error() != 0 {
                 request.client_gone();
+                gone_while_queued(request);
             } else if (*r).reading_body() == 0 || failed {
                 (*r).read_event_handler = Some(on_client_readable);
                 on_client_readable(r);
