@@ -154,6 +154,34 @@ def test_signals_an_app_unblocked_in_a_pool_thread_are_blocked_again_after_its_r
         assert mask & (1 << (signal.SIGTERM - 1)) and mask & (1 << (signal.SIGINT - 1)), blocked
 
 
+def test_a_request_queued_behind_one_that_unblocked_signals_runs_with_them_blocked(nginx_factory, tmp_path):
+    # The one thread takes the queued request right after the first, in the same drain: the
+    # mask was put back once the drain ended, so the second ran with the first's mask.
+    server = nginx_factory(location("/", APP) + "  location = /status { wsgi_status; }\n",
+                           http_extra="wsgi_max_threads 1;").start()
+    release = tmp_path / "release"
+    answers = {}
+
+    def get(name, path):
+        answers[name] = requests.get(server.url(path), timeout=30).text
+
+    first = threading.Thread(target=get, args=("first", f"/unblock_sigterm?{release}"))
+    first.start()
+    wait_for(lambda: "wsgi_pool_threads_busy 1" in requests.get(server.url("/status"), timeout=10).text,
+             what="the first request on the thread")
+    queued = threading.Thread(target=get, args=("queued", "/thread_sigblk"))
+    queued.start()
+    wait_for(lambda: "wsgi_requests_queued 1" in requests.get(server.url("/status"), timeout=10).text,
+             what="the second request queued")
+    release.touch()
+    first.join()
+    queued.join()
+    thread, blocked = answers["queued"].split()
+    assert thread == answers["first"], "one thread serves both"
+    mask = int(blocked, 16)
+    assert mask & (1 << (signal.SIGTERM - 1)) and mask & (1 << (signal.SIGINT - 1)), blocked
+
+
 def test_children_at_import_and_in_app_threads(real_app):
     assert requests.get(real_app.url("/import_child")).text == "7"
     assert requests.get(real_app.url("/thread_child")).text == "9"

@@ -260,6 +260,9 @@ def application(environ, start_response):
     if path == "/unblock_sigterm":
         # What multiprocessing's resource tracker leaves in the thread that started it.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT, signal.SIGTERM])
+        release = environ.get("QUERY_STRING")
+        while release and not os.path.exists(release):
+            time.sleep(0.01)
         return _text(start_response, str(threading.get_native_id()))
     if path == "/thread_sigblk":
         with open("/proc/thread-self/status") as f:
