@@ -65,3 +65,35 @@ def test_malloc_arena_max_in_nginx_s_environment_wins(nginx_factory):
     server.start(env={"MALLOC_ARENA_MAX": "1"})
     burst(server, 8, hold="0.2")
     assert requests.get(server.url("/arenas"), timeout=10).text == "1"
+
+
+def test_compressed_websocket_messages_an_app_leaves_unread_stay_bounded(nginx_factory):
+    # A 16 KiB read of messages that compress 1,000 to 1 inflated to 15 MB at once, past the
+    # backlog bound (wsgi_stream_buffer) that only counted them afterwards.
+    import zlib
+
+    from conftest import asgi_location
+    from test_asgi_websocket import frame, raw_socket
+
+    server = nginx_factory(asgi_location("/ws/", f"{APPS}/asgi_ws.py")).start()
+    offer = b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
+    raw_socket(server, "/ws/deaf?warm", extra=offer).sock.close()
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    message = (z.compress(b"x" * 1_000_000) + z.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    assert len(message) < 1100
+    messages = frame(0x41, message) * 40  # RSV1: compressed, text
+    before = worker_kib(server)
+    sockets = []
+    for i in range(4):
+        ws = raw_socket(server, f"/ws/deaf?{i}", extra=offer)
+        assert b"permessage-deflate" in ws.head
+        ws.sock.sendall(messages)  # the socket's buffers take them all at once
+        sockets.append(ws)
+    # The worker reads what it will (an app that never reads: about one message per socket).
+    peak, deadline = before, time.monotonic() + 3
+    while time.monotonic() < deadline and peak - before < 64 * 1024:
+        peak = max(peak, worker_kib(server))
+        time.sleep(0.1)
+    for ws in sockets:
+        ws.sock.close()
+    assert peak - before < 24 * 1024, f"{before} -> {peak} KiB for 4 sockets"

@@ -101,6 +101,8 @@ struct Case {
     app: Vec<AppStep>,
     /// `permessage-deflate` negotiated, with this `server_max_window_bits` (8 + n % 8).
     deflate: Option<u8>,
+    /// What the server lets one read inflate (its backlog's room; 0 counts as 1), or no bound.
+    budget: Option<u16>,
 }
 
 fn masked(out: &mut Vec<u8>, payload: &[u8], mask: [u8; 4]) {
@@ -353,20 +355,43 @@ fuzz_target!(|case: Case| {
         let mut at = 0;
         let mut turn = 0;
         let mut largest_piece = 0;
+        let budget = case.budget.map_or(usize::MAX, |b| usize::from(b).max(1));
         loop {
-            let size = case
-                .splits
-                .get(turn % case.splits.len().max(1))
-                .map_or(bytes.len(), |&s| usize::from(s).max(1));
-            turn += 1;
-            let end = (at + size).min(bytes.len());
-            let last = end == bytes.len();
-            largest_piece = largest_piece.max(end - at);
             let was_terminated = codec.is_terminated();
-            let incoming = codec.feed(&bytes[at..end], last && case.eof);
-            at = end;
+            // As the server does: messages held back compressed go through before another read.
+            let (incoming, last) = if codec.held_back() {
+                (codec.feed_within(&[], false, budget), at == bytes.len())
+            } else {
+                let size = case
+                    .splits
+                    .get(turn % case.splits.len().max(1))
+                    .map_or(bytes.len(), |&s| usize::from(s).max(1));
+                turn += 1;
+                let end = (at + size).min(bytes.len());
+                let last = end == bytes.len();
+                largest_piece = largest_piece.max(end - at);
+                let incoming = codec.feed_within(&bytes[at..end], last && case.eof, budget);
+                at = end;
+                (incoming, last)
+            };
             if was_terminated {
                 assert!(incoming.is_empty(), "messages after the end");
+            }
+            if case.deflate.is_some() {
+                // Past the budget, one compressed message more at most; plain ones cost what
+                // was read (a fragmented one: up to the limit).
+                let taken: usize = incoming
+                    .iter()
+                    .map(|m| match m {
+                        WsIncoming::Text(t) => t.len(),
+                        WsIncoming::Binary(b) => b.len(),
+                        _ => 0,
+                    })
+                    .sum();
+                let bound = budget
+                    .saturating_add(2 * max)
+                    .saturating_add(largest_piece);
+                assert!(taken <= bound, "{taken} bytes decoded for a budget of {budget}");
             }
             for m in incoming {
                 assert!(!closed_seen, "a message after the close: {m:?}");
@@ -457,7 +482,7 @@ fuzz_target!(|case: Case| {
                 held <= bound,
                 "the codec holds {held} bytes (bound {bound})"
             );
-            if last {
+            if last && !codec.held_back() {
                 break;
             }
         }

@@ -305,31 +305,38 @@ impl AsgiWs {
                 if st.gone || codec.is_terminated() || st.reading_paused || writes_stalled {
                     break;
                 }
+                // What the app may still be given before reading pauses: compressed messages
+                // past it wait, compressed, and the client is not read meanwhile.
+                let budget = self.settings.buffer.saturating_sub(st.incoming_bytes);
                 let Some(recv) = (*c).recv else { break };
-                let n = recv(c, buf.as_mut_ptr(), buf.len());
-                let incoming = if n > 0 {
-                    // The client is alive: its silence starts again.
-                    self.rearm(&self.idle_timer, idle_due, self.settings.idle_timeout);
-                    codec.feed(&buf[..n as usize], false)
-                } else if n == NGX_AGAIN as isize {
-                    if ngx_handle_read_event((*c).read, 0) != NGX_OK as ngx_int_t {
-                        st.gone = true;
-                    }
-                    Vec::new()
+                let (incoming, more) = if codec.held_back() {
+                    (codec.feed_within(&[], false, budget), true)
                 } else {
-                    // 0: the client closed its side; an error: it is gone.
-                    if n != 0 {
-                        st.gone = true;
-                    }
-                    codec.feed(&[], true)
+                    let n = recv(c, buf.as_mut_ptr(), buf.len());
+                    let incoming = if n > 0 {
+                        // The client is alive: its silence starts again.
+                        self.rearm(&self.idle_timer, idle_due, self.settings.idle_timeout);
+                        codec.feed_within(&buf[..n as usize], false, budget)
+                    } else if n == NGX_AGAIN as isize {
+                        if ngx_handle_read_event((*c).read, 0) != NGX_OK as ngx_int_t {
+                            st.gone = true;
+                        }
+                        Vec::new()
+                    } else {
+                        // 0: the client closed its side; an error: it is gone.
+                        if n != 0 {
+                            st.gone = true;
+                        }
+                        codec.feed(&[], true)
+                    };
+                    (incoming, n > 0)
                 };
-                let more = n > 0;
                 for m in incoming {
                     st.incoming_bytes += m.cost();
                     st.incoming.push_back(m);
                     told = true;
                 }
-                if st.incoming_bytes >= self.settings.buffer {
+                if st.incoming_bytes >= self.settings.buffer || codec.held_back() {
                     st.reading_paused = true;
                 }
                 // Nothing read, nothing new to frame, and the output sent or waiting for the
@@ -495,10 +502,11 @@ impl AsgiWs {
             if !hin.is_null() && (*hin).last > (*hin).pos {
                 let len = (*hin).last.offset_from((*hin).pos) as usize;
                 let early = std::slice::from_raw_parts((*hin).pos, len);
-                for m in codec.feed(early, false) {
+                for m in codec.feed_within(early, false, self.settings.buffer) {
                     st.incoming_bytes += m.cost();
                     st.incoming.push_back(m);
                 }
+                st.reading_paused = st.incoming_bytes >= self.settings.buffer || codec.held_back();
                 (*hin).pos = (*hin).last;
                 if !st.incoming.is_empty() {
                     (self.wake)();

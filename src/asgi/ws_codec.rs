@@ -138,6 +138,10 @@ pub struct WsCodec {
     /// `permessage-deflate`, when negotiated: its settings and the client's frames on their
     /// way to tungstenite.
     deflate: Option<(Deflate, Inbound)>,
+    /// Compressed frames read but not inflated yet (see [`WsCodec::feed_within`]).
+    held_back: bool,
+    /// The client's end of stream, read behind frames held back: told once they are through.
+    eof_held: bool,
 }
 
 /// The read buffer tungstenite allocates for every connection when it starts (its default,
@@ -167,6 +171,8 @@ impl WsCodec {
         WsCodec {
             ctx: WebSocketContext::new(Role::Server, Some(config)),
             pipe: Pipe::default(),
+            held_back: false,
+            eof_held: false,
             terminated: false,
             closed_told: false,
             max_message,
@@ -183,19 +189,33 @@ impl WsCodec {
     /// Decodes what `bytes` complete (pongs and the close reply go to the output); `eof` when
     /// the client's side of the connection is closed.
     pub fn feed(&mut self, bytes: &[u8], eof: bool) -> Vec<WsIncoming> {
+        self.feed_within(bytes, eof, usize::MAX)
+    }
+
+    /// [`WsCodec::feed`], decoding about `budget` bytes of messages at most when they come
+    /// compressed: the rest stay compressed until a later call ([`WsCodec::held_back`]), so
+    /// that what a reader holds for an app that is behind stays bounded however well its
+    /// client's messages compress. (Plain messages cost what was read.)
+    pub fn feed_within(&mut self, bytes: &[u8], eof: bool, budget: usize) -> Vec<WsIncoming> {
         let mut out = Vec::new();
         if self.terminated {
             return out;
         }
         // Frames ahead of a compressed one that fails are still read (and the app gets them).
         let inflated = match &mut self.deflate {
-            Some((_, inbound)) => inbound.feed(bytes, &mut self.pipe.input, self.max_message),
+            Some((_, inbound)) => {
+                let max = self.max_message;
+                let held = inbound.feed_within(bytes, &mut self.pipe.input, max, budget);
+                self.held_back = held == Ok(true);
+                held.map(|_| ())
+            }
             None => {
                 self.pipe.input.extend_from_slice(bytes);
                 Ok(())
             }
         };
-        self.pipe.eof |= eof;
+        self.eof_held |= eof;
+        self.pipe.eof |= self.eof_held && !self.held_back;
         loop {
             match self.ctx.read(&mut self.pipe) {
                 Ok(Message::Text(text)) => out.push(WsIncoming::Text(text.as_str().to_owned())),
@@ -257,6 +277,12 @@ impl WsCodec {
             }
         }
         out
+    }
+
+    /// Compressed messages are held back from an earlier read: feed again (no bytes needed)
+    /// before reading more from the client.
+    pub fn held_back(&self) -> bool {
+        self.held_back && !self.terminated
     }
 
     fn tell_closed(&mut self, out: &mut Vec<WsIncoming>, code: u16, reason: String) {
@@ -494,6 +520,50 @@ mod tests {
         let empty = WsIncoming::Text(String::new());
         assert!(empty.cost() > 0, "an empty message still counts");
         assert!(WsIncoming::Binary(vec![0; 100]).cost() >= 100);
+    }
+
+    /// A compressed text frame the client sends (unmasked by a zero mask).
+    fn compressed_text(text: &str) -> Vec<u8> {
+        let payload = ws_deflate::deflate(text.as_bytes(), 15).unwrap();
+        let mut f = vec![0xc1, 0x80 | 126];
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        f.extend_from_slice(&[0; 4]);
+        f.extend_from_slice(&payload);
+        f
+    }
+
+    #[test]
+    fn compressed_messages_past_the_budget_stay_compressed_until_asked_for() {
+        let deflate = Deflate {
+            server_window_bits: 15,
+        };
+        let mut c = WsCodec::new(1 << 20).compressed(deflate);
+        let big = "x".repeat(60_000);
+        let bytes: Vec<u8> = (0..5).flat_map(|_| compressed_text(&big)).collect();
+        assert!(
+            bytes.len() < 4000,
+            "{} bytes read inflate to 300 KB",
+            bytes.len()
+        );
+        // The end of stream came with them: told only once they are through.
+        let first = c.feed_within(&bytes, true, 100_000);
+        assert_eq!(first.len(), 2, "stops once the budget is spent");
+        assert!(c.held_back());
+        let second = c.feed_within(&[], false, 60_000);
+        assert_eq!(second, vec![WsIncoming::Text(big.clone())]);
+        let rest = c.feed_within(&[], false, usize::MAX);
+        assert!(!c.held_back());
+        assert_eq!(
+            rest,
+            vec![
+                WsIncoming::Text(big.clone()),
+                WsIncoming::Text(big),
+                WsIncoming::Closed {
+                    code: 1006,
+                    reason: String::new()
+                }
+            ]
+        );
     }
 
     #[test]

@@ -158,7 +158,25 @@ impl Inbound {
         out: &mut Vec<u8>,
         max_message: usize,
     ) -> Result<(), Failure> {
+        self.feed_within(bytes, out, max_message, usize::MAX)
+            .map(|_| ())
+    }
+
+    /// [`Inbound::feed`], inflating messages only while `out` has grown by less than `budget`
+    /// bytes: a few KiB read can inflate to many MiB (1,000 to 1 at zlib's best), which the
+    /// reader's backlog bound, counted in inflated bytes, would only see afterwards. The frames
+    /// left are kept, compressed, for the next call (which may bring no bytes); whether some
+    /// are.
+    pub fn feed_within(
+        &mut self,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+        max_message: usize,
+        budget: usize,
+    ) -> Result<bool, Failure> {
         self.raw.extend_from_slice(bytes);
+        let started = out.len();
+        let mut held_back = false;
         let mut at = 0;
         let result = loop {
             let rest = &self.raw[at..];
@@ -260,9 +278,13 @@ impl Inbound {
                 break Err((1011, e.to_string()));
             }
             out.extend_from_slice(&plain);
+            if out.len() - started >= budget && at < self.raw.len() {
+                held_back = true;
+                break Ok(());
+            }
         };
         self.raw.drain(..at);
-        result
+        result.map(|()| held_back)
     }
 
     /// Whether this frame is one to inflate: a masked data frame with only RSV1 set that starts
