@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as websockets_connect
 
 from conftest import (APPS, BAD_CHUNKS, asgi_location as asgi, assert_broken_chunk_is_400, location, raw_request,
-                      read_until, send_chunks, wait_for)
+                      read_until, recv_until, send_chunks, wait_for)
 
 APP = APPS / "asgi_app.py"
 BAD = APPS / "asgi_bad.py"
@@ -1152,3 +1152,23 @@ def test_reload_with_a_request_in_flight(nginx_factory, tmp_path):
     wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(),
              what="the old worker's clean exit")
     assert (tmp_path / f"shutdown-{old[0]}").read_text() == "1"
+
+
+@pytest.mark.parametrize("framework,method,key", [
+    ("django", "HEAD", "head-sse"),  # a HEAD's response ends with its head
+    ("django", "GET", "gone-plain"),  # its client leaves while the app waits for room to send
+    ("starlette", "HEAD", "head-sse"),
+])
+def test_an_app_that_listens_for_its_client_going_cleans_up_when_it_goes(nginx_factory, framework, method, key):
+    # The send() under way raised ClientDisconnected before the listening task had heard of the
+    # disconnect: the frameworks left through their error path (Django re-raised it, skipping
+    # response.close() and request_finished; a stream's finally waited for the collector).
+    server = nginx_factory(asgi("/", APPS / "asgi_listening.py")).start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(f"{method} /{framework}/{key} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        head = recv_until(s, b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+    wanted = [f"{key} finally", f"{key} cleaned up"]
+    wait_for(lambda: all(e in requests.get(server.url("/events/"), timeout=10).json() for e in wanted),
+             what=f"the clean-up of {key}")
+    assert "[error]" not in server.error_log(), server.error_log()[-3000:]

@@ -156,7 +156,21 @@ pub struct HttpExchange {
     body_failed: bool,
     /// `ended` ran: an abandoned task's coroutine, closed when it is collected, ends nothing.
     ended: bool,
+    /// A `receive()` waits: the app listens for its client's going (Django, Starlette before
+    /// ASGI 2.4, Litestar: a task beside the one that sends).
+    listening: bool,
+    /// Sends that return without sending (after a turn of the loop) instead of raising, once
+    /// the client went while the app listened (see [`QUIET_SENDS`]).
+    quiet_sends: u8,
 }
+
+/// How many sends, once the client went while a `receive()` waited, return quietly (each
+/// after a turn of the loop) instead of raising `ClientDisconnected`, as uvicorn's do: the
+/// listening task hears of the disconnect and cancels the sending one, whose clean-up then runs
+/// (Django's `response.close()` and `request_finished`, a generator's `finally`). Raised at
+/// once, the error ended the sending task first and the framework left through its error path,
+/// its clean-up skipped. An app that goes on sending is stopped by the raise after these.
+const QUIET_SENDS: u8 = 8;
 
 impl HttpExchange {
     pub(crate) fn new(req: HttpRequest) -> HttpExchange {
@@ -178,6 +192,8 @@ impl HttpExchange {
             finished: false,
             gone: false,
             left: false,
+            listening: false,
+            quiet_sends: 0,
             body_failed: false,
             ended: false,
         }
@@ -189,6 +205,9 @@ impl HttpExchange {
             return;
         }
         self.finished = true;
+        if self.left && self.listening {
+            self.quiet_sends = QUIET_SENDS;
+        }
         self.body = None;
         self.head = None;
         self.waker.watch(None);
@@ -225,6 +244,47 @@ impl HttpExchange {
                 self.scope.log_suffix()
             );
             self.finish(HttpEnd::ClientGone);
+        }
+    }
+
+    /// Takes one `send()` message; false when the app must await a wake-up and send it again.
+    fn take(&mut self, message: &Bound<'_, PyAny>) -> PyResult<bool> {
+        crate::forked::exit_if_forked_child(message.py(), "asgi", Back::UsedTheRequest);
+        if self.ended && !self.gone && self.response != Response::Done {
+            // A task the app left behind: the server ended the response when the app returned,
+            // and the client may well be there still.
+            let kind = message_type(message)?;
+            return Err(PyRuntimeError::new_err(format!(
+                "{kind} sent after the app returned without completing its response (the server \
+                 has ended it)"
+            )));
+        }
+        // Once the client is gone every send says so, whatever it is (an app that handles the
+        // disconnect by starting an error response gets the same, not a protocol error), but
+        // where the response was whole already: a HEAD's head went out, its Content-Length's
+        // bytes did, or it was complete.
+        if self.left
+            && self.response != Response::Done
+            && !(self.bodiless && self.response == Response::Streaming)
+            && !self.body_whole()
+        {
+            return Err(Self::gone_error());
+        }
+        let kind = message_type(message)?;
+        if self.left && kind == "http.response.start" && self.response != Response::Idle {
+            // An app that handles the disconnect (a HEAD's client gone once it had the head) by
+            // starting an error response: the same answer as any other send, not a protocol
+            // error in the error log.
+            return Err(Self::gone_error());
+        }
+        match kind.as_str() {
+            "http.response.start" => self.start(message).map(|()| true),
+            "http.response.body" => self.body_piece(message),
+            "http.response.pathsend" => self.pathsend(message).map(|()| true),
+            "http.response.trailers" => self.trailers(message).map(|()| true),
+            other => Err(PyValueError::new_err(format!(
+                "unexpected ASGI message type {other:?} in an http scope"
+            ))),
         }
     }
 
@@ -555,6 +615,7 @@ impl HttpExchange {
     /// The next `receive()` message, or None when the app must await a wake-up.
     fn receive_now<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         crate::forked::exit_if_forked_child(py, "asgi", Back::UsedTheRequest);
+        self.listening = false;
         if self.finished || self.gone {
             return Self::disconnect(py).map(Some);
         }
@@ -619,45 +680,25 @@ impl HttpExchange {
         Ok(None)
     }
 
-    /// Takes one `send()` message; false when the app must await a wake-up and send it again.
-    fn send_now(&mut self, message: &Bound<'_, PyAny>) -> PyResult<bool> {
-        crate::forked::exit_if_forked_child(message.py(), "asgi", Back::UsedTheRequest);
-        if self.ended && !self.gone && self.response != Response::Done {
-            // A task the app left behind: the server ended the response when the app returned,
-            // and the client may well be there still.
-            let kind = message_type(message)?;
-            return Err(PyRuntimeError::new_err(format!(
-                "{kind} sent after the app returned without completing its response (the server \
-                 has ended it)"
-            )));
+    /// Takes one `send()` message: true; false when the app must await a wake-up and send it
+    /// again; None when it is dropped quietly (see [`QUIET_SENDS`]), the app to await a turn of
+    /// the loop.
+    fn send_now(&mut self, message: &Bound<'_, PyAny>) -> PyResult<Option<bool>> {
+        match self.take(message) {
+            Err(e)
+                if self.quiet_sends > 0 && e.is_instance_of::<ClientDisconnected>(message.py()) =>
+            {
+                self.quiet_sends -= 1;
+                Ok(None)
+            }
+            taken => taken.map(Some),
         }
-        // Once the client is gone every send says so, whatever it is (an app that handles the
-        // disconnect by starting an error response gets the same, not a protocol error), but
-        // where the response was whole already: a HEAD's head went out, its Content-Length's
-        // bytes did, or it was complete.
-        if self.left
-            && self.response != Response::Done
-            && !(self.bodiless && self.response == Response::Streaming)
-            && !self.body_whole()
-        {
-            return Err(Self::gone_error());
-        }
-        let kind = message_type(message)?;
-        if self.left && kind == "http.response.start" && self.response != Response::Idle {
-            // An app that handles the disconnect (a HEAD's client gone once it had the head) by
-            // starting an error response: the same answer as any other send, not a protocol
-            // error in the error log.
-            return Err(Self::gone_error());
-        }
-        match kind.as_str() {
-            "http.response.start" => self.start(message).map(|()| true),
-            "http.response.body" => self.body_piece(message),
-            "http.response.pathsend" => self.pathsend(message).map(|()| true),
-            "http.response.trailers" => self.trailers(message).map(|()| true),
-            other => Err(PyValueError::new_err(format!(
-                "unexpected ASGI message type {other:?} in an http scope"
-            ))),
-        }
+    }
+
+    /// Parks the future of a `receive()` that waits (see [`HttpExchange::listening`]).
+    fn park_receive(&mut self, future: Py<PyAny>) {
+        self.listening = true;
+        self.waker.park(future);
     }
 
     /// Parks `future` until the server's next wake-up.
@@ -872,7 +913,10 @@ mod tests {
     fn send(ex: &Bound<'_, HttpExchange>, message: &str) -> PyResult<bool> {
         let py = ex.py();
         let message = py.eval(&std::ffi::CString::new(message).unwrap(), None, None)?;
-        ex.call_method1("send_now", (message,))?.extract()
+        Ok(ex
+            .call_method1("send_now", (message,))?
+            .extract::<Option<bool>>()?
+            .expect("no quiet drop: no receive() listens here"))
     }
 
     fn error_of(result: PyResult<bool>) -> String {

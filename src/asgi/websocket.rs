@@ -180,7 +180,9 @@ impl WsExchange {
             .http
             .bind(py)
             .call_method1("send_now", (copy,))?
-            .extract()?;
+            .extract::<Option<bool>>()?
+            // None: dropped, as the client is gone (nothing else for a denial).
+            .unwrap_or(true);
         self.state = State::Denying;
         Ok(done)
     }
@@ -422,6 +424,11 @@ impl WsExchange {
     }
 
     fn park(&self, future: Py<PyAny>) {
+        self.waker.park(future);
+    }
+
+    /// A `receive()` waits (the driver tells it apart for HTTP's quiet sends; the same here).
+    fn park_receive(&self, future: Py<PyAny>) {
         self.waker.park(future);
     }
 

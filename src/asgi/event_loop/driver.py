@@ -20,11 +20,20 @@ async def _http(loop, app, scope, ex, hooks, request_id_var, request_id):
             if message is not None:
                 return message
             waiter = loop.create_future()
-            ex.park(waiter)
+            ex.park_receive(waiter)
             await waiter
 
     async def send(message):
-        while not ex.send_now(message):
+        while True:
+            taken = ex.send_now(message)
+            if taken:
+                return
+            if taken is None:
+                # Dropped: its client went while the app listened for that in receive(). The
+                # turn of the loop lets the listening task, told now, cancel this one (whose
+                # clean-up then runs) before a send raises.
+                await asyncio.sleep(0)
+                return
             waiter = loop.create_future()
             ex.park(waiter)
             await waiter
