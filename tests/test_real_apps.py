@@ -272,6 +272,17 @@ def test_a_process_the_app_forks_holds_none_of_the_servers_sockets(forking):
         assert r["sockets_in_child"]["connected"] == 0
 
 
+def test_a_process_the_app_forks_holds_no_channel_to_another_worker(nginx_factory):
+    # A worker keeps its ends of the other workers' channels (nginx's master passes them), which
+    # are not connections: a forked child kept them.
+    server = nginx_factory(location("/", FORKING), workers=2).start()
+    wait_for(lambda: len(server.worker_pids()) == 2, what="both workers")
+    for _ in range(4):  # both workers, most likely
+        in_child = set(requests.get(server.url("/?links"), timeout=30).json()["sockets_in_child"])
+        in_workers = {link for w in server.worker_pids() for link in links(w) if link.startswith("socket:")}
+        assert not in_child & in_workers, (in_child, in_workers)
+
+
 def test_a_process_an_asgi_app_forks_holds_none_of_nginxs_sockets(forking_asgi):
     r = requests.get(forking_asgi.url("/?held"), timeout=30).json()
     assert r == {"sockets_in_child": {"listening": 0, "connected": 0}, "child_exit": 0}

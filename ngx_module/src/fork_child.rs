@@ -1,8 +1,9 @@
 //! nginx's sockets are not for the processes an app forks: in each forked child, the worker's
-//! listening sockets and connections are closed (see the core's `forked`). Its log entries say
+//! listening sockets, connections and channels to nginx's other processes are closed (see the
+//! core's `forked`). Its log entries say
 //! its own pid, not the worker's.
 
-use nginx_sys::{ngx_connection_t, ngx_cycle, ngx_listening_t};
+use nginx_sys::{ngx_connection_t, ngx_cycle, ngx_listening_t, ngx_process_t};
 
 /// Registers the fork handler; once per worker.
 pub(crate) fn close_nginx_sockets_in_children() {
@@ -33,6 +34,18 @@ extern "C" fn close_in_child() {
         if !connections.is_null() {
             for i in 0..(*cycle).connection_n {
                 close_fd((*connections.add(i)).fd);
+            }
+        }
+        // The worker's ends of its siblings' channels (worker_processes > 1; its own channel
+        // is a connection, closed above). Every slot: the master passes the channels of the
+        // processes it starts later without the worker's `ngx_last_process` growing. nginx
+        // sets a sibling's to -1 when it closes it (a slot never used has pid 0); the numbers
+        // of the ends it closed at the worker's start (its own slot's) are stale.
+        let processes = std::ptr::addr_of!(nginx_sys::ngx_processes) as *const ngx_process_t;
+        for n in 0..nginx_sys::NGX_MAX_PROCESSES as usize {
+            let process = &*processes.add(n);
+            if process.pid > 0 && n as isize != nginx_sys::ngx_process_slot {
+                close_fd(process.channel[0]);
             }
         }
     }

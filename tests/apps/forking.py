@@ -28,6 +28,19 @@ def sockets_held():
     return held
 
 
+def socket_links():
+    """What this process's sockets of every kind name (`socket:[INODE]`)."""
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:"):
+            links.append(link)
+    return links
+
+
 def fork_and_report(way):
     """`held`: the child reports how many sockets it has, then _exits. `returns`: the child
     returns into the server. Either way the parent waits for it and says how it ended."""
@@ -36,9 +49,9 @@ def fork_and_report(way):
     pid = os.fork()
     if pid == 0:
         os.close(read)
-        os.write(write, json.dumps(sockets_held()).encode())
+        os.write(write, json.dumps(socket_links() if way == "links" else sockets_held()).encode())
         os.close(write)
-        if way == "held":
+        if way in ("held", "links"):
             os._exit(0)
         child_ends(way)
         return None
