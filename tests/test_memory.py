@@ -97,3 +97,30 @@ def test_compressed_websocket_messages_an_app_leaves_unread_stay_bounded(nginx_f
     for ws in sockets:
         ws.sock.close()
     assert peak - before < 24 * 1024, f"{before} -> {peak} KiB for 4 sockets"
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_streams_of_tiny_pieces_to_clients_that_do_not_read_stay_bounded(nginx_factory, kind):
+    # wsgi_stream_buffer counted bytes alone: 256 KiB of 1-byte pieces, each with its chunk and
+    # nginx's buffer, held 54 MB per stream.
+    import socket
+
+    from conftest import asgi_location
+
+    app = f"{APPS}/tiny_pieces.py"
+    where = location("/", app) if kind == "wsgi" else asgi_location("/", f"{app}:app")
+    server = nginx_factory(where).start()
+    before = worker_kib(server)
+    clients = []
+    for _ in range(4):
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        clients.append(s)
+    peak, deadline = before, time.monotonic() + 3
+    while time.monotonic() < deadline and peak - before < 64 * 1024:
+        peak = max(peak, worker_kib(server))
+        time.sleep(0.1)
+    for s in clients:
+        s.close()
+    assert peak - before < 24 * 1024, f"{before} -> {peak} KiB for 4 streams"
