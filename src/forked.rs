@@ -50,6 +50,27 @@ def _main_thread_after_fork(threading=threading):
 os.register_at_fork(after_in_child=_main_thread_after_fork)
 ";
     let globals = pyo3::types::PyDict::new(py);
+    py.run(code, Some(&globals), None)?;
+    free_tempfile_lock_in_children(py)
+}
+
+/// `tempfile` finds its directory once, under a module lock, at its first use: a process forked
+/// by one thread while another held that lock (a `multiprocessing` start or a temporary file in
+/// another request) had it locked for good, and hung at its own first temporary file
+/// (`multiprocessing`'s fork Manager does one at its start). Measured: 75 of 120 such Managers
+/// under load. The child has only the forking thread, so no one else can be inside: the lock
+/// is made anew in it (as `threading` and `logging` do with theirs).
+fn free_tempfile_lock_in_children(py: Python<'_>) -> PyResult<()> {
+    let code = c"
+import os, sys
+def _tempfile_lock_after_fork(sys=sys):
+    lock = getattr(sys.modules.get('tempfile'), '_once_lock', None)
+    reinit = getattr(lock, '_at_fork_reinit', None)
+    if reinit is not None:
+        reinit()
+os.register_at_fork(after_in_child=_tempfile_lock_after_fork)
+";
+    let globals = pyo3::types::PyDict::new(py);
     py.run(code, Some(&globals), None)
 }
 

@@ -182,6 +182,11 @@ def test_a_request_queued_behind_one_that_unblocked_signals_runs_with_them_block
     assert mask & (1 << (signal.SIGTERM - 1)) and mask & (1 << (signal.SIGINT - 1)), blocked
 
 
+def test_a_child_forked_while_another_thread_held_tempfile_s_lock_can_make_temporary_files(real_app):
+    # A multiprocessing fork Manager started so hung at its start, for ever.
+    assert requests.get(real_app.url("/fork_with_tempfile_lock_held"), timeout=30).text == "0"
+
+
 def test_children_at_import_and_in_app_threads(real_app):
     assert requests.get(real_app.url("/import_child")).text == "7"
     assert requests.get(real_app.url("/thread_child")).text == "9"

@@ -268,6 +268,34 @@ def application(environ, start_response):
         with open("/proc/thread-self/status") as f:
             blocked = next(line.split()[1] for line in f if line.startswith("SigBlk:"))
         return _text(start_response, f"{threading.get_native_id()} {blocked}")
+    if path == "/fork_with_tempfile_lock_held":
+        # Another thread is in tempfile's first lookup of its directory as this one forks.
+        import tempfile
+        tempfile.tempdir = None
+        held, release = threading.Event(), threading.Event()
+
+        def holder():
+            with tempfile._once_lock:
+                held.set()
+                release.wait()
+
+        t = threading.Thread(target=holder)
+        t.start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            tempfile.gettempdir()
+            os._exit(0)
+        release.set()
+        t.join()
+        for _ in range(1000):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return _text(start_response, str(os.waitstatus_to_exitcode(status)))
+            time.sleep(0.01)
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        return _text(start_response, "hung")
     if path == "/pid":
         return _text(start_response, str(os.getpid()))
     return _text(start_response, "ok")
