@@ -341,3 +341,19 @@ def test_requests_whose_clients_left_a_blocked_loop_free_their_queue_slots(nginx
     ran = stats(srv)["ran"]
     assert not [p for p in ran if p.startswith("/gone")], ran
     assert "[alert]" not in srv.error_log() and "[crit]" not in srv.error_log()
+
+
+def test_clients_that_close_right_behind_their_request_leave_no_alert(nginx_factory):
+    # A close that came with the request was noticed inside nginx's content handler, which then
+    # ended (and freed) the request that nginx went on to finalize: "http request count is
+    # zero" alerts, a use after free.
+    srv = nginx_factory(asgi("/", APP)).start()
+    for i in range(40):
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            s.sendall(f"GET /half-closed?{i} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(65536):
+                pass
+    assert requests.get(srv.url("/after"), timeout=10).status_code == 200
+    log = srv.error_log()
+    assert "[alert]" not in log and "count is zero" not in log, log[-3000:]

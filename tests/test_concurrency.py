@@ -131,3 +131,20 @@ def test_a_request_whose_client_went_away_while_it_waited_for_a_thread_never_run
     wait_for(lambda: "wsgi_requests_queued 0" in requests.get(server.url("/status"), timeout=10).text,
              what="the queue's gauge back to 0")
     assert "[alert]" not in server.error_log() and "[crit]" not in server.error_log()
+
+
+@pytest.mark.parametrize("buffering", ["on", "off"])
+def test_clients_that_close_right_behind_their_request_leave_no_alert(nginx_factory, tmp_path, buffering):
+    # Their requests end as nginx notices the close: never from inside nginx's content handler,
+    # which finalizes the request after its return.
+    server = nginx_factory(location("/", APPS / "gate.py",
+                                    f"wsgi_param WSGI_GATE_DIR {tmp_path}; wsgi_request_buffering {buffering};")).start()
+    for i in range(40):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(f"POST /run/c{i} HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx".encode())
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(65536):
+                pass
+    assert requests.get(server.url("/run/after"), timeout=10).text == "after"
+    log = server.error_log()
+    assert "[alert]" not in log and "count is zero" not in log, log[-3000:]

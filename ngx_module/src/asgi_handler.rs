@@ -228,9 +228,10 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         }
     }
     if !reading_body {
-        // A client that went while nginx read its request head left no event behind.
-        // SAFETY: `r` is live on the event loop.
-        unsafe { on_client_readable(r) };
+        // A client that went while nginx read its request head left no event behind. (Its
+        // task is started, and told at once.)
+        // SAFETY: `r` is live on the event loop, inside nginx's content handler.
+        unsafe { watch_client(r, false) };
     }
     Ok(())
 }
@@ -638,21 +639,37 @@ unsafe extern "C" fn on_client_writable(r: *mut ngx_http_request_t) {
 /// Once the body is in: notices a client that goes away while the app runs.
 unsafe extern "C" fn on_client_readable(r: *mut ngx_http_request_t) {
     guard("the asgi client watcher", (), || {
-        // SAFETY: as in `on_client_writable`.
-        unsafe {
-            if let Some(served) = served(r) {
-                if crate::client_watch::client_left(r) {
-                    match served {
-                        Served::Http(request) => {
-                            request.client_gone();
-                            gone_while_queued(request);
-                        }
-                        Served::Ws(ws) => ws.client_gone(),
-                    }
+        // SAFETY: as in `on_client_writable`; nginx calls this for the request's read event,
+        // where the request may be ended.
+        unsafe { watch_client(r, true) }
+    })
+}
+
+/// Whether the client went away; if so the app is told. `may_end`: called for the request's
+/// read event, so a request the loop has not started yet ends now. Not from inside nginx's
+/// content handler (`post`), which finalizes the request after its return: ended there, the
+/// request would be freed first.
+///
+/// # Safety
+/// Event-loop thread; `r` is live.
+unsafe fn watch_client(r: *mut ngx_http_request_t, may_end: bool) {
+    // SAFETY: per the function contract.
+    unsafe {
+        let Some(served) = served(r) else { return };
+        if !crate::client_watch::client_left(r) {
+            return;
+        }
+        match served {
+            Served::Http(request) => {
+                request.client_gone();
+                if may_end {
+                    // Its own reference: ending the request frees the one its pool holds.
+                    gone_while_queued(&request.clone());
                 }
             }
+            Served::Ws(ws) => ws.client_gone(),
         }
-    })
+    }
 }
 
 /// An unbuffered body: the client sent more (or went away); once the body is in, the request
@@ -667,7 +684,7 @@ unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
             let failed = request.body.as_ref().is_some_and(|body| body.pull(r));
             if (*(*r).connection).error() != 0 {
                 request.client_gone();
-                gone_while_queued(request);
+                gone_while_queued(&request.clone());
             } else if (*r).reading_body() == 0 || failed {
                 (*r).read_event_handler = Some(on_client_readable);
                 on_client_readable(r);
