@@ -162,14 +162,25 @@ pub struct HttpExchange {
     /// Sends that return without sending (after a turn of the loop) instead of raising, once
     /// the client went while the app listened (see [`QUIET_SENDS`]).
     quiet_sends: u8,
+    /// The task that was told http.disconnect (its address; 0: none yet). Its own sends are
+    /// never quiet: it knows, and a send of its raises as it expects.
+    told: usize,
 }
 
-/// How many sends, once the client went while a `receive()` waited, return quietly (each
-/// after a turn of the loop) instead of raising `ClientDisconnected`, as uvicorn's do: the
-/// listening task hears of the disconnect and cancels the sending one, whose clean-up then runs
-/// (Django's `response.close()` and `request_finished`, a generator's `finally`). Raised at
-/// once, the error ended the sending task first and the framework left through its error path,
-/// its clean-up skipped. An app that goes on sending is stopped by the raise after these.
+/// The running task's address (0 outside one): compared, never dereferenced.
+fn current_task(py: Python<'_>) -> usize {
+    py.import(pyo3::intern!(py, "asyncio"))
+        .and_then(|a| a.call_method0(pyo3::intern!(py, "current_task")))
+        .map_or(0, |t| if t.is_none() { 0 } else { t.as_ptr() as usize })
+}
+
+/// How many sends of another task than the one told `http.disconnect`, once the client went
+/// while a `receive()` waited, return quietly (each after a turn of the loop) instead of
+/// raising `ClientDisconnected`, as uvicorn's do: the listening task hears of the disconnect
+/// and cancels the sending one, whose clean-up then runs (Django's `response.close()` and
+/// `request_finished`, a generator's `finally`). Raised at once, the error ended the sending
+/// task first and the framework left through its error path, its clean-up skipped. An app
+/// that goes on sending is stopped by the raise after these.
 const QUIET_SENDS: u8 = 8;
 
 impl HttpExchange {
@@ -194,6 +205,7 @@ impl HttpExchange {
             left: false,
             listening: false,
             quiet_sends: 0,
+            told: 0,
             body_failed: false,
             ended: false,
         }
@@ -245,6 +257,73 @@ impl HttpExchange {
             );
             self.finish(HttpEnd::ClientGone);
         }
+    }
+
+    /// The next `receive()` message (an `http.disconnect` once the client is gone or the
+    /// request over), or None when the app must await a wake-up.
+    fn next_message<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        if self.finished || self.gone {
+            return Self::disconnect(py).map(Some);
+        }
+        if !self.body_done {
+            if !self.streamed_body {
+                let (total, pos) = (self.body.as_ref().map_or(0, |b| b.len()), self.body_pos);
+                let len = (total - pos).min(BUFFERED_MESSAGE) as usize;
+                let bytes = match &self.body {
+                    Some(body) if len > 0 => {
+                        match body.read(|b| crate::body_bytes::read_bytes(py, b, pos, len)) {
+                            Some(bytes) => bytes?,
+                            // The server ended the request (its deadline, its exit) and has
+                            // its body back: the app hears that its request is over.
+                            None => {
+                                self.notice_client_gone();
+                                return Self::disconnect(py).map(Some);
+                            }
+                        }
+                    }
+                    _ => PyBytes::new(py, b""),
+                };
+                self.body_pos += len as u64;
+                let more = self.body_pos < total;
+                if !more {
+                    self.body_done = true;
+                    self.body = None;
+                }
+                return Self::request(py, bytes, more).map(Some);
+            }
+            return match self.server.read_body(BODY_MESSAGE) {
+                BodyRead::Data(data) => Self::request(py, PyBytes::new(py, &data), true).map(Some),
+                BodyRead::Last(data) => {
+                    self.body_done = true;
+                    Self::request(py, PyBytes::new(py, &data), false).map(Some)
+                }
+                BodyRead::End => {
+                    self.body_done = true;
+                    Self::request(py, PyBytes::new(py, b""), false).map(Some)
+                }
+                BodyRead::Pending if self.server.client_gone() => {
+                    self.notice_client_gone();
+                    Self::disconnect(py).map(Some)
+                }
+                BodyRead::Pending => Ok(None),
+                BodyRead::Failed { why, client } => {
+                    tracing::info!(
+                        target: "asgi",
+                        "the request body failed ({why}): \"{}\"{}",
+                        self.scope.request_line().escape_debug(),
+                        self.scope.log_suffix()
+                    );
+                    self.gone = true;
+                    self.body_failed = client;
+                    Self::disconnect(py).map(Some)
+                }
+            };
+        }
+        if self.server.client_gone() {
+            self.notice_client_gone();
+            return Self::disconnect(py).map(Some);
+        }
+        Ok(None)
     }
 
     /// Takes one `send()` message; false when the app must await a wake-up and send it again.
@@ -616,77 +695,24 @@ impl HttpExchange {
     fn receive_now<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         crate::forked::exit_if_forked_child(py, "asgi", Back::UsedTheRequest);
         self.listening = false;
-        if self.finished || self.gone {
-            return Self::disconnect(py).map(Some);
+        let message = self.next_message(py)?;
+        if message.is_some() && (self.gone || self.finished) && self.told == 0 {
+            // An http.disconnect: its task's own later sends raise (see QUIET_SENDS).
+            self.told = current_task(py);
         }
-        if !self.body_done {
-            if !self.streamed_body {
-                let (total, pos) = (self.body.as_ref().map_or(0, |b| b.len()), self.body_pos);
-                let len = (total - pos).min(BUFFERED_MESSAGE) as usize;
-                let bytes = match &self.body {
-                    Some(body) if len > 0 => {
-                        match body.read(|b| crate::body_bytes::read_bytes(py, b, pos, len)) {
-                            Some(bytes) => bytes?,
-                            // The server ended the request (its deadline, its exit) and has
-                            // its body back: the app hears that its request is over.
-                            None => {
-                                self.notice_client_gone();
-                                return Self::disconnect(py).map(Some);
-                            }
-                        }
-                    }
-                    _ => PyBytes::new(py, b""),
-                };
-                self.body_pos += len as u64;
-                let more = self.body_pos < total;
-                if !more {
-                    self.body_done = true;
-                    self.body = None;
-                }
-                return Self::request(py, bytes, more).map(Some);
-            }
-            return match self.server.read_body(BODY_MESSAGE) {
-                BodyRead::Data(data) => Self::request(py, PyBytes::new(py, &data), true).map(Some),
-                BodyRead::Last(data) => {
-                    self.body_done = true;
-                    Self::request(py, PyBytes::new(py, &data), false).map(Some)
-                }
-                BodyRead::End => {
-                    self.body_done = true;
-                    Self::request(py, PyBytes::new(py, b""), false).map(Some)
-                }
-                BodyRead::Pending if self.server.client_gone() => {
-                    self.notice_client_gone();
-                    Self::disconnect(py).map(Some)
-                }
-                BodyRead::Pending => Ok(None),
-                BodyRead::Failed { why, client } => {
-                    tracing::info!(
-                        target: "asgi",
-                        "the request body failed ({why}): \"{}\"{}",
-                        self.scope.request_line().escape_debug(),
-                        self.scope.log_suffix()
-                    );
-                    self.gone = true;
-                    self.body_failed = client;
-                    Self::disconnect(py).map(Some)
-                }
-            };
-        }
-        if self.server.client_gone() {
-            self.notice_client_gone();
-            return Self::disconnect(py).map(Some);
-        }
-        Ok(None)
+        Ok(message)
     }
 
     /// Takes one `send()` message: true; false when the app must await a wake-up and send it
     /// again; None when it is dropped quietly (see [`QUIET_SENDS`]), the app to await a turn of
     /// the loop.
     fn send_now(&mut self, message: &Bound<'_, PyAny>) -> PyResult<Option<bool>> {
+        let py = message.py();
         match self.take(message) {
             Err(e)
-                if self.quiet_sends > 0 && e.is_instance_of::<ClientDisconnected>(message.py()) =>
+                if self.quiet_sends > 0
+                    && e.is_instance_of::<ClientDisconnected>(py)
+                    && current_task(py) != self.told =>
             {
                 self.quiet_sends -= 1;
                 Ok(None)
