@@ -416,6 +416,17 @@ def recv_until(sock, marker):
     return data
 
 
+def half_closing_clients(port, requests):
+    """Sends each request (bytes) on a connection of its own, closed for writing right behind it
+    (in the same burst: nginx may read the close with the request), and reads the answer."""
+    for request in requests:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(request)
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(65536):
+                pass
+
+
 class Apache:
     """One Apache httpd (event MPM unless told another, foreground) with the module: its own
     ServerRoot, port and error log, `processes` child processes with `threads` worker threads

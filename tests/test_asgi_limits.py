@@ -14,7 +14,7 @@ import pytest
 import requests
 from websockets.sync.client import connect
 
-from conftest import APPS, asgi_location as asgi, status, wait_for
+from conftest import APPS, asgi_location as asgi, half_closing_clients, status, wait_for
 from test_metrics import scrape
 
 APP = APPS / "asgi_limits.py"
@@ -348,12 +348,7 @@ def test_clients_that_close_right_behind_their_request_leave_no_alert(nginx_fact
     # ended (and freed) the request that nginx went on to finalize: "http request count is
     # zero" alerts, a use after free.
     srv = nginx_factory(asgi("/", APP)).start()
-    for i in range(40):
-        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
-            s.sendall(f"GET /half-closed?{i} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-            s.shutdown(socket.SHUT_WR)
-            while s.recv(65536):
-                pass
+    half_closing_clients(srv.port, (f"GET /half-closed?{i} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for i in range(40)))
     assert requests.get(srv.url("/after"), timeout=10).status_code == 200
     log = srv.error_log()
     assert "[alert]" not in log and "count is zero" not in log, log[-3000:]

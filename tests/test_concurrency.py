@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, location, route, wait_for
+from conftest import APPS, half_closing_clients, location, route, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -139,12 +139,8 @@ def test_clients_that_close_right_behind_their_request_leave_no_alert(nginx_fact
     # which finalizes the request after its return.
     server = nginx_factory(location("/", APPS / "gate.py",
                                     f"wsgi_param WSGI_GATE_DIR {tmp_path}; wsgi_request_buffering {buffering};")).start()
-    for i in range(40):
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-            s.sendall(f"POST /run/c{i} HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx".encode())
-            s.shutdown(socket.SHUT_WR)
-            while s.recv(65536):
-                pass
+    half_closing_clients(server.port, (f"POST /run/c{i} HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx".encode()
+                                       for i in range(40)))
     assert requests.get(server.url("/run/after"), timeout=10).text == "after"
     log = server.error_log()
     assert "[alert]" not in log and "count is zero" not in log, log[-3000:]

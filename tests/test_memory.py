@@ -22,6 +22,16 @@ def worker_kib(server):
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
+def peak_kib(server, before, within=3):
+    """The worker's largest resident size (KiB) seen in `within` seconds, while the worker takes
+    in what its clients sent (checked until it passes `before` by 64 MiB)."""
+    peak, deadline = before, time.monotonic() + within
+    while time.monotonic() < deadline and peak - before < 64 * 1024:
+        peak = max(peak, worker_kib(server))
+        time.sleep(0.1)
+    return peak
+
+
 def burst(server, requests_at_once, hold="0.5"):
     """`requests_at_once` requests, each holding 4 MB on a thread of its own at the same time;
     the worker's largest resident size any of them saw (KiB)."""
@@ -90,10 +100,7 @@ def test_compressed_websocket_messages_an_app_leaves_unread_stay_bounded(nginx_f
         ws.sock.sendall(messages)  # the socket's buffers take them all at once
         sockets.append(ws)
     # The worker reads what it will (an app that never reads: about one message per socket).
-    peak, deadline = before, time.monotonic() + 3
-    while time.monotonic() < deadline and peak - before < 64 * 1024:
-        peak = max(peak, worker_kib(server))
-        time.sleep(0.1)
+    peak = peak_kib(server, before)
     for ws in sockets:
         ws.sock.close()
     assert peak - before < 24 * 1024, f"{before} -> {peak} KiB for 4 sockets"
@@ -117,10 +124,7 @@ def test_streams_of_tiny_pieces_to_clients_that_do_not_read_stay_bounded(nginx_f
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         clients.append(s)
-    peak, deadline = before, time.monotonic() + 3
-    while time.monotonic() < deadline and peak - before < 64 * 1024:
-        peak = max(peak, worker_kib(server))
-        time.sleep(0.1)
+    peak = peak_kib(server, before)
     for s in clients:
         s.close()
     assert peak - before < 24 * 1024, f"{before} -> {peak} KiB for 4 streams"

@@ -504,19 +504,23 @@ fn stop_timed_out(event_loop: &'static AsgiLoop, watch: &Arc<TaskWatch>, label: 
     }
 }
 
+/// Takes a request the loop has not started back from it (its app will never run), for the
+/// server to end: its request, unless it was ended otherwise meanwhile.
+fn take_back_unstarted(request: &AsgiRequest) -> Option<*mut ngx_http_request_t> {
+    let event_loop = ngx_wsgi::asgi::event_loop::get()?;
+    if !event_loop.give_up(&request.watch) {
+        return None;
+    }
+    request.end_early()
+}
+
 /// The queue's sweeper: the request waited longer than `wsgi_queue_timeout` for the loop to
 /// start it. It is taken back (it never runs) and answered 503.
 ///
 /// # Safety
 /// Event-loop thread; the request is live (blocked) unless its `end_early` says otherwise.
 unsafe fn expired_in_queue(request: &Arc<AsgiRequest>) {
-    let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() else {
-        return;
-    };
-    if !event_loop.give_up(&request.watch) {
-        return;
-    }
-    let Some(r) = request.end_early() else {
+    let Some(r) = take_back_unstarted(request) else {
         return;
     };
     // SAFETY: per the function contract: `r` is live and nothing of its response went out.
@@ -535,13 +539,7 @@ unsafe fn expired_in_queue(request: &Arc<AsgiRequest>) {
 /// # Safety
 /// Event-loop thread; the request is live (blocked) unless its `end_early` says otherwise.
 unsafe fn gone_while_queued(request: &Arc<AsgiRequest>) {
-    let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() else {
-        return;
-    };
-    if !event_loop.give_up(&request.watch) {
-        return;
-    }
-    let Some(r) = request.end_early() else {
+    let Some(r) = take_back_unstarted(request) else {
         return;
     };
     // SAFETY: per the function contract: `r` is live and nothing of its response went out.
