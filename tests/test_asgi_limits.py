@@ -298,13 +298,15 @@ def test_a_blocked_loop_gets_503s_not_an_endless_queue(nginx_factory):
                      r"[^\n]*:\n(.*\n)*.*asgi_limits\.py\", line \d+, in app\n\s+time\.sleep\(", log), log[-3000:]
 
 
-@pytest.mark.parametrize("how", ["http2-reset", "http1-close"])
+@pytest.mark.parametrize("how", ["http2-reset", "http1-close", "http1-half-close-with-request"])
 def test_requests_whose_clients_left_a_blocked_loop_free_their_queue_slots(nginx_factory, how):
     # Clients that give up on a loop an app blocks: their requests held wsgi_max_queue slots
     # until the loop came back or the timeout passed, and the next clients got 503 meanwhile.
     from test_concurrency import _h2_connection, _h2_get
 
-    gone = 5
+    # Only some of the clients that close with their request have both read at once by nginx:
+    # many of them, so that some do.
+    gone = 40 if how == "http1-half-close-with-request" else 5
     srv = nginx_factory(asgi("/", APP) + status("/metrics").for_nginx(), server_extra="http2 on;",
                         http_extra=f"wsgi_max_queue {gone}; wsgi_queue_timeout 60s;").start()
     before = scrape(srv)
@@ -319,13 +321,21 @@ def test_requests_whose_clients_left_a_blocked_loop_free_their_queue_slots(nginx
             conn.reset_stream(stream, error_code=8)  # CANCEL
         sock.sendall(conn.data_to_send())
         noticed = "client canceled stream"
-    else:
+    elif how == "http1-close":
         clients = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(gone)]
         for i, s in enumerate(clients):
             s.sendall(f"GET /gone?{i} HTTP/1.1\r\nHost: test.local\r\n\r\n".encode())
         wait_for(lambda: scrape(srv)["wsgi_requests_queued"] == gone, what="the requests queued")
         for s in clients:
             s.close()
+        noticed = "client prematurely closed connection"
+    else:
+        # The close in the same burst as the request: nginx reads both at once, and no event
+        # of the connection follows.
+        clients = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(gone)]
+        for i, s in enumerate(clients):
+            s.sendall(f"GET /gone?{i} HTTP/1.1\r\nHost: test.local\r\n\r\n".encode())
+            s.shutdown(socket.SHUT_WR)
         noticed = "client prematurely closed connection"
     wait_for(lambda: srv.error_log().count(noticed) >= gone, what="nginx noticing every client's going")
     # Their slots are free while the loop is still blocked: a fresh request waits, not refused.
@@ -335,6 +345,9 @@ def test_requests_whose_clients_left_a_blocked_loop_free_their_queue_slots(nginx
     blocker.join()
     if how == "http2-reset":
         sock.close()
+    if how.startswith("http1"):
+        for s in clients:
+            s.close()
     after = scrape(srv)
     assert after["wsgi_requests_refused_total"] == before["wsgi_requests_refused_total"]
     assert after["wsgi_client_gone_total"] - before["wsgi_client_gone_total"] == gone

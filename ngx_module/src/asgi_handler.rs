@@ -18,8 +18,9 @@ use std::sync::Arc;
 
 use nginx_sys::{
     ngx_event_t, ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_int_t, ngx_pool_cleanup_add, NGX_DONE, NGX_ERROR, NGX_HTTP_BAD_REQUEST,
-    NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_INFO,
+    ngx_int_t, ngx_pool_cleanup_add, ngx_post_event, ngx_posted_events, NGX_DONE, NGX_ERROR,
+    NGX_HTTP_BAD_REQUEST, NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_LOG_ERR, NGX_LOG_INFO,
 };
 use ngx_wsgi::accel::AccelHeaders;
 use ngx_wsgi::asgi::ws_handshake::{handshake, Handshake, WEBSOCKET_VERSION};
@@ -663,6 +664,15 @@ unsafe fn watch_client(r: *mut ngx_http_request_t, may_end: bool) {
                 if may_end {
                     // Its own reference: ending the request frees the one its pool holds.
                     gone_while_queued(&request.clone());
+                } else {
+                    // The close came with the request, and its event is spent: a posted one
+                    // comes back here once nginx's content handler is over, to end a request
+                    // the loop has not started yet.
+                    (*r).read_event_handler = Some(on_client_readable);
+                    ngx_post_event(
+                        (*(*r).connection).read,
+                        std::ptr::addr_of_mut!(ngx_posted_events),
+                    );
                 }
             }
             Served::Ws(ws) => ws.client_gone(),

@@ -13,7 +13,10 @@ use nginx_sys::{ngx_http_block_reading, ngx_http_request_t, ngx_http_test_readin
 pub(crate) unsafe fn client_left(r: *mut ngx_http_request_t) -> bool {
     // SAFETY: per the function contract.
     unsafe {
-        ngx_http_test_reading(r);
+        // Known already (asked again by a posted event): nginx's test would log it twice.
+        if (*(*r).connection).error() == 0 {
+            ngx_http_test_reading(r);
+        }
         if (*(*r).connection).error() == 0 {
             return false;
         }
