@@ -694,13 +694,23 @@ impl HttpExchange {
     /// The next `receive()` message, or None when the app must await a wake-up.
     fn receive_now<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         crate::forked::exit_if_forked_child(py, "asgi", Back::UsedTheRequest);
-        self.listening = false;
+        // Still listening while it looks: a disconnect it finds now ends the request with the
+        // quiet sends its listening asks for.
         let message = self.next_message(py)?;
-        if message.is_some() && (self.gone || self.finished) && self.told == 0 {
-            // An http.disconnect: its task's own later sends raise (see QUIET_SENDS).
-            self.told = current_task(py);
+        if message.is_some() {
+            self.listening = false;
+            if (self.gone || self.finished) && self.told == 0 {
+                // An http.disconnect: its task's own later sends raise (see QUIET_SENDS).
+                self.told = current_task(py);
+            }
         }
         Ok(message)
+    }
+
+    /// A parked `receive()` was cancelled (a timeout around it, its task cancelled): nothing
+    /// listens any more.
+    fn stop_listening(&mut self) {
+        self.listening = false;
     }
 
     /// Takes one `send()` message: true; false when the app must await a wake-up and send it

@@ -432,6 +432,9 @@ impl WsExchange {
         self.waker.park(future);
     }
 
+    /// A parked `receive()` was cancelled (HTTP's quiet sends; nothing here).
+    fn stop_listening(&self) {}
+
     #[pyo3(signature = (error = None))]
     fn ended(&mut self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
         if std::mem::replace(&mut self.ended, true) {

@@ -21,7 +21,11 @@ async def _http(loop, app, scope, ex, hooks, request_id_var, request_id):
                 return message
             waiter = loop.create_future()
             ex.park_receive(waiter)
-            await waiter
+            try:
+                await waiter
+            except BaseException:
+                ex.stop_listening()
+                raise
 
     async def send(message):
         while True:
