@@ -1172,3 +1172,18 @@ def test_an_app_that_listens_for_its_client_going_cleans_up_when_it_goes(nginx_f
     wait_for(lambda: all(e in requests.get(server.url("/events/"), timeout=10).json() for e in wanted),
              what=f"the clean-up of {key}")
     assert "[error]" not in server.error_log(), server.error_log()[-3000:]
+
+
+def test_a_task_that_stopped_listening_gets_the_disconnect_from_its_first_send(nginx_factory):
+    # Its receive() waits, each cancelled by a timeout, left it counted as listening: its sends
+    # after its client left returned quietly (8 of them) instead of raising.
+    server = nginx_factory(asgi("/", APPS / "asgi_listening.py")).start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /poller/p HTTP/1.1\r\nHost: t\r\n\r\n")
+        recv_until(s, b"first")
+        wait_for(lambda: "p polled" in requests.get(server.url("/events/"), timeout=10).json(), what="the polls")
+    wait_for(lambda: "client prematurely closed connection" in server.error_log(), what="nginx noticing the close")
+    requests.get(server.url("/release/p"), timeout=10)
+    wait_for(lambda: any(e.startswith("p sent") for e in requests.get(server.url("/events/"), timeout=10).json()),
+             what="the sends")
+    assert "p sent 0" in requests.get(server.url("/events/"), timeout=10).json()

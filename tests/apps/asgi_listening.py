@@ -69,11 +69,47 @@ async def starlette(scope, receive, send, key):
     EVENTS.append(f"{key} cleaned up")
 
 
+RELEASES = {}
+
+
+def released(key):
+    return RELEASES.setdefault(key, asyncio.Event())
+
+
+async def poller(scope, receive, send, key):
+    # One task that looked for a disconnect with a timeout around receive() (each wait
+    # cancelled), then sends once told to (its client gone by then): how many sends it made
+    # before one raised. It listens no more: the first raises.
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"first", "more_body": True})
+    for _ in range(5):
+        try:
+            await asyncio.wait_for(receive(), 0.01)
+        except asyncio.TimeoutError:
+            pass
+    EVENTS.append(f"{key} polled")
+    await released(key).wait()
+    sent = 0
+    try:
+        while sent < 100:
+            await send({"type": "http.response.body", "body": b"more", "more_body": True})
+            sent += 1
+    except OSError:
+        pass
+    EVENTS.append(f"{key} sent {sent}")
+
+
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     _, kind, key = scope["path"].split("/", 2)
-    if kind == "events":
+    if kind == "release":
+        released(key).set()
+        kind = "events"
+    if kind == "poller":
+        await poller(scope, receive, send, key)
+    elif kind == "events":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": json.dumps(EVENTS).encode()})
     elif kind == "django":
