@@ -32,7 +32,7 @@ use crate::drain::Drain;
 use crate::elastic_pool::{Start, Threads};
 use crate::ffi::guard;
 use crate::ffi::loop_cell::LoopCell;
-use crate::job::Job;
+use crate::job::{Job, Withdraw};
 use crate::nginx_pool::Tasks;
 use crate::notify::Pump;
 
@@ -296,17 +296,6 @@ impl RunQueue {
         }
     }
 
-    /// Takes `job` back out if no drainer has popped it yet; whether it did. Its client went
-    /// away: its slot (`wsgi_max_queue`) is free at once, not when a drainer reaches it, so a
-    /// flood of reset HTTP/2 streams behind busy threads does not get live requests refused.
-    pub(crate) fn withdraw(&self, job: *mut Job) -> bool {
-        let mut st = self.lock();
-        match st.jobs.iter().rposition(|q| q.job == job) {
-            Some(at) => st.jobs.remove(at).is_some(),
-            None => false,
-        }
-    }
-
     /// Takes out the requests that waited longer than `wsgi_queue_timeout`.
     fn take_expired(&self, now: ngx_msec_t) -> (Vec<*mut Job>, bool) {
         let mut st = self.lock();
@@ -349,6 +338,19 @@ unsafe extern "C" fn sweep(ev: *mut ngx_event_t) {
             }
         }
     })
+}
+
+impl Withdraw for RunQueue {
+    /// Its client went away: its slot (`wsgi_max_queue`) is free at once, not when a drainer
+    /// reaches it, so a flood of reset HTTP/2 streams behind busy threads does not get live
+    /// requests refused.
+    fn withdraw(&self, job: *mut Job) -> bool {
+        let mut st = self.lock();
+        match st.jobs.iter().rposition(|q| q.job == job) {
+            Some(at) => st.jobs.remove(at).is_some(),
+            None => false,
+        }
+    }
 }
 
 impl Drain for RunQueue {

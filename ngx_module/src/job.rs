@@ -10,7 +10,6 @@ use nginx_sys::{ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_msec_t};
 use ngx_wsgi::{Outcome, RequestBody, RequestInfo, RequestWatch};
 use pyo3::{Py, PyAny};
 
-use crate::dispatch::RunQueue;
 use crate::ffi::module;
 use crate::request_body::BodyStream;
 use crate::stream::Stream;
@@ -37,10 +36,16 @@ pub(crate) struct Job {
     /// It waited longer than `wsgi_queue_timeout` for a thread and never ran.
     pub expired: bool,
     /// The queue it waits in for a thread (set before it is queued).
-    pub queue: Option<&'static RunQueue>,
+    pub queue: Option<&'static dyn Withdraw>,
     /// When the request was handed to the pool.
     pub posted_at: Instant,
     pub outcome: Option<Outcome>,
+}
+
+/// A queue a job may be taken back out of before a thread has it (its client went away).
+pub(crate) trait Withdraw: Sync {
+    /// Takes `job` out if no thread has popped it yet; whether it did.
+    fn withdraw(&self, job: *mut Job) -> bool;
 }
 
 impl Job {
