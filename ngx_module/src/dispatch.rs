@@ -91,6 +91,16 @@ pub(crate) struct State {
     pub(crate) wanted: bool,
 }
 
+impl State {
+    /// Takes `job` out if no drainer has popped it yet; whether it did.
+    fn take_back(&mut self, job: *mut Job) -> bool {
+        match self.jobs.iter().rposition(|q| q.job == job) {
+            Some(at) => self.jobs.remove(at).is_some(),
+            None => false,
+        }
+    }
+}
+
 /// Who runs the drainers of a queue.
 pub(crate) enum Executor {
     Threads(Threads),
@@ -235,13 +245,10 @@ impl RunQueue {
         }
         let mut st = self.lock();
         st.pending -= 1;
-        match st.jobs.iter().rposition(|q| q.job == job) {
-            Some(at) => {
-                st.jobs.remove(at);
-                Err(Refused::NoThread)
-            }
+        match st.take_back(job) {
+            true => Err(Refused::NoThread),
             // A running drainer took it meanwhile: it is served.
-            None => Ok(()),
+            false => Ok(()),
         }
     }
 
@@ -345,11 +352,7 @@ impl Withdraw for RunQueue {
     /// reaches it, so a flood of reset HTTP/2 streams behind busy threads does not get live
     /// requests refused.
     fn withdraw(&self, job: *mut Job) -> bool {
-        let mut st = self.lock();
-        match st.jobs.iter().rposition(|q| q.job == job) {
-            Some(at) => st.jobs.remove(at).is_some(),
-            None => false,
-        }
+        self.lock().take_back(job)
     }
 }
 

@@ -170,9 +170,7 @@ unsafe fn run(job: *mut Job) {
             // Its client went away while it waited for a thread (or its deadline passed): a
             // flood of reset HTTP/2 streams would otherwise hold the threads that live
             // requests wait for, with work nobody will read.
-            (*job).stream.app_returned();
-            crate::metrics::dequeued_unrun();
-            (*job).outcome = Some(Outcome::client_gone(false));
+            skip_unrun(job);
             return;
         }
         let (app, info, sink) = ((*job).app, &(*job).info, (*job).stream.clone());
@@ -322,11 +320,24 @@ unsafe extern "C" fn on_client_readable(r: *mut ngx_http_request_t) {
         // SAFETY: as in `on_client_writable`.
         unsafe {
             if let Some(job) = Job::of(r) {
-                (*job).stream.on_readable(r);
-                answer_if_gone_while_queued(job);
+                watch_client(job, r);
             }
         }
     })
+}
+
+/// Notices a client that went away: its app's output stops, and a request still waiting for a
+/// thread ends now.
+///
+/// # Safety
+/// Event-loop thread, for the request's read event; `job` is `r`'s live job. It may be freed
+/// on return.
+unsafe fn watch_client(job: *mut Job, r: *mut ngx_http_request_t) {
+    // SAFETY: per the function contract.
+    unsafe {
+        (*job).stream.on_readable(r);
+        answer_if_gone_while_queued(job);
+    }
 }
 
 /// A request whose client went away while it waited for a thread is taken out of its queue and
@@ -342,10 +353,22 @@ unsafe fn answer_if_gone_while_queued(job: *mut Job) {
         if !(*job).stream.is_cancelled() || !(*job).queue.is_some_and(|q| q.withdraw(job)) {
             return;
         }
+        skip_unrun(job);
+        complete(job.cast());
+    }
+}
+
+/// A queued request whose client went away is not run: it ends as its client left.
+///
+/// # Safety
+/// `job` is live and touched by no other thread (taken out of its queue, by a drainer or the
+/// loop).
+unsafe fn skip_unrun(job: *mut Job) {
+    // SAFETY: per the function contract.
+    unsafe {
         (*job).stream.app_returned();
         crate::metrics::dequeued_unrun();
         (*job).outcome = Some(Outcome::client_gone(false));
-        complete(job.cast());
     }
 }
 
@@ -367,8 +390,7 @@ unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
                 // stops a level-triggered event from firing on unread bytes), a close that came
                 // with the body's end included.
                 (*r).read_event_handler = Some(on_client_readable);
-                (*job).stream.on_readable(r);
-                answer_if_gone_while_queued(job);
+                watch_client(job, r);
             }
         }
     })

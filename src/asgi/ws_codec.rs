@@ -522,6 +522,13 @@ mod tests {
         assert!(WsIncoming::Binary(vec![0; 100]).cost() >= 100);
     }
 
+    /// A codec that negotiated `permessage-deflate`, messages up to 1 MiB.
+    fn compressed_codec() -> WsCodec {
+        WsCodec::new(1 << 20).compressed(Deflate {
+            server_window_bits: 15,
+        })
+    }
+
     /// A compressed text frame the client sends (unmasked by a zero mask).
     fn compressed_text(text: &str) -> Vec<u8> {
         let payload = ws_deflate::deflate(text.as_bytes(), 15).unwrap();
@@ -534,10 +541,7 @@ mod tests {
 
     #[test]
     fn compressed_messages_past_the_budget_stay_compressed_until_asked_for() {
-        let deflate = Deflate {
-            server_window_bits: 15,
-        };
-        let mut c = WsCodec::new(1 << 20).compressed(deflate);
+        let mut c = compressed_codec();
         let big = "x".repeat(60_000);
         let bytes: Vec<u8> = (0..5).flat_map(|_| compressed_text(&big)).collect();
         assert!(
@@ -568,18 +572,10 @@ mod tests {
 
     #[test]
     fn compressed_messages_both_ways() {
-        let deflate = Deflate {
-            server_window_bits: 15,
-        };
-        let mut c = WsCodec::new(1 << 20).compressed(deflate);
+        let mut c = compressed_codec();
         let text = "compress me ".repeat(100);
         let mut bytes = frame(true, 1, b"plain too");
-        let mut compressed = vec![0xc1, 0x80 | 126];
-        let payload = ws_deflate::deflate(text.as_bytes(), 15).unwrap();
-        compressed.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-        compressed.extend_from_slice(&[0; 4]);
-        compressed.extend_from_slice(&payload);
-        bytes.extend(compressed);
+        bytes.extend(compressed_text(&text));
         assert_eq!(
             c.feed(&bytes, false),
             vec![
