@@ -298,15 +298,24 @@ def test_a_blocked_loop_gets_503s_not_an_endless_queue(nginx_factory):
                      r"[^\n]*:\n(.*\n)*.*asgi_limits\.py\", line \d+, in app\n\s+time\.sleep\(", log), log[-3000:]
 
 
-@pytest.mark.parametrize("how", ["http2-reset", "http1-close", "http1-half-close-with-request"])
+def _handshake(path):
+    return (f"GET {path} HTTP/1.1\r\nHost: test.local\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+@pytest.mark.parametrize("how", ["http2-reset", "http1-close", "http1-half-close-with-request",
+                                 "websocket-close", "websocket-half-close-with-request"])
 def test_requests_whose_clients_left_a_blocked_loop_free_their_queue_slots(nginx_factory, how):
-    # Clients that give up on a loop an app blocks: their requests held wsgi_max_queue slots
-    # until the loop came back or the timeout passed, and the next clients got 503 meanwhile.
+    # Clients that give up on a loop an app blocks: their requests (and WebSocket handshakes)
+    # held wsgi_max_queue slots until the loop came back or the timeout passed, and the next
+    # clients got 503 meanwhile.
     from test_concurrency import _h2_connection, _h2_get
 
     # Only some of the clients that close with their request have both read at once by nginx:
     # many of them, so that some do.
-    gone = 40 if how == "http1-half-close-with-request" else 5
+    gone = 40 if how.endswith("half-close-with-request") else 5
+    request = _handshake if how.startswith("websocket") else (
+        lambda path: f"GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n")
     srv = nginx_factory(asgi("/", APP) + status("/metrics").for_nginx(), server_extra="http2 on;",
                         http_extra=f"wsgi_max_queue {gone}; wsgi_queue_timeout 60s;").start()
     before = scrape(srv)
@@ -321,10 +330,10 @@ def test_requests_whose_clients_left_a_blocked_loop_free_their_queue_slots(nginx
             conn.reset_stream(stream, error_code=8)  # CANCEL
         sock.sendall(conn.data_to_send())
         noticed = "client canceled stream"
-    elif how == "http1-close":
+    elif how in ("http1-close", "websocket-close"):
         clients = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(gone)]
         for i, s in enumerate(clients):
-            s.sendall(f"GET /gone?{i} HTTP/1.1\r\nHost: test.local\r\n\r\n".encode())
+            s.sendall(request(f"/gone?{i}").encode())
         wait_for(lambda: scrape(srv)["wsgi_requests_queued"] == gone, what="the requests queued")
         for s in clients:
             s.close()
@@ -334,7 +343,7 @@ def test_requests_whose_clients_left_a_blocked_loop_free_their_queue_slots(nginx
         # of the connection follows.
         clients = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(gone)]
         for i, s in enumerate(clients):
-            s.sendall(f"GET /gone?{i} HTTP/1.1\r\nHost: test.local\r\n\r\n".encode())
+            s.sendall(request(f"/gone?{i}").encode())
             s.shutdown(socket.SHUT_WR)
         noticed = "client prematurely closed connection"
     wait_for(lambda: srv.error_log().count(noticed) >= gone, what="nginx noticing every client's going")
@@ -345,14 +354,15 @@ def test_requests_whose_clients_left_a_blocked_loop_free_their_queue_slots(nginx
     blocker.join()
     if how == "http2-reset":
         sock.close()
-    if how.startswith("http1"):
+    if how != "http2-reset":
         for s in clients:
             s.close()
     after = scrape(srv)
     assert after["wsgi_requests_refused_total"] == before["wsgi_requests_refused_total"]
     assert after["wsgi_client_gone_total"] - before["wsgi_client_gone_total"] == gone
+    assert after["wsgi_asgi_websockets"] == 0
     ran = stats(srv)["ran"]
-    assert not [p for p in ran if p.startswith("/gone")], ran
+    assert not [p for p in ran if "/gone" in p], ran
     assert "[alert]" not in srv.error_log() and "[crit]" not in srv.error_log()
 
 

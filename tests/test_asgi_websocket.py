@@ -476,6 +476,9 @@ def test_a_client_that_goes_before_the_accept(nginx_factory):
     server = nginx_factory(asgi("/", APP)).start()
     s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     s.sendall(upgrade("/gone-before-accept?early-gone"))
+    # Started: a handshake whose client goes while it waits for the loop never runs.
+    wait_for(lambda: "early-gone" in requests.get(server.url("/stats"), timeout=10).json()["started"],
+             what="the app to start")
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     s.close()
     wait_for(lambda: requests.get(server.url("/stats"), timeout=10).json()["closed"].get("early-gone"), what="the app to see the client go")
@@ -536,6 +539,8 @@ def test_an_accept_after_the_client_went_raises(nginx_factory):
     server = nginx_factory(asgi("/", APP)).start()
     s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     s.sendall(upgrade("/accept-after-release?late"))
+    wait_for(lambda: "late" in requests.get(server.url("/stats"), timeout=10).json()["started"],
+             what="the app to start")
     s.close()
     wait_for(lambda: "client prematurely closed connection" in server.error_log(), what="nginx to see the client go")
     requests.get(server.url("/release?late"), timeout=10)

@@ -554,6 +554,34 @@ unsafe fn gone_while_queued(request: &Arc<AsgiRequest>) {
     };
 }
 
+/// [`gone_while_queued`] for a WebSocket handshake: its app never runs, and its slot in the
+/// loop's queue is free at once.
+///
+/// # Safety
+/// Event-loop thread; `ws` holds its request (live, blocked) unless it let go of it.
+unsafe fn handshake_gone_while_queued(ws: &Arc<AsgiWs>) {
+    let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() else {
+        return;
+    };
+    if !event_loop.give_up(&ws.watch) {
+        return;
+    }
+    // SAFETY: per the function contract.
+    let Some(r) = (unsafe { ws.end_unstarted() }) else {
+        return;
+    };
+    crate::metrics::websocket(-1);
+    // SAFETY: `r` is live and nothing of its response went out.
+    unsafe {
+        end_now(
+            r,
+            (&ws.stream, None, None, ws.posted_at),
+            NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
+            499,
+        )
+    };
+}
+
 /// `wsgi_read_timeout` before a WebSocket's app accepted or denied it: answered as an HTTP
 /// request that timed out (a 504, or a cut denial); the app's task is cancelled and where it
 /// waited goes to the error log.
@@ -659,23 +687,24 @@ unsafe fn watch_client(r: *mut ngx_http_request_t, may_end: bool) {
             return;
         }
         match served {
-            Served::Http(request) => {
-                request.client_gone();
-                if may_end {
-                    // Its own reference: ending the request frees the one its pool holds.
-                    gone_while_queued(&request.clone());
-                } else {
-                    // The close came with the request, and its event is spent: a posted one
-                    // comes back here once nginx's content handler is over, to end a request
-                    // the loop has not started yet.
-                    (*r).read_event_handler = Some(on_client_readable);
-                    ngx_post_event(
-                        (*(*r).connection).read,
-                        std::ptr::addr_of_mut!(ngx_posted_events),
-                    );
-                }
-            }
+            Served::Http(request) => request.client_gone(),
             Served::Ws(ws) => ws.client_gone(),
+        }
+        if !may_end {
+            // The close came with the request, and its event is spent: a posted one comes
+            // back here once nginx's content handler is over, to end a request the loop has
+            // not started yet.
+            (*r).read_event_handler = Some(on_client_readable);
+            ngx_post_event(
+                (*(*r).connection).read,
+                std::ptr::addr_of_mut!(ngx_posted_events),
+            );
+            return;
+        }
+        // Its own reference: ending the request frees the one its pool holds.
+        match served.clone() {
+            Served::Http(request) => gone_while_queued(&request),
+            Served::Ws(ws) => handshake_gone_while_queued(&ws),
         }
     }
 }

@@ -30,8 +30,9 @@ struct Waiting {
 
 struct Queue {
     /// HTTP requests handed to the loop, oldest first; those the loop started are dropped as
-    /// they are met. (WebSocket handshakes count in the loop's queue but are not taken back:
-    /// theirs is a connection that outlives the request.)
+    /// they are met. (WebSocket handshakes count in the loop's queue but the sweeper does not
+    /// take them back: theirs is a connection that outlives the request. Only their client's
+    /// going does.)
     waiting: VecDeque<Waiting>,
     limits: QueueLimits,
 }

@@ -212,20 +212,35 @@ impl AsgiWs {
     /// which the request flow answers (a 504, or a cut denial) and finalizes; what the app
     /// does later is ignored.
     fn handshake_due(&self) {
-        let r = {
-            let mut st = self.lock();
-            // The app's end (a denial, a failure) is already on its way to the pump.
-            if st.phase != Phase::Handshake || st.request.0.is_null() || st.app_end.is_some() {
-                return;
-            }
-            let r = st.request.0;
-            st.request = LoopRequest::none();
-            st.phase = Phase::Over;
-            st.gone = true;
-            r
+        let Some(r) = self.let_go_in_handshake() else {
+            return;
         };
         // SAFETY: on the event loop; the request was live until this, its answer.
         unsafe { (self.hooks.on_deadline)(r, self) };
+    }
+
+    /// Lets go of the request while the app has neither accepted nor denied, for the request
+    /// flow to answer it: None when the handshake is over, or its end on its way to the pump.
+    fn let_go_in_handshake(&self) -> Option<*mut ngx_http_request_t> {
+        let mut st = self.lock();
+        if st.phase != Phase::Handshake || st.request.0.is_null() || st.app_end.is_some() {
+            return None;
+        }
+        st.phase = Phase::Over;
+        st.gone = true;
+        Some(std::mem::replace(&mut st.request, LoopRequest::none()).0)
+    }
+
+    /// Ends a handshake whose app was never started (the loop gave it up): the request it held,
+    /// for the request flow to end, its time to accept or deny no longer counting.
+    ///
+    /// # Safety
+    /// Event loop.
+    pub(crate) unsafe fn end_unstarted(&self) -> Option<*mut ngx_http_request_t> {
+        let r = self.let_go_in_handshake()?;
+        // SAFETY: per the function contract; the timer is this connection's.
+        unsafe { timer::disarm(&mut *self.handshake_timer.get()) };
+        Some(r)
     }
 
     /// The client went away before the accept (noticed by the request's read handler).

@@ -31,6 +31,7 @@ async def app(scope, receive, send):
     path = scope["path"][len(scope["root_path"]):]
     query = scope["query_string"].decode()
     if scope["type"] == "websocket":
+        STATS["ran"].append(f"ws:{path}?{query}")
         assert (await receive())["type"] == "websocket.connect"
         await send({"type": "websocket.accept"})
         while (await receive())["type"] != "websocket.disconnect":

@@ -5,7 +5,8 @@ server goes (its close code is recorded)."""
 import asyncio
 import json
 
-STATS = {"closed": {}, "closed-again": {}, "received": {}, "cancelled": [], "late_accept": {}, "seen": [], "after_close": {}}
+STATS = {"closed": {}, "closed-again": {}, "received": {}, "cancelled": [], "late_accept": {}, "seen": [], "after_close": {},
+         "started": []}
 RELEASES = {}
 
 
@@ -39,6 +40,7 @@ async def app(scope, receive, send):
         await send({"type": "http.response.body", "body": body})
         return
     key = scope["query_string"].decode()
+    STATS["started"].append(key)
     if path == "/unread-close":
         # Starlette's router answers a path it has no route for like this: close, unread.
         await send({"type": "websocket.close"})
@@ -164,6 +166,8 @@ async def app(scope, receive, send):
     elif path == "/gone-before-accept":
         # The client goes before the app decides: receive() says so, and the app returns.
         message = await receive()
+        while message["type"] == "websocket.connect":
+            message = await receive()
         STATS["closed"][key] = [message["code"], message.get("reason", "")]
     elif path == "/count":
         # Receives without sending: how many messages and bytes arrived.
