@@ -782,6 +782,8 @@ def bad(nginx_factory):
     ("/cancelled", "CancelledError"),
     # The start had not reached nginx yet (it goes with the first body piece): still a 500.
     ("/body-str", "body must be bytes, not str"),
+    # Nothing went out either: a 500, as when it raises there (uvicorn sent its head, and cuts).
+    ("/start-only", "returned after http.response.start without sending http.response.body"),
 ])
 def test_failures_before_the_body_are_500s(bad, path, log):
     worker = bad.worker_pids()
@@ -795,7 +797,7 @@ def test_failures_before_the_body_are_500s(bad, path, log):
 
 @pytest.mark.parametrize("path,log", [
     ("/raise-after-start", "RuntimeError: boom after start"),
-    ("/start-only", "returned before its response was complete"),
+    ("/start-then-return", "returned before its response was complete (more_body)"),
     ("/too-short", "sent 3 bytes for a content-length of 10"),
 ])
 def test_failures_after_the_start_cut_the_connection(bad, path, log):

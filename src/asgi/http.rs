@@ -844,14 +844,21 @@ impl HttpExchange {
                 );
                 self.finish(HttpEnd::Failed);
             }
+            // The head waits for the first body message: nothing went out, and the client
+            // gets a 500, as when the app raises there (uvicorn has sent its head: it cuts).
+            Response::Started if self.head.is_some() => {
+                self.log_error(
+                    "the application returned after http.response.start without sending \
+                     http.response.body",
+                    "",
+                );
+                self.finish(HttpEnd::Failed);
+            }
             Response::Started | Response::Streaming => {
                 self.log_error(
                     "the application returned before its response was complete (more_body)",
                     "",
                 );
-                if let Some(head) = self.head.take() {
-                    let _ = self.server.push(Some(head), Chunk::from_vec(Vec::new()));
-                }
                 self.finish(HttpEnd::Truncated);
             }
             Response::Done => self.finish(HttpEnd::Complete),

@@ -38,6 +38,9 @@ async def app(scope, receive, send):
         return
     elif route == "/start-only":
         await start(send)
+    elif route == "/start-then-return":
+        await start(send)
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
     elif route == "/never-receive":
         await start(send, 7)
         await send({"type": "http.response.body", "body": b"ignored"})
