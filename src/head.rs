@@ -57,8 +57,13 @@ impl ResponseHead {
         })
     }
 
-    /// Adds a header (already validated).
+    /// Adds a header (already validated), without spaces or tabs around its value: they are
+    /// no part of it (RFC 9110 5.5), and over HTTP/2 a value with them makes the response
+    /// malformed (RFC 9113 8.2.1: clients reset the stream), as gunicorn and nginx's proxy
+    /// strip them.
     pub fn push_header(&mut self, name: &[u8], value: &[u8]) {
+        // Validated values hold no other ASCII whitespace than spaces and tabs.
+        let value = value.trim_ascii();
         let start = self.text.len() as u32;
         self.text.extend_from_slice(name);
         self.text.extend_from_slice(value);
@@ -382,6 +387,19 @@ mod tests {
         let (start, n) = cs.unwrap();
         assert_eq!(&v[start..start + n], b"latin1");
         assert_eq!(split_charset(b"text/plain; format=flowed"), (25, None));
+    }
+
+    #[test]
+    fn values_lose_surrounding_whitespace() {
+        let mut head = ResponseHead::new(200, b"200 OK", 3, 64);
+        head.push_header(b"X-A", b" \tb c\t ");
+        head.push_header(b"X-B", b"   ");
+        head.push_header(b"X-C", b"d");
+        let headers: Vec<_> = head.headers().collect();
+        assert_eq!(
+            headers,
+            [(&b"X-A"[..], &b"b c"[..]), (b"X-B", b""), (b"X-C", b"d")]
+        );
     }
 
     #[test]

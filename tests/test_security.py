@@ -8,7 +8,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from conftest import APACHE_MODULES, APPS, http_get, raw_request, route
+from conftest import APACHE_MODULES, APPS, asgi_location, http_get, raw_request, route
 
 SECURITY = APPS / "security.py"
 RESPONSES = APPS / "responses.py"
@@ -72,6 +72,18 @@ def test_a_status_from_the_app_cannot_inject_a_line(server, status):
     assert status_of(data) == 500
     assert b"X-Injected" not in data
     assert 'is not "NNN Reason-Phrase"' in server.error_log()
+
+
+def test_spaces_around_a_header_value_stay_off_the_wire(server, nginx_factory):
+    # They are no part of the value (RFC 9110 5.5), and over HTTP/2 they make the response
+    # malformed (RFC 9113 8.2.1): gunicorn and nginx's proxy strip them.
+    asgi = nginx_factory(asgi_location("/", f"{SECURITY}:asgi_headers_from_query")).start()
+    for srv in (server, asgi):
+        data = raw_request(srv.port, b"GET /headers?X-Pad=%20%09two%20words%09%20&X-Blank=%20%20 HTTP/1.1\r\n"
+                                     b"Host: t\r\nConnection: close\r\n\r\n")
+        head = data.partition(b"\r\n\r\n")[0] + b"\r\n"
+        assert head.startswith(b"HTTP/1.1 200 "), data
+        assert b"\r\nX-Pad: two words\r\n" in head and b"\r\nX-Blank: \r\n" in head, head
 
 
 # The app's Content-Length: one reading, shared by the module and the server.
