@@ -379,6 +379,19 @@ impl Drain for RunQueue {
             }
         })
     }
+
+    fn claim_waiting(&self) -> bool {
+        let mut st = self.lock();
+        if st.jobs.is_empty() || st.pending >= spares_for(st.jobs.len()) {
+            return false;
+        }
+        st.pending += 1;
+        true
+    }
+
+    fn unclaim(&self) {
+        self.lock().pending -= 1;
+    }
 }
 
 impl Pump for RunQueue {
