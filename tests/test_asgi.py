@@ -985,6 +985,27 @@ def test_a_task_past_the_shutdown_timeout_is_cancelled_before_the_lifespan_shutd
     assert f"worker process {worker} exited with code 0" in log
 
 
+def test_a_request_past_worker_shutdown_timeout_is_cancelled_and_the_apps_shut_down(nginx_factory, tmp_path):
+    # At the exit's bound the worker ended at once, as for a WSGI thread that cannot be stopped:
+    # the task was never cancelled, and the apps' lifespan shutdown and exit handlers never ran
+    # (pools, flushes lost at every reload with one long poll open).
+    server = nginx_factory(asgi("/", APP), main_extra=f"worker_shutdown_timeout 1s; env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+    worker = server.worker_pids()[0]
+    held = requests.get(server.url("/hold?never-released"), stream=True, timeout=30)
+    lines = held.iter_lines()
+    assert next(lines) == b"held"
+    assert server.stop(sig=signal.SIGQUIT, timeout=30) == 0
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        list(lines)
+    log = server.error_log()
+    assert "1 ASGI request(s) still running after the shutdown timeout of 1000 ms are cancelled" in log, log[-3000:]
+    assert 'the task of "GET /hold?never-released HTTP/1.1" was still running when the worker exited' in log, log[-3000:]
+    assert (tmp_path / f"shutdown-{worker}").exists(), "the lifespan shutdown ran"
+    assert (tmp_path / f"atexit-{worker}").exists(), "atexit handlers ran"
+    assert f"worker process {worker} exited with code 0" in log, log[-3000:]
+    assert "without finalizing Python" not in log and "[alert]" not in log, log[-3000:]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGQUIT, signal.SIGTERM])
 def test_an_event_loop_blocked_in_c_cannot_hold_an_exiting_worker(nginx_factory, tmp_path, sig):
     # A coroutine that blocks the loop's thread for ever (time.sleep, a synchronous driver)

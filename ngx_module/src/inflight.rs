@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use nginx_sys::{
     ngx_add_timer, ngx_current_msec, ngx_cycle, ngx_event_t, ngx_exiting, ngx_msec_t,
-    NGX_LOG_ALERT, NGX_LOG_NOTICE,
+    NGX_LOG_ALERT, NGX_LOG_NOTICE, NGX_LOG_WARN,
 };
 use ngx::core::{CoreModuleMainConf, NgxCoreModule};
 
@@ -33,26 +33,34 @@ static OUTSTANDING_ASGI: AtomicUsize = AtomicUsize::new(0);
 /// ended, WebSockets told to close: those that start late too).
 static WHILE_EXITING: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
 
-/// What the ASGI side does when the worker exits with its event loop stuck (in an app's call
-/// that never returns), set at the worker's start: the requests that loop holds cannot end,
-/// and must not keep the worker.
+/// What the ASGI side does for a worker's exit, set at the worker's start: with its event loop
+/// stuck (in an app's call that never returns), the requests that loop holds cannot end, and
+/// must not keep the worker; past the exit's bound, the tasks of those it runs are cancelled.
 #[derive(Clone, Copy)]
-pub(crate) struct StuckLoop {
+pub(crate) struct AsgiExit {
     /// Whether the loop is stuck now.
     pub(crate) stuck: unsafe fn() -> bool,
     /// Answers the requests still waiting for the loop to start them.
     pub(crate) give_up_waiting: unsafe fn(),
     /// Lets the exit pass the deadlines of the requests the loop holds.
     pub(crate) let_go_of_held: unsafe fn() -> usize,
+    /// Cancels the tasks of the ASGI requests still running (false: no loop to ask).
+    pub(crate) cancel_running: fn() -> bool,
 }
 
-static STUCK_LOOP: std::sync::OnceLock<StuckLoop> = std::sync::OnceLock::new();
+/// How long ASGI requests cancelled at the exit's bound may take to end before the worker ends
+/// at once all the same (an app that catches the cancellation and goes on).
+const CANCELLED_GRACE_MS: ngx_msec_t = 5000;
+/// When the exit's bound cancelled the ASGI requests left (0: it has not).
+static CANCELLED_AT: AtomicUsize = AtomicUsize::new(0);
+
+static ASGI_EXIT: std::sync::OnceLock<AsgiExit> = std::sync::OnceLock::new();
 /// Run before the worker ends at once, past the shutdown timeout.
 static BEFORE_FORCED_EXIT: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
 
-/// Sets what the exit does with a stuck ASGI event loop.
-pub(crate) fn on_stuck_loop(hooks: StuckLoop) {
-    let _ = STUCK_LOOP.set(hooks);
+/// Sets what the exit does with the ASGI event loop and its requests.
+pub(crate) fn on_asgi_exit(hooks: AsgiExit) {
+    let _ = ASGI_EXIT.set(hooks);
 }
 
 /// Adds what runs (on the event loop) before the worker ends at once; once per `f`.
@@ -140,7 +148,7 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
                 // Before counting: what these end is not waited for.
                 run_hooks(&WHILE_EXITING);
             }
-            let stuck_loop = STUCK_LOOP.get().filter(|s| ngx_exiting != 0 && (s.stuck)());
+            let stuck_loop = ASGI_EXIT.get().filter(|s| ngx_exiting != 0 && (s.stuck)());
             if let Some(stuck_loop) = stuck_loop {
                 // Those the loop has not started are answered now; those it holds cannot end.
                 (stuck_loop.give_up_waiting)();
@@ -170,7 +178,9 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
                         NGX_LOG_NOTICE as usize,
                         &format!("wsgi: waiting for {outstanding} request(s) inside Python before exiting"),
                     );
-                } else if now.saturating_sub(since) >= exit_bound() {
+                } else if now.saturating_sub(since) >= exit_bound()
+                    && !cancel_asgi_left(outstanding, stuck_loop.is_some(), now)
+                {
                     crate::ffi::log::cycle_log(
                         NGX_LOG_ALERT as usize,
                         &format!(
@@ -186,6 +196,38 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
             ngx_add_timer(ev, RECHECK_MS as _);
         }
     })
+}
+
+/// At the exit's bound, with only ASGI requests left on a loop that runs: their tasks are
+/// cancelled (as at a fast stop), so that they end, and the worker goes on to its normal end:
+/// the apps' lifespan shutdown, their exit handlers, Python's finalization. Whether the worker
+/// waits for them (false: it ends at once, as with WSGI requests left, whose threads cannot be
+/// stopped, or once the cancelled ones had `CANCELLED_GRACE_MS` to end).
+fn cancel_asgi_left(outstanding: usize, loop_stuck: bool, now: ngx_msec_t) -> bool {
+    let cancelled_at = CANCELLED_AT.load(Relaxed);
+    if cancelled_at != 0 {
+        return now.saturating_sub(cancelled_at) < CANCELLED_GRACE_MS;
+    }
+    if loop_stuck || OUTSTANDING_ASGI.load(Relaxed) < outstanding {
+        return false;
+    }
+    if !ASGI_EXIT
+        .get()
+        .is_some_and(|hooks| (hooks.cancel_running)())
+    {
+        return false;
+    }
+    CANCELLED_AT.store(now.max(1), Relaxed);
+    crate::ffi::log::cycle_log(
+        NGX_LOG_WARN as usize,
+        &format!(
+            "wsgi: {outstanding} ASGI request(s) still running after the shutdown timeout of {} ms \
+             are cancelled; the apps' lifespan shutdown follows",
+            // SAFETY: on the event loop (the exit's timer).
+            unsafe { exit_bound() }
+        ),
+    );
+    true
 }
 
 /// How long this worker has been exiting with requests outstanding (0: it is not, or it has

@@ -182,10 +182,14 @@ unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 
 unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     guard("init_process", NGX_ERROR as ngx_int_t, || {
-        inflight::on_stuck_loop(inflight::StuckLoop {
+        inflight::on_asgi_exit(inflight::AsgiExit {
             stuck: asgi_queue::this_loop_stuck,
             give_up_waiting: asgi_queue::give_up_all,
             let_go_of_held: asgi_handler::let_go_of_held,
+            cancel_running: || {
+                let event_loop = ngx_wsgi::asgi::event_loop::get();
+                event_loop.inspect(|l| l.cancel_connections()).is_some()
+            },
         });
         // SAFETY: the hook runs on the event loop, as the inflight timer does.
         inflight::before_forced_exit(|| unsafe { overload::flush() });

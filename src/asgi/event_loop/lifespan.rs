@@ -123,6 +123,18 @@ impl AsgiLoop {
         self.started_up.load(Ordering::Acquire)
     }
 
+    /// The worker exits past its bound: cancels the connections' tasks still running (each is
+    /// logged with where it waited), not the lifespans' or those the apps made; their requests
+    /// end as their tasks do (any thread).
+    pub fn cancel_connections(&self) {
+        self.post(Item::Call(Box::new(|py, event_loop, driver| {
+            crate::asgi::task_watch::cancel_at_exit();
+            if let Err(e) = driver.call_method1("cancel_connections", (event_loop,)) {
+                tracing::error!(target: "asgi", "cancelling the tasks left: {}", crate::traceback::format(py, &e));
+            }
+        })));
+    }
+
     /// At the process's end: waits for the HTTP tasks (their responses are done: requests in
     /// flight ended before this) `tasks_wait` at most, cancels those still running, runs each
     /// app's lifespan shutdown (`timeout` at most: a task that outlived its wait must not cost
@@ -148,12 +160,7 @@ impl AsgiLoop {
                 tracing::warn!(target: "asgi", "{} app task(s) still running after the shutdown timeout ({} ms) are cancelled", self.running(), tasks_wait.as_millis());
             }
             // Before the lifespan shutdown, which may close what they use (uvicorn's order).
-            self.post(Item::Call(Box::new(|py, event_loop, driver| {
-                crate::asgi::task_watch::cancel_at_exit();
-                if let Err(e) = driver.call_method1("cancel_connections", (event_loop,)) {
-                    tracing::error!(target: "asgi", "cancelling the tasks left: {}", crate::traceback::format(py, &e));
-                }
-            })));
+            self.cancel_connections();
         }
         let deadline = Instant::now() + timeout;
         let left = timeout;
