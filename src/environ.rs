@@ -44,6 +44,8 @@ pub struct RequestInfo {
     params: Vec<(Span, Span)>,
     /// The server's id of the request, for log lines (not part of the environ).
     request_id: Span,
+    /// Where the request's log entries go (see [`crate::server_log::routed`]).
+    log_route: usize,
     https: bool,
     /// The app's `X-Accel-*` headers its location ignores (a response setting, carried here
     /// because this is what the request hands the core).
@@ -80,6 +82,11 @@ impl RequestInfo {
     /// The server's id of this request (for log lines).
     pub fn request_id(&self) -> &[u8] {
         self.bytes(self.request_id)
+    }
+
+    /// Where this request's log entries go (see [`crate::server_log::routed`]).
+    pub fn log_route(&self) -> usize {
+        self.log_route
     }
 
     /// The `X-Accel-*` headers of the app's response that the server ignores.
@@ -272,6 +279,12 @@ impl RequestInfoBuilder {
     /// Sets the server's id of the request, shown in its log lines.
     pub fn request_id(&mut self, id: &[u8]) -> &mut Self {
         self.info.request_id = self.push(id);
+        self
+    }
+
+    /// Sets where the request's log entries go (see [`crate::server_log::routed`]).
+    pub fn log_route(&mut self, route: usize) -> &mut Self {
+        self.info.log_route = route;
         self
     }
 

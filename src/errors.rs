@@ -61,42 +61,46 @@ impl ErrorStream {
 struct Pending {
     text: String,
     suffix: String,
+    /// Where its entries go (see [`crate::server_log::routed`]).
+    route: usize,
 }
 
 const NOTHING_PENDING: Pending = Pending {
     text: String::new(),
     suffix: String::new(),
+    route: 0,
 };
 
 thread_local! {
     static PENDING: RefCell<[Pending; 3]> = const { RefCell::new([NOTHING_PENDING; 3]) };
 }
 
-fn log_line(name: StreamName, line: &str, suffix: &str) {
+fn log_line(name: StreamName, line: &str, pending: &Pending) {
+    let suffix = &pending.suffix;
     // Python's own stderr and print() are logged as wsgi.errors is, at error: mod_wsgi's level,
     // and nginx's default error_log level, where anything lower is dropped.
-    match name {
+    crate::server_log::routed(pending.route, || match name {
         StreamName::WsgiErrors => tracing::error!(target: "wsgi.errors", "{line}{suffix}"),
         StreamName::Stdout => tracing::error!(target: "sys.stdout", "{line}{suffix}"),
         StreamName::Stderr => tracing::error!(target: "sys.stderr", "{line}{suffix}"),
-    }
+    })
 }
 
 fn emit_lines(py: Python<'_>, name: StreamName, text: &str) {
-    let suffix = crate::logging_bridge::python_suffix(py);
+    let (suffix, route) = crate::logging_bridge::python_origin(py);
     PENDING.with_borrow_mut(|all| {
         let pending = &mut all[name as usize];
-        if pending.text.is_empty() {
-            pending.suffix = suffix;
-        } else if pending.suffix != suffix {
-            log_line(name, &pending.text, &pending.suffix);
+        if !pending.text.is_empty() && (pending.suffix != suffix || pending.route != route) {
+            log_line(name, &pending.text, pending);
             pending.text.clear();
-            pending.suffix = suffix;
+        }
+        if pending.text.is_empty() {
+            (pending.suffix, pending.route) = (suffix, route);
         }
         pending.text.push_str(text);
         if let Some(end) = pending.text.rfind('\n') {
             for line in pending.text[..end].split('\n') {
-                log_line(name, line, &pending.suffix);
+                log_line(name, line, pending);
             }
             pending.text.drain(..=end);
         }
@@ -107,7 +111,7 @@ fn flush_one(name: StreamName) {
     PENDING.with_borrow_mut(|all| {
         let pending = &mut all[name as usize];
         if !pending.text.is_empty() {
-            log_line(name, &pending.text, &pending.suffix);
+            log_line(name, &pending.text, pending);
             pending.text.clear();
         }
     });

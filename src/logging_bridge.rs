@@ -54,41 +54,55 @@ pub(crate) fn request_id_var(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
         .map(|v| v.bind(py))
 }
 
-/// `, request_id: ID` for the request of the running context (an ASGI task's), if any.
-fn context_suffix(py: Python<'_>) -> String {
+/// What the context variable holds for a request's task: its id, and with it where its log
+/// entries go when that is not the server's main log (see [`crate::server_log::routed`]).
+pub(crate) fn context_value(py: Python<'_>, id: String, route: usize) -> PyResult<Py<PyAny>> {
+    if route == 0 {
+        return Ok(id.into_pyobject(py)?.into_any().unbind());
+    }
+    Ok((id, route).into_pyobject(py)?.into_any().unbind())
+}
+
+/// `, request_id: ID` and the log route of the request of the running context (an ASGI
+/// task's), if any.
+fn context_origin(py: Python<'_>) -> (String, usize) {
     let Some(var) = REQUEST_ID_VAR.get(py) else {
-        return String::new();
+        return (String::new(), 0);
     };
-    match var
-        .bind(py)
-        .call_method1("get", ("",))
-        .and_then(|v| v.extract::<String>())
-    {
-        Ok(id) if !id.is_empty() => format!(", request_id: {id}"),
-        _ => String::new(),
+    let Ok(value) = var.bind(py).call_method1("get", ("",)) else {
+        return (String::new(), 0);
+    };
+    let (id, route) = value
+        .extract::<String>()
+        .map(|id| (id, 0))
+        .or_else(|_| value.extract::<(String, usize)>())
+        .unwrap_or_default();
+    match id.is_empty() {
+        true => (String::new(), route),
+        false => (format!(", request_id: {id}"), route),
     }
 }
 
 /// `, request_id: ID` for the request this thread (WSGI) or this context (an ASGI task) serves,
-/// if any.
-pub(crate) fn python_suffix(py: Python<'_>) -> String {
+/// if any, and where its log entries go.
+pub(crate) fn python_origin(py: Python<'_>) -> (String, usize) {
     let suffix = request_suffix();
     if suffix.is_empty() {
-        context_suffix(py)
+        context_origin(py)
     } else {
-        suffix
+        (suffix, crate::server_log::route())
     }
 }
 
 #[pyfunction]
 fn emit(py: Python<'_>, level: i32, name: &str, message: &str) {
-    let suffix = python_suffix(py);
-    match level {
+    let (suffix, route) = python_origin(py);
+    crate::server_log::routed(route, || match level {
         l if l >= 40 => tracing::error!(target: "python", "{name}: {message}{suffix}"),
         l if l >= 30 => tracing::warn!(target: "python", "{name}: {message}{suffix}"),
         l if l >= 20 => tracing::info!(target: "python", "{name}: {message}{suffix}"),
         _ => tracing::debug!(target: "python", "{name}: {message}{suffix}"),
-    }
+    })
 }
 
 const HANDLER: &std::ffi::CStr = c"

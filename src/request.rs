@@ -94,8 +94,10 @@ pub fn run_request(
             Some(w) => Some(Inside { py, watch: w }),
             None => None,
         };
-        let mut outcome = crate::logging_bridge::with_request(info.request_id(), || {
-            run_attached(py, app.bind(py), info, body, sink, watch)
+        let mut outcome = crate::server_log::routed(info.log_route(), || {
+            crate::logging_bridge::with_request(info.request_id(), || {
+                run_attached(py, app.bind(py), info, body, sink, watch)
+            })
         });
         crate::forked::exit_if_forked_child(py, "wsgi", crate::forked::Back::Returned);
         outcome.gil_wait = gil_wait;

@@ -33,6 +33,26 @@ pub fn last_words<R>(f: impl FnOnce() -> R) -> R {
 
 thread_local! {
     static LAST_WORDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static ROUTE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` with this thread's entries about one request, which go where `route` says: the
+/// server's own handle of that request's log (nginx's location `error_log`, a virtual host's
+/// log), 0 for the server's main log. The route before is restored after.
+pub fn routed<R>(route: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ROUTE.with(|r| r.set(self.0));
+        }
+    }
+    let _restore = Restore(ROUTE.with(|r| r.replace(route)));
+    f()
+}
+
+/// Where this thread's entries go now (see [`routed`]; 0: the server's main log).
+pub fn route() -> usize {
+    ROUTE.with(|r| r.get())
 }
 
 /// Makes `log` the process's `tracing` subscriber (the first call wins; forked children inherit
@@ -86,6 +106,15 @@ impl Visit for Message {
 }
 
 impl<L: ErrorLog> Subscriber for Routed<L> {
+    /// Asked at every event, never cached per call site: whether an entry is written depends
+    /// on the log it goes to, which depends on the request it is about (see [`routed`]).
+    fn register_callsite(
+        &self,
+        _metadata: &'static Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::sometimes()
+    }
+
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
         self.0.enabled(metadata.level())
     }

@@ -224,14 +224,12 @@ def test_a_thread_holding_the_gil_for_ever_cannot_hold_the_exit(nginx_factory):
     assert f"worker process {worker} exited with code 1" in log
 
 
-def test_print_reaches_the_error_log_where_standard_output_is_dev_null(nginx_factory):
-    """nginx's daemon points the workers' standard output at /dev/null: what an app prints is
-    logged instead (an entry per line, with the request's id), not lost."""
-    server = nginx_factory(location("/", APPS / "printer.py")
-                           + asgi_location("/asgi/", f"{APPS / 'printer.py'}:asgi_app"))
+def start_with_standard_output_at_dev_null(server):
+    """Starts `server` as nginx's daemon leaves its workers: standard output at /dev/null."""
     server.stderr = open(server.prefix / "stderr.log", "wb")
     server.proc = subprocess.Popen([server.binary, "-p", str(server.prefix), "-c", str(server.conf)],
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=server.stderr)
+
     def serving():
         try:
             socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
@@ -239,6 +237,14 @@ def test_print_reaches_the_error_log_where_standard_output_is_dev_null(nginx_fac
             return False
         return bool(server.worker_pids())
     wait_for(serving, what="the server")
+    return server
+
+
+def test_print_reaches_the_error_log_where_standard_output_is_dev_null(nginx_factory):
+    """nginx's daemon points the workers' standard output at /dev/null: what an app prints is
+    logged instead (an entry per line, with the request's id), not lost."""
+    server = start_with_standard_output_at_dev_null(
+        nginx_factory(location("/", APPS / "printer.py") + asgi_location("/asgi/", f"{APPS / 'printer.py'}:asgi_app")))
     r = requests.get(server.url("/page"), timeout=10)
     assert (r.status_code, r.text) == (200, "False utf-8 2")
     log = server.error_log()
@@ -290,3 +296,32 @@ def test_a_worker_whose_descriptors_the_app_closed_is_replaced(nginx_factory, wh
                      r"eventfd \(\d+\) was closed under the worker, by the app \(os.closerange or a double "
                      r"close\?\); the worker exits and nginx starts another", log), log[-3000:]
     assert f"worker process {worker} exited with code 1" in log
+
+
+def test_what_an_app_logs_for_a_request_goes_to_its_locations_error_log(nginx_factory):
+    # As nginx's own entries about the request (and a proxied upstream's errors): an error_log
+    # in the server or location. Before, they all went to the main log, filtered by its level:
+    # with a quiet main log, a 500's traceback was logged nowhere.
+    spec = APPS / "logs_of_a_request.py"
+    server = start_with_standard_output_at_dev_null(nginx_factory(
+        location("/w/", spec, "error_log logs/w.log info;")
+        + asgi_location("/a/", f"{spec}:app", "error_log logs/a.log info;")
+        + location("/main/", spec)))
+    for path in ("/w/ok", "/w/boom", "/a/ok", "/a/boom", "/main/ok"):
+        requests.get(server.url(path), timeout=10)
+    logs = {name: lambda name=name: (server.prefix / "logs" / f"{name}.log").read_text() for name in ("w", "a")}
+    wait_for(lambda: "RuntimeError: boom in asgi /a/boom" in logs["a"](), what="the ASGI traceback")
+    main = server.error_log()
+    for name, kind, lines in [("w", "wsgi", ["logged for", "printed for", "to wsgi.errors for"]),
+                              ("a", "asgi", ["logged for", "printed for"])]:
+        text = logs[name]()
+        for path in (f"/{name}/ok", f"/{name}/boom"):
+            for line in lines:
+                wanted = f"{line} {kind} {path}" if line != "to wsgi.errors for" else f"{line} {path}"
+                assert wanted in text, (wanted, text[-3000:])
+                assert wanted not in main, (wanted, main[-3000:])
+        assert f"RuntimeError: boom in {kind} /{name}/boom" in text and "Traceback" in text, text[-3000:]
+        assert f"boom in {kind}" not in main, main[-3000:]
+    # A location without an error_log of its own: the main one, as before.
+    assert "logged for wsgi /main/ok" in main and "printed for wsgi /main/ok" in main
+

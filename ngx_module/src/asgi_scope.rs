@@ -96,6 +96,8 @@ pub(crate) unsafe fn collect(
     b.http_version(http_version(r.http_version as u32))
         .https(https)
         .pathsend(lc.asgi_http.pathsend != 0)
+        // SAFETY: `r` is live on the event loop.
+        .log_route(unsafe { crate::ffi::log::route_of(r) })
         .set(ScopeField::Method, method)
         .set(ScopeField::Path, path)
         .set(ScopeField::Target, target)

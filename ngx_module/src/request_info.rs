@@ -75,6 +75,8 @@ pub(crate) unsafe fn collect(
     // SAFETY: per the function contract.
     b.https(unsafe { lc.scheme.https(r) });
     b.ignore_accel(lc.ignore_headers.headers());
+    // SAFETY: per the function contract.
+    b.log_route(unsafe { crate::ffi::log::route_of(r) });
     if let Some(index) = request_id_var {
         // SAFETY: the index is `$request_id`'s, registered at configuration; on the loop.
         if let Some(id) = unsafe { crate::request_id::of(r, index) } {

@@ -694,17 +694,19 @@ impl HttpExchange {
     /// The next `receive()` message, or None when the app must await a wake-up.
     fn receive_now<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         crate::forked::exit_if_forked_child(py, "asgi", Back::UsedTheRequest);
-        // Still listening while it looks: a disconnect it finds now ends the request with the
-        // quiet sends its listening asks for.
-        let message = self.next_message(py)?;
-        if message.is_some() {
-            self.listening = false;
-            if (self.gone || self.finished) && self.told == 0 {
-                // An http.disconnect: its task's own later sends raise (see QUIET_SENDS).
-                self.told = current_task(py);
+        crate::server_log::routed(self.scope.log_route, || {
+            // Still listening while it looks: a disconnect it finds now ends the request with
+            // the quiet sends its listening asks for.
+            let message = self.next_message(py)?;
+            if message.is_some() {
+                self.listening = false;
+                if (self.gone || self.finished) && self.told == 0 {
+                    // An http.disconnect: its task's own later sends raise (see QUIET_SENDS).
+                    self.told = current_task(py);
+                }
             }
-        }
-        Ok(message)
+            Ok(message)
+        })
     }
 
     /// A parked `receive()` was cancelled (a timeout around it, its task cancelled): nothing
@@ -718,7 +720,7 @@ impl HttpExchange {
     /// the loop.
     fn send_now(&mut self, message: &Bound<'_, PyAny>) -> PyResult<Option<bool>> {
         let py = message.py();
-        match self.take(message) {
+        match crate::server_log::routed(self.scope.log_route, || self.take(message)) {
             Err(e)
                 if self.quiet_sends > 0
                     && e.is_instance_of::<ClientDisconnected>(py)
@@ -748,6 +750,13 @@ impl HttpExchange {
         if std::mem::replace(&mut self.ended, true) {
             return;
         }
+        crate::server_log::routed(self.scope.log_route, || self.end(py, error));
+    }
+}
+
+impl HttpExchange {
+    /// [`HttpExchange::ended`]'s work, its log entries routed to the request's log.
+    fn end(&mut self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
         crate::forked::exit_if_forked_task_ended(py, "asgi", error.as_ref());
         crate::chunk::release_dropped(py);
         // A server's timeout cancels the stream too: that is not the client going.

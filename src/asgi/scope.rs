@@ -55,6 +55,8 @@ pub struct HttpScope {
     pub subprotocols: Vec<String>,
     /// `http.response.pathsend` is not offered (the server's configuration turned it off).
     pub no_pathsend: bool,
+    /// Where the request's log entries go (see [`crate::server_log::routed`]).
+    pub log_route: usize,
 }
 
 /// Fills an [`HttpScope`] from a server's request.
@@ -90,6 +92,12 @@ impl HttpScopeBuilder {
     /// Whether an HTTP scope offers `http.response.pathsend` (it does unless told not to).
     pub fn pathsend(&mut self, offered: bool) -> &mut Self {
         self.scope.no_pathsend = !offered;
+        self
+    }
+
+    /// Where the request's log entries go (see [`crate::server_log::routed`]).
+    pub fn log_route(&mut self, route: usize) -> &mut Self {
+        self.scope.log_route = route;
         self
     }
 

@@ -344,83 +344,87 @@ impl WsExchange {
     }
 
     fn send_now(&mut self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<bool> {
-        crate::forked::exit_if_forked_child(py, "asgi", Back::UsedTheRequest);
-        let kind = super::http::message_type(message)?;
-        match (kind.as_str(), self.state) {
-            ("websocket.accept", State::Connecting) => {
-                if self.disconnected.is_some() || self.server.client_gone() {
-                    // A send on a closed connection, as any other.
-                    self.disconnected = Some((1006, String::new()));
-                    return Err(ClientDisconnected::new_err(
-                        "the client closed the connection before websocket.accept",
-                    ));
+        crate::server_log::routed(self.scope.log_route, || {
+            crate::forked::exit_if_forked_child(py, "asgi", Back::UsedTheRequest);
+            let kind = super::http::message_type(message)?;
+            match (kind.as_str(), self.state) {
+                ("websocket.accept", State::Connecting) => {
+                    if self.disconnected.is_some() || self.server.client_gone() {
+                        // A send on a closed connection, as any other.
+                        self.disconnected = Some((1006, String::new()));
+                        return Err(ClientDisconnected::new_err(
+                            "the client closed the connection before websocket.accept",
+                        ));
+                    }
+                    self.accept(message).map(|()| true)
                 }
-                self.accept(message).map(|()| true)
-            }
-            ("websocket.close", State::Connecting) => {
-                // Closed before the accept: the handshake is answered 403.
-                let denial = PyDict::new(py);
-                denial.set_item("status", 403)?;
-                denial.set_item("headers", Vec::<(Vec<u8>, Vec<u8>)>::new())?;
-                self.deny(py, &denial, "http.response.start")?;
-                let body = PyDict::new(py);
-                self.deny(py, &body, "http.response.body")?;
-                self.finished = true;
-                // A receive() the app awaits meanwhile gets the disconnect.
-                self.waker.wake();
-                Ok(true)
-            }
-            ("websocket.http.response.start", State::Connecting) => {
-                self.deny(py, message, "http.response.start")
-            }
-            ("websocket.http.response.body", State::Denying) => {
-                let done = self.deny(py, message, "http.response.body")?;
-                let last = !message
-                    .get_item("more_body")
-                    .ok()
-                    .is_some_and(|m| m.is_truthy().unwrap_or(false));
-                if done && last {
+                ("websocket.close", State::Connecting) => {
+                    // Closed before the accept: the handshake is answered 403.
+                    let denial = PyDict::new(py);
+                    denial.set_item("status", 403)?;
+                    denial.set_item("headers", Vec::<(Vec<u8>, Vec<u8>)>::new())?;
+                    self.deny(py, &denial, "http.response.start")?;
+                    let body = PyDict::new(py);
+                    self.deny(py, &body, "http.response.body")?;
                     self.finished = true;
+                    // A receive() the app awaits meanwhile gets the disconnect.
                     self.waker.wake();
+                    Ok(true)
                 }
-                Ok(done)
+                ("websocket.http.response.start", State::Connecting) => {
+                    self.deny(py, message, "http.response.start")
+                }
+                ("websocket.http.response.body", State::Denying) => {
+                    let done = self.deny(py, message, "http.response.body")?;
+                    let last = !message
+                        .get_item("more_body")
+                        .ok()
+                        .is_some_and(|m| m.is_truthy().unwrap_or(false));
+                    if done && last {
+                        self.finished = true;
+                        self.waker.wake();
+                    }
+                    Ok(done)
+                }
+                ("websocket.send", State::Open) | ("websocket.close", State::Open) => {
+                    let outgoing = app_message(&kind, message)?;
+                    let closing = matches!(outgoing, WsOutgoing::Close { .. });
+                    let sent = match self.disconnected {
+                        Some(_) => false,
+                        None => match self.server.room() {
+                            Ok(false) => return Ok(false),
+                            Ok(true) => self.server.send(outgoing).is_ok(),
+                            Err(_) => false,
+                        },
+                    };
+                    // Once the client has closed, a message would be lost: its send says so. A close
+                    // is what is under way already, and taken (as uvicorn takes it): an app's
+                    // clean-up close that meets the client's own is no error.
+                    if !sent && !closing {
+                        return Err(ClientDisconnected::new_err(
+                            "the client closed the connection",
+                        ));
+                    }
+                    if closing {
+                        self.state = State::Closing;
+                    }
+                    Ok(true)
+                }
+                ("websocket.send", State::Closing) | ("websocket.close", State::Closing) => {
+                    Err(ClientDisconnected::new_err(
+                        "the connection is closing (websocket.close was sent)",
+                    ))
+                }
+                (kind, state) => Err(PyRuntimeError::new_err(format!(
+                    "unexpected ASGI message {kind:?} {}",
+                    match state {
+                        State::Connecting => "before websocket.accept",
+                        State::Denying => "while a denial response is under way",
+                        _ => "on an open WebSocket",
+                    }
+                ))),
             }
-            ("websocket.send", State::Open) | ("websocket.close", State::Open) => {
-                let outgoing = app_message(&kind, message)?;
-                let closing = matches!(outgoing, WsOutgoing::Close { .. });
-                let sent = match self.disconnected {
-                    Some(_) => false,
-                    None => match self.server.room() {
-                        Ok(false) => return Ok(false),
-                        Ok(true) => self.server.send(outgoing).is_ok(),
-                        Err(_) => false,
-                    },
-                };
-                // Once the client has closed, a message would be lost: its send says so. A close
-                // is what is under way already, and taken (as uvicorn takes it): an app's
-                // clean-up close that meets the client's own is no error.
-                if !sent && !closing {
-                    return Err(ClientDisconnected::new_err(
-                        "the client closed the connection",
-                    ));
-                }
-                if closing {
-                    self.state = State::Closing;
-                }
-                Ok(true)
-            }
-            ("websocket.send", State::Closing) | ("websocket.close", State::Closing) => Err(
-                ClientDisconnected::new_err("the connection is closing (websocket.close was sent)"),
-            ),
-            (kind, state) => Err(PyRuntimeError::new_err(format!(
-                "unexpected ASGI message {kind:?} {}",
-                match state {
-                    State::Connecting => "before websocket.accept",
-                    State::Denying => "while a denial response is under way",
-                    _ => "on an open WebSocket",
-                }
-            ))),
-        }
+        })
     }
 
     fn park(&self, future: Py<PyAny>) {
@@ -437,76 +441,78 @@ impl WsExchange {
 
     #[pyo3(signature = (error = None))]
     fn ended(&mut self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
-        if std::mem::replace(&mut self.ended, true) {
-            return;
-        }
-        crate::forked::exit_if_forked_task_ended(py, "asgi", error.as_ref());
-        crate::chunk::release_dropped(py);
-        match self.state {
-            State::Connecting | State::Denying => {
-                let denied = if error.is_none() && self.state != State::Denying {
-                    // Returned without accepting: 403 (the spec's answer).
-                    PyDict::new(py)
-                        .set_item("status", 403)
-                        .map_err(drop)
-                        .and_then(|()| {
-                            let start = PyDict::new(py);
-                            start.set_item("status", 403).map_err(drop)?;
-                            self.deny(py, &start, "http.response.start").map_err(drop)?;
-                            self.deny(py, &PyDict::new(py), "http.response.body")
-                                .map_err(drop)
-                        })
-                        .is_ok()
-                } else {
-                    self.http.bind(py).call_method1("ended", (error,)).is_ok()
-                };
-                if !denied {
-                    // The client went away meanwhile (or the denial could not be sent).
-                    self.finished = false;
-                    self.finish(if self.server.client_gone() {
-                        HttpEnd::ClientGone
+        crate::server_log::routed(self.scope.log_route, || {
+            if std::mem::replace(&mut self.ended, true) {
+                return;
+            }
+            crate::forked::exit_if_forked_task_ended(py, "asgi", error.as_ref());
+            crate::chunk::release_dropped(py);
+            match self.state {
+                State::Connecting | State::Denying => {
+                    let denied = if error.is_none() && self.state != State::Denying {
+                        // Returned without accepting: 403 (the spec's answer).
+                        PyDict::new(py)
+                            .set_item("status", 403)
+                            .map_err(drop)
+                            .and_then(|()| {
+                                let start = PyDict::new(py);
+                                start.set_item("status", 403).map_err(drop)?;
+                                self.deny(py, &start, "http.response.start").map_err(drop)?;
+                                self.deny(py, &PyDict::new(py), "http.response.body")
+                                    .map_err(drop)
+                            })
+                            .is_ok()
                     } else {
-                        HttpEnd::Failed
-                    });
-                }
-                self.finished = true;
-            }
-            State::Open | State::Closing => {
-                let code = match &error {
-                    Some(e) => {
-                        let err = PyErr::from_value(e.clone());
-                        // The connection's end, reaching an app that sent before it read the
-                        // disconnect (a client that broke the protocol, or went): not the
-                        // app's fault. After its own close it is (it sent once more).
-                        let gone = err.is_instance_of::<ClientDisconnected>(py)
-                            && (self.disconnected.is_some() || self.state == State::Open);
-                        // The server answered in its place (the handshake's deadline) before
-                        // the task, cancelled, saw it.
-                        let timed_out =
-                            self.watch.timed_out() && HttpExchange::ends_a_timeout(py, &err);
-                        if !gone
-                            && !timed_out
-                            && !super::task_watch::ended_by_exit(py, &self.scope, &err)
-                            && !super::task_watch::ended_by_loop_death(py, &self.scope, &err)
-                        {
-                            self.log_error(
-                                "the application raised on an open WebSocket",
-                                &crate::traceback::format(py, &err),
-                            );
-                        }
-                        1011
+                        self.http.bind(py).call_method1("ended", (error,)).is_ok()
+                    };
+                    if !denied {
+                        // The client went away meanwhile (or the denial could not be sent).
+                        self.finished = false;
+                        self.finish(if self.server.client_gone() {
+                            HttpEnd::ClientGone
+                        } else {
+                            HttpEnd::Failed
+                        });
                     }
-                    None => 1000,
-                };
-                if self.state == State::Open && self.disconnected.is_none() {
-                    let _ = self.server.send(WsOutgoing::Close {
-                        code,
-                        reason: String::new(),
-                    });
+                    self.finished = true;
                 }
-                self.finish(HttpEnd::Complete);
+                State::Open | State::Closing => {
+                    let code = match &error {
+                        Some(e) => {
+                            let err = PyErr::from_value(e.clone());
+                            // The connection's end, reaching an app that sent before it read the
+                            // disconnect (a client that broke the protocol, or went): not the
+                            // app's fault. After its own close it is (it sent once more).
+                            let gone = err.is_instance_of::<ClientDisconnected>(py)
+                                && (self.disconnected.is_some() || self.state == State::Open);
+                            // The server answered in its place (the handshake's deadline) before
+                            // the task, cancelled, saw it.
+                            let timed_out =
+                                self.watch.timed_out() && HttpExchange::ends_a_timeout(py, &err);
+                            if !gone
+                                && !timed_out
+                                && !super::task_watch::ended_by_exit(py, &self.scope, &err)
+                                && !super::task_watch::ended_by_loop_death(py, &self.scope, &err)
+                            {
+                                self.log_error(
+                                    "the application raised on an open WebSocket",
+                                    &crate::traceback::format(py, &err),
+                                );
+                            }
+                            1011
+                        }
+                        None => 1000,
+                    };
+                    if self.state == State::Open && self.disconnected.is_none() {
+                        let _ = self.server.send(WsOutgoing::Close {
+                            code,
+                            reason: String::new(),
+                        });
+                    }
+                    self.finish(HttpEnd::Complete);
+                }
             }
-        }
+        })
     }
 }
 

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use nginx_sys::{
-    ngx_cached_err_log_time, ngx_cycle, ngx_log_t, ngx_uint_t, NGX_LOG_ALERT, NGX_LOG_DEBUG,
-    NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
+    ngx_cached_err_log_time, ngx_cycle, ngx_http_request_t, ngx_log_t, ngx_uint_t, NGX_LOG_ALERT,
+    NGX_LOG_DEBUG, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
 };
 use tracing_core::Level;
 
@@ -22,8 +22,9 @@ use tracing_core::Level;
 /// writer of its own.
 const ENTRY_MAX: usize = 1800;
 
-/// Entries made off the event loop for logs whose writers are loop-only, with their levels.
-static DEFERRED: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
+/// Entries made off the event loop for logs whose writers are loop-only, with their levels and
+/// logs (as addresses: they live as long as the worker's cycle).
+static DEFERRED: Mutex<Vec<(usize, usize, String)>> = Mutex::new(Vec::new());
 /// Wakes the event loop to write deferred entries (set once the notifier exists).
 static WAKER: OnceLock<fn()> = OnceLock::new();
 /// The event loop is blocked in a worker's exit, waiting for the app's tasks and threads: its
@@ -56,8 +57,46 @@ pub(crate) fn loop_waits(waits: bool) {
 /// Event-loop thread.
 pub(crate) unsafe fn flush_deferred() {
     let entries = std::mem::take(&mut *DEFERRED.lock().unwrap_or_else(|e| e.into_inner()));
-    for (level, msg) in entries {
-        cycle_log(level, &msg);
+    for (level, log, msg) in entries {
+        write_log(level, log as *mut ngx_log_t, &msg);
+    }
+}
+
+/// Where the log entries about a request go (see `ngx_wsgi::server_log::routed`): its
+/// location's `error_log` (`error_log` in a `server` or `location`, as nginx's own entries
+/// about the request), 0 where that is the main one.
+///
+/// # Safety
+/// Event-loop thread; `r` is live.
+pub(crate) unsafe fn route_of(r: &ngx_http_request_t) -> usize {
+    use ngx::http::HttpModuleLocationConf;
+    let Some(clcf) = ngx::http::NgxHttpCoreModule::location_conf(r) else {
+        return 0;
+    };
+    // SAFETY: the cycle lives as long as the worker, its log too.
+    let main = unsafe { (*ngx_cycle).log };
+    match clcf.error_log {
+        log if log.is_null() || log == main => 0,
+        // The configuration's, which lives as long as the worker's cycle.
+        log => log as usize,
+    }
+}
+
+/// The log this thread's entries go to now: its request's (see [`route_of`]), else the
+/// cycle's; null before there is a cycle.
+fn routed_log() -> *mut ngx_log_t {
+    match ngx_wsgi::server_log::route() {
+        0 => {
+            // SAFETY: see `cycle_log`.
+            let cycle = unsafe { ngx_cycle };
+            if cycle.is_null() {
+                std::ptr::null_mut()
+            } else {
+                // SAFETY: as above.
+                unsafe { (*cycle).log }
+            }
+        }
+        route => route as *mut ngx_log_t,
     }
 }
 
@@ -148,7 +187,7 @@ fn write_entry(level: usize, log: *mut ngx_log_t, msg: &str, mut deferral: Defer
             Some(wake) if !on_loop && deferral == Deferral::QueuedOffTheLoop => {
                 let wake_now = {
                     let mut queue = DEFERRED.lock().unwrap_or_else(|e| e.into_inner());
-                    queue.push((level, msg.to_owned()));
+                    queue.push((level, log as usize, msg.to_owned()));
                     queue.len() == 1
                 };
                 if wake_now {
@@ -251,19 +290,14 @@ struct NginxLog;
 
 impl ngx_wsgi::server_log::ErrorLog for NginxLog {
     fn enabled(&self, level: &Level) -> bool {
-        // SAFETY: see `cycle_log`; only the level is read.
-        let max = unsafe {
-            if ngx_cycle.is_null() {
-                0
-            } else {
-                (*(*ngx_cycle).log).log_level
-            }
-        };
-        ngx_level(level) <= max
+        let log = routed_log();
+        // SAFETY: a log of the cycle or of its configuration; only the level is read (the
+        // first of a log chain is its most verbose).
+        !log.is_null() && ngx_level(level) <= unsafe { (*log).log_level }
     }
 
     fn write(&self, level: &Level, text: &str) {
-        cycle_log(ngx_level(level), text);
+        write_log(ngx_level(level), routed_log(), text);
     }
 
     fn write_final(&self, level: &Level, text: &str) {

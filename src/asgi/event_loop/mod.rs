@@ -543,7 +543,11 @@ impl AsgiLoop {
                 watch: watch.clone(),
                 waker: waker.clone(),
             };
-            let request_id = String::from_utf8_lossy(scope.request_id()).into_owned();
+            let request_id = crate::logging_bridge::context_value(
+                py,
+                String::from_utf8_lossy(scope.request_id()).into_owned(),
+                scope.log_route,
+            )?;
             let task = driver.call_method1(
                 pyo3::intern!(py, "start_http"),
                 (
