@@ -515,6 +515,59 @@ def test_a_slow_reader_that_takes_what_it_is_sent_is_not_idle(nginx_factory):
     raw.close()
 
 
+def test_a_slow_reader_gets_everything_sent_before_the_close(nginx_factory):
+    # The close frame waits behind what the app sent before it (wsgi_stream_buffer's worth).
+    # The client's time to answer the close began when it was queued, not sent: a client that
+    # took 7 s to read it all was cut after 5 s, its last messages and the close lost (1006).
+    server = nginx_factory(asgi("/", APP), listen_extra=" sndbuf=16k").start()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(upgrade("/burst-then-close?slow&20"))
+    head, _, data = read_until(sock, b"\r\n\r\n").partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    frames = []
+    while not frames or frames[-1][0] != 8:
+        while True:
+            parsed = parse_frame(data)
+            if parsed is None:
+                break
+            frames.append(parsed[0])
+            data = parsed[1]
+        if frames and frames[-1][0] == 8:
+            break
+        chunk = sock.recv(4096)
+        assert chunk, f"cut after {len(frames)} frames"
+        data += chunk
+        time.sleep(0.1)  # about 40 KB/s: the 320 KB take 8 s
+    sock.sendall(frame(8, struct.pack("!H", 1000)))
+    assert [(op, len(p), p[:1]) for op, p in frames[:-1]] == [(2, 16384, bytes([i])) for i in range(20)]
+    assert close_code(frames[-1][1]) == 1000 and frames[-1][1][2:] == b"all sent"
+    closed = lambda: requests.get(server.url("/stats"), timeout=10).json()["closed"].get("slow&20")  # noqa: E731
+    wait_for(closed, what="the app to see the close")
+    assert closed() == [1000, ""]
+    sock.close()
+
+
+def parse_frame(data):
+    """One unmasked frame from the start of `data`: ((opcode, payload), rest), or None."""
+    if len(data) < 2:
+        return None
+    n, at = data[1] & 0x7F, 2
+    if n == 126:
+        if len(data) < 4:
+            return None
+        n, at = struct.unpack("!H", data[2:4])[0], 4
+    elif n == 127:
+        if len(data) < 10:
+            return None
+        n, at = struct.unpack("!Q", data[2:10])[0], 10
+    if len(data) < at + n:
+        return None
+    return (data[0] & 0x0F, data[at:at + n]), data[at + n:]
+
+
 @pytest.mark.parametrize("tcp", ["closed", "open"])
 def test_a_send_after_the_clients_close_frame_raises(server, tcp):
     # The client's close is in (and answered) before the app has received the disconnect: its

@@ -278,6 +278,8 @@ impl AsgiWs {
                 return;
             };
             let mut told = false;
+            // Bytes went out this time: a closing connection's wait starts again.
+            let mut progressed = false;
             let mut buf = [0u8; 16384];
             loop {
                 while let Some(m) = st.outgoing.pop_front() {
@@ -304,6 +306,7 @@ impl AsgiWs {
                 if blocked && ngx_handle_write_event((*c).write, 0) != NGX_OK as ngx_int_t {
                     st.gone = true;
                 }
+                progressed |= taken;
                 if taken && blocked {
                     // The client takes what it is sent, however slowly (room came back once
                     // the socket had filled): alive, though its pong waits behind all that.
@@ -377,7 +380,7 @@ impl AsgiWs {
                 st.phase = Phase::Over;
                 told = true;
             } else if closing {
-                self.arm_close_timer();
+                self.arm_close_timer(progressed);
             }
             if told {
                 (self.wake)();
@@ -385,11 +388,15 @@ impl AsgiWs {
         }
     }
 
-    /// After our close frame: the client has CLOSE_WAIT_MS to answer.
-    unsafe fn arm_close_timer(&self) {
+    /// After our close frame: the client has CLOSE_WAIT_MS to answer, counted from the last
+    /// bytes it took (`progressed`: some just went out). What was queued before the close frame
+    /// goes out first, however slowly the client reads; only a client that stops taking bytes,
+    /// or does not answer once all is sent, is dropped (RFC 6455 7.1.1 counts from the frame
+    /// sent).
+    unsafe fn arm_close_timer(&self, progressed: bool) {
         // SAFETY: event loop only; the event lives as long as this connection.
         unsafe {
-            if (*self.close_timer.get()).timer_set() == 0 {
+            if progressed || (*self.close_timer.get()).timer_set() == 0 {
                 self.rearm(&self.close_timer, close_timed_out, CLOSE_WAIT_MS);
             }
         }

@@ -93,6 +93,15 @@ async def app(scope, receive, send):
         await send({"type": "websocket.close", "code": 4001, "reason": "go away"})
         message = await receive()
         STATS["closed"][key] = [message["code"], message.get("reason", "")]
+    elif path == "/burst-then-close":
+        # KEY is "NAME&N": N messages of 16 KiB, at once, then the close.
+        n = int(key.partition("&")[2])
+        await send({"type": "websocket.accept"})
+        for i in range(n):
+            await send({"type": "websocket.send", "bytes": bytes([i]) * 16384})
+        await send({"type": "websocket.close", "code": 1000, "reason": "all sent"})
+        message = await receive()
+        STATS["closed"][key] = [message["code"], message.get("reason", "")]
     elif path == "/unoffered-subprotocol":
         await send({"type": "websocket.accept", "subprotocol": "graphql-ws"})
     elif path == "/raise-before-accept":
