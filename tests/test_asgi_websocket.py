@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import struct
 import time
 import zlib
@@ -548,6 +549,32 @@ def test_a_slow_reader_gets_everything_sent_before_the_close(nginx_factory):
     wait_for(closed, what="the app to see the close")
     assert closed() == [1000, ""]
     sock.close()
+
+
+def test_a_tls_socket_whose_writes_block_keeps_streaming(nginx_factory, tmp_path):
+    # A write OpenSSL could not finish must be retried from the same address (nginx does not
+    # let it move), and the frames the app sent meanwhile grew (and moved) the output: the
+    # retry failed, "SSL_write() failed (bad write retry)", and the socket was dropped.
+    from conftest import tls
+    config = tls(tmp_path)["nginx"]
+    server = nginx_factory(asgi("/", APP, "wsgi_stream_buffer 1m;"), listen_extra=config["listen_extra"] + " sndbuf=16k",
+                           server_extra=config["server_extra"]).start()
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", server.port))
+    sock = context.wrap_socket(sock, server_hostname="test.local")
+    sock.sendall(upgrade("/firehose?tls"))
+    got = len(read_until(sock, b"\r\n\r\n"))
+    while got < 3_000_000:
+        chunk = sock.recv(2048)  # slowly: the server's writes block, over and over
+        assert chunk, f"dropped after {got} bytes: {server.error_log()[-2000:]}"
+        got += len(chunk)
+        time.sleep(0.001)
+    sock.close()
+    assert "bad write retry" not in server.error_log()
 
 
 def parse_frame(data):

@@ -87,6 +87,11 @@ struct State {
     outgoing: VecDeque<WsOutgoing>,
     /// Bytes the app sent that the client has not taken yet.
     unsent: usize,
+    /// Framed bytes being written, taken whole from the codec's output: the vector does not
+    /// move or grow until they are all sent (frames made meanwhile go to the codec's). OpenSSL
+    /// wants a write that would block retried from the same address (nginx does not set
+    /// SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER), and the codec's vector may move as it grows.
+    sending: Vec<u8>,
     want_room: bool,
     /// The app is done (its end), when it is.
     app_end: Option<HttpEnd>,
@@ -156,6 +161,7 @@ impl AsgiWs {
                 reading_paused: false,
                 outgoing: VecDeque::new(),
                 unsent: 0,
+                sending: Vec::new(),
                 want_room: false,
                 app_end: None,
                 gone: false,
@@ -287,14 +293,21 @@ impl AsgiWs {
                     // next receive() says the connection ended.
                     let _ = codec.send(m);
                 }
-                let out = codec.output();
                 let mut blocked = false;
                 let mut taken = false;
-                while !out.is_empty() && !st.gone {
+                while !st.gone {
+                    if st.sending.is_empty() {
+                        // What the codec framed since: sent from where it stays put (see
+                        // `State::sending`), while the codec frames into the other vector.
+                        std::mem::swap(&mut st.sending, codec.output());
+                    }
+                    if st.sending.is_empty() {
+                        break;
+                    }
                     let Some(send) = (*c).send else { break };
-                    let n = send(c, out.as_mut_ptr(), out.len());
+                    let n = send(c, st.sending.as_mut_ptr(), st.sending.len());
                     if n > 0 {
-                        out.drain(..n as usize);
+                        st.sending.drain(..n as usize);
                         taken = true;
                     } else if n == NGX_AGAIN as isize {
                         blocked = true;
@@ -312,10 +325,15 @@ impl AsgiWs {
                     // the socket had filled): alive, though its pong waits behind all that.
                     self.rearm(&self.idle_timer, idle_due, self.settings.idle_timeout);
                 }
-                st.unsent = out.len();
-                if out.is_empty() && out.capacity() > OUTPUT_KEPT {
+                let out = codec.output();
+                st.unsent = st.sending.len() + out.len();
+                if st.unsent == 0 {
                     // A long-lived socket does not keep the room of its largest message.
-                    *out = Vec::new();
+                    for v in [&mut st.sending, out] {
+                        if v.capacity() > OUTPUT_KEPT {
+                            *v = Vec::new();
+                        }
+                    }
                 }
                 // A client that does not read what it is sent (pongs, echoes) is not read
                 // either: its pings would otherwise grow the output without bound.
@@ -360,7 +378,7 @@ impl AsgiWs {
                 // Nothing read, nothing new to frame, and the output sent or waiting for the
                 // socket's write event: done until the next event (going round again while a
                 // client neither sends nor reads would spin the worker).
-                if !more && st.outgoing.is_empty() && (blocked || codec.output().is_empty()) {
+                if !more && st.outgoing.is_empty() && (blocked || st.unsent == 0) {
                     break;
                 }
             }
@@ -369,7 +387,7 @@ impl AsgiWs {
                 told = true;
             }
             let closing = !codec.can_send() && !codec.is_terminated();
-            let over = st.gone || (codec.is_terminated() && codec.output().is_empty());
+            let over = st.gone || (codec.is_terminated() && st.unsent == 0);
             if over {
                 if !codec.is_terminated() || st.gone {
                     st.incoming.push_back(WsIncoming::Closed {
