@@ -694,6 +694,24 @@ def test_open_sockets_get_1001_at_quit_and_reload(nginx_factory, how):
     wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="a clean exit")
 
 
+def test_a_client_that_never_answers_the_close_at_quit_leaves_no_socket_open(nginx_factory):
+    # nginx's shutdown timer (worker_shutdown_timeout, shorter than the 5 s close wait) closed
+    # the connection under the socket; ended as a finished one when the wait was over, it was
+    # left open as the worker exited: "open socket left", then "aborting".
+    server = nginx_factory(asgi("/", APP), main_extra="worker_shutdown_timeout 1s;").start()
+    old = server.worker_pids()
+    s = raw_socket(server, "/hold?silent")
+    assert read_frame(s) == (0x1, b"held")
+    server.send_signal(signal.SIGQUIT)
+    opcode, payload = read_frame(s)
+    assert opcode == 0x8 and close_code(payload) == 1001
+    assert server.proc.wait(timeout=30) == 0
+    s.close()
+    log = server.error_log()
+    assert f"worker process {old[0]} exited with code 0" in log, log[-3000:]
+    assert "open socket" not in log and "[alert]" not in log, log[-3000:]
+
+
 def test_a_socket_accepted_while_the_worker_exits_gets_1001(nginx_factory, tmp_path):
     # A Channels consumer that looks its user up before accepting: the reload comes first.
     import threading
