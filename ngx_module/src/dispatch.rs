@@ -228,7 +228,14 @@ impl RunQueue {
                 Start::Started => true,
                 // It waits for a busy thread to come back to the queue (or for the sweeper).
                 Start::AllBusy => {
-                    self.lock().pending -= 1;
+                    let mut st = self.lock();
+                    // A thread that went idle since `start` looked saw this request's drainer on
+                    // its way and left the request to it: asked again under the queue's lock,
+                    // where that thread's look (`claim_waiting`) cannot slip in between.
+                    if t.start(self) != Start::Started {
+                        st.pending -= 1;
+                    }
+                    drop(st);
                     // SAFETY: event loop, per the function contract.
                     unsafe { self.arm_sweeper() };
                     return Ok(());
