@@ -86,11 +86,11 @@ fn context_origin(py: Python<'_>) -> (String, usize) {
 /// `, request_id: ID` for the request this thread (WSGI) or this context (an ASGI task) serves,
 /// if any, and where its log entries go.
 pub(crate) fn python_origin(py: Python<'_>) -> (String, usize) {
-    let suffix = request_suffix();
-    if suffix.is_empty() {
+    let (suffix, route) = (request_suffix(), crate::server_log::route());
+    if suffix.is_empty() && route == 0 {
         context_origin(py)
     } else {
-        (suffix, crate::server_log::route())
+        (suffix, route)
     }
 }
 

@@ -397,7 +397,9 @@ impl AsgiWs {
                 }
                 st.phase = Phase::Over;
                 told = true;
-            } else if closing {
+            } else if closing || codec.is_terminated() {
+                // Closing, or closed with our last frames still unsent to a client that may
+                // have stopped reading: either way it has CLOSE_WAIT_MS to take bytes.
                 self.arm_close_timer(progressed);
             }
             if told {

@@ -301,14 +301,10 @@ impl ngx_wsgi::server_log::ErrorLog for NginxLog {
     }
 
     fn write_final(&self, level: &Level, text: &str) {
-        // SAFETY: as in `cycle_log`.
-        let log = unsafe {
-            if ngx_cycle.is_null() {
-                return;
-            }
-            (*ngx_cycle).log
-        };
-        write_entry(ngx_level(level), log, text, Deferral::Never);
+        let log = routed_log();
+        if !log.is_null() {
+            write_entry(ngx_level(level), log, text, Deferral::Never);
+        }
     }
 }
 
