@@ -488,19 +488,28 @@ def test_a_client_that_goes_before_the_accept(nginx_factory):
     assert "request(s) inside Python" not in log and "Traceback" not in log, "the request ended with the app"
 
 
+def slow_client(server, target, rcvbuf=16384, tls_context=None):
+    """A client with a small receive buffer (so that the server's writes block soon), after its
+    handshake for `target`: its socket, and what came right behind the 101."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", server.port))
+    if tls_context:
+        sock = tls_context.wrap_socket(sock, server_hostname="test.local")
+    sock.sendall(upgrade(target))
+    head, _, rest = read_until(sock, b"\r\n\r\n").partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock, rest
+
+
 def test_a_slow_reader_that_takes_what_it_is_sent_is_not_idle(nginx_factory):
     # A client reading a busy socket slowly sees each ping only behind what was queued before
     # it (seconds of it here), so its pong comes late; it takes bytes all along, and must not
     # be closed as idle.
     server = nginx_factory(asgi("/", APP, "asgi_websocket_ping_interval 1s; asgi_websocket_idle_timeout 2s; "
                                           "wsgi_stream_buffer 16k;"), listen_extra=" sndbuf=16k").start()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", server.port))
-    sock.sendall(upgrade("/firehose?slow"))
-    head, _, rest = read_until(sock, b"\r\n\r\n").partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
+    sock, rest = slow_client(server, "/firehose?slow")
     raw = Raw(sock, rest)
     taken, pongs = 0, 0
     until = time.monotonic() + 6
@@ -521,13 +530,7 @@ def test_a_slow_reader_gets_everything_sent_before_the_close(nginx_factory):
     # The client's time to answer the close began when it was queued, not sent: a client that
     # took 7 s to read it all was cut after 5 s, its last messages and the close lost (1006).
     server = nginx_factory(asgi("/", APP), listen_extra=" sndbuf=16k").start()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", server.port))
-    sock.sendall(upgrade("/burst-then-close?slow&20"))
-    head, _, data = read_until(sock, b"\r\n\r\n").partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
+    sock, data = slow_client(server, "/burst-then-close?slow&20")
     frames = []
     while not frames or frames[-1][0] != 8:
         while True:
@@ -561,13 +564,8 @@ def test_a_tls_socket_whose_writes_block_keeps_streaming(nginx_factory, tmp_path
                            server_extra=config["server_extra"]).start()
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", server.port))
-    sock = context.wrap_socket(sock, server_hostname="test.local")
-    sock.sendall(upgrade("/firehose?tls"))
-    got = len(read_until(sock, b"\r\n\r\n"))
+    sock, rest = slow_client(server, "/firehose?tls", rcvbuf=8192, tls_context=context)
+    got = len(rest)
     while got < 3_000_000:
         chunk = sock.recv(2048)  # slowly: the server's writes block, over and over
         assert chunk, f"dropped after {got} bytes: {server.error_log()[-2000:]}"
@@ -677,15 +675,22 @@ def test_a_denial_in_time_is_not_timed_out(timed):
 
 # --- worker exit -------------------------------------------------------------------------------
 
+def told_to_go(server, path, sig):
+    """A socket the app holds open (it sends "held"), then `sig` to nginx's master: the socket
+    gets a close frame with 1001. The socket and that frame's payload."""
+    s = raw_socket(server, path)
+    assert read_frame(s) == (0x1, b"held")
+    server.send_signal(sig)
+    opcode, payload = read_frame(s)
+    assert opcode == 0x8 and close_code(payload) == 1001
+    return s, payload
+
+
 @pytest.mark.parametrize("how", [signal.SIGQUIT, signal.SIGHUP])
 def test_open_sockets_get_1001_at_quit_and_reload(nginx_factory, how):
     server = nginx_factory(asgi("/", APP)).start()
     old = server.worker_pids()
-    s = raw_socket(server, "/hold?exit")
-    assert read_frame(s) == (0x1, b"held")
-    server.send_signal(how)
-    opcode, payload = read_frame(s)
-    assert opcode == 0x8 and close_code(payload) == 1001
+    s, payload = told_to_go(server, "/hold?exit", how)
     s.sendall(frame(0x8, payload[:2]))
     assert s.recv(10) == b""
     s.close()
@@ -700,11 +705,7 @@ def test_a_client_that_never_answers_the_close_at_quit_leaves_no_socket_open(ngi
     # left open as the worker exited: "open socket left", then "aborting".
     server = nginx_factory(asgi("/", APP), main_extra="worker_shutdown_timeout 1s;").start()
     old = server.worker_pids()
-    s = raw_socket(server, "/hold?silent")
-    assert read_frame(s) == (0x1, b"held")
-    server.send_signal(signal.SIGQUIT)
-    opcode, payload = read_frame(s)
-    assert opcode == 0x8 and close_code(payload) == 1001
+    s, _ = told_to_go(server, "/hold?silent", signal.SIGQUIT)
     assert server.proc.wait(timeout=30) == 0
     s.close()
     log = server.error_log()
@@ -743,11 +744,7 @@ def test_a_task_left_running_at_exit_is_cancelled_with_a_warning(nginx_factory):
     # warning with where the task waited, not as the app raising CancelledError.
     server = nginx_factory(asgi("/", APP), http_extra="wsgi_shutdown_timeout 2s;").start()
     old = server.worker_pids()
-    s = raw_socket(server, "/deaf?left")
-    assert read_frame(s) == (0x1, b"held")
-    server.send_signal(signal.SIGHUP)
-    opcode, payload = read_frame(s)
-    assert opcode == 0x8 and close_code(payload) == 1001
+    s, _ = told_to_go(server, "/deaf?left", signal.SIGHUP)
     s.close()
     wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="the old worker's exit")
     log = server.error_log()
