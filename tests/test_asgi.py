@@ -1006,6 +1006,28 @@ def test_a_request_past_worker_shutdown_timeout_is_cancelled_and_the_apps_shut_d
     assert "without finalizing Python" not in log and "[alert]" not in log, log[-3000:]
 
 
+def test_a_stuck_wsgi_request_at_the_exit_bound_does_not_cost_the_asgi_apps_their_shutdown(nginx_factory, tmp_path):
+    # A WSGI thread cannot be stopped: past worker_shutdown_timeout the worker ends without
+    # finalizing Python. The ASGI apps' lifespan shutdown and the atexit handlers were skipped
+    # with it; they run first now, each for a second at most.
+    from test_lifecycle import METRICS, wait_inside_python
+    server = nginx_factory(asgi("/", APP) + location("/w/", APPS / "sleepy.py") + METRICS,
+                           main_extra=f"worker_shutdown_timeout 1s; env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+    worker = server.worker_pids()[0]
+    def forever():
+        with pytest.raises(requests.ConnectionError):  # cut as the worker ends
+            requests.get(server.url("/w/forever"), timeout=30)
+    stuck = threading.Thread(target=forever, daemon=True)
+    stuck.start()
+    wait_inside_python(server)
+    assert server.stop(sig=signal.SIGQUIT, timeout=30) == 0
+    log = server.error_log()
+    assert "1 request(s) still inside Python after the shutdown timeout of 1000 ms; exiting without finalizing" in log, log[-3000:]
+    assert (tmp_path / f"shutdown-{worker}").exists(), "the lifespan shutdown ran"
+    assert (tmp_path / f"atexit-{worker}").exists(), "atexit handlers ran"
+    stuck.join(timeout=30)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGQUIT, signal.SIGTERM])
 def test_an_event_loop_blocked_in_c_cannot_hold_an_exiting_worker(nginx_factory, tmp_path, sig):
     # A coroutine that blocks the loop's thread for ever (time.sleep, a synchronous driver)

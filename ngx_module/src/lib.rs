@@ -193,6 +193,8 @@ unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         });
         // SAFETY: the hook runs on the event loop, as the inflight timer does.
         inflight::before_forced_exit(|| unsafe { overload::flush() });
+        // SAFETY: the hooks run on the event loop, the thread that starts Python below.
+        inflight::before_forced_exit(|| unsafe { lifecycle::before_forced_exit() });
         // SAFETY: nginx calls this once per process, on its event loop, with the live cycle.
         match unsafe { lifecycle::start_worker(cycle, handler::complete) } {
             Ok(()) => NGX_OK as ngx_int_t,

@@ -147,6 +147,38 @@ fn start_asgi(mc: &crate::conf::MainConf) -> Result<(), String> {
     event_loop.startup(&asgi, mc.python.check_timeout())
 }
 
+/// What the ASGI apps' lifespan shutdown, and then the apps' atexit handlers, may each take when
+/// the worker ends at once past its exit's bound (see [`before_forced_exit`]).
+const FORCED_EXIT_WAIT: Duration = Duration::from_secs(1);
+
+/// The worker ends at once past its exit's bound, WSGI requests still inside Python (threads
+/// that cannot be stopped): as at a fast stop, the ASGI apps' tasks are cancelled and their
+/// lifespan shutdown runs, then the apps' atexit handlers, each for [`FORCED_EXIT_WAIT`] at
+/// most, so that one stuck thread does not cost every app its clean-up.
+///
+/// # Safety
+/// On the event loop (nginx's exit timer), the thread that started Python.
+pub(crate) unsafe fn before_forced_exit() {
+    if !interpreter::is_running() {
+        return;
+    }
+    crate::ffi::log::loop_waits(true);
+    let loop_stuck = ngx_wsgi::asgi::event_loop::get()
+        .and_then(|l| l.stop(Duration::ZERO, FORCED_EXIT_WAIT).err());
+    // SAFETY: per the function contract.
+    unsafe { crate::ffi::log::flush_deferred() };
+    if let Some(stuck) = &loop_stuck {
+        stuck.log();
+    }
+    interpreter::run_exit_handlers_only(FORCED_EXIT_WAIT, |py| {
+        if let Some(stuck) = &loop_stuck {
+            stuck.log_stack(py);
+        }
+    });
+    // SAFETY: as above.
+    unsafe { crate::ffi::log::flush_deferred() };
+}
+
 /// What each of the exit's waits may take at a fast stop (see `stop_worker`).
 const FAST_STOP_WAIT: Duration = Duration::from_millis(200);
 
