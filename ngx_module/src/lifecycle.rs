@@ -163,8 +163,14 @@ pub(crate) unsafe fn before_forced_exit() {
         return;
     }
     crate::ffi::log::loop_waits(true);
-    let loop_stuck = ngx_wsgi::asgi::event_loop::get()
-        .and_then(|l| l.stop(Duration::ZERO, FORCED_EXIT_WAIT).err());
+    // A loop that takes nothing handed to it cannot run the shutdown either (see `stop_worker`).
+    // SAFETY: per the function contract.
+    let lifespan_wait = match unsafe { crate::asgi_queue::this_loop_stuck() } {
+        true => Duration::ZERO,
+        false => FORCED_EXIT_WAIT,
+    };
+    let loop_stuck =
+        ngx_wsgi::asgi::event_loop::get().and_then(|l| l.stop(Duration::ZERO, lifespan_wait).err());
     // SAFETY: per the function contract.
     unsafe { crate::ffi::log::flush_deferred() };
     if let Some(stuck) = &loop_stuck {
