@@ -95,9 +95,17 @@ fn model(call: &Call, ignored: AccelHeaders) -> Option<Expected> {
             length = Some(l);
             continue;
         }
-        headers.push((n.to_vec(), v.to_vec()));
+        headers.push((n.to_vec(), without_spaces_around(&v).to_vec()));
     }
     Some((code, length, headers))
+}
+
+/// A value as the head keeps it: without the spaces and tabs around it (RFC 9110 5.5).
+fn without_spaces_around(value: &[u8]) -> &[u8] {
+    let space = |c: &u8| *c == b' ' || *c == b'\t';
+    let start = value.iter().position(|c| !space(c)).unwrap_or(value.len());
+    let end = value.iter().rposition(|c| !space(c)).map_or(start, |e| e + 1);
+    &value[start..end]
 }
 
 fuzz_target!(|call: Call| {
