@@ -421,10 +421,11 @@ unsafe fn finish(
             if upgraded {
                 // The WebSocket's close handshake is over (or the client went): the connection
                 // closes with the request. One nginx terminated meanwhile (its shutdown timer
-                // at a worker's exit closes every connection) holds the references its events
+                // at a worker's exit closes every connection, and a blocked request's
+                // termination marks its connection in error) holds the references its events
                 // took since, which only a termination's end lets go: as done, it would stay
                 // open ("open socket left" as the worker exits).
-                let terminated = (*c).error() != 0 || (*(*r).main).terminated() != 0;
+                let terminated = (*c).error() != 0;
                 return Some(if terminated { NGX_ERROR } else { NGX_DONE } as ngx_int_t);
             }
             if let Some(whole) = whole {
