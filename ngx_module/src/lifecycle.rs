@@ -8,6 +8,7 @@ use nginx_sys::{
     ngx_cycle_t, ngx_process, ngx_setproctitle, NGX_LOG_ALERT, NGX_PROCESS_SINGLE,
     NGX_PROCESS_WORKER,
 };
+use ngx_wsgi::asgi::event_loop::LoopStuck;
 use ngx_wsgi::{interpreter, Apps};
 
 /// Whether this process serves requests (a worker, or nginx without a master); cache manager and
@@ -172,16 +173,27 @@ pub(crate) unsafe fn before_forced_exit() {
     let loop_stuck =
         ngx_wsgi::asgi::event_loop::get().and_then(|l| l.stop(Duration::ZERO, lifespan_wait).err());
     // SAFETY: per the function contract.
-    unsafe { crate::ffi::log::flush_deferred() };
-    if let Some(stuck) = &loop_stuck {
+    unsafe {
+        crate::ffi::log::flush_deferred();
+        exit_handlers_alone(FORCED_EXIT_WAIT, loop_stuck.as_ref());
+    }
+}
+
+/// Runs the apps' atexit handlers alone (`within` at most), for a worker that ends next without
+/// finalizing Python, first saying where a stuck loop is stuck; writes what they logged.
+///
+/// # Safety
+/// On the event loop, the thread that started Python.
+unsafe fn exit_handlers_alone(within: Duration, loop_stuck: Option<&LoopStuck>) {
+    if let Some(stuck) = loop_stuck {
         stuck.log();
     }
-    interpreter::run_exit_handlers_only(FORCED_EXIT_WAIT, |py| {
-        if let Some(stuck) = &loop_stuck {
+    interpreter::run_exit_handlers_only(within, |py| {
+        if let Some(stuck) = loop_stuck {
             stuck.log_stack(py);
         }
     });
-    // SAFETY: as above.
+    // SAFETY: per the function contract.
     unsafe { crate::ffi::log::flush_deferred() };
 }
 
@@ -256,16 +268,8 @@ pub(crate) unsafe fn stop_worker(cycle: *mut ngx_cycle_t) -> Result<(), String> 
         } else {
             finalize_wait
         };
-        if let Some(stuck) = &loop_stuck {
-            stuck.log();
-        }
-        interpreter::run_exit_handlers_only(within, |py| {
-            if let Some(stuck) = &loop_stuck {
-                stuck.log_stack(py);
-            }
-        });
         // SAFETY: as above.
-        unsafe { crate::ffi::log::flush_deferred() };
+        unsafe { exit_handlers_alone(within, loop_stuck.as_ref()) };
         // SAFETY: ends the worker at once: nothing of nginx's teardown may meet those threads.
         unsafe { libc::_exit(i32::from(loop_stuck.is_some())) };
     }
