@@ -311,6 +311,25 @@ def test_byte_strings_in_buffers_and_headers_as_lists(server):
     assert (r.headers["content-type"], r.headers["x-kind"]) == ("text/plain", "buffers")
 
 
+def test_the_100_continue_comes_with_the_first_receive_and_never_for_a_body_left_unread(server):
+    # The client waits for its 100 before it sends the body: the app's first receive() asks
+    # for it. An app that answers without reading sends its answer alone.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"POST /unbuffered/echo-slowly?cont1 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+                  b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
+        assert requests.get(server.url("/release?cont1"), timeout=10).text == "released"
+        assert read_until(s, b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"hello")
+        answer = read_until(s, b"NEVER")
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\n5"), answer
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"POST /unbuffered/stream?2 HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n"
+                  b"Expect: 100-continue\r\n\r\n")
+        data = read_until(s, b"0\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200 ") and b"100 Continue" not in data, data
+    assert b"connection: close" in data.partition(b"\r\n\r\n")[0].lower(), data
+
+
 def test_an_answer_before_an_unbuffered_body_is_in_says_the_connection_closes(server):
     # nginx closes the connection after a response whose body, still arriving, the app left
     # unread: a head that promised keep-alive would lose the client's next request on it.

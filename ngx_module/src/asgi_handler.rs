@@ -100,7 +100,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         readable: Some(on_client_readable),
     };
     let stream = Stream::new(r, lc.streaming.stream_buffer, events);
-    // SAFETY: `r` is live; its body has been read, or is read as it arrives.
+    // SAFETY: `r` is live on the event loop; its body has been read, or is read as it arrives.
     let request_body = unsafe {
         if (*r).request_body_no_buffering() != 0 {
             RequestBody::Streamed(BodyStream::new(r, lc.streaming.stream_buffer))

@@ -67,12 +67,14 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     let (body, body_stream) = match body {
         Some(body) => (RequestBody::Buffered(body), None),
         None => {
-            let stream = BodyStream::new(r, lc.streaming.stream_buffer);
-            // SAFETY: `r` reads its body unbuffered; this takes what arrived so far.
-            unsafe {
+            // SAFETY: `r` is live on the event loop and reads its body unbuffered; `pull` takes
+            // what arrived so far.
+            let stream = unsafe {
+                let stream = BodyStream::new(r, lc.streaming.stream_buffer);
                 stream.pull(r);
                 (*r).read_event_handler = Some(on_body_data);
-            }
+                stream
+            };
             (RequestBody::Streamed(stream.clone()), Some(stream))
         }
     };

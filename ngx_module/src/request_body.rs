@@ -12,7 +12,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use nginx_sys::{
     ngx_http_client_body_handler_pt, ngx_http_finalize_request, ngx_http_read_client_request_body,
     ngx_http_read_unbuffered_request_body, ngx_http_request_t, ngx_int_t, NGX_DONE,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SPECIAL_RESPONSE,
+    NGX_HTTP_BAD_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SPECIAL_RESPONSE,
+    NGX_HTTP_VERSION_11,
 };
 use ngx_wsgi::BodySource;
 
@@ -33,6 +34,12 @@ pub(crate) unsafe fn read_then(
     let rc = unsafe {
         if crate::conf::loc_conf(&*r).is_some_and(|lc| lc.streaming.request_buffering == 0) {
             (*r).set_request_body_no_buffering(1);
+            if expects_continue(r) {
+                // nginx would send the 100 Continue now; the app's first read sends it (see
+                // `BodyStream::pull`), as Apache does, so that an upload the app refuses unread
+                // is never sent.
+                (*r).set_expect_tested(1);
+            }
         }
         ngx_http_read_client_request_body(r, ready)
     };
@@ -40,6 +47,28 @@ pub(crate) unsafe fn read_then(
         return rc;
     }
     NGX_DONE as ngx_int_t
+}
+
+/// Whether the client waits for a `100 Continue` before it sends the body (nginx answers
+/// `Expect: 100-continue` over HTTP/1.1 only).
+///
+/// # Safety
+/// `r` is live.
+unsafe fn expects_continue(r: *mut ngx_http_request_t) -> bool {
+    // SAFETY: per the function contract; `expect`, when set, points into the request's pool.
+    unsafe {
+        let expect = (*r).headers_in.expect;
+        if (*r).http_version != NGX_HTTP_VERSION_11 as usize
+            || !(*r).stream.is_null()
+            || expect.is_null()
+        {
+            return false;
+        }
+        let value = &(*expect).value;
+        value.len == 12
+            && std::slice::from_raw_parts(value.data, value.len)
+                .eq_ignore_ascii_case(b"100-continue")
+    }
 }
 
 /// A body handler's work: `post` hands the request on, or says which status to answer with
@@ -80,6 +109,10 @@ struct State {
     /// Readers blocked in `read` on `arrived` (a notify is a system call even with no one
     /// waiting; an ASGI reader never waits there).
     waiting: usize,
+    /// The client waits for a 100 Continue before it sends the body, and nothing was sent.
+    continue_owed: bool,
+    /// The app has asked for the body: the loop is to send the 100 Continue owed.
+    continue_asked: bool,
 }
 
 pub(crate) struct BodyStream {
@@ -92,7 +125,15 @@ pub(crate) struct BodyStream {
 }
 
 impl BodyStream {
-    pub(crate) fn new(r: *mut ngx_http_request_t, limit: usize) -> Arc<BodyStream> {
+    /// # Safety
+    /// Event-loop thread; `r` is live and reads its body unbuffered.
+    pub(crate) unsafe fn new(r: *mut ngx_http_request_t, limit: usize) -> Arc<BodyStream> {
+        // SAFETY: per the function contract; in this mode nginx sent no 100 (`read_then`).
+        let continue_owed = unsafe { expects_continue(r) };
+        Self::build(LoopRequest(r), limit, continue_owed)
+    }
+
+    fn build(request: LoopRequest, limit: usize, continue_owed: bool) -> Arc<BodyStream> {
         Arc::new_cyclic(|me| BodyStream {
             state: Mutex::new(State {
                 chunks: VecDeque::new(),
@@ -102,8 +143,10 @@ impl BodyStream {
                 client_fault: None,
                 paused: false,
                 scheduled: false,
-                request: LoopRequest(r),
+                request,
                 waiting: 0,
+                continue_owed,
+                continue_asked: false,
             }),
             arrived: Condvar::new(),
             waker: Mutex::new(None),
@@ -142,6 +185,49 @@ impl BodyStream {
         }
     }
 
+    /// The app reads: says whether the loop is to be asked (`resume`) to send the 100 Continue
+    /// the client waits for.
+    fn ask_for_body(&self, st: &mut State) -> bool {
+        if !st.continue_owed || st.continue_asked || st.error.is_some() || st.eof {
+            return false;
+        }
+        st.continue_asked = true;
+        let schedule = !st.scheduled;
+        st.scheduled = true;
+        schedule
+    }
+
+    /// Sends the 100 Continue owed, unless the response has started (none may follow a final
+    /// response). False when the connection failed.
+    ///
+    /// # Safety
+    /// Event-loop thread; `r` is live.
+    unsafe fn send_continue(&self, r: *mut ngx_http_request_t) -> bool {
+        const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+        // SAFETY: per the function contract; nginx's send writes from the buffer it is given.
+        unsafe {
+            let c = (*r).connection;
+            if (*r).header_sent() != 0 || (*c).error() != 0 {
+                return true;
+            }
+            let Some(send) = (*c).send else {
+                return true;
+            };
+            // As nginx does: so small a write goes out whole, or the connection is broken.
+            if send(c, CONTINUE.as_ptr().cast_mut(), CONTINUE.len()) == CONTINUE.len() as isize {
+                return true;
+            }
+            (*c).set_error(1);
+        }
+        let mut st = self.lock();
+        st.error = Some("sending 100 Continue to the client failed".into());
+        st.client_fault = Some(NGX_HTTP_BAD_REQUEST as ngx_int_t);
+        let waiting = st.waiting > 0;
+        drop(st);
+        self.notify(waiting);
+        false
+    }
+
     /// Takes what nginx has read and reads on while there is room. The lock is taken only to
     /// add what arrived: the copy out of nginx's buffers and the read from the socket run
     /// without it, so that a reader asking for data meanwhile is not held up by them. Says
@@ -155,9 +241,19 @@ impl BodyStream {
         let mut news = false;
         let mut waiting;
         let mut failed = false;
-        if self.lock().error.is_some() {
-            // Called again as the client sends on, nginx's reader fails again, or loops for
-            // ever without returning to the event loop.
+        let send_continue = {
+            let mut st = self.lock();
+            if st.error.is_some() {
+                // Called again as the client sends on, nginx's reader fails again, or loops for
+                // ever without returning to the event loop.
+                return true;
+            }
+            let asked = st.continue_owed && st.continue_asked;
+            st.continue_owed &= !asked;
+            asked
+        };
+        // SAFETY: per the function contract.
+        if send_continue && !unsafe { self.send_continue(r) } {
             return true;
         }
         // SAFETY: `r` and its request body are live on the event loop, which alone touches
@@ -184,6 +280,8 @@ impl BodyStream {
                 let full = {
                     let mut st = self.lock();
                     news |= ended || !arrived.is_empty();
+                    // A client that sends without waiting for the 100 Continue needs none.
+                    st.continue_owed &= !news;
                     for chunk in arrived {
                         st.unread += chunk.len();
                         st.chunks.push_back(chunk);
@@ -217,6 +315,14 @@ impl BodyStream {
                 }
                 if (*rb).bufs.is_null() && (*r).reading_body() != 0 {
                     // Nothing more yet: `on_body_data` pulls again when the client sends more.
+                    if self.lock().continue_owed {
+                        // The client waits for the 100 Continue, which the app has not asked
+                        // for: client_body_timeout starts when it is sent.
+                        let rev = (*(*r).connection).read;
+                        if (*rev).timer_set() != 0 {
+                            nginx_sys::ngx_del_timer(rev);
+                        }
+                    }
                     break;
                 }
             }
@@ -270,6 +376,11 @@ impl BodyStream {
     pub(crate) fn try_read(&self, max: usize) -> ngx_wsgi::asgi::BodyRead {
         use ngx_wsgi::asgi::BodyRead;
         let mut st = self.lock();
+        if self.ask_for_body(&mut st) {
+            drop(st);
+            self.resume();
+            return BodyRead::Pending;
+        }
         let Some((data, resume)) = self.take(&mut st, max) else {
             return match (&st.error, st.eof) {
                 (Some(e), _) => BodyRead::Failed {
@@ -344,6 +455,11 @@ impl BodySource for BodyStream {
 
     fn read(&self, max: usize) -> std::io::Result<Vec<u8>> {
         let mut st = self.lock();
+        if self.ask_for_body(&mut st) {
+            drop(st);
+            self.resume();
+            st = self.lock();
+        }
         loop {
             if let Some((data, resume)) = self.take(&mut st, max) {
                 drop(st);
@@ -375,7 +491,7 @@ mod tests {
     use super::*;
 
     fn body(limit: usize, chunks: &[&[u8]], eof: bool) -> Arc<BodyStream> {
-        let b = BodyStream::new(std::ptr::null_mut(), limit);
+        let b = BodyStream::build(LoopRequest::none(), limit, false);
         {
             let mut st = b.lock();
             for c in chunks {
@@ -418,6 +534,25 @@ mod tests {
         assert_eq!(b.read(2).unwrap(), b"bc");
         let st = b.lock();
         assert!(!st.paused && st.scheduled);
+    }
+
+    #[test]
+    fn the_first_read_asks_the_loop_once_for_the_100_continue() {
+        use ngx_wsgi::asgi::BodyRead;
+        let b = BodyStream::build(LoopRequest::none(), 4, true);
+        assert!(matches!(b.try_read(4), BodyRead::Pending));
+        {
+            let mut st = b.lock();
+            assert!(st.continue_asked && st.scheduled);
+            st.scheduled = false;
+        }
+        assert!(matches!(b.try_read(4), BodyRead::Pending));
+        assert!(!b.lock().scheduled, "asked once");
+        // A body already failed is not asked for: its reader is told at once.
+        let b = BodyStream::build(LoopRequest::none(), 4, true);
+        b.fail("the request is over");
+        assert!(b.read(1).is_err());
+        assert!(!b.lock().continue_asked);
     }
 
     #[test]

@@ -141,6 +141,11 @@ def application(environ, start_response):
         return [body]
     elif way == "/ignore":
         parts = [b"ignored"]
+    elif way == "/write_then_read":
+        # The head leaves before the body is read: no 100 Continue may follow it.
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"head sent\n")
+        return [b"body:" + f.read() + b"\n"]
     elif way == "/refuse":
         # Refuses the upload unread (too large, not allowed here).
         start_response("413 Content Too Large", [("Content-Type", "text/plain"), ("Content-Length", "9")])
