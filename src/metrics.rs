@@ -220,6 +220,14 @@ pub fn posted() {
     }
 }
 
+/// A request counted by `posted` that its queue refused after all.
+pub fn unposted() {
+    if let Some(g) = mine() {
+        g.in_flight.fetch_sub(1, Relaxed);
+        g.queued.fetch_sub(1, Relaxed);
+    }
+}
+
 /// A thread took a queued request (any thread).
 pub fn thread_started() {
     if let Some(g) = mine() {

@@ -9,7 +9,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import APPS, route, status, wait_for
+from conftest import APPS, location, route, status, wait_for
 
 RESTART = {"nginx": signal.SIGHUP, "apache": signal.SIGUSR1}
 
@@ -114,3 +114,24 @@ def _cut(url):
         return False
     except requests.ConnectionError:
         return True
+
+
+def test_a_request_whose_deadline_passes_in_the_queue_is_one_504_and_loses_no_slot(nginx_factory):
+    # wsgi_read_timeout shorter than wsgi_queue_timeout, the one thread busy: the queued
+    # request's 504 goes out at its deadline and it never runs. It is counted once, as the 504
+    # it was, and took no thread: once the busy one returns, no slot stays lost.
+    server = nginx_factory(location("/", APPS / "sleepy.py", "wsgi_read_timeout 300ms;") + status("/metrics").for_nginx(),
+                           http_extra="wsgi_max_threads 1; wsgi_queue_timeout 1s;").start()
+    before = scrape(server)
+    answers = []
+    slow = threading.Thread(target=lambda: answers.append(requests.get(server.url("/slow"), timeout=30).status_code))
+    slow.start()
+    wait_for(lambda: scrape(server)["wsgi_pool_threads_busy"] == 1, what="the slow request in the thread")
+    assert requests.get(server.url("/queued"), timeout=30).status_code == 504
+    slow.join()
+    assert answers == [504]
+    wait_for(lambda: scrape(server)["wsgi_requests_in_flight"] == 0, what="both requests to end")
+    after = scrape(server)
+    assert after["wsgi_lost_slots"] == 0 and after["wsgi_requests_queued"] == 0
+    assert after["wsgi_timeouts_total"] - before["wsgi_timeouts_total"] == 2
+    assert after['wsgi_responses_total{class="5xx"}'] - before['wsgi_responses_total{class="5xx"}'] == 2

@@ -19,9 +19,7 @@ use nginx_sys::{
     ngx_event_t, ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
     ngx_int_t, ngx_pool_cleanup_add, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR,
 };
-use ngx_wsgi::{
-    run_request, Apps, Body, ChunkSink, Outcome, OutcomeKind, RequestBody, RequestWatch,
-};
+use ngx_wsgi::{run_request, Apps, Body, ChunkSink, Outcome, RequestBody, RequestWatch};
 
 use crate::dispatch::{PoolSpec, QueueLimits, Refused, RunQueue};
 use crate::ffi::{guard, timer};
@@ -130,13 +128,16 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             expired: expired_in_queue,
         });
         (*job).queue = Some(queue);
+        // Counted before a thread can take it (and count it taken): the gauge never dips below
+        // zero.
+        crate::metrics::posted();
         if let Err(why) = queue.submit(job) {
+            crate::metrics::unposted();
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
             return Err(crate::overload::refuse(r, why, limits.queue_timeout));
         }
         crate::inflight::started();
         crate::recycle::request_started(r);
-        crate::metrics::posted();
         let log = (*(*r).connection).log;
         timer::arm(
             &mut (*job).deadline,
@@ -277,29 +278,17 @@ unsafe fn expired_in_queue(job: *mut Job) {
 
 /// Counts the request's end; `client_fault` is the status its broken body answers with.
 fn count_finished(job: &Job, client_fault: Option<ngx_int_t>) {
-    if job.expired {
-        crate::metrics::finished(503, job.posted_at.elapsed(), false, false);
-        return;
+    let duration = job.posted_at.elapsed();
+    let timed_out = job.timed_out.is_some();
+    match client_fault {
+        // The 504 went out first, even when the deadline passed in the queue (before the queue
+        // timeout): it gives back the slot its timeout counted lost.
+        _ if timed_out => {}
+        _ if job.expired => return crate::metrics::finished(503, duration, false, false),
+        Some(status) => return crate::metrics::finished(status as u16, duration, false, false),
+        None => {}
     }
-    if let Some(status) = client_fault {
-        crate::metrics::finished(status as u16, job.posted_at.elapsed(), false, false);
-        return;
-    }
-    let (status, client_gone) = match (&job.timed_out, &job.outcome) {
-        (Some(_), _) => (504, false),
-        (None, None) => (500, false),
-        (None, Some(o)) => match o.kind {
-            OutcomeKind::Failed => (500, false),
-            OutcomeKind::ClientGone => (499, true),
-            _ => (crate::metrics::status_of(o.head.as_ref(), 500), false),
-        },
-    };
-    crate::metrics::finished(
-        status,
-        job.posted_at.elapsed(),
-        job.timed_out.is_some(),
-        client_gone,
-    );
+    crate::metrics::finished_outcome(job.outcome.as_ref(), duration, timed_out);
 }
 
 /// While a response streams: the client can take more.

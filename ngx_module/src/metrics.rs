@@ -15,8 +15,9 @@ use crate::ffi::guard;
 
 // The block's layout, the counting and the text are the core's, shared with the Apache module.
 pub(crate) use ngx_wsgi::metrics::{
-    asgi_timed_out, dequeued_unrun, finished, pool_thread, posted, recycled, refused, render,
-    status_of, thread_finished, thread_started, timed_out, websocket, Block as Metrics,
+    asgi_timed_out, dequeued_unrun, finished, finished_outcome, pool_thread, posted, recycled,
+    refused, render, thread_finished, thread_started, timed_out, unposted, websocket,
+    Block as Metrics,
 };
 
 /// Gauge entries: one per nginx process slot.
