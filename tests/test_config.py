@@ -57,6 +57,22 @@ def test_malformed_wsgi_app_value(nginx_factory, value, expected):
     assert result.returncode != 0 and expected in result.stderr
 
 
+@pytest.mark.parametrize("directive", ["wsgi_app", "asgi_app", "wsgi_python_home", "wsgi_python_path"])
+def test_a_value_that_is_not_utf8_is_refused_naming_its_directive(nginx_factory, directive):
+    server = nginx_factory(location("/", APPS / "hello.py"))
+    conf = server.prefix / "nginx.conf"
+    text = conf.read_bytes()
+    line = directive.encode() + b' "/srv/caf\xe9.py";'
+    if directive in ("wsgi_app", "asgi_app"):
+        text = text.replace(b"location / {", b"location /x/ {" + line + b"}\n  location / {", 1)
+    else:
+        text = text.replace(b"http {", b"http {" + line, 1)
+    conf.write_bytes(text)
+    result = server.run("-t")
+    assert result.returncode != 0, result.stderr
+    assert f'{directive}: "/srv/caf\ufffd.py" is not valid UTF-8' in result.stderr, result.stderr
+
+
 def test_duplicate_and_misplaced_directives(nginx_factory):
     _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py", f"wsgi_app {APPS}/sleepy.py;"))
     assert '"wsgi_app" directive is duplicate' in result.stderr

@@ -247,7 +247,7 @@ def test_wsgi_scheme_errors_fail_the_check(nginx_factory):
 def test_wsgi_param_bad_flag(nginx_factory):
     server = nginx_factory(location("/", APP, "wsgi_param A b if_empty;"))
     result = server.run("-t")
-    assert result.returncode != 0 and 'invalid parameter "if_empty"' in result.stderr
+    assert result.returncode != 0 and 'wsgi_param: invalid parameter "if_empty"' in result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -195,7 +195,10 @@ unsafe fn insert_file(
 }
 
 unsafe extern "C" fn close_fd(data: *mut std::ffi::c_void) -> apr_status_t {
-    // SAFETY: `data` carries the descriptor registered by `insert_file`, owned by this cleanup.
-    unsafe { libc::close(data as isize as i32) };
+    crate::ffi_guard::guard("closing a response's file", (), || {
+        // SAFETY: `data` carries the descriptor registered by `insert_file`, owned by this
+        // cleanup.
+        unsafe { libc::close(data as isize as i32) };
+    });
     APR_SUCCESS as apr_status_t
 }

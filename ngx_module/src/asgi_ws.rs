@@ -102,6 +102,9 @@ struct State {
     told_to_go: bool,
     /// The server's own close (1001) is queued: the app's messages after it would be dropped.
     closing: bool,
+    /// The app's task is to be woken once the loop lets go of this state (a task woken with
+    /// the lock held would run straight into it).
+    wake_due: bool,
 }
 
 // SAFETY: the request pointer is only dereferenced on the event loop.
@@ -168,6 +171,7 @@ impl AsgiWs {
                 scheduled: false,
                 told_to_go: false,
                 closing: false,
+                wake_due: false,
             }),
             settings,
             wake,
@@ -259,13 +263,14 @@ impl AsgiWs {
     /// The connection's socket is ready (read or write): moves bytes.
     ///
     /// # Safety
-    /// Event loop; `r` is this connection's live request.
+    /// Event loop, from the handlers of this connection's live request.
     pub(crate) unsafe fn on_io(&self) {
         // SAFETY: per the function contract.
         unsafe { self.pump() };
     }
 
-    /// Moves bytes both ways until the socket would block; says whether the connection is over.
+    /// Moves bytes both ways until the socket would block; a connection found over is left in
+    /// `Phase::Over` for the pump to end.
     unsafe fn io(&self, st: &mut State, r: *mut ngx_http_request_t) {
         // SAFETY: `r` and its connection are live on the event loop (callers' contract).
         unsafe {
@@ -402,9 +407,7 @@ impl AsgiWs {
                 // have stopped reading: either way it has CLOSE_WAIT_MS to take bytes.
                 self.arm_close_timer(progressed);
             }
-            if told {
-                (self.wake)();
-            }
+            st.wake_due |= told;
         }
     }
 
@@ -550,9 +553,7 @@ impl AsgiWs {
                 }
                 st.reading_paused = st.incoming_bytes >= self.settings.buffer || codec.held_back();
                 (*hin).pos = (*hin).last;
-                if !st.incoming.is_empty() {
-                    (self.wake)();
-                }
+                st.wake_due |= !st.incoming.is_empty();
             }
             st.codec = Some(codec);
             st.phase = Phase::Open;
@@ -634,11 +635,25 @@ impl Pump for AsgiWs {
         let Some(_keep) = self.me.upgrade() else {
             return;
         };
+        // SAFETY: per the trait's contract (the event loop).
+        if unsafe { self.pump_once() } {
+            (self.wake)();
+        }
+    }
+}
+
+impl AsgiWs {
+    /// The pump's work; says whether the app's task is to be woken (done with the lock
+    /// released).
+    ///
+    /// # Safety
+    /// Event loop only.
+    unsafe fn pump_once(&self) -> bool {
         let mut st = self.lock();
         st.scheduled = false;
         let r = st.request.0;
         if r.is_null() {
-            return;
+            return std::mem::take(&mut st.wake_due);
         }
         if let Phase::Accepting(head) = st.phase.clone() {
             if st.gone || self.stream.is_cancelled() {
@@ -653,7 +668,8 @@ impl Pump for AsgiWs {
         match st.phase {
             Phase::Handshake => {
                 // A denial (or a failure) ends the request like an HTTP response.
-                let Some(end) = st.app_end else { return };
+                let wake = std::mem::take(&mut st.wake_due);
+                let Some(end) = st.app_end else { return wake };
                 st.request = LoopRequest::none();
                 drop(st);
                 // SAFETY: on the event loop; the timer is this connection's, and the request is
@@ -662,12 +678,13 @@ impl Pump for AsgiWs {
                     timer::disarm(&mut *self.handshake_timer.get());
                     (self.hooks.on_end)(r, self, end, false)
                 };
-                return;
+                return wake;
             }
             // SAFETY: the request is live while `request` is set.
             Phase::Open => unsafe { self.io(&mut st, r) },
             _ => {}
         }
+        let wake = std::mem::take(&mut st.wake_due);
         if st.phase == Phase::Over {
             st.request = LoopRequest::none();
             let end = if st.gone {
@@ -693,6 +710,7 @@ impl Pump for AsgiWs {
             // SAFETY: on the event loop; the request is live until this, its completion.
             unsafe { (self.hooks.on_end)(r, self, end, upgraded) };
         }
+        wake
     }
 }
 

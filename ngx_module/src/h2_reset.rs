@@ -103,11 +103,13 @@ unsafe extern "C" fn frame_sent(
     _h2c: *mut ngx_http_v2_connection_t,
     frame: *mut ngx_http_v2_out_frame_t,
 ) -> ngx_int_t {
-    // SAFETY: nginx passes the frame this module queued, whose one buffer is live.
-    let buf = unsafe { (*(*frame).first).buf };
-    // SAFETY: as above.
-    if unsafe { (*buf).pos != (*buf).last } {
-        return NGX_AGAIN as ngx_int_t;
-    }
-    NGX_OK as ngx_int_t
+    crate::ffi::guard("an HTTP/2 reset frame", NGX_OK as ngx_int_t, || {
+        // SAFETY: nginx passes the frame this module queued, whose one buffer is live.
+        let buf = unsafe { (*(*frame).first).buf };
+        // SAFETY: as above.
+        if unsafe { (*buf).pos != (*buf).last } {
+            return NGX_AGAIN as ngx_int_t;
+        }
+        NGX_OK as ngx_int_t
+    })
 }

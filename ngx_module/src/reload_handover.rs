@@ -169,12 +169,15 @@ unsafe extern "C" fn on_channel(ev: *mut ngx_event_t) {
     // SAFETY: nginx's own flag, on the event loop. Only a quit this command brings is held
     // back, not one set before it (a recycling's, or the end of this module's own wait).
     let quit_before = unsafe { nginx_sys::ngx_quit != 0 };
-    // SAFETY: the value is nginx's channel handler, saved by `ready`, called as nginx would
-    // have called it; the event (and its connection, which it may close) is not used after.
-    unsafe {
-        let handler: unsafe extern "C" fn(*mut ngx_event_t) = std::mem::transmute(handler);
-        handler(ev);
-    }
+    guard("a worker's channel", (), || {
+        // SAFETY: the value is nginx's channel handler, saved by `ready`, called as nginx
+        // would have called it; the event (and its connection, which it may close) is not used
+        // after.
+        unsafe {
+            let handler: unsafe extern "C" fn(*mut ngx_event_t) = std::mem::transmute(handler);
+            handler(ev);
+        }
+    });
     // SAFETY: on the event loop, after nginx's channel handler (it may have opened a channel).
     guard("a worker's channel", (), || unsafe {
         crate::exec_child::close_channels_on_exec()

@@ -86,8 +86,8 @@ unsafe fn set_app_of(cf: *mut ngx_conf_t, conf: *mut c_void, kind: AppKind) -> *
         if lc.app.index.is_some() {
             return c"is duplicate".as_ptr().cast_mut();
         }
-        // SAFETY: wsgi_app takes exactly one argument.
-        let text = match utf8_arg(cf, unsafe { &args(cf)[1] }) {
+        // SAFETY: wsgi_app takes exactly one argument; in its callback.
+        let text = match unsafe { utf8_arg(cf, &args(cf)[1]) } {
             Ok(t) => t,
             Err(e) => return e,
         };

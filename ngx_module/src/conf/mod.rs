@@ -192,9 +192,22 @@ fn conf_error(cf: *mut ngx_conf_t, msg: &str) -> *mut c_char {
     NGX_CONF_ERROR
 }
 
-fn utf8_arg(cf: *mut ngx_conf_t, arg: &ngx_str_t) -> Result<String, *mut c_char> {
-    String::from_utf8(ngx_bytes(arg).to_vec())
-        .map_err(|_| conf_error(cf, "the value is not valid UTF-8"))
+/// A directive's argument as text; the error names the directive.
+///
+/// # Safety
+/// During a directive callback.
+unsafe fn utf8_arg(cf: *mut ngx_conf_t, arg: &ngx_str_t) -> Result<String, *mut c_char> {
+    String::from_utf8(ngx_bytes(arg).to_vec()).map_err(|_| {
+        // SAFETY: per the function contract; the directive's name is its first argument.
+        let directive = unsafe { String::from_utf8_lossy(ngx_bytes(&args(cf)[0])).into_owned() };
+        conf_error(
+            cf,
+            &format!(
+                "{directive}: \"{}\" is not valid UTF-8",
+                String::from_utf8_lossy(ngx_bytes(arg))
+            ),
+        )
+    })
 }
 
 /// A configured path, relative ones taken from nginx's prefix (like nginx's own paths).

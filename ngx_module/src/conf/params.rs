@@ -51,7 +51,10 @@ pub(crate) unsafe extern "C" fn set_param(
                 Some(other) => {
                     return conf_error(
                         cf,
-                        &format!("invalid parameter \"{}\"", String::from_utf8_lossy(other)),
+                        &format!(
+                            "wsgi_param: invalid parameter \"{}\" (expected if_not_empty)",
+                            String::from_utf8_lossy(other)
+                        ),
                     )
                 }
             };

@@ -81,7 +81,7 @@ pub(crate) unsafe extern "C" fn set_python_home(
             return c"is duplicate".as_ptr().cast_mut();
         }
         // SAFETY: one argument, live during the callback.
-        let home = match utf8_arg(cf, unsafe { &args(cf)[1] }) {
+        let home = match unsafe { utf8_arg(cf, &args(cf)[1]) } {
             // SAFETY: `cf` is live during the callback.
             Ok(v) => unsafe { full_path(cf, &v) },
             Err(e) => return e,
@@ -107,7 +107,8 @@ pub(crate) unsafe extern "C" fn set_python_path(
         let python = unsafe { &mut (*(conf as *mut MainConf)).python };
         // SAFETY: the arguments are live during the callback.
         for arg in unsafe { &args(cf)[1..] } {
-            let dir = match utf8_arg(cf, arg) {
+            // SAFETY: in the directive's callback.
+            let dir = match unsafe { utf8_arg(cf, arg) } {
                 // SAFETY: `cf` is live during the callback.
                 Ok(v) => unsafe { full_path(cf, &v) },
                 Err(e) => return e,
