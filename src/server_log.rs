@@ -72,12 +72,33 @@ static STANDARD_ERROR_ONLY: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
 /// The text of a caught panic's payload.
-pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+fn panic_message(payload: &(dyn Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Runs `f`, called from the server's C code (`what` says for what): a Rust panic is not to
+/// unwind into C, so it is told to `alert` (the server's log at its alert level) and
+/// `on_panic`, the caller's error value, is returned instead.
+pub fn catch_panic<R>(
+    what: &str,
+    on_panic: R,
+    alert: impl FnOnce(&str),
+    f: impl FnOnce() -> R,
+) -> R {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            alert(&format!(
+                "wsgi: internal error in {what}: {}",
+                panic_message(&*payload)
+            ));
+            on_panic
+        }
+    }
 }
 
 struct Routed<L>(L);
@@ -154,4 +175,29 @@ impl<L: ErrorLog> Subscriber for Routed<L> {
     fn enter(&self, _span: &Id) {}
 
     fn exit(&self, _span: &Id) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_is_told_and_answered_with_the_callers_error_value() {
+        let mut told = String::new();
+        let got = catch_panic(
+            "a test",
+            -1,
+            |line| told = line.to_owned(),
+            || -> i32 { panic!("went {}", "wrong") },
+        );
+        assert_eq!(got, -1);
+        assert_eq!(told, "wsgi: internal error in a test: went wrong");
+        let got = catch_panic(
+            "a test",
+            -1,
+            |_| unreachable!("no panic, nothing told"),
+            || 7,
+        );
+        assert_eq!(got, 7);
+    }
 }

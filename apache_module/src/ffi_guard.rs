@@ -1,18 +1,7 @@
 //! Every function Apache calls runs inside `guard`: a Rust panic is logged and turned into the
 //! caller's error value instead of unwinding into C.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
 pub(crate) fn guard<R>(what: &str, on_panic: R, f: impl FnOnce() -> R) -> R {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(payload) => {
-            let msg = ngx_wsgi::server_log::panic_message(&*payload);
-            crate::log::write(
-                crate::bindings::APLOG_ALERT as i32,
-                &format!("wsgi: internal error in {what}: {msg}"),
-            );
-            on_panic
-        }
-    }
+    let alert = |line: &str| crate::log::write(crate::bindings::APLOG_ALERT as i32, line);
+    ngx_wsgi::server_log::catch_panic(what, on_panic, alert, f)
 }
