@@ -318,7 +318,9 @@ unsafe extern "C" fn on_ws_io(r: *mut ngx_http_request_t) {
     })
 }
 
-/// What the request is (None before `post` attached it).
+/// What the request is (None before `post` attached it). The reference is good only while the
+/// request lives (its pool frees the box): a caller that may end the request clones the `Arc`
+/// it goes on with first.
 ///
 /// # Safety
 /// Event-loop thread; `r` is live and served by an `asgi_app` location.

@@ -1,0 +1,69 @@
+//! `wsgi_read_timeout` reached while the app runs: the 504 sent in the app's place, or the
+//! response cut when it has started.
+
+use nginx_sys::{
+    ngx_http_output_filter, ngx_http_request_t, ngx_int_t, NGX_ERROR, NGX_HTTP_VERSION_11, NGX_OK,
+};
+use ngx_wsgi::ResponseHead;
+
+use super::Stream;
+
+impl Stream {
+    /// The request's deadline passed while its app runs: answers 504 in its place (or, when the
+    /// response has started, cuts it) and stops the app's output. Returns how to finalize.
+    ///
+    /// # Safety
+    /// Event-loop thread; `r` is live.
+    pub(crate) unsafe fn time_out(&self, r: *mut ngx_http_request_t) -> ngx_int_t {
+        const BODY: &[u8] =
+            b"<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n\
+            <center><h1>504 Gateway Time-out</h1></center>\r\n</body>\r\n</html>\r\n";
+        let mut st = self.lock();
+        if st.ended && !st.failed {
+            // The whole body went out before the app's close(), which the deadline interrupts:
+            // the response is not cut.
+            return NGX_OK as ngx_int_t;
+        }
+        if st.head_sent {
+            self.cancel(&mut st, true);
+            // The request is finalized (and its connection closed) when the app's thread is
+            // back, which a call stuck in C code may never be: the client would wait on a
+            // response that has no end. Over HTTP/1 the connection is cut now, and an HTTP/2
+            // stream reset now (HTTP/3's is reset at the finalization).
+            // SAFETY: per the function contract.
+            unsafe {
+                let c = (*r).connection;
+                if r == (*r).main && (*r).http_version <= NGX_HTTP_VERSION_11 as usize {
+                    libc::shutdown((*c).fd, libc::SHUT_RDWR);
+                }
+                #[cfg(ngx_feature = "http_v2")]
+                if r == (*r).main {
+                    crate::h2_reset::reset_now(r);
+                }
+            }
+            return NGX_ERROR as ngx_int_t;
+        }
+        st.head_sent = true;
+        st.head = None;
+        st.pending.clear();
+        st.unsent = 0;
+        self.cancel(&mut st, false);
+        drop(st);
+        let mut head = ResponseHead::new(504, b"504 Gateway Time-out", 1, 21);
+        head.push_header(b"Content-Type", b"text/html");
+        head.content_length = Some(BODY.len() as u64);
+        // SAFETY: per the function contract; the body is static.
+        unsafe {
+            // The app's thread may still be busy: this connection takes no further request.
+            (*r).set_keepalive(0);
+            let rc = crate::response::send_head(r, &head, head.content_length);
+            if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
+                return rc;
+            }
+            match crate::response::body_chain(r, BODY, true) {
+                Some(out) => ngx_http_output_filter(r, out),
+                None => NGX_ERROR as ngx_int_t,
+            }
+        }
+    }
+}
