@@ -3,13 +3,15 @@ the server's processes together, counts moving as requests are made, surviving r
 gauges that do not keep what a dead process had in flight."""
 import os
 import signal
+import socket
+import struct
 import threading
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import APPS, location, route, status, wait_for
+from conftest import APPS, asgi_location, location, route, status, wait_for
 
 RESTART = {"nginx": signal.SIGHUP, "apache": signal.SIGUSR1}
 
@@ -135,3 +137,27 @@ def test_a_request_whose_deadline_passes_in_the_queue_is_one_504_and_loses_no_sl
     assert after["wsgi_lost_slots"] == 0 and after["wsgi_requests_queued"] == 0
     assert after["wsgi_timeouts_total"] - before["wsgi_timeouts_total"] == 2
     assert after['wsgi_responses_total{class="5xx"}'] - before['wsgi_responses_total{class="5xx"}'] == 2
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_a_client_that_leaves_during_an_unbuffered_body_is_counted_as_gone_not_as_a_server_error(nginx_factory, how):
+    # The app meets the broken body in wsgi.input (or receive()) and fails over it: the client
+    # went away, a 499 as nginx logs it, and no 5xx that an alert on server errors would see.
+    server = nginx_factory(
+        location("/ub/", APPS / "input_app.py", "wsgi_request_buffering off;")
+        + asgi_location("/aub/", APPS / "asgi_app.py", "wsgi_request_buffering off;")
+        + status("/metrics").for_nginx()).start()
+    for path in (b"/ub/sha256", b"/aub/upload-until-gone?left"):
+        before = scrape(server)
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + b"a" * 1000)
+        wait_for(lambda: scrape(server)["wsgi_requests_in_flight"] == 1, what="the app reading the body")
+        if how == "reset":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        wait_for(lambda: scrape(server)["wsgi_requests_in_flight"] == 0, what="the request to end")
+        after = scrape(server)
+        delta = {k: after[k] - before[k] for k in after if k.startswith(("wsgi_responses", "wsgi_client_gone"))}
+        assert delta['wsgi_responses_total{class="5xx"}'] == 0, (path, delta)
+        assert delta['wsgi_responses_total{class="4xx"}'] == 1, (path, delta)
+        assert delta["wsgi_client_gone_total"] == 1, (path, delta)

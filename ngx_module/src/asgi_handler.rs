@@ -393,7 +393,8 @@ unsafe fn finish(
             if let Some(status) =
                 request_body.and_then(|b| b.client_fault_answer(r, streamed.head_sent || upgraded))
             {
-                crate::metrics::finished(status as u16, posted_at.elapsed(), false, false);
+                let gone = status == NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t;
+                crate::metrics::finished(status as u16, posted_at.elapsed(), false, gone);
                 return Some(status);
             }
             let kind = match end {

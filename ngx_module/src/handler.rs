@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use nginx_sys::{
     ngx_event_t, ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_int_t, ngx_pool_cleanup_add, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    ngx_int_t, ngx_pool_cleanup_add, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST,
+    NGX_HTTP_INTERNAL_SERVER_ERROR,
 };
 use ngx_wsgi::{run_request, Apps, Body, ChunkSink, Outcome, RequestBody, RequestWatch};
 
@@ -285,7 +286,10 @@ fn count_finished(job: &Job, client_fault: Option<ngx_int_t>) {
         // timeout): it gives back the slot its timeout counted lost.
         _ if timed_out => {}
         _ if job.expired => return crate::metrics::finished(503, duration, false, false),
-        Some(status) => return crate::metrics::finished(status as u16, duration, false, false),
+        Some(status) => {
+            let gone = status == NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t;
+            return crate::metrics::finished(status as u16, duration, false, gone);
+        }
         None => {}
     }
     crate::metrics::finished_outcome(job.outcome.as_ref(), duration, timed_out);

@@ -12,8 +12,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use nginx_sys::{
     ngx_http_client_body_handler_pt, ngx_http_finalize_request, ngx_http_read_client_request_body,
     ngx_http_read_unbuffered_request_body, ngx_http_request_t, ngx_int_t, NGX_DONE,
-    NGX_HTTP_BAD_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SPECIAL_RESPONSE,
-    NGX_HTTP_VERSION_11,
+    NGX_HTTP_BAD_REQUEST, NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_HTTP_SPECIAL_RESPONSE, NGX_HTTP_VERSION_11,
 };
 use ngx_wsgi::BodySource;
 
@@ -344,8 +344,9 @@ impl BodyStream {
 
     /// What the request answers once the app is done, when the client broke its body: that
     /// status, as nginx answers it when it reads the whole body first (the app's response,
-    /// or the error its read raised, is dropped), unless the response has started. Either way
-    /// the connection is not kept alive: where the next request would start is lost.
+    /// or the error its read raised, is dropped), unless the response has started; 499 when
+    /// the client went away. Either way the connection is not kept alive: where the next
+    /// request would start is lost.
     ///
     /// # Safety
     /// Event-loop thread; `r` is this body's live request.
@@ -358,8 +359,12 @@ impl BodyStream {
         // SAFETY: per the function contract.
         unsafe {
             (*r).set_keepalive(0);
-            // A client that has gone is answered as one (499), not blamed twice.
-            if head_sent || (*(*r).connection).error() != 0 {
+            // A client that has gone is answered as one (as nginx's proxy does), not with the
+            // app's failure over its broken body, a server error.
+            if (*(*r).connection).error() != 0 {
+                return Some(NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t);
+            }
+            if head_sent {
                 return None;
             }
         }
