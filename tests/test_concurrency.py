@@ -144,3 +144,28 @@ def test_clients_that_close_right_behind_their_request_leave_no_alert(nginx_fact
     assert requests.get(server.url("/run/after"), timeout=10).text == "after"
     log = server.error_log()
     assert "[alert]" not in log and "count is zero" not in log, log[-3000:]
+
+
+def test_a_client_that_half_closes_behind_its_request_is_taken_for_gone(nginx_factory, tmp_path):
+    # As behind proxy_pass: its request is not run, or its response is dropped (499), also
+    # when the close came in the same read as the request, where it leaves no event behind.
+    server = nginx_factory(location("/", APPS / "gate.py", f"wsgi_param WSGI_GATE_DIR {tmp_path};")).start()
+    clients = []
+    for i in range(20):
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        s.sendall(f"GET /hold/h{i} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        s.shutdown(socket.SHUT_WR)
+        clients.append(s)
+    (tmp_path / "release").touch()
+    answered = []
+    for s in clients:
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        s.close()
+        answered += [data] if data else []
+    assert answered == [], answered
+    assert requests.get(server.url("/run/after"), timeout=10).text == "after"
+    wait_for(lambda: server.error_log().count("client prematurely closed connection") == 20,
+             what="every close noticed")
+    assert "[alert]" not in server.error_log()

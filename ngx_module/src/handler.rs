@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use nginx_sys::{
     ngx_event_t, ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_int_t, ngx_pool_cleanup_add, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST,
-    NGX_HTTP_INTERNAL_SERVER_ERROR,
+    ngx_int_t, ngx_pool_cleanup_add, ngx_post_event, ngx_posted_events, NGX_ERROR,
+    NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR,
 };
 use ngx_wsgi::{run_request, Apps, Body, ChunkSink, Outcome, RequestBody, RequestWatch};
 
@@ -147,6 +147,18 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             log,
             lc.limits.read_timeout,
         );
+        if (*job).body_stream.is_none() && crate::client_watch::client_left(r) {
+            // A client that went while nginx read its request head (a close right behind it)
+            // left no event behind. Its app's output stops now; a posted read event ends the
+            // request once nginx's content handler is over (ended here, inside it, the request
+            // would be freed before that handler's own finalize).
+            (*job).stream.client_gone();
+            (*r).read_event_handler = Some(on_client_readable);
+            ngx_post_event(
+                (*(*r).connection).read,
+                std::ptr::addr_of_mut!(ngx_posted_events),
+            );
+        }
     }
     Ok(())
 }
