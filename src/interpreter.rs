@@ -177,7 +177,7 @@ pub fn finalize(
             tracing::error!(
                 target: "wsgi",
                 "Python threads still running after {left}; the process exits without \
-                 finalising Python (atexit handlers ran)\n{stacks}"
+                 finalising Python, once the atexit handlers have run\n{stacks}"
             );
             let _deadline = part("the atexit handlers");
             run_exit_handlers(py);

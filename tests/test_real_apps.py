@@ -376,7 +376,7 @@ def test_a_thread_the_app_never_stops_cannot_hold_quit_or_reload(nginx_factory, 
     assert "wsgi: Python threads still running after wsgi_shutdown_timeout (1000 ms)" in log, log[-3000:]
     assert "metrics-pusher" in log and "in _push_forever" in log
     assert re.search(r"still running after wsgi_shutdown_timeout \(1000 ms\): [^\n]*'metrics-pusher'[^\n]*; the "
-                     r"process exits without finalising Python \(atexit handlers ran\)\nThread ", log), \
+                     r"process exits without finalising Python, once the atexit handlers have run\nThread ", log), \
         "the sentence, then the stacks"
     assert f"imported-{old[0]}" in " ".join(p.name for p in tmp_path.iterdir())
     assert (tmp_path / f"atexit-{old[0]}").exists(), "atexit handlers still run"
