@@ -24,7 +24,8 @@ pub struct Chunk {
 }
 
 enum Owner {
-    Rust(#[allow(dead_code)] Vec<u8>),
+    /// The vector the bytes are in: never read through, only kept until the piece is dropped.
+    Rust { _bytes: Vec<u8> },
     /// A strong reference to an immutable `bytes` object that holds the data.
     Python(*mut ffi::PyObject),
 }
@@ -41,7 +42,7 @@ impl Chunk {
         Chunk {
             ptr: data.as_ptr(),
             len: data.len(),
-            owner: Owner::Rust(data),
+            owner: Owner::Rust { _bytes: data },
         }
     }
 
