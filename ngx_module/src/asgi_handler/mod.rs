@@ -17,24 +17,30 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use nginx_sys::{
-    ngx_event_t, ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_int_t, ngx_pool_cleanup_add, ngx_post_event, ngx_posted_events, NGX_DONE, NGX_ERROR,
-    NGX_HTTP_BAD_REQUEST, NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_LOG_ERR, NGX_LOG_INFO,
+    ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests, ngx_int_t,
+    ngx_pool_cleanup_add, NGX_DONE, NGX_ERROR, NGX_HTTP_BAD_REQUEST,
+    NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_INFO,
 };
 use ngx_wsgi::accel::AccelHeaders;
 use ngx_wsgi::asgi::ws_handshake::{handshake, Handshake, WEBSOCKET_VERSION};
-use ngx_wsgi::asgi::{AsgiLoop, HttpEnd, HttpRequest, TaskWatch, WsRequest};
+use ngx_wsgi::asgi::{HttpEnd, HttpRequest, WsRequest};
 use ngx_wsgi::body_lease::BodyLease;
 use ngx_wsgi::{Apps, Chunk, Outcome, OutcomeKind, ResponseHead};
 
 use crate::asgi_request::{AsgiRequest, RequestBody};
 use crate::asgi_ws::{AsgiWs, WsHooks, WsSettings};
-use crate::dispatch::{QueueLimits, Refused};
+use crate::dispatch::QueueLimits;
 use crate::ffi::{guard, module, timer};
 use crate::request_body::BodyStream;
 use crate::stream::{ClientEvents, Stream};
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
+
+mod client_events;
+mod early_end;
+
+use client_events::{on_body_data, on_client_readable, on_client_writable, on_ws_io, watch_client};
+pub(crate) use early_end::let_go_of_held;
+use early_end::{expired_in_queue, on_deadline, ws_deadline};
 
 /// The content handler of every `asgi_app` location.
 pub(crate) unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -306,18 +312,6 @@ unsafe extern "C" fn drop_served(data: *mut c_void) {
     })
 }
 
-/// The read and write handler of an upgraded request: its WebSocket moves frames.
-unsafe extern "C" fn on_ws_io(r: *mut ngx_http_request_t) {
-    guard("the websocket connection", (), || {
-        // SAFETY: nginx calls this on the event loop with the live request.
-        unsafe {
-            if let Some(Served::Ws(ws)) = served(r) {
-                ws.on_io();
-            }
-        }
-    })
-}
-
 /// What the request is (None before `post` attached it). The reference is good only while the
 /// request lives (its pool frees the box): a caller that may end the request clones the `Arc`
 /// it goes on with first.
@@ -460,280 +454,4 @@ unsafe fn finish(
         ngx_http_finalize_request(r, rc);
         ngx_http_run_posted_requests(c);
     }
-}
-
-/// `wsgi_read_timeout`: the app has not completed its response in time. The request is answered
-/// now, without it: a 504, or, when the response has started, a cut connection. The app's task
-/// is cancelled on the asyncio loop (or interrupted, when it keeps the loop busy), and where it
-/// was goes to the error log; a request the loop had not started yet never runs.
-unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
-    guard("the asgi read timeout", (), || {
-        // SAFETY: the event's data is its AsgiRequest, alive while the timer is set (the timer
-        // is disarmed before the request ends); on the event loop.
-        unsafe {
-            let request = &*((*ev).data as *const AsgiRequest);
-            let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() else {
-                return;
-            };
-            let Some(r) = request.end_early() else {
-                return;
-            };
-            stop_timed_out(event_loop, &request.watch, &request.label);
-            let rc = request.stream.time_out(r);
-            if let Some(body) = &request.body {
-                body.fail("wsgi_read_timeout: the request timed out");
-            }
-            end_now(r, parts(request), rc, 504);
-        }
-    })
-}
-
-/// The worker exits with its event loop stuck: the deadlines of the requests the loop holds no
-/// longer hold the exit (those requests are cut as the process ends, which their deadlines,
-/// `wsgi_read_timeout 1h` say, would otherwise keep waiting for). How many.
-///
-/// # Safety
-/// Event-loop thread.
-pub(crate) unsafe fn let_go_of_held() -> usize {
-    // SAFETY: per the function contract.
-    unsafe { timer::let_exit_pass(&[on_deadline, crate::asgi_ws::handshake_due]) }
-}
-
-/// A request's deadline passed: a task the loop has not started never will (logged under
-/// `label`); a started one is cancelled, or interrupted when it keeps the loop busy.
-fn stop_timed_out(event_loop: &'static AsgiLoop, watch: &Arc<TaskWatch>, label: &str) {
-    if event_loop.give_up(watch) {
-        crate::metrics::asgi_timed_out(false);
-        crate::ffi::log::cycle_log(
-            NGX_LOG_ERR as usize,
-            &format!("{label}; it was still waiting for the asgi event loop and will not run"),
-        );
-    } else {
-        event_loop.time_out(watch, label.to_owned());
-    }
-}
-
-/// Takes a request the loop has not started back from it (its app will never run), for the
-/// server to end: its request, unless it was ended otherwise meanwhile.
-fn take_back_unstarted(request: &AsgiRequest) -> Option<*mut ngx_http_request_t> {
-    let event_loop = ngx_wsgi::asgi::event_loop::get()?;
-    if !event_loop.give_up(&request.watch) {
-        return None;
-    }
-    request.end_early()
-}
-
-/// The queue's sweeper: the request waited longer than `wsgi_queue_timeout` for the loop to
-/// start it. It is taken back (it never runs) and answered 503.
-///
-/// # Safety
-/// Event-loop thread; the request is live (blocked) unless its `end_early` says otherwise.
-unsafe fn expired_in_queue(request: &Arc<AsgiRequest>) {
-    let Some(r) = take_back_unstarted(request) else {
-        return;
-    };
-    // SAFETY: per the function contract: `r` is live and nothing of its response went out.
-    unsafe {
-        let timeout = crate::conf::main_conf_of(&*r).map_or(0, |mc| mc.limits.queue_timeout());
-        request.stream.client_gone();
-        let rc = crate::overload::refuse(r, Refused::LoopExpired, timeout);
-        end_now(r, parts(request), rc as ngx_int_t, 503);
-    }
-}
-
-/// The client of a request the loop has not started yet went away: it is taken back (it never
-/// runs) and ends now (499, as nginx's proxy ends one whose client goes), its `wsgi_max_queue`
-/// slot free again: clients that give up on a blocked loop do not get the next ones refused.
-///
-/// # Safety
-/// Event-loop thread; the request is live (blocked) unless its `end_early` says otherwise.
-unsafe fn gone_while_queued(request: &Arc<AsgiRequest>) {
-    let Some(r) = take_back_unstarted(request) else {
-        return;
-    };
-    // SAFETY: per the function contract: `r` is live and nothing of its response went out.
-    unsafe {
-        end_now(
-            r,
-            parts(request),
-            NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
-            499,
-        )
-    };
-}
-
-/// [`gone_while_queued`] for a WebSocket handshake: its app never runs, and its slot in the
-/// loop's queue is free at once.
-///
-/// # Safety
-/// Event-loop thread; `ws` holds its request (live, blocked) unless it let go of it.
-unsafe fn handshake_gone_while_queued(ws: &Arc<AsgiWs>) {
-    let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() else {
-        return;
-    };
-    if !event_loop.give_up(&ws.watch) {
-        return;
-    }
-    // SAFETY: per the function contract.
-    let Some(r) = (unsafe { ws.end_unstarted() }) else {
-        return;
-    };
-    crate::metrics::websocket(-1);
-    // SAFETY: `r` is live and nothing of its response went out.
-    unsafe {
-        end_now(
-            r,
-            (&ws.stream, None, None, ws.posted_at),
-            NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t,
-            499,
-        )
-    };
-}
-
-/// `wsgi_read_timeout` before a WebSocket's app accepted or denied it: answered as an HTTP
-/// request that timed out (a 504, or a cut denial); the app's task is cancelled and where it
-/// waited goes to the error log.
-///
-/// # Safety
-/// Event-loop thread; `r` is live, blocked on the app, and no longer held by `ws`.
-unsafe fn ws_deadline(r: *mut ngx_http_request_t, ws: &AsgiWs) {
-    if let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() {
-        stop_timed_out(event_loop, &ws.watch, &ws.label);
-    }
-    crate::metrics::websocket(-1);
-    // SAFETY: per the function contract.
-    unsafe {
-        let rc = ws.stream.time_out(r);
-        end_now(r, (&ws.stream, None, None, ws.posted_at), rc, 504);
-    }
-}
-
-/// Finalizes a request the server answered without the app (`rc`, counted as `status`); the
-/// app's task, if any, runs on and its end is ignored. `parts`: the request's response stream,
-/// body stream, deadline (disarmed here) and start.
-///
-/// # Safety
-/// Event-loop thread; `r` is live, blocked on the app, and was taken from its exchange.
-unsafe fn end_now(r: *mut ngx_http_request_t, parts: EarlyEnd<'_>, rc: ngx_int_t, status: u16) {
-    let (stream, body, deadline, posted_at) = parts;
-    // SAFETY: per the function contract.
-    let c = unsafe { (*r).connection };
-    let rc = guard("ending an asgi request early", None, || {
-        // SAFETY: per the function contract; nothing here finalizes the request.
-        unsafe {
-            if let Some(deadline) = deadline {
-                timer::disarm(&mut *deadline.get());
-            }
-            (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
-            crate::inflight::finished_asgi();
-            crate::recycle::request_done();
-            if let Some(body) = body {
-                body.finish();
-            }
-            stream.finish(r);
-            crate::metrics::finished(status, posted_at.elapsed(), false, status == 499);
-        }
-        Some(rc)
-    });
-    // SAFETY: the request is live until this finalize; the connection structure outlives it.
-    unsafe {
-        ngx_http_finalize_request(r, rc.unwrap_or(NGX_ERROR as ngx_int_t));
-        ngx_http_run_posted_requests(c);
-    }
-}
-
-/// What [`end_now`] ends: a request's response stream, body stream, deadline and start.
-type EarlyEnd<'a> = (
-    &'a Stream,
-    Option<&'a BodyStream>,
-    Option<&'a std::cell::UnsafeCell<ngx_event_t>>,
-    std::time::Instant,
-);
-
-fn parts(request: &AsgiRequest) -> EarlyEnd<'_> {
-    (
-        &request.stream,
-        request.body.as_deref(),
-        Some(&request.deadline),
-        request.posted_at,
-    )
-}
-
-/// While the response goes out: the client can take more.
-unsafe extern "C" fn on_client_writable(r: *mut ngx_http_request_t) {
-    guard("the asgi stream writer", (), || {
-        // SAFETY: nginx calls this on the event loop with the live request.
-        unsafe {
-            if let Some(served) = served(r) {
-                served.stream().on_writable(r);
-            }
-        }
-    })
-}
-
-/// Once the body is in: notices a client that goes away while the app runs.
-unsafe extern "C" fn on_client_readable(r: *mut ngx_http_request_t) {
-    guard("the asgi client watcher", (), || {
-        // SAFETY: as in `on_client_writable`; nginx calls this for the request's read event,
-        // where the request may be ended.
-        unsafe { watch_client(r, true) }
-    })
-}
-
-/// Whether the client went away; if so the app is told. `may_end`: called for the request's
-/// read event, so a request the loop has not started yet ends now. Not from inside nginx's
-/// content handler (`post`), which finalizes the request after its return: ended there, the
-/// request would be freed first.
-///
-/// # Safety
-/// Event-loop thread; `r` is live.
-unsafe fn watch_client(r: *mut ngx_http_request_t, may_end: bool) {
-    // SAFETY: per the function contract.
-    unsafe {
-        let Some(served) = served(r) else { return };
-        if !crate::client_watch::client_left(r) {
-            return;
-        }
-        match served {
-            Served::Http(request) => request.client_gone(),
-            Served::Ws(ws) => ws.client_gone(),
-        }
-        if !may_end {
-            // The close came with the request, and its event is spent: a posted one comes
-            // back here once nginx's content handler is over, to end a request the loop has
-            // not started yet.
-            (*r).read_event_handler = Some(on_client_readable);
-            ngx_post_event(
-                (*(*r).connection).read,
-                std::ptr::addr_of_mut!(ngx_posted_events),
-            );
-            return;
-        }
-        // Its own reference: ending the request frees the one its pool holds.
-        match served.clone() {
-            Served::Http(request) => gone_while_queued(&request),
-            Served::Ws(ws) => handshake_gone_while_queued(&ws),
-        }
-    }
-}
-
-/// An unbuffered body: the client sent more (or went away); once the body is in, the request
-/// watches the client.
-unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
-    guard("the asgi request body reader", (), || {
-        // SAFETY: nginx calls this on the event loop with the live request.
-        unsafe {
-            let Some(Served::Http(request)) = served(r) else {
-                return;
-            };
-            let failed = request.body.as_ref().is_some_and(|body| body.pull(r));
-            if (*(*r).connection).error() != 0 {
-                request.client_gone();
-                gone_while_queued(&request.clone());
-            } else if (*r).reading_body() == 0 || failed {
-                (*r).read_event_handler = Some(on_client_readable);
-                on_client_readable(r);
-            }
-        }
-    })
 }
