@@ -30,7 +30,10 @@ impl ForkExecUnmasked {
         use crate::signals::{change_thread_mask, no_signals};
         // The thread's own mask comes back whatever the call did.
         let old = change_thread_mask(libc::SIG_SETMASK, &no_signals());
+        // `vfork` runs no fork handler: the start takes its turn here.
+        crate::spawn_gate::starting();
         let result = self.real.call1(py, args.clone());
+        crate::spawn_gate::started();
         change_thread_mask(libc::SIG_SETMASK, &old);
         result
     }
@@ -51,15 +54,33 @@ fn c_environ(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(env)
 }
 
+/// A program is about to start without `fork` (`posix_spawn`): it takes its turn with the
+/// server's accepting of connections (see [`crate::spawn_gate`]).
+#[pyfunction]
+fn starting() {
+    crate::spawn_gate::starting();
+}
+
+/// The program started without `fork` has started (or failed to).
+#[pyfunction]
+fn started() {
+    crate::spawn_gate::started();
+}
+
 /// `os.posix_spawn` and `os.posix_spawnp` with an empty signal mask unless one is asked for,
-/// and `os.system` (C's `system()`: `/bin/sh -c` by `posix_spawn`, then a wait) through them.
+/// taking their turn with the server's accepts, and `os.system` (C's `system()`: `/bin/sh -c`
+/// by `posix_spawn`, then a wait) through them.
 const UNMASKED_SPAWNS: &std::ffi::CStr = c"
 import functools, os, sys
-def _unmasked(spawn):
+def _unmasked(spawn, _starting=starting, _started=started):
     @functools.wraps(spawn)
     def spawn_unmasked(*args, **kwargs):
         kwargs.setdefault('setsigmask', ())
-        return spawn(*args, **kwargs)
+        _starting()
+        try:
+            return spawn(*args, **kwargs)
+        finally:
+            _started()
     return spawn_unmasked
 if hasattr(os, 'posix_spawn') and not hasattr(os.posix_spawn, '__wrapped__'):
     os.posix_spawn = _unmasked(os.posix_spawn)
@@ -80,6 +101,8 @@ if hasattr(os, 'posix_spawn') and not hasattr(os.posix_spawn, '__wrapped__'):
 pub fn unmask_children(py: Python<'_>) -> PyResult<()> {
     let globals = PyDict::new(py);
     globals.set_item("c_environ", wrap_pyfunction!(c_environ, py)?)?;
+    globals.set_item("starting", wrap_pyfunction!(starting, py)?)?;
+    globals.set_item("started", wrap_pyfunction!(started, py)?)?;
     py.run(UNMASKED_SPAWNS, Some(&globals), None)?;
     let subprocess = py.import("subprocess")?;
     // posix_spawn never runs fork handlers either.

@@ -36,6 +36,7 @@ pub mod response;
 pub mod server_log;
 pub mod signals;
 pub mod sink;
+pub mod spawn_gate;
 mod std_streams;
 pub mod traceback;
 pub mod watchdog;

@@ -169,3 +169,32 @@ def test_a_client_that_half_closes_behind_its_request_is_taken_for_gone(nginx_fa
     wait_for(lambda: server.error_log().count("client prematurely closed connection") == 20,
              what="every close noticed")
     assert "[alert]" not in server.error_log()
+
+
+def test_programs_the_app_starts_never_keep_a_connection_accepted_meanwhile(nginx_factory, tmp_path):
+    # nginx accepts without close-on-exec and the module marks each connection right after: a
+    # program started in between kept another client's connection for as long as it ran
+    # (about 3 in 1,000 started while connections poured in). Starts and accepts take turns.
+    server = nginx_factory(location("/spawn", APPS / "spawner.py")
+                           + "  location = /ping { return 204; }\n").start()
+    stop = threading.Event()
+
+    def connect_again_and_again():
+        while not stop.is_set():
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+                s.sendall(b"GET /ping HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                while s.recv(4096):
+                    pass
+
+    clients = [threading.Thread(target=connect_again_and_again) for _ in range(3)]
+    for t in clients:
+        t.start()
+    try:
+        r = requests.get(server.url(f"/spawn?1200&{tmp_path}"), timeout=300)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join()
+    assert r.text == "1200"
+    kept = [p.name for p in tmp_path.glob("fds-*") if "socket:" in p.read_text()]
+    assert kept == [], f"{len(kept)} programs of 1200 kept a socket"

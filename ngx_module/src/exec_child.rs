@@ -3,7 +3,9 @@
 //! program), and the fork handler of [`crate::fork_child`] does not run where a program starts
 //! without `fork` (`os.system`, `os.posix_spawn`, a C library's `system()` or `popen()`). Such a
 //! program kept the listening sockets (a restarted nginx could not bind them) and its client's
-//! connection (the client waited for the program to end). A request body's temp file is marked
+//! connection (the client waited for the program to end). A connection is marked as nginx
+//! accepts it, and the app's program starts and the worker's accepts take turns (the core's
+//! `spawn_gate`): none starts between an accept and its marking. A request body's temp file is marked
 //! as nginx writes to it, by a request body filter: a program started while another client's
 //! upload is spooled does not keep that file (nor its disk space). What nginx opens later for
 //! itself otherwise (upstream connections, a proxied response's temp file, logs reopened) is
@@ -14,12 +16,15 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::OnceLock;
 
 use nginx_sys::{
-    ngx_chain_t, ngx_connection_handler_pt, ngx_connection_t, ngx_cycle_t, ngx_http_request_t,
-    ngx_int_t, ngx_listening_t, NGX_ERROR,
+    ngx_chain_t, ngx_connection_handler_pt, ngx_connection_t, ngx_cycle_t, ngx_event_handler_pt,
+    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_listening_t, NGX_ERROR,
 };
 
 /// Each listening socket's own handler of new connections, which the wrapper calls.
 static HANDLERS: OnceLock<Vec<(usize, ngx_connection_handler_pt)>> = OnceLock::new();
+
+/// nginx's accept handler of each listening socket's event, which [`accept_in_turn`] calls.
+static ACCEPTS: OnceLock<Vec<(usize, ngx_event_handler_pt)>> = OnceLock::new();
 
 /// Marks every descriptor the worker has open close-on-exec, and wraps the listening sockets'
 /// handlers so that each connection nginx accepts from now on is marked too. Once per worker,
@@ -44,15 +49,55 @@ pub(crate) unsafe fn close_nginx_descriptors_on_exec(cycle: *mut ngx_cycle_t) {
             return;
         }
         let mut handlers = Vec::new();
+        let mut accepts = Vec::new();
         for i in 0..(*cycle).listening.nelts {
             let ls = listening.add(i);
             if (*ls).handler.is_some() {
                 handlers.push((ls as usize, (*ls).handler));
                 (*ls).handler = Some(accepted);
             }
+            // The worker's own connection of the socket (none for another worker's
+            // `reuseport` copy); a datagram socket (QUIC) accepts no descriptors.
+            let c = (*ls).connection;
+            if c.is_null() || (*ls).type_ != libc::SOCK_STREAM || (*(*c).read).handler.is_none() {
+                continue;
+            }
+            accepts.push(((*c).read as usize, (*(*c).read).handler));
+            (*(*c).read).handler = Some(accept_in_turn);
         }
         let _ = HANDLERS.set(handlers);
+        let _ = ACCEPTS.set(accepts);
     }
+    ngx_wsgi::spawn_gate::take_turns_with_forks();
+}
+
+/// A listening socket is readable: nginx accepts, unless a program of the app's is being
+/// started (it would keep the connections accepted before they are marked, in `accepted`).
+/// Then the socket, which nginx watches level-triggered, is accepted from at the next turn of
+/// the event loop, once the program has started.
+unsafe extern "C" fn accept_in_turn(ev: *mut ngx_event_t) {
+    crate::ffi::guard("accepting connections", (), || {
+        let Some(accept) = ACCEPTS
+            .get()
+            .and_then(|all| all.iter().find(|(at, _)| *at == ev as usize))
+            .and_then(|(_, accept)| *accept)
+        else {
+            return;
+        };
+        if !ngx_wsgi::spawn_gate::begin_accepting() {
+            return;
+        }
+        /// Ends the turn however the accept returns.
+        struct Turn;
+        impl Drop for Turn {
+            fn drop(&mut self) {
+                ngx_wsgi::spawn_gate::end_accepting();
+            }
+        }
+        let _turn = Turn;
+        // SAFETY: nginx's own handler of this event, called as nginx would have called it.
+        unsafe { accept(ev) };
+    })
 }
 
 /// Marks `fd` close-on-exec. One system call: it is a descriptor's only flag, so nothing needs

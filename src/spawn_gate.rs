@@ -1,0 +1,118 @@
+//! Programs the app starts and the server's accepting of connections take turns.
+//!
+//! nginx accepts a connection without close-on-exec, and the module marks it right after (see
+//! the nginx module's `exec_child`): a program started in between kept that connection, another
+//! client's, for as long as it ran (a probe at 3,000 new connections a second saw it for about 3
+//! in 1,000 programs started). So a thread about to start a program waits for an accept under
+//! way to end, and the server accepts nothing while a program is being started: its listening
+//! socket stays readable, and it accepts at its next turn.
+//!
+//! The starts covered: every `fork` of the process (a fork handler: `os.fork`, `subprocess`,
+//! `multiprocessing`), and `posix_spawn` and `vfork` as Python runs them (`os.posix_spawn`,
+//! `os.system`, `_posixsubprocess` on 3.14), which run no fork handler. A C library's own
+//! `system()` or `popen()` cannot be reached. Apache opens its connections close-on-exec: it
+//! never accepts in turn, and a start there never waits.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+
+/// Programs being started now.
+static STARTING: AtomicUsize = AtomicUsize::new(0);
+/// The server is accepting connections (and marking them).
+static ACCEPTING: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// This thread is the one accepting: a fork of its own must not wait for itself.
+    static ACCEPTING_HERE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A thread is about to start a program: waits until an accept under way has marked its
+/// connections; none starts until [`started`].
+pub fn starting() {
+    STARTING.fetch_add(1, SeqCst);
+    if ACCEPTING_HERE.try_with(Cell::get).unwrap_or(false) {
+        return;
+    }
+    while ACCEPTING.load(SeqCst) {
+        std::thread::yield_now();
+    }
+}
+
+/// The program has started (or failed to).
+pub fn started() {
+    STARTING.fetch_sub(1, SeqCst);
+}
+
+/// The server's turn to accept: false while a program is being started (the server accepts at
+/// its next turn). True must be followed by [`end_accepting`].
+pub fn begin_accepting() -> bool {
+    ACCEPTING.store(true, SeqCst);
+    if STARTING.load(SeqCst) == 0 {
+        let _ = ACCEPTING_HERE.try_with(|h| h.set(true));
+        return true;
+    }
+    ACCEPTING.store(false, SeqCst);
+    false
+}
+
+/// The accepted connections are marked: programs may start.
+pub fn end_accepting() {
+    let _ = ACCEPTING_HERE.try_with(|h| h.set(false));
+    ACCEPTING.store(false, SeqCst);
+}
+
+/// Makes every `fork` of this process take its turn. Once per process.
+pub fn take_turns_with_forks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers plain functions, run around every fork of this process.
+        unsafe {
+            libc::pthread_atfork(
+                Some(starting_by_fork),
+                Some(started_by_fork),
+                Some(started_by_fork),
+            )
+        };
+    });
+}
+
+/// Before `fork()`, in the forking thread: atomics and `sched_yield`, async-signal-safe.
+extern "C" fn starting_by_fork() {
+    starting();
+}
+
+/// After `fork()`, in the parent and in the child (whose count is the parent's copy).
+extern "C" fn started_by_fork() {
+    started();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_and_a_start_never_hold_their_turns_at_once() {
+        assert!(begin_accepting());
+        let waiter = std::thread::spawn(|| {
+            starting();
+            // It got here only once the accept ended.
+            let accepting = ACCEPTING.load(SeqCst);
+            started();
+            accepting
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        end_accepting();
+        assert!(
+            !waiter.join().unwrap(),
+            "the start waited for the accept to end"
+        );
+        starting();
+        assert!(!begin_accepting(), "no accept while a program starts");
+        started();
+        assert!(begin_accepting());
+        // The accepting thread's own start does not wait for itself.
+        starting();
+        started();
+        end_accepting();
+    }
+}
