@@ -161,3 +161,26 @@ def test_a_client_that_leaves_during_an_unbuffered_body_is_counted_as_gone_not_a
         assert delta['wsgi_responses_total{class="5xx"}'] == 0, (path, delta)
         assert delta['wsgi_responses_total{class="4xx"}'] == 1, (path, delta)
         assert delta["wsgi_client_gone_total"] == 1, (path, delta)
+
+
+def test_requests_whose_client_left_in_the_same_read_are_counted_as_the_499s_they_end_as(nginx_factory, tmp_path):
+    # Each client closes its side right behind its request: taken for gone, its app's answer is
+    # dropped (a thread may have run the app already). Counted as what the request ended as.
+    server = nginx_factory(location("/", APPS / "gate.py", f"wsgi_param WSGI_GATE_DIR {tmp_path};")
+                           + status("/metrics").for_nginx()).start()
+    before = scrape(server)
+    answered = 0
+    for i in range(40):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(f"GET /run/c{i} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            s.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            answered += data.startswith(b"HTTP/1.1 200")
+    wait_for(lambda: scrape(server)["wsgi_requests_in_flight"] == 0, what="every request to end")
+    after = scrape(server)
+    delta = {k: after[k] - before[k] for k in after if k.startswith(("wsgi_responses", "wsgi_client_gone"))}
+    assert delta['wsgi_responses_total{class="2xx"}'] == answered, (answered, delta)
+    assert delta['wsgi_responses_total{class="4xx"}'] == 40 - answered, (answered, delta)
+    assert delta["wsgi_client_gone_total"] == 40 - answered, (answered, delta)

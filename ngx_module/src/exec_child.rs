@@ -5,12 +5,12 @@
 //! program kept the listening sockets (a restarted nginx could not bind them) and its client's
 //! connection (the client waited for the program to end). A connection is marked as nginx
 //! accepts it, and the app's program starts and the worker's accepts take turns (the core's
-//! `spawn_gate`): none starts between an accept and its marking. A request body's temp file is marked
-//! as nginx writes to it, by a request body filter: a program started while another client's
-//! upload is spooled does not keep that file (nor its disk space). What nginx opens later for
-//! itself otherwise (upstream connections, a proxied response's temp file, logs reopened) is
-//! not marked. The channels to the workers that start after this one, which the master passes
-//! it then, are marked as they come.
+//! `spawn_gate`): none starts between an accept and its marking. A request body's temp file is
+//! marked as nginx writes to it, by a request body filter: a program started while another
+//! client's upload is spooled does not keep that file (nor its disk space). What nginx opens
+//! later for itself otherwise (upstream connections, a proxied response's temp file, logs
+//! reopened) is not marked. The channels to the workers that start after this one, which the
+//! master passes it then, are marked as they come.
 
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::OnceLock;

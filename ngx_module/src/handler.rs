@@ -147,11 +147,16 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             log,
             lc.limits.read_timeout,
         );
-        if (*job).body_stream.is_none() && crate::client_watch::client_left(r) {
-            // A client that went while nginx read its request head (a close right behind it)
-            // left no event behind. Its app's output stops now; a posted read event ends the
-            // request once nginx's content handler is over (ended here, inside it, the request
-            // would be freed before that handler's own finalize).
+        let gone = match &(*job).body_stream {
+            // The first read of its body (above) found the connection ended.
+            Some(_) => (*(*r).connection).error() != 0,
+            None => crate::client_watch::left_with_its_request(r),
+        };
+        if gone {
+            // A client that went while nginx read its request (a close right behind it) left
+            // no event behind. Its app's output stops now; a posted read event ends the request
+            // once nginx's content handler is over (ended here, inside it, the request would be
+            // freed before that handler's own finalize).
             (*job).stream.client_gone();
             (*r).read_event_handler = Some(on_client_readable);
             ngx_post_event(
@@ -247,7 +252,7 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
                 let status = (*r).headers_out.status as u16;
                 crate::metrics::finished(status, (*job).posted_at.elapsed(), false, false);
             } else {
-                count_finished(&*job, client_fault);
+                count_finished(&*job, client_fault, (*c).error() != 0);
             }
             Some(match ((*job).timed_out, client_fault) {
                 // A 504 went out at the deadline; the app's late answer is dropped.
@@ -289,14 +294,16 @@ unsafe fn expired_in_queue(job: *mut Job) {
     }
 }
 
-/// Counts the request's end; `client_fault` is the status its broken body answers with.
-fn count_finished(job: &Job, client_fault: Option<ngx_int_t>) {
+/// Counts the request's end; `client_fault` is the status its broken body answers with, and
+/// `gone` says the connection ended under it (the request ends as 499, whatever the app said).
+fn count_finished(job: &Job, client_fault: Option<ngx_int_t>, gone: bool) {
     let duration = job.posted_at.elapsed();
     let timed_out = job.timed_out.is_some();
     match client_fault {
         // The 504 went out first, even when the deadline passed in the queue (before the queue
         // timeout): it gives back the slot its timeout counted lost.
         _ if timed_out => {}
+        _ if gone => return crate::metrics::finished(499, duration, false, true),
         _ if job.expired => return crate::metrics::finished(503, duration, false, false),
         Some(status) => {
             let gone = status == NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t;

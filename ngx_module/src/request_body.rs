@@ -58,10 +58,8 @@ unsafe fn expects_continue(r: *mut ngx_http_request_t) -> bool {
     // SAFETY: per the function contract; `expect`, when set, points into the request's pool.
     unsafe {
         let expect = (*r).headers_in.expect;
-        if (*r).http_version != NGX_HTTP_VERSION_11 as usize
-            || !(*r).stream.is_null()
-            || expect.is_null()
-        {
+        // HTTP/2 and HTTP/3 are other versions.
+        if (*r).http_version != NGX_HTTP_VERSION_11 as usize || expect.is_null() {
             return false;
         }
         let value = &(*expect).value;

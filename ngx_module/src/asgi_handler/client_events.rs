@@ -52,7 +52,11 @@ pub(super) unsafe fn watch_client(r: *mut ngx_http_request_t, may_end: bool) {
     // SAFETY: per the function contract.
     unsafe {
         let Some(served) = served(r) else { return };
-        if !crate::client_watch::client_left(r) {
+        let left = match may_end {
+            true => crate::client_watch::client_left(r),
+            false => crate::client_watch::left_with_its_request(r),
+        };
+        if !left {
             return;
         }
         match served {

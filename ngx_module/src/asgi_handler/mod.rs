@@ -402,19 +402,16 @@ unsafe fn finish(
                 .as_mut()
                 .and_then(|f| f.as_mut())
                 .filter(|_| !streamed.head_sent && !upgraded);
+            // The connection ended under the request: it ends as 499, whatever the app said.
+            let gone = end == HttpEnd::ClientGone || ((*c).error() != 0 && !upgraded);
             let status = match (end, &whole) {
+                _ if gone => 499,
                 (HttpEnd::Failed, _) => 500,
-                (HttpEnd::ClientGone, _) => 499,
                 // Not sent yet: the app's own status, as for a WSGI response.
                 (_, Some(whole)) => whole.head.as_ref().map_or(500, |h| h.status),
                 _ => (*r).headers_out.status as u16,
             };
-            crate::metrics::finished(
-                status,
-                posted_at.elapsed(),
-                false,
-                end == HttpEnd::ClientGone,
-            );
+            crate::metrics::finished(status, posted_at.elapsed(), false, gone);
             if upgraded {
                 // The WebSocket's close handshake is over (or the client went): the connection
                 // closes with the request. One nginx terminated meanwhile (its shutdown timer
