@@ -70,7 +70,7 @@ pub fn take_turns_with_forks() {
             libc::pthread_atfork(
                 Some(starting_by_fork),
                 Some(started_by_fork),
-                Some(started_by_fork),
+                Some(alone_in_child),
             )
         };
     });
@@ -81,9 +81,19 @@ extern "C" fn starting_by_fork() {
     starting();
 }
 
-/// After `fork()`, in the parent and in the child (whose count is the parent's copy).
+/// After `fork()`, in the parent.
 extern "C" fn started_by_fork() {
     started();
+}
+
+/// After `fork()`, in the child: its one thread accepts nothing and starts nothing now. The
+/// parent's state is no guide: other threads' starts were copied, and so was the accepting
+/// flag the event loop may have held for an instant as the fork snapshot was taken (it sets it,
+/// sees the start, and clears it), which would hold every start of the child for ever.
+extern "C" fn alone_in_child() {
+    STARTING.store(0, SeqCst);
+    ACCEPTING.store(false, SeqCst);
+    let _ = ACCEPTING_HERE.try_with(|h| h.set(false));
 }
 
 #[cfg(test)]
