@@ -31,9 +31,9 @@ impl ForkExecUnmasked {
         // The thread's own mask comes back whatever the call did.
         let old = change_thread_mask(libc::SIG_SETMASK, &no_signals());
         // `vfork` runs no fork handler: the start takes its turn here.
-        crate::spawn_gate::starting();
+        let turn = crate::spawn_gate::Turn::take(py);
         let result = self.real.call1(py, args.clone());
-        crate::spawn_gate::started();
+        drop(turn);
         change_thread_mask(libc::SIG_SETMASK, &old);
         result
     }
@@ -54,17 +54,32 @@ fn c_environ(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(env)
 }
 
-/// A program is about to start without `fork` (`posix_spawn`): it takes its turn with the
-/// server's accepting of connections (see [`crate::spawn_gate`]).
-#[pyfunction]
-fn starting() {
-    crate::spawn_gate::starting();
+/// A way to start a program without `fork` (`os.posix_spawn`), called in its turn with the
+/// server's accepting of connections (see [`crate::spawn_gate`]). In Rust, so that no Python
+/// runs between the turn's start and its end (an exception raised there, `wsgi_read_timeout`'s
+/// say, would leave the turn taken for good).
+#[pyclass(module = "ngx_wsgi", name = "InTurn", frozen)]
+struct InTurn {
+    spawn: Py<PyAny>,
 }
 
-/// The program started without `fork` has started (or failed to).
-#[pyfunction]
-fn started() {
-    crate::spawn_gate::started();
+#[pymethods]
+impl InTurn {
+    #[new]
+    fn new(spawn: Py<PyAny>) -> Self {
+        InTurn { spawn }
+    }
+
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let _turn = crate::spawn_gate::Turn::take(py);
+        self.spawn.call(py, args.clone(), kwargs)
+    }
 }
 
 /// `os.posix_spawn` and `os.posix_spawnp` with an empty signal mask unless one is asked for,
@@ -72,15 +87,12 @@ fn started() {
 /// by `posix_spawn`, then a wait) through them.
 const UNMASKED_SPAWNS: &std::ffi::CStr = c"
 import functools, os, sys
-def _unmasked(spawn, _starting=starting, _started=started):
+def _unmasked(spawn):
+    in_turn = InTurn(spawn)
     @functools.wraps(spawn)
     def spawn_unmasked(*args, **kwargs):
         kwargs.setdefault('setsigmask', ())
-        _starting()
-        try:
-            return spawn(*args, **kwargs)
-        finally:
-            _started()
+        return in_turn(*args, **kwargs)
     return spawn_unmasked
 if hasattr(os, 'posix_spawn') and not hasattr(os.posix_spawn, '__wrapped__'):
     os.posix_spawn = _unmasked(os.posix_spawn)
@@ -101,8 +113,7 @@ if hasattr(os, 'posix_spawn') and not hasattr(os.posix_spawn, '__wrapped__'):
 pub fn unmask_children(py: Python<'_>) -> PyResult<()> {
     let globals = PyDict::new(py);
     globals.set_item("c_environ", wrap_pyfunction!(c_environ, py)?)?;
-    globals.set_item("starting", wrap_pyfunction!(starting, py)?)?;
-    globals.set_item("started", wrap_pyfunction!(started, py)?)?;
+    globals.set_item("InTurn", py.get_type::<InTurn>())?;
     py.run(UNMASKED_SPAWNS, Some(&globals), None)?;
     let subprocess = py.import("subprocess")?;
     // posix_spawn never runs fork handlers either.

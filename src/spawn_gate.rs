@@ -5,7 +5,9 @@
 //! client's, for as long as it ran (a probe at 3,000 new connections a second saw it for about 3
 //! in 1,000 programs started). So a thread about to start a program waits for an accept under
 //! way to end, and the server accepts nothing while a program is being started: its listening
-//! socket stays readable, and it accepts at its next turn.
+//! socket stays readable, and it accepts at its next turn (after 100 ms at most: a start that
+//! never ends does not stop the worker from accepting). The accepting thread never waits for
+//! the GIL, which a thread waiting for its turn may hold (a fork from Python does).
 //!
 //! The starts covered: every `fork` of the process (a fork handler: `os.fork`, `subprocess`,
 //! `multiprocessing`), and `posix_spawn` and `vfork` as Python runs them (`os.posix_spawn`,
@@ -15,6 +17,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, Instant};
 
 /// Programs being started now.
 static STARTING: AtomicUsize = AtomicUsize::new(0);
@@ -24,6 +27,8 @@ static ACCEPTING: AtomicBool = AtomicBool::new(false);
 thread_local! {
     /// This thread is the one accepting: a fork of its own must not wait for itself.
     static ACCEPTING_HERE: Cell<bool> = const { Cell::new(false) };
+    /// Since when the accepting thread has let starts go first.
+    static WAITED_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// A thread is about to start a program: waits until an accept under way has marked its
@@ -43,15 +48,42 @@ pub fn started() {
     STARTING.fetch_sub(1, SeqCst);
 }
 
+/// A start's turn, from Python: taken without the GIL (the wait may last an accept), given
+/// back when dropped, however the start ends.
+pub struct Turn(());
+
+impl Turn {
+    pub fn take(py: pyo3::Python<'_>) -> Turn {
+        py.detach(starting);
+        Turn(())
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        started();
+    }
+}
+
+/// How long the server waits for a start at most: a start that never ends (an `exec` hung on
+/// a dead network file system, a `vfork` child stopped by a debugger) must not stop the worker
+/// from accepting for good; past this the race is open again for that start.
+const LONGEST_WAIT: Duration = Duration::from_millis(100);
+
 /// The server's turn to accept: false while a program is being started (the server accepts at
-/// its next turn). True must be followed by [`end_accepting`].
+/// its next turn), for [`LONGEST_WAIT`] at most. True must be followed by [`end_accepting`].
 pub fn begin_accepting() -> bool {
     ACCEPTING.store(true, SeqCst);
-    if STARTING.load(SeqCst) == 0 {
+    let waited_since = WAITED_SINCE.try_with(Cell::get).ok().flatten();
+    if STARTING.load(SeqCst) == 0 || waited_since.is_some_and(|t| t.elapsed() > LONGEST_WAIT) {
+        let _ = WAITED_SINCE.try_with(|w| w.set(None));
         let _ = ACCEPTING_HERE.try_with(|h| h.set(true));
         return true;
     }
     ACCEPTING.store(false, SeqCst);
+    if waited_since.is_none() {
+        let _ = WAITED_SINCE.try_with(|w| w.set(Some(Instant::now())));
+    }
     false
 }
 
@@ -124,5 +156,15 @@ mod tests {
         starting();
         started();
         end_accepting();
+        // A start that does not end holds the accepts back for LONGEST_WAIT at most.
+        starting();
+        assert!(!begin_accepting());
+        std::thread::sleep(LONGEST_WAIT + Duration::from_millis(10));
+        assert!(
+            begin_accepting(),
+            "a start that never ends does not stop the accepts"
+        );
+        end_accepting();
+        started();
     }
 }

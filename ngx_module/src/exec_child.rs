@@ -74,7 +74,8 @@ pub(crate) unsafe fn close_nginx_descriptors_on_exec(cycle: *mut ngx_cycle_t) {
 /// A listening socket is readable: nginx accepts, unless a program of the app's is being
 /// started (it would keep the connections accepted before they are marked, in `accepted`).
 /// Then the socket, which nginx watches level-triggered, is accepted from at the next turn of
-/// the event loop, once the program has started.
+/// the event loop, once the program has started. Nothing here may wait for the GIL: a thread
+/// waiting for its turn to start a program may hold it.
 unsafe extern "C" fn accept_in_turn(ev: *mut ngx_event_t) {
     crate::ffi::guard("accepting connections", (), || {
         let Some(accept) = ACCEPTS
@@ -85,6 +86,14 @@ unsafe extern "C" fn accept_in_turn(ev: *mut ngx_event_t) {
             return;
         };
         if !ngx_wsgi::spawn_gate::begin_accepting() {
+            // SAFETY: the listening socket's read event, on the event loop.
+            unsafe {
+                if (*ev).timedout() != 0 {
+                    // nginx's timer to take the sockets back after running out of descriptors
+                    // (they are out of the event set meanwhile): it comes again.
+                    nginx_sys::ngx_add_timer(ev, 1);
+                }
+            }
             return;
         }
         /// Ends the turn however the accept returns.
