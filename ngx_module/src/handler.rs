@@ -252,7 +252,9 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
                 let status = (*r).headers_out.status as u16;
                 crate::metrics::finished(status, (*job).posted_at.elapsed(), false, false);
             } else {
-                count_finished(&*job, client_fault, (*c).error() != 0);
+                // Gone before its head went out: it ends as 499 (after it, as what was sent).
+                let gone = (*c).error() != 0 && !streamed.head_sent;
+                count_finished(&*job, client_fault, gone);
             }
             Some(match ((*job).timed_out, client_fault) {
                 // A 504 went out at the deadline; the app's late answer is dropped.
@@ -295,7 +297,8 @@ unsafe fn expired_in_queue(job: *mut Job) {
 }
 
 /// Counts the request's end; `client_fault` is the status its broken body answers with, and
-/// `gone` says the connection ended under it (the request ends as 499, whatever the app said).
+/// `gone` says the connection ended before the response began (the request ends as 499,
+/// whatever the app said).
 fn count_finished(job: &Job, client_fault: Option<ngx_int_t>, gone: bool) {
     let duration = job.posted_at.elapsed();
     let timed_out = job.timed_out.is_some();

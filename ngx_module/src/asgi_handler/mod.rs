@@ -402,8 +402,7 @@ unsafe fn finish(
                 .as_mut()
                 .and_then(|f| f.as_mut())
                 .filter(|_| !streamed.head_sent && !upgraded);
-            // The connection ended under the request: it ends as 499, whatever the app said.
-            let gone = end == HttpEnd::ClientGone || ((*c).error() != 0 && !upgraded);
+            let gone = end == HttpEnd::ClientGone;
             let status = match (end, &whole) {
                 _ if gone => 499,
                 (HttpEnd::Failed, _) => 500,
