@@ -269,6 +269,52 @@ def test_reloads_under_load_lose_no_request(nginx_factory):
     assert "exited on signal" not in server.error_log()
 
 
+@pytest.mark.parametrize("handover", [False, True], ids=["default", "handover"])
+def test_a_reload_answers_the_next_request_of_a_connection_kept_alive_at_the_reload(nginx_factory, handover):
+    # nginx's quit closes idle keep-alive connections at once: a request a client sent on one in
+    # that instant was lost, at every reload. The old worker first drains them: the next request
+    # of each is answered, whichever location it asks, and closes it.
+    server = nginx_factory(location("/wsgi/", APPS / "sleepy.py")
+                           + asgi_location("/asgi/", APPS / "asgi_app.py")
+                           + '  location /static { return 200 "static"; }\n',
+                           http_extra="wsgi_reload_handover on;" if handover else "").start()
+    old = server.worker_pids()
+    paths = {"/wsgi/first": b"/first", "/asgi/stream?3": b"0\n1\n2\n", "/static": b"static"}
+    kept = {}
+    for path, body in paths.items():
+        kept[path] = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        kept[path].request("GET", path)
+        r = kept[path].getresponse()
+        assert (r.status, r.read()) == (200, body)
+        assert r.getheader("Connection") in (None, "keep-alive"), r.getheaders()
+    server.send_signal(signal.SIGHUP)
+    wait_for(lambda: "told to quit by a reload" in server.error_log(), what="the old worker's drain")
+    for path, body in paths.items():
+        kept[path].request("GET", path)
+        r = kept[path].getresponse()
+        assert (r.status, r.read(), r.getheader("Connection")) == (200, body, "close"), path
+        kept[path].close()
+    wait_for(lambda: not set(old) & set(server.worker_pids()), 30, "the old worker's exit")
+    log = server.error_log()
+    assert "exited on signal" not in log and "[alert]" not in log, log[-3000:]
+
+
+def test_reloads_under_keep_alive_load_lose_no_request(nginx_factory):
+    server = nginx_factory(location("/", APPS / "sleepy.py"), workers=2).start()
+    wrk = subprocess.Popen(["wrk", "-t2", "-c16", "-d5s", "--timeout", "20s", server.url("/fast")],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1)
+    for _ in range(3):
+        server.send_signal(signal.SIGHUP)
+        time.sleep(1)
+    out, _ = wrk.communicate(timeout=60)
+    requests_done = int(re.search(r"(\d+) requests in", out).group(1))
+    assert requests_done > 100, out
+    assert "Non-2xx" not in out and "Socket errors" not in out, out
+    log = server.error_log()
+    assert "told to quit by a reload" in log and "exited on signal" not in log, log[-3000:]
+
+
 # Recycling (nginx's wsgi_max_requests/wsgi_max_rss, Apache's NgxWsgiMaxRequests/NgxWsgiMaxRSS)
 # runs on both servers: the directive's name and where it goes differ.
 MAX_REQUESTS = {"nginx": "wsgi_max_requests", "apache": "NgxWsgiMaxRequests"}

@@ -125,8 +125,10 @@ unsafe fn arm() {
 unsafe extern "C" fn check(_ev: *mut ngx_event_t) {
     guard("the descriptor watch", (), || {
         // SAFETY: nginx's own flags, read on the event loop.
-        if unsafe { ngx_exiting != 0 || ngx_quit != 0 || ngx_terminate != 0 } {
-            // An exiting worker closes its listening sockets itself; the watch ends.
+        let exiting = unsafe { ngx_exiting != 0 || ngx_quit != 0 || ngx_terminate != 0 };
+        if exiting || crate::exit_drain::ending() {
+            // An exiting worker (or one that drains before its exit) closes its listening
+            // sockets itself; the watch ends.
             return;
         }
         let Some(w) = WATCHED.get() else {

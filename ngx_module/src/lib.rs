@@ -23,6 +23,7 @@ mod drain;
 mod elastic_pool;
 mod event_streams;
 mod exec_child;
+mod exit_drain;
 mod ffi;
 mod fork_child;
 #[cfg(ngx_feature = "http_v2")]
@@ -72,6 +73,8 @@ impl HttpModule for WsgiModule {
             ffi::log::install();
             // SAFETY: postconfiguration, after the core module's set up the body filters.
             unsafe { exec_child::mark_body_temp_files() };
+            // SAFETY: postconfiguration, after the core module set up the header filters.
+            unsafe { exit_drain::install_header_filter() };
             // SAFETY: nginx passes the live configuration at the end of the http block.
             let ok = unsafe {
                 let mc = WsgiModule::main_conf(&*cf).expect("wsgi main configuration");

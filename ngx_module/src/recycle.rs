@@ -3,14 +3,13 @@
 //! next response says `Connection: close`), then stops accepting, finishes what it has in flight
 //! and exits; nginx's master starts a fresh one in its place. Event-loop thread only.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use ngx_wsgi::recycle::{Due, Limits};
 
 use nginx_sys::{
-    ngx_connection_t, ngx_current_msec, ngx_cycle, ngx_event_t, ngx_exiting, ngx_http_request_t,
-    ngx_msec_t, ngx_quit, NGX_HTTP_MODULE, NGX_HTTP_SWITCHING_PROTOCOLS, NGX_HTTP_VERSION_11,
-    NGX_LOG_ALERT, NGX_LOG_ERR, NGX_LOG_NOTICE,
+    ngx_event_t, ngx_exiting, ngx_http_request_t, ngx_msec_t, ngx_quit, NGX_LOG_ALERT, NGX_LOG_ERR,
+    NGX_LOG_NOTICE,
 };
 
 use crate::ffi::guard;
@@ -19,21 +18,6 @@ use crate::ffi::timer::WorkerTimer;
 static LIMITS: Limits = Limits::new();
 /// Requests handed to their apps.
 static STARTED: AtomicU64 = AtomicU64::new(0);
-
-/// The longest a recycling worker drains its keep-alive connections before it exits. nginx's
-/// own exit closes the idle ones at once, and a request a client sent on one in that instant is
-/// lost (nginx does so at every reload; recycling makes it routine). Draining, the worker serves
-/// on as before, and a busy connection's next response closes it; one idle for longer meets the
-/// race any keep-alive timeout has, which clients retry.
-const DRAIN_MS: ngx_msec_t = 2000;
-/// How often the drain looks for idle connections left.
-const DRAIN_CHECK_MS: ngx_msec_t = 25;
-
-/// The worker decided to recycle and is draining.
-static DRAINING: AtomicBool = AtomicBool::new(false);
-static DRAIN_STARTED: AtomicUsize = AtomicUsize::new(0);
-
-static DRAIN_TIMER: WorkerTimer = WorkerTimer::new();
 
 /// How long a worker that could not load an app (or start Python) serves without it before it
 /// replaces itself to try again: each try is Python's start and every import, once per worker.
@@ -87,7 +71,7 @@ pub(crate) fn loop_died() {
 /// Event-loop thread.
 pub(crate) fn loop_stuck(for_how_long: std::time::Duration) {
     // SAFETY: nginx's own flag, read on the event loop (`ngx_quit` is reset once the exit began).
-    if ending() || unsafe { ngx_exiting != 0 } {
+    if crate::exit_drain::ending() || unsafe { ngx_exiting != 0 } {
         return;
     }
     crate::ffi::log::cycle_log(
@@ -159,9 +143,9 @@ fn recycle(why: &str, drain: bool) {
     if unsafe { ngx_exiting != 0 || ngx_quit != 0 } {
         return;
     }
-    if DRAINING.load(Relaxed) {
+    if crate::exit_drain::ending() {
         if !drain {
-            exit_now();
+            crate::exit_drain::quit();
         }
         return;
     }
@@ -170,109 +154,10 @@ fn recycle(why: &str, drain: bool) {
         &format!("wsgi: this worker {why}; recycling it"),
     );
     crate::metrics::recycled();
-    if !drain {
-        exit_now();
-        return;
+    if drain {
+        // SAFETY: on the event loop (every caller's contract).
+        unsafe { crate::exit_drain::begin(crate::exit_drain::Accepting::GoOn) };
+    } else {
+        crate::exit_drain::quit();
     }
-    DRAINING.store(true, Relaxed);
-    // SAFETY: plain read of nginx's cached clock on the event loop.
-    DRAIN_STARTED.store(unsafe { ngx_current_msec }, Relaxed);
-    // SAFETY: the event is a static, on the event loop; cancelable, it does not hold an exit
-    // that nginx begins meanwhile (a reload, a quit).
-    unsafe {
-        crate::ffi::timer::keep_armed(
-            DRAIN_TIMER.event(),
-            Some(drain_check),
-            std::ptr::null_mut(),
-            DRAIN_CHECK_MS,
-        )
-    };
-}
-
-/// Whether a response now closes its connection: the worker is draining or exiting. (Once
-/// nginx's exit began, its header filter says so itself.)
-pub(crate) fn ending() -> bool {
-    // SAFETY: nginx's own flag, read on the event loop.
-    DRAINING.load(Relaxed) || unsafe { ngx_quit != 0 }
-}
-
-/// The drain's timer: the worker exits once no keep-alive connection is idle, or at the bound.
-unsafe extern "C" fn drain_check(ev: *mut ngx_event_t) {
-    guard("draining a recycling worker", (), || {
-        // SAFETY: nginx's flags and clock, read on the event loop.
-        let (exiting, now) = unsafe { (ngx_exiting != 0 || ngx_quit != 0, ngx_current_msec) };
-        if exiting {
-            return;
-        }
-        let waited = now.saturating_sub(DRAIN_STARTED.load(Relaxed));
-        // SAFETY: on the event loop.
-        if waited >= DRAIN_MS || !unsafe { keep_alive_connections() } {
-            exit_now();
-        } else {
-            // SAFETY: the event is the static drain timer, on the event loop.
-            unsafe { nginx_sys::ngx_add_timer(ev, DRAIN_CHECK_MS) };
-        }
-    })
-}
-
-/// Whether any client's HTTP/1 connection is, or will be, kept alive: one that waits idle for
-/// its next request (nginx's exit closes those at once), or one whose response under way
-/// promised keep-alive (a head that went out before the worker decided to recycle, or another
-/// location's: nginx's exit would close it right after that response, and the request its
-/// client sends next, at once, would be lost). The drain serves both their next request, which closes them. (HTTP/2
-/// connections are marked idle for their whole life, and nginx's exit sends them a GOAWAY that
-/// tells their clients what to retry; cached upstream connections have no listening socket.)
-///
-/// # Safety
-/// Event-loop thread.
-unsafe fn keep_alive_connections() -> bool {
-    // SAFETY: the cycle's connection array has `connection_n` entries for the process's life; a
-    // free one has fd -1. An idle HTTP/1 connection's `data` is its ngx_http_connection_t, an
-    // HTTP/2 one's its ngx_http_v2_connection_t, whose first field points back to the
-    // connection (the other's first field is its address configuration); a busy HTTP/1
-    // connection's `data` is its request, which starts with nginx's signature and the
-    // connection. Whatever else a listening connection's `data` is (an HTTP/2 or a stream
-    // module's session, an HTTP/3 stream's) is at least those two fields long, and the request
-    // is only read further once both say it is one.
-    unsafe {
-        let cycle = ngx_cycle;
-        let connections = std::slice::from_raw_parts((*cycle).connections, (*cycle).connection_n);
-        connections.iter().any(|c| {
-            if c.fd == -1 || c.listening.is_null() || c.data.is_null() {
-                return false;
-            }
-            if c.idle() != 0 {
-                return !std::ptr::eq(*c.data.cast::<*const ngx_connection_t>(), c);
-            }
-            let r = c.data.cast::<ngx_http_request_t>();
-            if (*r).signature != NGX_HTTP_MODULE || !std::ptr::eq((*r).connection, c) {
-                return false;
-            }
-            // The active request may be a subrequest: the connection's fate is the main one's.
-            let main = (*r).main;
-            // HTTP/3 requests have keepalive set too: their connection is QUIC's.
-            (*main).http_version <= NGX_HTTP_VERSION_11 as usize
-                && (*main).keepalive() != 0
-                && (*main).header_sent() != 0
-                && (*main).headers_out.status != NGX_HTTP_SWITCHING_PROTOCOLS as usize
-        })
-    }
-}
-
-/// A request the worker takes while it drains (or exits) closes its connection, whatever the
-/// module answers (the app, or a 503 of a full queue).
-///
-/// # Safety
-/// Event-loop thread; `r` is live.
-pub(crate) unsafe fn close_if_ending(r: *mut ngx_http_request_t) {
-    if ending() {
-        // SAFETY: per the function contract.
-        unsafe { (*(*r).main).set_keepalive(0) };
-    }
-}
-
-fn exit_now() {
-    // SAFETY: nginx's own flag, set on the event loop; the worker's cycle sees it after this
-    // event and shuts down gracefully, like on SIGQUIT.
-    unsafe { ngx_quit = 1 };
 }

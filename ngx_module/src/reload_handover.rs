@@ -185,8 +185,15 @@ unsafe extern "C" fn on_channel(ev: *mut ngx_event_t) {
     guard("the reload's hand-over", (), || {
         // SAFETY: nginx's own flags, on the event loop.
         let quit_now = unsafe { nginx_sys::ngx_quit != 0 && nginx_sys::ngx_exiting == 0 };
-        if !quit_now || quit_before || QUITTING.load(Ordering::Acquire) || !newer_workers_starting()
-        {
+        if !quit_now || quit_before || QUITTING.load(Ordering::Acquire) {
+            return;
+        }
+        if !newer_workers_starting() {
+            if newer_generation() {
+                // SAFETY: as above: the worker's cycle has not seen the flag yet.
+                unsafe { nginx_sys::ngx_quit = 0 };
+                drain_then_quit();
+            }
             return;
         }
         // SAFETY: as above: the worker's cycle has not seen the flag yet.
@@ -243,9 +250,45 @@ unsafe extern "C" fn check(ev: *mut ngx_event_t) {
             NGX_LOG_NOTICE as usize,
             &format!("wsgi: the reload's new workers {why}; this worker quits"),
         );
-        QUITTING.store(true, Ordering::Release);
-        // SAFETY: nginx's own flag, set on the event loop: the worker's cycle sees it after
-        // this event and shuts down gracefully, as on the quit it was sent.
-        unsafe { nginx_sys::ngx_quit = 1 };
+        if stopping {
+            QUITTING.store(true, Ordering::Release);
+            crate::exit_drain::quit();
+        } else {
+            drain_then_quit();
+        }
+    })
+}
+
+/// The quit of a reload whose newer workers accept: the worker stops accepting and drains its
+/// keep-alive connections first (nginx's quit would close the idle ones at once, losing what
+/// their clients sent in that instant), then quits. A quit that comes meanwhile is taken at
+/// once.
+fn drain_then_quit() {
+    QUITTING.store(true, Ordering::Release);
+    // SAFETY: on the event loop (the channel's or the wait's handler).
+    if unsafe { crate::exit_drain::begin(crate::exit_drain::Accepting::Stop) } {
+        // SAFETY: nginx's own flag, read on the event loop.
+        if unsafe { nginx_sys::ngx_quit } == 0 {
+            crate::ffi::log::cycle_log(
+                NGX_LOG_NOTICE as usize,
+                &format!(
+                    "wsgi: told to quit by a reload: this worker stops accepting and serves the \
+                     next request of each keep-alive connection, which closes it, for {} ms at \
+                     most; then it quits",
+                    crate::exit_drain::DRAIN_MS
+                ),
+            );
+        }
+    } else {
+        // A recycling's drain, under way: the reload's quit ends it.
+        crate::exit_drain::quit();
+    }
+}
+
+/// Whether the master has taken a newer configuration than this worker's (a reload: a quit
+/// without one is `nginx -s quit`).
+fn newer_generation() -> bool {
+    shared().is_some_and(|word| {
+        unpack(word.load(Ordering::Acquire)).0 > GENERATION.load(Ordering::Acquire)
     })
 }

@@ -246,12 +246,6 @@ pub(crate) unsafe fn send_head(
         if head.is_bodiless() {
             (*r).set_header_only(1);
         }
-        if crate::recycle::ending() {
-            // The worker recycles (wsgi_max_requests, wsgi_max_rss) but nginx has not begun its
-            // exit, after which its header filter says this itself: the connection closes with
-            // this response.
-            (*(*r).main).set_keepalive(0);
-        }
         // The app answered conditionals itself; nginx must not turn its 200 into a 304 or 412.
         (*r).set_disable_not_modified(1);
         ngx_http_send_header(r)

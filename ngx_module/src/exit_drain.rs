@@ -1,0 +1,196 @@
+//! A worker's exit that loses no keep-alive request. nginx's own exit closes idle keep-alive
+//! connections at once, and a request a client sent on one in that instant is lost (a reload
+//! under keep-alive load lost about one per busy connection). So before it exits (recycling, or
+//! the quit of a reload), a worker drains: it serves on, every response closes its connection
+//! (a header filter, for every location: the module's and nginx's own), until no connection
+//! waits idle and none has a response under way whose head promised keep-alive, or for
+//! [`DRAIN_MS`] at most; then it quits as nginx's quit does. Event-loop thread only.
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::Relaxed};
+
+use nginx_sys::{
+    ngx_connection_t, ngx_current_msec, ngx_cycle, ngx_event_t, ngx_exiting, ngx_http_request_t,
+    ngx_int_t, ngx_msec_t, ngx_quit, NGX_ERROR, NGX_HTTP_MODULE, NGX_HTTP_SWITCHING_PROTOCOLS,
+    NGX_HTTP_VERSION_11,
+};
+
+use crate::ffi::guard;
+use crate::ffi::timer::WorkerTimer;
+
+/// The longest a worker drains before it exits: a busy connection's next response closes it
+/// within it; one idle for longer meets the race any keep-alive timeout has, which clients
+/// retry.
+pub(crate) const DRAIN_MS: ngx_msec_t = 2000;
+/// How often the drain looks for idle connections left.
+const DRAIN_CHECK_MS: ngx_msec_t = 25;
+
+static DRAINING: AtomicBool = AtomicBool::new(false);
+static DRAIN_STARTED: AtomicUsize = AtomicUsize::new(0);
+static DRAIN_TIMER: WorkerTimer = WorkerTimer::new();
+
+/// Whether the drain goes on accepting connections.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Accepting {
+    /// The worker is recycled: nothing replaces it before it exits.
+    GoOn,
+    /// A reload's newer workers accept: the worker closes its listening sockets at once, as
+    /// nginx's quit would have.
+    Stop,
+}
+
+/// Begins the drain, then the exit; false when a drain is under way already.
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn begin(accepting: Accepting) -> bool {
+    if DRAINING.swap(true, Relaxed) {
+        return false;
+    }
+    // SAFETY: per the function contract: nginx's clock and cycle, read on the event loop.
+    unsafe {
+        DRAIN_STARTED.store(ngx_current_msec, Relaxed);
+        if accepting == Accepting::Stop {
+            // nginx's quit calls it again, and finds nothing left to close.
+            nginx_sys::ngx_close_listening_sockets(ngx_cycle);
+        }
+        if !keep_alive_connections() {
+            quit();
+            return true;
+        }
+        // Cancelable: it does not hold an exit that nginx begins meanwhile.
+        crate::ffi::timer::keep_armed(
+            DRAIN_TIMER.event(),
+            Some(drain_check),
+            std::ptr::null_mut(),
+            DRAIN_CHECK_MS,
+        );
+    }
+    true
+}
+
+/// Whether a response now closes its connection: the worker drains or exits. (Once nginx's
+/// exit began, its header filter says so itself.)
+pub(crate) fn ending() -> bool {
+    // SAFETY: nginx's own flag, read on the event loop.
+    DRAINING.load(Relaxed) || unsafe { ngx_quit != 0 }
+}
+
+/// A request the worker takes while it drains (or exits) closes its connection, whatever the
+/// module answers (the app, or a 503 of a full queue).
+///
+/// # Safety
+/// Event-loop thread; `r` is live.
+pub(crate) unsafe fn close_if_ending(r: *mut ngx_http_request_t) {
+    if ending() {
+        // SAFETY: per the function contract.
+        unsafe { (*(*r).main).set_keepalive(0) };
+    }
+}
+
+/// Has the worker's cycle begin nginx's graceful exit after this event, as on SIGQUIT.
+pub(crate) fn quit() {
+    // SAFETY: nginx's own flag, set on the event loop; the worker's cycle reads it after the
+    // event being handled.
+    unsafe { ngx_quit = 1 };
+}
+
+/// The drain's timer: the worker quits once no keep-alive connection is left, or at the bound.
+unsafe extern "C" fn drain_check(ev: *mut ngx_event_t) {
+    guard("draining an exiting worker", (), || {
+        // SAFETY: nginx's flags and clock, read on the event loop.
+        let (exiting, now) = unsafe { (ngx_exiting != 0 || ngx_quit != 0, ngx_current_msec) };
+        if exiting {
+            return;
+        }
+        let waited = now.saturating_sub(DRAIN_STARTED.load(Relaxed));
+        // SAFETY: on the event loop.
+        if waited >= DRAIN_MS || !unsafe { keep_alive_connections() } {
+            quit();
+        } else {
+            // SAFETY: the event is the static drain timer, on the event loop.
+            unsafe { nginx_sys::ngx_add_timer(ev, DRAIN_CHECK_MS) };
+        }
+    })
+}
+
+/// Whether any client's HTTP/1 connection is, or will be, kept alive: one that waits idle for
+/// its next request (nginx's exit closes those at once), or one whose response under way
+/// promised keep-alive (its head went out before the drain began: nginx's exit would close it
+/// right after that response, and the request its client sends next, at once, would be lost).
+/// The drain serves both their next request, which closes them. (HTTP/2 connections are
+/// marked idle for their whole life, and nginx's exit sends them a GOAWAY that tells their
+/// clients what to retry; cached upstream connections have no listening socket.)
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn keep_alive_connections() -> bool {
+    // SAFETY: the cycle's connection array has `connection_n` entries for the process's life; a
+    // free one has fd -1. An idle HTTP/1 connection's `data` is its ngx_http_connection_t, an
+    // HTTP/2 one's its ngx_http_v2_connection_t, whose first field points back to the
+    // connection (the other's first field is its address configuration); a busy HTTP/1
+    // connection's `data` is its request, which starts with nginx's signature and the
+    // connection. Whatever else a listening connection's `data` is (an HTTP/2 or a stream
+    // module's session, an HTTP/3 stream's) is at least those two fields long, and the request
+    // is only read further once both say it is one.
+    unsafe {
+        let cycle = ngx_cycle;
+        let connections = std::slice::from_raw_parts((*cycle).connections, (*cycle).connection_n);
+        connections.iter().any(|c| {
+            if c.fd == -1 || c.listening.is_null() || c.data.is_null() {
+                return false;
+            }
+            if c.idle() != 0 {
+                return !std::ptr::eq(*c.data.cast::<*const ngx_connection_t>(), c);
+            }
+            let r = c.data.cast::<ngx_http_request_t>();
+            if (*r).signature != NGX_HTTP_MODULE || !std::ptr::eq((*r).connection, c) {
+                return false;
+            }
+            // The active request may be a subrequest: the connection's fate is the main one's.
+            let main = (*r).main;
+            // HTTP/3 requests have keepalive set too: their connection is QUIC's.
+            (*main).http_version <= NGX_HTTP_VERSION_11 as usize
+                && (*main).keepalive() != 0
+                && (*main).header_sent() != 0
+                && (*main).headers_out.status != NGX_HTTP_SWITCHING_PROTOCOLS as usize
+        })
+    }
+}
+
+type HeaderFilter = unsafe extern "C" fn(*mut ngx_http_request_t) -> ngx_int_t;
+
+/// The header filter below [`header_filter`].
+static NEXT_HEADER_FILTER: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Puts [`header_filter`] on top of nginx's response header filters.
+///
+/// # Safety
+/// In `postconfiguration`, after nginx's core module has set up the chain.
+pub(crate) unsafe fn install_header_filter() {
+    // SAFETY: per the function contract: configuration time, one thread.
+    unsafe {
+        let next = nginx_sys::ngx_http_top_header_filter;
+        NEXT_HEADER_FILTER.store(next.map_or(std::ptr::null_mut(), |f| f as *mut ()), Relaxed);
+        nginx_sys::ngx_http_top_header_filter = Some(header_filter);
+    }
+}
+
+/// While the worker drains, a response's head says its connection closes, and nginx closes it
+/// after the response, whichever location answers.
+unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
+    guard("the response header filter", NGX_ERROR as ngx_int_t, || {
+        let next = NEXT_HEADER_FILTER.load(Relaxed);
+        if next.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        // SAFETY: `next` was stored from a `HeaderFilter` (a function pointer round-trips
+        // through `*mut ()`); nginx passes the live request on the event loop.
+        unsafe {
+            if ending() && r == (*r).main {
+                (*r).set_keepalive(0);
+            }
+            let next: HeaderFilter = std::mem::transmute(next);
+            next(r)
+        }
+    })
+}
