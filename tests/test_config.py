@@ -89,6 +89,16 @@ def test_a_bad_umask_is_refused(nginx_factory, value):
     assert '"wsgi_umask" directive is duplicate' in result.stderr
 
 
+@pytest.mark.parametrize("value", ["0", "0k"])
+def test_a_stream_buffer_of_nothing_is_refused(nginx_factory, value):
+    # With no room, every streamed response, ASGI send() and unbuffered read would wait for ever.
+    _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py", f"wsgi_stream_buffer {value};"))
+    assert result.returncode != 0
+    assert '"wsgi_stream_buffer" directive must be at least 1 in ' in result.stderr, result.stderr
+    _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py", "wsgi_stream_buffer 1;"))
+    assert result.returncode == 0, result.stderr
+
+
 def test_python_home_of_another_version_is_refused(nginx_factory, tmp_path):
     (tmp_path / "pyvenv.cfg").write_text("home = /usr/bin\nversion = 3.99.1\n")
     server, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), home=False,

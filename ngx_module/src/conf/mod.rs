@@ -308,7 +308,7 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 29] = [
     directive(
         ngx::ngx_string!("wsgi_stream_buffer"),
         ANY_LEVEL | NGX_CONF_TAKE1,
-        nginx_sys::ngx_conf_set_size_slot,
+        streaming::set_stream_buffer,
         NGX_HTTP_LOC_CONF_OFFSET,
         offset_of!(LocConf, streaming.stream_buffer),
     ),
