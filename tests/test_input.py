@@ -165,6 +165,37 @@ def test_an_answer_before_an_unbuffered_body_is_in_never_promises_a_kept_connect
     assert data.count(b"HTTP/1.1 200") == 2 and data.count(b"ignored") == 2, data
 
 
+@pytest.mark.parametrize("answer", ["500", "503", "503 from error_page"])
+def test_an_error_before_an_unbuffered_body_is_in_never_promises_a_kept_connection(nginx_factory, answer):
+    # nginx's own error answers (the app's exception, a full queue) while the body still arrives:
+    # nginx closes the connection after them, as after the app's own early answer.
+    unbuffered = "wsgi_request_buffering off; client_max_body_size 1m;"
+    server = nginx_factory(location("= /raises", f"{APPS}/misbehaving.py:raises", unbuffered)
+                           + location("/", APPS / "sleepy.py", unbuffered)
+                           + "  location = /busy { return 503 busy; }\n"
+                           + "  location = /metrics { wsgi_status; }\n",
+                           http_extra="wsgi_max_threads 1; wsgi_max_queue 1;"
+                           + (" error_page 503 /busy;" if answer == "503 from error_page" else "")).start()
+    path = "/raises" if answer == "500" else "/upload"
+    if answer != "500":
+        # The only thread sleeps 2 s; a second request fills the queue.
+        held = []
+        for gauge in ("wsgi_pool_threads_busy 1", "wsgi_requests_queued 1"):
+            held.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+            held[-1].sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            wait_for(lambda: gauge in requests.get(server.url("/metrics"), timeout=10).text.splitlines(),
+                     what=gauge)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n".encode() + b"y" * 10)
+        head = recv_until(s, b"\r\n\r\n").partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 " + answer[:3].encode()), head
+    assert b"connection: close" in head, head
+    if answer != "500":
+        for s in held:
+            assert recv_until(s, b"/slow").startswith(b"HTTP/1.1 200")
+            s.close()
+
+
 def test_64_mib_upload_spills_to_disk_and_keeps_worker_memory_bounded(server):
     size = 64 * 1024 * 1024
     block = os.urandom(1024 * 1024)

@@ -4,14 +4,14 @@
 //! the quit of a reload), a worker drains: it serves on, every response closes its connection
 //! (a header filter, for every location: the module's and nginx's own), until no connection
 //! waits idle and none has a response under way whose head promised keep-alive, or for
-//! [`DRAIN_MS`] at most; then it quits as nginx's quit does. Event-loop thread only.
+//! [`DRAIN_MS`] at most; then it quits as nginx's quit does. (The header filter is
+//! `header_filter.rs`.) Event-loop thread only.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
 use nginx_sys::{
     ngx_connection_t, ngx_current_msec, ngx_cycle, ngx_event_t, ngx_exiting, ngx_http_request_t,
-    ngx_int_t, ngx_msec_t, ngx_quit, NGX_ERROR, NGX_HTTP_MODULE, NGX_HTTP_SWITCHING_PROTOCOLS,
-    NGX_HTTP_VERSION_11,
+    ngx_msec_t, ngx_quit, NGX_HTTP_MODULE, NGX_HTTP_SWITCHING_PROTOCOLS, NGX_HTTP_VERSION_11,
 };
 
 use crate::ffi::guard;
@@ -155,42 +155,4 @@ unsafe fn keep_alive_connections() -> bool {
                 && (*main).headers_out.status != NGX_HTTP_SWITCHING_PROTOCOLS as usize
         })
     }
-}
-
-type HeaderFilter = unsafe extern "C" fn(*mut ngx_http_request_t) -> ngx_int_t;
-
-/// The header filter below [`header_filter`].
-static NEXT_HEADER_FILTER: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
-
-/// Puts [`header_filter`] on top of nginx's response header filters.
-///
-/// # Safety
-/// In `postconfiguration`, after nginx's core module has set up the chain.
-pub(crate) unsafe fn install_header_filter() {
-    // SAFETY: per the function contract: configuration time, one thread.
-    unsafe {
-        let next = nginx_sys::ngx_http_top_header_filter;
-        NEXT_HEADER_FILTER.store(next.map_or(std::ptr::null_mut(), |f| f as *mut ()), Relaxed);
-        nginx_sys::ngx_http_top_header_filter = Some(header_filter);
-    }
-}
-
-/// While the worker drains, a response's head says its connection closes, and nginx closes it
-/// after the response, whichever location answers.
-unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
-    guard("the response header filter", NGX_ERROR as ngx_int_t, || {
-        let next = NEXT_HEADER_FILTER.load(Relaxed);
-        if next.is_null() {
-            return NGX_ERROR as ngx_int_t;
-        }
-        // SAFETY: `next` was stored from a `HeaderFilter` (a function pointer round-trips
-        // through `*mut ()`); nginx passes the live request on the event loop.
-        unsafe {
-            if ending() && r == (*r).main {
-                (*r).set_keepalive(0);
-            }
-            let next: HeaderFilter = std::mem::transmute(next);
-            next(r)
-        }
-    })
 }

@@ -29,6 +29,7 @@ mod fork_child;
 #[cfg(ngx_feature = "http_v2")]
 mod h2_reset;
 mod handler;
+mod header_filter;
 mod heap_trim;
 mod inflight;
 mod job;
@@ -74,7 +75,7 @@ impl HttpModule for WsgiModule {
             // SAFETY: postconfiguration, after the core module's set up the body filters.
             unsafe { exec_child::mark_body_temp_files() };
             // SAFETY: postconfiguration, after the core module set up the header filters.
-            unsafe { exit_drain::install_header_filter() };
+            unsafe { header_filter::install() };
             // SAFETY: nginx passes the live configuration at the end of the http block.
             let ok = unsafe {
                 let mc = WsgiModule::main_conf(&*cf).expect("wsgi main configuration");

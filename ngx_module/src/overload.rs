@@ -46,6 +46,15 @@ pub(crate) unsafe fn refuse(
             event_loop.log_where_stalled(std::time::Duration::from_millis(queue_timeout as u64));
         }
     }
+    // SAFETY: per the function contract.
+    unsafe {
+        // A body still arriving (wsgi_request_buffering off) makes nginx close the connection
+        // after the 503: its head must not promise keep-alive, also when `error_page 503`
+        // answers from another location (the header filter only knows the app's).
+        if (*r).reading_body() != 0 {
+            (*(*r).main).set_keepalive(0);
+        }
+    }
     let seconds = queue_timeout.div_ceil(1000).max(1).to_string();
     // SAFETY: per the function contract; nginx keeps the app-less headers of a special response.
     unsafe {

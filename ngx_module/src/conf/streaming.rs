@@ -98,6 +98,30 @@ pub(crate) unsafe extern "C" fn set_thread_pool(
     })
 }
 
+/// `wsgi_stream_buffer SIZE`: nginx's size syntax, at least one byte (with none, every
+/// response's first piece, every ASGI `send()` and every read of an unbuffered body would wait
+/// for room that never comes).
+pub(crate) unsafe extern "C" fn set_stream_buffer(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard("wsgi_stream_buffer", NGX_CONF_ERROR, || {
+        // SAFETY: nginx's own parser for the slot this directive names (`cmd`'s offset into
+        // this module's location configuration, `conf`).
+        let rv = unsafe { nginx_sys::ngx_conf_set_size_slot(cf, cmd, conf) };
+        if !rv.is_null() {
+            return rv;
+        }
+        // SAFETY: `conf` is this module's location configuration.
+        let lc = unsafe { &*(conf as *const LocConf) };
+        if lc.streaming.stream_buffer == 0 {
+            return c"must be at least 1".as_ptr().cast_mut();
+        }
+        NGX_CONF_OK
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,28 +158,4 @@ mod tests {
         own.merge(&parent);
         assert_eq!((own.stream_buffer, own.request_buffering), (1, 1));
     }
-}
-
-/// `wsgi_stream_buffer SIZE`: nginx's size syntax, at least one byte (with none, every
-/// response's first piece, every ASGI `send()` and every read of an unbuffered body would wait
-/// for room that never comes).
-pub(crate) unsafe extern "C" fn set_stream_buffer(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    guard("wsgi_stream_buffer", NGX_CONF_ERROR, || {
-        // SAFETY: nginx's own parser for the slot this directive names (`cmd`'s offset into
-        // this module's location configuration, `conf`).
-        let rv = unsafe { nginx_sys::ngx_conf_set_size_slot(cf, cmd, conf) };
-        if !rv.is_null() {
-            return rv;
-        }
-        // SAFETY: `conf` is this module's location configuration.
-        let lc = unsafe { &*(conf as *const LocConf) };
-        if lc.streaming.stream_buffer == 0 {
-            return c"must be at least 1".as_ptr().cast_mut();
-        }
-        NGX_CONF_OK
-    })
 }
