@@ -402,7 +402,11 @@ unsafe fn finish(
                 .as_mut()
                 .and_then(|f| f.as_mut())
                 .filter(|_| !streamed.head_sent && !upgraded);
-            let gone = end == HttpEnd::ClientGone;
+            // A connection that ended before the response began ends the request as a 499,
+            // whatever the app's own end (its last send() queued as the client left), as WSGI
+            // counts it.
+            let gone = end == HttpEnd::ClientGone
+                || (!upgraded && (*c).error() != 0 && !streamed.head_sent);
             let status = match (end, &whole) {
                 _ if gone => 499,
                 (HttpEnd::Failed, _) => 500,
