@@ -48,13 +48,21 @@ pub fn started() {
     STARTING.fetch_sub(1, SeqCst);
 }
 
-/// A start's turn, from Python: taken without the GIL (the wait may last an accept), given
-/// back when dropped, however the start ends.
+/// A start's turn, from Python, given back when dropped, however the start ends.
 pub struct Turn(());
 
 impl Turn {
+    /// An accept under way is waited for without the GIL and before the start counts: counted
+    /// while its thread waited to get the GIL back (5 ms at a time under contention), the
+    /// start would hold the worker's accepts back for that wait too. Counted with the GIL
+    /// held, it waits at most for an accept that began since, which never needs the GIL.
     pub fn take(py: pyo3::Python<'_>) -> Turn {
-        py.detach(starting);
+        py.detach(|| {
+            while ACCEPTING.load(SeqCst) {
+                std::thread::yield_now();
+            }
+        });
+        starting();
         Turn(())
     }
 }
