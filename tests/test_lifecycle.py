@@ -276,7 +276,8 @@ def test_a_reload_answers_the_next_request_of_a_connection_kept_alive_at_the_rel
     # of each is answered, whichever location it asks, and closes it.
     server = nginx_factory(location("/wsgi/", APPS / "sleepy.py")
                            + asgi_location("/asgi/", APPS / "asgi_app.py")
-                           + '  location /static { return 200 "static"; }\n',
+                           + '  location /static { return 200 "static"; }\n'
+                           + "  location = /pid { return 200 $pid; }\n",
                            http_extra="wsgi_reload_handover on;" if handover else "").start()
     old = server.worker_pids()
     paths = {"/wsgi/first": b"/first", "/asgi/stream?3": b"0\n1\n2\n", "/static": b"static"}
@@ -289,6 +290,8 @@ def test_a_reload_answers_the_next_request_of_a_connection_kept_alive_at_the_rel
         assert r.getheader("Connection") in (None, "keep-alive"), r.getheaders()
     server.send_signal(signal.SIGHUP)
     wait_for(lambda: "told to quit by a reload" in server.error_log(), what="the old worker's drain")
+    # The draining worker accepts nothing more: a new connection is the new workers'.
+    assert int(requests.get(server.url("/pid"), timeout=10).text) not in old
     for path, body in paths.items():
         kept[path].request("GET", path)
         r = kept[path].getresponse()

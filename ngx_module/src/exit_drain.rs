@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
 use nginx_sys::{
     ngx_connection_t, ngx_current_msec, ngx_cycle, ngx_event_t, ngx_exiting, ngx_http_request_t,
-    ngx_msec_t, ngx_quit, NGX_HTTP_MODULE, NGX_HTTP_SWITCHING_PROTOCOLS, NGX_HTTP_VERSION_11,
+    ngx_listening_t, ngx_msec_t, ngx_quit, NGX_HTTP_MODULE, NGX_HTTP_SWITCHING_PROTOCOLS,
+    NGX_HTTP_VERSION_11,
 };
 
 use crate::ffi::guard;
@@ -38,24 +39,25 @@ pub(crate) enum Accepting {
     Stop,
 }
 
-/// Begins the drain, then the exit; false when a drain is under way already.
+/// Begins the drain, then the exit. A drain under way already goes on (a reload's quit during
+/// a recycling's drain stops its accepting).
 ///
 /// # Safety
 /// Event-loop thread.
-pub(crate) unsafe fn begin(accepting: Accepting) -> bool {
-    if DRAINING.swap(true, Relaxed) {
-        return false;
-    }
+pub(crate) unsafe fn begin(accepting: Accepting) {
+    let under_way = DRAINING.swap(true, Relaxed);
     // SAFETY: per the function contract: nginx's clock and cycle, read on the event loop.
     unsafe {
-        DRAIN_STARTED.store(ngx_current_msec, Relaxed);
         if accepting == Accepting::Stop {
-            // nginx's quit calls it again, and finds nothing left to close.
-            nginx_sys::ngx_close_listening_sockets(ngx_cycle);
+            stop_accepting();
         }
+        if under_way {
+            return;
+        }
+        DRAIN_STARTED.store(ngx_current_msec, Relaxed);
         if !keep_alive_connections() {
             quit();
-            return true;
+            return;
         }
         // Cancelable: it does not hold an exit that nginx begins meanwhile.
         crate::ffi::timer::keep_armed(
@@ -65,7 +67,37 @@ pub(crate) unsafe fn begin(accepting: Accepting) -> bool {
             DRAIN_CHECK_MS,
         );
     }
-    true
+}
+
+/// Closes the worker's listening sockets, as nginx's quit does (which calls it again, and finds
+/// nothing left to close), first taking their read events out of the timers and the posted
+/// events: a closed socket's connection is free for the next client, and a timer left on its
+/// event (nginx's, to take the sockets back after running out of descriptors, or the turn
+/// `exec_child` waits for) would fire on that client's.
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn stop_accepting() {
+    // SAFETY: per the function contract; the cycle's listening array has `nelts` entries, each
+    // with the worker's connection of it or none.
+    unsafe {
+        let cycle = ngx_cycle;
+        let listening = (*cycle).listening.elts as *mut ngx_listening_t;
+        for i in 0..(*cycle).listening.nelts {
+            let c = (*listening.add(i)).connection;
+            if c.is_null() || (*c).read.is_null() {
+                continue;
+            }
+            let rev = (*c).read;
+            if (*rev).timer_set() != 0 {
+                nginx_sys::ngx_del_timer(rev);
+            }
+            if (*rev).posted() != 0 {
+                nginx_sys::ngx_delete_posted_event(rev);
+            }
+        }
+        nginx_sys::ngx_close_listening_sockets(cycle);
+    }
 }
 
 /// Whether a response now closes its connection: the worker drains or exits. (Once nginx's
@@ -136,7 +168,11 @@ unsafe fn keep_alive_connections() -> bool {
         let cycle = ngx_cycle;
         let connections = std::slice::from_raw_parts((*cycle).connections, (*cycle).connection_n);
         connections.iter().any(|c| {
+            // A QUIC connection is marked idle for its whole life; nginx's exit closes it.
             if c.fd == -1 || c.listening.is_null() || c.data.is_null() {
+                return false;
+            }
+            if (*c.listening).type_ != libc::SOCK_STREAM {
                 return false;
             }
             if c.idle() != 0 {
@@ -153,6 +189,14 @@ unsafe fn keep_alive_connections() -> bool {
                 && (*main).keepalive() != 0
                 && (*main).header_sent() != 0
                 && (*main).headers_out.status != NGX_HTTP_SWITCHING_PROTOCOLS as usize
+                && !is_event_stream(&*main)
         })
     }
+}
+
+/// An event stream has no end of its own to wait for: the worker's exit ends it, cleanly
+/// (`wsgi_event_stream_grace`), and its client reconnects.
+fn is_event_stream(r: &ngx_http_request_t) -> bool {
+    let ct = crate::ffi::ngx_bytes(&r.headers_out.content_type);
+    ct.len() >= 17 && ct[..17].eq_ignore_ascii_case(b"text/event-stream")
 }

@@ -265,24 +265,17 @@ unsafe extern "C" fn check(ev: *mut ngx_event_t) {
 /// once.
 fn drain_then_quit() {
     QUITTING.store(true, Ordering::Release);
+    crate::ffi::log::cycle_log(
+        NGX_LOG_NOTICE as usize,
+        &format!(
+            "wsgi: told to quit by a reload: this worker stops accepting and serves the next \
+             request of each keep-alive connection, which closes it, for {} ms at most; then it \
+             quits",
+            crate::exit_drain::DRAIN_MS
+        ),
+    );
     // SAFETY: on the event loop (the channel's or the wait's handler).
-    if unsafe { crate::exit_drain::begin(crate::exit_drain::Accepting::Stop) } {
-        // SAFETY: nginx's own flag, read on the event loop.
-        if unsafe { nginx_sys::ngx_quit } == 0 {
-            crate::ffi::log::cycle_log(
-                NGX_LOG_NOTICE as usize,
-                &format!(
-                    "wsgi: told to quit by a reload: this worker stops accepting and serves the \
-                     next request of each keep-alive connection, which closes it, for {} ms at \
-                     most; then it quits",
-                    crate::exit_drain::DRAIN_MS
-                ),
-            );
-        }
-    } else {
-        // A recycling's drain, under way: the reload's quit ends it.
-        crate::exit_drain::quit();
-    }
+    unsafe { crate::exit_drain::begin(crate::exit_drain::Accepting::Stop) };
 }
 
 /// Whether the master has taken a newer configuration than this worker's (a reload: a quit
