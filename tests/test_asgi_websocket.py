@@ -177,7 +177,8 @@ def test_a_handshake_with_a_body_gets_400(server, prefix, framing, body):
     # After a 101 the body would be read as the client's frames.
     head, _ = handshake_answer(server, [b"Sec-WebSocket-Version: 13", KEY, framing], body, prefix)
     assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n"), head
-    wait_for(lambda: "a WebSocket handshake with a body" in server.error_log(), what="the reason in the error log")
+    wait_for(lambda: "client sent a WebSocket handshake with a body," in server.error_log(),
+             what="the reason in the error log")
 
 
 def test_a_subprotocol_the_client_did_not_offer_is_the_apps_error(server):

@@ -99,6 +99,15 @@ def test_a_stream_buffer_of_nothing_is_refused(nginx_factory, value):
     assert result.returncode == 0, result.stderr
 
 
+def test_a_queue_timeout_of_nothing_is_refused(nginx_factory):
+    # Every request that found the threads busy would be refused at once.
+    _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), http_extra="wsgi_queue_timeout 0;")
+    assert result.returncode != 0
+    assert '"wsgi_queue_timeout" directive must be more than 0 in ' in result.stderr, result.stderr
+    _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), http_extra="wsgi_queue_timeout 1ms;")
+    assert result.returncode == 0, result.stderr
+
+
 def test_python_home_of_another_version_is_refused(nginx_factory, tmp_path):
     (tmp_path / "pyvenv.cfg").write_text("home = /usr/bin\nversion = 3.99.1\n")
     server, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), home=False,

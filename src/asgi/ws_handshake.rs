@@ -37,7 +37,7 @@ pub fn handshake(scope: &HttpScope) -> Handshake {
         .headers()
         .any(|(n, v)| n == b"transfer-encoding" || n == b"content-length" && v.trim_ascii() != b"0")
     {
-        return Handshake::Malformed("a WebSocket handshake with a body");
+        return Handshake::Malformed("a body");
     }
     let versions = values(scope, b"sec-websocket-version");
     if versions.len() > 1 {
@@ -164,11 +164,8 @@ mod tests {
             ),
             (vec![V13, KEY, KEY], "more than one Sec-WebSocket-Key"),
             (vec![V13, V13, KEY], "more than one Sec-WebSocket-Version"),
-            (vec![V13, KEY, ("Content-Length", "5")], "with a body"),
-            (
-                vec![V13, KEY, ("Transfer-Encoding", "chunked")],
-                "with a body",
-            ),
+            (vec![V13, KEY, ("Content-Length", "5")], "a body"),
+            (vec![V13, KEY, ("Transfer-Encoding", "chunked")], "a body"),
         ] {
             match handshake(&scope("GET", "1.1", &with(&headers))) {
                 Handshake::Malformed(m) => assert!(m.contains(why), "{m} for {headers:?}"),

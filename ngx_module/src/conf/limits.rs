@@ -244,6 +244,29 @@ pub(crate) unsafe extern "C" fn set_max_requests(
     })
 }
 
+/// `wsgi_queue_timeout TIME`: nginx's time syntax, more than 0 (with 0 every request that
+/// finds the threads busy, or the event loop a turn behind, would be refused at once).
+pub(crate) unsafe extern "C" fn set_queue_timeout(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard("wsgi_queue_timeout", NGX_CONF_ERROR, || {
+        // SAFETY: nginx's own parser for the slot this directive names (`cmd`'s offset into
+        // this module's main configuration, `conf`).
+        let rv = unsafe { nginx_sys::ngx_conf_set_msec_slot(cf, cmd, conf) };
+        if !rv.is_null() {
+            return rv;
+        }
+        // SAFETY: `conf` is this module's main configuration.
+        let mc = unsafe { &*(conf as *const MainConf) };
+        if mc.limits.queue_timeout == 0 {
+            return c"must be more than 0".as_ptr().cast_mut();
+        }
+        NGX_CONF_OK
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

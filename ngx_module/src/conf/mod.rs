@@ -399,7 +399,7 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 29] = [
     directive(
         ngx::ngx_string!("wsgi_queue_timeout"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        nginx_sys::ngx_conf_set_msec_slot,
+        limits::set_queue_timeout,
         NGX_HTTP_MAIN_CONF_OFFSET,
         offset_of!(MainConf, limits.queue_timeout),
     ),
