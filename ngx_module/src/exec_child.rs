@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 
 use nginx_sys::{
     ngx_chain_t, ngx_connection_handler_pt, ngx_connection_t, ngx_cycle_t, ngx_event_handler_pt,
-    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_listening_t, NGX_ERROR,
+    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_listening_t, NGX_ERROR, NGX_OK,
 };
 
 /// Each listening socket's own handler of new connections, which the wrapper calls.
@@ -92,6 +92,8 @@ unsafe extern "C" fn accept_in_turn(ev: *mut ngx_event_t) {
                     // nginx's timer to take the sockets back after running out of descriptors
                     // (they are out of the event set meanwhile): it comes again.
                     nginx_sys::ngx_add_timer(ev, 1);
+                } else {
+                    pause(ev);
                 }
             }
             return;
@@ -106,6 +108,80 @@ unsafe extern "C" fn accept_in_turn(ev: *mut ngx_event_t) {
         let _turn = Turn;
         // SAFETY: nginx's own handler of this event, called as nginx would have called it.
         unsafe { accept(ev) };
+    })
+}
+
+/// `NGX_READ_EVENT` and `NGX_EXCLUSIVE_EVENT` of Linux builds (preprocessor macros bindgen
+/// cannot see).
+const READ_EVENT: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+const EXCLUSIVE_EVENT: u32 = libc::EPOLLEXCLUSIVE as u32;
+/// How soon a paused listening socket is watched again.
+const PAUSE_MS: nginx_sys::ngx_msec_t = 1;
+
+/// The listening sockets' read events taken out of the event set while a program starts
+/// (addresses; event loop only).
+static PAUSED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+static RESUME: crate::ffi::timer::WorkerTimer = crate::ffi::timer::WorkerTimer::new();
+
+/// A listening socket that stays readable while a program starts: nginx watches it
+/// level-triggered, so the event loop would go round at full speed until the start ends (a few
+/// ms for a `fork` of a large process, which the spinning core slows further). Out of the event
+/// set, it is watched again a millisecond later.
+///
+/// # Safety
+/// Event-loop thread; `ev` is a listening socket's read event.
+unsafe fn pause(ev: *mut ngx_event_t) {
+    // SAFETY: per the function contract; nginx's event module is set up in a worker.
+    unsafe {
+        let Some(del) = nginx_sys::ngx_event_actions.del else {
+            return;
+        };
+        if (*ev).active() == 0
+            || del(ev, READ_EVENT as _, nginx_sys::NGX_DISABLE_EVENT as _) != NGX_OK as ngx_int_t
+        {
+            return;
+        }
+        PAUSED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ev as usize);
+        crate::ffi::timer::keep_armed(RESUME.event(), Some(resume), std::ptr::null_mut(), PAUSE_MS);
+    }
+}
+
+/// The paused listening sockets are watched again, as nginx watches them (exclusively when it
+/// does), unless they are closed since (the worker's exit) or another worker holds the accept
+/// mutex (nginx puts them back when this one takes it).
+unsafe extern "C" fn resume(_ev: *mut ngx_event_t) {
+    crate::ffi::guard("accepting connections again", (), || {
+        let paused = std::mem::take(&mut *PAUSED.lock().unwrap_or_else(|e| e.into_inner()));
+        // SAFETY: on the event loop; the cycle's listening array has `nelts` entries (none once
+        // nginx closed them), and an event is added back only while it is still one of theirs.
+        unsafe {
+            if nginx_sys::ngx_use_accept_mutex != 0 && nginx_sys::ngx_accept_mutex_held == 0 {
+                return;
+            }
+            let Some(add) = nginx_sys::ngx_event_actions.add else {
+                return;
+            };
+            let flags = if nginx_sys::ngx_use_exclusive_accept != 0 {
+                EXCLUSIVE_EVENT
+            } else {
+                0
+            };
+            let cycle = nginx_sys::ngx_cycle;
+            let listening = (*cycle).listening.elts as *mut ngx_listening_t;
+            for ev in paused {
+                let still = (0..(*cycle).listening.nelts).any(|i| {
+                    let c = (*listening.add(i)).connection;
+                    !c.is_null() && (*c).fd != -1 && (*c).read as usize == ev
+                });
+                let ev = ev as *mut ngx_event_t;
+                if still && (*ev).active() == 0 {
+                    add(ev, READ_EVENT as _, flags as _);
+                }
+            }
+        }
     })
 }
 
