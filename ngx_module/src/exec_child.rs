@@ -19,6 +19,7 @@ use nginx_sys::{
     ngx_chain_t, ngx_connection_handler_pt, ngx_connection_t, ngx_cycle_t, ngx_event_handler_pt,
     ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_listening_t, NGX_ERROR, NGX_OK,
 };
+use ngx::core::{CoreModuleMainConf, NgxCoreModule};
 
 /// Each listening socket's own handler of new connections, which the wrapper calls.
 static HANDLERS: OnceLock<Vec<(usize, ngx_connection_handler_pt)>> = OnceLock::new();
@@ -126,16 +127,23 @@ static RESUME: crate::ffi::timer::WorkerTimer = crate::ffi::timer::WorkerTimer::
 /// A listening socket that stays readable while a program starts: nginx watches it
 /// level-triggered, so the event loop would go round at full speed until the start ends (a few
 /// ms for a `fork` of a large process, which the spinning core slows further). Out of the event
-/// set, it is watched again a millisecond later.
+/// set, it is watched again a millisecond later. (Not with `timer_resolution`, under which
+/// timers run only at its ticks: the socket would wait that long.)
 ///
 /// # Safety
 /// Event-loop thread; `ev` is a listening socket's read event.
 unsafe fn pause(ev: *mut ngx_event_t) {
-    // SAFETY: per the function contract; nginx's event module is set up in a worker.
+    // SAFETY: per the function contract; nginx's event module is set up in a worker, and its
+    // cycle is live.
     unsafe {
+        let ticks = NgxCoreModule::main_conf(&*nginx_sys::ngx_cycle)
+            .is_some_and(|ccf| ccf.timer_resolution != 0);
         let Some(del) = nginx_sys::ngx_event_actions.del else {
             return;
         };
+        if ticks {
+            return;
+        }
         if (*ev).active() == 0
             || del(ev, READ_EVENT as _, nginx_sys::NGX_DISABLE_EVENT as _) != NGX_OK as ngx_int_t
         {
@@ -149,37 +157,59 @@ unsafe fn pause(ev: *mut ngx_event_t) {
     }
 }
 
-/// The paused listening sockets are watched again, as nginx watches them (exclusively when it
-/// does), unless they are closed since (the worker's exit) or another worker holds the accept
-/// mutex (nginx puts them back when this one takes it).
+/// The paused listening sockets are watched again, as nginx's `ngx_event_process_init` watches
+/// them: a worker's own `reuseport` socket always; a shared one exclusively when nginx does so,
+/// and not while another worker holds the accept mutex (nginx puts it back when this one takes
+/// the mutex). Not those closed since (the worker's exit), and none while nginx holds them all
+/// back after running out of descriptors (its timer on one of them puts them all back).
 unsafe extern "C" fn resume(_ev: *mut ngx_event_t) {
     crate::ffi::guard("accepting connections again", (), || {
         let paused = std::mem::take(&mut *PAUSED.lock().unwrap_or_else(|e| e.into_inner()));
         // SAFETY: on the event loop; the cycle's listening array has `nelts` entries (none once
         // nginx closed them), and an event is added back only while it is still one of theirs.
         unsafe {
-            if nginx_sys::ngx_use_accept_mutex != 0 && nginx_sys::ngx_accept_mutex_held == 0 {
-                return;
-            }
             let Some(add) = nginx_sys::ngx_event_actions.add else {
                 return;
             };
-            let flags = if nginx_sys::ngx_use_exclusive_accept != 0 {
-                EXCLUSIVE_EVENT
-            } else {
-                0
-            };
             let cycle = nginx_sys::ngx_cycle;
-            let listening = (*cycle).listening.elts as *mut ngx_listening_t;
+            let listening = std::slice::from_raw_parts(
+                (*cycle).listening.elts as *const ngx_listening_t,
+                (*cycle).listening.nelts,
+            );
+            let read_event = |ls: &ngx_listening_t| {
+                let c = ls.connection;
+                (!c.is_null() && (*c).fd != -1).then(|| (*c).read)
+            };
+            let backing_off = listening
+                .iter()
+                .filter_map(read_event)
+                .any(|rev| (*rev).timer_set() != 0);
+            if backing_off {
+                return;
+            }
+            let mutex_elsewhere =
+                nginx_sys::ngx_use_accept_mutex != 0 && nginx_sys::ngx_accept_mutex_held == 0;
             for ev in paused {
-                let still = (0..(*cycle).listening.nelts).any(|i| {
-                    let c = (*listening.add(i)).connection;
-                    !c.is_null() && (*c).fd != -1 && (*c).read as usize == ev
-                });
+                let Some(ls) = listening
+                    .iter()
+                    .find(|ls| read_event(ls).is_some_and(|rev| rev as usize == ev))
+                else {
+                    continue;
+                };
                 let ev = ev as *mut ngx_event_t;
-                if still && (*ev).active() == 0 {
-                    add(ev, READ_EVENT as _, flags as _);
+                if (*ev).active() != 0 {
+                    continue;
                 }
+                let flags = if ls.reuseport() != 0 {
+                    0
+                } else if mutex_elsewhere {
+                    continue;
+                } else if nginx_sys::ngx_use_exclusive_accept != 0 {
+                    EXCLUSIVE_EVENT
+                } else {
+                    0
+                };
+                add(ev, READ_EVENT as _, flags as _);
             }
         }
     })

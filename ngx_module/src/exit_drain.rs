@@ -194,8 +194,9 @@ unsafe fn keep_alive_connections() -> bool {
     }
 }
 
-/// An event stream has no end of its own to wait for: the worker's exit ends it, cleanly
-/// (`wsgi_event_stream_grace`), and its client reconnects.
+/// An event stream has no end of its own to wait for: the worker's exit ends an app's, cleanly
+/// (`wsgi_event_stream_grace`), and its client reconnects (one nginx proxies ends with its
+/// upstream's, which no drain would wait for either).
 fn is_event_stream(r: &ngx_http_request_t) -> bool {
     let ct = crate::ffi::ngx_bytes(&r.headers_out.content_type);
     ct.len() >= 17 && ct[..17].eq_ignore_ascii_case(b"text/event-stream")
