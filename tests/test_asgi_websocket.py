@@ -101,6 +101,10 @@ def test_denials(server, path, status):
         # The app's receive() after its denial says the connection is over.
         wait_for(lambda: stats(server)["closed"].get(key) == ["websocket.disconnect", 1006],
                  what="websocket.disconnect after the denial")
+    if status == 403:
+        # An empty answer with its length, not a chunked empty body.
+        headers = {k.lower(): v for k, v in e.value.response.headers.raw_items()}
+        assert headers.get("content-length") == "0" and "transfer-encoding" not in headers, headers
     if status == 401:
         assert e.value.response.body == b"nope!\n"
     if status == 500:

@@ -360,10 +360,7 @@ impl WsExchange {
                 }
                 ("websocket.close", State::Connecting) => {
                     // Closed before the accept: the handshake is answered 403.
-                    let denial = PyDict::new(py);
-                    denial.set_item("status", 403)?;
-                    denial.set_item("headers", Vec::<(Vec<u8>, Vec<u8>)>::new())?;
-                    self.deny(py, &denial, "http.response.start")?;
+                    self.deny(py, forbidden(py)?.as_any(), "http.response.start")?;
                     let body = PyDict::new(py);
                     self.deny(py, &body, "http.response.body")?;
                     self.finished = true;
@@ -451,15 +448,10 @@ impl WsExchange {
                 State::Connecting | State::Denying => {
                     let denied = if error.is_none() && self.state != State::Denying {
                         // Returned without accepting: 403 (the spec's answer).
-                        PyDict::new(py)
-                            .set_item("status", 403)
-                            .map_err(drop)
-                            .and_then(|()| {
-                                let start = PyDict::new(py);
-                                start.set_item("status", 403).map_err(drop)?;
-                                self.deny(py, &start, "http.response.start").map_err(drop)?;
-                                self.deny(py, &PyDict::new(py), "http.response.body")
-                                    .map_err(drop)
+                        forbidden(py)
+                            .and_then(|start| self.deny(py, start.as_any(), "http.response.start"))
+                            .and_then(|_| {
+                                self.deny(py, PyDict::new(py).as_any(), "http.response.body")
                             })
                             .is_ok()
                     } else {
@@ -514,6 +506,15 @@ impl WsExchange {
             }
         })
     }
+}
+
+/// The start of the 403 that answers a handshake the app closed, or returned from, before
+/// accepting it: empty, with a length (not a chunked empty body), as other servers send it.
+fn forbidden(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let start = PyDict::new(py);
+    start.set_item("status", 403)?;
+    start.set_item("headers", vec![(b"content-length".to_vec(), b"0".to_vec())])?;
+    Ok(start)
 }
 
 #[cfg(test)]
