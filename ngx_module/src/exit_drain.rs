@@ -107,18 +107,6 @@ pub(crate) fn ending() -> bool {
     DRAINING.load(Relaxed) || unsafe { ngx_quit != 0 }
 }
 
-/// A request the worker takes while it drains (or exits) closes its connection, whatever the
-/// module answers (the app, or a 503 of a full queue).
-///
-/// # Safety
-/// Event-loop thread; `r` is live.
-pub(crate) unsafe fn close_if_ending(r: *mut ngx_http_request_t) {
-    if ending() {
-        // SAFETY: per the function contract.
-        unsafe { (*(*r).main).set_keepalive(0) };
-    }
-}
-
 /// Has the worker's cycle begin nginx's graceful exit after this event, as on SIGQUIT.
 pub(crate) fn quit() {
     // SAFETY: nginx's own flag, set on the event loop; the worker's cycle reads it after the

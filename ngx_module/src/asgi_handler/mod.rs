@@ -48,10 +48,7 @@ pub(crate) unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> n
         "the asgi content handler",
         NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
         // SAFETY: nginx passes a live request in its content phase.
-        || unsafe {
-            crate::exit_drain::close_if_ending(r);
-            crate::request_body::read_then(r, Some(body_ready))
-        },
+        || unsafe { crate::request_body::read_then(r, Some(body_ready)) },
     )
 }
 
