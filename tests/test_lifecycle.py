@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 
+import httpx
 import pytest
 import requests
 
@@ -297,6 +298,32 @@ def test_a_reload_answers_the_next_request_of_a_connection_kept_alive_at_the_rel
         r = kept[path].getresponse()
         assert (r.status, r.read(), r.getheader("Connection")) == (200, body, "close"), path
         kept[path].close()
+    wait_for(lambda: not set(old) & set(server.worker_pids()), 30, "the old worker's exit")
+    log = server.error_log()
+    assert "exited on signal" not in log and "[alert]" not in log, log[-3000:]
+
+
+def test_a_reloads_drain_sends_http2_clients_to_the_new_workers_at_once(nginx_factory):
+    # An idle HTTP/1 keep-alive connection holds the old worker's drain (up to 2 s). An HTTP/2
+    # client needs no drain: the GOAWAY nginx's exit sends it comes as the drain begins, so its
+    # next request is the new workers', under the new configuration, not the draining worker's.
+    server = nginx_factory(location("/wsgi/", APPS / "sleepy.py") + "  location = /pid { return 200 $pid; }\n",
+                           server_extra="http2 on;").start()
+    old = server.worker_pids()
+    kept = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    kept.request("GET", "/pid")
+    assert int(kept.getresponse().read()) in old
+    with httpx.Client(http1=False, http2=True, timeout=10) as h2:
+        first = h2.get(server.url("/pid"))
+        assert (first.http_version, int(first.text) in old) == ("HTTP/2", True)
+        server.send_signal(signal.SIGHUP)
+        wait_for(lambda: "told to quit by a reload" in server.error_log(), what="the old worker's drain")
+        again = h2.get(server.url("/pid"))
+        assert again.status_code == 200 and int(again.text) not in old, again.text
+    # The HTTP/1 connection is still the draining worker's, for one more request.
+    kept.request("GET", "/pid")
+    r = kept.getresponse()
+    assert (int(r.read()) in old, r.getheader("Connection")) == (True, "close")
     wait_for(lambda: not set(old) & set(server.worker_pids()), 30, "the old worker's exit")
     log = server.error_log()
     assert "exited on signal" not in log and "[alert]" not in log, log[-3000:]

@@ -50,6 +50,7 @@ pub(crate) unsafe fn begin(accepting: Accepting) {
     unsafe {
         if accepting == Accepting::Stop {
             stop_accepting();
+            send_http2_goaways();
         }
         if under_way {
             return;
@@ -100,6 +101,45 @@ unsafe fn stop_accepting() {
     }
 }
 
+/// Tells each HTTP/2 client to take its next requests elsewhere, as nginx's exit would once the
+/// drain ends: the GOAWAY names the last stream this worker serves, so a client knows which
+/// requests to send again, and the streams it opens next reach the newer workers and their
+/// configuration now, not after the drain. (An HTTP/1 client has no such signal, which is what
+/// the drain is for; a QUIC connection told so before nginx's exit began would close at once,
+/// with its requests in flight, so HTTP/3 waits for the exit.)
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn send_http2_goaways() {
+    // SAFETY: per the function contract; the cycle's connection array has `connection_n`
+    // entries for the process's life, a free one with fd -1. An idle connection's `data` is
+    // read as in `keep_alive_connections`. Marking an idle connection closing and calling its
+    // read handler is nginx's own ngx_close_idle_connections, which every idle connection's
+    // handler is written for; one that closes frees its entry, which the loop then skips.
+    unsafe {
+        let cycle = ngx_cycle;
+        let connections = (*cycle).connections;
+        for i in 0..(*cycle).connection_n {
+            let c = connections.add(i);
+            if (*c).fd == -1
+                || (*c).idle() == 0
+                || (*c).listening.is_null()
+                || (*c).data.is_null()
+                || (*(*c).listening).type_ != libc::SOCK_STREAM
+                || !std::ptr::eq(*(*c).data.cast::<*const ngx_connection_t>(), c)
+            {
+                continue;
+            }
+            let rev = (*c).read;
+            let Some(handler) = (*rev).handler else {
+                continue;
+            };
+            (*c).set_close(1);
+            handler(rev);
+        }
+    }
+}
+
 /// Whether a response now closes its connection: the worker drains or exits. (Once nginx's
 /// exit began, its header filter says so itself.)
 pub(crate) fn ending() -> bool {
@@ -138,8 +178,9 @@ unsafe extern "C" fn drain_check(ev: *mut ngx_event_t) {
 /// promised keep-alive (its head went out before the drain began: nginx's exit would close it
 /// right after that response, and the request its client sends next, at once, would be lost).
 /// The drain serves both their next request, which closes them. (HTTP/2 connections are
-/// marked idle for their whole life, and nginx's exit sends them a GOAWAY that tells their
-/// clients what to retry; cached upstream connections have no listening socket.)
+/// marked idle for their whole life, and a GOAWAY tells their clients what to retry: a reload's
+/// drain sends it as it begins, nginx's exit otherwise; cached upstream connections have no
+/// listening socket.)
 ///
 /// # Safety
 /// Event-loop thread.
