@@ -1,6 +1,8 @@
 """The Apache adapter's own directives and process life: configuration checked at `apache2 -t`
 (and start), one interpreter per child started in the child and finalised when it exits, a crashed
 child replaced by the parent. The WSGI semantics are the shared suite's (`[apache]` cases)."""
+import base64
+import hashlib
 import http.client
 import json
 import os
@@ -133,6 +135,29 @@ def test_module_name_from_python_path_in_a_location_and_a_virtual_host(apaches):
     assert e["SCRIPT_NAME"] == "/public", "and may override a CGI key"
     e = requests.get(server.url("/v/w"), headers={"Host": "test.local"}).json()
     assert (e["SCRIPT_NAME"], e["PATH_INFO"]) == ("", "/v/w"), "the other host serves its own app at its root"
+
+
+def test_the_user_an_auth_module_checked_is_remote_user(apaches):
+    # As Apache's CGI variables and mod_wsgi give it: Trac's login, Django's
+    # RemoteUserMiddleware and hgweb's push rely on it. A client's own Authorization header,
+    # where nothing checks it, names no user.
+    digest = base64.b64encode(hashlib.sha1(b"s3cret").digest()).decode()
+    mods = "".join(f"LoadModule {m}_module {APACHE_MODULES}/mod_{m}.so\n"
+                   for m in ("authn_core", "authn_file", "auth_basic", "authz_user"))
+    server = apaches([route("/", APPS / "environ_app.py")], server_extra=mods)
+    # In the server's own directory, which its children (nobody, when the tests run as root) read.
+    users = server.prefix / "users"
+    users.write_text(f"admin:{{SHA}}{digest}\n")
+    users.chmod(0o644)
+    server.conf.write_text(server.conf.read_text() + (
+        f'<Location /private/>\n AuthType Basic\n AuthName "p"\n AuthUserFile {users}\n'
+        f" Require valid-user\n</Location>\n"))
+    server.start()
+    assert requests.get(server.url("/private/x")).status_code == 401
+    e = requests.get(server.url("/private/x"), auth=("admin", "s3cret")).json()
+    assert (e["REMOTE_USER"], e["AUTH_TYPE"]) == ("admin", "Basic")
+    e = requests.get(server.url("/open"), auth=("admin", "s3cret")).json()
+    assert "REMOTE_USER" not in e and "AUTH_TYPE" not in e, e
 
 
 def marks(directory, kind):

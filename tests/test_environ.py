@@ -1,4 +1,6 @@
 """environ per PEP 3333 and SPEC.md, filled from the server's parsed request (nginx and Apache)."""
+import base64
+import hashlib
 import http.client
 import json
 import pathlib
@@ -189,6 +191,19 @@ def test_wsgi_param_with_variables_and_inheritance(params_server):
     assert "FROM_ARG" not in environ(params_server, "/own/x")
     e = environ(params_server, "/inherited/y")
     assert e["LEVEL"] == "server" and "APP_ENV" not in e
+
+
+def test_remote_user_is_the_user_auth_basic_checked_where_the_readme_gives_it(nginx_factory, tmp_path):
+    digest = base64.b64encode(hashlib.sha1(b"s3cret").digest()).decode()
+    (tmp_path / "users").write_text(f"admin:{{SHA}}{digest}\n")
+    server = nginx_factory(
+        location("/private/", APP, f'auth_basic "p"; auth_basic_user_file {tmp_path}/users; '
+                 "wsgi_param REMOTE_USER $remote_user;")
+        + location("/open/", APP)).start()
+    assert requests.get(server.url("/private/x"), auth=("admin", "wrong")).status_code == 401
+    assert requests.get(server.url("/private/x"), auth=("admin", "s3cret")).json()["REMOTE_USER"] == "admin"
+    # The module sets none itself: elsewhere the name would be whatever the client wrote.
+    assert "REMOTE_USER" not in requests.get(server.url("/open/x"), auth=("admin", "wrong")).json()
 
 
 @pytest.fixture(scope="module")

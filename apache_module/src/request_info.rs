@@ -99,6 +99,15 @@ pub(crate) unsafe fn collect(
         if let Some(len) = dechunked_len {
             b.body_length(len);
         }
+        // Set only once an authentication module has checked the user (Apache's core and
+        // mod_wsgi give them as CGI does): what Trac's login, Django's RemoteUserMiddleware and
+        // hgweb's push rely on.
+        if !(*r).user.is_null() {
+            b.param(b"REMOTE_USER", bytes((*r).user));
+            if !(*r).ap_auth_type.is_null() {
+                b.param(b"AUTH_TYPE", bytes((*r).ap_auth_type));
+            }
+        }
         // What SetEnv, SetEnvIf, RewriteRule [E=] and other modules set for this request: extra
         // environ entries (Apache's counterpart of nginx's wsgi_param, as mod_wsgi has it).
         // A subrequest (an SSI `include virtual`) starts with a copy of its parent's variables,
@@ -124,7 +133,7 @@ pub(crate) unsafe fn collect(
 
 /// The environ keys this module fills from the request itself.
 fn own_key(name: &[u8]) -> bool {
-    const OWN: [&[u8]; 12] = [
+    const OWN: [&[u8]; 14] = [
         b"REQUEST_METHOD",
         b"SCRIPT_NAME",
         b"PATH_INFO",
@@ -137,6 +146,8 @@ fn own_key(name: &[u8]) -> bool {
         b"REMOTE_PORT",
         b"CONTENT_TYPE",
         b"CONTENT_LENGTH",
+        b"REMOTE_USER",
+        b"AUTH_TYPE",
     ];
     name.starts_with(b"HTTP_") || OWN.contains(&name)
 }
