@@ -176,7 +176,11 @@ def test_targets_routed_by_uri_in_step_order(tmp_path, serve):
         },
     }
     result = from_unit(tmp_path, config, "--listen", f"*:8000=127.0.0.1:{port}")
-    assert result.returncode == 0, result.stderr
+    # An app's own field of the name would stay beside nginx's added one: named.
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "ngx-wsgi from-unit: not translated: routes/1/action/response_headers: X-Route: if the app")
+    assert result.stderr.count("not translated:") == 1, result.stderr
     server = serve(result.stdout, port)
 
     assert requests.get(server.url("/back/teapot?v=2")).status_code == 418
@@ -240,7 +244,12 @@ def test_failed_conditions_fall_through_to_later_steps_and_routes(tmp_path, serv
         "applications": {"site": site},
     }
     result = from_unit(tmp_path, config, "--listen", f"*:8000=127.0.0.1:{port}")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 2
+    named = sorted(line.split(": ")[2] for line in result.stderr.splitlines()
+                   if "not translated:" in line)
+    # A regex runs on one cookie's value in Unit: nginx's $cookie_session is the nearest.
+    assert named == ["routes/main/2/match/cookies/0/session",
+                     "routes/writes/1/action/response_headers"], result.stderr
     server = serve(result.stdout, port)
 
     json_type = {"Content-Type": "application/json"}
@@ -304,6 +313,111 @@ def test_share_with_a_fallback_and_hosts(tmp_path, serve):
     for host in ("admin.test", "x.admin.test", "ADMIN.test:80"):
         assert requests.get(server.url("/robots.txt"), headers={"Host": host}).status_code == 403
     assert requests.get(server.url("/robots.txt"), headers={"Host": "www.test"}).status_code == 200
+
+
+def raw_get(port, target, headers=()):
+    """A GET as written (the target unquoted, the Host given); the status and the response's
+    header fields as a list, repeated ones apart."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.putrequest("GET", target, skip_host=True, skip_accept_encoding=True)
+    for name, value in headers:
+        conn.putheader(name, value)
+    conn.endheaders()
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response.status, response.getheaders()
+
+
+def test_conditions_compare_as_unit_does(tmp_path, serve):
+    port = free_port()
+    config = {
+        "listeners": {"*:80": {"pass": "routes"}},
+        "routes": [
+            # Names, values and patterns decoded (`+` a space), names with case, and every
+            # occurrence of a repeated argument or cookie must match.
+            {"match": {"query": "%7Efuzzy word"}, "action": {"return": 200}},
+            {"match": {"arguments": {"word": "*%C3*"}}, "action": {"return": 201}},
+            {"match": {"arguments": {"mode": "strict", "access": "!full"}}, "action": {"return": 202}},
+            {"match": {"cookies": {"sid": "AB*"}}, "action": {"return": 203}},
+            # A header's wildcard without case, its regex with it; a method's pattern upper-cased.
+            {"match": {"headers": {"User-Agent": "~^curl"}}, "action": {"return": 204}},
+            {"match": {"headers": {"X-Mode": "yes"}, "method": "get"}, "action": {"return": 205}},
+            {"action": {"return": 299}},
+        ],
+    }
+    result = from_unit(tmp_path, config, "--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 0, result.stderr
+    server = serve(result.stdout, port)
+    host = [("Host", "t")]
+
+    def status(target, headers=()):
+        return raw_get(port, target, host + list(headers))[0]
+
+    assert status("/?~fuzzy+word") == 200
+    assert status("/?%7efuzzy%20word") == 200
+    assert status("/?~fuzzy+Word") == 299
+    assert status("/?word=x%c3y") == 201
+    assert status("/?wor%64=%C3") == 201
+    assert status("/?word=x%C3y&word=z") == 299
+    assert status("/?Word=%C3") == 299
+    assert status("/?mode=str%69ct&access") == 202
+    assert status("/?mode=strict&access=ful%6c") == 299
+    # A missing argument matches no pattern, not even a negation.
+    assert status("/?mode=strict") == 299
+    assert status("/", [("Cookie", "a=1; sid=ABC")]) == 203
+    assert status("/", [("Cookie", "sid=ABC; sid=x")]) == 299
+    assert status("/", [("Cookie", "SID=ABC")]) == 299
+    assert status("/", [("User-Agent", "curl/8")]) == 204
+    assert status("/", [("User-Agent", "Curl/8")]) == 299
+    assert status("/", [("X-Mode", "YES")]) == 205
+
+
+def test_responses_as_unit_writes_them(tmp_path, serve):
+    port = free_port()
+    (tmp_path / "www/dir").mkdir(parents=True)
+    (tmp_path / "www/a.css").write_text("a {}\n")
+    config = {
+        "listeners": {"*:80": {"pass": "routes"}},
+        "routes": [
+            {"match": {"host": ""}, "action": {"return": 210}},
+            {"match": {"host": "www.*.test"}, "action": {"return": 211}},
+            {"match": {"uri": "/old/*"}, "action": {"return": 301, "location": "/new/"}},
+            {"match": {"uri": "/uri"}, "action": {"return": 308, "location": "$uri/"}},
+            {"match": {"uri": "/srv"},
+             "action": {"return": 204, "response_headers": {"Server": "mine", "X-A": "1"}}},
+            {"action": {"share": f"{tmp_path}/www$uri",
+                        "response_headers": {"Content-Type": "text/x-forced",
+                                             "Cache-Control": "max-age=60"}}},
+        ],
+    }
+    result = from_unit(tmp_path, config, "--listen", f"127.0.0.1:{port}")
+    # Server cannot be set, in Unit as in nginx: named.
+    assert result.returncode == 2, result.stderr
+    assert "routes/4/action/response_headers/Server: Unit cannot set" in result.stderr
+    server = serve(result.stdout, port)
+    host = [("Host", "t")]
+
+    # HTTP/1.0 has no Host to send (nginx refuses HTTP/1.1 without one).
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 210 ")
+    assert raw_get(port, "/", [("Host", "WWW.shop.test")])[0] == 211
+    assert raw_get(port, "/", [("Host", "www.test")])[0] == 404
+    # Unit sends a `location` as written: nginx would make it absolute, with its own port.
+    status, fields = raw_get(port, "/old/x", host)
+    assert (status, dict(fields)["Location"]) == (301, "/new/")
+    assert dict(raw_get(port, "/uri", host)[1])["Location"] == "/uri/"
+    status, fields = raw_get(port, "/srv", host)
+    names = [name.lower() for name, _ in fields]
+    assert status == 204 and names.count("server") == 1 and ("X-A", "1") in fields
+    # A field nginx sets itself is replaced, as Unit updates it: one Content-Type.
+    status, fields = raw_get(port, "/a.css", host)
+    assert status == 200
+    assert [v for n, v in fields if n.lower() == "content-type"] == ["text/x-forced"]
+    assert [v for n, v in fields if n.lower() == "cache-control"] == ["max-age=60"]
 
 
 def test_environment_threads_and_limits(tmp_path, serve):
@@ -514,7 +628,7 @@ def test_what_is_not_translated_is_named(tmp_path, built):
             {"match": {"uri": "/files/*"},
              "action": {"share": "/srv/files$uri", "types": ["image/*"], "chroot": "/srv"}},
             {"match": {"uri": "/dyn/*"}, "action": {"pass": "applications/$host"}},
-            {"action": {"pass": "applications/app", "response_headers": {"Server": None}}},
+            {"action": {"pass": "applications/app", "response_headers": {"X-Powered-By": None}}},
         ],
         "applications": {
             "app": {"type": "python", "path": [str(tmp_path), str(UNIT / "targets")], "module": "reexport",
@@ -532,7 +646,7 @@ def test_what_is_not_translated_is_named(tmp_path, built):
         "routes/0/action/types": "nginx serves files of every type",
         "routes/0/action/chroot": "nginx has no equivalent",
         "routes/1/action/pass": "a destination chosen by variables",
-        "routes/2/action/response_headers/Server": "nginx cannot take a header out",
+        "routes/2/action/response_headers/X-Powered-By": "nginx cannot take a header out",
         "applications/app/isolation": "nginx's workers run in nginx's own namespaces",
         "applications/app/stdout": "an nginx worker's standard error goes to nginx's error log",
         "applications/app/processes/spare": "nginx runs a fixed number of worker processes",

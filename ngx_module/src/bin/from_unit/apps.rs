@@ -157,6 +157,15 @@ pub fn version_note(version: &str, embedded: Option<(u32, u32)>) -> Option<Strin
     }
 }
 
+/// A count Unit refuses below 1 (`processes`, its `max`, `threads`), where nginx's
+/// directives would fail too.
+fn from_one(at: &At<'_>) -> Read<u64> {
+    match at.count()? {
+        0 => Err(at.wrong("a whole number from 1 (Unit refuses 0)")),
+        n => Ok(n),
+    }
+}
+
 /// Reads `applications/NAME`.
 pub fn read(name: &str, at: At<'_>) -> Read<App> {
     let type_text = at.required("type")?.str()?;
@@ -227,7 +236,7 @@ pub fn read(name: &str, at: At<'_>) -> Read<App> {
                 serde_json::Value::Object(_) => {
                     for (k, v) in value.members()? {
                         match k {
-                            "max" => app.processes = Some(v.count()?),
+                            "max" => app.processes = Some(from_one(&v)?),
                             "spare" | "idle_timeout" => {
                                 v.count()?;
                                 untranslated(&mut app, &v, "nginx runs a fixed number of worker processes (worker_processes), each serving every application; it keeps no spare processes and stops none when idle");
@@ -238,9 +247,9 @@ pub fn read(name: &str, at: At<'_>) -> Read<App> {
                     // Unit's dynamic default: up to 1 process.
                     app.processes.get_or_insert(1);
                 }
-                _ => app.processes = Some(value.count()?),
+                _ => app.processes = Some(from_one(&value)?),
             },
-            "threads" => app.threads = Some(value.count()?),
+            "threads" => app.threads = Some(from_one(&value)?),
             "thread_stack_size" => {
                 value.count()?;
                 untranslated(&mut app, &value, "the module's threads have the system's default stack size");
@@ -248,8 +257,9 @@ pub fn read(name: &str, at: At<'_>) -> Read<App> {
             "limits" => {
                 for (k, v) in value.members()? {
                     match k {
-                        "timeout" => app.timeout = Some(v.count()?),
-                        "requests" => app.requests = Some(v.count()?),
+                        // 0, Unit's default for both, is no limit.
+                        "timeout" => app.timeout = Some(v.count()?).filter(|&n| n > 0),
+                        "requests" => app.requests = Some(v.count()?).filter(|&n| n > 0),
                         _ => untranslated(&mut app, &v, "an option unknown to this tool"),
                     }
                 }

@@ -3,6 +3,7 @@
 //! other condition becomes a test that nginx's `if` (or a `geo` variable for addresses)
 //! evaluates.
 
+use super::encoded;
 use super::json::{At, BadInput, Read};
 use super::out::Out;
 use super::pattern::{self, Pattern, PatternSet};
@@ -34,7 +35,9 @@ impl Match {
     /// lowercased, without the port, as Unit's `host` compares it.
     pub fn host_and_scheme_as_tests(&mut self, scheme_var: &str) -> Read<()> {
         if let Some(set) = self.host.take() {
-            self.tests.extend(regex_test("$host", &set, true)?);
+            // Unit lowercases its wildcard patterns, as nginx's $host is.
+            let set = recased(set, str::to_ascii_lowercase)?;
+            self.tests.extend(regex_test("$host", &set)?);
         }
         self.scheme_as_test(scheme_var)
     }
@@ -42,7 +45,7 @@ impl Match {
     /// `scheme` as a test of `var` (the scheme of a request, where no server block knows it).
     pub fn scheme_as_test(&mut self, var: &str) -> Read<()> {
         if let Some(set) = self.scheme.take() {
-            self.tests.extend(regex_test(var, &set, false)?);
+            self.tests.extend(regex_test(var, &set)?);
         }
         Ok(())
     }
@@ -80,32 +83,31 @@ fn quoted_regex(re: &str) -> Read<String> {
 }
 
 /// `$var ~ "re"` and its opposite; `None` when the patterns match every value.
-fn regex_test(var: &str, set: &PatternSet, caseless: bool) -> Read<Option<Test>> {
+fn regex_test(var: &str, set: &PatternSet) -> Read<Option<Test>> {
     let Some(re) = pattern::set_regex(set) else {
         return Ok(None);
     };
-    Ok(Some(test_of(var, &re, caseless)?))
+    Ok(Some(test_of(var, &re)?))
 }
 
-fn test_of(var: &str, re: &str, caseless: bool) -> Read<Test> {
+fn test_of(var: &str, re: &str) -> Read<Test> {
     let re = quoted_regex(re)?;
-    let star = if caseless { "*" } else { "" };
     Ok(Test {
-        when_met: format!("{var} ~{star} {re}"),
-        when_failed: format!("{var} !~{star} {re}"),
+        when_met: format!("{var} ~ {re}"),
+        when_failed: format!("{var} !~ {re}"),
         ..Test::default()
     })
 }
 
 /// The URI's patterns as a test (where no location's regex can say them).
 pub fn uri_test(set: &PatternSet) -> Read<Option<Test>> {
-    regex_test("$uri", set, false)
+    regex_test("$uri", set)
 }
 
 /// A named argument's, cookie's or header's test. Unit's patterns never match a field the
 /// request does not have, not even `*` or a negation; nginx's variable of a missing field is
 /// empty, so an empty value counts as a missing one (where the patterns would admit it).
-fn field_test(var: &str, set: &PatternSet, caseless: bool) -> Read<Test> {
+fn field_test(var: &str, set: &PatternSet) -> Read<Test> {
     let re = match pattern::set_regex(set) {
         Some(re) if !pattern::admits_empty(set) => re,
         Some(re) => match re.strip_prefix('^') {
@@ -114,7 +116,7 @@ fn field_test(var: &str, set: &PatternSet, caseless: bool) -> Read<Test> {
         },
         None => "^(?=.)".to_owned(),
     };
-    test_of(var, &re, caseless)
+    test_of(var, &re)
 }
 
 /// nginx's variable of a request header (`X-Real-IP` is `$http_x_real_ip`).
@@ -122,20 +124,110 @@ fn header_var(name: &str) -> String {
     format!("$http_{}", name.to_ascii_lowercase().replace('-', "_"))
 }
 
+/// Whether `$arg_NAME` or `$cookie_NAME` reads this name (nginx's variable names end at any
+/// other character).
 fn is_nginx_var_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Unit compares a header's values without case, but compiles its `~` regexes as written: the
+/// wildcard patterns alone are made caseless.
+fn caseless_wildcards(set: &PatternSet) -> PatternSet {
+    let caseless = |p: &Pattern| match p {
+        // Without letters (`*`), case is moot, and the plain form reads better.
+        Pattern::Wildcard { text, regex } if regex.contains(|c: char| c.is_ascii_alphabetic()) => {
+            Pattern::Wildcard {
+                text: text.clone(),
+                regex: format!("(?i:{regex})"),
+            }
+        }
+        p => p.clone(),
+    };
+    PatternSet {
+        positive: set.positive.iter().map(caseless).collect(),
+        negative: set.negative.iter().map(caseless).collect(),
+    }
+}
+
+/// The set with its wildcard patterns (not its `~` regexes, which Unit compiles as written) in
+/// the case `case` gives them.
+fn recased(mut set: PatternSet, case: fn(&str) -> String) -> Read<PatternSet> {
+    for p in set.positive.iter_mut().chain(set.negative.iter_mut()) {
+        if let Pattern::Wildcard { text, .. } = p {
+            *p = pattern::parse(&case(text), false).map_err(BadInput)?.1;
+        }
+    }
+    Ok(set)
+}
+
+/// `headers`' test of one header.
+fn header_test(name: &str, at: &At<'_>, http: &mut dyn HttpLevel) -> Read<Option<Test>> {
+    if name.is_empty()
+        || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        http.untranslated(
+            at.path(),
+            "a name nginx has no variable for; the step is written without it",
+        );
+        return Ok(None);
+    }
+    if name.contains('_') {
+        http.untranslated(at.path(), "nginx drops request headers whose name has \"_\" unless `underscores_in_headers on;` is in the server, and its $http_ variable reads a \"-\" in the name as well: add that directive, and know that a header spelt with \"-\" matches too");
+    }
+    let set = caseless_wildcards(&patterns(at, false)?);
+    Ok(Some(field_test(&header_var(name), &set)?))
+}
+
+/// `arguments`' test of one argument, over the whole query (see [`encoded`]).
+fn argument_test(name: &str, at: &At<'_>, http: &mut dyn HttpLevel) -> Read<Option<Test>> {
+    let set = patterns(at, true)?;
+    if let Some(re) = encoded::argument(name, &set) {
+        return Ok(Some(test_of("$args", &re)?));
+    }
+    first_occurrence_test(name, "$arg_", &set, at, http)
+}
+
+/// `cookies`' test of one cookie, over the whole Cookie header.
+fn cookie_test(name: &str, at: &At<'_>, http: &mut dyn HttpLevel) -> Read<Option<Test>> {
+    let set = patterns(at, false)?;
+    if let Some(re) = encoded::cookie(name, &set) {
+        return Ok(Some(test_of("$http_cookie", &re)?));
+    }
+    first_occurrence_test(name, "$cookie_", &set, at, http)
+}
+
+/// A `~` regex runs on one value in Unit, which a regex over the whole raw string cannot
+/// confine itself to: nginx's variable of the first occurrence is the nearest.
+fn first_occurrence_test(
+    name: &str,
+    prefix: &str,
+    set: &PatternSet,
+    at: &At<'_>,
+    http: &mut dyn HttpLevel,
+) -> Read<Option<Test>> {
+    if !is_nginx_var_name(name) {
+        http.untranslated(
+            at.path(),
+            "a name nginx has no variable for, with a ~regex; the step is written without it",
+        );
+        return Ok(None);
+    }
+    let decoded = if prefix == "$arg_" {
+        ", raw (Unit decodes %XX and +)"
+    } else {
+        ""
+    };
+    http.untranslated(at.path(), &format!("with a ~regex, nginx tests {prefix}{name}: the first occurrence only, its name in any case{decoded}, where Unit wants every occurrence of exactly this name to match"));
+    Ok(Some(field_test(&format!("{prefix}{name}"), set)?))
 }
 
 /// `arguments`, `cookies`, `headers`: one object (every name must match) becomes one test per
 /// name; an array of objects (one of them must match) one test whose prelude tries each object.
 fn named_tests(
     at: &At<'_>,
-    var: impl Fn(&str) -> String,
-    decode: bool,
-    caseless: bool,
+    test: fn(&str, &At<'_>, &mut dyn HttpLevel) -> Read<Option<Test>>,
     tests: &mut Vec<Test>,
     http: &mut dyn HttpLevel,
 ) -> Read<()> {
@@ -147,15 +239,7 @@ fn named_tests(
     for object in &objects {
         let mut all = Vec::new();
         for (name, patterns_at) in object.members()? {
-            if !is_nginx_var_name(name) {
-                http.untranslated(
-                    patterns_at.path(),
-                    "a name nginx has no variable for; the step is written without it",
-                );
-                continue;
-            }
-            let set = patterns(&patterns_at, decode)?;
-            all.push(field_test(&var(name), &set, caseless)?);
+            all.extend(test(name, &patterns_at, http)?);
         }
         if all.is_empty() {
             // An empty object: Unit's every request matches it, and so the whole condition.
@@ -196,33 +280,41 @@ fn named_tests(
 fn address_test(at: &At<'_>, var: &str, http: &mut dyn HttpLevel) -> Read<Option<Test>> {
     let mut entries = Vec::new();
     let mut any_positive = false;
+    let mut every = None;
     for (text, item) in at.strings()? {
         let (negated, body) = match text.strip_prefix('!') {
             Some(rest) => (true, rest),
             None => (false, text.as_str()),
         };
         if body == "*" || body == "*:*" {
-            any_positive |= !negated;
-            entries.push(("0.0.0.0/0".to_owned(), !negated));
-            entries.push(("::/0".to_owned(), !negated));
+            // geo's `default` is the whole address space already: a second entry for it is a
+            // duplicate network to nginx.
+            every = Some(!negated);
             continue;
         }
+        // `ADDR:*` is any port of ADDR, which is all geo knows of it.
+        let body = match body.strip_suffix(":*") {
+            Some(a) if a.contains('.') && !a.contains(':') => a,
+            Some(a) if a.starts_with('[') && a.ends_with(']') => &a[1..a.len() - 1],
+            _ => body,
+        };
         let plain = body
             .chars()
             .all(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '/'))
             && body.contains(['.', ':']);
         let with_port = body.starts_with('[') || (body.contains('.') && body.contains(':'));
         if !plain || with_port || body.contains('-') {
-            http.untranslated(item.path(), "address ranges, ports and \"unix\" have no equivalent in nginx's geo module; the step is written without this pattern");
+            http.untranslated(item.path(), "geo compares the address alone (no port, no \"unix\") and takes FROM-TO ranges only in a block whose every entry is one (IPv4 only); the step is written without this pattern");
             continue;
         }
         any_positive |= !negated;
         entries.push((body.to_owned(), !negated));
     }
-    if entries.is_empty() {
+    let default = every.unwrap_or(!any_positive);
+    if entries.is_empty() && default {
         return Ok(None);
     }
-    let name = http.geo(var, &entries, !any_positive);
+    let name = http.geo(var, &entries, default);
     Ok(Some(Test {
         when_met: format!("{name} = 1"),
         when_failed: format!("{name} = 0"),
@@ -253,30 +345,24 @@ pub fn read(at: Option<At<'_>>, http: &mut dyn HttpLevel) -> Read<Match> {
                 m.scheme = Some(set);
             }
             "method" => {
-                let set = patterns(&value, false)?;
-                m.tests.extend(regex_test("$request_method", &set, true)?);
+                // Unit upper-cases a method's wildcard patterns and compares them with case
+                // (nginx refuses a method in lower case anyway); a `~` regex is as written.
+                let set = recased(patterns(&value, false)?, str::to_ascii_uppercase)?;
+                m.tests.extend(regex_test("$request_method", &set)?);
             }
             "query" => {
                 let set = patterns(&value, true)?;
-                m.tests.extend(regex_test("$args", &set, false)?);
+                match encoded::query(&set) {
+                    Some(re) => m.tests.push(test_of("$args", &re)?),
+                    None => {
+                        http.untranslated(value.path(), "a ~regex runs on the decoded query in Unit (%XX and + decoded), on the raw one ($args) in nginx");
+                        m.tests.extend(regex_test("$args", &set)?);
+                    }
+                }
             }
-            "arguments" => named_tests(
-                &value,
-                |n| format!("$arg_{n}"),
-                true,
-                false,
-                &mut m.tests,
-                http,
-            )?,
-            "cookies" => named_tests(
-                &value,
-                |n| format!("$cookie_{n}"),
-                false,
-                false,
-                &mut m.tests,
-                http,
-            )?,
-            "headers" => named_tests(&value, header_var, false, true, &mut m.tests, http)?,
+            "arguments" => named_tests(&value, argument_test, &mut m.tests, http)?,
+            "cookies" => named_tests(&value, cookie_test, &mut m.tests, http)?,
+            "headers" => named_tests(&value, header_test, &mut m.tests, http)?,
             "source" => m.tests.extend(address_test(&value, "$remote_addr", http)?),
             "destination" => m.tests.extend(address_test(&value, "$server_addr", http)?),
             _ => http.untranslated(
@@ -328,22 +414,50 @@ mod tests {
 
     #[test]
     fn conditions_become_if_tests() {
-        let (m, _) = read_match(
-            r#"{"method": ["GET", "HEAD"], "headers": {"User-Agent": "curl*"}, "arguments": {"mode": "!strict"}}"#,
+        let (m, http) = read_match(
+            r#"{"method": ["GET", "head"], "headers": {"User-Agent": ["curl*", "~^Wget"]}, "arguments": {"mode": "~x"}}"#,
         );
         let met: Vec<_> = m.tests.iter().map(|t| t.when_met.as_str()).collect();
         assert_eq!(
             met,
             [
-                "$request_method ~* \"^(?:GET$|HEAD$)\"",
-                "$http_user_agent ~* \"^curl\"",
-                // A missing (or empty) argument matches no pattern, a negation neither.
-                "$arg_mode ~ \"^(?=.)(?!strict$)\""
+                // Unit upper-cases a method's patterns and compares with case.
+                "$request_method ~ \"^(?:GET$|HEAD$)\"",
+                // A header's wildcards compare without case, its regexes as written.
+                "$http_user_agent ~ \"^(?=.)(?:(?i:curl.*)$|.*?(?:^Wget))\"",
+                // A regex in `arguments`: the first occurrence, noted.
+                "$arg_mode ~ \"^(?=.).*?(?:x)\""
             ]
         );
         assert_eq!(
             m.tests[0].when_failed,
-            "$request_method !~* \"^(?:GET$|HEAD$)\""
+            "$request_method !~ \"^(?:GET$|HEAD$)\""
+        );
+        assert_eq!(http.notes, ["arguments/mode"]);
+    }
+
+    #[test]
+    fn arguments_query_and_cookies_are_read_from_the_whole_raw_string() {
+        let (m, http) = read_match(
+            r#"{"arguments": {"q": "a b"}, "query": "x=%7E", "cookies": {"sid": "A*"}}"#,
+        );
+        assert!(http.notes.is_empty());
+        let met: Vec<_> = m.tests.iter().map(|t| t.when_met.as_str()).collect();
+        assert_eq!(
+            met,
+            [
+                // `q` there at least once, and no `q` whose decoded value is other than "a b".
+                concat!(
+                    "$args ~ \"^(?=(?:.*&)?(?:q|%71)(?:=|&|$))",
+                    "(?!(?:.*&)?(?:q|%71)(?:=|(?=&|$))",
+                    "(?!(?:(?:a|%61)(?:\\+|%20)(?:b|%62))(?=&|$)))\""
+                ),
+                "$args ~ \"^(?:(?:x|%78)(?:\\=|%3[Dd])(?:\\~|%7[Ee]))$\"",
+                concat!(
+                    "$http_cookie ~ \"^(?=(?:.*;)? *sid=)",
+                    "(?!(?:.*;)? *sid=(?!(?:A[^;]*)(?<! ) *(?:;|$)))\""
+                ),
+            ]
         );
     }
 
@@ -357,6 +471,21 @@ mod tests {
             ["$remote_addr [(\"192.168.1.1\", false), (\"192.168.1.0/24\", true)] false"]
         );
         assert_eq!(http.notes, ["source/2"]);
+    }
+
+    #[test]
+    fn any_address_is_geos_default_and_any_port_is_the_address() {
+        let (m, http) =
+            read_match(r#"{"source": ["!127.0.0.0/8", "*"], "destination": "10.0.0.2:*"}"#);
+        assert_eq!(m.tests.len(), 2);
+        assert_eq!(
+            http.geos,
+            [
+                "$remote_addr [(\"127.0.0.0/8\", false)] true",
+                "$server_addr [(\"10.0.0.2\", true)] false"
+            ]
+        );
+        assert!(http.notes.is_empty());
     }
 
     #[test]
@@ -375,28 +504,27 @@ mod tests {
         assert!(http.notes.is_empty());
         assert_eq!(m.tests.len(), 2);
         let t = &m.tests[0];
+        let cookie = |name: &str, value: &str| {
+            format!(
+                "if ($http_cookie !~ \"^(?=(?:.*;)? *{name}=)(?!(?:.*;)? *{name}=(?!(?:{value})(?<! ) *(?:;|$)))\") {{\n"
+            )
+        };
         assert_eq!(
             t.prelude.text,
-            concat!(
-                "set $unit_any_1 \"\";\n",
-                "set $unit_all_2 1;\n",
-                "if ($cookie_a !~ \"^1$\") {\n",
-                "    set $unit_all_2 \"\";\n",
-                "}\n",
-                "if ($cookie_b !~ \"^2$\") {\n",
-                "    set $unit_all_2 \"\";\n",
-                "}\n",
-                "if ($unit_all_2) {\n",
-                "    set $unit_any_1 1;\n",
-                "}\n",
-                "set $unit_all_2 1;\n",
-                "if ($cookie_c !~ \"^3$\") {\n",
-                "    set $unit_all_2 \"\";\n",
-                "}\n",
-                "if ($unit_all_2) {\n",
-                "    set $unit_any_1 1;\n",
-                "}\n",
-            )
+            [
+                "set $unit_any_1 \"\";\n".to_owned(),
+                "set $unit_all_2 1;\n".to_owned(),
+                cookie("a", "1"),
+                "    set $unit_all_2 \"\";\n}\n".to_owned(),
+                cookie("b", "2"),
+                "    set $unit_all_2 \"\";\n}\n".to_owned(),
+                "if ($unit_all_2) {\n    set $unit_any_1 1;\n}\n".to_owned(),
+                "set $unit_all_2 1;\n".to_owned(),
+                cookie("c", "3"),
+                "    set $unit_all_2 \"\";\n}\n".to_owned(),
+                "if ($unit_all_2) {\n    set $unit_any_1 1;\n}\n".to_owned(),
+            ]
+            .concat()
         );
         assert_eq!(
             (t.when_met.as_str(), t.when_failed.as_str()),

@@ -8,6 +8,8 @@
 
 mod apps;
 mod conditions;
+mod encoded;
+mod headers;
 mod json;
 mod mime;
 mod out;
@@ -205,6 +207,24 @@ pub fn translate(
             .map(|(_, n)| n.as_str());
         unit.listener(name, *at, new, &mut shared, &mut servers)?;
     }
+    if let Some(routes) = config.get("routes") {
+        let named: Vec<(String, At<'_>)> = match routes.value {
+            serde_json::Value::Array(_) => vec![(String::new(), routes)],
+            _ => routes
+                .members()?
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        };
+        for (name, at) in named {
+            if !shared.used_routes.contains(&name) {
+                shared.notes.add(
+                    at.path(),
+                    "no listener passes requests to this route, nor a step of a route one does: it is not in the output",
+                );
+            }
+        }
+    }
     for app in &apps {
         if !shared.used_apps.contains(&app.name) {
             shared.notes.add(
@@ -295,9 +315,10 @@ fn python_settings(
 ) -> Read<()> {
     let tok = |v: &str| pattern::token(v).map_err(BadInput);
     // One value for all: the first application's, the others' noted when they differ.
-    fn first<T: PartialEq + std::fmt::Debug>(
+    fn first<T: PartialEq>(
         apps: &[&apps::App],
         get: impl Fn(&apps::App) -> Option<T>,
+        show: impl Fn(&T) -> String,
         option: &str,
         why: &str,
         notes: &mut Notes,
@@ -309,7 +330,11 @@ fn python_settings(
                 None => chosen = Some((v, &app.name)),
                 Some((c, name)) if *c != v => notes.add(
                     &format!("{}/{option}", app.at),
-                    &format!("{why}: {:?} of application {name:?} is used, not {v:?}", c),
+                    &format!(
+                        "{why}: {} of application {name:?} is used, not {}",
+                        show(c),
+                        show(&v)
+                    ),
                 ),
                 _ => {}
             }
@@ -319,6 +344,10 @@ fn python_settings(
     let user = first(
         apps,
         |a| a.user.clone().map(|u| (u, a.group.clone())),
+        |(u, g)| match g {
+            Some(g) => format!("user {u:?} with group {g:?}"),
+            None => format!("user {u:?} with its primary group"),
+        },
         "user",
         "every worker runs as nginx's one `user`",
         notes,
@@ -348,6 +377,7 @@ fn python_settings(
     if let Some(wd) = first(
         apps,
         |a| a.working_directory.clone(),
+        |v| format!("{v:?}"),
         "working_directory",
         "every worker has nginx's one `working_directory`",
         notes,
@@ -370,6 +400,7 @@ fn python_settings(
     if let Some(home) = first(
         apps,
         |a| a.home.clone(),
+        |v| format!("{v:?}"),
         "home",
         "one Python interpreter per worker, so one wsgi_python_home for every application",
         notes,
@@ -388,17 +419,23 @@ fn python_settings(
         let tokens: Vec<String> = paths.iter().map(|p| tok(p)).collect::<Read<_>>()?;
         http.line(&format!("wsgi_python_path {};", tokens.join(" ")));
     }
-    if let Some(threads) = apps.iter().filter_map(|a| a.threads).max() {
-        http.line(&format!("wsgi_max_threads {};", threads.max(1)));
-        for app in apps
-            .iter()
-            .filter(|a| a.threads.is_some() && a.protocol == apps::Protocol::Asgi)
-        {
-            notes.add(
-                &format!("{}/threads", app.at),
-                "ASGI apps run on one event loop per worker here, not one per thread",
-            );
-        }
+    // The pool's threads run WSGI requests only: an ASGI app's `threads` sets nothing here.
+    if let Some(threads) = apps
+        .iter()
+        .filter(|a| a.protocol == apps::Protocol::Wsgi)
+        .filter_map(|a| a.threads)
+        .max()
+    {
+        http.line(&format!("wsgi_max_threads {threads};"));
+    }
+    for app in apps
+        .iter()
+        .filter(|a| a.threads.is_some() && a.protocol == apps::Protocol::Asgi)
+    {
+        notes.add(
+            &format!("{}/threads", app.at),
+            "ASGI apps run on one event loop per worker here, not one per thread: wsgi_max_threads (the WSGI apps' threads) is not taken from it",
+        );
     }
     if let Some(requests) = apps.iter().filter_map(|a| a.requests).min() {
         http.line(&format!("wsgi_max_requests {requests};"));
@@ -495,11 +532,15 @@ fn settings(config: &At<'_>, http: &mut Out, notes: &mut Notes) -> Read<()> {
                                         continue;
                                     }
                                     for (mime, exts) in vv.members()? {
-                                        let exts: Vec<String> = exts
-                                            .strings()?
-                                            .into_iter()
-                                            .map(|(e, _)| e.trim_start_matches('.').to_owned())
-                                            .collect();
+                                        let mut names = Vec::new();
+                                        for (e, at) in exts.strings()? {
+                                            match e.strip_prefix('.') {
+                                                Some(ext) => names.push(ext.to_owned()),
+                                                // Unit matches such an entry with the whole file name.
+                                                None => notes.add(at.path(), "a whole file name (Unit's entries without a leading dot), where nginx's types map extensions only: left out; a location matching the name with its own types {} and default_type does it"),
+                                            }
+                                        }
+                                        let exts = names;
                                         for (_, list) in types.iter_mut() {
                                             list.retain(|e| !exts.contains(e));
                                         }

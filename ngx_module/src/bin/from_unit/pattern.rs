@@ -27,6 +27,9 @@ pub fn parse(text: &str, decode: bool) -> Result<(bool, Pattern), String> {
         None => (false, text),
     };
     if let Some(re) = body.strip_prefix('~') {
+        unbalanced(re).map_or(Ok(()), |what| {
+            Err(format!("{text:?}: a regex with {what}, which Unit refuses"))
+        })?;
         return Ok((negated, Pattern::Regex(re.to_owned())));
     }
     let bytes = body.as_bytes();
@@ -62,6 +65,44 @@ pub fn parse(text: &str, decode: bool) -> Result<(bool, Pattern), String> {
             regex,
         },
     ))
+}
+
+/// The commonest broken regex, caught here with its JSON path rather than by `nginx -t` with a
+/// line of the output: an unclosed group or class, or a stray `)`.
+fn unbalanced(re: &str) -> Option<&'static str> {
+    let mut depth = 0usize;
+    let mut chars = re.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '[' => {
+                // A `]` first in a class is a literal one.
+                if chars.peek() == Some(&'^') {
+                    chars.next();
+                }
+                if chars.peek() == Some(&']') {
+                    chars.next();
+                }
+                loop {
+                    match chars.next() {
+                        None => return Some("an unclosed ["),
+                        Some('\\') => {
+                            chars.next();
+                        }
+                        Some(']') => break,
+                        Some(_) => {}
+                    }
+                }
+            }
+            '(' => depth += 1,
+            ')' if depth == 0 => return Some("a ) that closes nothing"),
+            ')' => depth -= 1,
+            _ => {}
+        }
+    }
+    (depth > 0).then_some("an unclosed (")
 }
 
 fn escape_bytes(bytes: &[u8]) -> String {
@@ -157,6 +198,21 @@ pub fn wildcard_matches(pattern: &str, value: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// A host wildcard (lowercased) as a `server_name`: nginx's own wildcards have one `*`, first
+/// before a dot or last after one; any other form is a regex over the name (which nginx
+/// lowercases, as Unit compares it).
+pub fn server_name(host: &str) -> String {
+    let stars = host.matches('*').count();
+    if stars == 0 || (stars == 1 && (host.starts_with("*.") || host.ends_with(".*"))) {
+        return host.to_owned();
+    }
+    let parts: Vec<String> = host
+        .split('*')
+        .map(|p| escape_bytes(p.as_bytes()))
+        .collect();
+    format!("~^{}$", parts.join(".*"))
+}
+
 /// A value as one nginx configuration token: bare when nginx reads it back unchanged, else
 /// double-quoted. nginx turns `\"`, `\'`, `\\`, `\t`, `\r` and `\n` into one character in any
 /// token, so those backslashes are doubled; other ones (`\.`, `\d`) stay as written.
@@ -234,6 +290,17 @@ mod tests {
     }
 
     #[test]
+    fn broken_regexes_are_refused() {
+        assert!(parse("~(unclosed", false)
+            .unwrap_err()
+            .contains("an unclosed ("));
+        assert!(parse("~a)", false).unwrap_err().contains("closes nothing"));
+        assert!(parse("~[a-z", false).unwrap_err().contains("an unclosed ["));
+        assert!(parse("~[]()]\\(x", false).is_ok());
+        assert!(parse("~(?<n>a)\\k<n>", false).is_ok());
+    }
+
+    #[test]
     fn no_patterns_match_everything() {
         assert_eq!(set_regex(&PatternSet::default()), None);
     }
@@ -246,6 +313,22 @@ mod tests {
         assert!(wildcard_matches("a*b*c", "aXXbYYc"));
         assert!(!wildcard_matches("a*b*c", "aXXbYY"));
         assert!(wildcard_matches("*", ""));
+    }
+
+    #[test]
+    fn host_wildcards_nginx_lacks_are_regexes() {
+        assert_eq!(server_name("*.example.com"), "*.example.com");
+        assert_eq!(server_name("www.example.*"), "www.example.*");
+        assert_eq!(server_name("example.com"), "example.com");
+        assert_eq!(server_name("*"), "~^.*$");
+        assert_eq!(server_name("www.*.com"), "~^www\\..*\\.com$");
+        assert_eq!(server_name("*example.com"), "~^.*example\\.com$");
+        assert_eq!(server_name("*.example.*"), "~^.*\\.example\\..*$");
+        assert_eq!(
+            server_name("*-staging.example.com"),
+            "~^.*-staging\\.example\\.com$"
+        );
+        assert_eq!(server_name("a*"), "~^a.*$");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 
 use super::apps::{App, Protocol};
 use super::conditions::{self, HttpLevel, Match};
+use super::headers::Answer;
 use super::json::{At, BadInput, Read};
 use super::out::{Notes, Out};
 use super::pattern::{self, token, Pattern};
@@ -26,6 +27,8 @@ pub struct Shared {
     pub notes: Notes,
     /// Applications some location serves.
     pub used_apps: BTreeSet<String>,
+    /// Routes some listener reaches, by name (`""` for a `routes` array).
+    pub used_routes: BTreeSet<String>,
     counter: usize,
     upstreams_written: BTreeSet<String>,
     /// `geo` variables by what they test, so that a route read for several listeners has one.
@@ -295,6 +298,9 @@ impl<'a> Unit<'a> {
         if passes_to_route(target) {
             let parts = pass_parts(target);
             let route_name = parts.get(1).map(String::as_str);
+            shared
+                .used_routes
+                .insert(route_name.unwrap_or_default().to_owned());
             return match self.route(route_name) {
                 Some(steps) => {
                     self.route_servers(&server, &steps, &mut vec![target.to_owned()], shared, out)
@@ -508,7 +514,24 @@ impl<'a> Unit<'a> {
                 None => groups.push((chosen, vec![name.clone()])),
             }
         }
-        self.host_server(server, &[], &any_host, steps, &matches, seen, shared, out)?;
+        // A server without server_name has the name "", which a step's `host: ""` (requests
+        // without Host) needs: the block for other hosts, first and so nginx's default for
+        // them, takes a name no request sends instead.
+        let other_hosts: &[String] = if names.iter().any(String::is_empty) {
+            &["_".to_owned()]
+        } else {
+            &[]
+        };
+        self.host_server(
+            server,
+            other_hosts,
+            &any_host,
+            steps,
+            &matches,
+            seen,
+            shared,
+            out,
+        )?;
         for (chosen, group) in &groups {
             self.host_server(server, group, chosen, steps, &matches, seen, shared, out)?;
         }
@@ -558,7 +581,14 @@ impl<'a> Unit<'a> {
     ) -> Read<()> {
         let tokens: Vec<String> = names
             .iter()
-            .map(|n| token(n).map_err(|e| BadInput(format!("{}: {e}", server.listen))))
+            .map(|n| {
+                let name = if n.starts_with('~') {
+                    n.clone()
+                } else {
+                    pattern::server_name(n)
+                };
+                token(&name).map_err(|e| BadInput(format!("{}: {e}", server.listen)))
+            })
             .collect::<Read<_>>()?;
         self.open_server(
             server,
@@ -765,7 +795,7 @@ impl<'a> Unit<'a> {
         seen: &mut Vec<String>,
     ) -> Read<()> {
         let mut rewrite = None;
-        let mut headers = Out::default();
+        let mut headers = None;
         let mut kind = None;
         for (key, value) in at.members()? {
             match key {
@@ -787,17 +817,7 @@ impl<'a> Unit<'a> {
                         Err(e) => shared.notes.add(value.path(), &e),
                     }
                 }
-                "response_headers" => {
-                    for (name, v) in value.members()? {
-                        match &v.value {
-                            serde_json::Value::Null => shared.notes.add(v.path(), "nginx cannot take a header out of an app's response (only proxy_hide_header for proxied ones)"),
-                            _ => match variables(v.str()?) {
-                                Ok(text) => headers.line(&format!("add_header {} {};", tok(name, &v)?, tok(&text, &v)?)),
-                                Err(e) => shared.notes.add(v.path(), &e),
-                            },
-                        }
-                    }
-                }
+                "response_headers" => headers = Some(value),
                 _ => shared
                     .notes
                     .add(value.path(), "an option unknown to this tool"),
@@ -813,7 +833,7 @@ impl<'a> Unit<'a> {
             if let Some(uri) = &rewrite {
                 out.line(&format!("rewrite ^ {uri};"));
             }
-            if !headers.text.is_empty() {
+            if headers.is_some() {
                 // Unit adds the headers of the action that answers, a step of that route.
                 out.line(&format!("# {}/response_headers: Unit adds those of the step that answers, not of one passing to a route", at.path()));
             }
@@ -821,7 +841,23 @@ impl<'a> Unit<'a> {
             if let Some(uri) = &rewrite {
                 out.line(&format!("rewrite ^ {uri} break;"));
             }
-            out.append(&headers);
+            if let Some(h) = &headers {
+                let answer = match kind {
+                    Some("share") => Answer::Share,
+                    Some("return") => Answer::Return {
+                        location: at.get("location").is_some(),
+                    },
+                    Some("pass")
+                        if pass_parts(at.required("pass")?.str()?)
+                            .first()
+                            .is_some_and(|p| p == "applications") =>
+                    {
+                        Answer::App
+                    }
+                    _ => Answer::Proxy,
+                };
+                super::headers::write(h, answer, out, &mut shared.notes)?;
+            }
         }
         match kind {
             Some("pass") => self.pass(
@@ -836,7 +872,12 @@ impl<'a> Unit<'a> {
             Some("proxy") => self.proxy(&at.required("proxy")?, out, shared),
             Some("return") => {
                 match return_line(at)? {
-                    Some(line) => out.line(&line),
+                    Some(line) => {
+                        if relative_location(at) {
+                            out.line("absolute_redirect off;");
+                        }
+                        out.line(&line)
+                    }
                     None => {
                         shared.notes.add(at.path(), "a `location` with a status nginx's `return` cannot give it to (301, 302, 303, 307, 308)");
                         out.line(&format!("return {};", at.required("return")?.count()?));
@@ -876,11 +917,19 @@ impl<'a> Unit<'a> {
                 self.application(at, name, target_name, out, shared)
             }
             ["routes"] | ["routes", _] => {
-                if seen.iter().any(|s| s == target) || seen.len() > 16 {
+                if seen.iter().any(|s| s == target) {
                     shared.notes.add(at.path(), "a route that passes back to itself (Unit gives up on such a request after 255 passes)");
                     out.line("return 404;");
                     return Ok(());
                 }
+                // Each level is written out again inside the one before it: a bound keeps the
+                // output's size sane, well below Unit's 255 passes.
+                if seen.len() > 16 {
+                    shared.notes.add(at.path(), &format!("{target:?} is the 18th route of a chain of passes from one listener; this tool writes routes nested up to 17 deep (Unit follows up to 255 passes): this step answers 404 here"));
+                    out.line("return 404;");
+                    return Ok(());
+                }
+                shared.used_routes.insert(parts.get(1).cloned().unwrap_or_default());
                 let steps = self
                     .route(parts.get(1).map(String::as_str))
                     .ok_or_else(|| BadInput(format!("{}: {target:?} names no route", at.path())))?;
@@ -1136,9 +1185,19 @@ fn return_line(at: &At<'_>) -> Read<Option<String>> {
     }
 }
 
-/// The same, for a server-level `if`: only a `return` with nothing around it.
+/// Whether a `return`'s `location` is one nginx would make absolute (with its own scheme, name
+/// and port: its listen port, not the balancer's) where Unit sends it as written.
+fn relative_location(at: &At<'_>) -> bool {
+    at.get("location")
+        .and_then(|l| l.value.as_str())
+        .is_some_and(|l| !l.starts_with("http://") && !l.starts_with("https://"))
+}
+
+/// The same, for a server-level `if`: only a `return` with nothing around it (and no
+/// `absolute_redirect off`, which an `if` cannot hold).
 fn simple_return(at: &At<'_>) -> Read<Option<String>> {
-    if at.get("rewrite").is_some() || at.get("response_headers").is_some() {
+    if at.get("rewrite").is_some() || at.get("response_headers").is_some() || relative_location(at)
+    {
         return Ok(None);
     }
     return_line(at)

@@ -255,12 +255,13 @@ fn scheme_is_known_per_listener_and_leading_returns_run_first() {
         &conf,
         &[
             "geo $remote_addr $unit_address_1 {",
-            "default 0;",
+            // `*` is the default: a 0.0.0.0/0 entry would be a duplicate network to nginx.
+            "default 1;",
             "10.0.0.0/8 0;",
-            "0.0.0.0/0 1;",
-            "::/0 1;",
+            "}",
         ],
     );
+    assert!(!conf.contains("0.0.0.0/0"));
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(notes[0]
         .starts_with("listeners/*:443/tls/certificate: nginx reads certificates from files"));
@@ -281,10 +282,10 @@ fn conditions_of_the_last_step_are_if_tests_in_its_location() {
             "location ~ ^/static/ {",
             "return 204;",
             "location ~ ^/api/ {",
-            "if ($request_method !~* \"^(?:GET$|HEAD$)\") {",
+            "if ($request_method !~ \"^(?:GET$|HEAD$)\") {",
             "return 404;",
             // `*`: any value, but the header must be there.
-            "if ($http_x_token !~* \"^(?=.)\") {",
+            "if ($http_x_token !~ \"^(?=.)\") {",
             "return 404;",
             "return 200;",
             "location / {",
@@ -317,7 +318,7 @@ fn conditions_with_steps_after_them_fall_through_in_a_dispatch() {
             "set $unit_step @unit_step_1;",
             "if ($uri !~ \"^/api/\") {",
             "set $unit_step \"\";",
-            "if ($request_method !~* \"^(?:GET$|HEAD$)\") {",
+            "if ($request_method !~ \"^(?:GET$|HEAD$)\") {",
             "set $unit_step \"\";",
             "if ($unit_step) {",
             "return 418;",
@@ -417,7 +418,7 @@ fn host_and_scheme_in_a_nested_route_are_tests() {
         &[
             "location ~ ^/api/ {",
             "set $unit_step @unit_step_1;",
-            "if ($host !~* \"^(?:api\\.example\\.com$|.*\\.api\\.test$)\") {",
+            "if ($host !~ \"^(?:api\\.example\\.com$|.*\\.api\\.test$)\") {",
             "set $unit_step @unit_step_2;",
             "if ($scheme !~ \"^https$\") {",
             "set $unit_step @unit_step_3;",
@@ -807,4 +808,216 @@ fn a_proxy_to_units_control_socket_points_at_wsgi_status() {
     );
     assert_eq!(note_paths(&notes), ["routes/0/action/proxy"]);
     assert!(notes[0].contains("wsgi_status"), "{notes:?}");
+}
+
+const ECHO: &str = r#""applications": {"e": {"type": "python", "module": "echo", "protocol": "wsgi"},
+                     "s": {"type": "python", "module": "s", "protocol": "asgi", "threads": 4}}"#;
+
+#[test]
+fn response_headers_replace_what_nginx_can_and_name_the_rest() {
+    let (conf, notes) = run(&format!(
+        r#"{{"listeners": {{"*:80": {{"pass": "routes"}}}},
+            "routes": [
+              {{"match": {{"uri": "/static/*"}}, "action": {{"share": "/www$uri",
+                "response_headers": {{"Content-Type": "text/x-forced", "Cache-Control": "max-age=60"}}}}}},
+              {{"match": {{"uri": "/srv"}}, "action": {{"return": 204,
+                "response_headers": {{"Server": "mine", "date": "x", "X-A": "1"}}}}}},
+              {{"match": {{"uri": "/p/*"}}, "action": {{"proxy": "http://127.0.0.1:9000",
+                "response_headers": {{"Cache-Control": "no-store", "X-Gone": null}}}}}},
+              {{"action": {{"pass": "applications/e", "response_headers": {{"Cache-Control": "no-store"}}}}}}
+            ], {ECHO}}}"#
+    ));
+    has(
+        &conf,
+        &[
+            "location ~ ^/static/ {",
+            // nginx's own Content-Type for a file, replaced; it sets no Cache-Control.
+            "types {}",
+            "default_type text/x-forced;",
+            "add_header Cache-Control max-age=60;",
+            "location ~ ^/srv$ {",
+            "add_header X-A 1;",
+            "return 204;",
+            "location ~ ^/p/ {",
+            "proxy_hide_header Cache-Control;",
+            "add_header Cache-Control no-store;",
+            "proxy_hide_header X-Gone;",
+            "location / {",
+            "add_header Cache-Control no-store;",
+        ],
+    );
+    assert!(!conf.contains("mine") && !conf.contains("add_header date"));
+    assert_eq!(
+        note_paths(&notes),
+        [
+            "routes/1/action/response_headers/Server",
+            "routes/1/action/response_headers/date",
+            "routes/3/action/response_headers",
+            "applications/s"
+        ]
+    );
+    assert!(
+        notes[2].contains("Cache-Control: if the app sets"),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn a_relative_location_is_sent_as_written() {
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [
+              {"match": {"source": "10.0.0.0/8"}, "action": {"return": 301, "location": "/inside/"}},
+              {"match": {"uri": "/ext"}, "action": {"return": 302, "location": "https://example.com/"}},
+              {"action": {"return": 307, "location": "$uri/"}}]}"#);
+    assert!(notes.is_empty(), "{notes:?}");
+    has(
+        &conf,
+        &[
+            // `absolute_redirect` cannot go into a server-level `if`: a location instead.
+            "if ($unit_address_1 = 0) {",
+            "location @unit_step_1 {",
+            "absolute_redirect off;",
+            "return 301 /inside/;",
+            "location @unit_step_2 {",
+            "return 302 https://example.com/;",
+            "location @unit_step_3 {",
+            "absolute_redirect off;",
+            "return 307 $uri/;",
+        ],
+    );
+    assert_eq!(conf.matches("absolute_redirect off;").count(), 2);
+}
+
+#[test]
+fn a_step_for_requests_without_host_has_its_server() {
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [{"match": {"host": ""}, "action": {"return": 201}}, {"action": {"return": 202}}]}"#);
+    assert!(notes.is_empty(), "{notes:?}");
+    // The other hosts' server, nginx's default, leaves the empty name to the step's.
+    has(
+        &conf,
+        &[
+            "server_name _;",
+            "return 202;",
+            "server_name \"\";",
+            "return 201;",
+        ],
+    );
+}
+
+#[test]
+fn host_wildcards_nginx_lacks_are_regex_server_names() {
+    let (conf, _) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [{"match": {"host": "www.*.COM"}, "action": {"return": 201}},
+                       {"match": {"host": ["*.example.org", "*"]}, "action": {"return": 202}}]}"#);
+    has(
+        &conf,
+        &[
+            "server_name ~^www\\..*\\.com$;",
+            "return 201;",
+            "server_name *.example.org ~^.*$;",
+            "return 202;",
+        ],
+    );
+}
+
+#[test]
+fn zero_limits_are_unit_defaults_and_zero_processes_are_refused() {
+    let (conf, _) = run(r#"{"listeners": {"*:80": {"pass": "applications/e"}},
+            "applications": {"e": {"type": "python", "module": "echo", "protocol": "wsgi",
+                                    "limits": {"requests": 0, "timeout": 0}}}}"#);
+    assert!(!conf.contains("wsgi_max_requests") && !conf.contains("wsgi_read_timeout"));
+    for (option, path) in [
+        (r#""processes": 0"#, "applications/e/processes"),
+        (r#""processes": {"max": 0}"#, "applications/e/processes/max"),
+        (r#""threads": 0"#, "applications/e/threads"),
+    ] {
+        let e = error(&format!(
+            r#"{{"listeners": {{"*:80": {{"pass": "applications/e"}}}},
+                "applications": {{"e": {{"type": "python", "module": "echo", {option}}}}}}}"#
+        ));
+        assert!(
+            e.starts_with(&format!("{path}: expected a whole number from 1")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn an_asgi_apps_threads_set_no_wsgi_max_threads() {
+    let (conf, notes) = run(&format!(
+        r#"{{"listeners": {{"*:80": {{"pass": "applications/s"}}}}, {ECHO}}}"#
+    ));
+    assert!(
+        !lines(&conf)
+            .iter()
+            .any(|l| l.starts_with("wsgi_max_threads")),
+        "{conf}"
+    );
+    assert!(notes
+        .iter()
+        .any(|n| n.starts_with("applications/s/threads: ASGI")));
+}
+
+#[test]
+fn a_long_chain_of_routes_is_named_for_its_depth() {
+    let mut routes = Vec::new();
+    for i in 0..30 {
+        routes.push(format!(
+            r#""r{i}": [{{"match": {{"uri": "/{i}/*"}}, "action": {{"pass": "routes/r{}"}}}}, {{"action": {{"return": 200}}}}]"#,
+            i + 1
+        ));
+    }
+    routes.push(r#""r30": [{"action": {"return": 201}}]"#.to_owned());
+    let json = format!(
+        r#"{{"listeners": {{"*:80": {{"pass": "routes/r0"}}}}, "routes": {{{}}}}}"#,
+        routes.join(", ")
+    );
+    let (_, notes) = run(&json);
+    assert!(
+        notes[0].starts_with("routes/r16/0/action/pass: \"routes/r17\" is the 18th route"),
+        "{notes:?}"
+    );
+    assert!(
+        !notes.iter().any(|n| n.contains("back to itself")),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn differing_users_read_as_words() {
+    let (_, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [{"match": {"uri": "/b/*"}, "action": {"pass": "applications/b"}}, {"action": {"pass": "applications/a"}}],
+            "applications": {"a": {"type": "python", "module": "a", "protocol": "wsgi", "user": "nobody", "group": "nogroup"},
+                             "b": {"type": "python", "module": "b", "protocol": "wsgi", "user": "root", "group": "root"}}}"#);
+    assert_eq!(notes, ["applications/b/user: every worker runs as nginx's one `user`: user \"nobody\" with group \"nogroup\" of application \"a\" is used, not user \"root\" with group \"root\""]);
+}
+
+#[test]
+fn routes_no_listener_reaches_are_named() {
+    let (_, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes/a"}},
+            "routes": {"a": [{"action": {"return": 200}}], "unused": [{"action": {"return": 201}}]}}"#);
+    assert_eq!(note_paths(&notes), ["routes/unused"]);
+    let (_, notes) = run(r#"{"routes": [{"action": {"return": 403}}]}"#);
+    assert_eq!(note_paths(&notes), ["routes"]);
+}
+
+#[test]
+fn odd_names_and_addresses_are_noted_or_translated() {
+    let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [{"match": {"headers": {"X_Custom": "1"}, "source": ["10.0.0.1:*", "10.0.0.1-10.0.0.9"]},
+                        "action": {"return": 200}}],
+            "settings": {"http": {"static": {"mime_types": {"text/x-custom": [".cst", "Makefile"]}}}}}"#);
+    has(&conf, &["text/x-custom cst;", "10.0.0.1 1;"]);
+    assert!(!conf.contains("Makefile"));
+    assert_eq!(
+        note_paths(&notes),
+        [
+            "routes/0/match/headers/X_Custom",
+            "routes/0/match/source/1",
+            "settings/http/static/mime_types/text/x-custom/1"
+        ]
+    );
+    assert!(notes[0].contains("underscores_in_headers on;"));
+    assert!(notes[1].contains("FROM-TO ranges only in a block"));
 }
