@@ -144,11 +144,24 @@ impl AppSpec {
 }
 
 fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyAny>> {
-    if !path.is_file() {
-        return Err(pyo3::exceptions::PyFileNotFoundError::new_err(format!(
-            "{} does not exist or is not a file",
-            path.display()
-        )));
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        // A directory above it the workers' user may not enter (they run as nginx's `user` or
+        // Apache's `User`, not as whoever wrote the configuration).
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            // SAFETY: geteuid only reads the process's credentials.
+            let uid = unsafe { libc::geteuid() };
+            return Err(pyo3::exceptions::PyPermissionError::new_err(format!(
+                "{}: permission denied to this process's user (uid {uid}): {e}",
+                path.display()
+            )));
+        }
+        _ => {
+            return Err(pyo3::exceptions::PyFileNotFoundError::new_err(format!(
+                "{} does not exist or is not a file",
+                path.display()
+            )));
+        }
     }
     let name = path
         .file_stem()

@@ -58,6 +58,18 @@ def test_unloadable_app_fails_config_test(apaches, spec, expected):
     assert expected in result.stderr, result.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the children are nobody only under a root parent")
+def test_an_app_in_a_directory_the_children_may_not_enter_fails_the_check_saying_so(apaches):
+    server = apaches([])
+    private = server.prefix / "private"
+    private.mkdir(mode=0o700)
+    (private / "app.py").write_text((APPS / "sleepy.py").read_text())
+    server = apaches([route("/", private / "app.py")])
+    result = server.run("-t")
+    assert result.returncode != 0
+    assert f"{private}/app.py: permission denied to this process's user (uid " in result.stderr, result.stderr
+
+
 def test_traceback_reaches_the_config_test_output_line_by_line(apaches):
     result = apaches([route("/", f"{BROKEN}/raises_at_import.py")]).run("-t")
     assert "cannot be loaded: Traceback (most recent call last):" in result.stderr
