@@ -1,5 +1,6 @@
 #include <httpd.h>
 #include <http_config.h>
+#include <http_connection.h>
 #include <http_core.h>
 #include <http_main.h>
 #include <http_log.h>

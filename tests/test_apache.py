@@ -477,6 +477,40 @@ def test_recycling_loses_no_request_of_a_kept_connection(apaches, mpm):
     assert lost == 0, f"{lost} requests of {answered + lost} met a kept connection closed ({recycled} recycled)"
 
 
+@pytest.mark.parametrize("mpm", ["event", "worker"])
+def test_a_recycling_child_stops_taking_connections_once_those_it_had_are_drained(apaches, mpm):
+    """The drain waits for the connections the child had when it began, a static file's kept
+    connection among them (its next response says `Connection: close` too), then the child
+    stops. It waited 2 s whatever it had, taking new connections all along, one request each:
+    hundreds of requests past its NgxWsgiMaxRequests under load, clients reconnecting to it."""
+    server = apaches([route("/app/", APPS / "lifecycle_app.py")], mpm=mpm, server_extra="NgxWsgiMaxRequests 5",
+                     env={"NGX_WSGI_TEST_MARKS": shared_dir()})
+    (server.prefix / "htdocs" / "file.txt").write_text("static\n")
+    server.start()
+    kept = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    kept.request("GET", "/file.txt")
+    r = kept.getresponse()
+    assert (r.read(), r.getheader("Connection")) == (b"static\n", None)
+    first = int(requests.get(server.url("/app/"), headers={"Connection": "close"}, timeout=10).text)
+    for _ in range(4):
+        assert int(requests.get(server.url("/app/"), headers={"Connection": "close"}, timeout=10).text) == first
+    wait_for(lambda: "recycling it" in server.error_log(), what="the child's recycling")
+    # The child drains: the kept connection's next response closes it.
+    kept.request("GET", "/file.txt")
+    r = kept.getresponse()
+    assert (r.read(), r.getheader("Connection")) == (b"static\n", "close")
+    kept.close()
+    # Then it stops: a new connection is soon a new child's.
+    served_by_first = 0
+    deadline = time.monotonic() + 30
+    while int(requests.get(server.url("/app/"), headers={"Connection": "close"}, timeout=10).text) == first:
+        served_by_first += 1
+        assert time.monotonic() < deadline
+    assert served_by_first < 20, f"the recycling child took {served_by_first} more connections"
+    log = server.error_log()
+    assert "cannot recycle" not in log and "exit signal" not in log, log[-3000:]
+
+
 def test_https_variable_sets_the_url_scheme_as_under_mod_wsgi(apaches):
     # TLS ended at a balancer Apache trusts (here 127.0.0.1, the test's client): an <If> on its
     # address and its header sets HTTPS, which mod_wsgi reads for wsgi.url_scheme too.

@@ -3,26 +3,89 @@
 //! that instant is lost (`MaxConnectionsPerChild` does the same); the worker MPM's thread that
 //! holds a kept connection closes it after its response once the child is stopping, with the
 //! same race (a few requests in a thousand-odd measured under keep-alive load). So the child
-//! first serves on for a while, every response saying `Connection: close` (`crate::recycle`): a
-//! busy connection's next request is answered and the connection closed after it. The MPM keeps
-//! no live count of those connections for a module to wait on (its scoreboard's is a snapshot
-//! taken when timeouts are processed), so the drain has a fixed length. The prefork MPM's child,
-//! once told to stop, ends its connection after the response under way, which may have
-//! promised keep-alive: it is told when that connection ends instead (its next request says
-//! `Connection: close`).
+//! first serves on, every response (of every handler) saying `Connection: close`
+//! (`crate::recycle`): a busy connection's next request is answered and the connection closed
+//! after it. The MPM keeps no live count of those connections (its scoreboard's is a snapshot
+//! taken when timeouts are processed), so the child counts its own: those open when the drain
+//! begins. It stops once they have all closed, or after [`DRAIN`]; meanwhile it still accepts
+//! (only the MPM's stop closes the listeners), and each connection it takes then is served one
+//! request and closed. The prefork MPM's child, once told to stop, ends its connection after
+//! the response under way, which may have promised keep-alive: it is told when that connection
+//! ends instead (its next request says `Connection: close`).
 
 use std::ffi::{c_int, c_void, CStr};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::bindings::{
     ap_mpm_query, ap_show_mpm, apr_pool_cleanup_null, apr_pool_cleanup_register, apr_status_t,
-    request_rec, APR_SUCCESS, AP_MPMQ_MPM_STATE, AP_MPMQ_STOPPING,
+    conn_rec, request_rec, APR_SUCCESS, AP_MPMQ_MPM_STATE, AP_MPMQ_STOPPING, OK,
 };
 
-/// How long the drain lasts: a connection idle for longer meets the race any keep-alive timeout
-/// has, which clients retry.
+/// The longest the drain lasts: a connection idle for longer meets the race any keep-alive
+/// timeout has, which clients retry.
 const DRAIN: Duration = Duration::from_secs(2);
+
+/// The drain began: connections opened since are not waited for.
+static DRAINING: AtomicBool = AtomicBool::new(false);
+/// Client connections opened before the drain began and still open.
+static OPEN_BEFORE: Mutex<usize> = Mutex::new(0);
+/// Told when the last of those closes.
+static ALL_CLOSED: Condvar = Condvar::new();
+
+/// Counts a client connection the drain will wait for (`pre_connection`, every connection of a
+/// child that recycles). An HTTP/2 stream's connection (`master` set) is its client's, counted
+/// once.
+///
+/// # Safety
+/// `c` is a live connection, on its own thread.
+pub(crate) unsafe extern "C" fn pre_connection(c: *mut conn_rec, _csd: *mut c_void) -> c_int {
+    crate::ffi_guard::guard("counting a connection", OK as c_int, || {
+        // SAFETY: per the function contract; the cleanup runs once, when the MPM is done with
+        // the connection and clears its pool.
+        unsafe {
+            if !(*c).master.is_null() {
+                return OK as c_int;
+            }
+            {
+                let mut open = OPEN_BEFORE.lock().unwrap_or_else(|e| e.into_inner());
+                if DRAINING.load(SeqCst) {
+                    return OK as c_int;
+                }
+                *open += 1;
+            }
+            apr_pool_cleanup_register(
+                (*c).pool,
+                std::ptr::null(),
+                Some(connection_closed),
+                Some(apr_pool_cleanup_null),
+            );
+        }
+        OK as c_int
+    })
+}
+
+unsafe extern "C" fn connection_closed(_data: *mut c_void) -> apr_status_t {
+    crate::ffi_guard::guard("counting a connection", APR_SUCCESS as apr_status_t, || {
+        let mut open = OPEN_BEFORE.lock().unwrap_or_else(|e| e.into_inner());
+        *open = open.saturating_sub(1);
+        if *open == 0 {
+            ALL_CLOSED.notify_all();
+        }
+        APR_SUCCESS as apr_status_t
+    })
+}
+
+/// Waits until every connection open when the drain began has closed, or [`DRAIN`] is over.
+fn wait_for_open_connections() {
+    let open = OPEN_BEFORE.lock().unwrap_or_else(|e| e.into_inner());
+    drop(
+        ALL_CLOSED
+            .wait_timeout_while(open, DRAIN, |open| *open > 0)
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+}
 
 /// Runs `stop` once the drain is over: on a thread of its own under the event and worker MPMs,
 /// when `r`'s connection ends under prefork (at once when neither can be arranged, or without
@@ -40,10 +103,16 @@ pub(crate) unsafe fn then(stop: fn(), r: *mut request_rec) {
         }
         return;
     }
+    // A connection counted before this is waited for, one that comes after is not: both look
+    // under the lock.
+    {
+        let _open = OPEN_BEFORE.lock().unwrap_or_else(|e| e.into_inner());
+        DRAINING.store(true, SeqCst);
+    }
     let drain = std::thread::Builder::new()
         .name("wsgi-drain".into())
         .spawn(move || {
-            std::thread::sleep(DRAIN);
+            wait_for_open_connections();
             // A stop the server began meanwhile (a graceful restart) is not asked for again.
             if !stopping() {
                 stop();

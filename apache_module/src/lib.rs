@@ -38,9 +38,10 @@ use std::ptr;
 
 use bindings::{
     ap_hook_check_config, ap_hook_child_init, ap_hook_handler, ap_hook_map_to_storage,
-    ap_hook_open_logs, ap_hook_post_config, ap_hook_pre_config, ap_hook_translate_name, apr_pool_t,
-    cmd_func, cmd_how, cmd_how_FLAG, cmd_how_ITERATE, cmd_how_TAKE1, cmd_how_TAKE12, command_rec,
-    module, ACCESS_CONF, APR_HOOK_FIRST, APR_HOOK_MIDDLE, APR_HOOK_REALLY_FIRST, RSRC_CONF,
+    ap_hook_open_logs, ap_hook_post_config, ap_hook_post_read_request, ap_hook_pre_config,
+    ap_hook_pre_connection, ap_hook_translate_name, apr_pool_t, cmd_func, cmd_how, cmd_how_FLAG,
+    cmd_how_ITERATE, cmd_how_TAKE1, cmd_how_TAKE12, command_rec, module, ACCESS_CONF,
+    APR_HOOK_FIRST, APR_HOOK_MIDDLE, APR_HOOK_REALLY_FIRST, RSRC_CONF,
 };
 
 type Take1 = unsafe extern "C" fn(
@@ -190,6 +191,19 @@ unsafe extern "C" fn register_hooks(_pool: *mut apr_pool_t) {
             );
             ap_hook_child_init(
                 Some(lifecycle::child_init),
+                ptr::null(),
+                ptr::null(),
+                APR_HOOK_MIDDLE as c_int,
+            );
+            // The recycling drain counts the connections it waits for, and closes every one.
+            ap_hook_pre_connection(
+                Some(keepalive_drain::pre_connection),
+                ptr::null(),
+                ptr::null(),
+                APR_HOOK_MIDDLE as c_int,
+            );
+            ap_hook_post_read_request(
+                Some(recycle::post_read_request),
                 ptr::null(),
                 ptr::null(),
                 APR_HOOK_MIDDLE as c_int,

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use ngx_wsgi::recycle::{Due, Limits};
 
-use crate::bindings::{ap_conn_keepalive_e_AP_CONN_CLOSE, request_rec, APLOG_ERR, APLOG_NOTICE};
+use crate::bindings::{
+    ap_conn_keepalive_e_AP_CONN_CLOSE, request_rec, APLOG_ERR, APLOG_NOTICE, OK,
+};
 use crate::config::Registry;
 
 static LIMITS: Limits = Limits::new();
@@ -100,6 +102,23 @@ pub(crate) fn unloaded_app_asked() {
              replaces it",
         );
     }
+}
+
+/// Marks every request of a recycling child, an app's or not, as closing its connection
+/// (`post_read_request`): a static file's keep-alive connection is drained too.
+///
+/// # Safety
+/// `r` is a live request, on its own thread.
+pub(crate) unsafe extern "C" fn post_read_request(r: *mut request_rec) -> c_int {
+    crate::ffi_guard::guard(
+        "marking a request of a recycling child",
+        OK as c_int,
+        || {
+            // SAFETY: per the function contract.
+            unsafe { close_if_recycling(r) };
+            OK as c_int
+        },
+    )
 }
 
 /// A request of a recycling child closes its connection: its client goes to a child that
