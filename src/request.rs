@@ -369,10 +369,11 @@ fn consume(
     Ok(())
 }
 
-/// A streamed body without a Content-Length is whole once the iterable is exhausted: the server
-/// may end it now (the last chunk), so that the client does not wait for the iterable's
-/// `close()` (Flask's `call_on_close`, Django's `request_finished` handlers), as under gunicorn.
-/// With a Content-Length, the client sees the end with the last byte anyway.
+/// A streamed body is whole once the iterable is exhausted (with a Content-Length, once that
+/// many bytes came): the server may end it now (the last chunk, HTTP/2's end of stream), so that
+/// the client does not wait for the iterable's `close()` (Flask's `call_on_close`, Django's
+/// `request_finished` handlers), as under gunicorn. A body short of its Content-Length is not
+/// ended: the server cuts its connection after the request.
 fn end_streamed_body(start_response: &Bound<'_, StartResponse>) {
     // Held by another thread of the app, in write(): its response ends with the outcome.
     let Ok(sr) = start_response.try_borrow() else {
@@ -381,7 +382,10 @@ fn end_streamed_body(start_response: &Bound<'_, StartResponse>) {
     if !sr.streamed
         || sr.client_gone
         || sr.finished
-        || sr.head.as_ref().is_none_or(|h| h.content_length.is_some())
+        || sr
+            .head
+            .as_ref()
+            .is_none_or(|h| h.content_length.is_some() && !sr.has_whole_body())
     {
         return;
     }

@@ -6,6 +6,7 @@ import pathlib
 import re
 import socket
 
+import httpx
 import pytest
 import requests
 
@@ -88,11 +89,11 @@ def test_a_second_content_type_is_not_sent(server):
                  in server.error_log(), what="the warning")
 
 
-def closes_slowly_server(nginx_factory, tmp_path, extra=""):
+def closes_slowly_server(nginx_factory, tmp_path, extra="", server_extra=""):
     """nginx with the app whose close() waits for the test's word (`extra` in its location)."""
     return nginx_factory(location("= /closes_slowly", f"{APP}:closes_slowly", extra)
                          + location("= /plain", f"{APP}:plain"),
-                         main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+                         main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};", server_extra=server_extra).start()
 
 
 def whole_chunked_response(s, target):
@@ -122,6 +123,19 @@ def test_a_streamed_body_ends_before_its_close_returns(nginx_factory, tmp_path):
         plain_answered(s)
     assert (tmp_path / "closed").exists()
     assert "[alert]" not in server.error_log() and "[error]" not in server.error_log()
+
+
+@pytest.mark.parametrize("query", ["", "length"], ids=["chunked", "content-length"])
+def test_an_http2_streamed_body_ends_before_its_close_returns(nginx_factory, tmp_path, query):
+    # The stream's end (END_STREAM) went out only after close() when the body had its
+    # Content-Length: an HTTP/2 client waited for Django's request_finished handlers.
+    server = closes_slowly_server(nginx_factory, tmp_path, server_extra="http2 on;")
+    with httpx.Client(http1=False, http2=True, timeout=10) as h2:
+        r = h2.get(server.url(f"/closes_slowly?{query}"))
+        assert (r.http_version, r.content) == ("HTTP/2", b"part 1\npart 2\n")
+        assert not (tmp_path / "closed").exists(), "close() is still running"
+        (tmp_path / "release-close").touch()
+    wait_for(lambda: (tmp_path / "closed").exists(), what="close() to return")
 
 
 def test_a_deadline_in_close_after_the_end_does_not_cut_the_response(nginx_factory, tmp_path):

@@ -164,7 +164,9 @@ class _ClosesSlowly:
 
 
 def closes_slowly(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
+    """?length: with its Content-Length."""
+    length = [("Content-Length", "14")] if environ["QUERY_STRING"] == "length" else []
+    start_response("200 OK", [("Content-Type", "text/plain")] + length)
     return _ClosesSlowly(os.environ["NGX_WSGI_TEST_MARKS"])
 
 

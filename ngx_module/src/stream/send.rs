@@ -246,9 +246,30 @@ impl Stream {
     pub(crate) unsafe fn on_readable(&self, r: *mut ngx_http_request_t) {
         // SAFETY: per the function contract.
         unsafe {
+            if self.response_out(r) {
+                // Its client has the whole response: closing now, while a WSGI app's close()
+                // still runs, it waits for nothing more, and is not "gone" (nginx's test would
+                // log it as a premature close). Its next request, if it sent one, waits in the
+                // socket for the request's end.
+                (*r).read_event_handler = Some(nginx_sys::ngx_http_block_reading);
+                nginx_sys::ngx_http_block_reading(r);
+                return;
+            }
             if crate::client_watch::client_left(r) {
                 self.client_gone();
             }
+        }
+    }
+
+    /// Whether the response has ended and nginx has written all of it to the client.
+    ///
+    /// # Safety
+    /// Event-loop thread; `r` is this stream's live request.
+    unsafe fn response_out(&self, r: *mut ngx_http_request_t) -> bool {
+        let st = self.lock();
+        // SAFETY: per the function contract.
+        unsafe {
+            st.ended && st.unsent == 0 && (*r).buffered() == 0 && (*(*r).connection).buffered() == 0
         }
     }
 }
