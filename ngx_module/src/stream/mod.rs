@@ -74,6 +74,8 @@ struct State {
     end_due: bool,
     /// ... and it went out (nginx has the last buffer).
     ended: bool,
+    /// The body bytes of the head's Content-Length not yet handed to nginx.
+    body_left: Option<u64>,
 }
 
 // SAFETY: the buffer and chain pointers belong to the request's pool and are only used on the
@@ -130,6 +132,7 @@ impl Stream {
                 shut: false,
                 end_due: false,
                 ended: false,
+                body_left: None,
             }),
             cancelled: AtomicBool::new(false),
             room: Condvar::new(),

@@ -42,6 +42,7 @@ impl Stream {
                 if (*r).reading_body() != 0 {
                     (*r).set_keepalive(0);
                 }
+                st.body_left = head.content_length;
                 let rc = crate::response::send_head(r, &head, head.content_length);
                 if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
                     self.cancel(st, true);
@@ -66,6 +67,9 @@ impl Stream {
                 if cl.is_null() {
                     self.cancel(st, true);
                     return guard;
+                }
+                if let Some(left) = st.body_left.as_mut() {
+                    *left = left.saturating_sub(data.len() as u64);
                 }
                 let b = (*cl).buf;
                 std::ptr::write_bytes(b, 0, 1);
@@ -261,7 +265,8 @@ impl Stream {
         }
     }
 
-    /// Whether the response has ended and nginx has written all of it to the client.
+    /// Whether nginx has written the whole response to the client: ended, or its Content-Length
+    /// reached (the app's close() may still run before its end goes out).
     ///
     /// # Safety
     /// Event-loop thread; `r` is this stream's live request.
@@ -269,7 +274,10 @@ impl Stream {
         let st = self.lock();
         // SAFETY: per the function contract.
         unsafe {
-            st.ended && st.unsent == 0 && (*r).buffered() == 0 && (*(*r).connection).buffered() == 0
+            (st.ended || st.body_left == Some(0))
+                && st.unsent == 0
+                && (*r).buffered() == 0
+                && (*(*r).connection).buffered() == 0
         }
     }
 }
