@@ -150,12 +150,12 @@ def test_module_name_from_python_path_in_a_location_and_a_virtual_host(apaches):
 
 
 def test_the_user_an_auth_module_checked_is_remote_user(apaches):
-    # As Apache's CGI variables and mod_wsgi give it: Trac's login, Django's
-    # RemoteUserMiddleware and hgweb's push rely on it. A client's own Authorization header,
+    # As Apache's CGI variables and mod_wsgi give it (over what SetEnvIf sets): Trac's login,
+    # Django's RemoteUserMiddleware and hgweb's push rely on it. A client's own Authorization header,
     # where nothing checks it, names no user.
     digest = base64.b64encode(hashlib.sha1(b"s3cret").digest()).decode()
     mods = "".join(f"LoadModule {m}_module {APACHE_MODULES}/mod_{m}.so\n"
-                   for m in ("authn_core", "authn_file", "auth_basic", "authz_user"))
+                   for m in ("authn_core", "authn_file", "auth_basic", "authz_user", "setenvif"))
     server = apaches([route("/", APPS / "environ_app.py")], server_extra=mods)
     # In the server's own directory, which its children (nobody, when the tests run as root) read.
     users = server.prefix / "users"
@@ -163,11 +163,11 @@ def test_the_user_an_auth_module_checked_is_remote_user(apaches):
     users.chmod(0o644)
     server.conf.write_text(server.conf.read_text() + (
         f'<Location /private/>\n AuthType Basic\n AuthName "p"\n AuthUserFile {users}\n'
-        f" Require valid-user\n</Location>\n"))
+        f' Require valid-user\n SetEnvIf X-User "(.+)" REMOTE_USER=$1\n</Location>\n'))
     server.start()
     assert requests.get(server.url("/private/x")).status_code == 401
-    e = requests.get(server.url("/private/x"), auth=("admin", "s3cret")).json()
-    assert (e["REMOTE_USER"], e["AUTH_TYPE"]) == ("admin", "Basic")
+    e = requests.get(server.url("/private/x"), auth=("admin", "s3cret"), headers={"X-User": "mallory"}).json()
+    assert (e["REMOTE_USER"], e["AUTH_TYPE"]) == ("admin", "Basic"), "a variable cannot replace the checked user"
     e = requests.get(server.url("/open"), auth=("admin", "s3cret")).json()
     assert "REMOTE_USER" not in e and "AUTH_TYPE" not in e, e
 

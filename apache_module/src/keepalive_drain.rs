@@ -36,7 +36,8 @@ static ALL_CLOSED: Condvar = Condvar::new();
 
 /// Counts a client connection the drain will wait for (`pre_connection`, every connection of a
 /// child that recycles). An HTTP/2 stream's connection (`master` set) is its client's, counted
-/// once.
+/// once; mod_proxy's connections to its backends (`outgoing`, and no scoreboard slot), kept in
+/// its pool for reuse, are not a client's.
 ///
 /// # Safety
 /// `c` is a live connection, on its own thread.
@@ -45,7 +46,7 @@ pub(crate) unsafe extern "C" fn pre_connection(c: *mut conn_rec, _csd: *mut c_vo
         // SAFETY: per the function contract; the cleanup runs once, when the MPM is done with
         // the connection and clears its pool.
         unsafe {
-            if !(*c).master.is_null() {
+            if !(*c).master.is_null() || (*c).outgoing != 0 || (*c).sbh.is_null() {
                 return OK as c_int;
             }
             {

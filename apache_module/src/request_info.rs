@@ -99,15 +99,6 @@ pub(crate) unsafe fn collect(
         if let Some(len) = dechunked_len {
             b.body_length(len);
         }
-        // Set only once an authentication module has checked the user (Apache's core and
-        // mod_wsgi give them as CGI does): what Trac's login, Django's RemoteUserMiddleware and
-        // hgweb's push rely on.
-        if !(*r).user.is_null() {
-            b.param(b"REMOTE_USER", bytes((*r).user));
-            if !(*r).ap_auth_type.is_null() {
-                b.param(b"AUTH_TYPE", bytes((*r).ap_auth_type));
-            }
-        }
         // What SetEnv, SetEnvIf, RewriteRule [E=] and other modules set for this request: extra
         // environ entries (Apache's counterpart of nginx's wsgi_param, as mod_wsgi has it).
         // A subrequest (an SSI `include virtual`) starts with a copy of its parent's variables,
@@ -125,6 +116,16 @@ pub(crate) unsafe fn collect(
                 https = https_variable(value).unwrap_or(https);
             }
             b.param(name, value);
+        }
+        // After the variables, which they override (as CGI's and mod_wsgi's): set only once an
+        // authentication module has checked the user, and a `SetEnvIf` copying a header of
+        // the client's into REMOTE_USER must not replace it. What Trac's login, Django's
+        // RemoteUserMiddleware and hgweb's push rely on.
+        if !(*r).user.is_null() {
+            b.param(b"REMOTE_USER", bytes((*r).user));
+        }
+        if !(*r).ap_auth_type.is_null() {
+            b.param(b"AUTH_TYPE", bytes((*r).ap_auth_type));
         }
         b.https(https);
         b.finish()

@@ -250,19 +250,33 @@ impl Stream {
     pub(crate) unsafe fn on_readable(&self, r: *mut ngx_http_request_t) {
         // SAFETY: per the function contract.
         unsafe {
-            if self.response_out(r) {
-                // Its client has the whole response: closing now, while a WSGI app's close()
-                // still runs, it waits for nothing more, and is not "gone" (nginx's test would
-                // log it as a premature close). Its next request, if it sent one, waits in the
-                // socket for the request's end.
-                (*r).read_event_handler = Some(nginx_sys::ngx_http_block_reading);
-                nginx_sys::ngx_http_block_reading(r);
+            if self.done_with_client(r) {
                 return;
             }
             if crate::client_watch::client_left(r) {
                 self.client_gone();
             }
         }
+    }
+
+    /// Stops watching a client that has the whole response (true): one that closes now, while
+    /// a WSGI app's close() runs, waits for nothing more and is not "gone" (nginx's test would
+    /// log a premature close). Its next request, if it sent one, waits in the socket for the
+    /// request's end. (Not for ASGI: an app that sent its Content-Length's bytes and awaits
+    /// receive() before its closing message is told of the client's going, as by uvicorn.)
+    ///
+    /// # Safety
+    /// Event-loop thread, for the request's read event; `r` is this stream's live request.
+    unsafe fn done_with_client(&self, r: *mut ngx_http_request_t) -> bool {
+        // SAFETY: per the function contract.
+        unsafe {
+            if !self.response_out(r) {
+                return false;
+            }
+            (*r).read_event_handler = Some(nginx_sys::ngx_http_block_reading);
+            nginx_sys::ngx_http_block_reading(r);
+        }
+        true
     }
 
     /// Whether nginx has written the whole response to the client: ended, or its Content-Length
