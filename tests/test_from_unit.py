@@ -344,6 +344,12 @@ def test_conditions_compare_as_unit_does(tmp_path, serve):
             # A header's wildcard without case, its regex with it; a method's pattern upper-cased.
             {"match": {"headers": {"User-Agent": "~^curl"}}, "action": {"return": 204}},
             {"match": {"headers": {"X-Mode": "yes"}, "method": "get"}, "action": {"return": 205}},
+            # Argument names are decoded too; cookie names end at the first `=` and no value
+            # holds a `;`, so these two never match.
+            {"match": {"arguments": {"a+b": "1"}}, "action": {"return": 206}},
+            {"match": {"arguments": {"a%3Db": "1"}}, "action": {"return": 207}},
+            {"match": {"cookies": {"a=b": "1"}}, "action": {"return": 208}},
+            {"match": {"cookies": {"c": "x;y"}}, "action": {"return": 209}},
             {"action": {"return": 299}},
         ],
     }
@@ -372,6 +378,14 @@ def test_conditions_compare_as_unit_does(tmp_path, serve):
     assert status("/", [("User-Agent", "curl/8")]) == 204
     assert status("/", [("User-Agent", "Curl/8")]) == 299
     assert status("/", [("X-Mode", "YES")]) == 205
+    assert status("/?a+b=1") == 206
+    assert status("/?a%20b=1") == 206
+    assert status("/?a%2Bb=1") == 299
+    assert status("/?a%3db=1") == 207
+    assert status("/?a=b=1") == 299
+    assert status("/", [("Cookie", "a=b=1")]) == 299
+    assert status("/", [("Cookie", "c=x;y")]) == 299
+    assert status("/", [("Cookie", "c=x;y"), ("Cookie", "a=b=1")]) == 299
 
 
 def test_responses_as_unit_writes_them(tmp_path, serve):
@@ -387,6 +401,14 @@ def test_responses_as_unit_writes_them(tmp_path, serve):
             {"match": {"uri": "/uri"}, "action": {"return": 308, "location": "$uri/"}},
             {"match": {"uri": "/srv"},
              "action": {"return": 204, "response_headers": {"Server": "mine", "X-A": "1"}}},
+            # Unit sets them on every 2xx and 3xx (202 too), on no other; a proxy's own stand.
+            {"match": {"uri": "/acc"}, "action": {"return": 202, "response_headers": {"X-A": "1"}}},
+            {"match": {"uri": "/px"},
+             "action": {"rewrite": "/acc", "proxy": f"http://127.0.0.1:{port}",
+                        "response_headers": {"X-A": None, "X-P": "p"}}},
+            {"match": {"uri": "/px404"},
+             "action": {"rewrite": "/missing", "proxy": f"http://127.0.0.1:{port}",
+                        "response_headers": {"X-P": "p"}}},
             {"action": {"share": f"{tmp_path}/www$uri",
                         "response_headers": {"Content-Type": "text/x-forced",
                                              "Cache-Control": "max-age=60"}}},
@@ -418,6 +440,15 @@ def test_responses_as_unit_writes_them(tmp_path, serve):
     assert status == 200
     assert [v for n, v in fields if n.lower() == "content-type"] == ["text/x-forced"]
     assert [v for n, v in fields if n.lower() == "cache-control"] == ["max-age=60"]
+    status, fields = raw_get(port, "/missing", host)
+    assert status == 404 and "cache-control" not in [n.lower() for n, _ in fields]
+    status, fields = raw_get(port, "/acc", host)
+    assert status == 202 and ("X-A", "1") in fields
+    status, fields = raw_get(port, "/px", host)
+    names = [name.lower() for name, _ in fields]
+    assert status == 202 and "x-a" not in names and ("X-P", "p") in fields
+    status, fields = raw_get(port, "/px404", host)
+    assert status == 404 and "x-p" not in [n.lower() for n, _ in fields]
 
 
 def test_environment_threads_and_limits(tmp_path, serve):
@@ -672,7 +703,13 @@ def test_what_is_not_translated_is_named(tmp_path, built):
     ('{"listeners": {"*:80": {"pass": "routes/main"}}, "routes": {"other": []}}',
      'unit.json: listeners/*:80/pass: "routes/main" names no route'),
     ('{"listeners": {"*:80": {"pass": "routes"}}, "routes": [{"match": {"uri": "/a%zz"}, "action": {"return": 200}}]}',
-     'unit.json: routes/0/match/uri: "/a%zz": a malformed %-escape'),
+     'unit.json: routes/0/match/uri: "/a%zz": a malformed %-escape, which Unit refuses'),
+    ('{"listeners": {"*:80": {"pass": "routes"}}, "routes": [{"match": {"arguments": {"a": "%+1"}}, "action": {"return": 200}}]}',
+     'unit.json: routes/0/match/arguments/a: "%+1": a malformed %-escape, which Unit refuses'),
+    ('{"listeners": {"*:80": {"pass": "routes"}}, "routes": [{"match": {"arguments": {"a%zz": "1"}}, "action": {"return": 200}}]}',
+     'unit.json: routes/0/match/arguments/a%zz: "a%zz": a malformed %-escape in an argument\'s name, which Unit refuses'),
+    ('{"listeners": {"*:80": {"pass": "routes"}}, "routes": [{"match": {"cookies": {"": "1"}}, "action": {"return": 200}}]}',
+     'unit.json: routes/0/match/cookies: an empty name, which Unit refuses'),
 ])
 def test_unreadable_input_exits_1_naming_the_json_path(tmp_path, content, message):
     result = from_unit(tmp_path, content)

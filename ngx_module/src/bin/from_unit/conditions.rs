@@ -182,6 +182,13 @@ fn header_test(name: &str, at: &At<'_>, http: &mut dyn HttpLevel) -> Read<Option
 
 /// `arguments`' test of one argument, over the whole query (see [`encoded`]).
 fn argument_test(name: &str, at: &At<'_>, http: &mut dyn HttpLevel) -> Read<Option<Test>> {
+    // Unit decodes the name as it decodes the request's, and refuses what will not decode.
+    if pattern::decode_plus(name).is_none() {
+        return Err(BadInput(format!(
+            "{}: {name:?}: a malformed %-escape in an argument's name, which Unit refuses",
+            at.path()
+        )));
+    }
     let set = patterns(at, true)?;
     if let Some(re) = encoded::argument(name, &set) {
         return Ok(Some(test_of("$args", &re)?));
@@ -239,6 +246,12 @@ fn named_tests(
     for object in &objects {
         let mut all = Vec::new();
         for (name, patterns_at) in object.members()? {
+            if name.is_empty() {
+                return Err(BadInput(format!(
+                    "{}: an empty name, which Unit refuses",
+                    object.path()
+                )));
+            }
             all.extend(test(name, &patterns_at, http)?);
         }
         if all.is_empty() {
@@ -328,8 +341,15 @@ pub fn read(at: Option<At<'_>>, http: &mut dyn HttpLevel) -> Read<Match> {
         return Ok(m);
     };
     for (key, value) in at.members()? {
+        let before = m.tests.len();
         match key {
-            "uri" => m.uri = patterns(&value, true)?,
+            "uri" => {
+                m.uri = patterns(&value, true)?;
+                if pattern::set_regex(&m.uri).is_some_and(|re| re.len() > MAX_TOKEN) {
+                    http.untranslated(value.path(), TOO_LONG);
+                    m.uri = never();
+                }
+            }
             "host" => {
                 m.host = Some(patterns(&value, false)?);
                 m.host_at = value.path().to_owned();
@@ -370,8 +390,33 @@ pub fn read(at: Option<At<'_>>, http: &mut dyn HttpLevel) -> Read<Match> {
                 "a condition unknown to this tool; the step is written without it",
             ),
         }
+        let added = &m.tests[before..];
+        let too_long = added.iter().any(|t| {
+            std::iter::once(t.when_met.as_str())
+                .chain(t.prelude.text.lines())
+                .any(|line| line.len() > MAX_TOKEN)
+        });
+        if too_long {
+            http.untranslated(value.path(), TOO_LONG);
+            m.tests.truncate(before);
+            m.tests.push(test_of("$uri", encoded::NEVER)?);
+        }
     }
     Ok(m)
+}
+
+/// nginx refuses a configuration token of 4096 bytes or more (its read buffer); a line a little
+/// shorter than that holds every token of it.
+const MAX_TOKEN: usize = 4000;
+
+const TOO_LONG: &str = "its regex would be longer than the 4096 bytes nginx takes in one configuration token; the step is written never to match";
+
+/// URI patterns no URI meets.
+fn never() -> PatternSet {
+    PatternSet {
+        positive: vec![Pattern::Regex(encoded::NEVER.to_owned())],
+        negative: Vec::new(),
+    }
 }
 
 /// Whether a set of scheme patterns admits `scheme`.

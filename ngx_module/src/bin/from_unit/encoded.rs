@@ -1,14 +1,14 @@
 //! `arguments`, `query` and `cookies` as regexes over the whole raw `$args` or `$http_cookie`.
 //!
 //! Unit splits the query at its raw `&` and `=`, decodes every `%XX` (and `+` as a space) in the
-//! request's names and values and in the patterns (not in the names a configuration gives, nor
-//! anywhere in cookies), compares names case-sensitively, and wants every occurrence of a
+//! request's names and values, in the patterns and in the names a configuration gives (nowhere
+//! in cookies), compares names case-sensitively, and wants every occurrence of a
 //! repeated argument or cookie to match. nginx's `$arg_NAME` and `$cookie_NAME` are the
 //! first occurrence, raw, found by a name of any case. A regex over the raw string says Unit's
 //! test exactly: each byte a pattern asks for matches itself or any encoding of it, a `*` any
 //! run of whole encoded characters, and lookaheads say "one occurrence at least, none failing".
 
-use super::pattern::{Pattern, PatternSet};
+use super::pattern::{decode_plus, Pattern, PatternSet};
 
 /// The field a condition reads, which decides how its raw bytes encode the decoded ones.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -80,35 +80,15 @@ impl Field {
         out
     }
 
-    /// The bytes a piece of a pattern stands for (`%XX` checked already where it was parsed).
+    /// The bytes a piece of a pattern or a name stands for: Unit decodes `%XX` and `+` in
+    /// everything of the query, the names a configuration gives included, and nothing in
+    /// cookies. Its validator refuses a malformed escape, and so did `conditions` and
+    /// `pattern::parse` before this runs.
     fn decode(self, text: &str) -> Vec<u8> {
-        let bytes = text.as_bytes();
-        if matches!(self, Field::Cookie | Field::ArgumentName) {
-            return bytes.to_vec();
+        if self == Field::Cookie {
+            return text.as_bytes().to_vec();
         }
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'%' => {
-                    let byte = std::str::from_utf8(bytes.get(i + 1..i + 3).unwrap_or_default())
-                        .ok()
-                        .and_then(|h| u8::from_str_radix(h, 16).ok());
-                    match byte {
-                        Some(b) => {
-                            out.push(b);
-                            i += 3;
-                            continue;
-                        }
-                        None => out.push(b'%'),
-                    }
-                }
-                b'+' => out.push(b' '),
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        out
+        decode_plus(text).unwrap_or_else(|| text.as_bytes().to_vec())
     }
 
     /// A value that meets `set`, from its first raw byte to `end` (a lookahead at its end).
@@ -131,9 +111,12 @@ impl Field {
         Some(re)
     }
 
-    /// A name: every byte as itself, `*` included.
+    /// A name: every byte it decodes to as itself, `*` included.
     fn wildcard_free(self, name: &str) -> String {
-        name.bytes().map(|b| self.byte(b)).collect()
+        self.decode(name)
+            .into_iter()
+            .map(|b| self.byte(b))
+            .collect()
     }
 
     fn text_of(self, p: &Pattern) -> Option<String> {
@@ -171,9 +154,37 @@ pub fn query(set: &PatternSet) -> Option<String> {
     Some(format!("^{}", Field::Query.value(set, "$")?))
 }
 
+/// A regex no string matches.
+pub const NEVER: &str = "(?!)";
+
 /// The regex over `$http_cookie` a `cookies` member is: Unit splits it at `;`, skips the spaces
 /// before a name and drops those after a value, and ignores a cookie without `=`.
 pub fn cookie(name: &str, set: &PatternSet) -> Option<String> {
+    // Unit's cookie names end at the first `=` and start after the spaces, and no name or
+    // value holds a `;`: a member so named is never there, and such a pattern never matches
+    // (a negated one never excludes). A regex over the raw header would find them all the same.
+    if name.starts_with(' ') || name.contains(['=', ';']) {
+        return Some(NEVER.to_owned());
+    }
+    let possible = |p: &Pattern| !matches!(p, Pattern::Wildcard { text, .. } if text.contains(';'));
+    let kept = PatternSet {
+        positive: set
+            .positive
+            .iter()
+            .filter(|p| possible(p))
+            .cloned()
+            .collect(),
+        negative: set
+            .negative
+            .iter()
+            .filter(|p| possible(p))
+            .cloned()
+            .collect(),
+    };
+    if kept.positive.is_empty() && !set.positive.is_empty() {
+        return Some(NEVER.to_owned());
+    }
+    let set = &kept;
     let name = Field::Cookie.wildcard_free(name);
     let value = Field::Cookie.value(set, "(?<! ) *(?:;|$)")?;
     Some(format!(
@@ -212,6 +223,27 @@ mod tests {
         assert_eq!(Field::Cookie.byte(b'a'), "a");
         // `%2A` in a pattern is a literal `*`, `+` a space.
         assert_eq!(f.wildcard("a%2A+"), "(?:a|%61)(?:\\*|%2[Aa])(?:\\+|%20)");
+    }
+
+    #[test]
+    fn argument_names_are_decoded_as_unit_decodes_them() {
+        let re = argument("a+b", &set(&["1"])).unwrap();
+        // A space, raw as `+` or `%20`; a `%2B` is a plus, another name.
+        assert!(re.starts_with("^(?=(?:.*&)?(?:a|%61)(?:\\+|%20)(?:b|%62)(?:=|&|$))"));
+        let re = argument("a%3Db", &set(&["1"])).unwrap();
+        // A decoded `=` is only ever its escape in a raw name.
+        assert!(re.starts_with("^(?=(?:.*&)?(?:a|%61)%3[Dd](?:b|%62)(?:=|&|$))"));
+    }
+
+    #[test]
+    fn cookies_unit_never_parses_never_match() {
+        for name in ["a=b", "a;b", " a"] {
+            assert_eq!(cookie(name, &set(&["1"])).unwrap(), NEVER);
+        }
+        assert_eq!(cookie("a", &set(&["x;y"])).unwrap(), NEVER);
+        assert_eq!(cookie("a", &set(&["x;y", "z"])), cookie("a", &set(&["z"])));
+        // A negation that can never match excludes nothing.
+        assert_eq!(cookie("a", &set(&["!x;y"])), cookie("a", &set(&[])));
     }
 
     #[test]

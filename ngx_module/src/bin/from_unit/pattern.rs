@@ -39,10 +39,8 @@ pub fn parse(text: &str, decode: bool) -> Result<(bool, Pattern), String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if decode => {
-                let byte = std::str::from_utf8(bytes.get(i + 1..i + 3).unwrap_or_default())
-                    .ok()
-                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-                    .ok_or_else(|| format!("{text:?}: a malformed %-escape"))?;
+                let byte = percent_byte(bytes, i)
+                    .ok_or_else(|| format!("{text:?}: a malformed %-escape, which Unit refuses"))?;
                 literal.push(byte);
                 i += 3;
             }
@@ -65,6 +63,39 @@ pub fn parse(text: &str, decode: bool) -> Result<(bool, Pattern), String> {
             regex,
         },
     ))
+}
+
+/// The byte a `%XX` at `bytes[i]` stands for: two hex digits, as Unit's decoder wants (a sign
+/// such as `%+1`, which Rust's radix parser would take, is not one).
+pub fn percent_byte(bytes: &[u8], i: usize) -> Option<u8> {
+    let hex = |j: usize| {
+        bytes
+            .get(j)
+            .and_then(|&c| char::from(c).to_digit(16))
+            .map(|d| d as u8)
+    };
+    Some(hex(i + 1)? << 4 | hex(i + 2)?)
+}
+
+/// Unit's decoding of an `arguments` name (`%XX`, and `+` as a space); `None` where Unit's
+/// decoder refuses it.
+pub fn decode_plus(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                out.push(percent_byte(bytes, i)?);
+                i += 3;
+                continue;
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Some(out)
 }
 
 /// The commonest broken regex, caught here with its JSON path rather than by `nginx -t` with a
@@ -285,6 +316,11 @@ mod tests {
         assert_eq!(re(&["/a%2Ab"]), "^/a\\*b$");
         assert_eq!(re(&["/caf%C3%A9"]), "^/caf\\xc3\\xa9$");
         assert!(parse("/a%zz", true).is_err());
+        // A sign is no hex digit, whatever Rust's radix parser says.
+        assert!(parse("/a%+1", true).is_err());
+        assert!(parse("/a%-1b", true).is_err());
+        assert!(parse("/a%1", true).is_err());
+        assert_eq!(re(&["/%7e%7E"]), "^/\\~\\~$");
         // Hosts and headers are not decoded.
         assert_eq!(set_regex(&set(&["a%2A"], false)).unwrap(), "^a\\%2A$");
     }
@@ -298,6 +334,16 @@ mod tests {
         assert!(parse("~[a-z", false).unwrap_err().contains("an unclosed ["));
         assert!(parse("~[]()]\\(x", false).is_ok());
         assert!(parse("~(?<n>a)\\k<n>", false).is_ok());
+    }
+
+    #[test]
+    fn names_decode_plus_and_escapes_or_are_refused() {
+        assert_eq!(decode_plus("a+b%3D%3d").unwrap(), b"a b==");
+        assert_eq!(decode_plus("").unwrap(), b"");
+        assert_eq!(decode_plus("a%"), None);
+        assert_eq!(decode_plus("a%4"), None);
+        assert_eq!(decode_plus("a%+1"), None);
+        assert_eq!(decode_plus("a%g0"), None);
     }
 
     #[test]

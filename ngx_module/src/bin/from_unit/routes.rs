@@ -33,6 +33,36 @@ pub struct Shared {
     upstreams_written: BTreeSet<String>,
     /// `geo` variables by what they test, so that a route read for several listeners has one.
     geos: Vec<(String, String)>,
+    /// `map $status` variables by their two values, likewise.
+    status_maps: Vec<((String, String), String)>,
+}
+
+impl Shared {
+    /// A variable that is `value` (a configuration token) on a 2xx or 3xx response and
+    /// `otherwise` on any other: `response_headers`' values (see [`super::headers`]).
+    pub fn status_map(&mut self, value: &str, otherwise: &str) -> String {
+        let key = (value.to_owned(), otherwise.to_owned());
+        if let Some((_, name)) = self.status_maps.iter().find(|(k, _)| *k == key) {
+            return name.clone();
+        }
+        self.counter += 1;
+        let name = format!("$unit_header_{}", self.counter);
+        self.http.open(&format!("map $status {name}"));
+        // Evaluated anew where it is read: the status changes over a request's life.
+        self.http.line("volatile;");
+        let token = |t: &str| {
+            if t.is_empty() {
+                "\"\"".to_owned()
+            } else {
+                t.to_owned()
+            }
+        };
+        self.http.line(&format!("~^[23] {};", token(value)));
+        self.http.line(&format!("default {};", token(otherwise)));
+        self.http.close();
+        self.status_maps.push((key, name.clone()));
+        name
+    }
 }
 
 impl HttpLevel for Shared {
@@ -207,10 +237,7 @@ fn pass_parts(pass: &str) -> Vec<String> {
             let mut i = 0;
             while i < b.len() {
                 if b[i] == b'%' {
-                    if let Some(byte) = std::str::from_utf8(b.get(i + 1..i + 3).unwrap_or_default())
-                        .ok()
-                        .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    {
+                    if let Some(byte) = pattern::percent_byte(b, i) {
                         bytes.push(byte);
                         i += 3;
                         continue;
@@ -582,8 +609,15 @@ impl<'a> Unit<'a> {
         let tokens: Vec<String> = names
             .iter()
             .map(|n| {
-                let name = if n.starts_with('~') {
-                    n.clone()
+                let name = if let Some(re) = n.strip_prefix('~') {
+                    // nginx compiles server_name regexes without case, Unit as written, both
+                    // over the lowercased host: a regex with capitals (`^Api`, `[A-Z]`) would
+                    // match in nginx what it never does in Unit.
+                    if re.contains(|c: char| c.is_ascii_uppercase()) {
+                        format!("~(?-i){re}")
+                    } else {
+                        n.clone()
+                    }
                 } else {
                     pattern::server_name(n)
                 };
@@ -846,6 +880,7 @@ impl<'a> Unit<'a> {
                     Some("share") => Answer::Share,
                     Some("return") => Answer::Return {
                         location: at.get("location").is_some(),
+                        status: at.required("return")?.count()?,
                     },
                     Some("pass")
                         if pass_parts(at.required("pass")?.str()?)
@@ -856,7 +891,7 @@ impl<'a> Unit<'a> {
                     }
                     _ => Answer::Proxy,
                 };
-                super::headers::write(h, answer, out, &mut shared.notes)?;
+                super::headers::write(h, answer, out, shared)?;
             }
         }
         match kind {

@@ -393,7 +393,7 @@ fn a_step_passing_to_a_route_lends_it_its_rewrite_but_not_its_headers() {
             "set $unit_step @unit_step_2;",
             "return 418;",
             "location @unit_step_1 {",
-            "add_header X-Inner i;",
+            "add_header X-Inner i always;",
             "return 201;",
             "location @unit_step_2 {",
             "return 202;",
@@ -463,9 +463,20 @@ fn scheme_under_forwarded_protocol_is_the_clients() {
 #[test]
 fn a_return_with_headers_keeps_them() {
     let (conf, notes) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
-            "routes": [{"action": {"return": 202, "response_headers": {"X-A": "1"}}}]}"#);
+            "routes": [{"match": {"uri": "/gone"}, "action": {"return": 404, "response_headers": {"X-A": "1"}}},
+                       {"action": {"return": 202, "response_headers": {"X-A": "1"}}}]}"#);
     assert!(notes.is_empty(), "{notes:?}");
-    has(&conf, &["location / {", "add_header X-A 1;", "return 202;"]);
+    // 202 is no status nginx's add_header serves without `always`; Unit sets nothing on a 404.
+    has(
+        &conf,
+        &[
+            "return 404;",
+            "location / {",
+            "add_header X-A 1 always;",
+            "return 202;",
+        ],
+    );
+    assert_eq!(conf.matches("add_header").count(), 1, "{conf}");
 }
 
 #[test]
@@ -834,16 +845,40 @@ fn response_headers_replace_what_nginx_can_and_name_the_rest() {
             // nginx's own Content-Type for a file, replaced; it sets no Cache-Control.
             "types {}",
             "default_type text/x-forced;",
-            "add_header Cache-Control max-age=60;",
+            // The status of a file (or its 404) is known only when it is answered.
+            "add_header Cache-Control $unit_header_1 always;",
             "location ~ ^/srv$ {",
-            "add_header X-A 1;",
+            "add_header X-A 1 always;",
             "return 204;",
             "location ~ ^/p/ {",
+            // A proxied 4xx or 5xx keeps the upstream's field.
             "proxy_hide_header Cache-Control;",
-            "add_header Cache-Control no-store;",
+            "add_header Cache-Control $unit_header_2 always;",
             "proxy_hide_header X-Gone;",
+            "add_header X-Gone $unit_header_3 always;",
             "location / {",
-            "add_header Cache-Control no-store;",
+            "add_header Cache-Control $unit_header_4 always;",
+        ],
+    );
+    has(
+        &conf,
+        &[
+            "map $status $unit_header_1 {",
+            "volatile;",
+            "~^[23] max-age=60;",
+            "default \"\";",
+            "map $status $unit_header_2 {",
+            "volatile;",
+            "~^[23] no-store;",
+            "default $upstream_http_cache_control;",
+            "map $status $unit_header_3 {",
+            "volatile;",
+            "~^[23] \"\";",
+            "default $upstream_http_x_gone;",
+            "map $status $unit_header_4 {",
+            "volatile;",
+            "~^[23] no-store;",
+            "default \"\";",
         ],
     );
     assert!(!conf.contains("mine") && !conf.contains("add_header date"));
@@ -916,6 +951,23 @@ fn host_wildcards_nginx_lacks_are_regex_server_names() {
             "server_name ~^www\\..*\\.com$;",
             "return 201;",
             "server_name *.example.org ~^.*$;",
+            "return 202;",
+        ],
+    );
+}
+
+#[test]
+fn host_regexes_with_capitals_keep_their_case() {
+    let (conf, _) = run(r#"{"listeners": {"*:80": {"pass": "routes"}},
+            "routes": [{"match": {"host": "~^Api"}, "action": {"return": 201}},
+                       {"match": {"host": "~^[a-z]+\\.test$"}, "action": {"return": 202}}]}"#);
+    // Unit compiles them as written over the lowercased host: `^Api` never matches.
+    has(
+        &conf,
+        &[
+            "server_name ~(?-i)^Api;",
+            "return 201;",
+            "server_name ~^[a-z]+\\.test$;",
             "return 202;",
         ],
     );
@@ -1020,4 +1072,25 @@ fn odd_names_and_addresses_are_noted_or_translated() {
     );
     assert!(notes[0].contains("underscores_in_headers on;"));
     assert!(notes[1].contains("FROM-TO ranges only in a block"));
+}
+
+#[test]
+fn regexes_past_nginx_token_limit_are_noted_and_never_match() {
+    let long = "x".repeat(2000);
+    let (conf, notes) = run(&format!(
+        r#"{{"listeners": {{"*:80": {{"pass": "routes"}}}},
+            "routes": [{{"match": {{"arguments": {{"t": "{long}"}}}}, "action": {{"return": 201}}}},
+                       {{"match": {{"uri": "/{long}{long}{long}"}}, "action": {{"return": 202}}}},
+                       {{"action": {{"return": 299}}}}]}}"#
+    ));
+    assert_eq!(
+        note_paths(&notes),
+        ["routes/0/match/arguments", "routes/1/match/uri"]
+    );
+    assert!(notes[0].contains("4096 bytes"), "{notes:?}");
+    assert!(conf.lines().all(|l| l.len() < 4000), "{conf}");
+    assert!(
+        conf.contains("$uri ~ \"(?!)\"") && conf.contains("location ~ (?!) {"),
+        "{conf}"
+    );
 }
