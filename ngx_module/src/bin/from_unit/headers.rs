@@ -12,7 +12,8 @@
 use super::json::{At, BadInput, Read};
 use super::out::Out;
 use super::pattern::token;
-use super::routes::{variables, Shared};
+use super::shared::Shared;
+use super::variables::variables;
 
 /// What answers the request, which decides the fields the response has before Unit's.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -16,6 +16,8 @@ mod out;
 mod pattern;
 mod rewrite;
 mod routes;
+mod shared;
+mod variables;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -152,7 +154,7 @@ pub fn translate(
         routes: config.get("routes"),
         upstreams: config.get("upstreams"),
     };
-    let mut shared = routes::Shared::default();
+    let mut shared = shared::Shared::default();
     let mut servers = Out::default();
     // Listeners, or one per application (and target) when the file has none.
     let synthesized: Vec<(String, serde_json::Value)>;

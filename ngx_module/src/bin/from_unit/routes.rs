@@ -10,88 +10,14 @@
 //! location. `host` splits a route into server blocks by `server_name`, and `scheme` is known
 //! per listener.
 
-use std::collections::BTreeSet;
-
 use super::apps::{App, Protocol};
-use super::conditions::{self, HttpLevel, Match};
+use super::conditions::{self, Match};
 use super::headers::Answer;
 use super::json::{At, BadInput, Read};
-use super::out::{Notes, Out};
+use super::out::Out;
 use super::pattern::{self, token, Pattern};
-
-/// What the servers need beside them in the http block, and what they used.
-#[derive(Default)]
-pub struct Shared {
-    /// `geo`, `map` and `upstream` blocks.
-    pub http: Out,
-    pub notes: Notes,
-    /// Applications some location serves.
-    pub used_apps: BTreeSet<String>,
-    /// Routes some listener reaches, by name (`""` for a `routes` array).
-    pub used_routes: BTreeSet<String>,
-    counter: usize,
-    upstreams_written: BTreeSet<String>,
-    /// `geo` variables by what they test, so that a route read for several listeners has one.
-    geos: Vec<(String, String)>,
-    /// `map $status` variables by their two values, likewise.
-    status_maps: Vec<((String, String), String)>,
-}
-
-impl Shared {
-    /// A variable that is `value` (a configuration token) on a 2xx or 3xx response and
-    /// `otherwise` on any other: `response_headers`' values (see [`super::headers`]).
-    pub fn status_map(&mut self, value: &str, otherwise: &str) -> String {
-        let key = (value.to_owned(), otherwise.to_owned());
-        if let Some((_, name)) = self.status_maps.iter().find(|(k, _)| *k == key) {
-            return name.clone();
-        }
-        self.counter += 1;
-        let name = format!("$unit_header_{}", self.counter);
-        self.http.open(&format!("map $status {name}"));
-        // Evaluated anew where it is read: the status changes over a request's life.
-        self.http.line("volatile;");
-        let token = |t: &str| {
-            if t.is_empty() {
-                "\"\"".to_owned()
-            } else {
-                t.to_owned()
-            }
-        };
-        self.http.line(&format!("~^[23] {};", token(value)));
-        self.http.line(&format!("default {};", token(otherwise)));
-        self.http.close();
-        self.status_maps.push((key, name.clone()));
-        name
-    }
-}
-
-impl HttpLevel for Shared {
-    fn geo(&mut self, source: &str, entries: &[(String, bool)], default: bool) -> String {
-        let key = format!("{source} {entries:?} {default}");
-        if let Some((_, name)) = self.geos.iter().find(|(k, _)| *k == key) {
-            return name.clone();
-        }
-        self.counter += 1;
-        let name = format!("$unit_address_{}", self.counter);
-        self.http.open(&format!("geo {source} {name}"));
-        self.http.line(&format!("default {};", u8::from(default)));
-        for (address, met) in entries {
-            self.http.line(&format!("{address} {};", u8::from(*met)));
-        }
-        self.http.close();
-        self.geos.push((key, name.clone()));
-        name
-    }
-
-    fn variable(&mut self, what: &str) -> String {
-        self.counter += 1;
-        format!("$unit_{what}_{}", self.counter)
-    }
-
-    fn untranslated(&mut self, at: &str, reason: &str) {
-        self.notes.add(at, reason);
-    }
-}
+use super::shared::Shared;
+use super::variables::variables;
 
 /// Everything the translation reads.
 pub struct Unit<'a> {
@@ -153,66 +79,6 @@ impl Block {
 
 fn tok(value: &str, at: &At<'_>) -> Read<String> {
     token(value).map_err(|e| BadInput(format!("{}: {e}", at.path())))
-}
-
-/// Unit's variables in a string, as nginx's (`$header_X_Foo` is `$http_x_foo`); `None` names
-/// the first one nginx has no counterpart for.
-pub fn variables(text: &str) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        rest = &rest[i + 1..];
-        let (name, braced) = if let Some(inner) = rest.strip_prefix('{') {
-            let end = inner.find('}').ok_or("an unclosed ${")?;
-            (&inner[..end], end + 2)
-        } else {
-            let end = rest
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(rest.len());
-            (&rest[..end], end)
-        };
-        let nginx = match name {
-            "uri" | "host" | "request_uri" | "remote_addr" | "request_id" | "status"
-            | "time_local" | "body_bytes_sent" | "request_time" => name.to_owned(),
-            "method" => "request_method".to_owned(),
-            "request_line" => "request".to_owned(),
-            n if n.starts_with("arg_") || n.starts_with("cookie_") => n.to_owned(),
-            n if n.starts_with("header_") => {
-                format!("http_{}", n[7..].to_ascii_lowercase().replace('-', "_"))
-            }
-            n if n.starts_with("response_header_") => format!(
-                "sent_http_{}",
-                n[16..].to_ascii_lowercase().replace('-', "_")
-            ),
-            n => return Err(format!("the variable ${n} has no nginx counterpart")),
-        };
-        out.push_str(&format!("${{{nginx}}}"));
-        rest = &rest[braced..];
-    }
-    out.push_str(rest);
-    // `${uri}` reads better as `$uri` where no name character follows.
-    Ok(tidy_braces(&out))
-}
-
-fn tidy_braces(text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("${") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        let end = after.find('}').unwrap_or(after.len());
-        let name = &after[..end];
-        let next = after[end + 1..].chars().next();
-        if next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
-            out.push_str(&format!("${{{name}}}"));
-        } else {
-            out.push_str(&format!("${name}"));
-        }
-        rest = &after[(end + 1).min(after.len())..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// `listen` of a listener's address: `*:80` is `80`; abstract sockets have no equivalent.
