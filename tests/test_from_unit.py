@@ -710,6 +710,9 @@ def test_what_is_not_translated_is_named(tmp_path, built):
      'unit.json: routes/0/match/arguments/a%zz: "a%zz": a malformed %-escape in an argument\'s name, which Unit refuses'),
     ('{"listeners": {"*:80": {"pass": "routes"}}, "routes": [{"match": {"cookies": {"": "1"}}, "action": {"return": 200}}]}',
      'unit.json: routes/0/match/cookies: an empty name, which Unit refuses'),
+    ('{"listeners": {"*:99999": {"pass": "applications/a"}}, "applications": {"a": {"type": "python", "module": "m"}}}',
+     'unit.json: listeners/*:99999: "*:99999" is not an address Unit listens on (*:PORT, IP:PORT, '
+     '[IPv6]:PORT or unix:PATH, with a port from 1 to 65535)'),
 ])
 def test_unreadable_input_exits_1_naming_the_json_path(tmp_path, content, message):
     result = from_unit(tmp_path, content)

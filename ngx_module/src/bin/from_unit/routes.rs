@@ -81,6 +81,30 @@ fn tok(value: &str, at: &At<'_>) -> Read<String> {
     token(value).map_err(|e| BadInput(format!("{}: {e}", at.path())))
 }
 
+/// A listener's name is an address Unit can listen on: `unix:PATH`, or a host (`*`, an IPv4 or
+/// a bracketed IPv6 address) and a port from 1 to 65535. nginx would refuse the rest only at
+/// its configuration test, far from the JSON that said it.
+fn check_listener_name(name: &str) -> Result<(), String> {
+    if name
+        .strip_prefix("unix:")
+        .is_some_and(|path| !path.is_empty())
+    {
+        return Ok(());
+    }
+    let port = name
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty())
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .filter(|&port| port > 0);
+    match port {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "{name:?} is not an address Unit listens on (*:PORT, IP:PORT, [IPv6]:PORT or \
+             unix:PATH, with a port from 1 to 65535)"
+        )),
+    }
+}
+
 /// `listen` of a listener's address: `*:80` is `80`; abstract sockets have no equivalent.
 fn listen_address(name: &str) -> Option<String> {
     if let Some(path) = name.strip_prefix("unix:") {
@@ -127,6 +151,8 @@ impl<'a> Unit<'a> {
         shared: &mut Shared,
         out: &mut Out,
     ) -> Read<()> {
+        // Unit refuses the file whatever address replaces this one.
+        check_listener_name(name).map_err(|e| BadInput(format!("{}: {e}", at.path())))?;
         let Some(address) = listen.map(str::to_owned).or_else(|| listen_address(name)) else {
             shared.notes.add(at.path(), "an abstract UNIX socket: nginx listens on TCP sockets and UNIX socket files only; give another address with --listen");
             return Ok(());
@@ -1145,6 +1171,24 @@ mod tests {
             "unix:/run/app.sock"
         );
         assert!(listen_address("unix:@abstract").is_none());
+    }
+
+    #[test]
+    fn listener_names_unit_refuses_are_refused() {
+        for good in [
+            "*:80",
+            "127.0.0.1:8300",
+            "[::]:8080",
+            "unix:/run/app.sock",
+            "*:65535",
+        ] {
+            assert!(check_listener_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "nope", "*:0", "*:99999", ":80", "*:", "*:http", "unix:", "80",
+        ] {
+            assert!(check_listener_name(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
