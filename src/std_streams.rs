@@ -8,11 +8,14 @@ use pyo3::types::PyDict;
 
 use crate::errors::{ErrorStream, StreamName};
 
-/// A daemon (nginx's, Apache's) points descriptor 1 at `/dev/null`, and 2 too when no error
-/// log is a file: there `sys.stdout` or `sys.stderr` writes to the server's error log instead,
-/// an entry per line, as mod_wsgi does, or every `print()` of the app would be lost. Elsewhere (a
-/// file, a pipe to the journal, a terminal) they stay, line-buffered, so that what an app prints
-/// shows at once and is not lost with a worker that dies.
+/// A daemon (nginx's, Apache's) points descriptor 1 at `/dev/null`, and 2 at its error log file
+/// (`/dev/null` when no error log is a file): there `sys.stdout` or `sys.stderr` writes to the
+/// server's error log instead, an entry per line, as mod_wsgi does: every `print()` of the app
+/// would be lost, and what it wrote to standard error would be bare lines in the log, without
+/// time, level or request, and in the main log rather than its location's or virtual host's.
+/// Elsewhere (a pipe to the journal, a terminal: a server in the foreground) they stay,
+/// line-buffered, so that what an app prints shows at once and is not lost with a worker that
+/// dies.
 pub(crate) fn route(py: Python<'_>) -> PyResult<()> {
     let sys = py.import("sys")?;
     for (attr, name, fd) in [
@@ -20,7 +23,7 @@ pub(crate) fn route(py: Python<'_>) -> PyResult<()> {
         ("stderr", StreamName::Stderr, 2),
     ] {
         let current = sys.getattr(attr)?;
-        if current.is_none() || goes_nowhere(fd) {
+        if current.is_none() || goes_nowhere(fd) || (fd == 2 && is_a_file(fd)) {
             sys.setattr(attr, Py::new(py, ErrorStream::new(name))?)?;
         } else {
             let line_buffered = PyDict::new(py);
@@ -30,6 +33,15 @@ pub(crate) fn route(py: Python<'_>) -> PyResult<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `fd` is a regular file: a server's standard error is its error log then.
+fn is_a_file(fd: i32) -> bool {
+    // SAFETY: fstat only fills the buffer it is given.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFREG
+    }
 }
 
 /// Whether `fd` is closed or `/dev/null`.

@@ -308,9 +308,16 @@ def test_entries_of_a_request_go_to_its_virtual_host_log_at_its_level(apaches):
         f"<VirtualHost 127.0.0.1:{server.port}>\n ServerName other.local\n ErrorLog {vhost_log}\n"
         f" <Location /raises>\n  NgxWsgiApp {bad}:raises\n </Location>\n"
         f" <Location /quiet>\n  NgxWsgiApp {bad}:errors_stream\n  LogLevel ngx_wsgi:crit\n </Location>\n"
-        f" <Location /loud>\n  NgxWsgiApp {bad}:errors_stream\n </Location>\n</VirtualHost>\n"))
+        f" <Location /loud>\n  NgxWsgiApp {bad}:errors_stream\n </Location>\n"
+        f" <Location /printer>\n  NgxWsgiApp {APPS / 'printer.py'}:to_stderr\n </Location>\n</VirtualHost>\n"))
     server.start()
     other = {"Host": "other.local"}
+    # Standard error is Apache's main error log file: what the app writes there is an entry of
+    # its request's virtual host log, as mod_wsgi makes it, not a bare line in the main log.
+    assert requests.get(server.url("/printer"), headers=other).status_code == 200
+    wait_for(lambda: re.search(r"\[ngx_wsgi:error\] \[pid \d+:tid \d+\] \[client 127\.0\.0\.1:\d+\] "
+                               r"sys.stderr: written to sys.stderr", vhost_log.read_text()), what="the entry")
+    assert "written to sys.stderr" not in server.error_log()
     assert requests.get(server.url("/raises"), headers=other).status_code == 500
     assert requests.get(server.url("/quiet"), headers=other).text == "logged"
     assert requests.get(server.url("/loud?x"), headers=other).text == "logged"

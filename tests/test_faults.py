@@ -255,6 +255,8 @@ def test_print_reaches_the_error_log_where_standard_output_is_dev_null(nginx_fac
     assert "sys.stdout: bytes written, caf\u00e9, request_id:" in log
     assert "sys.stdout: through a TextIOWrapper, request_id:" in log
     assert "sys.stdout: still printing after it closed its buffer, request_id:" in log
+    # Standard error is the error log file: an entry too, not a bare line.
+    assert re.search(r"\[error\] \d+#\d+: sys.stderr: written to sys.stderr, request_id: [0-9a-f]{32}$", log, re.M)
     assert requests.get(server.url("/asgi/x"), timeout=10).text == "printed"
     wait_for(lambda: re.search(r"sys.stdout: printed by an ASGI task for /asgi/x, request_id: [0-9a-f]{32}$",
                                server.error_log(), re.M), what="the ASGI task's line, with its request's id")

@@ -23,6 +23,7 @@ def application(environ, start_response):
     with io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", line_buffering=True) as wrapped:
         wrapped.write("through a TextIOWrapper\n")
     print("still printing after it closed its buffer")
+    print("written to sys.stderr", file=sys.stderr)
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [f"{sys.stdout.isatty()} {sys.stdout.encoding} {sys.stderr.fileno()}".encode()]
 
@@ -53,3 +54,9 @@ async def asgi_app(scope, receive, send):
         print("printed by an ASGI task for", scope["path"])
     await send({"type": "http.response.start", "status": status, "headers": []})
     await send({"type": "http.response.body", "body": b"printed"})
+
+
+def to_stderr(environ, start_response):
+    print("written to sys.stderr", file=sys.stderr)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"written"]
