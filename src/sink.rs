@@ -21,7 +21,7 @@ pub trait ChunkSink: Send + Sync {
         false
     }
 
-    /// The body is whole (the app's iterable is exhausted, and the head declared no length):
+    /// The body is whole (the app's iterable is exhausted, or the head's length is reached):
     /// the server may end the response now, before the iterable's `close()` runs. True when it
     /// does: nothing may be pushed after it. A server that does not (false) ends the response
     /// with the outcome.

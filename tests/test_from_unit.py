@@ -699,7 +699,7 @@ def test_what_is_not_translated_is_named(tmp_path, built):
 @pytest.mark.parametrize("content, message", [
     ("{", "unit.json: not JSON: EOF while parsing an object at line 1 column 1"),
     ('{"applications": {"a": {"type": "python", "module": "m", "threads": "4"}}}',
-     'unit.json: applications/a/threads: expected a whole number from 0, got "4"'),
+     'unit.json: applications/a/threads: expected a whole number from 1, got "4"'),
     ('{"listeners": {"*:80": {"pass": "routes/main"}}, "routes": {"other": []}}',
      'unit.json: listeners/*:80/pass: "routes/main" names no route'),
     ('{"listeners": {"*:80": {"pass": "routes"}}, "routes": [{"match": {"uri": "/a%zz"}, "action": {"return": 200}}]}',

@@ -126,6 +126,24 @@ def test_a_streamed_body_ends_before_its_close_returns(nginx_factory, tmp_path):
 
 
 @pytest.mark.parametrize("query", ["", "length"], ids=["chunked", "content-length"])
+def test_a_client_that_closes_after_the_whole_response_is_not_logged_as_gone(nginx_factory, tmp_path, query):
+    # It closes while the app's close() still runs (Django's request-finished work): it had
+    # everything, and nginx's test logged "client prematurely closed connection" (19 of 20
+    # Django responses in a probe).
+    server = closes_slowly_server(nginx_factory, tmp_path)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(f"GET /closes_slowly?{query} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        data = read_until(s, b"\r\n0\r\n\r\n" if not query else b"part 2\n")
+        assert data.startswith(b"HTTP/1.1 200") and b"part 1\n" in data, data
+    # The one worker has seen the close by the time it answers a request sent after it.
+    requests.get(server.url("/plain"), timeout=10)
+    assert not (tmp_path / "closed").exists(), "close() is still running"
+    (tmp_path / "release-close").touch()
+    wait_for(lambda: (tmp_path / "closed").exists(), what="close() to return")
+    assert "prematurely closed" not in server.error_log(), server.error_log()[-2000:]
+
+
+@pytest.mark.parametrize("query", ["", "length"], ids=["chunked", "content-length"])
 def test_an_http2_streamed_body_ends_before_its_close_returns(nginx_factory, tmp_path, query):
     # The stream's end (END_STREAM) went out only after close() when the body had its
     # Content-Length: an HTTP/2 client waited for Django's request_finished handlers.

@@ -48,6 +48,7 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
             crate::recycle::unloaded_app_asked();
             return HTTP_INTERNAL_SERVER_ERROR as c_int;
         };
+        // Recycling may have begun since post_read_request looked.
         crate::recycle::close_if_recycling(r);
         let side = Arc::new(Side::new(r));
         let prepared = match crate::request_body::prepare(r, conf.request_buffering(), &side) {

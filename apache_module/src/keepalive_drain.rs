@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use crate::bindings::{
     ap_mpm_query, ap_show_mpm, apr_pool_cleanup_null, apr_pool_cleanup_register, apr_status_t,
-    conn_rec, request_rec, APR_SUCCESS, AP_MPMQ_MPM_STATE, AP_MPMQ_STOPPING, OK,
+    conn_rec, request_rec, APLOG_INFO, APR_SUCCESS, AP_MPMQ_MPM_STATE, AP_MPMQ_STOPPING, OK,
 };
 
 /// The longest the drain lasts: a connection idle for longer meets the race any keep-alive
@@ -34,8 +34,8 @@ static OPEN_BEFORE: Mutex<usize> = Mutex::new(0);
 /// Told when the last of those closes.
 static ALL_CLOSED: Condvar = Condvar::new();
 
-/// Counts a client connection the drain will wait for (`pre_connection`, every connection of a
-/// child that recycles). An HTTP/2 stream's connection (`master` set) is its client's, counted
+/// Counts a client connection the drain will wait for (`pre_connection`, every connection of
+/// every child: any may recycle, for its limits or to load its apps again). An HTTP/2 stream's connection (`master` set) is its client's, counted
 /// once; mod_proxy's connections to its backends (`outgoing`, and no scoreboard slot), kept in
 /// its pool for reuse, are not a client's.
 ///
@@ -78,13 +78,25 @@ unsafe extern "C" fn connection_closed(_data: *mut c_void) -> apr_status_t {
     })
 }
 
-/// Waits until every connection open when the drain began has closed, or [`DRAIN`] is over.
+/// Waits until every connection open when the drain began has closed, or [`DRAIN`] is over,
+/// and says which.
 fn wait_for_open_connections() {
     let open = OPEN_BEFORE.lock().unwrap_or_else(|e| e.into_inner());
-    drop(
-        ALL_CLOSED
-            .wait_timeout_while(open, DRAIN, |open| *open > 0)
-            .unwrap_or_else(|e| e.into_inner()),
+    let (open, _) = ALL_CLOSED
+        .wait_timeout_while(open, DRAIN, |open| *open > 0)
+        .unwrap_or_else(|e| e.into_inner());
+    let left = *open;
+    drop(open);
+    let how = match left {
+        0 => "the connections it had have closed".to_owned(),
+        n => format!(
+            "{n} of its connections still open after {} s",
+            DRAIN.as_secs()
+        ),
+    };
+    crate::log::write(
+        APLOG_INFO as c_int,
+        &format!("wsgi: this child's drain is over ({how}); it stops"),
     );
 }
 

@@ -168,24 +168,3 @@ def brief(environ, start_response):
     yield b"first"
     time.sleep(float(environ["QUERY_STRING"] or "0"))
     yield b"last"
-
-
-class _SlowToClose:
-    def __init__(self, marks):
-        self.marks = marks
-
-    def __iter__(self):
-        yield b"whole "
-        yield b"response"
-
-    def close(self):
-        # A framework's request-finished work (Django closes its database connections there).
-        time.sleep(0.3)
-        with open(self.marks, "a") as f:
-            f.write("closed\n")
-
-
-def slow_to_close(environ, start_response):
-    """A streamed response whose close() takes 0.3 s, then appends to the file ?PATH."""
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "14")])
-    return _SlowToClose(environ["QUERY_STRING"])

@@ -69,8 +69,8 @@ struct State {
     ended_by_server: bool,
     /// ... and shut the connection for writing once all of it was sent.
     shut: bool,
-    /// The app's body is whole (a WSGI iterable exhausted, no Content-Length): the end of the
-    /// response goes out after the pieces pending, before the app's `close()` returns.
+    /// The app's body is whole (a WSGI iterable exhausted, or its Content-Length all came): the
+    /// end of the response goes out after the pieces pending, before the app's `close()` returns.
     end_due: bool,
     /// ... and it went out (nginx has the last buffer).
     ended: bool,

@@ -250,7 +250,7 @@ impl Stream {
     pub(crate) unsafe fn on_readable(&self, r: *mut ngx_http_request_t) {
         // SAFETY: per the function contract.
         unsafe {
-            if self.done_with_client(r) {
+            if self.stop_watching_if_served(r) {
                 return;
             }
             if crate::client_watch::client_left(r) {
@@ -267,7 +267,7 @@ impl Stream {
     ///
     /// # Safety
     /// Event-loop thread, for the request's read event; `r` is this stream's live request.
-    unsafe fn done_with_client(&self, r: *mut ngx_http_request_t) -> bool {
+    unsafe fn stop_watching_if_served(&self, r: *mut ngx_http_request_t) -> bool {
         // SAFETY: per the function contract.
         unsafe {
             if !self.response_out(r) {

@@ -160,7 +160,7 @@ pub fn version_note(version: &str, embedded: Option<(u32, u32)>) -> Option<Strin
 /// A count Unit refuses below 1 (`processes`, its `max`, `threads`), where nginx's
 /// directives would fail too.
 fn from_one(at: &At<'_>) -> Read<u64> {
-    match at.count()? {
+    match at.count().map_err(|_| at.wrong("a whole number from 1"))? {
         0 => Err(at.wrong("a whole number from 1 (Unit refuses 0)")),
         n => Ok(n),
     }

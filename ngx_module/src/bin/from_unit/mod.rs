@@ -218,12 +218,14 @@ pub fn translate(
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
         };
+        let reason = if shared.chain_cut {
+            "no listener passes requests to this route, nor a step of a route one does, within the 17 levels of passes this tool writes (see the chain's note): it is not in the output"
+        } else {
+            "no listener passes requests to this route, nor a step of a route one does: it is not in the output"
+        };
         for (name, at) in named {
             if !shared.used_routes.contains(&name) {
-                shared.notes.add(
-                    at.path(),
-                    "no listener passes requests to this route, nor a step of a route one does: it is not in the output",
-                );
+                shared.notes.add(at.path(), reason);
             }
         }
     }

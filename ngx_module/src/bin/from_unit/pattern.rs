@@ -77,8 +77,8 @@ pub fn percent_byte(bytes: &[u8], i: usize) -> Option<u8> {
     Some(hex(i + 1)? << 4 | hex(i + 2)?)
 }
 
-/// Unit's decoding of an `arguments` name (`%XX`, and `+` as a space); `None` where Unit's
-/// decoder refuses it.
+/// Unit's decoding of the query's text (argument names and values, the whole query, and their
+/// patterns): `%XX`, and `+` as a space; `None` where Unit's decoder refuses it.
 pub fn decode_plus(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

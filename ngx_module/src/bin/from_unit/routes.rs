@@ -852,6 +852,7 @@ impl<'a> Unit<'a> {
                 // Each level is written out again inside the one before it: a bound keeps the
                 // output's size sane, well below Unit's 255 passes.
                 if seen.len() > 16 {
+                    shared.chain_cut = true;
                     shared.notes.add(at.path(), &format!("{target:?} is the 18th route of a chain of passes from one listener; this tool writes routes nested up to 17 deep (Unit follows up to 255 passes): this step answers 404 here"));
                     out.line("return 404;");
                     return Ok(());

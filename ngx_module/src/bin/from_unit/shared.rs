@@ -16,6 +16,9 @@ pub struct Shared {
     pub used_apps: BTreeSet<String>,
     /// Routes some listener reaches, by name (`""` for a `routes` array).
     pub used_routes: BTreeSet<String>,
+    /// A chain of passes was cut at the depth the tool writes: the routes past it were not
+    /// reached, and may be reachable in Unit.
+    pub chain_cut: bool,
     pub(super) counter: usize,
     pub(super) upstreams_written: BTreeSet<String>,
     /// `geo` variables by what they test, so that a route read for several listeners has one.

@@ -1,6 +1,6 @@
 //! Unit's variables as nginx's.
 
-/// Unit's variables in a string, as nginx's (`$header_X_Foo` is `$http_x_foo`); `None` names
+/// Unit's variables in a string, as nginx's (`$header_X_Foo` is `$http_x_foo`); `Err` names
 /// the first one nginx has no counterpart for.
 pub fn variables(text: &str) -> Result<String, String> {
     let mut out = String::new();
