@@ -247,9 +247,12 @@ def test_a_burst_of_timeouts_logs_a_few_stacks_a_second(nginx_factory):
     # Every request of a location stuck at once (a dependency down): each timeout is logged and
     # interrupted, but only the first few stacks of a second are formatted, which is Python
     # work under the GIL that would otherwise fall behind the timeouts and keep their threads.
-    server = nginx_factory(location("/", APPS / "sleepy.py", "wsgi_read_timeout 300ms;")).start()
+    # (A second, so that the 60 threads all take the GIL and start spinning before their
+    # deadline also under the sanitizer on a loaded machine: one that has not is not
+    # interrupted, and its stack not formatted.)
+    server = nginx_factory(location("/", APPS / "sleepy.py", "wsgi_read_timeout 1s;")).start()
     assert statuses_of_concurrent(server, "/spin", 60) == [504] * 60
-    entries = '"GET /spin HTTP/1.1" is still inside Python after 300 ms; '
+    entries = '"GET /spin HTTP/1.1" is still inside Python after 1000 ms; '
     wait_for(lambda: server.error_log().count(entries) == 60, what="60 timeout entries")
     log = server.error_log()
     interrupted = log.count(entries + "interrupting it with TimeoutError. Its Python stack (most recent call last):")
