@@ -37,26 +37,28 @@ pub(crate) fn route(py: Python<'_>) -> PyResult<()> {
 
 /// Whether `fd` is a regular file: a server's standard error is its error log then.
 fn is_a_file(fd: i32) -> bool {
-    // SAFETY: fstat only fills the buffer it is given.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFREG
-    }
+    status(fd).is_some_and(|st| (st.st_mode & libc::S_IFMT) == libc::S_IFREG)
 }
 
 /// Whether `fd` is closed or `/dev/null`.
 fn goes_nowhere(fd: i32) -> bool {
-    // SAFETY: fstat and stat only fill the buffers they are given.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd, &mut st) != 0 {
-            return true;
-        }
-        let mut null: libc::stat = std::mem::zeroed();
-        (st.st_mode & libc::S_IFMT) == libc::S_IFCHR
-            && libc::stat(c"/dev/null".as_ptr(), &mut null) == 0
-            && st.st_rdev == null.st_rdev
-    }
+    let Some(st) = status(fd) else {
+        return true;
+    };
+    // SAFETY: a plain C struct, for which all zeros is a value.
+    let mut null: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: stat only fills the buffer it is given.
+    (st.st_mode & libc::S_IFMT) == libc::S_IFCHR
+        && unsafe { libc::stat(c"/dev/null".as_ptr(), &mut null) } == 0
+        && st.st_rdev == null.st_rdev
+}
+
+/// `fd`'s status, or None when it is closed.
+fn status(fd: i32) -> Option<libc::stat> {
+    // SAFETY: a plain C struct, for which all zeros is a value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat only fills the buffer it is given.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st)
 }
 
 /// Flushes `sys.stdout` and `sys.stderr`; both are tried, and the first failure is returned.

@@ -14,7 +14,6 @@
 //! ends instead (its next request says `Connection: close`).
 
 use std::ffi::{c_int, c_void, CStr};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -27,10 +26,18 @@ use crate::bindings::{
 /// timeout has, which clients retry.
 const DRAIN: Duration = Duration::from_secs(2);
 
-/// The drain began: connections opened since are not waited for.
-static DRAINING: AtomicBool = AtomicBool::new(false);
-/// Client connections opened before the drain began and still open.
-static OPEN_BEFORE: Mutex<usize> = Mutex::new(0);
+/// The connections the drain waits for.
+struct Count {
+    /// The drain began: connections opened since are not waited for.
+    draining: bool,
+    /// Client connections opened before the drain began and still open.
+    open_before: usize,
+}
+
+static COUNT: Mutex<Count> = Mutex::new(Count {
+    draining: false,
+    open_before: 0,
+});
 /// Told when the last of those closes.
 static ALL_CLOSED: Condvar = Condvar::new();
 
@@ -50,11 +57,11 @@ pub(crate) unsafe extern "C" fn pre_connection(c: *mut conn_rec, _csd: *mut c_vo
                 return OK as c_int;
             }
             {
-                let mut open = OPEN_BEFORE.lock().unwrap_or_else(|e| e.into_inner());
-                if DRAINING.load(SeqCst) {
+                let mut count = COUNT.lock().unwrap_or_else(|e| e.into_inner());
+                if count.draining {
                     return OK as c_int;
                 }
-                *open += 1;
+                count.open_before += 1;
             }
             apr_pool_cleanup_register(
                 (*c).pool,
@@ -69,9 +76,9 @@ pub(crate) unsafe extern "C" fn pre_connection(c: *mut conn_rec, _csd: *mut c_vo
 
 unsafe extern "C" fn connection_closed(_data: *mut c_void) -> apr_status_t {
     crate::ffi_guard::guard("counting a connection", APR_SUCCESS as apr_status_t, || {
-        let mut open = OPEN_BEFORE.lock().unwrap_or_else(|e| e.into_inner());
-        *open = open.saturating_sub(1);
-        if *open == 0 {
+        let mut count = COUNT.lock().unwrap_or_else(|e| e.into_inner());
+        count.open_before = count.open_before.saturating_sub(1);
+        if count.open_before == 0 {
             ALL_CLOSED.notify_all();
         }
         APR_SUCCESS as apr_status_t
@@ -81,12 +88,12 @@ unsafe extern "C" fn connection_closed(_data: *mut c_void) -> apr_status_t {
 /// Waits until every connection open when the drain began has closed, or [`DRAIN`] is over,
 /// and says which.
 fn wait_for_open_connections() {
-    let open = OPEN_BEFORE.lock().unwrap_or_else(|e| e.into_inner());
-    let (open, _) = ALL_CLOSED
-        .wait_timeout_while(open, DRAIN, |open| *open > 0)
+    let count = COUNT.lock().unwrap_or_else(|e| e.into_inner());
+    let (count, _) = ALL_CLOSED
+        .wait_timeout_while(count, DRAIN, |count| count.open_before > 0)
         .unwrap_or_else(|e| e.into_inner());
-    let left = *open;
-    drop(open);
+    let left = count.open_before;
+    drop(count);
     let how = match left {
         0 => "the connections it had have closed".to_owned(),
         n => format!(
@@ -116,12 +123,8 @@ pub(crate) unsafe fn then(stop: fn(), r: *mut request_rec) {
         }
         return;
     }
-    // A connection counted before this is waited for, one that comes after is not: both look
-    // under the lock.
-    {
-        let _open = OPEN_BEFORE.lock().unwrap_or_else(|e| e.into_inner());
-        DRAINING.store(true, SeqCst);
-    }
+    // A connection counted before this is waited for, one that comes after is not.
+    COUNT.lock().unwrap_or_else(|e| e.into_inner()).draining = true;
     let drain = std::thread::Builder::new()
         .name("wsgi-drain".into())
         .spawn(move || {

@@ -112,22 +112,16 @@ unsafe fn stop_accepting() {
 /// Event-loop thread.
 unsafe fn send_http2_goaways() {
     // SAFETY: per the function contract; the cycle's connection array has `connection_n`
-    // entries for the process's life, a free one with fd -1. An idle connection's `data` is
-    // read as in `keep_alive_connections`. Marking an idle connection closing and calling its
-    // read handler is nginx's own ngx_close_idle_connections, which every idle connection's
-    // handler is written for; one that closes frees its entry, which the loop then skips.
+    // entries for the process's life. Marking an idle connection closing and calling its read
+    // handler is nginx's own ngx_close_idle_connections, which every idle connection's handler
+    // is written for; one that closes frees its entry, which the loop then skips (no reference
+    // to an entry outlives the handler's call).
     unsafe {
         let cycle = ngx_cycle;
         let connections = (*cycle).connections;
         for i in 0..(*cycle).connection_n {
             let c = connections.add(i);
-            if (*c).fd == -1
-                || (*c).idle() == 0
-                || (*c).listening.is_null()
-                || (*c).data.is_null()
-                || (*(*c).listening).type_ != libc::SOCK_STREAM
-                || !std::ptr::eq(*(*c).data.cast::<*const ngx_connection_t>(), c)
-            {
+            if !matches!(client(&*c), Some(Client::Http2)) {
                 continue;
             }
             let rev = (*c).read;
@@ -186,26 +180,18 @@ unsafe extern "C" fn drain_check(ev: *mut ngx_event_t) {
 /// Event-loop thread.
 unsafe fn keep_alive_connections() -> bool {
     // SAFETY: the cycle's connection array has `connection_n` entries for the process's life; a
-    // free one has fd -1. An idle HTTP/1 connection's `data` is its ngx_http_connection_t, an
-    // HTTP/2 one's its ngx_http_v2_connection_t, whose first field points back to the
-    // connection (the other's first field is its address configuration); a busy HTTP/1
-    // connection's `data` is its request, which starts with nginx's signature and the
-    // connection. Whatever else a listening connection's `data` is (an HTTP/2 or a stream
-    // module's session, an HTTP/3 stream's) is at least those two fields long, and the request
-    // is only read further once both say it is one.
+    // busy HTTP/1 connection's `data` is its request, which starts with nginx's signature and
+    // the connection. Whatever else a busy client connection's `data` is (a stream module's
+    // session, an HTTP/3 stream's) is at least those two fields long, and the request is only
+    // read further once both say it is one.
     unsafe {
         let cycle = ngx_cycle;
         let connections = std::slice::from_raw_parts((*cycle).connections, (*cycle).connection_n);
         connections.iter().any(|c| {
-            // A QUIC connection is marked idle for its whole life; nginx's exit closes it.
-            if c.fd == -1 || c.listening.is_null() || c.data.is_null() {
-                return false;
-            }
-            if (*c.listening).type_ != libc::SOCK_STREAM {
-                return false;
-            }
-            if c.idle() != 0 {
-                return !std::ptr::eq(*c.data.cast::<*const ngx_connection_t>(), c);
+            match client(c) {
+                None | Some(Client::Http2) => return false,
+                Some(Client::IdleHttp1) => return true,
+                Some(Client::Busy) => {}
             }
             let r = c.data.cast::<ngx_http_request_t>();
             if (*r).signature != NGX_HTTP_MODULE || !std::ptr::eq((*r).connection, c) {
@@ -220,6 +206,46 @@ unsafe fn keep_alive_connections() -> bool {
                 && (*main).headers_out.status != NGX_HTTP_SWITCHING_PROTOCOLS as usize
                 && !is_event_stream(&*main)
         })
+    }
+}
+
+/// A client's connection on a TCP listening socket, as the drain tells them apart.
+enum Client {
+    /// An HTTP/1 connection waiting for its next request.
+    IdleHttp1,
+    /// An HTTP/2 connection, which nginx marks idle for its whole life.
+    Http2,
+    /// Any other: one with a request under way, or another module's.
+    Busy,
+}
+
+/// What `c` is; `None` for a free entry, a connection of no listening socket (a cached
+/// upstream one) or a QUIC one (idle for its whole life; nginx's exit closes it).
+///
+/// # Safety
+/// Event-loop thread; `c` is an entry of the cycle's connection array.
+unsafe fn client(c: &ngx_connection_t) -> Option<Client> {
+    if c.fd == -1 || c.listening.is_null() || c.data.is_null() {
+        return None;
+    }
+    // SAFETY: per the function contract: a used entry's listening socket is live; an idle
+    // HTTP/1 connection's `data` is its ngx_http_connection_t, an HTTP/2 one's its
+    // ngx_http_v2_connection_t, whose first field points back to the connection (the other's
+    // first field is its address configuration).
+    unsafe {
+        if (*c.listening).type_ != libc::SOCK_STREAM {
+            return None;
+        }
+        if c.idle() == 0 {
+            return Some(Client::Busy);
+        }
+        Some(
+            if std::ptr::eq(*c.data.cast::<*const ngx_connection_t>(), c) {
+                Client::Http2
+            } else {
+                Client::IdleHttp1
+            },
+        )
     }
 }
 
