@@ -440,6 +440,61 @@ def test_a_recycling_worker_answers_the_next_request_of_a_connection_idle_at_the
     assert "exited on signal" not in server.error_log() and "exit signal" not in server.error_log()
 
 
+def test_a_recycling_worker_leaves_its_new_connections_to_the_other_workers(nginx_factory):
+    # It went on accepting while it drained, one request per connection (each response closes
+    # it): under keep-alive load and frequent recycling a third of the responses said close.
+    # With another worker accepting, the shared socket's new connections are that one's, kept
+    # alive; the drain still answers the recycling worker's own connections.
+    server = nginx_factory(location("/", APPS / "sleepy.py") + "  location = /pid { return 200 $pid; }\n",
+                           http_extra="wsgi_max_requests 20;", workers=2).start()
+
+    def in_event_loop(pid):
+        # A worker waits in epoll_wait only once its start (the apps' import) is over: one still
+        # importing takes nothing from the recycling one, which then goes on accepting.
+        try:
+            return pathlib.Path(f"/proc/{pid}/wchan").read_text() in ("do_epoll_wait", "ep_poll")
+        except OSError:
+            return False
+
+    wait_for(lambda: len(server.worker_pids()) == 2 and all(map(in_event_loop, server.worker_pids())),
+             what="two worker processes in their event loops")
+
+    def served_by(conn):
+        conn.request("GET", "/pid")
+        r = conn.getresponse()
+        assert r.status == 200
+        return int(r.read()), r.getheader("Connection") in (None, "keep-alive")
+
+    opened = {}
+    while not any(len(conns) >= 2 for conns in opened.values()):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        pid, kept = served_by(conn)
+        assert kept, (pid, server.error_log()[-3000:])
+        opened.setdefault(pid, []).append(conn)
+    recycled = next(pid for pid, conns in opened.items() if len(conns) >= 2)
+    busy, idle = opened[recycled][:2]
+    for i in range(20):  # the app's requests bring the worker to wsgi_max_requests
+        busy.request("GET", f"/{i}")
+        r = busy.getresponse()
+        assert (r.status, r.read()) == (200, f"/{i}".encode())
+        if r.getheader("Connection") == "close":
+            break
+    assert r.getheader("Connection") == "close", "the worker recycles"
+    busy.close()
+    # `idle` holds the recycling worker's drain (2 s at most): new connections meanwhile.
+    fresh = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=10) for _ in range(20)]
+    served = [served_by(conn) for conn in fresh]
+    assert all(pid != recycled and kept for pid, kept in served), (recycled, served, server.error_log()[-3000:])
+    idle.request("GET", "/last")
+    r = idle.getresponse()
+    assert (r.status, r.read(), r.getheader("Connection")) == (200, b"/last", "close")
+    for conn in fresh + [c for conns in opened.values() for c in conns]:
+        conn.close()
+    wait_for(lambda: len(server.worker_pids()) == 2 and recycled not in server.worker_pids(), what="a fresh worker")
+    log = server.error_log()
+    assert "(wsgi_max_requests); recycling it" in log and "exited on signal" not in log, log[-3000:]
+
+
 def test_a_streamed_or_asgi_response_that_ends_a_worker_says_the_connection_closes(nginx_factory):
     # Their heads go out before the request is done: the last request is known as it starts.
     server = nginx_factory(location("/stream/", f"{APPS / 'streaming.py'}:big_stream")

@@ -21,6 +21,8 @@ use nginx_sys::{
 };
 use ngx::core::{CoreModuleMainConf, NgxCoreModule};
 
+use crate::ffi::event_flags::{EXCLUSIVE_EVENT, READ_EVENT};
+
 /// Each listening socket's own handler of new connections, which the wrapper calls.
 static HANDLERS: OnceLock<Vec<(usize, ngx_connection_handler_pt)>> = OnceLock::new();
 
@@ -112,10 +114,6 @@ unsafe extern "C" fn accept_in_turn(ev: *mut ngx_event_t) {
     })
 }
 
-/// `NGX_READ_EVENT` and `NGX_EXCLUSIVE_EVENT` of Linux builds (preprocessor macros bindgen
-/// cannot see).
-const READ_EVENT: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
-const EXCLUSIVE_EVENT: u32 = libc::EPOLLEXCLUSIVE as u32;
 /// How soon a paused listening socket is watched again.
 const PAUSE_MS: nginx_sys::ngx_msec_t = 1;
 
@@ -158,10 +156,11 @@ unsafe fn pause(ev: *mut ngx_event_t) {
 }
 
 /// The paused listening sockets are watched again, as nginx's `ngx_event_process_init` watches
-/// them: a worker's own `reuseport` socket always; a shared one exclusively when nginx does so,
-/// and not while another worker holds the accept mutex (nginx puts it back when this one takes
-/// the mutex). Not those closed since (the worker's exit), and none while nginx holds them all
-/// back after running out of descriptors (its timer on one of them puts them all back).
+/// them: a worker's own `reuseport` socket always; a shared one exclusively when nginx does so, and
+/// not while another worker holds the accept mutex (nginx puts it back when this one takes the
+/// mutex), nor once a recycling worker left it to the others. Not those closed since (the worker's
+/// exit), and none while nginx holds them all back after running out of descriptors (its timer on
+/// one of them puts them all back).
 unsafe extern "C" fn resume(_ev: *mut ngx_event_t) {
     crate::ffi::guard("accepting connections again", (), || {
         let paused = std::mem::take(&mut *PAUSED.lock().unwrap_or_else(|e| e.into_inner()));
@@ -202,7 +201,7 @@ unsafe extern "C" fn resume(_ev: *mut ngx_event_t) {
                 }
                 let flags = if ls.reuseport() != 0 {
                     0
-                } else if mutex_elsewhere {
+                } else if mutex_elsewhere || crate::exit_drain::left_shared_sockets() {
                     continue;
                 } else if nginx_sys::ngx_use_exclusive_accept != 0 {
                     EXCLUSIVE_EVENT

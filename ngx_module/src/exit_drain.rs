@@ -32,12 +32,18 @@ static DRAIN_TIMER: WorkerTimer = WorkerTimer::new();
 /// Whether the drain goes on accepting connections.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Accepting {
-    /// The worker is recycled: nothing replaces it before it exits.
+    /// The worker is recycled, and no other worker accepts: nothing replaces it before it exits.
     GoOn,
+    /// The worker is recycled, and other workers of its configuration accept: they take the new
+    /// connections of the sockets it shares with them (see [`leave_shared_sockets`]).
+    LeaveToOthers,
     /// A reload's newer workers accept: the worker closes its listening sockets at once, as
     /// nginx's quit would have.
     Stop,
 }
+
+/// The worker has taken its shared listening sockets out of its event set.
+static LEFT_SHARED_SOCKETS: AtomicBool = AtomicBool::new(false);
 
 /// Begins the drain, then the exit. A drain under way already goes on (a reload's quit during
 /// a recycling's drain stops its accepting).
@@ -48,9 +54,13 @@ pub(crate) unsafe fn begin(accepting: Accepting) {
     let under_way = DRAINING.swap(true, Relaxed);
     // SAFETY: per the function contract: nginx's clock and cycle, read on the event loop.
     unsafe {
-        if accepting == Accepting::Stop {
-            stop_accepting();
-            send_http2_goaways();
+        match accepting {
+            Accepting::Stop => {
+                stop_accepting();
+                send_http2_goaways();
+            }
+            Accepting::LeaveToOthers if leave_shared_sockets() => send_http2_goaways(),
+            Accepting::LeaveToOthers | Accepting::GoOn => {}
         }
         if under_way {
             return;
@@ -99,6 +109,69 @@ unsafe fn stop_accepting() {
         }
         nginx_sys::ngx_close_listening_sockets(cycle);
     }
+}
+
+/// Takes the listening sockets the worker shares with the others out of its event set, as
+/// nginx's accept mutex does for a worker without it: their new connections go to the others.
+/// Not a worker's own `reuseport` socket, whose connections would wait for its successor, nor
+/// any under the accept mutex, which nginx would put back when the worker takes it. The
+/// sockets stay open: nginx's exit closes them. Whether any left.
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn leave_shared_sockets() -> bool {
+    // SAFETY: per the function contract; the cycle's listening array has `nelts` entries, each
+    // with the worker's connection of it or none; nginx's event actions are set in a worker.
+    unsafe {
+        let Some(del) = nginx_sys::ngx_event_actions.del else {
+            return false;
+        };
+        if nginx_sys::ngx_use_accept_mutex != 0 {
+            return false;
+        }
+        let cycle = ngx_cycle;
+        let listening = std::slice::from_raw_parts(
+            (*cycle).listening.elts as *const ngx_listening_t,
+            (*cycle).listening.nelts,
+        );
+        let mut left = false;
+        for ls in listening {
+            let c = ls.connection;
+            if ls.reuseport() != 0 || ls.type_ != libc::SOCK_STREAM || c.is_null() {
+                continue;
+            }
+            let rev = (*c).read;
+            if rev.is_null() {
+                continue;
+            }
+            // A timer (nginx's, to take the sockets back after running out of descriptors) or
+            // a posted event would accept again.
+            if (*rev).timer_set() != 0 {
+                nginx_sys::ngx_del_timer(rev);
+            }
+            if (*rev).posted() != 0 {
+                nginx_sys::ngx_delete_posted_event(rev);
+            }
+            if (*rev).active() != 0
+                && del(
+                    rev,
+                    crate::ffi::event_flags::READ_EVENT as _,
+                    nginx_sys::NGX_DISABLE_EVENT as _,
+                ) != nginx_sys::NGX_OK as nginx_sys::ngx_int_t
+            {
+                continue;
+            }
+            left = true;
+        }
+        LEFT_SHARED_SOCKETS.store(left, Relaxed);
+        left
+    }
+}
+
+/// Whether the worker has left its shared listening sockets to the others: nothing puts them
+/// back in its event set.
+pub(crate) fn left_shared_sockets() -> bool {
+    LEFT_SHARED_SOCKETS.load(Relaxed)
 }
 
 /// Tells each HTTP/2 client to take its next requests elsewhere, as nginx's exit would once the

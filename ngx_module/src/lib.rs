@@ -44,6 +44,7 @@ mod request_body;
 mod request_id;
 mod request_info;
 mod response;
+mod sibling_workers;
 mod status_page;
 mod stream;
 
@@ -164,7 +165,7 @@ pub static mut ngx_http_wsgi_module: ngx_module_t = ngx_module_t {
 static mut ngx_http_wsgi_module: ngx_module_t = ngx_module_t::default();
 
 /// The master took a configuration (after its whole cycle was made): the next workers are a
-/// new generation for the reload's hand-over.
+/// new generation for the reload's hand-over and for recycling's `sibling_workers`.
 unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     guard("init_module", NGX_OK as ngx_int_t, || {
         // SAFETY: nginx calls this with the live new cycle, whose configurations are set.
@@ -180,6 +181,7 @@ unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             _ => 0,
         };
         reload_handover::configuration_taken(expected);
+        sibling_workers::map();
         NGX_OK as ngx_int_t
     })
 }

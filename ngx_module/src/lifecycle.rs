@@ -40,6 +40,7 @@ pub(crate) unsafe fn start_worker(
     if mc.python.apps.is_empty() {
         return Ok(());
     }
+    crate::sibling_workers::starting();
     crate::recycle::configure(
         mc.limits.max_requests,
         mc.limits.max_requests_jitter,
@@ -113,6 +114,7 @@ pub(crate) unsafe fn start_worker(
             failed.is_empty(),
         )
     };
+    crate::sibling_workers::ready();
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use nginx_sys::{ngx_cycle_t, ngx_event_actions, ngx_event_t, ngx_get_connection, NGX_OK};
 
+use crate::ffi::event_flags::READ_EVENT;
 use crate::ffi::guard;
 
 /// Work another thread leaves for the event loop.
@@ -68,9 +69,6 @@ impl Work {
 struct Finished(*mut c_void);
 // SAFETY: a finished item is handed to the loop and touched by no other thread afterwards.
 unsafe impl Send for Finished {}
-
-/// `NGX_READ_EVENT` of Linux builds (a preprocessor macro bindgen cannot see).
-const READ_EVENT: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
 
 /// Creates the worker's eventfd and registers it with the event loop; `on_finished` is what the
 /// loop does with each item passed to [`finished`].

@@ -1,7 +1,8 @@
 //! Worker recycling (`wsgi_max_requests N [jitter=M]`, `wsgi_max_rss SIZE`): a worker that has
 //! served enough requests, or grown too large, first drains its keep-alive connections (each
-//! next response says `Connection: close`), then stops accepting, finishes what it has in flight
-//! and exits; nginx's master starts a fresh one in its place. Event-loop thread only.
+//! next response says `Connection: close`; meanwhile the other workers, if any accept, take its
+//! new connections), then stops accepting, finishes what it has in flight and exits; nginx's
+//! master starts a fresh one in its place. Event-loop thread only.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
@@ -154,9 +155,16 @@ fn recycle(why: &str, drain: bool) {
         &format!("wsgi: this worker {why}; recycling it"),
     );
     crate::metrics::recycled();
+    let others_accept = crate::sibling_workers::leave_to_others();
     if drain {
+        use crate::exit_drain::Accepting;
+        let accepting = if others_accept {
+            Accepting::LeaveToOthers
+        } else {
+            Accepting::GoOn
+        };
         // SAFETY: on the event loop (every caller's contract).
-        unsafe { crate::exit_drain::begin(crate::exit_drain::Accepting::GoOn) };
+        unsafe { crate::exit_drain::begin(accepting) };
     } else {
         crate::exit_drain::quit();
     }

@@ -93,6 +93,11 @@ pub(crate) fn configuration_taken(expected: usize) {
     update(|_, _, _| Some(pack(generation, expected, 0)));
 }
 
+/// The configurations the master had taken when it forked this worker: its generation.
+pub(crate) fn generation() -> u32 {
+    GENERATION.load(Ordering::Acquire)
+}
+
 /// A worker is ready to accept (`whole`: its apps imported, their lifespan started; else it
 /// serves without some, and is not counted: the old workers, which serve them, go on until
 /// their bound); `bound` is how long it would itself wait, once old, for newer workers. From

@@ -2,6 +2,7 @@
 //! nginx strings and pools, timers, the panic guard, the error log, loop-only state). Nothing here
 //! knows about requests or configuration.
 
+pub(crate) mod event_flags;
 pub(crate) mod guard;
 pub(crate) mod log;
 pub(crate) mod loop_cell;
