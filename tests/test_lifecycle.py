@@ -482,7 +482,7 @@ def test_a_recycling_worker_leaves_its_new_connections_to_the_other_workers(ngin
     assert r.getheader("Connection") == "close", "the worker recycles"
     busy.close()
     # `idle` holds the recycling worker's drain (2 s at most): new connections meanwhile.
-    fresh = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=10) for _ in range(20)]
+    fresh = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=10) for _ in range(10)]
     served = [served_by(conn) for conn in fresh]
     assert all(pid != recycled and kept for pid, kept in served), (recycled, served, server.error_log()[-3000:])
     idle.request("GET", "/last")

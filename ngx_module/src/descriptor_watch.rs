@@ -165,6 +165,7 @@ unsafe extern "C" fn check(_ev: *mut ngx_event_t) {
             // SAFETY: ends the process at once; its connections are lost with the loop anyway.
             unsafe { libc::_exit(1) };
         }
+        crate::sibling_workers::withdraw();
         // SAFETY: nginx's own flag, set on the event loop: the worker stops accepting, ends what
         // it has in flight and exits (as on SIGQUIT).
         unsafe { ngx_quit = 1 };

@@ -109,8 +109,16 @@ unsafe extern "C" fn accept_in_turn(ev: *mut ngx_event_t) {
             }
         }
         let _turn = Turn;
+        // SAFETY: the listening socket's read event, on the event loop.
+        let backed_off = unsafe { (*ev).timedout() != 0 };
         // SAFETY: nginx's own handler of this event, called as nginx would have called it.
         unsafe { accept(ev) };
+        if backed_off {
+            // nginx's back-off put every listening socket back in the event set: a recycling
+            // worker's shared ones, left to the others, go out again.
+            // SAFETY: on the event loop.
+            unsafe { crate::exit_drain::keep_shared_sockets_out() };
+        }
     })
 }
 

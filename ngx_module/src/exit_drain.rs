@@ -89,6 +89,7 @@ pub(crate) unsafe fn begin(accepting: Accepting) {
 /// # Safety
 /// Event-loop thread.
 unsafe fn stop_accepting() {
+    crate::sibling_workers::withdraw();
     // SAFETY: per the function contract; the cycle's listening array has `nelts` entries, each
     // with the worker's connection of it or none.
     unsafe {
@@ -111,7 +112,7 @@ unsafe fn stop_accepting() {
     }
 }
 
-/// Takes the listening sockets the worker shares with the others out of its event set, as
+/// Takes the TCP listening sockets the worker shares with the others out of its event set, as
 /// nginx's accept mutex does for a worker without it: their new connections go to the others.
 /// Not a worker's own `reuseport` socket, whose connections would wait for its successor, nor
 /// any under the accept mutex, which nginx would put back when the worker takes it. The
@@ -120,15 +121,41 @@ unsafe fn stop_accepting() {
 /// # Safety
 /// Event-loop thread.
 unsafe fn leave_shared_sockets() -> bool {
+    // SAFETY: nginx's own flag, read on the event loop.
+    if unsafe { nginx_sys::ngx_use_accept_mutex != 0 } {
+        return false;
+    }
+    // SAFETY: per the function contract.
+    let left = unsafe { take_shared_sockets_out() };
+    LEFT_SHARED_SOCKETS.store(left, Relaxed);
+    left
+}
+
+/// Takes the shared sockets out again once nginx put them back: its back-off after running out
+/// of descriptors puts every listening socket back in the event set when its timer fires (the
+/// timer stays: the worker's own `reuseport` sockets are out meanwhile too).
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn keep_shared_sockets_out() {
+    if left_shared_sockets() {
+        // SAFETY: per the function contract.
+        unsafe { take_shared_sockets_out() };
+    }
+}
+
+/// The shared TCP listening sockets' read events leave the event set (those in it); whether
+/// the worker has any.
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn take_shared_sockets_out() -> bool {
     // SAFETY: per the function contract; the cycle's listening array has `nelts` entries, each
     // with the worker's connection of it or none; nginx's event actions are set in a worker.
     unsafe {
         let Some(del) = nginx_sys::ngx_event_actions.del else {
             return false;
         };
-        if nginx_sys::ngx_use_accept_mutex != 0 {
-            return false;
-        }
         let cycle = ngx_cycle;
         let listening = std::slice::from_raw_parts(
             (*cycle).listening.elts as *const ngx_listening_t,
@@ -144,11 +171,6 @@ unsafe fn leave_shared_sockets() -> bool {
             if rev.is_null() {
                 continue;
             }
-            // A timer (nginx's, to take the sockets back after running out of descriptors) or
-            // a posted event would accept again.
-            if (*rev).timer_set() != 0 {
-                nginx_sys::ngx_del_timer(rev);
-            }
             if (*rev).posted() != 0 {
                 nginx_sys::ngx_delete_posted_event(rev);
             }
@@ -163,13 +185,12 @@ unsafe fn leave_shared_sockets() -> bool {
             }
             left = true;
         }
-        LEFT_SHARED_SOCKETS.store(left, Relaxed);
         left
     }
 }
 
 /// Whether the worker has left its shared listening sockets to the others: nothing puts them
-/// back in its event set.
+/// back in its event set for long.
 pub(crate) fn left_shared_sockets() -> bool {
     LEFT_SHARED_SOCKETS.load(Relaxed)
 }
@@ -216,6 +237,7 @@ pub(crate) fn ending() -> bool {
 
 /// Has the worker's cycle begin nginx's graceful exit after this event, as on SIGQUIT.
 pub(crate) fn quit() {
+    crate::sibling_workers::withdraw();
     // SAFETY: nginx's own flag, set on the event loop; the worker's cycle reads it after the
     // event being handled.
     unsafe { ngx_quit = 1 };

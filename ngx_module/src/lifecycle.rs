@@ -114,7 +114,9 @@ pub(crate) unsafe fn start_worker(
             failed.is_empty(),
         )
     };
-    crate::sibling_workers::ready();
+    if failed.is_empty() {
+        crate::sibling_workers::ready();
+    }
     Ok(())
 }
 

@@ -155,7 +155,8 @@ fn recycle(why: &str, drain: bool) {
         &format!("wsgi: this worker {why}; recycling it"),
     );
     crate::metrics::recycled();
-    let others_accept = crate::sibling_workers::leave_to_others();
+    crate::sibling_workers::withdraw();
+    let others_accept = crate::sibling_workers::others_accept();
     if drain {
         use crate::exit_drain::Accepting;
         let accepting = if others_accept {

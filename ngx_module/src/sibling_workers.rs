@@ -3,20 +3,21 @@
 //! over: it goes on accepting while it drains, every response closing its connection.
 //!
 //! The workers meet in memory the master maps, shared, before its first fork: one entry per
-//! worker slot (nginx's `ngx_worker`, which a respawned worker takes over), holding the
-//! generation (the reload hand-over's count of configurations) of the worker accepting there,
-//! or 0. A worker clears its entry as it starts, before it imports the apps (a crashed one's
-//! stale entry is gone once its successor starts), and sets it once it is ready.
+//! worker slot (nginx's `ngx_worker`, which a respawned worker takes over), holding the process
+//! id and generation (the reload hand-over's count of configurations) of the worker accepting
+//! there, or 0. A worker clears its entry as it starts, before it imports the apps, sets it once
+//! it is ready, and clears it again as it stops accepting (its recycling, a reload's quit, the
+//! exit the descriptor watch starts). An entry whose process is gone (a crash) does not count.
 
-use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use nginx_sys::NGX_MAX_PROCESSES;
 
 const SLOTS: usize = NGX_MAX_PROCESSES as usize;
 
-static ENTRIES: AtomicPtr<AtomicU32> = AtomicPtr::new(std::ptr::null_mut());
+static ENTRIES: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
 
-fn entries() -> Option<&'static [AtomicU32]> {
+fn entries() -> Option<&'static [AtomicU64]> {
     let first = ENTRIES.load(Ordering::Acquire);
     // SAFETY: the pointer is null or the master's shared mapping of `SLOTS` entries, never
     // unmapped.
@@ -32,7 +33,7 @@ pub(crate) fn map() {
     let map = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            SLOTS * size_of::<AtomicU32>(),
+            SLOTS * size_of::<AtomicU64>(),
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED | libc::MAP_ANONYMOUS,
             -1,
@@ -44,40 +45,67 @@ pub(crate) fn map() {
     }
 }
 
-/// This process's slot: a worker of a master's has one; nginx without a master has no other
-/// worker.
-fn my_slot() -> Option<usize> {
+fn entry(pid: u32, generation: u32) -> u64 {
+    (u64::from(pid) << 32) | u64::from(generation)
+}
+
+/// This process's slot and entry: a worker of a master's has them; nginx without a master has
+/// no other worker.
+fn mine() -> Option<(usize, u64)> {
     // SAFETY: plain reads of nginx's process role and worker number, set before init_process.
     let (role, slot) = unsafe { (nginx_sys::ngx_process as u32, nginx_sys::ngx_worker) };
-    (role == nginx_sys::NGX_PROCESS_WORKER && slot < SLOTS).then_some(slot)
+    (role == nginx_sys::NGX_PROCESS_WORKER && slot < SLOTS).then(|| {
+        (
+            slot,
+            entry(std::process::id(), crate::reload_handover::generation()),
+        )
+    })
 }
 
-/// The worker starts (from `init_process`, before the apps are imported): it does not accept yet.
+/// The worker starts (from `init_process`, before the apps are imported): it does not accept
+/// yet (the entry may be its crashed predecessor's).
 pub(crate) fn starting() {
-    if let (Some(all), Some(slot)) = (entries(), my_slot()) {
-        all[slot].store(0, Ordering::Release);
+    if let (Some(all), Some((slot, _))) = (entries(), mine()) {
+        all[slot].store(0, Ordering::SeqCst);
     }
 }
 
-/// The worker is ready: from its loop's first turn it accepts.
+/// The worker is ready, its apps all loaded: from its loop's first turn it accepts. (One that
+/// answers 500 for an app it could not load is left out: a recycling worker keeps its own
+/// connections rather than send them there.)
 pub(crate) fn ready() {
-    if let (Some(all), Some(slot)) = (entries(), my_slot()) {
-        all[slot].store(crate::reload_handover::generation(), Ordering::Release);
+    if let (Some(all), Some((slot, me))) = (entries(), mine()) {
+        all[slot].store(me, Ordering::SeqCst);
     }
 }
 
-/// The worker stops accepting, if another worker of its configuration accepts; whether one did.
-/// The worker's entry is cleared either way: it is on its way out.
-pub(crate) fn leave_to_others() -> bool {
-    let (Some(all), Some(mine)) = (entries(), my_slot()) else {
+/// The worker stops accepting (or is about to): its entry is cleared. Only its own: a newer
+/// generation's worker may have taken the slot since.
+pub(crate) fn withdraw() {
+    if let (Some(all), Some((slot, me))) = (entries(), mine()) {
+        // Sequentially consistent, with the loads of `others_accept`: of two workers
+        // withdrawing at once, at least one sees the other's entry cleared, and goes on
+        // accepting.
+        let _ = all[slot].compare_exchange(me, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
+/// Whether another worker of this one's configuration accepts (after [`withdraw`]).
+pub(crate) fn others_accept() -> bool {
+    let (Some(all), Some((slot, me))) = (entries(), mine()) else {
         return false;
     };
-    let generation = crate::reload_handover::generation();
-    // Only its own entry: a newer generation's worker may have taken the slot since.
-    // Sequentially consistent, with the loads: of two workers leaving at once, at least one
-    // sees the other's entry cleared, and goes on accepting.
-    let _ = all[mine].compare_exchange(generation, 0, Ordering::SeqCst, Ordering::SeqCst);
-    all.iter()
-        .enumerate()
-        .any(|(slot, entry)| slot != mine && entry.load(Ordering::SeqCst) == generation)
+    let generation = me as u32;
+    all.iter().enumerate().any(|(other, e)| {
+        let e = e.load(Ordering::SeqCst);
+        other != slot && e != 0 && e as u32 == generation && alive((e >> 32) as libc::pid_t)
+    })
+}
+
+/// Whether the process exists (a worker that crashed, and was not respawned, left its entry).
+fn alive(pid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 sends nothing: it only checks that the process exists.
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
