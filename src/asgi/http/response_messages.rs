@@ -170,6 +170,12 @@ impl HttpExchange {
             self.response = Response::Done;
             return Ok(true);
         }
+        if !self.gone && !self.finished && self.server.client_gone() {
+            // The client went before the wake-up that says so: noted now, so that a closing
+            // message after its whole Content-Length is taken, not refused by the server's
+            // room (Starlette's middleware sends it after a few turns of the loop).
+            self.notice_client_gone();
+        }
         if self.gone || self.finished {
             if self.body_whole() && len == 0 {
                 // The closing message of a response its client had whole: taken.

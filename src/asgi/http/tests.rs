@@ -57,6 +57,9 @@ impl HttpServer for Fake {
     fn client_gone(&self) -> bool {
         self.gone.load(Ordering::Relaxed)
     }
+    fn all_sent(&self) -> bool {
+        !self.full.load(Ordering::Relaxed)
+    }
     fn finish(&self, end: HttpEnd) {
         self.ended.lock().unwrap().push(end);
     }
@@ -487,5 +490,47 @@ fn bodies_in_messages_then_waiting_then_disconnect() {
                 .len(),
             10
         );
+    });
+}
+
+#[test]
+fn the_closing_message_after_the_whole_content_length_is_taken_when_the_client_went_before_its_wake_up(
+) {
+    with_python(|py| {
+        let server = Arc::new(Fake::default());
+        let ex = exchange(py, &server, None);
+        send(&ex, "{'type': 'http.response.start', 'status': 200, 'headers': [(b'content-length', b'4')]}")
+            .unwrap();
+        send(
+            &ex,
+            "{'type': 'http.response.body', 'body': b'true', 'more_body': True}",
+        )
+        .unwrap();
+        // The client read its 4 bytes and closed; the wake-up that tells the exchange has not
+        // come yet.
+        server.gone.store(true, Ordering::Relaxed);
+        assert!(send(
+            &ex,
+            "{'type': 'http.response.body', 'body': b'', 'more_body': False}"
+        )
+        .unwrap());
+        assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Complete]);
+        // Bytes past the whole Content-Length still say the client went.
+        let server = Arc::new(Fake::default());
+        let ex = exchange(py, &server, None);
+        send(&ex, "{'type': 'http.response.start', 'status': 200, 'headers': [(b'content-length', b'8')]}")
+            .unwrap();
+        send(
+            &ex,
+            "{'type': 'http.response.body', 'body': b'true', 'more_body': True}",
+        )
+        .unwrap();
+        server.gone.store(true, Ordering::Relaxed);
+        let err = error_of(send(
+            &ex,
+            "{'type': 'http.response.body', 'body': b'', 'more_body': False}",
+        ));
+        assert!(err.contains("closed the connection"), "{err}");
+        assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::ClientGone]);
     });
 }
