@@ -293,6 +293,7 @@ impl Apps {
                 blocking.join(", ")
             );
         }
+        crate::interpreter::before_teardown(release_for_teardown);
         match LOADED.set(apps) {
             Ok(()) => failed,
             Err(_) => vec![(0, "the apps of this process were already loaded".to_owned())],
@@ -302,6 +303,18 @@ impl Apps {
     /// The app at `index`, if loaded.
     pub fn get(index: usize) -> Option<&'static Py<PyAny>> {
         LOADED.get()?.get(index)?.as_ref()
+    }
+}
+
+/// Python's teardown is next: the apps are let go, so that the objects their modules hold (a
+/// database connection, a file being written) are finalised with those modules, as in Python's
+/// own exit. Held for ever, the app's function kept its module's globals from the teardown.
+fn release_for_teardown(_py: Python<'_>) {
+    for app in LOADED.get().into_iter().flatten().flatten() {
+        // SAFETY: the GIL is held (the hook's contract). The teardown runs after the server's
+        // last request and ends the process: the reference the static keeps is never used
+        // again, and it is never dropped (a static).
+        unsafe { pyo3::ffi::Py_DECREF(app.as_ptr()) };
     }
 }
 

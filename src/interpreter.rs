@@ -114,6 +114,19 @@ fn start(settings: &PythonSettings, serving: bool) -> Result<(), String> {
 /// What must stop before the interpreter is finalised (helper threads that run Python).
 static BEFORE_FINALIZE: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
 
+/// What runs with the GIL right before Python's teardown, once the app's threads and `atexit`
+/// handlers are done: the server's own references to Python objects let go.
+static BEFORE_TEARDOWN: std::sync::Mutex<Vec<fn(Python<'_>)>> = std::sync::Mutex::new(Vec::new());
+
+/// Has [`finalize`] call `hook` with the GIL right before Python's teardown (once, however
+/// often this is called with it); not when the process ends without a teardown.
+pub fn before_teardown(hook: fn(Python<'_>)) {
+    let mut hooks = BEFORE_TEARDOWN.lock().unwrap_or_else(|e| e.into_inner());
+    if !hooks.iter().any(|h| std::ptr::fn_addr_eq(*h, hook)) {
+        hooks.push(hook);
+    }
+}
+
 /// Has [`finalize`] call `stop` first (once, however often this is called with it).
 pub fn before_finalize(stop: fn()) {
     let mut hooks = BEFORE_FINALIZE.lock().unwrap_or_else(|e| e.into_inner());
@@ -121,6 +134,10 @@ pub fn before_finalize(stop: fn()) {
         hooks.push(stop);
     }
 }
+
+/// The least time Python's teardown gets at exit, once the app's threads and `atexit` handlers
+/// are done (they have the shutdown timeout).
+const TEARDOWN_AT_LEAST: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How a finalisation ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -133,9 +150,10 @@ pub enum Finalized {
     ThreadsLeft,
 }
 
-/// Joins the app's non-daemon threads for at most `timeout`, then finalises the interpreter
-/// (`atexit` handlers, module teardown) within `timeout` again, or a second if that is less;
-/// with `whole_within` (a fast stop, whose exit has a bound), all of it within that. Threads
+/// Joins the app's non-daemon threads for at most `timeout`, then runs the `atexit` handlers
+/// within `timeout` again (or a second if that is less), then finalises the interpreter within
+/// `timeout` or [`TEARDOWN_AT_LEAST`], whichever is longer; with `whole_within` (a fast stop,
+/// whose exit has a bound), all of it within that. Threads
 /// still running at the deadline are logged with their Python stacks and left running: see
 /// [`Finalized::ThreadsLeft`]. Must run on the thread that called `initialize`, after every
 /// server thread has stopped running Python.
@@ -185,9 +203,25 @@ pub fn finalize(
         }
         Err(e) => tracing::error!(target: "wsgi", "joining the app's threads at exit failed: {e}"),
     }
-    let _deadline = part("Python's finalisation (atexit handlers included)");
+    let handlers = part("the atexit handlers");
+    run_exit_handlers(py);
+    drop(handlers);
+    let hooks = std::mem::take(&mut *BEFORE_TEARDOWN.lock().unwrap_or_else(|e| e.into_inner()));
+    for hook in hooks {
+        hook(py);
+    }
+    // What is left is Python's own teardown (modules cleared, their objects finalised: a
+    // database connection's close): seconds for a large app (NetBox: 3 to 6 s on a loaded
+    // machine), CPython's work, not the app's, so it has a bound of its own.
+    let _deadline = whole.is_none().then(|| {
+        ExitDeadline::start(
+            timeout.max(TEARDOWN_AT_LEAST),
+            "Python's teardown (after the atexit handlers)",
+        )
+    });
     // SAFETY: the GIL is held by this, the initialising, thread. Py_FinalizeEx joins what is left
-    // of the non-daemon threads (none, or threads started meanwhile) and runs atexit handlers.
+    // of the non-daemon threads (none, or threads the atexit handlers started) and runs the
+    // handlers registered since (none, as a rule).
     let rc = unsafe { ffi::Py_FinalizeEx() };
     if rc == 0 {
         Ok(Finalized::Cleanly)
