@@ -105,10 +105,15 @@ impl AppSpec {
     /// Imports the module and returns the callable; errors carry the Python traceback.
     pub fn load(&self, py: Python<'_>) -> Result<Py<PyAny>, String> {
         let module = match &self.source {
-            AppSource::File(path) => import_file(py, path),
-            AppSource::Module(name) => py.import(name.as_str()).map(Bound::into_any),
-        }
-        .map_err(|e| crate::traceback::format(py, &e))?;
+            AppSource::File(path) => import_file(py, path).map_err(|e| {
+                let hint = shadowing_hint(py, &e, path);
+                crate::traceback::format(py, &e) + &hint
+            }),
+            AppSource::Module(name) => py
+                .import(name.as_str())
+                .map(Bound::into_any)
+                .map_err(|e| crate::traceback::format(py, &e)),
+        }?;
         let mut obj = module;
         for attr in self.callable.split('.') {
             obj = obj.getattr(attr).map_err(|_| {
@@ -141,6 +146,51 @@ impl AppSpec {
             AppSource::Module(m) => format!("module {m}"),
         }
     }
+}
+
+/// A note for an import that failed because the app file's directory, put first on
+/// `sys.path`, has a module or package of the missing module's name (a Django project's inner
+/// directory: NetBox's `netbox/netbox/graphql` hides the `graphql` package its dependencies
+/// import); empty otherwise.
+fn shadowing_hint(py: Python<'_>, err: &PyErr, path: &Path) -> String {
+    if !err.is_instance_of::<pyo3::exceptions::PyImportError>(py) {
+        return String::new();
+    }
+    let Some(missing) = err
+        .value(py)
+        .getattr("name")
+        .ok()
+        .and_then(|n| n.extract::<String>().ok())
+    else {
+        return String::new();
+    };
+    let top = missing.split('.').next().unwrap_or_default();
+    let (Some(dir), Some(stem)) = (path.parent(), path.file_stem().and_then(|s| s.to_str())) else {
+        return String::new();
+    };
+    let own =
+        dir.join(top).join("__init__.py").is_file() || dir.join(format!("{top}.py")).is_file();
+    if top.is_empty() || top == stem || !own {
+        return String::new();
+    }
+    let instead = match (
+        dir.join("__init__.py").is_file(),
+        dir.file_name(),
+        dir.parent(),
+    ) {
+        (true, Some(package), Some(above)) => format!(
+            "name the app as a module instead: `{}.{stem}` (with {} on the Python path: \
+             `wsgi_python_path`, `NgxWsgiPythonPath`)",
+            package.to_string_lossy(),
+            above.display()
+        ),
+        _ => "move the app file out of that directory, or name the app as a module".to_owned(),
+    };
+    format!(
+        "\nnote: {}, the app file's directory, comes first on sys.path and has its own {top:?}, \
+         which hides any installed module of that name; {instead}",
+        dir.display()
+    )
 }
 
 fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyAny>> {

@@ -35,6 +35,27 @@ def test_unloadable_app_fails_config_test(nginx_factory, spec, expected):
     assert expected in result.stderr, result.stderr
 
 
+def test_a_package_the_app_files_directory_hides_is_named_with_the_way_out(nginx_factory, tmp_path):
+    # A Django project's inner directory, put first on sys.path with its wsgi.py, has a package
+    # named as one the app's dependencies import (NetBox's netbox/netbox/graphql hides
+    # strawberry's graphql): the traceback alone gave no hint.
+    project = tmp_path / "site" / "proj"
+    (project / "graphlib").mkdir(parents=True)
+    (project / "__init__.py").write_text("")
+    (project / "graphlib" / "__init__.py").write_text("")
+    (project / "wsgi.py").write_text("from graphlib import TopologicalSorter\n"
+                                     "def application(environ, start_response):\n"
+                                     "    start_response('200 OK', [])\n    return [b'ok']\n")
+    _, result = conf_test(nginx_factory, location("/", project / "wsgi.py"))
+    assert result.returncode != 0 and "cannot import name 'TopologicalSorter'" in result.stderr, result.stderr
+    assert (f"note: {project}, the app file's directory, comes first on sys.path and has its own \"graphlib\", "
+            "which hides any installed module of that name; name the app as a module instead: `proj.wsgi` "
+            f"(with {project.parent} on the Python path") in result.stderr, result.stderr
+    _, result = conf_test(nginx_factory, location("/", "proj.wsgi"),
+                          http_extra=f"wsgi_python_path {project.parent};")
+    assert result.returncode == 0, result.stderr
+
+
 def test_traceback_reaches_nginx_t_output(nginx_factory):
     _, result = conf_test(nginx_factory, location("/", f"{BROKEN}/raises_at_import.py"))
     assert "Traceback (most recent call last):" in result.stderr
