@@ -680,14 +680,14 @@ def test_a_denial_in_time_is_not_timed_out(timed):
 
 # --- worker exit -------------------------------------------------------------------------------
 
-def told_to_go(server, path, sig):
+def told_to_go(server, path, sig, code=1001):
     """A socket the app holds open (it sends "held"), then `sig` to nginx's master: the socket
-    gets a close frame with 1001. The socket and that frame's payload."""
+    gets a close frame with `code`. The socket and that frame's payload."""
     s = raw_socket(server, path)
     assert read_frame(s) == (0x1, b"held")
     server.send_signal(sig)
     opcode, payload = read_frame(s)
-    assert opcode == 0x8 and close_code(payload) == 1001
+    assert opcode == 0x8 and close_code(payload) == code, payload
     return s, payload
 
 
@@ -702,6 +702,21 @@ def test_open_sockets_get_1001_at_quit_and_reload(nginx_factory, how):
     if how == signal.SIGQUIT:
         assert server.proc.wait(timeout=30) == 0
     wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="a clean exit")
+
+
+def test_the_close_code_at_a_reload_can_be_1012_service_restart(nginx_factory):
+    # Python's websockets takes 1001 for a clean close (ConnectionClosedOK): a client that
+    # reconnects only after an error (Prefect's task workers) stopped at every reload. uvicorn
+    # sends 1012 at its shutdown.
+    server = nginx_factory(asgi("/", APP, "asgi_websocket_exit_code 1012;")).start()
+    s, payload = told_to_go(server, "/hold?exit", signal.SIGHUP, code=1012)
+    assert payload[2:] == b"the server is restarting"
+    s.sendall(frame(0x8, payload[:2]))
+    assert s.recv(10) == b""
+    s.close()
+    result = nginx_factory(asgi("/", APP, "asgi_websocket_exit_code 1000;")).run("-t")
+    assert result.returncode != 0
+    assert 'asgi_websocket_exit_code "1000": expected 1001 (going away) or 1012 (service restart)' in result.stderr
 
 
 def test_a_client_that_never_answers_the_close_at_quit_leaves_no_socket_open(nginx_factory):

@@ -147,6 +147,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             idle_timeout: lc.websocket.idle_timeout,
             handshake_timeout: read_timeout,
             compression: lc.websocket.compression != 0,
+            exit_code: lc.websocket.exit_code,
         };
         let hooks = WsHooks {
             on_end: complete_ws,

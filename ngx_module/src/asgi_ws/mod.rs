@@ -5,7 +5,7 @@
 //! [`WsCodec`], as `ngx_http_upstream_upgrade` does for proxied WebSockets. Both directions are
 //! bounded by `wsgi_stream_buffer`: past it the app's `send` awaits, and nginx stops reading
 //! the client until the app has taken its messages. At worker exit every open WebSocket is sent
-//! a close frame with code 1001. Open sockets are pinged every `asgi_websocket_ping_interval`
+//! a close frame with code 1001 (or 1012: `asgi_websocket_exit_code`). Open sockets are pinged every `asgi_websocket_ping_interval`
 //! and closed with 1001 after `asgi_websocket_idle_timeout` without a byte from the client
 //! (pongs count), on nginx timers. Until the app accepts or denies it, `wsgi_read_timeout`
 //! bounds the handshake as it bounds an HTTP response.
@@ -43,6 +43,8 @@ pub(crate) struct WsSettings {
     pub handshake_timeout: ngx_msec_t,
     /// `asgi_websocket_compression`: `permessage-deflate` when the client offers it.
     pub compression: bool,
+    /// `asgi_websocket_exit_code`: the close code at the worker's exit (1001 or 1012).
+    pub exit_code: u16,
 }
 
 /// What the event loop does when the connection is over: `upgraded` once the 101 went out.
@@ -205,7 +207,7 @@ impl AsgiWs {
         (self.wake)();
     }
 
-    /// Tells an open connection to close with 1001 (worker exit).
+    /// Tells an open connection to close with its exit code (worker exit).
     fn going_away(&self) {
         let mut st = self.lock();
         if st.phase == Phase::Open
@@ -214,16 +216,22 @@ impl AsgiWs {
         {
             st.told_to_go = true;
             st.closing = true;
+            let code = self.settings.exit_code;
+            let reason = if code == crate::conf::asgi::SERVICE_RESTART {
+                "the server is restarting"
+            } else {
+                "the server is going away"
+            };
             st.outgoing.push_back(WsOutgoing::Close {
-                code: 1001,
-                reason: "the server is going away".into(),
+                code,
+                reason: reason.into(),
             });
             self.schedule(&mut st);
         }
     }
 }
 
-/// Worker exit: every open WebSocket gets a close frame with 1001.
+/// Worker exit: every open WebSocket gets a close frame with its exit code.
 fn close_all_for_exit() {
     let open: Vec<Arc<AsgiWs>> = OPEN
         .lock()

@@ -1,7 +1,8 @@
 //! ASGI settings: `asgi_event_loop` (which asyncio event loop runs a worker's ASGI apps) and,
 //! per location, the keepalive of open WebSockets (`asgi_websocket_ping_interval`,
-//! `asgi_websocket_idle_timeout`) and their compression (`asgi_websocket_compression`), and
-//! whether HTTP scopes offer `http.response.pathsend` (`asgi_pathsend`).
+//! `asgi_websocket_idle_timeout`), their compression (`asgi_websocket_compression`) and close
+//! code at a worker's exit (`asgi_websocket_exit_code`), and whether HTTP scopes offer
+//! `http.response.pathsend` (`asgi_pathsend`).
 
 use std::ffi::{c_char, c_void};
 
@@ -67,6 +68,8 @@ pub(crate) struct WebSocketConf {
     pub idle_timeout: ngx_msec_t,
     /// `asgi_websocket_compression`: `permessage-deflate` when the client offers it.
     pub compression: ngx_flag_t,
+    /// `asgi_websocket_exit_code`: the close code an open socket gets at the worker's exit.
+    pub exit_code: u16,
 }
 
 impl Default for WebSocketConf {
@@ -75,9 +78,16 @@ impl Default for WebSocketConf {
             ping_interval: UNSET_MSEC,
             idle_timeout: UNSET_MSEC,
             compression: UNSET_FLAG,
+            exit_code: UNSET_EXIT_CODE,
         }
     }
 }
+
+const UNSET_EXIT_CODE: u16 = 0;
+/// RFC 6455's "going away": a server going down.
+pub(crate) const GOING_AWAY: u16 = 1001;
+/// IANA's "service restart": the client may reconnect (what uvicorn sends at its shutdown).
+pub(crate) const SERVICE_RESTART: u16 = 1012;
 
 impl WebSocketConf {
     /// As nginx merges its own timeouts: the location's, else the level around it, else the
@@ -97,6 +107,53 @@ impl WebSocketConf {
         );
         // On unless turned off: no socket keeps a zlib context (see ws_deflate).
         merge_value(&mut self.compression, parent.compression, UNSET_FLAG, 1);
+        merge_value(
+            &mut self.exit_code,
+            parent.exit_code,
+            UNSET_EXIT_CODE,
+            GOING_AWAY,
+        );
+    }
+}
+
+/// `asgi_websocket_exit_code 1001|1012;`: 1001 by default; 1012 for clients that reconnect only
+/// after a close they take for an error (Python's `websockets` raises `ConnectionClosedOK` for
+/// 1000 and 1001, and a client that reconnects only on `ConnectionClosedError` stops there).
+pub(crate) unsafe extern "C" fn set_websocket_exit_code(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard("asgi_websocket_exit_code", NGX_CONF_ERROR, || {
+        // SAFETY: `conf` is this module's location configuration.
+        let websocket = unsafe { &mut (*(conf as *mut super::LocConf)).websocket };
+        if websocket.exit_code != UNSET_EXIT_CODE {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        // SAFETY: one argument, live during the callback.
+        let value = ngx_bytes(unsafe { &args(cf)[1] });
+        match exit_code(value) {
+            Some(code) => {
+                websocket.exit_code = code;
+                NGX_CONF_OK
+            }
+            None => conf_error(
+                cf,
+                &format!(
+                    "asgi_websocket_exit_code \"{}\": expected 1001 (going away) or 1012 \
+                     (service restart)",
+                    String::from_utf8_lossy(value)
+                ),
+            ),
+        }
+    })
+}
+
+fn exit_code(value: &[u8]) -> Option<u16> {
+    match value {
+        b"1001" => Some(GOING_AWAY),
+        b"1012" => Some(SERVICE_RESTART),
+        _ => None,
     }
 }
 
@@ -177,5 +234,25 @@ mod tests {
         let mut inner = WebSocketConf::default();
         inner.merge(&off);
         assert_eq!(inner.compression, 0, "inherited");
+    }
+
+    #[test]
+    fn the_exit_code_is_1001_unless_1012_is_asked_for() {
+        let mut http = WebSocketConf::default();
+        http.merge(&WebSocketConf::default());
+        assert_eq!(http.exit_code, GOING_AWAY);
+        let mut server = WebSocketConf {
+            exit_code: SERVICE_RESTART,
+            ..Default::default()
+        };
+        server.merge(&http);
+        let mut location = WebSocketConf::default();
+        location.merge(&server);
+        assert_eq!(location.exit_code, SERVICE_RESTART, "inherited");
+        assert_eq!(exit_code(b"1001"), Some(1001));
+        assert_eq!(exit_code(b"1012"), Some(1012));
+        for bad in [&b"1000"[..], b"4000", b"", b"1012 "] {
+            assert_eq!(exit_code(bad), None);
+        }
     }
 }

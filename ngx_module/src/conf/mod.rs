@@ -255,7 +255,7 @@ const fn directive(
 }
 
 /// Every `wsgi_*` directive. nginx reads the table for the whole program and never writes it.
-pub(crate) static mut COMMANDS: [ngx_command_t; 29] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 30] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -374,6 +374,13 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 29] = [
         nginx_sys::ngx_conf_set_flag_slot,
         NGX_HTTP_LOC_CONF_OFFSET,
         offset_of!(LocConf, websocket.compression),
+    ),
+    directive(
+        ngx::ngx_string!("asgi_websocket_exit_code"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        asgi::set_websocket_exit_code,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        0,
     ),
     directive(
         ngx::ngx_string!("asgi_pathsend"),
