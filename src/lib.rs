@@ -30,6 +30,7 @@ pub mod interpreter;
 pub mod log_text;
 pub mod logging_bridge;
 pub mod metrics;
+pub mod process_alive;
 pub mod recycle;
 pub mod request;
 pub mod response;

@@ -195,11 +195,7 @@ fn claim(entries: &[Gauges], pid: i64, alive: fn(i64) -> bool) -> Option<&Gauges
 
 /// Whether process `pid` exists (one of another user's counts: it was a server process too).
 fn alive(pid: i64) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: signal 0 only checks that the process exists and may be signalled.
-    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
+    libc::pid_t::try_from(pid).is_ok_and(crate::process_alive::exists)
 }
 
 fn counters() -> Option<&'static Counters> {

@@ -98,14 +98,10 @@ pub(crate) fn others_accept() -> bool {
     let generation = me as u32;
     all.iter().enumerate().any(|(other, e)| {
         let e = e.load(Ordering::SeqCst);
-        other != slot && e != 0 && e as u32 == generation && alive((e >> 32) as libc::pid_t)
+        // A worker that crashed, and was not respawned, left its entry.
+        other != slot
+            && e != 0
+            && e as u32 == generation
+            && ngx_wsgi::process_alive::exists((e >> 32) as libc::pid_t)
     })
-}
-
-/// Whether the process exists (a worker that crashed, and was not respawned, left its entry).
-fn alive(pid: libc::pid_t) -> bool {
-    // SAFETY: signal 0 sends nothing: it only checks that the process exists.
-    pid > 0
-        && (unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
