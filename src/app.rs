@@ -148,49 +148,78 @@ impl AppSpec {
     }
 }
 
-/// A note for an import that failed because the app file's directory, put first on
-/// `sys.path`, has a module or package of the missing module's name (a Django project's inner
-/// directory: NetBox's `netbox/netbox/graphql` hides the `graphql` package its dependencies
-/// import); empty otherwise.
+/// A note for an import that failed because the app file's directory, on `sys.path` before
+/// the rest, has a module or package of the missing module's name that hides an installed one
+/// (a Django project's inner directory: NetBox's `netbox/netbox/graphql` hides the `graphql`
+/// package its dependencies import); empty otherwise (the app's own module that fails to
+/// import, with no other of its name, is the app's error alone).
 fn shadowing_hint(py: Python<'_>, err: &PyErr, path: &Path) -> String {
     if !err.is_instance_of::<pyo3::exceptions::PyImportError>(py) {
         return String::new();
     }
-    let Some(missing) = err
+    let (Some(dir), Some(stem)) = (path.parent(), path.file_stem().and_then(|s| s.to_str())) else {
+        return String::new();
+    };
+    let Some(top) = err
         .value(py)
         .getattr("name")
         .ok()
         .and_then(|n| n.extract::<String>().ok())
+        .and_then(|n| n.split('.').next().map(str::to_owned))
+        .filter(|top| !top.is_empty() && top != stem)
     else {
         return String::new();
     };
-    let top = missing.split('.').next().unwrap_or_default();
-    let (Some(dir), Some(stem)) = (path.parent(), path.file_stem().and_then(|s| s.to_str())) else {
-        return String::new();
-    };
-    let own =
-        dir.join(top).join("__init__.py").is_file() || dir.join(format!("{top}.py")).is_file();
-    if top.is_empty() || top == stem || !own {
+    if !hides_an_installed_module(py, dir, &top).unwrap_or(false) {
         return String::new();
     }
-    let instead = match (
-        dir.join("__init__.py").is_file(),
-        dir.file_name(),
-        dir.parent(),
-    ) {
+    let package = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| is_dotted_identifier(n) && !n.contains('.'));
+    let instead = match (dir.join("__init__.py").is_file(), package, dir.parent()) {
         (true, Some(package), Some(above)) => format!(
-            "name the app as a module instead: `{}.{stem}` (with {} on the Python path: \
+            "name the app as a module instead: `{package}.{stem}` (with {} on the Python path: \
              `wsgi_python_path`, `NgxWsgiPythonPath`)",
-            package.to_string_lossy(),
             above.display()
         ),
         _ => "move the app file out of that directory, or name the app as a module".to_owned(),
     };
     format!(
-        "\nnote: {}, the app file's directory, comes first on sys.path and has its own {top:?}, \
-         which hides any installed module of that name; {instead}",
+        "\nnote: {}, the app file's directory, comes before the installed modules on sys.path and \
+         has its own {top:?}, which hides the installed one; {instead}",
         dir.display()
     )
+}
+
+/// Whether `top`, as imported, is the one in `dir`, and another of that name is on the rest of
+/// `sys.path`.
+fn hides_an_installed_module(py: Python<'_>, dir: &Path, top: &str) -> PyResult<bool> {
+    let sys = py.import("sys")?;
+    let Ok(loaded) = sys.getattr("modules")?.get_item(top) else {
+        return Ok(false);
+    };
+    let from_dir = loaded
+        .getattr("__file__")
+        .ok()
+        .and_then(|f| f.extract::<PathBuf>().ok())
+        .is_some_and(|f| f.starts_with(dir));
+    if !from_dir {
+        return Ok(false);
+    }
+    let dir_text = dir.as_os_str();
+    let others = PyList::empty(py);
+    for entry in sys.getattr("path")?.try_iter()? {
+        let entry = entry?;
+        if entry.extract::<PathBuf>().ok().as_deref() != Some(dir) && entry.ne(dir_text)? {
+            others.append(entry)?;
+        }
+    }
+    let spec = py
+        .import("importlib.machinery")?
+        .getattr("PathFinder")?
+        .call_method1("find_spec", (top, others))?;
+    Ok(!spec.is_none())
 }
 
 fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyAny>> {
@@ -361,9 +390,10 @@ impl Apps {
 /// own exit. Held for ever, the app's function kept its module's globals from the teardown.
 fn release_for_teardown(_py: Python<'_>) {
     for app in LOADED.get().into_iter().flatten().flatten() {
-        // SAFETY: the GIL is held (the hook's contract). The teardown runs after the server's
-        // last request and ends the process: the reference the static keeps is never used
-        // again, and it is never dropped (a static).
+        // The teardown runs in an ordinary exit, which no request inside Python reaches (those
+        // exits end the process without it), and ends the process: the reference the static
+        // keeps is never used again, nor dropped (a static).
+        // SAFETY: the GIL is held (the hook's contract) and the reference is never used again.
         unsafe { pyo3::ffi::Py_DECREF(app.as_ptr()) };
     }
 }

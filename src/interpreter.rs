@@ -104,6 +104,7 @@ fn start(settings: &PythonSettings, serving: bool) -> Result<(), String> {
             true => crate::std_streams::route(py),
             false => Ok(()),
         })
+        .and_then(|()| mark_the_end_of_the_atexit_handlers(py))
         .map_err(|e| crate::traceback::format(py, &e));
     // SAFETY: this thread holds the GIL; the returned state is kept for `finalize`.
     let tstate = unsafe { ffi::PyEval_SaveThread() };
@@ -150,10 +151,11 @@ pub enum Finalized {
     ThreadsLeft,
 }
 
-/// Joins the app's non-daemon threads for at most `timeout`, then runs the `atexit` handlers
-/// within `timeout` again (or a second if that is less), then finalises the interpreter within
-/// `timeout` or [`TEARDOWN_AT_LEAST`], whichever is longer; with `whole_within` (a fast stop,
-/// whose exit has a bound), all of it within that. Threads
+/// Joins the app's non-daemon threads for at most `timeout`, then finalises the interpreter:
+/// the `atexit` handlers within `timeout` again (or a second if that is less), Python's
+/// teardown after them within `timeout` or [`TEARDOWN_AT_LEAST`], whichever is longer (see
+/// [`Finalizing`]); with `whole_within` (a fast stop, whose exit has a bound), all of it within
+/// that. Threads
 /// still running at the deadline are logged with their Python stacks and left running: see
 /// [`Finalized::ThreadsLeft`]. Must run on the thread that called `initialize`, after every
 /// server thread has stopped running Python.
@@ -203,30 +205,75 @@ pub fn finalize(
         }
         Err(e) => tracing::error!(target: "wsgi", "joining the app's threads at exit failed: {e}"),
     }
-    let handlers = part("the atexit handlers");
-    run_exit_handlers(py);
-    drop(handlers);
-    let hooks = std::mem::take(&mut *BEFORE_TEARDOWN.lock().unwrap_or_else(|e| e.into_inner()));
-    for hook in hooks {
-        hook(py);
-    }
-    // What is left is Python's own teardown (modules cleared, their objects finalised: a
-    // database connection's close): seconds for a large app (NetBox: 3 to 6 s on a loaded
-    // machine), CPython's work, not the app's, so it has a bound of its own.
-    let _deadline = whole.is_none().then(|| {
-        ExitDeadline::start(
-            timeout.max(TEARDOWN_AT_LEAST),
-            "Python's teardown (after the atexit handlers)",
-        )
+    *finalizing() = Some(Finalizing {
+        deadline: part("Python's finalisation (atexit handlers included)"),
+        teardown_within: whole.is_none().then(|| timeout.max(TEARDOWN_AT_LEAST)),
     });
-    // SAFETY: the GIL is held by this, the initialising, thread. Py_FinalizeEx joins what is left
-    // of the non-daemon threads (none, or threads the atexit handlers started) and runs the
-    // handlers registered since (none, as a rule).
+    // Py_FinalizeEx joins the threads started since, then runs the atexit handlers, the
+    // server's last (`after_the_handlers`), then tears Python down.
+    // SAFETY: the GIL is held by this, the initialising, thread.
     let rc = unsafe { ffi::Py_FinalizeEx() };
+    finalizing().take();
     if rc == 0 {
         Ok(Finalized::Cleanly)
     } else {
         Err("Python finalisation reported an error (buffered data could not be flushed)".into())
+    }
+}
+
+/// The exit's deadline while `Py_FinalizeEx` runs: the app's part (threads started since the
+/// join, the `atexit` handlers) has the shutdown timeout; Python's own teardown after them
+/// (modules cleared, their objects finalised: a database connection's close) takes seconds
+/// for a large app (NetBox: 3 to 6 s on a loaded machine), CPython's work, not the app's, so
+/// it has a bound of its own from the server's `atexit` handler, which runs last.
+struct Finalizing {
+    deadline: Option<ExitDeadline>,
+    /// The teardown's bound (None: a fast stop, whose one bound covers all).
+    teardown_within: Option<std::time::Duration>,
+}
+
+static FINALIZING: std::sync::Mutex<Option<Finalizing>> = std::sync::Mutex::new(None);
+
+fn finalizing() -> std::sync::MutexGuard<'static, Option<Finalizing>> {
+    FINALIZING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Registers the server's `atexit` handler before any app is imported: handlers run last
+/// registered first, so it runs after all of the apps' (unless an app clears them all, when
+/// the app's part's deadline covers the teardown too, and the apps are not let go).
+fn mark_the_end_of_the_atexit_handlers(py: Python<'_>) -> PyResult<()> {
+    let marker = pyo3::types::PyCFunction::new_closure(
+        py,
+        None,
+        None,
+        |args: &Bound<'_, pyo3::types::PyTuple>, _kw| -> PyResult<()> {
+            after_the_handlers(args.py());
+            Ok(())
+        },
+    )?;
+    py.import("atexit")?.call_method1("register", (marker,))?;
+    Ok(())
+}
+
+/// The apps' `atexit` handlers are done, in [`finalize`]'s `Py_FinalizeEx` (elsewhere, as in
+/// the configuration check's exit or an exit with threads left, nothing is done): the
+/// teardown's deadline replaces the app's part's, and the server lets go of its references.
+fn after_the_handlers(py: Python<'_>) {
+    let mut guard = finalizing();
+    let Some(f) = guard.as_mut() else {
+        return;
+    };
+    let Some(within) = f.teardown_within else {
+        return;
+    };
+    f.deadline = Some(ExitDeadline::start_own(
+        within,
+        "Python's teardown (after the atexit handlers)",
+    ));
+    drop(guard);
+    let hooks = std::mem::take(&mut *BEFORE_TEARDOWN.lock().unwrap_or_else(|e| e.into_inner()));
+    for hook in hooks {
+        hook(py);
     }
 }
 
@@ -273,11 +320,25 @@ impl ExitDeadline {
         Self::start_after(within, std::time::Duration::ZERO, what)
     }
 
+    /// With a bound of its own, not the shutdown timeout's: the log gives it in ms alone.
+    fn start_own(within: std::time::Duration, what: &'static str) -> ExitDeadline {
+        Self::watch(within, std::time::Duration::ZERO, what, false)
+    }
+
     /// Fires `grace` after `within`, a bound past another one; the log names `within`.
     fn start_after(
         within: std::time::Duration,
         grace: std::time::Duration,
         what: &'static str,
+    ) -> ExitDeadline {
+        Self::watch(within, grace, what, true)
+    }
+
+    fn watch(
+        within: std::time::Duration,
+        grace: std::time::Duration,
+        what: &'static str,
+        the_setting: bool,
     ) -> ExitDeadline {
         let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
         let watch = move || {
@@ -287,11 +348,14 @@ impl ExitDeadline {
                 let setting = SHUTDOWN_WHAT
                     .get()
                     .map_or("the shutdown timeout", |w| w.as_str());
+                let bound = match the_setting {
+                    true => format!("{setting} ({} ms)", within.as_millis()),
+                    false => format!("{} ms", within.as_millis()),
+                };
                 crate::server_log::last_words(|| {
                     tracing::error!(
                         target: "wsgi",
-                        "{what} still running after {setting} ({} ms); the process exits now",
-                        within.as_millis()
+                        "{what} still running after {bound}; the process exits now"
                     )
                 });
                 if let Some(act) = LAST_ACT.get() {

@@ -48,12 +48,18 @@ def test_a_package_the_app_files_directory_hides_is_named_with_the_way_out(nginx
                                      "    start_response('200 OK', [])\n    return [b'ok']\n")
     _, result = conf_test(nginx_factory, location("/", project / "wsgi.py"))
     assert result.returncode != 0 and "cannot import name 'TopologicalSorter'" in result.stderr, result.stderr
-    assert (f"note: {project}, the app file's directory, comes first on sys.path and has its own \"graphlib\", "
-            "which hides any installed module of that name; name the app as a module instead: `proj.wsgi` "
-            f"(with {project.parent} on the Python path") in result.stderr, result.stderr
+    assert (f"note: {project}, the app file's directory, comes before the installed modules on sys.path and "
+            "has its own \"graphlib\", which hides the installed one; name the app as a module instead: "
+            f"`proj.wsgi` (with {project.parent} on the Python path") in result.stderr, result.stderr
     _, result = conf_test(nginx_factory, location("/", "proj.wsgi"),
                           http_extra=f"wsgi_python_path {project.parent};")
     assert result.returncode == 0, result.stderr
+    # The app's own module, which hides nothing, failing to import is the app's error alone.
+    (project / "helpers.py").write_text("")
+    (project / "wsgi.py").write_text("from helpers import missing\n")
+    _, result = conf_test(nginx_factory, location("/", project / "wsgi.py"))
+    assert result.returncode != 0 and "cannot import name 'missing' from 'helpers'" in result.stderr, result.stderr
+    assert "note:" not in result.stderr, result.stderr
 
 
 def test_traceback_reaches_nginx_t_output(nginx_factory):

@@ -199,7 +199,8 @@ def test_the_exit_deadlines_last_words_reach_a_syslog_error_log(nginx_factory):
     ).start()
     assert requests.get(server.url("/?atexit")).text == "registered"
     assert server.stop(timeout=60) == 0
-    said = "wsgi: the atexit handlers still running after wsgi_shutdown_timeout (1000 ms); the process exits now"
+    said = "wsgi: Python's finalisation (atexit handlers included) still running after wsgi_shutdown_timeout " \
+           "(1000 ms); the process exits now"
     received = []
     while not any(said in m for m in received):
         received.append(sink.recv(65536).decode(errors="replace"))

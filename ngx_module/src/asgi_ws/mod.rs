@@ -5,8 +5,9 @@
 //! [`WsCodec`], as `ngx_http_upstream_upgrade` does for proxied WebSockets. Both directions are
 //! bounded by `wsgi_stream_buffer`: past it the app's `send` awaits, and nginx stops reading
 //! the client until the app has taken its messages. At worker exit every open WebSocket is sent
-//! a close frame with code 1001 (or 1012: `asgi_websocket_exit_code`). Open sockets are pinged every `asgi_websocket_ping_interval`
-//! and closed with 1001 after `asgi_websocket_idle_timeout` without a byte from the client
+//! a close frame with code 1001 (or 1012: `asgi_websocket_exit_code`). Open sockets are pinged
+//! every `asgi_websocket_ping_interval` and closed with 1001 after
+//! `asgi_websocket_idle_timeout` without a byte from the client
 //! (pongs count), on nginx timers. Until the app accepts or denies it, `wsgi_read_timeout`
 //! bounds the handshake as it bounds an HTTP response.
 
@@ -95,9 +96,10 @@ struct State {
     /// The client went away (or writing to it failed).
     gone: bool,
     scheduled: bool,
-    /// Told to close with 1001 (worker exit).
+    /// Told to close with the exit code (worker exit).
     told_to_go: bool,
-    /// The server's own close (1001) is queued: the app's messages after it would be dropped.
+    /// The server's own close (its exit code) is queued: the app's messages after it would be
+    /// dropped.
     closing: bool,
     /// The app's task is to be woken once the loop lets go of this state (a task woken with
     /// the lock held would run straight into it).
@@ -356,8 +358,8 @@ impl WsServer for AsgiWs {
 
     fn send(&self, message: WsOutgoing) -> Result<(), ClientGone> {
         let mut st = self.lock();
-        // A close from the client, or the server's own 1001 (queued, or sent, when the codec
-        // refuses messages), ends what the app may send.
+        // A close from the client, or the server's own exit close (queued, or sent, when the
+        // codec refuses messages), ends what the app may send.
         let closing = st.closing || st.codec.as_ref().is_some_and(|c| !c.can_send());
         if st.gone || st.phase == Phase::Over || closing {
             return Err(ClientGone);

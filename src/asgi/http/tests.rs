@@ -515,7 +515,24 @@ fn the_closing_message_after_the_whole_content_length_is_taken_when_the_client_w
         )
         .unwrap());
         assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Complete]);
-        // Bytes past the whole Content-Length still say the client went.
+        // Bytes past the whole Content-Length are not taken: the client went.
+        let server = Arc::new(Fake::default());
+        let ex = exchange(py, &server, None);
+        send(&ex, "{'type': 'http.response.start', 'status': 200, 'headers': [(b'content-length', b'4')]}")
+            .unwrap();
+        send(
+            &ex,
+            "{'type': 'http.response.body', 'body': b'true', 'more_body': True}",
+        )
+        .unwrap();
+        server.gone.store(true, Ordering::Relaxed);
+        let err = error_of(send(
+            &ex,
+            "{'type': 'http.response.body', 'body': b'!', 'more_body': False}",
+        ));
+        assert!(err.contains("closed the connection"), "{err}");
+        assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Complete]);
+        // A body short of its Content-Length, its client gone: the response is cut.
         let server = Arc::new(Fake::default());
         let ex = exchange(py, &server, None);
         send(&ex, "{'type': 'http.response.start', 'status': 200, 'headers': [(b'content-length', b'8')]}")
