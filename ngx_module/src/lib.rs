@@ -26,6 +26,7 @@ mod exec_child;
 mod exit_drain;
 mod ffi;
 mod fork_child;
+mod generation;
 #[cfg(ngx_feature = "http_v2")]
 mod h2_reset;
 mod handler;

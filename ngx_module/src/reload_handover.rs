@@ -6,14 +6,14 @@
 //! configuration's workers are still starting, until they are all ready (or a bound passes),
 //! then quits as nginx asked. Off, new requests wait for the new workers, as nginx's own do.
 //!
-//! The generations meet in one word of memory the master maps, shared, before its first fork:
-//! the newest configuration the master took, how many workers it starts with apps to import
-//! (none when it has no app or the hand-over is off), and how many of them are ready. A worker knows its own generation
-//! (the master's count of configurations when it forked it). A quit with no newer generation
-//! starting (`nginx -s quit`) is taken at once. The master's quit comes through its channel (a
-//! signal only when the channel fails: that one is taken at once, as before).
+//! The generations meet in one word of memory the master maps, shared, before its first fork: the
+//! newest configuration the master took, how many workers it starts with apps to import (none when
+//! it has no app or the hand-over is off), and how many of them are ready. A worker knows its own
+//! generation (`generation.rs`). A quit with no newer generation starting (`nginx -s quit`) is
+//! taken at once. The master's quit comes through its channel (a signal only when the channel
+//! fails: that one is taken at once, as before).
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use nginx_sys::{ngx_cycle_t, ngx_event_t, ngx_msec_t, NGX_LOG_NOTICE};
 
@@ -23,8 +23,6 @@ use crate::ffi::timer::WorkerTimer;
 /// The shared word: generation (high 32 bits), workers of it expected to become ready (16),
 /// ready (16).
 static SHARED: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
-/// The configurations the master has loaded; in a worker, its own configuration's number.
-static GENERATION: AtomicU32 = AtomicU32::new(0);
 /// nginx's clock when the worker, told to quit, began to wait for the newer workers (0: it
 /// has not).
 static WAITING_SINCE: AtomicUsize = AtomicUsize::new(0);
@@ -88,14 +86,9 @@ pub(crate) fn configuration_taken(expected: usize) {
             SHARED.store(map.cast(), Ordering::Release);
         }
     }
-    let generation = GENERATION.fetch_add(1, Ordering::AcqRel) + 1;
+    let generation = crate::generation::next();
     let expected = u16::try_from(expected).unwrap_or(u16::MAX);
     update(|_, _, _| Some(pack(generation, expected, 0)));
-}
-
-/// The configurations the master had taken when it forked this worker: its generation.
-pub(crate) fn generation() -> u32 {
-    GENERATION.load(Ordering::Acquire)
 }
 
 /// A worker is ready to accept (`whole`: its apps imported, their lifespan started; else it
@@ -106,7 +99,7 @@ pub(crate) fn generation() -> u32 {
 /// # Safety
 /// Event-loop thread, once, from `init_process`; `cycle` is live.
 pub(crate) unsafe fn ready(cycle: *mut ngx_cycle_t, bound: std::time::Duration, whole: bool) {
-    let mine = GENERATION.load(Ordering::Acquire);
+    let mine = crate::generation::current();
     if whole {
         update(|g, e, r| (g == mine).then(|| pack(g, e, r.saturating_add(1))));
     }
@@ -160,7 +153,7 @@ fn newer_workers_starting() -> bool {
         return false;
     };
     let (g, expected, ready) = unpack(word.load(Ordering::Acquire));
-    g > GENERATION.load(Ordering::Acquire) && ready < expected
+    g > crate::generation::current() && ready < expected
 }
 
 /// A command from the master (nginx's own handler reads and does it): a quit, which nginx's
@@ -286,7 +279,6 @@ fn drain_then_quit() {
 /// Whether the master has taken a newer configuration than this worker's (a reload: a quit
 /// without one is `nginx -s quit`).
 fn newer_generation() -> bool {
-    shared().is_some_and(|word| {
-        unpack(word.load(Ordering::Acquire)).0 > GENERATION.load(Ordering::Acquire)
-    })
+    shared()
+        .is_some_and(|word| unpack(word.load(Ordering::Acquire)).0 > crate::generation::current())
 }

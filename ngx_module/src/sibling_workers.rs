@@ -4,7 +4,7 @@
 //!
 //! The workers meet in memory the master maps, shared, before its first fork: one entry per
 //! worker slot (nginx's `ngx_worker`, which a respawned worker takes over), holding the process
-//! id and generation (the reload hand-over's count of configurations) of the worker accepting
+//! id and generation (`generation.rs`) of the worker accepting
 //! there, or 0. A worker clears its entry as it starts, before it imports the apps, sets it once
 //! it is ready, and clears it again as it stops accepting (its recycling, a reload's quit, the
 //! exit the descriptor watch starts). An entry whose process is gone (a crash) does not count.
@@ -57,7 +57,7 @@ fn mine() -> Option<(usize, u64)> {
     (role == nginx_sys::NGX_PROCESS_WORKER && slot < SLOTS).then(|| {
         (
             slot,
-            entry(std::process::id(), crate::reload_handover::generation()),
+            entry(std::process::id(), crate::generation::current()),
         )
     })
 }
