@@ -120,7 +120,9 @@ static BEFORE_FINALIZE: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec:
 static BEFORE_TEARDOWN: std::sync::Mutex<Vec<fn(Python<'_>)>> = std::sync::Mutex::new(Vec::new());
 
 /// Has [`finalize`] call `hook` with the GIL right before Python's teardown (once, however
-/// often this is called with it); not when the process ends without a teardown.
+/// often this is called with it); not when the process ends without a teardown, nor at a fast
+/// stop (whose one short bound covers the whole exit: what the hooks would finalise more is
+/// left, as the process ends).
 pub fn before_teardown(hook: fn(Python<'_>)) {
     let mut hooks = BEFORE_TEARDOWN.lock().unwrap_or_else(|e| e.into_inner());
     if !hooks.iter().any(|h| std::ptr::fn_addr_eq(*h, hook)) {
@@ -205,7 +207,17 @@ pub fn finalize(
         }
         Err(e) => tracing::error!(target: "wsgi", "joining the app's threads at exit failed: {e}"),
     }
+    if py
+        .import("atexit")
+        .and_then(|a| a.call_method0("_ncallbacks"))
+        .and_then(|n| n.extract::<usize>())
+        .is_ok_and(|n| n == 0)
+    {
+        // An app cleared the handlers, the server's with them.
+        let _ = mark_the_end_of_the_atexit_handlers(py);
+    }
     *finalizing() = Some(Finalizing {
+        pid: std::process::id(),
         deadline: part("Python's finalisation (atexit handlers included)"),
         teardown_within: whole.is_none().then(|| timeout.max(TEARDOWN_AT_LEAST)),
     });
@@ -227,6 +239,8 @@ pub fn finalize(
 /// for a large app (NetBox: 3 to 6 s on a loaded machine), CPython's work, not the app's, so
 /// it has a bound of its own from the server's `atexit` handler, which runs last.
 struct Finalizing {
+    /// The finalising process (a child forked meanwhile has a copy of this).
+    pid: u32,
     deadline: Option<ExitDeadline>,
     /// The teardown's bound (None: a fast stop, whose one bound covers all).
     teardown_within: Option<std::time::Duration>,
@@ -239,8 +253,9 @@ fn finalizing() -> std::sync::MutexGuard<'static, Option<Finalizing>> {
 }
 
 /// Registers the server's `atexit` handler before any app is imported: handlers run last
-/// registered first, so it runs after all of the apps' (unless an app clears them all, when
-/// the app's part's deadline covers the teardown too, and the apps are not let go).
+/// registered first, so it runs after all of the apps' (those a `sitecustomize` or a `.pth`
+/// file registered as Python started run after it, under the teardown's bound). One an app
+/// cleared (`atexit._clear()`) is registered again as the exit begins.
 fn mark_the_end_of_the_atexit_handlers(py: Python<'_>) -> PyResult<()> {
     let marker = pyo3::types::PyCFunction::new_closure(
         py,
@@ -256,11 +271,12 @@ fn mark_the_end_of_the_atexit_handlers(py: Python<'_>) -> PyResult<()> {
 }
 
 /// The apps' `atexit` handlers are done, in [`finalize`]'s `Py_FinalizeEx` (elsewhere, as in
-/// the configuration check's exit or an exit with threads left, nothing is done): the
-/// teardown's deadline replaces the app's part's, and the server lets go of its references.
+/// the configuration check's exit, an exit with threads left or a child forked meanwhile,
+/// nothing is done): the teardown's deadline replaces the app's part's, and the server lets go
+/// of its references.
 fn after_the_handlers(py: Python<'_>) {
     let mut guard = finalizing();
-    let Some(f) = guard.as_mut() else {
+    let Some(f) = guard.as_mut().filter(|f| f.pid == std::process::id()) else {
         return;
     };
     let Some(within) = f.teardown_within else {

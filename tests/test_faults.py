@@ -208,14 +208,17 @@ def test_the_exit_deadlines_last_words_reach_a_syslog_error_log(nginx_factory):
     assert "[error]" in next(m for m in received if said in m)
 
 
-def test_pythons_teardown_after_the_atexit_handlers_is_not_cut_at_the_shutdown_timeout(nginx_factory, tmp_path):
+@pytest.mark.parametrize("query", ["", "clear"])
+def test_pythons_teardown_after_the_atexit_handlers_is_not_cut_at_the_shutdown_timeout(nginx_factory, tmp_path,
+                                                                                       query):
     """The shutdown timeout bounds the app's threads and atexit handlers; Python's own teardown
     after them (a large app's: seconds) has 30 s at least: cut at the timeout, its finalisers
-    (a database connection's close) did not run, and the worker exited with code 1."""
+    (a database connection's close) did not run, and the worker exited with code 1. So too
+    when the app cleared every atexit handler, the server's with them."""
     tmp_path.chmod(0o777)
     server = nginx_factory(location("/", APPS / "slow_teardown.py"), http_extra="wsgi_shutdown_timeout 1s;",
                            main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
-    assert requests.get(server.url("/")).text == "served"
+    assert requests.get(server.url(f"/?{query}")).text == "served"
     (worker,) = server.worker_pids()
     assert server.stop(timeout=60) == 0
     assert (tmp_path / f"teardown-{worker}").exists(), "the finaliser ran"

@@ -1,6 +1,6 @@
 """An object whose finaliser takes 2 s (a large app's teardown: NetBox's takes 3 to 6 s on a
 loaded machine), run by Python's teardown at the worker's exit, after the atexit handlers; it
-marks NGX_WSGI_TEST_MARKS/teardown-PID when done."""
+marks NGX_WSGI_TEST_MARKS/teardown-PID when done. ?clear clears the atexit handlers."""
 import os
 import time
 
@@ -17,5 +17,8 @@ _KEPT = _ClosedAtTeardown()
 
 
 def application(environ, start_response):
+    if environ["QUERY_STRING"] == "clear":
+        import atexit
+        atexit._clear()  # every handler, the server's too
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"served"]
