@@ -207,11 +207,10 @@ fn hides_an_installed_module(py: Python<'_>, dir: &Path, top: &str) -> PyResult<
     if !from_dir {
         return Ok(false);
     }
-    let dir_text = dir.as_os_str();
     let others = PyList::empty(py);
     for entry in sys.getattr("path")?.try_iter()? {
         let entry = entry?;
-        if entry.extract::<PathBuf>().ok().as_deref() != Some(dir) && entry.ne(dir_text)? {
+        if entry.extract::<PathBuf>().ok().as_deref() != Some(dir) {
             others.append(entry)?;
         }
     }

@@ -157,10 +157,9 @@ pub enum Finalized {
 /// the `atexit` handlers within `timeout` again (or a second if that is less), Python's
 /// teardown after them within `timeout` or [`TEARDOWN_AT_LEAST`], whichever is longer (see
 /// [`Finalizing`]); with `whole_within` (a fast stop, whose exit has a bound), all of it within
-/// that. Threads
-/// still running at the deadline are logged with their Python stacks and left running: see
-/// [`Finalized::ThreadsLeft`]. Must run on the thread that called `initialize`, after every
-/// server thread has stopped running Python.
+/// that. Threads still running at the deadline are logged with their Python stacks and left
+/// running: see [`Finalized::ThreadsLeft`]. Must run on the thread that called `initialize`,
+/// after every server thread has stopped running Python.
 pub fn finalize(
     timeout: std::time::Duration,
     whole_within: Option<std::time::Duration>,

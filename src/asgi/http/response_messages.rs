@@ -170,10 +170,14 @@ impl HttpExchange {
             self.response = Response::Done;
             return Ok(true);
         }
-        if !self.gone && !self.finished && self.server.client_gone() {
-            // The client went before the wake-up that says so: noted now, so that a closing
-            // message after its whole Content-Length is taken, not refused by the server's
-            // room (Starlette's middleware sends it after a few turns of the loop).
+        if self.declared == Some(self.produced)
+            && !self.gone
+            && !self.finished
+            && self.server.client_gone()
+        {
+            // The client went, having had the whole Content-Length, before the wake-up that
+            // says so: noted now, so that the closing message is taken, not refused by the
+            // server's room (Starlette's middleware sends it after a few turns of the loop).
             self.notice_client_gone();
         }
         if self.gone || self.finished {

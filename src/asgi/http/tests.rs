@@ -497,18 +497,24 @@ fn bodies_in_messages_then_waiting_then_disconnect() {
 fn the_closing_message_after_the_whole_content_length_is_taken_when_the_client_went_before_its_wake_up(
 ) {
     with_python(|py| {
-        let server = Arc::new(Fake::default());
-        let ex = exchange(py, &server, None);
-        send(&ex, "{'type': 'http.response.start', 'status': 200, 'headers': [(b'content-length', b'4')]}")
+        // Four bytes of a `length` promised went out; then the client read them and closed,
+        // and the wake-up that tells the exchange has not come yet.
+        let four_sent_then_gone = |length: &str| {
+            let server = Arc::new(Fake::default());
+            let ex = exchange(py, &server, None);
+            let start = format!(
+                "{{'type': 'http.response.start', 'status': 200, 'headers': [(b'content-length', b'{length}')]}}"
+            );
+            send(&ex, &start).unwrap();
+            send(
+                &ex,
+                "{'type': 'http.response.body', 'body': b'true', 'more_body': True}",
+            )
             .unwrap();
-        send(
-            &ex,
-            "{'type': 'http.response.body', 'body': b'true', 'more_body': True}",
-        )
-        .unwrap();
-        // The client read its 4 bytes and closed; the wake-up that tells the exchange has not
-        // come yet.
-        server.gone.store(true, Ordering::Relaxed);
+            server.gone.store(true, Ordering::Relaxed);
+            (server, ex)
+        };
+        let (server, ex) = four_sent_then_gone("4");
         assert!(send(
             &ex,
             "{'type': 'http.response.body', 'body': b'', 'more_body': False}"
@@ -516,16 +522,7 @@ fn the_closing_message_after_the_whole_content_length_is_taken_when_the_client_w
         .unwrap());
         assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Complete]);
         // Bytes past the whole Content-Length are not taken: the client went.
-        let server = Arc::new(Fake::default());
-        let ex = exchange(py, &server, None);
-        send(&ex, "{'type': 'http.response.start', 'status': 200, 'headers': [(b'content-length', b'4')]}")
-            .unwrap();
-        send(
-            &ex,
-            "{'type': 'http.response.body', 'body': b'true', 'more_body': True}",
-        )
-        .unwrap();
-        server.gone.store(true, Ordering::Relaxed);
+        let (server, ex) = four_sent_then_gone("4");
         let err = error_of(send(
             &ex,
             "{'type': 'http.response.body', 'body': b'!', 'more_body': False}",
@@ -533,16 +530,7 @@ fn the_closing_message_after_the_whole_content_length_is_taken_when_the_client_w
         assert!(err.contains("closed the connection"), "{err}");
         assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Complete]);
         // A body short of its Content-Length, its client gone: the response is cut.
-        let server = Arc::new(Fake::default());
-        let ex = exchange(py, &server, None);
-        send(&ex, "{'type': 'http.response.start', 'status': 200, 'headers': [(b'content-length', b'8')]}")
-            .unwrap();
-        send(
-            &ex,
-            "{'type': 'http.response.body', 'body': b'true', 'more_body': True}",
-        )
-        .unwrap();
-        server.gone.store(true, Ordering::Relaxed);
+        let (server, ex) = four_sent_then_gone("8");
         let err = error_of(send(
             &ex,
             "{'type': 'http.response.body', 'body': b'', 'more_body': False}",
