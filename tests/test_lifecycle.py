@@ -495,6 +495,61 @@ def test_a_recycling_worker_leaves_its_new_connections_to_the_other_workers(ngin
     assert "(wsgi_max_requests); recycling it" in log and "exited on signal" not in log, log[-3000:]
 
 
+@pytest.mark.parametrize("handoff", ["on", "off"])
+def test_a_worker_busy_in_python_leaves_its_new_connections_to_an_idle_one(nginx_factory, tmp_path, handoff):
+    # A request that holds a worker's core (a report, a schema built for seconds) made every
+    # new connection that worker took wait for the GIL behind it, the other worker idle.
+    server = nginx_factory(location("/", APPS / "sleepy.py") + "  location = /pid { return 200 $pid; }\n",
+                           http_extra="" if handoff == "on" else "wsgi_busy_handoff off;", workers=2).start()
+
+    def in_event_loop(pid):
+        try:
+            return pathlib.Path(f"/proc/{pid}/wchan").read_text() in ("do_epoll_wait", "ep_poll")
+        except OSError:
+            return False
+
+    wait_for(lambda: len(server.worker_pids()) == 2 and all(map(in_event_loop, server.worker_pids())),
+             what="two worker processes in their event loops")
+
+    def fresh_pid():
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            conn.request("GET", "/pid")
+            r = conn.getresponse()
+            assert r.status == 200
+            return int(r.read())
+        finally:
+            conn.close()
+
+    stop = tmp_path / "stop"
+    spun = []
+    spinner = threading.Thread(target=lambda: spun.append(
+        requests.get(server.url(f"/spin-until?{stop}"), timeout=60).status_code))
+    spinner.start()
+    try:
+        wait_for(lambda: pathlib.Path(f"{stop}.pid").exists(), what="the spinning request inside Python")
+        busy = int(pathlib.Path(f"{stop}.pid").read_text())
+        if handoff == "off":
+            time.sleep(1)  # ten of the looks that would have seen it busy
+            assert any(fresh_pid() == busy for _ in range(200)), "the busy worker still accepts"
+            assert "busy in Python" not in server.error_log()
+            return
+        wait_for(lambda: f"{busy}#{busy}: wsgi: this worker is busy in Python" in server.error_log(),
+                 what="the busy worker leaving its new connections")
+        served = [fresh_pid() for _ in range(30)]
+        assert busy not in served and set(served) <= set(server.worker_pids()), (busy, served)
+    finally:
+        stop.touch()
+        spinner.join()
+        assert spun == [200]
+    wait_for(lambda: f"{busy}#{busy}: wsgi: this worker takes new connections again" in server.error_log(),
+             what="the worker taking new connections again")
+    # nginx's exclusive wake-ups favour one worker; it lets the others in every 16 connections.
+    assert any(fresh_pid() == busy for _ in range(200)), "the worker accepts again"
+    log = server.error_log()
+    assert "[alert]" not in log and "[crit]" not in log, log[-3000:]
+
+
 def test_a_streamed_or_asgi_response_that_ends_a_worker_says_the_connection_closes(nginx_factory):
     # Their heads go out before the request is done: the last request is known as it starts.
     server = nginx_factory(location("/stream/", f"{APPS / 'streaming.py'}:big_stream")

@@ -189,6 +189,20 @@ impl RunQueue {
         QUEUES.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
     }
 
+    /// Whether a request has waited in this queue for longer than `ms` (every thread allowed is
+    /// busy, or the queue's drainer is slow to come).
+    ///
+    /// # Safety
+    /// Event-loop thread (nginx's cached clock).
+    pub(crate) unsafe fn waited_longer_than(&self, ms: ngx_msec_t) -> bool {
+        // SAFETY: per the function contract.
+        let now = unsafe { ngx_current_msec };
+        self.lock()
+            .jobs
+            .front()
+            .is_some_and(|q| now.saturating_sub(q.at) > ms)
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -114,10 +114,10 @@ unsafe extern "C" fn accept_in_turn(ev: *mut ngx_event_t) {
         // SAFETY: nginx's own handler of this event, called as nginx would have called it.
         unsafe { accept(ev) };
         if backed_off {
-            // nginx's back-off put every listening socket back in the event set: a recycling
-            // worker's shared ones, left to the others, go out again.
+            // nginx's back-off put every listening socket back in the event set: the shared ones
+            // the worker left to the others (it drains, or it is busy) go out again.
             // SAFETY: on the event loop.
-            unsafe { crate::exit_drain::keep_shared_sockets_out() };
+            unsafe { crate::shared_sockets::keep_out() };
         }
     })
 }
@@ -166,7 +166,7 @@ unsafe fn pause(ev: *mut ngx_event_t) {
 /// The paused listening sockets are watched again, as nginx's `ngx_event_process_init` watches
 /// them: a worker's own `reuseport` socket always; a shared one exclusively when nginx does so, and
 /// not while another worker holds the accept mutex (nginx puts it back when this one takes the
-/// mutex), nor once a recycling worker left it to the others. Not those closed since (the worker's
+/// mutex), nor while the worker leaves it to the others (`shared_sockets.rs`). Not those closed since (the worker's
 /// exit), and none while nginx holds them all back after running out of descriptors (its timer on
 /// one of them puts them all back).
 unsafe extern "C" fn resume(_ev: *mut ngx_event_t) {
@@ -209,7 +209,7 @@ unsafe extern "C" fn resume(_ev: *mut ngx_event_t) {
                 }
                 let flags = if ls.reuseport() != 0 {
                     0
-                } else if mutex_elsewhere || crate::exit_drain::left_shared_sockets() {
+                } else if mutex_elsewhere || crate::shared_sockets::left().is_some() {
                     continue;
                 } else if nginx_sys::ngx_use_exclusive_accept != 0 {
                     EXCLUSIVE_EVENT

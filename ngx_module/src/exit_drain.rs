@@ -35,15 +35,12 @@ pub(crate) enum Accepting {
     /// The worker is recycled, and no other worker accepts: nothing replaces it before it exits.
     GoOn,
     /// The worker is recycled, and other workers of its configuration accept: they take the new
-    /// connections of the sockets it shares with them (see [`leave_shared_sockets`]).
+    /// connections of the sockets it shares with them (`shared_sockets.rs`).
     LeaveToOthers,
     /// A reload's newer workers accept: the worker closes its listening sockets at once, as
     /// nginx's quit would have.
     Stop,
 }
-
-/// The worker has taken its shared listening sockets out of its event set.
-static LEFT_SHARED_SOCKETS: AtomicBool = AtomicBool::new(false);
 
 /// Begins the drain, then the exit. A drain under way already goes on (a reload's quit during
 /// a recycling's drain stops its accepting).
@@ -59,8 +56,14 @@ pub(crate) unsafe fn begin(accepting: Accepting) {
                 stop_accepting();
                 send_http2_goaways();
             }
-            Accepting::LeaveToOthers if leave_shared_sockets() => send_http2_goaways(),
-            Accepting::LeaveToOthers | Accepting::GoOn => {}
+            Accepting::LeaveToOthers
+                if crate::shared_sockets::leave(crate::shared_sockets::Why::Exit) =>
+            {
+                send_http2_goaways()
+            }
+            // The one that accepts: its shared sockets, left while it was busy, come back.
+            Accepting::GoOn => crate::shared_sockets::put_back(),
+            Accepting::LeaveToOthers => {}
         }
         if under_way {
             return;
@@ -110,89 +113,6 @@ unsafe fn stop_accepting() {
         }
         nginx_sys::ngx_close_listening_sockets(cycle);
     }
-}
-
-/// Takes the TCP listening sockets the worker shares with the others out of its event set, as
-/// nginx's accept mutex does for a worker without it: their new connections go to the others.
-/// Not a worker's own `reuseport` socket, whose connections would wait for its successor, nor
-/// any under the accept mutex, which nginx would put back when the worker takes it. The
-/// sockets stay open: nginx's exit closes them. Whether any left.
-///
-/// # Safety
-/// Event-loop thread.
-unsafe fn leave_shared_sockets() -> bool {
-    // SAFETY: nginx's own flag, read on the event loop.
-    if unsafe { nginx_sys::ngx_use_accept_mutex != 0 } {
-        return false;
-    }
-    // SAFETY: per the function contract.
-    let left = unsafe { take_shared_sockets_out() };
-    LEFT_SHARED_SOCKETS.store(left, Relaxed);
-    left
-}
-
-/// Takes the shared sockets out again once nginx put them back: its back-off after running out
-/// of descriptors puts every listening socket back in the event set when its timer fires (the
-/// timer stays: the worker's own `reuseport` sockets are out meanwhile too).
-///
-/// # Safety
-/// Event-loop thread.
-pub(crate) unsafe fn keep_shared_sockets_out() {
-    if left_shared_sockets() {
-        // SAFETY: per the function contract.
-        unsafe { take_shared_sockets_out() };
-    }
-}
-
-/// The shared TCP listening sockets' read events leave the event set (those in it); whether
-/// the worker has any.
-///
-/// # Safety
-/// Event-loop thread.
-unsafe fn take_shared_sockets_out() -> bool {
-    // SAFETY: per the function contract; the cycle's listening array has `nelts` entries, each
-    // with the worker's connection of it or none; nginx's event actions are set in a worker.
-    unsafe {
-        let Some(del) = nginx_sys::ngx_event_actions.del else {
-            return false;
-        };
-        let cycle = ngx_cycle;
-        let listening = std::slice::from_raw_parts(
-            (*cycle).listening.elts as *const ngx_listening_t,
-            (*cycle).listening.nelts,
-        );
-        let mut left = false;
-        for ls in listening {
-            let c = ls.connection;
-            if ls.reuseport() != 0 || ls.type_ != libc::SOCK_STREAM || c.is_null() {
-                continue;
-            }
-            let rev = (*c).read;
-            if rev.is_null() {
-                continue;
-            }
-            if (*rev).posted() != 0 {
-                nginx_sys::ngx_delete_posted_event(rev);
-            }
-            if (*rev).active() != 0
-                && del(
-                    rev,
-                    crate::ffi::event_flags::READ_EVENT as _,
-                    nginx_sys::NGX_DISABLE_EVENT as _,
-                ) != nginx_sys::NGX_OK as nginx_sys::ngx_int_t
-            {
-                continue;
-            }
-            left = true;
-        }
-        left
-    }
-}
-
-/// Whether the worker has left its shared listening sockets to the others: nothing puts them
-/// back in its event set for long.
-pub(crate) fn left_shared_sockets() -> bool {
-    LEFT_SHARED_SOCKETS.load(Relaxed)
 }
 
 /// Tells each HTTP/2 client to take its next requests elsewhere, as nginx's exit would once the

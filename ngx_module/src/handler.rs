@@ -135,6 +135,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             return Err(crate::overload::refuse(r, why, limits.queue_timeout));
         }
         crate::inflight::started();
+        crate::busy_handoff::work_started();
         crate::recycle::request_started(r);
         let log = (*(*r).connection).log;
         timer::arm(

@@ -111,6 +111,11 @@ pub(crate) fn finished() {
     let _ = OUTSTANDING.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
 }
 
+/// How many requests are inside Python (WSGI and ASGI).
+pub(crate) fn outstanding() -> usize {
+    OUTSTANDING.load(Relaxed)
+}
+
 /// An ASGI request was handed to the event loop.
 ///
 /// # Safety

@@ -41,6 +41,9 @@ pub(crate) unsafe fn start_worker(
         return Ok(());
     }
     crate::sibling_workers::starting();
+    // SAFETY: per the function contract (init_process: nginx's event module set the listening
+    // sockets up before the http modules' turn).
+    unsafe { crate::busy_handoff::configure(mc.limits.busy_handoff()) };
     crate::recycle::configure(
         mc.limits.max_requests,
         mc.limits.max_requests_jitter,

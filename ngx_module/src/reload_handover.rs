@@ -147,6 +147,13 @@ unsafe extern "C" fn take_the_channel(ev: *mut ngx_event_t) {
 /// nginx's handler of the master's channel, which [`on_channel`] runs first.
 static CHANNEL_HANDLER: AtomicUsize = AtomicUsize::new(0);
 
+/// Whether the master took a newer configuration than this worker's: its workers have this
+/// one's slots, and this one is on its way out.
+pub(crate) fn superseded() -> bool {
+    shared()
+        .is_some_and(|word| unpack(word.load(Ordering::Acquire)).0 > crate::generation::current())
+}
+
 /// Whether a newer generation's workers are starting, not all of them ready yet.
 fn newer_workers_starting() -> bool {
     let Some(word) = shared() else {

@@ -1,4 +1,5 @@
-"""/slow sleeps 2 s in Python, /forever an hour, /spin loops forever, /grow keeps 64 MiB, /crash
+"""/slow sleeps 2 s in Python, /forever an hour, /spin loops forever, /spin-until?FILE loops until
+FILE exists (writing the worker's pid to FILE.pid first), /grow keeps 64 MiB, /crash
 segfaults the worker, /hold-gil?FIFO holds the GIL until a byte arrives on FIFO (creating FIFO.held
 first); the rest answers at once."""
 import time
@@ -15,6 +16,15 @@ def application(environ, start_response):
         n = 0
         while True:
             n += 1
+    if environ["PATH_INFO"] == "/spin-until":
+        import os
+        stop = environ["QUERY_STRING"]
+        with open(stop + ".pid.tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(stop + ".pid.tmp", stop + ".pid")  # whole when it appears
+        while not os.path.exists(stop):
+            for _ in range(100_000):
+                pass
     if environ["PATH_INFO"] == "/crash":
         import ctypes
         ctypes.string_at(0)  # a segfault, as a broken C extension would cause

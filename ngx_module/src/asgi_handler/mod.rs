@@ -193,6 +193,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     // SAFETY: on the event loop; `r` is live.
     unsafe {
         crate::inflight::started_asgi();
+        crate::busy_handoff::work_started();
         crate::recycle::request_started(r);
     }
     crate::metrics::posted();

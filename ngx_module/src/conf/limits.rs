@@ -73,6 +73,8 @@ pub(crate) struct WorkerLimits {
     pub event_stream_grace: ngx_msec_t,
     /// `wsgi_reload_handover on|off`.
     pub reload_handover: ngx_flag_t,
+    /// `wsgi_busy_handoff on|off`.
+    pub busy_handoff: ngx_flag_t,
 }
 
 impl Default for WorkerLimits {
@@ -87,6 +89,7 @@ impl Default for WorkerLimits {
             shutdown_timeout: UNSET_MSEC,
             event_stream_grace: UNSET_MSEC,
             reload_handover: super::streaming::UNSET_FLAG,
+            busy_handoff: super::streaming::UNSET_FLAG,
         }
     }
 }
@@ -138,6 +141,12 @@ impl WorkerLimits {
     /// turned on: until then, new requests would get the old configuration and the old code).
     pub(crate) fn reload_handover(&self) -> bool {
         self.reload_handover == 1
+    }
+
+    /// Whether a worker busy in Python leaves its new connections to an idle one (on unless
+    /// turned off).
+    pub(crate) fn busy_handoff(&self) -> bool {
+        self.busy_handoff != 0
     }
 
     /// How long an exiting worker lets its event streams go on before it ends them, given

@@ -255,7 +255,7 @@ const fn directive(
 }
 
 /// Every `wsgi_*` directive. nginx reads the table for the whole program and never writes it.
-pub(crate) static mut COMMANDS: [ngx_command_t; 30] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 31] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -430,6 +430,13 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 30] = [
         nginx_sys::ngx_conf_set_flag_slot,
         NGX_HTTP_MAIN_CONF_OFFSET,
         offset_of!(MainConf, limits.reload_handover),
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_busy_handoff"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_FLAG,
+        nginx_sys::ngx_conf_set_flag_slot,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+        offset_of!(MainConf, limits.busy_handoff),
     ),
     directive(
         ngx::ngx_string!("wsgi_umask"),

@@ -1,0 +1,367 @@
+//! A worker busy in Python leaves its new connections to an idle one (`wsgi_busy_handoff`).
+//!
+//! nginx spreads connections by its event loops, and a worker's loop stays free while Python
+//! runs on its threads: a worker whose one core is taken by a long request (a report, an API
+//! schema built for seconds) went on accepting, and each new connection's requests waited for
+//! the GIL behind it (a short request doing I/O waits for the GIL again at each return, a few
+//! milliseconds each time), while another worker idled. So, while it has requests inside
+//! Python, a worker looks every [`TICK_MS`] at how much of a core its threads wanted over the
+//! last [`WINDOW`] looks (the time they ran, and the time they waited to run: on a machine short
+//! of cores a spinning request gets a fraction of one, and is no less in the way; the scheduler
+//! counts a wait when it ends, so one look's figure jumps about), and publishes it
+//! (`sibling_workers.rs`). A worker that wanted [`BUSY`] or more, where another
+//! accepting worker of its configuration used [`LEAVE_GAP`] less, takes its shared listening
+//! sockets out of its event set (`shared_sockets.rs`); it takes them back once it is no longer
+//! busy, or once no accepting worker is clearly less busy than it (which also brings it back
+//! when the others leave, stop, or are busy too). Workers that are all busy all accept.
+//!
+//! Connections already open stay where they are (keep-alive clients keep their worker). A
+//! worker leaves only after taking its entry out of the table and finding another one still in
+//! it (the recycling's order, `sibling_workers::withdraw`): of two leaving at once, at least one
+//! sees the other gone and stays. Event-loop thread only.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use nginx_sys::{ngx_event_t, ngx_exiting, ngx_msec_t, ngx_quit, ngx_terminate, NGX_LOG_INFO};
+
+use ngx::core::{CoreModuleMainConf, NgxCoreModule};
+
+use crate::ffi::guard;
+use crate::ffi::loop_cell::LoopCell;
+use crate::ffi::timer::WorkerTimer;
+use crate::shared_sockets::Why;
+
+/// How often a worker with requests inside Python looks at how busy it is.
+const TICK_MS: ngx_msec_t = 100;
+/// The share of a core (thousandths) from which a worker is busy.
+const BUSY: u32 = 750;
+/// How much less busy another accepting worker must be for a busy one to leave it its new
+/// connections.
+const LEAVE_GAP: u32 = 500;
+/// A worker that left comes back once no accepting one is this much less busy than it (or it
+/// is no longer busy): between the two gaps, it stays as it is.
+const RETURN_GAP: u32 = 250;
+/// Below this, a worker that left comes back.
+const IDLE: u32 = 500;
+/// The load of a worker that has no room for more (see [`full`]).
+const FULL: u32 = 1_000_000;
+/// The least time between a worker's leaving and its coming back, and the other way round
+/// (but for coming back when no other worker accepts): a load near a threshold does not make it
+/// switch at every look.
+const SETTLE: Duration = Duration::from_secs(1);
+/// When the worker last left or came back.
+static SWITCHED: LoopCell<Option<Instant>> = LoopCell::new(None);
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static TICK: WorkerTimer = WorkerTimer::new();
+/// How many looks the load is taken over: the samples kept, the oldest first.
+const WINDOW: usize = 4;
+/// A worker leaves only once its load covers this many looks (a burst of a tick is not busy).
+const LEAVE_AFTER: usize = 2;
+static SAMPLES: LoopCell<[Option<Sample>; WINDOW]> = LoopCell::new([None; WINDOW]);
+/// Past this many threads, their wait to run is not read (a file per thread): the load is the
+/// CPU time alone.
+const MAX_THREADS_READ: usize = 64;
+
+/// What the process's threads had used at an instant.
+#[derive(Clone, Copy)]
+struct Sample {
+    at: Instant,
+    /// CPU time, every thread's.
+    cpu: Duration,
+    /// CPU time and time spent runnable but waiting for a core, summed over the threads now
+    /// alive (None: not read).
+    wanted: Option<Duration>,
+}
+
+/// Turns the hand-off on for this worker (from `init_process`: `wsgi_busy_handoff`), where it
+/// can hand anything off: other workers, no accept mutex, a shared TCP listening socket.
+///
+/// # Safety
+/// Event-loop thread, after nginx's event module set the worker's listening sockets up.
+pub(crate) unsafe fn configure(enabled: bool) {
+    // SAFETY: per the function contract: nginx's own settings, read on the event loop.
+    let useful = unsafe {
+        nginx_sys::ngx_use_accept_mutex == 0
+            && NgxCoreModule::main_conf(&*nginx_sys::ngx_cycle)
+                .is_some_and(|ccf| ccf.worker_processes > 1)
+            && crate::shared_sockets::any()
+    };
+    ENABLED.store(enabled && useful, Relaxed);
+}
+
+/// A request went inside Python: the worker looks at its load while it has any.
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn work_started() {
+    if !ENABLED.load(Relaxed) {
+        return;
+    }
+    // SAFETY: per the function contract; the timer is a static, cancelable (it does not hold
+    // an exiting worker). Its first look takes the first sample: nothing is read here, on the
+    // request's path.
+    unsafe {
+        crate::ffi::timer::keep_armed(TICK.event(), Some(tick), std::ptr::null_mut(), TICK_MS)
+    };
+}
+
+/// The CPU time of the whole process (every thread's: Python's pool threads, the event loop).
+fn process_cpu_time() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, ours.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+/// Every thread's time running and waiting to run, from the scheduler's statistics (the first
+/// two fields of each thread's `schedstat`, in nanoseconds).
+fn time_wanted() -> Option<Duration> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    let mut total: u64 = 0;
+    for (n, task) in tasks.enumerate() {
+        if n >= MAX_THREADS_READ {
+            return None;
+        }
+        let mut path = task.ok()?.path();
+        path.push("schedstat");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            // A thread that ended meanwhile is skipped; any other failure (out of descriptors)
+            // would leave a live thread out of this sample and count its whole life in the next.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ESRCH) =>
+            {
+                continue
+            }
+            Err(_) => return None,
+        };
+        let mut fields = text.split_ascii_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(ran)), Some(Ok(waited))) = (fields.next(), fields.next()) else {
+            return None;
+        };
+        total = total.saturating_add(ran).saturating_add(waited);
+    }
+    Some(Duration::from_nanos(total))
+}
+
+fn sample() -> Option<Sample> {
+    Some(Sample {
+        at: Instant::now(),
+        cpu: process_cpu_time()?,
+        wanted: time_wanted(),
+    })
+}
+
+/// How much of a core the threads wanted between two samples, in thousandths: the time they
+/// ran or waited to run where both samples have it (a thread that ended in between takes its
+/// time with it: the CPU time, which keeps it, bounds the load from below), else the CPU time.
+fn load_between(then: Sample, now: Sample) -> u32 {
+    let wall = now.at.saturating_duration_since(then.at).as_micros().max(1);
+    let share = |used: Duration| (used.as_micros() * 1000 / wall).min(u128::from(u32::MAX)) as u32;
+    let cpu = share(now.cpu.saturating_sub(then.cpu));
+    match (then.wanted, now.wanted) {
+        (Some(a), Some(b)) => cpu.max(share(b.saturating_sub(a))),
+        _ => cpu,
+    }
+}
+
+/// What a worker does with its shared sockets, given its load, whether it left them, and the
+/// least load of the other accepting workers (None: none accepts).
+#[derive(Debug, PartialEq, Eq)]
+enum Move {
+    Leave,
+    Return,
+    Stay,
+}
+
+fn decide(load: u32, left: bool, least_other: Option<u32>) -> Move {
+    match (left, least_other) {
+        (true, None) => Move::Return,
+        (true, Some(other)) if load < IDLE || other.saturating_add(RETURN_GAP) > load => {
+            Move::Return
+        }
+        (false, Some(other)) if load >= BUSY && other.saturating_add(LEAVE_GAP) <= load => {
+            Move::Leave
+        }
+        _ => Move::Stay,
+    }
+}
+
+/// Whether the worker cannot take more connections or requests than it has: it is short of
+/// connections, nginx holds its listening sockets back after running out of descriptors, or a
+/// request waited a whole look for a thread. Published as [`FULL`], whatever its load: a busy
+/// worker does not leave it its new connections (its CPU would say it is idle, its threads all
+/// blocked in I/O), and one that left comes back.
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn full() -> bool {
+    // SAFETY: per the function contract: nginx's cycle and the worker's queues, read on the
+    // event loop.
+    unsafe {
+        let cycle = nginx_sys::ngx_cycle;
+        (*cycle).free_connection_n < (*cycle).connection_n / 8
+            || crate::shared_sockets::backing_off()
+            || crate::dispatch::RunQueue::all()
+                .iter()
+                .any(|q| q.waited_longer_than(TICK_MS))
+    }
+}
+
+/// A load as the log says it.
+fn percent(load: u32) -> String {
+    if load >= FULL {
+        "no room for more".to_string()
+    } else {
+        format!("{}% of a core", load / 10)
+    }
+}
+
+unsafe extern "C" fn tick(_ev: *mut ngx_event_t) {
+    guard("looking at the worker's load", (), || {
+        // SAFETY: timers run on the event loop.
+        unsafe { look() }
+    })
+}
+
+/// # Safety
+/// Event-loop thread.
+unsafe fn look() {
+    // SAFETY: per the function contract: nginx's flags and cycle, the loop's own cells and
+    // timer.
+    unsafe {
+        if ngx_exiting != 0 || ngx_quit != 0 || ngx_terminate != 0 || crate::exit_drain::ending() {
+            SAMPLES.set([None; WINDOW]);
+            return;
+        }
+        if crate::reload_handover::superseded() {
+            // A reload's old worker, accepting until the newer ones are ready (its slot in the
+            // table is theirs now): it takes its share, and looks no more.
+            crate::shared_sockets::put_back();
+            SAMPLES.set([None; WINDOW]);
+            return;
+        }
+        // Armed first: a look that fails does not leave the worker out for good.
+        crate::ffi::timer::keep_armed(TICK.event(), Some(tick), std::ptr::null_mut(), TICK_MS);
+        let mut samples = SAMPLES.get();
+        let oldest = samples.iter().position(Option::is_some);
+        let now = sample();
+        let load = match (oldest.and_then(|i| samples[i]), now) {
+            (Some(then), Some(now)) => load_between(then, now),
+            _ => 0,
+        };
+        // Looks the load covers.
+        let span = oldest.map_or(0, |i| WINDOW - i);
+        samples.rotate_left(1);
+        samples[WINDOW - 1] = now;
+        SAMPLES.set(samples);
+        if span == 0 {
+            return;
+        }
+        crate::sibling_workers::publish_load(if full() { FULL } else { load });
+        let left = crate::shared_sockets::left() == Some(Why::Busy);
+        let settled = SWITCHED.get().is_none_or(|at| at.elapsed() >= SETTLE);
+        let other = crate::sibling_workers::least_load_of_others();
+        match decide(load, left, other) {
+            // Without another accepting worker, at once.
+            Move::Return if settled || other.is_none() => {
+                crate::shared_sockets::put_back();
+                crate::sibling_workers::ready();
+                SWITCHED.set(Some(Instant::now()));
+                log(&format!(
+                    "wsgi: this worker takes new connections again (it wanted {})",
+                    percent(load)
+                ));
+            }
+            Move::Leave if settled && span >= LEAVE_AFTER && crate::sibling_workers::listed() => {
+                // Out of the table first, then another one still in it (see the module's doc).
+                crate::sibling_workers::withdraw();
+                let other = crate::sibling_workers::least_load_of_others();
+                if decide(load, false, other) == Move::Leave
+                    && crate::shared_sockets::leave(Why::Busy)
+                {
+                    SWITCHED.set(Some(Instant::now()));
+                    log(&format!(
+                        "wsgi: this worker is busy in Python (it wanted {}, another worker {}): \
+                         its new connections go to the other workers until it is not",
+                        percent(load),
+                        percent(other.unwrap_or(0))
+                    ));
+                } else {
+                    crate::sibling_workers::ready();
+                }
+            }
+            Move::Return | Move::Leave | Move::Stay => {}
+        }
+        let left = crate::shared_sockets::left() == Some(Why::Busy);
+        if crate::inflight::outstanding() == 0 && !left && load < IDLE {
+            // Idle: nothing to look at until a request comes.
+            crate::ffi::timer::disarm(TICK.event());
+            SAMPLES.set([None; WINDOW]);
+            crate::sibling_workers::publish_load(0);
+        }
+    }
+}
+
+fn log(text: &str) {
+    crate::ffi::log::cycle_log(NGX_LOG_INFO as usize, text);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_worker_leaves_only_to_a_clearly_less_busy_one() {
+        assert_eq!(decide(1000, false, Some(0)), Move::Leave);
+        assert_eq!(decide(1000, false, Some(500)), Move::Leave);
+        assert_eq!(decide(1000, false, Some(501)), Move::Stay);
+        assert_eq!(decide(749, false, Some(0)), Move::Stay);
+        // Alone, or the others all out: it accepts.
+        assert_eq!(decide(1000, false, None), Move::Stay);
+    }
+
+    #[test]
+    fn a_worker_that_left_returns_when_idle_or_no_longer_clearly_busier() {
+        assert_eq!(decide(1000, true, Some(0)), Move::Stay);
+        assert_eq!(decide(1000, true, Some(740)), Move::Stay);
+        assert_eq!(decide(1000, true, Some(760)), Move::Return);
+        assert_eq!(decide(400, true, Some(0)), Move::Return);
+        assert_eq!(decide(1000, true, None), Move::Return);
+    }
+
+    fn at(t: Instant, ms: u64, cpu: u64, wanted: Option<u64>) -> Sample {
+        Sample {
+            at: t + Duration::from_millis(ms),
+            cpu: Duration::from_millis(cpu),
+            wanted: wanted.map(Duration::from_millis),
+        }
+    }
+
+    #[test]
+    fn the_load_is_the_share_of_a_core_wanted() {
+        let t = Instant::now();
+        assert_eq!(load_between(at(t, 0, 50, None), at(t, 100, 140, None)), 900);
+        // Two threads on two cores: more than one core's worth.
+        assert_eq!(
+            load_between(at(t, 0, 50, None), at(t, 100, 250, None)),
+            2000
+        );
+        // A spinning thread that got a fifth of a core on a crowded machine wanted all of it.
+        assert_eq!(
+            load_between(at(t, 0, 0, Some(0)), at(t, 100, 20, Some(100))),
+            1000
+        );
+        // A thread that ended took its times along: the CPU time bounds the load.
+        assert_eq!(
+            load_between(at(t, 0, 0, Some(500)), at(t, 100, 90, Some(100))),
+            900
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! The TCP listening sockets a worker shares with the others, taken out of its event set and put
+//! back, as nginx's accept mutex does for a worker without it: their new connections go to the
+//! other workers meanwhile. Not a worker's own `reuseport` socket, whose connections would wait
+//! for it, nor any under the accept mutex, which nginx puts back when the worker takes it. The
+//! sockets stay open. Event-loop thread only.
+
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+
+use nginx_sys::{ngx_event_t, ngx_listening_t, NGX_OK};
+
+use crate::ffi::event_flags::{EXCLUSIVE_EVENT, READ_EVENT};
+
+/// Why the worker left its shared sockets to the others.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Why {
+    /// It is busy in Python and another is not (`busy_handoff.rs`): until it is not.
+    Busy = 1,
+    /// It drains before its exit (`exit_drain.rs`): for good.
+    Exit = 2,
+}
+
+/// 0 while the worker takes its share of new connections, else the [`Why`] it left them.
+static LEFT: AtomicU8 = AtomicU8::new(0);
+
+/// Why the worker has left its shared sockets to the others, if it has.
+pub(crate) fn left() -> Option<Why> {
+    match LEFT.load(Relaxed) {
+        1 => Some(Why::Busy),
+        2 => Some(Why::Exit),
+        _ => None,
+    }
+}
+
+/// Takes the shared sockets out of the event set; whether the worker has any to leave. An exit
+/// overrides a busy worker's leaving (nothing puts them back then).
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn leave(why: Why) -> bool {
+    // SAFETY: nginx's own flag, read on the event loop.
+    if unsafe { nginx_sys::ngx_use_accept_mutex != 0 } {
+        return false;
+    }
+    // SAFETY: per the function contract.
+    let any = unsafe { take_out() };
+    if any && left() != Some(Why::Exit) {
+        LEFT.store(why as u8, Relaxed);
+    }
+    any
+}
+
+/// Takes the shared sockets out again once nginx put them back: its back-off after running out
+/// of descriptors puts every listening socket back in the event set when its timer fires (the
+/// timer stays: the worker's own `reuseport` sockets are out meanwhile too).
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn keep_out() {
+    if left().is_some() {
+        // SAFETY: per the function contract.
+        unsafe { take_out() };
+    }
+}
+
+/// A busy worker takes its share of new connections again: its shared sockets go back in the
+/// event set, exclusively when nginx watches them so (`ngx_event_process_init`). Not while
+/// nginx holds every listening socket back after running out of descriptors: its timer puts
+/// them back. Nothing once the worker left them for its exit.
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn put_back() {
+    if left() != Some(Why::Busy) {
+        return;
+    }
+    LEFT.store(0, Relaxed);
+    // SAFETY: per the function contract; the cycle's listening array has `nelts` entries, each
+    // with the worker's connection of it or none (closed ones have none); nginx's event actions
+    // are set in a worker.
+    unsafe {
+        let Some(add) = nginx_sys::ngx_event_actions.add else {
+            return;
+        };
+        if backing_off() {
+            return;
+        }
+        let shared = shared_read_events();
+        let flags = if nginx_sys::ngx_use_exclusive_accept != 0 {
+            EXCLUSIVE_EVENT
+        } else {
+            0
+        };
+        for rev in shared {
+            if (*rev).active() == 0 {
+                add(rev, READ_EVENT as _, flags as _);
+            }
+        }
+    }
+}
+
+/// Whether nginx holds the worker's listening sockets back after running out of descriptors
+/// (its timer, on one of their read events, puts them all back).
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn backing_off() -> bool {
+    // SAFETY: per the function contract; the cycle's listening array has `nelts` entries, each
+    // with the worker's connection of it or none.
+    unsafe {
+        let cycle = nginx_sys::ngx_cycle;
+        std::slice::from_raw_parts(
+            (*cycle).listening.elts as *const ngx_listening_t,
+            (*cycle).listening.nelts,
+        )
+        .iter()
+        .map(|ls| ls.connection)
+        .any(|c| !c.is_null() && !(*c).read.is_null() && (*(*c).read).timer_set() != 0)
+    }
+}
+
+/// Whether the worker has any shared TCP listening socket open.
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn any() -> bool {
+    // SAFETY: per the function contract.
+    !unsafe { shared_read_events() }.is_empty()
+}
+
+/// The read events of the worker's open shared TCP listening sockets.
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn shared_read_events() -> Vec<*mut ngx_event_t> {
+    // SAFETY: per the function contract; the cycle's listening array has `nelts` entries, each
+    // with the worker's connection of it or none.
+    unsafe {
+        let cycle = nginx_sys::ngx_cycle;
+        let listening = std::slice::from_raw_parts(
+            (*cycle).listening.elts as *const ngx_listening_t,
+            (*cycle).listening.nelts,
+        );
+        listening
+            .iter()
+            .filter(|ls| ls.reuseport() == 0 && ls.type_ == libc::SOCK_STREAM)
+            .map(|ls| ls.connection)
+            .filter(|&c| !c.is_null() && (*c).fd != -1 && !(*c).read.is_null())
+            .map(|c| (*c).read)
+            .collect()
+    }
+}
+
+/// The shared sockets' read events leave the event set (those in it); whether the worker has
+/// any.
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn take_out() -> bool {
+    // SAFETY: per the function contract; nginx's event actions are set in a worker, and each
+    // event is a live listening connection's.
+    unsafe {
+        let Some(del) = nginx_sys::ngx_event_actions.del else {
+            return false;
+        };
+        let mut any = false;
+        for rev in shared_read_events() {
+            if (*rev).posted() != 0 {
+                nginx_sys::ngx_delete_posted_event(rev);
+            }
+            if (*rev).active() != 0
+                && del(rev, READ_EVENT as _, nginx_sys::NGX_DISABLE_EVENT as _)
+                    != NGX_OK as nginx_sys::ngx_int_t
+            {
+                continue;
+            }
+            any = true;
+        }
+        any
+    }
+}
