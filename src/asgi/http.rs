@@ -143,6 +143,10 @@ pub struct HttpExchange {
     produced: u64,
     /// HEAD, 204, 304: the server drops the body.
     bodiless: bool,
+    /// When a bodiless response's head went out (see [`BODILESS_QUIET`]).
+    bodiless_since: Option<std::time::Instant>,
+    /// The send just taken was dropped: the app awaits a turn of the loop before going on.
+    dropped: bool,
     /// `finish` was called: the server's request may be gone.
     finished: bool,
     /// The client went away.
@@ -181,6 +185,15 @@ fn current_task(py: Python<'_>) -> usize {
 /// that goes on sending is stopped by the raise after these.
 const QUIET_SENDS: u8 = 8;
 
+/// How long after a bodiless response's head (HEAD, 204, 304) the app's body pieces with more to
+/// come are dropped quietly, each after a turn of the loop, as uvicorn and Hypercorn drop them:
+/// a stream of a known end (a page, a small table's CSV) runs to it, and an app that prints
+/// what its stream raised (Datasette) logs nothing. Past it, a piece raises
+/// `ClientDisconnected`: an endless stream (an event stream's, Starlette's `StreamingResponse`
+/// of a generator that never ends) stops, and a client sending HEADs cannot keep tasks running
+/// without a connection of theirs for longer.
+const BODILESS_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl HttpExchange {
     pub(crate) fn new(req: HttpRequest) -> HttpExchange {
         let bodiless = req.scope.method() == b"HEAD";
@@ -198,6 +211,8 @@ impl HttpExchange {
             declared: None,
             produced: 0,
             bodiless,
+            bodiless_since: None,
+            dropped: false,
             finished: false,
             gone: false,
             left: false,
@@ -490,6 +505,7 @@ impl HttpExchange {
     fn send_now(&mut self, message: &Bound<'_, PyAny>) -> PyResult<Option<bool>> {
         let py = message.py();
         match crate::server_log::routed(self.scope.log_route, || self.take(message)) {
+            Ok(true) if std::mem::take(&mut self.dropped) => Ok(None),
             Err(e)
                 if self.quiet_sends > 0
                     && e.is_instance_of::<ClientDisconnected>(py)

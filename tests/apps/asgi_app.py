@@ -190,6 +190,10 @@ async def app(scope, receive, send):
                 for _ in range(1000):
                     await send({"type": "http.response.body", "body": b"more\n", "more_body": True})
                     await asyncio.sleep(0.01)
+            elif query.endswith("-finite"):
+                # A stream of a known end (a small table's CSV): under HEAD it runs to it.
+                for _ in range(50):
+                    await send({"type": "http.response.body", "body": b"row\n", "more_body": True})
             await send({"type": "http.response.body", "body": b"last\n"})
             STATS["disconnected"][query] = "complete"
         except OSError as e:
@@ -211,11 +215,15 @@ async def app(scope, receive, send):
     elif route == "/pieces-then-error-page":
         # A response in pieces whose app, when a send fails, starts an error page (frameworks'
         # error handlers do; Datasette's does).
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"12288")]})
+        # Under HEAD the server drops a small one's pieces, and a large one's past 1 MiB raise.
+        size, count = (409600, 5) if query.endswith("-big") else (4096, 3)
+        length = str(size * count).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]})
         try:
-            for i in range(3):
-                await send({"type": "http.response.body", "body": b"x" * 4096, "more_body": i < 2})
+            for i in range(count):
+                await send({"type": "http.response.body", "body": b"x" * size, "more_body": i < count - 1})
                 await asyncio.sleep(0.05)
+            STATS["sent"][query] = "complete"
         except OSError as e:
             await error_page_after(send, e, f"error page {query}")
     elif route == "/answer":

@@ -6,7 +6,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use super::reason_phrase::reason_phrase;
-use super::{get_opt, HttpEnd, HttpExchange, Response};
+use super::{get_opt, HttpEnd, HttpExchange, Response, BODILESS_QUIET};
 use crate::asgi::message_values::{byte_string, header_pair};
 use crate::chunk::Chunk;
 use crate::response::{ClientDisconnected, ResponseHead};
@@ -24,13 +24,14 @@ impl HttpExchange {
 
     /// A response without a body (HEAD, 204, 304) is whole once its head went out: the server
     /// ends it then, so that the connection's next request waits for nothing, and the app is
-    /// told as if its client had gone (its next piece with more to come raises, its receive()
-    /// says http.disconnect). An endless event stream asked for with HEAD ran for ever, and
-    /// held its connection.
+    /// told as if its client had gone (its receive() says http.disconnect; its pieces with more
+    /// to come are dropped for a while, then raise: see [`BODILESS_QUIET`]). An endless event
+    /// stream asked for with HEAD ran for ever, and held its connection.
     pub(super) fn end_if_bodiless(&mut self) {
         if self.bodiless && self.response == Response::Streaming && !self.finished {
             self.gone = true;
             self.left = true;
+            self.bodiless_since = Some(std::time::Instant::now());
             self.finish(HttpEnd::Complete);
         }
     }
@@ -159,10 +160,17 @@ impl HttpExchange {
         let len = body.as_ref().map_or(0, |b| b.as_bytes().len());
         if self.bodiless && self.response == Response::Streaming {
             // A HEAD's (204's, 304's) head went out and the server ended the response with it
-            // (`end_if_bodiless`). Its last piece is taken; one with more to come raises, or an
-            // endless stream (Starlette's StreamingResponse stops only when send() raises)
-            // would run for ever.
+            // (`end_if_bodiless`). Its last piece is taken; one with more to come is dropped
+            // for a while, then raises, or an endless stream (Starlette's StreamingResponse
+            // stops only when send() raises) would run for ever.
             if more {
+                if self
+                    .bodiless_since
+                    .is_some_and(|since| since.elapsed() < BODILESS_QUIET)
+                {
+                    self.dropped = true;
+                    return Ok(true);
+                }
                 return Err(ClientDisconnected::new_err(
                     "the response has no body (HEAD, 204 or 304): the server ended it with its head",
                 ));

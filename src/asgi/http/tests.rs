@@ -166,6 +166,17 @@ fn a_bodiless_response_ends_with_its_head() {
             msg.get_item("type").unwrap().extract::<String>().unwrap(),
             "http.disconnect"
         );
+        let dropped = py
+            .eval(&std::ffi::CString::new(piece).unwrap(), None, None)
+            .unwrap();
+        let taken = ex.call_method1("send_now", (dropped,)).unwrap();
+        assert!(
+            taken.is_none(),
+            "dropped quietly, a turn of the loop awaited"
+        );
+        // Past its while: an endless stream is stopped.
+        ex.borrow_mut().bodiless_since =
+            Some(std::time::Instant::now() - super::BODILESS_QUIET * 2);
         let more = send(&ex, piece).unwrap_err();
         assert!(more.is_instance_of::<ClientDisconnected>(py), "{more}");
         assert!(send(&ex, "{'type': 'http.response.body', 'body': b'z'}").unwrap());
