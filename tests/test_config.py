@@ -126,12 +126,15 @@ def test_a_stream_buffer_of_nothing_is_refused(nginx_factory, value):
     assert result.returncode == 0, result.stderr
 
 
-def test_a_queue_timeout_of_nothing_is_refused(nginx_factory):
-    # Every request that found the threads busy would be refused at once.
-    _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), http_extra="wsgi_queue_timeout 0;")
+@pytest.mark.parametrize("directive", ["wsgi_queue_timeout", "wsgi_check_timeout"])
+def test_a_timeout_of_nothing_is_refused(nginx_factory, directive):
+    # Every request that found the threads busy would be refused at once; the check's 0 meant
+    # its default, 60 s, where a reader would take it for no limit.
+    _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), http_extra=f"{directive} 0;")
     assert result.returncode != 0
-    assert '"wsgi_queue_timeout" directive must be more than 0 in ' in result.stderr, result.stderr
-    _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), http_extra="wsgi_queue_timeout 1ms;")
+    assert f'"{directive}" directive must be more than 0 in ' in result.stderr, result.stderr
+    least = {"wsgi_queue_timeout": "1ms", "wsgi_check_timeout": "30s"}[directive]
+    _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py"), http_extra=f"{directive} {least};")
     assert result.returncode == 0, result.stderr
 
 

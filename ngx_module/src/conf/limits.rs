@@ -253,23 +253,25 @@ pub(crate) unsafe extern "C" fn set_max_requests(
     })
 }
 
-/// `wsgi_queue_timeout TIME`: nginx's time syntax, more than 0 (with 0 every request that
-/// finds the threads busy, or the event loop a turn behind, would be refused at once).
-pub(crate) unsafe extern "C" fn set_queue_timeout(
+/// A time in nginx's syntax, more than 0, for the `ngx_msec_t` at the command's offset:
+/// `wsgi_queue_timeout` (with 0 every request that finds the threads busy, or the event loop a
+/// turn behind, would be refused at once), `wsgi_check_timeout` (the check would fail before
+/// Python started).
+pub(crate) unsafe extern "C" fn set_msec_above_zero(
     cf: *mut ngx_conf_t,
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    guard("wsgi_queue_timeout", NGX_CONF_ERROR, || {
+    guard("a time directive", NGX_CONF_ERROR, || {
         // SAFETY: nginx's own parser for the slot this directive names (`cmd`'s offset into
         // this module's main configuration, `conf`).
         let rv = unsafe { nginx_sys::ngx_conf_set_msec_slot(cf, cmd, conf) };
         if !rv.is_null() {
             return rv;
         }
-        // SAFETY: `conf` is this module's main configuration.
-        let mc = unsafe { &*(conf as *const MainConf) };
-        if mc.limits.queue_timeout == 0 {
+        // SAFETY: the slot nginx's parser just wrote, at the command's offset.
+        let value = unsafe { *((conf as *const u8).add((*cmd).offset) as *const ngx_msec_t) };
+        if value == 0 {
             return c"must be more than 0".as_ptr().cast_mut();
         }
         NGX_CONF_OK

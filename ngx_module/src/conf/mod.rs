@@ -406,7 +406,7 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 31] = [
     directive(
         ngx::ngx_string!("wsgi_queue_timeout"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        limits::set_queue_timeout,
+        limits::set_msec_above_zero,
         NGX_HTTP_MAIN_CONF_OFFSET,
         offset_of!(MainConf, limits.queue_timeout),
     ),
@@ -448,7 +448,7 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 31] = [
     directive(
         ngx::ngx_string!("wsgi_check_timeout"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        nginx_sys::ngx_conf_set_msec_slot,
+        limits::set_msec_above_zero,
         NGX_HTTP_MAIN_CONF_OFFSET,
         offset_of!(MainConf, python.check_timeout),
     ),
