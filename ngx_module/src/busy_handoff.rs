@@ -52,6 +52,8 @@ const FULL: u32 = 1_000_000;
 const SETTLE: Duration = Duration::from_secs(1);
 /// When the worker last left or came back.
 static SWITCHED: LoopCell<Option<Instant>> = LoopCell::new(None);
+/// At the last look, the worker had left and connections waited in the accept queue.
+static UNACCEPTED: LoopCell<bool> = LoopCell::new(false);
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static TICK: WorkerTimer = WorkerTimer::new();
@@ -83,7 +85,8 @@ struct Sample {
 pub(crate) unsafe fn configure(enabled: bool) {
     // SAFETY: per the function contract: nginx's own settings, read on the event loop.
     let useful = unsafe {
-        nginx_sys::ngx_use_accept_mutex == 0
+        nginx_sys::ngx_process as u32 == nginx_sys::NGX_PROCESS_WORKER
+            && nginx_sys::ngx_use_accept_mutex == 0
             && NgxCoreModule::main_conf(&*nginx_sys::ngx_cycle)
                 .is_some_and(|ccf| ccf.worker_processes > 1)
             && crate::shared_sockets::any()
@@ -264,13 +267,19 @@ unsafe fn look() {
         if span == 0 {
             return;
         }
-        crate::sibling_workers::publish_load(if full() { FULL } else { load });
+        let full = full();
+        crate::sibling_workers::publish_load(if full { FULL } else { load });
         let left = crate::shared_sockets::left() == Some(Why::Busy);
         let settled = SWITCHED.get().is_none_or(|at| at.elapsed() >= SETTLE);
         let other = crate::sibling_workers::least_load_of_others();
+        // Connections wait in the accept queue at two looks in a row: whoever should take them
+        // does not (stopped, hung, or short of descriptors without looking).
+        let unaccepted = left && crate::shared_sockets::waiting_connections() > 0;
+        let stuck = unaccepted && UNACCEPTED.get();
+        UNACCEPTED.set(unaccepted);
         match decide(load, left, other) {
-            // Without another accepting worker, at once.
-            Move::Return if settled || other.is_none() => {
+            // Without another worker that can take them, at once.
+            Move::Return if settled || stuck || other.is_none_or(|o| o >= FULL) => {
                 crate::shared_sockets::put_back();
                 crate::sibling_workers::ready();
                 SWITCHED.set(Some(Instant::now()));
@@ -297,10 +306,20 @@ unsafe fn look() {
                     crate::sibling_workers::ready();
                 }
             }
+            Move::Leave | Move::Stay if stuck => {
+                crate::shared_sockets::put_back();
+                crate::sibling_workers::ready();
+                SWITCHED.set(Some(Instant::now()));
+                UNACCEPTED.set(false);
+                log(
+                    "wsgi: this worker takes new connections again: connections were waiting \
+                     that no other worker took",
+                );
+            }
             Move::Return | Move::Leave | Move::Stay => {}
         }
         let left = crate::shared_sockets::left() == Some(Why::Busy);
-        if crate::inflight::outstanding() == 0 && !left && load < IDLE {
+        if crate::inflight::outstanding() == 0 && !left && load < IDLE && !full {
             // Idle: nothing to look at until a request comes.
             crate::ffi::timer::disarm(TICK.event());
             SAMPLES.set([None; WINDOW]);

@@ -1,4 +1,4 @@
-//! The TCP listening sockets a worker shares with the others, taken out of its event set and put
+//! The stream (TCP, Unix-domain) listening sockets a worker shares with the others, taken out of its event set and put
 //! back, as nginx's accept mutex does for a worker without it: their new connections go to the
 //! other workers meanwhile. Not a worker's own `reuseport` socket, whose connections would wait
 //! for it, nor any under the accept mutex, which nginx puts back when the worker takes it. The
@@ -116,6 +116,42 @@ pub(crate) unsafe fn backing_off() -> bool {
         .map(|ls| ls.connection)
         .any(|c| !c.is_null() && !(*c).read.is_null() && (*(*c).read).timer_set() != 0)
     }
+}
+
+/// Linux's `TCP_LISTEN` state (`include/net/tcp_states.h`), which libc does not name.
+const TCP_LISTEN: u8 = 10;
+
+/// How many connections wait in the shared sockets' accept queues (the kernel's count, for a
+/// listening TCP socket, of connections made and not yet accepted); Unix-domain ones are not
+/// counted.
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn waiting_connections() -> u32 {
+    // SAFETY: per the function contract.
+    let events = unsafe { shared_read_events() };
+    events
+        .into_iter()
+        .filter_map(|rev| {
+            // SAFETY: a live listening connection's read event; its `data` is the connection.
+            let fd = unsafe { (*((*rev).data as *const nginx_sys::ngx_connection_t)).fd };
+            // SAFETY: an all-zero tcp_info is a valid value of the plain struct.
+            let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            // SAFETY: getsockopt writes at most `len` bytes into `info`, ours.
+            let rc = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_INFO,
+                    (&mut info as *mut libc::tcp_info).cast(),
+                    &mut len,
+                )
+            };
+            // For a listening socket the kernel puts its accept queue's length there.
+            (rc == 0 && info.tcpi_state == TCP_LISTEN).then_some(info.tcpi_unacked)
+        })
+        .sum()
 }
 
 /// Whether the worker has any shared TCP listening socket open.
