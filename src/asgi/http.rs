@@ -143,8 +143,10 @@ pub struct HttpExchange {
     produced: u64,
     /// HEAD, 204, 304: the server drops the body.
     bodiless: bool,
-    /// When a bodiless response's head went out (see [`BODILESS_QUIET`]).
+    /// When a bodiless response's head went out, and the bytes of its pieces dropped since
+    /// (see [`BODILESS_QUIET`]).
     bodiless_since: Option<std::time::Instant>,
+    bodiless_dropped: u64,
     /// The send just taken was dropped: the app awaits a turn of the loop before going on.
     dropped: bool,
     /// `finish` was called: the server's request may be gone.
@@ -165,7 +167,8 @@ pub struct HttpExchange {
     /// the client went while the app listened (see [`QUIET_SENDS`]).
     quiet_sends: u8,
     /// The task that was told http.disconnect (its address; 0: none yet). Its own sends are
-    /// never quiet: it knows, and a send of its raises as it expects.
+    /// never quiet: it knows, and a send of its raises as it expects (but for a bodiless
+    /// response's pieces, dropped for a while whoever sends them: see [`BODILESS_QUIET`]).
     told: usize,
 }
 
@@ -185,14 +188,16 @@ fn current_task(py: Python<'_>) -> usize {
 /// that goes on sending is stopped by the raise after these.
 const QUIET_SENDS: u8 = 8;
 
-/// How long after a bodiless response's head (HEAD, 204, 304) the app's body pieces with more to
-/// come are dropped quietly, each after a turn of the loop, as uvicorn and Hypercorn drop them:
-/// a stream of a known end (a page, a small table's CSV) runs to it, and an app that prints
-/// what its stream raised (Datasette) logs nothing. Past it, a piece raises
-/// `ClientDisconnected`: an endless stream (an event stream's, Starlette's `StreamingResponse`
-/// of a generator that never ends) stops, and a client sending HEADs cannot keep tasks running
-/// without a connection of theirs for longer.
-const BODILESS_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
+/// For how long after a bodiless response's head (HEAD, 204, 304), and for how many of their
+/// bytes, the app's body pieces with more to come are dropped quietly, each after a turn of the
+/// loop, as uvicorn and Hypercorn drop them: a stream of a known end (a page, a small table's
+/// CSV) runs to it, and an app that prints what its stream raised (Datasette) logs nothing.
+/// Past either, a piece raises `ClientDisconnected`: an endless stream (an event stream's,
+/// Starlette's `StreamingResponse` of a generator that never ends) stops, a large one costs no
+/// more than a piece of itself, and a client sending HEADs cannot keep tasks running, on no
+/// connection of theirs, for longer.
+const BODILESS_QUIET: std::time::Duration = std::time::Duration::from_secs(5);
+const BODILESS_QUIET_BYTES: u64 = 1 << 20;
 
 impl HttpExchange {
     pub(crate) fn new(req: HttpRequest) -> HttpExchange {
@@ -212,6 +217,7 @@ impl HttpExchange {
             produced: 0,
             bodiless,
             bodiless_since: None,
+            bodiless_dropped: 0,
             dropped: false,
             finished: false,
             gone: false,

@@ -6,7 +6,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use super::reason_phrase::reason_phrase;
-use super::{get_opt, HttpEnd, HttpExchange, Response, BODILESS_QUIET};
+use super::{get_opt, HttpEnd, HttpExchange, Response, BODILESS_QUIET, BODILESS_QUIET_BYTES};
 use crate::asgi::message_values::{byte_string, header_pair};
 use crate::chunk::Chunk;
 use crate::response::{ClientDisconnected, ResponseHead};
@@ -164,9 +164,11 @@ impl HttpExchange {
             // for a while, then raises, or an endless stream (Starlette's StreamingResponse
             // stops only when send() raises) would run for ever.
             if more {
-                if self
-                    .bodiless_since
-                    .is_some_and(|since| since.elapsed() < BODILESS_QUIET)
+                self.bodiless_dropped += len as u64;
+                if self.bodiless_dropped <= BODILESS_QUIET_BYTES
+                    && self
+                        .bodiless_since
+                        .is_some_and(|since| since.elapsed() < BODILESS_QUIET)
                 {
                     self.dropped = true;
                     return Ok(true);
