@@ -7,6 +7,7 @@ import pathlib
 import re
 import subprocess
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -191,9 +192,46 @@ def test_a_request_that_never_returns_cannot_hold_an_exiting_worker(nginx_factor
     assert results == ["cut"]
 
 
-def _forever(server):
+def test_past_the_default_exit_bound_a_worker_waits_while_its_connections_are_active(nginx_factory, tmp_path):
+    # Without worker_shutdown_timeout nginx waits for every connection still sending or
+    # receiving. The module's 60 s bound for requests inside Python ended the whole worker, and
+    # with it a slow client's download of a static file (and uploads, proxied requests): now
+    # the worker waits while such a connection is active, then cuts what is left inside Python.
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(8 << 20))
+    server = nginx_factory(METRICS + location("/", APPS / "sleepy.py")
+                           + f"  location /files/ {{ alias {tmp_path}/; }}\n",
+                           http_extra="send_timeout 120s;").start()
+    worker = server.worker_pids()[0]
+    results = []
+    t = threading.Thread(target=lambda: results.append(_forever(server, timeout=120)))
+    t.start()
+    wait_inside_python(server)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=120) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(b"GET /files/big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        got = s.recv(65536)
+        server.send_signal(signal.SIGHUP)
+        wait_for(lambda: "wsgi: waiting for 1 request(s) inside Python before exiting" in server.error_log(),
+                 what="the old worker's exit")
+        # The download, not read meanwhile, outlasts the bound.
+        wait_for(lambda: "waits on while its connections are active" in server.error_log(), timeout=90,
+                 what="the default bound (60 s)")
+        assert f"worker process {worker} exited" not in server.error_log()
+        while chunk := s.recv(1 << 20):
+            got += chunk
+    body = got.split(b"\r\n\r\n", 1)[1]
+    assert len(body) == big.stat().st_size and body == big.read_bytes(), len(body)
+    wait_for(lambda: f"worker process {worker} exited with code 1" in server.error_log(), timeout=30,
+             what="the old worker's end, its stuck request cut")
+    t.join()
+    assert results == ["cut"]
+    assert "still inside Python after the shutdown timeout of 60000 ms" in server.error_log()
+
+
+def _forever(server, timeout=60):
     try:
-        requests.get(server.url("/forever"), timeout=60)
+        requests.get(server.url("/forever"), timeout=timeout)
         return "answered"
     except requests.ConnectionError:
         return "cut"

@@ -414,7 +414,7 @@ unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
 /// `wsgi_read_timeout`: the request is still inside Python at its deadline. It gets a 504 at
 /// once; its Python stack goes to the error log and its thread is interrupted with
 /// `TimeoutError` (by the core's watchdog: the event loop never waits for the GIL).
-unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
+pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
     guard("the wsgi read timeout", (), || {
         // SAFETY: the event's data is its job; the request is live while the task is
         // outstanding, which is the only time this timer is set.

@@ -63,6 +63,20 @@ pub(crate) fn on_asgi_exit(hooks: AsgiExit) {
     let _ = ASGI_EXIT.set(hooks);
 }
 
+/// The handlers of the module's request deadlines (`wsgi_read_timeout`, WSGI and ASGI): they
+/// bound requests inside Python, which the exit's default bound caps; they are not a
+/// connection's activity that the exit waits for.
+static REQUEST_DEADLINES: std::sync::Mutex<Vec<unsafe extern "C" fn(*mut ngx_event_t)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Names a handler of the module's request deadlines (see [`REQUEST_DEADLINES`]).
+pub(crate) fn request_deadline(f: unsafe extern "C" fn(*mut ngx_event_t)) {
+    let mut all = REQUEST_DEADLINES.lock().unwrap_or_else(|e| e.into_inner());
+    if !all.iter().any(|&g| std::ptr::fn_addr_eq(g, f)) {
+        all.push(f);
+    }
+}
+
 /// Adds what runs (on the event loop) before the worker ends at once; once per `f`.
 pub(crate) fn before_forced_exit(f: fn()) {
     add_hook(&BEFORE_FORCED_EXIT, f);
@@ -90,6 +104,9 @@ fn run_hooks(hooks: &std::sync::Mutex<Vec<fn()>>) {
 static mut TIMER: *mut ngx_event_t = ptr::null_mut();
 /// When this worker was first seen exiting with requests inside Python (0: not yet).
 static EXITING_SINCE: AtomicUsize = AtomicUsize::new(0);
+/// The worker said it waits past the default bound for its other connections.
+static WAITED_WITH_OTHERS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// A request was handed to the thread pool.
 ///
@@ -184,6 +201,7 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
                         &format!("wsgi: waiting for {outstanding} request(s) inside Python before exiting"),
                     );
                 } else if now.saturating_sub(since) >= exit_bound()
+                    && !waits_with_others(ev, outstanding)
                     && !cancel_asgi_left(outstanding, stuck_loop.is_some(), now)
                 {
                     crate::ffi::log::cycle_log(
@@ -201,6 +219,50 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
             ngx_add_timer(ev, RECHECK_MS as _);
         }
     })
+}
+
+/// Past the exit's default bound (no `worker_shutdown_timeout`), whether the worker goes on
+/// waiting for its requests inside Python because something else holds its exit too: nginx
+/// waits, without that setting, for every connection still sending or receiving (a slow
+/// client's download, an upload, a proxied request: their timers), and so does the module for
+/// its own streamed responses' slow clients; not for a request's own `wsgi_read_timeout`,
+/// which the bound caps (a long poll's `1h`). Only once none
+/// is left are the requests inside Python cut (with `worker_shutdown_timeout`, nginx cuts
+/// every connection then itself). Logged once.
+///
+/// # Safety
+/// Event-loop thread; `ev` is the in-flight timer.
+unsafe fn waits_with_others(ev: *mut ngx_event_t, outstanding: usize) -> bool {
+    // SAFETY: per the function contract.
+    let waits = unsafe {
+        let deadlines = REQUEST_DEADLINES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        !shutdown_timeout_set() && crate::ffi::timer::others_hold_the_exit(ev, &deadlines)
+    };
+    if waits && !WAITED_WITH_OTHERS.swap(true, Relaxed) {
+        crate::ffi::log::cycle_log(
+            NGX_LOG_NOTICE as usize,
+            &format!(
+                "wsgi: {outstanding} request(s) still inside Python after {} ms; the worker \
+                 waits on while its connections are active (worker_shutdown_timeout is not set)",
+                EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS
+            ),
+        );
+    }
+    waits
+}
+
+/// Whether `worker_shutdown_timeout` is set.
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn shutdown_timeout_set() -> bool {
+    // SAFETY: the cycle and its core configuration live as long as the worker.
+    let configured =
+        NgxCoreModule::main_conf(unsafe { &*ngx_cycle }).map_or(0, |ccf| ccf.shutdown_timeout);
+    configured != 0 && configured != ngx_msec_t::MAX
 }
 
 /// At the exit's bound, with only ASGI requests left on a loop that runs: their tasks are
@@ -251,12 +313,13 @@ pub(crate) fn exiting_for() -> ngx_msec_t {
 /// # Safety
 /// Event-loop thread.
 pub(crate) unsafe fn exit_bound() -> ngx_msec_t {
-    // SAFETY: the cycle and its core configuration live as long as the worker.
-    let configured =
-        NgxCoreModule::main_conf(unsafe { &*ngx_cycle }).map_or(0, |ccf| ccf.shutdown_timeout);
-    if configured == 0 || configured == ngx_msec_t::MAX {
-        EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS
-    } else {
-        configured
+    // SAFETY: per the function contract; the cycle and its core configuration live as long as
+    // the worker.
+    unsafe {
+        if shutdown_timeout_set() {
+            NgxCoreModule::main_conf(&*ngx_cycle).map_or(0, |ccf| ccf.shutdown_timeout)
+        } else {
+            EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS
+        }
     }
 }

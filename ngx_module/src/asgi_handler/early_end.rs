@@ -21,7 +21,7 @@ use crate::stream::Stream;
 /// now, without it: a 504, or, when the response has started, a cut connection. The app's task
 /// is cancelled on the asyncio loop (or interrupted, when it keeps the loop busy), and where it
 /// was goes to the error log; a request the loop had not started yet never runs.
-pub(super) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
+pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
     guard("the asgi read timeout", (), || {
         // SAFETY: the event's data is its AsgiRequest, alive while the timer is set (the timer
         // is disarmed before the request ends); on the event loop.

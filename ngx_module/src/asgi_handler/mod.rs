@@ -39,8 +39,8 @@ mod client_events;
 mod early_end;
 
 use client_events::{on_body_data, on_client_readable, on_client_writable, on_ws_io, watch_client};
-pub(crate) use early_end::let_go_of_held;
-use early_end::{expired_in_queue, on_deadline, ws_deadline};
+use early_end::{expired_in_queue, ws_deadline};
+pub(crate) use early_end::{let_go_of_held, on_deadline};
 
 /// The content handler of every `asgi_app` location.
 pub(crate) unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_t {

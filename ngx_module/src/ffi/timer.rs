@@ -97,6 +97,46 @@ pub(crate) unsafe fn let_exit_pass(handlers: &[unsafe extern "C" fn(*mut ngx_eve
     count
 }
 
+/// Whether a timer that an exiting worker waits for (one not cancelable) is set on another event
+/// than `except`, with none of `handlers`: nginx's exit waits for it, as for a connection still
+/// sending or receiving.
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn others_hold_the_exit(
+    except: *const ngx_event_t,
+    handlers: &[unsafe extern "C" fn(*mut ngx_event_t)],
+) -> bool {
+    // SAFETY: per the function contract, nginx's timer tree is this thread's, and each of its
+    // nodes is the `timer` field of a live event.
+    unsafe {
+        let tree = std::ptr::addr_of_mut!(ngx_event_timer_rbtree);
+        let sentinel = (*tree).sentinel;
+        let mut node = (*tree).root;
+        if node == sentinel {
+            return false;
+        }
+        while (*node).left != sentinel {
+            node = (*node).left;
+        }
+        while !node.is_null() {
+            let ev = node
+                .byte_sub(std::mem::offset_of!(ngx_event_t, timer))
+                .cast::<ngx_event_t>();
+            if !std::ptr::eq(ev, except)
+                && (*ev).cancelable() == 0
+                && !(*ev)
+                    .handler
+                    .is_some_and(|h| handlers.iter().any(|&f| std::ptr::fn_addr_eq(f, h)))
+            {
+                return true;
+            }
+            node = ngx_rbtree_next(tree, node);
+        }
+    }
+    false
+}
+
 /// The event of a timer the worker itself owns (not a request's): a sweeper, a drain, a
 /// deferred log entry. It lives in a static, so it never moves.
 pub(crate) struct WorkerTimer(UnsafeCell<ngx_event_t>);
