@@ -850,8 +850,8 @@ def test_a_task_left_behind_is_told_the_server_ended_its_response(bad):
         requests.get(bad.url("/orphan-body"), timeout=10).content
     wait_for(lambda: len(requests.get(bad.url("/orphans"), timeout=10).json()) == 2, what="the tasks' sends")
     assert requests.get(bad.url("/orphans"), timeout=10).json() == {
-        f"/orphan-{what}": f"RuntimeError: http.response.{what} sent after the app returned without completing "
-                           "its response (the server has ended it)" for what in ("start", "body")
+        f"/orphan-{what}": f"RuntimeError: http.response.{what} sent after the app's task ended without "
+                           "completing its response (the server has ended it)" for what in ("start", "body")
     }
 
 

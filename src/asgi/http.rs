@@ -349,12 +349,13 @@ impl HttpExchange {
     fn take(&mut self, message: &Bound<'_, PyAny>) -> PyResult<bool> {
         crate::forked::exit_if_forked_child(message.py(), "asgi", Back::UsedTheRequest);
         if self.ended && !self.gone && self.response != Response::Done {
-            // A task the app left behind: the server ended the response when the app returned,
-            // and the client may well be there still.
+            // A task the app left behind: the server ended the response when the app's task
+            // ended (returned, raised, or was cancelled at a deadline or the worker's exit), and
+            // the client may well be there still.
             let kind = message_type(message)?;
             return Err(PyRuntimeError::new_err(format!(
-                "{kind} sent after the app returned without completing its response (the server \
-                 has ended it)"
+                "{kind} sent after the app's task ended without completing its response (the \
+                 server has ended it)"
             )));
         }
         // Once the client is gone every send says so, whatever it is (an app that handles the
