@@ -304,7 +304,7 @@ impl BodyStream {
                 let rc = ngx_http_read_unbuffered_request_body(r);
                 if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
                     let mut st = self.lock();
-                    st.error = Some(format!("the client's request body failed (status {rc})"));
+                    st.error = Some(body_failure(rc, (*(*r).connection).error() != 0));
                     st.client_fault = (400..500).contains(&rc).then_some(rc);
                     waiting = st.waiting > 0;
                     news = true;
@@ -486,6 +486,27 @@ impl BodySource for BodyStream {
             st = self.arrived.wait(st).unwrap_or_else(|e| e.into_inner());
             st.waiting -= 1;
         }
+    }
+}
+
+/// What nginx's failed read of an unbuffered body (its status `rc`) says of the client.
+fn body_failure(rc: ngx_int_t, connection_failed: bool) -> String {
+    match rc as u32 {
+        // nginx's read: a close or reset before the body's end.
+        nginx_sys::NGX_HTTP_BAD_REQUEST if connection_failed => {
+            "the client closed the connection before the whole request body came".to_string()
+        }
+        nginx_sys::NGX_HTTP_BAD_REQUEST => {
+            "the client's request body is malformed (400)".to_string()
+        }
+        nginx_sys::NGX_HTTP_REQUEST_TIME_OUT => {
+            "the client sent no more of the request body within client_body_timeout (408)"
+                .to_string()
+        }
+        nginx_sys::NGX_HTTP_REQUEST_ENTITY_TOO_LARGE => {
+            "the request body is larger than client_max_body_size (413)".to_string()
+        }
+        _ => format!("the client's request body failed (status {rc})"),
     }
 }
 
