@@ -478,6 +478,19 @@ def test_a_recycling_worker_answers_the_next_request_of_a_connection_idle_at_the
     assert "exited on signal" not in server.error_log() and "exit signal" not in server.error_log()
 
 
+def wait_for_workers_in_their_event_loops(server, count):
+    """Until `count` workers wait in epoll_wait: a worker does only once its start (the apps'
+    import) is over, and only then accepts."""
+    def in_event_loop(pid):
+        try:
+            return pathlib.Path(f"/proc/{pid}/wchan").read_text() in ("do_epoll_wait", "ep_poll")
+        except OSError:
+            return False
+
+    wait_for(lambda: len(server.worker_pids()) == count and all(map(in_event_loop, server.worker_pids())),
+             what=f"{count} worker processes in their event loops")
+
+
 def test_a_recycling_worker_leaves_its_new_connections_to_the_other_workers(nginx_factory):
     # It went on accepting while it drained, one request per connection (each response closes
     # it): under keep-alive load and frequent recycling a third of the responses said close.
@@ -485,17 +498,8 @@ def test_a_recycling_worker_leaves_its_new_connections_to_the_other_workers(ngin
     # alive; the drain still answers the recycling worker's own connections.
     server = nginx_factory(location("/", APPS / "sleepy.py") + "  location = /pid { return 200 $pid; }\n",
                            http_extra="wsgi_max_requests 20;", workers=2).start()
-
-    def in_event_loop(pid):
-        # A worker waits in epoll_wait only once its start (the apps' import) is over: one still
-        # importing takes nothing from the recycling one, which then goes on accepting.
-        try:
-            return pathlib.Path(f"/proc/{pid}/wchan").read_text() in ("do_epoll_wait", "ep_poll")
-        except OSError:
-            return False
-
-    wait_for(lambda: len(server.worker_pids()) == 2 and all(map(in_event_loop, server.worker_pids())),
-             what="two worker processes in their event loops")
+    # One still importing takes nothing from the recycling one, which then goes on accepting.
+    wait_for_workers_in_their_event_loops(server, 2)
 
     def served_by(conn):
         conn.request("GET", "/pid")
@@ -539,15 +543,7 @@ def test_a_worker_busy_in_python_leaves_its_new_connections_to_an_idle_one(nginx
     # new connection that worker took wait for the GIL behind it, the other worker idle.
     server = nginx_factory(location("/", APPS / "sleepy.py") + "  location = /pid { return 200 $pid; }\n",
                            http_extra="" if handoff == "on" else "wsgi_busy_handoff off;", workers=2).start()
-
-    def in_event_loop(pid):
-        try:
-            return pathlib.Path(f"/proc/{pid}/wchan").read_text() in ("do_epoll_wait", "ep_poll")
-        except OSError:
-            return False
-
-    wait_for(lambda: len(server.worker_pids()) == 2 and all(map(in_event_loop, server.worker_pids())),
-             what="two worker processes in their event loops")
+    wait_for_workers_in_their_event_loops(server, 2)
 
     def fresh_pid():
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)

@@ -280,13 +280,7 @@ unsafe fn look() {
         match decide(load, left, other) {
             // Without another worker that can take them, at once.
             Move::Return if settled || stuck || other.is_none_or(|o| o >= FULL) => {
-                crate::shared_sockets::put_back();
-                crate::sibling_workers::ready();
-                SWITCHED.set(Some(Instant::now()));
-                log(&format!(
-                    "wsgi: this worker takes new connections again (it wanted {})",
-                    percent(load)
-                ));
+                come_back(&format!("it wanted {}", percent(load)));
             }
             Move::Leave if settled && span >= LEAVE_AFTER && crate::sibling_workers::listed() => {
                 // Out of the table first, then another one still in it (see the module's doc).
@@ -307,14 +301,7 @@ unsafe fn look() {
                 }
             }
             Move::Leave | Move::Stay if stuck => {
-                crate::shared_sockets::put_back();
-                crate::sibling_workers::ready();
-                SWITCHED.set(Some(Instant::now()));
-                UNACCEPTED.set(false);
-                log(
-                    "wsgi: this worker takes new connections again: connections were waiting \
-                     that no other worker took",
-                );
+                come_back("connections were waiting that no other worker took");
             }
             Move::Return | Move::Leave | Move::Stay => {}
         }
@@ -326,6 +313,23 @@ unsafe fn look() {
             crate::sibling_workers::publish_load(0);
         }
     }
+}
+
+/// The worker takes its share of new connections again, for `why`.
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn come_back(why: &str) {
+    // SAFETY: per the function contract.
+    unsafe {
+        crate::shared_sockets::put_back();
+        crate::sibling_workers::ready();
+        SWITCHED.set(Some(Instant::now()));
+        UNACCEPTED.set(false);
+    }
+    log(&format!(
+        "wsgi: this worker takes new connections again ({why})"
+    ));
 }
 
 fn log(text: &str) {

@@ -61,13 +61,11 @@ pub(crate) unsafe fn keep_armed(
     unsafe { arm(ev, handler, data, (*nginx_sys::ngx_cycle).log, ms) };
 }
 
-/// Makes the timers set on events whose handler is one of `handlers` cancelable: an exiting
-/// worker no longer waits for them (nginx's exit waits for every other timer). How many.
+/// Calls `f` with the event of each timer set, in order, until it returns false.
 ///
 /// # Safety
-/// Event-loop thread.
-pub(crate) unsafe fn let_exit_pass(handlers: &[unsafe extern "C" fn(*mut ngx_event_t)]) -> usize {
-    let mut count = 0;
+/// Event-loop thread; `f` may change an event's flags, not the timer tree.
+unsafe fn each_timer(mut f: impl FnMut(*mut ngx_event_t) -> bool) {
     // SAFETY: per the function contract, nginx's timer tree is this thread's, and each of its
     // nodes is the `timer` field of a live event.
     unsafe {
@@ -75,7 +73,7 @@ pub(crate) unsafe fn let_exit_pass(handlers: &[unsafe extern "C" fn(*mut ngx_eve
         let sentinel = (*tree).sentinel;
         let mut node = (*tree).root;
         if node == sentinel {
-            return 0;
+            return;
         }
         while (*node).left != sentinel {
             node = (*node).left;
@@ -84,16 +82,43 @@ pub(crate) unsafe fn let_exit_pass(handlers: &[unsafe extern "C" fn(*mut ngx_eve
             let ev = node
                 .byte_sub(std::mem::offset_of!(ngx_event_t, timer))
                 .cast::<ngx_event_t>();
-            if (*ev)
-                .handler
-                .is_some_and(|h| handlers.iter().any(|&f| std::ptr::fn_addr_eq(f, h)))
-            {
-                (*ev).set_cancelable(1);
-                count += 1;
+            if !f(ev) {
+                return;
             }
             node = ngx_rbtree_next(tree, node);
         }
     }
+}
+
+/// Whether `ev`'s handler is one of `handlers`.
+///
+/// # Safety
+/// `ev` is a live event.
+unsafe fn handled_by(
+    ev: *mut ngx_event_t,
+    handlers: &[unsafe extern "C" fn(*mut ngx_event_t)],
+) -> bool {
+    // SAFETY: per the function contract.
+    unsafe { (*ev).handler }.is_some_and(|h| handlers.iter().any(|&f| std::ptr::fn_addr_eq(f, h)))
+}
+
+/// Makes the timers set on events whose handler is one of `handlers` cancelable: an exiting
+/// worker no longer waits for them (nginx's exit waits for every other timer). How many.
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn let_exit_pass(handlers: &[unsafe extern "C" fn(*mut ngx_event_t)]) -> usize {
+    let mut count = 0;
+    // SAFETY: per the function contract; each event is a live one of the timer tree.
+    unsafe {
+        each_timer(|ev| {
+            if handled_by(ev, handlers) {
+                (*ev).set_cancelable(1);
+                count += 1;
+            }
+            true
+        })
+    };
     count
 }
 
@@ -107,34 +132,16 @@ pub(crate) unsafe fn others_hold_the_exit(
     except: *const ngx_event_t,
     handlers: &[unsafe extern "C" fn(*mut ngx_event_t)],
 ) -> bool {
-    // SAFETY: per the function contract, nginx's timer tree is this thread's, and each of its
-    // nodes is the `timer` field of a live event.
+    let mut found = false;
+    // SAFETY: per the function contract; each event is a live one of the timer tree.
     unsafe {
-        let tree = std::ptr::addr_of_mut!(ngx_event_timer_rbtree);
-        let sentinel = (*tree).sentinel;
-        let mut node = (*tree).root;
-        if node == sentinel {
-            return false;
-        }
-        while (*node).left != sentinel {
-            node = (*node).left;
-        }
-        while !node.is_null() {
-            let ev = node
-                .byte_sub(std::mem::offset_of!(ngx_event_t, timer))
-                .cast::<ngx_event_t>();
-            if !std::ptr::eq(ev, except)
-                && (*ev).cancelable() == 0
-                && !(*ev)
-                    .handler
-                    .is_some_and(|h| handlers.iter().any(|&f| std::ptr::fn_addr_eq(f, h)))
-            {
-                return true;
-            }
-            node = ngx_rbtree_next(tree, node);
-        }
-    }
-    false
+        each_timer(|ev| {
+            found =
+                !std::ptr::eq(ev, except) && (*ev).cancelable() == 0 && !handled_by(ev, handlers);
+            !found
+        })
+    };
+    found
 }
 
 /// The event of a timer the worker itself owns (not a request's): a sweeper, a drain, a
