@@ -134,7 +134,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
             return Err(crate::overload::refuse(r, why, limits.queue_timeout));
         }
-        crate::inflight::started();
+        crate::inflight::started((*r).connection);
         crate::busy_handoff::work_started();
         crate::recycle::request_started(r);
         let log = (*(*r).connection).log;
@@ -233,7 +233,7 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
             // finalized even when something below panics.
             timer::disarm(&mut (*job).deadline);
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
-            crate::inflight::finished();
+            crate::inflight::finished(c);
             crate::recycle::request_done();
             if let Some(body) = &(*job).body_stream {
                 body.finish();

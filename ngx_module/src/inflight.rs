@@ -12,8 +12,8 @@ use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use nginx_sys::{
-    ngx_add_timer, ngx_current_msec, ngx_cycle, ngx_event_t, ngx_exiting, ngx_msec_t,
-    NGX_LOG_ALERT, NGX_LOG_NOTICE, NGX_LOG_WARN,
+    ngx_add_timer, ngx_connection_t, ngx_current_msec, ngx_cycle, ngx_event_t, ngx_exiting,
+    ngx_msec_t, NGX_LOG_ALERT, NGX_LOG_NOTICE, NGX_LOG_WARN,
 };
 use ngx::core::{CoreModuleMainConf, NgxCoreModule};
 
@@ -29,6 +29,24 @@ const EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS: ngx_msec_t = 60_000;
 static OUTSTANDING: AtomicUsize = AtomicUsize::new(0);
 /// Those of them that are ASGI requests (a stuck event loop holds them for ever).
 static OUTSTANDING_ASGI: AtomicUsize = AtomicUsize::new(0);
+/// The connections of the requests inside Python (addresses; one entry per request).
+static CONNECTIONS: LoopVec = LoopVec(std::cell::UnsafeCell::new(Vec::new()));
+
+/// A vector only the event loop touches.
+struct LoopVec(std::cell::UnsafeCell<Vec<usize>>);
+
+// SAFETY: its only accessor is an unsafe function whose contract is "event-loop thread only".
+unsafe impl Sync for LoopVec {}
+
+impl LoopVec {
+    /// # Safety
+    /// Event-loop thread only, and no other reference from this function's result is live.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn get_mut(&self) -> &mut Vec<usize> {
+        // SAFETY: per the function contract.
+        unsafe { &mut *self.0.get() }
+    }
+}
 /// Run at each check while the worker exits with requests outstanding (event streams are
 /// ended, WebSockets told to close: those that start late too).
 static WHILE_EXITING: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
@@ -108,12 +126,14 @@ static EXITING_SINCE: AtomicUsize = AtomicUsize::new(0);
 static WAITED_WITH_OTHERS: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
-/// A request was handed to the thread pool.
+/// A request on connection `c` was handed to the thread pool.
 ///
 /// # Safety
 /// Event-loop thread only.
-pub(crate) unsafe fn started() {
+pub(crate) unsafe fn started(c: *mut ngx_connection_t) {
     OUTSTANDING.fetch_add(1, Relaxed);
+    // SAFETY: per the function contract.
+    unsafe { CONNECTIONS.get_mut().push(c as usize) };
     // SAFETY: the timer static is only touched on the single event-loop thread.
     unsafe {
         let ev = timer();
@@ -123,9 +143,17 @@ pub(crate) unsafe fn started() {
     }
 }
 
-/// A request came back from the thread pool.
-pub(crate) fn finished() {
+/// The request on connection `c` came back from the thread pool.
+///
+/// # Safety
+/// Event-loop thread only.
+pub(crate) unsafe fn finished(c: *mut ngx_connection_t) {
     let _ = OUTSTANDING.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+    // SAFETY: per the function contract.
+    let all = unsafe { CONNECTIONS.get_mut() };
+    if let Some(i) = all.iter().rposition(|&a| a == c as usize) {
+        all.swap_remove(i);
+    }
 }
 
 /// How many requests are inside Python (WSGI and ASGI).
@@ -133,20 +161,44 @@ pub(crate) fn outstanding() -> usize {
     OUTSTANDING.load(Relaxed)
 }
 
-/// An ASGI request was handed to the event loop.
+/// An ASGI request on connection `c` was handed to the event loop.
 ///
 /// # Safety
 /// Event-loop thread only.
-pub(crate) unsafe fn started_asgi() {
+pub(crate) unsafe fn started_asgi(c: *mut ngx_connection_t) {
     OUTSTANDING_ASGI.fetch_add(1, Relaxed);
     // SAFETY: per the function contract.
-    unsafe { started() };
+    unsafe { started(c) };
 }
 
-/// An ASGI request ended.
-pub(crate) fn finished_asgi() {
+/// The ASGI request on connection `c` ended.
+///
+/// # Safety
+/// Event-loop thread only.
+pub(crate) unsafe fn finished_asgi(c: *mut ngx_connection_t) {
     let _ = OUTSTANDING_ASGI.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
-    finished();
+    // SAFETY: per the function contract.
+    unsafe { finished(c) };
+}
+
+/// Whether `ev` is the read or write event of a connection whose request is inside Python: its
+/// timers (a streamed response's slow client, an unbuffered upload) are the request's, which
+/// the exit's bound caps, not a connection of nginx's that it waits for.
+///
+/// # Safety
+/// Event-loop thread; `ev` is a live event.
+unsafe fn of_a_request_inside_python(ev: *mut ngx_event_t) -> bool {
+    // SAFETY: per the function contract; a listed connection is live while its request is
+    // inside Python (the module holds the request), and is only compared before that.
+    unsafe {
+        let data = (*ev).data as usize;
+        CONNECTIONS.get_mut().iter().any(|&c| {
+            c == data && {
+                let c = c as *mut ngx_connection_t;
+                (*c).read == ev || (*c).write == ev
+            }
+        })
+    }
 }
 
 unsafe fn timer() -> *mut ngx_event_t {
@@ -201,15 +253,22 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
                         &format!("wsgi: waiting for {outstanding} request(s) inside Python before exiting"),
                     );
                 } else if now.saturating_sub(since) >= exit_bound()
-                    && !waits_with_others(ev, outstanding)
                     && !cancel_asgi_left(outstanding, stuck_loop.is_some(), now)
+                    && !waits_with_others(ev, outstanding)
                 {
+                    let after = if WAITED_WITH_OTHERS.load(Relaxed) {
+                        format!(
+                            "{} ms into the worker's exit, its other connections ended",
+                            now.saturating_sub(since)
+                        )
+                    } else {
+                        format!("after the shutdown timeout of {} ms", exit_bound())
+                    };
                     crate::ffi::log::cycle_log(
                         NGX_LOG_ALERT as usize,
                         &format!(
-                            "wsgi: {outstanding} request(s) still inside Python after the shutdown timeout of {} ms; \
-                             exiting without finalizing Python",
-                            exit_bound()
+                            "wsgi: {outstanding} request(s) still inside Python {after}; exiting \
+                             without finalizing Python"
                         ),
                     );
                     run_hooks(&BEFORE_FORCED_EXIT);
@@ -222,13 +281,12 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
 }
 
 /// Past the exit's default bound (no `worker_shutdown_timeout`), whether the worker goes on
-/// waiting for its requests inside Python because something else holds its exit too: nginx
-/// waits, without that setting, for every connection still sending or receiving (a slow
-/// client's download, an upload, a proxied request: their timers), and so does the module for
-/// its own streamed responses' slow clients; not for a request's own `wsgi_read_timeout`,
-/// which the bound caps (a long poll's `1h`). Only once none
-/// is left are the requests inside Python cut (with `worker_shutdown_timeout`, nginx cuts
-/// every connection then itself). Logged once.
+/// waiting before it cuts its requests still inside Python, because its other connections are
+/// active: without that setting nginx waits for every connection still sending or receiving (a
+/// slow client's download of a static file, an upload to another location, a proxied request:
+/// their timers), and ending the process cut them all. The requests inside Python are not
+/// waited for (their own connections' timers, their `wsgi_read_timeout`): the bound caps them.
+/// Logged once.
 ///
 /// # Safety
 /// Event-loop thread; `ev` is the in-flight timer.
@@ -239,14 +297,20 @@ unsafe fn waits_with_others(ev: *mut ngx_event_t, outstanding: usize) -> bool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        !shutdown_timeout_set() && crate::ffi::timer::others_hold_the_exit(ev, &deadlines)
+        !shutdown_timeout_set()
+            && crate::ffi::timer::others_hold_the_exit(|other| {
+                other == ev
+                    || crate::ffi::timer::handled_by(other, &deadlines)
+                    || of_a_request_inside_python(other)
+            })
     };
     if waits && !WAITED_WITH_OTHERS.swap(true, Relaxed) {
         crate::ffi::log::cycle_log(
             NGX_LOG_NOTICE as usize,
             &format!(
                 "wsgi: {outstanding} request(s) still inside Python after {} ms; the worker \
-                 waits on while its connections are active (worker_shutdown_timeout is not set)",
+                 waits on while its other connections are active (worker_shutdown_timeout is \
+                 not set), then cuts them",
                 EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS
             ),
         );

@@ -202,6 +202,7 @@ unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         });
         inflight::request_deadline(handler::on_deadline);
         inflight::request_deadline(asgi_handler::on_deadline);
+        inflight::request_deadline(asgi_ws::handshake_due);
         // SAFETY: the hook runs on the event loop, as the inflight timer does.
         inflight::before_forced_exit(|| unsafe { overload::flush() });
         // SAFETY: the hooks run on the event loop, the thread that starts Python below.

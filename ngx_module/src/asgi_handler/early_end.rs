@@ -185,7 +185,7 @@ pub(super) unsafe fn end_now(
                 timer::disarm(&mut *deadline.get());
             }
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
-            crate::inflight::finished_asgi();
+            crate::inflight::finished_asgi(c);
             crate::recycle::request_done();
             if let Some(body) = body {
                 body.finish();

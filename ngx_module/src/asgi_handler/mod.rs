@@ -192,7 +192,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     };
     // SAFETY: on the event loop; `r` is live.
     unsafe {
-        crate::inflight::started_asgi();
+        crate::inflight::started_asgi((*r).connection);
         crate::busy_handoff::work_started();
         crate::recycle::request_started(r);
     }
@@ -377,7 +377,7 @@ unsafe fn finish(
         // SAFETY: as above; nothing here finalizes the request.
         unsafe {
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
-            crate::inflight::finished_asgi();
+            crate::inflight::finished_asgi(c);
             crate::recycle::request_done();
             if let Some(body) = request_body {
                 body.finish();

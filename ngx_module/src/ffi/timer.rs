@@ -94,7 +94,7 @@ unsafe fn each_timer(mut f: impl FnMut(*mut ngx_event_t) -> bool) {
 ///
 /// # Safety
 /// `ev` is a live event.
-unsafe fn handled_by(
+pub(crate) unsafe fn handled_by(
     ev: *mut ngx_event_t,
     handlers: &[unsafe extern "C" fn(*mut ngx_event_t)],
 ) -> bool {
@@ -122,22 +122,18 @@ pub(crate) unsafe fn let_exit_pass(handlers: &[unsafe extern "C" fn(*mut ngx_eve
     count
 }
 
-/// Whether a timer that an exiting worker waits for (one not cancelable) is set on another event
-/// than `except`, with none of `handlers`: nginx's exit waits for it, as for a connection still
-/// sending or receiving.
+/// Whether a timer that an exiting worker waits for (one not cancelable) is set on an event
+/// that `skip` does not take: nginx's exit waits for it, as for a connection still sending or
+/// receiving.
 ///
 /// # Safety
-/// Event-loop thread.
-pub(crate) unsafe fn others_hold_the_exit(
-    except: *const ngx_event_t,
-    handlers: &[unsafe extern "C" fn(*mut ngx_event_t)],
-) -> bool {
+/// Event-loop thread; `skip` gets live events.
+pub(crate) unsafe fn others_hold_the_exit(skip: impl Fn(*mut ngx_event_t) -> bool) -> bool {
     let mut found = false;
     // SAFETY: per the function contract; each event is a live one of the timer tree.
     unsafe {
         each_timer(|ev| {
-            found =
-                !std::ptr::eq(ev, except) && (*ev).cancelable() == 0 && !handled_by(ev, handlers);
+            found = (*ev).cancelable() == 0 && !skip(ev);
             !found
         })
     };
