@@ -700,7 +700,7 @@ def test_a_malformed_chunk_among_the_first_bytes_is_the_clients_400(server, key,
     assert response.count(b"HTTP/1.1 ") == 1, response[:400]
     wait_for(lambda: stats(server)["disconnected"].get(key), what="the app to see the body end")
     assert stats(server)["disconnected"][key].startswith("gone after"), stats(server)["disconnected"][key]
-    assert f"the request body failed (the client's request body is malformed (400)): \"POST " \
+    assert f"the request body failed (the client's request body is malformed or incomplete, status 400): \"POST " \
            f"/unbuffered/upload-until-gone?{key} " in server.error_log()
     assert requests.post(server.url("/unbuffered/echo"), data=b"after", timeout=10).content == b"after"
 
@@ -724,7 +724,7 @@ def test_an_app_that_raises_after_the_client_went_says_so(server):
     line = next(l for l in server.error_log().splitlines()
                 if "/raise-at-disconnect?rz2" in l and "asgi:" in l and "raised" in l)
     assert "[info]" in line and "asgi: the request body failed, and the application raised while serving" in line, line
-    assert "the request body failed (the request body is larger than client_max_body_size (413)): " \
+    assert "the request body failed (the request body is larger than client_max_body_size, status 413): " \
            "\"POST /unbuffered/raise-at-disconnect?rz2 " in server.error_log()
 
 
@@ -778,7 +778,8 @@ def test_disconnect_during_an_unbuffered_upload(server, how):
     assert stats(server)["disconnected"][key].startswith("gone after")
     # Said as what it is, by the body's read or by the watch on the connection, whichever finds
     # it first (it was "the client's request body failed (status 400)").
-    said = ("the request body failed (the client closed the connection before the whole request body came): "
+    said = ("the request body failed (the client closed or reset the connection before the whole request body "
+            "came): "
             f"\"POST /unbuffered/upload-until-gone?{key} ",
             f"the connection to the client ended (closed, reset or timed out): \"POST /unbuffered/upload-until-gone?{key} ")
     wait_for(lambda: any(line in server.error_log() for line in said), what="the log line")

@@ -492,21 +492,22 @@ impl BodySource for BodyStream {
 /// What nginx's failed read of an unbuffered body (its status `rc`) says of the client.
 fn body_failure(rc: ngx_int_t, connection_failed: bool) -> String {
     match rc as u32 {
-        // nginx's read: a close or reset before the body's end.
+        // nginx's read: a close or reset before the body's end (over HTTP/2, of the stream).
         nginx_sys::NGX_HTTP_BAD_REQUEST if connection_failed => {
-            "the client closed the connection before the whole request body came".to_string()
+            "the client closed or reset the connection before the whole request body came"
+                .to_string()
         }
         nginx_sys::NGX_HTTP_BAD_REQUEST => {
-            "the client's request body is malformed (400)".to_string()
+            "the client's request body is malformed or incomplete, status 400".to_string()
         }
         nginx_sys::NGX_HTTP_REQUEST_TIME_OUT => {
-            "the client sent no more of the request body within client_body_timeout (408)"
+            "the client sent no more of the request body within client_body_timeout, status 408"
                 .to_string()
         }
         nginx_sys::NGX_HTTP_REQUEST_ENTITY_TOO_LARGE => {
-            "the request body is larger than client_max_body_size (413)".to_string()
+            "the request body is larger than client_max_body_size, status 413".to_string()
         }
-        _ => format!("the client's request body failed (status {rc})"),
+        _ => format!("reading the request body failed, status {rc}"),
     }
 }
 
