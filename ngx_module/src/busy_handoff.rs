@@ -52,6 +52,8 @@ const FULL: u32 = 1_000_000;
 const SETTLE: Duration = Duration::from_secs(1);
 /// When the worker last left or came back.
 static SWITCHED: LoopCell<Option<Instant>> = LoopCell::new(None);
+/// How many connections the worker had when nginx last ran out of descriptors accepting.
+static DESCRIPTORS_RAN_OUT_AT: LoopCell<Option<usize>> = LoopCell::new(None);
 /// At the last look, the worker had left and connections waited in the accept queue.
 static UNACCEPTED: LoopCell<bool> = LoopCell::new(false);
 
@@ -108,6 +110,23 @@ pub(crate) unsafe fn work_started() {
     unsafe {
         crate::ffi::timer::keep_armed(TICK.event(), Some(tick), std::ptr::null_mut(), TICK_MS)
     };
+}
+
+/// nginx accepted from a shared socket (or tried to): a worker running short of connections or
+/// descriptors looks at once, whether or not it has requests inside Python, so that it says it
+/// has no room (a busy worker that left comes back) and, where another worker has room, leaves
+/// its new connections to it, as nginx's accept mutex would, instead of accepting and dropping
+/// them ("worker_connections are not enough") or running out of descriptors again.
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn after_accept() {
+    // SAFETY: per the function contract.
+    unsafe {
+        if ENABLED.load(Relaxed) && crate::shared_sockets::left().is_none() && full() {
+            look();
+        }
+    }
 }
 
 /// The CPU time of the whole process (every thread's: Python's pool threads, the event loop).
@@ -197,10 +216,11 @@ fn decide(load: u32, left: bool, least_other: Option<u32>) -> Move {
 }
 
 /// Whether the worker cannot take more connections or requests than it has: it is short of
-/// connections, nginx holds its listening sockets back after running out of descriptors, or a
-/// request waited a whole look for a thread. Published as [`FULL`], whatever its load: a busy
-/// worker does not leave it its new connections (its CPU would say it is idle, its threads all
-/// blocked in I/O), and one that left comes back.
+/// connections, nginx holds its listening sockets back after running out of descriptors (or it
+/// has about as many connections as it had then), or a request waited a whole look for a
+/// thread. Published as [`FULL`], whatever its load: a busy worker does not leave it its new
+/// connections (its CPU would say it is idle, its threads all blocked in I/O), and one that
+/// left comes back.
 ///
 /// # Safety
 /// Event-loop thread.
@@ -209,8 +229,16 @@ unsafe fn full() -> bool {
     // event loop.
     unsafe {
         let cycle = nginx_sys::ngx_cycle;
+        let in_use = (*cycle).connection_n - (*cycle).free_connection_n;
+        if crate::shared_sockets::backing_off() {
+            // Out of descriptors with this many connections: about as many is full again.
+            DESCRIPTORS_RAN_OUT_AT.set(Some(in_use));
+            return true;
+        }
         (*cycle).free_connection_n < (*cycle).connection_n / 8
-            || crate::shared_sockets::backing_off()
+            || DESCRIPTORS_RAN_OUT_AT
+                .get()
+                .is_some_and(|at| in_use + at / 8 >= at)
             || crate::dispatch::RunQueue::all()
                 .iter()
                 .any(|q| q.waited_longer_than(TICK_MS))
@@ -255,7 +283,7 @@ unsafe fn look() {
         let mut samples = SAMPLES.get();
         let oldest = samples.iter().position(Option::is_some);
         let now = sample();
-        let load = match (oldest.and_then(|i| samples[i]), now) {
+        let cpu = match (oldest.and_then(|i| samples[i]), now) {
             (Some(then), Some(now)) => load_between(then, now),
             _ => 0,
         };
@@ -264,11 +292,13 @@ unsafe fn look() {
         samples.rotate_left(1);
         samples[WINDOW - 1] = now;
         SAMPLES.set(samples);
-        if span == 0 {
+        // A worker with no room has no room, however little it computes.
+        let full = full();
+        let load = if full { FULL } else { cpu };
+        crate::sibling_workers::publish_load(load);
+        if span == 0 && !full {
             return;
         }
-        let full = full();
-        crate::sibling_workers::publish_load(if full { FULL } else { load });
         let left = crate::shared_sockets::left() == Some(Why::Busy);
         let settled = SWITCHED.get().is_none_or(|at| at.elapsed() >= SETTLE);
         let other = crate::sibling_workers::least_load_of_others();
@@ -282,7 +312,10 @@ unsafe fn look() {
             Move::Return if settled || stuck || other.is_none_or(|o| o >= FULL) => {
                 come_back(&format!("it wanted {}", percent(load)));
             }
-            Move::Leave if settled && span >= LEAVE_AFTER && crate::sibling_workers::listed() => {
+            // A worker with no room leaves at once; a busy one once its load is settled.
+            Move::Leave
+                if (full || settled && span >= LEAVE_AFTER) && crate::sibling_workers::listed() =>
+            {
                 // Out of the table first, then another one still in it (see the module's doc).
                 crate::sibling_workers::withdraw();
                 let other = crate::sibling_workers::least_load_of_others();
@@ -290,12 +323,20 @@ unsafe fn look() {
                     && crate::shared_sockets::leave(Why::Busy)
                 {
                     SWITCHED.set(Some(Instant::now()));
-                    log(&format!(
-                        "wsgi: this worker is busy in Python (it wanted {}, another worker {}): \
-                         its new connections go to the other workers until it is not",
-                        percent(load),
-                        percent(other.unwrap_or(0))
-                    ));
+                    let other = percent(other.unwrap_or(0));
+                    log(&if full {
+                        format!(
+                            "wsgi: this worker has no room for more connections (it is short of \
+                             worker_connections or of descriptors; another worker {other}): its \
+                             new connections go to the other workers until it has"
+                        )
+                    } else {
+                        format!(
+                            "wsgi: this worker is busy in Python (it wanted {}, another worker \
+                             {other}): its new connections go to the other workers until it is not",
+                            percent(load)
+                        )
+                    });
                 } else {
                     crate::sibling_workers::ready();
                 }
@@ -306,7 +347,7 @@ unsafe fn look() {
             Move::Return | Move::Leave | Move::Stay => {}
         }
         let left = crate::shared_sockets::left() == Some(Why::Busy);
-        if crate::inflight::outstanding() == 0 && !left && load < IDLE && !full {
+        if crate::inflight::outstanding() == 0 && !left && cpu < IDLE && !full {
             // Idle: nothing to look at until a request comes.
             crate::ffi::timer::disarm(TICK.event());
             SAMPLES.set([None; WINDOW]);

@@ -23,6 +23,14 @@ use ngx::core::{CoreModuleMainConf, NgxCoreModule};
 
 use crate::ffi::event_flags::{EXCLUSIVE_EVENT, READ_EVENT};
 
+/// What runs after each of nginx's accepts (the busy hand-off's look at the worker's room).
+static AFTER_ACCEPT: OnceLock<unsafe fn()> = OnceLock::new();
+
+/// Sets what runs after each of nginx's accepts, on the event loop; once per worker.
+pub(crate) fn after_each_accept(f: unsafe fn()) {
+    let _ = AFTER_ACCEPT.set(f);
+}
+
 /// Each listening socket's own handler of new connections, which the wrapper calls.
 static HANDLERS: OnceLock<Vec<(usize, ngx_connection_handler_pt)>> = OnceLock::new();
 
@@ -111,8 +119,26 @@ unsafe extern "C" fn accept_in_turn(ev: *mut ngx_event_t) {
         let _turn = Turn;
         // SAFETY: the listening socket's read event, on the event loop.
         let backed_off = unsafe { (*ev).timedout() != 0 };
+        // SAFETY: as above.
+        if backed_off && unsafe { crate::shared_sockets::kept_out(ev) } {
+            // nginx's back-off after running out of descriptors ends on a socket the worker
+            // leaves to the others: its sockets go back as nginx's handler would put them (the
+            // worker's own `reuseport` ones), the shared ones out again, and nothing is taken
+            // from this one (an accept that failed again, a [crit] each time).
+            // SAFETY: on the event loop, with nginx's cycle.
+            unsafe {
+                (*ev).set_timedout(0);
+                nginx_sys::ngx_enable_accept_events(nginx_sys::ngx_cycle);
+                crate::shared_sockets::keep_out();
+            }
+            return;
+        }
         // SAFETY: nginx's own handler of this event, called as nginx would have called it.
         unsafe { accept(ev) };
+        if let Some(after) = AFTER_ACCEPT.get() {
+            // SAFETY: on the event loop, as the hook asks.
+            unsafe { after() };
+        }
         if backed_off {
             // nginx's back-off put every listening socket back in the event set: the shared ones
             // the worker left to the others (it drains, or it is busy) go out again.

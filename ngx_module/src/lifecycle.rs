@@ -44,6 +44,7 @@ pub(crate) unsafe fn start_worker(
     // SAFETY: per the function contract (init_process: nginx's event module set the listening
     // sockets up before the http modules' turn).
     unsafe { crate::busy_handoff::configure(mc.limits.busy_handoff()) };
+    crate::exec_child::after_each_accept(crate::busy_handoff::after_accept);
     crate::recycle::configure(
         mc.limits.max_requests,
         mc.limits.max_requests_jitter,

@@ -42,7 +42,7 @@ pub(crate) unsafe fn leave(why: Why) -> bool {
         return false;
     }
     // SAFETY: per the function contract.
-    let any = unsafe { take_out() };
+    let any = unsafe { take_out(why == Why::Busy) };
     if any && left() != Some(Why::Exit) {
         LEFT.store(why as u8, Relaxed);
     }
@@ -56,10 +56,23 @@ pub(crate) unsafe fn leave(why: Why) -> bool {
 /// # Safety
 /// Event-loop thread.
 pub(crate) unsafe fn keep_out() {
-    if left().is_some() {
+    if let Some(why) = left() {
         // SAFETY: per the function contract.
-        unsafe { take_out() };
+        unsafe { take_out(why == Why::Busy) };
     }
+}
+
+/// Whether `rev` is one of the shared sockets' read events the worker keeps out of its event
+/// set now.
+///
+/// # Safety
+/// Event-loop thread; `rev` is a live listening connection's read event.
+pub(crate) unsafe fn kept_out(rev: *mut ngx_event_t) -> bool {
+    let Some(why) = left() else {
+        return false;
+    };
+    // SAFETY: per the function contract.
+    unsafe { shared_read_events().contains(&rev) && (why == Why::Exit || is_tcp(rev)) }
 }
 
 /// A busy worker takes its share of new connections again: its shared sockets go back in the
@@ -154,13 +167,33 @@ pub(crate) unsafe fn waiting_connections() -> u32 {
         .sum()
 }
 
+/// Whether `rev` is a TCP listening socket's: a busy worker leaves only those, whose accept
+/// queues it can see (a Unix-domain socket's it cannot, and a connection waiting there for a
+/// worker that does not take it would wait unseen).
+///
+/// # Safety
+/// Event-loop thread; `rev` is a live listening connection's read event.
+unsafe fn is_tcp(rev: *mut nginx_sys::ngx_event_t) -> bool {
+    // SAFETY: per the function contract; a listening connection's `listening` is its socket's.
+    unsafe {
+        let c = (*rev).data as *const nginx_sys::ngx_connection_t;
+        let ls = (*c).listening;
+        !ls.is_null()
+            && !(*ls).sockaddr.is_null()
+            && matches!(
+                i32::from((*(*ls).sockaddr).sa_family),
+                libc::AF_INET | libc::AF_INET6
+            )
+    }
+}
+
 /// Whether the worker has any shared TCP listening socket open.
 ///
 /// # Safety
 /// Event-loop thread.
 pub(crate) unsafe fn any() -> bool {
-    // SAFETY: per the function contract.
-    !unsafe { shared_read_events() }.is_empty()
+    // SAFETY: per the function contract; the events are live listening connections'.
+    unsafe { shared_read_events().into_iter().any(|rev| is_tcp(rev)) }
 }
 
 /// The read events of the worker's open shared TCP listening sockets.
@@ -186,12 +219,12 @@ unsafe fn shared_read_events() -> Vec<*mut ngx_event_t> {
     }
 }
 
-/// The shared sockets' read events leave the event set (those in it); whether the worker has
-/// any.
+/// The shared sockets' read events leave the event set (those in it, only the TCP ones when
+/// `tcp_only`); whether the worker has any.
 ///
 /// # Safety
 /// Event-loop thread.
-unsafe fn take_out() -> bool {
+unsafe fn take_out(tcp_only: bool) -> bool {
     // SAFETY: per the function contract; nginx's event actions are set in a worker, and each
     // event is a live listening connection's.
     unsafe {
@@ -200,6 +233,9 @@ unsafe fn take_out() -> bool {
         };
         let mut any = false;
         for rev in shared_read_events() {
+            if tcp_only && !is_tcp(rev) {
+                continue;
+            }
             if (*rev).posted() != 0 {
                 nginx_sys::ngx_delete_posted_event(rev);
             }
