@@ -123,7 +123,10 @@ pub(crate) unsafe fn work_started() {
 pub(crate) unsafe fn after_accept() {
     // SAFETY: per the function contract.
     unsafe {
-        if ENABLED.load(Relaxed) && crate::shared_sockets::left().is_none() && full() {
+        if ENABLED.load(Relaxed)
+            && crate::shared_sockets::left().is_none()
+            && short_of_connections()
+        {
             look();
         }
     }
@@ -225,8 +228,22 @@ fn decide(load: u32, left: bool, least_other: Option<u32>) -> Move {
 /// # Safety
 /// Event-loop thread.
 unsafe fn full() -> bool {
-    // SAFETY: per the function contract: nginx's cycle and the worker's queues, read on the
-    // event loop.
+    // SAFETY: per the function contract.
+    unsafe {
+        short_of_connections()
+            || crate::dispatch::RunQueue::all()
+                .iter()
+                .any(|q| q.waited_longer_than(TICK_MS))
+    }
+}
+
+/// [`full`]'s look at the worker's connections and descriptors alone (cheap enough for every
+/// accept).
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn short_of_connections() -> bool {
+    // SAFETY: per the function contract: nginx's cycle, read on the event loop.
     unsafe {
         let cycle = nginx_sys::ngx_cycle;
         let in_use = (*cycle).connection_n - (*cycle).free_connection_n;
@@ -239,9 +256,6 @@ unsafe fn full() -> bool {
             || DESCRIPTORS_RAN_OUT_AT
                 .get()
                 .is_some_and(|at| in_use + at / 8 >= at)
-            || crate::dispatch::RunQueue::all()
-                .iter()
-                .any(|q| q.waited_longer_than(TICK_MS))
     }
 }
 
