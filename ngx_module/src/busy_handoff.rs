@@ -52,8 +52,17 @@ const FULL: u32 = 1_000_000;
 const SETTLE: Duration = Duration::from_secs(1);
 /// When the worker last left or came back.
 static SWITCHED: LoopCell<Option<Instant>> = LoopCell::new(None);
-/// How many connections the worker had when nginx last ran out of descriptors accepting.
+/// How many connections the worker had when nginx last ran out of descriptors accepting (until
+/// it has a quarter fewer).
 static DESCRIPTORS_RAN_OUT_AT: LoopCell<Option<usize>> = LoopCell::new(None);
+/// nginx's back-off after running out of descriptors was under way at the last look.
+static BACKING_OFF: LoopCell<bool> = LoopCell::new(false);
+/// When the worker last came back after leaving.
+static CAME_BACK: LoopCell<Option<Instant>> = LoopCell::new(None);
+/// When an accept last made the worker look at its room.
+static ACCEPT_LOOKED: LoopCell<Option<Instant>> = LoopCell::new(None);
+/// The least time between two looks that accepts make.
+const ACCEPT_LOOK_EVERY: Duration = Duration::from_millis(10);
 /// At the last look, the worker had left and connections waited in the accept queue.
 static UNACCEPTED: LoopCell<bool> = LoopCell::new(false);
 
@@ -112,7 +121,7 @@ pub(crate) unsafe fn work_started() {
     };
 }
 
-/// nginx accepted from a shared socket (or tried to): a worker running short of connections or
+/// nginx accepted from a listening socket (or tried to): a worker running short of connections or
 /// descriptors looks at once, whether or not it has requests inside Python, so that it says it
 /// has no room (a busy worker that left comes back) and, where another worker has room, leaves
 /// its new connections to it, as nginx's accept mutex would, instead of accepting and dropping
@@ -123,12 +132,17 @@ pub(crate) unsafe fn work_started() {
 pub(crate) unsafe fn after_accept() {
     // SAFETY: per the function contract.
     unsafe {
-        if ENABLED.load(Relaxed)
-            && crate::shared_sockets::left().is_none()
-            && short_of_connections()
+        if !ENABLED.load(Relaxed)
+            || crate::shared_sockets::left().is_some()
+            || ACCEPT_LOOKED
+                .get()
+                .is_some_and(|at| at.elapsed() < ACCEPT_LOOK_EVERY)
+            || !short_of_connections()
         {
-            look();
+            return;
         }
+        ACCEPT_LOOKED.set(Some(Instant::now()));
+        look(true);
     }
 }
 
@@ -248,14 +262,25 @@ unsafe fn short_of_connections() -> bool {
         let cycle = nginx_sys::ngx_cycle;
         let in_use = (*cycle).connection_n - (*cycle).free_connection_n;
         if crate::shared_sockets::backing_off() {
-            // Out of descriptors with this many connections: about as many is full again.
-            DESCRIPTORS_RAN_OUT_AT.set(Some(in_use));
+            // Out of descriptors with this many connections (as the back-off began): about as
+            // many is full again.
+            if !BACKING_OFF.get() {
+                BACKING_OFF.set(true);
+                DESCRIPTORS_RAN_OUT_AT.set(Some(in_use));
+            }
             return true;
         }
-        (*cycle).free_connection_n < (*cycle).connection_n / 8
-            || DESCRIPTORS_RAN_OUT_AT
-                .get()
-                .is_some_and(|at| in_use + at / 8 >= at)
+        BACKING_OFF.set(false);
+        let near_the_last_run_out = match DESCRIPTORS_RAN_OUT_AT.get() {
+            // Well below it, the descriptors that ran out (files, upstreams) may be back.
+            Some(at) if in_use < at - at / 4 => {
+                DESCRIPTORS_RAN_OUT_AT.set(None);
+                false
+            }
+            Some(at) => in_use + at / 8 >= at,
+            None => false,
+        };
+        (*cycle).free_connection_n < (*cycle).connection_n / 8 || near_the_last_run_out
     }
 }
 
@@ -271,13 +296,16 @@ fn percent(load: u32) -> String {
 unsafe extern "C" fn tick(_ev: *mut ngx_event_t) {
     guard("looking at the worker's load", (), || {
         // SAFETY: timers run on the event loop.
-        unsafe { look() }
+        unsafe { look(false) }
     })
 }
 
+/// `at_accept`: an accept found the worker short of room; its load is not sampled then (that
+/// is the ticks' business, over their window), it is full.
+///
 /// # Safety
 /// Event-loop thread.
-unsafe fn look() {
+unsafe fn look(at_accept: bool) {
     // SAFETY: per the function contract: nginx's flags and cycle, the loop's own cells and
     // timer.
     unsafe {
@@ -294,20 +322,24 @@ unsafe fn look() {
         }
         // Armed first: a look that fails does not leave the worker out for good.
         crate::ffi::timer::keep_armed(TICK.event(), Some(tick), std::ptr::null_mut(), TICK_MS);
-        let mut samples = SAMPLES.get();
-        let oldest = samples.iter().position(Option::is_some);
-        let now = sample();
-        let cpu = match (oldest.and_then(|i| samples[i]), now) {
-            (Some(then), Some(now)) => load_between(then, now),
-            _ => 0,
+        let (cpu, span) = if at_accept {
+            (0, 0)
+        } else {
+            let mut samples = SAMPLES.get();
+            let oldest = samples.iter().position(Option::is_some);
+            let now = sample();
+            let cpu = match (oldest.and_then(|i| samples[i]), now) {
+                (Some(then), Some(now)) => load_between(then, now),
+                _ => 0,
+            };
+            samples.rotate_left(1);
+            samples[WINDOW - 1] = now;
+            SAMPLES.set(samples);
+            // Looks the load covers.
+            (cpu, oldest.map_or(0, |i| WINDOW - i))
         };
-        // Looks the load covers.
-        let span = oldest.map_or(0, |i| WINDOW - i);
-        samples.rotate_left(1);
-        samples[WINDOW - 1] = now;
-        SAMPLES.set(samples);
         // A worker with no room has no room, however little it computes.
-        let full = full();
+        let full = at_accept || full();
         let load = if full { FULL } else { cpu };
         crate::sibling_workers::publish_load(load);
         if span == 0 && !full {
@@ -326,9 +358,12 @@ unsafe fn look() {
             Move::Return if settled || stuck || other.is_none_or(|o| o >= FULL) => {
                 come_back(&format!("it wanted {}", percent(load)));
             }
-            // A worker with no room leaves at once; a busy one once its load is settled.
+            // A worker with no room leaves at once (but after coming back: the others had none,
+            // or did not take what waited); a busy one once its load is settled.
             Move::Leave
-                if (full || settled && span >= LEAVE_AFTER) && crate::sibling_workers::listed() =>
+                if (full && CAME_BACK.get().is_none_or(|at| at.elapsed() >= SETTLE)
+                    || settled && span >= LEAVE_AFTER)
+                    && crate::sibling_workers::listed() =>
             {
                 // Out of the table first, then another one still in it (see the module's doc).
                 crate::sibling_workers::withdraw();
@@ -380,6 +415,7 @@ unsafe fn come_back(why: &str) {
         crate::shared_sockets::put_back();
         crate::sibling_workers::ready();
         SWITCHED.set(Some(Instant::now()));
+        CAME_BACK.set(Some(Instant::now()));
         UNACCEPTED.set(false);
     }
     log(&format!(

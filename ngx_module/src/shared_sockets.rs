@@ -196,7 +196,7 @@ pub(crate) unsafe fn any() -> bool {
     unsafe { shared_read_events().into_iter().any(|rev| is_tcp(rev)) }
 }
 
-/// The read events of the worker's open shared TCP listening sockets.
+/// The read events of the worker's open shared stream listening sockets (TCP and Unix-domain).
 ///
 /// # Safety
 /// Event-loop thread.
