@@ -1,4 +1,5 @@
-//! A worker busy in Python leaves its new connections to an idle one (`wsgi_busy_handoff`).
+//! A worker busy in Python, or with no room, leaves its new connections to the others
+//! (`wsgi_busy_handoff`).
 //!
 //! nginx spreads connections by its event loops, and a worker's loop stays free while Python
 //! runs on its threads: a worker whose one core is taken by a long request (a report, an API
@@ -14,6 +15,12 @@
 //! sockets out of its event set (`shared_sockets.rs`); it takes them back once it is no longer
 //! busy, or once no accepting worker is clearly less busy than it (which also brings it back
 //! when the others leave, stop, or are busy too). Workers that are all busy all accept.
+//!
+//! A worker with no room (short of `worker_connections`, out of descriptors, a request waiting
+//! for a thread) publishes [`FULL`]: a busy worker does not leave it its connections, and one
+//! that left comes back. Short of connections or descriptors, it looks as it accepts, Python or
+//! not, and leaves its own new connections to a worker with room, as nginx's accept mutex would
+//! (without it nginx accepts past `worker_connections` and resets what it cannot keep).
 //!
 //! Connections already open stay where they are (keep-alive clients keep their worker). A
 //! worker leaves only after taking its entry out of the table and finding another one still in
