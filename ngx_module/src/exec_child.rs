@@ -21,7 +21,7 @@ use nginx_sys::{
 };
 use ngx::core::{CoreModuleMainConf, NgxCoreModule};
 
-use crate::ffi::event_flags::{EXCLUSIVE_EVENT, READ_EVENT};
+use crate::ffi::event_flags::READ_EVENT;
 
 /// What runs after each of nginx's accepts (the busy hand-off's look at the worker's room).
 static AFTER_ACCEPT: OnceLock<unsafe fn()> = OnceLock::new();
@@ -213,11 +213,7 @@ unsafe extern "C" fn resume(_ev: *mut ngx_event_t) {
                 let c = ls.connection;
                 (!c.is_null() && (*c).fd != -1).then(|| (*c).read)
             };
-            let backing_off = listening
-                .iter()
-                .filter_map(read_event)
-                .any(|rev| (*rev).timer_set() != 0);
-            if backing_off {
+            if crate::shared_sockets::backing_off() {
                 return;
             }
             let mutex_elsewhere =
@@ -237,10 +233,8 @@ unsafe extern "C" fn resume(_ev: *mut ngx_event_t) {
                     0
                 } else if mutex_elsewhere || crate::shared_sockets::left().is_some() {
                     continue;
-                } else if nginx_sys::ngx_use_exclusive_accept != 0 {
-                    EXCLUSIVE_EVENT
                 } else {
-                    0
+                    crate::shared_sockets::accept_flags()
                 };
                 add(ev, READ_EVENT as _, flags as _);
             }

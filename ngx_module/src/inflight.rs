@@ -297,7 +297,7 @@ unsafe fn waits_with_others(ev: *mut ngx_event_t, outstanding: usize) -> bool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        !shutdown_timeout_set()
+        shutdown_timeout().is_none()
             && crate::ffi::timer::others_hold_the_exit(|other| {
                 other == ev
                     || crate::ffi::timer::handled_by(other, &deadlines)
@@ -318,15 +318,15 @@ unsafe fn waits_with_others(ev: *mut ngx_event_t, outstanding: usize) -> bool {
     waits
 }
 
-/// Whether `worker_shutdown_timeout` is set.
+/// `worker_shutdown_timeout`, if set.
 ///
 /// # Safety
 /// Event-loop thread.
-unsafe fn shutdown_timeout_set() -> bool {
+unsafe fn shutdown_timeout() -> Option<ngx_msec_t> {
     // SAFETY: the cycle and its core configuration live as long as the worker.
     let configured =
         NgxCoreModule::main_conf(unsafe { &*ngx_cycle }).map_or(0, |ccf| ccf.shutdown_timeout);
-    configured != 0 && configured != ngx_msec_t::MAX
+    (configured != 0 && configured != ngx_msec_t::MAX).then_some(configured)
 }
 
 /// At the exit's bound, with only ASGI requests left on a loop that runs: their tasks are
@@ -377,13 +377,6 @@ pub(crate) fn exiting_for() -> ngx_msec_t {
 /// # Safety
 /// Event-loop thread.
 pub(crate) unsafe fn exit_bound() -> ngx_msec_t {
-    // SAFETY: per the function contract; the cycle and its core configuration live as long as
-    // the worker.
-    unsafe {
-        if shutdown_timeout_set() {
-            NgxCoreModule::main_conf(&*ngx_cycle).map_or(0, |ccf| ccf.shutdown_timeout)
-        } else {
-            EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS
-        }
-    }
+    // SAFETY: per the function contract.
+    unsafe { shutdown_timeout() }.unwrap_or(EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS)
 }

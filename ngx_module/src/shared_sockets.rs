@@ -97,17 +97,23 @@ pub(crate) unsafe fn put_back() {
         if backing_off() {
             return;
         }
-        let shared = shared_read_events();
-        let flags = if nginx_sys::ngx_use_exclusive_accept != 0 {
-            EXCLUSIVE_EVENT
-        } else {
-            0
-        };
-        for rev in shared {
+        let flags = accept_flags();
+        for rev in shared_read_events() {
             if (*rev).active() == 0 {
                 add(rev, READ_EVENT as _, flags as _);
             }
         }
+    }
+}
+
+/// The flags of a shared listening socket's read event in the event set: exclusive where
+/// nginx adds them so (`ngx_event_process_init`: epoll, several workers, no accept mutex).
+pub(crate) fn accept_flags() -> u32 {
+    // SAFETY: nginx's own flag, set before the worker's event loop runs.
+    if unsafe { nginx_sys::ngx_use_exclusive_accept != 0 } {
+        EXCLUSIVE_EVENT
+    } else {
+        0
     }
 }
 
