@@ -231,7 +231,7 @@ unsafe extern "C" fn resume(_ev: *mut ngx_event_t) {
                 }
                 let flags = if ls.reuseport() != 0 {
                     0
-                } else if mutex_elsewhere || crate::shared_sockets::left().is_some() {
+                } else if mutex_elsewhere || crate::shared_sockets::kept_out(ev) {
                     continue;
                 } else {
                     crate::shared_sockets::accept_flags()
