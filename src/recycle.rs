@@ -98,6 +98,21 @@ impl Limits {
     }
 }
 
+/// The limit on resident memory as both servers write it (`wsgi_max_rss`, `NgxWsgiMaxRSS`):
+/// bytes, or with a `k`, `m` or `g` unit in either case (nginx's own size parser stops at `m`).
+pub fn parse_memory_size(text: &str) -> Option<usize> {
+    let (digits, shift) = match text.as_bytes().last()?.to_ascii_lowercase() {
+        b'k' => (&text[..text.len() - 1], 10),
+        b'm' => (&text[..text.len() - 1], 20),
+        b'g' => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<usize>().ok()?.checked_mul(1 << shift)
+}
+
 /// The calling process's resident set size.
 pub fn resident_bytes() -> Option<usize> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -131,6 +146,26 @@ fn random() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn memory_sizes_take_k_m_and_g() {
+        assert_eq!(parse_memory_size("4096"), Some(4096));
+        assert_eq!(parse_memory_size("512k"), Some(512 << 10));
+        assert_eq!(parse_memory_size("48M"), Some(48 << 20));
+        assert_eq!(parse_memory_size("2g"), Some(2 << 30));
+        for bad in [
+            "",
+            "g",
+            "-1m",
+            "+2g",
+            "1.5g",
+            "2t",
+            "2 g",
+            "99999999999999999999g",
+        ] {
+            assert_eq!(parse_memory_size(bad), None, "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -663,6 +663,11 @@ def test_recycling_directives_are_checked(wsgi_factory):
         result = wsgi_factory([route("/", APPS / "sleepy.py")], **recycling(line, line)).run("-t")
         assert result.returncode != 0 and message in result.stderr, result.stderr
         assert line.split()[0] in result.stderr, "the error names the directive"
+    # Gigabytes as Apache writes them (nginx's own size parser stops at megabytes).
+    for good in ("2g", "3G", "4096m", "512k", "1073741824"):
+        line = f"{MAX_RSS[wsgi_factory.kind]} {good}" + (";" if wsgi_factory.kind == "nginx" else "")
+        result = wsgi_factory([route("/", APPS / "sleepy.py")], **recycling(line, line)).run("-t")
+        assert result.returncode == 0, (line, result.stderr)
 
 
 def test_each_app_is_imported_once_per_worker(nginx_factory, tmp_path):

@@ -622,7 +622,7 @@ pub(crate) unsafe extern "C" fn set_max_rss(
                 if !refused.is_null() {
                     return refused;
                 }
-                match size(text(arg)) {
+                match ngx_wsgi::recycle::parse_memory_size(text(arg)) {
                 Some(bytes) if bytes > 0 => {
                     registry().max_rss = bytes;
                     std::ptr::null()
@@ -638,17 +638,6 @@ pub(crate) unsafe extern "C" fn set_max_rss(
             }
         },
     )
-}
-
-/// A size with an optional `k`, `m` or `g` unit (any case), as nginx writes them.
-fn size(text: &str) -> Option<usize> {
-    let (digits, shift) = match text.as_bytes().last()?.to_ascii_lowercase() {
-        b'k' => (&text[..text.len() - 1], 10),
-        b'm' => (&text[..text.len() - 1], 20),
-        b'g' => (&text[..text.len() - 1], 30),
-        _ => (text, 0),
-    };
-    digits.parse::<usize>().ok()?.checked_mul(1 << shift)
 }
 
 #[cfg(test)]
@@ -713,15 +702,6 @@ mod tests {
         assert_eq!(duration_us("soon"), None);
         assert_eq!(duration_us("5m"), None, "Apache's minutes are mi");
         assert_eq!(duration_us("99999999999999999h"), None);
-    }
-
-    #[test]
-    fn sizes_as_nginx_writes_them() {
-        assert_eq!(size("512k"), Some(512 << 10));
-        assert_eq!(size("48M"), Some(48 << 20));
-        assert_eq!(size("2g"), Some(2 << 30));
-        assert_eq!(size("1000"), Some(1000));
-        assert_eq!(size("lots"), None);
     }
 
     #[test]

@@ -253,6 +253,36 @@ pub(crate) unsafe extern "C" fn set_max_requests(
     })
 }
 
+/// `wsgi_max_rss SIZE`: bytes, or with a `k`, `m` or `g` unit, as Apache's `NgxWsgiMaxRSS`
+/// (nginx's own size parser has no `g`, and a limit on a worker's memory is often gigabytes);
+/// `0` is no limit.
+pub(crate) unsafe extern "C" fn set_max_rss(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    guard("wsgi_max_rss", NGX_CONF_ERROR, || {
+        // SAFETY: `conf` is this module's main configuration; the arguments are live.
+        let (mc, args) = unsafe { (&mut *(conf as *mut MainConf), args(cf)) };
+        if mc.limits.max_rss != UNSET_SIZE {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        let text = String::from_utf8_lossy(ngx_bytes(&args[1])).into_owned();
+        match ngx_wsgi::recycle::parse_memory_size(&text) {
+            Some(bytes) if bytes != UNSET_SIZE => {
+                mc.limits.max_rss = bytes;
+                NGX_CONF_OK
+            }
+            _ => conf_error(
+                cf,
+                &format!(
+                    "wsgi_max_rss: invalid value \"{text}\" (bytes, or with a unit: 512k, 48m, 2g)"
+                ),
+            ),
+        }
+    })
+}
+
 /// A time in nginx's syntax, more than 0, for the `ngx_msec_t` at the command's offset:
 /// `wsgi_queue_timeout` (with 0 every request that finds the threads busy, or the event loop a
 /// turn behind, would be refused at once), `wsgi_check_timeout` (the check would fail before

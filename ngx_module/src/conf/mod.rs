@@ -343,9 +343,9 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 31] = [
     directive(
         ngx::ngx_string!("wsgi_max_rss"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        nginx_sys::ngx_conf_set_size_slot,
+        limits::set_max_rss,
         NGX_HTTP_MAIN_CONF_OFFSET,
-        offset_of!(MainConf, limits.max_rss),
+        0,
     ),
     directive(
         ngx::ngx_string!("wsgi_read_timeout"),
