@@ -122,6 +122,30 @@ fn log_failure(py: Python<'_>, info: &RequestInfo, what: &str, err: &PyErr) {
     log_error(info, what, &traceback);
 }
 
+/// Logs what the app raised, at info when it is the `TimeoutError` of its deadline, which the
+/// watchdog has logged already with the stack it interrupted (a second error entry, with where
+/// it landed, would read as another failure of the app's), as the ASGI path logs a task
+/// cancelled past its deadline.
+fn log_raised(
+    py: Python<'_>,
+    info: &RequestInfo,
+    what: &str,
+    err: &PyErr,
+    watch: Option<&RequestWatch>,
+) {
+    if watch.is_some_and(RequestWatch::interrupted)
+        && err.is_instance_of::<pyo3::exceptions::PyTimeoutError>(py)
+    {
+        let what = format!(
+            "{what} the TimeoutError of its timeout, logged with its stack as it timed out"
+        );
+        let traceback = crate::traceback::format(py, err);
+        tracing::info!(target: "wsgi", "{}", failure_line(info, &what, &traceback));
+    } else {
+        log_failure(py, info, what, err);
+    }
+}
+
 fn log_error(info: &RequestInfo, what: &str, detail: &str) {
     tracing::error!(target: "wsgi", "{}", failure_line(info, what, detail));
 }
@@ -187,7 +211,13 @@ fn run_attached(
             // A child forked in the last item or in close() ends here, with close()'s outcome.
             crate::forked::exit_if_forked_child(py, "wsgi", crate::forked::Back::after(&closed));
             if let Err(e) = closed {
-                log_failure(py, info, "the response iterable's close() raised", &e);
+                log_raised(
+                    py,
+                    info,
+                    "the response iterable's close() raised",
+                    &e,
+                    watch,
+                );
             }
             iterated
         }
@@ -235,7 +265,7 @@ fn run_attached(
             let traceback = crate::traceback::format(py, &err);
             tracing::info!(target: "wsgi", "{}", failure_line(info, &what, &traceback));
         } else {
-            log_failure(py, info, what, &err);
+            log_raised(py, info, what, &err, watch);
         }
         return Outcome {
             kind: if committed {

@@ -69,6 +69,12 @@ impl RequestWatch {
         };
     }
 
+    /// The deadline's `TimeoutError` was set in the request's thread (and not taken back): one
+    /// the app raises now is most likely it, the request already answered for its timeout.
+    pub(crate) fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Acquire)
+    }
+
     /// The server ended the response (its client went away, or its deadline cut it) while the
     /// request's thread waited for it, outside the app's code. Past the deadline, the
     /// iterable's `close()` that follows is the app's clean-up and runs to its end: the
