@@ -542,6 +542,25 @@ def test_an_event_stream_with_an_end_of_its_own_is_not_cut_short_by_a_reload(ngi
     assert "ended as the worker exits" not in server.error_log()
 
 
+@pytest.mark.parametrize("how", [signal.SIGHUP, signal.SIGQUIT])
+def test_an_event_stream_answering_a_post_runs_to_its_end_past_the_grace(nginx_factory, how):
+    # An OpenAI-style completion or an MCP reply: its client cannot ask again, so the clean end
+    # the grace gives an EventSource's GET would read as the whole answer (the openai client
+    # took one cut at reload for complete). It runs on; the GET beside it still ends at once.
+    server = nginx_factory(asgi("/", APP), http_extra="wsgi_event_stream_grace 0;").start()
+    posted = requests.post(server.url("/answer?10"), json={"stream": True}, stream=True, timeout=30)
+    tokens = posted.iter_lines()
+    assert next(tokens) == b"data: token 0"
+    listened = requests.get(server.url("/events?sse1"), stream=True, timeout=30)
+    events = listened.iter_lines()
+    assert next(events) == b"data: 0"
+    server.send_signal(how)
+    list(events)  # ends at once, cleanly (a cut would raise)
+    rest = [line for line in tokens if line]
+    assert rest == [b"data: token %d" % n for n in range(1, 10)] + [b"data: [DONE]"]
+    assert "asgi: 1 event stream(s) (text/event-stream) ended as the worker exits" in server.error_log()
+
+
 def test_an_error_page_started_after_a_head_client_left_hears_it_left(server):
     # `curl -I`, health checks: the client closes once it has the head. A small response's
     # pieces are dropped and it completes (as under uvicorn); a large one's piece past what is

@@ -218,6 +218,27 @@ def test_event_streams_still_waiting_for_their_first_event_end_when_the_worker_e
 
 
 @pytest.mark.parametrize("how", [signal.SIGHUP, signal.SIGQUIT])
+def test_an_event_stream_answering_a_post_runs_to_its_end_past_the_grace(nginx_factory, how):
+    # An OpenAI-style completion (or an MCP reply): its client cannot ask again, so the clean
+    # end the grace gives an EventSource's GET would read as the whole answer, half its tokens
+    # missing. It runs on, as any response does; the GET beside it still ends at once.
+    server = nginx_factory(location("/", f"{APP}:answer") + location("/sse/", f"{APP}:ticking_events"),
+                           http_extra="wsgi_event_stream_grace 0;").start()
+    posted = requests.post(server.url("/?10"), data=b"{}", stream=True, timeout=30)
+    tokens = posted.iter_lines()
+    assert next(tokens) == b"data: token 0"
+    listened = requests.get(server.url("/sse/?sse1&0.3"), stream=True, timeout=30)
+    events = listened.iter_lines()
+    assert next(events) == b"data: 0"
+    server.send_signal(how)
+    list(events)  # ends at once, cleanly (a cut would raise)
+    rest = [line for line in tokens if line]
+    assert rest == [b"data: token %d" % n for n in range(1, 10)] + [b"data: [DONE]"]
+    wait_for(lambda: "events sse1: closed" in server.error_log(), what="the GET's generator closed")
+    assert "wsgi: 1 event stream(s) (text/event-stream) ended as the worker exits" in server.error_log()
+
+
+@pytest.mark.parametrize("how", [signal.SIGHUP, signal.SIGQUIT])
 def test_event_streams_end_cleanly_when_the_worker_exits(nginx_factory, how):
     # EventSource reconnects by itself: at reload or quit the stream ends as a complete
     # response, at once (not at the app's next event, 8 s later), and the connection with it,

@@ -203,7 +203,8 @@ impl HttpServer for AsgiRequest {
     }
 
     fn push(&self, head: Option<ResponseHead>, data: Chunk) -> Result<(), ClientGone> {
-        let event_stream = head.as_ref().is_some_and(ResponseHead::is_event_stream);
+        let event_stream =
+            self.stream.resumable() && head.as_ref().is_some_and(ResponseHead::is_event_stream);
         self.stream.push_now(head, data)?;
         // Once its head is with the stream: ended at exit, it goes out as a 200.
         if event_stream {
@@ -213,7 +214,7 @@ impl HttpServer for AsgiRequest {
     }
 
     fn push_head(&self, head: ResponseHead) -> Result<(), ClientGone> {
-        let event_stream = head.is_event_stream();
+        let event_stream = self.stream.resumable() && head.is_event_stream();
         self.stream.push_head_now(head)?;
         if event_stream {
             self.track_event_stream();

@@ -1,8 +1,9 @@
-//! Event streams (`text/event-stream` responses, WSGI or ASGI) under way. Some end by
+//! Event streams (`text/event-stream` responses to a GET, WSGI or ASGI) under way. Some end by
 //! themselves (an answer streamed token by token, a job's progress), some never do (a feed of
 //! notifications): a worker that exits lets them go on for `wsgi_event_stream_grace`, then ends
 //! those left cleanly, as complete responses, and their clients (EventSource reconnects by
 //! itself) come back to the new workers, instead of being cut at `worker_shutdown_timeout`.
+//! One that answers a POST is not listed (see `Stream::resumable`): its client cannot come back.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, Weak};

@@ -110,6 +110,19 @@ def ticking_events(environ, start_response):
     return body()
 
 
+def answer(environ, start_response):
+    """An answer streamed token by token as server-sent events (?COUNT, 0.2 s apart), then its
+    end ("[DONE]", as OpenAI's API sends), to whatever method asks: an end of its own."""
+    start_response("200 OK", [("Content-Type", "text/event-stream")])
+
+    def body():
+        for n in range(int(environ["QUERY_STRING"] or 10)):
+            yield b"data: token %d\n\n" % n
+            time.sleep(0.2)
+        yield b"data: [DONE]\n\n"
+    return body()
+
+
 def _quiet_ticks(name, pause, errors):
     sent = 0
     try:

@@ -11,7 +11,10 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
-use nginx_sys::{ngx_buf_t, ngx_chain_t, ngx_http_event_handler_pt, ngx_http_request_t};
+use nginx_sys::{
+    ngx_buf_t, ngx_chain_t, ngx_http_event_handler_pt, ngx_http_request_t, NGX_HTTP_GET,
+    NGX_HTTP_HEAD,
+};
 use ngx_wsgi::{Chunk, ChunkSink, ClientGone, ResponseHead};
 
 use crate::event_streams;
@@ -99,6 +102,11 @@ pub(crate) struct Stream {
     events: ClientEvents,
     /// A WSGI event stream, listed in [`crate::event_streams`].
     listed: AtomicBool,
+    /// Its client can ask for it again: it answers a GET (EventSource's one method) or a HEAD.
+    /// An event stream that answers a POST (an answer streamed token by token: OpenAI's API,
+    /// MCP's replies) cannot be asked for again, and ended cleanly at the worker's exit it would
+    /// read as the whole answer: it is never listed, and runs on as any response does.
+    resumable: bool,
     /// The app's thread is done with the request (its completion is on the way).
     app_done: AtomicBool,
     me: Weak<Stream>,
@@ -140,9 +148,17 @@ impl Stream {
             limit,
             events,
             listed: AtomicBool::new(false),
+            // SAFETY: `r` is the live request the stream is made for.
+            resumable: matches!(unsafe { (*r).method } as u32, NGX_HTTP_GET | NGX_HTTP_HEAD),
             app_done: AtomicBool::new(false),
             me: me.clone(),
         })
+    }
+
+    /// Whether an event stream of this request is one the worker's exit may end cleanly (see
+    /// [`Stream::resumable`]'s field).
+    pub(crate) fn resumable(&self) -> bool {
+        self.resumable
     }
 
     fn lock(&self) -> Locked<'_> {
@@ -312,7 +328,8 @@ impl ChunkSink for Stream {
             st.waiting -= 1;
         }
         drop(st);
-        let event_stream = head.as_ref().is_some_and(ResponseHead::is_event_stream);
+        let event_stream =
+            self.resumable && head.as_ref().is_some_and(ResponseHead::is_event_stream);
         self.push_now(head, data)?;
         // Once its head is with the stream: ended at exit, it goes out with the app's status.
         if event_stream {
@@ -322,7 +339,7 @@ impl ChunkSink for Stream {
     }
 
     fn head_known(&self, head: &ResponseHead) {
-        let event_stream = head.is_event_stream();
+        let event_stream = self.resumable && head.is_event_stream();
         if !event_stream && !self.listed.load(Ordering::Acquire) {
             return; // most responses: nothing to keep, nothing to take back
         }
