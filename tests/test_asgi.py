@@ -547,8 +547,9 @@ def test_an_event_stream_answering_a_post_runs_to_its_end_past_the_grace(nginx_f
     # An OpenAI-style completion or an MCP reply: its client cannot ask again, so the clean end
     # the grace gives an EventSource's GET would read as the whole answer (the openai client
     # took one cut at reload for complete). It runs on; the GET beside it still ends at once.
+    # (25 tokens, 5 s: a reload's old workers begin their exit once the new ones have started.)
     server = nginx_factory(asgi("/", APP), http_extra="wsgi_event_stream_grace 0;").start()
-    posted = requests.post(server.url("/answer?10"), json={"stream": True}, stream=True, timeout=30)
+    posted = requests.post(server.url("/answer?25"), json={"stream": True}, stream=True, timeout=30)
     tokens = posted.iter_lines()
     assert next(tokens) == b"data: token 0"
     listened = requests.get(server.url("/events?sse1"), stream=True, timeout=30)
@@ -557,7 +558,7 @@ def test_an_event_stream_answering_a_post_runs_to_its_end_past_the_grace(nginx_f
     server.send_signal(how)
     list(events)  # ends at once, cleanly (a cut would raise)
     rest = [line for line in tokens if line]
-    assert rest == [b"data: token %d" % n for n in range(1, 10)] + [b"data: [DONE]"]
+    assert rest == [b"data: token %d" % n for n in range(1, 25)] + [b"data: [DONE]"]
     assert "asgi: 1 event stream(s) (text/event-stream) ended as the worker exits" in server.error_log()
 
 

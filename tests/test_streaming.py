@@ -222,18 +222,24 @@ def test_an_event_stream_answering_a_post_runs_to_its_end_past_the_grace(nginx_f
     # An OpenAI-style completion (or an MCP reply): its client cannot ask again, so the clean
     # end the grace gives an EventSource's GET would read as the whole answer, half its tokens
     # missing. It runs on, as any response does; the GET beside it still ends at once.
-    server = nginx_factory(location("/", f"{APP}:answer") + location("/sse/", f"{APP}:ticking_events"),
+    # (25 tokens, 5 s: a reload's old workers begin their exit once the new ones have started.)
+    # One POST reaches its stream through an X-Accel-Redirect, which makes its method GET.
+    server = nginx_factory(location("/", f"{APP}:answer") + location("/sse/", f"{APP}:ticking_events")
+                           + location("/gate", f"{APPS / 'responses.py'}:accel")
+                           + location("/internal/", f"{APP}:answer", "internal;"),
                            http_extra="wsgi_event_stream_grace 0;").start()
-    posted = requests.post(server.url("/?10"), data=b"{}", stream=True, timeout=30)
-    tokens = posted.iter_lines()
-    assert next(tokens) == b"data: token 0"
+    posted = [requests.post(server.url(path), data=b"{}", stream=True, timeout=30)
+              for path in ("/?25", "/gate?/internal/?25")]
+    tokens = [r.iter_lines() for r in posted]
+    assert [next(t) for t in tokens] == [b"data: token 0"] * 2
     listened = requests.get(server.url("/sse/?sse1&0.3"), stream=True, timeout=30)
     events = listened.iter_lines()
     assert next(events) == b"data: 0"
     server.send_signal(how)
     list(events)  # ends at once, cleanly (a cut would raise)
-    rest = [line for line in tokens if line]
-    assert rest == [b"data: token %d" % n for n in range(1, 10)] + [b"data: [DONE]"]
+    for t in tokens:
+        rest = [line for line in t if line]
+        assert rest == [b"data: token %d" % n for n in range(1, 25)] + [b"data: [DONE]"]
     wait_for(lambda: "events sse1: closed" in server.error_log(), what="the GET's generator closed")
     assert "wsgi: 1 event stream(s) (text/event-stream) ended as the worker exits" in server.error_log()
 

@@ -8,6 +8,32 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, Weak};
 
+/// Whether an event stream answering `r` is one its client can ask for again: the request as the
+/// client sent it is a GET (EventSource's one method) or a HEAD. An answer to a POST (a
+/// completion streamed token by token: OpenAI's API, MCP's replies) cannot be asked for again,
+/// and ended cleanly at the worker's exit it would read as the whole answer. The method of the
+/// request line, not `r->method`: an X-Accel-Redirect or an `error_page` turns a POST into a GET
+/// on its way to the streaming location, and a subrequest is always one.
+///
+/// # Safety
+/// Event-loop thread; `r` is a live request.
+pub(crate) unsafe fn resumable(r: *const nginx_sys::ngx_http_request_t) -> bool {
+    // SAFETY: per the function contract; the main request outlives its subrequests.
+    let main = unsafe { &*(*r).main };
+    let line = crate::ffi::ngx_bytes(&main.request_line);
+    let method = match line.iter().position(|&b| b == b' ') {
+        Some(end) => &line[..end],
+        // No line (nginx builds one for HTTP/2 and HTTP/3 too): the method nginx parsed.
+        None => {
+            return matches!(
+                main.method as u32,
+                nginx_sys::NGX_HTTP_GET | nginx_sys::NGX_HTTP_HEAD
+            )
+        }
+    };
+    method == b"GET" || method == b"HEAD"
+}
+
 /// A response that the server can end in its app's place.
 pub(crate) trait EndsAtExit: Send + Sync {
     /// Ends the response cleanly, on the event loop; its app is then told as if its client had

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
 use nginx_sys::{
     ngx_connection_t, ngx_current_msec, ngx_cycle, ngx_event_t, ngx_exiting, ngx_http_request_t,
-    ngx_listening_t, ngx_msec_t, ngx_quit, NGX_HTTP_GET, NGX_HTTP_MODULE,
-    NGX_HTTP_SWITCHING_PROTOCOLS, NGX_HTTP_VERSION_11,
+    ngx_listening_t, ngx_msec_t, ngx_quit, NGX_HTTP_MODULE, NGX_HTTP_SWITCHING_PROTOCOLS,
+    NGX_HTTP_VERSION_11,
 };
 
 use crate::ffi::guard;
@@ -270,7 +270,8 @@ unsafe fn client(c: &ngx_connection_t) -> Option<Client> {
 /// streamed token by token) has an end, as any response.
 fn is_event_stream(r: &ngx_http_request_t) -> bool {
     let ct = crate::ffi::ngx_bytes(&r.headers_out.content_type);
-    r.method == NGX_HTTP_GET as usize
-        && ct.len() >= 17
+    ct.len() >= 17
         && ct[..17].eq_ignore_ascii_case(b"text/event-stream")
+        // SAFETY: `r` is a live main request, on the event loop.
+        && unsafe { crate::event_streams::resumable(r) }
 }

@@ -11,10 +11,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
-use nginx_sys::{
-    ngx_buf_t, ngx_chain_t, ngx_http_event_handler_pt, ngx_http_request_t, NGX_HTTP_GET,
-    NGX_HTTP_HEAD,
-};
+use nginx_sys::{ngx_buf_t, ngx_chain_t, ngx_http_event_handler_pt, ngx_http_request_t};
 use ngx_wsgi::{Chunk, ChunkSink, ClientGone, ResponseHead};
 
 use crate::event_streams;
@@ -102,10 +99,9 @@ pub(crate) struct Stream {
     events: ClientEvents,
     /// A WSGI event stream, listed in [`crate::event_streams`].
     listed: AtomicBool,
-    /// Its client can ask for it again: it answers a GET (EventSource's one method) or a HEAD.
-    /// An event stream that answers a POST (an answer streamed token by token: OpenAI's API,
-    /// MCP's replies) cannot be asked for again, and ended cleanly at the worker's exit it would
-    /// read as the whole answer: it is never listed, and runs on as any response does.
+    /// An event stream of this request may be ended cleanly at the worker's exit (see
+    /// [`event_streams::resumable`]); one that answers a POST is never listed, and runs on as
+    /// any response does.
     resumable: bool,
     /// The app's thread is done with the request (its completion is on the way).
     app_done: AtomicBool,
@@ -148,15 +144,14 @@ impl Stream {
             limit,
             events,
             listed: AtomicBool::new(false),
-            // SAFETY: `r` is the live request the stream is made for.
-            resumable: matches!(unsafe { (*r).method } as u32, NGX_HTTP_GET | NGX_HTTP_HEAD),
+            // SAFETY: `r` is the live request the stream is made for, on the event loop.
+            resumable: unsafe { event_streams::resumable(r) },
             app_done: AtomicBool::new(false),
             me: me.clone(),
         })
     }
 
-    /// Whether an event stream of this request is one the worker's exit may end cleanly (see
-    /// [`Stream::resumable`]'s field).
+    /// Whether an event stream of this request is one the worker's exit may end cleanly.
     pub(crate) fn resumable(&self) -> bool {
         self.resumable
     }
