@@ -559,7 +559,9 @@ def test_an_event_stream_answering_a_post_runs_to_its_end_past_the_grace(nginx_f
     list(events)  # ends at once, cleanly (a cut would raise)
     rest = [line for line in tokens if line]
     assert rest == [b"data: token %d" % n for n in range(1, 25)] + [b"data: [DONE]"]
-    assert "asgi: 1 event stream(s) (text/event-stream) ended as the worker exits" in server.error_log()
+    # (Logged once the streams it ended are counted: after their clients may have read the end.)
+    wait_for(lambda: "asgi: 1 event stream(s) (text/event-stream) ended as the worker exits" in server.error_log(),
+             what="the count of the streams ended")
 
 
 def test_an_error_page_started_after_a_head_client_left_hears_it_left(server):
