@@ -80,6 +80,42 @@ def test_exception_mid_body_cuts_the_connection(server):
     assert requests.get(server.url("/ok")).text == "still serving"
 
 
+def read_to_the_end(port, request):
+    """What the server sent, and how the connection ended: "closed" (a clean end of stream,
+    which ends a response delimited by its connection's close) or "reset"."""
+    got = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except ConnectionResetError:
+            return got, "reset"
+    return got, "closed"
+
+
+def test_a_cut_response_delimited_by_its_close_is_reset(nginx_factory):
+    # HTTP/1.0 (or nginx's proxy_pass in front, whose default proxy_http_version is 1.0) has no
+    # chunked end to miss: a close read as the end of the response, its part taken for the
+    # whole (a proxy passed it on as a complete chunked response). WSGI and ASGI.
+    server = nginx_factory(location("= /generator_raises_midway", f"{APP}:generator_raises_midway")
+                           + location("/timed/", f"{APPS / 'streaming.py'}:ticking_events", "wsgi_read_timeout 1s;")
+                           + asgi_location("/", APPS / "asgi_bad.py")).start()
+    # The app raises mid-body (WSGI, ASGI); its deadline cuts it (while its thread sleeps).
+    for path in ("/generator_raises_midway", "/raise-after-start", "/timed/?plain&0.3"):
+        got, end = read_to_the_end(server.port, f"GET {path} HTTP/1.0\r\nHost: t\r\n\r\n".encode())
+        assert got.startswith(b"HTTP/1.1 200") or got == b"", got
+        assert b"chunked" not in got.lower() and b"content-length" not in got.lower(), got
+        assert end == "reset", (path, got)
+        # Over HTTP/1.1 the missing last chunk says so: the connection closes as before.
+        got, end = read_to_the_end(server.port, f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        assert b"Transfer-Encoding: chunked" in got and not got.endswith(b"0\r\n\r\n"), got
+        assert end == "closed", (path, got)
+    # A whole response to HTTP/1.0 ends with a clean close, as ever.
+    got, end = read_to_the_end(server.port, b"GET /ok HTTP/1.0\r\nHost: t\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 200") and end == "closed", got
+
+
 def test_failing_close_is_logged_and_response_stands(server):
     r = requests.get(server.url("/close_raises"))
     assert r.status_code == 200 and r.content == b"body then a failing close"

@@ -197,7 +197,11 @@ pub(super) unsafe fn end_now(
     });
     // SAFETY: the request is live until this finalize; the connection structure outlives it.
     unsafe {
-        ngx_http_finalize_request(r, rc.unwrap_or(NGX_ERROR as ngx_int_t));
+        let rc = rc.unwrap_or(NGX_ERROR as ngx_int_t);
+        if rc == NGX_ERROR as ngx_int_t {
+            crate::close_delimited::reset_if_cut_reads_as_end(r);
+        }
+        ngx_http_finalize_request(r, rc);
         ngx_http_run_posted_requests(c);
     }
 }

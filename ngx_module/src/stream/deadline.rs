@@ -33,7 +33,10 @@ impl Stream {
             // SAFETY: per the function contract.
             unsafe {
                 let c = (*r).connection;
-                if r == (*r).main && (*r).http_version <= NGX_HTTP_VERSION_11 as usize {
+                if r == (*r).main
+                    && (*r).http_version <= NGX_HTTP_VERSION_11 as usize
+                    && !crate::close_delimited::reset_if_cut_reads_as_end(r)
+                {
                     libc::shutdown((*c).fd, libc::SHUT_RDWR);
                 }
                 #[cfg(ngx_feature = "http_v2")]
