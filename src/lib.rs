@@ -18,6 +18,7 @@ pub mod body_lease;
 pub mod check;
 pub mod child_signal_mask;
 pub mod chunk;
+pub mod connection_reset;
 pub mod content_length;
 pub mod environ;
 pub mod errors;

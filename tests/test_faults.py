@@ -94,6 +94,14 @@ def read_to_the_end(port, request):
     return got, "closed"
 
 
+def test_an_exception_mid_body_resets_a_connection_whose_close_ends_the_response(server):
+    # HTTP/1.0: no chunked end to miss, a close reads as the whole response; both servers.
+    got, end = read_to_the_end(server.port, b"GET /generator_raises_midway HTTP/1.0\r\nHost: t\r\n\r\n")
+    assert b"chunked" not in got.lower() and b"content-length" not in got.lower(), got
+    assert end == "reset", got
+    assert requests.get(server.url("/ok")).text == "still serving"
+
+
 def test_a_cut_response_delimited_by_its_close_is_reset(nginx_factory):
     # HTTP/1.0 (or nginx's proxy_pass in front, whose default proxy_http_version is 1.0) has no
     # chunked end to miss: a close read as the end of the response, its part taken for the

@@ -117,6 +117,23 @@ def test_a_stream_past_its_deadline_is_cut(server):
     assert not data.endswith(b"0\r\n\r\n"), "no clean end of the chunked body"
 
 
+def test_a_stream_past_its_deadline_whose_close_would_end_it_is_reset_at_once(server):
+    """HTTP/1.0: the response ends with the connection, so the cut is a reset (a close would read
+    as the whole response), sent at the deadline though the app's thread is not back."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as s:
+        s.sendall(b"GET /stream/?cut10 HTTP/1.0\r\nHost: test.local\r\n\r\n")
+        data, reset = s.recv(65536), False
+        s.settimeout(10)
+        try:
+            while chunk := s.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            reset = True
+        requests.get(server.url("/release/?cut10"), timeout=10)
+    assert data.startswith(b"HTTP/1.1 200") and b"chunked" not in data.lower(), data
+    assert reset and b"data: second" not in data, data
+
+
 def test_an_http2_stream_past_its_deadline_is_reset_at_once(nginx_factory):
     """Over HTTP/2 the cut is a reset of the stream, sent at the deadline though the app's
     thread is not back; the connection's other streams go on."""

@@ -11,7 +11,7 @@ use crate::bindings::{
     ap_conn_keepalive_e_AP_CONN_CLOSE, ap_get_client_block, ap_get_conn_socket,
     ap_set_content_length, ap_set_content_type, apr_interval_time_t, apr_os_sock_get,
     apr_os_sock_t, apr_pstrmemdup, apr_socket_timeout_get, apr_socket_timeout_set, apr_table_addn,
-    request_rec, APR_SUCCESS, HTTP_GATEWAY_TIME_OUT,
+    apr_table_get, request_rec, APR_SUCCESS, HTTP_GATEWAY_TIME_OUT,
 };
 use crate::brigade::Out;
 
@@ -115,9 +115,40 @@ pub(crate) unsafe fn answer_timeout(r: *mut request_rec, out: &Out, head_sent: b
         apr_socket_timeout_set(sock, 0);
         out.pass();
         apr_socket_timeout_set(sock, saved);
+        if head_sent && reset_if_close_delimited(r) {
+            return;
+        }
         let mut fd: apr_os_sock_t = -1;
         if apr_os_sock_get(&mut fd, sock) == APR_SUCCESS as i32 {
             libc::shutdown(fd, libc::SHUT_WR);
         }
+    }
+}
+
+/// After a response's broken end went out: where the connection's close is the response's end
+/// (no chunked encoding and no Content-Length: an HTTP/1.0 client, or one that asked to
+/// close), a close would read as the whole response, so the connection is reset instead
+/// (`ngx_wsgi::connection_reset`) and marked aborted, which makes Apache close it at once,
+/// without the FIN of its lingering close. False when it needs no reset (an HTTP/2 stream's
+/// end is its own).
+///
+/// # Safety
+/// `r` is live and the calling thread has the request's turn; its head went out.
+pub(crate) unsafe fn reset_if_close_delimited(r: *mut request_rec) -> bool {
+    // SAFETY: per the function contract; the header table and the connection live with it.
+    unsafe {
+        let c = (*r).connection;
+        let sized = !apr_table_get((*r).headers_out, c"Content-Length".as_ptr()).is_null();
+        if !(*c).master.is_null() || (*r).chunked != 0 || (*r).header_only != 0 || sized {
+            return false;
+        }
+        let sock = ap_get_conn_socket(c);
+        let mut fd: apr_os_sock_t = -1;
+        if sock.is_null() || apr_os_sock_get(&mut fd, sock) != APR_SUCCESS as i32 {
+            return false;
+        }
+        ngx_wsgi::connection_reset::reset(fd);
+        (*c).aborted = 1;
+        true
     }
 }

@@ -132,6 +132,8 @@ unsafe fn finish(r: *mut request_rec, out: &Out, broken: bool) {
             out.broken();
             out.eos();
             out.pass();
+            // SAFETY: the request is live, on its handler's thread, its head sent.
+            unsafe { crate::client_io::reset_if_close_delimited(r) };
         }
         // SAFETY: the request and its connection are live.
         unsafe { (*(*r).connection).keepalive = ap_conn_keepalive_e_AP_CONN_CLOSE };

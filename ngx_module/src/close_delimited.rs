@@ -35,7 +35,7 @@ pub(crate) unsafe fn reset_if_cut_reads_as_end(r: *mut ngx_http_request_t) -> bo
     }
     // SAFETY: a live request's connection is live; its descriptor is a TCP or Unix stream socket.
     let fd = unsafe { (*(*r).connection).fd };
-    reset(fd);
+    ngx_wsgi::connection_reset::reset(fd);
     true
 }
 
@@ -54,33 +54,5 @@ pub(crate) unsafe fn reset_request_of(c: *mut ngx_connection_t) {
             return;
         }
         reset_if_cut_reads_as_end(r);
-    }
-}
-
-/// An RST now: the close with no lingering (`SO_LINGER` 0) that nginx makes later resets too,
-/// and Linux sends the reset at once on a disconnect (`connect` to `AF_UNSPEC`), where the
-/// process's end or the app's thread may be far off.
-fn reset(fd: libc::c_int) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: plain socket calls on a descriptor nginx holds open; their failure (not a TCP
-    // socket) leaves the connection as it was.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            std::ptr::addr_of!(linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-        let mut unspec: libc::sockaddr = std::mem::zeroed();
-        unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
-        libc::connect(
-            fd,
-            &unspec,
-            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
-        );
     }
 }
