@@ -124,6 +124,26 @@ def test_a_cut_response_delimited_by_its_close_is_reset(nginx_factory):
     assert got.startswith(b"HTTP/1.1 200") and end == "closed", got
 
 
+def test_a_cut_on_a_unix_domain_listener_still_ends_at_its_deadline(nginx_factory, tmp_path):
+    # A Unix-domain socket has no reset: the cut is the close it was, at the deadline, while
+    # the app's thread still waits (in C code, where the TimeoutError does not land).
+    sock = tmp_path / "s.sock"
+    server = nginx_factory(location("/stream/", f"{APPS / 'streaming.py'}:events", "wsgi_read_timeout 500ms;")
+                           + location("/release/", f"{APPS / 'streaming.py'}:release"),
+                           server_extra=f"listen unix:{sock};").start()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(sock))
+        s.sendall(b"GET /stream/?unix-cut HTTP/1.0\r\nHost: t\r\n\r\n")
+        got = b""
+        # The app waits 20 s for its release, which comes after: a cut that waited for its
+        # thread would time this read out.
+        while chunk := s.recv(65536):
+            got += chunk
+    requests.get(server.url("/release/?unix-cut"), timeout=10)
+    assert got.startswith(b"HTTP/1.1 200") and b"data: first" in got, got
+
+
 def test_failing_close_is_logged_and_response_stands(server):
     r = requests.get(server.url("/close_raises"))
     assert r.status_code == 200 and r.content == b"body then a failing close"

@@ -147,7 +147,9 @@ pub(crate) unsafe fn reset_if_close_delimited(r: *mut request_rec) -> bool {
         if sock.is_null() || apr_os_sock_get(&mut fd, sock) != APR_SUCCESS as i32 {
             return false;
         }
-        ngx_wsgi::connection_reset::reset(fd);
+        if !ngx_wsgi::connection_reset::reset(fd) {
+            return false;
+        }
         (*c).aborted = 1;
         true
     }

@@ -1,12 +1,12 @@
-//! A response cut before its end (its app failed mid-body, its deadline passed, the worker's
-//! exit reached its bound) must read as cut. With chunked encoding or a Content-Length, and over
+//! A response cut before its end (its app failed mid-body, its deadline passed) must read as
+//! cut. With chunked encoding or a Content-Length, and over
 //! HTTP/2 and HTTP/3, its missing end says so; a response delimited by its connection's close
 //! (an HTTP/1.0 client, nginx's `proxy_pass` in front with its default `proxy_http_version 1.0`)
 //! has no end to miss: a close there reads as its end, and its client (or the proxy's client,
 //! whom the proxy passes a whole chunked response) takes the part for the whole. Such a
 //! connection is reset instead, which reads as an error.
 
-use nginx_sys::{ngx_connection_t, ngx_http_request_t, NGX_HTTP_MODULE, NGX_HTTP_VERSION_11};
+use nginx_sys::{ngx_http_request_t, NGX_HTTP_VERSION_11};
 
 /// Whether `r`'s response, its head sent, ends with its connection's close.
 ///
@@ -19,12 +19,15 @@ unsafe fn delimited_by_close(r: *const ngx_http_request_t) -> bool {
         && r.http_version <= NGX_HTTP_VERSION_11 as usize
         && r.header_sent() != 0
         && r.header_only() == 0
+        // An upgraded connection (a WebSocket) ends with its own close frame.
+        && r.headers_out.status != nginx_sys::NGX_HTTP_SWITCHING_PROTOCOLS as usize
         && r.chunked() == 0
         && r.headers_out.content_length_n < 0
 }
 
 /// Resets `r`'s connection now when its response, cut, would otherwise read as complete (the
-/// descriptor stays nginx's, to close in its time); false when it needs no reset.
+/// descriptor stays nginx's, to close in its time); false when it needs no reset or cannot
+/// have one (a Unix-domain socket).
 ///
 /// # Safety
 /// Event-loop thread; `r` is a live request.
@@ -35,24 +38,5 @@ pub(crate) unsafe fn reset_if_cut_reads_as_end(r: *mut ngx_http_request_t) -> bo
     }
     // SAFETY: a live request's connection is live; its descriptor is a TCP or Unix stream socket.
     let fd = unsafe { (*(*r).connection).fd };
-    ngx_wsgi::connection_reset::reset(fd);
-    true
-}
-
-/// The same for the request on `c`, an HTTP/1 connection whose request is live (the worker ends
-/// at once past its exit's bound: no finalisation follows).
-///
-/// # Safety
-/// Event-loop thread; `c` is a live connection.
-pub(crate) unsafe fn reset_request_of(c: *mut ngx_connection_t) {
-    // SAFETY: per the function contract; an HTTP/1 connection with a request under way has it
-    // as its `data` (its signature and back pointer checked before more is read), any other
-    // (an HTTP/2 stream's, whose data is its request too) is told apart by its version.
-    unsafe {
-        let r = (*c).data.cast::<ngx_http_request_t>();
-        if r.is_null() || (*r).signature != NGX_HTTP_MODULE || !std::ptr::eq((*r).connection, c) {
-            return;
-        }
-        reset_if_cut_reads_as_end(r);
-    }
+    ngx_wsgi::connection_reset::reset(fd)
 }

@@ -156,17 +156,6 @@ pub(crate) unsafe fn finished(c: *mut ngx_connection_t) {
     }
 }
 
-/// Calls `f` with the connection of each request inside Python.
-///
-/// # Safety
-/// Event-loop thread only; `f` does not start or finish requests.
-pub(crate) unsafe fn each_connection_inside_python(mut f: impl FnMut(*mut ngx_connection_t)) {
-    // SAFETY: per the function contract.
-    for &c in unsafe { CONNECTIONS.get_mut() }.iter() {
-        f(c as *mut ngx_connection_t);
-    }
-}
-
 /// How many requests are inside Python (WSGI and ASGI).
 pub(crate) fn outstanding() -> usize {
     OUTSTANDING.load(Relaxed)

@@ -208,12 +208,6 @@ unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         inflight::before_forced_exit(|| unsafe { overload::flush() });
         // SAFETY: the hooks run on the event loop, the thread that starts Python below.
         inflight::before_forced_exit(|| unsafe { lifecycle::before_forced_exit() });
-        // A response the process's end cuts must not read as whole.
-        // SAFETY: on the event loop; a listed connection is live while its request is inside
-        // Python.
-        inflight::before_forced_exit(|| unsafe {
-            inflight::each_connection_inside_python(|c| close_delimited::reset_request_of(c))
-        });
         // SAFETY: nginx calls this once per process, on its event loop, with the live cycle.
         match unsafe { lifecycle::start_worker(cycle, handler::complete) } {
             Ok(()) => NGX_OK as ngx_int_t,
