@@ -18,6 +18,7 @@ use nginx_sys::{
 use ngx::core::{CoreModuleMainConf, NgxCoreModule};
 
 use crate::ffi::guard;
+use crate::ffi::loop_cell::LoopCell;
 
 /// How often the timer looks whether requests are still outstanding.
 const RECHECK_MS: usize = 500;
@@ -30,23 +31,7 @@ static OUTSTANDING: AtomicUsize = AtomicUsize::new(0);
 /// Those of them that are ASGI requests (a stuck event loop holds them for ever).
 static OUTSTANDING_ASGI: AtomicUsize = AtomicUsize::new(0);
 /// The connections of the requests inside Python (addresses; one entry per request).
-static CONNECTIONS: LoopVec = LoopVec(std::cell::UnsafeCell::new(Vec::new()));
-
-/// A vector only the event loop touches.
-struct LoopVec(std::cell::UnsafeCell<Vec<usize>>);
-
-// SAFETY: its only accessor is an unsafe function whose contract is "event-loop thread only".
-unsafe impl Sync for LoopVec {}
-
-impl LoopVec {
-    /// # Safety
-    /// Event-loop thread only, and no other reference from this function's result is live.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn get_mut(&self) -> &mut Vec<usize> {
-        // SAFETY: per the function contract.
-        unsafe { &mut *self.0.get() }
-    }
-}
+static CONNECTIONS: LoopCell<Vec<usize>> = LoopCell::new(Vec::new());
 /// Run at each check while the worker exits with requests outstanding (event streams are
 /// ended, WebSockets told to close: those that start late too).
 static WHILE_EXITING: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());

@@ -11,11 +11,23 @@ pub(crate) struct LoopCell<T>(Cell<T>);
 // no two threads can reach the inner Cell.
 unsafe impl<T> Sync for LoopCell<T> {}
 
-impl<T: Copy> LoopCell<T> {
+impl<T> LoopCell<T> {
     pub(crate) const fn new(value: T) -> Self {
         LoopCell(Cell::new(value))
     }
 
+    /// The value in place, for one that is not `Copy` (a list).
+    ///
+    /// # Safety
+    /// Event-loop thread only, and no other reference from this function's result is live.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn get_mut(&self) -> &mut T {
+        // SAFETY: per the function contract: one thread, one reference at a time.
+        unsafe { &mut *self.0.as_ptr() }
+    }
+}
+
+impl<T: Copy> LoopCell<T> {
     /// # Safety
     /// Event-loop thread only.
     pub(crate) unsafe fn get(&self) -> T {
