@@ -146,6 +146,8 @@ fn random() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn memory_sizes_take_k_m_and_g() {
         assert_eq!(parse_memory_size("4096"), Some(4096));
@@ -165,8 +167,6 @@ mod tests {
             assert_eq!(parse_memory_size(bad), None, "{bad:?}");
         }
     }
-
-    use super::*;
 
     #[test]
     fn due_once_after_the_limit_and_its_jitter() {

@@ -122,6 +122,13 @@ fn log_failure(py: Python<'_>, info: &RequestInfo, what: &str, err: &PyErr) {
     log_error(info, what, &traceback);
 }
 
+/// [`log_failure`] at info: what the app raised is not its failure (its client's, its
+/// timeout's, logged already).
+fn log_at_info(py: Python<'_>, info: &RequestInfo, what: &str, err: &PyErr) {
+    let traceback = crate::traceback::format(py, err);
+    tracing::info!(target: "wsgi", "{}", failure_line(info, what, &traceback));
+}
+
 /// Logs what the app raised, at info when it is the `TimeoutError` of its deadline, which the
 /// watchdog has logged already with the stack it interrupted (a second error entry, with where
 /// it landed, would read as another failure of the app's), as the ASGI path logs a task
@@ -139,8 +146,7 @@ fn log_raised(
         let what = format!(
             "{what} the TimeoutError of its timeout, logged with its stack as it timed out"
         );
-        let traceback = crate::traceback::format(py, err);
-        tracing::info!(target: "wsgi", "{}", failure_line(info, &what, &traceback));
+        log_at_info(py, info, &what, err);
     } else {
         log_failure(py, info, what, err);
     }
@@ -262,8 +268,7 @@ fn run_attached(
             // The client's broken body, which the app met in wsgi.input: the server answers
             // for it (nginx with its 4xx) and logs client errors at info, as nginx does.
             let what = format!("the client's request body failed, and {what}");
-            let traceback = crate::traceback::format(py, &err);
-            tracing::info!(target: "wsgi", "{}", failure_line(info, &what, &traceback));
+            log_at_info(py, info, &what, &err);
         } else {
             log_raised(py, info, what, &err, watch);
         }

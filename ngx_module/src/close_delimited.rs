@@ -6,7 +6,9 @@
 //! whom the proxy passes a whole chunked response) takes the part for the whole. Such a
 //! connection is reset instead, which reads as an error.
 
-use nginx_sys::{ngx_http_request_t, NGX_HTTP_VERSION_11};
+use nginx_sys::{
+    ngx_http_finalize_request, ngx_http_request_t, ngx_int_t, NGX_ERROR, NGX_HTTP_VERSION_11,
+};
 
 /// Whether `r`'s response, its head sent, ends with its connection's close.
 ///
@@ -39,4 +41,19 @@ pub(crate) unsafe fn reset_if_cut_reads_as_end(r: *mut ngx_http_request_t) -> bo
     // SAFETY: a live request's connection is live; its descriptor is a TCP or Unix stream socket.
     let fd = unsafe { (*(*r).connection).fd };
     ngx_wsgi::connection_reset::reset(fd)
+}
+
+/// Finalizes `r` with `rc`, as `ngx_http_finalize_request` does, after resetting its connection
+/// when `rc` says its response is cut (`NGX_ERROR`) and a close would read as its end.
+///
+/// # Safety
+/// Event-loop thread; `r` is a live request, which this ends.
+pub(crate) unsafe fn finalize(r: *mut ngx_http_request_t, rc: ngx_int_t) {
+    // SAFETY: per the function contract.
+    unsafe {
+        if rc == NGX_ERROR as ngx_int_t {
+            reset_if_cut_reads_as_end(r);
+        }
+        ngx_http_finalize_request(r, rc);
+    }
 }

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nginx_sys::{
-    ngx_event_t, ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_int_t, ngx_pool_cleanup_add, ngx_post_event, ngx_posted_events, NGX_ERROR,
-    NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    ngx_event_t, ngx_http_request_t, ngx_http_run_posted_requests, ngx_int_t, ngx_pool_cleanup_add,
+    ngx_post_event, ngx_posted_events, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST,
+    NGX_HTTP_INTERNAL_SERVER_ERROR,
 };
 use ngx_wsgi::{run_request, Apps, Body, ChunkSink, Outcome, RequestBody, RequestWatch};
 
@@ -275,10 +275,7 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
         } else {
             NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
         });
-        if rc == NGX_ERROR as ngx_int_t {
-            crate::close_delimited::reset_if_cut_reads_as_end(r);
-        }
-        ngx_http_finalize_request(r, rc);
+        crate::close_delimited::finalize(r, rc);
         ngx_http_run_posted_requests(c);
     }
 }

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use nginx_sys::{
-    ngx_event_t, ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_int_t, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_LOG_ERR,
+    ngx_event_t, ngx_http_request_t, ngx_http_run_posted_requests, ngx_int_t, NGX_ERROR,
+    NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_LOG_ERR,
 };
 use ngx_wsgi::asgi::{AsgiLoop, TaskWatch};
 
@@ -197,11 +197,7 @@ pub(super) unsafe fn end_now(
     });
     // SAFETY: the request is live until this finalize; the connection structure outlives it.
     unsafe {
-        let rc = rc.unwrap_or(NGX_ERROR as ngx_int_t);
-        if rc == NGX_ERROR as ngx_int_t {
-            crate::close_delimited::reset_if_cut_reads_as_end(r);
-        }
-        ngx_http_finalize_request(r, rc);
+        crate::close_delimited::finalize(r, rc.unwrap_or(NGX_ERROR as ngx_int_t));
         ngx_http_run_posted_requests(c);
     }
 }

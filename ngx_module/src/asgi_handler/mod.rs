@@ -450,10 +450,7 @@ unsafe fn finish(
         } else {
             NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
         });
-        if rc == NGX_ERROR as ngx_int_t {
-            crate::close_delimited::reset_if_cut_reads_as_end(r);
-        }
-        ngx_http_finalize_request(r, rc);
+        crate::close_delimited::finalize(r, rc);
         ngx_http_run_posted_requests(c);
     }
 }
