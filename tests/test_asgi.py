@@ -979,6 +979,26 @@ def test_a_signal_handler_set_in_the_startup_is_refused_with_a_warning_not_an_er
                      server.error_log()), server.error_log()[-3000:]
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_signal_signal_in_the_startup_is_refused_with_a_warning_not_an_error(nginx_factory, loop):
+    # signal.signal off the main thread raises ValueError: the workers' startups failed and
+    # every request was a 500, while the check (whose loop is its main thread's) passed.
+    server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:sets_a_signal_signal_handler"),
+                           http_extra=f"asgi_event_loop {loop};").start()
+    response = requests.get(server.url("/"), timeout=10)
+    assert response.status_code == 200, server.error_log()[-3000:]
+    assert response.text.startswith("connected, previous handler "), response.text
+    worker = server.worker_pids()[0]
+    assert server.stop() == 0
+    log = server.error_log()
+    assert len(re.findall(r"\[warn\].*an app called signal\.signal\((Signals\.SIGTERM|15), "
+                          r"sets_a_signal_signal_handler\.<locals>\.<lambda>\): the signals belong "
+                          r"to the server", log)) == 1, log[-3000:]
+    assert "signal only works in main thread" not in log, log[-3000:]
+    assert "lifespan shutdown failed" not in log, log[-3000:]
+    assert f"worker process {worker} exited with code 0" in log, log[-3000:]
+
+
 def test_a_lifespan_that_raises_after_its_startup_is_logged_and_the_app_served(nginx_factory):
     # Nobody waits for the lifespan then: its traceback still reaches the log, once per worker.
     server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:raises_after_startup")).start()

@@ -97,6 +97,21 @@ async def sets_a_signal_handler(scope, receive, send):
     await respond(send, scope["state"]["db"].encode())
 
 
+async def sets_a_signal_signal_handler(scope, receive, send):
+    # The same hook with signal.signal (Starlette and FastAPI lifespans): it returns the handler
+    # it replaced, which the app keeps to put back.
+    if scope["type"] == "lifespan":
+        await receive()
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        scope["state"]["db"] = f"connected, previous handler {previous!r}"
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        signal.signal(signal.SIGTERM, previous)
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await respond(send, scope["state"]["db"].encode())
+
+
 async def raises_after_startup(scope, receive, send):
     if scope["type"] == "lifespan":
         await receive()

@@ -3,6 +3,7 @@
 `receive` and `send` never wait on the server: the exchange (Rust) says at once whether it has a
 message or room; when not, the coroutine parks a future that the server's wake-up resolves."""
 import asyncio
+import functools
 import os
 import traceback
 
@@ -168,24 +169,61 @@ class Lifespan:
 
 
 def leave_signals_to_the_server(loop):
-    """An app's `loop.add_signal_handler()` (a graceful shutdown hook set in its lifespan
-    startup, as under uvicorn, where the loop is the main thread's) installs nothing and says so
-    in the error log, instead of raising asyncio's RuntimeError (not the main thread), which
-    ended the startup. The signals are nginx's: the lifespan shutdown runs at reload and quit."""
-    import logging
+    """An app's `loop.add_signal_handler()` or `signal.signal()` on the server's loop (a
+    graceful shutdown hook set in its lifespan startup, as under uvicorn, where the loop is the
+    main thread's) installs nothing and says so in the error log, instead of raising (asyncio's
+    RuntimeError, signal's ValueError: not the main thread), which ended the startup. The
+    signals are nginx's: the lifespan shutdown runs at reload and quit. The configuration
+    check's loop runs on its main thread, where `signal.signal()` would work: it is left alone
+    there too, so that the check and the workers treat an app alike."""
 
     def add_signal_handler(sig, callback, *args):
-        logging.getLogger("ngx_wsgi").warning(
-            "an app called loop.add_signal_handler(%s, %s): the signals belong to the server, "
-            "which runs the lifespan shutdown at reload and quit; no handler was installed",
-            sig, getattr(callback, "__qualname__", repr(callback)))
+        _not_installed("loop.add_signal_handler", sig, callback)
 
     def remove_signal_handler(sig):
         return False
 
     loop.add_signal_handler = add_signal_handler
     loop.remove_signal_handler = remove_signal_handler
+    _SERVER_LOOPS.add(loop)
+    _leave_signal_signal_to_the_server()
     return loop
+
+
+# The server's loops (a worker's, the check's): a strong set, as uvloop's loop takes no weak
+# reference; a process has one or two.
+_SERVER_LOOPS = set()
+
+
+def _not_installed(call, sig, handler):
+    import logging
+
+    logging.getLogger("ngx_wsgi").warning(
+        "an app called %s(%s, %s): the signals belong to the server, which runs the lifespan "
+        "shutdown at reload and quit; no handler was installed",
+        call, sig, getattr(handler, "__qualname__", repr(handler)))
+
+
+def _leave_signal_signal_to_the_server():
+    import signal
+
+    original = signal.signal
+    if getattr(original, "_ngx_wsgi_server_loops", False):
+        return
+
+    @functools.wraps(original)
+    def signal_signal(signalnum, handler):
+        try:
+            on_server_loop = asyncio.get_running_loop() in _SERVER_LOOPS
+        except RuntimeError:
+            on_server_loop = False
+        if on_server_loop:
+            _not_installed("signal.signal", signalnum, handler)
+            return signal.getsignal(signalnum)
+        return original(signalnum, handler)
+
+    signal_signal._ngx_wsgi_server_loops = True
+    signal.signal = signal_signal
 
 
 def check_lifespan(app, loop_factory, shutdown_within, progress, shutting_down):
