@@ -137,6 +137,28 @@ class ServerLogHandler(logging.Handler):
             self.handleError(record)
 
 
+def leave_basic_config_to_the_app(handler):
+    '''`logging.basicConfig()` does nothing when the root logger has a handler: one the app
+    calls after its import (in a create_app(), at its first request) would find the server's
+    and keep the WARNING level and Python's format. It finds none: the server's handler steps
+    aside (and comes back if the call installs nothing, e.g. raises on a bad argument).'''
+    original = logging.basicConfig
+
+    def basicConfig(**kwargs):
+        root = logging.root
+        if root.handlers == [handler]:
+            root.removeHandler(handler)
+        try:
+            return original(**kwargs)
+        finally:
+            if not root.handlers:
+                root.addHandler(handler)
+
+    basicConfig.__doc__ = original.__doc__
+    basicConfig.__wrapped__ = original
+    logging.basicConfig = basicConfig
+
+
 def _to_standard_streams(handler):
     if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
         return False
@@ -151,7 +173,8 @@ def _to_standard_streams(handler):
         return False
 ";
 
-/// Gives the root logger a handler to the server's log when nobody configured one.
+/// Gives the root logger a handler to the server's log when nobody configured one (which a
+/// later `logging.basicConfig()` replaces, as it would find no handler without it).
 pub fn install_if_unconfigured(py: Python<'_>) -> PyResult<bool> {
     let root = py.import("logging")?.getattr("root")?;
     if !root.getattr("handlers")?.is_empty()? {
@@ -161,6 +184,7 @@ pub fn install_if_unconfigured(py: Python<'_>) -> PyResult<bool> {
     let handler = module
         .getattr("ServerLogHandler")?
         .call1((wrap_pyfunction!(emit, &module)?,))?;
-    root.call_method1("addHandler", (handler,))?;
+    root.call_method1("addHandler", (&handler,))?;
+    module.call_method1("leave_basic_config_to_the_app", (handler,))?;
     Ok(true)
 }

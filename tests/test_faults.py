@@ -206,6 +206,20 @@ def test_python_logging_reaches_the_error_log(server):
     assert "python: myapp.errors_only: below its handler's level" in log
 
 
+def test_logging_configured_after_the_import_takes_effect(wsgi_factory):
+    # The server's handler on the root logger made a later basicConfig() do nothing: the
+    # level stayed WARNING and the app's INFO lines never appeared (they do under gunicorn).
+    app = APPS / "lazy_logging.py"
+    server = wsgi_factory([route("/refused", f"{app}:refused_then_warns"),
+                           route("/configures", f"{app}:configures_then_logs")]).start()
+    assert requests.get(server.url("/refused")).text == "warned"
+    wait_for(lambda: "python: myapp: after a refused basicConfig" in server.error_log(),
+             what="the warning through the server's handler, still there")
+    assert requests.get(server.url("/configures")).text == "configured"
+    wait_for(lambda: "lazy INFO myapp: seen at info after a lazy basicConfig" in server.error_log(),
+             what="the app's INFO line in its own format")
+
+
 def test_the_log_line_id_is_the_requests_request_id(nginx_factory):
     """The id on a request's error-log lines is the `$request_id` that the access log and
     `wsgi_param` see, also when nothing asked for it before the app ran."""
