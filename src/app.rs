@@ -81,7 +81,8 @@ impl AppSpec {
             }
             None => (text, default_callable),
         };
-        let source = if target.ends_with(".py") {
+        // A path: a `.py` file, or any file named by a path (mod_wsgi's `.wsgi` scripts).
+        let source = if target.ends_with(".py") || target.contains('/') {
             let path = Path::new(target);
             AppSource::File(if path.is_absolute() {
                 path.to_owned()
@@ -221,6 +222,19 @@ fn hides_an_installed_module(py: Python<'_>, dir: &Path, top: &str) -> PyResult<
     Ok(!spec.is_none())
 }
 
+/// The name an app file is imported as: its own (`my-app.py` is `my-app`, which the children
+/// of multiprocessing's `spawn` and `forkserver` import again to find the functions pickled
+/// for them, as `importlib` finds the file under that name on `sys.path`), but that a `.` in
+/// it is a `_` (it would name a package); a file that is not `.py` (mod_wsgi's `site.wsgi`,
+/// `django.wsgi`) has its extension in its name, so that it does not take the place of the
+/// module its stem names.
+fn module_name(path: &Path) -> String {
+    let Some(file) = path.file_name().and_then(|s| s.to_str()) else {
+        return "wsgi_app".to_owned();
+    };
+    file.strip_suffix(".py").unwrap_or(file).replace('.', "_")
+}
+
 fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyAny>> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => {}
@@ -241,11 +255,7 @@ fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyAny>>
             )));
         }
     }
-    let name = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("wsgi_app")
-        .replace(['.', '-'], "_");
+    let name = module_name(path);
     let sys = py.import("sys")?;
     if let Some(dir) = path.parent() {
         let sys_path = sys.getattr("path")?.cast_into::<PyList>()?;
@@ -265,7 +275,18 @@ fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyAny>>
         }
     }
     let util = py.import("importlib.util")?;
-    let spec = util.call_method1("spec_from_file_location", (&name, path.as_os_str()))?;
+    // The loader named, as the file's extension picks none when it is not `.py`.
+    let loader = py
+        .import("importlib.machinery")?
+        .getattr("SourceFileLoader")?
+        .call1((&name, path.as_os_str()))?;
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("loader", loader)?;
+    let spec = util.call_method(
+        "spec_from_file_location",
+        (&name, path.as_os_str()),
+        Some(&kwargs),
+    )?;
     if spec.is_none() {
         return Err(pyo3::exceptions::PyImportError::new_err(format!(
             "cannot import {}",
@@ -435,11 +456,30 @@ mod tests {
         assert!(AppSpec::parse("pkg.mod:", base).is_err());
         assert!(AppSpec::parse("pkg.mod:1x", base).is_err());
         assert!(AppSpec::parse("not a module", base).is_err());
+        assert_eq!(
+            AppSpec::parse("/srv/site/django.wsgi", base)
+                .unwrap()
+                .source,
+            AppSource::File("/srv/site/django.wsgi".into())
+        );
+        assert_eq!(
+            AppSpec::parse("site/app.wsgi:app", base).unwrap().source,
+            AppSource::File("/etc/nginx/site/app.wsgi".into())
+        );
+
         let asgi = AppSpec::parse_asgi("main", base).unwrap();
         assert_eq!((asgi.callable.as_str(), asgi.kind), ("app", AppKind::Asgi));
         assert_eq!(
             AppSpec::parse_asgi("main:api", base).unwrap().callable,
             "api"
         );
+    }
+
+    #[test]
+    fn names_modules_after_their_files() {
+        assert_eq!(module_name(Path::new("/srv/my-app.py")), "my-app");
+        assert_eq!(module_name(Path::new("/srv/app.v2.py")), "app_v2");
+        assert_eq!(module_name(Path::new("/srv/site.wsgi")), "site_wsgi");
+        assert_eq!(module_name(Path::new("/srv/app/wsgi")), "wsgi");
     }
 }

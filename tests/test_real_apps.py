@@ -37,6 +37,26 @@ def test_a_multiprocessing_child_that_returns_waits_for_its_threads_and_says_0(r
     assert requests.get(real_app.url(f"/child_after_thread/{kind}"), timeout=60).text == "0 done"
 
 
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_pool_of_spawned_children_finds_an_app_file_whose_name_has_a_hyphen(wsgi_factory, method):
+    # The children import the app's module by its name to unpickle `square`: imported as
+    # `pool_of_children`, a name no file has, each child died and the pool made new ones for
+    # ever (gunicorn's `pool-of-children:application` keeps the file's name).
+    server = wsgi_factory([route("/", APPS / "pool-of-children.py")]).start()
+    r = requests.get(server.url(f"/?{method}"), timeout=60)
+    assert (r.status_code, r.text) == (200, "pool-of-children 49"), server.error_log()[-3000:]
+    assert "ModuleNotFoundError" not in server.error_log()
+
+
+def test_a_mod_wsgi_script_not_named_py_is_served_without_replacing_the_module_of_its_stem(wsgi_factory):
+    # mod_wsgi's `WSGIScriptAlias / /srv/site/site.wsgi`: its configuration check refused
+    # the path (only PATH.py or a module name); named `site`, it would have taken the place of
+    # Python's own `site` module in sys.modules.
+    server = wsgi_factory([route("/", APPS / "site.wsgi")]).start()
+    r = requests.get(server.url("/"), timeout=30)
+    assert (r.status_code, r.text) == (200, "site_wsgi True"), server.error_log()[-3000:]
+
+
 @pytest.mark.parametrize("kind", ["run", "popen_wait", "fork", "mp_fork"])
 def test_a_child_killed_by_a_signal_reports_the_signal(real_app, kind):
     r = requests.get(real_app.url(f"/child/{kind}?-{int(signal.SIGTERM)}"), timeout=60)
