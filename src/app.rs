@@ -354,6 +354,9 @@ impl Apps {
     pub fn load_all(specs: &[AppSpec]) -> Vec<(usize, String)> {
         let server_signals = crate::signals::ServerSignals::note();
         let (apps, failed, python_faults) = crate::interpreter::attach(|py| {
+            if let Err(e) = crate::app_exit::install(py) {
+                tracing::warn!(target: "wsgi", "cannot watch for the apps' os._exit(): {e}");
+            }
             let mut failed = Vec::new();
             let apps: Vec<Option<Py<PyAny>>> = specs
                 .iter()

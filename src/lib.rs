@@ -9,6 +9,7 @@
 
 pub mod accel;
 pub mod app;
+mod app_exit;
 mod arena;
 pub mod asgi;
 pub mod asgi_version;

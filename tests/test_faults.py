@@ -61,6 +61,25 @@ def test_broken_app_gets_500_with_traceback_and_worker_survives(server, name):
     assert server.worker_pids() == workers
 
 
+def test_os_exit_in_a_request_is_logged_before_the_worker_ends(wsgi_factory):
+    # os._exit() skips every exception handler: the client got no answer and the log had only
+    # nginx's notice of a worker that exited (below the default level). A child the app forks
+    # ends with os._exit() as it should: not logged.
+    server = wsgi_factory([route("= /os_exit", f"{APP}:os_exit"),
+                           route("= /child_os_exits", f"{APP}:child_os_exits"),
+                           route("= /ok", f"{APP}:ok")]).start()
+    assert requests.get(server.url("/child_os_exits"), timeout=30).text == "5"
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(server.url("/os_exit?q=1"), timeout=30)
+    wait_for(lambda: "the app called os._exit(3)" in server.error_log(), what="the os._exit entry")
+    log = server.error_log()
+    assert log.count("called os._exit(") == 1, log[-3000:]
+    assert re.search(r"\[(ngx_wsgi:)?error\] .*the app called os\._exit\(3\): this process ends now", log)
+    assert re.search(r'File ".*misbehaving\.py", line \d+, in os_exit', log), log[-3000:]
+    wait_for(lambda: requests.get(server.url("/ok"), timeout=30).text == "still serving",
+             what="a new worker serving")
+
+
 def test_traceback_names_the_app_frame(server):
     requests.get(server.url("/raises"))
     log = server.error_log()

@@ -1,5 +1,6 @@
 """Apps that break the WSGI contract or crash: each must cost one 500 (or a cut connection), never
 the worker."""
+import os
 import sys
 
 
@@ -116,6 +117,19 @@ def close_raises(environ, start_response):
 
 def sys_exit(environ, start_response):
     sys.exit(3)
+
+
+def os_exit(environ, start_response):
+    os._exit(3)
+
+
+def child_os_exits(environ, start_response):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(5)
+    _, status = os.waitpid(pid, 0)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(os.waitstatus_to_exitcode(status)).encode()]
 
 
 def keyboard_interrupt(environ, start_response):
