@@ -261,6 +261,18 @@ def test_what_the_check_imports_makes_gets_the_workers_umask(nginx_factory, tmp_
     assert made[0].stat().st_mode & 0o777 == 0o777 & ~umask
 
 
+def test_an_app_can_tell_the_configuration_check_from_a_worker(nginx_factory, tmp_path):
+    # The check imports the app in a process of its own: NGX_WSGI_CONFIG_CHECK=1 there, so that
+    # an app can leave its schedulers for the workers; the workers do not see it.
+    tmp_path.chmod(0o777)
+    server = nginx_factory(location("/", APPS / "knows_the_check.py"),
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};")
+    assert server.run("-t").returncode == 0
+    server.start()
+    assert requests.get(server.url("/"), timeout=30).text == "worker None"
+    assert (tmp_path / "imports").read_text().split() == ["check", "check", "worker"]
+
+
 def test_a_hundred_concurrent_children_each_get_their_own_status(real_app):
     def one(i):
         kind = KINDS[i % 4]
