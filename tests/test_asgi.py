@@ -994,6 +994,7 @@ def test_a_signal_signal_in_the_startup_is_refused_with_a_warning_not_an_error(n
     assert len(re.findall(r"\[warn\].*an app called signal\.signal\((Signals\.SIGTERM|15), "
                           r"sets_a_signal_signal_handler\.<locals>\.<lambda>\): the signals belong "
                           r"to the server", log)) == 1, log[-3000:]
+    assert log.count("an app called signal.signal(") == 1, "the handler put back is not logged"
     assert "signal only works in main thread" not in log, log[-3000:]
     assert "lifespan shutdown failed" not in log, log[-3000:]
     assert f"worker process {worker} exited with code 0" in log, log[-3000:]

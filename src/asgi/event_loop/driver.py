@@ -169,13 +169,13 @@ class Lifespan:
 
 
 def leave_signals_to_the_server(loop):
-    """An app's `loop.add_signal_handler()` or `signal.signal()` on the server's loop (a
-    graceful shutdown hook set in its lifespan startup, as under uvicorn, where the loop is the
-    main thread's) installs nothing and says so in the error log, instead of raising (asyncio's
-    RuntimeError, signal's ValueError: not the main thread), which ended the startup. The
-    signals are nginx's: the lifespan shutdown runs at reload and quit. The configuration
-    check's loop runs on its main thread, where `signal.signal()` would work: it is left alone
-    there too, so that the check and the workers treat an app alike."""
+    """An app's `loop.add_signal_handler()`, or `signal.signal()` for one of nginx's signals, on
+    the server's loop (a graceful shutdown hook set in its lifespan startup, as under uvicorn,
+    where the loop is the main thread's) installs nothing and says so in the error log, instead
+    of raising (asyncio's RuntimeError, signal's ValueError: not the main thread), which ended
+    the startup. The signals are nginx's: the lifespan shutdown runs at reload and quit. The
+    configuration check's loop runs on its main thread, where `signal.signal()` would work: it
+    is left alone there too, so that the check and the workers treat an app alike."""
 
     def add_signal_handler(sig, callback, *args):
         _not_installed("loop.add_signal_handler", sig, callback)
@@ -190,8 +190,8 @@ def leave_signals_to_the_server(loop):
     return loop
 
 
-# The server's loops (a worker's, the check's): a strong set, as uvloop's loop takes no weak
-# reference; a process has one or two.
+# The server's loops (a worker's; the check's, one per ASGI app, closed once checked): a strong
+# set, as uvloop's loop takes no weak reference.
 _SERVER_LOOPS = set()
 
 
@@ -210,6 +210,9 @@ def _leave_signal_signal_to_the_server():
     original = signal.signal
     if getattr(original, "_ngx_wsgi_server_loops", False):
         return
+    # nginx's own: a handler of the app's for them would take them from nginx, or never run.
+    servers = {getattr(signal, name) for name in
+               ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH")}
 
     @functools.wraps(original)
     def signal_signal(signalnum, handler):
@@ -217,10 +220,18 @@ def _leave_signal_signal_to_the_server():
             on_server_loop = asyncio.get_running_loop() in _SERVER_LOOPS
         except RuntimeError:
             on_server_loop = False
-        if on_server_loop:
-            _not_installed("signal.signal", signalnum, handler)
-            return signal.getsignal(signalnum)
-        return original(signalnum, handler)
+        if not on_server_loop or signalnum not in servers:
+            return original(signalnum, handler)
+        in_place = signal.getsignal(signalnum)
+        if handler == in_place:
+            # The app putting back what it was given: None for nginx's handler, which Python
+            # did not install (and the real call would refuse).
+            return in_place
+        if not callable(handler) and handler not in (signal.SIG_DFL, signal.SIG_IGN):
+            raise TypeError("signal handler must be signal.SIG_IGN, signal.SIG_DFL, or a "
+                            "callable object")
+        _not_installed("signal.signal", signalnum, handler)
+        return in_place
 
     signal_signal._ngx_wsgi_server_loops = True
     signal.signal = signal_signal
