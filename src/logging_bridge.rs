@@ -139,20 +139,41 @@ class ServerLogHandler(logging.Handler):
 
 def leave_basic_config_to_the_app(handler):
     '''`logging.basicConfig()` does nothing when the root logger has a handler: one the app
-    calls after its import (in a create_app(), at its first request) would find the server's
-    and keep the WARNING level and Python's format. It finds none: the server's handler steps
-    aside (and comes back if the call installs nothing, e.g. raises on a bad argument).'''
+    calls after its import (in a create_app(), at its first request) found the server's and
+    kept the WARNING level. Without a destination of its own (or to standard output or error,
+    which are the server's log), it sets the root level and the format of the server's handler,
+    whose entries keep their levels; with one (a file, another stream, handlers), the server's
+    handler steps aside for it, as it would have found none.'''
     original = logging.basicConfig
+    standard = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
 
     def basicConfig(**kwargs):
-        root = logging.root
-        if root.handlers == [handler]:
-            root.removeHandler(handler)
-        try:
-            return original(**kwargs)
-        finally:
-            if not root.handlers:
-                root.addHandler(handler)
+        with logging._lock:
+            root = logging.root
+            if handler not in root.handlers:
+                return original(**kwargs)
+            stream = kwargs.get('stream')
+            if 'filename' in kwargs or 'handlers' in kwargs or (
+                    stream is not None and not any(stream is s for s in standard)):
+                root.removeHandler(handler)
+                try:
+                    return original(**kwargs)
+                finally:
+                    if not root.handlers:
+                        root.addHandler(handler)
+            if kwargs.get('force'):
+                for h in root.handlers[:]:
+                    if h is not handler:
+                        root.removeHandler(h)
+                        h.close()
+            elif len(root.handlers) > 1:
+                return None  # the app added a handler of its own: Python's call does nothing
+            if any(k in kwargs for k in ('format', 'datefmt', 'style')):
+                handler.setFormatter(logging.Formatter(
+                    kwargs.get('format'), kwargs.get('datefmt'), kwargs.get('style', '%')))
+            if kwargs.get('level') is not None:
+                root.setLevel(kwargs['level'])
+            return None
 
     basicConfig.__doc__ = original.__doc__
     basicConfig.__wrapped__ = original
@@ -173,8 +194,8 @@ def _to_standard_streams(handler):
         return False
 ";
 
-/// Gives the root logger a handler to the server's log when nobody configured one (which a
-/// later `logging.basicConfig()` replaces, as it would find no handler without it).
+/// Gives the root logger a handler to the server's log when nobody configured one (whose level
+/// and format a later `logging.basicConfig()` sets).
 pub fn install_if_unconfigured(py: Python<'_>) -> PyResult<bool> {
     let root = py.import("logging")?.getattr("root")?;
     if !root.getattr("handlers")?.is_empty()? {

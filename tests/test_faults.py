@@ -228,6 +228,7 @@ def test_python_logging_reaches_the_error_log(server):
 def test_logging_configured_after_the_import_takes_effect(wsgi_factory):
     # The server's handler on the root logger made a later basicConfig() do nothing: the
     # level stayed WARNING and the app's INFO lines never appeared (they do under gunicorn).
+    # One that names a destination of its own (a file) has the server's handler step aside.
     app = APPS / "lazy_logging.py"
     server = wsgi_factory([route("/refused", f"{app}:refused_then_warns"),
                            route("/configures", f"{app}:configures_then_logs")]).start()
@@ -237,6 +238,10 @@ def test_logging_configured_after_the_import_takes_effect(wsgi_factory):
     assert requests.get(server.url("/configures")).text == "configured"
     wait_for(lambda: "lazy INFO myapp: seen at info after a lazy basicConfig" in server.error_log(),
              what="the app's INFO line in its own format")
+    # Still the server's handler: the entry keeps its level (through standard error it would
+    # have been an error).
+    assert re.search(r"\[(ngx_wsgi:)?info\] .*python: myapp: lazy INFO myapp: seen at info after a "
+                     r"lazy basicConfig", server.error_log()), server.error_log()[-3000:]
 
 
 def test_the_log_line_id_is_the_requests_request_id(nginx_factory):
