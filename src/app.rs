@@ -1,4 +1,5 @@
-//! Which WSGI callable to serve (`PATH.py[:CALLABLE]` or `pkg.module[:CALLABLE]`), importing it,
+//! Which WSGI callable to serve (`PATH.py[:CALLABLE]`, another file's path, or
+//! `pkg.module[:CALLABLE]`), importing it,
 //! and the process-wide table of imported apps.
 
 use std::path::{Path, PathBuf};
@@ -226,13 +227,55 @@ fn hides_an_installed_module(py: Python<'_>, dir: &Path, top: &str) -> PyResult<
 /// of multiprocessing's `spawn` and `forkserver` import again to find the functions pickled
 /// for them, as `importlib` finds the file under that name on `sys.path`), but that a `.` in
 /// it is a `_` (it would name a package); a file that is not `.py` (mod_wsgi's `site.wsgi`,
-/// `django.wsgi`) has its extension in its name, so that it does not take the place of the
-/// module its stem names.
+/// `django.wsgi`) has its extension in its name (`_script` when it has none), so that it does
+/// not take the place of the module its stem names.
 fn module_name(path: &Path) -> String {
     let Some(file) = path.file_name().and_then(|s| s.to_str()) else {
         return "wsgi_app".to_owned();
     };
-    file.strip_suffix(".py").unwrap_or(file).replace('.', "_")
+    match file.strip_suffix(".py") {
+        Some(stem) => stem.replace('.', "_"),
+        None if file.contains('.') => file.replace('.', "_"),
+        None => format!("{file}_script"),
+    }
+}
+
+/// The name app files had before they kept their own (`-` was `_` too), which code of the
+/// app's may still import (`from my_app import helper`), or a pickle name (a cache's, a job
+/// queue's).
+fn former_module_name(path: &Path) -> Option<String> {
+    let name = module_name(path);
+    let former = name.replace('-', "_");
+    (former != name && path.extension().is_some_and(|e| e == "py")).then_some(former)
+}
+
+/// The loader of a script not named `.py`: compiled from its source at every import, with no
+/// cached bytecode, whose file (`__pycache__/site.cpython-311.pyc`, named after the stem) a
+/// `site.py` beside it would share.
+const SCRIPT_LOADER: &std::ffi::CStr = c"
+from importlib.machinery import SourceFileLoader
+
+
+class ScriptLoader(SourceFileLoader):
+    def get_code(self, fullname):
+        path = self.get_filename(fullname)
+        return self.source_to_code(self.get_data(path), path)
+";
+
+fn loader_for<'py>(py: Python<'py>, name: &str, path: &Path) -> PyResult<Bound<'py, PyAny>> {
+    let class = if path.extension().is_some_and(|e| e == "py") {
+        py.import("importlib.machinery")?
+            .getattr("SourceFileLoader")?
+    } else {
+        PyModule::from_code(
+            py,
+            SCRIPT_LOADER,
+            c"ngx_wsgi_script_loader.py",
+            c"ngx_wsgi_script_loader",
+        )?
+        .getattr("ScriptLoader")?
+    };
+    class.call1((name, path.as_os_str()))
 }
 
 fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyAny>> {
@@ -276,10 +319,7 @@ fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyAny>>
     }
     let util = py.import("importlib.util")?;
     // The loader named, as the file's extension picks none when it is not `.py`.
-    let loader = py
-        .import("importlib.machinery")?
-        .getattr("SourceFileLoader")?
-        .call1((&name, path.as_os_str()))?;
+    let loader = loader_for(py, &name, path)?;
     let kwargs = pyo3::types::PyDict::new(py);
     kwargs.set_item("loader", loader)?;
     let spec = util.call_method(
@@ -301,6 +341,11 @@ fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyAny>>
     {
         let _ = modules.del_item(&name);
         return Err(e);
+    }
+    if let Some(former) = former_module_name(path) {
+        if !modules.contains(&former)? {
+            modules.set_item(former, &module)?;
+        }
     }
     Ok(module)
 }
@@ -483,6 +528,11 @@ mod tests {
         assert_eq!(module_name(Path::new("/srv/my-app.py")), "my-app");
         assert_eq!(module_name(Path::new("/srv/app.v2.py")), "app_v2");
         assert_eq!(module_name(Path::new("/srv/site.wsgi")), "site_wsgi");
-        assert_eq!(module_name(Path::new("/srv/app/wsgi")), "wsgi");
+        assert_eq!(module_name(Path::new("/srv/app/json")), "json_script");
+        assert_eq!(
+            former_module_name(Path::new("/srv/my-app.py")).as_deref(),
+            Some("my_app")
+        );
+        assert_eq!(former_module_name(Path::new("/srv/app.v2.py")), None);
     }
 }

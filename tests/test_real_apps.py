@@ -46,6 +46,9 @@ def test_a_pool_of_spawned_children_finds_an_app_file_whose_name_has_a_hyphen(ws
     r = requests.get(server.url(f"/?{method}"), timeout=60)
     assert (r.status_code, r.text) == (200, "pool-of-children 49"), server.error_log()[-3000:]
     assert "ModuleNotFoundError" not in server.error_log()
+    # Its former name (`-` was `_`) still imports it, for the app's code that used it.
+    r = requests.get(server.url("/?former"), timeout=60)
+    assert r.text == "pool-of-children True", server.error_log()[-3000:]
 
 
 def test_a_mod_wsgi_script_not_named_py_is_served_without_replacing_the_module_of_its_stem(wsgi_factory):
@@ -55,6 +58,8 @@ def test_a_mod_wsgi_script_not_named_py_is_served_without_replacing_the_module_o
     server = wsgi_factory([route("/", APPS / "site.wsgi")]).start()
     r = requests.get(server.url("/"), timeout=30)
     assert (r.status_code, r.text) == (200, "site_wsgi True"), server.error_log()[-3000:]
+    # No bytecode cache: Python names it after the stem, the file a site.py beside it has.
+    assert not list((APPS / "__pycache__").glob("site.*.pyc"))
 
 
 @pytest.mark.parametrize("kind", ["run", "popen_wait", "fork", "mp_fork"])

@@ -73,7 +73,7 @@ static mut COMMANDS: [command_rec; 10] = [
         config::set_app,
         cmd_how_TAKE1,
         RSRC_CONF | ACCESS_CONF,
-        c"PATH.py[:CALLABLE] or module.name[:CALLABLE]: the WSGI application served here",
+        c"PATH.py[:CALLABLE] (or another file's path: site.wsgi) or module.name[:CALLABLE]: the WSGI application served here",
     ),
     command_rec {
         name: c"NgxWsgiRequestBuffering".as_ptr(),

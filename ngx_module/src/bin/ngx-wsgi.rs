@@ -154,7 +154,9 @@ fn serve(args: &[String]) -> Result<(), String> {
         Some((t, c)) => (t.to_owned(), Some(c.to_owned())),
         None => (opts.app.clone(), None),
     };
-    let target = if target.ends_with(".py") {
+    // A file, as `wsgi_app` takes one (`.py`, or a path: mod_wsgi's `site.wsgi`), or one here.
+    let is_file = target.ends_with(".py") || target.contains('/') || Path::new(&target).is_file();
+    let target = if is_file {
         std::fs::canonicalize(&target)
             .map_err(|e| format!("{target}: {e}"))?
             .display()
@@ -190,7 +192,7 @@ fn serve(args: &[String]) -> Result<(), String> {
     if unsafe { libc::geteuid() } == 0 {
         // Root starts nginx, but the workers never run as root: they run as --user, else as the
         // owner of the app file, else as nginx's default user.
-        let owner = match (&opts.user, target.ends_with(".py")) {
+        let owner = match (&opts.user, is_file) {
             (Some(name), _) => Some(uid_of(name)?),
             (None, true) => std::fs::metadata(&target).map(|m| m.uid()).ok(),
             (None, false) => None,
@@ -246,7 +248,7 @@ fn serve(args: &[String]) -> Result<(), String> {
         let err = nginx.exec();
         return Err(format!("cannot run {}: {err}", nginx_path().display()));
     }
-    let watched = if target.ends_with(".py") {
+    let watched = if is_file {
         Path::new(&target)
             .parent()
             .unwrap_or(Path::new("."))
@@ -387,8 +389,8 @@ fn watch_and_reload(mut nginx: Command, dir: &Path) -> Result<(), String> {
     }
 }
 
-/// The newest modification time and the number of `.py` files under `dir` (hidden directories,
-/// `__pycache__` and virtualenvs skipped).
+/// The newest modification time and the number of `.py` (and `.wsgi`) files under `dir`
+/// (hidden directories, `__pycache__` and virtualenvs skipped).
 fn fingerprint(dir: &Path) -> (std::time::SystemTime, usize) {
     let mut newest = std::time::SystemTime::UNIX_EPOCH;
     let mut count = 0;
@@ -409,7 +411,7 @@ fn fingerprint(dir: &Path) -> (std::time::SystemTime, usize) {
                 {
                     stack.push(path);
                 }
-            } else if name.ends_with(".py") {
+            } else if name.ends_with(".py") || name.ends_with(".wsgi") {
                 count += 1;
                 if let Ok(m) = meta.modified() {
                     newest = newest.max(m);
