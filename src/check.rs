@@ -486,12 +486,12 @@ fn stop_group(pgid: libc::pid_t) {
     }
 }
 
-/// Records separated by NUL: `I<message>`, `A<index>:<message>`, `P<message>`, and `K` last when
-/// the child got through every app. `S<index>` is written to `progress` at once as app `index`
-/// starts importing, so that the parent can name an import that never ends.
 /// The environment variable set in the check's process (to `1`), not in the workers'.
 pub const CHECK_MARK: &str = "NGX_WSGI_CONFIG_CHECK";
 
+/// Records separated by NUL: `I<message>`, `A<index>:<message>`, `P<message>`, and `K` last when
+/// the child got through every app. `S<index>` is written to `progress` at once as app `index`
+/// starts importing, so that the parent can name an import that never ends.
 fn child_report(
     settings: &PythonSettings,
     specs: &[AppSpec],
@@ -509,8 +509,8 @@ fn child_report(
             std::env::set_var(key, value);
         }
     }
-    // The app's way to tell the check from a worker: a scheduler, a start-up notification or
-    // a migration it runs at import need not run in a process that ends once imported.
+    // The app's way to tell the check from a worker: a scheduler or a start-up notification
+    // it starts at import need not run in a process that ends once imported.
     std::env::set_var(CHECK_MARK, "1");
     if let Some(c) = &setup.credentials {
         // SAFETY: plain syscall.
