@@ -3,7 +3,9 @@
 
 use nginx_sys::{ngx_http_request_t, ngx_pnalloc, ngx_str_t};
 
-/// A copy of `bytes` in the request's pool, optionally lowercased.
+/// A copy of `bytes` in the request's pool, optionally lowercased, with a NUL after it (not
+/// counted in its length): nginx's parser ends every header's name and value so, and modules
+/// read them up to it (the slice filter parses `Content-Range` until its NUL).
 ///
 /// # Safety
 /// Event-loop thread; `r` is live.
@@ -12,14 +14,15 @@ pub(crate) unsafe fn pool_str(
     bytes: &[u8],
     lowercase: bool,
 ) -> Result<ngx_str_t, ()> {
-    // SAFETY: the request pool is live; the copy has exactly `bytes.len()` bytes.
+    // SAFETY: the request pool is live; the copy has `bytes.len()` bytes and the NUL.
     unsafe {
-        let data = ngx_pnalloc((*r).pool, bytes.len().max(1)) as *mut u8;
+        let data = ngx_pnalloc((*r).pool, bytes.len() + 1) as *mut u8;
         if data.is_null() {
             return Err(());
         }
-        let dst = std::slice::from_raw_parts_mut(data, bytes.len());
-        dst.copy_from_slice(bytes);
+        let dst = std::slice::from_raw_parts_mut(data, bytes.len() + 1);
+        dst[..bytes.len()].copy_from_slice(bytes);
+        dst[bytes.len()] = 0;
         if lowercase {
             dst.make_ascii_lowercase();
         }
