@@ -48,6 +48,26 @@ def nginx_server(nginx_factory):
     ).start()
 
 
+def test_nginx_directives_rewrite_the_apps_cache_headers_as_a_proxied_apps(nginx_factory):
+    # nginx's `expires` replaces a proxied app's Expires and Cache-Control; for the module's
+    # app it added its own beside them (two of each, saying opposite things). gzip drops the
+    # Accept-Ranges of a body it compresses (a range of the compressed body is not one of the
+    # app's); the module's stayed.
+    server = nginx_factory(
+        location("= /expires", f"{APP}:cache_headers", "expires 1h;")
+        + location("= /gzip", f"{APP}:cache_headers",
+                   "gzip on; gzip_types text/html; gzip_min_length 1;")).start()
+    r = requests.get(server.url("/expires"))
+    assert r.status_code == 200
+    assert r.raw.headers.getlist("Cache-Control") == ["max-age=3600"]
+    assert len(r.raw.headers.getlist("Expires")) == 1
+    assert r.headers["Expires"] != "Thu, 01 Jan 1970 00:00:00 GMT"
+    r = requests.get(server.url("/gzip"), headers={"Accept-Encoding": "gzip"})
+    assert r.headers["Content-Encoding"] == "gzip"
+    assert "Accept-Ranges" not in r.headers
+    assert r.raw.headers.getlist("Cache-Control") == ["no-store", "private"]
+
+
 def test_list_body_gets_a_content_length_and_keeps_repeated_headers(server):
     r = requests.get(server.url("/list_body"))
     assert r.status_code == 200 and r.content == b"hello world"

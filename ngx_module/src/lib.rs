@@ -32,6 +32,7 @@ mod generation;
 #[cfg(ngx_feature = "http_v2")]
 mod h2_reset;
 mod handler;
+mod header_fields;
 mod header_filter;
 mod heap_trim;
 mod inflight;

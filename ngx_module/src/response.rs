@@ -3,9 +3,9 @@
 use nginx_sys::{
     ngx_buf_t, ngx_chain_t, ngx_file_t, ngx_http_core_get_method, ngx_http_internal_redirect,
     ngx_http_named_location, ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header,
-    ngx_http_send_special, ngx_int_t, ngx_list_push, ngx_parse_http_time, ngx_pcalloc, ngx_str_t,
-    ngx_table_elt_t, time_t, NGX_DONE, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_FLUSH,
-    NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_LAST, NGX_OK,
+    ngx_http_send_special, ngx_int_t, ngx_list_push, ngx_pcalloc, ngx_str_t, ngx_table_elt_t,
+    NGX_DONE, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_FLUSH, NGX_HTTP_GET,
+    NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_LAST, NGX_OK,
 };
 use std::os::fd::AsRawFd;
 
@@ -437,26 +437,7 @@ unsafe fn set_headers(
             (*h).key = pool_str(r, name, false)?;
             (*h).value = pool_str(r, value, false)?;
             (*h).lowcase_key = pool_str(r, name, true)?.data;
-            // The app's own Server and Date replace nginx's instead of doubling them.
-            if name.eq_ignore_ascii_case(b"server") {
-                out.server = h;
-            } else if name.eq_ignore_ascii_case(b"date") {
-                out.date = h;
-            } else if name.eq_ignore_ascii_case(b"content-encoding") {
-                // Lets the gzip filter see that the body is already encoded.
-                out.content_encoding = h;
-            } else if name.eq_ignore_ascii_case(b"etag") {
-                // As for a proxied response: nginx's range filter checks If-Range against it
-                // (a resumed download), and the gzip filter weakens it for what it compresses.
-                out.etag = h;
-            } else if name.eq_ignore_ascii_case(b"last-modified") {
-                let time = ngx_parse_http_time((*h).value.data, (*h).value.len);
-                if time != NGX_ERROR as time_t {
-                    // If-Range's date form; the header stays the app's, not written twice.
-                    out.last_modified_time = time;
-                    out.last_modified = h;
-                }
-            }
+            crate::header_fields::note(r, out, name, h)?;
         }
         Ok(())
     }

@@ -288,3 +288,13 @@ class Shouting(io.BufferedReader):
 def file_wrapper_subclass(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return environ["wsgi.file_wrapper"](Shouting(io.FileIO(__file__)))
+
+
+def cache_headers(environ, start_response):
+    # What an app says of its response's caching and ranges, which nginx's own directives
+    # (expires, gzip) rewrite as they do a proxied app's.
+    start_response("200 OK", [("Content-Type", "text/html"),
+                              ("Cache-Control", "no-store"), ("Cache-Control", "private"),
+                              ("Expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
+                              ("Accept-Ranges", "bytes")])
+    return [b"<p>cacheable or not</p>" * 20]
