@@ -134,7 +134,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
             return Err(crate::overload::refuse(r, why, limits.queue_timeout));
         }
-        crate::inflight::started((*r).connection);
+        crate::inflight::started(r);
         crate::busy_handoff::work_started();
         crate::recycle::request_started(r);
         let log = (*(*r).connection).log;

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use nginx_sys::{
     ngx_add_timer, ngx_connection_t, ngx_current_msec, ngx_cycle, ngx_event_t, ngx_exiting,
-    ngx_msec_t, NGX_LOG_ALERT, NGX_LOG_NOTICE, NGX_LOG_WARN,
+    ngx_http_request_t, ngx_msec_t, NGX_LOG_ALERT, NGX_LOG_NOTICE, NGX_LOG_WARN,
 };
 use ngx::core::{CoreModuleMainConf, NgxCoreModule};
 
@@ -30,8 +30,9 @@ const EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS: ngx_msec_t = 60_000;
 static OUTSTANDING: AtomicUsize = AtomicUsize::new(0);
 /// Those of them that are ASGI requests (a stuck event loop holds them for ever).
 static OUTSTANDING_ASGI: AtomicUsize = AtomicUsize::new(0);
-/// The connections of the requests inside Python (addresses; one entry per request).
-static CONNECTIONS: LoopCell<Vec<usize>> = LoopCell::new(Vec::new());
+/// The connections of the requests inside Python, with those requests (addresses; one entry
+/// per request).
+static CONNECTIONS: LoopCell<Vec<(usize, usize)>> = LoopCell::new(Vec::new());
 /// Run at each check while the worker exits with requests outstanding (event streams are
 /// ended, WebSockets told to close: those that start late too).
 static WHILE_EXITING: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
@@ -107,18 +108,28 @@ fn run_hooks(hooks: &std::sync::Mutex<Vec<fn()>>) {
 static mut TIMER: *mut ngx_event_t = ptr::null_mut();
 /// When this worker was first seen exiting with requests inside Python (0: not yet).
 static EXITING_SINCE: AtomicUsize = AtomicUsize::new(0);
+/// The bytes the requests inside Python had moved (sent, and of their bodies read) at the last
+/// look, and when that count last changed (0: not yet looked).
+static MOVED: LoopCell<(u64, ngx_msec_t)> = LoopCell::new((0, 0));
+/// The worker said it waits past the default bound for requests that move bytes.
+static WAITED_WHILE_MOVING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 /// The worker said it waits past the default bound for its other connections.
 static WAITED_WITH_OTHERS: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
-/// A request on connection `c` was handed to the thread pool.
+/// Request `r` was handed to the thread pool.
 ///
 /// # Safety
-/// Event-loop thread only.
-pub(crate) unsafe fn started(c: *mut ngx_connection_t) {
+/// Event-loop thread only; `r` is live until [`finished`] for its connection.
+pub(crate) unsafe fn started(r: *mut ngx_http_request_t) {
     OUTSTANDING.fetch_add(1, Relaxed);
     // SAFETY: per the function contract.
-    unsafe { CONNECTIONS.get_mut().push(c as usize) };
+    unsafe {
+        CONNECTIONS
+            .get_mut()
+            .push(((*r).connection as usize, r as usize))
+    };
     // SAFETY: the timer static is only touched on the single event-loop thread.
     unsafe {
         let ev = timer();
@@ -136,7 +147,7 @@ pub(crate) unsafe fn finished(c: *mut ngx_connection_t) {
     let _ = OUTSTANDING.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
     // SAFETY: per the function contract.
     let all = unsafe { CONNECTIONS.get_mut() };
-    if let Some(i) = all.iter().rposition(|&a| a == c as usize) {
+    if let Some(i) = all.iter().rposition(|&(a, _)| a == c as usize) {
         all.swap_remove(i);
     }
 }
@@ -146,14 +157,14 @@ pub(crate) fn outstanding() -> usize {
     OUTSTANDING.load(Relaxed)
 }
 
-/// An ASGI request on connection `c` was handed to the event loop.
+/// ASGI request `r` was handed to the event loop.
 ///
 /// # Safety
-/// Event-loop thread only.
-pub(crate) unsafe fn started_asgi(c: *mut ngx_connection_t) {
+/// As [`started`].
+pub(crate) unsafe fn started_asgi(r: *mut ngx_http_request_t) {
     OUTSTANDING_ASGI.fetch_add(1, Relaxed);
     // SAFETY: per the function contract.
-    unsafe { started(c) };
+    unsafe { started(r) };
 }
 
 /// The ASGI request on connection `c` ended.
@@ -177,7 +188,7 @@ unsafe fn of_a_request_inside_python(ev: *mut ngx_event_t) -> bool {
     // inside Python (the module holds the request), and is only compared before that.
     unsafe {
         let data = (*ev).data as usize;
-        CONNECTIONS.get_mut().iter().any(|&c| {
+        CONNECTIONS.get_mut().iter().any(|&(c, _)| {
             c == data && {
                 let c = c as *mut ngx_connection_t;
                 (*c).read == ev || (*c).write == ev
@@ -230,6 +241,7 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
             }
             if ngx_exiting != 0 {
                 let now = ngx_current_msec;
+                note_movement(now);
                 let since = EXITING_SINCE.load(Relaxed);
                 if since == 0 {
                     EXITING_SINCE.store(now.max(1), Relaxed);
@@ -238,10 +250,17 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
                         &format!("wsgi: waiting for {outstanding} request(s) inside Python before exiting"),
                     );
                 } else if now.saturating_sub(since) >= exit_bound()
+                    && !waits_while_moving(outstanding, now)
                     && !cancel_asgi_left(outstanding, stuck_loop.is_some(), now)
                     && !waits_with_others(ev, outstanding)
                 {
-                    let after = if WAITED_WITH_OTHERS.load(Relaxed) {
+                    let after = if WAITED_WHILE_MOVING.load(Relaxed) {
+                        format!(
+                            "{} ms into the worker's exit, none having moved a byte for {} ms",
+                            now.saturating_sub(since),
+                            EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS
+                        )
+                    } else if WAITED_WITH_OTHERS.load(Relaxed) {
                         format!(
                             "{} ms into the worker's exit, its other connections ended",
                             now.saturating_sub(since)
@@ -263,6 +282,70 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
             ngx_add_timer(ev, RECHECK_MS as _);
         }
     })
+}
+
+/// Bytes the requests inside Python have moved: sent to their clients, and of their bodies
+/// read.
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn bytes_moved() -> u64 {
+    // SAFETY: per the function contract; a listed request and its connection are live while it
+    // is inside Python (the module holds the request).
+    unsafe {
+        CONNECTIONS.get_mut().iter().fold(0u64, |sum, &(c, r)| {
+            let c = c as *mut ngx_connection_t;
+            let r = r as *mut ngx_http_request_t;
+            let read = (*(*r).main).request_length.max(0) as u64;
+            sum.wrapping_add((*c).sent.max(0) as u64).wrapping_add(read)
+        })
+    }
+}
+
+/// Notes whether the requests inside Python moved bytes since the last look.
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn note_movement(now: ngx_msec_t) {
+    // SAFETY: per the function contract.
+    unsafe {
+        let moved = bytes_moved();
+        let last = MOVED.get_mut();
+        if last.1 == 0 || last.0 != moved {
+            *last = (moved, now.max(1));
+        }
+    }
+}
+
+/// Past the exit's default bound (no `worker_shutdown_timeout`), whether the worker goes on
+/// waiting because its requests inside Python move bytes: a download or an upload that takes
+/// longer than the bound (3 GiB at 40 MB/s) is not a request that never returns, and nginx
+/// without that setting waits for a proxied one as long as it moves. The worker waits while
+/// any of them has moved a byte within the bound (nginx's `send_timeout` and
+/// `client_body_timeout` are 60 s too), then cuts those left. Logged once.
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn waits_while_moving(outstanding: usize, now: ngx_msec_t) -> bool {
+    // SAFETY: per the function contract.
+    let moved_at = unsafe { MOVED.get_mut().1 };
+    // SAFETY: per the function contract.
+    let waits = unsafe { shutdown_timeout() }.is_none()
+        && moved_at != 0
+        && now.saturating_sub(moved_at) < EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS;
+    if waits && !WAITED_WHILE_MOVING.swap(true, Relaxed) {
+        crate::ffi::log::cycle_log(
+            NGX_LOG_NOTICE as usize,
+            &format!(
+                "wsgi: {outstanding} request(s) still inside Python after {} ms are moving \
+                 bytes; the worker waits on while they do (worker_shutdown_timeout is not set), \
+                 and cuts those left once none moved for {} ms",
+                EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS,
+                EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS
+            ),
+        );
+    }
+    waits
 }
 
 /// Past the exit's default bound (no `worker_shutdown_timeout`), whether the worker goes on

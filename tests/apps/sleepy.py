@@ -1,7 +1,8 @@
 """/slow sleeps 2 s in Python, /forever an hour, /spin loops forever, /spin-until?FILE loops until
 FILE exists (writing the worker's pid to FILE.pid first), /grow keeps 64 MiB, /crash
 segfaults the worker, /hold-gil?FIFO holds the GIL until a byte arrives on FIFO (creating FIFO.held
-first); the rest answers at once."""
+first), /trickle?SECONDS streams 4 KiB every tenth of a second for SECONDS; the rest answers at
+once."""
 import time
 
 _kept = []
@@ -37,6 +38,18 @@ def application(environ, start_response):
         # A C call through PyDLL keeps the GIL: no other Python thread runs until it returns.
         ctypes.PyDLL(None).read(fd, ctypes.create_string_buffer(1), 1)
         os.close(fd)
+    if environ["PATH_INFO"] == "/trickle":
+        # A long download from the app (a report, an export), moving bytes all along.
+        pieces = int(float(environ["QUERY_STRING"]) * 10)
+
+        def trickle():
+            for i in range(pieces):
+                time.sleep(0.1)
+                yield b"%06d" % i + b"." * 4090
+
+        start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                  ("Content-Length", str(pieces * 4096))])
+        return trickle()
     if environ["PATH_INFO"] == "/grow":
         _kept.append(b"x" * (64 << 20))
     start_response("200 OK", [("Content-Type", "text/plain")])

@@ -192,7 +192,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     };
     // SAFETY: on the event loop; `r` is live.
     unsafe {
-        crate::inflight::started_asgi((*r).connection);
+        crate::inflight::started_asgi(r);
         crate::busy_handoff::work_started();
         crate::recycle::request_started(r);
     }
