@@ -108,12 +108,17 @@ fn run_hooks(hooks: &std::sync::Mutex<Vec<fn()>>) {
 static mut TIMER: *mut ngx_event_t = ptr::null_mut();
 /// When this worker was first seen exiting with requests inside Python (0: not yet).
 static EXITING_SINCE: AtomicUsize = AtomicUsize::new(0);
-/// The bytes the requests inside Python had moved (sent, and of their bodies read) at the last
-/// look, and when that count last changed (0: not yet looked).
-static MOVED: LoopCell<(u64, ngx_msec_t)> = LoopCell::new((0, 0));
+/// What each request inside Python had moved (bytes sent, and of its body read) at the last
+/// look, by request, and when one of them last moved (0: not yet looked).
+static MOVED: LoopCell<(Vec<(usize, u64)>, ngx_msec_t)> = LoopCell::new((Vec::new(), 0));
+/// The worker ends itself (recycling: `wsgi_max_requests`, `wsgi_max_rss`, an app that could
+/// not load, a dead event loop), and nginx starts its successor only once it has ended.
+static OWN_EXIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// The worker said it waits past the default bound for requests that move bytes.
 static WAITED_WHILE_MOVING: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
+/// When it last said so.
+static MOVING_NOTICED_AT: AtomicUsize = AtomicUsize::new(0);
 /// The worker said it waits past the default bound for its other connections.
 static WAITED_WITH_OTHERS: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
@@ -256,9 +261,14 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
                 {
                     let after = if WAITED_WHILE_MOVING.load(Relaxed) {
                         format!(
-                            "{} ms into the worker's exit, none having moved a byte for {} ms",
+                            "{} ms into the worker's exit, none having moved a byte for {} ms{}",
                             now.saturating_sub(since),
-                            EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS
+                            EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS,
+                            if WAITED_WITH_OTHERS.load(Relaxed) {
+                                " and its other connections ended"
+                            } else {
+                                ""
+                            }
                         )
                     } else if WAITED_WITH_OTHERS.load(Relaxed) {
                         format!(
@@ -284,25 +294,36 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
     })
 }
 
-/// Bytes the requests inside Python have moved: sent to their clients, and of their bodies
-/// read.
+/// The worker's exit is its own (see [`OWN_EXIT`]): it does not wait past the default bound
+/// for requests that move bytes, since no worker takes its place meanwhile.
+pub(crate) fn exit_is_the_workers_own() {
+    OWN_EXIT.store(true, Relaxed);
+}
+
+/// Bytes each request inside Python has moved: sent to its client, and of its body read.
 ///
 /// # Safety
 /// Event-loop thread.
-unsafe fn bytes_moved() -> u64 {
+unsafe fn bytes_moved() -> Vec<(usize, u64)> {
     // SAFETY: per the function contract; a listed request and its connection are live while it
     // is inside Python (the module holds the request).
     unsafe {
-        CONNECTIONS.get_mut().iter().fold(0u64, |sum, &(c, r)| {
-            let c = c as *mut ngx_connection_t;
-            let r = r as *mut ngx_http_request_t;
-            let read = (*(*r).main).request_length.max(0) as u64;
-            sum.wrapping_add((*c).sent.max(0) as u64).wrapping_add(read)
-        })
+        CONNECTIONS
+            .get_mut()
+            .iter()
+            .map(|&(c, r)| {
+                let sent = (*(c as *mut ngx_connection_t)).sent.max(0) as u64;
+                let read = (*(*(r as *mut ngx_http_request_t)).main)
+                    .request_length
+                    .max(0) as u64;
+                (r, sent.wrapping_add(read))
+            })
+            .collect()
     }
 }
 
-/// Notes whether the requests inside Python moved bytes since the last look.
+/// Notes whether a request inside Python moved bytes since the last look (one that came or
+/// went meanwhile is no movement of the others).
 ///
 /// # Safety
 /// Event-loop thread.
@@ -311,8 +332,15 @@ unsafe fn note_movement(now: ngx_msec_t) {
     unsafe {
         let moved = bytes_moved();
         let last = MOVED.get_mut();
-        if last.1 == 0 || last.0 != moved {
-            *last = (moved, now.max(1));
+        let any = last.1 == 0
+            || moved.iter().any(|&(r, n)| {
+                last.0
+                    .iter()
+                    .any(|&(before_r, before)| before_r == r && before != n)
+            });
+        last.0 = moved;
+        if any {
+            last.1 = now.max(1);
         }
     }
 }
@@ -331,9 +359,14 @@ unsafe fn waits_while_moving(outstanding: usize, now: ngx_msec_t) -> bool {
     let moved_at = unsafe { MOVED.get_mut().1 };
     // SAFETY: per the function contract.
     let waits = unsafe { shutdown_timeout() }.is_none()
+        && !OWN_EXIT.load(Relaxed)
         && moved_at != 0
         && now.saturating_sub(moved_at) < EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS;
-    if waits && !WAITED_WHILE_MOVING.swap(true, Relaxed) {
+    if !waits {
+        return false;
+    }
+    if !WAITED_WHILE_MOVING.swap(true, Relaxed) {
+        MOVING_NOTICED_AT.store(now.max(1), Relaxed);
         crate::ffi::log::cycle_log(
             NGX_LOG_NOTICE as usize,
             &format!(
@@ -344,8 +377,21 @@ unsafe fn waits_while_moving(outstanding: usize, now: ngx_msec_t) -> bool {
                 EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS
             ),
         );
+    } else if now.saturating_sub(MOVING_NOTICED_AT.load(Relaxed))
+        >= EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS
+    {
+        // An old worker that stays (an endless stream that keeps sending) shows in the log.
+        MOVING_NOTICED_AT.store(now.max(1), Relaxed);
+        crate::ffi::log::cycle_log(
+            NGX_LOG_NOTICE as usize,
+            &format!(
+                "wsgi: {outstanding} request(s) inside Python still moving bytes {} ms into the \
+                 worker's exit",
+                exiting_for()
+            ),
+        );
     }
-    waits
+    true
 }
 
 /// Past the exit's default bound (no `worker_shutdown_timeout`), whether the worker goes on
@@ -417,13 +463,23 @@ fn cancel_asgi_left(outstanding: usize, loop_stuck: bool, now: ngx_msec_t) -> bo
         return false;
     }
     CANCELLED_AT.store(now.max(1), Relaxed);
+    let after = if WAITED_WHILE_MOVING.load(Relaxed) {
+        format!(
+            "{} ms into the worker's exit, none having moved a byte for {} ms,",
+            exiting_for(),
+            EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS
+        )
+    } else {
+        // SAFETY: on the event loop (the exit's timer).
+        format!("after the shutdown timeout of {} ms", unsafe {
+            exit_bound()
+        })
+    };
     crate::ffi::log::cycle_log(
         NGX_LOG_WARN as usize,
         &format!(
-            "wsgi: {outstanding} ASGI request(s) still running after the shutdown timeout of {} ms \
-             are cancelled; the apps' lifespan shutdown follows",
-            // SAFETY: on the event loop (the exit's timer).
-            unsafe { exit_bound() }
+            "wsgi: {outstanding} ASGI request(s) still running {after} are cancelled; the apps' \
+             lifespan shutdown follows"
         ),
     );
     true

@@ -155,6 +155,7 @@ fn recycle(why: &str, drain: bool) {
         &format!("wsgi: this worker {why}; recycling it"),
     );
     crate::metrics::recycled();
+    crate::inflight::exit_is_the_workers_own();
     crate::sibling_workers::withdraw();
     let others_accept = crate::sibling_workers::others_accept();
     if drain {
