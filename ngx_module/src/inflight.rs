@@ -114,10 +114,8 @@ static MOVED: LoopCell<(Vec<(usize, u64)>, ngx_msec_t)> = LoopCell::new((Vec::ne
 /// The worker ends itself (recycling: `wsgi_max_requests`, `wsgi_max_rss`, an app that could
 /// not load, a dead event loop), and nginx starts its successor only once it has ended.
 static OWN_EXIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-/// The worker said it waits past the default bound for requests that move bytes.
-static WAITED_WHILE_MOVING: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-/// When it last said so.
+/// When the worker last said it waits past the default bound for requests that move bytes
+/// (0: it never did).
 static MOVING_NOTICED_AT: AtomicUsize = AtomicUsize::new(0);
 /// The worker said it waits past the default bound for its other connections.
 static WAITED_WITH_OTHERS: std::sync::atomic::AtomicBool =
@@ -259,7 +257,7 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
                     && !cancel_asgi_left(outstanding, stuck_loop.is_some(), now)
                     && !waits_with_others(ev, outstanding)
                 {
-                    let after = if WAITED_WHILE_MOVING.load(Relaxed) {
+                    let after = if waited_while_moving() {
                         format!(
                             "{} ms into the worker's exit, none having moved a byte for {} ms{}",
                             now.saturating_sub(since),
@@ -292,6 +290,11 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
             ngx_add_timer(ev, RECHECK_MS as _);
         }
     })
+}
+
+/// Whether the worker waited past the default bound for requests that moved bytes.
+fn waited_while_moving() -> bool {
+    MOVING_NOTICED_AT.load(Relaxed) != 0
 }
 
 /// The worker's exit is its own (see [`OWN_EXIT`]): it does not wait past the default bound
@@ -365,7 +368,8 @@ unsafe fn waits_while_moving(outstanding: usize, now: ngx_msec_t) -> bool {
     if !waits {
         return false;
     }
-    if !WAITED_WHILE_MOVING.swap(true, Relaxed) {
+    let noticed_at = MOVING_NOTICED_AT.load(Relaxed);
+    if noticed_at == 0 {
         MOVING_NOTICED_AT.store(now.max(1), Relaxed);
         crate::ffi::log::cycle_log(
             NGX_LOG_NOTICE as usize,
@@ -377,9 +381,7 @@ unsafe fn waits_while_moving(outstanding: usize, now: ngx_msec_t) -> bool {
                 EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS
             ),
         );
-    } else if now.saturating_sub(MOVING_NOTICED_AT.load(Relaxed))
-        >= EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS
-    {
+    } else if now.saturating_sub(noticed_at) >= EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS {
         // An old worker that stays (an endless stream that keeps sending) shows in the log.
         MOVING_NOTICED_AT.store(now.max(1), Relaxed);
         crate::ffi::log::cycle_log(
@@ -463,7 +465,7 @@ fn cancel_asgi_left(outstanding: usize, loop_stuck: bool, now: ngx_msec_t) -> bo
         return false;
     }
     CANCELLED_AT.store(now.max(1), Relaxed);
-    let after = if WAITED_WHILE_MOVING.load(Relaxed) {
+    let after = if waited_while_moving() {
         format!(
             "{} ms into the worker's exit, none having moved a byte for {} ms,",
             exiting_for(),
