@@ -1,7 +1,7 @@
 //! `wsgi.file_wrapper`: wraps a file-like object as an iterable of blocks (PEP 3333 "Optional
 //! Platform-Specific File Handling"). Servers may recognise it and send the file directly.
 
-use std::ffi::CStr;
+use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use pyo3::prelude::*;
@@ -14,9 +14,10 @@ pub struct FileRange {
     pub fd: OwnedFd,
     pub offset: u64,
     pub len: u64,
-    /// What the server's log lines about reading it name it: a C string, since nginx prints a
-    /// file's name with `%s` (its alert about a file that shrank while being sent, for one).
-    pub label: &'static CStr,
+    /// What the server's log lines about reading it name it (the file's path where known): a C
+    /// string, since nginx prints a file's name with `%s` (its alert about a file that shrank
+    /// while being sent, for one).
+    pub label: CString,
 }
 
 /// The file behind `iterable` when it is a `wsgi.file_wrapper` over a regular file with a real
@@ -56,8 +57,16 @@ pub(crate) fn file_range(iterable: &Bound<'_, PyAny>, limit: Option<u64>) -> Opt
         fd: unsafe { OwnedFd::from_raw_fd(dup) },
         offset: position,
         len,
-        label: c"wsgi.file_wrapper",
+        label: path_of(dup).unwrap_or_else(|| c"wsgi.file_wrapper".to_owned()),
     })
+}
+
+/// The path the kernel knows an open file by (an operator looks for that file when the log says
+/// it shrank while being sent); `None` where it has none to give.
+fn path_of(fd: std::os::fd::RawFd) -> Option<CString> {
+    let path = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+    use std::os::unix::ffi::OsStringExt;
+    CString::new(path.into_os_string().into_vec()).ok()
 }
 
 /// The file whose descriptor holds what `filelike`'s `read()` gives: `filelike` itself when it

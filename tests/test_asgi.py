@@ -663,6 +663,24 @@ def test_pathsend_has_nginx_send_the_file(server, tmp_path):
     assert "No such file or directory" in log and "not a regular file" in log
 
 
+def test_a_pathsend_file_that_shrinks_while_sent_is_named_by_its_path_in_the_log(server, tmp_path):
+    path = tmp_path / "shrinking.bin"
+    path.write_bytes(b"A" * (32 << 20))
+    path.chmod(0o644)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(f"GET /file?{path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        got = read_until(s, b"\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200") and b"content-length: %d" % (32 << 20) in got.lower(), got
+        os.truncate(path, 1 << 20)
+        while chunk := s.recv(1 << 20):
+            got += chunk
+    assert len(got) < (32 << 20), "cut short, not padded"
+    wait_for(lambda: f'"{path}"' in server.error_log(), what="nginx's alert naming the file")
+    line = next(line for line in server.error_log().splitlines() if f'"{path}"' in line)
+    assert re.search(r'(reported that|from) "%s"( was truncated|, client)' % re.escape(str(path)), line), line
+
+
 def test_pathsend_of_a_relative_path_is_from_the_working_directory(nginx_factory, tmp_path):
     """Starlette's FileResponse("image.png") sends the path as given: it is opened from the
     worker's current directory, nginx's `working_directory`."""

@@ -135,7 +135,8 @@ impl HttpExchange {
                 fd: file.into(),
                 offset: 0,
                 len,
-                label: c"http.response.pathsend",
+                label: std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+                    .unwrap_or_else(|_| c"http.response.pathsend".to_owned()),
             },
         );
         let end = match self.declared {
