@@ -13,6 +13,7 @@ use crate::accel::AccelHeaders;
 use crate::arena::{Arena, Span};
 use crate::errors::ErrorStream;
 use crate::file_wrapper::FileWrapper;
+use crate::intercepted::InterceptedStatuses;
 
 /// The CGI variables an adapter sets from its server's request; all are native strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,8 @@ pub struct RequestInfo {
     /// The app's `X-Accel-*` headers its location ignores (a response setting, carried here
     /// because this is what the request hands the core).
     ignored_accel: AccelHeaders,
+    /// The statuses the server answers itself in the app's place (a response setting too).
+    intercepted: InterceptedStatuses,
 }
 
 impl RequestInfo {
@@ -92,6 +95,10 @@ impl RequestInfo {
     /// The `X-Accel-*` headers of the app's response that the server ignores.
     pub fn ignored_accel(&self) -> AccelHeaders {
         self.ignored_accel
+    }
+
+    pub fn intercepted(&self) -> InterceptedStatuses {
+        self.intercepted
     }
 
     /// `METHOD URI PROTOCOL`, for log lines.
@@ -291,6 +298,11 @@ impl RequestInfoBuilder {
     /// The app's `X-Accel-*` headers to ignore (`wsgi_ignore_headers`).
     pub fn ignore_accel(&mut self, headers: AccelHeaders) -> &mut Self {
         self.info.ignored_accel = headers;
+        self
+    }
+
+    pub fn intercept(&mut self, statuses: InterceptedStatuses) -> &mut Self {
+        self.info.intercepted = statuses;
         self
     }
 

@@ -24,6 +24,9 @@ pub struct ResponseHead {
     status_len: usize,
     /// (start, name length, value length) of each header in `text`.
     fields: Vec<(u32, u32, u32)>,
+    /// The server answers this status itself (its `error_page`), in the app's place: the app's
+    /// body is not used (see [`crate::intercepted`]).
+    pub answered_by_server: bool,
 }
 
 impl ResponseHead {
@@ -38,6 +41,7 @@ impl ResponseHead {
             text,
             status_len: status_line.len(),
             fields: Vec::with_capacity(headers),
+            answered_by_server: false,
         }
     }
 
@@ -103,6 +107,7 @@ impl ResponseHead {
             self.text.len(),
         );
         head.content_length = self.content_length;
+        head.answered_by_server = self.answered_by_server;
         for (name, value) in self.headers() {
             if kept(name) {
                 head.push_header(name, value);
@@ -134,6 +139,12 @@ impl ResponseHead {
     /// server answers from there instead, and the app's body is not used.
     pub fn internal_redirect(&self) -> Option<&[u8]> {
         self.header("X-Accel-Redirect")
+    }
+
+    /// Whether the server answers in the app's place (an internal redirect, or its own page for
+    /// the status): the app's body is dropped as it comes, never streamed.
+    pub fn body_unused(&self) -> bool {
+        self.answered_by_server || self.internal_redirect().is_some()
     }
 }
 

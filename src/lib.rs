@@ -28,6 +28,7 @@ pub mod forked;
 pub mod head;
 pub mod heap;
 pub mod input;
+pub mod intercepted;
 pub mod interpreter;
 pub mod log_text;
 pub mod logging_bridge;

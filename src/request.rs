@@ -177,6 +177,7 @@ fn run_attached(
     let start = StartResponse::new(
         sink,
         info.ignored_accel(),
+        info.intercepted(),
         info.field(Field::RequestMethod) == b"HEAD",
     );
     let ending = start.ending.clone();
@@ -299,7 +300,7 @@ fn run_attached(
         return Outcome::failed();
     };
     let mut kind = OutcomeKind::Complete;
-    if let (Some(declared), None) = (head.content_length, head.internal_redirect()) {
+    if let (Some(declared), false) = (head.content_length, head.body_unused()) {
         if excess > 0 {
             log_error(
                 info,
@@ -337,7 +338,7 @@ fn file_body(
 ) -> Option<FileRange> {
     let mut sr = start_response.try_borrow_mut().ok()?;
     let head = sr.head.as_ref()?;
-    if sr.streaming || sr.committed || !sr.body.is_empty() || head.internal_redirect().is_some() {
+    if sr.streaming || sr.committed || !sr.body.is_empty() || head.body_unused() {
         return None;
     }
     let range = crate::file_wrapper::file_range(iterable, head.content_length)?;

@@ -14,6 +14,7 @@ pub use crate::head::{
     check_header_bytes, head_from_python, is_connection_header, parse_header, parse_status,
     split_charset, ResponseHead,
 };
+use crate::intercepted::InterceptedStatuses;
 use crate::sink::{ChunkSink, ClientGone};
 
 pyo3::create_exception!(
@@ -99,6 +100,8 @@ pub struct StartResponse {
     pub(crate) ending: Arc<std::sync::atomic::AtomicBool>,
     /// The `X-Accel-*` headers the server is configured to ignore.
     ignored: AccelHeaders,
+    /// The statuses the server answers itself.
+    intercepted: InterceptedStatuses,
     /// The request is a HEAD: whatever the app yields, nothing of it reaches the client.
     head_request: bool,
 }
@@ -107,11 +110,13 @@ impl StartResponse {
     pub(crate) fn new(
         sink: Option<Arc<dyn ChunkSink>>,
         ignored: AccelHeaders,
+        intercepted: InterceptedStatuses,
         head_request: bool,
     ) -> Self {
         StartResponse {
             sink,
             ignored,
+            intercepted,
             head_request,
             ..Default::default()
         }
@@ -170,7 +175,7 @@ impl StartResponse {
             }
             None => data,
         };
-        if data.is_empty() || head.internal_redirect().is_some() {
+        if data.is_empty() || head.body_unused() {
             return Ok(());
         }
         self.committed = true;
@@ -211,11 +216,15 @@ impl StartResponse {
     /// server stops iterating: all its `Content-Length` said (PEP 3333), or, for a response that
     /// has no body (a HEAD's, a 204, a 304), its first byte, which sends the head. An endless
     /// stream asked for with HEAD would otherwise hold its thread, and its connection's next
-    /// request, for ever.
+    /// request, for ever. Nor does any of a body the server answers in place of (an
+    /// `X-Accel-Redirect`, an intercepted error status).
     pub(crate) fn has_whole_body(&self) -> bool {
         let Some(head) = self.head.as_ref() else {
             return false;
         };
+        if head.body_unused() {
+            return true;
+        }
         if self.committed && (self.head_request || head.is_bodiless()) {
             return true;
         }
@@ -277,7 +286,9 @@ impl StartResponse {
                 }
                 None => {}
             }
-            this.head = Some(head_from_python(status, headers, this.ignored)?);
+            let mut head = head_from_python(status, headers, this.ignored)?;
+            head.answered_by_server = this.intercepted.contains(head.status);
+            this.head = Some(head);
             this.announce_head();
         }
         slf.getattr(pyo3::intern!(py, "write"))

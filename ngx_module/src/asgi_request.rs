@@ -11,6 +11,7 @@ use std::time::Instant;
 use nginx_sys::{ngx_event_t, ngx_http_request_t, ngx_msec_t};
 use ngx_wsgi::asgi::{BodyRead, HttpEnd, HttpServer, TaskWatch};
 use ngx_wsgi::file_wrapper::FileRange;
+use ngx_wsgi::intercepted::InterceptedStatuses;
 use ngx_wsgi::{Chunk, ClientGone, Outcome, OutcomeKind, ResponseHead};
 
 use crate::event_streams::{self, EndsAtExit};
@@ -38,6 +39,15 @@ pub(crate) enum RequestBody {
     Streamed(Arc<BodyStream>),
 }
 
+/// What nginx answers in the app's place in the request's location.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AnswersInPlace {
+    /// An `X-Accel-Redirect` (`wsgi_ignore_headers` does not name it).
+    pub redirects: bool,
+    /// The statuses of its `error_page`s (`wsgi_intercept_errors`).
+    pub intercepted: InterceptedStatuses,
+}
+
 pub(crate) struct AsgiRequest {
     pub stream: Arc<Stream>,
     /// A body handed over as it arrives.
@@ -51,8 +61,7 @@ pub(crate) struct AsgiRequest {
     /// A response made from its head alone: a file (`http.response.pathsend`, kept until the
     /// request's pool goes: nginx sends from its descriptor) or an `X-Accel-Redirect`.
     pub whole_response: Mutex<Option<Outcome>>,
-    /// The location acts on `X-Accel-Redirect` (`wsgi_ignore_headers` does not name it).
-    redirects: bool,
+    answers: AnswersInPlace,
     on_end: OnEnd,
     /// Its place in the event loop's queue, and its task once started.
     pub watch: Arc<TaskWatch>,
@@ -80,7 +89,7 @@ impl AsgiRequest {
         on_end: OnEnd,
         read_timeout: ngx_msec_t,
         label: String,
-        redirects: bool,
+        answers: AnswersInPlace,
     ) -> Arc<AsgiRequest> {
         let (body, lent_body) = match body {
             RequestBody::Whole(lease) => (None, Some(lease)),
@@ -97,7 +106,7 @@ impl AsgiRequest {
                 end: None,
             }),
             whole_response: Mutex::new(None),
-            redirects,
+            answers,
             on_end,
             watch: Arc::new(TaskWatch::default()),
             read_timeout,
@@ -233,11 +242,15 @@ impl HttpServer for AsgiRequest {
         self.respond_whole(head, Some(file));
     }
 
-    fn redirect(&self, head: ResponseHead) -> Result<(), ResponseHead> {
-        if !self.redirects {
+    fn answers_status(&self, status: u16) -> bool {
+        self.answers.intercepted.contains(status)
+    }
+
+    fn answer_in_place(&self, head: ResponseHead) -> Result<(), ResponseHead> {
+        if !self.answers.redirects && !head.answered_by_server {
             return Err(head);
         }
-        // The completion answers it as it answers a WSGI app's redirect (response::send).
+        // The completion answers it as it answers a WSGI app's (response::send).
         self.respond_whole(head, None);
         Ok(())
     }

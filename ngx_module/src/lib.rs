@@ -36,6 +36,7 @@ mod header_fields;
 mod header_filter;
 mod heap_trim;
 mod inflight;
+mod intercept_errors;
 mod job;
 mod lifecycle;
 mod metrics;

@@ -76,6 +76,8 @@ pub(crate) unsafe fn collect(
     b.https(unsafe { lc.scheme.https(r) });
     b.ignore_accel(lc.ignore_headers.headers());
     // SAFETY: per the function contract.
+    b.intercept(unsafe { crate::intercept_errors::statuses(r, lc) });
+    // SAFETY: per the function contract.
     b.log_route(unsafe { crate::ffi::log::route_of(r) });
     if let Some(index) = request_id_var {
         // SAFETY: the index is `$request_id`'s, registered at configuration; on the loop.

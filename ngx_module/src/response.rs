@@ -64,6 +64,9 @@ pub(crate) unsafe fn send(
         if let Some(uri) = head.internal_redirect().filter(|_| redirects) {
             return redirect(r, head, uri);
         }
+        if head.answered_by_server {
+            return intercepted(r, head);
+        }
         let truncated = outcome.kind == OutcomeKind::Truncated;
         let is_head = (*r).method == NGX_HTTP_HEAD as usize;
         // A HEAD's body says nothing of GET's length (apps often leave it empty), but a file's
@@ -192,6 +195,28 @@ unsafe fn redirect(r: *mut ngx_http_request_t, head: &ResponseHead, uri: &[u8]) 
         }
         // The redirect took its own reference to the request; this releases the app's.
         NGX_DONE as ngx_int_t
+    }
+}
+
+/// A status the location's `error_page` answers (`wsgi_intercept_errors`): nginx finalizes the
+/// request with it, as its upstream modules do, and the app's body is not sent. A 401 keeps the
+/// app's `WWW-Authenticate` (nginx's upstreams keep it too: the challenge is what makes it one).
+unsafe fn intercepted(r: *mut ngx_http_request_t, head: &ResponseHead) -> ngx_int_t {
+    // SAFETY: `r` is live on the event loop and has sent nothing; the strings are pool copies.
+    unsafe {
+        if head.status == 401
+            && set_headers(r, &head.keeping(&[b"www-authenticate"]), None).is_err()
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
+        (*r).headers_out.status = 0;
+        (*r).headers_out.status_line = ngx_str_t::empty();
+        (*r).headers_out.content_length_n = -1;
+        // A body the app left unread while it still arrives: the connection ends after the page.
+        if (*r).reading_body() != 0 {
+            (*r).set_keepalive(0);
+        }
+        head.status as ngx_int_t
     }
 }
 

@@ -70,10 +70,16 @@ pub trait HttpServer: Send + Sync {
     /// The whole response is `head` and this file (`http.response.pathsend`): the server sends
     /// the file itself. [`finish`](Self::finish) follows.
     fn send_file(&self, head: ResponseHead, file: FileRange);
-    /// `head` carries an `X-Accel-Redirect`: the server answers from its target instead of the
-    /// app's body, once [`finish`](Self::finish) says `Complete`. Gives the head back when the
-    /// server does not act on the header (then it is an ordinary response).
-    fn redirect(&self, head: ResponseHead) -> Result<(), ResponseHead> {
+    /// Whether the server answers responses of `status` itself (its error page), in the app's
+    /// place (see [`crate::intercepted`]).
+    fn answers_status(&self, _status: u16) -> bool {
+        false
+    }
+    /// `head` carries an `X-Accel-Redirect`, or a status the server answers itself: the server
+    /// answers from the redirect's target or its own page instead of the app's body, once
+    /// [`finish`](Self::finish) says `Complete`. Gives the head back when the server does not
+    /// act on it (then it is an ordinary response).
+    fn answer_in_place(&self, head: ResponseHead) -> Result<(), ResponseHead> {
         Err(head)
     }
     fn client_gone(&self) -> bool;
@@ -116,8 +122,9 @@ enum Response {
     Started,
     /// Head and body pieces went to the server.
     Streaming,
-    /// The head is an `X-Accel-Redirect` the server took: the app's body pieces are dropped.
-    Redirected,
+    /// The server took the head to answer in the app's place (an `X-Accel-Redirect`, a status
+    /// it answers itself): the app's body pieces are dropped.
+    AnsweredByServer,
     /// `more_body` was false: complete.
     Done,
 }
@@ -361,9 +368,10 @@ impl HttpExchange {
         // Once the client is gone every send says so, whatever it is (an app that handles the
         // disconnect by starting an error response gets the same, not a protocol error), but
         // where the response was whole already: a HEAD's head went out, its Content-Length's
-        // bytes did, or it was complete.
+        // bytes did, the server answered in the app's place, or it was complete.
         if self.left
             && self.response != Response::Done
+            && self.response != Response::AnsweredByServer
             && !(self.bodiless && self.response == Response::Streaming)
             && !self.body_whole()
         {
@@ -603,7 +611,7 @@ impl HttpExchange {
             }
             let end = match self.response {
                 // A redirect is answered only once its response is complete.
-                Response::Idle | Response::Started | Response::Redirected => HttpEnd::Failed,
+                Response::Idle | Response::Started | Response::AnsweredByServer => HttpEnd::Failed,
                 _ => HttpEnd::Truncated,
             };
             self.finish(if client_gone {
@@ -620,8 +628,9 @@ impl HttpExchange {
             self.finish(HttpEnd::ClientGone);
             return;
         }
-        // A redirect head with no body message yet: the response it promised is incomplete.
-        self.take_redirect();
+        // A head the server answers, with no body message yet: the response it promised is
+        // incomplete.
+        self.take_server_answer();
         match self.response {
             Response::Idle => {
                 // A middleware that knows only http.response.body (Gradio's Brotli one) drops
@@ -638,7 +647,7 @@ impl HttpExchange {
                 );
                 self.finish(HttpEnd::Failed);
             }
-            Response::Redirected => {
+            Response::AnsweredByServer => {
                 self.log_error(
                     "the application returned before its response was complete (more_body)",
                     "",

@@ -27,7 +27,7 @@ use ngx_wsgi::asgi::{HttpEnd, HttpRequest, WsRequest};
 use ngx_wsgi::body_lease::BodyLease;
 use ngx_wsgi::{Apps, Chunk, Outcome, OutcomeKind, ResponseHead};
 
-use crate::asgi_request::{AsgiRequest, RequestBody};
+use crate::asgi_request::{AnswersInPlace, AsgiRequest, RequestBody};
 use crate::asgi_ws::{AsgiWs, WsHooks, WsSettings};
 use crate::dispatch::QueueLimits;
 use crate::ffi::{guard, module, timer};
@@ -164,7 +164,11 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             complete,
             read_timeout,
             label("is still running"),
-            !lc.ignore_headers.headers().contains(AccelHeaders::REDIRECT),
+            AnswersInPlace {
+                redirects: !lc.ignore_headers.headers().contains(AccelHeaders::REDIRECT),
+                // SAFETY: `r` is live on the event loop.
+                intercepted: unsafe { crate::intercept_errors::statuses(r, lc) },
+            },
         ))
     };
     // SAFETY: the request pool is live; its cleanup drops this reference when the request is

@@ -5,6 +5,7 @@
 pub(crate) mod accel;
 pub(crate) mod app;
 pub(crate) mod asgi;
+pub(crate) mod intercept;
 pub(crate) mod limits;
 pub(crate) mod params;
 pub(crate) mod python;
@@ -55,6 +56,8 @@ pub(crate) struct LocConf {
     pub limits: limits::LocationLimits,
     /// `wsgi_ignore_headers`.
     pub ignore_headers: accel::IgnoreHeaders,
+    /// `wsgi_intercept_errors`.
+    pub intercept_errors: intercept::InterceptErrors,
     /// `wsgi_status`: this location answers the metrics.
     pub status: bool,
     pub websocket: asgi::WebSocketConf,
@@ -81,6 +84,7 @@ impl Merge for LocConf {
         self.scheme.merge(&parent.scheme);
         self.limits.merge(&parent.limits);
         self.ignore_headers.merge(&parent.ignore_headers);
+        self.intercept_errors.merge(&parent.intercept_errors);
         self.websocket.merge(&parent.websocket);
         self.asgi_http.merge(&parent.asgi_http);
         Ok(())
@@ -255,7 +259,7 @@ const fn directive(
 }
 
 /// Every `wsgi_*` directive. nginx reads the table for the whole program and never writes it.
-pub(crate) static mut COMMANDS: [ngx_command_t; 31] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 32] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -381,6 +385,13 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 31] = [
         asgi::set_websocket_exit_code,
         NGX_HTTP_LOC_CONF_OFFSET,
         0,
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_intercept_errors"),
+        ANY_LEVEL | NGX_CONF_FLAG,
+        nginx_sys::ngx_conf_set_flag_slot,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        offset_of!(LocConf, intercept_errors.0),
     ),
     directive(
         ngx::ngx_string!("asgi_pathsend"),

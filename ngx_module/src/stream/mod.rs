@@ -334,7 +334,8 @@ impl ChunkSink for Stream {
     }
 
     fn head_known(&self, head: &ResponseHead) {
-        let event_stream = self.resumable && head.is_event_stream();
+        // A head whose body is not used (nginx answers in the app's place) is no stream.
+        let event_stream = self.resumable && head.is_event_stream() && !head.body_unused();
         if !event_stream && !self.listed.load(Ordering::Acquire) {
             return; // most responses: nothing to keep, nothing to take back
         }

@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use super::{get_opt, HttpEnd, HttpExchange, Response};
 use crate::asgi::message_values::header_pair;
 use crate::file_wrapper::FileRange;
+use crate::response::ResponseHead;
 
 impl HttpExchange {
     /// `http.response.trailers`: this server does not offer the extension (no
@@ -28,23 +29,21 @@ impl HttpExchange {
         }
     }
 
-    /// Whether the response is an internal redirect the server took: the first time, hands it
-    /// the head when it has an `X-Accel-Redirect` (before any body piece went out).
-    pub(super) fn take_redirect(&mut self) -> bool {
+    /// Whether the server took the response to answer in the app's place: the first time, hands
+    /// it the head when the head has an `X-Accel-Redirect` or a status the server answers itself
+    /// (before any body piece went out).
+    pub(super) fn take_server_answer(&mut self) -> bool {
         if self.response == Response::Started
-            && self
-                .head
-                .as_ref()
-                .is_some_and(|h| h.internal_redirect().is_some())
+            && self.head.as_ref().is_some_and(ResponseHead::body_unused)
         {
             if let Some(head) = self.head.take() {
-                match self.server.redirect(head) {
-                    Ok(()) => self.response = Response::Redirected,
+                match self.server.answer_in_place(head) {
+                    Ok(()) => self.response = Response::AnsweredByServer,
                     Err(head) => self.head = Some(head),
                 }
             }
         }
-        self.response == Response::Redirected
+        self.response == Response::AnsweredByServer
     }
 
     /// `http.response.pathsend`: the response's body is a file, which the server sends.
@@ -63,7 +62,7 @@ impl HttpExchange {
         if self.gone || self.finished {
             return Err(Self::gone_error());
         }
-        if self.take_redirect() {
+        if self.take_server_answer() {
             self.response = Response::Done;
             self.finish(HttpEnd::Complete);
             return Ok(());

@@ -73,6 +73,7 @@ impl HttpExchange {
         let line = format!("{status} {reason}");
         let headers = get_opt(message, pyo3::intern!(message.py(), "headers"))?;
         let mut head = ResponseHead::new(status, line.as_bytes(), 8, 256);
+        head.answered_by_server = self.server.answers_status(status);
         if let Some(headers) = headers {
             for item in headers.try_iter()? {
                 let item = item?;
@@ -114,7 +115,7 @@ impl HttpExchange {
             && !self.gone
             && !self.finished
             && head.is_event_stream()
-            && head.internal_redirect().is_none()
+            && !head.body_unused()
         {
             // Its client learns of the stream now, as from uvicorn, not at the first event
             // (sse-starlette's first ping is 15 s away; a client's read timeout may come first).
@@ -158,11 +159,13 @@ impl HttpExchange {
             None => None,
         };
         let len = body.as_ref().map_or(0, |b| b.as_bytes().len());
-        if self.bodiless && self.response == Response::Streaming {
+        let answered = self.response == Response::AnsweredByServer;
+        if answered || (self.bodiless && self.response == Response::Streaming) {
             // A HEAD's (204's, 304's) head went out and the server ended the response with it
-            // (`end_if_bodiless`). Its last piece is taken; one with more to come is dropped
-            // for a while, then raises, or an endless stream (Starlette's StreamingResponse
-            // stops only when send() raises) would run for ever.
+            // (`end_if_bodiless`), or the server answered in the app's place. Its last piece is
+            // taken; one with more to come is dropped for a while, then raises, or an endless
+            // stream (Starlette's StreamingResponse stops only when send() raises) would run
+            // for ever.
             if more {
                 self.bodiless_dropped += len as u64;
                 if self.bodiless_dropped <= BODILESS_QUIET_BYTES
@@ -173,9 +176,12 @@ impl HttpExchange {
                     self.dropped = true;
                     return Ok(true);
                 }
-                return Err(ClientDisconnected::new_err(
-                    "the response has no body (HEAD, 204 or 304): the server ended it with its head",
-                ));
+                return Err(ClientDisconnected::new_err(if answered {
+                    "the server answered in the application's place (X-Accel-Redirect, or its \
+                     error page for the status): the body is not sent"
+                } else {
+                    "the response has no body (HEAD, 204 or 304): the server ended it with its head"
+                }));
             }
             self.response = Response::Done;
             return Ok(true);
@@ -200,13 +206,18 @@ impl HttpExchange {
             }
             return Err(Self::gone_error());
         }
-        if self.take_redirect() {
-            // The body that comes with a redirect is not the response (nginx's upstreams drop
-            // it too).
-            if !more {
+        if self.take_server_answer() {
+            // The body that comes with a redirect or an intercepted error is not the response
+            // (nginx's upstreams drop it too, and answer at the head): answered now, the rest
+            // dropped as a bodiless response's is, and the app told its client went.
+            if more {
+                self.gone = true;
+                self.left = true;
+                self.bodiless_since = Some(std::time::Instant::now());
+            } else {
                 self.response = Response::Done;
-                self.finish(HttpEnd::Complete);
             }
+            self.finish(HttpEnd::Complete);
             return Ok(true);
         }
         if let Some(declared) = self.declared {

@@ -47,7 +47,7 @@ impl HttpServer for Fake {
     fn send_file(&self, head: ResponseHead, file: FileRange) {
         *self.file.lock().unwrap() = Some((head.status, file.len));
     }
-    fn redirect(&self, head: ResponseHead) -> Result<(), ResponseHead> {
+    fn answer_in_place(&self, head: ResponseHead) -> Result<(), ResponseHead> {
         if !self.redirects.load(Ordering::Relaxed) {
             return Err(head);
         }
@@ -267,11 +267,49 @@ fn an_accel_redirect_is_the_whole_response_and_its_body_is_dropped() {
             .unwrap(),
             "a dropped piece never waits for room"
         );
+        assert_eq!(
+            *server.ended.lock().unwrap(),
+            vec![HttpEnd::Complete],
+            "answered at the head, as nginx answers a proxied app's"
+        );
         assert!(send(&ex, "{'type': 'http.response.body', 'body': b'cdef'}").unwrap());
         assert!(server.pushed.lock().unwrap().is_empty(), "nothing sent");
         assert_eq!(
             server.redirected.lock().unwrap().as_deref(),
             Some(&b"/protected/a.bin"[..])
+        );
+        assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Complete]);
+    });
+}
+
+#[test]
+fn an_endless_body_after_a_redirect_head_stops_with_client_disconnected() {
+    with_python(|py| {
+        let server = Arc::new(Fake::default());
+        server.redirects.store(true, Ordering::Relaxed);
+        let ex = exchange(py, &server, None);
+        assert!(send(&ex, REDIRECT).unwrap());
+        let piece = py
+            .eval(
+                c"{'type': 'http.response.body', 'body': b'x' * 65536, 'more_body': True}",
+                None,
+                None,
+            )
+            .unwrap();
+        let mut taken = 0;
+        let error = loop {
+            match ex.call_method1("send_now", (&piece,)) {
+                Ok(_) => taken += 1,
+                Err(e) => break e,
+            }
+            assert!(taken < 100, "dropped for ever");
+        };
+        assert!(error.is_instance_of::<ClientDisconnected>(py), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("answered in the application's place"),
+            "{error}"
         );
         assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Complete]);
     });
@@ -294,17 +332,12 @@ fn an_accel_redirect_the_server_ignores_is_an_ordinary_response() {
 }
 
 #[test]
-fn an_app_that_fails_after_a_redirect_head_gets_a_500() {
+fn an_app_that_fails_after_a_redirect_head_before_its_body_gets_a_500() {
     with_python(|py| {
         let server = Arc::new(Fake::default());
         server.redirects.store(true, Ordering::Relaxed);
         let ex = exchange(py, &server, None);
         assert!(send(&ex, REDIRECT).unwrap());
-        assert!(send(
-            &ex,
-            "{'type': 'http.response.body', 'body': b'a', 'more_body': True}"
-        )
-        .unwrap());
         let error = py.eval(c"RuntimeError('broken')", None, None).unwrap();
         ex.call_method1("ended", (error,)).unwrap();
         assert_eq!(*server.ended.lock().unwrap(), vec![HttpEnd::Failed]);
