@@ -163,9 +163,8 @@ impl ErrorStream {
                 crate::response::type_name(text)
             ))
         })?;
-        let s = text.to_cow()?;
-        emit_lines(py, self.name, &s);
-        Ok(s.chars().count())
+        emit_lines(py, self.name, &crate::log_text::python_text(text));
+        text.len()
     }
 
     fn writelines(&self, lines: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -215,7 +214,7 @@ impl ErrorStream {
 
     #[getter]
     fn errors(&self) -> &'static str {
-        "strict"
+        "backslashreplace"
     }
 
     #[getter]

@@ -1,4 +1,5 @@
-//! Shaping log text for servers whose log entries have a size limit.
+//! Shaping log text: Python text as the log takes it, and entries split for servers whose log
+//! entries have a size limit.
 
 /// Splits `msg` into pieces of at most `max` bytes, at line ends where possible, so that a long
 /// traceback becomes several whole-line entries instead of one truncated entry.
@@ -32,6 +33,28 @@ pub fn write_all(fd: std::os::fd::RawFd, mut bytes: &[u8]) {
         }
         bytes = &bytes[n as usize..];
     }
+}
+
+/// Python text as the log takes it: a lone surrogate (a file name that is not UTF-8, which
+/// `os.listdir` and `os.fsdecode` give as one) escaped as CPython's own `sys.stderr` writes it
+/// (`\udce9`), where a strict conversion would raise in the app's `print()` or lose its log
+/// record.
+pub fn python_text<'a>(
+    text: &'a pyo3::Bound<'_, pyo3::types::PyString>,
+) -> std::borrow::Cow<'a, str> {
+    use pyo3::prelude::*;
+    if let Ok(s) = text.to_cow() {
+        return s;
+    }
+    let escaped = text
+        .call_method1(
+            pyo3::intern!(text.py(), "encode"),
+            ("utf-8", "backslashreplace"),
+        )
+        .ok()
+        .and_then(|b| b.extract::<Vec<u8>>().ok())
+        .unwrap_or_default();
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&escaped).into_owned())
 }
 
 #[cfg(test)]

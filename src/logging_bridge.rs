@@ -95,7 +95,16 @@ pub(crate) fn python_origin(py: Python<'_>) -> (String, usize) {
 }
 
 #[pyfunction]
-fn emit(py: Python<'_>, level: i32, name: &str, message: &str) {
+fn emit(
+    py: Python<'_>,
+    level: i32,
+    name: &Bound<'_, pyo3::types::PyString>,
+    message: &Bound<'_, pyo3::types::PyString>,
+) {
+    let (name, message) = (
+        crate::log_text::python_text(name),
+        crate::log_text::python_text(message),
+    );
     let (suffix, route) = python_origin(py);
     crate::server_log::routed(route, || match level {
         l if l >= 40 => tracing::error!(target: "python", "{name}: {message}{suffix}"),

@@ -360,6 +360,20 @@ def start_with_standard_output_at_dev_null(server):
     return server
 
 
+def test_text_with_a_lone_surrogate_is_logged_escaped_not_an_error(nginx_factory):
+    # os.listdir's name for a file that is not UTF-8 holds a lone surrogate: print(), wsgi.errors
+    # and logging write it as CPython's stderr does (backslashreplace), as gunicorn logs it, where
+    # the daemon's standard output and error are the module's streams.
+    server = start_with_standard_output_at_dev_null(nginx_factory(location("/", APPS / "surrogates.py")))
+    r = requests.get(server.url("/"), timeout=10)
+    assert (r.status_code, r.text) == (200, "backslashreplace backslashreplace")
+    log = server.error_log()
+    for line in ("sys.stdout: print: caf\\udce9.txt", "sys.stderr: stderr: caf\\udce9.txt",
+                 "wsgi.errors: caf\\udce9.txt", "app: logging: could not find caf\\udce9.txt"):
+        assert line in log, (line, log[-3000:])
+    assert "Logging error" not in log and "UnicodeEncodeError" not in log
+
+
 def test_print_reaches_the_error_log_where_standard_output_is_dev_null(nginx_factory):
     """nginx's daemon points the workers' standard output at /dev/null: what an app prints is
     logged instead (an entry per line, with the request's id), not lost."""
