@@ -146,6 +146,24 @@ def test_scope_of_a_prefix_location(server):
     assert s["state"] == ["pid", "shared"], "the lifespan's state"
 
 
+def test_raw_path_is_the_changed_uri_after_a_rewrite_or_an_internal_redirect(nginx_factory):
+    # As proxy_pass sends a changed URI: escaped, so that raw_path agrees with path (BlackSheep
+    # routes on raw_path) and begins with root_path; an unchanged one is as the client sent it.
+    server = nginx_factory(
+        "  location /legacy/ { rewrite ^/legacy/(.*)$ /mount/$1 last; }\n"
+        "  location = /missing { error_page 404 = /mount/scope/from-error-page; return 404; }\n"
+        + asgi("/mount/", APP)).start()
+    s = scope_of(server, "/legacy/scope/caf%C3%A9%20x?q=1")
+    assert (s["path"], s["raw_path"], s["root_path"], s["query_string"]) == \
+        ("/mount/scope/caf\u00e9 x", "/mount/scope/caf%C3%A9%20x", "/mount", "q=1")
+    s = scope_of(server, "/missing")
+    assert (s["path"], s["raw_path"]) == ("/mount/scope/from-error-page",) * 2
+    # (requests would send %7E as ~)
+    data = raw_request(server.port, b"GET /mount/scope/%7Eme HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    s = json.loads(data.partition(b"\r\n\r\n")[2])
+    assert (s["path"], s["raw_path"]) == ("/mount/scope/~me", "/mount/scope/%7Eme")
+
+
 def test_on_a_unix_socket_client_is_none_and_server_the_path(nginx_factory, tmp_path):
     sock = tmp_path / "app.sock"
     s = nginx_factory("", http_extra=f"server {{\n listen unix:{sock};\n{asgi('/', APP)} }}\n").start()

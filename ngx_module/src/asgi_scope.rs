@@ -2,8 +2,9 @@
 //! parsed: no second parse of the request.
 
 use nginx_sys::{
-    ngx_connection_local_sockaddr, ngx_http_request_t, ngx_int_t, ngx_str_t, ngx_uint_t,
-    NGX_HTTP_VERSION_10, NGX_HTTP_VERSION_20, NGX_HTTP_VERSION_9, NGX_OK,
+    ngx_connection_local_sockaddr, ngx_escape_uri, ngx_http_request_t, ngx_int_t, ngx_str_t,
+    ngx_uint_t, NGX_ESCAPE_URI, NGX_HTTP_VERSION_10, NGX_HTTP_VERSION_20, NGX_HTTP_VERSION_9,
+    NGX_OK,
 };
 use ngx_wsgi::asgi::scope::{HttpScopeBuilder, ScopeField};
 use ngx_wsgi::asgi::HttpScope;
@@ -69,6 +70,14 @@ pub(crate) unsafe fn collect(
     }
     let path = ngx_bytes(&r.uri);
     let target = ngx_bytes(&r.unparsed_uri);
+    // A rewrite or an internal redirect (try_files, error_page, X-Accel-Redirect) changed the URI:
+    // raw_path is the new one, escaped, as `proxy_pass` sends it (BlackSheep routes on raw_path,
+    // which must agree with path, and begin with root_path).
+    let changed_raw_path = if r.valid_unparsed_uri() == 0 {
+        escaped_uri(path)
+    } else {
+        Vec::new()
+    };
     let (root_path, _) = ngx_wsgi::environ::split_mount(path, lc.app.script_name.as_slice());
     let client = ngx_bytes(&c.addr_text);
     // One pass to size the arena, so that it is one allocation.
@@ -86,6 +95,7 @@ pub(crate) unsafe fn collect(
     let size = method.len()
         + path.len()
         + target.len()
+        + changed_raw_path.len()
         + query.len()
         + root_path.len()
         + client.len()
@@ -101,6 +111,7 @@ pub(crate) unsafe fn collect(
         .set(ScopeField::Method, method)
         .set(ScopeField::Path, path)
         .set(ScopeField::Target, target)
+        .set(ScopeField::ChangedRawPath, &changed_raw_path)
         .set(ScopeField::QueryString, query)
         .set(ScopeField::RootPath, root_path)
         .set(ScopeField::RequestId, request_id);
@@ -116,6 +127,30 @@ pub(crate) unsafe fn collect(
         })
     };
     b.build()
+}
+
+/// `uri` escaped as nginx escapes a changed URI it sends on (`NGX_ESCAPE_URI`).
+fn escaped_uri(uri: &[u8]) -> Vec<u8> {
+    // SAFETY: with a NULL destination nginx only counts the bytes to escape in `uri`.
+    let escapes = unsafe {
+        ngx_escape_uri(
+            std::ptr::null_mut(),
+            uri.as_ptr().cast_mut(),
+            uri.len(),
+            NGX_ESCAPE_URI as ngx_uint_t,
+        )
+    };
+    let mut out = vec![0u8; uri.len() + 2 * escapes];
+    // SAFETY: `out` has room for every byte of `uri` plus two for each one escaped.
+    unsafe {
+        ngx_escape_uri(
+            out.as_mut_ptr(),
+            uri.as_ptr().cast_mut(),
+            uri.len(),
+            NGX_ESCAPE_URI as ngx_uint_t,
+        )
+    };
+    out
 }
 
 #[cfg(test)]

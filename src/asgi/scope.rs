@@ -30,9 +30,12 @@ pub enum ScopeField {
     ServerHost,
     /// The server's id of the request, for log lines (not part of the scope).
     RequestId,
+    /// `raw_path` when it is not the target's path: the server changed the URI (a rewrite, an
+    /// internal redirect) and gives the new one, escaped (empty: the target's).
+    ChangedRawPath,
 }
 
-const FIELD_COUNT: usize = 8;
+const FIELD_COUNT: usize = 9;
 
 /// One request's scope, in memory the request owns: every byte string in one arena (made on the
 /// server's thread, freed on the loop's) and each header's place in a second vector.
@@ -147,9 +150,13 @@ impl HttpScope {
         self.field(ScopeField::Method)
     }
 
-    /// The request target's path (up to its `?`), as the client sent it.
+    /// The request target's path (up to its `?`), as the client sent it, or the URI the server
+    /// changed it to.
     pub fn raw_path(&self) -> &[u8] {
-        raw_path_of(self.field(ScopeField::Target))
+        match self.field(ScopeField::ChangedRawPath) {
+            b"" => raw_path_of(self.field(ScopeField::Target)),
+            changed => changed,
+        }
     }
 
     /// The server's id of the request (empty without one).
