@@ -135,10 +135,11 @@ impl AppSpec {
                 self.callable
             ));
         }
-        if self.kind == AppKind::Asgi {
-            crate::asgi_version::check(&obj)
-                .map_err(|e| format!("{}:{} {e}", self.describe(), self.callable))?;
-        }
+        let kind_check = match self.kind {
+            AppKind::Asgi => crate::asgi_version::check(&obj),
+            AppKind::Wsgi => crate::asgi_version::check_not_asgi(&obj),
+        };
+        kind_check.map_err(|e| format!("{}:{} {e}", self.describe(), self.callable))?;
         Ok(obj.unbind())
     }
 

@@ -27,21 +27,47 @@ def _asgi_version(app):
         return 2
     except TypeError:
         return 0
+
+def _is_asgi(app):
+    # A coroutine function, or an instance whose __call__ is one (Starlette, FastAPI, Quart,
+    # Django's ASGIHandler), never answers a WSGI call. A class is not looked at: a WSGI app may
+    # be one (instantiated with environ and start_response).
+    if inspect.isclass(app):
+        return False
+    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(
+        getattr(type(app), '__call__', None))
 ";
+
+/// Calls the check's function `name` on `app`.
+fn ask<'py, T: for<'a> FromPyObject<'a, 'py>>(app: &Bound<'py, PyAny>, name: &str) -> PyResult<T> {
+    let py = app.py();
+    let globals = pyo3::types::PyDict::new(py);
+    py.run(CHECK, Some(&globals), None)?;
+    globals
+        .get_item(name)?
+        .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err(format!("no {name}")))?
+        .call1((app,))?
+        .extract()
+        .map_err(Into::into)
+}
+
+/// Ok when `app`, served by `wsgi_app`, is not plainly an ASGI application; else why not.
+pub fn check_not_asgi(app: &Bound<'_, PyAny>) -> Result<(), String> {
+    match ask::<bool>(app, "_is_asgi") {
+        Ok(true) => Err(
+            "is an ASGI application (a coroutine function, called as app(scope, \
+                         receive, send)): serve it with asgi_app"
+                .into(),
+        ),
+        // What cannot be looked at is left to its first request.
+        _ => Ok(()),
+    }
+}
 
 /// Ok when `app` can be an ASGI 3 application; else why not.
 pub fn check(app: &Bound<'_, PyAny>) -> Result<(), String> {
     let py = app.py();
-    let version = (|| -> PyResult<i32> {
-        let globals = pyo3::types::PyDict::new(py);
-        py.run(CHECK, Some(&globals), None)?;
-        globals
-            .get_item("_asgi_version")?
-            .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no _asgi_version"))?
-            .call1((app,))?
-            .extract()
-    })()
-    .map_err(|e| crate::traceback::format(py, &e))?;
+    let version = ask::<i32>(app, "_asgi_version").map_err(|e| crate::traceback::format(py, &e))?;
     match version {
         3 => Ok(()),
         2 => Err(

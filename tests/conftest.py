@@ -40,6 +40,9 @@ UNLOADABLE_APPS = [
     (f"{APPS}/sleepy.py:no_such_callable", "has no attribute \"no_such_callable\""),
     (f"{APPS}/broken/missing.py", "missing.py does not exist or is not a file"),
     ("no_such_package.wsgi", "ModuleNotFoundError: No module named 'no_such_package'"),
+    # An ASGI app under wsgi_app would answer every request with a 500.
+    (f"{APPS}/asgi_kinds.py:app", "asgi_kinds.py:app is an ASGI application"),
+    (f"{APPS}/asgi_kinds.py:framework_instance", "framework_instance is an ASGI application"),
 ]
 
 

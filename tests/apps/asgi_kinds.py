@@ -27,3 +27,13 @@ def two_arguments(scope, receive):
 
 
 not_callable = 42
+
+
+class _Framework:
+    """An ASGI framework's application object (Starlette's, Quart's): its __call__ is async."""
+
+    async def __call__(self, scope, receive, send):
+        await app(scope, receive, send)
+
+
+framework_instance = _Framework()
