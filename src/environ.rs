@@ -161,6 +161,11 @@ impl RequestInfo {
         for &(key, value) in &self.headers {
             environ.set_item(latin1(py, self.bytes(key))?, latin1(py, self.bytes(value))?)?;
         }
+        if self.https {
+            // CGI's mark of a TLS request (Apache's mod_ssl sets it, `uwsgi_params` passes it),
+            // which older apps read instead of `wsgi.url_scheme`; a `wsgi_param` may override it.
+            environ.set_item(intern!(py, "HTTPS"), intern!(py, "on"))?;
+        }
         for &(key, value) in &self.params {
             environ.set_item(latin1(py, self.bytes(key))?, latin1(py, self.bytes(value))?)?;
         }

@@ -64,7 +64,7 @@ def test_server_identity_never_comes_from_client_headers(server):
     e = environ(server, "/", headers=[("Host", "evil.example:9999"), ("X-Forwarded-Proto", "https")])
     assert e["SERVER_NAME"] == "test.local"
     assert e["SERVER_PORT"] == str(server.port)
-    assert e["wsgi.url_scheme"] == "http"
+    assert e["wsgi.url_scheme"] == "http" and "HTTPS" not in e
     assert e["HTTP_HOST"] == "evil.example:9999"
 
 
@@ -283,7 +283,7 @@ def curl_json(*args):
 
 def test_tls_sets_https_scheme(tls_server):
     e = curl_json("-k", "--http1.1", f"https://127.0.0.1:{tls_server.port}/s")
-    assert e["wsgi.url_scheme"] == "https"
+    assert (e["wsgi.url_scheme"], e["HTTPS"]) == ("https", "on"), "HTTPS as uwsgi_params passes it"
     assert e["SERVER_PROTOCOL"] == "HTTP/1.1"
 
 
