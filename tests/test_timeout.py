@@ -323,3 +323,26 @@ def test_a_stream_cut_at_its_deadline_while_it_waits_for_its_client_runs_its_clo
     log = server.error_log()
     assert "wsgi_read_timeout" in log
     assert "close() raised" not in log, log
+
+
+def test_the_access_log_has_a_timed_out_or_abandoned_request_when_it_ends_not_when_its_thread_does(
+        nginx_factory, tmp_path):
+    # As nginx logs a proxied request at its timeout (504) or when its client goes (499): the
+    # entry is there while the app's thread still holds the request, and only once.
+    tmp_path.chmod(0o777)
+    log = tmp_path / "access.log"
+    server = nginx_factory(
+        location("/timed/", APPS / "stubborn.py", f"wsgi_read_timeout 300ms; wsgi_param WSGI_GATE_DIR {tmp_path};")
+        + location("/", APPS / "stubborn.py", f"wsgi_param WSGI_GATE_DIR {tmp_path};"),
+        http_extra="log_format ended '$status $request_uri';",
+        server_extra=f"access_log {log} ended;").start()
+    assert requests.get(server.url("/timed/a"), timeout=10).status_code == 504
+    wait_for(lambda: log.exists() and "504 /timed/a\n" in log.read_text(), what="the 504's entry")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /gone HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_for(lambda: (tmp_path / "entered-gone").exists(), what="the request inside Python")
+    wait_for(lambda: "499 /gone\n" in log.read_text(), what="the abandoned request's entry")
+    (tmp_path / "release").touch()
+    assert requests.get(server.url("/after"), timeout=10).text == "late"
+    wait_for(lambda: "200 /after\n" in log.read_text(), what="the next request's entry")
+    assert log.read_text().splitlines() == ["504 /timed/a", "499 /gone", "200 /after"], log.read_text()

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use nginx_sys::{
     ngx_event_t, ngx_http_request_t, ngx_http_run_posted_requests, ngx_int_t, ngx_pool_cleanup_add,
     ngx_post_event, ngx_posted_events, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST,
-    NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
 };
 use ngx_wsgi::{run_request, Apps, Body, ChunkSink, Outcome, RequestBody, RequestWatch};
 
@@ -351,6 +351,11 @@ unsafe fn watch_client(job: *mut Job, r: *mut ngx_http_request_t) {
     // SAFETY: per the function contract.
     unsafe {
         (*job).stream.on_readable(r);
+        if (*(*r).connection).error() != 0 && (*job).stream.is_cancelled() {
+            // Logged as it went (a 499 where nothing was sent), as nginx logs a proxied
+            // request whose client went, not when the app's thread comes back.
+            crate::access_log::write_now(r, Some(NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t));
+        }
         answer_if_gone_while_queued(job);
     }
 }
@@ -432,7 +437,12 @@ pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
             );
             (*job).watch.interrupt_in_background(what);
             crate::metrics::timed_out();
-            (*job).timed_out = Some((*job).stream.time_out(r));
+            let rc = (*job).stream.time_out(r);
+            (*job).timed_out = Some(rc);
+            if rc != NGX_OK as ngx_int_t {
+                // Answered (or cut) now: logged now, as a proxied request's timeout is.
+                crate::access_log::write_now(r, Some(rc));
+            }
             if let Some(body) = &(*job).body_stream {
                 body.fail("wsgi_read_timeout: the request timed out");
             }

@@ -10,6 +10,7 @@
 // reaches unused there.
 #![cfg_attr(test, allow(dead_code))]
 
+mod access_log;
 mod asgi_handler;
 mod asgi_queue;
 mod asgi_request;
