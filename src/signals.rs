@@ -104,7 +104,28 @@ fn current(sig: libc::c_int) -> Option<libc::sigaction> {
 /// SIGCHLD back to its default disposition in this process, so that the app's children stay
 /// waitable by whoever started them (`subprocess`, `os.waitpid`, `multiprocessing`).
 pub fn leave_children_to_their_parents() -> std::io::Result<()> {
-    to_default(libc::SIGCHLD)
+    to_default(libc::SIGCHLD)?;
+    CHILD_SIGNAL_IGNORED.store(true, std::sync::atomic::Ordering::Release);
+    Ok(())
+}
+
+/// SIGCHLD has its default disposition (ignored) in this process: the module's threads leave it
+/// unblocked. A child's SIGCHLD goes to the thread that started it; blocked there, it waited
+/// for a thread that does not block it, nginx's event loop, whose `epoll_wait` it interrupted
+/// (an `[info] epoll_wait() failed (4: Interrupted system call)` per child an app ran), where
+/// an ignored signal that no thread blocks is dropped as it is sent.
+static CHILD_SIGNAL_IGNORED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// The mask of the module's threads: every signal but their own faults, and SIGCHLD where it is
+/// ignored.
+fn helper_mask() -> libc::sigset_t {
+    let mut mask = signal_set(&FAULTS);
+    if CHILD_SIGNAL_IGNORED.load(std::sync::atomic::Ordering::Acquire) {
+        // SAFETY: takes a valid signal number out of an initialised set.
+        unsafe { libc::sigdelset(&mut mask, libc::SIGCHLD) };
+    }
+    mask
 }
 
 /// SIGSYS back to its default disposition in this process. nginx ignores it (for the BSDs,
@@ -198,9 +219,10 @@ extern "C" fn defaults_in_child() {
 /// Blocks again, in the calling helper thread, the signals [`spawn_helper`] blocked: an app may
 /// have unblocked some (`multiprocessing`'s resource tracker leaves SIGINT and SIGTERM so in
 /// the thread that started it), and a signal for the process taken there would run the
-/// server's handler without waking its event loop. One system call; run between jobs.
+/// server's handler without waking its event loop. Sets the whole mask (nginx's own pool
+/// threads block SIGCHLD too). One system call; run between jobs.
 pub fn block_server_signals() {
-    change_thread_mask(libc::SIG_BLOCK, &signal_set(&FAULTS));
+    change_thread_mask(libc::SIG_SETMASK, &helper_mask());
 }
 
 /// Puts the calling server thread's signal mask back, when dropped, as it was before an app
@@ -287,7 +309,7 @@ where
         builder = builder.stack_size(size);
     }
     // A new thread inherits its creator's mask: the caller's own comes back once it exists.
-    let old = change_thread_mask(libc::SIG_BLOCK, &signal_set(&FAULTS));
+    let old = change_thread_mask(libc::SIG_SETMASK, &helper_mask());
     let spawned = builder.spawn(f);
     change_thread_mask(libc::SIG_SETMASK, &old);
     spawned

@@ -30,6 +30,16 @@ def test_a_child_reports_its_own_exit_status(real_app, kind):
         assert r.status_code == 200 and r.text == str(code), (kind, code, r.text)
 
 
+def test_an_apps_children_do_not_interrupt_the_servers_event_loop(real_app):
+    # A child's SIGCHLD (ignored) is dropped as it is sent, where the thread that started it
+    # leaves it unblocked: blocked there, it went to nginx's event loop, whose epoll_wait logged
+    # "epoll_wait() failed (4: Interrupted system call)" at info, once per child.
+    before = real_app.error_log().count("Interrupted system call")
+    for kind in ("run", "popen_wait", "mp_fork"):
+        assert requests.get(real_app.url(f"/child/{kind}?0"), timeout=60).text == "0"
+    assert real_app.error_log().count("Interrupted system call") == before
+
+
 @pytest.mark.parametrize("kind", ["fork", "spawn"])
 def test_a_multiprocessing_child_that_returns_waits_for_its_threads_and_says_0(real_app, kind):
     # Forked from a server thread, the child's main thread is the one Python knew as that
