@@ -574,3 +574,23 @@ def test_a_child_that_cannot_load_its_app_recycles_and_a_fresh_one_tries_again(a
     wait_for(lambda: requests.get(server.url("/"), timeout=10).text == "fixed", timeout=40,
              what="a fresh child loading the fixed app")
     assert "wsgi: this child could not load its apps at its start; recycling it" in server.error_log()
+
+
+@pytest.mark.parametrize("command", ["stop", "graceful-stop"])
+def test_a_stop_is_not_refused_while_an_app_does_not_import(apaches, command):
+    # `apache2 -k stop` reads the configuration only to signal the running server (Debian's
+    # unit stops it with graceful-stop): a deploy half done must not keep it running. A
+    # graceful restart, which starts children with the configuration, is still refused.
+    app = pathlib.Path(shared_dir()) / "app.py"
+    app.write_text('def application(environ, start_response):\n'
+                   '    start_response("200 OK", [("Content-Type", "text/plain")])\n'
+                   '    return [b"one"]\n')
+    server = apaches([route("/", str(app))]).start()
+    assert requests.get(server.url("/"), timeout=10).text == "one"
+    app.write_text("def application(:\n")
+    refused = server.run("-k", "graceful")
+    assert refused.returncode != 0 and "cannot be loaded" in refused.stderr + refused.stdout
+    assert requests.get(server.url("/"), timeout=10).text == "one"
+    stopped = server.run("-k", command)
+    assert stopped.returncode == 0, stopped.stderr + stopped.stdout
+    server.proc.wait(timeout=30)

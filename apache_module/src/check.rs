@@ -38,6 +38,13 @@ pub(crate) unsafe extern "C" fn check_config(
         if state == AP_SQ_MS_CREATE_CONFIG as c_int && generation == 1 {
             return OK as c_int;
         }
+        // `apache2 -k stop` (`graceful-stop`, which Debian's unit stops with) reads the
+        // configuration only to find the running server and signal it: an app that does not
+        // import now (a deploy half done, a database it needs down) must not keep a server from
+        // stopping, and nothing is started with this configuration.
+        if generation == 0 && stops_the_server() {
+            return OK as c_int;
+        }
         let registry = crate::config::snapshot();
         if registry.apps.is_empty() {
             return OK as c_int;
@@ -67,6 +74,29 @@ pub(crate) unsafe extern "C" fn check_config(
     })
 }
 
+/// Whether this process was started to stop the running server (`-k stop`, `-k graceful-stop`),
+/// from its command line as the kernel keeps it (Apache takes `-k` out of the `argv` it keeps).
+fn stops_the_server() -> bool {
+    let Ok(line) = std::fs::read("/proc/self/cmdline") else {
+        return false;
+    };
+    let args: Vec<&[u8]> = line.split(|&b| b == 0).collect();
+    command_of(&args).is_some_and(|k| k == b"stop" || k == b"graceful-stop")
+}
+
+/// The value of `-k` (`-k stop` or `-kstop`) in a command line.
+fn command_of<'a>(args: &[&'a [u8]]) -> Option<&'a [u8]> {
+    let mut args = args.iter().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.strip_prefix(b"-k") {
+            Some(b"") => return args.next().copied(),
+            Some(rest) => return Some(rest),
+            None => {}
+        }
+    }
+    None
+}
+
 /// How Apache will start its children: as `User`/`Group` when it runs as root; the environment
 /// is the parent's, which the children inherit.
 fn worker_setup(registry: &crate::config::Registry) -> WorkerSetup {
@@ -85,5 +115,32 @@ fn worker_setup(registry: &crate::config::Registry) -> WorkerSetup {
         environment: None,
         shutdown_timeout: registry.shutdown_timeout(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_of;
+
+    #[test]
+    fn finds_the_k_command_in_either_spelling() {
+        let line = |args: &[&'static str]| -> Vec<&'static [u8]> {
+            args.iter().map(|a| a.as_bytes()).collect()
+        };
+        assert_eq!(
+            command_of(&line(&["apache2", "-f", "x.conf", "-k", "stop"])),
+            Some(&b"stop"[..])
+        );
+        assert_eq!(
+            command_of(&line(&["apache2", "-kgraceful-stop"])),
+            Some(&b"graceful-stop"[..])
+        );
+        assert_eq!(command_of(&line(&["apache2", "-t"])), None);
+        assert_eq!(command_of(&line(&["apache2", "-k"])), None);
+        assert_eq!(
+            command_of(&line(&["-k", "stop"])),
+            None,
+            "argv[0] is the program"
+        );
     }
 }
