@@ -323,7 +323,7 @@ unsafe fn look(at_accept: bool) {
         if crate::reload_handover::superseded() {
             // A reload's old worker, accepting until the newer ones are ready (its slot in the
             // table is theirs now): it takes its share, and looks no more.
-            crate::shared_sockets::put_back();
+            crate::shared_sockets::put_back(Why::Busy);
             SAMPLES.set([None; WINDOW]);
             return;
         }
@@ -419,7 +419,7 @@ unsafe fn look(at_accept: bool) {
 unsafe fn come_back(why: &str) {
     // SAFETY: per the function contract.
     unsafe {
-        crate::shared_sockets::put_back();
+        crate::shared_sockets::put_back(Why::Busy);
         crate::sibling_workers::ready();
         SWITCHED.set(Some(Instant::now()));
         CAME_BACK.set(Some(Instant::now()));

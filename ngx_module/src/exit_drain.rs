@@ -61,8 +61,10 @@ pub(crate) unsafe fn begin(accepting: Accepting) {
             {
                 send_http2_goaways()
             }
-            // The one that accepts: its shared sockets, left while it was busy, come back.
-            Accepting::GoOn => crate::shared_sockets::put_back(),
+            // The one that accepts: its shared sockets, left while it was busy, come back (not
+            // those a reload's new worker that could not load its apps leaves to the old ones
+            // while they accept: `unloaded_aside.rs` puts them back).
+            Accepting::GoOn => crate::shared_sockets::put_back(crate::shared_sockets::Why::Busy),
             Accepting::LeaveToOthers => {}
         }
         if under_way {

@@ -110,16 +110,14 @@ pub(crate) unsafe fn start_worker(
     }
     // The apps start within the check's timeout each time: an old worker waits as long for a
     // reload's new ones, and a little more.
+    let handover_bound = mc.python.check_timeout() + Duration::from_secs(5);
     // SAFETY: per the function contract.
-    unsafe {
-        crate::reload_handover::ready(
-            cycle,
-            mc.python.check_timeout() + Duration::from_secs(5),
-            failed.is_empty(),
-        )
-    };
+    unsafe { crate::reload_handover::ready(cycle, handover_bound, failed.is_empty()) };
     if failed.is_empty() {
         crate::sibling_workers::ready();
+    } else {
+        // SAFETY: on the event loop.
+        unsafe { crate::unloaded_aside::begin(handover_bound) };
     }
     Ok(())
 }

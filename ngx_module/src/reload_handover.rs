@@ -20,9 +20,11 @@ use nginx_sys::{ngx_cycle_t, ngx_event_t, ngx_msec_t, NGX_LOG_NOTICE};
 use crate::ffi::guard;
 use crate::ffi::timer::WorkerTimer;
 
-/// The shared word: generation (high 32 bits), workers of it expected to become ready (16),
-/// ready (16).
+/// The shared words: generation (high 32 bits), workers of it expected to become ready (16),
+/// ready (16); then how many old workers go on accepting while they wait for the newer ones.
 static SHARED: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+/// This worker counts among the old ones that wait (in the second word).
+static COUNTED: AtomicBool = AtomicBool::new(false);
 /// nginx's clock when the worker, told to quit, began to wait for the newer workers (0: it
 /// has not).
 static WAITING_SINCE: AtomicUsize = AtomicUsize::new(0);
@@ -45,6 +47,46 @@ fn pack(generation: u32, started: u16, ready: u16) -> u64 {
 fn shared() -> Option<&'static AtomicU64> {
     // SAFETY: the pointer is null or the master's shared mapping, never unmapped.
     unsafe { SHARED.load(Ordering::Acquire).as_ref() }
+}
+
+/// The second shared word: old workers accepting while they wait.
+fn waiting_old() -> Option<&'static AtomicU64> {
+    // SAFETY: the pointer is null or the master's shared mapping of two words, never unmapped.
+    unsafe {
+        SHARED
+            .load(Ordering::Acquire)
+            .as_ref()
+            .map(|w| &*(w as *const AtomicU64).add(1))
+    }
+}
+
+/// Counts this worker among the old ones that accept while they wait, or no longer.
+fn count_waiting(waiting: bool) {
+    if COUNTED.swap(waiting, Ordering::AcqRel) == waiting {
+        return;
+    }
+    if let Some(word) = waiting_old() {
+        if waiting {
+            word.fetch_add(1, Ordering::AcqRel);
+        } else {
+            let _ = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+}
+
+/// Whether old workers of a reload go on accepting while they wait for this generation's.
+pub(crate) fn old_workers_accept() -> bool {
+    waiting_old().is_some_and(|w| w.load(Ordering::Acquire) > 0)
+}
+
+/// Whether this worker belongs to a reload's newer generation whose old workers wait for it to
+/// be ready (`wsgi_reload_handover on`): not all of its workers are.
+pub(crate) fn awaited_by_old_workers() -> bool {
+    let Some(word) = shared() else {
+        return false;
+    };
+    let (g, expected, ready) = unpack(word.load(Ordering::Acquire));
+    g == crate::generation::current() && g > 1 && ready < expected
 }
 
 /// Changes the shared word with `change` (None: leave it), retrying on a race.
@@ -75,7 +117,7 @@ pub(crate) fn configuration_taken(expected: usize) {
         let map = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                size_of::<AtomicU64>(),
+                2 * size_of::<AtomicU64>(),
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED | libc::MAP_ANONYMOUS,
                 -1,
@@ -212,6 +254,7 @@ unsafe extern "C" fn on_channel(ev: *mut ngx_event_t) {
             unsafe { nginx_sys::ngx_current_msec }.max(1),
             Ordering::Release,
         );
+        count_waiting(true);
         crate::ffi::log::cycle_log(
             NGX_LOG_NOTICE as usize,
             &format!(
@@ -255,6 +298,7 @@ unsafe extern "C" fn check(ev: *mut ngx_event_t) {
             NGX_LOG_NOTICE as usize,
             &format!("wsgi: the reload's new workers {why}; this worker quits"),
         );
+        count_waiting(false);
         if stopping {
             QUITTING.store(true, Ordering::Release);
             crate::exit_drain::quit();

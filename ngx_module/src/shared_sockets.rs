@@ -17,6 +17,9 @@ pub(crate) enum Why {
     Busy = 1,
     /// It drains before its exit (`exit_drain.rs`): for good.
     Exit = 2,
+    /// A reload's new worker that could not load its apps, while the old ones, which serve them,
+    /// accept (`unloaded_aside.rs`): until they stop.
+    Unloaded = 3,
 }
 
 /// 0 while the worker takes its share of new connections, else the [`Why`] it left them.
@@ -27,12 +30,14 @@ pub(crate) fn left() -> Option<Why> {
     match LEFT.load(Relaxed) {
         1 => Some(Why::Busy),
         2 => Some(Why::Exit),
+        3 => Some(Why::Unloaded),
         _ => None,
     }
 }
 
 /// Takes the shared sockets out of the event set; whether the worker has any to leave. An exit
-/// overrides a busy worker's leaving (nothing puts them back then).
+/// overrides another reason (nothing puts them back then); another reason does not replace the
+/// first one's.
 ///
 /// # Safety
 /// Event-loop thread.
@@ -43,7 +48,7 @@ pub(crate) unsafe fn leave(why: Why) -> bool {
     }
     // SAFETY: per the function contract.
     let any = unsafe { take_out(why == Why::Busy) };
-    if any && left() != Some(Why::Exit) {
+    if any && (left().is_none() || why == Why::Exit) {
         LEFT.store(why as u8, Relaxed);
     }
     any
@@ -72,18 +77,19 @@ pub(crate) unsafe fn kept_out(rev: *mut ngx_event_t) -> bool {
         return false;
     };
     // SAFETY: per the function contract.
-    unsafe { shared_read_events().contains(&rev) && (why == Why::Exit || is_tcp(rev)) }
+    unsafe { shared_read_events().contains(&rev) && (why != Why::Busy || is_tcp(rev)) }
 }
 
-/// A busy worker takes its share of new connections again: its shared sockets go back in the
-/// event set, exclusively when nginx watches them so (`ngx_event_process_init`). Not while
-/// nginx holds every listening socket back after running out of descriptors: its timer puts
-/// them back. Nothing once the worker left them for its exit.
+/// A worker that left its shared sockets for `why` takes its share of new connections again:
+/// they go back in the event set, exclusively when nginx watches them so
+/// (`ngx_event_process_init`). Not while nginx holds every listening socket back after running
+/// out of descriptors: its timer puts them back. Nothing when it left them for another reason
+/// (for its exit, for good).
 ///
 /// # Safety
 /// Event-loop thread.
-pub(crate) unsafe fn put_back() {
-    if left() != Some(Why::Busy) {
+pub(crate) unsafe fn put_back(why: Why) {
+    if left() != Some(why) || why == Why::Exit {
         return;
     }
     LEFT.store(0, Relaxed);
