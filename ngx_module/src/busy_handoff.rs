@@ -381,10 +381,17 @@ unsafe fn look(at_accept: bool) {
                     SWITCHED.set(Some(Instant::now()));
                     let other = percent(other.unwrap_or(0));
                     log(&if full {
+                        // Said as it is: an admin chases the limit it names.
+                        let short = if at_accept || short_of_connections() {
+                            "it is short of worker_connections or of descriptors"
+                        } else {
+                            "its requests wait for a Python thread: wsgi_max_threads, or its \
+                             wsgi_thread_pool's threads, all busy"
+                        };
                         format!(
-                            "wsgi: this worker has no room for more connections (it is short of \
-                             worker_connections or of descriptors; another worker {other}): its \
-                             new connections go to the other workers until it has"
+                            "wsgi: this worker has no room for more requests ({short}; another \
+                             worker {other}): its new connections go to the other workers until \
+                             it has"
                         )
                     } else {
                         format!(
