@@ -82,6 +82,20 @@ def test_a_task_that_never_awaits_is_interrupted_and_the_loop_goes_on(server):
     wait_for(lambda: scrape(server)["wsgi_lost_slots"] == 0, what="the interrupted task's end")
 
 
+def test_a_task_the_requests_task_spawned_that_never_awaits_is_interrupted(server):
+    # The request's own task awaits the spawned one, which the loop runs: that one is
+    # interrupted, as it runs in a copy of the request's context.
+    r = requests.get(server.url("/t/spin-in-child?e"), timeout=30)
+    assert r.status_code == 504
+    wait_for(lambda: "/spin-in-child?e" in stats(server)["interrupted"], what="TimeoutError in the app")
+    text = entry(server.error_log(), 'wsgi_read_timeout: "GET /t/spin-in-child?e HTTP/1.1"')
+    assert "it keeps the event loop busy without awaiting, so it cannot be cancelled: " \
+           "interrupting it with TimeoutError" in text, text
+    assert "in endpoint" in text, text
+    assert requests.get(server.url("/after-child-spin"), timeout=10).text == "/after-child-spin?"
+    wait_for(lambda: scrape(server)["wsgi_lost_slots"] == 0, what="the interrupted task's end")
+
+
 def test_a_stream_past_its_deadline_is_cut_at_once(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as s:
         s.sendall(b"GET /t/stream-hang?c HTTP/1.1\r\nHost: test.local\r\n\r\n")

@@ -22,6 +22,14 @@ pub(crate) trait LoopThread {
     fn thread_ident(&self) -> Option<u64>;
     /// Records that an asynchronous exception was aimed at the loop's thread.
     fn note_interrupt(&self);
+    /// Whether `running`, the task the loop's thread runs, runs for the request whose context
+    /// value is `request_id` (a task its own task spawned copied its context). Runs Python code.
+    fn runs_for(
+        &self,
+        py: Python<'_>,
+        running: &Bound<'_, PyAny>,
+        request_id: &Bound<'_, PyAny>,
+    ) -> bool;
 }
 
 const QUEUED: u8 = 0;
@@ -99,6 +107,8 @@ pub struct TaskWatch {
     interrupted: AtomicBool,
     /// The asyncio task (set on the loop's thread when it is created).
     task: Mutex<Option<Py<PyAny>>>,
+    /// What the request's context holds (its id object): the tasks its own task spawns have it.
+    request_id: Mutex<Option<Py<PyAny>>>,
 }
 
 impl TaskWatch {
@@ -161,8 +171,9 @@ impl TaskWatch {
         self.task.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn set_task(&self, task: Py<PyAny>) {
+    pub(crate) fn set_task(&self, task: Py<PyAny>, request_id: Py<PyAny>) {
         *self.task() = Some(task);
+        *self.request_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(request_id);
     }
 
     /// On the loop's thread, once the deadline passed: logs where the task waits and cancels
@@ -204,9 +215,11 @@ impl TaskWatch {
     }
 
     /// On the watchdog's thread (with the GIL, which the loop's thread gave up at a switch
-    /// interval or a blocking call): when the loop is running this very task, it does not
-    /// await and a cancellation would never be seen, so its thread gets `TimeoutError`, which
-    /// lands in the task's own code. Otherwise the loop's cancellation does the job.
+    /// interval or a blocking call): when the loop is running this very task, or one it spawned
+    /// (a framework's middleware runs the endpoint in a task of its own: Starlette's HTTP
+    /// middleware, Django), it does not await and a cancellation would never be seen, so its
+    /// thread gets `TimeoutError`, which lands in that task's code. Otherwise the loop's
+    /// cancellation does the job.
     pub(crate) fn interrupt_if_blocking(&self, py: Python<'_>, lp: &impl LoopThread, what: &str) {
         if self.handled.load(Ordering::Acquire) {
             return;
@@ -222,19 +235,36 @@ impl TaskWatch {
         let Ok(current_task) = py.import("asyncio").and_then(|a| a.getattr("current_task")) else {
             return;
         };
-        let running = || {
-            current_task
-                .call1((&loop_object,))
-                .is_ok_and(|current| current.is(task.bind(py)))
+        let Ok(current) = current_task.call1((&loop_object,)) else {
+            return;
         };
-        if !running() {
+        if current.is_none() {
             return;
         }
+        if !current.is(task.bind(py)) {
+            let request_id = self
+                .request_id
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|r| r.clone_ref(py));
+            if !request_id.is_some_and(|r| lp.runs_for(py, &current, r.bind(py))) {
+                return;
+            }
+        }
+        // Asking which task runs is asyncio's C function: it runs no Python code, so the GIL
+        // stays here between the last look and the interrupt.
+        let still_running = || {
+            current_task
+                .call1((&loop_object,))
+                .is_ok_and(|now| now.is(&current))
+        };
         let stack = crate::watchdog::stack_for_log(py, ident);
-        // Formatting the stack ran Python code, during which the GIL may have gone to the loop's
-        // thread and the task awaited or ended: checked again, or the TimeoutError would land in
-        // whatever the loop runs next (another request's task, the loop's own code).
-        if !running() {
+        // Finding the task's context and formatting the stack ran Python code, during which the
+        // GIL may have gone to the loop's thread and the task awaited or ended: checked again,
+        // or the TimeoutError would land in whatever the loop runs next (another request's
+        // task, the loop's own code).
+        if !still_running() {
             return;
         }
         self.handled.store(true, Ordering::Release);

@@ -47,6 +47,15 @@ async def app(scope, receive, send):
             n = 0
             while True:
                 n += 1
+        elif path == "/spin-in-child":
+            # A framework's middleware runs the endpoint in a task of its own (Starlette's HTTP
+            # middleware, Django's handler): the spin is that task's, not the request's (20 s at
+            # most, so that a server that cannot interrupt it is not held for ever).
+            async def endpoint():
+                until = time.monotonic() + 20
+                while time.monotonic() < until:
+                    pass
+            await asyncio.create_task(endpoint())
         elif path == "/stream-hang":
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
             await send({"type": "http.response.body", "body": b"first piece\n", "more_body": True})

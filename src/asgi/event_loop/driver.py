@@ -5,6 +5,7 @@ message or room; when not, the coroutine parks a future that the server's wake-u
 import asyncio
 import functools
 import os
+import sys
 import traceback
 
 
@@ -69,6 +70,32 @@ def _ended(task):
     """The task's done callback (one per task: each is a round trip through the loop)."""
     _, hooks = _CONNECTIONS.pop(task)
     hooks(task)
+
+
+_HANDLE_RUN = asyncio.events.Handle._run.__code__
+
+
+def runs_for(ident, task, var, value):
+    """Whether `task`, which the loop's thread (`ident`) runs now, runs in a context where `var`
+    is `value`: the request's own task set it, and the tasks it spawns copied it (a framework
+    runs the endpoint in one: Starlette's HTTP middleware, Django). Before Python 3.12 a task's
+    context is found in the loop's handle that runs its step (asyncio's own loop; uvloop's
+    handles have no Python frame: the request's own task only). The caller checks afterwards, in
+    C, that the loop still runs `task`."""
+    get_context = getattr(task, "get_context", None)
+    context = None
+    if get_context is not None:
+        context = get_context()
+    else:
+        frame = sys._current_frames().get(ident)
+        while frame is not None:
+            if frame.f_code is _HANDLE_RUN:
+                handle = frame.f_locals.get("self")
+                if getattr(getattr(handle, "_callback", None), "__self__", None) is task:
+                    context = getattr(handle, "_context", None)
+                break
+            frame = frame.f_back
+    return context is not None and context.get(var) is value
 
 
 def await_stack(task):

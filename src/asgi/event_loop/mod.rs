@@ -137,6 +137,8 @@ pub struct AsgiLoop {
     thread_ident: AtomicU64,
     /// The asyncio loop object, once made.
     loop_object: OnceLock<Py<PyAny>>,
+    /// The driver module, once made.
+    driver_module: OnceLock<Py<PyModule>>,
     /// A timed-out task was interrupted with an asynchronous exception at some point.
     interrupted: AtomicBool,
     /// The server stopped the loop (the process's end); any other stop is an app's.
@@ -209,6 +211,7 @@ impl AsgiLoop {
             queued: AtomicUsize::new(0),
             thread_ident: AtomicU64::new(0),
             loop_object: OnceLock::new(),
+            driver_module: OnceLock::new(),
             interrupted: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             teardown_ms: AtomicU64::new(1000),
@@ -244,6 +247,7 @@ impl AsgiLoop {
                 event_loop.call_method1("add_reader", (self.efd, drain))?;
                 super::held_wakes::install(self.efd);
                 let _ = self.loop_object.set(event_loop.clone().unbind());
+                let _ = self.driver_module.set(driver.clone().unbind());
                 // SAFETY: plain query of the calling thread's identity.
                 let ident = unsafe { pyo3::ffi::PyThread_get_thread_ident() };
                 self.thread_ident.store(ident as u64, Ordering::Release);
@@ -557,10 +561,10 @@ impl AsgiLoop {
                     exchange,
                     hooks,
                     crate::logging_bridge::request_id_var(py)?,
-                    request_id,
+                    request_id.clone_ref(py),
                 ),
             )?;
-            watch.set_task(task.unbind());
+            watch.set_task(task.unbind(), request_id);
             Ok(())
         })();
         match started {
@@ -607,5 +611,24 @@ impl LoopThread for AsgiLoop {
 
     fn note_interrupt(&self) {
         self.interrupted.store(true, Ordering::Release);
+    }
+
+    fn runs_for(
+        &self,
+        py: Python<'_>,
+        running: &Bound<'_, PyAny>,
+        request_id: &Bound<'_, PyAny>,
+    ) -> bool {
+        let (Some(driver), Some(ident)) = (self.driver_module.get(), self.thread_ident()) else {
+            return false;
+        };
+        crate::logging_bridge::request_id_var(py)
+            .and_then(|var| {
+                driver
+                    .bind(py)
+                    .call_method1("runs_for", (ident, running, var, request_id))?
+                    .extract::<bool>()
+            })
+            .unwrap_or(false)
     }
 }
