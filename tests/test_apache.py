@@ -550,13 +550,19 @@ def test_a_recycling_child_answers_the_next_request_of_a_connection_its_streamed
     wait_for(lambda: "recycling it" in server.error_log(), what="the child's recycling")
 
 
+def answering_app(text, path=None):
+    """An app file (in a directory the children can read) whose app answers `text`."""
+    path = path or pathlib.Path(shared_dir()) / "app.py"
+    path.write_text('def application(environ, start_response):\n'
+                    '    start_response("200 OK", [("Content-Type", "text/plain")])\n'
+                    f'    return [b"{text}"]\n')
+    return path
+
+
 def test_a_child_that_cannot_load_its_app_recycles_and_a_fresh_one_tries_again(apaches):
     # Its file broken on disk since the check (a deploy under way): the child Apache started in
     # place of a dead one answered 500 for ever, the file fixed or not (mod_wsgi retries).
-    app = pathlib.Path(shared_dir()) / "app.py"
-    app.write_text('def application(environ, start_response):\n'
-                   '    start_response("200 OK", [("Content-Type", "text/plain")])\n'
-                   '    return [b"one"]\n')
+    app = answering_app("one")
     server = apaches([route("/", str(app))]).start()
     assert requests.get(server.url("/"), timeout=10).text == "one"
     first = server.worker_pids()
@@ -568,9 +574,7 @@ def test_a_child_that_cannot_load_its_app_recycles_and_a_fresh_one_tries_again(a
     # Once per child, not a line per request (a flood under load).
     logged = server.error_log().count("was not loaded in this process")
     assert 1 <= logged <= len(server.worker_pids()) < 8, server.error_log()[-3000:]
-    app.write_text('def application(environ, start_response):\n'
-                   '    start_response("200 OK", [("Content-Type", "text/plain")])\n'
-                   '    return [b"fixed"]\n')
+    answering_app("fixed", app)
     wait_for(lambda: requests.get(server.url("/"), timeout=10).text == "fixed", timeout=40,
              what="a fresh child loading the fixed app")
     assert "wsgi: this child could not load its apps at its start; recycling it" in server.error_log()
@@ -581,10 +585,7 @@ def test_a_stop_is_not_refused_while_an_app_does_not_import(apaches, command):
     # `apache2 -k stop` reads the configuration only to signal the running server (Debian's
     # unit stops it with graceful-stop): a deploy half done must not keep it running. A
     # graceful restart, which starts children with the configuration, is still refused.
-    app = pathlib.Path(shared_dir()) / "app.py"
-    app.write_text('def application(environ, start_response):\n'
-                   '    start_response("200 OK", [("Content-Type", "text/plain")])\n'
-                   '    return [b"one"]\n')
+    app = answering_app("one")
     server = apaches([route("/", str(app))]).start()
     assert requests.get(server.url("/"), timeout=10).text == "one"
     app.write_text("def application(:\n")
