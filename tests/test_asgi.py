@@ -164,6 +164,26 @@ def test_raw_path_is_the_changed_uri_after_a_rewrite_or_an_internal_redirect(ngi
     assert (s["path"], s["raw_path"]) == ("/mount/scope/~me", "/mount/scope/%7Eme")
 
 
+def test_wsgi_params_with_http_names_set_request_headers_as_proxy_set_header_does(nginx_factory):
+    # An ASGI app has no environ: `wsgi_param HTTP_*` sets the header (the client's of that name
+    # never reaches the app, as with proxy_set_header); other names have no effect, and say so.
+    server = nginx_factory(asgi("/", APP, "wsgi_param HTTP_X_REMOTE_USER $arg_user if_not_empty; "
+                                          "wsgi_param HTTP_X_FORWARDED_PROTO https; "
+                                          "wsgi_param HTTP_X_REQUEST_ID $request_id; "
+                                          "wsgi_param REMOTE_USER $arg_user;")).start()
+
+    def headers(path, **sent):
+        s = scope_of(server, path, headers=sent)
+        return [(h[1], h[3]) for h in s["headers"]]
+    got = headers("/scope?user=alice", **{"X-Remote-User": "mallory", "X-Forwarded-Proto": "http"})
+    assert [v for n, v in got if n == "x-remote-user"] == ["alice"], got
+    assert [v for n, v in got if n == "x-forwarded-proto"] == ["https"], got
+    assert [len(v) for n, v in got if n == "x-request-id"] == [32], got
+    got = headers("/scope", **{"X-Remote-User": "mallory"})
+    assert "x-remote-user" not in [n for n, _ in got], got
+    assert 'wsgi_param "REMOTE_USER" has no effect in an asgi_app location' in server.error_log() + server.output()
+
+
 def test_on_a_unix_socket_client_is_none_and_server_the_path(nginx_factory, tmp_path):
     sock = tmp_path / "app.sock"
     s = nginx_factory("", http_extra=f"server {{\n listen unix:{sock};\n{asgi('/', APP)} }}\n").start()

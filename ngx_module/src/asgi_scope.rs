@@ -2,9 +2,9 @@
 //! parsed: no second parse of the request.
 
 use nginx_sys::{
-    ngx_connection_local_sockaddr, ngx_escape_uri, ngx_http_request_t, ngx_int_t, ngx_str_t,
-    ngx_uint_t, NGX_ESCAPE_URI, NGX_HTTP_VERSION_10, NGX_HTTP_VERSION_20, NGX_HTTP_VERSION_9,
-    NGX_OK,
+    ngx_connection_local_sockaddr, ngx_escape_uri, ngx_http_complex_value, ngx_http_request_t,
+    ngx_int_t, ngx_str_t, ngx_uint_t, NGX_ESCAPE_URI, NGX_HTTP_VERSION_10, NGX_HTTP_VERSION_20,
+    NGX_HTTP_VERSION_9, NGX_OK,
 };
 use ngx_wsgi::asgi::scope::{HttpScopeBuilder, ScopeField};
 use ngx_wsgi::asgi::HttpScope;
@@ -120,13 +120,53 @@ pub(crate) unsafe fn collect(
     if let Some((host, port)) = server {
         b.server(host, port);
     }
+    // SAFETY: `r` is live on the event loop.
+    let set = unsafe { param_headers(r, lc) };
     // SAFETY: as above.
     unsafe {
         for_each_request_header(r, |name, value| {
-            b.header(name, value);
+            if !set.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                b.header(name, value);
+            }
         })
     };
+    for (name, value) in set.iter() {
+        if let Some(value) = value {
+            b.header(name, value);
+        }
+    }
     b.build()
+}
+
+/// The request headers the location's `wsgi_param HTTP_*` set, as `proxy_set_header` does for a
+/// proxied app (an ASGI app has no environ for the others): `HTTP_X_REMOTE_USER $remote_user`
+/// is `x-remote-user`, which replaces the client's header of that name (None: an empty value with
+/// `if_not_empty`, which leaves the app none, never the client's).
+///
+/// # Safety
+/// `r` is a live request on the event loop.
+unsafe fn param_headers(
+    r: &mut ngx_http_request_t,
+    lc: &LocConf,
+) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let mut set: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    for param in &lc.params.0 {
+        let Some(name) = param.asgi_header() else {
+            continue;
+        };
+        let mut value = ngx_str_t::empty();
+        // SAFETY: the compiled value belongs to the configuration, live for the request; the
+        // result is allocated from the request's pool.
+        if unsafe { ngx_http_complex_value(r, param.value, &mut value) } != NGX_OK as ngx_int_t {
+            continue;
+        }
+        let value = ngx_bytes(&value);
+        let value = (!(param.if_not_empty && value.is_empty())).then(|| value.to_vec());
+        // A later one of the same name wins, as in the environ.
+        set.retain(|(n, _)| *n != name);
+        set.push((name, value));
+    }
+    set
 }
 
 /// `uri` escaped as nginx escapes a changed URI it sends on (`NGX_ESCAPE_URI`).

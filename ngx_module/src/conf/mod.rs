@@ -23,7 +23,7 @@ use nginx_sys::{
     ngx_http_request_t, ngx_int_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG,
     NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_CONF_TAKE23, NGX_ERROR,
     NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
-    NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_LOG_WARN,
 };
 use ngx::core::NGX_CONF_ERROR;
 use ngx::http::{
@@ -113,6 +113,19 @@ pub(crate) unsafe fn finish_location(
             String::from_utf8_lossy(mount)
         );
         return Err(());
+    }
+    let own_params =
+        child.params.0.first().map(|p| p.value) != parent.params.0.first().map(|p| p.value);
+    if child.app.asgi && own_params {
+        for param in child.params.0.iter().filter(|p| p.asgi_header().is_none()) {
+            ngx::ngx_conf_log_error!(
+                NGX_LOG_WARN,
+                cf,
+                "wsgi_param \"{}\" has no effect in an asgi_app location: an ASGI app has no \
+                 environ, and only HTTP_* params, which set a request header, reach it",
+                String::from_utf8_lossy(&param.name)
+            );
+        }
     }
     // Without `wsgi_thread_pool`, the module's own threads run the app.
     if child.app.index.is_some() && !child.streaming.thread_pool_name.data.is_null() {

@@ -21,6 +21,25 @@ pub(crate) struct Param {
     pub if_not_empty: bool,
 }
 
+impl Param {
+    /// The request header it sets for an ASGI app, which has no environ: `HTTP_X_REMOTE_USER`
+    /// is `x-remote-user`; None for a name that is not an `HTTP_` one.
+    pub(crate) fn asgi_header(&self) -> Option<Vec<u8>> {
+        let rest = self.name.strip_prefix(b"HTTP_").filter(|r| !r.is_empty())?;
+        Some(
+            rest.iter()
+                .map(|&c| {
+                    if c == b'_' {
+                        b'-'
+                    } else {
+                        c.to_ascii_lowercase()
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
 /// The `wsgi_param`s of one level.
 #[derive(Default, Clone)]
 pub(crate) struct Params(pub Vec<Param>);
@@ -125,5 +144,25 @@ mod tests {
         let mut own = params(&["C"]);
         own.merge(&parent);
         assert_eq!(names(&own), vec![&b"C"[..]]);
+    }
+
+    #[test]
+    fn an_http_param_is_an_asgi_apps_request_header() {
+        let p = params(&[
+            "HTTP_X_REMOTE_USER",
+            "HTTP_AUTHORIZATION",
+            "REMOTE_USER",
+            "HTTP_",
+        ]);
+        let headers: Vec<Option<Vec<u8>>> = p.0.iter().map(Param::asgi_header).collect();
+        assert_eq!(
+            headers,
+            [
+                Some(b"x-remote-user".to_vec()),
+                Some(b"authorization".to_vec()),
+                None,
+                None
+            ]
+        );
     }
 }
