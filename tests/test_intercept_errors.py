@@ -41,6 +41,14 @@ def test_a_status_with_an_error_page_gets_the_page(server, prefix, query, status
 
 
 @pytest.mark.parametrize("prefix", ["/on/", "/asgi/"])
+def test_an_intercepted_status_comes_before_an_x_accel_redirect(server, prefix):
+    r = requests.get(server.url(f"{prefix}?404&accel"), timeout=10)
+    assert (r.status_code, r.text) == (404, "the site's 404 page\n")
+    r = requests.get(server.url(f"{prefix}?200&accel"), timeout=10)
+    assert (r.status_code, r.text) == (200, "the site's 401 page\n"), "the redirect, for a status without a page"
+
+
+@pytest.mark.parametrize("prefix", ["/on/", "/asgi/"])
 def test_a_401_keeps_the_apps_challenge(server, prefix):
     r = requests.get(server.url(f"{prefix}?401"), timeout=10)
     assert (r.status_code, r.text) == (401, "the site's 401 page\n")

@@ -19,7 +19,7 @@ pub(crate) unsafe fn write_now(r: *mut ngx_http_request_t, status: Option<ngx_in
     if r != req.main || req.logged() != 0 {
         return;
     }
-    if let Some(status) = status {
+    if let Some(status) = status.filter(|&s| s > 0) {
         // SAFETY: a live request has a live connection.
         let sent = unsafe { (*req.connection).sent };
         if req.headers_out.status == 0 || sent == 0 {

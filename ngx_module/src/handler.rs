@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use nginx_sys::{
     ngx_event_t, ngx_http_request_t, ngx_http_run_posted_requests, ngx_int_t, ngx_pool_cleanup_add,
     ngx_post_event, ngx_posted_events, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
+    NGX_HTTP_INTERNAL_SERVER_ERROR,
 };
 use ngx_wsgi::{run_request, Apps, Body, ChunkSink, Outcome, RequestBody, RequestWatch};
 
@@ -193,6 +193,8 @@ unsafe fn run(job: *mut Job) {
             return;
         }
         let (app, info, sink) = ((*job).app, &(*job).info, (*job).stream.clone());
+        // nginx's own pool threads (wsgi_thread_pool) come with nginx's mask, SIGCHLD blocked.
+        ngx_wsgi::signals::block_server_signals();
         crate::metrics::thread_started();
         let outcome = guard("running the app", None, || {
             Some(run_request(
@@ -403,6 +405,7 @@ unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
             let failed = (*job).body_stream.as_ref().is_some_and(|body| body.pull(r));
             if (*(*r).connection).error() != 0 {
                 (*job).stream.client_gone();
+                crate::access_log::write_now(r, Some(NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t));
                 answer_if_gone_while_queued(job);
             } else if (*r).reading_body() == 0 || failed {
                 // The body is in (or nginx's reader is done with a broken one): only the
@@ -437,11 +440,11 @@ pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
             );
             (*job).watch.interrupt_in_background(what);
             crate::metrics::timed_out();
-            let rc = (*job).stream.time_out(r);
+            let (rc, answered) = (*job).stream.time_out(r);
             (*job).timed_out = Some(rc);
-            if rc != NGX_OK as ngx_int_t {
+            if answered {
                 // Answered (or cut) now: logged now, as a proxied request's timeout is.
-                crate::access_log::write_now(r, Some(rc));
+                crate::access_log::write_now(r, None);
             }
             if let Some(body) = &(*job).body_stream {
                 body.fail("wsgi_read_timeout: the request timed out");

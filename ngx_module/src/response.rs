@@ -60,12 +60,13 @@ pub(crate) unsafe fn send(
             }
             (_, Some(head)) => head,
         };
+        // As nginx's upstreams: an intercepted status first, then an X-Accel-Redirect.
+        if head.answered_by_server {
+            return intercepted(r, head);
+        }
         let redirects = !ignored_accel(r).contains(AccelHeaders::REDIRECT);
         if let Some(uri) = head.internal_redirect().filter(|_| redirects) {
             return redirect(r, head, uri);
-        }
-        if head.answered_by_server {
-            return intercepted(r, head);
         }
         let truncated = outcome.kind == OutcomeKind::Truncated;
         let is_head = (*r).method == NGX_HTTP_HEAD as usize;

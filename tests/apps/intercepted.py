@@ -11,6 +11,11 @@ def _head(status):
     return f"{status} From The App", headers
 
 
+def _with_redirect(headers, mode):
+    # An error status with an X-Accel-Redirect: nginx's upstreams take the error page first.
+    return headers + [("X-Accel-Redirect", "/errors/401.html")] if mode == "accel" else headers
+
+
 def _query(query):
     status, _, mode = query.partition("&")
     return int(status or 200), mode
@@ -35,7 +40,7 @@ def application(environ, start_response):
     status, mode = _query(environ["QUERY_STRING"])
     line, headers = _head(status)
     body = f"the app's own {status} page\n".encode()
-    write = start_response(line, headers)
+    write = start_response(line, _with_redirect(headers, mode))
     if mode == "endless":
         return Endless(body, environ["wsgi.errors"])
     if mode == "write":
@@ -51,7 +56,7 @@ async def asgi(scope, receive, send):
     status, mode = _query(scope["query_string"].decode())
     _, headers = _head(status)
     await send({"type": "http.response.start", "status": status,
-                "headers": [(n.lower().encode(), v.encode()) for n, v in headers]})
+                "headers": [(n.lower().encode(), v.encode()) for n, v in _with_redirect(headers, mode)]})
     body = f"the app's own {status} page\n".encode()
     if mode != "endless":
         await send({"type": "http.response.body", "body": body})

@@ -34,7 +34,7 @@ pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
                 return;
             };
             stop_timed_out(event_loop, &request.watch, &request.label);
-            let rc = request.stream.time_out(r);
+            let (rc, _) = request.stream.time_out(r);
             if let Some(body) = &request.body {
                 body.fail("wsgi_read_timeout: the request timed out");
             }
@@ -158,7 +158,7 @@ pub(super) unsafe fn ws_deadline(r: *mut ngx_http_request_t, ws: &AsgiWs) {
     crate::metrics::websocket(-1);
     // SAFETY: per the function contract.
     unsafe {
-        let rc = ws.stream.time_out(r);
+        let (rc, _) = ws.stream.time_out(r);
         end_now(r, (&ws.stream, None, None, ws.posted_at), rc, 504);
     }
 }

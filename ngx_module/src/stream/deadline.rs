@@ -10,11 +10,12 @@ use super::Stream;
 
 impl Stream {
     /// The request's deadline passed while its app runs: answers 504 in its place (or, when the
-    /// response has started, cuts it) and stops the app's output. Returns how to finalize.
+    /// response has started, cuts it) and stops the app's output. Returns how to finalize, and
+    /// whether the server ended the response so (not when it had gone out whole already).
     ///
     /// # Safety
     /// Event-loop thread; `r` is live.
-    pub(crate) unsafe fn time_out(&self, r: *mut ngx_http_request_t) -> ngx_int_t {
+    pub(crate) unsafe fn time_out(&self, r: *mut ngx_http_request_t) -> (ngx_int_t, bool) {
         const BODY: &[u8] =
             b"<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n\
             <center><h1>504 Gateway Time-out</h1></center>\r\n</body>\r\n</html>\r\n";
@@ -22,7 +23,7 @@ impl Stream {
         if st.ended && !st.failed {
             // The whole body went out before the app's close(), which the deadline interrupts:
             // the response is not cut.
-            return NGX_OK as ngx_int_t;
+            return (NGX_OK as ngx_int_t, false);
         }
         if st.head_sent {
             self.cancel(&mut st, true);
@@ -44,7 +45,7 @@ impl Stream {
                     crate::h2_reset::reset_now(r);
                 }
             }
-            return NGX_ERROR as ngx_int_t;
+            return (NGX_ERROR as ngx_int_t, true);
         }
         st.head_sent = true;
         st.head = None;
@@ -61,12 +62,13 @@ impl Stream {
             (*r).set_keepalive(0);
             let rc = crate::response::send_head(r, &head, head.content_length);
             if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
-                return rc;
+                return (rc, true);
             }
-            match crate::response::body_chain(r, BODY, true) {
+            let rc = match crate::response::body_chain(r, BODY, true) {
                 Some(out) => ngx_http_output_filter(r, out),
                 None => NGX_ERROR as ngx_int_t,
-            }
+            };
+            (rc, true)
         }
     }
 }
