@@ -1,6 +1,7 @@
 """wsgi_reload_handover: a reload's old workers go on accepting until its new ones are ready; a
 new one that could not load its apps leaves new connections to them meanwhile. (The hand-over's
 pause-free reloads are in test_lifecycle.py.)"""
+import os
 import signal
 
 import requests
@@ -8,13 +9,11 @@ import requests
 from conftest import location, wait_for
 
 
-def test_a_reloads_new_worker_that_cannot_load_its_app_leaves_connections_to_the_old_ones(nginx_factory, tmp_path):
-    # With the hand-over, the old workers go on accepting while a reload's new ones import. A
-    # new one whose import fails (a lock the old ones hold, as ZODB's: the check passes, the app
-    # leaving the lock to the workers) answered 500 for its share of the connections; it stands
-    # aside until the old ones stop accepting, and is replaced as any such worker.
-    tmp_path.chmod(0o777)
-    app = tmp_path / "locked.py"
+def locked_app(directory):
+    """An app whose workers cannot import it while the file `held` is beside it (a lock another
+    process holds), which the check, leaving the lock to the workers, imports all the same."""
+    directory.chmod(0o777)
+    app = directory / "locked.py"
     app.write_text(
         "import os\n"
         "if os.environ.get('NGX_WSGI_CONFIG_CHECK') != '1' and os.path.exists(os.path.join(os.path.dirname(__file__), 'held')):\n"
@@ -22,6 +21,15 @@ def test_a_reloads_new_worker_that_cannot_load_its_app_leaves_connections_to_the
         "def application(environ, start_response):\n"
         "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
         "    return [str(os.getpid()).encode()]\n")
+    return app
+
+
+def test_a_reloads_new_worker_that_cannot_load_its_app_leaves_connections_to_the_old_ones(nginx_factory, tmp_path):
+    # With the hand-over, the old workers go on accepting while a reload's new ones import. A
+    # new one whose import fails (a lock the old ones hold, as ZODB's: the check passes, the app
+    # leaving the lock to the workers) answered 500 for its share of the connections; it stands
+    # aside until the old ones stop accepting, and is replaced as any such worker.
+    app = locked_app(tmp_path)
     server = nginx_factory(location("/", app), http_extra="wsgi_reload_handover on; wsgi_check_timeout 1s;").start()
     old = server.worker_pids()
     assert int(requests.get(server.url("/"), timeout=10).text) in old, "the first worker has imported the app"
@@ -37,6 +45,27 @@ def test_a_reloads_new_worker_that_cannot_load_its_app_leaves_connections_to_the
     # (10 s after its start) loads the app once the lock is free.
     wait_for(lambda: not set(old) & set(server.worker_pids()), 30, "the old worker's exit at its bound")
     wait_for(lambda: "worker takes new connections again" in server.error_log(), what="the new worker back")
+    (tmp_path / "held").unlink()
+    wait_for(lambda: requests.get(server.url("/"), timeout=10).status_code == 200, 30,
+             "a fresh worker that loads the app")
+
+
+def test_a_new_worker_standing_aside_takes_connections_once_the_old_ones_are_gone_however_they_went(
+        nginx_factory, tmp_path):
+    # The old workers say they accept at each of their looks, so their going is noticed however
+    # it happens: here a kill, long before their bound (35 s).
+    app = locked_app(tmp_path)
+    server = nginx_factory(location("/", app), http_extra="wsgi_reload_handover on; wsgi_check_timeout 30s;").start()
+    old = server.worker_pids()
+    assert int(requests.get(server.url("/"), timeout=10).text) in old
+    (tmp_path / "held").touch()
+    server.send_signal(signal.SIGHUP)
+    wait_for(lambda: "goes on accepting until they are ready" in server.error_log(), what="the old worker's wait")
+    wait_for(lambda: "could not load its apps: it leaves new connections" in server.error_log(),
+             what="the new worker standing aside")
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: "worker takes new connections again" in server.error_log(), 10, "the new worker back")
     (tmp_path / "held").unlink()
     wait_for(lambda: requests.get(server.url("/"), timeout=10).status_code == 200, 30,
              "a fresh worker that loads the app")

@@ -21,10 +21,19 @@ use crate::ffi::guard;
 use crate::ffi::timer::WorkerTimer;
 
 /// The shared words: generation (high 32 bits), workers of it expected to become ready (16),
-/// ready (16); then how many old workers go on accepting while they wait for the newer ones.
+/// ready (16); then until when (the system's monotonic clock, in ms) old workers are known to
+/// go on accepting while they wait for the newer ones: each waiting one moves it on at each
+/// look, so it lapses by itself when they stop, crash or exit any other way.
 static SHARED: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
-/// This worker counts among the old ones that wait (in the second word).
-static COUNTED: AtomicBool = AtomicBool::new(false);
+/// How far a waiting old worker's look moves the second word on: a few of its looks.
+const ACCEPTING_FOR_MS: u64 = 250;
+/// At a reload the old workers are told to quit 100 ms after the new ones are forked, and only
+/// then begin to wait: until this long after the configuration was taken, they count as
+/// accepting.
+const FIRST_WAIT_MS: u64 = 400;
+/// This worker's apps were all loaded: when not, it accepts nothing (`unloaded_aside.rs`) and a
+/// newer reload does not wait for it.
+static WHOLE: AtomicBool = AtomicBool::new(true);
 /// nginx's clock when the worker, told to quit, began to wait for the newer workers (0: it
 /// has not).
 static WAITING_SINCE: AtomicUsize = AtomicUsize::new(0);
@@ -49,8 +58,8 @@ fn shared() -> Option<&'static AtomicU64> {
     unsafe { SHARED.load(Ordering::Acquire).as_ref() }
 }
 
-/// The second shared word: old workers accepting while they wait.
-fn waiting_old() -> Option<&'static AtomicU64> {
+/// The second shared word: until when old workers accept while they wait.
+fn old_accepting_until() -> Option<&'static AtomicU64> {
     // SAFETY: the pointer is null or the master's shared mapping of two words, never unmapped.
     unsafe {
         SHARED
@@ -60,23 +69,26 @@ fn waiting_old() -> Option<&'static AtomicU64> {
     }
 }
 
-/// Counts this worker among the old ones that accept while they wait, or no longer.
-fn count_waiting(waiting: bool) {
-    if COUNTED.swap(waiting, Ordering::AcqRel) == waiting {
-        return;
-    }
-    if let Some(word) = waiting_old() {
-        if waiting {
-            word.fetch_add(1, Ordering::AcqRel);
-        } else {
-            let _ = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        }
+/// The system's monotonic clock in ms (the same in every process, unlike a worker's cached
+/// clock).
+fn monotonic_ms() -> u64 {
+    // SAFETY: an all-zero timespec is a valid buffer for clock_gettime to fill.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: CLOCK_MONOTONIC always exists on Linux; `ts` is ours.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Says that old workers accept for `ms` more (never moving the word back).
+fn accepting_for(ms: u64) {
+    if let Some(word) = old_accepting_until() {
+        word.fetch_max(monotonic_ms() + ms, Ordering::AcqRel);
     }
 }
 
 /// Whether old workers of a reload go on accepting while they wait for this generation's.
 pub(crate) fn old_workers_accept() -> bool {
-    waiting_old().is_some_and(|w| w.load(Ordering::Acquire) > 0)
+    old_accepting_until().is_some_and(|w| w.load(Ordering::Acquire) > monotonic_ms())
 }
 
 /// Whether this worker belongs to a reload's newer generation whose old workers wait for it to
@@ -131,6 +143,9 @@ pub(crate) fn configuration_taken(expected: usize) {
     let generation = crate::generation::next();
     let expected = u16::try_from(expected).unwrap_or(u16::MAX);
     update(|_, _, _| Some(pack(generation, expected, 0)));
+    if expected > 0 {
+        accepting_for(FIRST_WAIT_MS);
+    }
 }
 
 /// A worker is ready to accept (`whole`: its apps imported, their lifespan started; else it
@@ -142,6 +157,7 @@ pub(crate) fn configuration_taken(expected: usize) {
 /// Event-loop thread, once, from `init_process`; `cycle` is live.
 pub(crate) unsafe fn ready(cycle: *mut ngx_cycle_t, bound: std::time::Duration, whole: bool) {
     let mine = crate::generation::current();
+    WHOLE.store(whole, Ordering::Release);
     if whole {
         update(|g, e, r| (g == mine).then(|| pack(g, e, r.saturating_add(1))));
     }
@@ -235,7 +251,8 @@ unsafe extern "C" fn on_channel(ev: *mut ngx_event_t) {
         if !quit_now || quit_before || QUITTING.load(Ordering::Acquire) {
             return;
         }
-        if !newer_workers_starting() {
+        // One that could not load its apps accepts nothing meanwhile: nothing to wait for.
+        if !newer_workers_starting() || !WHOLE.load(Ordering::Acquire) {
             if newer_generation() {
                 // SAFETY: as above: the worker's cycle has not seen the flag yet.
                 unsafe { nginx_sys::ngx_quit = 0 };
@@ -254,7 +271,7 @@ unsafe extern "C" fn on_channel(ev: *mut ngx_event_t) {
             unsafe { nginx_sys::ngx_current_msec }.max(1),
             Ordering::Release,
         );
-        count_waiting(true);
+        accepting_for(ACCEPTING_FOR_MS);
         crate::ffi::log::cycle_log(
             NGX_LOG_NOTICE as usize,
             &format!(
@@ -285,6 +302,7 @@ unsafe extern "C" fn check(ev: *mut ngx_event_t) {
         // SAFETY: nginx's own flag, on the event loop.
         let stopping = unsafe { nginx_sys::ngx_terminate != 0 || nginx_sys::ngx_exiting != 0 };
         if newer_workers_starting() && waited < bound && !stopping {
+            accepting_for(ACCEPTING_FOR_MS);
             // SAFETY: the event is the static check timer, on the event loop.
             unsafe { nginx_sys::ngx_add_timer(ev, CHECK_MS) };
             return;
@@ -298,7 +316,6 @@ unsafe extern "C" fn check(ev: *mut ngx_event_t) {
             NGX_LOG_NOTICE as usize,
             &format!("wsgi: the reload's new workers {why}; this worker quits"),
         );
-        count_waiting(false);
         if stopping {
             QUITTING.store(true, Ordering::Release);
             crate::exit_drain::quit();

@@ -19,9 +19,6 @@ static SINCE: AtomicU64 = AtomicU64::new(0);
 /// How long it stands aside at most, in ms: as long as the old workers wait for it.
 static BOUND_MS: AtomicU64 = AtomicU64::new(0);
 const CHECK_MS: ngx_msec_t = 50;
-/// How long it stands aside before the old workers have said they wait: nginx's master tells
-/// them to quit 100 ms after it forked the new ones.
-const FIRST_WAIT_MS: u64 = 1_000;
 
 /// The worker could not load its apps (from `init_process`): it stands aside while a reload's
 /// old workers serve them; `bound` is how long they wait for it at most.
@@ -29,7 +26,9 @@ const FIRST_WAIT_MS: u64 = 1_000;
 /// # Safety
 /// Event-loop thread.
 pub(crate) unsafe fn begin(bound: Duration) {
-    if !crate::reload_handover::awaited_by_old_workers() {
+    if !crate::reload_handover::awaited_by_old_workers()
+        || !crate::reload_handover::old_workers_accept()
+    {
         return;
     }
     // SAFETY: per the function contract.
@@ -66,8 +65,10 @@ unsafe extern "C" fn check(ev: *mut ngx_event_t) {
             )
         };
         let waited = now.saturating_sub(SINCE.load(Ordering::Acquire));
-        let old_accept = crate::reload_handover::old_workers_accept() || waited < FIRST_WAIT_MS;
-        if old_accept && waited < BOUND_MS.load(Ordering::Acquire) && !stopping {
+        if crate::reload_handover::old_workers_accept()
+            && waited < BOUND_MS.load(Ordering::Acquire)
+            && !stopping
+        {
             // SAFETY: the event is the static check timer, on the event loop.
             unsafe { nginx_sys::ngx_add_timer(ev, CHECK_MS) };
             return;
