@@ -128,6 +128,10 @@ fn model(req: &Request) -> BTreeMap<String, String> {
     if req.length_first {
         length(&mut env);
     }
+    // CGI's mark of a TLS request, before the params, which may replace it.
+    if req.https {
+        env.insert("HTTPS".into(), "on".into());
+    }
     for (name, value) in &req.params {
         env.insert(latin1(name), latin1(value));
     }
