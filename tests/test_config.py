@@ -401,3 +401,23 @@ def test_working_directory_is_the_apps_and_the_checks(nginx_factory, tmp_path):
     result = missing.run("-t")
     assert result.returncode != 0
     assert f'cannot enter their working directory "{tmp_path}/absent"' in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("beside, directive", [("proxy_pass http://127.0.0.1:1;", "wsgi_app"),
+                                               ("wsgi_status;", "wsgi_status")])
+def test_an_app_beside_another_content_handler_fails_the_check(nginx_factory, beside, directive):
+    # One of them would answer unseen (the app did, whichever came first).
+    _, result = conf_test(nginx_factory, location("/", APPS / "sleepy.py", beside))
+    assert result.returncode != 0
+    assert f"{directive} is in a location" in result.stderr, result.stderr
+
+
+def test_an_if_blocks_own_proxy_pass_answers_in_an_app_location(nginx_factory):
+    # The block inherits the app, as nginx's blocks inherit their location's settings, but its
+    # own content handler answers there (the app answered, the proxy_pass unseen).
+    server = nginx_factory(
+        location("/", APPS / "environ_app.py",
+                 "proxy_set_header X-Proxied 1; if ($to_proxy) { proxy_pass http://127.0.0.1:$server_port; }"),
+        http_extra='map "$arg_legacy:$http_x_proxied" $to_proxy { default 0; "1:" 1; }').start()
+    assert "HTTP_X_PROXIED" not in requests.get(server.url("/?legacy=0"), timeout=10).json()
+    assert requests.get(server.url("/?legacy=1"), timeout=10).json()["HTTP_X_PROXIED"] == "1"

@@ -110,11 +110,49 @@ impl HttpModule for WsgiModule {
             // merged, and the live configuration whose context is the inner level.
             unsafe {
                 let (parent, child) = (&*(prev as *const LocConf), &mut *(conf as *mut LocConf));
+                let own_app = child.app.index.is_some();
                 if child.merge(parent).is_err() || conf::finish_location(cf, parent, child).is_err()
                 {
                     return NGX_CONF_ERROR;
                 }
                 let clcf = conf::core_loc_conf(cf);
+                // Another module's content handler here (proxy_pass, fastcgi_pass, ...): beside
+                // the location's own app, one of the two would answer unseen; in an `if` or
+                // `limit_except` block that inherited the app, the block's own handler answers,
+                // as nginx's own inherited handlers leave it.
+                let ours = [
+                    asgi_handler::content_handler as *const () as usize,
+                    handler::content_handler as *const () as usize,
+                    status_page::status_handler as *const () as usize,
+                ];
+                if clcf.handler.is_some_and(|h| !ours.contains(&(h as usize))) {
+                    if own_app || child.status {
+                        ngx::ngx_conf_log_error!(
+                            nginx_sys::NGX_LOG_EMERG,
+                            cf,
+                            "{} is in a location that another module answers too (proxy_pass, \
+                             fastcgi_pass, uwsgi_pass, ...): keep one of them",
+                            if child.status {
+                                "wsgi_status"
+                            } else if child.app.asgi {
+                                "asgi_app"
+                            } else {
+                                "wsgi_app"
+                            }
+                        );
+                        return NGX_CONF_ERROR;
+                    }
+                    child.app.index = None;
+                    return NGX_CONF_OK;
+                }
+                if own_app && child.status {
+                    ngx::ngx_conf_log_error!(
+                        nginx_sys::NGX_LOG_EMERG,
+                        cf,
+                        "wsgi_status is in a location that serves an app: give the metrics a location of their own"
+                    );
+                    return NGX_CONF_ERROR;
+                }
                 if child.app.index.is_some() && clcf.name.len > 0 {
                     // As for proxy_pass: `/app` is answered 301 to `/app/` when `/app/` serves
                     // an app (nginx's location lookup does it, as the locations are sorted).
