@@ -145,13 +145,13 @@ pub(crate) unsafe fn collect(
 ///
 /// # Safety
 /// `r` is a live request on the event loop.
-unsafe fn param_headers(
+unsafe fn param_headers<'a>(
     r: &mut ngx_http_request_t,
-    lc: &LocConf,
-) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-    let mut set: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    lc: &'a LocConf,
+) -> Vec<(&'a [u8], Option<Vec<u8>>)> {
+    let mut set: Vec<(&[u8], Option<Vec<u8>>)> = Vec::new();
     for param in &lc.params.0 {
-        let Some(name) = param.asgi_header() else {
+        let Some(name) = param.asgi_header.as_deref() else {
             continue;
         };
         let mut value = ngx_str_t::empty();

@@ -230,8 +230,6 @@ impl TaskWatch {
         let (Some(loop_object), Some(ident)) = (lp.loop_object(py), lp.thread_ident()) else {
             return;
         };
-        // asyncio's C function: asking it runs no Python code, so the GIL stays here between
-        // the last check and the interrupt.
         let Ok(current_task) = py.import("asyncio").and_then(|a| a.getattr("current_task")) else {
             return;
         };

@@ -117,7 +117,7 @@ pub(crate) unsafe fn finish_location(
     let own_params =
         child.params.0.first().map(|p| p.value) != parent.params.0.first().map(|p| p.value);
     if child.app.asgi && own_params {
-        for param in child.params.0.iter().filter(|p| p.asgi_header().is_none()) {
+        for param in child.params.0.iter().filter(|p| p.asgi_header.is_none()) {
             ngx::ngx_conf_log_error!(
                 NGX_LOG_WARN,
                 cf,

@@ -19,24 +19,38 @@ pub(crate) struct Param {
     /// The value with its nginx variables, compiled into the configuration's pool.
     pub value: *mut ngx_http_complex_value_t,
     pub if_not_empty: bool,
+    /// The request header it sets for an ASGI app, which has no environ: `HTTP_X_REMOTE_USER`
+    /// is `x-remote-user`; None for a name that is not an `HTTP_` one. Made once, with the
+    /// configuration, not for each request.
+    pub asgi_header: Option<Vec<u8>>,
 }
 
 impl Param {
-    /// The request header it sets for an ASGI app, which has no environ: `HTTP_X_REMOTE_USER`
-    /// is `x-remote-user`; None for a name that is not an `HTTP_` one.
-    pub(crate) fn asgi_header(&self) -> Option<Vec<u8>> {
-        let rest = self.name.strip_prefix(b"HTTP_").filter(|r| !r.is_empty())?;
-        Some(
-            rest.iter()
-                .map(|&c| {
-                    if c == b'_' {
-                        b'-'
-                    } else {
-                        c.to_ascii_lowercase()
-                    }
-                })
-                .collect(),
-        )
+    pub(crate) fn new(
+        name: &[u8],
+        value: *mut ngx_http_complex_value_t,
+        if_not_empty: bool,
+    ) -> Param {
+        let asgi_header = name
+            .strip_prefix(b"HTTP_")
+            .filter(|r| !r.is_empty())
+            .map(|rest| {
+                rest.iter()
+                    .map(|&c| {
+                        if c == b'_' {
+                            b'-'
+                        } else {
+                            c.to_ascii_lowercase()
+                        }
+                    })
+                    .collect()
+            });
+        Param {
+            name: name.to_vec(),
+            value,
+            if_not_empty,
+            asgi_header,
+        }
     }
 }
 
@@ -80,11 +94,9 @@ pub(crate) unsafe extern "C" fn set_param(
             let Some(cv) = compile(cf, args[2]) else {
                 return NGX_CONF_ERROR;
             };
-            lc.params.0.push(Param {
-                name: ngx_bytes(&args[1]).to_vec(),
-                value: cv,
-                if_not_empty,
-            });
+            lc.params
+                .0
+                .push(Param::new(ngx_bytes(&args[1]), cv, if_not_empty));
         }
         NGX_CONF_OK
     })
@@ -122,11 +134,7 @@ mod tests {
         Params(
             names
                 .iter()
-                .map(|n| Param {
-                    name: n.as_bytes().to_vec(),
-                    value: std::ptr::null_mut(),
-                    if_not_empty: false,
-                })
+                .map(|n| Param::new(n.as_bytes(), std::ptr::null_mut(), false))
                 .collect(),
         )
     }
@@ -154,7 +162,7 @@ mod tests {
             "REMOTE_USER",
             "HTTP_",
         ]);
-        let headers: Vec<Option<Vec<u8>>> = p.0.iter().map(Param::asgi_header).collect();
+        let headers: Vec<Option<Vec<u8>>> = p.0.iter().map(|p| p.asgi_header.clone()).collect();
         assert_eq!(
             headers,
             [
