@@ -42,6 +42,7 @@ pub mod signals;
 pub mod sink;
 pub mod spawn_gate;
 mod std_streams;
+pub mod timeout_exit;
 pub mod traceback;
 pub mod watchdog;
 

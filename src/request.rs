@@ -129,10 +129,10 @@ fn log_at_info(py: Python<'_>, info: &RequestInfo, what: &str, err: &PyErr) {
     tracing::info!(target: "wsgi", "{}", failure_line(info, what, &traceback));
 }
 
-/// Logs what the app raised, at info when it is the `TimeoutError` of its deadline, which the
-/// watchdog has logged already with the stack it interrupted (a second error entry, with where
-/// it landed, would read as another failure of the app's), as the ASGI path logs a task
-/// cancelled past its deadline.
+/// Logs what the app raised, at info when it is the `TimeoutError` (or `TimeoutExit`) of its
+/// deadline, which the watchdog has logged already with the stack it interrupted (a second
+/// error entry, with where it landed, would read as another failure of the app's), as the ASGI
+/// path logs a task cancelled past its deadline.
 fn log_raised(
     py: Python<'_>,
     info: &RequestInfo,
@@ -141,10 +141,11 @@ fn log_raised(
     watch: Option<&RequestWatch>,
 ) {
     if watch.is_some_and(RequestWatch::interrupted)
-        && err.is_instance_of::<pyo3::exceptions::PyTimeoutError>(py)
+        && crate::timeout_exit::from_the_deadline(py, err)
     {
         let what = format!(
-            "{what} the TimeoutError of its timeout, logged with its stack as it timed out"
+            "{what} the {} of its timeout, logged with its stack as it timed out",
+            crate::timeout_exit::name(py, err)
         );
         log_at_info(py, info, &what, err);
     } else {

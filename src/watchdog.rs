@@ -17,6 +17,8 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
+use crate::timeout_exit::{self, Deadline, GRACE};
+
 /// Where one request runs Python. Both transitions happen with the GIL held, so an interrupt
 /// (which also holds the GIL) never lands in the thread's next request.
 #[derive(Debug, Default)]
@@ -28,6 +30,8 @@ pub struct RequestWatch {
     started: AtomicBool,
     /// An asynchronous exception was set in the request's thread.
     interrupted: AtomicBool,
+    /// `TimeoutExit` was set at least once (the app caught its `TimeoutError`).
+    exited: AtomicBool,
     /// The server ended the response while the thread waited for it (see [`Self::response_cut`]).
     cut: AtomicBool,
     thread: AtomicU64,
@@ -35,7 +39,15 @@ pub struct RequestWatch {
 
 /// Runs its argument with the server's log context of one request, so that the watchdog's entry
 /// about it goes where the request's own entries go (Apache: its virtual host's error log).
-pub type LogScope = Box<dyn Fn(&mut dyn FnMut()) + Send>;
+pub type LogScope = Box<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
+
+/// Writes the log entries of `write` in `scope`, when there is one.
+fn in_scope(scope: Option<&LogScope>, write: &mut dyn FnMut()) {
+    match scope {
+        Some(scope) => scope(write),
+        None => write(),
+    }
+}
 
 impl RequestWatch {
     /// The request's thread is about to run the app; false when its deadline already passed
@@ -70,7 +82,8 @@ impl RequestWatch {
     }
 
     /// The deadline's `TimeoutError` was set in the request's thread (and not taken back): one
-    /// the app raises now is most likely it, the request already answered for its timeout.
+    /// the app raises now (or a `TimeoutExit`) is most likely it, the request already answered
+    /// for its timeout.
     pub(crate) fn interrupted(&self) -> bool {
         self.interrupted.load(Ordering::Acquire)
     }
@@ -108,19 +121,94 @@ impl RequestWatch {
     pub fn interrupt_in_background(self: &Arc<Self>, what: String) {
         self.expired.store(true, Ordering::Release);
         let watch = self.clone();
-        submit(Box::new(move |py| watch.interrupt(py, &what)));
+        submit(Box::new(move |py| watch.interrupt(py, what, None)));
     }
 
-    /// The same, with the watchdog's log entry written inside `scope`.
+    /// The same, with the watchdog's log entries written inside `scope`.
     pub fn interrupt_in_background_with(self: &Arc<Self>, what: String, scope: LogScope) {
         self.expired.store(true, Ordering::Release);
         let watch = self.clone();
         submit(Box::new(move |py| {
-            scope(&mut || watch.interrupt(py, &what))
+            watch.interrupt(py, what, Some(Arc::new(scope)))
         }));
     }
 
-    fn interrupt(&self, py: Python<'_>, what: &str) {
+    fn interrupt(self: &Arc<Self>, py: Python<'_>, what: String, scope: Option<Arc<LogScope>>) {
+        let mut landed = None;
+        in_scope(scope.as_deref(), &mut || {
+            landed = self.interrupt_now(py, &what)
+        });
+        if let Some(landed) = landed {
+            self.look_again(landed, what, scope);
+        }
+    }
+
+    /// [`GRACE`] from now, looks at the interrupted request again (see [`Self::look`]);
+    /// `landed` is how many of the deadline's exceptions had landed in its thread when the
+    /// last was set.
+    fn look_again(self: &Arc<Self>, landed: u64, what: String, scope: Option<Arc<LogScope>>) {
+        let watch = self.clone();
+        submit_after(
+            GRACE,
+            Box::new(move |py| watch.look(py, landed, what, scope)),
+        );
+    }
+
+    /// Whether the request still runs in the thread its deadline interrupted (not cut while
+    /// it waited for its client: its `close()` runs to its end). Checked with the GIL held.
+    fn still_interrupted(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+            && self.interrupted.load(Ordering::Acquire)
+            && !self.cut.load(Ordering::Acquire)
+    }
+
+    /// A request still inside Python [`GRACE`] after its `TimeoutError` (or `TimeoutExit`)
+    /// landed caught it: it gets `TimeoutExit`, which `except Exception` lets through. One
+    /// whose exception is still pending (a C call that waits) is looked at again later.
+    fn look(
+        self: &Arc<Self>,
+        py: Python<'_>,
+        before: u64,
+        what: String,
+        scope: Option<Arc<LogScope>>,
+    ) {
+        if !self.still_interrupted() {
+            return;
+        }
+        let ident = self.thread.load(Ordering::Relaxed);
+        let landed = timeout_exit::landed(py, ident);
+        if landed == before {
+            self.look_again(before, what, scope);
+            return;
+        }
+        let first = !self.exited.load(Ordering::Relaxed);
+        let stack = first.then(|| stack_for_log(py, ident));
+        // Counting and formatting the stack ran Python code: checked again, with none between
+        // the check and the interrupt, or TimeoutExit would land in the thread's next request.
+        if !self.still_interrupted() {
+            return;
+        }
+        self.exited.store(true, Ordering::Relaxed);
+        timeout_exit::raise_in(py, ident, Deadline::Exit);
+        if let Some(stack) = stack {
+            in_scope(scope.as_deref(), &mut || {
+                tracing::error!(
+                    target: "wsgi",
+                    "{what}; it still runs the app's code {} s after its TimeoutError (the app \
+                     caught it): interrupting it with TimeoutExit, a BaseException that `except \
+                     Exception` lets through (again every {} s while it runs). Its Python stack \
+                     (most recent call last):\n{stack}",
+                    GRACE.as_secs(),
+                    GRACE.as_secs(),
+                )
+            });
+        }
+        self.look_again(landed, what, scope);
+    }
+
+    /// Logs the timeout and sets the `TimeoutError` when the request still runs; Some(how many
+    /// of the deadline's exceptions had landed in its thread before) when it was set.
+    fn interrupt_now(&self, py: Python<'_>, what: &str) -> Option<u64> {
         if !self.running.load(Ordering::Acquire) {
             let state = if self.started.load(Ordering::Relaxed) {
                 "it left Python before it could be interrupted"
@@ -128,33 +216,34 @@ impl RequestWatch {
                 "it was still waiting for a thread or the GIL and will not run"
             };
             tracing::error!(target: "wsgi", "{what}; {state}");
-            return;
+            return None;
         }
         if self.cut.load(Ordering::Acquire) {
             tracing::error!(target: "wsgi", "{what}; {CUT_WHILE_WAITING}");
-            return;
+            return None;
         }
         let ident = self.thread.load(Ordering::Relaxed);
         let stack = stack_for_log(py, ident);
+        timeout_exit::prepare(py);
+        let landed = timeout_exit::landed(py, ident);
         // Formatting the stack ran Python code, during which the GIL may have gone to the
         // request's thread and the request ended: checked again, with no Python code between
         // the check and the interrupt, or the TimeoutError would land in the thread's next one.
         if !self.running.load(Ordering::Acquire) {
             tracing::error!(target: "wsgi", "{what}; it left Python before it could be interrupted");
-            return;
+            return None;
         }
         if self.cut.load(Ordering::Acquire) {
             tracing::error!(target: "wsgi", "{what}; {CUT_WHILE_WAITING}");
-            return;
+            return None;
         }
         self.interrupted.store(true, Ordering::Release);
-        // SAFETY: the GIL is held; the thread id belongs to a live thread state (the request is
-        // still running, checked under the GIL just now); TimeoutError is a static exception type.
-        unsafe { ffi::PyThreadState_SetAsyncExc(ident as _, ffi::PyExc_TimeoutError) };
+        timeout_exit::raise_in(py, ident, Deadline::TimeoutError);
         tracing::error!(
             target: "wsgi",
             "{what}; interrupting it with TimeoutError. Its Python stack (most recent call last):\n{stack}"
         );
+        Some(landed)
     }
 }
 
@@ -233,6 +322,9 @@ pub(crate) fn submit_call(job: Interrupt) {
 
 struct Queue {
     jobs: VecDeque<Interrupt>,
+    /// Jobs for later (a look at a timed-out request that caught its `TimeoutError`), with
+    /// when each is due; dropped when the thread stops.
+    later: Vec<(Instant, Interrupt)>,
     thread: Option<JoinHandle<()>>,
     /// Finish what is queued, then end (the interpreter is about to be finalised).
     stopping: bool,
@@ -242,6 +334,7 @@ struct Queue {
 
 static QUEUE: Mutex<Queue> = Mutex::new(Queue {
     jobs: VecDeque::new(),
+    later: Vec::new(),
     thread: None,
     stopping: false,
     ended: false,
@@ -251,6 +344,18 @@ static CHANGED: Condvar = Condvar::new();
 
 fn queue() -> MutexGuard<'static, Queue> {
     QUEUE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Has the watchdog thread run `job` with the GIL once `delay` has passed, unless it stops
+/// before (the interpreter is being finalised).
+pub(crate) fn submit_after(delay: Duration, job: Interrupt) {
+    let mut q = queue();
+    if q.thread.is_none() || q.stopping {
+        return;
+    }
+    q.later.push((Instant::now() + delay, job));
+    drop(q);
+    CHANGED.notify_all();
 }
 
 fn submit(job: Interrupt) {
@@ -279,10 +384,32 @@ fn watch_loop() {
     loop {
         let batch: Vec<Interrupt> = {
             let mut q = queue();
-            while q.jobs.is_empty() && !q.stopping {
-                q = CHANGED.wait(q).unwrap_or_else(|e| e.into_inner());
+            loop {
+                let now = Instant::now();
+                let mut i = 0;
+                while i < q.later.len() {
+                    if q.later[i].0 <= now {
+                        let (_, job) = q.later.swap_remove(i);
+                        q.jobs.push_back(job);
+                    } else {
+                        i += 1;
+                    }
+                }
+                if !q.jobs.is_empty() || q.stopping {
+                    break;
+                }
+                q = match q.later.iter().map(|(due, _)| *due).min() {
+                    Some(due) => {
+                        CHANGED
+                            .wait_timeout(q, due.saturating_duration_since(now))
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                    None => CHANGED.wait(q).unwrap_or_else(|e| e.into_inner()),
+                };
             }
             if q.jobs.is_empty() {
+                q.later.clear();
                 q.ended = true;
                 drop(q);
                 CHANGED.notify_all();

@@ -96,6 +96,32 @@ def test_a_task_the_requests_task_spawned_that_never_awaits_is_interrupted(serve
     wait_for(lambda: scrape(server)["wsgi_lost_slots"] == 0, what="the interrupted task's end")
 
 
+def test_a_task_that_catches_its_timeout_and_keeps_the_loop_gets_timeout_exit(server):
+    # A retry loop's `except Exception` takes the TimeoutError and spins on: 5 s later the loop's
+    # thread gets TimeoutExit, a BaseException, which the loop lets through.
+    r = requests.get(server.url("/t/spin-swallow?f"), timeout=60)
+    assert r.status_code == 504
+    head = 'wsgi_read_timeout: "GET /t/spin-swallow?f HTTP/1.1" is still running after 500 ms'
+    wait_for(lambda: "interrupting it with TimeoutExit" in server.error_log(), timeout=25,
+             what="the TimeoutExit entry")
+    log = server.error_log()
+    first = entry(log, head + ", request_id: ")
+    assert "interrupting it with TimeoutError" in first, first
+    later = entry(log[log.index(first) + len(first):], head)
+    assert re.search(r"; it still keeps the event loop busy 5 s after it was stopped \(the app caught what stopped "
+                     r"it\): interrupting it with TimeoutExit, a BaseException that `except Exception` lets through "
+                     r"\(again every 5 s while it runs\)\. Its Python stack \(most recent call last\):\n", later), later
+    assert "in app\n    while time.monotonic() < until:" in later or "in app\n    pass" in later, later
+    s = stats(server)
+    assert "/spin-swallow?f: TimeoutError" in s["swallowed"]
+    assert s["exited"] == ["/spin-swallow?f"]
+    for i in range(3):
+        assert requests.get(server.url(f"/after-swallow?{i}"), timeout=10).text == f"/after-swallow?{i}"
+    wait_for(lambda: scrape(server)["wsgi_lost_slots"] == 0, what="the interrupted task's end")
+    # Its end is the timeout's, not the app's failure.
+    assert 'the application raised while serving "GET /t/spin-swallow?f' not in server.error_log()
+
+
 def test_a_stream_past_its_deadline_is_cut_at_once(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as s:
         s.sendall(b"GET /t/stream-hang?c HTTP/1.1\r\nHost: test.local\r\n\r\n")

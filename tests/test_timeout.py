@@ -84,6 +84,38 @@ def test_interrupted_threads_come_back_to_the_pool(server):
         assert interrupted == 4
 
 
+def test_an_app_that_catches_its_timeout_error_gets_timeout_exit(server):
+    # A retry loop's `except Exception` takes the TimeoutError: 5 s later the thread gets
+    # TimeoutExit, a BaseException, which such a loop lets through, and its thread comes back.
+    r = requests.get(server.url("/swallow"), timeout=60)
+    assert r.status_code == 504
+    raised = ('the application raised the TimeoutExit of its timeout, logged with its stack as it timed out '
+              'while serving "GET /swallow HTTP/1.1"')
+    wait_for(lambda: raised in server.error_log(), timeout=25, what="the app's end with TimeoutExit")
+    log = server.error_log()
+    head = f'{DIRECTIVE[server.kind]}: "GET /swallow HTTP/1.1" is still inside Python after 500 ms; '
+    assert head + "interrupting it with TimeoutError" in log
+    assert (head + "it still runs the app's code 5 s after its TimeoutError (the app caught it): interrupting "
+            "it with TimeoutExit, a BaseException that `except Exception` lets through (again every 5 s while it "
+            "runs). Its Python stack (most recent call last):\n") in log
+    assert log.count(head) == 2, "one entry for each interrupt"
+    # Both pool threads serve: the interrupted one came back.
+    assert statuses_of_concurrent(server, "/patient/fast", 2) == [200, 200]
+
+
+def test_a_timeout_error_pending_in_a_long_c_call_is_left_to_land(server):
+    # time.sleep(7) runs no Python code: the TimeoutError set at 500 ms lands when it returns.
+    # The look 5 s after it finds the thread where it was and leaves that one pending (a
+    # TimeoutExit in its place would skip the app's `except TimeoutError` clean-up).
+    r = requests.get(server.url("/sleep?7"), timeout=30)
+    assert r.status_code == 504
+    raised = ('the application raised the TimeoutError of its timeout, logged with its stack as it timed out '
+              'while serving "GET /sleep?7 HTTP/1.1"')
+    wait_for(lambda: raised in server.error_log(), timeout=25, what="the app's end with its TimeoutError")
+    head = f'{DIRECTIVE[server.kind]}: "GET /sleep?7 HTTP/1.1" is still inside Python after 500 ms; '
+    assert server.error_log().count(head) == 1, "no TimeoutExit"
+
+
 def test_other_requests_are_unaffected(server):
     spinner = threading.Thread(target=lambda: requests.get(server.url("/spin"), timeout=30))
     spinner.start()

@@ -440,10 +440,11 @@ impl HttpExchange {
     }
 
     /// What a task stopped at its deadline raises: the cancellation, the watchdog's
-    /// `TimeoutError`, or `send()`'s refusal once the server answered in its place.
+    /// `TimeoutError` (or `TimeoutExit`), or `send()`'s refusal once the server answered in
+    /// its place.
     pub(crate) fn ends_a_timeout(py: Python<'_>, err: &PyErr) -> bool {
         err.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>(py)
-            || err.is_instance_of::<pyo3::exceptions::PyTimeoutError>(py)
+            || crate::timeout_exit::from_the_deadline(py, err)
             || err.is_instance_of::<ClientDisconnected>(py)
     }
 

@@ -5,13 +5,44 @@
 //! asynchronous `TimeoutError` by the watchdog, as a WSGI request is.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyModule;
 
 use super::scope::HttpScope;
+use crate::timeout_exit::{self, Deadline, GRACE};
+
+/// What the watchdog saw of a timed-out task at its last look.
+#[derive(Clone, Copy, Debug, Default)]
+struct Look {
+    /// The task kept the loop busy.
+    blocked: bool,
+    /// An exception was set for it: how many of the deadline's exceptions had landed in the
+    /// loop's thread before (the same number now: it is still pending).
+    pending: Option<u64>,
+}
+
+/// A task of a timed-out request that the loop's thread runs now, without awaiting.
+struct Blocking<'py> {
+    current: Bound<'py, PyAny>,
+    current_task: Bound<'py, PyAny>,
+    loop_object: Bound<'py, PyAny>,
+    /// The loop thread's Python id.
+    ident: u64,
+}
+
+impl Blocking<'_> {
+    /// Whether the loop still runs that task. Asking which task runs is asyncio's C function:
+    /// it runs no Python code, so the GIL stays with the caller between this look and an
+    /// interrupt.
+    fn still_running(&self) -> bool {
+        self.current_task
+            .call1((&self.loop_object,))
+            .is_ok_and(|now| now.is(&self.current))
+    }
+}
 
 /// What a task's watch needs of the event loop that runs it (the loop implements it; the watch
 /// sits below the loop and does not know its type).
@@ -105,6 +136,8 @@ pub struct TaskWatch {
     handled: AtomicBool,
     /// An asynchronous exception was set in the loop's thread for this task.
     interrupted: AtomicBool,
+    /// `TimeoutExit` was set at least once (the task caught what stopped it).
+    exited: AtomicBool,
     /// The asyncio task (set on the loop's thread when it is created).
     task: Mutex<Option<Py<PyAny>>>,
     /// What the request's context holds (its id object): the tasks its own task spawns have it.
@@ -214,30 +247,19 @@ impl TaskWatch {
         }
     }
 
-    /// On the watchdog's thread (with the GIL, which the loop's thread gave up at a switch
-    /// interval or a blocking call): when the loop is running this very task, or one it spawned
-    /// (a framework's middleware runs the endpoint in a task of its own: Starlette's HTTP
-    /// middleware, Django), it does not await and a cancellation would never be seen, so its
-    /// thread gets `TimeoutError`, which lands in that task's code. Otherwise the loop's
-    /// cancellation does the job.
-    pub(crate) fn interrupt_if_blocking(&self, py: Python<'_>, lp: &impl LoopThread, what: &str) {
-        if self.handled.load(Ordering::Acquire) {
-            return;
-        }
-        let Some(task) = self.task().as_ref().map(|t| t.clone_ref(py)) else {
-            return;
-        };
-        let (Some(loop_object), Some(ident)) = (lp.loop_object(py), lp.thread_ident()) else {
-            return;
-        };
-        let Ok(current_task) = py.import("asyncio").and_then(|a| a.getattr("current_task")) else {
-            return;
-        };
-        let Ok(current) = current_task.call1((&loop_object,)) else {
-            return;
-        };
+    /// The task of this request (its own, or one it spawned: a framework's middleware runs the
+    /// endpoint in a task of its own, as Starlette's HTTP middleware and Django do) that keeps
+    /// the loop's thread busy now; None when the loop awaits or runs another request's task.
+    fn blocking<'py>(&self, py: Python<'py>, lp: &impl LoopThread) -> Option<Blocking<'py>> {
+        let task = self.task().as_ref().map(|t| t.clone_ref(py))?;
+        let (loop_object, ident) = (lp.loop_object(py)?, lp.thread_ident()?);
+        let current_task = py
+            .import("asyncio")
+            .and_then(|a| a.getattr("current_task"))
+            .ok()?;
+        let current = current_task.call1((&loop_object,)).ok()?;
         if current.is_none() {
-            return;
+            return None;
         }
         if !current.is(task.bind(py)) {
             let request_id = self
@@ -247,35 +269,127 @@ impl TaskWatch {
                 .as_ref()
                 .map(|r| r.clone_ref(py));
             if !request_id.is_some_and(|r| lp.runs_for(py, &current, r.bind(py))) {
-                return;
+                return None;
             }
         }
-        // Asking which task runs is asyncio's C function: it runs no Python code, so the GIL
-        // stays here between the last look and the interrupt.
-        let still_running = || {
-            current_task
-                .call1((&loop_object,))
-                .is_ok_and(|now| now.is(&current))
-        };
-        let stack = crate::watchdog::stack_for_log(py, ident);
-        // Finding the task's context and formatting the stack ran Python code, during which the
-        // GIL may have gone to the loop's thread and the task awaited or ended: checked again,
-        // or the TimeoutError would land in whatever the loop runs next (another request's
-        // task, the loop's own code).
-        if !still_running() {
-            return;
+        Some(Blocking {
+            current,
+            current_task,
+            loop_object,
+            ident,
+        })
+    }
+
+    /// On the watchdog's thread (with the GIL, which the loop's thread gave up at a switch
+    /// interval or a blocking call), once the deadline passed: when the loop runs a task of
+    /// this request ([`Self::blocking`]), that task does not await and a cancellation would
+    /// never be seen, so the loop's thread gets `TimeoutError`, which lands in its code.
+    /// Otherwise the loop's cancellation does the job. Either way the task is looked at again
+    /// [`GRACE`] later, in case it caught what stopped it and keeps the loop busy.
+    pub(crate) fn interrupt_if_blocking<L: LoopThread + Sync>(
+        self: &Arc<Self>,
+        py: Python<'_>,
+        lp: &'static L,
+        what: String,
+    ) {
+        let mut look = Look::default();
+        if !self.handled.load(Ordering::Acquire) {
+            look.pending = self.interrupt_now(py, lp, &what);
+        }
+        look.blocked = self.blocking(py, lp).is_some();
+        self.look_again(lp, look, what);
+    }
+
+    /// Logs the timeout and sets the `TimeoutError` when the task blocks the loop; Some(how
+    /// many of the deadline's exceptions had landed in the loop's thread before) when it was set.
+    fn interrupt_now(&self, py: Python<'_>, lp: &impl LoopThread, what: &str) -> Option<u64> {
+        let blocking = self.blocking(py, lp)?;
+        let stack = crate::watchdog::stack_for_log(py, blocking.ident);
+        timeout_exit::prepare(py);
+        let landed = timeout_exit::landed(py, blocking.ident);
+        // Finding the task's context, formatting the stack and counting ran Python code, during
+        // which the GIL may have gone to the loop's thread and the task awaited or ended:
+        // checked again, or the TimeoutError would land in whatever the loop runs next (another
+        // request's task, the loop's own code).
+        if !blocking.still_running() {
+            return None;
         }
         self.handled.store(true, Ordering::Release);
         self.interrupted.store(true, Ordering::Release);
         lp.note_interrupt();
-        // SAFETY: the GIL is held; the loop's thread is alive (it runs this task, checked under
-        // the GIL just now); TimeoutError is a static exception type.
-        unsafe { ffi::PyThreadState_SetAsyncExc(ident as _, ffi::PyExc_TimeoutError) };
+        timeout_exit::raise_in(py, blocking.ident, Deadline::TimeoutError);
         tracing::error!(
             target: "asgi",
             "{what}; it keeps the event loop busy without awaiting, so it cannot be cancelled: \
              interrupting it with TimeoutError. Its Python stack (most recent call last):\n{stack}"
         );
+        Some(landed)
+    }
+
+    fn look_again<L: LoopThread + Sync>(
+        self: &Arc<Self>,
+        lp: &'static L,
+        look: Look,
+        what: String,
+    ) {
+        let watch = self.clone();
+        crate::watchdog::submit_after(GRACE, Box::new(move |py| watch.look(py, lp, look, what)));
+    }
+
+    /// A timed-out task that kept the loop busy at the last look and still does, with nothing
+    /// set for it pending, caught what stopped it (its `TimeoutError`, its cancellation, a
+    /// `TimeoutExit`): the loop's thread gets `TimeoutExit`, which `except Exception` lets
+    /// through. Looked at again while the task lives.
+    fn look<L: LoopThread + Sync>(
+        self: &Arc<Self>,
+        py: Python<'_>,
+        lp: &'static L,
+        last: Look,
+        what: String,
+    ) {
+        if self.task().is_none() {
+            return;
+        }
+        let Some(blocking) = self.blocking(py, lp) else {
+            self.look_again(lp, Look::default(), what);
+            return;
+        };
+        let landed = timeout_exit::landed(py, blocking.ident);
+        if last.pending == Some(landed) || !last.blocked {
+            let look = Look {
+                blocked: true,
+                pending: last.pending.filter(|&before| before == landed),
+            };
+            self.look_again(lp, look, what);
+            return;
+        }
+        let first = !self.exited.load(Ordering::Relaxed);
+        let stack = first.then(|| crate::watchdog::stack_for_log(py, blocking.ident));
+        // As in interrupt_now: checked again, with no Python code between it and the interrupt.
+        if !blocking.still_running() {
+            self.look_again(lp, Look::default(), what);
+            return;
+        }
+        self.exited.store(true, Ordering::Relaxed);
+        self.interrupted.store(true, Ordering::Release);
+        lp.note_interrupt();
+        timeout_exit::raise_in(py, blocking.ident, Deadline::Exit);
+        if let Some(stack) = stack {
+            tracing::error!(
+                target: "asgi",
+                "{what}; it still keeps the event loop busy {} s after it was stopped (the app \
+                 caught what stopped it): interrupting it with TimeoutExit, a BaseException \
+                 that `except Exception` lets through (again every {} s while it runs). Its \
+                 Python stack (most recent call last):\n{stack}",
+                GRACE.as_secs(),
+                GRACE.as_secs(),
+            );
+        }
+        let look = Look {
+            blocked: true,
+            pending: Some(landed),
+        };
+        self.look_again(lp, look, what);
     }
 
     /// The task ended (on the loop's thread, with the GIL): an interrupt that has not fired

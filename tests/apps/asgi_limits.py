@@ -1,12 +1,13 @@
-"""ASGI test app for the limits (raw ASGI 3): tasks that await too long, spin without awaiting,
-stream and then hang, block the event loop with a blocking call, log from their coroutines and
+"""ASGI test app for the limits (raw ASGI 3): tasks that await too long, spin without awaiting
+(one catching every Exception), stream and then hang, block the event loop with a blocking call, log from their coroutines and
 from tasks they spawn; a WebSocket that stays open; what the app saw, at /stats."""
 import asyncio
 import json
 import logging
 import time
 
-STATS = {"ran": [], "cancelled": [], "interrupted": [], "disconnected": [], "late_read": []}
+STATS = {"ran": [], "cancelled": [], "interrupted": [], "disconnected": [], "late_read": [],
+         "swallowed": [], "exited": []}
 log = logging.getLogger("limits.app")
 
 
@@ -56,6 +57,17 @@ async def app(scope, receive, send):
                 while time.monotonic() < until:
                     pass
             await asyncio.create_task(endpoint())
+        elif path == "/spin-swallow":
+            # A retry loop that takes every Exception, its deadline's TimeoutError among them,
+            # and keeps the loop (30 s at most, so that a server that cannot stop it is not
+            # held for ever).
+            until = time.monotonic() + 30
+            while time.monotonic() < until:
+                try:
+                    while time.monotonic() < until:
+                        pass
+                except Exception as e:
+                    STATS["swallowed"].append(f"{path}?{query}: {type(e).__name__}")
         elif path == "/stream-hang":
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
             await send({"type": "http.response.body", "body": b"first piece\n", "more_body": True})
@@ -92,4 +104,8 @@ async def app(scope, receive, send):
         raise
     except TimeoutError:
         STATS["interrupted"].append(f"{path}?{query}")
+        raise
+    except BaseException as e:
+        if type(e).__name__ == "TimeoutExit":
+            STATS["exited"].append(f"{path}?{query}")
         raise

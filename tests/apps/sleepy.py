@@ -1,4 +1,5 @@
-"""/slow sleeps 2 s in Python, /forever an hour, /spin loops forever, /spin-until?FILE loops until
+"""/slow sleeps 2 s in Python, /sleep?SECONDS that long, /forever an hour, /spin loops forever,
+/swallow spins in a loop that catches every Exception (for 30 s), /spin-until?FILE loops until
 FILE exists (writing the worker's pid to FILE.pid first), /grow keeps 64 MiB, /crash
 segfaults the worker, /hold-gil?FIFO holds the GIL until a byte arrives on FIFO (creating FIFO.held
 first), /trickle?SECONDS streams 4 KiB every tenth of a second for SECONDS; the rest answers at
@@ -11,6 +12,18 @@ _kept = []
 def application(environ, start_response):
     if environ["PATH_INFO"] == "/slow":
         time.sleep(2)
+    if environ["PATH_INFO"] == "/sleep":
+        time.sleep(float(environ["QUERY_STRING"]))
+    if environ["PATH_INFO"] == "/swallow":
+        # A retry loop that takes every Exception, its deadline's TimeoutError among them (30 s
+        # at most, so that a server that cannot stop it is not held for ever).
+        until = time.monotonic() + 30
+        while time.monotonic() < until:
+            try:
+                while time.monotonic() < until:
+                    pass
+            except Exception:
+                pass
     if environ["PATH_INFO"] == "/forever":
         time.sleep(3600)
     if environ["PATH_INFO"] == "/spin":

@@ -279,10 +279,10 @@ impl AsgiLoop {
                     // A timeout's interrupt that fired outside its task (in the loop's own
                     // code, as the task ended): the loop is not broken, it goes on.
                     Err(e)
-                        if e.is_instance_of::<pyo3::exceptions::PyTimeoutError>(py)
+                        if crate::timeout_exit::from_the_deadline(py, &e)
                             && self.interrupted.load(Ordering::Acquire) =>
                     {
-                        tracing::warn!(target: "asgi", "a timed-out task's TimeoutError landed in the event loop's own code; the loop goes on");
+                        tracing::warn!(target: "asgi", "a timed-out task's {} landed in the event loop's own code; the loop goes on", e.get_type(py).name().map(|n| n.to_string()).unwrap_or_default());
                     }
                     // SystemExit or KeyboardInterrupt from an app's callback (`call_soon(sys.exit)`),
                     // which asyncio lets out of the loop: the app's error, not the loop's end.
@@ -422,7 +422,7 @@ impl AsgiLoop {
             w.cancel(py, driver, &text)
         })));
         let w = watch.clone();
-        crate::watchdog::submit_call(Box::new(move |py| w.interrupt_if_blocking(py, self, &what)));
+        crate::watchdog::submit_call(Box::new(move |py| w.interrupt_if_blocking(py, self, what)));
     }
 
     fn drain(
