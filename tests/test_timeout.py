@@ -67,6 +67,22 @@ def test_deadline_answers_504_and_logs_the_stack(server):
     assert "time.sleep(2)" in log and "in application" in log
 
 
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+def test_the_504s_connection_ends_with_it_not_with_the_apps_thread(server, version):
+    # A client that reads to the close (an HTTP/1.0 one) has its 504 whole while the app's
+    # thread still sleeps in C code (where the TimeoutError waits to land).
+    line = f"GET /sleep?4.{version[-1]} HTTP/{version}"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=3) as s:
+        s.sendall(f"{line}\r\nHost: test.local\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):  # socket.timeout (a failure) if the close waits for the thread
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 504") and data.rstrip().endswith(b"</html>"), data
+    # Its thread back before the next test.
+    wait_for(lambda: f'the application raised the TimeoutError of its timeout, logged with its stack as it timed '
+                     f'out while serving "{line}"' in server.error_log(), what="the app's end")
+
+
 def test_interrupted_threads_come_back_to_the_pool(server):
     # Four spinning requests on two threads: each is interrupted, or the later ones (and
     # everything after them) would wait forever.

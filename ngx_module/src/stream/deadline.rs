@@ -68,6 +68,19 @@ impl Stream {
                 Some(out) => ngx_http_output_filter(r, out),
                 None => NGX_ERROR as ngx_int_t,
             };
+            // The request is finalized (and its connection closed) when the app's thread is
+            // back: a client that reads to the close (an HTTP/1.0 one, a script's) would wait
+            // for it, where a proxied app's timeout closes at once. Over HTTP/1, once the 504
+            // is out whole, its end is sent now.
+            let c = (*r).connection;
+            if rc == NGX_OK as ngx_int_t
+                && r == (*r).main
+                && (*r).http_version <= NGX_HTTP_VERSION_11 as usize
+                && (*r).buffered() == 0
+                && (*c).buffered() == 0
+            {
+                libc::shutdown((*c).fd, libc::SHUT_WR);
+            }
             (rc, true)
         }
     }
