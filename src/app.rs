@@ -313,7 +313,7 @@ fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyAny>>
         let same_file = existing
             .getattr("__file__")
             .and_then(|f| f.extract::<PathBuf>())
-            .is_ok_and(|f| f == path);
+            .is_ok_and(|f| is_same_file(&f, path));
         if same_file {
             return Ok(existing);
         }
@@ -349,6 +349,19 @@ fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyAny>>
         }
     }
     Ok(module)
+}
+
+/// Whether `a` and `b` name one file: the same spelling, or another one of it (a symlink, a
+/// `/../`, a hard link), which locations may use for one app (imported once, not once for each).
+fn is_same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if a == b {
+        return true;
+    }
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// The faults (SIGSEGV...) whose handler is a Python function (`signal.signal`), not one written

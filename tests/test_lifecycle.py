@@ -672,13 +672,17 @@ def test_recycling_directives_are_checked(wsgi_factory):
 
 def test_each_app_is_imported_once_per_worker(nginx_factory, tmp_path):
     app = APPS / "lifecycle_app.py"
+    # The same file by other spellings: a symlinked directory, a `..`.
+    (tmp_path / "linked").symlink_to(APPS, target_is_directory=True)
     server = nginx_factory(
         location("/a/", app) + location("/b/", app) + location("/c/", f"{app}:application")
+        + location("/d/", tmp_path / "linked" / "lifecycle_app.py")
+        + location("/e/", f"{APPS}/../{APPS.name}/lifecycle_app.py")
         + location("/other/", APPS / "sleepy.py"),
         main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};",
     ).start()
     worker = server.worker_pids()[0]
-    pids = {requests.get(server.url(p)).text for p in ["/a/", "/b/", "/c/"]}
+    pids = {requests.get(server.url(p)).text for p in ["/a/", "/b/", "/c/", "/d/", "/e/"]}
     assert pids == {str(worker)}
     assert requests.get(server.url("/other/x")).text == "/x"
     assert (tmp_path / f"imported-{worker}").read_text().count("\n") == 1
