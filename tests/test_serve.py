@@ -80,7 +80,8 @@ def test_serve_quotes_paths_and_never_runs_workers_as_root(built):
     url = f"http://127.0.0.1:{port}/"
     try:
         assert wait_for(lambda: requests.get(url, timeout=2).text == "quoted"), proc.stderr.read1(65536)
-        workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_worker_of(int(p), proc.pid)]
+        master = _children(proc.pid)[0]
+        workers = _children(master)
         assert workers
         for pid in workers:
             uid = int(open(f"/proc/{pid}/status").read().split("\nUid:\t")[1].split()[0])
@@ -90,12 +91,62 @@ def test_serve_quotes_paths_and_never_runs_workers_as_root(built):
         proc.wait()
 
 
-def _is_worker_of(pid, master):
+def _children(parent):
+    """The processes whose parent is `parent` (serve's nginx master, the master's workers)."""
+    def parent_of(pid):
+        try:
+            return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            return None
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and parent_of(int(p)) == parent]
+
+
+SLOW_APP = '''
+import time
+
+def application(environ, start_response):
+    seconds, _, started = environ["QUERY_STRING"].partition("&")
+    if started:
+        open(started, "w").close()
+    time.sleep(float(seconds or 0))
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"done"]
+'''
+
+
+def test_serve_stops_gracefully_on_sigterm_and_removes_its_prefix(built):
+    # A container's or a service's stop (SIGTERM to serve alone): the request in flight ends,
+    # as nginx's graceful stop (SIGQUIT) lets it; then the private prefix is gone.
+    app = readable_dir() / "slow_app.py"
+    app.write_text(SLOW_APP)
+    app.chmod(0o644)
+    port = free_port()
+    proc = subprocess.Popen([str(RELEASE / "ngx-wsgi"), "serve", str(app), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
     try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return int(fields[1]) == master
+        assert wait_for(lambda: requests.get(url, timeout=2).text == "done"), proc.stderr.read1(65536)
+        master = _children(proc.pid)[0]
+        # nginx: master process /path/to/nginx -p PREFIX -c PREFIX/nginx.conf
+        args = open(f"/proc/{master}/cmdline").read().replace("\0", " ").split()
+        prefix = args[args.index("-p") + 1]
+        assert os.path.isfile(os.path.join(prefix, "nginx.conf"))
+        import concurrent.futures
+        marks = readable_dir()
+        marks.chmod(0o777)
+        started = marks / "started"
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(requests.get, f"{url}?2&{started}", timeout=30)
+            assert wait_for(started.exists), "the request is in the app"
+            proc.send_signal(signal.SIGTERM)
+            r = slow.result()
+        assert r.status_code == 200 and r.text == "done"
+        assert proc.wait(timeout=30) == 0
+        assert not os.path.exists(prefix)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 ASGI_APP = '''

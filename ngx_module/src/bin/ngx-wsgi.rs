@@ -9,9 +9,10 @@
 //! ngx-wsgi from-unit UNIT.json [--listen [ADDRESS=]NEW_ADDRESS]... [--module PATH]
 //! ```
 //!
-//! With `--reload`, nginx runs as a child and gets a graceful reload (SIGHUP) whenever a `.py` file
-//! under the app's directory changes; a change that breaks the app is refused by nginx's
-//! configuration check and the running workers keep serving.
+//! `serve` runs nginx as a child, hands it the signals its master acts on, and removes its
+//! private prefix when it exits. With `--reload`, nginx gets a graceful reload (SIGHUP) whenever
+//! a `.py` file under the app's directory changes; a change that breaks the app is refused by
+//! nginx's configuration check and the running workers keep serving.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
@@ -244,19 +245,20 @@ fn serve(args: &[String]) -> Result<(), String> {
     );
     let mut nginx = Command::new(nginx_path());
     nginx.arg("-p").arg(&prefix).arg("-c").arg(&conf_path);
-    if !opts.reload {
-        let err = nginx.exec();
-        return Err(format!("cannot run {}: {err}", nginx_path().display()));
-    }
-    let watched = if is_file {
-        Path::new(&target)
-            .parent()
-            .unwrap_or(Path::new("."))
-            .to_owned()
-    } else {
-        std::env::current_dir().map_err(|e| e.to_string())?
+    let watched = match (opts.reload, is_file) {
+        (false, _) => None,
+        (true, true) => Some(
+            Path::new(&target)
+                .parent()
+                .unwrap_or(Path::new("."))
+                .to_owned(),
+        ),
+        (true, false) => Some(std::env::current_dir().map_err(|e| e.to_string())?),
     };
-    watch_and_reload(nginx, &watched)
+    let served = supervise(nginx, watched.as_deref());
+    // The prefix is this run's alone (its configuration, pid file and temp directories).
+    let _ = std::fs::remove_dir_all(&prefix);
+    served
 }
 
 /// `env NAME;` for every variable of this environment: the app sees the environment it was
@@ -339,26 +341,52 @@ fn uid_of(name: &str) -> Result<u32, String> {
     Ok(unsafe { (*pw).pw_uid })
 }
 
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The signals received and not yet handed on to nginx, one bit each.
+static RECEIVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-extern "C" fn on_stop(_signal: libc::c_int) {
-    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+extern "C" fn on_signal(signal: libc::c_int) {
+    RECEIVED.fetch_or(1 << signal, std::sync::atomic::Ordering::SeqCst);
 }
 
-/// Runs nginx as a child, reloads it when a `.py` under `dir` changes, stops it on SIGINT/SIGTERM.
-fn watch_and_reload(mut nginx: Command, dir: &Path) -> Result<(), String> {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+/// The signals a user or a process manager sends to what it started, which nginx's master acts
+/// on: SIGTERM (a container's or a service's stop) is handed on as SIGQUIT, nginx's graceful
+/// stop, so that requests in flight end; the others as they are (SIGINT, a terminal's Ctrl-C,
+/// reaches nginx too, as one of its process group).
+const HANDED_ON: [(libc::c_int, libc::c_int); 7] = [
+    (libc::SIGTERM, libc::SIGQUIT),
+    (libc::SIGINT, libc::SIGINT),
+    (libc::SIGQUIT, libc::SIGQUIT),
+    (libc::SIGHUP, libc::SIGHUP),
+    (libc::SIGUSR1, libc::SIGUSR1),
+    (libc::SIGUSR2, libc::SIGUSR2),
+    (libc::SIGWINCH, libc::SIGWINCH),
+];
+
+/// Runs nginx as a child until it exits (so that its private prefix can be removed after it),
+/// handing on the signals nginx acts on; with `watched`, reloads it when a `.py` under that
+/// directory changes.
+fn supervise(mut nginx: Command, watched: Option<&Path>) -> Result<(), String> {
+    // SAFETY: the handler only updates an atomic, which is async-signal-safe.
     unsafe {
-        libc::signal(libc::SIGINT, on_stop as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_stop as *const () as libc::sighandler_t);
+        for (signal, _) in HANDED_ON {
+            libc::signal(signal, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+    // SAFETY: prctl only sets an attribute of the child between fork and exec.
+    unsafe {
+        // nginx stops (fast) if this process is killed, rather than serve on unsupervised.
+        nginx.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
     }
     let mut child = nginx
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", nginx_path().display()))?;
     let pid = child.id() as libc::pid_t;
-    let mut seen = fingerprint(dir);
+    let mut seen = watched.map(fingerprint);
     loop {
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        std::thread::sleep(std::time::Duration::from_millis(100));
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             return if status.success() {
                 Ok(())
@@ -366,25 +394,24 @@ fn watch_and_reload(mut nginx: Command, dir: &Path) -> Result<(), String> {
                 Err(format!("nginx exited: {status}"))
             };
         }
-        if STOP.load(std::sync::atomic::Ordering::SeqCst) {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, libc::SIGQUIT) };
-            let status = child.wait().map_err(|e| e.to_string())?;
-            return if status.success() {
-                Ok(())
-            } else {
-                Err(format!("nginx exited: {status}"))
-            };
+        let received = RECEIVED.swap(0, std::sync::atomic::Ordering::SeqCst);
+        for (signal, to_nginx) in HANDED_ON {
+            if received & (1 << signal) != 0 {
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(pid, to_nginx) };
+            }
         }
-        let now = fingerprint(dir);
-        if now != seen {
-            seen = now;
-            eprintln!(
-                "ngx-wsgi: a .py file under {} changed; reloading",
-                dir.display()
-            );
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, libc::SIGHUP) };
+        if let (Some(dir), Some(seen)) = (watched, seen.as_mut()) {
+            let now = fingerprint(dir);
+            if now != *seen {
+                *seen = now;
+                eprintln!(
+                    "ngx-wsgi: a .py file under {} changed; reloading",
+                    dir.display()
+                );
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(pid, libc::SIGHUP) };
+            }
         }
     }
 }
