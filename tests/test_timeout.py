@@ -71,8 +71,8 @@ def test_deadline_answers_504_and_logs_the_stack(server):
 def test_the_504s_connection_ends_with_it_not_with_the_apps_thread(server, version):
     # A client that reads to the close (an HTTP/1.0 one) has its 504 whole while the app's
     # thread still sleeps in C code (where the TimeoutError waits to land).
-    line = f"GET /sleep?4.{version[-1]} HTTP/{version}"
-    with socket.create_connection(("127.0.0.1", server.port), timeout=3) as s:
+    line = f"GET /sleep?3.{version[-1]} HTTP/{version}"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=2) as s:
         s.sendall(f"{line}\r\nHost: test.local\r\n\r\n".encode())
         data = b""
         while chunk := s.recv(65536):  # socket.timeout (a failure) if the close waits for the thread
