@@ -23,17 +23,19 @@ pub(crate) const GRACE: Duration = Duration::from_secs(5);
 
 const EXCEPTIONS: &std::ffi::CStr = c"
 import _thread
+from time import monotonic
 
 _landed = {}
 
 
 def landed(ident):
-    return _landed.get(ident, 0)
+    count, when = _landed.get(ident, (0, 0.0))
+    return count, max(monotonic() - when, 0.0)
 
 
 def _count():
     ident = _thread.get_ident()
-    _landed[ident] = _landed.get(ident, 0) + 1
+    _landed[ident] = (_landed.get(ident, (0, 0.0))[0] + 1, monotonic())
 
 
 class DeadlineTimeoutError(TimeoutError):
@@ -91,12 +93,25 @@ fn class(py: Python<'_>, which: Deadline) -> PyResult<Bound<'_, PyType>> {
     Ok(module(py)?.getattr(name)?.cast_into::<PyType>()?)
 }
 
-/// How many of the deadline's exceptions have landed in the thread `ident` so far.
-pub(crate) fn landed(py: Python<'_>, ident: u64) -> u64 {
-    module(py)
+/// The deadline's exceptions that have landed in one thread.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Landed {
+    /// How many so far.
+    pub(crate) count: u64,
+    /// How long ago the last one did.
+    pub(crate) ago: Duration,
+}
+
+/// The deadline's exceptions that have landed in the thread `ident` so far.
+pub(crate) fn landed(py: Python<'_>, ident: u64) -> Landed {
+    let (count, ago) = module(py)
         .and_then(|m| m.call_method1("landed", (ident,)))
-        .and_then(|n| n.extract::<u64>())
-        .unwrap_or(0)
+        .and_then(|n| n.extract::<(u64, f64)>())
+        .unwrap_or((0, 0.0));
+    Landed {
+        count,
+        ago: Duration::try_from_secs_f64(ago).unwrap_or(Duration::ZERO),
+    }
 }
 
 /// Sets `which` as the thread `ident`'s pending asynchronous exception. The caller holds the GIL
@@ -173,10 +188,12 @@ mod tests {
         with_python(|py| {
             // SAFETY: plain query of the calling thread's identity.
             let ident = unsafe { ffi::PyThread_get_thread_ident() } as u64;
-            let before = landed(py, ident);
+            let before = landed(py, ident).count;
             let _ = class(py, Deadline::TimeoutError).unwrap().call0().unwrap();
             let _ = class(py, Deadline::Exit).unwrap().call0().unwrap();
-            assert_eq!(landed(py, ident), before + 2);
+            let after = landed(py, ident);
+            assert_eq!(after.count, before + 2);
+            assert!(after.ago < GRACE, "{:?} since the last one", after.ago);
         });
     }
 }

@@ -139,17 +139,23 @@ impl RequestWatch {
             landed = self.interrupt_now(py, &what)
         });
         if let Some(landed) = landed {
-            self.look_again(landed, what, scope);
+            self.look_again(landed, GRACE, what, scope);
         }
     }
 
-    /// [`GRACE`] from now, looks at the interrupted request again (see [`Self::look`]);
+    /// `after` from now, looks at the interrupted request again (see [`Self::look`]);
     /// `landed` is how many of the deadline's exceptions had landed in its thread when the
     /// last was set.
-    fn look_again(self: &Arc<Self>, landed: u64, what: String, scope: Option<Arc<LogScope>>) {
+    fn look_again(
+        self: &Arc<Self>,
+        landed: u64,
+        after: Duration,
+        what: String,
+        scope: Option<Arc<LogScope>>,
+    ) {
         let watch = self.clone();
         submit_after(
-            GRACE,
+            after,
             Box::new(move |py| watch.look(py, landed, what, scope)),
         );
     }
@@ -177,8 +183,14 @@ impl RequestWatch {
         }
         let ident = self.thread.load(Ordering::Relaxed);
         let landed = timeout_exit::landed(py, ident);
-        if landed == before {
-            self.look_again(before, what, scope);
+        if landed.count == before {
+            // Still pending in a C call: it lands when the call returns.
+            self.look_again(before, GRACE, what, scope);
+            return;
+        }
+        if landed.ago < GRACE {
+            // It landed since the last look: the app has GRACE from then.
+            self.look_again(before, GRACE - landed.ago, what, scope);
             return;
         }
         let first = !self.exited.load(Ordering::Relaxed);
@@ -196,14 +208,13 @@ impl RequestWatch {
                     target: "wsgi",
                     "{what}; it still runs the app's code {} s after its TimeoutError (the app \
                      caught it): interrupting it with TimeoutExit, a BaseException that `except \
-                     Exception` lets through (again every {} s while it runs). Its Python stack \
-                     (most recent call last):\n{stack}",
-                    GRACE.as_secs(),
+                     Exception` lets through (again while it runs on). Its Python stack (most \
+                     recent call last):\n{stack}",
                     GRACE.as_secs(),
                 )
             });
         }
-        self.look_again(landed, what, scope);
+        self.look_again(landed.count, GRACE, what, scope);
     }
 
     /// Logs the timeout and sets the `TimeoutError` when the request still runs; Some(how many
@@ -225,7 +236,7 @@ impl RequestWatch {
         let ident = self.thread.load(Ordering::Relaxed);
         let stack = stack_for_log(py, ident);
         timeout_exit::prepare(py);
-        let landed = timeout_exit::landed(py, ident);
+        let landed = timeout_exit::landed(py, ident).count;
         // Formatting the stack ran Python code, during which the GIL may have gone to the
         // request's thread and the request ended: checked again, with no Python code between
         // the check and the interrupt, or the TimeoutError would land in the thread's next one.

@@ -6,6 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -17,11 +18,21 @@ use crate::timeout_exit::{self, Deadline, GRACE};
 /// What the watchdog saw of a timed-out task at its last look.
 #[derive(Clone, Copy, Debug, Default)]
 struct Look {
-    /// The task kept the loop busy.
-    blocked: bool,
+    /// The loop's turns then, when it was woken for the next look: the same at that look
+    /// means the loop has not turned in between (one task's step held it throughout).
+    turns: Option<u64>,
     /// An exception was set for it: how many of the deadline's exceptions had landed in the
     /// loop's thread before (the same number now: it is still pending).
     pending: Option<u64>,
+}
+
+impl Look {
+    /// Notes the loop's turns now and wakes it, for the next look.
+    fn mark(lp: &impl LoopThread, pending: Option<u64>) -> Self {
+        let turns = Some(lp.turns());
+        lp.ping();
+        Self { turns, pending }
+    }
 }
 
 /// A task of a timed-out request that the loop's thread runs now, without awaiting.
@@ -53,6 +64,10 @@ pub(crate) trait LoopThread {
     fn thread_ident(&self) -> Option<u64>;
     /// Records that an asynchronous exception was aimed at the loop's thread.
     fn note_interrupt(&self);
+    /// How many times the loop has taken its work so far.
+    fn turns(&self) -> u64;
+    /// Wakes the loop with no work: a loop that turns takes the wake-up (and counts a turn).
+    fn ping(&self);
     /// Whether `running`, the task the loop's thread runs, runs for the request whose context
     /// value is `request_id` (a task its own task spawned copied its context). Runs Python code.
     fn runs_for(
@@ -292,12 +307,12 @@ impl TaskWatch {
         lp: &'static L,
         what: String,
     ) {
-        let mut look = Look::default();
-        if !self.handled.load(Ordering::Acquire) {
-            look.pending = self.interrupt_now(py, lp, &what);
-        }
-        look.blocked = self.blocking(py, lp).is_some();
-        self.look_again(lp, look, what);
+        let pending = if self.handled.load(Ordering::Acquire) {
+            None
+        } else {
+            self.interrupt_now(py, lp, &what)
+        };
+        self.look_again(lp, Look::mark(lp, pending), GRACE, what);
     }
 
     /// Logs the timeout and sets the `TimeoutError` when the task blocks the loop; Some(how
@@ -306,7 +321,7 @@ impl TaskWatch {
         let blocking = self.blocking(py, lp)?;
         let stack = crate::watchdog::stack_for_log(py, blocking.ident);
         timeout_exit::prepare(py);
-        let landed = timeout_exit::landed(py, blocking.ident);
+        let landed = timeout_exit::landed(py, blocking.ident).count;
         // Finding the task's context, formatting the stack and counting ran Python code, during
         // which the GIL may have gone to the loop's thread and the task awaited or ended:
         // checked again, or the TimeoutError would land in whatever the loop runs next (another
@@ -330,14 +345,16 @@ impl TaskWatch {
         self: &Arc<Self>,
         lp: &'static L,
         look: Look,
+        after: Duration,
         what: String,
     ) {
         let watch = self.clone();
-        crate::watchdog::submit_after(GRACE, Box::new(move |py| watch.look(py, lp, look, what)));
+        crate::watchdog::submit_after(after, Box::new(move |py| watch.look(py, lp, look, what)));
     }
 
-    /// A timed-out task that kept the loop busy at the last look and still does, with nothing
-    /// set for it pending, caught what stopped it (its `TimeoutError`, its cancellation, a
+    /// A timed-out task that has held the loop since the last look ([`GRACE`] ago: the loop
+    /// has not turned since, and runs the task now), [`GRACE`] after what was set for it
+    /// landed (none pending), caught what stopped it (its `TimeoutError`, its cancellation, a
     /// `TimeoutExit`): the loop's thread gets `TimeoutExit`, which `except Exception` lets
     /// through. Looked at again while the task lives.
     fn look<L: LoopThread + Sync>(
@@ -350,24 +367,32 @@ impl TaskWatch {
         if self.task().is_none() {
             return;
         }
-        let Some(blocking) = self.blocking(py, lp) else {
-            self.look_again(lp, Look::default(), what);
+        let held_throughout = last.turns == Some(lp.turns());
+        let blocking = if held_throughout {
+            self.blocking(py, lp)
+        } else {
+            None
+        };
+        let Some(blocking) = blocking else {
+            self.look_again(lp, Look::mark(lp, None), GRACE, what);
             return;
         };
         let landed = timeout_exit::landed(py, blocking.ident);
-        if last.pending == Some(landed) || !last.blocked {
-            let look = Look {
-                blocked: true,
-                pending: last.pending.filter(|&before| before == landed),
-            };
-            self.look_again(lp, look, what);
+        if last.pending == Some(landed.count) {
+            // Still pending in a C call: it lands when the call returns.
+            self.look_again(lp, last, GRACE, what);
+            return;
+        }
+        if last.pending.is_some() && landed.ago < GRACE {
+            // It landed since the last look: the app has GRACE from then.
+            self.look_again(lp, last, GRACE - landed.ago, what);
             return;
         }
         let first = !self.exited.load(Ordering::Relaxed);
         let stack = first.then(|| crate::watchdog::stack_for_log(py, blocking.ident));
         // As in interrupt_now: checked again, with no Python code between it and the interrupt.
         if !blocking.still_running() {
-            self.look_again(lp, Look::default(), what);
+            self.look_again(lp, Look::mark(lp, None), GRACE, what);
             return;
         }
         self.exited.store(true, Ordering::Relaxed);
@@ -377,19 +402,14 @@ impl TaskWatch {
         if let Some(stack) = stack {
             tracing::error!(
                 target: "asgi",
-                "{what}; it still keeps the event loop busy {} s after it was stopped (the app \
+                "{what}; it has held the event loop for {} s since it was stopped (the app \
                  caught what stopped it): interrupting it with TimeoutExit, a BaseException \
-                 that `except Exception` lets through (again every {} s while it runs). Its \
-                 Python stack (most recent call last):\n{stack}",
-                GRACE.as_secs(),
+                 that `except Exception` lets through (again while it runs on). Its Python \
+                 stack (most recent call last):\n{stack}",
                 GRACE.as_secs(),
             );
         }
-        let look = Look {
-            blocked: true,
-            pending: Some(landed),
-        };
-        self.look_again(lp, look, what);
+        self.look_again(lp, Look::mark(lp, Some(landed.count)), GRACE, what);
     }
 
     /// The task ended (on the loop's thread, with the GIL): an interrupt that has not fired

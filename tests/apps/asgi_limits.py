@@ -74,6 +74,17 @@ async def app(scope, receive, send):
                     busy_until(until)
                 except Exception as e:
                     STATS["swallowed"].append(f"{path}?{query}: {type(e).__name__}")
+        elif path == "/cancel-ignored":
+            # Takes its cancellation and works on for 11 s, in pieces of 50 ms, awaiting between
+            # them: the loop turns all along, and serves others.
+            try:
+                await waits_for_ever()
+            except asyncio.CancelledError:
+                until = time.monotonic() + 11
+                while time.monotonic() < until:
+                    busy_until(time.monotonic() + 0.05)
+                    await asyncio.sleep(0)
+                STATS["ran"].append(f"{path}?{query}: done")
         elif path == "/stream-hang":
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
             await send({"type": "http.response.body", "body": b"first piece\n", "more_body": True})

@@ -1,5 +1,6 @@
 """/slow sleeps 2 s in Python, /sleep?SECONDS that long, /forever an hour, /spin loops forever,
-/swallow spins in a loop that catches every Exception (for 30 s), /spin-until?FILE loops until
+/swallow spins in a loop that catches every Exception (for 30 s), /sleep-then-clean-up?SECONDS
+cleans up for 1.5 s after its sleep's TimeoutError, /spin-until?FILE loops until
 FILE exists (writing the worker's pid to FILE.pid first), /grow keeps 64 MiB, /crash
 segfaults the worker, /hold-gil?FIFO holds the GIL until a byte arrives on FIFO (creating FIFO.held
 first), /trickle?SECONDS streams 4 KiB every tenth of a second for SECONDS; the rest answers at
@@ -21,6 +22,15 @@ def application(environ, start_response):
         time.sleep(2)
     if environ["PATH_INFO"] == "/sleep":
         time.sleep(float(environ["QUERY_STRING"]))
+    if environ["PATH_INFO"] == "/sleep-then-clean-up":
+        # A long C call, then the app's own clean-up of its TimeoutError (1.5 s of Python).
+        import sys
+        try:
+            time.sleep(float(environ["QUERY_STRING"]))
+        except TimeoutError:
+            busy_until(time.monotonic() + 1.5)
+            print(f"clean-up done after {environ['QUERY_STRING']} s", file=sys.stderr)
+            raise
     if environ["PATH_INFO"] == "/swallow":
         # A retry loop that takes every Exception, its deadline's TimeoutError among them (30 s
         # at most, so that a server that cannot stop it is not held for ever).

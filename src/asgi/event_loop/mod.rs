@@ -147,6 +147,9 @@ pub struct AsgiLoop {
     teardown_ms: AtomicU64,
     /// Since when the inbox has held work the loop has not taken (`stall::clock_ms`; 0: empty).
     unserved_since: AtomicU64,
+    /// How many times the loop has taken its work (read its wake-up): one that stays the same
+    /// while a wake-up waits means the loop has not turned since.
+    turns: AtomicU64,
     /// The loop ended on an error of its own: nothing handed to it runs any more.
     died: AtomicBool,
     /// What the server does once the loop died (any thread: the loop's).
@@ -216,6 +219,7 @@ impl AsgiLoop {
             stopping: AtomicBool::new(false),
             teardown_ms: AtomicU64::new(1000),
             unserved_since: AtomicU64::new(0),
+            turns: AtomicU64::new(0),
             died: AtomicBool::new(false),
             started_up: AtomicBool::new(false),
             on_death: OnceLock::new(),
@@ -434,6 +438,7 @@ impl AsgiLoop {
         let mut count: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64 (resets the counter).
         unsafe { libc::read(self.efd, (&mut count as *mut u64).cast(), 8) };
+        self.turns.fetch_add(1, Ordering::AcqRel);
         // Also the end of the round in which a wake-up of the server was held.
         super::held_wakes::round_ended();
         crate::signals::block_server_signals();
@@ -611,6 +616,17 @@ impl LoopThread for AsgiLoop {
 
     fn note_interrupt(&self) {
         self.interrupted.store(true, Ordering::Release);
+    }
+
+    fn turns(&self) -> u64 {
+        self.turns.load(Ordering::Acquire)
+    }
+
+    fn ping(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to the eventfd; a full counter still leaves
+        // the loop woken.
+        unsafe { libc::write(self.efd, (&one as *const u64).cast(), 8) };
     }
 
     fn runs_for(
