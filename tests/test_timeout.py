@@ -265,6 +265,18 @@ def test_deadline_over_tls_and_http2(wsgi_factory, tmp_path_factory):
     codes, elapsed = curl("--http2", f"{base}/slow", f"{base}/patient/fast")
     assert codes == ["504", "1", "200", "0"], "one connection for both"
     assert elapsed < 1.9
+    # A client that reads to the close gets TLS's own end, not a bare one (a truncation).
+    import ssl
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF  # Python sets it; OpenSSL 3 clients do not
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        with context.wrap_socket(raw, suppress_ragged_eofs=False) as s:
+            s.sendall(b"GET /sleep?1.5 HTTP/1.0\r\nHost: test.local\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):  # SSLEOFError on an end without close_notify
+                data += chunk
+    assert data.startswith(b"HTTP/1.1 504") and data.rstrip().endswith(b"</html>"), data
 
 
 def test_a_burst_of_timeouts_is_not_a_burst_of_threads(wsgi_factory):

@@ -9,9 +9,9 @@ use ngx_wsgi::ResponseHead;
 
 use crate::bindings::{
     ap_conn_keepalive_e_AP_CONN_CLOSE, ap_get_client_block, ap_get_conn_socket,
-    ap_set_content_length, ap_set_content_type, apr_interval_time_t, apr_os_sock_get,
-    apr_os_sock_t, apr_pstrmemdup, apr_socket_timeout_get, apr_socket_timeout_set, apr_table_addn,
-    apr_table_get, request_rec, APR_SUCCESS, HTTP_GATEWAY_TIME_OUT,
+    ap_set_content_length, ap_set_content_type, ap_ssl_conn_is_ssl, apr_interval_time_t,
+    apr_os_sock_get, apr_os_sock_t, apr_pstrmemdup, apr_socket_timeout_get, apr_socket_timeout_set,
+    apr_table_addn, apr_table_get, request_rec, APR_SUCCESS, HTTP_GATEWAY_TIME_OUT,
 };
 use crate::brigade::Out;
 
@@ -100,7 +100,9 @@ pub(crate) unsafe fn answer_timeout(r: *mut request_rec, out: &Out, head_sent: b
         out.flush();
         // A connection of its own (not an HTTP/2 stream, whose socket is the whole connection's):
         // the answer is written without waiting for a client that does not read (the deadline
-        // thread serves every request of the child), and the client sees the end at once.
+        // thread serves every request of the child), and the client sees the end at once;
+        // over TLS at Apache's close (with TLS's own end: a bare one reads as a truncation).
+        let tls = ap_ssl_conn_is_ssl(c) != 0;
         let sock = if (*c).master.is_null() {
             ap_get_conn_socket(c)
         } else {
@@ -116,6 +118,9 @@ pub(crate) unsafe fn answer_timeout(r: *mut request_rec, out: &Out, head_sent: b
         out.pass();
         apr_socket_timeout_set(sock, saved);
         if head_sent && reset_if_close_delimited(r) {
+            return;
+        }
+        if tls {
             return;
         }
         let mut fd: apr_os_sock_t = -1;

@@ -71,11 +71,13 @@ impl Stream {
             // The request is finalized (and its connection closed) when the app's thread is
             // back: a client that reads to the close (an HTTP/1.0 one, a script's) would wait
             // for it, where a proxied app's timeout closes at once. Over HTTP/1, once the 504
-            // is out whole, its end is sent now.
+            // is out whole, its end is sent now; not over TLS, where an end without TLS's own
+            // close (nginx's, at the finalization) reads as a truncated response.
             let c = (*r).connection;
             if rc == NGX_OK as ngx_int_t
                 && r == (*r).main
                 && (*r).http_version <= NGX_HTTP_VERSION_11 as usize
+                && (*c).ssl.is_null()
                 && (*r).buffered() == 0
                 && (*c).buffered() == 0
             {
