@@ -256,8 +256,16 @@ fn serve(args: &[String]) -> Result<(), String> {
         (true, false) => Some(std::env::current_dir().map_err(|e| e.to_string())?),
     };
     let served = supervise(nginx, watched.as_deref());
-    // The prefix is this run's alone (its configuration, pid file and temp directories).
-    let _ = std::fs::remove_dir_all(&prefix);
+    match &served {
+        // The prefix is this run's alone (its configuration, pid file and temp directories).
+        Ok(()) => {
+            let _ = std::fs::remove_dir_all(&prefix);
+        }
+        Err(_) => eprintln!(
+            "ngx-wsgi: nginx's configuration is kept in {}",
+            conf_path.display()
+        ),
+    }
     served
 }
 
@@ -349,17 +357,16 @@ extern "C" fn on_signal(signal: libc::c_int) {
 }
 
 /// The signals a user or a process manager sends to what it started, which nginx's master acts
-/// on: SIGTERM (a container's or a service's stop) is handed on as SIGQUIT, nginx's graceful
-/// stop, so that requests in flight end; the others as they are (SIGINT, a terminal's Ctrl-C,
-/// reaches nginx too, as one of its process group).
-const HANDED_ON: [(libc::c_int, libc::c_int); 7] = [
+/// on in the foreground: SIGTERM (a container's or a service's stop) is handed on as SIGQUIT,
+/// nginx's graceful stop, so that requests in flight end; the others as they are (SIGINT, a
+/// terminal's Ctrl-C, reaches nginx too, as one of its process group; SIGHUP reloads, SIGUSR1
+/// reopens the logs).
+const HANDED_ON: [(libc::c_int, libc::c_int); 5] = [
     (libc::SIGTERM, libc::SIGQUIT),
     (libc::SIGINT, libc::SIGINT),
     (libc::SIGQUIT, libc::SIGQUIT),
     (libc::SIGHUP, libc::SIGHUP),
     (libc::SIGUSR1, libc::SIGUSR1),
-    (libc::SIGUSR2, libc::SIGUSR2),
-    (libc::SIGWINCH, libc::SIGWINCH),
 ];
 
 /// Runs nginx as a child until it exits (so that its private prefix can be removed after it),
@@ -372,22 +379,28 @@ fn supervise(mut nginx: Command, watched: Option<&Path>) -> Result<(), String> {
             libc::signal(signal, on_signal as *const () as libc::sighandler_t);
         }
     }
-    // SAFETY: prctl only sets an attribute of the child between fork and exec.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl and getppid only set and read attributes of the child between fork and
+    // exec (async-signal-safe calls).
     unsafe {
-        // nginx stops (fast) if this process is killed, rather than serve on unsupervised.
-        nginx.pre_exec(|| {
+        // nginx stops (fast) if this process is killed, rather than serve on unsupervised; one
+        // killed before the child could ask for that leaves it nothing to serve for.
+        nginx.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("ngx-wsgi serve is gone"));
+            }
             Ok(())
         });
     }
-    let mut child = nginx
+    let child = nginx
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", nginx_path().display()))?;
     let pid = child.id() as libc::pid_t;
     let mut seen = watched.map(fingerprint);
     loop {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+        if let Some(status) = reap(pid)? {
             return if status.success() {
                 Ok(())
             } else {
@@ -413,6 +426,32 @@ fn supervise(mut nginx: Command, watched: Option<&Path>) -> Result<(), String> {
                 unsafe { libc::kill(pid, libc::SIGHUP) };
             }
         }
+    }
+}
+
+/// Waits for every child that has ended (not only nginx: as a container's first process,
+/// this one inherits the orphans of the app's children, which nobody else reaps); nginx's
+/// status once it has.
+fn reap(nginx: libc::pid_t) -> Result<Option<std::process::ExitStatus>, String> {
+    use std::os::unix::process::ExitStatusExt;
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid writes the status into a live c_int.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid == nginx {
+            return Ok(Some(std::process::ExitStatus::from_raw(status)));
+        }
+        if pid > 0 {
+            continue;
+        }
+        if pid == 0 {
+            return Ok(None);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return Err(format!("waiting for nginx: {err}"));
     }
 }
 
