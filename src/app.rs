@@ -351,8 +351,9 @@ fn import_file<'py>(py: Python<'py>, path: &Path) -> PyResult<Bound<'py, PyAny>>
     Ok(module)
 }
 
-/// Whether `a` and `b` name one file: the same spelling, or another one of it (a symlink, a
-/// `/../`, a hard link), which locations may use for one app (imported once, not once for each).
+/// Whether `a` and `b` name one file: the same spelling, or another one of it with the same
+/// file name (through a symlinked directory, a `/../`), which locations may use for one app
+/// (imported once, not once for each; a link of another name is another module's name).
 fn is_same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     if a == b {
