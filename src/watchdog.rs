@@ -81,6 +81,11 @@ impl RequestWatch {
         };
     }
 
+    /// Whether a thread took the request into Python (it may have left it since).
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
     /// The deadline's `TimeoutError` was set in the request's thread (and not taken back): one
     /// the app raises now (or a `TimeoutExit`) is most likely it, the request already answered
     /// for its timeout.

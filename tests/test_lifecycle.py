@@ -688,6 +688,30 @@ def test_each_app_is_imported_once_per_worker(nginx_factory, tmp_path):
     assert (tmp_path / f"imported-{worker}").read_text().count("\n") == 1
 
 
+def test_a_worker_whose_every_thread_is_stuck_past_its_deadline_is_replaced(nginx_factory):
+    # Two threads, each held past its deadline by a call that does not return (time.sleep(3600):
+    # its TimeoutError waits to land): the worker can run nothing more. A request that comes
+    # once that has lasted (5 s at least) has the worker replaced; the fresh one serves.
+    server = nginx_factory(
+        location("/", APPS / "sleepy.py", "wsgi_read_timeout 500ms;"),
+        http_extra="wsgi_max_threads 2; wsgi_queue_timeout 1s;",
+        main_extra="worker_shutdown_timeout 1s;").start()
+    assert requests.get(server.url("/fast"), timeout=10).text == "/fast"
+    [worker] = server.worker_pids()
+    assert [requests.get(server.url("/forever"), timeout=10).status_code for _ in range(2)] == [504, 504]
+    # Stuck now; a request meanwhile waits for a thread, in vain (its deadline passes first).
+    assert requests.get(server.url("/fast"), timeout=10).status_code == 504
+    alert = "wsgi: every one of this worker's 2 Python threads (wsgi_max_threads) has been held for "
+    deadline = time.monotonic() + 30
+    while alert not in server.error_log() and time.monotonic() < deadline:
+        requests.get(server.url("/fast"), timeout=10)
+        time.sleep(0.5)
+    assert alert in server.error_log()
+    assert "wsgi: this worker has every Python thread stuck; recycling it" in server.error_log()
+    wait_for(lambda: server.worker_pids() and worker not in server.worker_pids(), what="a fresh worker")
+    wait_for(lambda: requests.get(server.url("/fast"), timeout=10).text == "/fast", what="the fresh worker's answer")
+
+
 def test_a_crashed_worker_is_replaced_and_the_others_keep_serving(nginx_factory):
     server = nginx_factory(location("/", APPS / "sleepy.py"), workers=2).start()
     deadline = time.monotonic() + 10

@@ -95,7 +95,7 @@ pub(crate) unsafe fn admit(event_loop: &AsgiLoop, limits: QueueLimits) -> Result
 /// How long the loop may leave its work untaken before the stall is one the worker cannot wait
 /// out: three times `wsgi_queue_timeout` (the requests of two have been refused meanwhile), and
 /// never less than 5 s, so that a short timeout does not make a long computation fatal.
-fn stuck_after(queue_timeout: ngx_msec_t) -> ngx_msec_t {
+pub(crate) fn stuck_after(queue_timeout: ngx_msec_t) -> ngx_msec_t {
     queue_timeout.saturating_mul(3).max(5000)
 }
 

@@ -32,7 +32,7 @@ use crate::drain::Drain;
 use crate::elastic_pool::{Start, Threads};
 use crate::ffi::guard;
 use crate::ffi::loop_cell::LoopCell;
-use crate::job::{Job, Withdraw};
+use crate::job::{Job, JobQueue};
 use crate::nginx_pool::Tasks;
 use crate::notify::Pump;
 
@@ -89,6 +89,10 @@ pub(crate) struct State {
     pub(crate) pending: usize,
     /// A drainer asked the loop for one more (nginx pools only: the loop has not posted it yet).
     pub(crate) wanted: bool,
+    /// Threads that requests past their deadline still hold.
+    lost: usize,
+    /// Since when every thread the pool may have is lost (`ngx_current_msec`).
+    all_lost_since: Option<ngx_msec_t>,
 }
 
 impl State {
@@ -182,6 +186,28 @@ impl RunQueue {
         }));
         queues.0.push(q);
         q
+    }
+
+    /// How many threads the pool may have (None: an nginx `thread_pool`'s, which nginx keeps
+    /// to itself).
+    pub(crate) fn capacity(&self) -> Option<usize> {
+        match &self.executor {
+            Executor::Threads(threads) => Some(threads.max()),
+            Executor::Tasks(_) => None,
+        }
+    }
+
+    /// How long every thread the pool may have has been held by requests past their deadline
+    /// (calls that do not return), if it is so now.
+    ///
+    /// # Safety
+    /// Event-loop thread (nginx's cached clock).
+    pub(crate) unsafe fn all_lost_for(&self) -> Option<ngx_msec_t> {
+        // SAFETY: per the function contract.
+        let now = unsafe { ngx_current_msec };
+        self.lock()
+            .all_lost_since
+            .map(|since| now.saturating_sub(since))
     }
 
     /// Every queue made in this worker.
@@ -368,12 +394,31 @@ unsafe extern "C" fn sweep(ev: *mut ngx_event_t) {
     })
 }
 
-impl Withdraw for RunQueue {
+impl JobQueue for RunQueue {
     /// Its client went away: its slot (`wsgi_max_queue`) is free at once, not when a drainer
     /// reaches it, so a flood of reset HTTP/2 streams behind busy threads does not get live
     /// requests refused.
     fn withdraw(&self, job: *mut Job) -> bool {
         self.lock().take_back(job)
+    }
+
+    fn slot_lost(&self) {
+        let capacity = self.capacity();
+        let mut st = self.lock();
+        st.lost += 1;
+        if capacity.is_some_and(|c| st.lost >= c) && st.all_lost_since.is_none() {
+            // SAFETY: plain read of nginx's cached clock on the event loop (the trait's contract).
+            st.all_lost_since = Some(unsafe { ngx_current_msec });
+        }
+    }
+
+    fn slot_back(&self) {
+        let capacity = self.capacity();
+        let mut st = self.lock();
+        st.lost = st.lost.saturating_sub(1);
+        if capacity.is_none_or(|c| st.lost < c) {
+            st.all_lost_since = None;
+        }
     }
 }
 

@@ -114,6 +114,11 @@ impl Threads {
         }
     }
 
+    /// How many threads the pool may have (`wsgi_max_threads`).
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

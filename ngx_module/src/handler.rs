@@ -98,6 +98,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         timed_out: None,
         expired: false,
         queue: None,
+        holds_lost_slot: false,
         posted_at: Instant::now(),
         outcome: None,
     }));
@@ -126,6 +127,9 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             expired: expired_in_queue,
         });
         (*job).queue = Some(queue);
+        // A worker whose every thread is stuck can run none of this; the request waits (and is
+        // refused at its queue timeout) while the worker is replaced.
+        crate::stuck_pool::recycle_if_stuck(queue, limits.queue_timeout);
         // Counted before a thread can take it (and count it taken): the gauge never dips below
         // zero.
         crate::metrics::posted();
@@ -234,6 +238,11 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
             // First: the job (and its timer's event) is freed with the request, which is
             // finalized even when something below panics.
             timer::disarm(&mut (*job).deadline);
+            if (*job).holds_lost_slot {
+                if let Some(queue) = (*job).queue {
+                    queue.slot_back();
+                }
+            }
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
             crate::inflight::finished(c);
             crate::recycle::request_done();
@@ -440,6 +449,12 @@ pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
             );
             (*job).watch.interrupt_in_background(what);
             crate::metrics::timed_out();
+            if (*job).watch.started() {
+                if let Some(queue) = (*job).queue {
+                    queue.slot_lost();
+                    (*job).holds_lost_slot = true;
+                }
+            }
             let (rc, answered) = (*job).stream.time_out(r);
             (*job).timed_out = Some(rc);
             if answered {

@@ -36,16 +36,23 @@ pub(crate) struct Job {
     /// It waited longer than `wsgi_queue_timeout` for a thread and never ran.
     pub expired: bool,
     /// The queue it waits in for a thread (set before it is queued).
-    pub queue: Option<&'static dyn Withdraw>,
+    pub queue: Option<&'static dyn JobQueue>,
+    /// Its deadline passed while a thread ran it: that thread is counted lost to the pool.
+    pub holds_lost_slot: bool,
     /// When the request was handed to the pool.
     pub posted_at: Instant,
     pub outcome: Option<Outcome>,
 }
 
-/// A queue a job may be taken back out of before a thread has it (its client went away).
-pub(crate) trait Withdraw: Sync {
-    /// Takes `job` out if no thread has popped it yet; whether it did.
+/// The queue of the pool a job runs in, as the job's own handlers see it.
+pub(crate) trait JobQueue: Sync {
+    /// Takes `job` out if no thread has popped it yet (its client went away); whether it did.
     fn withdraw(&self, job: *mut Job) -> bool;
+    /// A request this pool's thread runs passed its deadline: the thread is lost to the pool
+    /// until it comes back (event-loop thread).
+    fn slot_lost(&self);
+    /// A thread [`JobQueue::slot_lost`] counted came back (event-loop thread).
+    fn slot_back(&self);
 }
 
 impl Job {

@@ -54,6 +54,7 @@ mod shared_sockets;
 mod sibling_workers;
 mod status_page;
 mod stream;
+mod stuck_pool;
 mod unloaded_aside;
 
 use std::ffi::{c_char, c_void};

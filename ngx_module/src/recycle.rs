@@ -87,6 +87,25 @@ pub(crate) fn loop_stuck(for_how_long: std::time::Duration) {
     recycle("has a stuck ASGI event loop", true);
 }
 
+/// Every one of the `threads` threads of a pool has been held for `lost_for` ms by requests past
+/// their deadline (`stuck_pool`): a fresh worker takes over. Event-loop thread.
+pub(crate) fn pool_stuck(lost_for: ngx_msec_t, threads: usize) {
+    // SAFETY: nginx's own flag, read on the event loop (`ngx_quit` is reset once the exit began).
+    if crate::exit_drain::ending() || unsafe { ngx_exiting != 0 } {
+        return;
+    }
+    crate::ffi::log::cycle_log(
+        NGX_LOG_ALERT as usize,
+        &format!(
+            "wsgi: every one of this worker's {threads} Python threads (wsgi_max_threads) has been \
+             held for {lost_for} ms by requests past wsgi_read_timeout, in calls that do not \
+             return (their stacks were logged at their timeouts): no request of theirs can run \
+             here; those requests are cut at the worker's exit"
+        ),
+    );
+    recycle("has every Python thread stuck", true);
+}
+
 /// The worker could not load an app at its start: a fresh worker tries again in
 /// [`RETRY_LOAD_MS`].
 ///

@@ -1,0 +1,27 @@
+//! A pool whose every thread is held by requests past their deadline (`wsgi_read_timeout`) in
+//! calls that do not return (a socket read or a lock without a timeout: C code, where their
+//! `TimeoutError` waits to land): the worker can run none of that pool's requests any more, and
+//! nothing else would ever give the threads back. Once that has lasted as long as a stall of the
+//! ASGI event loop may ([`crate::asgi_queue::stuck_after`]), the worker is recycled, as
+//! gunicorn's timeout, uWSGI's harakiri and mod_wsgi's request-timeout replace theirs.
+
+use nginx_sys::ngx_msec_t;
+
+use crate::dispatch::RunQueue;
+
+/// Recycles the worker when every thread `queue`'s pool may have has been lost for too long;
+/// whether it did.
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn recycle_if_stuck(queue: &RunQueue, queue_timeout: ngx_msec_t) -> bool {
+    // SAFETY: per the function contract.
+    let Some(lost_for) = (unsafe { queue.all_lost_for() }) else {
+        return false;
+    };
+    if lost_for <= crate::asgi_queue::stuck_after(queue_timeout) {
+        return false;
+    }
+    crate::recycle::pool_stuck(lost_for, queue.capacity().unwrap_or(0));
+    true
+}
