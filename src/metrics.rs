@@ -288,7 +288,8 @@ pub fn thread_finished(gil_wait: Duration) {
     }
 }
 
-/// The request came back from Python after `duration`, answered with `status`.
+/// The request came back from Python after `duration`, answered with `status`; one that
+/// `timed_out` was counted as answered at its deadline ([`timed_out`]).
 pub fn finished(status: u16, duration: Duration, timed_out: bool, client_gone: bool) {
     if let Some(g) = mine() {
         g.in_flight.fetch_sub(1, Relaxed);
@@ -296,6 +297,14 @@ pub fn finished(status: u16, duration: Duration, timed_out: bool, client_gone: b
             g.lost_slots.fetch_sub(1, Relaxed);
         }
     }
+    if timed_out {
+        return;
+    }
+    answered(status, duration, client_gone);
+}
+
+/// A response (`status`, after `duration`) in the counters and the duration histogram.
+fn answered(status: u16, duration: Duration, client_gone: bool) {
     let Some(c) = counters() else { return };
     if client_gone {
         c.client_gone.fetch_add(1, Relaxed);
@@ -328,14 +337,17 @@ pub fn finished_outcome(outcome: Option<&Outcome>, duration: Duration, timed_out
     finished(status, duration, timed_out, client_gone);
 }
 
-/// A request's deadline passed while it was inside Python: its thread is lost until it returns.
-pub fn timed_out() {
+/// A request's deadline passed while it was inside Python, `duration` after it began: its thread
+/// is lost until it returns; the 504 (or the cut) that went out in its place is counted now, not
+/// when the thread comes back (one stuck in C code never does).
+pub fn timed_out(duration: Duration) {
     if let Some(g) = mine() {
         g.lost_slots.fetch_add(1, Relaxed);
     }
     if let Some(c) = counters() {
         c.timeouts.fetch_add(1, Relaxed);
     }
+    answered(504, duration, false);
 }
 
 /// A queued request left the queue without running (it waited too long).

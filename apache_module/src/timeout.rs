@@ -56,6 +56,8 @@ struct Expiry {
     /// The request's virtual host and client, for the log entry.
     server: ServerRef,
     client: String,
+    /// When the app's thread started it (its duration at the deadline, for the metrics).
+    armed_at: Instant,
 }
 
 struct ServerRef(*const server_rec);
@@ -75,7 +77,7 @@ impl ServerRef {
 impl crate::deadline::Expire for Expiry {
     fn expire(&self) {
         self.side.expire(|| {
-            ngx_wsgi::metrics::timed_out();
+            ngx_wsgi::metrics::timed_out(self.armed_at.elapsed());
             let (server, client) = (ServerRef(self.server.0), self.client.clone());
             let scope: LogScope = Box::new(move |f| {
                 // SAFETY: see ServerRef.
@@ -113,6 +115,7 @@ pub(crate) unsafe fn arm(
             server: ServerRef(unsafe { (*r).server }),
             client: String::from_utf8_lossy(info.field(ngx_wsgi::environ::Field::RemoteAddr))
                 .into_owned(),
+            armed_at: Instant::now(),
         };
         crate::deadline::arm(Instant::now() + timeout, Arc::new(expiry))
     });

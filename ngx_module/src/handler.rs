@@ -448,7 +448,7 @@ pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
                 (*job).read_timeout
             );
             (*job).watch.interrupt_in_background(what);
-            crate::metrics::timed_out();
+            crate::metrics::timed_out((*job).posted_at.elapsed());
             if (*job).watch.started() {
                 if let Some(queue) = (*job).queue {
                     queue.slot_lost();
