@@ -174,7 +174,8 @@ unsafe fn log_now(why: Refused, now: ngx_msec_t) {
     );
 }
 
-const THREADS: &str =
-    "every thread allowed is busy; see wsgi_max_threads, wsgi_max_queue, wsgi_queue_timeout";
+const THREADS: &str = "every thread allowed is busy, or the threads wait for the GIL that a call \
+                       in C code keeps (a regular expression, an extension); see wsgi_max_threads, \
+                       wsgi_max_queue, wsgi_queue_timeout";
 const LOOP: &str = "an app may keep the event loop busy without awaiting, with a blocking call \
                     in async code, say; see wsgi_max_queue, wsgi_queue_timeout";

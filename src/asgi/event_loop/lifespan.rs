@@ -270,7 +270,8 @@ impl LoopStuck {
         tracing::error!(
             target: "asgi",
             "the ASGI event loop's thread did not stop within {} ms (a call in a coroutine that never \
-             returns to the loop); the worker exits without finalizing Python",
+             returns to the loop, or a call in C code on another thread that keeps the GIL); the \
+             worker exits without finalizing Python",
             self.waited.as_millis()
         );
     }
