@@ -692,24 +692,61 @@ def test_a_worker_whose_every_thread_is_stuck_past_its_deadline_is_replaced(ngin
     # Two threads, each held past its deadline by a call that does not return (time.sleep(3600):
     # its TimeoutError waits to land): the worker can run nothing more. A request that comes
     # once that has lasted (5 s at least) has the worker replaced; the fresh one serves.
+    # (No worker_shutdown_timeout: the stuck requests are not waited for at the exit.)
     server = nginx_factory(
         location("/", APPS / "sleepy.py", "wsgi_read_timeout 500ms;"),
-        http_extra="wsgi_max_threads 2; wsgi_queue_timeout 1s;",
-        main_extra="worker_shutdown_timeout 1s;").start()
+        http_extra="wsgi_max_threads 2; wsgi_queue_timeout 1s;").start()
     assert requests.get(server.url("/fast"), timeout=10).text == "/fast"
     [worker] = server.worker_pids()
     assert [requests.get(server.url("/forever"), timeout=10).status_code for _ in range(2)] == [504, 504]
     # Stuck now; a request meanwhile waits for a thread, in vain (its deadline passes first).
     assert requests.get(server.url("/fast"), timeout=10).status_code == 504
-    alert = "wsgi: every one of this worker's 2 Python threads (wsgi_max_threads) has been held for "
+    _until_replaced(server, worker, "its 2 Python threads (wsgi_max_threads) are all held by requests past "
+                                    "wsgi_read_timeout in calls that do not return")
+
+
+def _until_replaced(server, worker, held):
+    """Asks until the worker is recycled for its stuck pool (at a request: a 503), then waits for
+    its replacement, which serves."""
+    alert = "wsgi: this worker has run none of its queued WSGI requests for "
     deadline = time.monotonic() + 30
     while alert not in server.error_log() and time.monotonic() < deadline:
         requests.get(server.url("/fast"), timeout=10)
         time.sleep(0.5)
-    assert alert in server.error_log()
-    assert "wsgi: this worker has every Python thread stuck; recycling it" in server.error_log()
+    log = server.error_log()
+    assert alert in log and held in log.split(alert, 1)[1].split("\n", 1)[0], log[-3000:]
+    assert "wsgi: this worker has every Python thread stuck; recycling it" in log
     wait_for(lambda: server.worker_pids() and worker not in server.worker_pids(), what="a fresh worker")
+    assert "are cut as the worker exits; exiting without finalizing Python" in server.error_log()
     wait_for(lambda: requests.get(server.url("/fast"), timeout=10).text == "/fast", what="the fresh worker's answer")
+
+
+def test_a_worker_whose_requests_start_no_more_behind_a_call_that_keeps_the_gil_is_replaced(nginx_factory):
+    # One request holds the GIL in C code past its deadline: the other threads can run nothing
+    # (they wait for the GIL before they take a request), though they are not all lost.
+    shared = tempfile.mkdtemp(prefix="ngx-wsgi-gil-")
+    os.chmod(shared, 0o777)
+    fifo = os.path.join(shared, "gil")
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o666)
+    server = nginx_factory(
+        location("/", APPS / "sleepy.py", "wsgi_read_timeout 500ms;"),
+        http_extra="wsgi_max_threads 4; wsgi_queue_timeout 1s;").start()
+    assert requests.get(server.url("/fast"), timeout=10).text == "/fast"
+    [worker] = server.worker_pids()
+    holder = threading.Thread(target=lambda: requests.get(server.url(f"/hold-gil?{fifo}"), timeout=30))
+    holder.start()
+    try:
+        wait_for(lambda: os.path.exists(fifo + ".held"), what="the app to hold the GIL")
+        _until_replaced(server, worker, "or one of those calls keeps the GIL")
+    finally:
+        try:  # releases a holder still there (no reader: its worker is gone, ENXIO)
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            os.write(fd, b"x")
+            os.close(fd)
+        except OSError:
+            pass
+        holder.join(timeout=30)
 
 
 def test_a_crashed_worker_is_replaced_and_the_others_keep_serving(nginx_factory):

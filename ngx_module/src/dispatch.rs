@@ -60,6 +60,9 @@ pub(crate) enum Refused {
     NoThread,
     /// It was queued, and waited longer than `wsgi_queue_timeout` for a thread.
     Expired,
+    /// The pool's threads are stuck past their requests' deadlines; a fresh worker replaces
+    /// this one (`stuck_pool`).
+    PoolStuck,
     /// `wsgi_max_queue` ASGI requests already wait for the event loop to start them.
     LoopFull,
     /// The oldest request waiting for the ASGI event loop has waited longer than
@@ -93,6 +96,10 @@ pub(crate) struct State {
     lost: usize,
     /// Since when every thread the pool may have is lost (`ngx_current_msec`).
     all_lost_since: Option<ngx_msec_t>,
+    /// Since when requests have been queued with no drainer come for them (`ngx_current_msec`;
+    /// set by the loop, cleared by a drainer that looks for work: queued requests that were
+    /// refused or whose clients left meanwhile leave it set).
+    unserved_since: Option<ngx_msec_t>,
 }
 
 impl State {
@@ -197,17 +204,24 @@ impl RunQueue {
         }
     }
 
-    /// How long every thread the pool may have has been held by requests past their deadline
-    /// (calls that do not return), if it is so now.
+    /// How long the pool has been stuck, if it is now: every thread it may have held by
+    /// requests past their deadline (calls that do not return), or, with any so held, no
+    /// queued request started (the stuck call keeps the GIL, or no other thread could be made).
     ///
     /// # Safety
     /// Event-loop thread (nginx's cached clock).
-    pub(crate) unsafe fn all_lost_for(&self) -> Option<ngx_msec_t> {
+    pub(crate) unsafe fn stuck_for(&self) -> Option<ngx_msec_t> {
         // SAFETY: per the function contract.
         let now = unsafe { ngx_current_msec };
-        self.lock()
-            .all_lost_since
+        let st = self.lock();
+        if st.lost == 0 {
+            return None;
+        }
+        [st.all_lost_since, st.unserved_since]
+            .into_iter()
+            .flatten()
             .map(|since| now.saturating_sub(since))
+            .max()
     }
 
     /// Every queue made in this worker.
@@ -255,6 +269,7 @@ impl RunQueue {
                 return Err(Refused::Stalled);
             }
             st.jobs.push_back(Queued { job, at: now });
+            st.unserved_since.get_or_insert(now);
             if st.pending >= spares_for(st.jobs.len()) {
                 drop(st);
                 // SAFETY: event loop, per the function contract.
@@ -307,6 +322,8 @@ impl RunQueue {
             st.pending -= 1;
         }
         let job = st.jobs.pop_front().map(|q| q.job);
+        // A drainer that gets here (with the GIL) serves: the pool is not stuck.
+        st.unserved_since = None;
         let want = job.is_some()
             && !st.jobs.is_empty()
             && st.pending < spares_for(st.jobs.len())

@@ -127,9 +127,16 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             expired: expired_in_queue,
         });
         (*job).queue = Some(queue);
-        // A worker whose every thread is stuck can run none of this; the request waits (and is
-        // refused at its queue timeout) while the worker is replaced.
-        crate::stuck_pool::recycle_if_stuck(queue, limits.queue_timeout);
+        // A worker whose threads are stuck can run none of this: refused at once while the
+        // worker is replaced.
+        if crate::stuck_pool::recycle_if_stuck(queue, limits.queue_timeout) {
+            (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
+            return Err(crate::overload::refuse(
+                r,
+                Refused::PoolStuck,
+                limits.queue_timeout,
+            ));
+        }
         // Counted before a thread can take it (and count it taken): the gauge never dips below
         // zero.
         crate::metrics::posted();
@@ -241,6 +248,7 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
             if (*job).holds_lost_slot {
                 if let Some(queue) = (*job).queue {
                     queue.slot_back();
+                    crate::inflight::lost(-1);
                 }
             }
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
@@ -452,6 +460,7 @@ pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
             if (*job).watch.started() {
                 if let Some(queue) = (*job).queue {
                     queue.slot_lost();
+                    crate::inflight::lost(1);
                     (*job).holds_lost_slot = true;
                 }
             }

@@ -30,6 +30,11 @@ const EXIT_BOUND_WITHOUT_WORKER_SHUTDOWN_TIMEOUT_MS: ngx_msec_t = 60_000;
 static OUTSTANDING: AtomicUsize = AtomicUsize::new(0);
 /// Those of them that are ASGI requests (a stuck event loop holds them for ever).
 static OUTSTANDING_ASGI: AtomicUsize = AtomicUsize::new(0);
+/// Those of them that are WSGI requests past their deadline whose threads have not come back.
+static OUTSTANDING_LOST: AtomicUsize = AtomicUsize::new(0);
+/// The worker exits because every thread of a pool is lost (`recycle::pool_stuck`): requests
+/// past their deadline are not waited for.
+static LET_GO_OF_LOST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// The connections of the requests inside Python, with those requests (addresses; one entry
 /// per request).
 static CONNECTIONS: LoopCell<Vec<(usize, usize)>> = LoopCell::new(Vec::new());
@@ -242,6 +247,23 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
             if outstanding == 0 {
                 return;
             }
+            let lost = OUTSTANDING_LOST.load(Relaxed);
+            if ngx_exiting != 0
+                && LET_GO_OF_LOST.load(Relaxed)
+                && lost >= outstanding
+                && !waits_with_others(ev, outstanding)
+            {
+                crate::ffi::log::cycle_log(
+                    NGX_LOG_ALERT as usize,
+                    &format!(
+                        "wsgi: {outstanding} request(s) whose threads are stuck past \
+                         wsgi_read_timeout are cut as the worker exits; exiting without \
+                         finalizing Python"
+                    ),
+                );
+                run_hooks(&BEFORE_FORCED_EXIT);
+                libc::_exit(1);
+            }
             if ngx_exiting != 0 {
                 let now = ngx_current_msec;
                 note_movement(now);
@@ -295,6 +317,23 @@ unsafe extern "C" fn recheck(ev: *mut ngx_event_t) {
 /// Whether the worker waited past the default bound for requests that moved bytes.
 fn waited_while_moving() -> bool {
     MOVING_NOTICED_AT.load(Relaxed) != 0
+}
+
+/// A WSGI request inside Python passed its deadline with its thread still running (1), or that
+/// thread came back (-1).
+pub(crate) fn lost(delta: isize) {
+    if delta > 0 {
+        OUTSTANDING_LOST.fetch_add(1, Relaxed);
+    } else {
+        OUTSTANDING_LOST.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The worker exits because its threads are lost: once the requests left inside Python are
+/// only those (answered at their deadlines; their threads are in calls that do not return),
+/// it ends without waiting for them, as for the requests a stuck ASGI event loop holds.
+pub(crate) fn let_go_of_lost() {
+    LET_GO_OF_LOST.store(true, Relaxed);
 }
 
 /// The worker's exit is its own (see [`OWN_EXIT`]): it does not wait past the default bound

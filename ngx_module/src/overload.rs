@@ -149,6 +149,10 @@ unsafe fn log_now(why: Refused, now: ngx_msec_t) {
             THREADS,
         ),
         Refused::NoThread => ("no pool thread could be started", THREADS),
+        Refused::PoolStuck => (
+            "the threads that could run them are stuck past wsgi_read_timeout",
+            "the worker is being replaced; the error log's alert says why",
+        ),
         Refused::LoopFull => (
             "wsgi_max_queue requests already wait for the asgi event loop to start them",
             LOOP,

@@ -87,22 +87,27 @@ pub(crate) fn loop_stuck(for_how_long: std::time::Duration) {
     recycle("has a stuck ASGI event loop", true);
 }
 
-/// Every one of the `threads` threads of a pool has been held for `lost_for` ms by requests past
-/// their deadline (`stuck_pool`): a fresh worker takes over. Event-loop thread.
-pub(crate) fn pool_stuck(lost_for: ngx_msec_t, threads: usize) {
+/// A pool of this worker has been stuck for `stuck_for` ms (`stuck_pool`; `threads`: how many
+/// it may have, when known): a fresh worker takes over. Event-loop thread.
+pub(crate) fn pool_stuck(stuck_for: ngx_msec_t, threads: Option<usize>) {
     // SAFETY: nginx's own flag, read on the event loop (`ngx_quit` is reset once the exit began).
     if crate::exit_drain::ending() || unsafe { ngx_exiting != 0 } {
         return;
     }
+    let held = match threads {
+        Some(n) => format!("its {n} Python threads (wsgi_max_threads) are all held"),
+        None => "its thread pool's threads are held".to_owned(),
+    };
     crate::ffi::log::cycle_log(
         NGX_LOG_ALERT as usize,
         &format!(
-            "wsgi: every one of this worker's {threads} Python threads (wsgi_max_threads) has been \
-             held for {lost_for} ms by requests past wsgi_read_timeout, in calls that do not \
-             return (their stacks were logged at their timeouts): no request of theirs can run \
-             here; those requests are cut at the worker's exit"
+            "wsgi: this worker has run none of its queued WSGI requests for {stuck_for} ms: \
+             {held} by requests past wsgi_read_timeout in calls that do not return, or one of \
+             those calls keeps the GIL (their stacks were logged at their timeouts); those \
+             requests are cut at the worker's exit"
         ),
     );
+    crate::inflight::let_go_of_lost();
     recycle("has every Python thread stuck", true);
 }
 
