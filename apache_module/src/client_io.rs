@@ -100,8 +100,9 @@ pub(crate) unsafe fn answer_timeout(r: *mut request_rec, out: &Out, head_sent: b
         out.flush();
         // A connection of its own (not an HTTP/2 stream, whose socket is the whole connection's):
         // the answer is written without waiting for a client that does not read (the deadline
-        // thread serves every request of the child), and the client sees the end at once;
-        // over TLS at Apache's close (with TLS's own end: a bare one reads as a truncation).
+        // thread serves every request of the child), and the client sees the end at once; a
+        // whole 504 over TLS at Apache's close (with TLS's own end: a bare one reads as a
+        // truncation), while a cut response's truncation is the point.
         let tls = ap_ssl_conn_is_ssl(c) != 0;
         let sock = if (*c).master.is_null() {
             ap_get_conn_socket(c)
@@ -120,7 +121,7 @@ pub(crate) unsafe fn answer_timeout(r: *mut request_rec, out: &Out, head_sent: b
         if head_sent && reset_if_close_delimited(r) {
             return;
         }
-        if tls {
+        if tls && !head_sent {
             return;
         }
         let mut fd: apr_os_sock_t = -1;
