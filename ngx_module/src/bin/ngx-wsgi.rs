@@ -373,11 +373,13 @@ const HANDED_ON: [(libc::c_int, libc::c_int); 5] = [
 /// handing on the signals nginx acts on; with `watched`, reloads it when a `.py` under that
 /// directory changes.
 fn supervise(mut nginx: Command, watched: Option<&Path>) -> Result<(), String> {
-    // SAFETY: the handler only updates an atomic, which is async-signal-safe.
+    // SAFETY: the handler only updates an atomic, which is async-signal-safe; SIGCHLD's default
+    // (an ignored one, inherited, would have the kernel reap nginx before waitpid sees it).
     unsafe {
         for (signal, _) in HANDED_ON {
             libc::signal(signal, on_signal as *const () as libc::sighandler_t);
         }
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
     }
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: prctl and getppid only set and read attributes of the child between fork and
@@ -388,7 +390,8 @@ fn supervise(mut nginx: Command, watched: Option<&Path>) -> Result<(), String> {
         nginx.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
             if libc::getppid() != parent {
-                return Err(std::io::Error::other("ngx-wsgi serve is gone"));
+                // No allocation between fork and exec.
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
