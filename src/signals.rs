@@ -109,6 +109,26 @@ pub fn leave_children_to_their_parents() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Blocks SIGCHLD in the calling thread (the server's event loop, once the apps are loaded),
+/// where it has its default disposition: a child's SIGCHLD that is not dropped as it is sent
+/// (its parent thread blocked it for a moment, as `fork_exec` does around `vfork`, and the
+/// child was quick to end) goes to a thread that does not block it, and there interrupted
+/// nginx's `epoll_wait` (an `[info]` line). Pending for the process then, it does nothing. The
+/// app's children never get this mask: they start with an empty one (`child_signal_mask`).
+pub fn keep_child_signals_from_this_thread() {
+    if !CHILD_SIGNAL_IGNORED.load(std::sync::atomic::Ordering::Acquire) {
+        return;
+    }
+    // SAFETY: initialises a set and adds a valid signal number to it.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        set
+    };
+    change_thread_mask(libc::SIG_BLOCK, &set);
+}
+
 /// SIGCHLD has its default disposition (ignored) in this process: the module's threads leave it
 /// unblocked. A child's SIGCHLD goes to the thread that started it; blocked there, it waited
 /// for a thread that does not block it, nginx's event loop, whose `epoll_wait` it interrupted

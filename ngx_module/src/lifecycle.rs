@@ -101,6 +101,8 @@ pub(crate) unsafe fn start_worker(
             ));
         }
     }
+    // From now on the event loop's thread runs no Python (whose children could inherit it).
+    ngx_wsgi::signals::keep_child_signals_from_this_thread();
     for why in &failed {
         crate::ffi::log::cycle_log(NGX_LOG_ALERT as usize, why);
     }
