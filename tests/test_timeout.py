@@ -100,15 +100,20 @@ def test_interrupted_threads_come_back_to_the_pool(server):
         assert interrupted == 4
 
 
+def timed_out_and_ended(server, path, exception):
+    """GETs `path`, answered 504 at its deadline, and waits for the app's end with `exception`
+    (logged at info); returns the error log then."""
+    assert requests.get(server.url(path), timeout=60).status_code == 504
+    raised = (f"the application raised the {exception} of its timeout, logged with its stack as it timed out "
+              f'while serving "GET {path} HTTP/1.1"')
+    wait_for(lambda: raised in server.error_log(), timeout=25, what=f"the app's end with its {exception}")
+    return server.error_log()
+
+
 def test_an_app_that_catches_its_timeout_error_gets_timeout_exit(server):
     # A retry loop's `except Exception` takes the TimeoutError: 5 s later the thread gets
     # TimeoutExit, a BaseException, which such a loop lets through, and its thread comes back.
-    r = requests.get(server.url("/swallow"), timeout=60)
-    assert r.status_code == 504
-    raised = ('the application raised the TimeoutExit of its timeout, logged with its stack as it timed out '
-              'while serving "GET /swallow HTTP/1.1"')
-    wait_for(lambda: raised in server.error_log(), timeout=25, what="the app's end with TimeoutExit")
-    log = server.error_log()
+    log = timed_out_and_ended(server, "/swallow", "TimeoutExit")
     head = f'{DIRECTIVE[server.kind]}: "GET /swallow HTTP/1.1" is still inside Python after 500 ms; '
     assert head + "interrupting it with TimeoutError" in log
     assert (head + "it still runs the app's code 5 s after its TimeoutError (the app caught it): interrupting "
@@ -123,24 +128,15 @@ def test_a_timeout_error_pending_in_a_long_c_call_is_left_to_land(server):
     # time.sleep(7) runs no Python code: the TimeoutError set at 500 ms lands when it returns.
     # The look 5 s after it finds the thread where it was and leaves that one pending (a
     # TimeoutExit in its place would skip the app's `except TimeoutError` clean-up).
-    r = requests.get(server.url("/sleep?7"), timeout=30)
-    assert r.status_code == 504
-    raised = ('the application raised the TimeoutError of its timeout, logged with its stack as it timed out '
-              'while serving "GET /sleep?7 HTTP/1.1"')
-    wait_for(lambda: raised in server.error_log(), timeout=25, what="the app's end with its TimeoutError")
+    log = timed_out_and_ended(server, "/sleep?7", "TimeoutError")
     head = f'{DIRECTIVE[server.kind]}: "GET /sleep?7 HTTP/1.1" is still inside Python after 500 ms; '
-    assert server.error_log().count(head) == 1, "no TimeoutExit"
+    assert log.count(head) == 1, "no TimeoutExit"
 
 
 def test_a_timeout_error_that_lands_late_leaves_the_app_its_clean_up(server):
     # The TimeoutError set at 500 ms lands when the sleep returns, just before the watchdog's
     # look 5 s after setting it: the app's `except TimeoutError` clean-up still has its 5 s.
-    r = requests.get(server.url("/sleep-then-clean-up?5.2"), timeout=30)
-    assert r.status_code == 504
-    raised = ('the application raised the TimeoutError of its timeout, logged with its stack as it timed out '
-              'while serving "GET /sleep-then-clean-up?5.2 HTTP/1.1"')
-    wait_for(lambda: raised in server.error_log(), timeout=25, what="the app's end with its TimeoutError")
-    log = server.error_log()
+    log = timed_out_and_ended(server, "/sleep-then-clean-up?5.2", "TimeoutError")
     assert "clean-up done after 5.2 s" in log
     assert "TimeoutExit" not in log.split('"GET /sleep-then-clean-up?5.2 HTTP/1.1" is still inside Python', 1)[1]
 
