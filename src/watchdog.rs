@@ -53,13 +53,17 @@ impl RequestWatch {
     /// The request's thread is about to run the app; false when its deadline already passed
     /// while it waited for a thread (then it must not run at all).
     pub(crate) fn enter(&self, _py: Python<'_>) -> bool {
-        if self.expired.load(Ordering::Acquire) {
+        // Noted before the deadline's flag is read, as the deadline notes its flag before it
+        // reads this one (all four sequentially consistent): a deadline passing now either
+        // stops the request here or sees it started (and counts its thread lost).
+        self.started.store(true, Ordering::SeqCst);
+        if self.expired.load(Ordering::SeqCst) {
+            self.started.store(false, Ordering::Relaxed);
             return false;
         }
         // SAFETY: plain query of the calling thread's identity.
         let ident = unsafe { ffi::PyThread_get_thread_ident() };
         self.thread.store(ident as u64, Ordering::Relaxed);
-        self.started.store(true, Ordering::Relaxed);
         self.running.store(true, Ordering::Release);
         true
     }
@@ -83,7 +87,7 @@ impl RequestWatch {
 
     /// Whether a thread took the request into Python (it may have left it since).
     pub fn started(&self) -> bool {
-        self.started.load(Ordering::Relaxed)
+        self.started.load(Ordering::SeqCst)
     }
 
     /// The deadline's `TimeoutError` was set in the request's thread (and not taken back): one
@@ -124,14 +128,14 @@ impl RequestWatch {
     /// raises `TimeoutError` in it, if the request is still inside Python by then. A request
     /// that has not started by now never starts, even if it gets the GIL before the watchdog.
     pub fn interrupt_in_background(self: &Arc<Self>, what: String) {
-        self.expired.store(true, Ordering::Release);
+        self.expired.store(true, Ordering::SeqCst);
         let watch = self.clone();
         submit(Box::new(move |py| watch.interrupt(py, what, None)));
     }
 
     /// The same, with the watchdog's log entries written inside `scope`.
     pub fn interrupt_in_background_with(self: &Arc<Self>, what: String, scope: LogScope) {
-        self.expired.store(true, Ordering::Release);
+        self.expired.store(true, Ordering::SeqCst);
         let watch = self.clone();
         submit(Box::new(move |py| {
             watch.interrupt(py, what, Some(Arc::new(scope)))
