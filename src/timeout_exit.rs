@@ -116,7 +116,8 @@ pub(crate) fn landed(py: Python<'_>, ident: u64) -> Landed {
 
 /// Sets `which` as the thread `ident`'s pending asynchronous exception. The caller holds the GIL
 /// and has just checked, with no Python code run since, that the thread still runs the
-/// timed-out request: nothing here runs Python code once the class is made (the first call).
+/// timed-out request: nothing here runs Python code once the class is made (by [`landed`],
+/// which the callers ask first).
 pub(crate) fn raise_in(py: Python<'_>, ident: u64, which: Deadline) {
     let class = match class(py, which) {
         Ok(class) => class,
@@ -128,12 +129,6 @@ pub(crate) fn raise_in(py: Python<'_>, ident: u64, which: Deadline) {
     // SAFETY: the GIL is held; the thread is alive (checked by the caller under the GIL); the
     // class is kept alive by its module, which lives as long as the interpreter.
     unsafe { ffi::PyThreadState_SetAsyncExc(ident as _, class.as_ptr()) };
-}
-
-/// Makes the exceptions now, so that [`raise_in`] runs no Python code between its caller's
-/// check and the interrupt.
-pub(crate) fn prepare(py: Python<'_>) {
-    let _ = module(py);
 }
 
 /// Whether `err` is the deadline's: a `TimeoutError`, or the `TimeoutExit` that follows it.

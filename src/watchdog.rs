@@ -244,7 +244,6 @@ impl RequestWatch {
         }
         let ident = self.thread.load(Ordering::Relaxed);
         let stack = stack_for_log(py, ident);
-        timeout_exit::prepare(py);
         let landed = timeout_exit::landed(py, ident).count;
         // Formatting the stack ran Python code, during which the GIL may have gone to the
         // request's thread and the request ended: checked again, with no Python code between

@@ -320,7 +320,6 @@ impl TaskWatch {
     fn interrupt_now(&self, py: Python<'_>, lp: &impl LoopThread, what: &str) -> Option<u64> {
         let blocking = self.blocking(py, lp)?;
         let stack = crate::watchdog::stack_for_log(py, blocking.ident);
-        timeout_exit::prepare(py);
         let landed = timeout_exit::landed(py, blocking.ident).count;
         // Finding the task's context, formatting the stack and counting ran Python code, during
         // which the GIL may have gone to the loop's thread and the task awaited or ended:
