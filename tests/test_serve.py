@@ -38,6 +38,18 @@ def readable_dir():
     return base
 
 
+def serve_app(name, source, env=None):
+    """Writes `source` as the app file `name` and starts `ngx-wsgi serve` on it (its own session,
+    stderr a pipe); returns the process and the app's URL."""
+    app = readable_dir() / name
+    app.write_text(source)
+    app.chmod(0o644)
+    port = free_port()
+    proc = subprocess.Popen([str(RELEASE / "ngx-wsgi"), "serve", str(app), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env=env)
+    return proc, f"http://127.0.0.1:{port}/"
+
+
 def test_serve_with_reload_follows_edits(built):
     app = readable_dir() / "site" / "app.py"
     app.parent.mkdir()
@@ -117,13 +129,7 @@ def application(environ, start_response):
 def test_serve_stops_gracefully_on_sigterm_and_removes_its_prefix(built):
     # A container's or a service's stop (SIGTERM to serve alone): the request in flight ends,
     # as nginx's graceful stop (SIGQUIT) lets it; then the private prefix is gone.
-    app = readable_dir() / "slow_app.py"
-    app.write_text(SLOW_APP)
-    app.chmod(0o644)
-    port = free_port()
-    proc = subprocess.Popen([str(RELEASE / "ngx-wsgi"), "serve", str(app), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
+    proc, url = serve_app("slow_app.py", SLOW_APP)
     try:
         assert wait_for(lambda: requests.get(url, timeout=2).text == "done"), proc.stderr.read1(65536)
         master = _children(proc.pid)[0]
@@ -188,14 +194,7 @@ def application(environ, start_response):
 
 def test_serve_passes_its_environment_to_the_app(built):
     # As uvicorn and gunicorn do: settings in the environment, and PATH for the app's programs.
-    app = readable_dir() / "env_app.py"
-    app.write_text(ENV_APP)
-    app.chmod(0o644)
-    port = free_port()
-    proc = subprocess.Popen([str(RELEASE / "ngx-wsgi"), "serve", str(app), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-                            env={**os.environ, "NGX_WSGI_SERVE_SETTING": "from the shell"})
-    url = f"http://127.0.0.1:{port}/"
+    proc, url = serve_app("env_app.py", ENV_APP, env={**os.environ, "NGX_WSGI_SERVE_SETTING": "from the shell"})
     try:
         assert wait_for(lambda: requests.get(url, timeout=2).text == "from the shell True"), proc.stderr.read1(65536)
     finally:
