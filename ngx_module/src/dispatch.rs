@@ -421,6 +421,7 @@ impl JobQueue for RunQueue {
 
     fn slot_lost(&self) {
         let capacity = self.capacity();
+        crate::inflight::lost(1);
         let mut st = self.lock();
         st.lost += 1;
         if capacity.is_some_and(|c| st.lost >= c) && st.all_lost_since.is_none() {
@@ -431,6 +432,7 @@ impl JobQueue for RunQueue {
 
     fn slot_back(&self) {
         let capacity = self.capacity();
+        crate::inflight::lost(-1);
         let mut st = self.lock();
         st.lost = st.lost.saturating_sub(1);
         if capacity.is_none_or(|c| st.lost < c) {

@@ -248,7 +248,6 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
             if (*job).holds_lost_slot {
                 if let Some(queue) = (*job).queue {
                     queue.slot_back();
-                    crate::inflight::lost(-1);
                 }
             }
             (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
@@ -460,7 +459,6 @@ pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
             if (*job).watch.started() {
                 if let Some(queue) = (*job).queue {
                     queue.slot_lost();
-                    crate::inflight::lost(1);
                     (*job).holds_lost_slot = true;
                 }
             }

@@ -49,7 +49,8 @@ pub(crate) trait JobQueue: Sync {
     /// Takes `job` out if no thread has popped it yet (its client went away); whether it did.
     fn withdraw(&self, job: *mut Job) -> bool;
     /// A request this pool's thread runs passed its deadline: the thread is lost to the pool
-    /// until it comes back (event-loop thread).
+    /// (and the worker's exit counts it so, `inflight::lost`) until it comes back (event-loop
+    /// thread).
     fn slot_lost(&self);
     /// A thread [`JobQueue::slot_lost`] counted came back (event-loop thread).
     fn slot_back(&self);
