@@ -97,7 +97,8 @@ fn start(settings: &PythonSettings, serving: bool) -> Result<(), String> {
     }
     // SAFETY: the interpreter was just initialised on this thread, which holds the GIL.
     let py = unsafe { Python::assume_attached() };
-    let path_result = add_site_dirs(py, &settings.path)
+    let path_result = crate::python_module::register(py)
+        .and_then(|()| add_site_dirs(py, &settings.path))
         .and_then(|()| crate::child_signal_mask::unmask_children(py))
         .and_then(|()| crate::forked::repair_main_thread_in_children(py))
         .and_then(|()| match serving {

@@ -34,6 +34,7 @@ pub mod log_text;
 pub mod logging_bridge;
 pub mod metrics;
 pub mod process_alive;
+mod python_module;
 pub mod recycle;
 pub mod request;
 pub mod response;

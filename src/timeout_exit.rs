@@ -93,6 +93,16 @@ fn class(py: Python<'_>, which: Deadline) -> PyResult<Bound<'_, PyType>> {
     Ok(module(py)?.getattr(name)?.cast_into::<PyType>()?)
 }
 
+/// The deadline's `TimeoutError` subclass, as `ngx_wsgi.TimeoutError`.
+pub(crate) fn timeout_error(py: Python<'_>) -> PyResult<Bound<'_, PyType>> {
+    class(py, Deadline::TimeoutError)
+}
+
+/// `ngx_wsgi.TimeoutExit`.
+pub(crate) fn timeout_exit(py: Python<'_>) -> PyResult<Bound<'_, PyType>> {
+    class(py, Deadline::Exit)
+}
+
 /// The deadline's exceptions that have landed in one thread.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Landed {

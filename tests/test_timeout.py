@@ -3,6 +3,7 @@ inside Python at its deadline gets a 504 at once, its Python stack goes to the e
 thread is interrupted and comes back; other requests are unaffected."""
 import collections
 import os
+import re
 import socket
 import subprocess
 import tempfile
@@ -122,6 +123,15 @@ def test_an_app_that_catches_its_timeout_error_gets_timeout_exit(server):
     assert log.count(head) == 2, "one entry for each interrupt"
     # Both pool threads serve: the interrupted one came back.
     assert statuses_of_concurrent(server, "/patient/fast", 2) == [200, 200]
+
+
+def test_an_app_tells_the_deadlines_exceptions_apart_by_their_names_in_ngx_wsgi(server):
+    # `import ngx_wsgi` (at the app's import, in nginx -t's check too) gives the classes the
+    # deadline raises: `except ngx_wsgi.TimeoutError` takes the first, `except
+    # ngx_wsgi.TimeoutExit` the one that follows it.
+    log = timed_out_and_ended(server, "/told-apart?1.5", "TimeoutExit")
+    told = re.findall(r"told apart: ([\w.]+)", log)
+    assert told == ["ngx_wsgi.TimeoutError", "ngx_wsgi.TimeoutExit"], log
 
 
 def test_a_timeout_error_pending_in_a_long_c_call_is_left_to_land(server):

@@ -1,11 +1,15 @@
 """/slow sleeps 2 s in Python, /sleep?SECONDS that long, /forever an hour, /spin loops forever,
 /swallow spins in a loop that catches every Exception (for 30 s), /sleep-then-clean-up?SECONDS
 cleans up for 1.5 s after its sleep's TimeoutError, /spin-until?FILE loops until
-FILE exists (writing the worker's pid to FILE.pid first), /grow keeps 64 MiB, /crash
+FILE exists (writing the worker's pid to FILE.pid first), /told-apart?SECONDS sleeps, then
+runs on after its TimeoutError, telling the server's exceptions apart by their `ngx_wsgi` names, /grow keeps 64 MiB, /crash
 segfaults the worker, /hold-gil?FIFO holds the GIL until a byte arrives on FIFO (creating FIFO.held
 first), /trickle?SECONDS streams 4 KiB every tenth of a second for SECONDS; the rest answers at
 once."""
+import sys
 import time
+
+import ngx_wsgi  # at import: in the configuration check's child too
 
 _kept = []
 
@@ -24,7 +28,6 @@ def application(environ, start_response):
         time.sleep(float(environ["QUERY_STRING"]))
     if environ["PATH_INFO"] == "/sleep-then-clean-up":
         # A long C call, then the app's own clean-up of its TimeoutError (1.5 s of Python).
-        import sys
         try:
             time.sleep(float(environ["QUERY_STRING"]))
         except TimeoutError:
@@ -40,6 +43,21 @@ def application(environ, start_response):
                 busy_until(until)
             except Exception:
                 pass
+    if environ["PATH_INFO"] == "/told-apart":
+        try:
+            time.sleep(float(environ["QUERY_STRING"]))
+        except ngx_wsgi.TimeoutError as e:
+            print(f"told apart: {type(e).__module__}.{type(e).__qualname__}", file=sys.stderr)
+        try:
+            until = time.monotonic() + 30
+            while time.monotonic() < until:
+                try:
+                    busy_until(until)
+                except Exception:
+                    pass
+        except ngx_wsgi.TimeoutExit as e:
+            print(f"told apart: {type(e).__module__}.{type(e).__qualname__}", file=sys.stderr)
+            raise
     if environ["PATH_INFO"] == "/forever":
         time.sleep(3600)
     if environ["PATH_INFO"] == "/spin":
