@@ -559,11 +559,13 @@ def answering_app(text, path=None):
     return path
 
 
-def test_a_child_that_cannot_load_its_app_recycles_and_a_fresh_one_tries_again(apaches):
+@pytest.mark.parametrize("mpm", ["event", "prefork"])
+def test_a_child_that_cannot_load_its_app_recycles_and_a_fresh_one_tries_again(apaches, mpm):
     # Its file broken on disk since the check (a deploy under way): the child Apache started in
-    # place of a dead one answered 500 for ever, the file fixed or not (mod_wsgi retries).
+    # place of a dead one answered 500 for ever, the file fixed or not (mod_wsgi retries). Under
+    # prefork the stop is a signal to the child's main thread, asked for by a helper thread.
     app = answering_app("one")
-    server = apaches([route("/", str(app))]).start()
+    server = apaches([route("/", str(app))], mpm=mpm).start()
     assert requests.get(server.url("/"), timeout=10).text == "one"
     first = server.worker_pids()
     app.write_text("def application(:\n")

@@ -9,7 +9,8 @@
 //!   woken with SIGTERM (what the MPM's own threads do to make it stop the child) to read it.
 //!   The read end is recognised in the parent as the pipe that the MPM's `open_logs` hook creates
 //!   (this module's hooks run just before and just after it).
-//! - prefork: the child stops gracefully on `AP_SIG_GRACEFUL` (SIGUSR1), as the parent does it.
+//! - prefork: the child stops gracefully on `AP_SIG_GRACEFUL` (SIGUSR1) to its main thread, as
+//!   the parent does it.
 
 use std::ffi::{c_int, CStr};
 use std::os::fd::RawFd;
@@ -111,8 +112,11 @@ pub(crate) fn child_init() {
 /// Asks the MPM to stop this child gracefully (from any thread).
 pub(crate) fn stop_child() -> Result<(), String> {
     if PREFORK.load(Relaxed) {
-        // SAFETY: raising a signal Apache handles in prefork children.
-        unsafe { libc::raise(libc::SIGUSR1) };
+        // To the main thread, not raised in the calling one: a helper thread (a child that could
+        // not load its apps asks from one) blocks it, and it would stay pending there.
+        // SAFETY: the main thread's pthread_t was recorded at child start and the thread lives
+        // as long as the child; Apache handles the signal in prefork children.
+        unsafe { libc::pthread_kill(MAIN.load(Relaxed) as libc::pthread_t, libc::SIGUSR1) };
         return Ok(());
     }
     let pod = MINE.load(Relaxed);
