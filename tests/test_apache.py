@@ -202,6 +202,23 @@ def test_app_imported_in_the_child_at_start_and_finalized_at_exit(apaches):
     assert "Segmentation fault" not in server.error_log()
 
 
+def test_a_prefork_stop_in_the_middle_of_a_request_ends_the_child_at_once(apaches):
+    # prefork's stop ends a child from its SIGTERM handler, on the thread that runs the request:
+    # finalising Python there waited for the GIL its own frame held until the parent's SIGKILL.
+    stop = pathlib.Path(shared_dir()) / "never"
+    server = apaches([route("/", APPS / "sleepy.py")], mpm="prefork").start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(f"GET /spin-until?{stop} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        wait_for(lambda: os.path.exists(f"{stop}.pid"), what="the app's loop")
+        stopped = server.run("-k", "stop")
+        assert stopped.returncode == 0, stopped.stderr + stopped.stdout
+        server.proc.wait(timeout=30)
+    log = server.error_log()
+    assert "wsgi: this child was stopped in the middle of a request (prefork's stop or restart): it exits at " \
+           "once" in log, log[-3000:]
+    assert "still did not exit" not in log, log[-3000:]
+
+
 def test_a_crashed_child_is_replaced_and_serving_goes_on(apaches):
     server = apaches([route("/", APPS / "sleepy.py")]).start()
     before = server.worker_pids()

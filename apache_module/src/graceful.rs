@@ -109,6 +109,11 @@ pub(crate) fn child_init() {
     MINE.store(if open.len() == 1 { open[0].0 } else { -1 }, Relaxed);
 }
 
+/// Whether this child runs under the prefork MPM (one thread, which also takes its signals).
+pub(crate) fn prefork() -> bool {
+    PREFORK.load(Relaxed)
+}
+
 /// Asks the MPM to stop this child gracefully (from any thread).
 pub(crate) fn stop_child() -> Result<(), String> {
     if PREFORK.load(Relaxed) {

@@ -39,6 +39,7 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
             return DECLINED;
         }
         // The app runs on this thread, and its body is iterated as the response goes out.
+        let _serving = crate::lifecycle::Serving::begin();
         let _mask = ngx_wsgi::signals::KeptThreadMask::note();
         let app = conf
             .app()

@@ -4,13 +4,13 @@
 //! (after its deadline thread and the core's watchdog have stopped).
 
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use ngx_wsgi::{interpreter, AppSpec, Apps};
 
 use crate::bindings::{
-    apr_pool_cleanup_null, apr_pool_cleanup_register, apr_pool_t, apr_status_t, server_rec,
-    APLOG_ALERT, APLOG_EMERG, APR_SUCCESS, OK,
+    ap_log_error_, ap_server_conf, apr_pool_cleanup_null, apr_pool_cleanup_register, apr_pool_t,
+    apr_status_t, server_rec, APLOG_ALERT, APLOG_EMERG, APLOG_NOTICE, APR_SUCCESS, OK,
 };
 use crate::ffi_guard::guard;
 use crate::log;
@@ -20,6 +20,25 @@ static READY: AtomicBool = AtomicBool::new(false);
 
 pub(crate) fn ready() -> bool {
     READY.load(Ordering::Acquire)
+}
+
+/// How many app requests this child's threads are in.
+static SERVING: AtomicUsize = AtomicUsize::new(0);
+
+/// A thread of this child is in an app's request for as long as this lives.
+pub(crate) struct Serving(());
+
+impl Serving {
+    pub(crate) fn begin() -> Self {
+        SERVING.fetch_add(1, Ordering::SeqCst);
+        Serving(())
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        SERVING.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub(crate) unsafe extern "C" fn pre_config(
@@ -83,6 +102,29 @@ pub(crate) unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut ser
 
 unsafe extern "C" fn child_exit(_data: *mut c_void) -> apr_status_t {
     guard("child exit", APR_SUCCESS as apr_status_t, || {
+        if crate::graceful::prefork() && SERVING.load(Ordering::SeqCst) > 0 {
+            // prefork's stop and restart (SIGTERM, SIGHUP) end the child from the signal's
+            // handler, on its one thread, in the middle of the request it was serving: Python
+            // cannot be finalised under a frame of its own (the wait for the GIL that frame holds
+            // would last until the parent's SIGKILL), and nothing of the request's may run.
+            // SAFETY: a fixed message through Apache's log, then the end of the process.
+            unsafe {
+                ap_log_error_(
+                    c"mod_ngx_wsgi.c".as_ptr(),
+                    0,
+                    crate::handle::module_index(),
+                    APLOG_NOTICE as c_int,
+                    0,
+                    ap_server_conf,
+                    c"%s".as_ptr(),
+                    c"wsgi: this child was stopped in the middle of a request (prefork's stop or \
+                      restart): it exits at once, without finalising Python (atexit handlers \
+                      are not run)"
+                        .as_ptr(),
+                );
+                libc::_exit(0)
+            }
+        }
         READY.store(false, Ordering::Release);
         crate::deadline::stop();
         match interpreter::finalize(crate::config::snapshot().shutdown_timeout(), None) {
