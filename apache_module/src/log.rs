@@ -44,16 +44,18 @@ pub(crate) unsafe fn with_request<R>(
     turns: &dyn Turns,
     f: impl FnOnce() -> R,
 ) -> R {
-    struct Reset;
+    type Current = (*const request_rec, Option<*const dyn Turns>);
+    /// Puts back the request that was current before (an app's subrequest, served on its main
+    /// request's thread, ends before it).
+    struct Reset(Current);
     impl Drop for Reset {
         fn drop(&mut self) {
-            REQUEST.set((std::ptr::null(), None));
+            REQUEST.set(self.0);
         }
     }
-    // SAFETY: only the lifetime is erased; the pointer is cleared (Reset) before `turns` can go.
+    // SAFETY: only the lifetime is erased; the pointer is replaced (Reset) before `turns` can go.
     let turns: *const dyn Turns = unsafe { std::mem::transmute(turns) };
-    REQUEST.set((r, Some(turns)));
-    let _reset = Reset;
+    let _reset = Reset(REQUEST.replace((r, Some(turns))));
     f()
 }
 
