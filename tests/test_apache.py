@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 
-from conftest import APACHE_BINARY, APACHE_MODULE, APACHE_MODULES, APPS, UNLOADABLE_APPS, Apache, route, wait_for
+from conftest import APACHE_BINARY, APACHE_MODULE, APACHE_MODULES, APPS, UNLOADABLE_APPS, Apache, raw_request, route, wait_for
 
 BROKEN = APPS / "broken"
 
@@ -565,6 +565,35 @@ def test_a_recycling_child_answers_the_next_request_of_a_connection_its_streamed
     assert (r.status, r.read(), r.getheader("Connection")) == (200, b"firstlast", "close")
     kept.close()
     wait_for(lambda: "recycling it" in server.error_log(), what="the child's recycling")
+
+
+OVER_THE_LIMIT = b"800\r\n" + b"x" * 0x800 + b"\r\n0\r\n\r\n"
+BROKEN_CHUNKS = b"zz\r\n" + b"x" * 100 + b"\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize("buffered, path, body, status", [
+    (True, "/read", OVER_THE_LIMIT, 413),
+    (False, "/read", OVER_THE_LIMIT, 413),
+    (False, "/read_or_say", OVER_THE_LIMIT, 413),
+    (False, "/read_or_say", BROKEN_CHUNKS, 400),
+    (True, "/read_or_say", BROKEN_CHUNKS, 400),
+])
+def test_a_body_apache_refuses_gets_apaches_answer_alone(apaches, buffered, path, body, status):
+    # Apache's input filter answers a chunked body over LimitRequestBody (413) or with broken
+    # framing (400) itself, and ends the response: the module's own answer after it (the read
+    # whole's 400, the app's 500 or its answer to the caught OSError) went out as raw bytes on
+    # the same connection.
+    server = apaches([route("/", APPS / "input_app.py", apache="LimitRequestBody 1000\nNgxWsgiRequestBuffering "
+                                                              + ("On" if buffered else "Off"))]).start()
+    data = raw_request(server.port, f"POST {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                    .encode() + body)
+    assert data.startswith(f"HTTP/1.1 {status} ".encode()), data
+    assert data.count(b"HTTP/1.1 ") == data.count(b"</html>") == 1 and b"caught" not in data, data
+    assert requests.get(server.url("/read"), timeout=10).status_code == 200
+    if path == "/read" and not buffered:
+        # The app's read raised, and its traceback says why.
+        wait_for(lambda: "Apache refused the request body (over LimitRequestBody, or broken chunked framing) and "
+                         f"answered the request itself with a {status}" in server.error_log(), what="the traceback")
 
 
 def answering_app(text, path=None):

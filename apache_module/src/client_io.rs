@@ -75,6 +75,18 @@ pub(crate) unsafe fn read_block(r: *mut request_rec, max: usize) -> io::Result<V
     Ok(buf)
 }
 
+/// The status Apache answered the request with itself, if it did: its HTTP input filter, refusing
+/// the body (over `LimitRequestBody`, broken chunked framing), sends its error page and ends the
+/// response (an end of stream down the output filters) before the read fails, which
+/// `ap_get_client_block` does not tell apart from a lost client.
+///
+/// # Safety
+/// `r` is live and the calling thread has the request's turn.
+pub(crate) unsafe fn ended_by_apache(r: *const request_rec) -> Option<c_int> {
+    // SAFETY: per the function contract.
+    unsafe { ((*r).eos_sent != 0).then_some((*r).status) }
+}
+
 /// Answers a timed-out request in its app's place: a 504 when nothing of the response went out
 /// yet, else the end of what did, cut so that the client sees an incomplete response. The
 /// connection is closed after it either way: its thread is still busy in Python.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ngx_wsgi::{run_request, Apps};
 
 use crate::bindings::{
-    ap_conn_keepalive_e_AP_CONN_CLOSE, ap_discard_request_body, request_rec, DECLINED,
+    ap_conn_keepalive_e_AP_CONN_CLOSE, ap_discard_request_body, request_rec, DECLINED, DONE,
     HTTP_INTERNAL_SERVER_ERROR, OK,
 };
 use crate::ffi_guard::guard;
@@ -76,6 +76,11 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
         drop(prepared.spill);
         ngx_wsgi::metrics::finished_outcome(outcome.as_ref(), started.elapsed(), timed_out);
         crate::recycle::request_done(r, side.head_sent());
+        if side.ended_by_apache() {
+            // Its answer (a 413, a 400) is the response: whatever the app made of the refused
+            // body goes nowhere.
+            return DONE;
+        }
         if timed_out {
             // The deadline answered in the app's place; the connection closes after it.
             return OK as c_int;

@@ -19,8 +19,8 @@ use ngx_wsgi::{Body, BodySource, RequestBody, Segment};
 use crate::side::Side;
 
 use crate::bindings::{
-    ap_setup_client_block, request_rec, APLOG_ERR, HTTP_BAD_REQUEST, HTTP_INTERNAL_SERVER_ERROR,
-    OK, REQUEST_CHUNKED_DECHUNK,
+    ap_setup_client_block, request_rec, APLOG_ERR, DONE, HTTP_BAD_REQUEST,
+    HTTP_INTERNAL_SERVER_ERROR, OK, REQUEST_CHUNKED_DECHUNK,
 };
 
 /// The request's body as the app will read it, and the length of a de-chunked one.
@@ -89,8 +89,14 @@ unsafe fn read_whole(r: *mut request_rec) -> Result<Prepared, c_int> {
     let mut len = 0u64;
     loop {
         // SAFETY: per the function contract.
-        let chunk = unsafe { crate::client_io::read_block(r, READ_MAX) }
-            .map_err(|_| HTTP_BAD_REQUEST as c_int)?;
+        let chunk = unsafe { crate::client_io::read_block(r, READ_MAX) }.map_err(|_| {
+            // Apache answered already when it refused the body itself; else the client is gone.
+            // SAFETY: per the function contract.
+            match unsafe { crate::client_io::ended_by_apache(r) } {
+                Some(_) => DONE,
+                None => HTTP_BAD_REQUEST as c_int,
+            }
+        })?;
         if chunk.is_empty() {
             break;
         }

@@ -111,8 +111,12 @@ unsafe fn redirect(r: *mut request_rec, head: &ResponseHead, uri: &[u8]) -> c_in
             (*r).method = c"GET".as_ptr();
             (*r).method_number = M_GET as c_int;
         }
-        // The body is not the redirected request's: read and dropped first.
-        ap_discard_request_body(r);
+        // The body is not the redirected request's: read and dropped first. One Apache refused
+        // has been answered (AP_FILTER_ERROR: nothing more to send), a lost client's is a 400.
+        let discarded = ap_discard_request_body(r);
+        if discarded != OK as c_int {
+            return discarded;
+        }
         apr_table_unset((*r).headers_in, c"Content-Length".as_ptr());
         ap_internal_redirect(pool_str(r, uri), r);
     }

@@ -48,6 +48,8 @@ struct State {
     answered: bool,
     /// The app's part is over: the deadline no longer applies.
     finished: bool,
+    /// Apache answered the request itself, refusing its body: nothing else may go out.
+    ended_by_apache: bool,
 }
 
 // SAFETY: the request and its pool outlive every use of the pointer: the handler calls `finish`
@@ -75,6 +77,7 @@ impl Side {
                 expired: false,
                 answered: false,
                 finished: false,
+                ended_by_apache: false,
             }),
             turn_over: Condvar::new(),
         }
@@ -126,7 +129,29 @@ impl Side {
             }
         }
         // SAFETY: the request is live (see the Send note) and this thread has the turn.
-        unsafe { crate::client_io::read_block(self.r, max) }
+        let read = unsafe { crate::client_io::read_block(self.r, max) };
+        // SAFETY: as above.
+        let Some(status) = read
+            .is_err()
+            .then(|| unsafe { crate::client_io::ended_by_apache(self.r) })
+            .flatten()
+        else {
+            return read;
+        };
+        self.lock().ended_by_apache = true;
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "Apache refused the request body (over LimitRequestBody, or broken chunked \
+                 framing) and answered the request itself with a {status}: nothing the app sends \
+                 reaches the client"
+            ),
+        ))
+    }
+
+    /// Whether Apache answered the request itself, refusing its body while the app read it.
+    pub(crate) fn ended_by_apache(&self) -> bool {
+        self.lock().ended_by_apache
     }
 
     /// The deadline passed (deadline thread). When the app still runs, calls `claimed` (to
@@ -160,11 +185,15 @@ impl Side {
         self.lock().answered
     }
 
-    /// Sends the deadline's answer, in the turn of the calling thread (marked answered first).
+    /// Sends the deadline's answer, in the turn of the calling thread (marked answered first),
+    /// unless Apache's own answer ended the response already.
     fn answer(&self) {
         let head_sent = {
             let mut st = self.lock();
             st.answered = true;
+            if st.ended_by_apache {
+                return;
+            }
             std::mem::replace(&mut st.head_sent, true)
         };
         // SAFETY: the request is live (see the Send note) and the caller has the turn.
@@ -210,7 +239,7 @@ impl ChunkSink for Side {
         let _turn = self.turn();
         {
             let mut st = self.lock();
-            if st.gone || st.expired || st.finished {
+            if st.gone || st.expired || st.finished || st.ended_by_apache {
                 return Err(ClientGone);
             }
             if head.is_some() {

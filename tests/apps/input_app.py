@@ -108,6 +108,12 @@ def application(environ, start_response):
         entry["done"].wait(20)
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [str(entry["result"]).encode()]
+    elif way == "/read_or_say":
+        # An app that takes a failed read for its own business and answers anyway.
+        try:
+            parts = [f.read()]
+        except OSError as e:
+            parts = [f"caught {type(e).__name__}: {e}".encode()]
     elif way == "/read_fails_then_lingers":
         # A read that fails (the body broke), then the app takes a while over it.
         try:
