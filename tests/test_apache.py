@@ -567,6 +567,33 @@ def test_a_recycling_child_answers_the_next_request_of_a_connection_its_streamed
     wait_for(lambda: "recycling it" in server.error_log(), what="the child's recycling")
 
 
+@pytest.mark.parametrize("setting", ["EnableMMAP Off", "EnableSendfile On"])
+def test_a_file_wrapper_sends_its_file_as_apache_sends_files(apaches, setting):
+    # Without a memory map where `EnableMMAP Off` forbids one (a file on NFS shrunk while it goes
+    # out is a SIGBUS for the whole child wherever the child reads the mapping: TLS, deflate), and
+    # with sendfile where `EnableSendfile On` allows it (which maps nothing): the file bucket
+    # was memory-mapped whatever the settings said.
+    size = 4 << 20  # as large as Apache maps a file bucket whole
+    big = pathlib.Path(shared_dir()) / "big.bin"
+    big.write_bytes(b"x" * size)
+    big.chmod(0o644)
+    # Small socket buffers on both ends: the child cannot write the file at once.
+    server = apaches([route("/", f"{APPS / 'responses.py'}:file_wrapper_of", apache=setting)],
+                     server_extra="SendBufferSize 65536").start()
+    child = server.worker_pids()[0]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(f"GET /?{big} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        received = s.recv(65536)
+        assert received.startswith(b"HTTP/1.1 200 OK")
+        time.sleep(0.5)  # the child waits for the client to take more, its file bucket half sent
+        mapped = str(big) in pathlib.Path(f"/proc/{child}/maps").read_text()
+        while chunk := s.recv(1 << 20):
+            received += chunk
+    assert received.endswith(b"\r\n\r\n" + b"x" * size), received[:300]
+    assert not mapped, "the file was memory-mapped"
+
+
 OVER_THE_LIMIT = b"800\r\n" + b"x" * 0x800 + b"\r\n0\r\n\r\n"
 BROKEN_CHUNKS = b"zz\r\n" + b"x" * 100 + b"\r\n0\r\n\r\n"
 

@@ -8,10 +8,12 @@ use ngx_wsgi::accel::{check_redirect, RedirectTarget};
 use ngx_wsgi::{Outcome, OutcomeKind, ResponseHead};
 
 use crate::bindings::{
-    ap_conn_keepalive_e_AP_CONN_CLOSE, ap_discard_request_body, ap_internal_redirect,
-    apr_brigade_insert_file, apr_file_t, apr_os_file_put, apr_pool_cleanup_null,
-    apr_pool_cleanup_register, apr_status_t, apr_table_addn, apr_table_unset, request_rec,
-    APLOG_ERR, APR_FOPEN_READ, APR_SUCCESS, HTTP_INTERNAL_SERVER_ERROR, M_GET, OK,
+    ap_conn_keepalive_e_AP_CONN_CLOSE, ap_discard_request_body, ap_get_core_module_config,
+    ap_internal_redirect, apr_brigade_insert_file, apr_bucket_file_enable_mmap, apr_file_t,
+    apr_os_file_put, apr_pool_cleanup_null, apr_pool_cleanup_register, apr_status_t,
+    apr_table_addn, apr_table_unset, core_dir_config, request_rec, APLOG_ERR, APR_FOPEN_READ,
+    APR_FOPEN_SENDFILE_ENABLED, APR_SUCCESS, ENABLE_MMAP_OFF, ENABLE_SENDFILE_ON,
+    HTTP_INTERNAL_SERVER_ERROR, M_GET, OK,
 };
 use crate::brigade::Out;
 use crate::client_io::{pool_str, set_head};
@@ -173,8 +175,15 @@ unsafe fn insert_file(
     out: &Out,
     file: ngx_wsgi::file_wrapper::FileRange,
 ) -> bool {
-    // SAFETY: the descriptor is ours (a duplicate); the pool cleanup closes it exactly once.
+    // SAFETY: the descriptor is ours (a duplicate); the pool cleanup closes it exactly once;
+    // the core's per-directory configuration is the request's, as Apache's own file handler reads it.
     unsafe {
+        let core = ap_get_core_module_config((*r).per_dir_config) as *const core_dir_config;
+        // As Apache sends a static file: sendfile where `EnableSendfile On` allows it, and no
+        // memory map where `EnableMMAP Off` forbids one (a file on NFS truncated meanwhile
+        // would be a SIGBUS for the whole child).
+        let sendfile = !core.is_null() && (*core).enable_sendfile() == ENABLE_SENDFILE_ON;
+        let no_mmap = !core.is_null() && (*core).enable_mmap() == ENABLE_MMAP_OFF;
         let mut fd = file.fd.into_raw_fd();
         let mut apr_file: *mut apr_file_t = std::ptr::null_mut();
         let pool = (*r).pool;
@@ -184,18 +193,26 @@ unsafe fn insert_file(
             Some(close_fd),
             Some(apr_pool_cleanup_null),
         );
-        if apr_os_file_put(&mut apr_file, &mut fd, APR_FOPEN_READ as i32, pool)
+        let flags = match sendfile {
+            true => APR_FOPEN_READ | APR_FOPEN_SENDFILE_ENABLED,
+            false => APR_FOPEN_READ,
+        };
+        if apr_os_file_put(&mut apr_file, &mut fd, flags as i32, pool)
             != APR_SUCCESS as apr_status_t
         {
             return false;
         }
-        apr_brigade_insert_file(
+        let bucket = apr_brigade_insert_file(
             out.raw(),
             apr_file,
             file.offset as i64,
             file.len as i64,
             pool,
         );
+        // One bucket: the insert splits a range only where `apr_off_t` is wider than `apr_size_t`.
+        if no_mmap && !bucket.is_null() {
+            apr_bucket_file_enable_mmap(bucket, 0);
+        }
         true
     }
 }
