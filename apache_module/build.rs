@@ -44,7 +44,7 @@ fn main() {
         .allowlist_var("MODULE_MAGIC_.*|APR_HOOK_.*|OK|DECLINED|DONE|HTTP_.*|RSRC_CONF|ACCESS_CONF|OR_.*")
         .allowlist_var("APLOG_.*|REQUEST_CHUNKED_.*|APR_SUCCESS|NOT_IN_.*|GLOBAL_ONLY|APR_FOPEN_.*")
         .allowlist_var("APR_EOF|APR_ECONNABORTED|APR_OS_START_.*|AP_SQ_.*|M_GET|M_METHODS|AP_MPMQ_.*")
-        .allowlist_var("ENABLE_SENDFILE_ON|ENABLE_MMAP_OFF")
+        .allowlist_var("ENABLE_SENDFILE_ON|ENABLE_MMAP_OFF|SERVER_READY|SERVER_BUSY_DNS")
         .layout_tests(false)
         .generate_comments(false)
         .derive_default(true)

@@ -15,3 +15,4 @@
 #include <apr_shm.h>
 #include <ap_mpm.h>
 #include <ap_listen.h>
+#include <scoreboard.h>

@@ -29,6 +29,7 @@ mod recycle;
 mod request_body;
 mod request_info;
 mod response;
+mod sibling_children;
 mod side;
 mod timeout;
 mod translate;
@@ -185,6 +186,12 @@ unsafe extern "C" fn register_hooks(_pool: *mut apr_pool_t) {
             );
             ap_hook_post_config(
                 Some(metrics::post_config),
+                ptr::null(),
+                ptr::null(),
+                APR_HOOK_MIDDLE as c_int,
+            );
+            ap_hook_post_config(
+                Some(sibling_children::post_config),
                 ptr::null(),
                 ptr::null(),
                 APR_HOOK_MIDDLE as c_int,

@@ -1,10 +1,13 @@
 //! Child recycling (`NgxWsgiMaxRequests N [jitter=M]`, `NgxWsgiMaxRSS SIZE`): a child that has
-//! served enough requests, or grown too large, drains its keep-alive connections
+//! served enough requests, or grown too large, waits for another child that serves when none
+//! does ([`crate::sibling_children`]), drains its keep-alive connections
 //! ([`crate::keepalive_drain`]), stops taking connections, finishes what it has and exits; the
 //! parent starts a fresh one in its place (see [`crate::graceful`]).
 
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use ngx_wsgi::recycle::{Due, Limits};
 
@@ -16,6 +19,13 @@ use crate::config::Registry;
 static LIMITS: Limits = Limits::new();
 /// This child is on its way out.
 static RECYCLING: AtomicBool = AtomicBool::new(false);
+/// This child is due, and waits for a sibling that serves (see `crate::sibling_children`).
+static WAITING: AtomicBool = AtomicBool::new(false);
+/// Why it is due, and since when it waits.
+static DUE: Mutex<Option<(String, Instant)>> = Mutex::new(None);
+/// How long a due child waits for a sibling: the parent starts children at its maintenance,
+/// once a second, and a fresh one imports its apps first.
+const SIBLING_WAIT: Duration = Duration::from_secs(3);
 
 /// Sets this child's limits (from `child_init`).
 pub(crate) fn configure(registry: &Registry) {
@@ -33,16 +43,21 @@ pub(crate) fn configure(registry: &Registry) {
 /// # Safety
 /// `r` is the live request, on its own thread.
 pub(crate) unsafe fn request_done(r: *mut request_rec, head_sent: bool) {
-    let due = LIMITS.request_done();
-    if let Some(due) = due {
+    if let Some(due) = LIMITS.request_done() {
         let why = match due {
             Due::Requests(n) => format!("served {n} requests (NgxWsgiMaxRequests)"),
             Due::Memory(rss, max) => {
                 format!("uses {} MiB (NgxWsgiMaxRSS {} MiB)", rss >> 20, max >> 20)
             }
         };
-        // SAFETY: per the function contract.
-        unsafe { begin(&why, r) };
+        *DUE.lock().unwrap_or_else(|e| e.into_inner()) = Some((why, Instant::now()));
+        WAITING.store(true, Relaxed);
+    }
+    if WAITING.load(Relaxed) {
+        if let Some((why, after)) = due_now() {
+            // SAFETY: per the function contract.
+            unsafe { begin(&why, &after, r) };
+        }
     }
     if !head_sent {
         // SAFETY: per the function contract.
@@ -52,19 +67,43 @@ pub(crate) unsafe fn request_done(r: *mut request_rec, head_sent: bool) {
     // lose the request the client sends next, at once; the drain serves that one, and closes.
 }
 
-/// The child is due (`why`): logged, counted, and its drain begun, once.
+/// Why this child recycles now, if it does: it is due, and another child serves, or none has
+/// for [`SIBLING_WAIT`], or none is meant to (one child by configuration), or its MPM has no
+/// drain (prefork's children each serve one connection, and their stop closes no kept one).
+fn due_now() -> Option<(String, String)> {
+    let mut due = DUE.lock().unwrap_or_else(|e| e.into_inner());
+    let waited = due.as_ref()?.1.elapsed();
+    let go = waited >= SIBLING_WAIT
+        || crate::graceful::prefork()
+        || !crate::sibling_children::may_have_siblings()
+        || crate::sibling_children::another_serves();
+    if !go {
+        return None;
+    }
+    WAITING.store(false, Relaxed);
+    let (why, _) = due.take()?;
+    let after = match waited.as_millis() {
+        0..100 => String::new(),
+        ms => format!(" (after {ms} ms spent waiting for another child to serve)"),
+    };
+    Some((why, after))
+}
+
+/// The child is due (`why`; `after`: what it waited for): logged, counted, and its drain
+/// begun, once.
 ///
 /// # Safety
 /// `r` is null or the live request, on its own thread.
-unsafe fn begin(why: &str, r: *mut request_rec) {
+unsafe fn begin(why: &str, after: &str, r: *mut request_rec) {
     if RECYCLING.swap(true, Relaxed) {
         return;
     }
     crate::log::write(
         APLOG_NOTICE as c_int,
-        &format!("wsgi: this child {why}; recycling it"),
+        &format!("wsgi: this child {why}; recycling it{after}"),
     );
     ngx_wsgi::metrics::recycled();
+    crate::sibling_children::this_one_leaves();
     // SAFETY: per the function contract.
     unsafe { crate::keepalive_drain::then(stop, r) };
 }
@@ -80,7 +119,13 @@ pub(crate) fn retry_load_later() {
     let started = ngx_wsgi::signals::spawn_helper("wsgi-retry-load", None, || {
         std::thread::sleep(RETRY_LOAD);
         // SAFETY: no request: under prefork the child stops after its connection under way.
-        unsafe { begin("could not load its apps at its start", std::ptr::null_mut()) };
+        unsafe {
+            begin(
+                "could not load its apps at its start",
+                "",
+                std::ptr::null_mut(),
+            )
+        };
     });
     if let Err(e) = started {
         crate::log::write(
