@@ -386,6 +386,24 @@ def test_an_app_included_by_ssi_sees_its_own_request_not_the_pages(apaches):
     assert e["REQUEST_URI"] == "/app/env?inc=1"
 
 
+def test_an_ssi_include_past_its_deadline_fails_the_include_not_the_page(apaches):
+    # The deadline wrote its 504 page into the middle of the including page, then ended the
+    # page's connection: the include fails (mod_include's error marker) and the page goes on.
+    server = apaches([route("/app/", APPS / "sleepy.py", apache="NgxWsgiRequestTimeout 500ms")], server_extra=(
+        f"LoadModule include_module {APACHE_MODULES}/mod_include.so\n"
+        f"<Directory {{htdocs}}>\n Options +Includes\n AddOutputFilter INCLUDES .shtml\n</Directory>\n"))
+    server.conf.write_text(server.conf.read_text().replace("{htdocs}", str(server.prefix / "htdocs")))
+    (server.prefix / "htdocs" / "page.shtml").write_text(
+        'before <!--#include virtual="/app/sleep?2" --> after\n')
+    server.start()
+    r = requests.get(server.url("/page.shtml"), timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.text == "before [an error occurred while processing this directive] after\n", r.text
+    log = server.error_log()
+    assert 'NgxWsgiRequestTimeout: "GET /app/sleep?2 INCLUDED" is still inside Python after 500 ms' in log
+    assert 'unable to include "/app/sleep?2"' in log and "subrequest returned 504" in log
+
+
 def test_an_app_response_gets_no_type_guessed_from_the_url(apaches):
     server = apaches([route("/", APPS / "sleepy.py"), route("/bare/", APPS / "input_app.py")]).start()
     r = requests.get(server.url("/report.pdf"))

@@ -9,7 +9,7 @@ use ngx_wsgi::{run_request, Apps};
 
 use crate::bindings::{
     ap_conn_keepalive_e_AP_CONN_CLOSE, ap_discard_request_body, request_rec, DECLINED, DONE,
-    HTTP_INTERNAL_SERVER_ERROR, OK,
+    HTTP_GATEWAY_TIME_OUT, HTTP_INTERNAL_SERVER_ERROR, OK,
 };
 use crate::ffi_guard::guard;
 use crate::side::Side;
@@ -82,8 +82,12 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
             return DONE;
         }
         if timed_out {
-            // The deadline answered in the app's place; the connection closes after it.
-            return OK as c_int;
+            // The deadline answered in the app's place; the connection closes after it. A
+            // subrequest's parent (mod_include) learns of it from the status.
+            return match side.is_subrequest() {
+                true => HTTP_GATEWAY_TIME_OUT as c_int,
+                false => OK as c_int,
+            };
         }
         let Some(outcome) = outcome else {
             return HTTP_INTERNAL_SERVER_ERROR as c_int;

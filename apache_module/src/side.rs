@@ -21,6 +21,9 @@ use crate::brigade::Out;
 
 pub(crate) struct Side {
     r: *mut request_rec,
+    /// A subrequest's (an SSI include's): its output is part of its parent's response, into
+    /// which the deadline writes nothing.
+    subrequest: bool,
     /// One brigade for the whole response: a brigade is allocated from the request's pool,
     /// which only grows, so a long stream must not make one per piece.
     out: Out,
@@ -68,6 +71,8 @@ impl Side {
     pub(crate) unsafe fn new(r: *mut request_rec) -> Side {
         Side {
             r,
+            // SAFETY: per the function contract.
+            subrequest: unsafe { !(*r).main.is_null() },
             // SAFETY: per the function contract; the brigade lives in the request's pool.
             out: unsafe { Out::new(r) },
             state: Mutex::new(State {
@@ -185,13 +190,19 @@ impl Side {
         self.lock().answered
     }
 
+    /// Whether this is a subrequest's side (an SSI include's, whose parent's response goes on).
+    pub(crate) fn is_subrequest(&self) -> bool {
+        self.subrequest
+    }
+
     /// Sends the deadline's answer, in the turn of the calling thread (marked answered first),
-    /// unless Apache's own answer ended the response already.
+    /// unless Apache's own answer ended the response already, or the request is a subrequest:
+    /// its handler's status, once the app's thread is back, tells its parent.
     fn answer(&self) {
         let head_sent = {
             let mut st = self.lock();
             st.answered = true;
-            if st.ended_by_apache {
+            if st.ended_by_apache || self.subrequest {
                 return;
             }
             std::mem::replace(&mut st.head_sent, true)
