@@ -20,7 +20,7 @@ NAMES = ["list_body", "generator_body", "write_then_iterable", "closing", "close
          "accel", "file_wrapper_from_position", "file_wrapper_limited", "file_wrapper_bytesio",
          "file_wrapper_proc", "endless_with_length", "file_wrapper_validated", "file_wrapper_sysfs",
          "two_types", "connection_headers", "file_wrapper_gzip", "file_wrapper_lying_fileno",
-         "file_wrapper_temporary", "file_wrapper_subclass"]
+         "file_wrapper_temporary", "file_wrapper_subclass", "head_skips_the_body"]
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +249,15 @@ def test_head_has_no_body(server):
     data = raw_request(server.port, b"HEAD /length_app HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
     head, _, body = data.partition(b"\r\n\r\n")
     assert b"Content-Length: 5" in head and body == b""
+
+
+def test_a_head_keeps_the_length_the_app_declared_for_get(server):
+    # An app that skips the body of a HEAD (Django's and Werkzeug's servers do the dropping,
+    # some views do it themselves) still says GET's length: Apache put the length of what it saw.
+    data = raw_request(server.port, b"HEAD /head_skips_the_body HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"\r\nContent-Length: 100\r\n" in head + b"\r\n" and body == b""
+    assert len(requests.get(server.url("/head_skips_the_body")).content) == 100
 
 
 @pytest.mark.parametrize("code", ["204", "304"])

@@ -194,6 +194,11 @@ def accel(environ, start_response):
     return [b"this body is replaced by the redirect target"]
 
 
+def head_skips_the_body(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "100")])
+    return [b"short"] if environ["REQUEST_METHOD"] == "HEAD" else [b"x" * 100]
+
+
 def file_wrapper_of(environ, start_response):
     # The file named by the query string (a download of a file the app does not own).
     f = open(environ["QUERY_STRING"], "rb")
