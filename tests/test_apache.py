@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import tempfile
+import threading
 import time
 
 import pytest
@@ -217,6 +218,38 @@ def test_a_prefork_stop_in_the_middle_of_a_request_ends_the_child_at_once(apache
     assert "wsgi: this child was stopped in the middle of a request (prefork's stop or restart): it exits at " \
            "once" in log, log[-3000:]
     assert "still did not exit" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("mpm", ["event", "prefork"])
+def test_a_child_whose_every_thread_is_stuck_past_its_deadline_is_replaced(apaches, mpm):
+    # time.sleep(3600) is a C call where the deadline's TimeoutError cannot land: the requests
+    # are answered 504, but their threads never come back, and the child served nothing again.
+    server = apaches([route("/", APPS / "sleepy.py", apache="NgxWsgiRequestTimeout 500ms")], mpm=mpm, threads=2,
+                     processes=1).start()
+    stuck = server.worker_pids()
+    assert statuses_of_concurrent(server, "/forever", 1 if mpm == "prefork" else 2) == [504] * (
+        1 if mpm == "prefork" else 2)
+    wait_for(lambda: "has been stuck past its NgxWsgiRequestTimeout" in server.error_log(), timeout=20,
+             what="the stuck child's alert")
+    wait_for(lambda: server.worker_pids() and not set(server.worker_pids()) & set(stuck), timeout=20,
+             what="a fresh child")
+    assert requests.get(server.url("/fast"), timeout=10).text == "/fast"
+    log = server.error_log()
+    assert f"wsgi: every thread of this child ({1 if mpm == 'prefork' else 2}) has been stuck past its " \
+           "NgxWsgiRequestTimeout for " in log, log[-3000:]
+    assert "exit signal" not in log
+
+
+def statuses_of_concurrent(server, path, n):
+    """The statuses of `n` GETs of `path` sent at once."""
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(requests.get(server.url(path), timeout=60).status_code))
+               for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
 def test_a_crashed_child_is_replaced_and_serving_goes_on(apaches):

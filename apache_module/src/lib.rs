@@ -31,6 +31,7 @@ mod request_info;
 mod response;
 mod sibling_children;
 mod side;
+mod stuck_child;
 mod timeout;
 mod translate;
 

@@ -108,6 +108,19 @@ unsafe fn begin(why: &str, after: &str, r: *mut request_rec) {
     unsafe { crate::keepalive_drain::then(stop, r) };
 }
 
+/// Every thread of this child is stuck past its deadline (`crate::stuck_child`): counted, its
+/// connections closed as they end, and its MPM told to stop (which would wait for those threads:
+/// the caller ends the process).
+pub(crate) fn stuck() {
+    if RECYCLING.swap(true, Relaxed) {
+        // A drain under way: its stop comes, and the caller's exit after it.
+        return;
+    }
+    ngx_wsgi::metrics::recycled();
+    crate::sibling_children::this_one_leaves();
+    stop();
+}
+
 /// How long a child that could not load its apps (or start Python) serves without them before
 /// it recycles, so that a fresh one tries again.
 const RETRY_LOAD: std::time::Duration = std::time::Duration::from_secs(10);
