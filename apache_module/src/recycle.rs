@@ -6,7 +6,6 @@
 
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ngx_wsgi::recycle::{Due, Limits};
@@ -19,13 +18,11 @@ use crate::config::Registry;
 static LIMITS: Limits = Limits::new();
 /// This child is on its way out.
 static RECYCLING: AtomicBool = AtomicBool::new(false);
-/// This child is due, and waits for a sibling that serves (see `crate::sibling_children`).
-static WAITING: AtomicBool = AtomicBool::new(false);
-/// Why it is due, and since when it waits.
-static DUE: Mutex<Option<(String, Instant)>> = Mutex::new(None);
 /// How long a due child waits for a sibling: the parent starts children at its maintenance,
 /// once a second, and a fresh one imports its apps first.
 const SIBLING_WAIT: Duration = Duration::from_secs(3);
+/// How often the waiting child looks (a fresh child may serve its requests within a second).
+const LOOK_EVERY: Duration = Duration::from_millis(20);
 
 /// Sets this child's limits (from `child_init`).
 pub(crate) fn configure(registry: &Registry) {
@@ -50,13 +47,11 @@ pub(crate) unsafe fn request_done(r: *mut request_rec, head_sent: bool) {
                 format!("uses {} MiB (NgxWsgiMaxRSS {} MiB)", rss >> 20, max >> 20)
             }
         };
-        *DUE.lock().unwrap_or_else(|e| e.into_inner()) = Some((why, Instant::now()));
-        WAITING.store(true, Relaxed);
-    }
-    if WAITING.load(Relaxed) {
-        if let Some((why, after)) = due_now() {
+        if crate::graceful::prefork() || !crate::sibling_children::may_have_siblings() {
             // SAFETY: per the function contract.
-            unsafe { begin(&why, &after, r) };
+            unsafe { begin(&why, "", r) };
+        } else {
+            begin_once_another_serves(why);
         }
     }
     if !head_sent {
@@ -67,26 +62,34 @@ pub(crate) unsafe fn request_done(r: *mut request_rec, head_sent: bool) {
     // lose the request the client sends next, at once; the drain serves that one, and closes.
 }
 
-/// Why this child recycles now, if it does: it is due, and another child serves, or none has
-/// for [`SIBLING_WAIT`], or none is meant to (one child by configuration), or its MPM has no
-/// drain (prefork's children each serve one connection, and their stop closes no kept one).
-fn due_now() -> Option<(String, String)> {
-    let mut due = DUE.lock().unwrap_or_else(|e| e.into_inner());
-    let waited = due.as_ref()?.1.elapsed();
-    let go = waited >= SIBLING_WAIT
-        || crate::graceful::prefork()
-        || !crate::sibling_children::may_have_siblings()
-        || crate::sibling_children::another_serves();
-    if !go {
-        return None;
-    }
-    WAITING.store(false, Relaxed);
-    let (why, _) = due.take()?;
-    let after = match waited.as_millis() {
-        0..100 => String::new(),
-        ms => format!(" (after {ms} ms spent waiting for another child to serve)"),
+/// Under the event and worker MPMs: begins the recycle, from a thread of its own, once another
+/// child serves, or when none has for [`SIBLING_WAIT`] (prefork's children each serve one
+/// connection, and their stop closes no kept one; a child alone by configuration has none to
+/// wait for). It says it is due first, so that of two due at once one waits for the other.
+fn begin_once_another_serves(why: String) {
+    let since = Instant::now();
+    let due = crate::sibling_children::this_one_is_due();
+    let wait = move || {
+        let waited = loop {
+            let waited = since.elapsed();
+            if waited >= SIBLING_WAIT || crate::sibling_children::another_serves(due) {
+                break waited;
+            }
+            std::thread::sleep(LOOK_EVERY);
+        };
+        let after = match waited.as_millis() {
+            0..100 => String::new(),
+            ms => format!(" (after {ms} ms spent waiting for another child to serve)"),
+        };
+        // SAFETY: no request: the event and worker MPMs' drain needs none.
+        unsafe { begin(&why, &after, std::ptr::null_mut()) };
     };
-    Some((why, after))
+    if let Err(e) = ngx_wsgi::signals::spawn_helper("wsgi-recycle", None, wait) {
+        crate::log::write(
+            APLOG_ERR as c_int,
+            &format!("wsgi: cannot start the thread that recycles this child: {e}"),
+        );
+    }
 }
 
 /// The child is due (`why`; `after`: what it waited for): logged, counted, and its drain

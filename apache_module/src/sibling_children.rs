@@ -8,7 +8,7 @@
 //! only once the MPM stops the child, after the drain.
 
 use std::ffi::c_int;
-use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use crate::bindings::{
     ap_get_scoreboard_process, ap_get_scoreboard_worker_from_indexes, ap_mpm_query, apr_pool_t,
@@ -20,13 +20,18 @@ use crate::ffi_guard::guard;
 /// The most child slots any MPM has (`ServerLimit`'s ceiling, the event MPM's).
 const SLOTS: usize = 20_000;
 
-/// Per child slot, the process id of the child there that is leaving (it began its recycling:
-/// the scoreboard says so only once its MPM stops, after the drain): memory the parent maps,
-/// shared, before its first fork, and every child inherits.
-static LEAVING: AtomicPtr<AtomicI32> = AtomicPtr::new(std::ptr::null_mut());
+/// Per child slot, what the child there said of its recycling: its process id (the low
+/// [`PID_BITS`]), with since when it is due (milliseconds of the system's monotonic clock, above
+/// them), or [`LEAVING`] once it began (the scoreboard says so only once its MPM stops it, after
+/// the drain); 0: nothing. Memory the parent maps, shared, before its first fork, and every
+/// child inherits.
+static ENTRIES: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+const PID_BITS: u32 = 22;
+const PID_MASK: u64 = (1 << PID_BITS) - 1;
+const LEAVING: u64 = 1 << 63;
 
-fn leaving() -> Option<&'static [AtomicI32]> {
-    let first = LEAVING.load(Ordering::Acquire);
+fn entries() -> Option<&'static [AtomicU64]> {
+    let first = ENTRIES.load(Ordering::Acquire);
     // SAFETY: null, or the parent's shared mapping of `SLOTS` entries, never unmapped.
     (!first.is_null()).then(|| unsafe { std::slice::from_raw_parts(first, SLOTS) })
 }
@@ -39,48 +44,75 @@ pub(crate) unsafe extern "C" fn post_config(
     _s: *mut server_rec,
 ) -> c_int {
     guard("post_config", OK as c_int, || {
-        if !LEAVING.load(Ordering::Acquire).is_null() {
+        if !ENTRIES.load(Ordering::Acquire).is_null() {
             return OK as c_int;
         }
-        // SAFETY: a fresh anonymous mapping, zeroed (no child is leaving), kept for the life of
-        // the process and its children; AtomicI32 has i32's layout.
+        // SAFETY: a fresh anonymous mapping, zeroed (no child said anything), kept for the life
+        // of the process and its children; AtomicU64 has u64's layout.
         unsafe {
             let map = libc::mmap(
                 std::ptr::null_mut(),
-                SLOTS * std::mem::size_of::<AtomicI32>(),
+                SLOTS * std::mem::size_of::<AtomicU64>(),
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED | libc::MAP_ANONYMOUS,
                 -1,
                 0,
             );
             if map != libc::MAP_FAILED {
-                LEAVING.store(map.cast(), Ordering::Release);
+                ENTRIES.store(map.cast(), Ordering::Release);
             }
         }
         OK as c_int
     })
 }
 
-/// Notes that this child is leaving (its recycling begins), for its siblings' `another_serves`.
-pub(crate) fn this_one_leaves() {
-    let (Some(leaving), Some(daemons)) = (leaving(), query(AP_MPMQ_HARD_LIMIT_DAEMONS)) else {
-        return;
-    };
+/// This child's entry in the shared table: the one of its scoreboard slot.
+fn my_entry() -> Option<&'static AtomicU64> {
+    let (entries, daemons) = (entries()?, query(AP_MPMQ_HARD_LIMIT_DAEMONS)?);
     let me = std::process::id() as libc::pid_t;
-    for slot in 0..daemons.min(SLOTS as c_int) {
+    (0..daemons.min(SLOTS as c_int)).find_map(|slot| {
         // SAFETY: the scoreboard is mapped in every child for its whole life, with `daemons`
         // process slots.
         let pid = unsafe {
             let process = ap_get_scoreboard_process(slot);
             if process.is_null() {
-                continue;
+                return None;
             }
             (*process).pid
         };
-        if pid == me {
-            leaving[slot as usize].store(me, Ordering::SeqCst);
-            return;
-        }
+        (pid == me).then(|| &entries[slot as usize])
+    })
+}
+
+fn my_pid() -> u64 {
+    u64::from(std::process::id()) & PID_MASK
+}
+
+/// The system's monotonic clock in milliseconds (the same in every process).
+fn now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a plain query into a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+}
+
+/// Notes that this child is due to recycle and waits for a sibling that serves; returns its
+/// place among the waiting (see [`another_serves`]).
+pub(crate) fn this_one_is_due() -> u64 {
+    let due = (now_ms().max(1) << PID_BITS) | my_pid();
+    if let Some(entry) = my_entry() {
+        entry.store(due, Ordering::SeqCst);
+    }
+    due
+}
+
+/// Notes that this child's recycling began.
+pub(crate) fn this_one_leaves() {
+    if let Some(entry) = my_entry() {
+        entry.store(LEAVING | my_pid(), Ordering::SeqCst);
     }
 }
 
@@ -97,9 +129,11 @@ pub(crate) fn may_have_siblings() -> bool {
     query(AP_MPMQ_MAX_DAEMONS).is_some_and(|n| n > 1)
 }
 
-/// Whether another child of this generation, not stopping nor leaving, has a thread that waits
-/// for or serves a connection (one still loading its apps has none yet).
-pub(crate) fn another_serves() -> bool {
+/// Whether another child of this generation has a thread that waits for or serves a connection
+/// (one still loading its apps has none yet), and stays: it is not stopping, has not begun its
+/// recycling, and is not due since before this one (`due`, from [`this_one_is_due`]): of two
+/// due children, the one due first goes once the other serves, and the other waits for a third.
+pub(crate) fn another_serves(due: u64) -> bool {
     let (Some(daemons), Some(threads), Some(generation)) = (
         query(AP_MPMQ_HARD_LIMIT_DAEMONS),
         query(AP_MPMQ_HARD_LIMIT_THREADS),
@@ -108,7 +142,7 @@ pub(crate) fn another_serves() -> bool {
         return true;
     };
     let me = std::process::id() as libc::pid_t;
-    let leaving = leaving().unwrap_or_default();
+    let entries = entries().unwrap_or_default();
     (0..daemons).any(|slot| {
         // SAFETY: the scoreboard is mapped in every child for its whole life, with `daemons`
         // process slots of `threads` worker slots each; its fields are read racily, as
@@ -120,11 +154,17 @@ pub(crate) fn another_serves() -> bool {
                 || (*process).pid == me
                 || (*process).quiescing != 0
                 || (*process).generation != generation
-                || leaving
-                    .get(slot as usize)
-                    .is_some_and(|pid| pid.load(Ordering::SeqCst) == (*process).pid)
             {
                 return false;
+            }
+            let said = entries
+                .get(slot as usize)
+                .map_or(0, |e| e.load(Ordering::SeqCst));
+            if said != 0 && said & PID_MASK == u64::from((*process).pid as u32) & PID_MASK {
+                // Its own word, not a former child's of that slot.
+                if said & LEAVING != 0 || said < due {
+                    return false;
+                }
             }
             (0..threads).any(|thread| {
                 let worker = ap_get_scoreboard_worker_from_indexes(slot, thread);
