@@ -20,7 +20,8 @@ NAMES = ["list_body", "generator_body", "write_then_iterable", "closing", "close
          "accel", "file_wrapper_from_position", "file_wrapper_limited", "file_wrapper_bytesio",
          "file_wrapper_proc", "endless_with_length", "file_wrapper_validated", "file_wrapper_sysfs",
          "two_types", "connection_headers", "file_wrapper_gzip", "file_wrapper_lying_fileno",
-         "file_wrapper_temporary", "file_wrapper_subclass", "head_skips_the_body"]
+         "file_wrapper_temporary", "file_wrapper_subclass", "head_skips_the_body",
+         "json_with_length"]
 
 
 @pytest.fixture(scope="module")
@@ -258,6 +259,17 @@ def test_a_head_keeps_the_length_the_app_declared_for_get(server):
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK") and b"\r\nContent-Length: 100\r\n" in head + b"\r\n" and body == b""
     assert len(requests.get(server.url("/head_skips_the_body")).content) == 100
+
+
+def test_a_head_of_a_compressed_response_says_what_get_says(server):
+    # The HEAD's body (as long as the app declared) goes through the compression filter as
+    # GET's does: the HEAD dropped before it said neither the encoding nor the compressed length.
+    gzip = {"Accept-Encoding": "gzip"}
+    get = requests.get(server.url("/json_with_length"), headers=gzip)
+    head = requests.head(server.url("/json_with_length"), headers=gzip)
+    assert get.headers.get("Content-Encoding") == "gzip"
+    assert [head.headers.get(h) for h in ("Content-Encoding", "Vary")] == \
+        [get.headers.get(h) for h in ("Content-Encoding", "Vary")], (head.headers, get.headers)
 
 
 @pytest.mark.parametrize("code", ["204", "304"])

@@ -64,9 +64,13 @@ pub(crate) unsafe fn send(r: *mut request_rec, outcome: Outcome, side: &Side) ->
         };
         set_head(r, head, content_length);
         match outcome.file {
-            // A HEAD's body is dropped by Apache, but its content length filter would put the
-            // length of what it saw in place of the app's (GET's) own.
-            _ if (*r).header_only != 0 && head.content_length.is_some() => {}
+            // A HEAD's body is dropped by Apache, but its filters read it: its length, where it
+            // is not the app's (GET's) own, would replace that. One of that length goes through
+            // them as GET's does (deflate's encoding, a range's 206 come out the same).
+            None if (*r).header_only != 0
+                && head
+                    .content_length
+                    .is_some_and(|n| n != outcome.body.len() as u64) => {}
             Some(file) if file.len > 0 => {
                 if !insert_file(r, out, file) {
                     (*c).keepalive = ap_conn_keepalive_e_AP_CONN_CLOSE;

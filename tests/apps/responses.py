@@ -194,6 +194,13 @@ def accel(environ, start_response):
     return [b"this body is replaced by the redirect target"]
 
 
+def json_with_length(environ, start_response):
+    # Flask's and Werkzeug's way: every response with its Content-Length, HEAD's too.
+    body = ('{"items": [' + ", ".join(f'"{i}"' for i in range(500)) + "]}").encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
 def head_skips_the_body(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "100")])
     return [b"short"] if environ["REQUEST_METHOD"] == "HEAD" else [b"x" * 100]
