@@ -674,6 +674,19 @@ def test_a_body_apache_refuses_gets_apaches_answer_alone(apaches, buffered, path
                          f"answered the request itself with a {status}" in server.error_log(), what="the traceback")
 
 
+@pytest.mark.parametrize("body", [OVER_THE_LIMIT, BROKEN_CHUNKS])
+def test_a_body_apache_refuses_after_the_head_went_out_ends_the_response_there(apaches, body):
+    # Apache's error meets no header filter once the head is out: it ends the response (its last
+    # chunk), and the read ended as if the body had (a broken chunk's bytes taken for the body);
+    # the app's answer then went out after the response's end.
+    server = apaches([route("/", APPS / "input_app.py", apache="LimitRequestBody 1000\nNgxWsgiRequestBuffering Off")]
+                     ).start()
+    data = raw_request(server.port, b"POST /write_then_read HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       + body)
+    assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"\r\n8\r\nstarted\n\r\n0\r\n\r\n"), data
+    assert b"caught" not in data and b"read " not in data, data
+
+
 def answering_app(text, path=None):
     """An app file (in a directory the children can read) whose app answers `text`."""
     path = path or pathlib.Path(shared_dir()) / "app.py"

@@ -135,12 +135,11 @@ impl Side {
         }
         // SAFETY: the request is live (see the Send note) and this thread has the turn.
         let read = unsafe { crate::client_io::read_block(self.r, max) };
+        // Looked at after every read, not only a failed one: once the app's head went out,
+        // Apache's error meets no header filter, and the read ends as if the body had (with what
+        // it read of a broken chunk). Nothing else ends the response while the app runs.
         // SAFETY: as above.
-        let Some(status) = read
-            .is_err()
-            .then(|| unsafe { crate::client_io::ended_by_apache(self.r) })
-            .flatten()
-        else {
+        let Some(status) = (unsafe { crate::client_io::ended_by_apache(self.r) }) else {
             return read;
         };
         self.lock().ended_by_apache = true;

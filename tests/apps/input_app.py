@@ -108,6 +108,14 @@ def application(environ, start_response):
         entry["done"].wait(20)
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [str(entry["result"]).encode()]
+    elif way == "/write_then_read":
+        # The head and a first piece out before the body is read (a progress line).
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"started\n")
+        try:
+            return [b"read %d\n" % len(f.read())]
+        except OSError as e:
+            return [f"caught {type(e).__name__}: {e}".encode()]
     elif way == "/read_or_say":
         # An app that takes a failed read for its own business and answers anyway.
         try:
