@@ -39,7 +39,6 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
             return DECLINED;
         }
         // The app runs on this thread, and its body is iterated as the response goes out.
-        let _serving = crate::lifecycle::Serving::begin();
         let _mask = ngx_wsgi::signals::KeptThreadMask::note();
         let app = conf
             .app()
@@ -57,6 +56,8 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
             Err(status) => return status,
         };
         let info = crate::request_info::collect(r, conf.mount(), prepared.dechunked_len);
+        // From here to the response's end the thread may be in Python (the app, its iterable).
+        let _serving = crate::lifecycle::Serving::begin();
         let started = Instant::now();
         ngx_wsgi::metrics::started_in_place();
         let armed = crate::timeout::arm(r, &side, conf.request_timeout(), &info);

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use ngx_wsgi::{interpreter, AppSpec, Apps};
 
 use crate::bindings::{
-    ap_log_error_, ap_server_conf, apr_pool_cleanup_null, apr_pool_cleanup_register, apr_pool_t,
-    apr_status_t, server_rec, APLOG_ALERT, APLOG_EMERG, APLOG_NOTICE, APR_SUCCESS, OK,
+    apr_pool_cleanup_null, apr_pool_cleanup_register, apr_pool_t, apr_status_t, server_rec,
+    APLOG_ALERT, APLOG_EMERG, APR_SUCCESS, OK,
 };
 use crate::ffi_guard::guard;
 use crate::log;
@@ -21,6 +21,9 @@ static READY: AtomicBool = AtomicBool::new(false);
 pub(crate) fn ready() -> bool {
     READY.load(Ordering::Acquire)
 }
+
+/// The error log's line for a prefork child stopped in the middle of a request.
+static STOPPED_MID_REQUEST: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
 
 /// How many app requests this child's threads are in.
 static SERVING: AtomicUsize = AtomicUsize::new(0);
@@ -56,6 +59,17 @@ pub(crate) unsafe extern "C" fn pre_config(
 pub(crate) unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec) {
     guard("child_init", (), || {
         crate::graceful::child_init();
+        if crate::graceful::prefork() {
+            let _ = STOPPED_MID_REQUEST.set(
+                format!(
+                    "[ngx_wsgi:notice] [pid {}] wsgi: this child was stopped in the middle of a \
+                     request (prefork's stop or restart): it exits at once, without finalising \
+                     Python (atexit handlers are not run)\n",
+                    std::process::id()
+                )
+                .into_bytes(),
+            );
+        }
         crate::metrics::child_init();
         let registry = crate::config::snapshot();
         if registry.apps.is_empty() {
@@ -107,23 +121,15 @@ unsafe extern "C" fn child_exit(_data: *mut c_void) -> apr_status_t {
             // handler, on its one thread, in the middle of the request it was serving: Python
             // cannot be finalised under a frame of its own (the wait for the GIL that frame holds
             // would last until the parent's SIGKILL), and nothing of the request's may run.
-            // SAFETY: a fixed message through Apache's log, then the end of the process.
-            unsafe {
-                ap_log_error_(
-                    c"mod_ngx_wsgi.c".as_ptr(),
-                    0,
-                    crate::handle::module_index(),
-                    APLOG_NOTICE as c_int,
-                    0,
-                    ap_server_conf,
-                    c"%s".as_ptr(),
-                    c"wsgi: this child was stopped in the middle of a request (prefork's stop or \
-                      restart): it exits at once, without finalising Python (atexit handlers \
-                      are not run)"
-                        .as_ptr(),
-                );
-                libc::_exit(0)
+            // Only what a signal's handler may do: Apache's logging takes locks (the time
+            // zone's, syslog's) the interrupted code may hold. The line was made at the child's
+            // start; the main error log is the child's stderr.
+            if let Some(line) = STOPPED_MID_REQUEST.get() {
+                // SAFETY: write(2) of a buffer that lives as long as the process.
+                unsafe { libc::write(libc::STDERR_FILENO, line.as_ptr().cast(), line.len()) };
             }
+            // SAFETY: ends the process at once, as the line said.
+            unsafe { libc::_exit(0) }
         }
         READY.store(false, Ordering::Release);
         crate::deadline::stop();
