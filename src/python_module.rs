@@ -21,6 +21,12 @@ pub(crate) fn register(py: Python<'_>) -> PyResult<()> {
         "__all__",
         ("ClientDisconnected", "TimeoutError", "TimeoutExit"),
     )?;
+    // `importlib.util.find_spec("ngx_wsgi")`, the usual "do I run under it" test, reads it.
+    let spec = py
+        .import("importlib.machinery")?
+        .getattr("ModuleSpec")?
+        .call1(("ngx_wsgi", py.None()))?;
+    module.setattr("__spec__", spec)?;
     py.import("sys")?
         .getattr("modules")?
         .set_item("ngx_wsgi", module)
@@ -38,8 +44,10 @@ mod tests {
             let globals = PyDict::new(py);
             py.run(
                 c"
+import importlib.util
 import pickle
 import ngx_wsgi
+assert importlib.util.find_spec('ngx_wsgi').name == 'ngx_wsgi'
 from ngx_wsgi import ClientDisconnected, TimeoutError as Deadline, TimeoutExit
 assert issubclass(ClientDisconnected, OSError)
 assert issubclass(Deadline, TimeoutError) and Deadline is not TimeoutError
