@@ -645,6 +645,22 @@ def test_a_file_wrapper_sends_its_file_as_apache_sends_files(apaches, setting):
     assert not mapped, "the file was memory-mapped"
 
 
+def test_a_child_alone_by_circumstance_recycles_within_its_wait_with_no_further_request(apaches):
+    # One child of a server that may run four (the parent keeps one: StartServers 1, its spare
+    # threads enough): due, it waits for a sibling that never comes, 3 s at most, then goes,
+    # whether or not another request comes to it (it looked again only at a request's end).
+    server = apaches([route("/", APPS / "sleepy.py")], server_extra="NgxWsgiMaxRequests 5")
+    server.conf.write_text(server.conf.read_text().replace("ServerLimit 1\n", "ServerLimit 4\n").replace(
+        "MaxRequestWorkers 16\n", "MaxRequestWorkers 64\n"))
+    server.start()
+    first = server.worker_pids()
+    assert [requests.get(server.url("/fast"), timeout=10).status_code for _ in range(5)] == [200] * 5
+    wait_for(lambda: "wsgi: this child served 5 requests (NgxWsgiMaxRequests); recycling it (after " in
+             server.error_log(), timeout=15, what="the recycling, without another request")
+    wait_for(lambda: server.worker_pids() and not set(server.worker_pids()) & set(first), timeout=15,
+             what="a fresh child")
+
+
 OVER_THE_LIMIT = b"800\r\n" + b"x" * 0x800 + b"\r\n0\r\n\r\n"
 BROKEN_CHUNKS = b"zz\r\n" + b"x" * 100 + b"\r\n0\r\n\r\n"
 
