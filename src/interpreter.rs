@@ -358,15 +358,36 @@ impl ExitDeadline {
     ) -> ExitDeadline {
         let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
         let watch = move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                cancelled.recv_timeout(within + grace)
+            let started = std::time::Instant::now();
+            let mut hurried_at = None;
+            loop {
+                let limit = hurried_at.map_or(within + grace, |at: std::time::Duration| {
+                    (at + HURRIED_BOUND).min(within + grace)
+                });
+                let elapsed = started.elapsed();
+                if elapsed >= limit {
+                    break;
+                }
+                let step = (limit - elapsed).min(HURRY_LOOK);
+                match cancelled.recv_timeout(step) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                if hurried_at.is_none() && hurried() {
+                    hurried_at = Some(started.elapsed());
+                }
+            }
             {
                 let setting = SHUTDOWN_WHAT
                     .get()
                     .map_or("the shutdown timeout", |w| w.as_str());
-                let bound = match the_setting {
-                    true => format!("{setting} ({} ms)", within.as_millis()),
-                    false => format!("{} ms", within.as_millis()),
+                let bound = match (hurried_at, the_setting) {
+                    (Some(_), _) => format!(
+                        "{} ms of a fast stop that came meanwhile",
+                        HURRIED_BOUND.as_millis()
+                    ),
+                    (None, true) => format!("{setting} ({} ms)", within.as_millis()),
+                    (None, false) => format!("{} ms", within.as_millis()),
                 };
                 crate::server_log::last_words(|| {
                     tracing::error!(
@@ -400,13 +421,44 @@ impl Drop for ExitDeadline {
     }
 }
 
-/// Joins the app's non-daemon threads until `timeout`; None when all ended, else the report of
-/// those left (names and stacks), beginning with what the deadline was.
+/// What says that the server wants its graceful exit over at once (a fast stop came meanwhile:
+/// nginx's master kills a worker still there soon after).
+static HURRIED: std::sync::OnceLock<fn() -> bool> = std::sync::OnceLock::new();
+
+/// How long an exit goes on once hurried: what a fast stop gives the atexit handlers.
+const HURRIED_BOUND: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// How often an exit's waits look whether they are hurried.
+const HURRY_LOOK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Has `check` (any thread, no GIL) say whether the exit under way is hurried: its waits for the
+/// app's threads and atexit handlers are cut short, as a fast stop's are.
+pub fn exit_hurried_by(check: fn() -> bool) {
+    let _ = HURRIED.set(check);
+}
+
+fn hurried() -> bool {
+    HURRIED.get().is_some_and(|check| check())
+}
+
+/// Joins the app's non-daemon threads until `timeout` (a tenth of a second once hurried); None
+/// when all ended, else the report of those left (names and stacks), beginning with what the
+/// deadline was.
 fn join_app_threads(py: Python<'_>, timeout: std::time::Duration) -> PyResult<Option<String>> {
     let code = c"
 import sys, threading, time, traceback
-def _join(timeout, what):
+def _join(timeout, what, hurried, what_hurried):
     deadline = time.monotonic() + timeout
+    hurry = [False]
+    def wait(join, until):
+        # In short slices: a fast stop that comes meanwhile cuts the wait short.
+        while time.monotonic() < until[0]:
+            if join(min(until[0] - time.monotonic(), 0.05)):
+                return
+            if not hurry[0] and hurried():
+                hurry[0] = True
+                until[0] = min(until[0], time.monotonic() + 0.1)
+    until = [deadline]
     # What Python's own exit does before it joins threads: threading's exit callbacks, once
     # (concurrent.futures wakes its idle workers there, which then end). They join what they
     # woke: on a thread of their own, so that a stuck job cannot take the wait beyond timeout.
@@ -423,7 +475,7 @@ def _join(timeout, what):
         if calls:
             runner = threading.Thread(target=run_calls, name='threading-atexit', daemon=True)
             runner.start()
-            runner.join(max(0.0, deadline - time.monotonic()))
+            wait(lambda t: runner.join(t) or not runner.is_alive(), until)
     main = threading.main_thread()
     dummy = getattr(threading, '_DummyThread', ())  # the server's threads, never joinable
     def left():
@@ -431,17 +483,12 @@ def _join(timeout, what):
         return [t for t in threading.enumerate()
                 if t is not main and t is not me and not isinstance(t, dummy)
                 and not t.daemon and t.is_alive()]
-    while True:
-        alive = left()
-        remaining = deadline - time.monotonic()
-        if not alive or remaining <= 0:
-            break
-        alive[0].join(remaining)
+    wait(lambda t: (left() and left()[0].join(t)) or not left(), until)
     alive = left()
     if not alive:
         return None
     frames = sys._current_frames()
-    parts = [what + ': ' + ', '.join(repr(t.name) for t in alive)]
+    parts = [(what_hurried if hurry[0] else what) + ': ' + ', '.join(repr(t.name) for t in alive)]
     for t in alive:
         stack = ''.join(traceback.format_stack(frames[t.ident])) if t.ident in frames else '(no stack)\\n'
         parts.append('Thread %r (most recent call last):\\n%s' % (t.name, stack.rstrip()))
@@ -453,10 +500,19 @@ def _join(timeout, what):
         .get()
         .map_or("the shutdown timeout", |w| w.as_str());
     let what = format!("{what} ({} ms)", timeout.as_millis());
+    let hurried =
+        pyo3::types::PyCFunction::new_closure(py, None, None, |_, _| -> PyResult<bool> {
+            Ok(hurried())
+        })?;
     let report = globals
         .get_item("_join")?
         .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no _join"))?
-        .call1((timeout.as_secs_f64(), what))?;
+        .call1((
+            timeout.as_secs_f64(),
+            what,
+            hurried,
+            "a fast stop that came during the exit (100 ms)",
+        ))?;
     report.extract()
 }
 

@@ -436,6 +436,31 @@ def test_a_thread_the_app_never_stops_cannot_hold_quit_or_reload(nginx_factory, 
     assert (tmp_path / f"atexit-{new[0]}").exists()
 
 
+@pytest.mark.parametrize("query, cut", [
+    ("", "wsgi: Python threads still running after a fast stop that came during the exit (100 ms): "
+         "'metrics-pusher'"),
+    ("slow-atexit", "Python's finalisation (atexit handlers included) still running after 800 ms of a fast stop "
+                    "that came meanwhile; the process exits now"),
+])
+def test_a_fast_stop_during_a_graceful_exits_waits_cuts_them_short(nginx_factory, tmp_path, query, cut):
+    # Debian's and systemd's stop: QUIT, then TERM a few seconds later. The worker waited on
+    # for the app's thread or its atexit handler (up to wsgi_shutdown_timeout), and nginx's
+    # master killed it (signal 9: no stacks logged, the handlers cut where they were).
+    server = nginx_factory(location("/", NON_DAEMON_THREAD_APP),
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};",
+                           http_extra="wsgi_shutdown_timeout 20s;").start()
+    worker = server.worker_pids()[0]
+    assert requests.get(server.url(f"/?{query}")).text == "threads started"
+    server.send_signal(signal.SIGQUIT)
+    wait_for(lambda: f"{worker}#{worker}: gracefully shutting down" in server.error_log(), what="the exit")
+    time.sleep(1)  # into the exit's wait
+    server.send_signal(signal.SIGTERM)
+    server.proc.wait(timeout=30)
+    log = server.error_log()
+    assert cut in log, log[-3000:]
+    assert "exited on signal" not in log, log[-3000:]
+
+
 def test_threads_that_end_in_time_are_joined_and_python_is_finalised(nginx_factory, tmp_path):
     server = nginx_factory(location("/", NON_DAEMON_THREAD_APP),
                            main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()

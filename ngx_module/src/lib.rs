@@ -27,6 +27,7 @@ mod elastic_pool;
 mod event_streams;
 mod exec_child;
 mod exit_drain;
+mod fast_stop;
 mod ffi;
 mod fork_child;
 mod generation;

@@ -75,6 +75,7 @@ pub(crate) unsafe fn start_worker(
         "replaces itself in {} s to try again",
         crate::recycle::RETRY_LOAD_MS / 1000
     );
+    interpreter::exit_hurried_by(crate::fast_stop::asked);
     let mut failed: Vec<String> = match interpreter::initialize(&mc.python.settings) {
         Ok(()) => Apps::load_all(&mc.python.specs())
             .into_iter()

@@ -1,6 +1,7 @@
 """Starts non-daemon threads of its own, the way apps start metrics pushers, schedulers and queue
 consumers: at import, (?polite) one that ends by itself once the interpreter begins to stop,
-and (?late-log) one that logs while the worker waits for it at exit, when the test says so."""
+and (?late-log) one that logs while the worker waits for it at exit, when the test says so;
+(?slow-atexit) registers an atexit handler that waits a minute."""
 import atexit
 import logging
 import os
@@ -52,6 +53,8 @@ def application(environ, start_response):
     with _lock:
         if environ["QUERY_STRING"] == "polite":
             threading.Thread(target=_polite, name="polite", daemon=False).start()
+        elif environ["QUERY_STRING"] == "slow-atexit":
+            atexit.register(time.sleep, 60)  # a clean-up that waits on something gone
         elif environ["QUERY_STRING"] == "late-log":
             threading.Thread(target=_late_logger, name="late-logger", daemon=False).start()
         elif not _started:
