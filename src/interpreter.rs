@@ -313,7 +313,9 @@ fn reattach_main_thread() -> Option<Python<'static>> {
 /// it). Must run on the thread that called `initialize`; the caller ends the process next
 /// (`_exit`).
 pub fn run_exit_handlers_only(within: std::time::Duration, first: impl FnOnce(Python<'_>)) {
-    let _deadline = ExitDeadline::start_exactly(within, "the atexit handlers");
+    // Its bound is the caller's (a fast stop's share, not always the shutdown timeout), and it
+    // covers the wait for the GIL, which a request's thread stuck in C code may hold.
+    let _deadline = ExitDeadline::start_own(within, "the wait for the GIL and the atexit handlers");
     let Some(py) = reattach_main_thread() else {
         return;
     };
