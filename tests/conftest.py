@@ -16,9 +16,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
+import requests
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 APPS = ROOT / "tests" / "apps"
@@ -233,6 +235,18 @@ def asgi_location(path, app, extra=""):
 
 def location(path, app, extra=""):
     return f"  location {path} {{\n   wsgi_app {app};\n   {extra}\n  }}\n"
+
+
+def statuses_of_concurrent(server, path, n):
+    """The statuses of `n` GETs of `path` sent at once."""
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(requests.get(server.url(path), timeout=60).status_code))
+               for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
 def raw_request(port, data, timeout=10, read_until_close=True):

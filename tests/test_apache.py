@@ -11,13 +11,12 @@ import re
 import signal
 import socket
 import tempfile
-import threading
 import time
 
 import pytest
 import requests
 
-from conftest import APACHE_BINARY, APACHE_MODULE, APACHE_MODULES, APPS, UNLOADABLE_APPS, Apache, raw_request, route, wait_for
+from conftest import APACHE_BINARY, APACHE_MODULE, APACHE_MODULES, APPS, UNLOADABLE_APPS, Apache, raw_request, route, statuses_of_concurrent, wait_for
 
 BROKEN = APPS / "broken"
 
@@ -240,18 +239,6 @@ def test_a_child_whose_every_thread_is_stuck_past_its_deadline_is_replaced(apach
     assert "exit signal" not in log
 
 
-def statuses_of_concurrent(server, path, n):
-    """The statuses of `n` GETs of `path` sent at once."""
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(requests.get(server.url(path), timeout=60).status_code))
-               for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
-
-
 def test_a_crashed_child_is_replaced_and_serving_goes_on(apaches):
     server = apaches([route("/", APPS / "sleepy.py")]).start()
     before = server.worker_pids()
@@ -402,16 +389,21 @@ def test_x_accel_redirect_is_an_internal_redirect(apaches):
     assert 'X-Accel-Redirect "@named" was refused: named locations are nginx' in server.error_log()
 
 
-def test_an_app_included_by_ssi_sees_its_own_request_not_the_pages(apaches):
-    # mod_include fills the page's CGI variables into what its subrequest copies: the app must
-    # see the include's path and query (as under mod_wsgi), not the page's.
-    server = apaches([route("/app/", APPS / "environ_app.py")], server_extra=(
+def page_including(apaches, app_route, uri):
+    """A started Apache with mod_include whose /page.shtml includes `uri` between "before " and
+    " after"."""
+    server = apaches([app_route], server_extra=(
         f"LoadModule include_module {APACHE_MODULES}/mod_include.so\n"
         f"<Directory {{htdocs}}>\n Options +Includes\n AddOutputFilter INCLUDES .shtml\n</Directory>\n"))
     server.conf.write_text(server.conf.read_text().replace("{htdocs}", str(server.prefix / "htdocs")))
-    (server.prefix / "htdocs" / "page.shtml").write_text(
-        'before <!--#include virtual="/app/env?inc=1" --> after\n')
-    server.start()
+    (server.prefix / "htdocs" / "page.shtml").write_text(f'before <!--#include virtual="{uri}" --> after\n')
+    return server.start()
+
+
+def test_an_app_included_by_ssi_sees_its_own_request_not_the_pages(apaches):
+    # mod_include fills the page's CGI variables into what its subrequest copies: the app must
+    # see the include's path and query (as under mod_wsgi), not the page's.
+    server = page_including(apaches, route("/app/", APPS / "environ_app.py"), "/app/env?inc=1")
     r = requests.get(server.url("/page.shtml?main=1"), timeout=10)
     assert r.status_code == 200 and r.text.startswith("before {"), r.text
     e = json.loads(r.text[len("before "):r.text.rindex(" after")])
@@ -422,13 +414,8 @@ def test_an_app_included_by_ssi_sees_its_own_request_not_the_pages(apaches):
 def test_an_ssi_include_past_its_deadline_fails_the_include_not_the_page(apaches):
     # The deadline wrote its 504 page into the middle of the including page, then ended the
     # page's connection: the include fails (mod_include's error marker) and the page goes on.
-    server = apaches([route("/app/", APPS / "sleepy.py", apache="NgxWsgiRequestTimeout 500ms")], server_extra=(
-        f"LoadModule include_module {APACHE_MODULES}/mod_include.so\n"
-        f"<Directory {{htdocs}}>\n Options +Includes\n AddOutputFilter INCLUDES .shtml\n</Directory>\n"))
-    server.conf.write_text(server.conf.read_text().replace("{htdocs}", str(server.prefix / "htdocs")))
-    (server.prefix / "htdocs" / "page.shtml").write_text(
-        'before <!--#include virtual="/app/sleep?2" --> after\n')
-    server.start()
+    server = page_including(apaches, route("/app/", APPS / "sleepy.py", apache="NgxWsgiRequestTimeout 500ms"),
+                            "/app/sleep?2")
     r = requests.get(server.url("/page.shtml"), timeout=10)
     assert r.status_code == 200, r.text
     assert r.text == "before [an error occurred while processing this directive] after\n", r.text

@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from conftest import APPS, asgi_location, location, recv_until, route, tls, wait_for
+from conftest import APPS, asgi_location, location, recv_until, route, statuses_of_concurrent, tls, wait_for
 
 DIRECTIVE = {"nginx": "wsgi_read_timeout", "apache": "NgxWsgiRequestTimeout"}
 
@@ -21,18 +21,6 @@ DIRECTIVE = {"nginx": "wsgi_read_timeout", "apache": "NgxWsgiRequestTimeout"}
 def timeout(value):
     """The route arguments that set a timeout on both servers."""
     return {"nginx": f"wsgi_read_timeout {value};", "apache": f"NgxWsgiRequestTimeout {value}"}
-
-
-def statuses_of_concurrent(server, path, n):
-    """The statuses of `n` GETs of `path` sent at once."""
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(requests.get(server.url(path), timeout=60).status_code))
-               for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,17 @@ def busy_until(until):
         pass
 
 
+def swallow_every_exception(seconds):
+    # A retry loop that takes every Exception, its deadline's TimeoutError among them (`seconds`
+    # at most, so that a server that cannot stop it is not held for ever).
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        try:
+            busy_until(until)
+        except Exception:
+            pass
+
+
 def application(environ, start_response):
     if environ["PATH_INFO"] == "/slow":
         time.sleep(2)
@@ -35,26 +46,14 @@ def application(environ, start_response):
             print(f"clean-up done after {environ['QUERY_STRING']} s", file=sys.stderr)
             raise
     if environ["PATH_INFO"] == "/swallow":
-        # A retry loop that takes every Exception, its deadline's TimeoutError among them (30 s
-        # at most, so that a server that cannot stop it is not held for ever).
-        until = time.monotonic() + 30
-        while time.monotonic() < until:
-            try:
-                busy_until(until)
-            except Exception:
-                pass
+        swallow_every_exception(30)
     if environ["PATH_INFO"] == "/told-apart":
         try:
             time.sleep(float(environ["QUERY_STRING"]))
         except ngx_wsgi.TimeoutError as e:
             print(f"told apart: {type(e).__module__}.{type(e).__qualname__}", file=sys.stderr)
         try:
-            until = time.monotonic() + 30
-            while time.monotonic() < until:
-                try:
-                    busy_until(until)
-                except Exception:
-                    pass
+            swallow_every_exception(30)
         except ngx_wsgi.TimeoutExit as e:
             print(f"told apart: {type(e).__module__}.{type(e).__qualname__}", file=sys.stderr)
             raise
