@@ -684,7 +684,7 @@ def test_a_body_apache_refuses_after_the_head_went_out_ends_the_response_there(a
     # the app's answer then went out after the response's end.
     server = apaches([route("/", APPS / "input_app.py", apache="LimitRequestBody 1000\nNgxWsgiRequestBuffering Off")]
                      ).start()
-    data = raw_request(server.port, b"POST /write_then_read HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    data = raw_request(server.port, b"POST /start_then_read HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
                        + body)
     assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"\r\n8\r\nstarted\n\r\n0\r\n\r\n"), data
     assert b"caught" not in data and b"read " not in data, data

@@ -108,7 +108,7 @@ def application(environ, start_response):
         entry["done"].wait(20)
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [str(entry["result"]).encode()]
-    elif way == "/write_then_read":
+    elif way == "/start_then_read":
         # The head and a first piece out before the body is read (a progress line).
         write = start_response("200 OK", [("Content-Type", "text/plain")])
         write(b"started\n")
