@@ -48,6 +48,9 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
             crate::recycle::unloaded_app_asked();
             return HTTP_INTERNAL_SERVER_ERROR as c_int;
         };
+        // From here to the response's end the thread is in the request: reading its body (into
+        // memory that grows), in Python (the app, its iterable), sending its response.
+        let _serving = crate::lifecycle::Serving::begin();
         // Recycling may have begun since post_read_request looked.
         crate::recycle::close_if_recycling(r);
         let side = Arc::new(Side::new(r));
@@ -56,8 +59,6 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
             Err(status) => return status,
         };
         let info = crate::request_info::collect(r, conf.mount(), prepared.dechunked_len);
-        // From here to the response's end the thread may be in Python (the app, its iterable).
-        let _serving = crate::lifecycle::Serving::begin();
         let started = Instant::now();
         ngx_wsgi::metrics::started_in_place();
         let armed = crate::timeout::arm(r, &side, conf.request_timeout(), &info);
@@ -74,8 +75,8 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
         });
         ngx_wsgi::metrics::thread_finished(outcome.as_ref().map_or(Duration::ZERO, |o| o.gil_wait));
         let timed_out = armed.finish();
-        if timed_out {
-            crate::stuck_child::back();
+        if let (true, Some(thread)) = (timed_out, side.mpm_thread()) {
+            crate::stuck_child::back(thread);
         }
         drop(prepared.spill);
         ngx_wsgi::metrics::finished_outcome(outcome.as_ref(), started.elapsed(), timed_out);

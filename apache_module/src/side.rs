@@ -24,6 +24,8 @@ pub(crate) struct Side {
     /// A subrequest's (an SSI include's): its output is part of its parent's response, into
     /// which the deadline writes nothing.
     subrequest: bool,
+    /// The MPM thread that runs it (None: an HTTP/2 stream's, on mod_http2's own threads).
+    mpm_thread: Option<ThreadId>,
     /// One brigade for the whole response: a brigade is allocated from the request's pool,
     /// which only grows, so a long stream must not make one per piece.
     out: Out,
@@ -73,6 +75,9 @@ impl Side {
             r,
             // SAFETY: per the function contract.
             subrequest: unsafe { !(*r).main.is_null() },
+            // SAFETY: per the function contract; an HTTP/2 stream's connection has a master.
+            mpm_thread: unsafe { (*(*r).connection).master.is_null() }
+                .then(|| std::thread::current().id()),
             // SAFETY: per the function contract; the brigade lives in the request's pool.
             out: unsafe { Out::new(r) },
             state: Mutex::new(State {
@@ -167,6 +172,10 @@ impl Side {
             return;
         }
         st.expired = true;
+        // Counted before the thread can finish (which it cannot while this lock is held).
+        if let Some(thread) = self.mpm_thread {
+            crate::stuck_child::lost(thread);
+        }
         let ours = st.holder == Holder::Nobody;
         if ours {
             st.holder = Holder::Deadline;
@@ -187,6 +196,11 @@ impl Side {
         self.lock().finished = true;
         drop(turn);
         self.lock().answered
+    }
+
+    /// The MPM thread that runs the request, if one does (for `crate::stuck_child`).
+    pub(crate) fn mpm_thread(&self) -> Option<ThreadId> {
+        self.mpm_thread
     }
 
     /// Whether this is a subrequest's side (an SSI include's, whose parent's response goes on).

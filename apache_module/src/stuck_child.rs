@@ -7,7 +7,7 @@
 //! restarts its process, and gunicorn its worker).
 
 use std::ffi::c_int;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,10 +19,10 @@ const STUCK_FOR: Duration = Duration::from_secs(5);
 /// finish writing what it has (the 504s) before it ends.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
-/// Threads of this child whose request's deadline passed while they ran it, not back yet.
-static LOST: AtomicUsize = AtomicUsize::new(0);
-/// Since when every thread is.
-static ALL_LOST_SINCE: Mutex<Option<Instant>> = Mutex::new(None);
+/// The MPM threads of this child whose request's deadline passed while they ran it, not back
+/// yet (a thread, not a request: an app's subrequest runs on its parent's), and since when
+/// every thread is.
+static LOST: Mutex<(Vec<std::thread::ThreadId>, Option<Instant>)> = Mutex::new((Vec::new(), None));
 static LEAVING: AtomicBool = AtomicBool::new(false);
 
 fn threads_per_child() -> usize {
@@ -36,27 +36,29 @@ fn threads_per_child() -> usize {
     }
 }
 
-fn since() -> std::sync::MutexGuard<'static, Option<Instant>> {
-    ALL_LOST_SINCE.lock().unwrap_or_else(|e| e.into_inner())
+fn lost_threads() -> std::sync::MutexGuard<'static, (Vec<std::thread::ThreadId>, Option<Instant>)> {
+    LOST.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A thread's request timed out while the thread ran it (the deadline thread).
-pub(crate) fn lost() {
-    if LOST.fetch_add(1, SeqCst) + 1 < threads_per_child() {
-        return;
+/// The request `thread` runs timed out while it ran it (called as its deadline is marked, so
+/// before the thread can be [`back`]).
+pub(crate) fn lost(thread: std::thread::ThreadId) {
+    let mut lost = lost_threads();
+    if !lost.0.contains(&thread) {
+        lost.0.push(thread);
     }
-    let mut since = since();
-    if since.is_none() {
-        *since = Some(Instant::now());
-        drop(since);
+    if lost.0.len() >= threads_per_child() && lost.1.is_none() {
+        lost.1 = Some(Instant::now());
+        drop(lost);
         crate::deadline::arm(Instant::now() + STUCK_FOR, Arc::new(Look));
     }
 }
 
-/// A thread whose request had timed out is back (its own thread).
-pub(crate) fn back() {
-    LOST.fetch_sub(1, SeqCst);
-    *since() = None;
+/// `thread`, whose request had timed out, is back.
+pub(crate) fn back(thread: std::thread::ThreadId) {
+    let mut lost = lost_threads();
+    lost.0.retain(|t| *t != thread);
+    lost.1 = None;
 }
 
 /// The look [`STUCK_FOR`] after every thread was lost.
@@ -64,9 +66,12 @@ struct Look;
 
 impl crate::deadline::Expire for Look {
     fn expire(&self) {
-        let stuck_for = since().map(|at| at.elapsed());
+        let (count, stuck_for) = {
+            let lost = lost_threads();
+            (lost.0.len(), lost.1.map(|at| at.elapsed()))
+        };
         match stuck_for {
-            Some(d) if d >= STUCK_FOR && LOST.load(SeqCst) >= threads_per_child() => leave(d),
+            Some(d) if d >= STUCK_FOR && count >= threads_per_child() => leave(count, d),
             // Every thread got lost again since one came back: look again when that one is due.
             Some(d) if d < STUCK_FOR => {
                 crate::deadline::arm(Instant::now() + (STUCK_FOR - d), Arc::new(Look));
@@ -76,7 +81,7 @@ impl crate::deadline::Expire for Look {
     }
 }
 
-fn leave(stuck_for: Duration) {
+fn leave(count: usize, stuck_for: Duration) {
     if LEAVING.swap(true, SeqCst) {
         return;
     }
@@ -86,7 +91,7 @@ fn leave(stuck_for: Duration) {
             "wsgi: every thread of this child ({}) has been stuck past its NgxWsgiRequestTimeout for \
              {} ms (their requests were answered 504): it stops taking connections and exits in {} s \
              without waiting for them, and a fresh child takes its place",
-            LOST.load(SeqCst),
+            count,
             stuck_for.as_millis(),
             EXIT_GRACE.as_secs()
         ),

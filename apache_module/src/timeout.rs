@@ -78,7 +78,6 @@ impl crate::deadline::Expire for Expiry {
     fn expire(&self) {
         self.side.expire(|| {
             ngx_wsgi::metrics::timed_out(self.armed_at.elapsed());
-            crate::stuck_child::lost();
             let (server, client) = (ServerRef(self.server.0), self.client.clone());
             let scope: LogScope = Box::new(move |f| {
                 // SAFETY: see ServerRef.
