@@ -62,17 +62,19 @@ pub(crate) unsafe fn request_done(r: *mut request_rec, head_sent: bool) {
     // lose the request the client sends next, at once; the drain serves that one, and closes.
 }
 
-/// Under the event and worker MPMs: begins the recycle, from a thread of its own, once another
-/// child serves, or when none has for [`SIBLING_WAIT`] (prefork's children each serve one
-/// connection, and their stop closes no kept one; a child alone by configuration has none to
-/// wait for). It says it is due first, so that of two due at once one waits for the other.
+/// Under the event and worker MPMs: begins the recycle, from a thread of its own, once no other
+/// child is on its way out and another serves, or after [`SIBLING_WAIT`] (prefork's children
+/// each serve one connection, and their stop closes no kept one; a child alone by configuration
+/// has none to wait for). It says it is due first, so that of children due at once one goes
+/// at a time.
 fn begin_once_another_serves(why: String) {
     let since = Instant::now();
     let due = crate::sibling_children::this_one_is_due();
+    let why_again = why.clone();
     let wait = move || {
         let waited = loop {
             let waited = since.elapsed();
-            if waited >= SIBLING_WAIT || crate::sibling_children::another_serves(due) {
+            if waited >= SIBLING_WAIT || crate::sibling_children::may_leave(due) {
                 break waited;
             }
             std::thread::sleep(LOOK_EVERY);
@@ -87,8 +89,10 @@ fn begin_once_another_serves(why: String) {
     if let Err(e) = ngx_wsgi::signals::spawn_helper("wsgi-recycle", None, wait) {
         crate::log::write(
             APLOG_ERR as c_int,
-            &format!("wsgi: cannot start the thread that recycles this child: {e}"),
+            &format!("wsgi: cannot start the thread that waits for another child: {e}"),
         );
+        // SAFETY: no request: the event and worker MPMs' drain needs none.
+        unsafe { begin(&why_again, "", std::ptr::null_mut()) };
     }
 }
 

@@ -5,7 +5,7 @@
 //! started together, whose threads were all busy at first: the event MPM then closes kept-alive
 //! connections at once, and a request a client sent on one in that instant was lost. A child
 //! that begins its recycling says so in memory the children share, as the scoreboard says it
-//! only once the MPM stops the child, after the drain.
+//! only once the MPM stops the child, after the drain; and one child leaves at a time.
 
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
@@ -100,7 +100,7 @@ fn now_ms() -> u64 {
 }
 
 /// Notes that this child is due to recycle and waits for a sibling that serves; returns its
-/// place among the waiting (see [`another_serves`]).
+/// place among the waiting (see [`may_leave`]).
 pub(crate) fn this_one_is_due() -> u64 {
     let due = (now_ms().max(1) << PID_BITS) | my_pid();
     if let Some(entry) = my_entry() {
@@ -129,11 +129,12 @@ pub(crate) fn may_have_siblings() -> bool {
     query(AP_MPMQ_MAX_DAEMONS).is_some_and(|n| n > 1)
 }
 
-/// Whether another child of this generation has a thread that waits for or serves a connection
-/// (one still loading its apps has none yet), and stays: it is not stopping, has not begun its
-/// recycling, and is not due since before this one (`due`, from [`this_one_is_due`]): of two
-/// due children, the one due first goes once the other serves, and the other waits for a third.
-pub(crate) fn another_serves(due: u64) -> bool {
+/// Whether this child may leave now: no other child of this generation is on its way out (one
+/// leaves at a time), and another has a thread that waits for or serves a connection (one still
+/// loading its apps has none yet) and stays: it is not due since before this one (`due`, from
+/// [`this_one_is_due`]). Of several due children, the one due first goes once another serves,
+/// then the next once that one is gone, and so on.
+pub(crate) fn may_leave(due: u64) -> bool {
     let (Some(daemons), Some(threads), Some(generation)) = (
         query(AP_MPMQ_HARD_LIMIT_DAEMONS),
         query(AP_MPMQ_HARD_LIMIT_THREADS),
@@ -143,7 +144,8 @@ pub(crate) fn another_serves(due: u64) -> bool {
     };
     let me = std::process::id() as libc::pid_t;
     let entries = entries().unwrap_or_default();
-    (0..daemons).any(|slot| {
+    let mut serves = false;
+    for slot in 0..daemons {
         // SAFETY: the scoreboard is mapped in every child for its whole life, with `daemons`
         // process slots of `threads` worker slots each; its fields are read racily, as
         // mod_status reads them (a stale value only delays or hastens the recycle).
@@ -152,25 +154,32 @@ pub(crate) fn another_serves(due: u64) -> bool {
             if process.is_null()
                 || (*process).pid == 0
                 || (*process).pid == me
-                || (*process).quiescing != 0
                 || (*process).generation != generation
             {
+                continue;
+            }
+            if (*process).quiescing != 0 {
                 return false;
             }
             let said = entries
                 .get(slot as usize)
                 .map_or(0, |e| e.load(Ordering::SeqCst));
-            if said != 0 && said & PID_MASK == u64::from((*process).pid as u32) & PID_MASK {
-                // Its own word, not a former child's of that slot.
-                if said & LEAVING != 0 || said < due {
-                    return false;
-                }
+            // Its own word, not a former child's of that slot.
+            let its_own =
+                said != 0 && said & PID_MASK == u64::from((*process).pid as u32) & PID_MASK;
+            if its_own && said & LEAVING != 0 {
+                return false;
             }
-            (0..threads).any(|thread| {
-                let worker = ap_get_scoreboard_worker_from_indexes(slot, thread);
-                !worker.is_null()
-                    && (SERVER_READY..=SERVER_BUSY_DNS).contains(&((*worker).status as u32))
-            })
+            if its_own && said < due {
+                continue;
+            }
+            serves = serves
+                || (0..threads).any(|thread| {
+                    let worker = ap_get_scoreboard_worker_from_indexes(slot, thread);
+                    !worker.is_null()
+                        && (SERVER_READY..=SERVER_BUSY_DNS).contains(&((*worker).status as u32))
+                });
         }
-    })
+    }
+    serves
 }
