@@ -360,25 +360,27 @@ impl ExitDeadline {
     ) -> ExitDeadline {
         let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
         let watch = move || {
-            let started = std::time::Instant::now();
-            let mut hurried_at = None;
+            let end = std::time::Instant::now() + within + grace;
+            // The exit's one bound once hurried, shared by its stages (each has a watch).
+            let mut cut = None;
             loop {
-                let limit = hurried_at.map_or(within + grace, |at: std::time::Duration| {
-                    (at + HURRIED_BOUND).min(within + grace)
-                });
-                let elapsed = started.elapsed();
-                if elapsed >= limit {
+                let limit = match hurried_since() {
+                    Some(at) if at + HURRIED_BOUND < end => {
+                        cut = Some(());
+                        at + HURRIED_BOUND
+                    }
+                    _ => end,
+                };
+                let now = std::time::Instant::now();
+                if now >= limit {
                     break;
                 }
-                let step = (limit - elapsed).min(HURRY_LOOK);
-                match cancelled.recv_timeout(step) {
+                match cancelled.recv_timeout((limit - now).min(HURRY_LOOK)) {
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     _ => return,
                 }
-                if hurried_at.is_none() && hurried() {
-                    hurried_at = Some(started.elapsed());
-                }
             }
+            let hurried_at = cut;
             {
                 let setting = SHUTDOWN_WHAT
                     .get()
@@ -440,7 +442,19 @@ pub fn exit_hurried_by(check: fn() -> bool) {
 }
 
 fn hurried() -> bool {
-    HURRIED.get().is_some_and(|check| check())
+    hurried_since().is_some()
+}
+
+/// When the exit was first seen hurried, if it was.
+fn hurried_since() -> Option<std::time::Instant> {
+    static SINCE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    if let Some(at) = SINCE.get() {
+        return Some(*at);
+    }
+    HURRIED
+        .get()
+        .is_some_and(|check| check())
+        .then(|| *SINCE.get_or_init(std::time::Instant::now))
 }
 
 /// Joins the app's non-daemon threads until `timeout` (a tenth of a second once hurried); None
@@ -451,15 +465,18 @@ fn join_app_threads(py: Python<'_>, timeout: std::time::Duration) -> PyResult<Op
 import sys, threading, time, traceback
 def _join(timeout, what, hurried, what_hurried):
     deadline = time.monotonic() + timeout
-    hurry = [False]
+    hurry, looked = [False], [False]
     def wait(join, until):
         # In short slices: a fast stop that comes meanwhile cuts the wait short.
         while time.monotonic() < until[0]:
             if join(min(until[0] - time.monotonic(), 0.05)):
                 return
-            if not hurry[0] and hurried():
-                hurry[0] = True
-                until[0] = min(until[0], time.monotonic() + 0.1)
+            if not looked[0] and hurried():
+                looked[0] = True
+                # Said only where it shortened the wait (a fast stop's own is that short).
+                if until[0] > time.monotonic() + 0.1:
+                    until[0] = time.monotonic() + 0.1
+                    hurry[0] = True
     until = [deadline]
     # What Python's own exit does before it joins threads: threading's exit callbacks, once
     # (concurrent.futures wakes its idle workers there, which then end). They join what they
@@ -485,7 +502,12 @@ def _join(timeout, what, hurried, what_hurried):
         return [t for t in threading.enumerate()
                 if t is not main and t is not me and not isinstance(t, dummy)
                 and not t.daemon and t.is_alive()]
-    wait(lambda t: (left() and left()[0].join(t)) or not left(), until)
+    def join_one(t):
+        alive = left()
+        if alive:
+            alive[0].join(t)
+        return not left()
+    wait(join_one, until)
     alive = left()
     if not alive:
         return None

@@ -452,8 +452,11 @@ def test_a_fast_stop_during_a_graceful_exits_waits_cuts_them_short(nginx_factory
     worker = server.worker_pids()[0]
     assert requests.get(server.url(f"/?{query}")).text == "threads started"
     server.send_signal(signal.SIGQUIT)
-    wait_for(lambda: f"{worker}#{worker}: gracefully shutting down" in server.error_log(), what="the exit")
-    time.sleep(1)  # into the exit's wait
+    if query == "slow-atexit":
+        wait_for(lambda: (tmp_path / f"atexit-waiting-{worker}").exists(), what="the atexit handler's wait")
+    else:
+        wait_for(lambda: f"{worker}#{worker}: exiting" in server.error_log(), what="the exit")
+        time.sleep(0.5)  # into the wait for the thread (which never ends)
     server.send_signal(signal.SIGTERM)
     server.proc.wait(timeout=30)
     log = server.error_log()

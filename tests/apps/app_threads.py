@@ -35,6 +35,12 @@ def _polite():
     _mark("polite-done")
 
 
+def _wait_at_exit():
+    # A clean-up that waits on something gone, saying first that it runs.
+    _mark("atexit-waiting")
+    time.sleep(60)
+
+
 def _late_logger():
     # Waits for the test's go (the worker is exiting by then), logs, and ends.
     go = os.path.join(MARKS, f"go-{os.getpid()}")
@@ -54,7 +60,7 @@ def application(environ, start_response):
         if environ["QUERY_STRING"] == "polite":
             threading.Thread(target=_polite, name="polite", daemon=False).start()
         elif environ["QUERY_STRING"] == "slow-atexit":
-            atexit.register(time.sleep, 60)  # a clean-up that waits on something gone
+            atexit.register(_wait_at_exit)
         elif environ["QUERY_STRING"] == "late-log":
             threading.Thread(target=_late_logger, name="late-logger", daemon=False).start()
         elif not _started:
