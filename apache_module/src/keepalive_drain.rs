@@ -18,8 +18,8 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::bindings::{
-    ap_mpm_query, ap_show_mpm, apr_pool_cleanup_null, apr_pool_cleanup_register, apr_status_t,
-    conn_rec, request_rec, APLOG_INFO, APR_SUCCESS, AP_MPMQ_MPM_STATE, AP_MPMQ_STOPPING, OK,
+    ap_show_mpm, apr_pool_cleanup_null, apr_pool_cleanup_register, apr_status_t, conn_rec,
+    request_rec, APLOG_INFO, APR_SUCCESS, AP_MPMQ_MPM_STATE, AP_MPMQ_STOPPING, OK,
 };
 
 /// The longest the drain lasts: a connection idle for longer meets the race any keep-alive
@@ -178,8 +178,5 @@ unsafe extern "C" fn connection_ended(_data: *mut c_void) -> apr_status_t {
 
 /// Whether the MPM is stopping this child already.
 fn stopping() -> bool {
-    let mut state: c_int = 0;
-    // SAFETY: a plain query into an int.
-    let rc = unsafe { ap_mpm_query(AP_MPMQ_MPM_STATE as c_int, &mut state) };
-    rc == 0 && state == AP_MPMQ_STOPPING as c_int
+    crate::mpm::query(AP_MPMQ_MPM_STATE) == Some(AP_MPMQ_STOPPING as c_int)
 }

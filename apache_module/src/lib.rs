@@ -25,6 +25,7 @@ mod keepalive_drain;
 mod lifecycle;
 mod log;
 mod metrics;
+mod mpm;
 mod recycle;
 mod request_body;
 mod request_info;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicPtr, Ordering::Relaxed};
 use ngx_wsgi::metrics::{block_size, init_block, is_compatible};
 
 use crate::bindings::{
-    ap_conftree, ap_directive_t, ap_discard_request_body, ap_mpm_query, ap_set_content_length,
+    ap_conftree, ap_directive_t, ap_discard_request_body, ap_set_content_length,
     ap_set_content_type, apr_pool_t, apr_pool_userdata_get, apr_pool_userdata_set,
     apr_shm_baseaddr_get, apr_shm_create, apr_shm_destroy, apr_shm_t, request_rec, server_rec,
     APLOG_ERR, APLOG_NOTICE, APR_SUCCESS, AP_MPMQ_HARD_LIMIT_DAEMONS, HTTP_METHOD_NOT_ALLOWED,
@@ -68,9 +68,8 @@ unsafe fn names_handler(mut d: *const ap_directive_t) -> bool {
 /// Gauge entries: every child that can be alive at once, twice over (children that have died
 /// but are not reaped yet hold theirs until then).
 fn entries() -> usize {
-    let mut limit: c_int = 0;
-    // SAFETY: a plain query of the MPM, which has read its configuration by post_config.
-    unsafe { ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS as c_int, &mut limit) };
+    // The MPM has read its configuration by post_config.
+    let limit = crate::mpm::query(AP_MPMQ_HARD_LIMIT_DAEMONS).unwrap_or(0);
     (usize::try_from(limit).unwrap_or(0) * 2).max(16)
 }
 

@@ -11,11 +11,12 @@ use std::ffi::c_int;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use crate::bindings::{
-    ap_get_scoreboard_process, ap_get_scoreboard_worker_from_indexes, ap_mpm_query, apr_pool_t,
-    server_rec, AP_MPMQ_GENERATION, AP_MPMQ_HARD_LIMIT_DAEMONS, AP_MPMQ_HARD_LIMIT_THREADS,
+    ap_get_scoreboard_process, ap_get_scoreboard_worker_from_indexes, apr_pool_t, server_rec,
+    AP_MPMQ_GENERATION, AP_MPMQ_HARD_LIMIT_DAEMONS, AP_MPMQ_HARD_LIMIT_THREADS,
     AP_MPMQ_MAX_DAEMONS, OK, SERVER_BUSY_DNS, SERVER_READY,
 };
 use crate::ffi_guard::guard;
+use crate::mpm::query;
 
 /// The most child slots any MPM has (`ServerLimit`'s ceiling, the event MPM's).
 const SLOTS: usize = 20_000;
@@ -114,12 +115,6 @@ pub(crate) fn this_one_leaves() {
     if let Some(entry) = my_entry() {
         entry.store(LEAVING | my_pid(), Ordering::SeqCst);
     }
-}
-
-fn query(what: u32) -> Option<c_int> {
-    let mut value: c_int = 0;
-    // SAFETY: a plain query into an int.
-    (unsafe { ap_mpm_query(what as c_int, &mut value) } == 0).then_some(value)
 }
 
 /// Whether this server may run more than one child at once (not `ServerLimit 1`, or one

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::bindings::{ap_mpm_query, APLOG_ALERT, AP_MPMQ_MAX_THREADS};
+use crate::bindings::{APLOG_ALERT, AP_MPMQ_MAX_THREADS};
 
 /// How long every thread must have been stuck before the child goes.
 const STUCK_FOR: Duration = Duration::from_secs(5);
@@ -26,14 +26,8 @@ static LOST: Mutex<(Vec<std::thread::ThreadId>, Option<Instant>)> = Mutex::new((
 static LEAVING: AtomicBool = AtomicBool::new(false);
 
 fn threads_per_child() -> usize {
-    let mut n: c_int = 0;
-    // SAFETY: a plain query into an int.
-    let rc = unsafe { ap_mpm_query(AP_MPMQ_MAX_THREADS as c_int, &mut n) };
-    if rc == 0 {
-        usize::try_from(n).unwrap_or(1).max(1)
-    } else {
-        usize::MAX
-    }
+    crate::mpm::query(AP_MPMQ_MAX_THREADS)
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(1).max(1))
 }
 
 fn lost_threads() -> std::sync::MutexGuard<'static, (Vec<std::thread::ThreadId>, Option<Instant>)> {
