@@ -102,30 +102,35 @@ fn begin_once_another_serves(why: String) {
 /// # Safety
 /// `r` is null or the live request, on its own thread.
 unsafe fn begin(why: &str, after: &str, r: *mut request_rec) {
-    if RECYCLING.swap(true, Relaxed) {
+    if !leaves() {
         return;
     }
     crate::log::write(
         APLOG_NOTICE as c_int,
         &format!("wsgi: this child {why}; recycling it{after}"),
     );
-    ngx_wsgi::metrics::recycled();
-    crate::sibling_children::this_one_leaves();
     // SAFETY: per the function contract.
     unsafe { crate::keepalive_drain::then(stop, r) };
 }
 
 /// Every thread of this child is stuck past its deadline (`crate::stuck_child`): counted, its
 /// connections closed as they end, and its MPM told to stop (which would wait for those threads:
-/// the caller ends the process).
+/// the caller ends the process). A drain under way stops it already.
 pub(crate) fn stuck() {
+    if leaves() {
+        stop();
+    }
+}
+
+/// Marks this child as on its way out (its connections close as they end, its siblings are
+/// told, the recycle is counted); false when it was already.
+fn leaves() -> bool {
     if RECYCLING.swap(true, Relaxed) {
-        // A drain under way: its stop comes, and the caller's exit after it.
-        return;
+        return false;
     }
     ngx_wsgi::metrics::recycled();
     crate::sibling_children::this_one_leaves();
-    stop();
+    true
 }
 
 /// How long a child that could not load its apps (or start Python) serves without them before
