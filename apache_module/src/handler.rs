@@ -75,9 +75,6 @@ unsafe fn serve(r: *mut request_rec) -> c_int {
         });
         ngx_wsgi::metrics::thread_finished(outcome.as_ref().map_or(Duration::ZERO, |o| o.gil_wait));
         let timed_out = armed.finish();
-        if let (true, Some(thread)) = (timed_out, side.mpm_thread()) {
-            crate::stuck_child::back(thread);
-        }
         drop(prepared.spill);
         ngx_wsgi::metrics::finished_outcome(outcome.as_ref(), started.elapsed(), timed_out);
         crate::recycle::request_done(r, side.head_sent());

@@ -193,14 +193,16 @@ impl Side {
     /// Returns whether the deadline answered it (then nothing else is to be sent).
     pub(crate) fn finish(&self) -> bool {
         let turn = self.turn();
-        self.lock().finished = true;
+        let (first, expired) = {
+            let mut st = self.lock();
+            (!std::mem::replace(&mut st.finished, true), st.expired)
+        };
         drop(turn);
+        // The thread counted lost as its deadline was marked (`expire`) is back.
+        if let (true, true, Some(thread)) = (first, expired, self.mpm_thread) {
+            crate::stuck_child::back(thread);
+        }
         self.lock().answered
-    }
-
-    /// The MPM thread that runs the request, if one does (for `crate::stuck_child`).
-    pub(crate) fn mpm_thread(&self) -> Option<ThreadId> {
-        self.mpm_thread
     }
 
     /// Whether this is a subrequest's side (an SSI include's, whose parent's response goes on).
