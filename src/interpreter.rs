@@ -361,37 +361,33 @@ impl ExitDeadline {
         let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
         let watch = move || {
             let end = std::time::Instant::now() + within + grace;
-            // The exit's one bound once hurried, shared by its stages (each has a watch).
-            let mut cut = None;
-            loop {
-                let limit = match hurried_since() {
-                    Some(at) if at + HURRIED_BOUND < end => {
-                        cut = Some(());
-                        at + HURRIED_BOUND
-                    }
-                    _ => end,
+            // The exit's one bound once hurried, shared by its stages (each has a watch); `cut`:
+            // it came before this stage's own.
+            let cut = loop {
+                let (limit, cut) = match hurried_since() {
+                    Some(at) if at + HURRIED_BOUND < end => (at + HURRIED_BOUND, true),
+                    _ => (end, false),
                 };
                 let now = std::time::Instant::now();
                 if now >= limit {
-                    break;
+                    break cut;
                 }
                 match cancelled.recv_timeout((limit - now).min(HURRY_LOOK)) {
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     _ => return,
                 }
-            }
-            let hurried_at = cut;
+            };
             {
                 let setting = SHUTDOWN_WHAT
                     .get()
                     .map_or("the shutdown timeout", |w| w.as_str());
-                let bound = match (hurried_at, the_setting) {
-                    (Some(_), _) => format!(
+                let bound = match (cut, the_setting) {
+                    (true, _) => format!(
                         "{} ms of a fast stop that came meanwhile",
                         HURRIED_BOUND.as_millis()
                     ),
-                    (None, true) => format!("{setting} ({} ms)", within.as_millis()),
-                    (None, false) => format!("{} ms", within.as_millis()),
+                    (false, true) => format!("{setting} ({} ms)", within.as_millis()),
+                    (false, false) => format!("{} ms", within.as_millis()),
                 };
                 crate::server_log::last_words(|| {
                     tracing::error!(
