@@ -437,8 +437,30 @@ pub fn exit_hurried_by(check: fn() -> bool) {
     let _ = HURRIED.set(check);
 }
 
-fn hurried() -> bool {
+pub(crate) fn hurried() -> bool {
     hurried_since().is_some()
+}
+
+/// What each wait of an exit gets once hurried (the app's threads' join, the ASGI tasks' end,
+/// the lifespan shutdown): within [`HURRIED_BOUND`] with what follows them.
+pub(crate) const HURRIED_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// How a wait cut short by a fast stop names its bound in the log.
+pub(crate) fn hurried_wait_named() -> String {
+    format!(
+        "a fast stop that came during the exit ({} ms)",
+        HURRIED_WAIT.as_millis()
+    )
+}
+
+/// `deadline`, or [`HURRIED_WAIT`] from now when the exit is hurried and that comes first; and
+/// whether it was cut so.
+pub(crate) fn hurried_deadline(deadline: std::time::Instant) -> (std::time::Instant, bool) {
+    let cut = std::time::Instant::now() + HURRIED_WAIT;
+    match hurried() && cut < deadline {
+        true => (cut, true),
+        false => (deadline, false),
+    }
 }
 
 /// When the exit was first seen hurried, if it was.
@@ -453,13 +475,13 @@ fn hurried_since() -> Option<std::time::Instant> {
         .then(|| *SINCE.get_or_init(std::time::Instant::now))
 }
 
-/// Joins the app's non-daemon threads until `timeout` (a tenth of a second once hurried); None
+/// Joins the app's non-daemon threads until `timeout` ([`HURRIED_WAIT`] once hurried); None
 /// when all ended, else the report of those left (names and stacks), beginning with what the
 /// deadline was.
 fn join_app_threads(py: Python<'_>, timeout: std::time::Duration) -> PyResult<Option<String>> {
     let code = c"
 import sys, threading, time, traceback
-def _join(timeout, what, hurried, what_hurried):
+def _join(timeout, what, hurried, what_hurried, hurried_wait):
     deadline = time.monotonic() + timeout
     hurry, looked = [False], [False]
     def wait(join, until):
@@ -470,8 +492,8 @@ def _join(timeout, what, hurried, what_hurried):
             if not looked[0] and hurried():
                 looked[0] = True
                 # Said only where it shortened the wait (a fast stop's own is that short).
-                if until[0] > time.monotonic() + 0.1:
-                    until[0] = time.monotonic() + 0.1
+                if until[0] > time.monotonic() + hurried_wait:
+                    until[0] = time.monotonic() + hurried_wait
                     hurry[0] = True
     until = [deadline]
     # What Python's own exit does before it joins threads: threading's exit callbacks, once
@@ -531,7 +553,8 @@ def _join(timeout, what, hurried, what_hurried):
             timeout.as_secs_f64(),
             what,
             hurried,
-            "a fast stop that came during the exit (100 ms)",
+            hurried_wait_named(),
+            HURRIED_WAIT.as_secs_f64(),
         ))?;
     report.extract()
 }

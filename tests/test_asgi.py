@@ -1115,6 +1115,30 @@ def test_a_shutdown_that_blocks_the_loop_fails_the_check_naming_the_shutdown(ngi
             "startup that completed, did not end within 3.5 s" in check.stderr), check.stderr
 
 
+@pytest.mark.parametrize("app, path, cut", [
+    (f"{APPS}/asgi_lifespan.py:shutdown_hangs", "/",
+     "lifespan shutdown did not complete within a fast stop that came during the exit (100 ms)"),
+    (str(APP), "/lingers-after-response",
+     "1 app task(s) still running after a fast stop that came during the exit (100 ms) are cancelled"),
+])
+def test_a_fast_stop_during_a_graceful_exits_asgi_waits_cuts_them_short(nginx_factory, app, path, cut):
+    # Debian's and systemd's stop: QUIT, then TERM a few seconds later. The worker waited on
+    # for the app's task or its lifespan shutdown (each up to wsgi_shutdown_timeout), and
+    # nginx's master killed it (signal 9), the apps' atexit handlers never run.
+    server = nginx_factory(asgi("/", app), http_extra="wsgi_shutdown_timeout 20s;").start()
+    worker = server.worker_pids()[0]
+    assert requests.get(server.url(path), timeout=10).status_code == 200
+    server.send_signal(signal.SIGQUIT)
+    wait_for(lambda: f"{worker}#{worker}: exiting" in server.error_log(), what="the exit")
+    time.sleep(0.5)  # into the wait (which never ends by itself)
+    server.send_signal(signal.SIGTERM)
+    server.proc.wait(timeout=30)
+    log = server.error_log()
+    assert cut in log, log[-3000:]
+    assert "exited on signal" not in log, log[-3000:]
+    assert f"worker process {worker} exited with code 0" in log, log[-3000:]
+
+
 def test_a_task_past_the_shutdown_timeout_is_cancelled_before_the_lifespan_shutdown_runs(nginx_factory, tmp_path):
     # The task gets wsgi_shutdown_timeout, then it is cancelled; the apps' lifespan shutdown
     # still runs (its own time), or their pools and flushes would be lost at every reload

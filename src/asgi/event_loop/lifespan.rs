@@ -11,6 +11,7 @@ use pyo3::types::{PyBytes, PyCFunction, PyDict, PyTuple};
 
 use super::{driver, AsgiLoop, Item, LoopKind, LIFESPANS};
 use crate::asgi::task_watch::LoopThread;
+use crate::interpreter;
 
 impl AsgiLoop {
     /// Runs the lifespan startup of each app (index, how to name it in the log) and waits for
@@ -142,7 +143,7 @@ impl AsgiLoop {
     /// stop within `timeout` (a second at most, 50 ms at least), and its end, which cancels
     /// what is left, within as much again. Err when the thread has not ended by then: a
     /// coroutine keeps it in a call that never returns to the loop, and the process cannot
-    /// wait for it.
+    /// wait for it. A fast stop that comes meanwhile cuts each wait to a tenth of a second.
     pub fn stop(&self, tasks_wait: Duration, timeout: Duration) -> Result<(), LoopStuck> {
         if self.ended() {
             // The loop died earlier (logged then): nothing is left to wait for or to ask.
@@ -151,19 +152,28 @@ impl AsgiLoop {
             }
             return Ok(());
         }
-        let tasks_deadline = Instant::now() + tasks_wait;
+        // Each wait is cut short by a fast stop that comes meanwhile (QUIT, then TERM: nginx's
+        // master kills a worker still there soon after), as the app's threads' join is.
+        let (mut tasks_deadline, mut tasks_cut) = (Instant::now() + tasks_wait, false);
         while self.running() > 0 && Instant::now() < tasks_deadline && !self.ended() {
+            if !tasks_cut {
+                (tasks_deadline, tasks_cut) = interpreter::hurried_deadline(tasks_deadline);
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
         if self.running() > 0 {
             if !tasks_wait.is_zero() {
-                tracing::warn!(target: "asgi", "{} app task(s) still running after the shutdown timeout ({} ms) are cancelled", self.running(), tasks_wait.as_millis());
+                let bound = match tasks_cut {
+                    true => interpreter::hurried_wait_named(),
+                    false => format!("the shutdown timeout ({} ms)", tasks_wait.as_millis()),
+                };
+                tracing::warn!(target: "asgi", "{} app task(s) still running after {bound} are cancelled", self.running());
             }
             // Before the lifespan shutdown, which may close what they use (uvicorn's order).
             self.cancel_connections();
         }
-        let deadline = Instant::now() + timeout;
-        let left = timeout;
+        let (mut deadline, mut cut) = interpreter::hurried_deadline(Instant::now() + timeout);
+        let left = deadline.saturating_duration_since(Instant::now());
         type Answers = (usize, mpsc::Receiver<(String, String, String)>);
         let answers = self.call(left, |py, _l, _d, tx: mpsc::Sender<Answers>| {
             let (rtx, rrx) = mpsc::channel();
@@ -194,8 +204,11 @@ impl AsgiLoop {
         });
         if let Some((mut expected, answers)) = answers {
             while expected > 0 {
+                if !cut {
+                    (deadline, cut) = interpreter::hurried_deadline(deadline);
+                }
                 let left = deadline.saturating_duration_since(Instant::now());
-                match answers.recv_timeout(left) {
+                match answers.recv_timeout(left.min(HURRY_LOOK)) {
                     Ok((phase, outcome, _)) if phase == "shutdown" && outcome == "ok" => {
                         expected -= 1
                     }
@@ -206,17 +219,24 @@ impl AsgiLoop {
                         }
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        tracing::error!(target: "asgi", "lifespan shutdown did not complete within the shutdown timeout ({} ms)", timeout.as_millis());
+                        let bound = match cut {
+                            true => interpreter::hurried_wait_named(),
+                            false => format!("the shutdown timeout ({} ms)", timeout.as_millis()),
+                        };
+                        tracing::error!(target: "asgi", "lifespan shutdown did not complete within {bound}");
                         break;
                     }
                 }
             }
         }
         // At least a moment, even with a shutdown timeout of 0: a healthy loop needs one round.
-        let teardown = timeout
-            .min(Duration::from_secs(1))
-            .max(Duration::from_millis(50));
+        let teardown = match interpreter::hurried() {
+            true => interpreter::HURRIED_WAIT,
+            false => timeout.min(Duration::from_secs(1)),
+        }
+        .max(Duration::from_millis(50));
         self.teardown_ms
             .store(teardown.as_millis() as u64, Ordering::Release);
         self.post(Item::Stop);
@@ -253,6 +273,9 @@ impl AsgiLoop {
 
 /// How often a wait for the lifespan startup looks whether the loop died.
 const DEATH_CHECK: Duration = Duration::from_millis(50);
+
+/// How often the wait for the lifespan shutdown looks whether a fast stop came meanwhile.
+const HURRY_LOOK: Duration = Duration::from_millis(50);
 
 /// What closing the loop may take after its tasks were cancelled.
 const TEARDOWN_CLOSE: Duration = Duration::from_millis(50);
