@@ -423,6 +423,22 @@ def send_chunks(sock, head, size, count):
         pass
 
 
+def post_3000_bytes(port, path, framing):
+    """POSTs 3000 bytes to `path` with a Content-Length or chunked (`framing`), or a chunked body
+    broken after its first 5 bytes ("broken"), on a connection of its own; returns the answer up
+    to the end of its JSON body."""
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        if framing == "length":
+            s.sendall(f"{head}Content-Length: 3000\r\n\r\n".encode() + b"x" * 3000)
+        elif framing == "chunked":
+            send_chunks(s, f"{head}Transfer-Encoding: chunked\r\n\r\n".encode(), 500, 6)
+            s.sendall(b"0\r\n\r\n")
+        else:
+            s.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n".encode())
+        return recv_until(s, b"}")
+
+
 def recv_until(sock, marker):
     """Reads from `sock` until `marker` has arrived; returns everything read."""
     data = b""

@@ -11,7 +11,7 @@ use ngx_wsgi::asgi::HttpScope;
 
 use crate::conf::LocConf;
 use crate::ffi::ngx_bytes;
-use crate::request_info::{for_each_request_header, inet_port};
+use crate::request_info::{body_refused, for_each_request_header, inet_port};
 
 /// NGX_HTTP_VERSION_30 (nginx 1.25+; spelled out to build against older nginx too).
 const HTTP_VERSION_30: u32 = 3000;
@@ -122,14 +122,24 @@ pub(crate) unsafe fn collect(
     }
     // SAFETY: `r` is live on the event loop.
     let set = unsafe { param_headers(r, lc) };
+    // SAFETY: as above; its body has been read (or refused).
+    let refused = unsafe { body_refused(r) };
     // SAFETY: as above.
     unsafe {
         for_each_request_header(r, |name, value| {
-            if !set.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            let framing = name.eq_ignore_ascii_case(b"content-length")
+                || name.eq_ignore_ascii_case(b"transfer-encoding");
+            let replaced = set.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+            let dropped = replaced || (refused && framing);
+            if !dropped {
                 b.header(name, value);
             }
         })
     };
+    if refused {
+        // The app gets no body (see `body_refused`): its length says so.
+        b.header(b"content-length", b"0");
+    }
     for (name, value) in set.iter() {
         if let Some(value) = value {
             b.header(name, value);

@@ -109,10 +109,16 @@ pub(crate) unsafe fn collect(
         // Read as it arrives: the length is the client's (if it sent one).
         return (b.finish(), None);
     }
-    // SAFETY: the body was read; its buffers and temp file live as long as the request.
-    let body = unsafe { body_of(r) };
+    // SAFETY: the body was read (or refused); its buffers and temp file live as long as the
+    // request.
+    let (refused, body) = unsafe {
+        match body_refused(r) {
+            true => (true, Body::empty()),
+            false => (false, body_of(r)),
+        }
+    };
     let had_length = !r.headers_in.content_length.is_null();
-    if r.headers_in.chunked() != 0 || (!had_length && !body.is_empty()) {
+    if refused || r.headers_in.chunked() != 0 || (!had_length && !body.is_empty()) {
         b.body_length(body.len());
     }
     (b.finish(), Some(body))
@@ -210,6 +216,39 @@ pub(crate) unsafe fn for_each_header(
         // SAFETY: the list's parts are linked until `next` is NULL.
         part = unsafe { (*part).next };
     }
+}
+
+/// Whether nginx refused this request's body (over `client_max_body_size`, broken chunked
+/// framing) before the app's location came to read it: an error page that runs an app
+/// (`error_page 413 /too-large;`). nginx threw the body away, whole or after a piece of it was
+/// kept: the app gets none (a length of 0), as `proxy_pass` sends none, not that piece as if
+/// it were the body.
+///
+/// # Safety
+/// `r` is live; its body has been read as the location says, or refused.
+pub(crate) unsafe fn body_refused(r: &ngx_http_request_t) -> bool {
+    if r.request_body_no_buffering() != 0 {
+        // Read as it arrives: it is not over yet, and nothing was refused before it began.
+        return false;
+    }
+    if r.discard_body() != 0 {
+        return true;
+    }
+    let rb = r.request_body;
+    // SAFETY: the request's body, when set, lives as long as the request.
+    if !rb.is_null() && unsafe { (*rb).rest } > 0 {
+        // Its read ended before the body did (the refusal ended it).
+        return true;
+    }
+    // nginx counts a Content-Length body down as it throws it away.
+    let header = r.headers_in.content_length;
+    // SAFETY: the header, when set, lives in the request's pool.
+    !header.is_null()
+        && r.headers_in.chunked() == 0
+        && std::str::from_utf8(ngx_bytes(unsafe { &(*header).value }))
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+            .is_some_and(|declared| declared != r.headers_in.content_length_n)
 }
 
 /// # Safety

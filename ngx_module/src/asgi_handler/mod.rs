@@ -108,7 +108,10 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         if (*r).request_body_no_buffering() != 0 {
             RequestBody::Streamed(BodyStream::new(r, lc.streaming.stream_buffer))
         } else {
-            let body = crate::request_info::body_of(&*r);
+            let body = match crate::request_info::body_refused(&*r) {
+                true => ngx_wsgi::Body::empty(),
+                false => crate::request_info::body_of(&*r),
+            };
             RequestBody::Whole(Arc::new(BodyLease::new(body)))
         }
     };
