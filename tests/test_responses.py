@@ -247,6 +247,9 @@ def test_head_has_no_body(server):
     data = raw_request(server.port, b"HEAD /list_body HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK") and body == b""
+    # The body the app made for the HEAD (GET's) gives the length GET has.
+    length = requests.get(server.url("/list_body")).headers["Content-Length"]
+    assert f"\r\nContent-Length: {length}\r\n".encode() in head + b"\r\n", head
     data = raw_request(server.port, b"HEAD /length_app HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
     head, _, body = data.partition(b"\r\n\r\n")
     assert b"Content-Length: 5" in head and body == b""
