@@ -425,8 +425,14 @@ def send_chunks(sock, head, size, count):
 
 def post_3000_bytes(port, path, framing):
     """POSTs 3000 bytes to `path` with a Content-Length or chunked (`framing`), or a chunked body
-    broken after its first 5 bytes ("broken"), on a connection of its own; returns the answer up
-    to the end of its JSON body."""
+    broken after its first 5 bytes ("broken"), or over HTTP/2 with a length or without ("h2
+    length", "h2 stream"), on a connection of its own; returns the answer up to the end of its
+    JSON body."""
+    if framing.startswith("h2"):
+        without_length = ["-H", "Transfer-Encoding: chunked"] if framing == "h2 stream" else []
+        return subprocess.run(["curl", "-sS", "-i", "--http2-prior-knowledge", *without_length, "--data-binary", "@-",
+                               f"http://127.0.0.1:{port}{path}"], input=b"x" * 3000, capture_output=True,
+                              timeout=30, check=True).stdout
     head = f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         if framing == "length":

@@ -234,21 +234,27 @@ pub(crate) unsafe fn body_refused(r: &ngx_http_request_t) -> bool {
     if r.discard_body() != 0 {
         return true;
     }
-    let rb = r.request_body;
-    // SAFETY: the request's body, when set, lives as long as the request.
-    if !rb.is_null() && unsafe { (*rb).rest } > 0 {
-        // Its read ended before the body did (the refusal ended it).
-        return true;
-    }
-    // nginx counts a Content-Length body down as it throws it away.
     let header = r.headers_in.content_length;
     // SAFETY: the header, when set, lives in the request's pool.
-    !header.is_null()
-        && r.headers_in.chunked() == 0
-        && std::str::from_utf8(ngx_bytes(unsafe { &(*header).value }))
-            .ok()
-            .and_then(|v| v.parse::<i64>().ok())
-            .is_some_and(|declared| declared != r.headers_in.content_length_n)
+    let declared = (!header.is_null())
+        .then(|| unsafe { ngx_bytes(&(*header).value) })
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok());
+    if declared.is_some_and(|n| n != r.headers_in.content_length_n) {
+        // nginx counts a Content-Length body down as it throws it away.
+        return true;
+    }
+    if !(declared.is_some_and(|n| n > 0) || r.headers_in.chunked() != 0) {
+        return false;
+    }
+    // A body was announced: a whole one was read to its end (`rest` 0), and one without a
+    // length given the length read. A refusal ends a read part-way; an HTTP/2 body nginx
+    // refused is skipped, never read (`rest` -1), or refused at its last frame, read to its end
+    // but given no length.
+    let rb = r.request_body;
+    // SAFETY: the request's body, when set, lives as long as the request.
+    rb.is_null()
+        || unsafe { (*rb).rest } != 0
+        || (r.headers_in.chunked() != 0 && r.headers_in.content_length_n < 0)
 }
 
 /// # Safety
