@@ -12,7 +12,7 @@ use crate::chunk::Chunk;
 use crate::response::{ClientDisconnected, ResponseHead};
 
 impl HttpExchange {
-    /// The head goes out now, before any body byte (see [`HttpServer::push_head`]).
+    /// The head goes out now, before any body byte (see [`crate::asgi::http::HttpServer::push_head`]).
     pub(super) fn send_head_alone(&mut self, head: ResponseHead) -> PyResult<()> {
         self.server
             .push_head(head)
