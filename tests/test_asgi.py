@@ -17,8 +17,8 @@ import requests
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as websockets_connect
 
-from conftest import (APPS, BAD_CHUNKS, asgi_location as asgi, assert_broken_chunk_is_400, location, post_3000_bytes,
-                      raw_request, read_until, recv_until, send_chunks, wait_for)
+from conftest import (APPS, BAD_CHUNKS, asgi_location as asgi, assert_broken_chunk_is_400, location, raw_request,
+                      read_until, recv_until, send_chunks, wait_for)
 
 APP = APPS / "asgi_app.py"
 BAD = APPS / "asgi_bad.py"
@@ -269,27 +269,6 @@ def test_client_max_body_size_applies(server):
     assert r.status_code == 413
     wait_for(lambda: stats(server)["disconnected"].get("over"), what="the app to see the cut")
     assert stats(server)["disconnected"]["over"].startswith("gone after")
-
-
-@pytest.mark.parametrize("framing", ["length", "chunked", "broken", "h2 length", "h2 stream"])
-@pytest.mark.parametrize("page", ["/refused/", "/refused_named/"])
-def test_an_error_page_in_python_for_a_refused_body_gets_no_body(nginx_factory, framing, page):
-    # error_page 413 (client_max_body_size) pointing at the app: nginx has refused the body and
-    # thrown it away, perhaps after keeping a piece, which the app got as the whole body (or
-    # none under the request's content-length). It gets none, with a length of 0, as behind
-    # proxy_pass.
-    server = nginx_factory(
-        asgi("/", APP)
-        + asgi("/refused/", APP, "client_max_body_size 1k; error_page 413 400 /scope;")
-        + asgi("/refused_named/", APP, "client_max_body_size 1k; wsgi_request_buffering off; "
-                                       "error_page 413 400 = @scope;")
-        + f"  location @scope {{ asgi_app {APP}; }}\n", server_extra="http2 on;").start()
-    answer = post_3000_bytes(server.port, f"{page}scope", framing)
-    status = int(answer.split(b" ", 2)[1])
-    assert status == (200 if page == "/refused_named/" else 400 if framing == "broken" else 413), answer
-    seen = json.loads(answer[answer.index(b"{"):])
-    framing_headers = [(n, v) for _, n, _, v in seen["headers"] if n in ("content-length", "transfer-encoding")]
-    assert (seen["body"], framing_headers) == ("", [("content-length", "0")]), seen
 
 
 @pytest.mark.parametrize("key,bad", BAD_CHUNKS)

@@ -322,18 +322,30 @@ def test_a_chunked_body_over_the_limit_that_keeps_coming_while_the_app_runs_on(n
 
 @pytest.mark.parametrize("framing", ["length", "chunked", "broken", "h2 length", "h2 stream"])
 @pytest.mark.parametrize("page", ["/refused/", "/refused_named/"])
-def test_an_error_page_in_python_for_a_refused_body_gets_no_body(nginx_factory, framing, page):
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_an_error_page_in_python_for_a_refused_body_gets_no_body(nginx_factory, kind, framing, page):
     # error_page 413 (client_max_body_size) pointing at the app: nginx has refused the body and
     # thrown it away, some of it perhaps read. The app saw the request's Content-Length with
-    # what nginx had kept (nothing, or a piece) as if it were the whole body.
+    # what nginx had kept (nothing, or a piece) as if it were the whole body. It gets none, with
+    # a length of 0, as behind proxy_pass.
+    if kind == "wsgi":
+        app, where, place = APP, "sha256", location
+        named = f"wsgi_app {APP}; wsgi_param PATH_INFO /sha256;"
+    else:
+        app, where, place = APPS / "asgi_app.py", "scope", asgi_location
+        named = f"asgi_app {app};"
     server = nginx_factory(
-        location("/", APP)
-        + location("/refused/", APP, "client_max_body_size 1k; error_page 413 400 /sha256;")
-        + location("/refused_named/", APP, "client_max_body_size 1k; wsgi_request_buffering off; "
-                                           "error_page 413 400 = @sha256;")
-        + f"  location @sha256 {{ wsgi_app {APP}; wsgi_param PATH_INFO /sha256; }}\n", server_extra="http2 on;").start()
-    answer = post_3000_bytes(server.port, f"{page}sha256", framing)
+        place("/", app)
+        + place("/refused/", app, f"client_max_body_size 1k; error_page 413 400 /{where};")
+        + place("/refused_named/", app, f"client_max_body_size 1k; wsgi_request_buffering off; "
+                                        f"error_page 413 400 = @{where};")
+        + f"  location @{where} {{ {named} }}\n", server_extra="http2 on;").start()
+    answer = post_3000_bytes(server.port, f"{page}{where}", framing)
     status = int(answer.split(b" ", 2)[1])
     assert status == (200 if page == "/refused_named/" else 400 if framing == "broken" else 413), answer
     seen = json.loads(answer[answer.index(b"{"):])
-    assert (seen["length"], seen["content_length"]) == (0, "0"), seen
+    if kind == "wsgi":
+        assert (seen["length"], seen["content_length"]) == (0, "0"), seen
+    else:
+        framing_headers = [(n, v) for _, n, _, v in seen["headers"] if n in ("content-length", "transfer-encoding")]
+        assert (seen["body"], framing_headers) == ("", [("content-length", "0")]), seen
