@@ -1139,6 +1139,24 @@ def test_a_fast_stop_during_a_graceful_exits_asgi_waits_cuts_them_short(nginx_fa
     assert f"worker process {worker} exited with code 0" in log, log[-3000:]
 
 
+def test_a_fast_stop_while_the_exit_waits_on_a_blocked_loop_cuts_that_wait_short(nginx_factory):
+    # A task blocks the loop's thread (a synchronous call): the exit's wait for its lifespan
+    # shutdown, which the loop never takes, ran to wsgi_shutdown_timeout whatever came
+    # meanwhile, and nginx's master killed the worker (signal 9).
+    server = nginx_factory(asgi("/", APP), http_extra="wsgi_shutdown_timeout 6s;").start()
+    worker = server.worker_pids()[0]
+    assert requests.get(server.url("/blocks-loop?3600"), timeout=10).text == "answered"
+    server.send_signal(signal.SIGQUIT)
+    wait_for(lambda: "app task(s) still running after the shutdown timeout (6000 ms) are cancelled"
+             in server.error_log(), what="the end of the tasks' wait")
+    time.sleep(0.5)  # into the wait for the lifespan shutdown (6 s)
+    server.send_signal(signal.SIGTERM)
+    server.proc.wait(timeout=30)
+    log = server.error_log()
+    assert "exited on signal" not in log, log[-3000:]
+    assert f"worker process {worker} exited with code 1" in log, log[-3000:]
+
+
 def test_a_task_past_the_shutdown_timeout_is_cancelled_before_the_lifespan_shutdown_runs(nginx_factory, tmp_path):
     # The task gets wsgi_shutdown_timeout, then it is cancelled; the apps' lifespan shutdown
     # still runs (its own time), or their pools and flushes would be lost at every reload

@@ -172,10 +172,9 @@ impl AsgiLoop {
             // Before the lifespan shutdown, which may close what they use (uvicorn's order).
             self.cancel_connections();
         }
-        let (mut deadline, mut cut) = interpreter::hurried_deadline(Instant::now() + timeout);
-        let left = deadline.saturating_duration_since(Instant::now());
+        let (mut deadline, mut cut) = (Instant::now() + timeout, false);
         type Answers = (usize, mpsc::Receiver<(String, String, String)>);
-        let answers = self.call(left, |py, _l, _d, tx: mpsc::Sender<Answers>| {
+        let begun = self.call_later(|py, _l, _d, tx: mpsc::Sender<Answers>| {
             let (rtx, rrx) = mpsc::channel();
             let objects: Vec<Py<PyAny>> = LIFESPANS
                 .lock()
@@ -202,13 +201,10 @@ impl AsgiLoop {
             }
             let _ = tx.send((expected, rrx));
         });
-        if let Some((mut expected, answers)) = answers {
+        // A loop kept by a coroutine takes the call late or never: that wait is bounded too.
+        if let Ok((mut expected, answers)) = recv_until(&begun, &mut deadline, &mut cut) {
             while expected > 0 {
-                if !cut {
-                    (deadline, cut) = interpreter::hurried_deadline(deadline);
-                }
-                let left = deadline.saturating_duration_since(Instant::now());
-                match answers.recv_timeout(left.min(HURRY_LOOK)) {
+                match recv_until(&answers, &mut deadline, &mut cut) {
                     Ok((phase, outcome, _)) if phase == "shutdown" && outcome == "ok" => {
                         expected -= 1
                     }
@@ -219,7 +215,6 @@ impl AsgiLoop {
                         }
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         let bound = match cut {
                             true => interpreter::hurried_wait_named(),
@@ -247,15 +242,28 @@ impl AsgiLoop {
         };
         // The loop takes the stop at its next round, unless a coroutine keeps it; its end then
         // cancels what is left (within `teardown`) and closes. All of it counts from the post,
-        // so that a fast stop's share stays within what nginx's master gives the worker.
+        // so that a fast stop's share stays within what nginx's master gives the worker; one
+        // that comes meanwhile cuts what is left to its own share.
+        let (mut taken_by, mut ended_by) =
+            (posted + teardown, posted + 2 * teardown + TEARDOWN_CLOSE);
+        let mut hurry_seen = false;
+        let mut look = || {
+            if !hurry_seen && interpreter::hurried() {
+                hurry_seen = true;
+                let now = Instant::now();
+                taken_by = taken_by.min(now + interpreter::HURRIED_WAIT);
+                ended_by = ended_by.min(now + 2 * interpreter::HURRIED_WAIT + TEARDOWN_CLOSE);
+            }
+            (taken_by, ended_by)
+        };
         while !self.stopping.load(Ordering::Acquire)
             && !thread.is_finished()
-            && posted.elapsed() < teardown
+            && Instant::now() < look().0
         {
             std::thread::sleep(Duration::from_millis(5));
         }
         if self.stopping.load(Ordering::Acquire) {
-            while !thread.is_finished() && posted.elapsed() < 2 * teardown + TEARDOWN_CLOSE {
+            while !thread.is_finished() && Instant::now() < look().1 {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
@@ -276,6 +284,25 @@ const DEATH_CHECK: Duration = Duration::from_millis(50);
 
 /// How often the wait for the lifespan shutdown looks whether a fast stop came meanwhile.
 const HURRY_LOOK: Duration = Duration::from_millis(50);
+
+/// Waits for `rx` until `deadline`, which a fast stop that comes meanwhile cuts to its own
+/// share (`cut` then says so).
+fn recv_until<T>(
+    rx: &mpsc::Receiver<T>,
+    deadline: &mut Instant,
+    cut: &mut bool,
+) -> Result<T, mpsc::RecvTimeoutError> {
+    loop {
+        if !*cut {
+            (*deadline, *cut) = interpreter::hurried_deadline(*deadline);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.min(HURRY_LOOK)) {
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < *deadline => {}
+            other => return other,
+        }
+    }
+}
 
 /// What closing the loop may take after its tasks were cancelled.
 const TEARDOWN_CLOSE: Duration = Duration::from_millis(50);

@@ -9,7 +9,6 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyDict, PyModule};
@@ -585,17 +584,17 @@ impl AsgiLoop {
         }
     }
 
-    /// Runs `f` on the loop's thread and waits for its answer (`timeout` at most).
-    fn call<R: Send + 'static>(
+    /// Runs `f` on the loop's thread; its answer comes on the receiver, for the caller to wait
+    /// for as it must.
+    fn call_later<R: Send + 'static>(
         &self,
-        timeout: Duration,
         f: impl FnOnce(Python<'_>, &Bound<'_, PyAny>, &Bound<'_, PyModule>, mpsc::Sender<R>)
             + Send
             + 'static,
-    ) -> Option<R> {
+    ) -> mpsc::Receiver<R> {
         let (tx, rx) = mpsc::channel();
         self.post(Item::Call(Box::new(move |py, l, d| f(py, l, d, tx))));
-        rx.recv_timeout(timeout).ok()
+        rx
     }
 }
 
