@@ -740,18 +740,21 @@ def test_a_stop_is_not_refused_while_an_app_does_not_import(apaches, command):
     server.proc.wait(timeout=30)
 
 
-@pytest.mark.parametrize("framing", ["length", "chunked", "broken"])
+@pytest.mark.parametrize("framing, path", [("length", "/app/read"), ("chunked", "/app/read"), ("broken", "/app/read"),
+                                           ("length", "/missing.html")])
 @pytest.mark.parametrize("buffering", ["On", "Off"])
-def test_an_error_document_in_python_for_a_refused_body_gets_no_body(apaches, framing, buffering):
+def test_an_error_document_in_python_for_a_refused_body_gets_no_body(apaches, framing, path, buffering):
     # ErrorDocument 413 (LimitRequestBody) pointing at the app: Apache has refused the body. The
     # app's page was never shown: its read of the same body was refused again (a Content-Length
     # over the limit), and Apache answered with its own page, saying the ErrorDocument failed.
     # (A chunked body refused as it arrives ran the page, as Apache's input filter's error does.)
-    server = apaches([route("/", APPS / "input_app.py",
-                            apache=f"LimitRequestBody 1000\nNgxWsgiRequestBuffering {buffering}\n"
-                                   "ErrorDocument 413 /sha256\nErrorDocument 400 /sha256")]).start()
-    answer = post_3000_bytes(server.port, "/read", framing)
+    # A body Apache threw away before its 404 left the app a length with no body.
+    server = apaches([route("/app/", APPS / "input_app.py",
+                            apache=f"NgxWsgiRequestBuffering {buffering}")],
+                     server_extra="LimitRequestBody 1000\nErrorDocument 413 /app/sha256\n"
+                                  "ErrorDocument 400 /app/sha256\nErrorDocument 404 /app/sha256\n").start()
+    answer = post_3000_bytes(server.port, path, framing)
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer  # the app's status, as with mod_wsgi
     seen = json.loads(answer[answer.index(b"{"):])
     assert (seen["length"], seen["content_length"]) == (0, "0"), seen
-    assert requests.get(server.url("/read"), timeout=10).status_code == 200
+    assert requests.get(server.url("/app/read"), timeout=10).status_code == 200

@@ -20,7 +20,7 @@ use crate::side::Side;
 
 use crate::bindings::{
     ap_setup_client_block, request_rec, APLOG_ERR, DONE, HTTP_BAD_REQUEST,
-    HTTP_INTERNAL_SERVER_ERROR, HTTP_REQUEST_ENTITY_TOO_LARGE, OK, REQUEST_CHUNKED_DECHUNK,
+    HTTP_INTERNAL_SERVER_ERROR, OK, REQUEST_CHUNKED_DECHUNK,
 };
 
 /// The request's body as the app will read it, and the length of a de-chunked one.
@@ -47,7 +47,7 @@ pub(crate) unsafe fn prepare(
     side: &Arc<Side>,
 ) -> Result<Prepared, c_int> {
     // SAFETY: per the function contract.
-    if unsafe { refused_before(r) } {
+    if unsafe { error_document_of_a_failure(r) } {
         return Ok(Prepared {
             body: RequestBody::Buffered(Body::empty()),
             dechunked_len: Some(0),
@@ -80,23 +80,20 @@ pub(crate) unsafe fn prepare(
     }
 }
 
-/// Whether this request is the `ErrorDocument` of one whose body Apache refused (413 over
-/// `LimitRequestBody`, 400 for broken chunked framing), which the app then runs for: the body is
-/// gone, and the app gets none (a length of 0). Reading it again refused it again (a
-/// Content-Length over the limit), and Apache answered with its own page instead of the app's.
+/// Whether this request is the `ErrorDocument` of one that failed, which the app then runs
+/// for, as a GET: the body is gone or was refused, and the app gets none (a length of 0). A
+/// body Apache refused (a Content-Length over `LimitRequestBody`) was refused again when read,
+/// and Apache answered with its own page instead of the app's; one Apache threw away (its
+/// default handler does, before a 404) left a length with no body.
 ///
 /// # Safety
 /// `r` is a live request.
-unsafe fn refused_before(r: *mut request_rec) -> bool {
+unsafe fn error_document_of_a_failure(r: *mut request_rec) -> bool {
     // SAFETY: per the function contract; `prev`, the request that died into this one, lives as
     // long as it.
     unsafe {
         let prev = (*r).prev;
-        !prev.is_null()
-            && matches!(
-                (*prev).status as u32,
-                HTTP_REQUEST_ENTITY_TOO_LARGE | HTTP_BAD_REQUEST
-            )
+        !prev.is_null() && (400..600).contains(&(*prev).status)
     }
 }
 

@@ -136,8 +136,13 @@ pub(crate) unsafe fn collect(
             }
         })
     };
-    if refused {
-        // The app gets no body (see `body_refused`): its length says so.
+    if refused
+        && !set
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
+    {
+        // The app gets no body (see `body_refused`): its length says so, unless the location
+        // sets one itself.
         b.header(b"content-length", b"0");
     }
     for (name, value) in set.iter() {

@@ -218,11 +218,12 @@ pub(crate) unsafe fn for_each_header(
     }
 }
 
-/// Whether nginx refused this request's body (over `client_max_body_size`, broken chunked
-/// framing) before the app's location came to read it: an error page that runs an app
-/// (`error_page 413 /too-large;`). nginx threw the body away, whole or after a piece of it was
-/// kept: the app gets none (a length of 0), as `proxy_pass` sends none, not that piece as if
-/// it were the body.
+/// Whether the body nginx holds is not the request's whole body: nginx refused it (over
+/// `client_max_body_size`, broken chunked framing) before the app's location came to read it,
+/// an error page that runs an app (`error_page 413 /too-large;`), and threw it away, whole or
+/// after a piece of it was kept; or a subrequest runs before its main request read it
+/// (`auth_request`, `mirror_request_body off`). The app gets none (a length of 0), as
+/// `proxy_pass` sends none, not that piece as if it were the body, nor a length with no body.
 ///
 /// # Safety
 /// `r` is live; its body has been read as the location says, or refused.
