@@ -498,6 +498,20 @@ def test_what_app_threads_log_while_the_worker_waits_at_exit_carries_its_own_tim
     assert stamp(late.group(1)) - stamp(began.group(1)) >= 2, (began.group(0), late.group(0))
 
 
+def test_what_app_threads_log_while_the_worker_imports_carries_its_own_time(nginx_factory):
+    # The worker's event loop is busy importing the apps: an entry another thread of the app
+    # writes meanwhile has the time it was written, not the time nginx cached as the import began.
+    server = nginx_factory(location("/", APPS / "slow_import.py"),
+                           main_extra="env NGX_WSGI_TEST_IMPORT_TICKS=1;").start()
+    worker = server.worker_pids()[0]
+    assert requests.get(server.url("/"), timeout=30).text == f"imported by {worker}"
+    ticks = re.findall(rf"^(\S+ \S+) \[error\] {worker}#\d+: sys.stderr: importing, tick \d+$", server.error_log(),
+                       re.M)
+    assert len(ticks) >= 4, server.error_log()[-3000:]
+    stamp = lambda text: time.mktime(time.strptime(text, "%Y/%m/%d %H:%M:%S"))
+    assert stamp(ticks[-1]) - stamp(ticks[0]) >= 1, ticks  # not a speed limit: 0.5 s apart, 4 or more
+
+
 SIGNAL_APP = APPS / "signal_grabber.py"
 
 

@@ -76,6 +76,9 @@ pub(crate) unsafe fn start_worker(
         crate::recycle::RETRY_LOAD_MS / 1000
     );
     interpreter::exit_hurried_by(crate::fast_stop::asked);
+    // The event loop is busy importing the apps (seconds for a large one): what their own
+    // threads log meanwhile carries its own time, not the one nginx cached as the import began.
+    crate::ffi::log::loop_waits(true);
     let mut failed: Vec<String> = match interpreter::initialize(&mc.python.settings) {
         Ok(()) => Apps::load_all(&mc.python.specs())
             .into_iter()
@@ -95,6 +98,7 @@ pub(crate) unsafe fn start_worker(
             // or a loop that could not start (uvloop missing from a virtualenv being rebuilt)
             // is met as an app that cannot be imported.
             if ngx_wsgi::asgi::event_loop::get().is_some_and(|l| l.died()) {
+                crate::ffi::log::loop_waits(false);
                 return Err(e);
             }
             failed.push(format!(
@@ -102,6 +106,7 @@ pub(crate) unsafe fn start_worker(
             ));
         }
     }
+    crate::ffi::log::loop_waits(false);
     // From now on the event loop's thread runs no Python (whose children could inherit it).
     ngx_wsgi::signals::keep_child_signals_from_this_thread();
     for why in &failed {

@@ -27,8 +27,9 @@ const ENTRY_MAX: usize = 1800;
 static DEFERRED: Mutex<Vec<(usize, usize, String)>> = Mutex::new(Vec::new());
 /// Wakes the event loop to write deferred entries (set once the notifier exists).
 static WAKER: OnceLock<fn()> = OnceLock::new();
-/// The event loop is blocked in a worker's exit, waiting for the app's tasks and threads: its
-/// cached time is stale, and nothing flushes deferred entries until the exit does.
+/// The event loop is blocked in a worker's start (importing the apps) or exit (waiting for the
+/// app's tasks and threads): its cached time is stale, and nothing flushes deferred entries
+/// until it is back.
 static LOOP_WAITS: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
@@ -45,8 +46,8 @@ pub(crate) fn set_waker(wake: fn()) {
     let _ = WAKER.set(wake);
 }
 
-/// Says whether the event loop is blocked waiting for other threads (a worker's exit), so that
-/// their entries carry their own time.
+/// Says whether the event loop is blocked (importing the apps at a worker's start, waiting for
+/// other threads at its exit), so that other threads' entries carry their own time.
 pub(crate) fn loop_waits(waits: bool) {
     LOOP_WAITS.store(waits, Ordering::Release);
 }
