@@ -1155,6 +1155,8 @@ def test_a_fast_stop_while_the_exit_waits_on_a_blocked_loop_cuts_that_wait_short
     log = server.error_log()
     assert "exited on signal" not in log, log[-3000:]
     assert f"worker process {worker} exited with code 1" in log, log[-3000:]
+    assert re.search(r"the ASGI event loop's thread did not stop within \d+ ms of a fast stop \(a call in a coroutine "
+                     r"that never returns to the loop", log), log[-3000:]
 
 
 def test_a_task_past_the_shutdown_timeout_is_cancelled_before_the_lifespan_shutdown_runs(nginx_factory, tmp_path):
@@ -1230,7 +1232,8 @@ def test_an_event_loop_blocked_in_c_cannot_hold_an_exiting_worker(nginx_factory,
     assert server.stop(sig=sig, timeout=30) == 0
     assert time.monotonic() - started < 10
     log = server.error_log()
-    assert re.search(r"\[error\].*the ASGI event loop's thread did not stop within \d+ ms \(a call in a coroutine "
+    fast = " of a fast stop" if sig == signal.SIGTERM else ""
+    assert re.search(rf"\[error\].*the ASGI event loop's thread did not stop within \d+ ms{fast} \(a call in a coroutine "
                      r"that never returns to the loop, or a call in C code on another thread that keeps the GIL\); "
                      r"the worker exits without finalizing Python", log), log[-3000:]
     assert "where the ASGI event loop is stuck, most recent call last:" in log, log[-3000:]

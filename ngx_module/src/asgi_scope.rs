@@ -124,29 +124,27 @@ pub(crate) unsafe fn collect(
     let set = unsafe { param_headers(r, lc) };
     // SAFETY: as above; its body has been read (or refused).
     let refused = unsafe { body_refused(r) };
+    let framing = |name: &[u8]| {
+        name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"transfer-encoding")
+    };
     // SAFETY: as above.
     unsafe {
         for_each_request_header(r, |name, value| {
-            let framing = name.eq_ignore_ascii_case(b"content-length")
-                || name.eq_ignore_ascii_case(b"transfer-encoding");
             let replaced = set.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
-            let dropped = replaced || (refused && framing);
+            let dropped = replaced || (refused && framing(name));
             if !dropped {
                 b.header(name, value);
             }
         })
     };
-    if refused
-        && !set
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
-    {
-        // The app gets no body (see `body_refused`): its length says so, unless the location
-        // sets one itself.
+    if refused {
+        // The app gets no body (see `body_refused`): its length says so, whatever a location's
+        // `wsgi_param` would say of the request's.
         b.header(b"content-length", b"0");
     }
     for (name, value) in set.iter() {
-        if let Some(value) = value {
+        if let Some(value) = value.as_deref().filter(|_| !(refused && framing(name))) {
             b.header(name, value);
         }
     }

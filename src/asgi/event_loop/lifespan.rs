@@ -272,6 +272,8 @@ impl AsgiLoop {
             return Err(LoopStuck {
                 ident: self.thread_ident(),
                 waited: posted.elapsed(),
+                took_the_stop: self.stopping.load(Ordering::Acquire),
+                hurried: interpreter::hurried(),
             });
         }
         let _ = thread.join();
@@ -312,16 +314,31 @@ const TEARDOWN_CLOSE: Duration = Duration::from_millis(50);
 pub struct LoopStuck {
     ident: Option<u64>,
     waited: Duration,
+    /// The loop took the stop: its end (the tasks left, cancelled, finishing) took longer.
+    took_the_stop: bool,
+    /// A fast stop (from the start, or one that came during the exit) bounded the wait by its
+    /// own share.
+    hurried: bool,
 }
 
 impl LoopStuck {
     /// Logs it (no GIL needed: the stuck thread may hold it).
     pub fn log(&self) {
+        let bound = match self.hurried {
+            true => " of a fast stop",
+            false => "",
+        };
+        let why = match self.took_the_stop {
+            true => "its tasks, cancelled, were still ending",
+            false => {
+                "a call in a coroutine that never returns to the loop, or a call in C code on \
+                 another thread that keeps the GIL"
+            }
+        };
         tracing::error!(
             target: "asgi",
-            "the ASGI event loop's thread did not stop within {} ms (a call in a coroutine that never \
-             returns to the loop, or a call in C code on another thread that keeps the GIL); the \
-             worker exits without finalizing Python",
+            "the ASGI event loop's thread did not stop within {} ms{bound} ({why}); the worker \
+             exits without finalizing Python",
             self.waited.as_millis()
         );
     }
