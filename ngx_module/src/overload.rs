@@ -155,7 +155,7 @@ unsafe fn log_now(why: Refused, now: ngx_msec_t) {
         ),
         Refused::LoopFull => (
             "wsgi_max_queue requests already wait for the asgi event loop to start them",
-            LOOP,
+            LOOP_FULL,
         ),
         Refused::LoopStalled => (
             "the oldest request waiting for the asgi event loop has waited longer than wsgi_queue_timeout",
@@ -183,3 +183,9 @@ const THREADS: &str = "every thread allowed is busy, or the threads wait for the
                        wsgi_max_queue, wsgi_queue_timeout";
 const LOOP: &str = "an app may keep the event loop busy without awaiting, with a blocking call \
                     in async code, say; see wsgi_max_queue, wsgi_queue_timeout";
+/// A full queue may come of a burst alone: nginx takes many requests (HTTP/2 streams) in one
+/// turn of its own loop, before the asyncio loop's next turn starts any.
+const LOOP_FULL: &str = "more requests came at once than wsgi_max_queue (HTTP/2 streams of one \
+                         connection, say), or an app keeps the event loop busy without awaiting, \
+                         with a blocking call in async code; see wsgi_max_queue, \
+                         wsgi_queue_timeout";
