@@ -17,8 +17,8 @@ import requests
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as websockets_connect
 
-from conftest import (APPS, BAD_CHUNKS, asgi_location as asgi, assert_broken_chunk_is_400, location, raw_request,
-                      read_until, recv_until, send_chunks, wait_for)
+from conftest import (APPS, BAD_CHUNKS, asgi_location as asgi, assert_broken_chunk_is_400, location, post_3000_bytes,
+                      raw_request, read_until, recv_until, send_chunks, wait_for)
 
 APP = APPS / "asgi_app.py"
 BAD = APPS / "asgi_bad.py"
@@ -269,6 +269,22 @@ def test_client_max_body_size_applies(server):
     assert r.status_code == 413
     wait_for(lambda: stats(server)["disconnected"].get("over"), what="the app to see the cut")
     assert stats(server)["disconnected"]["over"].startswith("gone after")
+
+
+@pytest.mark.parametrize("framing", ["chunked", "h2 stream"])
+@pytest.mark.parametrize("prefix", ["", "/unbuffered"])
+def test_a_body_nginx_read_whole_without_a_length_is_given_its_length(server, framing, prefix):
+    # nginx de-chunked it before the app ran, as in front of a proxied uvicorn, which is then
+    # sent its length: Django's multipart parser reads nothing of a body without one. One read
+    # as it arrives keeps the request's framing (nobody knows its length yet).
+    answer = post_3000_bytes(server.port, f"{prefix}/scope", framing)
+    seen = json.loads(answer[answer.index(b"{"):])
+    framing_headers = [(n, v) for _, n, _, v in seen["headers"] if n in ("content-length", "transfer-encoding")]
+    assert seen["body"] == "x" * 3000
+    if prefix:
+        assert framing_headers == ([("transfer-encoding", "chunked")] if framing == "chunked" else []), framing_headers
+    else:
+        assert framing_headers == [("content-length", "3000")], framing_headers
 
 
 @pytest.mark.parametrize("key,bad", BAD_CHUNKS)
