@@ -50,6 +50,11 @@ async def echo(request):
                          "method": request.method})
 
 
+async def form(request):
+    # A multipart form's fields and files (its body is the parser's, then: not request.body).
+    return JsonResponse({"post": request.POST.dict(), "files": {k: f.read().decode() for k, f in request.FILES.items()}})
+
+
 async def go(request):
     return HttpResponseRedirect("/hello/there/")
 
@@ -100,6 +105,7 @@ urlpatterns = [
     path("sync/", sync_view),
     path("hello/<str:name>/", hello),
     path("echo/", echo),
+    path("form/", form),
     path("redirect/", go),
     path("cookies/", cookies),
     path("teapot/", teapot),
