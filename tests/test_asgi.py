@@ -1175,6 +1175,23 @@ def test_a_fast_stop_while_the_exit_waits_on_a_blocked_loop_cuts_that_wait_short
                      r"that never returns to the loop", log), log[-3000:]
 
 
+def test_a_fast_stop_while_the_loops_cancelled_tasks_end_cuts_that_wait_short(nginx_factory, tmp_path):
+    # The loop's end waits for its cancelled tasks (a second at most): a fast stop that came
+    # meanwhile did not shorten it, and the exit's wait for the loop, cut to the fast stop's
+    # share, called the loop stuck (exit code 1, Python not finalised).
+    server = nginx_factory(asgi("/", f"{APPS}/asgi_lifespan.py:a_task_cleans_up_slowly"),
+                           main_extra=f"env NGX_WSGI_TEST_MARKS={tmp_path};").start()
+    worker = server.worker_pids()[0]
+    assert requests.get(server.url("/"), timeout=10).text == "up"
+    server.send_signal(signal.SIGQUIT)
+    wait_for(lambda: (tmp_path / f"cleaning-up-{worker}").exists(), what="the task's clean-up")
+    server.send_signal(signal.SIGTERM)
+    server.proc.wait(timeout=30)
+    log = server.error_log()
+    assert "did not stop within" not in log, log[-3000:]
+    assert f"worker process {worker} exited with code 0" in log, log[-3000:]
+
+
 def test_a_task_past_the_shutdown_timeout_is_cancelled_before_the_lifespan_shutdown_runs(nginx_factory, tmp_path):
     # The task gets wsgi_shutdown_timeout, then it is cancelled; the apps' lifespan shutdown
     # still runs (its own time), or their pools and flushes would be lost at every reload

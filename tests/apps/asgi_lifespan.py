@@ -179,6 +179,30 @@ async def shutdown_hangs_and_a_task_cleans_up(scope, receive, send):
     await respond(send, b"up")
 
 
+async def _cleans_up_for_two_seconds():
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        marks = os.environ.get("NGX_WSGI_TEST_MARKS")
+        if marks:
+            open(f"{marks}/cleaning-up-{os.getpid()}", "w").close()
+        await asyncio.sleep(2)  # flushing a buffer to a slow service
+        raise
+
+
+async def a_task_cleans_up_slowly(scope, receive, send):
+    # A background task whose cancellation at the loop's end takes two seconds; the lifespan
+    # shutdown itself is quick.
+    if scope["type"] == "lifespan":
+        await receive()
+        _KEPT.add(asyncio.get_running_loop().create_task(_cleans_up_for_two_seconds()))
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await respond(send, b"up")
+
+
 def _starlette_failing_startup():
     from contextlib import asynccontextmanager
 

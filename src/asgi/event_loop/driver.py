@@ -337,15 +337,31 @@ def abandon(loop, error):
             traceback.print_exc()  # one connection's failure must not leave the others waiting
 
 
-def cancel_all(loop, within):
+def cancel_all(loop, within, hurried=None, hurried_within=0.1):
     """At the loop's end: cancels the tasks left (background work of apps), waiting `within`
-    seconds at most for them to end."""
+    seconds at most for them to end; `hurried_within` once `hurried()` says a fast stop came
+    meanwhile (the server's master kills the process soon after)."""
     tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
     for t in tasks:
         t.cancel()
-    if tasks:
-        waiting = asyncio.wait(tasks, timeout=within)
-        try:
-            loop.run_until_complete(waiting)
-        finally:
-            waiting.close()  # unawaited when the loop could not run (it died)
+    if not tasks:
+        return
+
+    async def wait():
+        end = loop.time() + within
+        cut = hurried is None
+        while True:
+            pending = [t for t in tasks if not t.done()]
+            left = end - loop.time()
+            if not pending or left <= 0:
+                return
+            await asyncio.wait(pending, timeout=min(left, 0.05) if not cut else left)
+            if not cut and hurried():
+                cut = True
+                end = min(end, loop.time() + hurried_within)
+
+    waiting = wait()
+    try:
+        loop.run_until_complete(waiting)
+    finally:
+        waiting.close()  # unawaited when the loop could not run (it died)

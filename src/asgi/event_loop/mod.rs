@@ -305,7 +305,24 @@ impl AsgiLoop {
                 super::task_watch::cancel_at_exit();
             }
             let within = self.teardown_ms.load(Ordering::Acquire) as f64 / 1000.0;
-            match driver.call_method1("cancel_all", (&event_loop, within)) {
+            // At the process's exit, a fast stop that comes while the tasks end cuts the wait
+            // to its own share (the look reads the server's channel: at its exit only).
+            let stopping = self.stopping.load(Ordering::Acquire);
+            let hurried = PyCFunction::new_closure(py, None, None, move |_, _| -> PyResult<bool> {
+                Ok(stopping && crate::interpreter::hurried())
+            });
+            let cancelled = hurried.and_then(|hurried| {
+                driver.call_method1(
+                    "cancel_all",
+                    (
+                        &event_loop,
+                        within,
+                        hurried,
+                        crate::interpreter::HURRIED_WAIT.as_secs_f64(),
+                    ),
+                )
+            });
+            match cancelled {
                 // A dead loop may fail again as it is: its death said why.
                 Err(_) if self.died() => {}
                 Err(e) => {
