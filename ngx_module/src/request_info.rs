@@ -235,13 +235,6 @@ pub(crate) unsafe fn body_refused(r: &ngx_http_request_t) -> bool {
     if r.discard_body() != 0 {
         return true;
     }
-    if r.error_page() == 0 && r.err_status == 0 && std::ptr::eq(r, r.main) {
-        // Neither an error page nor a subrequest: the body was read for this request, whole
-        // (a refusal ends the request). What follows reads nginx's bookkeeping of a read,
-        // which distributions' builds need not keep as upstream's does: Ubuntu's nginx
-        // 1.28.3-2ubuntu1.14 gave a whole body read with its head as refused.
-        return false;
-    }
     let header = r.headers_in.content_length;
     // SAFETY: the header, when set, lives in the request's pool.
     let declared = (!header.is_null())
