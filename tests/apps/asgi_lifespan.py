@@ -159,11 +159,16 @@ async def shutdown_blocks_the_loop(scope, receive, send):
 _KEPT = set()
 
 
-async def _cleans_up_slowly():
+async def _cleans_up_slowly(seconds):
+    """Waits for ever; cancelled, marks that it cleans up, then takes `seconds` to (closing a
+    connection pool, flushing a buffer to a slow service)."""
     try:
         await asyncio.Event().wait()
     except asyncio.CancelledError:
-        await asyncio.sleep(0.8)  # closing a connection pool, flushing a buffer
+        marks = os.environ.get("NGX_WSGI_TEST_MARKS")
+        if marks:
+            open(f"{marks}/cleaning-up-{os.getpid()}", "w").close()
+        await asyncio.sleep(seconds)
         raise
 
 
@@ -172,22 +177,11 @@ async def shutdown_hangs_and_a_task_cleans_up(scope, receive, send):
     # moment: the loop's end is slow, not stuck.
     if scope["type"] == "lifespan":
         await receive()
-        _KEPT.add(asyncio.get_running_loop().create_task(_cleans_up_slowly()))
+        _KEPT.add(asyncio.get_running_loop().create_task(_cleans_up_slowly(0.8)))
         await send({"type": "lifespan.startup.complete"})
         await receive()
         await asyncio.Event().wait()
     await respond(send, b"up")
-
-
-async def _cleans_up_for_two_seconds():
-    try:
-        await asyncio.Event().wait()
-    except asyncio.CancelledError:
-        marks = os.environ.get("NGX_WSGI_TEST_MARKS")
-        if marks:
-            open(f"{marks}/cleaning-up-{os.getpid()}", "w").close()
-        await asyncio.sleep(2)  # flushing a buffer to a slow service
-        raise
 
 
 async def a_task_cleans_up_slowly(scope, receive, send):
@@ -195,7 +189,7 @@ async def a_task_cleans_up_slowly(scope, receive, send):
     # shutdown itself is quick.
     if scope["type"] == "lifespan":
         await receive()
-        _KEPT.add(asyncio.get_running_loop().create_task(_cleans_up_for_two_seconds()))
+        _KEPT.add(asyncio.get_running_loop().create_task(_cleans_up_slowly(2)))
         await send({"type": "lifespan.startup.complete"})
         await receive()
         await send({"type": "lifespan.shutdown.complete"})
