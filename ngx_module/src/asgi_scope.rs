@@ -11,7 +11,7 @@ use ngx_wsgi::asgi::HttpScope;
 
 use crate::conf::LocConf;
 use crate::ffi::ngx_bytes;
-use crate::request_info::{body_of, body_refused, for_each_request_header, inet_port};
+use crate::request_info::{for_each_request_header, inet_port};
 
 /// NGX_HTTP_VERSION_30 (nginx 1.25+; spelled out to build against older nginx too).
 const HTTP_VERSION_30: u32 = 3000;
@@ -25,7 +25,8 @@ fn http_version(version: u32) -> &'static str {
     }
 }
 
-/// The request's scope.
+/// The request's scope; `body_length`, when the body's length replaces the request's framing
+/// (see `request_info::AppBody`).
 ///
 /// # Safety
 /// `r` is a live request on the event loop.
@@ -33,6 +34,7 @@ pub(crate) unsafe fn collect(
     r: *mut ngx_http_request_t,
     lc: &LocConf,
     request_id_var: Option<ngx_uint_t>,
+    body_length: Option<u64>,
 ) -> HttpScope {
     // SAFETY: per the function contract.
     let https = unsafe { lc.scheme.https(r) };
@@ -122,13 +124,11 @@ pub(crate) unsafe fn collect(
     }
     // SAFETY: `r` is live on the event loop.
     let set = unsafe { param_headers(r, lc) };
-    // SAFETY: as above; its body has been read (or refused).
-    let length = unsafe { body_length(r) };
     let framing = |name: &[u8]| {
         name.eq_ignore_ascii_case(b"content-length")
             || name.eq_ignore_ascii_case(b"transfer-encoding")
     };
-    let reframed = length.is_some();
+    let reframed = body_length.is_some();
     // SAFETY: as above.
     unsafe {
         for_each_request_header(r, |name, value| {
@@ -139,7 +139,7 @@ pub(crate) unsafe fn collect(
             }
         })
     };
-    if let Some(length) = length {
+    if let Some(length) = body_length {
         // Whatever a location's `wsgi_param` would say of the request's.
         b.header(b"content-length", length.to_string().as_bytes());
     }
@@ -149,32 +149,6 @@ pub(crate) unsafe fn collect(
         }
     }
     b.build()
-}
-
-/// The length the app's body is given in place of the request's framing, as `proxy_pass` gives
-/// a body it read whole: a body nginx de-chunked (chunked, or HTTP/2 without `content-length`)
-/// is the app's with its real length (Django's multipart parser reads none without one), and a
-/// refused one with 0 (see `body_refused`). None: the request's own headers say it (a length
-/// the body has, or a body read as it arrives, whose length nobody knows yet).
-///
-/// # Safety
-/// `r` is live on the event loop; its body has been read as the location says, or refused.
-unsafe fn body_length(r: &ngx_http_request_t) -> Option<u64> {
-    // SAFETY: per the function contract.
-    unsafe {
-        if body_refused(r) {
-            return Some(0);
-        }
-        if r.request_body_no_buffering() != 0 {
-            return None;
-        }
-        let no_length = r.headers_in.content_length.is_null();
-        if r.headers_in.chunked() == 0 && !no_length {
-            return None;
-        }
-        let body = body_of(r);
-        (r.headers_in.chunked() != 0 || !body.is_empty()).then(|| body.len())
-    }
 }
 
 /// The request headers the location's `wsgi_param HTTP_*` set, as `proxy_set_header` does for a

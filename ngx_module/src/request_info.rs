@@ -111,15 +111,9 @@ pub(crate) unsafe fn collect(
     }
     // SAFETY: the body was read (or refused); its buffers and temp file live as long as the
     // request.
-    let (refused, body) = unsafe {
-        match body_refused(r) {
-            true => (true, Body::empty()),
-            false => (false, body_of(r)),
-        }
-    };
-    let had_length = !r.headers_in.content_length.is_null();
-    if refused || r.headers_in.chunked() != 0 || (!had_length && !body.is_empty()) {
-        b.body_length(body.len());
+    let AppBody { body, length } = unsafe { app_body(r) };
+    if let Some(length) = length {
+        b.body_length(length);
     }
     (b.finish(), Some(body))
 }
@@ -218,6 +212,31 @@ pub(crate) unsafe fn for_each_header(
     }
 }
 
+/// The body an app gets of a request nginx read whole (or refused), and the length it is given
+/// in place of the request's framing when that does not say it: a body nginx de-chunked
+/// (chunked, or HTTP/2 without a length), one that came with no length, and a refused one (0).
+pub(crate) struct AppBody {
+    pub(crate) body: Body,
+    pub(crate) length: Option<u64>,
+}
+
+/// # Safety
+/// `r` is live; its body has been read whole as the location says, or refused; the body's
+/// buffers and temp file stay in place until the request is finalized.
+pub(crate) unsafe fn app_body(r: &ngx_http_request_t) -> AppBody {
+    // SAFETY: per the function contract.
+    let (refused, body) = unsafe {
+        match body_refused(r) {
+            true => (true, Body::empty()),
+            false => (false, body_of(r)),
+        }
+    };
+    let had_length = !r.headers_in.content_length.is_null();
+    let reframed = refused || r.headers_in.chunked() != 0 || (!had_length && !body.is_empty());
+    let length = reframed.then(|| body.len());
+    AppBody { body, length }
+}
+
 /// Whether the body nginx holds is not the request's whole body: nginx refused it (over
 /// `client_max_body_size`, broken chunked framing) before the app's location came to read it,
 /// an error page that runs an app (`error_page 413 /too-large;`), and threw it away, whole or
@@ -227,7 +246,7 @@ pub(crate) unsafe fn for_each_header(
 ///
 /// # Safety
 /// `r` is live; its body has been read as the location says, or refused.
-pub(crate) unsafe fn body_refused(r: &ngx_http_request_t) -> bool {
+unsafe fn body_refused(r: &ngx_http_request_t) -> bool {
     if r.request_body_no_buffering() != 0 {
         // Read as it arrives: it is not over yet, and nothing was refused before it began.
         return false;

@@ -72,8 +72,14 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         crate::recycle::unloaded_app_asked("asgi");
         return Err(NGX_HTTP_INTERNAL_SERVER_ERROR);
     };
+    // SAFETY: `r` is live on the event loop; its body has been read whole (or refused) unless
+    // it is read as it arrives.
+    let whole_body = unsafe {
+        ((*r).request_body_no_buffering() == 0).then(|| crate::request_info::app_body(&*r))
+    };
+    let body_length = whole_body.as_ref().and_then(|b| b.length);
     // SAFETY: `r` is live on the event loop.
-    let scope = unsafe { crate::asgi_scope::collect(r, lc, mc.request_id.0) };
+    let scope = unsafe { crate::asgi_scope::collect(r, lc, mc.request_id.0, body_length) };
     // A subrequest (mirror, auth_request) has the client's headers but not its connection: an
     // Upgrade among them is the main request's, and the subrequest's app gets an HTTP scope.
     // SAFETY: `r` is live on the event loop.
@@ -105,14 +111,9 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
     let stream = Stream::new(r, lc.streaming.stream_buffer, events);
     // SAFETY: `r` is live on the event loop; its body has been read, or is read as it arrives.
     let request_body = unsafe {
-        if (*r).request_body_no_buffering() != 0 {
-            RequestBody::Streamed(BodyStream::new(r, lc.streaming.stream_buffer))
-        } else {
-            let body = match crate::request_info::body_refused(&*r) {
-                true => ngx_wsgi::Body::empty(),
-                false => crate::request_info::body_of(&*r),
-            };
-            RequestBody::Whole(Arc::new(BodyLease::new(body)))
+        match whole_body {
+            Some(whole) => RequestBody::Whole(Arc::new(BodyLease::new(whole.body))),
+            None => RequestBody::Streamed(BodyStream::new(r, lc.streaming.stream_buffer)),
         }
     };
     let (body, body_stream) = match &request_body {
