@@ -10,7 +10,7 @@ static HURRIED: std::sync::OnceLock<fn() -> bool> = std::sync::OnceLock::new();
 pub(super) const HURRIED_BOUND: std::time::Duration = std::time::Duration::from_millis(800);
 
 /// How often an exit's waits look whether they are hurried.
-pub(super) const HURRY_LOOK: std::time::Duration = std::time::Duration::from_millis(50);
+pub(crate) const HURRY_LOOK: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Has `check` (any thread, no GIL) say whether the exit under way is hurried: its waits for the
 /// app's threads and atexit handlers are cut short, as a fast stop's are.

@@ -22,7 +22,9 @@ pub use exit::{before_finalize, before_teardown, finalize, run_exit_handlers_onl
 pub(crate) use exit_deadline::before_deadline_exit;
 pub use exit_deadline::{name_shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use exit_hurry::exit_hurried_by;
-pub(crate) use exit_hurry::{hurried, hurried_deadline, hurried_wait_named, HURRIED_WAIT};
+pub(crate) use exit_hurry::{
+    hurried, hurried_deadline, hurried_wait_named, HURRIED_WAIT, HURRY_LOOK,
+};
 use thread_state::MAIN_THREAD_STATE;
 pub use thread_state::{attach, forget_thread, is_running};
 

@@ -163,10 +163,7 @@ impl AsgiLoop {
         }
         if self.running() > 0 {
             if !tasks_wait.is_zero() {
-                let bound = match tasks_cut {
-                    true => interpreter::hurried_wait_named(),
-                    false => format!("the shutdown timeout ({} ms)", tasks_wait.as_millis()),
-                };
+                let bound = wait_named(tasks_cut, tasks_wait);
                 tracing::warn!(target: "asgi", "{} app task(s) still running after {bound} are cancelled", self.running());
             }
             // Before the lifespan shutdown, which may close what they use (uvicorn's order).
@@ -216,10 +213,7 @@ impl AsgiLoop {
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        let bound = match cut {
-                            true => interpreter::hurried_wait_named(),
-                            false => format!("the shutdown timeout ({} ms)", timeout.as_millis()),
-                        };
+                        let bound = wait_named(cut, timeout);
                         tracing::error!(target: "asgi", "lifespan shutdown did not complete within {bound}");
                         break;
                     }
@@ -284,8 +278,14 @@ impl AsgiLoop {
 /// How often a wait for the lifespan startup looks whether the loop died.
 const DEATH_CHECK: Duration = Duration::from_millis(50);
 
-/// How often the wait for the lifespan shutdown looks whether a fast stop came meanwhile.
-const HURRY_LOOK: Duration = Duration::from_millis(50);
+/// How a wait of the exit names its bound in the log: the shutdown timeout's `timeout`, or a
+/// fast stop's share when one `cut` it.
+fn wait_named(cut: bool, timeout: Duration) -> String {
+    match cut {
+        true => interpreter::hurried_wait_named(),
+        false => format!("the shutdown timeout ({} ms)", timeout.as_millis()),
+    }
+}
 
 /// Waits for `rx` until `deadline`, which a fast stop that comes meanwhile cuts to its own
 /// share (`cut` then says so).
@@ -299,7 +299,7 @@ fn recv_until<T>(
             (*deadline, *cut) = interpreter::hurried_deadline(*deadline);
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left.min(HURRY_LOOK)) {
+        match rx.recv_timeout(left.min(interpreter::HURRY_LOOK)) {
             Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < *deadline => {}
             other => return other,
         }
