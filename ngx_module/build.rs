@@ -1,10 +1,15 @@
 // Links the module to the libpython the core was built for (with an rpath, so the same one loads
 // at run time), exposes the nginx build's feature flags as cfgs, and records where that nginx
-// build lives for the `ngx-wsgi` helper binary.
+// build lives for the `ngx-wsgi` helper binary; finds where nginx's C compiler puts the bitfields
+// the module uses, for the module to check its bindings against.
 use std::env;
+
+#[path = "build/bitfield_probe.rs"]
+mod bitfield_probe;
 
 fn main() {
     pyo3_build_config::add_libpython_rpath_link_args();
+    bitfield_probe::generate();
 
     let values = env::var("DEP_NGINX_FEATURES_CHECK").unwrap_or_default();
     println!("cargo::rustc-check-cfg=cfg(ngx_feature, values({values}))");

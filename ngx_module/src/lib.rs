@@ -16,6 +16,7 @@ mod asgi_queue;
 mod asgi_request;
 mod asgi_scope;
 mod asgi_ws;
+mod bitfield_layout;
 mod busy_handoff;
 mod client_watch;
 mod close_delimited;
@@ -83,6 +84,18 @@ impl HttpModule for WsgiModule {
     unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         guard("postconfiguration", NGX_ERROR as ngx_int_t, || {
             ffi::log::install();
+            let wrong = bitfield_layout::mismatches();
+            if !wrong.is_empty() {
+                ngx::ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "ngx_http_wsgi_module was built with bindings that place nginx's bitfields \
+                     where this nginx's C compiler does not ({}): it would take one of nginx's flags \
+                     for another; build it again against these headers (packaging/README.md)",
+                    wrong.join("; ")
+                );
+                return NGX_ERROR as ngx_int_t;
+            }
             // SAFETY: postconfiguration, after the core module's set up the body filters.
             unsafe { exec_child::mark_body_temp_files() };
             // SAFETY: postconfiguration, after the core module set up the header filters.
