@@ -1173,6 +1173,7 @@ def test_a_fast_stop_while_the_exit_waits_on_a_blocked_loop_cuts_that_wait_short
     assert f"worker process {worker} exited with code 1" in log, log[-3000:]
     assert re.search(r"the ASGI event loop's thread did not stop within \d+ ms of a fast stop \(a call in a coroutine "
                      r"that never returns to the loop", log), log[-3000:]
+    assert "lifespan shutdown not run (1 app(s)): the event loop did not take it within a fast stop" in log, log[-3000:]
 
 
 def test_a_fast_stop_while_the_loops_cancelled_tasks_end_cuts_that_wait_short(nginx_factory, tmp_path):
@@ -1271,6 +1272,10 @@ def test_an_event_loop_blocked_in_c_cannot_hold_an_exiting_worker(nginx_factory,
                      r"the worker exits without finalizing Python", log), log[-3000:]
     assert "where the ASGI event loop is stuck, most recent call last:" in log, log[-3000:]
     assert 'time.sleep(float(query))' in log, log[-3000:]
+    # The apps' lifespan shutdown never ran: said so, not only that the loop was stuck.
+    bound = "a fast stop's share (100 ms)" if sig == signal.SIGTERM else "the shutdown timeout (500 ms)"
+    assert re.search(rf"\[error\].*lifespan shutdown not run \(1 app\(s\)\): the event loop did not take it "
+                     rf"within {re.escape(bound)}, a task keeping the loop's thread", log), log[-3000:]
     assert (tmp_path / f"atexit-{worker}").exists(), "atexit handlers ran"
     assert "exited on signal" not in log, log[-3000:]
 

@@ -153,7 +153,9 @@ impl AsgiLoop {
             return Ok(());
         }
         // Each wait is cut short by a fast stop that comes meanwhile (QUIT, then TERM: nginx's
-        // master kills a worker still there soon after), as the app's threads' join is.
+        // master kills a worker still there soon after), as the app's threads' join is. A fast
+        // stop from the start gave the waits its own share.
+        let fast = interpreter::hurried();
         let (mut tasks_deadline, mut tasks_cut) = (Instant::now() + tasks_wait, false);
         while self.running() > 0 && Instant::now() < tasks_deadline && !self.ended() {
             if !tasks_cut {
@@ -163,7 +165,7 @@ impl AsgiLoop {
         }
         if self.running() > 0 {
             if !tasks_wait.is_zero() {
-                let bound = wait_named(tasks_cut, tasks_wait);
+                let bound = wait_named(tasks_cut, fast, tasks_wait);
                 tracing::warn!(target: "asgi", "{} app task(s) still running after {bound} are cancelled", self.running());
             }
             // Before the lifespan shutdown, which may close what they use (uvicorn's order).
@@ -199,7 +201,19 @@ impl AsgiLoop {
             let _ = tx.send((expected, rrx));
         });
         // A loop kept by a coroutine takes the call late or never: that wait is bounded too.
-        if let Ok((mut expected, answers)) = recv_until(&begun, &mut deadline, &mut cut) {
+        let taken = recv_until(&begun, &mut deadline, &mut cut);
+        if matches!(taken, Err(mpsc::RecvTimeoutError::Timeout)) {
+            let apps = LIFESPANS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map_or(0, |l| l.objects.len());
+            if apps > 0 {
+                let bound = wait_named(cut, fast, timeout);
+                tracing::error!(target: "asgi", "lifespan shutdown not run ({apps} app(s)): the event loop did not take it within {bound}, a task keeping the loop's thread");
+            }
+        }
+        if let Ok((mut expected, answers)) = taken {
             while expected > 0 {
                 match recv_until(&answers, &mut deadline, &mut cut) {
                     Ok((phase, outcome, _)) if phase == "shutdown" && outcome == "ok" => {
@@ -213,7 +227,7 @@ impl AsgiLoop {
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        let bound = wait_named(cut, timeout);
+                        let bound = wait_named(cut, fast, timeout);
                         tracing::error!(target: "asgi", "lifespan shutdown did not complete within {bound}");
                         break;
                     }
@@ -278,12 +292,13 @@ impl AsgiLoop {
 /// How often a wait for the lifespan startup looks whether the loop died.
 const DEATH_CHECK: Duration = Duration::from_millis(50);
 
-/// How a wait of the exit names its bound in the log: the shutdown timeout's `timeout`, or a
-/// fast stop's share when one `cut` it.
-fn wait_named(cut: bool, timeout: Duration) -> String {
-    match cut {
-        true => interpreter::hurried_wait_named(),
-        false => format!("the shutdown timeout ({} ms)", timeout.as_millis()),
+/// How a wait of the exit names its bound in the log: the shutdown timeout's `timeout`, a fast
+/// stop's share when one `cut` it, or when the exit was a `fast` stop from its start.
+fn wait_named(cut: bool, fast: bool, timeout: Duration) -> String {
+    match (cut, fast) {
+        (true, _) => interpreter::hurried_wait_named(),
+        (false, true) => format!("a fast stop's share ({} ms)", timeout.as_millis()),
+        (false, false) => format!("the shutdown timeout ({} ms)", timeout.as_millis()),
     }
 }
 
