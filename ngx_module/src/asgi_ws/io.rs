@@ -66,9 +66,17 @@ impl AsgiWs {
                         break;
                     }
                     let Some(send) = (*c).send else { break };
-                    let n = send(c, st.sending.as_mut_ptr(), st.sending.len());
+                    let left = st.sending.len() - st.sent;
+                    let n = send(c, st.sending.as_mut_ptr().add(st.sent), left);
                     if n > 0 {
-                        st.sending.drain(..n as usize);
+                        // Moving the rest to the front would cost a copy of it per write: over
+                        // TLS a write is one record (16 KiB), and a 64 MiB message took seconds
+                        // of the worker's loop.
+                        st.sent += n as usize;
+                        if st.sent == st.sending.len() {
+                            st.sending.clear();
+                            st.sent = 0;
+                        }
                         taken = true;
                     } else if n == NGX_AGAIN as isize {
                         blocked = true;
@@ -87,7 +95,7 @@ impl AsgiWs {
                     self.rearm(&self.idle_timer, idle_due, self.settings.idle_timeout);
                 }
                 let out = codec.output();
-                st.unsent = st.sending.len() + out.len();
+                st.unsent = st.sending.len() - st.sent + out.len();
                 if st.unsent == 0 {
                     // A long-lived socket does not keep the room of its largest message.
                     for v in [&mut st.sending, out] {

@@ -86,10 +86,12 @@ struct State {
     /// Bytes the app sent that the client has not taken yet.
     unsent: usize,
     /// Framed bytes being written, taken whole from the codec's output: the vector does not
-    /// move or grow until they are all sent (frames made meanwhile go to the codec's). OpenSSL
-    /// wants a write that would block retried from the same address (nginx does not set
+    /// move, grow or change until they are all sent (frames made meanwhile go to the codec's).
+    /// OpenSSL wants a write that would block retried from the same address (nginx does not set
     /// SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER), and the codec's vector may move as it grows.
     sending: Vec<u8>,
+    /// How many of `sending`'s bytes went out.
+    sent: usize,
     want_room: bool,
     /// The app is done (its end), when it is.
     app_end: Option<HttpEnd>,
@@ -164,6 +166,7 @@ impl AsgiWs {
                 outgoing: VecDeque::new(),
                 unsent: 0,
                 sending: Vec::new(),
+                sent: 0,
                 want_room: false,
                 app_end: None,
                 gone: false,
