@@ -1,5 +1,6 @@
 """Python runs on nginx's thread pool, never on the event loop (on Apache, on the child's worker
 threads): a slow request does not hold up the others on the same single worker or child."""
+import re
 import socket
 import threading
 import time
@@ -198,3 +199,30 @@ def test_programs_the_app_starts_never_keep_a_connection_accepted_meanwhile(ngin
     assert r.text == "1200"
     kept = [p.name for p in tmp_path.glob("fds-*") if "socket:" in p.read_text()]
     assert kept == [], f"{len(kept)} programs of 1200 kept a socket"
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_a_page_with_hundreds_of_app_includes_outlives_its_gone_client(nginx_factory, tmp_path, kind):
+    # Each of the module's requests holds its main request (nginx's `blocked`, 8 bits) while
+    # its app runs: 256 SSI includes at once wrapped the count to 0, and when the client left,
+    # nginx's termination freed the page's pool (every include's with it) under the apps'
+    # threads and tasks.
+    from test_lifecycle import METRICS
+    target = "/app/sleep?0.3" if kind == "wsgi" else "/app/answer?2"
+    (tmp_path / "page.html").write_text(f'<!--# include virtual="{target}" -->' * 256)
+    app = (location("/app/", APPS / "sleepy.py") if kind == "wsgi"
+           else f"  location /app/ {{ asgi_app {APPS / 'asgi_app.py'}; }}\n")
+    server = nginx_factory(f"  location = /page.html {{ ssi on; root {tmp_path}; }}\n" + app + METRICS
+                           + location("/", APPS / "sleepy.py")).start()
+    worker = server.worker_pids()[0]
+    in_flight = lambda: int(re.search(r"^wsgi_requests_in_flight (\d+)$",  # noqa: E731
+                                      requests.get(server.url("/metrics"), timeout=10).text, re.M)[1])
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"GET /page.html HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        wait_for(lambda: in_flight() >= 200, what="the includes to reach their apps")
+    # The includes end as their apps do, the page with the last of them.
+    wait_for(lambda: in_flight() == 0 or server.worker_pids() != [worker], what="the includes' end", timeout=60)
+    assert server.worker_pids() == [worker], server.error_log()[-3000:]
+    assert requests.get(server.url("/fast"), timeout=10).text == "/fast"
+    assert "exited on signal" not in server.error_log()
+    assert server.stop() == 0

@@ -114,7 +114,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         (*cln).data = job.cast();
         Job::attach(r, job);
 
-        (*(*r).main).set_blocked((*(*r).main).blocked() + 1);
+        crate::main_blocked::hold(r);
         let limits = QueueLimits {
             max_queue: mc.limits.max_queue(),
             queue_timeout: mc.limits.queue_timeout(),
@@ -130,7 +130,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         // A worker whose threads are stuck can run none of this: refused at once while the
         // worker is replaced.
         if crate::stuck_pool::recycle_if_stuck(queue, limits.queue_timeout) {
-            (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
+            crate::main_blocked::release(r);
             return Err(crate::overload::refuse(
                 r,
                 Refused::PoolStuck,
@@ -142,7 +142,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         crate::metrics::posted();
         if let Err(why) = queue.submit(job) {
             crate::metrics::unposted();
-            (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
+            crate::main_blocked::release(r);
             return Err(crate::overload::refuse(r, why, limits.queue_timeout));
         }
         crate::inflight::started(r);
@@ -250,7 +250,7 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
                     queue.slot_back();
                 }
             }
-            (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
+            crate::main_blocked::release(r);
             crate::inflight::finished(c);
             crate::recycle::request_done();
             if let Some(body) = &(*job).body_stream {

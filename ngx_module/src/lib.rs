@@ -42,6 +42,7 @@ mod inflight;
 mod intercept_errors;
 mod job;
 mod lifecycle;
+mod main_blocked;
 mod metrics;
 mod nginx_pool;
 mod notify;

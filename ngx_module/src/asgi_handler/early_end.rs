@@ -184,7 +184,7 @@ pub(super) unsafe fn end_now(
             if let Some(deadline) = deadline {
                 timer::disarm(&mut *deadline.get());
             }
-            (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
+            crate::main_blocked::release(r);
             crate::inflight::finished_asgi(c);
             crate::recycle::request_done();
             if let Some(body) = body {

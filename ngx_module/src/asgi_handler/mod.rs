@@ -186,7 +186,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         (*cln).handler = Some(drop_served);
         (*cln).data = held.cast();
         *(*r).ctx.add(module().ctx_index) = held.cast::<c_void>();
-        (*(*r).main).set_blocked((*(*r).main).blocked() + 1);
+        crate::main_blocked::hold(r);
         // A body the client broke already (a bad chunk in its first bytes) is read no more, as
         // `on_body_data` does once a later read fails: only the client's going is watched.
         let reading = body_stream
@@ -384,7 +384,7 @@ unsafe fn finish(
     let rc = guard("sending the asgi response", None, || {
         // SAFETY: as above; nothing here finalizes the request.
         unsafe {
-            (*(*r).main).set_blocked((*(*r).main).blocked() - 1);
+            crate::main_blocked::release(r);
             crate::inflight::finished_asgi(c);
             crate::recycle::request_done();
             if let Some(body) = request_body {
