@@ -23,10 +23,13 @@ use crate::stream::Stream;
 /// was goes to the error log; a request the loop had not started yet never runs.
 pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
     guard("the asgi read timeout", (), || {
-        // SAFETY: the event's data is its AsgiRequest, alive while the timer is set (the timer
-        // is disarmed before the request ends); on the event loop.
+        // SAFETY: the event's data is its AsgiRequest's `Arc::as_ptr`, alive while the timer is
+        // set (the timer is disarmed before the request ends); on the event loop.
         unsafe {
-            let request = &*((*ev).data as *const AsgiRequest);
+            // Its own reference: ending the request frees the pool that holds the request's.
+            let request = (*ev).data as *const AsgiRequest;
+            Arc::increment_strong_count(request);
+            let request = Arc::from_raw(request);
             let Some(event_loop) = ngx_wsgi::asgi::event_loop::get() else {
                 return;
             };
@@ -38,7 +41,7 @@ pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
             if let Some(body) = &request.body {
                 body.fail("wsgi_read_timeout: the request timed out");
             }
-            end_now(r, parts(request), rc, 504);
+            end_now(r, parts(&request), rc, 504);
         }
     })
 }

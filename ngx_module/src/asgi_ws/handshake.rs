@@ -19,6 +19,10 @@ impl AsgiWs {
     /// which the request flow answers (a 504, or a cut denial) and finalizes; what the app
     /// does later is ignored.
     pub(super) fn handshake_due(&self) {
+        // Its own reference: answering the request frees the pool that holds the request's.
+        let Some(_keep) = self.me.upgrade() else {
+            return;
+        };
         let Some(r) = self.let_go_in_handshake() else {
             return;
         };
