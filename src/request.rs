@@ -47,6 +47,20 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The Content-Length of the whole response under `head`: the app's own; else, for a body
+    /// known whole before any of it was sent (a list, a file), its length, unless the status has
+    /// no body or the response was cut. A HEAD's (`is_head`) empty body says nothing of GET's
+    /// length (apps often leave it empty); one the app made is GET's, as a file's size is.
+    pub fn content_length(&self, head: &ResponseHead, is_head: bool) -> Option<u64> {
+        if head.content_length.is_some() {
+            return head.content_length;
+        }
+        let says = !is_head || self.file.is_some() || !self.body.is_empty();
+        let whole = self.length_known && self.kind != OutcomeKind::Truncated;
+        (whole && says && !head.is_bodiless())
+            .then(|| self.file.as_ref().map_or(self.body.len() as u64, |f| f.len))
+    }
+
     /// The client went away: before the app ran, or while its response streamed (`streamed`:
     /// some of it went out).
     pub fn client_gone(streamed: bool) -> Outcome {
@@ -473,6 +487,40 @@ mod tests {
             .set(Field::ServerProtocol, b"HTTP/1.1")
             .set(Field::RequestUri, b"/x");
         b.finish()
+    }
+
+    #[test]
+    fn a_whole_response_has_the_content_length_its_body_says() {
+        let head = |status, length| {
+            let mut h = ResponseHead::new(status, b"200 OK", 0, 0);
+            h.content_length = length;
+            h
+        };
+        let outcome = |kind, body: &[u8], length_known| Outcome {
+            kind,
+            head: None,
+            body: Chunk::from_vec(body.to_vec()),
+            streamed: false,
+            length_known,
+            file: None,
+            gil_wait: Duration::ZERO,
+        };
+        let list = outcome(OutcomeKind::Complete, b"hello", true);
+        let empty = outcome(OutcomeKind::Complete, b"", true);
+        assert_eq!(list.content_length(&head(200, None), false), Some(5));
+        assert_eq!(list.content_length(&head(200, Some(9)), false), Some(9));
+        assert_eq!(list.content_length(&head(200, None), true), Some(5));
+        assert_eq!(empty.content_length(&head(200, None), false), Some(0));
+        assert_eq!(empty.content_length(&head(200, None), true), None);
+        assert_eq!(empty.content_length(&head(200, Some(7)), true), Some(7));
+        assert_eq!(list.content_length(&head(304, None), false), None);
+        let cut = outcome(OutcomeKind::Truncated, b"hello", true);
+        assert_eq!(cut.content_length(&head(200, None), false), None);
+        let rest_of_a_stream = outcome(OutcomeKind::Complete, b"hello", false);
+        assert_eq!(
+            rest_of_a_stream.content_length(&head(200, None), false),
+            None
+        );
     }
 
     fn run(code: &str) -> Outcome {

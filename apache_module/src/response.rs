@@ -45,23 +45,7 @@ pub(crate) unsafe fn send(r: *mut request_rec, outcome: Outcome, side: &Side) ->
             return redirect(r, head, uri);
         }
         let truncated = outcome.kind == OutcomeKind::Truncated;
-        let content_length = match head.content_length {
-            Some(n) => Some(n),
-            // A HEAD's body says nothing of GET's length, a file's size does (as under nginx).
-            None if outcome.length_known
-                && !truncated
-                && ((*r).header_only == 0 || outcome.file.is_some())
-                && !head.is_bodiless() =>
-            {
-                Some(
-                    outcome
-                        .file
-                        .as_ref()
-                        .map_or(outcome.body.len() as u64, |f| f.len),
-                )
-            }
-            None => None,
-        };
+        let content_length = outcome.content_length(head, (*r).header_only != 0);
         set_head(r, head, content_length);
         match outcome.file {
             // A HEAD's body is dropped by Apache, but its filters read it: its length, where it

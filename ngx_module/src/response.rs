@@ -69,23 +69,8 @@ pub(crate) unsafe fn send(
             return redirect(r, head, uri);
         }
         let truncated = outcome.kind == OutcomeKind::Truncated;
-        let is_head = (*r).method == NGX_HTTP_HEAD as usize;
-        // A HEAD's empty body says nothing of GET's length (apps often leave it empty), but one
-        // the app made is GET's (as Apache takes it), as a file's size is: HEAD then gets the
-        // Content-Length (and Accept-Ranges) GET would.
-        let length_says = !is_head || outcome.file.is_some() || !outcome.body.is_empty();
-        let content_length = match head.content_length {
-            Some(n) => Some(n),
-            None if outcome.length_known && !truncated && length_says && !head.is_bodiless() => {
-                Some(
-                    outcome
-                        .file
-                        .as_ref()
-                        .map_or(outcome.body.len() as u64, |f| f.len),
-                )
-            }
-            None => None,
-        };
+        // A HEAD gets the Content-Length (and Accept-Ranges) GET would, where its body says it.
+        let content_length = outcome.content_length(head, (*r).method == NGX_HTTP_HEAD as usize);
         if outcome.file.is_some()
             && head.status == 200
             && head.header("Content-Range").is_none()
