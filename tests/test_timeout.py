@@ -230,6 +230,14 @@ def test_an_http2_stream_past_its_deadline_is_reset_at_once(nginx_factory):
         until(lambda: on(1, h2.events.StreamReset))
         assert on(1, h2.events.StreamReset)[0].error_code == h2.errors.ErrorCodes.INTERNAL_ERROR
         assert not on(1, h2.events.StreamEnded)
+        # The reset's frame, sent, is the connection's to reuse for its own control frames.
+        pings = [b"ping-%03d" % n for n in range(3)]
+        for ping in pings:
+            conn.ping(ping)
+        s.sendall(conn.data_to_send())
+        acks = lambda: [e.ping_data for e in events if isinstance(e, h2.events.PingAckReceived)]  # noqa: E731
+        until(lambda: len(acks()) == len(pings))
+        assert acks() == pings
         get(3, "/release/?h2cut")
         until(lambda: on(3, h2.events.StreamEnded))
         assert b"".join(e.data for e in on(3, h2.events.DataReceived)) == b"released"

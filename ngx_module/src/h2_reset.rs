@@ -4,8 +4,8 @@
 //! client would wait on a response with no end. Its HTTP/1 twin is a `shutdown()` of the socket.
 //!
 //! nginx has no public call for it (`ngx_http_v2_terminate_stream` is static and finalizes the
-//! request), so this queues the RST_STREAM frame as that function does, on the connection's
-//! pool, and marks the stream as nginx does: no second reset at its close, no more DATA from
+//! request), so this queues the RST_STREAM frame as that function does, in a control frame of
+//! the connection's, and marks the stream as nginx does: no second reset at its close, no more DATA from
 //! the client read, no more output written.
 
 use nginx_sys::{
@@ -16,8 +16,15 @@ use nginx_sys::{
 
 /// RFC 9113's INTERNAL_ERROR, as nginx resets a stream whose response could not be finished.
 const INTERNAL_ERROR: u32 = 0x2;
-/// A frame's header (length, type, flags, stream id), then RST_STREAM's error code.
-const FRAME_SIZE: usize = 9 + 4;
+/// A frame's header: length, type, flags, stream id.
+const FRAME_HEADER_SIZE: usize = 9;
+/// The header, then RST_STREAM's error code.
+const FRAME_SIZE: usize = FRAME_HEADER_SIZE + 4;
+/// nginx's buffer of a control frame (NGX_HTTP_V2_FRAME_BUFFER_SIZE, private to
+/// ngx_http_v2.c): a frame made here may carry any of nginx's once it is reused.
+const FRAME_BUFFER_SIZE: usize = 24;
+/// nginx's bound on a connection's control frames (`ngx_http_v2_get_frame`).
+const MAX_FRAMES: usize = 10000;
 
 /// Resets `r`'s HTTP/2 stream now; false when `r` is no HTTP/2 stream's request or the frame
 /// could not be made (the stream is then reset when the request ends, as before).
@@ -37,18 +44,8 @@ pub(crate) unsafe fn reset_now(r: *mut ngx_http_request_t) -> bool {
         }
         let h2c = (*stream).connection;
         let c = (*h2c).connection;
-        // The connection's pool, as nginx's own frames: the frame may wait in the queue after
-        // the stream is gone, and the HTTP/2 pool is kept while anything is queued.
-        let pool = if (*h2c).pool.is_null() {
-            (*c).pool
-        } else {
-            (*h2c).pool
-        };
-        let frame = ngx_pcalloc(pool, size_of::<ngx_http_v2_out_frame_t>())
-            .cast::<ngx_http_v2_out_frame_t>();
-        let link = ngx_alloc_chain_link(pool);
-        let buf = ngx_create_temp_buf(pool, FRAME_SIZE);
-        if frame.is_null() || link.is_null() || buf.is_null() {
+        let frame = control_frame(h2c);
+        if frame.is_null() {
             return false;
         }
         let sid = ((*(*stream).node).id as u32) & 0x7fff_ffff;
@@ -57,14 +54,9 @@ pub(crate) unsafe fn reset_now(r: *mut ngx_http_request_t) -> bool {
         bytes[3] = NGX_HTTP_V2_RST_STREAM_FRAME as u8;
         bytes[5..9].copy_from_slice(&sid.to_be_bytes());
         bytes[9..].copy_from_slice(&INTERNAL_ERROR.to_be_bytes());
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), (*buf).last, FRAME_SIZE);
-        (*buf).last = (*buf).last.add(FRAME_SIZE);
-        (*buf).set_last_buf(1);
-        (*link).buf = buf;
-        (*link).next = std::ptr::null_mut();
-        (*frame).first = link;
-        (*frame).last = link;
-        (*frame).handler = Some(frame_sent);
+        let buf = (*(*frame).first).buf;
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), (*buf).pos, FRAME_SIZE);
+        (*buf).last = (*buf).pos.add(FRAME_SIZE);
         (*frame).stream = std::ptr::null_mut();
         (*frame).length = 4;
         queue_control_frame(h2c, frame);
@@ -75,6 +67,55 @@ pub(crate) unsafe fn reset_now(r: *mut ngx_http_request_t) -> bool {
         // The connection's write handler sends the queue, on this loop's next turn.
         ngx_post_event((*c).write, std::ptr::addr_of_mut!(ngx_posted_events));
         true
+    }
+}
+
+/// A control frame as nginx's `ngx_http_v2_get_frame` makes one: from the connection's free
+/// frames, else new on the connection's pool (counted as its own are, against its flood limit),
+/// with nginx's buffer size, so that a frame sent goes back to the free ones for nginx to reuse
+/// (a connection that has many streams cut keeps no frame per cut). Null when none can be had.
+///
+/// # Safety
+/// Event-loop thread; `h2c` is live.
+unsafe fn control_frame(h2c: *mut ngx_http_v2_connection_t) -> *mut ngx_http_v2_out_frame_t {
+    // SAFETY: per the function contract; a free frame's chain link and buffer are live.
+    unsafe {
+        let frame = (*h2c).free_frames;
+        if !frame.is_null() {
+            (*h2c).free_frames = (*frame).next;
+            let buf = (*(*frame).first).buf;
+            (*buf).pos = (*buf).start;
+            (*frame).set_blocked(0);
+            return frame;
+        }
+        if (*h2c).frames >= MAX_FRAMES {
+            return std::ptr::null_mut();
+        }
+        // The HTTP/2 pool while the connection has streams: a frame may wait in the queue after
+        // its stream is gone.
+        let pool = if (*h2c).pool.is_null() {
+            (*(*h2c).connection).pool
+        } else {
+            (*h2c).pool
+        };
+        let frame = ngx_pcalloc(pool, size_of::<ngx_http_v2_out_frame_t>())
+            .cast::<ngx_http_v2_out_frame_t>();
+        if frame.is_null() {
+            return frame;
+        }
+        let link = ngx_alloc_chain_link(pool);
+        let buf = ngx_create_temp_buf(pool, FRAME_BUFFER_SIZE);
+        if link.is_null() || buf.is_null() {
+            return std::ptr::null_mut();
+        }
+        (*buf).set_last_buf(1);
+        (*link).buf = buf;
+        (*link).next = std::ptr::null_mut();
+        (*frame).first = link;
+        (*frame).last = link;
+        (*frame).handler = Some(frame_sent);
+        (*h2c).frames += 1;
+        frame
     }
 }
 
@@ -98,17 +139,24 @@ unsafe fn queue_control_frame(
     }
 }
 
-/// Called by nginx for the frame once it went out, or in part: the frame stays in its pool.
+/// Called by nginx for a frame this module made once it went out, or in part: a whole one goes
+/// back to the connection's free frames, as nginx's `ngx_http_v2_frame_handler` does (nginx may
+/// reuse it for any control frame, this handler with it).
 unsafe extern "C" fn frame_sent(
-    _h2c: *mut ngx_http_v2_connection_t,
+    h2c: *mut ngx_http_v2_connection_t,
     frame: *mut ngx_http_v2_out_frame_t,
 ) -> ngx_int_t {
-    crate::ffi::guard("an HTTP/2 reset frame", NGX_OK as ngx_int_t, || {
-        // SAFETY: nginx passes the frame this module queued, whose one buffer is live.
-        let buf = unsafe { (*(*frame).first).buf };
-        // SAFETY: as above.
-        if unsafe { (*buf).pos != (*buf).last } {
-            return NGX_AGAIN as ngx_int_t;
+    crate::ffi::guard("an HTTP/2 control frame", NGX_OK as ngx_int_t, || {
+        // SAFETY: nginx passes its live connection and a frame made by `control_frame`, whose
+        // one buffer is live.
+        unsafe {
+            let buf = (*(*frame).first).buf;
+            if (*buf).pos != (*buf).last {
+                return NGX_AGAIN as ngx_int_t;
+            }
+            (*frame).next = (*h2c).free_frames;
+            (*h2c).free_frames = frame;
+            (*h2c).total_bytes += (FRAME_HEADER_SIZE + (*frame).length) as libc::off_t;
         }
         NGX_OK as ngx_int_t
     })
