@@ -343,6 +343,10 @@ def test_broken_frames_close_with_their_code(server, frames, code):
     if code == 1007:
         assert payload[2:] == b"invalid UTF-8 (a text message or a close reason)"
     s.close()
+    # Said in the error log, as nginx says it of a broken request (at info).
+    wait_for(lambda: re.search(rf"\[info\].*asgi: client's WebSocket frames broke the protocol: .*; closed with "
+                               rf"{code}, client: 127\.0\.0\.1, .*request: \"GET /ws/echo\?bad{code} HTTP/1\.1\"",
+                               server.error_log()), what="the entry")
 
 
 def test_a_message_over_client_max_body_size_closes_with_1009(server):
@@ -351,6 +355,11 @@ def test_a_message_over_client_max_body_size_closes_with_1009(server):
     opcode, payload = read_frame(s)
     assert opcode == 0x8 and close_code(payload) == 1009
     s.close()
+    # Said in the error log, as nginx's 413 is (at error): a limit met by a proxied socket's
+    # messages never, so one moved from proxy_pass needs to know.
+    wait_for(lambda: re.search(r"\[error\].*asgi: client sent a WebSocket message over client_max_body_size "
+                               r"\(1024 bytes\): .*; closed with 1009, client: .*request: \"GET /small/echo\?big",
+                               server.error_log()), what="the entry")
 
 
 def test_permessage_deflate_both_ways(server):

@@ -142,6 +142,9 @@ pub struct WsCodec {
     held_back: bool,
     /// The client's end of stream, read behind frames held back: told once they are through.
     eof_held: bool,
+    /// The client's frames failed the connection: the close code and why, for the server's log
+    /// (boxed: an idle socket pays one pointer).
+    failure: Option<Box<(u16, String)>>,
 }
 
 /// The read buffer tungstenite allocates for every connection when it starts (its default,
@@ -177,6 +180,7 @@ impl WsCodec {
             closed_told: false,
             max_message,
             deflate: None,
+            failure: None,
         }
     }
 
@@ -279,6 +283,12 @@ impl WsCodec {
         out
     }
 
+    /// Why the client's frames failed the connection (the close code sent, and the reason),
+    /// once, for the server's log.
+    pub fn take_failure(&mut self) -> Option<(u16, String)> {
+        self.failure.take().map(|f| *f)
+    }
+
     /// Compressed messages are held back from an earlier read: feed again (no bytes needed)
     /// before reading more from the client.
     pub fn held_back(&self) -> bool {
@@ -295,6 +305,7 @@ impl WsCodec {
     /// Closes with `code` after a failure of the client's frames; the connection is over once
     /// the output is written.
     fn fail(&mut self, code: u16, why: &str) {
+        self.failure = Some(Box::new((code, why.to_owned())));
         let reason = truncated(why, MAX_CLOSE_REASON);
         let _ = self.ctx.close(
             &mut self.pipe,

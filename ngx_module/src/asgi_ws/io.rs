@@ -2,8 +2,8 @@
 //! messages framed and written, until the socket would block either way.
 
 use nginx_sys::{
-    ngx_handle_read_event, ngx_handle_write_event, ngx_http_output_filter, ngx_http_request_t,
-    ngx_int_t, NGX_AGAIN, NGX_ERROR, NGX_OK,
+    ngx_connection_t, ngx_handle_read_event, ngx_handle_write_event, ngx_http_output_filter,
+    ngx_http_request_t, ngx_int_t, NGX_AGAIN, NGX_ERROR, NGX_LOG_ERR, NGX_LOG_INFO, NGX_OK,
 };
 use ngx_wsgi::asgi::WsIncoming;
 
@@ -16,6 +16,32 @@ use super::{AsgiWs, Phase, State};
 const OUTPUT_KEPT: usize = 64 * 1024;
 
 impl AsgiWs {
+    /// The client's frames failed the connection (closed with `code`): said in the error log
+    /// as nginx says it of a request: a message over `client_max_body_size` at `error`, as its
+    /// 413, frames that break the protocol at `info`, as its 400s.
+    fn log_failure(&self, c: *mut ngx_connection_t, code: u16, why: &str) {
+        let (level, what) = match code {
+            1009 => (
+                NGX_LOG_ERR,
+                format!(
+                    "client sent a WebSocket message over client_max_body_size ({} bytes)",
+                    self.settings.max_message
+                ),
+            ),
+            _ => (
+                NGX_LOG_INFO,
+                "client's WebSocket frames broke the protocol".into(),
+            ),
+        };
+        // SAFETY: the connection is live on the event loop (the caller's), its log with it.
+        let log = unsafe { (*c).log };
+        crate::ffi::log::write_log(
+            level as usize,
+            log,
+            &format!("asgi: {what}: {why}; closed with {code}"),
+        );
+    }
+
     /// The connection's socket is ready (read or write): moves bytes.
     ///
     /// # Safety
@@ -136,6 +162,9 @@ impl AsgiWs {
                     };
                     (incoming, n > 0)
                 };
+                if let Some((code, why)) = codec.take_failure() {
+                    self.log_failure(c, code, &why);
+                }
                 for m in incoming {
                     st.incoming_bytes += m.cost();
                     st.incoming.push_back(m);
