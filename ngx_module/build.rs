@@ -34,6 +34,19 @@ fn main() {
     if version >= 1_023_000 {
         println!("cargo::rustc-cfg=ngx_table_elt_next");
     }
+    // nginx 1.21.6 records whether it adds the shared listening sockets with EPOLLEXCLUSIVE
+    // (`ngx_use_exclusive_accept`, for its re-adding them to balance the workers); older builds
+    // (Ubuntu 22.04's 1.18) decide it on the same conditions without keeping the answer.
+    println!("cargo::rustc-check-cfg=cfg(ngx_use_exclusive_accept)");
+    if version >= 1_021_006 {
+        println!("cargo::rustc-cfg=ngx_use_exclusive_accept");
+    }
+    // nginx 1.21.1 refuses a request with both Content-Length and Transfer-Encoding; older ones
+    // serve it as chunked on a connection kept open (`request_body::read_then` closes it).
+    println!("cargo::rustc-check-cfg=cfg(ngx_refuses_length_with_chunked)");
+    if version >= 1_021_001 {
+        println!("cargo::rustc-cfg=ngx_refuses_length_with_chunked");
+    }
     if let Ok(version) = env::var("DEP_NGINX_VERSION") {
         println!("cargo::rustc-env=NGX_WSGI_NGINX_VERSION={version}");
     }

@@ -15,14 +15,15 @@ UBUNTU_MIRROR=${UBUNTU_MIRROR:-http://archive.ubuntu.com/ubuntu}
 UBUNTU_SECURITY_MIRROR=${UBUNTU_SECURITY_MIRROR:-http://security.ubuntu.com/ubuntu}
 
 # The codename for a distribution name or number: Debian 12 (bookworm) and 13 (trixie), Ubuntu
-# 24.04 (noble) and 26.04 (resolute) are supported.
+# 22.04 (jammy), 24.04 (noble) and 26.04 (resolute) are supported.
 dist_codename() {
     case "$1" in
         bookworm | 12 | debian12) echo bookworm ;;
         trixie | 13 | debian13) echo trixie ;;
+        jammy | 22.04 | ubuntu22.04) echo jammy ;;
         noble | 24.04 | ubuntu24.04) echo noble ;;
         resolute | 26.04 | ubuntu26.04) echo resolute ;;
-        *) echo "unsupported distribution '$1' (bookworm, trixie, noble or resolute)" >&2; return 1 ;;
+        *) echo "unsupported distribution '$1' (bookworm, trixie, jammy, noble or resolute)" >&2; return 1 ;;
     esac
 }
 
@@ -31,18 +32,19 @@ dist_suffix() {
     case "$1" in
         bookworm) echo +deb12 ;;
         trixie) echo +deb13 ;;
+        jammy) echo +ubuntu22.04 ;;
         noble) echo +ubuntu24.04 ;;
         resolute) echo +ubuntu26.04 ;;
     esac
 }
 
 is_ubuntu() {
-    [ "$1" = noble ] || [ "$1" = resolute ]
+    [ "$1" = jammy ] || [ "$1" = noble ] || [ "$1" = resolute ]
 }
 
 # The keyring of Ubuntu's archive, which Debian's debootstrap lacks: noble's ubuntu-keyring
 # package, held to its hash (its 2018 archive key, F6EC B376 2474 EDA9 D21B 7022 8719 20D1
-# 991B C93C, signs resolute's archive too), downloaded with wget (debootstrap's own dependency). Cached under the hash, so a
+# 991B C93C, signs jammy's and resolute's archives too), downloaded with wget (debootstrap's own dependency). Cached under the hash, so a
 # new pin never reuses an older keyring. Prints the keyring's path. (Called as $(...), where
 # errexit is off: each step says why it failed.)
 UBUNTU_KEYRING_DEB=ubuntu-keyring_2023.11.28.1_all.deb
@@ -126,6 +128,9 @@ base_tarball() {
         printf 'deb %s %s %s\ndeb %s %s-updates %s\ndeb %s %s-security %s\n' \
             "$mirror" "$dist" "$components" "$mirror" "$dist" "$components" \
             "$security" "$dist" "$components" > "$tmp/etc/apt/sources.list"
+        # Ubuntu 22.04 has no nginx-dev: the build takes nginx's source from the archive
+        # (packaging/nginx-source).
+        [ "$dist" != jammy ] || sed 's/^deb /deb-src /' "$tmp/etc/apt/sources.list" >> "$tmp/etc/apt/sources.list"
         # Ubuntu's own list of the same sources (deb822), which debootstrap may write.
         rm -f "$tmp/etc/apt/sources.list.d/ubuntu.sources"
         # Installing a server must not start it: there is no init system in the root.

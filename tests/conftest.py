@@ -118,6 +118,18 @@ def start_server(server, name, argv, env=None, new_session=False):
     raise RuntimeError(f"{name} did not start:\n{server.output()}")
 
 
+_NGINX_VERSIONS = {}
+
+
+def nginx_version(binary):
+    """The version of the nginx `binary` as a tuple, e.g. (1, 28, 0)."""
+    if binary not in _NGINX_VERSIONS:
+        out = subprocess.run([binary, "-v"], capture_output=True, text=True).stderr
+        found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
+        _NGINX_VERSIONS[binary] = tuple(int(n) for n in found.groups()) if found else (0, 0, 0)
+    return _NGINX_VERSIONS[binary]
+
+
 class Nginx:
     """One nginx master (foreground) with the module, its own prefix, port and error log."""
 
@@ -126,6 +138,11 @@ class Nginx:
     def __init__(self, built, locations, http_extra="", main_extra="", server_extra="",
                  workers=1, home=True, listen_extra="", server_name="test.local", worker_connections=1024):
         self.module, self.binary = built
+        # `http2 on;` is nginx 1.25.1's; before it (Ubuntu 22.04's 1.18), HTTP/2 is a parameter of
+        # `listen`, and a plain listener with it speaks HTTP/2 only (prior knowledge).
+        if "http2 on;" in server_extra and nginx_version(self.binary) < (1, 25, 1):
+            server_extra = server_extra.replace("http2 on;", "")
+            listen_extra += " http2"
         self.prefix = pathlib.Path(tempfile.mkdtemp(prefix="ngx-wsgi-test-"))
         (self.prefix / "logs").mkdir()
         self.port = free_port()

@@ -30,6 +30,11 @@ pub(crate) unsafe fn read_then(
     r: *mut ngx_http_request_t,
     ready: ngx_http_client_body_handler_pt,
 ) -> ngx_int_t {
+    // SAFETY: per the function contract.
+    #[cfg(not(ngx_refuses_length_with_chunked))]
+    unsafe {
+        close_after_length_with_chunked(r)
+    };
     // SAFETY: per the function contract; the body handler owns the reference this call takes.
     let rc = unsafe {
         if crate::conf::loc_conf(&*r).is_some_and(|lc| lc.streaming.request_buffering == 0) {
@@ -47,6 +52,32 @@ pub(crate) unsafe fn read_then(
         return rc;
     }
     NGX_DONE as ngx_int_t
+}
+
+/// nginx before 1.21.1 (Ubuntu 22.04's 1.18) serves a request with both `Content-Length` and
+/// `Transfer-Encoding: chunked` as chunked (it drops the length, `ngx_http_process_request_header`)
+/// and keeps the connection: what follows the chunked body is read as the next request, which a
+/// proxy in front that went by the length took for part of this body (request smuggling).
+/// RFC 9112 (6.3) lets a server serve it as chunked if it closes the connection after the
+/// response; 1.21.1 refuses it with a 400. The app's response is the connection's last.
+///
+/// # Safety
+/// `r` is live, its header read.
+#[cfg(not(ngx_refuses_length_with_chunked))]
+unsafe fn close_after_length_with_chunked(r: *mut ngx_http_request_t) {
+    // SAFETY: per the function contract: the headers list lives in the request's pool.
+    unsafe {
+        if (*r).headers_in.chunked() == 0 {
+            return;
+        }
+        let mut length = false;
+        crate::request_info::for_each_header(&(*r).headers_in.headers.part, |name, _| {
+            length |= name.eq_ignore_ascii_case(b"content-length");
+        });
+        if length {
+            (*r).set_keepalive(0);
+        }
+    }
 }
 
 /// Whether the client waits for a `100 Continue` before it sends the body (nginx answers

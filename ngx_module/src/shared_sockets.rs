@@ -114,9 +114,33 @@ pub(crate) unsafe fn put_back(why: Why) {
 
 /// The flags of a shared listening socket's read event in the event set: exclusive where
 /// nginx adds them so (`ngx_event_process_init`: epoll, several workers, no accept mutex).
+#[cfg(ngx_use_exclusive_accept)]
 pub(crate) fn accept_flags() -> u32 {
     // SAFETY: nginx's own flag, set before the worker's event loop runs.
     if unsafe { nginx_sys::ngx_use_exclusive_accept != 0 } {
+        EXCLUSIVE_EVENT
+    } else {
+        0
+    }
+}
+
+/// The flags of a shared listening socket's read event in the event set: exclusive where
+/// nginx adds them so. nginx before 1.21.6 (Ubuntu 22.04's 1.18) records no flag of it:
+/// `ngx_event_process_init` adds a listening socket that is not `reuseport` with
+/// `NGX_EXCLUSIVE_EVENT` when there is no accept mutex, the event module is epoll and there are
+/// several workers (and EPOLLEXCLUSIVE is defined, as on every Linux build this module makes),
+/// the very conditions under which 1.21.6 sets `ngx_use_exclusive_accept`.
+#[cfg(not(ngx_use_exclusive_accept))]
+pub(crate) fn accept_flags() -> u32 {
+    use ngx::core::{CoreModuleMainConf, NgxCoreModule};
+    // SAFETY: nginx's own settings, set before the worker's event loop runs; the cycle is live.
+    let exclusive = unsafe {
+        nginx_sys::ngx_use_accept_mutex == 0
+            && nginx_sys::ngx_event_flags & nginx_sys::NGX_USE_EPOLL_EVENT as usize != 0
+            && NgxCoreModule::main_conf(&*nginx_sys::ngx_cycle)
+                .is_some_and(|ccf| ccf.worker_processes > 1)
+    };
+    if exclusive {
         EXCLUSIVE_EVENT
     } else {
         0
