@@ -165,9 +165,19 @@ fn c_places(out: &Path) -> String {
     fs::write(&source, c).expect("write bitfield_probe.c");
 
     let includes = env::var("DEP_NGINX_INCLUDE").expect("nginx-sys's DEP_NGINX_INCLUDE");
-    let defines = env::var("DEP_NGINX_CFLAGS").unwrap_or_default();
+    // The defines bindgen had (from nginx's objs/Makefile): nginx-sys 0.5 passes them in the
+    // old `cargo:metadata=cflags=...` form, which reaches here as DEP_NGINX_METADATA.
+    let defines = env::var("DEP_NGINX_CFLAGS")
+        .or_else(|_| {
+            env::var("DEP_NGINX_METADATA")
+                .map(|m| m.strip_prefix("cflags=").unwrap_or_default().to_owned())
+        })
+        .unwrap_or_default();
+    // CC may carry arguments of its own ("ccache cc", "gcc -m64").
     let compiler = env::var("CC").unwrap_or_else(|_| "cc".into());
-    let mut cc = Command::new(&compiler);
+    let mut words = compiler.split_whitespace();
+    let mut cc = Command::new(words.next().unwrap_or("cc"));
+    cc.args(words);
     cc.args(env::split_paths(&includes).map(|p| format!("-I{}", p.display())));
     cc.args(defines.split_whitespace());
     cc.arg("-o").arg(&binary).arg(&source);
