@@ -18,7 +18,8 @@ const OUTPUT_KEPT: usize = 64 * 1024;
 impl AsgiWs {
     /// The client's frames failed the connection (closed with `code`): said in the error log
     /// as nginx says it of a request: a message over `client_max_body_size` at `error`, as its
-    /// 413, frames that break the protocol at `info`, as its 400s.
+    /// 413, frames that break the protocol at `info`, as its 400s (anything else, the server's
+    /// own failure, at `error`).
     fn log_failure(&self, c: *mut ngx_connection_t, code: u16, why: &str) {
         let (level, what) = match code {
             1009 => (
@@ -28,10 +29,11 @@ impl AsgiWs {
                     self.settings.max_message
                 ),
             ),
-            _ => (
+            1002 | 1007 => (
                 NGX_LOG_INFO,
                 "client's WebSocket frames broke the protocol".into(),
             ),
+            _ => (NGX_LOG_ERR, "the WebSocket failed".into()),
         };
         // SAFETY: the connection is live on the event loop (the caller's), its log with it.
         let log = unsafe { (*c).log };
