@@ -172,13 +172,17 @@ async def _cleans_up_slowly(seconds):
         raise
 
 
+async def _start_a_slow_cleanup(receive, send, seconds):
+    await receive()
+    _KEPT.add(asyncio.get_running_loop().create_task(_cleans_up_slowly(seconds)))
+    await send({"type": "lifespan.startup.complete"})
+
+
 async def shutdown_hangs_and_a_task_cleans_up(scope, receive, send):
     # A shutdown that uses all its time, then a background task whose cancellation takes a
     # moment: the loop's end is slow, not stuck.
     if scope["type"] == "lifespan":
-        await receive()
-        _KEPT.add(asyncio.get_running_loop().create_task(_cleans_up_slowly(0.8)))
-        await send({"type": "lifespan.startup.complete"})
+        await _start_a_slow_cleanup(receive, send, 0.8)
         await receive()
         await asyncio.Event().wait()
     await respond(send, b"up")
@@ -188,9 +192,7 @@ async def a_task_cleans_up_slowly(scope, receive, send):
     # A background task whose cancellation at the loop's end takes two seconds; the lifespan
     # shutdown itself is quick.
     if scope["type"] == "lifespan":
-        await receive()
-        _KEPT.add(asyncio.get_running_loop().create_task(_cleans_up_slowly(2)))
-        await send({"type": "lifespan.startup.complete"})
+        await _start_a_slow_cleanup(receive, send, 2)
         await receive()
         await send({"type": "lifespan.shutdown.complete"})
         return
