@@ -80,7 +80,7 @@ async def app(scope, receive, send):
     route = scope["path"][len(scope["root_path"]):] or "/"
     query = scope["query_string"].decode()
     if route.startswith("/scope") or route.endswith("/scope"):
-        body, _, _ = await read_body(receive)
+        body, _, _ = await read_body(receive, query or None)
         dump = {k: v for k, v in scope.items() if k not in ("headers", "raw_path", "query_string", "state")}
         dump["raw_path"] = text(scope["raw_path"])
         dump["query_string"] = text(scope["query_string"])
