@@ -16,12 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nginx_sys::{
-    ngx_event_t, ngx_http_request_t, ngx_http_run_posted_requests, ngx_int_t, ngx_pool_cleanup_add,
-    ngx_post_event, ngx_posted_events, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST,
-    NGX_HTTP_INTERNAL_SERVER_ERROR,
+    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_pool_cleanup_add, ngx_post_event,
+    ngx_posted_events, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR,
 };
 use ngx_wsgi::{run_request, Apps, Body, ChunkSink, Outcome, RequestBody, RequestWatch};
 
+use crate::app_turn::{self, AppKind};
 use crate::dispatch::{PoolSpec, QueueLimits, Refused, RunQueue};
 use crate::ffi::{guard, timer};
 use crate::job::Job;
@@ -145,9 +145,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             crate::main_blocked::release(r);
             return Err(crate::overload::refuse(r, why, limits.queue_timeout));
         }
-        crate::inflight::started(r);
-        crate::busy_handoff::work_started();
-        crate::recycle::request_started(r);
+        app_turn::begin(r, AppKind::Wsgi);
         let log = (*(*r).connection).log;
         timer::arm(
             &mut (*job).deadline,
@@ -250,13 +248,8 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
                     queue.slot_back();
                 }
             }
-            crate::main_blocked::release(r);
-            crate::inflight::finished(c);
-            crate::recycle::request_done();
-            if let Some(body) = &(*job).body_stream {
-                body.finish();
-            }
-            let streamed = (*job).stream.finish(r);
+            let body = (*job).body_stream.as_deref();
+            let streamed = app_turn::end(r, AppKind::Wsgi, body, &(*job).stream);
             let client_fault = match &(*job).body_stream {
                 Some(b) if (*job).timed_out.is_none() && !(*job).expired => {
                     b.client_fault_answer(r, streamed.head_sent)
@@ -285,16 +278,14 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
             })
         }
     });
-    // SAFETY: the request is live until this finalize; the connection structure outlives the
-    // request (it is only marked destroyed), so posted requests can run after it.
+    // SAFETY: the request is live until this finalize.
     unsafe {
         let rc = rc.unwrap_or(if (*r).header_sent() != 0 {
             NGX_ERROR as ngx_int_t
         } else {
             NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
         });
-        crate::close_delimited::finalize(r, rc);
-        ngx_http_run_posted_requests(c);
+        app_turn::finalize(r, rc);
     }
 }
 

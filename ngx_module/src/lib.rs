@@ -11,6 +11,7 @@
 #![cfg_attr(test, allow(dead_code))]
 
 mod access_log;
+mod app_turn;
 mod asgi_handler;
 mod asgi_queue;
 mod asgi_request;

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 
 use nginx_sys::{
-    ngx_event_t, ngx_http_request_t, ngx_http_run_posted_requests, ngx_int_t, NGX_ERROR,
-    NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_LOG_ERR,
+    ngx_event_t, ngx_http_request_t, ngx_int_t, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST,
+    NGX_LOG_ERR,
 };
 use ngx_wsgi::asgi::{AsgiLoop, TaskWatch};
 
+use crate::app_turn::{self, AppKind};
 use crate::asgi_request::AsgiRequest;
 use crate::asgi_ws::AsgiWs;
 use crate::dispatch::Refused;
@@ -179,30 +180,19 @@ pub(super) unsafe fn end_now(
     status: u16,
 ) {
     let (stream, body, deadline, posted_at) = parts;
-    // SAFETY: per the function contract.
-    let c = unsafe { (*r).connection };
     let rc = guard("ending an asgi request early", None, || {
         // SAFETY: per the function contract; nothing here finalizes the request.
         unsafe {
             if let Some(deadline) = deadline {
                 timer::disarm(&mut *deadline.get());
             }
-            crate::main_blocked::release(r);
-            crate::inflight::finished_asgi(c);
-            crate::recycle::request_done();
-            if let Some(body) = body {
-                body.finish();
-            }
-            stream.finish(r);
+            app_turn::end(r, AppKind::Asgi, body, stream);
             crate::metrics::finished(status, posted_at.elapsed(), false, status == 499);
         }
         Some(rc)
     });
-    // SAFETY: the request is live until this finalize; the connection structure outlives it.
-    unsafe {
-        crate::close_delimited::finalize(r, rc.unwrap_or(NGX_ERROR as ngx_int_t));
-        ngx_http_run_posted_requests(c);
-    }
+    // SAFETY: the request is live until this finalize.
+    unsafe { app_turn::finalize(r, rc.unwrap_or(NGX_ERROR as ngx_int_t)) };
 }
 
 /// What [`end_now`] ends: a request's response stream, body stream, deadline and start.

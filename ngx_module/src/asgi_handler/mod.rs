@@ -17,9 +17,9 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use nginx_sys::{
-    ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests, ngx_int_t,
-    ngx_pool_cleanup_add, NGX_DONE, NGX_ERROR, NGX_HTTP_BAD_REQUEST,
-    NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_INFO,
+    ngx_http_finalize_request, ngx_http_request_t, ngx_int_t, ngx_pool_cleanup_add, NGX_DONE,
+    NGX_ERROR, NGX_HTTP_BAD_REQUEST, NGX_HTTP_CLIENT_CLOSED_REQUEST,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_INFO,
 };
 use ngx_wsgi::accel::AccelHeaders;
 use ngx_wsgi::asgi::ws_handshake::{handshake, Handshake, WEBSOCKET_VERSION};
@@ -27,6 +27,7 @@ use ngx_wsgi::asgi::{HttpEnd, HttpRequest, WsRequest};
 use ngx_wsgi::body_lease::BodyLease;
 use ngx_wsgi::{Apps, Chunk, Outcome, OutcomeKind, ResponseHead};
 
+use crate::app_turn::{self, AppKind};
 use crate::asgi_request::{AnswersInPlace, AsgiRequest, RequestBody};
 use crate::asgi_ws::{AsgiWs, WsHooks, WsSettings};
 use crate::dispatch::QueueLimits;
@@ -198,12 +199,8 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         };
         reading
     };
-    // SAFETY: on the event loop; `r` is live.
-    unsafe {
-        crate::inflight::started_asgi(r);
-        crate::busy_handoff::work_started();
-        crate::recycle::request_started(r);
-    }
+    // SAFETY: on the event loop; `r` is live, held, and its task submitted just below.
+    unsafe { app_turn::begin(r, AppKind::Asgi) };
     crate::metrics::posted();
     match served {
         Served::Http(request) => {
@@ -384,13 +381,7 @@ unsafe fn finish(
     let rc = guard("sending the asgi response", None, || {
         // SAFETY: as above; nothing here finalizes the request.
         unsafe {
-            crate::main_blocked::release(r);
-            crate::inflight::finished_asgi(c);
-            crate::recycle::request_done();
-            if let Some(body) = request_body {
-                body.finish();
-            }
-            let streamed = stream.finish(r);
+            let streamed = app_turn::end(r, AppKind::Asgi, request_body, stream);
             if let Some(status) =
                 request_body.and_then(|b| b.client_fault_answer(r, streamed.head_sent || upgraded))
             {
@@ -451,14 +442,13 @@ unsafe fn finish(
             Some(crate::response::send(r, Some(&outcome), streamed))
         }
     });
-    // SAFETY: the request is live until this finalize; the connection structure outlives it.
+    // SAFETY: the request is live until this finalize.
     unsafe {
         let rc = rc.unwrap_or(if (*r).header_sent() != 0 {
             NGX_ERROR as ngx_int_t
         } else {
             NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
         });
-        crate::close_delimited::finalize(r, rc);
-        ngx_http_run_posted_requests(c);
+        app_turn::finalize(r, rc);
     }
 }
