@@ -49,6 +49,24 @@ def entry(log, start):
 
 # --- wsgi_read_timeout ---------------------------------------------------------------------
 
+def test_error_page_504_answers_a_timed_out_request(nginx_factory, tmp_path):
+    # As for a proxied app's timeout: the request is the cancelled task's no more, and nginx's
+    # 504 takes the location's `error_page` (a page, or a named location with its own status).
+    (tmp_path / "busy.html").write_text("the site's own 504 page\n")
+    tmp_path.chmod(0o755)
+    server = nginx_factory(
+        asgi("/", APP, "wsgi_read_timeout 500ms; error_page 504 /busy.html;")
+        + asgi("/named/", APP, "wsgi_read_timeout 500ms; error_page 504 = @fallback;")
+        + f"  location = /busy.html {{ root {tmp_path}; }}\n"
+        + "  location @fallback { return 200 \"fallback\\n\"; }\n").start()
+    r = requests.get(server.url("/sleep?page"), timeout=30)
+    assert (r.status_code, r.text) == (504, "the site's own 504 page\n")
+    r = requests.get(server.url("/named/sleep?named"), timeout=30)
+    assert (r.status_code, r.text) == (200, "fallback\n")
+    wait_for(lambda: {"/sleep?page", "/sleep?named"} <= set(stats(server)["cancelled"]), what="both tasks cancelled")
+    assert "[alert]" not in server.error_log()
+
+
 def test_deadline_answers_504_and_cancels_the_awaiting_task(server):
     before = scrape(server)
     r = requests.get(server.url("/t/sleep?a"), timeout=30)

@@ -423,3 +423,37 @@ def test_the_access_log_has_a_timed_out_or_abandoned_request_when_it_ends_not_wh
     wait_for(lambda: "200 /after\n" in log.read_text(), what="the next request's entry")
     assert log.read_text().splitlines() == ["504 /timed/a", "499 /gone", "200 /after"], log.read_text()
 
+
+def test_error_page_504_answers_once_the_interrupted_thread_is_back(nginx_factory, tmp_path):
+    # As for a proxied app's timeout, the location's `error_page 504` answers (a page, or a
+    # named location's app with its own status), once the interrupted thread has given the
+    # request back (the error page's internal redirect takes it). A thread that does not come
+    # back (a call stuck in C code; here a loop that takes its TimeoutError and waits to be
+    # released) gets the module's own page instead, not a client left waiting.
+    tmp_path.chmod(0o777)
+    (tmp_path / "busy.html").write_text("the site's own 504 page\n")
+    log = tmp_path / "access.log"
+    server = nginx_factory(
+        location("/", APPS / "sleepy.py", "wsgi_read_timeout 500ms; error_page 504 /busy.html;")
+        + location("/named/", APPS / "sleepy.py", "wsgi_read_timeout 500ms; error_page 504 = @fallback;")
+        + location("/stuck/", APPS / "stubborn.py",
+                   f"wsgi_read_timeout 300ms; error_page 504 /busy.html; wsgi_param WSGI_GATE_DIR {tmp_path};")
+        + f"  location = /busy.html {{ root {tmp_path}; }}\n"
+        + location("@fallback", APPS / "sleepy.py", "wsgi_param PATH_INFO /fallback;"),
+        http_extra="log_format ended '$status $request_uri';",
+        server_extra=f"access_log {log} ended;").start()
+    r = requests.get(server.url("/spin"), timeout=30)
+    assert (r.status_code, r.text) == (504, "the site's own 504 page\n")
+    assert r.headers.get("Connection") == "close"
+    r = requests.get(server.url("/named/spin"), timeout=30)
+    assert (r.status_code, r.text) == (200, "/fallback")
+    r = requests.get(server.url("/stuck/a"), timeout=30)
+    assert r.status_code == 504 and "<center><h1>504 Gateway Time-out</h1></center>" in r.text, r.text
+    assert (tmp_path / "entered-a").exists()
+    (tmp_path / "release").touch()
+    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == 3, what="the three entries")
+    assert log.read_text().splitlines() == ["504 /spin", "200 /named/spin", "504 /stuck/a"]
+    assert requests.get(server.url("/fast"), timeout=10).text == "/fast"
+    error_log = server.error_log()
+    assert 'wsgi_read_timeout: "GET /spin HTTP/1.1" is still inside Python after 500 ms' in error_log
+    assert "[alert]" not in error_log and "[crit]" not in error_log

@@ -32,6 +32,8 @@ const USED: &[(&str, &str, Option<Guard>)] = &[
     ("ngx_http_request_t", "limit_rate_set", None),
     ("ngx_http_request_t", "disable_not_modified", None),
     ("ngx_http_request_t", "valid_unparsed_uri", None),
+    ("ngx_http_request_t", "error_page", None),
+    ("ngx_http_request_t", "uri_changes", None),
     ("ngx_http_headers_in_t", "chunked", None),
     ("ngx_connection_t", "error", None),
     ("ngx_connection_t", "close", None),

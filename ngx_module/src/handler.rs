@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nginx_sys::{
-    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_pool_cleanup_add, ngx_post_event,
-    ngx_posted_events, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add, ngx_post_event,
+    ngx_posted_events, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_GATEWAY_TIME_OUT,
+    NGX_HTTP_INTERNAL_SERVER_ERROR,
 };
 use ngx_wsgi::{run_request, Apps, Body, ChunkSink, Outcome, RequestBody, RequestWatch};
 
@@ -26,7 +27,7 @@ use crate::dispatch::{PoolSpec, QueueLimits, Refused, RunQueue};
 use crate::ffi::{guard, timer};
 use crate::job::Job;
 use crate::request_body::BodyStream;
-use crate::stream::{ClientEvents, Stream};
+use crate::stream::{ClientEvents, Stream, TimeoutAnswer};
 
 /// The content handler of every `wsgi_app` location (installed when the configuration merges).
 pub(crate) unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -96,6 +97,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         // SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
         deadline: unsafe { std::mem::zeroed() },
         timed_out: None,
+        awaits_error_page: false,
         expired: false,
         queue: None,
         holds_lost_slot: false,
@@ -426,9 +428,17 @@ unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
     })
 }
 
+/// How long a timed-out request whose location has an `error_page 504` waits for its
+/// interrupted thread to come back (a `TimeoutError` lands at Python's next instruction; a call
+/// stuck in C code may hold it much longer), before the module's own page goes out instead.
+const ERROR_PAGE_GRACE_MS: ngx_msec_t = 1000;
+
 /// `wsgi_read_timeout`: the request is still inside Python at its deadline. It gets a 504 at
 /// once; its Python stack goes to the error log and its thread is interrupted with
-/// `TimeoutError` (by the core's watchdog: the event loop never waits for the GIL).
+/// `TimeoutError` (by the core's watchdog: the event loop never waits for the GIL). Where the
+/// location has an `error_page 504`, the 504 is nginx's once the thread is back (an error
+/// page's internal redirect takes the request, which the thread still has), within
+/// [`ERROR_PAGE_GRACE_MS`]; this runs again at that bound.
 pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
     guard("the wsgi read timeout", (), || {
         // SAFETY: the event's data is its job; the request is live while the task is
@@ -436,6 +446,12 @@ pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
         unsafe {
             let job = (*ev).data as *mut Job;
             let r = (*job).request;
+            if std::mem::take(&mut (*job).awaits_error_page) {
+                // Its thread is not back: the module's page, without the error page.
+                (*job).timed_out = Some(crate::stream::send_timeout_page(r));
+                crate::access_log::write_now(r, None);
+                return;
+            }
             if (*job).stream.ended_by_server() {
                 // An event stream ended at exit: its client has its whole response.
                 return;
@@ -453,11 +469,25 @@ pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
                     (*job).holds_lost_slot = true;
                 }
             }
-            let (rc, answered) = (*job).stream.time_out(r);
+            let answer = match crate::intercept_errors::has_error_page(r, 504) {
+                true => TimeoutAnswer::AtFinalize,
+                false => TimeoutAnswer::PageNow,
+            };
+            let (rc, answered) = (*job).stream.time_out(r, answer);
             (*job).timed_out = Some(rc);
             if answered {
                 // Answered (or cut) now: logged now, as a proxied request's timeout is.
                 crate::access_log::write_now(r, None);
+            } else if rc == NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t {
+                (*job).awaits_error_page = true;
+                let log = (*(*r).connection).log;
+                timer::arm(
+                    &mut (*job).deadline,
+                    Some(on_deadline),
+                    job.cast(),
+                    log,
+                    ERROR_PAGE_GRACE_MS,
+                );
             }
             if let Some(body) = &(*job).body_stream {
                 body.fail("wsgi_read_timeout: the request timed out");

@@ -16,11 +16,12 @@ use crate::asgi_ws::AsgiWs;
 use crate::dispatch::Refused;
 use crate::ffi::{guard, timer};
 use crate::request_body::BodyStream;
-use crate::stream::Stream;
+use crate::stream::{Stream, TimeoutAnswer};
 
 /// `wsgi_read_timeout`: the app has not completed its response in time. The request is answered
-/// now, without it: a 504, or, when the response has started, a cut connection. The app's task
-/// is cancelled on the asyncio loop (or interrupted, when it keeps the loop busy), and where it
+/// now, without it: nginx's 504 (the location's `error_page 504` applies: the request is the
+/// task's no more), or, when the response has started, a cut connection. The app's task is
+/// cancelled on the asyncio loop (or interrupted, when it keeps the loop busy), and where it
 /// was goes to the error log; a request the loop had not started yet never runs.
 pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
     guard("the asgi read timeout", (), || {
@@ -38,7 +39,7 @@ pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
                 return;
             };
             stop_timed_out(event_loop, &request.watch, &request.label);
-            let (rc, _) = request.stream.time_out(r);
+            let (rc, _) = request.stream.time_out(r, TimeoutAnswer::AtFinalize);
             if let Some(body) = &request.body {
                 body.fail("wsgi_read_timeout: the request timed out");
             }
@@ -162,7 +163,7 @@ pub(super) unsafe fn ws_deadline(r: *mut ngx_http_request_t, ws: &AsgiWs) {
     crate::metrics::websocket(-1);
     // SAFETY: per the function contract.
     unsafe {
-        let (rc, _) = ws.stream.time_out(r);
+        let (rc, _) = ws.stream.time_out(r, TimeoutAnswer::AtFinalize);
         end_now(r, (&ws.stream, None, None, ws.posted_at), rc, 504);
     }
 }

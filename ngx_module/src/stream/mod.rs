@@ -22,6 +22,8 @@ mod deadline;
 mod exit;
 mod send;
 
+pub(crate) use deadline::{send_timeout_page, TimeoutAnswer};
+
 /// The request's event handlers while its response streams: they call back into the stream.
 #[derive(Clone, Copy)]
 pub(crate) struct ClientEvents {
