@@ -148,14 +148,7 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             return Err(crate::overload::refuse(r, why, limits.queue_timeout));
         }
         app_turn::begin(r, AppKind::Wsgi);
-        let log = (*(*r).connection).log;
-        timer::arm(
-            &mut (*job).deadline,
-            Some(on_deadline),
-            job.cast(),
-            log,
-            lc.limits.read_timeout,
-        );
+        arm_deadline(job, lc.limits.read_timeout);
         let gone = match &(*job).body_stream {
             // The first read of its body (above) found the connection ended.
             Some(_) => (*(*r).connection).error() != 0,
@@ -428,6 +421,19 @@ unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
     })
 }
 
+/// Arms the job's deadline to run [`on_deadline`] in `ms` (none for 0).
+///
+/// # Safety
+/// Event-loop thread; the job and its request are live, the request blocked on the job.
+unsafe fn arm_deadline(job: *mut Job, ms: ngx_msec_t) {
+    // SAFETY: per the function contract; the job (and its event) lives until the request's
+    // pool goes, after `complete` disarmed it.
+    unsafe {
+        let log = (*(*(*job).request).connection).log;
+        timer::arm(&mut (*job).deadline, Some(on_deadline), job.cast(), log, ms);
+    }
+}
+
 /// How long a timed-out request whose location has an `error_page 504` waits for its
 /// interrupted thread to come back (a `TimeoutError` lands at Python's next instruction; a call
 /// stuck in C code may hold it much longer), before the module's own page goes out instead.
@@ -480,14 +486,7 @@ pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
                 crate::access_log::write_now(r, None);
             } else if rc == NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t {
                 (*job).awaits_error_page = true;
-                let log = (*(*r).connection).log;
-                timer::arm(
-                    &mut (*job).deadline,
-                    Some(on_deadline),
-                    job.cast(),
-                    log,
-                    ERROR_PAGE_GRACE_MS,
-                );
+                arm_deadline(job, ERROR_PAGE_GRACE_MS);
             }
             if let Some(body) = &(*job).body_stream {
                 body.fail("wsgi_read_timeout: the request timed out");
