@@ -424,12 +424,11 @@ def test_the_access_log_has_a_timed_out_or_abandoned_request_when_it_ends_not_wh
     assert log.read_text().splitlines() == ["504 /timed/a", "499 /gone", "200 /after"], log.read_text()
 
 
-def test_error_page_504_answers_once_the_interrupted_thread_is_back(nginx_factory, tmp_path):
+def test_error_page_504_answers_at_the_deadline(nginx_factory, tmp_path):
     # As for a proxied app's timeout, the location's `error_page 504` answers (a page, or a
-    # named location's app with its own status), once the interrupted thread has given the
-    # request back (the error page's internal redirect takes it). A thread that does not come
-    # back (a call stuck in C code; here a loop that takes its TimeoutError and waits to be
-    # released) gets the module's own page instead, not a client left waiting.
+    # named location's app with its own status) at the deadline, also while the thread is still
+    # busy (a call stuck in C code; here a loop that takes its TimeoutError and waits to be
+    # released): the request is freed when the thread is back.
     tmp_path.chmod(0o777)
     (tmp_path / "busy.html").write_text("the site's own 504 page\n")
     log = tmp_path / "access.log"
@@ -438,22 +437,49 @@ def test_error_page_504_answers_once_the_interrupted_thread_is_back(nginx_factor
         + location("/named/", APPS / "sleepy.py", "wsgi_read_timeout 500ms; error_page 504 = @fallback;")
         + location("/stuck/", APPS / "stubborn.py",
                    f"wsgi_read_timeout 300ms; error_page 504 /busy.html; wsgi_param WSGI_GATE_DIR {tmp_path};")
+        + location("/stuck-later/", APPS / "stubborn.py",
+                   f"wsgi_read_timeout 1s; error_page 504 /busy.html; wsgi_param WSGI_GATE_DIR {tmp_path};")
         + f"  location = /busy.html {{ root {tmp_path}; }}\n"
         + location("@fallback", APPS / "sleepy.py", "wsgi_param PATH_INFO /fallback;"),
         http_extra="log_format ended '$status $request_uri';",
         server_extra=f"access_log {log} ended;").start()
+
+    def entries():
+        return log.read_text().splitlines() if log.exists() else []
     r = requests.get(server.url("/spin"), timeout=30)
     assert (r.status_code, r.text) == (504, "the site's own 504 page\n")
     assert r.headers.get("Connection") == "close"
+    wait_for(lambda: entries() == ["504 /spin"], what="its entry")
     r = requests.get(server.url("/named/spin"), timeout=30)
     assert (r.status_code, r.text) == (200, "/fallback")
+    wait_for(lambda: entries()[1:] == ["200 /named/spin"], what="its entry")
+    # The page, and its entry, while the thread is still held.
     r = requests.get(server.url("/stuck/a"), timeout=30)
-    assert r.status_code == 504 and "<center><h1>504 Gateway Time-out</h1></center>" in r.text, r.text
-    assert (tmp_path / "entered-a").exists()
-    (tmp_path / "release").touch()
-    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == 3, what="the three entries")
-    assert log.read_text().splitlines() == ["504 /spin", "200 /named/spin", "504 /stuck/a"]
+    assert (r.status_code, r.text) == (504, "the site's own 504 page\n")
+    wait_for(lambda: entries()[2:] == ["504 /stuck/a"], what="its entry")
+    assert not (tmp_path / "release").exists() and (tmp_path / "entered-a").exists()
     assert requests.get(server.url("/fast"), timeout=10).text == "/fast"
+    # A client that reads to the close has the page's end at once.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /stuck/c HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):  # socket.timeout (a failure) if the close waits for the thread
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 504") and data.endswith(b"the site's own 504 page\n"), data
+    # A client gone before its deadline: ended as its client left, when the thread is back.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /stuck-later/gone HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_for(lambda: (tmp_path / "entered-gone").exists(), what="the request inside Python")
+    wait_for(lambda: "499 /stuck-later/gone" in entries(), what="its entry")
+    wait_for(lambda: '"GET /stuck-later/gone HTTP/1.1" is still inside Python' in server.error_log(),
+             what="its deadline")
+    (tmp_path / "release").touch()
+    assert requests.get(server.url("/stuck/b"), timeout=10).text == "late"
+    wait_for(lambda: entries()[-1:] == ["200 /stuck/b"], what="the last entry")
+    assert entries() == ["504 /spin", "200 /named/spin", "504 /stuck/a", "200 /fast", "504 /stuck/c",
+                         "499 /stuck-later/gone", "200 /stuck/b"]
+    # Every connection was closed (nginx names one left open as the worker exits).
+    assert server.stop() == 0
     error_log = server.error_log()
     assert 'wsgi_read_timeout: "GET /spin HTTP/1.1" is still inside Python after 500 ms' in error_log
-    assert "[alert]" not in error_log and "[crit]" not in error_log
+    assert "[alert]" not in error_log and "[crit]" not in error_log, error_log

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nginx_sys::{
-    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add, ngx_post_event,
-    ngx_posted_events, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST, NGX_HTTP_GATEWAY_TIME_OUT,
-    NGX_HTTP_INTERNAL_SERVER_ERROR,
+    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_pool_cleanup_add, ngx_post_event,
+    ngx_posted_events, NGX_DONE, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST,
+    NGX_HTTP_GATEWAY_TIME_OUT, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_VERSION_20,
 };
 use ngx_wsgi::{run_request, Apps, Body, ChunkSink, Outcome, RequestBody, RequestWatch};
 
@@ -97,7 +97,6 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         // SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
         deadline: unsafe { std::mem::zeroed() },
         timed_out: None,
-        awaits_error_page: false,
         expired: false,
         queue: None,
         holds_lost_slot: false,
@@ -148,7 +147,14 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
             return Err(crate::overload::refuse(r, why, limits.queue_timeout));
         }
         app_turn::begin(r, AppKind::Wsgi);
-        arm_deadline(job, lc.limits.read_timeout);
+        let log = (*(*r).connection).log;
+        timer::arm(
+            &mut (*job).deadline,
+            Some(on_deadline),
+            job.cast(),
+            log,
+            lc.limits.read_timeout,
+        );
         let gone = match &(*job).body_stream {
             // The first read of its body (above) found the connection ended.
             Some(_) => (*(*r).connection).error() != 0,
@@ -261,7 +267,13 @@ pub(crate) unsafe fn complete(item: *mut c_void) {
                 count_finished(&*job, client_fault, gone);
             }
             Some(match ((*job).timed_out, client_fault) {
-                // A 504 went out at the deadline; the app's late answer is dropped.
+                // A 504 went out at the deadline; the app's late answer is dropped. NGX_DONE:
+                // the error page's, whose reference on the request is let go; the request is
+                // ended instead when its client went meanwhile (nginx's termination waited for
+                // the thread).
+                (Some(rc), _) if rc == NGX_DONE as ngx_int_t && (*c).error() != 0 => {
+                    NGX_ERROR as ngx_int_t
+                }
                 (Some(rc), _) => rc,
                 (None, Some(status)) => status,
                 (None, None) if (*job).expired => {
@@ -421,30 +433,12 @@ unsafe extern "C" fn on_body_data(r: *mut ngx_http_request_t) {
     })
 }
 
-/// Arms the job's deadline to run [`on_deadline`] in `ms` (none for 0).
-///
-/// # Safety
-/// Event-loop thread; the job and its request are live, the request blocked on the job.
-unsafe fn arm_deadline(job: *mut Job, ms: ngx_msec_t) {
-    // SAFETY: per the function contract; the job (and its event) lives until the request's
-    // pool goes, after `complete` disarmed it.
-    unsafe {
-        let log = (*(*(*job).request).connection).log;
-        timer::arm(&mut (*job).deadline, Some(on_deadline), job.cast(), log, ms);
-    }
-}
-
-/// How long a timed-out request whose location has an `error_page 504` waits for its
-/// interrupted thread to come back (a `TimeoutError` lands at Python's next instruction; a call
-/// stuck in C code may hold it much longer), before the module's own page goes out instead.
-const ERROR_PAGE_GRACE_MS: ngx_msec_t = 1000;
-
 /// `wsgi_read_timeout`: the request is still inside Python at its deadline. It gets a 504 at
 /// once; its Python stack goes to the error log and its thread is interrupted with
 /// `TimeoutError` (by the core's watchdog: the event loop never waits for the GIL). Where the
-/// location has an `error_page 504`, the 504 is nginx's once the thread is back (an error
-/// page's internal redirect takes the request, which the thread still has), within
-/// [`ERROR_PAGE_GRACE_MS`]; this runs again at that bound.
+/// location has an `error_page 504`, the 504 is nginx's, its error page served now while the
+/// thread still has the job: the job keeps a reference on the request, which `complete` lets go
+/// of instead of finalizing the request a second time.
 pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
     guard("the wsgi read timeout", (), || {
         // SAFETY: the event's data is its job; the request is live while the task is
@@ -452,12 +446,6 @@ pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
         unsafe {
             let job = (*ev).data as *mut Job;
             let r = (*job).request;
-            if std::mem::take(&mut (*job).awaits_error_page) {
-                // Its thread is not back: the module's page, without the error page.
-                (*job).timed_out = Some(crate::stream::send_timeout_page(r));
-                crate::access_log::write_now(r, None);
-                return;
-            }
             if (*job).stream.ended_by_server() {
                 // An event stream ended at exit: its client has its whole response.
                 return;
@@ -475,21 +463,36 @@ pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
                     (*job).holds_lost_slot = true;
                 }
             }
-            let answer = match crate::intercept_errors::has_error_page(r, 504) {
+            // A main request's only (a subrequest's parent waits for its end, the thread's)
+            // whose client is still there.
+            let answer = match r == (*r).main
+                && (*r).http_version <= NGX_HTTP_VERSION_20 as usize
+                && (*(*r).connection).error() == 0
+                && crate::intercept_errors::has_error_page(r, 504)
+            {
                 true => TimeoutAnswer::AtFinalize,
                 false => TimeoutAnswer::PageNow,
             };
             let (rc, answered) = (*job).stream.time_out(r, answer);
             (*job).timed_out = Some(rc);
+            if let Some(body) = &(*job).body_stream {
+                body.fail("wsgi_read_timeout: the request timed out");
+            }
             if answered {
                 // Answered (or cut) now: logged now, as a proxied request's timeout is.
                 crate::access_log::write_now(r, None);
             } else if rc == NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t {
-                (*job).awaits_error_page = true;
-                arm_deadline(job, ERROR_PAGE_GRACE_MS);
-            }
-            if let Some(body) = &(*job).body_stream {
-                body.fail("wsgi_read_timeout: the request timed out");
+                // The error page's internal redirect leaves the job (and the thread's hold,
+                // `blocked`) in place; the reference keeps the request when the page ends.
+                (*job).timed_out = Some(NGX_DONE as ngx_int_t);
+                (*r).set_count((*r).count() + 1);
+                app_turn::finalize(r, rc);
+                if (*r).header_sent() != 0 {
+                    // A page nginx served: logged now, its status known. (An app's page is
+                    // logged when the request ends.)
+                    crate::access_log::write_now(r, None);
+                    crate::stream::end_if_sent_whole(r);
+                }
             }
         }
     })

@@ -31,12 +31,9 @@ pub(crate) struct Job {
     /// `wsgi_read_timeout` of the location (0: none), and its timer.
     pub read_timeout: ngx_msec_t,
     pub deadline: ngx_event_t,
-    /// Set when the deadline passed: how the 504 that went out in its place ended, or the 504
-    /// the request is to be finalized with (nginx's, for the location's `error_page`).
+    /// Set when the deadline passed: how the 504 that went out in its place ended (`NGX_DONE`:
+    /// the location's `error_page 504` answered, and the job holds a reference on the request).
     pub timed_out: Option<ngx_int_t>,
-    /// Its 504 waits for its thread to come back, for the location's `error_page 504`; the
-    /// deadline's timer is armed again for how long it may wait.
-    pub awaits_error_page: bool,
     /// It waited longer than `wsgi_queue_timeout` for a thread and never ran.
     pub expired: bool,
     /// The queue it waits in for a thread (set before it is queued).

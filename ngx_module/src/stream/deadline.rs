@@ -83,7 +83,7 @@ impl Stream {
 ///
 /// # Safety
 /// Event-loop thread; `r` is live and has sent nothing.
-pub(crate) unsafe fn send_timeout_page(r: *mut ngx_http_request_t) -> ngx_int_t {
+unsafe fn send_timeout_page(r: *mut ngx_http_request_t) -> ngx_int_t {
     const BODY: &[u8] = b"<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n\
         <center><h1>504 Gateway Time-out</h1></center>\r\n</body>\r\n</html>\r\n";
     let mut head = ResponseHead::new(504, b"504 Gateway Time-out", 1, 21);
@@ -100,14 +100,26 @@ pub(crate) unsafe fn send_timeout_page(r: *mut ngx_http_request_t) -> ngx_int_t 
             Some(out) => ngx_http_output_filter(r, out),
             None => NGX_ERROR as ngx_int_t,
         };
-        // The request is finalized (and its connection closed) when the app's thread is back:
-        // a client that reads to the close (an HTTP/1.0 one, a script's) would wait for it,
-        // where a proxied app's timeout closes at once. Over HTTP/1, once the 504 is out whole,
-        // its end is sent now; not over TLS, where an end without TLS's own close (nginx's, at
-        // the finalization) reads as a truncated response.
+        if rc == NGX_OK as ngx_int_t {
+            end_if_sent_whole(r);
+        }
+        rc
+    }
+}
+
+/// The request's 504 went out while the app's thread still has the request, which is finalized
+/// (and its connection closed) when the thread is back: a client that reads to the close (an
+/// HTTP/1.0 one, a script's) would wait for it, where a proxied app's timeout closes at once.
+/// Over HTTP/1, once the response is out whole, its end is sent now; not over TLS, where an end
+/// without TLS's own close (nginx's, at the finalization) reads as a truncated response.
+///
+/// # Safety
+/// Event-loop thread; `r` is live.
+pub(crate) unsafe fn end_if_sent_whole(r: *mut ngx_http_request_t) {
+    // SAFETY: per the function contract; a live request has a live connection.
+    unsafe {
         let c = (*r).connection;
-        if rc == NGX_OK as ngx_int_t
-            && r == (*r).main
+        if r == (*r).main
             && (*r).http_version <= NGX_HTTP_VERSION_11 as usize
             && (*c).ssl.is_null()
             && (*r).buffered() == 0
@@ -115,6 +127,5 @@ pub(crate) unsafe fn send_timeout_page(r: *mut ngx_http_request_t) -> ngx_int_t 
         {
             libc::shutdown((*c).fd, libc::SHUT_WR);
         }
-        rc
     }
 }

@@ -22,7 +22,7 @@ mod deadline;
 mod exit;
 mod send;
 
-pub(crate) use deadline::{send_timeout_page, TimeoutAnswer};
+pub(crate) use deadline::{end_if_sent_whole, TimeoutAnswer};
 
 /// The request's event handlers while its response streams: they call back into the stream.
 #[derive(Clone, Copy)]
