@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nginx_sys::{
-    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_pool_cleanup_add, ngx_post_event,
-    ngx_posted_events, NGX_DONE, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST,
+    ngx_event_flags, ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_pool_cleanup_add,
+    ngx_post_event, ngx_posted_events, NGX_DONE, NGX_ERROR, NGX_HTTP_CLIENT_CLOSED_REQUEST,
     NGX_HTTP_GATEWAY_TIME_OUT, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_VERSION_20,
+    NGX_USE_LEVEL_EVENT,
 };
 use ngx_wsgi::{run_request, Apps, Body, ChunkSink, Outcome, RequestBody, RequestWatch};
 
@@ -464,10 +465,13 @@ pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
                 }
             }
             // A main request's only (a subrequest's parent waits for its end, the thread's)
-            // whose client is still there.
+            // whose client is still there; not with level-triggered events (poll, select),
+            // whose client events nginx's deferred termination of a blocked request leaves
+            // armed.
             let answer = match r == (*r).main
                 && (*r).http_version <= NGX_HTTP_VERSION_20 as usize
                 && (*(*r).connection).error() == 0
+                && ngx_event_flags & NGX_USE_LEVEL_EVENT as usize == 0
                 && crate::intercept_errors::has_error_page(r, 504)
             {
                 true => TimeoutAnswer::AtFinalize,
@@ -485,6 +489,7 @@ pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
                 // The error page's internal redirect leaves the job (and the thread's hold,
                 // `blocked`) in place; the reference keeps the request when the page ends.
                 (*job).timed_out = Some(NGX_DONE as ngx_int_t);
+                (*job).stream.let_go(r);
                 (*r).set_count((*r).count() + 1);
                 app_turn::finalize(r, rc);
                 if (*r).header_sent() != 0 {

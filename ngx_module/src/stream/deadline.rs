@@ -124,6 +124,7 @@ pub(crate) unsafe fn end_if_sent_whole(r: *mut ngx_http_request_t) {
             && (*c).ssl.is_null()
             && (*r).buffered() == 0
             && (*c).buffered() == 0
+            && (*r).postponed.is_null()
         {
             libc::shutdown((*c).fd, libc::SHUT_WR);
         }

@@ -293,12 +293,18 @@ impl Stream {
     /// Event-loop thread; `r` is live.
     pub(crate) unsafe fn finish(&self, r: *mut ngx_http_request_t) -> StreamEnd {
         let mut st = self.lock();
-        st.request = LoopRequest::none();
-        // SAFETY: per the function contract.
-        let st = unsafe {
-            let st = self.send_pending(st, r);
-            (*r).read_event_handler = Some(nginx_sys::ngx_http_block_reading);
-            st
+        let held = !std::mem::replace(&mut st.request, LoopRequest::none())
+            .0
+            .is_null();
+        let st = match held {
+            // SAFETY: per the function contract.
+            true => unsafe {
+                let st = self.send_pending(st, r);
+                (*r).read_event_handler = Some(nginx_sys::ngx_http_block_reading);
+                st
+            },
+            // Let go of before (`let_go`): the request's handlers are another's now.
+            false => st,
         };
         StreamEnd {
             head_sent: st.head_sent,
@@ -307,6 +313,18 @@ impl Stream {
             ended_by_server: st.ended_by_server,
             ended: st.ended,
         }
+    }
+
+    /// The request goes on without this stream while the app still runs (nginx's `error_page`
+    /// answers its timeout): the stream lets go of the request and of its read handler, and
+    /// [`Stream::finish`] touches neither again.
+    ///
+    /// # Safety
+    /// Event-loop thread; `r` is live.
+    pub(crate) unsafe fn let_go(&self, r: *mut ngx_http_request_t) {
+        self.lock().request = LoopRequest::none();
+        // SAFETY: per the function contract.
+        unsafe { (*r).read_event_handler = Some(nginx_sys::ngx_http_block_reading) };
     }
 
     /// The app's thread is done with the request.
