@@ -478,17 +478,21 @@ pub(crate) unsafe extern "C" fn on_deadline(ev: *mut ngx_event_t) {
                 false => TimeoutAnswer::PageNow,
             };
             let (rc, answered) = (*job).stream.time_out(r, answer);
-            (*job).timed_out = Some(rc);
+            let to_error_page = !answered && rc == NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t;
+            (*job).timed_out = Some(if to_error_page {
+                NGX_DONE as ngx_int_t
+            } else {
+                rc
+            });
             if let Some(body) = &(*job).body_stream {
                 body.fail("wsgi_read_timeout: the request timed out");
             }
             if answered {
                 // Answered (or cut) now: logged now, as a proxied request's timeout is.
                 crate::access_log::write_now(r, None);
-            } else if rc == NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t {
+            } else if to_error_page {
                 // The error page's internal redirect leaves the job (and the thread's hold,
                 // `blocked`) in place; the reference keeps the request when the page ends.
-                (*job).timed_out = Some(NGX_DONE as ngx_int_t);
                 (*job).stream.let_go(r);
                 (*r).set_count((*r).count() + 1);
                 app_turn::finalize(r, rc);

@@ -10,7 +10,7 @@ use ngx_wsgi::ResponseHead;
 use super::Stream;
 
 /// How a timed-out request whose response has not started is answered.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub(crate) enum TimeoutAnswer {
     /// The module's 504 page, sent now.
     PageNow,
@@ -79,7 +79,7 @@ impl Stream {
 }
 
 /// Sends the module's 504 page for a request whose deadline passed (its output stopped, nothing
-/// of its response sent), returning how to finalize it.
+/// of its response sent, its connection kept alive no more), returning how to finalize it.
 ///
 /// # Safety
 /// Event-loop thread; `r` is live and has sent nothing.
@@ -91,7 +91,6 @@ unsafe fn send_timeout_page(r: *mut ngx_http_request_t) -> ngx_int_t {
     head.content_length = Some(BODY.len() as u64);
     // SAFETY: per the function contract; the body is static.
     unsafe {
-        (*r).set_keepalive(0);
         let rc = crate::response::send_head(r, &head, head.content_length);
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
             return rc;
