@@ -713,6 +713,26 @@ def test_open_sockets_get_1001_at_quit_and_reload(nginx_factory, how):
     wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="a clean exit")
 
 
+def test_a_reload_closes_open_sockets_as_its_drain_begins(nginx_factory):
+    # The drain serves the next request of each idle keep-alive connection for up to 2 s; a
+    # WebSocket told to go only at nginx's exit, after it, stayed that long on the old code
+    # (a browser keeps idle connections: every reload). It is told with the HTTP/2 GOAWAYs.
+    server = nginx_factory(asgi("/", APP) + 'location = /kept { return 200 "kept\\n"; }\n').start()
+    kept = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    kept.sendall(b"GET /kept HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert read_until(kept, b"kept\n").endswith(b"kept\n")
+    s, payload = told_to_go(server, "/hold?drain", signal.SIGHUP)
+    # The idle connection is still open, and served (it waits for its next request).
+    kept.sendall(b"GET /kept HTTP/1.1\r\nHost: t\r\n\r\n")
+    answer = read_until(kept, b"kept\n")
+    assert answer.startswith(b"HTTP/1.1 200") and b"Connection: close" in answer, answer
+    assert "told to quit by a reload: this worker stops accepting" in server.error_log()
+    s.sendall(frame(0x8, payload[:2]))
+    assert s.recv(10) == b""
+    s.close()
+    kept.close()
+
+
 def test_the_close_code_at_a_reload_can_be_1012_service_restart(nginx_factory):
     # Python's websockets takes 1001 for a clean close (ConnectionClosedOK): a client that
     # reconnects only after an error (Prefect's task workers) stopped at every reload. uvicorn

@@ -26,6 +26,10 @@ pub(crate) const DRAIN_MS: ngx_msec_t = 2000;
 const DRAIN_CHECK_MS: ngx_msec_t = 25;
 
 static DRAINING: AtomicBool = AtomicBool::new(false);
+/// Run when the drain sends the worker's clients elsewhere: what tells a long-lived
+/// connection's client to come back on a new one (a WebSocket's close frame), as the GOAWAY
+/// tells an HTTP/2 client, instead of at nginx's exit, after the drain.
+static SENDING_CLIENTS_ELSEWHERE: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
 static DRAIN_STARTED: AtomicUsize = AtomicUsize::new(0);
 static DRAIN_TIMER: WorkerTimer = WorkerTimer::new();
 
@@ -54,12 +58,12 @@ pub(crate) unsafe fn begin(accepting: Accepting) {
         match accepting {
             Accepting::Stop => {
                 stop_accepting();
-                send_http2_goaways();
+                send_clients_elsewhere();
             }
             Accepting::LeaveToOthers
                 if crate::shared_sockets::leave(crate::shared_sockets::Why::Exit) =>
             {
-                send_http2_goaways()
+                send_clients_elsewhere()
             }
             // The one that accepts: its shared sockets, left while it was busy, come back (not
             // those a reload's new worker that could not load its apps leaves to the old ones
@@ -114,6 +118,34 @@ unsafe fn stop_accepting() {
             }
         }
         nginx_sys::ngx_close_listening_sockets(cycle);
+    }
+}
+
+/// Adds what [`send_clients_elsewhere`] runs (once, however often it is added).
+pub(crate) fn when_sending_clients_elsewhere(f: fn()) {
+    let mut all = SENDING_CLIENTS_ELSEWHERE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if !all.iter().any(|g| std::ptr::fn_addr_eq(*g, f)) {
+        all.push(f);
+    }
+}
+
+/// The worker no longer takes new connections, others do: the clients of its long-lived
+/// connections are told to open new ones now, which reach those others (while the drain serves
+/// the next request of each HTTP/1 keep-alive connection, which has no such signal).
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn send_clients_elsewhere() {
+    // SAFETY: per the function contract.
+    unsafe { send_http2_goaways() };
+    let hooks = SENDING_CLIENTS_ELSEWHERE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for f in hooks {
+        f();
     }
 }
 

@@ -4,8 +4,9 @@
 //! bytes are moved with `c->recv`/`c->send` on the event loop and framed by the core's
 //! [`WsCodec`], as `ngx_http_upstream_upgrade` does for proxied WebSockets. Both directions are
 //! bounded by `wsgi_stream_buffer`: past it the app's `send` awaits, and nginx stops reading
-//! the client until the app has taken its messages. At worker exit every open WebSocket is sent
-//! a close frame with code 1001 (or 1012: `asgi_websocket_exit_code`). Open sockets are pinged
+//! the client until the app has taken its messages. At worker exit, or as soon as a reload's
+//! drain stops its accepting, every open WebSocket is sent a close frame with code 1001 (or
+//! 1012: `asgi_websocket_exit_code`). Open sockets are pinged
 //! every `asgi_websocket_ping_interval` and closed with 1001 after
 //! `asgi_websocket_idle_timeout` without a byte from the client
 //! (pongs count), on nginx timers. Until the app accepts or denies it, `wsgi_read_timeout`
@@ -151,8 +152,11 @@ impl AsgiWs {
         hooks: WsHooks,
         label: String,
     ) -> Arc<AsgiWs> {
-        // At each check while the worker exits: one accepted after the first is told too.
+        // At each check while the worker exits: one accepted after the first is told too. And
+        // as soon as a drain sends the worker's clients to other workers: a reload's drain
+        // (up to 2 s) would otherwise keep them on the old code that long.
         crate::inflight::while_exiting(close_all_for_exit);
+        crate::exit_drain::when_sending_clients_elsewhere(close_all_for_exit);
         Arc::new_cyclic(|me| AsgiWs {
             stream,
             posted_at: Instant::now(),
@@ -212,7 +216,7 @@ impl AsgiWs {
         (self.wake)();
     }
 
-    /// Tells an open connection to close with its exit code (worker exit).
+    /// Tells an open connection to close with its exit code (worker exit or drain).
     fn going_away(&self) {
         let mut st = self.lock();
         if st.phase == Phase::Open
@@ -236,7 +240,8 @@ impl AsgiWs {
     }
 }
 
-/// Worker exit: every open WebSocket gets a close frame with its exit code.
+/// Worker exit, or a drain that sends the worker's clients elsewhere: every open WebSocket gets
+/// a close frame with its exit code.
 fn close_all_for_exit() {
     let open: Vec<Arc<AsgiWs>> = OPEN
         .lock()
