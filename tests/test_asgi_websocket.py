@@ -625,6 +625,48 @@ def test_a_send_after_the_clients_close_frame_raises(server, tcp):
     raw.sock.close()
 
 
+def test_subscriptions_the_client_closes_are_cancelled_before_a_send_raises(server):
+    # Strawberry's GraphQL subscriptions: a send in the instant between the client's close
+    # frame and the listening task's wake-up raised ClientDisconnected in the subscription's
+    # task, which Strawberry logged as an error (a third of them; none under uvicorn). Those
+    # sends now wait until the listening task is told (as uvicorn's wait for the connection's
+    # end), which cancels the subscriptions first. An app that does not cancel them has their
+    # sends raise once it is told.
+    keys = [f"subs{n}" for n in range(12)]
+    for key in keys:
+        with connect(f"{server.ws}/ws/subscriptions?{key}") as ws:
+            for _ in range(10):
+                ws.recv(timeout=10)
+    wait_for(lambda: all(stats(server)["subscriptions"].get(k, {}).get("done") for k in keys),
+             what="the subscriptions' ends")
+    outcomes = [stats(server)["subscriptions"][k] for k in keys]
+    assert all(o["cancelled"] == 3 and o["raised"] == [] for o in outcomes), outcomes
+    with connect(f"{server.ws}/ws/subscriptions?deaf1&deaf") as ws:
+        ws.recv(timeout=10)
+    wait_for(lambda: stats(server)["subscriptions"].get("deaf1", {}).get("done"), what="the deaf app's end")
+    assert stats(server)["subscriptions"]["deaf1"] == {"cancelled": 0, "done": True,
+                                                      "raised": ["ClientDisconnected"] * 3}
+    # The race made certain: the sender runs at every turn of the loop (its client reads
+    # everything, so that nothing pauses).
+    import threading
+    raw = raw_socket(server, "/ws/busy-sender?busy")
+    threading.Thread(target=lambda: drain_socket(raw.sock), daemon=True).start()
+    wait_for(lambda: stats(server)["subscriptions"].get("busy", {}).get("sent", 0) > 100, what="the sends")
+    raw.sendall(frame(8, struct.pack("!H", 1000)))
+    wait_for(lambda: stats(server)["subscriptions"]["busy"].get("done"), what="the app's end")
+    outcome = stats(server)["subscriptions"]["busy"]
+    assert (outcome["cancelled"], outcome["raised"]) == (1, []), outcome
+    raw.close()
+
+
+def drain_socket(sock):
+    try:
+        while sock.recv(1 << 20):
+            pass
+    except OSError:
+        pass
+
+
 def test_an_accept_after_the_client_went_raises(nginx_factory):
     # As any send on a closed connection (ASGI 2.4; uvicorn raises there too): the app learns
     # at once that there is no one to talk to.

@@ -180,7 +180,7 @@ pub struct HttpExchange {
 }
 
 /// The running task's address (0 outside one): compared, never dereferenced.
-fn current_task(py: Python<'_>) -> usize {
+pub(crate) fn current_task(py: Python<'_>) -> usize {
     py.import(pyo3::intern!(py, "asyncio"))
         .and_then(|a| a.call_method0(pyo3::intern!(py, "current_task")))
         .map_or(0, |t| if t.is_none() { 0 } else { t.as_ptr() as usize })

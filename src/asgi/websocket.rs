@@ -106,6 +106,17 @@ pub struct WsExchange {
     finished: bool,
     /// `ended` ran: an abandoned task's coroutine, closed when it is collected, ends nothing.
     ended: bool,
+    /// A `receive()` waits: the app listens for the client's close in a task beside those that
+    /// send (Strawberry's and Ariadne's GraphQL subscriptions, Channels' groups). Once the
+    /// client has closed, the other tasks' sends wait until the listening task is told, then
+    /// raise, as uvicorn's wait for the connection's end: the listening task cancels the
+    /// senders first. Raised at once, a subscription's send in the instant between the
+    /// client's close frame and the listening task's wake-up failed with `ClientDisconnected`,
+    /// which its framework logged as an error (Strawberry: "Exception in worker task", a third
+    /// of the subscriptions its clients closed; none under uvicorn).
+    listening: bool,
+    /// The task that was told `websocket.disconnect` (its address; 0: none yet).
+    told: usize,
     http: Py<HttpExchange>,
     scope: Arc<HttpScope>,
 }
@@ -141,8 +152,129 @@ impl WsExchange {
             disconnected: None,
             finished: false,
             ended: false,
+            listening: false,
+            told: 0,
             http,
             scope: req.scope,
+        })
+    }
+
+    /// [`WsExchange::receive_now`]'s message: what the app is told next, if anything.
+    fn next_message<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        if !self.connect_delivered {
+            self.connect_delivered = true;
+            let msg = PyDict::new(py);
+            msg.set_item("type", "websocket.connect")?;
+            return Ok(Some(msg));
+        }
+        if let Some((code, reason)) = &self.disconnected {
+            return Self::disconnect(py, *code, reason).map(Some);
+        }
+        if self.finished && matches!(self.state, State::Connecting | State::Denying) {
+            // The handshake was answered with a denial: the connection is over for the app
+            // too (Channels' consumers, among others, wait for this to end).
+            self.disconnected = Some((1006, String::new()));
+            return Self::disconnect(py, 1006, "").map(Some);
+        }
+        if matches!(self.state, State::Open | State::Closing) {
+            if let Some(incoming) = self.server.next() {
+                if let WsIncoming::Closed { code, reason } = &incoming {
+                    self.disconnected = Some((*code, reason.clone()));
+                }
+                return receive_message(py, incoming).map(Some);
+            }
+        }
+        if self.server.client_gone() {
+            self.disconnected = Some((1006, String::new()));
+            return Self::disconnect(py, 1006, "").map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Takes one `send()` message: true; false when the app must await a wake-up and send it
+    /// again.
+    fn take(&mut self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<bool> {
+        crate::server_log::routed(self.scope.log_route, || {
+            crate::forked::exit_if_forked_child(py, "asgi", Back::UsedTheRequest);
+            let kind = super::http::message_type(message)?;
+            match (kind.as_str(), self.state) {
+                ("websocket.accept", State::Connecting) => {
+                    if self.disconnected.is_some() || self.server.client_gone() {
+                        // A send on a closed connection, as any other.
+                        self.disconnected = Some((1006, String::new()));
+                        return Err(ClientDisconnected::new_err(
+                            "the client closed the connection before websocket.accept",
+                        ));
+                    }
+                    self.accept(message).map(|()| true)
+                }
+                ("websocket.close", State::Connecting) => {
+                    // Closed before the accept: the handshake is answered 403.
+                    self.deny(py, forbidden(py)?.as_any(), "http.response.start")?;
+                    let body = PyDict::new(py);
+                    self.deny(py, &body, "http.response.body")?;
+                    self.finished = true;
+                    // A receive() the app awaits meanwhile gets the disconnect.
+                    self.waker.wake();
+                    Ok(true)
+                }
+                ("websocket.http.response.start", State::Connecting) => {
+                    self.deny(py, message, "http.response.start")
+                }
+                ("websocket.http.response.body", State::Denying) => {
+                    let done = self.deny(py, message, "http.response.body")?;
+                    let last = !message
+                        .get_item("more_body")
+                        .ok()
+                        .is_some_and(|m| m.is_truthy().unwrap_or(false));
+                    if done && last {
+                        self.finished = true;
+                        self.waker.wake();
+                    }
+                    Ok(done)
+                }
+                ("websocket.send", State::Open) | ("websocket.close", State::Open) => {
+                    let outgoing = app_message(&kind, message)?;
+                    let closing = matches!(outgoing, WsOutgoing::Close { .. });
+                    let sent = match self.disconnected {
+                        Some(_) => false,
+                        None => match self.server.room() {
+                            Ok(false) => return Ok(false),
+                            Ok(true) => self.server.send(outgoing).is_ok(),
+                            Err(_) => false,
+                        },
+                    };
+                    // Once the client has closed, a message would be lost: its send says so. A close
+                    // is what is under way already, and taken (as uvicorn takes it): an app's
+                    // clean-up close that meets the client's own is no error.
+                    if !sent && !closing {
+                        if self.listening && super::http::current_task(py) != self.told {
+                            // Awaits the listening task's news (see `listening`).
+                            return Ok(false);
+                        }
+                        return Err(ClientDisconnected::new_err(
+                            "the client closed the connection",
+                        ));
+                    }
+                    if closing {
+                        self.state = State::Closing;
+                    }
+                    Ok(true)
+                }
+                ("websocket.send", State::Closing) | ("websocket.close", State::Closing) => {
+                    Err(ClientDisconnected::new_err(
+                        "the connection is closing (websocket.close was sent)",
+                    ))
+                }
+                (kind, state) => Err(PyRuntimeError::new_err(format!(
+                    "unexpected ASGI message {kind:?} {}",
+                    match state {
+                        State::Connecting => "before websocket.accept",
+                        State::Denying => "while a denial response is under way",
+                        _ => "on an open WebSocket",
+                    }
+                ))),
+            }
         })
     }
 
@@ -313,128 +445,37 @@ pub fn app_message(kind: &str, message: &Bound<'_, PyAny>) -> PyResult<WsOutgoin
 impl WsExchange {
     fn receive_now<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         crate::forked::exit_if_forked_child(py, "asgi", Back::UsedTheRequest);
-        if !self.connect_delivered {
-            self.connect_delivered = true;
-            let msg = PyDict::new(py);
-            msg.set_item("type", "websocket.connect")?;
-            return Ok(Some(msg));
-        }
-        if let Some((code, reason)) = &self.disconnected {
-            return Self::disconnect(py, *code, reason).map(Some);
-        }
-        if self.finished && matches!(self.state, State::Connecting | State::Denying) {
-            // The handshake was answered with a denial: the connection is over for the app
-            // too (Channels' consumers, among others, wait for this to end).
-            self.disconnected = Some((1006, String::new()));
-            return Self::disconnect(py, 1006, "").map(Some);
-        }
-        if matches!(self.state, State::Open | State::Closing) {
-            if let Some(incoming) = self.server.next() {
-                if let WsIncoming::Closed { code, reason } = &incoming {
-                    self.disconnected = Some((*code, reason.clone()));
-                }
-                return receive_message(py, incoming).map(Some);
+        let message = self.next_message(py)?;
+        if message.is_some() {
+            self.listening = false;
+            if self.disconnected.is_some() && self.told == 0 {
+                self.told = super::http::current_task(py);
+                // The sends that wait for this news raise now, unless this task cancels them
+                // first.
+                self.waker.wake_parked();
             }
         }
-        if self.server.client_gone() {
-            self.disconnected = Some((1006, String::new()));
-            return Self::disconnect(py, 1006, "").map(Some);
-        }
-        Ok(None)
+        Ok(message)
     }
 
+    /// A parked `receive()` was cancelled: nothing listens any more, and no send waits for it.
+    fn stop_listening(&mut self) {
+        self.listening = false;
+        self.waker.wake_parked();
+    }
     fn send_now(&mut self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<bool> {
-        crate::server_log::routed(self.scope.log_route, || {
-            crate::forked::exit_if_forked_child(py, "asgi", Back::UsedTheRequest);
-            let kind = super::http::message_type(message)?;
-            match (kind.as_str(), self.state) {
-                ("websocket.accept", State::Connecting) => {
-                    if self.disconnected.is_some() || self.server.client_gone() {
-                        // A send on a closed connection, as any other.
-                        self.disconnected = Some((1006, String::new()));
-                        return Err(ClientDisconnected::new_err(
-                            "the client closed the connection before websocket.accept",
-                        ));
-                    }
-                    self.accept(message).map(|()| true)
-                }
-                ("websocket.close", State::Connecting) => {
-                    // Closed before the accept: the handshake is answered 403.
-                    self.deny(py, forbidden(py)?.as_any(), "http.response.start")?;
-                    let body = PyDict::new(py);
-                    self.deny(py, &body, "http.response.body")?;
-                    self.finished = true;
-                    // A receive() the app awaits meanwhile gets the disconnect.
-                    self.waker.wake();
-                    Ok(true)
-                }
-                ("websocket.http.response.start", State::Connecting) => {
-                    self.deny(py, message, "http.response.start")
-                }
-                ("websocket.http.response.body", State::Denying) => {
-                    let done = self.deny(py, message, "http.response.body")?;
-                    let last = !message
-                        .get_item("more_body")
-                        .ok()
-                        .is_some_and(|m| m.is_truthy().unwrap_or(false));
-                    if done && last {
-                        self.finished = true;
-                        self.waker.wake();
-                    }
-                    Ok(done)
-                }
-                ("websocket.send", State::Open) | ("websocket.close", State::Open) => {
-                    let outgoing = app_message(&kind, message)?;
-                    let closing = matches!(outgoing, WsOutgoing::Close { .. });
-                    let sent = match self.disconnected {
-                        Some(_) => false,
-                        None => match self.server.room() {
-                            Ok(false) => return Ok(false),
-                            Ok(true) => self.server.send(outgoing).is_ok(),
-                            Err(_) => false,
-                        },
-                    };
-                    // Once the client has closed, a message would be lost: its send says so. A close
-                    // is what is under way already, and taken (as uvicorn takes it): an app's
-                    // clean-up close that meets the client's own is no error.
-                    if !sent && !closing {
-                        return Err(ClientDisconnected::new_err(
-                            "the client closed the connection",
-                        ));
-                    }
-                    if closing {
-                        self.state = State::Closing;
-                    }
-                    Ok(true)
-                }
-                ("websocket.send", State::Closing) | ("websocket.close", State::Closing) => {
-                    Err(ClientDisconnected::new_err(
-                        "the connection is closing (websocket.close was sent)",
-                    ))
-                }
-                (kind, state) => Err(PyRuntimeError::new_err(format!(
-                    "unexpected ASGI message {kind:?} {}",
-                    match state {
-                        State::Connecting => "before websocket.accept",
-                        State::Denying => "while a denial response is under way",
-                        _ => "on an open WebSocket",
-                    }
-                ))),
-            }
-        })
+        self.take(py, message)
     }
 
     fn park(&self, future: Py<PyAny>) {
         self.waker.park(future);
     }
 
-    /// A `receive()` waits (the driver tells it apart for HTTP's quiet sends; the same here).
-    fn park_receive(&self, future: Py<PyAny>) {
+    /// A `receive()` waits (see [`WsExchange::listening`]).
+    fn park_receive(&mut self, future: Py<PyAny>) {
+        self.listening = true;
         self.waker.park(future);
     }
-
-    /// A parked `receive()` was cancelled (HTTP's quiet sends; nothing here).
-    fn stop_listening(&self) {}
 
     #[pyo3(signature = (error = None))]
     fn ended(&mut self, py: Python<'_>, error: Option<Bound<'_, PyAny>>) {
