@@ -58,9 +58,6 @@ fn listed() -> MutexGuard<'static, Option<HashMap<usize, Listed>>> {
 /// out as its app's status). `key` is the listed object's address.
 pub(crate) fn list(key: usize, kind: &'static str, stream: Weak<dyn EndsAtExit>) {
     crate::inflight::while_exiting(end_all_for_exit);
-    // A grace of 0 ends them as a reload's drain sends the clients to the new workers, as it
-    // does with WebSockets, not 2 s later at nginx's exit.
-    crate::exit_drain::when_sending_clients_elsewhere(end_all_for_exit);
     listed()
         .get_or_insert_with(HashMap::new)
         .insert(key, Listed { kind, stream });
@@ -75,9 +72,9 @@ pub(crate) fn unlist(key: usize) {
 
 /// Worker exit (on the event loop, at each of the exiting worker's checks: a stream may start
 /// after the first; and at the start of a drain that sends the clients elsewhere, before the
-/// exit, where only a grace of 0 has passed): once the grace has passed, every event stream
-/// under way ends as if its app had ended it.
-fn end_all_for_exit() {
+/// exit, where only a grace of 0 has passed: `exit_drain.rs`): once the grace has passed, every
+/// event stream under way ends as if its app had ended it.
+pub(crate) fn end_all_for_exit() {
     // SAFETY: the exit's checks run on the event loop; the cycle lives as long as the worker.
     let (grace, waited) = unsafe {
         let bound = crate::inflight::exit_bound();

@@ -140,6 +140,9 @@ pub(crate) fn when_sending_clients_elsewhere(f: fn()) {
 unsafe fn send_clients_elsewhere() {
     // SAFETY: per the function contract.
     unsafe { send_http2_goaways() };
+    // With no grace, event streams end now, and their clients reconnect to the new workers, not
+    // 2 s later at nginx's exit.
+    crate::event_streams::end_all_for_exit();
     let hooks = SENDING_CLIENTS_ELSEWHERE
         .lock()
         .unwrap_or_else(|e| e.into_inner())
