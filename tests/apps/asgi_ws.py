@@ -175,56 +175,33 @@ async def app(scope, receive, send):
     elif path == "/subscriptions":
         # A GraphQL server's subscriptions (Strawberry, Ariadne): a task per subscription sends
         # every 2 ms, the connection's task listens, and at the client's close it cancels them
-        # (?KEY), or, with ?KEY&deaf, lets them run on until their sends raise.
+        # (?KEY), or, with ?KEY&deaf, lets them run on until their sends raise. ?KEY&busy: one
+        # task that sends at every turn of the loop, so that it surely runs between the client's
+        # close frame and the listening task's wake-up (the race made certain).
         key, _, mode = key.partition("&")
         await send({"type": "websocket.accept"})
-        outcome = STATS["subscriptions"][key] = {"cancelled": 0, "raised": []}
+        outcome = STATS["subscriptions"][key] = {"cancelled": 0, "raised": [], "sent": 0}
+        pause = 0 if mode == "busy" else 0.002
 
         async def subscription(n):
             try:
                 while True:
                     await send({"type": "websocket.send", "text": str(n)})
-                    await asyncio.sleep(0.002)
+                    outcome["sent"] += 1
+                    await asyncio.sleep(pause)
             except asyncio.CancelledError:
                 outcome["cancelled"] += 1
                 raise
             except OSError as e:
                 outcome["raised"].append(type(e).__name__)
 
-        tasks = [asyncio.ensure_future(subscription(n)) for n in range(3)]
+        tasks = [asyncio.ensure_future(subscription(n)) for n in range(1 if mode == "busy" else 3)]
         while (await receive())["type"] != "websocket.disconnect":
             pass
         if mode != "deaf":
             for task in tasks:
                 task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        outcome["done"] = True
-    elif path == "/busy-sender":
-        # The race of a subscription's send with the client's close, made certain: a task
-        # sends at every turn of the loop, so that it runs between the client's close frame
-        # and the listening task's wake-up. Its send must not raise before the listener is
-        # told, which cancels it.
-        await send({"type": "websocket.accept"})
-        outcome = STATS["subscriptions"][key] = {"cancelled": 0, "raised": [], "sent": 0}
-
-        async def sender():
-            try:
-                while True:
-                    await send({"type": "websocket.send", "text": "busy"})
-                    outcome["sent"] += 1
-                    await asyncio.sleep(0)
-            except asyncio.CancelledError:
-                outcome["cancelled"] += 1
-                raise
-            except OSError as e:
-                outcome["raised"].append(type(e).__name__)
-
-        task = asyncio.ensure_future(sender())
-        message = await receive()
-        while message["type"] != "websocket.disconnect":
-            message = await receive()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         outcome["done"] = True
     elif path == "/gone-before-accept":
         # The client goes before the app decides: receive() says so, and the app returns.
