@@ -33,12 +33,14 @@ SERVER_ENV = {k: v for k, v in os.environ.items() if k in ("PYTHONMALLOC", "ASAN
 if os.environ.get("NGX_WSGI_APACHE_PRELOAD"):
     SERVER_ENV["LD_PRELOAD"] = os.environ["NGX_WSGI_APACHE_PRELOAD"]
 
-# The files that take longest (seconds of one run, 2026-12-07: 256, 143, 122, 138), handed out
-# first: pytest-xdist's loadfile hands whole files out in the order of the collection, which it
-# first sorts by each file's number of tests, and the longest files held few tests (the FastAPI
-# replay's 143 s are one test): collected last, they ended the run alone (a schedule of the
-# measured durations: 466 s in xdist's order, 373 s with these first and the rest as collected).
-LONGEST_FILES = ["test_lifecycle.py", "test_fastapi_replay.py", "test_timeout.py", "test_asgi.py"]
+# The files that take longest (seconds of one run, 2026-12-07: 143, 143, 113, 122, 138), handed
+# out first: pytest-xdist's loadfile hands whole files out in the order of the collection, which
+# it first sorts by each file's number of tests, and the longest files held few tests (the
+# FastAPI replay's 143 s are one test): collected last, they ended the run alone (a schedule of
+# the measured durations: 466 s in xdist's order, 365 s with these first and the rest as
+# collected).
+LONGEST_FILES = ["test_lifecycle.py", "test_fastapi_replay.py", "test_worker_exit.py", "test_timeout.py",
+                 "test_asgi.py"]
 
 
 def pytest_configure(config):
@@ -51,6 +53,30 @@ def pytest_collection_modifyitems(session, config, items):
         name = item.path.name
         return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
     items.sort(key=rank)  # stable: each file's tests, and the other files, keep their order
+
+
+def marks(directory, kind):
+    return sorted(int(name.split("-")[1]) for name in os.listdir(directory) if name.startswith(kind + "-"))
+
+
+METRICS = "  location = /metrics { wsgi_status; }\n"
+
+
+def wait_inside_python(server, count=1):
+    """Until `count` requests are inside the app: a signal sent earlier could find one still in
+    the listen queue, which a quitting nginx closes."""
+    wait_for(lambda: re.search(rf"^wsgi_requests_in_flight {count}$",
+                               requests.get(server.url("/metrics"), timeout=10).text, re.M),
+             what=f"{count} request(s) inside Python")
+
+
+def slow_request(server, results):
+    """GET /slow (sleepy.py takes its time): its status and text, or the error, in `results`."""
+    try:
+        r = requests.get(server.url("/slow"), timeout=30)
+        results.append((r.status_code, r.text))
+    except requests.RequestException as e:
+        results.append(("error", str(e)))
 
 
 # App specs that cannot be loaded, and what the configuration check says about each.
