@@ -1250,7 +1250,7 @@ def test_a_stuck_wsgi_request_at_the_exit_bound_does_not_cost_the_asgi_apps_thei
     # A WSGI thread cannot be stopped: past worker_shutdown_timeout the worker ends without
     # finalizing Python. The ASGI apps' lifespan shutdown and the atexit handlers were skipped
     # with it; they run first now, each for a second at most.
-    from test_lifecycle import METRICS, wait_inside_python
+    from conftest import METRICS, wait_inside_python
     server = nginx_factory(asgi("/", APP) + location("/w/", APPS / "sleepy.py") + METRICS,
                            main_extra=f"worker_shutdown_timeout 1s; env NGX_WSGI_TEST_MARKS={tmp_path};").start()
     worker = server.worker_pids()[0]

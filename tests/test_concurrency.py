@@ -207,7 +207,7 @@ def test_a_page_with_hundreds_of_app_includes_outlives_its_gone_client(nginx_fac
     # its app runs: 256 SSI includes at once wrapped the count to 0, and when the client left,
     # nginx's termination freed the page's pool (every include's with it) under the apps'
     # threads and tasks.
-    from test_lifecycle import METRICS
+    from conftest import METRICS
     target = "/app/sleep?0.3" if kind == "wsgi" else "/app/answer?2"
     (tmp_path / "page.html").write_text(f'<!--# include virtual="{target}" -->' * 256)
     app = (location("/app/", APPS / "sleepy.py") if kind == "wsgi"

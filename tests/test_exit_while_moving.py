@@ -6,8 +6,7 @@ import threading
 
 import requests
 
-from conftest import APPS, location, wait_for
-from test_lifecycle import METRICS, wait_inside_python
+from conftest import APPS, METRICS, location, wait_for, wait_inside_python
 
 
 def test_past_the_default_exit_bound_a_worker_waits_while_its_requests_move_bytes(nginx_factory):
