@@ -123,12 +123,7 @@ unsafe fn stop_accepting() {
 
 /// Adds what [`send_clients_elsewhere`] runs (once, however often it is added).
 pub(crate) fn when_sending_clients_elsewhere(f: fn()) {
-    let mut all = SENDING_CLIENTS_ELSEWHERE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if !all.iter().any(|g| std::ptr::fn_addr_eq(*g, f)) {
-        all.push(f);
-    }
+    crate::inflight::add_hook(&SENDING_CLIENTS_ELSEWHERE, f);
 }
 
 /// The worker no longer takes new connections, others do: the clients of its long-lived
@@ -143,13 +138,7 @@ unsafe fn send_clients_elsewhere() {
     // With no grace, event streams end now, and their clients reconnect to the new workers, not
     // 2 s later at nginx's exit.
     crate::event_streams::end_all_for_exit();
-    let hooks = SENDING_CLIENTS_ELSEWHERE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    for f in hooks {
-        f();
-    }
+    crate::inflight::run_hooks(&SENDING_CLIENTS_ELSEWHERE);
 }
 
 /// Tells each HTTP/2 client to take its next requests elsewhere, as nginx's exit would once the

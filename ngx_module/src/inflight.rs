@@ -97,14 +97,16 @@ pub(crate) fn while_exiting(f: fn()) {
     add_hook(&WHILE_EXITING, f);
 }
 
-fn add_hook(hooks: &std::sync::Mutex<Vec<fn()>>, f: fn()) {
+/// Adds `f` to `hooks` (once, however often it is added).
+pub(crate) fn add_hook(hooks: &std::sync::Mutex<Vec<fn()>>, f: fn()) {
     let mut all = hooks.lock().unwrap_or_else(|e| e.into_inner());
     if !all.iter().any(|g| std::ptr::fn_addr_eq(*g, f)) {
         all.push(f);
     }
 }
 
-fn run_hooks(hooks: &std::sync::Mutex<Vec<fn()>>) {
+/// Runs each of `hooks`, the lock released.
+pub(crate) fn run_hooks(hooks: &std::sync::Mutex<Vec<fn()>>) {
     let all = hooks.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for f in all {
         f();
