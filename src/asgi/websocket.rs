@@ -191,93 +191,6 @@ impl WsExchange {
         Ok(None)
     }
 
-    /// Takes one `send()` message: true; false when the app must await a wake-up and send it
-    /// again.
-    fn take(&mut self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<bool> {
-        crate::server_log::routed(self.scope.log_route, || {
-            crate::forked::exit_if_forked_child(py, "asgi", Back::UsedTheRequest);
-            let kind = super::http::message_type(message)?;
-            match (kind.as_str(), self.state) {
-                ("websocket.accept", State::Connecting) => {
-                    if self.disconnected.is_some() || self.server.client_gone() {
-                        // A send on a closed connection, as any other.
-                        self.disconnected = Some((1006, String::new()));
-                        return Err(ClientDisconnected::new_err(
-                            "the client closed the connection before websocket.accept",
-                        ));
-                    }
-                    self.accept(message).map(|()| true)
-                }
-                ("websocket.close", State::Connecting) => {
-                    // Closed before the accept: the handshake is answered 403.
-                    self.deny(py, forbidden(py)?.as_any(), "http.response.start")?;
-                    let body = PyDict::new(py);
-                    self.deny(py, &body, "http.response.body")?;
-                    self.finished = true;
-                    // A receive() the app awaits meanwhile gets the disconnect.
-                    self.waker.wake();
-                    Ok(true)
-                }
-                ("websocket.http.response.start", State::Connecting) => {
-                    self.deny(py, message, "http.response.start")
-                }
-                ("websocket.http.response.body", State::Denying) => {
-                    let done = self.deny(py, message, "http.response.body")?;
-                    let last = !message
-                        .get_item("more_body")
-                        .ok()
-                        .is_some_and(|m| m.is_truthy().unwrap_or(false));
-                    if done && last {
-                        self.finished = true;
-                        self.waker.wake();
-                    }
-                    Ok(done)
-                }
-                ("websocket.send", State::Open) | ("websocket.close", State::Open) => {
-                    let outgoing = app_message(&kind, message)?;
-                    let closing = matches!(outgoing, WsOutgoing::Close { .. });
-                    let sent = match self.disconnected {
-                        Some(_) => false,
-                        None => match self.server.room() {
-                            Ok(false) => return Ok(false),
-                            Ok(true) => self.server.send(outgoing).is_ok(),
-                            Err(_) => false,
-                        },
-                    };
-                    // Once the client has closed, a message would be lost: its send says so. A close
-                    // is what is under way already, and taken (as uvicorn takes it): an app's
-                    // clean-up close that meets the client's own is no error.
-                    if !sent && !closing {
-                        if self.listening && super::http::current_task(py) != self.told {
-                            // Awaits the listening task's news (see `listening`).
-                            return Ok(false);
-                        }
-                        return Err(ClientDisconnected::new_err(
-                            "the client closed the connection",
-                        ));
-                    }
-                    if closing {
-                        self.state = State::Closing;
-                    }
-                    Ok(true)
-                }
-                ("websocket.send", State::Closing) | ("websocket.close", State::Closing) => {
-                    Err(ClientDisconnected::new_err(
-                        "the connection is closing (websocket.close was sent)",
-                    ))
-                }
-                (kind, state) => Err(PyRuntimeError::new_err(format!(
-                    "unexpected ASGI message {kind:?} {}",
-                    match state {
-                        State::Connecting => "before websocket.accept",
-                        State::Denying => "while a denial response is under way",
-                        _ => "on an open WebSocket",
-                    }
-                ))),
-            }
-        })
-    }
-
     fn finish(&mut self, end: HttpEnd) {
         if !self.finished {
             self.finished = true;
@@ -463,8 +376,90 @@ impl WsExchange {
         self.listening = false;
         self.waker.wake_parked();
     }
+
     fn send_now(&mut self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<bool> {
-        self.take(py, message)
+        crate::server_log::routed(self.scope.log_route, || {
+            crate::forked::exit_if_forked_child(py, "asgi", Back::UsedTheRequest);
+            let kind = super::http::message_type(message)?;
+            match (kind.as_str(), self.state) {
+                ("websocket.accept", State::Connecting) => {
+                    if self.disconnected.is_some() || self.server.client_gone() {
+                        // A send on a closed connection, as any other.
+                        self.disconnected = Some((1006, String::new()));
+                        return Err(ClientDisconnected::new_err(
+                            "the client closed the connection before websocket.accept",
+                        ));
+                    }
+                    self.accept(message).map(|()| true)
+                }
+                ("websocket.close", State::Connecting) => {
+                    // Closed before the accept: the handshake is answered 403.
+                    self.deny(py, forbidden(py)?.as_any(), "http.response.start")?;
+                    let body = PyDict::new(py);
+                    self.deny(py, &body, "http.response.body")?;
+                    self.finished = true;
+                    // A receive() the app awaits meanwhile gets the disconnect.
+                    self.waker.wake();
+                    Ok(true)
+                }
+                ("websocket.http.response.start", State::Connecting) => {
+                    self.deny(py, message, "http.response.start")
+                }
+                ("websocket.http.response.body", State::Denying) => {
+                    let done = self.deny(py, message, "http.response.body")?;
+                    let last = !message
+                        .get_item("more_body")
+                        .ok()
+                        .is_some_and(|m| m.is_truthy().unwrap_or(false));
+                    if done && last {
+                        self.finished = true;
+                        self.waker.wake();
+                    }
+                    Ok(done)
+                }
+                ("websocket.send", State::Open) | ("websocket.close", State::Open) => {
+                    let outgoing = app_message(&kind, message)?;
+                    let closing = matches!(outgoing, WsOutgoing::Close { .. });
+                    let sent = match self.disconnected {
+                        Some(_) => false,
+                        None => match self.server.room() {
+                            Ok(false) => return Ok(false),
+                            Ok(true) => self.server.send(outgoing).is_ok(),
+                            Err(_) => false,
+                        },
+                    };
+                    // Once the client has closed, a message would be lost: its send says so. A close
+                    // is what is under way already, and taken (as uvicorn takes it): an app's
+                    // clean-up close that meets the client's own is no error.
+                    if !sent && !closing {
+                        if self.listening && super::http::current_task(py) != self.told {
+                            // Awaits the listening task's news (see `listening`).
+                            return Ok(false);
+                        }
+                        return Err(ClientDisconnected::new_err(
+                            "the client closed the connection",
+                        ));
+                    }
+                    if closing {
+                        self.state = State::Closing;
+                    }
+                    Ok(true)
+                }
+                ("websocket.send", State::Closing) | ("websocket.close", State::Closing) => {
+                    Err(ClientDisconnected::new_err(
+                        "the connection is closing (websocket.close was sent)",
+                    ))
+                }
+                (kind, state) => Err(PyRuntimeError::new_err(format!(
+                    "unexpected ASGI message {kind:?} {}",
+                    match state {
+                        State::Connecting => "before websocket.accept",
+                        State::Denying => "while a denial response is under way",
+                        _ => "on an open WebSocket",
+                    }
+                ))),
+            }
+        })
     }
 
     fn park(&self, future: Py<PyAny>) {
