@@ -197,26 +197,43 @@ pub fn check_apps(
             return Err(errors);
         }
     }
-    if let Some(status) = status.filter(|_| !finished) {
-        if libc::WIFSIGNALED(status) {
-            errors.push(CheckError::Process(format!(
-                "the check process died from signal {} while starting Python or importing the app",
-                libc::WTERMSIG(status)
-            )));
-        } else if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 && errors.is_empty() {
-            errors.push(CheckError::Process(format!(
-                "the check process exited with code {} while starting Python or importing the app",
-                libc::WEXITSTATUS(status)
-            )));
-        }
-    }
-    if !finished && errors.is_empty() {
-        // The child died before its last word (a crash while importing), whether or not a
-        // SIGCHLD handler of the server reaped it before we could see its status.
-        errors.push(CheckError::Process(
-            "the check process ended before it finished starting Python and importing the apps"
-                .into(),
-        ));
+    let stage = last_started(&report);
+    // An app whose lifespan shutdown ends its process (Chainlit's server app calls os._exit(0)
+    // there, so that AnyIO's threads cannot hold it) was imported and started: the shutdown
+    // decides nothing, and a worker's exit ends the same way. Only the last app's, though:
+    // the apps after it went unchecked.
+    let ended_by_last_shutdown = matches!(stage, Some(Stage::Shutdown(i)) if i + 1 == specs.len())
+        && status.is_some_and(|s| libc::WIFEXITED(s) && libc::WEXITSTATUS(s) == 0);
+    if !finished && !ended_by_last_shutdown && errors.is_empty() {
+        let during = match stage {
+            None => "while starting Python",
+            Some(Stage::Import(_)) => "while importing it",
+            Some(Stage::Lifespan(_)) => "during its lifespan startup",
+            Some(Stage::Shutdown(_)) => "during its lifespan shutdown, after a startup that completed, before the apps after it were checked",
+        };
+        // Whether or not a SIGCHLD handler of the server reaped the child before we could see
+        // its status, it died before its last word.
+        let what = match status {
+            Some(s) if libc::WIFSIGNALED(s) => {
+                format!(
+                    "the check process died from signal {} {during}",
+                    libc::WTERMSIG(s)
+                )
+            }
+            Some(s) if libc::WIFEXITED(s) => {
+                format!(
+                    "the check process exited with code {} {during}",
+                    libc::WEXITSTATUS(s)
+                )
+            }
+            _ => format!("the check process ended {during}"),
+        };
+        errors.push(match stage {
+            Some(Stage::Import(i) | Stage::Lifespan(i) | Stage::Shutdown(i)) => {
+                CheckError::App(i, what)
+            }
+            None => CheckError::Process(what),
+        });
     }
     if errors.is_empty() {
         Ok(())

@@ -1136,6 +1136,34 @@ def test_the_checks_shutdown_has_its_own_time_beyond_the_checks(nginx_factory):
     assert check.returncode == 0, check.stderr
 
 
+def test_a_shutdown_that_ends_the_process_passes_the_check_when_it_is_the_last_apps(nginx_factory, tmp_path):
+    # Chainlit's server app calls os._exit(0) in its lifespan shutdown: its import and startup
+    # went well, yet the check said it "ended before it finished starting Python and importing".
+    exits = f"{APPS}/asgi_lifespan.py:shutdown_exits"
+    server = nginx_factory(asgi("/", exits))
+    check = server.run("-t")
+    assert check.returncode == 0, check.stderr
+    server.start()
+    assert requests.get(server.url("/"), timeout=10).text == "up"
+    worker = server.worker_pids()[0]
+    assert server.stop() == 0
+    assert f"worker process {worker} exited with code 0" in server.error_log()
+    # Before another app, it leaves that one unchecked.
+    later = f"{APPS}/asgi_lifespan.py:returns"
+    check = nginx_factory(asgi("/", exits) + asgi("/later/", later)).run("-t")
+    assert check.returncode != 0
+    assert (f'asgi_app "{exits}"' in check.stderr and "cannot be loaded: the check process exited with code 0 "
+            "during its lifespan shutdown, after a startup that completed, before the apps after it were checked"
+            in check.stderr), check.stderr
+    # One that exits while it is imported is named, with the step.
+    quits = tmp_path / "quits.py"
+    quits.write_text("import os\nos._exit(3)\n")
+    check = nginx_factory(asgi("/", f"{quits}:app")).run("-t")
+    assert check.returncode != 0
+    assert (f'asgi_app "{quits}:app"' in check.stderr
+            and "cannot be loaded: the check process exited with code 3 while importing it" in check.stderr), check.stderr
+
+
 def test_a_shutdown_that_blocks_the_loop_fails_the_check_naming_the_shutdown(nginx_factory):
     # Cancelling cannot end a blocking call: the check is killed once the shutdown's own time
     # (wsgi_shutdown_timeout, a second for cancelled tasks, a margin) is over, not after the

@@ -4,7 +4,7 @@ only when a marker file exists (so that the
 configuration check passes and a later worker start fails), one that breaks the event loop
 during its startup when marked, an app without lifespan, and a
 startup or a shutdown that never finishes (one of them after a slow startup, one blocking the
-loop), and a lifespan that raises once its startup is done."""
+loop), a shutdown that ends the process, and a lifespan that raises once its startup is done."""
 import asyncio
 import os
 import signal
@@ -78,6 +78,16 @@ async def shutdown_raises(scope, receive, send):
         await send({"type": "lifespan.startup.complete"})
         await receive()
         raise RuntimeError("could not flush the queue")
+    await respond(send, b"up")
+
+
+async def shutdown_exits(scope, receive, send):
+    # Chainlit's server app: its shutdown ends the process, so that no AnyIO thread holds it.
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        os._exit(0)
     await respond(send, b"up")
 
 
