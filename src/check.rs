@@ -205,11 +205,14 @@ pub fn check_apps(
     let ended_by_last_shutdown = matches!(stage, Some(Stage::Shutdown(i)) if i + 1 == specs.len())
         && status.is_some_and(|s| libc::WIFEXITED(s) && libc::WEXITSTATUS(s) == 0);
     if !finished && !ended_by_last_shutdown && errors.is_empty() {
-        let during = match stage {
-            None => "while starting Python",
-            Some(Stage::Import(_)) => "while importing it",
-            Some(Stage::Lifespan(_)) => "during its lifespan startup",
-            Some(Stage::Shutdown(_)) => "during its lifespan shutdown, after a startup that completed, before the apps after it were checked",
+        let (app, during) = match stage {
+            None => (None, "while starting Python"),
+            Some(Stage::Import(i)) => (Some(i), "while importing it"),
+            Some(Stage::Lifespan(i)) => (Some(i), "during its lifespan startup"),
+            Some(Stage::Shutdown(i)) if i + 1 == specs.len() => {
+                (Some(i), "during its lifespan shutdown, after a startup that completed")
+            }
+            Some(Stage::Shutdown(i)) => (Some(i), "during its lifespan shutdown, after a startup that completed, before the apps after it were checked"),
         };
         // Whether or not a SIGCHLD handler of the server reaped the child before we could see
         // its status, it died before its last word.
@@ -228,10 +231,8 @@ pub fn check_apps(
             }
             _ => format!("the check process ended {during}"),
         };
-        errors.push(match stage {
-            Some(Stage::Import(i) | Stage::Lifespan(i) | Stage::Shutdown(i)) => {
-                CheckError::App(i, what)
-            }
+        errors.push(match app {
+            Some(i) => CheckError::App(i, what),
             None => CheckError::Process(what),
         });
     }
