@@ -2,11 +2,15 @@
 held open until the server has something), its WebSocket transport and the upgrade from the one
 to the other, acknowledged events, a refused connection, and rooms across clients on different
 transports in one worker."""
+import http.client
+import json
+import signal
+import socket
 import threading
 
 import pytest
 
-from conftest import APPS, asgi_location
+from conftest import APPS, asgi_location, read_until, wait_for
 
 socketio = pytest.importorskip("socketio")
 
@@ -79,6 +83,56 @@ def test_a_room_spans_transports(server):
     finally:
         polling.close()
         ws.close()
+
+
+def engineio_handshake(conn):
+    """Opens an Engine.IO session by long-polling on `conn` (http.client): its sid."""
+    conn.request("GET", "/socket.io/?EIO=4&transport=polling")
+    r = conn.getresponse()
+    body = r.read()
+    assert r.status == 200 and body.startswith(b"0"), (r.status, body)
+    return json.loads(body[1:])["sid"]
+
+
+def test_a_reconnect_after_a_reload_reaches_the_new_worker(nginx_factory):
+    # A browser's Socket.IO client, told to go by the old worker's close frame, reconnects by
+    # long-polling a second later, on whichever connection it has: one left idle to the old
+    # worker, which served it in its drain, opened the session there and exited with it; the
+    # new worker then answered the client's next polls "Invalid session".
+    server = nginx_factory(asgi_location("/", f"{APP}:app")).start()
+    c = Client(server, ["websocket"])
+    gone = threading.Event()
+    c.sio.on("disconnect", lambda *_: gone.set())
+    kept = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    kept.sendall(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert b'"sid"' in read_until(kept, b"\r\n0\r\n\r\n")   # its whole answer (chunked)
+    server.send_signal(signal.SIGHUP)
+    assert gone.wait(20), "the old worker's close frame"
+    # The reconnect's handshake, on the connection left idle: the old worker no longer answers.
+    try:
+        kept.sendall(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_until(kept, b"}") == b""
+    except ConnectionResetError:
+        pass
+    kept.close()
+    # On new connections, as the browser then goes on: the session the handshake opens is the
+    # one its next requests find.
+    sid = engineio_handshake(http.client.HTTPConnection("127.0.0.1", server.port, timeout=20))
+    post = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+    post.request("POST", f"/socket.io/?EIO=4&transport=polling&sid={sid}", body=b"40" + json.dumps(AUTH).encode())
+    r = post.getresponse()
+    assert (r.status, r.read()) == (200, b"OK")
+    poll = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+    poll.request("GET", f"/socket.io/?EIO=4&transport=polling&sid={sid}")
+    r = poll.getresponse()
+    body = r.read()
+    packets = body.split(b"\x1e")    # the connect's answer and the app's welcome, in either order
+    assert r.status == 200 and any(p.startswith(b"40{") for p in packets), body
+    assert any(p.startswith(b'42["welcome"') for p in packets), body
+    log = server.error_log()
+    assert "Invalid session" not in log and "Traceback" not in log, log[-3000:]
+    wait_for(lambda: "exited with code 0" in server.error_log(), what="the old worker's exit")
+    c.close()
 
 
 def test_no_failure_in_the_log(server):

@@ -70,11 +70,18 @@ pub(crate) fn unlist(key: usize) {
     }
 }
 
-/// Worker exit (on the event loop, at each of the exiting worker's checks: a stream may start
-/// after the first; and at the start of a drain that sends the clients elsewhere, before the
-/// exit, where only a grace of 0 has passed: `exit_drain.rs`): once the grace has passed, every
-/// event stream under way ends as if its app had ended it.
-pub(crate) fn end_all_for_exit() {
+/// How many event streams [`end_all_for_exit`] would end now (on the event loop).
+pub(crate) fn due_to_end() -> usize {
+    match grace_over() {
+        Some(_) => listed().as_ref().map_or(0, |all| {
+            all.values().filter(|l| l.stream.strong_count() > 0).count()
+        }),
+        None => 0,
+    }
+}
+
+/// The grace (ms) once it has passed for the exiting worker, `None` before.
+fn grace_over() -> Option<nginx_sys::ngx_msec_t> {
     // SAFETY: the exit's checks run on the event loop; the cycle lives as long as the worker.
     let (grace, waited) = unsafe {
         let bound = crate::inflight::exit_bound();
@@ -82,9 +89,17 @@ pub(crate) fn end_all_for_exit() {
             .map_or(0, |mc| mc.limits.event_stream_grace(bound));
         (grace, crate::inflight::exiting_for())
     };
-    if waited < grace {
+    (waited >= grace).then_some(grace)
+}
+
+/// Worker exit (on the event loop, at each of the exiting worker's checks: a stream may start
+/// after the first; and at the start of a drain that sends the clients elsewhere, before the
+/// exit, where only a grace of 0 has passed: `exit_drain.rs`): once the grace has passed, every
+/// event stream under way ends as if its app had ended it.
+pub(crate) fn end_all_for_exit() {
+    let Some(grace) = grace_over() else {
         return;
-    }
+    };
     let streams: Vec<(&'static str, std::sync::Arc<dyn EndsAtExit>)> = listed()
         .take()
         .unwrap_or_default()

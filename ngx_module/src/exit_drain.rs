@@ -5,7 +5,12 @@
 //! (a header filter, for every location: the module's and nginx's own), until no connection
 //! waits idle and none has a response under way whose head promised keep-alive, or for
 //! [`DRAIN_MS`] at most; then it quits as nginx's quit does. (The header filter is
-//! `header_filter.rs`.) Event-loop thread only.
+//! `header_filter.rs`.) When others take its new connections, it tells its long-lived
+//! connections' clients (WebSockets, event streams) to go as the drain begins, as HTTP/2's
+//! GOAWAY does; their reconnects must not reach it on an idle keep-alive connection (a
+//! browser's, which it would still serve: an Engine.IO session opened there dies with the
+//! worker), so its idle ones close first, after [`HANDOFF_MS`] for what is on its way on them.
+//! Event-loop thread only.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
@@ -24,6 +29,11 @@ use crate::ffi::timer::WorkerTimer;
 pub(crate) const DRAIN_MS: ngx_msec_t = 2000;
 /// How often the drain looks for idle connections left.
 const DRAIN_CHECK_MS: ngx_msec_t = 25;
+/// How long a drain with long-lived connections to send elsewhere serves what reaches its idle
+/// keep-alive connections (a request on its way as the drain began) before it closes those
+/// left and tells the long-lived ones' clients to go: a round trip, about, far from the second
+/// a Socket.IO client waits before it reconnects.
+pub(crate) const HANDOFF_MS: ngx_msec_t = 250;
 
 static DRAINING: AtomicBool = AtomicBool::new(false);
 /// Run when the drain sends the worker's clients elsewhere: what tells a long-lived
@@ -31,6 +41,9 @@ static DRAINING: AtomicBool = AtomicBool::new(false);
 /// tells an HTTP/2 client, instead of at nginx's exit, after the drain.
 static SENDING_CLIENTS_ELSEWHERE: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
 static DRAIN_STARTED: AtomicUsize = AtomicUsize::new(0);
+/// When the hand-off of the long-lived connections began waiting for the idle ones to close
+/// (0: none waits).
+static HANDOFF_WAITS_SINCE: AtomicUsize = AtomicUsize::new(0);
 static DRAIN_TIMER: WorkerTimer = WorkerTimer::new();
 
 /// Whether the drain goes on accepting connections.
@@ -127,30 +140,76 @@ pub(crate) fn when_sending_clients_elsewhere(f: fn()) {
 }
 
 /// The worker no longer takes new connections, others do: the clients of its long-lived
-/// connections are told to open new ones now, which reach those others (while the drain serves
-/// the next request of each HTTP/1 keep-alive connection, which has no such signal).
+/// connections are told to open new ones, which reach those others (while the drain serves the
+/// next request of each HTTP/1 keep-alive connection, which has no such signal). HTTP/2 clients
+/// are told at once (a GOAWAY names the last stream this worker serves, so a client knows which
+/// requests to send again, and the streams it opens next reach the newer workers and their
+/// configuration now, not after the drain; a QUIC connection told so before nginx's exit began
+/// would close at once, with its requests in flight, so HTTP/3 waits for the exit). The others
+/// are told once no idle HTTP/1 connection is left to take their reconnects, [`HANDOFF_MS`] at
+/// most.
 ///
 /// # Safety
 /// Event-loop thread.
 unsafe fn send_clients_elsewhere() {
     // SAFETY: per the function contract.
-    unsafe { send_http2_goaways() };
-    // With no grace, event streams end now, and their clients reconnect to the new workers, not
-    // 2 s later at nginx's exit.
+    unsafe {
+        close_idle(Client::Http2);
+        let long_lived = upgraded_connections() + crate::event_streams::due_to_end();
+        if long_lived > 0 && any_client(Client::IdleHttp1) {
+            crate::ffi::log::cycle_log(
+                nginx_sys::NGX_LOG_NOTICE as usize,
+                &format!(
+                    "wsgi: {long_lived} long-lived connection(s) (WebSockets, event streams) \
+                     to send to other workers: this worker closes its idle keep-alive \
+                     connections (in {HANDOFF_MS} ms at most), then tells the long-lived ones' \
+                     clients to go, so that their reconnects do not reach it"
+                ),
+            );
+            HANDOFF_WAITS_SINCE.store(ngx_current_msec.max(1), Relaxed);
+            return;
+        }
+    }
+    hand_off();
+}
+
+/// Tells the clients of the long-lived connections to go: with no grace, event streams end now
+/// and their clients reconnect to the new workers, not 2 s later at nginx's exit; WebSockets
+/// get their close frames (the hooks).
+fn hand_off() {
+    HANDOFF_WAITS_SINCE.store(0, Relaxed);
     crate::event_streams::end_all_for_exit();
     crate::inflight::run_hooks(&SENDING_CLIENTS_ELSEWHERE);
 }
 
-/// Tells each HTTP/2 client to take its next requests elsewhere, as nginx's exit would once the
-/// drain ends: the GOAWAY names the last stream this worker serves, so a client knows which
-/// requests to send again, and the streams it opens next reach the newer workers and their
-/// configuration now, not after the drain. (An HTTP/1 client has no such signal, which is what
-/// the drain is for; a QUIC connection told so before nginx's exit began would close at once,
-/// with its requests in flight, so HTTP/3 waits for the exit.)
+/// The hand-off that waits for the idle HTTP/1 connections: done once none is left, or at
+/// [`HANDOFF_MS`], closing those left (a request sent on one in that instant meets the race
+/// any keep-alive timeout has, which clients retry).
 ///
 /// # Safety
 /// Event-loop thread.
-unsafe fn send_http2_goaways() {
+unsafe fn hand_off_when_idle_ones_are_gone(now: ngx_msec_t) {
+    let since = HANDOFF_WAITS_SINCE.load(Relaxed);
+    if since == 0 {
+        return;
+    }
+    // SAFETY: per the function contract.
+    unsafe {
+        if now.saturating_sub(since) >= HANDOFF_MS {
+            close_idle(Client::IdleHttp1);
+        } else if any_client(Client::IdleHttp1) {
+            return;
+        }
+    }
+    hand_off();
+}
+
+/// Closes each idle connection of `kind`: an HTTP/2 one sends its GOAWAY and closes once its
+/// streams end, an HTTP/1 one closes, as nginx's exit would once the drain ends.
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn close_idle(kind: Client) {
     // SAFETY: per the function contract; the cycle's connection array has `connection_n`
     // entries for the process's life. Marking an idle connection closing and calling its read
     // handler is nginx's own ngx_close_idle_connections, which every idle connection's handler
@@ -161,7 +220,7 @@ unsafe fn send_http2_goaways() {
         let connections = (*cycle).connections;
         for i in 0..(*cycle).connection_n {
             let c = connections.add(i);
-            if !matches!(client(&*c), Some(Client::Http2)) {
+            if client(&*c) != Some(kind) {
                 continue;
             }
             let rev = (*c).read;
@@ -197,6 +256,8 @@ unsafe extern "C" fn drain_check(ev: *mut ngx_event_t) {
         if exiting {
             return;
         }
+        // SAFETY: on the event loop.
+        unsafe { hand_off_when_idle_ones_are_gone(now) };
         let waited = now.saturating_sub(DRAIN_STARTED.load(Relaxed));
         // SAFETY: on the event loop.
         if waited >= DRAIN_MS || !unsafe { keep_alive_connections() } {
@@ -220,37 +281,87 @@ unsafe extern "C" fn drain_check(ev: *mut ngx_event_t) {
 /// # Safety
 /// Event-loop thread.
 unsafe fn keep_alive_connections() -> bool {
-    // SAFETY: the cycle's connection array has `connection_n` entries for the process's life; a
-    // busy HTTP/1 connection's `data` is its request, which starts with nginx's signature and
-    // the connection. Whatever else a busy client connection's `data` is (a stream module's
-    // session, an HTTP/3 stream's) is at least those two fields long, and the request is only
-    // read further once both say it is one.
+    // SAFETY: per the function contract.
+    unsafe {
+        any_client(Client::IdleHttp1)
+            || connections().iter().any(|c| {
+                http1_request(c).is_some_and(|main| {
+                    main.keepalive() != 0
+                        && main.header_sent() != 0
+                        && main.headers_out.status != NGX_HTTP_SWITCHING_PROTOCOLS as usize
+                        && !is_event_stream(main)
+                })
+            })
+    }
+}
+
+/// How many HTTP/1 connections have switched protocols (WebSockets): clients that reconnect
+/// once told to go.
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn upgraded_connections() -> usize {
+    // SAFETY: per the function contract.
+    unsafe {
+        connections()
+            .iter()
+            .filter(|c| {
+                http1_request(c).is_some_and(|main| {
+                    main.headers_out.status == NGX_HTTP_SWITCHING_PROTOCOLS as usize
+                })
+            })
+            .count()
+    }
+}
+
+/// Whether any client connection is of `kind`.
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn any_client(kind: Client) -> bool {
+    // SAFETY: per the function contract.
+    unsafe { connections().iter().any(|c| client(c) == Some(kind)) }
+}
+
+/// The cycle's connections, free entries included.
+///
+/// # Safety
+/// Event-loop thread; the slice is not kept past the event.
+unsafe fn connections() -> &'static [ngx_connection_t] {
+    // SAFETY: per the function contract: the cycle's connection array has `connection_n`
+    // entries for the process's life.
     unsafe {
         let cycle = ngx_cycle;
-        let connections = std::slice::from_raw_parts((*cycle).connections, (*cycle).connection_n);
-        connections.iter().any(|c| {
-            match client(c) {
-                None | Some(Client::Http2) => return false,
-                Some(Client::IdleHttp1) => return true,
-                Some(Client::Busy) => {}
-            }
-            let r = c.data.cast::<ngx_http_request_t>();
-            if (*r).signature != NGX_HTTP_MODULE || !std::ptr::eq((*r).connection, c) {
-                return false;
-            }
-            // The active request may be a subrequest: the connection's fate is the main one's.
-            let main = (*r).main;
-            // HTTP/3 requests have keepalive set too: their connection is QUIC's.
-            (*main).http_version <= NGX_HTTP_VERSION_11 as usize
-                && (*main).keepalive() != 0
-                && (*main).header_sent() != 0
-                && (*main).headers_out.status != NGX_HTTP_SWITCHING_PROTOCOLS as usize
-                && !is_event_stream(&*main)
-        })
+        std::slice::from_raw_parts((*cycle).connections, (*cycle).connection_n)
+    }
+}
+
+/// The main request of a busy HTTP/1 client connection (the active request may be a
+/// subrequest: the connection's fate is the main one's).
+///
+/// # Safety
+/// Event-loop thread; `c` is an entry of the cycle's connection array.
+unsafe fn http1_request(c: &ngx_connection_t) -> Option<&ngx_http_request_t> {
+    // SAFETY: per the function contract: a busy HTTP/1 connection's `data` is its request,
+    // which starts with nginx's signature and the connection. Whatever else a busy client
+    // connection's `data` is (a stream module's session, an HTTP/3 stream's) is at least those
+    // two fields long, and the request is only read further once both say it is one.
+    unsafe {
+        if client(c) != Some(Client::Busy) {
+            return None;
+        }
+        let r = c.data.cast::<ngx_http_request_t>();
+        if (*r).signature != NGX_HTTP_MODULE || !std::ptr::eq((*r).connection, c) {
+            return None;
+        }
+        let main = &*(*r).main;
+        // HTTP/3 requests have keepalive set too: their connection is QUIC's.
+        (main.http_version <= NGX_HTTP_VERSION_11 as usize).then_some(main)
     }
 }
 
 /// A client's connection on a TCP listening socket, as the drain tells them apart.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Client {
     /// An HTTP/1 connection waiting for its next request.
     IdleHttp1,
