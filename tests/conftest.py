@@ -354,6 +354,16 @@ def read_until(sock, marker, timeout=10):
     return data
 
 
+def assert_unanswered(sock, request):
+    """Sends `request` on `sock`, a connection the server has closed: no answer comes."""
+    try:
+        sock.sendall(request)
+        answer = read_until(sock, b"\r\n\r\n")
+    except ConnectionResetError:
+        answer = b""
+    assert answer == b"", answer
+
+
 class Route:
     """One app mount, written the nginx way: `/prefix/`, `/` , `= /exact` or `~ regex`."""
 
