@@ -39,7 +39,8 @@ static DRAINING: AtomicBool = AtomicBool::new(false);
 /// Run when the drain sends the worker's clients elsewhere: what tells a long-lived
 /// connection's client to come back on a new one (a WebSocket's close frame), as the GOAWAY
 /// tells an HTTP/2 client, instead of at nginx's exit, after the drain.
-static SENDING_CLIENTS_ELSEWHERE: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
+static SENDING_CLIENTS_ELSEWHERE: std::sync::Mutex<Vec<LongLived>> =
+    std::sync::Mutex::new(Vec::new());
 static DRAIN_STARTED: AtomicUsize = AtomicUsize::new(0);
 /// When the hand-off of the long-lived connections began waiting for the idle ones to close
 /// (0: none waits).
@@ -134,9 +135,31 @@ unsafe fn stop_accepting() {
     }
 }
 
-/// Adds what [`send_clients_elsewhere`] runs (once, however often it is added).
-pub(crate) fn when_sending_clients_elsewhere(f: fn()) {
-    crate::inflight::add_hook(&SENDING_CLIENTS_ELSEWHERE, f);
+/// A kind of long-lived connection whose clients the drain tells to go.
+#[derive(Clone, Copy)]
+pub(crate) struct LongLived {
+    /// Tells every such client to come back on a new connection.
+    pub(crate) tell: fn(),
+    /// How many such clients there are now.
+    pub(crate) count: fn() -> usize,
+}
+
+/// Adds what [`send_clients_elsewhere`] tells (once, however often it is added).
+pub(crate) fn when_sending_clients_elsewhere(kind: LongLived) {
+    let mut all = SENDING_CLIENTS_ELSEWHERE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if !all.iter().any(|k| std::ptr::fn_addr_eq(k.tell, kind.tell)) {
+        all.push(kind);
+    }
+}
+
+/// The kinds added, the lock released.
+fn long_lived_kinds() -> Vec<LongLived> {
+    SENDING_CLIENTS_ELSEWHERE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
 }
 
 /// The worker no longer takes new connections, others do: the clients of its long-lived
@@ -155,7 +178,11 @@ unsafe fn send_clients_elsewhere() {
     // SAFETY: per the function contract.
     unsafe {
         close_idle(Client::Http2);
-        let long_lived = upgraded_connections() + crate::event_streams::due_to_end();
+        let long_lived = long_lived_kinds()
+            .iter()
+            .map(|k| (k.count)())
+            .sum::<usize>()
+            + crate::event_streams::due_to_end();
         if long_lived > 0 && any_client(Client::IdleHttp1) {
             crate::ffi::log::cycle_log(
                 nginx_sys::NGX_LOG_NOTICE as usize,
@@ -175,11 +202,13 @@ unsafe fn send_clients_elsewhere() {
 
 /// Tells the clients of the long-lived connections to go: with no grace, event streams end now
 /// and their clients reconnect to the new workers, not 2 s later at nginx's exit; WebSockets
-/// get their close frames (the hooks).
+/// get their close frames (the kinds added).
 fn hand_off() {
     HANDOFF_WAITS_SINCE.store(0, Relaxed);
     crate::event_streams::end_all_for_exit();
-    crate::inflight::run_hooks(&SENDING_CLIENTS_ELSEWHERE);
+    for kind in long_lived_kinds() {
+        (kind.tell)();
+    }
 }
 
 /// The hand-off that waits for the idle HTTP/1 connections: done once none is left, or at
@@ -292,25 +321,6 @@ unsafe fn keep_alive_connections() -> bool {
                         && !is_event_stream(main)
                 })
             })
-    }
-}
-
-/// How many HTTP/1 connections have switched protocols (WebSockets): clients that reconnect
-/// once told to go.
-///
-/// # Safety
-/// Event-loop thread.
-unsafe fn upgraded_connections() -> usize {
-    // SAFETY: per the function contract.
-    unsafe {
-        connections()
-            .iter()
-            .filter(|c| {
-                http1_request(c).is_some_and(|main| {
-                    main.headers_out.status == NGX_HTTP_SWITCHING_PROTOCOLS as usize
-                })
-            })
-            .count()
     }
 }
 

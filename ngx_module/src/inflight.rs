@@ -98,7 +98,7 @@ pub(crate) fn while_exiting(f: fn()) {
 }
 
 /// Adds `f` to `hooks` (once, however often it is added).
-pub(crate) fn add_hook(hooks: &std::sync::Mutex<Vec<fn()>>, f: fn()) {
+fn add_hook(hooks: &std::sync::Mutex<Vec<fn()>>, f: fn()) {
     let mut all = hooks.lock().unwrap_or_else(|e| e.into_inner());
     if !all.iter().any(|g| std::ptr::fn_addr_eq(*g, f)) {
         all.push(f);
@@ -106,7 +106,7 @@ pub(crate) fn add_hook(hooks: &std::sync::Mutex<Vec<fn()>>, f: fn()) {
 }
 
 /// Runs each of `hooks`, the lock released.
-pub(crate) fn run_hooks(hooks: &std::sync::Mutex<Vec<fn()>>) {
+fn run_hooks(hooks: &std::sync::Mutex<Vec<fn()>>) {
     let all = hooks.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for f in all {
         f();

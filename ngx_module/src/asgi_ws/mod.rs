@@ -156,7 +156,10 @@ impl AsgiWs {
         // as soon as a drain sends the worker's clients to other workers: a reload's drain
         // (up to 2 s) would otherwise keep them on the old code that long.
         crate::inflight::while_exiting(close_all_for_exit);
-        crate::exit_drain::when_sending_clients_elsewhere(close_all_for_exit);
+        crate::exit_drain::when_sending_clients_elsewhere(crate::exit_drain::LongLived {
+            tell: close_all_for_exit,
+            count: open_count,
+        });
         Arc::new_cyclic(|me| AsgiWs {
             stream,
             posted_at: Instant::now(),
@@ -238,6 +241,15 @@ impl AsgiWs {
             self.schedule(&mut st);
         }
     }
+}
+
+/// How many WebSockets are open.
+fn open_count() -> usize {
+    OPEN.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|ws| ws.strong_count() > 0)
+        .count()
 }
 
 /// Worker exit, or a drain that sends the worker's clients elsewhere: every open WebSocket gets
