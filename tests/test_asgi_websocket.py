@@ -778,6 +778,34 @@ def test_a_reload_closes_open_sockets_as_its_drain_begins(nginx_factory):
     kept.close()
 
 
+def test_a_proxied_websocket_leaves_the_reload_drain_as_it_is(nginx_factory):
+    # The drain closes idle connections early only for the clients it then tells to go: a
+    # WebSocket proxied to another server is nginx's, which ends it after the drain; meanwhile
+    # an idle connection's next request is served, as with no WebSocket open.
+    import threading
+    from websockets.sync.server import serve
+    with serve(lambda ws: [ws.send(m) for m in ws], "127.0.0.1", 0) as upstream:
+        threading.Thread(target=upstream.serve_forever, daemon=True).start()
+        port = upstream.socket.getsockname()[1]
+        proxied = (f"location /proxied {{ proxy_pass http://127.0.0.1:{port}; proxy_http_version 1.1; "
+                   "proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection upgrade; }\n")
+        server = nginx_factory(asgi("/", APP) + proxied + 'location = /kept { return 200 "kept\\n"; }\n').start()
+        with connect(f"ws://127.0.0.1:{server.port}/proxied", open_timeout=10) as ws:
+            ws.send("through")
+            assert ws.recv(timeout=10) == "through"
+            kept = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            kept.sendall(b"GET /kept HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_until(kept, b"kept\n").endswith(b"kept\n")
+            server.send_signal(signal.SIGHUP)
+            wait_for(lambda: "told to quit by a reload" in server.error_log(), what="the drain")
+            kept.sendall(b"GET /kept HTTP/1.1\r\nHost: t\r\n\r\n")
+            answer = read_until(kept, b"kept\n")
+            assert answer.startswith(b"HTTP/1.1 200") and b"Connection: close" in answer, answer
+            kept.close()
+        assert "long-lived connection(s)" not in server.error_log()
+        upstream.shutdown()
+
+
 def test_the_close_code_at_a_reload_can_be_1012_service_restart(nginx_factory):
     # Python's websockets takes 1001 for a clean close (ConnectionClosedOK): a client that
     # reconnects only after an error (Prefect's task workers) stopped at every reload. uvicorn
