@@ -57,6 +57,7 @@ mod response;
 mod shared_sockets;
 mod sibling_workers;
 mod status_page;
+mod sticky_clients;
 mod stream;
 mod stuck_pool;
 mod unloaded_aside;
@@ -245,6 +246,38 @@ unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         };
         reload_handover::configuration_taken(expected);
         sibling_workers::map();
+        if conf::cycle_main_conf(cycle).is_some_and(|mc| mc.limits.sticky_clients()) {
+            // SAFETY: as above; the master's (or the single process's) listening array.
+            let groups = unsafe { sticky_clients::groups(cycle) };
+            // SAFETY: nginx's own flag and the old cycle's pointer, read in the master.
+            let (testing, first) = unsafe {
+                (
+                    nginx_sys::ngx_test_config != 0,
+                    (*cycle.old_cycle).conf_ctx.is_null(),
+                )
+            };
+            // nginx -t opens no socket per worker: the configuration alone is checked.
+            let result = if testing && !groups.is_empty() {
+                Ok(String::new())
+            } else {
+                sticky_clients::apply(&groups)
+            };
+            match result {
+                Ok(done) if !done.is_empty() => {
+                    ffi::log::cycle_log(nginx_sys::NGX_LOG_NOTICE as usize, &done)
+                }
+                Ok(_) => {}
+                // At a reload, failing here would end the master and leave its workers
+                // orphaned (nginx's QUIC module says the same of its program): the new workers
+                // start without the stickiness, loudly.
+                Err(e) => {
+                    ffi::log::cycle_log(NGX_LOG_EMERG as usize, &e);
+                    if testing || first {
+                        return NGX_ERROR as ngx_int_t;
+                    }
+                }
+            }
+        }
         NGX_OK as ngx_int_t
     })
 }

@@ -75,6 +75,8 @@ pub(crate) struct WorkerLimits {
     pub reload_handover: ngx_flag_t,
     /// `wsgi_busy_handoff on|off`.
     pub busy_handoff: ngx_flag_t,
+    /// `wsgi_sticky_clients on|off`.
+    pub sticky_clients: ngx_flag_t,
 }
 
 impl Default for WorkerLimits {
@@ -90,6 +92,7 @@ impl Default for WorkerLimits {
             event_stream_grace: UNSET_MSEC,
             reload_handover: super::streaming::UNSET_FLAG,
             busy_handoff: super::streaming::UNSET_FLAG,
+            sticky_clients: super::streaming::UNSET_FLAG,
         }
     }
 }
@@ -147,6 +150,12 @@ impl WorkerLimits {
     /// turned off).
     pub(crate) fn busy_handoff(&self) -> bool {
         self.busy_handoff != 0
+    }
+
+    /// Whether each client address goes to one worker (`sticky_clients.rs`; off unless turned
+    /// on: it needs `reuseport`, and clients behind one address share one worker).
+    pub(crate) fn sticky_clients(&self) -> bool {
+        self.sticky_clients == 1
     }
 
     /// How long an exiting worker lets its event streams go on before it ends them, given

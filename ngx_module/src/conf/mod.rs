@@ -272,7 +272,7 @@ const fn directive(
 }
 
 /// Every `wsgi_*` directive. nginx reads the table for the whole program and never writes it.
-pub(crate) static mut COMMANDS: [ngx_command_t; 32] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 33] = [
     directive(
         ngx::ngx_string!("wsgi_app"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -461,6 +461,13 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 32] = [
         nginx_sys::ngx_conf_set_flag_slot,
         NGX_HTTP_MAIN_CONF_OFFSET,
         offset_of!(MainConf, limits.busy_handoff),
+    ),
+    directive(
+        ngx::ngx_string!("wsgi_sticky_clients"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_FLAG,
+        nginx_sys::ngx_conf_set_flag_slot,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+        offset_of!(MainConf, limits.sticky_clients),
     ),
     directive(
         ngx::ngx_string!("wsgi_umask"),

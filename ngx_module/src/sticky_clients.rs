@@ -1,0 +1,279 @@
+//! `wsgi_sticky_clients on`: every connection from one client address is accepted by the same
+//! worker, so that apps keeping sessions in the process (Engine.IO's long-polling under
+//! Socket.IO, pgAdmin, marimo) work with several workers, as behind a proxy's `ip_hash`.
+//!
+//! nginx gives each worker a socket of its own for a `listen ... reuseport` address, and the
+//! kernel picks the socket of each new connection by a hash of both ends' addresses and ports:
+//! one client's connections spread over the workers. A classic BPF program attached to the
+//! sockets' group (as nginx's QUIC module attaches its own, for QUIC's connection ids) picks it
+//! by the client's address alone. The choice holds while the group's sockets do: a worker
+//! recycled or restarted takes its predecessor's socket, and a reload that keeps
+//! `worker_processes` keeps the sockets. Master process, at each configuration.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::RawFd;
+
+use libc::{
+    sock_filter, sock_fprog, BPF_A, BPF_ABS, BPF_ALU, BPF_B, BPF_JA, BPF_JEQ, BPF_JMP, BPF_K,
+    BPF_LD, BPF_MISC, BPF_MOD, BPF_MUL, BPF_RET, BPF_RSH, BPF_TAX, BPF_W, BPF_X, BPF_XOR,
+    SKF_NET_OFF,
+};
+use nginx_sys::{ngx_cycle_t, ngx_listening_t};
+
+/// The program for a group of `sockets` sockets: the index of the socket for a connection's
+/// first packet, from its source address (an IPv6 one folded to 32 bits), mixed so that
+/// neighbouring addresses spread.
+pub(crate) fn program(sockets: u32) -> Vec<sock_filter> {
+    // The network header's offset in the program's view of the packet (which begins past the
+    // TCP header).
+    let net = SKF_NET_OFF as u32;
+    let op = |code: u32, k: u32| sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let load_word = |at: u32| op(BPF_LD | BPF_W | BPF_ABS, net + at);
+    let tax = op(BPF_MISC | BPF_TAX, 0);
+    let xor_x = op(BPF_ALU | BPF_XOR | BPF_X, 0);
+    let mut p = vec![
+        // The IP version: the first byte's high nibble.
+        op(BPF_LD | BPF_B | BPF_ABS, net),
+        op(BPF_ALU | BPF_RSH | BPF_K, 4),
+        sock_filter {
+            code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
+            jt: 2,
+            jf: 0,
+            k: 6,
+        },
+        // IPv4: the source address, at 12.
+        load_word(12),
+        op(BPF_JMP | BPF_JA, 10),
+        // IPv6: the source address's four words, at 8, xored.
+        load_word(8),
+        tax,
+        load_word(12),
+        xor_x,
+        tax,
+        load_word(16),
+        xor_x,
+        tax,
+        load_word(20),
+        xor_x,
+    ];
+    p.extend([
+        tax,
+        op(BPF_ALU | BPF_RSH | BPF_K, 16),
+        xor_x,
+        op(BPF_ALU | BPF_MUL | BPF_K, 0x045d_9f3b),
+        tax,
+        op(BPF_ALU | BPF_RSH | BPF_K, 16),
+        xor_x,
+        op(BPF_ALU | BPF_MOD | BPF_K, sockets.max(1)),
+        op(BPF_RET | BPF_A, 0),
+    ]);
+    p
+}
+
+/// Attaches [`program`] to the reuseport group of the listening socket `fd`, whose group has
+/// `sockets` sockets.
+pub(crate) fn attach(fd: RawFd, sockets: u32) -> io::Result<()> {
+    let mut filter = program(sockets);
+    let prog = sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at `filter`, alive for the call; the kernel copies the program.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const sock_fprog).cast(),
+            std::mem::size_of::<sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// One `listen ... reuseport` TCP address: its text and its workers' sockets.
+pub(crate) struct Group {
+    pub(crate) address: String,
+    pub(crate) fds: Vec<RawFd>,
+}
+
+/// The cycle's `reuseport` TCP addresses, each with its sockets (one a worker).
+///
+/// # Safety
+/// `cycle` is live, in the master (or a single process), its listening array set.
+pub(crate) unsafe fn groups(cycle: &ngx_cycle_t) -> Vec<Group> {
+    // SAFETY: per the function contract: the array has `nelts` entries, each with its address
+    // (`socklen` bytes) and its text.
+    let listening = unsafe {
+        std::slice::from_raw_parts(
+            cycle.listening.elts as *const ngx_listening_t,
+            cycle.listening.nelts,
+        )
+    };
+    let mut by_address: BTreeMap<Vec<u8>, Group> = BTreeMap::new();
+    for ls in listening {
+        if ls.reuseport() == 0 || ls.type_ != libc::SOCK_STREAM || ls.sockaddr.is_null() {
+            continue;
+        }
+        // SAFETY: as above.
+        let key = unsafe {
+            std::slice::from_raw_parts(ls.sockaddr.cast::<u8>(), ls.socklen as usize).to_vec()
+        };
+        by_address
+            .entry(key)
+            .or_insert_with(|| Group {
+                address: String::from_utf8_lossy(crate::ffi::ngx_bytes(&ls.addr_text)).into_owned(),
+                fds: Vec::new(),
+            })
+            .fds
+            .push(ls.fd);
+    }
+    by_address.into_values().collect()
+}
+
+/// Attaches the program to each group's sockets; says what it did, or what failed.
+pub(crate) fn apply(groups: &[Group]) -> Result<String, String> {
+    if groups.is_empty() {
+        return Err(
+            "wsgi_sticky_clients is on, but no `listen` has `reuseport`: without a \
+                    socket per worker, nginx cannot send a client to one (add `reuseport` to \
+                    the `listen` of the servers whose clients should stick)"
+                .to_string(),
+        );
+    }
+    let mut done = Vec::new();
+    for group in groups {
+        let sockets = group.fds.len() as u32;
+        for &fd in group.fds.iter().filter(|&&fd| fd != -1) {
+            attach(fd, sockets).map_err(|e| {
+                format!(
+                    "wsgi_sticky_clients: attaching the program to {}'s sockets failed: {e}",
+                    group.address
+                )
+            })?;
+        }
+        done.push(format!("{} ({sockets} workers)", group.address));
+    }
+    Ok(format!(
+        "wsgi_sticky_clients: each client address goes to one worker on {}",
+        done.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, TcpListener};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    /// A listening socket with SO_REUSEPORT on 127.0.0.1:`port` (0: any).
+    fn reuseport_listener(port: u16) -> TcpListener {
+        // SAFETY: plain socket calls on a descriptor this function owns.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0);
+            let owned = OwnedFd::from_raw_fd(fd);
+            let one: libc::c_int = 1;
+            let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            let on = (&one as *const libc::c_int).cast();
+            assert_eq!(
+                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, on, size),
+                0
+            );
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            assert_eq!(
+                libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len),
+                0
+            );
+            assert_eq!(libc::listen(fd, 128), 0);
+            let listener = TcpListener::from(owned);
+            listener.set_nonblocking(true).unwrap();
+            listener
+        }
+    }
+
+    /// Connects from `source` (a loopback address) to `port`.
+    fn connect_from(source: Ipv4Addr, port: u16) -> OwnedFd {
+        // SAFETY: plain socket calls on a descriptor this function owns.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0);
+            let owned = OwnedFd::from_raw_fd(fd);
+            let at = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(ip).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let from = at(source, 0);
+            assert_eq!(
+                libc::bind(fd, (&from as *const libc::sockaddr_in).cast(), len),
+                0
+            );
+            let to = at(Ipv4Addr::LOCALHOST, port);
+            assert_eq!(
+                libc::connect(fd, (&to as *const libc::sockaddr_in).cast(), len),
+                0
+            );
+            owned
+        }
+    }
+
+    #[test]
+    fn each_source_address_reaches_one_socket_of_the_group() {
+        let first = reuseport_listener(0);
+        let port = match first.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a.port(),
+            other => panic!("{other}"),
+        };
+        let second = reuseport_listener(port);
+        attach(first.as_raw_fd(), 2).unwrap();
+        let mut seen = [false; 2];
+        let mut clients = Vec::new();
+        for last in 2..34u8 {
+            let source = Ipv4Addr::new(127, 0, 0, last);
+            let mut reached = Vec::new();
+            for _ in 0..4 {
+                clients.push(connect_from(source, port));
+                // A loopback connect completes the handshake before it returns.
+                let on_first = first.accept().is_ok();
+                let on_second = second.accept().is_ok();
+                assert!(on_first != on_second, "one socket has the connection");
+                reached.push(usize::from(on_second));
+            }
+            assert!(
+                reached.iter().all(|&s| s == reached[0]),
+                "{source}: {reached:?}"
+            );
+            seen[reached[0]] = true;
+        }
+        assert_eq!(seen, [true, true], "32 addresses spread over both sockets");
+    }
+
+    #[test]
+    fn no_reuseport_address_is_a_configuration_error() {
+        let e = apply(&[]).unwrap_err();
+        assert!(e.starts_with("wsgi_sticky_clients is on, but no `listen` has `reuseport`"));
+    }
+}
