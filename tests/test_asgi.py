@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as websockets_connect
 
 from conftest import (APPS, BAD_CHUNKS, asgi_location as asgi, assert_broken_chunk_is_400, location, post_3000_bytes,
-                      raw_request, read_until, recv_until, send_chunks, wait_for)
+                      assert_unanswered, raw_request, read_until, recv_until, send_chunks, wait_for)
 
 APP = APPS / "asgi_app.py"
 BAD = APPS / "asgi_bad.py"
@@ -595,6 +595,19 @@ def test_event_streams_end_cleanly_when_the_worker_exits(nginx_factory, how):
     errors = [line for line in server.error_log().splitlines()
               if "[error]" in line and "sys.stderr: events " not in line]
     assert errors == [] and "[alert]" not in server.error_log(), errors
+
+
+def test_an_event_stream_ended_at_a_reload_closes_its_connection(nginx_factory):
+    # Its head promised keep-alive: kept, the connection took the EventSource's reconnection
+    # to the exiting worker, which served it for the 2 s of its drain.
+    server = nginx_factory(asgi("/", APP), http_extra="wsgi_event_stream_grace 0;").start()
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    s.sendall(b"GET /events?sse-conn HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert read_until(s, b"data: 0").startswith(b"HTTP/1.1 200")
+    server.send_signal(signal.SIGHUP)
+    assert read_until(s, b"\r\n0\r\n\r\n").endswith(b"\r\n0\r\n\r\n")   # ended cleanly
+    assert_unanswered(s, b"GET /events?again HTTP/1.1\r\nHost: t\r\n\r\n")
+    s.close()
 
 
 @pytest.mark.parametrize("how", [signal.SIGHUP, signal.SIGQUIT])

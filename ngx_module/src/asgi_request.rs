@@ -189,8 +189,12 @@ impl EndsAtExit for AsgiRequest {
         self.watch.mark_ended_by_server();
         self.take_body_back();
         // SAFETY: called on the event loop (the exiting check's timer); the request is live
-        // until this, its completion.
-        unsafe { (self.on_end)(r, self, HttpEnd::Complete) };
+        // until this, its completion. Its head promised keep-alive, but the client's
+        // reconnection must not come on this connection, to the exiting worker.
+        unsafe {
+            (*(*r).main).set_keepalive(0);
+            (self.on_end)(r, self, HttpEnd::Complete)
+        };
         // After the end went out: from now on the app's send() raises, its receive() says
         // http.disconnect.
         self.client_gone();
