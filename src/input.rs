@@ -317,6 +317,21 @@ impl Reader {
         size.filter(|&n| n >= 0).map(|n| n as usize)
     }
 
+    /// The body's length, for `seek` and `tell`: a streamed body cannot seek
+    /// (`io.UnsupportedOperation`, as a pipe's), one after the request cannot be read.
+    fn seekable_len(&self, py: Python<'_>) -> PyResult<u64> {
+        match &self.source {
+            Some(Source::Buffered(body)) => Ok(body.len()),
+            Some(Source::Streamed(_)) => Err(PyErr::from_value(
+                py.import("io")?.getattr("UnsupportedOperation")?.call1((
+                    "wsgi.input cannot seek: the request body is read as it arrives \
+                     (wsgi_request_buffering off)",
+                ))?,
+            )),
+            None => Err(finished()),
+        }
+    }
+
     fn remaining(&self) -> PyResult<u64> {
         Ok(self.body()?.len().saturating_sub(self.pos))
     }
@@ -433,6 +448,50 @@ impl Input {
 
     fn readable(&self) -> bool {
         true
+    }
+
+    /// Whether `seek` works: the whole body is at hand (nginx's buffers or temp file), not
+    /// streamed as it arrives (`wsgi_request_buffering off`).
+    fn seekable(&self, py: Python<'_>) -> PyResult<bool> {
+        self.reading(py, |reader| {
+            Ok(matches!(reader.source()?, Source::Buffered(_)))
+        })
+    }
+
+    /// The position in the body.
+    fn tell(&self, py: Python<'_>) -> PyResult<u64> {
+        self.reading(py, |reader| {
+            reader.seekable_len(py)?;
+            Ok(reader.pos)
+        })
+    }
+
+    /// Moves to `offset` from the start (`whence` 0), the position (1) or the end (2), as
+    /// `io` does; past the end, reads return `b""`. Frameworks that retry a request (Zope on a
+    /// conflict between transactions) read the body again from 0.
+    #[pyo3(signature = (offset, whence = 0))]
+    fn seek(&self, py: Python<'_>, offset: i64, whence: i32) -> PyResult<u64> {
+        self.reading(py, |reader| {
+            let len = reader.seekable_len(py)?;
+            let base = match whence {
+                0 => 0,
+                1 => reader.pos,
+                2 => len,
+                _ => {
+                    return Err(PyValueError::new_err(format!(
+                        "invalid whence ({whence}, should be 0, 1 or 2)"
+                    )))
+                }
+            };
+            let pos = i128::from(base) + i128::from(offset);
+            if pos < 0 {
+                return Err(PyValueError::new_err(format!(
+                    "negative seek position {pos}"
+                )));
+            }
+            reader.pos = u64::try_from(pos).unwrap_or(u64::MAX);
+            Ok(reader.pos)
+        })
     }
 }
 

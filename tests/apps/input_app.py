@@ -1,5 +1,6 @@
 """wsgi.input exercised in every way PEP 3333 allows; PATH_INFO picks the way."""
 import hashlib
+import io
 import json
 import threading
 import time
@@ -46,6 +47,29 @@ def application(environ, start_response):
         parts = f.readlines()
     elif way == "/iter":
         parts = list(f)
+    elif way == "/seek":
+        # Zope reads a request's body again from its start when it retries the request.
+        if f.seekable():
+            first = f.read()
+            f.seek(0)
+            again = f.read(5)
+            at = f.tell()
+            tail_at = f.seek(-4, io.SEEK_END)
+            tail = f.read()
+            past = f.seek(3, io.SEEK_CUR)
+            f.seek(2)
+            f.seek(3, io.SEEK_CUR)
+            parts = [first, again, b"%d" % at, b"%d" % tail_at, tail, b"%d" % past, f.read(), f.read(3)]
+            try:
+                f.seek(-1)
+            except ValueError:
+                parts.append(b"negative refused")
+        else:
+            try:
+                f.seek(0)
+                parts = [b"seek on a streamed body"]
+            except io.UnsupportedOperation:
+                parts = [b"unseekable", f.read()]
     elif way == "/past_end":
         data = f.read()
         parts = [data, f.read(10), f.read(), f.readline()]
