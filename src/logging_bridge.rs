@@ -189,6 +189,29 @@ def leave_basic_config_to_the_app(handler):
     logging.basicConfig = basicConfig
 
 
+def take_over_standard_streams(handler):
+    '''A root logger whose only handlers write to standard output or error (a bare
+    `logging.basicConfig()` at import, as Plone's diazo package calls): those streams are the
+    server's log, where each line of a record became an entry at `error`, a traceback one entry
+    a line. The server's handler takes their place, with their level and formatter (but
+    basicConfig's default, whose level and name the server's entries give anyway), and each
+    record keeps its level, in one entry.'''
+    root = logging.root
+    with logging._lock:
+        theirs = list(root.handlers)
+        if not theirs or not all(type(h) is logging.StreamHandler and _to_standard_streams(h)
+                                 for h in theirs):
+            return False
+        formatter = theirs[0].formatter
+        if formatter is not None and getattr(formatter, '_fmt', None) not in (None, logging.BASIC_FORMAT):
+            handler.setFormatter(formatter)
+        handler.setLevel(min(h.level for h in theirs))
+        for h in theirs:
+            root.removeHandler(h)
+        root.addHandler(handler)
+    return True
+
+
 def _to_standard_streams(handler):
     if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
         return False
@@ -204,17 +227,22 @@ def _to_standard_streams(handler):
 ";
 
 /// Gives the root logger a handler to the server's log when nobody configured one (whose level
-/// and format a later `logging.basicConfig()` sets).
+/// and format a later `logging.basicConfig()` sets), or when its only handlers write to
+/// standard output or error, which are that log (a bare `basicConfig()` at import).
 pub fn install_if_unconfigured(py: Python<'_>) -> PyResult<bool> {
     let root = py.import("logging")?.getattr("root")?;
-    if !root.getattr("handlers")?.is_empty()? {
-        return Ok(false);
-    }
     let module = PyModule::from_code(py, HANDLER, c"ngx_wsgi_logging.py", c"ngx_wsgi_logging")?;
     let handler = module
         .getattr("ServerLogHandler")?
         .call1((wrap_pyfunction!(emit, &module)?,))?;
-    root.call_method1("addHandler", (&handler,))?;
+    if root.getattr("handlers")?.is_empty()? {
+        root.call_method1("addHandler", (&handler,))?;
+    } else if !module
+        .call_method1("take_over_standard_streams", (&handler,))?
+        .is_truthy()?
+    {
+        return Ok(false);
+    }
     module.call_method1("leave_basic_config_to_the_app", (handler,))?;
     Ok(true)
 }

@@ -244,6 +244,24 @@ def test_logging_configured_after_the_import_takes_effect(wsgi_factory):
                      r"lazy basicConfig", server.error_log()), server.error_log()[-3000:]
 
 
+def test_a_bare_basic_config_at_import_logs_through_the_server(wsgi_factory):
+    # Its handler wrote to standard error, the server's log, where every record became an
+    # `error` entry, and a traceback one entry a line (Plone's log under the module).
+    server = wsgi_factory([route("/", f"{APPS / 'eager_logging.py'}:application")]).start()
+    assert requests.get(server.url("/")).text == "logged"
+    wait_for(lambda: "a failure with its traceback" in server.error_log(), what="the app's lines")
+    log = server.error_log()
+    assert re.search(r"\[(ngx_wsgi:)?info\] .*python: eager: an info line", log), log[-3000:]
+    assert re.search(r"\[(ngx_wsgi:)?warn\] .*python: eager: a warning", log), log[-3000:]
+    failure = next(line for line in log.splitlines() if "a failure with its traceback" in line)
+    assert re.search(r"\[(ngx_wsgi:)?error\] .*python: eager: a failure with its traceback", failure), failure
+    assert "sys.stderr" not in log and "INFO:eager" not in log, log[-3000:]
+    # The traceback is the same entry's (its lines follow, with no entry head of their own;
+    # Apache heads each line of an entry).
+    tail = log[log.index("a failure with its traceback"):]
+    assert server.kind == "apache" or re.match(r"a failure with its traceback[^\n]*\nTraceback \(most recent call last\):", tail), tail[:500]
+
+
 def test_the_log_line_id_is_the_requests_request_id(nginx_factory):
     """The id on a request's error-log lines is the `$request_id` that the access log and
     `wsgi_param` see, also when nothing asked for it before the app ran."""
