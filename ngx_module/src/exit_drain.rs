@@ -212,8 +212,9 @@ fn hand_off() {
 }
 
 /// The hand-off that waits for the idle HTTP/1 connections: done once none is left, or at
-/// [`HANDOFF_MS`], closing those left (a request sent on one in that instant meets the race
-/// any keep-alive timeout has, which clients retry).
+/// [`HANDOFF_MS`], closing those left but any whose next request is already in (it is served,
+/// and its answer closes it); one sent in that instant meets the race any keep-alive timeout
+/// has, which clients retry.
 ///
 /// # Safety
 /// Event-loop thread.
@@ -250,6 +251,11 @@ unsafe fn close_idle(kind: Client) {
         for i in 0..(*cycle).connection_n {
             let c = connections.add(i);
             if client(&*c) != Some(kind) {
+                continue;
+            }
+            // A request already in its socket is served (its answer closes the connection):
+            // nginx's keep-alive handler would close without reading it.
+            if kind == Client::IdleHttp1 && has_unread_bytes(&*c) {
                 continue;
             }
             let rev = (*c).read;
@@ -322,6 +328,14 @@ unsafe fn keep_alive_connections() -> bool {
                 })
             })
     }
+}
+
+/// Whether bytes wait unread in `c`'s socket.
+fn has_unread_bytes(c: &ngx_connection_t) -> bool {
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int; `c.fd` is the live connection's socket.
+    let rc = unsafe { libc::ioctl(c.fd, libc::FIONREAD, &mut unread) };
+    rc == 0 && unread > 0
 }
 
 /// Whether any client connection is of `kind`.

@@ -246,40 +246,57 @@ unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         };
         reload_handover::configuration_taken(expected);
         sibling_workers::map();
-        if conf::cycle_main_conf(cycle).is_some_and(|mc| mc.limits.sticky_clients()) {
-            // SAFETY: as above; the master's (or the single process's) listening array.
-            let groups = unsafe { sticky_clients::groups(cycle) };
-            // SAFETY: nginx's own flag and the old cycle's pointer, read in the master.
-            let (testing, first) = unsafe {
-                (
-                    nginx_sys::ngx_test_config != 0,
-                    (*cycle.old_cycle).conf_ctx.is_null(),
-                )
-            };
-            // nginx -t opens no socket per worker: the configuration alone is checked.
-            let result = if testing && !groups.is_empty() {
-                Ok(String::new())
-            } else {
-                sticky_clients::apply(&groups)
-            };
-            match result {
-                Ok(done) if !done.is_empty() => {
-                    ffi::log::cycle_log(nginx_sys::NGX_LOG_NOTICE as usize, &done)
-                }
-                Ok(_) => {}
-                // At a reload, failing here would end the master and leave its workers
-                // orphaned (nginx's QUIC module says the same of its program): the new workers
-                // start without the stickiness, loudly.
-                Err(e) => {
-                    ffi::log::cycle_log(NGX_LOG_EMERG as usize, &e);
-                    if testing || first {
-                        return NGX_ERROR as ngx_int_t;
-                    }
-                }
-            }
+        // SAFETY: as above.
+        if unsafe { !sticky_clients_taken(cycle) } {
+            return NGX_ERROR as ngx_int_t;
         }
         NGX_OK as ngx_int_t
     })
+}
+
+/// `wsgi_sticky_clients` of the configuration the master took; false when nginx is to stop
+/// (a wrong configuration at `nginx -t` or at the first start).
+///
+/// # Safety
+/// In `init_module`, with the live new cycle.
+unsafe fn sticky_clients_taken(cycle: &ngx_cycle_t) -> bool {
+    // SAFETY: per the function contract: the master's (or the single process's) listening
+    // array, nginx's own flag, and the old cycle's pointer.
+    let (groups, testing, first) = unsafe {
+        (
+            sticky_clients::groups(cycle),
+            nginx_sys::ngx_test_config != 0,
+            (*cycle.old_cycle).conf_ctx.is_null(),
+        )
+    };
+    // The new cycle's log: nginx's global cycle is still the old one (or the first start's,
+    // whose log is the built-in path).
+    let log = |level: u32, text: &str| ffi::log::write_log(level as usize, cycle.log, text);
+    if !conf::cycle_main_conf(cycle).is_some_and(|mc| mc.limits.sticky_clients()) {
+        if !testing {
+            if let Some(done) = sticky_clients::let_go(&groups) {
+                log(nginx_sys::NGX_LOG_NOTICE, &done);
+            }
+        }
+        return true;
+    }
+    // nginx -t opens no socket per worker: the configuration alone is checked.
+    if testing && !groups.is_empty() {
+        return true;
+    }
+    match sticky_clients::apply(&groups) {
+        Ok(done) => {
+            log(nginx_sys::NGX_LOG_NOTICE, &done);
+            true
+        }
+        // At a reload, failing here would end the master and leave its workers orphaned
+        // (nginx's QUIC module says the same of its program): the new workers start without
+        // the stickiness, loudly.
+        Err(e) => {
+            log(NGX_LOG_EMERG, &e);
+            !(testing || first)
+        }
+    }
 }
 
 unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {

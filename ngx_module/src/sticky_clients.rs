@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use libc::{
     sock_filter, sock_fprog, BPF_A, BPF_ABS, BPF_ALU, BPF_B, BPF_JA, BPF_JEQ, BPF_JMP, BPF_K,
@@ -20,6 +21,22 @@ use libc::{
     SKF_NET_OFF,
 };
 use nginx_sys::{ngx_cycle_t, ngx_listening_t};
+
+/// This master attached the program at an earlier configuration: reloads keep the sockets, and
+/// the kernel keeps the program on them until it is replaced.
+static ATTACHED: AtomicBool = AtomicBool::new(false);
+
+/// What replaces the program where stickiness ends: an index past every group's sockets, which
+/// has the kernel pick by its own hash again (on every kernel with the option; detaching needs
+/// Linux 5.8).
+fn kernels_own_choice() -> Vec<sock_filter> {
+    vec![sock_filter {
+        code: (BPF_RET | BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: u32::MAX,
+    }]
+}
 
 /// The program for a group of `sockets` sockets: the index of the socket for a connection's
 /// first packet, from its source address (an IPv6 one folded to 32 bits), mixed so that
@@ -76,10 +93,8 @@ pub(crate) fn program(sockets: u32) -> Vec<sock_filter> {
     p
 }
 
-/// Attaches [`program`] to the reuseport group of the listening socket `fd`, whose group has
-/// `sockets` sockets.
-pub(crate) fn attach(fd: RawFd, sockets: u32) -> io::Result<()> {
-    let mut filter = program(sockets);
+/// Attaches `filter` to the reuseport group of the listening socket `fd`.
+pub(crate) fn attach(fd: RawFd, mut filter: Vec<sock_filter>) -> io::Result<()> {
     let prog = sock_fprog {
         len: filter.len() as u16,
         filter: filter.as_mut_ptr(),
@@ -121,7 +136,7 @@ pub(crate) unsafe fn groups(cycle: &ngx_cycle_t) -> Vec<Group> {
         )
     };
     let mut by_address: BTreeMap<Vec<u8>, Group> = BTreeMap::new();
-    for ls in listening {
+    for ls in listening.iter().filter(|ls| is_http(ls)) {
         if ls.reuseport() == 0 || ls.type_ != libc::SOCK_STREAM || ls.sockaddr.is_null() {
             continue;
         }
@@ -141,7 +156,41 @@ pub(crate) unsafe fn groups(cycle: &ngx_cycle_t) -> Vec<Group> {
     by_address.into_values().collect()
 }
 
-/// Attaches the program to each group's sockets; says what it did, or what failed.
+/// Whether `ls` is an http block's (not a `stream` or `mail` one's).
+#[cfg(not(test))]
+fn is_http(ls: &ngx_listening_t) -> bool {
+    ls.handler.is_some_and(|h| {
+        std::ptr::fn_addr_eq(
+            h,
+            nginx_sys::ngx_http_init_connection as unsafe extern "C" fn(_),
+        )
+    })
+}
+
+#[cfg(test)]
+fn is_http(_ls: &ngx_listening_t) -> bool {
+    true
+}
+
+/// The directive is off: where this master attached the program before (a reload that turned
+/// it off), the kernel picks by its own hash again. Says what it did.
+pub(crate) fn let_go(groups: &[Group]) -> Option<String> {
+    if !ATTACHED.swap(false, Ordering::Relaxed) {
+        return None;
+    }
+    for group in groups {
+        for &fd in group.fds.iter().filter(|&&fd| fd != -1) {
+            // A socket that refuses keeps the program; the next reload tries again.
+            if attach(fd, kernels_own_choice()).is_err() {
+                ATTACHED.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+    Some("wsgi_sticky_clients is off: the kernel picks each connection's worker again".into())
+}
+
+/// Attaches the program to each group's sockets; says what it did, or what failed (a group
+/// that failed gets the kernel's own choice back, the others keep the program).
 pub(crate) fn apply(groups: &[Group]) -> Result<String, String> {
     if groups.is_empty() {
         return Err(
@@ -152,22 +201,35 @@ pub(crate) fn apply(groups: &[Group]) -> Result<String, String> {
         );
     }
     let mut done = Vec::new();
+    let mut failed = Vec::new();
     for group in groups {
         let sockets = group.fds.len() as u32;
-        for &fd in group.fds.iter().filter(|&&fd| fd != -1) {
-            attach(fd, sockets).map_err(|e| {
-                format!(
-                    "wsgi_sticky_clients: attaching the program to {}'s sockets failed: {e}",
-                    group.address
-                )
-            })?;
+        let fds = group.fds.iter().copied().filter(|&fd| fd != -1);
+        match fds.clone().try_for_each(|fd| attach(fd, program(sockets))) {
+            Ok(()) => {
+                ATTACHED.store(true, Ordering::Relaxed);
+                done.push(format!("{} ({sockets} workers)", group.address));
+            }
+            Err(e) => {
+                for fd in fds {
+                    let _ = attach(fd, kernels_own_choice());
+                }
+                failed.push(format!("{}: {e}", group.address));
+            }
         }
-        done.push(format!("{} ({sockets} workers)", group.address));
     }
-    Ok(format!(
-        "wsgi_sticky_clients: each client address goes to one worker on {}",
-        done.join(", ")
-    ))
+    if failed.is_empty() {
+        Ok(format!(
+            "wsgi_sticky_clients: each client address goes to one worker on {}",
+            done.join(", ")
+        ))
+    } else {
+        Err(format!(
+            "wsgi_sticky_clients: the program could not be attached to the sockets of {}; \
+             their connections go to any worker",
+            failed.join(", ")
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -248,7 +310,7 @@ mod tests {
             other => panic!("{other}"),
         };
         let second = reuseport_listener(port);
-        attach(first.as_raw_fd(), 2).unwrap();
+        attach(first.as_raw_fd(), program(2)).unwrap();
         let mut seen = [false; 2];
         let mut clients = Vec::new();
         for last in 2..34u8 {
@@ -256,11 +318,17 @@ mod tests {
             let mut reached = Vec::new();
             for _ in 0..4 {
                 clients.push(connect_from(source, port));
-                // A loopback connect completes the handshake before it returns.
-                let on_first = first.accept().is_ok();
-                let on_second = second.accept().is_ok();
-                assert!(on_first != on_second, "one socket has the connection");
-                reached.push(usize::from(on_second));
+                // The handshake may complete a moment after the connect returns.
+                let mut on = (false, false);
+                for _ in 0..1000 {
+                    on = (first.accept().is_ok(), second.accept().is_ok());
+                    if on.0 || on.1 {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                assert!(on.0 != on.1, "one socket has the connection");
+                reached.push(usize::from(on.1));
             }
             assert!(
                 reached.iter().all(|&s| s == reached[0]),
