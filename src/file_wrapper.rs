@@ -70,8 +70,8 @@ fn path_of(fd: std::os::fd::RawFd) -> Option<CString> {
 }
 
 /// The file whose descriptor holds what `filelike`'s `read()` gives: `filelike` itself when it
-/// is a binary file (`FileIO`, or a buffered reader over one, of these very types: a subclass
-/// may read otherwise), or the one a proxy holds in `.file` (tempfile's named files, Django's
+/// is a binary file (`FileIO`, a subclass of it that reads as it does, or a buffered reader
+/// over one, of these very types: a subclass may read otherwise), or the one a proxy holds in `.file` (tempfile's named files, Django's
 /// `File`). Other streams with a `fileno()` transform its bytes (`gzip.open`, `bz2`, `lzma`, a
 /// text file) or may name another file: the server would send the wrong bytes, so they are
 /// iterated.
@@ -89,7 +89,7 @@ fn plain_file<'py>(filelike: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
         // A proxy of a proxy at most (Django's FieldFile over a File over the file).
         for _ in 0..3 {
             let kind = object.get_type();
-            if kind.is(&file_io) {
+            if kind.is(&file_io) || reads_as_file_io(&object, &file_io)? {
                 return Ok(Some(object));
             }
             if buffered.iter().any(|b| kind.is(b)) {
@@ -104,6 +104,28 @@ fn plain_file<'py>(filelike: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
         Ok(None)
     };
     find().ok().flatten()
+}
+
+/// Whether `object` is of a subclass of `FileIO` that reads as `FileIO` does (Zope's
+/// `filestream_iterator`, which only makes it iterable in blocks of its own size): neither its
+/// class nor the object replaces a reading method.
+fn reads_as_file_io(object: &Bound<'_, PyAny>, file_io: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let kind = object.get_type();
+    if !kind.is_subclass(file_io)? {
+        return Ok(false);
+    }
+    let own = object.getattr(pyo3::intern!(object.py(), "__dict__")).ok();
+    for name in ["read", "readinto", "readall", "readline", "readlines"] {
+        if !kind.getattr(name)?.is(&file_io.getattr(name)?) {
+            return Ok(false);
+        }
+        if let Some(own) = &own {
+            if own.contains(name)? {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Whether a regular file's size says nothing of what it has: procfs files say 0 bytes, and

@@ -20,7 +20,8 @@ NAMES = ["list_body", "generator_body", "write_then_iterable", "closing", "close
          "accel", "file_wrapper_from_position", "file_wrapper_limited", "file_wrapper_bytesio",
          "file_wrapper_proc", "endless_with_length", "file_wrapper_validated", "file_wrapper_sysfs",
          "two_types", "connection_headers", "file_wrapper_gzip", "file_wrapper_lying_fileno",
-         "file_wrapper_temporary", "file_wrapper_subclass", "head_skips_the_body",
+         "file_wrapper_temporary", "file_wrapper_subclass", "file_wrapper_blocks", "file_wrapper_shouting_file",
+         "head_skips_the_body",
          "json_with_length"]
 
 
@@ -353,6 +354,11 @@ def test_file_wrapper_sends_what_read_gives_not_what_a_descriptor_holds(server):
     assert requests.get(server.url("/file_wrapper_gzip")).content == b"the content, " * 1000
     assert requests.get(server.url("/file_wrapper_lying_fileno")).content == b"mine, " * 100
     assert requests.get(server.url("/file_wrapper_subclass")).content == APP.read_bytes().upper()
+    assert requests.get(server.url("/file_wrapper_shouting_file")).content == APP.read_bytes().upper()
+    # A subclass that reads as its base does (Zope's filestream_iterator only iterates in its
+    # own blocks) is a file too, sent with its length (iterated, it was chunked).
+    r = requests.get(server.url("/file_wrapper_blocks"))
+    assert (r.content, r.headers.get("Content-Length")) == (APP.read_bytes(), str(len(APP.read_bytes())))
     r = requests.get(server.url("/file_wrapper_temporary"))
     assert (r.content, r.headers.get("Content-Length")) == (b"spooled, " * 1000, str(9000))
 

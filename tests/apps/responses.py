@@ -304,6 +304,32 @@ class Shouting(io.BufferedReader):
         return super().read(size).upper()
 
 
+class InBlocks(io.FileIO):
+    """Zope's filestream_iterator: a file that iterates in blocks of its own size, and reads
+    as any file."""
+
+    def __next__(self):
+        data = self.read(4096)
+        if not data:
+            raise StopIteration
+        return data
+
+
+class ShoutingFile(io.FileIO):
+    def read(self, size=-1):
+        return super().read(size).upper()
+
+
+def file_wrapper_blocks(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return environ["wsgi.file_wrapper"](InBlocks(__file__))
+
+
+def file_wrapper_shouting_file(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return environ["wsgi.file_wrapper"](ShoutingFile(__file__))
+
+
 def file_wrapper_subclass(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return environ["wsgi.file_wrapper"](Shouting(io.FileIO(__file__)))
