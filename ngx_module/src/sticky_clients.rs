@@ -235,36 +235,47 @@ pub(crate) fn apply(groups: &[Group]) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{Ipv4Addr, TcpListener};
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-    /// A listening socket with SO_REUSEPORT on 127.0.0.1:`port` (0: any).
-    fn reuseport_listener(port: u16) -> TcpListener {
-        // SAFETY: plain socket calls on a descriptor this function owns.
+    /// A listening socket with SO_REUSEPORT on `port` (0: any): 127.0.0.1, or with `dual` the
+    /// dual-stack `[::]`.
+    fn reuseport_listener(dual: bool, port: u16) -> TcpListener {
+        let family = if dual { libc::AF_INET6 } else { libc::AF_INET };
+        // SAFETY: plain socket calls on a descriptor this function owns; each address is a
+        // valid sockaddr of its family, passed with its size.
         unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
             assert!(fd >= 0);
             let owned = OwnedFd::from_raw_fd(fd);
+            let int_size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
             let one: libc::c_int = 1;
-            let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            let on = (&one as *const libc::c_int).cast();
-            assert_eq!(
-                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, on, size),
-                0
-            );
-            let addr = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: port.to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
-                },
-                sin_zero: [0; 8],
+            let zero: libc::c_int = 0;
+            let opt = |level, name, value: &libc::c_int| {
+                let value = (value as *const libc::c_int).cast();
+                assert_eq!(libc::setsockopt(fd, level, name, value, int_size), 0);
             };
-            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            assert_eq!(
-                libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len),
-                0
-            );
+            opt(libc::SOL_SOCKET, libc::SO_REUSEPORT, &one);
+            let rc = if dual {
+                opt(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &zero);
+                let mut addr: libc::sockaddr_in6 = std::mem::zeroed();
+                addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                addr.sin6_port = port.to_be();
+                let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+                libc::bind(fd, (&addr as *const libc::sockaddr_in6).cast(), len)
+            } else {
+                let addr = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: port.to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len)
+            };
+            assert_eq!(rc, 0, "bind: {}", io::Error::last_os_error());
             assert_eq!(libc::listen(fd, 128), 0);
             let listener = TcpListener::from(owned);
             listener.set_nonblocking(true).unwrap();
@@ -272,7 +283,30 @@ mod tests {
         }
     }
 
-    /// Connects from `source` (a loopback address) to `port`.
+    /// Two sockets of one group, the program attached: the two and their port.
+    fn group(dual: bool) -> ([TcpListener; 2], u16) {
+        let first = reuseport_listener(dual, 0);
+        let port = first.local_addr().unwrap().port();
+        let second = reuseport_listener(dual, port);
+        attach(first.as_raw_fd(), program(2)).unwrap();
+        ([first, second], port)
+    }
+
+    /// Which of `sockets` took the connection just made.
+    fn landed(sockets: &[TcpListener; 2]) -> usize {
+        // The handshake may complete a moment after the connect returns.
+        for _ in 0..1000 {
+            let on = (sockets[0].accept().is_ok(), sockets[1].accept().is_ok());
+            assert!(!(on.0 && on.1), "one socket has the connection");
+            if on.0 || on.1 {
+                return usize::from(on.1);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("no socket took the connection");
+    }
+
+    /// Connects from `source` (a loopback address) to 127.0.0.1:`port`.
     fn connect_from(source: Ipv4Addr, port: u16) -> OwnedFd {
         // SAFETY: plain socket calls on a descriptor this function owns.
         unsafe {
@@ -302,15 +336,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn each_source_address_reaches_one_socket_of_the_group() {
-        let first = reuseport_listener(0);
-        let port = match first.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a.port(),
-            other => panic!("{other}"),
-        };
-        let second = reuseport_listener(port);
-        attach(first.as_raw_fd(), program(2)).unwrap();
+    /// 32 IPv4 source addresses, 4 connections each: each address on one socket, both used.
+    fn ipv4_clients_stick(dual: bool) {
+        let (sockets, port) = group(dual);
         let mut seen = [false; 2];
         let mut clients = Vec::new();
         for last in 2..34u8 {
@@ -318,17 +346,7 @@ mod tests {
             let mut reached = Vec::new();
             for _ in 0..4 {
                 clients.push(connect_from(source, port));
-                // The handshake may complete a moment after the connect returns.
-                let mut on = (false, false);
-                for _ in 0..1000 {
-                    on = (first.accept().is_ok(), second.accept().is_ok());
-                    if on.0 || on.1 {
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-                assert!(on.0 != on.1, "one socket has the connection");
-                reached.push(usize::from(on.1));
+                reached.push(landed(&sockets));
             }
             assert!(
                 reached.iter().all(|&s| s == reached[0]),
@@ -337,6 +355,33 @@ mod tests {
             seen[reached[0]] = true;
         }
         assert_eq!(seen, [true, true], "32 addresses spread over both sockets");
+    }
+
+    #[test]
+    fn each_source_address_reaches_one_socket_of_the_group() {
+        ipv4_clients_stick(false);
+    }
+
+    #[test]
+    fn ipv4_clients_of_a_dual_stack_socket_too() {
+        // Their packets are IPv4 ones, whatever the socket's family.
+        ipv4_clients_stick(true);
+    }
+
+    #[test]
+    fn an_ipv6_client_reaches_one_socket() {
+        let (sockets, port) = group(true);
+        let mut reached = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..12 {
+            match TcpStream::connect(("::1", port)) {
+                Ok(c) => clients.push(c),
+                // A machine without IPv6 on its loopback.
+                Err(_) => return,
+            }
+            reached.push(landed(&sockets));
+        }
+        assert!(reached.iter().all(|&s| s == reached[0]), "{reached:?}");
     }
 
     #[test]
