@@ -189,17 +189,17 @@ def leave_basic_config_to_the_app(handler):
     logging.basicConfig = basicConfig
 
 
-def take_over_standard_streams(handler):
-    '''A root logger whose only handlers write to standard output or error (a bare
-    `logging.basicConfig()` at import, as Plone's diazo package calls): those streams are the
+def take_over_standard_error(handler):
+    '''A root logger whose only handlers write to standard error (a bare
+    `logging.basicConfig()` at import, as Plone's diazo package calls): that stream is the
     server's log, where each line of a record became an entry at `error`, a traceback one entry
     a line. The server's handler takes their place, with their level and formatter (but
     basicConfig's default, whose level and name the server's entries give anyway), and each
-    record keeps its level, in one entry.'''
+    record keeps its level, in one entry. (Standard output may be elsewhere: a journal.)'''
     root = logging.root
     with logging._lock:
         theirs = list(root.handlers)
-        if not theirs or not all(type(h) is logging.StreamHandler and _to_standard_streams(h)
+        if not theirs or not all(type(h) is logging.StreamHandler and _to_standard_error(h)
                                  for h in theirs):
             return False
         formatter = theirs[0].formatter
@@ -210,6 +210,18 @@ def take_over_standard_streams(handler):
             root.removeHandler(h)
         root.addHandler(handler)
     return True
+
+
+def _to_standard_error(handler):
+    stream = getattr(handler, 'stream', None)
+    if stream is None:
+        return False
+    if stream is sys.stderr or stream is sys.__stderr__:
+        return True
+    try:
+        return stream.fileno() == 2
+    except Exception:
+        return False
 
 
 def _to_standard_streams(handler):
@@ -228,7 +240,7 @@ def _to_standard_streams(handler):
 
 /// Gives the root logger a handler to the server's log when nobody configured one (whose level
 /// and format a later `logging.basicConfig()` sets), or when its only handlers write to
-/// standard output or error, which are that log (a bare `basicConfig()` at import).
+/// standard error, which is that log (a bare `basicConfig()` at import).
 pub fn install_if_unconfigured(py: Python<'_>) -> PyResult<bool> {
     let root = py.import("logging")?.getattr("root")?;
     let module = PyModule::from_code(py, HANDLER, c"ngx_wsgi_logging.py", c"ngx_wsgi_logging")?;
@@ -238,7 +250,7 @@ pub fn install_if_unconfigured(py: Python<'_>) -> PyResult<bool> {
     if root.getattr("handlers")?.is_empty()? {
         root.call_method1("addHandler", (&handler,))?;
     } else if !module
-        .call_method1("take_over_standard_streams", (&handler,))?
+        .call_method1("take_over_standard_error", (&handler,))?
         .is_truthy()?
     {
         return Ok(false);

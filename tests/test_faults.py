@@ -256,6 +256,9 @@ def test_a_bare_basic_config_at_import_logs_through_the_server(wsgi_factory):
     failure = next(line for line in log.splitlines() if "a failure with its traceback" in line)
     assert re.search(r"\[(ngx_wsgi:)?error\] .*python: eager: a failure with its traceback", failure), failure
     assert "sys.stderr" not in log and "INFO:eager" not in log, log[-3000:]
+    # A handler to standard output is the app's to keep: that may be a journal, not this log.
+    stdout = wsgi_factory([route("/", f"{APPS / 'eager_stdout_logging.py'}:application")]).start()
+    assert requests.get(stdout.url("/")).text == "StreamHandler"
     # The traceback is the same entry's (its lines follow, with no entry head of their own;
     # Apache heads each line of an entry).
     tail = log[log.index("a failure with its traceback"):]
