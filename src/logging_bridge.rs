@@ -256,5 +256,9 @@ pub fn install_if_unconfigured(py: Python<'_>) -> PyResult<bool> {
         return Ok(false);
     }
     module.call_method1("leave_basic_config_to_the_app", (handler,))?;
+    // A warning (a library's DeprecationWarning, PyJWT's key-length one) went to standard error,
+    // an `error` entry a line; through logging it reaches the same log at `warn`, in one entry.
+    py.import("logging")?
+        .call_method1("captureWarnings", (true,))?;
     Ok(true)
 }

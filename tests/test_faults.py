@@ -253,6 +253,8 @@ def test_a_bare_basic_config_at_import_logs_through_the_server(wsgi_factory):
     log = server.error_log()
     assert re.search(r"\[(ngx_wsgi:)?info\] .*python: eager: an info line", log), log[-3000:]
     assert re.search(r"\[(ngx_wsgi:)?warn\] .*python: eager: a warning", log), log[-3000:]
+    # So does a Python warning, at `warn` (through standard error it was an `error` entry).
+    assert re.search(r"\[(ngx_wsgi:)?warn\] .*python: py.warnings: .*UserWarning: a library's warning", log), log[-3000:]
     failure = next(line for line in log.splitlines() if "a failure with its traceback" in line)
     assert re.search(r"\[(ngx_wsgi:)?error\] .*python: eager: a failure with its traceback", failure), failure
     assert "sys.stderr" not in log and "INFO:eager" not in log, log[-3000:]
