@@ -41,7 +41,7 @@ fn kernels_own_choice() -> Vec<sock_filter> {
 /// The program for a group of `sockets` sockets: the index of the socket for a connection's
 /// first packet, from its source address (an IPv6 one folded to 32 bits), mixed so that
 /// neighbouring addresses spread.
-pub(crate) fn program(sockets: u32) -> Vec<sock_filter> {
+fn program(sockets: u32) -> Vec<sock_filter> {
     // The network header's offset in the program's view of the packet (which begins past the
     // TCP header).
     let net = SKF_NET_OFF as u32;
@@ -93,8 +93,9 @@ pub(crate) fn program(sockets: u32) -> Vec<sock_filter> {
     p
 }
 
-/// Attaches `filter` to the reuseport group of the listening socket `fd`.
-pub(crate) fn attach(fd: RawFd, mut filter: Vec<sock_filter>) -> io::Result<()> {
+/// Attaches `filter` to the reuseport group of the listening socket `fd` (the program is the
+/// group's, whichever of its sockets it is given through).
+fn attach(fd: RawFd, mut filter: Vec<sock_filter>) -> io::Result<()> {
     let prog = sock_fprog {
         len: filter.len() as u16,
         filter: filter.as_mut_ptr(),
@@ -116,10 +117,12 @@ pub(crate) fn attach(fd: RawFd, mut filter: Vec<sock_filter>) -> io::Result<()> 
     }
 }
 
-/// One `listen ... reuseport` TCP address: its text and its workers' sockets.
+/// One `listen ... reuseport` TCP address: its text, how many sockets it has (one a worker),
+/// and one of them that is open (-1: none, as under `nginx -t`).
 pub(crate) struct Group {
-    pub(crate) address: String,
-    pub(crate) fds: Vec<RawFd>,
+    address: String,
+    sockets: u32,
+    socket: RawFd,
 }
 
 /// The cycle's `reuseport` TCP addresses, each with its sockets (one a worker).
@@ -146,12 +149,17 @@ pub(crate) unsafe fn groups(cycle: &ngx_cycle_t) -> Vec<Group> {
         };
         by_address
             .entry(key)
+            .and_modify(|g| {
+                g.sockets += 1;
+                if g.socket == -1 {
+                    g.socket = ls.fd;
+                }
+            })
             .or_insert_with(|| Group {
                 address: String::from_utf8_lossy(crate::ffi::ngx_bytes(&ls.addr_text)).into_owned(),
-                fds: Vec::new(),
-            })
-            .fds
-            .push(ls.fd);
+                sockets: 1,
+                socket: ls.fd,
+            });
     }
     by_address.into_values().collect()
 }
@@ -178,12 +186,10 @@ pub(crate) fn let_go(groups: &[Group]) -> Option<String> {
     if !ATTACHED.swap(false, Ordering::Relaxed) {
         return None;
     }
-    for group in groups {
-        for &fd in group.fds.iter().filter(|&&fd| fd != -1) {
-            // A socket that refuses keeps the program; the next reload tries again.
-            if attach(fd, kernels_own_choice()).is_err() {
-                ATTACHED.store(true, Ordering::Relaxed);
-            }
+    for group in groups.iter().filter(|g| g.socket != -1) {
+        // A group that refuses keeps the program; the next reload tries again.
+        if attach(group.socket, kernels_own_choice()).is_err() {
+            ATTACHED.store(true, Ordering::Relaxed);
         }
     }
     Some("wsgi_sticky_clients is off: the kernel picks each connection's worker again".into())
@@ -202,18 +208,15 @@ pub(crate) fn apply(groups: &[Group]) -> Result<String, String> {
     }
     let mut done = Vec::new();
     let mut failed = Vec::new();
-    for group in groups {
-        let sockets = group.fds.len() as u32;
-        let fds = group.fds.iter().copied().filter(|&fd| fd != -1);
-        match fds.clone().try_for_each(|fd| attach(fd, program(sockets))) {
+    for group in groups.iter().filter(|g| g.socket != -1) {
+        let sockets = group.sockets;
+        match attach(group.socket, program(sockets)) {
             Ok(()) => {
                 ATTACHED.store(true, Ordering::Relaxed);
                 done.push(format!("{} ({sockets} workers)", group.address));
             }
             Err(e) => {
-                for fd in fds {
-                    let _ = attach(fd, kernels_own_choice());
-                }
+                let _ = attach(group.socket, kernels_own_choice());
                 failed.push(format!("{}: {e}", group.address));
             }
         }
