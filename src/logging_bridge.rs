@@ -213,27 +213,23 @@ def take_over_standard_error(handler):
 
 
 def _to_standard_error(handler):
-    stream = getattr(handler, 'stream', None)
-    if stream is None:
-        return False
-    if stream is sys.stderr or stream is sys.__stderr__:
-        return True
-    try:
-        return stream.fileno() == 2
-    except Exception:
-        return False
+    return _writes_to(handler, (sys.stderr, sys.__stderr__), (2,))
 
 
 def _to_standard_streams(handler):
     if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
         return False
+    return _writes_to(handler, (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__), (1, 2))
+
+
+def _writes_to(handler, streams, fds):
     stream = getattr(handler, 'stream', None)
     if stream is None:
         return False
-    if any(stream is s for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)):
+    if any(stream is s for s in streams):
         return True
     try:
-        return stream.fileno() in (1, 2)
+        return stream.fileno() in fds
     except Exception:
         return False
 ";
@@ -242,7 +238,8 @@ def _to_standard_streams(handler):
 /// and format a later `logging.basicConfig()` sets), or when its only handlers write to
 /// standard error, which is that log (a bare `basicConfig()` at import).
 pub fn install_if_unconfigured(py: Python<'_>) -> PyResult<bool> {
-    let root = py.import("logging")?.getattr("root")?;
+    let logging = py.import("logging")?;
+    let root = logging.getattr("root")?;
     let module = PyModule::from_code(py, HANDLER, c"ngx_wsgi_logging.py", c"ngx_wsgi_logging")?;
     let handler = module
         .getattr("ServerLogHandler")?
@@ -258,7 +255,6 @@ pub fn install_if_unconfigured(py: Python<'_>) -> PyResult<bool> {
     module.call_method1("leave_basic_config_to_the_app", (handler,))?;
     // A warning (a library's DeprecationWarning, PyJWT's key-length one) went to standard error,
     // an `error` entry a line; through logging it reaches the same log at `warn`, in one entry.
-    py.import("logging")?
-        .call_method1("captureWarnings", (true,))?;
+    logging.call_method1("captureWarnings", (true,))?;
     Ok(true)
 }
