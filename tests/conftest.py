@@ -6,6 +6,7 @@ Tests about WSGI semantics take the `wsgi_factory` fixture, which runs them once
 processes take `nginx_factory`."""
 
 import http.client
+import json
 import os
 import pathlib
 import random
@@ -362,6 +363,25 @@ def assert_unanswered(sock, request):
     except ConnectionResetError:
         answer = b""
     assert answer == b"", answer
+
+
+def socketio_by_polling(port, auth, source="127.0.0.1"):
+    """A Socket.IO connection by Engine.IO's long-polling from `source` (a loopback address),
+    each request on a new connection, as a browser's may be: the handshake, the connect packet
+    with `auth`, then the packets of the poll that answers it."""
+    def request(method, path, body=None):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=20, source_address=(source, 0))
+        c.request(method, path, body=body)
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        assert r.status == 200, (method, path, r.status, data)
+        return data
+    handshake = request("GET", "/socket.io/?EIO=4&transport=polling")
+    assert handshake.startswith(b"0"), handshake
+    path = f"/socket.io/?EIO=4&transport=polling&sid={json.loads(handshake[1:])['sid']}"
+    assert request("POST", path, b"40" + json.dumps(auth).encode()) == b"OK"
+    return request("GET", path).split(b"\x1e")
 
 
 class Route:

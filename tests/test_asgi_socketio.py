@@ -2,15 +2,13 @@
 held open until the server has something), its WebSocket transport and the upgrade from the one
 to the other, acknowledged events, a refused connection, and rooms across clients on different
 transports in one worker."""
-import http.client
-import json
 import signal
 import socket
 import threading
 
 import pytest
 
-from conftest import APPS, asgi_location, assert_unanswered, read_until, wait_for
+from conftest import APPS, asgi_location, assert_unanswered, read_until, socketio_by_polling, wait_for
 
 socketio = pytest.importorskip("socketio")
 
@@ -85,15 +83,6 @@ def test_a_room_spans_transports(server):
         ws.close()
 
 
-def engineio_handshake(conn):
-    """Opens an Engine.IO session by long-polling on `conn` (http.client): its sid."""
-    conn.request("GET", "/socket.io/?EIO=4&transport=polling")
-    r = conn.getresponse()
-    body = r.read()
-    assert r.status == 200 and body.startswith(b"0"), (r.status, body)
-    return json.loads(body[1:])["sid"]
-
-
 def test_a_reconnect_after_a_reload_reaches_the_new_worker(nginx_factory):
     # A browser's Socket.IO client, told to go by the old worker's close frame, reconnects by
     # long-polling a second later, on whichever connection it has: one left idle to the old
@@ -113,18 +102,9 @@ def test_a_reconnect_after_a_reload_reaches_the_new_worker(nginx_factory):
     kept.close()
     # On new connections, as the browser then goes on: the session the handshake opens is the
     # one its next requests find.
-    sid = engineio_handshake(http.client.HTTPConnection("127.0.0.1", server.port, timeout=20))
-    post = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
-    post.request("POST", f"/socket.io/?EIO=4&transport=polling&sid={sid}", body=b"40" + json.dumps(AUTH).encode())
-    r = post.getresponse()
-    assert (r.status, r.read()) == (200, b"OK")
-    poll = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
-    poll.request("GET", f"/socket.io/?EIO=4&transport=polling&sid={sid}")
-    r = poll.getresponse()
-    body = r.read()
-    packets = body.split(b"\x1e")    # the connect's answer and the app's welcome, in either order
-    assert r.status == 200 and any(p.startswith(b"40{") for p in packets), body
-    assert any(p.startswith(b'42["welcome"') for p in packets), body
+    packets = socketio_by_polling(server.port, AUTH)   # the connect's answer and the app's welcome, in either order
+    assert any(p.startswith(b"40{") for p in packets), packets
+    assert any(p.startswith(b'42["welcome"') for p in packets), packets
     log = server.error_log()
     assert "Invalid session" not in log and "Traceback" not in log, log[-3000:]
     wait_for(lambda: "exited with code 0" in server.error_log(), what="the old worker's exit")

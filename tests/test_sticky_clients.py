@@ -1,14 +1,12 @@
 """`wsgi_sticky_clients on`: every connection of one client address reaches the same worker (a
 `listen ... reuseport` socket per worker, picked by the client's address), so that apps with
 per-process sessions (Engine.IO's long-polling) work with several workers."""
-import http.client
-import json
 import signal
 import socket
 
 import pytest
 
-from conftest import APPS, asgi_location, location, read_until, wait_for
+from conftest import APPS, asgi_location, location, read_until, socketio_by_polling, wait_for
 
 PID_APP = f"{APPS / 'worker_pid.py'}:application"
 STICKY = dict(workers=2, listen_extra=" reuseport", http_extra="wsgi_sticky_clients on;")
@@ -67,24 +65,6 @@ def test_without_it_one_address_spreads_over_the_workers(nginx_factory):
     assert len({served_by(server, "127.0.0.2") for _ in range(40)}) == 2
 
 
-def engineio_session(server, source):
-    """A Socket.IO connection by long-polling from `source`, each request on a new connection
-    (as a browser's may be): the answer to its connect packet."""
-    def request(method, path, body=None):
-        c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20, source_address=(source, 0))
-        c.request(method, path, body=body)
-        r = c.getresponse()
-        data = r.read()
-        c.close()
-        assert r.status == 200, (method, path, r.status, data)
-        return data
-    handshake = request("GET", "/socket.io/?EIO=4&transport=polling")
-    sid = json.loads(handshake[1:])["sid"]
-    path = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
-    assert request("POST", path, b'40{"token": "let-me-in"}') == b"OK"
-    return request("GET", path)
-
-
 def test_socketio_polling_sessions_work_on_both_workers(nginx_factory):
     pytest.importorskip("socketio")
     app = APPS / "asgi_frameworks" / "socketio_app.py"
@@ -92,7 +72,7 @@ def test_socketio_polling_sessions_work_on_both_workers(nginx_factory):
     workers = set()
     for source in ADDRESSES[:10]:
         workers.add(served_by(server, source, "/pid"))
-        packets = engineio_session(server, source).split(b"\x1e")
+        packets = socketio_by_polling(server.port, {"token": "let-me-in"}, source)
         assert any(p.startswith(b"40{") for p in packets), packets
     assert workers == set(server.worker_pids())
     assert "Invalid session" not in server.error_log()
