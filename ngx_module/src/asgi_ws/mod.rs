@@ -154,11 +154,14 @@ impl AsgiWs {
     ) -> Arc<AsgiWs> {
         // At each check while the worker exits: one accepted after the first is told too. And
         // as soon as a drain sends the worker's clients to other workers: a reload's drain
-        // (up to 2 s) would otherwise keep them on the old code that long.
-        crate::inflight::while_exiting(close_all_for_exit);
-        crate::exit_drain::when_sending_clients_elsewhere(crate::exit_drain::LongLived {
-            tell: close_all_for_exit,
-            count: open_count,
+        // (up to 2 s) would otherwise keep them on the old code that long. Once, at the first.
+        static TOLD_AT_EXIT: std::sync::Once = std::sync::Once::new();
+        TOLD_AT_EXIT.call_once(|| {
+            crate::inflight::while_exiting(close_all_for_exit);
+            crate::exit_drain::when_sending_clients_elsewhere(crate::exit_drain::LongLived {
+                tell: close_all_for_exit,
+                count: open_count,
+            });
         });
         Arc::new_cyclic(|me| AsgiWs {
             stream,
