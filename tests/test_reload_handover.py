@@ -3,6 +3,8 @@ new one that could not load its apps leaves new connections to them meanwhile. (
 pause-free reloads are in test_lifecycle.py.)"""
 import os
 import signal
+import threading
+import time
 
 import requests
 
@@ -24,30 +26,106 @@ def locked_app(directory):
     return app
 
 
+def lock_holding_app(directory):
+    """An app that takes a lock at its import and holds it while its process lives, as ZODB's
+    FileStorage does (its Data.fs.lock): a new worker cannot import it while an old one runs.
+    The check leaves the lock to the workers. /slow answers in 3 s (or as many as its query
+    string says), having made `slow.started`."""
+    directory.chmod(0o777)
+    app = directory / "holds_a_lock.py"
+    app.write_text(
+        "import fcntl, os, time\n"
+        "if os.environ.get('NGX_WSGI_CONFIG_CHECK') != '1':\n"
+        "    _lock = open(os.path.join(os.path.dirname(__file__), 'app.lock'), 'a')\n"
+        "    try:\n"
+        "        fcntl.flock(_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "    except BlockingIOError:\n"
+        "        raise RuntimeError('app.lock is held by another process') from None\n"
+        "def application(environ, start_response):\n"
+        "    if environ['PATH_INFO'] == '/slow':\n"
+        "        open(os.path.join(os.path.dirname(__file__), 'slow.started'), 'w').close()\n"
+        "        time.sleep(float(environ['QUERY_STRING'] or 3))\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [str(os.getpid()).encode()]\n")
+    return app
+
+
+def answers_until_a_new_worker_serves(server, old):
+    """(status, pid) of requests, one after the other, until one is served by a worker not in
+    `old` (or for 60 s)."""
+    answers = []
+    deadline = time.monotonic() + 60
+    while True:
+        r = requests.get(server.url("/"), timeout=30)
+        answers.append((r.status_code, int(r.text) if r.text.isdigit() else None))
+        if r.status_code == 200 and answers[-1][1] not in old or time.monotonic() > deadline:
+            return answers
+
+
+def test_a_new_worker_that_cannot_load_while_the_old_one_holds_a_lock_loads_as_soon_as_it_exits(
+        nginx_factory, tmp_path):
+    # Without the hand-over: the old worker, still serving a request, holds the lock the new
+    # one's import needs. The new one answered 500 for 10 s, until its retry; it leaves new
+    # connections waiting while the old one runs, and replaces itself as soon as it exits.
+    app = lock_holding_app(tmp_path)
+    server = nginx_factory(location("/", app)).start()
+    old = server.worker_pids()
+    assert int(requests.get(server.url("/"), timeout=10).text) in old
+    slow = []
+    in_flight = threading.Thread(target=lambda: slow.append(requests.get(server.url("/slow"), timeout=30)))
+    in_flight.start()
+    wait_for((tmp_path / "slow.started").exists, what="the slow request in the old worker")
+    server.send_signal(signal.SIGHUP)
+    wait_for(lambda: "app.lock is held by another process" in server.error_log(),
+             what="the new worker's failed import")
+    answers = answers_until_a_new_worker_serves(server, old)
+    in_flight.join()
+    assert slow[0].status_code == 200 and int(slow[0].text) in old, "the old worker finished its request"
+    assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200]
+    assert "could not load its apps: it leaves new connections waiting" in server.error_log()
+    assert "the reload's old workers have exited" in server.error_log()
+
+
+def test_new_connections_wait_for_an_old_worker_that_holds_a_lock_for_10_s_at_most(nginx_factory, tmp_path):
+    # The old worker's last request lasts 14 s: past 10 s after the reload, the new worker
+    # (and each that replaces it meanwhile) answers 500 rather than holding new connections for
+    # as long, and a fresh one loads the app once the old one has exited.
+    app = lock_holding_app(tmp_path)
+    server = nginx_factory(location("/", app)).start()
+    old = server.worker_pids()
+    slow = []
+    in_flight = threading.Thread(target=lambda: slow.append(requests.get(server.url("/slow?14"), timeout=30)))
+    in_flight.start()
+    wait_for((tmp_path / "slow.started").exists, what="the slow request in the old worker")
+    server.send_signal(signal.SIGHUP)
+    wait_for(lambda: "no longer accept but still run" in server.error_log(), 20,
+             "the new worker taking connections again")
+    assert requests.get(server.url("/"), timeout=10).status_code == 500, "the app is not loaded yet"
+    in_flight.join()
+    assert slow[0].status_code == 200 and int(slow[0].text) in old
+    answers = answers_until_a_new_worker_serves(server, old)
+    assert answers[-1][0] == 200 and answers[-1][1] not in old, answers[-5:]
+
+
 def test_a_reloads_new_worker_that_cannot_load_its_app_leaves_connections_to_the_old_ones(nginx_factory, tmp_path):
     # With the hand-over, the old workers go on accepting while a reload's new ones import. A
-    # new one whose import fails (a lock the old ones hold, as ZODB's: the check passes, the app
+    # new one whose import fails on a lock the old ones hold (ZODB's: the check passes, the app
     # leaving the lock to the workers) answered 500 for its share of the connections; it stands
-    # aside until the old ones stop accepting, and is replaced as any such worker.
-    app = locked_app(tmp_path)
+    # aside while they accept, until their bound (6 s: wsgi_check_timeout, and 5 s), and
+    # replaces itself as soon as they have exited, letting go of the lock: it answered 500 from
+    # then until its 10 s retry.
+    app = lock_holding_app(tmp_path)
     server = nginx_factory(location("/", app), http_extra="wsgi_reload_handover on; wsgi_check_timeout 1s;").start()
     old = server.worker_pids()
     assert int(requests.get(server.url("/"), timeout=10).text) in old, "the first worker has imported the app"
-    (tmp_path / "held").touch()
     server.send_signal(signal.SIGHUP)
-    wait_for(lambda: "could not load its apps: it leaves new connections" in server.error_log(),
-             what="the new worker standing aside")
+    wait_for(lambda: "could not load its apps: it leaves new connections to the reload's old workers"
+             in server.error_log(), what="the new worker standing aside")
     wait_for(lambda: "goes on accepting until they are ready" in server.error_log(), what="the old worker's wait")
-    answers = [requests.get(server.url("/"), timeout=10) for _ in range(30)]
-    assert [(r.status_code, r.text.isdigit() and int(r.text) in old) for r in answers] == [(200, True)] * 30
-    # At the old worker's bound (6 s: wsgi_check_timeout, and 5 s) it quits, and the new one,
-    # which has no one to leave connections to, takes them; the fresh worker that replaces it
-    # (10 s after its start) loads the app once the lock is free.
-    wait_for(lambda: not set(old) & set(server.worker_pids()), 30, "the old worker's exit at its bound")
-    wait_for(lambda: "worker takes new connections again" in server.error_log(), what="the new worker back")
-    (tmp_path / "held").unlink()
-    wait_for(lambda: requests.get(server.url("/"), timeout=10).status_code == 200, 30,
-             "a fresh worker that loads the app")
+    answers = answers_until_a_new_worker_serves(server, old)
+    assert answers[0] == (200, answers[0][1]) and answers[0][1] in old, "the old worker served meanwhile"
+    assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200]
+    assert "the reload's old workers have exited" in server.error_log()
 
 
 def test_a_new_worker_standing_aside_takes_connections_once_the_old_ones_are_gone_however_they_went(
@@ -65,7 +143,9 @@ def test_a_new_worker_standing_aside_takes_connections_once_the_old_ones_are_gon
              what="the new worker standing aside")
     for pid in old:
         os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: "worker takes new connections again" in server.error_log(), 10, "the new worker back")
+    # Gone, they hold nothing: the new worker replaces itself at once (its fresh one, with the
+    # lock still there, answers 500 and tries again 10 s on).
+    wait_for(lambda: "the reload's old workers have exited" in server.error_log(), 10, "the new worker's retry")
     (tmp_path / "held").unlink()
     wait_for(lambda: requests.get(server.url("/"), timeout=10).status_code == 200, 30,
              "a fresh worker that loads the app")

@@ -47,6 +47,7 @@ mod main_blocked;
 mod metrics;
 mod nginx_pool;
 mod notify;
+mod old_workers;
 mod overload;
 mod recycle;
 mod reload_handover;
@@ -245,6 +246,8 @@ unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             _ => 0,
         };
         reload_handover::configuration_taken(expected);
+        // SAFETY: nginx runs init_module on the master's (or the lone process's) one thread.
+        unsafe { old_workers::note() };
         sibling_workers::map();
         // SAFETY: as above.
         if unsafe { !sticky_clients_taken(cycle) } {

@@ -146,6 +146,15 @@ pub(crate) fn unloaded_app_asked(kind: &str) {
     );
 }
 
+/// The worker could not load an app at its start, and what may have kept it from loading (a
+/// reload's old workers) is gone: a fresh worker tries again now, not at [`RETRY_LOAD_MS`].
+pub(crate) fn retry_load_now() {
+    recycle(
+        "could not load an app at its start, and the reload's old workers have exited",
+        true,
+    );
+}
+
 unsafe extern "C" fn retry_load(_ev: *mut ngx_event_t) {
     guard("replacing a worker that could not load an app", (), || {
         recycle("could not load an app at its start", true);

@@ -71,7 +71,7 @@ fn old_accepting_until() -> Option<&'static AtomicU64> {
 
 /// The system's monotonic clock in ms (the same in every process, unlike a worker's cached
 /// clock).
-fn monotonic_ms() -> u64 {
+pub(crate) fn monotonic_ms() -> u64 {
     // SAFETY: an all-zero timespec is a valid buffer for clock_gettime to fill.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: CLOCK_MONOTONIC always exists on Linux; `ts` is ours.
@@ -84,6 +84,12 @@ fn accepting_for(ms: u64) {
     if let Some(word) = old_accepting_until() {
         word.fetch_max(monotonic_ms() + ms, Ordering::AcqRel);
     }
+}
+
+/// Until when (the monotonic clock, in ms) old workers of a reload were known to accept; 0 when
+/// none ever did.
+pub(crate) fn old_workers_accepted_until() -> u64 {
+    old_accepting_until().map_or(0, |w| w.load(Ordering::Acquire))
 }
 
 /// Whether old workers of a reload go on accepting while they wait for this generation's.

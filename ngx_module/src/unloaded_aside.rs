@@ -1,8 +1,11 @@
 //! A reload's new worker that could not load its apps (an import that failed: a lock the old
-//! workers still hold, as ZODB's, a file being deployed), while the old workers, which serve
-//! those apps, go on accepting under `wsgi_reload_handover`: it leaves new connections to them
-//! instead of answering 500 for its share, until they stop accepting (or its own bound passes),
-//! and it replaces itself meanwhile as any such worker does (`recycle.rs`).
+//! workers still hold, as ZODB's, a file being deployed). While the old workers, which serve
+//! those apps, go on accepting under `wsgi_reload_handover`, it leaves new connections to them
+//! instead of answering 500 for its share. Once they stop, while they still run (their drain,
+//! their last requests) it leaves new connections waiting, up to [`RETRY_LOAD_MS`] after the
+//! reload or their last accept (its replacements included), and as soon as they have exited,
+//! letting go of what they held (`old_workers.rs`), it replaces itself so that a fresh worker
+//! loads the apps (`recycle.rs`; its 10 s retry goes on meanwhile).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,40 +14,64 @@ use nginx_sys::{ngx_event_t, ngx_msec_t, NGX_LOG_NOTICE};
 
 use crate::ffi::guard;
 use crate::ffi::timer::WorkerTimer;
+use crate::recycle::RETRY_LOAD_MS;
 use crate::shared_sockets::Why;
 
 static CHECK: WorkerTimer = WorkerTimer::new();
 /// nginx's clock when the worker stood aside.
 static SINCE: AtomicU64 = AtomicU64::new(0);
-/// How long it stands aside at most, in ms: as long as the old workers wait for it.
+/// How long it stands aside at most while the old workers accept, in ms: as long as they wait
+/// for it.
 static BOUND_MS: AtomicU64 = AtomicU64::new(0);
 const CHECK_MS: ngx_msec_t = 50;
 
+/// Until when (the monotonic clock, in ms) a worker of this configuration leaves new
+/// connections waiting for old workers that no longer accept but still run: the same for each
+/// worker that replaces another, so that an old worker's long last request does not hold them
+/// for its whole length.
+fn wait_for_exit_until() -> u64 {
+    crate::old_workers::reload_at_ms().max(crate::reload_handover::old_workers_accepted_until())
+        + RETRY_LOAD_MS as u64
+}
+
 /// The worker could not load its apps (from `init_process`): it stands aside while a reload's
-/// old workers serve them; `bound` is how long they wait for it at most.
+/// old workers serve them, or run; `bound` is how long they wait for it at most.
 ///
 /// # Safety
 /// Event-loop thread.
 pub(crate) unsafe fn begin(bound: Duration) {
-    if !crate::reload_handover::awaited_by_old_workers()
-        || !crate::reload_handover::old_workers_accept()
-    {
+    let accepting = crate::reload_handover::awaited_by_old_workers()
+        && crate::reload_handover::old_workers_accept();
+    if !accepting && !crate::old_workers::running() {
         return;
     }
-    // SAFETY: per the function contract.
-    if !unsafe { crate::shared_sockets::leave(Why::Unloaded) } {
-        return;
-    }
+    let aside = (accepting || crate::reload_handover::monotonic_ms() < wait_for_exit_until())
+        // SAFETY: per the function contract. A worker with none to leave (its own `reuseport`
+        // socket, nginx's accept mutex) answers 500 for the apps meanwhile.
+        && unsafe { crate::shared_sockets::leave(Why::Unloaded) };
     // SAFETY: plain read of nginx's cached clock on the event loop.
     SINCE.store(
         unsafe { nginx_sys::ngx_current_msec } as u64,
         Ordering::Release,
     );
     BOUND_MS.store(bound.as_millis() as u64, Ordering::Release);
+    let what = match (aside, accepting) {
+        (true, true) => {
+            "it leaves new connections to the reload's old workers, which serve them, while \
+             they accept"
+        }
+        (true, false) => {
+            "it leaves new connections waiting (or to the other workers) while the reload's old \
+             workers exit"
+        }
+        (false, _) => "it answers 500 for them while the reload's old workers run",
+    };
     crate::ffi::log::cycle_log(
         NGX_LOG_NOTICE as usize,
-        "wsgi: this new worker could not load its apps: it leaves new connections to the \
-         reload's old workers, which serve them, while they accept",
+        &format!(
+            "wsgi: this new worker could not load its apps: {what}, and replaces itself to load \
+             them again as soon as those have exited (they may hold what the import needs)"
+        ),
     );
     // SAFETY: on the event loop; the timer is a static.
     unsafe {
@@ -52,7 +79,8 @@ pub(crate) unsafe fn begin(bound: Duration) {
     };
 }
 
-/// Takes new connections again once the old workers stop accepting, or at the bound.
+/// Waits while the old workers accept (up to the bound), then while they run (taking new
+/// connections again past [`wait_for_exit_until`]); replaces the worker once they have exited.
 unsafe extern "C" fn check(ev: *mut ngx_event_t) {
     guard("a new worker that could not load its apps", (), || {
         // SAFETY: plain reads of nginx's clock and flags on the event loop.
@@ -64,26 +92,49 @@ unsafe extern "C" fn check(ev: *mut ngx_event_t) {
                     || nginx_sys::ngx_exiting != 0,
             )
         };
+        if stopping {
+            // SAFETY: on the event loop.
+            unsafe { crate::shared_sockets::put_back(Why::Unloaded) };
+            return;
+        }
         let waited = now.saturating_sub(SINCE.load(Ordering::Acquire));
-        if crate::reload_handover::old_workers_accept()
-            && waited < BOUND_MS.load(Ordering::Acquire)
-            && !stopping
-        {
+        let accepting = crate::reload_handover::old_workers_accept()
+            && waited < BOUND_MS.load(Ordering::Acquire);
+        if accepting || crate::old_workers::running() {
+            if !accepting && crate::reload_handover::monotonic_ms() >= wait_for_exit_until() {
+                take_connections_again(waited);
+            }
             // SAFETY: the event is the static check timer, on the event loop.
             unsafe { nginx_sys::ngx_add_timer(ev, CHECK_MS) };
             return;
         }
-        // SAFETY: on the event loop.
-        unsafe { crate::shared_sockets::put_back(Why::Unloaded) };
-        if !stopping {
-            crate::ffi::log::cycle_log(
-                NGX_LOG_NOTICE as usize,
-                &format!(
-                    "wsgi: the reload's old workers stopped accepting (after {waited} ms): this \
-                     worker takes new connections again, answering 500 for the apps it could not \
-                     load until a fresh worker loads them"
-                ),
-            );
-        }
+        crate::ffi::log::cycle_log(
+            NGX_LOG_NOTICE as usize,
+            &format!(
+                "wsgi: the reload's old workers have exited (after {waited} ms): this worker, \
+                 which could not load its apps, replaces itself now so that a fresh one loads them"
+            ),
+        );
+        // The sockets stay out through the exit: new connections wait for the fresh worker (or
+        // go to the other workers).
+        crate::recycle::retry_load_now();
     })
+}
+
+/// The old workers outlived the wait: the worker serves what it can, answering 500 for the apps
+/// it could not load until it is replaced (at its retry, or once they have exited).
+fn take_connections_again(waited: u64) {
+    if crate::shared_sockets::left() != Some(Why::Unloaded) {
+        return;
+    }
+    // SAFETY: on the event loop (the check timer's handler).
+    unsafe { crate::shared_sockets::put_back(Why::Unloaded) };
+    crate::ffi::log::cycle_log(
+        NGX_LOG_NOTICE as usize,
+        &format!(
+            "wsgi: the reload's old workers no longer accept but still run (after {waited} ms): \
+             this worker takes new connections again, answering 500 for the apps it could not \
+             load until a fresh worker loads them"
+        ),
+    );
 }

@@ -1,0 +1,72 @@
+//! The workers a reload replaces, as nginx's master knows them when it takes the new
+//! configuration (its `init_module`, before it forks the new workers, which inherit the note): a
+//! new worker that could not load its apps while they still run may have failed on something
+//! they hold (ZODB's `FileStorage` lock, a SQLite database in exclusive mode, a port), which they
+//! let go of as they exit, so it tries again at their exit rather than at a fixed time
+//! (`unloaded_aside.rs`).
+
+use std::sync::Mutex;
+
+use nginx_sys::{ngx_last_process, ngx_processes};
+
+/// What the master noted as it took a configuration.
+struct Note {
+    generation: u32,
+    /// When, on the monotonic clock, in ms.
+    at_ms: u64,
+    /// The worker processes running then.
+    pids: Vec<libc::pid_t>,
+}
+
+static NOTE: Mutex<Note> = Mutex::new(Note {
+    generation: 0,
+    at_ms: 0,
+    pids: Vec::new(),
+});
+
+/// nginx's name for its worker processes (`ngx_start_worker_processes`).
+const WORKER_NAME: &std::ffi::CStr = c"worker process";
+
+/// In the master, as it takes a configuration (after the generation moved on): notes the worker
+/// processes of the configurations before it that still run.
+///
+/// # Safety
+/// The master's (or a lone process's) only thread, in `init_module`.
+pub(crate) unsafe fn note() {
+    // SAFETY: per the function contract: nginx's process table, which only this thread
+    // changes, read up to its last used slot.
+    let running: Vec<libc::pid_t> = unsafe {
+        let last = usize::try_from(ngx_last_process).unwrap_or(0);
+        let table = &*std::ptr::addr_of!(ngx_processes);
+        table[..last.min(table.len())]
+            .iter()
+            .filter(|p| {
+                p.pid > 0 && !p.name.is_null() && std::ffi::CStr::from_ptr(p.name) == WORKER_NAME
+            })
+            .map(|p| p.pid)
+            .collect()
+    };
+    let mut note = NOTE.lock().unwrap_or_else(|e| e.into_inner());
+    *note = Note {
+        generation: crate::generation::current(),
+        at_ms: crate::reload_handover::monotonic_ms(),
+        pids: running,
+    };
+}
+
+/// Whether workers of a configuration this worker's replaced still run (always false in one
+/// forked after a later reload: its own workers are the old ones then, and it is on its way
+/// out).
+pub(crate) fn running() -> bool {
+    let note = NOTE.lock().unwrap_or_else(|e| e.into_inner());
+    note.generation == crate::generation::current()
+        && note
+            .pids
+            .iter()
+            .any(|&pid| ngx_wsgi::process_alive::exists(pid))
+}
+
+/// When the master took this worker's configuration (the monotonic clock, in ms).
+pub(crate) fn reload_at_ms() -> u64 {
+    NOTE.lock().unwrap_or_else(|e| e.into_inner()).at_ms
+}
