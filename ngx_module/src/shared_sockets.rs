@@ -18,7 +18,7 @@ pub(crate) enum Why {
     /// It drains before its exit (`exit_drain.rs`): for good.
     Exit = 2,
     /// A reload's new worker that could not load its apps, while the old ones, which serve them,
-    /// accept (`unloaded_aside.rs`): until they stop.
+    /// accept or still run (`unloaded_aside.rs`): until they stop, exit, or a bound passes.
     Unloaded = 3,
 }
 
