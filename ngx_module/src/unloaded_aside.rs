@@ -97,6 +97,10 @@ unsafe extern "C" fn check(ev: *mut ngx_event_t) {
             unsafe { crate::shared_sockets::put_back(Why::Unloaded) };
             return;
         }
+        if crate::exit_drain::ending() {
+            // Replaced already (its 10 s retry): the sockets stay out through the exit.
+            return;
+        }
         let waited = now.saturating_sub(SINCE.load(Ordering::Acquire));
         let accepting = crate::reload_handover::old_workers_accept()
             && waited < BOUND_MS.load(Ordering::Acquire);
