@@ -7,7 +7,7 @@
 
 use std::sync::Mutex;
 
-use nginx_sys::{ngx_last_process, ngx_processes};
+use nginx_sys::{ngx_last_process, ngx_process_t, ngx_processes};
 
 /// What the master noted as it took a configuration.
 struct Note {
@@ -35,16 +35,10 @@ const WORKER_NAME: &std::ffi::CStr = c"worker process";
 pub(crate) unsafe fn note() {
     // SAFETY: per the function contract: nginx's process table, which only this thread
     // changes, read up to its last used slot.
-    let running: Vec<libc::pid_t> = unsafe {
+    let running = unsafe {
         let last = usize::try_from(ngx_last_process).unwrap_or(0);
         let table = &*std::ptr::addr_of!(ngx_processes);
-        table[..last.min(table.len())]
-            .iter()
-            .filter(|p| {
-                p.pid > 0 && !p.name.is_null() && std::ffi::CStr::from_ptr(p.name) == WORKER_NAME
-            })
-            .map(|p| p.pid)
-            .collect()
+        workers(&table[..last.min(table.len())])
     };
     let mut note = NOTE.lock().unwrap_or_else(|e| e.into_inner());
     *note = Note {
@@ -54,9 +48,23 @@ pub(crate) unsafe fn note() {
     };
 }
 
-/// Whether workers of a configuration this worker's replaced still run (always false in one
-/// forked after a later reload: its own workers are the old ones then, and it is on its way
-/// out).
+/// The worker processes of a slice of nginx's process table (not its cache manager and loader,
+/// nor free slots).
+fn workers(table: &[ngx_process_t]) -> Vec<libc::pid_t> {
+    table
+        .iter()
+        .filter(|p| {
+            // SAFETY: a slot's name is null or one of nginx's static strings.
+            p.pid > 0
+                && !p.name.is_null()
+                && unsafe { std::ffi::CStr::from_ptr(p.name) } == WORKER_NAME
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// Whether the workers that this worker's configuration replaced still run (false when the note
+/// is of another configuration: one the master took after, and then failed to start).
 pub(crate) fn running() -> bool {
     let note = NOTE.lock().unwrap_or_else(|e| e.into_inner());
     note.generation == crate::generation::current()
@@ -69,4 +77,32 @@ pub(crate) fn running() -> bool {
 /// When the master took this worker's configuration (the monotonic clock, in ms).
 pub(crate) fn reload_at_ms() -> u64 {
     NOTE.lock().unwrap_or_else(|e| e.into_inner()).at_ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(pid: libc::pid_t, name: &'static std::ffi::CStr) -> ngx_process_t {
+        // SAFETY: nginx's process slot is plain data, all zeros a valid (free) one.
+        let mut p: ngx_process_t = unsafe { std::mem::zeroed() };
+        p.pid = pid;
+        p.name = name.as_ptr().cast_mut();
+        p
+    }
+
+    #[test]
+    fn the_workers_are_the_live_worker_slots_only() {
+        let mut free = slot(-1, c"worker process");
+        free.name = std::ptr::null_mut();
+        let table = [
+            slot(101, c"worker process"),
+            slot(102, c"cache manager process"),
+            slot(-1, c"worker process"),
+            free,
+            slot(103, c"worker process"),
+            slot(104, c"cache loader process"),
+        ];
+        assert_eq!(workers(&table), vec![101, 103]);
+    }
 }
