@@ -33,6 +33,7 @@ pub mod interpreter;
 pub mod log_text;
 pub mod logging_bridge;
 pub mod metrics;
+pub mod monotonic;
 pub mod process_alive;
 mod python_module;
 pub mod recycle;

@@ -76,7 +76,7 @@ impl Limits {
         if max_rss == 0 {
             return None;
         }
-        let now = monotonic_ms();
+        let now = crate::monotonic::ms();
         let last = self.rss_checked_ms.load(Relaxed);
         // One thread reads the size per interval; the others go on at once.
         if (last != 0 && now.saturating_sub(last) < RSS_CHECK_MS)
@@ -120,16 +120,6 @@ pub fn resident_bytes() -> Option<usize> {
     // SAFETY: plain sysconf call.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * usize::try_from(page).ok()?)
-}
-
-fn monotonic_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 fn random() -> u64 {

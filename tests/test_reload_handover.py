@@ -82,19 +82,20 @@ def test_a_new_worker_that_cannot_load_while_the_old_one_holds_a_lock_loads_as_s
     in_flight.join()
     assert slow[0].status_code == 200 and int(slow[0].text) in old, "the old worker finished its request"
     assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200]
-    assert "could not load its apps: it leaves new connections waiting" in server.error_log()
+    assert "could not load its apps: it leaves the new connections of the listening sockets it shares waiting" \
+        in server.error_log()
     assert "the reload's old workers have exited" in server.error_log()
 
 
-def test_new_connections_wait_for_an_old_worker_that_holds_a_lock_for_10_s_at_most(nginx_factory, tmp_path):
-    # The old worker's last request lasts 14 s: past 10 s after the reload, the new worker
-    # (and each that replaces it meanwhile) answers 500 rather than holding new connections for
-    # as long, and a fresh one loads the app once the old one has exited.
+def test_new_connections_wait_for_an_old_worker_that_holds_a_lock_for_5_s_at_most(nginx_factory, tmp_path):
+    # The old worker's last request lasts 8 s: past 5 s after the reload, the new worker answers
+    # 500 rather than holding new connections (every location's) for as long, and replaces
+    # itself once the old one has exited.
     app = lock_holding_app(tmp_path)
     server = nginx_factory(location("/", app)).start()
     old = server.worker_pids()
     slow = []
-    in_flight = threading.Thread(target=lambda: slow.append(requests.get(server.url("/slow?14"), timeout=30)))
+    in_flight = threading.Thread(target=lambda: slow.append(requests.get(server.url("/slow?8"), timeout=30)))
     in_flight.start()
     wait_for((tmp_path / "slow.started").exists, what="the slow request in the old worker")
     server.send_signal(signal.SIGHUP)
@@ -105,6 +106,30 @@ def test_new_connections_wait_for_an_old_worker_that_holds_a_lock_for_10_s_at_mo
     assert slow[0].status_code == 200 and int(slow[0].text) in old
     answers = answers_until_a_new_worker_serves(server, old)
     assert answers[-1][0] == 200 and answers[-1][1] not in old, answers[-5:]
+    assert "the reload's old workers have exited" in server.error_log()
+
+
+def test_a_new_worker_with_its_own_reuseport_socket_answers_500_and_loads_once_the_old_one_exits(
+        nginx_factory, tmp_path):
+    # Its own socket has no one else to take its connections: it answers 500 while the old
+    # worker runs (as before), and replaces itself as soon as that one has exited, not 10 s on.
+    app = lock_holding_app(tmp_path)
+    server = nginx_factory(location("/", app), listen_extra=" reuseport").start()
+    old = server.worker_pids()
+    slow = []
+    in_flight = threading.Thread(target=lambda: slow.append(requests.get(server.url("/slow?2"), timeout=30)))
+    in_flight.start()
+    wait_for((tmp_path / "slow.started").exists, what="the slow request in the old worker")
+    server.send_signal(signal.SIGHUP)
+    wait_for(lambda: "it answers 500 for them while the reload's old workers run" in server.error_log(),
+             what="the new worker that could not load the app")
+    in_flight.join()
+    wait_for(lambda: "the reload's old workers have exited" in server.error_log(), what="the old worker's exit seen")
+    answers = answers_until_a_new_worker_serves(server, old)
+    assert answers[-1][0] == 200 and answers[-1][1] not in old, answers[-5:]
+    assert "replaces itself in 10 s to try again, or as soon as the reload's old workers" in server.error_log()
+    assert "could not load an app at its start, and the reload's old workers have exited; recycling it" \
+        in server.error_log()
 
 
 def test_a_reloads_new_worker_that_cannot_load_its_app_leaves_connections_to_the_old_ones(nginx_factory, tmp_path):

@@ -80,8 +80,8 @@ pub(crate) unsafe fn begin(accepting: Accepting) {
                 send_clients_elsewhere()
             }
             // The one that accepts: its shared sockets, left while it was busy, come back (not
-            // those a reload's new worker that could not load its apps leaves to the old ones
-            // while they accept: `unloaded_aside.rs` puts them back).
+            // those a reload's new worker that could not load its apps left while the old
+            // workers accepted or ran: they stay out through its exit, `unloaded_aside.rs`).
             Accepting::GoOn => crate::shared_sockets::put_back(crate::shared_sockets::Why::Busy),
             Accepting::LeaveToOthers => {}
         }

@@ -247,7 +247,7 @@ unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         };
         reload_handover::configuration_taken(expected);
         // SAFETY: nginx runs init_module on the master's (or the lone process's) one thread.
-        unsafe { old_workers::note() };
+        unsafe { old_workers::note(apps.is_some()) };
         sibling_workers::map();
         // SAFETY: as above.
         if unsafe { !sticky_clients_taken(cycle) } {

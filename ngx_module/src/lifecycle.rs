@@ -72,8 +72,13 @@ pub(crate) unsafe fn start_worker(
     // none left its listening sockets would hold connections that no one answers. The worker
     // serves its other locations, answers 500 for what is not loaded, and tries again.
     let retry = format!(
-        "replaces itself in {} s to try again",
-        crate::recycle::RETRY_LOAD_MS / 1000
+        "replaces itself in {} s to try again{}",
+        crate::recycle::RETRY_LOAD_MS / 1000,
+        if crate::old_workers::running() {
+            ", or as soon as the reload's old workers, which may hold what it needs, have exited"
+        } else {
+            ""
+        }
     );
     interpreter::exit_hurried_by(crate::fast_stop::asked);
     // The event loop is busy importing the apps (seconds for a large one): what their own

@@ -69,20 +69,10 @@ fn old_accepting_until() -> Option<&'static AtomicU64> {
     }
 }
 
-/// The system's monotonic clock in ms (the same in every process, unlike a worker's cached
-/// clock).
-pub(crate) fn monotonic_ms() -> u64 {
-    // SAFETY: an all-zero timespec is a valid buffer for clock_gettime to fill.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: CLOCK_MONOTONIC always exists on Linux; `ts` is ours.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
-}
-
 /// Says that old workers accept for `ms` more (never moving the word back).
 fn accepting_for(ms: u64) {
     if let Some(word) = old_accepting_until() {
-        word.fetch_max(monotonic_ms() + ms, Ordering::AcqRel);
+        word.fetch_max(ngx_wsgi::monotonic::ms() + ms, Ordering::AcqRel);
     }
 }
 
@@ -94,7 +84,7 @@ pub(crate) fn old_workers_accepted_until() -> u64 {
 
 /// Whether old workers of a reload go on accepting while they wait for this generation's.
 pub(crate) fn old_workers_accept() -> bool {
-    old_accepting_until().is_some_and(|w| w.load(Ordering::Acquire) > monotonic_ms())
+    old_accepting_until().is_some_and(|w| w.load(Ordering::Acquire) > ngx_wsgi::monotonic::ms())
 }
 
 /// Whether this worker belongs to a reload's newer generation whose old workers wait for it to

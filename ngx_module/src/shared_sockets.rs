@@ -247,7 +247,8 @@ unsafe fn shared_read_events() -> Vec<*mut ngx_event_t> {
         );
         listening
             .iter()
-            .filter(|ls| ls.reuseport() == 0 && ls.type_ == libc::SOCK_STREAM)
+            // nginx's exit closes them (-1), freeing their connections for other uses.
+            .filter(|ls| ls.fd != -1 && ls.reuseport() == 0 && ls.type_ == libc::SOCK_STREAM)
             .map(|ls| ls.connection)
             .filter(|&c| !c.is_null() && (*c).fd != -1 && !(*c).read.is_null())
             .map(|c| (*c).read)

@@ -2,7 +2,7 @@
 //! workers still hold, as ZODB's, a file being deployed). While the old workers, which serve
 //! those apps, go on accepting under `wsgi_reload_handover`, it leaves new connections to them
 //! instead of answering 500 for its share. Once they stop, while they still run (their drain,
-//! their last requests) it leaves new connections waiting, up to [`RETRY_LOAD_MS`] after the
+//! their last requests) it leaves new connections waiting, up to [`WAIT_FOR_EXIT_MS`] after the
 //! reload or their last accept (its replacements included), and as soon as they have exited,
 //! letting go of what they held (`old_workers.rs`), it replaces itself so that a fresh worker
 //! loads the apps (`recycle.rs`; its 10 s retry goes on meanwhile).
@@ -14,7 +14,6 @@ use nginx_sys::{ngx_event_t, ngx_msec_t, NGX_LOG_NOTICE};
 
 use crate::ffi::guard;
 use crate::ffi::timer::WorkerTimer;
-use crate::recycle::RETRY_LOAD_MS;
 use crate::shared_sockets::Why;
 
 static CHECK: WorkerTimer = WorkerTimer::new();
@@ -25,13 +24,24 @@ static SINCE: AtomicU64 = AtomicU64::new(0);
 static BOUND_MS: AtomicU64 = AtomicU64::new(0);
 const CHECK_MS: ngx_msec_t = 50;
 
+/// How long new connections wait for old workers that no longer accept but still run. An old
+/// worker told to quit serves its keep-alive connections' next requests for up to 2 s, then
+/// ends its last requests: most have exited within this. Every location of the worker waits
+/// meanwhile, for an app that may not load anyway: not longer.
+const WAIT_FOR_EXIT_MS: u64 = 5_000;
+
 /// Until when (the monotonic clock, in ms) a worker of this configuration leaves new
 /// connections waiting for old workers that no longer accept but still run: the same for each
 /// worker that replaces another, so that an old worker's long last request does not hold them
 /// for its whole length.
 fn wait_for_exit_until() -> u64 {
     crate::old_workers::reload_at_ms().max(crate::reload_handover::old_workers_accepted_until())
-        + RETRY_LOAD_MS as u64
+        + WAIT_FOR_EXIT_MS
+}
+
+/// How long ago the master took this worker's configuration, in ms.
+fn since_reload_ms() -> u64 {
+    ngx_wsgi::monotonic::ms().saturating_sub(crate::old_workers::reload_at_ms())
 }
 
 /// The worker could not load its apps (from `init_process`): it stands aside while a reload's
@@ -45,7 +55,7 @@ pub(crate) unsafe fn begin(bound: Duration) {
     if !accepting && !crate::old_workers::running() {
         return;
     }
-    let aside = (accepting || crate::reload_handover::monotonic_ms() < wait_for_exit_until())
+    let aside = (accepting || ngx_wsgi::monotonic::ms() < wait_for_exit_until())
         // SAFETY: per the function contract. A worker with none to leave (its own `reuseport`
         // socket, nginx's accept mutex) answers 500 for the apps meanwhile.
         && unsafe { crate::shared_sockets::leave(Why::Unloaded) };
@@ -61,8 +71,8 @@ pub(crate) unsafe fn begin(bound: Duration) {
              they accept"
         }
         (true, false) => {
-            "it leaves new connections waiting (or to the other workers) while the reload's old \
-             workers exit"
+            "it leaves the new connections of the listening sockets it shares waiting (or to the \
+             other workers) while the reload's old workers exit"
         }
         (false, _) => "it answers 500 for them while the reload's old workers run",
     };
@@ -93,8 +103,12 @@ unsafe extern "C" fn check(ev: *mut ngx_event_t) {
             )
         };
         if stopping {
-            // SAFETY: on the event loop.
-            unsafe { crate::shared_sockets::put_back(Why::Unloaded) };
+            // Once nginx's exit began it has closed the listening sockets.
+            // SAFETY: on the event loop; nginx's own flag.
+            if unsafe { nginx_sys::ngx_exiting == 0 } {
+                // SAFETY: on the event loop.
+                unsafe { crate::shared_sockets::put_back(Why::Unloaded) };
+            }
             return;
         }
         if crate::exit_drain::ending() {
@@ -105,8 +119,8 @@ unsafe extern "C" fn check(ev: *mut ngx_event_t) {
         let accepting = crate::reload_handover::old_workers_accept()
             && waited < BOUND_MS.load(Ordering::Acquire);
         if accepting || crate::old_workers::running() {
-            if !accepting && crate::reload_handover::monotonic_ms() >= wait_for_exit_until() {
-                take_connections_again(waited);
+            if !accepting && ngx_wsgi::monotonic::ms() >= wait_for_exit_until() {
+                take_connections_again();
             }
             // SAFETY: the event is the static check timer, on the event loop.
             unsafe { nginx_sys::ngx_add_timer(ev, CHECK_MS) };
@@ -115,8 +129,10 @@ unsafe extern "C" fn check(ev: *mut ngx_event_t) {
         crate::ffi::log::cycle_log(
             NGX_LOG_NOTICE as usize,
             &format!(
-                "wsgi: the reload's old workers have exited (after {waited} ms): this worker, \
-                 which could not load its apps, replaces itself now so that a fresh one loads them"
+                "wsgi: the reload's old workers have exited ({} ms after the reload): this \
+                 worker, which could not load its apps, replaces itself now so that a fresh one \
+                 loads them",
+                since_reload_ms()
             ),
         );
         // The sockets stay out through the exit: new connections wait for the fresh worker (or
@@ -127,7 +143,7 @@ unsafe extern "C" fn check(ev: *mut ngx_event_t) {
 
 /// The old workers outlived the wait: the worker serves what it can, answering 500 for the apps
 /// it could not load until it is replaced (at its retry, or once they have exited).
-fn take_connections_again(waited: u64) {
+fn take_connections_again() {
     if crate::shared_sockets::left() != Some(Why::Unloaded) {
         return;
     }
@@ -136,9 +152,10 @@ fn take_connections_again(waited: u64) {
     crate::ffi::log::cycle_log(
         NGX_LOG_NOTICE as usize,
         &format!(
-            "wsgi: the reload's old workers no longer accept but still run (after {waited} ms): \
-             this worker takes new connections again, answering 500 for the apps it could not \
-             load until a fresh worker loads them"
+            "wsgi: the reload's old workers no longer accept but still run ({} ms after the \
+             reload): this worker takes new connections again, answering 500 for the apps it \
+             could not load until a fresh worker loads them",
+            since_reload_ms()
         ),
     );
 }
