@@ -62,6 +62,23 @@ def answers_until_a_new_worker_serves(server, old):
             return answers
 
 
+def reload_during_a_slow_request(server, tmp_path, seconds):
+    """Reloads while the old worker serves /slow for `seconds`; returns the old workers' pids
+    and a function that waits for that request's answer."""
+    old = server.worker_pids()
+    slow = []
+    in_flight = threading.Thread(target=lambda: slow.append(
+        requests.get(server.url(f"/slow?{seconds}"), timeout=30)))
+    in_flight.start()
+    wait_for((tmp_path / "slow.started").exists, what="the slow request in the old worker")
+    server.send_signal(signal.SIGHUP)
+
+    def answered():
+        in_flight.join()
+        return slow[0]
+    return old, answered
+
+
 def test_a_new_worker_that_cannot_load_while_the_old_one_holds_a_lock_loads_as_soon_as_it_exits(
         nginx_factory, tmp_path):
     # Without the hand-over: the old worker, still serving a request, holds the lock the new
@@ -69,18 +86,12 @@ def test_a_new_worker_that_cannot_load_while_the_old_one_holds_a_lock_loads_as_s
     # connections waiting while the old one runs, and replaces itself as soon as it exits.
     app = lock_holding_app(tmp_path)
     server = nginx_factory(location("/", app)).start()
-    old = server.worker_pids()
-    assert int(requests.get(server.url("/"), timeout=10).text) in old
-    slow = []
-    in_flight = threading.Thread(target=lambda: slow.append(requests.get(server.url("/slow"), timeout=30)))
-    in_flight.start()
-    wait_for((tmp_path / "slow.started").exists, what="the slow request in the old worker")
-    server.send_signal(signal.SIGHUP)
+    assert int(requests.get(server.url("/"), timeout=10).text) in server.worker_pids()
+    old, slow = reload_during_a_slow_request(server, tmp_path, 3)
     wait_for(lambda: "app.lock is held by another process" in server.error_log(),
              what="the new worker's failed import")
     answers = answers_until_a_new_worker_serves(server, old)
-    in_flight.join()
-    assert slow[0].status_code == 200 and int(slow[0].text) in old, "the old worker finished its request"
+    assert slow().status_code == 200 and int(slow().text) in old, "the old worker finished its request"
     assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200]
     assert "could not load its apps: it leaves the new connections of the listening sockets it shares waiting" \
         in server.error_log()
@@ -93,17 +104,11 @@ def test_new_connections_wait_for_an_old_worker_that_holds_a_lock_for_5_s_at_mos
     # itself once the old one has exited.
     app = lock_holding_app(tmp_path)
     server = nginx_factory(location("/", app)).start()
-    old = server.worker_pids()
-    slow = []
-    in_flight = threading.Thread(target=lambda: slow.append(requests.get(server.url("/slow?8"), timeout=30)))
-    in_flight.start()
-    wait_for((tmp_path / "slow.started").exists, what="the slow request in the old worker")
-    server.send_signal(signal.SIGHUP)
+    old, slow = reload_during_a_slow_request(server, tmp_path, 8)
     wait_for(lambda: "no longer accept but still run" in server.error_log(), 20,
              "the new worker taking connections again")
     assert requests.get(server.url("/"), timeout=10).status_code == 500, "the app is not loaded yet"
-    in_flight.join()
-    assert slow[0].status_code == 200 and int(slow[0].text) in old
+    assert slow().status_code == 200 and int(slow().text) in old
     answers = answers_until_a_new_worker_serves(server, old)
     assert answers[-1][0] == 200 and answers[-1][1] not in old, answers[-5:]
     assert "the reload's old workers have exited" in server.error_log()
@@ -115,15 +120,10 @@ def test_a_new_worker_with_its_own_reuseport_socket_answers_500_and_loads_once_t
     # worker runs (as before), and replaces itself as soon as that one has exited, not 10 s on.
     app = lock_holding_app(tmp_path)
     server = nginx_factory(location("/", app), listen_extra=" reuseport").start()
-    old = server.worker_pids()
-    slow = []
-    in_flight = threading.Thread(target=lambda: slow.append(requests.get(server.url("/slow?2"), timeout=30)))
-    in_flight.start()
-    wait_for((tmp_path / "slow.started").exists, what="the slow request in the old worker")
-    server.send_signal(signal.SIGHUP)
+    old, slow = reload_during_a_slow_request(server, tmp_path, 2)
     wait_for(lambda: "it answers 500 for them while the reload's old workers run" in server.error_log(),
              what="the new worker that could not load the app")
-    in_flight.join()
+    assert slow().status_code == 200
     wait_for(lambda: "the reload's old workers have exited" in server.error_log(), what="the old worker's exit seen")
     answers = answers_until_a_new_worker_serves(server, old)
     assert answers[-1][0] == 200 and answers[-1][1] not in old, answers[-5:]
