@@ -26,9 +26,10 @@ const CHECK_MS: ngx_msec_t = 50;
 
 /// How long new connections wait for old workers that no longer accept but still run. An old
 /// worker told to quit serves its keep-alive connections' next requests for up to 2 s, then
-/// ends its last requests: most have exited within this. Every location of the worker waits
-/// meanwhile, for an app that may not load anyway: not longer.
-const WAIT_FOR_EXIT_MS: u64 = 5_000;
+/// ends its last requests: this covers those of up to about 6 s (a Zope request), and ends
+/// before the worker's own retry. Every location of the worker waits meanwhile, for an app
+/// that may not load anyway: not longer.
+const WAIT_FOR_EXIT_MS: u64 = 8_000;
 
 /// Until when (the monotonic clock, in ms) a worker of this configuration leaves new
 /// connections waiting for old workers that no longer accept but still run: the same for each
