@@ -104,12 +104,8 @@ unsafe extern "C" fn check(ev: *mut ngx_event_t) {
             )
         };
         if stopping {
-            // Once nginx's exit began it has closed the listening sockets.
-            // SAFETY: on the event loop; nginx's own flag.
-            if unsafe { nginx_sys::ngx_exiting == 0 } {
-                // SAFETY: on the event loop.
-                unsafe { crate::shared_sockets::put_back(Why::Unloaded) };
-            }
+            // SAFETY: on the event loop (sockets nginx's exit closed are not put back).
+            unsafe { crate::shared_sockets::put_back(Why::Unloaded) };
             return;
         }
         if crate::exit_drain::ending() {
