@@ -72,9 +72,9 @@ fn path_of(fd: std::os::fd::RawFd) -> Option<CString> {
 /// The file whose descriptor holds what `filelike`'s `read()` gives: `filelike` itself when it
 /// is a binary file (`FileIO`, a subclass of it that reads as it does, or a buffered reader
 /// over one, of these very types: a subclass may read otherwise), or the one a proxy holds in
-/// `.file` (tempfile's named files, Django's `File`). Other streams with a `fileno()` transform its bytes (`gzip.open`, `bz2`, `lzma`, a
-/// text file) or may name another file: the server would send the wrong bytes, so they are
-/// iterated.
+/// `.file` (tempfile's named files, Django's `File`). Other streams with a `fileno()` transform
+/// its bytes (`gzip.open`, `bz2`, `lzma`, a text file) or may name another file: the server
+/// would send the wrong bytes, so they are iterated.
 fn plain_file<'py>(filelike: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
     let py = filelike.py();
     let find = || -> PyResult<Option<Bound<'py, PyAny>>> {
