@@ -11,21 +11,6 @@ import requests
 from conftest import location, wait_for
 
 
-def locked_app(directory):
-    """An app whose workers cannot import it while the file `held` is beside it (a lock another
-    process holds), which the check, leaving the lock to the workers, imports all the same."""
-    directory.chmod(0o777)
-    app = directory / "locked.py"
-    app.write_text(
-        "import os\n"
-        "if os.environ.get('NGX_WSGI_CONFIG_CHECK') != '1' and os.path.exists(os.path.join(os.path.dirname(__file__), 'held')):\n"
-        "    raise RuntimeError('the lock is held by another process')\n"
-        "def application(environ, start_response):\n"
-        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
-        "    return [str(os.getpid()).encode()]\n")
-    return app
-
-
 def lock_holding_app(directory):
     """An app that takes a lock at its import and holds it while its process lives, as ZODB's
     FileStorage does (its Data.fs.lock): a new worker cannot import it while an old one runs.
@@ -127,50 +112,118 @@ def test_a_new_worker_with_its_own_reuseport_socket_answers_500_and_loads_once_t
     wait_for(lambda: "the reload's old workers have exited" in server.error_log(), what="the old worker's exit seen")
     answers = answers_until_a_new_worker_serves(server, old)
     assert answers[-1][0] == 200 and answers[-1][1] not in old, answers[-5:]
-    assert "replaces itself in 10 s to try again, or as soon as the reload's old workers" in server.error_log()
+    assert "replaces itself to try again as soon as the reload's old workers, which may hold what it needs, have exited" in server.error_log()
     assert "could not load an app at its start, and the reload's old workers have exited; recycling it" \
         in server.error_log()
 
 
-def test_a_reloads_new_worker_that_cannot_load_its_app_leaves_connections_to_the_old_ones(nginx_factory, tmp_path):
+def test_the_old_worker_quits_as_soon_as_the_reloads_only_new_worker_fails_to_load(nginx_factory, tmp_path):
     # With the hand-over, the old workers go on accepting while a reload's new ones import. A
-    # new one whose import fails on a lock the old ones hold (ZODB's: the check passes, the app
-    # leaving the lock to the workers) answered 500 for its share of the connections; it stands
-    # aside while they accept, until their bound (6 s: wsgi_check_timeout, and 5 s), and
-    # replaces itself as soon as they have exited, letting go of the lock: it answered 500 from
-    # then until its 10 s retry.
+    # new one whose import fails on a lock the old one holds (ZODB's: the check passes, the app
+    # leaving the lock to the workers) stood aside while the old one served until its bound
+    # (35 s here), holding the lock: its import failed again at each 10 s retry, and the reload
+    # took effect at the bound. Now a failed start counts as the end of that worker's start: the
+    # old one quits at once, and the new one loads the app as soon as it has exited.
     app = lock_holding_app(tmp_path)
-    server = nginx_factory(location("/", app), http_extra="wsgi_reload_handover on; wsgi_check_timeout 1s;").start()
+    server = nginx_factory(location("/", app), http_extra="wsgi_reload_handover on; wsgi_check_timeout 30s;").start()
     old = server.worker_pids()
     assert int(requests.get(server.url("/"), timeout=10).text) in old, "the first worker has imported the app"
     server.send_signal(signal.SIGHUP)
-    wait_for(lambda: "could not load its apps: it leaves new connections to the reload's old workers"
-             in server.error_log(), what="the new worker standing aside")
-    wait_for(lambda: "goes on accepting until they are ready" in server.error_log(), what="the old worker's wait")
+    wait_for(lambda: "app.lock is held by another process" in server.error_log(), what="the new worker's failed import")
     answers = answers_until_a_new_worker_serves(server, old)
-    assert answers[0] == (200, answers[0][1]) and answers[0][1] in old, "the old worker served meanwhile"
+    log = server.error_log()
     assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200]
-    assert "the reload's old workers have exited" in server.error_log()
+    assert "the reload's old workers have exited" in log
+    assert "are still not ready after" not in log, "the old worker waited for its bound"
+    assert log.count("cannot be loaded") == 1, "one failed import, no retry meanwhile"
+
+
+def one_slow_one_failing_app(directory):
+    """An app whose imports, once `counting` is beside it, are numbered: the first waits until a
+    file `go` is beside it, the second fails, the others load at once. A worker that loaded it
+    leaves `loaded.PID`."""
+    directory.chmod(0o777)
+    app = directory / "numbered.py"
+    app.write_text(
+        "import os, time\n"
+        "here = os.path.dirname(__file__)\n"
+        "if os.environ.get('NGX_WSGI_CONFIG_CHECK') != '1' and os.path.exists(os.path.join(here, 'counting')):\n"
+        "    n = 1\n"
+        "    while True:\n"
+        "        try:\n"
+        "            os.close(os.open(os.path.join(here, f'import.{n}'), os.O_CREAT | os.O_EXCL)); break\n"
+        "        except FileExistsError:\n"
+        "            n += 1\n"
+        "    while n == 1 and not os.path.exists(os.path.join(here, 'go')):\n"
+        "        time.sleep(0.05)\n"
+        "    if n == 2:\n"
+        "        raise RuntimeError('import 2 fails')\n"
+        "if os.environ.get('NGX_WSGI_CONFIG_CHECK') != '1':\n"
+        "    open(os.path.join(here, f'loaded.{os.getpid()}'), 'w').close()\n"
+        "def application(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [str(os.getpid()).encode()]\n")
+    return app
+
+
+def loaded_by(tmp_path):
+    return {int(p.name.split(".")[1]) for p in tmp_path.glob("loaded.*")}
+
+
+def reload_with_one_new_worker_failing_while_another_imports(server, tmp_path):
+    """Reloads two workers, the first new one importing until `go`, the second failing; returns
+    the old workers' pids once the failed one stands aside."""
+    old = server.worker_pids()
+    wait_for(lambda: loaded_by(tmp_path) >= set(old), what="the first workers' imports")
+    (tmp_path / "counting").touch()
+    server.send_signal(signal.SIGHUP)
+    wait_for(lambda: "could not load its apps: it leaves new connections to the reload's old workers"
+             in server.error_log(), what="the new worker that failed standing aside")
+    return old
+
+
+def test_a_new_worker_that_failed_leaves_connections_to_the_old_ones_while_another_imports(nginx_factory, tmp_path):
+    # Two new workers: one imports for long, the other fails. The old workers serve the app
+    # meanwhile (they wait for the reload's new workers to have started), and the failed one
+    # leaves new connections to them instead of answering 500 for its share. It does not try
+    # again every 10 s meanwhile (a fresh worker would fail again on what the old ones hold,
+    # logging the same traceback): it replaces itself once they have exited.
+    app = one_slow_one_failing_app(tmp_path)
+    server = nginx_factory(location("/", app), workers=2,
+                           http_extra="wsgi_reload_handover on; wsgi_check_timeout 30s;").start()
+    old = reload_with_one_new_worker_failing_while_another_imports(server, tmp_path)
+    wait_for(lambda: "goes on accepting until they are ready" in server.error_log(), what="the old workers' wait")
+    answers = []
+    past_a_retry = time.monotonic() + 11
+    while time.monotonic() < past_a_retry:
+        r = requests.get(server.url("/"), timeout=10)
+        answers.append((r.status_code, int(r.text) if r.text.isdigit() else None))
+        time.sleep(0.1)
+    assert all(status == 200 and pid in old for status, pid in answers), [a for a in answers if a[1] not in old]
+    assert server.error_log().count("cannot be loaded") == 1, "no retry while the old workers serve"
+    assert not (tmp_path / "import.3").exists()
+    (tmp_path / "go").touch()
+    wait_for(lambda: "1 of them without their apps" in server.error_log(), what="the old workers' quit")
+    wait_for(lambda: "the reload's old workers have exited" in server.error_log(), what="the failed worker's retry")
+    wait_for(lambda: len(loaded_by(tmp_path) - set(old)) == 2, what="both new workers serving the app")
+    assert (tmp_path / "import.3").exists() and not (tmp_path / "import.4").exists()
+    assert all(requests.get(server.url("/"), timeout=10).status_code == 200 for _ in range(20))
 
 
 def test_a_new_worker_standing_aside_takes_connections_once_the_old_ones_are_gone_however_they_went(
         nginx_factory, tmp_path):
     # The old workers say they accept at each of their looks, so their going is noticed however
-    # it happens: here a kill, long before their bound (35 s).
-    app = locked_app(tmp_path)
-    server = nginx_factory(location("/", app), http_extra="wsgi_reload_handover on; wsgi_check_timeout 30s;").start()
-    old = server.worker_pids()
-    assert int(requests.get(server.url("/"), timeout=10).text) in old
-    (tmp_path / "held").touch()
-    server.send_signal(signal.SIGHUP)
-    wait_for(lambda: "goes on accepting until they are ready" in server.error_log(), what="the old worker's wait")
-    wait_for(lambda: "could not load its apps: it leaves new connections" in server.error_log(),
-             what="the new worker standing aside")
+    # it happens: here a kill, long before their bound (35 s), while another new worker still
+    # imports. The failed one replaces itself at once, and its fresh one loads the app.
+    app = one_slow_one_failing_app(tmp_path)
+    server = nginx_factory(location("/", app), workers=2,
+                           http_extra="wsgi_reload_handover on; wsgi_check_timeout 30s;").start()
+    old = reload_with_one_new_worker_failing_while_another_imports(server, tmp_path)
+    wait_for(lambda: "goes on accepting until they are ready" in server.error_log(), what="the old workers' wait")
     for pid in old:
         os.kill(pid, signal.SIGKILL)
-    # Gone, they hold nothing: the new worker replaces itself at once (its fresh one, with the
-    # lock still there, answers 500 and tries again 10 s on).
     wait_for(lambda: "the reload's old workers have exited" in server.error_log(), 10, "the new worker's retry")
-    (tmp_path / "held").unlink()
     wait_for(lambda: requests.get(server.url("/"), timeout=10).status_code == 200, 30,
              "a fresh worker that loads the app")
+    assert not (tmp_path / "go").exists() and (tmp_path / "import.3").exists(), "loaded by the fresh worker"
+    (tmp_path / "go").touch()

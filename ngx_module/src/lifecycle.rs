@@ -71,15 +71,15 @@ pub(crate) unsafe fn start_worker(
     // crashed one) must not take the worker down: nginx would not start another, and with
     // none left its listening sockets would hold connections that no one answers. The worker
     // serves its other locations, answers 500 for what is not loaded, and tries again.
-    let retry = format!(
-        "replaces itself in {} s to try again{}",
-        crate::recycle::RETRY_LOAD_MS / 1000,
-        if crate::old_workers::running() {
-            ", or as soon as the reload's old workers, which may hold what it needs, have exited"
-        } else {
-            ""
-        }
-    );
+    let every = crate::recycle::RETRY_LOAD_MS / 1000;
+    let retry = if crate::old_workers::running() {
+        format!(
+            "replaces itself to try again as soon as the reload's old workers, which may hold \
+             what it needs, have exited (or in {every} s, if they no longer serve its apps then)"
+        )
+    } else {
+        format!("replaces itself in {every} s to try again")
+    };
     interpreter::exit_hurried_by(crate::fast_stop::asked);
     // The event loop is busy importing the apps (seconds for a large one): what their own
     // threads log meanwhile carries its own time, not the one nginx cached as the import began.

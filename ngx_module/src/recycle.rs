@@ -155,8 +155,18 @@ pub(crate) fn retry_load_now() {
     );
 }
 
-unsafe extern "C" fn retry_load(_ev: *mut ngx_event_t) {
+unsafe extern "C" fn retry_load(ev: *mut ngx_event_t) {
     guard("replacing a worker that could not load an app", (), || {
+        // The reload's old workers serve the apps while its other new workers import them, and
+        // may hold what this one failed on: a fresh worker would fail again on it, logging the
+        // same traceback. It tries again once they have exited (`unloaded_aside.rs`).
+        if crate::reload_handover::awaited_by_old_workers()
+            && crate::reload_handover::old_workers_accept()
+        {
+            // SAFETY: the event is the static retry timer, on the event loop.
+            unsafe { nginx_sys::ngx_add_timer(ev, RETRY_LOAD_MS) };
+            return;
+        }
         recycle("could not load an app at its start", true);
     })
 }

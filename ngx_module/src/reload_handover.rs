@@ -20,8 +20,7 @@ use nginx_sys::{ngx_cycle_t, ngx_event_t, ngx_msec_t, NGX_LOG_NOTICE};
 use crate::ffi::guard;
 use crate::ffi::timer::WorkerTimer;
 
-/// The shared words: generation (high 32 bits), workers of it expected to become ready (16),
-/// ready (16); then until when (the system's monotonic clock, in ms) old workers are known to
+/// The shared words: a configuration's [`Starts`]; then until when (the system's monotonic clock, in ms) old workers are known to
 /// go on accepting while they wait for the newer ones: each waiting one moves it on at each
 /// look, so it lapses by itself when they stop, crash or exit any other way.
 static SHARED: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
@@ -45,12 +44,50 @@ static CHECK: WorkerTimer = WorkerTimer::new();
 /// How often a waiting worker looks at the newer workers.
 const CHECK_MS: ngx_msec_t = 20;
 
-fn unpack(word: u64) -> (u32, u16, u16) {
-    ((word >> 32) as u32, (word >> 16) as u16, word as u16)
+/// The first shared word: a configuration's generation and how its workers' starts went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Starts {
+    generation: u32,
+    /// Workers of it that import apps.
+    expected: u16,
+    /// Those that loaded them all.
+    ready: u16,
+    /// Those that could not (`unloaded_aside.rs`).
+    failed: u16,
 }
 
-fn pack(generation: u32, started: u16, ready: u16) -> u64 {
-    (u64::from(generation) << 32) | (u64::from(started) << 16) | u64::from(ready)
+/// Bits of the word's counts: nginx starts at most 1024 processes (`NGX_MAX_PROCESSES`).
+const EXPECTED_BITS: u32 = 11;
+const READY_BITS: u32 = 11;
+const FAILED_BITS: u32 = 32 - EXPECTED_BITS - READY_BITS;
+
+fn field_max(bits: u32) -> u16 {
+    ((1u32 << bits) - 1) as u16
+}
+
+impl Starts {
+    fn unpack(word: u64) -> Self {
+        let field = |shift: u32, bits: u32| ((word >> shift) as u16) & field_max(bits);
+        Starts {
+            generation: (word >> 32) as u32,
+            expected: field(READY_BITS + FAILED_BITS, EXPECTED_BITS),
+            ready: field(FAILED_BITS, READY_BITS),
+            failed: field(0, FAILED_BITS),
+        }
+    }
+
+    fn pack(self) -> u64 {
+        let field = |value: u16, bits: u32| u64::from(value.min(field_max(bits)));
+        (u64::from(self.generation) << 32)
+            | (field(self.expected, EXPECTED_BITS) << (READY_BITS + FAILED_BITS))
+            | (field(self.ready, READY_BITS) << FAILED_BITS)
+            | field(self.failed, FAILED_BITS)
+    }
+
+    /// Some of its workers are still importing their apps: neither loaded nor failed.
+    fn still_starting(self) -> bool {
+        u32::from(self.ready) + u32::from(self.failed) < u32::from(self.expected)
+    }
 }
 
 fn shared() -> Option<&'static AtomicU64> {
@@ -87,28 +124,30 @@ pub(crate) fn old_workers_accept() -> bool {
     old_accepting_until().is_some_and(|w| w.load(Ordering::Acquire) > ngx_wsgi::monotonic::ms())
 }
 
-/// Whether this worker belongs to a reload's newer generation whose old workers wait for it to
-/// be ready (`wsgi_reload_handover on`): not all of its workers are.
+/// The newest configuration's starts, as the master and its workers left them.
+fn starts() -> Option<Starts> {
+    shared().map(|word| Starts::unpack(word.load(Ordering::Acquire)))
+}
+
+/// Whether this worker belongs to a reload's newer generation whose old workers wait for it
+/// (`wsgi_reload_handover on`): some of its workers are still importing their apps.
 pub(crate) fn awaited_by_old_workers() -> bool {
-    let Some(word) = shared() else {
-        return false;
-    };
-    let (g, expected, ready) = unpack(word.load(Ordering::Acquire));
-    g == crate::generation::current() && g > 1 && ready < expected
+    starts().is_some_and(|s| {
+        s.generation == crate::generation::current() && s.generation > 1 && s.still_starting()
+    })
 }
 
 /// Changes the shared word with `change` (None: leave it), retrying on a race.
-fn update(change: impl Fn(u32, u16, u16) -> Option<u64>) {
+fn update(change: impl Fn(Starts) -> Option<Starts>) {
     let Some(word) = shared() else {
         return;
     };
     let mut current = word.load(Ordering::Acquire);
     loop {
-        let (g, s, r) = unpack(current);
-        let Some(new) = change(g, s, r) else {
+        let Some(new) = change(Starts::unpack(current)) else {
             return;
         };
-        match word.compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Acquire) {
+        match word.compare_exchange_weak(current, new.pack(), Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => return,
             Err(seen) => current = seen,
         }
@@ -138,25 +177,37 @@ pub(crate) fn configuration_taken(expected: usize) {
     }
     let generation = crate::generation::next();
     let expected = u16::try_from(expected).unwrap_or(u16::MAX);
-    update(|_, _, _| Some(pack(generation, expected, 0)));
+    update(|_| {
+        Some(Starts {
+            generation,
+            expected,
+            ready: 0,
+            failed: 0,
+        })
+    });
     if expected > 0 {
         accepting_for(FIRST_WAIT_MS);
     }
 }
 
 /// A worker is ready to accept (`whole`: its apps imported, their lifespan started; else it
-/// serves without some, and is not counted: the old workers, which serve them, go on until
-/// their bound); `bound` is how long it would itself wait, once old, for newer workers. From
-/// the loop's first turn the master's commands pass through [`on_channel`].
+/// serves without some, counted as failed: once none of its generation is still importing, the
+/// old workers quit, since what it failed on may be theirs, as a lock; it loads them again as
+/// they exit); `bound` is how long it would itself wait, once old, for newer workers. From the
+/// loop's first turn the master's commands pass through [`on_channel`].
 ///
 /// # Safety
 /// Event-loop thread, once, from `init_process`; `cycle` is live.
 pub(crate) unsafe fn ready(cycle: *mut ngx_cycle_t, bound: std::time::Duration, whole: bool) {
     let mine = crate::generation::current();
     WHOLE.store(whole, Ordering::Release);
-    if whole {
-        update(|g, e, r| (g == mine).then(|| pack(g, e, r.saturating_add(1))));
-    }
+    update(|s| {
+        (s.generation == mine).then(|| Starts {
+            ready: s.ready.saturating_add(u16::from(whole)),
+            failed: s.failed.saturating_add(u16::from(!whole)),
+            ..s
+        })
+    });
     BOUND_MS.store(bound.as_millis() as u64, Ordering::Release);
     // SAFETY: a plain read of nginx's process role: only a master's worker has its channel.
     if unsafe { nginx_sys::ngx_process } as u32 != nginx_sys::NGX_PROCESS_WORKER {
@@ -204,17 +255,12 @@ static CHANNEL_HANDLER: AtomicUsize = AtomicUsize::new(0);
 /// Whether the master took a newer configuration than this worker's: its workers have this
 /// one's slots, and this one is on its way out.
 pub(crate) fn superseded() -> bool {
-    shared()
-        .is_some_and(|word| unpack(word.load(Ordering::Acquire)).0 > crate::generation::current())
+    starts().is_some_and(|s| s.generation > crate::generation::current())
 }
 
-/// Whether a newer generation's workers are starting, not all of them ready yet.
+/// Whether a newer generation's workers are starting: some still import their apps.
 fn newer_workers_starting() -> bool {
-    let Some(word) = shared() else {
-        return false;
-    };
-    let (g, expected, ready) = unpack(word.load(Ordering::Acquire));
-    g > crate::generation::current() && ready < expected
+    starts().is_some_and(|s| s.generation > crate::generation::current() && s.still_starting())
 }
 
 /// A command from the master (nginx's own handler reads and does it): a quit, which nginx's
@@ -303,8 +349,14 @@ unsafe extern "C" fn check(ev: *mut ngx_event_t) {
             unsafe { nginx_sys::ngx_add_timer(ev, CHECK_MS) };
             return;
         }
+        let failed = starts().map_or(0, |s| s.failed);
         let why = if newer_workers_starting() {
             format!("are still not ready after {waited} ms")
+        } else if failed > 0 {
+            format!(
+                "have started after {waited} ms, {failed} of them without their apps (they load \
+                 them again once the old workers, which may hold what they need, have exited)"
+            )
         } else {
             format!("are ready after {waited} ms")
         };
@@ -343,6 +395,36 @@ fn drain_then_quit() {
 /// Whether the master has taken a newer configuration than this worker's (a reload: a quit
 /// without one is `nginx -s quit`).
 fn newer_generation() -> bool {
-    shared()
-        .is_some_and(|word| unpack(word.load(Ordering::Acquire)).0 > crate::generation::current())
+    starts().is_some_and(|s| s.generation > crate::generation::current())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Starts;
+
+    #[test]
+    fn the_starts_keep_each_count_in_one_word() {
+        let s = Starts {
+            generation: u32::MAX - 1,
+            expected: 1024,
+            ready: 1023,
+            failed: 1,
+        };
+        assert_eq!(Starts::unpack(s.pack()), s);
+        assert!(!s.still_starting());
+        assert!(Starts { failed: 0, ..s }.still_starting());
+    }
+
+    #[test]
+    fn a_count_past_its_bits_stays_at_its_largest_value_without_touching_the_others() {
+        let s = Starts {
+            generation: 7,
+            expected: 3,
+            ready: 2,
+            failed: u16::MAX,
+        };
+        let back = Starts::unpack(s.pack());
+        assert_eq!((back.generation, back.expected, back.ready), (7, 3, 2));
+        assert_eq!(back.failed, 1023);
+    }
 }

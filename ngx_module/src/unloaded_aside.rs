@@ -1,11 +1,12 @@
 //! A reload's new worker that could not load its apps (an import that failed: a lock the old
 //! workers still hold, as ZODB's, a file being deployed). While the old workers, which serve
-//! those apps, go on accepting under `wsgi_reload_handover`, it leaves new connections to them
-//! instead of answering 500 for its share. Once they stop, while they still run (their drain,
-//! their last requests) it leaves new connections waiting, up to [`WAIT_FOR_EXIT_MS`] after the
-//! reload or their last accept (its replacements included), and as soon as they have exited,
-//! letting go of what they held (`old_workers.rs`), it replaces itself so that a fresh worker
-//! loads the apps (`recycle.rs`; its 10 s retry goes on meanwhile).
+//! those apps, go on accepting under `wsgi_reload_handover` (until none of its generation still
+//! imports: a failed start ends the wait), it leaves new connections to them instead of
+//! answering 500 for its share. Once they stop, while they still run (their drain, their last
+//! requests) it leaves new connections waiting, up to [`WAIT_FOR_EXIT_MS`] after the reload or
+//! their last accept (its replacements included), and as soon as they have exited, letting go
+//! of what they held (`old_workers.rs`), it replaces itself so that a fresh worker loads the
+//! apps (`recycle.rs`; its 10 s retry waits while they accept, and goes on once they stop).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
