@@ -193,7 +193,12 @@ impl RequestWatch {
         let ident = self.thread.load(Ordering::Relaxed);
         let landed = timeout_exit::landed(py, ident);
         if landed.count == before {
-            // Still pending in a C call: it lands when the call returns.
+            // Still pending in a C call: it lands when the call returns, or now if the call is
+            // a condition's wait begun since the interrupt.
+            let waiter = timeout_exit::condition_waiter(py, ident);
+            if self.still_interrupted() {
+                timeout_exit::end_condition_wait(waiter);
+            }
             self.look_again(before, GRACE, what, scope);
             return;
         }
@@ -204,13 +209,16 @@ impl RequestWatch {
         }
         let first = !self.exited.load(Ordering::Relaxed);
         let stack = first.then(|| stack_for_log(py, ident));
-        // Counting and formatting the stack ran Python code: checked again, with none between
-        // the check and the interrupt, or TimeoutExit would land in the thread's next request.
+        let waiter = timeout_exit::condition_waiter(py, ident);
+        // Counting, formatting the stack and finding a wait ran Python code: checked again, with
+        // none between the check and the interrupt, or TimeoutExit would land in the thread's
+        // next request.
         if !self.still_interrupted() {
             return;
         }
         self.exited.store(true, Ordering::Relaxed);
         timeout_exit::raise_in(py, ident, Deadline::Exit);
+        timeout_exit::end_condition_wait(waiter);
         if let Some(stack) = stack {
             in_scope(scope.as_deref(), &mut || {
                 tracing::error!(
@@ -245,9 +253,11 @@ impl RequestWatch {
         let ident = self.thread.load(Ordering::Relaxed);
         let stack = stack_for_log(py, ident);
         let landed = timeout_exit::landed(py, ident).count;
-        // Formatting the stack ran Python code, during which the GIL may have gone to the
-        // request's thread and the request ended: checked again, with no Python code between
-        // the check and the interrupt, or the TimeoutError would land in the thread's next one.
+        let waiter = timeout_exit::condition_waiter(py, ident);
+        // Formatting the stack (and finding a wait) ran Python code, during which the GIL may
+        // have gone to the request's thread and the request ended: checked again, with no Python
+        // code between the check and the interrupt, or the TimeoutError would land in the
+        // thread's next one.
         if !self.running.load(Ordering::Acquire) {
             tracing::error!(target: "wsgi", "{what}; it left Python before it could be interrupted");
             return None;
@@ -258,6 +268,7 @@ impl RequestWatch {
         }
         self.interrupted.store(true, Ordering::Release);
         timeout_exit::raise_in(py, ident, Deadline::TimeoutError);
+        timeout_exit::end_condition_wait(waiter);
         tracing::error!(
             target: "wsgi",
             "{what}; interrupting it with TimeoutError. Its Python stack (most recent call last):\n{stack}"

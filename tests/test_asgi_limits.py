@@ -100,6 +100,19 @@ def test_a_task_that_never_awaits_is_interrupted_and_the_loop_goes_on(server):
     wait_for(lambda: scrape(server)["wsgi_lost_slots"] == 0, what="the interrupted task's end")
 
 
+def test_a_task_that_waits_on_a_condition_that_nobody_notifies_is_interrupted(server):
+    # A synchronous Future.result() in async code with no timeout waits in a lock call that only
+    # another thread's notify would end: the TimeoutError stayed pending, with the loop's thread
+    # (every ASGI request of the worker) for good. The wait is ended for it, and it lands.
+    r = requests.get(server.url("/t/wait-for-ever?g"), timeout=30)
+    assert r.status_code == 504
+    wait_for(lambda: "/wait-for-ever?g" in stats(server)["interrupted"], what="TimeoutError in the app")
+    text = entry(server.error_log(), 'wsgi_read_timeout: "GET /t/wait-for-ever?g HTTP/1.1"')
+    assert "interrupting it with TimeoutError" in text and "concurrent.futures.Future().result()" in text, text
+    assert requests.get(server.url("/after-wait"), timeout=10).text == "/after-wait?"
+    wait_for(lambda: scrape(server)["wsgi_lost_slots"] == 0, what="the interrupted task's end")
+
+
 def test_a_task_the_requests_task_spawned_that_never_awaits_is_interrupted(server):
     # The request's own task awaits the spawned one, which the loop runs: that one is
     # interrupted, as it runs in a copy of the request's context.

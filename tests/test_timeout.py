@@ -131,6 +131,21 @@ def test_a_timeout_error_pending_in_a_long_c_call_is_left_to_land(server):
     assert log.count(head) == 1, "no TimeoutExit"
 
 
+@pytest.mark.parametrize("kind", ["event", "queue", "future", "async-to-sync"])
+def test_a_timeout_error_ends_a_wait_on_a_condition_that_nobody_notifies(server, kind):
+    # Event.wait(), Queue.get(), Future.result() with no timeout, and a Django async view under
+    # WSGI (asgiref's async_to_sync waits for its coroutine so) wait in a lock call that only
+    # another thread's notify would end: the TimeoutError stayed pending, and the thread was
+    # lost to the pool for good. The wait is ended for it, and it lands; async_to_sync's
+    # coroutine, on a loop in another thread, is cancelled.
+    log = timed_out_and_ended(server, f"/wait-for-ever?{kind}", "TimeoutError")
+    head = f'{DIRECTIVE[server.kind]}: "GET /wait-for-ever?{kind} HTTP/1.1" is still inside Python after 500 ms; '
+    assert log.count(head) == 1, "it landed at once: no TimeoutExit"
+    if kind == "async-to-sync":
+        wait_for(lambda: "the async view was cancelled" in server.error_log(), what="the coroutine's cancellation")
+    assert statuses_of_concurrent(server, "/patient/fast", 2) == [200, 200], "both pool threads serve"
+
+
 def test_a_timeout_error_that_lands_late_leaves_the_app_its_clean_up(server):
     # The TimeoutError set at 500 ms lands when the sleep returns, just before the watchdog's
     # look 5 s after setting it: the app's `except TimeoutError` clean-up still has its 5 s.

@@ -1,7 +1,9 @@
 """ASGI test app for the limits (raw ASGI 3): tasks that await too long, spin without awaiting
-(one catching every Exception), stream and then hang, block the event loop with a blocking call, log from their coroutines and
+(one catching every Exception), stream and then hang, block the event loop with a blocking call
+(one a wait that nobody ends), log from their coroutines and
 from tasks they spawn; a WebSocket that stays open; what the app saw, at /stats."""
 import asyncio
+import concurrent.futures
 import json
 import logging
 import time
@@ -93,6 +95,11 @@ async def app(scope, receive, send):
             # A blocking call in async code: the whole event loop waits.
             time.sleep(float(query or 1))
             await respond(send, b"unblocked")
+        elif path == "/wait-for-ever":
+            # A synchronous wait in async code with no timeout, which only another thread's
+            # notify would end (a Future's result() from a thread pool that never finishes it):
+            # the loop's thread waits in threading.Condition.wait.
+            concurrent.futures.Future().result()
         elif path == "/read-late":
             # Holds the loop past the request's deadline (the interruption caught), then reads
             # the body nginx read whole: the server has ended the request and freed it.

@@ -2,11 +2,16 @@
 /swallow spins in a loop that catches every Exception (for 30 s), /sleep-then-clean-up?SECONDS
 cleans up for 1.5 s after its sleep's TimeoutError, /spin-until?FILE loops until
 FILE exists (writing the worker's pid to FILE.pid first), /told-apart?SECONDS sleeps, then
-runs on after its TimeoutError, telling the server's exceptions apart by their `ngx_wsgi` names, /grow keeps 64 MiB, /crash
+runs on after its TimeoutError, telling the server's exceptions apart by their `ngx_wsgi` names,
+/wait-for-ever?KIND waits in a threading.Condition that nobody notifies (event, queue, future,
+async-to-sync), /grow keeps 64 MiB, /crash
 segfaults the worker, /hold-gil?FIFO holds the GIL until a byte arrives on FIFO (creating FIFO.held
 first), /trickle?SECONDS streams 4 KiB every tenth of a second for SECONDS; the rest answers at
 once."""
+import concurrent.futures
+import queue
 import sys
+import threading
 import time
 
 import ngx_wsgi  # at import: in the configuration check's child too
@@ -57,6 +62,28 @@ def application(environ, start_response):
         except ngx_wsgi.TimeoutExit as e:
             print(f"told apart: {type(e).__module__}.{type(e).__qualname__}", file=sys.stderr)
             raise
+    if environ["PATH_INFO"] == "/wait-for-ever":
+        # A wait with no timeout that no other thread ends: Condition.wait under each.
+        kind = environ["QUERY_STRING"]
+        if kind == "event":
+            threading.Event().wait()
+        elif kind == "queue":
+            queue.Queue().get()
+        elif kind == "future":
+            concurrent.futures.Future().result()
+        elif kind == "async-to-sync":
+            # A Django async view under WSGI: asgiref runs the coroutine on a loop in another
+            # thread while this one waits for it.
+            import asyncio
+            from asgiref.sync import async_to_sync
+
+            async def view():
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    print("the async view was cancelled", file=sys.stderr)
+                    raise
+            async_to_sync(view)()
     if environ["PATH_INFO"] == "/forever":
         time.sleep(3600)
     if environ["PATH_INFO"] == "/spin":
