@@ -13,6 +13,7 @@ mod app_exit;
 mod arena;
 pub mod asgi;
 pub mod asgi_version;
+mod blocking_wait;
 pub mod body;
 pub mod body_bytes;
 pub mod body_lease;

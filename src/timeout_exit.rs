@@ -23,47 +23,9 @@ pub(crate) const GRACE: Duration = Duration::from_secs(5);
 
 const EXCEPTIONS: &std::ffi::CStr = c"
 import _thread
-import sys
-import threading
 from time import monotonic
 
 _landed = {}
-_CONDITION_WAIT = threading.Condition.wait.__code__
-
-
-def condition_waiter(ident):
-    frame = sys._current_frames().get(ident)
-    if frame is None or frame.f_code is not _CONDITION_WAIT:
-        return None
-    waiter = frame.f_locals.get('waiter')
-    if type(waiter) is not _thread.LockType:
-        return None
-    return waiter, _async_to_sync_executor(frame.f_back)
-
-
-def _async_to_sync_executor(frame):
-    for _ in range(3):
-        if frame is None:
-            return None
-        if (frame.f_code.co_name == 'run_until_future'
-                and frame.f_globals.get('__name__') == 'asgiref.current_thread_executor'):
-            return frame.f_locals.get('self')
-        frame = frame.f_back
-    return None
-
-
-def cancel_async_to_sync(executor):
-    sync = sys.modules.get('asgiref.sync')
-    loops = getattr(getattr(sync, 'AsyncToSync', None), 'loop_thread_executors', {})
-    for loop, waiting in list(loops.items()):
-        if waiting is executor:
-            loop.call_soon_threadsafe(_cancel_tasks, loop)
-
-
-def _cancel_tasks(loop):
-    import asyncio
-    for task in asyncio.all_tasks(loop):
-        task.cancel()
 
 
 def landed(ident):
@@ -177,60 +139,6 @@ pub(crate) fn raise_in(py: Python<'_>, ident: u64, which: Deadline) {
     // SAFETY: the GIL is held; the thread is alive (checked by the caller under the GIL); the
     // class is kept alive by its module, which lives as long as the interpreter.
     unsafe { ffi::PyThreadState_SetAsyncExc(ident as _, class.as_ptr()) };
-}
-
-/// The lock the thread `ident` waits on in `threading.Condition.wait`, the wait under
-/// `Event.wait`, `Queue.get`, `Future.result` and asgiref's `async_to_sync` (a Django async view
-/// under WSGI): a wait without a timeout, where an asynchronous exception set in the thread
-/// would stay pending until another thread notifies it, which may be never. Python code: the
-/// caller checks afterwards that the thread still runs the timed-out request.
-pub(crate) fn condition_waiter(py: Python<'_>, ident: u64) -> Option<ConditionWait<'_>> {
-    let found = module(py)
-        .and_then(|m| m.call_method1("condition_waiter", (ident,)))
-        .ok()?;
-    let (waiter, executor) = found
-        .extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>()
-        .ok()?;
-    Some(ConditionWait {
-        waiter,
-        async_to_sync: (!executor.is_none()).then_some(executor),
-    })
-}
-
-/// A thread's wait in `threading.Condition.wait`.
-pub(crate) struct ConditionWait<'py> {
-    /// The lock it waits on.
-    waiter: Bound<'py, PyAny>,
-    /// asgiref's executor, when the wait is `async_to_sync`'s for its coroutine, which runs on
-    /// an event loop of its own in another thread.
-    async_to_sync: Option<Bound<'py, PyAny>>,
-}
-
-/// Ends the wait of a thread in `threading.Condition.wait` (its `waiter`, from
-/// [`condition_waiter`]) for the asynchronous exception just set in it, which then lands as the
-/// wait's lock call returns (the wait would otherwise return as if notified: a spurious wake-up,
-/// which a condition's users allow for, and `notify` passes over a lock already released). The
-/// release runs no Python code (a C method of the lock): the caller may set the exception, then
-/// call this, with none between.
-pub(crate) fn end_condition_wait(wait: Option<ConditionWait<'_>>) {
-    let Some(wait) = wait else {
-        return;
-    };
-    if let Err(e) = wait.waiter.call_method0("release") {
-        // Already released: the thread was notified meanwhile.
-        drop(e);
-    }
-    // The coroutine `async_to_sync` waited for would run on, unawaited, in its loop's thread:
-    // it is cancelled, as an ASGI request's task is at its deadline (Python code, run after
-    // the interrupt; the executor is the timed-out request's own, so a later request's loop is
-    // never touched).
-    if let Some(executor) = wait.async_to_sync {
-        let py = executor.py();
-        if let Err(e) = module(py).and_then(|m| m.call_method1("cancel_async_to_sync", (executor,)))
-        {
-            tracing::warn!(target: "wsgi", "cannot cancel the timed-out request's async_to_sync coroutine: {e}");
-        }
-    }
 }
 
 /// Whether `err` is the deadline's: a `TimeoutError`, or the `TimeoutExit` that follows it.

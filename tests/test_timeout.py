@@ -3,6 +3,7 @@ inside Python at its deadline gets a 504 at once, its Python stack goes to the e
 thread is interrupted and comes back; other requests are unaffected."""
 import collections
 import os
+import pathlib
 import re
 import socket
 import subprocess
@@ -143,6 +144,19 @@ def test_a_timeout_error_ends_a_wait_on_a_condition_that_nobody_notifies(server,
     assert log.count(head) == 1, "it landed at once: no TimeoutExit"
     if kind == "async-to-sync":
         wait_for(lambda: "the async view was cancelled" in server.error_log(), what="the coroutine's cancellation")
+    assert statuses_of_concurrent(server, "/patient/fast", 2) == [200, 200], "both pool threads serve"
+
+
+def test_a_subprocess_run_child_past_the_deadline_is_killed_so_that_its_thread_comes_back(server):
+    # subprocess.run waits for its child in waitpid, which retries on its own: the TimeoutError
+    # stayed pending while the child ran (an hour here). The child is killed, as run() does on
+    # its own timeout, and the exception lands.
+    shared = tempfile.mkdtemp(prefix="ngx-wsgi-child-")
+    os.chmod(shared, 0o777)  # the Apache children run as nobody
+    pid_file = pathlib.Path(shared) / "child.pid"
+    timed_out_and_ended(server, f"/subprocess-run?{pid_file}", "TimeoutError")
+    pid = int(pid_file.read_text())
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what="the child's end")
     assert statuses_of_concurrent(server, "/patient/fast", 2) == [200, 200], "both pool threads serve"
 
 

@@ -4,7 +4,7 @@ cleans up for 1.5 s after its sleep's TimeoutError, /spin-until?FILE loops until
 FILE exists (writing the worker's pid to FILE.pid first), /told-apart?SECONDS sleeps, then
 runs on after its TimeoutError, telling the server's exceptions apart by their `ngx_wsgi` names,
 /wait-for-ever?KIND waits in a threading.Condition that nobody notifies (event, queue, future,
-async-to-sync), /grow keeps 64 MiB, /crash
+async-to-sync), /subprocess-run?FILE waits for an hour-long child (its pid in FILE), /grow keeps 64 MiB, /crash
 segfaults the worker, /hold-gil?FIFO holds the GIL until a byte arrives on FIFO (creating FIFO.held
 first), /trickle?SECONDS streams 4 KiB every tenth of a second for SECONDS; the rest answers at
 once."""
@@ -84,6 +84,10 @@ def application(environ, start_response):
                     print("the async view was cancelled", file=sys.stderr)
                     raise
             async_to_sync(view)()
+    if environ["PATH_INFO"] == "/subprocess-run":
+        # A child that runs for an hour, its pid written to the file the query string names.
+        import subprocess
+        subprocess.run(["sh", "-c", f'echo $$ > {environ["QUERY_STRING"]}; exec sleep 3600'])
     if environ["PATH_INFO"] == "/forever":
         time.sleep(3600)
     if environ["PATH_INFO"] == "/spin":
