@@ -723,6 +723,8 @@ def test_pathsend_has_nginx_send_the_file(server, tmp_path):
     assert r.content == data and r.headers["content-length"] == str(len(data))
     r = requests.get(server.url(f"/file?{path}"), headers={"Range": "bytes=10-19"}, timeout=10)
     assert (r.status_code, r.content) == (206, data[10:20]), "nginx's range filter over the file"
+    r = requests.post(server.url(f"/file?{path}"), headers={"Range": "bytes=10-19"}, timeout=10)
+    assert (r.status_code, r.content) == (200, data), "ranges are GET's alone (RFC 9110)"
     r = requests.head(server.url(f"/file?{path}"), timeout=10)
     assert (r.headers["content-length"], r.headers["accept-ranges"], r.content) == (str(len(data)), "bytes", b"")
     r = requests.get(server.url(f"/file?events:{path}"), timeout=10)

@@ -9,9 +9,10 @@ use ngx_wsgi::ResponseHead;
 
 use crate::bindings::{
     ap_conn_keepalive_e_AP_CONN_CLOSE, ap_get_client_block, ap_get_conn_socket,
-    ap_set_content_length, ap_set_content_type, ap_ssl_conn_is_ssl, apr_interval_time_t,
-    apr_os_sock_get, apr_os_sock_t, apr_pstrmemdup, apr_socket_timeout_get, apr_socket_timeout_set,
-    apr_table_addn, apr_table_get, request_rec, APR_SUCCESS, HTTP_GATEWAY_TIME_OUT,
+    ap_remove_output_filter_byhandle, ap_set_content_length, ap_set_content_type,
+    ap_ssl_conn_is_ssl, apr_interval_time_t, apr_os_sock_get, apr_os_sock_t, apr_pstrmemdup,
+    apr_socket_timeout_get, apr_socket_timeout_set, apr_table_addn, apr_table_get, request_rec,
+    APR_SUCCESS, HTTP_GATEWAY_TIME_OUT, M_GET,
 };
 use crate::brigade::Out;
 
@@ -48,6 +49,12 @@ pub(crate) unsafe fn set_head(r: *mut request_rec, head: &ResponseHead, length: 
         }
         if let Some(length) = length.and_then(ngx_wsgi::content_length::to_off_t) {
             ap_set_content_length(r, length);
+        }
+        // RFC 9110 defines byte ranges for GET alone (a HEAD is GET's head): a POST's `Range`
+        // (a download button's form) is ignored, where Apache's byte-range filter would answer
+        // it with a 206.
+        if (*r).method_number != M_GET as c_int {
+            ap_remove_output_filter_byhandle((*r).output_filters, c"BYTERANGE".as_ptr());
         }
     }
 }

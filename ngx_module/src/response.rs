@@ -71,7 +71,10 @@ pub(crate) unsafe fn send(
         let truncated = outcome.kind == OutcomeKind::Truncated;
         // A HEAD gets the Content-Length (and Accept-Ranges) GET would, where its body says it.
         let content_length = outcome.content_length(head, (*r).method == NGX_HTTP_HEAD as usize);
+        // Byte ranges are GET's alone (RFC 9110; a HEAD is GET's head): a POST's `Range` (a
+        // download button's form) is ignored.
         if outcome.file.is_some()
+            && (*r).method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as usize != 0
             && head.status == 200
             && head.header("Content-Range").is_none()
             && head.header("Accept-Ranges").is_none()
