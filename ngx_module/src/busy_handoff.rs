@@ -258,6 +258,17 @@ unsafe fn full() -> bool {
     }
 }
 
+/// Whether a request that waited a whole look waits in a pool that can add no thread.
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn waiting_without_a_thread_to_add() -> bool {
+    crate::dispatch::RunQueue::all().iter().any(|q| {
+        // SAFETY: per the function contract.
+        unsafe { q.waited_longer_than(TICK_MS) && q.no_thread_to_add() }
+    })
+}
+
 /// [`full`]'s look at the worker's connections and descriptors alone (cheap enough for every
 /// accept).
 ///
@@ -384,9 +395,14 @@ unsafe fn look(at_accept: bool) {
                         // Said as it is: an admin chases the limit it names.
                         let short = if at_accept || short_of_connections() {
                             "it is short of worker_connections or of descriptors"
-                        } else {
+                        } else if waiting_without_a_thread_to_add() {
                             "its requests wait for a Python thread: wsgi_max_threads, or its \
                              wsgi_thread_pool's threads, all busy"
+                        } else {
+                            // The pool adds a thread for a request that blocks, not one to
+                            // queue behind requests that compute: the limit is the GIL's.
+                            "its requests wait their turn for Python, whose one GIL its \
+                             running requests keep busy"
                         };
                         format!(
                             "wsgi: this worker has no room for more requests ({short}; another \

@@ -204,6 +204,15 @@ impl RunQueue {
         }
     }
 
+    /// Whether the pool can add no thread for a request that waits: every one allowed is made
+    /// (`wsgi_max_threads`), or it is an nginx `thread_pool`, whose threads are fixed.
+    pub(crate) fn no_thread_to_add(&self) -> bool {
+        match &self.executor {
+            Executor::Threads(threads) => threads.all_made(),
+            Executor::Tasks(_) => true,
+        }
+    }
+
     /// How long the pool has been stuck, if it is now: every thread it may have held by
     /// requests past their deadline (calls that do not return), or, with any so held, no
     /// queued request started (the stuck call keeps the GIL, or no other thread could be made).

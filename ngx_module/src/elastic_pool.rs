@@ -119,6 +119,11 @@ impl Threads {
         self.max
     }
 
+    /// Whether the pool has every thread it may have.
+    pub(crate) fn all_made(&self) -> bool {
+        self.lock().alive >= self.max
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
