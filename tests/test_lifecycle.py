@@ -400,6 +400,65 @@ def test_a_worker_busy_in_python_leaves_its_new_connections_to_an_idle_one(nginx
     assert "[alert]" not in log and "[crit]" not in log, log[-3000:]
 
 
+def test_a_busy_worker_closes_its_keep_alive_connections_one_at_a_time_for_their_clients_to_move(
+        nginx_factory, tmp_path):
+    # A few keep-alive clients (a load balancer's connections, wrk -c4) that all landed on one
+    # worker stayed there: it served them all on its one core while the other idled (pretix,
+    # 4 clients, 2 workers: half gunicorn's requests per second). Once busy, it closes them one
+    # at a time after a response, and each client reconnects to the other worker.
+    server = nginx_factory(location("/", APPS / "sleepy.py") + "  location = /pid { return 200 $pid; }\n",
+                           workers=2).start()
+    wait_for_workers_in_their_event_loops(server, 2)
+    on_one = []
+    for _ in range(100):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("GET", "/pid")
+        pid = int(conn.getresponse().read())
+        if not on_one or pid == on_one[0][1]:
+            on_one.append((conn, pid))
+        else:
+            conn.close()
+        if len(on_one) == 2:
+            break
+    assert len(on_one) == 2, "two keep-alive connections on one worker"
+    (spinning, busy), (kept, _) = on_one
+    stop = tmp_path / "stop"
+    spun = []
+
+    def spin():
+        spinning.request("GET", f"/spin-until?{stop}")
+        spun.append(spinning.getresponse().status)
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        wait_for(lambda: pathlib.Path(f"{stop}.pid").exists(), what="the spinning request inside Python")
+        assert int(pathlib.Path(f"{stop}.pid").read_text()) == busy
+        wait_for(lambda: f"{busy}#{busy}: wsgi: this worker is busy in Python" in server.error_log(),
+                 what="the busy worker leaving its new connections")
+        answers = []
+
+        def closed_by_the_busy_worker():
+            kept.request("GET", "/pid")
+            r = kept.getresponse()
+            answers.append((int(r.read()), r.getheader("Connection")))
+            return answers[-1][1] == "close"
+        wait_for(closed_by_the_busy_worker, what="the keep-alive connection closed after a response")
+        assert {pid for pid, _ in answers} == {busy}, answers
+        kept.close()
+        again = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        again.request("GET", "/pid")
+        assert int(again.getresponse().read()) != busy, "the client's new connection went to the other worker"
+        again.close()
+    finally:
+        stop.touch()
+        spinner.join()
+        spinning.close()
+    assert spun == [200]
+    wait_for(lambda: re.search(rf"{busy}#{busy}: wsgi: this worker takes new connections again \(.*\); meanwhile "
+                               r"it closed \d+ keep-alive connections? after a response", server.error_log()),
+             what="the worker taking new connections again")
+
+
 def test_a_worker_with_no_room_takes_no_more_while_another_has_some(nginx_factory, tmp_path):
     # The busy worker left its new connections to the idle one, which went on taking them past
     # its worker_connections while the busy one had room: 29 of 90 held connections were reset

@@ -22,8 +22,13 @@
 //! not, and leaves its own new connections to a worker with room, as nginx's accept mutex would
 //! (without it nginx accepts past `worker_connections` and resets what it cannot keep).
 //!
-//! Connections already open stay where they are (keep-alive clients keep their worker). A
-//! worker leaves only after taking its entry out of the table and finding another one still in
+//! Connections already open would stay where they are: a few keep-alive clients (a load
+//! balancer's connections, a benchmark's) that all landed on one worker kept it busy while the
+//! others idled. So while it has left, a worker closes an HTTP/1 keep-alive connection after its
+//! response (`Connection: close`, [`closes_a_connection`]): its client reconnects, to the other
+//! workers. One at a time, and another only once the others' loads, over a whole window of
+//! looks, still say that one of them is much less busy: they all moved to the idle worker
+//! otherwise, which then gave them all back, a second later. A worker leaves only after taking its entry out of the table and finding another one still in
 //! it (the recycling's order, `sibling_workers::withdraw`): of two leaving at once, at least one
 //! sees the other gone and stays. Event-loop thread only.
 
@@ -72,6 +77,18 @@ static ACCEPT_LOOKED: LoopCell<Option<Instant>> = LoopCell::new(None);
 const ACCEPT_LOOK_EVERY: Duration = Duration::from_millis(10);
 /// At the last look, the worker had left and connections waited in the accept queue.
 static UNACCEPTED: LoopCell<bool> = LoopCell::new(false);
+/// What a leaving worker's entry says of its keep-alive connections.
+const KEEP_ALIVE_TOO: &str =
+    ", and its keep-alive connections, one at a time after a response, while it stays so";
+/// When the worker, having left, last closed a keep-alive connection after its response.
+static CLOSED_AT: LoopCell<Option<Instant>> = LoopCell::new(None);
+/// The next response on a keep-alive connection closes it (see the module's doc).
+static CLOSE_DUE: LoopCell<bool> = LoopCell::new(false);
+/// The least time between two such closes: the looks a load is taken over, so that the worker
+/// that took the last one shows it.
+const CLOSE_EVERY: Duration = Duration::from_millis(TICK_MS as u64 * WINDOW as u64);
+/// Keep-alive connections it closed so since it left.
+static CLOSED: LoopCell<u32> = LoopCell::new(0);
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static TICK: WorkerTimer = WorkerTimer::new();
@@ -407,12 +424,13 @@ unsafe fn look(at_accept: bool) {
                         format!(
                             "wsgi: this worker has no room for more requests ({short}; another \
                              worker {other}): its new connections go to the other workers until \
-                             it has"
+                             it has{KEEP_ALIVE_TOO}"
                         )
                     } else {
                         format!(
                             "wsgi: this worker is busy in Python (it wanted {}, another worker \
-                             {other}): its new connections go to the other workers until it is not",
+                             {other}): its new connections go to the other workers until it is \
+                             not{KEEP_ALIVE_TOO}",
                             percent(load)
                         )
                     });
@@ -426,6 +444,10 @@ unsafe fn look(at_accept: bool) {
             Move::Return | Move::Leave | Move::Stay => {}
         }
         let left = crate::shared_sockets::left() == Some(Why::Busy);
+        CLOSE_DUE.set(
+            left && decide(load, false, other) == Move::Leave
+                && CLOSED_AT.get().is_none_or(|at| at.elapsed() >= CLOSE_EVERY),
+        );
         if crate::inflight::outstanding() == 0 && !left && cpu < IDLE && !full {
             // Idle: nothing to look at until a request comes.
             crate::ffi::timer::disarm(TICK.event());
@@ -441,16 +463,51 @@ unsafe fn look(at_accept: bool) {
 /// Event-loop thread.
 unsafe fn come_back(why: &str) {
     // SAFETY: per the function contract.
-    unsafe {
+    let closed = unsafe {
         crate::shared_sockets::put_back(Why::Busy);
         crate::sibling_workers::ready();
         SWITCHED.set(Some(Instant::now()));
         CAME_BACK.set(Some(Instant::now()));
         UNACCEPTED.set(false);
-    }
+        CLOSE_DUE.set(false);
+        let closed = CLOSED.get();
+        CLOSED.set(0);
+        closed
+    };
+    let closed = match closed {
+        0 => String::new(),
+        n => format!(
+            "; meanwhile it closed {n} keep-alive connection{} after a response, for its client \
+             to reconnect to the other workers",
+            if n == 1 { "" } else { "s" }
+        ),
+    };
     log(&format!(
-        "wsgi: this worker takes new connections again ({why})"
+        "wsgi: this worker takes new connections again ({why}){closed}"
     ));
+}
+
+/// Whether the response `r` (a main request's, over HTTP/1, on a keep-alive connection) closes
+/// its connection, for its client to move to a less busy worker (see the module's doc).
+///
+/// # Safety
+/// Event-loop thread; `r` is live.
+pub(crate) unsafe fn closes_a_connection(r: &nginx_sys::ngx_http_request_t) -> bool {
+    if crate::shared_sockets::left() != Some(Why::Busy)
+        || r.http_version >= nginx_sys::NGX_HTTP_VERSION_20 as usize
+    {
+        return false;
+    }
+    // SAFETY: per the function contract.
+    unsafe {
+        if !CLOSE_DUE.get() {
+            return false;
+        }
+        CLOSE_DUE.set(false);
+        CLOSED_AT.set(Some(Instant::now()));
+        CLOSED.set(CLOSED.get() + 1);
+    }
+    true
 }
 
 fn log(text: &str) {

@@ -41,7 +41,10 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
         // SAFETY: `next` was stored from a `HeaderFilter` (a function pointer round-trips
         // through `*mut ()`); nginx passes the live request on the event loop.
         unsafe {
-            if r == (*r).main && (*r).keepalive() != 0 && closes_after(&*r) {
+            if r == (*r).main
+                && (*r).keepalive() != 0
+                && (closes_after(&*r) || crate::busy_handoff::closes_a_connection(&*r))
+            {
                 (*r).set_keepalive(0);
             }
             let next: HeaderFilter = std::mem::transmute(next);
