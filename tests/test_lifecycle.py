@@ -307,6 +307,43 @@ def wait_for_workers_in_their_event_loops(server, count):
              what=f"{count} worker processes in their event loops")
 
 
+def test_a_worker_due_while_no_other_accepts_serves_on_until_one_does(nginx_factory, tmp_path):
+    # Workers that served about as many requests come due together: the second one recycled
+    # while the first one's successor still imported the app, and none served meanwhile (pretix,
+    # 2 workers, wsgi_max_requests 80: 7 s without an answer). It serves on until one accepts.
+    tmp_path.chmod(0o777)
+    app = tmp_path / "gated.py"
+    app.write_text(
+        "import os, time\n"
+        "here = os.path.dirname(__file__)\n"
+        "if os.environ.get('NGX_WSGI_CONFIG_CHECK') != '1':\n"
+        "    while os.path.exists(os.path.join(here, 'gate')) and not os.path.exists(os.path.join(here, 'go')):\n"
+        "        time.sleep(0.05)\n"
+        "    open(os.path.join(here, f'loaded.{os.getpid()}'), 'w').close()\n"
+        "def application(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [str(os.getpid()).encode()]\n")
+    server = nginx_factory(location("/", app), http_extra="wsgi_max_requests 10;", workers=2).start()
+    first = server.worker_pids()
+    wait_for(lambda: all((tmp_path / f"loaded.{pid}").exists() for pid in first), what="the first workers' imports")
+    (tmp_path / "gate").touch()  # their successors wait at their import until `go`
+    waiting = "but no other worker accepts now (they are starting): it serves on until one does"
+    answers = []
+    while waiting not in server.error_log() and len(answers) < 100:
+        r = requests.get(server.url("/"), timeout=10)
+        answers.append((r.status_code, int(r.text)))
+    assert waiting in server.error_log(), server.error_log()[-3000:]
+    for _ in range(10):  # past its limit, the other worker's successor still importing
+        r = requests.get(server.url("/"), timeout=10)
+        answers.append((r.status_code, int(r.text)))
+    assert all(status == 200 and pid in first for status, pid in answers), answers
+    (tmp_path / "go").touch()
+    wait_for(lambda: "(wsgi_max_requests) (another worker accepts after" in server.error_log(),
+             what="the due worker recycling once its sibling's successor accepts")
+    wait_for(lambda: requests.get(server.url("/"), timeout=10).text not in map(str, first), 30,
+             "the fresh workers serving")
+
+
 def test_a_recycling_worker_leaves_its_new_connections_to_the_other_workers(nginx_factory):
     # It went on accepting while it drained, one request per connection (each response closes
     # it): under keep-alive load and frequent recycling a third of the responses said close.

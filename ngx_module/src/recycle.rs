@@ -2,10 +2,16 @@
 //! served enough requests, or grown too large, first drains its keep-alive connections (each
 //! next response says `Connection: close`; meanwhile the other workers, if any accept, take its
 //! new connections), then stops accepting, finishes what it has in flight and exits; nginx's
-//! master starts a fresh one in its place. Event-loop thread only.
+//! master starts a fresh one in its place. One that comes due while no other worker of its
+//! configuration accepts (each of them recycling, its successor still importing the apps), where
+//! there are others, serves on until one does, [`SIBLING_WAIT_MS`] at most: workers that served
+//! about as many requests come due together, and the second left none serving for the whole of
+//! the first one's successor's start (pretix, 2 workers: 7 s without an answer). Event-loop
+//! thread only.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
+use ngx::core::{CoreModuleMainConf, NgxCoreModule};
 use ngx_wsgi::recycle::{Due, Limits};
 
 use nginx_sys::{
@@ -14,6 +20,7 @@ use nginx_sys::{
 };
 
 use crate::ffi::guard;
+use crate::ffi::loop_cell::LoopCell;
 use crate::ffi::timer::WorkerTimer;
 
 static LIMITS: Limits = Limits::new();
@@ -24,6 +31,14 @@ static STARTED: AtomicU64 = AtomicU64::new(0);
 /// replaces itself to try again: each try is Python's start and every import, once per worker.
 pub(crate) const RETRY_LOAD_MS: ngx_msec_t = 10_000;
 static RETRY_TIMER: WorkerTimer = WorkerTimer::new();
+
+/// How long a due worker serves on while no other worker accepts: about an import under load.
+const SIBLING_WAIT_MS: u64 = 30_000;
+/// How often it looks at the others meanwhile.
+const SIBLING_LOOK_MS: ngx_msec_t = 100;
+static SIBLING_TIMER: WorkerTimer = WorkerTimer::new();
+/// Why the worker is due, and since when (the monotonic clock, in ms), while it waits.
+static DUE_WAITING: LoopCell<Option<(Due, u64)>> = LoopCell::new(None);
 
 /// Sets the limits for this worker (from `init_process`).
 pub(crate) fn configure(max_requests: u64, jitter: u64, max_rss: usize) {
@@ -47,16 +62,86 @@ pub(crate) unsafe fn request_started(r: *mut ngx_http_request_t) {
 }
 
 /// A request finished; starts a graceful exit of the worker when it is due.
-pub(crate) fn request_done() {
+///
+/// # Safety
+/// Event-loop thread.
+pub(crate) unsafe fn request_done() {
     crate::heap_trim::activity();
-    let why = match LIMITS.request_done() {
-        None => return,
-        Some(Due::Requests(served)) => format!("served {served} requests (wsgi_max_requests)"),
-        Some(Due::Memory(rss, max)) => {
+    let Some(due) = LIMITS.request_done() else {
+        return;
+    };
+    // SAFETY: per the function contract: nginx's own settings and the loop's own cell.
+    unsafe {
+        if others_configured() && !crate::sibling_workers::others_accept() {
+            DUE_WAITING.set(Some((due, ngx_wsgi::monotonic::ms())));
+            crate::ffi::log::cycle_log(
+                NGX_LOG_NOTICE as usize,
+                &format!(
+                    "wsgi: this worker {}, but no other worker accepts now (they are starting): \
+                     it serves on until one does, {} s at most, then recycles",
+                    due_why(due),
+                    SIBLING_WAIT_MS / 1000
+                ),
+            );
+            crate::ffi::timer::keep_armed(
+                SIBLING_TIMER.event(),
+                Some(look_at_siblings),
+                std::ptr::null_mut(),
+                SIBLING_LOOK_MS,
+            );
+            return;
+        }
+    }
+    recycle(&due_why(due), true);
+}
+
+fn due_why(due: Due) -> String {
+    match due {
+        Due::Requests(served) => format!("served {served} requests (wsgi_max_requests)"),
+        Due::Memory(rss, max) => {
             format!("uses {} MiB (wsgi_max_rss {} MiB)", rss >> 20, max >> 20)
         }
-    };
-    recycle(&why, true);
+    }
+}
+
+/// Whether nginx runs more workers of this configuration than this one.
+///
+/// # Safety
+/// Event-loop thread.
+unsafe fn others_configured() -> bool {
+    // SAFETY: per the function contract: nginx's own settings.
+    unsafe {
+        nginx_sys::ngx_process as u32 == nginx_sys::NGX_PROCESS_WORKER
+            && NgxCoreModule::main_conf(&*nginx_sys::ngx_cycle)
+                .is_some_and(|ccf| ccf.worker_processes > 1)
+    }
+}
+
+/// The due worker's look while it waits for another to accept.
+unsafe extern "C" fn look_at_siblings(ev: *mut ngx_event_t) {
+    guard("a due worker's wait for the others", (), || {
+        // SAFETY: timers run on the event loop.
+        let Some((due, since)) = (unsafe { DUE_WAITING.get() }) else {
+            return;
+        };
+        let waited = ngx_wsgi::monotonic::ms().saturating_sub(since);
+        if !crate::sibling_workers::others_accept() && waited < SIBLING_WAIT_MS {
+            // SAFETY: the event is the static timer, on the event loop.
+            unsafe { nginx_sys::ngx_add_timer(ev, SIBLING_LOOK_MS) };
+            return;
+        }
+        // SAFETY: on the event loop.
+        unsafe { DUE_WAITING.set(None) };
+        let after = if waited < SIBLING_WAIT_MS {
+            "another worker accepts"
+        } else {
+            "no other worker accepted"
+        };
+        recycle(
+            &format!("{} ({after} after {waited} ms)", due_why(due)),
+            true,
+        );
+    })
 }
 
 /// The worker's ASGI event loop died (its requests were answered): a fresh worker takes over.
