@@ -17,8 +17,9 @@
 //! (a C method); the rest runs after, on objects of the timed-out request's own.
 
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::PyModule;
+
+use crate::embedded_module::EmbeddedModule;
 
 const FINDER: &std::ffi::CStr = c"
 import _thread
@@ -71,20 +72,14 @@ def _cancel_tasks(loop):
         task.cancel()
 ";
 
-static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+static MODULE: EmbeddedModule = EmbeddedModule::new(
+    FINDER,
+    c"ngx_wsgi_blocking_wait.py",
+    c"ngx_wsgi_blocking_wait",
+);
 
 fn module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
-    MODULE
-        .get_or_try_init(py, || {
-            PyModule::from_code(
-                py,
-                FINDER,
-                c"ngx_wsgi_blocking_wait.py",
-                c"ngx_wsgi_blocking_wait",
-            )
-            .map(Bound::unbind)
-        })
-        .map(|m| m.bind(py))
+    MODULE.get(py)
 }
 
 /// A wait of the thread that runs a timed-out request, which its exception cannot end.

@@ -22,6 +22,7 @@ pub mod child_signal_mask;
 pub mod chunk;
 pub mod connection_reset;
 pub mod content_length;
+mod embedded_module;
 pub mod environ;
 pub mod errors;
 pub mod file_wrapper;

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyModule, PyType};
+
+use crate::embedded_module::EmbeddedModule;
 
 /// How long a timed-out request may run the app's code after its `TimeoutError` landed (enough
 /// for the clean-up an `except TimeoutError` does) before it gets `TimeoutExit`, and how often
@@ -60,20 +61,11 @@ DeadlineTimeoutError.__name__ = DeadlineTimeoutError.__qualname__ = 'TimeoutErro
 DeadlineTimeoutError.__module__ = TimeoutExit.__module__ = 'ngx_wsgi'
 ";
 
-static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+static MODULE: EmbeddedModule =
+    EmbeddedModule::new(EXCEPTIONS, c"ngx_wsgi_deadline.py", c"ngx_wsgi_deadline");
 
 fn module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
-    MODULE
-        .get_or_try_init(py, || {
-            PyModule::from_code(
-                py,
-                EXCEPTIONS,
-                c"ngx_wsgi_deadline.py",
-                c"ngx_wsgi_deadline",
-            )
-            .map(Bound::unbind)
-        })
-        .map(|m| m.bind(py))
+    MODULE.get(py)
 }
 
 /// Which of the deadline's exceptions to set.
