@@ -28,9 +28,11 @@
 //! response (`Connection: close`, [`closes_a_connection`]): its client reconnects, to the other
 //! workers. One at a time, and another only once the others' loads, over a whole window of
 //! looks, still say that one of them is much less busy: they all moved to the idle worker
-//! otherwise, which then gave them all back, a second later. A worker leaves only after taking its entry out of the table and finding another one still in
-//! it (the recycling's order, `sibling_workers::withdraw`): of two leaving at once, at least one
-//! sees the other gone and stays. Event-loop thread only.
+//! otherwise, which then gave them all back, a second later.
+//!
+//! A worker leaves only after taking its entry out of the table and finding another one still
+//! in it (the recycling's order, `sibling_workers::withdraw`): of two leaving at once, at least
+//! one sees the other gone and stays. Event-loop thread only.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};

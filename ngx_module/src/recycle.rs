@@ -124,6 +124,11 @@ unsafe extern "C" fn look_at_siblings(ev: *mut ngx_event_t) {
         let Some((due, since)) = (unsafe { DUE_WAITING.get() }) else {
             return;
         };
+        // SAFETY: nginx's own flags, read on the event loop.
+        if unsafe { ngx_exiting != 0 || ngx_quit != 0 || nginx_sys::ngx_terminate != 0 } {
+            // Leaving anyway (a reload, a quit): its exit is nginx's.
+            return;
+        }
         let waited = ngx_wsgi::monotonic::ms().saturating_sub(since);
         if !crate::sibling_workers::others_accept() && waited < SIBLING_WAIT_MS {
             // SAFETY: the event is the static timer, on the event loop.
