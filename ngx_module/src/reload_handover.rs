@@ -20,9 +20,10 @@ use nginx_sys::{ngx_cycle_t, ngx_event_t, ngx_msec_t, NGX_LOG_NOTICE};
 use crate::ffi::guard;
 use crate::ffi::timer::WorkerTimer;
 
-/// The shared words: a configuration's [`Starts`]; then until when (the system's monotonic clock, in ms) old workers are known to
-/// go on accepting while they wait for the newer ones: each waiting one moves it on at each
-/// look, so it lapses by itself when they stop, crash or exit any other way.
+/// The shared words: a configuration's [`Starts`]; then until when (the system's monotonic
+/// clock, in ms) old workers are known to go on accepting while they wait for the newer ones:
+/// each waiting one moves it on at each look, so it lapses by itself when they stop, crash or
+/// exit any other way.
 static SHARED: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
 /// How far a waiting old worker's look moves the second word on: a few of its looks.
 const ACCEPTING_FOR_MS: u64 = 250;
