@@ -265,7 +265,14 @@ fn run_attached(
     let ended_by_server = sr.sink.as_ref().is_some_and(|s| s.ended_by_server());
     drop(sr);
 
-    if client_gone {
+    // The server ended the event stream as the worker exits, and raised ClientDisconnected where
+    // the app waited for its next event (`RequestWatch::end_wait_for_exit`).
+    let woken_for_exit = ended_by_server
+        && [result.as_ref().err(), iterated.as_ref().err()]
+            .into_iter()
+            .flatten()
+            .any(|e| e.is_instance_of::<crate::response::ClientDisconnected>(py));
+    if client_gone || woken_for_exit {
         let why = if ended_by_server {
             "the server ended the event stream as the worker exits"
         } else {

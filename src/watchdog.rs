@@ -1,6 +1,8 @@
 //! Request timeouts on the Python side: the process's one watchdog thread finds the Python thread
 //! that runs a timed-out request, logs its stack, and interrupts it with an asynchronous
-//! `TimeoutError`, so that its server thread comes back once Python regains control.
+//! `TimeoutError`, so that its server thread comes back once Python regains control. At a
+//! worker's exit it also ends the wait of an app whose event stream the server ended
+//! ([`RequestWatch::end_wait_for_exit`]).
 //!
 //! Timed-out requests are queued to that thread, which is started at the first timeout and
 //! stopped before the interpreter is finalised: a burst of stuck requests is a burst of queue
@@ -34,6 +36,9 @@ pub struct RequestWatch {
     exited: AtomicBool,
     /// The server ended the response while the thread waited for it (see [`Self::response_cut`]).
     cut: AtomicBool,
+    /// `ClientDisconnected` was set in the thread, its event stream ended at the worker's exit
+    /// (see [`Self::end_wait_for_exit`]).
+    woken_for_exit: AtomicBool,
     thread: AtomicU64,
 }
 
@@ -70,8 +75,9 @@ impl RequestWatch {
 
     pub(crate) fn leave(&self, _py: Python<'_>) {
         self.running.store(false, Ordering::Release);
-        // Both flags change with the GIL held, which this thread holds now.
-        if !self.interrupted.load(Ordering::Acquire) {
+        // The flags change with the GIL held, which this thread holds now.
+        if !self.interrupted.load(Ordering::Acquire) && !self.woken_for_exit.load(Ordering::Acquire)
+        {
             return;
         }
         // An interrupt set while the thread ran no bytecode (Rust or C code, a wait) would
@@ -121,6 +127,44 @@ impl RequestWatch {
                 )
             };
         }
+    }
+
+    /// The server ended the request's event stream as the worker exits (its client reconnects
+    /// to the new workers), while the app's thread may wait for its next event in a
+    /// `threading.Condition` with no timeout (Flask's common `queue.Queue().get()`), which it
+    /// would leave only at that event, keeping the old worker until `worker_shutdown_timeout`:
+    /// the watchdog raises `ClientDisconnected` there, as a `write()` to a client gone does, so
+    /// that the thread comes back (never waits for the GIL: the event loop calls it).
+    pub fn end_wait_for_exit(self: &Arc<Self>) {
+        let watch = self.clone();
+        submit(Box::new(move |py| watch.wake_for_exit(py)));
+    }
+
+    fn may_wake_for_exit(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+            && !self.interrupted.load(Ordering::Acquire)
+            && !self.cut.load(Ordering::Acquire)
+            && !self.woken_for_exit.load(Ordering::Acquire)
+    }
+
+    fn wake_for_exit(&self, py: Python<'_>) {
+        if !self.may_wake_for_exit() {
+            return;
+        }
+        let ident = self.thread.load(Ordering::Relaxed);
+        let wait = crate::blocking_wait::find(py, ident)
+            .filter(|w| matches!(w, crate::blocking_wait::BlockingWait::Condition { .. }));
+        // Finding the wait ran Python code: checked again, with none between the check and the
+        // exception, or it would land in the thread's next request.
+        if wait.is_none() || !self.may_wake_for_exit() {
+            return;
+        }
+        self.woken_for_exit.store(true, Ordering::Release);
+        let class = py.get_type::<crate::response::ClientDisconnected>();
+        // SAFETY: the GIL is held; the thread is alive (it runs the request, checked under the
+        // GIL); the class is a static type object.
+        unsafe { ffi::PyThreadState_SetAsyncExc(ident as _, class.as_ptr()) };
+        crate::blocking_wait::end(wait);
     }
 
     /// Hands the request to the watchdog thread (never waits for the GIL, so the server's event

@@ -217,6 +217,29 @@ def test_event_streams_still_waiting_for_their_first_event_end_when_the_worker_e
     wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="a clean exit")
 
 
+def test_an_event_stream_waiting_on_a_queue_with_no_timeout_ends_its_wait_when_the_worker_exits(nginx_factory):
+    # Its generator waited in queue.Queue().get() for an event that never came: the stream was
+    # ended for the client, but the thread stayed there, and the old worker with it (until
+    # worker_shutdown_timeout, none here: for good). ClientDisconnected is raised in the wait,
+    # as write() raises it for a client gone, and the worker exits.
+    server = nginx_factory(location("/", f"{APP}:queued_events"), http_extra="wsgi_event_stream_grace 0;").start()
+    old = server.worker_pids()
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET /?qq HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_for(lambda: "events qq: waiting" in server.error_log(), what="the app waiting on its queue")
+        server.send_signal(signal.SIGQUIT)
+        s.settimeout(10)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(b"\r\n\r\n0\r\n\r\n"), got
+    wait_for(lambda: "events qq: ClientDisconnected" in server.error_log(), what="the wait ended in the app")
+    wait_for(lambda: f"worker process {old[0]} exited with code 0" in server.error_log(), what="a clean exit")
+    log = server.error_log()
+    assert "the server ended the event stream as the worker exits" in log
+    assert "raised" not in log.split("events qq: ClientDisconnected", 1)[1], log[-3000:]
+
+
 @pytest.mark.parametrize("how", [signal.SIGHUP, signal.SIGQUIT])
 def test_an_event_stream_answering_a_post_runs_to_its_end_past_the_grace(nginx_factory, how):
     # An OpenAI-style completion (or an MCP reply): its client cannot ask again, so the clean

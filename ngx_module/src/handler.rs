@@ -86,14 +86,17 @@ unsafe fn post(r: *mut ngx_http_request_t) -> Result<(), u32> {
         writable: Some(on_client_writable),
         readable: Some(on_client_readable),
     };
+    let stream = Stream::new(r, lc.streaming.stream_buffer, events);
+    let watch = Arc::new(RequestWatch::default());
+    stream.run_by(watch.clone());
     let job = Box::into_raw(Box::new(Job {
         request: r,
         app,
         info,
         body: Some(body),
-        stream: Stream::new(r, lc.streaming.stream_buffer, events),
+        stream,
         body_stream,
-        watch: Arc::new(RequestWatch::default()),
+        watch,
         read_timeout: lc.limits.read_timeout,
         // SAFETY: an all-zero ngx_event_t is nginx's own initial state for an event.
         deadline: unsafe { std::mem::zeroed() },

@@ -1,5 +1,6 @@
 """Streaming responses: server-sent events, huge generated bodies, endless generators."""
 import threading
+import queue
 import time
 
 _lock = threading.Lock()
@@ -135,6 +136,26 @@ def _quiet_ticks(name, pause, errors):
     finally:
         errors.write(f"events {name}: closed after {sent}\n")
         errors.flush()
+
+
+def queued_events(environ, start_response):
+    """An event stream whose events come from a queue that nothing feeds (?NAME), waited on with
+    no timeout (Flask's common `queue.Queue().get()`): how the wait ends is logged."""
+    name = environ["QUERY_STRING"]
+    errors = environ["wsgi.errors"]
+    start_response("200 OK", [("Content-Type", "text/event-stream")])
+
+    def events():
+        try:
+            errors.write(f"events {name}: waiting\n")
+            errors.flush()
+            while True:
+                yield f"data: {queue.Queue().get()}\n\n".encode()
+        except BaseException as e:
+            errors.write(f"events {name}: {type(e).__name__}\n")
+            errors.flush()
+            raise
+    return events()
 
 
 def quiet_events(environ, start_response):

@@ -67,6 +67,10 @@ impl EndsAtExit for Stream {
             }
             self.shut_once_sent(&mut st, r);
         }
+        // The app may wait for its next event where nothing but that event ends the wait.
+        if let Some(watch) = self.watch.get() {
+            watch.end_wait_for_exit();
+        }
         true
     }
 }

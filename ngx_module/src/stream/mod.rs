@@ -107,6 +107,9 @@ pub(crate) struct Stream {
     resumable: bool,
     /// The app's thread is done with the request (its completion is on the way).
     app_done: AtomicBool,
+    /// Where the request runs Python (WSGI): its wait for the next event is ended when the
+    /// worker's exit ends its event stream.
+    watch: std::sync::OnceLock<Arc<ngx_wsgi::RequestWatch>>,
     me: Weak<Stream>,
 }
 
@@ -149,8 +152,14 @@ impl Stream {
             // SAFETY: `r` is the live request the stream is made for, on the event loop.
             resumable: unsafe { event_streams::resumable(r) },
             app_done: AtomicBool::new(false),
+            watch: std::sync::OnceLock::new(),
             me: me.clone(),
         })
+    }
+
+    /// The WSGI request's watch, for the worker's exit to end its app's wait.
+    pub(crate) fn run_by(&self, watch: Arc<ngx_wsgi::RequestWatch>) {
+        let _ = self.watch.set(watch);
     }
 
     /// Whether an event stream of this request is one the worker's exit may end cleanly.
