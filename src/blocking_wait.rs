@@ -30,7 +30,7 @@ _CONDITION_WAIT = threading.Condition.wait.__code__
 
 
 def find(ident):
-    innermost = frame = sys._current_frames().get(ident)
+    frame = sys._current_frames().get(ident)
     if frame is None:
         return None
     if frame.f_code is _CONDITION_WAIT:

@@ -238,10 +238,10 @@ impl RequestWatch {
         let landed = timeout_exit::landed(py, ident);
         if landed.count == before {
             // Still pending in a C call: it lands when the call returns, or now if the call is
-            // a condition's wait begun since the interrupt.
-            let waiter = crate::blocking_wait::find(py, ident);
+            // a wait the watchdog ends (`blocking_wait.rs`) begun since the interrupt.
+            let wait = crate::blocking_wait::find(py, ident);
             if self.still_interrupted() {
-                crate::blocking_wait::end(waiter);
+                crate::blocking_wait::end(wait);
             }
             self.look_again(before, GRACE, what, scope);
             return;
@@ -253,7 +253,7 @@ impl RequestWatch {
         }
         let first = !self.exited.load(Ordering::Relaxed);
         let stack = first.then(|| stack_for_log(py, ident));
-        let waiter = crate::blocking_wait::find(py, ident);
+        let wait = crate::blocking_wait::find(py, ident);
         // Counting, formatting the stack and finding a wait ran Python code: checked again, with
         // none between the check and the interrupt, or TimeoutExit would land in the thread's
         // next request.
@@ -262,7 +262,7 @@ impl RequestWatch {
         }
         self.exited.store(true, Ordering::Relaxed);
         timeout_exit::raise_in(py, ident, Deadline::Exit);
-        crate::blocking_wait::end(waiter);
+        crate::blocking_wait::end(wait);
         if let Some(stack) = stack {
             in_scope(scope.as_deref(), &mut || {
                 tracing::error!(
@@ -297,7 +297,7 @@ impl RequestWatch {
         let ident = self.thread.load(Ordering::Relaxed);
         let stack = stack_for_log(py, ident);
         let landed = timeout_exit::landed(py, ident).count;
-        let waiter = crate::blocking_wait::find(py, ident);
+        let wait = crate::blocking_wait::find(py, ident);
         // Formatting the stack (and finding a wait) ran Python code, during which the GIL may
         // have gone to the request's thread and the request ended: checked again, with no Python
         // code between the check and the interrupt, or the TimeoutError would land in the
@@ -312,7 +312,7 @@ impl RequestWatch {
         }
         self.interrupted.store(true, Ordering::Release);
         timeout_exit::raise_in(py, ident, Deadline::TimeoutError);
-        crate::blocking_wait::end(waiter);
+        crate::blocking_wait::end(wait);
         tracing::error!(
             target: "wsgi",
             "{what}; interrupting it with TimeoutError. Its Python stack (most recent call last):\n{stack}"

@@ -321,7 +321,7 @@ impl TaskWatch {
         let blocking = self.blocking(py, lp)?;
         let stack = crate::watchdog::stack_for_log(py, blocking.ident);
         let landed = timeout_exit::landed(py, blocking.ident).count;
-        let waiter = crate::blocking_wait::find(py, blocking.ident);
+        let wait = crate::blocking_wait::find(py, blocking.ident);
         // Finding the task's context, formatting the stack, counting and finding a wait (a
         // synchronous `Future.result()` in async code) ran Python code, during which the GIL
         // may have gone to the loop's thread and the task awaited or ended: checked again, or
@@ -334,7 +334,7 @@ impl TaskWatch {
         self.interrupted.store(true, Ordering::Release);
         lp.note_interrupt();
         timeout_exit::raise_in(py, blocking.ident, Deadline::TimeoutError);
-        crate::blocking_wait::end(waiter);
+        crate::blocking_wait::end(wait);
         tracing::error!(
             target: "asgi",
             "{what}; it keeps the event loop busy without awaiting, so it cannot be cancelled: \
@@ -382,10 +382,10 @@ impl TaskWatch {
         let landed = timeout_exit::landed(py, blocking.ident);
         if last.pending == Some(landed.count) {
             // Still pending in a C call: it lands when the call returns, or now if the call is
-            // a condition's wait begun since the interrupt.
-            let waiter = crate::blocking_wait::find(py, blocking.ident);
+            // a wait the watchdog ends (`blocking_wait.rs`) begun since the interrupt.
+            let wait = crate::blocking_wait::find(py, blocking.ident);
             if blocking.still_running() {
-                crate::blocking_wait::end(waiter);
+                crate::blocking_wait::end(wait);
             }
             self.look_again(lp, last, GRACE, what);
             return;
@@ -397,7 +397,7 @@ impl TaskWatch {
         }
         let first = !self.exited.load(Ordering::Relaxed);
         let stack = first.then(|| crate::watchdog::stack_for_log(py, blocking.ident));
-        let waiter = crate::blocking_wait::find(py, blocking.ident);
+        let wait = crate::blocking_wait::find(py, blocking.ident);
         // As in interrupt_now: checked again, with no Python code between it and the interrupt.
         if !blocking.still_running() {
             self.look_again(lp, Look::mark(lp, None), GRACE, what);
@@ -407,7 +407,7 @@ impl TaskWatch {
         self.interrupted.store(true, Ordering::Release);
         lp.note_interrupt();
         timeout_exit::raise_in(py, blocking.ident, Deadline::Exit);
-        crate::blocking_wait::end(waiter);
+        crate::blocking_wait::end(wait);
         if let Some(stack) = stack {
             tracing::error!(
                 target: "asgi",
